@@ -1,0 +1,96 @@
+/*
+ * qwen_image.h — the public C API of qwen-image.c, a text-to-image engine for
+ * Qwen-Image (20B MMDiT + Qwen2.5-VL-7B text encoder + Wan-style VAE) and its
+ * Lightning LoRAs.
+ *
+ * The whole lifecycle:
+ *
+ *     qi_open_options o = qi_open_options_default();
+ *     o.model_dir = "/models/Qwen-Image";
+ *     qi_engine *e;
+ *     if (qi_engine_open(&o, &e) != QI_OK) { fprintf(stderr, "%s\n", qi_engine_error(e)); ... }
+ *     qi_engine_add_lora(e, "Qwen-Image-Lightning-8steps-V1.0.safetensors", 1.0f);
+ *     qi_request r = qi_request_default();
+ *     r.prompt = "a capybara in a suit"; r.steps = 8; r.cfg = 1.0f;
+ *     qi_image img;
+ *     if (qi_generate(e, &r, &img) == QI_OK) { ... img.rgb ... qi_image_free(&img); }
+ *     qi_engine_close(e);
+ *
+ * The library never prints (unless given a log callback) and never exits; every
+ * failure returns a status and leaves a one-line message in the engine.
+ */
+#ifndef QWEN_IMAGE_H
+#define QWEN_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum qi_status {
+    QI_OK = 0,
+    QI_ERR_ARG,         /* a caller's argument is invalid (the CLI exits 2) */
+    QI_ERR_IO,          /* a file could not be opened, read or written */
+    QI_ERR_FORMAT,      /* a file is malformed or does not match the model */
+    QI_ERR_NOMEM,       /* host or device memory exhausted */
+    QI_ERR_UNSUPPORTED, /* valid, but not implemented by this build */
+    QI_ERR_BACKEND,     /* the compute backend failed (CUDA error, ...) */
+    QI_ERR_CANCELLED    /* the progress callback asked to stop */
+} qi_status;
+
+const char *qi_status_name(qi_status s);
+
+typedef struct qi_engine qi_engine;
+
+/* Progress: stage name ("text encoder", "denoise", "vae"), step i of n.
+ * Return nonzero to cancel the generation. */
+typedef int (*qi_progress_fn)(void *user, const char *stage, int step, int total);
+typedef void (*qi_log_fn)(void *user, const char *line);
+
+typedef struct qi_open_options {
+    const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory */
+    const char *device;      /* "cpu" (default) or "cuda", "cuda:N" */
+    int threads;             /* CPU threads; 0 = all cores */
+    qi_log_fn log;           /* optional */
+    void *log_user;
+} qi_open_options;
+
+qi_open_options qi_open_options_default(void);
+
+typedef enum qi_rng_kind { QI_RNG_CPU = 0, QI_RNG_CUDA = 1 } qi_rng_kind;
+
+typedef struct qi_request {
+    const char *prompt;            /* UTF-8 */
+    const char *negative_prompt;   /* NULL: no true CFG */
+    int width, height;             /* multiples of 16; default 1024 */
+    int steps;                     /* >= 1; default 8 */
+    float cfg;                     /* true CFG scale; applied when > 1 and a negative prompt is set */
+    uint64_t seed;
+    int batch;                     /* images per prompt; default 1 */
+    const char *scheduler;         /* NULL: the model's config; "lightning", "model" or a JSON path */
+    qi_rng_kind rng;
+    int max_sequence_length;       /* default 512 */
+    qi_progress_fn progress;
+    void *progress_user;
+} qi_request;
+
+qi_request qi_request_default(void);
+
+typedef struct qi_image {
+    int width, height, count; /* count images of width x height, RGB8 interleaved */
+    uint8_t *rgb;             /* count * height * width * 3 bytes */
+} qi_image;
+
+qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out);
+qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength);
+qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out);
+const char *qi_engine_error(const qi_engine *e);
+void qi_engine_close(qi_engine *e);
+void qi_image_free(qi_image *img);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Installs the Debian packages qwen-image.c builds against. Safe to re-run.
+# Needs root (or sudo). CUDA is optional and comes from the CUDA toolkit.
+set -e
+PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev libutf8proc-dev
+      libopenblas-dev libpng-dev libjpeg-dev libwebp-dev python3"
+missing=""
+for p in $PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+echo "installing:$missing" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing

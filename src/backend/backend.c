@@ -1,0 +1,80 @@
+/*
+ * backend.c — tensor shape helpers shared by every backend and the model code.
+ */
+#include "backend/backend.h"
+
+#include <assert.h>
+#include <stdio.h>
+
+int64_t qi_numel(const qi_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->ne[i];
+    return n;
+}
+
+size_t qi_nbytes(const qi_tensor *t) { return (size_t)qi_numel(t) * qi_dtype_size(t->dtype); }
+
+int64_t qi_rows(const qi_tensor *t) {
+    return t->ndim ? qi_numel(t) / t->ne[t->ndim - 1] : 1;
+}
+
+qi_tensor qi_view(const qi_tensor *t, int ndim, const int64_t *ne) {
+    qi_tensor v = *t;
+    assert(ndim >= 1 && ndim <= QI_MAX_DIMS);
+    v.ndim = ndim;
+    for (int i = 0; i < ndim; i++) v.ne[i] = ne[i];
+    for (int i = ndim; i < QI_MAX_DIMS; i++) v.ne[i] = 0;
+    assert(qi_numel(&v) == qi_numel(t));
+    return v;
+}
+
+qi_tensor qi_view2(const qi_tensor *t, int64_t d0, int64_t d1) {
+    int64_t ne[2] = {d0, d1};
+    return qi_view(t, 2, ne);
+}
+qi_tensor qi_view3(const qi_tensor *t, int64_t d0, int64_t d1, int64_t d2) {
+    int64_t ne[3] = {d0, d1, d2};
+    return qi_view(t, 3, ne);
+}
+qi_tensor qi_view4(const qi_tensor *t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    int64_t ne[4] = {d0, d1, d2, d3};
+    return qi_view(t, 4, ne);
+}
+
+qi_tensor qi_slice_rows(const qi_tensor *t, int64_t row0, int64_t nrows) {
+    int64_t d = t->ne[t->ndim - 1];
+    assert(row0 >= 0 && row0 + nrows <= qi_rows(t));
+    qi_tensor v = *t;
+    v.ndim = 2;
+    v.ne[0] = nrows;
+    v.ne[1] = d;
+    for (int i = 2; i < QI_MAX_DIMS; i++) v.ne[i] = 0;
+    v.data = (char *)t->data + (size_t)(row0 * d) * qi_dtype_size(t->dtype);
+    return v;
+}
+
+const char *qi_shape_str(const qi_tensor *t, char *buf, size_t cap) {
+    size_t off = 0;
+    off += (size_t)snprintf(buf + off, cap - off, "[");
+    for (int i = 0; i < t->ndim && off < cap; i++)
+        off += (size_t)snprintf(buf + off, cap - off, i ? ", %lld" : "%lld", (long long)t->ne[i]);
+    if (off < cap) snprintf(buf + off, cap - off, "]");
+    return buf;
+}
+
+qi_status qi_be_act(qi_backend *be, qi_tensor *t, int ndim, const int64_t *ne, qi_error *err) {
+    return be->ops->tensor(be, t, be->act_dtype, ndim, ne, err);
+}
+qi_status qi_be_act2(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, qi_error *err) {
+    int64_t ne[2] = {d0, d1};
+    return qi_be_act(be, t, 2, ne, err);
+}
+qi_status qi_be_act3(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64_t d2, qi_error *err) {
+    int64_t ne[3] = {d0, d1, d2};
+    return qi_be_act(be, t, 3, ne, err);
+}
+qi_status qi_be_act4(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                     qi_error *err) {
+    int64_t ne[4] = {d0, d1, d2, d3};
+    return qi_be_act(be, t, 4, ne, err);
+}

@@ -1,0 +1,172 @@
+/*
+ * backend.h — the op table every compute backend implements.
+ *
+ * Model code (text_encoder.c, dit.c, vae.c) is written once against this
+ * table and never touches device memory directly. A backend owns:
+ *   - weights: created once from a mapped file tensor (or from float32 host
+ *     data after LoRA fusion) and kept for the engine's life;
+ *   - an activation arena: bump allocation, reset by the model code between
+ *     calls (qi_be_mark / qi_be_reset), so nothing is allocated per step.
+ *
+ * Tensors are dense, row-major, outermost dimension first. A "row" is the
+ * last dimension; ops that say [M, K] accept any shape whose trailing dim is
+ * K and treat the product of the others as M. Views (a reshape of the same
+ * memory) are plain struct copies with another shape: see qi_view().
+ *
+ * Activations are float32 on the CPU backend and bf16 on the CUDA backend;
+ * model code does not care (it only asks for QI_ACT, the backend's
+ * activation type). Weights keep their file dtype (bf16/f16/f32; fp8 with a
+ * scale) on the CPU backend: `linear` converts tiles on the fly, so the real
+ * transformer never needs an 82 GB float32 copy.
+ */
+#ifndef QI_BACKEND_H
+#define QI_BACKEND_H
+
+#include "base/base.h"
+
+#define QI_MAX_DIMS 5
+
+typedef struct qi_tensor {
+    qi_dtype dtype;
+    int ndim;
+    int64_t ne[QI_MAX_DIMS]; /* shape, outermost first */
+    void *data;              /* memory of the owning backend (host or device) */
+    float scale;             /* dequantisation scale of fp8 weights; 1 otherwise */
+} qi_tensor;
+
+int64_t qi_numel(const qi_tensor *t);
+size_t qi_nbytes(const qi_tensor *t);
+int64_t qi_rows(const qi_tensor *t); /* numel / last dim */
+
+/* Same memory, another shape (numel must match; asserts). */
+qi_tensor qi_view(const qi_tensor *t, int ndim, const int64_t *ne);
+qi_tensor qi_view2(const qi_tensor *t, int64_t d0, int64_t d1);
+qi_tensor qi_view3(const qi_tensor *t, int64_t d0, int64_t d1, int64_t d2);
+qi_tensor qi_view4(const qi_tensor *t, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* Rows [row0, row0+nrows) of t seen as [rows, last] (contiguous slice). */
+qi_tensor qi_slice_rows(const qi_tensor *t, int64_t row0, int64_t nrows);
+
+/* Formats "[2, 3, 4]" into buf. */
+const char *qi_shape_str(const qi_tensor *t, char *buf, size_t cap);
+
+typedef enum qi_act {
+    QI_ACT_NONE = 0,
+    QI_ACT_GELU_TANH, /* 0.5·u·(1 + tanh(√(2/π)(u + 0.044715u³))) */
+    QI_ACT_SILU
+} qi_act;
+
+typedef enum qi_rope_mode {
+    QI_ROPE_INTERLEAVED = 0, /* pairs (x[2m], x[2m+1]) — the Qwen-Image DiT */
+    QI_ROPE_HALF = 1         /* pairs (x[m], x[m+D/2]) — Qwen2.5 "rotate_half" */
+} qi_rope_mode;
+
+typedef struct qi_backend qi_backend;
+
+typedef struct qi_backend_ops {
+    const char *name;
+    void (*destroy)(qi_backend *be);
+
+    /* ---- memory ---- */
+    /* Arena allocation of an activation tensor (contents undefined). */
+    qi_status (*tensor)(qi_backend *be, qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne,
+                        qi_error *err);
+    size_t (*mark)(qi_backend *be);            /* arena position */
+    void (*reset)(qi_backend *be, size_t mark); /* free everything after mark */
+    /* Weights live outside the arena until weight_free / destroy. `host` is a
+     * pointer into a file mapping with dtype `dt`; the CPU backend may keep
+     * pointing at it (zero copy), a device backend copies and converts. */
+    qi_status (*weight)(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                        const void *host, qi_error *err);
+    void (*weight_free)(qi_backend *be, qi_tensor *w);
+    /* Host <-> backend copies of float32 data (converted to/from the tensor's
+     * dtype; t must be F32/BF16/F16 activations, or I32 with int32 host data). */
+    qi_status (*upload)(qi_backend *be, qi_tensor *t, const void *host, qi_error *err);
+    qi_status (*download)(qi_backend *be, const qi_tensor *t, void *host, qi_error *err);
+    qi_status (*sync)(qi_backend *be, qi_error *err); /* wait for queued work */
+
+    /* ---- dense ---- */
+    /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. */
+    void (*linear)(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                   qi_act act, qi_tensor *y);
+    /* out[n, :] = table[ids[n], :]; ids I32 [N], table [V, D] (a weight). */
+    void (*embedding)(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out);
+
+    /* ---- norms ---- */
+    /* y = x / sqrt(mean(x²) + eps) · w, per row; w [D] may be NULL. y may alias x. */
+    void (*rms_norm)(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps, qi_tensor *y);
+    /* y = LN(x) · (1 + scale) + shift. x, y [B, L, D]; shift, scale are rows of
+     * a modulation tensor, each [B, D] with row stride `mod_stride` elements
+     * (so chunks of a [B, 6D] vector can be passed without copying: data
+     * pointer at the chunk, stride 6D). LN has no affine, population variance. */
+    void (*layer_norm_mod)(qi_backend *be, const qi_tensor *x, const qi_tensor *shift,
+                           const qi_tensor *scale, int64_t mod_stride, float eps, qi_tensor *y);
+
+    /* ---- elementwise ---- */
+    /* x[B, L, D] += gate[B, D] (row stride gate_stride) · y[B, L, D]; gate NULL: x += y. */
+    void (*add_gated)(qi_backend *be, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride,
+                      const qi_tensor *y);
+    /* y = act(x) elementwise; may alias. */
+    void (*activate)(qi_backend *be, const qi_tensor *x, qi_act act, qi_tensor *y);
+    /* y[M, N] = silu(gate_up[M, 0:N]) · gate_up[M, N:2N] when up == NULL, else
+     * y = silu(gate) · up with gate, up [M, N]. */
+    void (*silu_mul)(qi_backend *be, const qi_tensor *gate, const qi_tensor *up, qi_tensor *y);
+    /* out = a·x + b·y (same shapes; out may alias x or y). */
+    void (*axpby)(qi_backend *be, float a, const qi_tensor *x, float b, const qi_tensor *y,
+                  qi_tensor *out);
+    /* dst rows [dst_row0, +nrows) = src rows [src_row0, +nrows); both seen as
+     * [rows, D] with the same D. Used for text/image concatenation. */
+    void (*copy_rows)(qi_backend *be, const qi_tensor *src, int64_t src_row0, qi_tensor *dst,
+                      int64_t dst_row0, int64_t nrows);
+
+    /* ---- attention ---- */
+    /* x [B, L, H, Dh] rotated in place by angles from cos/sin tables
+     * [L, Dh/2] (F32, uploaded once per shape). */
+    void (*rope)(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, const qi_tensor *sin_tab,
+                 qi_rope_mode mode);
+    /* out[B, Lq, H, Dh] = softmax(q kᵀ · scale + mask) v per head.
+     * k, v [B, Lk, Hkv, Dh] with H % Hkv == 0 (GQA: head h reads kv head
+     * h / (H/Hkv)). key_mask I32 [B, Lk] (1 keep, 0 drop) or NULL. causal:
+     * query i sees keys j <= i + (Lk - Lq). */
+    void (*attention)(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                      const qi_tensor *key_mask, int causal, float scale, qi_tensor *out);
+
+    /* ---- flow matching ---- */
+    /* True CFG with norm rescale, per token over the last dim:
+     *   comb = uncond + s·(cond − uncond);  out = comb · ‖cond‖ / ‖comb‖. */
+    void (*cfg_combine)(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
+                        qi_tensor *out);
+
+    /* ---- VAE (one image, [C, H, W]) ---- */
+    /* y[Co, H', W'] = conv2d(x[Ci, H, W], w[Co, Ci, kh, kw]) + b, zero padding
+     * `pad` on each side, stride 1. w is F32 or the backend's weight type. */
+    void (*conv2d)(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                   int pad, qi_tensor *y);
+    /* y[C, 2H, 2W] = nearest 2× upsample of x[C, H, W]. */
+    void (*upsample2x)(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+    /* Per pixel over channels: y = x / max(‖x‖₂, 1e-12) · √C · gamma[C] (+ bias).
+     * x, y [C, H, W]. bias may be NULL. */
+    void (*channel_rms_norm)(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
+                             const qi_tensor *bias, qi_tensor *y);
+    /* y[W, H] = x[H, W]ᵀ (2-D transpose, e.g. [C, HW] <-> [HW, C]). */
+    void (*transpose2d)(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+} qi_backend_ops;
+
+struct qi_backend {
+    const qi_backend_ops *ops;
+    qi_dtype act_dtype; /* activation dtype: F32 on CPU, BF16 on CUDA */
+    void *impl;
+};
+
+/* Backend constructors. */
+qi_status qi_backend_cpu_create(int threads, size_t arena_bytes, qi_backend **out, qi_error *err);
+/* Available only in builds with CUDA (QI_WITH_CUDA); otherwise returns QI_ERR_UNSUPPORTED. */
+qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out, qi_error *err);
+
+/* Convenience: an activation tensor of the backend's activation dtype. */
+qi_status qi_be_act(qi_backend *be, qi_tensor *t, int ndim, const int64_t *ne, qi_error *err);
+qi_status qi_be_act2(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, qi_error *err);
+qi_status qi_be_act3(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64_t d2, qi_error *err);
+qi_status qi_be_act4(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                     qi_error *err);
+
+#endif

@@ -1,0 +1,88 @@
+/*
+ * base.h — what every file of the engine shares: status codes, the error
+ * buffer, element types and their conversions, small helpers.
+ *
+ * Errors: every fallible function takes a `qi_error *` and returns a
+ * `qi_status`. On failure it writes one line into the error that names the
+ * file / tensor / argument and what was expected, so the caller can print it
+ * unchanged. Nothing here prints or exits.
+ */
+#ifndef QI_BASE_H
+#define QI_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "qwen_image.h" /* qi_status and its values */
+
+typedef struct qi_error {
+    char msg[1024];
+} qi_error;
+
+/* Writes a formatted message into err (if not NULL) and returns status. */
+qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prefixes an existing message: "context: old message". Returns status. */
+qi_status qi_fail_ctx(qi_error *err, qi_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- element types ------------------------------------------------------ */
+
+typedef enum qi_dtype {
+    QI_F32 = 0,
+    QI_F16,
+    QI_BF16,
+    QI_F8_E4M3,
+    QI_F8_E5M2,
+    QI_I32,
+    QI_I64,
+    QI_U8,
+    QI_DTYPE_COUNT
+} qi_dtype;
+
+size_t qi_dtype_size(qi_dtype t);
+const char *qi_dtype_name(qi_dtype t); /* the safetensors spelling: "BF16" */
+
+static inline float qi_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest even, as torch does; NaN stays NaN. */
+static inline uint16_t qi_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float qi_f16_to_f32(uint16_t h);
+uint16_t qi_f32_to_f16(float f);
+float qi_f8e4m3_to_f32(uint8_t v);
+float qi_f8e5m2_to_f32(uint8_t v);
+
+/* Converts n elements of type `t` at src into float32 at dst. Only float
+ * types; returns 0 on success, -1 for a non-float type. */
+int qi_to_f32(float *dst, const void *src, qi_dtype t, size_t n);
+
+/* ---- small helpers ----------------------------------------------------- */
+
+double qi_now_s(void); /* monotonic seconds */
+
+/* Reads a whole (small, text) file into a NUL-terminated heap buffer. */
+qi_status qi_read_text_file(const char *path, char **out, size_t *len, qi_error *err);
+
+/* path join into a caller buffer; returns 0 or -1 if it does not fit. */
+int qi_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+int qi_file_exists(const char *path);
+int qi_dir_exists(const char *path);
+
+#define QI_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

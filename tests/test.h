@@ -1,0 +1,61 @@
+/*
+ * test.h — the tiny test harness every tests/test_*.c uses.
+ *
+ * A test program is a list of claims: each TEST is one, CHECK records a
+ * failed expectation with its location and keeps going, and the program ends
+ * with the plain "N passed, N failed" line and exit status 1 on any failure.
+ */
+#ifndef QI_TEST_H
+#define QI_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int qi_test_failed_checks;
+static int qi_test_passed, qi_test_failed;
+
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            qi_test_failed_checks++;                                                       \
+            fprintf(stderr, "  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
+            fprintf(stderr, "" __VA_ARGS__);                                               \
+            fprintf(stderr, "\n");                                                         \
+        }                                                                                  \
+    } while (0)
+
+/* RUN(fn) runs one claim and reports it on one line. */
+#define RUN(fn)                                                                            \
+    do {                                                                                   \
+        int before_ = qi_test_failed_checks;                                               \
+        fn();                                                                              \
+        if (qi_test_failed_checks == before_) {                                            \
+            qi_test_passed++;                                                              \
+            printf("ok   %s\n", #fn);                                                      \
+        } else {                                                                           \
+            qi_test_failed++;                                                              \
+            printf("FAIL %s\n", #fn);                                                      \
+        }                                                                                  \
+        fflush(stdout);                                                                    \
+    } while (0)
+
+#define TEST_END()                                                                         \
+    do {                                                                                   \
+        printf("%d passed, %d failed\n", qi_test_passed, qi_test_failed);                  \
+        return qi_test_failed ? 1 : 0;                                                     \
+    } while (0)
+
+/* Relative L2 error ‖a − b‖ / ‖b‖ (b is the reference). */
+static inline double qi_rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#endif
