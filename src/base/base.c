@@ -24,14 +24,19 @@ qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...) {
 
 qi_status qi_fail_ctx(qi_error *err, qi_status status, const char *fmt, ...) {
     if (err) {
-        char prefix[512], old[sizeof err->msg];
+        char buf[sizeof err->msg];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(prefix, sizeof prefix, fmt, ap);
+        int n = vsnprintf(buf, sizeof buf, fmt, ap);
         va_end(ap);
-        memcpy(old, err->msg, sizeof old);
-        old[sizeof old - 1] = 0;
-        snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+        size_t used = n < 0 ? 0 : (size_t)n >= sizeof buf - 3 ? sizeof buf - 3 : (size_t)n;
+        memcpy(buf + used, ": ", 2);
+        size_t room = sizeof buf - used - 2;
+        size_t old = strnlen(err->msg, sizeof err->msg - 1);
+        if (old >= room) old = room - 1;
+        memcpy(buf + used + 2, err->msg, old);
+        buf[used + 2 + old] = 0;
+        memcpy(err->msg, buf, sizeof buf);
     }
     return status;
 }

@@ -1,0 +1,565 @@
+/*
+ * cpu_backend.c — the reference backend: float32 activations, OpenMP threads,
+ * OpenBLAS for the matrix products.
+ *
+ * It is the yardstick the CUDA backend is tested against and what CI runs, so
+ * it favours clarity and float32 exactness over speed: reductions (norms,
+ * softmax sums) accumulate in double, every op is a plain loop.
+ *
+ * Weights are not copied: a weight tensor points into the file mapping with
+ * its file dtype (bf16/f16/f32/fp8). `linear` converts a band of weight rows
+ * to float32 at a time, so even the full 20B transformer needs only a few
+ * hundred MB of scratch, never a whole-model float32 copy.
+ *
+ * Activations come from an arena: one large virtual reservation
+ * (MAP_NORESERVE, so untouched pages cost nothing) with a bump pointer.
+ */
+#define _GNU_SOURCE
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "backend/backend.h"
+
+typedef struct cpu_impl {
+    int threads;
+    char *arena;       /* reservation base */
+    size_t arena_cap;  /* bytes reserved */
+    size_t arena_used; /* bump pointer */
+    size_t arena_peak;
+} cpu_impl;
+
+static cpu_impl *impl_of(qi_backend *be) { return (cpu_impl *)be->impl; }
+#define NT(be) num_threads(impl_of(be)->threads)
+
+/* ---- memory -------------------------------------------------------------- */
+
+static qi_status cpu_tensor(qi_backend *be, qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne,
+                            qi_error *err) {
+    cpu_impl *c = impl_of(be);
+    memset(t, 0, sizeof *t);
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->scale = 1.0f;
+    for (int i = 0; i < ndim; i++) t->ne[i] = ne[i];
+    size_t bytes = (qi_nbytes(t) + 63) & ~(size_t)63;
+    if (c->arena_used + bytes > c->arena_cap) {
+        char shape[128];
+        return qi_fail(err, QI_ERR_NOMEM,
+                       "cpu backend: activation arena full (%zu MiB reserved) allocating %s %s; "
+                       "use a smaller image or batch",
+                       c->arena_cap >> 20, qi_dtype_name(dt), qi_shape_str(t, shape, sizeof shape));
+    }
+    t->data = c->arena + c->arena_used;
+    c->arena_used += bytes;
+    if (c->arena_used > c->arena_peak) c->arena_peak = c->arena_used;
+    return QI_OK;
+}
+
+static size_t cpu_mark(qi_backend *be) { return impl_of(be)->arena_used; }
+
+static void cpu_reset(qi_backend *be, size_t mark) {
+    cpu_impl *c = impl_of(be);
+    if (mark <= c->arena_used) c->arena_used = mark;
+}
+
+static qi_status cpu_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                            const void *host, qi_error *err) {
+    (void)be;
+    if (dt != QI_F32 && dt != QI_BF16 && dt != QI_F16 && dt != QI_F8_E4M3 && dt != QI_F8_E5M2 &&
+        dt != QI_I32)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cpu backend: weights of type %s are not supported",
+                       qi_dtype_name(dt));
+    memset(w, 0, sizeof *w);
+    w->dtype = dt;
+    w->ndim = ndim;
+    w->scale = 1.0f;
+    for (int i = 0; i < ndim; i++) w->ne[i] = ne[i];
+    w->data = (void *)host; /* zero copy: the caller keeps `host` alive */
+    return QI_OK;
+}
+
+static void cpu_weight_free(qi_backend *be, qi_tensor *w) {
+    (void)be;
+    w->data = NULL;
+}
+
+static qi_status cpu_upload(qi_backend *be, qi_tensor *t, const void *host, qi_error *err) {
+    (void)be;
+    if (t->dtype != QI_F32 && t->dtype != QI_I32)
+        return qi_fail(err, QI_ERR_ARG, "cpu backend: upload into %s tensor", qi_dtype_name(t->dtype));
+    memcpy(t->data, host, qi_nbytes(t));
+    return QI_OK;
+}
+
+static qi_status cpu_download(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
+    (void)be;
+    if (t->dtype == QI_F32 || t->dtype == QI_I32) {
+        memcpy(host, t->data, qi_nbytes(t));
+        return QI_OK;
+    }
+    if (qi_to_f32(host, t->data, t->dtype, (size_t)qi_numel(t)) != 0)
+        return qi_fail(err, QI_ERR_ARG, "cpu backend: download of %s tensor", qi_dtype_name(t->dtype));
+    return QI_OK;
+}
+
+static qi_status cpu_sync(qi_backend *be, qi_error *err) {
+    (void)be;
+    (void)err;
+    return QI_OK;
+}
+
+/* ---- dense ----------------------------------------------------------------- */
+
+static inline float apply_act(float u, qi_act act) {
+    switch (act) {
+    case QI_ACT_GELU_TANH: {
+        const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+        return 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
+    }
+    case QI_ACT_SILU: return u / (1.0f + expf(-u));
+    default: return u;
+    }
+}
+
+/* Converts rows [r0, r0+n) of a weight matrix [N, K] to float32 at dst. */
+static void weight_rows_f32(qi_backend *be, const qi_tensor *w, int64_t r0, int64_t n, float *dst) {
+    int64_t K = w->ne[w->ndim - 1];
+    size_t esz = qi_dtype_size(w->dtype);
+    const char *src = (const char *)w->data + (size_t)(r0 * K) * esz;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        qi_to_f32(dst + r * K, src + (size_t)(r * K) * esz, w->dtype, (size_t)K);
+        if (w->scale != 1.0f)
+            for (int64_t k = 0; k < K; k++) dst[r * K + k] *= w->scale;
+    }
+}
+
+static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                       qi_act act, qi_tensor *y) {
+    int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
+    const float *xs = x->data;
+    float *ys = y->data;
+    if (w->dtype == QI_F32 && w->scale == 1.0f) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, xs, (int)K,
+                    w->data, (int)K, 0.0f, ys, (int)N);
+    } else {
+        /* Band of weight rows converted to float32 at a time: ~64 MB scratch. */
+        int64_t band = (int64_t)((64u << 20) / ((size_t)K * 4));
+        if (band < 1) band = 1;
+        if (band > N) band = N;
+        float *wf = malloc((size_t)(band * K) * sizeof(float));
+        for (int64_t n0 = 0; n0 < N; n0 += band) {
+            int64_t nb = N - n0 < band ? N - n0 : band;
+            weight_rows_f32(be, w, n0, nb, wf);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)nb, (int)K, 1.0f, xs,
+                        (int)K, wf, (int)K, 0.0f, ys + n0, (int)N);
+        }
+        free(wf);
+    }
+    if (!b && act == QI_ACT_NONE) return;
+    float *bias = NULL;
+    if (b) {
+        bias = malloc((size_t)N * sizeof(float));
+        weight_rows_f32(be, &(qi_tensor){.dtype = b->dtype, .ndim = 2, .ne = {1, N}, .data = b->data,
+                                         .scale = b->scale},
+                        0, 1, bias);
+    }
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            float v = ys[m * N + n] + (bias ? bias[n] : 0.0f);
+            ys[m * N + n] = apply_act(v, act);
+        }
+    free(bias);
+}
+
+static void cpu_embedding(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out) {
+    int64_t D = table->ne[table->ndim - 1], n = qi_numel(ids);
+    const int32_t *id = ids->data;
+    for (int64_t i = 0; i < n; i++) weight_rows_f32(be, table, id[i], 1, (float *)out->data + i * D);
+}
+
+/* ---- norms ------------------------------------------------------------------ */
+
+/* Small vectors (norm weights, [D]) as float32 on the stack or heap. */
+static float *vec_f32(qi_backend *be, const qi_tensor *v) {
+    if (!v) return NULL;
+    int64_t n = qi_numel(v);
+    float *f = malloc((size_t)n * sizeof(float));
+    weight_rows_f32(be, &(qi_tensor){.dtype = v->dtype, .ndim = 2, .ne = {1, n}, .data = v->data,
+                                     .scale = v->scale},
+                    0, 1, f);
+    return f;
+}
+
+static void cpu_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps, qi_tensor *y) {
+    int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
+    float *wf = vec_f32(be, w);
+    const float *xs = x->data;
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = xs + r * D;
+        double ss = 0;
+        for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+        float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
+        for (int64_t i = 0; i < D; i++) ys[r * D + i] = xr[i] * inv * (wf ? wf[i] : 1.0f);
+    }
+    free(wf);
+}
+
+static void cpu_layer_norm_mod(qi_backend *be, const qi_tensor *x, const qi_tensor *shift,
+                               const qi_tensor *scale, int64_t mod_stride, float eps, qi_tensor *y) {
+    int64_t D = x->ne[x->ndim - 1];
+    int64_t B = x->ndim >= 3 ? x->ne[0] : 1, L = qi_rows(x) / B;
+    const float *xs = x->data, *sh = shift ? shift->data : NULL, *sc = scale ? scale->data : NULL;
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t l = 0; l < L; l++) {
+            const float *xr = xs + (b * L + l) * D;
+            float *yr = ys + (b * L + l) * D;
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < D; i++) mean += xr[i];
+            mean /= (double)D;
+            for (int64_t i = 0; i < D; i++) var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+            var /= (double)D;
+            double inv = 1.0 / sqrt(var + eps);
+            for (int64_t i = 0; i < D; i++) {
+                float n = (float)(((double)xr[i] - mean) * inv);
+                float s = sc ? sc[b * mod_stride + i] : 0.0f, t = sh ? sh[b * mod_stride + i] : 0.0f;
+                yr[i] = n * (1.0f + s) + t;
+            }
+        }
+}
+
+/* ---- elementwise -------------------------------------------------------------- */
+
+static void cpu_add_gated(qi_backend *be, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride,
+                          const qi_tensor *y) {
+    int64_t D = x->ne[x->ndim - 1];
+    int64_t B = x->ndim >= 3 ? x->ne[0] : 1, L = qi_rows(x) / B;
+    float *xs = x->data;
+    const float *ys = y->data, *g = gate ? gate->data : NULL;
+#pragma omp parallel for NT(be) schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t i = 0; i < D; i++) {
+                int64_t o = (b * L + l) * D + i;
+                xs[o] += (g ? g[b * gate_stride + i] : 1.0f) * ys[o];
+            }
+}
+
+static void cpu_activate(qi_backend *be, const qi_tensor *x, qi_act act, qi_tensor *y) {
+    int64_t n = qi_numel(x);
+    const float *xs = x->data;
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t i = 0; i < n; i++) ys[i] = apply_act(xs[i], act);
+}
+
+static void cpu_silu_mul(qi_backend *be, const qi_tensor *gate, const qi_tensor *up, qi_tensor *y) {
+    int64_t N = y->ne[y->ndim - 1], M = qi_rows(y);
+    const float *g = gate->data, *u = up ? up->data : NULL;
+    int64_t gstride = up ? N : 2 * N; /* fused [M, 2N] gate_up when up == NULL */
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            float gv = g[m * gstride + n];
+            float uv = u ? u[m * N + n] : g[m * gstride + N + n];
+            ys[m * N + n] = gv / (1.0f + expf(-gv)) * uv;
+        }
+}
+
+static void cpu_axpby(qi_backend *be, float a, const qi_tensor *x, float b, const qi_tensor *y,
+                      qi_tensor *out) {
+    int64_t n = qi_numel(out);
+    const float *xs = x->data, *ys = y->data;
+    float *os = out->data;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t i = 0; i < n; i++) os[i] = a * xs[i] + b * ys[i];
+}
+
+static void cpu_copy_rows(qi_backend *be, const qi_tensor *src, int64_t src_row0, qi_tensor *dst,
+                          int64_t dst_row0, int64_t nrows) {
+    (void)be;
+    int64_t D = src->ne[src->ndim - 1];
+    memmove((float *)dst->data + dst_row0 * D, (const float *)src->data + src_row0 * D,
+            (size_t)(nrows * D) * sizeof(float));
+}
+
+/* ---- attention ---------------------------------------------------------------- */
+
+static void cpu_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, const qi_tensor *sin_tab,
+                     qi_rope_mode mode) {
+    int64_t B = x->ne[0], L = x->ne[1], H = x->ne[2], Dh = x->ne[3], P = Dh / 2;
+    float *xs = x->data;
+    const float *ct = cos_tab->data, *st = sin_tab->data;
+#pragma omp parallel for NT(be) schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t h = 0; h < H; h++) {
+                float *v = xs + ((b * L + l) * H + h) * Dh;
+                for (int64_t m = 0; m < P; m++) {
+                    float c = ct[l * P + m], s = st[l * P + m];
+                    int64_t i0 = mode == QI_ROPE_INTERLEAVED ? 2 * m : m;
+                    int64_t i1 = mode == QI_ROPE_INTERLEAVED ? 2 * m + 1 : m + P;
+                    float a = v[i0], bb = v[i1];
+                    v[i0] = a * c - bb * s;
+                    v[i1] = a * s + bb * c;
+                }
+            }
+}
+
+static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                          const qi_tensor *key_mask, int causal, float scale, qi_tensor *out) {
+    int64_t B = q->ne[0], Lq = q->ne[1], H = q->ne[2], Dh = q->ne[3];
+    int64_t Lk = k->ne[1], Hkv = k->ne[2], group = H / Hkv;
+    const float *qs = q->data, *ks = k->data, *vs = v->data;
+    const int32_t *mask = key_mask ? key_mask->data : NULL;
+    float *os = out->data;
+#pragma omp parallel NT(be)
+    {
+        float *score = malloc((size_t)Lk * sizeof(float));
+        double *acc = malloc((size_t)Dh * sizeof(double));
+#pragma omp for schedule(dynamic, 4) collapse(3)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t i = 0; i < Lq; i++) {
+                    const float *qr = qs + ((b * Lq + i) * H + h) * Dh;
+                    int64_t hk = h / group;
+                    int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
+                    float mx = -INFINITY;
+                    for (int64_t j = 0; j < Lk; j++) {
+                        if (j > last || (mask && !mask[b * Lk + j])) {
+                            score[j] = -INFINITY;
+                            continue;
+                        }
+                        const float *kr = ks + ((b * Lk + j) * Hkv + hk) * Dh;
+                        double d = 0;
+                        for (int64_t e = 0; e < Dh; e++) d += (double)qr[e] * kr[e];
+                        score[j] = (float)d * scale;
+                        if (score[j] > mx) mx = score[j];
+                    }
+                    float *orow = os + ((b * Lq + i) * H + h) * Dh;
+                    if (mx == -INFINITY) { /* every key masked: no information, output 0 */
+                        memset(orow, 0, (size_t)Dh * sizeof(float));
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int64_t e = 0; e < Dh; e++) acc[e] = 0;
+                    for (int64_t j = 0; j < Lk; j++) {
+                        if (score[j] == -INFINITY) continue;
+                        double p = exp((double)score[j] - mx);
+                        sum += p;
+                        const float *vr = vs + ((b * Lk + j) * Hkv + hk) * Dh;
+                        for (int64_t e = 0; e < Dh; e++) acc[e] += p * vr[e];
+                    }
+                    for (int64_t e = 0; e < Dh; e++) orow[e] = (float)(acc[e] / sum);
+                }
+        free(score);
+        free(acc);
+    }
+}
+
+/* ---- flow matching -------------------------------------------------------------- */
+
+static void cpu_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
+                            qi_tensor *out) {
+    int64_t D = cond->ne[cond->ndim - 1], R = qi_rows(cond);
+    const float *c = cond->data, *u = uncond->data;
+    float *o = out->data;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        double nc = 0, nm = 0;
+        for (int64_t i = 0; i < D; i++) {
+            float comb = u[r * D + i] + s * (c[r * D + i] - u[r * D + i]);
+            o[r * D + i] = comb;
+            nc += (double)c[r * D + i] * c[r * D + i];
+            nm += (double)comb * comb;
+        }
+        float ratio = (float)(sqrt(nc) / sqrt(nm));
+        for (int64_t i = 0; i < D; i++) o[r * D + i] *= ratio;
+    }
+}
+
+/* ---- VAE ---------------------------------------------------------------------- */
+
+/* conv2d as im2col + GEMM, in bands of output rows so the column buffer stays
+ * near 128 MB even for 1024² images with hundreds of channels. */
+static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                       int pad, qi_tensor *y) {
+    int64_t Ci = x->ne[0], H = x->ne[1], W = x->ne[2];
+    int64_t Co = w->ne[0], kh = w->ne[2], kw = w->ne[3];
+    int64_t Ho = H + 2 * pad - kh + 1, Wo = W + 2 * pad - kw + 1;
+    int64_t Kc = Ci * kh * kw;
+    const float *xs = x->data;
+    float *ys = y->data;
+    float *wf = malloc((size_t)(Co * Kc) * sizeof(float));
+    weight_rows_f32(be, &(qi_tensor){.dtype = w->dtype, .ndim = 2, .ne = {Co, Kc}, .data = w->data,
+                                     .scale = w->scale},
+                    0, Co, wf);
+    float *bias = vec_f32(be, b);
+    int64_t band = (int64_t)((128u << 20) / ((size_t)Kc * Wo * 4));
+    if (band < 1) band = 1;
+    if (band > Ho) band = Ho;
+    float *col = (kh == 1 && kw == 1 && pad == 0) ? NULL : malloc((size_t)(Kc * band * Wo) * sizeof(float));
+    for (int64_t r0 = 0; r0 < Ho; r0 += band) {
+        int64_t nr = Ho - r0 < band ? Ho - r0 : band, P = nr * Wo;
+        const float *B_mat;
+        if (col) {
+#pragma omp parallel for NT(be) schedule(static)
+            for (int64_t kk = 0; kk < Kc; kk++) {
+                int64_t ci = kk / (kh * kw), dy = (kk / kw) % kh, dx = kk % kw;
+                float *dst = col + kk * P;
+                for (int64_t r = 0; r < nr; r++) {
+                    int64_t iy = r0 + r + dy - pad;
+                    for (int64_t c = 0; c < Wo; c++) {
+                        int64_t ix = c + dx - pad;
+                        dst[r * Wo + c] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                              ? xs[(ci * H + iy) * W + ix]
+                                              : 0.0f;
+                    }
+                }
+            }
+            B_mat = col;
+        } else {
+            B_mat = xs + r0 * W; /* 1×1: the input rows themselves, row stride H*W */
+        }
+        /* y[:, r0:r0+nr, :] = wf[Co, Kc] · col[Kc, P]; output row stride Ho*Wo. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Co, (int)P, (int)Kc, 1.0f, wf,
+                    (int)Kc, B_mat, col ? (int)P : (int)(H * W), 0.0f, ys + r0 * Wo, (int)(Ho * Wo));
+    }
+    if (bias) {
+#pragma omp parallel for NT(be) schedule(static)
+        for (int64_t co = 0; co < Co; co++)
+            for (int64_t p = 0; p < Ho * Wo; p++) ys[co * Ho * Wo + p] += bias[co];
+    }
+    free(col);
+    free(bias);
+    free(wf);
+}
+
+static void cpu_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y) {
+    int64_t C = x->ne[0], H = x->ne[1], W = x->ne[2];
+    const float *xs = x->data;
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static) collapse(2)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < 2 * H; r++)
+            for (int64_t q = 0; q < 2 * W; q++)
+                ys[(c * 2 * H + r) * 2 * W + q] = xs[(c * H + r / 2) * W + q / 2];
+}
+
+static void cpu_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
+                                 const qi_tensor *bias, qi_tensor *y) {
+    int64_t C = x->ne[0], HW = qi_numel(x) / C;
+    float *g = vec_f32(be, gamma), *bb = vec_f32(be, bias);
+    const float *xs = x->data;
+    float *ys = y->data;
+    float root_c = sqrtf((float)C);
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t p = 0; p < HW; p++) {
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) ss += (double)xs[c * HW + p] * xs[c * HW + p];
+        double nrm = sqrt(ss);
+        float inv = (float)(1.0 / (nrm > 1e-12 ? nrm : 1e-12));
+        for (int64_t c = 0; c < C; c++)
+            ys[c * HW + p] = xs[c * HW + p] * inv * root_c * (g ? g[c] : 1.0f) + (bb ? bb[c] : 0.0f);
+    }
+    free(g);
+    free(bb);
+}
+
+static void cpu_transpose2d(qi_backend *be, const qi_tensor *x, qi_tensor *y) {
+    int64_t R = x->ne[0], C = x->ne[1];
+    const float *xs = x->data;
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < R; r++) ys[c * R + r] = xs[r * C + c];
+}
+
+/* ---- table ------------------------------------------------------------------------ */
+
+static void cpu_destroy(qi_backend *be) {
+    if (!be) return;
+    cpu_impl *c = impl_of(be);
+    if (c && c->arena) munmap(c->arena, c->arena_cap);
+    free(c);
+    free(be);
+}
+
+static const qi_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .tensor = cpu_tensor,
+    .mark = cpu_mark,
+    .reset = cpu_reset,
+    .weight = cpu_weight,
+    .weight_free = cpu_weight_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .sync = cpu_sync,
+    .linear = cpu_linear,
+    .embedding = cpu_embedding,
+    .rms_norm = cpu_rms_norm,
+    .layer_norm_mod = cpu_layer_norm_mod,
+    .add_gated = cpu_add_gated,
+    .activate = cpu_activate,
+    .silu_mul = cpu_silu_mul,
+    .axpby = cpu_axpby,
+    .copy_rows = cpu_copy_rows,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .cfg_combine = cpu_cfg_combine,
+    .conv2d = cpu_conv2d,
+    .upsample2x = cpu_upsample2x,
+    .channel_rms_norm = cpu_channel_rms_norm,
+    .transpose2d = cpu_transpose2d,
+};
+
+qi_status qi_backend_cpu_create(int threads, size_t arena_bytes, qi_backend **out, qi_error *err) {
+    *out = NULL;
+    if (threads <= 0) threads = omp_get_num_procs();
+    if (arena_bytes == 0) arena_bytes = (size_t)16 << 30; /* virtual; pages are touched lazily */
+    qi_backend *be = calloc(1, sizeof *be);
+    cpu_impl *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return qi_fail(err, QI_ERR_NOMEM, "cpu backend: out of memory");
+    }
+    c->threads = threads;
+    c->arena_cap = arena_bytes;
+    c->arena = mmap(NULL, arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                    -1, 0);
+    if (c->arena == MAP_FAILED) {
+        free(be);
+        free(c);
+        return qi_fail(err, QI_ERR_NOMEM, "cpu backend: cannot reserve %zu MiB of address space for "
+                                          "activations", arena_bytes >> 20);
+    }
+    /* OpenBLAS keeps one process-wide thread count; match ours. */
+    openblas_set_num_threads(threads);
+    be->ops = &cpu_ops;
+    be->act_dtype = QI_F32;
+    be->impl = c;
+    *out = be;
+    return QI_OK;
+}
+
+#ifndef QI_WITH_CUDA
+qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out, qi_error *err) {
+    (void)device;
+    (void)arena_bytes;
+    *out = NULL;
+    return qi_fail(err, QI_ERR_UNSUPPORTED,
+                   "this build has no CUDA backend; rebuild on a machine with nvcc (cmake -DQI_CUDA=ON)");
+}
+#endif
