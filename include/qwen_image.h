@@ -62,13 +62,15 @@ qi_open_options qi_open_options_default(void);
 typedef enum qi_rng_kind { QI_RNG_CPU = 0, QI_RNG_CUDA = 1 } qi_rng_kind;
 
 typedef struct qi_request {
-    const char *prompt;            /* UTF-8 */
+    const char *prompt;            /* UTF-8; or several prompts: */
+    const char *const *prompts;    /* n_prompts prompts (used when not NULL; prompt is then ignored) */
+    int n_prompts;
     const char *negative_prompt;   /* NULL: no true CFG */
     int width, height;             /* multiples of 16; default 1024 */
     int steps;                     /* >= 1; default 8 */
     float cfg;                     /* true CFG scale; applied when > 1 and a negative prompt is set */
     uint64_t seed;
-    int batch;                     /* images per prompt; default 1 */
+    int batch;                     /* images per prompt; default 1 (total = prompts × batch) */
     const char *scheduler;         /* NULL: the model's config; "lightning", "model" or a JSON path */
     qi_rng_kind rng;
     int max_sequence_length;       /* default 512 */
@@ -81,12 +83,20 @@ qi_request qi_request_default(void);
 typedef struct qi_image {
     int width, height, count; /* count images of width x height, RGB8 interleaved */
     uint8_t *rgb;             /* count * height * width * 3 bytes */
+    float *latents;           /* what the VAE decoded: [count, 16, 1, height/8, width/8] float32 */
 } qi_image;
+
+/* Wall time of each stage of the last qi_generate, and the process's peak RSS. */
+typedef struct qi_timings {
+    double text_s, load_s, denoise_s, vae_s;
+    double peak_rss_mb;
+} qi_timings;
 
 qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out);
 qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength);
 qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out);
 const char *qi_engine_error(const qi_engine *e);
+const qi_timings *qi_engine_timings(const qi_engine *e);
 void qi_engine_close(qi_engine *e);
 void qi_image_free(qi_image *img);
 
