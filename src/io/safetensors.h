@@ -77,4 +77,13 @@ typedef struct qi_st_write_item {
 
 qi_status qi_st_write(const char *path, const qi_st_write_item *items, int n, qi_error *err);
 
+/* Like qi_st_get, for tensors of any dtype (integer tables, U8 masks). For
+ * both: ndim < 0 or shape NULL skips the shape check, and an expected dim < 0
+ * matches any size. */
+qi_status qi_st_get_any(const qi_st_set *s, const char *name, int ndim, const int64_t *shape,
+                        const qi_st_tensor **out, qi_error *err);
+
+/* Formats a shape as "[3072, 64]" into buf (truncated to cap); returns buf. */
+char *qi_st_shape_str(int ndim, const int64_t *shape, char *buf, size_t cap);
+
 #endif

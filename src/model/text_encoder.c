@@ -1,0 +1,594 @@
+/*
+ * text_encoder.c — Qwen2.5-VL-7B's language model, text only, and the
+ * extraction of Qwen-Image's prompt embeddings from its last hidden state.
+ *
+ * Owns: reading text_encoder/config.json, binding the language-model weights
+ * (both on-disk name layouts) into typed structs, the forward pass written
+ * against the backend op table, and the drop / unpad / re-pad step of
+ * diffusers' _get_qwen_prompt_embeds + encode_prompt.
+ * Does not own: tokenising and the prompt template (prompt.c, tokenizer.c),
+ * the vision tower and lm_head (never loaded: the pipeline ignores them).
+ *
+ * Spec: shared/docs/spec/text-and-noise.md §2 (template, extraction) and §3
+ * (forward). The traps it calls out, and where this file obeys them:
+ *   - hidden_states[-1] is taken AFTER the final norm (encode_tokens);
+ *   - RoPE pairs dimension j with j + head_dim/2 ("rotate_half", QI_ROPE_HALF),
+ *     the M-RoPE sections collapse to plain 1-D RoPE for text (rope_tables);
+ *   - q/k/v have biases, o_proj and the MLP do not (layer_forward);
+ *   - GQA: query head h reads KV head h / (heads / kv_heads) (the attention op);
+ *   - attention is causal and ignores padding keys; with right padding
+ *     (checked) causal masking alone does both (layer_forward).
+ */
+#include "model/text_encoder.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+
+/* ---- config ---------------------------------------------------------------- */
+
+/* The object that holds `key`: text_config first, then the top level (older
+ * files keep the language-model keys there). JSON null counts as absent. */
+static const cJSON *holder_of(const cJSON *text, const cJSON *root, const char *key) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(text, key);
+    if (it && !cJSON_IsNull(it)) return text;
+    it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (it && !cJSON_IsNull(it)) return root;
+    return NULL;
+}
+
+static qi_status missing_key(const char *path, const char *key, qi_error *err) {
+    return qi_fail(err, QI_ERR_FORMAT,
+                   "%s: key '%s' is missing (looked in \"text_config\" and at the top level); the "
+                   "text encoder needs it and has no safe default",
+                   path, key);
+}
+
+static qi_status get_positive_int(const cJSON *text, const cJSON *root, const char *path,
+                                  const char *key, int *out, qi_error *err) {
+    const cJSON *obj = holder_of(text, root, key);
+    if (!obj) return missing_key(path, key, err);
+    qi_status st = qi_json_get_int(obj, key, path, out, err);
+    if (st != QI_OK) return st;
+    if (*out <= 0)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: key '%s' must be positive, found %d", path, key,
+                       *out);
+    return QI_OK;
+}
+
+/* Only the plain RoPE of Qwen2.5-VL ("default"; 4.x files say "mrope") is
+ * implemented; a scaled variant would silently give wrong embeddings. */
+static qi_status check_rope_type(const cJSON *rope, const char *path, const char *what,
+                                 qi_error *err) {
+    static const char *const keys[] = {"rope_type", "type"};
+    for (size_t i = 0; i < QI_ARRAY_LEN(keys); i++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rope, keys[i]);
+        if (!t || cJSON_IsNull(t)) continue;
+        if (!cJSON_IsString(t))
+            return qi_fail(err, QI_ERR_FORMAT, "%s: %s.%s must be a string", path, what, keys[i]);
+        if (strcmp(t->valuestring, "default") != 0 && strcmp(t->valuestring, "mrope") != 0)
+            return qi_fail(err, QI_ERR_UNSUPPORTED,
+                           "%s: %s.%s is '%s'; only the default (m)rope of Qwen2.5-VL is supported",
+                           path, what, keys[i], t->valuestring);
+    }
+    return QI_OK;
+}
+
+/* RoPE θ in either spelling: transformers 5.x `rope_parameters.rope_theta`,
+ * 4.x a `rope_theta` key (with the type in `rope_scaling`). */
+static qi_status read_rope_theta(const cJSON *text, const cJSON *root, const char *path,
+                                 double *theta, qi_error *err) {
+    qi_status st;
+    const cJSON *holder = holder_of(text, root, "rope_parameters");
+    const cJSON *params = holder ? cJSON_GetObjectItemCaseSensitive(holder, "rope_parameters") : NULL;
+    if (params && !cJSON_IsObject(params))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: key 'rope_parameters' must be an object", path);
+    holder = holder_of(text, root, "rope_scaling");
+    const cJSON *scaling = holder ? cJSON_GetObjectItemCaseSensitive(holder, "rope_scaling") : NULL;
+    if (scaling && !cJSON_IsObject(scaling))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: key 'rope_scaling' must be an object or null", path);
+    if (params && (st = check_rope_type(params, path, "rope_parameters", err)) != QI_OK) return st;
+    if (scaling && (st = check_rope_type(scaling, path, "rope_scaling", err)) != QI_OK) return st;
+
+    const cJSON *t = params ? cJSON_GetObjectItemCaseSensitive(params, "rope_theta") : NULL;
+    if (t && !cJSON_IsNull(t)) {
+        st = qi_json_get_double(params, "rope_theta", path, theta, err);
+    } else if ((holder = holder_of(text, root, "rope_theta")) != NULL) {
+        st = qi_json_get_double(holder, "rope_theta", path, theta, err);
+    } else {
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: key 'rope_theta' is missing: expected \"rope_parameters\": "
+                       "{\"rope_theta\": ...} (transformers 5.x) or \"rope_theta\" (4.x), in "
+                       "\"text_config\" or at the top level",
+                       path);
+    }
+    if (st != QI_OK) return st;
+    if (!(*theta > 1.0) || !isfinite(*theta))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: key 'rope_theta' must be a number > 1, found %g",
+                       path, *theta);
+    return QI_OK;
+}
+
+static qi_status parse_config(const cJSON *root, const char *path, qi_text_encoder_config *c,
+                              qi_error *err) {
+    qi_status st;
+    if (!cJSON_IsObject(root))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: expected a JSON object", path);
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+    if (text && !cJSON_IsNull(text) && !cJSON_IsObject(text))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: key 'text_config' must be an object", path);
+    if (!text || cJSON_IsNull(text)) text = root;
+
+    if ((st = get_positive_int(text, root, path, "hidden_size", &c->hidden_size, err)) ||
+        (st = get_positive_int(text, root, path, "num_hidden_layers", &c->num_layers, err)) ||
+        (st = get_positive_int(text, root, path, "num_attention_heads", &c->num_heads, err)) ||
+        (st = get_positive_int(text, root, path, "num_key_value_heads", &c->num_kv_heads, err)) ||
+        (st = get_positive_int(text, root, path, "intermediate_size", &c->intermediate_size, err)) ||
+        (st = get_positive_int(text, root, path, "vocab_size", &c->vocab_size, err)))
+        return st;
+
+    const cJSON *holder = holder_of(text, root, "rms_norm_eps");
+    if (!holder) return missing_key(path, "rms_norm_eps", err);
+    if ((st = qi_json_get_double(holder, "rms_norm_eps", path, &c->rms_norm_eps, err))) return st;
+    if (!(c->rms_norm_eps > 0) || !(c->rms_norm_eps < 1))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: key 'rms_norm_eps' must be in (0, 1), found %g",
+                       path, c->rms_norm_eps);
+
+    if ((st = read_rope_theta(text, root, path, &c->rope_theta, err))) return st;
+
+    holder = holder_of(text, root, "hidden_act");
+    if (holder) {
+        const char *act;
+        if ((st = qi_json_get_string(holder, "hidden_act", path, &act, err))) return st;
+        if (strcmp(act, "silu") != 0)
+            return qi_fail(err, QI_ERR_UNSUPPORTED,
+                           "%s: hidden_act is '%s'; the Qwen2.5-VL MLP here is SwiGLU (silu)", path,
+                           act);
+    }
+
+    /* head_dim is derived, never read: Qwen2.5-VL's attention always does so. */
+    if (c->hidden_size % c->num_heads != 0)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: hidden_size %d is not a multiple of num_attention_heads %d", path,
+                       c->hidden_size, c->num_heads);
+    c->head_dim = c->hidden_size / c->num_heads;
+    if (c->head_dim % 2 != 0)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: head dim %d (hidden_size / num_attention_heads) "
+                                           "must be even for RoPE",
+                       path, c->head_dim);
+    if (c->num_heads % c->num_kv_heads != 0)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                       path, c->num_heads, c->num_kv_heads);
+    return QI_OK;
+}
+
+qi_status qi_text_encoder_read_config(const char *config_path, qi_text_encoder_config *out,
+                                      qi_error *err) {
+    memset(out, 0, sizeof *out);
+    cJSON *root;
+    qi_status st = qi_json_load(config_path, &root, err);
+    if (st != QI_OK) return st;
+    st = parse_config(root, config_path, out, err);
+    cJSON_Delete(root);
+    return st;
+}
+
+/* ---- weights ---------------------------------------------------------------- */
+
+typedef struct te_layer {
+    qi_tensor input_norm;      /* [D] */
+    qi_tensor q_w, q_b;        /* [H·Dh, D], [H·Dh] */
+    qi_tensor k_w, k_b;        /* [Hkv·Dh, D], [Hkv·Dh] */
+    qi_tensor v_w, v_b;        /* [Hkv·Dh, D], [Hkv·Dh] */
+    qi_tensor o_w;             /* [D, H·Dh], no bias */
+    qi_tensor post_attn_norm;  /* [D] */
+    qi_tensor gate_w, up_w;    /* [I, D] each */
+    qi_tensor down_w;          /* [D, I] */
+} te_layer;
+
+struct qi_text_encoder {
+    qi_text_encoder_config cfg;
+    qi_backend *be;
+    qi_st_set *files;     /* kept open: CPU weights point into the mapping */
+    qi_tensor embed;      /* [V, D] */
+    te_layer *layers;     /* [num_layers] */
+    qi_tensor final_norm; /* [D] */
+};
+
+/* The two on-disk spellings of the language model's names (spec §3.2). */
+static const char *const name_prefixes[] = {"model.", "model.language_model."};
+
+/* Which prefix this checkpoint uses, found by its embedding table. */
+static qi_status find_name_prefix(const qi_st_set *files, const char *dir, const char **prefix,
+                                  qi_error *err) {
+    for (size_t i = 0; i < QI_ARRAY_LEN(name_prefixes); i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%sembed_tokens.weight", name_prefixes[i]);
+        if (qi_st_find(files, name)) {
+            *prefix = name_prefixes[i];
+            return QI_OK;
+        }
+    }
+    return qi_fail(err, QI_ERR_FORMAT,
+                   "%s: no text encoder embedding table: expected 'model.embed_tokens.weight' or "
+                   "'model.language_model.embed_tokens.weight' (is this a Qwen2.5-VL text encoder?)",
+                   dir);
+}
+
+/* Looks `prefix + name` up, checks its shape and hands it to the backend. */
+static qi_status bind(qi_text_encoder *te, const char *prefix, const char *name, int ndim,
+                      int64_t d0, int64_t d1, qi_tensor *w, qi_error *err) {
+    char full[192];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    int64_t shape[2] = {d0, d1};
+    const qi_st_tensor *t;
+    qi_status st = qi_st_get(te->files, full, ndim, shape, &t, err);
+    if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder");
+    st = te->be->ops->weight(te->be, w, t->dtype, t->ndim, t->shape, t->data, err);
+    if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder weight '%s'", full);
+    return QI_OK;
+}
+
+static qi_status bind_layer(qi_text_encoder *te, const char *prefix, int i, te_layer *l,
+                            qi_error *err) {
+    const qi_text_encoder_config *c = &te->cfg;
+    int64_t D = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KVD = (int64_t)c->num_kv_heads * c->head_dim;
+    struct {
+        const char *name;
+        int ndim;
+        int64_t d0, d1;
+        qi_tensor *w;
+    } items[] = {
+        {"input_layernorm.weight", 1, D, 0, &l->input_norm},
+        {"self_attn.q_proj.weight", 2, QD, D, &l->q_w},
+        {"self_attn.q_proj.bias", 1, QD, 0, &l->q_b},
+        {"self_attn.k_proj.weight", 2, KVD, D, &l->k_w},
+        {"self_attn.k_proj.bias", 1, KVD, 0, &l->k_b},
+        {"self_attn.v_proj.weight", 2, KVD, D, &l->v_w},
+        {"self_attn.v_proj.bias", 1, KVD, 0, &l->v_b},
+        {"self_attn.o_proj.weight", 2, D, QD, &l->o_w},
+        {"post_attention_layernorm.weight", 1, D, 0, &l->post_attn_norm},
+        {"mlp.gate_proj.weight", 2, I, D, &l->gate_w},
+        {"mlp.up_proj.weight", 2, I, D, &l->up_w},
+        {"mlp.down_proj.weight", 2, D, I, &l->down_w},
+    };
+    for (size_t k = 0; k < QI_ARRAY_LEN(items); k++) {
+        char name[160];
+        snprintf(name, sizeof name, "layers.%d.%s", i, items[k].name);
+        qi_status st = bind(te, prefix, name, items[k].ndim, items[k].d0, items[k].d1, items[k].w, err);
+        if (st != QI_OK) return st;
+    }
+    return QI_OK;
+}
+
+static void release(qi_text_encoder *te, qi_tensor *w) {
+    if (w->data) te->be->ops->weight_free(te->be, w);
+}
+
+void qi_text_encoder_free(qi_text_encoder *te) {
+    if (!te) return;
+    if (te->be) {
+        release(te, &te->embed);
+        release(te, &te->final_norm);
+        for (int i = 0; te->layers && i < te->cfg.num_layers; i++) {
+            te_layer *l = &te->layers[i];
+            qi_tensor *ws[] = {&l->input_norm, &l->q_w,  &l->q_b,  &l->k_w,
+                               &l->k_b,        &l->v_w,  &l->v_b,  &l->o_w,
+                               &l->post_attn_norm, &l->gate_w, &l->up_w, &l->down_w};
+            for (size_t k = 0; k < QI_ARRAY_LEN(ws); k++) release(te, ws[k]);
+        }
+    }
+    free(te->layers);
+    qi_st_set_close(te->files);
+    free(te);
+}
+
+qi_status qi_text_encoder_load(const char *text_encoder_dir, qi_backend *be, qi_text_encoder **out,
+                               qi_error *err) {
+    *out = NULL;
+    if (!text_encoder_dir || !be)
+        return qi_fail(err, QI_ERR_ARG, "text encoder: no directory or backend given");
+    char config_path[QI_PATH_MAX];
+    if (qi_path_join(config_path, sizeof config_path, text_encoder_dir, "config.json") != 0)
+        return qi_fail(err, QI_ERR_ARG, "%s: path too long", text_encoder_dir);
+
+    qi_text_encoder *te = calloc(1, sizeof *te);
+    if (!te) return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
+    te->be = be;
+    qi_status st = qi_text_encoder_read_config(config_path, &te->cfg, err);
+    if (st == QI_OK) st = qi_st_set_open_dir(text_encoder_dir, "model", &te->files, err);
+    const char *prefix = NULL;
+    if (st == QI_OK) st = find_name_prefix(te->files, text_encoder_dir, &prefix, err);
+    if (st == QI_OK) {
+        te->layers = calloc((size_t)te->cfg.num_layers, sizeof *te->layers);
+        if (!te->layers) st = qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
+    }
+    const qi_text_encoder_config *c = &te->cfg;
+    if (st == QI_OK)
+        st = bind(te, prefix, "embed_tokens.weight", 2, c->vocab_size, c->hidden_size, &te->embed, err);
+    for (int i = 0; st == QI_OK && i < c->num_layers; i++)
+        st = bind_layer(te, prefix, i, &te->layers[i], err);
+    if (st == QI_OK) st = bind(te, prefix, "norm.weight", 1, c->hidden_size, 0, &te->final_norm, err);
+    if (st != QI_OK) {
+        qi_text_encoder_free(te);
+        return st;
+    }
+    *out = te;
+    return QI_OK;
+}
+
+const qi_text_encoder_config *qi_text_encoder_get_config(const qi_text_encoder *te) {
+    return &te->cfg;
+}
+
+int qi_text_encoder_dim(const qi_text_encoder *te) { return te->cfg.hidden_size; }
+
+/* ---- forward ------------------------------------------------------------------ */
+
+/* cos/sin tables [S, Dh/2] of plain 1-D RoPE at positions 0 … S−1 (spec
+ * §3.4: for text the three M-RoPE position rows are equal, so the sections do
+ * not matter). Computed in float32 like torch: inv_freq = 1 / θ^(2i/Dh),
+ * angle = pos · inv_freq, both rounded to float. */
+static void rope_tables(double theta, int head_dim, int S, float *cos_tab, float *sin_tab) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float exponent = (float)(2 * i) / (float)head_dim;
+        float inv_freq = 1.0f / powf((float)theta, exponent);
+        for (int t = 0; t < S; t++) {
+            float angle = (float)t * inv_freq;
+            cos_tab[(size_t)t * half + i] = (float)cos((double)angle);
+            sin_tab[(size_t)t * half + i] = (float)sin((double)angle);
+        }
+    }
+}
+
+/* Scratch activations of one forward, allocated once and reused by every layer. */
+typedef struct te_acts {
+    qi_tensor x;          /* [B, S, D] residual stream */
+    qi_tensor h;          /* [B, S, D] normed input of attention / MLP */
+    qi_tensor q;          /* [B, S, H·Dh] */
+    qi_tensor k, v;       /* [B, S, Hkv·Dh] */
+    qi_tensor attn;       /* [B, S, H·Dh] attention output before o_proj */
+    qi_tensor proj;       /* [B, S, D] o_proj / down_proj output */
+    qi_tensor gate, up;   /* [B, S, I] */
+    qi_tensor mlp;        /* [B, S, I] silu(gate) · up */
+    qi_tensor cos_tab, sin_tab; /* F32 [S, Dh/2] */
+} te_acts;
+
+static qi_status alloc_acts(qi_text_encoder *te, int B, int S, te_acts *a, qi_error *err) {
+    qi_backend *be = te->be;
+    const qi_text_encoder_config *c = &te->cfg;
+    int64_t D = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KVD = (int64_t)c->num_kv_heads * c->head_dim;
+    int64_t tab_ne[2] = {S, c->head_dim / 2};
+    qi_status st;
+    if ((st = qi_be_act3(be, &a->x, B, S, D, err)) || (st = qi_be_act3(be, &a->h, B, S, D, err)) ||
+        (st = qi_be_act3(be, &a->q, B, S, QD, err)) || (st = qi_be_act3(be, &a->k, B, S, KVD, err)) ||
+        (st = qi_be_act3(be, &a->v, B, S, KVD, err)) ||
+        (st = qi_be_act3(be, &a->attn, B, S, QD, err)) ||
+        (st = qi_be_act3(be, &a->proj, B, S, D, err)) ||
+        (st = qi_be_act3(be, &a->gate, B, S, I, err)) || (st = qi_be_act3(be, &a->up, B, S, I, err)) ||
+        (st = qi_be_act3(be, &a->mlp, B, S, I, err)) ||
+        (st = be->ops->tensor(be, &a->cos_tab, QI_F32, 2, tab_ne, err)) ||
+        (st = be->ops->tensor(be, &a->sin_tab, QI_F32, 2, tab_ne, err)))
+        return qi_fail_ctx(err, st, "text encoder (batch %d, %d tokens)", B, S);
+    return QI_OK;
+}
+
+/* One Qwen2.5-VL decoder layer on the residual stream a->x [B, S, D]:
+ *   x += o_proj(attention(rope(q), rope(k), v))      with h = rms_norm(x)
+ *   x += down(silu(gate(h)) · up(h))                  with h = rms_norm(x) */
+static void layer_forward(qi_text_encoder *te, const te_layer *l, int B, int S, te_acts *a) {
+    qi_backend *be = te->be;
+    const qi_backend_ops *op = be->ops;
+    const qi_text_encoder_config *c = &te->cfg;
+    float eps = (float)c->rms_norm_eps;
+
+    op->rms_norm(be, &a->x, &l->input_norm, eps, &a->h);
+    op->linear(be, &a->h, &l->q_w, &l->q_b, QI_ACT_NONE, &a->q);
+    op->linear(be, &a->h, &l->k_w, &l->k_b, QI_ACT_NONE, &a->k);
+    op->linear(be, &a->h, &l->v_w, &l->v_b, QI_ACT_NONE, &a->v);
+    /* Heads are contiguous Dh-wide slices of the projections. */
+    qi_tensor q4 = qi_view4(&a->q, B, S, c->num_heads, c->head_dim);
+    qi_tensor k4 = qi_view4(&a->k, B, S, c->num_kv_heads, c->head_dim);
+    qi_tensor v4 = qi_view4(&a->v, B, S, c->num_kv_heads, c->head_dim);
+    qi_tensor o4 = qi_view4(&a->attn, B, S, c->num_heads, c->head_dim);
+    op->rope(be, &q4, &a->cos_tab, &a->sin_tab, QI_ROPE_HALF);
+    op->rope(be, &k4, &a->cos_tab, &a->sin_tab, QI_ROPE_HALF);
+    /* The reference masks keys that are padding AND keys after the query.
+     * With right padding a real query's earlier keys are all real, so the
+     * causal mask alone gives the same result; pad query rows differ but
+     * are discarded. No key mask, then: the plain causal kernel. */
+    float scale = (float)(1.0 / sqrt((double)c->head_dim));
+    op->attention(be, &q4, &k4, &v4, NULL, 1, scale, &o4);
+    op->linear(be, &a->attn, &l->o_w, NULL, QI_ACT_NONE, &a->proj);
+    op->add_gated(be, &a->x, NULL, 0, &a->proj);
+
+    op->rms_norm(be, &a->x, &l->post_attn_norm, eps, &a->h);
+    op->linear(be, &a->h, &l->gate_w, NULL, QI_ACT_NONE, &a->gate);
+    op->linear(be, &a->h, &l->up_w, NULL, QI_ACT_NONE, &a->up);
+    op->silu_mul(be, &a->gate, &a->up, &a->mlp);
+    op->linear(be, &a->mlp, &l->down_w, NULL, QI_ACT_NONE, &a->proj);
+    op->add_gated(be, &a->x, NULL, 0, &a->proj);
+}
+
+/* The language model on right-padded ids [B, S] (host, contiguous): on
+ * return a->h holds the final-normed hidden states [B, S, D]
+ * (= hidden_states[-1]). Allocates from the arena; the caller resets it. */
+static qi_status forward(qi_text_encoder *te, const int32_t *ids, int B, int S, te_acts *a,
+                         qi_error *err) {
+    qi_backend *be = te->be;
+    const qi_text_encoder_config *c = &te->cfg;
+    qi_status st = alloc_acts(te, B, S, a, err);
+    if (st != QI_OK) return st;
+
+    size_t tab_n = (size_t)S * (size_t)(c->head_dim / 2);
+    float *cos_host = malloc(tab_n * sizeof(float)), *sin_host = malloc(tab_n * sizeof(float));
+    if (!cos_host || !sin_host) {
+        free(cos_host);
+        free(sin_host);
+        return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory for RoPE tables");
+    }
+    rope_tables(c->rope_theta, c->head_dim, S, cos_host, sin_host);
+    st = be->ops->upload(be, &a->cos_tab, cos_host, err);
+    if (st == QI_OK) st = be->ops->upload(be, &a->sin_tab, sin_host, err);
+    free(cos_host);
+    free(sin_host);
+    if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder");
+
+    /* ids as an I32 [B·S] tensor for the embedding lookup. */
+    qi_tensor ids_t;
+    int64_t ids_ne[1] = {(int64_t)B * S};
+    if ((st = be->ops->tensor(be, &ids_t, QI_I32, 1, ids_ne, err)) ||
+        (st = be->ops->upload(be, &ids_t, ids, err)))
+        return qi_fail_ctx(err, st, "text encoder");
+
+    be->ops->embedding(be, &te->embed, &ids_t, &a->x);
+    for (int i = 0; i < c->num_layers; i++) layer_forward(te, &te->layers[i], B, S, a);
+    be->ops->rms_norm(be, &a->x, &te->final_norm, (float)c->rms_norm_eps, &a->h);
+    return QI_OK;
+}
+
+/* ---- prompt embeddings ----------------------------------------------------------- */
+
+/* Checks ids/mask and counts each prompt's real ids (n_ids[b]). */
+static qi_status check_tokens(const qi_text_encoder *te, const int32_t *ids, const int32_t *mask,
+                              int B, int S, int *n_ids, qi_error *err) {
+    for (int b = 0; b < B; b++) {
+        const int32_t *m = mask + (size_t)b * S, *id = ids + (size_t)b * S;
+        int n = 0;
+        while (n < S && m[n] == 1) n++;
+        for (int s = n; s < S; s++)
+            if (m[s] != 0)
+                return qi_fail(err, QI_ERR_ARG,
+                               "text encoder: attention mask of prompt %d has %d at position %d "
+                               "after padding began at %d; expected right padding (1s then 0s) "
+                               "as qi_prompt_tokenize gives",
+                               b, m[s], s, n);
+        if (n <= QI_PROMPT_DROP_IDX)
+            return qi_fail(err, QI_ERR_ARG,
+                           "text encoder: prompt %d has %d ids, not more than the %d-id template "
+                           "prefix; tokenize it with the prompt template (qi_prompt_tokenize)",
+                           b, n, QI_PROMPT_DROP_IDX);
+        for (int s = 0; s < S; s++)
+            if (id[s] < 0 || id[s] >= te->cfg.vocab_size)
+                return qi_fail(err, QI_ERR_ARG,
+                               "text encoder: prompt %d: token id %d at position %d is outside the "
+                               "vocabulary (0 … %d)",
+                               b, id[s], s, te->cfg.vocab_size - 1);
+        n_ids[b] = n;
+    }
+    return QI_OK;
+}
+
+/* Runs the encoder on ids [B, run_len] and writes each prompt's rows
+ * [34, n_ids[b]) into out [B, out_len, D] (zero-filled by the caller), mask
+ * 1 for them. Only the kept rows are gathered (copy_rows into one packed
+ * [Σ len, D] tensor) and copied back to the host. */
+static qi_status encode_rows(qi_text_encoder *te, const int32_t *run_ids, const int *n_ids, int B,
+                             int run_len, int out_len, float *out, int32_t *out_mask,
+                             qi_error *err) {
+    qi_backend *be = te->be;
+    int64_t D = te->cfg.hidden_size, total = 0;
+    for (int b = 0; b < B; b++) total += n_ids[b] - QI_PROMPT_DROP_IDX;
+    float *host = malloc((size_t)total * (size_t)D * sizeof(float));
+    if (!host) return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
+
+    size_t arena_mark = be->ops->mark(be);
+    te_acts acts;
+    qi_tensor packed;
+    qi_status st = forward(te, run_ids, B, run_len, &acts, err);
+    if (st == QI_OK) st = qi_be_act2(be, &packed, total, D, err);
+    if (st == QI_OK) {
+        int64_t row = 0;
+        for (int b = 0; b < B; b++) {
+            int64_t len = n_ids[b] - QI_PROMPT_DROP_IDX;
+            be->ops->copy_rows(be, &acts.h, (int64_t)b * run_len + QI_PROMPT_DROP_IDX, &packed,
+                               row, len);
+            row += len;
+        }
+        st = be->ops->download(be, &packed, host, err);
+    }
+    be->ops->reset(be, arena_mark);
+    if (st == QI_OK) {
+        /* Re-pad: prompt b's rows first, zero rows after. */
+        int64_t row = 0;
+        for (int b = 0; b < B; b++) {
+            int64_t len = n_ids[b] - QI_PROMPT_DROP_IDX;
+            memcpy(out + (size_t)b * out_len * D, host + (size_t)row * D,
+                   (size_t)(len * D) * sizeof(float));
+            for (int64_t r = 0; r < len; r++) out_mask[(size_t)b * out_len + r] = 1;
+            row += len;
+        }
+    }
+    free(host);
+    return st;
+}
+
+/* diffusers' _get_qwen_prompt_embeds + the max_sequence_length cut of
+ * encode_prompt (spec §2.2). Exact shortcuts used: the encoder runs on no
+ * more than 34 + max_sequence_length ids (causal attention: later ids cannot
+ * change earlier positions) and not past the longest prompt. */
+qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const int32_t *mask, int B,
+                                 int S, int max_sequence_length, float **embeds,
+                                 int32_t **embeds_mask, int *L, qi_error *err) {
+    if (embeds) *embeds = NULL;
+    if (embeds_mask) *embeds_mask = NULL;
+    if (L) *L = 0;
+    if (!te || !ids || !mask || !embeds || !embeds_mask || !L)
+        return qi_fail(err, QI_ERR_ARG, "text encoder encode: NULL argument");
+    if (B < 1 || S < 1)
+        return qi_fail(err, QI_ERR_ARG, "text encoder encode: empty batch (B = %d, S = %d)", B, S);
+    if (max_sequence_length < 1 || max_sequence_length > QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT)
+        return qi_fail(err, QI_ERR_ARG,
+                       "max_sequence_length %d is out of range: it must be 1 … %d (as diffusers "
+                       "checks)",
+                       max_sequence_length, QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT);
+
+    int *n_ids = malloc((size_t)B * sizeof(int));
+    if (!n_ids) return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
+    qi_status st = check_tokens(te, ids, mask, B, S, n_ids, err);
+    if (st != QI_OK) {
+        free(n_ids);
+        return st;
+    }
+
+    /* Ids actually run: every prompt's kept rows lie below run_len. */
+    int run_len = 0;
+    for (int b = 0; b < B; b++) {
+        if (n_ids[b] > QI_PROMPT_DROP_IDX + max_sequence_length)
+            n_ids[b] = QI_PROMPT_DROP_IDX + max_sequence_length;
+        if (n_ids[b] > run_len) run_len = n_ids[b];
+    }
+    int out_len = run_len - QI_PROMPT_DROP_IDX;
+    size_t D = (size_t)te->cfg.hidden_size;
+
+    int32_t *run_ids = malloc((size_t)B * run_len * sizeof(int32_t)); /* [B, run_len] */
+    float *out = calloc((size_t)B * out_len * D, sizeof(float));      /* [B, out_len, D] */
+    int32_t *out_mask = calloc((size_t)B * out_len, sizeof(int32_t)); /* [B, out_len] */
+    if (!run_ids || !out || !out_mask)
+        st = qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory (batch %d, %d tokens)", B,
+                     run_len);
+    if (st == QI_OK) {
+        for (int b = 0; b < B; b++)
+            memcpy(run_ids + (size_t)b * run_len, ids + (size_t)b * S,
+                   (size_t)run_len * sizeof(int32_t));
+        st = encode_rows(te, run_ids, n_ids, B, run_len, out_len, out, out_mask, err);
+    }
+    free(n_ids);
+    free(run_ids);
+    if (st != QI_OK) {
+        free(out);
+        free(out_mask);
+        return st;
+    }
+    *embeds = out;
+    *embeds_mask = out_mask;
+    *L = out_len;
+    return QI_OK;
+}

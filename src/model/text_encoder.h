@@ -1,0 +1,84 @@
+/*
+ * text_encoder.h — the Qwen2.5-VL-7B language model (text only) that turns
+ * tokenised prompts into Qwen-Image's prompt embeddings.
+ *
+ *     qi_text_encoder *te;
+ *     if (qi_text_encoder_load("<model>/text_encoder", be, &te, &err) != QI_OK) ...
+ *     // ids, mask [B, S] as qi_prompt_tokenize gives them (template included)
+ *     float *embeds; int32_t *embeds_mask; int L;
+ *     qi_text_encoder_encode(te, ids, mask, B, S, 512, &embeds, &embeds_mask, &L, &err);
+ *     ... embeds [B, L, dim], embeds_mask [B, L] ...
+ *     free(embeds); free(embeds_mask);
+ *     qi_text_encoder_free(te);
+ *
+ * What encode computes (spec text-and-noise.md §2.2 and §3): the hidden
+ * states after the final RMSNorm (diffusers' `hidden_states[-1]`), then per
+ * prompt the valid (unpadded) positions minus the 34-id template prefix, cut
+ * to max_sequence_length, re-padded with zero rows to the longest prompt —
+ * exactly diffusers' `prompt_embeds` / `prompt_embeds_mask`. The vision tower
+ * and lm_head are never loaded.
+ */
+#ifndef QI_TEXT_ENCODER_H
+#define QI_TEXT_ENCODER_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "base/base.h"
+#include "model/prompt.h" /* QI_PROMPT_DROP_IDX (34), the max_sequence_length limit */
+
+/* The language-model part of text_encoder/config.json (nested under
+ * "text_config" in transformers 5.x files, top level in older ones). */
+typedef struct qi_text_encoder_config {
+    int hidden_size;         /* D: 3584 full size, 64 in the tiny reference model */
+    int num_layers;          /* num_hidden_layers: 28 */
+    int num_heads;           /* num_attention_heads: 28 */
+    int num_kv_heads;        /* num_key_value_heads: 4 (GQA) */
+    int head_dim;            /* hidden_size / num_heads (never a config key): 128 */
+    int intermediate_size;   /* SwiGLU width: 18944 */
+    int vocab_size;          /* embedding rows: 152064 */
+    double rms_norm_eps;     /* 1e-6 */
+    double rope_theta;       /* 1e6; from rope_parameters or rope_theta (+ rope_scaling) */
+} qi_text_encoder_config;
+
+/* Reads and checks a text encoder config.json. Every field above must be
+ * present (no defaults: the transformers class defaults are the 72B model's);
+ * the error names the file and the key. */
+qi_status qi_text_encoder_read_config(const char *config_path, qi_text_encoder_config *out,
+                                      qi_error *err);
+
+typedef struct qi_text_encoder qi_text_encoder;
+
+/* Loads `text_encoder_dir` (config.json + model*.safetensors, sharded or
+ * not). Accepts both weight layouts: `model.layers.N.*` (as Qwen-Image ships)
+ * and `model.language_model.layers.N.*` (newer transformers). Every tensor's
+ * shape is checked against the config. Weights are handed to `be`
+ * (zero-copy on the CPU: the files stay mapped until qi_text_encoder_free);
+ * `be` must outlive the encoder. */
+qi_status qi_text_encoder_load(const char *text_encoder_dir, qi_backend *be, qi_text_encoder **out,
+                               qi_error *err);
+void qi_text_encoder_free(qi_text_encoder *te);
+
+const qi_text_encoder_config *qi_text_encoder_get_config(const qi_text_encoder *te);
+int qi_text_encoder_dim(const qi_text_encoder *te); /* hidden size (3584 full, 64 tiny) */
+
+/* ids, mask: [B, S] int32 as qi_prompt_tokenize gives them (right padding;
+ * mask 1 for real ids, 0 for padding; each row starts with the 34-id
+ * template prefix, QI_PROMPT_DROP_IDX): a qi_prompt_batch's ids, mask,
+ * batch, seq_len. max_sequence_length: 1 … 1024 (diffusers' __call__ default
+ * is 512); *L then equals the batch's embed_seq_len.
+ *
+ * Output (malloc'ed, the caller frees both):
+ *   *embeds      float32 [B, L, D]: row b = the prompt's embeddings after the
+ *                34-id drop, then zero rows;
+ *   *embeds_mask int32 [B, L]: 1 for real rows, 0 for padding rows;
+ *   *L           = min(longest prompt length after the drop, max_sequence_length).
+ * diffusers replaces an all-ones mask by None (always so for one prompt); an
+ * all-ones *embeds_mask means exactly that.
+ *
+ * Activations use the backend arena, which is reset to where it was on return. */
+qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const int32_t *mask, int B,
+                                 int S, int max_sequence_length, float **embeds,
+                                 int32_t **embeds_mask, int *L, qi_error *err);
+
+#endif

@@ -1,0 +1,608 @@
+/*
+ * test_text_encoder.c — claims about the Qwen2.5-VL text encoder and the
+ * prompt-embedding extraction, against the reference tensors of diffusers
+ * (shared/reference/public/<case>: input_ids, attention_mask, prompt_embeds,
+ * prompt_embeds_mask, callN.encoder_hidden_states) on the tiny reference
+ * text encoder, plus the config and weight-layout rules of the loader.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "io/safetensors.h"
+#include "model/prompt.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
+#include "test.h"
+
+#define MODEL_DIR QI_SHARED_DIR "/reference/public/model"
+#define TE_DIR MODEL_DIR "/text_encoder"
+#define CASES_DIR QI_SHARED_DIR "/reference/public"
+
+static qi_backend *g_be;
+static qi_text_encoder *g_te;
+static char g_tmp[64]; /* scratch folder for written configs / checkpoints */
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+/* A reference tensor copied out of the mapping (the data may be unaligned). */
+typedef struct ref_tensor {
+    int ndim;
+    int64_t shape[4];
+    void *data; /* float or int32, malloc'ed; NULL when absent */
+} ref_tensor;
+
+static ref_tensor ref_get(const qi_st_file *f, const char *name) {
+    ref_tensor r = {0};
+    const qi_st_tensor *t = qi_st_file_find(f, name);
+    if (!t) return r;
+    r.ndim = t->ndim;
+    for (int i = 0; i < t->ndim && i < 4; i++) r.shape[i] = t->shape[i];
+    r.data = malloc(t->nbytes);
+    memcpy(r.data, t->data, t->nbytes);
+    return r;
+}
+
+typedef struct ref_case {
+    qi_st_file *file;
+    ref_tensor ids, mask, embeds, embeds_mask;
+} ref_case;
+
+static int case_open(const char *name, ref_case *c) {
+    memset(c, 0, sizeof *c);
+    char path[512];
+    snprintf(path, sizeof path, CASES_DIR "/%s/tensors.safetensors", name);
+    qi_error err = {{0}};
+    if (qi_st_open(path, &c->file, &err) != QI_OK) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
+    c->ids = ref_get(c->file, "input_ids");
+    c->mask = ref_get(c->file, "attention_mask");
+    c->embeds = ref_get(c->file, "prompt_embeds");
+    c->embeds_mask = ref_get(c->file, "prompt_embeds_mask"); /* absent: diffusers' None */
+    CHECK(c->ids.data && c->mask.data && c->embeds.data, "case %s lacks input tensors", name);
+    return c->ids.data && c->mask.data && c->embeds.data ? 0 : -1;
+}
+
+static void case_close(ref_case *c) {
+    free(c->ids.data);
+    free(c->mask.data);
+    free(c->embeds.data);
+    free(c->embeds_mask.data);
+    qi_st_close(c->file);
+}
+
+static void tmp_path(char *out, size_t cap, const char *name) {
+    snprintf(out, cap, "%s/%s", g_tmp, name);
+}
+
+static int write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+static cJSON *reference_config(void) {
+    char *text;
+    size_t len;
+    qi_error err = {{0}};
+    if (qi_read_text_file(TE_DIR "/config.json", &text, &len, &err) != QI_OK) return NULL;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    return j;
+}
+
+/* Writes json to <tmp>/<name> and reads it as a text encoder config. */
+static qi_status read_config_json(const cJSON *json, const char *name, qi_text_encoder_config *cfg,
+                                  qi_error *err) {
+    char path[256];
+    tmp_path(path, sizeof path, name);
+    char *text = cJSON_Print(json);
+    int rc = write_text(path, text);
+    free(text);
+    if (rc != 0) return qi_fail(err, QI_ERR_IO, "cannot write %s", path);
+    return qi_text_encoder_read_config(path, cfg, err);
+}
+
+static int config_equal(const qi_text_encoder_config *a, const qi_text_encoder_config *b) {
+    return a->hidden_size == b->hidden_size && a->num_layers == b->num_layers &&
+           a->num_heads == b->num_heads && a->num_kv_heads == b->num_kv_heads &&
+           a->head_dim == b->head_dim && a->intermediate_size == b->intermediate_size &&
+           a->vocab_size == b->vocab_size && a->rms_norm_eps == b->rms_norm_eps &&
+           a->rope_theta == b->rope_theta;
+}
+
+/* Encodes a case's reference ids with `te`; returns the rel L2 error against
+ * prompt_embeds (or -1) and whether the mask equals diffusers' (missing mask
+ * = all ones). */
+static double encode_case(qi_text_encoder *te, const char *name, int *mask_ok, double *secs) {
+    ref_case c;
+    *mask_ok = 0;
+    if (case_open(name, &c) != 0) return -1;
+    int B = (int)c.ids.shape[0], S = (int)c.ids.shape[1];
+    float *emb = NULL;
+    int32_t *emb_mask = NULL;
+    int L = 0;
+    qi_error err = {{0}};
+    double t0 = qi_now_s();
+    qi_status st = qi_text_encoder_encode(te, c.ids.data, c.mask.data, B, S, 512, &emb, &emb_mask, &L,
+                                          &err);
+    *secs = qi_now_s() - t0;
+    double rel = -1;
+    CHECK(st == QI_OK, "%s: %s", name, err.msg);
+    if (st == QI_OK) {
+        int64_t D = c.embeds.shape[2];
+        CHECK(L == c.embeds.shape[1] && D == qi_text_encoder_dim(te),
+              "%s: got [%d, %d, %d], reference [%lld, %lld, %lld]", name, B, L,
+              qi_text_encoder_dim(te), (long long)c.embeds.shape[0], (long long)c.embeds.shape[1],
+              (long long)D);
+        if (L == c.embeds.shape[1] && D == qi_text_encoder_dim(te)) {
+            rel = qi_rel_l2(emb, c.embeds.data, (size_t)B * L * D);
+            *mask_ok = 1;
+            for (int i = 0; i < B * L; i++) {
+                int want = c.embeds_mask.data ? ((int32_t *)c.embeds_mask.data)[i] : 1;
+                if (emb_mask[i] != want) *mask_ok = 0;
+            }
+        }
+    }
+    free(emb);
+    free(emb_mask);
+    case_close(&c);
+    return rel;
+}
+
+/* Copies the reference text encoder into <tmp>/<sub>/ with the language
+ * model renamed model.X -> model.language_model.X and visual.X ->
+ * model.visual.X (the newer transformers layout); `skip` names one original
+ * tensor to leave out (or NULL). */
+static int write_renamed_copy(const char *sub, const char *skip) {
+    char dir[256], path[320];
+    tmp_path(dir, sizeof dir, sub);
+    mkdir(dir, 0700);
+    qi_error err = {{0}};
+    qi_st_file *f;
+    if (qi_st_open(TE_DIR "/model.safetensors", &f, &err) != QI_OK) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
+    qi_st_write_item *items = calloc((size_t)f->n_tensors, sizeof *items);
+    char **names = calloc((size_t)f->n_tensors, sizeof *names);
+    int n = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const qi_st_tensor *t = &f->tensors[i];
+        if (skip && strcmp(t->name, skip) == 0) continue;
+        char name[256];
+        if (strncmp(t->name, "model.", 6) == 0)
+            snprintf(name, sizeof name, "model.language_model.%s", t->name + 6);
+        else if (strncmp(t->name, "visual.", 7) == 0)
+            snprintf(name, sizeof name, "model.%s", t->name);
+        else
+            snprintf(name, sizeof name, "%s", t->name);
+        names[n] = strdup(name);
+        items[n].name = names[n];
+        items[n].dtype = t->dtype;
+        items[n].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) items[n].shape[d] = t->shape[d];
+        items[n].data = t->data;
+        n++;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    qi_status st = qi_st_write(path, items, n, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    free(items);
+    qi_st_close(f);
+
+    cJSON *cfg = reference_config();
+    char *text = cJSON_Print(cfg);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_text(path, text);
+    free(text);
+    cJSON_Delete(cfg);
+    return st == QI_OK ? 0 : -1;
+}
+
+static void remove_tree(const char *dir) {
+    char cmd[320];
+    /* The folder is ours (mkdtemp); a plain rm keeps the test short. */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "  note: could not remove %s\n", dir);
+}
+
+/* ---- claims: config ------------------------------------------------------------ */
+
+static void config_of_reference_model_is_read(void) {
+    qi_text_encoder_config cfg;
+    qi_error err = {{0}};
+    qi_status st = qi_text_encoder_read_config(TE_DIR "/config.json", &cfg, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    /* The tiny reference model (spec §3.3): hidden 64, 2 layers, 4 heads / 2 KV heads. */
+    CHECK(cfg.hidden_size == 64 && cfg.num_layers == 2 && cfg.num_heads == 4 &&
+              cfg.num_kv_heads == 2 && cfg.head_dim == 16 && cfg.intermediate_size == 128 &&
+              cfg.vocab_size == 152064,
+          "got hidden %d layers %d heads %d kv %d head_dim %d inter %d vocab %d", cfg.hidden_size,
+          cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+          cfg.vocab_size);
+    CHECK(cfg.rms_norm_eps == 1e-6 && cfg.rope_theta == 1e6, "eps %g theta %g", cfg.rms_norm_eps,
+          cfg.rope_theta);
+}
+
+/* Every required key, removed from text_config, gives an error naming it and the file. */
+static void config_missing_key_is_an_error_naming_it(void) {
+    static const char *const keys[] = {"hidden_size",       "num_hidden_layers", "num_attention_heads",
+                                       "num_key_value_heads", "intermediate_size", "rms_norm_eps",
+                                       "vocab_size",        "rope_theta"};
+    for (size_t k = 0; k < QI_ARRAY_LEN(keys); k++) {
+        cJSON *cfg = reference_config();
+        cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text_config");
+        if (strcmp(keys[k], "rope_theta") == 0)
+            cJSON_DeleteItemFromObjectCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(text, "rope_parameters"), "rope_theta");
+        else
+            cJSON_DeleteItemFromObjectCaseSensitive(text, keys[k]);
+        qi_text_encoder_config out;
+        qi_error err = {{0}};
+        qi_status st = read_config_json(cfg, "missing.json", &out, &err);
+        CHECK(st == QI_ERR_FORMAT, "removing '%s' gave status %d", keys[k], (int)st);
+        CHECK(strstr(err.msg, keys[k]) && strstr(err.msg, "missing.json"),
+              "message for '%s' does not name key and file: %s", keys[k], err.msg);
+        if (k == 0) printf("  e.g. \"%s\"\n", err.msg);
+        cJSON_Delete(cfg);
+    }
+}
+
+/* transformers 5.x (rope_parameters in text_config), 4.x nested (rope_theta +
+ * rope_scaling {type: mrope}) and 4.x flat (no text_config) all parse to the
+ * same config, with θ read from the file (a non-default value here). */
+static void rope_theta_parses_the_same_in_both_forms(void) {
+    const double theta = 123456.0;
+    qi_text_encoder_config a, b, c;
+    qi_error err = {{0}};
+
+    cJSON *v5 = reference_config();
+    cJSON *text = cJSON_GetObjectItemCaseSensitive(v5, "text_config");
+    cJSON *rp = cJSON_GetObjectItemCaseSensitive(text, "rope_parameters");
+    cJSON_ReplaceItemInObjectCaseSensitive(rp, "rope_theta", cJSON_CreateNumber(theta));
+    CHECK(read_config_json(v5, "rope5.json", &a, &err) == QI_OK, "%s", err.msg);
+
+    cJSON *v4 = cJSON_Duplicate(v5, 1);
+    text = cJSON_GetObjectItemCaseSensitive(v4, "text_config");
+    cJSON_DeleteItemFromObjectCaseSensitive(text, "rope_parameters");
+    cJSON_AddNumberToObject(text, "rope_theta", theta);
+    cJSON *scaling = cJSON_AddObjectToObject(text, "rope_scaling");
+    cJSON_AddStringToObject(scaling, "type", "mrope");
+    int sec[3] = {2, 3, 3};
+    cJSON_AddItemToObject(scaling, "mrope_section", cJSON_CreateIntArray(sec, 3));
+    CHECK(read_config_json(v4, "rope4.json", &b, &err) == QI_OK, "%s", err.msg);
+
+    /* Flat: the text keys at the top level, no text_config. */
+    cJSON *flat = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(v4, "text_config"), 1);
+    CHECK(read_config_json(flat, "rope4flat.json", &c, &err) == QI_OK, "%s", err.msg);
+
+    printf("  theta: rope_parameters %.1f, rope_theta+rope_scaling %.1f, flat %.1f\n", a.rope_theta,
+           b.rope_theta, c.rope_theta);
+    CHECK(a.rope_theta == theta, "5.x form gave %g", a.rope_theta);
+    CHECK(config_equal(&a, &b) && config_equal(&a, &c), "forms disagree");
+
+    /* A scaled RoPE is refused rather than silently computed as plain RoPE. */
+    cJSON_ReplaceItemInObjectCaseSensitive(rp, "rope_type", cJSON_CreateString("yarn"));
+    qi_status st = read_config_json(v5, "yarn.json", &a, &err);
+    CHECK(st == QI_ERR_UNSUPPORTED && strstr(err.msg, "yarn"), "status %d: %s", (int)st, err.msg);
+    cJSON_Delete(v5);
+    cJSON_Delete(v4);
+    cJSON_Delete(flat);
+}
+
+/* ---- claims: loading ------------------------------------------------------------- */
+
+static void weight_shape_mismatch_names_the_tensor(void) {
+    char dir[256], path[320];
+    tmp_path(dir, sizeof dir, "wrong_shape");
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(symlink(TE_DIR "/model.safetensors", path) == 0, "cannot symlink into %s", dir);
+    cJSON *cfg = reference_config();
+    cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text_config");
+    cJSON_ReplaceItemInObjectCaseSensitive(text, "intermediate_size", cJSON_CreateNumber(256));
+    char *json = cJSON_Print(cfg);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_text(path, json);
+    free(json);
+    cJSON_Delete(cfg);
+
+    qi_text_encoder *te = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_text_encoder_load(dir, g_be, &te, &err);
+    CHECK(st == QI_ERR_FORMAT && te == NULL, "status %d", (int)st);
+    CHECK(strstr(err.msg, "model.layers.0.mlp.gate_proj.weight") && strstr(err.msg, "256") &&
+              strstr(err.msg, "128"),
+          "message lacks tensor / shapes: %s", err.msg);
+    printf("  \"%s\"\n", err.msg);
+}
+
+static void missing_weight_names_the_tensor(void) {
+    if (write_renamed_copy("missing_tensor", "model.layers.1.self_attn.v_proj.bias") != 0) return;
+    char dir[256];
+    tmp_path(dir, sizeof dir, "missing_tensor");
+    qi_text_encoder *te = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_text_encoder_load(dir, g_be, &te, &err);
+    CHECK(st != QI_OK && te == NULL, "loaded without v_proj.bias");
+    CHECK(strstr(err.msg, "model.language_model.layers.1.self_attn.v_proj.bias"),
+          "message does not name the tensor: %s", err.msg);
+}
+
+/* ---- claims: numerics against diffusers --------------------------------------------- */
+
+static void prompt_embeds_match_reference(void) {
+    static const char *const cases[] = {"en_lightning8_lora", "zh_cfg4_base", "batch2_lightning4_lora"};
+    for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
+        int mask_ok;
+        double secs;
+        double rel = encode_case(g_te, cases[i], &mask_ok, &secs);
+        printf("  case %s: prompt_embeds rel L2 = %.3e, mask %s, CPU encode %.1f ms\n", cases[i], rel,
+               mask_ok ? "equal" : "DIFFERENT", secs * 1e3);
+        CHECK(rel >= 0 && rel <= 1e-4, "%s: rel L2 %.3e > 1e-4", cases[i], rel);
+        CHECK(mask_ok, "%s: prompt_embeds_mask differs", cases[i]);
+    }
+}
+
+/* zh_cfg4_base runs true CFG with negative prompt " ": its embeddings are the
+ * uncond call's encoder_hidden_states (call1). Its ids are the template prefix
+ * + the ids of " " and the suffix (spec §2.1). */
+static void negative_prompt_matches_uncond_call(void) {
+    ref_case c;
+    if (case_open("zh_cfg4_base", &c) != 0) return;
+    ref_tensor ref = ref_get(c.file, "call1.encoder_hidden_states");
+    CHECK(ref.data && ref.shape[1] == 6, "no uncond encoder_hidden_states [1, 6, D]");
+    if (ref.data && ref.shape[1] == 6) {
+        static const int32_t tail[] = {220, 151645, 198, 151644, 77091, 198};
+        int32_t ids[QI_PROMPT_DROP_IDX + 6], mask[QI_PROMPT_DROP_IDX + 6];
+        memcpy(ids, c.ids.data, QI_PROMPT_DROP_IDX * sizeof(int32_t));
+        memcpy(ids + QI_PROMPT_DROP_IDX, tail, sizeof tail);
+        for (size_t i = 0; i < QI_ARRAY_LEN(mask); i++) mask[i] = 1;
+        float *emb = NULL;
+        int32_t *emb_mask = NULL;
+        int L = 0;
+        qi_error err = {{0}};
+        qi_status st = qi_text_encoder_encode(g_te, ids, mask, 1, (int)QI_ARRAY_LEN(ids), 512, &emb,
+                                              &emb_mask, &L, &err);
+        CHECK(st == QI_OK && L == 6, "status %d L %d: %s", (int)st, L, err.msg);
+        if (st == QI_OK && L == 6) {
+            double rel = qi_rel_l2(emb, ref.data, (size_t)6 * ref.shape[2]);
+            printf("  case zh_cfg4_base: negative prompt \" \" rel L2 = %.3e\n", rel);
+            CHECK(rel <= 1e-4, "rel L2 %.3e", rel);
+        }
+        free(emb);
+        free(emb_mask);
+    }
+    free(ref.data);
+    case_close(&c);
+}
+
+/* Right padding + causal mask: each prompt encoded alone equals its row of the batch. */
+static void batch_rows_equal_single_prompts(void) {
+    ref_case c;
+    if (case_open("batch2_lightning4_lora", &c) != 0) return;
+    int S = (int)c.ids.shape[1];
+    int64_t D = qi_text_encoder_dim(g_te), Lb = c.embeds.shape[1];
+    for (int b = 0; b < 2; b++) {
+        const int32_t *ids = (int32_t *)c.ids.data + (size_t)b * S;
+        const int32_t *mask = (int32_t *)c.mask.data + (size_t)b * S;
+        int n = 0;
+        while (n < S && mask[n]) n++;
+        float *emb = NULL;
+        int32_t *emb_mask = NULL;
+        int L = 0;
+        qi_error err = {{0}};
+        qi_status st = qi_text_encoder_encode(g_te, ids, mask, 1, n, 512, &emb, &emb_mask, &L, &err);
+        CHECK(st == QI_OK && L == n - QI_PROMPT_DROP_IDX, "prompt %d: %s", b, err.msg);
+        if (st == QI_OK) {
+            double rel = qi_rel_l2(emb, (float *)c.embeds.data + (size_t)b * Lb * D, (size_t)L * D);
+            printf("  prompt %d alone (%d embeddings) vs batch reference: rel L2 = %.3e\n", b, L, rel);
+            CHECK(rel <= 1e-4, "prompt %d: rel L2 %.3e", b, rel);
+        }
+        free(emb);
+        free(emb_mask);
+    }
+    case_close(&c);
+}
+
+/* max_sequence_length cuts after the 34-id drop; the mask follows the cut. */
+static void max_sequence_length_cuts_embeddings_and_mask(void) {
+    ref_case c;
+    if (case_open("batch2_lightning4_lora", &c) != 0) return;
+    int B = (int)c.ids.shape[0], S = (int)c.ids.shape[1];
+    int64_t D = qi_text_encoder_dim(g_te), Lref = c.embeds.shape[1];
+    const int32_t *ref_mask = c.embeds_mask.data;
+    int len0 = 0;
+    while (len0 < Lref && ref_mask[len0]) len0++; /* the shorter prompt's length */
+    int cut = len0 + 2;                            /* between the two lengths */
+    CHECK(cut < Lref, "reference prompts too close in length for this claim");
+    float *emb = NULL;
+    int32_t *emb_mask = NULL;
+    int L = 0;
+    qi_error err = {{0}};
+    qi_status st = qi_text_encoder_encode(g_te, c.ids.data, c.mask.data, B, S, cut, &emb, &emb_mask,
+                                          &L, &err);
+    CHECK(st == QI_OK && L == cut, "L %d, want %d: %s", L, cut, err.msg);
+    if (st == QI_OK && L == cut) {
+        double worst = 0;
+        for (int b = 0; b < B; b++) {
+            double rel = qi_rel_l2(emb + (size_t)b * L * D, (float *)c.embeds.data + (size_t)b * Lref * D,
+                                   (size_t)L * D);
+            if (rel > worst) worst = rel;
+            for (int r = 0; r < L; r++)
+                CHECK(emb_mask[b * L + r] == ref_mask[b * Lref + r], "mask[%d][%d]", b, r);
+        }
+        printf("  max_sequence_length %d: L = %d, rel L2 vs reference prefix = %.3e\n", cut, L, worst);
+        CHECK(worst <= 1e-4, "rel L2 %.3e", worst);
+    }
+    free(emb);
+    free(emb_mask);
+    case_close(&c);
+}
+
+/* From the prompt strings of case.json through qi_prompt_tokenize: the same
+ * ids/mask as diffusers and the same prompt_embeds. */
+static void prompt_strings_through_tokenizer_match_reference(void) {
+    static const char *const cases[] = {"en_lightning8_lora", "zh_cfg4_base", "batch2_lightning4_lora"};
+    qi_tokenizer *tok = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_tokenizer_load(MODEL_DIR "/tokenizer", &tok, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    if (st != QI_OK) return;
+    for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
+        char path[512];
+        snprintf(path, sizeof path, CASES_DIR "/%s/case.json", cases[i]);
+        char *text = NULL;
+        size_t len;
+        if (qi_read_text_file(path, &text, &len, &err) != QI_OK) {
+            CHECK(0, "%s", err.msg);
+            continue;
+        }
+        cJSON *json = cJSON_Parse(text);
+        free(text);
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(json, "prompt");
+        const char *prompts[8];
+        int n = 0;
+        if (cJSON_IsString(p)) prompts[n++] = p->valuestring;
+        for (const cJSON *e = cJSON_IsArray(p) ? p->child : NULL; e && n < 8; e = e->next)
+            if (cJSON_IsString(e)) prompts[n++] = e->valuestring;
+        CHECK(n > 0, "%s: no prompt in case.json", cases[i]);
+
+        ref_case c;
+        qi_prompt_batch batch = {0};
+        if (n > 0 && case_open(cases[i], &c) == 0) {
+            st = qi_prompt_tokenize(tok, prompts, n, QI_PROMPT_DEFAULT_MAX_SEQUENCE_LENGTH, &batch, &err);
+            CHECK(st == QI_OK, "%s: %s", cases[i], err.msg);
+            int64_t B = c.ids.shape[0], S = c.ids.shape[1];
+            int same_ids = st == QI_OK && batch.batch == B && batch.seq_len == S &&
+                           memcmp(batch.ids, c.ids.data, (size_t)(B * S) * sizeof(int32_t)) == 0 &&
+                           memcmp(batch.mask, c.mask.data, (size_t)(B * S) * sizeof(int32_t)) == 0;
+            CHECK(same_ids, "%s: tokenizer ids/mask differ from input_ids/attention_mask", cases[i]);
+            if (same_ids) {
+                float *emb = NULL;
+                int32_t *emb_mask = NULL;
+                int L = 0;
+                st = qi_text_encoder_encode(g_te, batch.ids, batch.mask, batch.batch, batch.seq_len,
+                                            batch.max_sequence_length, &emb, &emb_mask, &L, &err);
+                CHECK(st == QI_OK && L == batch.embed_seq_len && L == c.embeds.shape[1],
+                      "%s: L %d: %s", cases[i], L, err.msg);
+                if (st == QI_OK && L == c.embeds.shape[1]) {
+                    double rel = qi_rel_l2(emb, c.embeds.data, (size_t)(B * L * c.embeds.shape[2]));
+                    printf("  case %s: from prompt text: ids equal, prompt_embeds rel L2 = %.3e\n",
+                           cases[i], rel);
+                    CHECK(rel <= 1e-4, "%s: rel L2 %.3e", cases[i], rel);
+                }
+                free(emb);
+                free(emb_mask);
+            }
+            qi_prompt_batch_free(&batch);
+            case_close(&c);
+        }
+        cJSON_Delete(json);
+    }
+    qi_tokenizer_free(tok);
+}
+
+/* The model.language_model.* layout loads and gives the same embeddings. */
+static void language_model_layout_gives_same_embeddings(void) {
+    if (write_renamed_copy("new_layout", NULL) != 0) return;
+    char dir[256];
+    tmp_path(dir, sizeof dir, "new_layout");
+    qi_text_encoder *te = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_text_encoder_load(dir, g_be, &te, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    if (st != QI_OK) return;
+    int mask_ok;
+    double secs;
+    double rel = encode_case(te, "batch2_lightning4_lora", &mask_ok, &secs);
+    printf("  model.language_model.* layout, batch2_lightning4_lora: rel L2 = %.3e\n", rel);
+    CHECK(rel >= 0 && rel <= 1e-4 && mask_ok, "rel L2 %.3e mask %d", rel, mask_ok);
+    qi_text_encoder_free(te);
+}
+
+/* ---- claims: bad input ----------------------------------------------------------------- */
+
+static void bad_tokens_are_argument_errors(void) {
+    ref_case c;
+    if (case_open("en_lightning8_lora", &c) != 0) return;
+    int S = (int)c.ids.shape[1];
+    int32_t *ids = malloc((size_t)S * sizeof(int32_t)), *mask = malloc((size_t)S * sizeof(int32_t));
+    float *emb = NULL;
+    int32_t *emb_mask = NULL;
+    int L;
+    qi_error err = {{0}};
+    qi_status st;
+
+    memcpy(ids, c.ids.data, (size_t)S * sizeof(int32_t));
+    memcpy(mask, c.mask.data, (size_t)S * sizeof(int32_t));
+    mask[40] = 0; /* a hole: not right padding */
+    st = qi_text_encoder_encode(g_te, ids, mask, 1, S, 512, &emb, &emb_mask, &L, &err);
+    CHECK(st == QI_ERR_ARG && emb == NULL && strstr(err.msg, "right padding"), "hole: %s", err.msg);
+
+    memcpy(mask, c.mask.data, (size_t)S * sizeof(int32_t));
+    ids[S - 1] = 152064; /* one past the vocabulary */
+    st = qi_text_encoder_encode(g_te, ids, mask, 1, S, 512, &emb, &emb_mask, &L, &err);
+    CHECK(st == QI_ERR_ARG && strstr(err.msg, "152064"), "bad id: %s", err.msg);
+
+    memcpy(ids, c.ids.data, (size_t)S * sizeof(int32_t));
+    st = qi_text_encoder_encode(g_te, ids, mask, 1, QI_PROMPT_DROP_IDX, 512, &emb, &emb_mask, &L,
+                                &err);
+    CHECK(st == QI_ERR_ARG && strstr(err.msg, "template"), "no prompt: %s", err.msg);
+
+    st = qi_text_encoder_encode(g_te, ids, mask, 1, S, 0, &emb, &emb_mask, &L, &err);
+    CHECK(st == QI_ERR_ARG, "max_sequence_length 0 accepted");
+    st = qi_text_encoder_encode(g_te, ids, mask, 1, S, 1025, &emb, &emb_mask, &L, &err);
+    CHECK(st == QI_ERR_ARG && strstr(err.msg, "1024"), "max_sequence_length 1025: %s", err.msg);
+    free(ids);
+    free(mask);
+    case_close(&c);
+}
+
+int main(void) {
+    qi_error err = {{0}};
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qi_test_te_XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        fprintf(stderr, "cannot create a temporary folder\n");
+        return 1;
+    }
+    if (qi_backend_cpu_create(0, (size_t)1 << 30, &g_be, &err) != QI_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    double t0 = qi_now_s();
+    if (qi_text_encoder_load(TE_DIR, g_be, &g_te, &err) != QI_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    printf("  loaded %s in %.1f ms\n", TE_DIR, (qi_now_s() - t0) * 1e3);
+
+    RUN(config_of_reference_model_is_read);
+    RUN(config_missing_key_is_an_error_naming_it);
+    RUN(rope_theta_parses_the_same_in_both_forms);
+    RUN(weight_shape_mismatch_names_the_tensor);
+    RUN(missing_weight_names_the_tensor);
+    RUN(prompt_embeds_match_reference);
+    RUN(negative_prompt_matches_uncond_call);
+    RUN(batch_rows_equal_single_prompts);
+    RUN(max_sequence_length_cuts_embeddings_and_mask);
+    RUN(prompt_strings_through_tokenizer_match_reference);
+    RUN(language_model_layout_gives_same_embeddings);
+    RUN(bad_tokens_are_argument_errors);
+
+    qi_text_encoder_free(g_te);
+    g_be->ops->destroy(g_be);
+    remove_tree(g_tmp);
+    TEST_END();
+}
