@@ -1,0 +1,640 @@
+/*
+ * test_tokenizer.c — claims about the Qwen2 byte-level BPE tokenizer
+ * (src/model/tokenizer.c) against the reference vocabulary and vectors.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/tokenizer.h"
+#include "test.h"
+
+#define MODEL_TOKENIZER QI_SHARED_DIR "/reference/public/model/tokenizer"
+#define QWEN25_TOKENIZER QI_SHARED_DIR "/tokenizer/qwen2.5"
+#define VECTORS_INP QI_SHARED_DIR "/tokenizer/llamacpp-qwen2.inp"
+#define VECTORS_OUT QI_SHARED_DIR "/tokenizer/llamacpp-qwen2.out"
+
+static qi_tokenizer *model_tok, *qwen25_tok;
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static char *read_file(const char *path, size_t *len) {
+    char *text = NULL;
+    qi_error err;
+    if (qi_read_text_file(path, &text, len, &err) != QI_OK) fprintf(stderr, "  %s\n", err.msg);
+    return text;
+}
+
+static int write_file(const char *path, const char *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t wrote = fwrite(data, 1, n, f);
+    return fclose(f) == 0 && wrote == n ? 0 : -1;
+}
+
+/* The llama.cpp vectors: cases end with "\n__ggml_vocab_test__\n" in the .inp;
+ * the .out has one line of space-separated ids per case. */
+typedef struct vectors {
+    int n;
+    char *texts[64];
+    int32_t *ids[64];
+    int n_ids[64];
+    char *inp, *out;
+} vectors;
+
+static int load_vectors(vectors *v) {
+    memset(v, 0, sizeof *v);
+    size_t inp_len, out_len;
+    v->inp = read_file(VECTORS_INP, &inp_len);
+    v->out = read_file(VECTORS_OUT, &out_len);
+    if (!v->inp || !v->out) return -1;
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    char *p = v->inp;
+    for (char *end; (end = strstr(p, sep)) && v->n < 64; p = end + sizeof sep - 1) {
+        *end = 0;
+        v->texts[v->n++] = p;
+    }
+    if (*p) return -1; /* text after the last separator: not the expected format */
+    char *line = v->out;
+    for (int k = 0; k < v->n; k++) {
+        char *eol = strchr(line, '\n');
+        if (!eol) return -1;
+        *eol = 0;
+        v->ids[k] = malloc(sizeof(int32_t) * (strlen(line) / 2 + 1));
+        for (char *q = line, *e; *q;) {
+            long id = strtol(q, &e, 10);
+            if (e == q) break;
+            v->ids[k][v->n_ids[k]++] = (int32_t)id;
+            q = e;
+        }
+        line = eol + 1;
+    }
+    return *line ? -1 : 0;
+}
+
+static void free_vectors(vectors *v) {
+    for (int k = 0; k < v->n; k++) free(v->ids[k]);
+    free(v->inp);
+    free(v->out);
+}
+
+/* Encodes and compares with want; prints the first difference. */
+static int encodes_to(const qi_tokenizer *t, const char *text, const int32_t *want, int n_want) {
+    int32_t *ids;
+    int n;
+    qi_error err;
+    if (qi_tokenizer_encode(t, text, &ids, &n, &err) != QI_OK) {
+        fprintf(stderr, "  encode(\"%.40s\") failed: %s\n", text, err.msg);
+        return 0;
+    }
+    int same = n == n_want && (n == 0 || memcmp(ids, want, (size_t)n * sizeof *ids) == 0);
+    if (!same) {
+        fprintf(stderr, "  \"%.40s\": got %d ids [", text, n);
+        for (int i = 0; i < n && i < 16; i++) fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, " ], want %d [", n_want);
+        for (int i = 0; i < n_want && i < 16; i++) fprintf(stderr, " %d", want[i]);
+        fprintf(stderr, " ]\n");
+    }
+    free(ids);
+    return same;
+}
+
+static int vectors_exact(const qi_tokenizer *t, const char *label) {
+    vectors v;
+    int ok = 0;
+    CHECK(load_vectors(&v) == 0, "cannot parse %s / %s", VECTORS_INP, VECTORS_OUT);
+    for (int k = 0; k < v.n; k++) ok += encodes_to(t, v.texts[k], v.ids[k], v.n_ids[k]);
+    printf("  %s: %d/%d vectors exact\n", label, ok, v.n);
+    CHECK(v.n == 46, "expected 46 vectors, parsed %d", v.n);
+    CHECK(ok == v.n, "%d of %d vectors differ", v.n - ok, v.n);
+    free_vectors(&v);
+    return ok;
+}
+
+/* Byte symbols back to bytes (spec §1.7), to check decode(encode(x)) == NFC(x). */
+static int symbol_byte(uint32_t c) {
+    if ((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF)) return (int)c;
+    if (c < 0x100 || c > 0x143) return -1;
+    int k = (int)(c - 0x100);
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        if (!printable && k-- == 0) return b;
+    }
+    return -1;
+}
+
+/* Concatenated bytes of the ids' tokens; NULL if some id is unknown. */
+static char *decode(const qi_tokenizer *t, const int32_t *ids, int n, size_t *len) {
+    size_t cap = 16;
+    for (int i = 0; i < n; i++) {
+        const char *s = qi_tokenizer_token(t, ids[i]);
+        if (!s) return NULL;
+        cap += strlen(s);
+    }
+    char *out = malloc(cap);
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        const unsigned char *s = (const unsigned char *)qi_tokenizer_token(t, ids[i]);
+        if (ids[i] >= 151643) { /* a special token: its text as is */
+            memcpy(out + o, s, strlen((const char *)s));
+            o += strlen((const char *)s);
+            continue;
+        }
+        while (*s) {
+            uint32_t c = *s < 0x80 ? *s : (uint32_t)(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
+            s += *s < 0x80 ? 1 : 2;
+            int b = symbol_byte(c);
+            if (b < 0) {
+                free(out);
+                return NULL;
+            }
+            out[o++] = (char)b;
+        }
+    }
+    out[o] = 0;
+    *len = o;
+    return out;
+}
+
+/* Pieces of text joined with "|". */
+static char *pieces_joined(const qi_tokenizer *t, const char *text) {
+    char *norm;
+    size_t *bounds;
+    int n;
+    qi_error err;
+    if (qi_tokenizer_pieces(t, text, &norm, &bounds, &n, &err) != QI_OK) {
+        fprintf(stderr, "  pieces failed: %s\n", err.msg);
+        return NULL;
+    }
+    char *out = malloc(bounds[n] + (size_t)n + 1), *o = out;
+    for (int k = 0; k < n; k++) {
+        if (k) *o++ = '|';
+        memcpy(o, norm + bounds[k], bounds[k + 1] - bounds[k]);
+        o += bounds[k + 1] - bounds[k];
+    }
+    *o = 0;
+    free(norm);
+    free(bounds);
+    return out;
+}
+
+/* ---- claims ---------------------------------------------------------------- */
+
+static void loads_reference_model_tokenizer(void) {
+    qi_error err;
+    double t0 = qi_now_s();
+    qi_status st = qi_tokenizer_load(MODEL_TOKENIZER, &model_tok, &err);
+    double dt = qi_now_s() - t0;
+    CHECK(st == QI_OK, "%s", err.msg);
+    if (st != QI_OK) return;
+    printf("  load time (vocab.json + merges.txt + config, no tokenizer.json): %.1f ms\n", dt * 1e3);
+    CHECK(dt < 1.0, "loading took %.2f s", dt);
+    CHECK(qi_tokenizer_pad_id(model_tok) == 151643, "pad id %d", qi_tokenizer_pad_id(model_tok));
+    const char *s = qi_tokenizer_token(model_tok, 151643);
+    CHECK(s && strcmp(s, "<|endoftext|>") == 0, "token 151643 = %s", s ? s : "(null)");
+    s = qi_tokenizer_token(model_tok, 220);
+    CHECK(s && strcmp(s, "\xC4\xA0") == 0, "token 220 should be the space symbol U+0120");
+    s = qi_tokenizer_token(model_tok, 271);
+    CHECK(s && strcmp(s, "\xC4\x8A\xC4\x8A") == 0, "token 271 should be two LF symbols");
+    CHECK(qi_tokenizer_token(model_tok, 152000) == NULL, "id 152000 is not a token");
+
+    st = qi_tokenizer_load(QWEN25_TOKENIZER, &qwen25_tok, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+}
+
+static void reference_merges_file_has_crlf_lines(void) {
+    size_t len;
+    char *text = read_file(MODEL_TOKENIZER "/merges.txt", &len);
+    CHECK(text && strstr(text, "\r\n") != NULL, "the CRLF path is only exercised if merges.txt has CRLF");
+    free(text);
+}
+
+static void llamacpp_vectors_exact_model_dir(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    vectors_exact(model_tok, "reference/public/model/tokenizer");
+}
+
+static void llamacpp_vectors_exact_qwen25_dir(void) {
+    if (!qwen25_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    vectors_exact(qwen25_tok, "tokenizer/qwen2.5");
+}
+
+/* spec §1.6 "Worked results from the reference tokenizer". */
+typedef struct worked {
+    const char *text;
+    const char *pieces; /* "|"-joined, or NULL when the spec does not list them */
+    int32_t ids[20];
+    int n;
+} worked;
+
+static const worked WORKED[] = {
+    {"IT'S 'S 'Ll 'LL 'll \xE2\x80\x99s", "IT|'S| '|S| '|Ll| '|LL| '|ll| \xE2\x80\x99|s",
+     {952, 13272, 364, 50, 364, 43, 75, 364, 4086, 364, 654, 17744, 82}, 13},
+    {"don't", "don|'t", {15007, 944}, 2},
+    {"a's'", "a|'s|'", {64, 594, 6}, 3},
+    {"a\n\n\nb", "a|\n\n\n|b", {64, 1406, 65}, 3},
+    {"a \n \n b", "a| \n \n| b", {64, 31906, 293}, 3},
+    {"a\t\tb", "a|\t|\tb", {64, 197, 2233}, 3},
+    {"x  \t y", "x|  \t| y", {87, 19271, 379}, 3},
+    {"  leading", " | leading", {220, 6388}, 2},
+    {"trailing  ", "trailing|  ", {376, 14277, 256}, 3},
+    {"!!!  ???", "!!!| | ???", {12069, 220, 51317}, 3},
+    {"a  !", "a| | !", {64, 220, 753}, 3},
+    {"1234567 \xC2\xBD \xC2\xB2 \xE2\x85\xAB \xE2\x91\xA0",
+     "1|2|3|4|5|6|7| |\xC2\xBD| |\xC2\xB2| |\xE2\x85\xAB| |\xE2\x91\xA0",
+     {16, 17, 18, 19, 20, 21, 22, 220, 26062, 220, 29456, 220, 70467, 104, 220, 48312, 254}, 17},
+    {"\r\n\r\n", "\r\n\r\n", {871}, 1},
+    {"\xE3\x80\x80\xE5\x85\xA8\xE8\xA7\x92", "\xE3\x80\x80\xE5\x85\xA8\xE8\xA7\x92", {22441, 35987, 63836}, 3},
+    {"\xE0\xA4\x95\xE0\xA5\x8D\xE0\xA4\xB7\xE0\xA4\xA4\xE0\xA5\x8D\xE0\xA4\xB0\xE0\xA4\xBF\xE0\xA4\xAF",
+     "\xE0\xA4\x95|\xE0\xA5\x8D\xE0\xA4\xB7\xE0\xA4\xA4|\xE0\xA5\x8D\xE0\xA4\xB0|\xE0\xA4\xBF\xE0\xA4\xAF",
+     {64704, 30484, 115, 79238, 85033, 42311, 107}, 7},
+    {"x\xCC\x80y", "x|\xCC\x80y", {87, 96549, 88}, 3},
+    {"\xF0\x9F\x98\x8A\xF0\x9F\x98\x8A hi", "\xF0\x9F\x98\x8A\xF0\x9F\x98\x8A| hi", {144236, 144236, 15588}, 3},
+    {"\x1c\x1d", "\x1c\x1d", {216, 217}, 2},
+};
+
+static void spec_worked_table_ids_and_pieces(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    int ok = 0;
+    for (size_t k = 0; k < QI_ARRAY_LEN(WORKED); k++) {
+        const worked *w = &WORKED[k];
+        int same = encodes_to(model_tok, w->text, w->ids, w->n);
+        char *p = pieces_joined(model_tok, w->text);
+        int pieces_same = p && strcmp(p, w->pieces) == 0;
+        CHECK(same, "ids of worked row %zu", k);
+        CHECK(pieces_same, "row %zu pieces \"%s\", want \"%s\"", k, p ? p : "?", w->pieces);
+        ok += same && pieces_same;
+        free(p);
+    }
+    printf("  %d/%zu worked rows exact (ids and pieces)\n", ok, QI_ARRAY_LEN(WORKED));
+}
+
+static void special_tokens_match_inside_text(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    CHECK(encodes_to(model_tok, "<|im_end|>inside", (int32_t[]){151645, 41350}, 2), "ids differ (printed above)");
+    CHECK(encodes_to(model_tok, "a<|im_start|>b<|endoftext|>", (int32_t[]){64, 151644, 65, 151643}, 4), "ids differ (printed above)");
+    CHECK(encodes_to(model_tok, "Hello world", (int32_t[]){9707, 1879}, 2), "no BOS/EOS added");
+    /* Whitespace beside a special stays in the ordinary neighbour (lstrip/rstrip false):
+     * " <|im_end|> " = " " then the special then " ". */
+    CHECK(encodes_to(model_tok, " <|im_end|> ", (int32_t[]){220, 151645, 220}, 3), "ids differ (printed above)");
+    /* Every one of the 22 specials, back to back. */
+    static const char *names[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                                  "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                                  "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                                  "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                                  "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                                  "<|repo_name|>", "<|file_sep|>"};
+    char all[512] = "";
+    int32_t want[22];
+    for (int k = 0; k < 22; k++) {
+        strcat(all, names[k]);
+        want[k] = 151643 + k;
+    }
+    CHECK(encodes_to(model_tok, all, want, 22), "all 22 special tokens");
+    /* An incomplete special is ordinary text. */
+    int32_t *ids;
+    int n;
+    qi_error err;
+    CHECK(qi_tokenizer_encode(model_tok, "<|im_end|", &ids, &n, &err) == QI_OK, "%s", err.msg);
+    for (int i = 0; i < n; i++) CHECK(ids[i] < 151643, "\"<|im_end|\" must not give a special id");
+    free(ids);
+}
+
+static void nfc_is_applied(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    int32_t *a, *b;
+    int na, nb;
+    qi_error err;
+    CHECK(qi_tokenizer_encode(model_tok, "cafe\xCC\x81", &a, &na, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_tokenizer_encode(model_tok, "caf\xC3\xA9", &b, &nb, &err) == QI_OK, "%s", err.msg);
+    CHECK(na == nb && memcmp(a, b, (size_t)na * sizeof *a) == 0, "decomposed and composed e-acute differ");
+    free(a);
+    free(b);
+    CHECK(encodes_to(model_tok, "\xE2\x84\xAA", (int32_t[]){42}, 1), "Kelvin sign -> K");
+}
+
+static void whitespace_class_is_unicode_white_space(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    /* "a" c c "b": whitespace c gives a|c|cb (rule 5c then rule 2); "other" c gives a|cc|b.
+     * (U+2000/U+2001 are not listed: NFC turns them into U+2002/U+2003.) */
+    static const char *white[] = {"\t", "\x0B", "\x0C", " ", "\xC2\x85", "\xC2\xA0", "\xE1\x9A\x80",
+                                  "\xE2\x80\x82", "\xE2\x80\x85", "\xE2\x80\x8A", "\xE2\x80\xA8",
+                                  "\xE2\x80\xA9", "\xE2\x80\xAF", "\xE2\x81\x9F", "\xE3\x80\x80"};
+    static const char *other[] = {"\xE1\xA0\x8E" /* U+180E */, "\xE2\x80\x8B" /* U+200B */,
+                                  "\xEF\xBB\xBF" /* U+FEFF */, "\x1C", "\x1F"};
+    char text[32], want[32];
+    for (size_t k = 0; k < QI_ARRAY_LEN(white); k++) {
+        const char *c = white[k];
+        snprintf(text, sizeof text, "a%s%sb", c, c);
+        snprintf(want, sizeof want, "a|%s|%sb", c, c);
+        char *p = pieces_joined(model_tok, text);
+        CHECK(p && strcmp(p, want) == 0, "whitespace #%zu (first byte 0x%02X) split as \"%s\"", k,
+              (unsigned char)c[0], p ? p : "?");
+        free(p);
+    }
+    for (size_t k = 0; k < QI_ARRAY_LEN(other); k++) {
+        const char *c = other[k];
+        snprintf(text, sizeof text, "a%s%sb", c, c);
+        snprintf(want, sizeof want, "a|%s%s|b", c, c);
+        char *p = pieces_joined(model_tok, text);
+        CHECK(p && strcmp(p, want) == 0, "non-whitespace #%zu split as \"%s\"", k, p ? p : "?");
+        free(p);
+    }
+    /* U+FEFF before a word attaches to it (rule 2); after a space it joins the
+     * space as punctuation (rule 4). */
+    char *p = pieces_joined(model_tok, "x\xEF\xBB\xBFword \xEF\xBB\xBFword");
+    CHECK(p && strcmp(p, "x|\xEF\xBB\xBFword| \xEF\xBB\xBF|word") == 0, "got \"%s\"", p ? p : "?");
+    free(p);
+}
+
+static void empty_text_gives_no_ids(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    int32_t *ids = NULL;
+    int n = -1;
+    qi_error err;
+    CHECK(qi_tokenizer_encode(model_tok, "", &ids, &n, &err) == QI_OK, "%s", err.msg);
+    CHECK(n == 0 && ids != NULL, "n = %d", n);
+    free(ids);
+}
+
+static void invalid_utf8_is_an_argument_error_with_offset(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    static const struct {
+        const char *text;
+        size_t offset;
+    } bad[] = {
+        {"ab\x80", 2},                 /* lone continuation byte */
+        {"\xC0\xAF", 0},               /* overlong '/' */
+        {"x\xE0\x80\xAF", 1},          /* overlong 3-byte */
+        {"\xED\xA0\x80", 0},           /* UTF-16 surrogate */
+        {"ok\xF4\x90\x80\x80", 2},     /* above U+10FFFF */
+        {"\xF5\x80\x80\x80", 0},       /* invalid lead byte */
+        {"abc\xE4\xB8", 3},            /* truncated at the end */
+        {"abc\xE4\xB8z", 3},           /* truncated in the middle */
+        {"\xFF", 0},
+        {"<|im_start|>\xFE", 12},      /* after a special token */
+        {"caf\xC3\xA9 \xC3", 6},
+    };
+    for (size_t k = 0; k < QI_ARRAY_LEN(bad); k++) {
+        int32_t *ids = (int32_t *)1;
+        int n = 7;
+        qi_error err = {{0}};
+        qi_status st = qi_tokenizer_encode(model_tok, bad[k].text, &ids, &n, &err);
+        char want[64];
+        snprintf(want, sizeof want, "byte offset %zu", bad[k].offset);
+        CHECK(st == QI_ERR_ARG, "case %zu: status %d", k, (int)st);
+        CHECK(strstr(err.msg, want) != NULL, "case %zu: message \"%s\" lacks \"%s\"", k, err.msg, want);
+        CHECK(ids == NULL && n == 0, "case %zu: outputs not cleared", k);
+    }
+}
+
+static void decode_of_encode_gives_the_text_back(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    vectors v;
+    CHECK(load_vectors(&v) == 0, "cannot parse the llama.cpp vectors");
+    int ok = 0;
+    for (int k = 0; k < v.n; k++) {
+        int32_t *ids;
+        int n;
+        size_t len;
+        qi_error err;
+        if (qi_tokenizer_encode(model_tok, v.texts[k], &ids, &n, &err) != QI_OK) continue;
+        char *back = decode(model_tok, ids, n, &len);
+        /* The vectors are NFC already except for none; compare bytes. */
+        ok += back && len == strlen(v.texts[k]) && memcmp(back, v.texts[k], len) == 0;
+        free(back);
+        free(ids);
+    }
+    CHECK(ok == v.n, "%d/%d round trips", ok, v.n);
+    free_vectors(&v);
+}
+
+/* A temp tokenizer dir: vocab.json + the given merges + config files. */
+static int make_dir(char *dir, const char *merges, size_t merges_len, int with_config, int with_added) {
+    strcpy(dir, "/tmp/qi_tok_XXXXXX");
+    if (!mkdtemp(dir)) return -1;
+    char path[256];
+    size_t len;
+    char *vocab = read_file(MODEL_TOKENIZER "/vocab.json", &len);
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    int rc = vocab ? write_file(path, vocab, len) : -1;
+    free(vocab);
+    snprintf(path, sizeof path, "%s/merges.txt", dir);
+    if (rc == 0 && merges) rc = write_file(path, merges, merges_len);
+    const char *names[2] = {"tokenizer_config.json", "added_tokens.json"};
+    int want[2] = {with_config, with_added};
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        if (!want[k]) continue;
+        char src[256];
+        snprintf(src, sizeof src, "%s/%s", MODEL_TOKENIZER, names[k]);
+        char *text = read_file(src, &len);
+        snprintf(path, sizeof path, "%s/%s", dir, names[k]);
+        rc = text ? write_file(path, text, len) : -1;
+        free(text);
+    }
+    return rc;
+}
+
+static void remove_dir(const char *dir) {
+    const char *names[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json"};
+    char path[256];
+    for (size_t k = 0; k < QI_ARRAY_LEN(names); k++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[k]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void lf_merges_load_and_agree(void) {
+    size_t len;
+    char *crlf = read_file(MODEL_TOKENIZER "/merges.txt", &len);
+    if (!crlf) {
+        CHECK(0, "no merges.txt");
+        return;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++)
+        if (!(crlf[i] == '\r' && i + 1 < len && crlf[i + 1] == '\n')) crlf[o++] = crlf[i];
+    char dir[64];
+    CHECK(make_dir(dir, crlf, o, 0, 1) == 0, "cannot write temp dir");
+    free(crlf);
+    qi_tokenizer *t = NULL;
+    qi_error err;
+    qi_status st = qi_tokenizer_load(dir, &t, &err); /* added_tokens.json only, no config */
+    CHECK(st == QI_OK, "%s", err.msg);
+    if (t) {
+        CHECK(vectors_exact(t, "LF merges.txt + added_tokens.json only") == 46,
+              "failed");
+        CHECK(qi_tokenizer_pad_id(t) == 151643, "pad defaults to <|endoftext|>: %d", qi_tokenizer_pad_id(t));
+    }
+    qi_tokenizer_free(t);
+    remove_dir(dir);
+}
+
+static void bad_tokenizer_dirs_are_errors(void) {
+    qi_tokenizer *t = (qi_tokenizer *)1;
+    qi_error err;
+    CHECK(qi_tokenizer_load("/nonexistent/tokenizer", &t, &err) == QI_ERR_IO && t == NULL, "%s", err.msg);
+    CHECK(strstr(err.msg, "/nonexistent/tokenizer") != NULL, "message names the dir: %s", err.msg);
+
+    char dir[64];
+    CHECK(make_dir(dir, NULL, 0, 1, 1) == 0, "cannot write a temp dir under /tmp");
+    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_IO && strstr(err.msg, "merges.txt"), "%s", err.msg);
+    remove_dir(dir);
+
+    const char *bad_line = "#version: 0.2\r\n\xC4\xA0 \xC4\xA0\r\nabc\r\n";
+    CHECK(make_dir(dir, bad_line, strlen(bad_line), 1, 1) == 0, "cannot write a temp dir under /tmp");
+    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, "line 3"), "%s", err.msg);
+    remove_dir(dir);
+
+    const char *unknown = "#version: 0.2\n\xC4\xA0 \xC4\xA0\nzzqq\xE2\x82\xAC xy\n";
+    CHECK(make_dir(dir, unknown, strlen(unknown), 1, 1) == 0, "cannot write a temp dir under /tmp");
+    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, "not in vocab.json"), "%s", err.msg);
+    remove_dir(dir);
+
+    const char *fine = "#version: 0.2\n\xC4\xA0 \xC4\xA0\n";
+    CHECK(make_dir(dir, fine, strlen(fine), 0, 0) == 0, "cannot write a temp dir under /tmp");
+    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, "added_tokens.json"), "%s", err.msg);
+    remove_dir(dir);
+    CHECK(t == NULL, "a failed load must leave *out NULL");
+}
+
+/* A config whose special has lstrip/rstrip (absorbs the whitespace beside it)
+ * and pad_token null; added_tokens_decoder alone, no added_tokens.json. */
+static void config_lstrip_rstrip_and_null_pad(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    size_t len;
+    char *merges = read_file(MODEL_TOKENIZER "/merges.txt", &len);
+    char dir[64], path[128];
+    CHECK(merges && make_dir(dir, merges, len, 0, 0) == 0, "cannot write a temp dir under /tmp");
+    free(merges);
+    static const char config[] =
+        "{\"added_tokens_decoder\": {\"151645\": {\"content\": \"<|im_end|>\", \"lstrip\": true, "
+        "\"rstrip\": true, \"normalized\": false, \"single_word\": false, \"special\": true}}, "
+        "\"pad_token\": null}";
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    CHECK(write_file(path, config, sizeof config - 1) == 0, "cannot write %s", path);
+    qi_tokenizer *t = NULL;
+    qi_error err;
+    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_OK, "%s", err.msg);
+    if (t) {
+        CHECK(qi_tokenizer_pad_id(t) == -1, "pad_token null: %d", qi_tokenizer_pad_id(t));
+        CHECK(encodes_to(t, "a \xE3\x80\x80<|im_end|>\t\n b", (int32_t[]){64, 151645, 65}, 3),
+              "whitespace on both sides is absorbed");
+        CHECK(encodes_to(t, "<|im_start|>", (int32_t[]){27, 91, 318, 4906, 91, 29}, 6),
+              "<|im_start|> is ordinary text when not an added token");
+    }
+    qi_tokenizer_free(t);
+    remove_dir(dir);
+}
+
+static void long_inputs_are_fast_and_exact(void) {
+    if (!model_tok) {
+        CHECK(0, "no tokenizer");
+        return;
+    }
+    /* 200k spaces then a word; 100k CJK chars with no break (one 300 kB piece);
+     * 1 MB of mixed text. Each must round-trip. */
+    const size_t big = 1 << 20;
+    char *text = malloc(big + 1);
+    const char *kinds[3] = {"spaces", "cjk", "mixed"};
+    for (int kind = 0; kind < 3; kind++) {
+        size_t n = 0;
+        if (kind == 0) {
+            memset(text, ' ', 200000);
+            n = 200000;
+            memcpy(text + n, "word", 4);
+            n += 4;
+        } else if (kind == 1) {
+            for (int i = 0; i < 100000; i++, n += 3) memcpy(text + n, i % 2 ? "\xE7\x8C\xAB" : "\xE5\xA4\xAA", 3);
+        } else {
+            static const char chunk[] = "The quick brown fox, 42 times!\r\n\tJumps  over\xE3\x80\x80\xE6\x97\xA5\xE6\x9C\xAC "
+                                        "don't   \xF0\x9F\x98\x8A ";
+            while (n + sizeof chunk < big) {
+                memcpy(text + n, chunk, sizeof chunk - 1);
+                n += sizeof chunk - 1;
+            }
+        }
+        text[n] = 0;
+        int32_t *ids;
+        int n_ids;
+        size_t len;
+        qi_error err;
+        double t0 = qi_now_s();
+        qi_status st = qi_tokenizer_encode(model_tok, text, &ids, &n_ids, &err);
+        double dt = qi_now_s() - t0;
+        CHECK(st == QI_OK, "%s: %s", kinds[kind], err.msg);
+        if (st != QI_OK) continue;
+        char *back = decode(model_tok, ids, n_ids, &len);
+        CHECK(back && len == n && memcmp(back, text, n) == 0, "%s: round trip", kinds[kind]);
+        printf("  %s: %zu bytes -> %d ids in %.1f ms\n", kinds[kind], n, n_ids, dt * 1e3);
+        CHECK(dt < 5.0, "%s: %.2f s", kinds[kind], dt);
+        free(back);
+        free(ids);
+    }
+    free(text);
+}
+
+static void null_arguments_are_errors(void) {
+    int32_t *ids;
+    int n;
+    qi_error err;
+    CHECK(qi_tokenizer_encode(NULL, "x", &ids, &n, &err) == QI_ERR_ARG, "NULL tokenizer");
+    CHECK(qi_tokenizer_encode(model_tok, NULL, &ids, &n, &err) == QI_ERR_ARG, "NULL text");
+    CHECK(qi_tokenizer_load(NULL, NULL, &err) == QI_ERR_ARG, "NULL dir and out");
+    qi_tokenizer_free(NULL);
+}
+
+int main(void) {
+    RUN(loads_reference_model_tokenizer);
+    RUN(reference_merges_file_has_crlf_lines);
+    RUN(llamacpp_vectors_exact_model_dir);
+    RUN(llamacpp_vectors_exact_qwen25_dir);
+    RUN(spec_worked_table_ids_and_pieces);
+    RUN(special_tokens_match_inside_text);
+    RUN(nfc_is_applied);
+    RUN(whitespace_class_is_unicode_white_space);
+    RUN(empty_text_gives_no_ids);
+    RUN(invalid_utf8_is_an_argument_error_with_offset);
+    RUN(decode_of_encode_gives_the_text_back);
+    RUN(lf_merges_load_and_agree);
+    RUN(bad_tokenizer_dirs_are_errors);
+    RUN(config_lstrip_rstrip_and_null_pad);
+    RUN(long_inputs_are_fast_and_exact);
+    RUN(null_arguments_are_errors);
+    qi_tokenizer_free(model_tok);
+    qi_tokenizer_free(qwen25_tok);
+    TEST_END();
+}
