@@ -1,0 +1,809 @@
+/*
+ * dit.c — the Qwen-Image MMDiT: config, weights (with LoRA fusion) and the
+ * forward pass, written once against the backend op table.
+ *
+ * One call (spec denoiser.md §1.3):
+ *
+ *     temb  = timestep_embed(t)                         [B, D]
+ *     mods  = every block's img_mod/txt_mod and norm_out's Linear of silu(temb),
+ *             computed once before the block loop       [(2·layers + 1)·B, 6D]
+ *     img   = img_in(x)                                 [B, L_img, D]
+ *     txt   = txt_in(rms_norm(ctx))                     [B, L_txt, D]
+ *     for each block: joint attention (text first), then the two MLPs
+ *     out   = proj_out(LN(img)·(1 + scale) + shift)     [B, L_img, out·p²]
+ *
+ * This file owns the weights' layout (typed structs bound by their diffusers
+ * names), the RoPE tables (built on the host, cached per shape) and the
+ * order of ops. It does not own the sampling loop, CFG or the scheduler.
+ */
+#include "model/dit.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+
+#define DIT_EPS 1e-6f            /* every LayerNorm / RMSNorm (spec §1.1) */
+#define DIT_TIME_CHANNELS 256    /* timestep sinusoid width */
+#define DIT_ROPE_THETA 10000.0f
+#define DIT_ROPE_LIMIT 4096      /* diffusers' position tables hold -4096..4095 */
+#define DIT_ROPE_CACHE 4         /* CFG alternates two text lengths; keep a few shapes */
+
+typedef struct dit_linear {
+    qi_tensor w; /* [out, in] */
+    qi_tensor b; /* [out] */
+} dit_linear;
+
+typedef struct dit_block {
+    dit_linear img_mod, txt_mod;           /* [6D, D]: shift1 scale1 gate1 shift2 scale2 gate2 */
+    dit_linear to_q, to_k, to_v;           /* image stream Q/K/V [D, D] */
+    dit_linear add_q, add_k, add_v;        /* text stream Q/K/V [D, D] */
+    qi_tensor norm_q, norm_k;              /* per-head RMSNorm of image q/k [head_dim] */
+    qi_tensor norm_added_q, norm_added_k;  /* per-head RMSNorm of text q/k [head_dim] */
+    dit_linear to_out, to_add_out;         /* attention output, image / text [D, D] */
+    dit_linear img_mlp_up, img_mlp_down;   /* [F, D] (GELU-tanh), [D, F] */
+    dit_linear txt_mlp_up, txt_mlp_down;
+} dit_block;
+
+/* One tensor the checkpoint must hold, and where it goes. */
+typedef struct weight_spec {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    qi_tensor *dst;
+} weight_spec;
+
+/* RoPE tables of one (grid_h, grid_w, txt_len): [L_txt + L_img, head_dim/2]. */
+typedef struct rope_entry {
+    int grid_h, grid_w, txt_len; /* txt_len 0: empty slot */
+    float *host;                 /* cos table then sin table */
+    qi_tensor cos, sin;          /* backend copies (weights) when on_backend */
+    int on_backend;              /* 0: the backend converted F32; upload per call */
+    uint64_t last_use;
+} rope_entry;
+
+struct qi_dit {
+    qi_dit_config cfg;
+    qi_backend *be;
+    qi_st_set *st;               /* mapped weights; CPU weights point into it */
+
+    dit_linear img_in;           /* [D, in_channels] */
+    qi_tensor txt_norm;          /* RMSNorm of the text embeddings [joint_dim] */
+    dit_linear txt_in;           /* [D, joint_dim] */
+    dit_linear time_1, time_2;   /* timestep MLP [D, 256] (SiLU), [D, D] */
+    dit_linear norm_out;         /* [2D, D]: scale FIRST, then shift (spec §6 trap 1) */
+    dit_linear proj_out;         /* [out·p², D] */
+    dit_block *blocks;           /* [num_layers] */
+
+    weight_spec *specs;          /* every loaded tensor, for weight_free */
+    int n_specs;
+    float **fused;               /* LoRA-fused float32 weights the backend points into */
+    int n_fused;
+
+    rope_entry rope[DIT_ROPE_CACHE];
+    uint64_t rope_clock;
+};
+
+const qi_dit_config *qi_dit_get_config(const qi_dit *d) { return &d->cfg; }
+
+/* ---- config ------------------------------------------------------------------ */
+
+static qi_status read_config(const char *dir, qi_dit_config *c, qi_error *err) {
+    char path[QI_PATH_MAX];
+    if (qi_path_join(path, sizeof path, dir, "config.json") != 0)
+        return qi_fail(err, QI_ERR_ARG, "transformer directory path too long: %s", dir);
+    cJSON *j;
+    qi_status st = qi_json_load(path, &j, err);
+    if (st != QI_OK) return st;
+    memset(c, 0, sizeof *c);
+    int n_axes = 0;
+    const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "_class_name");
+    if (cJSON_IsString(cls) && strcmp(cls->valuestring, "QwenImageTransformer2DModel") != 0)
+        st = qi_fail(err, QI_ERR_UNSUPPORTED,
+                     "%s: _class_name is '%s'; only QwenImageTransformer2DModel is supported", path,
+                     cls->valuestring);
+    if (st == QI_OK) st = qi_json_get_int(j, "num_layers", path, &c->num_layers, err);
+    if (st == QI_OK) st = qi_json_get_int(j, "num_attention_heads", path, &c->num_heads, err);
+    if (st == QI_OK) st = qi_json_get_int(j, "attention_head_dim", path, &c->head_dim, err);
+    if (st == QI_OK) st = qi_json_get_int(j, "joint_attention_dim", path, &c->joint_dim, err);
+    if (st == QI_OK) st = qi_json_get_int(j, "in_channels", path, &c->in_channels, err);
+    if (st == QI_OK) st = qi_json_get_int(j, "out_channels", path, &c->out_channels, err);
+    if (st == QI_OK) st = qi_json_get_int(j, "patch_size", path, &c->patch_size, err);
+    if (st == QI_OK)
+        st = qi_json_get_int_array(j, "axes_dims_rope", path, c->axes_dims_rope, 3, &n_axes, err);
+    /* Variant switches. They are constructor arguments defaulting to false,
+     * and the released Qwen-Image config predates three of them, so absence
+     * means false; any that is true selects a model this engine does not run. */
+    static const char *const variants[] = {"guidance_embeds", "zero_cond_t",
+                                           "use_additional_t_cond", "use_layer3d_rope"};
+    for (size_t i = 0; i < QI_ARRAY_LEN(variants) && st == QI_OK; i++) {
+        int on = 0;
+        st = qi_json_get_bool_opt(j, variants[i], path, 0, &on, err);
+        if (st == QI_OK && on)
+            st = qi_fail(err, QI_ERR_UNSUPPORTED,
+                         "%s: %s is true; that Qwen-Image variant is not supported (only the "
+                         "text-to-image transformer, with %s false)", path, variants[i], variants[i]);
+    }
+    cJSON_Delete(j);
+    if (st != QI_OK) return st;
+
+    if (c->num_layers < 1 || c->num_heads < 1 || c->head_dim < 2 || c->head_dim % 2 ||
+        c->joint_dim < 1 || c->in_channels < 1 || c->out_channels < 1 || c->patch_size < 1)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: num_layers, num_attention_heads, joint_attention_dim, in_channels, "
+                       "out_channels, patch_size must be positive and attention_head_dim even",
+                       path);
+    if (n_axes != 3 || c->axes_dims_rope[0] % 2 || c->axes_dims_rope[1] % 2 ||
+        c->axes_dims_rope[2] % 2 || c->axes_dims_rope[0] < 0 || c->axes_dims_rope[1] < 0 ||
+        c->axes_dims_rope[2] < 0 ||
+        c->axes_dims_rope[0] + c->axes_dims_rope[1] + c->axes_dims_rope[2] != c->head_dim)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: axes_dims_rope must be 3 even numbers summing to attention_head_dim "
+                       "(%d)", path, c->head_dim);
+    c->inner_dim = c->num_heads * c->head_dim;
+    c->mlp_dim = 4 * c->inner_dim;
+    return QI_OK;
+}
+
+/* ---- weights ------------------------------------------------------------------- */
+
+typedef struct spec_list {
+    weight_spec *items;
+    int n, cap;
+} spec_list;
+
+static void add_spec(spec_list *l, qi_tensor *dst, int ndim, int64_t d0, int64_t d1,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void add_spec(spec_list *l, qi_tensor *dst, int ndim, int64_t d0, int64_t d1,
+                     const char *fmt, ...) {
+    assert(l->n < l->cap); /* capacity: SPECS_TOP + SPECS_PER_BLOCK · num_layers */
+    weight_spec *s = &l->items[l->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->ndim = ndim;
+    s->shape[0] = d0;
+    s->shape[1] = d1;
+    s->dst = dst;
+}
+
+/* `<name>.weight` [out, in] and `<name>.bias` [out]. */
+static void add_linear(spec_list *l, dit_linear *lin, int64_t out, int64_t in, const char *name) {
+    add_spec(l, &lin->w, 2, out, in, "%s.weight", name);
+    add_spec(l, &lin->b, 1, out, 0, "%s.bias", name);
+}
+
+#define SPECS_TOP 13
+#define SPECS_PER_BLOCK 32
+
+/* The whole inventory of spec §1.2 for this config. */
+static void build_specs(qi_dit *d, spec_list *l) {
+    const qi_dit_config *c = &d->cfg;
+    int64_t D = c->inner_dim, F = c->mlp_dim, Dh = c->head_dim;
+    int64_t out_dim = (int64_t)c->out_channels * c->patch_size * c->patch_size;
+    add_linear(l, &d->img_in, D, c->in_channels, "img_in");
+    add_spec(l, &d->txt_norm, 1, c->joint_dim, 0, "txt_norm.weight");
+    add_linear(l, &d->txt_in, D, c->joint_dim, "txt_in");
+    add_linear(l, &d->time_1, D, DIT_TIME_CHANNELS, "time_text_embed.timestep_embedder.linear_1");
+    add_linear(l, &d->time_2, D, D, "time_text_embed.timestep_embedder.linear_2");
+    add_linear(l, &d->norm_out, 2 * D, D, "norm_out.linear");
+    add_linear(l, &d->proj_out, out_dim, D, "proj_out");
+    for (int i = 0; i < c->num_layers; i++) {
+        dit_block *b = &d->blocks[i];
+        char p[64], n[128];
+        snprintf(p, sizeof p, "transformer_blocks.%d", i);
+#define LIN(field, out, in, suffix)                        \
+    snprintf(n, sizeof n, "%s.%s", p, suffix);             \
+    add_linear(l, &b->field, out, in, n)
+        LIN(img_mod, 6 * D, D, "img_mod.1");
+        LIN(txt_mod, 6 * D, D, "txt_mod.1");
+        LIN(to_q, D, D, "attn.to_q");
+        LIN(to_k, D, D, "attn.to_k");
+        LIN(to_v, D, D, "attn.to_v");
+        LIN(add_q, D, D, "attn.add_q_proj");
+        LIN(add_k, D, D, "attn.add_k_proj");
+        LIN(add_v, D, D, "attn.add_v_proj");
+        LIN(to_out, D, D, "attn.to_out.0");
+        LIN(to_add_out, D, D, "attn.to_add_out");
+        LIN(img_mlp_up, F, D, "img_mlp.net.0.proj");
+        LIN(img_mlp_down, D, F, "img_mlp.net.2");
+        LIN(txt_mlp_up, F, D, "txt_mlp.net.0.proj");
+        LIN(txt_mlp_down, D, F, "txt_mlp.net.2");
+#undef LIN
+        add_spec(l, &b->norm_q, 1, Dh, 0, "%s.attn.norm_q.weight", p);
+        add_spec(l, &b->norm_k, 1, Dh, 0, "%s.attn.norm_k.weight", p);
+        add_spec(l, &b->norm_added_q, 1, Dh, 0, "%s.attn.norm_added_q.weight", p);
+        add_spec(l, &b->norm_added_k, 1, Dh, 0, "%s.attn.norm_added_k.weight", p);
+    }
+}
+
+/* Makes one backend weight: straight from the mapping, or — when a LoRA
+ * touches it — a float32 copy with the deltas added (spec §4.5: the fused
+ * weight stays float32; rounding it to bf16 already costs ~7e-4). */
+static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_binding *lora,
+                             qi_error *err) {
+    const qi_st_tensor *t;
+    qi_status st = qi_st_get(d->st, s->name, s->ndim, s->shape, &t, err);
+    if (st != QI_OK) return st;
+    if (!qi_lora_binding_targets(lora, s->name))
+        return d->be->ops->weight(d->be, s->dst, t->dtype, s->ndim, s->shape, t->data, err);
+
+    size_t n = (size_t)(s->shape[0] * s->shape[1]);
+    float *w = malloc(n * sizeof *w);
+    if (!w)
+        return qi_fail(err, QI_ERR_NOMEM, "transformer: no memory for the float32 LoRA-fused %s",
+                       s->name);
+    if (qi_to_f32(w, t->data, t->dtype, n) != 0)
+        st = qi_fail(err, QI_ERR_UNSUPPORTED, "transformer: cannot fuse a LoRA into %s weight %s",
+                     qi_dtype_name(t->dtype), s->name);
+    if (st == QI_OK) st = qi_lora_binding_fuse(lora, s->name, w, s->shape[0], s->shape[1], err);
+    if (st == QI_OK) st = d->be->ops->weight(d->be, s->dst, QI_F32, 2, s->shape, w, err);
+    if (st == QI_OK && s->dst->data == (void *)w) { /* zero-copy backend: keep the buffer */
+        d->fused[d->n_fused++] = w;
+        return QI_OK;
+    }
+    free(w);
+    return st;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The checkpoint must hold nothing the config does not explain (e.g. more
+ * blocks than num_layers, or a variant's extra tensors). */
+static qi_status check_no_extra_tensors(const qi_dit *d, const char *dir, qi_error *err) {
+    const char **names = malloc((size_t)d->n_specs * sizeof *names);
+    if (!names) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    for (int i = 0; i < d->n_specs; i++) names[i] = d->specs[i].name;
+    qsort(names, (size_t)d->n_specs, sizeof *names, cmp_str);
+    int extra = 0;
+    const char *first = NULL;
+    for (int i = 0; i < d->st->n_tensors; i++) {
+        const char *key = d->st->index[i]->name;
+        if (!bsearch(&key, names, (size_t)d->n_specs, sizeof *names, cmp_str)) {
+            if (!first) first = key;
+            extra++;
+        }
+    }
+    free(names);
+    if (extra)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: %d weight tensor(s) that config.json does not account for (first: '%s'); "
+                       "the config (num_layers=%d) and the weights disagree", dir, extra, first,
+                       d->cfg.num_layers);
+    return QI_OK;
+}
+
+qi_status qi_dit_load(const char *transformer_dir, qi_backend *be, const qi_lora_set *loras,
+                      qi_dit **out, qi_error *err) {
+    *out = NULL;
+    if (!transformer_dir || !be)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_load: transformer_dir and backend are required");
+    qi_dit *d = calloc(1, sizeof *d);
+    if (!d) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    d->be = be;
+    qi_status st = read_config(transformer_dir, &d->cfg, err);
+    if (st == QI_OK) st = qi_st_set_open_dir(transformer_dir, "diffusion_pytorch_model", &d->st, err);
+    if (st != QI_OK) {
+        qi_dit_free(d);
+        return st;
+    }
+
+    int cap = SPECS_TOP + SPECS_PER_BLOCK * d->cfg.num_layers;
+    d->blocks = calloc((size_t)d->cfg.num_layers, sizeof *d->blocks);
+    d->specs = calloc((size_t)cap, sizeof *d->specs);
+    d->fused = calloc((size_t)cap, sizeof *d->fused);
+    if (!d->blocks || !d->specs || !d->fused) {
+        qi_dit_free(d);
+        return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    }
+    spec_list l = {d->specs, 0, cap};
+    build_specs(d, &l);
+    d->n_specs = l.n;
+
+    /* LoRA modules may target any Linear (2-D) weight. */
+    qi_lora_binding *lora = NULL;
+    if (loras) {
+        const char **names = malloc((size_t)d->n_specs * sizeof *names);
+        int n = 0;
+        if (!names) st = qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+        for (int i = 0; st == QI_OK && i < d->n_specs; i++)
+            if (d->specs[i].ndim == 2) names[n++] = d->specs[i].name;
+        if (st == QI_OK) st = qi_lora_bind(loras, names, n, &lora, err);
+        free(names);
+    }
+    if (st == QI_OK) st = check_no_extra_tensors(d, transformer_dir, err);
+    int loaded = 0;
+    for (; st == QI_OK && loaded < d->n_specs; loaded++)
+        st = load_weight(d, &d->specs[loaded], lora, err);
+    qi_lora_binding_free(lora);
+    if (st != QI_OK) {
+        d->n_specs = loaded; /* free only what was made */
+        qi_dit_free(d);
+        return st;
+    }
+    *out = d;
+    return QI_OK;
+}
+
+void qi_dit_free(qi_dit *d) {
+    if (!d) return;
+    for (int i = 0; i < d->n_specs; i++)
+        if (d->specs[i].dst->data) d->be->ops->weight_free(d->be, d->specs[i].dst);
+    for (int i = 0; i < DIT_ROPE_CACHE; i++) {
+        if (d->rope[i].on_backend) {
+            d->be->ops->weight_free(d->be, &d->rope[i].cos);
+            d->be->ops->weight_free(d->be, &d->rope[i].sin);
+        }
+        free(d->rope[i].host);
+    }
+    for (int i = 0; i < d->n_fused; i++) free(d->fused[i]);
+    free(d->fused);
+    free(d->specs);
+    free(d->blocks);
+    qi_st_set_close(d->st);
+    free(d);
+}
+
+/* ---- rotary tables (spec §1.5) ----------------------------------------------------- */
+
+void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos) {
+    /* Text token j sits at max(h//2, w//2) + j on all three axes. */
+    int txt0 = (grid_h / 2 > grid_w / 2 ? grid_h / 2 : grid_w / 2);
+    for (int j = 0; j < txt_len; j++) pos[j * 3 + 0] = pos[j * 3 + 1] = pos[j * 3 + 2] = txt0 + j;
+    /* Image grid centred with ceil: row r at r - ceil(h/2) (spec §6 trap 5). */
+    int h_half = grid_h - grid_h / 2, w_half = grid_w - grid_w / 2;
+    for (int r = 0; r < grid_h; r++)
+        for (int c = 0; c < grid_w; c++) {
+            int *p = pos + (size_t)(txt_len + r * grid_w + c) * 3;
+            p[0] = 0;
+            p[1] = r - h_half;
+            p[2] = c - w_half;
+        }
+}
+
+qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int txt_len,
+                             float *cos_tab, float *sin_tab, qi_error *err) {
+    int txt0 = (grid_h / 2 > grid_w / 2 ? grid_h / 2 : grid_w / 2);
+    if (txt0 + txt_len > DIT_ROPE_LIMIT || grid_h - grid_h / 2 > DIT_ROPE_LIMIT ||
+        grid_w - grid_w / 2 > DIT_ROPE_LIMIT)
+        return qi_fail(err, QI_ERR_ARG,
+                       "transformer: a %dx%d patch grid with %d text tokens needs RoPE positions "
+                       "beyond %d; use a smaller image or prompt", grid_h, grid_w, txt_len,
+                       DIT_ROPE_LIMIT);
+    int pairs = c->head_dim / 2, L = txt_len + grid_h * grid_w;
+    /* θ per pair, float32 as diffusers: 1 / 10000^(float(2k) / dim) of its axis. */
+    float theta[512];
+    int axis_of[512];
+    if (pairs > 512) return qi_fail(err, QI_ERR_UNSUPPORTED, "transformer: head_dim over 1024");
+    for (int a = 0, m = 0; a < 3; a++)
+        for (int k = 0; k < c->axes_dims_rope[a] / 2; k++, m++) {
+            float e = (float)(2 * k) / (float)c->axes_dims_rope[a];
+            theta[m] = 1.0f / powf(DIT_ROPE_THETA, e);
+            axis_of[m] = a;
+        }
+    int *pos = malloc((size_t)L * 3 * sizeof *pos);
+    if (!pos) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (RoPE tables)");
+    qi_dit_rope_positions(grid_h, grid_w, txt_len, pos);
+    for (int i = 0; i < L; i++)
+        for (int m = 0; m < pairs; m++) {
+            float angle = (float)pos[i * 3 + axis_of[m]] * theta[m];
+            cos_tab[(size_t)i * pairs + m] = cosf(angle);
+            sin_tab[(size_t)i * pairs + m] = sinf(angle);
+        }
+    free(pos);
+    return QI_OK;
+}
+
+/* The cached tables for this shape, built and uploaded on first use. */
+static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, rope_entry **out,
+                                qi_error *err) {
+    rope_entry *hit = NULL, *victim = &d->rope[0];
+    for (int i = 0; i < DIT_ROPE_CACHE; i++) {
+        rope_entry *e = &d->rope[i];
+        if (e->txt_len == txt_len && e->grid_h == grid_h && e->grid_w == grid_w) hit = e;
+        if (e->last_use < victim->last_use) victim = e;
+    }
+    if (!hit) {
+        hit = victim;
+        if (hit->on_backend) {
+            d->be->ops->weight_free(d->be, &hit->cos);
+            d->be->ops->weight_free(d->be, &hit->sin);
+        }
+        free(hit->host);
+        memset(hit, 0, sizeof *hit);
+        int64_t L = (int64_t)txt_len + (int64_t)grid_h * grid_w, P = d->cfg.head_dim / 2;
+        hit->host = malloc((size_t)(2 * L * P) * sizeof(float));
+        if (!hit->host) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (RoPE)");
+        qi_status st =
+            qi_dit_rope_tables(&d->cfg, grid_h, grid_w, txt_len, hit->host, hit->host + L * P, err);
+        int64_t ne[2] = {L, P};
+        if (st == QI_OK) st = d->be->ops->weight(d->be, &hit->cos, QI_F32, 2, ne, hit->host, err);
+        if (st == QI_OK) {
+            st = d->be->ops->weight(d->be, &hit->sin, QI_F32, 2, ne, hit->host + L * P, err);
+            if (st != QI_OK) d->be->ops->weight_free(d->be, &hit->cos);
+        }
+        if (st != QI_OK) {
+            free(hit->host);
+            hit->host = NULL;
+            return st;
+        }
+        hit->on_backend = 1;
+        /* The rope op reads F32 tables; a backend that converted them to its
+         * weight format gets them uploaded into the arena per call instead. */
+        if (hit->cos.dtype != QI_F32 || hit->sin.dtype != QI_F32) {
+            d->be->ops->weight_free(d->be, &hit->cos);
+            d->be->ops->weight_free(d->be, &hit->sin);
+            hit->on_backend = 0;
+        }
+        hit->grid_h = grid_h;
+        hit->grid_w = grid_w;
+        hit->txt_len = txt_len;
+    }
+    hit->last_use = ++d->rope_clock;
+    *out = hit;
+    return QI_OK;
+}
+
+/* ---- FLOP count --------------------------------------------------------------------- */
+
+double qi_dit_forward_flops(const qi_dit_config *c, int batch, int img_tokens, int txt_tokens) {
+    double B = batch, Li = img_tokens, Lt = txt_tokens, L = Li + Lt;
+    double D = c->inner_dim, F = c->mlp_dim, J = c->joint_dim;
+    double out = (double)c->out_channels * c->patch_size * c->patch_size;
+    double block = 2 * B * (D * 12 * D)         /* img_mod + txt_mod */
+                   + 2 * B * L * (4 * D * D)    /* Q, K, V, out of each stream */
+                   + 2 * B * L * (2 * D * F)    /* MLP up and down */
+                   + 2 * 2 * B * L * L * D;     /* QKᵀ and PV over all heads */
+    double top = 2 * B * (DIT_TIME_CHANNELS * D + D * D) /* timestep MLP */
+                 + 2 * B * Li * c->in_channels * D + 2 * B * Lt * J * D /* img_in, txt_in */
+                 + 2 * B * D * 2 * D + 2 * B * Li * D * out;             /* norm_out, proj_out */
+    return top + c->num_layers * block;
+}
+
+/* ---- forward -------------------------------------------------------------------------- */
+
+/* Activations of one call, all from the arena (allocated once per call). */
+typedef struct dit_acts {
+    int64_t B, Li, Lt, Lj;        /* batch, image, text, joint (Lt + Li) tokens */
+    qi_tensor mods;               /* [(2·layers + 1)·B, 6D]: slot 2i img_mod, 2i+1 txt_mod, 2L norm_out */
+    qi_tensor img, txt;           /* residual streams [B, Li, D], [B, Lt, D] */
+    qi_tensor norm_i, norm_t;     /* modulated LayerNorm outputs, same shapes */
+    qi_tensor q_i, k_i, v_i;      /* image Q/K/V [B, Li, D] */
+    qi_tensor q_t, k_t, v_t;      /* text Q/K/V [B, Lt, D] */
+    qi_tensor Q, K, V, O;         /* joint sequence, text first [B, Lj, H, Dh] */
+    qi_tensor o_i, o_t;           /* attention output split back per stream (B > 1) */
+    qi_tensor proj_i, proj_t;     /* sub-layer outputs before the gated residual */
+    qi_tensor ff_i, ff_t;         /* MLP hidden [B, L, F] */
+    qi_tensor rope_cos, rope_sin; /* [Lj, Dh/2] */
+    qi_tensor key_mask;           /* I32 [B, Lj] when some text is padding */
+    int have_mask;
+} dit_acts;
+
+static qi_status alloc_acts(qi_dit *d, dit_acts *a, qi_error *err) {
+    qi_backend *be = d->be;
+    const qi_dit_config *c = &d->cfg;
+    int64_t B = a->B, Li = a->Li, Lt = a->Lt, Lj = a->Lj, D = c->inner_dim, F = c->mlp_dim;
+    int64_t H = c->num_heads, Dh = c->head_dim;
+    qi_status st = qi_be_act2(be, &a->mods, (2 * (int64_t)c->num_layers + 1) * B, 6 * D, err);
+    if (st == QI_OK) st = qi_be_act3(be, &a->img, B, Li, D, err);
+    if (st == QI_OK) st = qi_be_act3(be, &a->txt, B, Lt, D, err);
+    if (st == QI_OK) st = qi_be_act3(be, &a->norm_i, B, Li, D, err);
+    if (st == QI_OK) st = qi_be_act3(be, &a->norm_t, B, Lt, D, err);
+    qi_tensor *img_sized[] = {&a->q_i, &a->k_i, &a->v_i, &a->proj_i};
+    qi_tensor *txt_sized[] = {&a->q_t, &a->k_t, &a->v_t, &a->proj_t};
+    for (int i = 0; i < 4 && st == QI_OK; i++) st = qi_be_act3(be, img_sized[i], B, Li, D, err);
+    for (int i = 0; i < 4 && st == QI_OK; i++) st = qi_be_act3(be, txt_sized[i], B, Lt, D, err);
+    qi_tensor *joint[] = {&a->Q, &a->K, &a->V, &a->O};
+    for (int i = 0; i < 4 && st == QI_OK; i++) st = qi_be_act4(be, joint[i], B, Lj, H, Dh, err);
+    if (B > 1) { /* B == 1 reads the attention output through row slices instead */
+        if (st == QI_OK) st = qi_be_act3(be, &a->o_i, B, Li, D, err);
+        if (st == QI_OK) st = qi_be_act3(be, &a->o_t, B, Lt, D, err);
+    }
+    if (st == QI_OK) st = qi_be_act3(be, &a->ff_i, B, Li, F, err);
+    if (st == QI_OK) st = qi_be_act3(be, &a->ff_t, B, Lt, F, err);
+    return st;
+}
+
+/* Chunk `chunk` of modulation slot `slot`: B rows of D, row stride 6D
+ * (chunks: 0 shift1, 1 scale1, 2 gate1, 3 shift2, 4 scale2, 5 gate2). */
+static qi_tensor mod_chunk(const qi_dit *d, const dit_acts *a, int64_t slot, int64_t chunk) {
+    int64_t D = d->cfg.inner_dim;
+    qi_tensor t = qi_slice_rows(&a->mods, slot * a->B, a->B);
+    t.data = (char *)t.data + (size_t)(chunk * D) * qi_dtype_size(t.dtype);
+    t.ne[1] = D;
+    return t;
+}
+#define MOD_STRIDE(d) (6 * (int64_t)(d)->cfg.inner_dim)
+
+/* temb = linear_2(silu(linear_1(sinusoid(t)))), returned SiLU'd because all
+ * its consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4). */
+static qi_status timestep_embedding(qi_dit *d, const float *t, int64_t B, qi_tensor *temb_silu,
+                                    qi_error *err) {
+    qi_backend *be = d->be;
+    int64_t D = d->cfg.inner_dim, half = DIT_TIME_CHANNELS / 2;
+    float *proj = malloc((size_t)(B * DIT_TIME_CHANNELS) * sizeof *proj);
+    if (!proj) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    /* float32 in diffusers' order: f_k = exp(-ln(10000)·k / 128); arg = (t·f_k)·1000;
+     * [cos | sin] (flip_sin_to_cos). t is timestep/1000, so the sinusoid sees
+     * the 0..1000 timestep again (spec §6 trap 3). */
+    const float neg_log_period = (float)-9.210340371976184; /* -ln(10000) */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t k = 0; k < half; k++) {
+            float freq = expf(neg_log_period * (float)k / (float)half);
+            float arg = (t[b] * freq) * 1000.0f;
+            proj[b * DIT_TIME_CHANNELS + k] = cosf(arg);
+            proj[b * DIT_TIME_CHANNELS + half + k] = sinf(arg);
+        }
+    qi_tensor sinus, hidden;
+    qi_status st = qi_be_act2(be, &sinus, B, DIT_TIME_CHANNELS, err);
+    if (st == QI_OK) st = be->ops->upload(be, &sinus, proj, err);
+    free(proj);
+    if (st == QI_OK) st = qi_be_act2(be, &hidden, B, D, err);
+    if (st == QI_OK) st = qi_be_act2(be, temb_silu, B, D, err);
+    if (st != QI_OK) return st;
+    be->ops->linear(be, &sinus, &d->time_1.w, &d->time_1.b, QI_ACT_SILU, &hidden);
+    be->ops->linear(be, &hidden, &d->time_2.w, &d->time_2.b, QI_ACT_NONE, temb_silu);
+    be->ops->activate(be, temb_silu, QI_ACT_SILU, temb_silu);
+    return QI_OK;
+}
+
+/* Every block's img_mod/txt_mod and norm_out's Linear of silu(temb), once per
+ * call: the block loop only reads chunks of a->mods. */
+static void compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts *a) {
+    qi_backend *be = d->be;
+    int64_t L = d->cfg.num_layers, D = d->cfg.inner_dim;
+    for (int64_t i = 0; i < L; i++) {
+        qi_tensor img_mod = qi_slice_rows(&a->mods, (2 * i) * a->B, a->B);
+        qi_tensor txt_mod = qi_slice_rows(&a->mods, (2 * i + 1) * a->B, a->B);
+        be->ops->linear(be, temb_silu, &d->blocks[i].img_mod.w, &d->blocks[i].img_mod.b,
+                        QI_ACT_NONE, &img_mod);
+        be->ops->linear(be, temb_silu, &d->blocks[i].txt_mod.w, &d->blocks[i].txt_mod.b,
+                        QI_ACT_NONE, &txt_mod);
+    }
+    /* norm_out writes [B, 2D] contiguously at the start of the last slot. */
+    qi_tensor out_mod = qi_slice_rows(&a->mods, 2 * L * a->B, a->B);
+    out_mod.ne[1] = 2 * D;
+    be->ops->linear(be, temb_silu, &d->norm_out.w, &d->norm_out.b, QI_ACT_NONE, &out_mod);
+}
+
+/* dst rows of the joint sequence [B, Lt + Li, ·] = text rows then image rows. */
+static void join_streams(qi_backend *be, const dit_acts *a, int64_t D, const qi_tensor *txt,
+                         const qi_tensor *img, qi_tensor *joint) {
+    qi_tensor j2 = qi_view2(joint, a->B * a->Lj, D);
+    qi_tensor t2 = qi_view2(txt, a->B * a->Lt, D), i2 = qi_view2(img, a->B * a->Li, D);
+    for (int64_t b = 0; b < a->B; b++) {
+        be->ops->copy_rows(be, &t2, b * a->Lt, &j2, b * a->Lj, a->Lt);
+        be->ops->copy_rows(be, &i2, b * a->Li, &j2, b * a->Lj + a->Lt, a->Li);
+    }
+}
+
+/* The attention output per stream: row slices when B == 1, copies otherwise. */
+static void split_streams(qi_backend *be, dit_acts *a, int64_t D, qi_tensor *o_t, qi_tensor *o_i) {
+    qi_tensor o2 = qi_view2(&a->O, a->B * a->Lj, D);
+    if (a->B == 1) {
+        *o_t = qi_slice_rows(&o2, 0, a->Lt);
+        *o_i = qi_slice_rows(&o2, a->Lt, a->Li);
+        return;
+    }
+    qi_tensor t2 = qi_view2(&a->o_t, a->B * a->Lt, D), i2 = qi_view2(&a->o_i, a->B * a->Li, D);
+    for (int64_t b = 0; b < a->B; b++) {
+        be->ops->copy_rows(be, &o2, b * a->Lj, &t2, b * a->Lt, a->Lt);
+        be->ops->copy_rows(be, &o2, b * a->Lj + a->Lt, &i2, b * a->Li, a->Li);
+    }
+    *o_t = a->o_t;
+    *o_i = a->o_i;
+}
+
+/* One dual-stream block (spec §1.6). In the last block the text stream's
+ * own updates are skipped: nothing reads the text after it. */
+static void block_forward(qi_dit *d, int index, dit_acts *a) {
+    qi_backend *be = d->be;
+    const qi_backend_ops *op = be->ops;
+    const dit_block *blk = &d->blocks[index];
+    const qi_dit_config *c = &d->cfg;
+    int64_t D = c->inner_dim, H = c->num_heads, Dh = c->head_dim, stride = MOD_STRIDE(d);
+    int last = index == c->num_layers - 1;
+    int64_t img_slot = 2 * (int64_t)index, txt_slot = img_slot + 1;
+    qi_tensor ish1 = mod_chunk(d, a, img_slot, 0), isc1 = mod_chunk(d, a, img_slot, 1);
+    qi_tensor ig1 = mod_chunk(d, a, img_slot, 2), ish2 = mod_chunk(d, a, img_slot, 3);
+    qi_tensor isc2 = mod_chunk(d, a, img_slot, 4), ig2 = mod_chunk(d, a, img_slot, 5);
+    qi_tensor tsh1 = mod_chunk(d, a, txt_slot, 0), tsc1 = mod_chunk(d, a, txt_slot, 1);
+    qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
+    qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
+
+    /* --- attention half: modulated LN, Q/K/V per stream --- */
+    op->layer_norm_mod(be, &a->img, &ish1, &isc1, stride, DIT_EPS, &a->norm_i);
+    op->layer_norm_mod(be, &a->txt, &tsh1, &tsc1, stride, DIT_EPS, &a->norm_t);
+    op->linear(be, &a->norm_i, &blk->to_q.w, &blk->to_q.b, QI_ACT_NONE, &a->q_i);
+    op->linear(be, &a->norm_i, &blk->to_k.w, &blk->to_k.b, QI_ACT_NONE, &a->k_i);
+    op->linear(be, &a->norm_i, &blk->to_v.w, &blk->to_v.b, QI_ACT_NONE, &a->v_i);
+    op->linear(be, &a->norm_t, &blk->add_q.w, &blk->add_q.b, QI_ACT_NONE, &a->q_t);
+    op->linear(be, &a->norm_t, &blk->add_k.w, &blk->add_k.b, QI_ACT_NONE, &a->k_t);
+    op->linear(be, &a->norm_t, &blk->add_v.w, &blk->add_v.b, QI_ACT_NONE, &a->v_t);
+
+    /* per-head RMSNorm of q and k, own weights per stream, before RoPE (trap 7) */
+    qi_tensor qi_h = qi_view2(&a->q_i, a->B * a->Li * H, Dh), ki_h = qi_view2(&a->k_i, a->B * a->Li * H, Dh);
+    qi_tensor qt_h = qi_view2(&a->q_t, a->B * a->Lt * H, Dh), kt_h = qi_view2(&a->k_t, a->B * a->Lt * H, Dh);
+    op->rms_norm(be, &qi_h, &blk->norm_q, DIT_EPS, &qi_h);
+    op->rms_norm(be, &ki_h, &blk->norm_k, DIT_EPS, &ki_h);
+    op->rms_norm(be, &qt_h, &blk->norm_added_q, DIT_EPS, &qt_h);
+    op->rms_norm(be, &kt_h, &blk->norm_added_k, DIT_EPS, &kt_h);
+
+    /* joint sequence, TEXT FIRST (trap 6); RoPE on Q and K only (interleaved pairs, trap 4) */
+    join_streams(be, a, D, &a->q_t, &a->q_i, &a->Q);
+    join_streams(be, a, D, &a->k_t, &a->k_i, &a->K);
+    join_streams(be, a, D, &a->v_t, &a->v_i, &a->V);
+    op->rope(be, &a->Q, &a->rope_cos, &a->rope_sin, QI_ROPE_INTERLEAVED);
+    op->rope(be, &a->K, &a->rope_cos, &a->rope_sin, QI_ROPE_INTERLEAVED);
+    op->attention(be, &a->Q, &a->K, &a->V, a->have_mask ? &a->key_mask : NULL, 0,
+                  1.0f / sqrtf((float)Dh), &a->O);
+    qi_tensor o_t, o_i;
+    split_streams(be, a, D, &o_t, &o_i);
+
+    /* gated residuals; the MLP half then reads the updated streams (trap 2) */
+    op->linear(be, &o_i, &blk->to_out.w, &blk->to_out.b, QI_ACT_NONE, &a->proj_i);
+    op->add_gated(be, &a->img, &ig1, stride, &a->proj_i);
+    if (!last) {
+        op->linear(be, &o_t, &blk->to_add_out.w, &blk->to_add_out.b, QI_ACT_NONE, &a->proj_t);
+        op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
+    }
+
+    /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
+    op->layer_norm_mod(be, &a->img, &ish2, &isc2, stride, DIT_EPS, &a->norm_i);
+    op->linear(be, &a->norm_i, &blk->img_mlp_up.w, &blk->img_mlp_up.b, QI_ACT_GELU_TANH, &a->ff_i);
+    op->linear(be, &a->ff_i, &blk->img_mlp_down.w, &blk->img_mlp_down.b, QI_ACT_NONE, &a->proj_i);
+    op->add_gated(be, &a->img, &ig2, stride, &a->proj_i);
+    if (!last) {
+        op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
+        op->linear(be, &a->norm_t, &blk->txt_mlp_up.w, &blk->txt_mlp_up.b, QI_ACT_GELU_TANH,
+                   &a->ff_t);
+        op->linear(be, &a->ff_t, &blk->txt_mlp_down.w, &blk->txt_mlp_down.b, QI_ACT_NONE,
+                   &a->proj_t);
+        op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
+    }
+}
+
+/* The joint key mask [B, Lt + Li] (text mask, then ones for the image), or
+ * none when every text token is real (spec §1.6 "Key mask"). */
+static qi_status build_key_mask(qi_dit *d, const qi_tensor *ctx_mask, dit_acts *a, qi_error *err) {
+    a->have_mask = 0;
+    if (!ctx_mask) return QI_OK;
+    qi_backend *be = d->be;
+    int32_t *host = malloc((size_t)(a->B * a->Lj) * sizeof *host);
+    if (!host) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    qi_status st = be->ops->download(be, ctx_mask, host, err); /* [B, Lt] into the front */
+    int all_real = 1;
+    if (st == QI_OK) {
+        /* spread row b from b·Lt to b·Lj, last row first so nothing is overwritten */
+        for (int64_t b = a->B - 1; b >= 0; b--) {
+            for (int64_t j = a->Lt - 1; j >= 0; j--) {
+                int32_t v = host[b * a->Lt + j] != 0;
+                all_real &= v;
+                host[b * a->Lj + j] = v;
+            }
+            for (int64_t j = a->Lt; j < a->Lj; j++) host[b * a->Lj + j] = 1;
+        }
+    }
+    if (st == QI_OK && !all_real) {
+        int64_t ne[2] = {a->B, a->Lj};
+        st = be->ops->tensor(be, &a->key_mask, QI_I32, 2, ne, err);
+        if (st == QI_OK) st = be->ops->upload(be, &a->key_mask, host, err);
+        a->have_mask = st == QI_OK;
+    }
+    free(host);
+    return st;
+}
+
+static qi_status check_inputs(const qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
+                              const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
+                              const qi_tensor *out, qi_error *err) {
+    const qi_dit_config *c = &d->cfg;
+    char s1[64];
+    if (!x || !ctx || !t || !out)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: x, ctx, t and out are required");
+    if (grid_h < 1 || grid_w < 1)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: patch grid %dx%d", grid_h, grid_w);
+    int64_t B = x->ndim == 3 ? x->ne[0] : 0, Li = (int64_t)grid_h * grid_w;
+    int64_t out_dim = (int64_t)c->out_channels * c->patch_size * c->patch_size;
+    if (x->ndim != 3 || x->ne[1] != Li || x->ne[2] != c->in_channels || B < 1)
+        return qi_fail(err, QI_ERR_ARG,
+                       "qi_dit_forward: x is %s, expected [B, %lld, %d] for a %dx%d patch grid",
+                       qi_shape_str(x, s1, sizeof s1), (long long)Li, c->in_channels, grid_h, grid_w);
+    if (ctx->ndim != 3 || ctx->ne[0] != B || ctx->ne[1] < 1 || ctx->ne[2] != c->joint_dim)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: ctx is %s, expected [%lld, L_txt >= 1, %d]",
+                       qi_shape_str(ctx, s1, sizeof s1), (long long)B, c->joint_dim);
+    if (ctx_mask && (ctx_mask->dtype != QI_I32 || ctx_mask->ndim != 2 || ctx_mask->ne[0] != B ||
+                     ctx_mask->ne[1] != ctx->ne[1]))
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: ctx_mask is %s %s, expected I32 [%lld, %lld]",
+                       qi_dtype_name(ctx_mask->dtype), qi_shape_str(ctx_mask, s1, sizeof s1),
+                       (long long)B, (long long)ctx->ne[1]);
+    if (out->ndim != 3 || out->ne[0] != B || out->ne[1] != Li || out->ne[2] != out_dim)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: out is %s, expected [%lld, %lld, %lld]",
+                       qi_shape_str(out, s1, sizeof s1), (long long)B, (long long)Li,
+                       (long long)out_dim);
+    qi_dtype act = d->be->act_dtype;
+    if (x->dtype != act || ctx->dtype != act || out->dtype != act)
+        return qi_fail(err, QI_ERR_ARG,
+                       "qi_dit_forward: x, ctx, out must be %s activations (got %s, %s, %s)",
+                       qi_dtype_name(act), qi_dtype_name(x->dtype), qi_dtype_name(ctx->dtype),
+                       qi_dtype_name(out->dtype));
+    for (int64_t b = 0; b < B; b++)
+        if (!isfinite(t[b]))
+            return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: t[%lld] is not finite", (long long)b);
+    return QI_OK;
+}
+
+static qi_status forward_in_arena(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
+                                  const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
+                                  qi_tensor *out, qi_error *err) {
+    qi_backend *be = d->be;
+    const qi_backend_ops *op = be->ops;
+    const qi_dit_config *c = &d->cfg;
+    int64_t D = c->inner_dim;
+    dit_acts a;
+    memset(&a, 0, sizeof a);
+    a.B = x->ne[0];
+    a.Li = x->ne[1];
+    a.Lt = ctx->ne[1];
+    a.Lj = a.Lt + a.Li;
+
+    rope_entry *rope = NULL;
+    qi_status st = rope_for_shape(d, grid_h, grid_w, (int)a.Lt, &rope, err);
+    if (st == QI_OK) st = alloc_acts(d, &a, err);
+    if (st != QI_OK) return st;
+    if (rope->on_backend) {
+        a.rope_cos = rope->cos;
+        a.rope_sin = rope->sin;
+    } else {
+        int64_t ne[2] = {a.Lj, c->head_dim / 2};
+        st = op->tensor(be, &a.rope_cos, QI_F32, 2, ne, err);
+        if (st == QI_OK) st = op->tensor(be, &a.rope_sin, QI_F32, 2, ne, err);
+        if (st == QI_OK) st = op->upload(be, &a.rope_cos, rope->host, err);
+        if (st == QI_OK) st = op->upload(be, &a.rope_sin, rope->host + ne[0] * ne[1], err);
+        if (st != QI_OK) return st;
+    }
+    st = build_key_mask(d, ctx_mask, &a, err);
+
+    /* conditioning: temb and every modulation vector, before the blocks */
+    qi_tensor temb_silu;
+    if (st == QI_OK) st = timestep_embedding(d, t, a.B, &temb_silu, err);
+    if (st != QI_OK) return st;
+    compute_modulation(d, &temb_silu, &a);
+
+    /* input projections; the text gets an RMSNorm over joint_dim first */
+    qi_tensor ctx_normed;
+    st = qi_be_act3(be, &ctx_normed, a.B, a.Lt, c->joint_dim, err);
+    if (st != QI_OK) return st;
+    op->linear(be, x, &d->img_in.w, &d->img_in.b, QI_ACT_NONE, &a.img);
+    op->rms_norm(be, ctx, &d->txt_norm, DIT_EPS, &ctx_normed);
+    op->linear(be, &ctx_normed, &d->txt_in.w, &d->txt_in.b, QI_ACT_NONE, &a.txt);
+
+    for (int i = 0; i < c->num_layers; i++) block_forward(d, i, &a);
+
+    /* norm_out: [scale | shift] — scale FIRST (trap 1), row stride 2D */
+    qi_tensor out_mod = qi_slice_rows(&a.mods, 2 * (int64_t)c->num_layers * a.B, a.B);
+    qi_tensor scale = out_mod, shift = out_mod;
+    shift.data = (char *)out_mod.data + (size_t)D * qi_dtype_size(out_mod.dtype);
+    op->layer_norm_mod(be, &a.img, &shift, &scale, 2 * D, DIT_EPS, &a.norm_i);
+    op->linear(be, &a.norm_i, &d->proj_out.w, &d->proj_out.b, QI_ACT_NONE, out);
+    return op->sync(be, err);
+}
+
+qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
+                         const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
+                         qi_tensor *out, qi_error *err) {
+    if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: no transformer");
+    qi_status st = check_inputs(d, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
+    if (st != QI_OK) return st;
+    size_t mark = d->be->ops->mark(d->be);
+    st = forward_in_arena(d, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
+    d->be->ops->reset(d->be, mark);
+    return st;
+}

@@ -1,0 +1,76 @@
+/*
+ * dit.h — the Qwen-Image MMDiT (QwenImageTransformer2DModel): loading a
+ * diffusers `transformer/` folder (any size; LoRAs fused at load) and one
+ * forward call, i.e. one velocity prediction for packed latents.
+ *
+ *     qi_dit *dit;
+ *     if (qi_dit_load("/models/Qwen-Image/transformer", be, loras, &dit, &err) != QI_OK) ...
+ *     qi_dit_forward(dit, x, ctx, ctx_mask, t, h / 16, w / 16, out, &err);
+ *     qi_dit_free(dit);
+ *
+ * Spec: shared/docs/spec/denoiser.md §1 (forward), §4 (LoRA), §6 (traps).
+ * Every computation goes through the backend's op table, so the same code
+ * runs on the CPU and CUDA backends. The sampling loop, CFG and the scheduler
+ * are not here (pipeline / scheduler code).
+ */
+#ifndef QI_DIT_H
+#define QI_DIT_H
+
+#include "backend/backend.h"
+#include "model/lora.h"
+
+typedef struct qi_dit qi_dit;
+
+typedef struct qi_dit_config {
+    int num_layers;         /* dual-stream blocks (60 full size) */
+    int num_heads;          /* 24 */
+    int head_dim;           /* 128 */
+    int inner_dim;          /* D = num_heads · head_dim (3072) */
+    int mlp_dim;            /* 4·D (12288) */
+    int joint_dim;          /* text hidden size, joint_attention_dim (3584) */
+    int in_channels;        /* packed latent channels per token (64) */
+    int out_channels;       /* latent channels (16); output has out_channels·patch² per token */
+    int patch_size;         /* 2 */
+    int axes_dims_rope[3];  /* frame, height, width dims of each head (16, 56, 56); sum = head_dim */
+} qi_dit_config;
+
+/* Loads transformer_dir/config.json and its weights (diffusion_pytorch_model
+ * .safetensors or a sharded index). Every tensor is checked against the
+ * config; variant models (guidance_embeds, zero_cond_t, use_additional_t_cond,
+ * use_layer3d_rope) are QI_ERR_UNSUPPORTED. loras (may be NULL) are bound to
+ * the Linear weights and fused in float32; the set may be freed after the
+ * call. The weight files stay mapped until qi_dit_free. */
+qi_status qi_dit_load(const char *transformer_dir, qi_backend *be, const qi_lora_set *loras,
+                      qi_dit **out, qi_error *err);
+void qi_dit_free(qi_dit *d);
+const qi_dit_config *qi_dit_get_config(const qi_dit *d);
+
+/* One transformer call.
+ *   x        [B, L_img, in_channels] packed latents, L_img = grid_h · grid_w
+ *   ctx      [B, L_txt, joint_dim] text embeddings (right-padded)
+ *   ctx_mask I32 [B, L_txt] (1 real token, 0 padding) or NULL (all real)
+ *   t        B host floats: the scheduler timestep / 1000, as the pipeline passes it
+ *   out      [B, L_img, out_channels · patch²] velocity, packed like x
+ * All tensors except t live on the dit's backend. Activations are taken from
+ * the backend arena and released before returning. */
+qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
+                         const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
+                         qi_tensor *out, qi_error *err);
+
+/* ---- exposed for tests and benchmarks ---- */
+
+/* Rotary positions of the joint sequence (text first, spec §1.5): pos[i·3 + a]
+ * for token i and axis a (frame, height, width); txt_len + grid_h·grid_w rows. */
+void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos);
+
+/* Angle tables of the joint sequence, [txt_len + grid_h·grid_w, head_dim/2]
+ * each, the cos/sin of pos · θ per rotary pair (float32 as diffusers builds
+ * them). Returns QI_ERR_ARG if a position reaches diffusers' 4096 limit. */
+qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int txt_len,
+                             float *cos_tab, float *sin_tab, qi_error *err);
+
+/* Multiply-add count ×2 (FLOPs) of one call: every Linear and the attention
+ * products (QKᵀ and PV); norms and elementwise work not counted. */
+double qi_dit_forward_flops(const qi_dit_config *c, int batch, int img_tokens, int txt_tokens);
+
+#endif
