@@ -316,6 +316,9 @@ static void cpu_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, con
             }
 }
 
+/* Per (batch, head): S = Q·Kᵀ and O = P·V as two BLAS products over strided
+ * views (rows of one head are H·Dh apart), softmax in between. Scores are
+ * float32 sums from BLAS; the softmax normaliser accumulates in double. */
 static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
                           const qi_tensor *key_mask, int causal, float scale, qi_tensor *out) {
     int64_t B = q->ne[0], Lq = q->ne[1], H = q->ne[2], Dh = q->ne[3];
@@ -323,48 +326,41 @@ static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k
     const float *qs = q->data, *ks = k->data, *vs = v->data;
     const int32_t *mask = key_mask ? key_mask->data : NULL;
     float *os = out->data;
-#pragma omp parallel NT(be)
-    {
-        float *score = malloc((size_t)Lk * sizeof(float));
-        double *acc = malloc((size_t)Dh * sizeof(double));
-#pragma omp for schedule(dynamic, 4) collapse(3)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t i = 0; i < Lq; i++) {
-                    const float *qr = qs + ((b * Lq + i) * H + h) * Dh;
-                    int64_t hk = h / group;
-                    int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
-                    float mx = -INFINITY;
-                    for (int64_t j = 0; j < Lk; j++) {
-                        if (j > last || (mask && !mask[b * Lk + j])) {
-                            score[j] = -INFINITY;
-                            continue;
-                        }
-                        const float *kr = ks + ((b * Lk + j) * Hkv + hk) * Dh;
-                        double d = 0;
-                        for (int64_t e = 0; e < Dh; e++) d += (double)qr[e] * kr[e];
-                        score[j] = (float)d * scale;
-                        if (score[j] > mx) mx = score[j];
-                    }
-                    float *orow = os + ((b * Lq + i) * H + h) * Dh;
-                    if (mx == -INFINITY) { /* every key masked: no information, output 0 */
-                        memset(orow, 0, (size_t)Dh * sizeof(float));
-                        continue;
-                    }
-                    double sum = 0;
-                    for (int64_t e = 0; e < Dh; e++) acc[e] = 0;
-                    for (int64_t j = 0; j < Lk; j++) {
-                        if (score[j] == -INFINITY) continue;
-                        double p = exp((double)score[j] - mx);
-                        sum += p;
-                        const float *vr = vs + ((b * Lk + j) * Hkv + hk) * Dh;
-                        for (int64_t e = 0; e < Dh; e++) acc[e] += p * vr[e];
-                    }
-                    for (int64_t e = 0; e < Dh; e++) orow[e] = (float)(acc[e] / sum);
+    float *S = malloc((size_t)(Lq * Lk) * sizeof(float)); /* [Lq, Lk] scores, then probabilities */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t hk = h / group;
+            const float *Q = qs + (b * Lq * H + h) * Dh, *K = ks + (b * Lk * Hkv + hk) * Dh,
+                        *V = vs + (b * Lk * Hkv + hk) * Dh;
+            float *O = os + (b * Lq * H + h) * Dh;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)Dh, scale, Q,
+                        (int)(H * Dh), K, (int)(Hkv * Dh), 0.0f, S, (int)Lk);
+#pragma omp parallel for NT(be) schedule(static)
+            for (int64_t i = 0; i < Lq; i++) {
+                float *row = S + i * Lk;
+                int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < Lk; j++) {
+                    if (j > last || (mask && !mask[b * Lk + j])) row[j] = -INFINITY;
+                    if (row[j] > mx) mx = row[j];
                 }
-        free(score);
-        free(acc);
-    }
+                if (mx == -INFINITY) { /* every key masked: no information, output 0 */
+                    memset(row, 0, (size_t)Lk * sizeof(float));
+                    continue;
+                }
+                double sum = 0;
+                for (int64_t j = 0; j < Lk; j++) {
+                    float p = row[j] == -INFINITY ? 0.0f : expf(row[j] - mx);
+                    row[j] = p;
+                    sum += p;
+                }
+                float inv = (float)(1.0 / sum);
+                for (int64_t j = 0; j < Lk; j++) row[j] *= inv;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)Dh, (int)Lk, 1.0f, S, (int)Lk, V,
+                        (int)(Hkv * Dh), 0.0f, O, (int)(H * Dh));
+        }
+    free(S);
 }
 
 /* ---- flow matching -------------------------------------------------------------- */
