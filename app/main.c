@@ -1,8 +1,202 @@
-/* qwen-image — the command-line front end (placeholder while the library grows). */
+/*
+ * main.c — the `qwen-image` command: generate, tokenize, encode, bench.
+ *
+ * Exit codes: 0 success, 1 runtime failure (bad file, out of memory, …),
+ * 2 usage error (bad flag or value). Every error is one line on stderr that
+ * names what was wrong and, where it helps, what to do.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "io/image.h"
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "model/prompt.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
+#include "pipeline.h"
 #include "qwen_image.h"
-int main(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "qwen-image: no command yet\n");
+
+#ifndef QI_DEFAULT_MODEL
+#define QI_DEFAULT_MODEL "tests/data/tiny-model"
+#endif
+
+int qi_app_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "qwen-image: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see qwen-image --help)\n");
+    va_end(ap);
     return 2;
+}
+
+int qi_app_runtime_error(const char *msg) {
+    fprintf(stderr, "qwen-image: error: %s\n", msg);
+    return 1;
+}
+
+int qi_app_exit_code(qi_status st) { return st == QI_OK ? 0 : st == QI_ERR_ARG ? 2 : 1; }
+
+/* Strict number parsing: the whole string must be a number in range. */
+int qi_app_parse_int(const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi)
+        return qi_app_usage_error("%s %s: expected an integer between %ld and %ld", flag, s, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int qi_app_parse_float(const char *flag, const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno) return qi_app_usage_error("%s %s: expected a number", flag, s);
+    *out = v;
+    return 0;
+}
+
+const char *qi_app_default_model(int quiet) {
+    if (!quiet)
+        fprintf(stderr, "qwen-image: no model given (-m DIR); using the bundled tiny random reference model "
+                        "at %s: its images are coloured noise by design\n", QI_DEFAULT_MODEL);
+    return QI_DEFAULT_MODEL;
+}
+
+/* ---- tokenize --------------------------------------------------------------------- */
+
+static int cmd_tokenize(int argc, char **argv) {
+    const char *model = NULL, *text = NULL;
+    int templ = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-m") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--template")) templ = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) return qi_app_usage_error("tokenize: unknown option %s", argv[i]);
+        else if (!text) text = argv[i];
+        else return qi_app_usage_error("tokenize: one TEXT argument expected, got another: %s", argv[i]);
+    }
+    if (!text) return qi_app_usage_error("tokenize: usage: qwen-image tokenize -m MODEL_DIR [--template] TEXT");
+    if (!model) model = qi_app_default_model(1);
+    qi_error err = {{0}};
+    qi_model_dir dir;
+    qi_status st = qi_model_dir_open(model, &dir, &err);
+    if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
+    qi_tokenizer *tok;
+    if ((st = qi_tokenizer_load(dir.tokenizer_dir, &tok, &err))) return qi_app_runtime_error(err.msg), 1;
+    char *wrapped = NULL;
+    if (templ && (st = qi_prompt_template(text, &wrapped, &err))) {
+        qi_tokenizer_free(tok);
+        return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
+    }
+    int32_t *ids = NULL;
+    int n = 0;
+    st = qi_tokenizer_encode(tok, wrapped ? wrapped : text, &ids, &n, &err);
+    free(wrapped);
+    qi_tokenizer_free(tok);
+    if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    free(ids);
+    return 0;
+}
+
+/* ---- encode ----------------------------------------------------------------------- */
+
+static int cmd_encode(int argc, char **argv) {
+    const char *model = NULL, *outp = NULL;
+    const char *prompts[256];
+    int n = 0, threads = 0;
+    long max_len = 512;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (!strcmp(a, "-m") && has) model = argv[++i];
+        else if (!strcmp(a, "-p") && has) {
+            if (n == 256) return qi_app_usage_error("encode: at most 256 prompts");
+            prompts[n++] = argv[++i];
+        } else if (!strcmp(a, "-o") && has) outp = argv[++i];
+        else if (!strcmp(a, "--max-sequence-length") && has) {
+            if (qi_app_parse_int(a, argv[++i], 1, 1024, &max_len)) return 2;
+        } else if (!strcmp(a, "--threads") && has) {
+            long v;
+            if (qi_app_parse_int(a, argv[++i], 1, 4096, &v)) return 2;
+            threads = (int)v;
+        } else return qi_app_usage_error("encode: unknown or incomplete option %s", a);
+    }
+    if (!n || !outp)
+        return qi_app_usage_error("encode: usage: qwen-image encode -m MODEL_DIR -p TEXT [-p TEXT …] -o OUT.safetensors");
+    if (!model) model = qi_app_default_model(0);
+    qi_error err = {{0}};
+    qi_model_dir dir;
+    qi_status st = qi_model_dir_open(model, &dir, &err);
+    if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
+    qi_backend *be = NULL;
+    qi_tokenizer *tok = NULL;
+    qi_text_encoder *te = NULL;
+    qi_prompt_batch pb = {0};
+    float *emb = NULL;
+    int32_t *mask = NULL;
+    int L = 0;
+    if ((st = qi_backend_cpu_create(threads, 0, &be, &err))) goto fail;
+    if ((st = qi_tokenizer_load(dir.tokenizer_dir, &tok, &err))) goto fail;
+    if ((st = qi_text_encoder_load(dir.text_encoder_dir, be, &te, &err))) goto fail;
+    if ((st = qi_prompt_tokenize(tok, prompts, n, (int)max_len, &pb, &err))) goto fail;
+    if ((st = qi_text_encoder_encode(te, pb.ids, pb.mask, pb.batch, pb.seq_len, (int)max_len, &emb, &mask, &L,
+                                     &err)))
+        goto fail;
+    int D = qi_text_encoder_dim(te);
+    qi_st_write_item items[2] = {
+        {.name = "prompt_embeds", .dtype = QI_F32, .ndim = 3, .shape = {n, L, D}, .data = emb},
+        {.name = "prompt_embeds_mask", .dtype = QI_I32, .ndim = 2, .shape = {n, L}, .data = mask},
+    };
+    st = qi_st_write(outp, items, 2, &err);
+fail:
+    free(emb);
+    free(mask);
+    if (pb.ids) qi_prompt_batch_free(&pb);
+    if (te) qi_text_encoder_free(te);
+    if (tok) qi_tokenizer_free(tok);
+    if (be) be->ops->destroy(be);
+    if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
+    return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------- */
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "qwen-image — text-to-image with Qwen-Image in C\n\n"
+            "usage:\n"
+            "  qwen-image generate [-m MODEL_DIR] -p TEXT [options]   make an image (see generate --help)\n"
+            "  qwen-image tokenize -m MODEL_DIR [--template] TEXT     print token ids\n"
+            "  qwen-image encode -m MODEL_DIR -p TEXT [-p TEXT …] -o OUT.safetensors\n"
+            "                                                         write prompt_embeds + mask\n"
+            "  qwen-image bench [options]                             full-size speed test (CUDA)\n\n"
+            "MODEL_DIR is a Qwen/Qwen-Image diffusers folder (model_index.json, transformer/, "
+            "text_encoder/, vae/, tokenizer/, scheduler/).\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "generate")) return qi_cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "encode")) return cmd_encode(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return qi_cmd_bench(argc - 1, argv + 1);
+    return qi_app_usage_error("unknown command '%s'", cmd);
 }

@@ -13,7 +13,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdarg.h>
+
 static int qi_test_failed_checks;
+
+/* The message of a failed CHECK (no format attribute: an empty message is fine). */
+static inline void qi_test_msg(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
 static int qi_test_passed, qi_test_failed;
 
 #define CHECK(cond, ...)                                                                   \
@@ -21,7 +31,7 @@ static int qi_test_passed, qi_test_failed;
         if (!(cond)) {                                                                     \
             qi_test_failed_checks++;                                                       \
             fprintf(stderr, "  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
-            fprintf(stderr, "" __VA_ARGS__);                                               \
+            qi_test_msg("" __VA_ARGS__);                                                   \
             fprintf(stderr, "\n");                                                         \
         }                                                                                  \
     } while (0)

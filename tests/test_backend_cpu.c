@@ -208,6 +208,10 @@ static void cfg_combine_rescales_to_the_cond_norm(void) {
     qi_tensor c = act(2, 3, 8, 0, 0), u = act(2, 3, 8, 0, 0), o = act(2, 3, 8, 0, 0);
     fill(&c), fill(&u);
     be->ops->cfg_combine(be, &c, &u, 4.0f, &o);
+    qi_tensor c2 = act(2, 3, 8, 0, 0); /* in place: out aliases cond */
+    memcpy(c2.data, c.data, sizeof(float) * 24);
+    be->ops->cfg_combine(be, &c2, &u, 4.0f, &c2);
+    CHECK(!memcmp(c2.data, o.data, sizeof(float) * 24), "in-place result differs");
     const float *cs = c.data, *us = u.data, *os = o.data;
     for (int r = 0; r < 3; r++) {
         double nc = 0, no = 0, dot = 0, ng = 0;

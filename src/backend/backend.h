@@ -132,7 +132,8 @@ typedef struct qi_backend_ops {
 
     /* ---- flow matching ---- */
     /* True CFG with norm rescale, per token over the last dim:
-     *   comb = uncond + s·(cond − uncond);  out = comb · ‖cond‖ / ‖comb‖. */
+     *   comb = uncond + s·(cond − uncond);  out = comb · ‖cond‖ / ‖comb‖.
+     * out may alias cond or uncond (the pipeline combines in place). */
     void (*cfg_combine)(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
                         qi_tensor *out);
 
@@ -144,7 +145,7 @@ typedef struct qi_backend_ops {
     /* y[C, 2H, 2W] = nearest 2× upsample of x[C, H, W]. */
     void (*upsample2x)(qi_backend *be, const qi_tensor *x, qi_tensor *y);
     /* Per pixel over channels: y = x / max(‖x‖₂, 1e-12) · √C · gamma[C] (+ bias).
-     * x, y [C, H, W]. bias may be NULL. */
+     * x, y [C, H, W]. bias may be NULL. y may alias x. */
     void (*channel_rms_norm)(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                              const qi_tensor *bias, qi_tensor *y);
     /* y[W, H] = x[H, W]ᵀ (2-D transpose, e.g. [C, HW] <-> [HW, C]). */

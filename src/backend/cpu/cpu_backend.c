@@ -326,40 +326,44 @@ static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k
     const float *qs = q->data, *ks = k->data, *vs = v->data;
     const int32_t *mask = key_mask ? key_mask->data : NULL;
     float *os = out->data;
-    float *S = malloc((size_t)(Lq * Lk) * sizeof(float)); /* [Lq, Lk] scores, then probabilities */
+    /* Queries in blocks so the score matrix stays small at any sequence length. */
+    int64_t qblk = Lq < 512 ? Lq : 512;
+    float *S = malloc((size_t)(qblk * Lk) * sizeof(float)); /* [qblk, Lk] scores, then probabilities */
     for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
-            int64_t hk = h / group;
-            const float *Q = qs + (b * Lq * H + h) * Dh, *K = ks + (b * Lk * Hkv + hk) * Dh,
-                        *V = vs + (b * Lk * Hkv + hk) * Dh;
-            float *O = os + (b * Lq * H + h) * Dh;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)Dh, scale, Q,
-                        (int)(H * Dh), K, (int)(Hkv * Dh), 0.0f, S, (int)Lk);
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t q0 = 0; q0 < Lq; q0 += qblk) {
+                int64_t nq = Lq - q0 < qblk ? Lq - q0 : qblk, hk = h / group;
+                const float *Q = qs + ((b * Lq + q0) * H + h) * Dh, *K = ks + (b * Lk * Hkv + hk) * Dh,
+                            *V = vs + (b * Lk * Hkv + hk) * Dh;
+                float *O = os + ((b * Lq + q0) * H + h) * Dh;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)Lk, (int)Dh, scale, Q,
+                            (int)(H * Dh), K, (int)(Hkv * Dh), 0.0f, S, (int)Lk);
 #pragma omp parallel for NT(be) schedule(static)
-            for (int64_t i = 0; i < Lq; i++) {
-                float *row = S + i * Lk;
-                int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < Lk; j++) {
-                    if (j > last || (mask && !mask[b * Lk + j])) row[j] = -INFINITY;
-                    if (row[j] > mx) mx = row[j];
+                for (int64_t r = 0; r < nq; r++) {
+                    float *row = S + r * Lk;
+                    int64_t i = q0 + r;
+                    int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
+                    float mx = -INFINITY;
+                    for (int64_t j = 0; j < Lk; j++) {
+                        if (j > last || (mask && !mask[b * Lk + j])) row[j] = -INFINITY;
+                        if (row[j] > mx) mx = row[j];
+                    }
+                    if (mx == -INFINITY) { /* every key masked: no information, output 0 */
+                        memset(row, 0, (size_t)Lk * sizeof(float));
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int64_t j = 0; j < Lk; j++) {
+                        float p = row[j] == -INFINITY ? 0.0f : expf(row[j] - mx);
+                        row[j] = p;
+                        sum += p;
+                    }
+                    float inv = (float)(1.0 / sum);
+                    for (int64_t j = 0; j < Lk; j++) row[j] *= inv;
                 }
-                if (mx == -INFINITY) { /* every key masked: no information, output 0 */
-                    memset(row, 0, (size_t)Lk * sizeof(float));
-                    continue;
-                }
-                double sum = 0;
-                for (int64_t j = 0; j < Lk; j++) {
-                    float p = row[j] == -INFINITY ? 0.0f : expf(row[j] - mx);
-                    row[j] = p;
-                    sum += p;
-                }
-                float inv = (float)(1.0 / sum);
-                for (int64_t j = 0; j < Lk; j++) row[j] *= inv;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)Dh, (int)Lk, 1.0f, S, (int)Lk,
+                            V, (int)(Hkv * Dh), 0.0f, O, (int)(H * Dh));
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)Dh, (int)Lk, 1.0f, S, (int)Lk, V,
-                        (int)(Hkv * Dh), 0.0f, O, (int)(H * Dh));
-        }
     free(S);
 }
 
@@ -373,11 +377,11 @@ static void cpu_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tens
 #pragma omp parallel for NT(be) schedule(static)
     for (int64_t r = 0; r < R; r++) {
         double nc = 0, nm = 0;
-        for (int64_t i = 0; i < D; i++) {
-            float comb = u[r * D + i] + s * (c[r * D + i] - u[r * D + i]);
-            o[r * D + i] = comb;
-            nc += (double)c[r * D + i] * c[r * D + i];
+        for (int64_t i = 0; i < D; i++) { /* read c before writing o: out may alias cond */
+            float cv = c[r * D + i], comb = u[r * D + i] + s * (cv - u[r * D + i]);
+            nc += (double)cv * cv;
             nm += (double)comb * comb;
+            o[r * D + i] = comb;
         }
         float ratio = (float)(sqrt(nc) / sqrt(nm));
         for (int64_t i = 0; i < D; i++) o[r * D + i] *= ratio;

@@ -1,0 +1,416 @@
+/*
+ * image.c — pixel conversion (diffusers postprocess) and PNG / JPEG / WebP
+ * files through libpng, libjpeg and libwebp.
+ *
+ * It owns the write-to-temporary-then-rename discipline for every image file
+ * the engine writes. It does not resize, nor read JPEG/WebP (only PNG, for
+ * tests and img2img-style inputs later).
+ *
+ * libpng and libjpeg report errors by longjmp: every function that calls
+ * setjmp keeps the state it changes afterwards in a context struct owned by
+ * its caller, so nothing the cleanup reads is an indeterminate local.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "io/image.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <jpeglib.h>
+#include <png.h>
+#include <webp/encode.h>
+#include <webp/types.h>
+
+#define PARAMETERS_KEY "parameters"
+
+/* ---- pixels ---------------------------------------------------------------- */
+
+/* clamp(x·0.5 + 0.5, 0, 1) in float32, as torch does (spec A.7); NaN passes. */
+static inline float unit_of(float x) {
+    float v = x * 0.5f + 0.5f; /* x·0.5 is exact, so a fused multiply-add rounds the same */
+    if (v < 0.0f) v = 0.0f;
+    if (v > 1.0f) v = 1.0f;
+    return v;
+}
+
+void qi_rgb_to_unit(const float *rgb, int height, int width, float *out) {
+    size_t plane = (size_t)height * width;
+    for (size_t p = 0; p < plane; p++)
+        for (int c = 0; c < 3; c++) out[p * 3 + c] = unit_of(rgb[c * plane + p]);
+}
+
+void qi_rgb_to_u8(const float *rgb, int height, int width, uint8_t *out) {
+    size_t plane = (size_t)height * width;
+    for (size_t p = 0; p < plane; p++)
+        for (int c = 0; c < 3; c++) {
+            float s = unit_of(rgb[c * plane + p]) * 255.0f; /* float32 multiply, as NumPy */
+            /* NumPy's round is half-to-even: rint in the default rounding
+             * mode, not roundf (half away from zero) */
+            out[p * 3 + c] = s == s ? (uint8_t)nearbyintf(s) : 0;
+        }
+}
+
+/* ---- formats --------------------------------------------------------------------- */
+
+qi_status qi_image_format_of(const char *path, qi_image_format *out, qi_error *err) {
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    const char *dot = strrchr(base, '.');
+    const char *ext = dot ? dot : "";
+    if (!strcasecmp(ext, ".png"))
+        *out = QI_IMAGE_PNG;
+    else if (!strcasecmp(ext, ".jpg") || !strcasecmp(ext, ".jpeg"))
+        *out = QI_IMAGE_JPEG;
+    else if (!strcasecmp(ext, ".webp"))
+        *out = QI_IMAGE_WEBP;
+    else if (!*ext)
+        return qi_fail(err, QI_ERR_ARG,
+                       "%s: no image extension; name the file .png, .jpg, .jpeg or .webp", path);
+    else
+        return qi_fail(err, QI_ERR_ARG,
+                       "%s: unknown image extension '%s'; use .png, .jpg, .jpeg or .webp", path, ext);
+    return QI_OK;
+}
+
+qi_image_save_options qi_image_save_options_default(void) {
+    return (qi_image_save_options){.quality = 95, .webp_lossless = 0};
+}
+
+/* ---- temporary file, renamed into place when complete -------------------------------- */
+
+typedef struct tmp_file {
+    char path[4200]; /* "<final path>.<pid>-<n>.tmp": same directory as the final file */
+    FILE *fp;
+} tmp_file;
+
+static qi_status tmp_open(const char *path, tmp_file *t, qi_error *err) {
+    t->fp = NULL;
+    t->path[0] = 0;
+    if (strlen(path) >= 4096) return qi_fail(err, QI_ERR_ARG, "output path too long: %.64s...", path);
+    for (int n = 0; n < 100; n++) {
+        snprintf(t->path, sizeof t->path, "%s.%ld-%d.tmp", path, (long)getpid(), n);
+        int fd = open(t->path, O_WRONLY | O_CREAT | O_EXCL, 0666);
+        if (fd < 0) {
+            if (errno == EEXIST) continue;
+            int e = errno;
+            t->path[0] = 0;
+            int dir_problem = e == ENOENT || e == ENOTDIR || e == EACCES || e == EPERM || e == EROFS;
+            return qi_fail(err, QI_ERR_IO, "cannot write %s: %s%s", path, strerror(e),
+                           dir_problem ? " (does its directory exist and is it writable?)" : "");
+        }
+        t->fp = fdopen(fd, "wb");
+        if (!t->fp) {
+            int e = errno;
+            close(fd);
+            unlink(t->path);
+            t->path[0] = 0;
+            return qi_fail(err, QI_ERR_IO, "cannot write %s: %s", path, strerror(e));
+        }
+        return QI_OK;
+    }
+    t->path[0] = 0;
+    return qi_fail(err, QI_ERR_IO, "cannot write %s: no free temporary name beside it", path);
+}
+
+static void tmp_abort(tmp_file *t) {
+    if (t->fp) fclose(t->fp);
+    t->fp = NULL;
+    if (t->path[0]) unlink(t->path);
+    t->path[0] = 0;
+}
+
+/* Closes the temporary file (catching late write errors such as a full disk)
+ * and renames it over path; on any failure it is removed. */
+static qi_status tmp_commit(tmp_file *t, const char *path, qi_error *err) {
+    int bad = fflush(t->fp) != 0 || ferror(t->fp);
+    int e = errno;
+    if (fclose(t->fp) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+    }
+    t->fp = NULL;
+    if (bad) {
+        tmp_abort(t);
+        return qi_fail(err, QI_ERR_IO, "error writing %s: %s", path, strerror(e));
+    }
+    if (rename(t->path, path) != 0) {
+        e = errno;
+        tmp_abort(t);
+        return qi_fail(err, QI_ERR_IO, "cannot write %s: %s", path, strerror(e));
+    }
+    t->path[0] = 0;
+    return QI_OK;
+}
+
+/* ---- PNG ------------------------------------------------------------------------------ */
+
+typedef struct png_ctx {
+    jmp_buf jmp;
+    char msg[200];
+    png_structp png;
+    png_infop info, end_info;
+    png_bytep *rows;
+} png_ctx;
+
+static void png_on_error(png_structp png, png_const_charp msg) {
+    png_ctx *c = png_get_error_ptr(png);
+    snprintf(c->msg, sizeof c->msg, "%s", msg);
+    longjmp(c->jmp, 1);
+}
+
+static void png_on_warning(png_structp png, png_const_charp msg) {
+    (void)png;
+    (void)msg;
+}
+
+static int is_ascii(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80) return 0;
+    return 1;
+}
+
+/* Returns 0, or -1 with c->msg set. */
+static int png_write(png_ctx *c, FILE *fp, const uint8_t *rgb, int width, int height,
+                     const char *parameters) {
+    c->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, c, png_on_error, png_on_warning);
+    if (!c->png || !(c->info = png_create_info_struct(c->png))) {
+        snprintf(c->msg, sizeof c->msg, "out of memory");
+        png_destroy_write_struct(&c->png, NULL);
+        return -1;
+    }
+    if (setjmp(c->jmp)) {
+        png_destroy_write_struct(&c->png, &c->info);
+        return -1;
+    }
+    png_init_io(c->png, fp);
+    png_set_IHDR(c->png, c->info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (parameters) {
+        /* tEXt is Latin-1: UTF-8 text goes into iTXt, as PIL's add_text does */
+        png_text text;
+        memset(&text, 0, sizeof text);
+        text.key = PARAMETERS_KEY;
+        text.text = (char *)parameters;
+        if (is_ascii(parameters)) {
+            text.compression = PNG_TEXT_COMPRESSION_NONE;
+            text.text_length = strlen(parameters);
+        } else {
+            text.compression = PNG_ITXT_COMPRESSION_NONE;
+            text.itxt_length = strlen(parameters);
+        }
+        png_set_text(c->png, c->info, &text, 1);
+    }
+    png_write_info(c->png, c->info);
+    for (int y = 0; y < height; y++) png_write_row(c->png, rgb + (size_t)y * width * 3);
+    png_write_end(c->png, NULL);
+    png_destroy_write_struct(&c->png, &c->info);
+    return 0;
+}
+
+/* Copies the `parameters` text of info (if any) into *out (once). */
+static void png_take_parameters(png_structp png, png_infop info, char **out) {
+    png_textp texts;
+    int n = 0;
+    if (*out || !info || !png_get_text(png, info, &texts, &n)) return;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(texts[i].key, PARAMETERS_KEY) && texts[i].text) {
+            *out = strdup(texts[i].text);
+            return;
+        }
+}
+
+typedef struct png_read_out {
+    uint8_t *rgb;
+    int width, height;
+    char *parameters;
+} png_read_out;
+
+static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) {
+    c->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, c, png_on_error, png_on_warning);
+    if (!c->png || !(c->info = png_create_info_struct(c->png)) ||
+        !(c->end_info = png_create_info_struct(c->png))) {
+        snprintf(c->msg, sizeof c->msg, "out of memory");
+        png_destroy_read_struct(&c->png, c->info ? &c->info : NULL, NULL);
+        return -1;
+    }
+    if (setjmp(c->jmp)) {
+        png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+        return -1;
+    }
+    png_init_io(c->png, fp);
+    png_read_info(c->png, c->info);
+    png_uint_32 w = png_get_image_width(c->png, c->info), h = png_get_image_height(c->png, c->info);
+    int depth = png_get_bit_depth(c->png, c->info), type = png_get_color_type(c->png, c->info);
+    if (w > 65536 || h > 65536) {
+        snprintf(c->msg, sizeof c->msg, "%ux%u pixels is larger than 65536x65536", (unsigned)w,
+                 (unsigned)h);
+        png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+        return -1;
+    }
+    /* everything to 8-bit RGB */
+    if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(c->png);
+    if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(c->png);
+    if (depth == 16) png_set_strip_16(c->png);
+    if (type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(c->png);
+    if (type == PNG_COLOR_TYPE_GRAY || type == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(c->png);
+    png_set_interlace_handling(c->png);
+    png_read_update_info(c->png, c->info);
+    if (png_get_rowbytes(c->png, c->info) != (size_t)w * 3) {
+        snprintf(c->msg, sizeof c->msg, "unexpected row layout after conversion to RGB");
+        png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+        return -1;
+    }
+    o->width = (int)w;
+    o->height = (int)h;
+    o->rgb = malloc((size_t)w * h * 3 + 1);
+    c->rows = malloc(sizeof(png_bytep) * (h ? h : 1));
+    if (!o->rgb || !c->rows) {
+        snprintf(c->msg, sizeof c->msg, "out of memory for %ux%u pixels", (unsigned)w, (unsigned)h);
+        png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+        return -1;
+    }
+    for (png_uint_32 y = 0; y < h; y++) c->rows[y] = o->rgb + (size_t)y * w * 3;
+    png_read_image(c->png, c->rows);
+    png_read_end(c->png, c->end_info);
+    if (want_parameters) {
+        png_take_parameters(c->png, c->info, &o->parameters);
+        png_take_parameters(c->png, c->end_info, &o->parameters);
+    }
+    png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+    return 0;
+}
+
+qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
+                      qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    if (parameters) *parameters = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    unsigned char sig[8];
+    if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) {
+        fclose(fp);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG file", path);
+    }
+    rewind(fp);
+    png_ctx c;
+    memset(&c, 0, sizeof c);
+    png_read_out o = {0};
+    int rc = png_read(&c, fp, &o, parameters != NULL);
+    fclose(fp);
+    free(c.rows);
+    if (rc) {
+        free(o.rgb);
+        free(o.parameters);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", path, c.msg);
+    }
+    *rgb = o.rgb;
+    *width = o.width;
+    *height = o.height;
+    if (parameters) *parameters = o.parameters;
+    return QI_OK;
+}
+
+/* ---- JPEG -------------------------------------------------------------------------------- */
+
+typedef struct jpeg_ctx {
+    struct jpeg_error_mgr pub; /* first: libjpeg sees a jpeg_error_mgr */
+    jmp_buf jmp;
+    char msg[JMSG_LENGTH_MAX];
+    struct jpeg_compress_struct cinfo;
+} jpeg_ctx;
+
+static void jpeg_on_error(j_common_ptr cinfo) {
+    jpeg_ctx *c = (jpeg_ctx *)(void *)cinfo->err;
+    c->pub.format_message(cinfo, c->msg);
+    longjmp(c->jmp, 1);
+}
+
+static void jpeg_on_message(j_common_ptr cinfo) { (void)cinfo; } /* warnings: silent */
+
+static int jpeg_write(jpeg_ctx *c, FILE *fp, const uint8_t *rgb, int width, int height,
+                      const char *parameters, int quality) {
+    c->cinfo.err = jpeg_std_error(&c->pub);
+    c->pub.error_exit = jpeg_on_error;
+    c->pub.output_message = jpeg_on_message;
+    if (setjmp(c->jmp)) {
+        jpeg_destroy_compress(&c->cinfo);
+        return -1;
+    }
+    jpeg_create_compress(&c->cinfo);
+    jpeg_stdio_dest(&c->cinfo, fp);
+    c->cinfo.image_width = (JDIMENSION)width;
+    c->cinfo.image_height = (JDIMENSION)height;
+    c->cinfo.input_components = 3;
+    c->cinfo.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c->cinfo);
+    jpeg_set_quality(&c->cinfo, quality, TRUE);
+    jpeg_start_compress(&c->cinfo, TRUE);
+    if (parameters) {
+        size_t n = strlen(parameters);
+        if (n > 65533) n = 65533; /* one marker segment */
+        jpeg_write_marker(&c->cinfo, JPEG_COM, (const JOCTET *)parameters, (unsigned)n);
+    }
+    while (c->cinfo.next_scanline < c->cinfo.image_height) {
+        JSAMPROW row = (JSAMPROW)(rgb + (size_t)c->cinfo.next_scanline * width * 3);
+        jpeg_write_scanlines(&c->cinfo, &row, 1);
+    }
+    jpeg_finish_compress(&c->cinfo);
+    jpeg_destroy_compress(&c->cinfo);
+    return 0;
+}
+
+/* ---- save -------------------------------------------------------------------------------------- */
+
+qi_status qi_image_save(const char *path, const uint8_t *rgb, int width, int height,
+                        const char *parameters, const qi_image_save_options *opt, qi_error *err) {
+    if (!path || !rgb) return qi_fail(err, QI_ERR_ARG, "qi_image_save: NULL argument");
+    qi_image_format fmt;
+    qi_status st = qi_image_format_of(path, &fmt, err);
+    if (st) return st;
+    qi_image_save_options o = opt ? *opt : qi_image_save_options_default();
+    if (o.quality < 1 || o.quality > 100)
+        return qi_fail(err, QI_ERR_ARG, "%s: quality %d is out of range 1..100", path, o.quality);
+    int max_side = fmt == QI_IMAGE_WEBP ? WEBP_MAX_DIMENSION : fmt == QI_IMAGE_JPEG ? 65500 : 1 << 20;
+    if (width < 1 || height < 1 || width > max_side || height > max_side)
+        return qi_fail(err, QI_ERR_ARG, "%s: image size %dx%d is outside this format's 1..%d", path,
+                       width, height, max_side);
+
+    tmp_file t;
+    if ((st = tmp_open(path, &t, err))) return st;
+    int rc = 0;
+    char msg[JMSG_LENGTH_MAX + 200] = "";
+    if (fmt == QI_IMAGE_PNG) {
+        png_ctx *c = calloc(1, sizeof *c);
+        rc = c ? png_write(c, t.fp, rgb, width, height, parameters) : -1;
+        snprintf(msg, sizeof msg, "%s", c ? c->msg : "out of memory");
+        free(c);
+    } else if (fmt == QI_IMAGE_JPEG) {
+        jpeg_ctx *c = calloc(1, sizeof *c);
+        rc = c ? jpeg_write(c, t.fp, rgb, width, height, parameters, o.quality) : -1;
+        snprintf(msg, sizeof msg, "%s", c ? c->msg : "out of memory");
+        free(c);
+    } else {
+        uint8_t *data = NULL;
+        size_t n = o.webp_lossless
+                       ? WebPEncodeLosslessRGB(rgb, width, height, width * 3, &data)
+                       : WebPEncodeRGB(rgb, width, height, width * 3, (float)o.quality, &data);
+        if (!n)
+            rc = -1, snprintf(msg, sizeof msg, "the WebP encoder failed");
+        else if (fwrite(data, 1, n, t.fp) != n)
+            rc = -1, snprintf(msg, sizeof msg, "%s", strerror(errno));
+        WebPFree(data);
+    }
+    if (rc) {
+        tmp_abort(&t);
+        return qi_fail(err, QI_ERR_IO, "error writing %s: %s", path, msg);
+    }
+    return tmp_commit(&t, path, err);
+}

@@ -1,0 +1,830 @@
+/*
+ * vae.c — the Qwen-Image VAE decoder on one image (spec vae-and-formats.md
+ * part A): config reading, weight binding with the causal-conv reduction,
+ * the forward pass written against the backend op table, and diffusers'
+ * tiled decode.
+ *
+ * It owns: the decoder weights (bound by their diffusers names, shapes checked
+ * at load), the last-temporal-slice copies of the 3×3×3 conv weights, and the
+ * activation plan of one decode. It does not own the encoder, the latent
+ * (de)normalisation (the pipeline applies qi_vae_latents_mean/std) or the
+ * pixel conversion (io/image.c).
+ *
+ * Activations, all [C, H, W] of one image, live in the backend arena: two
+ * "slots" sized for the largest activation of the decode, used ping-pong (each
+ * block reads one and writes the other), plus block-local scratch between a
+ * mark and a reset. The peak is therefore two slots + one block's scratch,
+ * about three of the largest tensors (spec A.10).
+ */
+#include "model/vae.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+
+#define VAE_MAX_LEVELS 8
+/* Working-set cap of one band of the nearest-2× upsample + 3×3 conv step and
+ * of one block of attention scores. */
+#define VAE_DEFAULT_BAND_BYTES ((size_t)64 << 20)
+
+/* ---- weights ------------------------------------------------------------- */
+
+/* QwenImageResidualBlock(in, out) (spec A.3.3). */
+typedef struct vae_resblock {
+    int in_ch, out_ch;
+    qi_tensor norm1;                  /* gamma [in] */
+    qi_tensor conv1_w, conv1_b;       /* [out, in, 3, 3] (last temporal tap), [out] */
+    qi_tensor norm2;                  /* gamma [out] */
+    qi_tensor conv2_w, conv2_b;       /* [out, out, 3, 3], [out] */
+    int has_shortcut;                 /* in != out */
+    qi_tensor shortcut_w, shortcut_b; /* [out, in, 1, 1], [out] */
+} vae_resblock;
+
+/* QwenImageAttentionBlock(C): single head over the h·w positions (A.3.4). */
+typedef struct vae_attention {
+    int ch;
+    qi_tensor norm;           /* gamma [C] */
+    qi_tensor qkv_w, qkv_b;   /* [3C, C] (rows: q, k, v), [3, C] */
+    qi_tensor proj_w, proj_b; /* [C, C], [C] */
+} vae_attention;
+
+/* decoder.up_blocks.L: num_res_blocks + 1 residual blocks, then (except the
+ * last level) nearest 2× + 3×3 conv halving the channels (A.3.5). */
+typedef struct vae_level {
+    int n_res;
+    vae_resblock *res;
+    int has_upsampler;
+    qi_tensor up_w, up_b; /* resample.1: [out/2, out, 3, 3], [out/2] */
+} vae_level;
+
+struct qi_vae {
+    qi_backend *be;
+    qi_st_set *file; /* kept open: the CPU backend's weights point into it */
+
+    /* config.json */
+    int base_dim, z_dim, num_res_blocks;
+    int n_levels;                    /* len(dim_mult) */
+    int dim_mult[VAE_MAX_LEVELS];
+    int dims[VAE_MAX_LEVELS + 1];    /* decoder ladder base·[m_last, reversed(dim_mult)] */
+    int scale;                       /* pixels per latent cell: 2^(n_levels − 1) */
+    float *latents_mean, *latents_std; /* [z_dim] each */
+
+    /* decoder */
+    qi_tensor post_quant_w, post_quant_b; /* [z, z, 1, 1], [z] */
+    qi_tensor conv_in_w, conv_in_b;       /* [dims0, z, 3, 3], [dims0] */
+    vae_resblock mid_res[2];
+    vae_attention mid_attn;
+    vae_level levels[VAE_MAX_LEVELS];
+    qi_tensor norm_out;                   /* gamma [dims_last] */
+    qi_tensor conv_out_w, conv_out_b;     /* [3, dims_last, 3, 3], [3] */
+
+    /* bookkeeping: every bound weight (for weight_free) and every buffer
+     * the vae allocated for a weight (the temporal slices) */
+    qi_tensor **bound;
+    int n_bound, cap_bound;
+    void **owned;
+    int n_owned, cap_owned;
+
+    qi_vae_tiling tiling;
+    size_t band_bytes; /* see qi_vae_set_band_bytes */
+};
+
+const float *qi_vae_latents_mean(const qi_vae *v) { return v->latents_mean; }
+const float *qi_vae_latents_std(const qi_vae *v) { return v->latents_std; }
+int qi_vae_z_dim(const qi_vae *v) { return v->z_dim; }
+int qi_vae_scale_factor(const qi_vae *v) { return v->scale; }
+
+/* ---- config ---------------------------------------------------------------- */
+
+static qi_status read_config(qi_vae *v, const char *path, qi_error *err) {
+    cJSON *cfg;
+    qi_status st = qi_json_load(path, &cfg, err);
+    if (st) return st;
+    double mean[64], std[64];
+    int n_mean = 0, n_std = 0, input_channels = 3;
+    if ((st = qi_json_get_int(cfg, "base_dim", path, &v->base_dim, err)) ||
+        (st = qi_json_get_int(cfg, "z_dim", path, &v->z_dim, err)) ||
+        (st = qi_json_get_int_array(cfg, "dim_mult", path, v->dim_mult, VAE_MAX_LEVELS,
+                                    &v->n_levels, err)) ||
+        (st = qi_json_get_int(cfg, "num_res_blocks", path, &v->num_res_blocks, err)) ||
+        (st = qi_json_get_double_array(cfg, "latents_mean", path, mean, 64, &n_mean, err)) ||
+        (st = qi_json_get_double_array(cfg, "latents_std", path, std, 64, &n_std, err)) ||
+        (st = qi_json_get_int_opt(cfg, "input_channels", path, 3, &input_channels, err)))
+        goto done;
+
+    /* attn_scales: the decoder has no attention inside its levels whatever
+     * this says (diffusers ignores it there), but the key must be present. */
+    const cJSON *attn = cJSON_GetObjectItemCaseSensitive(cfg, "attn_scales");
+    if (!attn) {
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: key 'attn_scales' is missing", path);
+        goto done;
+    }
+    if (!cJSON_IsArray(attn)) {
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: key 'attn_scales' must be an array", path);
+        goto done;
+    }
+    /* "temperal" (sic): one bool per downsampling level; only its length
+     * matters for one frame (it selects time_conv, never applied to images). */
+    const cJSON *temporal = cJSON_GetObjectItemCaseSensitive(cfg, "temperal_downsample");
+    if (!temporal) {
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: key 'temperal_downsample' is missing", path);
+        goto done;
+    }
+    int n_temporal = cJSON_IsArray(temporal) ? cJSON_GetArraySize(temporal) : -1;
+    for (int i = 0; i < n_temporal; i++)
+        if (!cJSON_IsBool(cJSON_GetArrayItem(temporal, i))) n_temporal = -1;
+    if (n_temporal < 0) {
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: key 'temperal_downsample' must be an array of booleans",
+                     path);
+        goto done;
+    }
+
+    if (v->base_dim < 1 || v->z_dim < 1 || v->num_res_blocks < 0 || v->n_levels < 1) {
+        st = qi_fail(err, QI_ERR_FORMAT,
+                     "%s: base_dim %d, z_dim %d, num_res_blocks %d, %d dim_mult entries: expected "
+                     "base_dim >= 1, z_dim >= 1, num_res_blocks >= 0 and at least one dim_mult",
+                     path, v->base_dim, v->z_dim, v->num_res_blocks, v->n_levels);
+        goto done;
+    }
+    for (int i = 0; i < v->n_levels; i++)
+        if (v->dim_mult[i] < 1 || (int64_t)v->dim_mult[i] * v->base_dim > 65536) {
+            st = qi_fail(err, QI_ERR_FORMAT, "%s: dim_mult[%d] = %d is out of range", path, i,
+                         v->dim_mult[i]);
+            goto done;
+        }
+    if (n_temporal != v->n_levels - 1) {
+        st = qi_fail(err, QI_ERR_FORMAT,
+                     "%s: temperal_downsample has %d entries, expected len(dim_mult) - 1 = %d", path,
+                     n_temporal, v->n_levels - 1);
+        goto done;
+    }
+    if (n_mean != v->z_dim || n_std != v->z_dim) {
+        st = qi_fail(err, QI_ERR_FORMAT,
+                     "%s: latents_mean has %d and latents_std %d values, expected z_dim = %d each",
+                     path, n_mean, n_std, v->z_dim);
+        goto done;
+    }
+    if (input_channels != 3) {
+        st = qi_fail(err, QI_ERR_UNSUPPORTED,
+                     "%s: input_channels = %d; only RGB VAEs (3) are supported", path,
+                     input_channels);
+        goto done;
+    }
+    v->latents_mean = malloc(sizeof(float) * (size_t)v->z_dim);
+    v->latents_std = malloc(sizeof(float) * (size_t)v->z_dim);
+    if (!v->latents_mean || !v->latents_std) {
+        st = qi_fail(err, QI_ERR_NOMEM, "out of memory reading %s", path);
+        goto done;
+    }
+    for (int c = 0; c < v->z_dim; c++) {
+        v->latents_mean[c] = (float)mean[c]; /* torch.tensor(list) is float32 */
+        v->latents_std[c] = (float)std[c];
+        if (!(v->latents_std[c] > 0)) {
+            st = qi_fail(err, QI_ERR_FORMAT, "%s: latents_std[%d] = %g must be positive", path, c,
+                         std[c]);
+            goto done;
+        }
+    }
+    /* decoder ladder: dims = base·[m_last] + base·reversed(dim_mult) (A.2) */
+    int L = v->n_levels;
+    v->dims[0] = v->base_dim * v->dim_mult[L - 1];
+    for (int i = 0; i < L; i++) v->dims[i + 1] = v->base_dim * v->dim_mult[L - 1 - i];
+    v->scale = 1 << (L - 1);
+done:
+    cJSON_Delete(cfg);
+    return st;
+}
+
+/* ---- weight binding ----------------------------------------------------------- */
+
+static qi_status remember(void ***list, int *n, int *cap, void *item, qi_error *err) {
+    if (*n == *cap) {
+        int ncap = *cap ? 2 * *cap : 64;
+        void **grown = realloc(*list, sizeof(void *) * (size_t)ncap);
+        if (!grown) return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory binding weights");
+        *list = grown;
+        *cap = ncap;
+    }
+    (*list)[(*n)++] = item;
+    return QI_OK;
+}
+
+/* Hands `host` (dtype dt, shape ne) to the backend as weight *w. */
+static qi_status bind_host(qi_vae *v, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                           const void *host, const char *name, qi_error *err) {
+    qi_status st = v->be->ops->weight(v->be, w, dt, ndim, ne, host, err);
+    if (st) return qi_fail_ctx(err, st, "vae tensor %s", name);
+    return remember((void ***)&v->bound, &v->n_bound, &v->cap_bound, w, err);
+}
+
+/* A file tensor of shape file_shape, bound as-is under the shape bind_ne
+ * (same element count: trailing unit dims dropped, 1×1 convs as matrices). */
+static qi_status bind(qi_vae *v, const char *name, int file_ndim, const int64_t *file_shape,
+                      qi_tensor *w, int ndim, const int64_t *bind_ne, qi_error *err) {
+    const qi_st_tensor *t;
+    qi_status st = qi_st_get(v->file, name, file_ndim, file_shape, &t, err);
+    if (st) return st;
+    return bind_host(v, w, t->dtype, ndim, bind_ne, t->data, name, err);
+}
+
+static qi_status bind_vector(qi_vae *v, const char *name, int64_t n, qi_tensor *w, qi_error *err) {
+    int64_t ne[1] = {n};
+    return bind(v, name, 1, ne, w, 1, ne, err);
+}
+
+/* RMS-norm gamma, stored [C, 1, 1, 1] (residual blocks, head) or [C, 1, 1]
+ * (attention); bound as [C]. */
+static qi_status bind_gamma(qi_vae *v, const char *name, int64_t c, int file_ndim, qi_tensor *w,
+                            qi_error *err) {
+    int64_t shape[4] = {c, 1, 1, 1}, ne[1] = {c};
+    return bind(v, name, file_ndim, shape, w, 1, ne, err);
+}
+
+/* `prefix.weight` [co, ci, 3, 3, 3] causal conv → its last temporal slice
+ * [co, ci, 3, 3] (spec A.3.1: one frame sees [0, 0, x] in time), copied into a
+ * buffer the vae owns; `prefix.bias` [co]. */
+static qi_status bind_causal_conv3(qi_vae *v, const char *prefix, int64_t co, int64_t ci,
+                                   qi_tensor *w, qi_tensor *b, qi_error *err) {
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int64_t shape[5] = {co, ci, 3, 3, 3};
+    const qi_st_tensor *t;
+    qi_status st = qi_st_get(v->file, name, 5, shape, &t, err);
+    if (st) return st;
+    /* keep half-width types as they are (the backend converts), widen the rest */
+    qi_dtype dt = (t->dtype == QI_F32 || t->dtype == QI_BF16 || t->dtype == QI_F16) ? t->dtype : QI_F32;
+    size_t in_es = qi_dtype_size(t->dtype), out_es = qi_dtype_size(dt);
+    char *slice = malloc((size_t)(co * ci) * 9 * out_es);
+    if (!slice) return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for %s", name);
+    if ((st = remember(&v->owned, &v->n_owned, &v->cap_owned, slice, err))) {
+        free(slice);
+        return st;
+    }
+    const char *src = t->data;
+    for (int64_t oi = 0; oi < co * ci; oi++) {
+        /* element (o, i, t=2, y, x) at ((oi·3 + 2)·3 + y)·3 + x */
+        const char *tap = src + (size_t)(oi * 27 + 18) * in_es;
+        if (dt == t->dtype)
+            memcpy(slice + (size_t)oi * 9 * out_es, tap, 9 * out_es);
+        else if (qi_to_f32((float *)(void *)(slice + (size_t)oi * 9 * out_es), tap, t->dtype, 9))
+            return qi_fail(err, QI_ERR_FORMAT, "vae tensor %s: dtype %s is not a float type", name,
+                           qi_dtype_name(t->dtype));
+    }
+    int64_t ne[4] = {co, ci, 3, 3};
+    if ((st = bind_host(v, w, dt, 4, ne, slice, name, err))) return st;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return bind_vector(v, name, co, b, err);
+}
+
+/* A kernel-1 causal conv `prefix` ([co, ci, 1, 1, 1]) as a 1×1 conv2d weight. */
+static qi_status bind_causal_conv1(qi_vae *v, const char *prefix, int64_t co, int64_t ci,
+                                   qi_tensor *w, qi_tensor *b, qi_error *err) {
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int64_t shape[5] = {co, ci, 1, 1, 1}, ne[4] = {co, ci, 1, 1};
+    qi_status st = bind(v, name, 5, shape, w, 4, ne, err);
+    if (st) return st;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return bind_vector(v, name, co, b, err);
+}
+
+static qi_status bind_resblock(qi_vae *v, const char *prefix, int in, int out, vae_resblock *rb,
+                               qi_error *err) {
+    char name[256];
+    qi_status st;
+    rb->in_ch = in;
+    rb->out_ch = out;
+    snprintf(name, sizeof name, "%s.norm1.gamma", prefix);
+    if ((st = bind_gamma(v, name, in, 4, &rb->norm1, err))) return st;
+    snprintf(name, sizeof name, "%s.conv1", prefix);
+    if ((st = bind_causal_conv3(v, name, out, in, &rb->conv1_w, &rb->conv1_b, err))) return st;
+    snprintf(name, sizeof name, "%s.norm2.gamma", prefix);
+    if ((st = bind_gamma(v, name, out, 4, &rb->norm2, err))) return st;
+    snprintf(name, sizeof name, "%s.conv2", prefix);
+    if ((st = bind_causal_conv3(v, name, out, out, &rb->conv2_w, &rb->conv2_b, err))) return st;
+    rb->has_shortcut = in != out;
+    if (rb->has_shortcut) {
+        snprintf(name, sizeof name, "%s.conv_shortcut", prefix);
+        if ((st = bind_causal_conv1(v, name, out, in, &rb->shortcut_w, &rb->shortcut_b, err)))
+            return st;
+    }
+    return QI_OK;
+}
+
+static qi_status bind_attention(qi_vae *v, const char *prefix, int c, vae_attention *a,
+                                qi_error *err) {
+    char name[256];
+    qi_status st;
+    a->ch = c;
+    snprintf(name, sizeof name, "%s.norm.gamma", prefix);
+    if ((st = bind_gamma(v, name, c, 3, &a->norm, err))) return st;
+    int64_t qkv_shape[4] = {3 * (int64_t)c, c, 1, 1}, qkv_ne[2] = {3 * (int64_t)c, c};
+    snprintf(name, sizeof name, "%s.to_qkv.weight", prefix);
+    if ((st = bind(v, name, 4, qkv_shape, &a->qkv_w, 2, qkv_ne, err))) return st;
+    int64_t qkvb_shape[1] = {3 * (int64_t)c}, qkvb_ne[2] = {3, c};
+    snprintf(name, sizeof name, "%s.to_qkv.bias", prefix);
+    if ((st = bind(v, name, 1, qkvb_shape, &a->qkv_b, 2, qkvb_ne, err))) return st;
+    int64_t proj_shape[4] = {c, c, 1, 1}, proj_ne[2] = {c, c};
+    snprintf(name, sizeof name, "%s.proj.weight", prefix);
+    if ((st = bind(v, name, 4, proj_shape, &a->proj_w, 2, proj_ne, err))) return st;
+    snprintf(name, sizeof name, "%s.proj.bias", prefix);
+    return bind_vector(v, name, c, &a->proj_b, err);
+}
+
+/* The decoder's module tree (spec A.4), diffusers names. time_conv tensors of
+ * upsample3d levels are never read (A.3.5, trap 4). */
+static qi_status bind_decoder(qi_vae *v, qi_error *err) {
+    qi_status st;
+    char prefix[128];
+    int z = v->z_dim, L = v->n_levels;
+    if ((st = bind_causal_conv1(v, "post_quant_conv", z, z, &v->post_quant_w, &v->post_quant_b, err)))
+        return st;
+    if ((st = bind_causal_conv3(v, "decoder.conv_in", v->dims[0], z, &v->conv_in_w, &v->conv_in_b,
+                                err)))
+        return st;
+    for (int r = 0; r < 2; r++) {
+        snprintf(prefix, sizeof prefix, "decoder.mid_block.resnets.%d", r);
+        if ((st = bind_resblock(v, prefix, v->dims[0], v->dims[0], &v->mid_res[r], err))) return st;
+    }
+    if ((st = bind_attention(v, "decoder.mid_block.attentions.0", v->dims[0], &v->mid_attn, err)))
+        return st;
+    for (int i = 0; i < L; i++) {
+        vae_level *lvl = &v->levels[i];
+        /* levels after the first start from the previous upsampler's halved width */
+        int in = i == 0 ? v->dims[0] : v->dims[i] / 2, out = v->dims[i + 1];
+        lvl->n_res = v->num_res_blocks + 1;
+        lvl->res = calloc((size_t)lvl->n_res, sizeof *lvl->res);
+        if (!lvl->res) return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory");
+        for (int r = 0; r < lvl->n_res; r++) {
+            snprintf(prefix, sizeof prefix, "decoder.up_blocks.%d.resnets.%d", i, r);
+            if ((st = bind_resblock(v, prefix, r == 0 ? in : out, out, &lvl->res[r], err))) return st;
+        }
+        lvl->has_upsampler = i != L - 1;
+        if (lvl->has_upsampler) {
+            char name[160];
+            snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.resample.1.weight", i);
+            int64_t shape[4] = {out / 2, out, 3, 3};
+            if ((st = bind(v, name, 4, shape, &lvl->up_w, 4, shape, err))) return st;
+            snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.resample.1.bias", i);
+            if ((st = bind_vector(v, name, out / 2, &lvl->up_b, err))) return st;
+        }
+    }
+    int last = v->dims[L];
+    if ((st = bind_gamma(v, "decoder.norm_out.gamma", last, 4, &v->norm_out, err))) return st;
+    return bind_causal_conv3(v, "decoder.conv_out", 3, last, &v->conv_out_w, &v->conv_out_b, err);
+}
+
+qi_vae_tiling qi_vae_tiling_default(void) {
+    return (qi_vae_tiling){.mode = QI_VAE_TILE_AUTO,
+                           .tile_latent = 32,
+                           .stride_latent = 24,
+                           .max_untiled_bytes = (size_t)4 << 30};
+}
+
+qi_status qi_vae_load(const char *vae_dir, qi_backend *be, qi_vae **out, qi_error *err) {
+    *out = NULL;
+    if (!vae_dir || !be) return qi_fail(err, QI_ERR_ARG, "qi_vae_load: NULL argument");
+    qi_vae *v = calloc(1, sizeof *v);
+    if (!v) return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory");
+    v->be = be;
+    v->tiling = qi_vae_tiling_default();
+    v->band_bytes = VAE_DEFAULT_BAND_BYTES;
+    char path[4096];
+    qi_status st;
+    if (qi_path_join(path, sizeof path, vae_dir, "config.json")) {
+        st = qi_fail(err, QI_ERR_ARG, "vae directory path too long: %s", vae_dir);
+        goto fail;
+    }
+    if ((st = read_config(v, path, err))) goto fail;
+    if ((st = qi_st_set_open_dir(vae_dir, "diffusion_pytorch_model", &v->file, err))) goto fail;
+    if ((st = bind_decoder(v, err))) goto fail; /* errors name the file and the tensor */
+    *out = v;
+    return QI_OK;
+fail:
+    qi_vae_free(v);
+    return st;
+}
+
+void qi_vae_free(qi_vae *v) {
+    if (!v) return;
+    for (int i = 0; i < v->n_bound; i++) v->be->ops->weight_free(v->be, v->bound[i]);
+    for (int i = 0; i < v->n_owned; i++) free(v->owned[i]);
+    for (int i = 0; i < VAE_MAX_LEVELS; i++) free(v->levels[i].res);
+    free(v->bound);
+    free(v->owned);
+    free(v->latents_mean);
+    free(v->latents_std);
+    if (v->file) qi_st_set_close(v->file);
+    free(v);
+}
+
+/* ---- forward --------------------------------------------------------------------- */
+
+/* A [c, h, w] view at the start of a slot (slots are 1-D, sized for the
+ * largest activation). */
+static qi_tensor chw(const qi_tensor *slot, int64_t c, int64_t h, int64_t w) {
+    qi_tensor t = *slot;
+    t.ndim = 3;
+    t.ne[0] = c;
+    t.ne[1] = h;
+    t.ne[2] = w;
+    for (int i = 3; i < QI_MAX_DIMS; i++) t.ne[i] = 0;
+    return t;
+}
+
+/* Flips *cur to the other slot and returns it as [c, h, w]. */
+static qi_tensor other_slot(const qi_tensor slot[2], int *cur, int64_t c, int64_t h, int64_t w) {
+    *cur ^= 1;
+    return chw(&slot[*cur], c, h, w);
+}
+
+static qi_tensor as2d(const qi_tensor *t, int64_t d0, int64_t d1) {
+    qi_tensor v = chw(t, d0, d1, 1);
+    v.ndim = 2;
+    v.ne[2] = 0;
+    return v;
+}
+
+/* y[out, H, W] = conv2(silu(norm2(conv1(silu(norm1(x)))))) + shortcut(x) (A.3.3).
+ * x and y are different slots; scratch: one [max(in, out), H, W]. */
+static qi_status resblock_forward(qi_backend *be, const vae_resblock *rb, const qi_tensor *x,
+                                  qi_tensor *y, qi_error *err) {
+    const qi_backend_ops *op = be->ops;
+    int64_t H = x->ne[1], W = x->ne[2];
+    size_t mark = op->mark(be);
+    qi_tensor t;
+    qi_status st = qi_be_act3(be, &t, rb->in_ch, H, W, err);
+    if (st) return st;
+    op->channel_rms_norm(be, x, &rb->norm1, NULL, &t); /* t = silu(norm1(x)) */
+    op->activate(be, &t, QI_ACT_SILU, &t);
+    op->conv2d(be, &t, &rb->conv1_w, &rb->conv1_b, 1, y); /* y = conv1(t) [out, H, W] */
+    op->reset(be, mark);
+
+    op->channel_rms_norm(be, y, &rb->norm2, NULL, y); /* y = silu(norm2(y)), in place */
+    op->activate(be, y, QI_ACT_SILU, y);
+    if ((st = qi_be_act3(be, &t, rb->out_ch, H, W, err))) return st;
+    op->conv2d(be, y, &rb->conv2_w, &rb->conv2_b, 1, &t); /* t = conv2(y); y is free again */
+    if (rb->has_shortcut) {
+        op->conv2d(be, x, &rb->shortcut_w, &rb->shortcut_b, 0, y); /* y = shortcut(x) + t */
+        op->add_gated(be, y, NULL, 0, &t);
+    } else {
+        op->axpby(be, 1.0f, x, 1.0f, &t, y); /* y = x + t */
+    }
+    op->reset(be, mark);
+    return QI_OK;
+}
+
+/* Query rows per attention call so that a backend that materialises the
+ * [rows, N] score matrix stays within `budget` bytes (at 1024² a whole
+ * 16384² f32 matrix would be 1 GB, spec A.10). */
+static int64_t attention_query_rows(int64_t N, size_t budget) {
+    int64_t rows = (int64_t)(budget / ((size_t)N * sizeof(float)));
+    return rows < 1 ? 1 : rows > N ? N : rows;
+}
+
+/* y = x + proj(attention(qkv(norm(x)))) over the N = H·W positions (A.3.4).
+ * y doubles as storage for the normalised input and the attention output;
+ * scratch: four [N, C]. */
+static qi_status attention_forward(qi_backend *be, const vae_attention *a, const qi_tensor *x,
+                                   qi_tensor *y, size_t budget, qi_error *err) {
+    const qi_backend_ops *op = be->ops;
+    int64_t C = a->ch, N = x->ne[1] * x->ne[2];
+    size_t mark = op->mark(be);
+    qi_tensor u_t, q, k, v;
+    qi_status st;
+    if ((st = qi_be_act2(be, &u_t, N, C, err)) || (st = qi_be_act2(be, &q, N, C, err)) ||
+        (st = qi_be_act2(be, &k, N, C, err)) || (st = qi_be_act2(be, &v, N, C, err)))
+        return st;
+    op->channel_rms_norm(be, x, &a->norm, NULL, y); /* u [C, N] in y */
+    qi_tensor u = as2d(y, C, N);
+    op->transpose2d(be, &u, &u_t); /* u_t [N, C]: positions as rows */
+    /* the 1×1 to_qkv conv as three linears over its row thirds: q, k, v [N, C] */
+    qi_tensor wq = qi_slice_rows(&a->qkv_w, 0, C), wk = qi_slice_rows(&a->qkv_w, C, C),
+              wv = qi_slice_rows(&a->qkv_w, 2 * C, C);
+    qi_tensor bq = qi_slice_rows(&a->qkv_b, 0, 1), bk = qi_slice_rows(&a->qkv_b, 1, 1),
+              bv = qi_slice_rows(&a->qkv_b, 2, 1);
+    op->linear(be, &u_t, &wq, &bq, QI_ACT_NONE, &q);
+    op->linear(be, &u_t, &wk, &bk, QI_ACT_NONE, &k);
+    op->linear(be, &u_t, &wv, &bv, QI_ACT_NONE, &v);
+    /* one head of width C, [1, N, 1, C]: o = softmax(q kᵀ / √C) v, a block of
+     * query rows at a time (every query sees all N keys) */
+    qi_tensor k4 = qi_view4(&k, 1, N, 1, C), v4 = qi_view4(&v, 1, N, 1, C);
+    qi_tensor o = as2d(y, N, C);
+    float scale = (float)(1.0 / sqrt((double)C));
+    int64_t block = attention_query_rows(N, budget);
+    for (int64_t r0 = 0; r0 < N; r0 += block) {
+        int64_t nr = N - r0 < block ? N - r0 : block;
+        qi_tensor qb = qi_slice_rows(&q, r0, nr), ob = qi_slice_rows(&o, r0, nr);
+        qi_tensor q4 = qi_view4(&qb, 1, nr, 1, C), o4 = qi_view4(&ob, 1, nr, 1, C);
+        op->attention(be, &q4, &k4, &v4, NULL, 0, scale, &o4);
+    }
+    qi_tensor p = u_t; /* u_t is dead: proj output [N, C] */
+    op->linear(be, &o, &a->proj_w, &a->proj_b, QI_ACT_NONE, &p);
+    qi_tensor y2 = as2d(y, C, N);
+    op->transpose2d(be, &p, &y2); /* back to [C, N] */
+    op->add_gated(be, y, NULL, 0, x);
+    op->reset(be, mark);
+    return QI_OK;
+}
+
+/* Output rows per band of the upsample step so that one band's upsampled
+ * input stays within `budget` bytes; 2H means "all at once". Even, >= 2. */
+static int64_t upsample_band_rows(int64_t C, int64_t H, int64_t W, size_t es, size_t budget) {
+    if ((size_t)(C * 4 * H * W) * es <= budget) return 2 * H;
+    int64_t rows = (int64_t)(budget / ((size_t)(C * 2 * W) * es)) - 4; /* minus the halo */
+    rows &= ~(int64_t)1;
+    if (rows < 2) rows = 2;
+    return rows < 2 * H ? rows : 2 * H;
+}
+
+/* y[Co, 2H, 2W] = conv3x3(nearest2x(x[C, H, W])) (A.3.5). The upsampled input
+ * would be the largest tensor of the decode (4× x), so past `budget` it is
+ * built one band of output rows at a time: the band's input rows plus one
+ * halo row each side are copied out, upsampled and convolved, and the rows
+ * whose 3×3 window lay inside the band are copied into y. */
+static qi_status upsample_forward(qi_backend *be, const vae_level *lvl, const qi_tensor *x,
+                                  qi_tensor *y, size_t budget, qi_error *err) {
+    const qi_backend_ops *op = be->ops;
+    int64_t C = x->ne[0], H = x->ne[1], W = x->ne[2], Co = y->ne[0];
+    size_t mark = op->mark(be);
+    qi_tensor up, xb, yb;
+    qi_status st;
+    int64_t band = upsample_band_rows(C, H, W, qi_dtype_size(x->dtype), budget);
+    if (band >= 2 * H) {
+        if ((st = qi_be_act3(be, &up, C, 2 * H, 2 * W, err))) return st;
+        op->upsample2x(be, x, &up);
+        op->conv2d(be, &up, &lvl->up_w, &lvl->up_b, 1, y);
+        op->reset(be, mark);
+        return QI_OK;
+    }
+    qi_tensor x_rows = as2d(x, C * H, W), y_rows = as2d(y, Co * 2 * H, 2 * W);
+    for (int64_t o0 = 0; o0 < 2 * H; o0 += band) {
+        int64_t o1 = o0 + band < 2 * H ? o0 + band : 2 * H;
+        /* output row g reads upsampled rows g−1..g+1 = input rows ⌊(g−1)/2⌋..⌊(g+1)/2⌋ */
+        int64_t i0 = o0 / 2 - 1 > 0 ? o0 / 2 - 1 : 0, i1 = o1 / 2 + 1 < H ? o1 / 2 + 1 : H;
+        int64_t n_in = i1 - i0;
+        if ((st = qi_be_act3(be, &xb, C, n_in, W, err)) ||
+            (st = qi_be_act3(be, &up, C, 2 * n_in, 2 * W, err)) ||
+            (st = qi_be_act3(be, &yb, Co, 2 * n_in, 2 * W, err)))
+            return st;
+        qi_tensor xb_rows = as2d(&xb, C * n_in, W);
+        for (int64_t c = 0; c < C; c++) op->copy_rows(be, &x_rows, c * H + i0, &xb_rows, c * n_in, n_in);
+        op->upsample2x(be, &xb, &up);
+        op->conv2d(be, &up, &lvl->up_w, &lvl->up_b, 1, &yb); /* yb row u = global row 2·i0 + u */
+        qi_tensor yb_rows = as2d(&yb, Co * 2 * n_in, 2 * W);
+        for (int64_t c = 0; c < Co; c++)
+            op->copy_rows(be, &yb_rows, c * 2 * n_in + (o0 - 2 * i0), &y_rows, c * 2 * H + o0, o1 - o0);
+        op->reset(be, mark);
+    }
+    return QI_OK;
+}
+
+/* The activation plan of one decode at latent h × w, in elements: the slot
+ * size (largest activation) and the largest block scratch. It walks the
+ * same structure as decode_latent. */
+static void plan_decode(const qi_vae *v, int64_t h, int64_t w, size_t es, size_t band_bytes,
+                        int64_t *slot, int64_t *scratch) {
+    int64_t s = (int64_t)(v->z_dim > v->dims[0] ? v->z_dim : v->dims[0]) * h * w;
+    int64_t sc = (int64_t)v->z_dim * h * w; /* the uploaded latent */
+    int64_t attn = 4 * (int64_t)v->dims[0] * h * w;
+    if (attn > sc) sc = attn;
+    int64_t H = h, W = w;
+    for (int i = 0; i < v->n_levels; i++) {
+        const vae_level *lvl = &v->levels[i];
+        for (int r = 0; r < lvl->n_res; r++) {
+            int64_t c = lvl->res[r].in_ch > lvl->res[r].out_ch ? lvl->res[r].in_ch : lvl->res[r].out_ch;
+            if (c * H * W > s) s = c * H * W;
+            if (c * H * W > sc) sc = c * H * W;
+        }
+        if (lvl->has_upsampler) {
+            int64_t C = lvl->res[lvl->n_res - 1].out_ch, Co = lvl->up_w.ne[0];
+            int64_t band = upsample_band_rows(C, H, W, es, band_bytes);
+            int64_t up = band >= 2 * H ? C * 4 * H * W
+                                       : (C * W + (C + Co) * 4 * W) * (band / 2 + 2);
+            if (up > sc) sc = up;
+            H *= 2;
+            W *= 2;
+            if (Co * H * W > s) s = Co * H * W;
+        }
+    }
+    if (3 * H * W > sc) sc = 3 * H * W; /* conv_out's output */
+    *slot = s;
+    *scratch = sc;
+}
+
+size_t qi_vae_untiled_bytes(const qi_vae *v, int lat_h, int lat_w) {
+    int64_t slot, scratch;
+    size_t es = qi_dtype_size(v->be->act_dtype);
+    plan_decode(v, lat_h, lat_w, es, v->band_bytes, &slot, &scratch);
+    return (size_t)(2 * slot + scratch) * es;
+}
+
+/* post_quant_conv → decoder → out[3, s·h, s·w] host float32 (not clamped).
+ * z: [z_dim, h, w] host float32. */
+static qi_status decode_latent(qi_vae *v, const float *z, int64_t h, int64_t w, float *out,
+                               qi_error *err) {
+    qi_backend *be = v->be;
+    const qi_backend_ops *op = be->ops;
+    int64_t slot_n, scratch_n;
+    plan_decode(v, h, w, qi_dtype_size(be->act_dtype), v->band_bytes, &slot_n, &scratch_n);
+    size_t mark = op->mark(be);
+    qi_tensor slot[2], zt, out_t;
+    qi_status st;
+    int64_t one[1] = {slot_n};
+    if ((st = qi_be_act(be, &slot[0], 1, one, err)) || (st = qi_be_act(be, &slot[1], 1, one, err)))
+        goto done;
+    size_t body = op->mark(be); /* block scratch lives above the slots */
+    if ((st = qi_be_act3(be, &zt, v->z_dim, h, w, err)) || (st = op->upload(be, &zt, z, err)))
+        goto done;
+
+    /* Every step reads x from one slot and writes y into the other. */
+    int cur = 0;
+    int64_t H = h, W = w;
+    qi_tensor x = chw(&slot[cur], v->z_dim, H, W), y;
+    op->conv2d(be, &zt, &v->post_quant_w, &v->post_quant_b, 0, &x); /* post_quant_conv 1×1 */
+    op->reset(be, body);
+
+    int64_t C = v->dims[0];
+    y = other_slot(slot, &cur, C, H, W);
+    op->conv2d(be, &x, &v->conv_in_w, &v->conv_in_b, 1, &y); /* conv_in, last temporal tap */
+    x = y;
+    y = other_slot(slot, &cur, C, H, W);
+    if ((st = resblock_forward(be, &v->mid_res[0], &x, &y, err))) goto done;
+    x = y;
+    y = other_slot(slot, &cur, C, H, W);
+    if ((st = attention_forward(be, &v->mid_attn, &x, &y, v->band_bytes, err))) goto done;
+    x = y;
+    y = other_slot(slot, &cur, C, H, W);
+    if ((st = resblock_forward(be, &v->mid_res[1], &x, &y, err))) goto done;
+    x = y;
+    for (int i = 0; i < v->n_levels; i++) {
+        const vae_level *lvl = &v->levels[i];
+        for (int r = 0; r < lvl->n_res; r++) {
+            y = other_slot(slot, &cur, lvl->res[r].out_ch, H, W);
+            if ((st = resblock_forward(be, &lvl->res[r], &x, &y, err))) goto done;
+            x = y;
+        }
+        if (lvl->has_upsampler) {
+            H *= 2;
+            W *= 2;
+            y = other_slot(slot, &cur, lvl->up_w.ne[0], H, W);
+            if ((st = upsample_forward(be, lvl, &x, &y, v->band_bytes, err))) goto done;
+            x = y;
+        }
+    }
+    /* head: silu(norm_out(x)) in place, conv_out to RGB */
+    op->channel_rms_norm(be, &x, &v->norm_out, NULL, &x);
+    op->activate(be, &x, QI_ACT_SILU, &x);
+    if ((st = qi_be_act3(be, &out_t, 3, H, W, err))) goto done;
+    op->conv2d(be, &x, &v->conv_out_w, &v->conv_out_b, 1, &out_t);
+    st = op->download(be, &out_t, out, err);
+done:
+    op->reset(be, mark);
+    return st;
+}
+
+/* ---- tiling ------------------------------------------------------------------------ */
+
+qi_status qi_vae_set_tiling(qi_vae *v, const qi_vae_tiling *t, qi_error *err) {
+    if (t->mode != QI_VAE_TILE_AUTO && t->mode != QI_VAE_TILE_OFF && t->mode != QI_VAE_TILE_ON)
+        return qi_fail(err, QI_ERR_ARG, "vae tiling: unknown mode %d", (int)t->mode);
+    if (t->tile_latent < 1 || t->tile_latent > 4096)
+        return qi_fail(err, QI_ERR_ARG, "vae tiling: tile_latent = %d, expected 1..4096",
+                       t->tile_latent);
+    if (t->stride_latent < 1 || t->stride_latent > t->tile_latent)
+        return qi_fail(err, QI_ERR_ARG,
+                       "vae tiling: stride_latent = %d, expected 1..tile_latent (%d)",
+                       t->stride_latent, t->tile_latent);
+    v->tiling = *t;
+    return QI_OK;
+}
+
+int qi_vae_will_tile(const qi_vae *v, int lat_h, int lat_w) {
+    const qi_vae_tiling *t = &v->tiling;
+    /* diffusers tiles only latents larger than one tile in some axis */
+    int larger = lat_h > t->tile_latent || lat_w > t->tile_latent;
+    switch (t->mode) {
+    case QI_VAE_TILE_ON: return larger;
+    case QI_VAE_TILE_AUTO: return larger && qi_vae_untiled_bytes(v, lat_h, lat_w) > t->max_untiled_bytes;
+    default: return 0;
+    }
+}
+
+/* diffusers blend_v: the first e rows of `b` fade in from the last e rows of
+ * `a` (the tile above, same width): b[y] = a[ah − e + y]·(1 − y/e) + b[y]·(y/e). */
+static void blend_rows(const float *a, int ah, float *b, int bh, int w, int extent) {
+    int e = extent < ah ? extent : ah;
+    if (bh < e) e = bh;
+    for (int c = 0; c < 3; c++)
+        for (int y = 0; y < e; y++) {
+            /* torch evaluates the weights in double and multiplies in float32 */
+            float wa = (float)(1.0 - (double)y / e), wb = (float)((double)y / e);
+            const float *ar = a + ((size_t)c * ah + (ah - e + y)) * w;
+            float *br = b + ((size_t)c * bh + y) * w;
+            for (int x = 0; x < w; x++) br[x] = ar[x] * wa + br[x] * wb;
+        }
+}
+
+/* diffusers blend_h: the same along x with the tile to the left (same height). */
+static void blend_cols(const float *a, int aw, float *b, int bw, int h, int extent) {
+    int e = extent < aw ? extent : aw;
+    if (bw < e) e = bw;
+    for (int x = 0; x < e; x++) {
+        float wa = (float)(1.0 - (double)x / e), wb = (float)((double)x / e);
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < h; y++) {
+                size_t row = (size_t)c * h + y;
+                b[row * bw + x] = a[row * aw + (aw - e + x)] * wa + b[row * bw + x] * wb;
+            }
+    }
+}
+
+/* Cells of a tile starting at `start` along an axis of n cells (clipped at the end). */
+static int tile_extent(int n, int start, int T) { return n - start < T ? n - start : T; }
+
+/* diffusers tiled_decode (spec A.9): tiles of T latent cells every S cells,
+ * each decoded alone, blended in place in row-major order with the tile
+ * above and the tile to the left (as those stand after their own blends),
+ * and the top-left (S·f)² pixels of each kept. No clamp. */
+static qi_status decode_tiled(qi_vae *v, const float *z, int h, int w, float *rgb, qi_error *err) {
+    int T = v->tiling.tile_latent, S = v->tiling.stride_latent, f = v->scale;
+    int blend = f * (T - S), keep = f * S, H = f * h, W = f * w;
+    int n_rows = (h + S - 1) / S, n_cols = (w + S - 1) / S;
+    qi_status st = QI_OK;
+    float **above = calloc((size_t)n_cols, sizeof(float *));
+    float **row = calloc((size_t)n_cols, sizeof(float *));
+    float *zt = malloc(sizeof(float) * (size_t)v->z_dim * T * T);
+    if (!above || !row || !zt) {
+        st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for tiles");
+        goto done;
+    }
+    int above_h = 0; /* pixel height of the previous tile row */
+    for (int r = 0; r < n_rows; r++) {
+        int i = r * S, th = tile_extent(h, i, T);
+        for (int c = 0; c < n_cols; c++) {
+            int j = c * S, tw = tile_extent(w, j, T);
+            for (int ch = 0; ch < v->z_dim; ch++)
+                for (int y = 0; y < th; y++)
+                    memcpy(zt + ((size_t)ch * th + y) * tw, z + ((size_t)ch * h + i + y) * w + j,
+                           sizeof(float) * (size_t)tw);
+            row[c] = malloc(sizeof(float) * 3 * (size_t)(f * th) * (size_t)(f * tw));
+            if (!row[c]) {
+                st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for a %dx%d tile", f * tw, f * th);
+                goto done;
+            }
+            if ((st = decode_latent(v, zt, th, tw, row[c], err))) goto done;
+            if (r > 0) blend_rows(above[c], above_h, row[c], f * th, f * tw, blend);
+            if (c > 0) blend_cols(row[c - 1], f * tile_extent(w, (c - 1) * S, T), row[c], f * tw, f * th,
+                                  blend);
+            /* keep the top-left keep×keep pixels (less at the right/bottom edge) */
+            int kh = f * th < keep ? f * th : keep, kw = f * tw < keep ? f * tw : keep;
+            for (int ch = 0; ch < 3; ch++)
+                for (int y = 0; y < kh; y++)
+                    memcpy(rgb + ((size_t)ch * H + f * i + y) * W + f * j,
+                           row[c] + ((size_t)ch * f * th + y) * (size_t)(f * tw), sizeof(float) * (size_t)kw);
+        }
+        for (int c = 0; c < n_cols; c++) {
+            free(above[c]);
+            above[c] = row[c];
+            row[c] = NULL;
+        }
+        above_h = f * th;
+    }
+done:
+    for (int c = 0; above && c < n_cols; c++) free(above[c]);
+    for (int c = 0; row && c < n_cols; c++) free(row[c]);
+    free(above);
+    free(row);
+    free(zt);
+    return st;
+}
+
+/* ---- decode ---------------------------------------------------------------------------- */
+
+void qi_vae_set_band_bytes(qi_vae *v, size_t bytes) {
+    v->band_bytes = bytes ? bytes : VAE_DEFAULT_BAND_BYTES;
+}
+
+qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, float *rgb_out,
+                        qi_error *err) {
+    if (!v || !vae_in || !rgb_out) return qi_fail(err, QI_ERR_ARG, "qi_vae_decode: NULL argument");
+    if (lat_h < 1 || lat_w < 1 || (int64_t)lat_h * v->scale > 65536 ||
+        (int64_t)lat_w * v->scale > 65536)
+        return qi_fail(err, QI_ERR_ARG,
+                       "qi_vae_decode: latent size %dx%d (h x w) is out of range (1..%d cells)",
+                       lat_h, lat_w, 65536 / v->scale);
+    if (qi_vae_will_tile(v, lat_h, lat_w)) return decode_tiled(v, vae_in, lat_h, lat_w, rgb_out, err);
+    qi_status st = decode_latent(v, vae_in, lat_h, lat_w, rgb_out, err);
+    if (st) return st;
+    /* the untiled path clamps to [-1, 1] (A.5 step 15); NaN stays NaN as in torch */
+    size_t n = (size_t)3 * lat_h * v->scale * lat_w * v->scale;
+    for (size_t i = 0; i < n; i++) {
+        if (rgb_out[i] < -1.0f) rgb_out[i] = -1.0f;
+        if (rgb_out[i] > 1.0f) rgb_out[i] = 1.0f;
+    }
+    return QI_OK;
+}

@@ -1,0 +1,418 @@
+/*
+ * pipeline.c — prompt → image: the one place that knows the order of stages.
+ *
+ *   tokenize → text encoder → noise → [transformer (+ uncond) → CFG → Euler] × steps
+ *            → unpack → VAE decoder → RGB8
+ *
+ * It owns the engine (backend + loaded models) and the public API of
+ * qwen_image.h. Each stage lives in its own file; this file only moves data
+ * between them and checks the request. The behaviour follows diffusers'
+ * QwenImagePipeline (see shared/docs/spec/denoiser.md §3), with one deliberate
+ * divergence: for several prompts with num_images_per_prompt > 1 diffusers
+ * tiles the text mask in a different order from the embeddings (a quirk,
+ * denoiser spec "num_images_per_prompt"); we repeat both per prompt.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "backend/backend.h"
+#include "io/image.h"
+#include "io/model_dir.h"
+#include "model/dit.h"
+#include "model/lora.h"
+#include "model/prompt.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
+#include "model/vae.h"
+#include "pipeline.h"
+#include "sample/latents.h"
+#include "sample/scheduler.h"
+
+#define LATENT_CHANNELS 16
+
+struct qi_engine {
+    qi_model_dir dir;
+    qi_backend *be;
+    qi_tokenizer *tok;
+    qi_text_encoder *te;
+    qi_vae *vae;
+    qi_dit *dit;          /* loaded on first use, with the LoRAs added so far */
+    qi_lora_set *loras;   /* NULL when none */
+    int dit_stale;        /* a LoRA was added after the transformer was loaded */
+    qi_log_fn log;
+    void *log_user;
+    qi_error err;
+    qi_timings last;
+};
+
+qi_open_options qi_open_options_default(void) {
+    qi_open_options o;
+    memset(&o, 0, sizeof o);
+    o.device = "cpu";
+    return o;
+}
+
+qi_request qi_request_default(void) {
+    qi_request r;
+    memset(&r, 0, sizeof r);
+    r.width = 1024;
+    r.height = 1024;
+    r.steps = 8;
+    r.cfg = 1.0f;
+    r.seed = 42;
+    r.batch = 1;
+    r.rng = QI_RNG_CPU;
+    r.max_sequence_length = 512;
+    return r;
+}
+
+const char *qi_engine_error(const qi_engine *e) { return e ? e->err.msg : "no engine (out of memory)"; }
+
+const qi_timings *qi_engine_timings(const qi_engine *e) { return &e->last; }
+
+static void logf_(qi_engine *e, const char *fmt, ...) {
+    if (!e->log) return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    e->log(e->log_user, line);
+}
+
+double qi_peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* Linux: kilobytes */
+}
+
+/* Parses "cpu", "cuda", "cuda:N". */
+static qi_status make_backend(const char *device, int threads, qi_backend **be, qi_error *err) {
+    if (!device || !strcmp(device, "cpu")) return qi_backend_cpu_create(threads, 0, be, err);
+    if (!strncmp(device, "cuda", 4)) {
+        int idx = 0;
+        if (device[4] == ':') {
+            char *end;
+            long v = strtol(device + 5, &end, 10);
+            if (*end || v < 0 || v > 63)
+                return qi_fail(err, QI_ERR_ARG, "--device %s: expected cuda or cuda:N", device);
+            idx = (int)v;
+        } else if (device[4]) {
+            return qi_fail(err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", device);
+        }
+        return qi_backend_cuda_create(idx, 0, be, err);
+    }
+    return qi_fail(err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", device);
+}
+
+qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
+    qi_engine *e = calloc(1, sizeof *e);
+    *out = e;
+    if (!e) return QI_ERR_NOMEM;
+    e->log = opt->log;
+    e->log_user = opt->log_user;
+    if (!opt->model_dir)
+        return qi_fail(&e->err, QI_ERR_ARG, "no model directory given (-m DIR: a Qwen/Qwen-Image download)");
+    qi_status st;
+    if ((st = qi_model_dir_open(opt->model_dir, &e->dir, &e->err))) return st;
+    if ((st = make_backend(opt->device, opt->threads, &e->be, &e->err))) return st;
+    double t0 = qi_now_s();
+    if ((st = qi_tokenizer_load(e->dir.tokenizer_dir, &e->tok, &e->err))) return st;
+    if ((st = qi_text_encoder_load(e->dir.text_encoder_dir, e->be, &e->te, &e->err))) return st;
+    if ((st = qi_vae_load(e->dir.vae_dir, e->be, &e->vae, &e->err))) return st;
+    logf_(e, "loaded tokenizer, text encoder and VAE from %s in %.2f s", opt->model_dir, qi_now_s() - t0);
+    return QI_OK;
+}
+
+qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength) {
+    if (!path) return qi_fail(&e->err, QI_ERR_ARG, "LoRA path is NULL");
+    qi_status st = qi_lora_set_add(&e->loras, path, strength, &e->err);
+    if (st) return st;
+    if (e->dit) e->dit_stale = 1; /* fused at load time: reload with the new set */
+    return QI_OK;
+}
+
+static qi_status ensure_dit(qi_engine *e) {
+    if (e->dit && !e->dit_stale) return QI_OK;
+    if (e->dit) {
+        qi_dit_free(e->dit);
+        e->dit = NULL;
+    }
+    double t0 = qi_now_s();
+    qi_status st = qi_dit_load(e->dir.transformer_dir, e->be, e->loras, &e->dit, &e->err);
+    if (st) return st;
+    e->dit_stale = 0;
+    logf_(e, "loaded transformer in %.2f s", qi_now_s() - t0);
+    return QI_OK;
+}
+
+void qi_engine_close(qi_engine *e) {
+    if (!e) return;
+    if (e->dit) qi_dit_free(e->dit);
+    if (e->vae) qi_vae_free(e->vae);
+    if (e->te) qi_text_encoder_free(e->te);
+    if (e->tok) qi_tokenizer_free(e->tok);
+    if (e->loras) qi_lora_set_free(e->loras);
+    if (e->be) e->be->ops->destroy(e->be);
+    free(e);
+}
+
+void qi_image_free(qi_image *img) {
+    if (!img) return;
+    free(img->rgb);
+    free(img->latents);
+    memset(img, 0, sizeof *img);
+}
+
+/* ---- request checks ------------------------------------------------------------ */
+
+static qi_status check_request(const qi_request *r, qi_error *err) {
+    if (!r->prompt && (!r->prompts || r->n_prompts < 1))
+        return qi_fail(err, QI_ERR_ARG, "no prompt given (-p TEXT)");
+    if (r->width <= 0 || r->height <= 0 || r->width % 16 || r->height % 16)
+        return qi_fail(err, QI_ERR_ARG,
+                       "size %dx%d: width and height must be positive multiples of 16 (e.g. 1024x1024, "
+                       "1328x1328, 1664x928)",
+                       r->width, r->height);
+    if (r->width > 8192 || r->height > 8192)
+        return qi_fail(err, QI_ERR_ARG, "size %dx%d: at most 8192 pixels a side (RoPE positions must stay "
+                                        "below 4096 patches)", r->width, r->height);
+    if (r->steps < 1 || r->steps > 1000)
+        return qi_fail(err, QI_ERR_ARG, "--steps %d: must be between 1 and 1000", r->steps);
+    if (!(r->cfg >= 0.0f) || !isfinite(r->cfg))
+        return qi_fail(err, QI_ERR_ARG, "--cfg %g: must be a finite number >= 0", (double)r->cfg);
+    if (r->batch < 1 || r->batch > 64)
+        return qi_fail(err, QI_ERR_ARG, "--batch %d: must be between 1 and 64", r->batch);
+    if (r->max_sequence_length < 1 || r->max_sequence_length > 1024)
+        return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d: must be between 1 and 1024",
+                       r->max_sequence_length);
+    if (r->rng != QI_RNG_CPU && r->rng != QI_RNG_CUDA)
+        return qi_fail(err, QI_ERR_ARG, "rng: expected cpu or cuda");
+    return QI_OK;
+}
+
+static qi_status load_scheduler(qi_engine *e, const char *which, qi_scheduler_config *cfg) {
+    if (!which || !strcmp(which, "model"))
+        return qi_scheduler_config_load(e->dir.scheduler_config, cfg, &e->err);
+    if (!strcmp(which, "lightning")) {
+        *cfg = qi_scheduler_config_lightning();
+        return QI_OK;
+    }
+    return qi_scheduler_config_load(which, cfg, &e->err);
+}
+
+/* ---- text ------------------------------------------------------------------------ */
+
+typedef struct text_embeds {
+    int batch, len, dim;
+    float *embeds;  /* [batch, len, dim] */
+    int32_t *mask;  /* [batch, len] */
+    int all_valid;  /* every mask entry is 1: the transformer gets no mask */
+} text_embeds;
+
+/* Encodes n prompts, then repeats each prompt's rows `repeat` times
+ * ([e0, e0, e1, e1, …], as diffusers does for num_images_per_prompt). */
+static qi_status encode_prompts(qi_engine *e, const char *const *prompts, int n, int repeat, int max_len,
+                                text_embeds *out) {
+    qi_prompt_batch pb;
+    qi_status st = qi_prompt_tokenize(e->tok, prompts, n, max_len, &pb, &e->err);
+    if (st) return st;
+    float *emb = NULL;
+    int32_t *mask = NULL;
+    int L = 0;
+    st = qi_text_encoder_encode(e->te, pb.ids, pb.mask, pb.batch, pb.seq_len, max_len, &emb, &mask, &L,
+                                &e->err);
+    qi_prompt_batch_free(&pb);
+    if (st) return st;
+    int D = qi_text_encoder_dim(e->te);
+    out->batch = n * repeat;
+    out->len = L;
+    out->dim = D;
+    out->embeds = malloc((size_t)out->batch * L * D * sizeof(float));
+    out->mask = malloc((size_t)out->batch * L * sizeof(int32_t));
+    if (!out->embeds || !out->mask) {
+        free(emb);
+        free(mask);
+        return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for text embeddings");
+    }
+    out->all_valid = 1;
+    for (int p = 0; p < n; p++)
+        for (int r = 0; r < repeat; r++) {
+            int b = p * repeat + r;
+            memcpy(out->embeds + (size_t)b * L * D, emb + (size_t)p * L * D, (size_t)L * D * sizeof(float));
+            memcpy(out->mask + (size_t)b * L, mask + (size_t)p * L, (size_t)L * sizeof(int32_t));
+        }
+    for (size_t i = 0; i < (size_t)out->batch * L; i++)
+        if (!out->mask[i]) out->all_valid = 0;
+    free(emb);
+    free(mask);
+    return QI_OK;
+}
+
+static void text_embeds_free(text_embeds *t) {
+    free(t->embeds);
+    free(t->mask);
+    memset(t, 0, sizeof *t);
+}
+
+/* Text embeddings as backend tensors for the transformer. */
+typedef struct text_on_backend {
+    qi_tensor ctx;  /* [B, L, D] */
+    qi_tensor mask; /* I32 [B, L] */
+    int has_mask;
+} text_on_backend;
+
+static qi_status upload_text(qi_engine *e, const text_embeds *t, text_on_backend *out) {
+    qi_backend *be = e->be;
+    qi_status st;
+    if ((st = qi_be_act3(be, &out->ctx, t->batch, t->len, t->dim, &e->err))) return st;
+    if ((st = be->ops->upload(be, &out->ctx, t->embeds, &e->err))) return st;
+    out->has_mask = !t->all_valid;
+    int64_t ne[2] = {t->batch, t->len};
+    if ((st = be->ops->tensor(be, &out->mask, QI_I32, 2, ne, &e->err))) return st;
+    return be->ops->upload(be, &out->mask, t->mask, &e->err);
+}
+
+/* ---- generate -------------------------------------------------------------------- */
+
+static int report(const qi_request *r, const char *stage, int step, int total) {
+    return r->progress ? r->progress(r->progress_user, stage, step, total) : 0;
+}
+
+qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
+    memset(out, 0, sizeof *out);
+    memset(&e->last, 0, sizeof e->last);
+    qi_status st = check_request(req, &e->err);
+    if (st) return st;
+    qi_backend *be = e->be;
+    const char *single[1] = {req->prompt};
+    const char *const *prompts = req->prompts ? req->prompts : single;
+    int n_prompts = req->prompts ? req->n_prompts : 1;
+    int B = n_prompts * req->batch;
+    int grid_h = req->height / 16, grid_w = req->width / 16;
+    int img_tokens = grid_h * grid_w;
+    int lat_h = req->height / 8, lat_w = req->width / 8;
+    int packed_ch = LATENT_CHANNELS * 4;
+    int do_cfg = req->cfg > 1.0f && req->negative_prompt != NULL;
+
+    qi_scheduler_config sched;
+    if ((st = load_scheduler(e, req->scheduler, &sched))) return st;
+    float *sigmas = malloc(sizeof(float) * (size_t)(req->steps + 1));
+    float *timesteps = malloc(sizeof(float) * (size_t)req->steps);
+    float *noise = malloc(sizeof(float) * (size_t)B * img_tokens * packed_ch);
+    text_embeds pos = {0}, neg = {0};
+    size_t mark = be->ops->mark(be);
+    if (!sigmas || !timesteps || !noise) {
+        st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if ((st = qi_scheduler_sigmas(&sched, req->steps, img_tokens, sigmas, timesteps, &e->err))) goto done;
+
+    /* 1. text */
+    double t0 = qi_now_s();
+    if (report(req, "text encoder", 0, do_cfg ? 2 : 1)) goto cancelled;
+    if ((st = encode_prompts(e, prompts, n_prompts, req->batch, req->max_sequence_length, &pos))) goto done;
+    if (do_cfg) {
+        const char **negs = malloc(sizeof(char *) * (size_t)n_prompts);
+        for (int i = 0; i < n_prompts; i++) negs[i] = req->negative_prompt;
+        st = encode_prompts(e, negs, n_prompts, req->batch, req->max_sequence_length, &neg);
+        free(negs);
+        if (st) goto done;
+    }
+    e->last.text_s = qi_now_s() - t0;
+
+    /* 2. denoise */
+    t0 = qi_now_s();
+    if ((st = ensure_dit(e))) goto done;
+    e->last.load_s = qi_now_s() - t0;
+    t0 = qi_now_s();
+    if ((st = qi_initial_noise(req->seed, req->rng, QI_F32, B, req->height, req->width, noise, &e->err)))
+        goto done;
+    text_on_backend pos_be, neg_be;
+    qi_tensor latents, v_cond, v_uncond;
+    if ((st = upload_text(e, &pos, &pos_be))) goto done;
+    if (do_cfg && (st = upload_text(e, &neg, &neg_be))) goto done;
+    if ((st = qi_be_act3(be, &latents, B, img_tokens, packed_ch, &e->err))) goto done;
+    if ((st = be->ops->upload(be, &latents, noise, &e->err))) goto done;
+    if ((st = qi_be_act3(be, &v_cond, B, img_tokens, packed_ch, &e->err))) goto done;
+    if (do_cfg && (st = qi_be_act3(be, &v_uncond, B, img_tokens, packed_ch, &e->err))) goto done;
+    float *t_batch = malloc(sizeof(float) * (size_t)B);
+    for (int i = 0; i < req->steps; i++) {
+        if (report(req, "denoise", i, req->steps)) {
+            free(t_batch);
+            goto cancelled;
+        }
+        for (int b = 0; b < B; b++) t_batch[b] = timesteps[i] / 1000.0f;
+        st = qi_dit_forward(e->dit, &latents, &pos_be.ctx, pos_be.has_mask ? &pos_be.mask : NULL, t_batch,
+                            grid_h, grid_w, &v_cond, &e->err);
+        if (!st && do_cfg) {
+            st = qi_dit_forward(e->dit, &latents, &neg_be.ctx, neg_be.has_mask ? &neg_be.mask : NULL,
+                                t_batch, grid_h, grid_w, &v_uncond, &e->err);
+            if (!st) be->ops->cfg_combine(be, &v_cond, &v_uncond, req->cfg, &v_cond);
+        }
+        if (st) {
+            free(t_batch);
+            goto done;
+        }
+        /* Euler: x += (sigma[i+1] − sigma[i]) · v, in float32 (diffusers upcasts). */
+        be->ops->axpby(be, 1.0f, &latents, sigmas[i + 1] - sigmas[i], &v_cond, &latents);
+    }
+    free(t_batch);
+    if ((st = be->ops->download(be, &latents, noise, &e->err))) goto done;
+    if (report(req, "denoise", req->steps, req->steps)) goto cancelled;
+    e->last.denoise_s = qi_now_s() - t0;
+    be->ops->reset(be, mark);
+
+    /* 3. decode */
+    t0 = qi_now_s();
+    size_t lat_per_image = (size_t)LATENT_CHANNELS * lat_h * lat_w;
+    size_t px_per_image = (size_t)req->width * req->height;
+    out->latents = malloc(sizeof(float) * B * lat_per_image);
+    out->rgb = malloc((size_t)B * px_per_image * 3);
+    float *rgb_f = malloc(sizeof(float) * 3 * px_per_image);
+    if (!out->latents || !out->rgb || !rgb_f) {
+        free(rgb_f);
+        st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for %d images of %dx%d", B, req->width, req->height);
+        goto done;
+    }
+    qi_latents_to_vae_in(noise, B, req->height, req->width, qi_vae_latents_mean(e->vae),
+                         qi_vae_latents_std(e->vae), out->latents);
+    for (int b = 0; b < B; b++) {
+        if (report(req, "vae", b, B)) {
+            free(rgb_f);
+            goto cancelled;
+        }
+        st = qi_vae_decode(e->vae, out->latents + b * lat_per_image, lat_h, lat_w, rgb_f, &e->err);
+        if (st) {
+            free(rgb_f);
+            goto done;
+        }
+        qi_rgb_to_u8(rgb_f, req->height, req->width, out->rgb + (size_t)b * px_per_image * 3);
+    }
+    report(req, "vae", B, B);
+    free(rgb_f);
+    e->last.vae_s = qi_now_s() - t0;
+    e->last.peak_rss_mb = qi_peak_rss_mb();
+    out->width = req->width;
+    out->height = req->height;
+    out->count = B;
+    st = QI_OK;
+    goto done;
+
+cancelled:
+    st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
+done:
+    if (st) qi_image_free(out);
+    be->ops->reset(be, mark);
+    text_embeds_free(&pos);
+    text_embeds_free(&neg);
+    free(sigmas);
+    free(timesteps);
+    free(noise);
+    return st;
+}

@@ -1,0 +1,198 @@
+/*
+ * test_pipeline.c — claims about the whole pipeline through the public API:
+ * from the prompt string to vae_in and to the final uint8 image, every public
+ * reference case (LoRA, true CFG with Qwen's own scheduler, batch with padding)
+ * matches diffusers.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "qwen_image.h"
+#include "test.h"
+
+static const char *CASES[] = {"en_lightning8_lora", "zh_cfg4_base", "batch2_lightning4_lora"};
+
+typedef struct ref_case {
+    cJSON *json;
+    qi_st_file *tensors;
+    const char *prompts[4];
+    int n_prompts;
+} ref_case;
+
+static int load_case(const char *name, ref_case *rc) {
+    char path[1024];
+    qi_error err;
+    memset(rc, 0, sizeof *rc);
+    snprintf(path, sizeof path, "%s/cases/%s/case.json", QI_TEST_DATA, name);
+    if (qi_json_load(path, &rc->json, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    snprintf(path, sizeof path, "%s/cases/%s/tensors.safetensors", QI_TEST_DATA, name);
+    if (qi_st_open(path, &rc->tensors, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    cJSON *p = cJSON_GetObjectItem(rc->json, "prompt");
+    if (cJSON_IsArray(p)) {
+        for (int i = 0; i < cJSON_GetArraySize(p) && i < 4; i++)
+            rc->prompts[rc->n_prompts++] = cJSON_GetArrayItem(p, i)->valuestring;
+    } else {
+        rc->prompts[rc->n_prompts++] = p->valuestring;
+    }
+    return 0;
+}
+
+static void free_case(ref_case *rc) {
+    cJSON_Delete(rc->json);
+    qi_st_close(rc->tensors);
+}
+
+static double num(const ref_case *rc, const char *key) {
+    return cJSON_GetObjectItem(rc->json, key)->valuedouble;
+}
+
+/* Runs one case through qi_generate and compares vae_in and image_u8. */
+static void run_case(const char *name) {
+    ref_case rc;
+    if (load_case(name, &rc)) {
+        CHECK(0, "cannot load case %s", name);
+        return;
+    }
+    qi_open_options o = qi_open_options_default();
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
+    o.model_dir = model;
+    qi_engine *e;
+    qi_status st = qi_engine_open(&o, &e);
+    CHECK(st == QI_OK, "open: %s", qi_engine_error(e));
+    if (st) {
+        qi_engine_close(e);
+        free_case(&rc);
+        return;
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItem(rc.json, "lora"))) {
+        char lora[1024];
+        snprintf(lora, sizeof lora, "%s/cases/lora.safetensors", QI_TEST_DATA);
+        CHECK(qi_engine_add_lora(e, lora, 1.0f) == QI_OK, "%s", qi_engine_error(e));
+    }
+    /* the case's scheduler config, as a file */
+    char sched_path[] = "/tmp/qi_sched_XXXXXX";
+    int fd = mkstemp(sched_path);
+    char *sched_text = cJSON_Print(cJSON_GetObjectItem(rc.json, "scheduler"));
+    FILE *f = fdopen(fd, "w");
+    fputs(sched_text, f);
+    fclose(f);
+    free(sched_text);
+
+    qi_request r = qi_request_default();
+    r.prompts = rc.prompts;
+    r.n_prompts = rc.n_prompts;
+    cJSON *neg = cJSON_GetObjectItem(rc.json, "negative_prompt");
+    r.negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL;
+    r.width = (int)num(&rc, "width");
+    r.height = (int)num(&rc, "height");
+    r.steps = (int)num(&rc, "steps");
+    r.cfg = (float)num(&rc, "cfg");
+    r.seed = (uint64_t)num(&rc, "seed");
+    r.scheduler = sched_path;
+    qi_image img;
+    st = qi_generate(e, &r, &img);
+    remove(sched_path);
+    CHECK(st == QI_OK, "%s: generate: %s", name, qi_engine_error(e));
+    if (!st) {
+        const qi_st_tensor *vae_in = qi_st_file_find(rc.tensors, "vae_in");
+        const qi_st_tensor *u8 = qi_st_file_find(rc.tensors, "image_u8");
+        size_t n_lat = (size_t)img.count * 16 * (img.height / 8) * (img.width / 8);
+        CHECK(vae_in && vae_in->nbytes == n_lat * 4, "vae_in size");
+        if (vae_in && vae_in->nbytes == n_lat * 4) {
+            double e_lat = qi_rel_l2(img.latents, vae_in->data, n_lat);
+            printf("  %s: vae_in rel L2 = %.2e (limit 1e-3)\n", name, e_lat);
+            CHECK(e_lat <= 1e-3, "%s vae_in rel err %g", name, e_lat);
+        }
+        size_t n_px = (size_t)img.count * img.height * img.width * 3;
+        CHECK(u8 && u8->nbytes == n_px, "image_u8 size (layout [B, H, W, 3] expected)");
+        if (u8 && u8->nbytes == n_px) {
+            const uint8_t *ref = u8->data;
+            int maxd = 0;
+            double sum = 0;
+            for (size_t i = 0; i < n_px; i++) {
+                int d = abs((int)img.rgb[i] - (int)ref[i]);
+                if (d > maxd) maxd = d;
+                sum += d;
+            }
+            printf("  %s: image_u8 max abs diff %d, mean %.4f (limits 2, 0.5)\n", name, maxd, sum / n_px);
+            CHECK(maxd <= 2 && sum / n_px <= 0.5, "%s image diff max %d mean %g", name, maxd, sum / n_px);
+        }
+        const qi_timings *t = qi_engine_timings(e);
+        printf("  %s: text %.3f s, denoise %.3f s, vae %.3f s, peak RSS %.0f MiB\n", name, t->text_s, t->denoise_s,
+               t->vae_s, t->peak_rss_mb);
+        qi_image_free(&img);
+    }
+    qi_engine_close(e);
+    free_case(&rc);
+}
+
+static void en_lightning8_lora_matches_diffusers(void) { run_case(CASES[0]); }
+static void zh_cfg4_base_matches_diffusers(void) { run_case(CASES[1]); }
+static void batch2_lightning4_lora_matches_diffusers(void) { run_case(CASES[2]); }
+
+static void bad_requests_are_argument_errors(void) {
+    qi_open_options o = qi_open_options_default();
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
+    o.model_dir = model;
+    qi_engine *e;
+    CHECK(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    qi_request r = qi_request_default();
+    r.prompt = "x";
+    qi_image img;
+    r.width = 100;
+    CHECK(qi_generate(e, &r, &img) == QI_ERR_ARG && strstr(qi_engine_error(e), "multiples of 16"), "%s",
+          qi_engine_error(e));
+    r.width = 64;
+    r.steps = 0;
+    CHECK(qi_generate(e, &r, &img) == QI_ERR_ARG && strstr(qi_engine_error(e), "--steps"), "%s", qi_engine_error(e));
+    r.steps = 1;
+    r.cfg = -1;
+    CHECK(qi_generate(e, &r, &img) == QI_ERR_ARG && strstr(qi_engine_error(e), "--cfg"), "%s", qi_engine_error(e));
+    r.cfg = 1;
+    CHECK(qi_engine_add_lora(e, "/nonexistent/lora.safetensors", 1) != QI_OK, "missing LoRA accepted");
+    qi_engine_close(e);
+    qi_engine *e2;
+    o.model_dir = "/nonexistent/model";
+    CHECK(qi_engine_open(&o, &e2) == QI_ERR_IO && strstr(qi_engine_error(e2), "/nonexistent/model"), "%s",
+          qi_engine_error(e2));
+    qi_engine_close(e2);
+}
+
+static void two_engines_live_in_one_process(void) {
+    qi_open_options o = qi_open_options_default();
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
+    o.model_dir = model;
+    qi_engine *a, *b;
+    CHECK(qi_engine_open(&o, &a) == QI_OK && qi_engine_open(&o, &b) == QI_OK, "open");
+    qi_request r = qi_request_default();
+    r.prompt = "two engines";
+    r.width = r.height = 32;
+    r.steps = 2;
+    qi_image ia, ib;
+    CHECK(qi_generate(a, &r, &ia) == QI_OK && qi_generate(b, &r, &ib) == QI_OK, "generate");
+    CHECK(!memcmp(ia.rgb, ib.rgb, (size_t)32 * 32 * 3), "same request, same pixels");
+    qi_image_free(&ia);
+    qi_image_free(&ib);
+    qi_engine_close(a);
+    qi_engine_close(b);
+}
+
+int main(void) {
+    RUN(en_lightning8_lora_matches_diffusers);
+    RUN(zh_cfg4_base_matches_diffusers);
+    RUN(batch2_lightning4_lora_matches_diffusers);
+    RUN(bad_requests_are_argument_errors);
+    RUN(two_engines_live_in_one_process);
+    TEST_END();
+}
