@@ -53,6 +53,8 @@ typedef struct qi_open_options {
     const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory */
     const char *device;      /* "cpu" (default) or "cuda", "cuda:N" */
     int threads;             /* CPU threads; 0 = all cores */
+    uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
+                                seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */
     void *log_user;
 } qi_open_options;

@@ -121,6 +121,12 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     qi_status st;
     if ((st = qi_model_dir_open(opt->model_dir, &e->dir, &e->err))) return st;
     if ((st = make_backend(opt->device, opt->threads, &e->be, &e->err))) return st;
+    if (opt->random_weights) {
+        if (!e->be->ops->random_weights)
+            return qi_fail(&e->err, QI_ERR_UNSUPPORTED, "backend %s cannot make random weights (benchmarks need "
+                                                        "--device cuda)", e->be->ops->name);
+        if ((st = e->be->ops->random_weights(e->be, opt->random_weights, &e->err))) return st;
+    }
     double t0 = qi_now_s();
     if ((st = qi_tokenizer_load(e->dir.tokenizer_dir, &e->tok, &e->err))) return st;
     if ((st = qi_text_encoder_load(e->dir.text_encoder_dir, e->be, &e->te, &e->err))) return st;
@@ -149,6 +155,15 @@ static qi_status ensure_dit(qi_engine *e) {
     e->dit_stale = 0;
     logf_(e, "loaded transformer in %.2f s", qi_now_s() - t0);
     return QI_OK;
+}
+
+qi_backend *qi_engine_backend(qi_engine *e) { return e->be; }
+qi_text_encoder *qi_engine_text_encoder(qi_engine *e) { return e->te; }
+qi_vae *qi_engine_vae(qi_engine *e) { return e->vae; }
+qi_status qi_engine_dit(qi_engine *e, qi_dit **out) {
+    qi_status st = ensure_dit(e);
+    *out = st ? NULL : e->dit;
+    return st;
 }
 
 void qi_engine_close(qi_engine *e) {

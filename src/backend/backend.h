@@ -150,6 +150,14 @@ typedef struct qi_backend_ops {
                              const qi_tensor *bias, qi_tensor *y);
     /* y[W, H] = x[H, W]ᵀ (2-D transpose, e.g. [C, HW] <-> [HW, C]). */
     void (*transpose2d)(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+
+    /* ---- optional (NULL when a backend lacks them) ---- */
+    /* Benchmarks: from now on `weight` ignores the host data and fills each
+     * weight with seeded uniform random values (±1/√fan_in; never zeros), so
+     * the full-size model can be timed from a sparse file with no real weights. */
+    qi_status (*random_weights)(qi_backend *be, uint64_t seed, qi_error *err);
+    /* Device memory in use now and at its peak, bytes (weights + arena + workspaces). */
+    void (*mem_usage)(qi_backend *be, size_t *now, size_t *peak);
 } qi_backend_ops;
 
 struct qi_backend {
