@@ -1,0 +1,626 @@
+/*
+ * cuda_backend.cu — the CUDA backend's frame: creation, the activation arena,
+ * weights (converted to bf16 on upload), host <-> device copies, the sticky
+ * error, the cuBLASLt GEMM used by `linear` and `conv2d`, and the op table.
+ *
+ * Everything is queued on one stream per backend. Ops return nothing, so a
+ * failing op records its message in the backend and `sync` returns it.
+ * Nothing is allocated on the device after creation except weights: the
+ * arena, cuBLASLt's workspace and the scratch buffer are made once, so a
+ * denoising step can be captured as a CUDA graph.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+extern "C" {
+#include "backend/cuda/cuda_backend.h"
+}
+
+#define LT_WORKSPACE_BYTES ((size_t)64 << 20)
+#define SCRATCH_BYTES ((size_t)512 << 20)
+#define STAGING_BYTES ((size_t)32 << 20)
+
+/* ---- errors ------------------------------------------------------------- */
+
+void qc_fail(cuda_impl *c, qi_status st, const char *fmt, ...) {
+    if (c->err_status != QI_OK) return;
+    c->err_status = st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    va_end(ap);
+}
+
+int qc_check_launch(cuda_impl *c, const char *op) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) return 0;
+    qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: %s", op, cudaGetErrorString(e));
+    return 1;
+}
+
+static qi_status cuda_err(qi_error *err, cudaError_t e, const char *what) {
+    return qi_fail(err, e == cudaErrorMemoryAllocation ? QI_ERR_NOMEM : QI_ERR_BACKEND,
+                   "cuda backend: %s: %s", what, cudaGetErrorString(e));
+}
+
+/* ---- memory --------------------------------------------------------------- */
+
+static void set_shape(qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne) {
+    memset(t, 0, sizeof *t);
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->scale = 1.0f;
+    for (int i = 0; i < ndim; i++) t->ne[i] = ne[i];
+}
+
+static qi_status cuda_tensor(qi_backend *be, qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne,
+                             qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    if (ndim < 1 || ndim > QI_MAX_DIMS)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: tensor with %d dims (1..%d)", ndim, QI_MAX_DIMS);
+    set_shape(t, dt, ndim, ne);
+    size_t bytes = (qi_nbytes(t) + 255) & ~(size_t)255; /* 256-byte aligned: cuBLASLt's best */
+    if (c->arena_used + bytes > c->arena_cap) {
+        char shape[128];
+        return qi_fail(err, QI_ERR_NOMEM,
+                       "cuda backend: activation arena full (%zu MiB) allocating %s %s; create the "
+                       "backend with a larger arena or use a smaller image",
+                       c->arena_cap >> 20, qi_dtype_name(dt), qi_shape_str(t, shape, sizeof shape));
+    }
+    t->data = c->arena + c->arena_used;
+    c->arena_used += bytes;
+    if (c->arena_used > c->arena_peak) c->arena_peak = c->arena_used;
+    return QI_OK;
+}
+
+static size_t cuda_mark(qi_backend *be) { return cuda_of(be)->arena_used; }
+
+static void cuda_reset(qi_backend *be, size_t mark) {
+    cuda_impl *c = cuda_of(be);
+    if (mark <= c->arena_used) c->arena_used = mark;
+}
+
+/* Converts n elements of host data of type `dt` into `out_dt` (BF16, F16, F32
+ * or I32 copied as is). Float host data for activations is float32. */
+static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n) {
+    if (out_dt == dt) {
+        memcpy(dst, src, n * qi_dtype_size(dt));
+        return;
+    }
+    float buf[1024];
+    for (size_t i0 = 0; i0 < n; i0 += 1024) {
+        size_t m = n - i0 < 1024 ? n - i0 : 1024;
+        const float *f = buf;
+        if (dt == QI_F32)
+            f = (const float *)src + i0;
+        else
+            qi_to_f32(buf, (const char *)src + i0 * qi_dtype_size(dt), dt, m);
+        if (out_dt == QI_BF16) {
+            uint16_t *o = (uint16_t *)dst + i0;
+            for (size_t i = 0; i < m; i++) o[i] = qi_f32_to_bf16(f[i]);
+        } else if (out_dt == QI_F16) {
+            uint16_t *o = (uint16_t *)dst + i0;
+            for (size_t i = 0; i < m; i++) o[i] = qi_f32_to_f16(f[i]);
+        } else {
+            memcpy((float *)dst + i0, f, m * sizeof(float));
+        }
+    }
+}
+
+/* Host data of type src_dt -> device tensor of type dst_dt, through the two
+ * pinned staging buffers so conversion of one chunk overlaps the copy of the
+ * previous one. */
+static qi_status staged_upload(cuda_impl *c, void *dev, qi_dtype dst_dt, const void *host,
+                               qi_dtype src_dt, size_t n, qi_error *err) {
+    size_t out_esz = qi_dtype_size(dst_dt), in_esz = qi_dtype_size(src_dt);
+    size_t chunk = c->staging_bytes / out_esz;
+    cudaError_t e;
+    for (size_t i0 = 0, k = 0; i0 < n; i0 += chunk, k++) {
+        size_t m = n - i0 < chunk ? n - i0 : chunk;
+        int s = (int)(k & 1);
+        if ((e = cudaEventSynchronize(c->staging_free[s])) != cudaSuccess)
+            return cuda_err(err, e, "upload (waiting for staging)");
+        host_convert(c->staging[s], dst_dt, (const char *)host + i0 * in_esz, src_dt, m);
+        if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, c->staging[s], m * out_esz,
+                                 cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
+            return cuda_err(err, e, "upload (copy)");
+        if ((e = cudaEventRecord(c->staging_free[s], c->stream)) != cudaSuccess)
+            return cuda_err(err, e, "upload (event)");
+    }
+    return QI_OK;
+}
+
+/* Benchmark weights: uniform in ±1/√fan_in for matrices (fan_in = numel / rows),
+ * 1 ± 0.1 for vectors (norm scales, biases), from a counter-based hash of
+ * (seed, weight index, element): reproducible, never zero, no host traffic. */
+__global__ void random_bf16_kernel(__nv_bfloat16 *out, size_t n, uint64_t key, float center, float half_width) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = key + i * 0x9E3779B97F4A7C15ull; /* splitmix64 */
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f; /* [-1, 1) */
+        out[i] = __float2bfloat16(center + half_width * u);
+    }
+}
+
+static qi_status random_fill(cuda_impl *c, const qi_tensor *w, void *dev, qi_error *err) {
+    size_t n = (size_t)qi_numel(w);
+    int64_t rows = w->ndim >= 2 ? w->ne[0] : 1;
+    float fan_in = (float)(n / (size_t)(rows > 0 ? rows : 1));
+    float center = w->ndim >= 2 ? 0.0f : 1.0f, half = w->ndim >= 2 ? 1.0f / sqrtf(fan_in > 0 ? fan_in : 1) : 0.1f;
+    uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
+    int blocks = (int)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
+    if (blocks < 1) blocks = 1;
+    random_bf16_kernel<<<blocks, 256, 0, c->stream>>>((__nv_bfloat16 *)dev, n, key, center, half);
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "random weights");
+}
+
+static qi_status cuda_random_weights(qi_backend *be, uint64_t seed, qi_error *err) {
+    (void)err;
+    cuda_of(be)->random_seed = seed ? seed : 1;
+    return QI_OK;
+}
+
+static void cuda_mem_usage(qi_backend *be, size_t *now, size_t *peak) {
+    cuda_impl *c = cuda_of(be);
+    size_t fixed = c->scratch_bytes + c->lt_workspace_bytes;
+    if (now) *now = c->weight_bytes + c->arena_used + fixed;
+    if (peak) *peak = c->weight_peak + c->arena_peak + fixed;
+}
+
+static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                             const void *host, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    qi_dtype dev_dt;
+    switch (dt) {
+    case QI_F32: case QI_F16: case QI_BF16: case QI_F8_E4M3: case QI_F8_E5M2: dev_dt = QI_BF16; break;
+    case QI_I32: dev_dt = QI_I32; break;
+    default:
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: weights of type %s are not supported",
+                       qi_dtype_name(dt));
+    }
+    if (ndim < 1 || ndim > QI_MAX_DIMS)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: weight with %d dims (1..%d)", ndim, QI_MAX_DIMS);
+    set_shape(w, dev_dt, ndim, ne);
+    size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
+    void *dev = NULL;
+    cudaError_t e = cudaMalloc(&dev, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        char shape[128];
+        w->data = NULL;
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for weight %s %s (%zu MiB; "
+                       "%zu MiB of weights already held)", qi_dtype_name(dt),
+                       qi_shape_str(w, shape, sizeof shape), bytes >> 20, c->weight_bytes >> 20);
+    }
+    qi_status st = c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
+                                                       : staged_upload(c, dev, dev_dt, host, dt, n, err);
+    if (st != QI_OK) {
+        cudaFree(dev);
+        w->data = NULL;
+        return st;
+    }
+    w->data = dev;
+    c->weight_bytes += bytes;
+    if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+    return QI_OK;
+}
+
+static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
+    cuda_impl *c = cuda_of(be);
+    if (!w->data) return;
+    cudaStreamSynchronize(c->stream); /* queued work may still read it */
+    cudaFree(w->data);
+    size_t bytes = qi_nbytes(w);
+    c->weight_bytes = c->weight_bytes >= bytes ? c->weight_bytes - bytes : 0;
+    w->data = NULL;
+}
+
+static int host_transferable(qi_dtype dt) {
+    return dt == QI_F32 || dt == QI_BF16 || dt == QI_F16 || dt == QI_I32;
+}
+
+static qi_status cuda_upload(qi_backend *be, qi_tensor *t, const void *host, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    if (!host_transferable(t->dtype))
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: upload into a %s tensor (F32/BF16/F16/I32 only)",
+                       qi_dtype_name(t->dtype));
+    qi_dtype src_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
+    return staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), err);
+}
+
+static qi_status cuda_download(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    if (!host_transferable(t->dtype))
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: download of a %s tensor (F32/BF16/F16/I32 only)",
+                       qi_dtype_name(t->dtype));
+    if (c->err_status != QI_OK) { /* the data would be garbage: report why */
+        qi_fail(err, c->err_status, "%s", c->err_msg);
+        c->err_status = QI_OK;
+        return qi_fail_ctx(err, QI_ERR_BACKEND, "cuda backend: download after a failed op");
+    }
+    size_t n = (size_t)qi_numel(t), esz = qi_dtype_size(t->dtype);
+    qi_dtype host_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
+    size_t chunk = c->staging_bytes / 4;
+    cudaError_t e;
+    for (size_t i0 = 0; i0 < n; i0 += chunk) {
+        size_t m = n - i0 < chunk ? n - i0 : chunk;
+        if ((e = cudaMemcpyAsync(c->staging[0], (const char *)t->data + i0 * esz, m * esz,
+                                 cudaMemcpyDeviceToHost, c->stream)) != cudaSuccess)
+            return cuda_err(err, e, "download (copy)");
+        if ((e = cudaStreamSynchronize(c->stream)) != cudaSuccess) return cuda_err(err, e, "download");
+        host_convert((char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m);
+    }
+    return QI_OK;
+}
+
+static qi_status cuda_sync(qi_backend *be, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (c->err_status != QI_OK) {
+        qi_status st = c->err_status;
+        c->err_status = QI_OK;
+        return qi_fail(err, st, "%s", c->err_msg);
+    }
+    if (e != cudaSuccess) return cuda_err(err, e, "queued work failed");
+    return QI_OK;
+}
+
+/* ---- GEMM through cuBLASLt -------------------------------------------------- */
+
+static int ptr_align(const void *p) {
+    uintptr_t u = (uintptr_t)p;
+    int a = 256;
+    while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
+    return a;
+}
+
+static void plan_destroy(lt_plan *p) {
+    if (!p->used) return;
+    cublasLtMatrixLayoutDestroy(p->a_layout);
+    cublasLtMatrixLayoutDestroy(p->b_layout);
+    cublasLtMatrixLayoutDestroy(p->d_layout);
+    cublasLtMatmulDescDestroy(p->desc);
+    p->used = 0;
+}
+
+/* Builds descriptors and asks the heuristic for the best algorithm. */
+static int plan_build(cuda_impl *c, lt_plan *p, const char *op) {
+    cublasStatus_t s;
+    cublasOperation_t ta = p->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = p->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epilogue;
+    if ((s = cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS)
+        goto fail;
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    cublasLtMatrixLayoutCreate(&p->a_layout, CUDA_R_16BF, p->transa ? p->k : p->m,
+                               p->transa ? p->m : p->k, p->lda);
+    cublasLtMatrixLayoutCreate(&p->b_layout, CUDA_R_16BF, p->transb ? p->n : p->k,
+                               p->transb ? p->k : p->n, p->ldb);
+    cublasLtMatrixLayoutCreate(&p->d_layout, (cudaDataType_t)p->d_type, p->m, p->n, p->ldd);
+    {
+        cublasLtMatmulPreference_t pref;
+        cublasLtMatmulPreferenceCreate(&pref);
+        uint64_t ws = c->lt_workspace_bytes;
+        uint32_t al = (uint32_t)p->align;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->a_layout, p->b_layout, p->d_layout,
+                                           p->d_layout, pref, 1, &res, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
+            p->used = 1;
+            plan_destroy(p);
+            qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: cuBLASLt has no algorithm for %d×%d×%d "
+                    "(epilogue %d, alignment %d): status %d", op, p->m, p->n, p->k, p->epilogue,
+                    p->align, (int)s);
+            return 1;
+        }
+        p->algo = res.algo;
+    }
+    p->used = 1;
+    return 0;
+fail:
+    qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: cuBLASLt descriptor: status %d", op, (int)s);
+    return 1;
+}
+
+int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
+            const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
+            const void *bias, cublasLtEpilogue_t epilogue, const char *op) {
+    int align = ptr_align(A);
+    if (ptr_align(B) < align) align = ptr_align(B);
+    if (ptr_align(D) < align) align = ptr_align(D);
+    lt_plan key;
+    memset(&key, 0, sizeof key);
+    key.transa = transa, key.transb = transb, key.m = m, key.n = n, key.k = k;
+    key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.epilogue = (int)epilogue;
+    key.d_type = (int)d_type, key.align = align;
+    lt_plan *p = NULL;
+    for (int i = 0; i < QI_CUDA_PLANS && !p; i++) {
+        lt_plan *q = &c->plans[i];
+        if (q->used && q->transa == transa && q->transb == transb && q->m == m && q->n == n &&
+            q->k == k && q->lda == lda && q->ldb == ldb && q->ldd == ldd &&
+            q->epilogue == (int)epilogue && q->d_type == (int)d_type && q->align == align)
+            p = q;
+    }
+    if (!p) {
+        p = &c->plans[c->plan_next];
+        c->plan_next = (c->plan_next + 1) % QI_CUDA_PLANS;
+        plan_destroy(p);
+        *p = key;
+        if (plan_build(c, p, op)) return 1;
+    }
+    if (bias)
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    float beta = 0.0f;
+    cublasStatus_t s = cublasLtMatmul(c->lt, p->desc, &alpha, A, p->a_layout, B, p->b_layout, &beta, D,
+                                      p->d_layout, D, p->d_layout, &p->algo, c->lt_workspace,
+                                      c->lt_workspace_bytes, c->stream);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: cublasLtMatmul %d×%d×%d failed: status %d", op, m,
+                n, k, (int)s);
+        return 1;
+    }
+    return 0;
+}
+
+/* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b). Row-major y is column-major yᵀ[N,M], so
+ * cuBLASLt computes yᵀ = wᵀᵀ·xᵀ: A = w (transposed), B = x. */
+static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                        qi_act act, qi_tensor *y) {
+    cuda_impl *c = cuda_of(be);
+    int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
+    char s1[96], s2[96];
+    if (x->dtype != QI_BF16 || w->dtype != QI_BF16 || y->dtype != QI_BF16) {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: linear needs bf16 x, w, y (got %s, %s, %s)",
+                qi_dtype_name(x->dtype), qi_dtype_name(w->dtype), qi_dtype_name(y->dtype));
+        return;
+    }
+    if (w->ne[w->ndim - 1] != K || qi_numel(w) != N * K || qi_numel(y) != M * N ||
+        (b && qi_numel(b) != N)) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: linear shapes x %s, w %s do not match", qi_shape_str(x, s1, 96),
+                qi_shape_str(w, s2, 96));
+        return;
+    }
+    if (M == 0 || N == 0) return;
+    if (K > INT32_MAX || M > INT32_MAX || N > INT32_MAX) {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: linear dims over 2^31");
+        return;
+    }
+    int epi_bias = b && b->dtype == QI_BF16 && b->scale == 1.0f;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+    int post_act = 0; /* what remains for qc_bias_act */
+    if (act == QI_ACT_GELU_TANH)
+        epi = epi_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : (b ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_GELU);
+    else
+        epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    if (act == QI_ACT_SILU || (b && !epi_bias)) post_act = 1;
+    qi_tensor y2 = qi_view2(y, M, N);
+    if (post_act && (size_t)(M * N) * sizeof(float) <= c->scratch_bytes) {
+        /* float32 product into scratch, then bias + activation + one rounding */
+        if (qc_gemm(c, 1, 0, (int)N, (int)M, (int)K, w->data, (int)K, x->data, (int)K, c->scratch, (int)N,
+                    CUDA_R_32F, w->scale, NULL, CUBLASLT_EPILOGUE_DEFAULT, "linear"))
+            return;
+        qc_bias_act_f32(c, (const float *)c->scratch, &y2, b, act);
+        return;
+    }
+    if (qc_gemm(c, 1, 0, (int)N, (int)M, (int)K, w->data, (int)K, x->data, (int)K, y->data, (int)N,
+                CUDA_R_16BF, w->scale, epi_bias ? b->data : NULL, epi, "linear"))
+        return;
+    if (post_act) qc_bias_act(c, &y2, epi_bias ? NULL : b, act); /* too large for scratch: rounds twice */
+}
+
+/* ---- extras ------------------------------------------------------------------ */
+
+extern "C" void *qi_cuda_stream(qi_backend *be) { return (void *)cuda_of(be)->stream; }
+extern "C" int qi_cuda_device(qi_backend *be) { return cuda_of(be)->device; }
+extern "C" size_t qi_cuda_arena_peak(qi_backend *be) { return cuda_of(be)->arena_peak; }
+extern "C" size_t qi_cuda_arena_capacity(qi_backend *be) { return cuda_of(be)->arena_cap; }
+extern "C" size_t qi_cuda_weight_bytes(qi_backend *be) { return cuda_of(be)->weight_bytes; }
+extern "C" int qi_cuda_set_attention_kernel(qi_backend *be, const char *name) {
+    static const char *names[QC_ATTN_VARIANTS] = {"auto", "mma", "gemm", "wgmma64x2", "wgmma128x2", "wgmma64x3", "tma64x2", "tma128x2", "tma64x3"};
+    for (int i = 0; i < QC_ATTN_VARIANTS; i++)
+        if (name && strcmp(name, names[i]) == 0) {
+            cuda_of(be)->attn_variant = i;
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- CUDA graphs ---------------------------------------------------------------------- */
+
+struct qi_cuda_graph {
+    cudaGraphExec_t exec;
+};
+
+extern "C" qi_status qi_cuda_capture_begin(qi_backend *be, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    /* relaxed: the first launch of a kernel may set its shared-memory limit */
+    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed);
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "graph capture begin");
+}
+
+extern "C" qi_status qi_cuda_capture_end(qi_backend *be, qi_cuda_graph **out, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    *out = NULL;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    if (c->err_status != QI_OK) { /* an op failed while recording */
+        if (graph) cudaGraphDestroy(graph);
+        qi_status st = c->err_status;
+        c->err_status = QI_OK;
+        return qi_fail(err, st, "graph capture: %s", c->err_msg);
+    }
+    if (e != cudaSuccess) return cuda_err(err, e, "graph capture end");
+    qi_cuda_graph *g = (qi_cuda_graph *)calloc(1, sizeof *g);
+    if (!g) {
+        cudaGraphDestroy(graph);
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: out of host memory");
+    }
+    e = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        free(g);
+        return cuda_err(err, e, "graph instantiate");
+    }
+    *out = g;
+    return QI_OK;
+}
+
+extern "C" qi_status qi_cuda_graph_launch(qi_backend *be, qi_cuda_graph *g, qi_error *err) {
+    cudaError_t e = cudaGraphLaunch(g->exec, cuda_of(be)->stream);
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "graph launch");
+}
+
+extern "C" void qi_cuda_graph_free(qi_cuda_graph *g) {
+    if (!g) return;
+    cudaGraphExecDestroy(g->exec);
+    free(g);
+}
+
+/* ---- table ----------------------------------------------------------------------- */
+
+static void cuda_destroy(qi_backend *be) {
+    if (!be) return;
+    cuda_impl *c = cuda_of(be);
+    if (c) {
+        if (c->stream) cudaStreamSynchronize(c->stream);
+        for (int i = 0; i < QI_CUDA_PLANS; i++) plan_destroy(&c->plans[i]);
+        if (c->lt) cublasLtDestroy(c->lt);
+        for (int i = 0; i < 2; i++) {
+            if (c->staging[i]) cudaFreeHost(c->staging[i]);
+            if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
+        }
+        cudaFree(c->lt_workspace);
+        cudaFree(c->scratch);
+        cudaFree(c->arena);
+        if (c->stream) cudaStreamDestroy(c->stream);
+        free(c);
+    }
+    free(be);
+}
+
+static const qi_backend_ops cuda_ops = {
+    "cuda",
+    cuda_destroy,
+    cuda_tensor,
+    cuda_mark,
+    cuda_reset,
+    cuda_weight,
+    cuda_weight_free,
+    cuda_upload,
+    cuda_download,
+    cuda_sync,
+    cuda_linear,
+    qc_embedding,
+    qc_rms_norm,
+    qc_layer_norm_mod,
+    qc_add_gated,
+    qc_activate,
+    qc_silu_mul,
+    qc_axpby,
+    qc_copy_rows,
+    qc_rope,
+    qc_attention,
+    qc_cfg_combine,
+    qc_conv2d,
+    qc_upsample2x,
+    qc_channel_rms_norm,
+    qc_transpose2d,
+    cuda_random_weights,
+    cuda_mem_usage,
+};
+
+extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
+                                            qi_error *err) {
+    *out = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: no CUDA device (%s)",
+                       e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
+    if (device < 0 || device >= count)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: device %d does not exist (this machine has %d)",
+                       device, count);
+    if ((e = cudaSetDevice(device)) != cudaSuccess) return cuda_err(err, e, "cudaSetDevice");
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
+        return cuda_err(err, e, "cudaGetDeviceProperties");
+    if (prop.major < 8)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: %s is compute capability %d.%d; bf16 "
+                       "kernels need 8.0 or newer", prop.name, prop.major, prop.minor);
+
+    qi_backend *be = (qi_backend *)calloc(1, sizeof *be);
+    cuda_impl *c = (cuda_impl *)calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: out of host memory");
+    }
+    be->ops = &cuda_ops;
+    be->act_dtype = QI_BF16;
+    be->impl = c;
+    c->device = device;
+    c->sm_count = prop.multiProcessorCount;
+    qi_status st = QI_OK;
+    if (arena_bytes == 0) { /* default: half the free memory, at most 32 GiB */
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        arena_bytes = free_b / 2 < ((size_t)32 << 30) ? free_b / 2 : ((size_t)32 << 30);
+    }
+    c->arena_cap = arena_bytes;
+    c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    c->scratch_bytes = SCRATCH_BYTES;
+    c->staging_bytes = STAGING_BYTES;
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        st = cuda_err(err, e, "stream");
+        goto fail;
+    }
+    if ((e = cudaMalloc((void **)&c->arena, arena_bytes)) != cudaSuccess) {
+        st = qi_fail(err, QI_ERR_NOMEM, "cuda backend: cannot allocate a %zu MiB activation arena on "
+                     "device %d: %s", arena_bytes >> 20, device, cudaGetErrorString(e));
+        goto fail;
+    }
+    if ((e = cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&c->scratch, c->scratch_bytes)) != cudaSuccess) {
+        st = cuda_err(err, e, "workspace allocation");
+        goto fail;
+    }
+    for (int i = 0; i < 2; i++) {
+        if ((e = cudaHostAlloc(&c->staging[i], c->staging_bytes, cudaHostAllocDefault)) != cudaSuccess ||
+            (e = cudaEventCreateWithFlags(&c->staging_free[i], cudaEventDisableTiming)) != cudaSuccess) {
+            st = cuda_err(err, e, "pinned staging buffers");
+            goto fail;
+        }
+    }
+    c->hopper = prop.major == 9;
+    {
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &c->tmap_encode, 12000, cudaEnableDefault,
+                                             &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            c->tmap_encode = NULL;
+    }
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+        st = qi_fail(err, QI_ERR_BACKEND, "cuda backend: cublasLtCreate failed (is libcublasLt.so.13 "
+                     "from CUDA 13 on the library path?)");
+        goto fail;
+    }
+    *out = be;
+    return QI_OK;
+fail:
+    cuda_destroy(be);
+    return st;
+}

@@ -1,0 +1,50 @@
+/*
+ * cuda_backend.h — the CUDA backend's extras beyond the op table, for code
+ * that knows it runs on CUDA (tests timing with CUDA events, graph capture,
+ * the GPU noise generator). C-callable; every function takes a backend made
+ * by qi_backend_cuda_create.
+ */
+#ifndef QI_CUDA_BACKEND_H
+#define QI_CUDA_BACKEND_H
+
+#include <stddef.h>
+
+#include "backend/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The backend's one stream (a cudaStream_t): every op is queued on it. */
+void *qi_cuda_stream(qi_backend *be);
+/* The CUDA device ordinal the backend runs on. */
+int qi_cuda_device(qi_backend *be);
+/* Peak bytes of the activation arena used so far, and its capacity. */
+size_t qi_cuda_arena_peak(qi_backend *be);
+size_t qi_cuda_arena_capacity(qi_backend *be);
+/* Device bytes held by weights. */
+size_t qi_cuda_weight_bytes(qi_backend *be);
+/* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
+ * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x2",
+ * "wgmma128x2", "wgmma64x3" (Hopper flash kernels for head dim 128: key tile ×
+ * warpgroups), "tma64x2", "tma128x2", "tma64x3" (the same, warp-specialised
+ * and fed by TMA). Kernels that cannot take a shape fall back as "auto" does.
+ * Returns 0, or -1 for an unknown name. */
+int qi_cuda_set_attention_kernel(qi_backend *be, const char *name);
+
+/* CUDA graphs: ops queued between capture_begin and capture_end are recorded,
+ * not run; graph_launch replays them (on the same tensors, reading their
+ * current contents). Every op may be captured; upload, download, sync, weight
+ * and weight_free may not. Run the op sequence once before capturing it, so
+ * cuBLASLt plans and kernel attributes are set up outside the capture. */
+typedef struct qi_cuda_graph qi_cuda_graph;
+qi_status qi_cuda_capture_begin(qi_backend *be, qi_error *err);
+qi_status qi_cuda_capture_end(qi_backend *be, qi_cuda_graph **out, qi_error *err);
+qi_status qi_cuda_graph_launch(qi_backend *be, qi_cuda_graph *g, qi_error *err);
+void qi_cuda_graph_free(qi_cuda_graph *g);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

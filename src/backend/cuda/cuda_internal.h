@@ -1,0 +1,240 @@
+/*
+ * cuda_internal.h — what the CUDA backend's .cu files share: the backend's
+ * state (stream, arena, cuBLASLt handle and plans, scratch, staging), the
+ * sticky error that the void ops report through `sync`, and small device
+ * helpers (bf16 <-> float, vector loads, dtype-generic parameter reads).
+ *
+ * Not a public header: only src/backend/cuda/*.cu include it.
+ */
+#ifndef QI_CUDA_INTERNAL_H
+#define QI_CUDA_INTERNAL_H
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "backend/backend.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+/* One cached cuBLASLt problem: descriptors and the chosen algorithm for a
+ * (shape, layout, epilogue, alignment) combination. Built on first use. */
+typedef struct lt_plan {
+    int used;
+    int transa, transb, m, n, k, lda, ldb, ldd, epilogue, d_type, align;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a_layout, b_layout, d_layout;
+    cublasLtMatmulAlgo_t algo;
+} lt_plan;
+
+#define QI_CUDA_PLANS 192
+
+typedef struct cuda_impl {
+    int device;
+    int sm_count;
+    cudaStream_t stream;
+
+    /* activations: one cudaMalloc, bump pointer */
+    char *arena;
+    size_t arena_cap, arena_used, arena_peak;
+
+    /* cuBLASLt */
+    cublasLtHandle_t lt;
+    void *lt_workspace;
+    size_t lt_workspace_bytes;
+    lt_plan plans[QI_CUDA_PLANS];
+    int plan_next; /* round-robin eviction */
+
+    /* device scratch for ops that need temporaries (conv im2col, attention by
+     * GEMMs, F32 weight conversion); fixed at creation */
+    char *scratch;
+    size_t scratch_bytes;
+
+    /* pinned host staging for upload / download / weight, double-buffered */
+    void *staging[2];
+    size_t staging_bytes;
+    cudaEvent_t staging_free[2];
+
+    size_t weight_bytes; /* device memory held by weights */
+    size_t weight_peak;  /* the most weights held at once */
+    uint64_t random_seed; /* nonzero: `weight` fills random values instead of copying (benchmarks) */
+    uint64_t random_count; /* weights made so far: each gets its own stream */
+    int attn_variant;    /* qc_attn_variant: which attention kernel (tests and benchmarks pick) */
+    int hopper;          /* compute capability 9.x: wgmma and TMA kernels */
+    void *tmap_encode;   /* the driver's cuTensorMapEncodeTiled, NULL if unavailable */
+
+    /* first error of a void op, returned (and cleared) by sync */
+    qi_status err_status;
+    char err_msg[1024];
+} cuda_impl;
+
+static inline cuda_impl *cuda_of(qi_backend *be) { return (cuda_impl *)be->impl; }
+
+/* Records the first failure of an op; later ones are dropped. */
+void qc_fail(cuda_impl *c, qi_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Records a launch error (cudaGetLastError) under the op's name; returns 0 if none. */
+int qc_check_launch(cuda_impl *c, const char *op);
+
+/* ---- attention (cuda_attention.cu, cuda_flash_hopper.cu) ---- */
+typedef enum qc_attn_variant {
+    QC_ATTN_AUTO = 0,
+    QC_ATTN_MMA,        /* mma.sync flash kernel (head dims 16, 32, 64, 128) */
+    QC_ATTN_GEMM,       /* S = QKᵀ, softmax, PV through cuBLASLt (any head dim) */
+    QC_ATTN_WGMMA_64x2, /* Hopper wgmma flash kernel, head dim 128: 64-key tiles, 2 warpgroups */
+    QC_ATTN_WGMMA_128x2,
+    QC_ATTN_WGMMA_64x3,
+    QC_ATTN_TMA_64x2,   /* warp-specialised wgmma kernel fed by TMA (cuda_flash_tma.cu) */
+    QC_ATTN_TMA_128x2,
+    QC_ATTN_TMA_64x3,
+    QC_ATTN_VARIANTS
+} qc_attn_variant;
+
+typedef struct attn_params {
+    const bf16 *q, *k, *v;
+    bf16 *o;
+    const int32_t *mask; /* [B, Lk] or NULL */
+    int B, Lq, Lk, H, Hkv, group;
+    float scale_log2; /* scale · log2(e): softmax runs in base 2 */
+    int causal, causal_off;
+} attn_params;
+
+/* Launch the Hopper kernels for head dim 128 (variant one of theirs). */
+void qc_flash_hopper(cuda_impl *c, const attn_params *p, int variant);
+void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant);
+
+/* ---- GEMM (cuda_backend.cu) ---- */
+/* Column-major D[m,n] = alpha · op(A)[m,k] · op(B)[k,n] (+ bias[m]) then
+ * epilogue; A, B bf16; D bf16 (d_type CUDA_R_16BF) or float (CUDA_R_32F).
+ * Returns 0 on success (else the error is recorded). */
+int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
+            const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
+            const void *bias, cublasLtEpilogue_t epilogue, const char *op);
+
+/* ---- ops defined in cuda_ops.cu / cuda_attention.cu ---- */
+extern "C" {
+void qc_embedding(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out);
+void qc_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps, qi_tensor *y);
+void qc_layer_norm_mod(qi_backend *be, const qi_tensor *x, const qi_tensor *shift,
+                       const qi_tensor *scale, int64_t mod_stride, float eps, qi_tensor *y);
+void qc_add_gated(qi_backend *be, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride,
+                  const qi_tensor *y);
+void qc_activate(qi_backend *be, const qi_tensor *x, qi_act act, qi_tensor *y);
+void qc_silu_mul(qi_backend *be, const qi_tensor *gate, const qi_tensor *up, qi_tensor *y);
+void qc_axpby(qi_backend *be, float a, const qi_tensor *x, float b, const qi_tensor *y,
+              qi_tensor *out);
+void qc_copy_rows(qi_backend *be, const qi_tensor *src, int64_t src_row0, qi_tensor *dst,
+                  int64_t dst_row0, int64_t nrows);
+void qc_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, const qi_tensor *sin_tab,
+             qi_rope_mode mode);
+void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                  const qi_tensor *key_mask, int causal, float scale, qi_tensor *out);
+void qc_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
+                    qi_tensor *out);
+void qc_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, int pad,
+               qi_tensor *y);
+void qc_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+void qc_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
+                         const qi_tensor *bias, qi_tensor *y);
+void qc_transpose2d(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+}
+
+/* Adds bias[N] (any float dtype, times bias_scale) and applies act to y[M, N]
+ * in place (y bf16 or f32); used when the GEMM epilogue cannot. */
+void qc_bias_act(cuda_impl *c, qi_tensor *y, const qi_tensor *bias, qi_act act);
+/* The same from a float32 GEMM result acc (same shape as y) into bf16 y. */
+void qc_bias_act_f32(cuda_impl *c, const float *acc, qi_tensor *y, const qi_tensor *bias, qi_act act);
+/* Converts n elements of a float tensor (F32/BF16/F16, times scale) into bf16 at dst. */
+void qc_to_bf16(cuda_impl *c, const void *src, qi_dtype dt, float scale, bf16 *dst, int64_t n);
+
+/* ---- device helpers ---- */
+
+/* A float read of element i of a parameter vector of any float dtype
+ * (norm weights, biases, modulation rows, rope tables). */
+static __device__ __forceinline__ float ld_param(const void *p, int dt, int64_t i) {
+    switch (dt) {
+    case QI_BF16: return __bfloat162float(((const bf16 *)p)[i]);
+    case QI_F16: return __half2float(((const __half *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+static __device__ __forceinline__ float to_f(float v) { return v; }
+static __device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
+template <typename T> static __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+/* V consecutive elements as floats; V == 8 uses 16-byte accesses (the caller
+ * guarantees alignment), V == 1 plain ones. */
+template <int V> static __device__ __forceinline__ void load_v(const bf16 *p, float *f) {
+    if constexpr (V == 8) {
+        uint4 u = *(const uint4 *)p;
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 t = __bfloat1622float2(h[i]);
+            f[2 * i] = t.x;
+            f[2 * i + 1] = t.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) f[i] = __bfloat162float(p[i]);
+    }
+}
+template <int V> static __device__ __forceinline__ void load_v(const float *p, float *f) {
+    if constexpr (V == 8) {
+        float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+        f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) f[i] = p[i];
+    }
+}
+template <int V> static __device__ __forceinline__ void store_v(bf16 *p, const float *f) {
+    if constexpr (V == 8) {
+        uint4 u;
+        __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+#pragma unroll
+        for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+        *(uint4 *)p = u;
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) p[i] = __float2bfloat16_rn(f[i]);
+    }
+}
+template <int V> static __device__ __forceinline__ void store_v(float *p, const float *f) {
+    if constexpr (V == 8) {
+        ((float4 *)p)[0] = make_float4(f[0], f[1], f[2], f[3]);
+        ((float4 *)p)[1] = make_float4(f[4], f[5], f[6], f[7]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) p[i] = f[i];
+    }
+}
+
+static __device__ __forceinline__ float gelu_tanh(float u) {
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
+}
+static __device__ __forceinline__ float silu(float u) { return u / (1.0f + __expf(-u)); }
+static __device__ __forceinline__ float apply_act(float u, int act) {
+    return act == QI_ACT_GELU_TANH ? gelu_tanh(u) : act == QI_ACT_SILU ? silu(u) : u;
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static inline int qc_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+static inline unsigned qc_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : b);
+}
+
+#endif
