@@ -33,6 +33,7 @@ typedef struct gen_args {
     double cfg;
     unsigned long long seed;
     qi_rng_kind rng;
+    int noise_dtype;
     int quiet;
 } gen_args;
 
@@ -49,6 +50,7 @@ static void generate_usage(void) {
            "  --batch B           images per prompt (default 1); out.png becomes out-0.png …\n"
            "  --scheduler S       lightning | model | PATH.json (default: the model's scheduler config)\n"
            "  --rng cpu|cuda      which torch generator's noise to reproduce (default cpu)\n"
+           "  --noise-dtype D     auto (the run's: f32 on CPU, bf16 on CUDA, as diffusers) | f32 | bf16\n"
            "  --device D          cpu | cuda | cuda:N (default cpu)\n"
            "  --threads N         CPU threads (default: all cores)\n"
            "  --save-latents F    also write vae_in [B,16,1,H/8,W/8] float32 to F (.safetensors)\n"
@@ -126,6 +128,11 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             if (!strcmp(v, "cpu")) a->rng = QI_RNG_CPU;
             else if (!strcmp(v, "cuda")) a->rng = QI_RNG_CUDA;
             else return qi_app_usage_error("--rng %s: expected cpu or cuda", v);
+        } else if (!strcmp(f, "--noise-dtype")) {
+            if (!strcmp(v, "auto")) a->noise_dtype = 0;
+            else if (!strcmp(v, "f32")) a->noise_dtype = 1;
+            else if (!strcmp(v, "bf16")) a->noise_dtype = 2;
+            else return qi_app_usage_error("--noise-dtype %s: expected auto, f32 or bf16", v);
         } else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--threads")) {
             if (qi_app_parse_int(f, v, 1, 4096, &a->threads)) return 2;
@@ -261,6 +268,7 @@ int qi_cmd_generate(int argc, char **argv) {
     r.batch = (int)a.batch;
     r.scheduler = a.scheduler;
     r.rng = a.rng;
+    r.noise_dtype = a.noise_dtype;
     r.progress = on_progress;
     r.progress_user = &prog;
     qi_image img;

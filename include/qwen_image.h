@@ -75,6 +75,8 @@ typedef struct qi_request {
     int batch;                     /* images per prompt; default 1 (total = prompts × batch) */
     const char *scheduler;         /* NULL: the model's config; "lightning", "model" or a JSON path */
     qi_rng_kind rng;
+    int noise_dtype;               /* 0 auto: the run's dtype, as diffusers (CPU float32, CUDA bf16);
+                                      1 float32; 2 bfloat16 (a different torch stream, not f32 rounded) */
     int max_sequence_length;       /* default 512 */
     qi_progress_fn progress;
     void *progress_user;

@@ -31,6 +31,7 @@
 #include "model/vae.h"
 #include "pipeline.h"
 #include "sample/latents.h"
+#include "sample/rng.h"
 #include "sample/scheduler.h"
 
 #define LATENT_CHANNELS 16
@@ -206,6 +207,8 @@ static qi_status check_request(const qi_request *r, qi_error *err) {
     if (r->max_sequence_length < 1 || r->max_sequence_length > 1024)
         return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d: must be between 1 and 1024",
                        r->max_sequence_length);
+    if (r->noise_dtype < 0 || r->noise_dtype > 2)
+        return qi_fail(err, QI_ERR_ARG, "noise dtype: expected auto, f32 or bf16");
     if (r->rng != QI_RNG_CPU && r->rng != QI_RNG_CUDA)
         return qi_fail(err, QI_ERR_ARG, "rng: expected cpu or cuda");
     return QI_OK;
@@ -293,6 +296,32 @@ static qi_status upload_text(qi_engine *e, const text_embeds *t, text_on_backend
     return be->ops->upload(be, &out->mask, t->mask, &e->err);
 }
 
+/* ---- noise ----------------------------------------------------------------------- */
+
+/* torch.randn in the diffusers latent shape, packed. The dtype follows the run
+ * (diffusers draws in the dtype of the prompt embeddings) unless the request
+ * names one. With the CUDA generator on a CUDA backend the curand kernel gives
+ * torch's values bit for bit; elsewhere they are recomputed on the CPU (the
+ * GPU's hardware sine cannot be matched exactly: within ~3e-6). */
+static qi_status initial_noise(qi_engine *e, const qi_request *req, int B, float *packed) {
+    qi_dtype dt = req->noise_dtype == 1 ? QI_F32 : req->noise_dtype == 2 ? QI_BF16 : e->be->act_dtype;
+#ifdef QI_WITH_CUDA
+    if (req->rng == QI_RNG_CUDA && !strcmp(e->be->ops->name, "cuda")) {
+        qi_latent_shape s;
+        qi_status st = qi_latent_shape_of(req->height, req->width, &s, &e->err);
+        if (st) return st;
+        int64_t total = (int64_t)B * s.per_image;
+        float *raw = malloc(sizeof(float) * (size_t)total);
+        if (!raw) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the initial noise");
+        st = qi_randn_philox_cuda(req->seed, 0, total, dt, raw, &e->err);
+        if (!st) qi_latents_pack(raw, B, s.lat_h, s.lat_w, packed);
+        free(raw);
+        return st;
+    }
+#endif
+    return qi_initial_noise(req->seed, req->rng, dt, B, req->height, req->width, packed, &e->err);
+}
+
 /* ---- generate -------------------------------------------------------------------- */
 
 static int report(const qi_request *r, const char *stage, int step, int total) {
@@ -346,8 +375,7 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     if ((st = ensure_dit(e))) goto done;
     e->last.load_s = qi_now_s() - t0;
     t0 = qi_now_s();
-    if ((st = qi_initial_noise(req->seed, req->rng, QI_F32, B, req->height, req->width, noise, &e->err)))
-        goto done;
+    if ((st = initial_noise(e, req, B, noise))) goto done;
     text_on_backend pos_be, neg_be;
     qi_tensor latents, v_cond, v_uncond;
     if ((st = upload_text(e, &pos, &pos_be))) goto done;

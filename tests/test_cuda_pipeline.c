@@ -203,6 +203,7 @@ static void every_case_end_to_end_within_3_of_255(void) {
         r.cfg = (float)cJSON_GetObjectItem(json, "cfg")->valuedouble;
         r.seed = (uint64_t)cJSON_GetObjectItem(json, "seed")->valuedouble;
         r.scheduler = sched;
+        r.noise_dtype = 1; /* the references are float32 runs: float32 noise */
         qi_image img;
         qi_status st = qi_generate(e, &r, &img);
         unlink(sched);
