@@ -12,6 +12,10 @@
  *     for each block: joint attention (text first), then the two MLPs
  *     out   = proj_out(LN(img)·(1 + scale) + shift)     [B, L_img, out·p²]
  *
+ * Sequence parallel (qi_dit_forward_sp): the same code on one rank's shard of
+ * the image tokens; only the joint attention differs (attend_sharded: the
+ * Ulysses exchange of parallel/ulysses.h around the same RoPE + attention).
+ *
  * This file owns the weights' layout (typed structs bound by their diffusers
  * names), the RoPE tables (built on the host, cached per shape) and the
  * order of ops. It does not own the sampling loop, CFG or the scheduler.
@@ -26,6 +30,7 @@
 
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "parallel/ulysses.h"
 
 #define DIT_EPS 1e-6f            /* every LayerNorm / RMSNorm (spec §1.1) */
 #define DIT_TIME_CHANNELS 256    /* timestep sinusoid width */
@@ -471,14 +476,16 @@ double qi_dit_forward_flops(const qi_dit_config *c, int batch, int img_tokens, i
 
 /* Activations of one call, all from the arena (allocated once per call). */
 typedef struct dit_acts {
-    int64_t B, Li, Lt, Lj;        /* batch, image, text, joint (Lt + Li) tokens */
+    int64_t B, Li, Lt, Lj;        /* batch, image (this rank's), text, joint (Lt + whole image) tokens */
+    const qi_ulysses *sp;         /* NULL: the whole image on this device */
+    qi_comm *comm;                /* the Ulysses group when sp */
     qi_tensor mods;               /* [(2·layers + 1)·B, 6D]: slot 2i img_mod, 2i+1 txt_mod, 2L norm_out */
     qi_tensor img, txt;           /* residual streams [B, Li, D], [B, Lt, D] */
     qi_tensor norm_i, norm_t;     /* modulated LayerNorm outputs, same shapes */
     qi_tensor q_i, k_i, v_i;      /* image Q/K/V [B, Li, D] */
     qi_tensor q_t, k_t, v_t;      /* text Q/K/V [B, Lt, D] */
-    qi_tensor Q, K, V, O;         /* joint sequence, text first [B, Lj, H, Dh] */
-    qi_tensor o_i, o_t;           /* attention output split back per stream (B > 1) */
+    qi_tensor Q, K, V, O;         /* joint sequence, text first [B, Lj, H, Dh] (H/N heads when sp) */
+    qi_tensor o_i, o_t;           /* attention output split back per stream (B > 1 or sp) */
     qi_tensor proj_i, proj_t;     /* sub-layer outputs before the gated residual */
     qi_tensor ff_i, ff_t;         /* MLP hidden [B, L, F] */
     qi_tensor rope_cos, rope_sin; /* [Lj, Dh/2] */
@@ -490,7 +497,7 @@ static qi_status alloc_acts(qi_dit *d, dit_acts *a, qi_error *err) {
     qi_backend *be = d->be;
     const qi_dit_config *c = &d->cfg;
     int64_t B = a->B, Li = a->Li, Lt = a->Lt, Lj = a->Lj, D = c->inner_dim, F = c->mlp_dim;
-    int64_t H = c->num_heads, Dh = c->head_dim;
+    int64_t H = a->sp ? a->sp->heads_local : c->num_heads, Dh = c->head_dim;
     qi_status st = qi_be_act2(be, &a->mods, (2 * (int64_t)c->num_layers + 1) * B, 6 * D, err);
     if (st == QI_OK) st = qi_be_act3(be, &a->img, B, Li, D, err);
     if (st == QI_OK) st = qi_be_act3(be, &a->txt, B, Lt, D, err);
@@ -502,7 +509,7 @@ static qi_status alloc_acts(qi_dit *d, dit_acts *a, qi_error *err) {
     for (int i = 0; i < 4 && st == QI_OK; i++) st = qi_be_act3(be, txt_sized[i], B, Lt, D, err);
     qi_tensor *joint[] = {&a->Q, &a->K, &a->V, &a->O};
     for (int i = 0; i < 4 && st == QI_OK; i++) st = qi_be_act4(be, joint[i], B, Lj, H, Dh, err);
-    if (B > 1) { /* B == 1 reads the attention output through row slices instead */
+    if (B > 1 || a->sp) { /* B == 1 reads the attention output through row slices instead */
         if (st == QI_OK) st = qi_be_act3(be, &a->o_i, B, Li, D, err);
         if (st == QI_OK) st = qi_be_act3(be, &a->o_t, B, Lt, D, err);
     }
@@ -601,14 +608,75 @@ static void split_streams(qi_backend *be, dit_acts *a, int64_t D, qi_tensor *o_t
     *o_i = a->o_i;
 }
 
+/* RoPE on Q and K only (interleaved pairs, trap 4), then attention over the
+ * joint sequence with the key mask: a->Q, a->K, a->V -> a->O. */
+static void rope_and_attend(qi_dit *d, dit_acts *a) {
+    qi_backend *be = d->be;
+    const qi_backend_ops *op = be->ops;
+    op->rope(be, &a->Q, &a->rope_cos, &a->rope_sin, QI_ROPE_INTERLEAVED);
+    op->rope(be, &a->K, &a->rope_cos, &a->rope_sin, QI_ROPE_INTERLEAVED);
+    op->attention(be, &a->Q, &a->K, &a->V, a->have_mask ? &a->key_mask : NULL, 0,
+                  1.0f / sqrtf((float)d->cfg.head_dim), &a->O);
+}
+
+/* Joint attention on one device: the streams joined TEXT FIRST (trap 6),
+ * attended, split back into o_t [B, Lt, D] and o_i [B, Li, D]. */
+static void attend_joint(qi_dit *d, dit_acts *a, qi_tensor *o_t, qi_tensor *o_i) {
+    int64_t D = d->cfg.inner_dim;
+    join_streams(d->be, a, D, &a->q_t, &a->q_i, &a->Q);
+    join_streams(d->be, a, D, &a->k_t, &a->k_i, &a->K);
+    join_streams(d->be, a, D, &a->v_t, &a->v_i, &a->V);
+    rope_and_attend(d, a);
+    split_streams(d->be, a, D, o_t, o_i);
+}
+
+/* attend_joint with rms_norm_rope: each stream's per-head RMSNorm (own
+ * weights, before RoPE: trap 7) and the rotation write straight into the
+ * joint Q and K, text rows first, so neither the normed q/k nor their joins
+ * are stored. V was projected into place when B == 1. */
+static void attend_joint_fused(qi_dit *d, const dit_block *blk, dit_acts *a, qi_tensor *o_t, qi_tensor *o_i) {
+    qi_backend *be = d->be;
+    const qi_backend_ops *op = be->ops;
+    int64_t H = d->cfg.num_heads, Dh = d->cfg.head_dim, D = d->cfg.inner_dim;
+    qi_tensor qi4 = qi_view4(&a->q_i, a->B, a->Li, H, Dh), ki4 = qi_view4(&a->k_i, a->B, a->Li, H, Dh);
+    qi_tensor qt4 = qi_view4(&a->q_t, a->B, a->Lt, H, Dh), kt4 = qi_view4(&a->k_t, a->B, a->Lt, H, Dh);
+    const qi_rope_mode mode = QI_ROPE_INTERLEAVED; /* trap 4 */
+    op->rms_norm_rope(be, &qt4, &blk->norm_added_q, DIT_EPS, &a->rope_cos, &a->rope_sin, mode, &a->Q, 0);
+    op->rms_norm_rope(be, &qi4, &blk->norm_q, DIT_EPS, &a->rope_cos, &a->rope_sin, mode, &a->Q, a->Lt);
+    op->rms_norm_rope(be, &kt4, &blk->norm_added_k, DIT_EPS, &a->rope_cos, &a->rope_sin, mode, &a->K, 0);
+    op->rms_norm_rope(be, &ki4, &blk->norm_k, DIT_EPS, &a->rope_cos, &a->rope_sin, mode, &a->K, a->Lt);
+    if (a->B > 1) join_streams(be, a, D, &a->v_t, &a->v_i, &a->V);
+    op->attention(be, &a->Q, &a->K, &a->V, a->have_mask ? &a->key_mask : NULL, 0,
+                  1.0f / sqrtf((float)Dh), &a->O);
+    split_streams(be, a, D, o_t, o_i);
+}
+
+/* The same on one rank of a Ulysses group: the all-to-all turns this rank's
+ * image q/k/v (all heads) plus the text into the whole joint sequence for
+ * its H/N heads (text first, so the RoPE table and key mask are the
+ * single-device ones), and the inverse brings back all heads of its image
+ * rows and of the text. */
+static qi_status attend_sharded(qi_dit *d, dit_acts *a, qi_tensor *o_t, qi_tensor *o_i,
+                                qi_error *err) {
+    const qi_tensor *txt[3] = {&a->q_t, &a->k_t, &a->v_t}, *img[3] = {&a->q_i, &a->k_i, &a->v_i};
+    qi_tensor *joint[3] = {&a->Q, &a->K, &a->V};
+    qi_status st = qi_ulysses_scatter_heads(a->sp, a->comm, d->be, txt, img, joint, err);
+    if (st != QI_OK) return st;
+    rope_and_attend(d, a);
+    st = qi_ulysses_gather_heads(a->sp, a->comm, d->be, &a->O, &a->o_t, &a->o_i, err);
+    *o_t = a->o_t;
+    *o_i = a->o_i;
+    return st;
+}
+
 /* One dual-stream block (spec §1.6). In the last block the text stream's
  * own updates are skipped: nothing reads the text after it. */
-static void block_forward(qi_dit *d, int index, dit_acts *a) {
+static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err) {
     qi_backend *be = d->be;
     const qi_backend_ops *op = be->ops;
     const dit_block *blk = &d->blocks[index];
     const qi_dit_config *c = &d->cfg;
-    int64_t D = c->inner_dim, H = c->num_heads, Dh = c->head_dim, stride = MOD_STRIDE(d);
+    int64_t H = c->num_heads, Dh = c->head_dim, stride = MOD_STRIDE(d);
     int last = index == c->num_layers - 1;
     int64_t img_slot = 2 * (int64_t)index, txt_slot = img_slot + 1;
     qi_tensor ish1 = mod_chunk(d, a, img_slot, 0), isc1 = mod_chunk(d, a, img_slot, 1);
@@ -621,31 +689,41 @@ static void block_forward(qi_dit *d, int index, dit_acts *a) {
     /* --- attention half: modulated LN, Q/K/V per stream --- */
     op->layer_norm_mod(be, &a->img, &ish1, &isc1, stride, DIT_EPS, &a->norm_i);
     op->layer_norm_mod(be, &a->txt, &tsh1, &tsc1, stride, DIT_EPS, &a->norm_t);
+    /* one device and a backend with rms_norm_rope: q/k go normed and rotated
+     * straight into the joint buffers, and with B == 1 v is projected into them */
+    int fused = !a->sp && op->rms_norm_rope;
+    qi_tensor v_i = a->v_i, v_t = a->v_t;
+    if (fused && a->B == 1) {
+        qi_tensor V2 = qi_view2(&a->V, a->Lj, c->inner_dim);
+        v_t = qi_slice_rows(&V2, 0, a->Lt);
+        v_i = qi_slice_rows(&V2, a->Lt, a->Li);
+    }
     op->linear(be, &a->norm_i, &blk->to_q.w, &blk->to_q.b, QI_ACT_NONE, &a->q_i);
     op->linear(be, &a->norm_i, &blk->to_k.w, &blk->to_k.b, QI_ACT_NONE, &a->k_i);
-    op->linear(be, &a->norm_i, &blk->to_v.w, &blk->to_v.b, QI_ACT_NONE, &a->v_i);
+    op->linear(be, &a->norm_i, &blk->to_v.w, &blk->to_v.b, QI_ACT_NONE, &v_i);
     op->linear(be, &a->norm_t, &blk->add_q.w, &blk->add_q.b, QI_ACT_NONE, &a->q_t);
     op->linear(be, &a->norm_t, &blk->add_k.w, &blk->add_k.b, QI_ACT_NONE, &a->k_t);
-    op->linear(be, &a->norm_t, &blk->add_v.w, &blk->add_v.b, QI_ACT_NONE, &a->v_t);
+    op->linear(be, &a->norm_t, &blk->add_v.w, &blk->add_v.b, QI_ACT_NONE, &v_t);
 
-    /* per-head RMSNorm of q and k, own weights per stream, before RoPE (trap 7) */
-    qi_tensor qi_h = qi_view2(&a->q_i, a->B * a->Li * H, Dh), ki_h = qi_view2(&a->k_i, a->B * a->Li * H, Dh);
-    qi_tensor qt_h = qi_view2(&a->q_t, a->B * a->Lt * H, Dh), kt_h = qi_view2(&a->k_t, a->B * a->Lt * H, Dh);
-    op->rms_norm(be, &qi_h, &blk->norm_q, DIT_EPS, &qi_h);
-    op->rms_norm(be, &ki_h, &blk->norm_k, DIT_EPS, &ki_h);
-    op->rms_norm(be, &qt_h, &blk->norm_added_q, DIT_EPS, &qt_h);
-    op->rms_norm(be, &kt_h, &blk->norm_added_k, DIT_EPS, &kt_h);
-
-    /* joint sequence, TEXT FIRST (trap 6); RoPE on Q and K only (interleaved pairs, trap 4) */
-    join_streams(be, a, D, &a->q_t, &a->q_i, &a->Q);
-    join_streams(be, a, D, &a->k_t, &a->k_i, &a->K);
-    join_streams(be, a, D, &a->v_t, &a->v_i, &a->V);
-    op->rope(be, &a->Q, &a->rope_cos, &a->rope_sin, QI_ROPE_INTERLEAVED);
-    op->rope(be, &a->K, &a->rope_cos, &a->rope_sin, QI_ROPE_INTERLEAVED);
-    op->attention(be, &a->Q, &a->K, &a->V, a->have_mask ? &a->key_mask : NULL, 0,
-                  1.0f / sqrtf((float)Dh), &a->O);
+    /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
-    split_streams(be, a, D, &o_t, &o_i);
+    if (fused) {
+        attend_joint_fused(d, blk, a, &o_t, &o_i);
+    } else {
+        /* per-head RMSNorm of q and k, own weights per stream, before RoPE (trap 7) */
+        qi_tensor qi_h = qi_view2(&a->q_i, a->B * a->Li * H, Dh), ki_h = qi_view2(&a->k_i, a->B * a->Li * H, Dh);
+        qi_tensor qt_h = qi_view2(&a->q_t, a->B * a->Lt * H, Dh), kt_h = qi_view2(&a->k_t, a->B * a->Lt * H, Dh);
+        op->rms_norm(be, &qi_h, &blk->norm_q, DIT_EPS, &qi_h);
+        op->rms_norm(be, &ki_h, &blk->norm_k, DIT_EPS, &ki_h);
+        op->rms_norm(be, &qt_h, &blk->norm_added_q, DIT_EPS, &qt_h);
+        op->rms_norm(be, &kt_h, &blk->norm_added_k, DIT_EPS, &kt_h);
+        if (a->sp) {
+            qi_status st = attend_sharded(d, a, &o_t, &o_i, err);
+            if (st != QI_OK) return st;
+        } else {
+            attend_joint(d, a, &o_t, &o_i);
+        }
+    }
 
     /* gated residuals; the MLP half then reads the updated streams (trap 2) */
     op->linear(be, &o_i, &blk->to_out.w, &blk->to_out.b, QI_ACT_NONE, &a->proj_i);
@@ -668,6 +746,7 @@ static void block_forward(qi_dit *d, int index, dit_acts *a) {
                    &a->proj_t);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }
+    return QI_OK;
 }
 
 /* The joint key mask [B, Lt + Li] (text mask, then ones for the image), or
@@ -701,46 +780,52 @@ static qi_status build_key_mask(qi_dit *d, const qi_tensor *ctx_mask, dit_acts *
     return st;
 }
 
-static qi_status check_inputs(const qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
-                              const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
-                              const qi_tensor *out, qi_error *err) {
+/* img_rows: the image tokens x and out hold (the whole grid, or a shard);
+ * fn names the entry point in messages. */
+static qi_status check_inputs(const qi_dit *d, const char *fn, const qi_tensor *x,
+                              const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t,
+                              int grid_h, int grid_w, int64_t img_rows, const qi_tensor *out,
+                              qi_error *err) {
     const qi_dit_config *c = &d->cfg;
     char s1[64];
     if (!x || !ctx || !t || !out)
-        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: x, ctx, t and out are required");
+        return qi_fail(err, QI_ERR_ARG, "%s: x, ctx, t and out are required", fn);
     if (grid_h < 1 || grid_w < 1)
-        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: patch grid %dx%d", grid_h, grid_w);
-    int64_t B = x->ndim == 3 ? x->ne[0] : 0, Li = (int64_t)grid_h * grid_w;
+        return qi_fail(err, QI_ERR_ARG, "%s: patch grid %dx%d", fn, grid_h, grid_w);
+    const char *part = img_rows == (int64_t)grid_h * grid_w ? "" : " (this rank's shard)";
+    int64_t B = x->ndim == 3 ? x->ne[0] : 0, Li = img_rows;
     int64_t out_dim = (int64_t)c->out_channels * c->patch_size * c->patch_size;
     if (x->ndim != 3 || x->ne[1] != Li || x->ne[2] != c->in_channels || B < 1)
-        return qi_fail(err, QI_ERR_ARG,
-                       "qi_dit_forward: x is %s, expected [B, %lld, %d] for a %dx%d patch grid",
-                       qi_shape_str(x, s1, sizeof s1), (long long)Li, c->in_channels, grid_h, grid_w);
+        return qi_fail(err, QI_ERR_ARG, "%s: x is %s, expected [B, %lld, %d] for a %dx%d patch grid%s",
+                       fn, qi_shape_str(x, s1, sizeof s1), (long long)Li, c->in_channels, grid_h,
+                       grid_w, part);
     if (ctx->ndim != 3 || ctx->ne[0] != B || ctx->ne[1] < 1 || ctx->ne[2] != c->joint_dim)
-        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: ctx is %s, expected [%lld, L_txt >= 1, %d]",
+        return qi_fail(err, QI_ERR_ARG, "%s: ctx is %s, expected [%lld, L_txt >= 1, %d]", fn,
                        qi_shape_str(ctx, s1, sizeof s1), (long long)B, c->joint_dim);
     if (ctx_mask && (ctx_mask->dtype != QI_I32 || ctx_mask->ndim != 2 || ctx_mask->ne[0] != B ||
                      ctx_mask->ne[1] != ctx->ne[1]))
-        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: ctx_mask is %s %s, expected I32 [%lld, %lld]",
+        return qi_fail(err, QI_ERR_ARG, "%s: ctx_mask is %s %s, expected I32 [%lld, %lld]", fn,
                        qi_dtype_name(ctx_mask->dtype), qi_shape_str(ctx_mask, s1, sizeof s1),
                        (long long)B, (long long)ctx->ne[1]);
     if (out->ndim != 3 || out->ne[0] != B || out->ne[1] != Li || out->ne[2] != out_dim)
-        return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: out is %s, expected [%lld, %lld, %lld]",
+        return qi_fail(err, QI_ERR_ARG, "%s: out is %s, expected [%lld, %lld, %lld]", fn,
                        qi_shape_str(out, s1, sizeof s1), (long long)B, (long long)Li,
                        (long long)out_dim);
     qi_dtype act = d->be->act_dtype;
     if (x->dtype != act || ctx->dtype != act || out->dtype != act)
-        return qi_fail(err, QI_ERR_ARG,
-                       "qi_dit_forward: x, ctx, out must be %s activations (got %s, %s, %s)",
-                       qi_dtype_name(act), qi_dtype_name(x->dtype), qi_dtype_name(ctx->dtype),
+        return qi_fail(err, QI_ERR_ARG, "%s: x, ctx, out must be %s activations (got %s, %s, %s)",
+                       fn, qi_dtype_name(act), qi_dtype_name(x->dtype), qi_dtype_name(ctx->dtype),
                        qi_dtype_name(out->dtype));
     for (int64_t b = 0; b < B; b++)
         if (!isfinite(t[b]))
-            return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: t[%lld] is not finite", (long long)b);
+            return qi_fail(err, QI_ERR_ARG, "%s: t[%lld] is not finite", fn, (long long)b);
     return QI_OK;
 }
 
-static qi_status forward_in_arena(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
+/* The forward of x's image tokens: the whole image (sp NULL) or this rank's
+ * shard of a Ulysses group (sp, comm). */
+static qi_status forward_in_arena(qi_dit *d, const qi_ulysses *sp, qi_comm *comm,
+                                  const qi_tensor *x, const qi_tensor *ctx,
                                   const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
                                   qi_tensor *out, qi_error *err) {
     qi_backend *be = d->be;
@@ -752,7 +837,9 @@ static qi_status forward_in_arena(qi_dit *d, const qi_tensor *x, const qi_tensor
     a.B = x->ne[0];
     a.Li = x->ne[1];
     a.Lt = ctx->ne[1];
-    a.Lj = a.Lt + a.Li;
+    a.Lj = a.Lt + (int64_t)grid_h * grid_w;
+    a.sp = sp;
+    a.comm = comm;
 
     rope_entry *rope = NULL;
     qi_status st = rope_for_shape(d, grid_h, grid_w, (int)a.Lt, &rope, err);
@@ -785,7 +872,8 @@ static qi_status forward_in_arena(qi_dit *d, const qi_tensor *x, const qi_tensor
     op->rms_norm(be, ctx, &d->txt_norm, DIT_EPS, &ctx_normed);
     op->linear(be, &ctx_normed, &d->txt_in.w, &d->txt_in.b, QI_ACT_NONE, &a.txt);
 
-    for (int i = 0; i < c->num_layers; i++) block_forward(d, i, &a);
+    for (int i = 0; i < c->num_layers && st == QI_OK; i++) st = block_forward(d, i, &a, err);
+    if (st != QI_OK) return st;
 
     /* norm_out: [scale | shift] — scale FIRST (trap 1), row stride 2D */
     qi_tensor out_mod = qi_slice_rows(&a.mods, 2 * (int64_t)c->num_layers * a.B, a.B);
@@ -800,10 +888,36 @@ qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
                          const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
                          qi_tensor *out, qi_error *err) {
     if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: no transformer");
-    qi_status st = check_inputs(d, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
+    qi_status st = check_inputs(d, "qi_dit_forward", x, ctx, ctx_mask, t, grid_h, grid_w,
+                                (int64_t)grid_h * grid_w, out, err);
     if (st != QI_OK) return st;
     size_t mark = d->be->ops->mark(d->be);
-    st = forward_in_arena(d, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
+    st = forward_in_arena(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
     d->be->ops->reset(d->be, mark);
+    return st;
+}
+
+qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
+                            const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t,
+                            int grid_h, int grid_w, qi_tensor *out_local, qi_error *err) {
+    if (!comm) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: no communicator");
+    qi_ulysses plan;
+    qi_status st = d ? QI_OK : qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: no transformer");
+    if (st == QI_OK && (grid_h < 1 || grid_w < 1))
+        st = qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: patch grid %dx%d", grid_h, grid_w);
+    if (st == QI_OK)
+        st = qi_ulysses_plan(comm->size, comm->rank, (int64_t)grid_h * grid_w, d->cfg.num_heads,
+                             d->cfg.head_dim, &plan, err);
+    if (st == QI_OK)
+        st = check_inputs(d, "qi_dit_forward_sp", x_local, ctx, ctx_mask, t, grid_h, grid_w,
+                          qi_ulysses_shard_len(&plan, plan.rank), out_local, err);
+    if (st == QI_OK) {
+        size_t mark = d->be->ops->mark(d->be);
+        st = forward_in_arena(d, &plan, comm, x_local, ctx, ctx_mask, t, grid_h, grid_w, out_local,
+                              err);
+        d->be->ops->reset(d->be, mark);
+    }
+    /* the other ranks may be waiting in a collective for this one: release them */
+    if (st != QI_OK) qi_comm_abort(comm);
     return st;
 }

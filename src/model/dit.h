@@ -18,6 +18,7 @@
 
 #include "backend/backend.h"
 #include "model/lora.h"
+#include "parallel/comm.h"
 
 typedef struct qi_dit qi_dit;
 
@@ -56,6 +57,21 @@ const qi_dit_config *qi_dit_get_config(const qi_dit *d);
 qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
                          const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
                          qi_tensor *out, qi_error *err);
+
+/* The same call on one rank of a Ulysses sequence-parallel group
+ * (parallel/ulysses.h): every rank of comm calls it together, each with
+ *   x_local   [B, len, in_channels]  its shard of the packed latents: tokens
+ *             [qi_ulysses_shard_begin(rank), +len) of the grid_h·grid_w,
+ *             len = qi_ulysses_shard_len(rank) for a plan of comm's size
+ *   ctx, ctx_mask, t                 the whole text and timesteps (every rank)
+ *   out_local [B, len, out_channels·patch²] the velocity of its shard.
+ * Weights are replicated (each rank loads its own qi_dit on its own backend).
+ * comm's size must divide num_heads, and the grid have at least one token
+ * per rank. On any failure the group is aborted (qi_comm_abort) so the other
+ * ranks return instead of waiting: make a new communicator after an error. */
+qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
+                            const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t,
+                            int grid_h, int grid_w, qi_tensor *out_local, qi_error *err);
 
 /* ---- exposed for tests and benchmarks ---- */
 
