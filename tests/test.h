@@ -9,6 +9,7 @@
 #define QI_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,17 @@ static inline void qi_test_msg(const char *fmt, ...) {
 }
 static int qi_test_passed, qi_test_failed;
 
+/* Records a failed REQUIRE the way CHECK reports a failure. */
+static inline void qi_test_fail(const char *file, int line, const char *cond, const char *fmt, ...) {
+    va_list ap;
+    qi_test_failed_checks++;
+    fprintf(stderr, "  FAIL %s:%d: %s: ", file, line, cond);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+}
+
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
         if (!(cond)) {                                                                     \
@@ -33,6 +45,16 @@ static int qi_test_passed, qi_test_failed;
             fprintf(stderr, "  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
             qi_test_msg("" __VA_ARGS__);                                                   \
             fprintf(stderr, "\n");                                                         \
+        }                                                                                  \
+    } while (0)
+
+/* REQUIRE(cond, ...) is a CHECK that the rest of the claim needs: when it
+ * fails, the claim's function returns there. */
+#define REQUIRE(cond, ...)                                                                 \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            qi_test_fail(__FILE__, __LINE__, #cond, "" __VA_ARGS__);                       \
+            return;                                                                        \
         }                                                                                  \
     } while (0)
 
@@ -66,6 +88,24 @@ static inline double qi_rel_l2(const float *a, const float *b, size_t n) {
         den += (double)b[i] * (double)b[i];
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Largest |a − b| over n floats; NaN once either side has a NaN there, so a
+ * `diff <= tolerance` check fails on it. */
+static inline double qi_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || d != d) m = d;
+    }
+    return m;
+}
+
+/* The bit pattern of a float (bit-exact comparisons, hex in messages). */
+static inline uint32_t qi_f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
 }
 
 #endif

@@ -13,6 +13,7 @@
  * resident-block cap are assigned to threads differently on GPUs smaller than
  * an H200 (spec §4.7); the test says so instead of failing on them.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,50 +24,7 @@
 #include "io/safetensors.h"
 #include "sample/rng.h"
 #include "test.h"
-
-/* Tensor `name` of a reference file as a malloc'd float array (F32 / BF16 in
- * the file), its element count in *n; NULL if absent. */
-static float *ref_get(const qi_st_file *f, const char *name, int64_t *n) {
-    const qi_st_tensor *t = qi_st_file_find(f, name);
-    if (!t) return NULL;
-    int64_t count = 1;
-    for (int d = 0; d < t->ndim; d++) count *= t->shape[d];
-    float *out = malloc((size_t)(count ? count : 1) * sizeof *out);
-    if (!out || qi_to_f32(out, t->data, t->dtype, (size_t)count) != 0) {
-        free(out);
-        return NULL;
-    }
-    if (n) *n = count;
-    return out;
-}
-
-static const char *randn_path(void) {
-    const char *env = getenv("QI_RANDN_FILE");
-    return env && *env ? env : QI_SHARED_DIR "/reference/torch_randn.safetensors";
-}
-
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-/* "cuda.float32.seed42.1x1x16x128x128" -> dtype, seed (device must be cuda). */
-static int parse_cuda_key(const char *key, qi_dtype *dtype, uint64_t *seed) {
-    const char *p;
-    if (strncmp(key, "cuda.float32.", 13) == 0) {
-        *dtype = QI_F32;
-        p = key + 13;
-    } else if (strncmp(key, "cuda.bfloat16.", 14) == 0) {
-        *dtype = QI_BF16;
-        p = key + 14;
-    } else {
-        return -1;
-    }
-    if (strncmp(p, "seed", 4) != 0) return -1;
-    *seed = strtoull(p + 4, NULL, 10);
-    return 0;
-}
+#include "testdata.h"
 
 /* SMs x (max threads per SM / 256): torch's grid cap on this GPU. */
 static int64_t this_gpu_grid_cap(void) {
@@ -88,48 +46,37 @@ static void gpu_is_present(void) {
 }
 
 static void cuda_vectors_bit_exact(void) {
-    qi_st_file *f = NULL;
-    qi_error open_err;
-    if (qi_st_open(randn_path(), &f, &open_err) != QI_OK) {
-        CHECK(0, "%s", open_err.msg);
-        return;
-    }
     const int64_t cap = this_gpu_grid_cap();
-    if (cap <= 0) {
-        CHECK(0, "no usable CUDA device");
-        qi_st_close(f);
-        return;
-    }
+    REQUIRE(cap > 0, "no usable CUDA device");
+    qi_st_file *f = ref_randn_open();
+    if (!f) return;
     int total = 0, exact = 0, skipped = 0;
     double worst_cpu = 0;
-    for (int ti = 0; ti < f->n_tensors; ti++) {
-        const qi_st_tensor *t = &f->tensors[ti];
-        qi_dtype dtype;
-        uint64_t seed;
-        if (parse_cuda_key(t->name, &dtype, &seed) != 0) continue;
-        int64_t n = 0;
-        float *want = ref_get(f, t->name, &n);
-        CHECK(want != NULL, "%s unreadable", t->name);
-        if (!want) continue;
+    randn_vector v;
+    for (int next = 0; randn_next(f, "cuda", &next, &v);) {
+        const int64_t n = v.n;
+        const qi_dtype dtype = v.dtype;
+        const uint64_t seed = v.seed;
+        const float *want = v.values;
         total++;
         if (n > 256 * cap && cap < QI_PHILOX_GRID_H200) {
             printf("  %s: skipped, %lld elements exceed this GPU's %lld resident threads "
                    "(the H200 reference assigns them differently)\n",
-                   t->name, (long long)n, (long long)(256 * cap));
+                   v.name, (long long)n, (long long)(256 * cap));
             skipped++;
-            free(want);
+            free(v.values);
             continue;
         }
         float *got = malloc((size_t)n * sizeof *got), *cpu = malloc((size_t)n * sizeof *cpu);
         qi_error err;
         qi_status st = qi_randn_philox_cuda(seed, 0, n, dtype, got, &err);
-        CHECK(st == QI_OK, "%s: %s", t->name, err.msg);
+        CHECK(st == QI_OK, "%s: %s", v.name, err.msg);
         int64_t differ = 0, first = -1;
         for (int64_t i = 0; st == QI_OK && i < n; i++)
-            if (bits_of(got[i]) != bits_of(want[i]) && differ++ == 0) first = i;
+            if (qi_f32_bits(got[i]) != qi_f32_bits(want[i]) && differ++ == 0) first = i;
         if (st == QI_OK && differ == 0) exact++;
         CHECK(st == QI_OK && differ == 0,
-              "%s: %lld of %lld elements differ (first [%lld] %.9g vs %.9g)", t->name,
+              "%s: %lld of %lld elements differ (first [%lld] %.9g vs %.9g)", v.name,
               (long long)differ, (long long)n, (long long)first, first >= 0 ? got[first] : 0.0f,
               first >= 0 ? want[first] : 0.0f);
         if (dtype == QI_F32 && st == QI_OK) {
@@ -139,7 +86,7 @@ static void cuda_vectors_bit_exact(void) {
         }
         free(got);
         free(cpu);
-        free(want);
+        free(v.values);
     }
     printf("  %d/%d CUDA vectors bit-exact on the GPU (%d skipped); CPU recomputation max abs "
            "diff %.3g\n",
@@ -154,10 +101,7 @@ static void cuda_vectors_bit_exact(void) {
  * the CPU recomputation must agree there too (the counter is offset/4). */
 static void nonzero_offset_matches_cpu(void) {
     const int64_t cap = this_gpu_grid_cap();
-    if (cap <= 0) {
-        CHECK(0, "no usable CUDA device");
-        return;
-    }
+    REQUIRE(cap > 0, "no usable CUDA device");
     enum { N = 440896 }; /* 1328x1328 latents: more than one lane per thread on an H200 */
     float *gpu = malloc(N * sizeof *gpu), *cpu = malloc(N * sizeof *cpu);
     qi_error err;

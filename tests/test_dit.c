@@ -14,10 +14,10 @@
 #include "model/dit.h"
 #include "model/lora.h"
 #include "test.h"
+#include "testdata.h"
 
-#define PUBLIC QI_SHARED_DIR "/reference/public"
-#define TRANSFORMER_DIR PUBLIC "/model/transformer"
-#define REF_LORA PUBLIC "/lora.safetensors"
+#define TRANSFORMER_DIR QI_REF_MODEL "/transformer"
+#define REF_LORA QI_REF_PUBLIC "/lora.safetensors"
 
 static qi_backend *be;
 
@@ -40,10 +40,10 @@ typedef struct ref_case {
 
 static int read_case(const char *name, ref_case *c) {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s/case.json", PUBLIC, name);
-    cJSON *j;
+    ref_case_path(path, sizeof path, name, "case.json");
+    cJSON *j = ref_case_json(name);
     qi_error err;
-    if (qi_json_load(path, &j, &err) != QI_OK) return -1;
+    if (!j) return -1;
     snprintf(c->name, sizeof c->name, "%s", name);
     int ok = qi_json_get_int(j, "height", path, &c->height, &err) == QI_OK &&
              qi_json_get_int(j, "width", path, &c->width, &err) == QI_OK &&
@@ -67,22 +67,50 @@ static qi_dit *load_dit(int with_lora) {
     return d;
 }
 
+/* What a claim about one reference case needs: its case.json, its tensors
+ * and the transformer (+ the reference LoRA when the case uses it). 0, or -1
+ * with a failed CHECK and nothing left open. */
+static int open_case(const char *name, ref_case *c, qi_st_set **ref, qi_dit **d) {
+    *ref = NULL;
+    *d = NULL;
+    if (read_case(name, c) != 0) {
+        CHECK(0, "case %s readable", name);
+        return -1;
+    }
+    char path[512];
+    qi_error err;
+    ref_case_path(path, sizeof path, name, "tensors.safetensors");
+    if (qi_st_set_open_file(path, ref, &err) != QI_OK) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
+    *d = load_dit(c->lora);
+    CHECK(*d != NULL, "transformer%s loads", c->lora ? " + LoRA" : "");
+    if (!*d) {
+        qi_st_set_close(*ref);
+        *ref = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Reference tensor "call<call>.<what>" (the transformer's inputs and output
+ * at that call), or NULL. */
+static const qi_st_tensor *call_tensor(const qi_st_set *ref, int call, const char *what) {
+    char key[96];
+    snprintf(key, sizeof key, "call%d.%s", call, what);
+    return qi_st_find(ref, key);
+}
+
 /* Runs call `call` of a case; returns rel L2 vs noise_pred (or -1), writes
  * the seconds taken. mask_mode: 1 use prompt_embeds_mask if present, 0 ignore it. */
 static double run_call(qi_dit *d, const qi_st_set *ref, const ref_case *c, int call, int mask_mode,
                        double *seconds, float *out_host) {
-    char k[64];
-    const qi_st_tensor *hs, *ts, *ehs, *np, *mask;
-    snprintf(k, sizeof k, "call%d.hidden_states", call);
-    hs = qi_st_find(ref, k);
-    snprintf(k, sizeof k, "call%d.timestep", call);
-    ts = qi_st_find(ref, k);
-    snprintf(k, sizeof k, "call%d.encoder_hidden_states", call);
-    ehs = qi_st_find(ref, k);
-    snprintf(k, sizeof k, "call%d.noise_pred", call);
-    np = qi_st_find(ref, k);
-    snprintf(k, sizeof k, "call%d.encoder_hidden_states_mask", call);
-    mask = qi_st_find(ref, k);
+    const qi_st_tensor *hs = call_tensor(ref, call, "hidden_states");
+    const qi_st_tensor *ts = call_tensor(ref, call, "timestep");
+    const qi_st_tensor *ehs = call_tensor(ref, call, "encoder_hidden_states");
+    const qi_st_tensor *np = call_tensor(ref, call, "noise_pred");
+    const qi_st_tensor *mask = call_tensor(ref, call, "encoder_hidden_states_mask");
     if (!mask) mask = qi_st_find(ref, "prompt_embeds_mask");
     if (!mask_mode) mask = NULL;
     if (!hs || !ts || !ehs || !np) return -1;
@@ -187,27 +215,15 @@ static void rope_tables_rotate_each_axis_by_its_own_frequencies(void) {
 /* Every call of one case through qi_dit_forward vs the reference noise_pred. */
 static void check_case(const char *name) {
     ref_case c;
-    CHECK(read_case(name, &c) == 0, "case %s readable", name);
-    qi_st_set *ref = NULL;
-    qi_error err;
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", PUBLIC, name);
-    CHECK(qi_st_set_open_file(path, &ref, &err) == QI_OK, "%s", err.msg);
-    qi_dit *d = load_dit(c.lora);
-    CHECK(d != NULL, "transformer%s loads", c.lora ? " + LoRA" : "");
-    if (!ref || !d) {
-        qi_st_set_close(ref);
-        qi_dit_free(d);
-        return;
-    }
+    qi_st_set *ref;
+    qi_dit *d;
+    if (open_case(name, &c, &ref, &d) != 0) return;
     /* The reference's callN.timestep is the scheduler timestep / 1000 — what
      * qi_dit_forward takes — i.e. one of timesteps[]/1000 (cond and uncond
      * share a step). */
     const qi_st_tensor *steps = qi_st_find(ref, "timesteps");
     for (int i = 0; steps && i < c.calls; i++) {
-        char k[64];
-        snprintf(k, sizeof k, "call%d.timestep", i);
-        const qi_st_tensor *ts = qi_st_find(ref, k);
+        const qi_st_tensor *ts = call_tensor(ref, i, "timestep");
         float tv = ts ? ((const float *)ts->data)[0] : -1;
         int found = 0;
         for (int s = 0; s < steps->shape[0]; s++)
@@ -235,18 +251,10 @@ static void matches_reference_batch2_lightning4_lora(void) { check_case("batch2_
 /* Without the padding mask the padded sample is far off: the mask is used. */
 static void padding_mask_is_applied(void) {
     ref_case c;
-    qi_st_set *ref = NULL;
-    qi_error err;
-    CHECK(read_case("batch2_lightning4_lora", &c) == 0, "case readable");
-    CHECK(qi_st_set_open_file(PUBLIC "/batch2_lightning4_lora/tensors.safetensors", &ref, &err) ==
-              QI_OK, "%s", err.msg);
-    qi_dit *d = load_dit(1);
-    if (!ref || !d) {
-        CHECK(0, "inputs load");
-        qi_st_set_close(ref);
-        qi_dit_free(d);
-        return;
-    }
+    qi_st_set *ref;
+    qi_dit *d;
+    if (open_case("batch2_lightning4_lora", &c, &ref, &d) != 0) return;
+    CHECK(c.lora, "batch2_lightning4_lora runs with the LoRA");
     double s, with = run_call(d, ref, &c, 0, 1, &s, NULL), without = run_call(d, ref, &c, 0, 0, &s, NULL);
     printf("  batch2 call 0: rel L2 with mask %.2e, without %.2e\n", with, without);
     CHECK(without > 1e-2 && with < 1e-4, "mask must matter: with %.3g without %.3g", with, without);
@@ -258,18 +266,11 @@ static void padding_mask_is_applied(void) {
  * gives bit-identical results; an odd grid runs too. */
 static void repeated_calls_are_identical_across_shapes(void) {
     ref_case c;
-    qi_st_set *ref = NULL;
+    qi_st_set *ref;
+    qi_dit *d;
+    if (open_case("zh_cfg4_base", &c, &ref, &d) != 0) return;
+    CHECK(!c.lora, "zh_cfg4_base runs without a LoRA");
     qi_error err;
-    CHECK(read_case("zh_cfg4_base", &c) == 0, "case readable");
-    CHECK(qi_st_set_open_file(PUBLIC "/zh_cfg4_base/tensors.safetensors", &ref, &err) == QI_OK,
-          "%s", err.msg);
-    qi_dit *d = load_dit(0);
-    if (!ref || !d) {
-        CHECK(0, "inputs load");
-        qi_st_set_close(ref);
-        qi_dit_free(d);
-        return;
-    }
     size_t n = 32 * 64;
     float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
     double s;
@@ -306,30 +307,8 @@ static void repeated_calls_are_identical_across_shapes(void) {
 
 /* ---- config / weight checking ------------------------------------------------------ */
 
-/* A temp transformer dir: config text given, weights symlinked to the tiny model's. */
-static int make_dir(char *dir, const char *config_text) {
-    strcpy(dir, "/tmp/qi_test_dit_XXXXXX");
-    if (!mkdtemp(dir)) return -1;
-    char p[600];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    FILE *f = fopen(p, "w");
-    if (!f) return -1;
-    fputs(config_text, f);
-    fclose(f);
-    snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
-    return symlink(TRANSFORMER_DIR "/diffusion_pytorch_model.safetensors", p);
-}
-
-static void remove_dir(const char *dir) {
-    char p[600];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
-    unlink(p);
-    rmdir(dir);
-}
-
-/* Loads with the tiny config where `from` is replaced by `to`; returns the status. */
+/* Loads a temp transformer dir (the tiny config where `from` is replaced by
+ * `to`, the tiny weights linked); returns the status. */
 static qi_status load_with_config_edit(const char *from, const char *to, qi_error *err) {
     char *text;
     size_t len;
@@ -343,11 +322,13 @@ static qi_status load_with_config_edit(const char *from, const char *to, qi_erro
     snprintf(edited, sizeof edited, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
     free(text);
     char dir[64];
-    if (make_dir(dir, edited) != 0) return qi_fail(err, QI_ERR_IO, "test: temp dir");
+    if (tmp_component_dir(dir, sizeof dir, "dit", edited, TRANSFORMER_DIR,
+                          "diffusion_pytorch_model.safetensors") != 0)
+        return qi_fail(err, QI_ERR_IO, "test: temp dir");
     qi_dit *d = NULL;
     qi_status st = qi_dit_load(dir, be, NULL, &d, err);
     qi_dit_free(d);
-    remove_dir(dir);
+    tmp_remove_tree(dir);
     return st;
 }
 

@@ -9,6 +9,7 @@
  * r·w+c, channel ch·4+dy·2+dx and unpacking inverts it; the final Euler step
  * followed by qi_latents_to_vae_in reproduces vae_in bit for bit.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,22 +21,7 @@
 #include "sample/latents.h"
 #include "sample/rng.h"
 #include "test.h"
-
-/* Tensor `name` of a reference file as a malloc'd float array (F32 / BF16 in
- * the file), its element count in *n; NULL if absent. */
-static float *ref_get(const qi_st_file *f, const char *name, int64_t *n) {
-    const qi_st_tensor *t = qi_st_file_find(f, name);
-    if (!t) return NULL;
-    int64_t count = 1;
-    for (int d = 0; d < t->ndim; d++) count *= t->shape[d];
-    float *out = malloc((size_t)(count ? count : 1) * sizeof *out);
-    if (!out || qi_to_f32(out, t->data, t->dtype, (size_t)count) != 0) {
-        free(out);
-        return NULL;
-    }
-    if (n) *n = count;
-    return out;
-}
+#include "testdata.h"
 
 typedef struct public_case {
     const char *name;
@@ -51,43 +37,13 @@ static const public_case CASES[] = {
     {"batch2_lightning4_lora", 5, 2, 64, 64, 4, 1},
 };
 
-static const char *randn_path(void) {
-    const char *env = getenv("QI_RANDN_FILE");
-    return env && *env ? env : QI_SHARED_DIR "/reference/torch_randn.safetensors";
-}
-
-static double max_abs_diff(const float *a, const float *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (d > m || d != d) m = d;
-    }
-    return m;
-}
-
-/* Reads one number of case.json so the table above cannot drift from it. */
-static double case_json_number(const char *case_name, const char *key) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/public/%s/case.json", QI_SHARED_DIR, case_name);
-    char *text = NULL;
-    size_t len = 0;
-    qi_error err;
-    if (qi_read_text_file(path, &text, &len, &err) != QI_OK) return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
-    cJSON_Delete(root);
-    return d;
-}
-
 static void case_table_matches_case_json(void) {
     for (size_t i = 0; i < QI_ARRAY_LEN(CASES); i++) {
         const public_case *c = &CASES[i];
-        CHECK(case_json_number(c->name, "seed") == (double)c->seed, "%s seed", c->name);
-        CHECK(case_json_number(c->name, "height") == c->height, "%s height", c->name);
-        CHECK(case_json_number(c->name, "width") == c->width, "%s width", c->name);
-        CHECK(case_json_number(c->name, "steps") == c->steps, "%s steps", c->name);
+        CHECK(ref_case_number(c->name, "seed") == (double)c->seed, "%s seed", c->name);
+        CHECK(ref_case_number(c->name, "height") == c->height, "%s height", c->name);
+        CHECK(ref_case_number(c->name, "width") == c->width, "%s width", c->name);
+        CHECK(ref_case_number(c->name, "steps") == c->steps, "%s steps", c->name);
     }
 }
 
@@ -96,17 +52,10 @@ static void case_table_matches_case_json(void) {
 static void initial_noise_reproduces_call0_hidden_states(void) {
     for (size_t i = 0; i < QI_ARRAY_LEN(CASES); i++) {
         const public_case *c = &CASES[i];
-        char path[512];
-        snprintf(path, sizeof path, "%s/reference/public/%s/tensors.safetensors", QI_SHARED_DIR,
-                 c->name);
-        qi_st_file *f = NULL;
-        qi_error open_err;
-        if (qi_st_open(path, &f, &open_err) != QI_OK) {
-            CHECK(0, "%s", open_err.msg);
-            continue;
-        }
+        qi_st_file *f = ref_case_tensors(c->name);
+        if (!f) continue;
         int64_t n = 0;
-        float *want = ref_get(f, "call0.hidden_states", &n);
+        float *want = ref_floats(f, "call0.hidden_states", &n);
         qi_latent_shape s;
         qi_error err;
         CHECK(qi_latent_shape_of(c->height, c->width, &s, &err) == QI_OK, "%s", err.msg);
@@ -117,7 +66,7 @@ static void initial_noise_reproduces_call0_hidden_states(void) {
             CHECK(qi_initial_noise(c->seed, QI_RNG_CPU, QI_F32, c->batch, c->height, c->width,
                                    got, &err) == QI_OK,
                   "%s", err.msg);
-            double d = max_abs_diff(got, want, n);
+            double d = qi_max_abs_diff(got, want, (size_t)n);
             printf("  case %s: initial noise vs call0.hidden_states max abs diff = %.3g\n",
                    c->name, d);
             CHECK(memcmp(got, want, (size_t)n * sizeof *got) == 0, "%s: not bit-exact", c->name);
@@ -135,7 +84,7 @@ static void compare_with_randn_vector(const qi_st_file *f, const char *key, uint
                                       qi_rng_kind rng, qi_dtype dtype, int B, int height,
                                       int width, double tolerance) {
     int64_t n = 0;
-    float *lat = ref_get(f, key, &n);
+    float *lat = ref_floats(f, key, &n);
     CHECK(lat != NULL, "%s missing", key);
     if (!lat) return;
     qi_latent_shape s;
@@ -147,7 +96,7 @@ static void compare_with_randn_vector(const qi_st_file *f, const char *key, uint
         qi_latents_pack(lat, B, s.lat_h, s.lat_w, want);
         CHECK(qi_initial_noise(seed, rng, dtype, B, height, width, got, &err) == QI_OK, "%s",
               err.msg);
-        double d = max_abs_diff(got, want, n);
+        double d = qi_max_abs_diff(got, want, (size_t)n);
         printf("  %s (%dx%d px, batch %d): max abs diff = %.3g\n", key, width, height, B, d);
         CHECK(d <= tolerance, "%s: max abs diff %.3g > %.3g", key, d, tolerance);
         free(want);
@@ -157,12 +106,8 @@ static void compare_with_randn_vector(const qi_st_file *f, const char *key, uint
 }
 
 static void initial_noise_matches_randn_reference(void) {
-    qi_st_file *f = NULL;
-    qi_error open_err;
-    if (qi_st_open(randn_path(), &f, &open_err) != QI_OK) {
-        CHECK(0, "%s", open_err.msg);
-        return;
-    }
+    qi_st_file *f = ref_randn_open();
+    if (!f) return;
     /* [1,1,16,12,16] = 128x96 px; [2,1,16,6,10] = 80x48 px, a 3x5 patch grid */
     compare_with_randn_vector(f, "cpu.float32.seed42.1x1x16x12x16", 42, QI_RNG_CPU, QI_F32, 1,
                               96, 128, 0.0);
@@ -253,14 +198,9 @@ static void geometry_floors_and_rejects(void) {
 /* ---- VAE input ---------------------------------------------------------------- */
 
 static int read_vae_stats(float *mean, float *std) {
-    char *text = NULL;
-    size_t len = 0;
+    cJSON *root = NULL;
     qi_error err;
-    if (qi_read_text_file(QI_SHARED_DIR "/reference/public/model/vae/config.json", &text, &len,
-                          &err) != QI_OK)
-        return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
+    if (qi_json_load(QI_REF_MODEL "/vae/config.json", &root, &err) != QI_OK) return -1;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "latents_mean");
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(root, "latents_std");
     int ok = cJSON_GetArraySize(m) == 16 && cJSON_GetArraySize(s) == 16;
@@ -280,22 +220,16 @@ static void vae_in_from_final_latents(void) {
     for (size_t i = 0; i < QI_ARRAY_LEN(CASES); i++) {
         const public_case *c = &CASES[i];
         if (!c->lightning) continue;
-        char path[512], key[64];
-        snprintf(path, sizeof path, "%s/reference/public/%s/tensors.safetensors", QI_SHARED_DIR,
-                 c->name);
-        qi_st_file *f = NULL;
-        qi_error open_err;
-        if (qi_st_open(path, &f, &open_err) != QI_OK) {
-            CHECK(0, "%s", open_err.msg);
-            continue;
-        }
+        qi_st_file *f = ref_case_tensors(c->name);
+        if (!f) continue;
+        char key[64];
         int64_t n = 0, nv = 0, ns = 0, nz = 0;
         snprintf(key, sizeof key, "call%d.hidden_states", c->steps - 1);
-        float *x = ref_get(f, key, &n);
+        float *x = ref_floats(f, key, &n);
         snprintf(key, sizeof key, "call%d.noise_pred", c->steps - 1);
-        float *v = ref_get(f, key, &nv);
-        float *sigmas = ref_get(f, "sigmas", &ns);
-        float *want = ref_get(f, "vae_in", &nz);
+        float *v = ref_floats(f, key, &nv);
+        float *sigmas = ref_floats(f, "sigmas", &ns);
+        float *want = ref_floats(f, "vae_in", &nz);
         CHECK(x && v && sigmas && want && n == nv && n == nz && ns == c->steps + 1,
               "%s: reference tensors missing or mis-sized", c->name);
         if (x && v && sigmas && want && n == nv && n == nz && ns == c->steps + 1) {
@@ -303,7 +237,7 @@ static void vae_in_from_final_latents(void) {
             for (int64_t k = 0; k < n; k++) x[k] = x[k] + dt * v[k];
             float *got = malloc((size_t)n * sizeof *got);
             qi_latents_to_vae_in(x, c->batch, c->height, c->width, mean, std, got);
-            double d = max_abs_diff(got, want, n);
+            double d = qi_max_abs_diff(got, want, (size_t)n);
             printf("  case %s: vae_in max abs diff = %.3g\n", c->name, d);
             CHECK(memcmp(got, want, (size_t)n * sizeof *got) == 0, "%s: vae_in not bit-exact",
                   c->name);

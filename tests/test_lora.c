@@ -14,10 +14,10 @@
 #include "model/dit.h"
 #include "model/lora.h"
 #include "test.h"
+#include "testdata.h"
 
-#define PUBLIC QI_SHARED_DIR "/reference/public"
-#define TRANSFORMER_DIR PUBLIC "/model/transformer"
-#define REF_LORA PUBLIC "/lora.safetensors"
+#define TRANSFORMER_DIR QI_REF_MODEL "/transformer"
+#define REF_LORA QI_REF_PUBLIC "/lora.safetensors"
 
 static char tmp_dir[64];
 static qi_st_set *model;     /* the tiny transformer's weights */
@@ -222,18 +222,12 @@ static float *fuse_file(const char *path, float strength, size_t *n, int *target
     return w;
 }
 
-/* ---- claims ------------------------------------------------------------------------ */
-
-static void reference_lora_fuses_with_alpha_over_rank(void) {
-    size_t n;
-    int targets = 0;
-    float *w = fuse_file(REF_LORA, 1.0f, &n, &targets);
-    CHECK(w != NULL, "fuses");
-    CHECK(targets == 28, "28 weights touched, got %d", targets);
-    if (!w) return;
-    /* W + 0.5 · up @ down, computed in double */
+/* Largest relative deviation |f − x| / (1 + |x|) of the fused weights `fused`
+ * (fuse_all's layout) from x = W + scale · up @ down of the reference LoRA's
+ * modules, computed in double. */
+static double max_deviation_from_ref_update(const float *fused, double scale) {
     double worst = 0;
-    float *p = w;
+    const float *p = fused;
     for (int i = 0; i < n_weight_names; i++) {
         const ref_module *m = NULL;
         for (int j = 0; j < n_mods; j++) {
@@ -249,12 +243,25 @@ static void reference_lora_fuses_with_alpha_over_rank(void) {
             for (int64_t k = 0; k < I; k++) {
                 double acc = 0;
                 for (int64_t q = 0; q < r; q++) acc += (double)up[o * r + q] * down[q * I + k];
-                double want = qi_bf16_to_f32(((const uint16_t *)t->data)[o * I + k]) + 0.5 * acc;
+                double want = qi_bf16_to_f32(((const uint16_t *)t->data)[o * I + k]) + scale * acc;
                 double e = fabs(p[o * I + k] - want) / (1 + fabs(want));
                 if (e > worst) worst = e;
             }
         p += O * I;
     }
+    return worst;
+}
+
+/* ---- claims ------------------------------------------------------------------------ */
+
+static void reference_lora_fuses_with_alpha_over_rank(void) {
+    size_t n;
+    int targets = 0;
+    float *w = fuse_file(REF_LORA, 1.0f, &n, &targets);
+    CHECK(w != NULL, "fuses");
+    CHECK(targets == 28, "28 weights touched, got %d", targets);
+    if (!w) return;
+    double worst = max_deviation_from_ref_update(w, 0.5);
     printf("  reference LoRA (kohya, rank 8, alpha 4): max rel deviation from W + 0.5·up@down = %.2e\n", worst);
     CHECK(worst < 1e-6, "fused weights deviate by %.3g", worst);
     free(w);
@@ -408,29 +415,7 @@ static void two_loras_add_with_their_strengths(void) {
     float *w = fuse_all(set, &n, &t, &err, &st);
     CHECK(w != NULL, "%s", err.msg);
     /* expected: W + 0.5·Δ + 0.25·0.5·(−3Δ) = W + 0.125·Δ with Δ = up@down */
-    double worst = 0;
-    float *p = w;
-    for (int i = 0; w && i < n_weight_names; i++) {
-        const ref_module *m = NULL;
-        for (int j = 0; j < n_mods; j++) {
-            char name[160];
-            snprintf(name, sizeof name, "%.127s.weight", mods[j].name);
-            if (strcmp(name, weight_names[i]) == 0) m = &mods[j];
-        }
-        if (!m) continue;
-        const qi_st_tensor *wt = qi_st_find(model, weight_names[i]);
-        int64_t O = wt->shape[0], I = wt->shape[1], r = m->down->shape[0];
-        const float *up = m->up->data, *down = m->down->data;
-        for (int64_t o = 0; o < O; o++)
-            for (int64_t k = 0; k < I; k++) {
-                double acc = 0;
-                for (int64_t q = 0; q < r; q++) acc += (double)up[o * r + q] * down[q * I + k];
-                double want = qi_bf16_to_f32(((const uint16_t *)wt->data)[o * I + k]) + 0.125 * acc;
-                double e = fabs(p[o * I + k] - want) / (1 + fabs(want));
-                if (e > worst) worst = e;
-            }
-        p += O * I;
-    }
+    double worst = w ? max_deviation_from_ref_update(w, 0.125) : 0;
     printf("  ref @1.0 + lora_unet(-3·up) @0.25: max rel deviation from W + 0.125·Δ = %.2e\n", worst);
     CHECK(worst < 1e-6, "sum deviates by %.3g", worst);
     free(w);
@@ -438,9 +423,9 @@ static void two_loras_add_with_their_strengths(void) {
 }
 
 int main(void) {
-    qi_error err;
-    strcpy(tmp_dir, "/tmp/qi_test_lora_XXXXXX");
-    if (!mkdtemp(tmp_dir) || qi_st_set_open_dir(TRANSFORMER_DIR, "diffusion_pytorch_model", &model, &err) != QI_OK ||
+    qi_error err = {{0}};
+    if (tmp_dir_make(tmp_dir, sizeof tmp_dir, "lora") != 0 ||
+        qi_st_set_open_dir(TRANSFORMER_DIR, "diffusion_pytorch_model", &model, &err) != QI_OK ||
         qi_st_set_open_file(REF_LORA, &ref_lora, &err) != QI_OK) {
         fprintf(stderr, "setup: %s\n", err.msg);
         return 1;
@@ -458,10 +443,7 @@ int main(void) {
     RUN(malformed_files_are_refused);
     RUN(two_loras_add_with_their_strengths);
 
-    /* clean the temp dir */
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    tmp_remove_tree(tmp_dir);
     free(weight_names);
     qi_st_set_close(model);
     qi_st_set_close(ref_lora);

@@ -13,7 +13,6 @@
  * with its manifest dtype and shape, in the shard it was written to.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,8 +22,9 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "test.h"
+#include "testdata.h"
 
-static char tmp_root[256];
+static char tmp_root[64];
 static cJSON *manifest;
 
 static const struct component {
@@ -37,33 +37,6 @@ static const struct component {
     {"text_encoder", "text_encoder", "model", 4},
     {"vae", "vae", "diffusion_pytorch_model", 1},
 };
-
-static void rm_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-            char child[1024];
-            snprintf(child, sizeof child, "%s/%s", path, de->d_name);
-            rm_tree(child);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fputs(text, f);
-    fclose(f);
-}
 
 /* One manifest entry: ["BF16", [d0, d1, ...]]. */
 typedef struct entry {
@@ -187,8 +160,8 @@ static void check_component(const struct component *c, const char *dir) {
             cJSON_AddStringToObject(weight_map, e[i].name, name);
         }
         char *text = cJSON_Print(index);
-        snprintf(path, sizeof path, "%s/%s.safetensors.index.json", dir, c->stem);
-        write_text(path, text);
+        snprintf(name, sizeof name, "%s.safetensors.index.json", c->stem);
+        write_text_in(dir, name, text);
         cJSON_free(text);
     }
     cJSON_Delete(index);
@@ -250,20 +223,16 @@ static void full_size_checkpoint_layout_loads(void) {
     }
     /* model_index.json and the tokenizer are the reference model's real files;
      * the configs only need to be JSON objects for the layout check */
-    char *text;
+    char *text = NULL;
     qi_error err = {{0}};
-    snprintf(path, sizeof path, "%s/reference/public/model/model_index.json", QI_SHARED_DIR);
-    CHECK(qi_read_text_file(path, &text, NULL, &err) == QI_OK, "%s", err.msg);
-    snprintf(path, sizeof path, "%s/model_index.json", root);
-    write_text(path, text ? text : "{}");
+    CHECK(qi_read_text_file(QI_REF_MODEL "/model_index.json", &text, NULL, &err) == QI_OK, "%s",
+          err.msg);
+    write_text_in(root, "model_index.json", text ? text : "{}");
     free(text);
     const char *configs[] = {"transformer/config.json", "text_encoder/config.json",
                              "vae/config.json",         "scheduler/scheduler_config.json",
                              "tokenizer/vocab.json",    "tokenizer/merges.txt"};
-    for (size_t i = 0; i < QI_ARRAY_LEN(configs); i++) {
-        snprintf(path, sizeof path, "%s/%s", root, configs[i]);
-        write_text(path, "{}");
-    }
+    for (size_t i = 0; i < QI_ARRAY_LEN(configs); i++) write_text_in(root, configs[i], "{}");
     qi_model_dir md;
     qi_status st = qi_model_dir_open(root, &md, &err);
     CHECK(st == QI_OK, "%s", err.msg);
@@ -302,14 +271,10 @@ int main(void) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/qi_test_manifest_XXXXXX");
-    if (!mkdtemp(tmp_root)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    if (tmp_dir_make(tmp_root, sizeof tmp_root, "manifest") != 0) return 2;
     RUN(manifest_knows_the_real_architecture);
     RUN(full_size_checkpoint_layout_loads);
-    rm_tree(tmp_root);
+    tmp_remove_tree(tmp_root);
     cJSON_Delete(manifest);
     TEST_END();
 }

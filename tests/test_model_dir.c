@@ -7,7 +7,6 @@
  * Broken layouts are built in a temporary folder at run time.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -15,37 +14,9 @@
 
 #include "io/model_dir.h"
 #include "test.h"
+#include "testdata.h"
 
-static char tmp_root[256];
-
-static void rm_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-            char child[1024];
-            snprintf(child, sizeof child, "%s/%s", path, de->d_name);
-            rm_tree(child);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
-static void write_text(const char *root, const char *rel, const char *text) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", root, rel);
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fputs(text, f);
-    fclose(f);
-}
+static char tmp_root[64];
 
 static const char *model_index_json =
     "{\n  \"_class_name\": \"QwenImagePipeline\",\n"
@@ -67,13 +38,22 @@ static const char *fake_model(const char *name) {
         snprintf(d, sizeof d, "%s/%s", root, dirs[i]);
         mkdir(d, 0755);
     }
-    write_text(root, "model_index.json", model_index_json);
-    write_text(root, "transformer/config.json", "{\"num_layers\": 2}");
-    write_text(root, "text_encoder/config.json", "{\"hidden_size\": 64}");
-    write_text(root, "vae/config.json", "{\"z_dim\": 16}");
-    write_text(root, "tokenizer/vocab.json", "{}");
-    write_text(root, "tokenizer/merges.txt", "#version: 0.2\n");
-    write_text(root, "scheduler/scheduler_config.json", "{\"shift\": 1.0}");
+    write_text_in(root, "model_index.json", model_index_json);
+    write_text_in(root, "transformer/config.json", "{\"num_layers\": 2}");
+    write_text_in(root, "text_encoder/config.json", "{\"hidden_size\": 64}");
+    write_text_in(root, "vae/config.json", "{\"z_dim\": 16}");
+    write_text_in(root, "tokenizer/vocab.json", "{}");
+    write_text_in(root, "tokenizer/merges.txt", "#version: 0.2\n");
+    write_text_in(root, "scheduler/scheduler_config.json", "{\"shift\": 1.0}");
+    return root;
+}
+
+/* fake_model(name) less one of its files (`rel`, relative to the model root). */
+static const char *fake_model_without(const char *name, const char *rel) {
+    const char *root = fake_model(name);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    CHECK(unlink(path) == 0, "cannot remove %s", path);
     return root;
 }
 
@@ -92,8 +72,7 @@ static void expect_open_error(const char *label, const char *path, qi_status sta
 /* ---- the directory ------------------------------------------------------ */
 
 static void reference_model_dir_opens(void) {
-    char root[512];
-    snprintf(root, sizeof root, "%s/reference/public/model", QI_SHARED_DIR);
+    const char *root = QI_REF_MODEL;
     qi_model_dir md;
     qi_error err = {{0}};
     qi_status st = qi_model_dir_open(root, &md, &err);
@@ -131,7 +110,7 @@ static void missing_dir(void) {
 }
 
 static void path_is_a_file(void) {
-    write_text(tmp_root, "model.safetensors", "x");
+    write_text_in(tmp_root, "model.safetensors", "x");
     char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", tmp_root);
     expect_open_error("path is a file", path, QI_ERR_ARG,
@@ -149,28 +128,28 @@ static void dir_without_model_index(void) {
 
 static void malformed_model_index(void) {
     const char *root = fake_model("malformed_index");
-    write_text(root, "model_index.json",
+    write_text_in(root, "model_index.json",
                "{\n  \"_class_name\": \"QwenImagePipeline\",\n  \"vae\": [\"diffusers\" "
                "\"AutoencoderKLQwenImage\"]\n}\n");
     expect_open_error("malformed index", root, QI_ERR_FORMAT,
                       "model_index.json: line 3: JSON syntax error near '");
-    write_text(root, "model_index.json", "[\"transformer\"]");
+    write_text_in(root, "model_index.json", "[\"transformer\"]");
     expect_open_error("index not object", root, QI_ERR_FORMAT,
                       "model_index.json: expected a JSON object mapping components");
-    write_text(root, "model_index.json", "");
+    write_text_in(root, "model_index.json", "");
     expect_open_error("index empty", root, QI_ERR_FORMAT,
                       "model_index.json: empty (expected JSON)");
 }
 
 static void model_index_missing_or_null_component(void) {
     const char *root = fake_model("index_without_vae");
-    write_text(
+    write_text_in(
         root, "model_index.json",
         "{\"scheduler\": [\"diffusers\", \"S\"], \"text_encoder\": [\"transformers\", \"T\"],"
         " \"tokenizer\": [\"transformers\", \"K\"], \"transformer\": [\"diffusers\", \"M\"]}");
     expect_open_error("index lacks vae", root, QI_ERR_FORMAT,
                       "model_index.json: no 'vae' entry; a Qwen-Image pipeline lists transformer");
-    write_text(root, "model_index.json",
+    write_text_in(root, "model_index.json",
                "{\"scheduler\": [\"diffusers\", \"S\"], \"text_encoder\": [null, null],"
                " \"tokenizer\": [\"transformers\", \"K\"], \"transformer\": [\"diffusers\", \"M\"],"
                " \"vae\": [\"diffusers\", \"V\"]}");
@@ -179,39 +158,30 @@ static void model_index_missing_or_null_component(void) {
 }
 
 static void missing_component_folder(void) {
-    const char *root = fake_model("no_vae_folder");
+    const char *root = fake_model_without("no_vae_folder", "vae/config.json");
     char path[1024];
-    snprintf(path, sizeof path, "%s/vae/config.json", root);
-    unlink(path);
     snprintf(path, sizeof path, "%s/vae", root);
-    rmdir(path);
+    CHECK(rmdir(path) == 0, "cannot remove %s", path);
     expect_open_error("missing vae folder", root, QI_ERR_IO,
                       "/vae: missing folder (model_index.json lists 'vae'); the download is "
                       "incomplete: fetch vae/ from Qwen/Qwen-Image");
 }
 
 static void missing_config_files(void) {
-    const char *root = fake_model("no_transformer_config");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/transformer/config.json", root);
-    unlink(path);
+    const char *root = fake_model_without("no_transformer_config", "transformer/config.json");
     expect_open_error("missing config", root, QI_ERR_IO,
                       "transformer/config.json: missing; the download is incomplete: fetch "
                       "transformer/config.json from Qwen/Qwen-Image");
 
-    root = fake_model("no_merges");
-    snprintf(path, sizeof path, "%s/tokenizer/merges.txt", root);
-    unlink(path);
+    root = fake_model_without("no_merges", "tokenizer/merges.txt");
     expect_open_error("missing merges.txt", root, QI_ERR_IO, "tokenizer/merges.txt: missing");
 
-    root = fake_model("no_scheduler_config");
-    snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", root);
-    unlink(path);
+    root = fake_model_without("no_scheduler_config", "scheduler/scheduler_config.json");
     expect_open_error("missing scheduler", root, QI_ERR_IO,
                       "scheduler/scheduler_config.json: missing");
 
     root = fake_model("broken_vae_config");
-    write_text(root, "vae/config.json", "{\n\"z_dim\": 16,\n\"base_dim\": ,\n}");
+    write_text_in(root, "vae/config.json", "{\n\"z_dim\": 16,\n\"base_dim\": ,\n}");
     expect_open_error("malformed config", root, QI_ERR_FORMAT,
                       "vae/config.json: line 3: JSON syntax error near '");
 }
@@ -219,7 +189,7 @@ static void missing_config_files(void) {
 /* ---- JSON helpers ------------------------------------------------------- */
 
 static void json_load_reports_line_and_text(void) {
-    write_text(tmp_root, "bad.json", "{\n  \"a\": 1,\n  \"b\": [1, 2,, 3]\n}\n");
+    write_text_in(tmp_root, "bad.json", "{\n  \"a\": 1,\n  \"b\": [1, 2,, 3]\n}\n");
     char path[512];
     snprintf(path, sizeof path, "%s/bad.json", tmp_root);
     cJSON *j = NULL;
@@ -231,7 +201,7 @@ static void json_load_reports_line_and_text(void) {
           "%s", err.msg);
     printf("  %s\n", err.msg);
 
-    write_text(tmp_root, "cut.json", "{\n  \"a\": [1, 2\n");
+    write_text_in(tmp_root, "cut.json", "{\n  \"a\": [1, 2\n");
     snprintf(path, sizeof path, "%s/cut.json", tmp_root);
     st = qi_json_load(path, &j, &err);
     CHECK(st == QI_ERR_FORMAT && strstr(err.msg, "cut.json: line 2: JSON syntax error: unexpected "
@@ -243,7 +213,7 @@ static void json_load_reports_line_and_text(void) {
     st = qi_json_load(path, &j, &err);
     CHECK(st == QI_ERR_IO && strstr(err.msg, "absent.json: cannot open"), "%s", err.msg);
 
-    write_text(tmp_root, "bom.json", "\xef\xbb\xbf{\"a\": 1}\n");
+    write_text_in(tmp_root, "bom.json", "\xef\xbb\xbf{\"a\": 1}\n");
     snprintf(path, sizeof path, "%s/bom.json", tmp_root);
     st = qi_json_load(path, &j, &err);
     CHECK(st == QI_OK && j, "a UTF-8 BOM is accepted: %s", err.msg);
@@ -325,11 +295,7 @@ static void json_getters_are_typed_and_strict(void) {
 }
 
 int main(void) {
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/qi_test_md_XXXXXX");
-    if (!mkdtemp(tmp_root)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    if (tmp_dir_make(tmp_root, sizeof tmp_root, "md") != 0) return 2;
     RUN(reference_model_dir_opens);
     RUN(fake_complete_layout_opens);
     RUN(missing_dir);
@@ -341,6 +307,6 @@ int main(void) {
     RUN(missing_config_files);
     RUN(json_load_reports_line_and_text);
     RUN(json_getters_are_typed_and_strict);
-    rm_tree(tmp_root);
+    tmp_remove_tree(tmp_root);
     TEST_END();
 }

@@ -4,6 +4,7 @@
  * right padding, and the reference input_ids / attention_mask of the public
  * cases.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,9 +13,9 @@
 #include "io/safetensors.h"
 #include "model/prompt.h"
 #include "test.h"
+#include "testdata.h"
 
-#define MODEL_TOKENIZER QI_SHARED_DIR "/reference/public/model/tokenizer"
-#define CASES_DIR QI_SHARED_DIR "/reference/public"
+#define MODEL_TOKENIZER QI_REF_MODEL "/tokenizer"
 
 static qi_tokenizer *tok;
 
@@ -65,27 +66,18 @@ static void template_is_the_pipeline_template(void) {
 }
 
 static void empty_prompt_gives_prefix_and_suffix(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     check_single("", NULL, 0);
 }
 
 static void spec_examples(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     check_single(" ", (int32_t[]){220}, 1); /* the usual negative prompt: 6 embeddings */
     check_single("a red apple on a table", (int32_t[]){64, 2518, 23268, 389, 264, 1965}, 6);
 }
 
 static void leading_newline_merges_with_the_template(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     const char *prompt = "\nhello";
     qi_prompt_batch b;
     qi_error err;
@@ -116,36 +108,19 @@ static int64_t dim1(const qi_st_file *f, const char *name) {
 }
 
 static void check_case(const char *name) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s/case.json", CASES_DIR, name);
-    char *json_text;
-    size_t len;
-    qi_error err;
-    if (qi_read_text_file(path, &json_text, &len, &err) != QI_OK) {
-        CHECK(0, "%s", err.msg);
-        return;
-    }
-    cJSON *c = cJSON_Parse(json_text);
-    free(json_text);
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", CASES_DIR, name);
-    qi_st_file *f = NULL;
-    qi_status st = qi_st_open(path, &f, &err);
-    CHECK(c && st == QI_OK, "%s: %s", name, st == QI_OK ? "case.json is not JSON" : err.msg);
-    if (!c || st != QI_OK) {
+    cJSON *c = ref_case_json(name);
+    qi_st_file *f = ref_case_tensors(name);
+    const char *prompts[8];
+    int n = c ? ref_case_prompts(c, prompts, 8) : -1;
+    if (!f || n < 0) {
         cJSON_Delete(c);
         qi_st_close(f);
         return;
     }
 
-    /* prompt: a string or a list of strings */
-    const char *prompts[8];
-    int n = 0;
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(c, "prompt");
-    if (cJSON_IsString(p)) prompts[n++] = p->valuestring;
-    for (const cJSON *e = cJSON_IsArray(p) ? p->child : NULL; e && n < 8; e = e->next) prompts[n++] = e->valuestring;
-
     qi_prompt_batch b;
-    st = qi_prompt_tokenize(tok, prompts, n, 512, &b, &err); /* refgen: max_sequence_length=512 */
+    qi_error err;
+    qi_status st = qi_prompt_tokenize(tok, prompts, n, 512, &b, &err); /* refgen: max_sequence_length=512 */
     CHECK(st == QI_OK, "%s: %s", name, err.msg);
     const int32_t *ref_ids = NULL, *ref_mask = NULL;
     int64_t rows = 0, cols = 0, mrows = 0, mcols = 0;
@@ -206,26 +181,17 @@ static void check_case(const char *name) {
 }
 
 static void case_en_lightning8_lora(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     check_case("en_lightning8_lora");
 }
 
 static void case_zh_cfg4_base(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     check_case("zh_cfg4_base");
 }
 
 static void case_batch2_lightning4_lora(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     check_case("batch2_lightning4_lora");
 }
 
@@ -239,10 +205,7 @@ static char *long_prompt(int words) {
 }
 
 static void long_prompt_is_cut_to_1058_ids(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     char *prompt = long_prompt(1500); /* ~3000 ids */
     char *templated;
     int32_t *full;
@@ -278,10 +241,7 @@ static void long_prompt_is_cut_to_1058_ids(void) {
 }
 
 static void batch_is_right_padded_with_endoftext(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     char *long_one = long_prompt(1500);
     const char *prompts[3] = {"a", long_one, "a red apple on a table"};
     qi_prompt_batch b;
@@ -309,10 +269,7 @@ static void batch_is_right_padded_with_endoftext(void) {
 }
 
 static void bad_arguments_are_errors(void) {
-    if (!tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(tok, "no tokenizer");
     const char *ok[1] = {"x"};
     const char *bad_utf8[2] = {"fine", "ab\xFFz"};
     const char *with_null[2] = {"fine", NULL};

@@ -10,6 +10,7 @@
  * (float32; the GPU's __sincosf is approximate) and bf16 ones almost always
  * bit-exactly.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,54 +20,7 @@
 #include "io/safetensors.h"
 #include "sample/rng.h"
 #include "test.h"
-
-/* Tensor `name` of a reference file as a malloc'd float array (F32 / BF16 in
- * the file), its element count in *n; NULL if absent. */
-static float *ref_get(const qi_st_file *f, const char *name, int64_t *n) {
-    const qi_st_tensor *t = qi_st_file_find(f, name);
-    if (!t) return NULL;
-    int64_t count = 1;
-    for (int d = 0; d < t->ndim; d++) count *= t->shape[d];
-    float *out = malloc((size_t)(count ? count : 1) * sizeof *out);
-    if (!out || qi_to_f32(out, t->data, t->dtype, (size_t)count) != 0) {
-        free(out);
-        return NULL;
-    }
-    if (n) *n = count;
-    return out;
-}
-
-static const char *randn_path(void) {
-    const char *env = getenv("QI_RANDN_FILE");
-    return env && *env ? env : QI_SHARED_DIR "/reference/torch_randn.safetensors";
-}
-
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-/* "cpu.float32.seed42.1x1x16x128x128" -> device, dtype, seed. */
-static int parse_key(const char *key, char *device, size_t cap, qi_dtype *dtype, uint64_t *seed) {
-    const char *p = strchr(key, '.');
-    if (!p || (size_t)(p - key) >= cap) return -1;
-    memcpy(device, key, (size_t)(p - key));
-    device[p - key] = 0;
-    p++;
-    if (strncmp(p, "float32.", 8) == 0) {
-        *dtype = QI_F32;
-        p += 8;
-    } else if (strncmp(p, "bfloat16.", 9) == 0) {
-        *dtype = QI_BF16;
-        p += 9;
-    } else {
-        return -1;
-    }
-    if (strncmp(p, "seed", 4) != 0) return -1;
-    *seed = strtoull(p + 4, NULL, 10);
-    return 0;
-}
+#include "testdata.h"
 
 /* ---- MT19937 and uniforms ----------------------------------------------- */
 
@@ -111,8 +65,8 @@ static void cpu_reference_values(void) {
     CHECK(qi_randn_cpu(42, QI_F32, 16, v, &err) == QI_OK, "%s", err.msg);
     const uint32_t want42[4] = {0x3FF6A529u, 0x3FBE5F53u, 0x3F669567u, 0xC006C0DBu};
     for (int i = 0; i < 4; i++)
-        CHECK(bits_of(v[i]) == want42[i], "f32 seed 42 [%d] = %.9g (0x%08X), want 0x%08X", i,
-              v[i], bits_of(v[i]), want42[i]);
+        CHECK(qi_f32_bits(v[i]) == want42[i], "f32 seed 42 [%d] = %.9g (0x%08X), want 0x%08X", i,
+              v[i], qi_f32_bits(v[i]), want42[i]);
     CHECK(qi_randn_cpu(0, QI_F32, 33, v, &err) == QI_OK, "%s", err.msg);
     const float want0[4] = {-1.12583983f, -1.15236020f, -0.250578582f, -0.433878809f};
     for (int i = 0; i < 4; i++)
@@ -160,38 +114,26 @@ static void bad_arguments_are_errors(void) {
 /* ---- the reference vectors ---------------------------------------------- */
 
 static void cpu_vectors_bit_exact(void) {
-    qi_st_file *f = NULL;
-    qi_error open_err;
-    if (qi_st_open(randn_path(), &f, &open_err) != QI_OK) {
-        CHECK(0, "%s", open_err.msg);
-        return;
-    }
+    qi_st_file *f = ref_randn_open();
+    if (!f) return;
     int total = 0, exact = 0;
-    for (int ti = 0; ti < f->n_tensors; ti++) {
-        const qi_st_tensor *t = &f->tensors[ti];
-        char device[16];
-        qi_dtype dtype;
-        uint64_t seed;
-                if (parse_key(t->name, device, sizeof device, &dtype, &seed) != 0 ||
-            strcmp(device, "cpu") != 0)
-            continue;
-        int64_t n = 0;
-        float *want = ref_get(f, t->name, &n);
-        CHECK(want != NULL, "%s unreadable", t->name);
-        if (!want) continue;
+    randn_vector v;
+    for (int next = 0; randn_next(f, "cpu", &next, &v);) {
+        const int64_t n = v.n;
+        const float *want = v.values;
         float *got = malloc((size_t)n * sizeof *got);
         qi_error err;
-        CHECK(qi_randn_cpu(seed, dtype, n, got, &err) == QI_OK, "%s", err.msg);
+        CHECK(qi_randn_cpu(v.seed, v.dtype, n, got, &err) == QI_OK, "%s", err.msg);
         int64_t differ = 0, first = -1;
         for (int64_t i = 0; i < n; i++)
-            if (bits_of(got[i]) != bits_of(want[i]) && differ++ == 0) first = i;
+            if (qi_f32_bits(got[i]) != qi_f32_bits(want[i]) && differ++ == 0) first = i;
         total++;
         if (differ == 0) exact++;
         CHECK(differ == 0, "%s: %lld of %lld elements differ (first [%lld] %.9g vs %.9g)",
-              t->name, (long long)differ, (long long)n, (long long)first,
+              v.name, (long long)differ, (long long)n, (long long)first,
               first >= 0 ? got[first] : 0.0f, first >= 0 ? want[first] : 0.0f);
         free(got);
-        free(want);
+        free(v.values);
     }
     printf("  %d/%d CPU vectors bit-exact\n", exact, total);
     CHECK(total == 30, "expected 30 CPU vectors, found %d", total);
@@ -238,29 +180,18 @@ static void philox_grid_reassigns_elements(void) {
 }
 
 static void cuda_vectors_on_cpu(void) {
-    qi_st_file *f = NULL;
-    qi_error open_err;
-    if (qi_st_open(randn_path(), &f, &open_err) != QI_OK) {
-        CHECK(0, "%s", open_err.msg);
-        return;
-    }
+    qi_st_file *f = ref_randn_open();
+    if (!f) return;
     int f32_total = 0, f32_within = 0, bf16_total = 0, bf16_exact = 0;
     double worst_f32 = 0;
     int64_t bf16_elems = 0, bf16_differ = 0;
-    for (int ti = 0; ti < f->n_tensors; ti++) {
-        const qi_st_tensor *t = &f->tensors[ti];
-        char device[16];
-        qi_dtype dtype;
-        uint64_t seed;
-                if (parse_key(t->name, device, sizeof device, &dtype, &seed) != 0 ||
-            strcmp(device, "cuda") != 0)
-            continue;
-        int64_t n = 0;
-        float *want = ref_get(f, t->name, &n);
-        CHECK(want != NULL, "%s unreadable", t->name);
-        if (!want) continue;
+    randn_vector v;
+    for (int next = 0; randn_next(f, "cuda", &next, &v);) {
+        const int64_t n = v.n;
+        const qi_dtype dtype = v.dtype;
+        const float *want = v.values;
         float *got = malloc((size_t)n * sizeof *got);
-        qi_randn_philox_cpu(seed, 0, n, QI_PHILOX_GRID_H200, dtype, got);
+        qi_randn_philox_cpu(v.seed, 0, n, QI_PHILOX_GRID_H200, dtype, got);
         double max_abs = 0;
         int64_t differ = 0, beyond_one_ulp = 0;
         for (int64_t i = 0; i < n; i++) {
@@ -271,7 +202,7 @@ static void cuda_vectors_on_cpu(void) {
              * by one bf16 step of the value (2^-8 relative, at least 3e-6 near 0) */
             if (dtype == QI_BF16 && d > fmax(3e-6, fabs((double)want[i]) / 128.0)) {
                 if (beyond_one_ulp == 0)
-                    printf("  %s [%lld]: %.9g vs %.9g\n", t->name, (long long)i, got[i], want[i]);
+                    printf("  %s [%lld]: %.9g vs %.9g\n", v.name, (long long)i, got[i], want[i]);
                 beyond_one_ulp++;
             }
         }
@@ -279,17 +210,17 @@ static void cuda_vectors_on_cpu(void) {
             f32_total++;
             if (max_abs <= 3e-6) f32_within++;
             if (max_abs > worst_f32) worst_f32 = max_abs;
-            CHECK(max_abs <= 3e-6, "%s: max abs diff %.3g > 3e-6", t->name, max_abs);
+            CHECK(max_abs <= 3e-6, "%s: max abs diff %.3g > 3e-6", v.name, max_abs);
         } else {
             bf16_total++;
             if (differ == 0) bf16_exact++;
             bf16_elems += n;
             bf16_differ += differ;
             CHECK(beyond_one_ulp == 0, "%s: %lld elements off by more than one bf16 rounding step",
-                  t->name, (long long)beyond_one_ulp);
+                  v.name, (long long)beyond_one_ulp);
         }
         free(got);
-        free(want);
+        free(v.values);
     }
     printf("  CUDA on CPU: %d/%d float32 vectors within 3e-6 (max abs diff %.3g); %d/%d bf16 "
            "vectors bit-exact (%lld of %lld elements differ by one bf16 step)\n",

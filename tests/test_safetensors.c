@@ -15,27 +15,11 @@
 
 #include "io/safetensors.h"
 #include "test.h"
+#include "testdata.h"
 
-static char tmp_root[256];
+static char tmp_root[64];
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static void rm_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-            char child[1024];
-            snprintf(child, sizeof child, "%s/%s", path, de->d_name);
-            rm_tree(child);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
 
 /* A fresh sub-folder of the test's temp dir. */
 static const char *subdir(const char *name) {
@@ -43,16 +27,6 @@ static const char *subdir(const char *name) {
     snprintf(path, sizeof path, "%s/%s", tmp_root, name);
     mkdir(path, 0755);
     return path;
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    if (n) fwrite(data, 1, n, f);
-    fclose(f);
 }
 
 /* A safetensors file by hand: the 8-byte length (header_len, which may lie),
@@ -63,7 +37,7 @@ static void craft(const char *path, uint64_t header_len, const char *header, siz
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(header_len >> (8 * i));
     memcpy(buf + 8, header, hl);
     for (size_t i = 0; i < data_len; i++) buf[8 + hl + i] = (unsigned char)i;
-    write_bytes(path, buf, total);
+    write_file(path, buf, total);
     free(buf);
 }
 
@@ -176,7 +150,7 @@ static void failed_write_leaves_nothing(void) {
     mkdir(path, 0755);
     char inner[600];
     snprintf(inner, sizeof inner, "%s/keep", path);
-    write_bytes(inner, "x", 1);
+    write_file(inner, "x", 1);
     qi_st_write_item one = {"a", QI_F32, 1, {2}, v};
     st = qi_st_write(path, &one, 1, &err);
     CHECK(st == QI_ERR_IO && strstr(err.msg, "cannot rename"), "rename onto a dir: %s", err.msg);
@@ -194,7 +168,7 @@ static void failed_write_leaves_nothing(void) {
 static void bad_file_shorter_than_8_bytes(void) {
     char path[512];
     snprintf(path, sizeof path, "%s/short.safetensors", subdir("bad"));
-    write_bytes(path, "\x10\x00\x00", 3);
+    write_file(path, "\x10\x00\x00", 3);
     qi_st_file *f = NULL;
     qi_error err = {{0}};
     qi_status st = qi_st_open(path, &f, &err);
@@ -203,30 +177,28 @@ static void bad_file_shorter_than_8_bytes(void) {
     printf("  %-22s %s\n", "short", err.msg);
 }
 
-static void bad_header_length_past_end(void) {
+/* A file of an empty 8-byte header whose length field says header_len: refused
+ * as a format error with a message holding `expect`. */
+static void expect_bad_header_length(const char *label, uint64_t header_len, const char *expect) {
     char path[512];
-    snprintf(path, sizeof path, "%s/len_past_end.safetensors", subdir("bad"));
-    craft(path, 1000, "{}      ", 0);
+    snprintf(path, sizeof path, "%s/%s.safetensors", subdir("bad"), label);
+    craft(path, header_len, "{}      ", 0);
     qi_st_file *f = NULL;
     qi_error err = {{0}};
     qi_status st = qi_st_open(path, &f, &err);
-    CHECK(st == QI_ERR_FORMAT &&
-              strstr(err.msg, "header length 1000 runs past the end of the file (16 bytes"),
-          "%s", err.msg);
-    printf("  %-22s %s\n", "len_past_end", err.msg);
+    CHECK(st == QI_ERR_FORMAT && strstr(err.msg, expect), "%s", err.msg);
+    printf("  %-22s %s\n", label, err.msg);
+    qi_st_close(f);
+}
+
+static void bad_header_length_past_end(void) {
+    expect_bad_header_length("len_past_end", 1000,
+                             "header length 1000 runs past the end of the file (16 bytes");
 }
 
 static void bad_header_length_over_100mb(void) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/len_huge.safetensors", subdir("bad"));
-    craft(path, 200000000ull, "{}      ", 0);
-    qi_st_file *f = NULL;
-    qi_error err = {{0}};
-    qi_status st = qi_st_open(path, &f, &err);
-    CHECK(st == QI_ERR_FORMAT &&
-              strstr(err.msg, "header length 200000000 exceeds the 100 MB limit"),
-          "%s", err.msg);
-    printf("  %-22s %s\n", "len_huge", err.msg);
+    expect_bad_header_length("len_huge", 200000000ull,
+                             "header length 200000000 exceeds the 100 MB limit");
 }
 
 static void bad_header_not_utf8(void) {
@@ -389,7 +361,7 @@ static void reference_model_components_open(void) {
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(parts); i++) {
         char dir[512];
-        snprintf(dir, sizeof dir, "%s/reference/public/model/%s", QI_SHARED_DIR, parts[i].dir);
+        snprintf(dir, sizeof dir, "%s/%s", QI_REF_MODEL, parts[i].dir);
         qi_st_set *s = NULL;
         qi_error err = {{0}};
         double t0 = qi_now_s();
@@ -409,8 +381,7 @@ static void reference_model_components_open(void) {
 }
 
 static void get_reports_shape_dtype_and_missing(void) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/reference/public/model/transformer", QI_SHARED_DIR);
+    const char *dir = QI_REF_MODEL "/transformer";
     qi_st_set *s = NULL;
     qi_error err = {{0}};
     if (qi_st_set_open_dir(dir, "diffusion_pytorch_model", &s, &err) != QI_OK) {
@@ -468,12 +439,6 @@ static void write_shard(const char *dir, const char *file, const char *const *na
     if (qi_st_write(path, items, n, &err) != QI_OK) fprintf(stderr, "write_shard: %s\n", err.msg);
 }
 
-static void write_text(const char *dir, const char *file, const char *text) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    write_bytes(path, text, strlen(text));
-}
-
 #define SHARD1 "model-00001-of-00002.safetensors"
 #define SHARD2 "model-00002-of-00002.safetensors"
 
@@ -482,7 +447,7 @@ static void sharded_set_resolves_names_to_shards(void) {
     const char *a[] = {"layers.0.w", "layers.1.w"}, *b[] = {"layers.2.w", "norm.w"};
     write_shard(dir, SHARD1, a, 2);
     write_shard(dir, SHARD2, b, 2);
-    write_text(dir, "model.safetensors.index.json",
+    write_text_in(dir, "model.safetensors.index.json",
                "{\"metadata\": {\"total_size\": 64},\n \"weight_map\": {\n"
                "  \"layers.0.w\": \"" SHARD1 "\",\n  \"layers.1.w\": \"" SHARD1 "\",\n"
                "  \"layers.2.w\": \"" SHARD2 "\",\n  \"norm.w\": \"" SHARD2 "\"}}\n");
@@ -512,7 +477,7 @@ static void expect_bad_index(const char *label, const char *index_json, const ch
     const char *dir = subdir(label);
     write_shard(dir, SHARD1, a, na);
     if (nb) write_shard(dir, SHARD2, b, nb);
-    write_text(dir, "model.safetensors.index.json", index_json);
+    write_text_in(dir, "model.safetensors.index.json", index_json);
     qi_st_set *s = NULL;
     qi_error err = {{0}};
     qi_status st = qi_st_set_open_dir(dir, "model", &s, &err);
@@ -565,7 +530,7 @@ static void set_open_dir_fallbacks(void) {
     printf("  two_others: %s\n", err.msg);
 
     dir = subdir("pickle_only");
-    write_text(dir, "pytorch_model.bin", "not really");
+    write_text_in(dir, "pytorch_model.bin", "not really");
     st = qi_st_set_open_dir(dir, "model", &s, &err);
     CHECK(st == QI_ERR_UNSUPPORTED && strstr(err.msg, "pickle"), "%s", err.msg);
     printf("  pickle_only: %s\n", err.msg);
@@ -585,11 +550,7 @@ static void set_open_dir_fallbacks(void) {
 }
 
 int main(void) {
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/qi_test_st_XXXXXX");
-    if (!mkdtemp(tmp_root)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    if (tmp_dir_make(tmp_root, sizeof tmp_root, "st") != 0) return 2;
     RUN(round_trip_every_dtype);
     RUN(failed_write_leaves_nothing);
     RUN(bad_file_shorter_than_8_bytes);
@@ -617,6 +578,6 @@ int main(void) {
     RUN(sharded_set_resolves_names_to_shards);
     RUN(sharded_set_index_errors);
     RUN(set_open_dir_fallbacks);
-    rm_tree(tmp_root);
+    tmp_remove_tree(tmp_root);
     TEST_END();
 }

@@ -12,7 +12,7 @@
  * unsupported option, wrong class, bad JSON, no file) are errors that name
  * the key.
  */
-#include <cjson/cJSON.h>
+#define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,22 +22,7 @@
 #include "io/safetensors.h"
 #include "sample/scheduler.h"
 #include "test.h"
-
-/* Tensor `name` of a reference file as a malloc'd float array (F32 / BF16 in
- * the file), its element count in *n; NULL if absent. */
-static float *ref_get(const qi_st_file *f, const char *name, int64_t *n) {
-    const qi_st_tensor *t = qi_st_file_find(f, name);
-    if (!t) return NULL;
-    int64_t count = 1;
-    for (int d = 0; d < t->ndim; d++) count *= t->shape[d];
-    float *out = malloc((size_t)(count ? count : 1) * sizeof *out);
-    if (!out || qi_to_f32(out, t->data, t->dtype, (size_t)count) != 0) {
-        free(out);
-        return NULL;
-    }
-    if (n) *n = count;
-    return out;
-}
+#include "testdata.h"
 
 static const char *const CASES[] = {"en_lightning8_lora", "zh_cfg4_base",
                                     "batch2_lightning4_lora"};
@@ -52,21 +37,6 @@ static const char *QWEN_CONFIG =
     " \"time_shift_type\": \"exponential\", \"use_beta_sigmas\": false,"
     " \"use_dynamic_shifting\": true, \"use_exponential_sigmas\": false,"
     " \"use_karras_sigmas\": false}";
-
-static int case_number(const char *case_name, const char *key) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/public/%s/case.json", QI_SHARED_DIR, case_name);
-    char *text = NULL;
-    size_t len = 0;
-    qi_error err;
-    if (qi_read_text_file(path, &text, &len, &err) != QI_OK) return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    int d = cJSON_IsNumber(v) ? v->valueint : -1;
-    cJSON_Delete(root);
-    return d;
-}
 
 static int config_equal(const qi_scheduler_config *a, const qi_scheduler_config *b) {
     return a->num_train_timesteps == b->num_train_timesteps && a->shift == b->shift &&
@@ -89,23 +59,18 @@ static void public_cases_sigmas_and_timesteps(void) {
         char path[512];
         qi_error err;
         qi_scheduler_config cfg;
-        snprintf(path, sizeof path, "%s/reference/public/%s/case.json", QI_SHARED_DIR, CASES[i]);
+        ref_case_path(path, sizeof path, CASES[i], "case.json");
         CHECK(qi_scheduler_config_load(path, &cfg, &err) == QI_OK, "%s", err.msg);
-        int steps = case_number(CASES[i], "steps");
-        int height = case_number(CASES[i], "height"), width = case_number(CASES[i], "width");
+        int steps = (int)ref_case_number(CASES[i], "steps");
+        int height = (int)ref_case_number(CASES[i], "height");
+        int width = (int)ref_case_number(CASES[i], "width");
         int seq_len = (height / 16) * (width / 16);
 
-        snprintf(path, sizeof path, "%s/reference/public/%s/tensors.safetensors", QI_SHARED_DIR,
-                 CASES[i]);
-        qi_st_file *f = NULL;
-        qi_error open_err;
-        if (qi_st_open(path, &f, &open_err) != QI_OK) {
-            CHECK(0, "%s", open_err.msg);
-            continue;
-        }
+        qi_st_file *f = ref_case_tensors(CASES[i]);
+        if (!f) continue;
         int64_t ns = 0, nt = 0;
-        float *want_sigmas = ref_get(f, "sigmas", &ns);
-        float *want_timesteps = ref_get(f, "timesteps", &nt);
+        float *want_sigmas = ref_floats(f, "sigmas", &ns);
+        float *want_timesteps = ref_floats(f, "timesteps", &nt);
         CHECK(want_sigmas && want_timesteps && ns == steps + 1 && nt == steps,
               "%s: sigmas/timesteps missing or not %d(+1) long", CASES[i], steps);
         if (want_sigmas && want_timesteps && ns == steps + 1 && nt == steps) {
@@ -141,16 +106,15 @@ static void lightning_preset_is_the_lightning_cases_config(void) {
     qi_error err;
     char path[512];
     for (size_t i = 0; i < QI_ARRAY_LEN(LIGHTNING_CASES); i++) {
-        snprintf(path, sizeof path, "%s/reference/public/%s/case.json", QI_SHARED_DIR,
-                 LIGHTNING_CASES[i]);
+        ref_case_path(path, sizeof path, LIGHTNING_CASES[i], "case.json");
         CHECK(qi_scheduler_config_load(path, &cfg, &err) == QI_OK, "%s", err.msg);
         CHECK(config_equal(&preset, &cfg), "%s: config differs from the Lightning preset",
               LIGHTNING_CASES[i]);
     }
     /* the tiny model ships the Lightning config as its own */
-    snprintf(path, sizeof path, "%s/reference/public/model/scheduler/scheduler_config.json",
-             QI_SHARED_DIR);
-    CHECK(qi_scheduler_config_load(path, &cfg, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_scheduler_config_load(QI_REF_MODEL "/scheduler/scheduler_config.json", &cfg, &err) ==
+              QI_OK,
+          "%s", err.msg);
     CHECK(config_equal(&preset, &cfg), "model/scheduler/scheduler_config.json differs");
     CHECK(preset.base_shift == 1.0986122886681098, "base_shift %.17g", preset.base_shift);
 }
@@ -251,28 +215,21 @@ static void inverted_sigmas_mirror(void) {
 /* x(i+1) = x(i) + (sigma(i+1) - sigma(i))·v(i) reproduces the next call's
  * hidden_states of a cfg-1 case bit for bit. */
 static void euler_step_reproduces_next_call(void) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/public/en_lightning8_lora/tensors.safetensors",
-             QI_SHARED_DIR);
-    qi_st_file *f = NULL;
-    qi_error open_err;
-    if (qi_st_open(path, &f, &open_err) != QI_OK) {
-        CHECK(0, "%s", open_err.msg);
-        return;
-    }
+    qi_st_file *f = ref_case_tensors("en_lightning8_lora");
+    if (!f) return;
     int64_t ns = 0;
-    float *sigmas = ref_get(f, "sigmas", &ns);
+    float *sigmas = ref_floats(f, "sigmas", &ns);
     CHECK(sigmas && ns == 9, "sigmas");
     int exact_steps = 0;
     for (int i = 0; sigmas && i + 1 < 8; i++) {
         char key[64];
         int64_t n = 0, nv = 0, nn = 0;
         snprintf(key, sizeof key, "call%d.hidden_states", i);
-        float *x = ref_get(f, key, &n);
+        float *x = ref_floats(f, key, &n);
         snprintf(key, sizeof key, "call%d.noise_pred", i);
-        float *v = ref_get(f, key, &nv);
+        float *v = ref_floats(f, key, &nv);
         snprintf(key, sizeof key, "call%d.hidden_states", i + 1);
-        float *next = ref_get(f, key, &nn);
+        float *next = ref_floats(f, key, &nn);
         CHECK(x && v && next && n == nv && n == nn, "call%d tensors", i);
         if (x && v && next && n == nv && n == nn) {
             qi_scheduler_euler_step(x, v, n, sigmas[i], sigmas[i + 1]);

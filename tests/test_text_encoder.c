@@ -19,10 +19,9 @@
 #include "model/text_encoder.h"
 #include "model/tokenizer.h"
 #include "test.h"
+#include "testdata.h"
 
-#define MODEL_DIR QI_SHARED_DIR "/reference/public/model"
-#define TE_DIR MODEL_DIR "/text_encoder"
-#define CASES_DIR QI_SHARED_DIR "/reference/public"
+#define TE_DIR QI_REF_MODEL "/text_encoder"
 
 static qi_backend *g_be;
 static qi_text_encoder *g_te;
@@ -55,13 +54,8 @@ typedef struct ref_case {
 
 static int case_open(const char *name, ref_case *c) {
     memset(c, 0, sizeof *c);
-    char path[512];
-    snprintf(path, sizeof path, CASES_DIR "/%s/tensors.safetensors", name);
-    qi_error err = {{0}};
-    if (qi_st_open(path, &c->file, &err) != QI_OK) {
-        CHECK(0, "%s", err.msg);
-        return -1;
-    }
+    c->file = ref_case_tensors(name);
+    if (!c->file) return -1;
     c->ids = ref_get(c->file, "input_ids");
     c->mask = ref_get(c->file, "attention_mask");
     c->embeds = ref_get(c->file, "prompt_embeds");
@@ -82,20 +76,10 @@ static void tmp_path(char *out, size_t cap, const char *name) {
     snprintf(out, cap, "%s/%s", g_tmp, name);
 }
 
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 static cJSON *reference_config(void) {
-    char *text;
-    size_t len;
+    cJSON *j = NULL;
     qi_error err = {{0}};
-    if (qi_read_text_file(TE_DIR "/config.json", &text, &len, &err) != QI_OK) return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
+    CHECK(qi_json_load(TE_DIR "/config.json", &j, &err) == QI_OK, "%s", err.msg);
     return j;
 }
 
@@ -105,7 +89,7 @@ static qi_status read_config_json(const cJSON *json, const char *name, qi_text_e
     char path[256];
     tmp_path(path, sizeof path, name);
     char *text = cJSON_Print(json);
-    int rc = write_text(path, text);
+    int rc = text ? write_file(path, text, strlen(text)) : -1;
     free(text);
     if (rc != 0) return qi_fail(err, QI_ERR_IO, "cannot write %s", path);
     return qi_text_encoder_read_config(path, cfg, err);
@@ -203,18 +187,11 @@ static int write_renamed_copy(const char *sub, const char *skip) {
 
     cJSON *cfg = reference_config();
     char *text = cJSON_Print(cfg);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    write_text(path, text);
+    int wrote = text && write_text_in(dir, "config.json", text) == 0;
+    CHECK(wrote, "%s/config.json not written", dir);
     free(text);
     cJSON_Delete(cfg);
-    return st == QI_OK ? 0 : -1;
-}
-
-static void remove_tree(const char *dir) {
-    char cmd[320];
-    /* The folder is ours (mkdtemp); a plain rm keeps the test short. */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "  note: could not remove %s\n", dir);
+    return st == QI_OK && wrote ? 0 : -1;
 }
 
 /* ---- claims: config ------------------------------------------------------------ */
@@ -304,19 +281,16 @@ static void rope_theta_parses_the_same_in_both_forms(void) {
 /* ---- claims: loading ------------------------------------------------------------- */
 
 static void weight_shape_mismatch_names_the_tensor(void) {
-    char dir[256], path[320];
-    tmp_path(dir, sizeof dir, "wrong_shape");
-    mkdir(dir, 0700);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    CHECK(symlink(TE_DIR "/model.safetensors", path) == 0, "cannot symlink into %s", dir);
     cJSON *cfg = reference_config();
     cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text_config");
     cJSON_ReplaceItemInObjectCaseSensitive(text, "intermediate_size", cJSON_CreateNumber(256));
     char *json = cJSON_Print(cfg);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    write_text(path, json);
-    free(json);
     cJSON_Delete(cfg);
+    char dir[64];
+    int made = json && tmp_component_dir(dir, sizeof dir, "te_shape", json, TE_DIR,
+                                         "model.safetensors") == 0;
+    free(json);
+    REQUIRE(made, "cannot make a text encoder folder with a wrong config");
 
     qi_text_encoder *te = NULL;
     qi_error err = {{0}};
@@ -326,6 +300,7 @@ static void weight_shape_mismatch_names_the_tensor(void) {
               strstr(err.msg, "128"),
           "message lacks tensor / shapes: %s", err.msg);
     printf("  \"%s\"\n", err.msg);
+    tmp_remove_tree(dir);
 }
 
 static void missing_weight_names_the_tensor(void) {
@@ -457,26 +432,14 @@ static void prompt_strings_through_tokenizer_match_reference(void) {
     static const char *const cases[] = {"en_lightning8_lora", "zh_cfg4_base", "batch2_lightning4_lora"};
     qi_tokenizer *tok = NULL;
     qi_error err = {{0}};
-    qi_status st = qi_tokenizer_load(MODEL_DIR "/tokenizer", &tok, &err);
+    qi_status st = qi_tokenizer_load(QI_REF_MODEL "/tokenizer", &tok, &err);
     CHECK(st == QI_OK, "%s", err.msg);
     if (st != QI_OK) return;
     for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
-        char path[512];
-        snprintf(path, sizeof path, CASES_DIR "/%s/case.json", cases[i]);
-        char *text = NULL;
-        size_t len;
-        if (qi_read_text_file(path, &text, &len, &err) != QI_OK) {
-            CHECK(0, "%s", err.msg);
-            continue;
-        }
-        cJSON *json = cJSON_Parse(text);
-        free(text);
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(json, "prompt");
+        cJSON *json = ref_case_json(cases[i]);
+        if (!json) continue;
         const char *prompts[8];
-        int n = 0;
-        if (cJSON_IsString(p)) prompts[n++] = p->valuestring;
-        for (const cJSON *e = cJSON_IsArray(p) ? p->child : NULL; e && n < 8; e = e->next)
-            if (cJSON_IsString(e)) prompts[n++] = e->valuestring;
+        int n = ref_case_prompts(json, prompts, 8);
         CHECK(n > 0, "%s: no prompt in case.json", cases[i]);
 
         ref_case c;
@@ -572,11 +535,7 @@ static void bad_tokens_are_argument_errors(void) {
 
 int main(void) {
     qi_error err = {{0}};
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/qi_test_te_XXXXXX");
-    if (!mkdtemp(g_tmp)) {
-        fprintf(stderr, "cannot create a temporary folder\n");
-        return 1;
-    }
+    if (tmp_dir_make(g_tmp, sizeof g_tmp, "te") != 0) return 1;
     if (qi_backend_cpu_create(0, (size_t)1 << 30, &g_be, &err) != QI_OK) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
@@ -603,6 +562,6 @@ int main(void) {
 
     qi_text_encoder_free(g_te);
     g_be->ops->destroy(g_be);
-    remove_tree(g_tmp);
+    tmp_remove_tree(g_tmp);
     TEST_END();
 }

@@ -10,8 +10,9 @@
 
 #include "model/tokenizer.h"
 #include "test.h"
+#include "testdata.h"
 
-#define MODEL_TOKENIZER QI_SHARED_DIR "/reference/public/model/tokenizer"
+#define MODEL_TOKENIZER QI_REF_MODEL "/tokenizer"
 #define QWEN25_TOKENIZER QI_SHARED_DIR "/tokenizer/qwen2.5"
 #define VECTORS_INP QI_SHARED_DIR "/tokenizer/llamacpp-qwen2.inp"
 #define VECTORS_OUT QI_SHARED_DIR "/tokenizer/llamacpp-qwen2.out"
@@ -25,13 +26,6 @@ static char *read_file(const char *path, size_t *len) {
     qi_error err;
     if (qi_read_text_file(path, &text, len, &err) != QI_OK) fprintf(stderr, "  %s\n", err.msg);
     return text;
-}
-
-static int write_file(const char *path, const char *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    size_t wrote = fwrite(data, 1, n, f);
-    return fclose(f) == 0 && wrote == n ? 0 : -1;
 }
 
 /* The llama.cpp vectors: cases end with "\n__ggml_vocab_test__\n" in the .inp;
@@ -212,18 +206,12 @@ static void reference_merges_file_has_crlf_lines(void) {
 }
 
 static void llamacpp_vectors_exact_model_dir(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     vectors_exact(model_tok, "reference/public/model/tokenizer");
 }
 
 static void llamacpp_vectors_exact_qwen25_dir(void) {
-    if (!qwen25_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(qwen25_tok, "no tokenizer");
     vectors_exact(qwen25_tok, "tokenizer/qwen2.5");
 }
 
@@ -262,10 +250,7 @@ static const worked WORKED[] = {
 };
 
 static void spec_worked_table_ids_and_pieces(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     int ok = 0;
     for (size_t k = 0; k < QI_ARRAY_LEN(WORKED); k++) {
         const worked *w = &WORKED[k];
@@ -281,10 +266,7 @@ static void spec_worked_table_ids_and_pieces(void) {
 }
 
 static void special_tokens_match_inside_text(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     CHECK(encodes_to(model_tok, "<|im_end|>inside", (int32_t[]){151645, 41350}, 2), "ids differ (printed above)");
     CHECK(encodes_to(model_tok, "a<|im_start|>b<|endoftext|>", (int32_t[]){64, 151644, 65, 151643}, 4), "ids differ (printed above)");
     CHECK(encodes_to(model_tok, "Hello world", (int32_t[]){9707, 1879}, 2), "no BOS/EOS added");
@@ -315,10 +297,7 @@ static void special_tokens_match_inside_text(void) {
 }
 
 static void nfc_is_applied(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     int32_t *a, *b;
     int na, nb;
     qi_error err;
@@ -331,10 +310,7 @@ static void nfc_is_applied(void) {
 }
 
 static void whitespace_class_is_unicode_white_space(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     /* "a" c c "b": whitespace c gives a|c|cb (rule 5c then rule 2); "other" c gives a|cc|b.
      * (U+2000/U+2001 are not listed: NFC turns them into U+2002/U+2003.) */
     static const char *white[] = {"\t", "\x0B", "\x0C", " ", "\xC2\x85", "\xC2\xA0", "\xE1\x9A\x80",
@@ -368,10 +344,7 @@ static void whitespace_class_is_unicode_white_space(void) {
 }
 
 static void empty_text_gives_no_ids(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     int32_t *ids = NULL;
     int n = -1;
     qi_error err;
@@ -381,10 +354,7 @@ static void empty_text_gives_no_ids(void) {
 }
 
 static void invalid_utf8_is_an_argument_error_with_offset(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     static const struct {
         const char *text;
         size_t offset;
@@ -415,10 +385,7 @@ static void invalid_utf8_is_an_argument_error_with_offset(void) {
 }
 
 static void decode_of_encode_gives_the_text_back(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     vectors v;
     CHECK(load_vectors(&v) == 0, "cannot parse the llama.cpp vectors");
     int ok = 0;
@@ -439,9 +406,9 @@ static void decode_of_encode_gives_the_text_back(void) {
 }
 
 /* A temp tokenizer dir: vocab.json + the given merges + config files. */
-static int make_dir(char *dir, const char *merges, size_t merges_len, int with_config, int with_added) {
-    strcpy(dir, "/tmp/qi_tok_XXXXXX");
-    if (!mkdtemp(dir)) return -1;
+static int make_dir(char dir[static 64], const char *merges, size_t merges_len, int with_config,
+                    int with_added) {
+    if (tmp_dir_make(dir, 64, "tok") != 0) return -1;
     char path[256];
     size_t len;
     char *vocab = read_file(MODEL_TOKENIZER "/vocab.json", &len);
@@ -464,23 +431,10 @@ static int make_dir(char *dir, const char *merges, size_t merges_len, int with_c
     return rc;
 }
 
-static void remove_dir(const char *dir) {
-    const char *names[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json"};
-    char path[256];
-    for (size_t k = 0; k < QI_ARRAY_LEN(names); k++) {
-        snprintf(path, sizeof path, "%s/%s", dir, names[k]);
-        unlink(path);
-    }
-    rmdir(dir);
-}
-
 static void lf_merges_load_and_agree(void) {
     size_t len;
     char *crlf = read_file(MODEL_TOKENIZER "/merges.txt", &len);
-    if (!crlf) {
-        CHECK(0, "no merges.txt");
-        return;
-    }
+    REQUIRE(crlf, "no merges.txt");
     size_t o = 0;
     for (size_t i = 0; i < len; i++)
         if (!(crlf[i] == '\r' && i + 1 < len && crlf[i + 1] == '\n')) crlf[o++] = crlf[i];
@@ -497,7 +451,21 @@ static void lf_merges_load_and_agree(void) {
         CHECK(qi_tokenizer_pad_id(t) == 151643, "pad defaults to <|endoftext|>: %d", qi_tokenizer_pad_id(t));
     }
     qi_tokenizer_free(t);
-    remove_dir(dir);
+    tmp_remove_tree(dir);
+}
+
+/* A temp tokenizer dir (as make_dir; merges NULL: no merges.txt) must fail to
+ * load with `status`, a message holding `expect`, and *out left NULL. */
+static void expect_dir_error(const char *merges, int with_config, int with_added, qi_status status,
+                             const char *expect) {
+    char dir[64];
+    qi_tokenizer *t = (qi_tokenizer *)1;
+    qi_error err;
+    CHECK(make_dir(dir, merges, merges ? strlen(merges) : 0, with_config, with_added) == 0,
+          "cannot write a temp dir under /tmp");
+    CHECK(qi_tokenizer_load(dir, &t, &err) == status && strstr(err.msg, expect), "%s", err.msg);
+    CHECK(t == NULL, "a failed load must leave *out NULL");
+    tmp_remove_tree(dir);
 }
 
 static void bad_tokenizer_dirs_are_errors(void) {
@@ -506,35 +474,17 @@ static void bad_tokenizer_dirs_are_errors(void) {
     CHECK(qi_tokenizer_load("/nonexistent/tokenizer", &t, &err) == QI_ERR_IO && t == NULL, "%s", err.msg);
     CHECK(strstr(err.msg, "/nonexistent/tokenizer") != NULL, "message names the dir: %s", err.msg);
 
-    char dir[64];
-    CHECK(make_dir(dir, NULL, 0, 1, 1) == 0, "cannot write a temp dir under /tmp");
-    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_IO && strstr(err.msg, "merges.txt"), "%s", err.msg);
-    remove_dir(dir);
-
-    const char *bad_line = "#version: 0.2\r\n\xC4\xA0 \xC4\xA0\r\nabc\r\n";
-    CHECK(make_dir(dir, bad_line, strlen(bad_line), 1, 1) == 0, "cannot write a temp dir under /tmp");
-    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, "line 3"), "%s", err.msg);
-    remove_dir(dir);
-
-    const char *unknown = "#version: 0.2\n\xC4\xA0 \xC4\xA0\nzzqq\xE2\x82\xAC xy\n";
-    CHECK(make_dir(dir, unknown, strlen(unknown), 1, 1) == 0, "cannot write a temp dir under /tmp");
-    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, "not in vocab.json"), "%s", err.msg);
-    remove_dir(dir);
-
-    const char *fine = "#version: 0.2\n\xC4\xA0 \xC4\xA0\n";
-    CHECK(make_dir(dir, fine, strlen(fine), 0, 0) == 0, "cannot write a temp dir under /tmp");
-    CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, "added_tokens.json"), "%s", err.msg);
-    remove_dir(dir);
-    CHECK(t == NULL, "a failed load must leave *out NULL");
+    expect_dir_error(NULL, 1, 1, QI_ERR_IO, "merges.txt");
+    expect_dir_error("#version: 0.2\r\n\xC4\xA0 \xC4\xA0\r\nabc\r\n", 1, 1, QI_ERR_FORMAT, "line 3");
+    expect_dir_error("#version: 0.2\n\xC4\xA0 \xC4\xA0\nzzqq\xE2\x82\xAC xy\n", 1, 1, QI_ERR_FORMAT,
+                     "not in vocab.json");
+    expect_dir_error("#version: 0.2\n\xC4\xA0 \xC4\xA0\n", 0, 0, QI_ERR_FORMAT, "added_tokens.json");
 }
 
 /* A config whose special has lstrip/rstrip (absorbs the whitespace beside it)
  * and pad_token null; added_tokens_decoder alone, no added_tokens.json. */
 static void config_lstrip_rstrip_and_null_pad(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     size_t len;
     char *merges = read_file(MODEL_TOKENIZER "/merges.txt", &len);
     char dir[64], path[128];
@@ -557,14 +507,11 @@ static void config_lstrip_rstrip_and_null_pad(void) {
               "<|im_start|> is ordinary text when not an added token");
     }
     qi_tokenizer_free(t);
-    remove_dir(dir);
+    tmp_remove_tree(dir);
 }
 
 static void long_inputs_are_fast_and_exact(void) {
-    if (!model_tok) {
-        CHECK(0, "no tokenizer");
-        return;
-    }
+    REQUIRE(model_tok, "no tokenizer");
     /* 200k spaces then a word; 100k CJK chars with no break (one 300 kB piece);
      * 1 MB of mixed text. Each must round-trip. */
     const size_t big = 1 << 20;

@@ -24,6 +24,7 @@
 #include "io/safetensors.h"
 #include "model/vae.h"
 #include "test.h"
+#include "testdata.h"
 
 #define VAE_DIR QI_TEST_DATA "/tiny-model/vae"
 
@@ -93,15 +94,6 @@ static void free_case(ref_case *rc) {
     free(rc->image_u8);
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (d > m || d != d) m = d;
-    }
-    return m;
-}
-
 static void set_tiling(qi_vae_tile_mode mode, int tile, int stride, size_t budget) {
     qi_vae_tiling t = qi_vae_tiling_default();
     t.mode = mode;
@@ -150,7 +142,7 @@ static void test_decode_matches_reference_vae_out(void) {
             if (!rgb) continue;
             size_t px = (size_t)3 * rc.H * rc.W;
             double rel = qi_rel_l2(rgb, rc.vae_out + b * px, px);
-            double mx = max_abs_diff(rgb, rc.vae_out + b * px, px);
+            double mx = qi_max_abs_diff(rgb, rc.vae_out + b * px, px);
             printf("  case %s image %d (%dx%d): vae_out rel L2 = %.3g, max abs = %.3g, decode %.3f s\n",
                    CASES[ci], b, rc.W, rc.H, rel, mx, sec);
             CHECK(rel <= 1e-4, "case %s image %d: rel L2 %.3g", CASES[ci], b, rel);
@@ -173,7 +165,7 @@ static void test_pixels_of_reference_vae_out_match_image_u8(void) {
             uint8_t *u8 = malloc(px);
             qi_rgb_to_unit(rc.vae_out + b * px, rc.H, rc.W, unit);
             qi_rgb_to_u8(rc.vae_out + b * px, rc.H, rc.W, u8);
-            double fmax = max_abs_diff(unit, rc.image_float + b * px, px);
+            double fmax = qi_max_abs_diff(unit, rc.image_float + b * px, px);
             size_t mismatches = 0;
             for (size_t i = 0; i < px; i++) mismatches += u8[i] != rc.image_u8[b * px + i];
             printf("  case %s image %d: image_float max abs = %.3g, image_u8 mismatches %zu of %zu\n",
@@ -319,7 +311,7 @@ static void tiled_case(int T, int S, double max_rel) {
     int clamped;
     float *composed = compose_tiles(&rc, T, S, &clamped);
     if (plain && tiled) {
-        double exact = max_abs_diff(tiled, composed, px);
+        double exact = qi_max_abs_diff(tiled, composed, px);
         double rel = qi_rel_l2(tiled, plain, px);
         uint8_t *a = malloc(px), *b = malloc(px);
         qi_rgb_to_u8(tiled, rc.H, rc.W, a);
@@ -372,36 +364,21 @@ static void test_bad_arguments_are_errors(void) {
     CHECK(qi_vae_decode(g_vae, z, 1, 1, rgb, &err) == QI_OK, "%s", err.msg);
 }
 
-/* A vae dir whose config is the tiny one edited by `edit`, weights linked. */
+/* A temp vae dir (path in g_tmp) whose config is the tiny one edited by
+ * `edit`, weights linked. */
 static char g_tmp[64];
 static int make_vae_dir(void (*edit)(cJSON *cfg)) {
-    char path[256], abs_weights[4096];
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/qi_test_vae_XXXXXX");
-    if (!mkdtemp(g_tmp)) return -1;
     cJSON *cfg;
     qi_error err;
     if (qi_json_load(VAE_DIR "/config.json", &cfg, &err)) return -1;
     edit(cfg);
     char *text = cJSON_Print(cfg);
     cJSON_Delete(cfg);
-    snprintf(path, sizeof path, "%s/config.json", g_tmp);
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    fclose(f);
+    int rc = text ? tmp_component_dir(g_tmp, sizeof g_tmp, "vae", text, VAE_DIR,
+                                      "diffusion_pytorch_model.safetensors")
+                  : -1;
     free(text);
-    if (!realpath(VAE_DIR "/diffusion_pytorch_model.safetensors", abs_weights)) return -1;
-    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", g_tmp);
-    return symlink(abs_weights, path);
-}
-
-static void remove_vae_dir(void) {
-    char path[256];
-    snprintf(path, sizeof path, "%s/config.json", g_tmp);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", g_tmp);
-    unlink(path);
-    rmdir(g_tmp);
+    return rc;
 }
 
 static void drop_z_dim(cJSON *cfg) { cJSON_DeleteItemFromObject(cfg, "z_dim"); }
@@ -420,7 +397,7 @@ static void expect_load_error(void (*edit)(cJSON *), const char *want1, const ch
           want2, err.msg);
     printf("  -> %s\n", err.msg);
     qi_vae_free(v);
-    remove_vae_dir();
+    tmp_remove_tree(g_tmp);
 }
 
 static void test_missing_config_key_is_named(void) {
