@@ -23,6 +23,7 @@
 #include "app.h"
 #include "backend/backend.h"
 #include "io/model_dir.h"
+#include "io/safetensors.h"
 #include "model/dit.h"
 #include "model/text_encoder.h"
 #include "model/vae.h"
@@ -324,14 +325,113 @@ static int bench_e2e(bench_ctx *c, int steps, double *s_out, qi_error *err) {
     return 0;
 }
 
+/* ---- loading: real-layout safetensors -> device weights ---------------------------- */
+
+/* Loads every tensor of the file at `path` as a weight of `be`, synchronised;
+ * returns the seconds it took (open + map + upload), or < 0 with err set. */
+static double load_file(qi_backend *be, const char *path, qi_error *err) {
+    double t0 = qi_now_s();
+    qi_st_file *f = NULL;
+    if (qi_st_open(path, &f, err)) return -1;
+    qi_tensor *w = calloc((size_t)f->n_tensors, sizeof *w);
+    int made = 0;
+    qi_status st = w ? QI_OK : qi_fail(err, QI_ERR_NOMEM, "bench: out of memory");
+    for (; st == QI_OK && made < f->n_tensors; made++) {
+        const qi_st_tensor *t = &f->tensors[made];
+        st = be->ops->weight(be, &w[made], t->dtype, t->ndim, t->shape, t->data, err);
+        if (st) break;
+    }
+    if (st == QI_OK) st = be->ops->sync(be, err);
+    double dt = qi_now_s() - t0;
+    for (int i = 0; i < made; i++) be->ops->weight_free(be, &w[i]);
+    free(w);
+    qi_st_close(f);
+    return st == QI_OK ? dt : -1;
+}
+
+/* `bench --load GB`: writes a safetensors file of GB gigabytes of random bf16
+ * matrices (64 MiB each, the transformer's layout: many large 2-D tensors)
+ * into /tmp, then loads it onto the device twice with one staging thread and
+ * twice with the default (both from the page cache: the file was just
+ * written). Prints GB/s. */
+static int bench_load(const char *device, double gb) {
+    qi_error err = {{0}};
+    int dev = 0;
+    if (!strncmp(device, "cuda:", 5)) dev = atoi(device + 5);
+    int n = (int)(gb * 16.0 + 0.5); /* 64 MiB tensors */
+    if (n < 1) n = 1;
+    const int64_t rows = 8192, cols = 4096;
+    size_t bytes = (size_t)(rows * cols) * 2;
+    enum { DISTINCT = 4 };
+    uint16_t *data[DISTINCT] = {0};
+    qi_st_write_item *items = calloc((size_t)n, sizeof *items);
+    char (*names)[32] = calloc((size_t)n, sizeof *names);
+    char path[] = "/tmp/qi_load_XXXXXX";
+    int fd = mkstemp(path), rc = 1;
+    if (fd < 0 || !items || !names) {
+        fprintf(stderr, "bench: cannot create %s or out of memory\n", path);
+        goto done;
+    }
+    close(fd);
+    uint32_t r = 0x9e3779b9u;
+    for (int d = 0; d < DISTINCT; d++) {
+        if (!(data[d] = malloc(bytes))) goto done;
+        for (size_t i = 0; i < bytes / 2; i++) { /* bf16 of ±[2^-7, 2^-6): sign, fixed exponent, random mantissa */
+            r ^= r << 13, r ^= r >> 17, r ^= r << 5;
+            data[d][i] = (uint16_t)((r & 0x8000u) | 0x3C00u | (r & 0x7Fu));
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "blocks.%d.weight", i);
+        items[i] = (qi_st_write_item){.name = names[i], .dtype = QI_BF16, .ndim = 2, .shape = {rows, cols},
+                                      .data = data[i % DISTINCT]};
+    }
+    double t0 = qi_now_s();
+    if (qi_st_write(path, items, n, &err)) {
+        fprintf(stderr, "bench: %s\n", err.msg);
+        goto done;
+    }
+    double total = (double)bytes * n / 1e9;
+    printf("bench --load: wrote %s, %d bf16 tensors [%lld, %lld], %.2f GB, in %.1f s\n", path, n, (long long)rows,
+           (long long)cols, total, qi_now_s() - t0);
+    printf("| load (page cache -> device) | staging threads | run 1 | run 2 |\n|---|---|---|---|\n");
+    const char *threads[2] = {"1", NULL}; /* NULL: the backend's default */
+    for (int k = 0; k < 2; k++) {
+        if (threads[k]) setenv("QI_CUDA_LOAD_THREADS", threads[k], 1);
+        else unsetenv("QI_CUDA_LOAD_THREADS");
+        qi_backend *be = NULL;
+        if (qi_backend_cuda_create(dev, (size_t)256 << 20, &be, &err)) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            goto done;
+        }
+        double s1 = load_file(be, path, &err), s2 = s1 >= 0 ? load_file(be, path, &err) : -1;
+        be->ops->destroy(be);
+        if (s1 < 0 || s2 < 0) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            goto done;
+        }
+        printf("| %.2f GB in %d tensors | %s | %.2f s = %.1f GB/s | %.2f s = %.1f GB/s |\n", total, n,
+               threads[k] ? threads[k] : "default", s1, total / s1, s2, total / s2);
+    }
+    rc = 0;
+done:
+    remove(path);
+    for (int d = 0; d < DISTINCT; d++) free(data[d]);
+    free(items);
+    free(names);
+    return rc;
+}
+
 int qi_cmd_bench(int argc, char **argv) {
     const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL;
     long runs = 7, warmup = 2;
+    double load_gb = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
             printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
-                   "                        [--manifest FILE] [-o RESULTS.md]\n");
+                   "                        [--manifest FILE] [-o RESULTS.md]\n"
+                   "       qwen-image bench --load GB [--device cuda[:N]]   (weight upload from the page cache)\n");
             return 0;
         }
         if (!v) return qi_app_usage_error("bench: %s needs a value", f);
@@ -343,9 +443,16 @@ int qi_cmd_bench(int argc, char **argv) {
             if (qi_app_parse_int(f, v, 0, 64, &warmup)) return 2;
         } else if (!strcmp(f, "--manifest")) manifest = v;
         else if (!strcmp(f, "--only")) only = v;
+        else if (!strcmp(f, "--load")) {
+            char *end;
+            load_gb = strtod(v, &end);
+            if (*end || !(load_gb > 0 && load_gb <= 64))
+                return qi_app_usage_error("bench: --load takes gigabytes, 0 < GB <= 64 (got %s)", v);
+        }
         else if (!strcmp(f, "-o")) out_path = v;
         else return qi_app_usage_error("bench: unknown option %s", f);
     }
+    if (load_gb > 0) return bench_load(device, load_gb);
     qi_error err = {{0}};
     char root[] = "/tmp/qi_bench_XXXXXX";
     if (!mkdtemp(root)) return qi_app_runtime_error("bench: cannot create a temporary folder");

@@ -11,7 +11,9 @@
  *
  * Env: QI_TEST_SEED (default: time), QI_CUDA_BENCH=0 skips the timings,
  * QI_TEST_WGMMA=0 leaves the Hopper attention kernels out, QI_TEST_ONLY=attention
- * runs only the attention claims and timings.
+ * runs only the attention claims and timings, QI_TEST_ONLY=fused only the fused
+ * ops' (conv2d_fused, channel_rms_norm_act, rms_norm_rope; conv2d's implicit GEMM
+ * is covered by test_conv2d).
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -571,12 +573,173 @@ static void one_conv(int64_t Ci, int64_t H, int64_t W, int64_t Co, int64_t k, in
 }
 
 static void test_conv2d(void) {
+    /* 3×3 pad 1: the implicit GEMM (channel tiles of 32, 64, 96, 128; partial
+     * pixel tiles, odd widths, channel counts not a multiple of 16) */
+    qi_cuda_set_conv_kernel(gpu, "implicit");
+    one_conv(384, 32, 40, 384, 3, 1, 1, 0);   /* 128-channel tiles, 24 chunks */
+    one_conv(192, 24, 70, 192, 3, 1, 1, 0);   /* 96-channel tiles, a partial column tile */
+    one_conv(16, 33, 64, 384, 3, 1, 1, 0);    /* conv_in: one chunk, odd rows */
+    one_conv(40, 9, 13, 50, 3, 1, 1, 0);      /* 64-channel tiles with rows past Co */
     one_conv(16, 20, 24, 32, 3, 1, 1, 0);
     one_conv(16, 20, 24, 32, 3, 0, 0, 0);
     one_conv(64, 32, 32, 16, 1, 0, 1, 0);
     one_conv(8, 9, 11, 5, 3, 1, 1, 1);
     one_conv(128, 128, 128, 128, 3, 1, 1, 0); /* VAE-like */
     one_conv(96, 64, 64, 3, 3, 1, 1, 0);      /* conv_out to RGB */
+    /* the column-matrix path stays correct (QI_CUDA_CONV=im2col selects it) */
+    qi_cuda_set_conv_kernel(gpu, "im2col");
+    one_conv(128, 128, 128, 128, 3, 1, 1, 0);
+    one_conv(8, 9, 11, 5, 3, 1, 1, 1);
+    qi_cuda_set_conv_kernel(gpu, "auto");
+    one_conv(384, 32, 40, 384, 3, 1, 1, 0);   /* auto: im2col for long K */
+}
+
+static int force_im2col; /* test_conv2d_fused: im2col chosen for the case */
+
+/* conv2d_fused: upsample folded into the gather, residual (separate or y itself). */
+static void one_conv_fused(int64_t Ci, int64_t H, int64_t W, int64_t Co, int64_t k, int pad, int up, int res_mode) {
+    begin();
+    int64_t Hc = up ? 2 * H : H, Wc = up ? 2 * W : W;
+    int64_t xs[3] = {Ci, H, W}, ws[4] = {Co, Ci, k, k}, bs[1] = {Co};
+    int64_t ys[3] = {Co, Hc + 2 * pad - k + 1, Wc + 2 * pad - k + 1};
+    pair x = act_rand(3, xs, 1.0f);
+    pair w = weight(QI_BF16, 4, ws, 1.0f / sqrtf((float)(Ci * k * k)));
+    pair b = weight(QI_BF16, 1, bs, 0.5f);
+    pair r = act_rand(3, ys, 1.0f);
+    pair y = res_mode == 2 ? r : out_poisoned(3, ys); /* 2: the residual is y itself */
+    const qi_tensor *rc = res_mode ? &r.c : NULL, *rg = res_mode ? &r.g : NULL;
+    cpu->ops->conv2d_fused(cpu, &x.c, up, &w.c, &b.c, pad, rc, &y.c);
+    gpu->ops->conv2d_fused(gpu, &x.g, up, &w.g, &b.g, pad, rg, &y.g);
+    char shape[96];
+    snprintf(shape, sizeof shape, "[%lld,%lld,%lld]%s -> %lld, %lldx%lld pad %d%s", (long long)Ci, (long long)H,
+             (long long)W, up ? " up2x" : "", (long long)Co, (long long)k, (long long)k, pad,
+             res_mode == 2 ? " +res (= y)" : res_mode ? " +res" : "");
+    /* the implicit GEMM rounds once; the plain-op fallback rounds the conv,
+     * then the sum (TOL_TWO) */
+    int implicit = k == 3 && pad == 1 && !force_im2col && (up || Ci <= 128 || Co < 32); /* as "auto" picks */
+    claim("conv2d_fused", shape, rel_err(&y), implicit || !res_mode ? TOL_GEMM : TOL_TWO);
+    weight_free(&w);
+    weight_free(&b);
+    end();
+}
+
+static void test_conv2d_fused(void) {
+    one_conv_fused(384, 16, 16, 192, 3, 1, 1, 0);  /* VAE upsampler 128² -> 256², 192 out */
+    one_conv_fused(192, 17, 23, 96, 3, 1, 1, 1);   /* odd sizes, upsampled; + residual */
+    one_conv_fused(96, 30, 64, 96, 3, 1, 0, 2);    /* resblock conv2 with y += conv */
+    one_conv_fused(5, 7, 9, 3, 3, 1, 1, 2);        /* tiny, odd, 3 outputs */
+    one_conv_fused(16, 9, 10, 8, 3, 0, 1, 1);      /* pad 0: plain ops in the arena */
+    one_conv_fused(24, 8, 12, 16, 1, 0, 0, 2);     /* 1×1 with res = y: through a temporary */
+    one_conv_fused(384, 20, 24, 384, 3, 1, 0, 2);  /* auto picks im2col: conv, then the sum */
+    qi_cuda_set_conv_kernel(gpu, "im2col");
+    force_im2col = 1;
+    one_conv_fused(64, 12, 20, 32, 3, 1, 1, 2);    /* the fallback for the fused case */
+    force_im2col = 0;
+    qi_cuda_set_conv_kernel(gpu, "auto");
+}
+
+static void one_norm_act(int64_t C, int64_t H, int64_t W, int bias, qi_act act_kind, int in_place) {
+    begin();
+    int64_t xs[3] = {C, H, W}, cs[1] = {C};
+    pair x = act_rand(3, xs, 2.0f), y = in_place ? x : out_poisoned(3, xs);
+    pair g = weight(QI_BF16, 1, cs, 1.0f), b = weight(QI_BF16, 1, cs, 0.5f);
+    cpu->ops->channel_rms_norm_act(cpu, &x.c, &g.c, bias ? &b.c : NULL, act_kind, &y.c);
+    gpu->ops->channel_rms_norm_act(gpu, &x.g, &g.g, bias ? &b.g : NULL, act_kind, &y.g);
+    char shape[96];
+    snprintf(shape, sizeof shape, "[%lld, %lld, %lld]%s%s%s", (long long)C, (long long)H, (long long)W,
+             bias ? " +bias" : "", act_kind == QI_ACT_SILU ? " silu" : "", in_place ? " in place" : "");
+    claim("channel_rms_norm_act", shape, rel_err(&y), TOL_EXACT);
+    weight_free(&g);
+    weight_free(&b);
+    end();
+}
+
+static void test_channel_rms_norm_act(void) {
+    one_norm_act(96, 64, 128, 0, QI_ACT_SILU, 0);  /* vector kernel: 64-pixel blocks */
+    one_norm_act(384, 16, 24, 0, QI_ACT_SILU, 1);  /* 12 channels per thread, in place */
+    one_norm_act(96, 33, 41, 1, QI_ACT_SILU, 0);   /* H·W not a multiple of 8: scalar kernel */
+    one_norm_act(7, 8, 9, 1, QI_ACT_NONE, 0);      /* fewer channels than channel groups */
+    one_norm_act(192, 32, 40, 0, QI_ACT_SILU, 0);  /* 6 channels per thread */
+    one_norm_act(512, 8, 16, 1, QI_ACT_SILU, 0);   /* over 384: the second pass re-reads */
+}
+
+/* rms_norm_rope into rows of another tensor: the whole destination is
+ * compared, so rows it must not touch are checked too. */
+static void one_norm_rope(int64_t B, int64_t L, int64_t H, int64_t Dh, int64_t Ld, int64_t row0, qi_rope_mode mode,
+                          int with_w, int in_place) {
+    begin();
+    int64_t xs[4] = {B, L, H, Dh}, ds[4] = {B, Ld, H, Dh}, ts[2] = {Ld, Dh / 2}, wsz[1] = {Dh};
+    pair x = act_rand(4, xs, 2.0f);
+    pair dst = in_place ? x : act_rand(4, ds, 1.0f);
+    pair w = {0};
+    if (with_w) w = weight(QI_BF16, 1, wsz, 1.0f);
+    float *cs = malloc((size_t)(Ld * Dh / 2) * sizeof(float)), *sn = malloc((size_t)(Ld * Dh / 2) * sizeof(float));
+    for (int64_t i = 0; i < Ld * Dh / 2; i++) {
+        float a = 3.14159f * frand();
+        cs[i] = cosf(a);
+        sn[i] = sinf(a);
+    }
+    pair ct = typed(QI_F32, 2, ts, cs), st = typed(QI_F32, 2, ts, sn);
+    cpu->ops->rms_norm_rope(cpu, &x.c, with_w ? &w.c : NULL, 1e-6f, &ct.c, &st.c, mode, &dst.c, row0);
+    gpu->ops->rms_norm_rope(gpu, &x.g, with_w ? &w.g : NULL, 1e-6f, &ct.g, &st.g, mode, &dst.g, row0);
+    char shape[96];
+    snprintf(shape, sizeof shape, "[%lld,%lld,%lld,%lld] -> [%lld,%lld,..] @%lld %s%s", (long long)B, (long long)L,
+             (long long)H, (long long)Dh, (long long)B, (long long)Ld, (long long)row0,
+             mode == QI_ROPE_INTERLEAVED ? "inter" : "half", in_place ? " in place" : "");
+    claim("rms_norm_rope", shape, rel_err(&dst), TOL_EXACT);
+    if (with_w) weight_free(&w);
+    free(cs);
+    free(sn);
+    end();
+}
+
+/* add_gated_layer_norm_mod against the CPU (x: one rounding; out: the norm
+ * of the bf16-rounded x, TOL_TWO) and bit for bit against the two CUDA ops. */
+static void one_ag_ln(int64_t B, int64_t L, int64_t D) {
+    begin();
+    int64_t xs[3] = {B, L, D}, ms[2] = {B, 6 * D};
+    pair x = act_rand(3, xs, 1.0f), y = act_rand(3, xs, 1.0f), mod = act_rand(2, ms, 1.0f);
+    pair out = out_poisoned(3, xs), x2 = act_rand(3, xs, 1.0f), out2 = out_poisoned(3, xs);
+    int64_t n = qi_numel(&x.g);
+    float *h = malloc((size_t)n * sizeof(float));
+    must(gpu->ops->download(gpu, &x.g, h, &err), "download");
+    must(gpu->ops->upload(gpu, &x2.g, h, &err), "upload");
+    qi_tensor gc = mod_chunk(&mod.c, B, D, 2), gg = mod_chunk(&mod.g, B, D, 2);
+    qi_tensor shc = mod_chunk(&mod.c, B, D, 3), shg = mod_chunk(&mod.g, B, D, 3);
+    qi_tensor scc = mod_chunk(&mod.c, B, D, 4), scg = mod_chunk(&mod.g, B, D, 4);
+    cpu->ops->add_gated_layer_norm_mod(cpu, &x.c, &gc, 6 * D, &y.c, &shc, &scc, 6 * D, 1e-6f, &out.c);
+    gpu->ops->add_gated_layer_norm_mod(gpu, &x.g, &gg, 6 * D, &y.g, &shg, &scg, 6 * D, 1e-6f, &out.g);
+    gpu->ops->add_gated(gpu, &x2.g, &gg, 6 * D, &y.g);
+    gpu->ops->layer_norm_mod(gpu, &x2.g, &shg, &scg, 6 * D, 1e-6f, &out2.g);
+    char shape[96];
+    snprintf(shape, sizeof shape, "[%lld, %lld, %lld] x", (long long)B, (long long)L, (long long)D);
+    claim("add_gated_layer_norm_mod", shape, rel_err(&x), TOL_EXACT);
+    snprintf(shape, sizeof shape, "[%lld, %lld, %lld] out", (long long)B, (long long)L, (long long)D);
+    claim("add_gated_layer_norm_mod", shape, rel_err(&out), TOL_TWO);
+    float *a = malloc((size_t)n * sizeof(float)), *b = malloc((size_t)n * sizeof(float));
+    must(gpu->ops->sync(gpu, &err), "sync");
+    must(gpu->ops->download(gpu, &out.g, a, &err), "download");
+    must(gpu->ops->download(gpu, &out2.g, b, &err), "download");
+    CHECK(memcmp(a, b, (size_t)n * sizeof(float)) == 0, "%s: fused differs from add_gated + layer_norm_mod", shape);
+    free(a);
+    free(b);
+    free(h);
+    end();
+}
+
+static void test_add_gated_layer_norm_mod(void) {
+    one_ag_ln(1, 4096, 3072); /* DiT image stream */
+    one_ag_ln(2, 77, 3072);   /* batch 2 */
+    one_ag_ln(1, 9, 520);     /* one unit per thread, some idle */
+    one_ag_ln(1, 5, 40);      /* small rows: the two ops' kernels */
+}
+
+static void test_rms_norm_rope(void) {
+    one_norm_rope(1, 4096, 24, 128, 4224, 128, QI_ROPE_INTERLEAVED, 1, 0); /* DiT image q into the joint Q */
+    one_norm_rope(1, 128, 24, 128, 4224, 0, QI_ROPE_INTERLEAVED, 1, 0);   /* DiT text q */
+    one_norm_rope(2, 77, 3, 128, 90, 13, QI_ROPE_HALF, 1, 0);            /* batch 2, half pairs, odd rows */
+    one_norm_rope(1, 25, 3, 128, 25, 0, QI_ROPE_INTERLEAVED, 0, 1);      /* in place, 75 rows (odd) */
+    one_norm_rope(2, 9, 4, 32, 20, 11, QI_ROPE_INTERLEAVED, 1, 0);       /* other head dims: plain ops */
 }
 
 static void test_upsample2x(void) {
@@ -884,6 +1047,172 @@ static void bench_conv(int64_t Ci, int64_t H, int64_t W, int64_t Co) {
 }
 
 static int only_attention; /* QI_TEST_ONLY=attention */
+static int only_fused;     /* QI_TEST_ONLY=fused: the fused ops' claims and timings */
+
+/* conv2d_fused at a VAE shape: the implicit GEMM against im2col + cuBLASLt
+ * (and, for the upsampling convs, the plain upsample2x + conv2d). */
+static void bench_conv_fused(int64_t Ci, int64_t H, int64_t W, int64_t Co, int up, int res, const char *what) {
+    size_t mk = gpu->ops->mark(gpu);
+    int64_t Hc = up ? 2 * H : H, Wc = up ? 2 * W : W;
+    int64_t xs[3] = {Ci, H, W}, ws[4] = {Co, Ci, 3, 3}, bs[1] = {Co}, ys[3] = {Co, Hc, Wc}, us[3] = {Ci, Hc, Wc};
+    uint16_t *hw, *hb;
+    qi_tensor x = g_rand(3, xs, 1.0f), w = g_weight(4, ws, 0.02f, &hw), b = g_weight(1, bs, 0.1f, &hb), y, u;
+    must(gpu->ops->tensor(gpu, &y, QI_BF16, 3, ys, &err), "y");
+    double ms_new, ms_old;
+    qi_cuda_set_conv_kernel(gpu, "implicit");
+    TIME_MS(ms_new, gpu->ops->conv2d_fused(gpu, &x, up, &w, &b, 1, res ? &y : NULL, &y));
+    qi_cuda_set_conv_kernel(gpu, "im2col");
+    if (up) {
+        must(gpu->ops->tensor(gpu, &u, QI_BF16, 3, us, &err), "u");
+        TIME_MS(ms_old, { gpu->ops->upsample2x(gpu, &x, &u); gpu->ops->conv2d(gpu, &u, &w, &b, 1, &y); });
+    } else {
+        TIME_MS(ms_old, gpu->ops->conv2d_fused(gpu, &x, 0, &w, &b, 1, res ? &y : NULL, &y));
+    }
+    qi_cuda_set_conv_kernel(gpu, "auto");
+    double flop = 2.0 * Co * Ci * 9 * Hc * Wc;
+    int auto_implicit = up || Ci <= 128 || Co < 32;
+    printf("  %-12s conv3x3 [%lld,%lld,%lld]%s -> %lld%s  implicit %7.3f ms %5.0f TFLOP/s | im2col%s %7.3f ms (%.2fx) auto: %s\n",
+           what, (long long)Ci, (long long)H, (long long)W, up ? " up" : "", (long long)Co, res ? " +res" : "",
+           ms_new, flop / (ms_new * 1e-3) / 1e12, up ? "+upsample" : "", ms_old, ms_old / ms_new,
+           auto_implicit ? "implicit" : "im2col");
+    gpu->ops->weight_free(gpu, &w);
+    gpu->ops->weight_free(gpu, &b);
+    free(hw);
+    free(hb);
+    gpu->ops->reset(gpu, mk);
+}
+
+/* Where one 1024² transformer block's time goes: each op of a block timed
+ * alone at the real shapes (image 4096 tokens, text 128, D 3072, MLP 12288),
+ * summed per kind and × 60 blocks. */
+static void bench_dit_block(void) {
+    size_t mk = gpu->ops->mark(gpu);
+    const int64_t Li = 4096, Lt = 128, Lj = Li + Lt, D = 3072, F = 12288, H = 24, Dh = 128;
+    int64_t is[3] = {1, Li, D}, ts[3] = {1, Lt, D}, ifs[3] = {1, Li, F}, tfs[3] = {1, Lt, F}, ms2[2] = {1, 6 * D};
+    int64_t js[4] = {1, Lj, H, Dh}, tab[2] = {Lj, Dh / 2}, mks[2] = {1, Lj};
+    int64_t wdd[2] = {D, D}, wfd[2] = {F, D}, wdf[2] = {D, F}, bd[1] = {D}, bf[1] = {F}, nh[1] = {Dh};
+    qi_tensor img = g_rand(3, is, 1.0f), txt = g_rand(3, ts, 1.0f), mod = g_rand(2, ms2, 0.5f);
+    qi_tensor ni, nt, qi_, qt, pi, pt, fi, ft, Q, K, V, O, ct, st, mask;
+    qi_tensor *acts[] = {&ni, &qi_, &pi}, *tacts[] = {&nt, &qt, &pt};
+    for (int i = 0; i < 3; i++) must(gpu->ops->tensor(gpu, acts[i], QI_BF16, 3, is, &err), "t");
+    for (int i = 0; i < 3; i++) must(gpu->ops->tensor(gpu, tacts[i], QI_BF16, 3, ts, &err), "t");
+    must(gpu->ops->tensor(gpu, &fi, QI_BF16, 3, ifs, &err), "t");
+    must(gpu->ops->tensor(gpu, &ft, QI_BF16, 3, tfs, &err), "t");
+    Q = g_rand(4, js, 1.0f), K = g_rand(4, js, 1.0f), V = g_rand(4, js, 1.0f);
+    must(gpu->ops->tensor(gpu, &O, QI_BF16, 4, js, &err), "t");
+    must(gpu->ops->tensor(gpu, &ct, QI_F32, 2, tab, &err), "t");
+    must(gpu->ops->tensor(gpu, &st, QI_F32, 2, tab, &err), "t");
+    float *h = malloc((size_t)(Lj * Dh / 2) * sizeof(float));
+    for (int64_t i = 0; i < Lj * Dh / 2; i++) h[i] = frand();
+    must(gpu->ops->upload(gpu, &ct, h, &err), "cos");
+    must(gpu->ops->upload(gpu, &st, h, &err), "sin");
+    free(h);
+    int32_t *mh = malloc((size_t)Lj * sizeof(int32_t));
+    for (int64_t i = 0; i < Lj; i++) mh[i] = i < 100 || i >= 128;
+    must(gpu->ops->tensor(gpu, &mask, QI_I32, 2, mks, &err), "mask");
+    must(gpu->ops->upload(gpu, &mask, mh, &err), "mask");
+    free(mh);
+    uint16_t *hk[8];
+    qi_tensor wdd_ = g_weight(2, wdd, 0.018f, &hk[0]), wfd_ = g_weight(2, wfd, 0.018f, &hk[1]);
+    qi_tensor wdf_ = g_weight(2, wdf, 0.009f, &hk[2]), bd_ = g_weight(1, bd, 0.1f, &hk[3]);
+    qi_tensor bf_ = g_weight(1, bf, 0.1f, &hk[4]), nw = g_weight(1, nh, 1.0f, &hk[5]);
+    qi_tensor sh = mod_chunk(&mod, 1, D, 0), sc = mod_chunk(&mod, 1, D, 1), gt = mod_chunk(&mod, 1, D, 2);
+    qi_tensor qi4 = qi_view4(&qi_, 1, Li, H, Dh), qt4 = qi_view4(&qt, 1, Lt, H, Dh);
+    double t_ln_i, t_ln_t, t_lin_i, t_lin_t, t_up_i, t_up_t, t_dn_i, t_dn_t, t_nr_i, t_nr_t, t_att, t_ag_i, t_ag_t;
+    TIME_MS(t_ln_i, gpu->ops->layer_norm_mod(gpu, &img, &sh, &sc, 6 * D, 1e-6f, &ni));
+    TIME_MS(t_ln_t, gpu->ops->layer_norm_mod(gpu, &txt, &sh, &sc, 6 * D, 1e-6f, &nt));
+    TIME_MS(t_lin_i, gpu->ops->linear(gpu, &ni, &wdd_, &bd_, QI_ACT_NONE, &qi_));
+    TIME_MS(t_lin_t, gpu->ops->linear(gpu, &nt, &wdd_, &bd_, QI_ACT_NONE, &qt));
+    TIME_MS(t_nr_i, gpu->ops->rms_norm_rope(gpu, &qi4, &nw, 1e-6f, &ct, &st, QI_ROPE_INTERLEAVED, &Q, Lt));
+    TIME_MS(t_nr_t, gpu->ops->rms_norm_rope(gpu, &qt4, &nw, 1e-6f, &ct, &st, QI_ROPE_INTERLEAVED, &Q, 0));
+    TIME_MS(t_att, gpu->ops->attention(gpu, &Q, &K, &V, &mask, 0, 0.0884f, &O));
+    TIME_MS(t_ag_i, gpu->ops->add_gated(gpu, &img, &gt, 6 * D, &pi));
+    TIME_MS(t_ag_t, gpu->ops->add_gated(gpu, &txt, &gt, 6 * D, &pt));
+    double t_agln_i, t_agln_t;
+    TIME_MS(t_agln_i, gpu->ops->add_gated_layer_norm_mod(gpu, &img, &gt, 6 * D, &pi, &sh, &sc, 6 * D, 1e-6f, &ni));
+    TIME_MS(t_agln_t, gpu->ops->add_gated_layer_norm_mod(gpu, &txt, &gt, 6 * D, &pt, &sh, &sc, 6 * D, 1e-6f, &nt));
+    TIME_MS(t_up_i, gpu->ops->linear(gpu, &ni, &wfd_, &bf_, QI_ACT_GELU_TANH, &fi));
+    TIME_MS(t_up_t, gpu->ops->linear(gpu, &nt, &wfd_, &bf_, QI_ACT_GELU_TANH, &ft));
+    TIME_MS(t_dn_i, gpu->ops->linear(gpu, &fi, &wdf_, &bd_, QI_ACT_NONE, &pi));
+    TIME_MS(t_dn_t, gpu->ops->linear(gpu, &ft, &wdf_, &bd_, QI_ACT_NONE, &pt));
+    double gemm_i = 4 * t_lin_i + t_up_i + t_dn_i, gemm_t = 4 * t_lin_t + t_up_t + t_dn_t;
+    /* LN-mod, gated add + LN-mod (fused), gated add; 4 norm + rope */
+    double mem = (t_ln_i + t_ln_t) + (t_agln_i + t_agln_t) + (t_ag_i + t_ag_t) + 2 * (t_nr_i + t_nr_t);
+    double blk = gemm_i + gemm_t + t_att + mem;
+    double fl_i = 2.0 * Li * D * D * 4 + 2.0 * 2 * Li * D * F, fl_t = fl_i * Lt / Li, fl_a = 4.0 * H * Lj * Lj * Dh;
+    printf("DiT block at 1024²/txt128, each op timed alone (ms; × 60 for a call):\n");
+    printf("  image linears  (q,k,v,out %.3f each; MLP up %.3f, down %.3f) %7.3f  %6.2f per call  %4.0f TFLOP/s\n",
+           t_lin_i, t_up_i, t_dn_i, gemm_i, 60 * gemm_i, fl_i / (gemm_i * 1e-3) / 1e12);
+    printf("  text linears   (q,k,v,out %.3f each; MLP up %.3f, down %.3f) %7.3f  %6.2f per call  %4.0f TFLOP/s\n",
+           t_lin_t, t_up_t, t_dn_t, gemm_t, 60 * gemm_t, fl_t / (gemm_t * 1e-3) / 1e12);
+    printf("  attention      (joint 4224, masked)                          %7.3f  %6.2f per call  %4.0f TFLOP/s\n", t_att,
+           60 * t_att, fl_a / (t_att * 1e-3) / 1e12);
+    printf("  memory-bound   (LN-mod %.3f+%.3f, gated add+LN-mod %.3f+%.3f, gated add %.3f+%.3f, 4 norm+rope %.3f+%.3f) %7.3f  %6.2f per call\n",
+           t_ln_i, t_ln_t, t_agln_i, t_agln_t, t_ag_i, t_ag_t, t_nr_i, t_nr_t, mem, 60 * mem);
+    printf("  block total                                                  %7.3f  %6.2f per call\n", blk, 60 * blk);
+    for (int i = 0; i < 6; i++) free(hk[i]);
+    qi_tensor *ws[6] = {&wdd_, &wfd_, &wdf_, &bd_, &bf_, &nw};
+    for (int i = 0; i < 6; i++) gpu->ops->weight_free(gpu, ws[i]);
+    gpu->ops->reset(gpu, mk);
+}
+
+static void bench_fused(void) {
+    bench_dit_block();
+    printf("fused-op timings (median of %d after %d warm-up, CUDA events):\n", REPS, WARM);
+    /* every 3×3 conv shape of the 1024² decode (latent 128²) */
+    bench_conv_fused(16, 128, 128, 384, 0, 0, "conv_in");
+    bench_conv_fused(384, 128, 128, 384, 0, 1, "128² res");
+    bench_conv_fused(384, 128, 128, 192, 1, 0, "up ->256²");
+    bench_conv_fused(192, 256, 256, 384, 0, 0, "256² res0");
+    bench_conv_fused(384, 256, 256, 384, 0, 1, "256² res");
+    bench_conv_fused(384, 256, 256, 192, 1, 0, "up ->512²");
+    bench_conv_fused(192, 512, 512, 192, 0, 1, "512² res");
+    bench_conv_fused(192, 512, 512, 96, 1, 0, "up ->1024²");
+    bench_conv_fused(96, 1024, 1024, 96, 0, 1, "1024² res");
+    bench_conv_fused(96, 1024, 1024, 3, 0, 0, "conv_out");
+    size_t mk = gpu->ops->mark(gpu);
+    {
+        int64_t xs[3] = {96, 1024, 1024}, cs[1] = {96};
+        uint16_t *hg;
+        qi_tensor x = g_rand(3, xs, 1.0f), y, g = g_weight(1, cs, 1.0f, &hg);
+        must(gpu->ops->tensor(gpu, &y, QI_BF16, 3, xs, &err), "y");
+        double ms_f, ms_p, mb = 96.0 * 1024 * 1024 * 2 / 1e6;
+        TIME_MS(ms_f, gpu->ops->channel_rms_norm_act(gpu, &x, &g, NULL, QI_ACT_SILU, &y));
+        TIME_MS(ms_p, { gpu->ops->channel_rms_norm(gpu, &x, &g, NULL, &y); gpu->ops->activate(gpu, &y, QI_ACT_SILU, &y); });
+        printf("  %-12s channel_rms_norm_act silu [96, 1024, 1024] %7.3f ms %5.0f GB/s | norm + activate %7.3f ms\n",
+               "VAE", ms_f, 2 * mb / ms_f, ms_p);
+        gpu->ops->weight_free(gpu, &g);
+        free(hg);
+    }
+    gpu->ops->reset(gpu, mk);
+    {
+        int64_t xs[4] = {1, 4096, 24, 128}, ds[4] = {1, 4224, 24, 128}, ts[2] = {4224, 64}, wn[1] = {128};
+        qi_tensor x = g_rand(4, xs, 1.0f), d, ct, st;
+        must(gpu->ops->tensor(gpu, &d, QI_BF16, 4, ds, &err), "d");
+        must(gpu->ops->tensor(gpu, &ct, QI_F32, 2, ts, &err), "cos");
+        must(gpu->ops->tensor(gpu, &st, QI_F32, 2, ts, &err), "sin");
+        float *h = malloc(4224 * 64 * sizeof(float));
+        for (int i = 0; i < 4224 * 64; i++) h[i] = frand();
+        must(gpu->ops->upload(gpu, &ct, h, &err), "cos");
+        must(gpu->ops->upload(gpu, &st, h, &err), "sin");
+        free(h);
+        uint16_t *hw;
+        qi_tensor nw = g_weight(1, wn, 1.0f, &hw);
+        qi_tensor x2 = qi_view2(&x, 4096 * 24, 128), d2 = qi_view2(&d, 4224 * 24, 128);
+        double ms_f, ms_p, mb = 4096.0 * 3072 * 2 / 1e6;
+        TIME_MS(ms_f, gpu->ops->rms_norm_rope(gpu, &x, &nw, 1e-6f, &ct, &st, QI_ROPE_INTERLEAVED, &d, 128));
+        TIME_MS(ms_p, {
+            gpu->ops->rms_norm(gpu, &x2, &nw, 1e-6f, &x2);
+            gpu->ops->copy_rows(gpu, &x2, 0, &d2, 128 * 24, 4096 * 24);
+            gpu->ops->rope(gpu, &d, &ct, &st, QI_ROPE_INTERLEAVED);
+        });
+        printf("  %-12s rms_norm_rope [1, 4096, 24, 128] -> joint @128 %7.3f ms %5.0f GB/s | rms_norm + copy_rows + rope %7.3f ms\n",
+               "DiT", ms_f, 2 * mb / ms_f, ms_p);
+        gpu->ops->weight_free(gpu, &nw);
+        free(hw);
+    }
+    gpu->ops->reset(gpu, mk);
+}
 
 static void bench_conv1x1(int64_t Ci, int64_t H, int64_t W, int64_t Co) {
     size_t mk = gpu->ops->mark(gpu);
@@ -946,7 +1275,9 @@ int main(void) {
         qi_cuda_set_attention_kernel(gpu, default_kernel);
     }
     only_attention = only && strcmp(only, "attention") == 0;
+    only_fused = only && strcmp(only, "fused") == 0;
     if (only_attention) goto attention;
+    if (only_fused) goto fused;
     RUN(test_errors_reach_sync);
     RUN(test_linear);
     RUN(test_embedding);
@@ -967,6 +1298,12 @@ attention:
     RUN(test_channel_rms_norm);
     RUN(test_transpose2d);
     RUN(test_graph_replay);
+fused:
+    if (only_fused) RUN(test_conv2d);
+    RUN(test_conv2d_fused);
+    RUN(test_channel_rms_norm_act);
+    RUN(test_rms_norm_rope);
+    RUN(test_add_gated_layer_norm_mod);
 table:
 
     printf("\n| op | shape | rel L2 | tolerance |\n|---|---|---|---|\n");
@@ -974,7 +1311,12 @@ table:
         printf("| %s | %s | %.2e | %.1e |\n", rows[i].op, rows[i].shape, rows[i].err, rows[i].tol);
     printf("\n");
     const char *b = getenv("QI_CUDA_BENCH");
-    if (!b || strcmp(b, "0") != 0) bench();
+    if (only_fused) {
+        if (!b || strcmp(b, "0") != 0) bench_fused();
+    } else if (!b || strcmp(b, "0") != 0) {
+        bench();
+        bench_fused();
+    }
     cpu->ops->destroy(cpu);
     gpu->ops->destroy(gpu);
     TEST_END();

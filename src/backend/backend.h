@@ -158,6 +158,33 @@ typedef struct qi_backend_ops {
     qi_status (*random_weights)(qi_backend *be, uint64_t seed, qi_error *err);
     /* Device memory in use now and at its peak, bytes (weights + arena + workspaces). */
     void (*mem_usage)(qi_backend *be, size_t *now, size_t *peak);
+
+    /* ---- fused ops (NULL when a backend lacks them: model code then
+     * composes the plain ops above, with the same result) ---- */
+    /* Per-head RMSNorm then RoPE, written into rows of another tensor:
+     *   dst[b, dst_row0 + l, h, :] = rope(rms_norm(x[b, l, h, :]) · w, row dst_row0 + l)
+     * x [B, L, H, Dh]; dst [B, Ld, H, Dh] with dst_row0 + L <= Ld; w [Dh] or NULL;
+     * cos/sin tables F32 [>= dst_row0 + L, Dh/2], indexed by the DESTINATION row
+     * (so a joint sequence's tables serve both streams). dst may be x itself
+     * (dst_row0 0, same shape). = rms_norm, copy_rows, rope. */
+    void (*rms_norm_rope)(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps,
+                          const qi_tensor *cos_tab, const qi_tensor *sin_tab, qi_rope_mode mode,
+                          qi_tensor *dst, int64_t dst_row0);
+    /* y = act(channel_rms_norm(x, gamma, bias)) (see channel_rms_norm); y may alias x. */
+    void (*channel_rms_norm_act)(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
+                                 const qi_tensor *bias, qi_act act, qi_tensor *y);
+    /* y = conv2d(upsample ? upsample2x(x) : x, w, b, pad) + res (res NULL: none).
+     * res has y's shape and may be y itself (each element is read before it is
+     * written); y must not overlap x. The upsampled input is never stored. */
+    void (*conv2d_fused)(qi_backend *be, const qi_tensor *x, int upsample, const qi_tensor *w,
+                         const qi_tensor *b, int pad, const qi_tensor *res, qi_tensor *y);
+    /* add_gated(x, gate, gate_stride, y), then
+     * layer_norm_mod(x, shift, scale, mod_stride, eps, out) on the updated x,
+     * in one pass. x, y, out [B, L, D]; out must not overlap x or y. */
+    void (*add_gated_layer_norm_mod)(qi_backend *be, qi_tensor *x, const qi_tensor *gate,
+                                     int64_t gate_stride, const qi_tensor *y, const qi_tensor *shift,
+                                     const qi_tensor *scale, int64_t mod_stride, float eps,
+                                     qi_tensor *out);
 } qi_backend_ops;
 
 struct qi_backend {

@@ -725,21 +725,32 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
         }
     }
 
-    /* gated residuals; the MLP half then reads the updated streams (trap 2) */
+    /* gated residuals; the MLP half then reads the updated streams (trap 2).
+     * A backend with add_gated_layer_norm_mod also does the MLP half's
+     * modulated LN in the same pass over the stream. */
+    int ag_ln = op->add_gated_layer_norm_mod != NULL;
     op->linear(be, &o_i, &blk->to_out.w, &blk->to_out.b, QI_ACT_NONE, &a->proj_i);
-    op->add_gated(be, &a->img, &ig1, stride, &a->proj_i);
+    if (ag_ln)
+        op->add_gated_layer_norm_mod(be, &a->img, &ig1, stride, &a->proj_i, &ish2, &isc2, stride, DIT_EPS,
+                                     &a->norm_i);
+    else
+        op->add_gated(be, &a->img, &ig1, stride, &a->proj_i);
     if (!last) {
         op->linear(be, &o_t, &blk->to_add_out.w, &blk->to_add_out.b, QI_ACT_NONE, &a->proj_t);
-        op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
+        if (ag_ln)
+            op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
+                                         DIT_EPS, &a->norm_t);
+        else
+            op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
     }
 
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
-    op->layer_norm_mod(be, &a->img, &ish2, &isc2, stride, DIT_EPS, &a->norm_i);
+    if (!ag_ln) op->layer_norm_mod(be, &a->img, &ish2, &isc2, stride, DIT_EPS, &a->norm_i);
     op->linear(be, &a->norm_i, &blk->img_mlp_up.w, &blk->img_mlp_up.b, QI_ACT_GELU_TANH, &a->ff_i);
     op->linear(be, &a->ff_i, &blk->img_mlp_down.w, &blk->img_mlp_down.b, QI_ACT_NONE, &a->proj_i);
     op->add_gated(be, &a->img, &ig2, stride, &a->proj_i);
     if (!last) {
-        op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
+        if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
         op->linear(be, &a->norm_t, &blk->txt_mlp_up.w, &blk->txt_mlp_up.b, QI_ACT_GELU_TANH,
                    &a->ff_t);
         op->linear(be, &a->ff_t, &blk->txt_mlp_down.w, &blk->txt_mlp_down.b, QI_ACT_NONE,

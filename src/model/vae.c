@@ -457,8 +457,25 @@ static qi_status resblock_forward(qi_backend *be, const vae_resblock *rb, const 
     int64_t H = x->ne[1], W = x->ne[2];
     size_t mark = op->mark(be);
     qi_tensor t;
-    qi_status st = qi_be_act3(be, &t, rb->in_ch, H, W, err);
-    if (st) return st;
+    qi_status st;
+    if (op->channel_rms_norm_act && op->conv2d_fused) {
+        /* fused ops: norm + SiLU in one pass, the residual added by conv2 */
+        int64_t c_max = rb->in_ch > rb->out_ch ? rb->in_ch : rb->out_ch;
+        if ((st = qi_be_act3(be, &t, c_max, H, W, err))) return st;
+        qi_tensor t_in = chw(&t, rb->in_ch, H, W), t_out = chw(&t, rb->out_ch, H, W);
+        op->channel_rms_norm_act(be, x, &rb->norm1, NULL, QI_ACT_SILU, &t_in);
+        op->conv2d(be, &t_in, &rb->conv1_w, &rb->conv1_b, 1, y);
+        op->channel_rms_norm_act(be, y, &rb->norm2, NULL, QI_ACT_SILU, &t_out);
+        if (rb->has_shortcut) {
+            op->conv2d(be, x, &rb->shortcut_w, &rb->shortcut_b, 0, y); /* y = shortcut(x) */
+            op->conv2d_fused(be, &t_out, 0, &rb->conv2_w, &rb->conv2_b, 1, y, y);
+        } else {
+            op->conv2d_fused(be, &t_out, 0, &rb->conv2_w, &rb->conv2_b, 1, x, y);
+        }
+        op->reset(be, mark);
+        return QI_OK;
+    }
+    if ((st = qi_be_act3(be, &t, rb->in_ch, H, W, err))) return st;
     op->channel_rms_norm(be, x, &rb->norm1, NULL, &t); /* t = silu(norm1(x)) */
     op->activate(be, &t, QI_ACT_SILU, &t);
     op->conv2d(be, &t, &rb->conv1_w, &rb->conv1_b, 1, y); /* y = conv1(t) [out, H, W] */
@@ -553,6 +570,10 @@ static qi_status upsample_forward(qi_backend *be, const vae_level *lvl, const qi
     size_t mark = op->mark(be);
     qi_tensor up, xb, yb;
     qi_status st;
+    if (op->conv2d_fused) { /* the backend reads the upsampled input without storing it */
+        op->conv2d_fused(be, x, 1, &lvl->up_w, &lvl->up_b, 1, NULL, y);
+        return QI_OK;
+    }
     int64_t band = upsample_band_rows(C, H, W, qi_dtype_size(x->dtype), budget);
     if (band >= 2 * H) {
         if ((st = qi_be_act3(be, &up, C, 2 * H, 2 * W, err))) return st;
@@ -677,8 +698,12 @@ static qi_status decode_latent(qi_vae *v, const float *z, int64_t h, int64_t w, 
         }
     }
     /* head: silu(norm_out(x)) in place, conv_out to RGB */
-    op->channel_rms_norm(be, &x, &v->norm_out, NULL, &x);
-    op->activate(be, &x, QI_ACT_SILU, &x);
+    if (op->channel_rms_norm_act) {
+        op->channel_rms_norm_act(be, &x, &v->norm_out, NULL, QI_ACT_SILU, &x);
+    } else {
+        op->channel_rms_norm(be, &x, &v->norm_out, NULL, &x);
+        op->activate(be, &x, QI_ACT_SILU, &x);
+    }
     if ((st = qi_be_act3(be, &out_t, 3, H, W, err))) goto done;
     op->conv2d(be, &x, &v->conv_out_w, &v->conv_out_b, 1, &out_t);
     st = op->download(be, &out_t, out, err);

@@ -391,10 +391,12 @@ static void cpu_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tens
 /* ---- VAE ---------------------------------------------------------------------- */
 
 /* conv2d as im2col + GEMM, in bands of output rows so the column buffer stays
- * near 128 MB even for 1024² images with hundreds of channels. */
-static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
-                       int pad, qi_tensor *y) {
-    int64_t Ci = x->ne[0], H = x->ne[1], W = x->ne[2];
+ * near 128 MB even for 1024² images with hundreds of channels. `up`: the
+ * input is x upsampled 2× (nearest), read through the gather, never stored;
+ * `accumulate`: y += conv instead of y = conv (the bias is added either way). */
+static void conv2d_impl(qi_backend *be, const qi_tensor *x, int up, const qi_tensor *w, const qi_tensor *b,
+                        int pad, int accumulate, qi_tensor *y) {
+    int64_t Ci = x->ne[0], Hx = x->ne[1], Wx = x->ne[2], H = Hx << up, W = Wx << up;
     int64_t Co = w->ne[0], kh = w->ne[2], kw = w->ne[3];
     int64_t Ho = H + 2 * pad - kh + 1, Wo = W + 2 * pad - kw + 1;
     int64_t Kc = Ci * kh * kw;
@@ -408,7 +410,7 @@ static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
     int64_t band = (int64_t)((128u << 20) / ((size_t)Kc * Wo * 4));
     if (band < 1) band = 1;
     if (band > Ho) band = Ho;
-    float *col = (kh == 1 && kw == 1 && pad == 0) ? NULL : malloc((size_t)(Kc * band * Wo) * sizeof(float));
+    float *col = (kh == 1 && kw == 1 && pad == 0 && !up) ? NULL : malloc((size_t)(Kc * band * Wo) * sizeof(float));
     for (int64_t r0 = 0; r0 < Ho; r0 += band) {
         int64_t nr = Ho - r0 < band ? Ho - r0 : band, P = nr * Wo;
         const float *B_mat;
@@ -422,7 +424,7 @@ static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
                     for (int64_t c = 0; c < Wo; c++) {
                         int64_t ix = c + dx - pad;
                         dst[r * Wo + c] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
-                                              ? xs[(ci * H + iy) * W + ix]
+                                              ? xs[(ci * Hx + (iy >> up)) * Wx + (ix >> up)]
                                               : 0.0f;
                     }
                 }
@@ -433,7 +435,8 @@ static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
         }
         /* y[:, r0:r0+nr, :] = wf[Co, Kc] · col[Kc, P]; output row stride Ho*Wo. */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Co, (int)P, (int)Kc, 1.0f, wf,
-                    (int)Kc, B_mat, col ? (int)P : (int)(H * W), 0.0f, ys + r0 * Wo, (int)(Ho * Wo));
+                    (int)Kc, B_mat, col ? (int)P : (int)(H * W), accumulate ? 1.0f : 0.0f, ys + r0 * Wo,
+                    (int)(Ho * Wo));
     }
     if (bias) {
 #pragma omp parallel for NT(be) schedule(static)
@@ -443,6 +446,11 @@ static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
     free(col);
     free(bias);
     free(wf);
+}
+
+static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                       int pad, qi_tensor *y) {
+    conv2d_impl(be, x, 0, w, b, pad, 0, y);
 }
 
 static void cpu_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y) {
@@ -485,6 +493,64 @@ static void cpu_transpose2d(qi_backend *be, const qi_tensor *x, qi_tensor *y) {
         for (int64_t r = 0; r < R; r++) ys[c * R + r] = xs[r * C + c];
 }
 
+/* ---- fused ops: the plain ops' arithmetic in one call ------------------------------ */
+
+/* rms_norm (same float32 steps as cpu_rms_norm), then the rotation of cpu_rope
+ * with the destination row's angles, written into dst rows from dst_row0. */
+static void cpu_rms_norm_rope(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps,
+                              const qi_tensor *cos_tab, const qi_tensor *sin_tab, qi_rope_mode mode,
+                              qi_tensor *dst, int64_t dst_row0) {
+    int64_t B = x->ne[0], L = x->ne[1], H = x->ne[2], Dh = x->ne[3], P = Dh / 2, Ld = dst->ne[1];
+    float *wf = vec_f32(be, w);
+    const float *xs = x->data, *ct = cos_tab->data, *st = sin_tab->data;
+    float *ds = dst->data;
+#pragma omp parallel for NT(be) schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t l = 0; l < L; l++) {
+            int64_t row = dst_row0 + l;
+            for (int64_t h = 0; h < H; h++) {
+                const float *xr = xs + ((b * L + l) * H + h) * Dh;
+                float *o = ds + ((b * Ld + row) * H + h) * Dh; /* may be xr itself */
+                double ss = 0;
+                for (int64_t i = 0; i < Dh; i++) ss += (double)xr[i] * xr[i];
+                float inv = (float)(1.0 / sqrt(ss / (double)Dh + eps));
+                for (int64_t i = 0; i < Dh; i++) o[i] = xr[i] * inv * (wf ? wf[i] : 1.0f);
+                for (int64_t m = 0; m < P; m++) { /* then rotated in place */
+                    float c = ct[row * P + m], s = st[row * P + m];
+                    int64_t i0 = mode == QI_ROPE_INTERLEAVED ? 2 * m : m;
+                    int64_t i1 = mode == QI_ROPE_INTERLEAVED ? 2 * m + 1 : m + P;
+                    float a = o[i0], bb = o[i1];
+                    o[i0] = a * c - bb * s;
+                    o[i1] = a * s + bb * c;
+                }
+            }
+        }
+    free(wf);
+}
+
+static void cpu_channel_rms_norm_act(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
+                                     const qi_tensor *bias, qi_act act, qi_tensor *y) {
+    cpu_channel_rms_norm(be, x, gamma, bias, y);
+    if (act != QI_ACT_NONE) cpu_activate(be, y, act, y);
+}
+
+/* The residual goes into y first (unless it is y) and the GEMM accumulates
+ * onto it; the upsample is read through the im2col gather: no temporaries
+ * beyond conv2d's own column band. */
+static void cpu_conv2d_fused(qi_backend *be, const qi_tensor *x, int upsample, const qi_tensor *w,
+                             const qi_tensor *b, int pad, const qi_tensor *res, qi_tensor *y) {
+    if (res && res->data != y->data) memcpy(y->data, res->data, qi_nbytes(y));
+    conv2d_impl(be, x, upsample != 0, w, b, pad, res != NULL, y);
+}
+
+static void cpu_add_gated_layer_norm_mod(qi_backend *be, qi_tensor *x, const qi_tensor *gate,
+                                         int64_t gate_stride, const qi_tensor *y, const qi_tensor *shift,
+                                         const qi_tensor *scale, int64_t mod_stride, float eps,
+                                         qi_tensor *out) {
+    cpu_add_gated(be, x, gate, gate_stride, y);
+    cpu_layer_norm_mod(be, x, shift, scale, mod_stride, eps, out);
+}
+
 /* ---- table ------------------------------------------------------------------------ */
 
 static void cpu_destroy(qi_backend *be) {
@@ -522,6 +588,10 @@ static const qi_backend_ops cpu_ops = {
     .upsample2x = cpu_upsample2x,
     .channel_rms_norm = cpu_channel_rms_norm,
     .transpose2d = cpu_transpose2d,
+    .rms_norm_rope = cpu_rms_norm_rope,
+    .channel_rms_norm_act = cpu_channel_rms_norm_act,
+    .conv2d_fused = cpu_conv2d_fused,
+    .add_gated_layer_norm_mod = cpu_add_gated_layer_norm_mod,
 };
 
 qi_status qi_backend_cpu_create(int threads, size_t arena_bytes, qi_backend **out, qi_error *err) {

@@ -9,9 +9,11 @@
  * arena, cuBLASLt's workspace and the scratch buffer are made once, so a
  * denoising step can be captured as a CUDA graph.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "backend/cuda/cuda_internal.h"
 
@@ -21,7 +23,7 @@ extern "C" {
 
 #define LT_WORKSPACE_BYTES ((size_t)64 << 20)
 #define SCRATCH_BYTES ((size_t)512 << 20)
-#define STAGING_BYTES ((size_t)32 << 20)
+#define STAGING_BYTES ((size_t)64 << 20)
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -110,6 +112,55 @@ static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype d
     }
 }
 
+/* host_convert split over up to c->load_threads threads: reading a file
+ * mapping from the page cache (page faults, then the copy) runs at a few GB/s
+ * per core, well under the PCIe copy, so several cores fill each chunk. */
+typedef struct convert_job {
+    void *dst;
+    qi_dtype out_dt;
+    const void *src;
+    qi_dtype dt;
+    size_t n;
+} convert_job;
+
+static void *convert_thread(void *arg) {
+    convert_job *j = (convert_job *)arg;
+    host_convert(j->dst, j->out_dt, j->src, j->dt, j->n);
+    return NULL;
+}
+
+#define MAX_LOAD_THREADS 16
+
+static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src, qi_dtype dt,
+                             size_t n) {
+    size_t out_esz = qi_dtype_size(out_dt), in_esz = qi_dtype_size(dt);
+    int threads = c->load_threads;
+    if (threads > MAX_LOAD_THREADS) threads = MAX_LOAD_THREADS;
+    if (threads <= 1 || n * out_esz < ((size_t)4 << 20)) {
+        host_convert(dst, out_dt, src, dt, n);
+        return;
+    }
+    pthread_t th[MAX_LOAD_THREADS];
+    convert_job jobs[MAX_LOAD_THREADS];
+    int started[MAX_LOAD_THREADS] = {0};
+    size_t per = (n + (size_t)threads - 1) / (size_t)threads;
+    per = (per + 4095) & ~(size_t)4095; /* whole pages of the source, mostly */
+    for (int i = 0; i < threads; i++) {
+        size_t i0 = (size_t)i * per;
+        jobs[i].dst = (char *)dst + i0 * out_esz;
+        jobs[i].out_dt = out_dt;
+        jobs[i].src = (const char *)src + i0 * in_esz;
+        jobs[i].dt = dt;
+        jobs[i].n = i0 >= n ? 0 : (n - i0 < per ? n - i0 : per);
+        if (jobs[i].n == 0) continue;
+        started[i] = i > 0 && pthread_create(&th[i], NULL, convert_thread, &jobs[i]) == 0;
+    }
+    for (int i = 0; i < threads; i++) /* this thread does job 0 and any that did not start */
+        if (jobs[i].n && !started[i]) convert_thread(&jobs[i]);
+    for (int i = 0; i < threads; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+}
+
 /* Host data of type src_dt -> device tensor of type dst_dt, through the two
  * pinned staging buffers so conversion of one chunk overlaps the copy of the
  * previous one. */
@@ -123,7 +174,7 @@ static qi_status staged_upload(cuda_impl *c, void *dev, qi_dtype dst_dt, const v
         int s = (int)(k & 1);
         if ((e = cudaEventSynchronize(c->staging_free[s])) != cudaSuccess)
             return cuda_err(err, e, "upload (waiting for staging)");
-        host_convert(c->staging[s], dst_dt, (const char *)host + i0 * in_esz, src_dt, m);
+        parallel_convert(c, c->staging[s], dst_dt, (const char *)host + i0 * in_esz, src_dt, m);
         if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, c->staging[s], m * out_esz,
                                  cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
             return cuda_err(err, e, "upload (copy)");
@@ -439,6 +490,20 @@ extern "C" int qi_cuda_set_attention_kernel(qi_backend *be, const char *name) {
     return -1;
 }
 
+static int conv_mode_of(const char *name) {
+    static const char *names[3] = {"auto", "implicit", "im2col"}; /* qc_conv_mode order */
+    for (int i = 0; i < 3; i++)
+        if (name && strcmp(name, names[i]) == 0) return i;
+    return -1;
+}
+
+extern "C" int qi_cuda_set_conv_kernel(qi_backend *be, const char *name) {
+    int m = conv_mode_of(name);
+    if (m < 0) return -1;
+    cuda_of(be)->conv_mode = m;
+    return 0;
+}
+
 /* ---- CUDA graphs ---------------------------------------------------------------------- */
 
 struct qi_cuda_graph {
@@ -541,6 +606,10 @@ static const qi_backend_ops cuda_ops = {
     qc_transpose2d,
     cuda_random_weights,
     cuda_mem_usage,
+    qc_rms_norm_rope,
+    qc_channel_rms_norm_act,
+    qc_conv2d_fused,
+    qc_add_gated_layer_norm_mod,
 };
 
 extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
@@ -606,6 +675,16 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
         }
     }
     c->hopper = prop.major == 9;
+    { /* host threads filling the upload staging: QI_CUDA_LOAD_THREADS, default half the cores, <= 8 */
+        const char *lt = getenv("QI_CUDA_LOAD_THREADS");
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        c->load_threads = lt ? atoi(lt) : (int)(cores / 2 < 8 ? cores / 2 : 8);
+        if (c->load_threads < 1) c->load_threads = 1;
+    }
+    { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
+        int m = conv_mode_of(getenv("QI_CUDA_CONV"));
+        c->conv_mode = m < 0 ? QC_CONV_AUTO : m;
+    }
     {
         cudaDriverEntryPointQueryResult q;
         if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &c->tmap_encode, 12000, cudaEnableDefault,

@@ -32,6 +32,13 @@ size_t qi_cuda_weight_bytes(qi_backend *be);
  * Returns 0, or -1 for an unknown name. */
 int qi_cuda_set_attention_kernel(qi_backend *be, const char *name);
 
+/* Chooses how 3×3, pad-1 convolutions run (for tests and benchmarks):
+ * "auto" (default: whichever measured faster for the shape), "implicit"
+ * (implicit GEMM on the tensor cores, no column matrix, upsample and residual
+ * fused) or "im2col" (column matrix + cuBLASLt). The environment variable
+ * QI_CUDA_CONV sets the initial choice. Returns 0, or -1 for an unknown name. */
+int qi_cuda_set_conv_kernel(qi_backend *be, const char *name);
+
 /* CUDA graphs: ops queued between capture_begin and capture_end are recorded,
  * not run; graph_launch replays them (on the same tensors, reading their
  * current contents). Every op may be captured; upload, download, sync, weight

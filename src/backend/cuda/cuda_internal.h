@@ -57,12 +57,14 @@ typedef struct cuda_impl {
     void *staging[2];
     size_t staging_bytes;
     cudaEvent_t staging_free[2];
+    int load_threads;    /* host threads converting into the staging buffers */
 
     size_t weight_bytes; /* device memory held by weights */
     size_t weight_peak;  /* the most weights held at once */
     uint64_t random_seed; /* nonzero: `weight` fills random values instead of copying (benchmarks) */
     uint64_t random_count; /* weights made so far: each gets its own stream */
     int attn_variant;    /* qc_attn_variant: which attention kernel (tests and benchmarks pick) */
+    int conv_mode;       /* qc_conv_mode: how 3×3, pad-1 convs run */
     int hopper;          /* compute capability 9.x: wgmma and TMA kernels */
     void *tmap_encode;   /* the driver's cuTensorMapEncodeTiled, NULL if unavailable */
 
@@ -77,6 +79,13 @@ static inline cuda_impl *cuda_of(qi_backend *be) { return (cuda_impl *)be->impl;
 void qc_fail(cuda_impl *c, qi_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Records a launch error (cudaGetLastError) under the op's name; returns 0 if none. */
 int qc_check_launch(cuda_impl *c, const char *op);
+
+/* ---- convolution (cuda_conv.cu) ---- */
+typedef enum qc_conv_mode {
+    QC_CONV_AUTO = 0, /* implicit GEMM where it measured faster, else im2col */
+    QC_CONV_IMPLICIT, /* implicit GEMM whenever it can take the case */
+    QC_CONV_IM2COL    /* column matrix + cuBLASLt (upsample materialised) */
+} qc_conv_mode;
 
 /* ---- attention (cuda_attention.cu, cuda_flash_hopper.cu) ---- */
 typedef enum qc_attn_variant {
@@ -139,7 +148,22 @@ void qc_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y);
 void qc_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                          const qi_tensor *bias, qi_tensor *y);
 void qc_transpose2d(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+void qc_rms_norm_rope(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps, const qi_tensor *cos_tab,
+                      const qi_tensor *sin_tab, qi_rope_mode mode, qi_tensor *dst, int64_t dst_row0);
+void qc_channel_rms_norm_act(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma, const qi_tensor *bias,
+                             qi_act act, qi_tensor *y);
+void qc_conv2d_fused(qi_backend *be, const qi_tensor *x, int upsample, const qi_tensor *w, const qi_tensor *b,
+                     int pad, const qi_tensor *res, qi_tensor *y);
+void qc_add_gated_layer_norm_mod(qi_backend *be, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride,
+                                 const qi_tensor *y, const qi_tensor *shift, const qi_tensor *scale,
+                                 int64_t mod_stride, float eps, qi_tensor *out);
 }
+
+/* The 3×3, pad 1 conv of x (upsampled 2× first when `upsample`) as an implicit
+ * GEMM, + b + res, into y (cuda_conv.cu). Returns 0 without doing anything
+ * when it cannot take the case (dtypes, sizes) or im2col is faster / chosen. */
+int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi_tensor *w, const qi_tensor *b,
+                        const qi_tensor *res, qi_tensor *y);
 
 /* Adds bias[N] (any float dtype, times bias_scale) and applies act to y[M, N]
  * in place (y bf16 or f32); used when the GEMM epilogue cannot. */

@@ -1,7 +1,9 @@
 /*
- * cuda_ops.cu — the CUDA backend's memory-bound ops: embedding, norms,
- * elementwise ops, rope, CFG combine, and the VAE ops (conv2d as im2col +
- * cuBLASLt GEMM, upsample, channel RMS norm, transpose).
+ * cuda_ops.cu — the CUDA backend's memory-bound ops: embedding, norms (and
+ * the fused gated add + LayerNorm, per-head RMSNorm + RoPE), elementwise ops,
+ * rope, CFG combine, and the VAE ops (conv2d: 1×1 as a cuBLASLt GEMM, 3×3
+ * through cuda_conv.cu's implicit GEMM or im2col + cuBLASLt; upsample,
+ * transpose; channel RMS norm lives in cuda_conv.cu).
  *
  * Activations are bf16 (F32 also accepted); every reduction and every
  * intermediate is float32, with one rounding on the store. Parameter vectors
@@ -268,6 +270,93 @@ extern "C" void qc_layer_norm_mod(qi_backend *be, const qi_tensor *x, const qi_t
             layer_norm_mod_k<T, 1, 32><<<g, THREADS, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, R, L, (int)D);
     });
     qc_check_launch(c, "layer_norm_mod");
+}
+
+/* add_gated then layer_norm_mod on the updated row, bf16 everywhere, rows of
+ * D <= 4096 held in registers (128 threads × U units of 8): x and y are read
+ * once, x and out written once. The updated x is rounded to bf16 before the
+ * norm reads it, exactly as the two ops in sequence would. */
+template <int U>
+__global__ void __launch_bounds__(128) add_gated_ln_mod_k(bf16 *x, const bf16 *gate, int64_t gstride, const bf16 *y,
+                                                          const bf16 *shift, const bf16 *scale, int64_t mstride,
+                                                          float eps, bf16 *out, int64_t L, int D) {
+    __shared__ float sh[4];
+    const int64_t row = blockIdx.x;
+    const int t = threadIdx.x, units = D / 8;
+    bf16 *xr = x + row * D;
+    const bf16 *yr = y + row * D;
+    const int64_t grow = (row / L) * gstride, mrow = (row / L) * mstride;
+    float v[U][8];
+    float s = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int i = t + u * 128;
+        if (i < units) {
+            float yv[8], gv[8];
+            load_v<8>(xr + i * 8, v[u]);
+            load_v<8>(yr + i * 8, yv);
+            if (gate) load_v<8>(gate + grow + i * 8, gv);
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[u][j] += (gate ? gv[j] : 1.0f) * yv[j];
+            store_v<8>(xr + i * 8, v[u]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[u][j] = __bfloat162float(__float2bfloat16_rn(v[u][j])); /* as stored */
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += v[u][j];
+        }
+    }
+    const float mean = group_sum<128>(s, sh) / (float)D;
+    float ss = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        if (t + u * 128 < units)
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += (v[u][j] - mean) * (v[u][j] - mean);
+    const float inv = rsqrtf(group_sum<128>(ss, sh) / (float)D + eps);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int i = t + u * 128;
+        if (i < units) {
+            float sc[8], sf[8];
+            if (scale) load_v<8>(scale + mrow + i * 8, sc);
+            if (shift) load_v<8>(shift + mrow + i * 8, sf);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                v[u][j] = (v[u][j] - mean) * inv * (1.0f + (scale ? sc[j] : 0.0f)) + (shift ? sf[j] : 0.0f);
+            store_v<8>(out + row * D + i * 8, v[u]);
+        }
+    }
+}
+
+extern "C" void qc_add_gated_layer_norm_mod(qi_backend *be, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride,
+                                            const qi_tensor *y, const qi_tensor *shift, const qi_tensor *scale,
+                                            int64_t mod_stride, float eps, qi_tensor *out) {
+    cuda_impl *c = cuda_of(be);
+    const int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
+    const int64_t B = x->ndim >= 3 ? x->ne[0] : 1, L = B ? R / B : 0;
+    const int U = (int)((D / 8 + 127) / 128);
+    auto vec_param = [&](const qi_tensor *p, int64_t stride) {
+        return !p || (p->dtype == QI_BF16 && stride % 8 == 0 && qc_aligned16(p->data));
+    };
+    const bool fast = x->dtype == QI_BF16 && y->dtype == QI_BF16 && out->dtype == QI_BF16 && D % 8 == 0 &&
+                      D <= 4096 && R > 0 && qi_numel(y) == qi_numel(x) && qi_numel(out) == qi_numel(x) &&
+                      qc_aligned16(x->data) && qc_aligned16(y->data) && qc_aligned16(out->data) &&
+                      vec_param(gate, gate_stride) && vec_param(shift, mod_stride) && vec_param(scale, mod_stride);
+    if (!fast) { /* the two ops */
+        qc_add_gated(be, x, gate, gate_stride, y);
+        qc_layer_norm_mod(be, x, shift, scale, mod_stride, eps, out);
+        return;
+    }
+    const bf16 *g = gate ? (const bf16 *)gate->data : NULL, *sf = shift ? (const bf16 *)shift->data : NULL;
+    const bf16 *sc = scale ? (const bf16 *)scale->data : NULL;
+    bf16 *xs = (bf16 *)x->data, *os = (bf16 *)out->data;
+    const bf16 *ys = (const bf16 *)y->data;
+    const unsigned rb = (unsigned)R;
+    if (U == 1) add_gated_ln_mod_k<1><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
+    else if (U == 2) add_gated_ln_mod_k<2><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
+    else if (U == 3) add_gated_ln_mod_k<3><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
+    else add_gated_ln_mod_k<4><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
+    qc_check_launch(c, "add_gated_layer_norm_mod");
 }
 
 /* comb = u + s(c − u); out = comb · ‖c‖ / ‖comb‖ per row. */
@@ -635,6 +724,102 @@ extern "C" void qc_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, 
     qc_check_launch(c, "rope");
 }
 
+/* ---- per-head RMSNorm + RoPE ---------------------------------------------------------- */
+
+/* Head dim 128, bf16, F32 tables: 16 threads per (b, l, h) row, 8 elements
+ * each. The row is normalised in registers, rotated (interleaved pairs are
+ * inside a thread; "half" pairs (m, m+64) are 8 threads apart: one shuffle)
+ * and stored once into the destination row. Rows past R are computed on a
+ * clamped row and not stored, so every shuffle sees a full warp. */
+__global__ void rms_norm_rope128_k(const bf16 *x, const void *w, int wdt, float wscale, float eps,
+                                   const float *cos_t, const float *sin_t, int interleaved, bf16 *dst,
+                                   int64_t R, int64_t L, int64_t H, int64_t Ld, int64_t row0) {
+    int64_t r = (int64_t)blockIdx.x * (THREADS / 16) + threadIdx.x / 16;
+    const bool live = r < R;
+    if (!live) r = R - 1;
+    const int t = threadIdx.x & 15;
+    const int64_t h = r % H, bl = r / H, l = bl % L, b = bl / L, drow = row0 + l;
+    float f[8];
+    load_v<8>(x + r * 128 + t * 8, f);
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) ss += f[j] * f[j];
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float inv = rsqrtf(ss / 128.0f + eps);
+#pragma unroll
+    for (int j = 0; j < 8; j++) f[j] *= inv * (w ? ld_param(w, wdt, t * 8 + j) * wscale : 1.0f);
+    float out[8];
+    if (interleaved) { /* pairs (2m, 2m+1), m = 4t .. 4t+3 */
+        float cs[4], sn[4];
+        const float4 c4 = *(const float4 *)(cos_t + drow * 64 + t * 4), s4 = *(const float4 *)(sin_t + drow * 64 + t * 4);
+        cs[0] = c4.x, cs[1] = c4.y, cs[2] = c4.z, cs[3] = c4.w;
+        sn[0] = s4.x, sn[1] = s4.y, sn[2] = s4.z, sn[3] = s4.w;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            out[2 * j] = f[2 * j] * cs[j] - f[2 * j + 1] * sn[j];
+            out[2 * j + 1] = f[2 * j] * sn[j] + f[2 * j + 1] * cs[j];
+        }
+    } else { /* pairs (m, m+64): threads t and t^8 hold the two halves */
+        float cs[8], sn[8], other[8];
+        load_v<8>(cos_t + drow * 64 + (t & 7) * 8, cs);
+        load_v<8>(sin_t + drow * 64 + (t & 7) * 8, sn);
+#pragma unroll
+        for (int j = 0; j < 8; j++) other[j] = __shfl_xor_sync(0xffffffffu, f[j], 8);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            out[j] = t < 8 ? f[j] * cs[j] - other[j] * sn[j] : other[j] * sn[j] + f[j] * cs[j];
+    }
+    if (live) store_v<8>(dst + ((b * Ld + drow) * H + h) * 128 + t * 8, out);
+}
+
+extern "C" void qc_rms_norm_rope(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps,
+                                 const qi_tensor *cos_tab, const qi_tensor *sin_tab, qi_rope_mode mode,
+                                 qi_tensor *dst, int64_t dst_row0) {
+    cuda_impl *c = cuda_of(be);
+    if (x->ndim != 4 || dst->ndim != 4 || x->ne[0] != dst->ne[0] || x->ne[2] != dst->ne[2] ||
+        x->ne[3] != dst->ne[3] || x->ne[3] % 2 || dst_row0 < 0 || dst_row0 + x->ne[1] > dst->ne[1]) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: rms_norm_rope needs x [B, L, H, Dh] and dst [B, Ld, H, Dh] with "
+                "dst_row0 + L <= Ld and Dh even");
+        return;
+    }
+    if (!same_dtype(c, "rms_norm_rope", x, dst)) return;
+    const int64_t B = x->ne[0], L = x->ne[1], H = x->ne[2], Dh = x->ne[3], Ld = dst->ne[1], P = Dh / 2;
+    if (qi_numel(cos_tab) < (dst_row0 + L) * P || qi_numel(sin_tab) < (dst_row0 + L) * P ||
+        cos_tab->dtype != sin_tab->dtype || (w && qi_numel(w) != Dh)) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: rms_norm_rope tables must be [>= %lld, %lld] of one dtype, w [%lld]",
+                (long long)(dst_row0 + L), (long long)P, (long long)Dh);
+        return;
+    }
+    const int64_t R = B * L * H;
+    if (R == 0) return;
+    if (Dh == 128 && x->dtype == QI_BF16 && cos_tab->dtype == QI_F32 && qc_aligned16(x->data) &&
+        qc_aligned16(dst->data) && qc_aligned16(cos_tab->data) && qc_aligned16(sin_tab->data)) {
+        rms_norm_rope128_k<<<(unsigned)((R + THREADS / 16 - 1) / (THREADS / 16)), THREADS, 0, c->stream>>>(
+            (const bf16 *)x->data, w ? w->data : NULL, w ? (int)w->dtype : 0, w ? w->scale : 1.0f, eps,
+            (const float *)cos_tab->data, (const float *)sin_tab->data, mode == QI_ROPE_INTERLEAVED,
+            (bf16 *)dst->data, R, L, H, Ld, dst_row0);
+        qc_check_launch(c, "rms_norm_rope");
+        return;
+    }
+    /* Other head dims: the plain ops, batch by batch, on dst's rows (tables from row dst_row0). */
+    const size_t esz = qi_dtype_size(x->dtype), tsz = qi_dtype_size(cos_tab->dtype);
+    qi_tensor ct = *cos_tab, st = *sin_tab;
+    ct.data = (char *)cos_tab->data + (size_t)(dst_row0 * P) * tsz;
+    st.data = (char *)sin_tab->data + (size_t)(dst_row0 * P) * tsz;
+    for (int64_t b = 0; b < B; b++) {
+        qi_tensor xb = *x, db = *dst; /* batch b's rows, as [1, L, H, Dh] */
+        xb.ne[0] = db.ne[0] = 1;
+        db.ne[1] = L;
+        xb.data = (char *)x->data + (size_t)(b * L * H * Dh) * esz;
+        db.data = (char *)dst->data + (size_t)((b * Ld + dst_row0) * H * Dh) * esz;
+        qi_tensor x2 = qi_view2(&xb, L * H, Dh), d2 = qi_view2(&db, L * H, Dh);
+        qi_tensor d4 = qi_view4(&db, 1, L, H, Dh);
+        qc_rms_norm(be, &x2, w, eps, &d2);
+        qc_rope(be, &d4, &ct, &st, mode);
+    }
+}
+
 /* ---- VAE --------------------------------------------------------------------------- */
 
 /* col[kk][p] for output rows [r0, r0+nr): kk = (ci, dy, dx) is blockIdx.y,
@@ -699,6 +884,8 @@ extern "C" void qc_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w
                 (long long)Co, (long long)Kc, (long long)Ci, (long long)H, (long long)W);
         return;
     }
+    /* 3×3, pad 1 (every VAE conv but the 1×1s): implicit GEMM, no column matrix */
+    if (kh == 3 && kw == 3 && pad == 1 && qc_conv3x3_implicit(c, x, 0, w, b, NULL, y)) return;
     /* Weights: bf16 as they are; other dtypes converted into the scratch head. */
     char *scratch = c->scratch;
     size_t left = c->scratch_bytes;
@@ -778,38 +965,10 @@ extern "C" void qc_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y) 
     qc_check_launch(c, "upsample2x");
 }
 
-/* One thread per pixel, looping over the channels (adjacent threads read
- * adjacent pixels, so each channel's loads coalesce). */
-template <typename T>
-__global__ void channel_rms_norm_k(const T *x, const void *gamma, const void *bias, int gdt, int bdt,
-                                   float gscale, float bscale, T *y, int64_t C, int64_t HW) {
-    GRID_STRIDE(p, HW) {
-        float ss = 0.0f;
-        for (int64_t ch = 0; ch < C; ch++) {
-            float v = to_f(x[ch * HW + p]);
-            ss += v * v;
-        }
-        float inv = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
-        for (int64_t ch = 0; ch < C; ch++) {
-            float v = to_f(x[ch * HW + p]) * inv * (gamma ? ld_param(gamma, gdt, ch) * gscale : 1.0f);
-            y[ch * HW + p] = from_f<T>(v + (bias ? ld_param(bias, bdt, ch) * bscale : 0.0f));
-        }
-    }
-}
-
+/* channel_rms_norm_act with no activation (cuda_conv.cu). */
 extern "C" void qc_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                                     const qi_tensor *bias, qi_tensor *y) {
-    cuda_impl *c = cuda_of(be);
-    if (!same_dtype(c, "channel_rms_norm", x, y) || !same_numel(c, "channel_rms_norm", x, y)) return;
-    int64_t C = x->ne[0], HW = C ? qi_numel(x) / C : 0;
-    if (HW == 0) return;
-    ACT_DISPATCH(c, x->dtype, "channel_rms_norm", {
-        channel_rms_norm_k<T><<<grid_for(c, HW), THREADS, 0, c->stream>>>(
-            (const T *)x->data, gamma ? gamma->data : NULL, bias ? bias->data : NULL,
-            gamma ? gamma->dtype : 0, bias ? bias->dtype : 0, gamma ? gamma->scale : 1.0f,
-            bias ? bias->scale : 1.0f, (T *)y->data, C, HW);
-    });
-    qc_check_launch(c, "channel_rms_norm");
+    qc_channel_rms_norm_act(be, x, gamma, bias, QI_ACT_NONE, y);
 }
 
 /* 32×32 tiles through shared memory (padded by one to dodge bank conflicts). */

@@ -1,0 +1,501 @@
+/*
+ * cuda_conv.cu — the VAE's 3×3 convolution as an implicit GEMM on the tensor
+ * cores (no column matrix), with the nearest-2× upsample folded into its
+ * input gather and bias + residual in its epilogue; and the fused channel
+ * RMS norm + activation.
+ *
+ * Conv as a GEMM: y[co, p] = Σ_k W[co, k] · X[k, p] with k = (ci, tap) and
+ * p a pixel. A block owns BM = 32·MT output channels × 128 pixels (2 rows ×
+ * 64 columns); its 4 warps split that 2 (channels) × 2 (rows), so a warp owns
+ * MT·16 channels × 64 pixels of one row. K runs over chunks of 16 input
+ * channels; per chunk, shared memory holds
+ *   A: the weights of the chunk, reordered per call into [chunk][co][tap·16 + ci]
+ *      (so a tap's 16 channels are one k16 step), copied by cp.async;
+ *   B: the input's halo (4 rows × 66 columns around the tile) as [pixel][16 ch],
+ *      gathered through registers (the image is [C, H, W]: channels are far
+ *      apart in memory, pixels adjacent), zero outside the image.
+ * Each tap is then a k16 step whose B rows are the halo pixels shifted by
+ * (dy, dx): ldmatrix takes any row, so no data moves per tap. Two stages:
+ * the next chunk's loads are in flight while this one's 9 steps run.
+ * mma.sync m16n8k16 bf16 with float32 accumulators; one rounding on store.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+/* ---- PTX wrappers (the same as the attention kernels') ---------------------------- */
+
+static __device__ __forceinline__ uint32_t cv_smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+static __device__ __forceinline__ void cv_cp_async16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(cv_smem_u32(dst)), "l"(src));
+}
+static __device__ __forceinline__ void cv_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+static __device__ __forceinline__ void cv_cp_async_wait_all() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+static __device__ __forceinline__ void cv_ldmatrix_x4(uint32_t *r, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(cv_smem_u32(p)));
+}
+/* d[4] += a[4] · b[2]: one m16n8k16 bf16 product, float32 accumulators. */
+static __device__ __forceinline__ void cv_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* ---- implicit-GEMM 3×3 conv ---------------------------------------------------------- */
+
+#define CV_TW 64                             /* tile columns */
+#define CV_TH 2                              /* tile rows (one per warp row) */
+#define CV_HW (CV_TW + 2)                    /* halo columns */
+#define CV_HPIX ((CV_TH + 2) * CV_HW)        /* halo pixels: 264 */
+#define CV_KC 16                             /* input channels per chunk */
+#define CV_AK (9 * CV_KC)                    /* k per chunk: 144 */
+#define CV_AS (CV_AK + 8)                    /* A row stride (elements): 304 B, ldmatrix conflict-free */
+#define CV_BS (CV_KC + 8)                    /* B pixel stride (elements): 48 B, ldmatrix conflict-free */
+#define CV_THREADS 128
+#define CV_HSLOTS ((CV_HPIX + CV_THREADS - 1) / CV_THREADS) /* halo pixels per thread: 3 */
+
+template <int MT> static constexpr size_t conv_smem_bytes() {
+    return 2 * ((size_t)32 * MT * CV_AS + (size_t)CV_HPIX * CV_BS) * sizeof(bf16);
+}
+
+/* wr[cb][co][tap·16 + j] = w[co][cb·16 + j][tap] · scale, zero past Co / Ci. */
+__global__ void conv_reorder_w_k(const void *w, int wdt, float wscale, int Co, int Ci, int co_pad, int ncb,
+                                 bf16 *wr) {
+    const int64_t n = (int64_t)ncb * co_pad * CV_AK;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int k = (int)(i % CV_AK), co = (int)((i / CV_AK) % co_pad), cb = (int)(i / ((int64_t)CV_AK * co_pad));
+        const int tap = k / CV_KC, ci = cb * CV_KC + k % CV_KC;
+        const float v = co < Co && ci < Ci ? ld_param(w, wdt, ((int64_t)co * Ci + ci) * 9 + tap) * wscale : 0.0f;
+        wr[i] = __float2bfloat16_rn(v);
+    }
+}
+
+typedef struct conv_args {
+    const bf16 *x;     /* [Ci, Hin, Win] */
+    const bf16 *wr;    /* reordered weights [ncb][co_pad][144] */
+    const void *bias;  /* [Co] any float dtype, or NULL */
+    const bf16 *res;   /* [Co, H, W] or NULL; may equal y */
+    bf16 *y;           /* [Co, H, W] */
+    int Ci, Hin, Win, up; /* up: the conv input is x upsampled 2× (H = 2·Hin) */
+    int Co, H, W, co_pad, ncb, n_co_blocks, tiles_x;
+    int bdt;
+    float bscale;
+} conv_args;
+
+template <int MT>
+__global__ void __launch_bounds__(CV_THREADS, 2) conv3x3_k(const conv_args p) {
+    constexpr int BM = 32 * MT, A_EL = BM * CV_AS, B_EL = CV_HPIX * CV_BS;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 *const sA0 = (bf16 *)smem, *const sB0 = sA0 + A_EL;
+    bf16 *const sA1 = sB0 + B_EL, *const sB1 = sA1 + A_EL;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wm = warp & 1, wn = warp >> 1; /* channel half, tile row */
+    const int co_blk = (int)(blockIdx.x % (unsigned)p.n_co_blocks), tile = (int)(blockIdx.x / (unsigned)p.n_co_blocks);
+    const int co0 = co_blk * BM, tx0 = (tile % p.tiles_x) * CV_TW, ty0 = (tile / p.tiles_x) * CV_TH;
+    const int plane = p.Hin * p.Win;
+    const unsigned short *xs = (const unsigned short *)p.x;
+
+    /* This thread's halo pixels (the same for every chunk): offset into one
+     * input channel plane, or -1 outside the image (zero padding). */
+    int hoff[CV_HSLOTS];
+#pragma unroll
+    for (int s = 0; s < CV_HSLOTS; s++) {
+        const int hp = tid + s * CV_THREADS;
+        hoff[s] = -1;
+        if (hp < CV_HPIX) {
+            const int Y = ty0 - 1 + hp / CV_HW, X = tx0 - 1 + hp % CV_HW;
+            if (Y >= 0 && Y < p.H && X >= 0 && X < p.W)
+                hoff[s] = p.up ? (Y >> 1) * p.Win + (X >> 1) : Y * p.Win + X;
+        }
+    }
+
+    auto load_a = [&](int cb, bf16 *sA) {
+        const bf16 *src = p.wr + ((size_t)cb * p.co_pad + co0) * CV_AK;
+        for (int i = tid; i < BM * (CV_AK / 8); i += CV_THREADS) {
+            const int r = i / (CV_AK / 8), piece = i % (CV_AK / 8);
+            cv_cp_async16(sA + r * CV_AS + piece * 8, src + (size_t)r * CV_AK + piece * 8);
+        }
+    };
+    /* Channel pairs (2j, 2j+1) of the chunk at each halo pixel, packed as bf16x2. */
+    uint32_t breg[CV_HSLOTS][CV_KC / 2];
+    auto load_b = [&](int cb) {
+        const int ci0 = cb * CV_KC;
+#pragma unroll
+        for (int s = 0; s < CV_HSLOTS; s++)
+#pragma unroll
+            for (int j = 0; j < CV_KC / 2; j++) {
+                const int ci = ci0 + 2 * j;
+                uint32_t lo = 0, hi = 0;
+                if (hoff[s] >= 0) {
+                    const size_t o = (size_t)ci * plane + hoff[s];
+                    if (ci < p.Ci) lo = __ldg(xs + o);
+                    if (ci + 1 < p.Ci) hi = __ldg(xs + o + plane);
+                }
+                breg[s][j] = lo | (hi << 16);
+            }
+    };
+    auto store_b = [&](bf16 *sB) {
+#pragma unroll
+        for (int s = 0; s < CV_HSLOTS; s++) {
+            const int hp = tid + s * CV_THREADS;
+            if (hp < CV_HPIX) { /* two 16-byte stores; pixels 48 B apart: conflict-free */
+                uint4 *d = (uint4 *)(sB + hp * CV_BS);
+                d[0] = make_uint4(breg[s][0], breg[s][1], breg[s][2], breg[s][3]);
+                d[1] = make_uint4(breg[s][4], breg[s][5], breg[s][6], breg[s][7]);
+            }
+        }
+    };
+
+    float acc[MT][8][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+
+    load_a(0, sA0);
+    cv_cp_async_commit();
+    load_b(0);
+    store_b(sB0);
+    cv_cp_async_wait_all();
+    __syncthreads();
+
+    /* ldmatrix row addresses: A rows (lane & 15) at k half (lane >> 4); B
+     * pixels 16q + (lane >> 4)·8 + (lane & 7) at k half ((lane >> 3) & 1). */
+    const int a_row = wm * MT * 16 + (lane & 15), a_k = (lane >> 4) * 8;
+    const int b_px = (lane >> 4) * 8 + (lane & 7), b_k = ((lane >> 3) & 1) * 8;
+
+    for (int cb = 0; cb < p.ncb; cb++) {
+        const bool odd = cb & 1, more = cb + 1 < p.ncb;
+        const bf16 *sA = odd ? sA1 : sA0, *sB = odd ? sB1 : sB0;
+        if (more) {
+            load_a(cb + 1, odd ? sA0 : sA1);
+            cv_cp_async_commit();
+            load_b(cb + 1);
+        }
+#pragma unroll
+        for (int tap = 0; tap < 9; tap++) {
+            const int dy = tap / 3, dx = tap % 3;
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; m++) cv_ldmatrix_x4(a[m], sA + (a_row + m * 16) * CV_AS + tap * CV_KC + a_k);
+            const bf16 *brow = sB + ((wn + dy) * CV_HW + dx + b_px) * CV_BS + b_k;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                uint32_t b[4];
+                cv_ldmatrix_x4(b, brow + q * 16 * CV_BS);
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    cv_mma(acc[m][2 * q], a[m], b[0], b[1]);
+                    cv_mma(acc[m][2 * q + 1], a[m], b[2], b[3]);
+                }
+            }
+        }
+        if (more) store_b(odd ? sB0 : sB1);
+        cv_cp_async_wait_all();
+        __syncthreads();
+    }
+
+    /* Epilogue: + bias + residual, one rounding. Thread holds rows g, g+8 of
+     * each 16-channel tile and pixel pairs (2t, 2t+1) of each 8-pixel tile. */
+    const int g = lane >> 2, t = lane & 3, yrow = ty0 + wn;
+    if (yrow >= p.H) return;
+    const bool pairs = (p.W & 1) == 0;
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int co = co0 + wm * MT * 16 + m * 16 + g + half * 8;
+            if (co >= p.Co) continue;
+            const float bv = p.bias ? ld_param(p.bias, p.bdt, co) * p.bscale : 0.0f;
+            const size_t row = ((size_t)co * p.H + yrow) * p.W;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const int px = tx0 + n * 8 + 2 * t;
+                float v0 = acc[m][n][2 * half] + bv, v1 = acc[m][n][2 * half + 1] + bv;
+                if (pairs && px + 1 < p.W) {
+                    if (p.res) {
+                        const float2 r = __bfloat1622float2(*(const __nv_bfloat162 *)(p.res + row + px));
+                        v0 += r.x, v1 += r.y;
+                    }
+                    *(__nv_bfloat162 *)(p.y + row + px) = __floats2bfloat162_rn(v0, v1);
+                } else {
+                    if (px < p.W) {
+                        if (p.res) v0 += __bfloat162float(p.res[row + px]);
+                        p.y[row + px] = __float2bfloat16_rn(v0);
+                    }
+                    if (px + 1 < p.W) {
+                        if (p.res) v1 += __bfloat162float(p.res[row + px + 1]);
+                        p.y[row + px + 1] = __float2bfloat16_rn(v1);
+                    }
+                }
+            }
+        }
+}
+
+template <int MT> static void launch_conv3x3(cuda_impl *c, conv_args a) {
+    constexpr int BM = 32 * MT;
+    const size_t smem = conv_smem_bytes<MT>();
+    static bool attr_set = false; /* the limit is per function */
+    if (!attr_set) {
+        cudaFuncSetAttribute(conv3x3_k<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        attr_set = true;
+    }
+    a.n_co_blocks = (a.Co + BM - 1) / BM;
+    a.tiles_x = (a.W + CV_TW - 1) / CV_TW;
+    const int64_t blocks = (int64_t)a.n_co_blocks * a.tiles_x * ((a.H + CV_TH - 1) / CV_TH);
+    conv3x3_k<MT><<<(unsigned)blocks, CV_THREADS, smem, c->stream>>>(a);
+}
+
+/* Channel tile: 32·MT channels, chosen to waste the fewest rows of the last block. */
+static int conv_mt(int64_t Co) {
+    if (Co <= 32) return 1;
+    if (Co <= 64) return 2;
+    if (Co % 128 == 0) return 4;
+    if (Co % 96 == 0) return 3;
+    return 4;
+}
+
+int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi_tensor *w, const qi_tensor *b,
+                        const qi_tensor *res, qi_tensor *y) {
+    const int64_t Ci = x->ne[0], Hin = x->ne[1], Win = x->ne[2], Co = w->ne[0];
+    const int64_t H = upsample ? 2 * Hin : Hin, W = upsample ? 2 * Win : Win;
+    if (c->conv_mode == QC_CONV_IM2COL || x->dtype != QI_BF16 || y->dtype != QI_BF16 || (res && res->dtype != QI_BF16) ||
+        w->ndim != 4 || w->ne[2] != 3 || w->ne[3] != 3 || Ci * Hin * Win > INT32_MAX || Co * H * W > INT32_MAX ||
+        H * W == 0 || Co == 0)
+        return 0;
+    /* auto: on an H200 this kernel runs at ~230 TFLOP/s (mma.sync); cuBLASLt on
+     * the column matrix is faster for >= 192 input channels (a long K) unless
+     * the input would first be upsampled (4× the column matrix, plus the
+     * upsampled copy) or there are only a few outputs (conv_out: N = 3) */
+    if (c->conv_mode == QC_CONV_AUTO && !upsample && Ci > 128 && Co >= 32) return 0;
+    const int mt = conv_mt(Co), BM = 32 * mt;
+    const int64_t co_pad = (Co + BM - 1) / BM * BM, ncb = (Ci + CV_KC - 1) / CV_KC;
+    const size_t wr_bytes = (size_t)(ncb * co_pad * CV_AK) * sizeof(bf16);
+    const int64_t blocks = (Co + BM - 1) / BM * ((W + CV_TW - 1) / CV_TW) * ((H + CV_TH - 1) / CV_TH);
+    if (wr_bytes > c->scratch_bytes || blocks > INT32_MAX) return 0;
+    bf16 *wr = (bf16 *)c->scratch;
+    const int64_t nw = ncb * co_pad * CV_AK;
+    int rblocks = (int)((nw + 255) / 256 < 4096 ? (nw + 255) / 256 : 4096);
+    conv_reorder_w_k<<<rblocks, 256, 0, c->stream>>>(w->data, (int)w->dtype, w->scale, (int)Co, (int)Ci,
+                                                    (int)co_pad, (int)ncb, wr);
+    conv_args a;
+    memset(&a, 0, sizeof a);
+    a.x = (const bf16 *)x->data;
+    a.wr = wr;
+    a.bias = b ? b->data : NULL;
+    a.bdt = b ? (int)b->dtype : 0;
+    a.bscale = b ? b->scale : 1.0f;
+    a.res = res ? (const bf16 *)res->data : NULL;
+    a.y = (bf16 *)y->data;
+    a.Ci = (int)Ci, a.Hin = (int)Hin, a.Win = (int)Win, a.up = upsample;
+    a.Co = (int)Co, a.H = (int)H, a.W = (int)W, a.co_pad = (int)co_pad, a.ncb = (int)ncb;
+    switch (mt) {
+    case 1: launch_conv3x3<1>(c, a); break;
+    case 2: launch_conv3x3<2>(c, a); break;
+    case 3: launch_conv3x3<3>(c, a); break;
+    default: launch_conv3x3<4>(c, a); break;
+    }
+    qc_check_launch(c, "conv2d 3x3 (implicit GEMM)");
+    return 1;
+}
+
+/* y = conv2d(up ? upsample2x(x) : x) + b + res. The implicit kernel takes the
+ * VAE's 3×3, pad 1 convolutions; anything else goes through the plain ops
+ * (an upsampled copy in the arena, conv2d, add). */
+extern "C" void qc_conv2d_fused(qi_backend *be, const qi_tensor *x, int upsample, const qi_tensor *w,
+                                const qi_tensor *b, int pad, const qi_tensor *res, qi_tensor *y) {
+    cuda_impl *c = cuda_of(be);
+    if (x->ndim != 3 || w->ndim != 4 || y->ndim != 3 || x->ne[0] != w->ne[1]) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: conv2d_fused needs x [Ci, H, W], w [Co, Ci, kh, kw], y [Co, H', W']");
+        return;
+    }
+    const int64_t Hc = upsample ? 2 * x->ne[1] : x->ne[1], Wc = upsample ? 2 * x->ne[2] : x->ne[2];
+    const int64_t Ho = Hc + 2 * pad - w->ne[2] + 1, Wo = Wc + 2 * pad - w->ne[3] + 1;
+    if (y->ne[0] != w->ne[0] || y->ne[1] != Ho || y->ne[2] != Wo || (res && qi_numel(res) != qi_numel(y))) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: conv2d_fused output (and residual) must be [%lld, %lld, %lld]",
+                (long long)w->ne[0], (long long)Ho, (long long)Wo);
+        return;
+    }
+    if (pad == 1 && w->ne[2] == 3 && w->ne[3] == 3 && qc_conv3x3_implicit(c, x, upsample, w, b, res, y)) return;
+    qi_tensor in = *x;
+    size_t mark = c->arena_used;
+    if (upsample) {
+        int64_t ne[3] = {x->ne[0], Hc, Wc};
+        qi_error err;
+        if (be->ops->tensor(be, &in, x->dtype, 3, ne, &err) != QI_OK) {
+            qc_fail(c, QI_ERR_NOMEM, "%s", err.msg);
+            return;
+        }
+        qc_upsample2x(be, x, &in);
+    }
+    if (res && res->data == y->data) { /* the product must not overwrite the residual */
+        qi_tensor tmp;
+        qi_error err;
+        if (be->ops->tensor(be, &tmp, y->dtype, 3, y->ne, &err) != QI_OK) {
+            qc_fail(c, QI_ERR_NOMEM, "%s", err.msg);
+            c->arena_used = mark;
+            return;
+        }
+        qc_conv2d(be, &in, w, b, pad, &tmp);
+        qc_add_gated(be, y, NULL, 0, &tmp);
+    } else {
+        qc_conv2d(be, &in, w, b, pad, y);
+        if (res) qc_add_gated(be, y, NULL, 0, res);
+    }
+    c->arena_used = mark; /* stream order keeps the temporaries alive for the queued work */
+}
+
+/* ---- channel RMS norm + activation ---------------------------------------------------- */
+
+static __device__ __forceinline__ void unpack8(const uint4 u, float *f) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x, f[2 * i + 1] = t.y;
+    }
+}
+
+/* 64 pixels × all channels per block of 256 threads: thread (cg = tid / 8,
+ * pg = tid % 8) reads channels cg, cg + 32, … of pixels p0 + 8·pg … + 7 with
+ * 16-byte loads and keeps them in registers (CPT channels each, C <= 32·CPT;
+ * CPT 0: C larger, the second pass re-reads x); the per-pixel sums of squares
+ * meet in shared memory; the second pass normalises and writes y. */
+template <int CPT>
+__global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, const void *gamma, const void *bias,
+                                                              int gdt, int bdt, float gscale, float bscale,
+                                                              int act, bf16 *y, int C, int64_t HW) {
+    __shared__ float red[32][65];
+    __shared__ float inv_s[64];
+    const int tid = threadIdx.x, cg = tid >> 3, pg = tid & 7;
+    const int64_t p0 = (int64_t)blockIdx.x * 64 + pg * 8;
+    const bool ok = p0 < HW; /* HW % 8 == 0: a vector is all in or all out */
+    float ss[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    uint4 keep[CPT > 0 ? CPT : 1];
+    if (ok) {
+        if constexpr (CPT > 0) {
+#pragma unroll
+            for (int i = 0; i < CPT; i++) {
+                const int ch = cg + 32 * i;
+                if (ch < C) {
+                    keep[i] = *(const uint4 *)(x + (size_t)ch * HW + p0);
+                    float f[8];
+                    unpack8(keep[i], f);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) ss[j] += f[j] * f[j];
+                }
+            }
+        } else {
+            for (int ch = cg; ch < C; ch += 32) {
+                float f[8];
+                load_v<8>(x + (size_t)ch * HW + p0, f);
+#pragma unroll
+                for (int j = 0; j < 8; j++) ss[j] += f[j] * f[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) red[cg][pg * 8 + j] = ss[j];
+    __syncthreads();
+    if (tid < 64) {
+        float s = 0.0f;
+#pragma unroll 8
+        for (int i = 0; i < 32; i++) s += red[i][tid];
+        inv_s[tid] = sqrtf((float)C) / fmaxf(sqrtf(s), 1e-12f);
+    }
+    __syncthreads();
+    if (!ok) return;
+    float inv[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) inv[j] = inv_s[pg * 8 + j];
+    auto finish = [&](int ch, float *f) {
+        const float gv = gamma ? ld_param(gamma, gdt, ch) * gscale : 1.0f;
+        const float bv = bias ? ld_param(bias, bdt, ch) * bscale : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = apply_act(f[j] * inv[j] * gv + bv, act);
+        store_v<8>(y + (size_t)ch * HW + p0, f);
+    };
+    if constexpr (CPT > 0) {
+#pragma unroll
+        for (int i = 0; i < CPT; i++) {
+            const int ch = cg + 32 * i;
+            if (ch < C) {
+                float f[8];
+                unpack8(keep[i], f);
+                finish(ch, f);
+            }
+        }
+    } else {
+        for (int ch = cg; ch < C; ch += 32) {
+            float f[8];
+            load_v<8>(x + (size_t)ch * HW + p0, f); /* the same elements this thread read: y may alias x */
+            finish(ch, f);
+        }
+    }
+}
+
+/* Any dtype / size: one thread per pixel, looping over the channels (adjacent
+ * threads read adjacent pixels, so each channel's loads coalesce). */
+template <typename T>
+__global__ void channel_rms_norm_k(const T *x, const void *gamma, const void *bias, int gdt, int bdt, float gscale,
+                                   float bscale, int act, T *y, int64_t C, int64_t HW) {
+    for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < HW; p += (int64_t)gridDim.x * blockDim.x) {
+        float ss = 0.0f;
+        for (int64_t ch = 0; ch < C; ch++) {
+            float v = to_f(x[ch * HW + p]);
+            ss += v * v;
+        }
+        float inv = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+        for (int64_t ch = 0; ch < C; ch++) {
+            float v = to_f(x[ch * HW + p]) * inv * (gamma ? ld_param(gamma, gdt, ch) * gscale : 1.0f);
+            y[ch * HW + p] = from_f<T>(apply_act(v + (bias ? ld_param(bias, bdt, ch) * bscale : 0.0f), act));
+        }
+    }
+}
+
+extern "C" void qc_channel_rms_norm_act(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
+                                        const qi_tensor *bias, qi_act act, qi_tensor *y) {
+    cuda_impl *c = cuda_of(be);
+    if (x->dtype != y->dtype || qi_numel(x) != qi_numel(y)) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: channel_rms_norm: x and y differ in dtype or size");
+        return;
+    }
+    const int64_t C = x->ne[0], HW = C ? qi_numel(x) / C : 0;
+    if (HW == 0) return;
+    const void *gd = gamma ? gamma->data : NULL, *bd = bias ? bias->data : NULL;
+    const int gdt = gamma ? (int)gamma->dtype : 0, bdt = bias ? (int)bias->dtype : 0;
+    const float gs = gamma ? gamma->scale : 1.0f, bs = bias ? bias->scale : 1.0f;
+    if (x->dtype == QI_BF16 && HW % 8 == 0 && qc_aligned16(x->data) && qc_aligned16(y->data) && C <= INT32_MAX &&
+        (HW + 63) / 64 <= INT32_MAX) {
+        const unsigned g = (unsigned)((HW + 63) / 64);
+        const bf16 *xs = (const bf16 *)x->data;
+        bf16 *ys = (bf16 *)y->data;
+        if (C <= 96) channel_rms_norm_vec_k<3><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else if (C <= 192) channel_rms_norm_vec_k<6><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else if (C <= 384) channel_rms_norm_vec_k<12><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else channel_rms_norm_vec_k<0><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+    } else if (x->dtype == QI_BF16 || x->dtype == QI_F32) {
+        int64_t blocks = (HW + 255) / 256, cap = (int64_t)c->sm_count * 16;
+        unsigned g = (unsigned)(blocks < cap ? blocks : cap);
+        if (x->dtype == QI_BF16)
+            channel_rms_norm_k<bf16><<<g, 256, 0, c->stream>>>((const bf16 *)x->data, gd, bd, gdt, bdt, gs, bs,
+                                                              (int)act, (bf16 *)y->data, C, HW);
+        else
+            channel_rms_norm_k<float><<<g, 256, 0, c->stream>>>((const float *)x->data, gd, bd, gdt, bdt, gs, bs,
+                                                               (int)act, (float *)y->data, C, HW);
+    } else {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: channel_rms_norm on %s activations (BF16 or F32 only)",
+                qi_dtype_name(x->dtype));
+        return;
+    }
+    qc_check_launch(c, "channel_rms_norm");
+}
