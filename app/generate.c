@@ -23,7 +23,7 @@
 #define MAX_LORAS 16
 
 typedef struct gen_args {
-    const char *model, *negative, *out, *scheduler, *save_latents, *device;
+    const char *model, *negative, *out, *scheduler, *save_latents, *device, *devices;
     const char *prompts[MAX_PROMPTS];
     int n_prompts;
     const char *lora_path[MAX_LORAS];
@@ -52,6 +52,8 @@ static void generate_usage(void) {
            "  --rng cpu|cuda      which torch generator's noise to reproduce (default cpu)\n"
            "  --noise-dtype D     auto (the run's: f32 on CPU, bf16 on CUDA, as diffusers) | f32 | bf16\n"
            "  --device D          cpu | cuda | cuda:N (default cpu)\n"
+           "  --devices LIST      one generation over several GPUs: cuda:0,cuda:1,... (CFG-parallel x sequence\n"
+           "                      parallel; the count divides the 24 heads: 2, 3, 4, 6, 8); cpu,cpu simulates it\n"
            "  --threads N         CPU threads (default: all cores)\n"
            "  --save-latents F    also write vae_in [B,16,1,H/8,W/8] float32 to F (.safetensors)\n"
            "  -o FILE             output image: .png (with parameters), .jpg, .webp (default out.png)\n"
@@ -134,6 +136,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             else if (!strcmp(v, "bf16")) a->noise_dtype = 2;
             else return qi_app_usage_error("--noise-dtype %s: expected auto, f32 or bf16", v);
         } else if (!strcmp(f, "--device")) a->device = v;
+        else if (!strcmp(f, "--devices")) a->devices = v;
         else if (!strcmp(f, "--threads")) {
             if (qi_app_parse_int(f, v, 1, 4096, &a->threads)) return 2;
         } else if (!strcmp(f, "--save-latents")) a->save_latents = v;
@@ -244,6 +247,7 @@ int qi_cmd_generate(int argc, char **argv) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = a.model;
     o.device = a.device;
+    o.devices = a.devices;
     o.threads = (int)a.threads;
     o.log = log_line;
     o.log_user = &prog;

@@ -52,6 +52,16 @@ typedef void (*qi_log_fn)(void *user, const char *line);
 typedef struct qi_open_options {
     const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory */
     const char *device;      /* "cpu" (default) or "cuda", "cuda:N" */
+    const char *devices;     /* NULL: the one `device`. Or several, comma-separated, one kind:
+                                "cuda:0,cuda:1,…" spreads each generation over those GPUs (one
+                                rank each, weights replicated; true CFG on an even count runs cond
+                                and uncond on separate halves (CFG-parallel), and image tokens are
+                                sharded over the rest (Ulysses sequence parallel); the count must
+                                divide the transformer's attention heads, 24: 2, 3, 4, 6 or 8).
+                                Ranks talk through NCCL (libnccl.so.2, loaded at run time; host
+                                copies when it is missing or GPUs repeat). "cpu,cpu,…" simulates
+                                the ranks on CPU backends (threads split among them), for tests.
+                                Text encoder, VAE and noise stay on the first device. */
     int threads;             /* CPU threads; 0 = all cores */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */

@@ -30,6 +30,7 @@
 #include "model/tokenizer.h"
 #include "model/vae.h"
 #include "pipeline.h"
+#include "pipeline_parallel.h"
 #include "sample/latents.h"
 #include "sample/rng.h"
 #include "sample/scheduler.h"
@@ -43,6 +44,7 @@ struct qi_engine {
     qi_text_encoder *te;
     qi_vae *vae;
     qi_dit *dit;          /* loaded on first use, with the LoRAs added so far */
+    qi_parallel *par;     /* several devices (opt->devices): ranks 1.. (be and dit are rank 0's) */
     qi_lora_set *loras;   /* NULL when none */
     int dit_stale;        /* a LoRA was added after the transformer was loaded */
     qi_log_fn log;
@@ -121,7 +123,9 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
         return qi_fail(&e->err, QI_ERR_ARG, "no model directory given (-m DIR: a Qwen/Qwen-Image download)");
     qi_status st;
     if ((st = qi_model_dir_open(opt->model_dir, &e->dir, &e->err))) return st;
-    if ((st = make_backend(opt->device, opt->threads, &e->be, &e->err))) return st;
+    st = opt->devices ? qi_parallel_open(opt, e->dir.transformer_dir, &e->par, &e->be, &e->err)
+                      : make_backend(opt->device, opt->threads, &e->be, &e->err);
+    if (st) return st;
     if (opt->random_weights) {
         if (!e->be->ops->random_weights)
             return qi_fail(&e->err, QI_ERR_UNSUPPORTED, "backend %s cannot make random weights (benchmarks need "
@@ -151,7 +155,8 @@ static qi_status ensure_dit(qi_engine *e) {
         e->dit = NULL;
     }
     double t0 = qi_now_s();
-    qi_status st = qi_dit_load(e->dir.transformer_dir, e->be, e->loras, &e->dit, &e->err);
+    qi_status st = e->par ? qi_parallel_load_dits(e->par, e->dir.transformer_dir, e->loras, &e->dit, &e->err)
+                          : qi_dit_load(e->dir.transformer_dir, e->be, e->loras, &e->dit, &e->err);
     if (st) return st;
     e->dit_stale = 0;
     logf_(e, "loaded transformer in %.2f s", qi_now_s() - t0);
@@ -174,6 +179,7 @@ void qi_engine_close(qi_engine *e) {
     if (e->te) qi_text_encoder_free(e->te);
     if (e->tok) qi_tokenizer_free(e->tok);
     if (e->loras) qi_lora_set_free(e->loras);
+    qi_parallel_free(e->par);
     if (e->be) e->be->ops->destroy(e->be);
     free(e);
 }
@@ -376,6 +382,14 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     e->last.load_s = qi_now_s() - t0;
     t0 = qi_now_s();
     if ((st = initial_noise(e, req, B, noise))) goto done;
+    if (e->par) { /* several devices: the loop runs on every rank (pipeline_parallel.c) */
+        qi_text_batch c = {pos.batch, pos.len, pos.dim, pos.embeds, pos.mask, pos.all_valid};
+        qi_text_batch u = {neg.batch, neg.len, neg.dim, neg.embeds, neg.mask, neg.all_valid};
+        st = qi_parallel_denoise(e->par, req, &c, do_cfg ? &u : NULL, sigmas, timesteps, grid_h, grid_w, noise,
+                                 &e->err);
+        if (st) goto done;
+        goto denoised;
+    }
     text_on_backend pos_be, neg_be;
     qi_tensor latents, v_cond, v_uncond;
     if ((st = upload_text(e, &pos, &pos_be))) goto done;
@@ -407,6 +421,7 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     }
     free(t_batch);
     if ((st = be->ops->download(be, &latents, noise, &e->err))) goto done;
+denoised:
     if (report(req, "denoise", req->steps, req->steps)) goto cancelled;
     e->last.denoise_s = qi_now_s() - t0;
     be->ops->reset(be, mark);

@@ -33,6 +33,13 @@ typedef struct cpu_impl {
 } cpu_impl;
 
 static cpu_impl *impl_of(qi_backend *be) { return (cpu_impl *)be->impl; }
+
+/* OpenBLAS (OpenMP build) sizes each call by the CALLING thread's OpenMP
+ * thread count, so a backend used from another thread (a rank of a
+ * multi-device run) would otherwise run its BLAS on every core. */
+static void blas_threads(qi_backend *be) {
+    if (omp_get_max_threads() != impl_of(be)->threads) omp_set_num_threads(impl_of(be)->threads);
+}
 #define NT(be) num_threads(impl_of(be)->threads)
 
 /* ---- memory -------------------------------------------------------------- */
@@ -140,6 +147,7 @@ static void weight_rows_f32(qi_backend *be, const qi_tensor *w, int64_t r0, int6
 
 static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
                        qi_act act, qi_tensor *y) {
+    blas_threads(be);
     int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
     const float *xs = x->data;
     float *ys = y->data;
@@ -321,6 +329,7 @@ static void cpu_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, con
  * float32 sums from BLAS; the softmax normaliser accumulates in double. */
 static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
                           const qi_tensor *key_mask, int causal, float scale, qi_tensor *out) {
+    blas_threads(be);
     int64_t B = q->ne[0], Lq = q->ne[1], H = q->ne[2], Dh = q->ne[3];
     int64_t Lk = k->ne[1], Hkv = k->ne[2], group = H / Hkv;
     const float *qs = q->data, *ks = k->data, *vs = v->data;
@@ -450,6 +459,7 @@ static void conv2d_impl(qi_backend *be, const qi_tensor *x, int up, const qi_ten
 
 static void cpu_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
                        int pad, qi_tensor *y) {
+    blas_threads(be);
     conv2d_impl(be, x, 0, w, b, pad, 0, y);
 }
 
