@@ -79,6 +79,15 @@ static inline void qi_test_fail(const char *file, int line, const char *cond, co
         return qi_test_failed ? 1 : 0;                                                     \
     } while (0)
 
+#ifdef QI_CLI
+/* The qwen-image command the CLI tests run: the build's, unless QI_CLI_PATH
+ * names another (a relocated bundle on a GPU machine). */
+static inline const char *qi_cli(void) {
+    const char *env = getenv("QI_CLI_PATH");
+    return env && *env ? env : QI_CLI;
+}
+#endif
+
 /* Relative L2 error ‖a − b‖ / ‖b‖ (b is the reference). */
 static inline double qi_rel_l2(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;

@@ -45,9 +45,9 @@ static int count_files(const char *dir) {
 
 static void tokenize_prints_ids_on_one_line(void) {
     char out[4096];
-    int rc = run(out, sizeof out, "%s tokenize -m %s 'Hello world'", QI_CLI, model);
+    int rc = run(out, sizeof out, "%s tokenize -m %s 'Hello world'", qi_cli(), model);
     CHECK(rc == 0 && !strcmp(out, "9707 1879\n"), "rc %d out '%s'", rc, out);
-    rc = run(out, sizeof out, "%s tokenize -m %s --template ''", QI_CLI, model);
+    rc = run(out, sizeof out, "%s tokenize -m %s --template ''", qi_cli(), model);
     int n = 0;
     for (char *s = strtok(out, " \n"); s; s = strtok(NULL, " \n")) n++;
     CHECK(rc == 0 && n == 39, "empty prompt in the template is 39 ids, got %d (rc %d)", n, rc);
@@ -57,7 +57,7 @@ static void encode_writes_embeddings_and_mask(void) {
     char out[4096], path[1200], ref[1200];
     snprintf(path, sizeof path, "%s/emb.safetensors", tmpdir);
     int rc = run(out, sizeof out, "%s encode -m %s -p 'a red apple on a table' -p '宫崎骏的动漫风格。平视角拍摄，阳光下的古街热闹非凡。' -o %s",
-                 QI_CLI, model, path);
+                 qi_cli(), model, path);
     CHECK(rc == 0, "rc %d: %s", rc, out);
     qi_st_file *f = NULL, *r = NULL;
     qi_error err;
@@ -85,7 +85,7 @@ static void generate_reproduces_a_reference_image_with_parameters(void) {
     int rc = run(out, sizeof out,
                  "%s generate -m %s -p 'A capybara wearing a suit holding a sign that reads Hello World.' -n ' ' "
                  "--lora %s --steps 8 --cfg 1 --scheduler lightning -W 128 -H 96 --seed 42 --save-latents %s -o %s",
-                 QI_CLI, model, lora, lat, png);
+                 qi_cli(), model, lora, lat, png);
     CHECK(rc == 0, "rc %d: %s", rc, out);
     CHECK(strstr(out, "denoise 8/8") && strstr(out, "peak RSS"), "progress and summary lines: %s", out);
     uint8_t *rgb = NULL;
@@ -125,7 +125,7 @@ static void batch_writes_numbered_files(void) {
     snprintf(base, sizeof base, "%s/b.webp", tmpdir);
     snprintf(f0, sizeof f0, "%s/b-0.webp", tmpdir);
     snprintf(f1, sizeof f1, "%s/b-1.webp", tmpdir);
-    int rc = run(out, sizeof out, "%s generate -m %s -p apple --batch 2 --steps 1 -W 32 -H 32 --quiet -o %s", QI_CLI,
+    int rc = run(out, sizeof out, "%s generate -m %s -p apple --batch 2 --steps 1 -W 32 -H 32 --quiet -o %s", qi_cli(),
                  model, base);
     CHECK(rc == 0 && exists(f0) && exists(f1) && !exists(base), "rc %d: %s", rc, out);
     CHECK(out[0] == 0, "--quiet prints nothing, got: %s", out);
@@ -153,7 +153,7 @@ static void bad_arguments_fail_cleanly(void) {
         snprintf(dir, sizeof dir, "%s/bad%zu", tmpdir, i);
         mkdir(dir, 0755);
         int has_m = strstr(cases[i].args, "-m ") != NULL;
-        int rc = run(out, sizeof out, "cd %s && %s generate %s%s %s --steps 1 -W 32 -H 32 %s", dir, QI_CLI,
+        int rc = run(out, sizeof out, "cd %s && %s generate %s%s %s --steps 1 -W 32 -H 32 %s", dir, qi_cli(),
                      has_m ? "" : "-m ", has_m ? "" : model, strstr(cases[i].args, "--steps") ? "" : "", cases[i].args);
         /* later flags win: the case's own -W/--steps come after the defaults above */
         int lines = 0;
@@ -168,8 +168,8 @@ static void bad_arguments_fail_cleanly(void) {
 
 static void unknown_command_is_usage_error(void) {
     char out[4096];
-    CHECK(run(out, sizeof out, "%s frobnicate", QI_CLI) == 2, "exit code");
-    CHECK(run(out, sizeof out, "%s --help", QI_CLI) == 0 && strstr(out, "generate"), "help");
+    CHECK(run(out, sizeof out, "%s frobnicate", qi_cli()) == 2, "exit code");
+    CHECK(run(out, sizeof out, "%s --help", qi_cli()) == 0 && strstr(out, "generate"), "help");
 }
 
 int main(void) {

@@ -329,9 +329,9 @@ static void cli_devices_flag_writes_the_same_png(void) {
     char out[8192], dir[] = "/tmp/qi_devices_XXXXXX";
     CHECK(mkdtemp(dir), "temp dir");
     const char *common = "-p 'a red apple' -n ' ' --cfg 4 --steps 2 -W 64 -H 32";
-    int rc1 = run_cli(out, sizeof out, "%s generate -m %s %s --quiet -o %s/one.png", QI_CLI, MODEL, common, dir);
+    int rc1 = run_cli(out, sizeof out, "%s generate -m %s %s --quiet -o %s/one.png", qi_cli(), MODEL, common, dir);
     CHECK(rc1 == 0, "one device: %s", out);
-    int rc2 = run_cli(out, sizeof out, "%s generate -m %s %s --devices cpu,cpu,cpu,cpu -o %s/four.png", QI_CLI,
+    int rc2 = run_cli(out, sizeof out, "%s generate -m %s %s --devices cpu,cpu,cpu,cpu -o %s/four.png", qi_cli(),
                       MODEL, common, dir);
     CHECK(rc2 == 0 && strstr(out, "CFG-parallel"), "--devices cpu,cpu,cpu,cpu: %s", out);
     char p1[512], p2[512], *a = NULL, *b = NULL;
@@ -342,11 +342,11 @@ static void cli_devices_flag_writes_the_same_png(void) {
     CHECK(a && b && na == nb && !memcmp(a, b, (size_t)na), "the PNG files differ (%ld vs %ld bytes)", na, nb);
     free(a);
     free(b);
-    int rc3 = run_cli(out, sizeof out, "%s generate -m %s -p x --devices cpu,cpu,cpu -o %s/three.png", QI_CLI,
+    int rc3 = run_cli(out, sizeof out, "%s generate -m %s -p x --devices cpu,cpu,cpu -o %s/three.png", qi_cli(),
                       MODEL, dir);
     CHECK(rc3 == 2 && strstr(out, "3 devices") && strstr(out, "4 attention heads"), "exit %d: %s", rc3, out);
     printf("  --devices cpu,cpu,cpu: exit %d, %s", rc3, out);
-    CHECK(run_cli(out, sizeof out, "%s generate --help", QI_CLI) == 0 && strstr(out, "--devices LIST"),
+    CHECK(run_cli(out, sizeof out, "%s generate --help", qi_cli()) == 0 && strstr(out, "--devices LIST"),
           "usage lists --devices");
     run_cli(out, sizeof out, "rm -rf %s", dir);
 }
