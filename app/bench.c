@@ -183,9 +183,47 @@ typedef struct bench_ctx {
     FILE *md; /* markdown rows */
 } bench_ctx;
 
-/* Median time of one transformer call at width×height with txt_len text tokens. */
+/* Median time of one transformer call replayed as a recorded graph (the
+ * pipeline's per-step path): the call's inputs prepared once, the ops run once
+ * eagerly, recorded, then replayed. *ms_out < 0 when the backend has no graphs. */
+static int bench_dit_graph(bench_ctx *c, qi_dit *dit, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *out,
+                           int gh, int gw, double *ms_out, qi_error *err) {
+    qi_backend *be = c->be;
+    *ms_out = -1;
+    if (!be->ops->graph_begin || !be->ops->persistent) return 0;
+    qi_dit_call *call = NULL;
+    qi_graph *g = NULL;
+    float t = 0.9f;
+    double times[64];
+    int rc = -1;
+    if (qi_dit_call_create(dit, 1, gh, gw, (int)ctx->ne[1], &call, err) || qi_dit_call_set_text_mask(call, NULL, err) ||
+        qi_dit_call_set_timestep(call, &t, err) || qi_dit_call_run(call, x, ctx, out, err) || be->ops->sync(be, err))
+        goto done;
+    if (be->ops->graph_begin(be, err)) goto done;
+    qi_status st = qi_dit_call_run(call, x, ctx, out, err);
+    qi_error end_err;
+    qi_status end_st = be->ops->graph_end(be, &g, &end_err);
+    if (st || end_st) {
+        if (!st) *err = end_err;
+        goto done;
+    }
+    for (int i = 0; i < c->warmup + c->runs; i++) {
+        double t0 = qi_now_s();
+        if (be->ops->graph_launch(be, g, err) || be->ops->sync(be, err)) goto done;
+        if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
+    }
+    *ms_out = median(times, c->runs) * 1e3;
+    rc = 0;
+done:
+    if (g) be->ops->graph_free(be, g);
+    qi_dit_call_free(call);
+    return rc;
+}
+
+/* Median time of one transformer call at width×height with txt_len text tokens
+ * (qi_dit_forward, eager), and replayed as a graph (*graph_ms, < 0 if none). */
 static int bench_dit(bench_ctx *c, int width, int height, int txt_len, double *ms_out, double *tflops_out,
-                     qi_error *err) {
+                     double *graph_ms, qi_error *err) {
     qi_dit *dit;
     if (qi_engine_dit(c->e, &dit)) return -1;
     qi_backend *be = c->be;
@@ -213,7 +251,7 @@ static int bench_dit(bench_ctx *c, int width, int height, int txt_len, double *m
     double med = median(times, c->runs);
     *ms_out = med * 1e3;
     *tflops_out = qi_dit_forward_flops(qi_dit_get_config(dit), 1, L, txt_len) / med / 1e12;
-    rc = 0;
+    rc = bench_dit_graph(c, dit, &x, &ctx, &out, gh, gw, graph_ms, err);
 done:
     free(host);
     be->ops->reset(be, mark);
@@ -301,7 +339,13 @@ done:
     return rc;
 }
 
-static int bench_e2e(bench_ctx *c, int steps, double *s_out, qi_error *err) {
+/* Median prompt -> RGB8 time; graphs 0 runs the denoising steps eagerly
+ * (QI_CUDA_GRAPHS=0 for these runs), 1 replays the recorded step. */
+static int bench_e2e(bench_ctx *c, int steps, int graphs, double *s_out, qi_error *err) {
+    const char *env = getenv("QI_CUDA_GRAPHS");
+    char saved[32] = "";
+    if (env) snprintf(saved, sizeof saved, "%s", env);
+    setenv("QI_CUDA_GRAPHS", graphs ? "1" : "0", 1);
     qi_request r = qi_request_default();
     r.prompt = "A capybara wearing a suit holding a sign that reads Hello World, in a sunlit library, "
                "photorealistic, 35mm, shallow depth of field.";
@@ -309,18 +353,23 @@ static int bench_e2e(bench_ctx *c, int steps, double *s_out, qi_error *err) {
     r.cfg = 1.0f;
     r.scheduler = "lightning";
     double times[64];
-    int runs = c->runs < 5 ? c->runs : 5;
+    int runs = c->runs < 5 ? c->runs : 5, failed = 0;
     for (int i = 0; i < 1 + runs; i++) {
         qi_image img;
         double t0 = qi_now_s();
-        if (qi_generate(c->e, &r, &img)) {
-            qi_fail(err, QI_ERR_BACKEND, "%s", qi_engine_error(c->e));
-            return -1;
-        }
+        qi_status st = qi_generate(c->e, &r, &img);
         double dt = qi_now_s() - t0;
+        if (st) {
+            qi_fail(err, QI_ERR_BACKEND, "%s", qi_engine_error(c->e));
+            failed = 1;
+            break;
+        }
         qi_image_free(&img);
         if (i >= 1) times[i - 1] = dt;
     }
+    if (env) setenv("QI_CUDA_GRAPHS", saved, 1);
+    else unsetenv("QI_CUDA_GRAPHS");
+    if (failed) return -1;
     *s_out = median(times, runs);
     return 0;
 }
@@ -484,14 +533,17 @@ int qi_cmd_bench(int argc, char **argv) {
     if (!only || !strcmp(only, "dit")) {
         int sizes[3][2] = {{1024, 1024}, {1328, 1328}, {512, 512}};
         for (int i = 0; i < 3; i++) {
-            double ms, tf;
-            if (bench_dit(&c, sizes[i][0], sizes[i][1], 128, &ms, &tf, &err)) {
+            double ms, tf, graph_ms;
+            if (bench_dit(&c, sizes[i][0], sizes[i][1], 128, &ms, &tf, &graph_ms, &err)) {
                 fprintf(stderr, "dit: %s\n", err.msg);
                 fail = 1;
                 continue;
             }
             printf("| transformer call | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s (%.0f%% of ceiling) |\n", sizes[i][0],
                    sizes[i][1], ms, tf, ceiling > 0 ? 100 * tf / ceiling : 0);
+            if (graph_ms >= 0)
+                printf("| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
+                       "%.3f× |\n", sizes[i][0], sizes[i][1], graph_ms, tf * ms / graph_ms, ms / graph_ms);
         }
     }
     if (!only || !strcmp(only, "te")) {
@@ -505,12 +557,23 @@ int qi_cmd_bench(int argc, char **argv) {
         else fail = 1, fprintf(stderr, "vae: %s\n", err.msg);
     }
     if (!only || !strcmp(only, "e2e")) {
+        /* with and without the recorded step, in this one process (QI_CUDA_GRAPHS=0: without only) */
+        const char *env = getenv("QI_CUDA_GRAPHS");
+        int graphs_ok = c.be->ops->graph_begin && !(env && !strcmp(env, "0"));
         int steps[2] = {8, 4};
         for (int i = 0; i < 2; i++) {
-            double s;
-            if (!bench_e2e(&c, steps[i], &s, &err))
-                printf("| end to end | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory |\n", steps[i], s);
-            else fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
+            double s[2] = {-1, -1}; /* eager, graph */
+            for (int g = graphs_ok ? 1 : 0; g >= 0; g--) {
+                if (bench_e2e(&c, steps[i], g, &s[g], &err)) {
+                    fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
+                    continue;
+                }
+                printf("| end to end | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
+                       steps[i], s[g], g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
+            }
+            if (s[0] > 0 && s[1] > 0)
+                printf("| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
+                       (s[0] - s[1]) * 1e3, s[0] / s[1]);
         }
     }
     if (c.be->ops->mem_usage) {

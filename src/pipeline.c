@@ -5,7 +5,11 @@
  *            → unpack → VAE decoder → RGB8
  *
  * It owns the engine (backend + loaded models) and the public API of
- * qwen_image.h. Each stage lives in its own file; this file only moves data
+ * qwen_image.h. On one device whose backend records graphs, the step's
+ * device work (transformer call(s) + CFG combine) is recorded once and
+ * replayed per step (step_graph_*; QI_CUDA_GRAPHS=0 runs it eagerly, with
+ * bit-identical results); the Euler update stays outside (its coefficient
+ * changes per step). Each stage lives in its own file; this file only moves data
  * between them and checks the request. The behaviour follows diffusers'
  * QwenImagePipeline (see shared/docs/spec/denoiser.md §3), with one deliberate
  * divergence: for several prompts with num_images_per_prompt > 1 diffusers
@@ -37,6 +41,27 @@
 
 #define LATENT_CHANNELS 16
 
+/* What a recorded denoising step depends on: the shapes, the CFG scale (a
+ * kernel argument), whether each text has padding (the attention's mask
+ * argument) and every address it reads or writes. Zero-filled, compared
+ * whole. */
+typedef struct step_key {
+    int batch, grid_h, grid_w, pos_len, neg_len; /* neg_len 0: no true CFG */
+    float cfg;
+    int pos_mask, neg_mask;
+    size_t arena_mark;                           /* where the step's activations start */
+    const void *latents, *v_cond, *v_uncond, *pos_ctx, *neg_ctx;
+} step_key;
+
+/* The denoising step as a graph (single device, a backend with graph ops):
+ * the transformer call(s) and the CFG combine, recorded once and replayed per
+ * step; kept across requests of the same key. */
+typedef struct step_graph {
+    qi_dit_call *cond, *uncond;
+    qi_graph *graph;
+    step_key key;
+} step_graph;
+
 struct qi_engine {
     qi_model_dir dir;
     qi_backend *be;
@@ -51,6 +76,7 @@ struct qi_engine {
     void *log_user;
     qi_error err;
     qi_timings last;
+    step_graph steps;     /* recorded denoising step (pipeline with graphs) */
 };
 
 qi_open_options qi_open_options_default(void) {
@@ -148,8 +174,17 @@ qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength) {
     return QI_OK;
 }
 
+static void step_graph_free(qi_engine *e) {
+    step_graph *g = &e->steps;
+    if (g->graph) e->be->ops->graph_free(e->be, g->graph);
+    qi_dit_call_free(g->cond);
+    qi_dit_call_free(g->uncond);
+    memset(g, 0, sizeof *g);
+}
+
 static qi_status ensure_dit(qi_engine *e) {
     if (e->dit && !e->dit_stale) return QI_OK;
+    step_graph_free(e); /* recorded on the old transformer's weights */
     if (e->dit) {
         qi_dit_free(e->dit);
         e->dit = NULL;
@@ -174,6 +209,7 @@ qi_status qi_engine_dit(qi_engine *e, qi_dit **out) {
 
 void qi_engine_close(qi_engine *e) {
     if (!e) return;
+    if (e->be) step_graph_free(e);
     if (e->dit) qi_dit_free(e->dit);
     if (e->vae) qi_vae_free(e->vae);
     if (e->te) qi_text_encoder_free(e->te);
@@ -328,6 +364,87 @@ static qi_status initial_noise(qi_engine *e, const qi_request *req, int B, float
     return qi_initial_noise(req->seed, req->rng, dt, B, req->height, req->width, packed, &e->err);
 }
 
+/* ---- the denoising step as a graph ------------------------------------------------- */
+
+/* Graphs on a single device whose backend records them, unless QI_CUDA_GRAPHS=0. */
+static int use_step_graph(const qi_engine *e) {
+    const char *env = getenv("QI_CUDA_GRAPHS");
+    const qi_backend_ops *op = e->be->ops;
+    return !e->par && op->graph_begin && op->persistent && !(env && !strcmp(env, "0"));
+}
+
+/* Gets the step's calls ready for this request: kept (and their recording)
+ * when the key is unchanged, else made anew; the text masks are written
+ * every request (the same lengths may hold other padding). */
+static qi_status step_graph_prepare(qi_engine *e, const step_key *key, const qi_tensor *pos_mask,
+                                    const qi_tensor *neg_mask) {
+    step_graph *g = &e->steps;
+    qi_status st = QI_OK;
+    if (!g->cond || memcmp(key, &g->key, sizeof *key)) {
+        step_graph_free(e);
+        g->key = *key;
+        st = qi_dit_call_create(e->dit, key->batch, key->grid_h, key->grid_w, key->pos_len, &g->cond, &e->err);
+        if (!st && key->neg_len)
+            st = qi_dit_call_create(e->dit, key->batch, key->grid_h, key->grid_w, key->neg_len, &g->uncond,
+                                    &e->err);
+    }
+    if (!st) st = qi_dit_call_set_text_mask(g->cond, pos_mask, &e->err);
+    if (!st && g->uncond) st = qi_dit_call_set_text_mask(g->uncond, neg_mask, &e->err);
+    if (st) step_graph_free(e);
+    return st;
+}
+
+/* The device work of one step: v_cond = transformer(latents, text), and with
+ * true CFG the uncond call and the combine into v_cond. Ops only. */
+static qi_status step_ops(qi_engine *e, const qi_tensor *latents, const qi_tensor *pos_ctx,
+                          const qi_tensor *neg_ctx, float cfg, qi_tensor *v_cond, qi_tensor *v_uncond) {
+    step_graph *g = &e->steps;
+    qi_status st = qi_dit_call_run(g->cond, latents, pos_ctx, v_cond, &e->err);
+    if (!st && g->uncond) {
+        st = qi_dit_call_run(g->uncond, latents, neg_ctx, v_uncond, &e->err);
+        if (!st) e->be->ops->cfg_combine(e->be, v_cond, v_uncond, cfg, v_cond);
+    }
+    return st;
+}
+
+/* Step `step` through the graph: eagerly while nothing has run yet (step 0:
+ * GEMM plans and kernel set-up happen outside the recording), recorded on
+ * the next step, replayed from then on (and from step 0 of later requests
+ * of the same key). The step's timestep is written first, outside. */
+static qi_status step_graph_run(qi_engine *e, int step, const float *t_batch, const qi_tensor *latents,
+                                const qi_tensor *pos_ctx, const qi_tensor *neg_ctx, float cfg,
+                                qi_tensor *v_cond, qi_tensor *v_uncond) {
+    step_graph *g = &e->steps;
+    qi_backend *be = e->be;
+    qi_status st = qi_dit_call_set_timestep(g->cond, t_batch, &e->err);
+    if (!st && g->uncond) st = qi_dit_call_set_timestep(g->uncond, t_batch, &e->err);
+    if (st) return st;
+    if (be->ops->mark(be) != g->key.arena_mark) /* the recording's activations start there */
+        return qi_fail(&e->err, QI_ERR_BACKEND, "denoising step graph: arena at %zu, recorded at %zu",
+                       be->ops->mark(be), g->key.arena_mark);
+    if (!g->graph && step == 0) return step_ops(e, latents, pos_ctx, neg_ctx, cfg, v_cond, v_uncond);
+    if (!g->graph) {
+        double t0 = qi_now_s();
+        if ((st = be->ops->graph_begin(be, &e->err))) return st;
+        st = step_ops(e, latents, pos_ctx, neg_ctx, cfg, v_cond, v_uncond);
+        qi_graph *rec = NULL;
+        qi_error end_err;
+        qi_status end_st = be->ops->graph_end(be, &rec, &end_err); /* ends the recording in any case */
+        if (!st && end_st) {
+            st = end_st;
+            e->err = end_err;
+        }
+        if (st) {
+            if (rec) be->ops->graph_free(be, rec);
+            return st;
+        }
+        g->graph = rec;
+        logf_(e, "denoising step recorded as a graph (%s) in %.1f ms",
+              g->uncond ? "2 transformer calls + CFG combine" : "1 transformer call", (qi_now_s() - t0) * 1e3);
+    }
+    return be->ops->graph_launch(be, g->graph, &e->err);
+}
+
 /* ---- generate -------------------------------------------------------------------- */
 
 static int report(const qi_request *r, const char *stage, int step, int total) {
@@ -398,6 +515,20 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     if ((st = be->ops->upload(be, &latents, noise, &e->err))) goto done;
     if ((st = qi_be_act3(be, &v_cond, B, img_tokens, packed_ch, &e->err))) goto done;
     if (do_cfg && (st = qi_be_act3(be, &v_uncond, B, img_tokens, packed_ch, &e->err))) goto done;
+    int graphs = use_step_graph(e);
+    if (graphs) {
+        step_key key;
+        memset(&key, 0, sizeof key);
+        key.batch = B, key.grid_h = grid_h, key.grid_w = grid_w, key.pos_len = pos.len;
+        key.neg_len = do_cfg ? neg.len : 0, key.cfg = do_cfg ? req->cfg : 0.0f;
+        key.pos_mask = pos_be.has_mask, key.neg_mask = do_cfg && neg_be.has_mask;
+        key.arena_mark = be->ops->mark(be);
+        key.latents = latents.data, key.v_cond = v_cond.data, key.v_uncond = do_cfg ? v_uncond.data : NULL;
+        key.pos_ctx = pos_be.ctx.data, key.neg_ctx = do_cfg ? neg_be.ctx.data : NULL;
+        if ((st = step_graph_prepare(e, &key, pos_be.has_mask ? &pos_be.mask : NULL,
+                                     do_cfg && neg_be.has_mask ? &neg_be.mask : NULL)))
+            goto done;
+    }
     float *t_batch = malloc(sizeof(float) * (size_t)B);
     for (int i = 0; i < req->steps; i++) {
         if (report(req, "denoise", i, req->steps)) {
@@ -405,12 +536,17 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
             goto cancelled;
         }
         for (int b = 0; b < B; b++) t_batch[b] = timesteps[i] / 1000.0f;
-        st = qi_dit_forward(e->dit, &latents, &pos_be.ctx, pos_be.has_mask ? &pos_be.mask : NULL, t_batch,
-                            grid_h, grid_w, &v_cond, &e->err);
-        if (!st && do_cfg) {
-            st = qi_dit_forward(e->dit, &latents, &neg_be.ctx, neg_be.has_mask ? &neg_be.mask : NULL,
-                                t_batch, grid_h, grid_w, &v_uncond, &e->err);
-            if (!st) be->ops->cfg_combine(be, &v_cond, &v_uncond, req->cfg, &v_cond);
+        if (graphs) { /* the same ops, recorded once */
+            st = step_graph_run(e, i, t_batch, &latents, &pos_be.ctx, do_cfg ? &neg_be.ctx : NULL, req->cfg,
+                                &v_cond, &v_uncond);
+        } else {
+            st = qi_dit_forward(e->dit, &latents, &pos_be.ctx, pos_be.has_mask ? &pos_be.mask : NULL, t_batch,
+                                grid_h, grid_w, &v_cond, &e->err);
+            if (!st && do_cfg) {
+                st = qi_dit_forward(e->dit, &latents, &neg_be.ctx, neg_be.has_mask ? &neg_be.mask : NULL,
+                                    t_batch, grid_h, grid_w, &v_uncond, &e->err);
+                if (!st) be->ops->cfg_combine(be, &v_cond, &v_uncond, req->cfg, &v_cond);
+            }
         }
         if (st) {
             free(t_batch);

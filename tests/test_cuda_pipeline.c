@@ -8,6 +8,9 @@
  *     text encoder stacks ~20 such ops, the VAE decoder ~60 conv/norm layers;
  *     the image-level bound below is the one that matters to a person);
  *   - every public case end to end: image mean abs difference <= 3/255;
+ *   - the denoising step recorded as a CUDA graph gives bit-identical latents
+ *     and images to the eager steps (QI_CUDA_GRAPHS=0), also when a recording
+ *     is reused by a later request;
  *   - one full-size block (D=3072, 24 heads, MLP 12288) at 1024² with random
  *     weights: the CUDA forward within 1e-2 of the CPU backend in float32.
  */
@@ -166,47 +169,60 @@ static void text_encoder_within_2e_2_and_vae_within_3e_2(void) {
     be->ops->destroy(be);
 }
 
+/* Runs public case `json` on engine e (its scheduler written to a temp file). */
+static qi_status generate_case(qi_engine *e, cJSON *json, qi_image *img) {
+    char sched[] = "/tmp/qi_cuda_sched_XXXXXX";
+    int fd = mkstemp(sched);
+    char *txt = cJSON_Print(cJSON_GetObjectItem(json, "scheduler"));
+    if (fd < 0 || write(fd, txt, strlen(txt)) < 0) CHECK(0, "write %s", sched);
+    if (fd >= 0) close(fd);
+    free(txt);
+    const char *prompts[4];
+    int n = 0;
+    cJSON *p = cJSON_GetObjectItem(json, "prompt");
+    if (cJSON_IsArray(p))
+        for (cJSON *it = p->child; it && n < 4; it = it->next) prompts[n++] = it->valuestring;
+    else prompts[n++] = p->valuestring;
+    qi_request r = qi_request_default();
+    r.prompts = prompts;
+    r.n_prompts = n;
+    cJSON *neg = cJSON_GetObjectItem(json, "negative_prompt");
+    r.negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL;
+    r.width = (int)cJSON_GetObjectItem(json, "width")->valuedouble;
+    r.height = (int)cJSON_GetObjectItem(json, "height")->valuedouble;
+    r.steps = (int)cJSON_GetObjectItem(json, "steps")->valuedouble;
+    r.cfg = (float)cJSON_GetObjectItem(json, "cfg")->valuedouble;
+    r.seed = (uint64_t)cJSON_GetObjectItem(json, "seed")->valuedouble;
+    r.scheduler = sched;
+    r.noise_dtype = 1; /* the references are float32 runs: float32 noise */
+    qi_status st = qi_generate(e, &r, img);
+    unlink(sched);
+    return st;
+}
+
+static qi_status open_engine(cJSON *json, qi_log_fn log, void *log_user, qi_engine **e) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = model;
+    o.device = "cuda";
+    o.log = log;
+    o.log_user = log_user;
+    qi_status st = qi_engine_open(&o, e);
+    if (!st && cJSON_IsTrue(cJSON_GetObjectItem(json, "lora"))) st = qi_engine_add_lora(*e, lora_path, 1);
+    return st;
+}
+
 static void every_case_end_to_end_within_3_of_255(void) {
     for (int c = 0; c < 3; c++) {
         cJSON *json = NULL;
         qi_st_file *f = open_case(CASES[c], &json);
-        qi_open_options o = qi_open_options_default();
-        o.model_dir = model;
-        o.device = "cuda";
         qi_engine *e;
-        if (qi_engine_open(&o, &e)) {
+        if (open_engine(json, NULL, NULL, &e)) {
             CHECK(0, "%s", qi_engine_error(e));
             qi_engine_close(e);
             continue;
         }
-        if (cJSON_IsTrue(cJSON_GetObjectItem(json, "lora"))) qi_engine_add_lora(e, lora_path, 1);
-        char sched[] = "/tmp/qi_cuda_sched_XXXXXX";
-        int fd = mkstemp(sched);
-        char *txt = cJSON_Print(cJSON_GetObjectItem(json, "scheduler"));
-        if (write(fd, txt, strlen(txt)) < 0) CHECK(0, "write");
-        close(fd);
-        free(txt);
-        const char *prompts[4];
-        int n = 0;
-        cJSON *p = cJSON_GetObjectItem(json, "prompt");
-        if (cJSON_IsArray(p))
-            for (cJSON *it = p->child; it && n < 4; it = it->next) prompts[n++] = it->valuestring;
-        else prompts[n++] = p->valuestring;
-        qi_request r = qi_request_default();
-        r.prompts = prompts;
-        r.n_prompts = n;
-        cJSON *neg = cJSON_GetObjectItem(json, "negative_prompt");
-        r.negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL;
-        r.width = (int)cJSON_GetObjectItem(json, "width")->valuedouble;
-        r.height = (int)cJSON_GetObjectItem(json, "height")->valuedouble;
-        r.steps = (int)cJSON_GetObjectItem(json, "steps")->valuedouble;
-        r.cfg = (float)cJSON_GetObjectItem(json, "cfg")->valuedouble;
-        r.seed = (uint64_t)cJSON_GetObjectItem(json, "seed")->valuedouble;
-        r.scheduler = sched;
-        r.noise_dtype = 1; /* the references are float32 runs: float32 noise */
         qi_image img;
-        qi_status st = qi_generate(e, &r, &img);
-        unlink(sched);
+        qi_status st = generate_case(e, json, &img);
         CHECK(!st, "%s", qi_engine_error(e));
         if (!st) {
             const qi_st_tensor *u8 = qi_st_file_find(f, "image_u8"), *vin = qi_st_file_find(f, "vae_in");
@@ -228,6 +244,73 @@ static void every_case_end_to_end_within_3_of_255(void) {
         qi_st_close(f);
         cJSON_Delete(json);
     }
+}
+
+/* Counts the engine's "recorded as a graph" log lines. */
+static void count_recordings(void *user, const char *line) {
+    if (strstr(line, "recorded as a graph")) ++*(int *)user;
+}
+
+/* The denoising step recorded as a CUDA graph and replayed gives the very
+ * bits of the eager steps: each case runs with graphs (recorded on step 1),
+ * without (QI_CUDA_GRAPHS=0), and with graphs again (the recording of the
+ * first run replayed from step 0); latents and images must match exactly. */
+static void graphs_on_and_off_bit_identical_for_every_case(void) {
+    const char *env = getenv("QI_CUDA_GRAPHS");
+    char saved[32] = "";
+    if (env) snprintf(saved, sizeof saved, "%s", env);
+    for (int c = 0; c < 3; c++) {
+        cJSON *json = NULL;
+        qi_st_file *f = open_case(CASES[c], &json);
+        int recordings = 0;
+        qi_engine *e;
+        if (!json || open_engine(json, count_recordings, &recordings, &e)) {
+            CHECK(0, "%s: %s", CASES[c], json ? qi_engine_error(e) : "case missing");
+            if (json) qi_engine_close(e);
+            qi_st_close(f);
+            cJSON_Delete(json);
+            continue;
+        }
+        static const char *const modes[3] = {"1", "0", "1"};
+        int recorded[3] = {0, 0, 0};
+        qi_image img[3];
+        memset(img, 0, sizeof img);
+        int ok = 1;
+        for (int m = 0; m < 3 && ok; m++) {
+            setenv("QI_CUDA_GRAPHS", modes[m], 1);
+            int before = recordings;
+            ok = !generate_case(e, json, &img[m]);
+            CHECK(ok, "%s run %d (QI_CUDA_GRAPHS=%s): %s", CASES[c], m, modes[m], qi_engine_error(e));
+            recorded[m] = recordings - before;
+        }
+        int steps = (int)cJSON_GetObjectItem(json, "steps")->valuedouble;
+        if (ok) {
+            size_t n_lat = (size_t)img[0].count * 16 * (img[0].height / 8) * (img[0].width / 8);
+            size_t n_px = (size_t)img[0].count * img[0].width * img[0].height * 3;
+            size_t lat_diff[2] = {0, 0}, px_diff[2] = {0, 0};
+            for (int m = 1; m < 3; m++) {
+                for (size_t i = 0; i < n_lat; i++)
+                    lat_diff[m - 1] += memcmp(&img[0].latents[i], &img[m].latents[i], sizeof(float)) != 0;
+                for (size_t i = 0; i < n_px; i++) px_diff[m - 1] += img[0].rgb[i] != img[m].rgb[i];
+            }
+            printf("  cuda %s (%d steps): graphs on vs off: %zu of %zu latents differ, %zu of %zu image bytes; "
+                   "on again (replayed from step 0): %zu and %zu; recordings per run %d, %d, %d\n",
+                   CASES[c], steps, lat_diff[0], n_lat, px_diff[0], n_px, lat_diff[1], px_diff[1], recorded[0],
+                   recorded[1], recorded[2]);
+            CHECK(lat_diff[0] == 0 && px_diff[0] == 0, "%s: graphs on vs off differ", CASES[c]);
+            CHECK(lat_diff[1] == 0 && px_diff[1] == 0, "%s: the replayed recording differs", CASES[c]);
+            /* the graph path really ran: recorded once (step 1), none when off, reused after */
+            CHECK(recorded[0] == (steps > 1) && recorded[1] == 0 && recorded[2] == 0,
+                  "%s: recordings %d, %d, %d (expected %d, 0, 0)", CASES[c], recorded[0], recorded[1], recorded[2],
+                  steps > 1);
+        }
+        for (int m = 0; m < 3; m++) qi_image_free(&img[m]);
+        qi_engine_close(e);
+        qi_st_close(f);
+        cJSON_Delete(json);
+    }
+    if (env) setenv("QI_CUDA_GRAPHS", saved, 1);
+    else unsetenv("QI_CUDA_GRAPHS");
 }
 
 /* A transformer folder with one full-size block and random bf16 weights. */
@@ -332,6 +415,7 @@ int main(void) {
     RUN(every_transformer_call_within_1e_2);
     RUN(text_encoder_within_2e_2_and_vae_within_3e_2);
     RUN(every_case_end_to_end_within_3_of_255);
+    RUN(graphs_on_and_off_bit_identical_for_every_case);
     RUN(one_full_size_block_at_1024_matches_cpu_float32);
     TEST_END();
 }

@@ -61,6 +61,7 @@ typedef enum qi_rope_mode {
 } qi_rope_mode;
 
 typedef struct qi_backend qi_backend;
+typedef struct qi_graph qi_graph; /* a recorded op sequence (graph_begin / graph_end) */
 
 typedef struct qi_backend_ops {
     const char *name;
@@ -185,6 +186,27 @@ typedef struct qi_backend_ops {
                                      int64_t gate_stride, const qi_tensor *y, const qi_tensor *shift,
                                      const qi_tensor *scale, int64_t mod_stride, float eps,
                                      qi_tensor *out);
+
+    /* ---- persistent buffers and recorded op sequences (NULL when a backend
+     * lacks them, e.g. the CPU backend: callers then run their ops eagerly) ---- */
+    /* A tensor outside the arena of exactly dtype dt (unlike `weight`, nothing
+     * is converted; contents undefined), kept until weight_free / destroy. For
+     * inputs that must stay at one address across calls, since a recorded
+     * graph reads them there (fill with `upload`). */
+    qi_status (*persistent)(qi_backend *be, qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne,
+                            qi_error *err);
+    /* Ops queued between graph_begin and graph_end are recorded, not run;
+     * graph_launch replays them, queued like one op, on the same memory (the
+     * tensors' contents at replay time). Between begin and end only ops and
+     * arena bookkeeping (tensor, mark, reset) may be called: no upload,
+     * download, sync, weight, persistent or weight_free. Run the sequence
+     * once before recording it, so lazy set-up (GEMM plans, kernel
+     * attributes) happens outside. graph_end also ends a recording after a
+     * failure (then *out is NULL and the op's error is returned). */
+    qi_status (*graph_begin)(qi_backend *be, qi_error *err);
+    qi_status (*graph_end)(qi_backend *be, qi_graph **out, qi_error *err);
+    qi_status (*graph_launch)(qi_backend *be, qi_graph *g, qi_error *err);
+    void (*graph_free)(qi_backend *be, qi_graph *g); /* g may be NULL */
 } qi_backend_ops;
 
 struct qi_backend {

@@ -16,6 +16,12 @@
  * the image tokens; only the joint attention differs (attend_sharded: the
  * Ulysses exchange of parallel/ulysses.h around the same RoPE + attention).
  *
+ * A call is split in two (qi_dit_call): everything that copies host data to
+ * the device (the timestep sinusoid, the joint key mask; the RoPE tables once
+ * per shape) happens before `call_run`, which is pure ops on arena addresses
+ * that repeat on every run, so the pipeline can record it as a graph once and
+ * replay it per step. qi_dit_forward is that split run eagerly.
+ *
  * This file owns the weights' layout (typed structs bound by their diffusers
  * names), the RoPE tables (built on the host, cached per shape) and the
  * order of ops. It does not own the sampling loop, CFG or the scheduler.
@@ -66,8 +72,9 @@ typedef struct weight_spec {
 typedef struct rope_entry {
     int grid_h, grid_w, txt_len; /* txt_len 0: empty slot */
     float *host;                 /* cos table then sin table */
-    qi_tensor cos, sin;          /* backend copies (weights) when on_backend */
+    qi_tensor cos, sin;          /* backend copies (persistent or weights) when on_backend */
     int on_backend;              /* 0: the backend converted F32; upload per call */
+    int pins;                    /* live qi_dit_calls reading these tables: never evicted */
     uint64_t last_use;
 } rope_entry;
 
@@ -406,16 +413,23 @@ qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int
     return QI_OK;
 }
 
-/* The cached tables for this shape, built and uploaded on first use. */
+/* The cached tables for this shape, built and uploaded on first use: into
+ * persistent float32 buffers when the backend has them, else as weights
+ * (kept if the backend left them F32). The least recently used entry that no
+ * live call pins makes room. */
 static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, rope_entry **out,
                                 qi_error *err) {
-    rope_entry *hit = NULL, *victim = &d->rope[0];
+    const qi_backend_ops *op = d->be->ops;
+    rope_entry *hit = NULL, *victim = NULL;
     for (int i = 0; i < DIT_ROPE_CACHE; i++) {
         rope_entry *e = &d->rope[i];
         if (e->txt_len == txt_len && e->grid_h == grid_h && e->grid_w == grid_w) hit = e;
-        if (e->last_use < victim->last_use) victim = e;
+        if (!e->pins && (!victim || e->last_use < victim->last_use)) victim = e;
     }
     if (!hit) {
+        if (!victim)
+            return qi_fail(err, QI_ERR_ARG, "transformer: more than %d live qi_dit_calls of different shapes "
+                           "(each keeps its RoPE tables); free some first", DIT_ROPE_CACHE);
         hit = victim;
         if (hit->on_backend) {
             d->be->ops->weight_free(d->be, &hit->cos);
@@ -429,10 +443,24 @@ static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, 
         qi_status st =
             qi_dit_rope_tables(&d->cfg, grid_h, grid_w, txt_len, hit->host, hit->host + L * P, err);
         int64_t ne[2] = {L, P};
-        if (st == QI_OK) st = d->be->ops->weight(d->be, &hit->cos, QI_F32, 2, ne, hit->host, err);
-        if (st == QI_OK) {
-            st = d->be->ops->weight(d->be, &hit->sin, QI_F32, 2, ne, hit->host + L * P, err);
-            if (st != QI_OK) d->be->ops->weight_free(d->be, &hit->cos);
+        if (st == QI_OK && op->persistent) {
+            st = op->persistent(d->be, &hit->cos, QI_F32, 2, ne, err);
+            if (st == QI_OK) {
+                st = op->persistent(d->be, &hit->sin, QI_F32, 2, ne, err);
+                if (st != QI_OK) op->weight_free(d->be, &hit->cos);
+            }
+            if (st == QI_OK) st = op->upload(d->be, &hit->cos, hit->host, err);
+            if (st == QI_OK) st = op->upload(d->be, &hit->sin, hit->host + L * P, err);
+            if (st != QI_OK && hit->sin.data) {
+                op->weight_free(d->be, &hit->cos);
+                op->weight_free(d->be, &hit->sin);
+            }
+        } else if (st == QI_OK) {
+            st = op->weight(d->be, &hit->cos, QI_F32, 2, ne, hit->host, err);
+            if (st == QI_OK) {
+                st = op->weight(d->be, &hit->sin, QI_F32, 2, ne, hit->host + L * P, err);
+                if (st != QI_OK) op->weight_free(d->be, &hit->cos);
+            }
         }
         if (st != QI_OK) {
             free(hit->host);
@@ -529,17 +557,12 @@ static qi_tensor mod_chunk(const qi_dit *d, const dit_acts *a, int64_t slot, int
 }
 #define MOD_STRIDE(d) (6 * (int64_t)(d)->cfg.inner_dim)
 
-/* temb = linear_2(silu(linear_1(sinusoid(t)))), returned SiLU'd because all
- * its consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4). */
-static qi_status timestep_embedding(qi_dit *d, const float *t, int64_t B, qi_tensor *temb_silu,
-                                    qi_error *err) {
-    qi_backend *be = d->be;
-    int64_t D = d->cfg.inner_dim, half = DIT_TIME_CHANNELS / 2;
-    float *proj = malloc((size_t)(B * DIT_TIME_CHANNELS) * sizeof *proj);
-    if (!proj) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
-    /* float32 in diffusers' order: f_k = exp(-ln(10000)·k / 128); arg = (t·f_k)·1000;
-     * [cos | sin] (flip_sin_to_cos). t is timestep/1000, so the sinusoid sees
-     * the 0..1000 timestep again (spec §6 trap 3). */
+/* The timestep sinusoid [B, 256] on the host, float32 in diffusers' order:
+ * f_k = exp(-ln(10000)·k / 128); arg = (t·f_k)·1000; [cos | sin]
+ * (flip_sin_to_cos). t is timestep/1000, so the sinusoid sees the 0..1000
+ * timestep again (spec §6 trap 3). */
+static void timestep_sinusoid(const float *t, int64_t B, float *proj) {
+    int64_t half = DIT_TIME_CHANNELS / 2;
     const float neg_log_period = (float)-9.210340371976184; /* -ln(10000) */
     for (int64_t b = 0; b < B; b++)
         for (int64_t k = 0; k < half; k++) {
@@ -548,14 +571,19 @@ static qi_status timestep_embedding(qi_dit *d, const float *t, int64_t B, qi_ten
             proj[b * DIT_TIME_CHANNELS + k] = cosf(arg);
             proj[b * DIT_TIME_CHANNELS + half + k] = sinf(arg);
         }
-    qi_tensor sinus, hidden;
-    qi_status st = qi_be_act2(be, &sinus, B, DIT_TIME_CHANNELS, err);
-    if (st == QI_OK) st = be->ops->upload(be, &sinus, proj, err);
-    free(proj);
-    if (st == QI_OK) st = qi_be_act2(be, &hidden, B, D, err);
+}
+
+/* temb = linear_2(silu(linear_1(sinusoid))), returned SiLU'd because all its
+ * consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4).
+ * sinus [B, 256] is on the backend already. */
+static qi_status timestep_embedding(qi_dit *d, const qi_tensor *sinus, qi_tensor *temb_silu, qi_error *err) {
+    qi_backend *be = d->be;
+    int64_t B = sinus->ne[0], D = d->cfg.inner_dim;
+    qi_tensor hidden;
+    qi_status st = qi_be_act2(be, &hidden, B, D, err);
     if (st == QI_OK) st = qi_be_act2(be, temb_silu, B, D, err);
     if (st != QI_OK) return st;
-    be->ops->linear(be, &sinus, &d->time_1.w, &d->time_1.b, QI_ACT_SILU, &hidden);
+    be->ops->linear(be, sinus, &d->time_1.w, &d->time_1.b, QI_ACT_SILU, &hidden);
     be->ops->linear(be, &hidden, &d->time_2.w, &d->time_2.b, QI_ACT_NONE, temb_silu);
     be->ops->activate(be, temb_silu, QI_ACT_SILU, temb_silu);
     return QI_OK;
@@ -760,46 +788,115 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
     return QI_OK;
 }
 
+/* ---- a call: inputs on the device, then pure ops ------------------------------------ */
+
+/* What one transformer call reads besides x and ctx, on the device at
+ * addresses fixed for the call's life: the RoPE tables of its shape (the
+ * dit's cache, pinned), the timestep sinusoid and the joint key mask. The
+ * buffers are persistent tensors (qi_dit_call_create) or arena tensors that
+ * live until the caller's reset (qi_dit_forward). */
+struct qi_dit_call {
+    qi_dit *d;
+    int64_t B, Li, Lt, Lj;  /* batch, image rows (the whole grid or a shard), text, joint */
+    int grid_h, grid_w;
+    rope_entry *rope;       /* pinned while the call lives */
+    qi_tensor sinus;        /* [B, 256] activations: the timestep sinusoid */
+    qi_tensor key_mask;     /* I32 [B, Lj]: text mask then ones for the image */
+    int have_mask;          /* some text is padding: attention reads key_mask */
+    int timestep_set;
+    int persistent;         /* buffers from be->persistent (freed with the call) */
+    size_t run_mark;        /* arena position of every run (SIZE_MAX before the first) */
+};
+
+static void call_release(qi_dit_call *c) {
+    if (c->rope) c->rope->pins--;
+    c->rope = NULL;
+    if (c->persistent) {
+        qi_backend *be = c->d->be;
+        if (c->sinus.data) be->ops->weight_free(be, &c->sinus);
+        if (c->key_mask.data) be->ops->weight_free(be, &c->key_mask);
+    }
+}
+
+/* Pins the RoPE tables of the shape and makes the buffers (persistent ones,
+ * or from the arena). */
+static qi_status call_init(qi_dit *d, qi_dit_call *c, int64_t B, int grid_h, int grid_w, int64_t txt_len,
+                           int64_t img_rows, int persistent, qi_error *err) {
+    memset(c, 0, sizeof *c);
+    c->d = d;
+    c->B = B;
+    c->Li = img_rows;
+    c->Lt = txt_len;
+    c->Lj = txt_len + (int64_t)grid_h * grid_w;
+    c->grid_h = grid_h;
+    c->grid_w = grid_w;
+    c->persistent = persistent;
+    c->run_mark = SIZE_MAX;
+    qi_backend *be = d->be;
+    qi_status st = rope_for_shape(d, grid_h, grid_w, (int)txt_len, &c->rope, err);
+    if (st != QI_OK) return st;
+    c->rope->pins++;
+    int64_t sne[2] = {B, DIT_TIME_CHANNELS}, mne[2] = {B, c->Lj};
+    if (persistent) {
+        st = be->ops->persistent(be, &c->sinus, be->act_dtype, 2, sne, err);
+        if (st == QI_OK) st = be->ops->persistent(be, &c->key_mask, QI_I32, 2, mne, err);
+    } else {
+        st = be->ops->tensor(be, &c->sinus, be->act_dtype, 2, sne, err);
+        if (st == QI_OK) st = be->ops->tensor(be, &c->key_mask, QI_I32, 2, mne, err);
+    }
+    if (st != QI_OK) call_release(c);
+    return st;
+}
+
 /* The joint key mask [B, Lt + Li] (text mask, then ones for the image), or
  * none when every text token is real (spec §1.6 "Key mask"). */
-static qi_status build_key_mask(qi_dit *d, const qi_tensor *ctx_mask, dit_acts *a, qi_error *err) {
-    a->have_mask = 0;
+static qi_status call_set_mask(qi_dit_call *c, const qi_tensor *ctx_mask, qi_error *err) {
+    c->have_mask = 0;
     if (!ctx_mask) return QI_OK;
-    qi_backend *be = d->be;
-    int32_t *host = malloc((size_t)(a->B * a->Lj) * sizeof *host);
+    qi_backend *be = c->d->be;
+    int32_t *host = malloc((size_t)(c->B * c->Lj) * sizeof *host);
     if (!host) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
     qi_status st = be->ops->download(be, ctx_mask, host, err); /* [B, Lt] into the front */
     int all_real = 1;
     if (st == QI_OK) {
         /* spread row b from b·Lt to b·Lj, last row first so nothing is overwritten */
-        for (int64_t b = a->B - 1; b >= 0; b--) {
-            for (int64_t j = a->Lt - 1; j >= 0; j--) {
-                int32_t v = host[b * a->Lt + j] != 0;
+        for (int64_t b = c->B - 1; b >= 0; b--) {
+            for (int64_t j = c->Lt - 1; j >= 0; j--) {
+                int32_t v = host[b * c->Lt + j] != 0;
                 all_real &= v;
-                host[b * a->Lj + j] = v;
+                host[b * c->Lj + j] = v;
             }
-            for (int64_t j = a->Lt; j < a->Lj; j++) host[b * a->Lj + j] = 1;
+            for (int64_t j = c->Lt; j < c->Lj; j++) host[b * c->Lj + j] = 1;
         }
     }
     if (st == QI_OK && !all_real) {
-        int64_t ne[2] = {a->B, a->Lj};
-        st = be->ops->tensor(be, &a->key_mask, QI_I32, 2, ne, err);
-        if (st == QI_OK) st = be->ops->upload(be, &a->key_mask, host, err);
-        a->have_mask = st == QI_OK;
+        st = be->ops->upload(be, &c->key_mask, host, err);
+        c->have_mask = st == QI_OK;
     }
     free(host);
     return st;
 }
 
+/* t: B host floats, each finite. */
+static qi_status call_set_timestep(qi_dit_call *c, const float *t, qi_error *err) {
+    float *proj = malloc((size_t)(c->B * DIT_TIME_CHANNELS) * sizeof *proj);
+    if (!proj) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    timestep_sinusoid(t, c->B, proj);
+    qi_status st = c->d->be->ops->upload(c->d->be, &c->sinus, proj, err);
+    free(proj);
+    c->timestep_set = st == QI_OK;
+    return st;
+}
+
 /* img_rows: the image tokens x and out hold (the whole grid, or a shard);
- * fn names the entry point in messages. */
+ * fn names the entry point in messages. t (B floats) may be NULL: not checked. */
 static qi_status check_inputs(const qi_dit *d, const char *fn, const qi_tensor *x,
                               const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t,
                               int grid_h, int grid_w, int64_t img_rows, const qi_tensor *out,
                               qi_error *err) {
     const qi_dit_config *c = &d->cfg;
     char s1[64];
-    if (!x || !ctx || !t || !out)
+    if (!x || !ctx || !out)
         return qi_fail(err, QI_ERR_ARG, "%s: x, ctx, t and out are required", fn);
     if (grid_h < 1 || grid_w < 1)
         return qi_fail(err, QI_ERR_ARG, "%s: patch grid %dx%d", fn, grid_h, grid_w);
@@ -827,85 +924,114 @@ static qi_status check_inputs(const qi_dit *d, const char *fn, const qi_tensor *
         return qi_fail(err, QI_ERR_ARG, "%s: x, ctx, out must be %s activations (got %s, %s, %s)",
                        fn, qi_dtype_name(act), qi_dtype_name(x->dtype), qi_dtype_name(ctx->dtype),
                        qi_dtype_name(out->dtype));
-    for (int64_t b = 0; b < B; b++)
+    for (int64_t b = 0; t && b < B; b++) /* t NULL: a qi_dit_call's run, t was set before */
         if (!isfinite(t[b]))
             return qi_fail(err, QI_ERR_ARG, "%s: t[%lld] is not finite", fn, (long long)b);
     return QI_OK;
 }
 
 /* The forward of x's image tokens: the whole image (sp NULL) or this rank's
- * shard of a Ulysses group (sp, comm). */
-static qi_status forward_in_arena(qi_dit *d, const qi_ulysses *sp, qi_comm *comm,
-                                  const qi_tensor *x, const qi_tensor *ctx,
-                                  const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
-                                  qi_tensor *out, qi_error *err) {
+ * shard of a Ulysses group (sp, comm), reading the call's prepared inputs.
+ * Only ops and arena allocations (released before returning; the queued work
+ * still uses them, in stream order): no copies between host and device,
+ * except the RoPE upload of a backend that can keep no F32 tables (none with
+ * graph ops). Not synchronised. */
+static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, const qi_tensor *x,
+                          const qi_tensor *ctx, qi_tensor *out, qi_error *err) {
+    qi_dit *d = c->d;
     qi_backend *be = d->be;
     const qi_backend_ops *op = be->ops;
-    const qi_dit_config *c = &d->cfg;
-    int64_t D = c->inner_dim;
+    const qi_dit_config *cfg = &d->cfg;
+    int64_t D = cfg->inner_dim;
+    if (!c->timestep_set) return qi_fail(err, QI_ERR_ARG, "transformer: run before the timestep was set");
+    size_t mark = op->mark(be);
+    if (c->persistent) {
+        /* a recorded run is replayed on the activations it was recorded with */
+        if (c->run_mark == SIZE_MAX) c->run_mark = mark;
+        if (mark != c->run_mark)
+            return qi_fail(err, QI_ERR_ARG, "qi_dit_call_run: arena position %zu, not %zu as at the first run "
+                           "(a call must run on the same activation addresses every time)", mark, c->run_mark);
+    }
     dit_acts a;
     memset(&a, 0, sizeof a);
-    a.B = x->ne[0];
-    a.Li = x->ne[1];
-    a.Lt = ctx->ne[1];
-    a.Lj = a.Lt + (int64_t)grid_h * grid_w;
+    a.B = c->B;
+    a.Li = c->Li;
+    a.Lt = c->Lt;
+    a.Lj = c->Lj;
     a.sp = sp;
     a.comm = comm;
+    a.key_mask = c->key_mask;
+    a.have_mask = c->have_mask;
 
-    rope_entry *rope = NULL;
-    qi_status st = rope_for_shape(d, grid_h, grid_w, (int)a.Lt, &rope, err);
-    if (st == QI_OK) st = alloc_acts(d, &a, err);
-    if (st != QI_OK) return st;
-    if (rope->on_backend) {
-        a.rope_cos = rope->cos;
-        a.rope_sin = rope->sin;
+    qi_status st = alloc_acts(d, &a, err);
+    if (st != QI_OK) goto done;
+    if (c->rope->on_backend) {
+        a.rope_cos = c->rope->cos;
+        a.rope_sin = c->rope->sin;
     } else {
-        int64_t ne[2] = {a.Lj, c->head_dim / 2};
+        int64_t ne[2] = {a.Lj, cfg->head_dim / 2};
         st = op->tensor(be, &a.rope_cos, QI_F32, 2, ne, err);
         if (st == QI_OK) st = op->tensor(be, &a.rope_sin, QI_F32, 2, ne, err);
-        if (st == QI_OK) st = op->upload(be, &a.rope_cos, rope->host, err);
-        if (st == QI_OK) st = op->upload(be, &a.rope_sin, rope->host + ne[0] * ne[1], err);
-        if (st != QI_OK) return st;
+        if (st == QI_OK) st = op->upload(be, &a.rope_cos, c->rope->host, err);
+        if (st == QI_OK) st = op->upload(be, &a.rope_sin, c->rope->host + ne[0] * ne[1], err);
+        if (st != QI_OK) goto done;
     }
-    st = build_key_mask(d, ctx_mask, &a, err);
 
     /* conditioning: temb and every modulation vector, before the blocks */
     qi_tensor temb_silu;
-    if (st == QI_OK) st = timestep_embedding(d, t, a.B, &temb_silu, err);
-    if (st != QI_OK) return st;
+    st = timestep_embedding(d, &c->sinus, &temb_silu, err);
+    if (st != QI_OK) goto done;
     compute_modulation(d, &temb_silu, &a);
 
     /* input projections; the text gets an RMSNorm over joint_dim first */
     qi_tensor ctx_normed;
-    st = qi_be_act3(be, &ctx_normed, a.B, a.Lt, c->joint_dim, err);
-    if (st != QI_OK) return st;
+    st = qi_be_act3(be, &ctx_normed, a.B, a.Lt, cfg->joint_dim, err);
+    if (st != QI_OK) goto done;
     op->linear(be, x, &d->img_in.w, &d->img_in.b, QI_ACT_NONE, &a.img);
     op->rms_norm(be, ctx, &d->txt_norm, DIT_EPS, &ctx_normed);
     op->linear(be, &ctx_normed, &d->txt_in.w, &d->txt_in.b, QI_ACT_NONE, &a.txt);
 
-    for (int i = 0; i < c->num_layers && st == QI_OK; i++) st = block_forward(d, i, &a, err);
-    if (st != QI_OK) return st;
+    for (int i = 0; i < cfg->num_layers && st == QI_OK; i++) st = block_forward(d, i, &a, err);
+    if (st != QI_OK) goto done;
 
     /* norm_out: [scale | shift] — scale FIRST (trap 1), row stride 2D */
-    qi_tensor out_mod = qi_slice_rows(&a.mods, 2 * (int64_t)c->num_layers * a.B, a.B);
+    qi_tensor out_mod = qi_slice_rows(&a.mods, 2 * (int64_t)cfg->num_layers * a.B, a.B);
     qi_tensor scale = out_mod, shift = out_mod;
     shift.data = (char *)out_mod.data + (size_t)D * qi_dtype_size(out_mod.dtype);
     op->layer_norm_mod(be, &a.img, &shift, &scale, 2 * D, DIT_EPS, &a.norm_i);
     op->linear(be, &a.norm_i, &d->proj_out.w, &d->proj_out.b, QI_ACT_NONE, out);
-    return op->sync(be, err);
+done:
+    op->reset(be, mark);
+    return st;
+}
+
+/* One eager call: its inputs in the arena, prepared, run, synchronised. */
+static qi_status forward_eager(qi_dit *d, const qi_ulysses *sp, qi_comm *comm, const qi_tensor *x,
+                               const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t, int grid_h,
+                               int grid_w, qi_tensor *out, qi_error *err) {
+    qi_dit_call c;
+    size_t mark = d->be->ops->mark(d->be);
+    qi_status st = call_init(d, &c, x->ne[0], grid_h, grid_w, ctx->ne[1], x->ne[1], 0, err);
+    if (st == QI_OK) {
+        st = call_set_mask(&c, ctx_mask, err);
+        if (st == QI_OK) st = call_set_timestep(&c, t, err);
+        if (st == QI_OK) st = call_run(&c, sp, comm, x, ctx, out, err);
+        if (st == QI_OK) st = d->be->ops->sync(d->be, err);
+        call_release(&c);
+    }
+    d->be->ops->reset(d->be, mark);
+    return st;
 }
 
 qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
                          const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
                          qi_tensor *out, qi_error *err) {
     if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: no transformer");
+    if (!t) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward: x, ctx, t and out are required");
     qi_status st = check_inputs(d, "qi_dit_forward", x, ctx, ctx_mask, t, grid_h, grid_w,
                                 (int64_t)grid_h * grid_w, out, err);
     if (st != QI_OK) return st;
-    size_t mark = d->be->ops->mark(d->be);
-    st = forward_in_arena(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
-    d->be->ops->reset(d->be, mark);
-    return st;
+    return forward_eager(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
 }
 
 qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
@@ -914,6 +1040,7 @@ qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
     if (!comm) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: no communicator");
     qi_ulysses plan;
     qi_status st = d ? QI_OK : qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: no transformer");
+    if (st == QI_OK && !t) st = qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: x, ctx, t and out are required");
     if (st == QI_OK && (grid_h < 1 || grid_w < 1))
         st = qi_fail(err, QI_ERR_ARG, "qi_dit_forward_sp: patch grid %dx%d", grid_h, grid_w);
     if (st == QI_OK)
@@ -922,13 +1049,70 @@ qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
     if (st == QI_OK)
         st = check_inputs(d, "qi_dit_forward_sp", x_local, ctx, ctx_mask, t, grid_h, grid_w,
                           qi_ulysses_shard_len(&plan, plan.rank), out_local, err);
-    if (st == QI_OK) {
-        size_t mark = d->be->ops->mark(d->be);
-        st = forward_in_arena(d, &plan, comm, x_local, ctx, ctx_mask, t, grid_h, grid_w, out_local,
-                              err);
-        d->be->ops->reset(d->be, mark);
-    }
+    if (st == QI_OK)
+        st = forward_eager(d, &plan, comm, x_local, ctx, ctx_mask, t, grid_h, grid_w, out_local, err);
     /* the other ranks may be waiting in a collective for this one: release them */
     if (st != QI_OK) qi_comm_abort(comm);
     return st;
+}
+
+/* ---- qi_dit_call: the same call split for recording ----------------------------------- */
+
+qi_status qi_dit_call_create(qi_dit *d, int batch, int grid_h, int grid_w, int txt_len, qi_dit_call **out,
+                             qi_error *err) {
+    *out = NULL;
+    if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create: no transformer");
+    if (!d->be->ops->persistent)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "qi_dit_call_create: backend %s has no persistent buffers; "
+                       "use qi_dit_forward", d->be->ops->name);
+    if (batch < 1 || grid_h < 1 || grid_w < 1 || txt_len < 1)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create: batch %d, patch grid %dx%d, text length %d "
+                       "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
+    qi_dit_call *c = malloc(sizeof *c);
+    if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    qi_status st = call_init(d, c, batch, grid_h, grid_w, txt_len, (int64_t)grid_h * grid_w, 1, err);
+    if (st != QI_OK) {
+        free(c);
+        return st;
+    }
+    *out = c;
+    return QI_OK;
+}
+
+qi_status qi_dit_call_set_text_mask(qi_dit_call *c, const qi_tensor *ctx_mask, qi_error *err) {
+    char s1[64];
+    if (ctx_mask && (ctx_mask->dtype != QI_I32 || ctx_mask->ndim != 2 || ctx_mask->ne[0] != c->B ||
+                     ctx_mask->ne[1] != c->Lt))
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_set_text_mask: ctx_mask is %s %s, expected I32 [%lld, %lld]",
+                       qi_dtype_name(ctx_mask->dtype), qi_shape_str(ctx_mask, s1, sizeof s1), (long long)c->B,
+                       (long long)c->Lt);
+    return call_set_mask(c, ctx_mask, err);
+}
+
+int qi_dit_call_has_mask(const qi_dit_call *c) { return c->have_mask; }
+
+qi_status qi_dit_call_set_timestep(qi_dit_call *c, const float *t, qi_error *err) {
+    if (!t) return qi_fail(err, QI_ERR_ARG, "qi_dit_call_set_timestep: no timesteps");
+    for (int64_t b = 0; b < c->B; b++)
+        if (!isfinite(t[b]))
+            return qi_fail(err, QI_ERR_ARG, "qi_dit_call_set_timestep: t[%lld] is not finite", (long long)b);
+    return call_set_timestep(c, t, err);
+}
+
+qi_status qi_dit_call_run(qi_dit_call *c, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *out,
+                          qi_error *err) {
+    qi_status st = check_inputs(c->d, "qi_dit_call_run", x, ctx, NULL, NULL, c->grid_h, c->grid_w, c->Li, out,
+                                err);
+    if (st != QI_OK) return st;
+    if (x->ne[0] != c->B || ctx->ne[1] != c->Lt)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_run: batch %lld and text length %lld, but the call was "
+                       "made for %lld and %lld", (long long)x->ne[0], (long long)ctx->ne[1], (long long)c->B,
+                       (long long)c->Lt);
+    return call_run(c, NULL, NULL, x, ctx, out, err);
+}
+
+void qi_dit_call_free(qi_dit_call *c) {
+    if (!c) return;
+    call_release(c);
+    free(c);
 }

@@ -73,6 +73,41 @@ qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
                             const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t,
                             int grid_h, int grid_w, qi_tensor *out_local, qi_error *err);
 
+/* ---- one call split for recording (a CUDA graph of the denoising step) ----
+ *
+ * qi_dit_forward is: make the call's inputs, copy them to the device, run the
+ * ops, synchronise. A qi_dit_call keeps that first part on the device at
+ * fixed addresses so the ops can be recorded once (the backend's graph_begin
+ * / graph_end) and replayed per step:
+ *
+ *     qi_dit_call_create(dit, B, gh, gw, txt_len, &call)   once per shape
+ *     qi_dit_call_set_text_mask(call, ctx_mask)            once per text
+ *     per step: qi_dit_call_set_timestep(call, t)          host -> device
+ *               qi_dit_call_run(call, x, ctx, out)         ops only: record once, replay
+ *
+ * The timestep sinusoid and the joint key mask live in the backend's
+ * persistent buffers (QI_ERR_UNSUPPORTED on a backend without them), the
+ * RoPE tables in the transformer's per-shape cache (held while the call
+ * lives; at most 4 live calls of different shapes). run queues the same ops
+ * as qi_dit_forward, so the results are bit-identical; it takes its
+ * activations from the arena and releases them before returning, and must
+ * find the arena at the same position every time (else QI_ERR_ARG: a
+ * recording reads the activations where they were). run does not
+ * synchronise. Free every call before qi_dit_free. */
+typedef struct qi_dit_call qi_dit_call;
+qi_status qi_dit_call_create(qi_dit *d, int batch, int grid_h, int grid_w, int txt_len, qi_dit_call **out,
+                             qi_error *err);
+/* ctx_mask I32 [B, txt_len] on the backend (1 real, 0 padding) or NULL (all real). */
+qi_status qi_dit_call_set_text_mask(qi_dit_call *c, const qi_tensor *ctx_mask, qi_error *err);
+/* 1 when the last text mask had padding (the attention then reads the key mask). */
+int qi_dit_call_has_mask(const qi_dit_call *c);
+/* t: B host floats, the scheduler timestep / 1000 (as qi_dit_forward's t). */
+qi_status qi_dit_call_set_timestep(qi_dit_call *c, const float *t, qi_error *err);
+/* x [B, gh·gw, in_channels], ctx [B, txt_len, joint_dim], out as qi_dit_forward's. */
+qi_status qi_dit_call_run(qi_dit_call *c, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *out,
+                          qi_error *err);
+void qi_dit_call_free(qi_dit_call *c);
+
 /* ---- exposed for tests and benchmarks ---- */
 
 /* Rotary positions of the joint sequence (text first, spec §1.5): pos[i·3 + a]

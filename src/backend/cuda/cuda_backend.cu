@@ -5,9 +5,10 @@
  *
  * Everything is queued on one stream per backend. Ops return nothing, so a
  * failing op records its message in the backend and `sync` returns it.
- * Nothing is allocated on the device after creation except weights: the
- * arena, cuBLASLt's workspace and the scratch buffer are made once, so a
- * denoising step can be captured as a CUDA graph.
+ * Nothing is allocated on the device after creation except weights and
+ * persistent buffers: the arena, cuBLASLt's workspace and the scratch buffer
+ * are made once, so a denoising step can be captured as a CUDA graph (the
+ * op table's graph_* ops, used by pipeline.c).
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -256,6 +257,28 @@ static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim
         return st;
     }
     w->data = dev;
+    c->weight_bytes += bytes;
+    if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+    return QI_OK;
+}
+
+/* A device buffer outside the arena, dtype as asked (F32 RoPE tables stay
+ * F32), freed by weight_free; counted with the weights. */
+static qi_status cuda_persistent(qi_backend *be, qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne,
+                                 qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    if (ndim < 1 || ndim > QI_MAX_DIMS)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: persistent tensor with %d dims (1..%d)", ndim, QI_MAX_DIMS);
+    set_shape(t, dt, ndim, ne);
+    size_t bytes = qi_nbytes(t);
+    cudaError_t e = cudaMalloc(&t->data, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        char shape[128];
+        t->data = NULL;
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for a persistent %s %s tensor (%zu "
+                       "bytes): %s", qi_dtype_name(dt), qi_shape_str(t, shape, sizeof shape), bytes,
+                       cudaGetErrorString(e));
+    }
     c->weight_bytes += bytes;
     if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
     return QI_OK;
@@ -555,6 +578,26 @@ extern "C" void qi_cuda_graph_free(qi_cuda_graph *g) {
     free(g);
 }
 
+/* The op table's graph ops: the functions above, the handle opaque. */
+static qi_status cuda_graph_begin(qi_backend *be, qi_error *err) { return qi_cuda_capture_begin(be, err); }
+
+static qi_status cuda_graph_end(qi_backend *be, qi_graph **out, qi_error *err) {
+    qi_cuda_graph *g = NULL;
+    qi_status st = qi_cuda_capture_end(be, &g, err);
+    *out = reinterpret_cast<qi_graph *>(g);
+    return st;
+}
+
+static qi_status cuda_graph_launch(qi_backend *be, qi_graph *g, qi_error *err) {
+    if (!g) return qi_fail(err, QI_ERR_ARG, "cuda backend: graph_launch of no graph");
+    return qi_cuda_graph_launch(be, reinterpret_cast<qi_cuda_graph *>(g), err);
+}
+
+static void cuda_graph_free(qi_backend *be, qi_graph *g) {
+    (void)be;
+    qi_cuda_graph_free(reinterpret_cast<qi_cuda_graph *>(g));
+}
+
 /* ---- table ----------------------------------------------------------------------- */
 
 static void cuda_destroy(qi_backend *be) {
@@ -610,6 +653,11 @@ static const qi_backend_ops cuda_ops = {
     qc_channel_rms_norm_act,
     qc_conv2d_fused,
     qc_add_gated_layer_norm_mod,
+    cuda_persistent,
+    cuda_graph_begin,
+    cuda_graph_end,
+    cuda_graph_launch,
+    cuda_graph_free,
 };
 
 extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
