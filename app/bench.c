@@ -13,6 +13,7 @@
  */
 #define _DEFAULT_SOURCE
 #include <cjson/cJSON.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,6 +160,15 @@ static void remove_tree(const char *root) {
     }
 }
 
+/* Drops an unfinished -o table (no file is left behind on failure). */
+static void abandon_table(FILE *md, const char *out_path) {
+    if (!md) return;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
+    fclose(md);
+    remove(tmp);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -182,6 +192,37 @@ typedef struct bench_ctx {
     int warmup, runs;
     FILE *md; /* markdown rows */
 } bench_ctx;
+
+/* A table row: on stdout, and into the -o file when one was asked for. */
+static void emit(bench_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void emit(bench_ctx *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    if (c->md) {
+        va_start(ap, fmt);
+        vfprintf(c->md, fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* The -o file is written beside its final name and renamed at the end, so an
+ * interrupted bench leaves no half table. */
+static int finish_table(bench_ctx *c, const char *out_path) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
+    int bad = fclose(c->md) != 0;
+    c->md = NULL;
+    if (bad || rename(tmp, out_path) != 0) {
+        fprintf(stderr, "qwen-image: error: bench: cannot write %s\n", out_path);
+        remove(tmp);
+        return -1;
+    }
+    fprintf(stderr, "qwen-image: wrote %s\n", out_path);
+    return 0;
+}
+
 
 /* Median time of one transformer call replayed as a recorded graph (the
  * pipeline's per-step path): the call's inputs prepared once, the ops run once
@@ -503,14 +544,28 @@ int qi_cmd_bench(int argc, char **argv) {
     }
     if (load_gb > 0) return bench_load(device, load_gb);
     qi_error err = {{0}};
+    FILE *md = NULL;
+    if (out_path) {
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
+        if (!(md = fopen(tmp, "w"))) {
+            fprintf(stderr, "qwen-image: error: bench: -o %s: cannot create the file\n", out_path);
+            return 1;
+        }
+    }
     char root[] = "/tmp/qi_bench_XXXXXX";
-    if (!mkdtemp(root)) return qi_app_runtime_error("bench: cannot create a temporary folder");
-    if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, &err)) return qi_app_runtime_error(err.msg);
+    if (!mkdtemp(root)) err = (qi_error){"bench: cannot create a temporary folder"};
+    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, &err)) remove_tree(root);
+    else err.msg[0] = 0;
+    if (err.msg[0]) {
+        abandon_table(md, out_path);
+        return qi_app_runtime_error(err.msg);
+    }
     qi_open_options o = qi_open_options_default();
     o.model_dir = root;
     o.device = device;
     o.random_weights = 1234;
-    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs};
+    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .md = md};
     double t0 = qi_now_s();
     qi_status st = qi_engine_open(&o, &c.e);
     qi_dit *dit;
@@ -519,16 +574,17 @@ int qi_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(c.e));
         qi_engine_close(c.e);
         remove_tree(root);
+        abandon_table(md, out_path);
         return qi_app_exit_code(st);
     }
     c.be = qi_engine_backend(c.e);
     printf("bench: full-size model (random weights) on %s set up in %.1f s; median of %ld runs after %ld warm-up\n",
            device, qi_now_s() - t0, runs, warmup);
-    printf("| what | shape | time | note |\n|---|---|---|---|\n");
+    emit(&c, "| what | shape | time | note |\n|---|---|---|---|\n");
     int fail = 0;
     double ceiling = 0;
     if (!bench_gemm_ceiling(&c, &ceiling, &err))
-        printf("| GEMM ceiling (linear op) | 8192×8192×8192 bf16 | | %.0f TFLOP/s |\n", ceiling);
+        emit(&c, "| GEMM ceiling (linear op) | 8192×8192×8192 bf16 | | %.0f TFLOP/s |\n", ceiling);
     else fail = 1, fprintf(stderr, "gemm: %s\n", err.msg);
     if (!only || !strcmp(only, "dit")) {
         int sizes[3][2] = {{1024, 1024}, {1328, 1328}, {512, 512}};
@@ -539,21 +595,21 @@ int qi_cmd_bench(int argc, char **argv) {
                 fail = 1;
                 continue;
             }
-            printf("| transformer call | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s (%.0f%% of ceiling) |\n", sizes[i][0],
+            emit(&c, "| transformer call | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s (%.0f%% of ceiling) |\n", sizes[i][0],
                    sizes[i][1], ms, tf, ceiling > 0 ? 100 * tf / ceiling : 0);
             if (graph_ms >= 0)
-                printf("| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
+                emit(&c, "| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
                        "%.3f× |\n", sizes[i][0], sizes[i][1], graph_ms, tf * ms / graph_ms, ms / graph_ms);
         }
     }
     if (!only || !strcmp(only, "te")) {
         double ms;
-        if (!bench_text_encoder(&c, 167, &ms, &err)) printf("| text encoder | 167 tokens | %.1f ms | |\n", ms);
+        if (!bench_text_encoder(&c, 167, &ms, &err)) emit(&c, "| text encoder | 167 tokens | %.1f ms | |\n", ms);
         else fail = 1, fprintf(stderr, "te: %s\n", err.msg);
     }
     if (!only || !strcmp(only, "vae")) {
         double ms;
-        if (!bench_vae(&c, 1024, 1024, &ms, &err)) printf("| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
+        if (!bench_vae(&c, 1024, 1024, &ms, &err)) emit(&c, "| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
         else fail = 1, fprintf(stderr, "vae: %s\n", err.msg);
     }
     if (!only || !strcmp(only, "e2e")) {
@@ -568,21 +624,21 @@ int qi_cmd_bench(int argc, char **argv) {
                     fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
                     continue;
                 }
-                printf("| end to end | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
+                emit(&c, "| end to end | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
                        steps[i], s[g], g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
             }
             if (s[0] > 0 && s[1] > 0)
-                printf("| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
+                emit(&c, "| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
                        (s[0] - s[1]) * 1e3, s[0] / s[1]);
         }
     }
     if (c.be->ops->mem_usage) {
         size_t now, peak;
         c.be->ops->mem_usage(c.be, &now, &peak);
-        printf("| peak device memory | | %.1f GiB | weights + activations |\n", (double)peak / (1u << 30));
+        emit(&c, "| peak device memory | | %.1f GiB | weights + activations |\n", (double)peak / (1u << 30));
     }
-    (void)out_path;
     qi_engine_close(c.e);
     remove_tree(root);
+    if (c.md && finish_table(&c, out_path)) fail = 1;
     return fail;
 }
