@@ -7,7 +7,10 @@
  * and renamed, so a failed run never leaves a partial file.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+#include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +75,7 @@ static int parse_lora(const char *spec, gen_args *a) {
         char *end;
         double v = strtod(colon + 1, &end);
         if (!*end) {
+            if (!isfinite(v)) return qi_app_usage_error("--lora %s: the strength must be a finite number", spec);
             *colon = 0;
             strength = (float)v;
         }
@@ -100,6 +104,13 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             a->quiet = 1;
             continue;
         }
+        static const char *const with_value[] = {"-m", "-p", "-n", "-o", "--lora", "--steps", "--cfg", "-W",
+                                                  "--width", "-H", "--height", "--seed", "--batch", "--scheduler",
+                                                  "--rng", "--noise-dtype", "--device", "--devices", "--threads",
+                                                  "--save-latents"};
+        int known = 0;
+        for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
+        if (!known) return qi_app_usage_error("generate: unknown option %s", f);
         if (!v) return qi_app_usage_error("generate: %s needs a value", f);
         i++;
         if (!strcmp(f, "-m")) a->model = v;
@@ -111,18 +122,20 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         else if (!strcmp(f, "--lora")) {
             if (parse_lora(v, a)) return 2;
         } else if (!strcmp(f, "--steps")) {
-            if (qi_app_parse_int(f, v, 1, 10000, &a->steps)) return 2;
+            if (qi_app_parse_int(f, v, 1, 1000, &a->steps)) return 2;
         } else if (!strcmp(f, "--cfg")) {
             if (qi_app_parse_float(f, v, &a->cfg)) return 2;
-            if (!(a->cfg >= 0)) return qi_app_usage_error("--cfg %s: must be >= 0", v);
+            if (!(a->cfg >= 0) || !isfinite(a->cfg)) return qi_app_usage_error("--cfg %s: must be a finite number >= 0", v);
         } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
-            if (qi_app_parse_int(f, v, 16, 16384, &a->width)) return 2;
+            if (qi_app_parse_int(f, v, 16, 8192, &a->width)) return 2;
         } else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
-            if (qi_app_parse_int(f, v, 16, 16384, &a->height)) return 2;
+            if (qi_app_parse_int(f, v, 16, 8192, &a->height)) return 2;
         } else if (!strcmp(f, "--seed")) {
             char *end;
+            errno = 0;
             a->seed = strtoull(v, &end, 10);
-            if (!*v || *end || v[0] == '-') return qi_app_usage_error("--seed %s: expected a non-negative integer", v);
+            if (!isdigit((unsigned char)v[0]) || *end || errno == ERANGE)
+                return qi_app_usage_error("--seed %s: expected an integer from 0 to 18446744073709551615", v);
         } else if (!strcmp(f, "--batch")) {
             if (qi_app_parse_int(f, v, 1, 64, &a->batch)) return 2;
         } else if (!strcmp(f, "--scheduler")) a->scheduler = v;

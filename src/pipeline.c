@@ -72,6 +72,7 @@ struct qi_engine {
     qi_parallel *par;     /* several devices (opt->devices): ranks 1.. (be and dit are rank 0's) */
     qi_lora_set *loras;   /* NULL when none */
     int dit_stale;        /* a LoRA was added after the transformer was loaded */
+    int loras_loaded;     /* LoRA files fused into the transformer of the last successful load */
     qi_log_fn log;
     void *log_user;
     qi_error err;
@@ -192,7 +193,20 @@ static qi_status ensure_dit(qi_engine *e) {
     double t0 = qi_now_s();
     qi_status st = e->par ? qi_parallel_load_dits(e->par, e->dir.transformer_dir, e->loras, &e->dit, &e->err)
                           : qi_dit_load(e->dir.transformer_dir, e->be, e->loras, &e->dit, &e->err);
-    if (st) return st;
+    if (st) {
+        /* LoRA files are only matched against the weights here. Drop the ones
+         * added since the last good load, so the engine does not stay broken:
+         * the next generate reloads with the LoRAs that worked. */
+        int n = qi_lora_set_file_count(e->loras);
+        if (n > e->loras_loaded) {
+            qi_lora_set_truncate(e->loras, e->loras_loaded);
+            e->dit_stale = 1;
+            qi_fail_ctx(&e->err, st, "the %d LoRA file(s) added since the last load were removed from the engine",
+                        n - e->loras_loaded);
+        }
+        return st;
+    }
+    e->loras_loaded = qi_lora_set_file_count(e->loras);
     e->dit_stale = 0;
     logf_(e, "loaded transformer in %.2f s", qi_now_s() - t0);
     return QI_OK;
@@ -230,8 +244,13 @@ void qi_image_free(qi_image *img) {
 /* ---- request checks ------------------------------------------------------------ */
 
 static qi_status check_request(const qi_request *r, qi_error *err) {
-    if (!r->prompt && (!r->prompts || r->n_prompts < 1))
-        return qi_fail(err, QI_ERR_ARG, "no prompt given (-p TEXT)");
+    if (!r->prompt && !r->prompts) return qi_fail(err, QI_ERR_ARG, "no prompt given (-p TEXT)");
+    if (r->prompts) {
+        if (r->n_prompts < 1 || r->n_prompts > 4096)
+            return qi_fail(err, QI_ERR_ARG, "n_prompts %d: must be between 1 and 4096", r->n_prompts);
+        for (int i = 0; i < r->n_prompts; i++)
+            if (!r->prompts[i]) return qi_fail(err, QI_ERR_ARG, "prompt %d is NULL", i);
+    }
     if (r->width <= 0 || r->height <= 0 || r->width % 16 || r->height % 16)
         return qi_fail(err, QI_ERR_ARG,
                        "size %dx%d: width and height must be positive multiples of 16 (e.g. 1024x1024, "
@@ -246,6 +265,9 @@ static qi_status check_request(const qi_request *r, qi_error *err) {
         return qi_fail(err, QI_ERR_ARG, "--cfg %g: must be a finite number >= 0", (double)r->cfg);
     if (r->batch < 1 || r->batch > 64)
         return qi_fail(err, QI_ERR_ARG, "--batch %d: must be between 1 and 64", r->batch);
+    if ((r->prompts ? r->n_prompts : 1) * r->batch > 4096)
+        return qi_fail(err, QI_ERR_ARG, "%d prompts x batch %d: at most 4096 images per request",
+                       r->prompts ? r->n_prompts : 1, r->batch);
     if (r->max_sequence_length < 1 || r->max_sequence_length > 1024)
         return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d: must be between 1 and 1024",
                        r->max_sequence_length);
@@ -486,6 +508,10 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     if ((st = encode_prompts(e, prompts, n_prompts, req->batch, req->max_sequence_length, &pos))) goto done;
     if (do_cfg) {
         const char **negs = malloc(sizeof(char *) * (size_t)n_prompts);
+        if (!negs) {
+            st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory");
+            goto done;
+        }
         for (int i = 0; i < n_prompts; i++) negs[i] = req->negative_prompt;
         st = encode_prompts(e, negs, n_prompts, req->batch, req->max_sequence_length, &neg);
         free(negs);
@@ -530,6 +556,10 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
             goto done;
     }
     float *t_batch = malloc(sizeof(float) * (size_t)B);
+    if (!t_batch) {
+        st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory");
+        goto done;
+    }
     for (int i = 0; i < req->steps; i++) {
         if (report(req, "denoise", i, req->steps)) {
             free(t_batch);

@@ -6,6 +6,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
+#include <unistd.h>
 
 #include "io/model_dir.h"
 #include "io/safetensors.h"
@@ -168,6 +169,67 @@ static void bad_requests_are_argument_errors(void) {
     qi_engine_close(e2);
 }
 
+/* A LoRA is matched against the weights only when the transformer loads; one
+ * that matches nothing must fail that generate and leave the engine usable. */
+static void a_lora_that_matches_nothing_does_not_break_the_engine(void) {
+    char dir[] = "/tmp/qi_badlora_XXXXXX", path[256];
+    if (!mkdtemp(dir)) return;
+    snprintf(path, sizeof path, "%s/stray.safetensors", dir);
+    float down[4 * 64] = {0}, up[128 * 4] = {0};
+    qi_st_write_item items[2] = {
+        {.name = "transformer_blocks.99.attn.to_q.lora_A.weight", .dtype = QI_F32, .ndim = 2, .shape = {4, 64},
+         .data = down},
+        {.name = "transformer_blocks.99.attn.to_q.lora_B.weight", .dtype = QI_F32, .ndim = 2, .shape = {128, 4},
+         .data = up},
+    };
+    qi_error err;
+    CHECK(!qi_st_write(path, items, 2, &err), "%s", err.msg);
+    qi_open_options o = qi_open_options_default();
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
+    o.model_dir = model;
+    qi_engine *e;
+    CHECK(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    qi_request r = qi_request_default();
+    r.prompt = "recover";
+    r.width = r.height = 32;
+    r.steps = 2;
+    qi_image before, after, bad;
+    CHECK(qi_generate(e, &r, &before) == QI_OK, "%s", qi_engine_error(e));
+    CHECK(qi_engine_add_lora(e, path, 1.0f) == QI_OK, "%s", qi_engine_error(e));
+    qi_status st = qi_generate(e, &r, &bad);
+    printf("  generate with the stray LoRA: %s\n", qi_engine_error(e));
+    CHECK(st == QI_ERR_FORMAT && strstr(qi_engine_error(e), "removed from the engine"), "%d: %s", st,
+          qi_engine_error(e));
+    CHECK(qi_generate(e, &r, &after) == QI_OK, "the next generate: %s", qi_engine_error(e));
+    CHECK(!memcmp(before.rgb, after.rgb, (size_t)32 * 32 * 3), "the engine recovered with its previous weights");
+    qi_image_free(&before);
+    qi_image_free(&after);
+    qi_engine_close(e);
+    remove(path);
+    rmdir(dir);
+}
+
+static void bad_prompt_lists_are_argument_errors(void) {
+    qi_open_options o = qi_open_options_default();
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
+    o.model_dir = model;
+    qi_engine *e;
+    CHECK(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    const char *prompts[2] = {"a", NULL};
+    qi_request r = qi_request_default();
+    r.prompt = "ignored";
+    r.prompts = prompts;
+    qi_image img;
+    int counts[3] = {0, -3, 2}; /* 2: the second prompt is NULL */
+    for (int i = 0; i < 3; i++) {
+        r.n_prompts = counts[i];
+        CHECK(qi_generate(e, &r, &img) == QI_ERR_ARG, "n_prompts %d: %s", counts[i], qi_engine_error(e));
+    }
+    qi_engine_close(e);
+}
+
 static void two_engines_live_in_one_process(void) {
     qi_open_options o = qi_open_options_default();
     char model[1024];
@@ -193,6 +255,8 @@ int main(void) {
     RUN(zh_cfg4_base_matches_diffusers);
     RUN(batch2_lightning4_lora_matches_diffusers);
     RUN(bad_requests_are_argument_errors);
+    RUN(a_lora_that_matches_nothing_does_not_break_the_engine);
+    RUN(bad_prompt_lists_are_argument_errors);
     RUN(two_engines_live_in_one_process);
     TEST_END();
 }

@@ -129,7 +129,9 @@ static void tmp_abort(tmp_file *t) {
 /* Closes the temporary file (catching late write errors such as a full disk)
  * and renames it over path; on any failure it is removed. */
 static qi_status tmp_commit(tmp_file *t, const char *path, qi_error *err) {
-    int bad = fflush(t->fp) != 0 || ferror(t->fp);
+    /* fsync before the rename: after a crash the final name must never point
+     * at a file whose data had not reached the disk */
+    int bad = fflush(t->fp) != 0 || ferror(t->fp) || fsync(fileno(t->fp)) != 0;
     int e = errno;
     if (fclose(t->fp) != 0 && !bad) {
         bad = 1;

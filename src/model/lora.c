@@ -374,6 +374,11 @@ void qi_lora_set_free(qi_lora_set *set) {
 
 int qi_lora_set_file_count(const qi_lora_set *set) { return set ? set->n_files : 0; }
 
+void qi_lora_set_truncate(qi_lora_set *set, int n_files) {
+    if (!set || n_files < 0) return;
+    while (set->n_files > n_files) free_file(&set->files[--set->n_files]);
+}
+
 int qi_lora_set_module_count(const qi_lora_set *set) {
     int n = 0;
     for (int i = 0; set && i < set->n_files; i++) n += set->files[i].n_modules;

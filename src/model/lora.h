@@ -47,6 +47,9 @@ qi_status qi_lora_set_add(qi_lora_set **set, const char *path, float strength, q
 void qi_lora_set_free(qi_lora_set *set);
 
 int qi_lora_set_file_count(const qi_lora_set *set);
+/* Drops the files added after the first n_files (e.g. the ones a failed
+ * transformer load could not bind). */
+void qi_lora_set_truncate(qi_lora_set *set, int n_files);
 int qi_lora_set_module_count(const qi_lora_set *set); /* over all files */
 
 /* A set resolved against one model's weight names. */
