@@ -230,6 +230,78 @@ static void bad_prompt_lists_are_argument_errors(void) {
     qi_engine_close(e);
 }
 
+/* Rewrites one JSON file of a model copy with `edit`. */
+static int edit_json(const char *dir, const char *name, void (*edit)(cJSON *)) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    cJSON *j = NULL;
+    qi_error err;
+    if (qi_json_load(path, &j, &err)) return -1;
+    edit(j);
+    char *text = cJSON_Print(j);
+    FILE *f = fopen(path, "w");
+    int rc = f && fputs(text, f) >= 0 ? 0 : -1;
+    if (f) fclose(f);
+    free(text);
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* As the released Qwen/Qwen-Image transformer config: extra keys, no variant flags. */
+static void released_transformer_config(cJSON *c) {
+    cJSON_AddNumberToObject(c, "pooled_projection_dim", 768);
+    cJSON_DeleteItemFromObject(c, "zero_cond_t");
+    cJSON_DeleteItemFromObject(c, "use_additional_t_cond");
+    cJSON_DeleteItemFromObject(c, "use_layer3d_rope");
+}
+
+/* As transformers 4.x saved Qwen2.5-VL: text fields at the top level, rope_scaling + rope_theta. */
+static void transformers4_text_config(cJSON *c) {
+    cJSON *t = cJSON_DetachItemFromObject(c, "text_config");
+    cJSON *rp = cJSON_DetachItemFromObject(t, "rope_parameters");
+    for (cJSON *it = t->child; it; it = it->next)
+        if (!cJSON_GetObjectItem(c, it->string)) cJSON_AddItemToObject(c, it->string, cJSON_Duplicate(it, 1));
+    cJSON_AddNumberToObject(c, "rope_theta", cJSON_GetObjectItem(rp, "rope_theta")->valuedouble);
+    cJSON *rs = cJSON_AddObjectToObject(c, "rope_scaling");
+    cJSON_AddStringToObject(rs, "type", "mrope");
+    cJSON_AddItemToObject(rs, "mrope_section", cJSON_Duplicate(cJSON_GetObjectItem(rp, "mrope_section"), 1));
+    cJSON_Delete(t);
+    cJSON_Delete(rp);
+}
+
+static void released_config_layouts_load_and_give_the_same_image(void) {
+    char dir[] = "/tmp/qi_released_XXXXXX", cmd[2048];
+    if (!mkdtemp(dir)) return;
+    snprintf(cmd, sizeof cmd, "cp -r %s/tiny-model/. %s", QI_TEST_DATA, dir);
+    CHECK(system(cmd) == 0, "copy the model");
+    CHECK(!edit_json(dir, "transformer/config.json", released_transformer_config), "edit transformer config");
+    CHECK(!edit_json(dir, "text_encoder/config.json", transformers4_text_config), "edit text encoder config");
+    qi_image img[2];
+    const char *models[2] = {dir, NULL};
+    char tiny[1024];
+    snprintf(tiny, sizeof tiny, "%s/tiny-model", QI_TEST_DATA);
+    models[1] = tiny;
+    for (int k = 0; k < 2; k++) {
+        qi_open_options o = qi_open_options_default();
+        o.model_dir = models[k];
+        qi_engine *e;
+        qi_status st = qi_engine_open(&o, &e);
+        qi_request r = qi_request_default();
+        r.prompt = "released layouts";
+        r.width = r.height = 32;
+        r.steps = 2;
+        if (!st) st = qi_generate(e, &r, &img[k]);
+        CHECK(st == QI_OK, "%s: %s", models[k], qi_engine_error(e));
+        qi_engine_close(e);
+        if (st) return;
+    }
+    CHECK(!memcmp(img[0].latents, img[1].latents, sizeof(float) * 16 * 4 * 4), "same latents");
+    qi_image_free(&img[0]);
+    qi_image_free(&img[1]);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "clean up");
+}
+
 static void two_engines_live_in_one_process(void) {
     qi_open_options o = qi_open_options_default();
     char model[1024];
@@ -257,6 +329,7 @@ int main(void) {
     RUN(bad_requests_are_argument_errors);
     RUN(a_lora_that_matches_nothing_does_not_break_the_engine);
     RUN(bad_prompt_lists_are_argument_errors);
+    RUN(released_config_layouts_load_and_give_the_same_image);
     RUN(two_engines_live_in_one_process);
     TEST_END();
 }
