@@ -9,7 +9,10 @@
  * device work (transformer call(s) + CFG combine) is recorded once and
  * replayed per step (step_graph_*; QI_CUDA_GRAPHS=0 runs it eagerly, with
  * bit-identical results); the Euler update stays outside (its coefficient
- * changes per step). Each stage lives in its own file; this file only moves data
+ * changes per step). Both run the transformer through qi_dit_calls given the
+ * generation's whole timestep schedule: the modulation of every step is
+ * computed in one batched pass, and each step selects its slice (one device
+ * copy before the step, outside the recording). Each stage lives in its own file; this file only moves data
  * between them and checks the request. The behaviour follows diffusers'
  * QwenImagePipeline (see shared/docs/spec/denoiser.md §3), with one deliberate
  * divergence: for several prompts with num_images_per_prompt > 1 diffusers
@@ -53,9 +56,10 @@ typedef struct step_key {
     const void *latents, *v_cond, *v_uncond, *pos_ctx, *neg_ctx;
 } step_key;
 
-/* The denoising step as a graph (single device, a backend with graph ops):
- * the transformer call(s) and the CFG combine, recorded once and replayed per
- * step; kept across requests of the same key. */
+/* The denoising step's transformer calls and, on a backend with graph ops,
+ * its recording (the calls and the CFG combine, recorded once and replayed
+ * per step; kept across requests of the same key). Without a recording the
+ * calls are made per request (eager_calls in qi_generate). */
 typedef struct step_graph {
     qi_dit_call *cond, *uncond;
     qi_graph *graph;
@@ -175,13 +179,14 @@ qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength) {
     return QI_OK;
 }
 
-static void step_graph_free(qi_engine *e) {
-    step_graph *g = &e->steps;
-    if (g->graph) e->be->ops->graph_free(e->be, g->graph);
+static void step_calls_free(qi_backend *be, step_graph *g) {
+    if (g->graph) be->ops->graph_free(be, g->graph);
     qi_dit_call_free(g->cond);
     qi_dit_call_free(g->uncond);
     memset(g, 0, sizeof *g);
 }
+
+static void step_graph_free(qi_engine *e) { step_calls_free(e->be, &e->steps); }
 
 static qi_status ensure_dit(qi_engine *e) {
     if (e->dit && !e->dit_stale) return QI_OK;
@@ -396,14 +401,14 @@ static int use_step_graph(const qi_engine *e) {
 }
 
 /* Gets the step's calls ready for this request: kept (and their recording)
- * when the key is unchanged, else made anew; the text masks are written
- * every request (the same lengths may hold other padding). */
-static qi_status step_graph_prepare(qi_engine *e, const step_key *key, const qi_tensor *pos_mask,
-                                    const qi_tensor *neg_mask) {
-    step_graph *g = &e->steps;
+ * when the key is unchanged, else made anew; the text masks and the
+ * timestep schedule (t_all [steps][batch]) are written every request (the
+ * same lengths may hold other padding). */
+static qi_status step_calls_prepare(qi_engine *e, step_graph *g, const step_key *key, const qi_tensor *pos_mask,
+                                    const qi_tensor *neg_mask, const float *t_all, int steps) {
     qi_status st = QI_OK;
     if (!g->cond || memcmp(key, &g->key, sizeof *key)) {
-        step_graph_free(e);
+        step_calls_free(e->be, g);
         g->key = *key;
         st = qi_dit_call_create(e->dit, key->batch, key->grid_h, key->grid_w, key->pos_len, &g->cond, &e->err);
         if (!st && key->neg_len)
@@ -412,15 +417,23 @@ static qi_status step_graph_prepare(qi_engine *e, const step_key *key, const qi_
     }
     if (!st) st = qi_dit_call_set_text_mask(g->cond, pos_mask, &e->err);
     if (!st && g->uncond) st = qi_dit_call_set_text_mask(g->uncond, neg_mask, &e->err);
-    if (st) step_graph_free(e);
+    if (!st) st = qi_dit_call_set_schedule(g->cond, t_all, steps, &e->err);
+    if (!st && g->uncond) st = qi_dit_call_set_schedule(g->uncond, t_all, steps, &e->err);
+    if (st) step_calls_free(e->be, g);
+    return st;
+}
+
+/* Makes step `step` of the schedule the one the calls read (outside any recording). */
+static qi_status step_calls_select(qi_engine *e, step_graph *g, int step) {
+    qi_status st = qi_dit_call_select_step(g->cond, step, &e->err);
+    if (!st && g->uncond) st = qi_dit_call_select_step(g->uncond, step, &e->err);
     return st;
 }
 
 /* The device work of one step: v_cond = transformer(latents, text), and with
  * true CFG the uncond call and the combine into v_cond. Ops only. */
-static qi_status step_ops(qi_engine *e, const qi_tensor *latents, const qi_tensor *pos_ctx,
+static qi_status step_ops(qi_engine *e, step_graph *g, const qi_tensor *latents, const qi_tensor *pos_ctx,
                           const qi_tensor *neg_ctx, float cfg, qi_tensor *v_cond, qi_tensor *v_uncond) {
-    step_graph *g = &e->steps;
     qi_status st = qi_dit_call_run(g->cond, latents, pos_ctx, v_cond, &e->err);
     if (!st && g->uncond) {
         st = qi_dit_call_run(g->uncond, latents, neg_ctx, v_uncond, &e->err);
@@ -432,23 +445,21 @@ static qi_status step_ops(qi_engine *e, const qi_tensor *latents, const qi_tenso
 /* Step `step` through the graph: eagerly while nothing has run yet (step 0:
  * GEMM plans and kernel set-up happen outside the recording), recorded on
  * the next step, replayed from then on (and from step 0 of later requests
- * of the same key). The step's timestep is written first, outside. */
-static qi_status step_graph_run(qi_engine *e, int step, const float *t_batch, const qi_tensor *latents,
-                                const qi_tensor *pos_ctx, const qi_tensor *neg_ctx, float cfg,
-                                qi_tensor *v_cond, qi_tensor *v_uncond) {
+ * of the same key). The step's modulation is selected first, outside. */
+static qi_status step_graph_run(qi_engine *e, int step, const qi_tensor *latents, const qi_tensor *pos_ctx,
+                                const qi_tensor *neg_ctx, float cfg, qi_tensor *v_cond, qi_tensor *v_uncond) {
     step_graph *g = &e->steps;
     qi_backend *be = e->be;
-    qi_status st = qi_dit_call_set_timestep(g->cond, t_batch, &e->err);
-    if (!st && g->uncond) st = qi_dit_call_set_timestep(g->uncond, t_batch, &e->err);
+    qi_status st = step_calls_select(e, g, step);
     if (st) return st;
     if (be->ops->mark(be) != g->key.arena_mark) /* the recording's activations start there */
         return qi_fail(&e->err, QI_ERR_BACKEND, "denoising step graph: arena at %zu, recorded at %zu",
                        be->ops->mark(be), g->key.arena_mark);
-    if (!g->graph && step == 0) return step_ops(e, latents, pos_ctx, neg_ctx, cfg, v_cond, v_uncond);
+    if (!g->graph && step == 0) return step_ops(e, g, latents, pos_ctx, neg_ctx, cfg, v_cond, v_uncond);
     if (!g->graph) {
         double t0 = qi_now_s();
         if ((st = be->ops->graph_begin(be, &e->err))) return st;
-        st = step_ops(e, latents, pos_ctx, neg_ctx, cfg, v_cond, v_uncond);
+        st = step_ops(e, g, latents, pos_ctx, neg_ctx, cfg, v_cond, v_uncond);
         qi_graph *rec = NULL;
         qi_error end_err;
         qi_status end_st = be->ops->graph_end(be, &rec, &end_err); /* ends the recording in any case */
@@ -495,6 +506,9 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     float *timesteps = malloc(sizeof(float) * (size_t)req->steps);
     float *noise = malloc(sizeof(float) * (size_t)B * img_tokens * packed_ch);
     text_embeds pos = {0}, neg = {0};
+    step_graph eager_calls; /* the step's calls when nothing records (made per request) */
+    memset(&eager_calls, 0, sizeof eager_calls);
+    float *t_all = NULL;    /* [steps][B]: the transformer's timestep (scheduler's / 1000) */
     size_t mark = be->ops->mark(be);
     if (!sigmas || !timesteps || !noise) {
         st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory");
@@ -542,51 +556,44 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     if ((st = qi_be_act3(be, &v_cond, B, img_tokens, packed_ch, &e->err))) goto done;
     if (do_cfg && (st = qi_be_act3(be, &v_uncond, B, img_tokens, packed_ch, &e->err))) goto done;
     int graphs = use_step_graph(e);
-    if (graphs) {
-        step_key key;
-        memset(&key, 0, sizeof key);
-        key.batch = B, key.grid_h = grid_h, key.grid_w = grid_w, key.pos_len = pos.len;
-        key.neg_len = do_cfg ? neg.len : 0, key.cfg = do_cfg ? req->cfg : 0.0f;
-        key.pos_mask = pos_be.has_mask, key.neg_mask = do_cfg && neg_be.has_mask;
-        key.arena_mark = be->ops->mark(be);
-        key.latents = latents.data, key.v_cond = v_cond.data, key.v_uncond = do_cfg ? v_uncond.data : NULL;
-        key.pos_ctx = pos_be.ctx.data, key.neg_ctx = do_cfg ? neg_be.ctx.data : NULL;
-        if ((st = step_graph_prepare(e, &key, pos_be.has_mask ? &pos_be.mask : NULL,
-                                     do_cfg && neg_be.has_mask ? &neg_be.mask : NULL)))
-            goto done;
-    }
-    float *t_batch = malloc(sizeof(float) * (size_t)B);
-    if (!t_batch) {
+    t_all = malloc(sizeof(float) * (size_t)req->steps * (size_t)B);
+    if (!t_all) {
         st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory");
         goto done;
     }
+    for (int i = 0; i < req->steps; i++)
+        for (int b = 0; b < B; b++) t_all[(size_t)i * B + b] = timesteps[i] / 1000.0f;
+    step_key key;
+    memset(&key, 0, sizeof key);
+    key.batch = B, key.grid_h = grid_h, key.grid_w = grid_w, key.pos_len = pos.len;
+    key.neg_len = do_cfg ? neg.len : 0, key.cfg = do_cfg ? req->cfg : 0.0f;
+    key.pos_mask = pos_be.has_mask, key.neg_mask = do_cfg && neg_be.has_mask;
+    key.arena_mark = be->ops->mark(be);
+    key.latents = latents.data, key.v_cond = v_cond.data, key.v_uncond = do_cfg ? v_uncond.data : NULL;
+    key.pos_ctx = pos_be.ctx.data, key.neg_ctx = do_cfg ? neg_be.ctx.data : NULL;
+    /* eager calls on a backend without persistent buffers take them from the
+     * arena here, above everything the loop uses, and are freed before the reset */
+    if ((st = step_calls_prepare(e, graphs ? &e->steps : &eager_calls, &key,
+                                 pos_be.has_mask ? &pos_be.mask : NULL,
+                                 do_cfg && neg_be.has_mask ? &neg_be.mask : NULL, t_all, req->steps)))
+        goto done;
     for (int i = 0; i < req->steps; i++) {
-        if (report(req, "denoise", i, req->steps)) {
-            free(t_batch);
-            goto cancelled;
-        }
-        for (int b = 0; b < B; b++) t_batch[b] = timesteps[i] / 1000.0f;
+        if (report(req, "denoise", i, req->steps)) goto cancelled;
         if (graphs) { /* the same ops, recorded once */
-            st = step_graph_run(e, i, t_batch, &latents, &pos_be.ctx, do_cfg ? &neg_be.ctx : NULL, req->cfg,
-                                &v_cond, &v_uncond);
+            st = step_graph_run(e, i, &latents, &pos_be.ctx, do_cfg ? &neg_be.ctx : NULL, req->cfg, &v_cond,
+                                &v_uncond);
         } else {
-            st = qi_dit_forward(e->dit, &latents, &pos_be.ctx, pos_be.has_mask ? &pos_be.mask : NULL, t_batch,
-                                grid_h, grid_w, &v_cond, &e->err);
-            if (!st && do_cfg) {
-                st = qi_dit_forward(e->dit, &latents, &neg_be.ctx, neg_be.has_mask ? &neg_be.mask : NULL,
-                                    t_batch, grid_h, grid_w, &v_uncond, &e->err);
-                if (!st) be->ops->cfg_combine(be, &v_cond, &v_uncond, req->cfg, &v_cond);
-            }
+            st = step_calls_select(e, &eager_calls, i);
+            if (!st)
+                st = step_ops(e, &eager_calls, &latents, &pos_be.ctx, do_cfg ? &neg_be.ctx : NULL, req->cfg,
+                              &v_cond, &v_uncond);
         }
-        if (st) {
-            free(t_batch);
-            goto done;
-        }
+        if (st) goto done;
         /* Euler: x += (sigma[i+1] − sigma[i]) · v, in float32 (diffusers upcasts). */
         be->ops->axpby(be, 1.0f, &latents, sigmas[i + 1] - sigmas[i], &v_cond, &latents);
     }
-    free(t_batch);
     if ((st = be->ops->download(be, &latents, noise, &e->err))) goto done;
+    step_calls_free(be, &eager_calls); /* before the reset: arena-made calls live above mark */
 denoised:
     if (report(req, "denoise", req->steps, req->steps)) goto cancelled;
     e->last.denoise_s = qi_now_s() - t0;
@@ -632,7 +639,9 @@ cancelled:
     st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
 done:
     if (st) qi_image_free(out);
+    step_calls_free(be, &eager_calls);
     be->ops->reset(be, mark);
+    free(t_all);
     text_embeds_free(&pos);
     text_embeds_free(&neg);
     free(sigmas);

@@ -423,6 +423,84 @@ static void full_size_flops_and_cpu_estimate(void) {
     free(w);
 }
 
+/* A call given the whole timestep schedule (the modulation of every step
+ * computed in one batched pass, each step's rows gathered before its run)
+ * gives what qi_dit_forward gives at each step's timestep, within 1e-6: the
+ * batched GEMMs may round differently, nothing else differs. Covers B = 2
+ * with a padding mask, and the call's argument errors. */
+static void schedule_matches_per_step_forward(void) {
+    const char *cases[] = {"zh_cfg4_base", "batch2_lightning4_lora"};
+    for (size_t k = 0; k < QI_ARRAY_LEN(cases); k++) {
+        ref_case c;
+        qi_st_set *ref;
+        qi_dit *d;
+        if (open_case(cases[k], &c, &ref, &d) != 0) continue;
+        const qi_st_tensor *hs = call_tensor(ref, 0, "hidden_states"), *ehs = call_tensor(ref, 0, "encoder_hidden_states");
+        const qi_st_tensor *mask = call_tensor(ref, 0, "encoder_hidden_states_mask");
+        const qi_st_tensor *steps = qi_st_find(ref, "timesteps");
+        if (!mask) mask = qi_st_find(ref, "prompt_embeds_mask");
+        if (mask && mask->shape[1] != ehs->shape[1]) mask = NULL;
+        CHECK(hs && ehs && steps, "case %s: call 0 inputs and timesteps", cases[k]);
+        if (!hs || !ehs || !steps) {
+            qi_dit_free(d);
+            qi_st_set_close(ref);
+            continue;
+        }
+        int B = (int)hs->shape[0], S = (int)steps->shape[0], gh = c.height / 16, gw = c.width / 16;
+        float *t_all = malloc((size_t)S * B * sizeof *t_all);
+        for (int i = 0; i < S; i++)
+            for (int b = 0; b < B; b++) t_all[i * B + b] = ((const float *)steps->data)[i] / 1000.0f;
+        size_t m0 = be->ops->mark(be), n = (size_t)(hs->shape[0] * hs->shape[1] * hs->shape[2]);
+        qi_tensor x, ctx, cmask, out;
+        qi_error err;
+        qi_dit_call *call = NULL;
+        float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+        int ok = upload_ref(hs, &x) == 0 && upload_ref(ehs, &ctx) == 0 && (!mask || upload_ref(mask, &cmask) == 0) &&
+                 qi_be_act3(be, &out, B, hs->shape[1], hs->shape[2], &err) == QI_OK;
+        CHECK(ok, "case %s: inputs uploaded", cases[k]);
+        /* the call's buffers come from the arena on the CPU: made after the inputs */
+        if (ok) ok = qi_dit_call_create(d, B, gh, gw, (int)ehs->shape[1], &call, &err) == QI_OK &&
+                     qi_dit_call_set_text_mask(call, mask ? &cmask : NULL, &err) == QI_OK;
+        CHECK(ok, "case %s: call made: %s", cases[k], ok ? "" : err.msg);
+        if (ok) {
+            CHECK(qi_dit_call_select_step(call, 0, &err) == QI_ERR_ARG, "select_step before a schedule must fail");
+            CHECK(qi_dit_call_set_schedule(call, t_all, S, &err) == QI_OK, "%s", err.msg);
+            CHECK(qi_dit_call_run(call, &x, &ctx, &out, &err) == QI_ERR_ARG, "run before select_step must fail");
+            CHECK(qi_dit_call_select_step(call, S, &err) == QI_ERR_ARG, "step %d of %d must fail", S, S);
+            printf("  out of range: %s\n", err.msg);
+        }
+        double worst = 0;
+        for (int i = 0; ok && i < S; i++) {
+            ok = qi_dit_forward(d, &x, &ctx, mask ? &cmask : NULL, t_all + i * B, gh, gw, &out, &err) == QI_OK &&
+                 be->ops->download(be, &out, want, &err) == QI_OK &&
+                 qi_dit_call_select_step(call, i, &err) == QI_OK &&
+                 qi_dit_call_run(call, &x, &ctx, &out, &err) == QI_OK && be->ops->sync(be, &err) == QI_OK &&
+                 be->ops->download(be, &out, got, &err) == QI_OK;
+            CHECK(ok, "case %s step %d: %s", cases[k], i, ok ? "" : err.msg);
+            double rel = ok ? qi_rel_l2(got, want, n) : 1;
+            if (rel > worst) worst = rel;
+        }
+        /* set_timestep leaves schedule mode: bit-identical to qi_dit_forward again */
+        if (ok) {
+            ok = qi_dit_call_set_timestep(call, t_all + (S - 1) * B, &err) == QI_OK &&
+                 qi_dit_call_run(call, &x, &ctx, &out, &err) == QI_OK && be->ops->sync(be, &err) == QI_OK &&
+                 be->ops->download(be, &out, got, &err) == QI_OK;
+            CHECK(ok && memcmp(got, want, n * sizeof *got) == 0, "case %s: set_timestep after a schedule differs "
+                  "from qi_dit_forward", cases[k]);
+        }
+        printf("  case %s (B=%d, %d steps): schedule vs per-step noise_pred worst rel L2 = %.2e (limit 1e-6)\n",
+               cases[k], B, S, worst);
+        CHECK(worst <= 1e-6, "case %s: schedule differs from per-step by %.3g", cases[k], worst);
+        qi_dit_call_free(call);
+        be->ops->reset(be, m0);
+        free(want);
+        free(got);
+        free(t_all);
+        qi_dit_free(d);
+        qi_st_set_close(ref);
+    }
+}
+
 int main(void) {
     qi_error err;
     if (qi_backend_cpu_create(0, 0, &be, &err) != QI_OK) {
@@ -437,6 +515,7 @@ int main(void) {
     RUN(matches_reference_batch2_lightning4_lora);
     RUN(padding_mask_is_applied);
     RUN(repeated_calls_are_identical_across_shapes);
+    RUN(schedule_matches_per_step_forward);
     RUN(variant_flags_are_refused_by_name);
     RUN(missing_config_key_is_named);
     RUN(weights_disagreeing_with_config_are_named);

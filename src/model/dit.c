@@ -22,6 +22,13 @@
  * that repeat on every run, so the pipeline can record it as a graph once and
  * replay it per step. qi_dit_forward is that split run eagerly.
  *
+ * A call may also be given the timesteps of a whole generation at once
+ * (qi_dit_call_set_schedule): the timestep embedding and every modulation
+ * Linear then run once over steps × B rows (the 2·layers + 1 weight matrices
+ * are read once per generation instead of once per step), into a buffer
+ * [slot, step, B, 6D]; selecting a step gathers its rows into the fixed
+ * buffer the run reads, so a recorded run still sees the same addresses.
+ *
  * This file owns the weights' layout (typed structs bound by their diffusers
  * names), the RoPE tables (built on the host, cached per shape) and the
  * order of ops. It does not own the sampling loop, CFG or the scheduler.
@@ -803,19 +810,55 @@ struct qi_dit_call {
     qi_tensor sinus;        /* [B, 256] activations: the timestep sinusoid */
     qi_tensor key_mask;     /* I32 [B, Lj]: text mask then ones for the image */
     int have_mask;          /* some text is padding: attention reads key_mask */
-    int timestep_set;
+    int timestep_set;       /* the run's conditioning is ready (set_timestep or select_step) */
     int persistent;         /* buffers from be->persistent (freed with the call) */
     size_t run_mark;        /* arena position of every run (SIZE_MAX before the first) */
+
+    /* schedule mode (qi_dit_call_set_schedule): runs read `mods`, filled per step */
+    int scheduled;
+    int sched_steps;        /* steps of the schedule */
+    float *sched_t;         /* host [sched_steps, B]: timestep / 1000 */
+    int64_t window;         /* steps whose modulation is held at once (all, unless too large) */
+    int64_t win0;           /* first step held in sched_mods / sched_out; -1: none yet */
+    qi_tensor sched_mods;   /* [2·layers slots, window, B, 6D]: img_mod, txt_mod of each block */
+    qi_tensor sched_out;    /* [window, B, 2D]: norm_out's [scale | shift] */
+    qi_tensor gather_ids;   /* I32 [window, 2·layers·B]: the sched_mods rows of one step, slot-major */
+    qi_tensor mods;         /* [(2·layers + 1)·B, 6D] the selected step, laid out as dit_acts.mods */
 };
+
+/* The schedule's buffers (persistent ones; arena ones go with the caller's
+ * reset), all but the selected step's `mods`. */
+static void schedule_release(qi_dit_call *c) {
+    qi_tensor *bufs[] = {&c->sched_mods, &c->sched_out, &c->gather_ids};
+    for (size_t i = 0; i < QI_ARRAY_LEN(bufs); i++) {
+        if (c->persistent && bufs[i]->data) c->d->be->ops->weight_free(c->d->be, bufs[i]);
+        memset(bufs[i], 0, sizeof *bufs[i]);
+    }
+    free(c->sched_t);
+    c->sched_t = NULL;
+    c->sched_steps = 0;
+    c->window = 0;
+    c->win0 = -1;
+}
 
 static void call_release(qi_dit_call *c) {
     if (c->rope) c->rope->pins--;
     c->rope = NULL;
+    schedule_release(c);
     if (c->persistent) {
         qi_backend *be = c->d->be;
         if (c->sinus.data) be->ops->weight_free(be, &c->sinus);
         if (c->key_mask.data) be->ops->weight_free(be, &c->key_mask);
+        if (c->mods.data) be->ops->weight_free(be, &c->mods);
     }
+}
+
+/* A buffer that lives as long as the call: persistent, or from the arena. */
+static qi_status call_buffer(qi_dit_call *c, qi_tensor *t, qi_dtype dt, int64_t rows, int64_t cols,
+                             qi_error *err) {
+    qi_backend *be = c->d->be;
+    int64_t ne[2] = {rows, cols};
+    return c->persistent ? be->ops->persistent(be, t, dt, 2, ne, err) : be->ops->tensor(be, t, dt, 2, ne, err);
 }
 
 /* Pins the RoPE tables of the shape and makes the buffers (persistent ones,
@@ -832,18 +875,12 @@ static qi_status call_init(qi_dit *d, qi_dit_call *c, int64_t B, int grid_h, int
     c->grid_w = grid_w;
     c->persistent = persistent;
     c->run_mark = SIZE_MAX;
-    qi_backend *be = d->be;
+    c->win0 = -1;
     qi_status st = rope_for_shape(d, grid_h, grid_w, (int)txt_len, &c->rope, err);
     if (st != QI_OK) return st;
     c->rope->pins++;
-    int64_t sne[2] = {B, DIT_TIME_CHANNELS}, mne[2] = {B, c->Lj};
-    if (persistent) {
-        st = be->ops->persistent(be, &c->sinus, be->act_dtype, 2, sne, err);
-        if (st == QI_OK) st = be->ops->persistent(be, &c->key_mask, QI_I32, 2, mne, err);
-    } else {
-        st = be->ops->tensor(be, &c->sinus, be->act_dtype, 2, sne, err);
-        if (st == QI_OK) st = be->ops->tensor(be, &c->key_mask, QI_I32, 2, mne, err);
-    }
+    st = call_buffer(c, &c->sinus, d->be->act_dtype, B, DIT_TIME_CHANNELS, err);
+    if (st == QI_OK) st = call_buffer(c, &c->key_mask, QI_I32, B, c->Lj, err);
     if (st != QI_OK) call_release(c);
     return st;
 }
@@ -885,6 +922,69 @@ static qi_status call_set_timestep(qi_dit_call *c, const float *t, qi_error *err
     qi_status st = c->d->be->ops->upload(c->d->be, &c->sinus, proj, err);
     free(proj);
     c->timestep_set = st == QI_OK;
+    c->scheduled = 0;
+    return st;
+}
+
+/* ---- schedule mode: the modulation of every step, batched ---------------------------- */
+
+#define DIT_SCHEDULE_BYTES ((size_t)1 << 30) /* precomputed modulation held at once */
+
+/* Steps [w0, w0 + n) of the schedule into the window: the sinusoid of n·B
+ * rows, the timestep MLP and each modulation Linear once over all of them
+ * (M = n·B), written slot by slot (a Linear's output rows are contiguous). */
+static qi_status schedule_compute_window(qi_dit_call *c, int64_t w0, qi_error *err) {
+    qi_dit *d = c->d;
+    qi_backend *be = d->be;
+    int64_t L = d->cfg.num_layers, W = c->window, B = c->B;
+    int64_t n = c->sched_steps - w0 < W ? c->sched_steps - w0 : W, rows = n * B;
+    float *proj = malloc((size_t)(rows * DIT_TIME_CHANNELS) * sizeof *proj);
+    if (!proj) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (timestep schedule)");
+    timestep_sinusoid(c->sched_t + w0 * B, rows, proj);
+    size_t mark = be->ops->mark(be);
+    qi_tensor sinus, temb_silu;
+    qi_status st = qi_be_act2(be, &sinus, rows, DIT_TIME_CHANNELS, err);
+    if (st == QI_OK) st = be->ops->upload(be, &sinus, proj, err);
+    free(proj);
+    if (st == QI_OK) st = timestep_embedding(d, &sinus, &temb_silu, err);
+    if (st == QI_OK) {
+        for (int64_t i = 0; i < L; i++) {
+            qi_tensor img_mod = qi_slice_rows(&c->sched_mods, (2 * i) * W * B, rows);
+            qi_tensor txt_mod = qi_slice_rows(&c->sched_mods, (2 * i + 1) * W * B, rows);
+            be->ops->linear(be, &temb_silu, &d->blocks[i].img_mod.w, &d->blocks[i].img_mod.b, QI_ACT_NONE,
+                            &img_mod);
+            be->ops->linear(be, &temb_silu, &d->blocks[i].txt_mod.w, &d->blocks[i].txt_mod.b, QI_ACT_NONE,
+                            &txt_mod);
+        }
+        qi_tensor out_mod = qi_slice_rows(&c->sched_out, 0, rows);
+        be->ops->linear(be, &temb_silu, &d->norm_out.w, &d->norm_out.b, QI_ACT_NONE, &out_mod);
+        c->win0 = w0;
+    }
+    be->ops->reset(be, mark); /* the queued work still reads them, in stream order */
+    return st;
+}
+
+/* Buffers for a window of W steps; the gather indices say, for step j of
+ * the window, which sched_mods row holds (slot s, batch row b):
+ * (s·W + j)·B + b, in the order of dit_acts.mods (slot-major). */
+static qi_status schedule_alloc(qi_dit_call *c, int64_t W, qi_error *err) {
+    qi_dit *d = c->d;
+    int64_t S = 2 * (int64_t)d->cfg.num_layers, B = c->B, D = d->cfg.inner_dim;
+    qi_dtype act = d->be->act_dtype;
+    qi_status st = QI_OK;
+    if (!c->mods.data) st = call_buffer(c, &c->mods, act, (S + 1) * B, 6 * D, err);
+    if (st == QI_OK) st = call_buffer(c, &c->sched_mods, act, S * W * B, 6 * D, err);
+    if (st == QI_OK) st = call_buffer(c, &c->sched_out, act, W * B, 2 * D, err);
+    if (st == QI_OK) st = call_buffer(c, &c->gather_ids, QI_I32, W, S * B, err);
+    if (st != QI_OK) return st;
+    int32_t *ids = malloc((size_t)(W * S * B) * sizeof *ids);
+    if (!ids) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (timestep schedule)");
+    for (int64_t j = 0; j < W; j++)
+        for (int64_t s = 0; s < S; s++)
+            for (int64_t b = 0; b < B; b++) ids[(j * S + s) * B + b] = (int32_t)((s * W + j) * B + b);
+    st = d->be->ops->upload(d->be, &c->gather_ids, ids, err);
+    free(ids);
+    c->window = W;
     return st;
 }
 
@@ -943,7 +1043,9 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
     const qi_backend_ops *op = be->ops;
     const qi_dit_config *cfg = &d->cfg;
     int64_t D = cfg->inner_dim;
-    if (!c->timestep_set) return qi_fail(err, QI_ERR_ARG, "transformer: run before the timestep was set");
+    if (!c->timestep_set)
+        return qi_fail(err, QI_ERR_ARG, "transformer: run before the timestep was set (qi_dit_call_set_timestep, "
+                       "or qi_dit_call_select_step after qi_dit_call_set_schedule)");
     size_t mark = op->mark(be);
     if (c->persistent) {
         /* a recorded run is replayed on the activations it was recorded with */
@@ -977,11 +1079,16 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
         if (st != QI_OK) goto done;
     }
 
-    /* conditioning: temb and every modulation vector, before the blocks */
-    qi_tensor temb_silu;
-    st = timestep_embedding(d, &c->sinus, &temb_silu, err);
-    if (st != QI_OK) goto done;
-    compute_modulation(d, &temb_silu, &a);
+    /* conditioning: temb and every modulation vector, before the blocks; a
+     * schedule has them already (the selected step's, at a fixed address) */
+    if (c->scheduled) {
+        a.mods = c->mods;
+    } else {
+        qi_tensor temb_silu;
+        st = timestep_embedding(d, &c->sinus, &temb_silu, err);
+        if (st != QI_OK) goto done;
+        compute_modulation(d, &temb_silu, &a);
+    }
 
     /* input projections; the text gets an RMSNorm over joint_dim first */
     qi_tensor ctx_normed;
@@ -1062,15 +1169,13 @@ qi_status qi_dit_call_create(qi_dit *d, int batch, int grid_h, int grid_w, int t
                              qi_error *err) {
     *out = NULL;
     if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create: no transformer");
-    if (!d->be->ops->persistent)
-        return qi_fail(err, QI_ERR_UNSUPPORTED, "qi_dit_call_create: backend %s has no persistent buffers; "
-                       "use qi_dit_forward", d->be->ops->name);
     if (batch < 1 || grid_h < 1 || grid_w < 1 || txt_len < 1)
         return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create: batch %d, patch grid %dx%d, text length %d "
                        "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
     qi_dit_call *c = malloc(sizeof *c);
     if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
-    qi_status st = call_init(d, c, batch, grid_h, grid_w, txt_len, (int64_t)grid_h * grid_w, 1, err);
+    qi_status st = call_init(d, c, batch, grid_h, grid_w, txt_len, (int64_t)grid_h * grid_w,
+                             d->be->ops->persistent != NULL, err);
     if (st != QI_OK) {
         free(c);
         return st;
@@ -1097,6 +1202,62 @@ qi_status qi_dit_call_set_timestep(qi_dit_call *c, const float *t, qi_error *err
         if (!isfinite(t[b]))
             return qi_fail(err, QI_ERR_ARG, "qi_dit_call_set_timestep: t[%lld] is not finite", (long long)b);
     return call_set_timestep(c, t, err);
+}
+
+qi_status qi_dit_call_set_schedule(qi_dit_call *c, const float *t_all, int steps, qi_error *err) {
+    if (!t_all || steps < 1)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_set_schedule: %s", !t_all ? "no timesteps" : "steps must be >= 1");
+    for (int64_t i = 0; i < (int64_t)steps * c->B; i++)
+        if (!isfinite(t_all[i]))
+            return qi_fail(err, QI_ERR_ARG, "qi_dit_call_set_schedule: t_all[step %lld][%lld] is not finite",
+                           (long long)(i / c->B), (long long)(i % c->B));
+    const qi_dit_config *cfg = &c->d->cfg;
+    size_t step_bytes = (size_t)((2 * (int64_t)cfg->num_layers + 1) * c->B * 6 * cfg->inner_dim) *
+                        qi_dtype_size(c->d->be->act_dtype);
+    int64_t W = (int64_t)(DIT_SCHEDULE_BYTES / step_bytes);
+    if (W < 1) W = 1;
+    if (W > steps) W = steps;
+    float *t_copy = malloc((size_t)steps * (size_t)c->B * sizeof *t_copy);
+    if (!t_copy) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (timestep schedule)");
+    memcpy(t_copy, t_all, (size_t)steps * (size_t)c->B * sizeof *t_copy);
+    qi_status st = QI_OK;
+    if (W != c->window || !c->sched_mods.data) {
+        schedule_release(c);
+        st = schedule_alloc(c, W, err);
+    }
+    free(c->sched_t);
+    c->sched_t = t_copy;
+    c->sched_steps = steps;
+    c->win0 = -1; /* new timesteps: nothing precomputed yet */
+    c->scheduled = st == QI_OK;
+    c->timestep_set = 0;
+    if (st != QI_OK) schedule_release(c);
+    return st;
+}
+
+qi_status qi_dit_call_select_step(qi_dit_call *c, int step, qi_error *err) {
+    if (!c->scheduled)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_select_step: no schedule (call qi_dit_call_set_schedule first)");
+    if (step < 0 || step >= c->sched_steps)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_select_step: step %d of a %d-step schedule", step,
+                       c->sched_steps);
+    qi_backend *be = c->d->be;
+    int64_t S = 2 * (int64_t)c->d->cfg.num_layers, B = c->B, D = c->d->cfg.inner_dim;
+    qi_status st = QI_OK;
+    if (c->win0 < 0 || step < c->win0 || step >= c->win0 + c->window) st = schedule_compute_window(c, step, err);
+    if (st != QI_OK) return st;
+    int64_t j = step - c->win0;
+    /* the blocks' slots: one gather of S·B rows of 6D; norm_out's B rows of
+     * 2D sit packed at the start of the last slot, as compute_modulation writes them */
+    qi_tensor table = qi_view2(&c->sched_mods, S * c->window * B, 6 * D);
+    qi_tensor ids = qi_slice_rows(&c->gather_ids, j, 1);
+    qi_tensor blocks = qi_slice_rows(&c->mods, 0, S * B);
+    qi_tensor out_mod = qi_slice_rows(&c->mods, S * B, B);
+    out_mod.ne[1] = 2 * D;
+    be->ops->embedding(be, &table, &ids, &blocks);
+    be->ops->copy_rows(be, &c->sched_out, j * B, &out_mod, 0, B);
+    c->timestep_set = 1;
+    return QI_OK;
 }
 
 qi_status qi_dit_call_run(qi_dit_call *c, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *out,

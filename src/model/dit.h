@@ -85,10 +85,20 @@ qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
  *     per step: qi_dit_call_set_timestep(call, t)          host -> device
  *               qi_dit_call_run(call, x, ctx, out)         ops only: record once, replay
  *
- * The timestep sinusoid and the joint key mask live in the backend's
- * persistent buffers (QI_ERR_UNSUPPORTED on a backend without them), the
+ * or, when the timesteps of the whole generation are known up front:
+ *
+ *     qi_dit_call_set_schedule(call, t_all, steps)         once per generation
+ *     per step: qi_dit_call_select_step(call, i)           one device gather
+ *               qi_dit_call_run(call, x, ctx, out)
+ *
+ * The timestep sinusoid, the joint key mask and the selected step's
+ * modulation live in the backend's persistent buffers, the
  * RoPE tables in the transformer's per-shape cache (held while the call
- * lives; at most 4 live calls of different shapes). run queues the same ops
+ * lives; at most 4 live calls of different shapes). On a backend without
+ * persistent buffers (the CPU) the call's buffers come from the arena
+ * instead: create the call (and set its schedule) after everything it must
+ * outlive, run it eagerly (nothing records), and free it before resetting the
+ * arena below where it was made. run queues the same ops
  * as qi_dit_forward, so the results are bit-identical; it takes its
  * activations from the arena and releases them before returning, and must
  * find the arena at the same position every time (else QI_ERR_ARG: a
@@ -103,6 +113,22 @@ qi_status qi_dit_call_set_text_mask(qi_dit_call *c, const qi_tensor *ctx_mask, q
 int qi_dit_call_has_mask(const qi_dit_call *c);
 /* t: B host floats, the scheduler timestep / 1000 (as qi_dit_forward's t). */
 qi_status qi_dit_call_set_timestep(qi_dit_call *c, const float *t, qi_error *err);
+/* The timesteps of a whole generation, t_all [steps][B] host floats (each as
+ * set_timestep's t). The timestep embedding and every modulation Linear
+ * (img_mod / txt_mod of each block, norm_out) run once over steps × B rows
+ * (in windows of steps when that would exceed 1 GiB), on the first
+ * select_step that needs them, into a buffer of the call; the weights are
+ * then read once per generation instead of once per step. The results may
+ * differ from set_timestep's in the last bits (a GEMM over more rows may
+ * round differently). Until select_step, run refuses (QI_ERR_ARG);
+ * set_timestep leaves schedule mode. Not while recording. */
+qi_status qi_dit_call_set_schedule(qi_dit_call *c, const float *t_all, int steps, qi_error *err);
+/* Makes step `step` (0-based) of the schedule the one run reads: queues a
+ * copy of its modulation into the buffer at the fixed address runs (and
+ * their recordings) read, computing the window of steps first if it is not
+ * held. Ops only, not synchronised; call it before each run or replay,
+ * outside any recording. */
+qi_status qi_dit_call_select_step(qi_dit_call *c, int step, qi_error *err);
 /* x [B, gh·gw, in_channels], ctx [B, txt_len, joint_dim], out as qi_dit_forward's. */
 qi_status qi_dit_call_run(qi_dit_call *c, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *out,
                           qi_error *err);
