@@ -164,6 +164,7 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
         if ((st = e->be->ops->random_weights(e->be, opt->random_weights, &e->err))) return st;
     }
     double t0 = qi_now_s();
+    logf_(e, "loading tokenizer, text encoder and VAE from %s ...", opt->model_dir);
     if ((st = qi_tokenizer_load(e->dir.tokenizer_dir, &e->tok, &e->err))) return st;
     if ((st = qi_text_encoder_load(e->dir.text_encoder_dir, e->be, &e->te, &e->err))) return st;
     if ((st = qi_vae_load(e->dir.vae_dir, e->be, &e->vae, &e->err))) return st;
@@ -196,6 +197,9 @@ static qi_status ensure_dit(qi_engine *e) {
         e->dit = NULL;
     }
     double t0 = qi_now_s();
+    int n_loras = qi_lora_set_file_count(e->loras);
+    if (n_loras) logf_(e, "loading transformer from %s and fusing %d LoRA file(s) ...", e->dir.transformer_dir, n_loras);
+    else logf_(e, "loading transformer from %s ...", e->dir.transformer_dir);
     qi_status st = e->par ? qi_parallel_load_dits(e->par, e->dir.transformer_dir, e->loras, &e->dit, &e->err)
                           : qi_dit_load(e->dir.transformer_dir, e->be, e->loras, &e->dit, &e->err);
     if (st) {
