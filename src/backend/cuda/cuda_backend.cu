@@ -666,7 +666,8 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0)
-        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: no CUDA device (%s)",
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: no usable CUDA device (%s); check the NVIDIA "
+                       "driver (nvidia-smi), or run on the CPU with --device cpu",
                        e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
     if (device < 0 || device >= count)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: device %d does not exist (this machine has %d)",
