@@ -323,8 +323,10 @@ int qi_cmd_generate(int argc, char **argv) {
         const qi_timings *t = qi_engine_timings(e);
         fprintf(stderr,
                 "qwen-image: %d image(s) %dx%d in %.2f s (text %.2f s, load transformer %.2f s, denoise %.2f s, "
-                "vae %.2f s), peak RSS %.0f MiB\n",
+                "vae %.2f s), peak RSS %.0f MiB",
                 img.count, img.width, img.height, total, t->text_s, t->load_s, t->denoise_s, t->vae_s, t->peak_rss_mb);
+        if (t->device_peak_mb > 0) fprintf(stderr, ", peak device memory %.1f GiB", t->device_peak_mb / 1024.0);
+        fputc('\n', stderr);
     }
     qi_image_free(&img);
     qi_engine_close(e);

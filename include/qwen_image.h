@@ -104,6 +104,7 @@ typedef struct qi_image {
 typedef struct qi_timings {
     double text_s, load_s, denoise_s, vae_s;
     double peak_rss_mb;
+    double device_peak_mb; /* peak device memory of a GPU backend (weights + activations); 0 on the CPU */
 } qi_timings;
 
 qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out);

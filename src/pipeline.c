@@ -633,6 +633,11 @@ denoised:
     free(rgb_f);
     e->last.vae_s = qi_now_s() - t0;
     e->last.peak_rss_mb = qi_peak_rss_mb();
+    if (be->ops->mem_usage) {
+        size_t now, peak;
+        be->ops->mem_usage(be, &now, &peak);
+        e->last.device_peak_mb = (double)peak / (1 << 20);
+    }
     out->width = req->width;
     out->height = req->height;
     out->count = B;
