@@ -12,25 +12,10 @@
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "test.h"
+#include "testdata.h"
 
 static char tmpdir[] = "/tmp/qi_cli_XXXXXX";
 static char model[1024], lora[1024];
-
-/* Runs a shell command; returns its exit code and its stdout+stderr in out. */
-static int run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t cap, const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(cmd, sizeof cmd - 16, fmt, ap);
-    va_end(ap);
-    snprintf(cmd + n, sizeof cmd - (size_t)n, " 2>&1");
-    FILE *p = popen(cmd, "r");
-    size_t len = fread(out, 1, cap - 1, p);
-    out[len] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static int exists(const char *path) {
     struct stat st;
@@ -39,15 +24,15 @@ static int exists(const char *path) {
 
 static int count_files(const char *dir) {
     char out[4096];
-    run(out, sizeof out, "ls -A %s | wc -l", dir);
+    run_shell(out, sizeof out, "ls -A %s | wc -l", dir);
     return atoi(out);
 }
 
 static void tokenize_prints_ids_on_one_line(void) {
     char out[4096];
-    int rc = run(out, sizeof out, "%s tokenize -m %s 'Hello world'", qi_cli(), model);
+    int rc = run_shell(out, sizeof out, "%s tokenize -m %s 'Hello world'", qi_cli(), model);
     CHECK(rc == 0 && !strcmp(out, "9707 1879\n"), "rc %d out '%s'", rc, out);
-    rc = run(out, sizeof out, "%s tokenize -m %s --template ''", qi_cli(), model);
+    rc = run_shell(out, sizeof out, "%s tokenize -m %s --template ''", qi_cli(), model);
     int n = 0;
     for (char *s = strtok(out, " \n"); s; s = strtok(NULL, " \n")) n++;
     CHECK(rc == 0 && n == 39, "empty prompt in the template is 39 ids, got %d (rc %d)", n, rc);
@@ -56,7 +41,7 @@ static void tokenize_prints_ids_on_one_line(void) {
 static void encode_writes_embeddings_and_mask(void) {
     char out[4096], path[1200], ref[1200];
     snprintf(path, sizeof path, "%s/emb.safetensors", tmpdir);
-    int rc = run(out, sizeof out, "%s encode -m %s -p 'a red apple on a table' -p '宫崎骏的动漫风格。平视角拍摄，阳光下的古街热闹非凡。' -o %s",
+    int rc = run_shell(out, sizeof out, "%s encode -m %s -p 'a red apple on a table' -p '宫崎骏的动漫风格。平视角拍摄，阳光下的古街热闹非凡。' -o %s",
                  qi_cli(), model, path);
     CHECK(rc == 0, "rc %d: %s", rc, out);
     qi_st_file *f = NULL, *r = NULL;
@@ -82,7 +67,7 @@ static void generate_reproduces_a_reference_image_with_parameters(void) {
     char out[8192], png[1200], lat[1200];
     snprintf(png, sizeof png, "%s/en.png", tmpdir);
     snprintf(lat, sizeof lat, "%s/en_lat.safetensors", tmpdir);
-    int rc = run(out, sizeof out,
+    int rc = run_shell(out, sizeof out,
                  "%s generate -m %s -p 'A capybara wearing a suit holding a sign that reads Hello World.' -n ' ' "
                  "--lora %s --steps 8 --cfg 1 --scheduler lightning -W 128 -H 96 --seed 42 --save-latents %s -o %s",
                  qi_cli(), model, lora, lat, png);
@@ -125,7 +110,7 @@ static void batch_writes_numbered_files(void) {
     snprintf(base, sizeof base, "%s/b.webp", tmpdir);
     snprintf(f0, sizeof f0, "%s/b-0.webp", tmpdir);
     snprintf(f1, sizeof f1, "%s/b-1.webp", tmpdir);
-    int rc = run(out, sizeof out, "%s generate -m %s -p apple --batch 2 --steps 1 -W 32 -H 32 --quiet -o %s", qi_cli(),
+    int rc = run_shell(out, sizeof out, "%s generate -m %s -p apple --batch 2 --steps 1 -W 32 -H 32 --quiet -o %s", qi_cli(),
                  model, base);
     CHECK(rc == 0 && exists(f0) && exists(f1) && !exists(base), "rc %d: %s", rc, out);
     CHECK(out[0] == 0, "--quiet prints nothing, got: %s", out);
@@ -157,7 +142,7 @@ static void bad_arguments_fail_cleanly(void) {
         snprintf(dir, sizeof dir, "%s/bad%zu", tmpdir, i);
         mkdir(dir, 0755);
         int has_m = strstr(cases[i].args, "-m ") != NULL;
-        int rc = run(out, sizeof out, "cd %s && %s generate %s%s %s --steps 1 -W 32 -H 32 %s", dir, qi_cli(),
+        int rc = run_shell(out, sizeof out, "cd %s && %s generate %s%s %s --steps 1 -W 32 -H 32 %s", dir, qi_cli(),
                      has_m ? "" : "-m ", has_m ? "" : model, strstr(cases[i].args, "--steps") ? "" : "", cases[i].args);
         /* later flags win: the case's own -W/--steps come after the defaults above */
         int lines = 0;
@@ -172,8 +157,8 @@ static void bad_arguments_fail_cleanly(void) {
 
 static void unknown_command_is_usage_error(void) {
     char out[4096];
-    CHECK(run(out, sizeof out, "%s frobnicate", qi_cli()) == 2, "exit code");
-    CHECK(run(out, sizeof out, "%s --help", qi_cli()) == 0 && strstr(out, "generate"), "help");
+    CHECK(run_shell(out, sizeof out, "%s frobnicate", qi_cli()) == 2, "exit code");
+    CHECK(run_shell(out, sizeof out, "%s --help", qi_cli()) == 0 && strstr(out, "generate"), "help");
 }
 
 int main(void) {
@@ -187,6 +172,6 @@ int main(void) {
     RUN(bad_arguments_fail_cleanly);
     RUN(unknown_command_is_usage_error);
     char out[256];
-    run(out, sizeof out, "rm -rf %s", tmpdir);
+    run_shell(out, sizeof out, "rm -rf %s", tmpdir);
     TEST_END();
 }

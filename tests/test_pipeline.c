@@ -12,53 +12,14 @@
 #include "io/safetensors.h"
 #include "qwen_image.h"
 #include "test.h"
+#include "testdata.h"
 
 static const char *CASES[] = {"en_lightning8_lora", "zh_cfg4_base", "batch2_lightning4_lora"};
 
-typedef struct ref_case {
-    cJSON *json;
-    qi_st_file *tensors;
-    const char *prompts[4];
-    int n_prompts;
-} ref_case;
-
-static int load_case(const char *name, ref_case *rc) {
-    char path[1024];
-    qi_error err;
-    memset(rc, 0, sizeof *rc);
-    snprintf(path, sizeof path, "%s/cases/%s/case.json", QI_TEST_DATA, name);
-    if (qi_json_load(path, &rc->json, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
-    snprintf(path, sizeof path, "%s/cases/%s/tensors.safetensors", QI_TEST_DATA, name);
-    if (qi_st_open(path, &rc->tensors, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
-    cJSON *p = cJSON_GetObjectItem(rc->json, "prompt");
-    if (cJSON_IsArray(p)) {
-        for (int i = 0; i < cJSON_GetArraySize(p) && i < 4; i++)
-            rc->prompts[rc->n_prompts++] = cJSON_GetArrayItem(p, i)->valuestring;
-    } else {
-        rc->prompts[rc->n_prompts++] = p->valuestring;
-    }
-    return 0;
-}
-
-static void free_case(ref_case *rc) {
-    cJSON_Delete(rc->json);
-    qi_st_close(rc->tensors);
-}
-
-static double num(const ref_case *rc, const char *key) {
-    return cJSON_GetObjectItem(rc->json, key)->valuedouble;
-}
-
 /* Runs one case through qi_generate and compares vae_in and image_u8. */
 static void run_case(const char *name) {
-    ref_case rc;
-    if (load_case(name, &rc)) {
+    ref_run_case rc;
+    if (ref_run_case_load(name, &rc)) {
         CHECK(0, "cannot load case %s", name);
         return;
     }
@@ -71,7 +32,7 @@ static void run_case(const char *name) {
     CHECK(st == QI_OK, "open: %s", qi_engine_error(e));
     if (st) {
         qi_engine_close(e);
-        free_case(&rc);
+        ref_run_case_free(&rc);
         return;
     }
     if (cJSON_IsTrue(cJSON_GetObjectItem(rc.json, "lora"))) {
@@ -79,29 +40,19 @@ static void run_case(const char *name) {
         snprintf(lora, sizeof lora, "%s/cases/lora.safetensors", QI_TEST_DATA);
         CHECK(qi_engine_add_lora(e, lora, 1.0f) == QI_OK, "%s", qi_engine_error(e));
     }
-    /* the case's scheduler config, as a file */
-    char sched_path[] = "/tmp/qi_sched_XXXXXX";
-    int fd = mkstemp(sched_path);
-    char *sched_text = cJSON_Print(cJSON_GetObjectItem(rc.json, "scheduler"));
-    FILE *f = fdopen(fd, "w");
-    fputs(sched_text, f);
-    fclose(f);
-    free(sched_text);
-
     qi_request r = qi_request_default();
     r.prompts = rc.prompts;
     r.n_prompts = rc.n_prompts;
     cJSON *neg = cJSON_GetObjectItem(rc.json, "negative_prompt");
     r.negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL;
-    r.width = (int)num(&rc, "width");
-    r.height = (int)num(&rc, "height");
-    r.steps = (int)num(&rc, "steps");
-    r.cfg = (float)num(&rc, "cfg");
-    r.seed = (uint64_t)num(&rc, "seed");
-    r.scheduler = sched_path;
+    r.width = (int)ref_run_case_number(&rc, "width");
+    r.height = (int)ref_run_case_number(&rc, "height");
+    r.steps = (int)ref_run_case_number(&rc, "steps");
+    r.cfg = (float)ref_run_case_number(&rc, "cfg");
+    r.seed = (uint64_t)ref_run_case_number(&rc, "seed");
+    r.scheduler = rc.sched_path;
     qi_image img;
     st = qi_generate(e, &r, &img);
-    remove(sched_path);
     CHECK(st == QI_OK, "%s: generate: %s", name, qi_engine_error(e));
     if (!st) {
         const qi_st_tensor *vae_in = qi_st_file_find(rc.tensors, "vae_in");
@@ -133,7 +84,7 @@ static void run_case(const char *name) {
         qi_image_free(&img);
     }
     qi_engine_close(e);
-    free_case(&rc);
+    ref_run_case_free(&rc);
 }
 
 static void en_lightning8_lora_matches_diffusers(void) { run_case(CASES[0]); }

@@ -17,62 +17,15 @@
 #include "io/safetensors.h"
 #include "qwen_image.h"
 #include "test.h"
+#include "testdata.h"
 
 #define MODEL QI_TEST_DATA "/tiny-model"
 
 /* ---- a case run through qi_generate ---------------------------------------------------- */
 
-typedef struct ref_case {
-    cJSON *json;
-    qi_st_file *tensors;
-    const char *prompts[4];
-    int n_prompts;
-    char sched_path[64]; /* the case's scheduler config, as a file */
-} ref_case;
+static double num(const ref_run_case *rc, const char *key) { return ref_run_case_number(rc, key); }
 
-static int load_case(const char *name, ref_case *rc) {
-    char path[1024];
-    qi_error err;
-    memset(rc, 0, sizeof *rc);
-    snprintf(path, sizeof path, "%s/cases/%s/case.json", QI_TEST_DATA, name);
-    if (qi_json_load(path, &rc->json, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        return -1;
-    }
-    snprintf(path, sizeof path, "%s/cases/%s/tensors.safetensors", QI_TEST_DATA, name);
-    if (qi_st_open(path, &rc->tensors, &err)) {
-        fprintf(stderr, "  %s\n", err.msg);
-        cJSON_Delete(rc->json);
-        return -1;
-    }
-    cJSON *p = cJSON_GetObjectItem(rc->json, "prompt");
-    if (cJSON_IsArray(p)) {
-        for (int i = 0; i < cJSON_GetArraySize(p) && i < 4; i++)
-            rc->prompts[rc->n_prompts++] = cJSON_GetArrayItem(p, i)->valuestring;
-    } else {
-        rc->prompts[rc->n_prompts++] = p->valuestring;
-    }
-    snprintf(rc->sched_path, sizeof rc->sched_path, "/tmp/qi_sched_par_XXXXXX");
-    int fd = mkstemp(rc->sched_path);
-    char *text = cJSON_Print(cJSON_GetObjectItem(rc->json, "scheduler"));
-    FILE *f = fdopen(fd, "w");
-    fputs(text, f);
-    fclose(f);
-    free(text);
-    return 0;
-}
-
-static void free_case(ref_case *rc) {
-    remove(rc->sched_path);
-    cJSON_Delete(rc->json);
-    qi_st_close(rc->tensors);
-}
-
-static double num(const ref_case *rc, const char *key) {
-    return cJSON_GetObjectItem(rc->json, key)->valuedouble;
-}
-
-static qi_request case_request(const ref_case *rc) {
+static qi_request case_request(const ref_run_case *rc) {
     qi_request r = qi_request_default();
     r.prompts = rc->prompts;
     r.n_prompts = rc->n_prompts;
@@ -109,7 +62,7 @@ static qi_status open_engine(const char *device, const char *devices, log_lines 
 }
 
 /* Case `name` through qi_generate on `devices` (NULL: the one device). */
-static qi_status run_case(const ref_case *rc, const char *device, const char *devices, log_lines *log,
+static qi_status run_case(const ref_run_case *rc, const char *device, const char *devices, log_lines *log,
                           qi_image *img) {
     memset(img, 0, sizeof *img);
     qi_engine *e;
@@ -137,8 +90,8 @@ static int max_pixel_diff(const uint8_t *a, const uint8_t *b, size_t n) {
  * want_layout[i] (a fragment of the engine's log line). */
 static void case_on_cpu_ranks_matches_one_device(const char *name, const char *const want_layout[2]) {
     static const char *const DEVICES[2] = {"cpu,cpu", "cpu,cpu,cpu,cpu"};
-    ref_case rc;
-    if (load_case(name, &rc) != 0) {
+    ref_run_case rc;
+    if (ref_run_case_load(name, &rc) != 0) {
         CHECK(0, "case %s loads", name);
         return;
     }
@@ -173,7 +126,7 @@ static void case_on_cpu_ranks_matches_one_device(const char *name, const char *c
         qi_image_free(&par);
     }
     qi_image_free(&one);
-    free_case(&rc);
+    ref_run_case_free(&rc);
 }
 
 static void zh_cfg4_base_runs_cfg_parallel_and_cfg_x_ulysses(void) {
@@ -211,8 +164,8 @@ static int cancel_progress(void *user, const char *stage, int step, int total) {
  * (its communicators survived), and a request too small for 4 ranks is
  * refused before any rank starts. */
 static void cancel_and_errors_leave_the_ranks_usable(void) {
-    ref_case rc;
-    if (load_case("zh_cfg4_base", &rc) != 0) {
+    ref_run_case rc;
+    if (ref_run_case_load("zh_cfg4_base", &rc) != 0) {
         CHECK(0, "case loads");
         return;
     }
@@ -255,7 +208,7 @@ static void cancel_and_errors_leave_the_ranks_usable(void) {
     }
     qi_engine_close(e);
     qi_image_free(&one);
-    free_case(&rc);
+    ref_run_case_free(&rc);
 }
 
 /* A list of one device is that device; devices beats device. */
@@ -298,21 +251,6 @@ static void device_lists_the_model_cannot_use_are_refused_by_name(void) {
 
 /* ---- the CLI ---------------------------------------------------------------------------- */
 
-static int run_cli(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run_cli(char *out, size_t cap, const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(cmd, sizeof cmd - 16, fmt, ap);
-    va_end(ap);
-    snprintf(cmd + n, sizeof cmd - (size_t)n, " 2>&1");
-    FILE *p = popen(cmd, "r");
-    size_t len = fread(out, 1, cap - 1, p);
-    out[len] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int read_file(const char *path, char **data, long *size) {
     FILE *f = fopen(path, "rb");
     if (!f) return -1;
@@ -329,9 +267,9 @@ static void cli_devices_flag_writes_the_same_png(void) {
     char out[8192], dir[] = "/tmp/qi_devices_XXXXXX";
     CHECK(mkdtemp(dir), "temp dir");
     const char *common = "-p 'a red apple' -n ' ' --cfg 4 --steps 2 -W 64 -H 32";
-    int rc1 = run_cli(out, sizeof out, "%s generate -m %s %s --quiet -o %s/one.png", qi_cli(), MODEL, common, dir);
+    int rc1 = run_shell(out, sizeof out, "%s generate -m %s %s --quiet -o %s/one.png", qi_cli(), MODEL, common, dir);
     CHECK(rc1 == 0, "one device: %s", out);
-    int rc2 = run_cli(out, sizeof out, "%s generate -m %s %s --devices cpu,cpu,cpu,cpu -o %s/four.png", qi_cli(),
+    int rc2 = run_shell(out, sizeof out, "%s generate -m %s %s --devices cpu,cpu,cpu,cpu -o %s/four.png", qi_cli(),
                       MODEL, common, dir);
     CHECK(rc2 == 0 && strstr(out, "CFG-parallel"), "--devices cpu,cpu,cpu,cpu: %s", out);
     char p1[512], p2[512], *a = NULL, *b = NULL;
@@ -342,13 +280,13 @@ static void cli_devices_flag_writes_the_same_png(void) {
     CHECK(a && b && na == nb && !memcmp(a, b, (size_t)na), "the PNG files differ (%ld vs %ld bytes)", na, nb);
     free(a);
     free(b);
-    int rc3 = run_cli(out, sizeof out, "%s generate -m %s -p x --devices cpu,cpu,cpu -o %s/three.png", qi_cli(),
+    int rc3 = run_shell(out, sizeof out, "%s generate -m %s -p x --devices cpu,cpu,cpu -o %s/three.png", qi_cli(),
                       MODEL, dir);
     CHECK(rc3 == 2 && strstr(out, "3 devices") && strstr(out, "4 attention heads"), "exit %d: %s", rc3, out);
     printf("  --devices cpu,cpu,cpu: exit %d, %s", rc3, out);
-    CHECK(run_cli(out, sizeof out, "%s generate --help", qi_cli()) == 0 && strstr(out, "--devices LIST"),
+    CHECK(run_shell(out, sizeof out, "%s generate --help", qi_cli()) == 0 && strstr(out, "--devices LIST"),
           "usage lists --devices");
-    run_cli(out, sizeof out, "rm -rf %s", dir);
+    run_shell(out, sizeof out, "rm -rf %s", dir);
 }
 
 /* ---- CUDA ---------------------------------------------------------------------------- */
@@ -365,8 +303,8 @@ static double mean_pixel_diff(const uint8_t *a, const uint8_t *b, size_t n) {
 static void two_ranks_on_one_gpu_match_one_gpu(void) {
     const char *const names[] = {"zh_cfg4_base", "en_lightning8_lora"};
     for (int i = 0; i < 2; i++) {
-        ref_case rc;
-        if (load_case(names[i], &rc) != 0) {
+        ref_run_case rc;
+        if (ref_run_case_load(names[i], &rc) != 0) {
             CHECK(0, "case loads");
             return;
         }
@@ -377,7 +315,7 @@ static void two_ranks_on_one_gpu_match_one_gpu(void) {
             /* only a missing device is a skip; any other failure on a GPU machine fails */
             if (st1 == QI_ERR_UNSUPPORTED) printf("  skipped: no CUDA device\n");
             else CHECK(0, "%s on one GPU: status %d", names[i], (int)st1);
-            free_case(&rc);
+            ref_run_case_free(&rc);
             return;
         }
         log.text[0] = 0;
@@ -393,7 +331,7 @@ static void two_ranks_on_one_gpu_match_one_gpu(void) {
             qi_image_free(&two);
         }
         qi_image_free(&one);
-        free_case(&rc);
+        ref_run_case_free(&rc);
     }
 }
 #endif

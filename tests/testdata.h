@@ -24,6 +24,7 @@
 #error "define _POSIX_C_SOURCE 200809L before the first #include to use testdata.h"
 #endif
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -31,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "base/base.h"
@@ -270,6 +273,85 @@ static inline int tmp_component_dir(char *dir, size_t cap, const char *tag, cons
     }
     if (!ok) tmp_remove_tree(dir);
     return ok ? 0 : -1;
+}
+
+/* ---- a public case run through qi_generate ------------------------------------------- */
+
+/* A case loaded for a whole-pipeline run: its case.json, its reference
+ * tensors, its prompt(s), and its scheduler config written to a file (the
+ * request names the scheduler by path). Free with ref_run_case_free. */
+typedef struct ref_run_case {
+    cJSON *json;
+    qi_st_file *tensors;
+    const char *prompts[4];
+    int n_prompts;
+    char sched_path[64];
+} ref_run_case;
+
+static inline void ref_run_case_free(ref_run_case *rc) {
+    if (rc->sched_path[0]) remove(rc->sched_path);
+    cJSON_Delete(rc->json);
+    qi_st_close(rc->tensors);
+    memset(rc, 0, sizeof *rc);
+}
+
+static inline int ref_run_case_load(const char *case_name, ref_run_case *rc) {
+    memset(rc, 0, sizeof *rc);
+    rc->json = ref_case_json(case_name);
+    rc->tensors = rc->json ? ref_case_tensors(case_name) : NULL;
+    rc->n_prompts = rc->tensors ? ref_case_prompts(rc->json, rc->prompts, 4) : -1;
+    if (rc->n_prompts < 1) {
+        ref_run_case_free(rc);
+        return -1;
+    }
+    snprintf(rc->sched_path, sizeof rc->sched_path, "/tmp/qi_test_sched_XXXXXX");
+    int fd = mkstemp(rc->sched_path);
+    char *text = cJSON_Print(cJSON_GetObjectItem(rc->json, "scheduler"));
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    int ok = f && text && fputs(text, f) >= 0;
+    if (f && fclose(f) != 0) ok = 0;
+    free(text);
+    CHECK(ok, "cannot write the scheduler config of case %s to %s", case_name, rc->sched_path);
+    if (!ok) {
+        ref_run_case_free(rc);
+        return -1;
+    }
+    return 0;
+}
+
+static inline double ref_run_case_number(const ref_run_case *rc, const char *key) {
+    const cJSON *v = cJSON_GetObjectItem(rc->json, key);
+    CHECK(cJSON_IsNumber(v), "case.json: no number '%s'", key);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+/* ---- shell commands ---------------------------------------------------------------- */
+
+/* Runs a shell command; returns its exit code (-1 if it did not exit) and
+ * its stdout + stderr, truncated to cap - 1 bytes, in out. */
+static inline int run_shell(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline int run_shell(char *out, size_t cap, const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof cmd - 16, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= (int)sizeof cmd - 16) {
+        CHECK(0, "command too long");
+        out[0] = 0;
+        return -1;
+    }
+    snprintf(cmd + n, sizeof cmd - (size_t)n, " 2>&1");
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        CHECK(0, "popen failed");
+        out[0] = 0;
+        return -1;
+    }
+    size_t len = fread(out, 1, cap - 1, p);
+    out[len] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 #endif
