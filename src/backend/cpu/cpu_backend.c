@@ -204,19 +204,33 @@ static float *vec_f32(qi_backend *be, const qi_tensor *v) {
     return f;
 }
 
+/* y[0..D) = x / sqrt(mean(x²) + eps) · w (w NULL: 1); y may be x. */
+static void rms_norm_row(const float *x, const float *w, float eps, int64_t D, float *y) {
+    double ss = 0;
+    for (int64_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
+    for (int64_t i = 0; i < D; i++) y[i] = x[i] * inv * (w ? w[i] : 1.0f);
+}
+
+/* Rotates the P pairs of one head vector v by the angles of one table row. */
+static void rope_head(float *v, const float *cos_row, const float *sin_row, int64_t P, qi_rope_mode mode) {
+    for (int64_t m = 0; m < P; m++) {
+        float c = cos_row[m], s = sin_row[m];
+        int64_t i0 = mode == QI_ROPE_INTERLEAVED ? 2 * m : m;
+        int64_t i1 = mode == QI_ROPE_INTERLEAVED ? 2 * m + 1 : m + P;
+        float a = v[i0], bb = v[i1];
+        v[i0] = a * c - bb * s;
+        v[i1] = a * s + bb * c;
+    }
+}
+
 static void cpu_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps, qi_tensor *y) {
     int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
     float *wf = vec_f32(be, w);
     const float *xs = x->data;
     float *ys = y->data;
 #pragma omp parallel for NT(be) schedule(static)
-    for (int64_t r = 0; r < R; r++) {
-        const float *xr = xs + r * D;
-        double ss = 0;
-        for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
-        float inv = (float)(1.0 / sqrt(ss / (double)D + eps));
-        for (int64_t i = 0; i < D; i++) ys[r * D + i] = xr[i] * inv * (wf ? wf[i] : 1.0f);
-    }
+    for (int64_t r = 0; r < R; r++) rms_norm_row(xs + r * D, wf, eps, D, ys + r * D);
     free(wf);
 }
 
@@ -311,17 +325,7 @@ static void cpu_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, con
 #pragma omp parallel for NT(be) schedule(static) collapse(2)
     for (int64_t b = 0; b < B; b++)
         for (int64_t l = 0; l < L; l++)
-            for (int64_t h = 0; h < H; h++) {
-                float *v = xs + ((b * L + l) * H + h) * Dh;
-                for (int64_t m = 0; m < P; m++) {
-                    float c = ct[l * P + m], s = st[l * P + m];
-                    int64_t i0 = mode == QI_ROPE_INTERLEAVED ? 2 * m : m;
-                    int64_t i1 = mode == QI_ROPE_INTERLEAVED ? 2 * m + 1 : m + P;
-                    float a = v[i0], bb = v[i1];
-                    v[i0] = a * c - bb * s;
-                    v[i1] = a * s + bb * c;
-                }
-            }
+            for (int64_t h = 0; h < H; h++) rope_head(xs + ((b * L + l) * H + h) * Dh, ct + l * P, st + l * P, P, mode);
 }
 
 /* Per (batch, head): S = Q·Kᵀ and O = P·V as two BLAS products over strided
@@ -521,18 +525,8 @@ static void cpu_rms_norm_rope(qi_backend *be, const qi_tensor *x, const qi_tenso
             for (int64_t h = 0; h < H; h++) {
                 const float *xr = xs + ((b * L + l) * H + h) * Dh;
                 float *o = ds + ((b * Ld + row) * H + h) * Dh; /* may be xr itself */
-                double ss = 0;
-                for (int64_t i = 0; i < Dh; i++) ss += (double)xr[i] * xr[i];
-                float inv = (float)(1.0 / sqrt(ss / (double)Dh + eps));
-                for (int64_t i = 0; i < Dh; i++) o[i] = xr[i] * inv * (wf ? wf[i] : 1.0f);
-                for (int64_t m = 0; m < P; m++) { /* then rotated in place */
-                    float c = ct[row * P + m], s = st[row * P + m];
-                    int64_t i0 = mode == QI_ROPE_INTERLEAVED ? 2 * m : m;
-                    int64_t i1 = mode == QI_ROPE_INTERLEAVED ? 2 * m + 1 : m + P;
-                    float a = o[i0], bb = o[i1];
-                    o[i0] = a * c - bb * s;
-                    o[i1] = a * s + bb * c;
-                }
+                rms_norm_row(xr, wf, eps, Dh, o);
+                rope_head(o, ct + row * P, st + row * P, P, mode); /* then rotated in place */
             }
         }
     free(wf);
