@@ -109,15 +109,7 @@ const char *qi_engine_error(const qi_engine *e) { return e ? e->err.msg : "no en
 
 const qi_timings *qi_engine_timings(const qi_engine *e) { return &e->last; }
 
-static void logf_(qi_engine *e, const char *fmt, ...) {
-    if (!e->log) return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    e->log(e->log_user, line);
-}
+#define logf_(e, ...) qi_log_linef((e)->log, (e)->log_user, __VA_ARGS__)
 
 double qi_peak_rss_mb(void) {
     struct rusage ru;

@@ -83,16 +83,7 @@ struct qi_parallel {
     void *log_user;
 };
 
-static void logf_(const qi_parallel *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logf_(const qi_parallel *p, const char *fmt, ...) {
-    if (!p->log) return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    p->log(p->log_user, line);
-}
+#define logf_(p, ...) qi_log_linef((p)->log, (p)->log_user, __VA_ARGS__)
 
 int qi_parallel_ranks(const qi_parallel *p) { return p ? p->n : 1; }
 

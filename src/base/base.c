@@ -140,6 +140,16 @@ int qi_to_f32(float *dst, const void *src, qi_dtype t, size_t n) {
     }
 }
 
+void qi_log_linef(qi_log_fn log, void *user, const char *fmt, ...) {
+    if (!log) return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    log(user, line);
+}
+
 double qi_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -74,6 +74,9 @@ int qi_to_f32(float *dst, const void *src, qi_dtype t, size_t n);
 
 double qi_now_s(void); /* monotonic seconds */
 
+/* Formats one line and hands it to a log callback; nothing when log is NULL. */
+void qi_log_linef(qi_log_fn log, void *user, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Reads a whole (small, text) file into a NUL-terminated heap buffer. */
 qi_status qi_read_text_file(const char *path, char **out, size_t *len, qi_error *err);
 
