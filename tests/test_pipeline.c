@@ -16,6 +16,20 @@
 
 static const char *CASES[] = {"en_lightning8_lora", "zh_cfg4_base", "batch2_lightning4_lora"};
 
+/* Opens an engine on the bundled tiny model (the claim fails if it cannot). */
+static qi_engine *open_tiny(void) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = QI_TEST_DATA "/tiny-model";
+    qi_engine *e;
+    qi_status st = qi_engine_open(&o, &e);
+    CHECK(st == QI_OK, "open: %s", qi_engine_error(e));
+    if (st) {
+        qi_engine_close(e);
+        return NULL;
+    }
+    return e;
+}
+
 /* Runs one case through qi_generate and compares vae_in and image_u8. */
 static void run_case(const char *name) {
     ref_run_case rc;
@@ -23,15 +37,8 @@ static void run_case(const char *name) {
         CHECK(0, "cannot load case %s", name);
         return;
     }
-    qi_open_options o = qi_open_options_default();
-    char model[1024];
-    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
-    o.model_dir = model;
-    qi_engine *e;
-    qi_status st = qi_engine_open(&o, &e);
-    CHECK(st == QI_OK, "open: %s", qi_engine_error(e));
-    if (st) {
-        qi_engine_close(e);
+    qi_engine *e = open_tiny();
+    if (!e) {
         ref_run_case_free(&rc);
         return;
     }
@@ -52,7 +59,7 @@ static void run_case(const char *name) {
     r.seed = (uint64_t)ref_run_case_number(&rc, "seed");
     r.scheduler = rc.sched_path;
     qi_image img;
-    st = qi_generate(e, &r, &img);
+    qi_status st = qi_generate(e, &r, &img);
     CHECK(st == QI_OK, "%s: generate: %s", name, qi_engine_error(e));
     if (!st) {
         const qi_st_tensor *vae_in = qi_st_file_find(rc.tensors, "vae_in");
@@ -92,12 +99,8 @@ static void zh_cfg4_base_matches_diffusers(void) { run_case(CASES[1]); }
 static void batch2_lightning4_lora_matches_diffusers(void) { run_case(CASES[2]); }
 
 static void bad_requests_are_argument_errors(void) {
-    qi_open_options o = qi_open_options_default();
-    char model[1024];
-    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
-    o.model_dir = model;
-    qi_engine *e;
-    CHECK(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    qi_engine *e = open_tiny();
+    if (!e) return;
     qi_request r = qi_request_default();
     r.prompt = "x";
     qi_image img;
@@ -114,6 +117,7 @@ static void bad_requests_are_argument_errors(void) {
     CHECK(qi_engine_add_lora(e, "/nonexistent/lora.safetensors", 1) != QI_OK, "missing LoRA accepted");
     qi_engine_close(e);
     qi_engine *e2;
+    qi_open_options o = qi_open_options_default();
     o.model_dir = "/nonexistent/model";
     CHECK(qi_engine_open(&o, &e2) == QI_ERR_IO && strstr(qi_engine_error(e2), "/nonexistent/model"), "%s",
           qi_engine_error(e2));
@@ -135,12 +139,8 @@ static void a_lora_that_matches_nothing_does_not_break_the_engine(void) {
     };
     qi_error err;
     CHECK(!qi_st_write(path, items, 2, &err), "%s", err.msg);
-    qi_open_options o = qi_open_options_default();
-    char model[1024];
-    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
-    o.model_dir = model;
-    qi_engine *e;
-    CHECK(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    qi_engine *e = open_tiny();
+    if (!e) return;
     qi_request r = qi_request_default();
     r.prompt = "recover";
     r.width = r.height = 32;
@@ -162,12 +162,8 @@ static void a_lora_that_matches_nothing_does_not_break_the_engine(void) {
 }
 
 static void bad_prompt_lists_are_argument_errors(void) {
-    qi_open_options o = qi_open_options_default();
-    char model[1024];
-    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
-    o.model_dir = model;
-    qi_engine *e;
-    CHECK(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    qi_engine *e = open_tiny();
+    if (!e) return;
     const char *prompts[2] = {"a", NULL};
     qi_request r = qi_request_default();
     r.prompt = "ignored";
@@ -254,12 +250,12 @@ static void released_config_layouts_load_and_give_the_same_image(void) {
 }
 
 static void two_engines_live_in_one_process(void) {
-    qi_open_options o = qi_open_options_default();
-    char model[1024];
-    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
-    o.model_dir = model;
-    qi_engine *a, *b;
-    CHECK(qi_engine_open(&o, &a) == QI_OK && qi_engine_open(&o, &b) == QI_OK, "open");
+    qi_engine *a = open_tiny(), *b = open_tiny();
+    if (!a || !b) {
+        qi_engine_close(a);
+        qi_engine_close(b);
+        return;
+    }
     qi_request r = qi_request_default();
     r.prompt = "two engines";
     r.width = r.height = 32;
