@@ -5,6 +5,8 @@
 
 #include <assert.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 int64_t qi_numel(const qi_tensor *t) {
     int64_t n = 1;
@@ -77,4 +79,28 @@ qi_status qi_be_act4(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64
                      qi_error *err) {
     int64_t ne[4] = {d0, d1, d2, d3};
     return qi_be_act(be, t, 4, ne, err);
+}
+
+qi_status qi_backend_create(const char *device, int threads, size_t arena_bytes, qi_backend **out,
+                            qi_error *err) {
+    *out = NULL;
+    if (!device || !strcmp(device, "cpu")) return qi_backend_cpu_create(threads, arena_bytes, out, err);
+    if (!strncmp(device, "cuda", 4)) {
+        int idx = 0;
+        if (device[4] == ':') {
+            char *end;
+            long v = strtol(device + 5, &end, 10);
+            if (device[5] < '0' || device[5] > '9' || *end || v > 63)
+                return qi_fail(err, QI_ERR_ARG, "--device %s: expected cuda or cuda:N (N from 0 to 63)", device);
+            idx = (int)v;
+        } else if (device[4]) {
+            return qi_fail(err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", device);
+        }
+        return qi_backend_cuda_create(idx, arena_bytes, out, err);
+    }
+    return qi_fail(err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", device);
+}
+
+int qi_backend_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
+    return be && be->ops->supports ? be->ops->supports(be, cap, type) : 0;
 }

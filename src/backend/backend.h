@@ -26,12 +26,23 @@
 
 #define QI_MAX_DIMS 5
 
+/* How a weight's stored values become real ones (scaled fp8 checkpoints):
+ * value = stored · scale (one per tensor) or stored[o, :] · row_scale[o]
+ * (one per output row, [ne[0]] float32 in the backend's memory). */
+typedef enum qi_scale_form {
+    QI_SCALE_NONE = 0, /* stored values are the values (scale unused) */
+    QI_SCALE_TENSOR,   /* one float32 `scale` for the whole tensor */
+    QI_SCALE_ROW       /* `row_scale[ne[0]]`, one per output row */
+} qi_scale_form;
+
 typedef struct qi_tensor {
     qi_dtype dtype;
     int ndim;
     int64_t ne[QI_MAX_DIMS]; /* shape, outermost first */
     void *data;              /* memory of the owning backend (host or device) */
-    float scale;             /* dequantisation scale of fp8 weights; 1 otherwise */
+    float scale;             /* dequantisation scale (QI_SCALE_TENSOR); 1 otherwise */
+    qi_scale_form scale_form;
+    const float *row_scale;  /* QI_SCALE_ROW: [ne[0]] in the backend's memory */
 } qi_tensor;
 
 int64_t qi_numel(const qi_tensor *t);
@@ -63,9 +74,34 @@ typedef enum qi_rope_mode {
 typedef struct qi_backend qi_backend;
 typedef struct qi_graph qi_graph; /* a recorded op sequence (graph_begin / graph_end) */
 
+/* What a caller may ask a backend before relying on it (ops->supports):
+ * model and pipeline code ask these, never a backend's name. For the
+ * weight-taking entries (QI_CAP_WEIGHT, QI_CAP_LINEAR, QI_CAP_CONV2D,
+ * QI_CAP_EMBEDDING) `type` is the weight's storage type; the others ignore it. */
+typedef enum qi_cap {
+    QI_CAP_WEIGHT = 0,     /* `weight` accepts host data of this type */
+    QI_CAP_LINEAR,         /* `linear` reads a weight stored as this type */
+    QI_CAP_CONV2D,         /* `conv2d` reads a weight stored as this type */
+    QI_CAP_EMBEDDING,      /* `embedding` reads a table stored as this type */
+    QI_CAP_GRAPHS,         /* graph_begin / graph_end / graph_launch and persistent buffers */
+    QI_CAP_RANDOM_WEIGHTS, /* random_weights (benchmarks) */
+    QI_CAP_CUDA_RNG,       /* draws torch's CUDA-generator noise on the device (qi_randn_philox_cuda) */
+    QI_CAP_COUNT
+} qi_cap;
+
 typedef struct qi_backend_ops {
-    const char *name;
+    const char *name; /* for messages and logs only: never compared */
     void (*destroy)(qi_backend *be);
+    /* Whether the backend can do `cap` (with weights of storage type `type`
+     * where the capability takes one). */
+    int (*supports)(const qi_backend *be, qi_cap cap, qi_dtype type);
+    /* Makes the backend's device current on the calling thread (a thread that
+     * queues work on a backend it did not create calls this first); the CPU
+     * backend sets the thread's OpenMP thread count to its own. */
+    qi_status (*make_current)(qi_backend *be, qi_error *err);
+    /* The native queue collective libraries order their work on (the CUDA
+     * stream); NULL where there is none (CPU). */
+    void *(*native_stream)(qi_backend *be);
 
     /* ---- memory ---- */
     /* Arena allocation of an activation tensor (contents undefined). */
@@ -219,6 +255,14 @@ struct qi_backend {
 qi_status qi_backend_cpu_create(int threads, size_t arena_bytes, qi_backend **out, qi_error *err);
 /* Available only in builds with CUDA (QI_WITH_CUDA); otherwise returns QI_ERR_UNSUPPORTED. */
 qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out, qi_error *err);
+/* A backend by device name: "cpu", "cuda" (= cuda:0) or "cuda:N". `threads`
+ * is the CPU backend's thread count (0 = all cores); arena_bytes 0 = default.
+ * The error names the device string and the accepted forms. */
+qi_status qi_backend_create(const char *device, int threads, size_t arena_bytes, qi_backend **out,
+                            qi_error *err);
+/* Whether be can do cap (with weight type `type` where it applies); a NULL
+ * `supports` slot means nothing optional. */
+int qi_backend_supports(const qi_backend *be, qi_cap cap, qi_dtype type);
 
 /* Convenience: an activation tensor of the backend's activation dtype. */
 qi_status qi_be_act(qi_backend *be, qi_tensor *t, int ndim, const int64_t *ne, qi_error *err);

@@ -62,6 +62,10 @@ static const struct {
     [QI_F32] = {"F32", 4},         [QI_F16] = {"F16", 2}, [QI_BF16] = {"BF16", 2},
     [QI_F8_E4M3] = {"F8_E4M3", 1}, [QI_F8_E5M2] = {"F8_E5M2", 1},
     [QI_I32] = {"I32", 4},         [QI_I64] = {"I64", 8}, [QI_U8] = {"U8", 1},
+    /* block types: no per-element size (type traits give block sizes) */
+    [QI_Q4_0] = {"Q4_0", 0}, [QI_Q4_1] = {"Q4_1", 0}, [QI_Q5_0] = {"Q5_0", 0}, [QI_Q5_1] = {"Q5_1", 0},
+    [QI_Q8_0] = {"Q8_0", 0}, [QI_Q2_K] = {"Q2_K", 0}, [QI_Q3_K] = {"Q3_K", 0}, [QI_Q4_K] = {"Q4_K", 0},
+    [QI_Q5_K] = {"Q5_K", 0}, [QI_Q6_K] = {"Q6_K", 0},
 };
 
 size_t qi_dtype_size(qi_dtype t) { return (unsigned)t < QI_DTYPE_COUNT ? dtype_info[t].size : 0; }

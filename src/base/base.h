@@ -30,6 +30,10 @@ qi_status qi_fail_ctx(qi_error *err, qi_status status, const char *fmt, ...)
 
 /* ---- element types ------------------------------------------------------ */
 
+/* Storage types. Element types first; then the GGUF (ggml) block types, whose
+ * elements come in blocks of 32 or 256 sharing scales: their sizes are per
+ * block, never per element (use the type traits, src/base/types.h, for every
+ * size computation). */
 typedef enum qi_dtype {
     QI_F32 = 0,
     QI_F16,
@@ -39,6 +43,16 @@ typedef enum qi_dtype {
     QI_I32,
     QI_I64,
     QI_U8,
+    QI_Q4_0,
+    QI_Q4_1,
+    QI_Q5_0,
+    QI_Q5_1,
+    QI_Q8_0,
+    QI_Q2_K,
+    QI_Q3_K,
+    QI_Q4_K,
+    QI_Q5_K,
+    QI_Q6_K,
     QI_DTYPE_COUNT
 } qi_dtype;
 

@@ -93,7 +93,7 @@ static size_t utf8_bad_offset(const unsigned char *s, size_t len) {
 }
 
 static int dtype_from_name(const char *s, qi_dtype *out) {
-    for (int t = 0; t < QI_DTYPE_COUNT; t++) {
+    for (int t = 0; t <= QI_U8; t++) { /* element types only: safetensors has no block types */
         if (strcmp(s, qi_dtype_name((qi_dtype)t)) == 0) {
             *out = (qi_dtype)t;
             return 1;
@@ -845,7 +845,7 @@ static qi_status check_items(const char *path, const qi_st_write_item *items, in
             return qi_fail(err, QI_ERR_ARG,
                            "%s: item %d: name must be non-empty UTF-8 (and not __metadata__)", path,
                            i);
-        if ((unsigned)it->dtype >= QI_DTYPE_COUNT)
+        if ((unsigned)it->dtype > QI_U8) /* safetensors stores element types only */
             return qi_fail(err, QI_ERR_ARG, "%s: tensor '%s': invalid dtype %d", path, it->name,
                            (int)it->dtype);
         if (it->ndim < 0 || it->ndim > QI_ST_MAX_DIMS)

@@ -565,9 +565,31 @@ static void cpu_destroy(qi_backend *be) {
     free(be);
 }
 
+/* Weights the CPU ops read: every float storage type (converted per tile). */
+static int cpu_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
+    (void)be;
+    int float_elem = type == QI_F32 || type == QI_F16 || type == QI_BF16 || type == QI_F8_E4M3 ||
+                     type == QI_F8_E5M2;
+    switch (cap) {
+    case QI_CAP_WEIGHT:
+    case QI_CAP_LINEAR:
+    case QI_CAP_CONV2D:
+    case QI_CAP_EMBEDDING: return float_elem;
+    default: return 0;
+    }
+}
+
+static qi_status cpu_make_current(qi_backend *be, qi_error *err) {
+    (void)err;
+    omp_set_num_threads(impl_of(be)->threads);
+    return QI_OK;
+}
+
 static const qi_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
+    .supports = cpu_supports,
+    .make_current = cpu_make_current,
     .tensor = cpu_tensor,
     .mark = cpu_mark,
     .reset = cpu_reset,

@@ -620,44 +620,70 @@ static void cuda_destroy(qi_backend *be) {
     free(be);
 }
 
+static int cuda_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
+    (void)be;
+    int float_elem = type == QI_F32 || type == QI_F16 || type == QI_BF16 || type == QI_F8_E4M3 ||
+                     type == QI_F8_E5M2;
+    switch (cap) {
+    case QI_CAP_WEIGHT:
+    case QI_CAP_LINEAR:
+    case QI_CAP_CONV2D:
+    case QI_CAP_EMBEDDING: return float_elem; /* converted to bf16 at load */
+    case QI_CAP_GRAPHS:
+    case QI_CAP_RANDOM_WEIGHTS:
+    case QI_CAP_CUDA_RNG: return 1;
+    default: return 0;
+    }
+}
+
+static qi_status cuda_make_current(qi_backend *be, qi_error *err) {
+    cudaError_t e = cudaSetDevice(cuda_of(be)->device);
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "cudaSetDevice");
+}
+
+static void *cuda_native_stream(qi_backend *be) { return (void *)cuda_of(be)->stream; }
+
 static const qi_backend_ops cuda_ops = {
-    "cuda",
-    cuda_destroy,
-    cuda_tensor,
-    cuda_mark,
-    cuda_reset,
-    cuda_weight,
-    cuda_weight_free,
-    cuda_upload,
-    cuda_download,
-    cuda_sync,
-    cuda_linear,
-    qc_embedding,
-    qc_rms_norm,
-    qc_layer_norm_mod,
-    qc_add_gated,
-    qc_activate,
-    qc_silu_mul,
-    qc_axpby,
-    qc_copy_rows,
-    qc_rope,
-    qc_attention,
-    qc_cfg_combine,
-    qc_conv2d,
-    qc_upsample2x,
-    qc_channel_rms_norm,
-    qc_transpose2d,
-    cuda_random_weights,
-    cuda_mem_usage,
-    qc_rms_norm_rope,
-    qc_channel_rms_norm_act,
-    qc_conv2d_fused,
-    qc_add_gated_layer_norm_mod,
-    cuda_persistent,
-    cuda_graph_begin,
-    cuda_graph_end,
-    cuda_graph_launch,
-    cuda_graph_free,
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .supports = cuda_supports,
+    .make_current = cuda_make_current,
+    .native_stream = cuda_native_stream,
+    .tensor = cuda_tensor,
+    .mark = cuda_mark,
+    .reset = cuda_reset,
+    .weight = cuda_weight,
+    .weight_free = cuda_weight_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_sync,
+    .linear = cuda_linear,
+    .embedding = qc_embedding,
+    .rms_norm = qc_rms_norm,
+    .layer_norm_mod = qc_layer_norm_mod,
+    .add_gated = qc_add_gated,
+    .activate = qc_activate,
+    .silu_mul = qc_silu_mul,
+    .axpby = qc_axpby,
+    .copy_rows = qc_copy_rows,
+    .rope = qc_rope,
+    .attention = qc_attention,
+    .cfg_combine = qc_cfg_combine,
+    .conv2d = qc_conv2d,
+    .upsample2x = qc_upsample2x,
+    .channel_rms_norm = qc_channel_rms_norm,
+    .transpose2d = qc_transpose2d,
+    .random_weights = cuda_random_weights,
+    .mem_usage = cuda_mem_usage,
+    .rms_norm_rope = qc_rms_norm_rope,
+    .channel_rms_norm_act = qc_channel_rms_norm_act,
+    .conv2d_fused = qc_conv2d_fused,
+    .add_gated_layer_norm_mod = qc_add_gated_layer_norm_mod,
+    .persistent = cuda_persistent,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
 };
 
 extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
