@@ -1,5 +1,6 @@
 /*
- * backend.c — tensor shape helpers shared by every backend and the model code.
+ * backend.c — what every backend shares: tensor shape helpers, the op-table
+ * check every constructor runs, and backend creation by device name.
  */
 #include "backend/backend.h"
 
@@ -81,24 +82,63 @@ qi_status qi_be_act4(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64
     return qi_be_act(be, t, 4, ne, err);
 }
 
+/* Whether every required slot of an op table is set. Optional slots (backend.h
+ * says which) may be NULL; the persistent/graph group is all or nothing, since
+ * callers that see graph_begin use the rest of the group unchecked. */
+qi_status qi_backend_check_ops(const qi_backend_ops *ops, qi_error *err) {
+    if (!ops) return qi_fail(err, QI_ERR_ARG, "qi_backend_check_ops: no op table");
+    const char *who = ops->name && *ops->name ? ops->name : "(unnamed)";
+#define SLOT(s) {#s, ops->s != NULL}
+    const struct {
+        const char *slot;
+        int set;
+    } required[] = {
+        {"name", ops->name != NULL && *ops->name},
+        SLOT(destroy), SLOT(supports), SLOT(make_current),
+        SLOT(tensor), SLOT(mark), SLOT(reset), SLOT(weight), SLOT(weight_free),
+        SLOT(upload), SLOT(download), SLOT(sync),
+        SLOT(linear), SLOT(embedding), SLOT(rms_norm), SLOT(layer_norm_mod),
+        SLOT(add_gated), SLOT(activate), SLOT(silu_mul), SLOT(axpby), SLOT(copy_rows),
+        SLOT(rope), SLOT(attention), SLOT(cfg_combine),
+        SLOT(conv2d), SLOT(upsample2x), SLOT(channel_rms_norm), SLOT(transpose2d),
+    }, graph_group[] = {
+        SLOT(persistent), SLOT(graph_begin), SLOT(graph_end), SLOT(graph_launch), SLOT(graph_free),
+    };
+#undef SLOT
+    for (size_t i = 0; i < QI_ARRAY_LEN(required); i++)
+        if (!required[i].set)
+            return qi_fail(err, QI_ERR_BACKEND, "backend %s: the op table leaves the required slot "
+                           "'%s' empty", who, required[i].slot);
+    int set = 0;
+    for (size_t i = 0; i < QI_ARRAY_LEN(graph_group); i++) set += graph_group[i].set;
+    if (set != 0 && set != (int)QI_ARRAY_LEN(graph_group))
+        for (size_t i = 0; i < QI_ARRAY_LEN(graph_group); i++)
+            if (!graph_group[i].set)
+                return qi_fail(err, QI_ERR_BACKEND, "backend %s: the op table sets part of the "
+                               "persistent/graph group but leaves '%s' empty (all five or none)",
+                               who, graph_group[i].slot);
+    return QI_OK;
+}
+
+/* "cpu", "cuda", "cuda:N" (N in 0..63, decimal digits only). */
 qi_status qi_backend_create(const char *device, int threads, size_t arena_bytes, qi_backend **out,
                             qi_error *err) {
     *out = NULL;
     if (!device || !strcmp(device, "cpu")) return qi_backend_cpu_create(threads, arena_bytes, out, err);
-    if (!strncmp(device, "cuda", 4)) {
+    if (!strncmp(device, "cuda", 4) && (device[4] == '\0' || device[4] == ':')) {
         int idx = 0;
         if (device[4] == ':') {
             char *end;
             long v = strtol(device + 5, &end, 10);
             if (device[5] < '0' || device[5] > '9' || *end || v > 63)
-                return qi_fail(err, QI_ERR_ARG, "--device %s: expected cuda or cuda:N (N from 0 to 63)", device);
+                return qi_fail(err, QI_ERR_ARG, "device \"%s\": expected cuda:N with N a number from 0 "
+                               "to 63", device);
             idx = (int)v;
-        } else if (device[4]) {
-            return qi_fail(err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", device);
         }
         return qi_backend_cuda_create(idx, arena_bytes, out, err);
     }
-    return qi_fail(err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", device);
+    return qi_fail(err, QI_ERR_ARG, "device \"%s\": unknown; expected cpu, cuda or cuda:N (e.g. cuda:1)",
+                   device);
 }
 
 int qi_backend_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {

@@ -77,7 +77,12 @@ typedef struct qi_graph qi_graph; /* a recorded op sequence (graph_begin / graph
 /* What a caller may ask a backend before relying on it (ops->supports):
  * model and pipeline code ask these, never a backend's name. For the
  * weight-taking entries (QI_CAP_WEIGHT, QI_CAP_LINEAR, QI_CAP_CONV2D,
- * QI_CAP_EMBEDDING) `type` is the weight's storage type; the others ignore it. */
+ * QI_CAP_EMBEDDING) `type` is the storage type of the host data handed to
+ * `weight` (the file's type): the answer is whether a weight made from such
+ * data works in that op, whatever the backend keeps it as (CUDA converts to
+ * bf16 at load). The others ignore `type`. What each backend answers is
+ * tabled beside its supports function; tests/test_backend_caps.c runs a
+ * weight of every type through every weight-taking op to hold it to that. */
 typedef enum qi_cap {
     QI_CAP_WEIGHT = 0,     /* `weight` accepts host data of this type */
     QI_CAP_LINEAR,         /* `linear` reads a weight stored as this type */
@@ -89,6 +94,17 @@ typedef enum qi_cap {
     QI_CAP_COUNT
 } qi_cap;
 
+/* Every slot is required unless its group below says "optional" (NULL when a
+ * backend lacks them): random_weights, mem_usage, the fused ops, native_stream,
+ * and the persistent/graph group, which is all five slots or none. Each
+ * constructor checks its table with qi_backend_check_ops.
+ *
+ * Threads: a backend is used by one thread at a time. Ops, graph_* and the
+ * arena calls (tensor, mark, reset) run on the calling thread's device and
+ * OpenMP settings: a thread other than the creator calls make_current first.
+ * Entry points that allocate, free or copy (weight, persistent, weight_free,
+ * upload, download, sync, destroy) select their device themselves and give
+ * the caller's back, so freeing from any thread is safe. */
 typedef struct qi_backend_ops {
     const char *name; /* for messages and logs only: never compared */
     void (*destroy)(qi_backend *be);
@@ -99,8 +115,8 @@ typedef struct qi_backend_ops {
      * queues work on a backend it did not create calls this first); the CPU
      * backend sets the thread's OpenMP thread count to its own. */
     qi_status (*make_current)(qi_backend *be, qi_error *err);
-    /* The native queue collective libraries order their work on (the CUDA
-     * stream); NULL where there is none (CPU). */
+    /* Optional. The native queue collective libraries order their work on
+     * (the CUDA stream); the slot is NULL where there is none (CPU). */
     void *(*native_stream)(qi_backend *be);
 
     /* ---- memory ---- */
@@ -253,16 +269,22 @@ struct qi_backend {
 
 /* Backend constructors. */
 qi_status qi_backend_cpu_create(int threads, size_t arena_bytes, qi_backend **out, qi_error *err);
-/* Available only in builds with CUDA (QI_WITH_CUDA); otherwise returns QI_ERR_UNSUPPORTED. */
+/* Available only in builds with CUDA (QI_WITH_CUDA); otherwise returns
+ * QI_ERR_UNSUPPORTED with the rebuild hint. On success `device` is the
+ * calling thread's current CUDA device (the creator needs no make_current). */
 qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out, qi_error *err);
 /* A backend by device name: "cpu", "cuda" (= cuda:0) or "cuda:N". `threads`
  * is the CPU backend's thread count (0 = all cores); arena_bytes 0 = default.
  * The error names the device string and the accepted forms. */
 qi_status qi_backend_create(const char *device, int threads, size_t arena_bytes, qi_backend **out,
                             qi_error *err);
-/* Whether be can do cap (with weight type `type` where it applies); a NULL
- * `supports` slot means nothing optional. */
+/* Whether be can do cap (with weight type `type` where it applies); 0 for a
+ * NULL backend. */
 int qi_backend_supports(const qi_backend *be, qi_cap cap, qi_dtype type);
+/* Checks that an op table sets every required slot (see qi_backend_ops) and
+ * all or none of the persistent/graph group; the error names the backend and
+ * the first empty slot. Every constructor calls it before building anything. */
+qi_status qi_backend_check_ops(const qi_backend_ops *ops, qi_error *err);
 
 /* Convenience: an activation tensor of the backend's activation dtype. */
 qi_status qi_be_act(qi_backend *be, qi_tensor *t, int ndim, const int64_t *ne, qi_error *err);

@@ -7,11 +7,6 @@
 #include "parallel/comm.h"
 
 #include <stdlib.h>
-#include <string.h>
-
-#ifdef QI_WITH_CUDA
-#include "backend/cuda/cuda_backend.h" /* qi_cuda_stream */
-#endif
 
 void qi_comm_destroy(qi_comm *c) {
     if (c) c->ops->destroy(c);
@@ -43,14 +38,9 @@ static qi_status stage_floats(qi_comm *c, size_t n, float **out, qi_error *err) 
 
 typedef enum { ALL_TO_ALL, ALL_GATHER } collective;
 
-/* The backend's CUDA stream, or NULL when it is not a CUDA backend. */
+/* The backend's native queue (a CUDA stream), or NULL when it has none. */
 static void *backend_stream(qi_backend *be) {
-#ifdef QI_WITH_CUDA
-    if (!strcmp(be->ops->name, "cuda")) return qi_cuda_stream(be);
-#else
-    (void)be;
-#endif
-    return NULL;
+    return be->ops->native_stream ? be->ops->native_stream(be) : NULL;
 }
 
 /* The shared body of both tensor collectives. On a device comm the tensors'
@@ -79,8 +69,9 @@ static qi_status tensor_collective(qi_comm *c, qi_backend *be, collective kind, 
     if (c->memory == QI_COMM_DEVICE) {
         void *stream = backend_stream(be);
         if (!stream)
-            return qi_fail(err, QI_ERR_ARG, "comm %s: the %s communicator needs tensors of a CUDA "
-                           "backend, not %s", name, c->ops->name, be->ops->name);
+            return qi_fail(err, QI_ERR_ARG, "comm %s: the %s communicator works on device memory, "
+                           "queued on the backend's native stream; the %s backend has none (use a "
+                           "host communicator)", name, c->ops->name, be->ops->name);
         size_t block_bytes = (size_t)block_elems * qi_dtype_size(send->dtype);
         return kind == ALL_TO_ALL
                    ? c->ops->all_to_all(c, send->data, recv->data, block_bytes, stream, err)

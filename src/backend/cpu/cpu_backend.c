@@ -13,16 +13,24 @@
  *
  * Activations come from an arena: one large virtual reservation
  * (MAP_NORESERVE, so untouched pages cost nothing) with a bump pointer.
+ *
+ * Ops return nothing, as on every backend: an op that cannot run (scratch
+ * memory refused, a weight type it cannot read) records the first such
+ * failure in the backend, leaves its output undefined, and `sync` (or the
+ * next `download`) returns the message and clears it, as CUDA's does.
  */
 #define _GNU_SOURCE
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
 
 typedef struct cpu_impl {
     int threads;
@@ -30,9 +38,56 @@ typedef struct cpu_impl {
     size_t arena_cap;  /* bytes reserved */
     size_t arena_used; /* bump pointer */
     size_t arena_peak;
+    int alloc_skip;    /* tests: op_alloc calls to let through before failing */
+    int alloc_fail;    /* tests: op_alloc calls to fail after those */
+    /* first failure of a void op, returned (and cleared) by sync */
+    qi_status err_status;
+    char err_msg[512];
 } cpu_impl;
 
 static cpu_impl *impl_of(qi_backend *be) { return (cpu_impl *)be->impl; }
+
+/* ---- errors ---------------------------------------------------------------- */
+
+/* Records the first failure of an op; later ones are dropped (they are
+ * usually its consequences). */
+static void cpu_fail(qi_backend *be, qi_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void cpu_fail(qi_backend *be, qi_status st, const char *fmt, ...) {
+    cpu_impl *c = impl_of(be);
+    if (c->err_status != QI_OK) return;
+    c->err_status = st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    va_end(ap);
+}
+
+/* Scratch memory for an op; NULL (with the failure recorded, naming the op,
+ * what the memory was for and its size) when the allocation fails. */
+static void *op_alloc(qi_backend *be, const char *op, const char *what, size_t bytes) {
+    cpu_impl *c = impl_of(be);
+    void *p = NULL;
+    if (c->alloc_fail > 0 && c->alloc_skip == 0)
+        c->alloc_fail--;
+    else {
+        if (c->alloc_skip > 0) c->alloc_skip--;
+        p = malloc(bytes ? bytes : 1);
+    }
+    if (!p)
+        cpu_fail(be, QI_ERR_NOMEM, "cpu backend: %s: out of memory allocating %zu bytes for %s", op, bytes,
+                 what);
+    return p;
+}
+
+void qi_backend_cpu_fail_allocs(qi_backend *be, int after, int count) {
+    impl_of(be)->alloc_skip = after > 0 ? after : 0;
+    impl_of(be)->alloc_fail = count > 0 ? count : 0;
+}
+
+/* The weight storage types the ops read (converted to float32 per tile). */
+static int cpu_float_type(qi_dtype t) {
+    return t == QI_F32 || t == QI_F16 || t == QI_BF16 || t == QI_F8_E4M3 || t == QI_F8_E5M2;
+}
 
 /* OpenBLAS (OpenMP build) sizes each call by the CALLING thread's OpenMP
  * thread count, so a backend used from another thread (a rank of a
@@ -76,10 +131,9 @@ static void cpu_reset(qi_backend *be, size_t mark) {
 static qi_status cpu_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
                             const void *host, qi_error *err) {
     (void)be;
-    if (dt != QI_F32 && dt != QI_BF16 && dt != QI_F16 && dt != QI_F8_E4M3 && dt != QI_F8_E5M2 &&
-        dt != QI_I32)
-        return qi_fail(err, QI_ERR_UNSUPPORTED, "cpu backend: weights of type %s are not supported",
-                       qi_dtype_name(dt));
+    if (!cpu_float_type(dt) && dt != QI_I32) /* I32: index tables kept as they are */
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cpu backend: weights of type %s are not supported "
+                       "(F32, F16, BF16, F8_E4M3, F8_E5M2 or I32)", qi_dtype_name(dt));
     memset(w, 0, sizeof *w);
     w->dtype = dt;
     w->ndim = ndim;
@@ -103,7 +157,12 @@ static qi_status cpu_upload(qi_backend *be, qi_tensor *t, const void *host, qi_e
 }
 
 static qi_status cpu_download(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
-    (void)be;
+    cpu_impl *c = impl_of(be);
+    if (c->err_status != QI_OK) { /* the data would be garbage: report why */
+        qi_fail(err, c->err_status, "%s", c->err_msg);
+        c->err_status = QI_OK;
+        return qi_fail_ctx(err, QI_ERR_BACKEND, "cpu backend: download after a failed op");
+    }
     if (t->dtype == QI_F32 || t->dtype == QI_I32) {
         memcpy(host, t->data, qi_nbytes(t));
         return QI_OK;
@@ -113,10 +172,13 @@ static qi_status cpu_download(qi_backend *be, const qi_tensor *t, void *host, qi
     return QI_OK;
 }
 
+/* Ops run synchronously: sync only reports (and clears) the first failure. */
 static qi_status cpu_sync(qi_backend *be, qi_error *err) {
-    (void)be;
-    (void)err;
-    return QI_OK;
+    cpu_impl *c = impl_of(be);
+    if (c->err_status == QI_OK) return QI_OK;
+    qi_status st = c->err_status;
+    c->err_status = QI_OK;
+    return qi_fail(err, st, "%s", c->err_msg);
 }
 
 /* ---- dense ----------------------------------------------------------------- */
@@ -132,8 +194,15 @@ static inline float apply_act(float u, qi_act act) {
     }
 }
 
-/* Converts rows [r0, r0+n) of a weight matrix [N, K] to float32 at dst. */
-static void weight_rows_f32(qi_backend *be, const qi_tensor *w, int64_t r0, int64_t n, float *dst) {
+/* Converts rows [r0, r0+n) of a weight matrix [N, K] to float32 at dst.
+ * Returns -1 (recorded under `op`) for a type the CPU cannot read. */
+static int weight_rows_f32(qi_backend *be, const char *op, const qi_tensor *w, int64_t r0, int64_t n,
+                           float *dst) {
+    if (!cpu_float_type(w->dtype)) {
+        cpu_fail(be, QI_ERR_UNSUPPORTED, "cpu backend: %s: cannot read a weight of type %s (F32, F16, "
+                 "BF16, F8_E4M3 or F8_E5M2)", op, qi_dtype_name(w->dtype));
+        return -1;
+    }
     int64_t K = w->ne[w->ndim - 1];
     size_t esz = qi_dtype_size(w->dtype);
     const char *src = (const char *)w->data + (size_t)(r0 * K) * esz;
@@ -143,6 +212,25 @@ static void weight_rows_f32(qi_backend *be, const qi_tensor *w, int64_t r0, int6
         if (w->scale != 1.0f)
             for (int64_t k = 0; k < K; k++) dst[r * K + k] *= w->scale;
     }
+    return 0;
+}
+
+/* A small parameter vector (bias, norm weight: [D]) as float32 in *out, or
+ * *out = NULL for v NULL. Returns -1 with the failure recorded under `op`. */
+static int vec_f32(qi_backend *be, const char *op, const qi_tensor *v, float **out) {
+    *out = NULL;
+    if (!v) return 0;
+    int64_t n = qi_numel(v);
+    float *f = op_alloc(be, op, "a parameter vector as float32", (size_t)n * sizeof(float));
+    if (!f) return -1;
+    if (weight_rows_f32(be, op, &(qi_tensor){.dtype = v->dtype, .ndim = 2, .ne = {1, n}, .data = v->data,
+                                             .scale = v->scale},
+                        0, 1, f)) {
+        free(f);
+        return -1;
+    }
+    *out = f;
+    return 0;
 }
 
 static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
@@ -159,10 +247,15 @@ static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
         int64_t band = (int64_t)((64u << 20) / ((size_t)K * 4));
         if (band < 1) band = 1;
         if (band > N) band = N;
-        float *wf = malloc((size_t)(band * K) * sizeof(float));
+        if (!cpu_float_type(w->dtype)) { /* before the scratch: report the real cause */
+            weight_rows_f32(be, "linear", w, 0, 0, NULL);
+            return;
+        }
+        float *wf = op_alloc(be, "linear", "a band of weight rows as float32", (size_t)(band * K) * sizeof(float));
+        if (!wf) return;
         for (int64_t n0 = 0; n0 < N; n0 += band) {
             int64_t nb = N - n0 < band ? N - n0 : band;
-            weight_rows_f32(be, w, n0, nb, wf);
+            weight_rows_f32(be, "linear", w, n0, nb, wf);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)nb, (int)K, 1.0f, xs,
                         (int)K, wf, (int)K, 0.0f, ys + n0, (int)N);
         }
@@ -170,12 +263,7 @@ static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
     }
     if (!b && act == QI_ACT_NONE) return;
     float *bias = NULL;
-    if (b) {
-        bias = malloc((size_t)N * sizeof(float));
-        weight_rows_f32(be, &(qi_tensor){.dtype = b->dtype, .ndim = 2, .ne = {1, N}, .data = b->data,
-                                         .scale = b->scale},
-                        0, 1, bias);
-    }
+    if (vec_f32(be, "linear", b, &bias)) return;
 #pragma omp parallel for NT(be) schedule(static)
     for (int64_t m = 0; m < M; m++)
         for (int64_t n = 0; n < N; n++) {
@@ -188,21 +276,11 @@ static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
 static void cpu_embedding(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out) {
     int64_t D = table->ne[table->ndim - 1], n = qi_numel(ids);
     const int32_t *id = ids->data;
-    for (int64_t i = 0; i < n; i++) weight_rows_f32(be, table, id[i], 1, (float *)out->data + i * D);
+    for (int64_t i = 0; i < n; i++)
+        if (weight_rows_f32(be, "embedding", table, id[i], 1, (float *)out->data + i * D)) return;
 }
 
 /* ---- norms ------------------------------------------------------------------ */
-
-/* Small vectors (norm weights, [D]) as float32 on the stack or heap. */
-static float *vec_f32(qi_backend *be, const qi_tensor *v) {
-    if (!v) return NULL;
-    int64_t n = qi_numel(v);
-    float *f = malloc((size_t)n * sizeof(float));
-    weight_rows_f32(be, &(qi_tensor){.dtype = v->dtype, .ndim = 2, .ne = {1, n}, .data = v->data,
-                                     .scale = v->scale},
-                    0, 1, f);
-    return f;
-}
 
 /* y[0..D) = x / sqrt(mean(x²) + eps) · w (w NULL: 1); y may be x. */
 static void rms_norm_row(const float *x, const float *w, float eps, int64_t D, float *y) {
@@ -226,7 +304,8 @@ static void rope_head(float *v, const float *cos_row, const float *sin_row, int6
 
 static void cpu_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *w, float eps, qi_tensor *y) {
     int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
-    float *wf = vec_f32(be, w);
+    float *wf;
+    if (vec_f32(be, "rms_norm", w, &wf)) return;
     const float *xs = x->data;
     float *ys = y->data;
 #pragma omp parallel for NT(be) schedule(static)
@@ -341,7 +420,9 @@ static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k
     float *os = out->data;
     /* Queries in blocks so the score matrix stays small at any sequence length. */
     int64_t qblk = Lq < 512 ? Lq : 512;
-    float *S = malloc((size_t)(qblk * Lk) * sizeof(float)); /* [qblk, Lk] scores, then probabilities */
+    /* [qblk, Lk] scores, then probabilities */
+    float *S = op_alloc(be, "attention", "a block of scores", (size_t)(qblk * Lk) * sizeof(float));
+    if (!S) return;
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++)
             for (int64_t q0 = 0; q0 < Lq; q0 += qblk) {
@@ -415,15 +496,26 @@ static void conv2d_impl(qi_backend *be, const qi_tensor *x, int up, const qi_ten
     int64_t Kc = Ci * kh * kw;
     const float *xs = x->data;
     float *ys = y->data;
-    float *wf = malloc((size_t)(Co * Kc) * sizeof(float));
-    weight_rows_f32(be, &(qi_tensor){.dtype = w->dtype, .ndim = 2, .ne = {Co, Kc}, .data = w->data,
-                                     .scale = w->scale},
-                    0, Co, wf);
-    float *bias = vec_f32(be, b);
+    const char *op = up || accumulate ? "conv2d_fused" : "conv2d";
+    if (!cpu_float_type(w->dtype)) { /* before the scratch: report the real cause */
+        weight_rows_f32(be, op, w, 0, 0, NULL);
+        return;
+    }
     int64_t band = (int64_t)((128u << 20) / ((size_t)Kc * Wo * 4));
     if (band < 1) band = 1;
     if (band > Ho) band = Ho;
-    float *col = (kh == 1 && kw == 1 && pad == 0 && !up) ? NULL : malloc((size_t)(Kc * band * Wo) * sizeof(float));
+    int need_col = !(kh == 1 && kw == 1 && pad == 0 && !up);
+    float *wf = op_alloc(be, op, "the weights as float32", (size_t)(Co * Kc) * sizeof(float));
+    float *bias = NULL, *col = NULL;
+    if (!wf || vec_f32(be, op, b, &bias) ||
+        (need_col && !(col = op_alloc(be, op, "a band of im2col columns", (size_t)(Kc * band * Wo) * sizeof(float))))) {
+        free(wf);
+        free(bias);
+        return;
+    }
+    weight_rows_f32(be, op, &(qi_tensor){.dtype = w->dtype, .ndim = 2, .ne = {Co, Kc}, .data = w->data,
+                                         .scale = w->scale},
+                    0, Co, wf);
     for (int64_t r0 = 0; r0 < Ho; r0 += band) {
         int64_t nr = Ho - r0 < band ? Ho - r0 : band, P = nr * Wo;
         const float *B_mat;
@@ -481,7 +573,12 @@ static void cpu_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y) {
 static void cpu_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                                  const qi_tensor *bias, qi_tensor *y) {
     int64_t C = x->ne[0], HW = qi_numel(x) / C;
-    float *g = vec_f32(be, gamma), *bb = vec_f32(be, bias);
+    float *g, *bb;
+    if (vec_f32(be, "channel_rms_norm", gamma, &g)) return;
+    if (vec_f32(be, "channel_rms_norm", bias, &bb)) {
+        free(g);
+        return;
+    }
     const float *xs = x->data;
     float *ys = y->data;
     float root_c = sqrtf((float)C);
@@ -515,7 +612,8 @@ static void cpu_rms_norm_rope(qi_backend *be, const qi_tensor *x, const qi_tenso
                               const qi_tensor *cos_tab, const qi_tensor *sin_tab, qi_rope_mode mode,
                               qi_tensor *dst, int64_t dst_row0) {
     int64_t B = x->ne[0], L = x->ne[1], H = x->ne[2], Dh = x->ne[3], P = Dh / 2, Ld = dst->ne[1];
-    float *wf = vec_f32(be, w);
+    float *wf;
+    if (vec_f32(be, "rms_norm_rope", w, &wf)) return;
     const float *xs = x->data, *ct = cos_tab->data, *st = sin_tab->data;
     float *ds = dst->data;
 #pragma omp parallel for NT(be) schedule(static) collapse(2)
@@ -565,16 +663,24 @@ static void cpu_destroy(qi_backend *be) {
     free(be);
 }
 
-/* Weights the CPU ops read: every float storage type (converted per tile). */
+/* What the CPU backend can do, from what its code accepts:
+ *
+ *   type (host data)     WEIGHT  LINEAR  CONV2D  EMBEDDING
+ *   F32 F16 BF16           1       1       1       1      read in place, converted per tile
+ *   F8_E4M3 F8_E5M2        1       1       1       1      (times the tensor's scale)
+ *   I32                    1       0       0       0      kept, but no op reads it as weights
+ *   I64 U8, Q4_0 … Q6_K    0       0       0       0      `weight` refuses them
+ *
+ *   GRAPHS 0 (ops run eagerly), RANDOM_WEIGHTS 0, CUDA_RNG 0.
+ * The ops check the same predicate (cpu_float_type) and record an error for
+ * anything else, so a 0 here is also what the op reports at sync. */
 static int cpu_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
     (void)be;
-    int float_elem = type == QI_F32 || type == QI_F16 || type == QI_BF16 || type == QI_F8_E4M3 ||
-                     type == QI_F8_E5M2;
     switch (cap) {
-    case QI_CAP_WEIGHT:
+    case QI_CAP_WEIGHT: return cpu_float_type(type) || type == QI_I32;
     case QI_CAP_LINEAR:
     case QI_CAP_CONV2D:
-    case QI_CAP_EMBEDDING: return float_elem;
+    case QI_CAP_EMBEDDING: return cpu_float_type(type);
     default: return 0;
     }
 }
@@ -622,6 +728,8 @@ static const qi_backend_ops cpu_ops = {
 
 qi_status qi_backend_cpu_create(int threads, size_t arena_bytes, qi_backend **out, qi_error *err) {
     *out = NULL;
+    qi_status st = qi_backend_check_ops(&cpu_ops, err);
+    if (st != QI_OK) return st;
     if (threads <= 0) threads = omp_get_num_procs();
     if (arena_bytes == 0) arena_bytes = (size_t)16 << 30; /* virtual; pages are touched lazily */
     qi_backend *be = calloc(1, sizeof *be);

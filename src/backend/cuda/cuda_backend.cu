@@ -9,6 +9,13 @@
  * persistent buffers: the arena, cuBLASLt's workspace and the scratch buffer
  * are made once, so a denoising step can be captured as a CUDA graph (the
  * op table's graph_* ops, used by pipeline.c).
+ *
+ * Devices and threads: the backend owns its device index. Creation leaves
+ * that device current on the creating thread. Entry points that allocate,
+ * free or copy (weight, persistent, weight_free, upload, download, sync,
+ * destroy) select the device themselves and give the caller's back, so they
+ * work from any thread whatever device is current there. Ops and graph_*
+ * launch on the current device: another thread calls make_current first.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -47,6 +54,21 @@ int qc_check_launch(cuda_impl *c, const char *op) {
 static qi_status cuda_err(qi_error *err, cudaError_t e, const char *what) {
     return qi_fail(err, e == cudaErrorMemoryAllocation ? QI_ERR_NOMEM : QI_ERR_BACKEND,
                    "cuda backend: %s: %s", what, cudaGetErrorString(e));
+}
+
+/* ---- the backend's device on any thread ------------------------------------ */
+
+/* Makes c's device current for one entry point; returns the caller's device
+ * to hand to device_leave, or -1 when it already was c's (nothing to undo).
+ * A failing cudaSetDevice is left for the entry point's own calls to report. */
+static int device_enter(const cuda_impl *c) {
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess || prev == c->device) return -1;
+    return cudaSetDevice(c->device) == cudaSuccess ? prev : -1;
+}
+
+static void device_leave(int prev) {
+    if (prev >= 0) cudaSetDevice(prev);
 }
 
 /* ---- memory --------------------------------------------------------------- */
@@ -225,17 +247,23 @@ static void cuda_mem_usage(qi_backend *be, size_t *now, size_t *peak) {
     if (peak) *peak = c->weight_peak + c->arena_peak + fixed;
 }
 
-static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                             const void *host, qi_error *err) {
-    cuda_impl *c = cuda_of(be);
-    qi_dtype dev_dt;
+/* The type a weight made from host data of type dt is kept as on the device:
+ * BF16 for every float type, I32 as it is; -1 when `weight` refuses dt. */
+static int weight_store_type(qi_dtype dt) {
     switch (dt) {
-    case QI_F32: case QI_F16: case QI_BF16: case QI_F8_E4M3: case QI_F8_E5M2: dev_dt = QI_BF16; break;
-    case QI_I32: dev_dt = QI_I32; break;
-    default:
-        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: weights of type %s are not supported",
-                       qi_dtype_name(dt));
+    case QI_F32: case QI_F16: case QI_BF16: case QI_F8_E4M3: case QI_F8_E5M2: return QI_BF16;
+    case QI_I32: return QI_I32;
+    default: return -1;
     }
+}
+
+static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                  const void *host, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    if (weight_store_type(dt) < 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: weights of type %s are not supported "
+                       "(F32, F16, BF16, F8_E4M3, F8_E5M2 or I32)", qi_dtype_name(dt));
+    qi_dtype dev_dt = (qi_dtype)weight_store_type(dt);
     if (ndim < 1 || ndim > QI_MAX_DIMS)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: weight with %d dims (1..%d)", ndim, QI_MAX_DIMS);
     set_shape(w, dev_dt, ndim, ne);
@@ -262,6 +290,14 @@ static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim
     return QI_OK;
 }
 
+static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                             const void *host, qi_error *err) {
+    int prev = device_enter(cuda_of(be));
+    qi_status st = weight_on_device(be, w, dt, ndim, ne, host, err);
+    device_leave(prev);
+    return st;
+}
+
 /* A device buffer outside the arena, dtype as asked (F32 RoPE tables stay
  * F32), freed by weight_free; counted with the weights. */
 static qi_status cuda_persistent(qi_backend *be, qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne,
@@ -271,7 +307,9 @@ static qi_status cuda_persistent(qi_backend *be, qi_tensor *t, qi_dtype dt, int 
         return qi_fail(err, QI_ERR_ARG, "cuda backend: persistent tensor with %d dims (1..%d)", ndim, QI_MAX_DIMS);
     set_shape(t, dt, ndim, ne);
     size_t bytes = qi_nbytes(t);
+    int prev = device_enter(c);
     cudaError_t e = cudaMalloc(&t->data, bytes ? bytes : 1);
+    device_leave(prev);
     if (e != cudaSuccess) {
         char shape[128];
         t->data = NULL;
@@ -287,8 +325,10 @@ static qi_status cuda_persistent(qi_backend *be, qi_tensor *t, qi_dtype dt, int 
 static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     cuda_impl *c = cuda_of(be);
     if (!w->data) return;
+    int prev = device_enter(c);
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
     cudaFree(w->data);
+    device_leave(prev);
     size_t bytes = qi_nbytes(w);
     c->weight_bytes = c->weight_bytes >= bytes ? c->weight_bytes - bytes : 0;
     w->data = NULL;
@@ -304,10 +344,13 @@ static qi_status cuda_upload(qi_backend *be, qi_tensor *t, const void *host, qi_
         return qi_fail(err, QI_ERR_ARG, "cuda backend: upload into a %s tensor (F32/BF16/F16/I32 only)",
                        qi_dtype_name(t->dtype));
     qi_dtype src_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
-    return staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), err);
+    int prev = device_enter(c);
+    qi_status st = staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), err);
+    device_leave(prev);
+    return st;
 }
 
-static qi_status cuda_download(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
+static qi_status download_on_device(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
     cuda_impl *c = cuda_of(be);
     if (!host_transferable(t->dtype))
         return qi_fail(err, QI_ERR_ARG, "cuda backend: download of a %s tensor (F32/BF16/F16/I32 only)",
@@ -332,10 +375,19 @@ static qi_status cuda_download(qi_backend *be, const qi_tensor *t, void *host, q
     return QI_OK;
 }
 
+static qi_status cuda_download(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
+    int prev = device_enter(cuda_of(be));
+    qi_status st = download_on_device(be, t, host, err);
+    device_leave(prev);
+    return st;
+}
+
 static qi_status cuda_sync(qi_backend *be, qi_error *err) {
     cuda_impl *c = cuda_of(be);
+    int prev = device_enter(c);
     cudaError_t e = cudaStreamSynchronize(c->stream);
     if (e == cudaSuccess) e = cudaGetLastError();
+    device_leave(prev);
     if (c->err_status != QI_OK) {
         qi_status st = c->err_status;
         c->err_status = QI_OK;
@@ -600,10 +652,13 @@ static void cuda_graph_free(qi_backend *be, qi_graph *g) {
 
 /* ---- table ----------------------------------------------------------------------- */
 
+/* Releases everything on the backend's device (from any thread; the caller's
+ * device is current again afterwards). */
 static void cuda_destroy(qi_backend *be) {
     if (!be) return;
     cuda_impl *c = cuda_of(be);
     if (c) {
+        int prev = device_enter(c);
         if (c->stream) cudaStreamSynchronize(c->stream);
         for (int i = 0; i < QI_CUDA_PLANS; i++) plan_destroy(&c->plans[i]);
         if (c->lt) cublasLtDestroy(c->lt);
@@ -615,20 +670,31 @@ static void cuda_destroy(qi_backend *be) {
         cudaFree(c->scratch);
         cudaFree(c->arena);
         if (c->stream) cudaStreamDestroy(c->stream);
+        device_leave(prev);
         free(c);
     }
     free(be);
 }
 
+/* What the CUDA backend can do, from what its code accepts:
+ *
+ *   type (host data)     WEIGHT  LINEAR  CONV2D  EMBEDDING
+ *   F32 F16 BF16           1       1       1       1      converted to bf16 at load
+ *   F8_E4M3 F8_E5M2        1       1       1       1      (the ops read bf16)
+ *   I32                    1       0       0       0      kept as I32; linear needs bf16,
+ *                                                         conv2d/embedding a float type
+ *   I64 U8, Q4_0 … Q6_K    0       0       0       0      `weight` refuses them
+ *
+ *   GRAPHS 1 (CUDA graphs), RANDOM_WEIGHTS 1, CUDA_RNG 1 (rng_philox.cu).
+ * The ops record an UNSUPPORTED error for a weight they cannot read, so a 0
+ * here is also what the op reports at sync. */
 static int cuda_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
     (void)be;
-    int float_elem = type == QI_F32 || type == QI_F16 || type == QI_BF16 || type == QI_F8_E4M3 ||
-                     type == QI_F8_E5M2;
     switch (cap) {
-    case QI_CAP_WEIGHT:
+    case QI_CAP_WEIGHT: return weight_store_type(type) >= 0;
     case QI_CAP_LINEAR:
     case QI_CAP_CONV2D:
-    case QI_CAP_EMBEDDING: return float_elem; /* converted to bf16 at load */
+    case QI_CAP_EMBEDDING: return weight_store_type(type) == QI_BF16;
     case QI_CAP_GRAPHS:
     case QI_CAP_RANDOM_WEIGHTS:
     case QI_CAP_CUDA_RNG: return 1;
@@ -689,6 +755,8 @@ static const qi_backend_ops cuda_ops = {
 extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
                                             qi_error *err) {
     *out = NULL;
+    qi_status checked = qi_backend_check_ops(&cuda_ops, err);
+    if (checked != QI_OK) return checked;
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0)

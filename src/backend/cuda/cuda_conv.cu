@@ -325,6 +325,11 @@ extern "C" void qc_conv2d_fused(qi_backend *be, const qi_tensor *x, int upsample
                 (long long)w->ne[0], (long long)Ho, (long long)Wo);
         return;
     }
+    if (!qc_param_type(w->dtype)) { /* the implicit kernel reads w unchecked */
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: conv2d_fused: cannot read a weight of type %s (BF16, "
+                "F16 or F32)", qi_dtype_name(w->dtype));
+        return;
+    }
     if (pad == 1 && w->ne[2] == 3 && w->ne[3] == 3 && qc_conv3x3_implicit(c, x, upsample, w, b, res, y)) return;
     qi_tensor in = *x;
     size_t mark = c->arena_used;

@@ -255,6 +255,10 @@ static __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* Whether ld_param reads dtype dt: the types a weight or parameter vector
+ * may have when an op reads it element by element. */
+static inline int qc_param_type(int dt) { return dt == QI_BF16 || dt == QI_F16 || dt == QI_F32; }
+
 static inline int qc_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 static inline unsigned qc_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

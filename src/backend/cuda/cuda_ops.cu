@@ -564,6 +564,11 @@ extern "C" void qc_embedding(qi_backend *be, const qi_tensor *table, const qi_te
         qc_fail(c, QI_ERR_ARG, "cuda backend: embedding needs I32 ids and out of ids × %lld", (long long)D);
         return;
     }
+    if (!qc_param_type(table->dtype)) {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: embedding: cannot read a table of type %s (BF16, F16 "
+                "or F32)", qi_dtype_name(table->dtype));
+        return;
+    }
     if (n == 0) return;
     ACT_DISPATCH(c, out->dtype, "embedding", {
         embedding_k<T><<<grid_for(c, n), THREADS, 0, c->stream>>>(table->data, table->dtype, table->scale, V, (const int32_t *)ids->data, (T *)out->data, D, n);
@@ -877,6 +882,11 @@ extern "C" void qc_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w
     if (x->dtype != QI_BF16 || y->dtype != QI_BF16) {
         qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: conv2d needs bf16 x and y (got %s, %s)",
                 qi_dtype_name(x->dtype), qi_dtype_name(y->dtype));
+        return;
+    }
+    if (!qc_param_type(w->dtype)) {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: conv2d: cannot read a weight of type %s (BF16, F16 "
+                "or F32)", qi_dtype_name(w->dtype));
         return;
     }
     if (Kc > 65535 || (int64_t)Ci * H * W > INT32_MAX || Co * HWo > INT32_MAX) {
