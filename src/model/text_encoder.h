@@ -2,14 +2,17 @@
  * text_encoder.h — the Qwen2.5-VL-7B language model (text only) that turns
  * tokenised prompts into Qwen-Image's prompt embeddings.
  *
+ *     qi_source *src;   // io/source.h
  *     qi_text_encoder *te;
- *     if (qi_text_encoder_load("<model>/text_encoder", be, &te, &err) != QI_OK) ...
+ *     if (qi_source_open("<model>/text_encoder", QI_COMPONENT_TEXT_ENCODER, &src, &err)) ...
+ *     if (qi_text_encoder_load(src, be, &te, &err) != QI_OK) ...
  *     // ids, mask [B, S] as qi_prompt_tokenize gives them (template included)
  *     float *embeds; int32_t *embeds_mask; int L;
  *     qi_text_encoder_encode(te, ids, mask, B, S, 512, &embeds, &embeds_mask, &L, &err);
  *     ... embeds [B, L, dim], embeds_mask [B, L] ...
  *     free(embeds); free(embeds_mask);
  *     qi_text_encoder_free(te);
+ *     qi_source_close(src);
  *
  * What encode computes (spec text-and-noise.md §2.2 and §3): the hidden
  * states after the final RMSNorm (diffusers' `hidden_states[-1]`), then per

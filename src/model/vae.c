@@ -25,7 +25,6 @@
 
 #include "io/model_dir.h"
 #include "io/source.h"
-#include "io/safetensors.h"
 
 #define VAE_MAX_LEVELS 8
 /* Working-set cap of one band of the nearest-2× upsample + 3×3 conv step and
@@ -250,7 +249,7 @@ static qi_status bind_causal_conv3(qi_vae *v, const char *prefix, int64_t co, in
     char name[256];
     snprintf(name, sizeof name, "%s.weight", prefix);
     int64_t shape[5] = {co, ci, 3, 3, 3};
-    qi_source_tensor st_t, *t = &st_t;
+    qi_source_tensor found, *t = &found;
     qi_status st = qi_source_get(v->src, name, 5, shape, t, err);
     if (st) return st;
     if (t->dtype >= QI_Q4_0) /* blocks of 32/256 elements: no per-element slicing */
