@@ -17,6 +17,7 @@
 #include "io/image.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "io/source.h"
 #include "model/prompt.h"
 #include "model/text_encoder.h"
 #include "model/tokenizer.h"
@@ -140,6 +141,7 @@ static int cmd_encode(int argc, char **argv) {
     if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
     qi_backend *be = NULL;
     qi_tokenizer *tok = NULL;
+    qi_source *te_src = NULL;
     qi_text_encoder *te = NULL;
     qi_prompt_batch pb = {0};
     float *emb = NULL;
@@ -147,7 +149,8 @@ static int cmd_encode(int argc, char **argv) {
     int L = 0;
     if ((st = qi_backend_cpu_create(threads, 0, &be, &err))) goto fail;
     if ((st = qi_tokenizer_load(dir.tokenizer_dir, &tok, &err))) goto fail;
-    if ((st = qi_text_encoder_load(dir.text_encoder_dir, be, &te, &err))) goto fail;
+    if ((st = qi_source_open_folder(dir.text_encoder_dir, QI_COMPONENT_TEXT_ENCODER, &te_src, &err))) goto fail;
+    if ((st = qi_text_encoder_load(te_src, be, &te, &err))) goto fail;
     if ((st = qi_prompt_tokenize(tok, prompts, n, (int)max_len, &pb, &err))) goto fail;
     if ((st = qi_text_encoder_encode(te, pb.ids, pb.mask, pb.batch, pb.seq_len, (int)max_len, &emb, &mask, &L,
                                      &err)))
@@ -163,6 +166,7 @@ fail:
     free(mask);
     if (pb.ids) qi_prompt_batch_free(&pb);
     if (te) qi_text_encoder_free(te);
+    qi_source_close(te_src);
     if (tok) qi_tokenizer_free(tok);
     if (be) be->ops->destroy(be);
     if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);

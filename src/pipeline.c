@@ -30,6 +30,7 @@
 #include "backend/backend.h"
 #include "io/image.h"
 #include "io/model_dir.h"
+#include "io/source.h"
 #include "model/dit.h"
 #include "model/lora.h"
 #include "model/prompt.h"
@@ -73,6 +74,8 @@ struct qi_engine {
     qi_text_encoder *te;
     qi_vae *vae;
     qi_dit *dit;          /* loaded on first use, with the LoRAs added so far */
+    qi_source *src_te, *src_vae; /* weight sources; open while their models live */
+    qi_source *src_dit;   /* opened on first use, kept for reloads and every rank */
     qi_parallel *par;     /* several devices (opt->devices): ranks 1.. (be and dit are rank 0's) */
     qi_lora_set *loras;   /* NULL when none */
     int dit_stale;        /* a LoRA was added after the transformer was loaded */
@@ -158,8 +161,12 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     double t0 = qi_now_s();
     logf_(e, "loading tokenizer, text encoder and VAE from %s ...", opt->model_dir);
     if ((st = qi_tokenizer_load(e->dir.tokenizer_dir, &e->tok, &e->err))) return st;
-    if ((st = qi_text_encoder_load(e->dir.text_encoder_dir, e->be, &e->te, &e->err))) return st;
-    if ((st = qi_vae_load(e->dir.vae_dir, e->be, &e->vae, &e->err))) return st;
+    if ((st = qi_source_open_folder(e->dir.text_encoder_dir, QI_COMPONENT_TEXT_ENCODER, &e->src_te, &e->err)) ||
+        (st = qi_text_encoder_load(e->src_te, e->be, &e->te, &e->err)))
+        return st;
+    if ((st = qi_source_open_folder(e->dir.vae_dir, QI_COMPONENT_VAE, &e->src_vae, &e->err)) ||
+        (st = qi_vae_load(e->src_vae, e->be, &e->vae, &e->err)))
+        return st;
     logf_(e, "loaded tokenizer, text encoder and VAE from %s in %.2f s", opt->model_dir, qi_now_s() - t0);
     return QI_OK;
 }
@@ -192,8 +199,12 @@ static qi_status ensure_dit(qi_engine *e) {
     int n_loras = qi_lora_set_file_count(e->loras);
     if (n_loras) logf_(e, "loading transformer from %s and fusing %d LoRA file(s) ...", e->dir.transformer_dir, n_loras);
     else logf_(e, "loading transformer from %s ...", e->dir.transformer_dir);
-    qi_status st = e->par ? qi_parallel_load_dits(e->par, e->dir.transformer_dir, e->loras, &e->dit, &e->err)
-                          : qi_dit_load(e->dir.transformer_dir, e->be, e->loras, &e->dit, &e->err);
+    qi_status st = e->src_dit ? QI_OK
+                              : qi_source_open_folder(e->dir.transformer_dir, QI_COMPONENT_TRANSFORMER,
+                                                      &e->src_dit, &e->err);
+    if (st) return st;
+    st = e->par ? qi_parallel_load_dits(e->par, e->src_dit, e->loras, &e->dit, &e->err)
+                : qi_dit_load(e->src_dit, e->be, e->loras, &e->dit, &e->err);
     if (st) {
         /* LoRA files are only matched against the weights here. Drop the ones
          * added since the last good load, so the engine does not stay broken:
@@ -231,6 +242,9 @@ void qi_engine_close(qi_engine *e) {
     if (e->tok) qi_tokenizer_free(e->tok);
     if (e->loras) qi_lora_set_free(e->loras);
     qi_parallel_free(e->par);
+    qi_source_close(e->src_dit); /* after every model loaded from them */
+    qi_source_close(e->src_vae);
+    qi_source_close(e->src_te);
     if (e->be) e->be->ops->destroy(e->be);
     free(e);
 }

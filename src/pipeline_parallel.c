@@ -384,7 +384,7 @@ void qi_parallel_free(qi_parallel *p) {
 }
 
 typedef struct load_task {
-    const char *dir;
+    const qi_source *src; /* shared by the ranks: read-only after open */
     const qi_lora_set *loras;
 } load_task;
 
@@ -392,14 +392,14 @@ static qi_status load_rank(qi_parallel *p, int r, void *arg, qi_error *err) {
     const load_task *t = arg;
     if (r > 0 && p->dit[r]) qi_dit_free(p->dit[r]);
     p->dit[r] = NULL;
-    return qi_dit_load(t->dir, p->be[r], t->loras, &p->dit[r], err);
+    return qi_dit_load(t->src, p->be[r], t->loras, &p->dit[r], err);
 }
 
-qi_status qi_parallel_load_dits(qi_parallel *p, const char *transformer_dir, const qi_lora_set *loras,
+qi_status qi_parallel_load_dits(qi_parallel *p, const qi_source *src, const qi_lora_set *loras,
                                 qi_dit **dit0, qi_error *err) {
     *dit0 = NULL;
     p->dit[0] = NULL; /* the engine's, freed by it */
-    load_task t = {transformer_dir, loras};
+    load_task t = {src, loras};
     rank_call calls[MAX_RANKS];
     on_every_rank(p, load_rank, &t, NULL, calls);
     for (int r = 0; r < p->n; r++)

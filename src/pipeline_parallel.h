@@ -33,11 +33,11 @@ void qi_parallel_free(qi_parallel *p); /* NULL is fine; not rank 0's backend or 
 
 int qi_parallel_ranks(const qi_parallel *p);
 
-/* Loads the transformer (with loras fused) on every rank at once, one
- * thread each; rank 0's goes to *dit0 and belongs to the caller. Replaces
- * the ranks' transformers of an earlier call (the caller frees its rank-0
- * one first). */
-qi_status qi_parallel_load_dits(qi_parallel *p, const char *transformer_dir, const qi_lora_set *loras,
+/* Loads the transformer of src (with loras fused) on every rank at once,
+ * one thread each, all reading the one source; rank 0's goes to *dit0 and
+ * belongs to the caller. Replaces the ranks' transformers of an earlier call
+ * (the caller frees its rank-0 one first). src must stay open while they live. */
+qi_status qi_parallel_load_dits(qi_parallel *p, const qi_source *src, const qi_lora_set *loras,
                                 qi_dit **dit0, qi_error *err);
 
 /* One prompt batch's text embeddings on the host. */

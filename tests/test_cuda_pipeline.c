@@ -70,7 +70,9 @@ static void every_transformer_call_within_1e_2(void) {
         char tdir[1200];
         snprintf(tdir, sizeof tdir, "%s/transformer", model);
         qi_dit *dit = NULL;
-        CHECK(!qi_dit_load(tdir, be, loras, &dit, &err), "%s", err.msg);
+        qi_source *src = NULL;
+        CHECK(!qi_source_open_folder(tdir, QI_COMPONENT_TRANSFORMER, &src, &err) &&
+                  !qi_dit_load(src, be, loras, &dit, &err), "%s", err.msg);
         int gh = (int)cJSON_GetObjectItem(json, "height")->valuedouble / 16;
         int gw = (int)cJSON_GetObjectItem(json, "width")->valuedouble / 16;
         int calls = (int)cJSON_GetObjectItem(json, "transformer_calls")->valuedouble;
@@ -109,6 +111,7 @@ static void every_transformer_call_within_1e_2(void) {
             be->ops->reset(be, mark);
         }
         if (dit) qi_dit_free(dit);
+        qi_source_close(src);
         qi_lora_set_free(loras);
         qi_st_close(f);
         cJSON_Delete(json);
@@ -126,10 +129,13 @@ static void text_encoder_within_2e_2_and_vae_within_3e_2(void) {
     char dir[1200];
     qi_text_encoder *te = NULL;
     qi_vae *vae = NULL;
+    qi_source *te_src = NULL, *vae_src = NULL;
     snprintf(dir, sizeof dir, "%s/text_encoder", model);
-    CHECK(!qi_text_encoder_load(dir, be, &te, &err), "%s", err.msg);
+    CHECK(!qi_source_open_folder(dir, QI_COMPONENT_TEXT_ENCODER, &te_src, &err) &&
+              !qi_text_encoder_load(te_src, be, &te, &err), "%s", err.msg);
     snprintf(dir, sizeof dir, "%s/vae", model);
-    CHECK(!qi_vae_load(dir, be, &vae, &err), "%s", err.msg);
+    CHECK(!qi_source_open_folder(dir, QI_COMPONENT_VAE, &vae_src, &err) &&
+              !qi_vae_load(vae_src, be, &vae, &err), "%s", err.msg);
     for (int c = 0; te && vae && c < 3; c++) {
         qi_st_file *f = open_case(CASES[c], NULL);
         const qi_st_tensor *ids = qi_st_file_find(f, "input_ids"), *am = qi_st_file_find(f, "attention_mask"),
@@ -166,6 +172,8 @@ static void text_encoder_within_2e_2_and_vae_within_3e_2(void) {
     }
     if (te) qi_text_encoder_free(te);
     if (vae) qi_vae_free(vae);
+    qi_source_close(te_src);
+    qi_source_close(vae_src);
     be->ops->destroy(be);
 }
 
@@ -371,7 +379,9 @@ static void one_full_size_block_at_1024_matches_cpu_float32(void) {
     qi_error err;
     CHECK(!qi_backend_cpu_create(0, 0, &cpu, &err) && !qi_backend_cuda_create(0, 0, &gpu, &err), "%s", err.msg);
     qi_dit *dc = NULL, *dg = NULL;
-    CHECK(!qi_dit_load(dir, cpu, NULL, &dc, &err) && !qi_dit_load(dir, gpu, NULL, &dg, &err), "%s", err.msg);
+    qi_source *src = NULL;
+    CHECK(!qi_source_open_folder(dir, QI_COMPONENT_TRANSFORMER, &src, &err) &&
+              !qi_dit_load(src, cpu, NULL, &dc, &err) && !qi_dit_load(src, gpu, NULL, &dg, &err), "%s", err.msg);
     int gh = 64, gw = 64, L = gh * gw, T = 128;
     float *x = malloc(sizeof(float) * L * 64), *ctx = malloc(sizeof(float) * T * 3584);
     float *out_c = malloc(sizeof(float) * L * 64), *out_g = malloc(sizeof(float) * L * 64);
@@ -401,6 +411,7 @@ static void one_full_size_block_at_1024_matches_cpu_float32(void) {
     CHECK(e <= 1e-2, "rel err %g", e);
     if (dc) qi_dit_free(dc);
     if (dg) qi_dit_free(dg);
+    qi_source_close(src);
     cpu->ops->destroy(cpu);
     gpu->ops->destroy(gpu);
     free(x), free(ctx), free(out_c), free(out_g);

@@ -11,6 +11,7 @@
 #include "backend/backend.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "io/source.h"
 #include "model/dit.h"
 #include "model/lora.h"
 #include "test.h"
@@ -20,6 +21,7 @@
 #define REF_LORA QI_REF_PUBLIC "/lora.safetensors"
 
 static qi_backend *be;
+static qi_source *src; /* the tiny transformer folder, open for the whole run */
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -61,7 +63,7 @@ static qi_dit *load_dit(int with_lora) {
         return NULL;
     }
     qi_dit *d = NULL;
-    qi_status st = qi_dit_load(TRANSFORMER_DIR, be, loras, &d, &err);
+    qi_status st = qi_dit_load(src, be, loras, &d, &err);
     qi_lora_set_free(loras); /* the dit keeps nothing of it */
     if (st != QI_OK) fprintf(stderr, "  %s\n", err.msg);
     return d;
@@ -325,9 +327,12 @@ static qi_status load_with_config_edit(const char *from, const char *to, qi_erro
     if (tmp_component_dir(dir, sizeof dir, "dit", edited, TRANSFORMER_DIR,
                           "diffusion_pytorch_model.safetensors") != 0)
         return qi_fail(err, QI_ERR_IO, "test: temp dir");
+    qi_source *s = NULL;
     qi_dit *d = NULL;
-    qi_status st = qi_dit_load(dir, be, NULL, &d, err);
+    qi_status st = qi_source_open_folder(dir, QI_COMPONENT_TRANSFORMER, &s, err);
+    if (st == QI_OK) st = qi_dit_load(s, be, NULL, &d, err);
     qi_dit_free(d);
+    qi_source_close(s);
     tmp_remove_tree(dir);
     return st;
 }
@@ -503,7 +508,8 @@ static void schedule_matches_per_step_forward(void) {
 
 int main(void) {
     qi_error err;
-    if (qi_backend_cpu_create(0, 0, &be, &err) != QI_OK) {
+    if (qi_backend_cpu_create(0, 0, &be, &err) != QI_OK ||
+        qi_source_open_folder(TRANSFORMER_DIR, QI_COMPONENT_TRANSFORMER, &src, &err) != QI_OK) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
@@ -520,6 +526,7 @@ int main(void) {
     RUN(missing_config_key_is_named);
     RUN(weights_disagreeing_with_config_are_named);
     RUN(full_size_flops_and_cpu_estimate);
+    qi_source_close(src);
     be->ops->destroy(be);
     TEST_END();
 }

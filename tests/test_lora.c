@@ -345,7 +345,10 @@ static void unknown_module_lists_keys_and_nearest_names(void) {
     qi_backend *be;
     qi_backend_cpu_create(0, 0, &be, &err);
     qi_dit *d = NULL;
-    st = qi_dit_load(TRANSFORMER_DIR, be, set, &d, &err);
+    qi_source *src = NULL;
+    st = qi_source_open_folder(TRANSFORMER_DIR, QI_COMPONENT_TRANSFORMER, &src, &err);
+    if (st == QI_OK) st = qi_dit_load(src, be, set, &d, &err);
+    qi_source_close(src);
     CHECK(st == QI_ERR_FORMAT && d == NULL && strstr(err.msg, "to_qq"), "dit load: %s", err.msg);
     be->ops->destroy(be);
     qi_lora_set_free(set);
@@ -371,7 +374,10 @@ static void shape_mismatch_names_both_shapes(void) {
     qi_backend *be;
     qi_backend_cpu_create(0, 0, &be, &err);
     qi_dit *d = NULL;
-    st = qi_dit_load(TRANSFORMER_DIR, be, set, &d, &err);
+    qi_source *src = NULL;
+    st = qi_source_open_folder(TRANSFORMER_DIR, QI_COMPONENT_TRANSFORMER, &src, &err);
+    if (st == QI_OK) st = qi_dit_load(src, be, set, &d, &err);
+    qi_source_close(src);
     CHECK(st == QI_ERR_FORMAT && !d && strstr(err.msg, "[64, 128]"), "dit load: %s", err.msg);
     be->ops->destroy(be);
     qi_lora_set_free(set);

@@ -78,6 +78,9 @@ static qi_backend *new_backend(void) {
  * GPU 0 (several ranks share the one GPU; only the communicator differs). */
 static qi_backend *(*make_backend)(void) = new_backend;
 
+/* The tiny transformer folder, open for the whole run (the ranks' loads share it). */
+static qi_source *g_src;
+
 static qi_dit *load_dit(qi_backend *be, int with_lora) {
     qi_error err;
     qi_lora_set *loras = NULL;
@@ -86,7 +89,7 @@ static qi_dit *load_dit(qi_backend *be, int with_lora) {
         return NULL;
     }
     qi_dit *d = NULL;
-    if (qi_dit_load(TRANSFORMER_DIR, be, loras, &d, &err) != QI_OK) fprintf(stderr, "  %s\n", err.msg);
+    if (qi_dit_load(g_src, be, loras, &d, &err) != QI_OK) fprintf(stderr, "  %s\n", err.msg);
     qi_lora_set_free(loras);
     return d;
 }
@@ -882,6 +885,11 @@ static void ulysses_loops_batch2_lightning4_lora(void) {
 }
 
 int main(void) {
+    qi_error err;
+    if (qi_source_open_folder(TRANSFORMER_DIR, QI_COMPONENT_TRANSFORMER, &g_src, &err) != QI_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
     RUN(shards_cover_the_image_once_and_differ_by_one_at_most);
     RUN(layouts_put_cond_and_uncond_on_separate_branches);
     RUN(local_comm_collectives_and_abort);
@@ -897,5 +905,6 @@ int main(void) {
     RUN(cfg_parallel_and_cfg_x_ulysses_loops_zh_cfg4_base);
     RUN(ulysses_loops_en_lightning8_lora);
     RUN(ulysses_loops_batch2_lightning4_lora);
+    qi_source_close(g_src);
     TEST_END();
 }

@@ -25,6 +25,16 @@
 
 static qi_backend *g_be;
 static qi_text_encoder *g_te;
+static qi_source *g_src; /* g_te's weights */
+
+/* Opens the folder as a source and loads its text encoder; *src stays open
+ * for *te (close it after qi_text_encoder_free). */
+static qi_status load_folder(const char *dir, qi_source **src, qi_text_encoder **te, qi_error *err) {
+    *te = NULL;
+    qi_status st = qi_source_open_folder(dir, QI_COMPONENT_TEXT_ENCODER, src, err);
+    if (st == QI_OK) st = qi_text_encoder_load(*src, g_be, te, err);
+    return st;
+}
 static char g_tmp[64]; /* scratch folder for written configs / checkpoints */
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -293,13 +303,15 @@ static void weight_shape_mismatch_names_the_tensor(void) {
     REQUIRE(made, "cannot make a text encoder folder with a wrong config");
 
     qi_text_encoder *te = NULL;
+    qi_source *src = NULL;
     qi_error err = {{0}};
-    qi_status st = qi_text_encoder_load(dir, g_be, &te, &err);
+    qi_status st = load_folder(dir, &src, &te, &err);
     CHECK(st == QI_ERR_FORMAT && te == NULL, "status %d", (int)st);
     CHECK(strstr(err.msg, "model.layers.0.mlp.gate_proj.weight") && strstr(err.msg, "256") &&
               strstr(err.msg, "128"),
           "message lacks tensor / shapes: %s", err.msg);
     printf("  \"%s\"\n", err.msg);
+    qi_source_close(src);
     tmp_remove_tree(dir);
 }
 
@@ -308,11 +320,13 @@ static void missing_weight_names_the_tensor(void) {
     char dir[256];
     tmp_path(dir, sizeof dir, "missing_tensor");
     qi_text_encoder *te = NULL;
+    qi_source *src = NULL;
     qi_error err = {{0}};
-    qi_status st = qi_text_encoder_load(dir, g_be, &te, &err);
+    qi_status st = load_folder(dir, &src, &te, &err);
     CHECK(st != QI_OK && te == NULL, "loaded without v_proj.bias");
     CHECK(strstr(err.msg, "model.language_model.layers.1.self_attn.v_proj.bias"),
           "message does not name the tensor: %s", err.msg);
+    qi_source_close(src);
 }
 
 /* ---- claims: numerics against diffusers --------------------------------------------- */
@@ -483,16 +497,21 @@ static void language_model_layout_gives_same_embeddings(void) {
     char dir[256];
     tmp_path(dir, sizeof dir, "new_layout");
     qi_text_encoder *te = NULL;
+    qi_source *src = NULL;
     qi_error err = {{0}};
-    qi_status st = qi_text_encoder_load(dir, g_be, &te, &err);
+    qi_status st = load_folder(dir, &src, &te, &err);
     CHECK(st == QI_OK, "%s", err.msg);
-    if (st != QI_OK) return;
+    if (st != QI_OK) {
+        qi_source_close(src);
+        return;
+    }
     int mask_ok;
     double secs;
     double rel = encode_case(te, "batch2_lightning4_lora", &mask_ok, &secs);
     printf("  model.language_model.* layout, batch2_lightning4_lora: rel L2 = %.3e\n", rel);
     CHECK(rel >= 0 && rel <= 1e-4 && mask_ok, "rel L2 %.3e mask %d", rel, mask_ok);
     qi_text_encoder_free(te);
+    qi_source_close(src);
 }
 
 /* ---- claims: bad input ----------------------------------------------------------------- */
@@ -541,7 +560,7 @@ int main(void) {
         return 1;
     }
     double t0 = qi_now_s();
-    if (qi_text_encoder_load(TE_DIR, g_be, &g_te, &err) != QI_OK) {
+    if (load_folder(TE_DIR, &g_src, &g_te, &err) != QI_OK) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
@@ -561,6 +580,7 @@ int main(void) {
     RUN(bad_tokens_are_argument_errors);
 
     qi_text_encoder_free(g_te);
+    qi_source_close(g_src);
     g_be->ops->destroy(g_be);
     tmp_remove_tree(g_tmp);
     TEST_END();

@@ -30,6 +30,16 @@
 
 static qi_backend *g_be;
 static qi_vae *g_vae;
+static qi_source *g_src; /* g_vae's weights */
+
+/* Opens the folder as a source and loads its VAE; *src stays open for *v
+ * (close it after qi_vae_free). */
+static qi_status load_folder(const char *dir, qi_source **src, qi_vae **v, qi_error *err) {
+    *v = NULL;
+    qi_status st = qi_source_open_folder(dir, QI_COMPONENT_VAE, src, err);
+    if (st == QI_OK) st = qi_vae_load(*src, g_be, v, err);
+    return st;
+}
 
 static const char *const CASES[] = {"zh_cfg4_base", "en_lightning8_lora", "batch2_lightning4_lora"};
 
@@ -391,8 +401,10 @@ static void expect_load_error(void (*edit)(cJSON *), const char *want1, const ch
     qi_vae *v = NULL;
     qi_error err = {{0}};
     CHECK(make_vae_dir(edit) == 0, "temp dir");
-    qi_status st = qi_vae_load(g_tmp, g_be, &v, &err);
+    qi_source *src = NULL;
+    qi_status st = load_folder(g_tmp, &src, &v, &err);
     CHECK(st != QI_OK && v == NULL, "load should fail");
+    qi_source_close(src);
     CHECK(strstr(err.msg, want1) && strstr(err.msg, want2), "message lacks '%s'/'%s': %s", want1,
           want2, err.msg);
     printf("  -> %s\n", err.msg);
@@ -415,7 +427,8 @@ static void test_temporal_list_length_is_checked(void) {
 static void test_missing_dir_is_an_error(void) {
     qi_vae *v = NULL;
     qi_error err;
-    CHECK(qi_vae_load("/nonexistent/vae", g_be, &v, &err) != QI_OK && !v, "load should fail");
+    qi_source *src = NULL;
+    CHECK(load_folder("/nonexistent/vae", &src, &v, &err) != QI_OK && !v && !src, "load should fail");
     CHECK(strstr(err.msg, "/nonexistent/vae") != NULL, "message: %s", err.msg);
 }
 
@@ -452,7 +465,7 @@ static void bench_decode_1024(void) {
 
 int main(void) {
     qi_error err;
-    if (qi_backend_cpu_create(0, 0, &g_be, &err) || qi_vae_load(VAE_DIR, g_be, &g_vae, &err)) {
+    if (qi_backend_cpu_create(0, 0, &g_be, &err) || load_folder(VAE_DIR, &g_src, &g_vae, &err)) {
         fprintf(stderr, "setup: %s\n", err.msg);
         return 1;
     }
@@ -472,6 +485,7 @@ int main(void) {
     RUN(test_missing_dir_is_an_error);
     RUN(bench_decode_1024);
     qi_vae_free(g_vae);
+    qi_source_close(g_src);
     g_be->ops->destroy(g_be);
     TEST_END();
 }

@@ -12,8 +12,9 @@
  *     vae/config.json               + diffusion_pytorch_model.safetensors
  *
  * qi_model_dir_open checks that this layout is there and fills in the paths;
- * it does not read weights (qi_st_set_open_dir does) nor interpret configs
- * (each model file reads its own with the getters below).
+ * it does not read weights (a weight source for each component folder does,
+ * io/source.h) nor interpret configs (each model file reads its own with the
+ * getters below).
  *
  * The JSON getters never default silently: a missing key or a wrong type is
  * an error naming the file and the key. Keys that the format makes optional

@@ -42,7 +42,7 @@
 #include <stdlib.h>
 
 #include "io/model_dir.h"
-#include "io/safetensors.h"
+#include "io/source.h"
 #include "parallel/ulysses.h"
 
 #define DIT_EPS 1e-6f            /* every LayerNorm / RMSNorm (spec §1.1) */
@@ -88,7 +88,7 @@ typedef struct rope_entry {
 struct qi_dit {
     qi_dit_config cfg;
     qi_backend *be;
-    qi_st_set *st;               /* mapped weights; CPU weights point into it */
+    const qi_source *src;        /* the caller's; CPU weights point into its mapping */
 
     dit_linear img_in;           /* [D, in_channels] */
     qi_tensor txt_norm;          /* RMSNorm of the text embeddings [joint_dim] */
@@ -111,15 +111,31 @@ const qi_dit_config *qi_dit_get_config(const qi_dit *d) { return &d->cfg; }
 
 /* ---- config ------------------------------------------------------------------ */
 
-static qi_status read_config(const char *dir, qi_dit_config *c, qi_error *err) {
-    char path[QI_PATH_MAX];
-    if (qi_path_join(path, sizeof path, dir, "config.json") != 0)
-        return qi_fail(err, QI_ERR_ARG, "transformer directory path too long: %s", dir);
-    cJSON *j;
-    qi_status st = qi_json_load(path, &j, err);
-    if (st != QI_OK) return st;
+/* Checks a config however it was found; `path` names its origin in errors. */
+static qi_status check_config(qi_dit_config *c, const char *path, int n_axes, qi_error *err) {
+    if (c->num_layers < 1 || c->num_heads < 1 || c->head_dim < 2 || c->head_dim % 2 ||
+        c->joint_dim < 1 || c->in_channels < 1 || c->out_channels < 1 || c->patch_size < 1)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: num_layers, num_attention_heads, joint_attention_dim, in_channels, "
+                       "out_channels, patch_size must be positive and attention_head_dim even",
+                       path);
+    if (n_axes != 3 || c->axes_dims_rope[0] % 2 || c->axes_dims_rope[1] % 2 ||
+        c->axes_dims_rope[2] % 2 || c->axes_dims_rope[0] < 0 || c->axes_dims_rope[1] < 0 ||
+        c->axes_dims_rope[2] < 0 ||
+        c->axes_dims_rope[0] + c->axes_dims_rope[1] + c->axes_dims_rope[2] != c->head_dim)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: axes_dims_rope must be 3 even numbers summing to attention_head_dim "
+                       "(%d)", path, c->head_dim);
+    c->inner_dim = c->num_heads * c->head_dim;
+    c->mlp_dim = 4 * c->inner_dim;
+    return QI_OK;
+}
+
+/* A diffusers config.json (spec denoiser.md §1). */
+static qi_status config_from_json(const cJSON *j, const char *path, qi_dit_config *c, qi_error *err) {
     memset(c, 0, sizeof *c);
     int n_axes = 0;
+    qi_status st = QI_OK;
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "_class_name");
     if (cJSON_IsString(cls) && strcmp(cls->valuestring, "QwenImageTransformer2DModel") != 0)
         st = qi_fail(err, QI_ERR_UNSUPPORTED,
@@ -147,25 +163,83 @@ static qi_status read_config(const char *dir, qi_dit_config *c, qi_error *err) {
                          "%s: %s is true; that Qwen-Image variant is not supported (only the "
                          "text-to-image transformer, with %s false)", path, variants[i], variants[i]);
     }
-    cJSON_Delete(j);
     if (st != QI_OK) return st;
+    return check_config(c, path, n_axes, err);
+}
 
-    if (c->num_layers < 1 || c->num_heads < 1 || c->head_dim < 2 || c->head_dim % 2 ||
-        c->joint_dim < 1 || c->in_channels < 1 || c->out_channels < 1 || c->patch_size < 1)
+/* dims[0..n) of a tensor the derivation needs; the error says why it is needed. */
+static qi_status shape_of(const qi_source *src, const char *name, int ndim, int64_t *dims,
+                          qi_error *err) {
+    qi_source_tensor t;
+    if (!qi_source_find(src, name, &t) || t.ndim != ndim)
         return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: num_layers, num_attention_heads, joint_attention_dim, in_channels, "
-                       "out_channels, patch_size must be positive and attention_head_dim even",
-                       path);
-    if (n_axes != 3 || c->axes_dims_rope[0] % 2 || c->axes_dims_rope[1] % 2 ||
-        c->axes_dims_rope[2] % 2 || c->axes_dims_rope[0] < 0 || c->axes_dims_rope[1] < 0 ||
-        c->axes_dims_rope[2] < 0 ||
-        c->axes_dims_rope[0] + c->axes_dims_rope[1] + c->axes_dims_rope[2] != c->head_dim)
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: axes_dims_rope must be 3 even numbers summing to attention_head_dim "
-                       "(%d)", path, c->head_dim);
-    c->inner_dim = c->num_heads * c->head_dim;
-    c->mlp_dim = 4 * c->inner_dim;
+                       "%s: no config.json, and no %d-D tensor '%s' to derive the transformer's "
+                       "configuration from", qi_source_path(src), ndim, name);
+    for (int i = 0; i < ndim; i++) dims[i] = t.shape[i];
     return QI_OK;
+}
+
+/* 1 + the largest N of a `transformer_blocks.N.` name; 0 if none. */
+static int count_blocks(const qi_source *src) {
+    static const char stem[] = "transformer_blocks.";
+    int n = 0;
+    for (int i = 0; i < qi_source_tensor_count(src); i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(src, i, &t);
+        if (strncmp(t.name, stem, sizeof stem - 1) != 0) continue;
+        char *end;
+        long b = strtol(t.name + sizeof stem - 1, &end, 10);
+        if (*end == '.' && b >= 0 && b < 100000 && b + 1 > n) n = (int)b + 1;
+    }
+    return n;
+}
+
+/* The configuration from tensor shapes alone (a single file, a GGUF): the
+ * only hyperparameters are these (spec denoiser.md §1); the RoPE axes are
+ * not in any shape, so only the released model's head_dim has known ones.
+ * Variant models show up as tensors this config does not explain and are
+ * refused by the "no extra tensors" check. */
+static qi_status config_from_shapes(const qi_source *src, qi_dit_config *c, qi_error *err) {
+    memset(c, 0, sizeof *c);
+    const char *path = qi_source_path(src);
+    int64_t img_in[2] = {0}, txt_in[2] = {0}, proj_out[2] = {0}, norm_q[1] = {0};
+    qi_status st = shape_of(src, "img_in.weight", 2, img_in, err);
+    if (st == QI_OK) st = shape_of(src, "txt_in.weight", 2, txt_in, err);
+    if (st == QI_OK) st = shape_of(src, "proj_out.weight", 2, proj_out, err);
+    if (st == QI_OK) st = shape_of(src, "transformer_blocks.0.attn.norm_q.weight", 1, norm_q, err);
+    if (st != QI_OK) return st;
+    int64_t inner = img_in[0], head_dim = norm_q[0];
+    c->patch_size = 2;
+    int64_t p2 = (int64_t)c->patch_size * c->patch_size;
+    if (head_dim < 2 || inner % head_dim || proj_out[0] % p2 || inner > INT32_MAX ||
+        txt_in[1] > INT32_MAX || img_in[1] > INT32_MAX)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: tensor shapes do not make a Qwen-Image transformer: img_in.weight has "
+                       "%lld rows, attn.norm_q.weight %lld elements, proj_out.weight %lld rows "
+                       "(need a multiple of the head size and of patch² = 4)",
+                       path, (long long)inner, (long long)head_dim, (long long)proj_out[0]);
+    c->num_layers = count_blocks(src);
+    c->head_dim = (int)head_dim;
+    c->num_heads = (int)(inner / head_dim);
+    c->joint_dim = (int)txt_in[1];
+    c->in_channels = (int)img_in[1];
+    c->out_channels = (int)(proj_out[0] / p2);
+    if (c->head_dim != 128)
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: no config.json, and the RoPE axes of a transformer with head size %d "
+                       "cannot be derived from its shapes (only Qwen-Image's 128 = 16 + 56 + 56 is "
+                       "known); give its diffusers config.json with the file",
+                       path, c->head_dim);
+    c->axes_dims_rope[0] = 16;
+    c->axes_dims_rope[1] = 56;
+    c->axes_dims_rope[2] = 56;
+    return check_config(c, path, 3, err);
+}
+
+qi_status qi_dit_read_config(const qi_source *src, qi_dit_config *out, qi_error *err) {
+    const char *path;
+    const cJSON *j = qi_source_config(src, &path);
+    return j ? config_from_json(j, path, out, err) : config_from_shapes(src, out, err);
 }
 
 /* ---- weights ------------------------------------------------------------------- */
@@ -246,20 +320,20 @@ static void build_specs(qi_dit *d, spec_list *l) {
  * weight stays float32; rounding it to bf16 already costs ~7e-4). */
 static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_binding *lora,
                              qi_error *err) {
-    const qi_st_tensor *t;
-    qi_status st = qi_st_get(d->st, s->name, s->ndim, s->shape, &t, err);
+    qi_source_tensor t;
+    qi_status st = qi_source_get(d->src, s->name, s->ndim, s->shape, &t, err);
     if (st != QI_OK) return st;
     if (!qi_lora_binding_targets(lora, s->name))
-        return d->be->ops->weight(d->be, s->dst, t->dtype, s->ndim, s->shape, t->data, err);
+        return d->be->ops->weight(d->be, s->dst, t.dtype, s->ndim, s->shape, t.data, err);
 
     size_t n = (size_t)(s->shape[0] * s->shape[1]);
     float *w = malloc(n * sizeof *w);
     if (!w)
         return qi_fail(err, QI_ERR_NOMEM, "transformer: no memory for the float32 LoRA-fused %s",
                        s->name);
-    if (qi_to_f32(w, t->data, t->dtype, n) != 0)
+    if (qi_to_f32(w, t.data, t.dtype, n) != 0)
         st = qi_fail(err, QI_ERR_UNSUPPORTED, "transformer: cannot fuse a LoRA into %s weight %s",
-                     qi_dtype_name(t->dtype), s->name);
+                     qi_dtype_name(t.dtype), s->name);
     if (st == QI_OK) st = qi_lora_binding_fuse(lora, s->name, w, s->shape[0], s->shape[1], err);
     if (st == QI_OK) st = d->be->ops->weight(d->be, s->dst, QI_F32, 2, s->shape, w, err);
     if (st == QI_OK && s->dst->data == (void *)w) { /* zero-copy backend: keep the buffer */
@@ -276,15 +350,18 @@ static int cmp_str(const void *a, const void *b) {
 
 /* The checkpoint must hold nothing the config does not explain (e.g. more
  * blocks than num_layers, or a variant's extra tensors). */
-static qi_status check_no_extra_tensors(const qi_dit *d, const char *dir, qi_error *err) {
+static qi_status check_no_extra_tensors(const qi_dit *d, qi_error *err) {
     const char **names = malloc((size_t)d->n_specs * sizeof *names);
     if (!names) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
     for (int i = 0; i < d->n_specs; i++) names[i] = d->specs[i].name;
     qsort(names, (size_t)d->n_specs, sizeof *names, cmp_str);
     int extra = 0;
     const char *first = NULL;
-    for (int i = 0; i < d->st->n_tensors; i++) {
-        const char *key = d->st->index[i]->name;
+    int n_tensors = qi_source_tensor_count(d->src);
+    for (int i = 0; i < n_tensors; i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(d->src, i, &t);
+        const char *key = t.name;
         if (!bsearch(&key, names, (size_t)d->n_specs, sizeof *names, cmp_str)) {
             if (!first) first = key;
             extra++;
@@ -293,22 +370,22 @@ static qi_status check_no_extra_tensors(const qi_dit *d, const char *dir, qi_err
     free(names);
     if (extra)
         return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: %d weight tensor(s) that config.json does not account for (first: '%s'); "
-                       "the config (num_layers=%d) and the weights disagree", dir, extra, first,
-                       d->cfg.num_layers);
+                       "%s: %d weight tensor(s) that %s does not account for (first: '%s'); "
+                       "the config (num_layers=%d) and the weights disagree", qi_source_path(d->src),
+                       extra, qi_source_config(d->src, NULL) ? "config.json" : "the derived config",
+                       first, d->cfg.num_layers);
     return QI_OK;
 }
 
-qi_status qi_dit_load(const char *transformer_dir, qi_backend *be, const qi_lora_set *loras,
-                      qi_dit **out, qi_error *err) {
+qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_dit **out,
+                      qi_error *err) {
     *out = NULL;
-    if (!transformer_dir || !be)
-        return qi_fail(err, QI_ERR_ARG, "qi_dit_load: transformer_dir and backend are required");
+    if (!src || !be) return qi_fail(err, QI_ERR_ARG, "qi_dit_load: a source and a backend are required");
     qi_dit *d = calloc(1, sizeof *d);
     if (!d) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
     d->be = be;
-    qi_status st = read_config(transformer_dir, &d->cfg, err);
-    if (st == QI_OK) st = qi_st_set_open_dir(transformer_dir, "diffusion_pytorch_model", &d->st, err);
+    d->src = src;
+    qi_status st = qi_dit_read_config(src, &d->cfg, err);
     if (st != QI_OK) {
         qi_dit_free(d);
         return st;
@@ -337,7 +414,7 @@ qi_status qi_dit_load(const char *transformer_dir, qi_backend *be, const qi_lora
         if (st == QI_OK) st = qi_lora_bind(loras, names, n, &lora, err);
         free(names);
     }
-    if (st == QI_OK) st = check_no_extra_tensors(d, transformer_dir, err);
+    if (st == QI_OK) st = check_no_extra_tensors(d, err);
     int loaded = 0;
     for (; st == QI_OK && loaded < d->n_specs; loaded++)
         st = load_weight(d, &d->specs[loaded], lora, err);
@@ -366,7 +443,6 @@ void qi_dit_free(qi_dit *d) {
     free(d->fused);
     free(d->specs);
     free(d->blocks);
-    qi_st_set_close(d->st);
     free(d);
 }
 

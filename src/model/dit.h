@@ -1,12 +1,17 @@
 /*
- * dit.h — the Qwen-Image MMDiT (QwenImageTransformer2DModel): loading a
- * diffusers `transformer/` folder (any size; LoRAs fused at load) and one
+ * dit.h — the Qwen-Image MMDiT (QwenImageTransformer2DModel): loading it
+ * from a weight source (io/source.h: a diffusers `transformer/` folder, a
+ * ComfyUI single file, a GGUF; any size; LoRAs fused at load) and one
  * forward call, i.e. one velocity prediction for packed latents.
  *
+ *     qi_source *src;
  *     qi_dit *dit;
- *     if (qi_dit_load("/models/Qwen-Image/transformer", be, loras, &dit, &err) != QI_OK) ...
+ *     if (qi_source_open("/models/Qwen-Image/transformer", QI_COMPONENT_TRANSFORMER, &src,
+ *                        &err) != QI_OK) ...
+ *     if (qi_dit_load(src, be, loras, &dit, &err) != QI_OK) ...
  *     qi_dit_forward(dit, x, ctx, ctx_mask, t, h / 16, w / 16, out, &err);
  *     qi_dit_free(dit);
+ *     qi_source_close(src);
  *
  * Spec: shared/docs/spec/denoiser.md §1 (forward), §4 (LoRA), §6 (traps).
  * Every computation goes through the backend's op table, so the same code
@@ -17,6 +22,7 @@
 #define QI_DIT_H
 
 #include "backend/backend.h"
+#include "io/source.h"
 #include "model/lora.h"
 #include "parallel/comm.h"
 
@@ -35,14 +41,25 @@ typedef struct qi_dit_config {
     int axes_dims_rope[3];  /* frame, height, width dims of each head (16, 56, 56); sum = head_dim */
 } qi_dit_config;
 
-/* Loads transformer_dir/config.json and its weights (diffusion_pytorch_model
- * .safetensors or a sharded index). Every tensor is checked against the
- * config; variant models (guidance_embeds, zero_cond_t, use_additional_t_cond,
- * use_layer3d_rope) are QI_ERR_UNSUPPORTED. loras (may be NULL) are bound to
- * the Linear weights and fused in float32; the set may be freed after the
- * call. The weight files stay mapped until qi_dit_free. */
-qi_status qi_dit_load(const char *transformer_dir, qi_backend *be, const qi_lora_set *loras,
-                      qi_dit **out, qi_error *err);
+/* The configuration of the transformer `src` holds: its config.json where
+ * it has one (every key checked; variant switches guidance_embeds,
+ * zero_cond_t, use_additional_t_cond, use_layer3d_rope true are
+ * QI_ERR_UNSUPPORTED), else derived from tensor shapes: layers from the
+ * block indices, inner width from img_in, head_dim from
+ * attn.norm_q.weight, heads = inner / head_dim, text width from txt_in,
+ * in_channels from img_in, out_channels from proj_out rows / patch², patch
+ * 2, and the RoPE axes (16, 56, 56), which only a head_dim of 128 has
+ * (another head_dim without a config is QI_ERR_UNSUPPORTED). */
+qi_status qi_dit_read_config(const qi_source *src, qi_dit_config *out, qi_error *err);
+
+/* Loads the transformer of `src` (a QI_COMPONENT_TRANSFORMER source): its
+ * configuration (qi_dit_read_config), then every tensor, checked against it;
+ * a tensor the config does not explain is an error. loras (may be NULL) are
+ * bound to the Linear weights and fused in float32; the set may be freed
+ * after the call. The source must stay open until qi_dit_free (CPU weights
+ * point into its mapping); it may feed several loads at once. */
+qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_dit **out,
+                      qi_error *err);
 void qi_dit_free(qi_dit *d);
 const qi_dit_config *qi_dit_get_config(const qi_dit *d);
 

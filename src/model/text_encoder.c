@@ -2,7 +2,8 @@
  * text_encoder.c — Qwen2.5-VL-7B's language model, text only, and the
  * extraction of Qwen-Image's prompt embeddings from its last hidden state.
  *
- * Owns: reading text_encoder/config.json, binding the language-model weights
+ * Owns: reading text_encoder/config.json (from the source), binding the
+ * language-model weights of a weight source (io/source.h)
  * (both on-disk name layouts) into typed structs, the forward pass written
  * against the backend op table, and the drop / unpad / re-pad step of
  * diffusers' _get_qwen_prompt_embeds + encode_prompt.
@@ -26,7 +27,7 @@
 #include <stdlib.h>
 
 #include "io/model_dir.h"
-#include "io/safetensors.h"
+#include "io/source.h"
 
 /* ---- config ---------------------------------------------------------------- */
 
@@ -193,7 +194,7 @@ typedef struct te_layer {
 struct qi_text_encoder {
     qi_text_encoder_config cfg;
     qi_backend *be;
-    qi_st_set *files;     /* kept open: CPU weights point into the mapping */
+    const qi_source *src; /* the caller's: CPU weights point into its mapping */
     qi_tensor embed;      /* [V, D] */
     te_layer *layers;     /* [num_layers] */
     qi_tensor final_norm; /* [D] */
@@ -203,12 +204,12 @@ struct qi_text_encoder {
 static const char *const name_prefixes[] = {"model.", "model.language_model."};
 
 /* Which prefix this checkpoint uses, found by its embedding table. */
-static qi_status find_name_prefix(const qi_st_set *files, const char *dir, const char **prefix,
-                                  qi_error *err) {
+static qi_status find_name_prefix(const qi_source *src, const char **prefix, qi_error *err) {
     for (size_t i = 0; i < QI_ARRAY_LEN(name_prefixes); i++) {
         char name[128];
         snprintf(name, sizeof name, "%sembed_tokens.weight", name_prefixes[i]);
-        if (qi_st_find(files, name)) {
+        qi_source_tensor t;
+        if (qi_source_find(src, name, &t)) {
             *prefix = name_prefixes[i];
             return QI_OK;
         }
@@ -216,7 +217,7 @@ static qi_status find_name_prefix(const qi_st_set *files, const char *dir, const
     return qi_fail(err, QI_ERR_FORMAT,
                    "%s: no text encoder embedding table: expected 'model.embed_tokens.weight' or "
                    "'model.language_model.embed_tokens.weight' (is this a Qwen2.5-VL text encoder?)",
-                   dir);
+                   qi_source_path(src));
 }
 
 /* Looks `prefix + name` up, checks its shape and hands it to the backend. */
@@ -225,10 +226,10 @@ static qi_status bind(qi_text_encoder *te, const char *prefix, const char *name,
     char full[192];
     snprintf(full, sizeof full, "%s%s", prefix, name);
     int64_t shape[2] = {d0, d1};
-    const qi_st_tensor *t;
-    qi_status st = qi_st_get(te->files, full, ndim, shape, &t, err);
+    qi_source_tensor t;
+    qi_status st = qi_source_get(te->src, full, ndim, shape, &t, err);
     if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder");
-    st = te->be->ops->weight(te->be, w, t->dtype, t->ndim, t->shape, t->data, err);
+    st = te->be->ops->weight(te->be, w, t.dtype, t.ndim, t.shape, t.data, err);
     if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder weight '%s'", full);
     return QI_OK;
 }
@@ -284,26 +285,34 @@ void qi_text_encoder_free(qi_text_encoder *te) {
         }
     }
     free(te->layers);
-    qi_st_set_close(te->files);
     free(te);
 }
 
-qi_status qi_text_encoder_load(const char *text_encoder_dir, qi_backend *be, qi_text_encoder **out,
+/* The source's config.json; a source without one (a single file) cannot be
+ * configured yet: the architecture's widths are not all in its shapes. */
+static qi_status config_of_source(const qi_source *src, qi_text_encoder_config *c, qi_error *err) {
+    memset(c, 0, sizeof *c);
+    const char *path;
+    const cJSON *root = qi_source_config(src, &path);
+    if (!root)
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: a text encoder without a config.json is not supported yet; use a "
+                       "diffusers text_encoder folder (or give its config.json with the file)",
+                       qi_source_path(src));
+    return parse_config(root, path, c, err);
+}
+
+qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_encoder **out,
                                qi_error *err) {
     *out = NULL;
-    if (!text_encoder_dir || !be)
-        return qi_fail(err, QI_ERR_ARG, "text encoder: no directory or backend given");
-    char config_path[QI_PATH_MAX];
-    if (qi_path_join(config_path, sizeof config_path, text_encoder_dir, "config.json") != 0)
-        return qi_fail(err, QI_ERR_ARG, "%s: path too long", text_encoder_dir);
-
+    if (!src || !be) return qi_fail(err, QI_ERR_ARG, "text encoder: no source or backend given");
     qi_text_encoder *te = calloc(1, sizeof *te);
     if (!te) return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
     te->be = be;
-    qi_status st = qi_text_encoder_read_config(config_path, &te->cfg, err);
-    if (st == QI_OK) st = qi_st_set_open_dir(text_encoder_dir, "model", &te->files, err);
+    te->src = src;
+    qi_status st = config_of_source(src, &te->cfg, err);
     const char *prefix = NULL;
-    if (st == QI_OK) st = find_name_prefix(te->files, text_encoder_dir, &prefix, err);
+    if (st == QI_OK) st = find_name_prefix(src, &prefix, err);
     if (st == QI_OK) {
         te->layers = calloc((size_t)te->cfg.num_layers, sizeof *te->layers);
         if (!te->layers) st = qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");

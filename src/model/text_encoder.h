@@ -2,14 +2,17 @@
  * text_encoder.h — the Qwen2.5-VL-7B language model (text only) that turns
  * tokenised prompts into Qwen-Image's prompt embeddings.
  *
+ *     qi_source *src;   // io/source.h
  *     qi_text_encoder *te;
- *     if (qi_text_encoder_load("<model>/text_encoder", be, &te, &err) != QI_OK) ...
+ *     if (qi_source_open("<model>/text_encoder", QI_COMPONENT_TEXT_ENCODER, &src, &err)) ...
+ *     if (qi_text_encoder_load(src, be, &te, &err) != QI_OK) ...
  *     // ids, mask [B, S] as qi_prompt_tokenize gives them (template included)
  *     float *embeds; int32_t *embeds_mask; int L;
  *     qi_text_encoder_encode(te, ids, mask, B, S, 512, &embeds, &embeds_mask, &L, &err);
  *     ... embeds [B, L, dim], embeds_mask [B, L] ...
  *     free(embeds); free(embeds_mask);
  *     qi_text_encoder_free(te);
+ *     qi_source_close(src);
  *
  * What encode computes (spec text-and-noise.md §2.2 and §3): the hidden
  * states after the final RMSNorm (diffusers' `hidden_states[-1]`), then per
@@ -25,6 +28,7 @@
 
 #include "backend/backend.h"
 #include "base/base.h"
+#include "io/source.h"
 #include "model/prompt.h" /* QI_PROMPT_DROP_IDX (34), the max_sequence_length limit */
 
 /* The language-model part of text_encoder/config.json (nested under
@@ -49,13 +53,15 @@ qi_status qi_text_encoder_read_config(const char *config_path, qi_text_encoder_c
 
 typedef struct qi_text_encoder qi_text_encoder;
 
-/* Loads `text_encoder_dir` (config.json + model*.safetensors, sharded or
- * not). Accepts both weight layouts: `model.layers.N.*` (as Qwen-Image ships)
- * and `model.language_model.layers.N.*` (newer transformers). Every tensor's
+/* Loads the text encoder of `src` (a QI_COMPONENT_TEXT_ENCODER source, e.g.
+ * a diffusers text_encoder folder: config.json + model*.safetensors, sharded
+ * or not; a source without a config.json is QI_ERR_UNSUPPORTED for now).
+ * Accepts both weight layouts: `model.layers.N.*` (as Qwen-Image ships) and
+ * `model.language_model.layers.N.*` (newer transformers). Every tensor's
  * shape is checked against the config. Weights are handed to `be`
- * (zero-copy on the CPU: the files stay mapped until qi_text_encoder_free);
+ * (zero-copy on the CPU: `src` must stay open until qi_text_encoder_free);
  * `be` must outlive the encoder. */
-qi_status qi_text_encoder_load(const char *text_encoder_dir, qi_backend *be, qi_text_encoder **out,
+qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_encoder **out,
                                qi_error *err);
 void qi_text_encoder_free(qi_text_encoder *te);
 

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 
 #include "io/model_dir.h"
-#include "io/safetensors.h"
+#include "io/source.h"
 
 #define VAE_MAX_LEVELS 8
 /* Working-set cap of one band of the nearest-2× upsample + 3×3 conv step and
@@ -63,7 +63,7 @@ typedef struct vae_level {
 
 struct qi_vae {
     qi_backend *be;
-    qi_st_set *file; /* kept open: the CPU backend's weights point into it */
+    const qi_source *src; /* the caller's: the CPU backend's weights point into its mapping */
 
     /* config.json */
     int base_dim, z_dim, num_res_blocks;
@@ -100,10 +100,8 @@ int qi_vae_scale_factor(const qi_vae *v) { return v->scale; }
 
 /* ---- config ---------------------------------------------------------------- */
 
-static qi_status read_config(qi_vae *v, const char *path, qi_error *err) {
-    cJSON *cfg;
-    qi_status st = qi_json_load(path, &cfg, err);
-    if (st) return st;
+static qi_status read_config(qi_vae *v, const cJSON *cfg, const char *path, qi_error *err) {
+    qi_status st;
     double mean[64], std[64];
     int n_mean = 0, n_std = 0, input_channels = 3;
     if ((st = qi_json_get_int(cfg, "base_dim", path, &v->base_dim, err)) ||
@@ -195,7 +193,6 @@ static qi_status read_config(qi_vae *v, const char *path, qi_error *err) {
     for (int i = 0; i < L; i++) v->dims[i + 1] = v->base_dim * v->dim_mult[L - 1 - i];
     v->scale = 1 << (L - 1);
 done:
-    cJSON_Delete(cfg);
     return st;
 }
 
@@ -225,10 +222,10 @@ static qi_status bind_host(qi_vae *v, qi_tensor *w, qi_dtype dt, int ndim, const
  * (same element count: trailing unit dims dropped, 1×1 convs as matrices). */
 static qi_status bind(qi_vae *v, const char *name, int file_ndim, const int64_t *file_shape,
                       qi_tensor *w, int ndim, const int64_t *bind_ne, qi_error *err) {
-    const qi_st_tensor *t;
-    qi_status st = qi_st_get(v->file, name, file_ndim, file_shape, &t, err);
+    qi_source_tensor t;
+    qi_status st = qi_source_get(v->src, name, file_ndim, file_shape, &t, err);
     if (st) return st;
-    return bind_host(v, w, t->dtype, ndim, bind_ne, t->data, name, err);
+    return bind_host(v, w, t.dtype, ndim, bind_ne, t.data, name, err);
 }
 
 static qi_status bind_vector(qi_vae *v, const char *name, int64_t n, qi_tensor *w, qi_error *err) {
@@ -252,9 +249,12 @@ static qi_status bind_causal_conv3(qi_vae *v, const char *prefix, int64_t co, in
     char name[256];
     snprintf(name, sizeof name, "%s.weight", prefix);
     int64_t shape[5] = {co, ci, 3, 3, 3};
-    const qi_st_tensor *t;
-    qi_status st = qi_st_get(v->file, name, 5, shape, &t, err);
+    qi_source_tensor found, *t = &found;
+    qi_status st = qi_source_get(v->src, name, 5, shape, t, err);
     if (st) return st;
+    if (t->dtype >= QI_Q4_0) /* blocks of 32/256 elements: no per-element slicing */
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "vae tensor %s: block-quantised %s is not supported",
+                       name, qi_dtype_name(t->dtype));
     /* keep half-width types as they are (the backend converts), widen the rest */
     qi_dtype dt = (t->dtype == QI_F32 || t->dtype == QI_BF16 || t->dtype == QI_F16) ? t->dtype : QI_F32;
     size_t in_es = qi_dtype_size(t->dtype), out_es = qi_dtype_size(dt);
@@ -385,22 +385,26 @@ qi_vae_tiling qi_vae_tiling_default(void) {
                            .max_untiled_bytes = (size_t)4 << 30};
 }
 
-qi_status qi_vae_load(const char *vae_dir, qi_backend *be, qi_vae **out, qi_error *err) {
+qi_status qi_vae_load(const qi_source *src, qi_backend *be, qi_vae **out, qi_error *err) {
     *out = NULL;
-    if (!vae_dir || !be) return qi_fail(err, QI_ERR_ARG, "qi_vae_load: NULL argument");
+    if (!src || !be) return qi_fail(err, QI_ERR_ARG, "qi_vae_load: NULL argument");
     qi_vae *v = calloc(1, sizeof *v);
     if (!v) return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory");
     v->be = be;
     v->tiling = qi_vae_tiling_default();
     v->band_bytes = VAE_DEFAULT_BAND_BYTES;
-    char path[4096];
+    v->src = src;
     qi_status st;
-    if (qi_path_join(path, sizeof path, vae_dir, "config.json")) {
-        st = qi_fail(err, QI_ERR_ARG, "vae directory path too long: %s", vae_dir);
+    const char *path;
+    const cJSON *cfg = qi_source_config(src, &path);
+    if (!cfg) {
+        /* the Wan-named ComfyUI VAE file comes with the next formats */
+        st = qi_fail(err, QI_ERR_UNSUPPORTED,
+                     "%s: a VAE without a config.json is not supported yet; use a diffusers vae "
+                     "folder (or give its config.json with the file)", qi_source_path(src));
         goto fail;
     }
-    if ((st = read_config(v, path, err))) goto fail;
-    if ((st = qi_st_set_open_dir(vae_dir, "diffusion_pytorch_model", &v->file, err))) goto fail;
+    if ((st = read_config(v, cfg, path, err))) goto fail;
     if ((st = bind_decoder(v, err))) goto fail; /* errors name the file and the tensor */
     *out = v;
     return QI_OK;
@@ -418,7 +422,6 @@ void qi_vae_free(qi_vae *v) {
     free(v->owned);
     free(v->latents_mean);
     free(v->latents_std);
-    if (v->file) qi_st_set_close(v->file);
     free(v);
 }
 

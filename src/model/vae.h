@@ -2,14 +2,17 @@
  * vae.h — the Qwen-Image VAE decoder (AutoencoderKLQwenImage, a Wan-2.1-style
  * causal 3-D VAE) run on one image: latent [16, h, w] → RGB [3, 8h, 8w].
  *
+ *     qi_source *src;   // io/source.h
  *     qi_vae *vae;
- *     if (qi_vae_load("<model>/vae", be, &vae, &err) != QI_OK) ...
+ *     if (qi_source_open("<model>/vae", QI_COMPONENT_VAE, &src, &err) != QI_OK) ...
+ *     if (qi_vae_load(src, be, &vae, &err) != QI_OK) ...
  *     // vae_in: [16, 1, h, w] float32, already de-normalised (spec denoiser.md §3.6:
  *     //         z / float32(1/std) + mean with qi_vae_latents_mean/std)
  *     float *rgb = malloc(sizeof(float) * 3 * 8 * h * 8 * w);
  *     qi_vae_decode(vae, vae_in, h, w, rgb, &err);   // rgb [3, 8h, 8w], [-1, 1]
  *     qi_rgb_to_u8(rgb, 8 * h, 8 * w, pixels);        // io/image.h
  *     qi_vae_free(vae);
+ *     qi_source_close(src);
  *
  * What decode computes (spec vae-and-formats.md A.3–A.5): for one frame every
  * 3×3×3 causal conv is a 2-D 3×3 conv with the LAST temporal slice of its
@@ -32,17 +35,20 @@
 
 #include "backend/backend.h"
 #include "base/base.h"
+#include "io/source.h"
 
 typedef struct qi_vae qi_vae;
 
-/* Reads `vae_dir/config.json` (base_dim, z_dim, dim_mult, num_res_blocks,
- * attn_scales, temperal_downsample, latents_mean, latents_std are required;
+/* Reads the config.json of `src` (a QI_COMPONENT_VAE source, e.g. a
+ * diffusers vae folder; one without a config is QI_ERR_UNSUPPORTED for now:
+ * base_dim, z_dim, dim_mult, num_res_blocks, attn_scales,
+ * temperal_downsample, latents_mean, latents_std are required;
  * input_channels may be absent and must be 3) and binds every decoder weight
- * of `vae_dir/diffusion_pytorch_model.safetensors` with its shape checked.
- * The 3×3×3 causal conv weights are reduced to their last temporal slice at
- * load (kept in the file's dtype), so the decoder holds about a third of its
- * file size. `be` must outlive the vae. */
-qi_status qi_vae_load(const char *vae_dir, qi_backend *be, qi_vae **out, qi_error *err);
+ * of the source with its shape checked. The 3×3×3 causal conv weights are
+ * reduced to their last temporal slice at load (kept in the file's dtype),
+ * so the decoder holds about a third of its file size. `be` must outlive the
+ * vae, `src` must stay open until qi_vae_free (CPU weights point into it). */
+qi_status qi_vae_load(const qi_source *src, qi_backend *be, qi_vae **out, qi_error *err);
 void qi_vae_free(qi_vae *v);
 
 /* The latent statistics of the config, z_dim values each (16 for Qwen-Image). */

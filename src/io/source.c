@@ -1,0 +1,186 @@
+/*
+ * source.c — what every kind of weight source shares: picking the kind for a
+ * path, the checked lookup (qi_source_get, with qi_st_get's messages), the
+ * attached config.json, the component's name prefix and the refusal of
+ * scaled-fp8 files.
+ *
+ * The kinds themselves live in source_safetensors.c (a diffusers folder, a
+ * single file) and source_gguf.c.
+ */
+#include "io/source.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "io/safetensors.h" /* qi_st_shape_str */
+
+const char *qi_component_name(qi_component c) {
+    switch (c) {
+    case QI_COMPONENT_TRANSFORMER: return "transformer";
+    case QI_COMPONENT_TEXT_ENCODER: return "text encoder";
+    case QI_COMPONENT_VAE: return "vae";
+    }
+    return "component";
+}
+
+qi_source *qi_source_new(const qi_source_ops *ops, qi_component comp, const char *path) {
+    qi_source *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->ops = ops;
+    s->component = comp;
+    snprintf(s->path, sizeof s->path, "%s", path);
+    snprintf(s->where, sizeof s->where, "%s", path);
+    return s;
+}
+
+void qi_source_close(qi_source *s) {
+    if (!s) return;
+    if (s->ops && s->ops->close) s->ops->close(s);
+    cJSON_Delete(s->config);
+    free(s);
+}
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+qi_status qi_source_open(const char *path, qi_component comp, qi_source **out, qi_error *err) {
+    *out = NULL;
+    static const char accepted[] =
+        "give a diffusers component folder (config.json + *.safetensors), a .safetensors file or "
+        "a .gguf file";
+    if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "%s: no path given; %s", qi_component_name(comp), accepted);
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return qi_fail(err, QI_ERR_IO, "%s: no such file or directory; %s", path, accepted);
+    if (S_ISDIR(sb.st_mode)) return qi_source_open_folder(path, comp, out, err);
+    if (has_suffix(path, ".gguf")) return qi_source_open_gguf(path, comp, out, err);
+    if (has_suffix(path, ".safetensors")) return qi_source_open_safetensors(path, comp, out, err);
+    return qi_fail(err, QI_ERR_ARG, "%s: not a model source; %s", path, accepted);
+}
+
+qi_status qi_source_set_config(qi_source *s, const char *config_path, qi_error *err) {
+    cJSON *j;
+    qi_status st = qi_json_load(config_path, &j, err);
+    if (st != QI_OK) return st;
+    cJSON_Delete(s->config);
+    s->config = j;
+    snprintf(s->config_path, sizeof s->config_path, "%s", config_path);
+    return QI_OK;
+}
+
+const char *qi_source_path(const qi_source *s) { return s->path; }
+const char *qi_source_kind(const qi_source *s) { return s->ops->kind; }
+qi_component qi_source_component(const qi_source *s) { return s->component; }
+int qi_source_tensor_count(const qi_source *s) { return s->ops->count(s); }
+
+void qi_source_tensor_at(const qi_source *s, int i, qi_source_tensor *out) { s->ops->at(s, i, out); }
+
+int qi_source_find(const qi_source *s, const char *name, qi_source_tensor *out) {
+    return name ? s->ops->find(s, name, out) : 0;
+}
+
+const cJSON *qi_source_config(const qi_source *s, const char **config_path) {
+    if (config_path) *config_path = s->config ? s->config_path : NULL;
+    return s->config;
+}
+
+/* ---- the checked lookup ---------------------------------------------------------- */
+
+/* Element float types and the GGUF block types: what a weight may be stored as. */
+static int is_weight_dtype(qi_dtype t) {
+    return t == QI_F32 || t == QI_F16 || t == QI_BF16 || t == QI_F8_E4M3 || t == QI_F8_E5M2 ||
+           (t >= QI_Q4_0 && t < QI_DTYPE_COUNT);
+}
+
+qi_status qi_source_get(const qi_source *s, const char *name, int ndim, const int64_t *shape,
+                        qi_source_tensor *out, qi_error *err) {
+    memset(out, 0, sizeof *out);
+    if (!qi_source_find(s, name, out))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: tensor '%s' not found (wrong model or variant?)",
+                       s->where, name ? name : "(null)");
+    if (!is_weight_dtype(out->dtype))
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: tensor '%s' has dtype %s; expected a float type (F32, F16, BF16, "
+                       "F8_E4M3, F8_E5M2)",
+                       out->file, name, qi_dtype_name(out->dtype));
+    if (ndim < 0 || !shape) return QI_OK;
+    int same = ndim == out->ndim;
+    for (int i = 0; same && i < ndim; i++) same = shape[i] < 0 || shape[i] == out->shape[i];
+    if (!same) {
+        char want[256], got[256];
+        qi_st_shape_str(ndim > QI_SOURCE_MAX_DIMS ? QI_SOURCE_MAX_DIMS : ndim, shape, want, sizeof want);
+        qi_st_shape_str(out->ndim, out->shape, got, sizeof got);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: tensor '%s': expected shape %s, found %s", out->file,
+                       name, want, got);
+    }
+    return QI_OK;
+}
+
+/* ---- metadata ------------------------------------------------------------------------ */
+
+int qi_source_has_meta(const qi_source *s, const char *key) {
+    return s->ops->has_meta && key ? s->ops->has_meta(s, key) : 0;
+}
+
+qi_status qi_source_meta_string(const qi_source *s, const char *key, const char **out, qi_error *err) {
+    *out = NULL;
+    if (!s->ops->meta_string)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: no metadata key '%s' (the file has no metadata)", s->path,
+                       key);
+    return s->ops->meta_string(s, key, out, err);
+}
+
+qi_status qi_source_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err) {
+    *out = 0;
+    if (!s->ops->meta_int)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: no metadata key '%s' (the file has no metadata)", s->path,
+                       key);
+    return s->ops->meta_int(s, key, out, err);
+}
+
+/* ---- name prefixes and scale tensors ---------------------------------------------------- */
+
+/* The transformer's prefixes (spec vae-and-formats.md B.4: ComfyUI
+ * checkpoints, stable-diffusion.cpp, pipelines saved whole). Each is tried
+ * with the whole anchor name, so `model.` cannot match a
+ * `model.diffusion_model.` file; bare names win in a file holding both. */
+static const char *const transformer_prefixes[] = {"", "model.diffusion_model.", "diffusion_model.",
+                                                   "transformer.", "model."};
+
+const char *qi_source_find_prefix(qi_component comp, const char *file,
+                                  int (*has)(const void *ctx, const char *name), const void *ctx,
+                                  qi_error *err) {
+    if (comp != QI_COMPONENT_TRANSFORMER) return ""; /* names kept as stored */
+    static const char anchor[] = "img_in.weight";
+    for (size_t i = 0; i < QI_ARRAY_LEN(transformer_prefixes); i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%s%s", transformer_prefixes[i], anchor);
+        if (has(ctx, name)) return transformer_prefixes[i];
+    }
+    qi_fail(err, QI_ERR_FORMAT,
+            "%s: no tensor '%s' (bare or under model.diffusion_model., diffusion_model., "
+            "transformer. or model.): is this a Qwen-Image transformer file?",
+            file, anchor);
+    return NULL;
+}
+
+/* Suffixes (and whole names) of the scale and marker tensors of the three
+ * scaled-fp8 spellings (spec vae-and-formats.md B.5.2). */
+static const char *const scale_suffixes[] = {".scale_weight", ".weight_scale", ".comfy_quant",
+                                             ".scale_input", ".input_scale", ".weight_scale_2"};
+
+qi_status qi_source_refuse_scales(const char *file, const char *stored_name, qi_error *err) {
+    const char *base = strrchr(stored_name, '.');
+    base = base ? base + 1 : stored_name;
+    int hit = strcmp(base, "scaled_fp8") == 0;
+    for (size_t i = 0; !hit && i < QI_ARRAY_LEN(scale_suffixes); i++)
+        hit = has_suffix(stored_name, scale_suffixes[i]);
+    if (!hit) return QI_OK;
+    return qi_fail(err, QI_ERR_UNSUPPORTED,
+                   "%s: tensor '%s' belongs to a scaled fp8 checkpoint; scaled fp8 files are not "
+                   "supported yet (bf16, fp16 and plain fp8 files are)",
+                   file, stored_name);
+}

@@ -1,0 +1,182 @@
+/*
+ * source.h — where a model component's weights and configuration come from.
+ *
+ * A source answers "tensor NAME → dtype, shape, scale, bytes" for one
+ * component (the transformer, the text encoder or the VAE), under the names
+ * the model code binds (the diffusers / transformers names, spec
+ * vae-and-formats.md B.4), and gives configuration hints: the parsed
+ * config.json where there is one, otherwise NULL plus the file's metadata
+ * (GGUF key/values, safetensors `__metadata__`). The model loaders take a
+ * source and read no files themselves.
+ *
+ *     qi_source *src;
+ *     if (qi_source_open("/models/qwen_image_bf16.safetensors", QI_COMPONENT_TRANSFORMER, &src,
+ *                        &err) != QI_OK) ...
+ *     qi_dit_load(src, be, loras, &dit, &err);
+ *     ...
+ *     qi_dit_free(dit);
+ *     qi_source_close(src);   // after every model loaded from it
+ *
+ * Kinds (each a separate implementation behind qi_source_ops):
+ *   - a diffusers component folder: config.json + `<stem>.safetensors` or a
+ *     sharded `<stem>.safetensors.index.json` (stem "diffusion_pytorch_model"
+ *     for the transformer and the VAE, "model" for the text encoder); names
+ *     as stored (source_folder.c);
+ *   - one `.safetensors` file (ComfyUI / LightX2V single files): no
+ *     config.json unless one is attached (qi_source_set_config); the
+ *     component's prefix, if any, is stripped (source_safetensors.c);
+ *   - one `.gguf` file (source_gguf.c): dims already in PyTorch order.
+ *
+ * Name map: only a prefix that is the component's convention is stripped —
+ * for the transformer `model.diffusion_model.`, `diffusion_model.`,
+ * `transformer.` or `model.` (found by the anchor `img_in.weight`); the text
+ * encoder and the VAE keep their names (the text encoder's own `model.` /
+ * `model.language_model.` spellings are its loader's business). Tensors
+ * outside the prefix are not the component's and are not listed.
+ *
+ * Scaled fp8 checkpoints (`*.scale_weight`, `*.weight_scale`, `scaled_fp8`,
+ * `*.comfy_quant`, ...) are refused at open with QI_ERR_UNSUPPORTED naming
+ * the tensor, never silently read as unscaled weights; every tensor's
+ * scale_form is QI_SCALE_NONE for now.
+ *
+ * A source is read-only after open, so several loads may share it at once
+ * (one per rank). It must outlive every model loaded from it: CPU weights
+ * point into its mapping.
+ */
+#ifndef QI_SOURCE_H
+#define QI_SOURCE_H
+
+#include <cjson/cJSON.h>
+
+#include "backend/backend.h" /* qi_scale_form */
+#include "base/base.h"
+#include "io/model_dir.h"     /* QI_PATH_MAX */
+
+typedef enum qi_component {
+    QI_COMPONENT_TRANSFORMER = 0,
+    QI_COMPONENT_TEXT_ENCODER,
+    QI_COMPONENT_VAE
+} qi_component;
+
+/* "transformer", "text encoder", "vae": for messages. */
+const char *qi_component_name(qi_component c);
+
+#define QI_SOURCE_MAX_DIMS 8
+
+typedef struct qi_source_tensor {
+    const char *name;          /* the mapped name the model binds, owned by the source */
+    const char *stored_name;   /* the name in the file (differs by a stripped prefix) */
+    const char *file;          /* path of the file holding it, for messages */
+    qi_dtype dtype;            /* element or GGUF block type */
+    int ndim;
+    int64_t shape[QI_SOURCE_MAX_DIMS]; /* outermost first (PyTorch order) */
+    qi_scale_form scale_form;  /* QI_SCALE_NONE for now */
+    float scale;               /* QI_SCALE_TENSOR: the scale; 1 otherwise */
+    const float *row_scale;    /* QI_SCALE_ROW: [shape[0]] host floats; NULL otherwise */
+    const void *data;          /* the stored bytes, read-only, valid while the source is open */
+    size_t nbytes;
+} qi_source_tensor;
+
+typedef struct qi_source qi_source;
+
+/* ---- opening ------------------------------------------------------------------ */
+
+/* The right source for a path: a directory → a diffusers component folder,
+ * `*.gguf` → a GGUF file, `*.safetensors` → a single safetensors file;
+ * anything else (or a missing path) is an error saying what is accepted. */
+qi_status qi_source_open(const char *path, qi_component comp, qi_source **out, qi_error *err);
+
+/* A diffusers component folder (today's layout: config.json is required and
+ * read at open; errors as qi_json_load's and qi_st_set_open_dir's). */
+qi_status qi_source_open_folder(const char *dir, qi_component comp, qi_source **out, qi_error *err);
+
+/* One safetensors file, its component prefix stripped. */
+qi_status qi_source_open_safetensors(const char *path, qi_component comp, qi_source **out,
+                                     qi_error *err);
+
+/* One GGUF file. In a build without the GGUF reader (io/gguf.h) this returns
+ * QI_ERR_UNSUPPORTED saying so. */
+qi_status qi_source_open_gguf(const char *path, qi_component comp, qi_source **out, qi_error *err);
+
+void qi_source_close(qi_source *s);
+
+/* Attaches a config.json to a source that has none (a ComfyUI file with the
+ * diffusers config beside it), or replaces the folder's own; read and parsed
+ * now (errors as qi_json_load's). */
+qi_status qi_source_set_config(qi_source *s, const char *config_path, qi_error *err);
+
+/* ---- what it holds ------------------------------------------------------------- */
+
+const char *qi_source_path(const qi_source *s);    /* the folder or file opened */
+const char *qi_source_kind(const qi_source *s);    /* "diffusers folder", "safetensors file", "GGUF file" */
+qi_component qi_source_component(const qi_source *s);
+
+/* Its (mapped) tensors, sorted by name: count and the i-th, 0 ≤ i < count. */
+int qi_source_tensor_count(const qi_source *s);
+void qi_source_tensor_at(const qi_source *s, int i, qi_source_tensor *out);
+
+/* Looks a mapped name up; 1 and *out filled if present, else 0. */
+int qi_source_find(const qi_source *s, const char *name, qi_source_tensor *out);
+
+/* Looks a tensor up and checks it as qi_st_get does, with its messages: not
+ * found ("<where>: tensor 'x' not found (wrong model or variant?)"), a
+ * non-float type (GGUF block types count as float), a shape differing from
+ * `shape` (ndim < 0 or shape NULL skips the check; an expected dim < 0
+ * matches any size). */
+qi_status qi_source_get(const qi_source *s, const char *name, int ndim, const int64_t *shape,
+                        qi_source_tensor *out, qi_error *err);
+
+/* ---- configuration hints ------------------------------------------------------- */
+
+/* The parsed config.json and its path (for error messages), or NULL where
+ * the source has none. The object belongs to the source. */
+const cJSON *qi_source_config(const qi_source *s, const char **config_path);
+
+/* File metadata: GGUF key/values, safetensors `__metadata__` (string values;
+ * meta_int parses a decimal string there). Missing keys and wrong types are
+ * errors naming the file and the key. */
+int qi_source_has_meta(const qi_source *s, const char *key);
+qi_status qi_source_meta_string(const qi_source *s, const char *key, const char **out,
+                                qi_error *err);
+qi_status qi_source_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err);
+
+/* ---- for source implementations ------------------------------------------------ */
+
+typedef struct qi_source_ops {
+    const char *kind; /* qi_source_kind */
+    int (*count)(const qi_source *s);
+    void (*at)(const qi_source *s, int i, qi_source_tensor *out);
+    int (*find)(const qi_source *s, const char *name, qi_source_tensor *out);
+    /* metadata; NULL slots mean "none" */
+    int (*has_meta)(const qi_source *s, const char *key);
+    qi_status (*meta_string)(const qi_source *s, const char *key, const char **out, qi_error *err);
+    qi_status (*meta_int)(const qi_source *s, const char *key, int64_t *out, qi_error *err);
+    void (*close)(qi_source *s); /* frees impl only */
+} qi_source_ops;
+
+struct qi_source {
+    const qi_source_ops *ops;
+    qi_component component;
+    char path[QI_PATH_MAX];        /* what was opened */
+    char where[QI_PATH_MAX + 64];  /* the weight file(s), for "not found" messages */
+    cJSON *config;                 /* parsed config.json, or NULL */
+    char config_path[QI_PATH_MAX];
+    void *impl;                    /* the kind's own state */
+};
+
+/* A new source of `ops` (impl NULL, no config); NULL when out of memory. */
+qi_source *qi_source_new(const qi_source_ops *ops, qi_component comp, const char *path);
+
+/* The component's prefix among a file's stored names: the first of the
+ * component's conventional prefixes P for which has(P + anchor) holds.
+ * Returns the prefix (a static string, "" for none) or NULL when no anchor
+ * is found (the error then names the file and the anchor). */
+const char *qi_source_find_prefix(qi_component comp, const char *file,
+                                  int (*has)(const void *ctx, const char *name), const void *ctx,
+                                  qi_error *err);
+
+/* QI_ERR_UNSUPPORTED if `stored_name` is a scale or marker tensor of a
+ * scaled-fp8 checkpoint, naming it and the file; QI_OK otherwise. */
+qi_status qi_source_refuse_scales(const char *file, const char *stored_name, qi_error *err);
+
+#endif

@@ -1,0 +1,232 @@
+/*
+ * source_safetensors.c — the two safetensors kinds of qi_source:
+ *
+ *   - a diffusers component folder: config.json (required, read at open) and
+ *     the weights qi_st_set_open_dir finds; names as stored. This is the
+ *     loaders' old behaviour, errors included.
+ *   - one .safetensors file (ComfyUI / LightX2V single files): no config
+ *     unless attached; the component's prefix (source.h) stripped, tensors
+ *     outside it not listed.
+ *
+ * Both keep the mapped set open: tensors are pointers into the mapping.
+ * Metadata is the `__metadata__` object of the (first) file.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "io/safetensors.h"
+#include "io/source.h"
+
+typedef struct st_entry {
+    const char *name;      /* mapped: the stored name past the prefix */
+    const qi_st_tensor *t;
+} st_entry;
+
+typedef struct st_impl {
+    qi_st_set *set;
+    st_entry *entries;     /* sorted by mapped name */
+    int n;
+    cJSON *meta;           /* `__metadata__`, or NULL */
+    char meta_file[QI_PATH_MAX];
+} st_impl;
+
+static const st_impl *impl_of(const qi_source *s) { return s->impl; }
+
+static int st_count(const qi_source *s) { return impl_of(s)->n; }
+
+static void fill(const st_entry *e, qi_source_tensor *out) {
+    memset(out, 0, sizeof *out);
+    out->name = e->name;
+    out->stored_name = e->t->name;
+    out->file = e->t->file->path;
+    out->dtype = e->t->dtype;
+    out->ndim = e->t->ndim;
+    for (int i = 0; i < e->t->ndim && i < QI_SOURCE_MAX_DIMS; i++) out->shape[i] = e->t->shape[i];
+    out->scale_form = QI_SCALE_NONE;
+    out->scale = 1.0f;
+    out->data = e->t->data;
+    out->nbytes = e->t->nbytes;
+}
+
+static void st_at(const qi_source *s, int i, qi_source_tensor *out) { fill(&impl_of(s)->entries[i], out); }
+
+static int cmp_entry(const void *key, const void *elem) {
+    return strcmp((const char *)key, ((const st_entry *)elem)->name);
+}
+
+static int st_find(const qi_source *s, const char *name, qi_source_tensor *out) {
+    const st_impl *im = impl_of(s);
+    const st_entry *e = bsearch(name, im->entries, (size_t)im->n, sizeof *e, cmp_entry);
+    if (!e) return 0;
+    fill(e, out);
+    return 1;
+}
+
+static int st_has_meta(const qi_source *s, const char *key) {
+    const st_impl *im = impl_of(s);
+    return im->meta && cJSON_GetObjectItemCaseSensitive(im->meta, key) != NULL;
+}
+
+static qi_status st_meta_item(const qi_source *s, const char *key, const cJSON **out, qi_error *err) {
+    const st_impl *im = impl_of(s);
+    *out = im->meta ? cJSON_GetObjectItemCaseSensitive(im->meta, key) : NULL;
+    if (!*out)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: __metadata__ has no key '%s'",
+                       im->meta ? im->meta_file : s->path, key);
+    return QI_OK;
+}
+
+static qi_status st_meta_string(const qi_source *s, const char *key, const char **out, qi_error *err) {
+    const cJSON *v;
+    qi_status st = st_meta_item(s, key, &v, err);
+    if (st != QI_OK) return st;
+    if (!cJSON_IsString(v))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: __metadata__ key '%s' must be a string, found %s",
+                       impl_of(s)->meta_file, key, qi_json_type_name(v));
+    *out = v->valuestring;
+    return QI_OK;
+}
+
+/* safetensors metadata values are strings: an integer is written in decimal. */
+static qi_status st_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err) {
+    const char *text;
+    qi_status st = st_meta_string(s, key, &text, err);
+    if (st != QI_OK) return st;
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: __metadata__ key '%s' is '%s', not an integer",
+                       impl_of(s)->meta_file, key, text);
+    *out = v;
+    return QI_OK;
+}
+
+static void st_close(qi_source *s) {
+    st_impl *im = s->impl;
+    if (!im) return;
+    qi_st_set_close(im->set);
+    free(im->entries);
+    cJSON_Delete(im->meta);
+    free(im);
+    s->impl = NULL;
+}
+
+static const qi_source_ops folder_ops = {
+    .kind = "diffusers folder",
+    .count = st_count,
+    .at = st_at,
+    .find = st_find,
+    .has_meta = st_has_meta,
+    .meta_string = st_meta_string,
+    .meta_int = st_meta_int,
+    .close = st_close,
+};
+
+static const qi_source_ops file_ops = {
+    .kind = "safetensors file",
+    .count = st_count,
+    .at = st_at,
+    .find = st_find,
+    .has_meta = st_has_meta,
+    .meta_string = st_meta_string,
+    .meta_int = st_meta_int,
+    .close = st_close,
+};
+
+static int set_has(const void *ctx, const char *name) { return qi_st_find(ctx, name) != NULL; }
+
+/* Takes `set` into s: finds the component's prefix, refuses scaled-fp8
+ * files, lists the tensors under the prefix (the set's index is sorted by
+ * stored name, and stripping a prefix all of them share keeps that order),
+ * parses the metadata. */
+static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
+    st_impl *im = calloc(1, sizeof *im);
+    if (!im) {
+        qi_st_set_close(set);
+        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
+    }
+    im->set = set;
+    s->impl = im;
+    if (set->n_files == 1)
+        snprintf(s->where, sizeof s->where, "%s", set->files[0]->path);
+    else if (set->n_files > 1)
+        snprintf(s->where, sizeof s->where, "%s (+%d more shards)", set->files[0]->path, set->n_files - 1);
+
+    for (int i = 0; i < set->n_tensors; i++) {
+        const qi_st_tensor *t = set->index[i];
+        qi_status st = qi_source_refuse_scales(t->file->path, t->name, err);
+        if (st != QI_OK) return st;
+    }
+    const char *prefix = qi_source_find_prefix(s->component, s->where, set_has, set, err);
+    if (!prefix) return QI_ERR_FORMAT;
+    size_t plen = strlen(prefix);
+    im->entries = malloc((size_t)(set->n_tensors ? set->n_tensors : 1) * sizeof *im->entries);
+    if (!im->entries) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
+    for (int i = 0; i < set->n_tensors; i++) {
+        const qi_st_tensor *t = set->index[i];
+        if (strncmp(t->name, prefix, plen) != 0) continue; /* another component's tensor */
+        im->entries[im->n++] = (st_entry){t->name + plen, t};
+    }
+
+    const qi_st_file *first = set->n_files > 0 ? set->files[0] : NULL;
+    if (first && first->metadata_json) {
+        snprintf(im->meta_file, sizeof im->meta_file, "%s", first->path);
+        qi_status st = qi_json_parse(first->metadata_json, strlen(first->metadata_json), first->path,
+                                     &im->meta, err);
+        if (st != QI_OK) return st;
+        /* ComfyUI's mixed-precision files may carry their per-layer scales here
+         * instead of in `*.comfy_quant` tensors (spec B.5.2 #2). */
+        if (cJSON_GetObjectItemCaseSensitive(im->meta, "_quantization_metadata"))
+            return qi_fail(err, QI_ERR_UNSUPPORTED,
+                           "%s: __metadata__ has '_quantization_metadata' (a scaled fp8 checkpoint); "
+                           "scaled fp8 files are not supported yet (bf16, fp16 and plain fp8 files are)",
+                           first->path);
+    }
+    return QI_OK;
+}
+
+/* The weight-file stem of a component's diffusers folder. */
+static const char *folder_stem(qi_component comp) {
+    return comp == QI_COMPONENT_TEXT_ENCODER ? "model" : "diffusion_pytorch_model";
+}
+
+qi_status qi_source_open_folder(const char *dir, qi_component comp, qi_source **out, qi_error *err) {
+    *out = NULL;
+    if (!dir) return qi_fail(err, QI_ERR_ARG, "%s: no folder given", qi_component_name(comp));
+    char config[QI_PATH_MAX];
+    if (qi_path_join(config, sizeof config, dir, "config.json") != 0)
+        return qi_fail(err, QI_ERR_ARG, "%s: path too long", dir);
+    qi_source *s = qi_source_new(&folder_ops, comp, dir);
+    if (!s) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", dir);
+    /* config first, then the weights: the order (and so the first error) the
+     * loaders had when they read the folder themselves */
+    qi_status st = qi_source_set_config(s, config, err);
+    qi_st_set *set = NULL;
+    if (st == QI_OK) st = qi_st_set_open_dir(dir, folder_stem(comp), &set, err);
+    if (st == QI_OK) st = adopt_set(s, set, err);
+    if (st != QI_OK) {
+        qi_source_close(s);
+        return st;
+    }
+    *out = s;
+    return QI_OK;
+}
+
+qi_status qi_source_open_safetensors(const char *path, qi_component comp, qi_source **out,
+                                     qi_error *err) {
+    *out = NULL;
+    if (!path) return qi_fail(err, QI_ERR_ARG, "%s: no file given", qi_component_name(comp));
+    qi_source *s = qi_source_new(&file_ops, comp, path);
+    if (!s) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+    qi_st_set *set = NULL;
+    qi_status st = qi_st_set_open_file(path, &set, err);
+    if (st == QI_OK) st = adopt_set(s, set, err);
+    if (st != QI_OK) {
+        qi_source_close(s);
+        return st;
+    }
+    *out = s;
+    return QI_OK;
+}
