@@ -203,6 +203,8 @@ static size_t wtensor_bytes(const wtensor *t) {
     if (t->nbytes) return t->nbytes;
     qi_dtype dt;
     if (qi_dtype_from_ggml((int)t->ggml, &dt) != 0) return 64;
+    for (uint32_t k = 0; k < t->ndim; k++)
+        if (t->ne[k] > (1u << 20)) return 64; /* a lying dim: some bytes, not its size */
     int64_t rows = 1;
     for (uint32_t k = 1; k < t->ndim; k++) rows *= (int64_t)t->ne[k];
     int64_t row = qi_row_bytes(dt, t->ndim ? (int64_t)t->ne[0] : 1);

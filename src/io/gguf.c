@@ -695,9 +695,7 @@ static qi_status int_error(const qi_gguf_file *f, const char *key, qi_gguf_type 
     if (type == QI_GGUF_U64)
         return qi_fail(err, QI_ERR_FORMAT, "%s: metadata key '%s': U64 value %llu exceeds INT64_MAX",
                        f->path, key, (unsigned long long)le_u64(f->map + off));
-    char found[32];
-    snprintf(found, sizeof found, "a %s value", value_type_names[type]);
-    return wrong_type(f, key, found, "an integer", err);
+    return wrong_type(f, key, value_type_names[type], "an integer", err);
 }
 
 qi_status qi_gguf_get_string(const qi_gguf_file *f, const char *key, const char **s, size_t *len,
