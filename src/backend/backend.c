@@ -3,6 +3,7 @@
  * check every constructor runs, and backend creation by device name.
  */
 #include "backend/backend.h"
+#include "base/types.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -15,7 +16,14 @@ int64_t qi_numel(const qi_tensor *t) {
     return n;
 }
 
-size_t qi_nbytes(const qi_tensor *t) { return (size_t)qi_numel(t) * qi_dtype_size(t->dtype); }
+/* rows × the bytes of one row: block types hold no per-element size. */
+size_t qi_nbytes(const qi_tensor *t) {
+    int64_t row = qi_row_bytes(t->dtype, t->ndim ? t->ne[t->ndim - 1] : 1);
+    assert(row >= 0 && "last dim not a whole number of blocks");
+    int64_t rows = 1;
+    for (int i = 0; i + 1 < t->ndim; i++) rows *= t->ne[i];
+    return (size_t)rows * (size_t)row;
+}
 
 int64_t qi_rows(const qi_tensor *t) {
     return t->ndim ? qi_numel(t) / t->ne[t->ndim - 1] : 1;
@@ -52,7 +60,9 @@ qi_tensor qi_slice_rows(const qi_tensor *t, int64_t row0, int64_t nrows) {
     v.ne[0] = nrows;
     v.ne[1] = d;
     for (int i = 2; i < QI_MAX_DIMS; i++) v.ne[i] = 0;
-    v.data = (char *)t->data + (size_t)(row0 * d) * qi_dtype_size(t->dtype);
+    int64_t row = qi_row_bytes(t->dtype, d);
+    assert(row >= 0 && "last dim not a whole number of blocks");
+    v.data = (char *)t->data + (size_t)row0 * (size_t)row;
     return v;
 }
 

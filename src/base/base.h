@@ -56,8 +56,9 @@ typedef enum qi_dtype {
     QI_DTYPE_COUNT
 } qi_dtype;
 
-size_t qi_dtype_size(qi_dtype t);
-const char *qi_dtype_name(qi_dtype t); /* the safetensors spelling: "BF16" */
+/* Implemented in types.c, beside the type traits (types.h). */
+size_t qi_dtype_size(qi_dtype t);      /* element size; 0 for block types */
+const char *qi_dtype_name(qi_dtype t); /* the safetensors spelling: "BF16"; "Q4_K" */
 
 static inline float qi_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -80,8 +81,9 @@ uint16_t qi_f32_to_f16(float f);
 float qi_f8e4m3_to_f32(uint8_t v);
 float qi_f8e5m2_to_f32(uint8_t v);
 
-/* Converts n elements of type `t` at src into float32 at dst. Only float
- * types; returns 0 on success, -1 for a non-float type. */
+/* Converts n elements of type `t` at src into float32 at dst. Float and
+ * block types (n a whole number of blocks); returns 0 on success, -1 for an
+ * integer type or an n that is not a whole number of blocks. */
 int qi_to_f32(float *dst, const void *src, qi_dtype t, size_t n);
 
 /* ---- small helpers ----------------------------------------------------- */

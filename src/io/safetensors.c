@@ -41,6 +41,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/types.h"
 #include "io/model_dir.h" /* qi_json_load, qi_json_parse */
 
 #define QI_ST_MAX_HEADER 100000000ull      /* the reference implementation's limit */
@@ -221,14 +222,13 @@ static qi_status parse_entry(const char *path, const cJSON *item, uint64_t data_
                        "(%llu bytes; file truncated?)",
                        path, name, (unsigned long long)e->end, (unsigned long long)data_size);
 
-    char shape_s[256];
+    char shape_s[256], what[1024];
     qi_st_shape_str(e->ndim, e->shape, shape_s, sizeof shape_s);
-    size_t elem = qi_dtype_size(e->dtype);
-    if (overflow || numel > UINT64_MAX / elem)
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: tensor '%s': shape %s overflows a 64-bit byte count", path, name,
-                       shape_s);
-    uint64_t nbytes = numel * elem;
+    snprintf(what, sizeof what, "%s: tensor '%s': shape %s", path, name, shape_s);
+    size_t nbytes;
+    qi_status st = overflow ? qi_fail(err, QI_ERR_FORMAT, "%s: overflows a 64-bit byte count", what)
+                            : qi_shape_bytes(e->dtype, e->ndim, e->shape, &nbytes, what, err);
+    if (st != QI_OK) return st;
     if (nbytes != e->end - e->begin)
         return qi_fail(err, QI_ERR_FORMAT,
                        "%s: tensor '%s': %s x %s is %llu bytes but data_offsets [%llu, %llu] "
