@@ -497,6 +497,38 @@ static void metadata_answers_from_the_file(void) {
     qi_source_close(src);
 }
 
+/* The city96-layout GGUF transformer: names as diffusers', shapes in PyTorch
+ * order (GGUF's ne reversed), block types kept as stored, the config from
+ * shapes equal to the diffusers config it was made from, and metadata. */
+static void gguf_transformer_is_a_source(void) {
+    if (!formats_present("qwen-image-tiny-mixed.gguf")) return;
+    qi_error err = {{0}};
+    qi_source *src = NULL, *cfg_src = NULL;
+    REQUIRE(qi_source_open(FORMATS "/qwen-image-tiny-mixed.gguf", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK,
+            "%s", err.msg);
+    CHECK(!strcmp(qi_source_kind(src), "GGUF file"), "kind %s", qi_source_kind(src));
+    qi_source_tensor t;
+    CHECK(qi_source_find(src, "img_in.weight", &t) && t.dtype == QI_BF16 && t.ndim == 2 && t.shape[0] == 256 &&
+              t.shape[1] == 64, "img_in.weight: dtype %s ndim %d [%lld, %lld]", qi_dtype_name(t.dtype), t.ndim,
+          (long long)t.shape[0], (long long)t.shape[1]);
+    CHECK(qi_source_find(src, "proj_out.weight", &t) && t.dtype == QI_Q6_K && t.shape[0] == 64 && t.shape[1] == 256,
+          "proj_out.weight: %s [%lld, %lld]", qi_dtype_name(t.dtype), (long long)t.shape[0], (long long)t.shape[1]);
+    const char *arch = NULL;
+    CHECK(qi_source_meta_string(src, "general.architecture", &arch, &err) == QI_OK && arch &&
+              !strcmp(arch, "qwen_image"), "general.architecture: %s", arch ? arch : err.msg);
+    qi_dit_config want, got;
+    qi_status st = qi_source_open(TRANSFORMER_DIR, QI_COMPONENT_TRANSFORMER, &cfg_src, &err);
+    if (!st) st = qi_source_set_config(cfg_src, MIXED_CONFIG, &err);
+    if (!st) st = qi_dit_read_config(cfg_src, &want, &err);
+    if (!st) st = qi_dit_read_config(src, &got, &err);
+    CHECK(st == QI_OK && !memcmp(&got, &want, sizeof got), "config from the GGUF's shapes: %s",
+          st ? err.msg : "differs from qwen-image-tiny-mixed.config.json");
+    printf("  %d tensors; config from shapes: %d layers, %d heads x %d, text %d\n", qi_source_tensor_count(src),
+           got.num_layers, got.num_heads, got.head_dim, got.joint_dim);
+    qi_source_close(cfg_src);
+    qi_source_close(src);
+}
+
 int main(void) {
     qi_error err = {{0}};
     if (qi_backend_cpu_create(0, 0, &be, &err) != QI_OK) {
@@ -513,6 +545,7 @@ int main(void) {
     RUN(scaled_fp8_files_are_refused_naming_the_tensor);
     RUN(paths_that_are_no_source_are_clear_errors);
     RUN(metadata_answers_from_the_file);
+    RUN(gguf_transformer_is_a_source);
     tmp_remove_tree(g_tmp);
     be->ops->destroy(be);
     TEST_END();

@@ -9,21 +9,11 @@
  * Block-quantised tensors are handed on as their block type; what can run
  * them is the backend's business (ops->supports).
  *
- * Built only when io/gguf.h exists (the reader lands separately); without
- * it qi_source_open_gguf says the build has no GGUF reader.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "io/source.h"
-
-#if defined(__has_include)
-#if __has_include("io/gguf.h")
-#define QI_SOURCE_HAVE_GGUF 1
-#endif
-#endif
-
-#ifdef QI_SOURCE_HAVE_GGUF
 
 #include "io/gguf.h"
 
@@ -36,6 +26,8 @@ typedef struct gg_impl {
     qi_gguf_file *f;
     gg_entry *entries;         /* sorted by mapped name */
     int n;
+    char **strings;            /* NUL-terminated copies handed out by meta_string */
+    int n_strings;
 } gg_impl;
 
 static const gg_impl *impl_of(const qi_source *s) { return s->impl; }
@@ -76,9 +68,27 @@ static int gg_find(const qi_source *s, const char *name, qi_source_tensor *out) 
 
 static int gg_has_meta(const qi_source *s, const char *key) { return qi_gguf_has_key(impl_of(s)->f, key); }
 
+/* GGUF strings are length-counted, not NUL-terminated, in the mapping: the
+ * source hands out a terminated copy that lives as long as the source. */
 static qi_status gg_meta_string(const qi_source *s, const char *key, const char **out, qi_error *err) {
+    gg_impl *im = s->impl;
+    const char *str = NULL;
     size_t len = 0;
-    return qi_gguf_get_string(impl_of(s)->f, key, out, &len, err);
+    *out = NULL;
+    qi_status st = qi_gguf_get_string(im->f, key, &str, &len, err);
+    if (st != QI_OK) return st;
+    char **grown = realloc(im->strings, (size_t)(im->n_strings + 1) * sizeof *grown);
+    char *copy = malloc(len + 1);
+    if (grown) im->strings = grown;
+    if (!grown || !copy) {
+        free(copy);
+        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory reading key '%s'", s->path, key);
+    }
+    memcpy(copy, str, len);
+    copy[len] = 0;
+    im->strings[im->n_strings++] = copy;
+    *out = copy;
+    return QI_OK;
 }
 
 static qi_status gg_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err) {
@@ -89,6 +99,8 @@ static void gg_close(qi_source *s) {
     gg_impl *im = s->impl;
     if (!im) return;
     if (im->f) qi_gguf_close(im->f);
+    for (int i = 0; i < im->n_strings; i++) free(im->strings[i]);
+    free(im->strings);
     free(im->entries);
     free(im);
     s->impl = NULL;
@@ -149,15 +161,3 @@ qi_status qi_source_open_gguf(const char *path, qi_component comp, qi_source **o
     *out = s;
     return QI_OK;
 }
-
-#else /* no GGUF reader in this build */
-
-qi_status qi_source_open_gguf(const char *path, qi_component comp, qi_source **out, qi_error *err) {
-    (void)comp;
-    *out = NULL;
-    return qi_fail(err, QI_ERR_UNSUPPORTED,
-                   "%s: GGUF files are not supported by this build (no GGUF reader, io/gguf.h)",
-                   path ? path : "(null)");
-}
-
-#endif
