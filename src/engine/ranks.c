@@ -18,7 +18,7 @@
 /* ---- devices ----------------------------------------------------------------------- */
 
 /* One item of a --devices list, trimmed. */
-static qi_status parse_device(const char *list, const char *item, int pos, qi_rank_device *d, qi_error *err) {
+static qi_status parse_device(const char *list, const char *item, qi_rank_device *d, qi_error *err) {
     memset(d, 0, sizeof *d);
     if (!strcmp(item, "cpu")) {
         snprintf(d->name, sizeof d->name, "cpu");
@@ -35,7 +35,6 @@ static qi_status parse_device(const char *list, const char *item, int pos, qi_ra
         snprintf(d->name, sizeof d->name, "cuda:%d", d->index);
         return QI_OK;
     }
-    (void)pos;
     return qi_fail(err, QI_ERR_ARG, "--devices %s: '%s' is not a device (expected cpu, cuda or cuda:N, "
                    "comma-separated, e.g. cuda:0,cuda:1)", list, item);
 }
@@ -57,7 +56,7 @@ qi_status qi_ranks_parse(const char *list, qi_rank_devices *out, qi_error *err) 
         if (out->n == QI_MAX_RANKS)
             return qi_fail(err, QI_ERR_ARG, "--devices %s: at most %d devices", list, QI_MAX_RANKS);
         qi_rank_device *d = &out->dev[out->n];
-        qi_status st = parse_device(list, item, out->n, d, err);
+        qi_status st = parse_device(list, item, d, err);
         if (st) return st;
         if (out->n > 0 && d->is_cuda != out->dev[0].is_cuda)
             return qi_fail(err, QI_ERR_ARG, "--devices %s: mixes cpu and cuda devices; the ranks of one "
