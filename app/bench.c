@@ -28,7 +28,7 @@
 #include "model/dit.h"
 #include "model/text_encoder.h"
 #include "model/vae.h"
-#include "pipeline.h"
+#include "engine/engine.h"
 
 #ifndef QI_BENCH_MANIFEST
 #define QI_BENCH_MANIFEST "bench/qwen-image-full.json"

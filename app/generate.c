@@ -3,8 +3,9 @@
  *
  * Everything that can be checked before the models load is checked first
  * (sizes, steps, output name and folder, LoRA files), so a typo costs no
- * minutes of loading. Images are written by io/image.c to a temporary name
- * and renamed, so a failed run never leaves a partial file.
+ * minutes of loading. Images are written through the public API
+ * (qi_image_write: a temporary name renamed into place), so a failed run
+ * never leaves a partial file. This file uses only qwen_image.h.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
@@ -16,11 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include "app.h"
-#include "base/base.h"
-#include "io/image.h"
-#include "io/safetensors.h"
-#include "pipeline.h"
+#include "qwen_image.h"
 
 #define MAX_PROMPTS 64
 #define MAX_LORAS 16
@@ -177,6 +177,12 @@ static int check_writable(const char *flag, const char *path) {
 
 /* ---- progress ------------------------------------------------------------------------ */
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 typedef struct progress {
     int tty, quiet;
     double stage_start;
@@ -186,7 +192,7 @@ typedef struct progress {
 static int on_progress(void *user, const char *stage, int step, int total) {
     progress *p = user;
     if (p->quiet) return 0;
-    double now = qi_now_s();
+    double now = now_s();
     if (!p->stage || strcmp(p->stage, stage)) {
         if (p->tty && p->stage) fputc('\n', stderr);
         p->stage = stage;
@@ -244,9 +250,9 @@ int qi_cmd_generate(int argc, char **argv) {
     gen_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
-    qi_error err = {{0}};
+    char err[1024];
     qi_image_format fmt;
-    if (qi_image_format_of(a.out, &fmt, &err)) return qi_app_usage_error("-o: %s", err.msg);
+    if (qi_image_format_from_path(a.out, &fmt, err, sizeof err)) return qi_app_usage_error("-o: %s", err);
     if (check_writable("-o", a.out)) return 1;
     if (a.save_latents && check_writable("--save-latents", a.save_latents)) return 1;
     for (int i = 0; i < a.n_loras; i++)
@@ -289,7 +295,7 @@ int qi_cmd_generate(int argc, char **argv) {
     r.progress = on_progress;
     r.progress_user = &prog;
     qi_image img;
-    double t0 = qi_now_s();
+    double t0 = now_s();
     st = qi_generate(e, &r, &img);
     if (st) {
         if (prog.tty && !a.quiet) fputc('\n', stderr);
@@ -297,23 +303,18 @@ int qi_cmd_generate(int argc, char **argv) {
         qi_engine_close(e);
         return qi_app_exit_code(st);
     }
-    double total = qi_now_s() - t0;
+    double total = now_s() - t0;
     rc = 0;
-    if (a.save_latents) {
-        qi_st_write_item item = {.name = "vae_in", .dtype = QI_F32, .ndim = 5,
-                                 .shape = {img.count, 16, 1, img.height / 8, img.width / 8}, .data = img.latents};
-        if (qi_st_write(a.save_latents, &item, 1, &err)) {
-            fprintf(stderr, "qwen-image: error: %s\n", err.msg);
-            rc = 1;
-        }
+    if (a.save_latents && qi_image_save_latents(&img, a.save_latents, err, sizeof err)) {
+        fprintf(stderr, "qwen-image: error: %s\n", err);
+        rc = 1;
     }
     for (int i = 0; !rc && i < img.count; i++) {
         char name[4096], params[8192];
         image_name(a.out, i, img.count, name, sizeof name);
         parameters_text(&a, a.prompts[i / a.batch], a.model, params, sizeof params);
-        if (qi_image_save(name, img.rgb + (size_t)i * img.width * img.height * 3, img.width, img.height, params,
-                          NULL, &err)) {
-            fprintf(stderr, "qwen-image: error: %s\n", err.msg);
+        if (qi_image_write(&img, i, name, 0, params, err, sizeof err)) {
+            fprintf(stderr, "qwen-image: error: %s\n", err);
             rc = 1;
         } else if (!a.quiet) {
             fprintf(stderr, "qwen-image: wrote %s\n", name);

@@ -21,7 +21,7 @@
 #include "model/prompt.h"
 #include "model/text_encoder.h"
 #include "model/tokenizer.h"
-#include "pipeline.h"
+#include "engine/engine.h"
 #include "qwen_image.h"
 
 #ifndef QI_DEFAULT_MODEL

@@ -18,6 +18,11 @@
  *
  * The library never prints (unless given a log callback) and never exits; every
  * failure returns a status and leaves a one-line message in the engine.
+ *
+ * Threading: one call at a time per engine (qi_generate, qi_engine_warm, the
+ * LoRA setters: serialise them); several engines may run on different threads
+ * at once. Callbacks (progress, log) arrive on the thread that called into the
+ * engine, even when a generation is spread over several devices.
  */
 #ifndef QWEN_IMAGE_H
 #define QWEN_IMAGE_H
@@ -107,13 +112,71 @@ typedef struct qi_timings {
     double device_peak_mb; /* peak device memory of a GPU backend (weights + activations); 0 on the CPU */
 } qi_timings;
 
+/* Opens the model folder and the device(s) and loads tokenizer, text encoder
+ * and VAE; the transformer loads on the first qi_generate, or on
+ * qi_engine_warm. On failure *out may still be set: read qi_engine_error(*out),
+ * then qi_engine_close it. */
 qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out);
+
+/* Loads every component now (the transformer included, with the current LoRA
+ * set fused) instead of lazily inside the next qi_generate. progress (may be
+ * NULL) is called with stage "load", step = components ready so far, total =
+ * all of them (tokenizer, text encoder, VAE, transformer); nonzero cancels
+ * (QI_ERR_CANCELLED). Components already loaded are not loaded again. */
+qi_status qi_engine_warm(qi_engine *e, qi_progress_fn progress, void *user);
+
+/* LoRA files fused into the transformer at load. */
+typedef struct qi_lora_spec {
+    const char *path;
+    float strength;
+} qi_lora_spec;
+
+/* Replaces the whole LoRA set with loras[0..n) (n = 0 removes every LoRA).
+ * The files are read now (an unreadable or malformed file fails here and
+ * leaves the previous set in place); they are matched against the
+ * transformer's weights when it is next loaded (the next warm or generate,
+ * which re-fuses): a set that matches nothing fails that call and the engine
+ * goes back to the previous set. */
+qi_status qi_engine_set_loras(qi_engine *e, const qi_lora_spec *loras, int n);
+/* Appends one LoRA to the set (same rules; a file that fails to bind at the
+ * next load is removed again). */
 qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength);
+
 qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out);
 const char *qi_engine_error(const qi_engine *e);
 const qi_timings *qi_engine_timings(const qi_engine *e);
 void qi_engine_close(qi_engine *e);
 void qi_image_free(qi_image *img);
+
+/* ---- images out ------------------------------------------------------------
+ *
+ * These functions take no engine: a failure writes its one-line message into
+ * errbuf (errcap bytes, may be NULL/0). */
+
+typedef enum qi_image_format { QI_IMAGE_PNG = 0, QI_IMAGE_JPEG, QI_IMAGE_WEBP } qi_image_format;
+
+/* The format named by a file name's extension (.png, .jpg/.jpeg, .webp, any
+ * case); QI_ERR_ARG naming the extension otherwise. */
+qi_status qi_image_format_from_path(const char *path, qi_image_format *out, char *errbuf, size_t errcap);
+
+/* Image `index` of img encoded in memory: *bytes (release with qi_free_bytes)
+ * of *len. quality: JPEG / WebP (lossy) quality 1..100, 0 = 95; PNG ignores
+ * it. parameters (UTF-8, may be NULL): the generation's settings text, stored
+ * as PNG's "parameters" text chunk (tEXt, or iTXt when not ASCII: what A1111 /
+ * ComfyUI readers look for) and as a JPEG comment; WebP stores none. */
+qi_status qi_image_encode(const qi_image *img, int index, qi_image_format fmt, int quality,
+                          const char *parameters, uint8_t **bytes, size_t *len, char *errbuf, size_t errcap);
+void qi_free_bytes(uint8_t *bytes);
+
+/* The same bytes written to path (format by extension), through a temporary
+ * file beside it renamed into place once complete: a failed write leaves no
+ * partial file. */
+qi_status qi_image_write(const qi_image *img, int index, const char *path, int quality, const char *parameters,
+                         char *errbuf, size_t errcap);
+
+/* img->latents (what the VAE decoded) as a safetensors file with one float32
+ * tensor "vae_in" [count, 16, 1, height/8, width/8]. */
+qi_status qi_image_save_latents(const qi_image *img, const char *path, char *errbuf, size_t errcap);
 
 #ifdef __cplusplus
 }

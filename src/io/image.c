@@ -159,6 +159,7 @@ typedef struct png_ctx {
     png_structp png;
     png_infop info, end_info;
     png_bytep *rows;
+    struct byte_buf *out; /* png_write's destination */
 } png_ctx;
 
 static void png_on_error(png_structp png, png_const_charp msg) {
@@ -178,9 +179,35 @@ static int is_ascii(const char *s) {
     return 1;
 }
 
-/* Returns 0, or -1 with c->msg set. */
-static int png_write(png_ctx *c, FILE *fp, const uint8_t *rgb, int width, int height,
-                     const char *parameters) {
+/* A growing block of bytes the encoders write into. */
+typedef struct byte_buf {
+    uint8_t *data;
+    size_t len, cap;
+} byte_buf;
+
+static int byte_buf_put(byte_buf *b, const void *src, size_t n) {
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1 << 16;
+        while (cap < b->len + n) cap *= 2;
+        uint8_t *p = realloc(b->data, cap);
+        if (!p) return -1;
+        b->data = p;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static void png_put_bytes(png_structp png, png_bytep data, png_size_t n) {
+    png_ctx *c = png_get_error_ptr(png);
+    if (byte_buf_put(c->out, data, n)) png_error(png, "out of memory");
+}
+
+static void png_flush_none(png_structp png) { (void)png; }
+
+/* Encodes into c->out. Returns 0, or -1 with c->msg set. */
+static int png_write(png_ctx *c, const uint8_t *rgb, int width, int height, const char *parameters) {
     c->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, c, png_on_error, png_on_warning);
     if (!c->png || !(c->info = png_create_info_struct(c->png))) {
         snprintf(c->msg, sizeof c->msg, "out of memory");
@@ -191,7 +218,7 @@ static int png_write(png_ctx *c, FILE *fp, const uint8_t *rgb, int width, int he
         png_destroy_write_struct(&c->png, &c->info);
         return -1;
     }
-    png_init_io(c->png, fp);
+    png_set_write_fn(c->png, c, png_put_bytes, png_flush_none);
     png_set_IHDR(c->png, c->info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (parameters) {
@@ -327,6 +354,9 @@ typedef struct jpeg_ctx {
     jmp_buf jmp;
     char msg[JMSG_LENGTH_MAX];
     struct jpeg_compress_struct cinfo;
+    struct jpeg_destination_mgr dest;
+    JOCTET chunk[1 << 16]; /* libjpeg fills this; it is appended to out when full and at the end */
+    struct byte_buf *out;
 } jpeg_ctx;
 
 static void jpeg_on_error(j_common_ptr cinfo) {
@@ -337,8 +367,37 @@ static void jpeg_on_error(j_common_ptr cinfo) {
 
 static void jpeg_on_message(j_common_ptr cinfo) { (void)cinfo; } /* warnings: silent */
 
-static int jpeg_write(jpeg_ctx *c, FILE *fp, const uint8_t *rgb, int width, int height,
-                      const char *parameters, int quality) {
+static jpeg_ctx *jpeg_ctx_of(j_compress_ptr cinfo) { return (jpeg_ctx *)(void *)cinfo->err; }
+
+static void jpeg_dest_init(j_compress_ptr cinfo) {
+    jpeg_ctx *c = jpeg_ctx_of(cinfo);
+    c->dest.next_output_byte = c->chunk;
+    c->dest.free_in_buffer = sizeof c->chunk;
+}
+
+/* Appends n bytes of the chunk to out; out of memory ends the encode as libjpeg's own errors do. */
+static void jpeg_dest_put(jpeg_ctx *c, size_t n) {
+    if (byte_buf_put(c->out, c->chunk, n)) {
+        snprintf(c->msg, sizeof c->msg, "out of memory");
+        longjmp(c->jmp, 1);
+    }
+}
+
+static boolean jpeg_dest_empty(j_compress_ptr cinfo) {
+    jpeg_ctx *c = jpeg_ctx_of(cinfo);
+    jpeg_dest_put(c, sizeof c->chunk); /* libjpeg calls this with the whole chunk full */
+    jpeg_dest_init(cinfo);
+    return TRUE;
+}
+
+static void jpeg_dest_term(j_compress_ptr cinfo) {
+    jpeg_ctx *c = jpeg_ctx_of(cinfo);
+    jpeg_dest_put(c, sizeof c->chunk - c->dest.free_in_buffer);
+}
+
+/* Encodes into c->out. Returns 0, or -1 with c->msg set. */
+static int jpeg_write(jpeg_ctx *c, const uint8_t *rgb, int width, int height, const char *parameters,
+                      int quality) {
     c->cinfo.err = jpeg_std_error(&c->pub);
     c->pub.error_exit = jpeg_on_error;
     c->pub.output_message = jpeg_on_message;
@@ -347,7 +406,10 @@ static int jpeg_write(jpeg_ctx *c, FILE *fp, const uint8_t *rgb, int width, int 
         return -1;
     }
     jpeg_create_compress(&c->cinfo);
-    jpeg_stdio_dest(&c->cinfo, fp);
+    c->dest.init_destination = jpeg_dest_init;
+    c->dest.empty_output_buffer = jpeg_dest_empty;
+    c->dest.term_destination = jpeg_dest_term;
+    c->cinfo.dest = &c->dest;
     c->cinfo.image_width = (JDIMENSION)width;
     c->cinfo.image_height = (JDIMENSION)height;
     c->cinfo.input_components = 3;
@@ -369,7 +431,76 @@ static int jpeg_write(jpeg_ctx *c, FILE *fp, const uint8_t *rgb, int width, int 
     return 0;
 }
 
-/* ---- save -------------------------------------------------------------------------------------- */
+/* ---- encode and save --------------------------------------------------------------------------- */
+
+static qi_status check_encode_args(const char *what, qi_image_format fmt, int width, int height,
+                                   const qi_image_save_options *o, qi_error *err) {
+    if (fmt != QI_IMAGE_PNG && fmt != QI_IMAGE_JPEG && fmt != QI_IMAGE_WEBP)
+        return qi_fail(err, QI_ERR_ARG, "%s: unknown image format %d (expected PNG, JPEG or WebP)", what, (int)fmt);
+    if (o->quality < 1 || o->quality > 100)
+        return qi_fail(err, QI_ERR_ARG, "%s: quality %d is out of range 1..100", what, o->quality);
+    int max_side = fmt == QI_IMAGE_WEBP ? WEBP_MAX_DIMENSION : fmt == QI_IMAGE_JPEG ? 65500 : 1 << 20;
+    if (width < 1 || height < 1 || width > max_side || height > max_side)
+        return qi_fail(err, QI_ERR_ARG, "%s: image size %dx%d is outside this format's 1..%d", what, width,
+                       height, max_side);
+    return QI_OK;
+}
+
+/* The encoders without argument checks; msg gets the encoder's reason on failure. */
+static int encode_any(const uint8_t *rgb, int width, int height, qi_image_format fmt, const char *parameters,
+                      const qi_image_save_options *o, uint8_t **bytes, size_t *len, char *msg, size_t msg_cap) {
+    int rc = 0;
+    if (fmt == QI_IMAGE_PNG) {
+        png_ctx *c = calloc(1, sizeof *c);
+        byte_buf b = {0};
+        if (c) c->out = &b;
+        rc = c ? png_write(c, rgb, width, height, parameters) : -1;
+        snprintf(msg, msg_cap, "%s", c ? c->msg : "out of memory");
+        free(c);
+        if (rc) free(b.data);
+        *bytes = rc ? NULL : b.data;
+        *len = rc ? 0 : b.len;
+    } else if (fmt == QI_IMAGE_JPEG) {
+        jpeg_ctx *c = calloc(1, sizeof *c);
+        byte_buf b = {0};
+        if (c) c->out = &b;
+        rc = c ? jpeg_write(c, rgb, width, height, parameters, o->quality) : -1;
+        snprintf(msg, msg_cap, "%s", c ? c->msg : "out of memory");
+        free(c);
+        if (rc) free(b.data);
+        *bytes = rc ? NULL : b.data;
+        *len = rc ? 0 : b.len;
+    } else {
+        uint8_t *data = NULL;
+        size_t n = o->webp_lossless ? WebPEncodeLosslessRGB(rgb, width, height, width * 3, &data)
+                                    : WebPEncodeRGB(rgb, width, height, width * 3, (float)o->quality, &data);
+        /* libwebp's buffer is released with WebPFree: hand the caller a malloc'd copy */
+        *bytes = n ? malloc(n) : NULL;
+        if (*bytes) memcpy(*bytes, data, n);
+        rc = *bytes ? 0 : -1;
+        *len = rc ? 0 : n;
+        snprintf(msg, msg_cap, "%s", n ? "out of memory" : "the WebP encoder failed");
+        WebPFree(data);
+    }
+    return rc;
+}
+
+qi_status qi_image_encode_rgb(const uint8_t *rgb, int width, int height, qi_image_format fmt,
+                              const char *parameters, const qi_image_save_options *opt, uint8_t **bytes,
+                              size_t *len, qi_error *err) {
+    *bytes = NULL;
+    *len = 0;
+    static const char *const names[] = {"PNG", "JPEG", "WebP"};
+    const char *what = fmt >= QI_IMAGE_PNG && fmt <= QI_IMAGE_WEBP ? names[fmt] : "image";
+    if (!rgb) return qi_fail(err, QI_ERR_ARG, "%s encoder: no pixels", what);
+    qi_image_save_options o = opt ? *opt : qi_image_save_options_default();
+    qi_status st = check_encode_args(what, fmt, width, height, &o, err);
+    if (st) return st;
+    char msg[JMSG_LENGTH_MAX + 200];
+    if (encode_any(rgb, width, height, fmt, parameters, &o, bytes, len, msg, sizeof msg))
+        return qi_fail(err, QI_ERR_NOMEM, "%s encoder: %s", what, msg);
+    return QI_OK;
+}
 
 qi_status qi_image_save(const char *path, const uint8_t *rgb, int width, int height,
                         const char *parameters, const qi_image_save_options *opt, qi_error *err) {
@@ -378,38 +509,16 @@ qi_status qi_image_save(const char *path, const uint8_t *rgb, int width, int hei
     qi_status st = qi_image_format_of(path, &fmt, err);
     if (st) return st;
     qi_image_save_options o = opt ? *opt : qi_image_save_options_default();
-    if (o.quality < 1 || o.quality > 100)
-        return qi_fail(err, QI_ERR_ARG, "%s: quality %d is out of range 1..100", path, o.quality);
-    int max_side = fmt == QI_IMAGE_WEBP ? WEBP_MAX_DIMENSION : fmt == QI_IMAGE_JPEG ? 65500 : 1 << 20;
-    if (width < 1 || height < 1 || width > max_side || height > max_side)
-        return qi_fail(err, QI_ERR_ARG, "%s: image size %dx%d is outside this format's 1..%d", path,
-                       width, height, max_side);
+    if ((st = check_encode_args(path, fmt, width, height, &o, err))) return st;
 
     tmp_file t;
     if ((st = tmp_open(path, &t, err))) return st;
-    int rc = 0;
     char msg[JMSG_LENGTH_MAX + 200] = "";
-    if (fmt == QI_IMAGE_PNG) {
-        png_ctx *c = calloc(1, sizeof *c);
-        rc = c ? png_write(c, t.fp, rgb, width, height, parameters) : -1;
-        snprintf(msg, sizeof msg, "%s", c ? c->msg : "out of memory");
-        free(c);
-    } else if (fmt == QI_IMAGE_JPEG) {
-        jpeg_ctx *c = calloc(1, sizeof *c);
-        rc = c ? jpeg_write(c, t.fp, rgb, width, height, parameters, o.quality) : -1;
-        snprintf(msg, sizeof msg, "%s", c ? c->msg : "out of memory");
-        free(c);
-    } else {
-        uint8_t *data = NULL;
-        size_t n = o.webp_lossless
-                       ? WebPEncodeLosslessRGB(rgb, width, height, width * 3, &data)
-                       : WebPEncodeRGB(rgb, width, height, width * 3, (float)o.quality, &data);
-        if (!n)
-            rc = -1, snprintf(msg, sizeof msg, "the WebP encoder failed");
-        else if (fwrite(data, 1, n, t.fp) != n)
-            rc = -1, snprintf(msg, sizeof msg, "%s", strerror(errno));
-        WebPFree(data);
-    }
+    uint8_t *bytes = NULL;
+    size_t n = 0;
+    int rc = encode_any(rgb, width, height, fmt, parameters, &o, &bytes, &n, msg, sizeof msg);
+    if (!rc && fwrite(bytes, 1, n, t.fp) != n) rc = -1, snprintf(msg, sizeof msg, "%s", strerror(errno));
+    free(bytes);
     if (rc) {
         tmp_abort(&t);
         return qi_fail(err, QI_ERR_IO, "error writing %s: %s", path, msg);

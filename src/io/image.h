@@ -31,7 +31,7 @@ void qi_rgb_to_u8(const float *rgb, int height, int width, uint8_t *out);
  * diffusers output_type="np"). */
 void qi_rgb_to_unit(const float *rgb, int height, int width, float *out);
 
-typedef enum qi_image_format { QI_IMAGE_PNG = 0, QI_IMAGE_JPEG, QI_IMAGE_WEBP } qi_image_format;
+/* qi_image_format (PNG, JPEG, WebP) is public: qwen_image.h. */
 
 /* The format named by path's extension; QI_ERR_ARG naming the extension
  * otherwise. */
@@ -49,6 +49,12 @@ qi_image_save_options qi_image_save_options_default(void);
  * opt NULL = defaults. Errors name the path. */
 qi_status qi_image_save(const char *path, const uint8_t *rgb, int width, int height,
                         const char *parameters, const qi_image_save_options *opt, qi_error *err);
+
+/* The same bytes qi_image_save writes, in memory: *bytes (malloc'd, free()
+ * it) of *len. Errors name the format. */
+qi_status qi_image_encode_rgb(const uint8_t *rgb, int width, int height, qi_image_format fmt,
+                              const char *parameters, const qi_image_save_options *opt, uint8_t **bytes,
+                              size_t *len, qi_error *err);
 
 /* Reads a PNG as 8-bit RGB (palette, grey, 16-bit and alpha are converted:
  * alpha is dropped). *rgb [height, width, 3] is malloc'd; *parameters gets a

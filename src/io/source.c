@@ -17,9 +17,11 @@
 
 const char *qi_component_name(qi_component c) {
     switch (c) {
+    case QI_COMPONENT_TOKENIZER: return "tokenizer";
     case QI_COMPONENT_TRANSFORMER: return "transformer";
     case QI_COMPONENT_TEXT_ENCODER: return "text encoder";
     case QI_COMPONENT_VAE: return "vae";
+    case QI_COMPONENT_COUNT: break;
     }
     return "component";
 }

@@ -53,9 +53,11 @@
 #include "io/model_dir.h"     /* QI_PATH_MAX */
 
 typedef enum qi_component {
-    QI_COMPONENT_TRANSFORMER = 0,
+    QI_COMPONENT_TOKENIZER = 0, /* no weights: never a source, named for the engine's residency */
     QI_COMPONENT_TEXT_ENCODER,
-    QI_COMPONENT_VAE
+    QI_COMPONENT_VAE,
+    QI_COMPONENT_TRANSFORMER,
+    QI_COMPONENT_COUNT
 } qi_component;
 
 /* "transformer", "text encoder", "vae": for messages. */

@@ -888,6 +888,8 @@ struct qi_dit_call {
     int have_mask;          /* some text is padding: attention reads key_mask */
     int timestep_set;       /* the run's conditioning is ready (set_timestep or select_step) */
     int persistent;         /* buffers from be->persistent (freed with the call) */
+    int has_sp;             /* a call for one rank of a Ulysses group (qi_dit_call_create_sp) */
+    qi_ulysses sp;          /* that rank's plan: Li is its shard */
     size_t run_mark;        /* arena position of every run (SIZE_MAX before the first) */
 
     /* schedule mode (qi_dit_call_set_schedule): runs read `mods`, filled per step */
@@ -1345,7 +1347,56 @@ qi_status qi_dit_call_run(qi_dit_call *c, const qi_tensor *x, const qi_tensor *c
         return qi_fail(err, QI_ERR_ARG, "qi_dit_call_run: batch %lld and text length %lld, but the call was "
                        "made for %lld and %lld", (long long)x->ne[0], (long long)ctx->ne[1], (long long)c->B,
                        (long long)c->Lt);
+    if (c->has_sp)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_run: the call was made for a sequence-parallel rank "
+                       "(run it with qi_dit_call_run_sp)");
     return call_run(c, NULL, NULL, x, ctx, out, err);
+}
+
+qi_status qi_dit_call_create_sp(qi_dit *d, const qi_comm *comm, int batch, int grid_h, int grid_w, int txt_len,
+                                qi_dit_call **out, qi_error *err) {
+    *out = NULL;
+    if (!comm) return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create_sp: no communicator");
+    if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create_sp: no transformer");
+    qi_ulysses plan;
+    qi_status st = qi_ulysses_plan(comm->size, comm->rank, (int64_t)grid_h * grid_w, d->cfg.num_heads,
+                                   d->cfg.head_dim, &plan, err);
+    if (st != QI_OK) return st;
+    if (batch < 1 || grid_h < 1 || grid_w < 1 || txt_len < 1)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create_sp: batch %d, patch grid %dx%d, text length %d "
+                       "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
+    qi_dit_call *c = malloc(sizeof *c);
+    if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    st = call_init(d, c, batch, grid_h, grid_w, txt_len, qi_ulysses_shard_len(&plan, plan.rank),
+                   d->be->ops->persistent != NULL, err);
+    if (st != QI_OK) {
+        free(c);
+        return st;
+    }
+    c->has_sp = 1;
+    c->sp = plan;
+    *out = c;
+    return QI_OK;
+}
+
+qi_status qi_dit_call_run_sp(qi_dit_call *c, qi_comm *comm, const qi_tensor *x_local, const qi_tensor *ctx,
+                             qi_tensor *out_local, qi_error *err) {
+    qi_status st = QI_OK;
+    if (!c->has_sp || !comm || comm->size != c->sp.size || comm->rank != c->sp.rank)
+        st = qi_fail(err, QI_ERR_ARG, "qi_dit_call_run_sp: the call was made for %s, not rank %d of %d",
+                     c->has_sp ? "another rank" : "one device (qi_dit_call_create)", comm ? comm->rank : -1,
+                     comm ? comm->size : 0);
+    if (st == QI_OK)
+        st = check_inputs(c->d, "qi_dit_call_run_sp", x_local, ctx, NULL, NULL, c->grid_h, c->grid_w, c->Li,
+                          out_local, err);
+    if (st == QI_OK && (x_local->ne[0] != c->B || ctx->ne[1] != c->Lt))
+        st = qi_fail(err, QI_ERR_ARG, "qi_dit_call_run_sp: batch %lld and text length %lld, but the call was "
+                     "made for %lld and %lld", (long long)x_local->ne[0], (long long)ctx->ne[1], (long long)c->B,
+                     (long long)c->Lt);
+    if (st == QI_OK) st = call_run(c, &c->sp, comm, x_local, ctx, out_local, err);
+    /* the other ranks may be waiting in a collective for this one: release them */
+    if (st != QI_OK) qi_comm_abort(comm);
+    return st;
 }
 
 void qi_dit_call_free(qi_dit_call *c) {

@@ -151,6 +151,19 @@ qi_status qi_dit_call_run(qi_dit_call *c, const qi_tensor *x, const qi_tensor *c
                           qi_error *err);
 void qi_dit_call_free(qi_dit_call *c);
 
+/* The same split on one rank of a Ulysses group (as qi_dit_forward_sp):
+ * create_sp makes a call for rank comm->rank of comm->size (x and out of its
+ * runs hold that rank's shard, [B, qi_ulysses_shard_len(rank), ·]); mask,
+ * timestep and schedule are set as above; run_sp is run's collective form,
+ * called by every rank of comm together, and aborts comm on a failure.
+ * run_sp queues the exchanges on the communicator, so a run can be recorded
+ * only where the communicator's collectives can be (device memory, queued on
+ * the backend's stream: QI_COMM_DEVICE). */
+qi_status qi_dit_call_create_sp(qi_dit *d, const qi_comm *comm, int batch, int grid_h, int grid_w, int txt_len,
+                                qi_dit_call **out, qi_error *err);
+qi_status qi_dit_call_run_sp(qi_dit_call *c, qi_comm *comm, const qi_tensor *x_local, const qi_tensor *ctx,
+                             qi_tensor *out_local, qi_error *err);
+
 /* ---- exposed for tests and benchmarks ---- */
 
 /* Rotary positions of the joint sequence (text first, spec §1.5): pos[i·3 + a]

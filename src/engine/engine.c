@@ -1,0 +1,353 @@
+/*
+ * engine.c — the engine of qwen_image.h: opening a model and its devices,
+ * the components (tokenizer, text encoder, VAE, the transformer on every
+ * rank), the LoRA set, warm-up, and qi_generate as a sequence of stages:
+ *
+ *   plan → text (tokenize → text encoder) → noise
+ *        → denoise ([transformer (+ uncond) → CFG → Euler] × steps, denoise.c)
+ *        → decode (unpack → VAE → RGB8)
+ *
+ * Every component is loaded by one function here (load_*), the only place
+ * that knows where a component's files are. A stage asks for its component
+ * through qi_engine_acquire / qi_engine_release: the residency hook
+ * (engine.h) will decide there what stays resident; today everything does.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "engine/engine.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define logf_(e, ...) qi_log_linef((e)->log, (e)->log_user, __VA_ARGS__)
+
+qi_open_options qi_open_options_default(void) {
+    qi_open_options o;
+    memset(&o, 0, sizeof o);
+    o.device = "cpu";
+    return o;
+}
+
+qi_request qi_request_default(void) {
+    qi_request r;
+    memset(&r, 0, sizeof r);
+    r.width = 1024;
+    r.height = 1024;
+    r.steps = 8;
+    r.cfg = 1.0f;
+    r.seed = 42;
+    r.batch = 1;
+    r.rng = QI_RNG_CPU;
+    r.max_sequence_length = 512;
+    return r;
+}
+
+const char *qi_engine_error(const qi_engine *e) { return e ? e->err.msg : "no engine (out of memory)"; }
+const qi_timings *qi_engine_timings(const qi_engine *e) { return &e->last; }
+
+/* ---- the components: where each one's files are --------------------------------- */
+
+static qi_status load_tokenizer(qi_engine *e) { return qi_tokenizer_load(e->dir.tokenizer_dir, &e->tok, &e->err); }
+
+/* The weight source of component c (a diffusers component folder today),
+ * opened once and kept: reloads and every rank read the same one. */
+static qi_status open_source(qi_engine *e, qi_component c) {
+    if (e->src[c]) return QI_OK;
+    const char *dir = c == QI_COMPONENT_TEXT_ENCODER ? e->dir.text_encoder_dir
+                      : c == QI_COMPONENT_VAE        ? e->dir.vae_dir
+                                                     : e->dir.transformer_dir;
+    return qi_source_open_folder(dir, c, &e->src[c], &e->err);
+}
+
+static qi_status load_text_encoder(qi_engine *e) {
+    qi_status st = open_source(e, QI_COMPONENT_TEXT_ENCODER);
+    return st ? st : qi_text_encoder_load(e->src[QI_COMPONENT_TEXT_ENCODER], e->be, &e->te, &e->err);
+}
+
+static qi_status load_vae(qi_engine *e) {
+    qi_status st = open_source(e, QI_COMPONENT_VAE);
+    return st ? st : qi_vae_load(e->src[QI_COMPONENT_VAE], e->be, &e->vae, &e->err);
+}
+
+/* The transformer of rank w (run on every rank at once, each on its thread,
+ * all reading the one source: read-only after open). */
+static qi_status load_transformer_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
+    const qi_engine *e = arg;
+    if (r->dit[w]) qi_dit_free(r->dit[w]);
+    r->dit[w] = NULL;
+    return qi_dit_load(e->src[QI_COMPONENT_TRANSFORMER], r->be[w], e->loras, &r->dit[w], err);
+}
+
+/* The attention shape several ranks split, before any transformer loads. */
+static qi_status read_transformer_heads(qi_engine *e) {
+    qi_dit_config c;
+    qi_status st = open_source(e, QI_COMPONENT_TRANSFORMER);
+    if (!st) st = qi_dit_read_config(e->src[QI_COMPONENT_TRANSFORMER], &c, &e->err);
+    if (!st) {
+        e->heads = c.num_heads;
+        e->head_dim = c.head_dim;
+    }
+    return st;
+}
+
+/* NULL or "model": the model's scheduler config; "lightning"; or a JSON path. */
+static qi_status load_scheduler(qi_engine *e, const char *which, qi_scheduler_config *cfg) {
+    if (!which || !strcmp(which, "model")) return qi_scheduler_config_load(e->dir.scheduler_config, cfg, &e->err);
+    if (!strcmp(which, "lightning")) {
+        *cfg = qi_scheduler_config_lightning();
+        return QI_OK;
+    }
+    return qi_scheduler_config_load(which, cfg, &e->err);
+}
+
+/* ---- the transformer and its LoRA set ----------------------------------------------- */
+
+/* A load with the current set failed: the engine goes back to what worked,
+ * so it does not stay broken (LoRA files are only matched against the
+ * weights at load). The next load then uses that set. */
+static void lora_fallback(qi_engine *e, qi_status st) {
+    if (e->loras_loaded < 0) { /* a qi_engine_set_loras set: back to the one before */
+        qi_lora_set_free(e->loras);
+        e->loras = e->loras_prev;
+        e->loras_loaded = e->loras_prev_loaded;
+        e->loras_prev = NULL;
+        qi_fail_ctx(&e->err, st, "the LoRA set given to qi_engine_set_loras was removed from the engine, which "
+                    "keeps its previous set");
+        return;
+    }
+    int n = qi_lora_set_file_count(e->loras);
+    if (n > e->loras_loaded) {
+        qi_lora_set_truncate(e->loras, e->loras_loaded);
+        qi_fail_ctx(&e->err, st, "the %d LoRA file(s) added since the last load were removed from the engine",
+                    n - e->loras_loaded);
+    }
+}
+
+/* Loads (or reloads, after a LoRA change) the transformer on every rank. */
+static qi_status ensure_transformer(qi_engine *e) {
+    if (e->ranks->dit[0] && !e->dit_stale) return QI_OK;
+    qi_denoise_release(e->ranks); /* recorded on the old transformer's weights */
+    double t0 = qi_now_s();
+    int n_loras = qi_lora_set_file_count(e->loras);
+    if (n_loras)
+        logf_(e, "loading transformer from %s and fusing %d LoRA file(s) ...", e->dir.transformer_dir, n_loras);
+    else
+        logf_(e, "loading transformer from %s ...", e->dir.transformer_dir);
+    qi_status st = open_source(e, QI_COMPONENT_TRANSFORMER);
+    if (!st) st = qi_ranks_run(e->ranks, load_transformer_rank, e, NULL, NULL, &e->err);
+    if (st) {
+        qi_ranks_free_dits(e->ranks);
+        e->dit_stale = 1;
+        lora_fallback(e, st);
+        return st;
+    }
+    qi_lora_set_free(e->loras_prev);
+    e->loras_prev = NULL;
+    e->loras_loaded = qi_lora_set_file_count(e->loras);
+    e->dit_stale = 0;
+    logf_(e, "loaded transformer in %.2f s", qi_now_s() - t0);
+    return QI_OK;
+}
+
+qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength) {
+    if (!path) return qi_fail(&e->err, QI_ERR_ARG, "LoRA path is NULL");
+    qi_status st = qi_lora_set_add(&e->loras, path, strength, &e->err);
+    if (st) return st;
+    e->dit_stale = 1; /* fused at load time: reload with the new set */
+    return QI_OK;
+}
+
+qi_status qi_engine_set_loras(qi_engine *e, const qi_lora_spec *loras, int n) {
+    if (n < 0 || (n > 0 && !loras))
+        return qi_fail(&e->err, QI_ERR_ARG, "qi_engine_set_loras: %d LoRAs%s", n, n > 0 ? " but no array" : "");
+    qi_lora_set *set = NULL;
+    for (int i = 0; i < n; i++) {
+        qi_status st = loras[i].path ? qi_lora_set_add(&set, loras[i].path, loras[i].strength, &e->err)
+                                     : qi_fail(&e->err, QI_ERR_ARG, "LoRA %d: path is NULL", i);
+        if (st) {
+            qi_lora_set_free(set);
+            return qi_fail_ctx(&e->err, st, "qi_engine_set_loras: LoRA set unchanged");
+        }
+    }
+    if (e->loras_loaded < 0) {
+        qi_lora_set_free(e->loras); /* an earlier replacement not loaded yet: the previous set stays */
+    } else {
+        /* the previous set: what the weights hold now, or the files given before the first load */
+        if (e->loras && e->ranks->dit[0]) qi_lora_set_truncate(e->loras, e->loras_loaded);
+        e->loras_prev = e->loras;
+        e->loras_prev_loaded = e->ranks->dit[0] ? e->loras_loaded : 0;
+    }
+    e->loras = set;
+    e->loras_loaded = -1; /* pending: lora_fallback goes back to loras_prev */
+    e->dit_stale = 1;
+    return QI_OK;
+}
+
+/* ---- components, resident for a stage ------------------------------------------------ */
+
+static qi_status component_load(qi_engine *e, qi_component c) {
+    switch (c) {
+    case QI_COMPONENT_TOKENIZER: return e->tok ? QI_OK : load_tokenizer(e);
+    case QI_COMPONENT_TEXT_ENCODER: return e->te ? QI_OK : load_text_encoder(e);
+    case QI_COMPONENT_VAE: return e->vae ? QI_OK : load_vae(e);
+    case QI_COMPONENT_TRANSFORMER: return ensure_transformer(e);
+    default: return qi_fail(&e->err, QI_ERR_ARG, "component %d", (int)c);
+    }
+}
+
+qi_status qi_engine_acquire(qi_engine *e, qi_component c) {
+    qi_status st = component_load(e, c);
+    if (!st && e->residency.acquire) st = e->residency.acquire(e->residency.user, e, c, &e->err);
+    return st;
+}
+
+void qi_engine_release(qi_engine *e, qi_component c) {
+    if (e->residency.release) e->residency.release(e->residency.user, e, c);
+}
+
+qi_status qi_engine_warm(qi_engine *e, qi_progress_fn progress, void *user) {
+    for (int c = 0; c < QI_COMPONENT_COUNT; c++) {
+        if (progress && progress(user, "load", c, QI_COMPONENT_COUNT))
+            return qi_fail(&e->err, QI_ERR_CANCELLED, "warm-up cancelled before loading the %s", qi_component_name((qi_component)c));
+        qi_status st = component_load(e, (qi_component)c);
+        if (st) return st;
+    }
+    if (progress) progress(user, "load", QI_COMPONENT_COUNT, QI_COMPONENT_COUNT);
+    return QI_OK;
+}
+
+/* ---- open and close -------------------------------------------------------------------- */
+
+/* The devices: opt->devices (several ranks), else the one opt->device. */
+static qi_status open_ranks(qi_engine *e, const qi_open_options *opt) {
+    qi_rank_devices d = {.n = 1};
+    const char *list = opt->devices ? opt->devices : opt->device ? opt->device : "cpu";
+    qi_status st = QI_OK;
+    if (opt->devices) {
+        st = qi_ranks_parse(opt->devices, &d, &e->err);
+    } else if (strlen(list) >= sizeof d.dev[0].name) {
+        st = qi_fail(&e->err, QI_ERR_ARG, "--device %s: expected cpu, cuda or cuda:N", list);
+    } else {
+        snprintf(d.dev[0].name, sizeof d.dev[0].name, "%s", list);
+    }
+    if (!st && d.n > 1) st = read_transformer_heads(e);
+    if (!st)
+        st = qi_ranks_open(&d, list, e->heads, opt->threads, opt->random_weights, opt->log, opt->log_user,
+                           &e->ranks, &e->err);
+    if (!st) e->be = e->ranks->be[0];
+    return st;
+}
+
+qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
+    qi_engine *e = calloc(1, sizeof *e);
+    *out = e;
+    if (!e) return QI_ERR_NOMEM;
+    e->log = opt->log;
+    e->log_user = opt->log_user;
+    if (!opt->model_dir)
+        return qi_fail(&e->err, QI_ERR_ARG, "no model directory given (-m DIR: a Qwen/Qwen-Image download)");
+    qi_status st;
+    if ((st = qi_model_dir_open(opt->model_dir, &e->dir, &e->err))) return st;
+    if ((st = open_ranks(e, opt))) return st;
+    double t0 = qi_now_s();
+    logf_(e, "loading tokenizer, text encoder and VAE from %s ...", opt->model_dir);
+    for (int c = QI_COMPONENT_TOKENIZER; c <= QI_COMPONENT_VAE && !st; c++) st = component_load(e, (qi_component)c);
+    if (st) return st;
+    logf_(e, "loaded tokenizer, text encoder and VAE from %s in %.2f s", opt->model_dir, qi_now_s() - t0);
+    return QI_OK;
+}
+
+void qi_engine_close(qi_engine *e) {
+    if (!e) return;
+    qi_denoise_release(e->ranks);
+    if (e->vae) qi_vae_free(e->vae);
+    if (e->te) qi_text_encoder_free(e->te);
+    if (e->tok) qi_tokenizer_free(e->tok);
+    qi_lora_set_free(e->loras);
+    qi_lora_set_free(e->loras_prev);
+    qi_ranks_free(e->ranks); /* the transformers, then the backends */
+    for (int c = 0; c < QI_COMPONENT_COUNT; c++) qi_source_close(e->src[c]); /* after the models read from them */
+    free(e);
+}
+
+qi_backend *qi_engine_backend(qi_engine *e) { return e->be; }
+qi_text_encoder *qi_engine_text_encoder(qi_engine *e) { return e->te; }
+qi_vae *qi_engine_vae(qi_engine *e) { return e->vae; }
+qi_status qi_engine_dit(qi_engine *e, qi_dit **out) {
+    qi_status st = ensure_transformer(e);
+    *out = st ? NULL : e->ranks->dit[0];
+    return st;
+}
+
+/* ---- generate ---------------------------------------------------------------------------- */
+
+static qi_status make_plan(qi_engine *e, const qi_request *req, qi_plan *p) {
+    qi_scheduler_config sched;
+    memset(p, 0, sizeof *p);
+    qi_status st = qi_plan_check_request(req, &e->err);
+    if (!st) st = load_scheduler(e, req->scheduler, &sched);
+    if (!st) st = qi_plan_make(req, &sched, e->ranks->n, e->heads, e->head_dim, p, &e->err);
+    return st;
+}
+
+static qi_status generate_text(qi_engine *e, const qi_plan *p, qi_text_embeds text[2]) {
+    double t0 = qi_now_s();
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_TOKENIZER);
+    if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
+    if (!st) st = qi_stage_text(e, p, text);
+    qi_engine_release(e, QI_COMPONENT_TEXT_ENCODER);
+    qi_engine_release(e, QI_COMPONENT_TOKENIZER);
+    e->last.text_s = qi_now_s() - t0;
+    return st;
+}
+
+static qi_status generate_latents(qi_engine *e, const qi_plan *p, const qi_text_embeds text[2], float **latents) {
+    double t0 = qi_now_s();
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
+    e->last.load_s = qi_now_s() - t0;
+    t0 = qi_now_s();
+    if (!st) st = qi_stage_noise(e, p, latents);
+    if (!st) st = qi_denoise(e->ranks, p, text, *latents, &e->err);
+    qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
+    if (!st && qi_stage_report(p, "denoise", p->steps, p->steps))
+        st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
+    e->last.denoise_s = qi_now_s() - t0;
+    return st;
+}
+
+static qi_status generate_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out) {
+    double t0 = qi_now_s();
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_VAE);
+    if (!st) st = qi_stage_decode(e, p, latents, out);
+    qi_engine_release(e, QI_COMPONENT_VAE);
+    e->last.vae_s = qi_now_s() - t0;
+    e->last.peak_rss_mb = qi_peak_rss_mb();
+    if (e->be->ops->mem_usage) {
+        size_t now, peak;
+        e->be->ops->mem_usage(e->be, &now, &peak);
+        e->last.device_peak_mb = (double)peak / (1 << 20);
+    }
+    return st;
+}
+
+qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
+    memset(out, 0, sizeof *out);
+    memset(&e->last, 0, sizeof e->last);
+    qi_plan plan;
+    qi_text_embeds text[2];
+    memset(text, 0, sizeof text);
+    float *latents = NULL;
+    size_t mark = e->be->ops->mark(e->be);
+    qi_status st = make_plan(e, req, &plan);
+    if (!st) st = generate_text(e, &plan, text);
+    if (!st) st = generate_latents(e, &plan, text, &latents);
+    if (!st) st = generate_decode(e, &plan, latents, out);
+    if (st) qi_image_free(out);
+    e->be->ops->reset(e->be, mark);
+    qi_plan_free(&plan);
+    qi_text_embeds_free(&text[0]);
+    qi_text_embeds_free(&text[1]);
+    free(latents);
+    return st;
+}

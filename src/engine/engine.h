@@ -1,0 +1,83 @@
+/*
+ * engine.h — the engine behind qwen_image.h (internal): its loaded
+ * components, its LoRA set, the ranks it denoises on, and the stages
+ * qi_generate strings together. Benchmarks and tests that time one stage
+ * reach the components through the accessors at the end.
+ */
+#ifndef QI_ENGINE_ENGINE_H
+#define QI_ENGINE_ENGINE_H
+
+#include "engine/denoise.h"
+#include "engine/plan.h"
+#include "engine/ranks.h"
+#include "io/model_dir.h"
+#include "io/source.h" /* qi_component: the parts of a model a stage needs resident */
+#include "model/lora.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
+#include "model/vae.h"
+#include "qwen_image.h"
+
+/* The residency hook: where the low-VRAM work decides what stays in device
+ * memory. Before a stage runs, the engine makes its component resident
+ * (loading it if it never was: qi_engine_acquire) and then calls `acquire`;
+ * after the stage, it calls `release`, after which the component may be
+ * offloaded or freed until the next acquire (which must then bring it back).
+ * NULL slots (today's policy) keep every component resident once loaded. */
+typedef struct qi_residency {
+    qi_status (*acquire)(void *user, qi_engine *e, qi_component c, qi_error *err);
+    void (*release)(void *user, qi_engine *e, qi_component c);
+    void *user;
+} qi_residency;
+
+struct qi_engine {
+    qi_model_dir dir;
+    qi_ranks *ranks;         /* the devices; ranks->be[0] runs text encoder, VAE, noise */
+    qi_backend *be;          /* = ranks->be[0] */
+    int heads, head_dim;     /* the transformer's attention shape (several ranks only) */
+    qi_tokenizer *tok;
+    qi_text_encoder *te;
+    qi_vae *vae;
+    qi_source *src[QI_COMPONENT_COUNT]; /* weight sources, opened on first load and kept while their
+                                           models live (CPU weights point into them); none for the
+                                           tokenizer */
+    int dit_stale;           /* the LoRA set changed since the transformers loaded: reload */
+    qi_lora_set *loras;      /* the set to fuse (NULL: none) */
+    int loras_loaded;        /* files of `loras` fused by the last successful load; -1: a set
+                                from qi_engine_set_loras that has not loaded yet */
+    qi_lora_set *loras_prev; /* while loras_loaded is -1: the set before it (NULL: none) */
+    int loras_prev_loaded;   /* files of loras_prev the weights held */
+    qi_residency residency;
+    qi_log_fn log;
+    void *log_user;
+    qi_error err;
+    qi_timings last;
+};
+
+/* Makes component c resident for a stage (loading it first if needed, then
+ * the residency hook), and lets it go after. */
+qi_status qi_engine_acquire(qi_engine *e, qi_component c);
+void qi_engine_release(qi_engine *e, qi_component c);
+
+/* ---- the stages of qi_generate (stages.c) ---- */
+
+/* Text embeddings of the prompts (text[0]) and, with true CFG, the negative
+ * prompt repeated per prompt (text[1]); each prompt's rows repeated per image. */
+qi_status qi_stage_text(qi_engine *e, const qi_plan *p, qi_text_embeds text[2]);
+void qi_text_embeds_free(qi_text_embeds *t);
+/* The initial noise, packed: *latents [B, img_tokens, 64] malloc'd. */
+qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents);
+/* Denoised packed latents → out (vae_in latents and RGB8 images). */
+qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out);
+/* Reports progress; nonzero: cancelled. */
+int qi_stage_report(const qi_plan *p, const char *stage, int step, int total);
+
+double qi_peak_rss_mb(void); /* this process's peak resident set, MiB */
+
+/* ---- the engine's parts, for benchmarks and tests that time one stage ---- */
+qi_backend *qi_engine_backend(qi_engine *e);
+qi_status qi_engine_dit(qi_engine *e, qi_dit **out); /* loads the transformer if needed */
+qi_text_encoder *qi_engine_text_encoder(qi_engine *e);
+qi_vae *qi_engine_vae(qi_engine *e);
+
+#endif
