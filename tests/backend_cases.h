@@ -380,6 +380,45 @@ static inline qi_tensor bc_tmp(qi_backend *be, int ndim, const int64_t *ne) {
     return t;
 }
 
+/* ---- tensors straight on a backend (graph and timing tests) -------------------------- */
+
+/* An activation of uniform values in [-amp, amp). */
+static inline qi_tensor bc_dev_rand(qi_backend *be, int ndim, const int64_t *ne, float amp) {
+    qi_tensor t;
+    qi_error err;
+    bc_must(be->ops->tensor(be, &t, be->act_dtype, ndim, ne, &err), "tensor", &err);
+    int64_t n = qi_numel(&t);
+    float *h = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) h[i] = amp * bc_frand();
+    bc_must(be->ops->upload(be, &t, h, &err), "upload", &err);
+    free(h);
+    return t;
+}
+
+/* A bf16 weight of uniform values in [-amp, amp); *keep = its host bytes
+ * (free them after weight_free: the CPU backend points into them). */
+static inline qi_tensor bc_dev_weight(qi_backend *be, int ndim, const int64_t *ne, float amp, uint16_t **keep) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= ne[i];
+    uint16_t *h = malloc((size_t)n * 2);
+    for (int64_t i = 0; i < n; i++) h[i] = qi_f32_to_bf16(amp * bc_frand());
+    qi_tensor w;
+    qi_error err;
+    bc_must(be->ops->weight(be, &w, QI_BF16, ndim, ne, h, &err), "weight", &err);
+    *keep = h;
+    return w;
+}
+
+/* Fills t with NaN (so an element a later op does not write shows). */
+static inline void bc_dev_poison(qi_backend *be, qi_tensor *t) {
+    int64_t n = qi_numel(t);
+    float *nan = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) nan[i] = NAN;
+    qi_error err;
+    bc_must(be->ops->upload(be, t, nan, &err), "poison", &err);
+    free(nan);
+}
+
 #define BC_T(i) (in->t[i].role ? &t[i] : NULL) /* an optional argument */
 #define BC_V(i) (in->t[i].val)
 
