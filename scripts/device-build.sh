@@ -5,16 +5,16 @@
 # still need (ldd) to dist/lib, and writes dist/run.sh, which sets the library
 # path there (ours first, then the machine's CUDA for cuBLAS) and runs a program:
 #
-#   scripts/device-build.sh [targets...]       # here (default: test_cuda_ops qwen-image)
-#   dist/run.sh test_cuda_ops                  # there, from the repository root
-#   dist/run.sh --ldd test_cuda_ops            # there: show what resolves where
+#   scripts/device-build.sh [targets...]       # here (default: the CUDA tests and qwen-image)
+#   dist/run.sh test_backend_ops -b cuda       # there, from the repository root
+#   dist/run.sh --ldd test_cuda_kernels        # there: show what resolves where
 #
 # dist/ is git-ignored; carry it with the device tool (carry: ["dist"]).
 set -e
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BUILD=$ROOT/build-cuda-dist
-TARGETS=${*:-test_cuda_ops qwen-image}
+TARGETS=${*:-test_backend_ops test_cuda_kernels test_cuda_bench qwen-image}
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DQI_CUDA=ON -DQI_STATIC_DEPS=ON >/dev/null
 cmake --build "$BUILD" -j2 --target $TARGETS
 rm -rf dist

@@ -364,6 +364,10 @@ extern "C" void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor
     /* Flash kernels need 16-byte aligned rows; anything else goes through GEMMs. */
     const bool aligned = qc_aligned16(p.q) && qc_aligned16(p.k) && qc_aligned16(p.v) && qc_aligned16(p.o);
     int variant = c->attn_variant;
+    /* Variants retired to dev/cuda/ (flash_variants.cu.txt) keep their names
+     * (qi_cuda_set_attention_kernel) and run what "auto" picks. */
+    if (variant == QC_ATTN_WGMMA_64x2 || variant == QC_ATTN_WGMMA_128x2 || variant == QC_ATTN_TMA_128x2)
+        variant = QC_ATTN_AUTO;
     if (!aligned || (Dh != 16 && Dh != 32 && Dh != 64 && Dh != 128)) variant = QC_ATTN_GEMM;
     if (variant >= QC_ATTN_WGMMA_64x2 && (Dh != 128 || !c->hopper)) variant = QC_ATTN_MMA;
     if (variant >= QC_ATTN_TMA_64x2 && !c->tmap_encode) variant = QC_ATTN_WGMMA_64x3;

@@ -25,11 +25,12 @@ size_t qi_cuda_arena_capacity(qi_backend *be);
 /* Device bytes held by weights. */
 size_t qi_cuda_weight_bytes(qi_backend *be);
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
- * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x2",
- * "wgmma128x2", "wgmma64x3" (Hopper flash kernels for head dim 128: key tile ×
- * warpgroups), "tma64x2", "tma128x2", "tma64x3" (the same, warp-specialised
- * and fed by TMA). Kernels that cannot take a shape fall back as "auto" does.
- * Returns 0, or -1 for an unknown name. */
+ * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x3"
+ * (Hopper flash kernel for head dim 128: 64-key tiles × 3 warpgroups),
+ * "tma64x2", "tma64x3" (the same, warp-specialised and fed by TMA). Kernels
+ * that cannot take a shape fall back as "auto" does. "wgmma64x2",
+ * "wgmma128x2" and "tma128x2" are retired to dev/cuda/ (NOTES.md) and run as
+ * "auto". Returns 0, or -1 for an unknown name. */
 int qi_cuda_set_attention_kernel(qi_backend *be, const char *name);
 
 /* Chooses how 3×3, pad-1 convolutions run (for tests and benchmarks):

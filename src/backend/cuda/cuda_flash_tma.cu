@@ -249,10 +249,9 @@ template <int BC, int NWG, int STAGES> static void launch(cuda_impl *c, const at
     flash_tma_k<BC, NWG, STAGES><<<grid, (NWG + 1) * 128, smem, c->stream>>>(tq, tk, tv, *p, bias, drop);
 }
 
+/* The two instances pick_tma chooses between (cuda_attention.cu); 128x2 is
+ * in dev/cuda/flash_variants.cu.txt. */
 void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant) {
-    switch (variant) {
-    case QC_ATTN_TMA_128x2: launch<128, 2, 2>(c, p); break;
-    case QC_ATTN_TMA_64x3: launch<64, 3, 3>(c, p); break;
-    default: launch<64, 2, 4>(c, p); break;
-    }
+    if (variant == QC_ATTN_TMA_64x3) launch<64, 3, 3>(c, p);
+    else launch<64, 2, 4>(c, p);
 }

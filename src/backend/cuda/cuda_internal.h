@@ -92,11 +92,11 @@ typedef enum qc_attn_variant {
     QC_ATTN_AUTO = 0,
     QC_ATTN_MMA,        /* mma.sync flash kernel (head dims 16, 32, 64, 128) */
     QC_ATTN_GEMM,       /* S = QKᵀ, softmax, PV through cuBLASLt (any head dim) */
-    QC_ATTN_WGMMA_64x2, /* Hopper wgmma flash kernel, head dim 128: 64-key tiles, 2 warpgroups */
-    QC_ATTN_WGMMA_128x2,
-    QC_ATTN_WGMMA_64x3,
+    QC_ATTN_WGMMA_64x2, /* retired to dev/cuda/flash_variants.cu.txt: runs as AUTO */
+    QC_ATTN_WGMMA_128x2, /* retired, as 64x2 */
+    QC_ATTN_WGMMA_64x3, /* Hopper wgmma flash kernel, head dim 128: 64-key tiles, 3 warpgroups */
     QC_ATTN_TMA_64x2,   /* warp-specialised wgmma kernel fed by TMA (cuda_flash_tma.cu) */
-    QC_ATTN_TMA_128x2,
+    QC_ATTN_TMA_128x2,  /* retired, as 64x2 */
     QC_ATTN_TMA_64x3,
     QC_ATTN_VARIANTS
 } qc_attn_variant;

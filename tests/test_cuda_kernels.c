@@ -1,0 +1,271 @@
+/*
+ * test_cuda_kernels.c — claims about the CUDA backend beyond "each op agrees
+ * with the CPU under the default dispatch" (test_backend_ops -b cuda):
+ *   - every attention kernel the dispatch can pick, forced in turn, on every
+ *     attention case of backend_cases.h, against the CPU backend; the flash
+ *     kernels give the same bits on a second run (no races);
+ *   - both ways a 3×3 convolution runs (implicit GEMM, im2col + cuBLASLt),
+ *     forced in turn, on every conv2d / conv2d_fused case, against the CPU;
+ *   - a DiT-like block recorded as a CUDA graph replays bit-identically to
+ *     the eager run, and reads its inputs' current contents;
+ *   - a misuse is reported by the next sync with a message, not a crash.
+ * One line per case × kernel. Needs a GPU: label cuda.
+ *
+ * Env: QI_TEST_SEED (default 1), QI_TEST_WGMMA=0 leaves the Hopper kernels
+ * out (another GPU), QI_TEST_ONLY=attention|conv|graph runs one part.
+ * Kernel variants the dispatch never picks live in dev/cuda/ (NOTES.md).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend_cases.h"
+
+static qi_backend *cpu, *gpu;
+static qi_error err;
+static uint64_t seed = 1;
+
+/* Attention kernels for a head dim: the flash kernels that take it, then GEMMs. */
+static const char *const kernels_hopper[] = {"mma", "wgmma64x3", "tma64x2", "tma64x3", "gemm"};
+static const char *const kernels_portable[] = {"mma", "gemm"};
+static const char *const kernels_other[] = {"gemm"};
+static int use_wgmma = 1; /* QI_TEST_WGMMA=0: Dh 128 takes kernels_portable */
+
+/* out against cpu_out for every output of the case (tolerances as
+ * test_backend_ops, for the conv path bc_conv_mode names); the worst error
+ * over its tolerance, written as "vs cpu e (tol t)" into text. */
+static int vs_cpu(const bc_inst *in, float **out, float **cpu_out, char *text, size_t cap) {
+    int ok = 1;
+    size_t len = 0;
+    text[0] = 0;
+    for (int i = 0; i < BC_MAX_T; i++) {
+        const bc_host *h = &in->t[i];
+        if (!h->out) continue;
+        bc_tols tol = in->c->op->tols;
+        if (in->c->op->adjust) in->c->op->adjust(in, i, &tol);
+        double e = bc_err(out[i], NULL, cpu_out[i], h->n, in->c->op->row_metric ? h->ne[h->ndim - 1] : 0);
+        int n = snprintf(text + len, cap - len, "[t%d] vs cpu %.2e (tol %.1e)  ", i, e, tol.dev);
+        if (n > 0 && (size_t)n < cap - len) len += (size_t)n;
+        if (!(e <= tol.dev)) ok = 0;
+    }
+    return ok;
+}
+
+/* One case under one forced kernel: against the CPU, and (rerun) the same bits again. */
+static void one_variant(const bc_inst *in, float **cpu_out, const char *name, const char *kernel, int rerun) {
+    float *out[BC_MAX_T], *again[BC_MAX_T];
+    char text[512] = "";
+    int before = qi_test_failed_checks;
+    qi_status st = bc_run(gpu, in, 0, out, &err);
+    CHECK(st == QI_OK, "%s [%s]: the op failed: %s", name, kernel, err.msg);
+    if (st == QI_OK) {
+        int ok = vs_cpu(in, out, cpu_out, text, sizeof text);
+        CHECK(ok, "%s [%s]: %s", name, kernel, text);
+        if (rerun && (st = bc_run(gpu, in, 0, again, &err)) == QI_OK) {
+            int64_t differ = 0;
+            for (int i = 0; i < BC_MAX_T; i++)
+                for (int64_t k = 0; out[i] && k < in->t[i].n; k++) differ += qi_f32_bits(out[i][k]) != qi_f32_bits(again[i][k]);
+            strncat(text, differ ? "second run DIFFERS" : "second run bit-identical", sizeof text - strlen(text) - 1);
+            CHECK(differ == 0, "%s [%s]: %lld elements differ between two runs (a race?)", name, kernel,
+                  (long long)differ);
+            bc_outs_free(again);
+        }
+        CHECK(st == QI_OK, "%s [%s]: the second run failed: %s", name, kernel, err.msg);
+        bc_outs_free(out);
+    }
+    int ok = qi_test_failed_checks == before;
+    ok ? qi_test_passed++ : qi_test_failed++;
+    printf("%-4s %-62s [%-9s] %s\n", ok ? "ok" : "FAIL", name, kernel, text);
+    fflush(stdout);
+}
+
+/* Every case of `op`, built once, its CPU result once, then each kernel. */
+static void each_case(const bc_op *op, void (*per_case)(const bc_inst *, float **, const char *)) {
+    for (int k = 0; k < BC_N_CASES; k++) {
+        if (bc_cases[k].op != op) continue;
+        char name[256];
+        bc_case_name(&bc_cases[k], name, sizeof name);
+        bc_inst in;
+        bc_inst_build(&bc_cases[k], seed * 0x9e3779b97f4a7c15ull + (uint64_t)k, &in);
+        float *cpu_out[BC_MAX_T];
+        qi_status st = bc_run(cpu, &in, 0, cpu_out, &err);
+        CHECK(st == QI_OK, "%s: the CPU reference failed: %s", name, err.msg);
+        if (st == QI_OK) per_case(&in, cpu_out, name);
+        bc_outs_free(cpu_out);
+        bc_inst_free(&in);
+    }
+}
+
+static void attention_kernels(const bc_inst *in, float **cpu_out, const char *name) {
+    const int64_t Dh = in->c->p[5];
+    const char *const *list = kernels_other;
+    int n = 1;
+    if (Dh == 128 && use_wgmma) list = kernels_hopper, n = (int)QI_ARRAY_LEN(kernels_hopper);
+    else if (Dh == 16 || Dh == 32 || Dh == 64 || Dh == 128) list = kernels_portable, n = 2;
+    for (int i = 0; i < n; i++) {
+        CHECK(qi_cuda_set_attention_kernel(gpu, list[i]) == 0, "unknown attention kernel %s", list[i]);
+        one_variant(in, cpu_out, name, list[i], strcmp(list[i], "gemm") != 0);
+    }
+    qi_cuda_set_attention_kernel(gpu, use_wgmma ? "auto" : "mma");
+}
+
+static void conv_paths(const bc_inst *in, float **cpu_out, const char *name) {
+    static const char *const modes[3] = {"auto", "implicit", "im2col"}; /* bc_conv_mode order */
+    for (int m = 1; m <= 2; m++) {
+        CHECK(qi_cuda_set_conv_kernel(gpu, modes[m]) == 0, "unknown conv mode %s", modes[m]);
+        bc_conv_mode = m;
+        one_variant(in, cpu_out, name, modes[m], 0);
+    }
+    qi_cuda_set_conv_kernel(gpu, "auto");
+    bc_conv_mode = 0;
+}
+
+/* ---- a CUDA graph of a block fragment ------------------------------------------------ */
+
+/* One DiT-like block fragment, run eagerly and as a replayed CUDA graph. */
+typedef struct frag {
+    qi_tensor x, xres, h, q, k, v, o, y, mod, shift, scale, gate, ct, st, mask;
+    qi_tensor wq, wk, wv, wo, bo;
+} frag;
+
+static void frag_run(frag *f) {
+    qi_backend *g = gpu;
+    g->ops->copy_rows(g, &f->x, 0, &f->xres, 0, 256);
+    g->ops->layer_norm_mod(g, &f->x, &f->shift, &f->scale, 6 * 256, 1e-6f, &f->h);
+    g->ops->linear(g, &f->h, &f->wq, NULL, QI_ACT_NONE, &f->q);
+    g->ops->linear(g, &f->h, &f->wk, NULL, QI_ACT_NONE, &f->k);
+    g->ops->linear(g, &f->h, &f->wv, NULL, QI_ACT_NONE, &f->v);
+    qi_tensor q4 = qi_view4(&f->q, 1, 256, 2, 128), k4 = qi_view4(&f->k, 1, 256, 2, 128);
+    qi_tensor v4 = qi_view4(&f->v, 1, 256, 2, 128), o4 = qi_view4(&f->o, 1, 256, 2, 128);
+    g->ops->rms_norm(g, &q4, NULL, 1e-6f, &q4);
+    g->ops->rope(g, &q4, &f->ct, &f->st, QI_ROPE_INTERLEAVED);
+    g->ops->rope(g, &k4, &f->ct, &f->st, QI_ROPE_INTERLEAVED);
+    g->ops->attention(g, &q4, &k4, &v4, &f->mask, 0, 0.0884f, &o4);
+    g->ops->linear(g, &f->o, &f->wo, &f->bo, QI_ACT_GELU_TANH, &f->y);
+    g->ops->add_gated(g, &f->xres, &f->gate, 6 * 256, &f->y);
+}
+
+static void frag_make(frag *f, uint16_t **hw, float *tab) {
+    int64_t xs[3] = {1, 256, 256}, ms[2] = {1, 6 * 256}, ws[2] = {256, 256}, bs[1] = {256}, ts[2] = {256, 64};
+    int64_t mks[2] = {1, 256};
+    f->x = bc_dev_rand(gpu, 3, xs, 1.0f);
+    f->mod = bc_dev_rand(gpu, 2, ms, 0.5f);
+    f->shift = bc_mod_chunk(&f->mod, 1, 256, 0), f->scale = bc_mod_chunk(&f->mod, 1, 256, 1);
+    f->gate = bc_mod_chunk(&f->mod, 1, 256, 2);
+    qi_tensor *outs[7] = {&f->xres, &f->h, &f->q, &f->k, &f->v, &f->o, &f->y};
+    for (int i = 0; i < 7; i++) bc_must(gpu->ops->tensor(gpu, outs[i], QI_BF16, 3, xs, &err), "frag tensor", &err);
+    f->wq = bc_dev_weight(gpu, 2, ws, 0.06f, &hw[0]), f->wk = bc_dev_weight(gpu, 2, ws, 0.06f, &hw[1]);
+    f->wv = bc_dev_weight(gpu, 2, ws, 0.06f, &hw[2]), f->wo = bc_dev_weight(gpu, 2, ws, 0.06f, &hw[3]);
+    f->bo = bc_dev_weight(gpu, 1, bs, 0.1f, &hw[4]);
+    for (int i = 0; i < 256 * 64; i++) tab[i] = bc_frand();
+    bc_must(gpu->ops->tensor(gpu, &f->ct, QI_F32, 2, ts, &err), "cos", &err);
+    bc_must(gpu->ops->tensor(gpu, &f->st, QI_F32, 2, ts, &err), "sin", &err);
+    bc_must(gpu->ops->upload(gpu, &f->ct, tab, &err), "cos", &err);
+    bc_must(gpu->ops->upload(gpu, &f->st, tab, &err), "sin", &err);
+    int32_t mh[256];
+    for (int i = 0; i < 256; i++) mh[i] = i < 20 || i >= 40;
+    bc_must(gpu->ops->tensor(gpu, &f->mask, QI_I32, 2, mks, &err), "mask", &err);
+    bc_must(gpu->ops->upload(gpu, &f->mask, mh, &err), "mask", &err);
+}
+
+/* Replays the graph into f->xres (poisoned first) and downloads it. */
+static void frag_replay(frag *f, qi_cuda_graph *graph, float *out) {
+    bc_dev_poison(gpu, &f->xres);
+    bc_dev_poison(gpu, &f->o);
+    bc_must(qi_cuda_graph_launch(gpu, graph, &err), "graph launch", &err);
+    bc_must(gpu->ops->sync(gpu, &err), "replay", &err);
+    bc_must(gpu->ops->download(gpu, &f->xres, out, &err), "download", &err);
+}
+
+static void frag_eager(frag *f, float *out) {
+    frag_run(f);
+    bc_must(gpu->ops->sync(gpu, &err), "eager", &err);
+    bc_must(gpu->ops->download(gpu, &f->xres, out, &err), "download", &err);
+}
+
+/* The replay gives the eager run's bits, and reads the inputs' current contents. */
+static void graph_replay_is_bit_identical_and_reads_current_inputs(void) {
+    size_t mk = gpu->ops->mark(gpu);
+    frag f;
+    uint16_t *hw[5];
+    float *tab = malloc(256 * 64 * sizeof(float));
+    frag_make(&f, hw, tab);
+    const int64_t n = 256 * 256;
+    float *eager = malloc((size_t)n * sizeof(float)), *replay = malloc((size_t)n * sizeof(float));
+    frag_eager(&f, eager);
+    qi_cuda_graph *graph = NULL;
+    bc_must(qi_cuda_capture_begin(gpu, &err), "capture begin", &err);
+    frag_run(&f);
+    qi_status st = qi_cuda_capture_end(gpu, &graph, &err);
+    CHECK(st == QI_OK, "capture: %s", err.msg);
+    if (st == QI_OK) {
+        frag_replay(&f, graph, replay);
+        CHECK(memcmp(eager, replay, (size_t)n * sizeof(float)) == 0, "graph replay differs from eager run");
+        float *h = malloc((size_t)n * sizeof(float)); /* new input contents: the replay must see them */
+        for (int64_t i = 0; i < n; i++) h[i] = bc_frand();
+        bc_must(gpu->ops->upload(gpu, &f.x, h, &err), "upload", &err);
+        frag_eager(&f, eager);
+        frag_replay(&f, graph, replay);
+        CHECK(memcmp(eager, replay, (size_t)n * sizeof(float)) == 0, "replay on new inputs differs");
+        int64_t nans = 0;
+        for (int64_t i = 0; i < n; i++) nans += eager[i] != eager[i];
+        CHECK(nans == 0, "%lld NaN in the block output", (long long)nans);
+        printf("  graph of 13 ops (ln, 4 linear, norm, 2 rope, attention, gated add): replay bit-identical\n");
+        free(h);
+        qi_cuda_graph_free(graph);
+    }
+    qi_tensor *ws[5] = {&f.wq, &f.wk, &f.wv, &f.wo, &f.bo};
+    for (int i = 0; i < 5; i++) gpu->ops->weight_free(gpu, ws[i]), free(hw[i]);
+    free(tab);
+    free(eager);
+    free(replay);
+    gpu->ops->reset(gpu, mk);
+}
+
+/* A misuse is reported by the next sync with a message, not a crash. */
+static void errors_reach_sync(void) {
+    size_t mk = gpu->ops->mark(gpu);
+    qi_tensor x, w, y;
+    int64_t xs[2] = {4, 8}, ws[2] = {6, 9}, ys[2] = {4, 6};
+    bc_must(gpu->ops->tensor(gpu, &x, QI_BF16, 2, xs, &err), "t", &err);
+    bc_must(gpu->ops->tensor(gpu, &w, QI_BF16, 2, ws, &err), "t", &err);
+    bc_must(gpu->ops->tensor(gpu, &y, QI_BF16, 2, ys, &err), "t", &err);
+    gpu->ops->linear(gpu, &x, &w, NULL, QI_ACT_NONE, &y);
+    qi_status st = gpu->ops->sync(gpu, &err);
+    printf("  mismatched linear -> status %d: %s\n", (int)st, err.msg);
+    CHECK(st == QI_ERR_ARG, "expected QI_ERR_ARG, got %d", (int)st);
+    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "the error is cleared once reported");
+    int64_t huge[1] = {(int64_t)1 << 45};
+    qi_tensor t;
+    CHECK(gpu->ops->tensor(gpu, &t, QI_BF16, 1, huge, &err) == QI_ERR_NOMEM, "an oversized tensor is refused");
+    gpu->ops->reset(gpu, mk);
+}
+
+int main(void) {
+    const char *s = getenv("QI_TEST_SEED"), *w = getenv("QI_TEST_WGMMA"), *only = getenv("QI_TEST_ONLY");
+    if (s) seed = strtoull(s, NULL, 10);
+    printf("seed %llu (QI_TEST_SEED to change)\n", (unsigned long long)seed);
+    if (qi_backend_cuda_create(0, (size_t)12 << 30, &gpu, &err) != QI_OK) {
+        printf("no CUDA backend: %s\n", err.msg);
+        return 1;
+    }
+    bc_must(qi_backend_cpu_create(0, 0, &cpu, &err), "cpu backend", &err);
+    if (w && strcmp(w, "0") == 0) {
+        use_wgmma = 0;
+        qi_cuda_set_attention_kernel(gpu, "mma");
+    }
+    if (!only || strcmp(only, "graph") == 0) {
+        RUN(errors_reach_sync);
+        RUN(graph_replay_is_bit_identical_and_reads_current_inputs);
+    }
+    if (!only || strcmp(only, "attention") == 0) each_case(&op_attention, attention_kernels);
+    if (!only || strcmp(only, "conv") == 0) {
+        each_case(&op_conv2d, conv_paths);
+        each_case(&op_conv2d_fused, conv_paths);
+    }
+    cpu->ops->destroy(cpu);
+    gpu->ops->destroy(gpu);
+    TEST_END();
+}
