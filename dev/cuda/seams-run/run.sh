@@ -1,0 +1,34 @@
+#!/bin/sh
+# Issue 10 (the four seams) on the GPU machine: every CUDA-labelled test of the
+# new layout, the CPU+GPU pipeline tests, then `qwen-image bench` of the code
+# before the refactor (dist-base/, commit fa61b70) and after it (dist/), in one
+# call, alternating, so both rows share the machine's state.
+#   here:   scripts/device-build.sh <targets>; build fa61b70 the same way into dist-base/;
+#           tar cf - dist dist-base | xz > devpack/dist.tar.xz
+#   there:  sh dev/cuda/seams-run/run.sh tests|bench   (writes logs under $OUT)
+set -u
+what=${1:-tests}
+[ -d dist ] || tar xJf devpack/dist.tar.xz
+# the binaries carry the absolute data paths of the machines they were built on
+mkdir -p /work
+[ -e /work/main ] || ln -s "$PWD" /work/main
+[ -e /work/wt-baseline ] || ln -s "$PWD" /work/wt-baseline
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+if [ "$what" = tests ]; then
+  for t in test_backend_ops test_cuda_backend_caps test_cuda_kernels test_cuda_rng test_cuda_pipeline \
+           test_parallel test_pipeline_parallel test_engine test_cuda_bench; do
+    args=""; [ "$t" = test_backend_ops ] && args="-b cuda"
+    s=$(date +%s)
+    dist/run.sh $t $args >"$OUT/$t.log" 2>&1
+    rc=$?
+    echo "$t $args: rc=$rc ($(($(date +%s) - s)) s): $(tail -1 "$OUT/$t.log")" | tee -a "$OUT/summary.txt"
+  done
+else
+  for only in e2e dit; do
+    for v in base new base new; do
+      d=dist; [ $v = base ] && d=dist-base
+      $d/run.sh qwen-image bench --runs 7 --only $only >>"$OUT/bench_${only}_$v.log" 2>&1
+      echo "$only $v rc=$?" | tee -a "$OUT/summary.txt"
+    done
+  done
+fi
