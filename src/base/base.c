@@ -9,7 +9,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...) {
@@ -117,4 +121,38 @@ int qi_file_exists(const char *path) {
 int qi_dir_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+qi_status qi_map_file(const char *path, void **map, size_t *size, qi_error *err) {
+    static unsigned char empty[1];
+    *map = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return qi_fail(err, QI_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return qi_fail(err, QI_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: too large to map on this system", path);
+    }
+    void *m = empty; /* mmap refuses 0 bytes */
+    int map_errno = 0;
+    if (sb.st_size > 0) {
+        m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        map_errno = errno;
+    }
+    close(fd); /* the mapping keeps the file alive */
+    if (m == MAP_FAILED)
+        return qi_fail(err, QI_ERR_IO, "%s: cannot mmap %zu bytes: %s", path, (size_t)sb.st_size,
+                       strerror(map_errno));
+    *map = m;
+    *size = (size_t)sb.st_size;
+    return QI_OK;
+}
+
+void qi_unmap_file(void *map, size_t size) {
+    if (map && size > 0) munmap(map, size);
 }

@@ -96,6 +96,13 @@ void qi_log_linef(qi_log_fn log, void *user, const char *fmt, ...) __attribute__
 /* Reads a whole (small, text) file into a NUL-terminated heap buffer. */
 qi_status qi_read_text_file(const char *path, char **out, size_t *len, qi_error *err);
 
+/* Maps a whole regular file read-only (weights: safetensors, GGUF). An empty
+ * file maps to a pointer to one zero byte with *size 0, so parsers report it
+ * as too short in their own words. Errors name the path: cannot open, not a
+ * regular file, too large to map, mmap failed. Release with qi_unmap_file. */
+qi_status qi_map_file(const char *path, void **map, size_t *size, qi_error *err);
+void qi_unmap_file(void *map, size_t size);
+
 /* path join into a caller buffer; returns 0 or -1 if it does not fit. */
 int qi_path_join(char *out, size_t cap, const char *dir, const char *name);
 

@@ -568,40 +568,20 @@ static qi_status parse_file(qi_gguf_file *f, qi_error *err) {
 qi_status qi_gguf_open(const char *path, qi_gguf_file **out, qi_error *err) {
     *out = NULL;
     if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "no GGUF path given");
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return qi_fail(err, QI_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return qi_fail(err, QI_ERR_IO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
-        close(fd);
-        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: too large to map on this system", path);
-    }
     qi_gguf_file *f = calloc(1, sizeof *f);
     if (f) f->path = strdup(path);
     if (!f || !f->path) {
-        close(fd);
         free(f);
         return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
     }
-    f->size = (size_t)sb.st_size;
-    static unsigned char empty[1];
-    f->map = empty; /* mmap refuses 0 bytes; the parser reports the empty file */
-    int map_errno = 0;
-    if (f->size > 0) {
-        void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
-        map_errno = errno;
-        f->map = m == MAP_FAILED ? NULL : m;
-    }
-    close(fd); /* the mapping keeps the file alive */
-    if (!f->map) {
+    void *map = NULL;
+    qi_status st = qi_map_file(path, &map, &f->size, err);
+    if (st != QI_OK) {
         qi_gguf_close(f);
-        return qi_fail(err, QI_ERR_IO, "%s: cannot mmap %zu bytes: %s", path, (size_t)sb.st_size,
-                       strerror(map_errno));
+        return st;
     }
-    qi_status st = parse_file(f, err);
+    f->map = map; /* an empty file: the parser reports it */
+    st = parse_file(f, err);
     if (st != QI_OK) {
         qi_gguf_close(f);
         return st;
@@ -612,7 +592,7 @@ qi_status qi_gguf_open(const char *path, qi_gguf_file **out, qi_error *err) {
 
 void qi_gguf_close(qi_gguf_file *f) {
     if (!f) return;
-    if (f->map && f->size > 0) munmap(f->map, f->size);
+    qi_unmap_file((void *)f->map, f->size);
     for (int i = 0; i < f->n_kv; i++) free(f->kv[i].key);
     for (int i = 0; i < f->n_tensors; i++) free((char *)f->tensors[i].name);
     free(f->kv);

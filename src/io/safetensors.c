@@ -405,42 +405,23 @@ static qi_status parse_header(qi_st_file *f, qi_error *err) {
 qi_status qi_st_open(const char *path, qi_st_file **out, qi_error *err) {
     *out = NULL;
     if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "no safetensors path given");
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return qi_fail(err, QI_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return qi_fail(err, QI_ERR_IO, "%s: not a regular file", path);
-    }
-    if (sb.st_size < 8) {
-        close(fd);
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: file is %lld bytes, shorter than the 8-byte header length field "
-                       "(empty or truncated download?)",
-                       path, (long long)sb.st_size);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
-        close(fd);
-        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: too large to map on this system", path);
-    }
     qi_st_file *f = calloc(1, sizeof *f);
     if (f) f->path = strdup(path);
     if (!f || !f->path) {
-        close(fd);
-        if (f) free(f);
+        free(f);
         return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
     }
-    f->size = (size_t)sb.st_size;
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
-    int map_errno = errno;
-    close(fd); /* the mapping keeps the file alive */
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
+    qi_status st = qi_map_file(path, &f->map, &f->size, err);
+    if (st == QI_OK && f->size < 8)
+        st = qi_fail(err, QI_ERR_FORMAT,
+                     "%s: file is %zu bytes, shorter than the 8-byte header length field "
+                     "(empty or truncated download?)",
+                     path, f->size);
+    if (st != QI_OK) {
         qi_st_close(f);
-        return qi_fail(err, QI_ERR_IO, "%s: cannot mmap %zu bytes: %s", path, (size_t)sb.st_size,
-                       strerror(map_errno));
+        return st;
     }
-    qi_status st = parse_header(f, err);
+    st = parse_header(f, err);
     if (st != QI_OK) {
         qi_st_close(f);
         return st;
@@ -451,7 +432,7 @@ qi_status qi_st_open(const char *path, qi_st_file **out, qi_error *err) {
 
 void qi_st_close(qi_st_file *f) {
     if (!f) return;
-    if (f->map) munmap(f->map, f->size);
+    qi_unmap_file(f->map, f->size);
     free(f->tensors);
     cJSON_free(f->metadata_json);
     free(f->path);
