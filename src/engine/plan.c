@@ -8,6 +8,19 @@
 #include <math.h>
 #include <stdlib.h>
 
+/* noise_index / noise_count: the request's images must lie inside the draw. */
+static qi_status check_noise_slice(const qi_request *r, qi_error *err) {
+    int images = (r->prompts ? r->n_prompts : 1) * r->batch;
+    if (!r->noise_count && !r->noise_index) return QI_OK;
+    if (r->noise_count < 1 || r->noise_count > QI_MAX_IMAGES)
+        return qi_fail(err, QI_ERR_ARG, "--batch-index: a batch size of %d (expected 1..%d)", r->noise_count,
+                       QI_MAX_IMAGES);
+    if (r->noise_index < 0 || r->noise_index > r->noise_count - images)
+        return qi_fail(err, QI_ERR_ARG, "--batch-index %d/%d: %d image(s) from index %d do not fit in a batch of %d",
+                       r->noise_index, r->noise_count, images, r->noise_index, r->noise_count);
+    return QI_OK;
+}
+
 qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
     if (!r->prompt && !r->prompts) return qi_fail(err, QI_ERR_ARG, "no prompt given (-p TEXT)");
     if (r->prompts) {
@@ -26,13 +39,13 @@ qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
                                         "below 4096 patches)", r->width, r->height);
     if (r->steps < 1 || r->steps > 1000)
         return qi_fail(err, QI_ERR_ARG, "--steps %d: must be between 1 and 1000", r->steps);
-    if (!(r->cfg >= 0.0f) || !isfinite(r->cfg))
-        return qi_fail(err, QI_ERR_ARG, "--cfg %g: must be a finite number >= 0", (double)r->cfg);
+    if (!(r->cfg >= 0.0f && r->cfg <= QI_CFG_MAX))
+        return qi_fail(err, QI_ERR_ARG, "--cfg %g: must be between 0 and %d", (double)r->cfg, QI_CFG_MAX);
     if (r->batch < 1 || r->batch > 64)
         return qi_fail(err, QI_ERR_ARG, "--batch %d: must be between 1 and 64", r->batch);
-    if ((r->prompts ? r->n_prompts : 1) * r->batch > 4096)
-        return qi_fail(err, QI_ERR_ARG, "%d prompts x batch %d: at most 4096 images per request",
-                       r->prompts ? r->n_prompts : 1, r->batch);
+    if ((r->prompts ? r->n_prompts : 1) * r->batch > QI_MAX_IMAGES)
+        return qi_fail(err, QI_ERR_ARG, "%d prompts x batch %d: at most %d images per request",
+                       r->prompts ? r->n_prompts : 1, r->batch, QI_MAX_IMAGES);
     if (r->max_sequence_length < 1 || r->max_sequence_length > 1024)
         return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d: must be between 1 and 1024",
                        r->max_sequence_length);
@@ -40,7 +53,7 @@ qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
         return qi_fail(err, QI_ERR_ARG, "noise dtype: expected auto, f32 or bf16");
     if (r->rng != QI_RNG_CPU && r->rng != QI_RNG_CUDA)
         return qi_fail(err, QI_ERR_ARG, "rng: expected cpu or cuda");
-    return QI_OK;
+    return check_noise_slice(r, err);
 }
 
 /* The ranks' layout: with true CFG and an even count, cond and uncond on
