@@ -46,7 +46,7 @@ typedef struct gen_args {
     int quiet;
     const char *from_parameters;   /* --from-parameters FILE */
     char scheduler_hash[64];       /* of a --scheduler file: recorded, or (from parameters) to match */
-    char *owned[8 + QI_APP_MAX_LORAS]; /* strings --from-parameters allocated */
+    char *owned[8 + QI_APP_MAX_PROMPTS]; /* strings --from-parameters allocated */
     int n_owned;
 } gen_args;
 

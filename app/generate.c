@@ -38,8 +38,9 @@ static void generate_usage(void) {
            "  -W W, -H H          size in pixels, multiples of 16 (default 1024x1024)\n"
            "  --seed S            noise seed as torch.manual_seed (default 42)\n"
            "  --batch B           images per prompt (default 1); out.png becomes out-0.png …\n"
-           "  --batch-index K/N   regenerate only image K of a request of N images (its parameters'\n"
-           "                      \"Batch index: K, Batch size: N\"): the same noise, one prompt\n"
+           "  --batch-index K/N   write only image K of a request of N images over the -p prompts (an\n"
+           "                      image's \"Batch index: K, Batch size: N\"): the whole request runs again,\n"
+           "                      since the batch's shape changes the last bits of the arithmetic\n"
            "  --from-parameters F take every setting from the parameters of image F (.png, .jpg, or a\n"
            "                      text file): reruns it; any other flag overrides what F says\n"
            "  --scheduler S       lightning | model | PATH.json (default: the model's scheduler config)\n"
@@ -200,10 +201,13 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     if (a->width % 16 || a->height % 16)
         return qi_app_usage_error("-W %ld -H %ld: width and height must be positive multiples of 16", a->width,
                                   a->height);
-    if (a->batch_size && (a->n_prompts != 1 || a->batch_index + a->batch > a->batch_size))
-        return qi_app_usage_error("--batch-index %ld/%ld: takes one prompt (-p), and --batch %ld images from index "
-                                  "%ld must fit in %ld", a->batch_index, a->batch_size, a->batch, a->batch_index,
-                                  a->batch_size);
+    if (a->batch_size) { /* the whole request runs again: N images over the prompts */
+        if (a->batch != 1 || a->batch_size % a->n_prompts)
+            return qi_app_usage_error("--batch-index %ld/%ld: the batch of %ld images must split evenly over the %d "
+                                      "prompt(s), without --batch", a->batch_index, a->batch_size, a->batch_size,
+                                      a->n_prompts);
+        a->batch = a->batch_size / a->n_prompts;
+    }
     return 0;
 }
 
@@ -311,9 +315,11 @@ static int write_outputs(const gen_args *a, const qi_image *img, const prompt_no
         if (qi_image_save_latents(img, a->save_latents, err, sizeof err)) rc = qi_app_runtime_error(err);
         hold_sigint(0);
     }
-    for (int i = 0; !rc && !interrupted && i < img->count; i++) {
+    /* --batch-index K/N: of the N images computed, image K is the one asked for */
+    int first = a->batch_size ? (int)a->batch_index : 0, end = a->batch_size ? first + 1 : img->count;
+    for (int i = first; !rc && !interrupted && i < end; i++) {
         char name[4096];
-        image_name(a->out, i, img->count, name, sizeof name);
+        image_name(a->out, i - first, end - first, name, sizeof name);
         char *params = qi_params_text(a, i, img->count, notes, a->scheduler_hash);
         if (!params) return qi_app_runtime_error("out of memory for the parameters text");
         hold_sigint(1);
@@ -344,7 +350,7 @@ static int check_before_loading(gen_args *a, prompt_note *notes) {
     char err[1024];
     qi_image_format fmt;
     if (qi_image_format_from_path(a->out, &fmt, err, sizeof err)) return qi_app_usage_error("-o: %s", err);
-    int count = a->n_prompts * (int)a->batch, rc = 0;
+    int count = a->batch_size ? 1 : a->n_prompts * (int)a->batch, rc = 0;
     for (int i = 0; !rc && i < count; i++) {
         char name[4096];
         image_name(a->out, i, count, name, sizeof name);
@@ -382,8 +388,6 @@ static qi_request make_request(const gen_args *a, progress *prog) {
     r.rng = a->rng;
     r.noise_dtype = a->noise_dtype;
     r.max_sequence_length = (int)a->max_seq_len;
-    r.noise_index = (int)a->batch_index;
-    r.noise_count = (int)a->batch_size;
     r.progress = on_progress;
     r.progress_user = prog;
     return r;

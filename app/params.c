@@ -112,8 +112,7 @@ static void put_settings(sbuf *b, const gen_args *a, int index, int count, const
         sb_put(b, "1", 1);
     }
     sb_printf(b, ", Seed: %llu", a->seed);
-    if (a->batch_size) sb_printf(b, ", Batch index: %ld, Batch size: %ld", a->batch_index + index, a->batch_size);
-    else if (count > 1) sb_printf(b, ", Batch index: %d, Batch size: %d", index, count);
+    if (count > 1) sb_printf(b, ", Batch index: %d, Batch size: %d", index, count);
     sb_printf(b, ", Size: %ldx%ld", a->width, a->height);
     sb_kv(b, "Model", a->model);
     sb_kv(b, "Scheduler", a->scheduler ? a->scheduler : "model");
@@ -147,7 +146,7 @@ static void put_loras(sbuf *b, const gen_args *a) {
 char *qi_params_text(const gen_args *a, int index, int count, const prompt_note *note, const char *scheduler_hash) {
     sbuf b = {0};
     int per_prompt = count / a->n_prompts;
-    int p = a->batch_size ? 0 : index / (per_prompt ? per_prompt : 1);
+    int p = index / (per_prompt ? per_prompt : 1); /* --batch-index: one prompt, N images */
     const char *prompt = a->prompts[p];
     sb_put(&b, prompt, strlen(prompt));
     sb_put(&b, "\n", 1);
@@ -157,6 +156,11 @@ char *qi_params_text(const gen_args *a, int index, int count, const prompt_note 
         sb_put(&b, "\n", 1);
     }
     put_settings(&b, a, index, count, scheduler_hash);
+    for (int i = 0; a->n_prompts > 1 && i < a->n_prompts; i++) { /* the whole request, to rerun it */
+        char key[32];
+        snprintf(key, sizeof key, "Prompt %d", i);
+        sb_kv(&b, key, a->prompts[i]);
+    }
     if (note && note[p].kept < note[p].tokens)
         sb_printf(&b, ", Prompt tokens: %d (the model read the first %d)", note[p].tokens, note[p].kept);
     put_loras(&b, a);
@@ -268,7 +272,8 @@ static int apply_kv(const char *source, const char *key, char *v, gen_args *a, c
 }
 
 /* The last line's "Key: value" pairs. */
-static int parse_settings(const char *line, const char *source, gen_args *a, char *hash, size_t cap) {
+static int parse_settings(const char *line, const char *source, gen_args *a, char *hash, size_t cap,
+                          int *n_listed) {
     if (strncmp(line, "Steps: ", 7))
         return qi_app_usage_error("%s: parameters: the last line does not start with 'Steps: ' (not written by "
                                   "qwen-image or A1111?)", source);
@@ -281,7 +286,12 @@ static int parse_settings(const char *line, const char *source, gen_args *a, cha
         c = colon + 2;
         char *v = read_value(&c);
         if (!v) return qi_app_usage_error("%s: parameters: unterminated value of '%s'", source, key);
-        if (!strcmp(key, "Model")) a->model = keep(a, v);
+        int pi = -1, used = 0;
+        if (sscanf(key, "Prompt %d%n", &pi, &used) == 1 && !key[used]) {
+            if (pi < 0 || pi >= QI_APP_MAX_PROMPTS) return bad_value(source, key, v);
+            a->prompts[pi] = keep(a, v);
+            if (pi >= *n_listed) *n_listed = pi + 1;
+        } else if (!strcmp(key, "Model")) a->model = keep(a, v);
         else if (!strcmp(key, "Scheduler")) a->scheduler = strcmp(v, "model") ? keep(a, v) : (free(v), NULL);
         else {
             int rc = apply_kv(source, key, v, a, hash, cap);
@@ -298,8 +308,12 @@ int qi_params_parse(const char *text, const char *source, gen_args *a, char *has
     hash[0] = 0;
     const char *last = strrchr(text, '\n');
     if (!last) return qi_app_usage_error("%s: parameters: no prompt line before the settings", source);
-    int rc = parse_settings(last + 1, source, a, hash, cap);
+    int n_listed = 0; /* "Prompt i" keys: the request's prompts when it had several */
+    memset(a->prompts, 0, sizeof a->prompts);
+    int rc = parse_settings(last + 1, source, a, hash, cap, &n_listed);
     if (rc) return rc;
+    for (int i = 0; i < n_listed; i++)
+        if (!a->prompts[i]) return qi_app_usage_error("%s: parameters: Prompt %d is missing", source, i);
     /* the prompt runs to the first line that starts "Negative prompt: " */
     size_t head = (size_t)(last - text);
     const char *neg = NULL;
@@ -309,8 +323,8 @@ int qi_params_parse(const char *text, const char *source, gen_args *a, char *has
         if (n && n < last) neg = n + 1;
     }
     size_t plen = neg ? (size_t)(neg - text) - (neg > text) : head;
-    a->prompts[0] = keep(a, strndup(text, plen));
-    a->n_prompts = 1;
+    if (!n_listed) a->prompts[0] = keep(a, strndup(text, plen)); /* else the first line is one of them */
+    a->n_prompts = n_listed ? n_listed : 1;
     a->negative = neg ? keep(a, strndup(neg + 17, (size_t)(last - neg - 17))) : NULL;
     if (!a->prompts[0] || (neg && !a->negative)) return qi_app_runtime_error("out of memory"), 1;
     a->batch = 1;

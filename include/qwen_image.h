@@ -96,11 +96,6 @@ typedef struct qi_request {
     int noise_dtype;               /* 0 auto: the run's dtype, as diffusers (CPU float32, CUDA bf16);
                                       1 float32; 2 bfloat16 (a different torch stream, not f32 rounded) */
     int max_sequence_length;       /* default 512 */
-    int noise_index, noise_count;  /* 0, 0: image b of this request gets image b of one noise draw of
-                                      its own images. Otherwise the draw is of noise_count images and
-                                      this request's images get images noise_index, noise_index + 1, …
-                                      of it: regenerates image k of an earlier request of n images
-                                      alone (noise_index k, noise_count n), same noise bit for bit */
     qi_progress_fn progress;
     void *progress_user;
 } qi_request;

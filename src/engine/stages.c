@@ -94,40 +94,27 @@ qi_status qi_stage_text(qi_engine *e, const qi_plan *p, qi_text_embeds text[2]) 
  * curand kernel, bit for bit) the device draws; elsewhere the values are
  * recomputed on the CPU (the GPU's hardware sine cannot be matched exactly:
  * within ~3e-6). */
-/* One noise draw of n images: out [n, img_tokens, 64], packed. */
-static qi_status draw_noise(qi_engine *e, const qi_plan *p, int n, float *out) {
+qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents) {
     const qi_request *req = p->req;
+    int B = p->batch;
+    *latents = malloc(sizeof(float) * (size_t)B * p->img_tokens * p->packed_ch);
+    if (!*latents) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory");
     qi_dtype dt = req->noise_dtype == 1 ? QI_F32 : req->noise_dtype == 2 ? QI_BF16 : e->be->act_dtype;
 #ifdef QI_WITH_CUDA
     if (req->rng == QI_RNG_CUDA && qi_backend_supports(e->be, QI_CAP_CUDA_RNG, 0)) {
         qi_latent_shape s;
         qi_status st = qi_latent_shape_of(req->height, req->width, &s, &e->err);
         if (st) return st;
-        int64_t total = (int64_t)n * s.per_image;
+        int64_t total = (int64_t)B * s.per_image;
         float *raw = malloc(sizeof(float) * (size_t)total);
         if (!raw) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the initial noise");
         st = qi_randn_philox_cuda(req->seed, 0, total, dt, raw, &e->err);
-        if (!st) qi_latents_pack(raw, n, s.lat_h, s.lat_w, out);
+        if (!st) qi_latents_pack(raw, B, s.lat_h, s.lat_w, *latents);
         free(raw);
         return st;
     }
 #endif
-    return qi_initial_noise(req->seed, req->rng, dt, n, req->height, req->width, out, &e->err);
-}
-
-/* The request's images' noise: with noise_count set, a slice of a larger
- * draw (the CUDA generator's layout depends on the draw's size, so the
- * whole draw is made, not just a prefix). */
-qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents) {
-    const qi_request *req = p->req;
-    int B = p->batch, n = req->noise_count ? req->noise_count : B;
-    size_t per_image = (size_t)p->img_tokens * p->packed_ch;
-    *latents = malloc(sizeof(float) * (size_t)n * per_image);
-    if (!*latents) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the initial noise");
-    qi_status st = draw_noise(e, p, n, *latents);
-    if (!st && req->noise_index)
-        memmove(*latents, *latents + (size_t)req->noise_index * per_image, sizeof(float) * (size_t)B * per_image);
-    return st;
+    return qi_initial_noise(req->seed, req->rng, dt, B, req->height, req->width, *latents, &e->err);
 }
 
 qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out) {
