@@ -4,16 +4,86 @@
 #ifndef QI_APP_H
 #define QI_APP_H
 
+#include <stddef.h>
+
 #include "qwen_image.h"
+
+#define QI_APP_MAX_PROMPTS 64
+#define QI_APP_MAX_LORAS 16
+#define QI_APP_EXIT_INTERRUPTED 130 /* 128 + SIGINT, as shells report it */
 
 int qi_app_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns 2 */
 int qi_app_runtime_error(const char *msg);                                          /* returns 1 */
 int qi_app_exit_code(qi_status st);
 int qi_app_parse_int(const char *flag, const char *s, long lo, long hi, long *out);
 int qi_app_parse_float(const char *flag, const char *s, double *out);
+int qi_app_parse_threads(const char *flag, const char *s, long *out); /* 1 .. 4 × online cores */
 const char *qi_app_default_model(int quiet);
+/* Checks that an output file can be created at path before any work: not a
+ * folder, its folder exists (and is one) and is writable, no name component
+ * over 255 bytes. Prints the one-line error; returns 0, 1 (runtime: the
+ * folder) or 2 (usage: the name). */
+int qi_app_check_output(const char *flag, const char *path);
 
 int qi_cmd_generate(int argc, char **argv);
 int qi_cmd_bench(int argc, char **argv);
+
+/* ---- generate's settings (generate.c parses them, params.c records them) ---- */
+
+typedef struct gen_args {
+    const char *model, *negative, *out, *scheduler, *save_latents, *device, *devices;
+    const char *prompts[QI_APP_MAX_PROMPTS];
+    int n_prompts;
+    const char *lora_path[QI_APP_MAX_LORAS];
+    float lora_strength[QI_APP_MAX_LORAS];
+    int n_loras;
+    long steps, width, height, batch, threads, max_seq_len;
+    long batch_index, batch_size; /* --batch-index K/N: regenerate image K of N (0/0: off) */
+    double cfg;
+    unsigned long long seed;
+    qi_rng_kind rng;
+    int noise_dtype;
+    int quiet;
+    const char *from_parameters;   /* --from-parameters FILE */
+    char scheduler_hash[64];       /* of a --scheduler file: recorded, or (from parameters) to match */
+    char *owned[8 + QI_APP_MAX_PROMPTS]; /* strings --from-parameters allocated */
+    int n_owned;
+} gen_args;
+
+int qi_app_add_lora(const char *spec, gen_args *a); /* --lora FILE[:STRENGTH]: 0, or 2 after the message */
+
+/* What the run learnt about one prompt before it ran (checks.c). */
+typedef struct prompt_note {
+    int tokens; /* the prompt's own tokens */
+    int kept;   /* how many of them the model reads (< tokens: cut) */
+} prompt_note;
+
+/* ---- params.c: the `parameters` text of an image ---- */
+
+/* Image `index` of a request of `count` images: its text (malloc'd, NULL on
+ * out of memory). The format (README "Image metadata"): the prompt, an
+ * optional "Negative prompt: …" line, and one line of "Key: value" pairs. */
+char *qi_params_text(const gen_args *a, int index, int count, const prompt_note *note,
+                     const char *scheduler_hash);
+/* Parses such a text into a (over a's defaults; strings it allocates are
+ * kept in a->owned). 0, or 2 after printing a usage error naming `source`. */
+int qi_params_parse(const char *text, const char *source, gen_args *a, char *sched_hash, size_t hash_cap);
+/* Reads the parameters text of a PNG or JPEG written by generate, or a text
+ * file holding one; malloc'd, or NULL after printing why. */
+char *qi_params_read(const char *path);
+/* FNV-1a 64 of a file's bytes as "fnv1a64:<16 hex>" into out; 0 or -1. */
+int qi_params_file_hash(const char *path, char *out, size_t cap);
+
+/* ---- checks.c: what needs the model folder but no weights ---- */
+
+/* Validates the scheduler (name, or the file: parsed, and the schedule for
+ * these steps and size finite) and reads each prompt's token count with the
+ * model's tokenizer (a prompt the model will not read whole gets a warning).
+ * A scheduler file's hash goes into a->scheduler_hash; one already there
+ * (from --from-parameters) must match it. notes: n_prompts entries. 0, or
+ * the exit code after printing the error. */
+int qi_app_precheck(gen_args *a, prompt_note *notes);
+/* -p and -n are valid UTF-8 (a usage error naming the flag otherwise): 0 or 2. */
+int qi_app_check_text(const gen_args *a);
 
 #endif

@@ -1,44 +1,31 @@
 /*
  * generate.c — `qwen-image generate`: flags → qi_request → image files.
  *
- * Everything that can be checked before the models load is checked first
- * (sizes, steps, output name and folder, LoRA files), so a typo costs no
- * minutes of loading. Images are written through the public API
- * (qi_image_write: a temporary name renamed into place), so a failed run
- * never leaves a partial file. This file uses only qwen_image.h.
+ * Everything that can be checked before the weights load is checked first
+ * (flags, text, output names and folders, LoRA files, then — checks.c — the
+ * scheduler and the prompts' lengths), so a typo costs no minutes of loading.
+ * Images are written through the public API (qi_image_write: a temporary
+ * name renamed into place), so a failed run never leaves a partial file.
+ *
+ * Ctrl-C (SIGINT): the first cancels at the next progress report (the
+ * engine returns QI_ERR_CANCELLED) and the command exits 130 having written
+ * nothing more; while an image is being written the signal waits until that
+ * file is complete and in place; a second Ctrl-C exits at once (nothing is
+ * being written then). This file uses only qwen_image.h.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
 #include <errno.h>
-#include <libgen.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
 #include <time.h>
+#include <unistd.h>
 
 #include "app.h"
 #include "qwen_image.h"
-
-#define MAX_PROMPTS 64
-#define MAX_LORAS 16
-
-typedef struct gen_args {
-    const char *model, *negative, *out, *scheduler, *save_latents, *device, *devices;
-    const char *prompts[MAX_PROMPTS];
-    int n_prompts;
-    const char *lora_path[MAX_LORAS];
-    float lora_strength[MAX_LORAS];
-    int n_loras;
-    long steps, width, height, batch, threads;
-    double cfg;
-    unsigned long long seed;
-    qi_rng_kind rng;
-    int noise_dtype;
-    int quiet;
-} gen_args;
 
 static void generate_usage(void) {
     printf("usage: qwen-image generate [-m MODEL_DIR] -p TEXT [options]\n\n"
@@ -46,27 +33,34 @@ static void generate_usage(void) {
            "  -p TEXT             prompt (repeat for several prompts in one batch)\n"
            "  -n TEXT             negative prompt (true CFG when --cfg > 1)\n"
            "  --lora FILE[:S]     LoRA fused at load with strength S (default 1); repeatable\n"
-           "  --steps N           denoising steps (default 8)\n"
-           "  --cfg F             true CFG scale (default 1: off; base model: 4 with -n \" \")\n"
+           "  --steps N           denoising steps, 1..1000 (default 8)\n"
+           "  --cfg F             true CFG scale, 0..100 (default 1: off; base model: 4 with -n \" \")\n"
            "  -W W, -H H          size in pixels, multiples of 16 (default 1024x1024)\n"
            "  --seed S            noise seed as torch.manual_seed (default 42)\n"
            "  --batch B           images per prompt (default 1); out.png becomes out-0.png …\n"
+           "  --batch-index K/N   write only image K of a request of N images over the -p prompts (an\n"
+           "                      image's \"Batch index: K, Batch size: N\"): the whole request runs again,\n"
+           "                      since the batch's shape changes the last bits of the arithmetic\n"
+           "  --from-parameters F take every setting from the parameters of image F (.png, .jpg, or a\n"
+           "                      text file): reruns it; any other flag overrides what F says\n"
            "  --scheduler S       lightning | model | PATH.json (default: the model's scheduler config)\n"
            "  --rng cpu|cuda      which torch generator's noise to reproduce (default cpu)\n"
            "  --noise-dtype D     auto (the run's: f32 on CPU, bf16 on CUDA, as diffusers) | f32 | bf16\n"
+           "  --max-sequence-length N  prompt tokens the model reads, 1..1024 (default 512)\n"
            "  --device D          cpu | cuda | cuda:N (default cpu)\n"
            "  --devices LIST      one generation over several GPUs: cuda:0,cuda:1,... (CFG-parallel x sequence\n"
            "                      parallel; the count divides the 24 heads: 2, 3, 4, 6, 8); cpu,cpu simulates it\n"
-           "  --threads N         CPU threads (default: all cores)\n"
+           "  --threads N         CPU threads (default: all cores; at most 4 per core)\n"
            "  --save-latents F    also write vae_in [B,16,1,H/8,W/8] float32 to F (.safetensors)\n"
-           "  -o FILE             output image: .png (with parameters), .jpg, .webp (default out.png)\n"
-           "  --quiet             no progress or summary on stderr\n");
+           "  -o FILE             output image: .png / .jpg (with parameters), .webp (default out.png)\n"
+           "  --quiet             no progress or summary on stderr\n\n"
+           "Exit codes: 0 done, 1 runtime error, 2 usage error, 130 interrupted (Ctrl-C).\n");
 }
 
-static int parse_lora(const char *spec, gen_args *a) {
-    if (a->n_loras == MAX_LORAS) return qi_app_usage_error("--lora: at most %d LoRAs", MAX_LORAS);
+int qi_app_add_lora(const char *spec, gen_args *a) {
+    if (a->n_loras == QI_APP_MAX_LORAS) return qi_app_usage_error("--lora: at most %d LoRAs", QI_APP_MAX_LORAS);
     /* FILE[:STRENGTH]: the strength is whatever follows the last ':' if it parses as a number. */
-    static char buf[MAX_LORAS][4096];
+    static char buf[QI_APP_MAX_LORAS][4096];
     char *path = buf[a->n_loras];
     snprintf(path, sizeof buf[0], "%s", spec);
     float strength = 1.0f;
@@ -85,7 +79,7 @@ static int parse_lora(const char *spec, gen_args *a) {
     return 0;
 }
 
-static int parse_args(int argc, char **argv, gen_args *a) {
+static void default_args(gen_args *a) {
     memset(a, 0, sizeof *a);
     a->out = "out.png";
     a->steps = 8;
@@ -94,88 +88,157 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     a->cfg = 1.0;
     a->seed = 42;
     a->device = "cpu";
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
+    a->max_seq_len = 512;
+}
+
+static void free_args(gen_args *a) {
+    for (int i = 0; i < a->n_owned; i++) free(a->owned[i]);
+    a->n_owned = 0;
+}
+
+/* --from-parameters FILE, wherever it stands: its settings first, so that
+ * every other flag overrides them. */
+static int apply_from_parameters(int argc, char **argv, gen_args *a) {
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--from-parameters")) continue;
+        a->from_parameters = argv[i + 1];
+        char *text = qi_params_read(a->from_parameters);
+        if (!text) return 1;
+        int rc = qi_params_parse(text, a->from_parameters, a, a->scheduler_hash, sizeof a->scheduler_hash);
+        free(text);
+        return rc;
+    }
+    return 0;
+}
+
+static int parse_batch_index(const char *v, gen_args *a) {
+    char *end;
+    errno = 0;
+    long k = strtol(v, &end, 10), n = -1;
+    if (end != v && *end == '/') n = strtol(end + 1, &end, 10);
+    if (errno || *end || k < 0 || n < 1 || n > 4096 || k >= n)
+        return qi_app_usage_error("--batch-index %s: expected K/N, 0 <= K < N <= 4096 (image K of N)", v);
+    a->batch_index = k;
+    a->batch_size = n;
+    return 0;
+}
+
+/* One flag with its value v. */
+static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_prompt) {
+    if (!strcmp(f, "-m")) a->model = v;
+    else if (!strcmp(f, "-p")) {
+        if (!*explicit_prompt) a->n_prompts = 0; /* the first -p replaces --from-parameters' prompt */
+        *explicit_prompt = 1;
+        if (a->n_prompts == QI_APP_MAX_PROMPTS)
+            return qi_app_usage_error("-p: at most %d prompts", QI_APP_MAX_PROMPTS);
+        a->prompts[a->n_prompts++] = v;
+    } else if (!strcmp(f, "-n")) a->negative = v;
+    else if (!strcmp(f, "-o")) a->out = v;
+    else if (!strcmp(f, "--lora")) return qi_app_add_lora(v, a);
+    else if (!strcmp(f, "--steps")) return qi_app_parse_int(f, v, 1, 1000, &a->steps);
+    else if (!strcmp(f, "--cfg")) {
+        if (qi_app_parse_float(f, v, &a->cfg)) return 2;
+        if (!(a->cfg >= 0 && a->cfg <= QI_CFG_MAX))
+            return qi_app_usage_error("--cfg %s: must be between 0 and %d", v, QI_CFG_MAX);
+    } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) return qi_app_parse_int(f, v, 16, 8192, &a->width);
+    else if (!strcmp(f, "-H") || !strcmp(f, "--height")) return qi_app_parse_int(f, v, 16, 8192, &a->height);
+    else if (!strcmp(f, "--seed")) {
+        char *end;
+        errno = 0;
+        a->seed = strtoull(v, &end, 10);
+        if (!isdigit((unsigned char)v[0]) || *end || errno == ERANGE)
+            return qi_app_usage_error("--seed %s: expected an integer from 0 to 18446744073709551615", v);
+    } else if (!strcmp(f, "--batch")) return qi_app_parse_int(f, v, 1, 64, &a->batch);
+    else if (!strcmp(f, "--batch-index")) return parse_batch_index(v, a);
+    else if (!strcmp(f, "--scheduler")) {
+        a->scheduler = v;
+        a->scheduler_hash[0] = 0; /* not the file --from-parameters named */
+    }
+    else if (!strcmp(f, "--rng")) {
+        if (strcmp(v, "cpu") && strcmp(v, "cuda")) return qi_app_usage_error("--rng %s: expected cpu or cuda", v);
+        a->rng = !strcmp(v, "cuda") ? QI_RNG_CUDA : QI_RNG_CPU;
+    } else if (!strcmp(f, "--noise-dtype")) {
+        if (!strcmp(v, "auto")) a->noise_dtype = 0;
+        else if (!strcmp(v, "f32")) a->noise_dtype = 1;
+        else if (!strcmp(v, "bf16")) a->noise_dtype = 2;
+        else return qi_app_usage_error("--noise-dtype %s: expected auto, f32 or bf16", v);
+    } else if (!strcmp(f, "--max-sequence-length")) return qi_app_parse_int(f, v, 1, 1024, &a->max_seq_len);
+    else if (!strcmp(f, "--device")) a->device = v;
+    else if (!strcmp(f, "--devices")) a->devices = v;
+    else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &a->threads);
+    else if (!strcmp(f, "--save-latents")) a->save_latents = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, gen_args *a) {
+    default_args(a);
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             generate_usage();
             return -1;
-        } else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) {
+        }
+    int rc = apply_from_parameters(argc, argv, a), explicit_prompt = 0;
+    for (int i = 1; !rc && i < argc; i++) {
+        const char *f = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) {
             a->quiet = 1;
             continue;
         }
-        static const char *const with_value[] = {"-m", "-p", "-n", "-o", "--lora", "--steps", "--cfg", "-W",
-                                                  "--width", "-H", "--height", "--seed", "--batch", "--scheduler",
-                                                  "--rng", "--noise-dtype", "--device", "--devices", "--threads",
-                                                  "--save-latents"};
+        static const char *const with_value[] = {
+            "-m", "-p", "-n", "-o", "--lora", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
+            "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
+            "--max-sequence-length", "--device", "--devices", "--threads", "--save-latents"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
         if (!known) return qi_app_usage_error("generate: unknown option %s", f);
         if (!v) return qi_app_usage_error("generate: %s needs a value", f);
         i++;
-        if (!strcmp(f, "-m")) a->model = v;
-        else if (!strcmp(f, "-p")) {
-            if (a->n_prompts == MAX_PROMPTS) return qi_app_usage_error("-p: at most %d prompts", MAX_PROMPTS);
-            a->prompts[a->n_prompts++] = v;
-        } else if (!strcmp(f, "-n")) a->negative = v;
-        else if (!strcmp(f, "-o")) a->out = v;
-        else if (!strcmp(f, "--lora")) {
-            if (parse_lora(v, a)) return 2;
-        } else if (!strcmp(f, "--steps")) {
-            if (qi_app_parse_int(f, v, 1, 1000, &a->steps)) return 2;
-        } else if (!strcmp(f, "--cfg")) {
-            if (qi_app_parse_float(f, v, &a->cfg)) return 2;
-            if (!(a->cfg >= 0) || !isfinite(a->cfg)) return qi_app_usage_error("--cfg %s: must be a finite number >= 0", v);
-        } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
-            if (qi_app_parse_int(f, v, 16, 8192, &a->width)) return 2;
-        } else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
-            if (qi_app_parse_int(f, v, 16, 8192, &a->height)) return 2;
-        } else if (!strcmp(f, "--seed")) {
-            char *end;
-            errno = 0;
-            a->seed = strtoull(v, &end, 10);
-            if (!isdigit((unsigned char)v[0]) || *end || errno == ERANGE)
-                return qi_app_usage_error("--seed %s: expected an integer from 0 to 18446744073709551615", v);
-        } else if (!strcmp(f, "--batch")) {
-            if (qi_app_parse_int(f, v, 1, 64, &a->batch)) return 2;
-        } else if (!strcmp(f, "--scheduler")) a->scheduler = v;
-        else if (!strcmp(f, "--rng")) {
-            if (!strcmp(v, "cpu")) a->rng = QI_RNG_CPU;
-            else if (!strcmp(v, "cuda")) a->rng = QI_RNG_CUDA;
-            else return qi_app_usage_error("--rng %s: expected cpu or cuda", v);
-        } else if (!strcmp(f, "--noise-dtype")) {
-            if (!strcmp(v, "auto")) a->noise_dtype = 0;
-            else if (!strcmp(v, "f32")) a->noise_dtype = 1;
-            else if (!strcmp(v, "bf16")) a->noise_dtype = 2;
-            else return qi_app_usage_error("--noise-dtype %s: expected auto, f32 or bf16", v);
-        } else if (!strcmp(f, "--device")) a->device = v;
-        else if (!strcmp(f, "--devices")) a->devices = v;
-        else if (!strcmp(f, "--threads")) {
-            if (qi_app_parse_int(f, v, 1, 4096, &a->threads)) return 2;
-        } else if (!strcmp(f, "--save-latents")) a->save_latents = v;
-        else return qi_app_usage_error("generate: unknown option %s", f);
+        rc = parse_flag(f, v, a, &explicit_prompt);
     }
+    if (rc) return rc;
     if (!a->n_prompts) return qi_app_usage_error("generate: no prompt (-p TEXT)");
-    if (a->width <= 0 || a->height <= 0 || a->width % 16 || a->height % 16)
+    if (a->width % 16 || a->height % 16)
         return qi_app_usage_error("-W %ld -H %ld: width and height must be positive multiples of 16", a->width,
                                   a->height);
-    return 0;
-}
-
-/* Checks that `path` can be created: its folder exists and is writable. */
-static int check_writable(const char *flag, const char *path) {
-    char copy[4096];
-    snprintf(copy, sizeof copy, "%s", path);
-    const char *dir = dirname(copy);
-    if (access(dir, W_OK) != 0) {
-        fprintf(stderr, "qwen-image: error: %s %s: cannot write into folder '%s' (missing or not writable)\n", flag,
-                path, dir);
-        return 1;
+    if (a->batch_size) { /* the whole request runs again: N images over the prompts */
+        if (a->batch != 1 || a->batch_size % a->n_prompts)
+            return qi_app_usage_error("--batch-index %ld/%ld: the batch of %ld images must split evenly over the %d "
+                                      "prompt(s), without --batch", a->batch_index, a->batch_size, a->batch_size,
+                                      a->n_prompts);
+        a->batch = a->batch_size / a->n_prompts;
     }
     return 0;
 }
 
-/* ---- progress ------------------------------------------------------------------------ */
+/* ---- progress and Ctrl-C ------------------------------------------------------------- */
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    if (interrupted) _exit(QI_APP_EXIT_INTERRUPTED); /* the second: at once (no file is being written) */
+    interrupted = 1;
+    static const char msg[] = "\nqwen-image: interrupted: stopping at the next step (Ctrl-C again to quit now)\n";
+    ssize_t n = write(2, msg, sizeof msg - 1);
+    (void)n;
+}
+
+static void catch_sigint(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+/* SIGINT held back (1) or let through (0): a file is written whole or not at all. */
+static void hold_sigint(int hold) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigprocmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -191,6 +254,7 @@ typedef struct progress {
 
 static int on_progress(void *user, const char *stage, int step, int total) {
     progress *p = user;
+    if (interrupted) return 1;
     if (p->quiet) return 0;
     double now = now_s();
     if (!p->stage || strcmp(p->stage, stage)) {
@@ -230,106 +294,148 @@ static void image_name(const char *out, int index, int count, char *buf, size_t 
     snprintf(buf, cap, "%.*s-%d%s", (int)(dot - out), out, index, dot);
 }
 
-static void parameters_text(const gen_args *a, const char *prompt, const char *model, char *buf, size_t cap) {
-    size_t off = (size_t)snprintf(buf, cap, "%s\n", prompt);
-    if (a->negative && off < cap) off += (size_t)snprintf(buf + off, cap - off, "Negative prompt: %s\n", a->negative);
-    const char *sampler = a->scheduler && !strcmp(a->scheduler, "lightning") ? "Euler (flow, Lightning shift)"
-                                                                              : "Euler (flow)";
-    if (off < cap)
-        off += (size_t)snprintf(buf + off, cap - off,
-                                "Steps: %ld, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %ldx%ld, Model: %s",
-                                a->steps, sampler, a->cfg, a->seed, a->width, a->height, model);
-    for (int i = 0; i < a->n_loras && off < cap; i++) {
-        const char *base = strrchr(a->lora_path[i], '/');
-        off += (size_t)snprintf(buf + off, cap - off, "%s%s:%g", i ? " " : ", LoRA: ", base ? base + 1 : a->lora_path[i],
-                                (double)a->lora_strength[i]);
+/* Test hook (tests/test_cli.c only): QI_TEST_PAUSE_BEFORE_SAVE=S waits S
+ * seconds with SIGINT held, just before each file is written, so a test can
+ * deliver the signal "during the save" deterministically. */
+static void test_pause_before_save(const char *name) {
+    const char *s = getenv("QI_TEST_PAUSE_BEFORE_SAVE");
+    if (!s || !*s) return;
+    fprintf(stderr, "qwen-image: test hook: pausing before writing %s\n", name);
+    struct timespec ts = {.tv_sec = atoi(s), .tv_nsec = 0};
+    nanosleep(&ts, NULL);
+}
+
+/* Writes the images (and latents) with their parameters; 0, 1 or 130. */
+static int write_outputs(const gen_args *a, const qi_image *img, const prompt_note *notes) {
+    char err[1024];
+    int rc = 0;
+    if (a->save_latents) {
+        hold_sigint(1);
+        test_pause_before_save(a->save_latents);
+        if (qi_image_save_latents(img, a->save_latents, err, sizeof err)) rc = qi_app_runtime_error(err);
+        hold_sigint(0);
     }
+    /* --batch-index K/N: of the N images computed, image K is the one asked for */
+    int first = a->batch_size ? (int)a->batch_index : 0, end = a->batch_size ? first + 1 : img->count;
+    for (int i = first; !rc && !interrupted && i < end; i++) {
+        char name[4096];
+        image_name(a->out, i - first, end - first, name, sizeof name);
+        char *params = qi_params_text(a, i, img->count, notes, a->scheduler_hash);
+        if (!params) return qi_app_runtime_error("out of memory for the parameters text");
+        hold_sigint(1);
+        test_pause_before_save(name);
+        if (qi_image_write(img, i, name, 0, params, err, sizeof err)) rc = qi_app_runtime_error(err);
+        else if (!a->quiet) fprintf(stderr, "qwen-image: wrote %s\n", name);
+        hold_sigint(0); /* a Ctrl-C that came meanwhile lands here: the file is whole */
+        free(params);
+    }
+    return rc ? rc : interrupted ? QI_APP_EXIT_INTERRUPTED : 0;
+}
+
+static void print_summary(qi_engine *e, const qi_image *img, double total) {
+    const qi_timings *t = qi_engine_timings(e);
+    fprintf(stderr,
+            "qwen-image: %d image(s) %dx%d in %.2f s (text %.2f s, load transformer %.2f s, denoise %.2f s, "
+            "vae %.2f s), peak RSS %.0f MiB",
+            img->count, img->width, img->height, total, t->text_s, t->load_s, t->denoise_s, t->vae_s,
+            t->peak_rss_mb);
+    if (t->device_peak_mb > 0) fprintf(stderr, ", peak device memory %.1f GiB", t->device_peak_mb / 1024.0);
+    fputc('\n', stderr);
+}
+
+/* ---- before any weight loads --------------------------------------------------------- */
+
+/* The outputs, the LoRA files, the text, the scheduler and the prompts. */
+static int check_before_loading(gen_args *a, prompt_note *notes) {
+    char err[1024];
+    qi_image_format fmt;
+    if (qi_image_format_from_path(a->out, &fmt, err, sizeof err)) return qi_app_usage_error("-o: %s", err);
+    int count = a->batch_size ? 1 : a->n_prompts * (int)a->batch, rc = 0;
+    for (int i = 0; !rc && i < count; i++) {
+        char name[4096];
+        image_name(a->out, i, count, name, sizeof name);
+        rc = qi_app_check_output("-o", name);
+    }
+    if (!rc && a->save_latents) rc = qi_app_check_output("--save-latents", a->save_latents);
+    if (rc) return rc;
+    for (int i = 0; i < a->n_loras; i++)
+        if (access(a->lora_path[i], R_OK) != 0) {
+            fprintf(stderr, "qwen-image: error: --lora %s: cannot read the file\n", a->lora_path[i]);
+            return 1;
+        }
+    if ((rc = qi_app_check_text(a))) return rc;
+    if (!a->model) a->model = qi_app_default_model(a->quiet);
+    if (a->cfg > 1.0 && !a->negative && !a->quiet)
+        fprintf(stderr, "qwen-image: warning: --cfg %g does nothing without a negative prompt (-n TEXT; the base "
+                        "model's usual one is \" \"): true CFG is off\n", a->cfg);
+    return qi_app_precheck(a, notes);
+}
+
+/* ---- the command ---------------------------------------------------------------------- */
+
+static qi_request make_request(const gen_args *a, progress *prog) {
+    qi_request r = qi_request_default();
+    r.prompts = a->prompts;
+    r.n_prompts = a->n_prompts;
+    r.negative_prompt = a->negative;
+    r.width = (int)a->width;
+    r.height = (int)a->height;
+    r.steps = (int)a->steps;
+    r.cfg = (float)a->cfg;
+    r.seed = a->seed;
+    r.batch = (int)a->batch;
+    r.scheduler = a->scheduler;
+    r.rng = a->rng;
+    r.noise_dtype = a->noise_dtype;
+    r.max_sequence_length = (int)a->max_seq_len;
+    r.progress = on_progress;
+    r.progress_user = prog;
+    return r;
+}
+
+static int run(gen_args *a, const prompt_note *notes) {
+    progress prog = {.tty = isatty(2), .quiet = a->quiet};
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = a->model;
+    o.device = a->device;
+    o.devices = a->devices;
+    o.threads = (int)a->threads;
+    o.log = log_line;
+    o.log_user = &prog;
+    qi_engine *e = NULL;
+    qi_status st = qi_engine_open(&o, &e);
+    for (int i = 0; !st && i < a->n_loras; i++) st = qi_engine_add_lora(e, a->lora_path[i], a->lora_strength[i]);
+    qi_image img = {0};
+    double t0 = now_s();
+    qi_request r = make_request(a, &prog);
+    if (!st) st = qi_generate(e, &r, &img);
+    if (st) {
+        if (prog.tty && !a->quiet) fputc('\n', stderr);
+        int rc = st == QI_ERR_CANCELLED && interrupted ? QI_APP_EXIT_INTERRUPTED : qi_app_exit_code(st);
+        if (rc == QI_APP_EXIT_INTERRUPTED) fprintf(stderr, "qwen-image: interrupted: nothing written\n");
+        else fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(e));
+        qi_engine_close(e);
+        return rc;
+    }
+    double total = now_s() - t0;
+    int rc = write_outputs(a, &img, notes);
+    if (rc == QI_APP_EXIT_INTERRUPTED) fprintf(stderr, "qwen-image: interrupted: the files above are complete\n");
+    else if (!a->quiet) print_summary(e, &img, total);
+    qi_image_free(&img);
+    qi_engine_close(e);
+    return rc;
 }
 
 int qi_cmd_generate(int argc, char **argv) {
     gen_args a;
     int rc = parse_args(argc, argv, &a);
-    if (rc) return rc < 0 ? 0 : rc;
-    char err[1024];
-    qi_image_format fmt;
-    if (qi_image_format_from_path(a.out, &fmt, err, sizeof err)) return qi_app_usage_error("-o: %s", err);
-    if (check_writable("-o", a.out)) return 1;
-    if (a.save_latents && check_writable("--save-latents", a.save_latents)) return 1;
-    for (int i = 0; i < a.n_loras; i++)
-        if (access(a.lora_path[i], R_OK) != 0) {
-            fprintf(stderr, "qwen-image: error: --lora %s: cannot read the file\n", a.lora_path[i]);
-            return 1;
-        }
-    if (!a.model) a.model = qi_app_default_model(a.quiet);
-
-    progress prog = {.tty = isatty(2), .quiet = a.quiet};
-    qi_open_options o = qi_open_options_default();
-    o.model_dir = a.model;
-    o.device = a.device;
-    o.devices = a.devices;
-    o.threads = (int)a.threads;
-    o.log = log_line;
-    o.log_user = &prog;
-    qi_engine *e = NULL;
-    qi_status st = qi_engine_open(&o, &e);
-    for (int i = 0; !st && i < a.n_loras; i++) st = qi_engine_add_lora(e, a.lora_path[i], a.lora_strength[i]);
-    if (st) {
-        rc = qi_app_exit_code(st);
-        fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(e));
-        qi_engine_close(e);
-        return rc;
+    prompt_note notes[QI_APP_MAX_PROMPTS];
+    memset(notes, 0, sizeof notes);
+    if (!rc) rc = check_before_loading(&a, notes);
+    if (!rc) {
+        catch_sigint();
+        rc = run(&a, notes);
     }
-    qi_request r = qi_request_default();
-    r.prompts = a.prompts;
-    r.n_prompts = a.n_prompts;
-    r.negative_prompt = a.negative;
-    r.width = (int)a.width;
-    r.height = (int)a.height;
-    r.steps = (int)a.steps;
-    r.cfg = (float)a.cfg;
-    r.seed = a.seed;
-    r.batch = (int)a.batch;
-    r.scheduler = a.scheduler;
-    r.rng = a.rng;
-    r.noise_dtype = a.noise_dtype;
-    r.progress = on_progress;
-    r.progress_user = &prog;
-    qi_image img;
-    double t0 = now_s();
-    st = qi_generate(e, &r, &img);
-    if (st) {
-        if (prog.tty && !a.quiet) fputc('\n', stderr);
-        fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(e));
-        qi_engine_close(e);
-        return qi_app_exit_code(st);
-    }
-    double total = now_s() - t0;
-    rc = 0;
-    if (a.save_latents && qi_image_save_latents(&img, a.save_latents, err, sizeof err)) {
-        fprintf(stderr, "qwen-image: error: %s\n", err);
-        rc = 1;
-    }
-    for (int i = 0; !rc && i < img.count; i++) {
-        char name[4096], params[8192];
-        image_name(a.out, i, img.count, name, sizeof name);
-        parameters_text(&a, a.prompts[i / a.batch], a.model, params, sizeof params);
-        if (qi_image_write(&img, i, name, 0, params, err, sizeof err)) {
-            fprintf(stderr, "qwen-image: error: %s\n", err);
-            rc = 1;
-        } else if (!a.quiet) {
-            fprintf(stderr, "qwen-image: wrote %s\n", name);
-        }
-    }
-    if (!a.quiet) {
-        const qi_timings *t = qi_engine_timings(e);
-        fprintf(stderr,
-                "qwen-image: %d image(s) %dx%d in %.2f s (text %.2f s, load transformer %.2f s, denoise %.2f s, "
-                "vae %.2f s), peak RSS %.0f MiB",
-                img.count, img.width, img.height, total, t->text_s, t->load_s, t->denoise_s, t->vae_s, t->peak_rss_mb);
-        if (t->device_peak_mb > 0) fprintf(stderr, ", peak device memory %.1f GiB", t->device_peak_mb / 1024.0);
-        fputc('\n', stderr);
-    }
-    qi_image_free(&img);
-    qi_engine_close(e);
-    return rc;
+    free_args(&a);
+    return rc < 0 ? 0 : rc;
 }

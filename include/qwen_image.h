@@ -76,6 +76,8 @@ typedef struct qi_open_options {
 
 qi_open_options qi_open_options_default(void);
 
+#define QI_CFG_MAX 100 /* the largest cfg a request may ask (useful scales are 1..10) */
+
 typedef enum qi_rng_kind { QI_RNG_CPU = 0, QI_RNG_CUDA = 1 } qi_rng_kind;
 
 typedef struct qi_request {
@@ -85,7 +87,8 @@ typedef struct qi_request {
     const char *negative_prompt;   /* NULL: no true CFG */
     int width, height;             /* multiples of 16; default 1024 */
     int steps;                     /* >= 1; default 8 */
-    float cfg;                     /* true CFG scale; applied when > 1 and a negative prompt is set */
+    float cfg;                     /* true CFG scale, 0..QI_CFG_MAX; applied when > 1 and a negative
+                                      prompt is set */
     uint64_t seed;
     int batch;                     /* images per prompt; default 1 (total = prompts × batch) */
     const char *scheduler;         /* NULL: the model's config; "lightning", "model" or a JSON path */
@@ -163,7 +166,9 @@ qi_status qi_image_format_from_path(const char *path, qi_image_format *out, char
  * of *len. quality: JPEG / WebP (lossy) quality 1..100, 0 = 95; PNG ignores
  * it. parameters (UTF-8, may be NULL): the generation's settings text, stored
  * as PNG's "parameters" text chunk (tEXt, or iTXt when not ASCII: what A1111 /
- * ComfyUI readers look for) and as a JPEG comment; WebP stores none. */
+ * ComfyUI readers look for) and as JPEG comment segments (several when it is
+ * over 65533 bytes, cut between characters); WebP stores none. The text is
+ * stored whole; invalid UTF-8 is refused (QI_ERR_ARG). */
 qi_status qi_image_encode(const qi_image *img, int index, qi_image_format fmt, int quality,
                           const char *parameters, uint8_t **bytes, size_t *len, char *errbuf, size_t errcap);
 void qi_free_bytes(uint8_t *bytes);

@@ -1,12 +1,15 @@
 /*
  * test_cli.c — claims about the `qwen-image` command as a person uses it:
  * the exact interface of tokenize / encode / generate, exit codes (2 usage,
- * 1 runtime), one-line messages, and no output file left by a failed run.
+ * 1 runtime, 130 interrupted), one-line messages, no output file left by a
+ * failed or interrupted run, and mistakes found before any weight loads.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <signal.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io/image.h"
@@ -155,6 +158,194 @@ static void bad_arguments_fail_cleanly(void) {
     }
 }
 
+/* Mistakes that need no weights are found before any loads: the engine's
+ * "loading" line never appears, and the run takes well under a second. */
+static void mistakes_are_found_before_any_weight_loads(void) {
+    char d[1200], long_name[400];
+    snprintf(d, sizeof d, "%s/early", tmpdir);
+    mkdir(d, 0755);
+    memset(long_name, 'a', 300);
+    strcpy(long_name + 300, ".png");
+    char setup[4096];
+    run_shell(setup, sizeof setup,
+              "cd %s && touch afile && mkdir adir.png b-1.png && echo '{' > bad.json && printf '%%s' '{\"num_train_timesteps\": 1000, "
+              "\"use_dynamic_shifting\": true, \"base_shift\": 1000, \"max_shift\": 1000, \"base_image_seq_len\": 256, "
+              "\"max_image_seq_len\": 8192}' > inf.json", d);
+    struct {
+        const char *args, *expect, *not_expect;
+        int code;
+    } cases[] = {
+        {"generate -p x -o adir.png", "-o adir.png: is a folder", NULL, 2},
+        {"generate -p x -o afile/out.png", "'afile' is a file, not a folder", NULL, 1},
+        {"generate -p x -o LONG", "255", NULL, 2},
+        {"generate -p x --batch 2 -o b.png", "-o b-1.png: is a folder", NULL, 2},
+        {"generate -p x --save-latents afile/l.safetensors", "--save-latents", NULL, 1},
+        {"generate -p x --scheduler lightnin", "--scheduler lightnin: expected lightning, model", NULL, 2},
+        {"generate -p x --scheduler bad.json", "--scheduler bad.json", NULL, 1},
+        {"generate -p x --scheduler inf.json", "inf.json", "qi_", 1},
+        {"generate -p \"$(printf 'a\\377b')\"", "-p: the prompt is not valid UTF-8", NULL, 2},
+        {"generate -p x -n \"$(printf 'a\\377b')\" --cfg 4", "-n: the negative prompt is not valid UTF-8", "prompt 0", 2},
+        {"generate -p x --cfg 1e39", "--cfg 1e39: must be between 0 and 100", NULL, 2},
+        {"generate -p x --threads 4096", "--threads 4096: at most", NULL, 2},
+        {"generate -p x --batch-index 2/2", "--batch-index 2/2", NULL, 2},
+        {"generate -p x -p y --batch-index 0/3", "split evenly", NULL, 2},
+        {"generate --from-parameters afile", "afile", NULL, 2},
+        {"encode -p x -o missing/e.safetensors", "cannot write into folder 'missing'", NULL, 1},
+        {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
+    };
+    for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
+        char out[4096], args[1200];
+        const char *at = strstr(cases[i].args, "LONG");
+        if (at) snprintf(args, sizeof args, "%.*s%s", (int)(at - cases[i].args), cases[i].args, long_name);
+        else snprintf(args, sizeof args, "%s", cases[i].args);
+        int is_gen = !strncmp(args, "generate", 8), cmd_len = (int)strcspn(args, " ");
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int rc = run_shell(out, sizeof out, "cd %s && %s %.*s -m %s %s %s", d, qi_cli(), cmd_len, args, model,
+                           is_gen ? "--steps 1 -W 32 -H 32" : "", args + cmd_len);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+        printf("  %-50.50s -> exit %d in %.2f s: %s", cases[i].args, rc, s, out);
+        CHECK(rc == cases[i].code, "'%s': exit %d, expected %d", cases[i].args, rc, cases[i].code);
+        CHECK(strstr(out, cases[i].expect) != NULL, "'%s': message lacks '%s'", cases[i].args, cases[i].expect);
+        CHECK(!cases[i].not_expect || !strstr(out, cases[i].not_expect), "'%s': message names '%s'", cases[i].args,
+              cases[i].not_expect);
+        CHECK(!strstr(out, "loading") && !strstr(out, "denoise"), "'%s': weights were loaded first", cases[i].args);
+    }
+    CHECK(count_files(d) == 5, "no file written besides the 5 set up: %d", count_files(d));
+}
+
+static void cfg_without_negative_warns_and_records_it(void) {
+    char out[8192], png[1200];
+    snprintf(png, sizeof png, "%s/nocfg.png", tmpdir);
+    int rc = run_shell(out, sizeof out, "%s generate -m %s -p apple --cfg 4 --steps 1 -W 32 -H 32 -o %s", qi_cli(),
+                       model, png);
+    CHECK(rc == 0 && strstr(out, "warning: --cfg 4 does nothing without a negative prompt"), "rc %d: %s", rc, out);
+    uint8_t *rgb = NULL;
+    int w, h;
+    char *params = NULL;
+    qi_error err;
+    CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK && params &&
+              strstr(params, "CFG scale: 1 (true CFG off: --cfg 4 needs -n)") && !strstr(params, "Negative prompt"),
+          "%s", params ? params : err.msg);
+    free(rgb);
+    free(params);
+}
+
+static void help_and_version(void) {
+    char out[8192];
+    CHECK(run_shell(out, sizeof out, "%s tokenize --help", qi_cli()) == 0 && strstr(out, "usage: qwen-image tokenize"),
+          "%s", out);
+    CHECK(run_shell(out, sizeof out, "%s encode --help", qi_cli()) == 0 && strstr(out, "usage: qwen-image encode"),
+          "%s", out);
+    CHECK(run_shell(out, sizeof out, "%s generate --help", qi_cli()) == 0 && strstr(out, "--from-parameters") &&
+              strstr(out, "130"),
+          "%s", out);
+    int rc = run_shell(out, sizeof out, "%s --version", qi_cli());
+    printf("  --version: %s", out);
+    CHECK(rc == 0 && !strncmp(out, "qwen-image 0.", 13), "rc %d: %s", rc, out);
+}
+
+/* ---- Ctrl-C ------------------------------------------------------------------------ */
+
+/* Starts generate in dir with stderr on a pipe: *err reads it. */
+static pid_t spawn_generate(const char *dir, const char *steps, const char *pause, FILE **err) {
+    int fd[2];
+    if (pipe(fd)) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (chdir(dir)) _exit(127);
+        dup2(fd[1], 2);
+        close(fd[0]);
+        close(fd[1]);
+        if (pause) setenv("QI_TEST_PAUSE_BEFORE_SAVE", pause, 1);
+        execl(qi_cli(), qi_cli(), "generate", "-m", model, "-p", "apple", "-W", "64", "-H", "64", "--steps", steps,
+              "--threads", "1", "-o", "out.png", (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    *err = fdopen(fd[0], "r");
+    return pid;
+}
+
+/* Reads stderr until a line holding `what`; 1 if seen. */
+static int wait_for(FILE *f, const char *what) {
+    char line[4096];
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, what)) return 1;
+    return 0;
+}
+
+static int finish(pid_t pid, FILE *f) {
+    char line[4096];
+    while (fgets(line, sizeof line, f)) printf("    child: %s", line);
+    fclose(f);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static void sigint_cancels_at_the_next_step_and_writes_nothing(void) {
+    char d[1200];
+    snprintf(d, sizeof d, "%s/int1", tmpdir);
+    mkdir(d, 0755);
+    FILE *f;
+    pid_t pid = spawn_generate(d, "1000", NULL, &f);
+    REQUIRE(pid > 0 && f);
+    int seen = wait_for(f, "denoise 1/1000");
+    kill(pid, SIGINT);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int code = finish(pid, f);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    printf("  SIGINT after step 1 of 1000: exit %d after %.2f s, %d file(s) left\n", code, s, count_files(d));
+    CHECK(seen, "the child reported step 1");
+    CHECK(code == 130, "exit %d, expected 130", code);
+    CHECK(s < 20, "stopped at the next step, not after 1000 (%.1f s)", s);
+    CHECK(count_files(d) == 0, "nothing written, no temporary file: %d file(s)", count_files(d));
+}
+
+static void second_sigint_exits_at_once(void) {
+    char d[1200];
+    snprintf(d, sizeof d, "%s/int2", tmpdir);
+    mkdir(d, 0755);
+    FILE *f;
+    pid_t pid = spawn_generate(d, "1000", NULL, &f);
+    REQUIRE(pid > 0 && f);
+    wait_for(f, "denoise 1/1000");
+    kill(pid, SIGINT);
+    kill(pid, SIGINT);
+    int code = finish(pid, f);
+    CHECK(code == 130, "exit %d, expected 130", code);
+    CHECK(count_files(d) == 0, "nothing written: %d file(s)", count_files(d));
+}
+
+/* The signal arrives while the image is being written (a test-only hook
+ * pauses there): the file is completed and renamed, no temporary is left. */
+static void sigint_during_the_save_leaves_a_whole_file_or_none(void) {
+    char d[1200], png[1300];
+    snprintf(d, sizeof d, "%s/int3", tmpdir);
+    mkdir(d, 0755);
+    FILE *f;
+    pid_t pid = spawn_generate(d, "1", "2", &f);
+    REQUIRE(pid > 0 && f);
+    int seen = wait_for(f, "test hook: pausing before writing out.png");
+    kill(pid, SIGINT);
+    int code = finish(pid, f);
+    char out[4096];
+    run_shell(out, sizeof out, "ls -A %s", d);
+    printf("  SIGINT during the save: exit %d, files: %s", code, out);
+    CHECK(seen && code == 130, "seen %d, exit %d", seen, code);
+    snprintf(png, sizeof png, "%s/out.png", d);
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    qi_error err;
+    CHECK(qi_png_read(png, &rgb, &w, &h, NULL, &err) == QI_OK && w == 64, "a whole image: %s", err.msg);
+    free(rgb);
+    CHECK(count_files(d) == 1, "only out.png, no temporary: %s", out);
+}
+
 static void unknown_command_is_usage_error(void) {
     char out[4096];
     CHECK(run_shell(out, sizeof out, "%s frobnicate", qi_cli()) == 2, "exit code");
@@ -171,6 +362,12 @@ int main(void) {
     RUN(batch_writes_numbered_files);
     RUN(bad_arguments_fail_cleanly);
     RUN(unknown_command_is_usage_error);
+    RUN(mistakes_are_found_before_any_weight_loads);
+    RUN(cfg_without_negative_warns_and_records_it);
+    RUN(help_and_version);
+    RUN(sigint_cancels_at_the_next_step_and_writes_nothing);
+    RUN(second_sigint_exits_at_once);
+    RUN(sigint_during_the_save_leaves_a_whole_file_or_none);
     char out[256];
     run_shell(out, sizeof out, "rm -rf %s", tmpdir);
     TEST_END();

@@ -28,11 +28,13 @@ qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
         return qi_fail(err, QI_ERR_ARG, "--steps %d: must be between 1 and 1000", r->steps);
     if (!(r->cfg >= 0.0f) || !isfinite(r->cfg))
         return qi_fail(err, QI_ERR_ARG, "--cfg %g: must be a finite number >= 0", (double)r->cfg);
+    if (r->cfg > QI_CFG_MAX)
+        return qi_fail(err, QI_ERR_ARG, "--cfg %g: at most %d (useful scales are 1..10)", (double)r->cfg, QI_CFG_MAX);
     if (r->batch < 1 || r->batch > 64)
         return qi_fail(err, QI_ERR_ARG, "--batch %d: must be between 1 and 64", r->batch);
-    if ((r->prompts ? r->n_prompts : 1) * r->batch > 4096)
-        return qi_fail(err, QI_ERR_ARG, "%d prompts x batch %d: at most 4096 images per request",
-                       r->prompts ? r->n_prompts : 1, r->batch);
+    if ((r->prompts ? r->n_prompts : 1) * r->batch > QI_MAX_IMAGES)
+        return qi_fail(err, QI_ERR_ARG, "%d prompts x batch %d: at most %d images per request",
+                       r->prompts ? r->n_prompts : 1, r->batch, QI_MAX_IMAGES);
     if (r->max_sequence_length < 1 || r->max_sequence_length > 1024)
         return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d: must be between 1 and 1024",
                        r->max_sequence_length);

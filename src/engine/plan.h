@@ -13,6 +13,7 @@
 #include "sample/scheduler.h"
 
 #define QI_LATENT_CHANNELS 16 /* VAE latent channels; packed tokens carry 4× (2×2 patches) */
+#define QI_MAX_IMAGES 4096    /* images per request (prompts × batch) */
 
 typedef struct qi_plan {
     const qi_request *req;          /* the request as given (progress callback, seed, rng, ...) */

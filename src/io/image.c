@@ -3,8 +3,8 @@
  * files through libpng, libjpeg and libwebp.
  *
  * It owns the write-to-temporary-then-rename discipline for every image file
- * the engine writes. It does not resize, nor read JPEG/WebP (only PNG, for
- * tests and img2img-style inputs later).
+ * the engine writes. It does not resize, nor read JPEG/WebP pixels (only PNG,
+ * for tests and img2img-style inputs later); of a JPEG it reads the comment.
  *
  * libpng and libjpeg report errors by longjmp: every function that calls
  * setjmp keeps the state it changes afterwards in a context struct owned by
@@ -12,6 +12,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "io/image.h"
+#include "model/tokenizer.h" /* qi_utf8_first_invalid */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -417,10 +418,13 @@ static int jpeg_write(jpeg_ctx *c, const uint8_t *rgb, int width, int height, co
     jpeg_set_defaults(&c->cinfo);
     jpeg_set_quality(&c->cinfo, quality, TRUE);
     jpeg_start_compress(&c->cinfo, TRUE);
-    if (parameters) {
-        size_t n = strlen(parameters);
-        if (n > 65533) n = 65533; /* one marker segment */
-        jpeg_write_marker(&c->cinfo, JPEG_COM, (const JOCTET *)parameters, (unsigned)n);
+    /* a COM segment holds at most 65533 bytes: longer text spans several, cut
+     * between characters, in order (qi_jpeg_read_comment joins them) */
+    for (const char *p = parameters, *end = p ? p + strlen(p) : NULL; p && p < end;) {
+        size_t n = (size_t)(end - p) > QI_JPEG_COMMENT_MAX ? QI_JPEG_COMMENT_MAX : (size_t)(end - p);
+        while (p + n < end && n > 0 && ((unsigned char)p[n] & 0xC0) == 0x80) n--; /* not inside a character */
+        jpeg_write_marker(&c->cinfo, JPEG_COM, (const JOCTET *)p, (unsigned)n);
+        p += n;
     }
     while (c->cinfo.next_scanline < c->cinfo.image_height) {
         JSAMPROW row = (JSAMPROW)(rgb + (size_t)c->cinfo.next_scanline * width * 3);
@@ -443,6 +447,16 @@ static qi_status check_encode_args(const char *what, qi_image_format fmt, int wi
     if (width < 1 || height < 1 || width > max_side || height > max_side)
         return qi_fail(err, QI_ERR_ARG, "%s: image size %dx%d is outside this format's 1..%d", what, width,
                        height, max_side);
+    return QI_OK;
+}
+
+/* The parameters text must be UTF-8: PNG readers drop an iTXt chunk that is
+ * not, and a JPEG comment that is not cannot be read back as text. */
+static qi_status check_parameters(const char *what, const char *parameters, qi_error *err) {
+    if (!parameters) return QI_OK;
+    size_t bad = qi_utf8_first_invalid(parameters, strlen(parameters));
+    if (bad != SIZE_MAX)
+        return qi_fail(err, QI_ERR_ARG, "%s: the parameters text is not valid UTF-8 (byte %zu)", what, bad);
     return QI_OK;
 }
 
@@ -495,6 +509,7 @@ qi_status qi_image_encode_rgb(const uint8_t *rgb, int width, int height, qi_imag
     if (!rgb) return qi_fail(err, QI_ERR_ARG, "%s encoder: no pixels", what);
     qi_image_save_options o = opt ? *opt : qi_image_save_options_default();
     qi_status st = check_encode_args(what, fmt, width, height, &o, err);
+    if (!st) st = check_parameters(what, parameters, err);
     if (st) return st;
     char msg[JMSG_LENGTH_MAX + 200];
     if (encode_any(rgb, width, height, fmt, parameters, &o, bytes, len, msg, sizeof msg))
@@ -510,6 +525,7 @@ qi_status qi_image_save(const char *path, const uint8_t *rgb, int width, int hei
     if (st) return st;
     qi_image_save_options o = opt ? *opt : qi_image_save_options_default();
     if ((st = check_encode_args(path, fmt, width, height, &o, err))) return st;
+    if ((st = check_parameters(path, parameters, err))) return st;
 
     tmp_file t;
     if ((st = tmp_open(path, &t, err))) return st;
@@ -524,4 +540,45 @@ qi_status qi_image_save(const char *path, const uint8_t *rgb, int width, int hei
         return qi_fail(err, QI_ERR_IO, "error writing %s: %s", path, msg);
     }
     return tmp_commit(&t, path, err);
+}
+
+/* ---- JPEG comment ------------------------------------------------------------------------------ */
+
+/* Walks the JPEG's marker segments up to the first scan, appending every COM
+ * segment's bytes to *out (a malloc'd string; NULL when there is none). */
+static qi_status jpeg_comments(FILE *f, const char *path, char **out, qi_error *err) {
+    unsigned char h[4];
+    size_t len = 0;
+    if (fread(h, 1, 2, f) != 2 || h[0] != 0xFF || h[1] != 0xD8)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: not a JPEG file (no SOI marker)", path);
+    for (;;) {
+        if (fread(h, 1, 4, f) != 4 || h[0] != 0xFF)
+            return qi_fail(err, QI_ERR_FORMAT, "%s: JPEG marker segments are cut short or malformed", path);
+        size_t n = ((size_t)h[2] << 8 | h[3]);
+        if (h[1] == 0xDA || h[1] == 0xD9 || n < 2) return QI_OK; /* start of scan: no metadata after it */
+        n -= 2;
+        if (h[1] != 0xFE) {
+            if (fseek(f, (long)n, SEEK_CUR)) return qi_fail(err, QI_ERR_FORMAT, "%s: truncated JPEG", path);
+            continue;
+        }
+        char *p = realloc(*out, len + n + 1);
+        if (!p) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory for the JPEG comment", path);
+        *out = p;
+        if (fread(p + len, 1, n, f) != n) return qi_fail(err, QI_ERR_FORMAT, "%s: truncated JPEG comment", path);
+        len += n;
+        p[len] = 0;
+    }
+}
+
+qi_status qi_jpeg_read_comment(const char *path, char **text, qi_error *err) {
+    *text = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    qi_status st = jpeg_comments(f, path, text, err);
+    fclose(f);
+    if (st) {
+        free(*text);
+        *text = NULL;
+    }
+    return st;
 }

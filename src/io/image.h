@@ -11,7 +11,9 @@
  * Files: the format follows the extension (.png, .jpg/.jpeg, .webp, any
  * case). PNG carries the caller's text in a `parameters` chunk (tEXt when the
  * text is ASCII, iTXt/UTF-8 otherwise — what PIL, and so A1111/ComfyUI
- * readers, expect); JPEG carries it as a COM marker; WebP carries none. Every
+ * readers, expect); JPEG carries it as COM markers (65533 bytes each: a
+ * longer text spans several, cut between characters); WebP carries none. The
+ * text is kept whole and must be valid UTF-8 (QI_ERR_ARG otherwise). Every
  * write goes to a temporary file in the destination directory that is renamed
  * over the destination only once complete, so a failed write leaves nothing
  * behind (and never a truncated image under the final name).
@@ -62,5 +64,11 @@ qi_status qi_image_encode_rgb(const uint8_t *rgb, int width, int height, qi_imag
  * absent (pass parameters = NULL to skip it). */
 qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
                       qi_error *err);
+
+#define QI_JPEG_COMMENT_MAX 65533 /* bytes of one COM segment */
+
+/* The text of a JPEG's COM segments (before the first scan), joined in
+ * order: *text malloc'd, or NULL when the file has none. */
+qi_status qi_jpeg_read_comment(const char *path, char **text, qi_error *err);
 
 #endif

@@ -1,0 +1,149 @@
+/*
+ * checks.c — generate's checks that read the model folder but no weights:
+ * the scheduler (a misspelt name, a malformed file, a schedule that is not
+ * finite) and the prompts' token counts (a prompt longer than the model reads
+ * is cut as diffusers cuts it: warned here, recorded in the image). They run
+ * before the engine opens, so a mistake costs no minutes of loading.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "io/model_dir.h"
+#include "model/prompt.h"
+#include "model/tokenizer.h"
+#include "sample/scheduler.h"
+
+/* The scheduler file's hash, recorded in the image; when the image being
+ * rerun recorded one, the file must still be the same. */
+static int check_hash(gen_args *a) {
+    char now[64];
+    if (qi_params_file_hash(a->scheduler, now, sizeof now)) {
+        fprintf(stderr, "qwen-image: error: --scheduler %s: cannot read the file\n", a->scheduler);
+        return 1;
+    }
+    if (a->scheduler_hash[0] && strcmp(a->scheduler_hash, now)) {
+        fprintf(stderr, "qwen-image: error: --scheduler %s: the file changed since the image was made (%s then, %s "
+                        "now); restore it or pass --scheduler to use it as it is\n", a->scheduler, a->scheduler_hash,
+                now);
+        return 1;
+    }
+    snprintf(a->scheduler_hash, sizeof a->scheduler_hash, "%s", now);
+    return 0;
+}
+
+int qi_app_check_text(const gen_args *a) {
+    for (int i = 0; i <= a->n_prompts; i++) {
+        const char *s = i < a->n_prompts ? a->prompts[i] : a->negative;
+        if (!s) continue;
+        size_t bad = qi_utf8_first_invalid(s, strlen(s));
+        if (bad == SIZE_MAX) continue;
+        if (i == a->n_prompts) return qi_app_usage_error("-n: the negative prompt is not valid UTF-8 (byte %zu)", bad);
+        if (a->n_prompts > 1) return qi_app_usage_error("-p: prompt %d is not valid UTF-8 (byte %zu)", i, bad);
+        return qi_app_usage_error("-p: the prompt is not valid UTF-8 (byte %zu)", bad);
+    }
+    return 0;
+}
+
+/* The scheduler the run will use, loaded and its schedule computed for these
+ * steps and this size: the same calls the engine makes, done early. */
+static int check_scheduler(gen_args *a, const qi_model_dir *dir) {
+    const char *name = a->scheduler;
+    qi_scheduler_config cfg;
+    qi_error err = {{0}};
+    qi_status st = QI_OK;
+    const char *file = NULL;
+    if (name && !strcmp(name, "lightning")) cfg = qi_scheduler_config_lightning();
+    else {
+        file = !name || !strcmp(name, "model") ? dir->scheduler_config : name;
+        if (file == name && access(name, F_OK) != 0)
+            return qi_app_usage_error("--scheduler %s: expected lightning, model or the path of a scheduler JSON "
+                                      "file (no such file)", name);
+        st = qi_scheduler_config_load(file, &cfg, &err);
+        if (!st && file == name && check_hash(a)) return 1;
+    }
+    int tokens = (int)(a->width / 16) * (int)(a->height / 16);
+    float *sig = malloc(sizeof(float) * (size_t)(2 * a->steps + 1));
+    if (!st && !sig) st = qi_fail(&err, QI_ERR_NOMEM, "out of memory");
+    if (!st) st = qi_scheduler_sigmas(&cfg, (int)a->steps, tokens, sig, sig + a->steps + 1, &err);
+    long bad = -1;
+    for (long i = 0; !st && bad < 0 && i < 2 * a->steps + 1; i++)
+        if (!isfinite(sig[i])) bad = i;
+    free(sig);
+    /* whatever is wrong with a file the user named is the file's fault: exit 1, naming it */
+    if (st) {
+        fprintf(stderr, "qwen-image: error: --scheduler %s: %s\n", name ? name : "model", err.msg);
+        return 1;
+    }
+    if (bad >= 0) {
+        fprintf(stderr, "qwen-image: error: --scheduler %s: the schedule for %ld steps at %ldx%ld is not finite "
+                        "(%s %ld); check the shift values in %s\n", name ? name : "model", a->steps, a->width,
+                a->height, bad <= a->steps ? "sigma" : "timestep", bad <= a->steps ? bad : bad - a->steps - 1,
+                file ? file : "the preset");
+        return 1;
+    }
+    return 0;
+}
+
+/* Warns about a prompt the model will not read whole. */
+static void warn_cut(const char *what, const prompt_note *n, long max_len, int quiet) {
+    if (quiet || n->kept >= n->tokens) return;
+    fprintf(stderr, "qwen-image: warning: %s is %d tokens; the model reads the first %d (%s), as diffusers "
+                    "cuts it; the image's parameters record this\n", what, n->tokens, n->kept,
+            n->kept < max_len ? "the tokenizer's limit" : "--max-sequence-length");
+}
+
+/* The tokens of prompt (own count) and how many the model reads. */
+static qi_status count_tokens(const qi_tokenizer *tok, const char *prompt, long max_len, prompt_note *note,
+                              qi_error *err) {
+    int32_t *ids = NULL;
+    int n = 0;
+    qi_status st = qi_tokenizer_encode(tok, prompt, &ids, &n, err);
+    free(ids);
+    if (st) return st;
+    qi_prompt_batch pb;
+    const char *one[1] = {prompt};
+    if ((st = qi_prompt_tokenize(tok, one, 1, (int)max_len, &pb, err))) return st;
+    int cut = pb.n_ids[0] >= QI_PROMPT_MAX_IDS || pb.n_ids[0] - QI_PROMPT_DROP_IDX > max_len;
+    note->tokens = n;
+    note->kept = cut && pb.embed_len[0] < n ? pb.embed_len[0] : n;
+    qi_prompt_batch_free(&pb);
+    return QI_OK;
+}
+
+static int check_prompts(const gen_args *a, const qi_model_dir *dir, prompt_note *notes) {
+    qi_tokenizer *tok = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_tokenizer_load(dir->tokenizer_dir, &tok, &err);
+    char what[64];
+    for (int i = 0; !st && i < a->n_prompts; i++) {
+        st = count_tokens(tok, a->prompts[i], a->max_seq_len, &notes[i], &err);
+        snprintf(what, sizeof what, a->n_prompts > 1 ? "prompt %d (-p)" : "the prompt (-p)", i);
+        if (!st) warn_cut(what, &notes[i], a->max_seq_len, a->quiet);
+    }
+    prompt_note neg;
+    if (!st && a->negative && a->cfg > 1.0) {
+        st = count_tokens(tok, a->negative, a->max_seq_len, &neg, &err);
+        if (!st) warn_cut("the negative prompt (-n)", &neg, a->max_seq_len, a->quiet);
+    }
+    if (tok) qi_tokenizer_free(tok);
+    if (st) fprintf(stderr, "qwen-image: error: %s\n", err.msg);
+    return st ? qi_app_exit_code(st) : 0;
+}
+
+int qi_app_precheck(gen_args *a, prompt_note *notes) {
+    qi_model_dir dir;
+    qi_error err = {{0}};
+    qi_status st = qi_model_dir_open(a->model, &dir, &err);
+    if (st) {
+        fprintf(stderr, "qwen-image: error: %s\n", err.msg);
+        return qi_app_exit_code(st);
+    }
+    int rc = check_scheduler(a, &dir);
+    return rc ? rc : check_prompts(a, &dir, notes);
+}
