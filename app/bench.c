@@ -312,7 +312,7 @@ static int bench_gemm_ceiling(bench_ctx *c, double *tflops, qi_error *err) {
     for (int64_t i = 0; i < n * n; i++) wh[i] = qi_f32_to_bf16(xh[i] * 0.01f);
     int rc = -1;
     if (qi_be_act2(be, &x, n, n, err) || qi_be_act2(be, &y, n, n, err) || be->ops->upload(be, &x, xh, err) ||
-        be->ops->weight(be, &w, QI_BF16, 2, wne, wh, err))
+        be->ops->weight(be, &w, QI_BF16, 2, wne, wh, NULL, err))
         goto done;
     double times[64];
     for (int i = 0; i < c->warmup + c->runs; i++) {
@@ -428,7 +428,7 @@ static double load_file(qi_backend *be, const char *path, qi_error *err) {
     qi_status st = w ? QI_OK : qi_fail(err, QI_ERR_NOMEM, "bench: out of memory");
     for (; st == QI_OK && made < f->n_tensors; made++) {
         const qi_st_tensor *t = &f->tensors[made];
-        st = be->ops->weight(be, &w[made], t->dtype, t->ndim, t->shape, t->data, err);
+        st = be->ops->weight(be, &w[made], t->dtype, t->ndim, t->shape, t->data, NULL, err);
         if (st) break;
     }
     if (st == QI_OK) st = be->ops->sync(be, err);

@@ -13,6 +13,7 @@
 #define QI_TEST_BACKEND_CAPS_H
 
 #include "backend/backend.h"
+#include "base/types.h"
 #include "test.h"
 
 static unsigned caps_rng = 2024;
@@ -22,12 +23,42 @@ static float caps_frand(void) { /* uniform in [-1, 1) */
     return ((caps_rng >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
+/* Byte offsets of the f16 scale fields (d, dmin, m) in one block of each
+ * GGUF block type (spec vae-and-formats.md B.7.2); -1 ends a list. */
+static const int *caps_block_scale_fields(qi_dtype t) {
+    static const int at0[] = {0, -1}, at01[] = {0, 2, -1}, q2k[] = {80, 82, -1}, q3k[] = {108, -1},
+                     q6k[] = {208, -1};
+    switch (t) {
+    case QI_Q4_1: case QI_Q5_1: case QI_Q4_K: case QI_Q5_K: return at01;
+    case QI_Q2_K: return q2k;
+    case QI_Q3_K: return q3k;
+    case QI_Q6_K: return q6k;
+    default: return at0;
+    }
+}
+
 /* Fills n elements of storage type t at buf (room for 8 bytes per element)
  * and, for float types, their float32 values at ref. Float values lie in
- * (-2, 2); fp8 bytes have their top exponent bit clear (no NaN or Inf). Other
- * types get small integers or zero bytes (no op is expected to read them). */
+ * (-2, 2); fp8 bytes have their top exponent bit clear (no NaN or Inf); GGUF
+ * blocks are random bytes with every f16 scale field set to a small finite
+ * value of either sign. Other types get small integers or zero bytes (no op
+ * is expected to read them). */
 static void caps_host_data(qi_dtype t, int64_t n, void *buf, float *ref) {
     memset(buf, 0, (size_t)n * 8);
+    if (qi_dtype_is_block(t)) {
+        const qi_dtype_traits *tt = qi_type_traits(t);
+        uint8_t *b = buf;
+        int64_t blocks = n / tt->block_elems;
+        for (size_t i = 0; i < (size_t)blocks * tt->block_bytes; i++) b[i] = (uint8_t)(caps_frand() * 128.0f + 128.0f);
+        for (int64_t k = 0; k < blocks; k++)
+            for (const int *f = caps_block_scale_fields(t); *f >= 0; f++) {
+                uint16_t h = qi_f32_to_f16(0.02f * caps_frand());
+                b[k * (int64_t)tt->block_bytes + *f] = (uint8_t)(h & 0xff);
+                b[k * (int64_t)tt->block_bytes + *f + 1] = (uint8_t)(h >> 8);
+            }
+        qi_to_f32(ref, buf, t, (size_t)n);
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         float v = caps_frand();
         switch (t) {
@@ -86,12 +117,14 @@ static void caps_expect(qi_backend *be, qi_cap cap, qi_dtype t, const char *op, 
     free(got);
 }
 
-/* y[M, N] = x[M, K] · w[N, K]ᵀ with w of type t. */
+/* y[M, N] = x[M, K] · w[N, K]ᵀ with w of type t; K = w's last dim (24, or
+ * 256 for block types), at most 256. */
 static void caps_linear(qi_backend *be, qi_dtype t, const qi_tensor *w, const float *wref, double tol) {
-    enum { M = 5, K = 24, N = 7 };
+    enum { M = 5, KMAX = 256, N = 7 };
+    const int K = (int)w->ne[1];
     size_t mark = be->ops->mark(be);
     qi_tensor x, y;
-    float xv[M * K];
+    float xv[M * KMAX];
     int64_t xne[2] = {M, K};
     qi_error err;
     if (caps_act(be, &x, 2, xne, xv) || qi_be_act2(be, &y, M, N, &err)) {
@@ -143,9 +176,11 @@ static void caps_conv2d(qi_backend *be, qi_dtype t, const qi_tensor *w, const fl
     be->ops->reset(be, mark);
 }
 
-/* out[n, :] = table[ids[n], :] with table [V, D] of type t. */
+/* out[n, :] = table[ids[n], :] with table [V, D] of type t; D = the table's
+ * last dim (16, or 256 for block types), at most 256. */
 static void caps_embedding(qi_backend *be, qi_dtype t, const qi_tensor *table, const float *tref, double tol) {
-    enum { V = 6, D = 16, NI = 5 };
+    enum { V = 6, DMAX = 256, NI = 5 };
+    const int D = (int)table->ne[1];
     size_t mark = be->ops->mark(be);
     qi_tensor ids, out;
     int32_t idv[NI] = {3, 0, 5, 3, 1};
@@ -157,7 +192,7 @@ static void caps_embedding(qi_backend *be, qi_dtype t, const qi_tensor *table, c
         be->ops->reset(be, mark);
         return;
     }
-    double ref[NI * D];
+    double ref[NI * DMAX];
     for (int i = 0; i < NI; i++)
         for (int d = 0; d < D; d++) ref[i * D + d] = tref[idv[i] * D + d];
     be->ops->embedding(be, table, &ids, &out);
@@ -165,11 +200,13 @@ static void caps_embedding(qi_backend *be, qi_dtype t, const qi_tensor *table, c
     be->ops->reset(be, mark);
 }
 
-/* One weight of type t with shape ne through `weight`, then `run`. Returns
+/* One weight of type t with shape ne (and `scale`, NULL: none) through
+ * `weight`, then `run` against the decoded values times the scale. Returns
  * whether `weight` accepted it; checks that matches supports(WEIGHT, t). */
-static int caps_with_weight(qi_backend *be, qi_dtype t, int ndim, const int64_t *ne,
-                            void (*run)(qi_backend *, qi_dtype, const qi_tensor *, const float *, double),
-                            double tol) {
+static int caps_with_scaled_weight(qi_backend *be, qi_dtype t, int ndim, const int64_t *ne,
+                                   const qi_weight_scale *scale,
+                                   void (*run)(qi_backend *, qi_dtype, const qi_tensor *, const float *, double),
+                                   double tol) {
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= ne[i];
     void *host = malloc((size_t)n * 8);
@@ -177,7 +214,10 @@ static int caps_with_weight(qi_backend *be, qi_dtype t, int ndim, const int64_t 
     qi_tensor w;
     qi_error err = {{0}};
     caps_host_data(t, n, host, ref);
-    qi_status st = be->ops->weight(be, &w, t, ndim, ne, host, &err);
+    if (scale && scale->form != QI_SCALE_NONE)
+        for (int64_t i = 0; i < n; i++)
+            ref[i] *= scale->form == QI_SCALE_TENSOR ? scale->scale : scale->row_scale[i / (n / ne[0])];
+    qi_status st = be->ops->weight(be, &w, t, ndim, ne, host, scale, &err);
     int claimed = qi_backend_supports(be, QI_CAP_WEIGHT, t);
     CHECK((st == QI_OK) == claimed, "%s: weight of type %s: supports says %d, weight returned %d (%s)",
           be->ops->name, qi_dtype_name(t), claimed, (int)st, err.msg);
@@ -194,18 +234,50 @@ static int caps_with_weight(qi_backend *be, qi_dtype t, int ndim, const int64_t 
     return st == QI_OK;
 }
 
+static int caps_with_weight(qi_backend *be, qi_dtype t, int ndim, const int64_t *ne,
+                            void (*run)(qi_backend *, qi_dtype, const qi_tensor *, const float *, double),
+                            double tol) {
+    return caps_with_scaled_weight(be, t, ndim, ne, NULL, run, tol);
+}
+
 /* Every storage type through every weight-taking op (tol: relative L2 of a
- * supported case; the backend's float32-math error for its weight type). */
+ * supported case; the backend's float32-math error for its weight type).
+ * Block types get rows of 256 elements (one K block, eight small blocks);
+ * conv kernels ([.., 3, 3]) cannot be a whole number of blocks, so conv2d
+ * runs on the element types only. */
 static void caps_check_weight_ops(qi_backend *be, double tol) {
-    int64_t lin[2] = {7, 24}, conv[4] = {4, 3, 3, 3}, emb[2] = {6, 16};
     for (int t = 0; t < QI_DTYPE_COUNT; t++) {
         qi_dtype dt = (qi_dtype)t;
+        int64_t row = qi_dtype_is_block(dt) ? 256 : 0;
+        int64_t lin[2] = {7, row ? row : 24}, conv[4] = {4, 3, 3, 3}, emb[2] = {6, row ? row : 16};
         for (int cap = QI_CAP_LINEAR; cap <= QI_CAP_EMBEDDING; cap++) /* an op's claim needs the weight's */
             CHECK(!qi_backend_supports(be, (qi_cap)cap, dt) || qi_backend_supports(be, QI_CAP_WEIGHT, dt),
                   "%s: cap %d claims %s without `weight` accepting it", be->ops->name, cap, qi_dtype_name(dt));
         caps_with_weight(be, dt, 2, lin, caps_linear, tol);
-        caps_with_weight(be, dt, 4, conv, caps_conv2d, tol);
+        if (!row) caps_with_weight(be, dt, 4, conv, caps_conv2d, tol);
         caps_with_weight(be, dt, 2, emb, caps_embedding, tol);
+    }
+}
+
+/* A scaled weight gives scaled results: fp8 and a block type with a scale
+ * per tensor and per output row, through linear and embedding (tables are
+ * scaled per row, as the LightX2V files' modulation weights are). */
+static void caps_check_scaled_weights(qi_backend *be, double tol) {
+    static const float rows7[7] = {0.5f, 3.0f, 1e-3f, 7.25f, 0.125f, 2.0f, 40.0f};
+    const qi_weight_scale per_tensor = {QI_SCALE_TENSOR, 0.03125f, NULL}, per_row = {QI_SCALE_ROW, 1.0f, rows7};
+    const qi_dtype types[] = {QI_F8_E4M3, QI_BF16, QI_Q4_K, QI_Q8_0};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        qi_dtype dt = types[i];
+        int64_t K = qi_dtype_is_block(dt) ? 256 : 24;
+        int64_t lin[2] = {7, K}, emb[2] = {6, K};
+        CHECK(caps_with_scaled_weight(be, dt, 2, lin, &per_tensor, caps_linear, tol), "%s: scaled %s",
+              be->ops->name, qi_dtype_name(dt));
+        CHECK(caps_with_scaled_weight(be, dt, 2, lin, &per_row, caps_linear, tol), "%s: row-scaled %s",
+              be->ops->name, qi_dtype_name(dt));
+        CHECK(caps_with_scaled_weight(be, dt, 2, emb, &per_tensor, caps_embedding, tol), "%s: scaled %s table",
+              be->ops->name, qi_dtype_name(dt));
+        CHECK(caps_with_scaled_weight(be, dt, 2, emb, &per_row, caps_embedding, tol), "%s: row-scaled %s table",
+              be->ops->name, qi_dtype_name(dt));
     }
 }
 

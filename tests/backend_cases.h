@@ -245,11 +245,8 @@ static inline qi_status bc_make(qi_backend *be, const bc_inst *in, qi_tensor *t,
         const bc_host *h = &in->t[i];
         if (h->role == BC_NONE) continue;
         if (h->role == BC_WEIGHT) {
-            st = be->ops->weight(be, &t[i], h->wdt, h->ndim, h->ne, h->bytes, err);
-            if (st == QI_OK && h->scale != 1.0f) {
-                t[i].scale = h->scale;
-                t[i].scale_form = QI_SCALE_TENSOR;
-            }
+            qi_weight_scale sc = {h->scale != 1.0f ? QI_SCALE_TENSOR : QI_SCALE_NONE, h->scale, NULL};
+            st = be->ops->weight(be, &t[i], h->wdt, h->ndim, h->ne, h->bytes, &sc, err);
             continue;
         }
         qi_dtype dt = h->role == BC_ACT ? be->act_dtype : h->role == BC_F32 ? QI_F32 : QI_I32;
@@ -404,7 +401,7 @@ static inline qi_tensor bc_dev_weight(qi_backend *be, int ndim, const int64_t *n
     for (int64_t i = 0; i < n; i++) h[i] = qi_f32_to_bf16(amp * bc_frand());
     qi_tensor w;
     qi_error err;
-    bc_must(be->ops->weight(be, &w, QI_BF16, ndim, ne, h, &err), "weight", &err);
+    bc_must(be->ops->weight(be, &w, QI_BF16, ndim, ne, h, NULL, &err), "weight", &err);
     *keep = h;
     return w;
 }

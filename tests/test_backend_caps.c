@@ -19,6 +19,9 @@ static qi_backend *be;
 /* Tolerance 1e-5: float32 products of exactly decoded weights. */
 static void cpu_supports_says_what_the_ops_do(void) { caps_check_weight_ops(be, 1e-5); }
 
+/* Scales multiply in float32 before the product: the same 1e-5. */
+static void cpu_scaled_weights_give_scaled_results(void) { caps_check_scaled_weights(be, 1e-5); }
+
 static void cpu_supports_the_documented_table(void) {
     const qi_dtype floats[] = {QI_F32, QI_F16, QI_BF16, QI_F8_E4M3, QI_F8_E5M2};
     for (size_t i = 0; i < QI_ARRAY_LEN(floats); i++)
@@ -26,9 +29,11 @@ static void cpu_supports_the_documented_table(void) {
             CHECK(qi_backend_supports(be, (qi_cap)cap, floats[i]), "cap %d, %s", cap, qi_dtype_name(floats[i]));
     CHECK(qi_backend_supports(be, QI_CAP_WEIGHT, QI_I32));
     CHECK(!qi_backend_supports(be, QI_CAP_LINEAR, QI_I32));
-    for (int t = QI_Q4_0; t <= QI_Q6_K; t++) /* GGUF blocks: no backend reads them yet */
+    for (int t = QI_Q4_0; t <= QI_Q6_K; t++) { /* GGUF blocks: dequantised per row band; no conv kernels */
         for (int cap = QI_CAP_WEIGHT; cap <= QI_CAP_EMBEDDING; cap++)
-            CHECK(!qi_backend_supports(be, (qi_cap)cap, (qi_dtype)t), "cap %d, %s", cap, qi_dtype_name((qi_dtype)t));
+            CHECK(qi_backend_supports(be, (qi_cap)cap, (qi_dtype)t) == (cap != QI_CAP_CONV2D), "cap %d, %s", cap,
+                  qi_dtype_name((qi_dtype)t));
+    }
     CHECK(!qi_backend_supports(be, QI_CAP_GRAPHS, QI_F32));
     CHECK(!qi_backend_supports(be, QI_CAP_RANDOM_WEIGHTS, QI_F32));
     CHECK(!qi_backend_supports(be, QI_CAP_CUDA_RNG, QI_F32));
@@ -143,7 +148,7 @@ static void weight_bf16(qi_tensor *w, int ndim, const int64_t *ne, uint16_t *hos
         if (ref) ref[i] = qi_bf16_to_f32(host[i]);
     }
     qi_error err;
-    if (be->ops->weight(be, w, QI_BF16, ndim, ne, host, &err)) abort();
+    if (be->ops->weight(be, w, QI_BF16, ndim, ne, host, NULL, &err)) abort();
 }
 
 /* linear's tile scratch refused: sync says NOMEM naming linear and the size,
@@ -308,6 +313,7 @@ int main(void) {
     }
     RUN(cpu_supports_the_documented_table);
     RUN(cpu_supports_says_what_the_ops_do);
+    RUN(cpu_scaled_weights_give_scaled_results);
     RUN(cpu_has_no_native_stream_and_make_current_works);
     RUN(check_ops_refuses_every_required_slot_by_name);
     RUN(check_ops_names_the_empty_slot);

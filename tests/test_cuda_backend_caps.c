@@ -20,6 +20,9 @@ static qi_backend *gpu;
  * per element, F32/F16 weights rounded at load) and a bf16 result. */
 static void cuda_supports_says_what_the_ops_do(void) { caps_check_weight_ops(gpu, 1e-2); }
 
+/* The scale is applied in float32 at load, then rounded to bf16: 1e-2. */
+static void cuda_scaled_weights_give_scaled_results(void) { caps_check_scaled_weights(gpu, 1e-2); }
+
 static void cuda_supports_the_documented_table(void) {
     const qi_dtype floats[] = {QI_F32, QI_F16, QI_BF16, QI_F8_E4M3, QI_F8_E5M2};
     for (size_t i = 0; i < QI_ARRAY_LEN(floats); i++)
@@ -28,9 +31,9 @@ static void cuda_supports_the_documented_table(void) {
     CHECK(qi_backend_supports(gpu, QI_CAP_WEIGHT, QI_I32));
     for (int cap = QI_CAP_LINEAR; cap <= QI_CAP_EMBEDDING; cap++)
         CHECK(!qi_backend_supports(gpu, (qi_cap)cap, QI_I32), "cap %d, I32", cap);
-    for (int t = QI_Q4_0; t <= QI_Q6_K; t++)
+    for (int t = QI_Q4_0; t <= QI_Q6_K; t++) /* dequantised on the host at load, kept as bf16 */
         for (int cap = QI_CAP_WEIGHT; cap <= QI_CAP_EMBEDDING; cap++)
-            CHECK(!qi_backend_supports(gpu, (qi_cap)cap, (qi_dtype)t), "cap %d, %s", cap, qi_dtype_name((qi_dtype)t));
+            CHECK(qi_backend_supports(gpu, (qi_cap)cap, (qi_dtype)t), "cap %d, %s", cap, qi_dtype_name((qi_dtype)t));
     CHECK(qi_backend_supports(gpu, QI_CAP_GRAPHS, QI_F32));
     CHECK(qi_backend_supports(gpu, QI_CAP_RANDOM_WEIGHTS, QI_F32));
     CHECK(qi_backend_supports(gpu, QI_CAP_CUDA_RNG, QI_F32));
@@ -117,7 +120,7 @@ static void entry_points_select_their_device_and_restore_the_callers(void) {
     for (int i = 0; i < 64; i++) wh[i] = qi_f32_to_bf16((float)i);
     qi_tensor w, t;
     int64_t ne[2] = {8, 8};
-    CHECK(b->ops->weight(b, &w, QI_BF16, 2, ne, wh, &err) == QI_OK, "%s", err.msg);
+    CHECK(b->ops->weight(b, &w, QI_BF16, 2, ne, wh, NULL, &err) == QI_OK, "%s", err.msg);
     struct cudaPointerAttributes attr;
     if (w.data && cudaPointerGetAttributes(&attr, w.data) == cudaSuccess)
         CHECK(attr.device == mine, "the weight lives on device %d, want %d", attr.device, mine);
@@ -152,6 +155,7 @@ int main(void) {
     }
     RUN(cuda_supports_the_documented_table);
     RUN(cuda_supports_says_what_the_ops_do);
+    RUN(cuda_scaled_weights_give_scaled_results);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);
     RUN(cuda_table_refuses_a_partial_graph_group);

@@ -394,7 +394,7 @@ static void full_size_flops_and_cpu_estimate(void) {
     qi_tensor x, y, wt;
     int64_t wne[2] = {N, K};
     CHECK(qi_be_act2(be, &x, M, K, &err) == QI_OK && qi_be_act2(be, &y, M, N, &err) == QI_OK, "alloc");
-    CHECK(be->ops->weight(be, &wt, QI_BF16, 2, wne, w, &err) == QI_OK, "weight");
+    CHECK(be->ops->weight(be, &wt, QI_BF16, 2, wne, w, NULL, &err) == QI_OK, "weight");
     float *hx = calloc((size_t)(M * K), sizeof *hx);
     be->ops->upload(be, &x, hx, &err);
     be->ops->linear(be, &x, &wt, NULL, QI_ACT_NONE, &y); /* warm-up */

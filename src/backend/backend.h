@@ -15,9 +15,10 @@
  *
  * Activations are float32 on the CPU backend and bf16 on the CUDA backend;
  * model code does not care (it only asks for QI_ACT, the backend's
- * activation type). Weights keep their file dtype (bf16/f16/f32; fp8 with a
- * scale) on the CPU backend: `linear` converts tiles on the fly, so the real
- * transformer never needs an 82 GB float32 copy.
+ * activation type). Weights keep their file type on the CPU backend
+ * (f32/f16/bf16, fp8 with its scale, every GGUF block type): `linear` and
+ * `embedding` dequantise rows on the fly, so the real transformer never needs
+ * an 82 GB float32 copy.
  */
 #ifndef QI_BACKEND_H
 #define QI_BACKEND_H
@@ -34,6 +35,13 @@ typedef enum qi_scale_form {
     QI_SCALE_TENSOR,   /* one float32 `scale` for the whole tensor */
     QI_SCALE_ROW       /* `row_scale[ne[0]]`, one per output row */
 } qi_scale_form;
+
+/* The scale handed to `weight` with a weight's stored bytes (NULL: none). */
+typedef struct qi_weight_scale {
+    qi_scale_form form;
+    float scale;            /* QI_SCALE_TENSOR */
+    const float *row_scale; /* QI_SCALE_ROW: [ne[0]] host floats, alive as long as `host` is */
+} qi_weight_scale;
 
 typedef struct qi_tensor {
     qi_dtype dtype;
@@ -126,10 +134,17 @@ typedef struct qi_backend_ops {
     size_t (*mark)(qi_backend *be);            /* arena position */
     void (*reset)(qi_backend *be, size_t mark); /* free everything after mark */
     /* Weights live outside the arena until weight_free / destroy. `host` is a
-     * pointer into a file mapping with dtype `dt`; the CPU backend may keep
-     * pointing at it (zero copy), a device backend copies and converts. */
+     * pointer into a file mapping with storage type `dt` (an element type or a
+     * GGUF block type: blocks run along ne[ndim-1], which must be a whole
+     * number of them); `scale` (NULL: none) says how the stored values become
+     * real ones (scaled fp8: per tensor or per output row ne[0]). Every op
+     * that reads the weight sees stored · scale. The CPU backend keeps
+     * pointing at `host` and `scale->row_scale` (zero copy, the caller keeps
+     * both alive); a device backend copies and converts (CUDA: to bf16, the
+     * scale applied in float32 before the rounding, block types dequantised
+     * on the host). */
     qi_status (*weight)(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                        const void *host, qi_error *err);
+                        const void *host, const qi_weight_scale *scale, qi_error *err);
     void (*weight_free)(qi_backend *be, qi_tensor *w);
     /* Host <-> backend copies of float32 data (converted to/from the tensor's
      * dtype; t must be F32/BF16/F16 activations, or I32 with int32 host data). */

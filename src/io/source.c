@@ -89,6 +89,27 @@ const cJSON *qi_source_config(const qi_source *s, const char **config_path) {
     return s->config;
 }
 
+qi_weight_scale qi_source_tensor_scale(const qi_source_tensor *t) {
+    qi_weight_scale sc = {t->scale_form, t->scale_form == QI_SCALE_TENSOR ? t->scale : 1.0f,
+                          t->scale_form == QI_SCALE_ROW ? t->row_scale : NULL};
+    return sc;
+}
+
+qi_status qi_source_tensor_to_f32(const qi_source_tensor *t, float *dst, qi_error *err) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    int64_t cols = t->ndim ? t->shape[t->ndim - 1] : 1, rows = cols ? n / cols : 0;
+    if (qi_to_f32(dst, t->data, t->dtype, (size_t)n) != 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: tensor '%s' of type %s cannot be read as numbers",
+                       t->file, t->stored_name, qi_dtype_name(t->dtype));
+    if (t->scale_form == QI_SCALE_TENSOR)
+        for (int64_t i = 0; i < n; i++) dst[i] *= t->scale;
+    else if (t->scale_form == QI_SCALE_ROW)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t k = 0; k < cols; k++) dst[r * cols + k] *= t->row_scale[r];
+    return QI_OK;
+}
+
 /* ---- the checked lookup ---------------------------------------------------------- */
 
 /* Element float types and the GGUF block types: what a weight may be stored as. */

@@ -117,6 +117,14 @@ qi_component qi_source_component(const qi_source *s);
 int qi_source_tensor_count(const qi_source *s);
 void qi_source_tensor_at(const qi_source *s, int i, qi_source_tensor *out);
 
+/* The scale of t as the backend's `weight` takes it (form NONE: none). */
+qi_weight_scale qi_source_tensor_scale(const qi_source_tensor *t);
+
+/* All of t's values as float32 at dst (numel floats): dequantised by its
+ * type's traits, times its scale (one float32 multiply per element, as the
+ * reference loaders do). For LoRA fusion and `inspect --tensor`. */
+qi_status qi_source_tensor_to_f32(const qi_source_tensor *t, float *dst, qi_error *err);
+
 /* Looks a mapped name up; 1 and *out filled if present, else 0. */
 int qi_source_find(const qi_source *s, const char *name, qi_source_tensor *out);
 

@@ -323,19 +323,19 @@ static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_bind
     qi_source_tensor t;
     qi_status st = qi_source_get(d->src, s->name, s->ndim, s->shape, &t, err);
     if (st != QI_OK) return st;
-    if (!qi_lora_binding_targets(lora, s->name))
-        return d->be->ops->weight(d->be, s->dst, t.dtype, s->ndim, s->shape, t.data, err);
+    if (!qi_lora_binding_targets(lora, s->name)) {
+        qi_weight_scale sc = qi_source_tensor_scale(&t);
+        return d->be->ops->weight(d->be, s->dst, t.dtype, s->ndim, s->shape, t.data, &sc, err);
+    }
 
     size_t n = (size_t)(s->shape[0] * s->shape[1]);
     float *w = malloc(n * sizeof *w);
     if (!w)
         return qi_fail(err, QI_ERR_NOMEM, "transformer: no memory for the float32 LoRA-fused %s",
                        s->name);
-    if (qi_to_f32(w, t.data, t.dtype, n) != 0)
-        st = qi_fail(err, QI_ERR_UNSUPPORTED, "transformer: cannot fuse a LoRA into %s weight %s",
-                     qi_dtype_name(t.dtype), s->name);
+    st = qi_source_tensor_to_f32(&t, w, err); /* dequantised and scaled: the weight the file means */
     if (st == QI_OK) st = qi_lora_binding_fuse(lora, s->name, w, s->shape[0], s->shape[1], err);
-    if (st == QI_OK) st = d->be->ops->weight(d->be, s->dst, QI_F32, 2, s->shape, w, err);
+    if (st == QI_OK) st = d->be->ops->weight(d->be, s->dst, QI_F32, 2, s->shape, w, NULL, err);
     if (st == QI_OK && s->dst->data == (void *)w) { /* zero-copy backend: keep the buffer */
         d->fused[d->n_fused++] = w;
         return QI_OK;
@@ -539,9 +539,9 @@ static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, 
                 op->weight_free(d->be, &hit->sin);
             }
         } else if (st == QI_OK) {
-            st = op->weight(d->be, &hit->cos, QI_F32, 2, ne, hit->host, err);
+            st = op->weight(d->be, &hit->cos, QI_F32, 2, ne, hit->host, NULL, err);
             if (st == QI_OK) {
-                st = op->weight(d->be, &hit->sin, QI_F32, 2, ne, hit->host + L * P, err);
+                st = op->weight(d->be, &hit->sin, QI_F32, 2, ne, hit->host + L * P, NULL, err);
                 if (st != QI_OK) op->weight_free(d->be, &hit->cos);
             }
         }

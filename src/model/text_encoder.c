@@ -229,7 +229,8 @@ static qi_status bind(qi_text_encoder *te, const char *prefix, const char *name,
     qi_source_tensor t;
     qi_status st = qi_source_get(te->src, full, ndim, shape, &t, err);
     if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder");
-    st = te->be->ops->weight(te->be, w, t.dtype, t.ndim, t.shape, t.data, err);
+    qi_weight_scale sc = qi_source_tensor_scale(&t);
+    st = te->be->ops->weight(te->be, w, t.dtype, t.ndim, t.shape, t.data, &sc, err);
     if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder weight '%s'", full);
     return QI_OK;
 }

@@ -213,7 +213,7 @@ static qi_status remember(void ***list, int *n, int *cap, void *item, qi_error *
 /* Hands `host` (dtype dt, shape ne) to the backend as weight *w. */
 static qi_status bind_host(qi_vae *v, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
                            const void *host, const char *name, qi_error *err) {
-    qi_status st = v->be->ops->weight(v->be, w, dt, ndim, ne, host, err);
+    qi_status st = v->be->ops->weight(v->be, w, dt, ndim, ne, host, NULL, err);
     if (st) return qi_fail_ctx(err, st, "vae tensor %s", name);
     return remember((void ***)&v->bound, &v->n_bound, &v->cap_bound, w, err);
 }
@@ -225,6 +225,9 @@ static qi_status bind(qi_vae *v, const char *name, int file_ndim, const int64_t 
     qi_source_tensor t;
     qi_status st = qi_source_get(v->src, name, file_ndim, file_shape, &t, err);
     if (st) return st;
+    if (t.scale_form != QI_SCALE_NONE) /* never read a scaled weight as unscaled */
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: vae tensor '%s' is scaled fp8; the VAE reads bf16, f16 or "
+                       "f32 weights (use ComfyUI's qwen_image_vae.safetensors)", t.file, t.stored_name);
     return bind_host(v, w, t.dtype, ndim, bind_ne, t.data, name, err);
 }
 
@@ -252,6 +255,9 @@ static qi_status bind_causal_conv3(qi_vae *v, const char *prefix, int64_t co, in
     qi_source_tensor found, *t = &found;
     qi_status st = qi_source_get(v->src, name, 5, shape, t, err);
     if (st) return st;
+    if (t->scale_form != QI_SCALE_NONE) /* never read a scaled weight as unscaled */
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: vae tensor '%s' is scaled fp8; the VAE reads bf16, f16 or "
+                       "f32 weights", t->file, t->stored_name);
     if (t->dtype >= QI_Q4_0) /* blocks of 32/256 elements: no per-element slicing */
         return qi_fail(err, QI_ERR_UNSUPPORTED, "vae tensor %s: block-quantised %s is not supported",
                        name, qi_dtype_name(t->dtype));

@@ -7,9 +7,11 @@
  * softmax sums) accumulate in double, every op is a plain loop.
  *
  * Weights are not copied: a weight tensor points into the file mapping with
- * its file dtype (bf16/f16/f32/fp8). `linear` converts a band of weight rows
- * to float32 at a time, so even the full 20B transformer needs only a few
- * hundred MB of scratch, never a whole-model float32 copy.
+ * its file type (f32/f16/bf16, fp8 with a per-tensor or per-row scale, any
+ * GGUF block type). `linear` dequantises a band of weight rows to float32 at
+ * a time through the type traits (base/types.h), `embedding` the rows it
+ * gathers, so even the full 20B transformer needs only a few hundred MB of
+ * scratch, never a whole-model float32 copy.
  *
  * Activations come from an arena: one large virtual reservation
  * (MAP_NORESERVE, so untouched pages cost nothing) with a bump pointer.
@@ -31,6 +33,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
+#include "base/types.h"
 
 typedef struct cpu_impl {
     int threads;
@@ -84,10 +87,9 @@ void qi_backend_cpu_fail_allocs(qi_backend *be, int after, int count) {
     impl_of(be)->alloc_fail = count > 0 ? count : 0;
 }
 
-/* The weight storage types the ops read (converted to float32 per tile). */
-static int cpu_float_type(qi_dtype t) {
-    return t == QI_F32 || t == QI_F16 || t == QI_BF16 || t == QI_F8_E4M3 || t == QI_F8_E5M2;
-}
+/* The weight storage types the ops read (dequantised to float32 per row
+ * band): the element float types and every GGUF block type. */
+static int cpu_float_type(qi_dtype t) { return qi_dtype_is_float(t); }
 
 /* OpenBLAS (OpenMP build) sizes each call by the CALLING thread's OpenMP
  * thread count, so a backend used from another thread (a rank of a
@@ -129,15 +131,25 @@ static void cpu_reset(qi_backend *be, size_t mark) {
 }
 
 static qi_status cpu_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                            const void *host, qi_error *err) {
+                            const void *host, const qi_weight_scale *scale, qi_error *err) {
     (void)be;
+    memset(w, 0, sizeof *w);
     if (!cpu_float_type(dt) && dt != QI_I32) /* I32: index tables kept as they are */
         return qi_fail(err, QI_ERR_UNSUPPORTED, "cpu backend: weights of type %s are not supported "
-                       "(F32, F16, BF16, F8_E4M3, F8_E5M2 or I32)", qi_dtype_name(dt));
-    memset(w, 0, sizeof *w);
+                       "(F32, F16, BF16, F8_E4M3, F8_E5M2, %s or I32)", qi_dtype_name(dt),
+                       "Q4_0 … Q6_K");
+    if (ndim < 1 || ndim > QI_MAX_DIMS || qi_row_bytes(dt, ne[ndim - 1]) < 0)
+        return qi_fail(err, QI_ERR_ARG, "cpu backend: a %s weight with %d dims and last dim %lld (a row must "
+                       "be a whole number of %s blocks)", qi_dtype_name(dt), ndim,
+                       ndim >= 1 && ndim <= QI_MAX_DIMS ? (long long)ne[ndim - 1] : -1LL, qi_dtype_name(dt));
+    qi_scale_form form = scale ? scale->form : QI_SCALE_NONE;
+    if (form == QI_SCALE_ROW && !scale->row_scale)
+        return qi_fail(err, QI_ERR_ARG, "cpu backend: a per-row scale without its values");
     w->dtype = dt;
     w->ndim = ndim;
-    w->scale = 1.0f;
+    w->scale = form == QI_SCALE_TENSOR ? scale->scale : 1.0f;
+    w->scale_form = form;
+    w->row_scale = form == QI_SCALE_ROW ? scale->row_scale : NULL; /* zero copy, as `host` */
     for (int i = 0; i < ndim; i++) w->ne[i] = ne[i];
     w->data = (void *)host; /* zero copy: the caller keeps `host` alive */
     return QI_OK;
@@ -194,23 +206,46 @@ static inline float apply_act(float u, qi_act act) {
     }
 }
 
-/* Converts rows [r0, r0+n) of a weight matrix [N, K] to float32 at dst.
+/* The multiplier of weight row r (the scale forms of backend.h). */
+static inline float row_scale_of(const qi_tensor *w, int64_t r) {
+    switch (w->scale_form) {
+    case QI_SCALE_TENSOR: return w->scale;
+    case QI_SCALE_ROW: return w->row_scale[r];
+    default: return 1.0f;
+    }
+}
+
+/* w seen as a matrix [rows, cols] (same memory, same scale): conv weights
+ * [Co, Ci, kh, kw] as [Co, Ci·kh·kw], vectors as one row. */
+static qi_tensor as_matrix(const qi_tensor *w, int64_t rows, int64_t cols) {
+    qi_tensor m = *w;
+    m.ndim = 2;
+    m.ne[0] = rows;
+    m.ne[1] = cols;
+    return m;
+}
+
+/* Dequantises rows [r0, r0+n) of a weight matrix [N, K] to float32 at dst,
+ * each row times its scale (one float32 multiply, as the references do).
  * Returns -1 (recorded under `op`) for a type the CPU cannot read. */
 static int weight_rows_f32(qi_backend *be, const char *op, const qi_tensor *w, int64_t r0, int64_t n,
                            float *dst) {
-    if (!cpu_float_type(w->dtype)) {
+    int64_t K = w->ne[w->ndim - 1];
+    int64_t row_bytes = qi_row_bytes(w->dtype, K);
+    if (!cpu_float_type(w->dtype) || row_bytes < 0) {
         cpu_fail(be, QI_ERR_UNSUPPORTED, "cpu backend: %s: cannot read a weight of type %s (F32, F16, "
-                 "BF16, F8_E4M3 or F8_E5M2)", op, qi_dtype_name(w->dtype));
+                 "BF16, F8_E4M3, F8_E5M2 or a GGUF block type with whole blocks per row)", op,
+                 qi_dtype_name(w->dtype));
         return -1;
     }
-    int64_t K = w->ne[w->ndim - 1];
-    size_t esz = qi_dtype_size(w->dtype);
-    const char *src = (const char *)w->data + (size_t)(r0 * K) * esz;
-#pragma omp parallel for NT(be) schedule(static)
+    qi_to_f32_fn to_f32 = qi_type_traits(w->dtype)->to_f32;
+    const char *src = (const char *)w->data + (size_t)(r0 * row_bytes);
+#pragma omp parallel for NT(be) schedule(static) if (n > 1)
     for (int64_t r = 0; r < n; r++) {
-        qi_to_f32(dst + r * K, src + (size_t)(r * K) * esz, w->dtype, (size_t)K);
-        if (w->scale != 1.0f)
-            for (int64_t k = 0; k < K; k++) dst[r * K + k] *= w->scale;
+        float *d = dst + r * K, s = row_scale_of(w, r0 + r);
+        to_f32(src + (size_t)(r * row_bytes), d, K);
+        if (w->scale_form != QI_SCALE_NONE)
+            for (int64_t k = 0; k < K; k++) d[k] *= s;
     }
     return 0;
 }
@@ -223,9 +258,9 @@ static int vec_f32(qi_backend *be, const char *op, const qi_tensor *v, float **o
     int64_t n = qi_numel(v);
     float *f = op_alloc(be, op, "a parameter vector as float32", (size_t)n * sizeof(float));
     if (!f) return -1;
-    if (weight_rows_f32(be, op, &(qi_tensor){.dtype = v->dtype, .ndim = 2, .ne = {1, n}, .data = v->data,
-                                             .scale = v->scale},
-                        0, 1, f)) {
+    qi_tensor row = as_matrix(v, 1, n);
+    if (row.scale_form == QI_SCALE_ROW) row.scale_form = QI_SCALE_NONE; /* never set on vectors */
+    if (weight_rows_f32(be, op, &row, 0, 1, f)) {
         free(f);
         return -1;
     }
@@ -239,7 +274,7 @@ static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
     int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
     const float *xs = x->data;
     float *ys = y->data;
-    if (w->dtype == QI_F32 && w->scale == 1.0f) {
+    if (w->dtype == QI_F32 && w->scale_form == QI_SCALE_NONE) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, xs, (int)K,
                     w->data, (int)K, 0.0f, ys, (int)N);
     } else {
@@ -273,11 +308,14 @@ static void cpu_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, c
     free(bias);
 }
 
+/* Each id's row dequantised straight into the output, ids spread over the
+ * threads (weight_rows_f32 of one row runs on the calling thread). */
 static void cpu_embedding(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out) {
     int64_t D = table->ne[table->ndim - 1], n = qi_numel(ids);
     const int32_t *id = ids->data;
-    for (int64_t i = 0; i < n; i++)
-        if (weight_rows_f32(be, "embedding", table, id[i], 1, (float *)out->data + i * D)) return;
+    if (weight_rows_f32(be, "embedding", table, 0, 0, NULL)) return; /* the type, checked once */
+#pragma omp parallel for NT(be) schedule(static)
+    for (int64_t i = 0; i < n; i++) weight_rows_f32(be, "embedding", table, id[i], 1, (float *)out->data + i * D);
 }
 
 /* ---- norms ------------------------------------------------------------------ */
@@ -497,6 +535,11 @@ static void conv2d_impl(qi_backend *be, const qi_tensor *x, int up, const qi_ten
     const float *xs = x->data;
     float *ys = y->data;
     const char *op = up || accumulate ? "conv2d_fused" : "conv2d";
+    if (qi_dtype_is_block(w->dtype)) { /* conv kernels are never block-quantised */
+        cpu_fail(be, QI_ERR_UNSUPPORTED, "cpu backend: %s: cannot read a weight of type %s (F32, F16, BF16, "
+                 "F8_E4M3 or F8_E5M2)", op, qi_dtype_name(w->dtype));
+        return;
+    }
     if (!cpu_float_type(w->dtype)) { /* before the scratch: report the real cause */
         weight_rows_f32(be, op, w, 0, 0, NULL);
         return;
@@ -513,9 +556,13 @@ static void conv2d_impl(qi_backend *be, const qi_tensor *x, int up, const qi_ten
         free(bias);
         return;
     }
-    weight_rows_f32(be, op, &(qi_tensor){.dtype = w->dtype, .ndim = 2, .ne = {Co, Kc}, .data = w->data,
-                                         .scale = w->scale},
-                    0, Co, wf);
+    qi_tensor wm = as_matrix(w, Co, Kc);
+    if (weight_rows_f32(be, op, &wm, 0, Co, wf)) {
+        free(wf);
+        free(bias);
+        free(col);
+        return;
+    }
     for (int64_t r0 = 0; r0 < Ho; r0 += band) {
         int64_t nr = Ho - r0 < band ? Ho - r0 : band, P = nr * Wo;
         const float *B_mat;
@@ -666,21 +713,25 @@ static void cpu_destroy(qi_backend *be) {
 /* What the CPU backend can do, from what its code accepts:
  *
  *   type (host data)     WEIGHT  LINEAR  CONV2D  EMBEDDING
- *   F32 F16 BF16           1       1       1       1      read in place, converted per tile
- *   F8_E4M3 F8_E5M2        1       1       1       1      (times the tensor's scale)
+ *   F32 F16 BF16           1       1       1       1      read in place, converted per row band
+ *   F8_E4M3 F8_E5M2        1       1       1       1      (times the weight's scale, per tensor
+ *                                                         or per row)
+ *   Q4_0 … Q6_K            1       1       0       1      read in place, dequantised per row band
+ *                                                         (types.c); rows of whole blocks
  *   I32                    1       0       0       0      kept, but no op reads it as weights
- *   I64 U8, Q4_0 … Q6_K    0       0       0       0      `weight` refuses them
+ *   I64 U8                 0       0       0       0      `weight` refuses them
  *
  *   GRAPHS 0 (ops run eagerly), RANDOM_WEIGHTS 0, CUDA_RNG 0.
- * The ops check the same predicate (cpu_float_type) and record an error for
- * anything else, so a 0 here is also what the op reports at sync. */
+ * The ops check the same predicates (cpu_float_type, qi_dtype_is_block for
+ * conv2d) and record an error for anything else, so a 0 here is also what
+ * the op reports at sync. */
 static int cpu_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
     (void)be;
     switch (cap) {
     case QI_CAP_WEIGHT: return cpu_float_type(type) || type == QI_I32;
     case QI_CAP_LINEAR:
-    case QI_CAP_CONV2D:
     case QI_CAP_EMBEDDING: return cpu_float_type(type);
+    case QI_CAP_CONV2D: return cpu_float_type(type) && !qi_dtype_is_block(type);
     default: return 0;
     }
 }

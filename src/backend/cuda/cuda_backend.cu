@@ -27,6 +27,7 @@
 
 extern "C" {
 #include "backend/cuda/cuda_backend.h"
+#include "base/types.h" /* qi_row_bytes, qi_dtype_is_float: block types dequantised at load */
 }
 
 #define LT_WORKSPACE_BYTES ((size_t)64 << 20)
@@ -108,21 +109,44 @@ static void cuda_reset(qi_backend *be, size_t mark) {
     if (mark <= c->arena_used) c->arena_used = mark;
 }
 
-/* Converts n elements of host data of type `dt` into `out_dt` (BF16, F16, F32
- * or I32 copied as is). Float host data for activations is float32. */
-static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n) {
-    if (out_dt == dt) {
+/* How a weight's stored values become real ones while converting: each
+ * element of row r (= element index / row_len) times its scale, in float32
+ * before the rounding to the device type (backend.h, qi_weight_scale). */
+typedef struct convert_scale {
+    qi_scale_form form;
+    float scale;            /* QI_SCALE_TENSOR */
+    const float *row_scale; /* QI_SCALE_ROW */
+    int64_t row_len;        /* elements per row (the last dim) */
+} convert_scale;
+
+static const convert_scale no_scale = {QI_SCALE_NONE, 1.0f, NULL, 1};
+
+/* Bytes before element i0 of data of type dt: i0 is a whole number of
+ * blocks for the GGUF block types (the chunking below keeps it so). */
+static size_t elem_offset(qi_dtype dt, size_t i0) { return (size_t)qi_row_bytes(dt, (int64_t)i0); }
+
+/* Converts n elements of host data of type `dt` (an element type or a GGUF
+ * block type, dequantised by its traits) into `out_dt` (BF16, F16, F32 or I32
+ * copied as is), the elements being g0 … g0+n of their tensor (for the row
+ * scales). Float host data for activations is float32. */
+static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
+                         const convert_scale *sc, size_t g0) {
+    if (out_dt == dt && sc->form == QI_SCALE_NONE) {
         memcpy(dst, src, n * qi_dtype_size(dt));
         return;
     }
-    float buf[1024];
+    float buf[1024]; /* a multiple of every block (32, 256) */
     for (size_t i0 = 0; i0 < n; i0 += 1024) {
         size_t m = n - i0 < 1024 ? n - i0 : 1024;
         const float *f = buf;
-        if (dt == QI_F32)
+        if (dt == QI_F32 && sc->form == QI_SCALE_NONE)
             f = (const float *)src + i0;
         else
-            qi_to_f32(buf, (const char *)src + i0 * qi_dtype_size(dt), dt, m);
+            qi_to_f32(buf, (const char *)src + elem_offset(dt, i0), dt, m);
+        if (sc->form == QI_SCALE_TENSOR)
+            for (size_t i = 0; i < m; i++) buf[i] *= sc->scale;
+        else if (sc->form == QI_SCALE_ROW)
+            for (size_t i = 0; i < m; i++) buf[i] *= sc->row_scale[(g0 + i0 + i) / (size_t)sc->row_len];
         if (out_dt == QI_BF16) {
             uint16_t *o = (uint16_t *)dst + i0;
             for (size_t i = 0; i < m; i++) o[i] = qi_f32_to_bf16(f[i]);
@@ -143,39 +167,42 @@ typedef struct convert_job {
     qi_dtype out_dt;
     const void *src;
     qi_dtype dt;
-    size_t n;
+    size_t n, g0;
+    const convert_scale *sc;
 } convert_job;
 
 static void *convert_thread(void *arg) {
     convert_job *j = (convert_job *)arg;
-    host_convert(j->dst, j->out_dt, j->src, j->dt, j->n);
+    host_convert(j->dst, j->out_dt, j->src, j->dt, j->n, j->sc, j->g0);
     return NULL;
 }
 
 #define MAX_LOAD_THREADS 16
 
 static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src, qi_dtype dt,
-                             size_t n) {
-    size_t out_esz = qi_dtype_size(out_dt), in_esz = qi_dtype_size(dt);
+                             size_t n, const convert_scale *sc, size_t g0) {
+    size_t out_esz = qi_dtype_size(out_dt);
     int threads = c->load_threads;
     if (threads > MAX_LOAD_THREADS) threads = MAX_LOAD_THREADS;
     if (threads <= 1 || n * out_esz < ((size_t)4 << 20)) {
-        host_convert(dst, out_dt, src, dt, n);
+        host_convert(dst, out_dt, src, dt, n, sc, g0);
         return;
     }
     pthread_t th[MAX_LOAD_THREADS];
     convert_job jobs[MAX_LOAD_THREADS];
     int started[MAX_LOAD_THREADS] = {0};
     size_t per = (n + (size_t)threads - 1) / (size_t)threads;
-    per = (per + 4095) & ~(size_t)4095; /* whole pages of the source, mostly */
+    per = (per + 4095) & ~(size_t)4095; /* whole pages of the source, mostly; whole blocks */
     for (int i = 0; i < threads; i++) {
         size_t i0 = (size_t)i * per;
-        jobs[i].dst = (char *)dst + i0 * out_esz;
-        jobs[i].out_dt = out_dt;
-        jobs[i].src = (const char *)src + i0 * in_esz;
-        jobs[i].dt = dt;
         jobs[i].n = i0 >= n ? 0 : (n - i0 < per ? n - i0 : per);
         if (jobs[i].n == 0) continue;
+        jobs[i].dst = (char *)dst + i0 * out_esz;
+        jobs[i].out_dt = out_dt;
+        jobs[i].src = (const char *)src + elem_offset(dt, i0);
+        jobs[i].dt = dt;
+        jobs[i].sc = sc;
+        jobs[i].g0 = g0 + i0;
         started[i] = i > 0 && pthread_create(&th[i], NULL, convert_thread, &jobs[i]) == 0;
     }
     for (int i = 0; i < threads; i++) /* this thread does job 0 and any that did not start */
@@ -188,16 +215,16 @@ static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, con
  * pinned staging buffers so conversion of one chunk overlaps the copy of the
  * previous one. */
 static qi_status staged_upload(cuda_impl *c, void *dev, qi_dtype dst_dt, const void *host,
-                               qi_dtype src_dt, size_t n, qi_error *err) {
-    size_t out_esz = qi_dtype_size(dst_dt), in_esz = qi_dtype_size(src_dt);
-    size_t chunk = c->staging_bytes / out_esz;
+                               qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err) {
+    size_t out_esz = qi_dtype_size(dst_dt);
+    size_t chunk = c->staging_bytes / out_esz / 256 * 256; /* whole blocks of any block type */
     cudaError_t e;
     for (size_t i0 = 0, k = 0; i0 < n; i0 += chunk, k++) {
         size_t m = n - i0 < chunk ? n - i0 : chunk;
         int s = (int)(k & 1);
         if ((e = cudaEventSynchronize(c->staging_free[s])) != cudaSuccess)
             return cuda_err(err, e, "upload (waiting for staging)");
-        parallel_convert(c, c->staging[s], dst_dt, (const char *)host + i0 * in_esz, src_dt, m);
+        parallel_convert(c, c->staging[s], dst_dt, (const char *)host + elem_offset(src_dt, i0), src_dt, m, sc, i0);
         if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, c->staging[s], m * out_esz,
                                  cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
             return cuda_err(err, e, "upload (copy)");
@@ -248,25 +275,39 @@ static void cuda_mem_usage(qi_backend *be, size_t *now, size_t *peak) {
 }
 
 /* The type a weight made from host data of type dt is kept as on the device:
- * BF16 for every float type, I32 as it is; -1 when `weight` refuses dt. */
+ * BF16 for every float type (GGUF block types dequantised on the host at
+ * load: correct, not small; device-resident blocks are the next step), I32
+ * as it is; -1 when `weight` refuses dt. */
 static int weight_store_type(qi_dtype dt) {
-    switch (dt) {
-    case QI_F32: case QI_F16: case QI_BF16: case QI_F8_E4M3: case QI_F8_E5M2: return QI_BF16;
-    case QI_I32: return QI_I32;
-    default: return -1;
-    }
+    if (dt == QI_I32) return QI_I32;
+    return qi_dtype_is_float(dt) ? QI_BF16 : -1;
 }
 
 static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                                  const void *host, qi_error *err) {
+                                  const void *host, const qi_weight_scale *scale, qi_error *err) {
     cuda_impl *c = cuda_of(be);
+    memset(w, 0, sizeof *w);
     if (weight_store_type(dt) < 0)
         return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: weights of type %s are not supported "
-                       "(F32, F16, BF16, F8_E4M3, F8_E5M2 or I32)", qi_dtype_name(dt));
+                       "(F32, F16, BF16, F8_E4M3, F8_E5M2, Q4_0 … Q6_K or I32)", qi_dtype_name(dt));
     qi_dtype dev_dt = (qi_dtype)weight_store_type(dt);
     if (ndim < 1 || ndim > QI_MAX_DIMS)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: weight with %d dims (1..%d)", ndim, QI_MAX_DIMS);
-    set_shape(w, dev_dt, ndim, ne);
+    if (qi_row_bytes(dt, ne[ndim - 1]) < 0)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: a %s weight whose last dim %lld is not a whole number "
+                       "of blocks", qi_dtype_name(dt), (long long)ne[ndim - 1]);
+    convert_scale sc = no_scale;
+    if (scale && scale->form != QI_SCALE_NONE) {
+        if (scale->form == QI_SCALE_ROW && !scale->row_scale)
+            return qi_fail(err, QI_ERR_ARG, "cuda backend: a per-row scale without its values");
+        sc.form = scale->form;
+        sc.scale = scale->scale;
+        sc.row_scale = scale->row_scale;
+        sc.row_len = 1;
+        for (int i = 1; i < ndim; i++) sc.row_len *= ne[i]; /* rows are ne[0] */
+        if (sc.row_len < 1) sc.row_len = 1;
+    }
+    set_shape(w, dev_dt, ndim, ne); /* the scale is applied here: the device weight has none */
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
     void *dev = NULL;
     cudaError_t e = cudaMalloc(&dev, bytes ? bytes : 1);
@@ -278,7 +319,7 @@ static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int
                        qi_shape_str(w, shape, sizeof shape), bytes >> 20, c->weight_bytes >> 20);
     }
     qi_status st = c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
-                                                       : staged_upload(c, dev, dev_dt, host, dt, n, err);
+                                                       : staged_upload(c, dev, dev_dt, host, dt, n, &sc, err);
     if (st != QI_OK) {
         cudaFree(dev);
         w->data = NULL;
@@ -291,9 +332,9 @@ static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int
 }
 
 static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                             const void *host, qi_error *err) {
+                             const void *host, const qi_weight_scale *scale, qi_error *err) {
     int prev = device_enter(cuda_of(be));
-    qi_status st = weight_on_device(be, w, dt, ndim, ne, host, err);
+    qi_status st = weight_on_device(be, w, dt, ndim, ne, host, scale, err);
     device_leave(prev);
     return st;
 }
@@ -345,7 +386,7 @@ static qi_status cuda_upload(qi_backend *be, qi_tensor *t, const void *host, qi_
                        qi_dtype_name(t->dtype));
     qi_dtype src_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
     int prev = device_enter(c);
-    qi_status st = staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), err);
+    qi_status st = staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), &no_scale, err);
     device_leave(prev);
     return st;
 }
@@ -370,7 +411,7 @@ static qi_status download_on_device(qi_backend *be, const qi_tensor *t, void *ho
                                  cudaMemcpyDeviceToHost, c->stream)) != cudaSuccess)
             return cuda_err(err, e, "download (copy)");
         if ((e = cudaStreamSynchronize(c->stream)) != cudaSuccess) return cuda_err(err, e, "download");
-        host_convert((char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m);
+        host_convert((char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m, &no_scale, 0);
     }
     return QI_OK;
 }
@@ -680,10 +721,13 @@ static void cuda_destroy(qi_backend *be) {
  *
  *   type (host data)     WEIGHT  LINEAR  CONV2D  EMBEDDING
  *   F32 F16 BF16           1       1       1       1      converted to bf16 at load
- *   F8_E4M3 F8_E5M2        1       1       1       1      (the ops read bf16)
+ *   F8_E4M3 F8_E5M2        1       1       1       1      (the ops read bf16), the scale
+ *                                                         applied in float32 first
+ *   Q4_0 … Q6_K            1       1       1       1      dequantised on the host at load, then
+ *                                                         as above (rows of whole blocks)
  *   I32                    1       0       0       0      kept as I32; linear needs bf16,
  *                                                         conv2d/embedding a float type
- *   I64 U8, Q4_0 … Q6_K    0       0       0       0      `weight` refuses them
+ *   I64 U8                 0       0       0       0      `weight` refuses them
  *
  *   GRAPHS 1 (CUDA graphs), RANDOM_WEIGHTS 1, CUDA_RNG 1 (rng_philox.cu).
  * The ops record an UNSUPPORTED error for a weight they cannot read, so a 0
