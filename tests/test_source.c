@@ -3,8 +3,8 @@
  * exactly the tensors the folder reader gives; a single safetensors file
  * (ComfyUI's `model.diffusion_model.` prefix) gives the same transformer, bit
  * for bit; a transformer's configuration derived from its tensor shapes
- * equals its config.json; scaled fp8 files are refused naming the tensor;
- * a path that is no source is a clear error.
+ * equals its config.json; a path that is no source is a clear error.
+ * (Scaled fp8 files and their malformed variants: test_formats.c.)
  *
  * The ComfyUI fixtures of ../shared/reference/formats are used where that
  * folder exists (a checkout without ../shared skips those claims, saying so);
@@ -410,47 +410,6 @@ static void config_from_shapes_equals_config_json(void) {
     unlink(path);
 }
 
-/* One small file holding img_in.weight and `scale_name`: refused naming it. */
-static void check_refused(const char *scale_name, qi_dtype dt, int ndim, int64_t d0) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/scaled.safetensors", g_tmp);
-    static const uint8_t w8[4] = {0x38, 0x38, 0x38, 0x38};
-    static const float s[4] = {0.5f, 0.5f, 0.5f, 0.5f};
-    qi_st_write_item items[2] = {
-        {.name = "img_in.weight", .dtype = QI_F8_E4M3, .ndim = 2, .shape = {2, 2}, .data = w8},
-        {.name = scale_name, .dtype = dt, .ndim = ndim, .shape = {d0, 1}, .data = s},
-    };
-    qi_error err = {{0}};
-    REQUIRE(qi_st_write(path, items, 2, &err) == QI_OK, "%s", err.msg);
-    qi_source *src = NULL;
-    qi_status st = qi_source_open(path, QI_COMPONENT_TRANSFORMER, &src, &err);
-    CHECK(st == QI_ERR_UNSUPPORTED && !src && strstr(err.msg, scale_name) &&
-              strstr(err.msg, "scaled fp8 files are not supported yet"), "%s: %s", scale_name, err.msg);
-    qi_source_close(src);
-    unlink(path);
-}
-
-static void scaled_fp8_files_are_refused_naming_the_tensor(void) {
-    check_refused("img_in.scale_weight", QI_F32, 0, 1);                      /* legacy ComfyUI */
-    check_refused("img_in.weight_scale", QI_F32, 2, 2);                      /* LightX2V per row */
-    check_refused("scaled_fp8", QI_F8_E4M3, 1, 2);                           /* the marker */
-    check_refused("model.diffusion_model.img_in.comfy_quant", QI_U8, 1, 4);  /* comfy_quant */
-    qi_error err = {{0}};
-    qi_source *src = NULL;
-    static const char *const real[] = {"comfy_scaled_fp8.safetensors", "lightx2v_fp8_channel.safetensors",
-                                       "comfy_quant_fp8.safetensors"};
-    if (!formats_present(real[0])) return;
-    for (size_t i = 0; i < QI_ARRAY_LEN(real); i++) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", FORMATS, real[i]);
-        qi_status st = qi_source_open(path, QI_COMPONENT_TRANSFORMER, &src, &err);
-        CHECK(st == QI_ERR_UNSUPPORTED && !src && strstr(err.msg, "scaled fp8"), "%s: %s", real[i], err.msg);
-        printf("  %s\n", err.msg);
-        qi_source_close(src);
-        src = NULL;
-    }
-}
-
 static void paths_that_are_no_source_are_clear_errors(void) {
     qi_error err = {{0}};
     qi_source *src = NULL;
@@ -542,7 +501,6 @@ int main(void) {
     RUN(comfy_bf16_file_gives_the_same_transformer);
     RUN(single_files_match_their_reference_calls);
     RUN(config_from_shapes_equals_config_json);
-    RUN(scaled_fp8_files_are_refused_naming_the_tensor);
     RUN(paths_that_are_no_source_are_clear_errors);
     RUN(metadata_answers_from_the_file);
     RUN(gguf_transformer_is_a_source);

@@ -34,10 +34,15 @@
  * `model.language_model.` spellings are its loader's business). Tensors
  * outside the prefix are not the component's and are not listed.
  *
- * Scaled fp8 checkpoints (`*.scale_weight`, `*.weight_scale`, `scaled_fp8`,
- * `*.comfy_quant`, ...) are refused at open with QI_ERR_UNSUPPORTED naming
- * the tensor, never silently read as unscaled weights; every tensor's
- * scale_form is QI_SCALE_NONE for now.
+ * Scaled fp8 safetensors checkpoints (spec vae-and-formats.md B.5.2, B.6):
+ * each fp8 weight's scale tensor (`<layer>.scale_weight`, `<layer>.weight_scale`
+ * of one value or [out, 1], with a `scaled_fp8` marker or `<layer>.comfy_quant`
+ * JSON) is read at open and attached to the weight (scale_form, scale,
+ * row_scale); scale, marker and config tensors are consumed, not listed. A
+ * scale the loader does not understand (unknown convention, wrong shape,
+ * non-finite, no weight to scale, a non-fp8 format) fails the open with a
+ * one-line error naming the file and the tensor: never silently unscaled
+ * (source_scales.c). GGUF files carry no scale tensors and refuse them.
  *
  * A source is read-only after open, so several loads may share it at once
  * (one per rank). It must outlive every model loaded from it: CPU weights
@@ -72,9 +77,9 @@ typedef struct qi_source_tensor {
     qi_dtype dtype;            /* element or GGUF block type */
     int ndim;
     int64_t shape[QI_SOURCE_MAX_DIMS]; /* outermost first (PyTorch order) */
-    qi_scale_form scale_form;  /* QI_SCALE_NONE for now */
+    qi_scale_form scale_form;  /* how stored values become real ones (scaled fp8) */
     float scale;               /* QI_SCALE_TENSOR: the scale; 1 otherwise */
-    const float *row_scale;    /* QI_SCALE_ROW: [shape[0]] host floats; NULL otherwise */
+    const float *row_scale;    /* QI_SCALE_ROW: [shape[0]] host floats owned by the source; NULL otherwise */
     const void *data;          /* the stored bytes, read-only, valid while the source is open */
     size_t nbytes;
 } qi_source_tensor;
@@ -186,7 +191,25 @@ const char *qi_source_find_prefix(qi_component comp, const char *file,
                                   qi_error *err);
 
 /* QI_ERR_UNSUPPORTED if `stored_name` is a scale or marker tensor of a
- * scaled-fp8 checkpoint, naming it and the file; QI_OK otherwise. */
+ * scaled-fp8 checkpoint, naming it and the file; QI_OK otherwise (GGUF). */
 qi_status qi_source_refuse_scales(const char *file, const char *stored_name, qi_error *err);
+
+/* ---- scale tensors of a safetensors set (source_scales.c) ---------------------- */
+
+struct qi_st_set;
+typedef struct qi_scale_table qi_scale_table;
+
+/* Reads every scale, marker and quantisation-config tensor of `set` (and
+ * `__metadata__["_quantization_metadata"]`); errors name the file and the
+ * tensor. *out is empty (not NULL) for a file without any. */
+qi_status qi_scale_table_build(const struct qi_st_set *set, qi_scale_table **out, qi_error *err);
+/* 1 if the stored name is a scale/marker/config tensor (not to be listed). */
+int qi_scale_table_consumes(const qi_scale_table *t, const char *stored_name);
+/* Sets out's scale_form / scale / row_scale if its weight has a scale. */
+void qi_scale_table_apply(const qi_scale_table *t, const char *stored_name, qi_source_tensor *out);
+/* "per-tensor scale", "per-row weight_scale (LightX2V)", "comfy_quant (...)",
+ * "scaled_fp8 (...)", or NULL for none (plain files, plain fp8 casts). */
+const char *qi_scale_table_convention(const qi_scale_table *t);
+void qi_scale_table_free(qi_scale_table *t);
 
 #endif

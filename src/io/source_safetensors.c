@@ -25,6 +25,7 @@ typedef struct st_entry {
 
 typedef struct st_impl {
     qi_st_set *set;
+    qi_scale_table *scales; /* the fp8 weights' scales (source_scales.c) */
     st_entry *entries;     /* sorted by mapped name */
     int n;
     cJSON *meta;           /* `__metadata__`, or NULL */
@@ -35,7 +36,7 @@ static const st_impl *impl_of(const qi_source *s) { return s->impl; }
 
 static int st_count(const qi_source *s) { return impl_of(s)->n; }
 
-static void fill(const st_entry *e, qi_source_tensor *out) {
+static void fill(const st_impl *im, const st_entry *e, qi_source_tensor *out) {
     memset(out, 0, sizeof *out);
     out->name = e->name;
     out->stored_name = e->t->name;
@@ -47,9 +48,10 @@ static void fill(const st_entry *e, qi_source_tensor *out) {
     out->scale = 1.0f;
     out->data = e->t->data;
     out->nbytes = e->t->nbytes;
+    qi_scale_table_apply(im->scales, e->t->name, out);
 }
 
-static void st_at(const qi_source *s, int i, qi_source_tensor *out) { fill(&impl_of(s)->entries[i], out); }
+static void st_at(const qi_source *s, int i, qi_source_tensor *out) { fill(impl_of(s), &impl_of(s)->entries[i], out); }
 
 static int cmp_entry(const void *key, const void *elem) {
     return strcmp((const char *)key, ((const st_entry *)elem)->name);
@@ -59,7 +61,7 @@ static int st_find(const qi_source *s, const char *name, qi_source_tensor *out) 
     const st_impl *im = impl_of(s);
     const st_entry *e = bsearch(name, im->entries, (size_t)im->n, sizeof *e, cmp_entry);
     if (!e) return 0;
-    fill(e, out);
+    fill(im, e, out);
     return 1;
 }
 
@@ -107,6 +109,7 @@ static void st_close(qi_source *s) {
     st_impl *im = s->impl;
     if (!im) return;
     qi_st_set_close(im->set);
+    qi_scale_table_free(im->scales);
     free(im->entries);
     cJSON_Delete(im->meta);
     free(im);
@@ -137,10 +140,10 @@ static const qi_source_ops file_ops = {
 
 static int set_has(const void *ctx, const char *name) { return qi_st_find(ctx, name) != NULL; }
 
-/* Takes `set` into s: finds the component's prefix, refuses scaled-fp8
- * files, lists the tensors under the prefix (the set's index is sorted by
- * stored name, and stripping a prefix all of them share keeps that order),
- * parses the metadata. */
+/* Takes `set` into s: reads the fp8 scales, finds the component's prefix,
+ * lists the tensors under the prefix but the consumed scale tensors (the
+ * set's index is sorted by stored name, and stripping a prefix all of them
+ * share keeps that order), parses the metadata. */
 static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
     st_impl *im = calloc(1, sizeof *im);
     if (!im) {
@@ -154,11 +157,8 @@ static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
     else if (set->n_files > 1)
         snprintf(s->where, sizeof s->where, "%s (+%d more shards)", set->files[0]->path, set->n_files - 1);
 
-    for (int i = 0; i < set->n_tensors; i++) {
-        const qi_st_tensor *t = set->index[i];
-        qi_status st = qi_source_refuse_scales(t->file->path, t->name, err);
-        if (st != QI_OK) return st;
-    }
+    qi_status sst = qi_scale_table_build(set, &im->scales, err);
+    if (sst != QI_OK) return sst;
     const char *prefix = qi_source_find_prefix(s->component, s->where, set_has, set, err);
     if (!prefix) return QI_ERR_FORMAT;
     size_t plen = strlen(prefix);
@@ -167,6 +167,7 @@ static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
     for (int i = 0; i < set->n_tensors; i++) {
         const qi_st_tensor *t = set->index[i];
         if (strncmp(t->name, prefix, plen) != 0) continue; /* another component's tensor */
+        if (qi_scale_table_consumes(im->scales, t->name)) continue; /* a scale, marker or config */
         im->entries[im->n++] = (st_entry){t->name + plen, t};
     }
 
@@ -176,13 +177,6 @@ static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
         qi_status st = qi_json_parse(first->metadata_json, strlen(first->metadata_json), first->path,
                                      &im->meta, err);
         if (st != QI_OK) return st;
-        /* ComfyUI's mixed-precision files may carry their per-layer scales here
-         * instead of in `*.comfy_quant` tensors (spec B.5.2 #2). */
-        if (cJSON_GetObjectItemCaseSensitive(im->meta, "_quantization_metadata"))
-            return qi_fail(err, QI_ERR_UNSUPPORTED,
-                           "%s: __metadata__ has '_quantization_metadata' (a scaled fp8 checkpoint); "
-                           "scaled fp8 files are not supported yet (bf16, fp16 and plain fp8 files are)",
-                           first->path);
     }
     return QI_OK;
 }
