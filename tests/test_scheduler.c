@@ -119,6 +119,18 @@ static void lightning_preset_is_the_lightning_cases_config(void) {
     CHECK(preset.base_shift == 1.0986122886681098, "base_shift %.17g", preset.base_shift);
 }
 
+/* The built-in default (single files carry no scheduler) is the config the
+ * base-model cases were made with: Qwen-Image's own, read from case.json. */
+static void qwen_image_default_is_the_model_cases_config(void) {
+    qi_scheduler_config preset = qi_scheduler_config_qwen_image(), cfg;
+    qi_error err;
+    char path[512];
+    ref_case_path(path, sizeof path, "zh_cfg4_base", "case.json");
+    CHECK(qi_scheduler_config_load(path, &cfg, &err) == QI_OK, "%s", err.msg);
+    CHECK(config_equal(&preset, &cfg), "zh_cfg4_base: config differs from the built-in Qwen-Image default");
+    CHECK(!config_equal(&preset, &(qi_scheduler_config){0}) && preset.shift_terminal == 0.02);
+}
+
 /* ---- the spec's tables (§2.4) ------------------------------------------------ */
 
 static void expect_sigmas(const qi_scheduler_config *cfg, const char *what, int steps,
@@ -350,6 +362,7 @@ static void optional_keys_default(void) {
 int main(void) {
     RUN(public_cases_sigmas_and_timesteps);
     RUN(lightning_preset_is_the_lightning_cases_config);
+    RUN(qwen_image_default_is_the_model_cases_config);
     RUN(spec_table_values);
     RUN(static_shift_and_single_step);
     RUN(inverted_sigmas_mirror);

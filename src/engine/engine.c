@@ -91,8 +91,17 @@ static qi_status read_transformer_heads(qi_engine *e) {
     return st;
 }
 
-/* NULL or "model": the model's scheduler config; "lightning"; or a JSON path. */
+/* NULL or "model": the model's scheduler config — its folder's
+ * scheduler/scheduler_config.json, or, for a model given as single files
+ * (no folder, so no scheduler config), the built-in Qwen-Image default
+ * (qi_scheduler_config_qwen_image); "lightning"; or a JSON path. */
 static qi_status load_scheduler(qi_engine *e, const char *which, qi_scheduler_config *cfg) {
+    if ((!which || !strcmp(which, "model")) && !e->dir.scheduler_config[0]) {
+        *cfg = qi_scheduler_config_qwen_image();
+        logf_(e, "scheduler: no model folder, so the built-in Qwen-Image default (dynamic shift 0.5-0.9, "
+                 "shift_terminal 0.02)");
+        return QI_OK;
+    }
     if (!which || !strcmp(which, "model")) return qi_scheduler_config_load(e->dir.scheduler_config, cfg, &e->err);
     if (!strcmp(which, "lightning")) {
         *cfg = qi_scheduler_config_lightning();

@@ -41,6 +41,18 @@ qi_scheduler_config qi_scheduler_config_lightning(void) {
     return c;
 }
 
+qi_scheduler_config qi_scheduler_config_qwen_image(void) {
+    qi_scheduler_config c = config_defaults();
+    c.use_dynamic_shifting = 1;
+    c.base_shift = 0.5;
+    c.max_shift = 0.9;
+    c.base_image_seq_len = 256;
+    c.max_image_seq_len = 8192;
+    c.has_shift_terminal = 1;
+    c.shift_terminal = 0.02;
+    return c;
+}
+
 /* ======================================================================== */
 /* JSON                                                                     */
 /* ======================================================================== */

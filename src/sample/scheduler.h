@@ -58,6 +58,12 @@ typedef struct qi_scheduler_config {
  * exponential time shift, no shift_terminal. */
 qi_scheduler_config qi_scheduler_config_lightning(void);
 
+/* Qwen/Qwen-Image's own scheduler_config.json (denoiser.md §2.1): dynamic
+ * shifting 0.5 → 0.9 over 256 → 8192 tokens, exponential time shift,
+ * shift_terminal 0.02. The built-in default where a model comes as single
+ * files with no scheduler folder (ComfyUI, LightX2V, GGUF users). */
+qi_scheduler_config qi_scheduler_config_qwen_image(void);
+
 /* Reads a scheduler_config.json (see the key rules above). */
 qi_status qi_scheduler_config_load(const char *json_path, qi_scheduler_config *out,
                                    qi_error *err);
