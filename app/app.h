@@ -24,7 +24,14 @@ const char *qi_app_default_model(int quiet);
  * over 255 bytes. Prints the one-line error; returns 0, 1 (runtime: the
  * folder) or 2 (usage: the name). */
 int qi_app_check_output(const char *flag, const char *path);
-
+/* -m / --diffusion-model / --text-encoder / --vae: 1 and the flag's value set
+ * if f is one of them (gen_args or encode's own), else 0. */
+int qi_app_component_flag(const char *f, const char *v, const char **model, const char **dit, const char **te,
+                          const char **vae);
+/* The model of a command given none of -m and the three files: the bundled
+ * tiny model (saying so unless quiet); else model as given. */
+const char *qi_app_model_or_default(const char *model, const char *dit, const char *te, const char *vae, int quiet);
+int qi_cmd_inspect(int argc, char **argv);
 int qi_cmd_generate(int argc, char **argv);
 int qi_cmd_bench(int argc, char **argv);
 
@@ -32,6 +39,7 @@ int qi_cmd_bench(int argc, char **argv);
 
 typedef struct gen_args {
     const char *model, *negative, *out, *scheduler, *save_latents, *device, *devices;
+    const char *diffusion_model, *text_encoder, *vae; /* single files per component (NULL: from -m) */
     const char *prompts[QI_APP_MAX_PROMPTS];
     int n_prompts;
     const char *lora_path[QI_APP_MAX_LORAS];

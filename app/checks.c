@@ -15,6 +15,7 @@
 
 #include "app.h"
 #include "io/model_dir.h"
+#include "io/model_files.h"
 #include "model/prompt.h"
 #include "model/tokenizer.h"
 #include "sample/scheduler.h"
@@ -52,15 +53,16 @@ int qi_app_check_text(const gen_args *a) {
 
 /* The scheduler the run will use, loaded and its schedule computed for these
  * steps and this size: the same calls the engine makes, done early. */
-static int check_scheduler(gen_args *a, const qi_model_dir *dir) {
+static int check_scheduler(gen_args *a, const qi_model_files *files) {
     const char *name = a->scheduler;
     qi_scheduler_config cfg;
     qi_error err = {{0}};
     qi_status st = QI_OK;
     const char *file = NULL;
     if (name && !strcmp(name, "lightning")) cfg = qi_scheduler_config_lightning();
+    else if ((!name || !strcmp(name, "model")) && !files->scheduler_config[0]) cfg = qi_scheduler_config_qwen_image();
     else {
-        file = !name || !strcmp(name, "model") ? dir->scheduler_config : name;
+        file = !name || !strcmp(name, "model") ? files->scheduler_config : name;
         if (file == name && access(name, F_OK) != 0)
             return qi_app_usage_error("--scheduler %s: expected lightning, model or the path of a scheduler JSON "
                                       "file (no such file)", name);
@@ -116,10 +118,10 @@ static qi_status count_tokens(const qi_tokenizer *tok, const char *prompt, long 
     return QI_OK;
 }
 
-static int check_prompts(const gen_args *a, const qi_model_dir *dir, prompt_note *notes) {
+static int check_prompts(const gen_args *a, const qi_model_files *files, prompt_note *notes) {
     qi_tokenizer *tok = NULL;
     qi_error err = {{0}};
-    qi_status st = qi_tokenizer_load(dir->tokenizer_dir, &tok, &err);
+    qi_status st = qi_model_files_tokenizer(files, &tok, NULL, 0, &err);
     char what[64];
     for (int i = 0; !st && i < a->n_prompts; i++) {
         st = count_tokens(tok, a->prompts[i], a->max_seq_len, &notes[i], &err);
@@ -137,13 +139,14 @@ static int check_prompts(const gen_args *a, const qi_model_dir *dir, prompt_note
 }
 
 int qi_app_precheck(gen_args *a, prompt_note *notes) {
-    qi_model_dir dir;
+    qi_model_files files;
     qi_error err = {{0}};
-    qi_status st = qi_model_dir_open(a->model, &dir, &err);
+    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
+    qi_status st = qi_model_files_resolve(&paths, &files, &err);
     if (st) {
         fprintf(stderr, "qwen-image: error: %s\n", err.msg);
         return qi_app_exit_code(st);
     }
-    int rc = check_scheduler(a, &dir);
-    return rc ? rc : check_prompts(a, &dir, notes);
+    int rc = check_scheduler(a, &files);
+    return rc ? rc : check_prompts(a, &files, notes);
 }

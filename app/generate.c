@@ -28,8 +28,14 @@
 #include "qwen_image.h"
 
 static void generate_usage(void) {
-    printf("usage: qwen-image generate [-m MODEL_DIR] -p TEXT [options]\n\n"
-           "  -m DIR              Qwen/Qwen-Image diffusers folder (default: the bundled tiny test model)\n"
+    printf("usage: qwen-image generate [-m MODEL_DIR] [--diffusion-model F] [--text-encoder F] [--vae F] -p TEXT "
+           "[options]\n\n"
+           "  -m DIR              Qwen/Qwen-Image diffusers folder, or a folder of ComfyUI-style split files\n"
+           "                      (found by content) (default: the bundled tiny test model)\n"
+           "  --diffusion-model F the transformer file (.safetensors: ComfyUI / LightX2V, .gguf: city96 / QuantStack)\n"
+           "  --text-encoder F    the text encoder file (ComfyUI .safetensors, llama.cpp qwen2vl .gguf)\n"
+           "  --vae F             the VAE file (diffusers or ComfyUI .safetensors); each of the three replaces\n"
+           "                      -m's; with all three, -m is not needed\n"
            "  -p TEXT             prompt (repeat for several prompts in one batch)\n"
            "  -n TEXT             negative prompt (true CFG when --cfg > 1)\n"
            "  --lora FILE[:S]     LoRA fused at load with strength S (default 1); repeatable\n"
@@ -125,8 +131,8 @@ static int parse_batch_index(const char *v, gen_args *a) {
 
 /* One flag with its value v. */
 static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_prompt) {
-    if (!strcmp(f, "-m")) a->model = v;
-    else if (!strcmp(f, "-p")) {
+    if (qi_app_component_flag(f, v, &a->model, &a->diffusion_model, &a->text_encoder, &a->vae)) return 0;
+    if (!strcmp(f, "-p")) {
         if (!*explicit_prompt) a->n_prompts = 0; /* the first -p replaces --from-parameters' prompt */
         *explicit_prompt = 1;
         if (a->n_prompts == QI_APP_MAX_PROMPTS)
@@ -188,7 +194,8 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         static const char *const with_value[] = {
             "-m", "-p", "-n", "-o", "--lora", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
-            "--max-sequence-length", "--device", "--devices", "--threads", "--save-latents"};
+            "--max-sequence-length", "--device", "--devices", "--threads", "--save-latents",
+            "--diffusion-model", "--text-encoder", "--vae"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
         if (!known) return qi_app_usage_error("generate: unknown option %s", f);
@@ -364,7 +371,7 @@ static int check_before_loading(gen_args *a, prompt_note *notes) {
             return 1;
         }
     if ((rc = qi_app_check_text(a))) return rc;
-    if (!a->model) a->model = qi_app_default_model(a->quiet);
+    a->model = qi_app_model_or_default(a->model, a->diffusion_model, a->text_encoder, a->vae, a->quiet);
     if (a->cfg > 1.0 && !a->negative && !a->quiet)
         fprintf(stderr, "qwen-image: warning: --cfg %g does nothing without a negative prompt (-n TEXT; the base "
                         "model's usual one is \" \"): true CFG is off\n", a->cfg);
@@ -397,6 +404,9 @@ static int run(gen_args *a, const prompt_note *notes) {
     progress prog = {.tty = isatty(2), .quiet = a->quiet};
     qi_open_options o = qi_open_options_default();
     o.model_dir = a->model;
+    o.diffusion_model = a->diffusion_model;
+    o.text_encoder = a->text_encoder;
+    o.vae = a->vae;
     o.device = a->device;
     o.devices = a->devices;
     o.threads = (int)a->threads;

@@ -20,6 +20,7 @@
 #include "app.h"
 #include "io/image.h"
 #include "io/model_dir.h"
+#include "io/model_files.h"
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "model/prompt.h"
@@ -135,33 +136,59 @@ const char *qi_app_default_model(int quiet) {
     return QI_DEFAULT_MODEL;
 }
 
+int qi_app_component_flag(const char *f, const char *v, const char **model, const char **dit, const char **te,
+                          const char **vae) {
+    const char **slot = !strcmp(f, "-m") ? model : !strcmp(f, "--diffusion-model") ? dit
+                      : !strcmp(f, "--text-encoder") ? te : !strcmp(f, "--vae") ? vae : NULL;
+    if (!slot) return 0;
+    *slot = v;
+    return 1;
+}
+
+const char *qi_app_model_or_default(const char *model, const char *dit, const char *te, const char *vae, int quiet) {
+    return model || dit || te || vae ? model : qi_app_default_model(quiet);
+}
+
+/* The tokenizer of -m / --text-encoder (the GGUF's, the folder's or the installed one). */
+static qi_status open_tokenizer(const char *model, const char *te, qi_tokenizer **tok, qi_error *err) {
+    qi_model_files files;
+    qi_model_paths paths = {model, NULL, te, NULL};
+    qi_status st = qi_model_files_resolve(&paths, &files, err);
+    if (st == QI_ERR_ARG && !model) { /* only the tokenizer is needed: a lone --text-encoder is enough */
+        memset(&files, 0, sizeof files);
+        snprintf(files.path[QI_COMPONENT_TEXT_ENCODER], QI_PATH_MAX, "%s", te ? te : "");
+        st = QI_OK;
+    }
+    return st ? st : qi_model_files_tokenizer(&files, tok, NULL, 0, err);
+}
+
 /* ---- tokenize --------------------------------------------------------------------- */
 
 static int cmd_tokenize(int argc, char **argv) {
-    const char *model = NULL, *text = NULL;
+    const char *model = NULL, *text = NULL, *te = NULL;
     int templ = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: qwen-image tokenize [-m MODEL_DIR] [--template] TEXT\n\n"
+            printf("usage: qwen-image tokenize [-m MODEL_DIR] [--text-encoder FILE] [--template] TEXT\n\n"
                    "Prints the token ids of TEXT on one line (the model's tokenizer).\n"
                    "  -m DIR       Qwen/Qwen-Image diffusers folder (default: the bundled tiny test model)\n"
+                   "  --text-encoder F  a llama.cpp qwen2vl .gguf: its own tokenizer\n"
                    "  --template   wrap TEXT in the prompt template the pipeline uses\n");
             return 0;
         }
         if (!strcmp(argv[i], "-m") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--text-encoder") && i + 1 < argc) te = argv[++i];
         else if (!strcmp(argv[i], "--template")) templ = 1;
         else if (argv[i][0] == '-' && argv[i][1]) return qi_app_usage_error("tokenize: unknown option %s", argv[i]);
         else if (!text) text = argv[i];
         else return qi_app_usage_error("tokenize: one TEXT argument expected, got another: %s", argv[i]);
     }
     if (!text) return qi_app_usage_error("tokenize: usage: qwen-image tokenize -m MODEL_DIR [--template] TEXT");
-    if (!model) model = qi_app_default_model(1);
+    model = qi_app_model_or_default(model, NULL, te, NULL, 1);
     qi_error err = {{0}};
-    qi_model_dir dir;
-    qi_status st = qi_model_dir_open(model, &dir, &err);
-    if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
     qi_tokenizer *tok;
-    if ((st = qi_tokenizer_load(dir.tokenizer_dir, &tok, &err))) return qi_app_runtime_error(err.msg), 1;
+    qi_status st = open_tokenizer(model, te, &tok, &err);
+    if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
     char *wrapped = NULL;
     if (templ && (st = qi_prompt_template(text, &wrapped, &err))) {
         qi_tokenizer_free(tok);
@@ -182,9 +209,13 @@ static int cmd_tokenize(int argc, char **argv) {
 /* ---- encode ----------------------------------------------------------------------- */
 
 static void encode_usage(void) {
-    printf("usage: qwen-image encode [-m MODEL_DIR] -p TEXT [-p TEXT ...] -o OUT.safetensors [options]\n\n"
+    printf("usage: qwen-image encode [-m MODEL_DIR] [--text-encoder FILE] -p TEXT [-p TEXT ...] -o OUT.safetensors "
+           "[options]\n\n"
            "Writes the text encoder's output: prompt_embeds [n, L, D] float32 and prompt_embeds_mask [n, L] int32.\n"
-           "  -m DIR                    Qwen/Qwen-Image diffusers folder (default: the bundled tiny test model)\n"
+           "  -m DIR                    Qwen/Qwen-Image diffusers folder or folder of split files (default: the\n"
+           "                            bundled tiny test model)\n"
+           "  --text-encoder FILE       the text encoder file instead of -m's (ComfyUI .safetensors, llama.cpp\n"
+           "                            qwen2vl .gguf, which also gives the tokenizer); -m is then optional\n"
            "  -p TEXT                   a prompt (repeat for a batch; at most 256)\n"
            "  -o FILE                   the .safetensors file to write (its folder must exist)\n"
            "  --max-sequence-length N   text tokens kept per prompt, 1..1024 (default 512)\n"
@@ -192,7 +223,7 @@ static void encode_usage(void) {
 }
 
 static int cmd_encode(int argc, char **argv) {
-    const char *model = NULL, *outp = NULL;
+    const char *model = NULL, *outp = NULL, *te_file = NULL;
     const char *prompts[256];
     int n = 0, threads = 0;
     long max_len = 512;
@@ -201,6 +232,7 @@ static int cmd_encode(int argc, char **argv) {
         int has = i + 1 < argc;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return encode_usage(), 0;
         if (!strcmp(a, "-m") && has) model = argv[++i];
+        else if (!strcmp(a, "--text-encoder") && has) te_file = argv[++i];
         else if (!strcmp(a, "-p") && has) {
             size_t bad = qi_utf8_first_invalid(argv[i + 1], strlen(argv[i + 1]));
             if (bad != SIZE_MAX) return qi_app_usage_error("-p %d: invalid UTF-8 at byte %zu", n, bad);
@@ -219,10 +251,16 @@ static int cmd_encode(int argc, char **argv) {
         return qi_app_usage_error("encode: usage: qwen-image encode -m MODEL_DIR -p TEXT [-p TEXT …] -o OUT.safetensors");
     int rc = qi_app_check_output("-o", outp);
     if (rc) return rc;
-    if (!model) model = qi_app_default_model(0);
+    model = qi_app_model_or_default(model, NULL, te_file, NULL, 0);
     qi_error err = {{0}};
-    qi_model_dir dir;
-    qi_status st = qi_model_dir_open(model, &dir, &err);
+    qi_model_files files;
+    qi_model_paths paths = {model, NULL, te_file, NULL};
+    qi_status st = qi_model_files_resolve(&paths, &files, &err);
+    if (st == QI_ERR_ARG && !model && te_file) { /* the text encoder is all encode needs */
+        memset(&files, 0, sizeof files);
+        snprintf(files.path[QI_COMPONENT_TEXT_ENCODER], QI_PATH_MAX, "%s", te_file);
+        st = QI_OK;
+    }
     if (st) return qi_app_runtime_error(err.msg), qi_app_exit_code(st);
     qi_backend *be = NULL;
     qi_tokenizer *tok = NULL;
@@ -233,8 +271,8 @@ static int cmd_encode(int argc, char **argv) {
     int32_t *mask = NULL;
     int L = 0;
     if ((st = qi_backend_cpu_create(threads, 0, &be, &err))) goto fail;
-    if ((st = qi_tokenizer_load(dir.tokenizer_dir, &tok, &err))) goto fail;
-    if ((st = qi_source_open_folder(dir.text_encoder_dir, QI_COMPONENT_TEXT_ENCODER, &te_src, &err))) goto fail;
+    if ((st = qi_model_files_tokenizer(&files, &tok, NULL, 0, &err))) goto fail;
+    if ((st = qi_model_files_open_source(&files, QI_COMPONENT_TEXT_ENCODER, &te_src, &err))) goto fail;
     if ((st = qi_text_encoder_load(te_src, be, &te, &err))) goto fail;
     if ((st = qi_prompt_tokenize(tok, prompts, n, (int)max_len, &pb, &err))) goto fail;
     if ((st = qi_text_encoder_encode(te, pb.ids, pb.mask, pb.batch, pb.seq_len, (int)max_len, &emb, &mask, &L,
@@ -268,11 +306,14 @@ static void usage(FILE *f) {
             "  qwen-image tokenize -m MODEL_DIR [--template] TEXT     print token ids\n"
             "  qwen-image encode -m MODEL_DIR -p TEXT [-p TEXT …] -o OUT.safetensors\n"
             "                                                         write prompt_embeds + mask\n"
+            "  qwen-image inspect FILE [--tensor NAME -o OUT.safetensors]\n"
+            "                                                         what a weight file is; one tensor as float32\n"
             "  qwen-image bench [options]                             full-size speed test (CUDA)\n"
             "  qwen-image --version\n\n"
             "Each command takes --help. Exit codes: 0 done, 1 runtime error, 2 usage error, 130 interrupted.\n"
             "MODEL_DIR is a Qwen/Qwen-Image diffusers folder (model_index.json, transformer/, "
-            "text_encoder/, vae/, tokenizer/, scheduler/).\n");
+            "text_encoder/, vae/, tokenizer/, scheduler/)\nor a folder of ComfyUI-style split files; "
+            "--diffusion-model, --text-encoder and --vae give components as files.\n");
 }
 
 int main(int argc, char **argv) {
@@ -293,5 +334,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "encode")) return cmd_encode(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return qi_cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return qi_cmd_inspect(argc - 1, argv + 1);
     return qi_app_usage_error("unknown command '%s'", cmd);
 }

@@ -114,7 +114,10 @@ static void put_settings(sbuf *b, const gen_args *a, int index, int count, const
     sb_printf(b, ", Seed: %llu", a->seed);
     if (count > 1) sb_printf(b, ", Batch index: %d, Batch size: %d", index, count);
     sb_printf(b, ", Size: %ldx%ld", a->width, a->height);
-    sb_kv(b, "Model", a->model);
+    if (a->model) sb_kv(b, "Model", a->model);
+    if (a->diffusion_model) sb_kv(b, "Diffusion model", a->diffusion_model);
+    if (a->text_encoder) sb_kv(b, "Text encoder", a->text_encoder);
+    if (a->vae) sb_kv(b, "VAE", a->vae);
     sb_kv(b, "Scheduler", a->scheduler ? a->scheduler : "model");
     if (scheduler_hash && *scheduler_hash) sb_kv(b, "Scheduler hash", scheduler_hash);
     sb_kv(b, "RNG", a->rng == QI_RNG_CUDA ? "cuda" : "cpu");
@@ -292,6 +295,9 @@ static int parse_settings(const char *line, const char *source, gen_args *a, cha
             a->prompts[pi] = keep(a, v);
             if (pi >= *n_listed) *n_listed = pi + 1;
         } else if (!strcmp(key, "Model")) a->model = keep(a, v);
+        else if (!strcmp(key, "Diffusion model")) a->diffusion_model = keep(a, v);
+        else if (!strcmp(key, "Text encoder")) a->text_encoder = keep(a, v);
+        else if (!strcmp(key, "VAE")) a->vae = keep(a, v);
         else if (!strcmp(key, "Scheduler")) a->scheduler = strcmp(v, "model") ? keep(a, v) : (free(v), NULL);
         else {
             int rc = apply_kv(source, key, v, a, hash, cap);

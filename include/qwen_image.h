@@ -55,7 +55,18 @@ typedef int (*qi_progress_fn)(void *user, const char *stage, int step, int total
 typedef void (*qi_log_fn)(void *user, const char *line);
 
 typedef struct qi_open_options {
-    const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory */
+    const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory, or a folder of ComfyUI-style split
+                                files (each component's file found by its content, not its name); NULL when
+                                all three files below are given */
+    const char *diffusion_model; /* the transformer as its own file (.safetensors: ComfyUI / LightX2V, .gguf:
+                                city96 / QuantStack) or component folder; NULL: from model_dir */
+    const char *text_encoder;    /* Qwen2.5-VL: ComfyUI's .safetensors or llama.cpp's `qwen2vl` .gguf (which
+                                also gives the tokenizer); NULL: from model_dir */
+    const char *vae;             /* the VAE: diffusers or ComfyUI (Wan 2.1 names) .safetensors; NULL: from
+                                model_dir. A single .safetensors given beside a diffusers model_dir takes
+                                that folder's config.json of its component. The tokenizer: the text encoder
+                                GGUF's, else model_dir's tokenizer/, else the Qwen2.5 tokenizer installed
+                                with the engine. The "model" scheduler: model_dir's, else Qwen-Image's. */
     const char *device;      /* "cpu" (default) or "cuda", "cuda:N" */
     const char *devices;     /* NULL: the one `device`. Or several, comma-separated, one kind:
                                 "cuda:0,cuda:1,…" spreads each generation over those GPUs (one

@@ -12,12 +12,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io/gguf.h"
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "test.h"
 #include "testdata.h"
 
 static char tmpdir[] = "/tmp/qi_cli_XXXXXX";
+/* The format fixtures (../shared/reference/formats beside this checkout);
+ * their claims are skipped, saying so, where it is absent. */
+#define FORMATS QI_TEST_DATA "/../../../shared/reference/formats"
+#define TE_GGUF FORMATS "/Qwen2.5-VL-tiny-Q8_0.gguf"
+#define COMFY_BF16 FORMATS "/comfy_bf16.safetensors"
+#define COMFY_VAE FORMATS "/comfy_vae.safetensors"
+
+static int formats_present(void) {
+    if (access(TE_GGUF, R_OK) == 0 && access(COMFY_BF16, R_OK) == 0 && access(COMFY_VAE, R_OK) == 0) return 1;
+    printf("  (skipped: %s absent)\n", FORMATS);
+    return 0;
+}
 static char model[1024], lora[1024];
 
 static int exists(const char *path) {
@@ -352,6 +365,148 @@ static void unknown_command_is_usage_error(void) {
     CHECK(run_shell(out, sizeof out, "%s --help", qi_cli()) == 0 && strstr(out, "generate"), "help");
 }
 
+/* ---- component files ------------------------------------------------------------------- */
+
+/* Rel L2 of tensor `name` of file a against tensor `ref` of file b; -1 when
+ * either is missing or the sizes differ. */
+static double tensor_rel(const char *a, const char *name, const char *b, const char *ref) {
+    qi_st_file *f = NULL, *r = NULL;
+    qi_error err;
+    double d = -1;
+    if (!qi_st_open(a, &f, &err) && !qi_st_open(b, &r, &err)) {
+        const qi_st_tensor *x = qi_st_file_find(f, name), *y = qi_st_file_find(r, ref);
+        if (x && y && x->nbytes == y->nbytes && x->dtype == QI_F32 && y->dtype == QI_F32) {
+            float *xa = malloc(x->nbytes), *ya = malloc(y->nbytes);
+            memcpy(xa, x->data, x->nbytes);
+            memcpy(ya, y->data, y->nbytes);
+            d = qi_rel_l2(xa, ya, x->nbytes / 4);
+            free(xa);
+            free(ya);
+        }
+    }
+    qi_st_close(f);
+    qi_st_close(r);
+    return d;
+}
+
+/* encode and tokenize with only a llama.cpp GGUF text encoder (no -m): the
+ * tokenizer comes from its metadata and the embeddings are its reference's. */
+static void encode_with_only_a_gguf_text_encoder(void) {
+    if (!formats_present()) return;
+    char out[8192], path[1200];
+    int rc = run_shell(out, sizeof out, "%s tokenize --text-encoder %s 'Hello world'", qi_cli(), TE_GGUF);
+    CHECK(rc == 0 && !strcmp(out, "9707 1879\n"), "tokenize: rc %d out '%s'", rc, out);
+    snprintf(path, sizeof path, "%s/gguf_emb.safetensors", tmpdir);
+    rc = run_shell(out, sizeof out, "%s encode --text-encoder %s -p 'A capybara wearing a suit holding a sign that "
+                   "reads Hello World.' -o %s", qi_cli(), TE_GGUF, path);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    double d = tensor_rel(path, "prompt_embeds", FORMATS "/te_gguf_q8_0/tensors.safetensors", "p0.prompt_embeds");
+    printf("  encode --text-encoder Qwen2.5-VL-tiny-Q8_0.gguf (no -m): p0 prompt_embeds rel L2 = %.2e\n", d);
+    CHECK(d >= 0 && d < 1e-4, "rel L2 %g", d);
+}
+
+/* generate with the transformer and the VAE given as ComfyUI files (same
+ * weights as the folder's: comfy_bf16 is the folder's transformer, prefixed;
+ * comfy_vae its VAE in Wan names) gives exactly the folder's latents and
+ * pixels. */
+static void generate_with_component_files_equals_the_folder(void) {
+    if (!formats_present()) return;
+    char out[8192], a[1200], b[1200], la[1200], lb[1200];
+    snprintf(a, sizeof a, "%s/folder.png", tmpdir);
+    snprintf(b, sizeof b, "%s/files.png", tmpdir);
+    snprintf(la, sizeof la, "%s/folder.safetensors", tmpdir);
+    snprintf(lb, sizeof lb, "%s/files.safetensors", tmpdir);
+    static const char common[] = "-p 'a red apple on a table' --steps 2 -W 64 -H 48 --seed 3 --quiet";
+    int rc = run_shell(out, sizeof out, "%s generate -m %s %s --save-latents %s -o %s", qi_cli(), model, common, la, a);
+    CHECK(rc == 0, "folder: rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s generate -m %s --diffusion-model %s --vae %s %s --save-latents %s -o %s", qi_cli(),
+                   model, COMFY_BF16, COMFY_VAE, common, lb, b);
+    CHECK(rc == 0, "files: rc %d: %s", rc, out);
+    double d = tensor_rel(la, "vae_in", lb, "vae_in");
+    uint8_t *pa = NULL, *pb = NULL;
+    int wa, ha, wb, hb;
+    char *params = NULL;
+    qi_error err;
+    int same_px = !qi_png_read(a, &pa, &wa, &ha, NULL, &err) && !qi_png_read(b, &pb, &wb, &hb, &params, &err) &&
+                  wa == wb && ha == hb && !memcmp(pa, pb, (size_t)wa * ha * 3);
+    printf("  --diffusion-model comfy_bf16 --vae comfy_vae vs the folder: vae_in rel L2 = %.2e, pixels %s\n", d,
+           same_px ? "identical" : "DIFFER");
+    CHECK(d == 0 && same_px, "rel %g, pixels %d", d, same_px);
+    CHECK(params && strstr(params, "Diffusion model: ") && strstr(params, "VAE: "), "parameters: %s",
+          params ? params : "(none)");
+    free(pa);
+    free(pb);
+    free(params);
+}
+
+/* -m a folder of split files with misleading names: each component is found
+ * by its content (here the text encoder, a GGUF named like a VAE, among a
+ * transformer, a VAE and a LoRA); encode then gives the GGUF's embeddings. */
+static void split_folder_is_found_by_content(void) {
+    if (!formats_present()) return;
+    char out[8192], dir[1200], path[1200];
+    snprintf(dir, sizeof dir, "%s/comfy", tmpdir);
+    int rc = run_shell(out, sizeof out,
+                       "mkdir -p %s/split_files/vae %s/split_files/text_encoders %s/loras && "
+                       "ln -s %s %s/split_files/vae/qwen_image_vae.gguf && "
+                       "ln -s %s %s/split_files/text_encoders/diffusion.safetensors && "
+                       "ln -s %s %s/split_files/te.safetensors && ln -s %s %s/loras/l.safetensors",
+                       dir, dir, dir, TE_GGUF, dir, COMFY_BF16, dir, COMFY_VAE, dir, lora, dir);
+    CHECK(rc == 0, "%s", out);
+    snprintf(path, sizeof path, "%s/split_emb.safetensors", tmpdir);
+    rc = run_shell(out, sizeof out, "%s encode -m %s -p 'A capybara wearing a suit holding a sign that reads Hello "
+                   "World.' -o %s", qi_cli(), dir, path);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    double d = tensor_rel(path, "prompt_embeds", FORMATS "/te_gguf_q8_0/tensors.safetensors", "p0.prompt_embeds");
+    printf("  encode -m <split folder>: the GGUF found by content, p0 prompt_embeds rel L2 = %.2e\n", d);
+    CHECK(d >= 0 && d < 1e-4, "rel L2 %g", d);
+    /* two text encoders: an error naming both and the flag */
+    run_shell(out, sizeof out, "ln -s %s %s/loras/second.gguf", TE_GGUF, dir);
+    rc = run_shell(out, sizeof out, "%s encode -m %s -p x -o %s", qi_cli(), dir, path);
+    CHECK(rc == 2 && strstr(out, "second.gguf") && strstr(out, "--text-encoder"), "rc %d: %s", rc, out);
+}
+
+/* inspect: one screen naming format, component, architecture, types, scale
+ * convention and prefix; --tensor writes that tensor dequantised to F32
+ * under its name (here a Q8_0 GGUF weight asked by its transformers name). */
+static void inspect_describes_files_and_writes_one_tensor(void) {
+    if (!formats_present()) return;
+    char out[8192], path[1200];
+    int rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), TE_GGUF);
+    CHECK(rc == 0 && strstr(out, "GGUF v3") && strstr(out, "component:     text encoder") &&
+              strstr(out, "qwen2vl") && strstr(out, "13 Q8_0") && strstr(out, "scales:        none"),
+          "rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), COMFY_BF16);
+    CHECK(rc == 0 && strstr(out, "component:     transformer") && strstr(out, "77 BF16") &&
+              strstr(out, "'model.diffusion_model.'"), "rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), FORMATS "/lightx2v_fp8_channel.safetensors");
+    CHECK(rc == 0 && strstr(out, "per-output-channel weight_scale"), "rc %d: %s", rc, out);
+    snprintf(path, sizeof path, "%s/q.safetensors", tmpdir);
+    static const char name[] = "model.layers.0.self_attn.q_proj.weight";
+    rc = run_shell(out, sizeof out, "%s inspect %s --tensor %s -o %s", qi_cli(), TE_GGUF, name, path);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    qi_gguf_file *g = NULL;
+    qi_st_file *f = NULL;
+    qi_error err;
+    if (!qi_gguf_open(TE_GGUF, &g, &err) && !qi_st_open(path, &f, &err)) {
+        const qi_gguf_tensor *q = qi_gguf_find(g, "blk.0.attn_q.weight");
+        const qi_st_tensor *t = qi_st_file_find(f, name);
+        int same = 0;
+        if (q && t && t->dtype == QI_F32 && t->nbytes == 64 * 64 * 4) {
+            float *want = malloc(t->nbytes);
+            qi_to_f32(want, q->data, q->dtype, 64 * 64);
+            same = !memcmp(want, t->data, t->nbytes);
+            free(want);
+        }
+        printf("  inspect --tensor %s: %s\n", name, same ? "the Q8_0 dequantisation, bit for bit" : "DIFFERENT");
+        CHECK(same, "inspect --tensor output differs");
+    } else {
+        CHECK(0, "%s", err.msg);
+    }
+    qi_st_close(f);
+    if (g) qi_gguf_close(g);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
@@ -368,6 +523,10 @@ int main(void) {
     RUN(sigint_cancels_at_the_next_step_and_writes_nothing);
     RUN(second_sigint_exits_at_once);
     RUN(sigint_during_the_save_leaves_a_whole_file_or_none);
+    RUN(encode_with_only_a_gguf_text_encoder);
+    RUN(generate_with_component_files_equals_the_folder);
+    RUN(split_folder_is_found_by_content);
+    RUN(inspect_describes_files_and_writes_one_tensor);
     char out[256];
     run_shell(out, sizeof out, "rm -rf %s", tmpdir);
     TEST_END();

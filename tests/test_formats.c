@@ -223,7 +223,7 @@ static case_figures run_case_with(const char *name, int builtin_scheduler) {
     r.seed = (uint64_t)cJSON_GetObjectItemCaseSensitive(json, "seed")->valuedouble;
     r.scheduler = sched;
     if (builtin_scheduler) {
-        e->dir.scheduler_config[0] = 0;
+        e->files.scheduler_config[0] = 0;
         r.scheduler = NULL;
     }
     qi_image img;

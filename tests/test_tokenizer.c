@@ -3,11 +3,14 @@
  * (src/model/tokenizer.c) against the reference vocabulary and vectors.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/gguf.h"
+#include "model/prompt.h"
 #include "model/tokenizer.h"
 #include "test.h"
 #include "testdata.h"
@@ -16,6 +19,10 @@
 #define QWEN25_TOKENIZER QI_SHARED_DIR "/tokenizer/qwen2.5"
 #define VECTORS_INP QI_SHARED_DIR "/tokenizer/llamacpp-qwen2.inp"
 #define VECTORS_OUT QI_SHARED_DIR "/tokenizer/llamacpp-qwen2.out"
+/* The GGUF text encoder fixture (../shared/reference/formats beside this
+ * checkout; skipped, saying so, where absent). */
+#define FORMATS QI_TEST_DATA "/../../../shared/reference/formats"
+#define TE_GGUF FORMATS "/Qwen2.5-VL-tiny-Q8_0.gguf"
 
 static qi_tokenizer *model_tok, *qwen25_tok;
 
@@ -564,6 +571,123 @@ static void null_arguments_are_errors(void) {
     qi_tokenizer_free(NULL);
 }
 
+/* ---- claims: the tokenizer of a GGUF file ------------------------------------------------ */
+
+/* Every prompt of the case.json files of a reference folder (public/ or
+ * formats/) into texts[]; returns the new count. The cJSON trees stay in
+ * roots[] for the strings' lifetime. */
+static int collect_prompts(const char *dir, const char **texts, int n, int cap, cJSON **roots, int *n_roots) {
+    DIR *d = opendir(dir);
+    if (!d) return n;
+    for (struct dirent *e; (e = readdir(d)) && *n_roots < 64;) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s/case.json", dir, e->d_name);
+        if (e->d_name[0] == '.' || !qi_file_exists(path)) continue;
+        cJSON *j = NULL;
+        qi_error err;
+        if (qi_json_load(path, &j, &err) != QI_OK) continue;
+        roots[(*n_roots)++] = j;
+        static const char *const keys[] = {"prompts", "prompt", "negative_prompt"};
+        for (size_t k = 0; k < QI_ARRAY_LEN(keys); k++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[k]);
+            if (cJSON_IsString(v) && n < cap) texts[n++] = v->valuestring;
+            for (const cJSON *it = cJSON_IsArray(v) ? v->child : NULL; it && n < cap; it = it->next)
+                if (cJSON_IsString(it)) texts[n++] = it->valuestring;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+/* The tokenizer built from the GGUF's metadata is the folder's: the same
+ * string for every id the folder knows, the same pad id, and the same ids
+ * on the llama.cpp vectors and on every prompt of the reference cases
+ * (public/ and formats/), alone and inside the prompt template; and the
+ * te_gguf_q8_0 case's input_ids from its prompt strings. */
+static void gguf_tokenizer_equals_folder_tokenizer(void) {
+    if (!qi_file_exists(TE_GGUF)) {
+        printf("  (skipped: %s absent; ../shared/reference/formats is not beside this checkout)\n", TE_GGUF);
+        return;
+    }
+    qi_gguf_file *f = NULL;
+    qi_tokenizer *g = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_gguf_open(TE_GGUF, &f, &err);
+    CHECK(st == QI_OK && qi_tokenizer_gguf_has(f), "%s", err.msg);
+    if (st == QI_OK) st = qi_tokenizer_load_gguf(f, &g, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    if (st != QI_OK) {
+        qi_gguf_close(f);
+        return;
+    }
+    int same_strings = 0, known = 0;
+    for (int32_t id = 0; id < 152064; id++) {
+        const char *a = qi_tokenizer_token(model_tok, id), *b = qi_tokenizer_token(g, id);
+        if (!a) continue;
+        known++;
+        same_strings += b && strcmp(a, b) == 0;
+    }
+    printf("  GGUF tokenizer: %d of %d ids have the folder's string; pad %d (folder %d)\n", same_strings, known,
+           qi_tokenizer_pad_id(g), qi_tokenizer_pad_id(model_tok));
+    CHECK(known == 151665 && same_strings == known, "%d of %d ids differ", known - same_strings, known);
+    CHECK(qi_tokenizer_pad_id(g) == qi_tokenizer_pad_id(model_tok), "pad ids differ");
+    CHECK(qi_tokenizer_token(g, 151665) == NULL, "[PAD151665] got an id");
+    vectors_exact(g, "GGUF tokenizer");
+
+    const char *texts[128];
+    cJSON *roots[64];
+    int n_roots = 0, n = 0;
+    n = collect_prompts(QI_REF_PUBLIC, texts, n, 128, roots, &n_roots);
+    n = collect_prompts(FORMATS, texts, n, 128, roots, &n_roots);
+    int same = 0;
+    for (int i = 0; i < n; i++) {
+        qi_prompt_batch a = {0}, b = {0};
+        const char *one[1] = {texts[i]};
+        int ok = qi_prompt_tokenize(model_tok, one, 1, 512, &a, &err) == QI_OK &&
+                 qi_prompt_tokenize(g, one, 1, 512, &b, &err) == QI_OK && a.seq_len == b.seq_len &&
+                 memcmp(a.ids, b.ids, (size_t)a.seq_len * sizeof *a.ids) == 0;
+        int32_t *ids;
+        int n_ids;
+        if (ok && qi_tokenizer_encode(model_tok, texts[i], &ids, &n_ids, &err) == QI_OK) {
+            ok = encodes_to(g, texts[i], ids, n_ids);
+            free(ids);
+        }
+        same += ok;
+        qi_prompt_batch_free(&a);
+        qi_prompt_batch_free(&b);
+    }
+    printf("  GGUF tokenizer: %d of %d reference prompts give the folder's ids (alone and in the template)\n",
+           same, n);
+    CHECK(n >= 8 && same == n, "%d of %d prompts differ", n - same, n);
+
+    /* the fixture's own ids: case te_gguf_q8_0, both prompts padded together */
+    qi_st_file *ref = ref_open(FORMATS "/te_gguf_q8_0/tensors.safetensors");
+    const qi_st_tensor *want = ref ? qi_st_file_find(ref, "batch.input_ids") : NULL;
+    cJSON *json = NULL;
+    CHECK(qi_json_load(FORMATS "/te_gguf_q8_0/case.json", &json, &err) == QI_OK && want, "te_gguf_q8_0: %s", err.msg);
+    if (want && json) {
+        const char *prompts[2];
+        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(json, "prompts");
+        prompts[0] = cJSON_GetArrayItem(arr, 0)->valuestring;
+        prompts[1] = cJSON_GetArrayItem(arr, 1)->valuestring;
+        qi_prompt_batch b = {0};
+        st = qi_prompt_tokenize(g, prompts, 2, 512, &b, &err);
+        int32_t *w = malloc(want->nbytes);
+        memcpy(w, want->data, want->nbytes);
+        int ok = st == QI_OK && b.batch * b.seq_len == (int)(want->nbytes / 4) &&
+                 memcmp(b.ids, w, want->nbytes) == 0;
+        printf("  te_gguf_q8_0 batch.input_ids from the GGUF tokenizer: %s\n", ok ? "identical" : "DIFFERENT");
+        CHECK(ok, "te_gguf_q8_0 input ids differ: %s", err.msg);
+        free(w);
+        qi_prompt_batch_free(&b);
+    }
+    cJSON_Delete(json);
+    qi_st_close(ref);
+    for (int i = 0; i < n_roots; i++) cJSON_Delete(roots[i]);
+    qi_tokenizer_free(g);
+    qi_gguf_close(f);
+}
+
 int main(void) {
     RUN(loads_reference_model_tokenizer);
     RUN(reference_merges_file_has_crlf_lines);
@@ -581,6 +705,7 @@ int main(void) {
     RUN(config_lstrip_rstrip_and_null_pad);
     RUN(long_inputs_are_fast_and_exact);
     RUN(null_arguments_are_errors);
+    RUN(gguf_tokenizer_equals_folder_tokenizer);
     qi_tokenizer_free(model_tok);
     qi_tokenizer_free(qwen25_tok);
     TEST_END();

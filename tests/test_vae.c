@@ -27,6 +27,10 @@
 #include "testdata.h"
 
 #define VAE_DIR QI_TEST_DATA "/tiny-model/vae"
+/* ComfyUI's VAE file (Wan 2.1 names) of the same weights, among the format
+ * fixtures (../shared/reference/formats beside this checkout; skipped,
+ * saying so, where absent). */
+#define COMFY_VAE QI_TEST_DATA "/../../../shared/reference/formats/comfy_vae.safetensors"
 
 static qi_backend *g_be;
 static qi_vae *g_vae;
@@ -463,6 +467,47 @@ static void bench_decode_1024(void) {
     free(rgb);
 }
 
+/* ComfyUI's Wan-named VAE file, opened as a single file (no config.json:
+ * the config from its shapes), decodes exactly as the diffusers folder of
+ * the same bf16 bytes: the same pixels, and the reference's vae_out. */
+static void test_wan_named_file_decodes_as_the_folder(void) {
+    if (!qi_file_exists(COMFY_VAE)) {
+        printf("  (skipped: %s absent)\n", COMFY_VAE);
+        return;
+    }
+    qi_source *src = NULL;
+    qi_vae *v = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_source_open(COMFY_VAE, QI_COMPONENT_VAE, &src, &err);
+    if (st == QI_OK) st = qi_vae_load(src, g_be, &v, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    ref_case rc;
+    if (st == QI_OK && load_case("zh_cfg4_base", &rc) == 0) {
+        CHECK(!strcmp(qi_source_naming(src), "Wan 2.1 (ComfyUI)"), "naming %s", qi_source_naming(src));
+        CHECK(!memcmp(qi_vae_latents_mean(v), qi_vae_latents_mean(g_vae), 16 * sizeof(float)) &&
+                  !memcmp(qi_vae_latents_std(v), qi_vae_latents_std(g_vae), 16 * sizeof(float)),
+              "latent statistics differ from the folder's config");
+        set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+        float *want = decode_image(&rc, 0, NULL);
+        size_t px = (size_t)3 * rc.H * rc.W;
+        float *got = malloc(sizeof(float) * px);
+        st = qi_vae_decode(v, rc.vae_in, rc.h, rc.w, got, &err);
+        CHECK(st == QI_OK, "%s", err.msg);
+        if (st == QI_OK && want) {
+            double same = qi_max_abs_diff(got, want, px);
+            double rel = qi_rel_l2(got, rc.vae_out, px);
+            printf("  comfy_vae.safetensors, zh_cfg4_base: vs the folder's decode max abs = %.3g; vs vae_out rel "
+                   "L2 = %.3g, max abs = %.3g\n", same, rel, qi_max_abs_diff(got, rc.vae_out, px));
+            CHECK(same == 0 && rel <= 1e-4, "max abs %.3g, rel %.3g", same, rel);
+        }
+        free(want);
+        free(got);
+        free_case(&rc);
+    }
+    qi_vae_free(v);
+    qi_source_close(src);
+}
+
 int main(void) {
     qi_error err;
     if (qi_backend_cpu_create(0, 0, &g_be, &err) || load_folder(VAE_DIR, &g_src, &g_vae, &err)) {
@@ -472,6 +517,7 @@ int main(void) {
     printf("  peak RSS after load: %.1f MB\n", peak_rss_mb());
     RUN(test_load_reads_config);
     RUN(test_decode_matches_reference_vae_out);
+    RUN(test_wan_named_file_decodes_as_the_folder);
     RUN(test_pixels_of_reference_vae_out_match_image_u8);
     RUN(test_pixels_of_decode_match_image_u8);
     RUN(test_banded_upsample_and_attention_equal_whole);

@@ -48,16 +48,20 @@ const qi_timings *qi_engine_timings(const qi_engine *e) { return &e->last; }
 
 /* ---- the components: where each one's files are --------------------------------- */
 
-static qi_status load_tokenizer(qi_engine *e) { return qi_tokenizer_load(e->dir.tokenizer_dir, &e->tok, &e->err); }
+/* The tokenizer: the text encoder GGUF's, the model folder's or the
+ * installed one (io/model_files.h). */
+static qi_status load_tokenizer(qi_engine *e) {
+    char from[QI_PATH_MAX + 32];
+    qi_status st = qi_model_files_tokenizer(&e->files, &e->tok, from, sizeof from, &e->err);
+    if (!st) logf_(e, "tokenizer from %s", from);
+    return st;
+}
 
-/* The weight source of component c (a diffusers component folder today),
- * opened once and kept: reloads and every rank read the same one. */
+/* The weight source of component c (a diffusers component folder or a
+ * single file), opened once and kept: reloads and every rank read the same one. */
 static qi_status open_source(qi_engine *e, qi_component c) {
     if (e->src[c]) return QI_OK;
-    const char *dir = c == QI_COMPONENT_TEXT_ENCODER ? e->dir.text_encoder_dir
-                      : c == QI_COMPONENT_VAE        ? e->dir.vae_dir
-                                                     : e->dir.transformer_dir;
-    return qi_source_open_folder(dir, c, &e->src[c], &e->err);
+    return qi_model_files_open_source(&e->files, c, &e->src[c], &e->err);
 }
 
 static qi_status load_text_encoder(qi_engine *e) {
@@ -96,13 +100,15 @@ static qi_status read_transformer_heads(qi_engine *e) {
  * (no folder, so no scheduler config), the built-in Qwen-Image default
  * (qi_scheduler_config_qwen_image); "lightning"; or a JSON path. */
 static qi_status load_scheduler(qi_engine *e, const char *which, qi_scheduler_config *cfg) {
-    if ((!which || !strcmp(which, "model")) && !e->dir.scheduler_config[0]) {
-        *cfg = qi_scheduler_config_qwen_image();
-        logf_(e, "scheduler: no model folder, so the built-in Qwen-Image default (dynamic shift 0.5-0.9, "
-                 "shift_terminal 0.02)");
-        return QI_OK;
+    if (!which || !strcmp(which, "model")) {
+        if (!e->files.scheduler_config[0]) { /* single files: Qwen-Image's own config */
+            *cfg = qi_scheduler_config_qwen_image();
+            logf_(e, "scheduler: no model folder, so the built-in Qwen-Image default (dynamic shift 0.5-0.9, "
+                     "shift_terminal 0.02)");
+            return QI_OK;
+        }
+        return qi_scheduler_config_load(e->files.scheduler_config, cfg, &e->err);
     }
-    if (!which || !strcmp(which, "model")) return qi_scheduler_config_load(e->dir.scheduler_config, cfg, &e->err);
     if (!strcmp(which, "lightning")) {
         *cfg = qi_scheduler_config_lightning();
         return QI_OK;
@@ -140,9 +146,9 @@ static qi_status ensure_transformer(qi_engine *e) {
     double t0 = qi_now_s();
     int n_loras = qi_lora_set_file_count(e->loras);
     if (n_loras)
-        logf_(e, "loading transformer from %s and fusing %d LoRA file(s) ...", e->dir.transformer_dir, n_loras);
+        logf_(e, "loading transformer from %s and fusing %d LoRA file(s) ...", e->files.path[QI_COMPONENT_TRANSFORMER], n_loras);
     else
-        logf_(e, "loading transformer from %s ...", e->dir.transformer_dir);
+        logf_(e, "loading transformer from %s ...", e->files.path[QI_COMPONENT_TRANSFORMER]);
     qi_status st = open_source(e, QI_COMPONENT_TRANSFORMER);
     if (!st) st = qi_ranks_run(e->ranks, load_transformer_rank, e, NULL, NULL, &e->err);
     if (st) {
@@ -254,16 +260,19 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     if (!e) return QI_ERR_NOMEM;
     e->log = opt->log;
     e->log_user = opt->log_user;
-    if (!opt->model_dir)
-        return qi_fail(&e->err, QI_ERR_ARG, "no model directory given (-m DIR: a Qwen/Qwen-Image download)");
+    if (!opt->model_dir && !(opt->diffusion_model && opt->text_encoder && opt->vae))
+        return qi_fail(&e->err, QI_ERR_ARG, "no model given: a Qwen/Qwen-Image folder or a folder of split files "
+                       "(-m DIR), or the three files (--diffusion-model, --text-encoder, --vae)");
     qi_status st;
-    if ((st = qi_model_dir_open(opt->model_dir, &e->dir, &e->err))) return st;
+    qi_model_paths paths = {opt->model_dir, opt->diffusion_model, opt->text_encoder, opt->vae};
+    if ((st = qi_model_files_resolve(&paths, &e->files, &e->err))) return st;
+    const char *what = opt->model_dir ? opt->model_dir : "the given files";
     if ((st = open_ranks(e, opt))) return st;
     double t0 = qi_now_s();
-    logf_(e, "loading tokenizer, text encoder and VAE from %s ...", opt->model_dir);
+    logf_(e, "loading tokenizer, text encoder and VAE from %s ...", what);
     for (int c = QI_COMPONENT_TOKENIZER; c <= QI_COMPONENT_VAE && !st; c++) st = component_load(e, (qi_component)c);
     if (st) return st;
-    logf_(e, "loaded tokenizer, text encoder and VAE from %s in %.2f s", opt->model_dir, qi_now_s() - t0);
+    logf_(e, "loaded tokenizer, text encoder and VAE from %s in %.2f s", what, qi_now_s() - t0);
     return QI_OK;
 }
 

@@ -11,6 +11,7 @@
 #include "engine/plan.h"
 #include "engine/ranks.h"
 #include "io/model_dir.h"
+#include "io/model_files.h"
 #include "io/source.h" /* qi_component: the parts of a model a stage needs resident */
 #include "model/lora.h"
 #include "model/text_encoder.h"
@@ -31,7 +32,7 @@ typedef struct qi_residency {
 } qi_residency;
 
 struct qi_engine {
-    qi_model_dir dir;
+    qi_model_files files;    /* where each component comes from (-m, single files) */
     qi_ranks *ranks;         /* the devices; ranks->be[0] runs text encoder, VAE, noise */
     qi_backend *be;          /* = ranks->be[0] */
     int heads, head_dim;     /* the transformer's attention shape (several ranks only) */

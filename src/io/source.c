@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "io/gguf.h"
 #include "io/safetensors.h" /* qi_st_shape_str */
 
 const char *qi_component_name(qi_component c) {
@@ -164,6 +165,18 @@ qi_status qi_source_meta_int(const qi_source *s, const char *key, int64_t *out, 
     return s->ops->meta_int(s, key, out, err);
 }
 
+qi_status qi_source_meta_float(const qi_source *s, const char *key, double *out, qi_error *err) {
+    *out = 0;
+    if (!s->ops->meta_float)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: no metadata key '%s' (the file has no metadata)", s->path,
+                       key);
+    return s->ops->meta_float(s, key, out, err);
+}
+
+const struct qi_gguf_file *qi_source_gguf(const qi_source *s) { return s->ops->gguf ? s->ops->gguf(s) : NULL; }
+const char *qi_source_prefix(const qi_source *s) { return s->prefix; }
+const char *qi_source_naming(const qi_source *s) { return s->naming ? s->naming : "as stored"; }
+
 /* ---- name prefixes and scale tensors ---------------------------------------------------- */
 
 /* The transformer's prefixes (spec vae-and-formats.md B.4: ComfyUI
@@ -173,20 +186,48 @@ qi_status qi_source_meta_int(const qi_source *s, const char *key, int64_t *out, 
 static const char *const transformer_prefixes[] = {"", "model.diffusion_model.", "diffusion_model.",
                                                    "transformer.", "model."};
 
+/* The text encoder's and the VAE's prefixes in files that bundle components
+ * (ComfyUI checkpoints, stable-diffusion.cpp), tried with each anchor. A file
+ * with none of them keeps its names as stored: the loader's own "not found"
+ * message then says what it expected. */
+static const char *const te_prefixes[] = {"", "text_encoders.qwen25_7b.transformer.", "text_encoders.llm.",
+                                          "text_encoder."};
+static const char *const te_anchors[] = {"model.embed_tokens.weight", "model.language_model.embed_tokens.weight",
+                                         "token_embd.weight"};
+static const char *const vae_prefixes[] = {"", "first_stage_model.", "vae."};
+static const char *const vae_anchors[] = {"decoder.conv_in.weight", "decoder.conv1.weight"};
+
+static const char *first_prefix(const char *const *prefixes, size_t n_prefixes, const char *const *anchors,
+                                size_t n_anchors, int (*has)(const void *ctx, const char *name), const void *ctx) {
+    for (size_t i = 0; i < n_prefixes; i++)
+        for (size_t a = 0; a < n_anchors; a++) {
+            char name[160];
+            snprintf(name, sizeof name, "%s%s", prefixes[i], anchors[a]);
+            if (has(ctx, name)) return prefixes[i];
+        }
+    return NULL;
+}
+
 const char *qi_source_find_prefix(qi_component comp, const char *file,
                                   int (*has)(const void *ctx, const char *name), const void *ctx,
                                   qi_error *err) {
-    if (comp != QI_COMPONENT_TRANSFORMER) return ""; /* names kept as stored */
-    static const char anchor[] = "img_in.weight";
-    for (size_t i = 0; i < QI_ARRAY_LEN(transformer_prefixes); i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%s%s", transformer_prefixes[i], anchor);
-        if (has(ctx, name)) return transformer_prefixes[i];
+    const char *p;
+    if (comp == QI_COMPONENT_TEXT_ENCODER) {
+        p = first_prefix(te_prefixes, QI_ARRAY_LEN(te_prefixes), te_anchors, QI_ARRAY_LEN(te_anchors), has, ctx);
+        return p ? p : "";
     }
+    if (comp == QI_COMPONENT_VAE) {
+        p = first_prefix(vae_prefixes, QI_ARRAY_LEN(vae_prefixes), vae_anchors, QI_ARRAY_LEN(vae_anchors), has, ctx);
+        return p ? p : "";
+    }
+    if (comp != QI_COMPONENT_TRANSFORMER) return "";
+    static const char *const anchor[] = {"img_in.weight"};
+    p = first_prefix(transformer_prefixes, QI_ARRAY_LEN(transformer_prefixes), anchor, 1, has, ctx);
+    if (p) return p;
     qi_fail(err, QI_ERR_FORMAT,
             "%s: no tensor '%s' (bare or under model.diffusion_model., diffusion_model., "
             "transformer. or model.): is this a Qwen-Image transformer file?",
-            file, anchor);
+            file, anchor[0]);
     return NULL;
 }
 
@@ -206,4 +247,49 @@ qi_status qi_source_refuse_scales(const char *file, const char *stored_name, qi_
                    "%s: tensor '%s' belongs to a scaled fp8 checkpoint; scaled fp8 files are not "
                    "supported yet (bf16, fp16 and plain fp8 files are)",
                    file, stored_name);
+}
+
+/* ---- what a file holds ------------------------------------------------------------------ */
+
+static int set_has_name(const void *ctx, const char *name) { return qi_st_find(ctx, name) != NULL; }
+
+/* The components whose anchors (spec B.9) are in a safetensors set. */
+static int identify_set(const qi_st_set *set) {
+    int mask = 0;
+    static const char *const dit_anchor[] = {"img_in.weight"};
+    if (first_prefix(transformer_prefixes, QI_ARRAY_LEN(transformer_prefixes), dit_anchor, 1, set_has_name, set))
+        mask |= 1 << QI_COMPONENT_TRANSFORMER;
+    if (first_prefix(te_prefixes, QI_ARRAY_LEN(te_prefixes), te_anchors, 2, set_has_name, set))
+        mask |= 1 << QI_COMPONENT_TEXT_ENCODER;
+    if (first_prefix(vae_prefixes, QI_ARRAY_LEN(vae_prefixes), vae_anchors, QI_ARRAY_LEN(vae_anchors), set_has_name,
+                     set))
+        mask |= 1 << QI_COMPONENT_VAE;
+    return mask;
+}
+
+qi_status qi_source_identify(const char *path, int *mask, qi_error *err) {
+    *mask = 0;
+    if (has_suffix(path, ".gguf")) {
+        qi_gguf_file *f;
+        qi_status st = qi_gguf_open(path, &f, err);
+        if (st != QI_OK) return st;
+        const char *arch = NULL;
+        size_t len = 0;
+        qi_error ignored;
+        if (qi_gguf_get_string(f, "general.architecture", &arch, &len, &ignored) == QI_OK) {
+            if (len == 10 && !memcmp(arch, "qwen_image", 10)) *mask = 1 << QI_COMPONENT_TRANSFORMER;
+            if ((len == 7 && !memcmp(arch, "qwen2vl", 7)) || (len == 5 && !memcmp(arch, "qwen2", 5)))
+                *mask = 1 << QI_COMPONENT_TEXT_ENCODER;
+        } else if (qi_gguf_find(f, "img_in.weight") || qi_gguf_find(f, "model.diffusion_model.img_in.weight")) {
+            *mask = 1 << QI_COMPONENT_TRANSFORMER; /* stable-diffusion.cpp conversions carry no metadata */
+        }
+        qi_gguf_close(f);
+        return QI_OK;
+    }
+    qi_st_set *set;
+    qi_status st = qi_st_set_open_file(path, &set, err);
+    if (st != QI_OK) return st;
+    *mask = identify_set(set);
+    qi_st_set_close(set);
+    return QI_OK;
 }

@@ -29,10 +29,17 @@
  *
  * Name map: only a prefix that is the component's convention is stripped —
  * for the transformer `model.diffusion_model.`, `diffusion_model.`,
- * `transformer.` or `model.` (found by the anchor `img_in.weight`); the text
- * encoder and the VAE keep their names (the text encoder's own `model.` /
- * `model.language_model.` spellings are its loader's business). Tensors
- * outside the prefix are not the component's and are not listed.
+ * `transformer.` or `model.` (found by the anchor `img_in.weight`); for the
+ * text encoder `text_encoders.qwen25_7b.transformer.`, `text_encoders.llm.`
+ * or `text_encoder.` (anchor: its embedding table); for the VAE
+ * `first_stage_model.` or `vae.` (anchor: the decoder's first conv). Two
+ * foreign naming schemes are mapped to the loaders' names (source_names.c):
+ * a llama.cpp `qwen2vl` GGUF text encoder (`blk.N.attn_q` → transformers
+ * names; a `qwen2` file is refused saying what to use) and the Wan 2.1 names
+ * of ComfyUI's VAE file (→ diffusers names; the Wan 2.2 VAE is refused).
+ * The text encoder's own `model.` / `model.language_model.` spellings stay
+ * its loader's business. Tensors outside the prefix are not the component's
+ * and are not listed.
  *
  * Scaled fp8 safetensors checkpoints (spec vae-and-formats.md B.5.2, B.6):
  * each fp8 weight's scale tensor (`<layer>.scale_weight`, `<layer>.weight_scale`
@@ -148,12 +155,55 @@ qi_status qi_source_get(const qi_source *s, const char *name, int ndim, const in
 const cJSON *qi_source_config(const qi_source *s, const char **config_path);
 
 /* File metadata: GGUF key/values, safetensors `__metadata__` (string values;
- * meta_int parses a decimal string there). Missing keys and wrong types are
- * errors naming the file and the key. */
+ * meta_int / meta_float parse a decimal string there). Missing keys and wrong
+ * types are errors naming the file and the key. */
 int qi_source_has_meta(const qi_source *s, const char *key);
 qi_status qi_source_meta_string(const qi_source *s, const char *key, const char **out,
                                 qi_error *err);
 qi_status qi_source_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err);
+qi_status qi_source_meta_float(const qi_source *s, const char *key, double *out, qi_error *err);
+
+/* The GGUF file behind a GGUF source (its arrays: the tokenizer's vocabulary
+ * and merges), or NULL for the other kinds. */
+struct qi_gguf_file;
+const struct qi_gguf_file *qi_source_gguf(const qi_source *s);
+
+/* How the file spelled its names before they were mapped: the prefix that
+ * was stripped ("" for none) and the naming scheme ("diffusers",
+ * "transformers", "llama.cpp qwen2vl", "Wan 2.1 (ComfyUI)"). For `inspect`. */
+const char *qi_source_prefix(const qi_source *s);
+const char *qi_source_naming(const qi_source *s);
+
+/* Which components one .safetensors or .gguf file holds, by content (the
+ * anchors of spec B.9, under the components' prefixes; a GGUF by its
+ * general.architecture): a mask of 1 << qi_component bits, 0 for none (a
+ * LoRA, an mmproj file). Errors are the readers' (unreadable, malformed). */
+qi_status qi_source_identify(const char *path, int *mask, qi_error *err);
+
+/* ---- name maps (source_names.c) --------------------------------------------------- */
+
+/* llama.cpp's `qwen2vl` names (spec vae-and-formats.md B.4 table) → the
+ * transformers names the text encoder binds: `blk.3.attn_q.bias` →
+ * `model.layers.3.self_attn.q_proj.bias`, `token_embd.weight` →
+ * `model.embed_tokens.weight`, `output_norm.weight` → `model.norm.weight`,
+ * `output.weight` → `lm_head.weight`. 1 and out filled when the name is one
+ * of them, 0 otherwise (out untouched). No q/k permutation is involved:
+ * llama.cpp stores Qwen2 rows in HF order (it rotates them NEOX-style). */
+int qi_names_llamacpp_text_encoder(const char *stored, char *out, size_t cap);
+
+/* The original Wan 2.1 VAE names of ComfyUI's qwen_image_vae.safetensors →
+ * diffusers' AutoencoderKLQwenImage names (spec B.4, Appendix), mapped
+ * structurally (`conv1` is the quant conv at the top, `conv_in` one level
+ * down, the first residual conv inside a block): `decoder.upsamples.5.
+ * residual.2.weight` → `decoder.up_blocks.1.resnets.1.conv1.weight`. The
+ * decoder's upsamples are numbered as Qwen-Image's (3 residual blocks + 1
+ * resampler per level). 1 and out filled when mapped, 0 for a name outside
+ * the scheme. */
+int qi_names_wan_vae(const char *stored, char *out, size_t cap);
+
+/* The anchors that identify those schemes (spec B.9). */
+#define QI_WAN_VAE_ANCHOR "decoder.middle.0.residual.0.gamma"
+#define QI_WAN22_VAE_ANCHOR "decoder.upsamples.0.upsamples.0.residual.2.weight"
 
 /* ---- for source implementations ------------------------------------------------ */
 
@@ -166,6 +216,8 @@ typedef struct qi_source_ops {
     int (*has_meta)(const qi_source *s, const char *key);
     qi_status (*meta_string)(const qi_source *s, const char *key, const char **out, qi_error *err);
     qi_status (*meta_int)(const qi_source *s, const char *key, int64_t *out, qi_error *err);
+    qi_status (*meta_float)(const qi_source *s, const char *key, double *out, qi_error *err);
+    const struct qi_gguf_file *(*gguf)(const qi_source *s); /* NULL slot: not a GGUF source */
     void (*close)(qi_source *s); /* frees impl only */
 } qi_source_ops;
 
@@ -176,6 +228,8 @@ struct qi_source {
     char where[QI_PATH_MAX + 64];  /* the weight file(s), for "not found" messages */
     cJSON *config;                 /* parsed config.json, or NULL */
     char config_path[QI_PATH_MAX];
+    char prefix[64];               /* stripped from the stored names (qi_source_prefix) */
+    const char *naming;            /* static: the naming scheme (qi_source_naming) */
     void *impl;                    /* the kind's own state */
 };
 

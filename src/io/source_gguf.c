@@ -7,7 +7,9 @@
  * names (the component's prefix stripped, source.h), lists the tensors
  * sorted by mapped name, and answers metadata from the GGUF key/values.
  * Block-quantised tensors are handed on as their block type; what can run
- * them is the backend's business (ops->supports).
+ * them is the backend's business (ops->supports). A text encoder GGUF
+ * (llama.cpp `qwen2vl`) has its names mapped to the transformers names
+ * (qi_names_llamacpp_text_encoder) and its architecture checked.
  *
  */
 #include <stdio.h>
@@ -18,8 +20,9 @@
 #include "io/gguf.h"
 
 typedef struct gg_entry {
-    const char *name;          /* mapped: the stored name past the prefix */
+    const char *name;          /* mapped: the stored name past the prefix, or `mapped` */
     const qi_gguf_tensor *t;
+    char *mapped;              /* an owned name from a name map (llama.cpp names), or NULL */
 } gg_entry;
 
 typedef struct gg_impl {
@@ -95,12 +98,19 @@ static qi_status gg_meta_int(const qi_source *s, const char *key, int64_t *out, 
     return qi_gguf_get_int(impl_of(s)->f, key, out, err);
 }
 
+static qi_status gg_meta_float(const qi_source *s, const char *key, double *out, qi_error *err) {
+    return qi_gguf_get_float(impl_of(s)->f, key, out, err);
+}
+
+static const struct qi_gguf_file *gg_gguf(const qi_source *s) { return impl_of(s)->f; }
+
 static void gg_close(qi_source *s) {
     gg_impl *im = s->impl;
     if (!im) return;
     if (im->f) qi_gguf_close(im->f);
     for (int i = 0; i < im->n_strings; i++) free(im->strings[i]);
     free(im->strings);
+    for (int i = 0; im->entries && i < im->n; i++) free(im->entries[i].mapped);
     free(im->entries);
     free(im);
     s->impl = NULL;
@@ -114,11 +124,50 @@ static const qi_source_ops gguf_ops = {
     .has_meta = gg_has_meta,
     .meta_string = gg_meta_string,
     .meta_int = gg_meta_int,
+    .meta_float = gg_meta_float,
+    .gguf = gg_gguf,
     .close = gg_close,
 };
 
 static int file_has(const void *ctx, const char *name) {
     return qi_gguf_find((qi_gguf_file *)ctx, name) != NULL;
+}
+
+/* A text encoder GGUF must be llama.cpp's `qwen2vl` (Qwen2.5-VL's language
+ * model). A text-only `qwen2` conversion holds the same kind of weights but
+ * with the plain-RoPE metadata of another model; refused with what to use. */
+static qi_status check_text_encoder_arch(const qi_source *s, qi_error *err) {
+    const char *arch;
+    size_t len;
+    qi_status st = qi_gguf_get_string(impl_of(s)->f, "general.architecture", &arch, &len, err);
+    if (st != QI_OK)
+        return qi_fail_ctx(err, st, "%s: not a llama.cpp text encoder GGUF (no architecture)", s->path);
+    if (len == 7 && memcmp(arch, "qwen2vl", 7) == 0) return QI_OK;
+    if (len == 5 && memcmp(arch, "qwen2", 5) == 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: general.architecture is 'qwen2' (a text-only Qwen2 conversion); Qwen-Image needs "
+                       "the Qwen2.5-VL-7B-Instruct language model as llama.cpp converts it ('qwen2vl', e.g. "
+                       "Qwen2.5-VL-7B-Instruct-Q8_0.gguf), or ComfyUI's qwen_2.5_vl_7b*.safetensors",
+                       s->path);
+    return qi_fail(err, QI_ERR_FORMAT,
+                   "%s: general.architecture is '%.*s'; a text encoder GGUF must be llama.cpp's 'qwen2vl' "
+                   "(Qwen2.5-VL-7B-Instruct, e.g. Qwen2.5-VL-7B-Instruct-Q8_0.gguf)",
+                   s->path, (int)(len < 64 ? len : 64), arch);
+}
+
+/* The entry of tensor t under `prefix`: llama.cpp text-encoder names mapped
+ * to transformers', everything else the stored name past the prefix. */
+static qi_status make_entry(qi_source *s, const qi_gguf_tensor *t, size_t plen, gg_entry *e, qi_error *err) {
+    *e = (gg_entry){t->name + plen, t, NULL};
+    char mapped[256];
+    if (s->component != QI_COMPONENT_TEXT_ENCODER ||
+        !qi_names_llamacpp_text_encoder(t->name + plen, mapped, sizeof mapped))
+        return QI_OK;
+    e->mapped = malloc(strlen(mapped) + 1);
+    if (!e->mapped) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
+    strcpy(e->mapped, mapped);
+    e->name = e->mapped;
+    return QI_OK;
 }
 
 /* Refuses scaled files, finds the prefix, lists the tensors under it. */
@@ -128,14 +177,23 @@ static qi_status index_file(qi_source *s, gg_impl *im, qi_error *err) {
         qi_status st = qi_source_refuse_scales(s->path, qi_gguf_tensor_at(im->f, i)->name, err);
         if (st != QI_OK) return st;
     }
+    if (s->component == QI_COMPONENT_TEXT_ENCODER) {
+        qi_status st = check_text_encoder_arch(s, err);
+        if (st != QI_OK) return st;
+    }
     const char *prefix = qi_source_find_prefix(s->component, s->path, file_has, im->f, err);
     if (!prefix) return QI_ERR_FORMAT;
+    snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
+    s->naming = s->component == QI_COMPONENT_TEXT_ENCODER ? "llama.cpp qwen2vl" : "diffusers";
     size_t plen = strlen(prefix);
     im->entries = malloc((size_t)(n > 0 ? n : 1) * sizeof *im->entries);
     if (!im->entries) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
     for (int i = 0; i < n; i++) {
         const qi_gguf_tensor *t = qi_gguf_tensor_at(im->f, i);
-        if (strncmp(t->name, prefix, plen) == 0) im->entries[im->n++] = (gg_entry){t->name + plen, t};
+        if (strncmp(t->name, prefix, plen) != 0) continue;
+        qi_status st = make_entry(s, t, plen, &im->entries[im->n], err);
+        if (st != QI_OK) return st;
+        im->n++;
     }
     /* GGUF keeps the writer's order; lookups want name order */
     qsort(im->entries, (size_t)im->n, sizeof *im->entries, cmp_entries);

@@ -19,8 +19,9 @@
 #include "io/source.h"
 
 typedef struct st_entry {
-    const char *name;      /* mapped: the stored name past the prefix */
+    const char *name;      /* mapped: the stored name past the prefix, or `mapped` */
     const qi_st_tensor *t;
+    char *mapped;          /* an owned name from a name map (Wan VAE names), or NULL */
 } st_entry;
 
 typedef struct st_impl {
@@ -105,11 +106,27 @@ static qi_status st_meta_int(const qi_source *s, const char *key, int64_t *out, 
     return QI_OK;
 }
 
+/* safetensors metadata values are strings: a number is written in decimal. */
+static qi_status st_meta_float(const qi_source *s, const char *key, double *out, qi_error *err) {
+    const char *text;
+    qi_status st = st_meta_string(s, key, &text, err);
+    if (st != QI_OK) return st;
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: __metadata__ key '%s' is '%s', not a number",
+                       impl_of(s)->meta_file, key, text);
+    *out = v;
+    return QI_OK;
+}
+
 static void st_close(qi_source *s) {
     st_impl *im = s->impl;
     if (!im) return;
     qi_st_set_close(im->set);
     qi_scale_table_free(im->scales);
+    for (int i = 0; im->entries && i < im->n; i++) free(im->entries[i].mapped);
     free(im->entries);
     cJSON_Delete(im->meta);
     free(im);
@@ -124,6 +141,7 @@ static const qi_source_ops folder_ops = {
     .has_meta = st_has_meta,
     .meta_string = st_meta_string,
     .meta_int = st_meta_int,
+    .meta_float = st_meta_float,
     .close = st_close,
 };
 
@@ -135,15 +153,51 @@ static const qi_source_ops file_ops = {
     .has_meta = st_has_meta,
     .meta_string = st_meta_string,
     .meta_int = st_meta_int,
+    .meta_float = st_meta_float,
     .close = st_close,
 };
 
 static int set_has(const void *ctx, const char *name) { return qi_st_find(ctx, name) != NULL; }
 
+static int cmp_entries(const void *a, const void *b) {
+    return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name);
+}
+
+/* A VAE in the original Wan names (ComfyUI's file): 1 to map its names;
+ * the Wan 2.2 VAE (48 channels, another network) is refused. */
+static qi_status wan_naming(const qi_source *s, const qi_st_set *set, const char *prefix, int *wan,
+                            qi_error *err) {
+    char name[160];
+    *wan = 0;
+    if (s->component != QI_COMPONENT_VAE) return QI_OK;
+    snprintf(name, sizeof name, "%s%s", prefix, QI_WAN22_VAE_ANCHOR);
+    if (qi_st_find(set, name))
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: tensor '%s' makes this the Wan 2.2 VAE (48 latent channels), which Qwen-Image "
+                       "does not use; give Qwen-Image's VAE (ComfyUI: split_files/vae/qwen_image_vae.safetensors)",
+                       s->where, name);
+    snprintf(name, sizeof name, "%s%s", prefix, QI_WAN_VAE_ANCHOR);
+    *wan = qi_st_find(set, name) != NULL;
+    return QI_OK;
+}
+
+/* The entry of t past `plen` prefix bytes, renamed by the Wan map if `wan`. */
+static qi_status make_entry(const qi_source *s, const qi_st_tensor *t, size_t plen, int wan, st_entry *e,
+                            qi_error *err) {
+    *e = (st_entry){t->name + plen, t, NULL};
+    char mapped[256];
+    if (!wan || !qi_names_wan_vae(t->name + plen, mapped, sizeof mapped)) return QI_OK;
+    e->mapped = malloc(strlen(mapped) + 1);
+    if (!e->mapped) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
+    strcpy(e->mapped, mapped);
+    e->name = e->mapped;
+    return QI_OK;
+}
+
 /* Takes `set` into s: reads the fp8 scales, finds the component's prefix,
- * lists the tensors under the prefix but the consumed scale tensors (the
- * set's index is sorted by stored name, and stripping a prefix all of them
- * share keeps that order), parses the metadata. */
+ * lists the tensors under the prefix but the consumed scale tensors
+ * (renamed where the file uses the Wan VAE names, then sorted by mapped
+ * name), parses the metadata. */
 static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
     st_impl *im = calloc(1, sizeof *im);
     if (!im) {
@@ -161,20 +215,28 @@ static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
     if (sst != QI_OK) return sst;
     const char *prefix = qi_source_find_prefix(s->component, s->where, set_has, set, err);
     if (!prefix) return QI_ERR_FORMAT;
+    int wan = 0;
+    qi_status st = wan_naming(s, set, prefix, &wan, err);
+    if (st != QI_OK) return st;
+    snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
+    s->naming = wan ? "Wan 2.1 (ComfyUI)" : s->component == QI_COMPONENT_TEXT_ENCODER ? "transformers" : "diffusers";
     size_t plen = strlen(prefix);
     im->entries = malloc((size_t)(set->n_tensors ? set->n_tensors : 1) * sizeof *im->entries);
     if (!im->entries) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
-    for (int i = 0; i < set->n_tensors; i++) {
+    for (int i = 0; i < set->n_tensors && st == QI_OK; i++) {
         const qi_st_tensor *t = set->index[i];
         if (strncmp(t->name, prefix, plen) != 0) continue; /* another component's tensor */
         if (qi_scale_table_consumes(im->scales, t->name)) continue; /* a scale, marker or config */
-        im->entries[im->n++] = (st_entry){t->name + plen, t};
+        st = make_entry(s, t, plen, wan, &im->entries[im->n], err);
+        if (st == QI_OK) im->n++;
     }
+    if (st != QI_OK) return st;
+    if (wan) qsort(im->entries, (size_t)im->n, sizeof *im->entries, cmp_entries);
 
     const qi_st_file *first = set->n_files > 0 ? set->files[0] : NULL;
     if (first && first->metadata_json) {
         snprintf(im->meta_file, sizeof im->meta_file, "%s", first->path);
-        qi_status st = qi_json_parse(first->metadata_json, strlen(first->metadata_json), first->path,
+        st = qi_json_parse(first->metadata_json, strlen(first->metadata_json), first->path,
                                      &im->meta, err);
         if (st != QI_OK) return st;
     }

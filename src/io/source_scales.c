@@ -262,7 +262,8 @@ qi_status qi_scale_table_build(const qi_st_set *set, qi_scale_table **out, qi_er
         if (per_row) t->convention = "per-row weight_scale (LightX2V)";
         else if (!t->convention) t->convention = "per-tensor scale";
     }
-    qsort(t->side, (size_t)t->n_side, sizeof *t->side, cmp_str);
+    /* qsort with a NULL base is undefined even for zero elements (UBSan says so). */
+    if (t->n_side) qsort(t->side, (size_t)t->n_side, sizeof *t->side, cmp_str);
     *out = t;
     return QI_OK;
 }

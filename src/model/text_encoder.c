@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "base/types.h"
 #include "io/model_dir.h"
 #include "io/source.h"
 
@@ -289,18 +290,128 @@ void qi_text_encoder_free(qi_text_encoder *te) {
     free(te);
 }
 
-/* The source's config.json; a source without one (a single file) cannot be
- * configured yet: the architecture's widths are not all in its shapes. */
-static qi_status config_of_source(const qi_source *src, qi_text_encoder_config *c, qi_error *err) {
+/* ---- config without a config.json -------------------------------------------- */
+
+/* Checks the derived head layout as parse_config checks a file's. */
+static qi_status check_heads(const char *what, qi_text_encoder_config *c, qi_error *err) {
+    if (c->num_heads <= 0 || c->num_kv_heads <= 0 || c->hidden_size % c->num_heads != 0 ||
+        c->num_heads % c->num_kv_heads != 0 || (c->hidden_size / c->num_heads) % 2 != 0)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: %d heads, %d KV heads for width %d: expected the width a multiple of the heads "
+                       "(even head dim) and the heads a multiple of the KV heads",
+                       what, c->num_heads, c->num_kv_heads, c->hidden_size);
+    c->head_dim = c->hidden_size / c->num_heads;
+    return QI_OK;
+}
+
+/* A positive GGUF integer `qwen2vl.<key>` into *out. */
+static qi_status gguf_int(const qi_source *src, const char *key, int *out, qi_error *err) {
+    char full[96];
+    snprintf(full, sizeof full, "qwen2vl.%s", key);
+    int64_t v;
+    qi_status st = qi_source_meta_int(src, full, &v, err);
+    if (st != QI_OK) return st;
+    if (v <= 0 || v > (1 << 30))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: metadata '%s' = %lld is out of range", qi_source_path(src), full,
+                       (long long)v);
+    *out = (int)v;
+    return QI_OK;
+}
+
+/* The shortest decimal of a float value, as a double. */
+static double float_decimal(double v) {
+    char text[32];
+    snprintf(text, sizeof text, "%.7g", (double)(float)v);
+    return strtod(text, NULL);
+}
+
+/* A llama.cpp `qwen2vl` GGUF: the hyperparameters are its metadata keys;
+ * the vocabulary is the embedding table's rows (llama.cpp pads the
+ * tokenizer's list to them, so either gives the same count). */
+static qi_status config_of_gguf(const qi_source *src, qi_text_encoder_config *c, qi_error *err) {
+    const char *path = qi_source_path(src);
+    qi_status st;
+    if ((st = gguf_int(src, "block_count", &c->num_layers, err)) ||
+        (st = gguf_int(src, "embedding_length", &c->hidden_size, err)) ||
+        (st = gguf_int(src, "feed_forward_length", &c->intermediate_size, err)) ||
+        (st = gguf_int(src, "attention.head_count", &c->num_heads, err)) ||
+        (st = gguf_int(src, "attention.head_count_kv", &c->num_kv_heads, err)) ||
+        (st = qi_source_meta_float(src, "qwen2vl.attention.layer_norm_rms_epsilon", &c->rms_norm_eps, err)) ||
+        (st = qi_source_meta_float(src, "qwen2vl.rope.freq_base", &c->rope_theta, err)))
+        return st;
+    /* The converter wrote the config's decimal numbers as F32: read back at
+     * float precision (1e-06, not 9.99999997e-07), as config.json says them. */
+    c->rms_norm_eps = float_decimal(c->rms_norm_eps);
+    c->rope_theta = float_decimal(c->rope_theta);
+    if (!(c->rms_norm_eps > 0 && c->rms_norm_eps < 1) || !(c->rope_theta > 1))
+        return qi_fail(err, QI_ERR_FORMAT, "%s: rms epsilon %g / rope freq_base %g out of range", path,
+                       c->rms_norm_eps, c->rope_theta);
+    qi_source_tensor t;
+    if (!qi_source_find(src, "model.embed_tokens.weight", &t) || t.ndim != 2)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: no 2-D tensor 'token_embd.weight' (the embedding table)", path);
+    c->vocab_size = (int)t.shape[0];
+    return check_heads(path, c, err);
+}
+
+/* The layer count of a transformers-named checkpoint: layers 0 … n−1 all
+ * present (their input norms). */
+static int count_layers(const qi_source *src, const char *prefix) {
+    int n = 0;
+    for (;; n++) {
+        char name[160];
+        qi_source_tensor t;
+        snprintf(name, sizeof name, "%slayers.%d.input_layernorm.weight", prefix, n);
+        if (!qi_source_find(src, name, &t)) return n;
+    }
+}
+
+/* A single safetensors file without config.json (ComfyUI's
+ * qwen_2.5_vl_7b*.safetensors): widths from the shapes; the head width and
+ * the two constants are Qwen2.5-VL's, the same in every released size
+ * (3B, 7B, 32B, 72B: head dim 128, RMS eps 1e-6, RoPE base 1e6). A model of
+ * another head width (the tiny test model) needs its config.json. */
+static qi_status config_of_shapes(const qi_source *src, const char *prefix, qi_text_encoder_config *c,
+                                  qi_error *err) {
+    const char *path = qi_source_path(src);
+    char name[160];
+    qi_source_tensor emb, gate, k;
+    snprintf(name, sizeof name, "%sembed_tokens.weight", prefix);
+    int ok = qi_source_find(src, name, &emb) && emb.ndim == 2;
+    snprintf(name, sizeof name, "%slayers.0.mlp.gate_proj.weight", prefix);
+    ok = ok && qi_source_find(src, name, &gate) && gate.ndim == 2;
+    snprintf(name, sizeof name, "%slayers.0.self_attn.k_proj.weight", prefix);
+    ok = ok && qi_source_find(src, name, &k) && k.ndim == 2;
+    if (!ok)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: no config.json and no '%sembed_tokens.weight', 'layers.0.mlp.gate_proj.weight' and "
+                       "'layers.0.self_attn.k_proj.weight' to derive one from (is this a Qwen2.5-VL text encoder?)",
+                       path, prefix);
+    enum { HEAD_DIM = 128 };
+    c->vocab_size = (int)emb.shape[0];
+    c->hidden_size = (int)emb.shape[1];
+    c->intermediate_size = (int)gate.shape[0];
+    c->num_layers = count_layers(src, prefix);
+    if (c->hidden_size % HEAD_DIM != 0 || k.shape[0] % HEAD_DIM != 0 || c->num_layers == 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: width %d, KV width %lld: not a released Qwen2.5-VL size (head dim 128), so the head "
+                       "count cannot be derived; give the model's text_encoder/config.json with the file",
+                       path, c->hidden_size, (long long)k.shape[0]);
+    c->num_heads = c->hidden_size / HEAD_DIM;
+    c->num_kv_heads = (int)(k.shape[0] / HEAD_DIM);
+    c->rms_norm_eps = 1e-6;
+    c->rope_theta = 1e6;
+    return check_heads(path, c, err);
+}
+
+/* The source's config.json; else a GGUF's metadata; else the shapes. */
+static qi_status config_of_source(const qi_source *src, const char *prefix, qi_text_encoder_config *c,
+                                  qi_error *err) {
     memset(c, 0, sizeof *c);
     const char *path;
     const cJSON *root = qi_source_config(src, &path);
-    if (!root)
-        return qi_fail(err, QI_ERR_UNSUPPORTED,
-                       "%s: a text encoder without a config.json is not supported yet; use a "
-                       "diffusers text_encoder folder (or give its config.json with the file)",
-                       qi_source_path(src));
-    return parse_config(root, path, c, err);
+    if (root) return parse_config(root, path, c, err);
+    if (qi_source_gguf(src)) return config_of_gguf(src, c, err);
+    return config_of_shapes(src, prefix, c, err);
 }
 
 qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_encoder **out,
@@ -311,9 +422,9 @@ qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_enc
     if (!te) return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
     te->be = be;
     te->src = src;
-    qi_status st = config_of_source(src, &te->cfg, err);
     const char *prefix = NULL;
-    if (st == QI_OK) st = find_name_prefix(src, &prefix, err);
+    qi_status st = find_name_prefix(src, &prefix, err);
+    if (st == QI_OK) st = config_of_source(src, prefix, &te->cfg, err);
     if (st == QI_OK) {
         te->layers = calloc((size_t)te->cfg.num_layers, sizeof *te->layers);
         if (!te->layers) st = qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");

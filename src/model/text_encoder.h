@@ -53,14 +53,18 @@ qi_status qi_text_encoder_read_config(const char *config_path, qi_text_encoder_c
 
 typedef struct qi_text_encoder qi_text_encoder;
 
-/* Loads the text encoder of `src` (a QI_COMPONENT_TEXT_ENCODER source, e.g.
- * a diffusers text_encoder folder: config.json + model*.safetensors, sharded
- * or not; a source without a config.json is QI_ERR_UNSUPPORTED for now).
+/* Loads the text encoder of `src` (a QI_COMPONENT_TEXT_ENCODER source): a
+ * diffusers text_encoder folder (config.json + model*.safetensors, sharded
+ * or not), a single safetensors file (ComfyUI's qwen_2.5_vl_7b*.safetensors)
+ * or a llama.cpp `qwen2vl` GGUF. The config comes from config.json where the
+ * source has one; else from a GGUF's `qwen2vl.*` metadata; else from the
+ * tensor shapes with Qwen2.5-VL's head dim 128, RMS eps 1e-6 and RoPE base
+ * 1e6 (a width that is not a multiple of 128 asks for config.json).
  * Accepts both weight layouts: `model.layers.N.*` (as Qwen-Image ships) and
  * `model.language_model.layers.N.*` (newer transformers). Every tensor's
  * shape is checked against the config. Weights are handed to `be`
- * (zero-copy on the CPU: `src` must stay open until qi_text_encoder_free);
- * `be` must outlive the encoder. */
+ * (zero-copy on the CPU: `src` must stay open until qi_text_encoder_free;
+ * GGUF block types stay in their type). `be` must outlive the encoder. */
 qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_encoder **out,
                                qi_error *err);
 void qi_text_encoder_free(qi_text_encoder *te);

@@ -24,6 +24,8 @@
 
 #include "model/tokenizer.h"
 
+#include "io/gguf.h"
+
 /* ---- the pre-tokenizer pattern (spec §1.6, verbatim but for \s) -----------
  *
  * PCRE2's \s also matches U+180E (MONGOLIAN VOWEL SEPARATOR), which is not
@@ -330,6 +332,30 @@ static void merge_insert(qi_tokenizer *t, int32_t left, int32_t right, int32_t r
     t->merges[i] = (merge_slot){pair, rank, merged};
 }
 
+/* One rule "left right" (n bytes at line, not terminated) of rank `rank`;
+ * `joined` has room for n bytes. `path` and `line_no` name it in errors. */
+static qi_status merge_rule(qi_tokenizer *t, const char *line, size_t n, char *joined, const char *path,
+                            const char *vocab_name, size_t line_no, int32_t rank, qi_error *err) {
+    const char *space = memchr(line, ' ', n);
+    if (!space || space == line || space == line + n - 1 || memchr(space + 1, ' ', (size_t)(line + n - space - 1)))
+        return qi_fail(err, QI_ERR_FORMAT, "%s line %zu: expected two symbols separated by one space, got \"%.*s\"",
+                       path, line_no, (int)(n < 80 ? n : 80), line);
+    size_t left_len = (size_t)(space - line), right_len = n - left_len - 1;
+    int32_t left = vocab_find(t, line, left_len);
+    int32_t right = vocab_find(t, space + 1, right_len);
+    memcpy(joined, line, left_len);
+    memcpy(joined + left_len, space + 1, right_len);
+    int32_t merged = vocab_find(t, joined, left_len + right_len);
+    if (left < 0 || right < 0 || merged < 0) {
+        const char *missing = left < 0 ? line : right < 0 ? space + 1 : joined;
+        int missing_len = (int)(left < 0 ? left_len : right < 0 ? right_len : left_len + right_len);
+        return qi_fail(err, QI_ERR_FORMAT, "%s line %zu: symbol \"%.*s\" is not in %s (are these the merges of that "
+                       "vocabulary?)", path, line_no, missing_len < 80 ? missing_len : 80, missing, vocab_name);
+    }
+    merge_insert(t, left, right, rank, merged);
+    return QI_OK;
+}
+
 /* merges.txt: optional "#version" first line, then "left right" per line.
  * Lines may end in LF or CRLF; blank lines are skipped. Rank = index of the
  * rule among the rule lines. */
@@ -368,26 +394,7 @@ static qi_status load_merges(qi_tokenizer *t, const char *dir, qi_error *err) {
             line = next;
             continue;
         }
-        char *space = memchr(line, ' ', n);
-        if (!space || space == line || space == line + n - 1 || memchr(space + 1, ' ', (size_t)(line + n - space - 1))) {
-            st = qi_fail(err, QI_ERR_FORMAT, "%s line %zu: expected two symbols separated by one space, got \"%.*s\"",
-                         path, line_no, (int)(n < 80 ? n : 80), line);
-            break;
-        }
-        size_t left_len = (size_t)(space - line), right_len = n - left_len - 1;
-        int32_t left = vocab_find(t, line, left_len);
-        int32_t right = vocab_find(t, space + 1, right_len);
-        memcpy(joined, line, left_len);
-        memcpy(joined + left_len, space + 1, right_len);
-        int32_t merged = vocab_find(t, joined, left_len + right_len);
-        if (left < 0 || right < 0 || merged < 0) {
-            const char *missing = left < 0 ? line : right < 0 ? space + 1 : joined;
-            int missing_len = (int)(left < 0 ? left_len : right < 0 ? right_len : left_len + right_len);
-            st = qi_fail(err, QI_ERR_FORMAT, "%s line %zu: symbol \"%.*s\" is not in vocab.json (is this the merges.txt of that vocab?)",
-                         path, line_no, missing_len < 80 ? missing_len : 80, missing);
-            break;
-        }
-        merge_insert(t, left, right, rank++, merged);
+        st = merge_rule(t, line, n, joined, path, "vocab.json", line_no, rank++, err);
         line = next;
     }
     free(text);
@@ -531,6 +538,19 @@ static qi_status compile_pretokenizer(qi_tokenizer *t, qi_error *err) {
     return QI_OK;
 }
 
+/* The vocab id of each byte's symbol: every byte-level BPE vocabulary has all 256. */
+static qi_status find_byte_symbols(qi_tokenizer *t, const char *where, qi_error *err) {
+    for (unsigned b = 0; b < 256; b++) {
+        char sym[4];
+        size_t n = utf8_encode(byte_symbol(b), sym);
+        t->byte_id[b] = vocab_find(t, sym, n);
+        if (t->byte_id[b] < 0)
+            return qi_fail(err, QI_ERR_FORMAT, "%s: the byte symbol \"%.*s\" of byte 0x%02X is missing from the "
+                           "vocabulary (not a byte-level BPE vocabulary?)", where, (int)n, sym, b);
+    }
+    return QI_OK;
+}
+
 qi_status qi_tokenizer_load(const char *tokenizer_dir, qi_tokenizer **out, qi_error *err) {
     if (!out) return qi_fail(err, QI_ERR_ARG, "qi_tokenizer_load: out is NULL");
     *out = NULL;
@@ -543,14 +563,7 @@ qi_status qi_tokenizer_load(const char *tokenizer_dir, qi_tokenizer **out, qi_er
 
     qi_status st = load_vocab(t, tokenizer_dir, err);
     if (st == QI_OK) st = load_merges(t, tokenizer_dir, err);
-    for (unsigned b = 0; b < 256 && st == QI_OK; b++) {
-        char sym[4];
-        size_t n = utf8_encode(byte_symbol(b), sym);
-        t->byte_id[b] = vocab_find(t, sym, n);
-        if (t->byte_id[b] < 0)
-            st = qi_fail(err, QI_ERR_FORMAT, "%s/vocab.json: the byte symbol \"%.*s\" of byte 0x%02X is missing "
-                         "(not a byte-level BPE vocabulary?)", tokenizer_dir, (int)n, sym, b);
-    }
+    if (st == QI_OK) st = find_byte_symbols(t, tokenizer_dir, err);
     if (st == QI_OK) st = load_specials_and_pad(t, tokenizer_dir, err);
     if (st == QI_OK) st = compile_pretokenizer(t, err);
     if (st != QI_OK) {
@@ -559,6 +572,157 @@ qi_status qi_tokenizer_load(const char *tokenizer_dir, qi_tokenizer **out, qi_er
     }
     *out = t;
     return QI_OK;
+}
+
+/* ---- from a GGUF file's metadata (llama.cpp `gpt2` tokenizer) ------------------------------ */
+
+/* llama.cpp token types (tokenizer.ggml.token_type). */
+enum { GGUF_TOKEN_NORMAL = 1, GGUF_TOKEN_UNKNOWN = 2, GGUF_TOKEN_CONTROL = 3, GGUF_TOKEN_USER = 4,
+       GGUF_TOKEN_UNUSED = 5, GGUF_TOKEN_BYTE = 6 };
+
+/* A byte-level BPE with the Qwen2 pre-tokenizer is what this file builds;
+ * another model or pre-tokenizer would give other ids, so it is refused. */
+static qi_status gguf_check_kind(const qi_gguf_file *f, qi_error *err) {
+    const char *model, *pre;
+    size_t model_len, pre_len;
+    qi_status st = qi_gguf_get_string(f, "tokenizer.ggml.model", &model, &model_len, err);
+    if (st == QI_OK) st = qi_gguf_get_string(f, "tokenizer.ggml.pre", &pre, &pre_len, err);
+    if (st != QI_OK) return st;
+    if (model_len != 4 || memcmp(model, "gpt2", 4) != 0 || pre_len != 5 || memcmp(pre, "qwen2", 5) != 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: tokenizer.ggml.model '%.*s' with pre-tokenizer '%.*s'; only Qwen2's byte-level BPE "
+                       "('gpt2' + 'qwen2') is implemented", qi_gguf_path(f), (int)(model_len < 32 ? model_len : 32),
+                       model, (int)(pre_len < 32 ? pre_len : 32), pre);
+    return QI_OK;
+}
+
+/* tokenizer.ggml.tokens + token_type: normal tokens form the vocabulary,
+ * control / user-defined ones are the added tokens (matched on the raw
+ * text, as added_tokens.json's), unused ones (llama.cpp's [PAD…] fill up to
+ * the embedding rows) are left out, as the folder tokenizer has no id for
+ * them either. */
+static qi_status gguf_vocab(qi_tokenizer *t, const qi_gguf_file *f, qi_error *err) {
+    qi_gguf_array tokens, types;
+    qi_status st = qi_gguf_get_array(f, "tokenizer.ggml.tokens", &tokens, err);
+    if (st == QI_OK) st = qi_gguf_get_array(f, "tokenizer.ggml.token_type", &types, err);
+    if (st != QI_OK) return st;
+    if (types.count != tokens.count || tokens.count == 0 || tokens.count >= MAX_TOKEN_ID)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: %llu tokens but %llu token types (expected as many, in [1, %d))",
+                       qi_gguf_path(f), (unsigned long long)tokens.count, (unsigned long long)types.count,
+                       MAX_TOKEN_ID);
+    t->vocab_mask = table_size_for((size_t)tokens.count) - 1;
+    t->vocab = malloc(((size_t)t->vocab_mask + 1) * sizeof *t->vocab);
+    t->n_id_table = (int32_t)tokens.count;
+    t->id_to_offset = malloc(((size_t)t->n_id_table + 1) * sizeof *t->id_to_offset);
+    if (!t->vocab || !t->id_to_offset)
+        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory for %llu tokens", qi_gguf_path(f),
+                       (unsigned long long)tokens.count);
+    for (uint32_t i = 0; i <= t->vocab_mask; i++) t->vocab[i].id = -1;
+    for (int32_t i = 0; i < t->n_id_table; i++) t->id_to_offset[i] = UINT32_MAX;
+    char special[256];
+    for (uint64_t i = 0; i < tokens.count && st == QI_OK; i++) {
+        const char *text;
+        size_t len;
+        int64_t type;
+        if ((st = qi_gguf_array_string(&tokens, i, &text, &len, err)) ||
+            (st = qi_gguf_array_int(&types, i, &type, err)))
+            break;
+        if (type == GGUF_TOKEN_NORMAL || type == GGUF_TOKEN_BYTE) {
+            st = vocab_insert(t, text, len, (int32_t)i, err);
+        } else if (type == GGUF_TOKEN_CONTROL || type == GGUF_TOKEN_USER) {
+            if (len >= sizeof special || memchr(text, 0, len))
+                st = qi_fail(err, QI_ERR_FORMAT, "%s: added token %llu is longer than %zu bytes or holds a NUL",
+                             qi_gguf_path(f), (unsigned long long)i, sizeof special - 1);
+            else {
+                memcpy(special, text, len);
+                special[len] = 0;
+                st = add_special(t, special, (int32_t)i, false, false, qi_gguf_path(f), err);
+            }
+        }
+    }
+    if (st == QI_OK && t->n_vocab == 0)
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: tokenizer.ggml.tokens has no normal token", qi_gguf_path(f));
+    return st;
+}
+
+/* tokenizer.ggml.merges: "left right" strings, rank = index (merges.txt's lines). */
+static qi_status gguf_merges(qi_tokenizer *t, const qi_gguf_file *f, qi_error *err) {
+    qi_gguf_array merges;
+    qi_status st = qi_gguf_get_array(f, "tokenizer.ggml.merges", &merges, err);
+    if (st != QI_OK) return st;
+    if (merges.count >= MAX_TOKEN_ID)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: %llu merges (at most %d)", qi_gguf_path(f),
+                       (unsigned long long)merges.count, MAX_TOKEN_ID);
+    t->merge_mask = table_size_for((size_t)merges.count + 1) - 1;
+    t->merges = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merges);
+    char *joined = NULL;
+    size_t joined_cap = 0;
+    if (!t->merges) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory for merges", qi_gguf_path(f));
+    for (uint32_t i = 0; i <= t->merge_mask; i++) t->merges[i].rank = -1;
+    char where[4200];
+    snprintf(where, sizeof where, "%s: tokenizer.ggml.merges", qi_gguf_path(f));
+    for (uint64_t i = 0; i < merges.count && st == QI_OK; i++) {
+        const char *rule;
+        size_t len;
+        if ((st = qi_gguf_array_string(&merges, i, &rule, &len, err))) break;
+        if (len + 1 > joined_cap) {
+            char *grown = realloc(joined, 2 * len + 1);
+            if (!grown) {
+                st = qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", where);
+                break;
+            }
+            joined = grown;
+            joined_cap = 2 * len + 1;
+        }
+        st = merge_rule(t, rule, len, joined, where, "tokenizer.ggml.tokens", (size_t)i, (int32_t)i, err);
+    }
+    free(joined);
+    return st;
+}
+
+/* The padding id: tokenizer.ggml.padding_token_id, else "<|endoftext|>" as
+ * for a folder without a pad_token. */
+static qi_status gguf_pad(qi_tokenizer *t, const qi_gguf_file *f, qi_error *err) {
+    if (qi_gguf_has_key(f, "tokenizer.ggml.padding_token_id")) {
+        int64_t id;
+        qi_status st = qi_gguf_get_int(f, "tokenizer.ggml.padding_token_id", &id, err);
+        if (st != QI_OK) return st;
+        if (id < 0 || id >= t->n_id_table)
+            return qi_fail(err, QI_ERR_FORMAT, "%s: tokenizer.ggml.padding_token_id %lld is not a token",
+                           qi_gguf_path(f), (long long)id);
+        t->pad_id = (int32_t)id;
+        return QI_OK;
+    }
+    t->pad_id = special_id(t, "<|endoftext|>");
+    return QI_OK;
+}
+
+qi_status qi_tokenizer_load_gguf(const qi_gguf_file *f, qi_tokenizer **out, qi_error *err) {
+    if (!out) return qi_fail(err, QI_ERR_ARG, "qi_tokenizer_load_gguf: out is NULL");
+    *out = NULL;
+    if (!f) return qi_fail(err, QI_ERR_ARG, "qi_tokenizer_load_gguf: no file");
+    qi_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return qi_fail(err, QI_ERR_NOMEM, "tokenizer: out of memory");
+    t->pad_id = -1;
+    qi_status st = gguf_check_kind(f, err);
+    if (st == QI_OK) st = gguf_vocab(t, f, err);
+    if (st == QI_OK) st = gguf_merges(t, f, err);
+    if (st == QI_OK) st = find_byte_symbols(t, qi_gguf_path(f), err);
+    if (st == QI_OK && t->n_specials == 0)
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: no control tokens in tokenizer.ggml.token_type (the special tokens)",
+                     qi_gguf_path(f));
+    if (st == QI_OK) st = gguf_pad(t, f, err);
+    if (st == QI_OK) st = compile_pretokenizer(t, err);
+    if (st != QI_OK) {
+        qi_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return QI_OK;
+}
+
+int qi_tokenizer_gguf_has(const qi_gguf_file *f) {
+    return f && qi_gguf_has_key(f, "tokenizer.ggml.tokens") && qi_gguf_has_key(f, "tokenizer.ggml.merges");
 }
 
 void qi_tokenizer_free(qi_tokenizer *t) {

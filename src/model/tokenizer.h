@@ -31,6 +31,16 @@ typedef struct qi_tokenizer qi_tokenizer;
 qi_status qi_tokenizer_load(const char *tokenizer_dir, qi_tokenizer **out, qi_error *err);
 void qi_tokenizer_free(qi_tokenizer *t);
 
+/* The same tokenizer from a llama.cpp GGUF's metadata (a `qwen2vl` text
+ * encoder file): tokenizer.ggml.model 'gpt2' with pre 'qwen2', tokens +
+ * token_type (normal → vocabulary, control / user-defined → added tokens,
+ * unused [PAD…] fill → no id), merges ("left right", rank = index),
+ * padding_token_id. Gives the ids the folder tokenizer gives. */
+struct qi_gguf_file;
+qi_status qi_tokenizer_load_gguf(const struct qi_gguf_file *f, qi_tokenizer **out, qi_error *err);
+/* 1 if f carries a tokenizer (tokens and merges). */
+int qi_tokenizer_gguf_has(const struct qi_gguf_file *f);
+
 /* Encodes NUL-terminated UTF-8 text. *ids is malloc'ed (never NULL on
  * success, even for 0 ids); the caller frees it. Invalid UTF-8 is QI_ERR_ARG
  * with the byte offset of the first bad byte in the message. */

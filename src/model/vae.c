@@ -391,6 +391,57 @@ qi_vae_tiling qi_vae_tiling_default(void) {
                            .max_untiled_bytes = (size_t)4 << 30};
 }
 
+/* The config of a VAE file that has none (ComfyUI's qwen_image_vae.safetensors):
+ * Qwen-Image's VAE architecture (spec A.2: dim_mult [1, 2, 4, 4], 2 residual
+ * blocks, temporal downsampling [false, true, true], Wan 2.1's latent
+ * statistics, which Qwen-Image's config repeats) with the widths read from
+ * the shapes: z_dim from post_quant_conv, base_dim from the decoder's output
+ * norm (base · dim_mult[0]). Every weight's shape is then checked against it
+ * by bind_decoder, so another network fails there naming the tensor. */
+static qi_status config_of_shapes(const qi_source *src, cJSON **out, qi_error *err) {
+    static const double mean[16] = {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                                    0.4134,  -0.0715, 0.5517,  -0.3632, -0.1922, -0.9497, 0.2503, -0.2921};
+    static const double std[16] = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                                   3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160};
+    static const int dim_mult[4] = {1, 2, 4, 4};
+    *out = NULL;
+    qi_source_tensor pq, norm;
+    if (!qi_source_find(src, "post_quant_conv.weight", &pq) || !qi_source_find(src, "decoder.norm_out.gamma", &norm) ||
+        pq.ndim < 1 || norm.ndim < 1)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "%s: no config.json and no 'post_quant_conv.weight' / 'decoder.norm_out.gamma' (Wan names "
+                       "'conv2.weight' / 'decoder.head.0.gamma') to derive one from: is this a Qwen-Image VAE?",
+                       qi_source_path(src));
+    if (pq.shape[0] != 16)
+        return qi_fail(err, QI_ERR_UNSUPPORTED,
+                       "%s: %lld latent channels; Qwen-Image's VAE has 16 (the Wan 2.2 VAE, 48, is another network)",
+                       qi_source_path(src), (long long)pq.shape[0]);
+    cJSON *j = cJSON_CreateObject();
+    cJSON *temporal = cJSON_CreateArray();
+    int ok = j && temporal;
+    if (ok) {
+        cJSON_AddNumberToObject(j, "base_dim", (double)norm.shape[0]);
+        cJSON_AddNumberToObject(j, "z_dim", (double)pq.shape[0]);
+        cJSON_AddItemToObject(j, "dim_mult", cJSON_CreateIntArray(dim_mult, 4));
+        cJSON_AddNumberToObject(j, "num_res_blocks", 2);
+        cJSON_AddItemToObject(j, "attn_scales", cJSON_CreateArray());
+        cJSON_AddItemToArray(temporal, cJSON_CreateFalse());
+        cJSON_AddItemToArray(temporal, cJSON_CreateTrue());
+        cJSON_AddItemToArray(temporal, cJSON_CreateTrue());
+        cJSON_AddItemToObject(j, "temperal_downsample", temporal);
+        cJSON_AddItemToObject(j, "latents_mean", cJSON_CreateDoubleArray(mean, 16));
+        cJSON_AddItemToObject(j, "latents_std", cJSON_CreateDoubleArray(std, 16));
+    } else {
+        cJSON_Delete(temporal);
+    }
+    if (!ok) {
+        cJSON_Delete(j);
+        return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory");
+    }
+    *out = j;
+    return QI_OK;
+}
+
 qi_status qi_vae_load(const qi_source *src, qi_backend *be, qi_vae **out, qi_error *err) {
     *out = NULL;
     if (!src || !be) return qi_fail(err, QI_ERR_ARG, "qi_vae_load: NULL argument");
@@ -403,14 +454,16 @@ qi_status qi_vae_load(const qi_source *src, qi_backend *be, qi_vae **out, qi_err
     qi_status st;
     const char *path;
     const cJSON *cfg = qi_source_config(src, &path);
+    cJSON *derived = NULL;
     if (!cfg) {
-        /* the Wan-named ComfyUI VAE file comes with the next formats */
-        st = qi_fail(err, QI_ERR_UNSUPPORTED,
-                     "%s: a VAE without a config.json is not supported yet; use a diffusers vae "
-                     "folder (or give its config.json with the file)", qi_source_path(src));
-        goto fail;
+        /* a single file (ComfyUI's, Wan names mapped by the source): no config */
+        if ((st = config_of_shapes(src, &derived, err))) goto fail;
+        cfg = derived;
+        path = qi_source_path(src);
     }
-    if ((st = read_config(v, cfg, path, err))) goto fail;
+    st = read_config(v, cfg, path, err);
+    cJSON_Delete(derived);
+    if (st) goto fail;
     if ((st = bind_decoder(v, err))) goto fail; /* errors name the file and the tensor */
     *out = v;
     return QI_OK;
