@@ -16,6 +16,7 @@
 #include <math.h>
 
 #include "base/types.h"
+#include "base/blocks.h"
 #include "io/safetensors.h"
 #include "test.h"
 #include "testdata.h"
@@ -239,7 +240,26 @@ static void test_element_converters(void) {
     CHECK(qi_to_f32(two, halves, QI_F16, 2) == 0 && two[0] == 1.0f && two[1] == -1.0f);
 }
 
+/* blocks.h (the formulas the CUDA backend compiles too) decodes every half
+ * and every float8 byte exactly as the host converters do, bit for bit. */
+static void test_shared_scalar_decoders_match_the_host_ones(void) {
+    int bad = 0;
+    for (unsigned h = 0; h < 65536; h++) {
+        uint8_t p[2] = {(uint8_t)(h & 255), (uint8_t)(h >> 8)};
+        float a = qb_half(p), b = qi_f16_to_f32((uint16_t)h);
+        bad += memcmp(&a, &b, 4) != 0 && !(isnan(a) && isnan(b));
+    }
+    for (unsigned v = 0; v < 256; v++) {
+        float a = qb_f8e4m3((uint8_t)v), b = qi_f8e4m3_to_f32((uint8_t)v);
+        float c = qb_f8e5m2((uint8_t)v), d = qi_f8e5m2_to_f32((uint8_t)v);
+        bad += memcmp(&a, &b, 4) != 0 && !(isnan(a) && isnan(b));
+        bad += memcmp(&c, &d, 4) != 0 && !(isnan(c) && isnan(d));
+    }
+    CHECK(bad == 0);
+}
+
 int main(void) {
+    RUN(test_shared_scalar_decoders_match_the_host_ones);
     RUN(test_table_is_consistent);
     RUN(test_traits_agree_with_the_fixture);
     RUN(test_every_block_type_dequantises_bit_exactly);

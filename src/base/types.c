@@ -2,16 +2,13 @@
  * types.c — the type-traits table, element conversions (f16, bf16, f8) and
  * the dequantisation of every GGUF block type.
  *
- * Block layouts and formulas: spec vae-and-formats.md §B.7.2. Each formula is
- * evaluated in float32 in the order written there, one rounding per
- * operation; this file is compiled with -ffp-contract=off so no multiply-add
- * is fused (a fused `d·q − m` rounds once and differs in the last bit).
- * Integers (quant values, 6-bit scales) convert to float exactly.
- *
- * Blocks are read byte by byte: a block of 18 or 210 bytes is not aligned
- * for its f16 fields, and the mapping behind it may be anywhere.
+ * The block formulas live in blocks.h (shared with the CUDA backend); this
+ * file is compiled with -ffp-contract=off so no multiply-add is fused there
+ * (a fused `d·q − m` rounds once and differs in the last bit).
  */
 #include "base/types.h"
+
+#include "base/blocks.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -88,192 +85,27 @@ static void f8e5m2_row(const void *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = qi_f8e5m2_to_f32(s[i]);
 }
 
-/* ---- 32-element blocks --------------------------------------------------- */
+/* ---- block types ---------------------------------------------------------- */
 
-/* Q8_0, 34 bytes: d f16, qs i8[32].  y[i] = d · qs[i] */
-static void q8_0_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 32; k++, b += 34, dst += 32) {
-        float d = half_at(b);
-        for (int i = 0; i < 32; i++) dst[i] = d * (float)(int8_t)b[2 + i];
+/* A row of whole blocks through the per-element formulas of blocks.h, which
+ * the CUDA backend compiles too: one implementation of each type. */
+#define BLOCK_ROW(fn, elems, bytes, value)                                   \
+    static void fn(const void *src, float *dst, int64_t n) {                 \
+        const uint8_t *b = src;                                              \
+        for (int64_t k = 0; k < n / (elems); k++, b += (bytes), dst += (elems)) \
+            for (int i = 0; i < (elems); i++) dst[i] = value(b, i);          \
     }
-}
 
-/* Q4_0, 18 bytes: d f16, qs u8[16].  y[j] = (lo − 8) · d, y[j+16] = (hi − 8) · d */
-static void q4_0_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 32; k++, b += 18, dst += 32) {
-        float d = half_at(b);
-        const uint8_t *qs = b + 2;
-        for (int j = 0; j < 16; j++) {
-            dst[j] = (float)((qs[j] & 15) - 8) * d;
-            dst[j + 16] = (float)((qs[j] >> 4) - 8) * d;
-        }
-    }
-}
-
-/* Q4_1, 20 bytes: d f16, m f16, qs u8[16].  y = q · d + m */
-static void q4_1_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 32; k++, b += 20, dst += 32) {
-        float d = half_at(b), m = half_at(b + 2);
-        const uint8_t *qs = b + 4;
-        for (int j = 0; j < 16; j++) {
-            dst[j] = (float)(qs[j] & 15) * d + m;
-            dst[j + 16] = (float)(qs[j] >> 4) * d + m;
-        }
-    }
-}
-
-/* The 32 five-bit values of a Q5 block: low nibbles of qs, fifth bit from
- * the little-endian u32 qh (bit j for element j). */
-static void q5_values(const uint8_t *qh4, const uint8_t *qs, int q[32]) {
-    uint32_t qh = (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 |
-                  (uint32_t)qh4[3] << 24;
-    for (int j = 0; j < 16; j++) {
-        q[j] = (qs[j] & 15) | (int)((qh >> j) & 1) << 4;
-        q[j + 16] = (qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4;
-    }
-}
-
-/* Q5_0, 22 bytes: d f16, qh u8[4], qs u8[16].  y = (q − 16) · d */
-static void q5_0_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 32; k++, b += 22, dst += 32) {
-        float d = half_at(b);
-        int q[32];
-        q5_values(b + 2, b + 6, q);
-        for (int i = 0; i < 32; i++) dst[i] = (float)(q[i] - 16) * d;
-    }
-}
-
-/* Q5_1, 24 bytes: d f16, m f16, qh u8[4], qs u8[16].  y = q · d + m */
-static void q5_1_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 32; k++, b += 24, dst += 32) {
-        float d = half_at(b), m = half_at(b + 2);
-        int q[32];
-        q5_values(b + 4, b + 8, q);
-        for (int i = 0; i < 32; i++) dst[i] = (float)q[i] * d + m;
-    }
-}
-
-/* ---- 256-element K blocks ------------------------------------------------- */
-
-/* Q2_K, 84 bytes: scales u8[16], qs u8[64], d f16, dmin f16.
- * i = 128h + 32g + 16s + l; sc = scales[8h + 2g + s];
- * q = (qs[32h + 16s + l] >> 2g) & 3;  y = (d · (sc & 15)) · q − dmin · (sc >> 4) */
-static void q2_k_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 256; k++, b += 84, dst += 256) {
-        const uint8_t *scales = b, *qs = b + 16;
-        float d = half_at(b + 80), dmin = half_at(b + 82);
-        for (int h = 0; h < 2; h++)
-            for (int g = 0; g < 4; g++)
-                for (int s = 0; s < 2; s++) {
-                    int sc = scales[8 * h + 2 * g + s];
-                    float dl = d * (float)(sc & 15), ml = dmin * (float)(sc >> 4);
-                    float *y = dst + 128 * h + 32 * g + 16 * s;
-                    for (int l = 0; l < 16; l++)
-                        y[l] = dl * (float)((qs[32 * h + 16 * s + l] >> (2 * g)) & 3) - ml;
-                }
-    }
-}
-
-/* Q3_K's 16 signed six-bit scales from its 12 packed bytes. */
-static void q3_k_scales(const uint8_t *scales, int out[16]) {
-    for (int k = 0; k < 16; k++) {
-        int lo = k < 8 ? scales[k] & 15 : scales[k - 8] >> 4;
-        int hi = (scales[8 + (k % 4)] >> (2 * (k / 4))) & 3;
-        out[k] = (lo | hi << 4) - 32;
-    }
-}
-
-/* Q3_K, 110 bytes: hmask u8[32], qs u8[64], scales u8[12], d f16.
- * i = 128h + 32g + 16s + l, t = 16s + l;
- * q = ((qs[32h + t] >> 2g) & 3) − (hmask bit (4h + g) of byte t ? 0 : 4);
- * y = (d · S[8h + 2g + s]) · q */
-static void q3_k_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t k = 0; k < n / 256; k++, b += 110, dst += 256) {
-        const uint8_t *hmask = b, *qs = b + 32;
-        float d = half_at(b + 108);
-        int S[16];
-        q3_k_scales(b + 96, S);
-        for (int h = 0; h < 2; h++)
-            for (int g = 0; g < 4; g++)
-                for (int s = 0; s < 2; s++) {
-                    float dl = d * (float)S[8 * h + 2 * g + s];
-                    float *y = dst + 128 * h + 32 * g + 16 * s;
-                    for (int l = 0; l < 16; l++) {
-                        int t = 16 * s + l;
-                        int q = ((qs[32 * h + t] >> (2 * g)) & 3) -
-                                (((hmask[t] >> (4 * h + g)) & 1) ? 0 : 4);
-                        y[l] = dl * (float)q;
-                    }
-                }
-    }
-}
-
-/* Q4_K / Q5_K: the 8 (scale, min) pairs packed in 12 bytes, six bits each. */
-static void k_scale_min(const uint8_t *scales, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = scales[j] & 63;
-        *mn = scales[j + 4] & 63;
-    } else {
-        *sc = (scales[j + 4] & 15) | ((scales[j - 4] >> 6) << 4);
-        *mn = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
-    }
-}
-
-/* Q4_K (144 bytes: d, dmin f16, scales u8[12], qs u8[128]) and Q5_K (176
- * bytes: the same plus qh u8[32] before qs). i = 32j + l;
- * b = qs[32·(j/2) + l]; q = j even ? b & 15 : b >> 4; Q5_K: q += 16·((qh[l] >> j) & 1);
- * y = (d · sc_j) · q − dmin · mn_j */
-static void qk_row(const uint8_t *b, float *dst, int64_t n, int five_bit) {
-    size_t block_bytes = five_bit ? 176 : 144;
-    for (int64_t k = 0; k < n / 256; k++, b += block_bytes, dst += 256) {
-        float d = half_at(b), dmin = half_at(b + 2);
-        const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + (five_bit ? 48 : 16);
-        for (int j = 0; j < 8; j++) {
-            int sc, mn;
-            k_scale_min(scales, j, &sc, &mn);
-            float dl = d * (float)sc, ml = dmin * (float)mn;
-            for (int l = 0; l < 32; l++) {
-                int byte = qs[32 * (j / 2) + l];
-                int q = (j % 2 == 0) ? byte & 15 : byte >> 4;
-                if (five_bit) q += 16 * ((qh[l] >> j) & 1);
-                dst[32 * j + l] = dl * (float)q - ml;
-            }
-        }
-    }
-}
-
-static void q4_k_row(const void *src, float *dst, int64_t n) { qk_row(src, dst, n, 0); }
-static void q5_k_row(const void *src, float *dst, int64_t n) { qk_row(src, dst, n, 1); }
-
-/* Q6_K, 210 bytes: ql u8[128], qh u8[64], scales i8[16], d f16.
- * i = 128h + 32k + l; b = ql[64h + l + 32·(k mod 2)]; lo = k < 2 ? b & 15 : b >> 4;
- * hi = (qh[32h + l] >> 2k) & 3; q = (lo | hi << 4) − 32;
- * y = (d · scales[8h + 2k + l/16]) · q */
-static void q6_k_row(const void *src, float *dst, int64_t n) {
-    const uint8_t *b = src;
-    for (int64_t blk = 0; blk < n / 256; blk++, b += 210, dst += 256) {
-        const uint8_t *ql = b, *qh = b + 128;
-        const int8_t *scales = (const int8_t *)(b + 192);
-        float d = half_at(b + 208);
-        for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int l = 0; l < 32; l++) {
-                    int byte = ql[64 * h + l + 32 * (k % 2)];
-                    int lo = k < 2 ? byte & 15 : byte >> 4;
-                    int hi = (qh[32 * h + l] >> (2 * k)) & 3;
-                    int q = (lo | hi << 4) - 32;
-                    float dl = d * (float)scales[8 * h + 2 * k + l / 16];
-                    dst[128 * h + 32 * k + l] = dl * (float)q;
-                }
-    }
-}
+BLOCK_ROW(q8_0_row, 32, 34, qb_q8_0)
+BLOCK_ROW(q4_0_row, 32, 18, qb_q4_0)
+BLOCK_ROW(q4_1_row, 32, 20, qb_q4_1)
+BLOCK_ROW(q5_0_row, 32, 22, qb_q5_0)
+BLOCK_ROW(q5_1_row, 32, 24, qb_q5_1)
+BLOCK_ROW(q2_k_row, 256, 84, qb_q2_k)
+BLOCK_ROW(q3_k_row, 256, 110, qb_q3_k)
+BLOCK_ROW(q4_k_row, 256, 144, qb_q4_k)
+BLOCK_ROW(q5_k_row, 256, 176, qb_q5_k)
+BLOCK_ROW(q6_k_row, 256, 210, qb_q6_k)
 
 /* ---- the table ------------------------------------------------------------ */
 
