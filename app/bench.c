@@ -18,11 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "app.h"
 #include "backend/backend.h"
+#include "base/types.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "model/dit.h"
@@ -77,14 +79,24 @@ static int write_text(const char *dir, const char *name, const char *text) {
     return fclose(f);
 }
 
-/* A safetensors file with the manifest's header and a sparse data section. */
-static int write_sparse(const char *path, const cJSON *tensors) {
+/* `bench --type`: the transformer's block linears (the 2-D weights under
+ * transformer_blocks., 97% of its parameters) are stored as that type, the
+ * embedders, norms and output layer as the manifest says — as the GGUF and
+ * fp8 files users have keep their first and last layers at higher precision. */
+static int quantised_here(const char *name, const cJSON *shape, qi_dtype qt) {
+    return qt != QI_BF16 && cJSON_GetArraySize(shape) == 2 && !strncmp(name, "transformer_blocks.", 19);
+}
+
+/* A safetensors file with the manifest's header and a sparse data section;
+ * qt: the block linears' type (BF16 or F8_E4M3 here). */
+static int write_sparse(const char *path, const cJSON *tensors, qi_dtype qt) {
     cJSON *hdr = cJSON_CreateObject();
     int64_t offset = 0;
     for (const cJSON *t = tensors->child; t; t = t->next) {
         const char *dt = cJSON_GetArrayItem(t, 0)->valuestring;
         const cJSON *shape = cJSON_GetArrayItem(t, 1);
-        int64_t n = strcmp(dt, "F32") ? 2 : 4;
+        if (quantised_here(t->string, shape, qt)) dt = qi_dtype_name(qt);
+        int64_t n = !strcmp(dt, "F32") ? 4 : !strcmp(dt, "F8_E4M3") ? 1 : 2;
         cJSON *e = cJSON_CreateObject(), *sh = cJSON_CreateArray(), *off = cJSON_CreateArray();
         for (const cJSON *d = shape->child; d; d = d->next) {
             n *= (int64_t)d->valuedouble;
@@ -119,7 +131,42 @@ static int write_sparse(const char *path, const cJSON *tensors) {
     return rc;
 }
 
-static int make_model_dir(const char *root, const char *manifest_path, const char *tokenizer_dir, qi_error *err) {
+/* GGUF writing helpers: little-endian fields, strings as u64 length + bytes. */
+static int put(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, f) == n ? 0 : -1; }
+static int put_u32(FILE *f, uint32_t v) { return put(f, &v, 4); }
+static int put_u64(FILE *f, uint64_t v) { return put(f, &v, 8); }
+static int put_str(FILE *f, const char *s) { return put_u64(f, strlen(s)) || put(f, s, strlen(s)); }
+
+/* The transformer as a city96-style GGUF with a sparse data section: block
+ * linears in block type qt, other 2-D weights BF16, vectors F32. */
+static int write_sparse_gguf(const char *path, const cJSON *tensors, qi_dtype qt) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int n = cJSON_GetArraySize((cJSON *)tensors), rc = 0;
+    rc |= put(f, "GGUF", 4) || put_u32(f, 3) || put_u64(f, (uint64_t)n) || put_u64(f, 1);
+    rc |= put_str(f, "general.architecture") || put_u32(f, 8) || put_str(f, "qwen_image");
+    uint64_t offset = 0;
+    for (const cJSON *t = tensors->child; t && !rc; t = t->next) {
+        const cJSON *shape = cJSON_GetArrayItem(t, 1);
+        int nd = cJSON_GetArraySize(shape);
+        qi_dtype dt = quantised_here(t->string, shape, qt) ? qt : nd == 2 ? QI_BF16 : QI_F32;
+        int64_t ne[4] = {1, 1, 1, 1}, rows = 1;
+        for (int d = 0; d < nd && d < 4; d++) ne[d] = (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
+        for (int d = 0; d < nd - 1; d++) rows *= ne[d];
+        rc |= put_str(f, t->string) || put_u32(f, (uint32_t)nd);
+        for (int d = nd - 1; d >= 0; d--) rc |= put_u64(f, (uint64_t)ne[d]); /* GGUF: innermost first */
+        rc |= put_u32(f, (uint32_t)qi_type_traits(dt)->ggml_type) || put_u64(f, offset);
+        offset += ((uint64_t)(rows * qi_row_bytes(dt, ne[nd - 1])) + 31) & ~(uint64_t)31;
+    }
+    long here = ftell(f);
+    long data = (here + 31) & ~31L;
+    for (long i = here; i < data && !rc; i++) rc |= put(f, "", 1);
+    rc |= fflush(f) != 0 || ftruncate(fileno(f), (off_t)(data + (long)offset)) != 0;
+    return (fclose(f) != 0 || rc) ? -1 : 0;
+}
+
+static int make_model_dir(const char *root, const char *manifest_path, const char *tokenizer_dir, qi_dtype qt,
+                          qi_error *err) {
     cJSON *m = NULL;
     if (qi_json_load(manifest_path, &m, err)) return -1;
     char p[4096];
@@ -134,7 +181,11 @@ static int make_model_dir(const char *root, const char *manifest_path, const cha
         rc = write_text(p, "config.json", configs[i]);
         snprintf(p, sizeof p, "%s/%s/%s", root, parts[i][0], parts[i][1]);
         const cJSON *tensors = cJSON_GetObjectItem(m, parts[i][2]);
-        if (!rc) rc = tensors ? write_sparse(p, tensors) : -1;
+        if (!rc) rc = tensors ? write_sparse(p, tensors, i == 0 && !qi_dtype_is_block(qt) ? qt : QI_BF16) : -1;
+        if (!rc && i == 0 && qi_dtype_is_block(qt)) {
+            snprintf(p, sizeof p, "%s/transformer.gguf", root);
+            rc = write_sparse_gguf(p, tensors, qt);
+        }
     }
     snprintf(p, sizeof p, "%s/scheduler", root);
     mkdir(p, 0755);
@@ -516,11 +567,14 @@ int qi_cmd_bench(int argc, char **argv) {
     const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL;
     long runs = 7, warmup = 2;
     double load_gb = 0;
+    qi_dtype qt = QI_BF16; /* --type: the transformer's block linears */
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
             printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
-                   "                        [--manifest FILE] [-o RESULTS.md]\n"
+                   "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--manifest FILE] [-o RESULTS.md]\n"
+                   "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
+                   "          GGUF types: a GGUF file), kept so on the device\n"
                    "       qwen-image bench --load GB [--device cuda[:N]]   (weight upload from the page cache)\n");
             return 0;
         }
@@ -533,6 +587,15 @@ int qi_cmd_bench(int argc, char **argv) {
             if (qi_app_parse_int(f, v, 0, 64, &warmup)) return 2;
         } else if (!strcmp(f, "--manifest")) manifest = v;
         else if (!strcmp(f, "--only")) only = v;
+        else if (!strcmp(f, "--type")) {
+            int found = 0;
+            for (int t = 0; t < QI_DTYPE_COUNT && !found; t++)
+                if (qi_dtype_is_float((qi_dtype)t) && !strcasecmp(v, qi_dtype_name((qi_dtype)t))) qt = (qi_dtype)t, found = 1;
+            if (!strcasecmp(v, "fp8")) qt = QI_F8_E4M3, found = 1;
+            if (!found || qt == QI_F32 || qt == QI_F16 || qt == QI_F8_E5M2)
+                return qi_app_usage_error("bench: --type %s: expected bf16, fp8 or a GGUF block type (q8_0, q6_k, "
+                                          "q5_k, q4_k, q4_0, …)", v);
+        }
         else if (!strcmp(f, "--load")) {
             char *end;
             load_gb = strtod(v, &end);
@@ -555,7 +618,7 @@ int qi_cmd_bench(int argc, char **argv) {
     }
     char root[] = "/tmp/qi_bench_XXXXXX";
     if (!mkdtemp(root)) err = (qi_error){"bench: cannot create a temporary folder"};
-    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, &err)) remove_tree(root);
+    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, qt, &err)) remove_tree(root);
     else err.msg[0] = 0;
     if (err.msg[0]) {
         abandon_table(md, out_path);
@@ -565,6 +628,9 @@ int qi_cmd_bench(int argc, char **argv) {
     o.model_dir = root;
     o.device = device;
     o.random_weights = 1234;
+    char gguf_path[64];
+    snprintf(gguf_path, sizeof gguf_path, "%s/transformer.gguf", root);
+    if (qi_dtype_is_block(qt)) o.diffusion_model = gguf_path;
     bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .md = md};
     double t0 = qi_now_s();
     qi_status st = qi_engine_open(&o, &c.e);
@@ -578,9 +644,15 @@ int qi_cmd_bench(int argc, char **argv) {
         return qi_app_exit_code(st);
     }
     c.be = qi_engine_backend(c.e);
-    printf("bench: full-size model (random weights) on %s set up in %.1f s; median of %ld runs after %ld warm-up\n",
-           device, qi_now_s() - t0, runs, warmup);
+    printf("bench: full-size model (random weights, block linears %s) on %s set up in %.1f s; median of %ld runs "
+           "after %ld warm-up\n", qi_dtype_name(qt), device, qi_now_s() - t0, runs, warmup);
     emit(&c, "| what | shape | time | note |\n|---|---|---|---|\n");
+    if (c.be->ops->mem_usage) {
+        size_t now, peak;
+        c.be->ops->mem_usage(c.be, &now, &peak);
+        emit(&c, "| device memory, transformer loaded | %s block linears | %.2f GiB | weights + arena + workspaces |\n",
+             qi_dtype_name(qt), (double)now / (1u << 30));
+    }
     int fail = 0;
     double ceiling = 0;
     if (!bench_gemm_ceiling(&c, &ceiling, &err))

@@ -7,7 +7,9 @@
  * caller's back (destroy and weight_free after another device became
  * current on the creating thread). Needs a GPU ("cuda" label).
  */
+#define _DEFAULT_SOURCE
 #include <cuda_runtime_api.h>
+#include <stdlib.h>
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
@@ -31,7 +33,7 @@ static void cuda_supports_the_documented_table(void) {
     CHECK(qi_backend_supports(gpu, QI_CAP_WEIGHT, QI_I32));
     for (int cap = QI_CAP_LINEAR; cap <= QI_CAP_EMBEDDING; cap++)
         CHECK(!qi_backend_supports(gpu, (qi_cap)cap, QI_I32), "cap %d, I32", cap);
-    for (int t = QI_Q4_0; t <= QI_Q6_K; t++) /* dequantised on the host at load, kept as bf16 */
+    for (int t = QI_Q4_0; t <= QI_Q6_K; t++) /* 2-D: kept as stored; other shapes: bf16 at load */
         for (int cap = QI_CAP_WEIGHT; cap <= QI_CAP_EMBEDDING; cap++)
             CHECK(qi_backend_supports(gpu, (qi_cap)cap, (qi_dtype)t), "cap %d, %s", cap, qi_dtype_name((qi_dtype)t));
     CHECK(qi_backend_supports(gpu, QI_CAP_GRAPHS, QI_F32));
@@ -147,6 +149,77 @@ static void entry_points_select_their_device_and_restore_the_callers(void) {
     CHECK(cudaGetLastError() == cudaSuccess, "no CUDA error left behind");
 }
 
+/* Runs linear (x[5, K] · wᵀ) and embedding (5 rows of w as a table) with
+ * weight w on backend be; the outputs as float32 into y_lin, y_emb. */
+static void lin_emb(qi_backend *be, const qi_tensor *w, const float *xv, float *y_lin, float *y_emb) {
+    enum { M = 5 };
+    int64_t N = w->ne[0], K = w->ne[1];
+    size_t mark = be->ops->mark(be);
+    qi_error err = {{0}};
+    qi_tensor x, y, ids, e;
+    int64_t xne[2] = {M, K}, ine[1] = {M};
+    int32_t idv[M] = {3, 0, (int32_t)N - 1, 17, 5};
+    REQUIRE(!qi_be_act(be, &x, 2, xne, &err) && !qi_be_act2(be, &y, M, N, &err) &&
+            !be->ops->tensor(be, &ids, QI_I32, 1, ine, &err) && !qi_be_act2(be, &e, M, K, &err), "%s", err.msg);
+    REQUIRE(!be->ops->upload(be, &x, xv, &err) && !be->ops->upload(be, &ids, idv, &err), "%s", err.msg);
+    be->ops->linear(be, &x, w, NULL, QI_ACT_NONE, &y);
+    be->ops->embedding(be, w, &ids, &e);
+    CHECK(be->ops->sync(be, &err) == QI_OK, "%s", err.msg);
+    CHECK(!be->ops->download(be, &y, y_lin, &err) && !be->ops->download(be, &e, y_emb, &err), "%s", err.msg);
+    be->ops->reset(be, mark);
+}
+
+/* Weights kept on the device in their file type (fp8 plain, with a per-tensor
+ * or a per-row scale, and every GGUF block type) give linear and embedding
+ * results bit-identical to the same weights converted to bf16 at load (a
+ * second backend with QI_CUDA_DEQUANT_AT_LOAD=1): the device decodes them
+ * with the host's formulas. And they hold their stored bytes, not bf16's. */
+static void kept_weights_match_weights_converted_at_load(void) {
+    qi_backend *ref = NULL;
+    qi_error err = {{0}};
+    setenv("QI_CUDA_DEQUANT_AT_LOAD", "1", 1);
+    qi_status st = qi_backend_cuda_create(0, (size_t)64 << 20, &ref, &err);
+    unsetenv("QI_CUDA_DEQUANT_AT_LOAD");
+    REQUIRE(st == QI_OK, "%s", err.msg);
+    enum { N = 64, K = 256, M = 5 };
+    static float row_scales[N];
+    for (int i = 0; i < N; i++) row_scales[i] = 0.01f * (float)(i + 1) * (i % 3 ? 1.0f : -1.0f);
+    const qi_weight_scale tensor_scale = {QI_SCALE_TENSOR, 0.37f, NULL}, row_scale = {QI_SCALE_ROW, 0, row_scales};
+    struct {
+        qi_dtype t;
+        const qi_weight_scale *scale;
+    } cases[] = {{QI_F8_E4M3, NULL}, {QI_F8_E4M3, &tensor_scale}, {QI_F8_E4M3, &row_scale},
+                 {QI_F8_E5M2, NULL}, {QI_F8_E5M2, &row_scale},   {QI_Q4_0, NULL}, {QI_Q4_1, NULL},
+                 {QI_Q5_0, NULL},    {QI_Q5_1, NULL},            {QI_Q8_0, NULL}, {QI_Q2_K, NULL},
+                 {QI_Q3_K, NULL},    {QI_Q4_K, NULL},            {QI_Q5_K, NULL}, {QI_Q6_K, &row_scale}};
+    static uint8_t host[N * K * 8];
+    static float wref[N * K], xv[M * K], a_lin[M * N], b_lin[M * N], a_emb[M * K], b_emb[M * K];
+    for (int i = 0; i < M * K; i++) xv[i] = caps_frand();
+    for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
+        qi_dtype t = cases[c].t;
+        const char *sc = !cases[c].scale ? "no scale" : cases[c].scale->form == QI_SCALE_TENSOR ? "tensor scale"
+                                                                                                  : "row scales";
+        caps_host_data(t, N * K, host, wref);
+        int64_t ne[2] = {N, K};
+        qi_tensor wk, wc;
+        REQUIRE(!gpu->ops->weight(gpu, &wk, t, 2, ne, host, cases[c].scale, &err), "%s", err.msg);
+        REQUIRE(!ref->ops->weight(ref, &wc, t, 2, ne, host, cases[c].scale, &err), "%s", err.msg);
+        CHECK(wk.dtype == t && qi_nbytes(&wk) == (size_t)(N * qi_row_bytes(t, K)) && wc.dtype == QI_BF16,
+              "%s: kept as %s (%zu bytes), converted as %s", qi_dtype_name(t), qi_dtype_name(wk.dtype),
+              qi_nbytes(&wk), qi_dtype_name(wc.dtype));
+        lin_emb(gpu, &wk, xv, a_lin, a_emb);
+        lin_emb(ref, &wc, xv, b_lin, b_emb);
+        CHECK(!memcmp(a_lin, b_lin, sizeof a_lin), "%s, %s: linear differs from the weight converted at load",
+              qi_dtype_name(t), sc);
+        CHECK(!memcmp(a_emb, b_emb, sizeof a_emb), "%s, %s: embedding differs from the table converted at load",
+              qi_dtype_name(t), sc);
+        gpu->ops->weight_free(gpu, &wk);
+        ref->ops->weight_free(ref, &wc);
+    }
+    CHECK(qi_cuda_weight_bytes(ref) == 0, "%zu bytes left", qi_cuda_weight_bytes(ref));
+    ref->ops->destroy(ref);
+}
+
 int main(void) {
     qi_error err;
     if (qi_backend_cuda_create(0, (size_t)256 << 20, &gpu, &err) != QI_OK) {
@@ -156,6 +229,7 @@ int main(void) {
     RUN(cuda_supports_the_documented_table);
     RUN(cuda_supports_says_what_the_ops_do);
     RUN(cuda_scaled_weights_give_scaled_results);
+    RUN(kept_weights_match_weights_converted_at_load);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);
     RUN(cuda_table_refuses_a_partial_graph_group);

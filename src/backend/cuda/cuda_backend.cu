@@ -27,7 +27,8 @@
 
 extern "C" {
 #include "backend/cuda/cuda_backend.h"
-#include "base/types.h" /* qi_row_bytes, qi_dtype_is_float: block types dequantised at load */
+#include "base/types.h" /* qi_row_bytes, qi_dtype_is_float */
+#include "backend/cuda/cuda_dequant.cuh"
 }
 
 #define LT_WORKSPACE_BYTES ((size_t)64 << 20)
@@ -275,22 +276,87 @@ static void cuda_mem_usage(qi_backend *be, size_t *now, size_t *peak) {
 }
 
 /* The type a weight made from host data of type dt is kept as on the device:
- * BF16 for every float type (GGUF block types dequantised on the host at
- * load: correct, not small; device-resident blocks are the next step), I32
- * as it is; -1 when `weight` refuses dt. */
-static int weight_store_type(qi_dtype dt) {
+ * a 2-D fp8 or GGUF block weight as it is in the file (with its scale:
+ * cuda_kept.cu; linear and embedding read it), every other float type as
+ * BF16 (converted on the host, the scale applied in float32 first), I32 as
+ * it is; -1 when `weight` refuses dt. */
+static int weight_store_type(const cuda_impl *c, qi_dtype dt, int ndim) {
     if (dt == QI_I32) return QI_I32;
-    return qi_dtype_is_float(dt) ? QI_BF16 : -1;
+    if (!qi_dtype_is_float(dt)) return -1;
+    return ndim == 2 && qc_kept_type(dt) && !(c && c->dequant_at_load) ? (int)dt : QI_BF16;
+}
+
+/* Grows the kept-weight scratch to hold `elems` bf16 values (during load). */
+static qi_status ensure_wscratch(cuda_impl *c, size_t elems, qi_error *err) {
+    size_t need = (elems * 2 + 255) & ~(size_t)255;
+    if (need <= c->wscratch_bytes) return QI_OK;
+    cudaStreamSynchronize(c->stream);
+    cudaFree(c->wscratch);
+    c->weight_bytes -= c->wscratch_bytes;
+    c->wscratch_bytes = 0;
+    cudaError_t e = cudaMalloc(&c->wscratch, need);
+    if (e != cudaSuccess) {
+        c->wscratch = NULL;
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for the %zu MiB bf16 scratch that "
+                       "quantised weights are expanded into (%zu MiB of weights already held)", need >> 20,
+                       c->weight_bytes >> 20);
+    }
+    c->wscratch_bytes = need;
+    c->weight_bytes += need;
+    if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+    return QI_OK;
+}
+
+/* A kept weight: its stored bytes copied as they are, its scale beside it
+ * (per row: a device array of ne[0] floats, freed with the weight). */
+static qi_status kept_on_device(cuda_impl *c, qi_tensor *w, const void *host, const qi_weight_scale *scale,
+                                void *dev, qi_error *err) {
+    size_t bytes = qi_nbytes(w);
+    w->data = dev;
+    if (c->random_seed) {
+        uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
+        float s = 1.0f;
+        if (qc_random_kept(c, w, key, &s)) {
+            qi_status st = c->err_status;
+            c->err_status = QI_OK;
+            return qi_fail(err, st ? st : QI_ERR_BACKEND, "%s", c->err_msg);
+        }
+        if (s != 1.0f) {
+            w->scale_form = QI_SCALE_TENSOR;
+            w->scale = s;
+        }
+        return QI_OK;
+    }
+    qi_status st = staged_upload(c, dev, QI_U8, host, QI_U8, bytes, &no_scale, err);
+    if (st != QI_OK || !scale || scale->form == QI_SCALE_NONE) return st;
+    w->scale_form = scale->form;
+    if (scale->form == QI_SCALE_TENSOR) {
+        w->scale = scale->scale;
+        return QI_OK;
+    }
+    float *rs = NULL;
+    size_t rs_bytes = (size_t)w->ne[0] * sizeof(float);
+    cudaError_t e = cudaMalloc((void **)&rs, rs_bytes);
+    if (e == cudaSuccess) e = cudaMemcpy(rs, scale->row_scale, rs_bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        cudaFree(rs);
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for the %lld row scales of a %s weight",
+                       (long long)w->ne[0], qi_dtype_name(w->dtype));
+    }
+    w->row_scale = rs;
+    c->weight_bytes += rs_bytes;
+    return QI_OK;
 }
 
 static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
                                   const void *host, const qi_weight_scale *scale, qi_error *err) {
     cuda_impl *c = cuda_of(be);
     memset(w, 0, sizeof *w);
-    if (weight_store_type(dt) < 0)
+    if (weight_store_type(c, dt, ndim) < 0)
         return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: weights of type %s are not supported "
                        "(F32, F16, BF16, F8_E4M3, F8_E5M2, Q4_0 … Q6_K or I32)", qi_dtype_name(dt));
-    qi_dtype dev_dt = (qi_dtype)weight_store_type(dt);
+    qi_dtype dev_dt = (qi_dtype)weight_store_type(c, dt, ndim);
+    int kept = qc_kept_type(dev_dt);
     if (ndim < 1 || ndim > QI_MAX_DIMS)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: weight with %d dims (1..%d)", ndim, QI_MAX_DIMS);
     if (qi_row_bytes(dt, ne[ndim - 1]) < 0)
@@ -307,8 +373,12 @@ static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int
         for (int i = 1; i < ndim; i++) sc.row_len *= ne[i]; /* rows are ne[0] */
         if (sc.row_len < 1) sc.row_len = 1;
     }
-    set_shape(w, dev_dt, ndim, ne); /* the scale is applied here: the device weight has none */
+    set_shape(w, dev_dt, ndim, ne); /* bf16: the scale is applied here, the device weight has none */
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
+    if (kept) {
+        qi_status st = ensure_wscratch(c, n, err);
+        if (st != QI_OK) return st;
+    }
     void *dev = NULL;
     cudaError_t e = cudaMalloc(&dev, bytes ? bytes : 1);
     if (e != cudaSuccess) {
@@ -318,16 +388,18 @@ static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int
                        "%zu MiB of weights already held)", qi_dtype_name(dt),
                        qi_shape_str(w, shape, sizeof shape), bytes >> 20, c->weight_bytes >> 20);
     }
-    qi_status st = c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
-                                                       : staged_upload(c, dev, dev_dt, host, dt, n, &sc, err);
+    qi_status st = kept                                   ? kept_on_device(c, w, host, scale, dev, err)
+                   : c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
+                                                         : staged_upload(c, dev, dev_dt, host, dt, n, &sc, err);
     if (st != QI_OK) {
         cudaFree(dev);
-        w->data = NULL;
+        memset(w, 0, sizeof *w);
         return st;
     }
     w->data = dev;
     c->weight_bytes += bytes;
     if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+    c->kept_weights += kept;
     return QI_OK;
 }
 
@@ -369,8 +441,19 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     int prev = device_enter(c);
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
     cudaFree(w->data);
-    device_leave(prev);
     size_t bytes = qi_nbytes(w);
+    if (w->scale_form == QI_SCALE_ROW && w->row_scale) { /* a kept weight's row scales */
+        cudaFree((void *)w->row_scale);
+        bytes += (size_t)w->ne[0] * sizeof(float);
+        w->row_scale = NULL;
+    }
+    if (qc_kept_type(w->dtype) && w->ndim == 2 && --c->kept_weights == 0 && c->wscratch) {
+        cudaFree(c->wscratch); /* the last kept weight is gone: so is its scratch */
+        bytes += c->wscratch_bytes;
+        c->wscratch = NULL;
+        c->wscratch_bytes = 0;
+    }
+    device_leave(prev);
     c->weight_bytes = c->weight_bytes >= bytes ? c->weight_bytes - bytes : 0;
     w->data = NULL;
 }
@@ -550,6 +633,11 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
     cuda_impl *c = cuda_of(be);
     int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
     char s1[96], s2[96];
+    qi_tensor expanded; /* a kept weight (fp8, GGUF blocks) as bf16 in the weight scratch */
+    if (qc_kept_type(w->dtype) && w->ndim == 2 && x->dtype == QI_BF16) {
+        if (qc_dequant_to_scratch(c, w, &expanded)) return;
+        w = &expanded;
+    }
     if (x->dtype != QI_BF16 || w->dtype != QI_BF16 || y->dtype != QI_BF16) {
         qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: linear needs bf16 x, w, y (got %s, %s, %s)",
                 qi_dtype_name(x->dtype), qi_dtype_name(w->dtype), qi_dtype_name(y->dtype));
@@ -709,6 +797,7 @@ static void cuda_destroy(qi_backend *be) {
         }
         cudaFree(c->lt_workspace);
         cudaFree(c->scratch);
+        cudaFree(c->wscratch);
         cudaFree(c->arena);
         if (c->stream) cudaStreamDestroy(c->stream);
         device_leave(prev);
@@ -721,10 +810,12 @@ static void cuda_destroy(qi_backend *be) {
  *
  *   type (host data)     WEIGHT  LINEAR  CONV2D  EMBEDDING
  *   F32 F16 BF16           1       1       1       1      converted to bf16 at load
- *   F8_E4M3 F8_E5M2        1       1       1       1      (the ops read bf16), the scale
+ *   F8_E4M3 F8_E5M2        1       1       1       1      2-D: kept as stored, with the scale;
+ *   Q4_0 … Q6_K            1       1       1       1      linear expands it to bf16 in scratch,
+ *                                                         embedding reads rows directly
+ *                                                         (cuda_kept.cu); other shapes (conv)
+ *                                                         converted to bf16 at load, the scale
  *                                                         applied in float32 first
- *   Q4_0 … Q6_K            1       1       1       1      dequantised on the host at load, then
- *                                                         as above (rows of whole blocks)
  *   I32                    1       0       0       0      kept as I32; linear needs bf16,
  *                                                         conv2d/embedding a float type
  *   I64 U8                 0       0       0       0      `weight` refuses them
@@ -735,10 +826,10 @@ static void cuda_destroy(qi_backend *be) {
 static int cuda_supports(const qi_backend *be, qi_cap cap, qi_dtype type) {
     (void)be;
     switch (cap) {
-    case QI_CAP_WEIGHT: return weight_store_type(type) >= 0;
+    case QI_CAP_WEIGHT: return weight_store_type(NULL, type, 2) >= 0;
     case QI_CAP_LINEAR:
     case QI_CAP_CONV2D:
-    case QI_CAP_EMBEDDING: return weight_store_type(type) == QI_BF16;
+    case QI_CAP_EMBEDDING: return qi_dtype_is_float(type);
     case QI_CAP_GRAPHS:
     case QI_CAP_RANDOM_WEIGHTS:
     case QI_CAP_CUDA_RNG: return 1;
@@ -867,6 +958,10 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         c->load_threads = lt ? atoi(lt) : (int)(cores / 2 < 8 ? cores / 2 : 8);
         if (c->load_threads < 1) c->load_threads = 1;
+    }
+    { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
+        const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");
+        c->dequant_at_load = d && d[0] == '1';
     }
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));

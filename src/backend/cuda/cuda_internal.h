@@ -59,6 +59,14 @@ typedef struct cuda_impl {
     cudaEvent_t staging_free[2];
     int load_threads;    /* host threads converting into the staging buffers */
 
+    /* bf16 copy of one kept weight (fp8, GGUF blocks: cuda_kept.cu) for the
+     * GEMM that reads it; sized at load to the largest kept weight, so its
+     * address is fixed before any graph is recorded */
+    void *wscratch;
+    size_t wscratch_bytes;
+    int kept_weights;    /* kept weights alive: the scratch goes with the last one */
+    int dequant_at_load; /* QI_CUDA_DEQUANT_AT_LOAD=1: every float weight becomes bf16 at load */
+
     size_t weight_bytes; /* device memory held by weights */
     size_t weight_peak;  /* the most weights held at once */
     uint64_t random_seed; /* nonzero: `weight` fills random values instead of copying (benchmarks) */
@@ -79,6 +87,13 @@ static inline cuda_impl *cuda_of(qi_backend *be) { return (cuda_impl *)be->impl;
 void qc_fail(cuda_impl *c, qi_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Records a launch error (cudaGetLastError) under the op's name; returns 0 if none. */
 int qc_check_launch(cuda_impl *c, const char *op);
+
+/* ---- weights kept in their file type (cuda_kept.cu) ---- */
+/* Writes kept weight w as bf16 into c->wscratch and describes it in *out;
+ * records an error and returns 1 on failure. */
+int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out);
+/* Seeded random contents of a kept weight (benchmarks); *scale: its per-tensor scale. */
+int qc_random_kept(cuda_impl *c, qi_tensor *w, uint64_t key, float *scale);
 
 /* ---- convolution (cuda_conv.cu) ---- */
 typedef enum qc_conv_mode {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_dequant.cuh"
 
 /* Runs the statement list with T bound to the element type of activations of
  * dtype dt, or records that the dtype is not supported. */
@@ -557,6 +558,18 @@ __global__ void embedding_k(const void *table, int tdt, float tscale, int64_t V,
     }
 }
 
+/* The same from a table kept in its file type (cuda_dequant.cuh): each value
+ * rounded to bf16 first, as the table converted at load held it. */
+template <typename T>
+__global__ void embedding_kept_k(qc_kept table, int64_t V, const int32_t *ids, T *out, int64_t D, int64_t n) {
+    GRID_STRIDE(i, n) {
+        int64_t r = i / D, d = i % D;
+        int32_t id = ids[r];
+        out[i] = from_f<T>(id >= 0 && id < V ? __bfloat162float(qc_kept_bf16(table, (int64_t)id * D + d)) : 0.0f);
+    }
+}
+
+
 extern "C" void qc_embedding(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out) {
     cuda_impl *c = cuda_of(be);
     int64_t D = table->ne[table->ndim - 1], V = qi_rows(table), n = qi_numel(ids) * D;
@@ -564,12 +577,21 @@ extern "C" void qc_embedding(qi_backend *be, const qi_tensor *table, const qi_te
         qc_fail(c, QI_ERR_ARG, "cuda backend: embedding needs I32 ids and out of ids × %lld", (long long)D);
         return;
     }
-    if (!qc_param_type(table->dtype)) {
-        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: embedding: cannot read a table of type %s (BF16, F16 "
-                "or F32)", qi_dtype_name(table->dtype));
+    int kept = qc_kept_type(table->dtype) && table->ndim == 2;
+    if (!qc_param_type(table->dtype) && !kept) {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: embedding: cannot read a table of type %s (BF16, F16, "
+                "F32, or a 2-D fp8 / GGUF block table)", qi_dtype_name(table->dtype));
         return;
     }
     if (n == 0) return;
+    if (kept) {
+        qc_kept k = qc_kept_of(table);
+        ACT_DISPATCH(c, out->dtype, "embedding", {
+            embedding_kept_k<T><<<grid_for(c, n), THREADS, 0, c->stream>>>(k, V, (const int32_t *)ids->data, (T *)out->data, D, n);
+        });
+        qc_check_launch(c, "embedding");
+        return;
+    }
     ACT_DISPATCH(c, out->dtype, "embedding", {
         embedding_k<T><<<grid_for(c, n), THREADS, 0, c->stream>>>(table->data, table->dtype, table->scale, V, (const int32_t *)ids->data, (T *)out->data, D, n);
     });
