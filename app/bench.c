@@ -13,6 +13,7 @@
  */
 #define _DEFAULT_SOURCE
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -564,7 +565,7 @@ done:
 }
 
 int qi_cmd_bench(int argc, char **argv) {
-    const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL;
+    const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL, *sparse_dir = NULL;
     long runs = 7, warmup = 2;
     double load_gb = 0;
     qi_dtype qt = QI_BF16; /* --type: the transformer's block linears */
@@ -575,6 +576,8 @@ int qi_cmd_bench(int argc, char **argv) {
                    "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--manifest FILE] [-o RESULTS.md]\n"
                    "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
                    "          GGUF types: a GGUF file), kept so on the device\n"
+                   "       qwen-image bench --write-sparse DIR [--type T]   (only write the sparse full-size model\n"
+                   "          folder, transformer.gguf for GGUF types, e.g. for `qwen-image inspect`)\n"
                    "       qwen-image bench --load GB [--device cuda[:N]]   (weight upload from the page cache)\n");
             return 0;
         }
@@ -587,6 +590,7 @@ int qi_cmd_bench(int argc, char **argv) {
             if (qi_app_parse_int(f, v, 0, 64, &warmup)) return 2;
         } else if (!strcmp(f, "--manifest")) manifest = v;
         else if (!strcmp(f, "--only")) only = v;
+        else if (!strcmp(f, "--write-sparse")) sparse_dir = v;
         else if (!strcmp(f, "--type")) {
             int found = 0;
             for (int t = 0; t < QI_DTYPE_COUNT && !found; t++)
@@ -606,6 +610,18 @@ int qi_cmd_bench(int argc, char **argv) {
         else return qi_app_usage_error("bench: unknown option %s", f);
     }
     if (load_gb > 0) return bench_load(device, load_gb);
+    if (sparse_dir) {
+        qi_error werr = {{0}};
+        if (mkdir(sparse_dir, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "qwen-image: error: bench --write-sparse %s: cannot create the folder\n", sparse_dir);
+            return 1;
+        }
+        if (make_model_dir(sparse_dir, manifest, QI_BENCH_TOKENIZER, qt, &werr))
+            return qi_app_runtime_error(werr.msg[0] ? werr.msg : "bench --write-sparse: cannot write the files");
+        printf("bench: wrote the sparse full-size model (block linears %s) into %s%s\n", qi_dtype_name(qt), sparse_dir,
+               qi_dtype_is_block(qt) ? " (transformer: transformer.gguf)" : "");
+        return 0;
+    }
     qi_error err = {{0}};
     FILE *md = NULL;
     if (out_path) {
