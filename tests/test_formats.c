@@ -229,6 +229,7 @@ static case_figures run_case_with(const char *name, int builtin_scheduler) {
     r.cfg = (float)cJSON_GetObjectItemCaseSensitive(json, "cfg")->valuedouble;
     r.seed = (uint64_t)cJSON_GetObjectItemCaseSensitive(json, "seed")->valuedouble;
     r.scheduler = sched;
+    r.noise_dtype = 1; /* the references are float32 runs: float32 noise on every device */
     if (builtin_scheduler) {
         e->files.scheduler_config[0] = 0;
         r.scheduler = NULL;
