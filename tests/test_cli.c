@@ -203,6 +203,7 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"generate -p x --batch-index 2/2", "--batch-index 2/2", NULL, 2},
         {"generate -p x -p y --batch-index 0/3", "split evenly", NULL, 2},
         {"generate --from-parameters afile", "afile", NULL, 2},
+        {"generate -p x -m afile", "-m afile: is a file, not a folder", NULL, 1}, /* as a missing -m: exit 1 */
         {"encode -p x -o missing/e.safetensors", "cannot write into folder 'missing'", NULL, 1},
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
     };

@@ -113,7 +113,7 @@ static void path_is_a_file(void) {
     write_text_in(tmp_root, "model.safetensors", "x");
     char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", tmp_root);
-    expect_open_error("path is a file", path, QI_ERR_ARG,
+    expect_open_error("path is a file", path, QI_ERR_IO, /* exit 1, as a missing folder */
                       "is a file, not a directory; pass the folder");
 }
 

@@ -312,6 +312,11 @@ static void bad_duplicate_names(void) {
                "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                8, QI_ERR_FORMAT, "tensor 'a' appears twice in the header");
+    /* the same entry twice: a duplicate name, not an overlap (issue 15) */
+    expect_bad("duplicate, same data",
+               "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+               "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+               4, QI_ERR_FORMAT, "tensor 'a' appears twice in the header (a duplicate name)");
 }
 
 static void missing_file_is_an_io_error(void) {

@@ -313,7 +313,7 @@ static void config_errors_name_the_key(void) {
     expect_error(config_with("max_shift", "\"0.9\""), QI_ERR_FORMAT, "max_shift");
     expect_error(config_with("_class_name", "\"EulerDiscreteScheduler\""), QI_ERR_UNSUPPORTED,
                  "EulerDiscreteScheduler");
-    expect_error("{\"shift\": ", QI_ERR_FORMAT, "not valid JSON");
+    expect_error("{\"shift\": ", QI_ERR_FORMAT, "line 1: JSON syntax error: unexpected end");
     expect_error("[1, 2]", QI_ERR_FORMAT, "object");
     expect_error("{\"num_train_timesteps\": 1000, \"use_dynamic_shifting\": false}",
                  QI_ERR_FORMAT, "\"shift\"");
@@ -326,6 +326,32 @@ static void config_errors_name_the_key(void) {
           err.msg);
     float s[3], t[2];
     CHECK(qi_scheduler_sigmas(&cfg, 0, 16, s, t, &err) == QI_ERR_ARG, "0 steps accepted");
+}
+
+/* The JSON is read strictly (nothing after the object; a syntax error gives
+ * its line and the text near it) and a config whose schedule leaves [0, 1]
+ * (negative or non-finite sigmas) is refused, naming the step. */
+static void strict_json_and_schedules_in_range(void) {
+    char text[2300];
+    snprintf(text, sizeof text, "%s garbage", QWEN_CONFIG);
+    expect_error(text, QI_ERR_FORMAT, "text after the JSON value near 'as\": false} garbage'");
+    expect_error("{\"num_train_timesteps\": 1000,\n\"use_dynamic_shifting\": true,\n\"base_shift\": 0.5 0.9}",
+                 QI_ERR_FORMAT, "line 3: JSON syntax error near");
+    expect_error(config_with("base_shift", "1e999"), QI_ERR_FORMAT, "\"base_shift\" must be a finite number");
+    expect_error(config_with("shift_terminal", "-0.5"), QI_ERR_FORMAT, "\"shift_terminal\" must be between 0 and 1");
+    expect_error("{\"num_train_timesteps\": 1000, \"use_dynamic_shifting\": false, \"shift\": -2}", QI_ERR_FORMAT,
+                 "\"shift\" must be above 0");
+    /* shifts that parse but overflow: exp(1000) is inf, and inf / (inf + r) is NaN */
+    qi_scheduler_config cfg;
+    qi_error err = {{0}};
+    REQUIRE(qi_scheduler_config_parse(config_with("max_shift", "1000"), "huge.json", &cfg, &err) == QI_OK, "%s",
+            err.msg);
+    float sig[9], ts[8];
+    qi_status st = qi_scheduler_sigmas(&cfg, 8, 4096, sig, ts, &err);
+    CHECK(st == QI_ERR_FORMAT && strstr(err.msg, "of the 8-step schedule at 4096 image tokens is not a number") &&
+              strstr(err.msg, "outside [0, 1]") && !strstr(err.msg, "qi_"),
+          "%s: %s", qi_status_name(st), err.msg);
+    printf("  error: %s\n", err.msg);
 }
 
 /* Keys added in later diffusers versions may be absent: an old-style config
@@ -369,5 +395,6 @@ int main(void) {
     RUN(euler_step_reproduces_next_call);
     RUN(config_errors_name_the_key);
     RUN(optional_keys_default);
+    RUN(strict_json_and_schedules_in_range);
     TEST_END();
 }

@@ -16,11 +16,70 @@
 #include <unistd.h>
 #include <time.h>
 
+/* The start of the UTF-8 character holding byte i of s (never before 0). */
+static size_t char_start(const char *s, size_t i) {
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80) i--;
+    return i;
+}
+
+/* text[0..n) into err->msg. A text longer than the buffer is cut in the
+ * middle, never at the end: its head names what failed (the file, the
+ * tensor) and its end says why (a context prefix comes first, the reason
+ * last), so both survive; the cut falls between UTF-8 characters. */
+static void set_message(qi_error *err, const char *text, size_t n) {
+    static const char mark[] = " [...] ";
+    size_t cap = sizeof err->msg - 1;
+    if (n <= cap) {
+        memmove(err->msg, text, n);
+        err->msg[n] = 0;
+        return;
+    }
+    size_t head = char_start(text, (cap - (sizeof mark - 1)) * 2 / 5);
+    size_t tail = char_start(text, n - (cap - (sizeof mark - 1) - head));
+    if (n - tail > cap - (sizeof mark - 1) - head) /* char_start moved back: step over that character */
+        for (tail++; tail < n && ((unsigned char)text[tail] & 0xC0) == 0x80;) tail++;
+    char out[sizeof err->msg];
+    memcpy(out, text, head);
+    memcpy(out + head, mark, sizeof mark - 1);
+    memcpy(out + head + sizeof mark - 1, text + tail, n - tail);
+    out[head + sizeof mark - 1 + (n - tail)] = 0;
+    memcpy(err->msg, out, sizeof out);
+}
+
+/* Formats fmt and then `suffix` (may be NULL) into err: on the stack when
+ * the text fits there, as every ordinary message does (no allocation, so
+ * reporting an out-of-memory failure does not need memory), else on the heap;
+ * when even that fails, what the stack holds is kept. */
+static void vformat(qi_error *err, const char *suffix, const char *fmt, va_list ap) {
+    char small[4096];
+    va_list ap2;
+    va_copy(ap2, ap);
+    int r = vsnprintf(small, sizeof small, fmt, ap);
+    size_t n = r < 0 ? 0 : (size_t)r, slen = suffix ? strlen(suffix) : 0;
+    char *text = small, *big = NULL;
+    size_t len = n + slen;
+    if (len < sizeof small) {
+        memcpy(small + n, suffix ? suffix : "", slen + 1);
+    } else if ((big = malloc(len + 1)) != NULL) {
+        vsnprintf(big, n + 1, fmt, ap2);
+        memcpy(big + n, suffix ? suffix : "", slen + 1);
+        text = big;
+    } else { /* the head of the text and the end of the suffix (the reason) */
+        size_t keep = slen < sizeof small / 2 ? slen : sizeof small / 2;
+        n = n < sizeof small - 1 - keep ? n : sizeof small - 1 - keep;
+        memcpy(small + n, suffix + slen - keep, keep + 1);
+        len = n + keep;
+    }
+    va_end(ap2);
+    set_message(err, text, len);
+    free(big);
+}
+
 qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...) {
     if (err) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        vformat(err, NULL, fmt, ap);
         va_end(ap);
     }
     return status;
@@ -28,19 +87,16 @@ qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...) {
 
 qi_status qi_fail_ctx(qi_error *err, qi_status status, const char *fmt, ...) {
     if (err) {
-        char buf[sizeof err->msg];
+        char old[sizeof err->msg + 2];
+        size_t n = strnlen(err->msg, sizeof err->msg - 1);
+        old[0] = ':';
+        old[1] = ' ';
+        memcpy(old + 2, err->msg, n);
+        old[n + 2] = 0;
         va_list ap;
         va_start(ap, fmt);
-        int n = vsnprintf(buf, sizeof buf, fmt, ap);
+        vformat(err, old, fmt, ap);
         va_end(ap);
-        size_t used = n < 0 ? 0 : (size_t)n >= sizeof buf - 3 ? sizeof buf - 3 : (size_t)n;
-        memcpy(buf + used, ": ", 2);
-        size_t room = sizeof buf - used - 2;
-        size_t old = strnlen(err->msg, sizeof err->msg - 1);
-        if (old >= room) old = room - 1;
-        memcpy(buf + used + 2, err->msg, old);
-        buf[used + 2 + old] = 0;
-        memcpy(err->msg, buf, sizeof buf);
     }
     return status;
 }

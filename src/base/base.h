@@ -20,7 +20,9 @@ typedef struct qi_error {
     char msg[1024];
 } qi_error;
 
-/* Writes a formatted message into err (if not NULL) and returns status. */
+/* Writes a formatted message into err (if not NULL) and returns status. A
+ * message longer than err->msg is cut in the middle (" [...] "), keeping its
+ * head and its end, where the reason is. */
 qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -64,6 +64,7 @@ static qi_status plan_schedule(qi_plan *p, const qi_scheduler_config *sched, qi_
     p->t_all = malloc(sizeof(float) * (size_t)p->steps * (size_t)p->batch);
     if (!p->sigmas || !p->timesteps || !p->t_all) return qi_fail(err, QI_ERR_NOMEM, "out of memory");
     qi_status st = qi_scheduler_sigmas(sched, p->steps, p->img_tokens, p->sigmas, p->timesteps, err);
+    if (st) qi_fail_ctx(err, st, "--scheduler %s", p->req->scheduler ? p->req->scheduler : "model");
     for (int i = 0; st == QI_OK && i < p->steps; i++)
         for (int b = 0; b < p->batch; b++) p->t_all[(size_t)i * p->batch + b] = p->timesteps[i] / 1000.0f;
     return st;

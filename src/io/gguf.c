@@ -442,6 +442,26 @@ static int cmp_tensor_name(const void *a, const void *b) {
     return strcmp(((const qi_gguf_tensor *)a)->name, ((const qi_gguf_tensor *)b)->name);
 }
 
+static int cmp_name_ptr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* No two tensors share a name; checked before their data is placed, which
+ * would report a repeated tensor as an overlap. */
+static qi_status check_unique(cursor *c) {
+    qi_gguf_file *f = c->f;
+    const char **names = malloc(sizeof *names * (size_t)(f->n_tensors ? f->n_tensors : 1));
+    if (!names) return failf(c, QI_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < f->n_tensors; i++) names[i] = f->tensors[i].name;
+    qsort(names, (size_t)f->n_tensors, sizeof *names, cmp_name_ptr);
+    qi_status st = QI_OK;
+    for (int i = 1; i < f->n_tensors && st == QI_OK; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            st = failf(c, QI_ERR_FORMAT, "tensor '%.200s' appears twice (a duplicate name; corrupt file)", names[i]);
+    free(names);
+    return st;
+}
+
 /* Tensors sorted by their data, to find overlaps. */
 typedef struct placed {
     uint64_t begin, end;
@@ -509,14 +529,11 @@ static qi_status parse_tensors(cursor *c, uint64_t n) {
                        (unsigned long long)start, f->size);
         f->data_start = start > f->size ? f->size : (size_t)start;
     }
+    if (st == QI_OK) st = check_unique(c);
     if (st == QI_OK) st = place_tensors(c, info);
     free(info);
     if (st != QI_OK) return st;
     qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, cmp_tensor_name);
-    for (int i = 1; i < f->n_tensors; i++)
-        if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0)
-            return failf(c, QI_ERR_FORMAT, "tensor '%.200s' appears twice (corrupt file)",
-                         f->tensors[i].name);
     return QI_OK;
 }
 

@@ -343,7 +343,7 @@ qi_status qi_model_dir_open(const char *path, qi_model_dir *out, qi_error *err) 
         return qi_fail(err, QI_ERR_ARG, "model directory path too long (%zu bytes)", strlen(path));
     if (!qi_dir_exists(path)) {
         if (qi_file_exists(path))
-            return qi_fail(err, QI_ERR_ARG, "%s: is a file, not a directory; " QI_FETCH_HINT, path);
+            return qi_fail(err, QI_ERR_IO, "%s: is a file, not a directory; " QI_FETCH_HINT, path);
         return qi_fail(err, QI_ERR_IO, "%s: no such directory; " QI_FETCH_HINT, path);
     }
     snprintf(out->root, sizeof out->root, "%s", path);

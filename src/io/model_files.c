@@ -92,7 +92,7 @@ static qi_status resolve_root(const char *root, qi_model_files *out, qi_error *e
     snprintf(out->root, sizeof out->root, "%s", root);
     char index[QI_PATH_MAX];
     if (!qi_dir_exists(root))
-        return qi_fail(err, qi_file_exists(root) ? QI_ERR_ARG : QI_ERR_IO,
+        return qi_fail(err, QI_ERR_IO, /* a file where a folder should be: a path problem, like a missing one */
                        "-m %s: %s; give a Qwen/Qwen-Image diffusers folder or a folder of ComfyUI-style split "
                        "files (or the files themselves with --diffusion-model, --text-encoder and --vae)",
                        root, qi_file_exists(root) ? "is a file, not a folder" : "no such folder");

@@ -302,6 +302,27 @@ static qi_status check_tiling(const char *path, entry_info *entries, int n, uint
     return st;
 }
 
+static int cmp_entry_name(const void *a, const void *b) {
+    return strcmp((*(const entry_info *const *)a)->name, (*(const entry_info *const *)b)->name);
+}
+
+/* No two entries share a name (JSON objects may repeat a key; cJSON keeps
+ * both). Checked before the tiling, which would call a repeated entry an
+ * overlap. */
+static qi_status check_unique(const char *path, entry_info *entries, int n, qi_error *err) {
+    entry_info **by_name = malloc(sizeof(entry_info *) * (size_t)(n ? n : 1));
+    if (!by_name) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) by_name[i] = &entries[i];
+    qsort(by_name, (size_t)n, sizeof *by_name, cmp_entry_name);
+    qi_status st = QI_OK;
+    for (int i = 1; i < n && st == QI_OK; i++)
+        if (strcmp(by_name[i - 1]->name, by_name[i]->name) == 0)
+            st = qi_fail(err, QI_ERR_FORMAT, "%s: tensor '%s' appears twice in the header (a duplicate name)",
+                         path, by_name[i]->name);
+    free(by_name);
+    return st;
+}
+
 /* Parses and checks the header of an already-mapped file into f. */
 static qi_status parse_header(qi_st_file *f, qi_error *err) {
     const unsigned char *bytes = f->map;
@@ -361,6 +382,7 @@ static qi_status parse_header(qi_st_file *f, qi_error *err) {
         }
         if (st != QI_OK) break;
     }
+    if (st == QI_OK) st = check_unique(path, entries, n, err);
     if (st == QI_OK) st = check_tiling(path, entries, n, data_size, err);
 
     /* One block: the tensor array followed by its names. */
@@ -389,11 +411,7 @@ static qi_status parse_header(qi_st_file *f, qi_error *err) {
             t->file = f;
         }
         f->n_tensors = n;
-        qsort(f->tensors, (size_t)n, sizeof *f->tensors, cmp_tensor_name);
-        for (int i = 1; i < n && st == QI_OK; i++)
-            if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0)
-                st = qi_fail(err, QI_ERR_FORMAT, "%s: tensor '%s' appears twice in the header",
-                             path, f->tensors[i].name);
+        qsort(f->tensors, (size_t)n, sizeof *f->tensors, cmp_tensor_name); /* names unique: checked above */
     }
     free(entries);
     cJSON_Delete(root);

@@ -11,8 +11,11 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "io/model_dir.h" /* qi_json_parse: strict, with line positions */
 
 /* ======================================================================== */
 /* Presets                                                                  */
@@ -77,8 +80,8 @@ static qi_status json_number(const json_ctx *j, const char *key, int required, d
                        "every diffusers-saved FlowMatchEulerDiscreteScheduler config has it)",
                        j->source, key);
     }
-    if (!cJSON_IsNumber(v))
-        return qi_fail(j->err, QI_ERR_FORMAT, "%s: scheduler config \"%s\" must be a number",
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return qi_fail(j->err, QI_ERR_FORMAT, "%s: scheduler config \"%s\" must be a finite number",
                        j->source, key);
     *out = v->valuedouble;
     if (present) *present = 1;
@@ -143,6 +146,9 @@ static qi_status parse_object(const json_ctx *j, qi_scheduler_config *out) {
         return st;
     int dyn = c.use_dynamic_shifting;
     if ((st = json_number(j, "shift", !dyn, &c.shift, NULL)) != QI_OK) return st;
+    if (!dyn && !(c.shift > 0)) /* shift·s / (1 + (shift − 1)·s) leaves (0, 1] otherwise */
+        return qi_fail(j->err, QI_ERR_FORMAT, "%s: scheduler config \"shift\" must be above 0, got %g",
+                       j->source, c.shift);
     if ((st = json_number(j, "base_shift", dyn, &c.base_shift, NULL)) != QI_OK) return st;
     if ((st = json_number(j, "max_shift", dyn, &c.max_shift, NULL)) != QI_OK) return st;
     if (dyn) {
@@ -174,10 +180,10 @@ static qi_status parse_object(const json_ctx *j, qi_scheduler_config *out) {
     if ((st = json_number(j, "shift_terminal", 0, &c.shift_terminal, &has_terminal)) != QI_OK)
         return st;
     c.has_shift_terminal = has_terminal && c.shift_terminal != 0.0; /* diffusers: `if shift_terminal:` */
-    if (c.has_shift_terminal && c.shift_terminal >= 1.0)
+    if (c.has_shift_terminal && !(c.shift_terminal > 0.0 && c.shift_terminal < 1.0))
         return qi_fail(j->err, QI_ERR_FORMAT,
-                       "%s: scheduler config \"shift_terminal\" must be below 1, got %g",
-                       j->source, c.shift_terminal);
+                       "%s: scheduler config \"shift_terminal\" must be between 0 and 1 (the last "
+                       "sigma), got %g", j->source, c.shift_terminal);
 
     if ((st = json_bool(j, "invert_sigmas", 0, &c.invert_sigmas)) != QI_OK) return st;
     if ((st = json_unsupported_flag(j, "use_karras_sigmas", "Karras sigmas",
@@ -202,8 +208,9 @@ qi_status qi_scheduler_config_parse(const char *json_text, const char *source,
     if (!source) source = "scheduler config";
     if (!json_text || !out)
         return qi_fail(err, QI_ERR_ARG, "%s: no JSON text or no output given", source);
-    cJSON *root = cJSON_Parse(json_text);
-    if (!root) return qi_fail(err, QI_ERR_FORMAT, "%s: not valid JSON", source);
+    cJSON *root;
+    qi_status st = qi_json_parse(json_text, strlen(json_text), source, &root, err);
+    if (st) return st; /* the message gives the line and the text near the mistake */
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return qi_fail(err, QI_ERR_FORMAT, "%s: expected a JSON object", source);
@@ -212,7 +219,7 @@ qi_status qi_scheduler_config_parse(const char *json_text, const char *source,
     const cJSON *nested = cJSON_GetObjectItemCaseSensitive(root, "scheduler");
     if (nested && cJSON_IsObject(nested)) obj = nested; /* a reference case.json */
     json_ctx j = {obj, source, err};
-    qi_status st = parse_object(&j, out);
+    st = parse_object(&j, out);
     cJSON_Delete(root);
     return st;
 }
@@ -304,6 +311,18 @@ qi_status qi_scheduler_sigmas(const qi_scheduler_config *c, int steps, int image
     const float ntt = (float)c->num_train_timesteps;
     for (int i = 0; i < steps; i++) timesteps[i] = s[i] * ntt;
     sigmas[steps] = c->invert_sigmas ? 1.0f : 0.0f;
+    /* Flow matching mixes noise and image by sigma: a value outside [0, 1]
+     * (extreme shifts overflow to inf/NaN, or cross 0) gives garbage, so the
+     * schedule is refused here, before any work, naming the step. */
+    for (int i = 0; i < steps; i++)
+        if (!(s[i] >= 0.0f && s[i] <= 1.0f)) {
+            char v[32];
+            snprintf(v, sizeof v, isnan(s[i]) ? "not a number" : "%g", (double)s[i]);
+            return qi_fail(err, QI_ERR_FORMAT,
+                           "scheduler: sigma %d of the %d-step schedule at %d image tokens is %s, outside "
+                           "[0, 1]; the config's shift values (shift, base_shift/max_shift, shift_terminal) "
+                           "are out of range", i, steps, image_seq_len, v);
+        }
     return QI_OK;
 }
 

@@ -171,9 +171,10 @@ static qi_status cpu_upload(qi_backend *be, qi_tensor *t, const void *host, qi_e
 static qi_status cpu_download(qi_backend *be, const qi_tensor *t, void *host, qi_error *err) {
     cpu_impl *c = impl_of(be);
     if (c->err_status != QI_OK) { /* the data would be garbage: report why */
-        qi_fail(err, c->err_status, "%s", c->err_msg);
+        qi_status st = c->err_status; /* the op's own status: out of memory stays QI_ERR_NOMEM */
+        qi_fail(err, st, "%s", c->err_msg);
         c->err_status = QI_OK;
-        return qi_fail_ctx(err, QI_ERR_BACKEND, "cpu backend: download after a failed op");
+        return qi_fail_ctx(err, st, "cpu backend: download after a failed op");
     }
     if (t->dtype == QI_F32 || t->dtype == QI_I32) {
         memcpy(host, t->data, qi_nbytes(t));

@@ -480,9 +480,10 @@ static qi_status download_on_device(qi_backend *be, const qi_tensor *t, void *ho
         return qi_fail(err, QI_ERR_ARG, "cuda backend: download of a %s tensor (F32/BF16/F16/I32 only)",
                        qi_dtype_name(t->dtype));
     if (c->err_status != QI_OK) { /* the data would be garbage: report why */
-        qi_fail(err, c->err_status, "%s", c->err_msg);
+        qi_status st = c->err_status; /* the op's own status: out of memory stays QI_ERR_NOMEM */
+        qi_fail(err, st, "%s", c->err_msg);
         c->err_status = QI_OK;
-        return qi_fail_ctx(err, QI_ERR_BACKEND, "cuda backend: download after a failed op");
+        return qi_fail_ctx(err, st, "cuda backend: download after a failed op");
     }
     size_t n = (size_t)qi_numel(t), esz = qi_dtype_size(t->dtype);
     qi_dtype host_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
