@@ -16,19 +16,31 @@
 #include "backend/cuda/cuda_dequant.cuh"
 #include "backend/cuda/cuda_internal.h"
 
-/* 8 elements per thread: one 16-byte store of bf16. */
+/* 8 elements per thread: one 16-byte store of bf16. DT is the stored type
+ * as a template argument, so the type switch and, within the 8 elements
+ * (which share one block and one sub-block), the block header decoding fold
+ * away. */
+template <int DT>
+__device__ __forceinline__ __nv_bfloat16 kept_value(const qc_kept &k, int64_t i) {
+    float v = qc_stored_value(k.data, DT, i);
+    if (k.form == QI_SCALE_TENSOR) v = __fmul_rn(v, k.scale);
+    else if (k.form == QI_SCALE_ROW) v = __fmul_rn(v, k.row_scale[i / k.row_len]);
+    return __float2bfloat16_rn(v);
+}
+
+template <int DT>
 __global__ void dequant_bf16_k(qc_kept k, int64_t n, __nv_bfloat16 *out) {
     int64_t units = n / 8;
     for (int64_t u = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; u < units;
          u += (int64_t)gridDim.x * blockDim.x) {
         __align__(16) __nv_bfloat16 v[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = qc_kept_bf16(k, u * 8 + j);
+        for (int j = 0; j < 8; j++) v[j] = kept_value<DT>(k, u * 8 + j);
         *(uint4 *)(out + u * 8) = *(const uint4 *)v;
     }
     for (int64_t i = units * 8 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = qc_kept_bf16(k, i);
+        out[i] = kept_value<DT>(k, i);
 }
 
 qc_kept qc_kept_of(const qi_tensor *w) {
@@ -52,7 +64,20 @@ int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out) {
     int64_t units = n / 8 + 1;
     int64_t blocks = (units + 255) / 256;
     int grid = (int)(blocks < (int64_t)c->sm_count * 16 ? blocks : (int64_t)c->sm_count * 16);
-    dequant_bf16_k<<<grid < 1 ? 1 : grid, 256, 0, c->stream>>>(qc_kept_of(w), n, (__nv_bfloat16 *)c->wscratch);
+    grid = grid < 1 ? 1 : grid;
+    qc_kept k = qc_kept_of(w);
+    __nv_bfloat16 *o = (__nv_bfloat16 *)c->wscratch;
+    switch (w->dtype) {
+#define DEQUANT_CASE(T) \
+    case T: dequant_bf16_k<T><<<grid, 256, 0, c->stream>>>(k, n, o); break;
+        DEQUANT_CASE(QI_F8_E4M3) DEQUANT_CASE(QI_F8_E5M2) DEQUANT_CASE(QI_Q8_0) DEQUANT_CASE(QI_Q4_0)
+        DEQUANT_CASE(QI_Q4_1) DEQUANT_CASE(QI_Q5_0) DEQUANT_CASE(QI_Q5_1) DEQUANT_CASE(QI_Q2_K)
+        DEQUANT_CASE(QI_Q3_K) DEQUANT_CASE(QI_Q4_K) DEQUANT_CASE(QI_Q5_K) DEQUANT_CASE(QI_Q6_K)
+#undef DEQUANT_CASE
+    default:
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: no device decoder for %s weights", qi_dtype_name(w->dtype));
+        return 1;
+    }
     if (qc_check_launch(c, "dequantise weight")) return 1;
     *out = *w;
     out->dtype = QI_BF16;
