@@ -9,6 +9,7 @@
 #   there:  sh dev/cuda/kept-run/run.sh [tests] [bench]   (logs under $OUT)
 set -u
 [ -d dist ] || tar xJf devpack/dist.tar.xz
+f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz  # kept compressed in git
 mkdir -p /work
 [ -e /work/main ] || ln -s "$PWD" /work/main   # the binaries carry this machine's data paths
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
