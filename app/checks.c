@@ -41,6 +41,15 @@ int qi_app_check_text(const gen_args *a) {
     for (int i = 0; i <= a->n_prompts; i++) {
         const char *s = i < a->n_prompts ? a->prompts[i] : a->negative;
         if (!s) continue;
+        size_t len = strlen(s);
+        if (len > QI_PROMPT_MAX_BYTES) { /* before the tokenizer reads it */
+            if (i == a->n_prompts)
+                return qi_app_usage_error("-n: the negative prompt is %zu bytes; at most %d (1 MiB)", len,
+                                          QI_PROMPT_MAX_BYTES);
+            if (a->n_prompts > 1)
+                return qi_app_usage_error("-p: prompt %d is %zu bytes; at most %d (1 MiB)", i, len, QI_PROMPT_MAX_BYTES);
+            return qi_app_usage_error("-p: the prompt is %zu bytes; at most %d (1 MiB)", len, QI_PROMPT_MAX_BYTES);
+        }
         size_t bad = qi_utf8_first_invalid(s, strlen(s));
         if (bad == SIZE_MAX) continue;
         if (i == a->n_prompts) return qi_app_usage_error("-n: the negative prompt is not valid UTF-8 (byte %zu)", bad);

@@ -184,6 +184,8 @@ static int cmd_tokenize(int argc, char **argv) {
         else return qi_app_usage_error("tokenize: one TEXT argument expected, got another: %s", argv[i]);
     }
     if (!text) return qi_app_usage_error("tokenize: usage: qwen-image tokenize -m MODEL_DIR [--template] TEXT");
+    if (strlen(text) > QI_PROMPT_MAX_BYTES)
+        return qi_app_usage_error("tokenize: TEXT is %zu bytes; at most %d (1 MiB)", strlen(text), QI_PROMPT_MAX_BYTES);
     model = qi_app_model_or_default(model, NULL, te, NULL, 1);
     qi_error err = {{0}};
     qi_tokenizer *tok;
@@ -234,7 +236,9 @@ static int cmd_encode(int argc, char **argv) {
         if (!strcmp(a, "-m") && has) model = argv[++i];
         else if (!strcmp(a, "--text-encoder") && has) te_file = argv[++i];
         else if (!strcmp(a, "-p") && has) {
-            size_t bad = qi_utf8_first_invalid(argv[i + 1], strlen(argv[i + 1]));
+            size_t len = strlen(argv[i + 1]), bad = qi_utf8_first_invalid(argv[i + 1], len);
+            if (len > QI_PROMPT_MAX_BYTES)
+                return qi_app_usage_error("-p %d: %zu bytes; at most %d (1 MiB)", n, len, QI_PROMPT_MAX_BYTES);
             if (bad != SIZE_MAX) return qi_app_usage_error("-p %d: invalid UTF-8 at byte %zu", n, bad);
             if (n == 256) return qi_app_usage_error("encode: at most 256 prompts");
             prompts[n++] = argv[++i];

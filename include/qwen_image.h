@@ -89,6 +89,13 @@ qi_open_options qi_open_options_default(void);
 
 #define QI_CFG_MAX 100 /* the largest cfg a request may ask (useful scales are 1..10) */
 
+/* Bounds on what a caller may hand the engine (README "Checks and limits"
+ * lists every limit with its message). */
+#define QI_MAX_LORAS 16                           /* LoRA files in a set */
+#define QI_LORA_MAX_BYTES ((uint64_t)16 << 30)    /* one LoRA file (the whole bf16 transformer is 41 GB) */
+#define QI_PROMPT_MAX_BYTES (1 << 20)             /* one prompt or negative prompt, UTF-8 bytes (the model
+                                                     reads at most 1024 tokens of it) */
+
 typedef enum qi_rng_kind { QI_RNG_CPU = 0, QI_RNG_CUDA = 1 } qi_rng_kind;
 
 typedef struct qi_request {

@@ -280,6 +280,8 @@ struct qi_backend {
     const qi_backend_ops *ops;
     qi_dtype act_dtype; /* activation dtype: F32 on CPU, BF16 on CUDA */
     void *impl;
+    size_t arena_bytes; /* the activation arena's capacity (what `tensor` can hand out in all): requests are
+                           checked against it before any work */
 };
 
 /* Backend constructors. */

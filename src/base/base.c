@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <time.h>
@@ -101,6 +102,13 @@ qi_status qi_fail_ctx(qi_error *err, qi_status status, const char *fmt, ...) {
     return status;
 }
 
+qi_status qi_check_range(const char *file, const char *key, int64_t v, int64_t lo, int64_t hi, const char *why,
+                         qi_error *err) {
+    if (v >= lo && v <= hi) return QI_OK;
+    return qi_fail(err, QI_ERR_FORMAT, "%s: %s is %lld; allowed %lld..%lld (%s)", file, key, (long long)v,
+                   (long long)lo, (long long)hi, why);
+}
+
 const char *qi_status_name(qi_status s) {
     switch (s) {
     case QI_OK: return "ok";
@@ -167,6 +175,30 @@ int qi_path_join(char *out, size_t cap, const char *dir, const char *name) {
     int sep = dl > 0 && dir[dl - 1] != '/';
     int n = snprintf(out, cap, "%s%s%s", dir, sep ? "/" : "", name);
     return (n < 0 || (size_t)n >= cap) ? -1 : 0;
+}
+
+/* The process's mapped address space now, bytes (/proc/self/statm's first
+ * field); 0 when unknown. */
+static uint64_t address_space_used(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long pages = 0;
+    if (f) {
+        if (fscanf(f, "%llu", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    return (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+uint64_t qi_host_memory_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t phys = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : (uint64_t)16 << 30;
+    struct rlimit rl; /* `ulimit -v`: what is still free under it */
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        uint64_t used = address_space_used(), lim = (uint64_t)rl.rlim_cur;
+        uint64_t left = lim > used ? lim - used : 0;
+        if (phys > left) phys = left;
+    }
+    return phys;
 }
 
 int qi_file_exists(const char *path) {

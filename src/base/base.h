@@ -30,6 +30,13 @@ qi_status qi_fail(qi_error *err, qi_status status, const char *fmt, ...)
 qi_status qi_fail_ctx(qi_error *err, qi_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A configuration integer (a config.json key, a GGUF metadata value, a size
+ * derived from shapes) checked against [lo, hi] before any size is computed
+ * from it, so no product of such values overflows: QI_OK, or QI_ERR_FORMAT
+ * with "<file>: <key> is <v>; allowed <lo>..<hi> (<why>)". */
+qi_status qi_check_range(const char *file, const char *key, int64_t v, int64_t lo, int64_t hi, const char *why,
+                         qi_error *err);
+
 /* ---- element types ------------------------------------------------------ */
 
 /* Storage types. Element types first; then the GGUF (ggml) block types, whose
@@ -107,6 +114,12 @@ void qi_unmap_file(void *map, size_t size);
 
 /* path join into a caller buffer; returns 0 or -1 if it does not fit. */
 int qi_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* The host memory a run may use, bytes: the machine's physical memory, or
+ * less when `ulimit -v` (RLIMIT_AS) leaves less address space free. The
+ * default CPU arena is sized from it, and requests are checked against it
+ * before any work. */
+uint64_t qi_host_memory_bytes(void);
 
 int qi_file_exists(const char *path);
 int qi_dir_exists(const char *path);

@@ -3,10 +3,13 @@
  * in every message, sizes, schedule and layout. It reads no file and touches
  * no device.
  */
+#define _POSIX_C_SOURCE 200809L /* strnlen */
 #include "engine/plan.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
     if (!r->prompt && !r->prompts) return qi_fail(err, QI_ERR_ARG, "no prompt given (-p TEXT)");
@@ -15,6 +18,17 @@ qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
             return qi_fail(err, QI_ERR_ARG, "n_prompts %d: must be between 1 and 4096", r->n_prompts);
         for (int i = 0; i < r->n_prompts; i++)
             if (!r->prompts[i]) return qi_fail(err, QI_ERR_ARG, "prompt %d is NULL", i);
+    }
+    int n = r->prompts ? r->n_prompts : 1;
+    for (int i = 0; i <= n; i++) { /* the prompts, then the negative prompt */
+        const char *t = i < n ? (r->prompts ? r->prompts[i] : r->prompt) : r->negative_prompt;
+        if (!t || strnlen(t, QI_PROMPT_MAX_BYTES + 1) <= QI_PROMPT_MAX_BYTES) continue;
+        char what[48];
+        if (i == n) snprintf(what, sizeof what, "-n: the negative prompt");
+        else if (n > 1) snprintf(what, sizeof what, "-p: prompt %d", i);
+        else snprintf(what, sizeof what, "-p: the prompt");
+        return qi_fail(err, QI_ERR_ARG, "%s is over %d bytes; a prompt may be at most 1 MiB (the model reads its "
+                       "first 1024 tokens, a few KiB of text)", what, QI_PROMPT_MAX_BYTES);
     }
     if (r->width <= 0 || r->height <= 0 || r->width % 16 || r->height % 16)
         return qi_fail(err, QI_ERR_ARG,

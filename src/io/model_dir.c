@@ -39,6 +39,27 @@ static int line_of(const char *text, size_t pos) {
 
 static int is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+/* The offset of the first '[' or '{' (outside strings) that opens level
+ * QI_JSON_MAX_DEPTH + 1, or len when the text never nests that deep. A
+ * malformed text may miscount here; the parser then refuses it anyway. */
+static size_t too_deep_at(const char *text, size_t len) {
+    int depth = 0, in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\') i++;
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > QI_JSON_MAX_DEPTH) return i;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return len;
+}
+
 qi_status qi_json_parse(const char *text, size_t len, const char *what, cJSON **out,
                         qi_error *err) {
     *out = NULL;
@@ -48,6 +69,10 @@ qi_status qi_json_parse(const char *text, size_t len, const char *what, cJSON **
     while (first < len && is_json_space(text[first])) first++;
     if (first == len) return qi_fail(err, QI_ERR_FORMAT, "%s: empty (expected JSON)", what);
 
+    size_t deep = too_deep_at(text, len);
+    if (deep < len)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: line %d: JSON nested deeper than %d levels (no file this engine reads "
+                       "needs more than a few)", what, line_of(text, deep), QI_JSON_MAX_DEPTH);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text + start, len - start, &end, 0);
     size_t pos = end ? (size_t)(end - text) : start;

@@ -55,7 +55,12 @@ qi_status qi_model_dir_open(const char *path, qi_model_dir *out, qi_error *err);
  * with cJSON_Delete. */
 qi_status qi_json_load(const char *path, cJSON **out, qi_error *err);
 
-/* Parses JSON text already in memory; `what` names it in errors (a path). */
+/* Parses JSON text already in memory; `what` names it in errors (a path).
+ * Strict: one value and nothing after it but spaces; arrays and objects
+ * nested at most QI_JSON_MAX_DEPTH deep (no config needs more than a few
+ * levels; deeper text is refused before it is parsed, "line N: JSON nested
+ * deeper than 64 levels"). */
+#define QI_JSON_MAX_DEPTH 64
 qi_status qi_json_parse(const char *text, size_t len, const char *what, cJSON **out, qi_error *err);
 
 /* "a string", "a number", "an array", ... for error messages. */

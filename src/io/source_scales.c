@@ -170,8 +170,11 @@ static qi_status read_comfy_quant(const qi_st_set *set, const qi_st_tensor *q, q
     if (q->dtype != QI_U8 || q->ndim != 1)
         return qi_fail(err, QI_ERR_FORMAT, "%s: %s must be U8 bytes of a JSON object, found %s", q->file->path, what,
                        qi_dtype_name(q->dtype));
-    cJSON *j = cJSON_ParseWithLength((const char *)q->data, q->nbytes);
-    qi_status st = check_quant_format(j, q->file->path, what, err);
+    cJSON *j = NULL;
+    char where[QI_PATH_MAX + 600];
+    snprintf(where, sizeof where, "%s: %s", q->file->path, what);
+    qi_status st = qi_json_parse((const char *)q->data, q->nbytes, where, &j, err);
+    if (st == QI_OK) st = check_quant_format(j, q->file->path, what, err);
     cJSON_Delete(j);
     if (st != QI_OK) return st;
     char sname[512];
@@ -199,11 +202,16 @@ static qi_status read_input_scale(const qi_st_tensor *s, qi_error *err) {
 /* __metadata__["_quantization_metadata"] = {"layers": {"<layer>": {...}}}. */
 static qi_status check_quant_metadata(const qi_st_file *f, qi_error *err) {
     if (!f->metadata_json) return QI_OK;
-    cJSON *meta = cJSON_Parse(f->metadata_json);
+    cJSON *meta = NULL, *parsed = NULL;
+    char where[QI_PATH_MAX + 64];
+    snprintf(where, sizeof where, "%s: __metadata__", f->path);
+    qi_status st = qi_json_parse(f->metadata_json, strlen(f->metadata_json), where, &meta, err);
     const cJSON *q = meta ? cJSON_GetObjectItemCaseSensitive(meta, "_quantization_metadata") : NULL;
-    qi_status st = QI_OK;
-    if (q) {
-        cJSON *parsed = cJSON_IsString(q) ? cJSON_Parse(q->valuestring) : NULL;
+    if (q && cJSON_IsString(q)) {
+        snprintf(where, sizeof where, "%s: __metadata__ '_quantization_metadata'", f->path);
+        st = qi_json_parse(q->valuestring, strlen(q->valuestring), where, &parsed, err);
+    }
+    if (q && st == QI_OK) {
         const cJSON *layers = parsed ? cJSON_GetObjectItemCaseSensitive(parsed, "layers") : NULL;
         if (!cJSON_IsObject(layers))
             st = qi_fail(err, QI_ERR_FORMAT, "%s: __metadata__ '_quantization_metadata' is not a JSON string of "

@@ -111,14 +111,41 @@ const qi_dit_config *qi_dit_get_config(const qi_dit *d) { return &d->cfg; }
 
 /* ---- config ------------------------------------------------------------------ */
 
+/* The bounds of every integer of a transformer config (Qwen-Image's own
+ * values in the comments): generous for variants, small enough that no width,
+ * product or offset computed from them overflows an int. */
+static qi_status check_bounds(const qi_dit_config *c, const char *path, int n_axes, qi_error *err) {
+    const struct {
+        const char *key;
+        int v, lo, hi;
+    } b[] = {
+        {"num_layers", c->num_layers, 1, 1024},                 /* 60 */
+        {"num_attention_heads", c->num_heads, 1, 1024},         /* 24 */
+        {"attention_head_dim", c->head_dim, 2, 1024},           /* 128 */
+        {"joint_attention_dim", c->joint_dim, 1, 65536},        /* 3584 */
+        {"in_channels", c->in_channels, 1, 65536},              /* 64 */
+        {"out_channels", c->out_channels, 1, 65536},            /* 16 */
+        {"patch_size", c->patch_size, 1, 16},                   /* 2 */
+        {"axes_dims_rope[0]", n_axes > 0 ? c->axes_dims_rope[0] : 0, 0, 1024}, /* 16 */
+        {"axes_dims_rope[1]", n_axes > 1 ? c->axes_dims_rope[1] : 0, 0, 1024}, /* 56 */
+        {"axes_dims_rope[2]", n_axes > 2 ? c->axes_dims_rope[2] : 0, 0, 1024}, /* 56 */
+    };
+    qi_status st = QI_OK;
+    for (size_t i = 0; i < QI_ARRAY_LEN(b) && !st; i++)
+        st = qi_check_range(path, b[i].key, b[i].v, b[i].lo, b[i].hi, "the transformer's config", err);
+    if (!st) /* the model width, and its MLP's 4× */
+        st = qi_check_range(path, "num_attention_heads × attention_head_dim", (int64_t)c->num_heads * c->head_dim,
+                            1, 65536, "the transformer's width", err);
+    return st;
+}
+
 /* Checks a config however it was found; `path` names its origin in errors. */
 static qi_status check_config(qi_dit_config *c, const char *path, int n_axes, qi_error *err) {
-    if (c->num_layers < 1 || c->num_heads < 1 || c->head_dim < 2 || c->head_dim % 2 ||
-        c->joint_dim < 1 || c->in_channels < 1 || c->out_channels < 1 || c->patch_size < 1)
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: num_layers, num_attention_heads, joint_attention_dim, in_channels, "
-                       "out_channels, patch_size must be positive and attention_head_dim even",
-                       path);
+    qi_status st = check_bounds(c, path, n_axes, err);
+    if (st) return st;
+    if (c->head_dim % 2)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: attention_head_dim is %d; it must be even (RoPE rotates pairs)",
+                       path, c->head_dim);
     if (n_axes != 3 || c->axes_dims_rope[0] % 2 || c->axes_dims_rope[1] % 2 ||
         c->axes_dims_rope[2] % 2 || c->axes_dims_rope[0] < 0 || c->axes_dims_rope[1] < 0 ||
         c->axes_dims_rope[2] < 0 ||
@@ -212,7 +239,7 @@ static qi_status config_from_shapes(const qi_source *src, qi_dit_config *c, qi_e
     c->patch_size = 2;
     int64_t p2 = (int64_t)c->patch_size * c->patch_size;
     if (head_dim < 2 || inner % head_dim || proj_out[0] % p2 || inner > INT32_MAX ||
-        txt_in[1] > INT32_MAX || img_in[1] > INT32_MAX)
+        txt_in[1] > INT32_MAX || img_in[1] > INT32_MAX || proj_out[0] > INT32_MAX)
         return qi_fail(err, QI_ERR_FORMAT,
                        "%s: tensor shapes do not make a Qwen-Image transformer: img_in.weight has "
                        "%lld rows, attn.norm_q.weight %lld elements, proj_out.weight %lld rows "

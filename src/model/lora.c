@@ -11,7 +11,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
+#include "io/model_dir.h" /* qi_json_parse */
 #include "io/safetensors.h"
 
 typedef enum lora_style { STYLE_UNSET = 0, STYLE_KOHYA, STYLE_PEFT } lora_style;
@@ -163,15 +165,20 @@ static qi_status read_adapter_config(const lora_file *f, int *have, double *alph
     *have = 0;
     const char *meta = f->st->n_files > 0 ? f->st->files[0]->metadata_json : NULL;
     if (!meta) return QI_OK;
-    cJSON *outer = cJSON_Parse(meta);
-    if (!outer) return qi_fail(err, QI_ERR_FORMAT, "LoRA %s: unreadable __metadata__", f->path);
+    char what[QI_PATH_MAX + 64];
+    snprintf(what, sizeof what, "LoRA %s: __metadata__", f->path);
+    cJSON *outer, *cfg;
+    qi_status st = qi_json_parse(meta, strlen(meta), what, &outer, err);
+    if (st) return st;
     const cJSON *blob = cJSON_GetObjectItemCaseSensitive(outer, "lora_adapter_metadata");
     if (!cJSON_IsString(blob)) {
         cJSON_Delete(outer);
         return QI_OK;
     }
-    cJSON *cfg = cJSON_Parse(blob->valuestring);
+    snprintf(what, sizeof what, "LoRA %s: metadata 'lora_adapter_metadata'", f->path);
+    st = qi_json_parse(blob->valuestring, strlen(blob->valuestring), what, &cfg, err);
     cJSON_Delete(outer);
+    if (st) return st;
     if (!cJSON_IsObject(cfg)) {
         cJSON_Delete(cfg);
         return qi_fail(err, QI_ERR_FORMAT,
@@ -192,7 +199,6 @@ static qi_status read_adapter_config(const lora_file *f, int *have, double *alph
         snprintf(k, sizeof k, "%srank_pattern", prefixes[i]);
         rp = cJSON_GetObjectItemCaseSensitive(cfg, k);
     }
-    qi_status st = QI_OK;
     if (!cJSON_IsNumber(a) || !cJSON_IsNumber(r) || r->valuedouble <= 0) {
         st = qi_fail(err, QI_ERR_FORMAT,
                      "LoRA %s: metadata 'lora_adapter_metadata' lacks numeric lora_alpha and r > 0",
@@ -337,6 +343,14 @@ qi_status qi_lora_set_add(qi_lora_set **set, const char *path, float strength, q
     if (!isfinite(strength))
         return qi_fail(err, QI_ERR_ARG, "LoRA %s: strength must be a finite number", path);
     qi_lora_set *s = *set;
+    if (s && s->n_files >= QI_MAX_LORAS)
+        return qi_fail(err, QI_ERR_ARG, "LoRA %s: a set holds at most %d LoRA files; remove one first", path,
+                       QI_MAX_LORAS);
+    struct stat sb; /* the size, before anything is mapped or read */
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size > QI_LORA_MAX_BYTES)
+        return qi_fail(err, QI_ERR_FORMAT, "LoRA %s: %.1f GiB; a LoRA file may be at most %llu GiB (is it a whole "
+                       "model rather than a LoRA?)", path, (double)sb.st_size / (1 << 30),
+                       (unsigned long long)(QI_LORA_MAX_BYTES >> 30));
     if (!s) {
         s = calloc(1, sizeof *s);
         if (!s) return qi_fail(err, QI_ERR_NOMEM, "LoRA %s: out of memory", path);

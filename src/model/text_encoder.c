@@ -49,16 +49,32 @@ static qi_status missing_key(const char *path, const char *key, qi_error *err) {
                    path, key);
 }
 
-static qi_status get_positive_int(const cJSON *text, const cJSON *root, const char *path,
-                                  const char *key, int *out, qi_error *err) {
+static qi_status get_int(const cJSON *text, const cJSON *root, const char *path, const char *key, int *out,
+                         qi_error *err) {
     const cJSON *obj = holder_of(text, root, key);
     if (!obj) return missing_key(path, key, err);
-    qi_status st = qi_json_get_int(obj, key, path, out, err);
-    if (st != QI_OK) return st;
-    if (*out <= 0)
-        return qi_fail(err, QI_ERR_FORMAT, "%s: key '%s' must be positive, found %d", path, key,
-                       *out);
-    return QI_OK;
+    return qi_json_get_int(obj, key, path, out, err);
+}
+
+/* The bounds of every size of the config, however it was found (Qwen2.5-VL
+ * 7B's values in the comments): generous for other sizes, small enough that
+ * no width or product computed from them overflows. */
+static qi_status check_sizes(const char *path, const qi_text_encoder_config *c, qi_error *err) {
+    const struct {
+        const char *key;
+        int v, lo, hi;
+    } b[] = {
+        {"hidden_size", c->hidden_size, 1, 65536},               /* 3584 */
+        {"num_hidden_layers", c->num_layers, 1, 1024},           /* 28 */
+        {"num_attention_heads", c->num_heads, 1, 1024},          /* 28 */
+        {"num_key_value_heads", c->num_kv_heads, 1, 1024},       /* 4 */
+        {"intermediate_size", c->intermediate_size, 1, 1 << 20}, /* 18944 */
+        {"vocab_size", c->vocab_size, 1, 1 << 24},               /* 152064 */
+    };
+    qi_status st = QI_OK;
+    for (size_t i = 0; i < QI_ARRAY_LEN(b) && !st; i++)
+        st = qi_check_range(path, b[i].key, b[i].v, b[i].lo, b[i].hi, "the text encoder's config", err);
+    return st;
 }
 
 /* Only the plain RoPE of Qwen2.5-VL ("default"; 4.x files say "mrope") is
@@ -124,12 +140,13 @@ static qi_status parse_config(const cJSON *root, const char *path, qi_text_encod
         return qi_fail(err, QI_ERR_FORMAT, "%s: key 'text_config' must be an object", path);
     if (!text || cJSON_IsNull(text)) text = root;
 
-    if ((st = get_positive_int(text, root, path, "hidden_size", &c->hidden_size, err)) ||
-        (st = get_positive_int(text, root, path, "num_hidden_layers", &c->num_layers, err)) ||
-        (st = get_positive_int(text, root, path, "num_attention_heads", &c->num_heads, err)) ||
-        (st = get_positive_int(text, root, path, "num_key_value_heads", &c->num_kv_heads, err)) ||
-        (st = get_positive_int(text, root, path, "intermediate_size", &c->intermediate_size, err)) ||
-        (st = get_positive_int(text, root, path, "vocab_size", &c->vocab_size, err)))
+    if ((st = get_int(text, root, path, "hidden_size", &c->hidden_size, err)) ||
+        (st = get_int(text, root, path, "num_hidden_layers", &c->num_layers, err)) ||
+        (st = get_int(text, root, path, "num_attention_heads", &c->num_heads, err)) ||
+        (st = get_int(text, root, path, "num_key_value_heads", &c->num_kv_heads, err)) ||
+        (st = get_int(text, root, path, "intermediate_size", &c->intermediate_size, err)) ||
+        (st = get_int(text, root, path, "vocab_size", &c->vocab_size, err)) ||
+        (st = check_sizes(path, c, err)))
         return st;
 
     const cJSON *holder = holder_of(text, root, "rms_norm_eps");
@@ -294,6 +311,8 @@ void qi_text_encoder_free(qi_text_encoder *te) {
 
 /* Checks the derived head layout as parse_config checks a file's. */
 static qi_status check_heads(const char *what, qi_text_encoder_config *c, qi_error *err) {
+    qi_status st = check_sizes(what, c, err);
+    if (st) return st;
     if (c->num_heads <= 0 || c->num_kv_heads <= 0 || c->hidden_size % c->num_heads != 0 ||
         c->num_heads % c->num_kv_heads != 0 || (c->hidden_size / c->num_heads) % 2 != 0)
         return qi_fail(err, QI_ERR_FORMAT,
@@ -349,7 +368,7 @@ static qi_status config_of_gguf(const qi_source *src, qi_text_encoder_config *c,
     qi_source_tensor t;
     if (!qi_source_find(src, "model.embed_tokens.weight", &t) || t.ndim != 2)
         return qi_fail(err, QI_ERR_FORMAT, "%s: no 2-D tensor 'token_embd.weight' (the embedding table)", path);
-    c->vocab_size = (int)t.shape[0];
+    c->vocab_size = t.shape[0] > INT32_MAX ? INT32_MAX : (int)t.shape[0]; /* too large: check_sizes says so */
     return check_heads(path, c, err);
 }
 
@@ -387,6 +406,10 @@ static qi_status config_of_shapes(const qi_source *src, const char *prefix, qi_t
                        "'layers.0.self_attn.k_proj.weight' to derive one from (is this a Qwen2.5-VL text encoder?)",
                        path, prefix);
     enum { HEAD_DIM = 128 };
+    if (emb.shape[0] > INT32_MAX || emb.shape[1] > INT32_MAX || gate.shape[0] > INT32_MAX || k.shape[0] > INT32_MAX)
+        return qi_fail(err, QI_ERR_FORMAT, "%s: tensor shapes [%lld, %lld] (embedding), %lld (MLP rows), %lld (KV "
+                       "rows) are too large for a text encoder", path, (long long)emb.shape[0],
+                       (long long)emb.shape[1], (long long)gate.shape[0], (long long)k.shape[0]);
     c->vocab_size = (int)emb.shape[0];
     c->hidden_size = (int)emb.shape[1];
     c->intermediate_size = (int)gate.shape[0];

@@ -25,6 +25,7 @@
 #include "model/tokenizer.h"
 
 #include "io/gguf.h"
+#include "io/model_dir.h" /* qi_json_load */
 
 /* ---- the pre-tokenizer pattern (spec §1.6, verbatim but for \s) -----------
  *
@@ -266,20 +267,9 @@ static qi_status vocab_insert(qi_tokenizer *t, const char *s, size_t n, int32_t 
     return QI_OK;
 }
 
+/* Strict, with the line of a mistake, nesting bounded (io/model_dir.h). */
 static qi_status read_json_file(const char *path, cJSON **out, qi_error *err) {
-    char *text;
-    size_t len;
-    qi_status st = qi_read_text_file(path, &text, &len, err);
-    if (st != QI_OK) return st;
-    *out = cJSON_ParseWithLength(text, len);
-    if (!*out) {
-        const char *at = cJSON_GetErrorPtr();
-        long offset = at ? (long)(at - text) : -1;
-        free(text);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: not valid JSON (near byte %ld)", path, offset);
-    }
-    free(text);
-    return QI_OK;
+    return qi_json_load(path, out, err);
 }
 
 static qi_status load_vocab(qi_tokenizer *t, const char *dir, qi_error *err) {

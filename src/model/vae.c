@@ -141,19 +141,20 @@ static qi_status read_config(qi_vae *v, const cJSON *cfg, const char *path, qi_e
         goto done;
     }
 
-    if (v->base_dim < 1 || v->z_dim < 1 || v->num_res_blocks < 0 || v->n_levels < 1) {
-        st = qi_fail(err, QI_ERR_FORMAT,
-                     "%s: base_dim %d, z_dim %d, num_res_blocks %d, %d dim_mult entries: expected "
-                     "base_dim >= 1, z_dim >= 1, num_res_blocks >= 0 and at least one dim_mult",
-                     path, v->base_dim, v->z_dim, v->num_res_blocks, v->n_levels);
+    /* every size bounded before a width is computed from it (Qwen-Image's values in the comments) */
+    const char *why = "the VAE's config";
+    if ((st = qi_check_range(path, "base_dim", v->base_dim, 1, 4096, why, err)) ||          /* 96 */
+        (st = qi_check_range(path, "z_dim", v->z_dim, 1, 64, why, err)) ||                  /* 16 */
+        (st = qi_check_range(path, "num_res_blocks", v->num_res_blocks, 0, 64, why, err)) || /* 2 */
+        (st = qi_check_range(path, "the number of dim_mult entries", v->n_levels, 1, VAE_MAX_LEVELS, why, err)))
         goto done;
+    for (int i = 0; i < v->n_levels && !st; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "dim_mult[%d]", i); /* 1, 2, 4, 4 */
+        st = qi_check_range(path, key, v->dim_mult[i], 1, 65536 / v->base_dim, "base_dim × dim_mult at most 65536",
+                            err);
     }
-    for (int i = 0; i < v->n_levels; i++)
-        if (v->dim_mult[i] < 1 || (int64_t)v->dim_mult[i] * v->base_dim > 65536) {
-            st = qi_fail(err, QI_ERR_FORMAT, "%s: dim_mult[%d] = %d is out of range", path, i,
-                         v->dim_mult[i]);
-            goto done;
-        }
+    if (st) goto done;
     if (n_temporal != v->n_levels - 1) {
         st = qi_fail(err, QI_ERR_FORMAT,
                      "%s: temperal_downsample has %d entries, expected len(dim_mult) - 1 = %d", path,

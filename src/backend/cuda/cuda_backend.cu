@@ -941,6 +941,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
                      "device %d: %s", arena_bytes >> 20, device, cudaGetErrorString(e));
         goto fail;
     }
+    be->arena_bytes = arena_bytes;
     if ((e = cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes)) != cudaSuccess ||
         (e = cudaMalloc((void **)&c->scratch, c->scratch_bytes)) != cudaSuccess) {
         st = cuda_err(err, e, "workspace allocation");
