@@ -334,6 +334,18 @@ int qi_quant_supported(qi_dtype t) {
     }
 }
 
+/* A block that decodes worse than all zeros (f16 scales that underflow on
+ * values near 1e-7) is written as zeros: every block type decodes all-zero
+ * bytes to 0. */
+static void zero_if_worse(qi_dtype t, const float *x, uint8_t *b) {
+    const qi_dtype_traits *tt = qi_type_traits(t);
+    float y[256];
+    tt->to_f32(b, y, tt->block_elems);
+    double e = 0, z = 0;
+    for (int64_t i = 0; i < tt->block_elems; i++) e += ((double)y[i] - x[i]) * ((double)y[i] - x[i]), z += (double)x[i] * x[i];
+    if (e > z) memset(b, 0, tt->block_bytes);
+}
+
 int qi_quantize(qi_dtype t, const float *src, void *dst, int64_t n) {
     const qi_dtype_traits *tt = qi_type_traits(t);
     if (!qi_quant_supported(t) || !tt || n < 0 || n % tt->block_elems) return -1;
@@ -360,6 +372,7 @@ int qi_quantize(qi_dtype t, const float *src, void *dst, int64_t n) {
         case QI_Q6_K: q6_k_block(src, o); break;
         default: return -1;
         }
+        if (tt->block_elems > 1) zero_if_worse(t, src, o);
     }
     return 0;
 }
