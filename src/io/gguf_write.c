@@ -101,6 +101,10 @@ qi_status qi_gguf_writer_add_tensor(qi_gguf_writer *w, const char *name, qi_dtyp
         return qi_fail(err, QI_ERR_ARG, "GGUF writer: tensor '%s': %d dims (GGUF takes 1 to 4)", name, ndim);
     for (int i = 0; i < w->n_t; i++)
         if (!strcmp(w->ts[i].name, name)) return qi_fail(err, QI_ERR_ARG, "GGUF writer: tensor '%s' given twice", name);
+    for (int d = 0; d < ndim; d++) /* GGUF readers refuse empty dims */
+        if (shape[d] < 1)
+            return qi_fail(err, QI_ERR_ARG, "GGUF writer: tensor '%s': dim %d is %lld (GGUF dims are >= 1)", name, d,
+                           (long long)shape[d]);
     size_t nbytes;
     char what[600];
     snprintf(what, sizeof what, "GGUF writer: tensor '%s'", name);

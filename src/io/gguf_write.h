@@ -37,7 +37,7 @@ qi_status qi_gguf_writer_set_string(qi_gguf_writer *w, const char *key, const ch
 qi_status qi_gguf_writer_set_u32(qi_gguf_writer *w, const char *key, uint32_t value, qi_error *err);
 
 /* A tensor of `dtype` (a type with a GGUF id) and shape[ndim] (outermost
- * first, 1..4 dims, the last a whole number of blocks), before begin; a name
+ * first, 1..4 dims each >= 1, the last a whole number of blocks), before begin; a name
  * given twice is an error. */
 qi_status qi_gguf_writer_add_tensor(qi_gguf_writer *w, const char *name, qi_dtype dtype, int ndim,
                                     const int64_t *shape, qi_error *err);
