@@ -312,6 +312,8 @@ static void usage(FILE *f) {
             "                                                         write prompt_embeds + mask\n"
             "  qwen-image inspect FILE [--tensor NAME -o OUT.safetensors]\n"
             "                                                         what a weight file is; one tensor as float32\n"
+            "  qwen-image convert (-m DIR | --diffusion-model FILE) [--lora FILE[:S]]... --type TYPE -o OUT\n"
+            "                                                         the transformer (LoRAs fused) as GGUF or scaled fp8\n"
             "  qwen-image bench [options]                             full-size speed test (CUDA)\n"
             "  qwen-image --version\n\n"
             "Each command takes --help. Exit codes: 0 done, 1 runtime error, 2 usage error, 130 interrupted.\n"
@@ -339,5 +341,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "encode")) return cmd_encode(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return qi_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return qi_cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "convert")) return qi_cmd_convert(argc - 1, argv + 1);
     return qi_app_usage_error("unknown command '%s'", cmd);
 }

@@ -126,8 +126,9 @@ qi_status qi_model_files_resolve(const qi_model_paths *p, qi_model_files *out, q
         if (given[c] && *given[c]) {
             if (!qi_file_exists(given[c]) && !qi_dir_exists(given[c]))
                 return qi_fail(err, QI_ERR_IO, "%s %s: no such file", flag_of((qi_component)c), given[c]);
-            /* a single file beside a diffusers folder: that folder's config for it */
-            if (out->diffusers && has_suffix(given[c], ".safetensors"))
+            /* a single file beside a diffusers folder: that folder's config for it
+             * (a GGUF too: a converted small model's RoPE axes are in no shape) */
+            if (out->diffusers && (has_suffix(given[c], ".safetensors") || has_suffix(given[c], ".gguf")))
                 qi_path_join(out->config[c], QI_PATH_MAX, out->path[c], "config.json");
             snprintf(out->path[c], QI_PATH_MAX, "%s", given[c]);
         }

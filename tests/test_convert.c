@@ -1,0 +1,224 @@
+/*
+ * test_convert.c — claims about `qwen-image convert` as a person uses it:
+ * the tiny model with the Lightning-style LoRA of the en_lightning8_lora case
+ * fused in, written as a Q8_0 GGUF and as fp8-row / fp8 safetensors, then
+ * generated from: each image against the case's reference image (diffusers,
+ * float32, LoRA fused: the fused float reference). Also the file's layout (city96: diffusers
+ * names, no prefix, general.architecture, F32 1-D/small tensors), the K-type
+ * fallback for rows that are not whole blocks, and the errors (unknown type,
+ * unwritable -o, bad LoRA) that leave no file behind.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/gguf.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "io/source.h"
+#include "test.h"
+#include "testdata.h"
+
+static char dir[256], model[1024], lora[1024];
+#define PROMPT "'A capybara wearing a suit holding a sign that reads Hello World.'"
+#define CASE_ARGS "-n ' ' --steps 8 --cfg 1 --scheduler lightning -W 128 -H 96 --seed 42 --quiet"
+
+/* Max abs difference of an image file against the case's image_u8; -1 on failure. */
+static int image_diff(const char *png, double *mean) {
+    uint8_t *a = NULL;
+    int w, h, maxd = -1;
+    qi_error err;
+    if (qi_png_read(png, &a, &w, &h, NULL, &err)) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
+    qi_st_file *r = NULL;
+    const uint8_t *ref = NULL;
+    char p[1200];
+    snprintf(p, sizeof p, "%s/cases/en_lightning8_lora/tensors.safetensors", QI_TEST_DATA);
+    if (qi_st_open(p, &r, &err) == QI_OK) {
+        const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
+        if (u8 && u8->nbytes == (size_t)w * h * 3) ref = u8->data;
+    }
+    if (ref) {
+        double s = 0;
+        maxd = 0;
+        for (size_t i = 0; i < (size_t)w * h * 3; i++) {
+            int d = abs((int)a[i] - (int)ref[i]);
+            s += d;
+            if (d > maxd) maxd = d;
+        }
+        *mean = s / ((double)w * h * 3);
+    }
+    CHECK(ref, "no reference image for %s", png);
+    free(a);
+    qi_st_close(r);
+    return maxd;
+}
+
+/* Converts with `type` into dir/name; the command's exit code. */
+static int convert(const char *type, const char *name, char *out, size_t cap) {
+    return run_shell(out, cap, "%s convert -m %s --lora %s --type %s -o %s/%s", qi_cli(), model, lora, type, dir, name);
+}
+
+/* Generates the case from dir/name as the transformer into dir/name.png. */
+static int generate_from(const char *name, char *png, size_t cap) {
+    char out[8192];
+    snprintf(png, cap, "%s/%s.png", dir, name);
+    int rc = run_shell(out, sizeof out, "%s generate -m %s --diffusion-model %s/%s -p %s " CASE_ARGS " -o %s", qi_cli(),
+                       model, dir, name, PROMPT, png);
+    CHECK(rc == 0, "generate from %s: rc %d: %s", name, rc, out);
+    return rc;
+}
+
+/* Converted file → image, against the case's reference (test_cli shows the
+ * engine's own float run with the LoRA within 2 of it). */
+static void check_image(const char *name, int limit_ref) {
+    char png[1300];
+    if (generate_from(name, png, sizeof png)) return;
+    double mean_ref = 0;
+    int d_ref = image_diff(png, &mean_ref);
+    printf("  %s: vs the fused float reference image max abs diff %d (mean %.3f)\n", name, d_ref, mean_ref);
+    CHECK(d_ref >= 0 && d_ref <= limit_ref, "%s: max abs diff %d > %d", name, d_ref, limit_ref);
+}
+
+static void q8_0_gguf_has_city96_layout_and_gives_the_reference_image(void) {
+    char out[16384];
+    int rc = convert("Q8_0", "fused-q8_0.gguf", out, sizeof out);
+    REQUIRE(rc == 0, "rc %d: %s", rc, out);
+    CHECK(strstr(out, "convert: transformer_blocks.1 done") && strstr(out, "Q8_0 34"), "progress lines: %s", out);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/fused-q8_0.gguf", dir);
+    qi_gguf_file *g;
+    qi_source *src;
+    qi_error err;
+    REQUIRE(qi_gguf_open(path, &g, &err) == QI_OK, "%s", err.msg);
+    char src_dir[1200];
+    snprintf(src_dir, sizeof src_dir, "%s/transformer", model);
+    REQUIRE(qi_source_open(src_dir, QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK, "%s", err.msg);
+    const char *arch;
+    size_t len;
+    CHECK(qi_gguf_get_string(g, "general.architecture", &arch, &len, &err) == QI_OK && len == 10 &&
+              !memcmp(arch, "qwen_image", 10), "general.architecture");
+    CHECK(qi_gguf_tensor_count(g) == qi_source_tensor_count(src), "%d tensors, source %d", qi_gguf_tensor_count(g),
+          qi_source_tensor_count(src));
+    int bad = 0;
+    for (int i = 0; i < qi_source_tensor_count(src); i++) {
+        qi_source_tensor s;
+        qi_source_tensor_at(src, i, &s);
+        const qi_gguf_tensor *t = qi_gguf_find(g, s.name); /* the same names: no prefix */
+        int64_t n = 1;
+        for (int d = 0; d < s.ndim; d++) n *= s.shape[d];
+        qi_dtype want = s.ndim == 2 && n > 1024 ? QI_Q8_0 : QI_F32;
+        if (!t || t->dtype != want || t->ndim != s.ndim || memcmp(t->shape, s.shape, sizeof(int64_t) * s.ndim)) {
+            if (bad++ < 3) CHECK(0, "tensor %s: %s in the GGUF", s.name, t ? qi_dtype_name(t->dtype) : "missing");
+        }
+    }
+    qi_source_close(src);
+    qi_gguf_close(g);
+    /* Q8_0 moves the tiny model's image by a level at most (measured 1) */
+    check_image("fused-q8_0.gguf", 3);
+}
+
+static void fp8_safetensors_give_the_reference_image(void) {
+    char out[16384];
+    static const char *const types[] = {"fp8-row", "fp8"};
+    for (int k = 0; k < 2; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "fused-%s.safetensors", types[k]);
+        int rc = convert(types[k], name, out, sizeof out);
+        CHECK(rc == 0, "rc %d: %s", rc, out);
+        if (rc) continue;
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        qi_st_file *f;
+        qi_error err;
+        REQUIRE(qi_st_open(path, &f, &err) == QI_OK, "%s", err.msg);
+        const qi_st_tensor *w = qi_st_file_find(f, "transformer_blocks.0.attn.to_q.weight");
+        const qi_st_tensor *s = qi_st_file_find(f, k == 0 ? "transformer_blocks.0.attn.to_q.weight_scale"
+                                                          : "transformer_blocks.0.attn.to_q.scale_weight");
+        CHECK(w && w->dtype == QI_F8_E4M3, "%s: weight in F8_E4M3", name);
+        CHECK(s && s->dtype == QI_F32 && (k == 0 ? s->ndim == 2 && s->shape[1] == 1 && s->shape[0] == w->shape[0]
+                                                 : s->ndim == 0),
+              "%s: scale tensor", name);
+        CHECK(k == 0 || qi_st_file_find(f, "scaled_fp8"), "scaled_fp8 marker");
+        qi_st_close(f);
+        /* fp8 (3 mantissa bits) moves it further: measured 7 levels */
+        if (k == 0) {
+            check_image(name, 12);
+        } else { /* the per-tensor file: the loader reads every scale (its image: README) */
+            qi_source *src;
+            CHECK(qi_source_open(path, QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK, "%s", err.msg);
+            qi_source_tensor t;
+            CHECK(src && qi_source_find(src, "transformer_blocks.0.attn.to_q.weight", &t) &&
+                      t.scale_form == QI_SCALE_TENSOR, "scale_weight attached");
+            qi_source_close(src);
+        }
+    }
+}
+
+static void k_types_fall_back_where_rows_are_not_whole_blocks(void) {
+    char out[16384], path[1200];
+    int rc = convert("Q4_K", "fused-q4_k.gguf", out, sizeof out);
+    REQUIRE(rc == 0, "rc %d: %s", rc, out);
+    snprintf(path, sizeof path, "%s/fused-q4_k.gguf", dir);
+    qi_gguf_file *g;
+    qi_error err;
+    REQUIRE(qi_gguf_open(path, &g, &err) == QI_OK, "%s", err.msg);
+    /* most of the tiny model's rows are 64 or 128 wide: not whole 256-element
+     * Q4_K blocks, so Q5_0; the 512-wide ones (img_mlp.net.2) stay Q4_K */
+    int n_k = 0, n_fb = 0;
+    for (int i = 0; i < qi_gguf_tensor_count(g); i++) {
+        const qi_gguf_tensor *t = qi_gguf_tensor_at(g, i);
+        if (t->ndim != 2 || t->shape[0] * t->shape[1] <= 1024) continue;
+        qi_dtype want = t->shape[1] % 256 == 0 ? QI_Q4_K : QI_Q5_0;
+        CHECK(t->dtype == want, "%s [%lld, %lld]: %s", t->name, (long long)t->shape[0], (long long)t->shape[1],
+              qi_dtype_name(t->dtype));
+        n_k += t->dtype == QI_Q4_K, n_fb += t->dtype == QI_Q5_0;
+    }
+    CHECK(n_k > 0 && n_fb > 0, "%d Q4_K, %d Q5_0", n_k, n_fb);
+    qi_gguf_close(g);
+}
+
+static int leftovers(void) {
+    char out[4096];
+    run_shell(out, sizeof out, "ls %s | grep -c tmp", dir);
+    return atoi(out);
+}
+
+static void errors_are_one_line_and_leave_no_file(void) {
+    char out[8192], bad_lora[1200];
+    int rc = run_shell(out, sizeof out, "%s convert -m %s --type Q7_X -o %s/x.gguf", qi_cli(), model, dir);
+    CHECK(rc == 2 && strstr(out, "--type Q7_X: unknown type"), "unknown type: rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s convert -m %s --type fp8 -o %s/x.gguf", qi_cli(), model, dir);
+    CHECK(rc == 2 && strstr(out, "*.safetensors"), "fp8 into .gguf: rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s convert -m %s --type Q8_0 -o %s/no/such/dir/x.gguf", qi_cli(), model, dir);
+    CHECK(rc != 0 && strstr(out, "-o"), "unwritable -o: rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s convert -m %s --lora %s/none.safetensors --type Q8_0 -o %s/x.gguf", qi_cli(),
+                   model, dir, dir);
+    CHECK(rc == 1 && strstr(out, "none.safetensors"), "missing LoRA: rc %d: %s", rc, out);
+    /* a file that is no LoRA: the transformer itself */
+    snprintf(bad_lora, sizeof bad_lora, "%s/transformer/diffusion_pytorch_model.safetensors", model);
+    rc = run_shell(out, sizeof out, "%s convert -m %s --lora %s --type Q8_0 -o %s/x.gguf", qi_cli(), model, bad_lora,
+                   dir);
+    CHECK(rc != 0 && strstr(out, "diffusion_pytorch_model.safetensors"), "not a LoRA: rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s convert --type Q8_0 -o %s/x.gguf", qi_cli(), dir);
+    CHECK(rc == 2 && strstr(out, "-m FOLDER"), "no source: rc %d: %s", rc, out);
+    struct stat sb;
+    char x[1200];
+    snprintf(x, sizeof x, "%s/x.gguf", dir);
+    CHECK(stat(x, &sb) != 0, "no output file after the errors");
+    CHECK(leftovers() == 0, "no temporary file left");
+}
+
+int main(void) {
+    if (tmp_dir_make(dir, sizeof dir, "convert")) return 1;
+    snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
+    snprintf(lora, sizeof lora, "%s/cases/lora.safetensors", QI_TEST_DATA);
+    RUN(q8_0_gguf_has_city96_layout_and_gives_the_reference_image);
+    RUN(fp8_safetensors_give_the_reference_image);
+    RUN(k_types_fall_back_where_rows_are_not_whole_blocks);
+    RUN(errors_are_one_line_and_leave_no_file);
+    tmp_remove_tree(dir);
+    TEST_END();
+}
