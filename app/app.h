@@ -34,6 +34,7 @@ const char *qi_app_model_or_default(const char *model, const char *dit, const ch
 int qi_cmd_inspect(int argc, char **argv);
 int qi_cmd_generate(int argc, char **argv);
 int qi_cmd_bench(int argc, char **argv);
+int qi_cmd_serve(int argc, char **argv);
 
 /* ---- generate's settings (generate.c parses them, params.c records them) ---- */
 

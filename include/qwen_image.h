@@ -54,6 +54,16 @@ typedef struct qi_engine qi_engine;
 typedef int (*qi_progress_fn)(void *user, const char *stage, int step, int total);
 typedef void (*qi_log_fn)(void *user, const char *line);
 
+struct qi_image;
+/* Step latents (for previews): after denoising step `step` (1..total), the
+ * clean image the step predicts, x0 = x - sigma * v, in the space and layout
+ * of qi_image.latents (what the VAE decodes): img->latents [count, 16, 1,
+ * height/8, width/8] float32, img->rgb NULL; valid during the call only.
+ * Arrives on the calling thread; costs one device-to-host copy of the
+ * latents and the prediction per step. Not called when a generation's image
+ * tokens are sharded over several devices (sequence parallel). */
+typedef void (*qi_latents_fn)(void *user, int step, int total, const struct qi_image *img);
+
 typedef struct qi_open_options {
     const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory, or a folder of ComfyUI-style split
                                 files (each component's file found by its content, not its name); NULL when
@@ -109,6 +119,8 @@ typedef struct qi_request {
     int max_sequence_length;       /* default 512 */
     qi_progress_fn progress;
     void *progress_user;
+    qi_latents_fn step_latents;    /* optional: previews (see qi_latents_fn) */
+    void *step_latents_user;
 } qi_request;
 
 qi_request qi_request_default(void);
