@@ -34,6 +34,7 @@ static void serve_usage(void) {
            "  --max-steps N       most steps a request may ask (default 100)\n"
            "  --max-batch N       most images per request, n (default 4, at most %d)\n"
            "  --max-body BYTES    largest request body (default 1048576); larger: 413\n"
+           "  --timeout S         a connection silent for S seconds is closed (default 15; slow clients)\n"
            "  --quiet             no log lines\n\n"
            "SIGINT stops (the running job is cancelled at its next step); SIGTERM drains (the running job\n"
            "finishes, new requests get 503); a second signal stops at once.\n", SERVE_MAX_N);
@@ -55,7 +56,8 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     else if (!strcmp(f, "--max-steps") && !qi_app_parse_int(f, v, 1, 1000, &x)) o->max_steps = (int)x;
     else if (!strcmp(f, "--max-batch") && !qi_app_parse_int(f, v, 1, SERVE_MAX_N, &x)) o->max_batch = (int)x;
     else if (!strcmp(f, "--max-body") && !qi_app_parse_int(f, v, 1024, 1L << 30, &x)) o->max_body = (size_t)x;
-    else if (strcmp(f, "--port") && strcmp(f, "--queue") && strcmp(f, "--max-size") && strcmp(f, "--max-steps") &&
+    else if (!strcmp(f, "--timeout") && !qi_app_parse_int(f, v, 1, 3600, &x)) o->timeout_s = (int)x;
+    else if (strcmp(f, "--timeout") && strcmp(f, "--port") && strcmp(f, "--queue") && strcmp(f, "--max-size") && strcmp(f, "--max-steps") &&
              strcmp(f, "--max-batch") && strcmp(f, "--max-body"))
         return qi_app_usage_error("serve: unknown option %s", f);
     else return 2; /* a number that did not parse: the message is out */
@@ -69,6 +71,7 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
     o->host = "127.0.0.1";
     o->port = 8080, o->queue = 8, o->max_size = 2048, o->max_steps = 100, o->max_batch = 4;
     o->max_body = 1 << 20;
+    o->timeout_s = 15;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {

@@ -70,7 +70,7 @@ typedef struct preview_map {
 typedef struct serve_opts {
     gen_args model;        /* the generate model flags (model, files, loras, device, threads) */
     const char *host, *api_key;
-    int port, queue, max_size, max_steps, max_batch;
+    int port, queue, max_size, max_steps, max_batch, timeout_s;
     size_t max_body;
     int quiet;
 } serve_opts;
@@ -90,7 +90,7 @@ typedef struct serve {
     int ready;                    /* the engine is warm */
     int draining;                 /* SIGTERM: no new jobs, the running one finishes */
     double avg_job_s;             /* for Retry-After and eta */
-    unsigned long long completed, failed, rejected;
+    unsigned long long completed, failed, rejected, cancelled;
     pthread_t worker;
     struct MHD_Daemon *httpd;
 } serve;

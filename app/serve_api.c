@@ -358,6 +358,11 @@ static int health(serve *s, struct MHD_Connection *c) {
     cJSON_AddNumberToObject(o, "completed", (double)s->completed);
     cJSON_AddNumberToObject(o, "failed", (double)s->failed);
     cJSON_AddNumberToObject(o, "rejected", (double)s->rejected);
+    cJSON_AddNumberToObject(o, "cancelled", (double)s->cancelled);
+    const job *run = s->all;
+    while (run && run->state != JOB_RUNNING) run = run->next_all;
+    if (run) cJSON_AddStringToObject(o, "running", run->id);
+    else cJSON_AddNullToObject(o, "running");
     pthread_mutex_unlock(&s->lock);
     return serve_send_json(c, ok ? 200 : 503, o);
 }

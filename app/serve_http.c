@@ -28,7 +28,6 @@
 
 #include "serve.h"
 
-#define CONNECTION_TIMEOUT_S 15 /* a client silent this long is dropped (slow-loris) */
 #define CONNECTION_LIMIT 64
 
 typedef struct req_ctx {
@@ -120,7 +119,7 @@ int serve_http_start(serve *s) {
     s->httpd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL,
                                 (uint16_t)s->opt.port, NULL, NULL, on_request, s,
                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->opt.timeout_s,
                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_done, s,
                                 MHD_OPTION_END);
@@ -129,6 +128,8 @@ int serve_http_start(serve *s) {
                 s->opt.port);
         return -1;
     }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->httpd, MHD_DAEMON_INFO_BIND_PORT);
+    if (di && di->port) s->opt.port = di->port; /* --port 0: the one the system chose */
     return 0;
 }
 

@@ -249,6 +249,7 @@ static void run_job(serve *s, job *j) {
         if (j->cancel || s->stopping) j->state = JOB_CANCELLED;
         else fail(j, status, err);
         if (j->state == JOB_FAILED) s->failed++;
+        else s->cancelled++;
     }
     j->seq++;
     pthread_cond_broadcast(&s->cond);
