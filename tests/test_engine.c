@@ -146,6 +146,46 @@ static int same_image(const qi_image *a, const qi_image *b) {
            !memcmp(a->latents, b->latents, lat * sizeof(float));
 }
 
+typedef struct step_log {
+    int calls, last_step, total;
+    float *last; /* the last step's latents (copied) */
+    size_t n;
+} step_log;
+
+static void on_step_latents(void *user, int step, int total, const qi_image *img) {
+    step_log *l = user;
+    CHECK(step == l->calls + 1 && total == 3 && img->count == 2 && !img->rgb, "step %d/%d, count %d", step, total,
+          img->count);
+    l->calls++;
+    l->last_step = step;
+    memcpy(l->last, img->latents, l->n * sizeof(float));
+}
+
+/* The preview hook: called once per step; x0 of the last step (sigma 0) is
+ * the final latents bit for bit; the hook changes nothing in the image. */
+static void step_latents_end_at_the_final_latents(void) {
+    qi_engine *e = open_tiny();
+    if (!e) return;
+    qi_request r = small_request();
+    r.batch = 2;
+    qi_image plain = {0}, hooked = {0};
+    CHECK(qi_generate(e, &r, &plain) == QI_OK, "%s", qi_engine_error(e));
+    step_log log = {0};
+    log.n = (size_t)2 * 16 * (48 / 8) * (32 / 8);
+    log.last = calloc(log.n, sizeof(float));
+    r.step_latents = on_step_latents;
+    r.step_latents_user = &log;
+    CHECK(qi_generate(e, &r, &hooked) == QI_OK, "%s", qi_engine_error(e));
+    CHECK(log.calls == 3, "one call per step: %d", log.calls);
+    CHECK(hooked.latents && !memcmp(log.last, hooked.latents, log.n * sizeof(float)),
+          "the last step's x0 is the final latents");
+    CHECK(plain.rgb && hooked.rgb && same_image(&plain, &hooked), "the hook leaves the image as it is");
+    free(log.last);
+    qi_image_free(&plain);
+    qi_image_free(&hooked);
+    qi_engine_close(e);
+}
+
 typedef struct load_log {
     int calls, last_step, total;
 } load_log;
@@ -426,6 +466,7 @@ int main(void) {
     RUN(bad_requests_are_refused_with_the_flag_named);
     RUN(a_plan_holds_sizes_schedule_batch_and_layout);
     RUN(warm_then_generate_equals_plain_generate);
+    RUN(step_latents_end_at_the_final_latents);
     RUN(set_loras_replaces_clears_and_survives_a_failing_set);
     RUN(png_in_memory_decodes_to_the_same_pixels_with_parameters);
     RUN(jpeg_and_webp_in_memory_decode_close_to_the_pixels);
