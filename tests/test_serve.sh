@@ -64,6 +64,10 @@ check "GET /v1/models" "$(req GET /v1/models)" 200
 check "models id" "$(field '.data[0].id')" qwen-image
 check "GET / (the page)" "$(curl -s --max-time 5 -o "$T/page" -w '%{http_code}' "$(U /)")" 200
 grep -q '<form id="form">' "$T/page" && ok "the page has the form" || bad "the page has no form"
+if command -v node >/dev/null; then # the page's script parses (it is served as it was written)
+    sed -n '/<script>/,/<\/script>/p' "$T/page" | sed '1d;$d' >"$T/page.js"
+    node --check "$T/page.js" && ok "the page's script parses (node --check)" || bad "the page's script does not parse"
+fi
 
 # the same request through the server and the CLI: the same bytes
 check "POST /v1/images/generations" \
