@@ -15,6 +15,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,32 +36,47 @@ static void serve_usage(void) {
            "  --max-batch N       most images per request, n (default 4, at most %d)\n"
            "  --max-body BYTES    largest request body (default 1048576); larger: 413\n"
            "  --timeout S         a connection silent for S seconds is closed (default 15; slow clients)\n"
+           "  --prompt-cache N    text-encoder results kept for repeated prompts (default 8; 0: none)\n"
            "  --quiet             no log lines\n\n"
            "SIGINT stops (the running job is cancelled at its next step); SIGTERM drains (the running job\n"
            "finishes, new requests get 503); a second signal stops at once.\n", SERVE_MAX_N);
 }
 
+/* The integer flags: name, range, field of serve_opts. */
+static const struct int_flag {
+    const char *name;
+    long lo, hi;
+    size_t off;
+} int_flags[] = {
+    {"--port", 0, 65535, offsetof(serve_opts, port)},
+    {"--queue", 0, 10000, offsetof(serve_opts, queue)},
+    {"--max-size", 16, 8192, offsetof(serve_opts, max_size)},
+    {"--max-steps", 1, 1000, offsetof(serve_opts, max_steps)},
+    {"--max-batch", 1, SERVE_MAX_N, offsetof(serve_opts, max_batch)},
+    {"--timeout", 1, 3600, offsetof(serve_opts, timeout_s)},
+    {"--prompt-cache", 0, 1024, offsetof(serve_opts, prompt_cache)},
+};
+
 static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     long x;
     gen_args *m = &o->model;
     if (qi_app_component_flag(f, v, &m->model, &m->diffusion_model, &m->text_encoder, &m->vae)) return 0;
+    for (size_t i = 0; i < sizeof int_flags / sizeof int_flags[0]; i++) {
+        if (strcmp(f, int_flags[i].name)) continue;
+        if (qi_app_parse_int(f, v, int_flags[i].lo, int_flags[i].hi, &x)) return 2;
+        *(int *)((char *)o + int_flags[i].off) = (int)x;
+        return 0;
+    }
     if (!strcmp(f, "--lora")) return qi_app_add_lora(v, m);
-    if (!strcmp(f, "--device")) m->device = v;
+    if (!strcmp(f, "--max-body")) {
+        if (qi_app_parse_int(f, v, 1024, 1L << 30, &x)) return 2;
+        o->max_body = (size_t)x;
+    } else if (!strcmp(f, "--device")) m->device = v;
     else if (!strcmp(f, "--devices")) m->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &m->threads);
     else if (!strcmp(f, "--host")) o->host = v;
     else if (!strcmp(f, "--api-key")) o->api_key = v;
-    else if (!strcmp(f, "--port") && !qi_app_parse_int(f, v, 0, 65535, &x)) o->port = (int)x;
-    else if (!strcmp(f, "--queue") && !qi_app_parse_int(f, v, 0, 10000, &x)) o->queue = (int)x;
-    else if (!strcmp(f, "--max-size") && !qi_app_parse_int(f, v, 16, 8192, &x)) o->max_size = (int)x;
-    else if (!strcmp(f, "--max-steps") && !qi_app_parse_int(f, v, 1, 1000, &x)) o->max_steps = (int)x;
-    else if (!strcmp(f, "--max-batch") && !qi_app_parse_int(f, v, 1, SERVE_MAX_N, &x)) o->max_batch = (int)x;
-    else if (!strcmp(f, "--max-body") && !qi_app_parse_int(f, v, 1024, 1L << 30, &x)) o->max_body = (size_t)x;
-    else if (!strcmp(f, "--timeout") && !qi_app_parse_int(f, v, 1, 3600, &x)) o->timeout_s = (int)x;
-    else if (strcmp(f, "--timeout") && strcmp(f, "--port") && strcmp(f, "--queue") && strcmp(f, "--max-size") && strcmp(f, "--max-steps") &&
-             strcmp(f, "--max-batch") && strcmp(f, "--max-body"))
-        return qi_app_usage_error("serve: unknown option %s", f);
-    else return 2; /* a number that did not parse: the message is out */
+    else return qi_app_usage_error("serve: unknown option %s", f);
     return 0;
 }
 
@@ -72,6 +88,7 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
     o->port = 8080, o->queue = 8, o->max_size = 2048, o->max_steps = 100, o->max_batch = 4;
     o->max_body = 1 << 20;
     o->timeout_s = 15;
+    o->prompt_cache = 8;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
@@ -112,6 +129,7 @@ static int load(serve *s) {
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
     o.log = log_line, o.log_user = s;
+    o.prompt_cache = s->opt.prompt_cache;
     qi_status st = qi_engine_open(&o, &s->engine);
     for (int i = 0; !st && i < m->n_loras; i++) st = qi_engine_add_lora(s->engine, m->lora_path[i],
                                                                         m->lora_strength[i]);

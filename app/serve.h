@@ -70,7 +70,7 @@ typedef struct preview_map {
 typedef struct serve_opts {
     gen_args model;        /* the generate model flags (model, files, loras, device, threads) */
     const char *host, *api_key;
-    int port, queue, max_size, max_steps, max_batch, timeout_s;
+    int port, queue, max_size, max_steps, max_batch, timeout_s, prompt_cache;
     size_t max_body;
     int quiet;
 } serve_opts;

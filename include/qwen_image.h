@@ -89,6 +89,9 @@ typedef struct qi_open_options {
                                 the ranks on CPU backends (threads split among them), for tests.
                                 Text encoder, VAE and noise stay on the first device. */
     int threads;             /* CPU threads; 0 = all cores */
+    int prompt_cache;        /* text-stage results kept for repeated prompts (an LRU of this many
+                                (prompts, negative prompt, images per prompt, max length) entries);
+                                0 = none. A hit skips the text encoder; images are bit-identical */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */
@@ -136,6 +139,7 @@ typedef struct qi_timings {
     double text_s, load_s, denoise_s, vae_s;
     double peak_rss_mb;
     double device_peak_mb; /* peak device memory of a GPU backend (weights + activations); 0 on the CPU */
+    int text_cached;       /* the text stage came from the prompt cache */
 } qi_timings;
 
 /* Opens the model folder and the device(s) and loads tokenizer, text encoder

@@ -186,6 +186,38 @@ static void step_latents_end_at_the_final_latents(void) {
     qi_engine_close(e);
 }
 
+/* The prompt cache: a repeated request skips the text stage and gives the
+ * same image bit for bit; another prompt misses; the least recent entry of
+ * a full cache is the one that goes; true CFG's negative prompt is part of
+ * the key. */
+static void prompt_cache_repeats_skip_the_text_stage(void) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = MODEL;
+    o.prompt_cache = 2;
+    qi_engine *e = NULL, *plain = open_tiny();
+    CHECK(qi_engine_open(&o, &e) == QI_OK, "open: %s", qi_engine_error(e));
+    qi_request r = small_request();
+    qi_image ref = {0}, img = {0};
+    CHECK(plain && qi_generate(plain, &r, &ref) == QI_OK, "plain generate");
+    static const struct { const char *prompt, *neg; int cached; } runs[] = {
+        {"a lighthouse at dusk", NULL, 0}, {"a lighthouse at dusk", NULL, 1}, {"b", NULL, 0},
+        {"a lighthouse at dusk", NULL, 1}, {"c", NULL, 0}, {"b", NULL, 0}, /* b was the least recent */
+        {"c", " ", 0}, {"c", " ", 1}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        r.prompt = runs[i].prompt;
+        r.negative_prompt = runs[i].neg;
+        r.cfg = runs[i].neg ? 4.0f : 1.0f;
+        CHECK(qi_generate(e, &r, &img) == QI_OK, "%s", qi_engine_error(e));
+        CHECK(qi_engine_timings(e)->text_cached == runs[i].cached, "run %zu (%s): cached %d, expected %d", i,
+              runs[i].prompt, qi_engine_timings(e)->text_cached, runs[i].cached);
+        if (i == 1 || i == 3) CHECK(same_image(&ref, &img), "run %zu: a hit gives the uncached image bit for bit", i);
+        qi_image_free(&img);
+    }
+    qi_image_free(&ref);
+    qi_engine_close(plain);
+    qi_engine_close(e);
+}
+
 typedef struct load_log {
     int calls, last_step, total;
 } load_log;
@@ -467,6 +499,7 @@ int main(void) {
     RUN(a_plan_holds_sizes_schedule_batch_and_layout);
     RUN(warm_then_generate_equals_plain_generate);
     RUN(step_latents_end_at_the_final_latents);
+    RUN(prompt_cache_repeats_skip_the_text_stage);
     RUN(set_loras_replaces_clears_and_survives_a_failing_set);
     RUN(png_in_memory_decodes_to_the_same_pixels_with_parameters);
     RUN(jpeg_and_webp_in_memory_decode_close_to_the_pixels);

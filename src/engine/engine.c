@@ -261,6 +261,8 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     if (!e) return QI_ERR_NOMEM;
     e->log = opt->log;
     e->log_user = opt->log_user;
+    if (opt->prompt_cache > 0 && !(e->prompt_cache = qi_prompt_cache_new(opt->prompt_cache)))
+        return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the prompt cache");
     if (!opt->model_dir && !(opt->diffusion_model && opt->text_encoder && opt->vae))
         return qi_fail(&e->err, QI_ERR_ARG, "no model given: a Qwen/Qwen-Image folder or a folder of split files "
                        "(-m DIR), or the three files (--diffusion-model, --text-encoder, --vae)");
@@ -285,6 +287,7 @@ void qi_engine_close(qi_engine *e) {
     if (e->tok) qi_tokenizer_free(e->tok);
     qi_lora_set_free(e->loras);
     qi_lora_set_free(e->loras_prev);
+    qi_prompt_cache_free(e->prompt_cache);
     qi_ranks_free(e->ranks); /* the transformers, then the backends */
     for (int c = 0; c < QI_COMPONENT_COUNT; c++) qi_source_close(e->src[c]); /* after the models read from them */
     free(e);
@@ -312,9 +315,15 @@ static qi_status make_plan(qi_engine *e, const qi_request *req, qi_plan *p) {
 
 static qi_status generate_text(qi_engine *e, const qi_plan *p, qi_text_embeds text[2]) {
     double t0 = qi_now_s();
+    if (qi_prompt_cache_get(e->prompt_cache, p, text)) {
+        e->last.text_cached = 1;
+        e->last.text_s = qi_now_s() - t0;
+        return QI_OK;
+    }
     qi_status st = qi_engine_acquire(e, QI_COMPONENT_TOKENIZER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
     if (!st) st = qi_stage_text(e, p, text);
+    if (!st) qi_prompt_cache_put(e->prompt_cache, p, text);
     qi_engine_release(e, QI_COMPONENT_TEXT_ENCODER);
     qi_engine_release(e, QI_COMPONENT_TOKENIZER);
     e->last.text_s = qi_now_s() - t0;
