@@ -35,6 +35,7 @@ int qi_cmd_inspect(int argc, char **argv);
 int qi_cmd_generate(int argc, char **argv);
 int qi_cmd_bench(int argc, char **argv);
 int qi_cmd_convert(int argc, char **argv);
+int qi_cmd_serve(int argc, char **argv);
 
 /* ---- generate's settings (generate.c parses them, params.c records them) ---- */
 

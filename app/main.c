@@ -307,6 +307,7 @@ static void usage(FILE *f) {
             "qwen-image — text-to-image with Qwen-Image in C\n\n"
             "usage:\n"
             "  qwen-image generate [-m MODEL_DIR] -p TEXT [options]   make an image (see generate --help)\n"
+            "  qwen-image serve [-m MODEL_DIR] [--port N] [options]   HTTP API + web page (see serve --help)\n"
             "  qwen-image tokenize -m MODEL_DIR [--template] TEXT     print token ids\n"
             "  qwen-image encode -m MODEL_DIR -p TEXT [-p TEXT …] -o OUT.safetensors\n"
             "                                                         write prompt_embeds + mask\n"
@@ -337,6 +338,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "generate")) return qi_cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return qi_cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "encode")) return cmd_encode(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return qi_cmd_bench(argc - 1, argv + 1);

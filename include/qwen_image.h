@@ -54,6 +54,16 @@ typedef struct qi_engine qi_engine;
 typedef int (*qi_progress_fn)(void *user, const char *stage, int step, int total);
 typedef void (*qi_log_fn)(void *user, const char *line);
 
+struct qi_image;
+/* Step latents (for previews): after denoising step `step` (1..total), the
+ * clean image the step predicts, x0 = x - sigma * v, in the space and layout
+ * of qi_image.latents (what the VAE decodes): img->latents [count, 16, 1,
+ * height/8, width/8] float32, img->rgb NULL; valid during the call only.
+ * Arrives on the calling thread; costs one device-to-host copy of the
+ * latents and the prediction per step. Not called when a generation's image
+ * tokens are sharded over several devices (sequence parallel). */
+typedef void (*qi_latents_fn)(void *user, int step, int total, const struct qi_image *img);
+
 typedef struct qi_open_options {
     const char *model_dir;   /* a Qwen/Qwen-Image diffusers directory, or a folder of ComfyUI-style split
                                 files (each component's file found by its content, not its name); NULL when
@@ -79,6 +89,9 @@ typedef struct qi_open_options {
                                 the ranks on CPU backends (threads split among them), for tests.
                                 Text encoder, VAE and noise stay on the first device. */
     int threads;             /* CPU threads; 0 = all cores */
+    int prompt_cache;        /* text-stage results kept for repeated prompts (an LRU of this many
+                                (prompts, negative prompt, images per prompt, max length) entries);
+                                0 = none. A hit skips the text encoder; images are bit-identical */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */
@@ -116,6 +129,8 @@ typedef struct qi_request {
     int max_sequence_length;       /* default 512 */
     qi_progress_fn progress;
     void *progress_user;
+    qi_latents_fn step_latents;    /* optional: previews (see qi_latents_fn) */
+    void *step_latents_user;
 } qi_request;
 
 qi_request qi_request_default(void);
@@ -131,6 +146,7 @@ typedef struct qi_timings {
     double text_s, load_s, denoise_s, vae_s;
     double peak_rss_mb;
     double device_peak_mb; /* peak device memory of a GPU backend (weights + activations); 0 on the CPU */
+    int text_cached;       /* the text stage came from the prompt cache */
 } qi_timings;
 
 /* Opens the model folder and the device(s) and loads tokenizer, text encoder

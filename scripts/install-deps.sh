@@ -3,7 +3,8 @@
 # Needs root (or sudo). CUDA is optional and comes from the CUDA toolkit.
 set -e
 PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev libutf8proc-dev
-      libopenblas-openmp-dev libpng-dev libjpeg-dev libwebp-dev python3 xz-utils"
+      libopenblas-openmp-dev libpng-dev libjpeg-dev libwebp-dev libmicrohttpd-dev python3
+      curl jq xz-utils"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

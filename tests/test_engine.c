@@ -146,6 +146,78 @@ static int same_image(const qi_image *a, const qi_image *b) {
            !memcmp(a->latents, b->latents, lat * sizeof(float));
 }
 
+typedef struct step_log {
+    int calls, last_step, total;
+    float *last; /* the last step's latents (copied) */
+    size_t n;
+} step_log;
+
+static void on_step_latents(void *user, int step, int total, const qi_image *img) {
+    step_log *l = user;
+    CHECK(step == l->calls + 1 && total == 3 && img->count == 2 && !img->rgb, "step %d/%d, count %d", step, total,
+          img->count);
+    l->calls++;
+    l->last_step = step;
+    memcpy(l->last, img->latents, l->n * sizeof(float));
+}
+
+/* The preview hook: called once per step; x0 of the last step (sigma 0) is
+ * the final latents bit for bit; the hook changes nothing in the image. */
+static void step_latents_end_at_the_final_latents(void) {
+    qi_engine *e = open_tiny();
+    if (!e) return;
+    qi_request r = small_request();
+    r.batch = 2;
+    qi_image plain = {0}, hooked = {0};
+    CHECK(qi_generate(e, &r, &plain) == QI_OK, "%s", qi_engine_error(e));
+    step_log log = {0};
+    log.n = (size_t)2 * 16 * (48 / 8) * (32 / 8);
+    log.last = calloc(log.n, sizeof(float));
+    r.step_latents = on_step_latents;
+    r.step_latents_user = &log;
+    CHECK(qi_generate(e, &r, &hooked) == QI_OK, "%s", qi_engine_error(e));
+    CHECK(log.calls == 3, "one call per step: %d", log.calls);
+    CHECK(hooked.latents && !memcmp(log.last, hooked.latents, log.n * sizeof(float)),
+          "the last step's x0 is the final latents");
+    CHECK(plain.rgb && hooked.rgb && same_image(&plain, &hooked), "the hook leaves the image as it is");
+    free(log.last);
+    qi_image_free(&plain);
+    qi_image_free(&hooked);
+    qi_engine_close(e);
+}
+
+/* The prompt cache: a repeated request skips the text stage and gives the
+ * same image bit for bit; another prompt misses; the least recent entry of
+ * a full cache is the one that goes; true CFG's negative prompt is part of
+ * the key. */
+static void prompt_cache_repeats_skip_the_text_stage(void) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = MODEL;
+    o.prompt_cache = 2;
+    qi_engine *e = NULL, *plain = open_tiny();
+    CHECK(qi_engine_open(&o, &e) == QI_OK, "open: %s", qi_engine_error(e));
+    qi_request r = small_request();
+    qi_image ref = {0}, img = {0};
+    CHECK(plain && qi_generate(plain, &r, &ref) == QI_OK, "plain generate");
+    static const struct { const char *prompt, *neg; int cached; } runs[] = {
+        {"a lighthouse at dusk", NULL, 0}, {"a lighthouse at dusk", NULL, 1}, {"b", NULL, 0},
+        {"a lighthouse at dusk", NULL, 1}, {"c", NULL, 0}, {"b", NULL, 0}, /* b was the least recent */
+        {"c", " ", 0}, {"c", " ", 1}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        r.prompt = runs[i].prompt;
+        r.negative_prompt = runs[i].neg;
+        r.cfg = runs[i].neg ? 4.0f : 1.0f;
+        CHECK(qi_generate(e, &r, &img) == QI_OK, "%s", qi_engine_error(e));
+        CHECK(qi_engine_timings(e)->text_cached == runs[i].cached, "run %zu (%s): cached %d, expected %d", i,
+              runs[i].prompt, qi_engine_timings(e)->text_cached, runs[i].cached);
+        if (i == 1 || i == 3) CHECK(same_image(&ref, &img), "run %zu: a hit gives the uncached image bit for bit", i);
+        qi_image_free(&img);
+    }
+    qi_image_free(&ref);
+    qi_engine_close(plain);
+    qi_engine_close(e);
+}
+
 typedef struct load_log {
     int calls, last_step, total;
 } load_log;
@@ -426,6 +498,8 @@ int main(void) {
     RUN(bad_requests_are_refused_with_the_flag_named);
     RUN(a_plan_holds_sizes_schedule_batch_and_layout);
     RUN(warm_then_generate_equals_plain_generate);
+    RUN(step_latents_end_at_the_final_latents);
+    RUN(prompt_cache_repeats_skip_the_text_stage);
     RUN(set_loras_replaces_clears_and_survives_a_failing_set);
     RUN(png_in_memory_decodes_to_the_same_pixels_with_parameters);
     RUN(jpeg_and_webp_in_memory_decode_close_to_the_pixels);

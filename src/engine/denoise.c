@@ -54,6 +54,8 @@ typedef struct denoise_task {
     int record;                 /* every rank records its step (see the file comment) */
     atomic_int cancel_at;       /* the step at which rank 0's callback cancelled; INT_MAX: none */
     atomic_int first_failed;    /* the rank that failed first (its error is the cause); -1: none */
+    const qi_denoise_hook *hook; /* per-step x0 (NULL: none) */
+    float *hook_v;              /* [B, L, C] host scratch for the prediction when hooked */
 } denoise_task;
 
 /* One rank's part of a generation. */
@@ -268,6 +270,24 @@ static qi_status rank_finish(const denoise_task *t, rank_ctx *c, qi_error *err) 
     return st;
 }
 
+/* The hook after step i on rank 0 when it holds every token: x and v
+ * downloaded, x0 = x_{i+1} - sigma_{i+1} v (= x_i - sigma_i v) into
+ * t->latents (free between setup and finish: every rank uploaded its noise
+ * before step 0's barrier). */
+static qi_status step_hook(const denoise_task *t, rank_ctx *c, int i, qi_error *err) {
+    if (!t->hook || c->w != 0 || c->sp) return QI_OK;
+    qi_status st = c->be->ops->download(c->be, &c->lat, t->latents, err);
+    if (st == QI_OK) st = c->be->ops->download(c->be, &c->v[0], t->hook_v, err);
+    if (st == QI_OK) st = c->be->ops->sync(c->be, err);
+    if (st != QI_OK) return st;
+    const qi_plan *p = t->p;
+    size_t n = (size_t)p->batch * p->img_tokens * p->packed_ch;
+    float s = p->sigmas[i + 1];
+    for (size_t k = 0; k < n; k++) t->latents[k] -= s * t->hook_v[k];
+    t->hook->fn(t->hook->user, i + 1, t->latents);
+    return QI_OK;
+}
+
 static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
     denoise_task *t = arg;
     const qi_plan *p = t->p;
@@ -285,6 +305,7 @@ static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
         st = qi_ranks_step_barrier(r, w, i, p->steps, p->req->progress, p->req->progress_user, &t->cancel_at, err);
         if (st == QI_OK) st = rank_step(t, &c, i, err);
         if (st == QI_OK) c.be->ops->axpby(c.be, 1.0f, &c.lat, p->sigmas[i + 1] - p->sigmas[i], &c.v[0], &c.lat);
+        if (st == QI_OK) st = step_hook(t, &c, i, err);
     }
     if (st == QI_OK) st = rank_finish(t, &c, err);
     if (st != QI_OK && st != QI_ERR_CANCELLED) fail_rank(t, w);
@@ -294,13 +315,23 @@ static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
 }
 
 qi_status qi_denoise(qi_ranks *r, const qi_plan *p, const qi_text_embeds text[2], float *latents, qi_error *err) {
+    return qi_denoise_hooked(r, p, text, latents, NULL, err);
+}
+
+qi_status qi_denoise_hooked(qi_ranks *r, const qi_plan *p, const qi_text_embeds text[2], float *latents,
+                            const qi_denoise_hook *hook, qi_error *err) {
     for (int w = 0; w < r->n; w++)
         if (!r->dit[w]) return qi_fail(err, QI_ERR_ARG, "denoise: rank %d has no transformer loaded", w);
-    denoise_task t = {.r = r, .p = p, .text = text, .latents = latents};
+    denoise_task t = {.r = r, .p = p, .text = text, .latents = latents, .hook = hook && hook->fn ? hook : NULL};
+    if (t.hook && !(t.hook_v = malloc(sizeof(float) * (size_t)p->batch * p->img_tokens * p->packed_ch)))
+        return qi_fail(err, QI_ERR_NOMEM, "out of memory for the step latents");
     atomic_init(&t.cancel_at, INT_MAX);
     atomic_init(&t.first_failed, -1);
     qi_status st = qi_ranks_comms(r, &p->layout, &t.comms, err);
-    if (st != QI_OK) return st;
+    if (st != QI_OK) {
+        free(t.hook_v);
+        return st;
+    }
     t.record = ranks_record(r, t.comms);
     st = qi_ranks_run(r, denoise_rank, &t, fail_rank, &t.first_failed, err);
     if (atomic_load(&t.first_failed) >= 0) {
@@ -308,5 +339,6 @@ qi_status qi_denoise(qi_ranks *r, const qi_plan *p, const qi_text_embeds text[2]
         qi_denoise_release(r);
         qi_ranks_drop_comms(r);
     }
+    free(t.hook_v);
     return st;
 }

@@ -23,6 +23,18 @@ typedef struct qi_text_embeds {
  * the same step. */
 qi_status qi_denoise(qi_ranks *r, const qi_plan *p, const qi_text_embeds text[2], float *latents, qi_error *err);
 
+/* After each step (rank 0, caller's thread): x0 [B, img_tokens, packed_ch]
+ * host, the clean latents the step predicts (x - sigma_i * v). */
+typedef void (*qi_denoise_step_fn)(void *user, int step, const float *x0);
+typedef struct qi_denoise_hook {
+    qi_denoise_step_fn fn;
+    void *user;
+} qi_denoise_hook;
+/* qi_denoise with a per-step hook (NULL: none). Not called when the image
+ * tokens are sharded over ranks (no rank holds them all between steps). */
+qi_status qi_denoise_hooked(qi_ranks *r, const qi_plan *p, const qi_text_embeds text[2], float *latents,
+                            const qi_denoise_hook *hook, qi_error *err);
+
 /* Frees every rank's kept step (calls and recording): before the
  * transformers they were made on are freed or replaced. */
 void qi_denoise_release(qi_ranks *r);

@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/engine.h"
+#include "sample/latents.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -260,6 +261,8 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     if (!e) return QI_ERR_NOMEM;
     e->log = opt->log;
     e->log_user = opt->log_user;
+    if (opt->prompt_cache > 0 && !(e->prompt_cache = qi_prompt_cache_new(opt->prompt_cache)))
+        return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the prompt cache");
     if (!opt->model_dir && !(opt->diffusion_model && opt->text_encoder && opt->vae))
         return qi_fail(&e->err, QI_ERR_ARG, "no model given: a Qwen/Qwen-Image folder or a folder of split files "
                        "(-m DIR), or the three files (--diffusion-model, --text-encoder, --vae)");
@@ -284,6 +287,7 @@ void qi_engine_close(qi_engine *e) {
     if (e->tok) qi_tokenizer_free(e->tok);
     qi_lora_set_free(e->loras);
     qi_lora_set_free(e->loras_prev);
+    qi_prompt_cache_free(e->prompt_cache);
     qi_ranks_free(e->ranks); /* the transformers, then the backends */
     for (int c = 0; c < QI_COMPONENT_COUNT; c++) qi_source_close(e->src[c]); /* after the models read from them */
     free(e);
@@ -311,12 +315,46 @@ static qi_status make_plan(qi_engine *e, const qi_request *req, qi_plan *p) {
 
 static qi_status generate_text(qi_engine *e, const qi_plan *p, qi_text_embeds text[2]) {
     double t0 = qi_now_s();
+    if (qi_prompt_cache_get(e->prompt_cache, p, text)) {
+        e->last.text_cached = 1;
+        e->last.text_s = qi_now_s() - t0;
+        return QI_OK;
+    }
     qi_status st = qi_engine_acquire(e, QI_COMPONENT_TOKENIZER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
     if (!st) st = qi_stage_text(e, p, text);
+    if (!st) qi_prompt_cache_put(e->prompt_cache, p, text);
     qi_engine_release(e, QI_COMPONENT_TEXT_ENCODER);
     qi_engine_release(e, QI_COMPONENT_TOKENIZER);
     e->last.text_s = qi_now_s() - t0;
+    return st;
+}
+
+/* The request's step_latents callback fed from the denoising hook: packed
+ * x0 → the VAE's input space (the qi_image.latents of a finished image). */
+typedef struct step_latents_ctx {
+    const qi_engine *e;
+    const qi_plan *p;
+    float *vae_in; /* [B, 16, 1, lat_h, lat_w] */
+} step_latents_ctx;
+
+static void on_step_latents(void *user, int step, const float *x0) {
+    step_latents_ctx *c = user;
+    const qi_plan *p = c->p;
+    qi_latents_to_vae_in(x0, p->batch, p->height, p->width, qi_vae_latents_mean(c->e->vae),
+                         qi_vae_latents_std(c->e->vae), c->vae_in);
+    qi_image img = {.width = p->width, .height = p->height, .count = p->batch, .latents = c->vae_in};
+    p->req->step_latents(p->req->step_latents_user, step, p->steps, &img);
+}
+
+static qi_status run_denoise(qi_engine *e, const qi_plan *p, const qi_text_embeds text[2], float *latents) {
+    if (!p->req->step_latents) return qi_denoise(e->ranks, p, text, latents, &e->err);
+    step_latents_ctx c = {.e = e, .p = p,
+                          .vae_in = malloc(sizeof(float) * (size_t)p->batch * 16 * p->lat_h * p->lat_w)};
+    if (!c.vae_in) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the step latents");
+    qi_denoise_hook hook = {.fn = on_step_latents, .user = &c};
+    qi_status st = qi_denoise_hooked(e->ranks, p, text, latents, &hook, &e->err);
+    free(c.vae_in);
     return st;
 }
 
@@ -326,7 +364,7 @@ static qi_status generate_latents(qi_engine *e, const qi_plan *p, const qi_text_
     e->last.load_s = qi_now_s() - t0;
     t0 = qi_now_s();
     if (!st) st = qi_stage_noise(e, p, latents);
-    if (!st) st = qi_denoise(e->ranks, p, text, *latents, &e->err);
+    if (!st) st = run_denoise(e, p, text, *latents);
     qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
     if (!st && qi_stage_report(p, "denoise", p->steps, p->steps))
         st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");

@@ -9,6 +9,7 @@
 
 #include "engine/denoise.h"
 #include "engine/plan.h"
+#include "engine/prompt_cache.h"
 #include "engine/ranks.h"
 #include "io/model_dir.h"
 #include "io/model_files.h"
@@ -49,6 +50,7 @@ struct qi_engine {
     qi_lora_set *loras_prev; /* while loras_loaded is -1: the set before it (NULL: none) */
     int loras_prev_loaded;   /* files of loras_prev the weights held */
     qi_residency residency;
+    qi_prompt_cache *prompt_cache; /* NULL: off */
     qi_log_fn log;
     void *log_user;
     qi_error err;

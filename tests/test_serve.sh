@@ -1,0 +1,211 @@
+#!/bin/sh
+# test_serve.sh QWEN_IMAGE MODEL_DIR — `qwen-image serve` on the loopback
+# address with the tiny model: every endpoint and error status, a served PNG
+# byte-identical to `generate`'s, SSE event order, cancel, 429, disconnect,
+# slow clients, SIGTERM drain and SIGINT stop. Needs curl, jq, python3.
+# Each check prints "ok - ..." or "FAIL - ..."; the exit status is the count
+# of failures. Bounded: every curl has --max-time, the whole run ~30 s.
+set -u
+BIN=$1
+MODEL=$2
+T=$(mktemp -d)
+trap 'for p in $(cat $T/pids 2>/dev/null); do kill -KILL $p 2>/dev/null; done; rm -rf $T' EXIT
+fails=0
+ok() { echo "ok - $1"; }
+bad() { echo "FAIL - $1"; fails=$((fails + 1)); }
+check() { if [ "$2" = "$3" ]; then ok "$1 ($3)"; else bad "$1: expected '$3', got '$2'"; fi; }
+
+# start NAME ARGS...: a server on a free port; sets PORT, PID
+start() {
+    name=$1; shift
+    "$BIN" serve -m "$MODEL" --port 0 --threads 2 "$@" >"$T/$name.log" 2>&1 &
+    PID=$!
+    echo $PID >>"$T/pids"
+    for i in $(seq 1 600); do
+        PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/$name.log")
+        [ -n "$PORT" ] && return 0
+        kill -0 $PID 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$T/$name.log"; echo "FAIL - server $name did not start"; exit 1
+}
+U() { echo "http://127.0.0.1:$PORT$1"; }
+# req METHOD PATH [BODY]: prints the status; the body in $T/body, headers in $T/hdr
+req() {
+    if [ $# -ge 3 ]; then
+        curl -s --max-time 30 -o "$T/body" -D "$T/hdr" -w '%{http_code}' -X "$1" $AUTH -H 'Content-Type: application/json' \
+            --data-binary "$3" "$(U "$2")"
+    else
+        curl -s --max-time 30 -o "$T/body" -D "$T/hdr" -w '%{http_code}' -X "$1" $AUTH "$(U "$2")"
+    fi
+}
+field() { jq -r "$1" "$T/body"; }
+wait_job() { # wait_job ID STATE...: until the job is in one of the states (10 s)
+    id=$1; shift
+    for i in $(seq 1 100); do
+        st=$(curl -s --max-time 5 $AUTH "$(U /v1/jobs/$id)" | jq -r .status)
+        for s in "$@"; do [ "$st" = "$s" ] && return 0; done
+        sleep 0.1
+    done
+    return 1
+}
+LONG='{"prompt":"a long job","size":"32x32","steps":1000,"seed":1}' # always cancelled
+
+# ---- server A: an API key, a queue of 1, small bodies --------------------------------
+start A --api-key sekret --queue 1 --max-body 4096 --max-steps 1000 --timeout 2
+AUTH=""
+check "GET /health without the key" "$(req GET /health)" 200
+check "/health status" "$(field .status)" ok
+check "GET /v1/models without the key" "$(req GET /v1/models)" 401
+check "401 error type" "$(field .error.code)" invalid_api_key
+check "wrong key" "$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer wrong' "$(U /v1/models)")" 401
+AUTH="--oauth2-bearer sekret"
+check "GET /v1/models" "$(req GET /v1/models)" 200
+check "models id" "$(field '.data[0].id')" qwen-image
+check "GET / (the page)" "$(curl -s --max-time 5 -o "$T/page" -w '%{http_code}' "$(U /)")" 200
+grep -q '<form id="form">' "$T/page" && ok "the page has the form" || bad "the page has no form"
+if command -v node >/dev/null; then # the page's script parses (it is served as it was written)
+    sed -n '/<script>/,/<\/script>/p' "$T/page" | sed '1d;$d' >"$T/page.js"
+    node --check "$T/page.js" && ok "the page's script parses (node --check)" || bad "the page's script does not parse"
+fi
+
+# the same request through the server and the CLI: the same bytes
+check "POST /v1/images/generations" \
+    "$(req POST /v1/images/generations '{"model":"any","prompt":"a cat","size":"32x48","steps":2,"seed":7,"negative_prompt":"blur","cfg":3}')" 200
+field '.data[0].b64_json' | base64 -d >"$T/served.png"
+"$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -n blur --cfg 3 -W 32 -H 48 --steps 2 --seed 7 -o "$T/cli.png" --quiet
+cmp -s "$T/served.png" "$T/cli.png" && ok "served PNG byte-identical to generate's ($(wc -c <"$T/cli.png") bytes)" \
+    || bad "served PNG differs from generate's"
+check "n=2 output_format=jpeg" \
+    "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":1,"n":2,"output_format":"jpeg","seed":3}')" 200
+check "two images" "$(field '.data | length')" 2
+check "JPEG magic" "$(field '.data[1].b64_json' | base64 -d | head -c 3 | od -An -tx1 | tr -d ' ')" ffd8ff
+
+# malformed requests: each answered, the server still serving
+bad_req() { # bad_req NAME BODY STATUS PARAM
+    check "$1" "$(req POST /v1/images/generations "$2")" "$3"
+    [ -n "${4:-}" ] && check "$1: param" "$(field .error.param)" "$4"
+}
+bad_req "bad JSON" '{"prompt": "x",' 400
+bad_req "not an object" '[1,2]' 400
+bad_req "prompt missing" '{"size":"32x32"}' 400 prompt
+bad_req "prompt wrong type" '{"prompt":5}' 400 prompt
+bad_req "negative size" '{"prompt":"x","size":"-32x32"}' 400 size
+bad_req "size not a multiple of 16" '{"prompt":"x","size":"30x32"}' 400 size
+bad_req "size over --max-size" '{"prompt":"x","size":"4096x4096"}' 400 size
+bad_req "n too large" '{"prompt":"x","n":99}' 400 n
+bad_req "steps wrong type" '{"prompt":"x","steps":"8"}' 400 steps
+bad_req "steps over --max-steps" '{"prompt":"x","steps":5000}' 400 steps
+bad_req "cfg out of range" '{"prompt":"x","cfg":-1}' 400 cfg
+bad_req "seed fractional" '{"prompt":"x","seed":1.5}' 400 seed
+bad_req "unknown output_format" '{"prompt":"x","output_format":"gif"}' 400 output_format
+bad_req "response_format url" '{"prompt":"x","response_format":"url"}' 400 response_format
+bad_req "loras (not yet per request)" '{"prompt":"x","loras":[{"name":"nope","strength":1}]}' 400 loras
+bad_req "partial_images out of range" '{"prompt":"x","partial_images":7}' 400 partial_images
+printf '{"prompt":"\377\376 bad"}' >"$T/utf8.json"
+check "invalid UTF-8" "$(curl -s --max-time 5 -o "$T/body" -w '%{http_code}' $AUTH --data-binary @"$T/utf8.json" "$(U /v1/images/generations)")" 400
+check "invalid UTF-8: param" "$(field .error.param)" prompt
+head -c 8000 /dev/zero | tr '\0' a | sed 's/^/{"prompt":"/; s/$/"}/' >"$T/big.json"
+check "body over --max-body" "$(curl -s --max-time 5 -o "$T/body" -w '%{http_code}' $AUTH --data-binary @"$T/big.json" "$(U /v1/images/generations)")" 413
+check "413 is JSON" "$(field .error.code)" body_too_large
+check "unknown path" "$(req GET /v1/nothing)" 404
+check "wrong method" "$(req GET /v1/images/generations)" 405
+check "edits" "$(req POST /v1/images/edits '{}')" 501
+check "unknown job" "$(req GET /v1/jobs/nope)" 404
+check "still serving" "$(req GET /health)" 200
+
+# async job + its events in order
+check "POST /v1/jobs" "$(req POST /v1/jobs '{"prompt":"async","size":"32x32","steps":3,"seed":5}')" 202
+ID=$(field .id)
+curl -s -N --max-time 20 $AUTH "$(U /v1/jobs/$ID/events)" | sed -n 's/^event: //p' | tr '\n' ' ' >"$T/events"
+order=$(sed 's/preview //g; s/progress \(progress \)*/progress+ /g' "$T/events")
+check "job events: progress..., completed last" "$order" "progress+ completed "
+grep -q preview "$T/events" && ok "job events carry previews" || bad "no preview event: $(cat "$T/events")"
+check "GET completed job" "$(req GET /v1/jobs/$ID)" 200
+check "job status" "$(field .status)" completed
+check "job progress" "$(field .progress)" 1
+
+# OpenAI streaming: partial images, then the completed image (= the blocking one)
+curl -s -N --max-time 20 $AUTH -H 'Content-Type: application/json' --data-binary \
+    '{"prompt":"a cat","size":"32x48","steps":4,"seed":7,"negative_prompt":"blur","cfg":3,"stream":true,"partial_images":2}' \
+    "$(U /v1/images/generations)" >"$T/sse"
+check "stream events" "$(sed -n 's/^event: //p' "$T/sse" | tr '\n' ' ')" \
+    "image_generation.partial_image image_generation.partial_image image_generation.completed "
+sed -n 's/^data: //p' "$T/sse" | tail -1 | jq -r .b64_json | base64 -d >"$T/streamed.png"
+"$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -n blur --cfg 3 -W 32 -H 48 --steps 4 --seed 7 -o "$T/cli4.png" --quiet
+cmp -s "$T/streamed.png" "$T/cli4.png" && ok "streamed image byte-identical to generate's" || bad "streamed image differs"
+
+# queue of 1: one running, one waiting, the next 429 with Retry-After; cancel both
+req POST /v1/jobs "$LONG" >/dev/null; J1=$(field .id)
+wait_job $J1 running || bad "long job never ran"
+check "second job queued" "$(req POST /v1/jobs "$LONG")" 202; J2=$(field .id)
+check "queue_position" "$(field .queue_position)" 0
+check "third job: queue full" "$(req POST /v1/jobs "$LONG")" 429
+grep -qi '^retry-after: [1-9]' "$T/hdr" && ok "Retry-After header" || bad "no Retry-After"
+check "DELETE queued job" "$(req DELETE /v1/jobs/$J2)" 200
+check "queued job cancelled at once" "$(field .status)" cancelled
+sleep 0.5
+check "GET running job" "$(req GET /v1/jobs/$J1)" 200
+[ "$(field .step)" -ge 1 ] && ok "running job reports its step ($(field .step)/$(field .steps))" || bad "no step"
+[ "$(field '.preview | length')" -gt 100 ] && ok "running job has a preview" || bad "no preview while running"
+check "DELETE running job" "$(req DELETE /v1/jobs/$J1)" 200
+wait_job $J1 cancelled && ok "running job cancelled at its next step" || bad "running job not cancelled"
+
+# a blocking client that disconnects cancels its job
+before=$(curl -s $AUTH "$(U /health)" | jq .cancelled)
+curl -s --max-time 1 $AUTH --data-binary "$LONG" "$(U /v1/images/generations)" >/dev/null
+for i in $(seq 1 50); do
+    [ "$(curl -s $AUTH "$(U /health)" | jq .cancelled)" -gt "$before" ] && break
+    sleep 0.1
+done
+check "disconnect cancels the job" "$(curl -s $AUTH "$(U /health)" | jq '.cancelled > '"$before")" true
+
+# a slow client (headers never finished) is dropped after --timeout; others are served meanwhile
+python3 - "$PORT" >"$T/slow" <<'EOF' &
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Le")
+t0 = time.time()
+s.settimeout(10)
+try:
+    data = s.recv(100)
+except Exception as e:
+    data = repr(e).encode()
+print("closed after %.1f s: %r" % (time.time() - t0, data))
+EOF
+SLOW=$!
+check "served while a slow client hangs" "$(req GET /health)" 200
+wait $SLOW
+grep -q "closed after [2-4]\.[0-9] s: b''" "$T/slow" && ok "slow client dropped: $(cat "$T/slow")" \
+    || bad "slow client: $(cat "$T/slow")"
+
+# SIGTERM drains: the running job finishes, new requests get 503, then exit 0
+req POST /v1/jobs '{"prompt":"drain","size":"32x32","steps":120,"seed":1}' >/dev/null; JD=$(field .id)
+wait_job $JD running
+kill -TERM $PID
+for i in $(seq 1 20); do [ "$(req GET /health)" = 503 ] && break; sleep 0.05; done
+check "draining: /health" "$(req GET /health)" 503
+check "draining: new job" "$(req POST /v1/jobs "$LONG")" 503
+curl -s --max-time 30 -N $AUTH "$(U /v1/jobs/$JD/events)" | sed -n 's/^event: //p' | tail -1 >"$T/last"
+check "draining: the running job completes" "$(cat "$T/last")" completed
+wait $PID; check "SIGTERM exit status" $? 0
+
+# ---- server B: no key; SIGINT cancels the running job at its next step ----------------
+start B --max-steps 1000
+AUTH=""
+check "no key needed" "$(req GET /v1/models)" 200
+req POST /v1/jobs "$LONG" >/dev/null; JB=$(field .id)
+wait_job $JB running
+t0=$(date +%s)
+kill -INT $PID
+wait $PID; rc=$?
+check "SIGINT exit status" $rc 0
+[ $(( $(date +%s) - t0 )) -le 5 ] && ok "SIGINT stopped within 5 s" || bad "SIGINT took too long"
+grep -q "stopped" "$T/B.log" && ok "B logged its stop" || bad "B did not stop cleanly"
+if grep -q "ERROR: AddressSanitizer\|runtime error:\|LeakSanitizer" "$T"/*.log; then
+    bad "sanitizer reports"; grep -A20 "Sanitizer\|runtime error" "$T"/*.log | head -60
+else
+    ok "no sanitizer reports in the server logs"
+fi
+echo "failures: $fails"
+exit $fails
