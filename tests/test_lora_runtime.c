@@ -86,9 +86,9 @@ static qi_engine *open_engine(qi_lora_mode mode, const char *file, log_count *lo
 static qi_status gen(qi_engine *e, qi_image *img) {
     qi_request r = qi_request_default();
     r.prompt = "a lighthouse at dusk";
-    r.width = 48;
+    r.width = 32;
     r.height = 32;
-    r.steps = 3;
+    r.steps = 2;
     r.scheduler = "lightning";
     r.noise_dtype = 1;
     qi_status st = qi_generate(e, &r, img);
