@@ -47,6 +47,7 @@ typedef struct gen_args {
     const char *lora_path[QI_APP_MAX_LORAS];
     float lora_strength[QI_APP_MAX_LORAS];
     int n_loras;
+    int lora_mode;     /* qi_lora_mode (--lora-mode) */
     long steps, width, height, batch, threads, max_seq_len;
     long batch_index, batch_size; /* --batch-index K/N: regenerate image K of N (0/0: off) */
     double cfg;

@@ -38,7 +38,10 @@ static void generate_usage(void) {
            "                      -m's; with all three, -m is not needed\n"
            "  -p TEXT             prompt (repeat for several prompts in one batch)\n"
            "  -n TEXT             negative prompt (true CFG when --cfg > 1)\n"
-           "  --lora FILE[:S]     LoRA fused at load with strength S (default 1); repeatable\n"
+           "  --lora FILE[:S]     LoRA with strength S (default 1); repeatable\n"
+           "  --lora-mode M       auto | fuse | runtime: LoRAs added into float copies of the weights at load,\n"
+           "                      or applied beside them at each Linear (auto: fused into f32/f16/bf16\n"
+           "                      weights, at run time on GGUF and fp8 ones)\n"
            "  --steps N           denoising steps, 1..1000 (default 8)\n"
            "  --cfg F             true CFG scale, 0..100 (default 1: off; base model: 4 with -n \" \")\n"
            "  -W W, -H H          size in pixels, multiples of 16 (default 1024x1024)\n"
@@ -141,6 +144,12 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     } else if (!strcmp(f, "-n")) a->negative = v;
     else if (!strcmp(f, "-o")) a->out = v;
     else if (!strcmp(f, "--lora")) return qi_app_add_lora(v, a);
+    else if (!strcmp(f, "--lora-mode")) {
+        if (!strcmp(v, "auto")) a->lora_mode = QI_LORA_AUTO;
+        else if (!strcmp(v, "fuse")) a->lora_mode = QI_LORA_FUSE;
+        else if (!strcmp(v, "runtime")) a->lora_mode = QI_LORA_RUNTIME;
+        else return qi_app_usage_error("--lora-mode %s: expected auto, fuse or runtime", v);
+    }
     else if (!strcmp(f, "--steps")) return qi_app_parse_int(f, v, 1, 1000, &a->steps);
     else if (!strcmp(f, "--cfg")) {
         if (qi_app_parse_float(f, v, &a->cfg)) return 2;
@@ -192,7 +201,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             continue;
         }
         static const char *const with_value[] = {
-            "-m", "-p", "-n", "-o", "--lora", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
+            "-m", "-p", "-n", "-o", "--lora", "--lora-mode", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
             "--max-sequence-length", "--device", "--devices", "--threads", "--save-latents",
             "--diffusion-model", "--text-encoder", "--vae"};
@@ -410,6 +419,7 @@ static int run(gen_args *a, const prompt_note *notes) {
     o.device = a->device;
     o.devices = a->devices;
     o.threads = (int)a->threads;
+    o.lora_mode = a->lora_mode;
     o.log = log_line;
     o.log_user = &prog;
     qi_engine *e = NULL;

@@ -92,11 +92,19 @@ typedef struct qi_open_options {
     int prompt_cache;        /* text-stage results kept for repeated prompts (an LRU of this many
                                 (prompts, negative prompt, images per prompt, max length) entries);
                                 0 = none. A hit skips the text encoder; images are bit-identical */
+    int lora_mode;           /* a qi_lora_mode: how LoRAs reach the transformer's weights (default auto) */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */
     void *log_user;
 } qi_open_options;
+
+/* How LoRA modules reach the transformer's weights. */
+typedef enum qi_lora_mode {
+    QI_LORA_AUTO = 0, /* fused into float (f32/f16/bf16) weights, at run time beside GGUF and fp8 ones */
+    QI_LORA_FUSE,     /* W' = W + Σ s·B·A into float32 copies at load; a new set reloads the transformer */
+    QI_LORA_RUNTIME   /* y = W·x + Σ s·B·(A·x), weights untouched; a new set swaps without a reload */
+} qi_lora_mode;
 
 qi_open_options qi_open_options_default(void);
 

@@ -81,7 +81,14 @@ static qi_status load_transformer_rank(qi_ranks *r, int w, void *arg, qi_error *
     const qi_engine *e = arg;
     if (r->dit[w]) qi_dit_free(r->dit[w]);
     r->dit[w] = NULL;
-    return qi_dit_load(e->src[QI_COMPONENT_TRANSFORMER], r->be[w], e->loras, &r->dit[w], err);
+    return qi_dit_load_mode(e->src[QI_COMPONENT_TRANSFORMER], r->be[w], e->loras, (qi_lora_mode)e->lora_mode,
+                            &r->dit[w], err);
+}
+
+/* The current LoRA set as rank w's runtime modules, weights untouched. */
+static qi_status swap_loras_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
+    const qi_engine *e = arg;
+    return qi_dit_set_loras(r->dit[w], e->loras, err);
 }
 
 /* The attention shape several ranks split, before any transformer loads. */
@@ -140,14 +147,53 @@ static void lora_fallback(qi_engine *e, qi_status st) {
     }
 }
 
+/* The set is in the weights now: the previous one can go. */
+static void lora_commit(qi_engine *e) {
+    qi_lora_set_free(e->loras_prev);
+    e->loras_prev = NULL;
+    e->loras_loaded = qi_lora_set_file_count(e->loras);
+    e->loras_changed = 0;
+}
+
+/* A changed LoRA set on loaded transformers: swapped as runtime modules
+ * (no reload), or — where a weight holds a fused LoRA or would take one
+ * (QI_ERR_UNSUPPORTED) — left to a reload. Another failure (a file that
+ * matches no weight) drops the transformers and goes back to the previous
+ * set, as a failed load does. */
+static qi_status swap_loras(qi_engine *e) {
+    qi_denoise_release(e->ranks); /* recorded graphs read the old factors */
+    double t0 = qi_now_s();
+    qi_error swap_err = {0};
+    qi_status st = qi_ranks_run(e->ranks, swap_loras_rank, e, NULL, NULL, &swap_err);
+    if (st == QI_ERR_UNSUPPORTED) {
+        logf_(e, "LoRA set changed: %s", swap_err.msg);
+        e->dit_stale = 1;
+        return QI_OK;
+    }
+    if (st) {
+        e->err = swap_err;
+        qi_ranks_free_dits(e->ranks); /* some ranks may read the new set, which goes */
+        e->dit_stale = 1;
+        lora_fallback(e, st);
+        return st;
+    }
+    lora_commit(e);
+    logf_(e, "LoRA set swapped in %.3f s (%d file(s), run beside the weights)", qi_now_s() - t0, e->loras_loaded);
+    return QI_OK;
+}
+
 /* Loads (or reloads, after a LoRA change) the transformer on every rank. */
 static qi_status ensure_transformer(qi_engine *e) {
+    if (e->ranks->dit[0] && !e->dit_stale && e->loras_changed) {
+        qi_status st = swap_loras(e);
+        if (st) return st;
+    }
     if (e->ranks->dit[0] && !e->dit_stale) return QI_OK;
     qi_denoise_release(e->ranks); /* recorded on the old transformer's weights */
     double t0 = qi_now_s();
     int n_loras = qi_lora_set_file_count(e->loras);
     if (n_loras)
-        logf_(e, "loading transformer from %s and fusing %d LoRA file(s) ...", e->files.path[QI_COMPONENT_TRANSFORMER], n_loras);
+        logf_(e, "loading transformer from %s with %d LoRA file(s) ...", e->files.path[QI_COMPONENT_TRANSFORMER], n_loras);
     else
         logf_(e, "loading transformer from %s ...", e->files.path[QI_COMPONENT_TRANSFORMER]);
     qi_status st = open_source(e, QI_COMPONENT_TRANSFORMER);
@@ -158,9 +204,7 @@ static qi_status ensure_transformer(qi_engine *e) {
         lora_fallback(e, st);
         return st;
     }
-    qi_lora_set_free(e->loras_prev);
-    e->loras_prev = NULL;
-    e->loras_loaded = qi_lora_set_file_count(e->loras);
+    lora_commit(e);
     e->dit_stale = 0;
     logf_(e, "loaded transformer in %.2f s", qi_now_s() - t0);
     return QI_OK;
@@ -170,7 +214,7 @@ qi_status qi_engine_add_lora(qi_engine *e, const char *path, float strength) {
     if (!path) return qi_fail(&e->err, QI_ERR_ARG, "LoRA path is NULL");
     qi_status st = qi_lora_set_add(&e->loras, path, strength, &e->err);
     if (st) return st;
-    e->dit_stale = 1; /* fused at load time: reload with the new set */
+    e->loras_changed = 1; /* swapped or re-fused before the next call (ensure_transformer) */
     return QI_OK;
 }
 
@@ -196,7 +240,7 @@ qi_status qi_engine_set_loras(qi_engine *e, const qi_lora_spec *loras, int n) {
     }
     e->loras = set;
     e->loras_loaded = -1; /* pending: lora_fallback goes back to loras_prev */
-    e->dit_stale = 1;
+    e->loras_changed = 1;
     return QI_OK;
 }
 
@@ -261,6 +305,10 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     if (!e) return QI_ERR_NOMEM;
     e->log = opt->log;
     e->log_user = opt->log_user;
+    if (opt->lora_mode < QI_LORA_AUTO || opt->lora_mode > QI_LORA_RUNTIME)
+        return qi_fail(&e->err, QI_ERR_ARG, "lora_mode %d: expected QI_LORA_AUTO, QI_LORA_FUSE or QI_LORA_RUNTIME",
+                       opt->lora_mode);
+    e->lora_mode = opt->lora_mode;
     if (opt->prompt_cache > 0 && !(e->prompt_cache = qi_prompt_cache_new(opt->prompt_cache)))
         return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the prompt cache");
     if (!opt->model_dir && !(opt->diffusion_model && opt->text_encoder && opt->vae))

@@ -43,7 +43,10 @@ struct qi_engine {
     qi_source *src[QI_COMPONENT_COUNT]; /* weight sources, opened on first load and kept while their
                                            models live (CPU weights point into them); none for the
                                            tokenizer */
-    int dit_stale;           /* the LoRA set changed since the transformers loaded: reload */
+    int dit_stale;           /* the transformers must (re)load */
+    int loras_changed;       /* the LoRA set changed since the transformers took it: swap the
+                                runtime modules (qi_dit_set_loras), or reload where fused */
+    int lora_mode;           /* qi_lora_mode of qi_open_options */
     qi_lora_set *loras;      /* the set to fuse (NULL: none) */
     int loras_loaded;        /* files of `loras` fused by the last successful load; -1: a set
                                 from qi_engine_set_loras that has not loaded yet */

@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "base/types.h"
 #include "io/model_dir.h"
 #include "io/source.h"
 #include "parallel/ulysses.h"
@@ -51,9 +52,19 @@
 #define DIT_ROPE_LIMIT 4096      /* diffusers' position tables hold -4096..4095 */
 #define DIT_ROPE_CACHE 4         /* CFG alternates two text lengths; keep a few shapes */
 
+/* One runtime LoRA module on a Linear: y += coef · up (down x). */
+typedef struct dit_lora_term {
+    qi_tensor down; /* [rank, in], the file's type (bf16/f32 on the CPU; the CUDA backend keeps bf16) */
+    qi_tensor up;   /* [out, rank] */
+    float coef;     /* strength · scale (lora.c) */
+    int spec;       /* index of the weight_spec of the Linear's weight */
+} dit_lora_term;
+
 typedef struct dit_linear {
-    qi_tensor w; /* [out, in] */
-    qi_tensor b; /* [out] */
+    qi_tensor w;                /* [out, in] */
+    qi_tensor b;                /* [out] */
+    const dit_lora_term *lora;  /* runtime LoRA modules on this Linear (NULL: none) */
+    int n_lora;
 } dit_linear;
 
 typedef struct dit_block {
@@ -73,6 +84,8 @@ typedef struct weight_spec {
     int ndim;
     int64_t shape[2];
     qi_tensor *dst;
+    qi_dtype stored;   /* the file's type, once loaded */
+    int lora_fused;    /* a LoRA is fused into dst (a float32 copy) */
 } weight_spec;
 
 /* RoPE tables of one (grid_h, grid_w, txt_len): [L_txt + L_img, head_dim/2]. */
@@ -102,6 +115,10 @@ struct qi_dit {
     int n_specs;
     float **fused;               /* LoRA-fused float32 weights the backend points into */
     int n_fused;
+    int n_fused_lora;            /* weights with a LoRA fused in: the set cannot be swapped (reload) */
+    qi_lora_mode lora_mode;      /* how a LoRA module reaches a weight (qi_dit_load_mode) */
+    dit_lora_term *terms;        /* every runtime LoRA module, in spec order */
+    int n_terms;
 
     rope_entry rope[DIT_ROPE_CACHE];
     uint64_t rope_clock;
@@ -342,6 +359,18 @@ static void build_specs(qi_dit *d, spec_list *l) {
     }
 }
 
+/* Whether a LoRA module on a weight stored as `stored` is fused into a float32
+ * copy (else it runs beside the weight, qi_dit_set_loras). Auto: fused only
+ * for float element weights (f32/f16/bf16): a quantised or fp8 weight would
+ * grow to float32 (4-8x its bytes) and leave its file type; a float one keeps
+ * its speed per step (no low-rank GEMMs) — README "LoRA: fused or at run
+ * time" has the measurements. */
+static int lora_fuses(qi_lora_mode mode, qi_dtype stored) {
+    if (mode == QI_LORA_FUSE) return 1;
+    if (mode == QI_LORA_RUNTIME) return 0;
+    return !qi_dtype_is_block(stored) && stored != QI_F8_E4M3 && stored != QI_F8_E5M2;
+}
+
 /* Makes one backend weight: straight from the mapping, or — when a LoRA
  * touches it — a float32 copy with the deltas added (spec §4.5: the fused
  * weight stays float32; rounding it to bf16 already costs ~7e-4). */
@@ -350,7 +379,8 @@ static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_bind
     qi_source_tensor t;
     qi_status st = qi_source_get(d->src, s->name, s->ndim, s->shape, &t, err);
     if (st != QI_OK) return st;
-    if (!qi_lora_binding_targets(lora, s->name)) {
+    ((weight_spec *)s)->stored = t.dtype;
+    if (!qi_lora_binding_targets(lora, s->name) || !lora_fuses(d->lora_mode, t.dtype)) {
         qi_weight_scale sc = qi_source_tensor_scale(&t);
         return d->be->ops->weight(d->be, s->dst, t.dtype, s->ndim, s->shape, t.data, &sc, err);
     }
@@ -363,6 +393,10 @@ static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_bind
     st = qi_source_tensor_to_f32(&t, w, err); /* dequantised and scaled: the weight the file means */
     if (st == QI_OK) st = qi_lora_binding_fuse(lora, s->name, w, s->shape[0], s->shape[1], err);
     if (st == QI_OK) st = d->be->ops->weight(d->be, s->dst, QI_F32, 2, s->shape, w, NULL, err);
+    if (st == QI_OK) {
+        d->n_fused_lora++;
+        ((weight_spec *)s)->lora_fused = 1;
+    }
     if (st == QI_OK && s->dst->data == (void *)w) { /* zero-copy backend: keep the buffer */
         d->fused[d->n_fused++] = w;
         return QI_OK;
@@ -404,14 +438,123 @@ static qi_status check_no_extra_tensors(const qi_dit *d, qi_error *err) {
     return QI_OK;
 }
 
+/* The Linear whose `w` a 2-D spec fills (dit_linear starts with w). */
+static dit_linear *spec_linear(const weight_spec *s) {
+    return (dit_linear *)((char *)s->dst - offsetof(dit_linear, w));
+}
+
+static void free_terms(qi_backend *be, dit_lora_term *terms, int n) {
+    for (int i = 0; i < n; i++) {
+        if (terms[i].down.data) be->ops->weight_free(be, &terms[i].down);
+        if (terms[i].up.data) be->ops->weight_free(be, &terms[i].up);
+    }
+    free(terms);
+}
+
+/* The binding of `loras` to every Linear weight name (NULL set: NULL binding). */
+static qi_status bind_linears(const qi_dit *d, const qi_lora_set *loras, qi_lora_binding **out, qi_error *err) {
+    *out = NULL;
+    if (!loras) return QI_OK;
+    const char **names = malloc((size_t)d->n_specs * sizeof *names);
+    if (!names) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    int n = 0;
+    for (int i = 0; i < d->n_specs; i++)
+        if (d->specs[i].ndim == 2) names[n++] = d->specs[i].name;
+    qi_status st = qi_lora_bind(loras, names, n, out, err);
+    free(names);
+    return st;
+}
+
+/* The runtime terms of every bound module on a weight not fused: the
+ * factors become backend weights as the file stores them. */
+static qi_status make_terms(const qi_dit *d, const qi_lora_binding *lora, dit_lora_term **out, int *n_out,
+                            qi_error *err) {
+    int n = 0;
+    for (int i = 0; i < d->n_specs; i++)
+        if (d->specs[i].ndim == 2 && !d->specs[i].lora_fused) n += qi_lora_binding_count(lora, d->specs[i].name);
+    *out = NULL;
+    *n_out = 0;
+    if (!n) return QI_OK;
+    dit_lora_term *terms = calloc((size_t)n, sizeof *terms);
+    if (!terms) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (LoRA terms)");
+    qi_status st = QI_OK;
+    int k = 0;
+    for (int i = 0; st == QI_OK && i < d->n_specs; i++) {
+        const weight_spec *s = &d->specs[i];
+        int m = s->ndim == 2 && !s->lora_fused ? qi_lora_binding_count(lora, s->name) : 0;
+        for (int j = 0; st == QI_OK && j < m; j++, k++) {
+            qi_lora_factor f;
+            st = qi_lora_binding_factor(lora, s->name, j, s->shape[0], s->shape[1], &f, err);
+            int64_t dn[2] = {f.rank, s->shape[1]}, up[2] = {s->shape[0], f.rank};
+            if (st == QI_OK) st = d->be->ops->weight(d->be, &terms[k].down, f.down_dtype, 2, dn, f.down, NULL, err);
+            if (st == QI_OK) st = d->be->ops->weight(d->be, &terms[k].up, f.up_dtype, 2, up, f.up, NULL, err);
+            terms[k].coef = f.coef;
+            terms[k].spec = i;
+        }
+    }
+    if (st != QI_OK) {
+        free_terms(d->be, terms, n);
+        return qi_fail_ctx(err, st, "transformer: the LoRA set was not applied");
+    }
+    *out = terms;
+    *n_out = n;
+    return QI_OK;
+}
+
+/* Replaces the runtime terms with those of `lora` (weights with a fused
+ * LoRA keep it) and points every Linear at its run of them. */
+static qi_status install_terms(qi_dit *d, const qi_lora_binding *lora, qi_error *err) {
+    dit_lora_term *terms;
+    int n;
+    qi_status st = make_terms(d, lora, &terms, &n, err);
+    if (st != QI_OK) return st;
+    free_terms(d->be, d->terms, d->n_terms); /* the previous set's */
+    d->terms = terms;
+    d->n_terms = n;
+    for (int i = 0; i < d->n_specs; i++)
+        if (d->specs[i].ndim == 2) {
+            spec_linear(&d->specs[i])->lora = NULL;
+            spec_linear(&d->specs[i])->n_lora = 0;
+        }
+    for (int k = 0; k < n; k++) { /* terms of one Linear are consecutive */
+        dit_linear *lin = spec_linear(&d->specs[terms[k].spec]);
+        if (!lin->lora) lin->lora = &terms[k];
+        lin->n_lora++;
+    }
+    return QI_OK;
+}
+
+qi_status qi_dit_set_loras(qi_dit *d, const qi_lora_set *loras, qi_error *err) {
+    qi_lora_binding *lora = NULL;
+    qi_status st = bind_linears(d, loras, &lora, err);
+    for (int i = 0; st == QI_OK && i < d->n_specs; i++) {
+        const weight_spec *s = &d->specs[i];
+        if (s->lora_fused || (qi_lora_binding_targets(lora, s->name) && lora_fuses(d->lora_mode, s->stored)))
+            st = qi_fail(err, QI_ERR_UNSUPPORTED, "transformer: %s %s a fused LoRA; reload the transformer to "
+                         "change its LoRA set", s->name, s->lora_fused ? "holds" : "would take");
+    }
+    if (st == QI_OK) st = install_terms(d, lora, err);
+    qi_lora_binding_free(lora);
+    return st;
+}
+
+int qi_dit_lora_terms(const qi_dit *d) { return d->n_terms; }
+int qi_dit_lora_fused(const qi_dit *d) { return d->n_fused_lora; }
+
 qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_dit **out,
                       qi_error *err) {
+    return qi_dit_load_mode(src, be, loras, QI_LORA_FUSE, out, err);
+}
+
+qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_lora_mode mode,
+                           qi_dit **out, qi_error *err) {
     *out = NULL;
     if (!src || !be) return qi_fail(err, QI_ERR_ARG, "qi_dit_load: a source and a backend are required");
     qi_dit *d = calloc(1, sizeof *d);
     if (!d) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
     d->be = be;
     d->src = src;
+    d->lora_mode = mode;
     qi_status st = qi_dit_read_config(src, &d->cfg, err);
     if (st != QI_OK) {
         qi_dit_free(d);
@@ -430,21 +573,15 @@ qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *l
     build_specs(d, &l);
     d->n_specs = l.n;
 
-    /* LoRA modules may target any Linear (2-D) weight. */
+    /* LoRA modules may target any Linear (2-D) weight: fused at load or, per
+     * lora_fuses, run beside the weight (qi_dit_set_loras, below). */
     qi_lora_binding *lora = NULL;
-    if (loras) {
-        const char **names = malloc((size_t)d->n_specs * sizeof *names);
-        int n = 0;
-        if (!names) st = qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
-        for (int i = 0; st == QI_OK && i < d->n_specs; i++)
-            if (d->specs[i].ndim == 2) names[n++] = d->specs[i].name;
-        if (st == QI_OK) st = qi_lora_bind(loras, names, n, &lora, err);
-        free(names);
-    }
+    st = bind_linears(d, loras, &lora, err);
     if (st == QI_OK) st = check_no_extra_tensors(d, err);
     int loaded = 0;
     for (; st == QI_OK && loaded < d->n_specs; loaded++)
         st = load_weight(d, &d->specs[loaded], lora, err);
+    if (st == QI_OK) st = install_terms(d, lora, err); /* the modules not fused */
     qi_lora_binding_free(lora);
     if (st != QI_OK) {
         d->n_specs = loaded; /* free only what was made */
@@ -468,6 +605,7 @@ void qi_dit_free(qi_dit *d) {
     }
     for (int i = 0; i < d->n_fused; i++) free(d->fused[i]);
     free(d->fused);
+    free_terms(d->be, d->terms, d->n_terms);
     free(d->specs);
     free(d->blocks);
     free(d);
@@ -683,6 +821,39 @@ static void timestep_sinusoid(const float *t, int64_t B, float *proj) {
         }
 }
 
+/* y = act(x · Wᵀ + b + Σ coef · (x · downᵀ) · upᵀ): the Linear with its
+ * runtime LoRA modules, through the op table only (linear, axpby, activate),
+ * so every backend and weight type runs it. x [M, in], y [M, out]. The
+ * low-rank products go through arena scratch [M, rank] and [M, out], given
+ * back at once (queued ops still read them in order). A failed scratch
+ * allocation sets *st (first failure wins); the base Linear always runs. */
+static void run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act act, qi_tensor *y,
+                       qi_status *st, qi_error *err) {
+    qi_backend *be = d->be;
+    if (!l->n_lora) {
+        be->ops->linear(be, x, &l->w, &l->b, act, y);
+        return;
+    }
+    be->ops->linear(be, x, &l->w, &l->b, QI_ACT_NONE, y);
+    int64_t M = qi_rows(x), N = l->w.ne[0];
+    qi_tensor y2 = qi_view2(y, M, N);
+    for (int k = 0; k < l->n_lora && *st == QI_OK; k++) {
+        const dit_lora_term *t = &l->lora[k];
+        size_t mark = be->ops->mark(be);
+        qi_tensor h, u;
+        qi_status s = qi_be_act2(be, &h, M, t->down.ne[0], err);
+        if (s == QI_OK) s = qi_be_act2(be, &u, M, N, err);
+        if (s == QI_OK) {
+            be->ops->linear(be, x, &t->down, NULL, QI_ACT_NONE, &h); /* [M, rank] */
+            be->ops->linear(be, &h, &t->up, NULL, QI_ACT_NONE, &u);  /* [M, out] */
+            be->ops->axpby(be, 1.0f, &y2, t->coef, &u, &y2);
+        }
+        be->ops->reset(be, mark);
+        if (s != QI_OK) *st = s;
+    }
+    if (act != QI_ACT_NONE) be->ops->activate(be, y, act, y);
+}
+
 /* temb = linear_2(silu(linear_1(sinusoid))), returned SiLU'd because all its
  * consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4).
  * sinus [B, 256] is on the backend already. */
@@ -693,29 +864,28 @@ static qi_status timestep_embedding(qi_dit *d, const qi_tensor *sinus, qi_tensor
     qi_status st = qi_be_act2(be, &hidden, B, D, err);
     if (st == QI_OK) st = qi_be_act2(be, temb_silu, B, D, err);
     if (st != QI_OK) return st;
-    be->ops->linear(be, sinus, &d->time_1.w, &d->time_1.b, QI_ACT_SILU, &hidden);
-    be->ops->linear(be, &hidden, &d->time_2.w, &d->time_2.b, QI_ACT_NONE, temb_silu);
+    run_linear(d, sinus, &d->time_1, QI_ACT_SILU, &hidden, &st, err);
+    run_linear(d, &hidden, &d->time_2, QI_ACT_NONE, temb_silu, &st, err);
     be->ops->activate(be, temb_silu, QI_ACT_SILU, temb_silu);
-    return QI_OK;
+    return st;
 }
 
 /* Every block's img_mod/txt_mod and norm_out's Linear of silu(temb), once per
  * call: the block loop only reads chunks of a->mods. */
-static void compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts *a) {
-    qi_backend *be = d->be;
+static qi_status compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts *a, qi_error *err) {
+    qi_status st = QI_OK;
     int64_t L = d->cfg.num_layers, D = d->cfg.inner_dim;
     for (int64_t i = 0; i < L; i++) {
         qi_tensor img_mod = qi_slice_rows(&a->mods, (2 * i) * a->B, a->B);
         qi_tensor txt_mod = qi_slice_rows(&a->mods, (2 * i + 1) * a->B, a->B);
-        be->ops->linear(be, temb_silu, &d->blocks[i].img_mod.w, &d->blocks[i].img_mod.b,
-                        QI_ACT_NONE, &img_mod);
-        be->ops->linear(be, temb_silu, &d->blocks[i].txt_mod.w, &d->blocks[i].txt_mod.b,
-                        QI_ACT_NONE, &txt_mod);
+        run_linear(d, temb_silu, &d->blocks[i].img_mod, QI_ACT_NONE, &img_mod, &st, err);
+        run_linear(d, temb_silu, &d->blocks[i].txt_mod, QI_ACT_NONE, &txt_mod, &st, err);
     }
     /* norm_out writes [B, 2D] contiguously at the start of the last slot. */
     qi_tensor out_mod = qi_slice_rows(&a->mods, 2 * L * a->B, a->B);
     out_mod.ne[1] = 2 * D;
-    be->ops->linear(be, temb_silu, &d->norm_out.w, &d->norm_out.b, QI_ACT_NONE, &out_mod);
+    run_linear(d, temb_silu, &d->norm_out, QI_ACT_NONE, &out_mod, &st, err);
+    return st;
 }
 
 /* dst rows of the joint sequence [B, Lt + Li, ·] = text rows then image rows. */
@@ -823,6 +993,7 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
     qi_tensor tsh1 = mod_chunk(d, a, txt_slot, 0), tsc1 = mod_chunk(d, a, txt_slot, 1);
     qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
     qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
+    qi_status st = QI_OK; /* a runtime LoRA's scratch (run_linear) */
 
     /* --- attention half: modulated LN, Q/K/V per stream --- */
     op->layer_norm_mod(be, &a->img, &ish1, &isc1, stride, DIT_EPS, &a->norm_i);
@@ -836,12 +1007,12 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
         v_t = qi_slice_rows(&V2, 0, a->Lt);
         v_i = qi_slice_rows(&V2, a->Lt, a->Li);
     }
-    op->linear(be, &a->norm_i, &blk->to_q.w, &blk->to_q.b, QI_ACT_NONE, &a->q_i);
-    op->linear(be, &a->norm_i, &blk->to_k.w, &blk->to_k.b, QI_ACT_NONE, &a->k_i);
-    op->linear(be, &a->norm_i, &blk->to_v.w, &blk->to_v.b, QI_ACT_NONE, &v_i);
-    op->linear(be, &a->norm_t, &blk->add_q.w, &blk->add_q.b, QI_ACT_NONE, &a->q_t);
-    op->linear(be, &a->norm_t, &blk->add_k.w, &blk->add_k.b, QI_ACT_NONE, &a->k_t);
-    op->linear(be, &a->norm_t, &blk->add_v.w, &blk->add_v.b, QI_ACT_NONE, &v_t);
+    run_linear(d, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
+    run_linear(d, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
+    run_linear(d, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
+    run_linear(d, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
+    run_linear(d, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
+    run_linear(d, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err);
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
@@ -856,7 +1027,7 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
         op->rms_norm(be, &qt_h, &blk->norm_added_q, DIT_EPS, &qt_h);
         op->rms_norm(be, &kt_h, &blk->norm_added_k, DIT_EPS, &kt_h);
         if (a->sp) {
-            qi_status st = attend_sharded(d, a, &o_t, &o_i, err);
+            if (st == QI_OK) st = attend_sharded(d, a, &o_t, &o_i, err);
             if (st != QI_OK) return st;
         } else {
             attend_joint(d, a, &o_t, &o_i);
@@ -867,14 +1038,14 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
      * A backend with add_gated_layer_norm_mod also does the MLP half's
      * modulated LN in the same pass over the stream. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
-    op->linear(be, &o_i, &blk->to_out.w, &blk->to_out.b, QI_ACT_NONE, &a->proj_i);
+    run_linear(d, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
     if (ag_ln)
         op->add_gated_layer_norm_mod(be, &a->img, &ig1, stride, &a->proj_i, &ish2, &isc2, stride, DIT_EPS,
                                      &a->norm_i);
     else
         op->add_gated(be, &a->img, &ig1, stride, &a->proj_i);
     if (!last) {
-        op->linear(be, &o_t, &blk->to_add_out.w, &blk->to_add_out.b, QI_ACT_NONE, &a->proj_t);
+        run_linear(d, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
         if (ag_ln)
             op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
                                          DIT_EPS, &a->norm_t);
@@ -884,18 +1055,16 @@ static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err)
 
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
     if (!ag_ln) op->layer_norm_mod(be, &a->img, &ish2, &isc2, stride, DIT_EPS, &a->norm_i);
-    op->linear(be, &a->norm_i, &blk->img_mlp_up.w, &blk->img_mlp_up.b, QI_ACT_GELU_TANH, &a->ff_i);
-    op->linear(be, &a->ff_i, &blk->img_mlp_down.w, &blk->img_mlp_down.b, QI_ACT_NONE, &a->proj_i);
+    run_linear(d, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
+    run_linear(d, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
     op->add_gated(be, &a->img, &ig2, stride, &a->proj_i);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
-        op->linear(be, &a->norm_t, &blk->txt_mlp_up.w, &blk->txt_mlp_up.b, QI_ACT_GELU_TANH,
-                   &a->ff_t);
-        op->linear(be, &a->ff_t, &blk->txt_mlp_down.w, &blk->txt_mlp_down.b, QI_ACT_NONE,
-                   &a->proj_t);
+        run_linear(d, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
+        run_linear(d, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }
-    return QI_OK;
+    return st;
 }
 
 /* ---- a call: inputs on the device, then pure ops ------------------------------------ */
@@ -1056,13 +1225,11 @@ static qi_status schedule_compute_window(qi_dit_call *c, int64_t w0, qi_error *e
         for (int64_t i = 0; i < L; i++) {
             qi_tensor img_mod = qi_slice_rows(&c->sched_mods, (2 * i) * W * B, rows);
             qi_tensor txt_mod = qi_slice_rows(&c->sched_mods, (2 * i + 1) * W * B, rows);
-            be->ops->linear(be, &temb_silu, &d->blocks[i].img_mod.w, &d->blocks[i].img_mod.b, QI_ACT_NONE,
-                            &img_mod);
-            be->ops->linear(be, &temb_silu, &d->blocks[i].txt_mod.w, &d->blocks[i].txt_mod.b, QI_ACT_NONE,
-                            &txt_mod);
+            run_linear(d, &temb_silu, &d->blocks[i].img_mod, QI_ACT_NONE, &img_mod, &st, err);
+            run_linear(d, &temb_silu, &d->blocks[i].txt_mod, QI_ACT_NONE, &txt_mod, &st, err);
         }
         qi_tensor out_mod = qi_slice_rows(&c->sched_out, 0, rows);
-        be->ops->linear(be, &temb_silu, &d->norm_out.w, &d->norm_out.b, QI_ACT_NONE, &out_mod);
+        run_linear(d, &temb_silu, &d->norm_out, QI_ACT_NONE, &out_mod, &st, err);
         c->win0 = w0;
     }
     be->ops->reset(be, mark); /* the queued work still reads them, in stream order */
@@ -1192,16 +1359,17 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
         qi_tensor temb_silu;
         st = timestep_embedding(d, &c->sinus, &temb_silu, err);
         if (st != QI_OK) goto done;
-        compute_modulation(d, &temb_silu, &a);
+        st = compute_modulation(d, &temb_silu, &a, err);
+        if (st != QI_OK) goto done;
     }
 
     /* input projections; the text gets an RMSNorm over joint_dim first */
     qi_tensor ctx_normed;
     st = qi_be_act3(be, &ctx_normed, a.B, a.Lt, cfg->joint_dim, err);
     if (st != QI_OK) goto done;
-    op->linear(be, x, &d->img_in.w, &d->img_in.b, QI_ACT_NONE, &a.img);
+    run_linear(d, x, &d->img_in, QI_ACT_NONE, &a.img, &st, err);
     op->rms_norm(be, ctx, &d->txt_norm, DIT_EPS, &ctx_normed);
-    op->linear(be, &ctx_normed, &d->txt_in.w, &d->txt_in.b, QI_ACT_NONE, &a.txt);
+    run_linear(d, &ctx_normed, &d->txt_in, QI_ACT_NONE, &a.txt, &st, err);
 
     for (int i = 0; i < cfg->num_layers && st == QI_OK; i++) st = block_forward(d, i, &a, err);
     if (st != QI_OK) goto done;
@@ -1211,7 +1379,7 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
     qi_tensor scale = out_mod, shift = out_mod;
     shift.data = (char *)out_mod.data + (size_t)D * qi_dtype_size(out_mod.dtype);
     op->layer_norm_mod(be, &a.img, &shift, &scale, 2 * D, DIT_EPS, &a.norm_i);
-    op->linear(be, &a.norm_i, &d->proj_out.w, &d->proj_out.b, QI_ACT_NONE, out);
+    run_linear(d, &a.norm_i, &d->proj_out, QI_ACT_NONE, out, &st, err);
 done:
     op->reset(be, mark);
     return st;

@@ -60,6 +60,22 @@ qi_status qi_dit_read_config(const qi_source *src, qi_dit_config *out, qi_error 
  * point into its mapping); it may feed several loads at once. */
 qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_dit **out,
                       qi_error *err);
+/* The same with a choice of how LoRA modules reach the weights (qi_lora_mode):
+ * FUSE adds them into float32 copies (qi_dit_load's behaviour); RUNTIME
+ * keeps every weight as stored and adds coef · up (down x) after each Linear
+ * (the set must then stay alive until the next qi_dit_set_loras or
+ * qi_dit_free: CPU factors point into its mapping); AUTO fuses into float
+ * element weights (f32/f16/bf16) and runs beside GGUF-block and fp8 ones. */
+qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_lora_mode mode,
+                           qi_dit **out, qi_error *err);
+/* Replaces the runtime LoRA modules with those of `loras` (NULL: none), the
+ * stored weights untouched; on failure the previous modules stay. Refused
+ * (QI_ERR_UNSUPPORTED) when a weight holds a fused LoRA, or would take one
+ * under the load's mode: then reload. Call between transformer calls only,
+ * and drop recorded graphs first (they hold the old factors' addresses). */
+qi_status qi_dit_set_loras(qi_dit *d, const qi_lora_set *loras, qi_error *err);
+int qi_dit_lora_terms(const qi_dit *d); /* runtime LoRA modules attached */
+int qi_dit_lora_fused(const qi_dit *d); /* weights with a LoRA fused in */
 void qi_dit_free(qi_dit *d);
 const qi_dit_config *qi_dit_get_config(const qi_dit *d);
 

@@ -627,6 +627,44 @@ static float *matrix_f32(const qi_st_tensor *t) {
     return f;
 }
 
+/* The delta of bound module i must be [out_dim, in_dim]. */
+static qi_status check_delta_shape(const bound_module *bm, const char *weight_name, int64_t out_dim,
+                                   int64_t in_dim, qi_error *err) {
+    const lora_module *m = bm->module;
+    int64_t rank = m->down->shape[0];
+    if (m->up->shape[0] == out_dim && m->down->shape[1] == in_dim) return QI_OK;
+    return qi_fail(err, QI_ERR_FORMAT,
+                   "LoRA %s: '%s' gives a delta up [%lld, %lld] @ down [%lld, %lld] = "
+                   "[%lld, %lld], but weight %s is [%lld, %lld]", bm->file->path,
+                   module_key_name(m), (long long)m->up->shape[0], (long long)rank,
+                   (long long)rank, (long long)m->down->shape[1],
+                   (long long)m->up->shape[0], (long long)m->down->shape[1], weight_name,
+                   (long long)out_dim, (long long)in_dim);
+}
+
+int qi_lora_binding_count(const qi_lora_binding *b, const char *weight_name) {
+    int i = b ? first_bound(b, weight_name) : -1, n = 0;
+    for (; i >= 0 && i + n < b->n && strcmp(b->items[i + n].target, weight_name) == 0;) n++;
+    return n;
+}
+
+qi_status qi_lora_binding_factor(const qi_lora_binding *b, const char *weight_name, int k, int64_t out_dim,
+                                 int64_t in_dim, qi_lora_factor *out, qi_error *err) {
+    if (k < 0 || k >= qi_lora_binding_count(b, weight_name))
+        return qi_fail(err, QI_ERR_ARG, "LoRA: weight %s has no module %d", weight_name, k);
+    const bound_module *bm = &b->items[first_bound(b, weight_name) + k];
+    qi_status st = check_delta_shape(bm, weight_name, out_dim, in_dim, err);
+    if (st) return st;
+    const lora_module *m = bm->module;
+    out->rank = m->down->shape[0];
+    out->down_dtype = m->down->dtype;
+    out->down = m->down->data;
+    out->up_dtype = m->up->dtype;
+    out->up = m->up->data;
+    out->coef = bm->file->strength * m->scale; /* the fuse's coefficient, same rounding */
+    return QI_OK;
+}
+
 qi_status qi_lora_binding_fuse(const qi_lora_binding *b, const char *weight_name, float *w,
                                int64_t out_dim, int64_t in_dim, qi_error *err) {
     if (!b) return QI_OK;
@@ -635,14 +673,8 @@ qi_status qi_lora_binding_fuse(const qi_lora_binding *b, const char *weight_name
         const lora_module *m = b->items[i].module;
         const lora_file *f = b->items[i].file;
         int64_t rank = m->down->shape[0];
-        if (m->up->shape[0] != out_dim || m->down->shape[1] != in_dim)
-            return qi_fail(err, QI_ERR_FORMAT,
-                           "LoRA %s: '%s' gives a delta up [%lld, %lld] @ down [%lld, %lld] = "
-                           "[%lld, %lld], but weight %s is [%lld, %lld]", f->path,
-                           module_key_name(m), (long long)m->up->shape[0], (long long)rank,
-                           (long long)rank, (long long)m->down->shape[1],
-                           (long long)m->up->shape[0], (long long)m->down->shape[1], weight_name,
-                           (long long)out_dim, (long long)in_dim);
+        qi_status st = check_delta_shape(&b->items[i], weight_name, out_dim, in_dim, err);
+        if (st) return st;
         float *up = matrix_f32(m->up), *down = matrix_f32(m->down);
         if (!up || !down) {
             free(up);

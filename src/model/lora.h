@@ -73,4 +73,21 @@ int qi_lora_binding_targets(const qi_lora_binding *b, const char *weight_name);
 qi_status qi_lora_binding_fuse(const qi_lora_binding *b, const char *weight_name, float *w,
                                int64_t out_dim, int64_t in_dim, qi_error *err);
 
+/* One module's factors for the runtime update y += coef · up (down x), read
+ * from the mapped file as stored (no copy; alive while the set is). */
+typedef struct qi_lora_factor {
+    int64_t rank;
+    qi_dtype down_dtype, up_dtype;
+    const void *down; /* [rank, in_dim] */
+    const void *up;   /* [out_dim, rank] */
+    float coef;       /* strength · scale, what the fuse multiplies by */
+} qi_lora_factor;
+
+/* Modules bound to `weight_name` (0 when none or b is NULL). */
+int qi_lora_binding_count(const qi_lora_binding *b, const char *weight_name);
+/* The k-th of them, in file order (the fuse's order); the same shape check
+ * and message as qi_lora_binding_fuse. */
+qi_status qi_lora_binding_factor(const qi_lora_binding *b, const char *weight_name, int k, int64_t out_dim,
+                                 int64_t in_dim, qi_lora_factor *out, qi_error *err);
+
 #endif
