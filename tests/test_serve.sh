@@ -144,7 +144,10 @@ check "third job: queue full" "$(req POST /v1/jobs "$LONG")" 429
 grep -qi '^retry-after: [1-9]' "$T/hdr" && ok "Retry-After header" || bad "no Retry-After"
 check "DELETE queued job" "$(req DELETE /v1/jobs/$J2)" 200
 check "queued job cancelled at once" "$(field .status)" cancelled
-sleep 0.5
+for i in $(seq 1 100); do # until it has made a step (and its preview)
+    [ "$(req GET /v1/jobs/$J1)" = 200 ] && [ "$(field .step)" -ge 1 ] && break
+    sleep 0.1
+done
 check "GET running job" "$(req GET /v1/jobs/$J1)" 200
 [ "$(field .step)" -ge 1 ] && ok "running job reports its step ($(field .step)/$(field .steps))" || bad "no step"
 [ "$(field '.preview | length')" -gt 100 ] && ok "running job has a preview" || bad "no preview while running"
