@@ -49,6 +49,7 @@ typedef struct gen_args {
     int n_loras;
     int lora_mode;     /* qi_lora_mode (--lora-mode) */
     long steps, width, height, batch, threads, max_seq_len;
+    long random_weights;           /* --random-weights SEED: benchmarks only (every weight random) */
     long batch_index, batch_size; /* --batch-index K/N: regenerate image K of N (0/0: off) */
     double cfg;
     unsigned long long seed;

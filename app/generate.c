@@ -61,6 +61,8 @@ static void generate_usage(void) {
            "                      parallel; the count divides the 24 heads: 2, 3, 4, 6, 8); cpu,cpu simulates it\n"
            "  --threads N         CPU threads (default: all cores; at most 4 per core)\n"
            "  --save-latents F    also write vae_in [B,16,1,H/8,W/8] float32 to F (.safetensors)\n"
+           "  --random-weights S  benchmarks only: every weight filled with seeded random values on the GPU,\n"
+           "                      the files' data ignored (for `bench --write-sparse` folders)\n"
            "  -o FILE             output image: .png / .jpg (with parameters), .webp (default out.png)\n"
            "  --quiet             no progress or summary on stderr\n\n"
            "Exit codes: 0 done, 1 runtime error, 2 usage error, 130 interrupted (Ctrl-C).\n");
@@ -182,6 +184,7 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     else if (!strcmp(f, "--devices")) a->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &a->threads);
     else if (!strcmp(f, "--save-latents")) a->save_latents = v;
+    else if (!strcmp(f, "--random-weights")) return qi_app_parse_int(f, v, 1, 1L << 30, &a->random_weights);
     return 0;
 }
 
@@ -204,7 +207,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             "-m", "-p", "-n", "-o", "--lora", "--lora-mode", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
             "--max-sequence-length", "--device", "--devices", "--threads", "--save-latents",
-            "--diffusion-model", "--text-encoder", "--vae"};
+            "--diffusion-model", "--text-encoder", "--vae", "--random-weights"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
         if (!known) return qi_app_usage_error("generate: unknown option %s", f);
@@ -420,6 +423,7 @@ static int run(gen_args *a, const prompt_note *notes) {
     o.devices = a->devices;
     o.threads = (int)a->threads;
     o.lora_mode = a->lora_mode;
+    o.random_weights = (uint64_t)a->random_weights;
     o.log = log_line;
     o.log_user = &prog;
     qi_engine *e = NULL;

@@ -30,6 +30,7 @@ static void serve_usage(void) {
            "  --host ADDR         IPv4 address to listen on (default 127.0.0.1; 0.0.0.0: every interface)\n"
            "  --port N            TCP port (default 8080; 0: any free port, printed)\n"
            "  --api-key KEY       every /v1/ request needs \"Authorization: Bearer KEY\" (else 401)\n"
+           "  --random-weights S  benchmarks only: seeded random weights on the GPU, file data ignored\n"
            "  --queue N           jobs waiting at most (default 8); more are answered 429 with Retry-After\n"
            "  --max-size N        largest width or height a request may ask (default 2048)\n"
            "  --max-steps N       most steps a request may ask (default 100)\n"
@@ -76,6 +77,7 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &m->threads);
     else if (!strcmp(f, "--host")) o->host = v;
     else if (!strcmp(f, "--api-key")) o->api_key = v;
+    else if (!strcmp(f, "--random-weights")) return qi_app_parse_int(f, v, 1, 1L << 30, &m->random_weights) ? 2 : 0;
     else return qi_app_usage_error("serve: unknown option %s", f);
     return 0;
 }
@@ -128,6 +130,7 @@ static int load(serve *s) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
+    o.random_weights = (uint64_t)m->random_weights;
     o.log = log_line, o.log_user = s;
     o.prompt_cache = s->opt.prompt_cache;
     qi_status st = qi_engine_open(&o, &s->engine);
