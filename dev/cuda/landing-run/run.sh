@@ -1,0 +1,71 @@
+#!/bin/sh
+# One device call for what landed this session: every CUDA claim (kept weights,
+# format fixtures and runtime LoRA on the GPU, the pipeline), then the server on
+# the full-size random-weight model: request → first preview and request → PNG
+# of an 8-step 1024² image beside the CLI's time, and an out-of-memory request
+# followed by a normal one in the same server process.
+#   here:   scripts/device-build.sh qwen-image test_cuda_backend_caps test_formats test_lora_runtime \
+#             test_cuda_pipeline test_backend_ops test_cuda_kernels test_engine
+#           mkdir -p devpack && tar cf - dist | xz -9 -T1 > devpack/dist.tar.xz
+#   there:  sh dev/cuda/landing-run/run.sh [tests] [serve]     (logs under $OUT)
+set -u
+[ -d dist ] || tar xJf devpack/dist.tar.xz
+f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz  # kept compressed in git
+mkdir -p /work
+[ -e /work/main ] || ln -s "$PWD" /work/main   # the binaries carry this machine's data paths
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+t() { # program, args...
+  n=$1; shift; s=$(date +%s); log="$OUT/$n$(echo "$*" | tr -c 'a-z0-9' _).log"
+  [ -x dist/bin/$n ] || { echo "$n: not in this dist" | tee -a "$OUT/summary.txt"; return; }
+  dist/run.sh "$n" "$@" >"$log" 2>&1
+  echo "$n $*: rc=$? ($(($(date +%s) - s)) s): $(tail -1 "$log")" | tee -a "$OUT/summary.txt"
+}
+now() { date +%s.%N; }
+serve_run() {
+  Q=dist/run.sh; L="$OUT/serve.log"
+  $Q qwen-image bench --write-sparse /tmp/sp >>"$L" 2>&1
+  s0=$(now)
+  $Q qwen-image serve -m /tmp/sp --device cuda --random-weights 7 --port 8123 --max-size 16384 --quiet >>"$L" 2>&1 &
+  pid=$!
+  for i in $(seq 1 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' localhost:8123/health)" = 200 ] && break; sleep 0.5
+  done
+  echo "serve: ready after $(echo "$(now) - $s0" | bc) s" | tee -a "$OUT/summary.txt"
+  body='{"prompt": "a capybara in a suit", "size": "1024x1024", "steps": 8, "seed": 1}'
+  for k in 1 2 3; do
+    curl -s -o "$OUT/gen$k.json" -w "serve: request -> PNG (8 steps, 1024x1024) %{time_total} s, HTTP %{http_code}\n" \
+      localhost:8123/v1/images/generations -d "$body" | tee -a "$OUT/summary.txt"
+  done
+  # time to the first preview: stream with partial images, each line stamped on arrival
+  s1=$(now)
+  curl -sN localhost:8123/v1/images/generations \
+    -d '{"prompt": "a capybara in a suit", "size": "1024x1024", "steps": 8, "seed": 2, "stream": true, "partial_images": 3}' |
+    while IFS= read -r line; do case "$line" in event:*) echo "$(echo "$(now) - $s1" | bc) $line";; esac; done \
+    >"$OUT/stream_events.txt"
+  head -1 "$OUT/stream_events.txt" | sed 's/^/serve: first event at /' | tee -a "$OUT/summary.txt"
+  tail -1 "$OUT/stream_events.txt" | sed 's/^/serve: last event at /' | tee -a "$OUT/summary.txt"
+  # out of memory, then a normal request in the same process
+  curl -s -w " HTTP %{http_code}\n" localhost:8123/v1/images/generations \
+    -d '{"prompt": "a cat", "size": "16384x16384", "steps": 1, "n": 4}' | cut -c1-600 | tee -a "$OUT/summary.txt"
+  curl -s -o "$OUT/after_oom.json" -w "serve: the next request: HTTP %{http_code} in %{time_total} s\n" \
+    localhost:8123/v1/images/generations -d "$body" | tee -a "$OUT/summary.txt"
+  curl -s localhost:8123/health | tee -a "$OUT/summary.txt"; echo | tee -a "$OUT/summary.txt"
+  kill -TERM $pid; wait $pid; echo "serve: exit $? after SIGTERM" | tee -a "$OUT/summary.txt"
+  # the CLI, same model and request, for the server's overhead
+  $Q qwen-image generate -m /tmp/sp --device cuda --random-weights 7 -p "a capybara in a suit" -W 1024 -H 1024 \
+    --steps 8 --seed 1 -o /tmp/cli.png >"$OUT/cli.log" 2>&1
+  echo "cli: $(tail -1 "$OUT/cli.log")" | tee -a "$OUT/summary.txt"
+}
+for what in ${*:-tests serve}; do
+  case $what in
+    tests)
+      t test_cuda_backend_caps
+      t test_formats -d cuda
+      t test_lora_runtime -d cuda
+      t test_cuda_pipeline
+      t test_backend_ops -b cuda
+      t test_cuda_kernels
+      t test_engine ;;
+    serve) serve_run ;;
+  esac
+done
