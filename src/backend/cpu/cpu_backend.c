@@ -479,9 +479,18 @@ static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k
                     int64_t i = q0 + r;
                     int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
                     float mx = -INFINITY;
+                    int nan_seen = 0;
                     for (int64_t j = 0; j < Lk; j++) {
                         if (j > last || (mask && !mask[b * Lk + j])) row[j] = -INFINITY;
                         if (row[j] > mx) mx = row[j];
+                        nan_seen |= row[j] != row[j];
+                    }
+                    /* A NaN score is skipped by the max: a row of NaN scores
+                     * would look "all masked" and give zeros, hiding a NaN in
+                     * the weights as a plausible output. Pass it on instead. */
+                    if (mx == -INFINITY && nan_seen) {
+                        for (int64_t j = 0; j < Lk; j++) row[j] = NAN;
+                        continue;
                     }
                     if (mx == -INFINITY) { /* every key masked: no information, output 0 */
                         memset(row, 0, (size_t)Lk * sizeof(float));
