@@ -351,6 +351,37 @@ done:
     return rc;
 }
 
+/* The per-step latents check of denoise.c (count_nonfinite on [1, L, 64]):
+ * median ms of one call, reduction and copy back included. -1 when the
+ * backend has no such op. */
+static int bench_finite_check(bench_ctx *c, int width, int height, double *ms, qi_error *err) {
+    qi_backend *be = c->be;
+    *ms = -1;
+    if (!be->ops->count_nonfinite) return 0;
+    int64_t L = (int64_t)(height / 16) * (width / 16);
+    size_t mark = be->ops->mark(be);
+    qi_tensor x;
+    float *host = malloc(sizeof(float) * (size_t)L * 64);
+    int rc = -1;
+    if (!host || qi_be_act3(be, &x, 1, L, 64, err)) goto done;
+    fill_random(host, (size_t)L * 64, 3);
+    if (be->ops->upload(be, &x, host, err) || be->ops->sync(be, err)) goto done;
+    double times[64];
+    int n = c->warmup + c->runs > 64 ? 64 : c->warmup + c->runs;
+    for (int i = 0; i < n; i++) {
+        int64_t bad;
+        double t0 = qi_now_s();
+        if (be->ops->count_nonfinite(be, &x, &bad, err)) goto done;
+        times[i] = qi_now_s() - t0;
+    }
+    *ms = median(times + (n > c->warmup ? c->warmup : 0), n > c->warmup ? n - c->warmup : n) * 1e3;
+    rc = 0;
+done:
+    free(host);
+    be->ops->reset(be, mark);
+    return rc;
+}
+
 /* cuBLAS ceiling: one M=N=K=8192 product through the backend's linear. */
 static int bench_gemm_ceiling(bench_ctx *c, double *tflops, qi_error *err) {
     qi_backend *be = c->be;
@@ -688,6 +719,14 @@ int qi_cmd_bench(int argc, char **argv) {
             if (graph_ms >= 0)
                 emit(&c, "| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
                        "%.3f× |\n", sizes[i][0], sizes[i][1], graph_ms, tf * ms / graph_ms, ms / graph_ms);
+            double fin_ms;
+            if (bench_finite_check(&c, sizes[i][0], sizes[i][1], &fin_ms, &err)) {
+                fprintf(stderr, "finite check: %s\n", err.msg);
+                fail = 1;
+            } else if (fin_ms >= 0) {
+                emit(&c, "| latents finite check (per step) | %dx%d | %.3f ms | %.3f%% of one transformer call |\n",
+                     sizes[i][0], sizes[i][1], fin_ms, 100 * fin_ms / ms);
+            }
         }
     }
     if (!only || !strcmp(only, "te")) {

@@ -15,6 +15,7 @@
  * out (another GPU), QI_TEST_ONLY=attention|conv|graph runs one part.
  * Kernel variants the dispatch never picks live in dev/cuda/ (NOTES.md).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,6 +244,32 @@ static void errors_reach_sync(void) {
     gpu->ops->reset(gpu, mk);
 }
 
+/* count_nonfinite counts exactly the NaN/±Inf elements of bf16 and f32
+ * tensors (several blocks' worth, so the warp sums and atomics all take part). */
+static void count_nonfinite_counts_exactly(void) {
+    size_t mk = gpu->ops->mark(gpu);
+    int64_t n = 100003;
+    float *h = malloc(sizeof(float) * (size_t)n);
+    REQUIRE(h, "alloc");
+    int64_t want = 0;
+    for (int64_t i = 0; i < n; i++) {
+        h[i] = (float)(i % 97) - 48.0f;
+        if (i % 1009 == 3) h[i] = NAN, want++;
+        else if (i % 2003 == 7) h[i] = i % 2 ? INFINITY : -INFINITY, want++;
+    }
+    qi_dtype types[2] = {QI_BF16, QI_F32};
+    for (int k = 0; k < 2; k++) {
+        qi_tensor t;
+        bc_must(gpu->ops->tensor(gpu, &t, types[k], 1, &n, &err), "t", &err);
+        bc_must(gpu->ops->upload(gpu, &t, h, &err), "upload", &err);
+        int64_t got = -1;
+        CHECK(gpu->ops->count_nonfinite && gpu->ops->count_nonfinite(gpu, &t, &got, &err) == QI_OK && got == want,
+              "%s: counted %lld of %lld", qi_dtype_name(types[k]), (long long)got, (long long)want);
+    }
+    free(h);
+    gpu->ops->reset(gpu, mk);
+}
+
 int main(void) {
     const char *s = getenv("QI_TEST_SEED"), *w = getenv("QI_TEST_WGMMA"), *only = getenv("QI_TEST_ONLY");
     if (s) seed = strtoull(s, NULL, 10);
@@ -258,6 +285,7 @@ int main(void) {
     }
     if (!only || strcmp(only, "graph") == 0) {
         RUN(errors_reach_sync);
+        RUN(count_nonfinite_counts_exactly);
         RUN(graph_replay_is_bit_identical_and_reads_current_inputs);
     }
     if (!only || strcmp(only, "attention") == 0) each_case(&op_attention, attention_kernels);

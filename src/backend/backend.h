@@ -226,6 +226,11 @@ typedef struct qi_backend_ops {
     qi_status (*random_weights)(qi_backend *be, uint64_t seed, qi_error *err);
     /* Device memory in use now and at its peak, bytes (weights + arena + workspaces). */
     void (*mem_usage)(qi_backend *be, size_t *now, size_t *peak);
+    /* How many elements of the activation t (F32/BF16/F16) are NaN or ±Inf,
+     * into *count (host). Synchronous: one reduction and one small copy
+     * back. Denoising calls it on the latents after each step, so a run that
+     * goes non-finite ends with an error naming the step, not a black PNG. */
+    qi_status (*count_nonfinite)(qi_backend *be, const qi_tensor *t, int64_t *count, qi_error *err);
 
     /* ---- fused ops (NULL when a backend lacks them: model code then
      * composes the plain ops above, with the same result) ---- */

@@ -55,6 +55,7 @@ typedef struct denoise_task {
     atomic_int cancel_at;       /* the step at which rank 0's callback cancelled; INT_MAX: none */
     atomic_int first_failed;    /* the rank that failed first (its error is the cause); -1: none */
     const qi_denoise_hook *hook; /* per-step x0 (NULL: none) */
+    int check_finite;            /* latents checked after each step (QI_CHECK_FINITE=0: off) */
     float *hook_v;              /* [B, L, C] host scratch for the prediction when hooked */
 } denoise_task;
 
@@ -288,6 +289,26 @@ static qi_status step_hook(const denoise_task *t, rank_ctx *c, int i, qi_error *
     return QI_OK;
 }
 
+/* After step i: the latents are finite, or the run stops here naming the
+ * step and what went wrong (a NaN/Inf otherwise decodes to a black or noise
+ * image written as if all went well). One reduction per step on the rank's
+ * latents; the transformer output is looked at only to name the stage. */
+static qi_status check_step_finite(const denoise_task *t, rank_ctx *c, int i, qi_error *err) {
+    qi_backend *be = c->be;
+    if (!be->ops->count_nonfinite) return QI_OK;
+    int64_t bad = 0, bad_v = 0;
+    qi_status st = be->ops->count_nonfinite(be, &c->lat, &bad, err);
+    if (st != QI_OK || bad == 0) return st;
+    st = be->ops->count_nonfinite(be, &c->v[0], &bad_v, err);
+    if (st != QI_OK) return st;
+    return qi_fail(err, QI_ERR_BACKEND,
+                   "denoise: latents became non-finite at step %d of %d (%s): %lld of %lld values "
+                   "are NaN or Inf; nothing was written. Try another precision or model file "
+                   "(an overflow in the weights or activations)",
+                   i + 1, t->p->steps, bad_v ? "transformer output" : "scheduler update",
+                   (long long)bad, (long long)qi_numel(&c->lat));
+}
+
 static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
     denoise_task *t = arg;
     const qi_plan *p = t->p;
@@ -305,6 +326,7 @@ static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
         st = qi_ranks_step_barrier(r, w, i, p->steps, p->req->progress, p->req->progress_user, &t->cancel_at, err);
         if (st == QI_OK) st = rank_step(t, &c, i, err);
         if (st == QI_OK) c.be->ops->axpby(c.be, 1.0f, &c.lat, p->sigmas[i + 1] - p->sigmas[i], &c.v[0], &c.lat);
+        if (st == QI_OK && t->check_finite) st = check_step_finite(t, &c, i, err);
         if (st == QI_OK) st = step_hook(t, &c, i, err);
     }
     if (st == QI_OK) st = rank_finish(t, &c, err);
@@ -325,6 +347,8 @@ qi_status qi_denoise_hooked(qi_ranks *r, const qi_plan *p, const qi_text_embeds 
     denoise_task t = {.r = r, .p = p, .text = text, .latents = latents, .hook = hook && hook->fn ? hook : NULL};
     if (t.hook && !(t.hook_v = malloc(sizeof(float) * (size_t)p->batch * p->img_tokens * p->packed_ch)))
         return qi_fail(err, QI_ERR_NOMEM, "out of memory for the step latents");
+    const char *cf = getenv("QI_CHECK_FINITE"); /* "0": off, to time the check's cost */
+    t.check_finite = !(cf && !strcmp(cf, "0"));
     atomic_init(&t.cancel_at, INT_MAX);
     atomic_init(&t.first_failed, -1);
     qi_status st = qi_ranks_comms(r, &p->layout, &t.comms, err);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "base/finite.h"
 #include "engine/engine.h"
 #include "io/image.h"
 #include "model/prompt.h"
@@ -50,6 +51,18 @@ static qi_status encode_prompts(qi_engine *e, const char *const *prompts, int n,
     qi_prompt_batch_free(&pb);
     if (st) return st;
     int D = qi_text_encoder_dim(e->te);
+    int is_nan = 1;
+    int64_t bad = qi_find_nonfinite_f32(emb, (int64_t)n * L * D, &is_nan);
+    if (bad >= 0) {
+        free(emb);
+        free(mask);
+        return qi_fail(&e->err, QI_ERR_BACKEND,
+                       "text encoder: the prompt embeddings have %s at value %lld (prompt %lld, token "
+                       "%lld); nothing was written. The text encoder's weights or precision are at "
+                       "fault: check the file, or try another precision",
+                       is_nan ? "a NaN" : "an Inf", (long long)bad, (long long)(bad / ((int64_t)L * D)),
+                       (long long)(bad / D % L));
+    }
     out->batch = n * repeat;
     out->len = L;
     out->dim = D;
@@ -127,6 +140,12 @@ qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, 
     qi_status st = QI_OK;
     if (!out->latents || !out->rgb || !rgb_f)
         st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for %d images of %dx%d", B, p->width, p->height);
+    int is_nan = 1;
+    int64_t bad = st ? -1 : qi_find_nonfinite_f32(latents, (int64_t)B * p->img_tokens * p->packed_ch, &is_nan);
+    if (bad >= 0) /* caught per step unless QI_CHECK_FINITE=0 or the backend cannot count */
+        st = qi_fail(&e->err, QI_ERR_BACKEND,
+                     "denoise: the final latents have %s at value %lld; nothing was written",
+                     is_nan ? "a NaN" : "an Inf", (long long)bad);
     if (!st)
         qi_latents_to_vae_in(latents, B, p->height, p->width, qi_vae_latents_mean(e->vae),
                              qi_vae_latents_std(e->vae), out->latents);
@@ -136,6 +155,11 @@ qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, 
             break;
         }
         st = qi_vae_decode(e->vae, out->latents + b * lat_per_image, p->lat_h, p->lat_w, rgb_f, &e->err);
+        if (!st && (bad = qi_find_nonfinite_f32(rgb_f, 3 * (int64_t)px_per_image, &is_nan)) >= 0)
+            st = qi_fail(&e->err, QI_ERR_BACKEND,
+                         "vae: the decoded image %d has %s at value %lld (the latents were finite); "
+                         "nothing was written. The VAE's weights or precision are at fault",
+                         b, is_nan ? "a NaN" : "an Inf", (long long)bad);
         if (!st) qi_rgb_to_u8(rgb_f, p->height, p->width, out->rgb + (size_t)b * px_per_image * 3);
     }
     if (!st) qi_stage_report(p, "vae", B, B);

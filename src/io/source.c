@@ -9,6 +9,8 @@
  */
 #include "io/source.h"
 
+#include "base/finite.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -119,6 +121,9 @@ static int is_weight_dtype(qi_dtype t) {
            (t >= QI_Q4_0 && t < QI_DTYPE_COUNT);
 }
 
+static qi_status check_shape(const qi_source_tensor *out, const char *name, int ndim,
+                             const int64_t *shape, qi_error *err);
+
 qi_status qi_source_get(const qi_source *s, const char *name, int ndim, const int64_t *shape,
                         qi_source_tensor *out, qi_error *err) {
     memset(out, 0, sizeof *out);
@@ -130,7 +135,19 @@ qi_status qi_source_get(const qi_source *s, const char *name, int ndim, const in
                        "%s: tensor '%s' has dtype %s; expected a float type (F32, F16, BF16, "
                        "F8_E4M3, F8_E5M2)",
                        out->file, name, qi_dtype_name(out->dtype));
-    if (ndim < 0 || !shape) return QI_OK;
+    if (ndim >= 0 && shape) {
+        qi_status st = check_shape(out, name, ndim, shape, err);
+        if (st != QI_OK) return st;
+    }
+    /* Every weight a model binds is scanned here, once, as it loads: a NaN or
+     * Inf in a file otherwise becomes an all-black image and exit 0. */
+    int64_t n = 1;
+    for (int i = 0; i < out->ndim; i++) n *= out->shape[i];
+    return qi_check_weight_finite(out->file, name, out->data, out->dtype, n, err);
+}
+
+static qi_status check_shape(const qi_source_tensor *out, const char *name, int ndim,
+                             const int64_t *shape, qi_error *err) {
     int same = ndim == out->ndim;
     for (int i = 0; same && i < ndim; i++) same = shape[i] < 0 || shape[i] == out->shape[i];
     if (!same) {

@@ -6,6 +6,8 @@
  */
 #include "model/lora.h"
 
+#include "base/finite.h"
+
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -295,6 +297,25 @@ static qi_status collect_modules(lora_file *f, qi_error *err) {
     return QI_OK;
 }
 
+static int64_t st_numel(const qi_st_tensor *t) {
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+/* A NaN/Inf in lora_up or lora_down would pass through the fuse (or the
+ * run-time product) into every image: scanned once here, at open. */
+static qi_status check_factors_finite(const lora_file *f, const lora_module *m, qi_error *err) {
+    char label[4200];
+    snprintf(label, sizeof label, "LoRA %s", f->path);
+    qi_status st = qi_check_weight_finite(label, m->down->name, m->down->data, m->down->dtype,
+                                          st_numel(m->down), err);
+    if (st == QI_OK)
+        st = qi_check_weight_finite(label, m->up->name, m->up->data, m->up->dtype, st_numel(m->up),
+                                    err);
+    return st;
+}
+
 /* Checks each module's pieces and works out its scale (lora.h). */
 static qi_status check_modules(lora_file *f, qi_error *err) {
     int have_cfg = 0, rslora = 0;
@@ -328,12 +349,24 @@ static qi_status check_modules(lora_file *f, qi_error *err) {
                                "LoRA %s: '%s' must be one float (the module's alpha)", f->path,
                                m->alpha->name);
         }
+        if (m->alpha && !isfinite(alpha))
+            return qi_fail(err, QI_ERR_FORMAT,
+                           "LoRA %s: '%s' is %s: the file is corrupt; download it again", f->path,
+                           m->alpha->name, isnan(alpha) ? "NaN" : "infinite");
         if (m->style == STYLE_KOHYA)
             m->scale = m->alpha ? alpha / (float)rank : 1.0f;
         else if (have_cfg) /* peft: .alpha ignored, the adapter config decides */
             m->scale = (float)(rslora ? cfg_alpha / sqrt(cfg_rank) : cfg_alpha / cfg_rank);
         else
             m->scale = 1.0f;
+        if (!isfinite(m->scale))
+            return qi_fail(err, QI_ERR_FORMAT,
+                           "LoRA %s: module '%s' gets a non-finite scale (%g) from %s: fix the "
+                           "file's alpha or its 'lora_adapter_metadata' (lora_alpha, r)",
+                           f->path, m->key, (double)m->scale,
+                           m->style == STYLE_KOHYA ? "alpha / rank" : "the adapter metadata");
+        st = check_factors_finite(f, m, err);
+        if (st != QI_OK) return st;
     }
     return QI_OK;
 }

@@ -479,9 +479,18 @@ static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k
                     int64_t i = q0 + r;
                     int64_t last = causal ? i + (Lk - Lq) : Lk - 1; /* last visible key */
                     float mx = -INFINITY;
+                    int nan_seen = 0;
                     for (int64_t j = 0; j < Lk; j++) {
                         if (j > last || (mask && !mask[b * Lk + j])) row[j] = -INFINITY;
                         if (row[j] > mx) mx = row[j];
+                        nan_seen |= row[j] != row[j];
+                    }
+                    /* A NaN score is skipped by the max: a row of NaN scores
+                     * would look "all masked" and give zeros, hiding a NaN in
+                     * the weights as a plausible output. Pass it on instead. */
+                    if (mx == -INFINITY && nan_seen) {
+                        for (int64_t j = 0; j < Lk; j++) row[j] = NAN;
+                        continue;
                     }
                     if (mx == -INFINITY) { /* every key masked: no information, output 0 */
                         memset(row, 0, (size_t)Lk * sizeof(float));
@@ -745,6 +754,20 @@ static qi_status cpu_make_current(qi_backend *be, qi_error *err) {
     return QI_OK;
 }
 
+/* Activations are float32 here: the exponent-bits test of finite.c. */
+static qi_status cpu_count_nonfinite(qi_backend *be, const qi_tensor *t, int64_t *count, qi_error *err) {
+    (void)be;
+    *count = 0;
+    if (t->dtype != QI_F32)
+        return qi_fail(err, QI_ERR_ARG, "count_nonfinite: cpu activations are F32, got %s",
+                       qi_dtype_name(t->dtype));
+    const uint32_t *u = t->data;
+    int64_t n = qi_numel(t), c = 0;
+    for (int64_t i = 0; i < n; i++) c += (u[i] & 0x7f800000u) == 0x7f800000u;
+    *count = c;
+    return QI_OK;
+}
+
 static const qi_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -778,6 +801,7 @@ static const qi_backend_ops cpu_ops = {
     .channel_rms_norm_act = cpu_channel_rms_norm_act,
     .conv2d_fused = cpu_conv2d_fused,
     .add_gated_layer_norm_mod = cpu_add_gated_layer_norm_mod,
+    .count_nonfinite = cpu_count_nonfinite,
 };
 
 /* The default activation arena: as much as the machine can hold (physical

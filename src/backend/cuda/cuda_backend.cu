@@ -507,6 +507,53 @@ static qi_status cuda_download(qi_backend *be, const qi_tensor *t, void *host, q
     return st;
 }
 
+/* Counts elements whose exponent bits are all ones (NaN or ±Inf), `mask`
+ * being the type's exponent field; each thread sums a grid-stride slice and
+ * one atomic per warp adds it to *count. Element width W: 2 or 4 bytes. */
+template <typename U>
+__global__ void count_nonfinite_k(const U *x, size_t n, U mask, unsigned long long *count) {
+    unsigned long long c = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        c += (x[i] & mask) == mask;
+    for (int o = 16; o > 0; o >>= 1) c += __shfl_down_sync(0xffffffffu, c, o);
+    if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
+}
+
+/* One reduction over t and an 8-byte copy back (synchronous): the per-step
+ * latents check of denoise.c. */
+static qi_status cuda_count_nonfinite(qi_backend *be, const qi_tensor *t, int64_t *count, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    *count = 0;
+    if (t->dtype != QI_F32 && t->dtype != QI_BF16 && t->dtype != QI_F16)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: count_nonfinite of a %s tensor (F32/BF16/F16 only)",
+                       qi_dtype_name(t->dtype));
+    int prev = device_enter(c);
+    cudaError_t e = cudaSuccess;
+    if (!c->nonfinite_count) e = cudaMalloc((void **)&c->nonfinite_count, sizeof *c->nonfinite_count);
+    if (e == cudaSuccess) e = cudaMemsetAsync(c->nonfinite_count, 0, sizeof *c->nonfinite_count, c->stream);
+    size_t n = (size_t)qi_numel(t);
+    unsigned blocks = (unsigned)((n + 255) / 256);
+    if (blocks > (unsigned)c->sm_count * 8) blocks = (unsigned)c->sm_count * 8;
+    if (blocks == 0) blocks = 1;
+    if (e == cudaSuccess) {
+        if (t->dtype == QI_F32)
+            count_nonfinite_k<uint32_t><<<blocks, 256, 0, c->stream>>>((const uint32_t *)t->data, n, 0x7f800000u,
+                                                                     c->nonfinite_count);
+        else
+            count_nonfinite_k<uint16_t><<<blocks, 256, 0, c->stream>>>(
+                (const uint16_t *)t->data, n, (uint16_t)(t->dtype == QI_BF16 ? 0x7f80u : 0x7c00u), c->nonfinite_count);
+        e = cudaGetLastError();
+    }
+    unsigned long long h = 0;
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(&h, c->nonfinite_count, sizeof h, cudaMemcpyDeviceToHost, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    device_leave(prev);
+    if (e != cudaSuccess) return cuda_err(err, e, "count_nonfinite");
+    *count = (int64_t)h;
+    return QI_OK;
+}
+
 static qi_status cuda_sync(qi_backend *be, qi_error *err) {
     cuda_impl *c = cuda_of(be);
     int prev = device_enter(c);
@@ -796,6 +843,7 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
+        cudaFree(c->nonfinite_count);
         cudaFree(c->lt_workspace);
         cudaFree(c->scratch);
         cudaFree(c->wscratch);
@@ -877,6 +925,7 @@ static const qi_backend_ops cuda_ops = {
     .transpose2d = qc_transpose2d,
     .random_weights = cuda_random_weights,
     .mem_usage = cuda_mem_usage,
+    .count_nonfinite = cuda_count_nonfinite,
     .rms_norm_rope = qc_rms_norm_rope,
     .channel_rms_norm_act = qc_channel_rms_norm_act,
     .conv2d_fused = qc_conv2d_fused,

@@ -53,6 +53,9 @@ typedef struct cuda_impl {
     char *scratch;
     size_t scratch_bytes;
 
+    /* count_nonfinite's device counter (8 bytes, made on first use) */
+    unsigned long long *nonfinite_count;
+
     /* pinned host staging for upload / download / weight, double-buffered */
     void *staging[2];
     size_t staging_bytes;

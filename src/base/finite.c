@@ -1,0 +1,121 @@
+/*
+ * finite.c — NaN / Inf scans (finite.h).
+ *
+ * The element scans work in chunks: a branch-free OR over the chunk that the
+ * compiler vectorises (an IEEE value is non-finite iff its exponent bits are
+ * all ones), and only a chunk that has a hit is scanned again for the index.
+ */
+#include "base/finite.h"
+
+#include <string.h>
+
+#include "base/types.h"
+
+#define CHUNK 4096
+
+/* One chunk scan per element width: mask = exponent bits. Returns the index
+ * of the first non-finite element or -1. */
+#define DEFINE_SCAN(fn, type, mask)                                         \
+    static int64_t fn(const void *x, int64_t n) {                           \
+        const uint8_t *b = x; /* mapped data: loads via memcpy, any alignment */ \
+        for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                         \
+            int64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;                    \
+            const uint8_t *c = b + (size_t)i0 * sizeof(type);               \
+            unsigned hit = 0;                                               \
+            for (int64_t i = 0; i < m; i++) {                               \
+                type v;                                                     \
+                memcpy(&v, c + (size_t)i * sizeof v, sizeof v);             \
+                hit |= (unsigned)((v & (type)(mask)) == (type)(mask));      \
+            }                                                               \
+            if (!hit) continue;                                             \
+            for (int64_t i = 0; i < m; i++) {                               \
+                type v;                                                     \
+                memcpy(&v, c + (size_t)i * sizeof v, sizeof v);             \
+                if ((v & (type)(mask)) == (type)(mask)) return i0 + i;      \
+            }                                                               \
+        }                                                                   \
+        return -1;                                                          \
+    }
+
+DEFINE_SCAN(scan32, uint32_t, 0x7f800000u) /* F32 */
+DEFINE_SCAN(scan_f16, uint16_t, 0x7c00u)   /* F16 */
+DEFINE_SCAN(scan_bf16, uint16_t, 0x7f80u)  /* BF16 */
+DEFINE_SCAN(scan_e4m3, uint8_t, 0x7fu)     /* E4M3fn: only S.1111.111 is NaN, no Inf */
+DEFINE_SCAN(scan_e5m2, uint8_t, 0x7cu)     /* E5M2: the high byte of an f16 */
+
+/* Mantissa bits beyond the exponent: nonzero means NaN, zero Inf. */
+static int elem_is_nan(const void *data, qi_dtype t, int64_t i) {
+    const uint8_t *p = data;
+    switch (t) {
+    case QI_F32: {
+        uint32_t u;
+        memcpy(&u, p + 4 * i, 4);
+        return (u & 0x7fffffu) != 0;
+    }
+    case QI_F16: {
+        uint16_t u;
+        memcpy(&u, p + 2 * i, 2);
+        return (u & 0x3ffu) != 0;
+    }
+    case QI_BF16: {
+        uint16_t u;
+        memcpy(&u, p + 2 * i, 2);
+        return (u & 0x7fu) != 0;
+    }
+    case QI_F8_E4M3: return 1;
+    case QI_F8_E5M2: return (p[i] & 3) != 0;
+    default: return 1;
+    }
+}
+
+/* Block types: dequantise a run of blocks into a stack buffer and test it. */
+static int64_t scan_blocks(const void *data, const qi_dtype_traits *tt, int64_t n, int *is_nan) {
+    float buf[CHUNK];
+    int64_t per = CHUNK / tt->block_elems * tt->block_elems;
+    if (per <= 0) return -1; /* no block type is larger than CHUNK */
+    const uint8_t *p = data;
+    for (int64_t i0 = 0; i0 < n; i0 += per) {
+        int64_t m = n - i0 < per ? n - i0 : per;
+        tt->to_f32(p + (size_t)(i0 / tt->block_elems) * tt->block_bytes, buf, m);
+        int64_t at = qi_find_nonfinite_f32(buf, m, is_nan);
+        if (at >= 0) return i0 + at;
+    }
+    return -1;
+}
+
+int64_t qi_find_nonfinite_f32(const float *x, int64_t n, int *is_nan) {
+    int64_t at = scan32(x, n);
+    if (at >= 0 && is_nan) *is_nan = elem_is_nan(x, QI_F32, at);
+    return at;
+}
+
+int64_t qi_find_nonfinite(const void *data, qi_dtype t, int64_t n, int *is_nan) {
+    int64_t at = -1;
+    if (n <= 0 || !data) return -1;
+    switch (t) {
+    case QI_F32: at = scan32(data, n); break; /* mapped tensors are element-aligned */
+    case QI_F16: at = scan_f16(data, n); break;
+    case QI_BF16: at = scan_bf16(data, n); break;
+    case QI_F8_E4M3: at = scan_e4m3(data, n); break;
+    case QI_F8_E5M2: at = scan_e5m2(data, n); break;
+    default: {
+        const qi_dtype_traits *tt = qi_type_traits(t);
+        if (!tt || !tt->to_f32 || !qi_dtype_is_block(t)) return -1;
+        return scan_blocks(data, tt, n, is_nan);
+    }
+    }
+    if (at >= 0 && is_nan) *is_nan = elem_is_nan(data, t, at);
+    return at;
+}
+
+qi_status qi_check_weight_finite(const char *file, const char *name, const void *data, qi_dtype t,
+                                 int64_t n, qi_error *err) {
+    int is_nan = 1;
+    int64_t at = qi_find_nonfinite(data, t, n, &is_nan);
+    if (at < 0) return QI_OK;
+    return qi_fail(err, QI_ERR_FORMAT,
+                   "%s: tensor %s has %s at element %lld (of %lld, %s): the file is corrupt; "
+                   "download it again",
+                   file ? file : "(weights)", name ? name : "(unnamed)", is_nan ? "a NaN" : "an Inf",
+                   (long long)at, (long long)n, qi_dtype_name(t));
+}

@@ -1,0 +1,309 @@
+/*
+ * test_nan.c — no silent NaN (issue 15 item 2): a NaN/Inf in any weight file
+ * or LoRA, or latents that go non-finite, end with an error naming the file
+ * and tensor (or the step and stage) and no image written.
+ *
+ * Each case copies the tiny model into a temp folder (symlinks, the one file
+ * it corrupts copied for real), pokes one stored value and runs the CLI or
+ * qi_generate on it. Also: the finite scan on every element type, and the CPU
+ * attention passing an all-NaN score row on as NaN (not zeros).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "base/finite.h"
+#include "base/types.h"
+#include "io/safetensors.h"
+#include "qwen_image.h"
+#include "test.h"
+#include "testdata.h"
+
+#define TINY QI_TEST_DATA "/tiny-model"
+#define TRANSFORMER "transformer/diffusion_pytorch_model.safetensors"
+#define VAE "vae/diffusion_pytorch_model.safetensors"
+#define TE "text_encoder/model.safetensors"
+#define TO_K "transformer_blocks.0.attn.to_k.weight"
+
+static char tmp[] = "/tmp/qi_nan_XXXXXX";
+static char out[16384];
+
+static int exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* tmp/<name>: the tiny model as symlinks, `file` (may be NULL) a real copy. */
+static const char *copy_model(const char *name, const char *file) {
+    static char dir[512];
+    snprintf(dir, sizeof dir, "%s/%s", tmp, name);
+    int rc = run_shell(out, sizeof out, "cp -rs %s %s", TINY, dir);
+    if (rc == 0 && file)
+        rc = run_shell(out, sizeof out, "rm %s/%s && cp %s/%s %s/%s", dir, file, TINY, file, dir, file);
+    CHECK(rc == 0, "copy: %s", out);
+    return dir;
+}
+
+/* Writes `count` copies of the BF16 bit pattern `bits` from element `at` of
+ * tensor `name` in model/file. */
+static void poke_bf16(const char *model, const char *file, const char *name, int64_t at, int64_t count,
+                      uint16_t bits) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", model, file);
+    qi_st_file *f = NULL;
+    qi_error err;
+    REQUIRE(qi_st_open(path, &f, &err) == QI_OK, "%s", err.msg);
+    const qi_st_tensor *t = qi_st_file_find(f, name);
+    REQUIRE(t && t->dtype == QI_BF16, "tensor %s", name);
+    long off = (long)((const char *)t->data - (const char *)f->map) + (long)(2 * at);
+    qi_st_close(f);
+    FILE *w = fopen(path, "r+b");
+    REQUIRE(w && fseek(w, off, SEEK_SET) == 0, "open %s", path);
+    for (int64_t i = 0; i < count; i++) fwrite(&bits, 2, 1, w);
+    fclose(w);
+}
+
+/* Runs generate on model; returns the exit code, out holding the output. */
+static int generate(const char *model, const char *extra, const char *png) {
+    return run_shell(out, sizeof out, "%s generate -m %s -p apple -W 32 -H 32 --steps 2 %s -o %s", qi_cli(),
+                     model, extra, png);
+}
+
+static void transformer_nan_names_the_tensor_and_writes_nothing(void) {
+    const char *m = copy_model("tnan", TRANSFORMER);
+    poke_bf16(m, TRANSFORMER, TO_K, 123, 1, 0x7fc0);
+    char png[600];
+    snprintf(png, sizeof png, "%s/tnan.png", tmp);
+    int rc = generate(m, "", png);
+    printf("  transformer NaN: rc %d: %s", rc, out);
+    CHECK(rc != 0 && strstr(out, TRANSFORMER) &&
+              strstr(out, "tensor " TO_K " has a NaN at element 123 (of 16384, BF16): the file is "
+                          "corrupt; download it again"),
+          "rc %d: %s", rc, out);
+    CHECK(!exists(png), "an image was written");
+}
+
+/* The engine API: open (text encoder, VAE) or the first generate fails with
+ * QI_ERR_FORMAT and `want` in the message. */
+static void engine_fails(const char *model, const char *lora, const char *want, qi_status want_st) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = model;
+    qi_engine *e = NULL;
+    qi_status st = qi_engine_open(&o, &e);
+    if (st == QI_OK && lora) st = qi_engine_add_lora(e, lora, 1.0f);
+    qi_image img = {0};
+    if (st == QI_OK) {
+        qi_request r = qi_request_default();
+        r.prompt = "apple";
+        r.width = r.height = 32;
+        r.steps = 2;
+        st = qi_generate(e, &r, &img);
+    }
+    const char *msg = qi_engine_error(e);
+    printf("  %s\n", msg);
+    CHECK(st == want_st && strstr(msg, want), "status %d: %s", st, msg);
+    CHECK(img.rgb == NULL, "an image came back");
+    qi_image_free(&img);
+    qi_engine_close(e);
+}
+
+static void vae_inf_and_text_encoder_nan(void) {
+    const char *m = copy_model("vinf", VAE);
+    poke_bf16(m, VAE, "decoder.conv_in.weight", 7, 1, 0xff80); /* -Inf */
+    engine_fails(m, NULL, "tensor decoder.conv_in.weight has an Inf at element 7 (of 27648, BF16)", QI_ERR_FORMAT);
+    m = copy_model("tenan", TE);
+    poke_bf16(m, TE, "model.layers.0.self_attn.q_proj.weight", 5, 1, 0x7fc1);
+    engine_fails(m, NULL, "tensor model.layers.0.self_attn.q_proj.weight has a NaN at element 5 (of 4096, BF16)",
+                 QI_ERR_FORMAT);
+}
+
+/* A kohya-style LoRA on to_k: [8, 128] down, [128, 8] up, scalar alpha. */
+static const char *write_lora(const char *name, float up_val, float alpha) {
+    static char path[600];
+    snprintf(path, sizeof path, "%s/%s", tmp, name);
+    static float down[8 * 128], up[128 * 8];
+    for (int i = 0; i < 8 * 128; i++) down[i] = up[i] = 0.01f;
+    up[37] = up_val;
+    qi_st_write_item items[3] = {
+        {"transformer_blocks.0.attn.to_k.lora_down.weight", QI_F32, 2, {8, 128}, down},
+        {"transformer_blocks.0.attn.to_k.lora_up.weight", QI_F32, 2, {128, 8}, up},
+        {"transformer_blocks.0.attn.to_k.alpha", QI_F32, 0, {0}, &alpha},
+    };
+    qi_error err;
+    CHECK(qi_st_write(path, items, 3, &err) == QI_OK, "%s", err.msg);
+    return path;
+}
+
+/* peft names with diffusers' adapter metadata: lora_alpha 1e40 / r 8 does
+ * not fit a float: an infinite scale. */
+static const char *write_peft_infinite_scale(void) {
+    static char path[600];
+    snprintf(path, sizeof path, "%s/peft_inf.safetensors", tmp);
+    char hdr[1024];
+    int off = snprintf(hdr, sizeof hdr,
+                       "{\"__metadata__\":{\"format\":\"pt\",\"lora_adapter_metadata\":"
+                       "\"{\\\"r\\\": 8, \\\"lora_alpha\\\": 1e40}\"},"
+                       "\"transformer.transformer_blocks.0.attn.to_k.lora_A.weight\":{\"dtype\":\"F32\","
+                       "\"shape\":[8,128],\"data_offsets\":[0,4096]},"
+                       "\"transformer.transformer_blocks.0.attn.to_k.lora_B.weight\":{\"dtype\":\"F32\","
+                       "\"shape\":[128,8],\"data_offsets\":[4096,8192]}}");
+    while (off % 8) hdr[off++] = ' ';
+    FILE *f = fopen(path, "wb");
+    CHECK(f, "%s", path);
+    if (!f) return path;
+    uint64_t n = (uint64_t)off;
+    fwrite(&n, 8, 1, f);
+    fwrite(hdr, 1, (size_t)off, f);
+    float v = 0.01f;
+    for (int i = 0; i < 2048; i++) fwrite(&v, 4, 1, f);
+    fclose(f);
+    return path;
+}
+
+static void lora_nan_up_alpha_and_infinite_scale(void) {
+    const char *m = copy_model("lora", NULL);
+    char png[600];
+    snprintf(png, sizeof png, "%s/lora.png", tmp);
+    char extra[800];
+    snprintf(extra, sizeof extra, "--lora %s", write_lora("nan_up.safetensors", NAN, 8));
+    int rc = generate(m, extra, png);
+    printf("  LoRA NaN up: rc %d: %s", rc, out);
+    CHECK(rc != 0 && strstr(out, "nan_up.safetensors: tensor transformer_blocks.0.attn.to_k.lora_up.weight "
+                                 "has a NaN at element 37 (of 1024, F32)"),
+          "rc %d: %s", rc, out);
+    CHECK(!exists(png), "an image was written");
+
+    snprintf(extra, sizeof extra, "--lora %s", write_lora("nan_alpha.safetensors", 0.01f, NAN));
+    rc = generate(m, extra, png);
+    printf("  LoRA NaN alpha: rc %d: %s", rc, out);
+    CHECK(rc != 0 && strstr(out, "nan_alpha.safetensors: 'transformer_blocks.0.attn.to_k.alpha' is NaN"),
+          "rc %d: %s", rc, out);
+    CHECK(!exists(png), "an image was written");
+
+    const char *peft = write_peft_infinite_scale();
+    engine_fails(m, peft, "gets a non-finite scale (inf) from the adapter metadata", QI_ERR_FORMAT);
+    snprintf(extra, sizeof extra, "--lora %s", peft);
+    rc = generate(m, extra, png);
+    CHECK(rc != 0 && strstr(out, "peft_inf.safetensors") && !exists(png), "rc %d: %s", rc, out);
+}
+
+/* A finite but huge proj_out (every weight ±3.4e38, BF16 0x7f7f) overflows
+ * the transformer's output: the per-step check stops at step 1; with the
+ * check off (QI_CHECK_FINITE=0) the host check of the final latents does. */
+static void latents_going_non_finite_stop_the_run(void) {
+    const char *m = copy_model("huge", TRANSFORMER);
+    poke_bf16(m, TRANSFORMER, "proj_out.weight", 0, 64 * 128, 0x7f7f);
+    engine_fails(m, NULL, "latents became non-finite at step 1 of 2 (transformer output)", QI_ERR_BACKEND);
+    char png[600];
+    snprintf(png, sizeof png, "%s/huge.png", tmp);
+    int rc = generate(m, "", png);
+    printf("  huge weights: rc %d: %s", rc, out);
+    CHECK(rc != 0 && strstr(out, "at step 1 of 2") && !exists(png), "rc %d: %s", rc, out);
+    setenv("QI_CHECK_FINITE", "0", 1);
+    engine_fails(m, NULL, "denoise: the final latents have", QI_ERR_BACKEND);
+    unsetenv("QI_CHECK_FINITE");
+}
+
+/* The scan finds the first non-finite element of every type, says NaN or Inf,
+ * and passes the largest finite values. */
+static void scan_every_type(void) {
+    uint16_t bf[100], h[100];
+    float f[100];
+    uint8_t e4[100], e5[100];
+    for (int i = 0; i < 100; i++) {
+        bf[i] = 0x7f7f; /* largest finite */
+        h[i] = 0x7bff;
+        f[i] = 3.4e38f;
+        e4[i] = 0x7e;
+        e5[i] = 0x7b;
+    }
+    int is_nan = -1;
+    CHECK(qi_find_nonfinite(bf, QI_BF16, 100, NULL) < 0 && qi_find_nonfinite(h, QI_F16, 100, NULL) < 0 &&
+              qi_find_nonfinite(f, QI_F32, 100, NULL) < 0 && qi_find_nonfinite(e4, QI_F8_E4M3, 100, NULL) < 0 &&
+              qi_find_nonfinite(e5, QI_F8_E5M2, 100, NULL) < 0,
+          "finite values reported");
+    bf[60] = 0xff80;
+    bf[70] = 0x7fc0;
+    CHECK(qi_find_nonfinite(bf, QI_BF16, 100, &is_nan) == 60 && is_nan == 0, "bf16 -inf");
+    h[42] = 0x7e00;
+    CHECK(qi_find_nonfinite(h, QI_F16, 100, &is_nan) == 42 && is_nan == 1, "f16 nan");
+    f[99] = INFINITY;
+    CHECK(qi_find_nonfinite(f, QI_F32, 100, &is_nan) == 99 && is_nan == 0, "f32 inf");
+    e4[3] = 0xff;
+    CHECK(qi_find_nonfinite(e4, QI_F8_E4M3, 100, &is_nan) == 3 && is_nan == 1, "e4m3 nan");
+    e5[9] = 0x7c;
+    CHECK(qi_find_nonfinite(e5, QI_F8_E5M2, 100, &is_nan) == 9 && is_nan == 0, "e5m2 inf");
+    /* Q8_0: 34-byte blocks, f16 d then 32 int8: a NaN d spoils its block */
+    uint8_t q[3 * 34] = {0};
+    q[34] = 0x00, q[35] = 0x7e;
+    CHECK(qi_find_nonfinite(q, QI_Q8_0, 96, &is_nan) == 32 && is_nan == 1, "q8_0 nan scale");
+    q[35] = 0x3c; /* d = 1 */
+    CHECK(qi_find_nonfinite(q, QI_Q8_0, 96, NULL) < 0, "q8_0 finite");
+}
+
+/* Speed of the bf16 scan, single thread (reported, not a claim of the test). */
+static void scan_speed(void) {
+    size_t n = (size_t)64 << 20; /* 128 MiB of bf16 */
+    uint16_t *x = malloc(n * 2);
+    REQUIRE(x, "alloc");
+    for (size_t i = 0; i < n; i++) x[i] = (uint16_t)(0x3f80 + (i & 0x3f));
+    double t0 = qi_now_s();
+    int64_t at = qi_find_nonfinite(x, QI_BF16, (int64_t)n, NULL);
+    double s = qi_now_s() - t0;
+    CHECK(at < 0, "finite");
+    printf("  bf16 scan: %.2f GB/s (%zu MiB, one thread)\n", (double)n * 2 / s / 1e9, n * 2 >> 20);
+    free(x);
+}
+
+/* CPU attention: a query whose scores are all NaN gives NaN, a query whose
+ * keys are all masked gives zeros. */
+static void attention_passes_nan_rows_on(void) {
+    qi_backend *be = NULL;
+    qi_error err;
+    REQUIRE(qi_backend_create("cpu", 1, (size_t)16 << 20, &be, &err) == QI_OK, "%s", err.msg);
+    qi_tensor q, k, v, o, mask;
+    int64_t ne[4] = {2, 3, 1, 4}, nm[2] = {2, 3};
+    REQUIRE(be->ops->tensor(be, &q, QI_F32, 4, ne, &err) == QI_OK && be->ops->tensor(be, &k, QI_F32, 4, ne, &err) == QI_OK &&
+                be->ops->tensor(be, &v, QI_F32, 4, ne, &err) == QI_OK && be->ops->tensor(be, &o, QI_F32, 4, ne, &err) == QI_OK &&
+                be->ops->tensor(be, &mask, QI_I32, 2, nm, &err) == QI_OK,
+            "%s", err.msg);
+    float h[24];
+    for (int i = 0; i < 24; i++) h[i] = 0.1f * (float)(i % 5);
+    be->ops->upload(be, &k, h, &err);
+    be->ops->upload(be, &v, h, &err);
+    h[4] = NAN; /* batch 0, query 1: every score NaN */
+    be->ops->upload(be, &q, h, &err);
+    int32_t m[6] = {1, 1, 1, 0, 0, 0}; /* batch 1: every key masked */
+    be->ops->upload(be, &mask, m, &err);
+    be->ops->attention(be, &q, &k, &v, &mask, 0, 0.5f, &o);
+    float r[24];
+    be->ops->download(be, &o, r, &err);
+    CHECK(isnan(r[4]) && isnan(r[7]), "NaN row became %g %g", r[4], r[7]);
+    CHECK(isfinite(r[0]) && isfinite(r[8]), "other rows finite");
+    int zeros = 1;
+    for (int i = 12; i < 24; i++) zeros &= r[i] == 0.0f;
+    CHECK(zeros, "masked rows are not zeros");
+    int64_t c = -1;
+    CHECK(be->ops->count_nonfinite && be->ops->count_nonfinite(be, &o, &c, &err) == QI_OK && c == 4,
+          "count_nonfinite %lld", (long long)c);
+    be->ops->destroy(be);
+}
+
+int main(void) {
+    if (!mkdtemp(tmp)) {
+        CHECK(0, "mkdtemp");
+        TEST_END();
+    }
+    RUN(scan_every_type);
+    RUN(scan_speed);
+    RUN(attention_passes_nan_rows_on);
+    RUN(transformer_nan_names_the_tensor_and_writes_nothing);
+    RUN(vae_inf_and_text_encoder_nan);
+    RUN(lora_nan_up_alpha_and_infinite_scale);
+    RUN(latents_going_non_finite_stop_the_run);
+    run_shell(out, sizeof out, "rm -rf %s", tmp);
+    TEST_END();
+}
