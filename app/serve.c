@@ -137,7 +137,8 @@ static int load(serve *s) {
     double t0 = serve_now();
     qi_request r = qi_request_default();
     r.prompt = "a warm-up image";
-    r.width = r.height = s->opt.max_size < 128 ? s->opt.max_size / 16 * 16 : 128; /* 256 latent pixels: 15x the 17 unknowns */
+    /* 128²: 256 latent pixels, 15x the fit's 17 unknowns */
+    r.width = r.height = s->opt.max_size < 128 ? s->opt.max_size / 16 * 16 : 128;
     r.steps = 1;
     r.progress = load_progress;
     qi_image img = {0};

@@ -288,9 +288,7 @@ static int answer_finished(struct MHD_Connection *c, const job *j) {
     return serve_send_json(c, 200, root);
 }
 
-/* POST /v1/images/generations without stream: waits for the job; a client
- * that disconnects meanwhile cancels it. */
-int serve_generate_blocking(serve *s, struct MHD_Connection *c, job *j) {
+void serve_wait_job(serve *s, struct MHD_Connection *c, job *j) {
     pthread_mutex_lock(&s->lock);
     while (j->state < JOB_COMPLETED) {
         struct timespec ts;
@@ -304,6 +302,14 @@ int serve_generate_blocking(serve *s, struct MHD_Connection *c, job *j) {
             pthread_mutex_lock(&s->lock);
         }
     }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* POST /v1/images/generations without stream: waits for the job; a client
+ * that disconnects meanwhile cancels it. */
+int serve_generate_blocking(serve *s, struct MHD_Connection *c, job *j) {
+    serve_wait_job(s, c, j);
+    pthread_mutex_lock(&s->lock);
     int rc = answer_finished(c, j);
     pthread_mutex_unlock(&s->lock);
     return rc;
@@ -452,7 +458,7 @@ int serve_api_dispatch(serve *s, const http_req *r) {
     if (!strncmp(u, "/v1/jobs/", 9)) return jobs(s, r);
     struct { const char *path; int post; } routes[] = {
         {"/", 0}, {"/health", 0}, {"/v1/models", 0}, {"/v1/images/generations", 1}, {"/v1/images/edits", 1},
-        {"/v1/jobs", 1}};
+        {"/sdapi/v1/txt2img", 1}, {"/sdapi/v1/progress", 0}, {"/v1/jobs", 1}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(u, routes[i].path)) continue;
         if (routes[i].post ? !post : !get)
@@ -467,6 +473,8 @@ int serve_api_dispatch(serve *s, const http_req *r) {
             return serve_send_error(c, 501, "invalid_request_error", NULL, "not_implemented",
                                     "/v1/images/edits is not implemented yet: image-to-image and Qwen-Image-Edit "
                                     "come with their own issue; use /v1/images/generations");
+        case 5: return serve_a1111_txt2img(s, r);
+        case 6: return serve_a1111_progress(s, c);
         default: return generations(s, r, 1);
         }
     }

@@ -15,6 +15,11 @@ job *serve_parse_generation(serve *s, const http_req *r, int *stream);
 /* Queues j or answers 429 (Retry-After) / 503; 0 when queued. */
 int serve_submit_or_answer(serve *s, struct MHD_Connection *c, job *j);
 int serve_generate_blocking(serve *s, struct MHD_Connection *c, job *j);
+/* Waits until j is finished; a client that goes away meanwhile cancels it. */
+void serve_wait_job(serve *s, struct MHD_Connection *c, job *j);
+/* serve_a1111.c: POST /sdapi/v1/txt2img, GET /sdapi/v1/progress. */
+int serve_a1111_txt2img(serve *s, const http_req *r);
+int serve_a1111_progress(serve *s, struct MHD_Connection *c);
 cJSON *serve_job_json(serve *s, const job *j, int with_preview); /* locked */
 /* An event stream of j (takes the caller's reference): OpenAI's image
  * generation events (openai = 1) or the job events of /v1/jobs/{id}/events. */

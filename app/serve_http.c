@@ -90,7 +90,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (rc->too_large) return MHD_YES; /* answered already */
-    if (!strncmp(url, "/v1/", 4) && !key_ok(s, c))
+    if ((!strncmp(url, "/v1/", 4) || !strncmp(url, "/sdapi/", 7)) && !key_ok(s, c))
         return (enum MHD_Result)serve_send_error(c, 401, "invalid_request_error", NULL, "invalid_api_key",
                                                  "this server needs \"Authorization: Bearer <key>\" (--api-key)");
     http_req r = {c, method, url, rc->body ? rc->body : "", rc->len};

@@ -385,6 +385,19 @@ static void optional_keys_default(void) {
           "linear schedule %g %g %g %g", s[0], s[1], s[2], s[3]);
 }
 
+/* One step with shift_terminal (Qwen-Image's own config): the reference
+ * divides 0 by 0 and denoises with NaN; the engine refuses it as a usage
+ * error naming the cause and the way out, before any work. */
+static void one_step_with_shift_terminal_is_refused_with_the_reason(void) {
+    qi_scheduler_config qwen = qi_scheduler_config_qwen_image();
+    float s[2], t[1];
+    qi_error err = {{0}};
+    CHECK(qi_scheduler_sigmas(&qwen, 1, 4096, s, t, &err) == QI_ERR_ARG, "accepted");
+    CHECK(strstr(err.msg, "1-step") && strstr(err.msg, "shift_terminal") && strstr(err.msg, "2 or more steps"),
+          "%s", err.msg);
+    printf("  %s\n", err.msg);
+}
+
 int main(void) {
     RUN(public_cases_sigmas_and_timesteps);
     RUN(lightning_preset_is_the_lightning_cases_config);
@@ -396,5 +409,6 @@ int main(void) {
     RUN(config_errors_name_the_key);
     RUN(optional_keys_default);
     RUN(strict_json_and_schedules_in_range);
+    RUN(one_step_with_shift_terminal_is_refused_with_the_reason);
     TEST_END();
 }

@@ -144,7 +144,10 @@ check "third job: queue full" "$(req POST /v1/jobs "$LONG")" 429
 grep -qi '^retry-after: [1-9]' "$T/hdr" && ok "Retry-After header" || bad "no Retry-After"
 check "DELETE queued job" "$(req DELETE /v1/jobs/$J2)" 200
 check "queued job cancelled at once" "$(field .status)" cancelled
-sleep 0.5
+for i in $(seq 1 100); do # until it has made a step (and its preview)
+    [ "$(req GET /v1/jobs/$J1)" = 200 ] && [ "$(field .step)" -ge 1 ] && break
+    sleep 0.1
+done
 check "GET running job" "$(req GET /v1/jobs/$J1)" 200
 [ "$(field .step)" -ge 1 ] && ok "running job reports its step ($(field .step)/$(field .steps))" || bad "no step"
 [ "$(field '.preview | length')" -gt 100 ] && ok "running job has a preview" || bad "no preview while running"
@@ -194,8 +197,24 @@ wait $PID; check "SIGTERM exit status" $? 0
 start B --max-steps 1000
 AUTH=""
 check "no key needed" "$(req GET /v1/models)" 200
+# the A1111 subset: txt2img gives generate's bytes; progress shows the running job and its preview
+check "POST /sdapi/v1/txt2img" "$(req POST /sdapi/v1/txt2img \
+    '{"prompt":"a cat","negative_prompt":"blur","cfg_scale":3,"width":32,"height":48,"steps":2,"seed":7,"sampler_name":"Euler"}')" 200
+field '.images[0]' | base64 -d >"$T/a1111.png"
+cmp -s "$T/a1111.png" "$T/cli.png" && ok "txt2img image byte-identical to generate's" || bad "txt2img image differs"
+check "txt2img info seed" "$(field .info | jq .seed)" 7
+check "txt2img bad cfg_scale" "$(req POST /sdapi/v1/txt2img '{"prompt":"x","cfg_scale":"high"}')" 400
+check "txt2img bad cfg_scale: param" "$(field .error.param)" cfg_scale
 req POST /v1/jobs "$LONG" >/dev/null; JB=$(field .id)
 wait_job $JB running
+for i in $(seq 1 100); do
+    [ "$(req GET /sdapi/v1/progress)" = 200 ] && [ "$(field '.current_image | length')" -gt 100 ] && break
+    sleep 0.1
+done
+check "GET /sdapi/v1/progress" "$(req GET /sdapi/v1/progress)" 200
+[ "$(field .state.sampling_step)" -ge 1 ] && [ "$(field '.current_image | length')" -gt 100 ] \
+    && ok "progress: step $(field .state.sampling_step)/$(field .state.sampling_steps) with current_image" \
+    || bad "progress: $(head -c 200 "$T/body")"
 t0=$(date +%s)
 kill -INT $PID
 wait $PID; rc=$?

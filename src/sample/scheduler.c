@@ -300,7 +300,14 @@ qi_status qi_scheduler_sigmas(const qi_scheduler_config *c, int steps, int image
         for (int i = 0; i < steps; i++) s[i] = (shift * s[i]) / (1.0f + shift_minus_one * s[i]);
     }
 
-    /* Stretch so that the last sigma lands on shift_terminal. */
+    /* Stretch so that the last sigma lands on shift_terminal. With one step
+     * the last sigma is the first, 1: diffusers divides 0 by 0 here and
+     * denoises with NaN; say so instead. */
+    if (c->has_shift_terminal && steps == 1)
+        return qi_fail(err, QI_ERR_ARG,
+                       "scheduler: a 1-step schedule cannot end at shift_terminal %g (the reference divides 0 by "
+                       "0 and gives NaN); use 2 or more steps, or a scheduler without shift_terminal "
+                       "(--scheduler lightning)", c->shift_terminal);
     if (c->has_shift_terminal) {
         float scale = (1.0f - s[steps - 1]) / (float)(1.0 - c->shift_terminal);
         for (int i = 0; i < steps; i++) s[i] = 1.0f - (1.0f - s[i]) / scale;

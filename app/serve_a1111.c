@@ -1,0 +1,127 @@
+/*
+ * serve_a1111.c — the subset of AUTOMATIC1111's web UI API that existing
+ * front-ends call: POST /sdapi/v1/txt2img and GET /sdapi/v1/progress.
+ *
+ *   txt2img fields: prompt, negative_prompt, width, height (default 1024),
+ *   steps (default 8), cfg_scale (true CFG with a negative prompt), seed
+ *   (-1: random), batch_size (images); others are accepted and ignored.
+ *   Answer: {"images": [base64 PNG], "parameters": {the request}, "info": "{\"seed\": S}"}.
+ *   progress: {"progress", "eta_relative", "state": {"sampling_step", "sampling_steps", "job_count"},
+ *   "current_image" (the running job's step preview, base64 PNG, or null), "textinfo": null}.
+ * Errors are the server's JSON errors (serve_api.c), with the same statuses.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "serve_api.h"
+
+/* One optional number field in [lo, hi] (integer when integral); 0 or -1 after answering 400. */
+static int num(struct MHD_Connection *c, const cJSON *o, const char *name, double lo, double hi, int integral,
+               double *out) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!f || cJSON_IsNull(f)) return 0;
+    double v = cJSON_IsNumber(f) ? f->valuedouble : NAN;
+    if (!(v >= lo && v <= hi) || (integral && v != floor(v))) {
+        serve_send_error(c, 400, "invalid_request_error", name, "invalid_value", "'%s' must be %s from %g to %g",
+                         name, integral ? "an integer" : "a number", lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The A1111 body, translated into the OpenAI-style body the generations parser reads. */
+static char *translate(serve *s, struct MHD_Connection *c, const cJSON *o) {
+    double w = 1024, h = 1024, steps = 8, cfg = 1, seed = -1, batch = 1;
+    if (num(c, o, "width", 16, s->opt.max_size, 1, &w) || num(c, o, "height", 16, s->opt.max_size, 1, &h) ||
+        num(c, o, "steps", 1, s->opt.max_steps, 1, &steps) || num(c, o, "cfg_scale", 0, QI_CFG_MAX, 0, &cfg) ||
+        num(c, o, "seed", -1, 9007199254740991.0, 1, &seed) || num(c, o, "batch_size", 1, s->opt.max_batch, 1, &batch))
+        return NULL;
+    cJSON *t = cJSON_CreateObject();
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, "negative_prompt");
+    if (p) cJSON_AddItemToObject(t, "prompt", cJSON_Duplicate(p, 1));
+    if (n && !(cJSON_IsString(n) && !*n->valuestring)) /* A1111 sends "" for none */
+        cJSON_AddItemToObject(t, "negative_prompt", cJSON_Duplicate(n, 1));
+    char size[32];
+    snprintf(size, sizeof size, "%dx%d", (int)w, (int)h);
+    cJSON_AddStringToObject(t, "size", size);
+    cJSON_AddNumberToObject(t, "steps", steps);
+    cJSON_AddNumberToObject(t, "cfg", cfg);
+    cJSON_AddNumberToObject(t, "n", batch);
+    if (seed >= 0) cJSON_AddNumberToObject(t, "seed", seed);
+    char *text = cJSON_PrintUnformatted(t);
+    cJSON_Delete(t);
+    return text;
+}
+
+/* The finished job as A1111 answers (locked). */
+static int answer(struct MHD_Connection *c, const job *j, const cJSON *request) {
+    if (j->state != JOB_COMPLETED)
+        return serve_send_error(c, j->state == JOB_FAILED && j->error_status ? j->error_status : 503, "server_error",
+                                NULL, j->state == JOB_CANCELLED ? "cancelled" : NULL, "%s",
+                                j->state == JOB_CANCELLED ? "the job was cancelled" : j->error);
+    cJSON *root = cJSON_CreateObject(), *images = cJSON_AddArrayToObject(root, "images");
+    for (int i = 0; i < j->n && j->images[i].bytes; i++) {
+        char *b64 = serve_base64(j->images[i].bytes, j->images[i].len);
+        cJSON_AddItemToArray(images, cJSON_CreateString(b64 ? b64 : ""));
+        free(b64);
+    }
+    cJSON_AddItemToObject(root, "parameters", cJSON_Duplicate(request, 1));
+    char info[64];
+    snprintf(info, sizeof info, "{\"seed\": %llu}", (unsigned long long)j->seed);
+    cJSON_AddStringToObject(root, "info", info);
+    return serve_send_json(c, 200, root);
+}
+
+int serve_a1111_txt2img(serve *s, const http_req *r) {
+    cJSON *o = cJSON_ParseWithLength(r->body, r->body_len);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return serve_send_error(r->conn, 400, "invalid_request_error", NULL, "invalid_value",
+                                "the body must be a JSON object");
+    }
+    char *body = translate(s, r->conn, o);
+    int stream = 0, rc = MHD_YES;
+    http_req t = *r;
+    t.body = body, t.body_len = body ? strlen(body) : 0;
+    job *j = body ? serve_parse_generation(s, &t, &stream) : NULL;
+    free(body);
+    if (j && !serve_submit_or_answer(s, r->conn, j)) {
+        serve_wait_job(s, r->conn, j);
+        pthread_mutex_lock(&s->lock);
+        rc = answer(r->conn, j, o);
+        pthread_mutex_unlock(&s->lock);
+    }
+    serve_job_put(s, j);
+    cJSON_Delete(o);
+    return rc;
+}
+
+int serve_a1111_progress(serve *s, struct MHD_Connection *c) {
+    cJSON *o = cJSON_CreateObject(), *state = cJSON_CreateObject();
+    pthread_mutex_lock(&s->lock);
+    const job *run = s->all;
+    while (run && run->state != JOB_RUNNING) run = run->next_all;
+    double p = run && run->steps ? (double)run->step / run->steps : 0;
+    double eta = run && run->step ? (serve_now() - run->started) / run->step * (run->steps - run->step) : 0;
+    cJSON_AddNumberToObject(o, "progress", p);
+    cJSON_AddNumberToObject(o, "eta_relative", round(eta * 100) / 100);
+    cJSON_AddNumberToObject(state, "sampling_step", run ? run->step : 0);
+    cJSON_AddNumberToObject(state, "sampling_steps", run ? run->steps : 0);
+    cJSON_AddNumberToObject(state, "job_count", s->queued + (run != NULL));
+    cJSON_AddStringToObject(state, "job", run ? run->id : "");
+    cJSON_AddItemToObject(o, "state", state);
+    char *b64 = run && run->preview ? serve_base64(run->preview, run->preview_len) : NULL;
+    if (b64) cJSON_AddStringToObject(o, "current_image", b64);
+    else cJSON_AddNullToObject(o, "current_image");
+    free(b64);
+    cJSON_AddNullToObject(o, "textinfo");
+    pthread_mutex_unlock(&s->lock);
+    return serve_send_json(c, 200, o);
+}
