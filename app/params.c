@@ -144,6 +144,9 @@ static void put_loras(sbuf *b, const gen_args *a) {
     if (files.oom) b->oom = 1;
     else sb_kv(b, "LoRA files", files.s);
     free(files.s);
+    /* fused and run-time LoRAs differ in the last bits: a rerun takes the same mode */
+    if (a->lora_mode == QI_LORA_FUSE) sb_kv(b, "LoRA mode", "fuse");
+    if (a->lora_mode == QI_LORA_RUNTIME) sb_kv(b, "LoRA mode", "runtime");
 }
 
 char *qi_params_text(const gen_args *a, int index, int count, const prompt_note *note, const char *scheduler_hash) {
@@ -271,6 +274,11 @@ static int apply_kv(const char *source, const char *key, char *v, gen_args *a, c
         return 0;
     }
     if (!strcmp(key, "LoRA files")) return apply_loras(source, v, a);
+    if (!strcmp(key, "LoRA mode")) {
+        if (strcmp(v, "fuse") && strcmp(v, "runtime")) return bad_value(source, key, v);
+        a->lora_mode = !strcmp(v, "fuse") ? QI_LORA_FUSE : QI_LORA_RUNTIME;
+        return 0;
+    }
     return 1; /* not applied: the caller frees v */
 }
 

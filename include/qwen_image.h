@@ -164,13 +164,14 @@ typedef struct qi_timings {
 qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out);
 
 /* Loads every component now (the transformer included, with the current LoRA
- * set fused) instead of lazily inside the next qi_generate. progress (may be
+ * set) instead of lazily inside the next qi_generate. progress (may be
  * NULL) is called with stage "load", step = components ready so far, total =
  * all of them (tokenizer, text encoder, VAE, transformer); nonzero cancels
  * (QI_ERR_CANCELLED). Components already loaded are not loaded again. */
 qi_status qi_engine_warm(qi_engine *e, qi_progress_fn progress, void *user);
 
-/* LoRA files fused into the transformer at load. */
+/* A LoRA file and its strength S: y = W·x + S · scale · B·(A·x) on every
+ * Linear it names (scale = alpha / rank for kohya files, ...: lora.h). */
 typedef struct qi_lora_spec {
     const char *path;
     float strength;
@@ -179,9 +180,13 @@ typedef struct qi_lora_spec {
 /* Replaces the whole LoRA set with loras[0..n) (n = 0 removes every LoRA).
  * The files are read now (an unreadable or malformed file fails here and
  * leaves the previous set in place); they are matched against the
- * transformer's weights when it is next loaded (the next warm or generate,
- * which re-fuses): a set that matches nothing fails that call and the engine
- * goes back to the previous set. */
+ * transformer's weights at the next warm or generate: a set that matches
+ * nothing fails that call and the engine goes back to the previous set.
+ * Where the LoRAs run beside the weights (qi_lora_mode: runtime, or auto on
+ * GGUF / fp8 weights) that call swaps the small factor matrices in, in
+ * milliseconds, the transformer untouched; where they are fused into float
+ * weights it reloads the transformer from its file (the fused copies are not
+ * undone in place). */
 qi_status qi_engine_set_loras(qi_engine *e, const qi_lora_spec *loras, int n);
 /* Appends one LoRA to the set (same rules; a file that fails to bind at the
  * next load is removed again). */
