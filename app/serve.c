@@ -30,7 +30,6 @@ static void serve_usage(void) {
            "  --host ADDR         IPv4 address to listen on (default 127.0.0.1; 0.0.0.0: every interface)\n"
            "  --port N            TCP port (default 8080; 0: any free port, printed)\n"
            "  --api-key KEY       every /v1/ request needs \"Authorization: Bearer KEY\" (else 401)\n"
-           "  --random-weights S  benchmarks only: seeded random weights on the GPU, file data ignored\n"
            "  --queue N           jobs waiting at most (default 8); more are answered 429 with Retry-After\n"
            "  --max-size N        largest width or height a request may ask (default 2048)\n"
            "  --max-steps N       most steps a request may ask (default 100)\n"
@@ -38,6 +37,8 @@ static void serve_usage(void) {
            "  --max-body BYTES    largest request body (default 1048576); larger: 413\n"
            "  --timeout S         a connection silent for S seconds is closed (default 15; slow clients)\n"
            "  --prompt-cache N    text-encoder results kept for repeated prompts (default 8; 0: none)\n"
+           "  --random-weights S  benchmarks only: every weight random (seed S), e.g. with -m a folder\n"
+           "                      written by `qwen-image bench --write-sparse DIR`\n"
            "  --quiet             no log lines\n\n"
            "SIGINT stops (the running job is cancelled at its next step); SIGTERM drains (the running job\n"
            "finishes, new requests get 503); a second signal stops at once.\n", SERVE_MAX_N);
@@ -77,7 +78,10 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &m->threads);
     else if (!strcmp(f, "--host")) o->host = v;
     else if (!strcmp(f, "--api-key")) o->api_key = v;
-    else if (!strcmp(f, "--random-weights")) return qi_app_parse_int(f, v, 1, 1L << 30, &m->random_weights) ? 2 : 0;
+    else if (!strcmp(f, "--random-weights")) {
+        if (qi_app_parse_int(f, v, 1, 1L << 30, &x)) return 2;
+        o->random_weights = (unsigned long long)x;
+    }
     else return qi_app_usage_error("serve: unknown option %s", f);
     return 0;
 }
@@ -130,9 +134,9 @@ static int load(serve *s) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
-    o.random_weights = (uint64_t)m->random_weights;
     o.log = log_line, o.log_user = s;
     o.prompt_cache = s->opt.prompt_cache;
+    o.random_weights = s->opt.random_weights;
     qi_status st = qi_engine_open(&o, &s->engine);
     for (int i = 0; !st && i < m->n_loras; i++) st = qi_engine_add_lora(s->engine, m->lora_path[i],
                                                                         m->lora_strength[i]);

@@ -72,6 +72,7 @@ typedef struct serve_opts {
     const char *host, *api_key;
     int port, queue, max_size, max_steps, max_batch, timeout_s, prompt_cache;
     size_t max_body;
+    unsigned long long random_weights; /* benchmarks: qi_open_options.random_weights */
     int quiet;
 } serve_opts;
 

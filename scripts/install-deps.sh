@@ -4,7 +4,7 @@
 set -e
 PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev libutf8proc-dev
       libopenblas-openmp-dev libpng-dev libjpeg-dev libwebp-dev libmicrohttpd-dev python3
-      curl jq xz-utils chromium chromium-driver"
+      curl jq xz-utils chromium chromium-driver nginx"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
