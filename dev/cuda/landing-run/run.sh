@@ -32,7 +32,7 @@ serve_run() {
     --steps 8 --seed 1 -o /tmp/cli.png >"$OUT/cli.log" 2>&1
   echo "cli: $(tail -1 "$OUT/cli.log")" | tee -a "$OUT/summary.txt"
 }
-for what in ${*:-tests serve}; do
+for what in ${*:-tests bench serve}; do
   case $what in
     tests)
       t test_cuda_backend_caps
@@ -43,5 +43,8 @@ for what in ${*:-tests serve}; do
       t test_cuda_kernels
       t test_engine ;;
     serve) serve_run ;;
+    bench) # the per-step finite check's cost beside the transformer call (bf16)
+      dist/run.sh qwen-image bench --runs 5 --warmup 2 --only dit >"$OUT/bench_dit.log" 2>&1
+      echo "bench dit rc=$?" | tee -a "$OUT/summary.txt"; grep -i 'finite\|transformer call |' "$OUT/bench_dit.log" | tee -a "$OUT/summary.txt" ;;
   esac
 done
