@@ -146,7 +146,7 @@ static int load(serve *s) {
     r.prompt = "a warm-up image";
     /* 128²: 256 latent pixels, 15x the fit's 17 unknowns */
     r.width = r.height = s->opt.max_size < 128 ? s->opt.max_size / 16 * 16 : 128;
-    r.steps = 1;
+    r.steps = 2; /* 1 step cannot end at shift_terminal (Qwen-Image's own scheduler) */
     r.progress = load_progress;
     qi_image img = {0};
     if (!st) st = qi_generate(s->engine, &r, &img);
