@@ -736,3 +736,32 @@ qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const 
     *L = out_len;
     return QI_OK;
 }
+
+/* ---- sizes for the residency planner ---------------------------------------------- */
+
+static size_t rounded(int64_t elems, size_t es) { return ((size_t)elems * es + 255) & ~(size_t)255; }
+
+size_t qi_text_encoder_act_bytes(const qi_text_encoder_config *c, size_t act_size, int B, int S) {
+    int64_t BS = (int64_t)B * S, D = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KVD = (int64_t)c->num_kv_heads * c->head_dim;
+    return 3 * rounded(BS * D, act_size) + 2 * rounded(BS * QD, act_size) + 2 * rounded(BS * KVD, act_size) +
+           3 * rounded(BS * I, act_size) + 2 * rounded((int64_t)S * (c->head_dim / 2), 4) + rounded(BS, 4) +
+           rounded(BS * D, act_size); /* x h proj, q attn, k v, gate up mlp, RoPE, ids, packed rows */
+}
+
+qi_te_unit qi_text_encoder_weight_unit(const char *name, int ndim, int *layer) {
+    *layer = -1;
+    for (size_t i = QI_ARRAY_LEN(name_prefixes); i-- > 0;) { /* the longer prefix first */
+        size_t n = strlen(name_prefixes[i]);
+        if (strncmp(name, name_prefixes[i], n) != 0) continue;
+        const char *rest = name + n;
+        if (!strcmp(rest, "embed_tokens.weight") || !strcmp(rest, "norm.weight")) return QI_TE_UNIT_GLOBAL;
+        if (strncmp(rest, "layers.", 7) != 0) return QI_TE_UNIT_NONE;
+        char *end;
+        long l = strtol(rest + 7, &end, 10);
+        if (*end != '.' || l < 0 || l > 100000) return QI_TE_UNIT_NONE;
+        *layer = (int)l;
+        return ndim == 2 ? QI_TE_UNIT_LAYER : QI_TE_UNIT_GLOBAL;
+    }
+    return QI_TE_UNIT_NONE;
+}

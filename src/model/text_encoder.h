@@ -91,4 +91,18 @@ qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const 
                                  int S, int max_sequence_length, float **embeds,
                                  int32_t **embeds_mask, int *L, qi_error *err);
 
+/* ---- what the residency planner needs ---- */
+
+/* Arena bytes of one encode of B prompts of S ids (S = 34 + the kept tokens
+ * at most) with activations of act_size bytes: alloc_acts's tensors, the ids
+ * and the packed output rows. */
+size_t qi_text_encoder_act_bytes(const qi_text_encoder_config *c, size_t act_size, int B, int S);
+
+/* Which part of the text encoder a weight of its source is, by the name the
+ * source lists: QI_TE_UNIT_LAYER (a layer's matrix, *layer = its index),
+ * QI_TE_UNIT_GLOBAL (the embedding table, the final norm, every 1-D weight),
+ * or QI_TE_UNIT_NONE (not loaded: the vision tower, lm_head). */
+typedef enum qi_te_unit { QI_TE_UNIT_NONE = 0, QI_TE_UNIT_GLOBAL, QI_TE_UNIT_LAYER } qi_te_unit;
+qi_te_unit qi_text_encoder_weight_unit(const char *name, int ndim, int *layer);
+
 #endif
