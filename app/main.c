@@ -6,8 +6,10 @@
  * names what was wrong and, where it helps, what to do.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -84,6 +86,25 @@ int qi_app_parse_threads(const char *flag, const char *s, long *out) {
         return qi_app_usage_error("%s %s: at most %ld (4 x the %ld cores here); leave it out to use every core", flag,
                                   s, 4 * cores, cores);
     *out = v;
+    return 0;
+}
+
+int qi_app_parse_size(const char *flag, const char *s, size_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    double unit = 1;
+    const char *units = "KMGT";
+    const char *u = *end ? strchr(units, toupper((unsigned char)*end)) : NULL;
+    if (u && *end) {
+        for (const char *k = units; k <= u; k++) unit *= 1024;
+        end++;
+        if (!strcmp(end, "iB") || !strcmp(end, "ib") || !strcmp(end, "B") || !strcmp(end, "b")) end += strlen(end);
+    }
+    double bytes = v * unit;
+    if (end == s || *end || !isfinite(v) || bytes < (double)(1 << 20) || bytes > 1e18)
+        return qi_app_usage_error("%s %s: expected a memory size of at least 1M, e.g. 8G, 6G, 3000M or 1.5G "
+                                  "(binary units: 1G = 1024 MiB)", flag, s);
+    *out = (size_t)bytes;
     return 0;
 }
 

@@ -2,8 +2,9 @@
  * test_stream.c — weights streamed from host memory through two slots
  * (backend/weight_stream.h) on the CPU backend, whose stage is a real copy
  * into a slot buffer: what the streamer copies and when, and the tiny
- * transformer run with blocks and modulation streamed giving the resident
- * transformer's output bit for bit (one code path on every backend).
+ * transformer run with blocks and modulation streamed, and the tiny text
+ * encoder with its layers streamed, giving the resident ones' outputs bit
+ * for bit (one code path on every backend).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -13,9 +14,14 @@
 #include "backend/weight_stream.h"
 #include "io/source.h"
 #include "model/dit.h"
+#include "model/prompt.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
 #include "test.h"
 
 #define TRANSFORMER_DIR QI_TEST_DATA "/tiny-model/transformer"
+#define TE_DIR QI_TEST_DATA "/tiny-model/text_encoder"
+#define TOKENIZER_DIR QI_TEST_DATA "/tiny-model/tokenizer"
 
 static qi_backend *be;
 static qi_source *src;
@@ -196,6 +202,41 @@ static void streamed_transformer_matches_the_resident_one_bit_for_bit(void) {
     be->ops->reset(be, m0);
 }
 
+/* ---- the text encoder -------------------------------------------------------------- */
+
+static void streamed_text_encoder_matches_the_resident_one_bit_for_bit(void) {
+    qi_error err = {{0}};
+    qi_source *te_src = NULL;
+    qi_tokenizer *tok = NULL;
+    qi_prompt_batch pb;
+    const char *prompts[2] = {"a red apple on a wooden table", "a boat"};
+    REQUIRE(qi_source_open_folder(TE_DIR, QI_COMPONENT_TEXT_ENCODER, &te_src, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_tokenizer_load(TOKENIZER_DIR, &tok, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_prompt_tokenize(tok, prompts, 2, 512, &pb, &err) == QI_OK, "%s", err.msg);
+    float *emb[2] = {NULL, NULL};
+    int32_t *mask[2] = {NULL, NULL};
+    int L[2] = {0, 0};
+    for (int stream = 0; stream <= 1; stream++) {
+        qi_text_encoder *te = NULL;
+        CHECK(qi_text_encoder_load_resident(te_src, be, stream, &te, &err) == QI_OK, "%s", err.msg);
+        if (te)
+            CHECK(qi_text_encoder_encode(te, pb.ids, pb.mask, pb.batch, pb.seq_len, 512, &emb[stream], &mask[stream],
+                                         &L[stream], &err) == QI_OK, "%s", err.msg);
+        qi_text_encoder_free(te);
+    }
+    size_t n = (size_t)2 * L[0] * 64;
+    CHECK(L[0] > 0 && L[0] == L[1] && emb[0] && emb[1] && memcmp(emb[0], emb[1], n * sizeof(float)) == 0 &&
+              memcmp(mask[0], mask[1], (size_t)2 * L[0] * sizeof(int32_t)) == 0,
+          "embeddings with the layers streamed differ (%d vs %d tokens)", L[0], L[1]);
+    for (int i = 0; i < 2; i++) {
+        free(emb[i]);
+        free(mask[i]);
+    }
+    qi_prompt_batch_free(&pb);
+    qi_tokenizer_free(tok);
+    qi_source_close(te_src);
+}
+
 int main(void) {
     qi_error err;
     if (qi_backend_cpu_create(0, 0, &be, &err) != QI_OK ||
@@ -205,6 +246,7 @@ int main(void) {
     }
     RUN(streamer_copies_each_unit_once_per_pass_and_prefetches_the_next);
     RUN(streamed_transformer_matches_the_resident_one_bit_for_bit);
+    RUN(streamed_text_encoder_matches_the_resident_one_bit_for_bit);
     qi_source_close(src);
     be->ops->destroy(be);
     TEST_END();

@@ -157,7 +157,9 @@ typedef struct qi_backend_ops {
     /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. */
     void (*linear)(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
                    qi_act act, qi_tensor *y);
-    /* out[n, :] = table[ids[n], :]; ids I32 [N], table [V, D] (a weight). */
+    /* out[n, :] = table[ids[n], :]; ids I32 [N], table [V, D] (a weight, or a
+     * host weight from weight_host: the N rows are gathered from host memory
+     * in place, the one op that reads a host weight). */
     void (*embedding)(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out);
 
     /* ---- norms ---- */
@@ -282,7 +284,8 @@ typedef struct qi_backend_ops {
      * and copied into device slots just before the ops that read them ---- */
     /* As `weight` (the same arguments, the same conversions: what `weight`
      * would keep on the device, kept types as stored), but held in host memory
-     * (CUDA: pinned) where no op reads it: only `stage` does. Freed by weight_free. */
+     * (CUDA: pinned, mapped) where no op reads it but `embedding` (in place)
+     * and `stage`. Freed by weight_free. */
     qi_status (*weight_host)(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
                              const void *host, const qi_weight_scale *scale, qi_error *err);
     /* A device buffer of `bytes` that host weights are staged into; freed by slot_free. */

@@ -24,9 +24,9 @@ static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
 size_t qi_residency_margin(size_t budget) { return budget / 32 + ((size_t)128 << 20); }
 
 /* The text encoder on the device: all of it, or its never-streamed weights
- * and two slots of one layer. */
+ * and two slots of one layer (the embedding table then in host memory). */
 static size_t te_bytes(const qi_residency_sizes *s, int stream) {
-    return s->te_global + (stream ? 2 * s->te_layer : (size_t)s->te_layers * s->te_layer);
+    return s->te_global + (stream ? 2 * s->te_layer : s->te_embed + (size_t)s->te_layers * s->te_layer);
 }
 
 /* One transformer slot: the largest unit streamed through it (a block's
@@ -125,7 +125,7 @@ static qi_status refuse(size_t budget, const qi_residency_sizes *s, const qi_res
                        GIB(qi_residency_margin(need)), GIB(need) + 0.005);
     return qi_fail(err, QI_ERR_NOMEM,
                    "a device budget of %.2f GiB is too small: the %s text encoder needs at least %.2f GiB with "
-                   "its %d layers streamed (%.2f GiB of weights kept: embedding table and two layer slots of "
+                   "its %d layers streamed (%.2f GiB of weights kept: norms, biases and two layer slots of "
                    "%.2f GiB; %.2f GiB of activations for %s; %.2f GiB for the VAE; %.2f GiB for the backend; "
                    "a margin of %.2f GiB); give --vram %.2fG or more, or use a smaller text encoder file (a "
                    "Q4_K GGUF)",
@@ -189,6 +189,7 @@ void qi_residency_tally_add(qi_residency_tally *t, qi_residency_part part, int i
     }
     switch (part) {
     case QI_PART_TE_GLOBAL: t->s.te_global += bytes; break;
+    case QI_PART_TE_EMBED: t->s.te_embed += bytes; break;
     case QI_PART_TE_LAYER:
         t->te_layer[index] += bytes;
         if (index + 1 > t->s.te_layers) t->s.te_layers = index + 1;

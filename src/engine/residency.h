@@ -18,7 +18,8 @@
  *      through two device slots, as many kept resident as fit (modulation
  *      always streamed);
  *   4. as 3, and the text encoder's layers streamed too (it runs once per
- *      prompt: streaming it costs one pass over its weights).
+ *      prompt: streaming it costs one pass over its weights), its embedding
+ *      table left in host memory (the prompt's rows are gathered from there).
  *
  * The VAE is not a separate step: at every step its decode is planned whole
  * when that fits, in tiles otherwise, and in tiles whenever a whole decode's
@@ -44,8 +45,9 @@
 typedef struct qi_residency_sizes {
     size_t fixed;        /* the backend's own device memory (GEMM workspace, op scratch, the
                             expansion scratch of quantised weights) and a safety margin */
-    size_t te_global;    /* text encoder weights that are never streamed: embedding table, final norm,
-                            every 1-D weight */
+    size_t te_global;    /* text encoder weights that are never streamed: final norm, every 1-D weight */
+    size_t te_embed;     /* its embedding table: on the device, or — when the layers stream — in host
+                            memory, where `embedding` gathers the prompt's rows in place */
     size_t te_layer;     /* one layer's streamable weights (its 7 matrices), the largest */
     int te_layers;       /* 28 full size */
     size_t vae;          /* every VAE weight (always resident: ~250 MB) */
@@ -71,7 +73,7 @@ typedef struct qi_residency_plan {
     size_t budget;       /* what was planned for */
     int step;            /* the step of the list above that fit: 1, 2 (1b, 2b: step 1, 2 with !mod_resident), 3, 4 */
     int te_swap;         /* the text encoder is freed after the prompt, loaded again for the next */
-    int te_stream;       /* its layers are streamed (all of them) */
+    int te_stream;       /* its layers are streamed (all of them), its embedding table in host memory */
     int dit_stream;      /* some transformer weights are streamed (blocks, modulation or both) */
     int resident_blocks; /* blocks kept on the device (dit_blocks when no block streams) */
     int mod_resident;    /* the modulation weights stay on the device */
@@ -90,6 +92,7 @@ typedef struct qi_residency_plan {
 typedef enum qi_residency_part {
     QI_PART_NONE = 0,   /* not loaded (counted nowhere) */
     QI_PART_TE_GLOBAL,
+    QI_PART_TE_EMBED,
     QI_PART_TE_LAYER,   /* index: the layer */
     QI_PART_VAE,
     QI_PART_DIT_GLOBAL,
