@@ -196,7 +196,8 @@ static void at_16g_q4k_swaps_fp8_streams_its_modulation_bf16_streams_blocks(void
 }
 
 /* 8G, 6G, 3G: the bf16 text encoder no longer fits whole and streams (its
- * embedding table left in host memory); fewer blocks stay resident as the
+ * embedding table left in host memory), kept beside the transformer so that
+ * nothing loads again between prompts; fewer blocks stay resident as the
  * budget shrinks; each plan is within budget. */
 static void small_budgets_stream_the_text_encoder_and_keep_fewer_blocks(void) {
     const model_types types[] = {BF16, FP8, Q4K};
@@ -208,8 +209,12 @@ static void small_budgets_stream_the_text_encoder_and_keep_fewer_blocks(void) {
             qi_error err = {{0}};
             REQUIRE(plan_at(budgets[b], types[i], &p, &err) == QI_OK, "%.0fG %s: %s", budgets[b],
                     qi_dtype_name(types[i].dit), err.msg);
-            CHECK(p.step == 4 && p.te_stream && p.te_swap && p.dit_stream && !p.mod_resident,
-                  "%.0fG %s: step %d", budgets[b], qi_dtype_name(types[i].dit), p.step);
+            CHECK(p.step == 4 && p.te_stream && p.dit_stream && !p.mod_resident, "%.0fG %s: step %d", budgets[b],
+                  qi_dtype_name(types[i].dit), p.step);
+            /* kept beside the transformer, but at 3G the bf16 one's two 0.42 GiB slots leave no room: swapped */
+            int swapped = budgets[b] == 3 && types[i].dit == QI_BF16;
+            CHECK(p.te_swap == swapped && p.dit_evict == swapped, "%.0fG %s: swap %d, evict %d", budgets[b],
+                  qi_dtype_name(types[i].dit), p.te_swap, p.dit_evict);
             CHECK(p.resident_blocks < prev, "%.0fG %s: %d blocks, %d at the larger budget", budgets[b],
                   qi_dtype_name(types[i].dit), p.resident_blocks, prev);
             check_plan_fits(budgets[b], types[i], &p);
@@ -278,7 +283,8 @@ static void describe_says_what_streams(void) {
     qi_residency_plan_describe(&s, &p, buf, sizeof buf);
     char want[64];
     snprintf(want, sizeof want, "%d of 60 blocks resident", p.resident_blocks);
-    CHECK(strstr(buf, want) && strstr(buf, "freed after the prompt") && strstr(buf, "in tiles"), "%s", buf);
+    CHECK(strstr(buf, want) && strstr(buf, "freed after the prompt (stage swap)") && strstr(buf, "in tiles"), "%s",
+          buf);
     /* the table of every plan, for the record */
     const model_types types[] = {BF16, FP8, Q4K, Q4K_Q4K};
     const double budgets[] = {80, 24, 16, 8, 6, 3, 1};

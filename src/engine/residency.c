@@ -84,22 +84,34 @@ static int price_vae(size_t budget, const qi_residency_sizes *s, const qi_reside
 
 /* The most resident blocks (below all of them) that fit with the
  * modulation streamed and the VAE whole or tiled; -1: none. */
-static int max_blocks(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, int te_stream,
-                      int tiled) {
+static int max_blocks(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, int te_swap,
+                      int te_stream, int tiled) {
     qi_residency_plan p;
     for (int k = s->dit_blocks - 1; k >= 0; k--)
-        if (price(budget, s, n, 1, te_stream, k, 0, tiled, &p)) return k;
+        if (price(budget, s, n, te_swap, te_stream, k, 0, tiled, &p)) return k;
     return -1;
 }
 
-/* Step 3 (or 4): the most resident blocks that fit, modulation streamed;
+/* Steps 3 and 4: the most resident blocks that fit, modulation streamed;
  * the VAE tiled when that keeps more blocks. */
-static int most_blocks(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, int te_stream,
-                       qi_residency_plan *p) {
-    int whole = max_blocks(budget, s, n, te_stream, 0), tiled = max_blocks(budget, s, n, te_stream, 1);
+static int most_blocks(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, int te_swap,
+                       int te_stream, qi_residency_plan *p) {
+    int whole = max_blocks(budget, s, n, te_swap, te_stream, 0), tiled = max_blocks(budget, s, n, te_swap, te_stream, 1);
     if (whole < 0 && tiled < 0) return 0;
-    if (tiled > whole) return price(budget, s, n, 1, te_stream, tiled, 0, 1, p);
-    return price(budget, s, n, 1, te_stream, whole, 0, 0, p);
+    if (tiled > whole) return price(budget, s, n, te_swap, te_stream, tiled, 0, 1, p);
+    return price(budget, s, n, te_swap, te_stream, whole, 0, 0, p);
+}
+
+/* Step 4's choices, best first: the streamed text encoder kept beside the
+ * transformer (nothing loads again between prompts), else swapped (the
+ * transformer freed while it runs). */
+static int te_streamed(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, qi_residency_plan *p) {
+    int L = s->dit_blocks;
+    for (int swap = 0; swap <= 1; swap++)
+        if (price_vae(budget, s, n, swap, 1, L, 1, p) || price_vae(budget, s, n, swap, 1, L, 0, p) ||
+            most_blocks(budget, s, n, swap, 1, p))
+            return 1;
+    return 0;
 }
 
 /* The message of a budget nothing fits: the least each part needs (every
@@ -144,10 +156,9 @@ qi_status qi_residency_plan_make(size_t budget, const qi_residency_sizes *s, con
         p.step = 1;
     } else if (price_vae(budget, s, n, 1, 0, L, 1, &p) || price_vae(budget, s, n, 1, 0, L, 0, &p)) { /* 2, 2b */
         p.step = 2;
-    } else if (most_blocks(budget, s, n, 0, &p)) { /* 3 */
+    } else if (most_blocks(budget, s, n, 1, 0, &p)) { /* 3 */
         p.step = 3;
-    } else if (price_vae(budget, s, n, 1, 1, L, 1, &p) || price_vae(budget, s, n, 1, 1, L, 0, &p) ||
-               most_blocks(budget, s, n, 1, &p)) { /* 4 */
+    } else if (te_streamed(budget, s, n, &p)) { /* 4 */
         p.step = 4;
     } else {
         memset(out, 0, sizeof *out);
@@ -160,8 +171,8 @@ qi_status qi_residency_plan_make(size_t budget, const qi_residency_sizes *s, con
 void qi_residency_plan_describe(const qi_residency_sizes *s, const qi_residency_plan *p, char *buf, size_t cap) {
     char te[160], dit[224];
     if (p->te_stream)
-        snprintf(te, sizeof te, "text encoder streamed (%d layers through 2 slots of %.2f GiB), freed after the prompt",
-                 s->te_layers, GIB(p->te_slot));
+        snprintf(te, sizeof te, "text encoder streamed (%d layers through 2 slots of %.2f GiB)%s", s->te_layers,
+                 GIB(p->te_slot), p->te_swap ? ", freed after the prompt" : "");
     else
         snprintf(te, sizeof te, "text encoder %.2f GiB%s", GIB(te_bytes(s, 0)),
                  p->te_swap ? ", freed after the prompt (stage swap)" : "");

@@ -17,9 +17,11 @@
  *   3. stage swap, and the transformer's blocks streamed from host memory
  *      through two device slots, as many kept resident as fit (modulation
  *      always streamed);
- *   4. as 3, and the text encoder's layers streamed too (it runs once per
- *      prompt: streaming it costs one pass over its weights), its embedding
- *      table left in host memory (the prompt's rows are gathered from there).
+ *   4. the text encoder's layers streamed (it runs once per prompt:
+ *      streaming it costs one pass over its weights), its embedding table
+ *      left in host memory (the prompt's rows are gathered from there), and
+ *      kept beside the transformer if that fits (no reload between prompts),
+ *      else swapped; the transformer as in 1-3.
  *
  * The VAE is not a separate step: at every step its decode is planned whole
  * when that fits, in tiles otherwise, and in tiles whenever a whole decode's
