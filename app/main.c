@@ -242,13 +242,17 @@ static void encode_usage(void) {
            "  -p TEXT                   a prompt (repeat for a batch; at most 256)\n"
            "  -o FILE                   the .safetensors file to write (its folder must exist)\n"
            "  --max-sequence-length N   text tokens kept per prompt, 1..1024 (default 512)\n"
+           "  --device D                cpu | cuda | cuda:N (default cpu)\n"
+           "  --vram SIZE               device memory to stay within, e.g. 3G: the layers are streamed from host\n"
+           "                            memory when the whole encoder does not fit\n"
            "  --threads N               CPU threads (default: all cores; at most 4 per core)\n");
 }
 
 static int cmd_encode(int argc, char **argv) {
-    const char *model = NULL, *outp = NULL, *te_file = NULL;
+    const char *model = NULL, *outp = NULL, *te_file = NULL, *device = "cpu";
     const char *prompts[256];
-    int n = 0, threads = 0;
+    int n = 0, threads = 0, stream = 0;
+    size_t vram = 0;
     long max_len = 512;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -270,6 +274,9 @@ static int cmd_encode(int argc, char **argv) {
             long v;
             if (qi_app_parse_threads(a, argv[++i], &v)) return 2;
             threads = (int)v;
+        } else if (!strcmp(a, "--device") && has) device = argv[++i];
+        else if (!strcmp(a, "--vram") && has) {
+            if (qi_app_parse_size(a, argv[++i], &vram)) return 2;
         } else return qi_app_usage_error("encode: unknown or incomplete option %s", a);
     }
     if (!n || !outp)
@@ -295,10 +302,11 @@ static int cmd_encode(int argc, char **argv) {
     float *emb = NULL;
     int32_t *mask = NULL;
     int L = 0;
-    if ((st = qi_backend_cpu_create(threads, 0, &be, &err))) goto fail;
+    if ((st = qi_backend_create(device, threads, 0, &be, &err))) goto fail;
     if ((st = qi_model_files_tokenizer(&files, &tok, NULL, 0, &err))) goto fail;
     if ((st = qi_model_files_open_source(&files, QI_COMPONENT_TEXT_ENCODER, &te_src, &err))) goto fail;
-    if ((st = qi_text_encoder_load(te_src, be, &te, &err))) goto fail;
+    if ((st = qi_plan_text_encoder(be, te_src, vram, n, (int)max_len, &stream, &err))) goto fail;
+    if ((st = qi_text_encoder_load_resident(te_src, be, stream, &te, &err))) goto fail;
     if ((st = qi_prompt_tokenize(tok, prompts, n, (int)max_len, &pb, &err))) goto fail;
     if ((st = qi_text_encoder_encode(te, pb.ids, pb.mask, pb.batch, pb.seq_len, (int)max_len, &emb, &mask, &L,
                                      &err)))

@@ -121,6 +121,47 @@ static qi_residency_need need_of(qi_engine *e, int prompts, int batch, int width
     return n;
 }
 
+/* ---- the text encoder alone (`qwen-image encode`) ------------------------------------- */
+
+qi_status qi_plan_text_encoder(qi_backend *be, const qi_source *src, size_t vram, int prompts, int max_len,
+                               int *stream, qi_error *err) {
+    *stream = 0;
+    if (!vram) return QI_OK;
+    qi_text_encoder_config cfg;
+    qi_status st = qi_text_encoder_source_config(src, &cfg, err);
+    if (st != QI_OK) return st;
+    qi_residency_tally *t = calloc(1, sizeof *t);
+    if (!t) return qi_fail(err, QI_ERR_NOMEM, "out of memory (memory plan)");
+    size_t scratch = 0;
+    for (int i = 0; i < qi_source_tensor_count(src); i++) {
+        qi_source_tensor ts;
+        qi_source_tensor_at(src, i, &ts);
+        int index;
+        qi_residency_part part = part_of(QI_COMPONENT_TEXT_ENCODER, &ts, &index);
+        if (part == QI_PART_NONE) continue;
+        size_t sc = 0, bytes = be->ops->weight_size ? be->ops->weight_size(be, ts.dtype, ts.ndim, ts.shape, &sc)
+                                                    : ts.nbytes;
+        if (part != QI_PART_TE_EMBED && sc > scratch) scratch = sc;
+        qi_residency_tally_add(t, part, index, bytes);
+    }
+    qi_residency_sizes s = qi_residency_tally_sizes(t);
+    free(t);
+    size_t fixed = 0;
+    if (be->ops->mem_usage) be->ops->mem_usage(be, &fixed, NULL);
+    s.fixed = fixed + scratch;
+    s.te_type = main_type(src, QI_COMPONENT_TEXT_ENCODER);
+    s.dit_type = "";
+    char what[64];
+    snprintf(what, sizeof what, "%d prompt%s of up to %d tokens", prompts, prompts == 1 ? "" : "s", max_len);
+    qi_residency_need n = {.text = qi_text_encoder_act_bytes(&cfg, qi_dtype_size(be->act_dtype), prompts,
+                                                             QI_PROMPT_DROP_IDX + max_len),
+                           .what = what};
+    qi_residency_plan p; /* no transformer, no VAE: step 1 (whole) or 4 (streamed) */
+    if ((st = qi_residency_plan_make(vram, &s, &n, &p, err)) != QI_OK) return st;
+    *stream = p.te_stream;
+    return QI_OK;
+}
+
 /* ---- applying a plan ----------------------------------------------------------------- */
 
 static void free_text_encoder(qi_engine *e, const char *why) {

@@ -91,6 +91,13 @@ qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt);
  * QI_ERR_NOMEM naming what does not fit; the engine stays usable. */
 qi_status qi_engine_plan_request(qi_engine *e, const qi_plan *p);
 
+/* The text encoder alone under a budget of `vram` bytes on be (0: no plan):
+ * *stream says whether its layers must stream to encode `prompts` prompts of
+ * up to max_len tokens; QI_ERR_NOMEM naming the --vram that would do when
+ * even that does not fit. For `qwen-image encode`. */
+qi_status qi_plan_text_encoder(qi_backend *be, const qi_source *src, size_t vram, int prompts, int max_len,
+                               int *stream, qi_error *err);
+
 /* ---- the stages of qi_generate (stages.c) ---- */
 
 /* Text embeddings of the prompts (text[0]) and, with true CFG, the negative
