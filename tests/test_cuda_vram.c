@@ -86,7 +86,8 @@ static void staged_host_weights_match_device_weights(void) {
     struct {
         qi_dtype t;
         const qi_weight_scale *scale;
-    } cases[] = {{QI_BF16, NULL}, {QI_F32, NULL}, {QI_F8_E4M3, &rows}, {QI_Q4_K, NULL}, {QI_Q8_0, NULL}, {QI_Q6_K, NULL}};
+    } cases[] = {{QI_BF16, NULL}, {QI_F32, NULL},  {QI_F8_E4M3, &rows},
+                 {QI_Q4_K, NULL}, {QI_Q8_0, NULL}, {QI_Q6_K, NULL}};
     static uint8_t host[N * K * 8];
     static float wref[N * K], xv[M * K], a_lin[M * N], b_lin[M * N], a_emb[M * K], b_emb[M * K], c_emb[M * K];
     for (int i = 0; i < M * K; i++) xv[i] = caps_frand();

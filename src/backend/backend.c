@@ -138,7 +138,8 @@ qi_status qi_backend_check_ops(const qi_backend_ops *ops, qi_error *err) {
             for (size_t i = 0; i < groups[g].n; i++)
                 if (!grp[i].set)
                     return qi_fail(err, QI_ERR_BACKEND, "backend %s: the op table sets part of the %s group "
-                                   "but leaves the slot '%s' empty (all five or none)", who, groups[g].name, grp[i].slot);
+                                   "but leaves the slot '%s' empty (all five or none)", who, groups[g].name,
+                                   grp[i].slot);
     }
     return QI_OK;
 }

@@ -86,8 +86,8 @@ qi_status qi_wstream_take(qi_wstream *s, int u, int next, const qi_tensor **view
         return qi_fail(err, QI_ERR_ARG, "weight streaming: unit %d is not streamed", u);
     int k = s->held[0] == u ? 0 : s->held[1] == u ? 1 : -1;
     qi_status st = QI_OK;
-    if (k < 0) { /* not prefetched: into the slot not holding the unit taken last */
-        k = s->held[0] < 0 ? 0 : s->held[1] < 0 ? 1 : 0;
+    if (k < 0) { /* not prefetched: into a slot not holding `next` (an empty one first) */
+        k = s->held[0] == next ? 1 : s->held[1] == next ? 0 : s->held[0] < 0 ? 0 : s->held[1] < 0 ? 1 : 0;
         if ((st = stage_into(s, u, k, err)) != QI_OK) return st;
     }
     s->be->ops->stage_wait(s->be, s->slot[k]);

@@ -24,9 +24,8 @@
 #define logf_(e, ...) qi_log_linef((e)->log, (e)->log_user, __VA_ARGS__)
 #define GIB(x) ((double)(x) / (double)((size_t)1 << 30))
 
-/* The arena of an all-resident plan may take what the budget leaves, up to
- * this (what the backend took by default before plans: larger requests then
- * run without planning again). */
+/* The most a plan's arena takes of what the budget leaves (what the CUDA
+ * backend took by default before plans). */
 #define ARENA_CAP ((size_t)32 << 30)
 /* The default request a plan is made for at open: 1024², one image, 512 text tokens, 8 steps. */
 #define PLAN_SIDE 1024
@@ -121,6 +120,15 @@ static qi_residency_need need_of(qi_engine *e, int prompts, int batch, int width
     return n;
 }
 
+/* The arena a plan gets: its need and what the budget leaves besides (larger
+ * requests then run without planning again), up to ARENA_CAP. */
+static size_t arena_of(const qi_residency_plan *p) {
+    size_t peak = p->text_peak > p->dit_peak ? p->text_peak : p->dit_peak;
+    size_t arena = p->arena + (p->budget > peak ? p->budget - peak : 0);
+    if (arena > ARENA_CAP && p->arena <= ARENA_CAP) arena = ARENA_CAP;
+    return arena < p->arena ? p->arena : arena;
+}
+
 /* ---- the text encoder alone (`qwen-image encode`) ------------------------------------- */
 
 qi_status qi_plan_text_encoder(qi_backend *be, const qi_source *src, size_t vram, int prompts, int max_len,
@@ -159,7 +167,8 @@ qi_status qi_plan_text_encoder(qi_backend *be, const qi_source *src, size_t vram
     qi_residency_plan p; /* no transformer, no VAE: step 1 (whole) or 4 (streamed) */
     if ((st = qi_residency_plan_make(vram, &s, &n, &p, err)) != QI_OK) return st;
     *stream = p.te_stream;
-    return QI_OK;
+    /* the arena and the quantised-weight scratch as planned (a host embedding table never sizes it) */
+    return be->ops->reserve ? be->ops->reserve(be, arena_of(&p), scratch, err) : QI_OK;
 }
 
 /* ---- applying a plan ----------------------------------------------------------------- */
@@ -187,15 +196,12 @@ static qi_status apply(qi_engine *e, const qi_residency_plan *p) {
     if (e->planned && (p->resident_blocks != e->plan.resident_blocks || p->mod_resident != e->plan.mod_resident))
         free_transformer(e, "the plan keeps other blocks resident");
     if (e->planned && p->te_stream != e->plan.te_stream) free_text_encoder(e, "the plan streams it differently");
-    size_t peak = p->text_peak > p->dit_peak ? p->text_peak : p->dit_peak;
-    size_t arena = p->arena + (p->budget > peak ? p->budget - peak : 0); /* the rest of the budget too */
-    if (arena > ARENA_CAP && p->arena <= ARENA_CAP) arena = ARENA_CAP;
-    if (arena < p->arena) arena = p->arena;
+    size_t arena = arena_of(p);
     qi_denoise_release(e->ranks); /* recordings read the old arena */
     qi_status st = e->be->ops->reserve(e->be, arena, e->weight_scratch, &e->err);
     if (st != QI_OK) return qi_fail_ctx(&e->err, st, "the --vram plan's activation arena (%.2f GiB)", GIB(arena));
     qi_vae_tiling t = qi_vae_tiling_default();
-    t.max_untiled_bytes = arena; /* whole when it fits the arena, else in tiles */
+    if (arena < t.max_untiled_bytes) t.max_untiled_bytes = arena; /* whole when it fits the arena, else in tiles */
     if (e->vae && (st = qi_vae_set_tiling(e->vae, &t, &e->err)) != QI_OK) return st;
     e->plan = *p;
     e->planned = 1;

@@ -96,7 +96,8 @@ static int max_blocks(size_t budget, const qi_residency_sizes *s, const qi_resid
  * the VAE tiled when that keeps more blocks. */
 static int most_blocks(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, int te_swap,
                        int te_stream, qi_residency_plan *p) {
-    int whole = max_blocks(budget, s, n, te_swap, te_stream, 0), tiled = max_blocks(budget, s, n, te_swap, te_stream, 1);
+    int whole = max_blocks(budget, s, n, te_swap, te_stream, 0);
+    int tiled = max_blocks(budget, s, n, te_swap, te_stream, 1);
     if (whole < 0 && tiled < 0) return 0;
     if (tiled > whole) return price(budget, s, n, te_swap, te_stream, tiled, 0, 1, p);
     return price(budget, s, n, te_swap, te_stream, whole, 0, 0, p);

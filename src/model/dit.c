@@ -249,11 +249,12 @@ static int block_matrices(dit_block *b, int mod, qi_tensor **w) {
  * floor((i+1)·S/L) steps), so each copy overlaps resident blocks' ops. */
 static qi_status stream_setup(qi_dit *d, const qi_dit_residency *res, qi_error *err) {
     int L = d->cfg.num_layers;
-    d->res.resident_blocks = res ? (res->resident_blocks < 0 ? 0 : res->resident_blocks > L ? L : res->resident_blocks) : L;
+    int k = res ? res->resident_blocks : L;
+    d->res.resident_blocks = k < 0 ? 0 : k > L ? L : k;
     d->res.mod_resident = res ? res->mod_resident : 1;
     if (d->res.resident_blocks == L && d->res.mod_resident) return QI_OK;
     int S = L - d->res.resident_blocks;
-    d->block_streamed = calloc((size_t)L, 1);
+    d->block_streamed = calloc((size_t)(L > 0 ? L : 1), 1); /* L >= 1: checked with the config */
     if (!d->block_streamed) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
     for (int i = 0; i < L; i++) d->block_streamed[i] = (int64_t)(i + 1) * S / L > (int64_t)i * S / L;
     return qi_wstream_new(d->be, 2 * L, &d->stream, err);
@@ -316,7 +317,9 @@ static qi_status mod_linears(qi_dit *d, int i, dit_linear *img, dit_linear *txt,
     return QI_OK;
 }
 
-int qi_dit_streamed_blocks(const qi_dit *d) { return d->res.resident_blocks < d->cfg.num_layers ? d->cfg.num_layers - d->res.resident_blocks : 0; }
+int qi_dit_streamed_blocks(const qi_dit *d) {
+    return d->block_streamed ? d->cfg.num_layers - d->res.resident_blocks : 0;
+}
 int qi_dit_streams(const qi_dit *d) { return d->stream != NULL; }
 uint64_t qi_dit_staged_bytes(const qi_dit *d) { return qi_wstream_staged_bytes(d->stream); }
 

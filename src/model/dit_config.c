@@ -257,9 +257,9 @@ size_t qi_dit_step_bytes(const qi_dit_config *c, size_t act_size, int batch, int
     if (W < 1) W = 1;
     if (W > steps) W = steps;
     /* one qi_dit_call (call_init, schedule_alloc) and its RoPE tables (F32) */
-    size_t call = rounded(B * DIT_TIME_CHANNELS, act_size) + rounded(B * Lj, 4) + rounded((S + 1) * B * 6 * D, act_size) +
-                  rounded(S * W * B * 6 * D, act_size) + rounded(W * B * 2 * D, act_size) + rounded(W * S * B, 4) +
-                  2 * rounded(Lj * (c->head_dim / 2), 4);
+    size_t call = rounded(B * DIT_TIME_CHANNELS, act_size) + rounded(B * Lj, 4) +
+                  rounded((S + 1) * B * 6 * D, act_size) + rounded(S * W * B * 6 * D, act_size) +
+                  rounded(W * B * 2 * D, act_size) + rounded(W * S * B, 4) + 2 * rounded(Lj * (c->head_dim / 2), 4);
     /* one run (alloc_acts, then the text RMSNorm's output) */
     size_t run = rounded((S + 1) * B * 6 * D, act_size) + 6 * rounded(B * Li * D, act_size) +
                  6 * rounded(B * Lt * D, act_size) + 4 * rounded(B * Lj * D, act_size) +
