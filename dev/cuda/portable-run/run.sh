@@ -65,7 +65,7 @@ bench() { # per transformer call, Hopper vs generic alternating (same machine st
              env timeout 600 dist/run.sh --ptx80 qwen-image bench --runs 5 --warmup 2 --only dit >"$log" 2>&1 ;;
     esac
     note "[bench] $i $v: rc=$?"
-    grep 'transformer call |' "$log" | sed "s/^/[bench] $v /" | tee -a "$OUT/summary.txt"
+    grep "CUDA kernels\|transformer call |" "$log" | sed "s/^/[bench] $v /" | tee -a "$OUT/summary.txt"
   done
 }
 
