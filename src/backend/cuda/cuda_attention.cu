@@ -72,6 +72,7 @@ static __device__ __forceinline__ void load_tile(bf16 *tile, const bf16 *g, size
 template <int DH, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     constexpr int NT = NW * 32, BR = 16 * NW, CH = DH / 8, KD = DH / 16;
+    static_assert(NT >= BC, "one thread per key of a tile reads its mask");
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *sQ = (bf16 *)smem;       /* [BR][DH], later the output staging */
     bf16 *sK = sQ + BR * DH;       /* [2][BC][DH] */
@@ -114,8 +115,22 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
     const int qrow0 = q0 + warp * 16 + g; /* rows qrow0 and qrow0 + 8 */
 
+    __shared__ int sKeep[BC]; /* this tile's key mask (1: visible), when there is a mask */
     for (int kb = 0; kb < nkb; kb++) {
-        const int cur = kb & 1;
+        const int cur = kb & 1, key0 = kb * BC;
+        /* The tile's mask into shared memory once, and whether it drops any key:
+         * tiles that drop none (most of them) skip the per-element masking. The
+         * barrier inside also orders this write after the last tile's reads. */
+        int tile_drops = key0 + BC > p.Lk;
+        if (mask) {
+            int keep = 1;
+            if (threadIdx.x < BC) {
+                const int key = key0 + threadIdx.x;
+                keep = key < p.Lk && mask[key] != 0;
+                sKeep[threadIdx.x] = keep;
+            }
+            tile_drops = __syncthreads_or(!keep);
+        }
         if (kb + 1 < nkb) {
             load_tile<BC, DH, NT>(sK + (cur ^ 1) * BC * DH, kg, kv_stride, (kb + 1) * BC, p.Lk);
             load_tile<BC, DH, NT>(sV + (cur ^ 1) * BC * DH, vg, kv_stride, (kb + 1) * BC, p.Lk);
@@ -141,17 +156,14 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
         }
 
         /* Masks: keys past Lk, padded keys, keys after the causal limit. */
-        const int key0 = kb * BC;
-        const bool edge = key0 + BC > p.Lk || mask != NULL ||
-                          (p.causal && key0 + BC - 1 > q0 + p.causal_off);
+        const bool edge = tile_drops || (p.causal && key0 + BC - 1 > q0 + p.causal_off);
         if (edge) {
 #pragma unroll
             for (int j = 0; j < BC / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int key = key0 + j * 8 + 2 * t + (e & 1), qrow = qrow0 + (e >> 1) * 8;
-                    bool drop = key >= p.Lk || (mask && mask[key] == 0) ||
-                                (p.causal && key > qrow + p.causal_off);
+                    const int kj = j * 8 + 2 * t + (e & 1), key = key0 + kj, qrow = qrow0 + (e >> 1) * 8;
+                    bool drop = key >= p.Lk || (mask && !sKeep[kj]) || (p.causal && key > qrow + p.causal_off);
                     if (drop) s[j][e] = -INFINITY;
                 }
         }
