@@ -42,6 +42,7 @@ suite() { # stage, dist/run.sh flag ("" or --ptx80), extra VAR=value ...
   stage=$1; flag=$2; shift 2
   [ -s dist/cuda-tests.txt ] || { note "[$stage] dist/cuda-tests.txt missing: rebuild with scripts/device-build.sh"; return; }
   while IFS='|' read -r name tenv cmd; do
+    [ -x "dist/bin/${cmd%% *}" ] || { note "[$stage] $name: ${cmd%% *} not in this dist"; continue; }
     # shellcheck disable=SC2086 # the test's env and command split on spaces, as ctest ran them
     one "$stage" "$name" $tenv "$@" timeout 900 dist/run.sh $flag $cmd
   done < dist/cuda-tests.txt

@@ -69,6 +69,20 @@ static __device__ __forceinline__ void load_tile(bf16 *tile, const bf16 *g, size
     }
 }
 
+/* Writes the key mask of the tile at key0 into keep[BC] (1: visible; keys
+ * at or past Lk: 0) and returns whether it drops any key. A block-wide vote:
+ * every thread calls it; its barrier also orders this write after the
+ * previous tile's reads (which end at that tile's closing barrier). */
+static __device__ __forceinline__ int stage_tile_mask(int *keep, const int32_t *mask, int key0, int Lk) {
+    int k = 1;
+    if (threadIdx.x < BC) {
+        const int key = key0 + threadIdx.x;
+        k = key < Lk && mask[key] != 0;
+        keep[threadIdx.x] = k;
+    }
+    return __syncthreads_or(!k);
+}
+
 template <int DH, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     constexpr int NT = NW * 32, BR = 16 * NW, CH = DH / 8, KD = DH / 16;
@@ -118,19 +132,8 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     __shared__ int sKeep[BC]; /* this tile's key mask (1: visible), when there is a mask */
     for (int kb = 0; kb < nkb; kb++) {
         const int cur = kb & 1, key0 = kb * BC;
-        /* The tile's mask into shared memory once, and whether it drops any key:
-         * tiles that drop none (most of them) skip the per-element masking. The
-         * barrier inside also orders this write after the last tile's reads. */
-        int tile_drops = key0 + BC > p.Lk;
-        if (mask) {
-            int keep = 1;
-            if (threadIdx.x < BC) {
-                const int key = key0 + threadIdx.x;
-                keep = key < p.Lk && mask[key] != 0;
-                sKeep[threadIdx.x] = keep;
-            }
-            tile_drops = __syncthreads_or(!keep);
-        }
+        /* tiles that drop no key (most of them) skip the per-element masking */
+        const int tile_drops = mask ? stage_tile_mask(sKeep, mask, key0, p.Lk) : key0 + BC > p.Lk;
         if (kb + 1 < nkb) {
             load_tile<BC, DH, NT>(sK + (cur ^ 1) * BC * DH, kg, kv_stride, (kb + 1) * BC, p.Lk);
             load_tile<BC, DH, NT>(sV + (cur ^ 1) * BC * DH, vg, kv_stride, (kb + 1) * BC, p.Lk);
