@@ -32,6 +32,9 @@
 #include "model/text_encoder.h"
 #include "model/vae.h"
 #include "engine/engine.h"
+#ifdef QI_WITH_CUDA
+#include "backend/cuda/cuda_backend.h" /* qi_cuda_kernel_family: which kernels the rows timed */
+#endif
 
 #ifndef QI_BENCH_MANIFEST
 #define QI_BENCH_MANIFEST "bench/qwen-image-full.json"
@@ -768,6 +771,12 @@ int qi_cmd_bench(int argc, char **argv) {
     c.be = qi_engine_backend(c.e);
     printf("bench: full-size model (random weights, block linears %s) on %s set up in %.1f s; median of %ld runs "
            "after %ld warm-up\n", qi_dtype_name(qt), device, qi_now_s() - t0, runs, warmup);
+#ifdef QI_WITH_CUDA
+    if (!strcmp(c.be->ops->name, "cuda"))
+        printf("bench: CUDA kernels %s (device compute capability %d.%d, code sm_%d; QI_CUDA_GENERIC=1 forces generic)\n",
+               qi_cuda_kernel_family(c.be), qi_cuda_device_cc(c.be) / 10, qi_cuda_device_cc(c.be) % 10,
+               qi_cuda_code_arch(c.be) / 10);
+#endif
     emit(&c, "| what | shape | time | note |\n|---|---|---|---|\n");
     if (c.be->ops->mem_usage) {
         size_t now, peak;

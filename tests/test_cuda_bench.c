@@ -7,7 +7,8 @@
  * dev/cuda/NOTES.md; the only claim is that they ran (correctness is
  * test_backend_ops's and test_cuda_kernels's). Needs a GPU: label cuda.
  *
- * Env: QI_CUDA_BENCH=0 skips the timings, QI_TEST_WGMMA=0 leaves the Hopper
+ * Env: QI_CUDA_BENCH=0 skips the timings, QI_TEST_WGMMA=0 (or the generic kernels: QI_CUDA_GENERIC=1,
+ * a non-Hopper GPU) leaves the Hopper
  * attention kernels out, QI_TEST_ONLY=attention times only attention,
  * QI_TEST_ONLY=fused only the fused ops and the DiT block.
  */
@@ -388,7 +389,10 @@ int main(void) {
         printf("no CUDA backend: %s\n", err.msg);
         return 1;
     }
-    if (w && strcmp(w, "0") == 0) {
+    printf("CUDA kernels %s (device compute capability %d.%d, code sm_%d)\n", qi_cuda_kernel_family(gpu),
+           qi_cuda_device_cc(gpu) / 10, qi_cuda_device_cc(gpu) % 10, qi_cuda_code_arch(gpu) / 10);
+    /* the Hopper kernels' names would time the mma kernel on the generic path: leave them out */
+    if ((w && strcmp(w, "0") == 0) || strcmp(qi_cuda_kernel_family(gpu), "hopper") != 0) {
         use_wgmma = 0;
         default_kernel = "mma";
         qi_cuda_set_attention_kernel(gpu, default_kernel);

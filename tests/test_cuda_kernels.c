@@ -8,11 +8,18 @@
  *     forced in turn, on every conv2d / conv2d_fused case, against the CPU;
  *   - a DiT-like block recorded as a CUDA graph replays bit-identically to
  *     the eager run, and reads its inputs' current contents;
- *   - a misuse is reported by the next sync with a message, not a crash.
+ *   - a misuse is reported by the next sync with a message, not a crash;
+ *   - the kernel family follows the device and the code the driver loaded
+ *     (Hopper kernels only for sm_90a code on a 9.x device), and
+ *     QI_CUDA_GENERIC=1 forces the generic ones (ctest
+ *     test_cuda_kernels_generic runs every claim above that way: the Hopper
+ *     kernel names then fall back to the mma.sync kernel).
  * One line per case × kernel. Needs a GPU: label cuda.
  *
  * Env: QI_TEST_SEED (default 1), QI_TEST_WGMMA=0 leaves the Hopper kernels
- * out (another GPU), QI_TEST_ONLY=attention|conv|graph runs one part.
+ * out (another GPU), QI_TEST_ONLY=attention|conv|graph runs one part,
+ * QI_TEST_CODE_ARCH=800 claims the loaded code is sm_80's (the compute_80
+ * PTX build, JIT-compiled by the driver), QI_CUDA_GENERIC=1 (the backend's).
  * Kernel variants the dispatch never picks live in dev/cuda/ (NOTES.md).
  */
 #include <math.h>
@@ -270,6 +277,21 @@ static void count_nonfinite_counts_exactly(void) {
     gpu->ops->reset(gpu, mk);
 }
 
+/* Hopper kernels exactly when the device is 9.x, its code sm_90a's (the
+ * probe reads 900 there; a compute_80 PTX build reads 800 on the same GPU)
+ * and QI_CUDA_GENERIC=1 is not set. */
+static void kernel_family_follows_device_and_switch(void) {
+    const char *fam = qi_cuda_kernel_family(gpu), *g = getenv("QI_CUDA_GENERIC"), *want_arch = getenv("QI_TEST_CODE_ARCH");
+    const int cc = qi_cuda_device_cc(gpu), arch = qi_cuda_code_arch(gpu), forced = g && g[0] == '1';
+    printf("device compute capability %d.%d, code sm_%d, kernels %s%s\n", cc / 10, cc % 10, arch / 10, fam,
+           forced ? " (QI_CUDA_GENERIC=1)" : "");
+    CHECK(arch >= 800 && arch <= cc * 10, "the loaded code's architecture %d is not in [800, %d]", arch, cc * 10);
+    const char *want = cc / 10 == 9 && arch == 900 && !forced ? "hopper" : "generic";
+    CHECK(strcmp(fam, want) == 0, "kernel family %s, expected %s (cc %d, code %d, generic forced %d)", fam, want, cc,
+          arch, forced);
+    if (want_arch) CHECK(arch == atoi(want_arch), "the loaded code is sm_%d, QI_TEST_CODE_ARCH says %s", arch / 10, want_arch);
+}
+
 int main(void) {
     const char *s = getenv("QI_TEST_SEED"), *w = getenv("QI_TEST_WGMMA"), *only = getenv("QI_TEST_ONLY");
     if (s) seed = strtoull(s, NULL, 10);
@@ -283,6 +305,7 @@ int main(void) {
         use_wgmma = 0;
         qi_cuda_set_attention_kernel(gpu, "mma");
     }
+    RUN(kernel_family_follows_device_and_switch);
     if (!only || strcmp(only, "graph") == 0) {
         RUN(errors_reach_sync);
         RUN(count_nonfinite_counts_exactly);

@@ -69,9 +69,24 @@ static __device__ __forceinline__ void load_tile(bf16 *tile, const bf16 *g, size
     }
 }
 
+/* Writes the key mask of the tile at key0 into keep[BC] (1: visible; keys
+ * at or past Lk: 0) and returns whether it drops any key. A block-wide vote:
+ * every thread calls it; its barrier also orders this write after the
+ * previous tile's reads (which end at that tile's closing barrier). */
+static __device__ __forceinline__ int stage_tile_mask(int *keep, const int32_t *mask, int key0, int Lk) {
+    int k = 1;
+    if (threadIdx.x < BC) {
+        const int key = key0 + threadIdx.x;
+        k = key < Lk && mask[key] != 0;
+        keep[threadIdx.x] = k;
+    }
+    return __syncthreads_or(!k);
+}
+
 template <int DH, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     constexpr int NT = NW * 32, BR = 16 * NW, CH = DH / 8, KD = DH / 16;
+    static_assert(NT >= BC, "one thread per key of a tile reads its mask");
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *sQ = (bf16 *)smem;       /* [BR][DH], later the output staging */
     bf16 *sK = sQ + BR * DH;       /* [2][BC][DH] */
@@ -114,8 +129,11 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
     const int qrow0 = q0 + warp * 16 + g; /* rows qrow0 and qrow0 + 8 */
 
+    __shared__ int sKeep[BC]; /* this tile's key mask (1: visible), when there is a mask */
     for (int kb = 0; kb < nkb; kb++) {
-        const int cur = kb & 1;
+        const int cur = kb & 1, key0 = kb * BC;
+        /* tiles that drop no key (most of them) skip the per-element masking */
+        const int tile_drops = mask ? stage_tile_mask(sKeep, mask, key0, p.Lk) : key0 + BC > p.Lk;
         if (kb + 1 < nkb) {
             load_tile<BC, DH, NT>(sK + (cur ^ 1) * BC * DH, kg, kv_stride, (kb + 1) * BC, p.Lk);
             load_tile<BC, DH, NT>(sV + (cur ^ 1) * BC * DH, vg, kv_stride, (kb + 1) * BC, p.Lk);
@@ -141,17 +159,14 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
         }
 
         /* Masks: keys past Lk, padded keys, keys after the causal limit. */
-        const int key0 = kb * BC;
-        const bool edge = key0 + BC > p.Lk || mask != NULL ||
-                          (p.causal && key0 + BC - 1 > q0 + p.causal_off);
+        const bool edge = tile_drops || (p.causal && key0 + BC - 1 > q0 + p.causal_off);
         if (edge) {
 #pragma unroll
             for (int j = 0; j < BC / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int key = key0 + j * 8 + 2 * t + (e & 1), qrow = qrow0 + (e >> 1) * 8;
-                    bool drop = key >= p.Lk || (mask && mask[key] == 0) ||
-                                (p.causal && key > qrow + p.causal_off);
+                    const int kj = j * 8 + 2 * t + (e & 1), key = key0 + kj, qrow = qrow0 + (e >> 1) * 8;
+                    bool drop = key >= p.Lk || (mask && !sKeep[kj]) || (p.causal && key > qrow + p.causal_off);
                     if (drop) s[j][e] = -INFINITY;
                 }
         }

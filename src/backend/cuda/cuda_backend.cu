@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_select.h"
 
 extern "C" {
 #include "backend/cuda/cuda_backend.h"
@@ -1259,7 +1260,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
             goto fail;
         }
     }
-    c->hopper = prop.major == 9;
+    if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
     { /* host threads filling the upload staging: QI_CUDA_LOAD_THREADS, default half the cores, <= 8 */
         const char *lt = getenv("QI_CUDA_LOAD_THREADS");
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1273,13 +1274,6 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));
         c->conv_mode = m < 0 ? QC_CONV_AUTO : m;
-    }
-    {
-        cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &c->tmap_encode, 12000, cudaEnableDefault,
-                                             &q) != cudaSuccess ||
-            q != cudaDriverEntryPointSuccess)
-            c->tmap_encode = NULL;
     }
     if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
         st = qi_fail(err, QI_ERR_BACKEND, "cuda backend: cublasLtCreate failed (is libcublasLt.so.13 "

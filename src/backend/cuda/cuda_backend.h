@@ -24,6 +24,16 @@ size_t qi_cuda_arena_peak(qi_backend *be);
 size_t qi_cuda_arena_capacity(qi_backend *be);
 /* Device bytes held by weights. */
 size_t qi_cuda_weight_bytes(qi_backend *be);
+/* The kernels the backend runs, chosen at creation (cuda_select.cu):
+ * "hopper" (wgmma / TMA flash attention: a compute capability 9.x device
+ * running this build's sm_90a code) or "generic" (mma.sync kernels: any GPU
+ * from sm_80; QI_CUDA_GENERIC=1 in the environment forces it). */
+const char *qi_cuda_kernel_family(qi_backend *be);
+/* __CUDA_ARCH__ of the code the driver loaded (900 for sm_90a; 800 when the
+ * compute_80 PTX was JIT-compiled), and the device's compute capability × 10. */
+int qi_cuda_code_arch(qi_backend *be);
+int qi_cuda_device_cc(qi_backend *be);
+
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
  * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x3"
  * (Hopper flash kernel for head dim 128: 64-key tiles × 3 warpgroups),

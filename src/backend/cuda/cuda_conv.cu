@@ -255,6 +255,15 @@ template <int MT> static void launch_conv3x3(cuda_impl *c, conv_args a) {
     conv3x3_k<MT><<<(unsigned)blocks, CV_THREADS, smem, c->stream>>>(a);
 }
 
+static size_t conv_smem_size(int mt) {
+    switch (mt) {
+    case 1: return conv_smem_bytes<1>();
+    case 2: return conv_smem_bytes<2>();
+    case 3: return conv_smem_bytes<3>();
+    default: return conv_smem_bytes<4>();
+    }
+}
+
 /* Channel tile: 32·MT channels, chosen to waste the fewest rows of the last block. */
 static int conv_mt(int64_t Co) {
     if (Co <= 32) return 1;
@@ -277,7 +286,9 @@ int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi
      * the input would first be upsampled (4× the column matrix, plus the
      * upsampled copy) or there are only a few outputs (conv_out: N = 3) */
     if (c->conv_mode == QC_CONV_AUTO && !upsample && Ci > 128 && Co >= 32) return 0;
-    const int mt = conv_mt(Co), BM = 32 * mt;
+    int mt = conv_mt(Co);
+    while (mt > 1 && conv_smem_size(mt) > c->smem_optin) mt--; /* 4 needs 101 KiB: not on sm_86/89/120 */
+    const int BM = 32 * mt;
     const int64_t co_pad = (Co + BM - 1) / BM * BM, ncb = (Ci + CV_KC - 1) / CV_KC;
     const size_t wr_bytes = (size_t)(ncb * co_pad * CV_AK) * sizeof(bf16);
     const int64_t blocks = (Co + BM - 1) / BM * ((W + CV_TW - 1) / CV_TW) * ((H + CV_TH - 1) / CV_TH);

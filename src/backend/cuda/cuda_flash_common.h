@@ -16,6 +16,17 @@
 
 #include "backend/cuda/cuda_internal.h"
 
+/* Whether this compilation pass may hold Hopper's wgmma, TMA and setmaxnreg
+ * instructions: the host pass (which parses kernel bodies, compiles none) and
+ * the sm_90a device pass. Every other device pass (sm_80 … sm_120, compute_80
+ * PTX) gets empty Hopper kernels, which are never launched there: the host
+ * picks them only when the loaded code has sm_90a's features (cuda_select.cu). */
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define QC_HOPPER_CODE 1
+#else
+#define QC_HOPPER_CODE 0
+#endif
+
 /* ---- PTX wrappers ---------------------------------------------------------------- */
 
 static __device__ __forceinline__ uint32_t smem_u32(const void *p) {

@@ -63,6 +63,7 @@ template <int BC> static __device__ __forceinline__ void wgmma_s(float *s, uint6
  * buffer's last reader from its next writer. */
 template <int BC, int NWG>
 __global__ void __launch_bounds__(NWG * 128, 1) flash_hopper_k(attn_params p) {
+#if QC_HOPPER_CODE
     constexpr int NT = NWG * 128, BR = 64 * NWG, SN = BC / 2; /* S registers per thread */
     extern __shared__ unsigned char smem_raw[];
     bf16 *sQ = (bf16 *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023); /* [NCB][BR][64] */
@@ -191,6 +192,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) flash_hopper_k(attn_params p) {
         const int r = i >> 4, ch = i & 15, grow = q0 + r;
         if (grow < p.Lq) *(uint4 *)(og + (size_t)grow * q_stride + ch * 8) = *(const uint4 *)(sQ + sw_off(BR, r, ch));
     }
+#endif
 }
 
 template <int BC, int NWG> static void launch(cuda_impl *c, const attn_params *p) {
@@ -211,5 +213,11 @@ template <int BC, int NWG> static void launch(cuda_impl *c, const attn_params *p
  * dev/cuda/flash_variants.cu.txt. */
 void qc_flash_hopper(cuda_impl *c, const attn_params *p, int variant) {
     (void)variant;
+    if (!c->hopper) { /* the kernel is empty in any code but sm_90a's */
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: the wgmma attention kernel needs sm_90a code on a "
+                "compute capability 9.x device (this one: %d.%d, code sm_%d)", c->device_cc / 10,
+                c->device_cc % 10, c->code_arch / 10);
+        return;
+    }
     launch<64, 3>(c, p);
 }

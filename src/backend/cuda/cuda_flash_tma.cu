@@ -52,6 +52,7 @@ __global__ void __launch_bounds__((NWG + 1) * 128, 1)
     flash_tma_k(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                 const __grid_constant__ CUtensorMap tm_v, attn_params p, const float *key_bias,
                 const uint8_t *tile_drop) {
+#if QC_HOPPER_CODE
     constexpr int BR = 64 * NWG, SN = BC / 2;
     constexpr uint32_t TILE_BYTES = BC * DH * sizeof(bf16);
     extern __shared__ unsigned char smem_raw[];
@@ -197,6 +198,7 @@ __global__ void __launch_bounds__((NWG + 1) * 128, 1)
         const int r = i >> 4, ch = i & 15, grow = q0 + r;
         if (grow < p.Lq) *(uint4 *)(og + (size_t)grow * q_stride + ch * 8) = *(const uint4 *)(sQ + sw_off(BR, r, ch));
     }
+#endif
 }
 
 /* ---- host ------------------------------------------------------------------------------ */
@@ -252,6 +254,12 @@ template <int BC, int NWG, int STAGES> static void launch(cuda_impl *c, const at
 /* The two instances pick_tma chooses between (cuda_attention.cu); 128x2 is
  * in dev/cuda/flash_variants.cu.txt. */
 void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant) {
+    if (!c->hopper || !c->tmap_encode) { /* the kernel is empty in any code but sm_90a's */
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: the TMA attention kernel needs sm_90a code on a "
+                "compute capability 9.x device and the driver's cuTensorMapEncodeTiled (this one: %d.%d, "
+                "code sm_%d)", c->device_cc / 10, c->device_cc % 10, c->code_arch / 10);
+        return;
+    }
     if (variant == QC_ATTN_TMA_64x3) launch<64, 3, 3>(c, p);
     else launch<64, 2, 4>(c, p);
 }

@@ -84,8 +84,14 @@ typedef struct cuda_impl {
     uint64_t random_count; /* weights made so far: each gets its own stream */
     int attn_variant;    /* qc_attn_variant: which attention kernel (tests and benchmarks pick) */
     int conv_mode;       /* qc_conv_mode: how 3×3, pad-1 convs run */
-    int hopper;          /* compute capability 9.x: wgmma and TMA kernels */
-    void *tmap_encode;   /* the driver's cuTensorMapEncodeTiled, NULL if unavailable */
+    /* kernel selection (cuda_select.cu, once at creation) */
+    int hopper;          /* wgmma and TMA kernels: a 9.x device running sm_90a code, not forced generic */
+    void *tmap_encode;   /* the driver's cuTensorMapEncodeTiled, NULL if unavailable or not hopper */
+    int device_cc;       /* the device's compute capability × 10 (90 for an H200) */
+    int code_arch;       /* __CUDA_ARCH__ of the code the driver loaded (900; 800 for compute_80 PTX) */
+    int generic_forced;  /* QI_CUDA_GENERIC=1 */
+    size_t smem_optin;   /* the most shared memory one block may opt into; forced generic: at most
+                          * 99 KiB, the budget of sm_86/89/120, so the H200 runs what those GPUs run */
 
     /* first error of a void op, returned (and cleared) by sync */
     qi_status err_status;
@@ -136,7 +142,8 @@ typedef struct attn_params {
     int causal, causal_off;
 } attn_params;
 
-/* Launch the Hopper kernels for head dim 128 (variant one of theirs). */
+/* Launch the Hopper kernels for head dim 128 (variant one of theirs); they
+ * record an error unless c->hopper (their code exists only for sm_90a). */
 void qc_flash_hopper(cuda_impl *c, const attn_params *p, int variant);
 void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant);
 
