@@ -66,6 +66,7 @@ typedef struct gen_args {
     int n_owned;
 } gen_args;
 
+int qi_app_parse_lora_mode(const char *flag, const char *v, int *mode); /* --lora-mode: 0, or 2 after the message */
 int qi_app_add_lora(const char *spec, gen_args *a); /* --lora FILE[:STRENGTH]: 0, or 2 after the message */
 
 /* What the run learnt about one prompt before it ran (checks.c). */

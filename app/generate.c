@@ -71,6 +71,14 @@ static void generate_usage(void) {
            "Exit codes: 0 done, 1 runtime error, 2 usage error, 130 interrupted (Ctrl-C).\n");
 }
 
+int qi_app_parse_lora_mode(const char *flag, const char *v, int *mode) {
+    if (!strcmp(v, "auto")) *mode = QI_LORA_AUTO;
+    else if (!strcmp(v, "fuse")) *mode = QI_LORA_FUSE;
+    else if (!strcmp(v, "runtime")) *mode = QI_LORA_RUNTIME;
+    else return qi_app_usage_error("%s %s: expected auto, fuse or runtime", flag, v);
+    return 0;
+}
+
 int qi_app_add_lora(const char *spec, gen_args *a) {
     if (a->n_loras == QI_APP_MAX_LORAS) return qi_app_usage_error("--lora: at most %d LoRAs", QI_APP_MAX_LORAS);
     /* FILE[:STRENGTH]: the strength is whatever follows the last ':' if it parses as a number. */
@@ -149,12 +157,7 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     } else if (!strcmp(f, "-n")) a->negative = v;
     else if (!strcmp(f, "-o")) a->out = v;
     else if (!strcmp(f, "--lora")) return qi_app_add_lora(v, a);
-    else if (!strcmp(f, "--lora-mode")) {
-        if (!strcmp(v, "auto")) a->lora_mode = QI_LORA_AUTO;
-        else if (!strcmp(v, "fuse")) a->lora_mode = QI_LORA_FUSE;
-        else if (!strcmp(v, "runtime")) a->lora_mode = QI_LORA_RUNTIME;
-        else return qi_app_usage_error("--lora-mode %s: expected auto, fuse or runtime", v);
-    }
+    else if (!strcmp(f, "--lora-mode")) return qi_app_parse_lora_mode(f, v, &a->lora_mode);
     else if (!strcmp(f, "--steps")) return qi_app_parse_int(f, v, 1, 1000, &a->steps);
     else if (!strcmp(f, "--cfg")) {
         if (qi_app_parse_float(f, v, &a->cfg)) return 2;

@@ -19,13 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "serve.h"
 
 static void serve_usage(void) {
     printf("usage: qwen-image serve [-m MODEL_DIR] [--diffusion-model F] [--text-encoder F] [--vae F] [options]\n\n"
-           "  -m, --diffusion-model, --text-encoder, --vae, --lora FILE[:S], --device, --devices, --threads, --vram\n"
+           "  -m, --diffusion-model, --text-encoder, --vae, --lora FILE[:S], --lora-mode, --device, --devices, --threads, --vram\n"
+           "  --lora-dir DIR     LoRA files a request may name in \"loras\" (then --lora-mode auto means runtime)\n"
            "                      the model, as for generate (default: the bundled tiny test model)\n"
            "  --host ADDR         IPv4 address to listen on (default 127.0.0.1; 0.0.0.0: every interface)\n"
            "  --port N            TCP port (default 8080; 0: any free port, printed)\n"
@@ -70,6 +72,14 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
         return 0;
     }
     if (!strcmp(f, "--lora")) return qi_app_add_lora(v, m);
+    if (!strcmp(f, "--lora-mode")) return qi_app_parse_lora_mode(f, v, &m->lora_mode);
+    if (!strcmp(f, "--lora-dir")) {
+        struct stat st;
+        if (stat(v, &st) != 0 || !S_ISDIR(st.st_mode))
+            return qi_app_usage_error("serve: --lora-dir %s: not a folder", v);
+        o->lora_dir = v;
+        return 0;
+    }
     if (!strcmp(f, "--max-body")) {
         if (qi_app_parse_int(f, v, 1024, 1L << 30, &x)) return 2;
         o->max_body = (size_t)x;
@@ -136,6 +146,10 @@ static int load(serve *s) {
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
     o.vram_bytes = m->vram;
+    /* per-request LoRAs swap the small factors beside the weights, where fused
+     * ones would reload the transformer at every change */
+    if (s->opt.lora_dir && m->lora_mode == QI_LORA_AUTO) s->opt.model.lora_mode = QI_LORA_RUNTIME;
+    o.lora_mode = m->lora_mode; /* recorded in the images' parameters too */
     o.log = log_line, o.log_user = s;
     o.prompt_cache = s->opt.prompt_cache;
     o.random_weights = s->opt.random_weights;
@@ -160,6 +174,7 @@ static int load(serve *s) {
         return st == QI_ERR_CANCELLED ? QI_APP_EXIT_INTERRUPTED : qi_app_exit_code(st);
     }
     if (!s->opt.quiet) fprintf(stderr, "qwen-image: warm-up image in %.2f s\n", serve_now() - t0);
+    serve_loras_loaded(s);
     return 0;
 }
 

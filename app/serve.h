@@ -43,6 +43,9 @@ typedef struct job {
     qi_image_format format;
     int async;                      /* POST /v1/jobs: a disconnect does not cancel it */
     int previews;                   /* make a preview per step */
+    int n_loras;                    /* -1: the server's --lora set; else the request's `loras` */
+    char *lora_path[QI_APP_MAX_LORAS]; /* resolved in --lora-dir (owned) */
+    float lora_strength[QI_APP_MAX_LORAS];
     double created, started, finished; /* monotonic seconds */
     /* ---- guarded by serve.lock ---- */
     int refs;                       /* the job table's + each request holding it */
@@ -70,6 +73,7 @@ typedef struct preview_map {
 typedef struct serve_opts {
     gen_args model;        /* the generate model flags (model, files, loras, device, threads) */
     const char *host, *api_key;
+    const char *lora_dir;  /* --lora-dir: the LoRA files a request may name in `loras` */
     int port, queue, max_size, max_steps, max_batch, timeout_s, prompt_cache;
     size_t max_body;
     unsigned long long random_weights; /* benchmarks: qi_open_options.random_weights */
@@ -92,12 +96,18 @@ typedef struct serve {
     int draining;                 /* SIGTERM: no new jobs, the running one finishes */
     double avg_job_s;             /* for Retry-After and eta */
     unsigned long long completed, failed, rejected, cancelled;
+    /* the LoRA set the engine holds (the worker's alone): what the last
+     * qi_engine_set_loras gave, once a generation ran with it */
+    int lora_known, cur_n;
+    char *cur_path[QI_APP_MAX_LORAS];
+    float cur_strength[QI_APP_MAX_LORAS];
     pthread_t worker;
     struct MHD_Daemon *httpd;
 } serve;
 
 /* ---- serve_jobs.c ---- */
 int serve_jobs_start(serve *s);
+void serve_loras_loaded(serve *s); /* the engine holds the --lora set (after load) */
 void serve_jobs_stop(serve *s);    /* cancels everything, joins the worker */
 void serve_jobs_drain(serve *s);   /* no new jobs (503), the queued ones cancelled */
 /* Queues j (refs: the table's + the caller's). 0, or -1 when the queue is

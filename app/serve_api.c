@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <dirent.h>
 #include <time.h>
 
 #include "model/tokenizer.h" /* qi_utf8_first_invalid */
@@ -160,6 +162,58 @@ static int parse_strings(serve *s, struct MHD_Connection *c, const cJSON *o, job
     return 0;
 }
 
+/* DIR/name, or DIR/name.safetensors, when it is a regular file in --lora-dir
+ * (a bare file name: no '/', no leading '.', so nothing outside the folder
+ * is reachable). A new string, or NULL. */
+static char *lora_in_dir(const char *dir, const char *name) {
+    if (!*name || name[0] == '.' || strchr(name, '/') || strlen(name) > 255) return NULL;
+    static const char *const ext[] = {"", ".safetensors"};
+    for (int i = 0; i < 2; i++) {
+        size_t n = strlen(dir) + strlen(name) + strlen(ext[i]) + 2;
+        char *path = malloc(n);
+        if (!path) return NULL;
+        snprintf(path, n, "%s/%s%s", dir, name, ext[i]);
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) return path;
+        free(path);
+    }
+    return NULL;
+}
+
+/* `loras`: [{"name": FILE in --lora-dir, "strength": S (default 1)}], at most
+ * QI_APP_MAX_LORAS; it replaces the server's --lora set for this request
+ * ([] = none). */
+static int parse_loras(serve *s, struct MHD_Connection *c, const cJSON *loras, job *j) {
+    if (!cJSON_IsArray(loras))
+        return BAD(c, "loras", "'loras' must be an array of {\"name\", \"strength\"}"), -1;
+    int n = cJSON_GetArraySize(loras);
+    if (n > 0 && !s->opt.lora_dir)
+        return BAD(c, "loras", "'loras': this server has no LoRA folder; start it with --lora-dir DIR"), -1;
+    if (n > QI_APP_MAX_LORAS)
+        return BAD(c, "loras", "'loras' has %d entries; at most %d", n, QI_APP_MAX_LORAS), -1;
+    j->n_loras = 0;
+    for (const cJSON *e = loras->child; e; e = e->next) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
+        const cJSON *strength = cJSON_GetObjectItemCaseSensitive(e, "strength");
+        if (!cJSON_IsObject(e) || !cJSON_IsString(name))
+            return BAD(c, "loras", "'loras' entry %d must be an object with a string \"name\"", j->n_loras), -1;
+        double v = 1.0;
+        if (strength && !cJSON_IsNull(strength)) {
+            if (!cJSON_IsNumber(strength) || !(fabs(strength->valuedouble) <= 100))
+                return BAD(c, "loras", "'loras' entry %d: \"strength\" must be a number from -100 to 100",
+                           j->n_loras), -1;
+            v = strength->valuedouble;
+        }
+        char *path = lora_in_dir(s->opt.lora_dir, name->valuestring);
+        if (!path)
+            return BAD(c, "loras", "'loras' entry %d: no LoRA file \"%.200s\" in the server's LoRA folder (GET "
+                       "/v1/models lists them)", j->n_loras, name->valuestring), -1;
+        j->lora_path[j->n_loras] = path;
+        j->lora_strength[j->n_loras++] = (float)v;
+    }
+    return 0;
+}
+
 static int parse_numbers(serve *s, struct MHD_Connection *c, const cJSON *o, job *j) {
     long n = 1, steps = 8, quality = 0, partial = 0, seed = -1;
     const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(o, "cfg"), *loras = cJSON_GetObjectItemCaseSensitive(o,
@@ -184,8 +238,7 @@ static int parse_numbers(serve *s, struct MHD_Connection *c, const cJSON *o, job
                        QI_CFG_MAX), -1;
         j->cfg = cfg->valuedouble;
     }
-    if (loras && !cJSON_IsNull(loras) && !(cJSON_IsArray(loras) && cJSON_GetArraySize(loras) == 0))
-        return BAD(c, "loras", "'loras' per request is not supported yet: start the server with --lora"), -1;
+    if (loras && !cJSON_IsNull(loras) && parse_loras(s, c, loras, j)) return -1;
     j->n = (int)n, j->steps = (int)steps, j->quality = (int)quality, j->partial_images = (int)partial;
     return 0;
 }
@@ -391,6 +444,16 @@ static int models(serve *s, struct MHD_Connection *c) {
         cJSON_AddStringToObject(l, "path", m->lora_path[i]);
         cJSON_AddNumberToObject(l, "strength", m->lora_strength[i]);
         cJSON_AddItemToArray(loras, l);
+    }
+    if (s->opt.lora_dir) { /* what a request may name in `loras` */
+        cJSON *avail = cJSON_AddArrayToObject(o, "loras_available");
+        DIR *d = opendir(s->opt.lora_dir);
+        for (struct dirent *de; d && (de = readdir(d));) {
+            size_t n = strlen(de->d_name);
+            if (de->d_name[0] != '.' && n > 12 && !strcmp(de->d_name + n - 12, ".safetensors"))
+                cJSON_AddItemToArray(avail, cJSON_CreateString(de->d_name));
+        }
+        if (d) closedir(d);
     }
     cJSON *lim = cJSON_AddObjectToObject(o, "limits");
     cJSON_AddNumberToObject(lim, "max_size", s->opt.max_size);

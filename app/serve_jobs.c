@@ -37,6 +37,7 @@ job *serve_job_new(void) {
     job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->refs = 1;
+    j->n_loras = -1;
     j->state = JOB_QUEUED;
     j->created = serve_now();
     return j;
@@ -45,6 +46,7 @@ job *serve_job_new(void) {
 static void job_free(job *j) {
     free(j->prompt);
     free(j->negative);
+    for (int i = 0; i < j->n_loras; i++) free(j->lora_path[i]);
     qi_free_bytes(j->preview);
     for (int i = 0; i < SERVE_MAX_N; i++) qi_free_bytes(j->images[i].bytes);
     free(j);
@@ -194,6 +196,45 @@ static void job_args(const serve *s, const job *j, gen_args *a) {
     a->batch = j->n;
     a->scheduler = j->scheduler;
     a->quiet = 1;
+    if (j->n_loras >= 0) { /* the request's set replaces the server's */
+        a->n_loras = j->n_loras;
+        for (int i = 0; i < j->n_loras; i++) a->lora_path[i] = j->lora_path[i], a->lora_strength[i] = j->lora_strength[i];
+    }
+}
+
+void serve_loras_loaded(serve *s) {
+    const gen_args *m = &s->opt.model;
+    for (int i = 0; i < m->n_loras; i++) {
+        if (!(s->cur_path[i] = strdup(m->lora_path[i]))) return; /* lora_known stays 0: set anew */
+        s->cur_strength[i] = m->lora_strength[i];
+        s->cur_n = i + 1;
+    }
+    s->lora_known = 1;
+}
+
+static void forget_loras(serve *s) {
+    for (int i = 0; i < s->cur_n; i++) free(s->cur_path[i]);
+    s->cur_n = 0;
+    s->lora_known = 0;
+}
+
+/* The engine's LoRA set made a's (a swap of the small factors in runtime
+ * mode; a reload where they are fused), unless it holds that set already. */
+static qi_status use_loras(serve *s, const gen_args *a) {
+    int same = s->lora_known && s->cur_n == a->n_loras;
+    for (int i = 0; same && i < a->n_loras; i++)
+        same = !strcmp(s->cur_path[i], a->lora_path[i]) && s->cur_strength[i] == a->lora_strength[i];
+    if (same) return QI_OK;
+    forget_loras(s);
+    qi_lora_spec spec[QI_APP_MAX_LORAS];
+    for (int i = 0; i < a->n_loras; i++) spec[i] = (qi_lora_spec){a->lora_path[i], a->lora_strength[i]};
+    qi_status st = qi_engine_set_loras(s->engine, spec, a->n_loras);
+    for (int i = 0; !st && i < a->n_loras; i++) {
+        if (!(s->cur_path[i] = strdup(a->lora_path[i]))) return QI_ERR_NOMEM; /* lora_known stays 0 */
+        s->cur_strength[i] = a->lora_strength[i];
+        s->cur_n = i + 1;
+    }
+    return st;
 }
 
 static void fail(job *j, int status, const char *msg) {
@@ -214,6 +255,8 @@ static void run_job(serve *s, job *j) {
     if (st) snprintf(err, sizeof err, "the request failed the checks before generating (see the server log)");
     qi_image img = {0};
     run_ctx ctx = {s, j};
+    if (!st && (st = (use_loras(s, &a) != QI_OK)))
+        snprintf(err, sizeof err, "%s", qi_engine_error(s->engine));
     if (!st) {
         qi_request r = qi_request_default();
         r.prompt = j->prompt;
@@ -226,6 +269,8 @@ static void run_job(serve *s, job *j) {
         st = gst != QI_OK;
         if (gst == QI_ERR_ARG) status = 400;
         if (gst) snprintf(err, sizeof err, "%s", gst == QI_ERR_CANCELLED ? "cancelled" : qi_engine_error(s->engine));
+        if (gst) forget_loras(s); /* a set that did not bind is gone again: set it anew next time */
+        else s->lora_known = 1;
     }
     if (!st && !s->map.fitted) serve_preview_fit(&s->map, &img);
     for (int i = 0; !st && i < img.count && i < SERVE_MAX_N; i++) {
@@ -309,6 +354,7 @@ void serve_jobs_stop(serve *s) {
     cancel_queued(s);
     pthread_mutex_unlock(&s->lock);
     pthread_join(s->worker, NULL);
+    forget_loras(s);
     pthread_mutex_lock(&s->lock);
     while (s->all) {
         job *j = s->all;

@@ -100,7 +100,7 @@ bad_req "cfg out of range" '{"prompt":"x","cfg":-1}' 400 cfg
 bad_req "seed fractional" '{"prompt":"x","seed":1.5}' 400 seed
 bad_req "unknown output_format" '{"prompt":"x","output_format":"gif"}' 400 output_format
 bad_req "response_format url" '{"prompt":"x","response_format":"url"}' 400 response_format
-bad_req "loras (not yet per request)" '{"prompt":"x","loras":[{"name":"nope","strength":1}]}' 400 loras
+bad_req "loras on a server with no --lora-dir" '{"prompt":"x","loras":[{"name":"nope","strength":1}]}' 400 loras
 bad_req "partial_images out of range" '{"prompt":"x","partial_images":7}' 400 partial_images
 printf '{"prompt":"\377\376 bad"}' >"$T/utf8.json"
 check "invalid UTF-8" "$(curl -s --max-time 5 -o "$T/body" -w '%{http_code}' $AUTH --data-binary @"$T/utf8.json" "$(U /v1/images/generations)")" 400
@@ -193,10 +193,39 @@ curl -s --max-time 30 -N $AUTH "$(U /v1/jobs/$JD/events)" | sed -n 's/^event: //
 check "draining: the running job completes" "$(cat "$T/last")" completed
 wait $PID; check "SIGTERM exit status" $? 0
 
+
+# ---- server C: per-request LoRAs from --lora-dir (swapped in beside the weights) ------------
+mkdir -p "$T/loras"
+cp "$MODEL/../shared/reference/public/lora.safetensors" "$T/loras/lightning.safetensors"
+start C --lora-dir "$T/loras"
+AUTH=""
+check "models lists the folder's LoRAs" "$(req GET /v1/models >/dev/null; field '.data[0].loras_available[0]')" \
+    lightning.safetensors
+L1='{"prompt":"a cat","size":"32x48","steps":2,"seed":7,"negative_prompt":"blur","cfg":3,'
+check "request with loras" "$(req POST /v1/images/generations "$L1"'"loras":[{"name":"lightning","strength":0.8}]}')" 200
+field '.data[0].b64_json' | base64 -d >"$T/served_lora.png"
+"$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -n blur --cfg 3 -W 32 -H 48 --steps 2 --seed 7 --quiet \
+    --lora "$T/loras/lightning.safetensors:0.8" --lora-mode runtime -o "$T/cli_lora.png"
+cmp -s "$T/served_lora.png" "$T/cli_lora.png" && ok "a request's LoRA gives generate --lora's bytes" \
+    || bad "LoRA image differs from generate --lora's"
+cmp -s "$T/served_lora.png" "$T/cli.png" && bad "the LoRA changed nothing" || ok "the LoRA changes the image"
+check "the next request without loras" "$(req POST /v1/images/generations "$L1"'"n":1}')" 200
+field '.data[0].b64_json' | base64 -d >"$T/served_nolora.png"
+cmp -s "$T/served_nolora.png" "$T/cli.png" && ok "the LoRA is swapped out again: generate's bytes without it" \
+    || bad "after a LoRA request, a request without one differs from generate's"
+for b in '[{"name":"nope"}]' '[{"name":"../lightning.safetensors"}]' '[{"name":"lightning","strength":"x"}]' \
+         '"lightning"' '[{"name":"lightning","strength":1e9}]'; do
+    check "loras $b" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":1,"loras":'"$b"'}')" 400
+    check "loras $b: param" "$(field .error.param)" loras
+done
+kill -TERM $PID; wait $PID
+
 # ---- server B: no key; SIGINT cancels the running job at its next step ----------------
 start B --max-steps 1000
 AUTH=""
 check "no key needed" "$(req GET /v1/models)" 200
+check "loras without --lora-dir" "$(req POST /v1/images/generations '{"prompt":"x","loras":[{"name":"a"}]}')" 400
+grep -q -- "--lora-dir" "$T/body" && ok "the message names --lora-dir" || bad "no --lora-dir in: $(cat "$T/body")"
 # the A1111 subset: txt2img gives generate's bytes; progress shows the running job and its preview
 check "POST /sdapi/v1/txt2img" "$(req POST /sdapi/v1/txt2img \
     '{"prompt":"a cat","negative_prompt":"blur","cfg_scale":3,"width":32,"height":48,"steps":2,"seed":7,"sampler_name":"Euler"}')" 200

@@ -1,0 +1,38 @@
+// The official OpenAI client, unchanged, against `qwen-image serve`:
+//   node openai_client.mjs BASE_URL OUT_DIR
+// images.generate with response_format b64_json (-> OUT_DIR/openai.png) and
+// with stream + partial_images 2 (every event parsed by the client; the
+// completed image -> OUT_DIR/openai_stream.png). Prints one line per claim;
+// exits 1 when one fails. Our extensions (steps, seed, negative_prompt, cfg)
+// ride in the body as extra fields, which the client passes through.
+import OpenAI from 'openai';
+import { writeFileSync } from 'node:fs';
+
+const [base, out] = process.argv.slice(2);
+const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+const request = { model: 'qwen-image', prompt: 'a cat', size: '32x48', negative_prompt: 'blur', cfg: 3, seed: 7 };
+let failed = 0;
+const claim = (ok, what) => { console.log(`${ok ? 'ok' : 'FAIL'} - ${what}`); if (!ok) failed++; };
+
+const r = await client.images.generate({ ...request, steps: 2, response_format: 'b64_json' });
+claim(Array.isArray(r.data) && r.data.length === 1 && typeof r.data[0].b64_json === 'string',
+      'images.generate: one b64_json image');
+claim(typeof r.created === 'number', 'images.generate: created is a number');
+writeFileSync(`${out}/openai.png`, Buffer.from(r.data[0].b64_json, 'base64'));
+
+const stream = await client.images.generate({ ...request, steps: 4, stream: true, partial_images: 2 });
+const types = [];
+let partials = 0;
+for await (const event of stream) {
+  types.push(event.type);
+  if (event.type === 'image_generation.partial_image') {
+    claim(event.partial_image_index === partials && event.b64_json.length > 0,
+          `partial image ${partials} parsed (index ${event.partial_image_index})`);
+    partials++;
+  } else if (event.type === 'image_generation.completed') {
+    writeFileSync(`${out}/openai_stream.png`, Buffer.from(event.b64_json, 'base64'));
+  }
+}
+claim(partials === 2, `stream: 2 partial images (got ${partials})`);
+claim(types.at(-1) === 'image_generation.completed', `stream ends with completed (${types.join(', ')})`);
+process.exit(failed ? 1 : 0);

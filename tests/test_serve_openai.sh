@@ -1,0 +1,41 @@
+#!/bin/sh
+# test_serve_openai.sh QWEN_IMAGE MODEL_DIR NPM_DIR — the official `openai` npm
+# package, unchanged, pointed at `qwen-image serve` (tests/openai_client.mjs):
+# images.generate with b64_json and with stream + partial_images, each image
+# byte-identical to `generate`'s. The package is installed into NPM_DIR from the
+# npm registry on first use (pinned version); without node/npm or the registry
+# the test is skipped (exit 77), saying why.
+set -u
+BIN=$1; MODEL=$2; NPM_DIR=$3
+OPENAI_VERSION=7.60.0
+command -v node >/dev/null && command -v npm >/dev/null || { echo "skip: node and npm are not installed"; exit 77; }
+if [ ! -f "$NPM_DIR/node_modules/openai/package.json" ]; then
+    mkdir -p "$NPM_DIR"
+    timeout 120 npm install --prefix "$NPM_DIR" --no-audit --no-fund --silent "openai@$OPENAI_VERSION" >"$NPM_DIR/install.log" 2>&1 ||
+        { cat "$NPM_DIR/install.log"; echo "skip: could not install openai@$OPENAI_VERSION from the npm registry"; exit 77; }
+fi
+T=$(mktemp -d)
+trap 'kill -KILL $PID 2>/dev/null; rm -rf $T' EXIT
+fails=0
+"$BIN" serve -m "$MODEL" --port 0 --threads 2 >"$T/serve.log" 2>&1 &
+PID=$!
+for i in $(seq 1 600); do
+    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/serve.log")
+    [ -n "$PORT" ] && break
+    kill -0 $PID 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$PORT" ] || { cat "$T/serve.log"; echo "FAIL - the server did not start"; exit 1; }
+cp "$(dirname "$0")/openai_client.mjs" "$NPM_DIR/"   # resolves 'openai' from NPM_DIR/node_modules
+timeout 120 node "$NPM_DIR/openai_client.mjs" "http://127.0.0.1:$PORT" "$T" || fails=$((fails + 1))
+for s in 2 4; do
+    "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -n blur --cfg 3 -W 32 -H 48 --steps $s --seed 7 \
+        -o "$T/cli$s.png" --quiet
+done
+cmp -s "$T/openai.png" "$T/cli2.png" && echo "ok - the client's image is byte-identical to generate's" ||
+    { echo "FAIL - the client's image differs from generate's"; fails=$((fails + 1)); }
+cmp -s "$T/openai_stream.png" "$T/cli4.png" && echo "ok - the streamed completed image is byte-identical to generate's" ||
+    { echo "FAIL - the streamed image differs from generate's"; fails=$((fails + 1)); }
+kill -TERM $PID; wait $PID
+echo "failures: $fails"
+exit $fails
