@@ -278,6 +278,17 @@ typedef struct progress {
     const char *stage;
 } progress;
 
+/* Test hook (tests/test_cli.c only): QI_TEST_STEP_SECONDS=S makes each
+ * denoising step's report wait S seconds (a signal's handler runs meanwhile,
+ * the wait goes on), so a test can send a second SIGINT inside a step. */
+static void test_slow_step(const char *stage) {
+    const char *s = getenv("QI_TEST_STEP_SECONDS");
+    if (!s || !*s || strcmp(stage, "denoise")) return;
+    struct timespec left = {.tv_sec = atoi(s), .tv_nsec = 0};
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
+}
+
 static int on_progress(void *user, const char *stage, int step, int total) {
     progress *p = user;
     if (interrupted) return 1;
@@ -300,7 +311,8 @@ static int on_progress(void *user, const char *stage, int step, int total) {
         fprintf(stderr, "%s %d/%d (%.2f it/s, ETA %.1fs)\n", stage, step, total, rate, eta);
     }
     fflush(stderr);
-    return 0;
+    test_slow_step(stage);
+    return interrupted != 0;
 }
 
 static void log_line(void *user, const char *line) {

@@ -10,8 +10,10 @@
 #include "oom_hook.h"
 
 #include <errno.h>
+#include <execinfo.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 void *__real_malloc(size_t n);
@@ -38,6 +40,10 @@ static int fail_this(void) {
     long k = atomic_fetch_add(&counted, 1) + 1;
     if (k != atomic_load(&fail_at)) return 0;
     atomic_store(&fired, 1);
+    if (getenv("QI_OOM_TRACE")) { /* where the failing call came from (to chase one k) */
+        void *frames[16];
+        backtrace_symbols_fd(frames, backtrace(frames, 16), 2);
+    }
     errno = ENOMEM;
     return 1;
 }

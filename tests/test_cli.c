@@ -279,8 +279,9 @@ static void help_and_version(void) {
 
 /* ---- Ctrl-C ------------------------------------------------------------------------ */
 
-/* Starts generate in dir with stderr on a pipe: *err reads it. */
-static pid_t spawn_generate(const char *dir, const char *steps, const char *pause, FILE **err) {
+/* Starts generate in dir with stderr on a pipe: *err reads it; `env`: one
+ * test hook's NAME=VALUE for the child, or NULL. */
+static pid_t spawn_generate(const char *dir, const char *steps, const char *env, FILE **err) {
     int fd[2];
     if (pipe(fd)) return -1;
     pid_t pid = fork();
@@ -289,7 +290,12 @@ static pid_t spawn_generate(const char *dir, const char *steps, const char *paus
         dup2(fd[1], 2);
         close(fd[0]);
         close(fd[1]);
-        if (pause) setenv("QI_TEST_PAUSE_BEFORE_SAVE", pause, 1);
+        const char *eq = env ? strchr(env, '=') : NULL;
+        if (eq) {
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)(eq - env), env);
+            setenv(name, eq + 1, 1);
+        }
         execl(qi_cli(), qi_cli(), "generate", "-m", model, "-p", "apple", "-W", "64", "-H", "64", "--steps", steps,
               "--threads", "1", "-o", "out.png", (char *)NULL);
         _exit(127);
@@ -337,18 +343,33 @@ static void sigint_cancels_at_the_next_step_and_writes_nothing(void) {
     CHECK(count_files(d) == 0, "nothing written, no temporary file: %d file(s)", count_files(d));
 }
 
+/* Each denoising step made to take 30 s (a test-only hook): the first SIGINT
+ * is acknowledged and waits for the step's end; the second exits at once,
+ * from the handler (so not through the cancelled run's "nothing written"). */
 static void second_sigint_exits_at_once(void) {
     char d[1200];
     snprintf(d, sizeof d, "%s/int2", tmpdir);
     mkdir(d, 0755);
     FILE *f;
-    pid_t pid = spawn_generate(d, "1000", NULL, &f);
+    pid_t pid = spawn_generate(d, "1000", "QI_TEST_STEP_SECONDS=30", &f);
     REQUIRE(pid > 0 && f);
-    wait_for(f, "denoise 1/1000");
+    int seen = wait_for(f, "denoise 0/1000");
     kill(pid, SIGINT);
+    int acknowledged = wait_for(f, "stopping at the next step");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     kill(pid, SIGINT);
+    char rest[4096] = "";
+    size_t n = fread(rest, 1, sizeof rest - 1, f);
+    rest[n] = 0;
     int code = finish(pid, f);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    printf("  second SIGINT inside a 30 s step: exit %d after %.2f s\n", code, s);
+    CHECK(seen && acknowledged, "seen step 0 %d, first SIGINT acknowledged %d", seen, acknowledged);
     CHECK(code == 130, "exit %d, expected 130", code);
+    CHECK(s < 10, "the second SIGINT waited %.1f s: not at once", s);
+    CHECK(!strstr(rest, "nothing written"), "exited through the cancelled run, not at once: %s", rest);
     CHECK(count_files(d) == 0, "nothing written: %d file(s)", count_files(d));
 }
 
@@ -359,7 +380,7 @@ static void sigint_during_the_save_leaves_a_whole_file_or_none(void) {
     snprintf(d, sizeof d, "%s/int3", tmpdir);
     mkdir(d, 0755);
     FILE *f;
-    pid_t pid = spawn_generate(d, "1", "2", &f);
+    pid_t pid = spawn_generate(d, "1", "QI_TEST_PAUSE_BEFORE_SAVE=2", &f);
     REQUIRE(pid > 0 && f);
     int seen = wait_for(f, "test hook: pausing before writing out.png");
     kill(pid, SIGINT);

@@ -248,6 +248,36 @@ static void engine_plans_give_the_unplanned_images(void) {
     for (int i = 0; i < 2; i++) qi_image_free(&ref[i]);
 }
 
+/* A request no plan of the GPU's memory fits (4096 images of 8192x8192 with
+ * the whole free GPU; 64 of 1328x1328 under --vram 1G) is refused from the
+ * sizes alone, before any work: QI_ERR_NOMEM naming the request, no prompt
+ * encoded, no transformer loaded; the next request runs. */
+static void request_that_cannot_fit_is_refused_before_work(void) {
+    static const char *prompts[64];
+    for (int i = 0; i < 64; i++) prompts[i] = "a red apple on a table";
+    const size_t budgets[2] = {0, (size_t)1 << 30};
+    for (int k = 0; k < 2; k++) {
+        qi_engine *e = NULL;
+        REQUIRE(open_tiny(budgets[k], &e) == QI_OK, "%s", qi_engine_error(e));
+        qi_request r = qi_request_default();
+        r.prompts = prompts;
+        r.n_prompts = k == 0 ? 64 : 1;
+        r.batch = 64;
+        r.width = r.height = k == 0 ? 8192 : 1328;
+        r.steps = 2;
+        qi_image img = {0};
+        qi_status st = qi_generate(e, &r, &img);
+        printf("  %s\n", qi_engine_error(e));
+        CHECK(st == QI_ERR_NOMEM, "%s", qi_status_name(st));
+        CHECK(strstr(qi_engine_error(e), k == 0 ? "8192x8192, 4096 images" : "1328x1328, 64 images") &&
+                  strstr(qi_engine_error(e), "--vram"), "%s", qi_engine_error(e));
+        CHECK(!e->ranks->dit[0] && e->last.text_s == 0, "work started: transformer loaded or prompt encoded");
+        CHECK(generate(e, "a red apple on a table", &img) == QI_OK, "the next request: %s", qi_engine_error(e));
+        qi_image_free(&img);
+        qi_engine_close(e);
+    }
+}
+
 int main(void) {
     qi_error err;
     if (qi_backend_cuda_create(0, (size_t)256 << 20, &gpu, &err) != QI_OK) {
@@ -259,5 +289,6 @@ int main(void) {
     RUN(two_slots_in_turn_never_overwrite_what_an_op_reads);
     gpu->ops->destroy(gpu);
     RUN(engine_plans_give_the_unplanned_images);
+    RUN(request_that_cannot_fit_is_refused_before_work);
     TEST_END();
 }

@@ -319,6 +319,29 @@ static void peft_alpha_tensors_are_ignored(void) {
     free(kohya);
 }
 
+/* A key that is a known prefix directly followed by a known suffix (issue
+ * 15, fuzzing: the module length underflowed, memcpy of SIZE_MAX onto the
+ * stack): the prefix stays part of the module name, refused by name. */
+static void prefix_then_suffix_keys_are_refused_cleanly(void) {
+    const char *keys[] = {"transformer.lora_down.weight", "diffusion_model.lora_A.weight",
+                          "base_model.model.alpha", "lora_unet_.lora_up.weight", "transformer.dora_scale"};
+    const char *want[] = {"module 'transformer' has a down", "module 'diffusion_model' has a down",
+                          "module 'base_model.model' has only an alpha", "module 'lora_unet_' has an up",
+                          "no LoRA tensors"};
+    const int64_t shapes[][2] = {{1, 1}};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *path = write_custom("prefix_suffix.safetensors", 1, &keys[i], shapes);
+        qi_lora_set *set = NULL;
+        qi_lora_binding *b = NULL;
+        qi_error err = {{0}};
+        qi_status st = path ? qi_lora_set_add(&set, path, 1.0f, &err) : QI_ERR_IO;
+        if (st == QI_OK) st = qi_lora_bind(set, weight_names, n_weight_names, &b, &err);
+        CHECK(st == QI_ERR_FORMAT && strstr(err.msg, want[i]), "%s: %s", keys[i], err.msg);
+        qi_lora_binding_free(b);
+        qi_lora_set_free(set);
+    }
+}
+
 static void unknown_module_lists_keys_and_nearest_names(void) {
     const char *names[] = {"transformer_blocks.0.attn.to_qq.lora_down.weight",
                            "transformer_blocks.0.attn.to_qq.lora_up.weight",
@@ -445,6 +468,7 @@ int main(void) {
     RUN(every_layout_fuses_bit_identically);
     RUN(peft_alpha_tensors_are_ignored);
     RUN(unknown_module_lists_keys_and_nearest_names);
+    RUN(prefix_then_suffix_keys_are_refused_cleanly);
     RUN(shape_mismatch_names_both_shapes);
     RUN(malformed_files_are_refused);
     RUN(two_loras_add_with_their_strengths);

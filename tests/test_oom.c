@@ -160,7 +160,14 @@ static void every_allocation_failure_is_answered_and_the_engine_stays_usable(voi
     if (want > n.total_calls) want = n.total_calls;
     sweep_tally t = {0};
     double t0 = (double)clock() / CLOCKS_PER_SEC;
-    for (long i = 0; i < want; i++) run_failing(sweep_k(i, want, n.total_calls), &n, &t);
+    const char *from = getenv("QI_OOM_FROM"); /* start the sweep at this k (to chase one failure) */
+    int verbose = getenv("QI_OOM_VERBOSE") != NULL;
+    for (long i = 0; i < want; i++) {
+        long k = sweep_k(i, want, n.total_calls);
+        if (from && k < atol(from)) continue;
+        if (verbose) fprintf(stderr, "  k=%ld\n", k);
+        run_failing(k, &n, &t);
+    }
     printf("  allocation calls of a normal run: %ld (open %ld, generate %ld); tried %d failing: %d in open, "
            "%d in generate, %d absorbed, %d not QI_ERR_NOMEM; %.1f s CPU\n",
            n.total_calls, n.open_calls, n.total_calls - n.open_calls, t.tried, t.in_open, t.in_generate,

@@ -488,6 +488,25 @@ static void bad_tokenizer_dirs_are_errors(void) {
     expect_dir_error("#version: 0.2\n\xC4\xA0 \xC4\xA0\n", 0, 0, QI_ERR_FORMAT, "added_tokens.json");
 }
 
+/* A vocab.json id that is not an integer in range names its token exactly
+ * (issue 15: the message read the key after the JSON tree was freed: garbage
+ * bytes, heap-use-after-free under ASan). */
+static void bad_vocab_id_names_its_token(void) {
+    static const char *vocabs[2] = {"{\"a\": 1, \"b\": \"x\"}", "{\"a\": 1, \"cc\": 1e12}"};
+    static const char *want[2] = {"token \"b\" has id that is not an integer", "token \"cc\" has id"};
+    for (int i = 0; i < 2; i++) {
+        char dir[64], path[128];
+        REQUIRE(make_dir(dir, "#version: 0.2\n", 14, 0, 0) == 0, "cannot write a temp dir under /tmp");
+        snprintf(path, sizeof path, "%s/vocab.json", dir);
+        CHECK(write_file(path, vocabs[i], strlen(vocabs[i])) == 0, "cannot write %s", path);
+        qi_tokenizer *t = NULL;
+        qi_error err = {{0}};
+        CHECK(qi_tokenizer_load(dir, &t, &err) == QI_ERR_FORMAT && strstr(err.msg, want[i]), "%s", err.msg);
+        qi_tokenizer_free(t);
+        tmp_remove_tree(dir);
+    }
+}
+
 /* A config whose special has lstrip/rstrip (absorbs the whitespace beside it)
  * and pad_token null; added_tokens_decoder alone, no added_tokens.json. */
 static void config_lstrip_rstrip_and_null_pad(void) {
@@ -702,6 +721,7 @@ int main(void) {
     RUN(decode_of_encode_gives_the_text_back);
     RUN(lf_merges_load_and_agree);
     RUN(bad_tokenizer_dirs_are_errors);
+    RUN(bad_vocab_id_names_its_token);
     RUN(config_lstrip_rstrip_and_null_pad);
     RUN(long_inputs_are_fast_and_exact);
     RUN(null_arguments_are_errors);

@@ -272,6 +272,7 @@ qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt) {
         st = qi_model_files_open_source(&e->files, comps[k], &e->src[comps[k]], &e->err);
     if (st == QI_OK) st = qi_text_encoder_source_config(e->src[QI_COMPONENT_TEXT_ENCODER], &e->te_cfg, &e->err);
     if (st == QI_OK) st = qi_dit_read_config(e->src[QI_COMPONENT_TRANSFORMER], &e->dit_cfg, &e->err);
+    e->configs_read = st == QI_OK;
     if (st == QI_OK) st = qi_engine_acquire(e, QI_COMPONENT_VAE); /* small, always resident; its needs come from it */
     if (st != QI_OK) return st;
     qi_residency_tally *t = calloc(1, sizeof *t); /* 24 KiB of per-unit sums */
@@ -294,15 +295,125 @@ qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt) {
     return apply(e, &p);
 }
 
+/* ---- a request against an engine without a plan ------------------------------------------ */
+
+/* The text encoder's and transformer's configs, from their sources (no
+ * weights read), once: what need_of sizes a request with. */
+static qi_status read_configs(qi_engine *e) {
+    if (e->configs_read) return QI_OK;
+    const qi_component comps[] = {QI_COMPONENT_TEXT_ENCODER, QI_COMPONENT_TRANSFORMER};
+    qi_status st = QI_OK;
+    for (size_t k = 0; k < QI_ARRAY_LEN(comps) && st == QI_OK; k++)
+        if (!e->src[comps[k]]) st = qi_model_files_open_source(&e->files, comps[k], &e->src[comps[k]], &e->err);
+    if (st == QI_OK) st = qi_text_encoder_source_config(e->src[QI_COMPONENT_TEXT_ENCODER], &e->te_cfg, &e->err);
+    if (st == QI_OK) st = qi_dit_read_config(e->src[QI_COMPONENT_TRANSFORMER], &e->dit_cfg, &e->err);
+    e->configs_read = st == QI_OK;
+    return st;
+}
+
+/* Host bytes a request's own buffers take at least for `batch` images (stages.c,
+ * output): the packed noise, the VAE's input latents, the RGB8 images and one
+ * image decoded in float32. */
+static uint64_t host_need(const qi_plan *p, int batch) {
+    uint64_t b = (uint64_t)batch, px = (uint64_t)p->width * (uint64_t)p->height;
+    uint64_t noise = b * (uint64_t)p->img_tokens * (uint64_t)p->packed_ch * sizeof(float);
+    uint64_t latents = b * QI_LATENT_CHANNELS * (uint64_t)p->lat_h * (uint64_t)p->lat_w * sizeof(float);
+    return noise + latents + b * px * 3 + 3 * px * sizeof(float);
+}
+
+/* The largest part of a request's activations (text, denoising, decode: they
+ * take turns in the arena) and which stage it is. */
+static size_t largest_stage(qi_engine *e, const qi_plan *p, int batch, const char **stage) {
+    int calls = p->do_cfg ? 2 : 1;
+    qi_residency_need n = need_of(e, p->n_prompts, batch, p->width, p->height, p->req->max_sequence_length,
+                                  p->steps, calls);
+    size_t vae = e->vae && qi_vae_will_tile(e->vae, p->lat_h, p->lat_w) ? n.vae_tiled : n.vae_untiled;
+    *stage = "denoising";
+    size_t most = n.dit;
+    if (n.text > most) most = n.text, *stage = "the text encoder";
+    if (vae > most) most = vae, *stage = "the VAE decode";
+    return most;
+}
+
+/* Whether `batch` images of the plan's size fit: their activations within
+ * cap (FIT_ARENA), their host buffers within cap (FIT_HOST), or a plan of
+ * the engine's budget (FIT_PLAN). */
+enum { FIT_ARENA, FIT_HOST, FIT_PLAN };
+static int batch_fits(qi_engine *e, const qi_plan *p, int batch, int how, uint64_t cap) {
+    const char *stage;
+    if (how == FIT_HOST) return host_need(p, batch) <= cap;
+    if (how == FIT_ARENA) return largest_stage(e, p, batch, &stage) <= cap;
+    int prompts = p->n_prompts < batch ? p->n_prompts : batch;
+    qi_residency_need n = need_of(e, prompts, batch, p->width, p->height, p->req->max_sequence_length, p->steps,
+                                  p->do_cfg ? 2 : 1);
+    qi_residency_plan np;
+    qi_error err;
+    return qi_residency_plan_make(e->budget, &e->sizes, &n, &np, &err) == QI_OK;
+}
+
+/* The most images of the plan's size (up to its batch) that fit: need grows
+ * with the batch, so a bisection finds it. */
+static int most_images_that_fit(qi_engine *e, const qi_plan *p, int how, uint64_t cap) {
+    int lo = 0, hi = p->batch;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (batch_fits(e, p, mid, how, cap)) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* What to change, after "more than <cap>": fewer images, or a smaller size. */
+static void advice(const qi_plan *p, int fit, char *out, size_t cap) {
+    if (fit == 0)
+        snprintf(out, cap, "even one %dx%d image does not fit: use a smaller size (-W/-H)", p->width, p->height);
+    else
+        snprintf(out, cap, "at most %d image%s of %dx%d fit: lower --batch (or give fewer prompts), or the "
+                 "size (-W/-H)", fit, fit == 1 ? "" : "s", p->width, p->height);
+}
+
+/* Without a plan: the request's activations against the arena (the CPU's:
+ * physical memory, or half of what ulimit -v leaves; a GPU's without a plan:
+ * the one it reserved), and its host buffers against the host's memory. */
+static qi_status check_unplanned(qi_engine *e, const qi_plan *p) {
+    char todo[160];
+    const char *stage;
+    qi_status st = e->ranks->n == 1 ? read_configs(e) : QI_OK; /* several ranks: each holds a share */
+    if (st != QI_OK) return qi_fail_ctx(&e->err, st, "sizing this request");
+    size_t need = e->ranks->n == 1 ? largest_stage(e, p, p->batch, &stage) : 0;
+    if (e->be->arena_bytes && need > e->be->arena_bytes) {
+        advice(p, most_images_that_fit(e, p, FIT_ARENA, e->be->arena_bytes), todo, sizeof todo);
+        largest_stage(e, p, p->batch, &stage); /* need_what: this request again, not the bisection's last */
+        return qi_fail(&e->err, QI_ERR_NOMEM, "request does not fit (%s): %s needs at least %.2f GiB of "
+                       "activations, more than the %.2f GiB activation arena of the %s backend; %s", e->need_what,
+                       stage, GIB(need), GIB(e->be->arena_bytes), e->be->ops->name, todo);
+    }
+    uint64_t host = qi_host_memory_bytes(), hneed = host_need(p, p->batch);
+    if (host && hneed > host) {
+        advice(p, most_images_that_fit(e, p, FIT_HOST, host), todo, sizeof todo);
+        return qi_fail(&e->err, QI_ERR_NOMEM, "request does not fit: %d image%s of %dx%d need at least %.2f GiB "
+                       "of host memory for their noise, latents and pixels, more than the %.2f GiB this process "
+                       "may use (physical memory, or what ulimit -v allows); %s", p->batch,
+                       p->batch == 1 ? "" : "s", p->width, p->height, GIB(hneed), GIB(host), todo);
+    }
+    return QI_OK;
+}
+
 qi_status qi_engine_plan_request(qi_engine *e, const qi_plan *p) {
-    if (!e->planned) return QI_OK;
+    if (!e->planned) return check_unplanned(e, p);
     int text = p->req->max_sequence_length, calls = p->do_cfg ? 2 : 1;
     qi_residency_need n = need_of(e, p->n_prompts, p->batch, p->width, p->height, text, p->steps, calls);
     size_t vae = n.vae_untiled <= e->be->arena_bytes ? n.vae_untiled : n.vae_tiled;
     if (n.text <= e->be->arena_bytes && n.dit <= e->be->arena_bytes && vae <= e->be->arena_bytes) return QI_OK;
     qi_residency_plan np;
     qi_status st = qi_residency_plan_make(e->budget, &e->sizes, &n, &np, &e->err);
-    if (st != QI_OK) return qi_fail_ctx(&e->err, st, "this request (%s) under the memory plan", n.what);
+    if (st != QI_OK) {
+        char todo[160], what[96];
+        snprintf(what, sizeof what, "%s", n.what);
+        advice(p, most_images_that_fit(e, p, FIT_PLAN, 0), todo, sizeof todo);
+        qi_fail_ctx(&e->err, st, "this request (%s) under the memory plan (%s)", what, todo);
+        return st;
+    }
     logf_(e, "this request (%s) needs %.2f GiB of activations, more than the plan's %.2f GiB: planning again",
           n.what, GIB(n.dit > n.text ? n.dit : n.text), GIB(e->be->arena_bytes));
     e->need = n;

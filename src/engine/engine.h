@@ -63,6 +63,7 @@ struct qi_engine {
     size_t weight_scratch;      /* the quantised-weight scratch the plan reserved (0: none) */
     qi_text_encoder_config te_cfg; /* read from the source: the plan needs it while the encoder is freed */
     qi_dit_config dit_cfg;
+    int configs_read;           /* te_cfg and dit_cfg hold the sources' configs */
     qi_residency_need need;     /* what the plan in force was made for */
     char need_what[96];         /* the request of the last need computed, for messages */
     int te_loads, te_frees;     /* text encoder loaded / freed so far (stage swap; tests, logs) */
@@ -86,9 +87,11 @@ void qi_engine_release(qi_engine *e, qi_component c);
  * default request (1024², 1 image, 512 text tokens), applied. No plan on the
  * CPU without vram_bytes, nor with several ranks (refused with vram_bytes). */
 qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt);
-/* Before a request's stages: a request needing more activations than the
- * plan's arena gets a plan of its own (what it changes loads again), or
- * QI_ERR_NOMEM naming what does not fit; the engine stays usable. */
+/* Before a request's stages (before any work): a request needing more
+ * activations than the plan's arena gets a plan of its own (what it changes
+ * loads again), or QI_ERR_NOMEM naming what does not fit; the engine stays
+ * usable. Without a plan, the same sizes (need_of) against the backend's
+ * arena, and the request's host buffers against the host's memory. */
 qi_status qi_engine_plan_request(qi_engine *e, const qi_plan *p);
 
 /* The text encoder alone under a budget of `vram` bytes on be (0: no plan):

@@ -36,8 +36,9 @@ qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
                        "1328x1328, 1664x928)",
                        r->width, r->height);
     if (r->width > 8192 || r->height > 8192)
-        return qi_fail(err, QI_ERR_ARG, "size %dx%d: at most 8192 pixels a side (RoPE positions must stay "
-                                        "below 4096 patches)", r->width, r->height);
+        return qi_fail(err, QI_ERR_ARG, "size %dx%d: at most 8192 pixels a side (a sanity bound: 8192x8192 "
+                       "is already 262144 image tokens, 38x the model's native 1328x1328, far beyond what it was "
+                       "trained on and what most memory holds)", r->width, r->height);
     if (r->steps < 1 || r->steps > 1000)
         return qi_fail(err, QI_ERR_ARG, "--steps %d: must be between 1 and 1000", r->steps);
     if (!(r->cfg >= 0.0f) || !isfinite(r->cfg))

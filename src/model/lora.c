@@ -135,8 +135,10 @@ static int parse_key(const char *key, char *module, size_t cap, int *flattened, 
     *style = key_suffixes[found].style;
     size_t mlen = len - strlen(key_suffixes[found].suffix);
     const char *m = key;
+    /* a prefix is stripped only when a module name is left before the suffix
+     * ("transformer.lora_down.weight" has none: refused, not mlen underflowing) */
     for (size_t i = 0; i < QI_ARRAY_LEN(dotted_prefixes); i++)
-        if (starts_with(m, dotted_prefixes[i])) {
+        if (starts_with(m, dotted_prefixes[i]) && strlen(dotted_prefixes[i]) < mlen) {
             size_t p = strlen(dotted_prefixes[i]);
             m += p;
             mlen -= p;
@@ -144,7 +146,7 @@ static int parse_key(const char *key, char *module, size_t cap, int *flattened, 
         }
     *flattened = 0;
     for (size_t i = 0; i < QI_ARRAY_LEN(flat_prefixes); i++)
-        if (starts_with(m, flat_prefixes[i])) {
+        if (starts_with(m, flat_prefixes[i]) && strlen(flat_prefixes[i]) < mlen) {
             size_t p = strlen(flat_prefixes[i]);
             m += p;
             mlen -= p;
