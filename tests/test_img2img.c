@@ -4,7 +4,9 @@
  * (reference/edit, the subset in tests/data/shared/reference/edit):
  *   - the VAE encoder: posterior mean and logvar of the reference's
  *     preprocessed picture, the posterior sample and its normalisation;
- *   - torch's generator draws in the reference's order.
+ *   - torch's generator draws in the reference's order;
+ *   - the input preprocessing: PIL's Lanczos resize of the picture and the
+ *     mask, the mask's binarisation, masked picture and latent-grid mask.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -14,9 +16,12 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "io/image.h"
+#include "io/image_prep.h"
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "model/vae.h"
+#include "sample/latents.h"
 #include "sample/rng.h"
 #include "test.h"
 #include "testdata.h"
@@ -222,6 +227,113 @@ static void posterior_sample_and_draws_match(void) {
     qi_source_close(src);
 }
 
+static const char *case_string(const edit_case *c, const char *key) {
+    const cJSON *v = cJSON_GetObjectItem(c->json, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* inputs/<name>.png of the reference, read as 8-bit RGB. */
+static uint8_t *read_input(const char *name, int *w, int *h) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF, name);
+    uint8_t *rgb = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_png_read(path, &rgb, w, h, NULL, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    return rgb;
+}
+
+/* Claim: the picture resized as PIL resizes it (LANCZOS, no crop) is the
+ * reference `init_resized_u8` bit for bit, and its [-1, 1] pixels encode to
+ * the reference posterior (checked above) — enlarging (in_c 100×75 →
+ * 128×96), changing the aspect (in_b, in_a → 112×80) and keeping the size. */
+static void picture_resize_matches_pil(void) {
+    for (size_t k = 0; k < QI_ARRAY_LEN(CASES); k++) {
+        edit_case c;
+        int w = 0, h = 0;
+        uint8_t *src = NULL, *got = NULL;
+        if (edit_case_open(CASES[k], &c) || !(src = read_input(case_string(&c, "image"), &w, &h))) goto next;
+        const uint8_t *want = need_u8(&c, "init_resized_u8", NULL);
+        got = malloc((size_t)3 * c.W * c.H);
+        qi_error err = {{0}};
+        CHECK(qi_resize_lanczos_u8(src, w, h, 3, got, c.W, c.H, &err) == QI_OK, "%s", err.msg);
+        if (want) {
+            int diff = 0;
+            for (size_t i = 0; i < (size_t)3 * c.W * c.H; i++) diff += got[i] != want[i];
+            CHECK(diff == 0, "%s: %d of %d resized values differ from PIL's", c.name, diff, 3 * c.W * c.H);
+        }
+    next:
+        free(src);
+        free(got);
+        edit_case_close(&c);
+    }
+}
+
+/* Claim: the mask (L PNG, read as grey RGB, converted as PIL's convert("L"))
+ * resized with LANCZOS is `mask_resized_u8`, binarised at 0.5 it is
+ * `mask_condition`, and on the latent grid (nearest), over 16 channels and
+ * packed it is `mask_packed`. */
+static void mask_preprocessing_matches(void) {
+    for (size_t k = 2; k < QI_ARRAY_LEN(CASES); k++) {
+        edit_case c;
+        int w = 0, h = 0;
+        uint8_t *src = NULL, *luma = NULL, *sized = NULL;
+        float *cond = NULL, *grid = NULL, *packed = NULL, *want_cond = NULL, *want_packed = NULL;
+        if (edit_case_open(CASES[k], &c) || !(src = read_input(case_string(&c, "mask"), &w, &h))) goto next;
+        size_t n = (size_t)c.W * c.H;
+        luma = malloc((size_t)w * h);
+        sized = malloc(n);
+        cond = malloc(sizeof(float) * n);
+        qi_rgb_to_luma_u8(src, (int64_t)w * h, luma);
+        qi_error err = {{0}};
+        CHECK(qi_resize_lanczos_u8(luma, w, h, 1, sized, c.W, c.H, &err) == QI_OK, "%s", err.msg);
+        const uint8_t *want = need_u8(&c, "mask_resized_u8", NULL);
+        if (want) CHECK(!memcmp(sized, want, n), "%s: resized mask differs from PIL's", c.name);
+        qi_mask_binarize(sized, (int64_t)n, cond);
+        want_cond = need(&c, "mask_condition", NULL);
+        if (want_cond) CHECK(!memcmp(cond, want_cond, sizeof(float) * n), "%s: mask_condition differs", c.name);
+        int64_t n_lat = 16LL * c.h * c.w;
+        grid = malloc(sizeof(float) * n_lat);
+        packed = malloc(sizeof(float) * n_lat);
+        qi_mask_to_latent_grid(cond, c.W, c.H, 8, 16, grid);
+        qi_latents_pack(grid, 1, c.h, c.w, packed);
+        want_packed = need(&c, "mask_packed", NULL);
+        if (want_packed) CHECK(!memcmp(packed, want_packed, sizeof(float) * n_lat), "%s: mask_packed differs", c.name);
+    next:
+        free(src);
+        free(luma);
+        free(sized);
+        free(cond);
+        free(grid);
+        free(packed);
+        free(want_cond);
+        free(want_packed);
+        edit_case_close(&c);
+    }
+}
+
+/* Claim: PIL's resize on sizes far from the fixtures' (shrinking by 7.3×,
+ * one axis only, 1-pixel sources and targets) keeps constant pictures
+ * constant and stays in range (the coefficients sum to 1 in fixed point). */
+static void resize_keeps_constant_pictures(void) {
+    static const int sizes[][4] = {{1000, 730, 137, 100}, {64, 64, 64, 200}, {1, 1, 16, 16}, {37, 5, 1, 1}};
+    for (size_t k = 0; k < QI_ARRAY_LEN(sizes); k++) {
+        int iw = sizes[k][0], ih = sizes[k][1], ow = sizes[k][2], oh = sizes[k][3];
+        uint8_t *in = malloc((size_t)iw * ih * 3), *out = malloc((size_t)ow * oh * 3);
+        memset(in, 173, (size_t)iw * ih * 3);
+        qi_error err = {{0}};
+        CHECK(qi_resize_lanczos_u8(in, iw, ih, 3, out, ow, oh, &err) == QI_OK, "%s", err.msg);
+        int bad = 0;
+        for (size_t i = 0; i < (size_t)ow * oh * 3; i++) bad += out[i] != 173;
+        CHECK(bad == 0, "%dx%d -> %dx%d: %d values changed", iw, ih, ow, oh, bad);
+        free(in);
+        free(out);
+    }
+    qi_error err = {{0}};
+    uint8_t px[3] = {0};
+    CHECK(qi_resize_lanczos_u8(px, 0, 1, 3, px, 1, 1, &err) == QI_ERR_ARG && strstr(err.msg, "0x1"), "%s", err.msg);
+}
+
 int main(void) {
     qi_error err = {{0}};
     if (qi_backend_cpu_create(0, (size_t)256 << 20, &g_be, &err) != QI_OK) {
@@ -231,6 +343,9 @@ int main(void) {
     RUN(encoder_matches_reference_posterior);
     RUN(encoder_reads_wan_named_file);
     RUN(posterior_sample_and_draws_match);
+    RUN(picture_resize_matches_pil);
+    RUN(mask_preprocessing_matches);
+    RUN(resize_keeps_constant_pictures);
     g_be->ops->destroy(g_be);
     TEST_END();
 }
