@@ -135,6 +135,17 @@ typedef struct qi_request {
     int noise_dtype;               /* 0 auto: the run's dtype, as diffusers (CPU float32, CUDA bf16);
                                       1 float32; 2 bfloat16 (a different torch stream, not f32 rounded) */
     int max_sequence_length;       /* default 512 */
+    /* Image-to-image and inpainting (diffusers' QwenImageImg2ImgPipeline /
+     * QwenImageInpaintPipeline). The output is width × height as always (not
+     * derived from the picture): the picture, and the mask, are resized to it
+     * with PIL's Lanczos filter, no crop (the aspect ratio follows the output). */
+    const uint8_t *init_image;     /* RGB8 [init_height, init_width, 3]; NULL: text-to-image */
+    int init_width, init_height;   /* 1..16384 each */
+    const uint8_t *mask_image;     /* RGB8 [mask_height, mask_width, 3], any size; NULL: no inpainting.
+                                      Grey level (PIL's convert("L")) >= 128 = repaint (white) */
+    int mask_width, mask_height;
+    double strength;               /* 0 < strength <= 1 (default 0.6): the schedule starts at step
+                                      int(steps − steps·strength), from the picture noised to that sigma */
     qi_progress_fn progress;
     void *progress_user;
     qi_latents_fn step_latents;    /* optional: previews (see qi_latents_fn) */

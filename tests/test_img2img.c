@@ -6,7 +6,11 @@
  *     preprocessed picture, the posterior sample and its normalisation;
  *   - torch's generator draws in the reference's order;
  *   - the input preprocessing: PIL's Lanczos resize of the picture and the
- *     mask, the mask's binarisation, masked picture and latent-grid mask.
+ *     mask, the mask's binarisation, masked picture and latent-grid mask;
+ *   - the schedule truncation by strength (plan);
+ *   - every case end to end through qi_generate: each step's transformer
+ *     input (the reference callN.hidden_states), the final latents and the
+ *     image.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -16,6 +20,8 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "engine/engine.h"
+#include "engine/plan.h"
 #include "io/image.h"
 #include "io/image_prep.h"
 #include "io/safetensors.h"
@@ -334,6 +340,166 @@ static void resize_keeps_constant_pictures(void) {
     CHECK(qi_resize_lanczos_u8(px, 0, 1, 3, px, 1, 1, &err) == QI_ERR_ARG && strstr(err.msg, "0x1"), "%s", err.msg);
 }
 
+/* The case's scheduler config written as a JSON file in dir; its path in out. */
+static int case_scheduler_file(const edit_case *c, const char *dir, char *out, size_t cap) {
+    char *text = cJSON_Print(cJSON_GetObjectItem(c->json, "scheduler"));
+    snprintf(out, cap, "%s/%s_scheduler.json", dir, c->name);
+    int rc = text ? write_file(out, text, strlen(text)) : -1;
+    free(text);
+    return rc;
+}
+
+/* Claim: the plan truncates the schedule as diffusers' get_timesteps: t_start
+ * = int(N − N·strength) (2.4000000000000004 → 2 at 8 × 0.7), the steps run
+ * are the reference `timesteps_used`, the first sigma is `init_sigma` and the
+ * transformer's timestep of step i is callN.timestep. */
+static void schedule_truncation_matches(void) {
+    CHECK(qi_plan_t_start(8, 0.7) == 2 && qi_plan_t_start(8, 0.6) == 3 && qi_plan_t_start(10, 0.9) == 1 &&
+              qi_plan_t_start(4, 1.0) == 0 && qi_plan_t_start(10, 0.3) == 7 && qi_plan_t_start(8, 0.01) == 7,
+          "t_start rule");
+    char dir[256], path[512];
+    if (tmp_dir_make(dir, sizeof dir, "img2img_plan")) return;
+    for (size_t k = 0; k < QI_ARRAY_LEN(CASES); k++) {
+        edit_case c;
+        qi_plan p;
+        memset(&p, 0, sizeof p);
+        float *used = NULL, *t0 = NULL;
+        if (edit_case_open(CASES[k], &c) || case_scheduler_file(&c, dir, path, sizeof path)) goto next;
+        qi_scheduler_config sched;
+        qi_error err = {{0}};
+        REQUIRE(qi_scheduler_config_load(path, &sched, &err) == QI_OK, "%s", err.msg);
+        qi_request r = qi_request_default();
+        uint8_t px[3] = {0};
+        r.prompt = "x";
+        r.width = c.W, r.height = c.H, r.steps = (int)case_number(&c, "steps");
+        r.strength = case_number(&c, "strength");
+        r.init_image = px, r.init_width = 1, r.init_height = 1;
+        REQUIRE(qi_plan_make(&r, &sched, 1, 0, 0, &p, &err) == QI_OK, "%s", err.msg);
+        int64_t n_used = 0;
+        used = need(&c, "timesteps_used", &n_used);
+        t0 = need(&c, "call0.timestep", NULL);
+        CHECK(p.t_start == (int)case_number(&c, "t_start") && p.steps == n_used, "%s: t_start %d, %d steps", c.name,
+              p.t_start, p.steps);
+        CHECK(p.sigmas[0] == (float)case_number(&c, "init_sigma"), "%s: first sigma %.9g vs %.9g", c.name,
+              (double)p.sigmas[0], case_number(&c, "init_sigma"));
+        if (used && p.steps == n_used) CHECK(!memcmp(p.timesteps, used, sizeof(float) * (size_t)n_used), "%s: timesteps", c.name);
+        if (t0) CHECK(p.t_all[0] == t0[0], "%s: first transformer timestep %.9g vs %.9g", c.name, (double)p.t_all[0],
+                      (double)t0[0]);
+    next:
+        qi_plan_free(&p);
+        free(used);
+        free(t0);
+        edit_case_close(&c);
+    }
+    tmp_remove_tree(dir);
+}
+
+/* Every step's transformer input, kept by the engine's test hook. */
+typedef struct step_inputs {
+    int n, L;
+    float *lat[64]; /* [L, 64] each */
+} step_inputs;
+
+static void keep_inputs(void *user, int step, const float *x) {
+    step_inputs *s = user;
+    if (step >= 64) return;
+    s->lat[step] = malloc(sizeof(float) * (size_t)s->L * 64);
+    memcpy(s->lat[step], x, sizeof(float) * (size_t)s->L * 64);
+    if (step + 1 > s->n) s->n = step + 1;
+}
+
+/* One case through qi_generate on e; stage errors compared with the fixture. */
+static void run_case(qi_engine *e, const char *name, const char *dir) {
+    edit_case c;
+    step_inputs si = {0};
+    int w = 0, h = 0, mw = 0, mh = 0;
+    uint8_t *pic = NULL, *mask = NULL;
+    qi_image img = {0};
+    char sched[512];
+    if (edit_case_open(name, &c) || case_scheduler_file(&c, dir, sched, sizeof sched) ||
+        !(pic = read_input(case_string(&c, "image"), &w, &h)))
+        goto done;
+    if (case_string(&c, "mask") && !(mask = read_input(case_string(&c, "mask"), &mw, &mh))) goto done;
+    qi_lora_spec lora = {QI_REF_PUBLIC "/lora.safetensors", 1.0f};
+    int with_lora = case_string(&c, "lora") != NULL;
+    REQUIRE(qi_engine_set_loras(e, &lora, with_lora) == QI_OK, "%s", qi_engine_error(e));
+    qi_request r = qi_request_default();
+    r.prompt = case_string(&c, "prompt");
+    r.negative_prompt = case_string(&c, "negative_prompt");
+    r.cfg = (float)case_number(&c, "cfg");
+    r.steps = (int)case_number(&c, "steps");
+    r.seed = (uint64_t)case_number(&c, "seed");
+    r.width = c.W, r.height = c.H;
+    r.scheduler = sched;
+    r.strength = case_number(&c, "strength");
+    r.init_image = pic, r.init_width = w, r.init_height = h;
+    r.mask_image = mask, r.mask_width = mw, r.mask_height = mh;
+    si.L = (c.H / 16) * (c.W / 16);
+    e->test_inputs = (qi_denoise_hook){.inputs = keep_inputs, .user = &si};
+    qi_status st = qi_generate(e, &r, &img);
+    e->test_inputs = (qi_denoise_hook){0};
+    REQUIRE(st == QI_OK, "%s: %s", name, qi_engine_error(e));
+    int per_step = r.negative_prompt && r.cfg > 1 ? 2 : 1;
+    CHECK(si.n == (int)case_number(&c, "steps_run"), "%s: %d steps run", name, si.n);
+    double worst = 0;
+    for (int i = 0; i < si.n; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "call%d.hidden_states", i * per_step);
+        float *want = need(&c, key, NULL);
+        if (!want) break;
+        double e_i = qi_rel_l2(si.lat[i], want, (size_t)si.L * 64);
+        if (e_i > worst) worst = e_i;
+        free(want);
+    }
+    float *fin = need(&c, "final_latents", NULL);
+    int64_t n_lat = 16LL * c.h * c.w;
+    float *vae_in = malloc(sizeof(float) * (size_t)n_lat);
+    double e_fin = 1;
+    if (fin) {
+        qi_latents_to_vae_in(fin, 1, c.H, c.W, qi_vae_latents_mean(qi_engine_vae(e)), qi_vae_latents_std(qi_engine_vae(e)),
+                             vae_in);
+        e_fin = qi_rel_l2(img.latents, vae_in, (size_t)n_lat);
+    }
+    const uint8_t *u8 = need_u8(&c, "image_u8", NULL);
+    int px_max = 255;
+    if (u8) {
+        px_max = 0;
+        for (size_t i = 0; i < (size_t)c.W * c.H * 3; i++) {
+            int d = abs((int)img.rgb[i] - (int)u8[i]);
+            if (d > px_max) px_max = d;
+        }
+    }
+    printf("  %s: %d steps, transformer inputs rel L2 <= %.2e, final latents %.2e, image max |diff| %d\n", name, si.n,
+           worst, e_fin, px_max);
+    CHECK(worst <= 1e-4 && e_fin <= 1e-4, "%s: stage errors %.3e / %.3e over 1e-4", name, worst, e_fin);
+    CHECK(px_max <= 2, "%s: image differs by %d", name, px_max);
+    free(fin);
+    free(vae_in);
+done:
+    for (int i = 0; i < si.n; i++) free(si.lat[i]);
+    qi_image_free(&img);
+    free(pic);
+    free(mask);
+    edit_case_close(&c);
+}
+
+/* Claim: each img2img / inpaint case through qi_generate on the CPU backend
+ * matches the reference at every step (the transformer's input, relative L2
+ * ≤ 1e-4), in the final latents (≤ 1e-4) and the image (≤ 2 levels). */
+static void cases_end_to_end(void) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = QI_REF_MODEL;
+    qi_engine *e = NULL;
+    qi_status st = qi_engine_open(&o, &e);
+    REQUIRE(st == QI_OK, "%s", qi_engine_error(e));
+    char dir[256];
+    if (tmp_dir_make(dir, sizeof dir, "img2img") == 0) {
+        for (size_t k = 0; k < QI_ARRAY_LEN(CASES); k++) run_case(e, CASES[k], dir);
+        tmp_remove_tree(dir);
+    }
+    qi_engine_close(e);
+}
+
 int main(void) {
     qi_error err = {{0}};
     if (qi_backend_cpu_create(0, (size_t)256 << 20, &g_be, &err) != QI_OK) {
@@ -346,6 +512,8 @@ int main(void) {
     RUN(picture_resize_matches_pil);
     RUN(mask_preprocessing_matches);
     RUN(resize_keeps_constant_pictures);
+    RUN(schedule_truncation_matches);
+    RUN(cases_end_to_end);
     g_be->ops->destroy(g_be);
     TEST_END();
 }
