@@ -237,6 +237,14 @@ void qi_free_bytes(uint8_t *bytes);
 qi_status qi_image_write(const qi_image *img, int index, const char *path, int quality, const char *parameters,
                          char *errbuf, size_t errcap);
 
+/* ---- images in ---- */
+
+/* A picture file (PNG, JPEG or WebP, told by its content) as 8-bit RGB for
+ * qi_request.init_image / mask_image: *rgb [*height, *width, 3], release with
+ * qi_free_bytes. Alpha is dropped, grey repeated, 16-bit samples cut to their
+ * high byte; at most 16384 pixels a side. */
+qi_status qi_image_read(const char *path, uint8_t **rgb, int *width, int *height, char *errbuf, size_t errcap);
+
 /* img->latents (what the VAE decoded) as a safetensors file with one float32
  * tensor "vae_in" [count, 16, 1, height/8, width/8]. */
 qi_status qi_image_save_latents(const qi_image *img, const char *path, char *errbuf, size_t errcap);
