@@ -10,7 +10,9 @@
  *   - the schedule truncation by strength (plan);
  *   - every case end to end through qi_generate: each step's transformer
  *     input (the reference callN.hidden_states), the final latents and the
- *     image.
+ *     image;
+ *   - odd inputs: 1×1, a 16000×16000 header, a truncated file, grey, 16-bit
+ *     and RGBA PNGs, a mask of another size, bad request fields.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -18,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <png.h>
 
 #include "backend/backend.h"
 #include "engine/engine.h"
@@ -500,6 +504,145 @@ static void cases_end_to_end(void) {
     qi_engine_close(e);
 }
 
+/* PNG's chunk CRC (CRC-32, polynomial 0xEDB88320) of n bytes. */
+static uint32_t png_crc(const uint8_t *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Writes a PNG of any libpng colour type / depth (rows packed, big-endian
+ * 16-bit samples); 0 on success. */
+static int write_png(const char *path, int w, int h, int color_type, int depth, const uint8_t *data) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!png || !info || setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        fclose(f);
+        return -1;
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, depth, color_type, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    int ch = color_type == PNG_COLOR_TYPE_GRAY ? 1 : color_type == PNG_COLOR_TYPE_RGB ? 3 : 4;
+    size_t stride = (size_t)w * ch * (depth / 8);
+    for (int y = 0; y < h; y++) png_write_row(png, data + (size_t)y * stride);
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    return fclose(f);
+}
+
+/* Claim: pictures as users have them are read as PIL's convert("RGB") gives
+ * them — grey repeated over R, G, B; 16-bit samples by their high byte; alpha
+ * dropped — and broken or oversized files are one-line errors naming the
+ * file: a truncated PNG, a header claiming 16000×16000 pixels with no data
+ * behind it, more than 16384 pixels a side. */
+static void odd_picture_files_are_read_or_refused(void) {
+    char dir[256], path[512];
+    if (tmp_dir_make(dir, sizeof dir, "img2img_odd")) return;
+    uint8_t grey[6] = {0, 50, 100, 150, 200, 255}, rgba[4 * 4] = {10, 20, 30, 0, 40, 50, 60, 128, 70, 80, 90, 255, 1, 2, 3, 4};
+    uint8_t rgb16[2 * 3 * 2] = {0x12, 0x34, 0xAB, 0xCD, 0xFF, 0xFF, 0x00, 0xFF, 0x80, 0x00, 0x7F, 0xFF};
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    char err[512];
+    snprintf(path, sizeof path, "%s/grey.png", dir);
+    REQUIRE(write_png(path, 3, 2, PNG_COLOR_TYPE_GRAY, 8, grey) == 0);
+    CHECK(qi_image_read(path, &rgb, &w, &h, err, sizeof err) == QI_OK && w == 3 && h == 2, "%s", err);
+    for (int i = 0; rgb && i < 6; i++) CHECK(rgb[3 * i] == grey[i] && rgb[3 * i + 1] == grey[i] && rgb[3 * i + 2] == grey[i], "grey %d", i);
+    qi_free_bytes(rgb);
+    rgb = NULL;
+    snprintf(path, sizeof path, "%s/rgba.png", dir);
+    REQUIRE(write_png(path, 2, 2, PNG_COLOR_TYPE_RGB_ALPHA, 8, rgba) == 0);
+    CHECK(qi_image_read(path, &rgb, &w, &h, err, sizeof err) == QI_OK && w == 2 && h == 2, "%s", err);
+    for (int i = 0; rgb && i < 4; i++)
+        CHECK(!memcmp(rgb + 3 * i, rgba + 4 * i, 3), "RGBA pixel %d: alpha must be dropped, colour kept", i);
+    qi_free_bytes(rgb);
+    rgb = NULL;
+    snprintf(path, sizeof path, "%s/rgb16.png", dir);
+    REQUIRE(write_png(path, 2, 1, PNG_COLOR_TYPE_RGB, 16, rgb16) == 0);
+    CHECK(qi_image_read(path, &rgb, &w, &h, err, sizeof err) == QI_OK && w == 2 && h == 1, "%s", err);
+    static const uint8_t high[6] = {0x12, 0xAB, 0xFF, 0x00, 0x80, 0x7F};
+    CHECK(rgb && !memcmp(rgb, high, 6), "16-bit samples by their high byte");
+    qi_free_bytes(rgb);
+    rgb = NULL;
+    /* a valid PNG cut in half */
+    snprintf(path, sizeof path, "%s/in_b.png", EDIT_REF "/inputs");
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f != NULL);
+    uint8_t buf[8192];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/cut.png", dir);
+    REQUIRE(write_file(path, buf, n / 2) == 0);
+    qi_status st = qi_image_read(path, &rgb, &w, &h, err, sizeof err);
+    CHECK(st == QI_ERR_FORMAT && strstr(err, "cut.png") && !strchr(err, '\n'), "truncated: %d %s", st, err);
+    /* the same file's header with its size changed to 16000×16000 (the CRC fixed) and no data */
+    memcpy(buf + 16, "\x00\x00\x3e\x80\x00\x00\x3e\x80", 8);
+    uint32_t crc = png_crc(buf + 12, 17);
+    buf[29] = (uint8_t)(crc >> 24), buf[30] = (uint8_t)(crc >> 16), buf[31] = (uint8_t)(crc >> 8), buf[32] = (uint8_t)crc;
+    snprintf(path, sizeof path, "%s/huge.png", dir);
+    REQUIRE(write_file(path, buf, 33) == 0);
+    st = qi_image_read(path, &rgb, &w, &h, err, sizeof err);
+    CHECK(st != QI_OK && strstr(err, "huge.png") && rgb == NULL, "16000x16000 header: %d %s", st, err);
+    printf("  16000x16000 header without data: %s\n", err);
+    memcpy(buf + 16, "\x00\x00\x40\x01\x00\x00\x00\x01", 8); /* 16385 × 1 */
+    crc = png_crc(buf + 12, 17);
+    buf[29] = (uint8_t)(crc >> 24), buf[30] = (uint8_t)(crc >> 16), buf[31] = (uint8_t)(crc >> 8), buf[32] = (uint8_t)crc;
+    REQUIRE(write_file(path, buf, 33) == 0);
+    st = qi_image_read(path, &rgb, &w, &h, err, sizeof err);
+    CHECK(st != QI_OK && strstr(err, "huge.png"), "16385x1: %d %s", st, err);
+    tmp_remove_tree(dir);
+}
+
+/* Claim: odd sizes go through qi_generate (a 1×1 picture, a mask of another
+ * size and aspect: both resized to the output as the reference resizes), and
+ * bad request fields are one-line QI_ERR_ARG errors naming the flag. */
+static void odd_requests_run_or_fail_cleanly(void) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = QI_REF_MODEL;
+    qi_engine *e = NULL;
+    REQUIRE(qi_engine_open(&o, &e) == QI_OK, "%s", qi_engine_error(e));
+    uint8_t one[3] = {200, 30, 90}, mask[5 * 3 * 3];
+    for (size_t i = 0; i < sizeof mask; i++) mask[i] = i < sizeof mask / 2 ? 255 : 0;
+    qi_request r = qi_request_default();
+    r.prompt = "a red square";
+    r.width = 48, r.height = 32, r.steps = 2, r.strength = 1.0;
+    r.init_image = one, r.init_width = 1, r.init_height = 1;
+    qi_image img = {0};
+    CHECK(qi_generate(e, &r, &img) == QI_OK && img.width == 48 && img.height == 32, "1x1 picture: %s", qi_engine_error(e));
+    qi_image_free(&img);
+    r.mask_image = mask, r.mask_width = 5, r.mask_height = 3, r.strength = 0.5, r.batch = 2;
+    CHECK(qi_generate(e, &r, &img) == QI_OK && img.count == 2, "5x3 mask, batch 2: %s", qi_engine_error(e));
+    qi_image_free(&img);
+    struct {
+        double strength;
+        int iw, mw;
+        const uint8_t *init, *mask;
+        const char *expect;
+    } bad[] = {
+        {0.0, 1, 5, one, NULL, "--strength 0: must be in (0, 1]"},
+        {1.5, 1, 5, one, NULL, "--strength 1.5"},
+        {NAN, 1, 5, one, NULL, "--strength nan"},
+        {0.5, 0, 5, one, NULL, "--image: picture size 0x1"},
+        {0.5, 1, 0, one, mask, "--mask: mask size 0x3"},
+        {0.5, 1, 5, NULL, mask, "--mask needs --image"},
+    };
+    for (size_t i = 0; i < QI_ARRAY_LEN(bad); i++) {
+        qi_request b = r;
+        b.strength = bad[i].strength, b.init_width = bad[i].iw, b.mask_width = bad[i].mw;
+        b.init_image = bad[i].init, b.mask_image = bad[i].mask;
+        qi_status st = qi_generate(e, &b, &img);
+        CHECK(st == QI_ERR_ARG && strstr(qi_engine_error(e), bad[i].expect), "case %zu: %d %s", i, st, qi_engine_error(e));
+    }
+    qi_engine_close(e);
+}
+
 int main(void) {
     qi_error err = {{0}};
     if (qi_backend_cpu_create(0, (size_t)256 << 20, &g_be, &err) != QI_OK) {
@@ -514,6 +657,8 @@ int main(void) {
     RUN(resize_keeps_constant_pictures);
     RUN(schedule_truncation_matches);
     RUN(cases_end_to_end);
+    RUN(odd_picture_files_are_read_or_refused);
+    RUN(odd_requests_run_or_fail_cleanly);
     g_be->ops->destroy(g_be);
     TEST_END();
 }
