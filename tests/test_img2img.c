@@ -43,6 +43,11 @@ static const char *const CASES[] = {"img2img_s06_lightning8_lora", "img2img_s09_
                                     "inpaint_s07_lightning8_lora"};
 
 static qi_backend *g_be;
+/* `test_img2img -d cuda` (ctest test_img2img_cuda, label cuda) runs the
+ * encoder and the four cases on the GPU (bf16 activations) with the
+ * tolerances below; the CPU run holds float32 to the reference. */
+static const char *g_device = "cpu";
+static double tol_encoder = 1e-5, tol_stage = 1e-4, tol_image_mean = 0.5, tol_image_max = 2;
 
 /* One case's tensors file and case.json. */
 typedef struct edit_case {
@@ -164,7 +169,7 @@ static void encoder_matches_reference_posterior(void) {
     qi_status st = open_vae(QI_REF_MODEL "/vae", 1, &src, &v, &err);
     CHECK(st == QI_OK, "%s", err.msg);
     if (st == QI_OK)
-        for (size_t i = 0; i < QI_ARRAY_LEN(CASES); i++) check_encoder_case(v, CASES[i], 1e-5);
+        for (size_t i = 0; i < QI_ARRAY_LEN(CASES); i++) check_encoder_case(v, CASES[i], tol_encoder);
     qi_vae_free(v);
     qi_source_close(src);
 }
@@ -180,7 +185,7 @@ static void encoder_reads_wan_named_file(void) {
     qi_error err = {{0}};
     qi_status st = open_vae(COMFY_VAE, 0, &src, &v, &err);
     CHECK(st == QI_OK, "%s", err.msg);
-    if (st == QI_OK) check_encoder_case(v, CASES[0], 1e-5);
+    if (st == QI_OK) check_encoder_case(v, CASES[0], tol_encoder);
     qi_vae_free(v);
     qi_source_close(src);
 }
@@ -435,6 +440,7 @@ static void run_case(qi_engine *e, const char *name, const char *dir) {
     r.seed = (uint64_t)case_number(&c, "seed");
     r.width = c.W, r.height = c.H;
     r.scheduler = sched;
+    r.noise_dtype = 1; /* the reference drew ε and the noise in float32 (on CUDA "auto" would be bf16) */
     r.strength = case_number(&c, "strength");
     r.init_image = pic, r.init_width = w, r.init_height = h;
     r.mask_image = mask, r.mask_width = mw, r.mask_height = mh;
@@ -466,17 +472,22 @@ static void run_case(qi_engine *e, const char *name, const char *dir) {
     }
     const uint8_t *u8 = need_u8(&c, "image_u8", NULL);
     int px_max = 255;
+    double px_mean = 255;
     if (u8) {
-        px_max = 0;
+        px_max = 0, px_mean = 0;
         for (size_t i = 0; i < (size_t)c.W * c.H * 3; i++) {
             int d = abs((int)img.rgb[i] - (int)u8[i]);
             if (d > px_max) px_max = d;
+            px_mean += d;
         }
+        px_mean /= (double)c.W * c.H * 3;
     }
-    printf("  %s: %d steps, transformer inputs rel L2 <= %.2e, final latents %.2e, image max |diff| %d\n", name, si.n,
-           worst, e_fin, px_max);
-    CHECK(worst <= 1e-4 && e_fin <= 1e-4, "%s: stage errors %.3e / %.3e over 1e-4", name, worst, e_fin);
-    CHECK(px_max <= 2, "%s: image differs by %d", name, px_max);
+    printf("  %s on %s: %d steps, transformer inputs rel L2 <= %.2e, final latents %.2e, image |diff| mean %.3f "
+           "max %d\n", name, g_device, si.n, worst, e_fin, px_mean, px_max);
+    CHECK(worst <= tol_stage && e_fin <= tol_stage, "%s: stage errors %.3e / %.3e over %.1e", name, worst, e_fin,
+          tol_stage);
+    CHECK(px_mean <= tol_image_mean && px_max <= tol_image_max, "%s: image differs by %.3f mean, %d max", name,
+          px_mean, px_max);
     free(fin);
     free(vae_in);
 done:
@@ -493,6 +504,7 @@ done:
 static void cases_end_to_end(void) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = QI_REF_MODEL;
+    o.device = g_device;
     qi_engine *e = NULL;
     qi_status st = qi_engine_open(&o, &e);
     REQUIRE(st == QI_OK, "%s", qi_engine_error(e));
@@ -643,22 +655,28 @@ static void odd_requests_run_or_fail_cleanly(void) {
     qi_engine_close(e);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     qi_error err = {{0}};
-    if (qi_backend_cpu_create(0, (size_t)256 << 20, &g_be, &err) != QI_OK) {
-        fprintf(stderr, "cpu backend: %s\n", err.msg);
+    if (argc == 3 && !strcmp(argv[1], "-d")) g_device = argv[2];
+    if (strcmp(g_device, "cpu")) { /* bf16 activations: the issue's CUDA bounds */
+        tol_encoder = 3e-2, tol_stage = 3e-2, tol_image_mean = 3.0, tol_image_max = 64;
+    }
+    if (qi_backend_create(g_device, 0, (size_t)256 << 20, &g_be, &err) != QI_OK) {
+        fprintf(stderr, "%s backend: %s\n", g_device, err.msg);
         return 1;
     }
     RUN(encoder_matches_reference_posterior);
     RUN(encoder_reads_wan_named_file);
-    RUN(posterior_sample_and_draws_match);
-    RUN(picture_resize_matches_pil);
-    RUN(mask_preprocessing_matches);
-    RUN(resize_keeps_constant_pictures);
-    RUN(schedule_truncation_matches);
     RUN(cases_end_to_end);
-    RUN(odd_picture_files_are_read_or_refused);
-    RUN(odd_requests_run_or_fail_cleanly);
+    if (!strcmp(g_device, "cpu")) { /* host code: once */
+        RUN(posterior_sample_and_draws_match);
+        RUN(picture_resize_matches_pil);
+        RUN(mask_preprocessing_matches);
+        RUN(resize_keeps_constant_pictures);
+        RUN(schedule_truncation_matches);
+        RUN(odd_picture_files_are_read_or_refused);
+        RUN(odd_requests_run_or_fail_cleanly);
+    }
     g_be->ops->destroy(g_be);
     TEST_END();
 }
