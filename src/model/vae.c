@@ -22,6 +22,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "io/model_dir.h"
 #include "io/source.h"
@@ -1001,8 +1002,17 @@ qi_status qi_vae_load_encoder(qi_vae *v, qi_error *err) {
         return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: the VAE config lists attn_scales (attention inside the "
                        "encoder levels); Qwen-Image's VAE has none and only that is supported",
                        qi_source_path(v->src));
+    int n_bound = v->n_bound, n_owned = v->n_owned;
     qi_status st = bind_encoder(v, err);
-    if (st) return qi_fail_ctx(err, st, "loading the VAE encoder (img2img / inpainting / editing need it)");
+    if (st) { /* undone, so that a later call starts clean (and frees nothing twice) */
+        for (int i = n_bound; i < v->n_bound; i++) v->be->ops->weight_free(v->be, v->bound[i]);
+        for (int i = n_owned; i < v->n_owned; i++) free(v->owned[i]);
+        for (int i = 0; i < VAE_MAX_LEVELS; i++) free(v->enc.levels[i].res);
+        v->n_bound = n_bound;
+        v->n_owned = n_owned;
+        memset(&v->enc, 0, sizeof v->enc);
+        return qi_fail_ctx(err, st, "loading the VAE encoder (img2img / inpainting / editing need it)");
+    }
     v->enc.loaded = 1;
     return QI_OK;
 }
