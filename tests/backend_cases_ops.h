@@ -900,6 +900,9 @@ static const bc_case bc_cases[] = {
     CASE(op_conv2d, "float32 kernel, odd sizes", 8, 9, 11, 5, 3, 1, 1, 1),
     CASE(op_conv2d, "VAE-like", 128, 128, 128, 128, 3, 1, 1, 0),
     CASE(op_conv2d, "conv_out to RGB", 96, 64, 64, 3, 3, 1, 1, 0),
+    CASE(op_conv2d, "encoder conv_in: RGB to 96 channels", 3, 40, 56, 96, 3, 1, 1, 0),
+    CASE(op_conv2d, "encoder conv_out: 384 channels to the 32 moments", 384, 12, 14, 32, 3, 1, 1, 0),
+    CASE(op_conv2d, "quant_conv: 1×1 over the 32 moments", 32, 12, 14, 32, 1, 0, 1, 0),
 
     CASE(op_upsample2x, "small", 4, 2, 3),
     CASE(op_upsample2x, "odd sizes", 32, 17, 23),
