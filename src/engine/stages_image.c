@@ -106,6 +106,7 @@ static qi_status encode_picture(qi_engine *e, const qi_plan *p, float *x0, float
     if (!st) st = picture_pixels(e, p, &pixels);
     if (!st && qi_stage_report(p, "vae encoder", 0, 1)) st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
     if (!st) st = qi_vae_encode(e->vae, pixels, p->height, p->width, x0, logvar, &e->err);
+    if (!st && qi_stage_report(p, "vae encoder", 1, 1)) st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
     if (!st) st = draw_eps_and_noise(e, p, n, (int64_t)p->batch * n, eps, noise);
     if (!st) {
         qi_vae_sample_posterior(x0, logvar, eps, (size_t)n, x0);
