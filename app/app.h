@@ -61,8 +61,13 @@ typedef struct gen_args {
     int noise_dtype;
     int quiet;
     const char *from_parameters;   /* --from-parameters FILE */
+    const char *image, *mask;      /* --image FILE, --mask FILE: img2img / inpainting (NULL: none) */
+    double strength;               /* --strength S (0 < S <= 1; default 0.6) */
+    int strength_given;            /* --strength was set (it needs --image) */
+    uint8_t *image_rgb, *mask_rgb; /* the decoded pictures [h, w, 3] (qi_free_bytes) */
+    int image_w, image_h, mask_w, mask_h;
     char scheduler_hash[64];       /* of a --scheduler file: recorded, or (from parameters) to match */
-    char *owned[8 + QI_APP_MAX_PROMPTS]; /* strings --from-parameters allocated */
+    char *owned[10 + QI_APP_MAX_PROMPTS]; /* strings --from-parameters allocated */
     int n_owned;
 } gen_args;
 

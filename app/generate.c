@@ -46,6 +46,12 @@ static void generate_usage(void) {
            "  --cfg F             true CFG scale, 0..100 (default 1: off; base model: 4 with -n \" \")\n"
            "  -W W, -H H          size in pixels, multiples of 16 (default 1024x1024)\n"
            "  --seed S            noise seed as torch.manual_seed (default 42)\n"
+           "  --image FILE        img2img: start from this picture (PNG, JPEG or WebP), resized to -W x -H\n"
+           "                      (Lanczos, no crop: the output size is -W/-H as always, not the picture's)\n"
+           "  --strength S        img2img / inpainting: how much to change, 0 < S <= 1 (default 0.6; 1 = from\n"
+           "                      pure noise); the last ceil-ish S x steps steps of the schedule run\n"
+           "  --mask FILE         inpainting (needs --image): white (grey >= 128) = repaint, black = keep;\n"
+           "                      resized to -W x -H like the picture\n"
            "  --batch B           images per prompt (default 1); out.png becomes out-0.png …\n"
            "  --batch-index K/N   write only image K of a request of N images over the -p prompts (an\n"
            "                      image's \"Batch index: K, Batch size: N\"): the whole request runs again,\n"
@@ -111,9 +117,13 @@ static void default_args(gen_args *a) {
     a->seed = 42;
     a->device = "cpu";
     a->max_seq_len = 512;
+    a->strength = 0.6; /* diffusers' default */
 }
 
 static void free_args(gen_args *a) {
+    qi_free_bytes(a->image_rgb);
+    qi_free_bytes(a->mask_rgb);
+    a->image_rgb = a->mask_rgb = NULL;
     for (int i = 0; i < a->n_owned; i++) free(a->owned[i]);
     a->n_owned = 0;
 }
@@ -191,6 +201,17 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &a->threads);
     else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &a->vram);
     else if (!strcmp(f, "--save-latents")) a->save_latents = v;
+    else if (!strcmp(f, "--image")) a->image = v;
+    else if (!strcmp(f, "--mask")) a->mask = v;
+    else if (!strcmp(f, "--strength")) {
+        char *end;
+        errno = 0;
+        a->strength = strtod(v, &end);
+        a->strength_given = 1;
+        if (end == v || *end || errno == ERANGE || !(a->strength > 0 && a->strength <= 1))
+            return qi_app_usage_error("--strength %s: expected a number in (0, 1] (1 = repaint from pure noise, "
+                                      "small values stay close to the picture)", v);
+    }
     else if (!strcmp(f, "--random-weights")) return qi_app_parse_int(f, v, 1, 1L << 30, &a->random_weights);
     return 0;
 }
@@ -214,7 +235,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             "-m", "-p", "-n", "-o", "--lora", "--lora-mode", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
             "--max-sequence-length", "--device", "--devices", "--threads", "--vram", "--save-latents",
-            "--diffusion-model", "--text-encoder", "--vae", "--random-weights"};
+            "--diffusion-model", "--text-encoder", "--vae", "--random-weights", "--image", "--mask", "--strength"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
         if (!known) return qi_app_usage_error("generate: unknown option %s", f);
@@ -224,6 +245,9 @@ static int parse_args(int argc, char **argv, gen_args *a) {
     }
     if (rc) return rc;
     if (!a->n_prompts) return qi_app_usage_error("generate: no prompt (-p TEXT)");
+    if (a->mask && !a->image) return qi_app_usage_error("--mask needs --image (the picture whose masked part is repainted)");
+    if (a->strength_given && !a->image)
+        return qi_app_usage_error("--strength needs --image (it says how far from the picture to go)");
     if (a->width % 16 || a->height % 16)
         return qi_app_usage_error("-W %ld -H %ld: width and height must be positive multiples of 16", a->width,
                                   a->height);
@@ -383,6 +407,18 @@ static void print_summary(qi_engine *e, const qi_image *img, double total) {
 
 /* ---- before any weight loads --------------------------------------------------------- */
 
+/* --image and --mask decoded (before the weights load: a bad file costs nothing). */
+static int read_pictures(gen_args *a) {
+    char err[1024], msg[1100];
+    qi_status st = QI_OK;
+    if (a->image && (st = qi_image_read(a->image, &a->image_rgb, &a->image_w, &a->image_h, err, sizeof err)))
+        snprintf(msg, sizeof msg, "--image: %s", err);
+    else if (a->mask && (st = qi_image_read(a->mask, &a->mask_rgb, &a->mask_w, &a->mask_h, err, sizeof err)))
+        snprintf(msg, sizeof msg, "--mask: %s", err);
+    if (st) qi_app_runtime_error(msg);
+    return qi_app_exit_code(st);
+}
+
 /* The outputs, the LoRA files, the text, the scheduler and the prompts. */
 static int check_before_loading(gen_args *a, prompt_note *notes) {
     char err[1024];
@@ -401,6 +437,7 @@ static int check_before_loading(gen_args *a, prompt_note *notes) {
             fprintf(stderr, "qwen-image: error: --lora %s: cannot read the file\n", a->lora_path[i]);
             return 1;
         }
+    if ((rc = read_pictures(a))) return rc;
     if ((rc = qi_app_check_text(a))) return rc;
     a->model = qi_app_model_or_default(a->model, a->diffusion_model, a->text_encoder, a->vae, a->quiet);
     if (a->cfg > 1.0 && !a->negative && !a->quiet)
@@ -426,6 +463,7 @@ static qi_request make_request(const gen_args *a, progress *prog) {
     r.rng = a->rng;
     r.noise_dtype = a->noise_dtype;
     r.max_sequence_length = (int)a->max_seq_len;
+    r.strength = a->strength;
     r.progress = on_progress;
     r.progress_user = prog;
     return r;
@@ -452,6 +490,8 @@ static int run(gen_args *a, const prompt_note *notes) {
     qi_image img = {0};
     double t0 = now_s();
     qi_request r = make_request(a, &prog);
+    r.init_image = a->image_rgb, r.init_width = a->image_w, r.init_height = a->image_h;
+    r.mask_image = a->mask_rgb, r.mask_width = a->mask_w, r.mask_height = a->mask_h;
     if (!st) st = qi_generate(e, &r, &img);
     if (st) {
         if (prog.tty && !a->quiet) fputc('\n', stderr);

@@ -114,6 +114,12 @@ static void put_settings(sbuf *b, const gen_args *a, int index, int count, const
     sb_printf(b, ", Seed: %llu", a->seed);
     if (count > 1) sb_printf(b, ", Batch index: %d, Batch size: %d", index, count);
     sb_printf(b, ", Size: %ldx%ld", a->width, a->height);
+    if (a->image) { /* img2img / inpainting: the pictures by name (re-read on --from-parameters) */
+        float_text(a->strength, num, sizeof num);
+        sb_printf(b, ", Denoising strength: %s", num);
+        sb_kv(b, "Init image", a->image);
+        if (a->mask) sb_kv(b, "Mask", a->mask);
+    }
     if (a->model) sb_kv(b, "Model", a->model);
     if (a->diffusion_model) sb_kv(b, "Diffusion model", a->diffusion_model);
     if (a->text_encoder) sb_kv(b, "Text encoder", a->text_encoder);
@@ -257,6 +263,11 @@ static int apply_kv(const char *source, const char *key, char *v, gen_args *a, c
     if (!strcmp(key, "Batch size")) return parse_long(v, 1, 4096, &a->batch_size) ? bad_value(source, key, v) : 0;
     if (!strcmp(key, "Size"))
         return sscanf(v, "%ldx%ld", &a->width, &a->height) != 2 ? bad_value(source, key, v) : 0;
+    if (!strcmp(key, "Denoising strength")) {
+        a->strength = strtod(v, &end);
+        a->strength_given = 1;
+        return end == v || *end || !(a->strength > 0 && a->strength <= 1) ? bad_value(source, key, v) : 0;
+    }
     if (!strcmp(key, "Max sequence length"))
         return parse_long(v, 1, 1024, &a->max_seq_len) ? bad_value(source, key, v) : 0;
     if (!strcmp(key, "RNG")) {
@@ -306,6 +317,8 @@ static int parse_settings(const char *line, const char *source, gen_args *a, cha
         else if (!strcmp(key, "Diffusion model")) a->diffusion_model = keep(a, v);
         else if (!strcmp(key, "Text encoder")) a->text_encoder = keep(a, v);
         else if (!strcmp(key, "VAE")) a->vae = keep(a, v);
+        else if (!strcmp(key, "Init image")) a->image = keep(a, v);
+        else if (!strcmp(key, "Mask")) a->mask = keep(a, v);
         else if (!strcmp(key, "Scheduler")) a->scheduler = strcmp(v, "model") ? keep(a, v) : (free(v), NULL);
         else {
             int rc = apply_kv(source, key, v, a, hash, cap);

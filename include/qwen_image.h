@@ -142,6 +142,17 @@ typedef struct qi_request {
     int noise_dtype;               /* 0 auto: the run's dtype, as diffusers (CPU float32, CUDA bf16);
                                       1 float32; 2 bfloat16 (a different torch stream, not f32 rounded) */
     int max_sequence_length;       /* default 512 */
+    /* Image-to-image and inpainting (diffusers' QwenImageImg2ImgPipeline /
+     * QwenImageInpaintPipeline). The output is width × height as always (not
+     * derived from the picture): the picture, and the mask, are resized to it
+     * with PIL's Lanczos filter, no crop (the aspect ratio follows the output). */
+    const uint8_t *init_image;     /* RGB8 [init_height, init_width, 3]; NULL: text-to-image */
+    int init_width, init_height;   /* 1..16384 each */
+    const uint8_t *mask_image;     /* RGB8 [mask_height, mask_width, 3], any size; NULL: no inpainting.
+                                      Grey level (PIL's convert("L")) >= 128 = repaint (white) */
+    int mask_width, mask_height;
+    double strength;               /* 0 < strength <= 1 (default 0.6): the schedule starts at step
+                                      int(steps − steps·strength), from the picture noised to that sigma */
     qi_progress_fn progress;
     void *progress_user;
     qi_latents_fn step_latents;    /* optional: previews (see qi_latents_fn) */
@@ -232,6 +243,14 @@ void qi_free_bytes(uint8_t *bytes);
  * partial file. */
 qi_status qi_image_write(const qi_image *img, int index, const char *path, int quality, const char *parameters,
                          char *errbuf, size_t errcap);
+
+/* ---- images in ---- */
+
+/* A picture file (PNG, JPEG or WebP, told by its content) as 8-bit RGB for
+ * qi_request.init_image / mask_image: *rgb [*height, *width, 3], release with
+ * qi_free_bytes. Alpha is dropped, grey repeated, 16-bit samples cut to their
+ * high byte; at most 16384 pixels a side. */
+qi_status qi_image_read(const char *path, uint8_t **rgb, int *width, int *height, char *errbuf, size_t errcap);
 
 /* img->latents (what the VAE decoded) as a safetensors file with one float32
  * tensor "vae_in" [count, 16, 1, height/8, width/8]. */

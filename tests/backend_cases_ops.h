@@ -504,6 +504,30 @@ static void upsample_label(const bc_case *c, char *buf, size_t cap) {
 static const bc_op op_upsample2x = {"upsample2x", upsample_build, upsample_run, NULL, NULL, upsample_ref,
                                     upsample_label, {0, 0, 0, 0}, NULL, 0};
 
+/* ---- subsample2x: p = {C, H, W, offset} (y [C, ⌈(H − offset)/2⌉, ⌈(W − offset)/2⌉]) -------- */
+
+static void subsample_build(bc_inst *in) {
+    const int64_t *p = in->c->p;
+    bc_act(in, 0, 1.0f, 3, p[0], p[1], p[2], 0);
+    bc_out(in, 1, 3, p[0], (p[1] - p[3] + 1) / 2, (p[2] - p[3] + 1) / 2, 0);
+}
+static void subsample_run(qi_backend *be, const bc_inst *in, qi_tensor *t) {
+    be->ops->subsample2x(be, &t[0], (int)in->c->p[3], &t[1]);
+}
+static void subsample_ref(const bc_inst *in, int i, double *r) {
+    (void)i;
+    const int64_t C = in->c->p[0], H = in->c->p[1], W = in->c->p[2], o = in->c->p[3];
+    const int64_t Ho = (H - o + 1) / 2, Wo = (W - o + 1) / 2;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t y = 0; y < Ho; y++)
+            for (int64_t x = 0; x < Wo; x++) r[(c * Ho + y) * Wo + x] = BC_V(0)[(c * H + 2 * y + o) * W + 2 * x + o];
+}
+static void subsample_label(const bc_case *c, char *buf, size_t cap) {
+    snprintf(buf, cap, "[%lld, %lld, %lld], offset %lld", LL(c->p[0]), LL(c->p[1]), LL(c->p[2]), LL(c->p[3]));
+}
+static const bc_op op_subsample2x = {"subsample2x", subsample_build, subsample_run, NULL, NULL, subsample_ref,
+                                     subsample_label, {0, 0, 0, 0}, NULL, 0};
+
 /* ---- channel_rms_norm: p = {C, H, W, bias} ------------------------------------------- */
 
 /* y = x / max(‖x‖₂, 1e-12) · √C · gamma (+ bias) per pixel, then act. */
@@ -876,9 +900,16 @@ static const bc_case bc_cases[] = {
     CASE(op_conv2d, "float32 kernel, odd sizes", 8, 9, 11, 5, 3, 1, 1, 1),
     CASE(op_conv2d, "VAE-like", 128, 128, 128, 128, 3, 1, 1, 0),
     CASE(op_conv2d, "conv_out to RGB", 96, 64, 64, 3, 3, 1, 1, 0),
+    CASE(op_conv2d, "encoder conv_in: RGB to 96 channels", 3, 40, 56, 96, 3, 1, 1, 0),
+    CASE(op_conv2d, "encoder conv_out: 384 channels to the 32 moments", 384, 12, 14, 32, 3, 1, 1, 0),
+    CASE(op_conv2d, "quant_conv: 1×1 over the 32 moments", 32, 12, 14, 32, 1, 0, 1, 0),
 
     CASE(op_upsample2x, "small", 4, 2, 3),
     CASE(op_upsample2x, "odd sizes", 32, 17, 23),
+
+    CASE(op_subsample2x, "odd positions (the encoder's stride-2 conv)", 4, 6, 8, 1),
+    CASE(op_subsample2x, "even positions, odd sizes", 32, 17, 23, 0),
+    CASE(op_subsample2x, "odd positions, odd sizes", 32, 17, 23, 1),
 
     CASE(op_channel_rms_norm, "small, 4 channels", 4, 2, 3, 0),
     CASE(op_channel_rms_norm, "gamma", 96, 33, 40, 0),

@@ -25,6 +25,7 @@ static char tmpdir[] = "/tmp/qi_cli_XXXXXX";
 #define TE_GGUF FORMATS "/Qwen2.5-VL-tiny-Q8_0.gguf"
 #define COMFY_BF16 FORMATS "/comfy_bf16.safetensors"
 #define COMFY_VAE FORMATS "/comfy_vae.safetensors"
+#define EDIT_IN_A QI_SHARED_DIR "/reference/edit/inputs/in_a.png"
 
 static int formats_present(void) {
     if (access(TE_GGUF, R_OK) == 0 && access(COMFY_BF16, R_OK) == 0 && access(COMFY_VAE, R_OK) == 0) return 1;
@@ -121,6 +122,50 @@ static void generate_reproduces_a_reference_image_with_parameters(void) {
     CHECK(exists(lat), "--save-latents wrote %s", lat);
 }
 
+/* img2img through the CLI: the reference case img2img_s06_lightning8_lora
+ * (in_c 100×75 → 128×96, strength 0.6, 8 Lightning steps of which 5 run),
+ * its picture within 2 levels, and the parameters naming the picture and
+ * the strength; --from-parameters on that image reruns it bit for bit. */
+static void generate_img2img_reproduces_a_reference_image(void) {
+    char out[8192], png[1200], again[1200];
+    snprintf(png, sizeof png, "%s/i2i.png", tmpdir);
+    snprintf(again, sizeof again, "%s/i2i_again.png", tmpdir);
+    int rc = run_shell(out, sizeof out,
+                       "%s generate -m %s -p 'A watercolor painting of a red fox resting under a pine tree, soft morning "
+                       "light.' --image %s --strength 0.6 --lora %s --steps 8 --scheduler lightning -W 128 -H 96 "
+                       "--seed 11 --quiet -o %s",
+                       qi_cli(), model, QI_SHARED_DIR "/reference/edit/inputs/in_c.png", lora, png);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    uint8_t *rgb = NULL, *rgb2 = NULL;
+    int w = 0, h = 0;
+    char *params = NULL;
+    qi_error err;
+    CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK, "%s", err.msg);
+    qi_st_file *r = NULL;
+    if (rgb && !qi_st_open(QI_SHARED_DIR "/reference/edit/img2img_s06_lightning8_lora/tensors.safetensors", &r, &err)) {
+        const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
+        int maxd = 999;
+        if (u8 && u8->nbytes == (size_t)w * h * 3)
+            for (size_t i = maxd = 0; i < u8->nbytes; i++) {
+                int d = abs((int)rgb[i] - ((const uint8_t *)u8->data)[i]);
+                if (d > maxd) maxd = d;
+            }
+        printf("  img2img_s06_lightning8_lora via the CLI: max abs pixel diff %d\n", maxd);
+        CHECK(maxd <= 2, "max diff %d", maxd);
+        qi_st_close(r);
+    }
+    CHECK(params && strstr(params, "Denoising strength: 0.6") && strstr(params, "Init image: ") &&
+              strstr(params, "in_c.png"), "parameters: %s", params ? params : "(none)");
+    rc = run_shell(out, sizeof out, "%s generate --from-parameters %s --quiet -o %s", qi_cli(), png, again);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    int w2 = 0, h2 = 0;
+    CHECK(qi_png_read(again, &rgb2, &w2, &h2, NULL, &err) == QI_OK && w2 == w && h2 == h &&
+              !memcmp(rgb, rgb2, (size_t)w * h * 3), "--from-parameters did not rerun the same image");
+    free(rgb);
+    free(rgb2);
+    free(params);
+}
+
 static void batch_writes_numbered_files(void) {
     char out[8192], base[1200], f0[1200], f1[1200];
     snprintf(base, sizeof base, "%s/b.webp", tmpdir);
@@ -152,6 +197,14 @@ static void bad_arguments_fail_cleanly(void) {
         {"-p x --lora /nonexistent/l.safetensors", "/nonexistent/l.safetensors", 1},
         {"-p x -o /nonexistent/dir/out.png", "/nonexistent/dir", 1},
         {"-p x -m /nonexistent/model", "/nonexistent/model", 1},
+        {"-p x --strength 0.5", "--strength needs --image", 2},
+        {"-p x --mask " EDIT_IN_A, "--mask needs --image", 2},
+        {"-p x --image " EDIT_IN_A " --strength 0", "--strength 0: expected a number in (0, 1]", 2},
+        {"-p x --image " EDIT_IN_A " --strength 1.01", "--strength 1.01", 2},
+        {"-p x --image " EDIT_IN_A " --strength abc", "--strength abc", 2},
+        {"-p x --image /nonexistent/p.png", "--image: cannot open /nonexistent/p.png", 1},
+        {"-p x --image " EDIT_IN_A " --mask " QI_SHARED_DIR "/reference/edit/img2img_s09_cfg4/case.json",
+         "--mask: " QI_SHARED_DIR "/reference/edit/img2img_s09_cfg4/case.json: not a PNG, JPEG or WebP picture", 1},
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
         char out[4096], dir[1200];
@@ -219,6 +272,7 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"generate -p x -p y --batch-index 0/3", "split evenly", NULL, 2},
         {"generate --from-parameters afile", "afile", NULL, 2},
         {"generate -p x -m afile", "-m afile: is a file, not a folder", NULL, 1}, /* as a missing -m: exit 1 */
+        {"generate -p x --image afile", "--image: afile: not a PNG, JPEG or WebP picture", NULL, 1},
         {"encode -p x -o missing/e.safetensors", "cannot write into folder 'missing'", NULL, 1},
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
         {"generate -p x --vram 8Q", "--vram 8Q: expected a memory size", NULL, 2},
@@ -553,6 +607,7 @@ int main(void) {
     RUN(tokenize_prints_ids_on_one_line);
     RUN(encode_writes_embeddings_and_mask);
     RUN(generate_reproduces_a_reference_image_with_parameters);
+    RUN(generate_img2img_reproduces_a_reference_image);
     RUN(batch_writes_numbered_files);
     RUN(bad_arguments_fail_cleanly);
     RUN(unknown_command_is_usage_error);

@@ -215,6 +215,10 @@ typedef struct qi_backend_ops {
                    int pad, qi_tensor *y);
     /* y[C, 2H, 2W] = nearest 2× upsample of x[C, H, W]. */
     void (*upsample2x)(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+    /* y[C, i, j] = x[C, 2i + offset, 2j + offset], offset 0 or 1, y [C, Ho, Wo]
+     * with 2·(Ho − 1) + offset < H (same for W). The VAE encoder's stride-2 3×3
+     * conv with zero padding (0, 1, 0, 1) is conv2d(pad 1) then offset 1. */
+    void (*subsample2x)(qi_backend *be, const qi_tensor *x, int offset, qi_tensor *y);
     /* Per pixel over channels: y = x / max(‖x‖₂, 1e-12) · √C · gamma[C] (+ bias).
      * x, y [C, H, W]. bias may be NULL. y may alias x. */
     void (*channel_rms_norm)(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,

@@ -12,7 +12,11 @@
  *      tokens (all of them, or its Ulysses shard) and true CFG (the combine
  *      of both predictions, or the CFG-parallel exchange with its pair);
  *   4. Euler on its tokens, x += (σ[i+1] − σ[i])·v, in float32 as diffusers
- *      upcasts (outside the recording: its coefficient changes per step).
+ *      upcasts (outside the recording: its coefficient changes per step);
+ *   5. inpainting: the kept region blended back from the picture (host).
+ *
+ * Img2img runs the same loop over the schedule's tail (plan.c truncates it)
+ * from the noised picture (stages_image.c).
  *
  * Step 3 is recorded once and replayed per step (and from step 0 of later
  * requests with the same key) when every rank's backend records graphs and
@@ -278,7 +282,7 @@ static qi_status rank_finish(const denoise_task *t, rank_ctx *c, qi_error *err) 
  * t->latents (free between setup and finish: every rank uploaded its noise
  * before step 0's barrier). */
 static qi_status step_hook(const denoise_task *t, rank_ctx *c, int i, qi_error *err) {
-    if (!t->hook || c->w != 0 || c->sp) return QI_OK;
+    if (!t->hook || !t->hook->fn || c->w != 0 || c->sp) return QI_OK;
     qi_status st = c->be->ops->download(c->be, &c->lat, t->latents, err);
     if (st == QI_OK) st = c->be->ops->download(c->be, &c->v[0], t->hook_v, err);
     if (st == QI_OK) st = c->be->ops->sync(c->be, err);
@@ -289,6 +293,16 @@ static qi_status step_hook(const denoise_task *t, rank_ctx *c, int i, qi_error *
     for (size_t k = 0; k < n; k++) t->latents[k] -= s * t->hook_v[k];
     t->hook->fn(t->hook->user, i + 1, t->latents);
     return QI_OK;
+}
+
+/* Before step i on rank 0 when it holds every token: the latents the
+ * transformer is about to read, through t->latents (free during the loop). */
+static qi_status inputs_hook(const denoise_task *t, rank_ctx *c, int i, qi_error *err) {
+    if (!t->hook || !t->hook->inputs || c->w != 0 || c->sp) return QI_OK;
+    qi_status st = c->be->ops->download(c->be, &c->lat, t->latents, err);
+    if (st == QI_OK) st = c->be->ops->sync(c->be, err);
+    if (st == QI_OK) t->hook->inputs(t->hook->user, i, t->latents);
+    return st;
 }
 
 /* After step i: the latents are finite, or the run stops here naming the
@@ -311,6 +325,35 @@ static qi_status check_step_finite(const denoise_task *t, rank_ctx *c, int i, qi
                    (long long)bad, (long long)qi_numel(&c->lat));
 }
 
+/* Inpainting, after step i (diffusers' per-step blend): the region kept goes
+ * back to the picture, re-noised to the sigma of the next step run
+ * (scale_noise; after the last step the clean picture):
+ *   lat = (1 − m)·(σ'·noise + (1 − σ')·x0) + m·lat,  m = 1 where repainted.
+ * On the host, in float32 as the reference, over the rank's tokens (its
+ * Ulysses shard, or all); one download and one upload of the latents. */
+static qi_status inpaint_blend(const denoise_task *t, rank_ctx *c, int i, qi_error *err) {
+    const qi_plan *p = t->p;
+    int64_t B = p->batch, L = p->img_tokens, C = p->packed_ch;
+    int64_t begin = c->sp ? qi_ulysses_shard_begin(&c->u, c->u.rank) : 0, len = c->lat.ne[1];
+    float *lat = malloc(sizeof(float) * (size_t)(B * len * C));
+    if (!lat) return qi_fail(err, QI_ERR_NOMEM, "out of memory for the inpainting blend");
+    qi_status st = c->be->ops->download(c->be, &c->lat, lat, err);
+    if (st == QI_OK) st = c->be->ops->sync(c->be, err);
+    int last = i == p->steps - 1;
+    float s = last ? 0.0f : p->sigmas[i + 1], keep = 1.0f - s;
+    for (int64_t b = 0; b < B && st == QI_OK; b++)
+        for (int64_t k = 0; k < len * C; k++) {
+            int64_t g = begin * C + k; /* the token's place in a whole image */
+            float x0 = p->init.x0[g], m = p->init.mask[g];
+            float proper = last ? x0 : s * p->init.noise[b * L * C + g] + keep * x0;
+            float *x = &lat[b * len * C + k];
+            *x = (1.0f - m) * proper + m * *x;
+        }
+    if (st == QI_OK) st = c->be->ops->upload(c->be, &c->lat, lat, err);
+    free(lat);
+    return st;
+}
+
 static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
     denoise_task *t = arg;
     const qi_plan *p = t->p;
@@ -326,10 +369,12 @@ static qi_status denoise_rank(qi_ranks *r, int w, void *arg, qi_error *err) {
     if (st == QI_OK) st = rank_calls(t, &c, err);
     for (int i = 0; i < p->steps && st == QI_OK; i++) {
         st = qi_ranks_step_barrier(r, w, i, p->steps, p->req->progress, p->req->progress_user, &t->cancel_at, err);
+        if (st == QI_OK) st = inputs_hook(t, &c, i, err);
         if (st == QI_OK) st = rank_step(t, &c, i, err);
         if (st == QI_OK) c.be->ops->axpby(c.be, 1.0f, &c.lat, p->sigmas[i + 1] - p->sigmas[i], &c.v[0], &c.lat);
         if (st == QI_OK && t->check_finite) st = check_step_finite(t, &c, i, err);
         if (st == QI_OK) st = step_hook(t, &c, i, err);
+        if (st == QI_OK && p->inpaint) st = inpaint_blend(t, &c, i, err);
     }
     if (st == QI_OK) st = rank_finish(t, &c, err);
     if (st != QI_OK && st != QI_ERR_CANCELLED) fail_rank(t, w);
@@ -346,7 +391,7 @@ qi_status qi_denoise_hooked(qi_ranks *r, const qi_plan *p, const qi_text_embeds 
                             const qi_denoise_hook *hook, qi_error *err) {
     for (int w = 0; w < r->n; w++)
         if (!r->dit[w]) return qi_fail(err, QI_ERR_ARG, "denoise: rank %d has no transformer loaded", w);
-    denoise_task t = {.r = r, .p = p, .text = text, .latents = latents, .hook = hook && hook->fn ? hook : NULL};
+    denoise_task t = {.r = r, .p = p, .text = text, .latents = latents, .hook = hook && (hook->fn || hook->inputs) ? hook : NULL};
     if (t.hook && !(t.hook_v = malloc(sizeof(float) * (size_t)p->batch * p->img_tokens * p->packed_ch)))
         return qi_fail(err, QI_ERR_NOMEM, "out of memory for the step latents");
     const char *cf = getenv("QI_CHECK_FINITE"); /* "0": off, to time the check's cost */

@@ -27,7 +27,9 @@ qi_status qi_denoise(qi_ranks *r, const qi_plan *p, const qi_text_embeds text[2]
  * host, the clean latents the step predicts (x - sigma_i * v). */
 typedef void (*qi_denoise_step_fn)(void *user, int step, const float *x0);
 typedef struct qi_denoise_hook {
-    qi_denoise_step_fn fn;
+    qi_denoise_step_fn fn;     /* x0 after each step (NULL: none) */
+    qi_denoise_step_fn inputs; /* tests: before step `step` (0-based), the latents [B, img_tokens,
+                                  packed_ch] the step's transformer call(s) read (NULL: none) */
     void *user;
 } qi_denoise_hook;
 /* qi_denoise with a per-step hook (NULL: none). Not called when the image

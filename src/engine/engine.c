@@ -4,6 +4,7 @@
  * rank), the LoRA set, warm-up, and qi_generate as a sequence of stages:
  *
  *   plan → text (tokenize → text encoder) → noise
+ *          (img2img / inpaint: the picture → VAE encoder → noised, stages_image.c)
  *        → denoise ([transformer (+ uncond) → CFG → Euler] × steps, denoise.c)
  *        → decode (unpack → VAE → RGB8)
  *
@@ -42,6 +43,7 @@ qi_request qi_request_default(void) {
     r.batch = 1;
     r.rng = QI_RNG_CPU;
     r.max_sequence_length = 512;
+    r.strength = 0.6; /* diffusers' default */
     return r;
 }
 
@@ -407,27 +409,39 @@ static void on_step_latents(void *user, int step, const float *x0) {
 }
 
 static qi_status run_denoise(qi_engine *e, const qi_plan *p, const qi_text_embeds text[2], float *latents) {
-    if (!p->req->step_latents) return qi_denoise(e->ranks, p, text, latents, &e->err);
+    if (!p->req->step_latents)
+        return qi_denoise_hooked(e->ranks, p, text, latents, e->test_inputs.inputs ? &e->test_inputs : NULL, &e->err);
     step_latents_ctx c = {.e = e, .p = p,
                           .vae_in = malloc(sizeof(float) * (size_t)p->batch * 16 * p->lat_h * p->lat_w)};
     if (!c.vae_in) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the step latents");
-    qi_denoise_hook hook = {.fn = on_step_latents, .user = &c};
+    qi_denoise_hook hook = {.fn = on_step_latents, .user = &c}; /* (test_inputs: not with previews) */
     qi_status st = qi_denoise_hooked(e->ranks, p, text, latents, &hook, &e->err);
     free(c.vae_in);
     return st;
 }
 
-static qi_status generate_latents(qi_engine *e, const qi_plan *p, const qi_text_embeds text[2], float **latents) {
+/* The start latents of an img2img / inpaint run: the picture through the
+ * VAE encoder (the VAE resident for it), noised to the first sigma run. */
+static qi_status generate_init_latents(qi_engine *e, qi_plan *p, float **latents) {
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_VAE);
+    if (!st) st = qi_stage_init_latents(e, p, latents);
+    qi_engine_release(e, QI_COMPONENT_VAE);
+    return st;
+}
+
+static qi_status generate_latents(qi_engine *e, qi_plan *p, const qi_text_embeds text[2], float **latents) {
     double t0 = qi_now_s();
-    qi_status st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
-    e->last.load_s = qi_now_s() - t0;
+    qi_status st = p->has_init ? generate_init_latents(e, p, latents) : QI_OK;
+    double t_enc = qi_now_s() - t0;
+    if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
+    e->last.load_s = qi_now_s() - t0 - t_enc;
     t0 = qi_now_s();
-    if (!st) st = qi_stage_noise(e, p, latents);
+    if (!st && !p->has_init) st = qi_stage_noise(e, p, latents);
     if (!st) st = run_denoise(e, p, text, *latents);
     qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
     if (!st && qi_stage_report(p, "denoise", p->steps, p->steps))
         st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
-    e->last.denoise_s = qi_now_s() - t0;
+    e->last.denoise_s = qi_now_s() - t0 + t_enc;
     return st;
 }
 

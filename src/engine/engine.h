@@ -73,6 +73,7 @@ struct qi_engine {
     void *log_user;
     qi_error err;
     qi_timings last;
+    qi_denoise_hook test_inputs; /* tests: its `inputs` sees every step's transformer input */
 };
 
 /* Makes component c resident for a stage (loading it first if needed, then
@@ -109,6 +110,10 @@ qi_status qi_stage_text(qi_engine *e, const qi_plan *p, qi_text_embeds text[2]);
 void qi_text_embeds_free(qi_text_embeds *t);
 /* The initial noise, packed: *latents [B, img_tokens, 64] malloc'd. */
 qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents);
+/* img2img / inpaint (stages_image.c): the picture encoded and noised to the
+ * first sigma run, packed into *latents [B, img_tokens, 64] malloc'd; fills
+ * p->init (the picture's latents, the noise and, inpainting, the mask). */
+qi_status qi_stage_init_latents(qi_engine *e, qi_plan *p, float **latents);
 /* Denoised packed latents → out (vae_in latents and RGB8 images). */
 qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out);
 /* Reports progress; nonzero: cancelled. */

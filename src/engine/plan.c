@@ -11,6 +11,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+int qi_plan_t_start(int steps, double strength) {
+    double init_steps = fmin((double)steps * strength, (double)steps);
+    return (int)fmax((double)steps - init_steps, 0.0);
+}
+
+/* The img2img / inpaint fields (diffusers' argument names in the messages). */
+static qi_status check_init_image(const qi_request *r, qi_error *err) {
+    if (!r->init_image) {
+        if (r->mask_image)
+            return qi_fail(err, QI_ERR_ARG, "--mask needs --image: a mask says which part of a picture to repaint");
+        return QI_OK;
+    }
+    if (!(r->strength > 0.0 && r->strength <= 1.0))
+        return qi_fail(err, QI_ERR_ARG, "--strength %g: must be in (0, 1] (1 = repaint from pure noise, small "
+                       "values stay close to the picture)", r->strength);
+    if (r->init_width < 1 || r->init_height < 1 || r->init_width > 16384 || r->init_height > 16384)
+        return qi_fail(err, QI_ERR_ARG, "--image: picture size %dx%d: each side must be 1..16384 pixels",
+                       r->init_width, r->init_height);
+    if (r->mask_image && (r->mask_width < 1 || r->mask_height < 1 || r->mask_width > 16384 || r->mask_height > 16384))
+        return qi_fail(err, QI_ERR_ARG, "--mask: mask size %dx%d: each side must be 1..16384 pixels", r->mask_width,
+                       r->mask_height);
+    return QI_OK;
+}
+
 qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
     if (!r->prompt && !r->prompts) return qi_fail(err, QI_ERR_ARG, "no prompt given (-p TEXT)");
     if (r->prompts) {
@@ -57,7 +81,7 @@ qi_status qi_plan_check_request(const qi_request *r, qi_error *err) {
         return qi_fail(err, QI_ERR_ARG, "noise dtype: expected auto, f32 or bf16");
     if (r->rng != QI_RNG_CPU && r->rng != QI_RNG_CUDA)
         return qi_fail(err, QI_ERR_ARG, "rng: expected cpu or cuda");
-    return QI_OK;
+    return check_init_image(r, err);
 }
 
 /* The ranks' layout: with true CFG and an even count, cond and uncond on
@@ -80,6 +104,11 @@ static qi_status plan_schedule(qi_plan *p, const qi_scheduler_config *sched, qi_
     if (!p->sigmas || !p->timesteps || !p->t_all) return qi_fail(err, QI_ERR_NOMEM, "out of memory");
     qi_status st = qi_scheduler_sigmas(sched, p->steps, p->img_tokens, p->sigmas, p->timesteps, err);
     if (st) qi_fail_ctx(err, st, "--scheduler %s", p->req->scheduler ? p->req->scheduler : "model");
+    if (st == QI_OK && p->t_start > 0) { /* img2img: the schedule's tail runs (begin_index = t_start) */
+        p->steps -= p->t_start;
+        memmove(p->sigmas, p->sigmas + p->t_start, sizeof(float) * (size_t)(p->steps + 1));
+        memmove(p->timesteps, p->timesteps + p->t_start, sizeof(float) * (size_t)p->steps);
+    }
     for (int i = 0; st == QI_OK && i < p->steps; i++)
         for (int b = 0; b < p->batch; b++) p->t_all[(size_t)i * p->batch + b] = p->timesteps[i] / 1000.0f;
     return st;
@@ -104,7 +133,10 @@ qi_status qi_plan_make(const qi_request *r, const qi_scheduler_config *sched, in
     p->lat_h = r->height / 8;
     p->lat_w = r->width / 8;
     p->packed_ch = QI_LATENT_CHANNELS * 4;
-    p->steps = r->steps;
+    p->steps = p->steps_total = r->steps;
+    p->has_init = r->init_image != NULL;
+    p->inpaint = p->has_init && r->mask_image != NULL;
+    p->t_start = p->has_init ? qi_plan_t_start(r->steps, r->strength) : 0;
     p->do_cfg = r->cfg > 1.0f && r->negative_prompt != NULL;
     p->cfg = r->cfg;
     if ((st = plan_layout(p, ranks, heads, head_dim, err))) return st;
@@ -116,5 +148,8 @@ void qi_plan_free(qi_plan *p) {
     free(p->sigmas);
     free(p->timesteps);
     free(p->t_all);
+    free(p->init.x0);
+    free(p->init.noise);
+    free(p->init.mask);
     memset(p, 0, sizeof *p);
 }

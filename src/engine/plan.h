@@ -15,6 +15,14 @@
 #define QI_LATENT_CHANNELS 16 /* VAE latent channels; packed tokens carry 4× (2×2 patches) */
 #define QI_MAX_IMAGES 4096    /* images per request (prompts × batch) */
 
+/* The picture's part of an img2img / inpaint run (stages_image.c fills it),
+ * packed [*, img_tokens, 64] like the latents. */
+typedef struct qi_plan_init {
+    float *x0;    /* [1, L, 64] the picture's normalised latents (every image of the batch starts from it) */
+    float *noise; /* [B, L, 64] the noise the start latents were made with (inpaint re-noises with it) */
+    float *mask;  /* [1, L, 64] 1 = repaint, 0 = keep the picture; NULL: img2img */
+} qi_plan_init;
+
 typedef struct qi_plan {
     const qi_request *req;          /* the request as given (progress callback, seed, rng, ...) */
     const char *const *prompts;     /* n_prompts prompts: req->prompts, or &prompt_one */
@@ -27,14 +35,23 @@ typedef struct qi_plan {
     int img_tokens;                 /* grid_h · grid_w */
     int lat_h, lat_w;               /* VAE latent size: pixels / 8 */
     int packed_ch;                  /* channels of a packed latent token (64) */
-    int steps;
+    int steps;                      /* steps run: steps_total − t_start */
+    int steps_total;                /* the request's steps (the schedule is made for these) */
+    int t_start;                    /* img2img: the first step of the schedule that runs; 0 otherwise */
+    int has_init;                   /* an init image (img2img, or inpaint when init.mask is set) */
+    int inpaint;                    /* a mask: blend the kept region back after every step */
+    qi_plan_init init;              /* filled by qi_stage_init_latents; freed with the plan */
     int do_cfg;                     /* true CFG: cfg > 1 and a negative prompt */
     float cfg;                      /* the scale when do_cfg, else unused */
-    float *sigmas;                  /* [steps + 1] flow-matching sigmas, last 0 */
-    float *timesteps;               /* [steps] the scheduler's timesteps (0..1000) */
+    float *sigmas;                  /* [steps + 1] flow-matching sigmas of the steps run, last 0 */
+    float *timesteps;               /* [steps] the scheduler's timesteps (0..1000) of the steps run */
     float *t_all;                   /* [steps][batch] the transformer's timestep: timesteps / 1000 */
     qi_parallel_layout layout;      /* ranks: CFG-parallel branches × Ulysses size (1 × 1 on one device) */
 } qi_plan;
+
+/* diffusers' get_timesteps: the first step run of `steps` at `strength`,
+ * int(max(steps − min(steps·strength, steps), 0)) in double precision. */
+int qi_plan_t_start(int steps, double strength);
 
 /* The request's argument checks alone (the messages name the CLI flags). */
 qi_status qi_plan_check_request(const qi_request *r, qi_error *err);

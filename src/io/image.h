@@ -65,6 +65,12 @@ qi_status qi_image_encode_rgb(const uint8_t *rgb, int width, int height, qi_imag
 qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
                       qi_error *err);
 
+/* A picture (PNG, JPEG or WebP, by its first bytes) as 8-bit RGB: *rgb
+ * [height, width, 3] malloc'd. Alpha is dropped, grey repeated, palettes
+ * expanded, 16-bit samples cut to their high byte (image_read.c). More than
+ * 16384 pixels a side is QI_ERR_ARG. */
+qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err);
+
 #define QI_JPEG_COMMENT_MAX 65533 /* bytes of one COM segment */
 
 /* The text of a JPEG's COM segments (before the first scan), joined in

@@ -22,6 +22,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "io/model_dir.h"
 #include "io/source.h"
@@ -61,6 +62,28 @@ typedef struct vae_level {
     qi_tensor up_w, up_b; /* resample.1: [out/2, out, 3, 3], [out/2] */
 } vae_level;
 
+/* encoder.down_blocks of one level: num_res_blocks residual blocks, then
+ * (except the last level) the stride-2 3×3 conv after a (0, 1, 0, 1) zero pad. */
+typedef struct vae_down_level {
+    int n_res;
+    vae_resblock *res;
+    int has_downsampler;
+    qi_tensor down_w, down_b; /* resample.1: [C, C, 3, 3], [C] */
+} vae_down_level;
+
+/* The encoder (qi_vae_load_encoder): Wan's encoder on one frame, then quant_conv. */
+typedef struct vae_encoder {
+    int loaded;
+    int dims[VAE_MAX_LEVELS + 1];         /* base·[1, dim_mult...] */
+    qi_tensor conv_in_w, conv_in_b;       /* [dims0, 3, 3, 3] (last temporal tap), [dims0] */
+    vae_down_level levels[VAE_MAX_LEVELS];
+    vae_resblock mid_res[2];
+    vae_attention mid_attn;
+    qi_tensor norm_out;                   /* gamma [dims_last] */
+    qi_tensor conv_out_w, conv_out_b;     /* [2z, dims_last, 3, 3], [2z] */
+    qi_tensor quant_w, quant_b;           /* [2z, 2z, 1, 1], [2z] */
+} vae_encoder;
+
 struct qi_vae {
     qi_backend *be;
     const qi_source *src; /* the caller's: the CPU backend's weights point into its mapping */
@@ -82,12 +105,16 @@ struct qi_vae {
     qi_tensor norm_out;                   /* gamma [dims_last] */
     qi_tensor conv_out_w, conv_out_b;     /* [3, dims_last, 3, 3], [3] */
 
+    vae_encoder enc;
+
     /* bookkeeping: every bound weight (for weight_free) and every buffer
      * the vae allocated for a weight (the temporal slices) */
     qi_tensor **bound;
     int n_bound, cap_bound;
     void **owned;
     int n_owned, cap_owned;
+
+    int n_attn_scales; /* len(attn_scales): the encoder supports none (Qwen-Image has none) */
 
     qi_vae_tiling tiling;
     size_t band_bytes; /* see qi_vae_set_band_bytes */
@@ -129,6 +156,7 @@ static qi_status read_config(qi_vae *v, const cJSON *cfg, const char *path, qi_e
         st = qi_fail(err, QI_ERR_FORMAT, "%s: key 'attn_scales' must be an array", path);
         goto done;
     }
+    v->n_attn_scales = cJSON_GetArraySize(attn);
     /* "temperal" (sic): one bool per downsampling level; only its length
      * matters for one frame (it selects time_conv, never applied to images). */
     const cJSON *temporal = cJSON_GetObjectItemCaseSensitive(cfg, "temperal_downsample");
@@ -482,6 +510,7 @@ void qi_vae_free(qi_vae *v) {
     for (int i = 0; i < v->n_bound; i++) v->be->ops->weight_free(v->be, v->bound[i]);
     for (int i = 0; i < v->n_owned; i++) free(v->owned[i]);
     for (int i = 0; i < VAE_MAX_LEVELS; i++) free(v->levels[i].res);
+    for (int i = 0; i < VAE_MAX_LEVELS; i++) free(v->enc.levels[i].res);
     free(v->bound);
     free(v->owned);
     free(v->latents_mean);
@@ -919,4 +948,213 @@ qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, fl
         if (rgb_out[i] > 1.0f) rgb_out[i] = 1.0f;
     }
     return QI_OK;
+}
+
+/* ---- encoder (img2img, inpainting, editing) ------------------------------------------ */
+
+/* The encoder's module tree, diffusers names (Wan's mapped by the source):
+ * encoder.down_blocks is one flat list, per level num_res_blocks residual
+ * blocks then the level's resampler. The downsample3d levels' time_conv is
+ * never read: on the first (only) frame the reference caches the input and
+ * skips it. */
+static qi_status bind_encoder(qi_vae *v, qi_error *err) {
+    vae_encoder *e = &v->enc;
+    qi_status st;
+    char prefix[160];
+    int z2 = 2 * v->z_dim, L = v->n_levels, k = 0;
+    e->dims[0] = v->base_dim;
+    for (int i = 0; i < L; i++) e->dims[i + 1] = v->base_dim * v->dim_mult[i];
+    if ((st = bind_causal_conv3(v, "encoder.conv_in", e->dims[0], 3, &e->conv_in_w, &e->conv_in_b, err)))
+        return st;
+    for (int i = 0; i < L; i++) {
+        vae_down_level *lvl = &e->levels[i];
+        lvl->n_res = v->num_res_blocks;
+        lvl->res = calloc((size_t)(lvl->n_res ? lvl->n_res : 1), sizeof *lvl->res);
+        if (!lvl->res) return qi_fail(err, QI_ERR_NOMEM, "vae: out of memory");
+        for (int r = 0; r < lvl->n_res; r++, k++) {
+            snprintf(prefix, sizeof prefix, "encoder.down_blocks.%d", k);
+            int in = r == 0 ? e->dims[i] : e->dims[i + 1];
+            if ((st = bind_resblock(v, prefix, in, e->dims[i + 1], &lvl->res[r], err))) return st;
+        }
+        lvl->has_downsampler = i != L - 1;
+        if (lvl->has_downsampler) {
+            char name[192];
+            int64_t c = e->dims[i + 1], shape[4] = {c, c, 3, 3};
+            snprintf(name, sizeof name, "encoder.down_blocks.%d.resample.1.weight", k);
+            if ((st = bind(v, name, 4, shape, &lvl->down_w, 4, shape, err))) return st;
+            snprintf(name, sizeof name, "encoder.down_blocks.%d.resample.1.bias", k);
+            if ((st = bind_vector(v, name, c, &lvl->down_b, err))) return st;
+            k++;
+        }
+    }
+    int last = e->dims[L];
+    for (int r = 0; r < 2; r++) {
+        snprintf(prefix, sizeof prefix, "encoder.mid_block.resnets.%d", r);
+        if ((st = bind_resblock(v, prefix, last, last, &e->mid_res[r], err))) return st;
+    }
+    if ((st = bind_attention(v, "encoder.mid_block.attentions.0", last, &e->mid_attn, err))) return st;
+    if ((st = bind_gamma(v, "encoder.norm_out.gamma", last, 4, &e->norm_out, err))) return st;
+    if ((st = bind_causal_conv3(v, "encoder.conv_out", z2, last, &e->conv_out_w, &e->conv_out_b, err)))
+        return st;
+    return bind_causal_conv1(v, "quant_conv", z2, z2, &e->quant_w, &e->quant_b, err);
+}
+
+qi_status qi_vae_load_encoder(qi_vae *v, qi_error *err) {
+    if (!v) return qi_fail(err, QI_ERR_ARG, "qi_vae_load_encoder: NULL vae");
+    if (v->enc.loaded) return QI_OK;
+    if (v->n_attn_scales != 0)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "%s: the VAE config lists attn_scales (attention inside the "
+                       "encoder levels); Qwen-Image's VAE has none and only that is supported",
+                       qi_source_path(v->src));
+    int n_bound = v->n_bound, n_owned = v->n_owned;
+    qi_status st = bind_encoder(v, err);
+    if (st) { /* undone, so that a later call starts clean (and frees nothing twice) */
+        for (int i = n_bound; i < v->n_bound; i++) v->be->ops->weight_free(v->be, v->bound[i]);
+        for (int i = n_owned; i < v->n_owned; i++) free(v->owned[i]);
+        for (int i = 0; i < VAE_MAX_LEVELS; i++) free(v->enc.levels[i].res);
+        v->n_bound = n_bound;
+        v->n_owned = n_owned;
+        memset(&v->enc, 0, sizeof v->enc);
+        return qi_fail_ctx(err, st, "loading the VAE encoder (img2img / inpainting / editing need it)");
+    }
+    v->enc.loaded = 1;
+    return QI_OK;
+}
+
+int qi_vae_has_encoder(const qi_vae *v) { return v && v->enc.loaded; }
+
+/* The activation plan of one encode at H × W pixels, in elements: the slot
+ * size (largest activation) and the largest block scratch; walks the same
+ * structure as encode_image. */
+static void plan_encode(const qi_vae *v, int64_t H, int64_t W, int64_t *slot, int64_t *scratch) {
+    const vae_encoder *e = &v->enc;
+    int64_t s = 3 * H * W, sc = 3 * H * W; /* the uploaded picture */
+    if (e->dims[0] * H * W > s) s = e->dims[0] * H * W;
+    for (int i = 0; i < v->n_levels; i++) {
+        int64_t c = e->dims[i] > e->dims[i + 1] ? e->dims[i] : e->dims[i + 1];
+        if (c * H * W > s) s = c * H * W;
+        if (c * H * W > sc) sc = c * H * W; /* a residual block's scratch, the full-size stride-1 conv */
+        if (e->levels[i].has_downsampler) {
+            H /= 2;
+            W /= 2;
+        }
+    }
+    int64_t last = e->dims[v->n_levels], attn = 4 * last * H * W, z2 = 2 * (int64_t)v->z_dim * H * W;
+    if (attn > sc) sc = attn;
+    if (z2 > s) s = z2;
+    *slot = s;
+    *scratch = sc;
+}
+
+/* x[C, H, W] → y[C, H/2, W/2]: the zero pad (0, 1, 0, 1) and the stride-2 3×3
+ * conv, computed as the padding-1 stride-1 conv read at odd rows and columns
+ * (output (i, j) of the strided conv sees input rows 2i..2i+2, the same
+ * window as the stride-1 conv's output 2i+1; row H is the pad's zero row). */
+static qi_status downsample_forward(qi_backend *be, const vae_down_level *lvl, const qi_tensor *x, qi_tensor *y,
+                                    qi_error *err) {
+    const qi_backend_ops *op = be->ops;
+    size_t mark = op->mark(be);
+    qi_tensor full;
+    qi_status st = qi_be_act3(be, &full, y->ne[0], x->ne[1], x->ne[2], err);
+    if (st) return st;
+    op->conv2d(be, x, &lvl->down_w, &lvl->down_b, 1, &full);
+    op->subsample2x(be, &full, 1, y);
+    op->reset(be, mark);
+    return QI_OK;
+}
+
+/* rgb[3, H, W] host → moments[2z, H/8, W/8] host (quant_conv's output: mean
+ * rows first, then logvar). */
+static qi_status encode_image(qi_vae *v, const float *rgb, int64_t H, int64_t W, float *moments, qi_error *err) {
+    qi_backend *be = v->be;
+    const qi_backend_ops *op = be->ops;
+    const vae_encoder *e = &v->enc;
+    int64_t slot_n, scratch_n;
+    plan_encode(v, H, W, &slot_n, &scratch_n);
+    size_t mark = op->mark(be);
+    qi_tensor slot[2], out_t;
+    qi_status st;
+    int64_t one[1] = {slot_n};
+    if ((st = qi_be_act(be, &slot[0], 1, one, err)) || (st = qi_be_act(be, &slot[1], 1, one, err))) goto done;
+    int cur = 0;
+    qi_tensor x = chw(&slot[cur], 3, H, W), y;
+    if ((st = op->upload(be, &x, rgb, err))) goto done;
+    y = other_slot(slot, &cur, e->dims[0], H, W);
+    op->conv2d(be, &x, &e->conv_in_w, &e->conv_in_b, 1, &y); /* conv_in, last temporal tap */
+    x = y;
+    for (int i = 0; i < v->n_levels; i++) {
+        const vae_down_level *lvl = &e->levels[i];
+        for (int r = 0; r < lvl->n_res; r++) {
+            y = other_slot(slot, &cur, lvl->res[r].out_ch, H, W);
+            if ((st = resblock_forward(be, &lvl->res[r], &x, &y, err))) goto done;
+            x = y;
+        }
+        if (lvl->has_downsampler) {
+            H /= 2;
+            W /= 2;
+            y = other_slot(slot, &cur, x.ne[0], H, W);
+            if ((st = downsample_forward(be, lvl, &x, &y, err))) goto done;
+            x = y;
+        }
+    }
+    int64_t C = x.ne[0], z2 = 2 * (int64_t)v->z_dim;
+    y = other_slot(slot, &cur, C, H, W);
+    if ((st = resblock_forward(be, &e->mid_res[0], &x, &y, err))) goto done;
+    x = y;
+    y = other_slot(slot, &cur, C, H, W);
+    if ((st = attention_forward(be, &e->mid_attn, &x, &y, v->band_bytes, err))) goto done;
+    x = y;
+    y = other_slot(slot, &cur, C, H, W);
+    if ((st = resblock_forward(be, &e->mid_res[1], &x, &y, err))) goto done;
+    x = y;
+    /* head: silu(norm_out(x)) in place, conv_out to 2z channels, quant_conv */
+    op->channel_rms_norm(be, &x, &e->norm_out, NULL, &x);
+    op->activate(be, &x, QI_ACT_SILU, &x);
+    y = other_slot(slot, &cur, z2, H, W);
+    op->conv2d(be, &x, &e->conv_out_w, &e->conv_out_b, 1, &y);
+    out_t = other_slot(slot, &cur, z2, H, W);
+    op->conv2d(be, &y, &e->quant_w, &e->quant_b, 0, &out_t);
+    st = op->download(be, &out_t, moments, err);
+done:
+    op->reset(be, mark);
+    return st;
+}
+
+qi_status qi_vae_encode(qi_vae *v, const float *rgb, int height, int width, float *mean, float *logvar,
+                        qi_error *err) {
+    if (!v || !rgb || !mean || !logvar) return qi_fail(err, QI_ERR_ARG, "qi_vae_encode: NULL argument");
+    if (!v->enc.loaded)
+        return qi_fail(err, QI_ERR_ARG, "qi_vae_encode: the encoder is not loaded (call qi_vae_load_encoder)");
+    if (height < v->scale || width < v->scale || height % v->scale || width % v->scale || height > 65536 ||
+        width > 65536)
+        return qi_fail(err, QI_ERR_ARG, "qi_vae_encode: picture %dx%d (h x w): each side must be a multiple "
+                       "of %d in %d..65536", height, width, v->scale, v->scale);
+    int64_t h = height / v->scale, w = width / v->scale, n = (int64_t)v->z_dim * h * w;
+    float *moments = malloc(sizeof(float) * 2 * (size_t)n);
+    if (!moments) return qi_fail(err, QI_ERR_NOMEM, "qi_vae_encode: out of memory for %lldx%lld latents",
+                                 (long long)h, (long long)w);
+    qi_status st = encode_image(v, rgb, height, width, moments, err);
+    if (st == QI_OK) {
+        memcpy(mean, moments, sizeof(float) * (size_t)n);
+        memcpy(logvar, moments + n, sizeof(float) * (size_t)n);
+    }
+    free(moments);
+    return st;
+}
+
+void qi_vae_sample_posterior(const float *mean, const float *logvar, const float *eps, size_t n, float *out) {
+    for (size_t i = 0; i < n; i++) {
+        float lv = logvar[i] < -30.0f ? -30.0f : logvar[i] > 20.0f ? 20.0f : logvar[i];
+        out[i] = mean[i] + expf(0.5f * lv) * eps[i];
+    }
+}
+
+void qi_vae_normalize_latents(const qi_vae *v, const float *z, int64_t hw, int divide, float *out) {
+    for (int c = 0; c < v->z_dim; c++) {
+        float m = v->latents_mean[c], s = v->latents_std[c], inv = 1.0f / s;
+        for (int64_t i = 0; i < hw; i++) {
+            float d = z[c * hw + i] - m;
+            out[c * hw + i] = divide ? d / s : d * inv;
+        }
+    }
 }

@@ -26,7 +26,11 @@
  * more activation memory than a budget, or always when asked (tests). A tiled
  * result is not clamped (neither is diffusers'); the u8 conversion clamps.
  *
- * The encoder (img2img, editing) is not loaded here.
+ * The encoder (img2img, inpainting, editing) is bound on demand by
+ * qi_vae_load_encoder: the Wan encoder on one frame (every causal conv reads
+ * its last temporal tap; the downsample3d levels' time_conv is skipped, as the
+ * reference's first chunk skips it), then quant_conv; qi_vae_encode returns
+ * the posterior's mean and logvar.
  */
 #ifndef QI_VAE_H
 #define QI_VAE_H
@@ -66,6 +70,31 @@ int qi_vae_scale_factor(const qi_vae *v); /* pixels per latent cell: 8 */
  * entry and resets it on return. */
 qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, float *rgb_out,
                         qi_error *err);
+
+/* ---- encoder ------------------------------------------------------------ */
+
+/* Binds the encoder's weights from the source the decoder came from (it must
+ * still be open). Text-to-image never calls it. Idempotent. */
+qi_status qi_vae_load_encoder(qi_vae *v, qi_error *err);
+int qi_vae_has_encoder(const qi_vae *v);
+
+/* Encodes one picture. rgb [3, height, width] float32 host in [-1, 1]
+ * (2·(u8/255) − 1), each side a multiple of qi_vae_scale_factor; mean and
+ * logvar [z_dim, height/8, width/8] host: the reference `vae_enc.mean` /
+ * `vae_enc.logvar` (logvar not clamped here). Untiled (diffusers encodes
+ * untiled unless tiling is enabled). Uses the backend's arena and resets it. */
+qi_status qi_vae_encode(qi_vae *v, const float *rgb, int height, int width, float *mean, float *logvar,
+                        qi_error *err);
+
+/* The posterior sample diffusers' DiagonalGaussianDistribution draws:
+ * out = mean + exp(0.5·clamp(logvar, −30, 20))·eps, n values (out may alias mean). */
+void qi_vae_sample_posterior(const float *mean, const float *logvar, const float *eps, size_t n, float *out);
+
+/* out[c] = (z[c] − latents_mean[c]) · (1/latents_std[c]) (divide = 0: img2img
+ * and inpaint multiply by the float32 reciprocal) or / latents_std[c]
+ * (divide = 1: the Edit pipeline divides; not bit-equal). z, out [z_dim, hw];
+ * out may alias z. */
+void qi_vae_normalize_latents(const qi_vae *v, const float *z, int64_t hw, int divide, float *out);
 
 /* ---- tiling (spec A.9) -------------------------------------------------- */
 

@@ -707,6 +707,22 @@ static void cpu_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y) {
                 ys[(c * 2 * H + r) * 2 * W + q] = xs[(c * H + r / 2) * W + q / 2];
 }
 
+static void cpu_subsample2x(qi_backend *be, const qi_tensor *x, int offset, qi_tensor *y) {
+    int64_t C = y->ne[0], Hx = x->ne[1], Wx = x->ne[2], H = y->ne[1], W = y->ne[2];
+    if (x->ndim != 3 || y->ndim != 3 || x->ne[0] != C || (offset != 0 && offset != 1) || 2 * (H - 1) + offset >= Hx ||
+        2 * (W - 1) + offset >= Wx) {
+        cpu_fail(be, QI_ERR_ARG, "cpu backend: subsample2x needs x [C, H, W], offset 0 or 1 and y [C, Ho, Wo] "
+                 "with 2·(Ho − 1) + offset < H and 2·(Wo − 1) + offset < W");
+        return;
+    }
+    const float *xs = x->data;
+    float *ys = y->data;
+#pragma omp parallel for NT(be) schedule(static) collapse(2)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < H; r++)
+            for (int64_t q = 0; q < W; q++) ys[(c * H + r) * W + q] = xs[(c * Hx + 2 * r + offset) * Wx + 2 * q + offset];
+}
+
 static void cpu_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                                  const qi_tensor *bias, qi_tensor *y) {
     int64_t C = x->ne[0], HW = qi_numel(x) / C;
@@ -873,6 +889,7 @@ static const qi_backend_ops cpu_ops = {
     .cfg_combine = cpu_cfg_combine,
     .conv2d = cpu_conv2d,
     .upsample2x = cpu_upsample2x,
+    .subsample2x = cpu_subsample2x,
     .channel_rms_norm = cpu_channel_rms_norm,
     .transpose2d = cpu_transpose2d,
     .rms_norm_rope = cpu_rms_norm_rope,

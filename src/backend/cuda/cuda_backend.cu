@@ -1170,6 +1170,7 @@ static const qi_backend_ops cuda_ops = {
     .cfg_combine = qc_cfg_combine,
     .conv2d = qc_conv2d,
     .upsample2x = qc_upsample2x,
+    .subsample2x = qc_subsample2x,
     .channel_rms_norm = qc_channel_rms_norm,
     .transpose2d = qc_transpose2d,
     .random_weights = cuda_random_weights,

@@ -178,6 +178,7 @@ void qc_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tensor *unco
 void qc_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, int pad,
                qi_tensor *y);
 void qc_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y);
+void qc_subsample2x(qi_backend *be, const qi_tensor *x, int offset, qi_tensor *y);
 void qc_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                          const qi_tensor *bias, qi_tensor *y);
 void qc_transpose2d(qi_backend *be, const qi_tensor *x, qi_tensor *y);

@@ -997,6 +997,32 @@ extern "C" void qc_upsample2x(qi_backend *be, const qi_tensor *x, qi_tensor *y) 
     qc_check_launch(c, "upsample2x");
 }
 
+template <typename T>
+__global__ void subsample2x_k(const T *x, T *y, int64_t Hx, int64_t Wx, int64_t H, int64_t W, int off, int64_t n) {
+    GRID_STRIDE(i, n) { /* i over outputs [C, H, W] */
+        int64_t q = i % W, r = (i / W) % H, ch = i / (H * W);
+        y[i] = x[(ch * Hx + 2 * r + off) * Wx + 2 * q + off];
+    }
+}
+
+extern "C" void qc_subsample2x(qi_backend *be, const qi_tensor *x, int offset, qi_tensor *y) {
+    cuda_impl *c = cuda_of(be);
+    if (x->ndim != 3 || y->ndim != 3 || y->ne[0] != x->ne[0] || (offset != 0 && offset != 1) ||
+        2 * (y->ne[1] - 1) + offset >= x->ne[1] || 2 * (y->ne[2] - 1) + offset >= x->ne[2]) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: subsample2x needs x [C, H, W], offset 0 or 1 and y [C, Ho, Wo] "
+                "with 2·(Ho − 1) + offset < H and 2·(Wo − 1) + offset < W");
+        return;
+    }
+    if (!same_dtype(c, "subsample2x", x, y)) return;
+    int64_t n = qi_numel(y);
+    if (n == 0) return;
+    ACT_DISPATCH(c, x->dtype, "subsample2x", {
+        subsample2x_k<T><<<grid_for(c, n), THREADS, 0, c->stream>>>((const T *)x->data, (T *)y->data, x->ne[1],
+                                                                     x->ne[2], y->ne[1], y->ne[2], offset, n);
+    });
+    qc_check_launch(c, "subsample2x");
+}
+
 /* channel_rms_norm_act with no activation (cuda_conv.cu). */
 extern "C" void qc_channel_rms_norm(qi_backend *be, const qi_tensor *x, const qi_tensor *gamma,
                                     const qi_tensor *bias, qi_tensor *y) {

@@ -1,0 +1,135 @@
+/*
+ * image_read.c — pictures in (img2img and inpainting inputs): PNG, JPEG or
+ * WebP, told apart by their first bytes, decoded to 8-bit RGB as PIL's
+ * convert("RGB") would give them (alpha dropped, grey repeated, palette
+ * expanded, 16-bit PNG samples by their high byte).
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+#include <webp/decode.h>
+
+#include "io/image.h"
+
+#define READ_MAX_SIDE 16384 /* the engine takes pictures up to this many pixels a side */
+#define READ_MAX_BYTES ((long)1 << 30)
+
+typedef struct jpeg_read_ctx {
+    struct jpeg_error_mgr pub; /* first: libjpeg sees a jpeg_error_mgr */
+    jmp_buf jmp;
+    char msg[JMSG_LENGTH_MAX];
+} jpeg_read_ctx;
+
+static void jpeg_read_on_error(j_common_ptr cinfo) {
+    jpeg_read_ctx *c = (jpeg_read_ctx *)(void *)cinfo->err;
+    c->pub.format_message(cinfo, c->msg);
+    longjmp(c->jmp, 1);
+}
+
+static void jpeg_read_on_message(j_common_ptr cinfo) { (void)cinfo; }
+
+static qi_status jpeg_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w, int *h, qi_error *err) {
+    struct jpeg_decompress_struct cinfo;
+    jpeg_read_ctx c;
+    uint8_t *volatile out = NULL;
+    memset(&c, 0, sizeof c);
+    cinfo.err = jpeg_std_error(&c.pub);
+    c.pub.error_exit = jpeg_read_on_error;
+    c.pub.output_message = jpeg_read_on_message;
+    if (setjmp(c.jmp)) {
+        jpeg_destroy_decompress(&cinfo);
+        free(out);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: bad JPEG: %s", path, c.msg);
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_stdio_src(&cinfo, fp);
+    jpeg_read_header(&cinfo, TRUE);
+    if (cinfo.image_width > READ_MAX_SIDE || cinfo.image_height > READ_MAX_SIDE) {
+        jpeg_destroy_decompress(&cinfo);
+        return qi_fail(err, QI_ERR_ARG, "%s: %ux%u pixels; pictures may be at most %dx%d", path, cinfo.image_width,
+                       cinfo.image_height, READ_MAX_SIDE, READ_MAX_SIDE);
+    }
+    cinfo.out_color_space = JCS_RGB; /* grey and CMYK/YCCK converted by libjpeg */
+    jpeg_start_decompress(&cinfo);
+    size_t stride = (size_t)cinfo.output_width * 3;
+    out = malloc(stride * cinfo.output_height + 1);
+    if (!out) {
+        jpeg_destroy_decompress(&cinfo);
+        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory for %ux%u pixels", path, cinfo.output_width,
+                       cinfo.output_height);
+    }
+    while (cinfo.output_scanline < cinfo.output_height) {
+        JSAMPROW row = out + stride * cinfo.output_scanline;
+        jpeg_read_scanlines(&cinfo, &row, 1);
+    }
+    jpeg_finish_decompress(&cinfo);
+    *w = (int)cinfo.output_width;
+    *h = (int)cinfo.output_height;
+    jpeg_destroy_decompress(&cinfo);
+    *rgb = out;
+    return QI_OK;
+}
+
+static qi_status webp_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w, int *h, qi_error *err) {
+    if (fseek(fp, 0, SEEK_END) != 0) return qi_fail(err, QI_ERR_IO, "%s: cannot read", path);
+    long n = ftell(fp);
+    if (n <= 0 || n > READ_MAX_BYTES) return qi_fail(err, QI_ERR_FORMAT, "%s: a WebP file of %ld bytes", path, n);
+    uint8_t *data = malloc((size_t)n);
+    if (!data) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+    rewind(fp);
+    if (fread(data, 1, (size_t)n, fp) != (size_t)n) {
+        free(data);
+        return qi_fail(err, QI_ERR_IO, "%s: short read", path);
+    }
+    qi_status st = QI_OK;
+    if (!WebPGetInfo(data, (size_t)n, w, h)) st = qi_fail(err, QI_ERR_FORMAT, "%s: bad WebP header", path);
+    else if (*w > READ_MAX_SIDE || *h > READ_MAX_SIDE)
+        st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", path, *w, *h, READ_MAX_SIDE,
+                     READ_MAX_SIDE);
+    else if (!(*rgb = WebPDecodeRGB(data, (size_t)n, w, h)))
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: bad WebP data", path);
+    free(data);
+    if (st == QI_OK) { /* into our allocator's memory (callers free() it) */
+        size_t bytes = (size_t)*w * *h * 3;
+        uint8_t *own = malloc(bytes + 1);
+        if (own) memcpy(own, *rgb, bytes);
+        WebPFree(*rgb);
+        *rgb = own;
+        if (!own) st = qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+    }
+    return st;
+}
+
+qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    unsigned char magic[12] = {0};
+    size_t got = fread(magic, 1, sizeof magic, fp);
+    rewind(fp);
+    qi_status st;
+    if (got >= 8 && !memcmp(magic, "\x89PNG\r\n\x1a\n", 8)) {
+        fclose(fp);
+        st = qi_png_read(path, rgb, width, height, NULL, err);
+        if (st == QI_OK && (*width > READ_MAX_SIDE || *height > READ_MAX_SIDE)) {
+            free(*rgb);
+            *rgb = NULL;
+            st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", path, *width, *height,
+                         READ_MAX_SIDE, READ_MAX_SIDE);
+        }
+        return st;
+    }
+    if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF)
+        st = jpeg_read_rgb(path, fp, rgb, width, height, err);
+    else if (got >= 12 && !memcmp(magic, "RIFF", 4) && !memcmp(magic + 8, "WEBP", 4))
+        st = webp_read_rgb(path, fp, rgb, width, height, err);
+    else
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG, JPEG or WebP picture", path);
+    fclose(fp);
+    return st;
+}
