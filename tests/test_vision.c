@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
+#include "io/resize_torch.h"
 #include "io/source.h"
 #include "model/vision.h"
 #include "test.h"
@@ -145,6 +146,52 @@ static void tower_matches_pooler_output(void) {
     }
 }
 
+/* The processor's own resize (condition size → multiples of 28) gives the
+ * fixture's processor-resized pictures bit for bit. */
+static void processor_resize_matches(void) {
+    qi_vl_preprocess pp = qi_vl_preprocess_default();
+    int pictures = 0;
+    for (size_t ci = 0; ci < QI_ARRAY_LEN(edit_cases); ci++) {
+        qi_st_file *f = edit_tensors(edit_cases[ci]);
+        REQUIRE(f);
+        for (int k = 0; k < 2; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "cond%d.vl_resized_u8", k);
+            const qi_st_tensor *ts, *tr;
+            uint8_t *src = raw_copy(f, name, QI_U8, &ts);
+            snprintf(name, sizeof name, "cond%d.vl_processor_resized_u8", k);
+            uint8_t *ref = raw_copy(f, name, QI_U8, &tr);
+            if (!src || !ref) {
+                free(src);
+                free(ref);
+                continue;
+            }
+            int H = (int)ts->shape[0], W = (int)ts->shape[1], ph, pw;
+            qi_error err = {{0}};
+            CHECK(qi_vl_smart_resize(H, W, &pp, &ph, &pw, &err) == QI_OK, "%s", err.msg);
+            CHECK(ph == tr->shape[0] && pw == tr->shape[1], "%s picture %d: %dx%d vs %lldx%lld", edit_cases[ci], k,
+                  pw, ph, (long long)tr->shape[1], (long long)tr->shape[0]);
+            uint8_t *got = malloc((size_t)ph * pw * 3);
+            CHECK(qi_resize_bicubic_aa_u8(src, W, H, 3, got, pw, ph, &err) == QI_OK, "%s", err.msg);
+            size_t differ = 0;
+            int worst = 0;
+            for (size_t i = 0; i < (size_t)ph * pw * 3; i++)
+                if (got[i] != ref[i]) {
+                    differ++;
+                    int d = abs((int)got[i] - (int)ref[i]);
+                    if (d > worst) worst = d;
+                }
+            CHECK(differ == 0, "%s picture %d: %zu values differ (by up to %d)", edit_cases[ci], k, differ, worst);
+            pictures++;
+            free(got);
+            free(src);
+            free(ref);
+        }
+        qi_st_close(f);
+    }
+    CHECK(pictures == 5, "%d pictures checked, expected 5", pictures);
+}
+
 static int json_pair(const cJSON *row, const char *key, int *a, int *b) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, key);
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 2) return 0;
@@ -217,6 +264,7 @@ int main(void) {
     RUN(tower_loads_with_the_edit_config);
     RUN(patchify_matches_pixel_values);
     RUN(tower_matches_pooler_output);
+    RUN(processor_resize_matches);
     RUN(sizes_match_sizes_json);
     RUN(odd_sizes_are_refused_or_enlarged);
     qi_vision_free(g_vt);
