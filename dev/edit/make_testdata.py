@@ -15,6 +15,9 @@ KEEP = ["image_grid_thw", "input_ids", "attention_mask", "mm_token_type_ids", "t
         "neg.te.position_ids", "neg.prompt_embeds", "vision.pooler_output", "vision.window_index",
         "vision.cu_window_seqlens"]
 KEEP_PREFIX = ["cond0.vl_", "cond1.vl_"]
+# the denoising (not for plainpos): every call's prediction, the steps, the condition latents
+DENOISE = ["image_latents", "noise", "sigmas", "timesteps", "final_latents", "call0.noise_pred_all_tokens"]
+DENOISE_PREFIX = ["call", "step"]
 HEAD_ROWS, TAIL_ROWS = 8, 4
 
 
@@ -55,6 +58,10 @@ def main(src):
         keep = {k: v for k, v in t.items()
                 if k in KEEP or (pictures and any(k.startswith(p) for p in KEEP_PREFIX))}
         if pictures:
+            for k, v in t.items():
+                if k in DENOISE or (any(k.startswith(p) for p in DENOISE_PREFIX)
+                                    and not k.endswith("encoder_hidden_states")):
+                    keep[k] = v
             dt, shape, raw = t["pixel_values"]
             row = shape[1] * 4
             keep["pixel_values.head"] = (dt, [HEAD_ROWS, shape[1]], raw[:HEAD_ROWS * row])
@@ -64,12 +71,17 @@ def main(src):
         shutil.copy(os.path.join(src, case, "case.json"), os.path.join(dst, case, "case.json"))
     shutil.copy(os.path.join(src, "sizes.json"), os.path.join(dst, "sizes.json"))
     for m in ["model-2509", "model-2511"]:
-        d = os.path.join(dst, m, "text_encoder")
-        os.makedirs(d, exist_ok=True)
-        shutil.copy(os.path.join(src, m, "text_encoder", "config.json"), d)
-        link = os.path.join(d, "model.safetensors")
-        if not os.path.lexists(link):
-            os.symlink("../../../tiny-model/text_encoder/model.safetensors", link)
+        for comp, weights in [("text_encoder", "model.safetensors"),
+                              ("transformer", "diffusion_pytorch_model.safetensors")]:
+            d = os.path.join(dst, m, comp)
+            os.makedirs(d, exist_ok=True)
+            target = os.path.join(d, "config.json")
+            if os.path.exists(target):
+                os.chmod(target, 0o644)
+            shutil.copy(os.path.join(src, m, comp, "config.json"), d)
+            link = os.path.join(d, weights)
+            if not os.path.lexists(link):
+                os.symlink("../../../tiny-model/%s/%s" % (comp, weights), link)
 
 
 if __name__ == "__main__":
