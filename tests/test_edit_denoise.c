@@ -14,11 +14,13 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "engine/edit.h"
 #include "engine/edit_denoise.h"
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "model/dit.h"
 #include "model/lora.h"
+#include "model/vae.h"
 #include "test.h"
 #include "testdata.h"
 
@@ -273,6 +275,48 @@ static void zero_cond_t_matters(void) {
     unload(&l);
 }
 
+/* Each picture's posterior mean → (mean − m) / s, packed, pictures in
+ * order = image_latents bit for bit (E7: a division, unlike img2img). */
+static void condition_latents_match(void) {
+    qi_source *src = NULL;
+    qi_vae *vae = NULL;
+    qi_error err = {{0}};
+    REQUIRE(qi_source_open_folder(QI_TEST_DATA "/tiny-model/vae", QI_COMPONENT_VAE, &src, &err) == QI_OK &&
+                qi_vae_load(src, g_be, &vae, &err) == QI_OK,
+            "%s", err.msg);
+    for (size_t ci = 0; ci < QI_ARRAY_LEN(cases); ci++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, cases[ci].name);
+        qi_st_file *f = ref_open(path);
+        REQUIRE(f);
+        int64_t n_ref = 0, row = 0;
+        float *ref = ref_floats(f, "image_latents", &n_ref), *got = calloc((size_t)n_ref, sizeof(float));
+        for (int k = 0; k < 2; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "cond%d.vae_mean", k);
+            const qi_st_tensor *t = qi_st_file_find(f, name);
+            if (!t) continue;
+            int lh = (int)t->shape[3], lw = (int)t->shape[4];
+            float *mean = ref_floats(f, name, NULL);
+            REQUIRE(row + (int64_t)lh * lw * 16 <= n_ref, "too many condition tokens");
+            CHECK(qi_edit_condition_latents(mean, 16, lh, lw, qi_vae_latents_mean(vae), qi_vae_latents_std(vae),
+                                            got + row, &err) == QI_OK,
+                  "%s", err.msg);
+            row += (int64_t)lh * lw * 16;
+            free(mean);
+        }
+        CHECK(row == n_ref && qi_max_abs_diff(got, ref, (size_t)n_ref) == 0, "%s: image_latents differ by %g",
+              cases[ci].name, qi_max_abs_diff(got, ref, (size_t)n_ref));
+        free(got);
+        free(ref);
+        qi_st_close(f);
+    }
+    float m[16] = {0};
+    CHECK(qi_edit_condition_latents(m, 16, 3, 4, m, m, m, &err) == QI_ERR_ARG, "an odd latent grid is refused");
+    qi_vae_free(vae);
+    qi_source_close(src);
+}
+
 int main(void) {
     qi_error err = {{0}};
     if (qi_backend_cpu_create(2, (size_t)512 << 20, &g_be, &err) != QI_OK) {
@@ -281,6 +325,7 @@ int main(void) {
     }
     RUN(zero_cond_t_is_read_from_the_config);
     RUN(rope_positions_of_condition_segments);
+    RUN(condition_latents_match);
     RUN(call0_all_tokens_match);
     RUN(denoising_matches);
     RUN(zero_cond_t_matters);

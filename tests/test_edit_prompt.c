@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "engine/edit.h"
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "model/edit_prompt.h"
@@ -259,6 +260,112 @@ static void plain_positions_diverge(void) {
     free(rows);
 }
 
+static int pair_of(const cJSON *row, const char *key, int i) {
+    return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(row, key), i)->valueint;
+}
+
+/* Every size of every sizes.json row (14 sources × real and fixture areas):
+ * condition, processor, grid, image tokens, VAE size, its segment and
+ * condition tokens, and the default output size. */
+static void picture_sizes_match_sizes_json(void) {
+    cJSON *root = NULL;
+    qi_error err = {{0}};
+    REQUIRE(qi_json_load(EDIT_REF "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
+    const char *sets[2] = {"real", "fixture"};
+    qi_vl_preprocess pp = qi_vl_preprocess_default();
+    int rows_checked = 0;
+    for (int si = 0; si < 2; si++) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "constants"), sets[si]);
+        int64_t vl = (int64_t)cJSON_GetObjectItemCaseSensitive(c, "CONDITION_IMAGE_SIZE")->valuedouble;
+        int64_t vae = (int64_t)cJSON_GetObjectItemCaseSensitive(c, "VAE_IMAGE_SIZE")->valuedouble;
+        const cJSON *row;
+        cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "rows"), sets[si])) {
+            int sw = pair_of(row, "src_wh", 0), sh = pair_of(row, "src_wh", 1);
+            qi_edit_picture_sizes s;
+            REQUIRE(qi_edit_picture_sizes_of(sw, sh, vl, vae, &pp, &s, &err) == QI_OK, "%s", err.msg);
+            int ow, oh;
+            qi_edit_output_size(&s, 0, 0, &ow, &oh);
+            int ok = s.cond_w == pair_of(row, "condition_wh", 0) && s.cond_h == pair_of(row, "condition_wh", 1) &&
+                     s.proc_w == pair_of(row, "processor_resized_wh", 0) &&
+                     s.proc_h == pair_of(row, "processor_resized_wh", 1) &&
+                     s.grid_h == pair_of(row, "image_grid_thw", 1) && s.grid_w == pair_of(row, "image_grid_thw", 2) &&
+                     s.image_tokens == cJSON_GetObjectItemCaseSensitive(row, "image_tokens")->valueint &&
+                     s.vae_w == pair_of(row, "vae_wh", 0) && s.vae_h == pair_of(row, "vae_wh", 1) &&
+                     s.vae_h / 8 == pair_of(row, "vae_latent_hw", 0) && s.vae_w / 8 == pair_of(row, "vae_latent_hw", 1) &&
+                     s.seg_h == pair_of(row, "img_shape", 1) && s.seg_w == pair_of(row, "img_shape", 2) &&
+                     s.condition_tokens == cJSON_GetObjectItemCaseSensitive(row, "condition_tokens")->valueint &&
+                     oh == pair_of(row, "default_output_hw_if_last_image", 0) &&
+                     ow == pair_of(row, "default_output_hw_if_last_image", 1);
+            CHECK(ok, "%s areas, source %dx%d: cond %dx%d proc %dx%d grid %dx%d tokens %d vae %dx%d seg %dx%d out %dx%d",
+                  sets[si], sw, sh, s.cond_w, s.cond_h, s.proc_w, s.proc_h, s.grid_w, s.grid_h, s.image_tokens, s.vae_w,
+                  s.vae_h, s.seg_w, s.seg_h, ow, oh);
+            rows_checked++;
+        }
+    }
+    CHECK(rows_checked == 28, "%d rows", rows_checked);
+    qi_edit_picture_sizes s;
+    int ow, oh;
+    REQUIRE(qi_edit_picture_sizes_of(100, 75, 224 * 224, 256 * 256, &pp, &s, &err) == QI_OK);
+    qi_edit_output_size(&s, 100, 75, &ow, &oh);
+    CHECK(ow == 96 && oh == 64, "a requested 100x75 rounds down to 96x64 (edit2511): %dx%d", ow, oh);
+    CHECK(qi_edit_picture_sizes_of(0, 5, QI_EDIT_VL_AREA, QI_EDIT_VAE_AREA, &pp, &s, &err) == QI_ERR_ARG, "0 wide");
+    CHECK(qi_edit_picture_sizes_of(16000, 16000, QI_EDIT_VL_AREA, QI_EDIT_VAE_AREA, &pp, &s, &err) == QI_OK &&
+              s.cond_w == 384 && s.vae_w == 1024,
+          "a 16000² picture shrinks to the areas");
+    CHECK(qi_edit_picture_sizes_of(1, 1, QI_EDIT_VL_AREA, QI_EDIT_VAE_AREA, &pp, &s, &err) == QI_OK && s.cond_w == 384,
+          "a 1x1 picture grows to the areas");
+    CHECK(qi_edit_picture_sizes_of(16384, 1, QI_EDIT_VL_AREA, QI_EDIT_VAE_AREA, &pp, &s, &err) == QI_ERR_ARG,
+          "a 16384x1 strip is refused: %s", err.msg);
+    cJSON_Delete(root);
+}
+
+/* From the pictures at their condition size (after the pipeline's Lanczos
+ * resize): the processor resize, vision rows and both prompts' embeddings. */
+static void embeds_from_condition_pictures_match(void) {
+    REQUIRE(g_vt);
+    const edit_case *c = &cases[2];
+    qi_st_file *f = edit_tensors(c->name);
+    cJSON *j = edit_json(c->name);
+    REQUIRE(f && j);
+    qi_vl_preprocess pp = qi_vl_preprocess_default();
+    qi_edit_picture_sizes s[2];
+    const uint8_t *rgb[2];
+    qi_error err = {{0}};
+    const cJSON *info = cJSON_GetObjectItemCaseSensitive(j, "images_info");
+    for (int k = 0; k < 2; k++) {
+        const cJSON *pi = cJSON_GetArrayItem(info, k);
+        REQUIRE(qi_edit_picture_sizes_of(pair_of(pi, "src_wh", 0), pair_of(pi, "src_wh", 1), 224 * 224, 256 * 256, &pp,
+                                         &s[k], &err) == QI_OK,
+                "%s", err.msg);
+        char name[64];
+        snprintf(name, sizeof name, "cond%d.vl_resized_u8", k);
+        const qi_st_tensor *t = qi_st_file_find(f, name);
+        REQUIRE(t && t->shape[0] == s[k].cond_h && t->shape[1] == s[k].cond_w, "%s is the condition size", name);
+        rgb[k] = t->data;
+    }
+    float *rows = NULL;
+    REQUIRE(qi_edit_vision_rows(g_vt, 2, rgb, s, &rows, &err) == QI_OK, "%s", err.msg);
+    for (int neg = 0; neg < 2; neg++) {
+        const char *p = cJSON_GetObjectItemCaseSensitive(j, neg ? "negative_prompt" : "prompt")->valuestring;
+        float *emb = NULL;
+        int L = 0;
+        int64_t n = 0;
+        float *ref = ref_floats(f, neg ? "neg.prompt_embeds" : "prompt_embeds", &n);
+        CHECK(qi_edit_encode_text(g_te, g_tok, p, 2, s, rows, 0, 512, &emb, &L, &err) == QI_OK, "%s", err.msg);
+        CHECK(emb && ref && (int64_t)L * 64 == n, "rows %d", L);
+        if (emb && ref && (int64_t)L * 64 == n) {
+            double rel = qi_rel_l2(emb, ref, (size_t)n);
+            printf("     %s%s from condition-size pictures: rel L2 %.3g\n", c->name, neg ? " (negative)" : "", rel);
+            CHECK(rel <= 1e-5, "rel %g", rel);
+        }
+        free(emb);
+        free(ref);
+    }
+    free(rows);
+    cJSON_Delete(j);
+    qi_st_close(f);
+}
+
 static void odd_inputs_are_refused(void) {
     qi_edit_tokens tok;
     qi_error err = {{0}};
@@ -298,6 +405,8 @@ int main(void) {
     RUN(prompt_embeds_match);
     RUN(embeds_from_pictures_match);
     RUN(plain_positions_diverge);
+    RUN(picture_sizes_match_sizes_json);
+    RUN(embeds_from_condition_pictures_match);
     RUN(odd_inputs_are_refused);
     qi_vision_free(g_vt);
     qi_text_encoder_free(g_te);

@@ -17,7 +17,7 @@ KEEP = ["image_grid_thw", "input_ids", "attention_mask", "mm_token_type_ids", "t
 KEEP_PREFIX = ["cond0.vl_", "cond1.vl_"]
 # the denoising (not for plainpos): every call's prediction, the steps, the condition latents
 DENOISE = ["image_latents", "noise", "sigmas", "timesteps", "final_latents", "call0.noise_pred_all_tokens"]
-DENOISE_PREFIX = ["call", "step"]
+DENOISE_PREFIX = ["call", "step", "cond0.vae_mean", "cond1.vae_mean"]
 HEAD_ROWS, TAIL_ROWS = 8, 4
 
 
