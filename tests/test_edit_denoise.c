@@ -28,6 +28,9 @@
 #define LORA_FILE QI_TEST_DATA "/cases/lora.safetensors"
 
 static qi_backend *g_be;
+/* `-b cuda` runs the same claims on the CUDA backend (bf16 weights and
+ * activations): the float32 bounds widen to g_tol (ctest: <name>_cuda). */
+static double g_tol = 1e-4;
 
 typedef struct edit_case {
     const char *name;
@@ -174,7 +177,7 @@ static void call0_all_tokens_match(void) {
                 double rel = qi_rel_l2(got, ref, (size_t)n_ref);
                 double rel_out = qi_rel_l2(got, ref, (size_t)(L * 64));
                 printf("     %s call 0: all tokens rel L2 %.3g (output rows %.3g)\n", cases[ci].name, rel, rel_out);
-                CHECK(rel <= 1e-4, "%s: rel L2 %g", cases[ci].name, rel);
+                CHECK(rel <= g_tol, "%s: rel L2 %g", cases[ci].name, rel);
             } else {
                 CHECK(0, "%s: no comparable reference (%lld values)", cases[ci].name, (long long)n_ref);
             }
@@ -240,8 +243,8 @@ static void denoising_matches(void) {
         double rel = qi_rel_l2(lat, fin, (size_t)n);
         printf("     %s: %d calls, worst call rel L2 %.3g; final latents rel L2 %.3g, max abs %.3g\n", cases[ci].name,
                cc.calls, cc.worst, rel, qi_max_abs_diff(lat, fin, (size_t)n));
-        CHECK(cc.worst <= 1e-4, "%s: a call's prediction is off by %g", cases[ci].name, cc.worst);
-        CHECK(rel <= 1e-4, "%s: final latents rel L2 %g", cases[ci].name, rel);
+        CHECK(cc.worst <= g_tol, "%s: a call's prediction is off by %g", cases[ci].name, cc.worst);
+        CHECK(rel <= g_tol, "%s: final latents rel L2 %g", cases[ci].name, rel);
         free(lat), free(cond), free(ctx), free(neg), free(sig), free(ts), free(fin);
         unload(&l);
     }
@@ -270,7 +273,7 @@ static void zero_cond_t_matters(void) {
     qi_error err = {{0}};
     CHECK(qi_edit_denoise(l.dit, g_be, &a, lat, &err) == QI_OK, "%s", err.msg);
     printf("     2511 case with zero_cond_t off: call 0 rel L2 %.3g\n", cc.worst);
-    CHECK(cc.worst > 1e-3, "the flag made no difference (%g)", cc.worst);
+    CHECK(cc.worst > fmax(1e-3, 2 * g_tol), "the flag made no difference (%g)", cc.worst);
     free(lat), free(cond), free(ctx), free(sig), free(ts), free(ref);
     unload(&l);
 }
@@ -317,10 +320,12 @@ static void condition_latents_match(void) {
     qi_source_close(src);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     qi_error err = {{0}};
-    if (qi_backend_cpu_create(2, (size_t)512 << 20, &g_be, &err) != QI_OK) {
-        fprintf(stderr, "cpu backend: %s\n", err.msg);
+    const char *device = argc > 2 && !strcmp(argv[1], "-b") ? argv[2] : "cpu";
+    if (strcmp(device, "cpu")) g_tol = 2e-2;
+    if (qi_backend_create(device, 2, (size_t)512 << 20, &g_be, &err) != QI_OK) {
+        fprintf(stderr, "%s backend: %s\n", device, err.msg);
         return 1;
     }
     RUN(zero_cond_t_is_read_from_the_config);
