@@ -16,7 +16,8 @@ KEEP = ["image_grid_thw", "input_ids", "attention_mask", "mm_token_type_ids", "t
         "vision.cu_window_seqlens"]
 KEEP_PREFIX = ["cond0.vl_", "cond1.vl_"]
 # the denoising (not for plainpos): every call's prediction, the steps, the condition latents
-DENOISE = ["image_latents", "noise", "sigmas", "timesteps", "final_latents", "call0.noise_pred_all_tokens"]
+DENOISE = ["image_latents", "noise", "sigmas", "timesteps", "final_latents", "call0.noise_pred_all_tokens",
+           "image_u8"]
 DENOISE_PREFIX = ["call", "step", "cond0.vae_mean", "cond1.vae_mean"]
 HEAD_ROWS, TAIL_ROWS = 8, 4
 
@@ -70,6 +71,9 @@ def main(src):
         write(os.path.join(dst, case, "tensors.safetensors"), keep)
         shutil.copy(os.path.join(src, case, "case.json"), os.path.join(dst, case, "case.json"))
     shutil.copy(os.path.join(src, "sizes.json"), os.path.join(dst, "sizes.json"))
+    os.makedirs(os.path.join(dst, "inputs"), exist_ok=True)
+    for png in ["in_a.png", "in_b.png", "in_c.png"]:
+        shutil.copy(os.path.join(src, "inputs", png), os.path.join(dst, "inputs", png))
     for m in ["model-2509", "model-2511"]:
         for comp, weights in [("text_encoder", "model.safetensors"),
                               ("transformer", "diffusion_pytorch_model.safetensors")]:

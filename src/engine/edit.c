@@ -125,3 +125,96 @@ qi_status qi_edit_condition_latents(const float *mean, int z, int lat_h, int lat
     free(norm);
     return QI_OK;
 }
+
+void qi_edit_inputs_free(qi_edit_inputs *in) {
+    if (!in) return;
+    free(in->cond_latents);
+    free(in->embeds);
+    free(in->neg_embeds);
+    memset(in, 0, sizeof *in);
+}
+
+/* Picture k at the VAE size → its packed condition latents at *dst. */
+static qi_status picture_latents(const qi_edit_request *r, const qi_edit_hooks *h, int k, const qi_edit_picture_sizes *s,
+                                 const float *lmean, const float *lstd, float *dst, qi_error *err) {
+    size_t px = (size_t)s->vae_w * s->vae_h;
+    uint8_t *rgb = malloc(px * 3);
+    float *pixels = malloc(px * 3 * sizeof(float)), *mean = malloc(px / 64 * 16 * sizeof(float));
+    qi_status st = rgb && pixels && mean ? QI_OK : qi_fail(err, QI_ERR_NOMEM, "edit: out of memory (picture %d)", k + 1);
+    if (st == QI_OK)
+        st = h->resize_lanczos(h->user, r->rgb[k], r->wh[k][0], r->wh[k][1], rgb, s->vae_w, s->vae_h, err);
+    if (st == QI_OK) {
+        /* [h, w, 3] u8 → [3, h, w], 2·(u8/255) − 1 in float32 */
+        for (int c = 0; c < 3; c++)
+            for (size_t i = 0; i < px; i++) pixels[c * px + i] = 2.0f * ((float)rgb[i * 3 + c] / 255.0f) - 1.0f;
+        st = h->vae_mean(h->user, pixels, s->vae_w, s->vae_h, mean, err);
+    }
+    if (st == QI_OK) st = qi_edit_condition_latents(mean, 16, s->vae_h / 8, s->vae_w / 8, lmean, lstd, dst, err);
+    free(rgb);
+    free(pixels);
+    free(mean);
+    return st;
+}
+
+/* Every picture at its condition size, then the vision rows. */
+static qi_status pictures_rows(const qi_edit_request *r, const qi_edit_hooks *h, qi_vision *vt,
+                               const qi_edit_picture_sizes *s, float **rows, qi_error *err) {
+    uint8_t *cond[QI_EDIT_MAX_PICTURES] = {0};
+    qi_status st = QI_OK;
+    for (int k = 0; k < r->n && st == QI_OK; k++) {
+        cond[k] = malloc((size_t)s[k].cond_w * s[k].cond_h * 3);
+        st = cond[k] ? h->resize_lanczos(h->user, r->rgb[k], r->wh[k][0], r->wh[k][1], cond[k], s[k].cond_w,
+                                         s[k].cond_h, err)
+                     : qi_fail(err, QI_ERR_NOMEM, "edit: out of memory (picture %d)", k + 1);
+    }
+    if (st == QI_OK) st = qi_edit_vision_rows(vt, r->n, (const uint8_t *const *)cond, s, rows, err);
+    for (int k = 0; k < r->n; k++) free(cond[k]);
+    return st;
+}
+
+qi_status qi_edit_prepare(const qi_edit_request *r, const qi_edit_hooks *h, const qi_tokenizer *tok,
+                          qi_text_encoder *te, qi_vision *vt, const float *latents_mean, const float *latents_std,
+                          qi_edit_inputs *out, qi_error *err) {
+    memset(out, 0, sizeof *out);
+    if (!r || !h || !h->resize_lanczos || !h->vae_mean || !tok || !te || !vt || !latents_mean || !latents_std ||
+        !r->rgb || !r->wh || !r->prompt)
+        return qi_fail(err, QI_ERR_ARG, "edit: missing picture, prompt, model part or hook");
+    if (r->n < 1 || r->n > QI_EDIT_MAX_PICTURES || r->n > QI_DIT_MAX_COND)
+        return qi_fail(err, QI_ERR_ARG, "edit: %d pictures; an Edit request takes 1 … %d", r->n, QI_DIT_MAX_COND);
+    qi_vl_preprocess pp = qi_vl_preprocess_default();
+    int64_t vl = r->vl_area ? r->vl_area : QI_EDIT_VL_AREA, vae = r->vae_area ? r->vae_area : QI_EDIT_VAE_AREA;
+    int max_seq = r->max_sequence_length ? r->max_sequence_length : 512;
+    qi_status st = QI_OK;
+    int64_t tokens = 0;
+    for (int k = 0; k < r->n && st == QI_OK; k++) {
+        st = qi_edit_picture_sizes_of(r->wh[k][0], r->wh[k][1], vl, vae, &pp, &out->sizes[k], err);
+        if (st != QI_OK) return qi_fail_ctx(err, st, "edit picture %d", k + 1);
+        out->cond.hw[k][0] = out->sizes[k].seg_h;
+        out->cond.hw[k][1] = out->sizes[k].seg_w;
+        tokens += out->sizes[k].condition_tokens;
+    }
+    out->cond.n = r->n;
+    qi_edit_output_size(&out->sizes[r->n - 1], r->width, r->height, &out->width, &out->height);
+    if (out->width < 16 || out->height < 16)
+        return qi_fail(err, QI_ERR_ARG, "edit: output %dx%d; each side must be at least 16", out->width, out->height);
+    out->grid_h = out->height / 16;
+    out->grid_w = out->width / 16;
+    float *rows = NULL;
+    st = pictures_rows(r, h, vt, out->sizes, &rows, err);
+    if (st == QI_OK)
+        st = qi_edit_encode_text(te, tok, r->prompt, r->n, out->sizes, rows, r->plain_positions, max_seq,
+                                 &out->embeds, &out->len, err);
+    if (st == QI_OK && r->negative_prompt)
+        st = qi_edit_encode_text(te, tok, r->negative_prompt, r->n, out->sizes, rows, r->plain_positions, max_seq,
+                                 &out->neg_embeds, &out->neg_len, err);
+    free(rows);
+    if (st == QI_OK && !(out->cond_latents = malloc((size_t)tokens * 64 * sizeof(float))))
+        st = qi_fail(err, QI_ERR_NOMEM, "edit: out of memory (condition latents)");
+    int64_t row = 0;
+    for (int k = 0; k < r->n && st == QI_OK; k++) {
+        st = picture_latents(r, h, k, &out->sizes[k], latents_mean, latents_std, out->cond_latents + row * 64, err);
+        row += out->sizes[k].condition_tokens;
+    }
+    if (st != QI_OK) qi_edit_inputs_free(out);
+    return st;
+}

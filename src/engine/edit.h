@@ -21,6 +21,7 @@
 
 #include <stdint.h>
 
+#include "model/dit.h"
 #include "model/edit_prompt.h"
 #include "model/text_encoder.h"
 #include "model/tokenizer.h"
@@ -67,5 +68,47 @@ qi_status qi_edit_encode_text(qi_text_encoder *te, const qi_tokenizer *tok, cons
  * lat_w even. */
 qi_status qi_edit_condition_latents(const float *mean, int z, int lat_h, int lat_w, const float *latents_mean,
                                     const float *latents_std, float *packed, qi_error *err);
+
+/* ---- all of it: pictures and prompts in, the transformer's inputs out ---- */
+
+/* What the engine supplies that lives elsewhere: PIL's Lanczos resize of
+ * 8-bit RGB (no crop) and the VAE encoder's posterior mean of pixels
+ * [3, h, w] in [-1, 1] → mean [16, h/8, w/8]. */
+typedef struct qi_edit_hooks {
+    qi_status (*resize_lanczos)(void *user, const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h,
+                                qi_error *err);
+    qi_status (*vae_mean)(void *user, const float *pixels, int width, int height, float *mean, qi_error *err);
+    void *user;
+} qi_edit_hooks;
+
+typedef struct qi_edit_request {
+    int n;                       /* pictures, 1 … QI_EDIT_MAX_PICTURES */
+    const uint8_t *const *rgb;   /* [n] RGB8 [h, w, 3] */
+    const int (*wh)[2];          /* [n] width, height */
+    const char *prompt;
+    const char *negative_prompt; /* NULL: none (true CFG only with one) */
+    int width, height;           /* requested output; 0: from the last picture */
+    int64_t vl_area, vae_area;   /* 0: QI_EDIT_VL_AREA / QI_EDIT_VAE_AREA */
+    int max_sequence_length;     /* 0: 512 */
+    int plain_positions;         /* tests only (edit_prompt.h) */
+} qi_edit_request;
+
+typedef struct qi_edit_inputs {
+    int width, height;            /* the output size (multiples of 16) */
+    int grid_h, grid_w;           /* its patch grid */
+    qi_dit_cond cond;             /* the pictures' segments */
+    float *cond_latents;          /* [Σ condition tokens, 64] */
+    float *embeds, *neg_embeds;   /* [len, D], [neg_len, D] (neg NULL without a negative prompt) */
+    int len, neg_len;
+    qi_edit_picture_sizes sizes[QI_EDIT_MAX_PICTURES];
+} qi_edit_inputs;
+
+/* Sizes, both resizes, vision rows, prompt embeddings (the negative prompt
+ * with the same pictures) and condition latents. vae gives the latent
+ * normalisation (qi_vae_latents_mean / std). */
+qi_status qi_edit_prepare(const qi_edit_request *r, const qi_edit_hooks *h, const qi_tokenizer *tok,
+                          qi_text_encoder *te, qi_vision *vt, const float *latents_mean, const float *latents_std,
+                          qi_edit_inputs *out, qi_error *err);
+void qi_edit_inputs_free(qi_edit_inputs *in);
 
 #endif
