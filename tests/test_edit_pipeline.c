@@ -32,6 +32,11 @@
 #define EDIT_REF QI_SHARED_DIR "/reference/edit"
 
 static qi_backend *g_be;
+/* `-b cuda`: the same run on the CUDA backend (bf16): stage bounds widen to
+ * g_tol and the image is held to a mean difference of 3 levels (the issue's
+ * CUDA bound) instead of a maximum of 2. */
+static double g_tol = 1e-5;
+static int g_cuda;
 
 typedef struct stand_in {
     const qi_st_file *f;
@@ -179,17 +184,20 @@ static void denoise_and_decode(const edit_case *c, const cJSON *j, const qi_st_f
     qi_rgb_to_u8(rgb, in->height, in->width, u8);
     const qi_st_tensor *ref = qi_st_file_find(f, "image_u8");
     int worst = 999;
+    double mean = 999;
     if (ref && (int64_t)ref->nbytes == 3 * px) {
-        worst = 0;
+        worst = 0, mean = 0;
         for (int64_t i = 0; i < 3 * px; i++) {
             int d = abs((int)u8[i] - (int)((const uint8_t *)ref->data)[i]);
             if (d > worst) worst = d;
+            mean += d;
         }
+        mean /= (double)(3 * px);
     }
-    printf("     %s: %dx%d, final latents rel L2 %.3g, image max diff %d levels\n", c->name, in->width, in->height, rel,
-           worst);
-    CHECK(rel >= 0 && rel <= 1e-4, "%s: final latents rel L2 %g", c->name, rel);
-    CHECK(worst <= 2, "%s: image differs by %d levels", c->name, worst);
+    printf("     %s: %dx%d, final latents rel L2 %.3g, image max diff %d levels, mean %.3f\n", c->name, in->width,
+           in->height, rel, worst, mean);
+    CHECK(rel >= 0 && rel <= 10 * g_tol, "%s: final latents rel L2 %g", c->name, rel);
+    CHECK(g_cuda ? mean <= 3 : worst <= 2, "%s: image differs by %d levels (mean %.3f)", c->name, worst, mean);
     free(sig), free(ts), free(lat), free(vae_in), free(rgb), free(u8);
 }
 
@@ -234,10 +242,10 @@ static void run_case(const edit_case *c) {
               "%s: output %dx%d", c->name, in.width, in.height);
         CHECK(s.resizes == 2 * s.n && s.encodes == s.n, "%s: %d resizes, %d encodes", c->name, s.resizes, s.encodes);
         const qi_st_tensor *pe = qi_st_file_find(f, "prompt_embeds");
-        CHECK(pe && pe->shape[1] == in.len && rel_to(f, "prompt_embeds", in.embeds, (int64_t)in.len * 64) <= 1e-5,
+        CHECK(pe && pe->shape[1] == in.len && rel_to(f, "prompt_embeds", in.embeds, (int64_t)in.len * 64) <= g_tol,
               "%s: prompt_embeds", c->name);
         if (in.neg_embeds)
-            CHECK(rel_to(f, "neg.prompt_embeds", in.neg_embeds, (int64_t)in.neg_len * 64) <= 1e-5, "%s: negative",
+            CHECK(rel_to(f, "neg.prompt_embeds", in.neg_embeds, (int64_t)in.neg_len * 64) <= g_tol, "%s: negative",
                   c->name);
         int64_t Lc = 0;
         for (int k = 0; k < in.cond.n; k++) Lc += (int64_t)in.cond.hw[k][0] * in.cond.hw[k][1];
@@ -255,10 +263,13 @@ static void edit2509_one_picture_lightning_lora(void) { run_case(&cases[0]); }
 static void edit2509_two_pictures_true_cfg(void) { run_case(&cases[1]); }
 static void edit2511_two_pictures_zero_cond_t(void) { run_case(&cases[2]); }
 
-int main(void) {
+int main(int argc, char **argv) {
     qi_error err = {{0}};
-    if (qi_backend_cpu_create(2, (size_t)512 << 20, &g_be, &err) != QI_OK) {
-        fprintf(stderr, "cpu backend: %s\n", err.msg);
+    const char *device = argc > 2 && !strcmp(argv[1], "-b") ? argv[2] : "cpu";
+    g_cuda = strcmp(device, "cpu") != 0;
+    if (g_cuda) g_tol = 5e-2;
+    if (qi_backend_create(device, 2, (size_t)512 << 20, &g_be, &err) != QI_OK) {
+        fprintf(stderr, "%s backend: %s\n", device, err.msg);
         return 1;
     }
     RUN(edit2509_one_picture_lightning_lora);
