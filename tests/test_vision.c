@@ -23,6 +23,9 @@
 
 #define EDIT_REF QI_SHARED_DIR "/reference/edit"
 #define EDIT_TE EDIT_REF "/model-2509/text_encoder"
+/* The format fixtures (../shared/reference/formats beside this checkout);
+ * the claim is skipped, saying so, where they are absent. */
+#define FORMATS QI_TEST_DATA "/../../../shared/reference/formats"
 
 static qi_backend *g_be;
 /* `-b cuda` runs the same claims on the CUDA backend (bf16 weights and
@@ -195,6 +198,46 @@ static void processor_resize_matches(void) {
     CHECK(pictures == 5, "%d pictures checked, expected 5", pictures);
 }
 
+/* ComfyUI's scaled-fp8 text encoder file carries the tower under the same
+ * names (fp8 Linears with a per-tensor scale, the qkv split by rows): it
+ * loads with the Edit config attached, and its output stays within fp8's
+ * rounding of the bf16 tower's. Without a config a tower that is not
+ * 7B-shaped asks for one. */
+static void comfy_fp8_file_carries_the_tower(void) {
+    const char *file = FORMATS "/comfy_te_fp8_scaled.safetensors";
+    if (!qi_file_exists(file)) {
+        printf("  (skipped: %s absent)\n", file);
+        return;
+    }
+    qi_source *src = NULL;
+    qi_vision *vt = NULL;
+    qi_error err = {{0}};
+    REQUIRE(qi_source_open(file, QI_COMPONENT_TEXT_ENCODER, &src, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_vision_present(src), "visual.* found");
+    CHECK(qi_vision_load(src, g_be, &vt, &err) == QI_ERR_FORMAT && strstr(err.msg, "config.json"),
+          "no config: the error asks for one: %s", err.msg);
+    REQUIRE(qi_source_set_config(src, EDIT_TE "/config.json", &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_vision_load(src, g_be, &vt, &err) == QI_OK, "%s", err.msg);
+    qi_st_file *f = edit_tensors(edit_cases[0]);
+    const qi_st_tensor *ti;
+    uint8_t *rgb = raw_copy(f, "cond0.vl_processor_resized_u8", QI_U8, &ti);
+    int64_t n_ref = 0;
+    float *ref = ref_floats(f, "vision.pooler_output", &n_ref);
+    REQUIRE(rgb && ref);
+    int H = (int)ti->shape[0], W = (int)ti->shape[1];
+    qi_vl_preprocess pp = qi_vl_preprocess_default();
+    float *rows = malloc((size_t)(H / 14) * (W / 14) * 1176 * sizeof(float)), *got = malloc((size_t)n_ref * sizeof(float));
+    qi_vl_patchify(rgb, H, W, &pp, rows);
+    CHECK(qi_vision_encode(vt, rows, H / 14, W / 14, got, &err) == QI_OK, "%s", err.msg);
+    double rel = qi_rel_l2(got, ref, (size_t)n_ref);
+    printf("     fp8 tower against the bf16 tower's reference: rel L2 %.3g\n", rel);
+    CHECK(rel > 1e-4 && rel < 0.1, "rel %g: fp8 weights used, and close", rel);
+    free(rows), free(got), free(rgb), free(ref);
+    qi_st_close(f);
+    qi_vision_free(vt);
+    qi_source_close(src);
+}
+
 static int json_pair(const cJSON *row, const char *key, int *a, int *b) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, key);
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 2) return 0;
@@ -270,6 +313,7 @@ int main(int argc, char **argv) {
     RUN(patchify_matches_pixel_values);
     RUN(tower_matches_pooler_output);
     RUN(processor_resize_matches);
+    RUN(comfy_fp8_file_carries_the_tower);
     RUN(sizes_match_sizes_json);
     RUN(odd_sizes_are_refused_or_enlarged);
     qi_vision_free(g_vt);
