@@ -226,13 +226,14 @@ static void denoising_matches(void) {
         float *lat = ref_floats(l.f, "call0.noisy_latents", &n), *cond = ref_floats(l.f, "image_latents", NULL);
         float *ctx = ref_floats(l.f, "prompt_embeds", NULL), *neg = ref_floats(l.f, "neg.prompt_embeds", NULL);
         float *sig = ref_floats(l.f, "sigmas", NULL), *ts = ref_floats(l.f, "timesteps", NULL);
+        for (int i = 0; ts && i < l.steps; i++) ts[i] /= 1000.0f; /* the transformer's t, as the pipeline passes it */
         float *fin = ref_floats(l.f, "final_latents", NULL);
         const qi_st_tensor *pe = qi_st_file_find(l.f, "prompt_embeds"), *ne = qi_st_file_find(l.f, "neg.prompt_embeds");
         REQUIRE(lat && cond && ctx && sig && ts && fin && pe && n == L * 64, "%s: reference tensors", cases[ci].name);
         call_check cc = {.f = l.f, .name = cases[ci].name, .n = L * 64};
         qi_edit_denoise_args a = {.grid_h = l.gh, .grid_w = l.gw, .cond = l.cond, .cond_latents = cond, .ctx = ctx,
                                   .ctx_len = (int)pe->shape[1], .neg_ctx = neg, .neg_len = ne ? (int)ne->shape[1] : 0,
-                                  .cfg = l.cfg, .steps = l.steps, .sigmas = sig, .timesteps = ts,
+                                  .cfg = l.cfg, .steps = l.steps, .sigmas = sig, .t = ts,
                                   .on_call = on_call, .user = &cc};
         qi_error err = {{0}};
         qi_status st = qi_edit_denoise(l.dit, g_be, &a, lat, &err);
@@ -264,11 +265,12 @@ static void zero_cond_t_matters(void) {
     float *lat = ref_floats(l.f, "call0.noisy_latents", &n), *cond = ref_floats(l.f, "image_latents", NULL);
     float *ctx = ref_floats(l.f, "prompt_embeds", NULL), *sig = ref_floats(l.f, "sigmas", NULL);
     float *ts = ref_floats(l.f, "timesteps", NULL), *ref = ref_floats(l.f, "call0.noise_pred", NULL);
+    if (ts) ts[0] /= 1000.0f;
     const qi_st_tensor *pe = qi_st_file_find(l.f, "prompt_embeds");
     REQUIRE(lat && cond && ctx && sig && ts && ref && pe);
     call_check cc = {.f = l.f, .name = "2511 case without zero_cond_t", .n = L * 64};
     qi_edit_denoise_args a = {.grid_h = l.gh, .grid_w = l.gw, .cond = l.cond, .cond_latents = cond, .ctx = ctx,
-                              .ctx_len = (int)pe->shape[1], .steps = 1, .sigmas = sig, .timesteps = ts,
+                              .ctx_len = (int)pe->shape[1], .steps = 1, .sigmas = sig, .t = ts,
                               .on_call = on_call, .user = &cc};
     qi_error err = {{0}};
     CHECK(qi_edit_denoise(l.dit, g_be, &a, lat, &err) == QI_OK, "%s", err.msg);

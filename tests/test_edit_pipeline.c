@@ -165,6 +165,7 @@ static void denoise_and_decode(const edit_case *c, const cJSON *j, const qi_st_f
             "%s", err.msg);
     free(sched_text);
     CHECK(rel_to(f, "sigmas", sig, steps + 1) == 0, "%s: sigmas (mu from the output tokens only)", c->name);
+    for (int i = 0; i < steps; i++) ts[i] /= 1000.0f;
     uint64_t seed = (uint64_t)cJSON_GetObjectItemCaseSensitive(j, "seed")->valuedouble;
     REQUIRE(qi_initial_noise(seed, QI_RNG_CPU, QI_F32, 1, in->height, in->width, lat, &err) == QI_OK, "%s", err.msg);
     CHECK(rel_to(f, "call0.noisy_latents", lat, (int64_t)L * 64) == 0, "%s: the noise is the generator's only draw",
@@ -173,7 +174,7 @@ static void denoise_and_decode(const edit_case *c, const cJSON *j, const qi_st_f
     qi_edit_denoise_args a = {.grid_h = in->grid_h, .grid_w = in->grid_w, .cond = in->cond,
                               .cond_latents = in->cond_latents, .ctx = in->embeds, .ctx_len = in->len,
                               .neg_ctx = in->neg_embeds, .neg_len = in->neg_len, .cfg = cfg, .steps = steps,
-                              .sigmas = sig, .timesteps = ts};
+                              .sigmas = sig, .t = ts};
     CHECK(qi_edit_denoise(p->dit, g_be, &a, lat, &err) == QI_OK, "%s", err.msg);
     double rel = rel_to(f, "final_latents", lat, (int64_t)L * 64);
     int64_t lh = in->height / 8, lw = in->width / 8, px = (int64_t)in->height * in->width;

@@ -19,7 +19,7 @@ typedef struct edit_dev {
 } edit_dev;
 
 static qi_status check_args(const qi_dit *dit, const qi_edit_denoise_args *a, qi_error *err) {
-    if (!a->cond_latents || !a->ctx || !a->sigmas || !a->timesteps || a->steps < 1 || a->ctx_len < 1 ||
+    if (!a->cond_latents || !a->ctx || !a->sigmas || !a->t || a->steps < 1 || a->ctx_len < 1 ||
         a->cond.n < 1 || (a->neg_ctx && a->neg_len < 1))
         return qi_fail(err, QI_ERR_ARG, "edit denoise: missing condition latents, embeddings or schedule");
     if (qi_dit_get_config(dit)->in_channels != qi_dit_get_config(dit)->out_channels * 4)
@@ -70,7 +70,7 @@ static qi_status step(qi_backend *be, const qi_edit_denoise_args *a, int i, int 
     if (st == QI_OK) st = be->ops->upload(be, &rows, x, err);
     if (st == QI_OK) be->ops->copy_rows(be, &rows, 0, &x2, 0, d->L);
     be->ops->reset(be, mark);
-    float t = a->timesteps[i] / 1000.0f;
+    float t = a->t[i];
     qi_tensor kept[2];
     for (int k = 0; k <= two && st == QI_OK; k++) {
         st = qi_dit_call_set_timestep(d->call[k], &t, err);

@@ -8,7 +8,7 @@
  *     qi_edit_denoise(dit, &a, latents, &err);   // latents: packed noise in, final out
  *
  * Per step i (reference edit/README.md E7, E10):
- *   v   = dit(cat(x, cond_latents), ctx, t_i)[:L]         (t_i = timesteps[i] / 1000)
+ *   v   = dit(cat(x, cond_latents), ctx, t[i])[:L]        (t[i] = timesteps[i] / 1000)
  *   CFG = neg + s·(v − neg), rescaled per token to ‖v‖     (when neg_ctx and cfg > 1)
  *   x  += (σ[i+1] − σ[i])·v                               (float32)
  * The transformer's config decides 2511's zero_cond_t. The condition
@@ -36,7 +36,7 @@ typedef struct qi_edit_denoise_args {
     float cfg;                  /* true CFG scale (used when neg_ctx and cfg > 1) */
     int steps;
     const float *sigmas;        /* [steps + 1] */
-    const float *timesteps;     /* [steps] (= sigmas · 1000 as the scheduler gives them) */
+    const float *t;             /* [steps] the transformer's timestep: the scheduler's timesteps / 1000 */
     qi_edit_call_fn on_call;    /* NULL: none */
     void *user;
 } qi_edit_denoise_args;
