@@ -86,6 +86,17 @@ def main(src):
             link = os.path.join(d, weights)
             if not os.path.lexists(link):
                 os.symlink("../../../tiny-model/%s/%s" % (comp, weights), link)
+        # the rest of the diffusers layout, for the engine (the tiny model's own parts)
+        for name in ["model_index.json", os.path.join("scheduler", "scheduler_config.json")]:
+            os.makedirs(os.path.dirname(os.path.join(dst, m, name)), exist_ok=True)
+            target = os.path.join(dst, m, name)
+            if os.path.exists(target):
+                os.chmod(target, 0o644)
+            shutil.copy(os.path.join(src, m, name), target)
+        for comp in ["tokenizer", "vae"]:
+            link = os.path.join(dst, m, comp)
+            if not os.path.lexists(link):
+                os.symlink("../../tiny-model/" + comp, link)
 
 
 if __name__ == "__main__":
