@@ -354,7 +354,7 @@ static void embeds_from_condition_pictures_match(void) {
         int L = 0;
         int64_t n = 0;
         float *ref = ref_floats(f, neg ? "neg.prompt_embeds" : "prompt_embeds", &n);
-        CHECK(qi_edit_encode_text(g_te, g_tok, p, 2, s, rows, 0, 512, &emb, &L, &err) == QI_OK, "%s", err.msg);
+        CHECK(qi_edit_encode_text(g_te, g_tok, p, 2, s, rows, 0, 0, &emb, &L, &err) == QI_OK, "%s", err.msg);
         CHECK(emb && ref && (int64_t)L * 64 == n, "rows %d", L);
         if (emb && ref && (int64_t)L * 64 == n) {
             double rel = qi_rel_l2(emb, ref, (size_t)n);
@@ -389,6 +389,19 @@ static void odd_inputs_are_refused(void) {
               L == 3,
           "max_sequence_length cuts the rows: L %d", L);
     free(emb);
+    emb = NULL;
+    qi_edit_tokens_free(&tok);
+    /* the Edit pipeline never cuts: 600 words give more than 512 rows */
+    char *longp = malloc(600 * 2 + 1);
+    for (int i = 0; i < 600; i++) memcpy(longp + 2 * i, "a ", 2);
+    longp[1200] = 0;
+    REQUIRE(qi_edit_prompt_tokenize(g_tok, longp, 1, ok, 2, 0, &tok, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_text_encoder_encode_edit(g_te, tok.ids, tok.n, tok.pos, row, 1, QI_EDIT_DROP_IDX, 0, &emb, &L, &err) ==
+                  QI_OK &&
+              L == tok.n - QI_EDIT_DROP_IDX && L > 512,
+          "no cut: %d rows of %d ids", L, tok.n);
+    free(emb);
+    free(longp);
     qi_edit_tokens_free(&tok);
 }
 

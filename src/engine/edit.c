@@ -183,7 +183,7 @@ qi_status qi_edit_prepare(const qi_edit_request *r, const qi_edit_hooks *h, cons
         return qi_fail(err, QI_ERR_ARG, "edit: %d pictures; an Edit request takes 1 … %d", r->n, QI_DIT_MAX_COND);
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     int64_t vl = r->vl_area ? r->vl_area : QI_EDIT_VL_AREA, vae = r->vae_area ? r->vae_area : QI_EDIT_VAE_AREA;
-    int max_seq = r->max_sequence_length ? r->max_sequence_length : 512;
+    int max_seq = 0; /* the Edit-Plus pipeline never cuts its prompt embeddings */
     qi_status st = QI_OK;
     int64_t tokens = 0;
     for (int k = 0; k < r->n && st == QI_OK; k++) {

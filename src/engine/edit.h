@@ -56,7 +56,9 @@ qi_status qi_edit_vision_rows(qi_vision *vt, int n, const uint8_t *const *cond_r
                               float **rows, qi_error *err);
 
 /* One prompt's Edit embeddings [*L, D] (malloc'ed) with the pictures' rows.
- * plain_positions: see edit_prompt.h (tests only). */
+ * plain_positions: see edit_prompt.h (tests only). max_sequence_length 0:
+ * every row, as QwenImageEditPlusPipeline (it checks the value, never cuts:
+ * the pictures' tokens alone can pass 512). */
 qi_status qi_edit_encode_text(qi_text_encoder *te, const qi_tokenizer *tok, const char *prompt, int n,
                               const qi_edit_picture_sizes *s, const float *rows, int plain_positions,
                               int max_sequence_length, float **embeds, int *L, qi_error *err);
@@ -89,7 +91,6 @@ typedef struct qi_edit_request {
     const char *negative_prompt; /* NULL: none (true CFG only with one) */
     int width, height;           /* requested output; 0: from the last picture */
     int64_t vl_area, vae_area;   /* 0: QI_EDIT_VL_AREA / QI_EDIT_VAE_AREA */
-    int max_sequence_length;     /* 0: 512 */
     int plain_positions;         /* tests only (edit_prompt.h) */
 } qi_edit_request;
 

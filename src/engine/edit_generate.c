@@ -64,7 +64,7 @@ static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *
                          .prompt = prompt ? prompt : "",
                          .negative_prompt = req->negative_prompt && req->cfg > 1.0f ? req->negative_prompt : NULL,
                          .width = req->width, .height = req->height, .vl_area = req->edit_vl_area,
-                         .vae_area = req->edit_vae_area, .max_sequence_length = req->max_sequence_length};
+                         .vae_area = req->edit_vae_area};
     qi_status st = qi_engine_acquire(e, QI_COMPONENT_TOKENIZER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_VAE);

@@ -829,9 +829,10 @@ qi_status qi_text_encoder_encode_edit(qi_text_encoder *te, const int32_t *ids, i
     if (drop < 0 || S <= drop)
         return qi_fail(err, QI_ERR_ARG, "text encoder encode_edit: %d ids, not more than the %d-id template prefix",
                        S, drop);
-    if (max_sequence_length < 1 || max_sequence_length > QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT)
-        return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d is out of range: it must be 1 … %d",
+    if (max_sequence_length < 0 || max_sequence_length > QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT)
+        return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d is out of range: it must be 0 (no cut) … %d",
                        max_sequence_length, QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT);
+    if (max_sequence_length == 0) max_sequence_length = S - drop;
     const qi_text_encoder_config *c = &te->cfg;
     if (positions && c->mrope_section[0] + c->mrope_section[1] + c->mrope_section[2] != c->head_dim / 2)
         return qi_fail(err, QI_ERR_FORMAT,

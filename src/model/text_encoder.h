@@ -99,8 +99,9 @@ qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const 
  *   image_rows [n_image, D] float32: what replaces the <|image_pad|>
  *     embeddings, in order (n_image must equal the pads in ids);
  *   drop: leading rows dropped (QI_EDIT_DROP_IDX, 64), S > drop;
- *   max_sequence_length: 1 … 1024, the cut after the drop.
- * *embeds [L, D] (malloc'ed), L = min(S − drop, max_sequence_length). The
+ *   max_sequence_length: 1 … 1024, a cut after the drop; 0: none (the
+ *     Edit-Plus pipeline never cuts: its max_sequence_length is only checked).
+ * *embeds [L, D] (malloc'ed), L = S − drop, or at most max_sequence_length. The
  * frequencies of each M-RoPE axis are config.mrope_section's split. */
 qi_status qi_text_encoder_encode_edit(qi_text_encoder *te, const int32_t *ids, int S, const int32_t *positions,
                                       const float *image_rows, int n_image, int drop, int max_sequence_length,
