@@ -18,6 +18,9 @@ int qi_app_exit_code(qi_status st);
 int qi_app_parse_int(const char *flag, const char *s, long lo, long hi, long *out);
 int qi_app_parse_float(const char *flag, const char *s, double *out);
 int qi_app_parse_threads(const char *flag, const char *s, long *out); /* 1 .. 4 × online cores */
+/* A memory size: "8G", "6G", "3000M", "1.5G", "512MiB", "8GB" (binary units: 1G = 2^30 bytes;
+ * K, M, G, T, any case, an optional "B" or "iB"); at least 1 MiB. 0, or 2 after the message. */
+int qi_app_parse_size(const char *flag, const char *s, size_t *out);
 const char *qi_app_default_model(int quiet);
 /* Checks that an output file can be created at path before any work: not a
  * folder, its folder exists (and is one) and is writable, no name component
@@ -50,6 +53,7 @@ typedef struct gen_args {
     int lora_mode;     /* qi_lora_mode (--lora-mode) */
     long steps, width, height, batch, threads, max_seq_len;
     long random_weights;           /* --random-weights SEED: benchmarks only (every weight random) */
+    size_t vram;                   /* --vram SIZE: device memory budget in bytes (0: what the GPU has free) */
     long batch_index, batch_size; /* --batch-index K/N: regenerate image K of N (0/0: off) */
     double cfg;
     unsigned long long seed;

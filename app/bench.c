@@ -283,7 +283,7 @@ static int bench_dit_graph(bench_ctx *c, qi_dit *dit, const qi_tensor *x, const 
                            int gh, int gw, double *ms_out, qi_error *err) {
     qi_backend *be = c->be;
     *ms_out = -1;
-    if (!be->ops->graph_begin || !be->ops->persistent) return 0;
+    if (!be->ops->graph_begin || !be->ops->persistent || qi_dit_streams(dit)) return 0; /* streaming runs eagerly */
     qi_dit_call *call = NULL;
     qi_graph *g = NULL;
     float t = 0.9f;
@@ -313,10 +313,39 @@ done:
     return rc;
 }
 
+/* The runs of one transformer call as the denoising loop makes them under a
+ * streaming plan: the call given an 8-step schedule (every step's modulation
+ * computed once, its matrices streamed once), then run per step, eagerly.
+ * times[0..runs): each timed run; *staged_gb: GB copied into slots per run. */
+static int bench_dit_scheduled(bench_ctx *c, qi_dit *dit, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *out,
+                               int gh, int gw, double *times, double *staged_gb, qi_error *err) {
+    qi_backend *be = c->be;
+    float t_all[8] = {0.99f, 0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f, 0.3f};
+    qi_dit_call *call = NULL;
+    uint64_t staged0 = 0;
+    int rc = -1;
+    if (qi_dit_call_create(dit, 1, gh, gw, (int)ctx->ne[1], &call, err) || qi_dit_call_set_text_mask(call, NULL, err) ||
+        qi_dit_call_set_schedule(call, t_all, 8, err) || qi_dit_call_select_step(call, 0, err))
+        goto done;
+    for (int i = 0; i < c->warmup + c->runs; i++) {
+        if (i == c->warmup) staged0 = qi_dit_staged_bytes(dit);
+        double t0 = qi_now_s();
+        if (qi_dit_call_select_step(call, i % 8, err) || qi_dit_call_run(call, x, ctx, out, err) ||
+            be->ops->sync(be, err))
+            goto done;
+        if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
+    }
+    *staged_gb = (double)(qi_dit_staged_bytes(dit) - staged0) / c->runs / 1e9;
+    rc = 0;
+done:
+    qi_dit_call_free(call);
+    return rc;
+}
+
 /* Median time of one transformer call at width×height with txt_len text tokens
  * (qi_dit_forward, eager), and replayed as a graph (*graph_ms, < 0 if none). */
 static int bench_dit(bench_ctx *c, int width, int height, int txt_len, double *ms_out, double *tflops_out,
-                     double *graph_ms, qi_error *err) {
+                     double *graph_ms, double *staged_gb, qi_error *err) {
     qi_dit *dit;
     if (qi_engine_dit(c->e, &dit)) return -1;
     qi_backend *be = c->be;
@@ -336,10 +365,14 @@ static int bench_dit(bench_ctx *c, int width, int height, int txt_len, double *m
     if (be->ops->upload(be, &ctx, host, err)) goto done;
     double times[64];
     float t = 0.9f;
-    for (int i = 0; i < c->warmup + c->runs; i++) {
-        double t0 = qi_now_s();
-        if (qi_dit_forward(dit, &x, &ctx, NULL, &t, gh, gw, &out, err) || be->ops->sync(be, err)) goto done;
-        if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
+    if (qi_dit_streams(dit)) { /* the pipeline's call: modulation once per schedule, blocks per call */
+        if (bench_dit_scheduled(c, dit, &x, &ctx, &out, gh, gw, times, staged_gb, err)) goto done;
+    } else {
+        for (int i = 0; i < c->warmup + c->runs; i++) {
+            double t0 = qi_now_s();
+            if (qi_dit_forward(dit, &x, &ctx, NULL, &t, gh, gw, &out, err) || be->ops->sync(be, err)) goto done;
+            if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
+        }
     }
     double med = median(times, c->runs);
     *ms_out = med * 1e3;
@@ -460,6 +493,38 @@ static int bench_vae(bench_ctx *c, int width, int height, double *ms, qi_error *
 done:
     free(lat);
     free(rgb);
+    return rc;
+}
+
+/* Host -> device through the streamed-weight path: a 64 MiB pinned host
+ * weight staged into a slot, median GB/s of --runs copies (the link's peak
+ * for the --vram rows). -1 when the backend cannot stream. */
+static int bench_link(bench_ctx *c, double *gbps, qi_error *err) {
+    qi_backend *be = c->be;
+    *gbps = -1;
+    if (!be->ops->stage) return 0;
+    int64_t ne[2] = {4096, 8192}; /* bf16: 64 MiB */
+    uint16_t *host = calloc((size_t)(ne[0] * ne[1]), sizeof *host);
+    qi_tensor w = {0}, view;
+    qi_slot *slot = NULL;
+    double times[64];
+    int rc = -1;
+    if (!host || be->ops->weight_host(be, &w, QI_BF16, 2, ne, host, NULL, err) ||
+        be->ops->slot_new(be, qi_nbytes(&w), &slot, err))
+        goto done;
+    for (int i = 0; i < c->warmup + c->runs; i++) {
+        double t0 = qi_now_s();
+        if (be->ops->stage(be, slot, &w, &view, 1, err)) goto done;
+        be->ops->stage_wait(be, slot);
+        if (be->ops->sync(be, err)) goto done;
+        if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
+    }
+    *gbps = (double)qi_nbytes(&w) / median(times, c->runs) / 1e9;
+    rc = 0;
+done:
+    if (slot) be->ops->slot_free(be, slot);
+    if (w.data) be->ops->weight_free(be, &w);
+    free(host);
     return rc;
 }
 
@@ -599,12 +664,17 @@ int qi_cmd_bench(int argc, char **argv) {
     const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL, *sparse_dir = NULL;
     long runs = 7, warmup = 2;
     double load_gb = 0;
+    size_t vram = 0; /* --vram: the engine's memory plan for this budget */
+    const char *vram_s = NULL;
     qi_dtype qt = QI_BF16; /* --type: the transformer's block linears */
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
             printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
-                   "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--manifest FILE] [-o RESULTS.md]\n"
+                   "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--vram SIZE] [--manifest FILE]\n"
+                   "                        [-o RESULTS.md]\n"
+                   "  --vram: the engine plans for that device budget (transformer call at 1024², end to end,\n"
+                   "          host->device GB/s, peak memory; run beside dev/cuda/hold_memory to prove it)\n"
                    "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
                    "          GGUF types: a GGUF file), kept so on the device\n"
                    "       qwen-image bench --write-sparse DIR [--type T]   (only write the sparse full-size model\n"
@@ -638,6 +708,10 @@ int qi_cmd_bench(int argc, char **argv) {
                 return qi_app_usage_error("bench: --load takes gigabytes, 0 < GB <= 64 (got %s)", v);
         }
         else if (!strcmp(f, "-o")) out_path = v;
+        else if (!strcmp(f, "--vram")) {
+            if (qi_app_parse_size(f, v, &vram)) return 2;
+            vram_s = v;
+        }
         else return qi_app_usage_error("bench: unknown option %s", f);
     }
     if (load_gb > 0) return bench_load(device, load_gb);
@@ -675,6 +749,7 @@ int qi_cmd_bench(int argc, char **argv) {
     o.model_dir = root;
     o.device = device;
     o.random_weights = 1234;
+    o.vram_bytes = vram;
     char gguf_path[64];
     snprintf(gguf_path, sizeof gguf_path, "%s/transformer.gguf", root);
     if (qi_dtype_is_block(qt)) o.diffusion_model = gguf_path;
@@ -701,21 +776,34 @@ int qi_cmd_bench(int argc, char **argv) {
              qi_dtype_name(qt), (double)now / (1u << 30));
     }
     int fail = 0;
-    double ceiling = 0;
-    if (!bench_gemm_ceiling(&c, &ceiling, &err))
+    double ceiling = 0, link = -1;
+    if (vram) { /* the plan, and the link its streamed weights cross */
+        char line[640] = "no plan";
+        if (c.e->planned) qi_residency_plan_describe(&c.e->sizes, &c.e->plan, line, sizeof line);
+        emit(&c, "| memory plan | --vram %s | | %s |\n", vram_s, line);
+        if (bench_link(&c, &link, &err)) fail = 1, fprintf(stderr, "link: %s\n", err.msg);
+        else if (link > 0) emit(&c, "| host→device copy (pinned, one stage) | 64 MiB | %.1f GB/s | the link's peak for "
+                                "streamed weights |\n", link);
+    } else if (!bench_gemm_ceiling(&c, &ceiling, &err)) { /* its 0.4 GiB of buffers are not in a plan */
         emit(&c, "| GEMM ceiling (linear op) | 8192×8192×8192 bf16 | | %.0f TFLOP/s |\n", ceiling);
-    else fail = 1, fprintf(stderr, "gemm: %s\n", err.msg);
+    } else fail = 1, fprintf(stderr, "gemm: %s\n", err.msg);
     if (!only || !strcmp(only, "dit")) {
         int sizes[3][2] = {{1024, 1024}, {1328, 1328}, {512, 512}};
-        for (int i = 0; i < 3; i++) {
-            double ms, tf, graph_ms;
-            if (bench_dit(&c, sizes[i][0], sizes[i][1], 128, &ms, &tf, &graph_ms, &err)) {
+        for (int i = 0; i < (vram ? 1 : 3); i++) {
+            double ms, tf, graph_ms, staged_gb = 0;
+            if (bench_dit(&c, sizes[i][0], sizes[i][1], 128, &ms, &tf, &graph_ms, &staged_gb, &err)) {
                 fprintf(stderr, "dit: %s\n", err.msg);
                 fail = 1;
                 continue;
             }
             emit(&c, "| transformer call | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s (%.0f%% of ceiling) |\n", sizes[i][0],
                    sizes[i][1], ms, tf, ceiling > 0 ? 100 * tf / ceiling : 0);
+            if (vram)
+                emit(&c, "| transformer call, --vram %s | %dx%d, txt 128 | %.1f ms | %.2f GB host→device per call: "
+                       "%.1f GB/s (%.0f%% of the copy peak); %d of %d blocks resident, eager |\n", vram_s,
+                       sizes[i][0], sizes[i][1], ms, staged_gb, staged_gb / (ms / 1e3),
+                       link > 0 ? 100 * staged_gb / (ms / 1e3) / link : 0, c.e->planned ? c.e->plan.resident_blocks : 0,
+                       qi_dit_get_config(dit)->num_layers);
             if (graph_ms >= 0)
                 emit(&c, "| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
                        "%.3f× |\n", sizes[i][0], sizes[i][1], graph_ms, tf * ms / graph_ms, ms / graph_ms);
@@ -729,12 +817,14 @@ int qi_cmd_bench(int argc, char **argv) {
             }
         }
     }
-    if (!only || !strcmp(only, "te")) {
+    if (vram && only && (!strcmp(only, "te") || !strcmp(only, "vae")))
+        fprintf(stderr, "bench: --only %s is not timed under --vram (the plan frees and streams components)\n", only);
+    if (!vram && (!only || !strcmp(only, "te"))) {
         double ms;
         if (!bench_text_encoder(&c, 167, &ms, &err)) emit(&c, "| text encoder | 167 tokens | %.1f ms | |\n", ms);
         else fail = 1, fprintf(stderr, "te: %s\n", err.msg);
     }
-    if (!only || !strcmp(only, "vae")) {
+    if (!vram && (!only || !strcmp(only, "vae"))) {
         double ms;
         if (!bench_vae(&c, 1024, 1024, &ms, &err)) emit(&c, "| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
         else fail = 1, fprintf(stderr, "vae: %s\n", err.msg);
@@ -742,7 +832,7 @@ int qi_cmd_bench(int argc, char **argv) {
     if (!only || !strcmp(only, "e2e")) {
         /* with and without the recorded step, in this one process (QI_CUDA_GRAPHS=0: without only) */
         const char *env = getenv("QI_CUDA_GRAPHS");
-        int graphs_ok = c.be->ops->graph_begin && !(env && !strcmp(env, "0"));
+        int graphs_ok = c.be->ops->graph_begin && !(env && !strcmp(env, "0")) && !qi_dit_streams(dit);
         int steps[2] = {8, 4};
         for (int i = 0; i < 2; i++) {
             double s[2] = {-1, -1}; /* eager, graph */
@@ -751,8 +841,9 @@ int qi_cmd_bench(int argc, char **argv) {
                     fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
                     continue;
                 }
-                emit(&c, "| end to end | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
-                       steps[i], s[g], g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
+                emit(&c, "| end to end%s%s | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
+                       vram ? ", --vram " : "", vram ? vram_s : "", steps[i], s[g],
+                       g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
             }
             if (s[0] > 0 && s[1] > 0)
                 emit(&c, "| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
@@ -762,8 +853,12 @@ int qi_cmd_bench(int argc, char **argv) {
     if (c.be->ops->mem_usage) {
         size_t now, peak;
         c.be->ops->mem_usage(c.be, &now, &peak);
-        emit(&c, "| peak device memory | | %.1f GiB | weights + activations |\n", (double)peak / (1u << 30));
+        emit(&c, "| peak device memory%s%s | | %.2f GiB | weights + activations |\n", vram ? ", --vram " : "",
+             vram ? vram_s : "", (double)peak / (1u << 30));
     }
+    if (vram)
+        emit(&c, "| reloads under the plan | | | text encoder loaded %d, freed %d times; transformer freed %d times |\n",
+             c.e->te_loads, c.e->te_frees, c.e->dit_evictions);
     qi_engine_close(c.e);
     remove_tree(root);
     if (c.md && finish_table(&c, out_path)) fail = 1;

@@ -60,6 +60,9 @@ static void generate_usage(void) {
            "  --devices LIST      one generation over several GPUs: cuda:0,cuda:1,... (CFG-parallel x sequence\n"
            "                      parallel; the count divides the 24 heads: 2, 3, 4, 6, 8); cpu,cpu simulates it\n"
            "  --threads N         CPU threads (default: all cores; at most 4 per core)\n"
+           "  --vram SIZE         device memory to stay within, e.g. 8G, 6G, 3000M (default: what the GPU has\n"
+           "                      free): the text encoder is freed after the prompt, the transformer's weights\n"
+           "                      streamed from host memory, the VAE decodes in tiles, as the budget needs\n"
            "  --save-latents F    also write vae_in [B,16,1,H/8,W/8] float32 to F (.safetensors)\n"
            "  --random-weights S  benchmarks only: every weight filled with seeded random values on the GPU,\n"
            "                      the files' data ignored (for `bench --write-sparse` folders)\n"
@@ -183,6 +186,7 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     else if (!strcmp(f, "--device")) a->device = v;
     else if (!strcmp(f, "--devices")) a->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &a->threads);
+    else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &a->vram);
     else if (!strcmp(f, "--save-latents")) a->save_latents = v;
     else if (!strcmp(f, "--random-weights")) return qi_app_parse_int(f, v, 1, 1L << 30, &a->random_weights);
     return 0;
@@ -206,7 +210,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         static const char *const with_value[] = {
             "-m", "-p", "-n", "-o", "--lora", "--lora-mode", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
-            "--max-sequence-length", "--device", "--devices", "--threads", "--save-latents",
+            "--max-sequence-length", "--device", "--devices", "--threads", "--vram", "--save-latents",
             "--diffusion-model", "--text-encoder", "--vae", "--random-weights"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
@@ -424,6 +428,7 @@ static int run(gen_args *a, const prompt_note *notes) {
     o.threads = (int)a->threads;
     o.lora_mode = a->lora_mode;
     o.random_weights = (uint64_t)a->random_weights;
+    o.vram_bytes = a->vram;
     o.log = log_line;
     o.log_user = &prog;
     qi_engine *e = NULL;

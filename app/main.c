@@ -6,8 +6,10 @@
  * names what was wrong and, where it helps, what to do.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -84,6 +86,25 @@ int qi_app_parse_threads(const char *flag, const char *s, long *out) {
         return qi_app_usage_error("%s %s: at most %ld (4 x the %ld cores here); leave it out to use every core", flag,
                                   s, 4 * cores, cores);
     *out = v;
+    return 0;
+}
+
+int qi_app_parse_size(const char *flag, const char *s, size_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    double unit = 1;
+    const char *units = "KMGT";
+    const char *u = *end ? strchr(units, toupper((unsigned char)*end)) : NULL;
+    if (u && *end) {
+        for (const char *k = units; k <= u; k++) unit *= 1024;
+        end++;
+        if (!strcmp(end, "iB") || !strcmp(end, "ib") || !strcmp(end, "B") || !strcmp(end, "b")) end += strlen(end);
+    }
+    double bytes = v * unit;
+    if (end == s || *end || !isfinite(v) || bytes < (double)(1 << 20) || bytes > 1e18)
+        return qi_app_usage_error("%s %s: expected a memory size of at least 1M, e.g. 8G, 6G, 3000M or 1.5G "
+                                  "(binary units: 1G = 1024 MiB)", flag, s);
+    *out = (size_t)bytes;
     return 0;
 }
 
@@ -221,13 +242,17 @@ static void encode_usage(void) {
            "  -p TEXT                   a prompt (repeat for a batch; at most 256)\n"
            "  -o FILE                   the .safetensors file to write (its folder must exist)\n"
            "  --max-sequence-length N   text tokens kept per prompt, 1..1024 (default 512)\n"
+           "  --device D                cpu | cuda | cuda:N (default cpu)\n"
+           "  --vram SIZE               device memory to stay within, e.g. 3G: the layers are streamed from host\n"
+           "                            memory when the whole encoder does not fit\n"
            "  --threads N               CPU threads (default: all cores; at most 4 per core)\n");
 }
 
 static int cmd_encode(int argc, char **argv) {
-    const char *model = NULL, *outp = NULL, *te_file = NULL;
+    const char *model = NULL, *outp = NULL, *te_file = NULL, *device = "cpu";
     const char *prompts[256];
-    int n = 0, threads = 0;
+    int n = 0, threads = 0, stream = 0;
+    size_t vram = 0;
     long max_len = 512;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -249,6 +274,9 @@ static int cmd_encode(int argc, char **argv) {
             long v;
             if (qi_app_parse_threads(a, argv[++i], &v)) return 2;
             threads = (int)v;
+        } else if (!strcmp(a, "--device") && has) device = argv[++i];
+        else if (!strcmp(a, "--vram") && has) {
+            if (qi_app_parse_size(a, argv[++i], &vram)) return 2;
         } else return qi_app_usage_error("encode: unknown or incomplete option %s", a);
     }
     if (!n || !outp)
@@ -274,10 +302,11 @@ static int cmd_encode(int argc, char **argv) {
     float *emb = NULL;
     int32_t *mask = NULL;
     int L = 0;
-    if ((st = qi_backend_cpu_create(threads, 0, &be, &err))) goto fail;
+    if ((st = qi_backend_create(device, threads, 0, &be, &err))) goto fail;
     if ((st = qi_model_files_tokenizer(&files, &tok, NULL, 0, &err))) goto fail;
     if ((st = qi_model_files_open_source(&files, QI_COMPONENT_TEXT_ENCODER, &te_src, &err))) goto fail;
-    if ((st = qi_text_encoder_load(te_src, be, &te, &err))) goto fail;
+    if ((st = qi_plan_text_encoder(be, te_src, vram, n, (int)max_len, &stream, &err))) goto fail;
+    if ((st = qi_text_encoder_load_resident(te_src, be, stream, &te, &err))) goto fail;
     if ((st = qi_prompt_tokenize(tok, prompts, n, (int)max_len, &pb, &err))) goto fail;
     if ((st = qi_text_encoder_encode(te, pb.ids, pb.mask, pb.batch, pb.seq_len, (int)max_len, &emb, &mask, &L,
                                      &err)))

@@ -25,7 +25,7 @@
 
 static void serve_usage(void) {
     printf("usage: qwen-image serve [-m MODEL_DIR] [--diffusion-model F] [--text-encoder F] [--vae F] [options]\n\n"
-           "  -m, --diffusion-model, --text-encoder, --vae, --lora FILE[:S], --device, --devices, --threads\n"
+           "  -m, --diffusion-model, --text-encoder, --vae, --lora FILE[:S], --device, --devices, --threads, --vram\n"
            "                      the model, as for generate (default: the bundled tiny test model)\n"
            "  --host ADDR         IPv4 address to listen on (default 127.0.0.1; 0.0.0.0: every interface)\n"
            "  --port N            TCP port (default 8080; 0: any free port, printed)\n"
@@ -76,6 +76,7 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     } else if (!strcmp(f, "--device")) m->device = v;
     else if (!strcmp(f, "--devices")) m->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &m->threads);
+    else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &m->vram);
     else if (!strcmp(f, "--host")) o->host = v;
     else if (!strcmp(f, "--api-key")) o->api_key = v;
     else if (!strcmp(f, "--random-weights")) {
@@ -134,6 +135,7 @@ static int load(serve *s) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
+    o.vram_bytes = m->vram;
     o.log = log_line, o.log_user = s;
     o.prompt_cache = s->opt.prompt_cache;
     o.random_weights = s->opt.random_weights;

@@ -93,6 +93,13 @@ typedef struct qi_open_options {
                                 (prompts, negative prompt, images per prompt, max length) entries);
                                 0 = none. A hit skips the text encoder; images are bit-identical */
     int lora_mode;           /* a qi_lora_mode: how LoRAs reach the transformer's weights (default auto) */
+    size_t vram_bytes;       /* device memory the engine may use, bytes (`--vram 8G`); 0 = what the GPU has
+                                free (on the CPU: no limit). Within it the engine plans, in this order:
+                                everything resident; the text encoder freed after the prompt (loaded again
+                                for the next); the transformer's modulation, then blocks, streamed from
+                                pinned host memory; the text encoder's layers streamed; the VAE in tiles.
+                                A budget nothing fits fails qi_engine_open (QI_ERR_NOMEM) naming what did
+                                not fit and the --vram or file that would. One device only (not --devices) */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */

@@ -1,7 +1,8 @@
 /*
  * backend_caps.h — claims about a backend's `supports` answers that hold for
  * every backend, shared by test_backend_caps.c (CPU) and
- * test_cuda_backend_caps.c (CUDA).
+ * test_cuda_backend_caps.c (CUDA); test_cuda_vram.c borrows its host data (the
+ * claims are marked unused for it).
  *
  * The central claim: for every storage type and every weight-taking op,
  * `supports` says exactly what the code does. A weight of each claimed type
@@ -245,7 +246,7 @@ static int caps_with_weight(qi_backend *be, qi_dtype t, int ndim, const int64_t 
  * Block types get rows of 256 elements (one K block, eight small blocks);
  * conv kernels ([.., 3, 3]) cannot be a whole number of blocks, so conv2d
  * runs on the element types only. */
-static void caps_check_weight_ops(qi_backend *be, double tol) {
+__attribute__((unused)) static void caps_check_weight_ops(qi_backend *be, double tol) {
     for (int t = 0; t < QI_DTYPE_COUNT; t++) {
         qi_dtype dt = (qi_dtype)t;
         int64_t row = qi_dtype_is_block(dt) ? 256 : 0;
@@ -262,7 +263,7 @@ static void caps_check_weight_ops(qi_backend *be, double tol) {
 /* A scaled weight gives scaled results: fp8 and a block type with a scale
  * per tensor and per output row, through linear and embedding (tables are
  * scaled per row, as the LightX2V files' modulation weights are). */
-static void caps_check_scaled_weights(qi_backend *be, double tol) {
+__attribute__((unused)) static void caps_check_scaled_weights(qi_backend *be, double tol) {
     static const float rows7[7] = {0.5f, 3.0f, 1e-3f, 7.25f, 0.125f, 2.0f, 40.0f};
     const qi_weight_scale per_tensor = {QI_SCALE_TENSOR, 0.03125f, NULL}, per_row = {QI_SCALE_ROW, 1.0f, rows7};
     const qi_dtype types[] = {QI_F8_E4M3, QI_BF16, QI_Q4_K, QI_Q8_0};
@@ -282,7 +283,7 @@ static void caps_check_scaled_weights(qi_backend *be, double tol) {
 }
 
 /* The capabilities about optional slots agree with the table. */
-static void caps_check_optional_slots(qi_backend *be) {
+__attribute__((unused)) static void caps_check_optional_slots(qi_backend *be) {
     const qi_backend_ops *o = be->ops;
     int graphs = o->persistent && o->graph_begin && o->graph_end && o->graph_launch && o->graph_free;
     CHECK(qi_backend_supports(be, QI_CAP_GRAPHS, QI_F32) == graphs, "%s: GRAPHS claim vs slots", o->name);

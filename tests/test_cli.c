@@ -173,6 +173,21 @@ static void bad_arguments_fail_cleanly(void) {
 
 /* Mistakes that need no weights are found before any loads: the engine's
  * "loading" line never appears, and the run takes well under a second. */
+/* --vram: encode with the text encoder's layers streamed (a budget under the
+ * tiny encoder's whole size plus the plan's margin) writes the same file;
+ * generate under a budget nothing fits exits 1 naming a --vram that would. */
+static void vram_streams_the_same_embeddings_or_refuses(void) {
+    char out[4096], a[1200], b[1200];
+    snprintf(a, sizeof a, "%s/vram_a.safetensors", tmpdir);
+    snprintf(b, sizeof b, "%s/vram_b.safetensors", tmpdir);
+    int rc = run_shell(out, sizeof out, "%s encode -m %s -p 'a red apple' -o %s && %s encode -m %s -p 'a red apple' "
+                       "--vram 150M -o %s && cmp %s %s", qi_cli(), model, a, qi_cli(), model, b, a, b);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s generate -m %s -p x --steps 1 -W 32 -H 32 --vram 64M -o %s/v.png", qi_cli(),
+                   model, tmpdir);
+    CHECK(rc == 1 && strstr(out, "too small") && strstr(out, "give --vram"), "rc %d: %s", rc, out);
+}
+
 static void mistakes_are_found_before_any_weight_loads(void) {
     char d[1200], long_name[400];
     snprintf(d, sizeof d, "%s/early", tmpdir);
@@ -206,6 +221,8 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"generate -p x -m afile", "-m afile: is a file, not a folder", NULL, 1}, /* as a missing -m: exit 1 */
         {"encode -p x -o missing/e.safetensors", "cannot write into folder 'missing'", NULL, 1},
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
+        {"generate -p x --vram 8Q", "--vram 8Q: expected a memory size", NULL, 2},
+        {"encode -p x --vram 0.5M -o e.safetensors", "--vram 0.5M", NULL, 2},
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
         char out[4096], args[1200];
@@ -519,6 +536,7 @@ int main(void) {
     RUN(bad_arguments_fail_cleanly);
     RUN(unknown_command_is_usage_error);
     RUN(mistakes_are_found_before_any_weight_loads);
+    RUN(vram_streams_the_same_embeddings_or_refuses);
     RUN(cfg_without_negative_warns_and_records_it);
     RUN(help_and_version);
     RUN(sigint_cancels_at_the_next_step_and_writes_nothing);

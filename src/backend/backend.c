@@ -92,17 +92,20 @@ qi_status qi_be_act4(qi_backend *be, qi_tensor *t, int64_t d0, int64_t d1, int64
     return qi_be_act(be, t, 4, ne, err);
 }
 
+typedef struct slot_set {
+    const char *slot; /* its name in qi_backend_ops */
+    int set;          /* non-NULL in the table checked */
+} slot_set;
+
 /* Whether every required slot of an op table is set. Optional slots (backend.h
- * says which) may be NULL; the persistent/graph group is all or nothing, since
- * callers that see graph_begin use the rest of the group unchecked. */
+ * says which) may be NULL; the persistent/graph and streamed-weight groups are
+ * all or nothing, since callers that see one slot of a group use the rest
+ * unchecked. */
 qi_status qi_backend_check_ops(const qi_backend_ops *ops, qi_error *err) {
     if (!ops) return qi_fail(err, QI_ERR_ARG, "qi_backend_check_ops: no op table");
     const char *who = ops->name && *ops->name ? ops->name : "(unnamed)";
 #define SLOT(s) {#s, ops->s != NULL}
-    const struct {
-        const char *slot;
-        int set;
-    } required[] = {
+    const slot_set required[] = {
         {"name", ops->name != NULL && *ops->name},
         SLOT(destroy), SLOT(supports), SLOT(make_current),
         SLOT(tensor), SLOT(mark), SLOT(reset), SLOT(weight), SLOT(weight_free),
@@ -113,20 +116,31 @@ qi_status qi_backend_check_ops(const qi_backend_ops *ops, qi_error *err) {
         SLOT(conv2d), SLOT(upsample2x), SLOT(channel_rms_norm), SLOT(transpose2d),
     }, graph_group[] = {
         SLOT(persistent), SLOT(graph_begin), SLOT(graph_end), SLOT(graph_launch), SLOT(graph_free),
+    }, stream_group[] = {
+        SLOT(weight_host), SLOT(slot_new), SLOT(slot_free), SLOT(stage), SLOT(stage_wait),
     };
 #undef SLOT
     for (size_t i = 0; i < QI_ARRAY_LEN(required); i++)
         if (!required[i].set)
             return qi_fail(err, QI_ERR_BACKEND, "backend %s: the op table leaves the required slot "
                            "'%s' empty", who, required[i].slot);
-    int set = 0;
-    for (size_t i = 0; i < QI_ARRAY_LEN(graph_group); i++) set += graph_group[i].set;
-    if (set != 0 && set != (int)QI_ARRAY_LEN(graph_group))
-        for (size_t i = 0; i < QI_ARRAY_LEN(graph_group); i++)
-            if (!graph_group[i].set)
-                return qi_fail(err, QI_ERR_BACKEND, "backend %s: the op table sets part of the "
-                               "persistent/graph group but leaves '%s' empty (all five or none)",
-                               who, graph_group[i].slot);
+    const struct {
+        const char *name;
+        const slot_set *slots;
+        size_t n;
+    } groups[] = {{"persistent/graph", graph_group, QI_ARRAY_LEN(graph_group)},
+                  {"streamed-weight", stream_group, QI_ARRAY_LEN(stream_group)}};
+    for (size_t g = 0; g < QI_ARRAY_LEN(groups); g++) {
+        const slot_set *grp = groups[g].slots;
+        size_t set = 0;
+        for (size_t i = 0; i < groups[g].n; i++) set += grp[i].set != 0;
+        if (set != 0 && set != groups[g].n)
+            for (size_t i = 0; i < groups[g].n; i++)
+                if (!grp[i].set)
+                    return qi_fail(err, QI_ERR_BACKEND, "backend %s: the op table sets part of the %s group "
+                                   "but leaves the slot '%s' empty (all five or none)", who, groups[g].name,
+                                   grp[i].slot);
+    }
     return QI_OK;
 }
 

@@ -82,6 +82,7 @@ typedef enum qi_rope_mode {
 
 typedef struct qi_backend qi_backend;
 typedef struct qi_graph qi_graph; /* a recorded op sequence (graph_begin / graph_end) */
+typedef struct qi_slot qi_slot;   /* a device buffer host weights are staged into (stage) */
 
 /* What a caller may ask a backend before relying on it (ops->supports):
  * model and pipeline code ask these, never a backend's name. For the
@@ -157,7 +158,9 @@ typedef struct qi_backend_ops {
     /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. */
     void (*linear)(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
                    qi_act act, qi_tensor *y);
-    /* out[n, :] = table[ids[n], :]; ids I32 [N], table [V, D] (a weight). */
+    /* out[n, :] = table[ids[n], :]; ids I32 [N], table [V, D] (a weight, or a
+     * host weight from weight_host: the N rows are gathered from host memory
+     * in place, the one op that reads a host weight). */
     void (*embedding)(qi_backend *be, const qi_tensor *table, const qi_tensor *ids, qi_tensor *out);
 
     /* ---- norms ---- */
@@ -259,6 +262,45 @@ typedef struct qi_backend_ops {
                                      int64_t gate_stride, const qi_tensor *y, const qi_tensor *shift,
                                      const qi_tensor *scale, int64_t mod_stride, float eps,
                                      qi_tensor *out);
+
+    /* ---- residency under a budget (engine/residency.h; each optional: NULL
+     * means weights take their stored bytes, the free memory is unknown, the
+     * arena keeps its size) ---- */
+    /* Device bytes `weight` would hold for host data of type dt and shape ne
+     * (allocation granularity included); *scratch: the device scratch a
+     * linear reading such a weight needs besides (one buffer shared by every
+     * weight: the largest counts), 0 if none. */
+    size_t (*weight_size)(const qi_backend *be, qi_dtype dt, int ndim, const int64_t *ne, size_t *scratch);
+    /* Free and total device memory now, bytes. */
+    qi_status (*mem_info)(qi_backend *be, size_t *free_bytes, size_t *total_bytes, qi_error *err);
+    /* Sizes the buffers that depend on the plan: the activation arena
+     * (`arena` bytes; nothing may live in it: mark 0, else QI_ERR_ARG) and the
+     * scratch a linear expands a kept (quantised) weight into (`weight_scratch`
+     * bytes, fixed from then on; 0: sized by the kept weights as they load,
+     * embedding tables included). Recordings read the old buffers: drop them
+     * first. On failure the backend has no arena until a reserve succeeds. */
+    qi_status (*reserve)(qi_backend *be, size_t arena, size_t weight_scratch, qi_error *err);
+
+    /* ---- streamed weights (all five or none): weights kept in host memory
+     * and copied into device slots just before the ops that read them ---- */
+    /* As `weight` (the same arguments, the same conversions: what `weight`
+     * would keep on the device, kept types as stored), but held in host memory
+     * (CUDA: pinned, mapped) where no op reads it but `embedding` (in place)
+     * and `stage`. Freed by weight_free. */
+    qi_status (*weight_host)(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                             const void *host, const qi_weight_scale *scale, qi_error *err);
+    /* A device buffer of `bytes` that host weights are staged into; freed by slot_free. */
+    qi_status (*slot_new)(qi_backend *be, size_t bytes, qi_slot **out, qi_error *err);
+    void (*slot_free)(qi_backend *be, qi_slot *s);
+    /* Queues the copy of host weights src[0..n) into s, each at the next
+     * 256-byte boundary, on the backend's copy queue: it starts once every op
+     * queued before this call has run (so the slot's previous weights are no
+     * longer read) and overlaps the ops queued after it. dst[i] describes
+     * src[i]'s copy in the slot. The weights must fit (QI_ERR_ARG otherwise:
+     * nothing queued). */
+    qi_status (*stage)(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err);
+    /* Ops queued after this call wait for s's last stage to complete. */
+    void (*stage_wait)(qi_backend *be, qi_slot *s);
 
     /* ---- persistent buffers and recorded op sequences (NULL when a backend
      * lacks them, e.g. the CPU backend: callers then run their ops eagerly) ---- */

@@ -22,8 +22,10 @@
  * it downloads, exchanges through host memory with the other threads and
  * uploads, and none of that can be queued in a recording; its ranks run
  * step 3 eagerly. The choice is made once for all ranks, so recorded and
- * eager collectives never meet. QI_CUDA_GRAPHS=0 runs everything eagerly,
- * with bit-identical results.
+ * eager collectives never meet. A transformer that streams weights
+ * (qi_dit_load_resident) runs eagerly too: its copies go on the backend's copy
+ * queue, ordered by events, which the recording does not capture.
+ * QI_CUDA_GRAPHS=0 runs everything eagerly, with bit-identical results.
  *
  * Layout (plan.c): with true CFG and an even rank count, the cond prediction
  * runs on ranks [0, N/2) and the uncond one on [N/2, N), each half a Ulysses
@@ -82,7 +84,7 @@ static int ranks_record(const qi_ranks *r, const qi_comm_set *s) {
     if (env && !strcmp(env, "0")) return 0;
     for (int w = 0; w < r->n; w++)
         if (!qi_backend_supports(r->be[w], QI_CAP_GRAPHS, 0) || !comm_recordable(s->sp[w]) ||
-            !comm_recordable(s->cfg[w]))
+            !comm_recordable(s->cfg[w]) || qi_dit_streams(r->dit[w])) /* copies on a second queue */
             return 0;
     return 1;
 }

@@ -10,7 +10,8 @@
  * Every component is loaded by one function here (load_*), the only place
  * that knows where a component's files are. A stage asks for its component
  * through qi_engine_acquire / qi_engine_release: the residency hook
- * (engine.h) will decide there what stays resident; today everything does.
+ * (engine.h) decides there what stays resident: everything, unless a memory
+ * plan (budget.c) swaps or streams.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/engine.h"
@@ -67,7 +68,10 @@ static qi_status open_source(qi_engine *e, qi_component c) {
 
 static qi_status load_text_encoder(qi_engine *e) {
     qi_status st = open_source(e, QI_COMPONENT_TEXT_ENCODER);
-    return st ? st : qi_text_encoder_load(e->src[QI_COMPONENT_TEXT_ENCODER], e->be, &e->te, &e->err);
+    int stream = e->planned && e->plan.te_stream; /* its layers from host memory, under a memory plan */
+    if (!st) st = qi_text_encoder_load_resident(e->src[QI_COMPONENT_TEXT_ENCODER], e->be, stream, &e->te, &e->err);
+    if (!st) e->te_loads++;
+    return st;
 }
 
 static qi_status load_vae(qi_engine *e) {
@@ -81,8 +85,8 @@ static qi_status load_transformer_rank(qi_ranks *r, int w, void *arg, qi_error *
     const qi_engine *e = arg;
     if (r->dit[w]) qi_dit_free(r->dit[w]);
     r->dit[w] = NULL;
-    return qi_dit_load_mode(e->src[QI_COMPONENT_TRANSFORMER], r->be[w], e->loras, (qi_lora_mode)e->lora_mode,
-                            &r->dit[w], err);
+    return qi_dit_load_resident(e->src[QI_COMPONENT_TRANSFORMER], r->be[w], e->loras, (qi_lora_mode)e->lora_mode,
+                                e->planned ? &e->dit_res : NULL, &r->dit[w], err);
 }
 
 /* The current LoRA set as rank w's runtime modules, weights untouched. */
@@ -257,9 +261,8 @@ static qi_status component_load(qi_engine *e, qi_component c) {
 }
 
 qi_status qi_engine_acquire(qi_engine *e, qi_component c) {
-    qi_status st = component_load(e, c);
-    if (!st && e->residency.acquire) st = e->residency.acquire(e->residency.user, e, c, &e->err);
-    return st;
+    qi_status st = e->residency.acquire ? e->residency.acquire(e->residency.user, e, c, &e->err) : QI_OK;
+    return st ? st : component_load(e, c);
 }
 
 void qi_engine_release(qi_engine *e, qi_component c) {
@@ -270,7 +273,13 @@ qi_status qi_engine_warm(qi_engine *e, qi_progress_fn progress, void *user) {
     for (int c = 0; c < QI_COMPONENT_COUNT; c++) {
         if (progress && progress(user, "load", c, QI_COMPONENT_COUNT))
             return qi_fail(&e->err, QI_ERR_CANCELLED, "warm-up cancelled before loading the %s", qi_component_name((qi_component)c));
-        qi_status st = component_load(e, (qi_component)c);
+        if (c == QI_COMPONENT_TRANSFORMER && e->planned && e->plan.dit_evict) {
+            /* the first prompt would free it again: it loads after that prompt's text stage */
+            qi_log_linef(e->log, e->log_user, "warm-up: the transformer does not fit beside the text encoder "
+                         "under the memory plan; it loads after the first prompt");
+            continue;
+        }
+        qi_status st = qi_engine_acquire(e, (qi_component)c);
         if (st) return st;
     }
     if (progress) progress(user, "load", QI_COMPONENT_COUNT, QI_COMPONENT_COUNT);
@@ -319,6 +328,7 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     if ((st = qi_model_files_resolve(&paths, &e->files, &e->err))) return st;
     const char *what = opt->model_dir ? opt->model_dir : "the given files";
     if ((st = open_ranks(e, opt))) return st;
+    if ((st = qi_engine_plan_open(e, opt))) return st;
     double t0 = qi_now_s();
     logf_(e, "loading tokenizer, text encoder and VAE from %s ...", what);
     for (int c = QI_COMPONENT_TOKENIZER; c <= QI_COMPONENT_VAE && !st; c++) st = component_load(e, (qi_component)c);
@@ -346,7 +356,7 @@ qi_backend *qi_engine_backend(qi_engine *e) { return e->be; }
 qi_text_encoder *qi_engine_text_encoder(qi_engine *e) { return e->te; }
 qi_vae *qi_engine_vae(qi_engine *e) { return e->vae; }
 qi_status qi_engine_dit(qi_engine *e, qi_dit **out) {
-    qi_status st = ensure_transformer(e);
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
     *out = st ? NULL : e->ranks->dit[0];
     return st;
 }
@@ -359,6 +369,7 @@ static qi_status make_plan(qi_engine *e, const qi_request *req, qi_plan *p) {
     qi_status st = qi_plan_check_request(req, &e->err);
     if (!st) st = load_scheduler(e, req->scheduler, &sched);
     if (!st) st = qi_plan_make(req, &sched, e->ranks->n, e->heads, e->head_dim, p, &e->err);
+    if (!st) st = qi_engine_plan_request(e, p); /* a memory plan with room for this request's activations */
     return st;
 }
 

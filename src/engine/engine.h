@@ -11,6 +11,7 @@
 #include "engine/plan.h"
 #include "engine/prompt_cache.h"
 #include "engine/ranks.h"
+#include "engine/residency.h"
 #include "io/model_dir.h"
 #include "io/model_files.h"
 #include "io/source.h" /* qi_component: the parts of a model a stage needs resident */
@@ -21,12 +22,12 @@
 #include "model/vision.h"
 #include "qwen_image.h"
 
-/* The residency hook: where the low-VRAM work decides what stays in device
- * memory. Before a stage runs, the engine makes its component resident
- * (loading it if it never was: qi_engine_acquire) and then calls `acquire`;
- * after the stage, it calls `release`, after which the component may be
- * offloaded or freed until the next acquire (which must then bring it back).
- * NULL slots (today's policy) keep every component resident once loaded. */
+/* The residency hook: what stays in device memory between stages. Before a
+ * stage runs, the engine calls `acquire` (which may free other components to
+ * make room) and then makes the stage's component resident, loading it if it
+ * is not (qi_engine_acquire); after the stage it calls `release`, which may
+ * free the component (the next acquire loads it again). NULL slots keep every
+ * component resident once loaded; a memory plan (budget.c) installs its own. */
 typedef struct qi_residency {
     qi_status (*acquire)(void *user, qi_engine *e, qi_component c, qi_error *err);
     void (*release)(void *user, qi_engine *e, qi_component c);
@@ -56,6 +57,19 @@ struct qi_engine {
     qi_lora_set *loras_prev; /* while loras_loaded is -1: the set before it (NULL: none) */
     int loras_prev_loaded;   /* files of loras_prev the weights held */
     qi_residency residency;
+    /* the memory plan (budget.c); planned 0: none, everything stays resident */
+    int planned;
+    size_t budget;              /* device bytes planned for */
+    qi_residency_sizes sizes;   /* the components' weights on this backend */
+    qi_residency_plan plan;     /* in force */
+    qi_dit_residency dit_res;   /* plan's transformer residency, for its loads */
+    size_t weight_scratch;      /* the quantised-weight scratch the plan reserved (0: none) */
+    qi_text_encoder_config te_cfg; /* read from the source: the plan needs it while the encoder is freed */
+    qi_dit_config dit_cfg;
+    qi_residency_need need;     /* what the plan in force was made for */
+    char need_what[96];         /* the request of the last need computed, for messages */
+    int te_loads, te_frees;     /* text encoder loaded / freed so far (stage swap; tests, logs) */
+    int dit_evictions;          /* transformer freed to make room for the text encoder */
     qi_prompt_cache *prompt_cache; /* NULL: off */
     qi_log_fn log;
     void *log_user;
@@ -67,6 +81,25 @@ struct qi_engine {
  * the residency hook), and lets it go after. */
 qi_status qi_engine_acquire(qi_engine *e, qi_component c);
 void qi_engine_release(qi_engine *e, qi_component c);
+
+/* ---- the memory plan (budget.c) ---- */
+
+/* At open, after the backend exists and before the text encoder loads: the
+ * sizes from the sources (the VAE loads here), the budget, the plan for the
+ * default request (1024², 1 image, 512 text tokens), applied. No plan on the
+ * CPU without vram_bytes, nor with several ranks (refused with vram_bytes). */
+qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt);
+/* Before a request's stages: a request needing more activations than the
+ * plan's arena gets a plan of its own (what it changes loads again), or
+ * QI_ERR_NOMEM naming what does not fit; the engine stays usable. */
+qi_status qi_engine_plan_request(qi_engine *e, const qi_plan *p);
+
+/* The text encoder alone under a budget of `vram` bytes on be (0: no plan):
+ * *stream says whether its layers must stream to encode `prompts` prompts of
+ * up to max_len tokens; QI_ERR_NOMEM naming the --vram that would do when
+ * even that does not fit. For `qwen-image encode`. */
+qi_status qi_plan_text_encoder(qi_backend *be, const qi_source *src, size_t vram, int prompts, int max_len,
+                               int *stream, qi_error *err);
 
 /* ---- the stages of qi_generate (stages.c) ---- */
 

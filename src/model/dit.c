@@ -41,15 +41,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "backend/weight_stream.h"
 #include "base/types.h"
 #include "io/model_dir.h"
 #include "io/source.h"
 #include "parallel/ulysses.h"
 
 #define DIT_EPS 1e-6f            /* every LayerNorm / RMSNorm (spec §1.1) */
-#define DIT_TIME_CHANNELS 256    /* timestep sinusoid width */
-#define DIT_ROPE_THETA 10000.0f
-#define DIT_ROPE_LIMIT 4096      /* diffusers' position tables hold -4096..4095 */
+#define DIT_TIME_CHANNELS QI_DIT_TIME_CHANNELS
 #define DIT_ROPE_CACHE 4         /* CFG alternates two text lengths; keep a few shapes */
 
 /* One runtime LoRA module on a Linear: y += coef · up (down x). */
@@ -123,170 +122,15 @@ struct qi_dit {
 
     rope_entry rope[DIT_ROPE_CACHE];
     uint64_t rope_clock;
+
+    /* streaming (qi_dit_load_resident): units 0 … L-1 are the blocks' 12
+     * attention / MLP matrices, L … 2L-1 the blocks' 2 modulation matrices */
+    qi_dit_residency res;
+    unsigned char *block_streamed; /* [num_layers], NULL: nothing streamed */
+    qi_wstream *stream;
 };
 
 const qi_dit_config *qi_dit_get_config(const qi_dit *d) { return &d->cfg; }
-
-/* ---- config ------------------------------------------------------------------ */
-
-/* The bounds of every integer of a transformer config (Qwen-Image's own
- * values in the comments): generous for variants, small enough that no width,
- * product or offset computed from them overflows an int. */
-static qi_status check_bounds(const qi_dit_config *c, const char *path, int n_axes, qi_error *err) {
-    const struct {
-        const char *key;
-        int v, lo, hi;
-    } b[] = {
-        {"num_layers", c->num_layers, 1, 1024},                 /* 60 */
-        {"num_attention_heads", c->num_heads, 1, 1024},         /* 24 */
-        {"attention_head_dim", c->head_dim, 2, 1024},           /* 128 */
-        {"joint_attention_dim", c->joint_dim, 1, 65536},        /* 3584 */
-        {"in_channels", c->in_channels, 1, 65536},              /* 64 */
-        {"out_channels", c->out_channels, 1, 65536},            /* 16 */
-        {"patch_size", c->patch_size, 1, 16},                   /* 2 */
-        {"axes_dims_rope[0]", n_axes > 0 ? c->axes_dims_rope[0] : 0, 0, 1024}, /* 16 */
-        {"axes_dims_rope[1]", n_axes > 1 ? c->axes_dims_rope[1] : 0, 0, 1024}, /* 56 */
-        {"axes_dims_rope[2]", n_axes > 2 ? c->axes_dims_rope[2] : 0, 0, 1024}, /* 56 */
-    };
-    qi_status st = QI_OK;
-    for (size_t i = 0; i < QI_ARRAY_LEN(b) && !st; i++)
-        st = qi_check_range(path, b[i].key, b[i].v, b[i].lo, b[i].hi, "the transformer's config", err);
-    if (!st) /* the model width, and its MLP's 4× */
-        st = qi_check_range(path, "num_attention_heads × attention_head_dim", (int64_t)c->num_heads * c->head_dim,
-                            1, 65536, "the transformer's width", err);
-    return st;
-}
-
-/* Checks a config however it was found; `path` names its origin in errors. */
-static qi_status check_config(qi_dit_config *c, const char *path, int n_axes, qi_error *err) {
-    qi_status st = check_bounds(c, path, n_axes, err);
-    if (st) return st;
-    if (c->head_dim % 2)
-        return qi_fail(err, QI_ERR_FORMAT, "%s: attention_head_dim is %d; it must be even (RoPE rotates pairs)",
-                       path, c->head_dim);
-    if (n_axes != 3 || c->axes_dims_rope[0] % 2 || c->axes_dims_rope[1] % 2 ||
-        c->axes_dims_rope[2] % 2 || c->axes_dims_rope[0] < 0 || c->axes_dims_rope[1] < 0 ||
-        c->axes_dims_rope[2] < 0 ||
-        c->axes_dims_rope[0] + c->axes_dims_rope[1] + c->axes_dims_rope[2] != c->head_dim)
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: axes_dims_rope must be 3 even numbers summing to attention_head_dim "
-                       "(%d)", path, c->head_dim);
-    c->inner_dim = c->num_heads * c->head_dim;
-    c->mlp_dim = 4 * c->inner_dim;
-    return QI_OK;
-}
-
-/* A diffusers config.json (spec denoiser.md §1). */
-static qi_status config_from_json(const cJSON *j, const char *path, qi_dit_config *c, qi_error *err) {
-    memset(c, 0, sizeof *c);
-    int n_axes = 0;
-    qi_status st = QI_OK;
-    const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "_class_name");
-    if (cJSON_IsString(cls) && strcmp(cls->valuestring, "QwenImageTransformer2DModel") != 0)
-        st = qi_fail(err, QI_ERR_UNSUPPORTED,
-                     "%s: _class_name is '%s'; only QwenImageTransformer2DModel is supported", path,
-                     cls->valuestring);
-    if (st == QI_OK) st = qi_json_get_int(j, "num_layers", path, &c->num_layers, err);
-    if (st == QI_OK) st = qi_json_get_int(j, "num_attention_heads", path, &c->num_heads, err);
-    if (st == QI_OK) st = qi_json_get_int(j, "attention_head_dim", path, &c->head_dim, err);
-    if (st == QI_OK) st = qi_json_get_int(j, "joint_attention_dim", path, &c->joint_dim, err);
-    if (st == QI_OK) st = qi_json_get_int(j, "in_channels", path, &c->in_channels, err);
-    if (st == QI_OK) st = qi_json_get_int(j, "out_channels", path, &c->out_channels, err);
-    if (st == QI_OK) st = qi_json_get_int(j, "patch_size", path, &c->patch_size, err);
-    if (st == QI_OK)
-        st = qi_json_get_int_array(j, "axes_dims_rope", path, c->axes_dims_rope, 3, &n_axes, err);
-    /* Variant switches. They are constructor arguments defaulting to false,
-     * and the released Qwen-Image config predates three of them, so absence
-     * means false; any that is true selects a model this engine does not run. */
-    static const char *const variants[] = {"guidance_embeds", "use_additional_t_cond", "use_layer3d_rope"};
-    /* zero_cond_t (Edit-2511) only changes how condition tokens are modulated */
-    if (st == QI_OK) st = qi_json_get_bool_opt(j, "zero_cond_t", path, 0, &c->zero_cond_t, err);
-    for (size_t i = 0; i < QI_ARRAY_LEN(variants) && st == QI_OK; i++) {
-        int on = 0;
-        st = qi_json_get_bool_opt(j, variants[i], path, 0, &on, err);
-        if (st == QI_OK && on)
-            st = qi_fail(err, QI_ERR_UNSUPPORTED,
-                         "%s: %s is true; that Qwen-Image variant is not supported (only the "
-                         "text-to-image transformer, with %s false)", path, variants[i], variants[i]);
-    }
-    if (st != QI_OK) return st;
-    return check_config(c, path, n_axes, err);
-}
-
-/* dims[0..n) of a tensor the derivation needs; the error says why it is needed. */
-static qi_status shape_of(const qi_source *src, const char *name, int ndim, int64_t *dims,
-                          qi_error *err) {
-    qi_source_tensor t;
-    if (!qi_source_find(src, name, &t) || t.ndim != ndim)
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: no config.json, and no %d-D tensor '%s' to derive the transformer's "
-                       "configuration from", qi_source_path(src), ndim, name);
-    for (int i = 0; i < ndim; i++) dims[i] = t.shape[i];
-    return QI_OK;
-}
-
-/* 1 + the largest N of a `transformer_blocks.N.` name; 0 if none. */
-static int count_blocks(const qi_source *src) {
-    static const char stem[] = "transformer_blocks.";
-    int n = 0;
-    for (int i = 0; i < qi_source_tensor_count(src); i++) {
-        qi_source_tensor t;
-        qi_source_tensor_at(src, i, &t);
-        if (strncmp(t.name, stem, sizeof stem - 1) != 0) continue;
-        char *end;
-        long b = strtol(t.name + sizeof stem - 1, &end, 10);
-        if (*end == '.' && b >= 0 && b < 100000 && b + 1 > n) n = (int)b + 1;
-    }
-    return n;
-}
-
-/* The configuration from tensor shapes alone (a single file, a GGUF): the
- * only hyperparameters are these (spec denoiser.md §1); the RoPE axes are
- * not in any shape, so only the released model's head_dim has known ones.
- * Variant models show up as tensors this config does not explain and are
- * refused by the "no extra tensors" check. */
-static qi_status config_from_shapes(const qi_source *src, qi_dit_config *c, qi_error *err) {
-    memset(c, 0, sizeof *c);
-    const char *path = qi_source_path(src);
-    int64_t img_in[2] = {0}, txt_in[2] = {0}, proj_out[2] = {0}, norm_q[1] = {0};
-    qi_status st = shape_of(src, "img_in.weight", 2, img_in, err);
-    if (st == QI_OK) st = shape_of(src, "txt_in.weight", 2, txt_in, err);
-    if (st == QI_OK) st = shape_of(src, "proj_out.weight", 2, proj_out, err);
-    if (st == QI_OK) st = shape_of(src, "transformer_blocks.0.attn.norm_q.weight", 1, norm_q, err);
-    if (st != QI_OK) return st;
-    int64_t inner = img_in[0], head_dim = norm_q[0];
-    c->patch_size = 2;
-    int64_t p2 = (int64_t)c->patch_size * c->patch_size;
-    if (head_dim < 2 || inner % head_dim || proj_out[0] % p2 || inner > INT32_MAX ||
-        txt_in[1] > INT32_MAX || img_in[1] > INT32_MAX || proj_out[0] > INT32_MAX)
-        return qi_fail(err, QI_ERR_FORMAT,
-                       "%s: tensor shapes do not make a Qwen-Image transformer: img_in.weight has "
-                       "%lld rows, attn.norm_q.weight %lld elements, proj_out.weight %lld rows "
-                       "(need a multiple of the head size and of patch² = 4)",
-                       path, (long long)inner, (long long)head_dim, (long long)proj_out[0]);
-    c->num_layers = count_blocks(src);
-    c->head_dim = (int)head_dim;
-    c->num_heads = (int)(inner / head_dim);
-    c->joint_dim = (int)txt_in[1];
-    c->in_channels = (int)img_in[1];
-    c->out_channels = (int)(proj_out[0] / p2);
-    if (c->head_dim != 128)
-        return qi_fail(err, QI_ERR_UNSUPPORTED,
-                       "%s: no config.json, and the RoPE axes of a transformer with head size %d "
-                       "cannot be derived from its shapes (only Qwen-Image's 128 = 16 + 56 + 56 is "
-                       "known); give its diffusers config.json with the file",
-                       path, c->head_dim);
-    c->axes_dims_rope[0] = 16;
-    c->axes_dims_rope[1] = 56;
-    c->axes_dims_rope[2] = 56;
-    return check_config(c, path, 3, err);
-}
-
-qi_status qi_dit_read_config(const qi_source *src, qi_dit_config *out, qi_error *err) {
-    const char *path;
-    const cJSON *j = qi_source_config(src, &path);
-    return j ? config_from_json(j, path, out, err) : config_from_shapes(src, out, err);
-}
 
 /* ---- weights ------------------------------------------------------------------- */
 
@@ -373,6 +217,113 @@ static int lora_fuses(qi_lora_mode mode, qi_dtype stored) {
     return !qi_dtype_is_block(stored) && stored != QI_F8_E4M3 && stored != QI_F8_E5M2;
 }
 
+/* ---- streaming -------------------------------------------------------------------- */
+
+typedef qi_status (*make_weight_fn)(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                    const void *host, const qi_weight_scale *scale, qi_error *err);
+
+/* Whether a spec's weight is streamed (a host weight) under d->res. */
+static int spec_streamed(const qi_dit *d, const weight_spec *s) {
+    if (!d->block_streamed) return 0;
+    int b;
+    qi_dit_unit u = qi_dit_weight_unit(s->name, s->ndim, &b);
+    if (u == QI_DIT_UNIT_MOD) return !d->res.mod_resident;
+    return u == QI_DIT_UNIT_BLOCK && b < d->cfg.num_layers && d->block_streamed[b];
+}
+
+/* A block's streamed matrices: its 12 attention and MLP ones, or (mod) its 2
+ * modulation ones, in the order the streamer stages them. */
+static int block_matrices(dit_block *b, int mod, qi_tensor **w) {
+    if (mod) {
+        w[0] = &b->img_mod.w;
+        w[1] = &b->txt_mod.w;
+        return 2;
+    }
+    dit_linear *lin[12] = {&b->to_q, &b->to_k, &b->to_v, &b->add_q, &b->add_k, &b->add_v,
+                           &b->to_out, &b->to_add_out, &b->img_mlp_up, &b->img_mlp_down,
+                           &b->txt_mlp_up, &b->txt_mlp_down};
+    for (int i = 0; i < 12; i++) w[i] = &lin[i]->w;
+    return 12;
+}
+
+/* Which blocks stream: L - K of them spread evenly (block i streams when
+ * floor((i+1)·S/L) steps), so each copy overlaps resident blocks' ops. */
+static qi_status stream_setup(qi_dit *d, const qi_dit_residency *res, qi_error *err) {
+    int L = d->cfg.num_layers;
+    int k = res ? res->resident_blocks : L;
+    d->res.resident_blocks = k < 0 ? 0 : k > L ? L : k;
+    d->res.mod_resident = res ? res->mod_resident : 1;
+    if (d->res.resident_blocks == L && d->res.mod_resident) return QI_OK;
+    int S = L - d->res.resident_blocks;
+    d->block_streamed = calloc((size_t)(L > 0 ? L : 1), 1); /* L >= 1: checked with the config */
+    if (!d->block_streamed) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    for (int i = 0; i < L; i++) d->block_streamed[i] = (int64_t)(i + 1) * S / L > (int64_t)i * S / L;
+    return qi_wstream_new(d->be, 2 * L, &d->stream, err);
+}
+
+/* After loading: every streamed unit registered, the slots made. */
+static qi_status stream_units(qi_dit *d, qi_error *err) {
+    if (!d->stream) return QI_OK;
+    int L = d->cfg.num_layers;
+    for (int u = 0; u < 2 * L; u++) {
+        if (u < L ? !d->block_streamed[u] : d->res.mod_resident) continue;
+        qi_tensor *w[12];
+        int n = block_matrices(&d->blocks[u % L], u >= L, w);
+        qi_wstream_set_unit(d->stream, u, w, n);
+    }
+    return qi_wstream_alloc(d->stream, err);
+}
+
+/* The streamed unit taken after u (-1: none): after a modulation unit the
+ * next one, then the first streamed block (the modulation pass leads into
+ * a call's blocks); after a block the next streamed one, wrapping round to
+ * the first (the next call's). */
+static int next_unit(const qi_dit *d, int u) {
+    int L = d->cfg.num_layers;
+    if (u >= L)
+        for (int v = u + 1; v < 2 * L; v++)
+            if (qi_wstream_streams(d->stream, v)) return v;
+    for (int k = 1; k <= L; k++) {
+        int v = u >= L ? k - 1 : (u + k) % L;
+        if (qi_wstream_streams(d->stream, v)) return v;
+    }
+    return -1;
+}
+
+/* Block i as its ops should read it: a copy whose matrices are views into
+ * the slot when it streams. */
+static qi_status stream_block(qi_dit *d, int i, dit_block *out, qi_error *err) {
+    *out = d->blocks[i];
+    if (!qi_wstream_streams(d->stream, i)) return QI_OK;
+    const qi_tensor *v;
+    qi_status st = qi_wstream_take(d->stream, i, next_unit(d, i), &v, err);
+    if (st != QI_OK) return st;
+    qi_tensor *w[12];
+    block_matrices(out, 0, w);
+    for (int k = 0; k < 12; k++) *w[k] = v[k];
+    return QI_OK;
+}
+
+/* Block i's two modulation Linears as their ops should read them. */
+static qi_status mod_linears(qi_dit *d, int i, dit_linear *img, dit_linear *txt, qi_error *err) {
+    *img = d->blocks[i].img_mod;
+    *txt = d->blocks[i].txt_mod;
+    int u = d->cfg.num_layers + i;
+    if (!qi_wstream_streams(d->stream, u)) return QI_OK;
+    const qi_tensor *v;
+    qi_status st = qi_wstream_take(d->stream, u, next_unit(d, u), &v, err);
+    if (st != QI_OK) return st;
+    img->w = v[0];
+    txt->w = v[1];
+    return QI_OK;
+}
+
+int qi_dit_streamed_blocks(const qi_dit *d) {
+    return d->block_streamed ? d->cfg.num_layers - d->res.resident_blocks : 0;
+}
+int qi_dit_streams(const qi_dit *d) { return d->stream != NULL; }
+uint64_t qi_dit_staged_bytes(const qi_dit *d) { return qi_wstream_staged_bytes(d->stream); }
+
 /* Makes one backend weight: straight from the mapping, or — when a LoRA
  * touches it — a float32 copy with the deltas added (spec §4.5: the fused
  * weight stays float32; rounding it to bf16 already costs ~7e-4). */
@@ -382,9 +333,10 @@ static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_bind
     qi_status st = qi_source_get(d->src, s->name, s->ndim, s->shape, &t, err);
     if (st != QI_OK) return st;
     ((weight_spec *)s)->stored = t.dtype;
+    make_weight_fn make = spec_streamed(d, s) ? d->be->ops->weight_host : d->be->ops->weight;
     if (!qi_lora_binding_targets(lora, s->name) || !lora_fuses(d->lora_mode, t.dtype)) {
         qi_weight_scale sc = qi_source_tensor_scale(&t);
-        return d->be->ops->weight(d->be, s->dst, t.dtype, s->ndim, s->shape, t.data, &sc, err);
+        return make(d->be, s->dst, t.dtype, s->ndim, s->shape, t.data, &sc, err);
     }
 
     size_t n = (size_t)(s->shape[0] * s->shape[1]);
@@ -394,7 +346,7 @@ static qi_status load_weight(qi_dit *d, const weight_spec *s, const qi_lora_bind
                        s->name);
     st = qi_source_tensor_to_f32(&t, w, err); /* dequantised and scaled: the weight the file means */
     if (st == QI_OK) st = qi_lora_binding_fuse(lora, s->name, w, s->shape[0], s->shape[1], err);
-    if (st == QI_OK) st = d->be->ops->weight(d->be, s->dst, QI_F32, 2, s->shape, w, NULL, err);
+    if (st == QI_OK) st = make(d->be, s->dst, QI_F32, 2, s->shape, w, NULL, err);
     if (st == QI_OK) {
         d->n_fused_lora++;
         ((weight_spec *)s)->lora_fused = 1;
@@ -550,6 +502,11 @@ qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *l
 
 qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_lora_mode mode,
                            qi_dit **out, qi_error *err) {
+    return qi_dit_load_resident(src, be, loras, mode, NULL, out, err);
+}
+
+qi_status qi_dit_load_resident(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_lora_mode mode,
+                               const qi_dit_residency *res, qi_dit **out, qi_error *err) {
     *out = NULL;
     if (!src || !be) return qi_fail(err, QI_ERR_ARG, "qi_dit_load: a source and a backend are required");
     qi_dit *d = calloc(1, sizeof *d);
@@ -574,6 +531,12 @@ qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_s
     spec_list l = {d->specs, 0, cap};
     build_specs(d, &l);
     d->n_specs = l.n;
+    st = stream_setup(d, res, err);
+    if (st != QI_OK) {
+        d->n_specs = 0;
+        qi_dit_free(d);
+        return st;
+    }
 
     /* LoRA modules may target any Linear (2-D) weight: fused at load or, per
      * lora_fuses, run beside the weight (qi_dit_set_loras, below). */
@@ -584,6 +547,7 @@ qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_s
     for (; st == QI_OK && loaded < d->n_specs; loaded++)
         st = load_weight(d, &d->specs[loaded], lora, err);
     if (st == QI_OK) st = install_terms(d, lora, err); /* the modules not fused */
+    if (st == QI_OK) st = stream_units(d, err);
     qi_lora_binding_free(lora);
     if (st != QI_OK) {
         d->n_specs = loaded; /* free only what was made */
@@ -596,6 +560,8 @@ qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_s
 
 void qi_dit_free(qi_dit *d) {
     if (!d) return;
+    qi_wstream_free(d->stream);
+    free(d->block_streamed);
     for (int i = 0; i < d->n_specs; i++)
         if (d->specs[i].dst->data) d->be->ops->weight_free(d->be, d->specs[i].dst);
     for (int i = 0; i < DIT_ROPE_CACHE; i++) {
@@ -614,93 +580,6 @@ void qi_dit_free(qi_dit *d) {
 }
 
 /* ---- rotary tables (spec §1.5) ----------------------------------------------------- */
-
-/* The text's first position: the largest max(h//2, w//2) over every segment. */
-static int text_offset(int grid_h, int grid_w, const qi_dit_cond *cond) {
-    int txt0 = (grid_h / 2 > grid_w / 2 ? grid_h / 2 : grid_w / 2);
-    for (int k = 0; cond && k < cond->n; k++) {
-        int m = cond->hw[k][0] / 2 > cond->hw[k][1] / 2 ? cond->hw[k][0] / 2 : cond->hw[k][1] / 2;
-        if (m > txt0) txt0 = m;
-    }
-    return txt0;
-}
-
-/* One image segment's rows at pos (3 ints each): frame `frame`, the grid
- * centred with ceil: row r at r - ceil(h/2) (spec §6 trap 5). */
-static void segment_positions(int frame, int gh, int gw, int *pos) {
-    int h_half = gh - gh / 2, w_half = gw - gw / 2;
-    for (int r = 0; r < gh; r++)
-        for (int c = 0; c < gw; c++) {
-            int *p = pos + (size_t)(r * gw + c) * 3;
-            p[0] = frame;
-            p[1] = r - h_half;
-            p[2] = c - w_half;
-        }
-}
-
-void qi_dit_rope_positions_cond(int grid_h, int grid_w, const qi_dit_cond *cond, int txt_len, int *pos) {
-    /* Text token j sits at txt0 + j on all three axes. */
-    int txt0 = text_offset(grid_h, grid_w, cond);
-    for (int j = 0; j < txt_len; j++) pos[j * 3 + 0] = pos[j * 3 + 1] = pos[j * 3 + 2] = txt0 + j;
-    size_t row = (size_t)txt_len;
-    segment_positions(0, grid_h, grid_w, pos + row * 3);
-    row += (size_t)grid_h * grid_w;
-    for (int k = 0; cond && k < cond->n; k++) {
-        segment_positions(k + 1, cond->hw[k][0], cond->hw[k][1], pos + row * 3);
-        row += (size_t)cond->hw[k][0] * cond->hw[k][1];
-    }
-}
-
-void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos) {
-    qi_dit_rope_positions_cond(grid_h, grid_w, NULL, txt_len, pos);
-}
-
-/* Image tokens of the output grid and every condition segment. */
-static int64_t image_tokens(int grid_h, int grid_w, const qi_dit_cond *cond) {
-    int64_t n = (int64_t)grid_h * grid_w;
-    for (int k = 0; cond && k < cond->n; k++) n += (int64_t)cond->hw[k][0] * cond->hw[k][1];
-    return n;
-}
-
-qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int txt_len,
-                             float *cos_tab, float *sin_tab, qi_error *err) {
-    return qi_dit_rope_tables_cond(c, grid_h, grid_w, NULL, txt_len, cos_tab, sin_tab, err);
-}
-
-qi_status qi_dit_rope_tables_cond(const qi_dit_config *c, int grid_h, int grid_w, const qi_dit_cond *cond,
-                                  int txt_len, float *cos_tab, float *sin_tab, qi_error *err) {
-    int txt0 = text_offset(grid_h, grid_w, cond), side = grid_h > grid_w ? grid_h : grid_w;
-    for (int k = 0; cond && k < cond->n; k++)
-        for (int a = 0; a < 2; a++)
-            if (cond->hw[k][a] > side) side = cond->hw[k][a];
-    if (txt0 + txt_len > DIT_ROPE_LIMIT || side - side / 2 > DIT_ROPE_LIMIT)
-        return qi_fail(err, QI_ERR_ARG,
-                       "transformer: a %dx%d patch grid (and its condition pictures) with %d text tokens "
-                       "needs RoPE positions beyond %d; use a smaller image or prompt", grid_h, grid_w, txt_len,
-                       DIT_ROPE_LIMIT);
-    int pairs = c->head_dim / 2, L = txt_len + (int)image_tokens(grid_h, grid_w, cond);
-    /* θ per pair, float32 as diffusers: 1 / 10000^(float(2k) / dim) of its axis. */
-    float theta[512];
-    int axis_of[512];
-    if (pairs > 512) return qi_fail(err, QI_ERR_UNSUPPORTED, "transformer: head_dim over 1024");
-    for (int a = 0, m = 0; a < 3; a++)
-        for (int k = 0; k < c->axes_dims_rope[a] / 2; k++, m++) {
-            float e = (float)(2 * k) / (float)c->axes_dims_rope[a];
-            theta[m] = 1.0f / powf(DIT_ROPE_THETA, e);
-            axis_of[m] = a;
-        }
-    int *pos = malloc((size_t)L * 3 * sizeof *pos);
-    if (!pos) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (RoPE tables)");
-    qi_dit_rope_positions_cond(grid_h, grid_w, cond, txt_len, pos);
-    for (int i = 0; i < L; i++)
-        for (int m = 0; m < pairs; m++) {
-            float angle = (float)pos[i * 3 + axis_of[m]] * theta[m];
-            cos_tab[(size_t)i * pairs + m] = cosf(angle);
-            sin_tab[(size_t)i * pairs + m] = sinf(angle);
-        }
-    free(pos);
-    return QI_OK;
-}
 
 /* The cached tables for this shape, built and uploaded on first use: into
  * persistent float32 buffers when the backend has them, else as weights
@@ -728,7 +607,7 @@ static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, const qi_dit_
         }
         free(hit->host);
         memset(hit, 0, sizeof *hit);
-        int64_t L = (int64_t)txt_len + image_tokens(grid_h, grid_w, cond), P = d->cfg.head_dim / 2;
+        int64_t L = (int64_t)txt_len + qi_dit_image_tokens(grid_h, grid_w, cond), P = d->cfg.head_dim / 2;
         hit->host = malloc((size_t)(2 * L * P) * sizeof(float));
         if (!hit->host) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (RoPE)");
         qi_status st =
@@ -774,22 +653,6 @@ static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, const qi_dit_
     hit->last_use = ++d->rope_clock;
     *out = hit;
     return QI_OK;
-}
-
-/* ---- FLOP count --------------------------------------------------------------------- */
-
-double qi_dit_forward_flops(const qi_dit_config *c, int batch, int img_tokens, int txt_tokens) {
-    double B = batch, Li = img_tokens, Lt = txt_tokens, L = Li + Lt;
-    double D = c->inner_dim, F = c->mlp_dim, J = c->joint_dim;
-    double out = (double)c->out_channels * c->patch_size * c->patch_size;
-    double block = 2 * B * (D * 12 * D)         /* img_mod + txt_mod */
-                   + 2 * B * L * (4 * D * D)    /* Q, K, V, out of each stream */
-                   + 2 * B * L * (2 * D * F)    /* MLP up and down */
-                   + 2 * 2 * B * L * L * D;     /* QKᵀ and PV over all heads */
-    double top = 2 * B * (DIT_TIME_CHANNELS * D + D * D) /* timestep MLP */
-                 + 2 * B * Li * c->in_channels * D + 2 * B * Lt * J * D /* img_in, txt_in */
-                 + 2 * B * D * 2 * D + 2 * B * Li * D * out;             /* norm_out, proj_out */
-    return top + c->num_layers * block;
 }
 
 /* ---- forward -------------------------------------------------------------------------- */
@@ -960,8 +823,11 @@ static qi_status compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_a
     for (int64_t i = 0; i < L; i++) {
         qi_tensor img_mod = qi_slice_rows(&a->mods, (2 * i) * a->B, a->B);
         qi_tensor txt_mod = qi_slice_rows(&a->mods, (2 * i + 1) * a->B, a->B);
-        run_linear(d, temb_silu, &d->blocks[i].img_mod, QI_ACT_NONE, &img_mod, &st, err);
-        run_linear(d, temb_silu, &d->blocks[i].txt_mod, QI_ACT_NONE, &txt_mod, &st, err);
+        dit_linear im, tm;
+        if (st == QI_OK) st = mod_linears(d, (int)i, &im, &tm, err);
+        if (st != QI_OK) return st;
+        run_linear(d, temb_silu, &im, QI_ACT_NONE, &img_mod, &st, err);
+        run_linear(d, temb_silu, &tm, QI_ACT_NONE, &txt_mod, &st, err);
     }
     /* norm_out writes [B, 2D] contiguously at the start of the last slot. */
     qi_tensor out_mod = qi_slice_rows(&a->mods, 2 * L * a->B, a->B);
@@ -1061,10 +927,9 @@ static qi_status attend_sharded(qi_dit *d, dit_acts *a, qi_tensor *o_t, qi_tenso
 
 /* One dual-stream block (spec §1.6). In the last block the text stream's
  * own updates are skipped: nothing reads the text after it. */
-static qi_status block_forward(qi_dit *d, int index, dit_acts *a, qi_error *err) {
+static qi_status block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts *a, qi_error *err) {
     qi_backend *be = d->be;
     const qi_backend_ops *op = be->ops;
-    const dit_block *blk = &d->blocks[index];
     const qi_dit_config *c = &d->cfg;
     int64_t H = c->num_heads, Dh = c->head_dim, stride = MOD_STRIDE(d);
     int last = index == c->num_layers - 1;
@@ -1260,7 +1125,7 @@ static qi_status call_init(qi_dit *d, qi_dit_call *c, int64_t B, int grid_h, int
     c->Li = img_rows;
     c->Lt = txt_len;
     if (cond) c->cond = *cond;
-    c->Lj = txt_len + image_tokens(grid_h, grid_w, &c->cond);
+    c->Lj = txt_len + qi_dit_image_tokens(grid_h, grid_w, &c->cond);
     c->grid_h = grid_h;
     c->grid_w = grid_w;
     c->persistent = persistent;
@@ -1323,7 +1188,7 @@ static qi_status call_set_timestep(qi_dit_call *c, const float *t, qi_error *err
 
 /* ---- schedule mode: the modulation of every step, batched ---------------------------- */
 
-#define DIT_SCHEDULE_BYTES ((size_t)1 << 30) /* precomputed modulation held at once */
+#define DIT_SCHEDULE_BYTES QI_DIT_SCHEDULE_BYTES
 
 /* Steps [w0, w0 + n) of the schedule into the window: the sinusoid of n·B
  * rows, the timestep MLP and each modulation Linear once over all of them
@@ -1346,12 +1211,15 @@ static qi_status schedule_compute_window(qi_dit_call *c, int64_t w0, qi_error *e
         for (int64_t i = 0; i < L; i++) {
             qi_tensor img_mod = qi_slice_rows(&c->sched_mods, (2 * i) * W * B, rows);
             qi_tensor txt_mod = qi_slice_rows(&c->sched_mods, (2 * i + 1) * W * B, rows);
-            run_linear(d, &temb_silu, &d->blocks[i].img_mod, QI_ACT_NONE, &img_mod, &st, err);
-            run_linear(d, &temb_silu, &d->blocks[i].txt_mod, QI_ACT_NONE, &txt_mod, &st, err);
+            dit_linear im, tm;
+            if (st == QI_OK) st = mod_linears(d, (int)i, &im, &tm, err);
+            if (st != QI_OK) break;
+            run_linear(d, &temb_silu, &im, QI_ACT_NONE, &img_mod, &st, err);
+            run_linear(d, &temb_silu, &tm, QI_ACT_NONE, &txt_mod, &st, err);
         }
         qi_tensor out_mod = qi_slice_rows(&c->sched_out, 0, rows);
         run_linear(d, &temb_silu, &d->norm_out, QI_ACT_NONE, &out_mod, &st, err);
-        c->win0 = w0;
+        if (st == QI_OK) c->win0 = w0;
     }
     be->ops->reset(be, mark); /* the queued work still reads them, in stream order */
     return st;
@@ -1495,7 +1363,11 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
     op->rms_norm(be, ctx, &d->txt_norm, DIT_EPS, &ctx_normed);
     run_linear(d, &ctx_normed, &d->txt_in, QI_ACT_NONE, &a.txt, &st, err);
 
-    for (int i = 0; i < cfg->num_layers && st == QI_OK; i++) st = block_forward(d, i, &a, err);
+    for (int i = 0; i < cfg->num_layers && st == QI_OK; i++) {
+        dit_block blk;
+        st = stream_block(d, i, &blk, err); /* its matrices in a slot when it streams */
+        if (st == QI_OK) st = block_forward(d, i, &blk, &a, err);
+    }
     if (st != QI_OK) goto done;
 
     /* norm_out: [scale | shift] — scale FIRST (trap 1), row stride 2D */
@@ -1557,7 +1429,7 @@ qi_status qi_dit_forward_edit(qi_dit *d, const qi_tensor *x, const qi_tensor *ct
     qi_status st = check_cond("qi_dit_forward_edit", cond, err);
     if (st == QI_OK)
         st = check_inputs(d, "qi_dit_forward_edit", x, ctx, ctx_mask, t, grid_h, grid_w,
-                          image_tokens(grid_h, grid_w, cond), out, err);
+                          qi_dit_image_tokens(grid_h, grid_w, cond), out, err);
     if (st != QI_OK) return st;
     return forward_eager(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, cond, out, err);
 }
@@ -1616,7 +1488,7 @@ qi_status qi_dit_call_create_edit(qi_dit *d, int batch, int grid_h, int grid_w, 
                        "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
     qi_dit_call *c = malloc(sizeof *c);
     if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
-    st = call_init(d, c, batch, grid_h, grid_w, cond, txt_len, image_tokens(grid_h, grid_w, cond),
+    st = call_init(d, c, batch, grid_h, grid_w, cond, txt_len, qi_dit_image_tokens(grid_h, grid_w, cond),
                    d->be->ops->persistent != NULL, err);
     if (st != QI_OK) {
         free(c);

@@ -28,6 +28,9 @@
 
 typedef struct qi_dit qi_dit;
 
+#define QI_DIT_TIME_CHANNELS 256                     /* timestep sinusoid width */
+#define QI_DIT_SCHEDULE_BYTES ((size_t)1 << 30)      /* precomputed modulation held at once (set_schedule) */
+
 typedef struct qi_dit_config {
     int num_layers;         /* dual-stream blocks (60 full size) */
     int num_heads;          /* 24 */
@@ -81,6 +84,30 @@ qi_status qi_dit_load(const qi_source *src, qi_backend *be, const qi_lora_set *l
  * element weights (f32/f16/bf16) and runs beside GGUF-block and fp8 ones. */
 qi_status qi_dit_load_mode(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_lora_mode mode,
                            qi_dit **out, qi_error *err);
+/* Where the weights live (engine/residency.h plans it). Streamed matrices
+ * are host weights (backend weight_host) copied into two device slots just
+ * before the ops that read them (backend/weight_stream.h): the blocks not
+ * kept resident, spread evenly over the 60 (so a copy overlaps the resident
+ * blocks' ops before it), and the modulation matrices when not resident (read
+ * once per generation in schedule mode, qi_dit_call_set_schedule). Biases,
+ * norms and the global weights always stay on the device. */
+typedef struct qi_dit_residency {
+    int resident_blocks; /* 0 … num_layers */
+    int mod_resident;    /* the img_mod / txt_mod matrices stay on the device */
+} qi_dit_residency;
+
+/* qi_dit_load_mode with a residency (NULL: everything on the device).
+ * Streaming needs the backend's streamed-weight ops (QI_ERR_UNSUPPORTED). */
+qi_status qi_dit_load_resident(const qi_source *src, qi_backend *be, const qi_lora_set *loras, qi_lora_mode mode,
+                               const qi_dit_residency *res, qi_dit **out, qi_error *err);
+/* Blocks whose matrices are streamed, and whether the modulation is. A call
+ * of a streaming transformer runs eagerly: its copies are queued on the
+ * backend's copy queue and events, which a recording would have to capture
+ * too (denoise.c does not record it). */
+int qi_dit_streamed_blocks(const qi_dit *d);
+int qi_dit_streams(const qi_dit *d); /* any weight streamed */
+uint64_t qi_dit_staged_bytes(const qi_dit *d); /* copied into the slots so far */
+
 /* Replaces the runtime LoRA modules with those of `loras` (NULL: none), the
  * stored weights untouched; on failure the previous modules stay. Refused
  * (QI_ERR_UNSUPPORTED) when a weight holds a fused LoRA, or would take one
@@ -215,6 +242,8 @@ qi_status qi_dit_call_run_sp(qi_dit_call *c, qi_comm *comm, const qi_tensor *x_l
 void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos);
 /* The same with Edit condition segments after the output's (cond NULL: none). */
 void qi_dit_rope_positions_cond(int grid_h, int grid_w, const qi_dit_cond *cond, int txt_len, int *pos);
+/* Image tokens of the output grid and every condition segment. */
+int64_t qi_dit_image_tokens(int grid_h, int grid_w, const qi_dit_cond *cond);
 
 /* Angle tables of the joint sequence, [txt_len + grid_h·grid_w, head_dim/2]
  * each, the cos/sin of pos · θ per rotary pair (float32 as diffusers builds
@@ -223,6 +252,26 @@ qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int
                              float *cos_tab, float *sin_tab, qi_error *err);
 qi_status qi_dit_rope_tables_cond(const qi_dit_config *c, int grid_h, int grid_w, const qi_dit_cond *cond,
                                   int txt_len, float *cos_tab, float *sin_tab, qi_error *err);
+
+/* ---- what the residency planner needs (dit_config.c) ---- */
+
+/* Device bytes one denoising pass takes beyond the weights, for `calls`
+ * transformer calls per step (2: true CFG on one device) of B images of
+ * img_tokens (grid_h · grid_w) and txt_tokens text tokens, over `steps`
+ * steps, with activations of act_size bytes: each call's buffers (the
+ * timestep sinusoid, the key mask, the schedule's modulation, the RoPE
+ * tables) and one call's activations (the runs take turns in the arena).
+ * Mirrors alloc_acts and schedule_alloc in dit.c. */
+size_t qi_dit_step_bytes(const qi_dit_config *c, size_t act_size, int batch, int img_tokens, int txt_tokens,
+                         int steps, int calls);
+
+/* Which part of the transformer a weight of the checkpoint belongs to, for
+ * streaming: a block's attention or MLP matrix (*block = its index), a
+ * block's modulation matrix (img_mod / txt_mod), or neither (input and
+ * output layers, the timestep MLP, norm_out, and every 1-D weight: biases
+ * and norms stay on the device whatever the plan). */
+typedef enum qi_dit_unit { QI_DIT_UNIT_GLOBAL = 0, QI_DIT_UNIT_BLOCK, QI_DIT_UNIT_MOD } qi_dit_unit;
+qi_dit_unit qi_dit_weight_unit(const char *name, int ndim, int *block);
 
 /* Multiply-add count ×2 (FLOPs) of one call: every Linear and the attention
  * products (QKᵀ and PV); norms and elementwise work not counted. */

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "backend/weight_stream.h"
 #include "base/types.h"
 #include "io/model_dir.h"
 #include "io/source.h"
@@ -241,7 +242,15 @@ struct qi_text_encoder {
     qi_tensor embed;      /* [V, D] */
     te_layer *layers;     /* [num_layers] */
     qi_tensor final_norm; /* [D] */
+    qi_wstream *stream;   /* the layers' matrices streamed from host memory (NULL: all on the device) */
 };
+
+/* A layer's 7 matrices, in the order they are streamed. */
+static int layer_matrices(te_layer *l, qi_tensor **w) {
+    qi_tensor *m[7] = {&l->q_w, &l->k_w, &l->v_w, &l->o_w, &l->gate_w, &l->up_w, &l->down_w};
+    for (int i = 0; i < 7; i++) w[i] = m[i];
+    return 7;
+}
 
 /* The two on-disk spellings of the language model's names (spec §3.2). */
 static const char *const name_prefixes[] = {"model.", "model.language_model."};
@@ -273,7 +282,10 @@ static qi_status bind(qi_text_encoder *te, const char *prefix, const char *name,
     qi_status st = qi_source_get(te->src, full, ndim, shape, &t, err);
     if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder");
     qi_weight_scale sc = qi_source_tensor_scale(&t);
-    st = te->be->ops->weight(te->be, w, t.dtype, t.ndim, t.shape, t.data, &sc, err);
+    /* streaming: the layers' matrices and the embedding table are host weights */
+    int host = te->stream && ndim == 2 && (!strncmp(name, "layers.", 7) || !strcmp(name, "embed_tokens.weight"));
+    st = (host ? te->be->ops->weight_host : te->be->ops->weight)(te->be, w, t.dtype, t.ndim, t.shape, t.data, &sc,
+                                                                  err);
     if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder weight '%s'", full);
     return QI_OK;
 }
@@ -317,6 +329,7 @@ static void release(qi_text_encoder *te, qi_tensor *w) {
 
 void qi_text_encoder_free(qi_text_encoder *te) {
     if (!te) return;
+    qi_wstream_free(te->stream);
     if (te->be) {
         release(te, &te->embed);
         release(te, &te->final_norm);
@@ -462,8 +475,19 @@ static qi_status config_of_source(const qi_source *src, const char *prefix, qi_t
     return config_of_shapes(src, prefix, c, err);
 }
 
+qi_status qi_text_encoder_source_config(const qi_source *src, qi_text_encoder_config *out, qi_error *err) {
+    const char *prefix = NULL;
+    qi_status st = find_name_prefix(src, &prefix, err);
+    return st ? st : config_of_source(src, prefix, out, err);
+}
+
 qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_encoder **out,
                                qi_error *err) {
+    return qi_text_encoder_load_resident(src, be, 0, out, err);
+}
+
+qi_status qi_text_encoder_load_resident(const qi_source *src, qi_backend *be, int stream, qi_text_encoder **out,
+                                        qi_error *err) {
     *out = NULL;
     if (!src || !be) return qi_fail(err, QI_ERR_ARG, "text encoder: no source or backend given");
     qi_text_encoder *te = calloc(1, sizeof *te);
@@ -483,11 +507,18 @@ qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_enc
         te->cfg.mrope_section[1] = 24;
         te->cfg.mrope_section[2] = 24;
     }
+    if (st == QI_OK && stream) st = qi_wstream_new(be, c->num_layers, &te->stream, err);
     if (st == QI_OK)
         st = bind(te, prefix, "embed_tokens.weight", 2, c->vocab_size, c->hidden_size, &te->embed, err);
     for (int i = 0; st == QI_OK && i < c->num_layers; i++)
         st = bind_layer(te, prefix, i, &te->layers[i], err);
     if (st == QI_OK) st = bind(te, prefix, "norm.weight", 1, c->hidden_size, 0, &te->final_norm, err);
+    for (int i = 0; st == QI_OK && te->stream && i < c->num_layers; i++) {
+        qi_tensor *w[7];
+        int n = layer_matrices(&te->layers[i], w);
+        qi_wstream_set_unit(te->stream, i, w, n);
+    }
+    if (st == QI_OK && te->stream) st = qi_wstream_alloc(te->stream, err);
     if (st != QI_OK) {
         qi_text_encoder_free(te);
         return st;
@@ -672,7 +703,18 @@ static qi_status forward(qi_text_encoder *te, const int32_t *ids, int B, int S, 
 
     be->ops->embedding(be, &te->embed, &ids_t, &a->x);
     if (n_image > 0 && (st = insert_image_rows(te, ids, S, image_rows, n_image, &a->x, err)) != QI_OK) return st;
-    for (int i = 0; i < c->num_layers; i++) layer_forward(te, &te->layers[i], B, S, a);
+    for (int i = 0; i < c->num_layers && st == QI_OK; i++) {
+        te_layer l = te->layers[i];
+        if (te->stream) { /* its matrices staged into a slot; the next layer's copy overlaps its ops */
+            const qi_tensor *v;
+            qi_tensor *w[7];
+            st = qi_wstream_take(te->stream, i, i + 1 < c->num_layers ? i + 1 : -1, &v, err);
+            int n = layer_matrices(&l, w);
+            for (int k = 0; k < n && st == QI_OK; k++) *w[k] = v[k];
+        }
+        if (st == QI_OK) layer_forward(te, &l, B, S, a);
+    }
+    if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder");
     be->ops->rms_norm(be, &a->x, &te->final_norm, (float)c->rms_norm_eps, &a->h);
     return QI_OK;
 }
@@ -881,4 +923,34 @@ qi_status qi_text_encoder_encode_edit(qi_text_encoder *te, const int32_t *ids, i
     *embeds = out;
     *L = out_len;
     return QI_OK;
+}
+
+/* ---- sizes for the residency planner ---------------------------------------------- */
+
+static size_t rounded(int64_t elems, size_t es) { return ((size_t)elems * es + 255) & ~(size_t)255; }
+
+size_t qi_text_encoder_act_bytes(const qi_text_encoder_config *c, size_t act_size, int B, int S) {
+    int64_t BS = (int64_t)B * S, D = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = (int64_t)c->num_heads * c->head_dim, KVD = (int64_t)c->num_kv_heads * c->head_dim;
+    return 3 * rounded(BS * D, act_size) + 2 * rounded(BS * QD, act_size) + 2 * rounded(BS * KVD, act_size) +
+           3 * rounded(BS * I, act_size) + 2 * rounded((int64_t)S * (c->head_dim / 2), 4) + rounded(BS, 4) +
+           rounded(BS * D, act_size); /* x h proj, q attn, k v, gate up mlp, RoPE, ids, packed rows */
+}
+
+qi_te_unit qi_text_encoder_weight_unit(const char *name, int ndim, int *layer) {
+    *layer = -1;
+    for (size_t i = QI_ARRAY_LEN(name_prefixes); i-- > 0;) { /* the longer prefix first */
+        size_t n = strlen(name_prefixes[i]);
+        if (strncmp(name, name_prefixes[i], n) != 0) continue;
+        const char *rest = name + n;
+        if (!strcmp(rest, "embed_tokens.weight")) return QI_TE_UNIT_EMBED;
+        if (!strcmp(rest, "norm.weight")) return QI_TE_UNIT_GLOBAL;
+        if (strncmp(rest, "layers.", 7) != 0) return QI_TE_UNIT_NONE;
+        char *end;
+        long l = strtol(rest + 7, &end, 10);
+        if (*end != '.' || l < 0 || l > 100000) return QI_TE_UNIT_NONE;
+        *layer = (int)l;
+        return ndim == 2 ? QI_TE_UNIT_LAYER : QI_TE_UNIT_GLOBAL;
+    }
+    return QI_TE_UNIT_NONE;
 }

@@ -68,6 +68,16 @@ typedef struct qi_text_encoder qi_text_encoder;
  * GGUF block types stay in their type). `be` must outlive the encoder. */
 qi_status qi_text_encoder_load(const qi_source *src, qi_backend *be, qi_text_encoder **out,
                                qi_error *err);
+/* The same with the layers' matrices streamed (stream != 0): held as host
+ * weights (backend weight_host) and copied into two device slots layer by
+ * layer as the forward reaches them (backend/weight_stream.h), and the
+ * embedding table a host weight too (`embedding` gathers the prompt's rows
+ * from it in place); norms and biases stay on the device. Same output bit
+ * for bit. */
+qi_status qi_text_encoder_load_resident(const qi_source *src, qi_backend *be, int stream, qi_text_encoder **out,
+                                        qi_error *err);
+/* The configuration of the text encoder `src` holds, without loading it. */
+qi_status qi_text_encoder_source_config(const qi_source *src, qi_text_encoder_config *out, qi_error *err);
 void qi_text_encoder_free(qi_text_encoder *te);
 
 const qi_text_encoder_config *qi_text_encoder_get_config(const qi_text_encoder *te);
@@ -106,5 +116,20 @@ qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const 
 qi_status qi_text_encoder_encode_edit(qi_text_encoder *te, const int32_t *ids, int S, const int32_t *positions,
                                       const float *image_rows, int n_image, int drop, int max_sequence_length,
                                       float **embeds, int *L, qi_error *err);
+
+/* ---- what the residency planner needs ---- */
+
+/* Arena bytes of one encode of B prompts of S ids (S = 34 + the kept tokens
+ * at most) with activations of act_size bytes: alloc_acts's tensors, the ids
+ * and the packed output rows. */
+size_t qi_text_encoder_act_bytes(const qi_text_encoder_config *c, size_t act_size, int B, int S);
+
+/* Which part of the text encoder a weight of its source is, by the name the
+ * source lists: QI_TE_UNIT_LAYER (a layer's matrix, *layer = its index),
+ * QI_TE_UNIT_EMBED (the embedding table), QI_TE_UNIT_GLOBAL (the final norm,
+ * every 1-D weight),
+ * or QI_TE_UNIT_NONE (not loaded: the vision tower, lm_head). */
+typedef enum qi_te_unit { QI_TE_UNIT_NONE = 0, QI_TE_UNIT_GLOBAL, QI_TE_UNIT_EMBED, QI_TE_UNIT_LAYER } qi_te_unit;
+qi_te_unit qi_text_encoder_weight_unit(const char *name, int ndim, int *layer);
 
 #endif

@@ -93,6 +93,10 @@ struct qi_vae {
     size_t band_bytes; /* see qi_vae_set_band_bytes */
 };
 
+int qi_vae_binds(const char *name) {
+    return !strncmp(name, "decoder.", 8) || !strncmp(name, "post_quant_conv.", 16);
+}
+
 const float *qi_vae_latents_mean(const qi_vae *v) { return v->latents_mean; }
 const float *qi_vae_latents_std(const qi_vae *v) { return v->latents_std; }
 int qi_vae_z_dim(const qi_vae *v) { return v->z_dim; }

@@ -50,6 +50,9 @@ typedef struct qi_vae qi_vae;
  * vae, `src` must stay open until qi_vae_free (CPU weights point into it). */
 qi_status qi_vae_load(const qi_source *src, qi_backend *be, qi_vae **out, qi_error *err);
 void qi_vae_free(qi_vae *v);
+/* Whether qi_vae_load binds a tensor of this (diffusers) name: the decoder's
+ * and post_quant_conv's; the encoder is never loaded. For memory plans. */
+int qi_vae_binds(const char *name);
 
 /* The latent statistics of the config, z_dim values each (16 for Qwen-Image). */
 const float *qi_vae_latents_mean(const qi_vae *v);

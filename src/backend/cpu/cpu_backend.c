@@ -162,6 +162,84 @@ static void cpu_weight_free(qi_backend *be, qi_tensor *w) {
     w->data = NULL;
 }
 
+/* ---- residency: sizes, the arena, streamed weights --------------------------------- */
+
+/* A weight points into its file: its stored bytes, no scratch. */
+static size_t cpu_weight_size(const qi_backend *be, qi_dtype dt, int ndim, const int64_t *ne, size_t *scratch) {
+    (void)be;
+    *scratch = 0;
+    int64_t rows = 1, row = ndim >= 1 ? qi_row_bytes(dt, ne[ndim - 1]) : 0;
+    for (int i = 0; i + 1 < ndim; i++) rows *= ne[i];
+    return row > 0 ? (size_t)rows * (size_t)row : 0;
+}
+
+/* A new arena reservation; no weight scratch here (linear dequantises per row band). */
+static qi_status cpu_reserve(qi_backend *be, size_t bytes, size_t weight_scratch, qi_error *err) {
+    (void)weight_scratch;
+    cpu_impl *c = impl_of(be);
+    if (c->arena_used)
+        return qi_fail(err, QI_ERR_ARG, "cpu backend: reserve with %zu bytes of the arena in use", c->arena_used);
+    if (c->arena) munmap(c->arena, c->arena_cap);
+    c->arena = NULL;
+    c->arena_cap = be->arena_bytes = 0;
+    void *m = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return qi_fail(err, QI_ERR_NOMEM, "cpu backend: cannot reserve %zu MiB of address space for activations",
+                       bytes >> 20);
+    c->arena = m;
+    c->arena_cap = be->arena_bytes = bytes;
+    c->arena_peak = 0;
+    return QI_OK;
+}
+
+/* Host weights are plain weights here (they already are in host memory);
+ * a slot is a host buffer and stage a real copy into it, so the model code's
+ * streamed path reads what the slot holds, as on a device. */
+struct qi_slot {
+    char *buf;
+    size_t bytes;
+};
+
+static qi_status cpu_slot_new(qi_backend *be, size_t bytes, qi_slot **out, qi_error *err) {
+    (void)be;
+    qi_slot *s = calloc(1, sizeof *s);
+    if (s) s->buf = aligned_alloc(256, (bytes + 255) & ~(size_t)255);
+    if (!s || !s->buf) {
+        free(s);
+        *out = NULL;
+        return qi_fail(err, QI_ERR_NOMEM, "cpu backend: no memory for a %zu MiB weight slot", bytes >> 20);
+    }
+    s->bytes = bytes;
+    *out = s;
+    return QI_OK;
+}
+
+static void cpu_slot_free(qi_backend *be, qi_slot *s) {
+    (void)be;
+    if (s) free(s->buf);
+    free(s);
+}
+
+static qi_status cpu_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err) {
+    (void)be;
+    size_t off = 0;
+    for (int i = 0; i < n; i++) off = ((off + 255) & ~(size_t)255) + qi_nbytes(&src[i]);
+    if (off > s->bytes)
+        return qi_fail(err, QI_ERR_ARG, "cpu backend: %d weights of %zu bytes staged into a slot of %zu", n, off,
+                       s->bytes);
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        off = (off + 255) & ~(size_t)255;
+        dst[i] = src[i];
+        dst[i].data = s->buf + off;
+        memcpy(dst[i].data, src[i].data, qi_nbytes(&src[i]));
+        off += qi_nbytes(&src[i]);
+    }
+    return QI_OK;
+}
+
+static void cpu_stage_wait(qi_backend *be, qi_slot *s) { (void)be, (void)s; }
+
 static qi_status cpu_upload(qi_backend *be, qi_tensor *t, const void *host, qi_error *err) {
     (void)be;
     if (t->dtype != QI_F32 && t->dtype != QI_I32)
@@ -803,6 +881,13 @@ static const qi_backend_ops cpu_ops = {
     .conv2d_fused = cpu_conv2d_fused,
     .add_gated_layer_norm_mod = cpu_add_gated_layer_norm_mod,
     .count_nonfinite = cpu_count_nonfinite,
+    .weight_size = cpu_weight_size,
+    .reserve = cpu_reserve,
+    .weight_host = cpu_weight,
+    .slot_new = cpu_slot_new,
+    .slot_free = cpu_slot_free,
+    .stage = cpu_stage,
+    .stage_wait = cpu_stage_wait,
 };
 
 /* The default activation arena: as much as the machine can hold (physical

@@ -307,28 +307,27 @@ static qi_status ensure_wscratch(cuda_impl *c, size_t elems, qi_error *err) {
     return QI_OK;
 }
 
-/* A kept weight: its stored bytes copied as they are, its scale beside it
- * (per row: a device array of ne[0] floats, freed with the weight). */
-static qi_status kept_on_device(cuda_impl *c, qi_tensor *w, const void *host, const qi_weight_scale *scale,
-                                void *dev, qi_error *err) {
-    size_t bytes = qi_nbytes(w);
-    w->data = dev;
-    if (c->random_seed) {
-        uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
-        float s = 1.0f;
-        if (qc_random_kept(c, w, key, &s)) {
-            qi_status st = c->err_status;
-            c->err_status = QI_OK;
-            return qi_fail(err, st ? st : QI_ERR_BACKEND, "%s", c->err_msg);
-        }
-        if (s != 1.0f) {
-            w->scale_form = QI_SCALE_TENSOR;
-            w->scale = s;
-        }
-        return QI_OK;
+/* Benchmarks: seeded random contents of the kept weight at w->data (on the
+ * device); an fp8 weight gets the per-tensor scale that sizes its values. */
+static qi_status kept_random(cuda_impl *c, qi_tensor *w, qi_error *err) {
+    uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
+    float s = 1.0f;
+    if (qc_random_kept(c, w, key, &s)) {
+        qi_status st = c->err_status;
+        c->err_status = QI_OK;
+        return qi_fail(err, st ? st : QI_ERR_BACKEND, "%s", c->err_msg);
     }
-    qi_status st = staged_upload(c, dev, QI_U8, host, QI_U8, bytes, &no_scale, err);
-    if (st != QI_OK || !scale || scale->form == QI_SCALE_NONE) return st;
+    if (s != 1.0f) {
+        w->scale_form = QI_SCALE_TENSOR;
+        w->scale = s;
+    }
+    return QI_OK;
+}
+
+/* A kept weight's scale beside it: per tensor in the struct, per row a
+ * device array of ne[0] floats (freed with the weight, wherever its bytes are). */
+static qi_status kept_scale(cuda_impl *c, qi_tensor *w, const qi_weight_scale *scale, qi_error *err) {
+    if (!scale || scale->form == QI_SCALE_NONE) return QI_OK;
     w->scale_form = scale->form;
     if (scale->form == QI_SCALE_TENSOR) {
         w->scale = scale->scale;
@@ -340,6 +339,7 @@ static qi_status kept_on_device(cuda_impl *c, qi_tensor *w, const void *host, co
     if (e == cudaSuccess) e = cudaMemcpy(rs, scale->row_scale, rs_bytes, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
         cudaFree(rs);
+        w->scale_form = QI_SCALE_NONE;
         return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for the %lld row scales of a %s weight",
                        (long long)w->ne[0], qi_dtype_name(w->dtype));
     }
@@ -348,37 +348,55 @@ static qi_status kept_on_device(cuda_impl *c, qi_tensor *w, const void *host, co
     return QI_OK;
 }
 
-static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                                  const void *host, const qi_weight_scale *scale, qi_error *err) {
-    cuda_impl *c = cuda_of(be);
+/* A kept weight: its stored bytes copied as they are, its scale beside it. */
+static qi_status kept_on_device(cuda_impl *c, qi_tensor *w, const void *host, const qi_weight_scale *scale,
+                                void *dev, qi_error *err) {
+    w->data = dev;
+    if (c->random_seed) return kept_random(c, w, err);
+    qi_status st = staged_upload(c, dev, QI_U8, host, QI_U8, qi_nbytes(w), &no_scale, err);
+    return st == QI_OK ? kept_scale(c, w, scale, err) : st;
+}
+
+/* What `weight` and `weight_host` start with: the checks, w described as
+ * the device keeps it (set_shape: bf16 has the scale applied, no scale
+ * left), and in *sc how converting to that type scales. */
+static qi_status weight_prepare(const cuda_impl *c, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                const qi_weight_scale *scale, convert_scale *sc, qi_error *err) {
     memset(w, 0, sizeof *w);
     if (weight_store_type(c, dt, ndim) < 0)
         return qi_fail(err, QI_ERR_UNSUPPORTED, "cuda backend: weights of type %s are not supported "
                        "(F32, F16, BF16, F8_E4M3, F8_E5M2, Q4_0 … Q6_K or I32)", qi_dtype_name(dt));
     qi_dtype dev_dt = (qi_dtype)weight_store_type(c, dt, ndim);
-    int kept = qc_kept_type(dev_dt);
     if (ndim < 1 || ndim > QI_MAX_DIMS)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: weight with %d dims (1..%d)", ndim, QI_MAX_DIMS);
     if (qi_row_bytes(dt, ne[ndim - 1]) < 0)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: a %s weight whose last dim %lld is not a whole number "
                        "of blocks", qi_dtype_name(dt), (long long)ne[ndim - 1]);
-    convert_scale sc = no_scale;
+    *sc = no_scale;
     if (scale && scale->form != QI_SCALE_NONE) {
         if (scale->form == QI_SCALE_ROW && !scale->row_scale)
             return qi_fail(err, QI_ERR_ARG, "cuda backend: a per-row scale without its values");
-        sc.form = scale->form;
-        sc.scale = scale->scale;
-        sc.row_scale = scale->row_scale;
-        sc.row_len = 1;
-        for (int i = 1; i < ndim; i++) sc.row_len *= ne[i]; /* rows are ne[0] */
-        if (sc.row_len < 1) sc.row_len = 1;
+        sc->form = scale->form;
+        sc->scale = scale->scale;
+        sc->row_scale = scale->row_scale;
+        sc->row_len = 1;
+        for (int i = 1; i < ndim; i++) sc->row_len *= ne[i]; /* rows are ne[0] */
+        if (sc->row_len < 1) sc->row_len = 1;
     }
-    set_shape(w, dev_dt, ndim, ne); /* bf16: the scale is applied here, the device weight has none */
+    set_shape(w, dev_dt, ndim, ne);
+    return QI_OK;
+}
+
+static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                  const void *host, const qi_weight_scale *scale, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    convert_scale sc;
+    qi_status st = weight_prepare(c, w, dt, ndim, ne, scale, &sc, err);
+    if (st != QI_OK) return st;
+    qi_dtype dev_dt = w->dtype;
+    int kept = qc_kept_type(dev_dt);
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
-    if (kept) {
-        qi_status st = ensure_wscratch(c, n, err);
-        if (st != QI_OK) return st;
-    }
+    if (kept && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
     void *dev = NULL;
     cudaError_t e = cudaMalloc(&dev, bytes ? bytes : 1);
     if (e != cudaSuccess) {
@@ -388,9 +406,9 @@ static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int
                        "%zu MiB of weights already held)", qi_dtype_name(dt),
                        qi_shape_str(w, shape, sizeof shape), bytes >> 20, c->weight_bytes >> 20);
     }
-    qi_status st = kept                                   ? kept_on_device(c, w, host, scale, dev, err)
-                   : c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
-                                                         : staged_upload(c, dev, dev_dt, host, dt, n, &sc, err);
+    st = kept                                   ? kept_on_device(c, w, host, scale, dev, err)
+         : c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
+                                               : staged_upload(c, dev, dev_dt, host, dt, n, &sc, err);
     if (st != QI_OK) {
         cudaFree(dev);
         memset(w, 0, sizeof *w);
@@ -435,19 +453,35 @@ static qi_status cuda_persistent(qi_backend *be, qi_tensor *t, qi_dtype dt, int 
     return QI_OK;
 }
 
+static int on_host(const void *p) {
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* not a CUDA pointer: clear the sticky error, it is not ours */
+        return 0;
+    }
+    return a.type == cudaMemoryTypeHost;
+}
+
 static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     cuda_impl *c = cuda_of(be);
     if (!w->data) return;
     int prev = device_enter(c);
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
-    cudaFree(w->data);
+    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream); /* or a queued stage */
     size_t bytes = qi_nbytes(w);
+    if (on_host(w->data)) { /* a host weight (weight_host) */
+        cudaFreeHost(w->data);
+        c->host_bytes = c->host_bytes >= bytes ? c->host_bytes - bytes : 0;
+        bytes = 0;
+    } else {
+        cudaFree(w->data);
+    }
     if (w->scale_form == QI_SCALE_ROW && w->row_scale) { /* a kept weight's row scales */
         cudaFree((void *)w->row_scale);
         bytes += (size_t)w->ne[0] * sizeof(float);
         w->row_scale = NULL;
     }
-    if (qc_kept_type(w->dtype) && w->ndim == 2 && --c->kept_weights == 0 && c->wscratch) {
+    if (qc_kept_type(w->dtype) && w->ndim == 2 && --c->kept_weights == 0 && c->wscratch && !c->wscratch_fixed) {
         cudaFree(c->wscratch); /* the last kept weight is gone: so is its scratch */
         bytes += c->wscratch_bytes;
         c->wscratch = NULL;
@@ -456,6 +490,215 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     device_leave(prev);
     c->weight_bytes = c->weight_bytes >= bytes ? c->weight_bytes - bytes : 0;
     w->data = NULL;
+}
+
+/* ---- residency: sizes, free memory, the plan's buffers ------------------------------- */
+
+/* What cudaMalloc takes for a buffer: large ones whole 2 MiB pages. */
+static size_t alloc_rounded(size_t bytes) {
+    const size_t page = (size_t)2 << 20;
+    return bytes >= page / 2 ? (bytes + page - 1) / page * page : (bytes + 511) & ~(size_t)511;
+}
+
+static size_t cuda_weight_size(const qi_backend *be, qi_dtype dt, int ndim, const int64_t *ne, size_t *scratch) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    *scratch = 0;
+    int st = weight_store_type(c, dt, ndim);
+    if (st < 0 || ndim < 1 || ndim > QI_MAX_DIMS) return 0;
+    int64_t rows = 1, row = qi_row_bytes((qi_dtype)st, ne[ndim - 1]);
+    for (int i = 0; i + 1 < ndim; i++) rows *= ne[i];
+    if (row < 0) return 0;
+    size_t bytes = alloc_rounded((size_t)(rows * row));
+    if (qc_kept_type((qi_dtype)st)) {
+        *scratch = alloc_rounded((size_t)(rows * ne[ndim - 1]) * 2);
+        if (dt == QI_F8_E4M3 || dt == QI_F8_E5M2) bytes += alloc_rounded((size_t)rows * sizeof(float)); /* row scales */
+    }
+    return bytes;
+}
+
+static qi_status cuda_mem_info(qi_backend *be, size_t *free_bytes, size_t *total_bytes, qi_error *err) {
+    int prev = device_enter(cuda_of(be));
+    cudaError_t e = cudaMemGetInfo(free_bytes, total_bytes);
+    device_leave(prev);
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "cudaMemGetInfo");
+}
+
+/* The arena, and the kept-weight scratch when the plan fixes it (else it
+ * keeps growing with the kept weights as they load). */
+static qi_status reserve_on_device(cuda_impl *c, qi_backend *be, size_t arena, size_t weight_scratch, qi_error *err) {
+    if (c->arena_used)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: reserve with %zu bytes of the arena in use", c->arena_used);
+    cudaStreamSynchronize(c->stream);
+    cudaFree(c->arena);
+    c->arena = NULL;
+    c->arena_cap = be->arena_bytes = 0;
+    cudaError_t e = cudaMalloc((void **)&c->arena, arena ? arena : 1);
+    if (e != cudaSuccess) {
+        c->arena = NULL;
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: cannot allocate a %zu MiB activation arena on device %d: %s",
+                       arena >> 20, c->device, cudaGetErrorString(e));
+    }
+    c->arena_cap = be->arena_bytes = arena;
+    c->arena_peak = 0;
+    if (!weight_scratch) return QI_OK;
+    c->wscratch_fixed = 0;
+    if (c->wscratch) { /* the old one, sized by the weights so far */
+        cudaFree(c->wscratch);
+        c->weight_bytes -= c->wscratch_bytes;
+        c->wscratch = NULL;
+        c->wscratch_bytes = 0;
+    }
+    qi_status st = ensure_wscratch(c, weight_scratch / 2, err);
+    c->wscratch_fixed = st == QI_OK;
+    return st;
+}
+
+static qi_status cuda_reserve(qi_backend *be, size_t arena, size_t weight_scratch, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    int prev = device_enter(c);
+    qi_status st = reserve_on_device(c, be, arena, weight_scratch, err);
+    device_leave(prev);
+    return st;
+}
+
+/* ---- streamed weights: pinned host copies staged into device slots -------------------- */
+
+struct qi_slot {
+    void *dev;
+    size_t bytes;
+    cudaEvent_t ready; /* recorded on the copy stream after the slot's last stage */
+};
+
+/* Benchmarks: the random contents `weight` would make, made on the device in
+ * a temporary buffer and copied into the pinned copy at `pinned`. */
+static qi_status random_host(cuda_impl *c, qi_tensor *w, void *pinned, qi_error *err) {
+    size_t bytes = qi_nbytes(w);
+    void *tmp = NULL;
+    cudaError_t e = cudaMalloc(&tmp, bytes ? bytes : 1);
+    if (e != cudaSuccess) return cuda_err(err, e, "random host weight (device scratch)");
+    qi_tensor d = *w;
+    d.data = tmp;
+    qi_status st = qc_kept_type(w->dtype) ? kept_random(c, &d, err) : random_fill(c, w, tmp, err);
+    w->scale_form = d.scale_form;
+    w->scale = d.scale;
+    if (st == QI_OK && (e = cudaMemcpyAsync(pinned, tmp, bytes, cudaMemcpyDeviceToHost, c->stream)) == cudaSuccess)
+        e = cudaStreamSynchronize(c->stream);
+    if (st == QI_OK && e != cudaSuccess) st = cuda_err(err, e, "random host weight (copy)");
+    cudaFree(tmp);
+    return st;
+}
+
+static qi_status weight_in_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                const void *host, const qi_weight_scale *scale, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    convert_scale sc;
+    qi_status st = weight_prepare(c, w, dt, ndim, ne, scale, &sc, err);
+    if (st != QI_OK) return st;
+    int kept = qc_kept_type(w->dtype);
+    size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
+    if (kept && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
+    void *pinned = NULL;
+    cudaError_t e = cudaHostAlloc(&pinned, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        char shape[128];
+        memset(w, 0, sizeof *w);
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no pinned host memory for streamed weight %s %s (%zu MiB; "
+                       "%zu MiB pinned already): %s", qi_dtype_name(dt), qi_shape_str(w, shape, sizeof shape),
+                       bytes >> 20, c->host_bytes >> 20, cudaGetErrorString(e));
+    }
+    if (c->random_seed && (kept || w->dtype == QI_BF16)) {
+        st = random_host(c, w, pinned, err);
+    } else if (kept) {
+        parallel_convert(c, pinned, QI_U8, host, QI_U8, bytes, &no_scale, 0); /* the stored bytes */
+        st = kept_scale(c, w, scale, err);
+    } else {
+        parallel_convert(c, pinned, w->dtype, host, dt, n, &sc, 0);
+    }
+    if (st != QI_OK) {
+        cudaFreeHost(pinned);
+        memset(w, 0, sizeof *w);
+        return st;
+    }
+    w->data = pinned;
+    c->host_bytes += bytes;
+    c->kept_weights += kept;
+    return QI_OK;
+}
+
+static qi_status cuda_weight_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                  const void *host, const qi_weight_scale *scale, qi_error *err) {
+    int prev = device_enter(cuda_of(be));
+    qi_status st = weight_in_host(be, w, dt, ndim, ne, host, scale, err);
+    device_leave(prev);
+    return st;
+}
+
+static qi_status cuda_slot_new(qi_backend *be, size_t bytes, qi_slot **out, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    *out = NULL;
+    qi_slot *s = (qi_slot *)calloc(1, sizeof *s);
+    if (!s) return qi_fail(err, QI_ERR_NOMEM, "cuda backend: out of host memory");
+    int prev = device_enter(c);
+    cudaError_t e = cudaSuccess;
+    if (!c->copy_stream) e = cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess && !c->compute_mark) e = cudaEventCreateWithFlags(&c->compute_mark, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaMalloc(&s->dev, bytes ? bytes : 1);
+    device_leave(prev);
+    if (e != cudaSuccess) {
+        if (s->ready) cudaEventDestroy(s->ready);
+        free(s);
+        return qi_fail(err, e == cudaErrorMemoryAllocation ? QI_ERR_NOMEM : QI_ERR_BACKEND,
+                       "cuda backend: a %zu MiB weight slot: %s (%zu MiB of weights held)", bytes >> 20,
+                       cudaGetErrorString(e), c->weight_bytes >> 20);
+    }
+    s->bytes = bytes;
+    c->weight_bytes += bytes;
+    if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+    *out = s;
+    return QI_OK;
+}
+
+static void cuda_slot_free(qi_backend *be, qi_slot *s) {
+    cuda_impl *c = cuda_of(be);
+    if (!s) return;
+    int prev = device_enter(c);
+    cudaStreamSynchronize(c->stream);
+    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
+    cudaFree(s->dev);
+    cudaEventDestroy(s->ready);
+    device_leave(prev);
+    c->weight_bytes = c->weight_bytes >= s->bytes ? c->weight_bytes - s->bytes : 0;
+    free(s);
+}
+
+/* The copy stream waits for everything queued on the compute stream so far
+ * (the slot's previous readers among it), copies, and marks the slot ready. */
+static qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) off = ((off + 255) & ~(size_t)255) + qi_nbytes(&src[i]);
+    if (off > s->bytes)
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: %d weights of %zu bytes staged into a slot of %zu", n, off,
+                       s->bytes);
+    cudaError_t e = cudaEventRecord(c->compute_mark, c->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(c->copy_stream, c->compute_mark, 0);
+    off = 0;
+    for (int i = 0; i < n && e == cudaSuccess; i++) {
+        off = (off + 255) & ~(size_t)255;
+        dst[i] = src[i];
+        dst[i].data = (char *)s->dev + off;
+        e = cudaMemcpyAsync(dst[i].data, src[i].data, qi_nbytes(&src[i]), cudaMemcpyHostToDevice, c->copy_stream);
+        off += qi_nbytes(&src[i]);
+    }
+    if (e == cudaSuccess) e = cudaEventRecord(s->ready, c->copy_stream);
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "stage (weights into a slot)");
+}
+
+static void cuda_stage_wait(qi_backend *be, qi_slot *s) {
+    cuda_impl *c = cuda_of(be);
+    cudaError_t e = cudaStreamWaitEvent(c->stream, s->ready, 0);
+    if (e != cudaSuccess) qc_fail(c, QI_ERR_BACKEND, "cuda backend: stage_wait: %s", cudaGetErrorString(e));
 }
 
 static int host_transferable(qi_dtype dt) {
@@ -844,6 +1087,11 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
+        if (c->copy_stream) {
+            cudaStreamSynchronize(c->copy_stream);
+            cudaStreamDestroy(c->copy_stream);
+        }
+        if (c->compute_mark) cudaEventDestroy(c->compute_mark);
         cudaFree(c->nonfinite_count);
         cudaFree(c->lt_workspace);
         cudaFree(c->scratch);
@@ -931,6 +1179,14 @@ static const qi_backend_ops cuda_ops = {
     .channel_rms_norm_act = qc_channel_rms_norm_act,
     .conv2d_fused = qc_conv2d_fused,
     .add_gated_layer_norm_mod = qc_add_gated_layer_norm_mod,
+    .weight_size = cuda_weight_size,
+    .mem_info = cuda_mem_info,
+    .reserve = cuda_reserve,
+    .weight_host = cuda_weight_host,
+    .slot_new = cuda_slot_new,
+    .slot_free = cuda_slot_free,
+    .stage = cuda_stage,
+    .stage_wait = cuda_stage_wait,
     .persistent = cuda_persistent,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,

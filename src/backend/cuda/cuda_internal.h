@@ -68,6 +68,14 @@ typedef struct cuda_impl {
     void *wscratch;
     size_t wscratch_bytes;
     int kept_weights;    /* kept weights alive: the scratch goes with the last one */
+    int wscratch_fixed;  /* the plan reserved the scratch (`reserve`): weights no longer size it */
+
+    /* streamed weights (`weight_host`, `stage`): pinned host copies, copied
+     * into device slots on their own stream, ordered against the compute
+     * stream by events (made on the first slot) */
+    cudaStream_t copy_stream;
+    cudaEvent_t compute_mark; /* recorded on `stream` by each stage: the copies wait for it */
+    size_t host_bytes;        /* pinned host memory held by host weights */
     int dequant_at_load; /* QI_CUDA_DEQUANT_AT_LOAD=1: every float weight becomes bf16 at load */
 
     size_t weight_bytes; /* device memory held by weights */

@@ -1,0 +1,263 @@
+/*
+ * test_cuda_vram.c — the memory plan's CUDA side (label "cuda": needs a GPU):
+ *   - reserve sizes the arena (and refuses while it is in use); weight_size
+ *     covers what `weight` takes;
+ *   - a host weight (pinned) staged into a slot gives linear and embedding
+ *     results bit-identical to the same weight on the device, for bf16, fp8
+ *     with row scales and GGUF blocks, and `embedding` reads a host table in
+ *     place;
+ *   - six 32 MiB weights taken through two slots in turn (each copy queued on
+ *     the copy stream while the previous weight's GEMM runs) give each
+ *     weight's own result: no slot is overwritten while an op reads it;
+ *   - the engine on the tiny model under budgets that swap, and that stream
+ *     everything (transformer blocks and modulation, text encoder layers,
+ *     embedding table read from host memory), gives the unplanned engine's
+ *     images bit for bit.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/weight_stream.h"
+#include "backend_caps.h"
+#include "engine/engine.h"
+#include "test.h"
+
+#define MODEL QI_TEST_DATA "/tiny-model"
+#define MIB ((size_t)1 << 20)
+
+static qi_backend *gpu;
+
+static void reserve_sizes_the_arena_and_weight_size_covers_a_weight(void) {
+    qi_error err = {{0}};
+    REQUIRE(gpu->ops->reserve(gpu, 64 * MIB, 0, &err) == QI_OK, "%s", err.msg);
+    CHECK(gpu->arena_bytes == 64 * MIB && qi_cuda_arena_capacity(gpu) == 64 * MIB);
+    qi_tensor t;
+    int64_t big[1] = {(int64_t)(65 * MIB / 2)};
+    CHECK(qi_be_act(gpu, &t, 1, big, &err) == QI_ERR_NOMEM, "65 MiB of activations in a 64 MiB arena");
+    int64_t small[1] = {1024};
+    REQUIRE(qi_be_act(gpu, &t, 1, small, &err) == QI_OK);
+    CHECK(gpu->ops->reserve(gpu, 128 * MIB, 0, &err) == QI_ERR_ARG, "reserve with the arena in use");
+    gpu->ops->reset(gpu, 0);
+    const qi_dtype types[] = {QI_BF16, QI_F32, QI_F8_E4M3, QI_Q4_K, QI_Q8_0};
+    static uint8_t host[1024 * 2048 * 8];
+    static float ref[1024 * 2048];
+    for (size_t i = 0; i < QI_ARRAY_LEN(types); i++) {
+        int64_t ne[2] = {1024, 2048};
+        caps_host_data(types[i], ne[0] * ne[1], host, ref);
+        size_t scratch = 0, said = gpu->ops->weight_size(gpu, types[i], 2, ne, &scratch);
+        size_t before = qi_cuda_weight_bytes(gpu);
+        qi_tensor w;
+        REQUIRE(gpu->ops->weight(gpu, &w, types[i], 2, ne, host, NULL, &err) == QI_OK, "%s", err.msg);
+        size_t took = qi_cuda_weight_bytes(gpu) - before; /* with the expansion scratch when it grew */
+        CHECK(said >= qi_nbytes(&w) && said + scratch >= took, "%s: weight_size %zu + scratch %zu, took %zu",
+              qi_dtype_name(types[i]), said, scratch, took);
+        gpu->ops->weight_free(gpu, &w);
+    }
+}
+
+/* linear (x[5, K] · wᵀ) and embedding (5 rows) with weight w, as floats. */
+static void lin_emb(const qi_tensor *w, const qi_tensor *table, const float *xv, float *y_lin, float *y_emb) {
+    enum { M = 5 };
+    int64_t N = w->ne[0], K = w->ne[1];
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor x, y, ids, e;
+    int64_t xne[2] = {M, K}, ine[1] = {M};
+    int32_t idv[M] = {3, 0, (int32_t)N - 1, 17, 5};
+    REQUIRE(!qi_be_act(gpu, &x, 2, xne, &err) && !qi_be_act2(gpu, &y, M, N, &err) &&
+            !gpu->ops->tensor(gpu, &ids, QI_I32, 1, ine, &err) && !qi_be_act2(gpu, &e, M, K, &err), "%s", err.msg);
+    REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err) && !gpu->ops->upload(gpu, &ids, idv, &err), "%s", err.msg);
+    gpu->ops->linear(gpu, &x, w, NULL, QI_ACT_NONE, &y);
+    gpu->ops->embedding(gpu, table, &ids, &e);
+    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+    CHECK(!gpu->ops->download(gpu, &y, y_lin, &err) && !gpu->ops->download(gpu, &e, y_emb, &err), "%s", err.msg);
+    gpu->ops->reset(gpu, mark);
+}
+
+static void staged_host_weights_match_device_weights(void) {
+    qi_error err = {{0}};
+    REQUIRE(gpu->ops->reserve(gpu, 256 * MIB, 0, &err) == QI_OK, "%s", err.msg);
+    enum { N = 64, K = 256, M = 5 };
+    static float row_scales[N];
+    for (int i = 0; i < N; i++) row_scales[i] = 0.01f * (float)(i + 1);
+    const qi_weight_scale rows = {QI_SCALE_ROW, 0, row_scales};
+    struct {
+        qi_dtype t;
+        const qi_weight_scale *scale;
+    } cases[] = {{QI_BF16, NULL}, {QI_F32, NULL},  {QI_F8_E4M3, &rows},
+                 {QI_Q4_K, NULL}, {QI_Q8_0, NULL}, {QI_Q6_K, NULL}};
+    static uint8_t host[N * K * 8];
+    static float wref[N * K], xv[M * K], a_lin[M * N], b_lin[M * N], a_emb[M * K], b_emb[M * K], c_emb[M * K];
+    for (int i = 0; i < M * K; i++) xv[i] = caps_frand();
+    qi_slot *slot = NULL;
+    REQUIRE(gpu->ops->slot_new(gpu, (size_t)N * K * 4 + 256, &slot, &err) == QI_OK, "%s", err.msg);
+    for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
+        qi_dtype t = cases[c].t;
+        caps_host_data(t, N * K, host, wref);
+        int64_t ne[2] = {N, K};
+        qi_tensor wd, wh, staged;
+        size_t dev0 = qi_cuda_weight_bytes(gpu);
+        REQUIRE(!gpu->ops->weight(gpu, &wd, t, 2, ne, host, cases[c].scale, &err), "%s", err.msg);
+        size_t dev1 = qi_cuda_weight_bytes(gpu);
+        REQUIRE(!gpu->ops->weight_host(gpu, &wh, t, 2, ne, host, cases[c].scale, &err), "%s", err.msg);
+        CHECK(wh.dtype == wd.dtype && qi_nbytes(&wh) == qi_nbytes(&wd), "%s: host %s vs device %s", qi_dtype_name(t),
+              qi_dtype_name(wh.dtype), qi_dtype_name(wd.dtype));
+        /* on the device a host weight holds its row scales only */
+        CHECK(qi_cuda_weight_bytes(gpu) - dev1 <= (wh.scale_form == QI_SCALE_ROW ? N * sizeof(float) : 0) &&
+                  dev1 - dev0 >= qi_nbytes(&wd),
+              "%s: a host weight took %zu bytes of device memory", qi_dtype_name(t), qi_cuda_weight_bytes(gpu) - dev1);
+        REQUIRE(!gpu->ops->stage(gpu, slot, &wh, &staged, 1, &err), "%s", err.msg);
+        gpu->ops->stage_wait(gpu, slot);
+        lin_emb(&wd, &wd, xv, a_lin, a_emb);
+        lin_emb(&staged, &wh, xv, b_lin, c_emb); /* the table read in place from host memory */
+        lin_emb(&staged, &staged, xv, b_lin, b_emb);
+        CHECK(!memcmp(a_lin, b_lin, sizeof a_lin), "%s: linear of the staged weight differs", qi_dtype_name(t));
+        CHECK(!memcmp(a_emb, b_emb, sizeof a_emb), "%s: embedding of the staged table differs", qi_dtype_name(t));
+        CHECK(!memcmp(a_emb, c_emb, sizeof a_emb), "%s: embedding of the host table differs", qi_dtype_name(t));
+        gpu->ops->weight_free(gpu, &wd);
+        gpu->ops->weight_free(gpu, &wh);
+    }
+    gpu->ops->slot_free(gpu, slot);
+}
+
+/* Six 32 MiB weights through two slots, each GEMM queued right after its
+ * take (which queues the next copy): the results match each weight's own. */
+static void two_slots_in_turn_never_overwrite_what_an_op_reads(void) {
+    enum { U = 6, N = 4096, K = 4096, M = 2048 };
+    qi_error err = {{0}};
+    REQUIRE(gpu->ops->reserve(gpu, (size_t)512 * MIB, 0, &err) == QI_OK, "%s", err.msg);
+    uint16_t *host = malloc(sizeof(uint16_t) * (size_t)N * K);
+    float *xv = malloc(sizeof(float) * (size_t)M * K), *want = malloc(sizeof(float) * (size_t)M * N);
+    float *got = malloc(sizeof(float) * (size_t)M * N);
+    qi_tensor wd[U], wh[U], x, y[U];
+    qi_tensor *units[U][1];
+    qi_wstream *s = NULL;
+    REQUIRE(host && xv && want && got && qi_wstream_new(gpu, U, &s, &err) == QI_OK, "%s", err.msg);
+    for (int i = 0; i < M * K; i++) xv[i] = caps_frand();
+    int64_t ne[2] = {N, K};
+    for (int u = 0; u < U; u++) {
+        for (size_t i = 0; i < (size_t)N * K; i++) host[i] = qi_f32_to_bf16(caps_frand() * 0.02f * (float)(u + 1));
+        REQUIRE(!gpu->ops->weight(gpu, &wd[u], QI_BF16, 2, ne, host, NULL, &err), "%s", err.msg);
+        REQUIRE(!gpu->ops->weight_host(gpu, &wh[u], QI_BF16, 2, ne, host, NULL, &err), "%s", err.msg);
+        units[u][0] = &wh[u];
+        qi_wstream_set_unit(s, u, units[u], 1);
+    }
+    REQUIRE(qi_wstream_alloc(s, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(!qi_be_act2(gpu, &x, M, K, &err) && !gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+    for (int u = 0; u < U; u++) REQUIRE(!qi_be_act2(gpu, &y[u], M, N, &err), "%s", err.msg);
+    for (int pass = 0; pass < 2; pass++) { /* the second pass finds unit 0 prefetched */
+        for (int u = 0; u < U; u++) {
+            const qi_tensor *v;
+            REQUIRE(qi_wstream_take(s, u, (u + 1) % U, &v, &err) == QI_OK, "%s", err.msg);
+            gpu->ops->linear(gpu, &x, &v[0], NULL, QI_ACT_NONE, &y[u]);
+        }
+        REQUIRE(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+        for (int u = 0; u < U; u++) {
+            qi_tensor ref;
+            size_t mark = gpu->ops->mark(gpu);
+            REQUIRE(!qi_be_act2(gpu, &ref, M, N, &err));
+            gpu->ops->linear(gpu, &x, &wd[u], NULL, QI_ACT_NONE, &ref);
+            CHECK(!gpu->ops->download(gpu, &ref, want, &err) && !gpu->ops->download(gpu, &y[u], got, &err));
+            CHECK(!memcmp(want, got, sizeof(float) * (size_t)M * N), "pass %d: unit %d's result differs", pass, u);
+            gpu->ops->reset(gpu, mark);
+        }
+    }
+    qi_wstream_free(s);
+    for (int u = 0; u < U; u++) {
+        gpu->ops->weight_free(gpu, &wd[u]);
+        gpu->ops->weight_free(gpu, &wh[u]);
+    }
+    gpu->ops->reset(gpu, 0);
+    free(host), free(xv), free(want), free(got);
+}
+
+/* ---- the engine on the tiny model ---------------------------------------------------- */
+
+static qi_status open_tiny(size_t vram, qi_engine **e) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = MODEL;
+    o.device = "cuda";
+    o.vram_bytes = vram;
+    return qi_engine_open(&o, e);
+}
+
+static qi_status generate(qi_engine *e, const char *prompt, qi_image *img) {
+    qi_request r = qi_request_default();
+    r.prompt = prompt;
+    r.width = 64;
+    r.height = 48;
+    r.steps = 2;
+    r.seed = 7;
+    return qi_generate(e, &r, img);
+}
+
+static int same_image(const qi_image *a, const qi_image *b) {
+    return a->rgb && b->rgb && a->count == b->count && a->width == b->width && a->height == b->height &&
+           !memcmp(a->rgb, b->rgb, (size_t)a->count * a->width * a->height * 3);
+}
+
+typedef int (*plan_test)(const qi_residency_plan *p);
+static int is_swap(const qi_residency_plan *p) { return p->step == 2 && p->te_swap && !p->dit_stream; }
+static int streams_everything(const qi_residency_plan *p) {
+    return p->step == 4 && p->te_stream && p->resident_blocks == 0 && !p->mod_resident;
+}
+
+/* The largest budget (2 GiB down, 128 KiB steps) whose plan passes `want`. */
+static size_t budget_where(plan_test want) {
+    qi_engine *e = NULL;
+    size_t found = 0;
+    if (open_tiny(2048 * MIB, &e) == QI_OK)
+        for (size_t b = 2048 * MIB; b > 256 * MIB && !found; b -= 128 << 10) {
+            qi_residency_plan p;
+            qi_error err;
+            if (qi_residency_plan_make(b, &e->sizes, &e->need, &p, &err) == QI_OK && want(&p)) found = b;
+        }
+    qi_engine_close(e);
+    return found;
+}
+
+static void engine_plans_give_the_unplanned_images(void) {
+    qi_engine *e = NULL;
+    qi_image ref[2] = {{0}}, got[2] = {{0}};
+    const char *prompts[2] = {"a red apple on a table", "a blue boat"};
+    REQUIRE(open_tiny(0, &e) == QI_OK, "%s", qi_engine_error(e));
+    CHECK(e->planned && e->plan.step == 1, "the whole free GPU: everything resident");
+    for (int i = 0; i < 2; i++) CHECK(generate(e, prompts[i], &ref[i]) == QI_OK, "%s", qi_engine_error(e));
+    qi_engine_close(e);
+    plan_test tests[2] = {is_swap, streams_everything};
+    const char *names[2] = {"stage swap", "everything streamed"};
+    for (int k = 0; k < 2; k++) {
+        size_t b = budget_where(tests[k]);
+        CHECK(b > 0, "no budget gives a %s plan", names[k]);
+        if (!b) continue;
+        e = NULL;
+        CHECK(open_tiny(b, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
+              qi_engine_error(e));
+        for (int i = 0; i < 2; i++) {
+            CHECK(generate(e, prompts[i], &got[i]) == QI_OK, "%s", qi_engine_error(e));
+            CHECK(same_image(&ref[i], &got[i]), "%s: prompt %d's image differs from the unplanned engine's", names[k],
+                  i);
+            qi_image_free(&got[i]);
+        }
+        if (k == 0) CHECK(e->te_frees == 2 && e->te_loads == 2, "swap: %d loads, %d frees", e->te_loads, e->te_frees);
+        if (k == 1 && e->ranks->dit[0]) CHECK(qi_dit_staged_bytes(e->ranks->dit[0]) > 0);
+        qi_engine_close(e);
+    }
+    for (int i = 0; i < 2; i++) qi_image_free(&ref[i]);
+}
+
+int main(void) {
+    qi_error err;
+    if (qi_backend_cuda_create(0, (size_t)256 << 20, &gpu, &err) != QI_OK) {
+        printf("no CUDA backend: %s\n", err.msg);
+        return 1;
+    }
+    RUN(reserve_sizes_the_arena_and_weight_size_covers_a_weight);
+    RUN(staged_host_weights_match_device_weights);
+    RUN(two_slots_in_turn_never_overwrite_what_an_op_reads);
+    gpu->ops->destroy(gpu);
+    RUN(engine_plans_give_the_unplanned_images);
+    TEST_END();
+}
