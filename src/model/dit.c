@@ -1109,7 +1109,9 @@ static qi_status call_zero_modulation(qi_dit_call *c, qi_error *err) {
     if (st == QI_OK) st = timestep_embedding(d, &sinus, &temb_silu, err);
     for (int64_t i = 0; i < L && st == QI_OK; i++) {
         qi_tensor row = qi_slice_rows(&c->mods0, i, 1);
-        run_linear(d, &temb_silu, &d->blocks[i].img_mod, QI_ACT_NONE, &row, &st, err);
+        dit_linear im, tm; /* the modulation weights, staged when they stream */
+        st = mod_linears(d, (int)i, &im, &tm, err);
+        if (st == QI_OK) run_linear(d, &temb_silu, &im, QI_ACT_NONE, &row, &st, err);
     }
     be->ops->reset(be, mark); /* queued work still reads the scratch, in stream order */
     return st;
