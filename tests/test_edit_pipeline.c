@@ -261,6 +261,18 @@ static void run_case(const edit_case *c) {
     cJSON_Delete(j);
 }
 
+static int count_progress(void *user, const char *stage, int step, int total) {
+    int *r = user;
+    (void)total;
+    if (!strcmp(stage, "denoise")) r[0]++, r[1] = step;
+    return 0;
+}
+
+static int cancel_at_1(void *user, const char *stage, int step, int total) {
+    (void)user, (void)total;
+    return !strcmp(stage, "denoise") && step == 1;
+}
+
 /* The same through the public API: qi_generate with the pictures in the
  * request, on the Edit model folder (diffusers layout), the two img2img
  * parts stood in for through qi_engine_set_edit_hooks. */
@@ -308,10 +320,15 @@ static void engine_case(const edit_case *c) {
     r.edit_widths = w, r.edit_heights = h;
     r.edit_vl_area = 224 * 224, r.edit_vae_area = 256 * 256;
     qi_image img = {0};
+    int reports[2] = {0, 0}; /* denoise reports, the last step reported */
+    r.progress = count_progress;
+    r.progress_user = reports;
     if (st == QI_OK) {
         qi_engine_set_edit_hooks(e, &hooks);
         st = qi_generate(e, &r, &img);
         CHECK(st == QI_OK, "%s: %s", c->name, qi_engine_error(e));
+        CHECK(reports[0] == r.steps + 1 && reports[1] == r.steps, "%s: %d denoise reports, last %d", c->name,
+              reports[0], reports[1]);
     }
     const qi_st_tensor *ref = qi_st_file_find(f, "image_u8");
     if (st == QI_OK && ref) {
@@ -331,6 +348,13 @@ static void engine_case(const edit_case *c) {
                worst, mean);
         CHECK(n == ref->nbytes && (g_cuda ? mean <= 3 : worst <= 2), "%s: %d levels (mean %.3f)", c->name, worst, mean);
     }
+    /* a progress callback that answers nonzero at step 1 cancels */
+    r.progress = cancel_at_1;
+    s.encodes = 0; /* the stand-in hands out the pictures' means in order again */
+    qi_image cancelled = {0};
+    if (st == QI_OK)
+        CHECK(qi_generate(e, &r, &cancelled) == QI_ERR_CANCELLED && !cancelled.rgb, "%s: cancel", qi_engine_error(e));
+    r.progress = NULL;
     /* without stand-ins this build refuses, saying what is missing */
     qi_image none = {0};
     if (e) qi_engine_set_edit_hooks(e, NULL);

@@ -102,7 +102,10 @@ qi_status qi_edit_denoise(qi_dit *dit, qi_backend *be, const qi_edit_denoise_arg
     if (st == QI_OK && !(v = malloc((size_t)(d.L * d.C) * sizeof(float))))
         st = qi_fail(err, QI_ERR_NOMEM, "edit denoise: out of memory");
     int calls = 0;
-    for (int i = 0; i < a->steps && st == QI_OK; i++) {
+    for (int i = 0; i <= a->steps && st == QI_OK; i++) {
+        if (a->progress && a->progress(a->progress_user, i, a->steps))
+            st = qi_fail(err, QI_ERR_CANCELLED, "generation cancelled");
+        if (i == a->steps || st != QI_OK) break;
         st = step(be, a, i, two, &d, latents, v, &calls, err);
         if (st == QI_OK) qi_scheduler_euler_step(latents, v, d.L * d.C, a->sigmas[i], a->sigmas[i + 1]);
     }

@@ -39,6 +39,10 @@ typedef struct qi_edit_denoise_args {
     const float *t;             /* [steps] the transformer's timestep: the scheduler's timesteps / 1000 */
     qi_edit_call_fn on_call;    /* NULL: none */
     void *user;
+    /* Before step i (0 … steps − 1) and once after the last (i = steps);
+     * nonzero cancels (QI_ERR_CANCELLED). NULL: none. */
+    int (*progress)(void *user, int step, int steps);
+    void *progress_user;
 } qi_edit_denoise_args;
 
 /* latents [grid_h·grid_w, in_channels] host: the packed noise in, the final

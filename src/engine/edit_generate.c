@@ -78,12 +78,15 @@ static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *
     return st;
 }
 
+static int report_denoise(void *user, int step, int steps) { return qi_stage_report(user, "denoise", step, steps); }
+
 static qi_status edit_denoise(qi_engine *e, const qi_plan *p, const qi_edit_inputs *in, float *latents) {
     qi_status st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
     qi_edit_denoise_args a = {.grid_h = in->grid_h, .grid_w = in->grid_w, .cond = in->cond,
                               .cond_latents = in->cond_latents, .ctx = in->embeds, .ctx_len = in->len,
                               .neg_ctx = p->do_cfg ? in->neg_embeds : NULL, .neg_len = in->neg_len, .cfg = p->cfg,
-                              .steps = p->steps, .sigmas = p->sigmas, .t = p->t_all};
+                              .steps = p->steps, .sigmas = p->sigmas, .t = p->t_all,
+                              .progress = report_denoise, .progress_user = (void *)p};
     if (!st) st = qi_edit_denoise(e->ranks->dit[0], e->be, &a, latents, &e->err);
     qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
     return st;
