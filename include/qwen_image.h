@@ -157,6 +157,16 @@ typedef struct qi_request {
     void *progress_user;
     qi_latents_fn step_latents;    /* optional: previews (see qi_latents_fn) */
     void *step_latents_user;
+    /* Qwen-Image-Edit (2509 / 2511, QwenImageEditPlusPipeline): the reference
+     * pictures, in order ("Picture 1", "Picture 2", …), each RGB8 [h, w, 3];
+     * 0 pictures: not an Edit request. One prompt, batch 1, one device. Set
+     * width and height to 0 for the pipeline's default (the last picture's
+     * aspect at 1024²); given sides are rounded down to 16. */
+    int n_edit_images;                 /* 0 … 8 */
+    const uint8_t *const *edit_images;
+    const int *edit_widths, *edit_heights;
+    int edit_vl_area, edit_vae_area;   /* pictures' areas for the vision tower and the VAE, pixels;
+                                          0: 147456 (384²) and 1048576 (1024²), the pipeline's */
 } qi_request;
 
 qi_request qi_request_default(void);

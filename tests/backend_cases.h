@@ -350,11 +350,12 @@ static inline void bc_fill_nan(double *r, int64_t n) {
 static inline double bc_act_f(qi_act a, double s) {
     if (a == QI_ACT_GELU_TANH) return 0.5 * s * (1 + tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
     if (a == QI_ACT_SILU) return s / (1 + exp(-s));
+    if (a == QI_ACT_GELU_ERF) return 0.5 * s * (1 + erf(s * 0.7071067811865476));
     return s;
 }
 
 static inline const char *bc_act_name(qi_act a) {
-    return a == QI_ACT_GELU_TANH ? " gelu" : a == QI_ACT_SILU ? " silu" : "";
+    return a == QI_ACT_GELU_TANH ? " gelu" : a == QI_ACT_SILU ? " silu" : a == QI_ACT_GELU_ERF ? " gelu-erf" : "";
 }
 
 /* A view of rows [B, D] of a modulation tensor [B, 6D] at chunk `chunk`

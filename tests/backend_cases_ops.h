@@ -794,6 +794,7 @@ static const bc_op op_add_gated_layer_norm_mod = {"add_gated_layer_norm_mod", ag
     {.op = &op_attention, .p = {B, Lq, Lk, H, Hkv, Dh, causal, mask}, .f = {scale, 0}, .why = why_}
 #define GELU QI_ACT_GELU_TANH
 #define SILU QI_ACT_SILU
+#define GELU_ERF QI_ACT_GELU_ERF
 #define NOACT QI_ACT_NONE
 #define INTER QI_ROPE_INTERLEAVED
 #define HALF QI_ROPE_HALF
@@ -806,6 +807,7 @@ static const bc_case bc_cases[] = {
     LINEAR(33, 128, 96, 0, GELU, QI_BF16, 0, "GELU epilogue"),
     LINEAR(33, 128, 96, 0, SILU, QI_BF16, 0, "SiLU after the GEMM (no epilogue for it)"),
     LINEAR(129, 64, 72, 1, SILU, QI_BF16, 0, "bias + SiLU"),
+    LINEAR(49, 128, 64, 1, GELU_ERF, QI_BF16, 0, "bias + exact GELU (vision merger; no epilogue for it)"),
     LINEAR(50, 96, 80, 1, NOACT, QI_F32, 0, "f32 file weights"),
     LINEAR(50, 96, 80, 0, NOACT, QI_F8_E4M3, 0.01, "fp8 e4m3 weights with a tensor scale"),
     LINEAR(2, 3072, 18432, 1, NOACT, QI_BF16, 0, "DiT modulation, B=2"),
@@ -844,6 +846,7 @@ static const bc_case bc_cases[] = {
     CASE(op_activate, "odd length", 100003, GELU),
     CASE(op_activate, "multiple of 8", 4096 * 64, SILU),
     CASE(op_activate, "odd length", 100003, SILU),
+    CASE(op_activate, "exact GELU, odd length", 100003, GELU_ERF),
     CASE(op_activate, "identity", 4096 * 64, NOACT),
     CASE(op_activate, "identity, odd length", 100003, NOACT),
 
@@ -963,6 +966,7 @@ static const bc_case bc_cases[] = {
 #undef ATTN
 #undef GELU
 #undef SILU
+#undef GELU_ERF
 #undef NOACT
 #undef INTER
 #undef HALF

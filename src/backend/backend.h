@@ -71,7 +71,8 @@ const char *qi_shape_str(const qi_tensor *t, char *buf, size_t cap);
 typedef enum qi_act {
     QI_ACT_NONE = 0,
     QI_ACT_GELU_TANH, /* 0.5·u·(1 + tanh(√(2/π)(u + 0.044715u³))) */
-    QI_ACT_SILU
+    QI_ACT_SILU,
+    QI_ACT_GELU_ERF /* 0.5·u·(1 + erf(u/√2)): torch's exact GELU (the vision tower's merger) */
 } qi_act;
 
 typedef enum qi_rope_mode {

@@ -343,6 +343,7 @@ void qi_engine_close(qi_engine *e) {
     if (!e) return;
     qi_denoise_release(e->ranks);
     if (e->vae) qi_vae_free(e->vae);
+    qi_vision_free(e->vt);
     if (e->te) qi_text_encoder_free(e->te);
     if (e->tok) qi_tokenizer_free(e->tok);
     qi_lora_set_free(e->loras);
@@ -461,6 +462,7 @@ static qi_status generate_decode(qi_engine *e, const qi_plan *p, const float *la
 }
 
 qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
+    if (req && req->n_edit_images) return qi_generate_edit(e, req, out);
     memset(out, 0, sizeof *out);
     memset(&e->last, 0, sizeof e->last);
     qi_plan plan;
@@ -480,3 +482,5 @@ qi_status qi_generate(qi_engine *e, const qi_request *req, qi_image *out) {
     free(latents);
     return st;
 }
+
+qi_status qi_engine_plan(qi_engine *e, const qi_request *req, qi_plan *p) { return make_plan(e, req, p); }

@@ -19,6 +19,7 @@
 #include "model/text_encoder.h"
 #include "model/tokenizer.h"
 #include "model/vae.h"
+#include "model/vision.h"
 #include "qwen_image.h"
 
 /* The residency hook: what stays in device memory between stages. Before a
@@ -41,6 +42,8 @@ struct qi_engine {
     qi_tokenizer *tok;
     qi_text_encoder *te;
     qi_vae *vae;
+    qi_vision *vt;           /* the text encoder's vision tower, loaded by the first Edit request */
+    struct qi_edit_hooks *edit_hooks; /* PIL Lanczos and the VAE encoder for Edit (NULL: the built-in ones) */
     qi_source *src[QI_COMPONENT_COUNT]; /* weight sources, opened on first load and kept while their
                                            models live (CPU weights point into them); none for the
                                            tokenizer */
@@ -116,6 +119,14 @@ qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents);
 qi_status qi_stage_init_latents(qi_engine *e, qi_plan *p, float **latents);
 /* Denoised packed latents → out (vae_in latents and RGB8 images). */
 qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out);
+/* The plan of a request (checked, scheduler loaded, sizes and schedule). */
+qi_status qi_engine_plan(qi_engine *e, const qi_request *req, qi_plan *p);
+/* A Qwen-Image-Edit request (req->n_edit_images > 0), whole (edit_generate.c). */
+qi_status qi_generate_edit(qi_engine *e, const qi_request *req, qi_image *out);
+/* Replaces the Edit pipeline's resize and VAE-encoder hooks (engine/edit.h)
+ * for tests; h must outlive the engine's use (NULL: the built-in ones). */
+void qi_engine_set_edit_hooks(qi_engine *e, struct qi_edit_hooks *h);
+
 /* Reports progress; nonzero: cancelled. */
 int qi_stage_report(const qi_plan *p, const char *stage, int step, int total);
 

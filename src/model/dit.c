@@ -90,6 +90,7 @@ typedef struct weight_spec {
 /* RoPE tables of one (grid_h, grid_w, txt_len): [L_txt + L_img, head_dim/2]. */
 typedef struct rope_entry {
     int grid_h, grid_w, txt_len; /* txt_len 0: empty slot */
+    qi_dit_cond cond;            /* Edit condition segments (n 0: none) */
     float *host;                 /* cos table then sin table */
     qi_tensor cos, sin;          /* backend copies (persistent or weights) when on_backend */
     int on_backend;              /* 0: the backend converted F32; upload per call */
@@ -584,13 +585,15 @@ void qi_dit_free(qi_dit *d) {
  * persistent float32 buffers when the backend has them, else as weights
  * (kept if the backend left them F32). The least recently used entry that no
  * live call pins makes room. */
-static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, rope_entry **out,
-                                qi_error *err) {
+static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, const qi_dit_cond *cond, int txt_len,
+                                rope_entry **out, qi_error *err) {
     const qi_backend_ops *op = d->be->ops;
     rope_entry *hit = NULL, *victim = NULL;
     for (int i = 0; i < DIT_ROPE_CACHE; i++) {
         rope_entry *e = &d->rope[i];
-        if (e->txt_len == txt_len && e->grid_h == grid_h && e->grid_w == grid_w) hit = e;
+        if (e->txt_len == txt_len && e->grid_h == grid_h && e->grid_w == grid_w &&
+            !memcmp(&e->cond, cond, sizeof *cond))
+            hit = e;
         if (!e->pins && (!victim || e->last_use < victim->last_use)) victim = e;
     }
     if (!hit) {
@@ -604,11 +607,11 @@ static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, 
         }
         free(hit->host);
         memset(hit, 0, sizeof *hit);
-        int64_t L = (int64_t)txt_len + (int64_t)grid_h * grid_w, P = d->cfg.head_dim / 2;
+        int64_t L = (int64_t)txt_len + qi_dit_image_tokens(grid_h, grid_w, cond), P = d->cfg.head_dim / 2;
         hit->host = malloc((size_t)(2 * L * P) * sizeof(float));
         if (!hit->host) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (RoPE)");
         qi_status st =
-            qi_dit_rope_tables(&d->cfg, grid_h, grid_w, txt_len, hit->host, hit->host + L * P, err);
+            qi_dit_rope_tables_cond(&d->cfg, grid_h, grid_w, cond, txt_len, hit->host, hit->host + L * P, err);
         int64_t ne[2] = {L, P};
         if (st == QI_OK && op->persistent) {
             st = op->persistent(d->be, &hit->cos, QI_F32, 2, ne, err);
@@ -644,6 +647,7 @@ static qi_status rope_for_shape(qi_dit *d, int grid_h, int grid_w, int txt_len, 
         }
         hit->grid_h = grid_h;
         hit->grid_w = grid_w;
+        hit->cond = *cond;
         hit->txt_len = txt_len;
     }
     hit->last_use = ++d->rope_clock;
@@ -670,6 +674,9 @@ typedef struct dit_acts {
     qi_tensor rope_cos, rope_sin; /* [Lj, Dh/2] */
     qi_tensor key_mask;           /* I32 [B, Lj] when some text is padding */
     int have_mask;
+    int zero_split;               /* zero_cond_t: image rows from L_out on use mods0 (B == 1) */
+    int64_t L_out;                /* the output's image rows (before the condition segments) */
+    qi_tensor mods0;              /* [layers, 6D]: each block's img_mod at t = 0 (zero_split) */
 } dit_acts;
 
 static qi_status alloc_acts(qi_dit *d, dit_acts *a, qi_error *err) {
@@ -699,12 +706,47 @@ static qi_status alloc_acts(qi_dit *d, dit_acts *a, qi_error *err) {
 
 /* Chunk `chunk` of modulation slot `slot`: B rows of D, row stride 6D
  * (chunks: 0 shift1, 1 scale1, 2 gate1, 3 shift2, 4 scale2, 5 gate2). */
-static qi_tensor mod_chunk(const qi_dit *d, const dit_acts *a, int64_t slot, int64_t chunk) {
+static qi_tensor mod_chunk_of(const qi_dit *d, const qi_tensor *mods, int64_t B, int64_t slot, int64_t chunk) {
     int64_t D = d->cfg.inner_dim;
-    qi_tensor t = qi_slice_rows(&a->mods, slot * a->B, a->B);
+    qi_tensor t = qi_slice_rows(mods, slot * B, B);
     t.data = (char *)t.data + (size_t)(chunk * D) * qi_dtype_size(t.dtype);
     t.ne[1] = D;
     return t;
+}
+
+static qi_tensor mod_chunk(const qi_dit *d, const dit_acts *a, int64_t slot, int64_t chunk) {
+    return mod_chunk_of(d, &a->mods, a->B, slot, chunk);
+}
+
+/* The image stream cut by modulation: all rows with the step's img_mod, or
+ * (zero_cond_t with condition tokens, B = 1) the output rows with it and the
+ * condition rows with t = 0's (reference E9: diffusers' modulate_index). */
+typedef struct img_part {
+    qi_tensor img, norm, proj;            /* [1, rows, D] views of a->img, a->norm_i, a->proj_i */
+    qi_tensor sh1, sc1, g1, sh2, sc2, g2; /* the part's modulation chunks */
+} img_part;
+
+static int image_parts(const qi_dit *d, const dit_acts *a, int index, img_part *p) {
+    int n = a->zero_split ? 2 : 1;
+    int64_t D = d->cfg.inner_dim;
+    for (int k = 0; k < n; k++) {
+        const qi_tensor *mods = k ? &a->mods0 : &a->mods;
+        int64_t slot = k ? index : 2 * (int64_t)index, B = k ? 1 : a->B;
+        qi_tensor *ch[6] = {&p[k].sh1, &p[k].sc1, &p[k].g1, &p[k].sh2, &p[k].sc2, &p[k].g2};
+        for (int c = 0; c < 6; c++) *ch[c] = mod_chunk_of(d, mods, B, slot, c);
+        if (!a->zero_split) {
+            p[k].img = a->img, p[k].norm = a->norm_i, p[k].proj = a->proj_i;
+            continue;
+        }
+        int64_t r0 = k ? a->L_out : 0, rows = k ? a->Li - a->L_out : a->L_out;
+        const qi_tensor *src[3] = {&a->img, &a->norm_i, &a->proj_i};
+        qi_tensor *dst[3] = {&p[k].img, &p[k].norm, &p[k].proj};
+        for (int i = 0; i < 3; i++) {
+            qi_tensor s = qi_slice_rows(src[i], r0, rows);
+            *dst[i] = qi_view3(&s, 1, rows, D);
+        }
+    }
+    return n;
 }
 #define MOD_STRIDE(d) (6 * (int64_t)(d)->cfg.inner_dim)
 
@@ -891,17 +933,17 @@ static qi_status block_forward(qi_dit *d, int index, const dit_block *blk, dit_a
     const qi_dit_config *c = &d->cfg;
     int64_t H = c->num_heads, Dh = c->head_dim, stride = MOD_STRIDE(d);
     int last = index == c->num_layers - 1;
-    int64_t img_slot = 2 * (int64_t)index, txt_slot = img_slot + 1;
-    qi_tensor ish1 = mod_chunk(d, a, img_slot, 0), isc1 = mod_chunk(d, a, img_slot, 1);
-    qi_tensor ig1 = mod_chunk(d, a, img_slot, 2), ish2 = mod_chunk(d, a, img_slot, 3);
-    qi_tensor isc2 = mod_chunk(d, a, img_slot, 4), ig2 = mod_chunk(d, a, img_slot, 5);
+    int64_t txt_slot = 2 * (int64_t)index + 1;
+    img_part ip[2];
+    int n_parts = image_parts(d, a, index, ip);
     qi_tensor tsh1 = mod_chunk(d, a, txt_slot, 0), tsc1 = mod_chunk(d, a, txt_slot, 1);
     qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
     qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
     qi_status st = QI_OK; /* a runtime LoRA's scratch (run_linear) */
 
     /* --- attention half: modulated LN, Q/K/V per stream --- */
-    op->layer_norm_mod(be, &a->img, &ish1, &isc1, stride, DIT_EPS, &a->norm_i);
+    for (int k = 0; k < n_parts; k++)
+        op->layer_norm_mod(be, &ip[k].img, &ip[k].sh1, &ip[k].sc1, stride, DIT_EPS, &ip[k].norm);
     op->layer_norm_mod(be, &a->txt, &tsh1, &tsc1, stride, DIT_EPS, &a->norm_t);
     /* one device and a backend with rms_norm_rope: q/k go normed and rotated
      * straight into the joint buffers, and with B == 1 v is projected into them */
@@ -944,11 +986,14 @@ static qi_status block_forward(qi_dit *d, int index, const dit_block *blk, dit_a
      * modulated LN in the same pass over the stream. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
     run_linear(d, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
-    if (ag_ln)
-        op->add_gated_layer_norm_mod(be, &a->img, &ig1, stride, &a->proj_i, &ish2, &isc2, stride, DIT_EPS,
-                                     &a->norm_i);
-    else
-        op->add_gated(be, &a->img, &ig1, stride, &a->proj_i);
+    for (int k = 0; k < n_parts; k++) {
+        img_part *q = &ip[k];
+        if (ag_ln)
+            op->add_gated_layer_norm_mod(be, &q->img, &q->g1, stride, &q->proj, &q->sh2, &q->sc2, stride, DIT_EPS,
+                                         &q->norm);
+        else
+            op->add_gated(be, &q->img, &q->g1, stride, &q->proj);
+    }
     if (!last) {
         run_linear(d, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
         if (ag_ln)
@@ -959,10 +1004,11 @@ static qi_status block_forward(qi_dit *d, int index, const dit_block *blk, dit_a
     }
 
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
-    if (!ag_ln) op->layer_norm_mod(be, &a->img, &ish2, &isc2, stride, DIT_EPS, &a->norm_i);
+    for (int k = 0; k < n_parts && !ag_ln; k++)
+        op->layer_norm_mod(be, &ip[k].img, &ip[k].sh2, &ip[k].sc2, stride, DIT_EPS, &ip[k].norm);
     run_linear(d, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
     run_linear(d, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
-    op->add_gated(be, &a->img, &ig2, stride, &a->proj_i);
+    for (int k = 0; k < n_parts; k++) op->add_gated(be, &ip[k].img, &ip[k].g2, stride, &ip[k].proj);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
         run_linear(d, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
@@ -983,6 +1029,9 @@ struct qi_dit_call {
     qi_dit *d;
     int64_t B, Li, Lt, Lj;  /* batch, image rows (the whole grid or a shard), text, joint */
     int grid_h, grid_w;
+    qi_dit_cond cond;       /* Edit condition segments (n 0: none) */
+    int zero_split;         /* zero_cond_t with condition tokens: mods0 holds t = 0's img_mod */
+    qi_tensor mods0;        /* [layers, 6D] */
     rope_entry *rope;       /* pinned while the call lives */
     qi_tensor sinus;        /* [B, 256] activations: the timestep sinusoid */
     qi_tensor key_mask;     /* I32 [B, Lj]: text mask then ones for the image */
@@ -1029,6 +1078,7 @@ static void call_release(qi_dit_call *c) {
         if (c->sinus.data) be->ops->weight_free(be, &c->sinus);
         if (c->key_mask.data) be->ops->weight_free(be, &c->key_mask);
         if (c->mods.data) be->ops->weight_free(be, &c->mods);
+        if (c->mods0.data) be->ops->weight_free(be, &c->mods0);
     }
 }
 
@@ -1040,26 +1090,59 @@ static qi_status call_buffer(qi_dit_call *c, qi_tensor *t, qi_dtype dt, int64_t 
     return c->persistent ? be->ops->persistent(be, t, dt, 2, ne, err) : be->ops->tensor(be, t, dt, 2, ne, err);
 }
 
+static void timestep_sinusoid(const float *t, int64_t B, float *proj);
+
+/* zero_cond_t: every block's img_mod of silu(temb(t = 0)) into c->mods0,
+ * once per call (it does not change with the step). */
+static qi_status call_zero_modulation(qi_dit_call *c, qi_error *err) {
+    qi_dit *d = c->d;
+    qi_backend *be = d->be;
+    int64_t L = d->cfg.num_layers;
+    qi_status st = call_buffer(c, &c->mods0, be->act_dtype, L, 6 * (int64_t)d->cfg.inner_dim, err);
+    if (st != QI_OK) return st;
+    float zero = 0.0f, proj[DIT_TIME_CHANNELS];
+    timestep_sinusoid(&zero, 1, proj);
+    size_t mark = be->ops->mark(be);
+    qi_tensor sinus, temb_silu;
+    st = qi_be_act2(be, &sinus, 1, DIT_TIME_CHANNELS, err);
+    if (st == QI_OK) st = be->ops->upload(be, &sinus, proj, err);
+    if (st == QI_OK) st = timestep_embedding(d, &sinus, &temb_silu, err);
+    for (int64_t i = 0; i < L && st == QI_OK; i++) {
+        qi_tensor row = qi_slice_rows(&c->mods0, i, 1);
+        dit_linear im, tm; /* the modulation weights, staged when they stream */
+        st = mod_linears(d, (int)i, &im, &tm, err);
+        if (st == QI_OK) run_linear(d, &temb_silu, &im, QI_ACT_NONE, &row, &st, err);
+    }
+    be->ops->reset(be, mark); /* queued work still reads the scratch, in stream order */
+    return st;
+}
+
 /* Pins the RoPE tables of the shape and makes the buffers (persistent ones,
- * or from the arena). */
-static qi_status call_init(qi_dit *d, qi_dit_call *c, int64_t B, int grid_h, int grid_w, int64_t txt_len,
-                           int64_t img_rows, int persistent, qi_error *err) {
+ * or from the arena). cond: Edit condition segments (NULL: none). */
+static qi_status call_init(qi_dit *d, qi_dit_call *c, int64_t B, int grid_h, int grid_w, const qi_dit_cond *cond,
+                           int64_t txt_len, int64_t img_rows, int persistent, qi_error *err) {
     memset(c, 0, sizeof *c);
     c->d = d;
     c->B = B;
     c->Li = img_rows;
     c->Lt = txt_len;
-    c->Lj = txt_len + (int64_t)grid_h * grid_w;
+    if (cond) c->cond = *cond;
+    c->Lj = txt_len + qi_dit_image_tokens(grid_h, grid_w, &c->cond);
     c->grid_h = grid_h;
     c->grid_w = grid_w;
     c->persistent = persistent;
     c->run_mark = SIZE_MAX;
     c->win0 = -1;
-    qi_status st = rope_for_shape(d, grid_h, grid_w, (int)txt_len, &c->rope, err);
+    c->zero_split = d->cfg.zero_cond_t && c->cond.n > 0;
+    if (c->zero_split && B != 1)
+        return qi_fail(err, QI_ERR_ARG, "transformer: zero_cond_t with condition pictures runs one image at a time "
+                       "(batch %lld)", (long long)B);
+    qi_status st = rope_for_shape(d, grid_h, grid_w, &c->cond, (int)txt_len, &c->rope, err);
     if (st != QI_OK) return st;
     c->rope->pins++;
     st = call_buffer(c, &c->sinus, d->be->act_dtype, B, DIT_TIME_CHANNELS, err);
     if (st == QI_OK) st = call_buffer(c, &c->key_mask, QI_I32, B, c->Lj, err);
+    if (st == QI_OK && c->zero_split) st = call_zero_modulation(c, err);
     if (st != QI_OK) call_release(c);
     return st;
 }
@@ -1244,6 +1327,9 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
     a.comm = comm;
     a.key_mask = c->key_mask;
     a.have_mask = c->have_mask;
+    a.zero_split = c->zero_split;
+    a.L_out = (int64_t)c->grid_h * c->grid_w;
+    a.mods0 = c->mods0;
 
     qi_status st = alloc_acts(d, &a, err);
     if (st != QI_OK) goto done;
@@ -1300,10 +1386,10 @@ done:
 /* One eager call: its inputs in the arena, prepared, run, synchronised. */
 static qi_status forward_eager(qi_dit *d, const qi_ulysses *sp, qi_comm *comm, const qi_tensor *x,
                                const qi_tensor *ctx, const qi_tensor *ctx_mask, const float *t, int grid_h,
-                               int grid_w, qi_tensor *out, qi_error *err) {
+                               int grid_w, const qi_dit_cond *cond, qi_tensor *out, qi_error *err) {
     qi_dit_call c;
     size_t mark = d->be->ops->mark(d->be);
-    qi_status st = call_init(d, &c, x->ne[0], grid_h, grid_w, ctx->ne[1], x->ne[1], 0, err);
+    qi_status st = call_init(d, &c, x->ne[0], grid_h, grid_w, cond, ctx->ne[1], x->ne[1], 0, err);
     if (st == QI_OK) {
         st = call_set_mask(&c, ctx_mask, err);
         if (st == QI_OK) st = call_set_timestep(&c, t, err);
@@ -1323,7 +1409,31 @@ qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
     qi_status st = check_inputs(d, "qi_dit_forward", x, ctx, ctx_mask, t, grid_h, grid_w,
                                 (int64_t)grid_h * grid_w, out, err);
     if (st != QI_OK) return st;
-    return forward_eager(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, out, err);
+    return forward_eager(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, NULL, out, err);
+}
+
+static qi_status check_cond(const char *fn, const qi_dit_cond *cond, qi_error *err) {
+    if (!cond) return QI_OK;
+    if (cond->n < 0 || cond->n > QI_DIT_MAX_COND)
+        return qi_fail(err, QI_ERR_ARG, "%s: %d condition segments (at most %d)", fn, cond->n, QI_DIT_MAX_COND);
+    for (int k = 0; k < cond->n; k++)
+        if (cond->hw[k][0] < 1 || cond->hw[k][1] < 1 || cond->hw[k][0] > 8192 || cond->hw[k][1] > 8192)
+            return qi_fail(err, QI_ERR_ARG, "%s: condition segment %d has a %dx%d patch grid", fn, k + 1,
+                           cond->hw[k][0], cond->hw[k][1]);
+    return QI_OK;
+}
+
+qi_status qi_dit_forward_edit(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx, const qi_tensor *ctx_mask,
+                              const float *t, int grid_h, int grid_w, const qi_dit_cond *cond, qi_tensor *out,
+                              qi_error *err) {
+    if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward_edit: no transformer");
+    if (!t) return qi_fail(err, QI_ERR_ARG, "qi_dit_forward_edit: x, ctx, t and out are required");
+    qi_status st = check_cond("qi_dit_forward_edit", cond, err);
+    if (st == QI_OK)
+        st = check_inputs(d, "qi_dit_forward_edit", x, ctx, ctx_mask, t, grid_h, grid_w,
+                          qi_dit_image_tokens(grid_h, grid_w, cond), out, err);
+    if (st != QI_OK) return st;
+    return forward_eager(d, NULL, NULL, x, ctx, ctx_mask, t, grid_h, grid_w, cond, out, err);
 }
 
 qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
@@ -1342,7 +1452,7 @@ qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
         st = check_inputs(d, "qi_dit_forward_sp", x_local, ctx, ctx_mask, t, grid_h, grid_w,
                           qi_ulysses_shard_len(&plan, plan.rank), out_local, err);
     if (st == QI_OK)
-        st = forward_eager(d, &plan, comm, x_local, ctx, ctx_mask, t, grid_h, grid_w, out_local, err);
+        st = forward_eager(d, &plan, comm, x_local, ctx, ctx_mask, t, grid_h, grid_w, NULL, out_local, err);
     /* the other ranks may be waiting in a collective for this one: release them */
     if (st != QI_OK) qi_comm_abort(comm);
     return st;
@@ -1359,8 +1469,29 @@ qi_status qi_dit_call_create(qi_dit *d, int batch, int grid_h, int grid_w, int t
                        "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
     qi_dit_call *c = malloc(sizeof *c);
     if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
-    qi_status st = call_init(d, c, batch, grid_h, grid_w, txt_len, (int64_t)grid_h * grid_w,
+    qi_status st = call_init(d, c, batch, grid_h, grid_w, NULL, txt_len, (int64_t)grid_h * grid_w,
                              d->be->ops->persistent != NULL, err);
+    if (st != QI_OK) {
+        free(c);
+        return st;
+    }
+    *out = c;
+    return QI_OK;
+}
+
+qi_status qi_dit_call_create_edit(qi_dit *d, int batch, int grid_h, int grid_w, const qi_dit_cond *cond,
+                                  int txt_len, qi_dit_call **out, qi_error *err) {
+    *out = NULL;
+    if (!d) return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create_edit: no transformer");
+    qi_status st = check_cond("qi_dit_call_create_edit", cond, err);
+    if (st != QI_OK) return st;
+    if (batch < 1 || grid_h < 1 || grid_w < 1 || txt_len < 1)
+        return qi_fail(err, QI_ERR_ARG, "qi_dit_call_create_edit: batch %d, patch grid %dx%d, text length %d "
+                       "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
+    qi_dit_call *c = malloc(sizeof *c);
+    if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    st = call_init(d, c, batch, grid_h, grid_w, cond, txt_len, qi_dit_image_tokens(grid_h, grid_w, cond),
+                   d->be->ops->persistent != NULL, err);
     if (st != QI_OK) {
         free(c);
         return st;
@@ -1474,7 +1605,7 @@ qi_status qi_dit_call_create_sp(qi_dit *d, const qi_comm *comm, int batch, int g
                        "(all must be >= 1)", batch, grid_h, grid_w, txt_len);
     qi_dit_call *c = malloc(sizeof *c);
     if (!c) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
-    st = call_init(d, c, batch, grid_h, grid_w, txt_len, qi_ulysses_shard_len(&plan, plan.rank),
+    st = call_init(d, c, batch, grid_h, grid_w, NULL, txt_len, qi_ulysses_shard_len(&plan, plan.rank),
                    d->be->ops->persistent != NULL, err);
     if (st != QI_OK) {
         free(c);

@@ -42,7 +42,20 @@ typedef struct qi_dit_config {
     int out_channels;       /* latent channels (16); output has out_channels·patch² per token */
     int patch_size;         /* 2 */
     int axes_dims_rope[3];  /* frame, height, width dims of each head (16, 56, 56); sum = head_dim */
+    int zero_cond_t;        /* Edit-2511: condition tokens are modulated as at t = 0 (qi_dit_forward_edit) */
 } qi_dit_config;
+
+/* Qwen-Image-Edit's condition segments: after the output's grid_h·grid_w
+ * tokens, x holds each reference picture's packed latents, segment k a
+ * hw[k][0] × hw[k][1] patch grid. Segment k (1-based; 0 is the output)
+ * gets RoPE frame position k and its own centred height/width positions;
+ * the text's positions start after the largest half-side of all segments
+ * (reference edit/README.md E7, E8). */
+#define QI_DIT_MAX_COND 8
+typedef struct qi_dit_cond {
+    int n;                     /* segments (0: text-to-image) */
+    int hw[QI_DIT_MAX_COND][2]; /* patch grid h, w of each (latent size / 2) */
+} qi_dit_cond;
 
 /* The configuration of the transformer `src` holds: its config.json where
  * it has one (every key checked; variant switches guidance_embeds,
@@ -118,6 +131,16 @@ qi_status qi_dit_forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx,
                          const qi_tensor *ctx_mask, const float *t, int grid_h, int grid_w,
                          qi_tensor *out, qi_error *err);
 
+/* The Edit call: x [B, grid_h·grid_w + Σ cond hw, in_channels] (output
+ * tokens, then each condition segment), out the same rows (the caller keeps
+ * the first grid_h·grid_w). With config.zero_cond_t (2511) and B = 1 the
+ * condition rows of the image stream are modulated with t = 0's img_mod in
+ * every block; text and norm_out use t. cond NULL or cond->n 0: as
+ * qi_dit_forward. */
+qi_status qi_dit_forward_edit(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx, const qi_tensor *ctx_mask,
+                              const float *t, int grid_h, int grid_w, const qi_dit_cond *cond, qi_tensor *out,
+                              qi_error *err);
+
 /* The same call on one rank of a Ulysses sequence-parallel group
  * (parallel/ulysses.h): every rank of comm calls it together, each with
  *   x_local   [B, len, in_channels]  its shard of the packed latents: tokens
@@ -167,6 +190,11 @@ qi_status qi_dit_forward_sp(qi_dit *d, qi_comm *comm, const qi_tensor *x_local,
 typedef struct qi_dit_call qi_dit_call;
 qi_status qi_dit_call_create(qi_dit *d, int batch, int grid_h, int grid_w, int txt_len, qi_dit_call **out,
                              qi_error *err);
+/* An Edit call (as qi_dit_forward_edit): runs take x and out with the
+ * condition rows after the output's; the t = 0 modulation of zero_cond_t is
+ * computed here, once. One device (no Ulysses form yet). */
+qi_status qi_dit_call_create_edit(qi_dit *d, int batch, int grid_h, int grid_w, const qi_dit_cond *cond,
+                                  int txt_len, qi_dit_call **out, qi_error *err);
 /* ctx_mask I32 [B, txt_len] on the backend (1 real, 0 padding) or NULL (all real). */
 qi_status qi_dit_call_set_text_mask(qi_dit_call *c, const qi_tensor *ctx_mask, qi_error *err);
 /* 1 when the last text mask had padding (the attention then reads the key mask). */
@@ -212,12 +240,18 @@ qi_status qi_dit_call_run_sp(qi_dit_call *c, qi_comm *comm, const qi_tensor *x_l
 /* Rotary positions of the joint sequence (text first, spec §1.5): pos[i·3 + a]
  * for token i and axis a (frame, height, width); txt_len + grid_h·grid_w rows. */
 void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos);
+/* The same with Edit condition segments after the output's (cond NULL: none). */
+void qi_dit_rope_positions_cond(int grid_h, int grid_w, const qi_dit_cond *cond, int txt_len, int *pos);
+/* Image tokens of the output grid and every condition segment. */
+int64_t qi_dit_image_tokens(int grid_h, int grid_w, const qi_dit_cond *cond);
 
 /* Angle tables of the joint sequence, [txt_len + grid_h·grid_w, head_dim/2]
  * each, the cos/sin of pos · θ per rotary pair (float32 as diffusers builds
  * them). Returns QI_ERR_ARG if a position reaches diffusers' 4096 limit. */
 qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int txt_len,
                              float *cos_tab, float *sin_tab, qi_error *err);
+qi_status qi_dit_rope_tables_cond(const qi_dit_config *c, int grid_h, int grid_w, const qi_dit_cond *cond,
+                                  int txt_len, float *cos_tab, float *sin_tab, qi_error *err);
 
 /* ---- what the residency planner needs (dit_config.c) ---- */
 

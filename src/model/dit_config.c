@@ -89,7 +89,9 @@ static qi_status config_from_json(const cJSON *j, const char *path, qi_dit_confi
     /* Variant switches. They are constructor arguments defaulting to false,
      * and the released Qwen-Image config predates three of them, so absence
      * means false; any that is true selects a model this engine does not run. */
-    static const char *const variants[] = {"guidance_embeds", "zero_cond_t",
+    /* zero_cond_t (Edit-2511) only changes how condition tokens are modulated */
+    if (st == QI_OK) st = qi_json_get_bool_opt(j, "zero_cond_t", path, 0, &c->zero_cond_t, err);
+    static const char *const variants[] = {"guidance_embeds",
                                            "use_additional_t_cond", "use_layer3d_rope"};
     for (size_t i = 0; i < QI_ARRAY_LEN(variants) && st == QI_OK; i++) {
         int on = 0;
@@ -195,31 +197,69 @@ double qi_dit_forward_flops(const qi_dit_config *c, int batch, int img_tokens, i
 
 /* ---- rotary tables (spec §1.5) ----------------------------------------------------- */
 
-void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos) {
-    /* Text token j sits at max(h//2, w//2) + j on all three axes. */
+/* The text's first position: the largest max(h//2, w//2) over every segment. */
+static int text_offset(int grid_h, int grid_w, const qi_dit_cond *cond) {
     int txt0 = (grid_h / 2 > grid_w / 2 ? grid_h / 2 : grid_w / 2);
-    for (int j = 0; j < txt_len; j++) pos[j * 3 + 0] = pos[j * 3 + 1] = pos[j * 3 + 2] = txt0 + j;
-    /* Image grid centred with ceil: row r at r - ceil(h/2) (spec §6 trap 5). */
-    int h_half = grid_h - grid_h / 2, w_half = grid_w - grid_w / 2;
-    for (int r = 0; r < grid_h; r++)
-        for (int c = 0; c < grid_w; c++) {
-            int *p = pos + (size_t)(txt_len + r * grid_w + c) * 3;
-            p[0] = 0;
+    for (int k = 0; cond && k < cond->n; k++) {
+        int m = cond->hw[k][0] / 2 > cond->hw[k][1] / 2 ? cond->hw[k][0] / 2 : cond->hw[k][1] / 2;
+        if (m > txt0) txt0 = m;
+    }
+    return txt0;
+}
+
+/* One image segment's rows at pos (3 ints each): frame `frame`, the grid
+ * centred with ceil: row r at r - ceil(h/2) (spec §6 trap 5). */
+static void segment_positions(int frame, int gh, int gw, int *pos) {
+    int h_half = gh - gh / 2, w_half = gw - gw / 2;
+    for (int r = 0; r < gh; r++)
+        for (int c = 0; c < gw; c++) {
+            int *p = pos + (size_t)(r * gw + c) * 3;
+            p[0] = frame;
             p[1] = r - h_half;
             p[2] = c - w_half;
         }
 }
 
+void qi_dit_rope_positions_cond(int grid_h, int grid_w, const qi_dit_cond *cond, int txt_len, int *pos) {
+    /* Text token j sits at txt0 + j on all three axes. */
+    int txt0 = text_offset(grid_h, grid_w, cond);
+    for (int j = 0; j < txt_len; j++) pos[j * 3 + 0] = pos[j * 3 + 1] = pos[j * 3 + 2] = txt0 + j;
+    size_t row = (size_t)txt_len;
+    segment_positions(0, grid_h, grid_w, pos + row * 3);
+    row += (size_t)grid_h * grid_w;
+    for (int k = 0; cond && k < cond->n; k++) {
+        segment_positions(k + 1, cond->hw[k][0], cond->hw[k][1], pos + row * 3);
+        row += (size_t)cond->hw[k][0] * cond->hw[k][1];
+    }
+}
+
+void qi_dit_rope_positions(int grid_h, int grid_w, int txt_len, int *pos) {
+    qi_dit_rope_positions_cond(grid_h, grid_w, NULL, txt_len, pos);
+}
+
+int64_t qi_dit_image_tokens(int grid_h, int grid_w, const qi_dit_cond *cond) {
+    int64_t n = (int64_t)grid_h * grid_w;
+    for (int k = 0; cond && k < cond->n; k++) n += (int64_t)cond->hw[k][0] * cond->hw[k][1];
+    return n;
+}
+
 qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int txt_len,
                              float *cos_tab, float *sin_tab, qi_error *err) {
-    int txt0 = (grid_h / 2 > grid_w / 2 ? grid_h / 2 : grid_w / 2);
-    if (txt0 + txt_len > DIT_ROPE_LIMIT || grid_h - grid_h / 2 > DIT_ROPE_LIMIT ||
-        grid_w - grid_w / 2 > DIT_ROPE_LIMIT)
+    return qi_dit_rope_tables_cond(c, grid_h, grid_w, NULL, txt_len, cos_tab, sin_tab, err);
+}
+
+qi_status qi_dit_rope_tables_cond(const qi_dit_config *c, int grid_h, int grid_w, const qi_dit_cond *cond,
+                                  int txt_len, float *cos_tab, float *sin_tab, qi_error *err) {
+    int txt0 = text_offset(grid_h, grid_w, cond), side = grid_h > grid_w ? grid_h : grid_w;
+    for (int k = 0; cond && k < cond->n; k++)
+        for (int a = 0; a < 2; a++)
+            if (cond->hw[k][a] > side) side = cond->hw[k][a];
+    if (txt0 + txt_len > DIT_ROPE_LIMIT || side - side / 2 > DIT_ROPE_LIMIT)
         return qi_fail(err, QI_ERR_ARG,
-                       "transformer: a %dx%d patch grid with %d text tokens needs RoPE positions "
-                       "beyond %d; use a smaller image or prompt", grid_h, grid_w, txt_len,
+                       "transformer: a %dx%d patch grid (and its condition pictures) with %d text tokens "
+                       "needs RoPE positions beyond %d; use a smaller image or prompt", grid_h, grid_w, txt_len,
                        DIT_ROPE_LIMIT);
-    int pairs = c->head_dim / 2, L = txt_len + grid_h * grid_w;
+    int pairs = c->head_dim / 2, L = txt_len + (int)qi_dit_image_tokens(grid_h, grid_w, cond);
     /* θ per pair, float32 as diffusers: 1 / 10000^(float(2k) / dim) of its axis. */
     float theta[512];
     int axis_of[512];
@@ -232,7 +272,7 @@ qi_status qi_dit_rope_tables(const qi_dit_config *c, int grid_h, int grid_w, int
         }
     int *pos = malloc((size_t)L * 3 * sizeof *pos);
     if (!pos) return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory (RoPE tables)");
-    qi_dit_rope_positions(grid_h, grid_w, txt_len, pos);
+    qi_dit_rope_positions_cond(grid_h, grid_w, cond, txt_len, pos);
     for (int i = 0; i < L; i++)
         for (int m = 0; m < pairs; m++) {
             float angle = (float)pos[i * 3 + axis_of[m]] * theta[m];

@@ -31,6 +31,8 @@
 #include "io/model_dir.h"
 #include "io/source.h"
 
+#define QI_TE_IMAGE_PAD_ID 151655 /* <|image_pad|>: rows the vision tower fills (Edit) */
+
 /* ---- config ---------------------------------------------------------------- */
 
 /* The object that holds `key`: text_config first, then the top level (older
@@ -131,6 +133,28 @@ static qi_status read_rope_theta(const cJSON *text, const cJSON *root, const cha
     return QI_OK;
 }
 
+/* M-RoPE's split of the rotary frequencies between the t, h and w axes:
+ * `mrope_section` in rope_parameters (5.x) or rope_scaling (4.x); absent:
+ * left 0 (Qwen2.5-VL's 16/24/24 is set after loading). Only image tokens
+ * (Edit) see the split: text positions are equal on all three axes. */
+static qi_status read_mrope_section(const cJSON *text, const cJSON *root, const char *path, int *sec,
+                                    qi_error *err) {
+    static const char *const holders[] = {"rope_parameters", "rope_scaling"};
+    for (size_t i = 0; i < QI_ARRAY_LEN(holders); i++) {
+        const cJSON *h = holder_of(text, root, holders[i]);
+        const cJSON *obj = h ? cJSON_GetObjectItemCaseSensitive(h, holders[i]) : NULL;
+        if (!cJSON_IsObject(obj) || !cJSON_GetObjectItemCaseSensitive(obj, "mrope_section")) continue;
+        int n = 0;
+        qi_status st = qi_json_get_int_array(obj, "mrope_section", path, sec, 3, &n, err);
+        if (st != QI_OK) return st;
+        if (n != 3 || sec[0] < 0 || sec[1] < 0 || sec[2] < 0)
+            return qi_fail(err, QI_ERR_FORMAT, "%s: %s.mrope_section must be 3 non-negative integers", path,
+                           holders[i]);
+        return QI_OK;
+    }
+    return QI_OK;
+}
+
 static qi_status parse_config(const cJSON *root, const char *path, qi_text_encoder_config *c,
                               qi_error *err) {
     qi_status st;
@@ -158,6 +182,7 @@ static qi_status parse_config(const cJSON *root, const char *path, qi_text_encod
                        path, c->rms_norm_eps);
 
     if ((st = read_rope_theta(text, root, path, &c->rope_theta, err))) return st;
+    if ((st = read_mrope_section(text, root, path, c->mrope_section, err))) return st;
 
     holder = holder_of(text, root, "hidden_act");
     if (holder) {
@@ -477,6 +502,11 @@ qi_status qi_text_encoder_load_resident(const qi_source *src, qi_backend *be, in
         if (!te->layers) st = qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
     }
     const qi_text_encoder_config *c = &te->cfg;
+    if (st == QI_OK && !te->cfg.mrope_section[0] && !te->cfg.mrope_section[1] && !te->cfg.mrope_section[2]) {
+        te->cfg.mrope_section[0] = 16; /* Qwen2.5-VL's split (no config.json, or a key-less one) */
+        te->cfg.mrope_section[1] = 24;
+        te->cfg.mrope_section[2] = 24;
+    }
     if (st == QI_OK && stream) st = qi_wstream_new(be, c->num_layers, &te->stream, err);
     if (st == QI_OK)
         st = bind(te, prefix, "embed_tokens.weight", 2, c->vocab_size, c->hidden_size, &te->embed, err);
@@ -516,6 +546,25 @@ static void rope_tables(double theta, int head_dim, int S, float *cos_tab, float
         float inv_freq = 1.0f / powf((float)theta, exponent);
         for (int t = 0; t < S; t++) {
             float angle = (float)t * inv_freq;
+            cos_tab[(size_t)t * half + i] = (float)cos((double)angle);
+            sin_tab[(size_t)t * half + i] = (float)sin((double)angle);
+        }
+    }
+}
+
+/* M-RoPE cos/sin tables [S, Dh/2] for per-axis positions pos [3·S] (rows
+ * t, h, w): frequency j < sec[0] turns by the t position, the next sec[1] by
+ * h, the rest by w (transformers' apply_multimodal_rotary_pos_emb; both
+ * rotate_half halves share frequency j's angle). Rounding as rope_tables. */
+static void mrope_tables(double theta, int head_dim, const int *sec, int S, const int32_t *pos,
+                         float *cos_tab, float *sin_tab) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float exponent = (float)(2 * i) / (float)head_dim;
+        float inv_freq = 1.0f / powf((float)theta, exponent);
+        int axis = i < sec[0] ? 0 : i < sec[0] + sec[1] ? 1 : 2;
+        for (int t = 0; t < S; t++) {
+            float angle = (float)pos[(size_t)axis * S + t] * inv_freq;
             cos_tab[(size_t)t * half + i] = (float)cos((double)angle);
             sin_tab[(size_t)t * half + i] = (float)sin((double)angle);
         }
@@ -592,11 +641,37 @@ static void layer_forward(qi_text_encoder *te, const te_layer *l, int B, int S, 
     op->add_gated(be, &a->x, NULL, 0, &a->proj);
 }
 
+/* Picture rows (Edit): image_rows [n_image, D] replace the embeddings of
+ * the <|image_pad|> ids of ids [S] (one prompt), run by run, in order. */
+static qi_status insert_image_rows(qi_text_encoder *te, const int32_t *ids, int S, const float *image_rows,
+                                   int n_image, qi_tensor *x, qi_error *err) {
+    qi_backend *be = te->be;
+    qi_tensor img;
+    qi_status st = qi_be_act2(be, &img, n_image, te->cfg.hidden_size, err);
+    if (st == QI_OK) st = be->ops->upload(be, &img, image_rows, err);
+    if (st != QI_OK) return qi_fail_ctx(err, st, "text encoder: picture rows");
+    int64_t used = 0;
+    for (int s = 0; s < S;) {
+        if (ids[s] != QI_TE_IMAGE_PAD_ID) {
+            s++;
+            continue;
+        }
+        int run = 0;
+        while (s + run < S && ids[s + run] == QI_TE_IMAGE_PAD_ID) run++;
+        be->ops->copy_rows(be, &img, used, x, s, run);
+        used += run;
+        s += run;
+    }
+    return QI_OK;
+}
+
 /* The language model on right-padded ids [B, S] (host, contiguous): on
  * return a->h holds the final-normed hidden states [B, S, D]
- * (= hidden_states[-1]). Allocates from the arena; the caller resets it. */
-static qi_status forward(qi_text_encoder *te, const int32_t *ids, int B, int S, te_acts *a,
-                         qi_error *err) {
+ * (= hidden_states[-1]). pos3 [3·S] (B = 1): M-RoPE positions, NULL: plain.
+ * image_rows: see insert_image_rows (n_image 0: none). Allocates from the
+ * arena; the caller resets it. */
+static qi_status forward(qi_text_encoder *te, const int32_t *ids, int B, int S, const int32_t *pos3,
+                         const float *image_rows, int n_image, te_acts *a, qi_error *err) {
     qi_backend *be = te->be;
     const qi_text_encoder_config *c = &te->cfg;
     qi_status st = alloc_acts(te, B, S, a, err);
@@ -609,7 +684,10 @@ static qi_status forward(qi_text_encoder *te, const int32_t *ids, int B, int S, 
         free(sin_host);
         return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory for RoPE tables");
     }
-    rope_tables(c->rope_theta, c->head_dim, S, cos_host, sin_host);
+    if (pos3)
+        mrope_tables(c->rope_theta, c->head_dim, c->mrope_section, S, pos3, cos_host, sin_host);
+    else
+        rope_tables(c->rope_theta, c->head_dim, S, cos_host, sin_host);
     st = be->ops->upload(be, &a->cos_tab, cos_host, err);
     if (st == QI_OK) st = be->ops->upload(be, &a->sin_tab, sin_host, err);
     free(cos_host);
@@ -624,6 +702,7 @@ static qi_status forward(qi_text_encoder *te, const int32_t *ids, int B, int S, 
         return qi_fail_ctx(err, st, "text encoder");
 
     be->ops->embedding(be, &te->embed, &ids_t, &a->x);
+    if (n_image > 0 && (st = insert_image_rows(te, ids, S, image_rows, n_image, &a->x, err)) != QI_OK) return st;
     for (int i = 0; i < c->num_layers && st == QI_OK; i++) {
         te_layer l = te->layers[i];
         if (te->stream) { /* its matrices staged into a slot; the next layer's copy overlaps its ops */
@@ -688,7 +767,7 @@ static qi_status encode_rows(qi_text_encoder *te, const int32_t *run_ids, const 
     size_t arena_mark = be->ops->mark(be);
     te_acts acts;
     qi_tensor packed;
-    qi_status st = forward(te, run_ids, B, run_len, &acts, err);
+    qi_status st = forward(te, run_ids, B, run_len, NULL, NULL, 0, &acts, err);
     if (st == QI_OK) st = qi_be_act2(be, &packed, total, D, err);
     if (st == QI_OK) {
         int64_t row = 0;
@@ -775,6 +854,73 @@ qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const 
     }
     *embeds = out;
     *embeds_mask = out_mask;
+    *L = out_len;
+    return QI_OK;
+}
+
+/* Edit prompt embeddings: one prompt, M-RoPE positions, picture rows, the
+ * Edit drop (text_encoder.h). The encoder runs on drop + the kept rows only
+ * (causal: later ids cannot change them). */
+qi_status qi_text_encoder_encode_edit(qi_text_encoder *te, const int32_t *ids, int S, const int32_t *positions,
+                                      const float *image_rows, int n_image, int drop, int max_sequence_length,
+                                      float **embeds, int *L, qi_error *err) {
+    if (embeds) *embeds = NULL;
+    if (L) *L = 0;
+    if (!te || !ids || !embeds || !L || (n_image > 0 && !image_rows))
+        return qi_fail(err, QI_ERR_ARG, "text encoder encode_edit: NULL argument");
+    if (drop < 0 || S <= drop)
+        return qi_fail(err, QI_ERR_ARG, "text encoder encode_edit: %d ids, not more than the %d-id template prefix",
+                       S, drop);
+    if (max_sequence_length < 0 || max_sequence_length > QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT)
+        return qi_fail(err, QI_ERR_ARG, "max_sequence_length %d is out of range: it must be 0 (no cut) … %d",
+                       max_sequence_length, QI_PROMPT_MAX_SEQUENCE_LENGTH_LIMIT);
+    if (max_sequence_length == 0) max_sequence_length = S - drop;
+    const qi_text_encoder_config *c = &te->cfg;
+    if (positions && c->mrope_section[0] + c->mrope_section[1] + c->mrope_section[2] != c->head_dim / 2)
+        return qi_fail(err, QI_ERR_FORMAT,
+                       "text encoder: mrope_section %d/%d/%d does not add up to head_dim/2 = %d; give a "
+                       "config.json with rope_parameters.mrope_section",
+                       c->mrope_section[0], c->mrope_section[1], c->mrope_section[2], c->head_dim / 2);
+    int pads = 0;
+    for (int s = 0; s < S; s++) {
+        if (ids[s] < 0 || ids[s] >= c->vocab_size)
+            return qi_fail(err, QI_ERR_ARG, "text encoder: token id %d at position %d is outside the vocabulary",
+                           ids[s], s);
+        pads += ids[s] == QI_TE_IMAGE_PAD_ID;
+    }
+    if (pads != n_image)
+        return qi_fail(err, QI_ERR_ARG, "text encoder: %d <|image_pad|> ids but %d picture rows", pads, n_image);
+    int out_len = S - drop < max_sequence_length ? S - drop : max_sequence_length, run_len = drop + out_len;
+    int64_t D = c->hidden_size;
+    float *out = malloc((size_t)out_len * (size_t)D * sizeof(float));
+    if (!out) return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
+    /* Picture rows past run_len are never seen: only those before count. */
+    int used = 0;
+    for (int s = 0; s < run_len; s++) used += ids[s] == QI_TE_IMAGE_PAD_ID;
+    int32_t *pos_run = NULL;
+    if (positions && !(pos_run = malloc((size_t)run_len * 3 * sizeof(int32_t)))) {
+        free(out);
+        return qi_fail(err, QI_ERR_NOMEM, "text encoder: out of memory");
+    }
+    for (int a = 0; pos_run && a < 3; a++)
+        memcpy(pos_run + (size_t)a * run_len, positions + (size_t)a * S, (size_t)run_len * sizeof(int32_t));
+    qi_backend *be = te->be;
+    size_t mark = be->ops->mark(be);
+    te_acts acts;
+    qi_tensor kept;
+    qi_status st = forward(te, ids, 1, run_len, pos_run, image_rows, used, &acts, err);
+    if (st == QI_OK) st = qi_be_act2(be, &kept, out_len, D, err);
+    if (st == QI_OK) {
+        be->ops->copy_rows(be, &acts.h, drop, &kept, 0, out_len);
+        st = be->ops->download(be, &kept, out, err);
+    }
+    be->ops->reset(be, mark);
+    free(pos_run);
+    if (st != QI_OK) {
+        free(out);
+        return st;
+    }
+    *embeds = out;
     *L = out_len;
     return QI_OK;
 }

@@ -43,6 +43,7 @@ typedef struct qi_text_encoder_config {
     int vocab_size;          /* embedding rows: 152064 */
     double rms_norm_eps;     /* 1e-6 */
     double rope_theta;       /* 1e6; from rope_parameters or rope_theta (+ rope_scaling) */
+    int mrope_section[3];    /* M-RoPE frequency split t/h/w: 16, 24, 24 (sums to head_dim/2) */
 } qi_text_encoder_config;
 
 /* Reads and checks a text encoder config.json. Every field above must be
@@ -100,6 +101,21 @@ int qi_text_encoder_dim(const qi_text_encoder *te); /* hidden size (3584 full, 6
 qi_status qi_text_encoder_encode(qi_text_encoder *te, const int32_t *ids, const int32_t *mask, int B,
                                  int S, int max_sequence_length, float **embeds,
                                  int32_t **embeds_mask, int *L, qi_error *err);
+
+/* Qwen-Image-Edit: one prompt with pictures (model/edit_prompt.h builds the
+ * ids and positions; model/vision.h the picture rows).
+ *   ids [S]: the Edit template's ids, <|image_pad|> runs expanded;
+ *   positions [3·S]: M-RoPE rows t, h, w (NULL: plain 0 … S−1);
+ *   image_rows [n_image, D] float32: what replaces the <|image_pad|>
+ *     embeddings, in order (n_image must equal the pads in ids);
+ *   drop: leading rows dropped (QI_EDIT_DROP_IDX, 64), S > drop;
+ *   max_sequence_length: 1 … 1024, a cut after the drop; 0: none (the
+ *     Edit-Plus pipeline never cuts: its max_sequence_length is only checked).
+ * *embeds [L, D] (malloc'ed), L = S − drop, or at most max_sequence_length. The
+ * frequencies of each M-RoPE axis are config.mrope_section's split. */
+qi_status qi_text_encoder_encode_edit(qi_text_encoder *te, const int32_t *ids, int S, const int32_t *positions,
+                                      const float *image_rows, int n_image, int drop, int max_sequence_length,
+                                      float **embeds, int *L, qi_error *err);
 
 /* ---- what the residency planner needs ---- */
 

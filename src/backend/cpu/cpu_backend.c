@@ -283,6 +283,7 @@ static inline float apply_act(float u, qi_act act) {
         return 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
     }
     case QI_ACT_SILU: return u / (1.0f + expf(-u));
+    case QI_ACT_GELU_ERF: return 0.5f * u * (1.0f + erff(u * 0.7071067811865476f));
     default: return u;
     }
 }

@@ -953,7 +953,8 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
         epi = epi_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : (b ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_GELU);
     else
         epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    if (act == QI_ACT_SILU || (b && !epi_bias)) post_act = 1;
+    /* cuBLASLt's GELU epilogue is the tanh form: SiLU and exact GELU run after the GEMM */
+    if (act == QI_ACT_SILU || act == QI_ACT_GELU_ERF || (b && !epi_bias)) post_act = 1;
     qi_tensor y2 = qi_view2(y, M, N);
     if (post_act && (size_t)(M * N) * sizeof(float) <= c->scratch_bytes) {
         /* float32 product into scratch, then bias + activation + one rounding */

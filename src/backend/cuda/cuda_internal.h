@@ -279,8 +279,12 @@ static __device__ __forceinline__ float gelu_tanh(float u) {
     return 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
 }
 static __device__ __forceinline__ float silu(float u) { return u / (1.0f + __expf(-u)); }
+static __device__ __forceinline__ float gelu_erf(float u) { return 0.5f * u * (1.0f + erff(u * 0.7071067811865476f)); }
 static __device__ __forceinline__ float apply_act(float u, int act) {
-    return act == QI_ACT_GELU_TANH ? gelu_tanh(u) : act == QI_ACT_SILU ? silu(u) : u;
+    return act == QI_ACT_GELU_TANH ? gelu_tanh(u)
+           : act == QI_ACT_SILU    ? silu(u)
+           : act == QI_ACT_GELU_ERF ? gelu_erf(u)
+                                    : u;
 }
 
 static __device__ __forceinline__ float warp_sum(float v) {

@@ -1,0 +1,117 @@
+/*
+ * edit_denoise.c — the Edit denoising loop (see edit_denoise.h). Reference
+ * read: diffusers QwenImageEditPlusPipeline.__call__ (the loop, true CFG
+ * with norm rescale, noise_pred[:, :L]).
+ */
+#include "engine/edit_denoise.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sample/scheduler.h"
+
+typedef struct edit_dev {
+    qi_tensor x;        /* [1, L + Lc, C]: output rows, then the condition latents */
+    qi_tensor out[2];   /* [1, L + Lc, C] cond / uncond predictions */
+    qi_tensor ctx[2];   /* [1, len, D] */
+    qi_dit_call *call[2];
+    int64_t L, Lc, C;
+} edit_dev;
+
+static qi_status check_args(const qi_dit *dit, const qi_edit_denoise_args *a, qi_error *err) {
+    if (!a->cond_latents || !a->ctx || !a->sigmas || !a->t || a->steps < 1 || a->ctx_len < 1 ||
+        a->cond.n < 1 || (a->neg_ctx && a->neg_len < 1))
+        return qi_fail(err, QI_ERR_ARG, "edit denoise: missing condition latents, embeddings or schedule");
+    if (qi_dit_get_config(dit)->in_channels != qi_dit_get_config(dit)->out_channels * 4)
+        return qi_fail(err, QI_ERR_UNSUPPORTED, "edit denoise: the transformer's in_channels is not 4·out_channels");
+    return QI_OK;
+}
+
+static qi_status setup(qi_dit *dit, qi_backend *be, const qi_edit_denoise_args *a, int two, edit_dev *d,
+                       qi_error *err) {
+    const qi_dit_config *c = qi_dit_get_config(dit);
+    d->L = (int64_t)a->grid_h * a->grid_w;
+    d->Lc = 0;
+    for (int k = 0; k < a->cond.n; k++) d->Lc += (int64_t)a->cond.hw[k][0] * a->cond.hw[k][1];
+    d->C = c->in_channels;
+    qi_status st = qi_be_act3(be, &d->x, 1, d->L + d->Lc, d->C, err);
+    for (int k = 0; k <= two && st == QI_OK; k++) {
+        int len = k ? a->neg_len : a->ctx_len;
+        st = qi_be_act3(be, &d->out[k], 1, d->L + d->Lc, d->C, err);
+        if (st == QI_OK) st = qi_be_act3(be, &d->ctx[k], 1, len, c->joint_dim, err);
+        if (st == QI_OK) st = be->ops->upload(be, &d->ctx[k], k ? a->neg_ctx : a->ctx, err);
+    }
+    /* the condition rows once; the output rows are uploaded per step */
+    if (st == QI_OK) {
+        qi_tensor tmp;
+        size_t mark = be->ops->mark(be);
+        st = qi_be_act2(be, &tmp, d->Lc, d->C, err);
+        if (st == QI_OK) st = be->ops->upload(be, &tmp, a->cond_latents, err);
+        if (st == QI_OK) {
+            qi_tensor x2 = qi_view2(&d->x, d->L + d->Lc, d->C);
+            be->ops->copy_rows(be, &tmp, 0, &x2, d->L, d->Lc);
+            st = be->ops->sync(be, err);
+        }
+        be->ops->reset(be, mark);
+    }
+    for (int k = 0; k <= two && st == QI_OK; k++)
+        st = qi_dit_call_create_edit(dit, 1, a->grid_h, a->grid_w, &a->cond, k ? a->neg_len : a->ctx_len,
+                                     &d->call[k], err);
+    return st;
+}
+
+/* One step: the predictions (true CFG combined into out[0]'s first L rows),
+ * downloaded into v [L, C]. */
+static qi_status step(qi_backend *be, const qi_edit_denoise_args *a, int i, int two, edit_dev *d, float *x,
+                      float *v, int *calls, qi_error *err) {
+    qi_tensor x2 = qi_view2(&d->x, d->L + d->Lc, d->C), rows;
+    size_t mark = be->ops->mark(be);
+    qi_status st = qi_be_act2(be, &rows, d->L, d->C, err);
+    if (st == QI_OK) st = be->ops->upload(be, &rows, x, err);
+    if (st == QI_OK) be->ops->copy_rows(be, &rows, 0, &x2, 0, d->L);
+    be->ops->reset(be, mark);
+    float t = a->t[i];
+    qi_tensor kept[2];
+    for (int k = 0; k <= two && st == QI_OK; k++) {
+        st = qi_dit_call_set_timestep(d->call[k], &t, err);
+        if (st == QI_OK) st = qi_dit_call_run(d->call[k], &d->x, &d->ctx[k], &d->out[k], err);
+        qi_tensor o2 = qi_view2(&d->out[k], d->L + d->Lc, d->C);
+        kept[k] = qi_slice_rows(&o2, 0, d->L);
+        if (st == QI_OK && a->on_call) {
+            st = be->ops->download(be, &kept[k], v, err);
+            if (st == QI_OK) a->on_call(a->user, (*calls), v);
+        }
+        (*calls)++;
+    }
+    if (st == QI_OK && two) be->ops->cfg_combine(be, &kept[0], &kept[1], a->cfg, &kept[0]);
+    if (st == QI_OK) st = be->ops->download(be, &kept[0], v, err);
+    return st;
+}
+
+qi_status qi_edit_denoise(qi_dit *dit, qi_backend *be, const qi_edit_denoise_args *a, float *latents,
+                          qi_error *err) {
+    if (!dit || !be || !a || !latents) return qi_fail(err, QI_ERR_ARG, "edit denoise: NULL argument");
+    qi_status st = check_args(dit, a, err);
+    if (st != QI_OK) return st;
+    int two = a->neg_ctx && a->cfg > 1.0f;
+    edit_dev d;
+    memset(&d, 0, sizeof d);
+    size_t mark = be->ops->mark(be);
+    float *v = NULL;
+    st = setup(dit, be, a, two, &d, err);
+    if (st == QI_OK && !(v = malloc((size_t)(d.L * d.C) * sizeof(float))))
+        st = qi_fail(err, QI_ERR_NOMEM, "edit denoise: out of memory");
+    int calls = 0;
+    for (int i = 0; i <= a->steps && st == QI_OK; i++) {
+        if (a->progress && a->progress(a->progress_user, i, a->steps))
+            st = qi_fail(err, QI_ERR_CANCELLED, "generation cancelled");
+        if (i == a->steps || st != QI_OK) break;
+        st = step(be, a, i, two, &d, latents, v, &calls, err);
+        if (st == QI_OK) qi_scheduler_euler_step(latents, v, d.L * d.C, a->sigmas[i], a->sigmas[i + 1]);
+    }
+    free(v);
+    qi_dit_call_free(d.call[0]);
+    qi_dit_call_free(d.call[1]);
+    be->ops->reset(be, mark);
+    return st;
+}

@@ -1,0 +1,53 @@
+/*
+ * edit_denoise.h — Qwen-Image-Edit's denoising loop (QwenImageEditPlusPipeline,
+ * 2509 and 2511) on one device: the condition latents ride along after the
+ * output tokens in every transformer call, only the output rows are kept.
+ *
+ *     qi_edit_denoise_args a = {.grid_h = H/16, .grid_w = W/16, .cond = {...},
+ *                               .cond_latents = packed, .ctx = embeds, .ctx_len = L, ...};
+ *     qi_edit_denoise(dit, &a, latents, &err);   // latents: packed noise in, final out
+ *
+ * Per step i (reference edit/README.md E7, E10):
+ *   v   = dit(cat(x, cond_latents), ctx, t[i])[:L]        (t[i] = timesteps[i] / 1000)
+ *   CFG = neg + s·(v − neg), rescaled per token to ‖v‖     (when neg_ctx and cfg > 1)
+ *   x  += (σ[i+1] − σ[i])·v                               (float32)
+ * The transformer's config decides 2511's zero_cond_t. The condition
+ * latents come from the VAE encoder: each VAE-size picture's posterior mean,
+ * (mean − latents_mean)/latents_std, packed 2×2, pictures concatenated.
+ * Batch 1 (the Edit pipeline refuses more).
+ */
+#ifndef QI_ENGINE_EDIT_DENOISE_H
+#define QI_ENGINE_EDIT_DENOISE_H
+
+#include "model/dit.h"
+
+/* After each transformer call: call index (true CFG: cond then uncond per
+ * step), its prediction [L, 64] on the host (the kept output rows). */
+typedef void (*qi_edit_call_fn)(void *user, int call, const float *noise_pred);
+
+typedef struct qi_edit_denoise_args {
+    int grid_h, grid_w;         /* output patch grid (H/16, W/16): L = grid_h·grid_w */
+    qi_dit_cond cond;           /* the pictures' patch grids (VAE size / 16) */
+    const float *cond_latents;  /* [Σ cond tokens, in_channels] packed condition latents */
+    const float *ctx;           /* [ctx_len, joint_dim] prompt embeddings */
+    int ctx_len;
+    const float *neg_ctx;       /* [neg_len, joint_dim] negative prompt embeddings, or NULL */
+    int neg_len;
+    float cfg;                  /* true CFG scale (used when neg_ctx and cfg > 1) */
+    int steps;
+    const float *sigmas;        /* [steps + 1] */
+    const float *t;             /* [steps] the transformer's timestep: the scheduler's timesteps / 1000 */
+    qi_edit_call_fn on_call;    /* NULL: none */
+    void *user;
+    /* Before step i (0 … steps − 1) and once after the last (i = steps);
+     * nonzero cancels (QI_ERR_CANCELLED). NULL: none. */
+    int (*progress)(void *user, int step, int steps);
+    void *progress_user;
+} qi_edit_denoise_args;
+
+/* latents [grid_h·grid_w, in_channels] host: the packed noise in, the final
+ * latents out. Uses the dit's backend (its arena is reset on return). */
+qi_status qi_edit_denoise(qi_dit *dit, qi_backend *be, const qi_edit_denoise_args *a, float *latents,
+                          qi_error *err);
+
+#endif

@@ -1,0 +1,128 @@
+/*
+ * edit_generate.c — qi_generate for Qwen-Image-Edit requests
+ * (req->n_edit_images > 0): the pictures and prompts through engine/edit.h
+ * (sizes, vision tower, prompt embeddings, condition latents), the plan at
+ * the Edit output size, the noise, the Edit denoising loop
+ * (engine/edit_denoise.h, one device) and the usual decode.
+ *
+ * The pipeline needs PIL's Lanczos resize and the VAE encoder's posterior
+ * mean; both come with the img2img work. Until they are in this build the
+ * built-in hooks refuse with a message saying so; tests supply stand-ins
+ * (qi_engine_set_edit_hooks). After the merge, the two functions below call
+ * qi_resize_lanczos_u8 (io/image_prep.h) and the VAE encoder's mean.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/edit.h"
+#include "engine/edit_denoise.h"
+#include "engine/engine.h"
+
+static qi_status builtin_lanczos(void *user, const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h,
+                                 qi_error *err) {
+    (void)user, (void)in, (void)in_w, (void)in_h, (void)out, (void)out_w, (void)out_h;
+    return qi_fail(err, QI_ERR_UNSUPPORTED,
+                   "Qwen-Image-Edit needs PIL's Lanczos resize and the VAE encoder, which this build lacks "
+                   "(they come with the img2img work)");
+}
+
+static qi_status builtin_vae_mean(void *user, const float *pixels, int w, int h, float *mean, qi_error *err) {
+    (void)user, (void)pixels, (void)w, (void)h, (void)mean;
+    return qi_fail(err, QI_ERR_UNSUPPORTED, "Qwen-Image-Edit needs the VAE encoder, which this build lacks");
+}
+
+static qi_edit_hooks builtin_hooks = {.resize_lanczos = builtin_lanczos, .vae_mean = builtin_vae_mean};
+
+void qi_engine_set_edit_hooks(qi_engine *e, struct qi_edit_hooks *h) { e->edit_hooks = h; }
+
+static qi_status check_edit_request(qi_engine *e, const qi_request *req) {
+    int n = req->n_edit_images;
+    if (n < 1 || n > QI_DIT_MAX_COND || !req->edit_images || !req->edit_widths || !req->edit_heights)
+        return qi_fail(&e->err, QI_ERR_ARG, "edit: %d pictures (1 … %d, each with its width and height)", n,
+                       QI_DIT_MAX_COND);
+    for (int k = 0; k < n; k++)
+        if (!req->edit_images[k])
+            return qi_fail(&e->err, QI_ERR_ARG, "edit: picture %d has no pixels", k + 1);
+    if ((req->prompts && req->n_prompts != 1) || req->batch > 1)
+        return qi_fail(&e->err, QI_ERR_ARG, "edit: one prompt and one image per request (the Edit pipeline "
+                       "refuses batches)");
+    if (e->ranks->n > 1)
+        return qi_fail(&e->err, QI_ERR_UNSUPPORTED, "edit: runs on one device (not --devices) for now");
+    if (req->width < 0 || req->height < 0)
+        return qi_fail(&e->err, QI_ERR_ARG, "edit: width %d, height %d (0 = from the last picture)", req->width,
+                       req->height);
+    return QI_OK;
+}
+
+/* Pictures and prompts → the transformer's inputs; the vision tower loads
+ * with the first Edit request (from the text encoder's weights). */
+static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *in) {
+    int wh[QI_DIT_MAX_COND][2];
+    for (int k = 0; k < req->n_edit_images; k++) wh[k][0] = req->edit_widths[k], wh[k][1] = req->edit_heights[k];
+    const char *prompt = req->prompts ? req->prompts[0] : req->prompt;
+    qi_edit_request r = {.n = req->n_edit_images, .rgb = req->edit_images, .wh = (const int(*)[2])wh,
+                         .prompt = prompt ? prompt : "",
+                         .negative_prompt = req->negative_prompt && req->cfg > 1.0f ? req->negative_prompt : NULL,
+                         .width = req->width, .height = req->height, .vl_area = req->edit_vl_area,
+                         .vae_area = req->edit_vae_area};
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_TOKENIZER);
+    if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
+    if (!st) st = qi_engine_acquire(e, QI_COMPONENT_VAE);
+    if (!st && !e->vt) st = qi_vision_load(e->src[QI_COMPONENT_TEXT_ENCODER], e->be, &e->vt, &e->err);
+    if (!st)
+        st = qi_edit_prepare(&r, e->edit_hooks ? e->edit_hooks : &builtin_hooks, e->tok, e->te, e->vt,
+                             qi_vae_latents_mean(e->vae), qi_vae_latents_std(e->vae), in, &e->err);
+    qi_engine_release(e, QI_COMPONENT_VAE);
+    qi_engine_release(e, QI_COMPONENT_TEXT_ENCODER);
+    qi_engine_release(e, QI_COMPONENT_TOKENIZER);
+    return st;
+}
+
+static int report_denoise(void *user, int step, int steps) { return qi_stage_report(user, "denoise", step, steps); }
+
+static qi_status edit_denoise(qi_engine *e, const qi_plan *p, const qi_edit_inputs *in, float *latents) {
+    qi_status st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
+    qi_edit_denoise_args a = {.grid_h = in->grid_h, .grid_w = in->grid_w, .cond = in->cond,
+                              .cond_latents = in->cond_latents, .ctx = in->embeds, .ctx_len = in->len,
+                              .neg_ctx = p->do_cfg ? in->neg_embeds : NULL, .neg_len = in->neg_len, .cfg = p->cfg,
+                              .steps = p->steps, .sigmas = p->sigmas, .t = p->t_all,
+                              .progress = report_denoise, .progress_user = (void *)p};
+    if (!st) st = qi_edit_denoise(e->ranks->dit[0], e->be, &a, latents, &e->err);
+    qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
+    return st;
+}
+
+qi_status qi_generate_edit(qi_engine *e, const qi_request *req, qi_image *out) {
+    memset(out, 0, sizeof *out);
+    memset(&e->last, 0, sizeof e->last);
+    qi_status st = check_edit_request(e, req);
+    if (st) return st;
+    qi_edit_inputs in;
+    memset(&in, 0, sizeof in);
+    qi_plan plan;
+    memset(&plan, 0, sizeof plan);
+    float *latents = NULL;
+    size_t mark = e->be->ops->mark(e->be);
+    double t0 = qi_now_s();
+    st = edit_text(e, req, &in);
+    e->last.text_s = qi_now_s() - t0;
+    /* the plan (schedule, noise, decode) at the Edit output size: mu from the output tokens only */
+    qi_request rq = *req;
+    rq.width = in.width, rq.height = in.height, rq.n_edit_images = 0;
+    if (!st) st = qi_engine_plan(e, &rq, &plan);
+    t0 = qi_now_s();
+    if (!st) st = qi_stage_noise(e, &plan, &latents);
+    if (!st) st = edit_denoise(e, &plan, &in, latents);
+    e->last.denoise_s = qi_now_s() - t0;
+    t0 = qi_now_s();
+    if (!st) st = qi_engine_acquire(e, QI_COMPONENT_VAE);
+    if (!st) st = qi_stage_decode(e, &plan, latents, out);
+    qi_engine_release(e, QI_COMPONENT_VAE);
+    e->last.vae_s = qi_now_s() - t0;
+    if (st) qi_image_free(out);
+    e->be->ops->reset(e->be, mark);
+    qi_plan_free(&plan);
+    qi_edit_inputs_free(&in);
+    free(latents);
+    return st;
+}
