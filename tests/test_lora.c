@@ -406,6 +406,35 @@ static void malformed_files_are_refused(void) {
     CHECK(qi_lora_set_add(&set, "/nonexistent/lora.safetensors", 1.0f, &err) != QI_OK, "missing file");
 }
 
+/* A key that is a known prefix directly followed by a known suffix has no
+ * module name between them. parse_key used to subtract the prefix length
+ * from the (shorter) module length: memcpy of SIZE_MAX bytes onto the stack
+ * (issue 15; ASan: negative-size-param, release: a crash or a corrupted
+ * stack). Each is now a clear error naming the key. */
+static void prefix_then_suffix_keys_are_refused(void) {
+    static const char *const keys[] = {
+        "transformer.lora_down.weight", "diffusion_model.lora_A.weight", "base_model.model.alpha",
+        "transformer.dora_scale",       "model.diffusion_model.lora_B.weight",
+        "lora_unet_lora.down.weight",   /* flattened prefix "lora_unet_" over suffix "_lora.down.weight" */
+        "transformer.lora_unet_.alpha", /* dotted, then flattened, prefix: nothing left */
+        "transformer.default.lora_up.weight", /* the peft infix removed first, then the same */
+    };
+    for (size_t k = 0; k < QI_ARRAY_LEN(keys); k++) {
+        const char *names[] = {keys[k]};
+        const int64_t shapes[][2] = {{4, 8}};
+        const char *path = write_custom("prefix_suffix.safetensors", 1, names, shapes);
+        REQUIRE(path != NULL, "cannot write the LoRA for '%s'", keys[k]);
+        qi_lora_set *set = NULL;
+        qi_error err = {{0}};
+        qi_status st = qi_lora_set_add(&set, path, 1.0f, &err);
+        printf("  %s\n", err.msg);
+        CHECK(st == QI_ERR_FORMAT && strstr(err.msg, keys[k]) && strstr(err.msg, "no known LoRA form"),
+              "'%s': status %d, %s", keys[k], st, err.msg);
+        CHECK(set == NULL, "'%s': no set is made", keys[k]);
+        qi_lora_set_free(set);
+    }
+}
+
 /* Two LoRAs with strengths: deltas add (checked against double arithmetic). */
 static void two_loras_add_with_their_strengths(void) {
     const char *second = write_variant(KOHYA_UNET, "second.safetensors", -3.0f);
@@ -447,6 +476,7 @@ int main(void) {
     RUN(unknown_module_lists_keys_and_nearest_names);
     RUN(shape_mismatch_names_both_shapes);
     RUN(malformed_files_are_refused);
+    RUN(prefix_then_suffix_keys_are_refused);
     RUN(two_loras_add_with_their_strengths);
 
     tmp_remove_tree(tmp_dir);
