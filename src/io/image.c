@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jpeglib.h>
@@ -281,6 +282,19 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
     if (w > 65536 || h > 65536) {
         snprintf(c->msg, sizeof c->msg, "%ux%u pixels is larger than 65536x65536", (unsigned)w,
                  (unsigned)h);
+        png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+        return -1;
+    }
+    /* Deflate expands at most 1032:1, so rows that need more than 1032 bytes
+     * per byte of the file cannot be there: refused before the pixels are
+     * allocated (a 60-byte file claiming 65536x65536 asked for 12 GiB). */
+    struct stat sb;
+    uint64_t raw = (uint64_t)h * (1 + (uint64_t)png_get_rowbytes(c->png, c->info));
+    if (fstat(fileno(fp), &sb) == 0 && raw / 1032 > (uint64_t)sb.st_size) {
+        snprintf(c->msg, sizeof c->msg,
+                 "%ux%u pixels need %llu bytes of image data, more than a %lld-byte file can hold "
+                 "(truncated or corrupt header)",
+                 (unsigned)w, (unsigned)h, (unsigned long long)raw, (long long)sb.st_size);
         png_destroy_read_struct(&c->png, &c->info, &c->end_info);
         return -1;
     }
