@@ -370,7 +370,26 @@ def image_seeds():
         seg(0xDA, b"\1\1\0\0\x3f\0") + b"\0\0\xff\xd9")
 
 
+# ---- server request bodies (fuzz_serve_request: first byte even = OpenAI, odd = A1111) ----------
+
+def serve_seeds():
+    openai = [{"model": "any", "prompt": "a cat", "size": "32x48", "steps": 2, "seed": 7, "negative_prompt": "blur",
+               "cfg": 3},
+              {"prompt": "x", "size": "32x32", "steps": 1, "n": 2, "output_format": "jpeg", "seed": 3,
+               "stream": True, "partial_images": 2, "output_compression": 80, "response_format": "b64_json"},
+              {"prompt": "\u732b", "size": "auto", "scheduler": "lightning", "loras": [], "user": "u", "seed": None},
+              {"prompt": "x", "loras": [{"name": "nope", "strength": 1}], "stream": "yes"}]
+    for i, o in enumerate(openai):
+        put("serve_request", "openai_%d" % i, b"\0" + json.dumps(o, ensure_ascii=False).encode())
+    a1111 = [{"prompt": "a cat", "negative_prompt": "", "width": 512, "height": 768, "steps": 8, "cfg_scale": 4.5,
+              "seed": -1, "batch_size": 2, "sampler_name": "Euler"},
+             {"prompt": ["not", "a string"], "width": 30, "seed": 1.5}]
+    for i, o in enumerate(a1111):
+        put("serve_request", "a1111_%d" % i, b"\1" + json.dumps(o).encode())
+
+
 safetensors_seeds()
+serve_seeds()
 gguf_seeds()
 vocab, merges, first = tokenizer_files_seeds()
 gguf_tokenizer_seed(vocab, merges, first)
