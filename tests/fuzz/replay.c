@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fuzz.h"
 
@@ -20,6 +21,38 @@ __attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argv;
     return 0;
 }
+
+/* libFuzzer's -malloc_limit_mb for the replay: one allocation over
+ * REPLAY_MALLOC_LIMIT is a finding (a small input must not make the parsers,
+ * libpng included, ask for a gigabyte). Replaces malloc for the whole
+ * process, shared libraries included, in builds without ASan (which has its
+ * own allocator; scripts/fuzz.sh passes the same limit to libFuzzer). */
+#define REPLAY_MALLOC_LIMIT ((size_t)1 << 30)
+#if !defined(__SANITIZE_ADDRESS__) && defined(__GLIBC__)
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+
+static void over_limit(const char *what, size_t n) {
+    char msg[128];
+    int len = snprintf(msg, sizeof msg, "replay: %s of %zu bytes, over the %zu-byte limit\n", what, n,
+                       REPLAY_MALLOC_LIMIT);
+    if (write(2, msg, (size_t)len) < 0) abort();
+    abort();
+}
+void *malloc(size_t n) {
+    if (n > REPLAY_MALLOC_LIMIT) over_limit("malloc", n);
+    return __libc_malloc(n);
+}
+void *calloc(size_t n, size_t size) {
+    if (size && n > REPLAY_MALLOC_LIMIT / size) over_limit("calloc", n * size);
+    return __libc_calloc(n, size);
+}
+void *realloc(void *p, size_t n) {
+    if (n > REPLAY_MALLOC_LIMIT) over_limit("realloc", n);
+    return __libc_realloc(p, n);
+}
+#endif
 
 static int run_file(const char *path) {
     FILE *f = fopen(path, "rb");
