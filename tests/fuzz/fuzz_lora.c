@@ -10,9 +10,9 @@
  * "" (a scalar), each at most 4096, type f32 (default), f16, bf16, or nan
  * (f32 holding a NaN). A line `@meta\t<json>` puts <json> in the header as
  * "__metadata__" (where diffusers keeps lora_adapter_metadata). Values are
- * small and fixed; the file is written as safetensors to the scratch folder
- * (qi_lora_set_add takes a path: its size check and mapping are part of
- * what runs).
+ * small and fixed (at most 2^15 elements in all: an input stays a few ms);
+ * the file is written as safetensors to the scratch folder (qi_lora_set_add
+ * takes a path: its size check and mapping are part of what runs).
  *
  * Oracles beyond the sanitizers: a refusal has a message naming the file; an
  * accepted set binds or says why; every bound factor has a finite
@@ -31,6 +31,11 @@
 #define MAX_TENSORS 256
 #define MAX_DIM 4096
 #define MAX_ELEMS (1 << 16)
+#define MAX_TOTAL_ELEMS (1 << 15) /* over all tensors of one input: keeps an input a few ms */
+
+/* The values every tensor holds (its first elements): small, fixed, finite. */
+static float pattern_f32[MAX_ELEMS];
+static uint16_t pattern_f16[MAX_ELEMS], pattern_bf16[MAX_ELEMS];
 
 typedef struct buf {
     char *p;
@@ -69,6 +74,11 @@ static int n_names;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
+    for (int i = 0; i < MAX_ELEMS; i++) {
+        pattern_f32[i] = (float)((i * 7) % 13 - 6) * 0.01f;
+        pattern_f16[i] = qi_f32_to_f16(pattern_f32[i]);
+        pattern_bf16[i] = qi_f32_to_bf16(pattern_f32[i]);
+    }
     qi_error err;
     if (qi_st_set_open_dir(QI_TEST_DATA "/tiny-model/transformer", "diffusion_pytorch_model", &model, &err) != QI_OK) {
         fprintf(stderr, "fuzz_lora: %s\n", err.msg);
@@ -84,7 +94,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* One tensor line → header entry + data. Returns 0, or -1 to skip the line. */
-static int add_tensor(buf *hdr, buf *data, const char *line, size_t n, int *first) {
+static int add_tensor(buf *hdr, buf *data, const char *line, size_t n, int *first, long *total) {
     const char *tab = memchr(line, '\t', n);
     if (!tab || tab == line) return -1;
     size_t key_len = (size_t)(tab - line), rest = n - key_len - 1;
@@ -103,15 +113,13 @@ static int add_tensor(buf *hdr, buf *data, const char *line, size_t n, int *firs
         if (*end != ',' ) break;
     }
     long elems = ndim == 0 ? 1 : ndim == 1 ? d[0] : d[0] * d[1];
-    if (elems > MAX_ELEMS) return -1;
+    if (elems > MAX_ELEMS || *total + elems > MAX_TOTAL_ELEMS) return -1;
+    *total += elems;
     int f16 = type && !strcmp(type, "f16"), bf16 = type && !strcmp(type, "bf16"), nan = type && !strcmp(type, "nan");
     size_t esize = f16 || bf16 ? 2 : 4, begin = data->n;
-    for (long i = 0; i < elems; i++) {
-        float v = (float)((i * 7) % 13 - 6) * 0.01f;
-        if (nan && i == elems / 2) v = NAN;
-        uint16_t h = f16 ? qi_f32_to_f16(v) : qi_f32_to_bf16(v);
-        put(data, esize == 2 ? (const void *)&h : (const void *)&v, esize);
-    }
+    put(data, f16 ? (const void *)pattern_f16 : bf16 ? (const void *)pattern_bf16 : (const void *)pattern_f32,
+        (size_t)elems * esize);
+    if (nan) memcpy(data->p + begin + (size_t)(elems / 2) * 4, &(float){NAN}, 4); /* f32 */
     char entry[160];
     if (!*first) puts_(hdr, ",");
     *first = 0;
@@ -131,6 +139,7 @@ static int add_tensor(buf *hdr, buf *data, const char *line, size_t n, int *firs
 static void build_file(const uint8_t *in, size_t size, buf *file) {
     buf hdr = {0}, data = {0};
     int first = 1, tensors = 0;
+    long total = 0;
     puts_(&hdr, "{");
     for (size_t pos = 0; pos < size && tensors < MAX_TENSORS;) {
         const uint8_t *nl = memchr(in + pos, '\n', size - pos);
@@ -144,7 +153,7 @@ static void build_file(const uint8_t *in, size_t size, buf *file) {
             put(&hdr, line + 6, n - 6);
             continue;
         }
-        if (add_tensor(&hdr, &data, line, n, &first) == 0) tensors++;
+        if (add_tensor(&hdr, &data, line, n, &first, &total) == 0) tensors++;
     }
     puts_(&hdr, "}");
     while (hdr.n % 8) puts_(&hdr, " ");
