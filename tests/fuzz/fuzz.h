@@ -31,7 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 /* The process's scratch folder (/dev/shm/qi_fuzz_<pid>_XXXXXX, else under
- * $TMPDIR or /tmp), made on first use and removed at exit. */
+ * $TMPDIR or /tmp), made on first use and removed at exit; those of fuzz
+ * processes that died (a crash skips the exit) are removed on first use. */
 const char *fuzz_dir(void);
 
 /* Writes n bytes to <fuzz_dir>/<name> (sub-folders must exist: fuzz_mkdir);

@@ -7,6 +7,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,12 +48,29 @@ static void remove_scratch(void) {
     if (scratch[0]) remove_tree(scratch);
 }
 
+/* Removes the scratch folders of fuzz processes that are gone: a crash
+ * (abort, a sanitizer report) skips the atexit clean-up. */
+static void remove_stale(const char *base) {
+    DIR *d = opendir(base);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        int pid = 0, used = 0;
+        if (sscanf(de->d_name, "qi_fuzz_%d_%n", &pid, &used) != 1 || used == 0 || pid <= 0) continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", base, de->d_name);
+        remove_tree(path);
+    }
+    if (d) closedir(d);
+}
+
 const char *fuzz_dir(void) {
     if (scratch[0]) return scratch;
     struct stat sb;
     const char *base = stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) && access("/dev/shm", W_OK) == 0
                            ? "/dev/shm"
                            : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    remove_stale(base);
     snprintf(scratch, sizeof scratch, "%s/qi_fuzz_%d_XXXXXX", base, (int)getpid());
     if (!mkdtemp(scratch)) {
         fprintf(stderr, "fuzz: cannot make %s: %s\n", scratch, strerror(errno));
