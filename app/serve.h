@@ -4,7 +4,8 @@
  *   serve.c       the command: flags, engine open + warm, the preview fit, signals
  *   serve_jobs.c  jobs, the bounded queue and the one worker thread that owns the engine
  *   serve_http.c  libmicrohttpd glue: bodies, limits, auth, responses, SSE streams
- *   serve_api.c   the endpoints: request JSON → job, job → response JSON
+ *   serve_api.c   the endpoints: job → response JSON, errors sent
+ *   serve_request.c request JSON → job fields (pure: tests/fuzz/fuzz_serve_request.c)
  *   serve_page.c  the web page at / (HTML/CSS/JS embedded at build time)
  *
  * Threads: libmicrohttpd runs one thread per connection; the worker thread is

@@ -19,46 +19,7 @@
 #include <string.h>
 
 #include "serve_api.h"
-
-/* One optional number field in [lo, hi] (integer when integral); 0 or -1 after answering 400. */
-static int num(struct MHD_Connection *c, const cJSON *o, const char *name, double lo, double hi, int integral,
-               double *out) {
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!f || cJSON_IsNull(f)) return 0;
-    double v = cJSON_IsNumber(f) ? f->valuedouble : NAN;
-    if (!(v >= lo && v <= hi) || (integral && v != floor(v))) {
-        serve_send_error(c, 400, "invalid_request_error", name, "invalid_value", "'%s' must be %s from %g to %g",
-                         name, integral ? "an integer" : "a number", lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* The A1111 body, translated into the OpenAI-style body the generations parser reads. */
-static char *translate(serve *s, struct MHD_Connection *c, const cJSON *o) {
-    double w = 1024, h = 1024, steps = 8, cfg = 1, seed = -1, batch = 1;
-    if (num(c, o, "width", 16, s->opt.max_size, 1, &w) || num(c, o, "height", 16, s->opt.max_size, 1, &h) ||
-        num(c, o, "steps", 1, s->opt.max_steps, 1, &steps) || num(c, o, "cfg_scale", 0, QI_CFG_MAX, 0, &cfg) ||
-        num(c, o, "seed", -1, 9007199254740991.0, 1, &seed) || num(c, o, "batch_size", 1, s->opt.max_batch, 1, &batch))
-        return NULL;
-    cJSON *t = cJSON_CreateObject();
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, "negative_prompt");
-    if (p) cJSON_AddItemToObject(t, "prompt", cJSON_Duplicate(p, 1));
-    if (n && !(cJSON_IsString(n) && !*n->valuestring)) /* A1111 sends "" for none */
-        cJSON_AddItemToObject(t, "negative_prompt", cJSON_Duplicate(n, 1));
-    char size[32];
-    snprintf(size, sizeof size, "%dx%d", (int)w, (int)h);
-    cJSON_AddStringToObject(t, "size", size);
-    cJSON_AddNumberToObject(t, "steps", steps);
-    cJSON_AddNumberToObject(t, "cfg", cfg);
-    cJSON_AddNumberToObject(t, "n", batch);
-    if (seed >= 0) cJSON_AddNumberToObject(t, "seed", seed);
-    char *text = cJSON_PrintUnformatted(t);
-    cJSON_Delete(t);
-    return text;
-}
+#include "serve_request.h"
 
 /* The finished job as A1111 answers (locked). */
 static int answer(struct MHD_Connection *c, const job *j, const cJSON *request) {
@@ -86,7 +47,13 @@ int serve_a1111_txt2img(serve *s, const http_req *r) {
         return serve_send_error(r->conn, 400, "invalid_request_error", NULL, "invalid_value",
                                 "the body must be a JSON object");
     }
-    char *body = translate(s, r->conn, o);
+    serve_req_error e;
+    char *body = serve_a1111_translate(&s->opt, o, &e);
+    if (!body) {
+        cJSON_Delete(o);
+        return serve_send_error(r->conn, e.status, e.status == 400 ? "invalid_request_error" : "server_error",
+                                e.param, e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
+    }
     int stream = 0, rc = MHD_YES;
     http_req t = *r;
     t.body = body, t.body_len = body ? strlen(body) : 0;

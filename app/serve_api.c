@@ -29,9 +29,9 @@
 #include <dirent.h>
 #include <time.h>
 
-#include "model/tokenizer.h" /* qi_utf8_first_invalid */
 #include "serve.h"
 #include "serve_api.h"
+#include "serve_request.h"
 
 int serve_send_json(struct MHD_Connection *c, int status, cJSON *body) {
     char *text = body ? cJSON_PrintUnformatted(body) : NULL;
@@ -71,9 +71,6 @@ int serve_send_error(struct MHD_Connection *c, int status, const char *type, con
     return serve_send_json(c, status, error_body(type, param, code, msg));
 }
 
-/* Answers "bad request" naming the field. */
-#define BAD(c, param, ...) serve_send_error(c, 400, "invalid_request_error", param, "invalid_value", __VA_ARGS__)
-
 char *serve_base64(const uint8_t *p, size_t n) {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
@@ -89,185 +86,21 @@ char *serve_base64(const uint8_t *p, size_t n) {
     return out;
 }
 
-/* ---- request fields ---------------------------------------------------------------- */
-
-/* An optional integer field in [lo, hi]: 0 (set or absent), or -1 after answering 400. */
-static int get_int(struct MHD_Connection *c, const cJSON *o, const char *name, long lo, long hi, long *out) {
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!f || cJSON_IsNull(f)) return 0;
-    double v = cJSON_IsNumber(f) ? f->valuedouble : NAN;
-    if (!(v == floor(v)) || v < (double)lo || v > (double)hi) {
-        BAD(c, name, "'%s' must be an integer from %ld to %ld", name, lo, hi);
-        return -1;
-    }
-    *out = (long)v;
-    return 0;
-}
-
-/* An optional string field (valid UTF-8); NULL when absent. *bad set after answering 400. */
-static const char *get_str(struct MHD_Connection *c, const cJSON *o, const char *name, int *bad) {
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!f || cJSON_IsNull(f) || *bad) return NULL;
-    if (!cJSON_IsString(f)) {
-        BAD(c, name, "'%s' must be a string", name);
-        *bad = 1;
-        return NULL;
-    }
-    if (qi_utf8_first_invalid(f->valuestring, strlen(f->valuestring)) == SIZE_MAX) return f->valuestring;
-    BAD(c, name, "'%s' is not valid UTF-8", name);
-    *bad = 1;
-    return NULL;
-}
-
-static int parse_size(serve *s, struct MHD_Connection *c, const char *size, job *j) {
-    if (!size || !strcmp(size, "auto")) return 0;
-    int w = 0, h = 0, used = 0;
-    if (sscanf(size, "%5dx%5d%n", &w, &h, &used) != 2 || size[used] || w <= 0 || h <= 0 || w % 16 || h % 16 ||
-        w > s->opt.max_size || h > s->opt.max_size) {
-        BAD(c, "size", "'size' must be \"WxH\" with W and H positive multiples of 16, at most %d (--max-size); "
-                       "got \"%s\"", s->opt.max_size, size);
-        return -1;
-    }
-    j->width = w, j->height = h;
-    return 0;
-}
-
-static int parse_format(struct MHD_Connection *c, const char *fmt, job *j) {
-    if (!fmt || !strcmp(fmt, "png")) j->format = QI_IMAGE_PNG;
-    else if (!strcmp(fmt, "jpeg")) j->format = QI_IMAGE_JPEG;
-    else if (!strcmp(fmt, "webp")) j->format = QI_IMAGE_WEBP;
-    else return BAD(c, "output_format", "'output_format' must be png, jpeg or webp; got \"%s\"", fmt), -1;
-    return 0;
-}
-
-/* The strings of a generation request: prompt, negative prompt, size, formats, scheduler. */
-static int parse_strings(serve *s, struct MHD_Connection *c, const cJSON *o, job *j) {
-    int bad = 0;
-    const char *prompt = get_str(c, o, "prompt", &bad), *neg = get_str(c, o, "negative_prompt", &bad);
-    const char *size = get_str(c, o, "size", &bad), *fmt = get_str(c, o, "output_format", &bad);
-    const char *rf = get_str(c, o, "response_format", &bad), *sched = get_str(c, o, "scheduler", &bad);
-    get_str(c, o, "model", &bad), get_str(c, o, "user", &bad);
-    if (bad) return -1;
-    if (!prompt || !*prompt) return BAD(c, "prompt", "'prompt' is required: a non-empty string"), -1;
-    if (rf && strcmp(rf, "b64_json"))
-        return BAD(c, "response_format", "'response_format' \"%s\" is not served yet; use b64_json", rf), -1;
-    if (sched && strcmp(sched, "lightning") && strcmp(sched, "model"))
-        return BAD(c, "scheduler", "'scheduler' must be \"lightning\" or \"model\"; got \"%s\"", sched), -1;
-    j->scheduler = !sched ? NULL : !strcmp(sched, "lightning") ? "lightning" : "model";
-    if (parse_size(s, c, size, j) || parse_format(c, fmt, j)) return -1;
-    j->prompt = strdup(prompt);
-    j->negative = neg ? strdup(neg) : NULL;
-    if (!j->prompt || (neg && !j->negative)) return serve_send_error(c, 500, "server_error", NULL, NULL,
-                                                                     "out of memory"), -1;
-    return 0;
-}
-
-/* DIR/name, or DIR/name.safetensors, when it is a regular file in --lora-dir
- * (a bare file name: no '/', no leading '.', so nothing outside the folder
- * is reachable). A new string, or NULL. */
-static char *lora_in_dir(const char *dir, const char *name) {
-    if (!*name || name[0] == '.' || strchr(name, '/') || strlen(name) > 255) return NULL;
-    static const char *const ext[] = {"", ".safetensors"};
-    for (int i = 0; i < 2; i++) {
-        size_t n = strlen(dir) + strlen(name) + strlen(ext[i]) + 2;
-        char *path = malloc(n);
-        if (!path) return NULL;
-        snprintf(path, n, "%s/%s%s", dir, name, ext[i]);
-        struct stat st;
-        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) return path;
-        free(path);
-    }
-    return NULL;
-}
-
-/* `loras`: [{"name": FILE in --lora-dir, "strength": S (default 1)}], at most
- * QI_APP_MAX_LORAS; it replaces the server's --lora set for this request
- * ([] = none). */
-static int parse_loras(serve *s, struct MHD_Connection *c, const cJSON *loras, job *j) {
-    if (!cJSON_IsArray(loras))
-        return BAD(c, "loras", "'loras' must be an array of {\"name\", \"strength\"}"), -1;
-    int n = cJSON_GetArraySize(loras);
-    if (n > 0 && !s->opt.lora_dir)
-        return BAD(c, "loras", "'loras': this server has no LoRA folder; start it with --lora-dir DIR"), -1;
-    if (n > QI_APP_MAX_LORAS)
-        return BAD(c, "loras", "'loras' has %d entries; at most %d", n, QI_APP_MAX_LORAS), -1;
-    j->n_loras = 0;
-    for (const cJSON *e = loras->child; e; e = e->next) {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
-        const cJSON *strength = cJSON_GetObjectItemCaseSensitive(e, "strength");
-        if (!cJSON_IsObject(e) || !cJSON_IsString(name))
-            return BAD(c, "loras", "'loras' entry %d must be an object with a string \"name\"", j->n_loras), -1;
-        double v = 1.0;
-        if (strength && !cJSON_IsNull(strength)) {
-            if (!cJSON_IsNumber(strength) || !(fabs(strength->valuedouble) <= 100))
-                return BAD(c, "loras", "'loras' entry %d: \"strength\" must be a number from -100 to 100",
-                           j->n_loras), -1;
-            v = strength->valuedouble;
-        }
-        char *path = lora_in_dir(s->opt.lora_dir, name->valuestring);
-        if (!path)
-            return BAD(c, "loras", "'loras' entry %d: no LoRA file \"%.200s\" in the server's LoRA folder (GET "
-                       "/v1/models lists them)", j->n_loras, name->valuestring), -1;
-        j->lora_path[j->n_loras] = path;
-        j->lora_strength[j->n_loras++] = (float)v;
-    }
-    return 0;
-}
-
-static int parse_numbers(serve *s, struct MHD_Connection *c, const cJSON *o, job *j) {
-    long n = 1, steps = 8, quality = 0, partial = 0, seed = -1;
-    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(o, "cfg"), *loras = cJSON_GetObjectItemCaseSensitive(o,
-                                                                                                             "loras");
-    if (get_int(c, o, "n", 1, s->opt.max_batch, &n) || get_int(c, o, "steps", 1, s->opt.max_steps, &steps) ||
-        get_int(c, o, "output_compression", 0, 100, &quality) || get_int(c, o, "partial_images", 0, 3, &partial))
-        return -1;
-    const cJSON *sd = cJSON_GetObjectItemCaseSensitive(o, "seed");
-    if (sd && !cJSON_IsNull(sd)) {
-        double v = cJSON_IsNumber(sd) ? sd->valuedouble : -1;
-        if (!(v >= 0 && v <= 9007199254740991.0 && v == floor(v)))
-            return BAD(c, "seed", "'seed' must be an integer from 0 to 2^53-1"), -1;
-        j->seed = (uint64_t)v;
-    } else {
-        j->seed = (uint64_t)(seed < 0 ? ((uint64_t)time(NULL) * 2654435761u ^ (uint64_t)(serve_now() * 1e9)) %
-                                             4294967296u : 0);
-    }
-    j->cfg = 1.0;
-    if (cfg && !cJSON_IsNull(cfg)) {
-        if (!cJSON_IsNumber(cfg) || !(cfg->valuedouble >= 0 && cfg->valuedouble <= QI_CFG_MAX))
-            return BAD(c, "cfg", "'cfg' must be a number from 0 to %d (true CFG scale; needs negative_prompt)",
-                       QI_CFG_MAX), -1;
-        j->cfg = cfg->valuedouble;
-    }
-    if (loras && !cJSON_IsNull(loras) && parse_loras(s, c, loras, j)) return -1;
-    j->n = (int)n, j->steps = (int)steps, j->quality = (int)quality, j->partial_images = (int)partial;
-    return 0;
-}
-
-/* The request body → a new job (refs 1), or NULL after answering. */
+/* The request body → a new job (refs 1), or NULL after answering 400/500. */
 job *serve_parse_generation(serve *s, const http_req *r, int *stream) {
-    cJSON *o = cJSON_ParseWithLength(r->body, r->body_len);
-    if (!o || !cJSON_IsObject(o)) {
-        cJSON_Delete(o);
-        BAD(r->conn, NULL, "the body must be a JSON object");
-        return NULL;
-    }
     job *j = serve_job_new();
     if (!j) {
-        cJSON_Delete(o);
         serve_send_error(r->conn, 500, "server_error", NULL, NULL, "out of memory");
         return NULL;
     }
-    j->width = j->height = 1024 <= s->opt.max_size ? 1024 : s->opt.max_size / 16 * 16;
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "stream");
-    int bad = st && !cJSON_IsNull(st) && !cJSON_IsBool(st);
-    if (bad) BAD(r->conn, "stream", "'stream' must be true or false");
-    *stream = cJSON_IsTrue(st);
-    if (bad || parse_strings(s, r->conn, o, j) || parse_numbers(s, r->conn, o, j)) {
-        cJSON_Delete(o);
+    uint64_t random_seed = ((uint64_t)time(NULL) * 2654435761u ^ (uint64_t)(serve_now() * 1e9)) % 4294967296u;
+    serve_req_error e;
+    if (serve_parse_generation_body(&s->opt, r->body, r->body_len, random_seed, j, stream, &e)) {
+        serve_send_error(r->conn, e.status, e.status == 400 ? "invalid_request_error" : "server_error", e.param,
+                         e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
         serve_job_put(s, j);
         return NULL;
     }
-    cJSON_Delete(o);
     return j;
 }
 

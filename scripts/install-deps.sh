@@ -1,10 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages qwen-image.c builds against. Safe to re-run.
 # Needs root (or sudo). CUDA is optional and comes from the CUDA toolkit.
+# --fuzz adds clang and its libFuzzer runtime (scripts/fuzz.sh).
 set -e
 PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev libutf8proc-dev
       libopenblas-openmp-dev libpng-dev libjpeg-dev libwebp-dev libmicrohttpd-dev python3
       curl jq xz-utils chromium chromium-driver nginx"
+[ "$1" = "--fuzz" ] && PKGS="$PKGS clang libclang-rt-dev"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -158,6 +158,29 @@ static void test_png_without_parameters_reads_null(void) {
     clear_dir();
 }
 
+/* Fuzz-found (tests/fuzz/corpus/image/regress_huge_ihdr.png): a 68-byte PNG
+ * whose header claims 65536x65536 pixels made the reader allocate 12 GiB
+ * before finding the data missing. */
+static void test_png_claiming_more_pixels_than_its_bytes_hold_is_refused_up_front(void) {
+    static const unsigned char huge[] =
+        "\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52\x00\x01\x00\x00\x00\x01\x00\x00\x08\x02"
+        "\x00\x00\x00\xe3\xe6\xa7\xb4\x00\x00\x00\x0b\x49\x44\x41\x54\x78\x9c\x63\x60\x40\x05\x00\x00\x10\x00\x01"
+        "\x39\xbd\x8f\x65\x00\x00\x00\x00\x49\x45\x4e\x44\xae\x42\x60\x82";
+    char path[256];
+    path_in(path, sizeof path, "huge.png");
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(huge, 1, sizeof huge - 1, f) == sizeof huge - 1 && fclose(f) == 0, "write %s", path);
+    uint8_t *back = (uint8_t *)1;
+    char *text = (char *)1;
+    int w, h;
+    qi_error err;
+    CHECK(qi_png_read(path, &back, &w, &h, &text, &err) == QI_ERR_FORMAT, "status");
+    CHECK(strstr(err.msg, path) && strstr(err.msg, "65536x65536") && strstr(err.msg, "68-byte file"),
+          "message: %s", err.msg);
+    CHECK(back == NULL && text == NULL, "outputs set on failure");
+    clear_dir();
+}
+
 static void test_overwrite_replaces_the_file(void) {
     char path[256];
     path_in(path, sizeof path, "d.png");
@@ -313,6 +336,7 @@ int main(void) {
     RUN(test_png_round_trip_with_ascii_parameters);
     RUN(test_png_round_trip_with_utf8_parameters);
     RUN(test_png_without_parameters_reads_null);
+    RUN(test_png_claiming_more_pixels_than_its_bytes_hold_is_refused_up_front);
     RUN(test_overwrite_replaces_the_file);
     RUN(test_jpeg_is_written);
     RUN(test_webp_lossy_is_written);

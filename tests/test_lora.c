@@ -319,29 +319,6 @@ static void peft_alpha_tensors_are_ignored(void) {
     free(kohya);
 }
 
-/* A key that is a known prefix directly followed by a known suffix (issue
- * 15, fuzzing: the module length underflowed, memcpy of SIZE_MAX onto the
- * stack): the prefix stays part of the module name, refused by name. */
-static void prefix_then_suffix_keys_are_refused_cleanly(void) {
-    const char *keys[] = {"transformer.lora_down.weight", "diffusion_model.lora_A.weight",
-                          "base_model.model.alpha", "lora_unet_.lora_up.weight", "transformer.dora_scale"};
-    const char *want[] = {"module 'transformer' has a down", "module 'diffusion_model' has a down",
-                          "module 'base_model.model' has only an alpha", "module 'lora_unet_' has an up",
-                          "no LoRA tensors"};
-    const int64_t shapes[][2] = {{1, 1}};
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        const char *path = write_custom("prefix_suffix.safetensors", 1, &keys[i], shapes);
-        qi_lora_set *set = NULL;
-        qi_lora_binding *b = NULL;
-        qi_error err = {{0}};
-        qi_status st = path ? qi_lora_set_add(&set, path, 1.0f, &err) : QI_ERR_IO;
-        if (st == QI_OK) st = qi_lora_bind(set, weight_names, n_weight_names, &b, &err);
-        CHECK(st == QI_ERR_FORMAT && strstr(err.msg, want[i]), "%s: %s", keys[i], err.msg);
-        qi_lora_binding_free(b);
-        qi_lora_set_free(set);
-    }
-}
-
 static void unknown_module_lists_keys_and_nearest_names(void) {
     const char *names[] = {"transformer_blocks.0.attn.to_qq.lora_down.weight",
                            "transformer_blocks.0.attn.to_qq.lora_up.weight",
@@ -429,6 +406,35 @@ static void malformed_files_are_refused(void) {
     CHECK(qi_lora_set_add(&set, "/nonexistent/lora.safetensors", 1.0f, &err) != QI_OK, "missing file");
 }
 
+/* A key that is a known prefix directly followed by a known suffix has no
+ * module name between them. parse_key used to subtract the prefix length
+ * from the (shorter) module length: memcpy of SIZE_MAX bytes onto the stack
+ * (issue 15; ASan: negative-size-param, release: a crash or a corrupted
+ * stack). Each is now a clear error naming the key. */
+static void prefix_then_suffix_keys_are_refused(void) {
+    static const char *const keys[] = {
+        "transformer.lora_down.weight", "diffusion_model.lora_A.weight", "base_model.model.alpha",
+        "transformer.dora_scale",       "model.diffusion_model.lora_B.weight",
+        "lora_unet_lora.down.weight",   /* flattened prefix "lora_unet_" over suffix "_lora.down.weight" */
+        "transformer.lora_unet_.alpha", /* dotted, then flattened, prefix: nothing left */
+        "transformer.default.lora_up.weight", /* the peft infix removed first, then the same */
+    };
+    for (size_t k = 0; k < QI_ARRAY_LEN(keys); k++) {
+        const char *names[] = {keys[k]};
+        const int64_t shapes[][2] = {{4, 8}};
+        const char *path = write_custom("prefix_suffix.safetensors", 1, names, shapes);
+        REQUIRE(path != NULL, "cannot write the LoRA for '%s'", keys[k]);
+        qi_lora_set *set = NULL;
+        qi_error err = {{0}};
+        qi_status st = qi_lora_set_add(&set, path, 1.0f, &err);
+        printf("  %s\n", err.msg);
+        CHECK(st == QI_ERR_FORMAT && strstr(err.msg, keys[k]) && strstr(err.msg, "no known LoRA form"),
+              "'%s': status %d, %s", keys[k], st, err.msg);
+        CHECK(set == NULL, "'%s': no set is made", keys[k]);
+        qi_lora_set_free(set);
+    }
+}
+
 /* Two LoRAs with strengths: deltas add (checked against double arithmetic). */
 static void two_loras_add_with_their_strengths(void) {
     const char *second = write_variant(KOHYA_UNET, "second.safetensors", -3.0f);
@@ -468,9 +474,9 @@ int main(void) {
     RUN(every_layout_fuses_bit_identically);
     RUN(peft_alpha_tensors_are_ignored);
     RUN(unknown_module_lists_keys_and_nearest_names);
-    RUN(prefix_then_suffix_keys_are_refused_cleanly);
     RUN(shape_mismatch_names_both_shapes);
     RUN(malformed_files_are_refused);
+    RUN(prefix_then_suffix_keys_are_refused);
     RUN(two_loras_add_with_their_strengths);
 
     tmp_remove_tree(tmp_dir);

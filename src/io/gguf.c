@@ -72,6 +72,7 @@ struct qi_gguf_file {
     char *path;
     unsigned char *map; /* the whole file, PROT_READ */
     size_t size;
+    int borrowed;       /* map is the caller's memory (qi_gguf_open_memory): not unmapped */
     uint32_t version;
     uint64_t alignment;
     size_t data_start;  /* file offset of the data section */
@@ -582,23 +583,20 @@ static qi_status parse_file(qi_gguf_file *f, qi_error *err) {
 
 /* ---- open, close, lookups -------------------------------------------------------------- */
 
-qi_status qi_gguf_open(const char *path, qi_gguf_file **out, qi_error *err) {
-    *out = NULL;
-    if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "no GGUF path given");
+/* A new file record named `path` (no bytes yet); NULL when out of memory. */
+static qi_gguf_file *file_new(const char *path) {
     qi_gguf_file *f = calloc(1, sizeof *f);
     if (f) f->path = strdup(path);
-    if (!f || !f->path) {
+    if (f && !f->path) {
         free(f);
-        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+        f = NULL;
     }
-    void *map = NULL;
-    qi_status st = qi_map_file(path, &map, &f->size, err);
-    if (st != QI_OK) {
-        qi_gguf_close(f);
-        return st;
-    }
-    f->map = map; /* an empty file: the parser reports it */
-    st = parse_file(f, err);
+    return f;
+}
+
+/* Parses f->map[0 .. f->size); closes f on error. */
+static qi_status file_parse(qi_gguf_file *f, qi_gguf_file **out, qi_error *err) {
+    qi_status st = parse_file(f, err);
     if (st != QI_OK) {
         qi_gguf_close(f);
         return st;
@@ -607,9 +605,37 @@ qi_status qi_gguf_open(const char *path, qi_gguf_file **out, qi_error *err) {
     return QI_OK;
 }
 
+qi_status qi_gguf_open(const char *path, qi_gguf_file **out, qi_error *err) {
+    *out = NULL;
+    if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "no GGUF path given");
+    qi_gguf_file *f = file_new(path);
+    if (!f) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+    void *map = NULL;
+    qi_status st = qi_map_file(path, &map, &f->size, err);
+    if (st != QI_OK) {
+        qi_gguf_close(f);
+        return st;
+    }
+    f->map = map; /* an empty file: the parser reports it */
+    return file_parse(f, out, err);
+}
+
+qi_status qi_gguf_open_memory(const char *name, const void *data, size_t size, qi_gguf_file **out,
+                              qi_error *err) {
+    static const unsigned char empty[1];
+    *out = NULL;
+    if (!name || !*name || (!data && size)) return qi_fail(err, QI_ERR_ARG, "qi_gguf_open_memory: no name or no data");
+    qi_gguf_file *f = file_new(name);
+    if (!f) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", name);
+    f->map = (unsigned char *)(data ? data : empty); /* never written through */
+    f->size = size;
+    f->borrowed = 1;
+    return file_parse(f, out, err);
+}
+
 void qi_gguf_close(qi_gguf_file *f) {
     if (!f) return;
-    qi_unmap_file((void *)f->map, f->size);
+    if (!f->borrowed) qi_unmap_file((void *)f->map, f->size);
     for (int i = 0; i < f->n_kv; i++) free(f->kv[i].key);
     for (int i = 0; i < f->n_tensors; i++) free((char *)f->tensors[i].name);
     free(f->kv);

@@ -71,6 +71,13 @@ typedef struct qi_gguf_array {
 /* Maps and validates one file. */
 qi_status qi_gguf_open(const char *path, qi_gguf_file **out, qi_error *err);
 void qi_gguf_close(qi_gguf_file *f);
+/* The same checks on a file image already in memory (the fuzz targets give
+ * their exact-size buffers, so a read one byte past the end is an ASan
+ * error, where a mapping's page slack would hide it). `name` stands for the
+ * path in messages. The bytes are not copied: they must stay valid and
+ * unchanged until qi_gguf_close, which leaves them alone. */
+qi_status qi_gguf_open_memory(const char *name, const void *data, size_t size, qi_gguf_file **out,
+                              qi_error *err);
 const char *qi_gguf_path(const qi_gguf_file *f);
 uint32_t qi_gguf_version(const qi_gguf_file *f);   /* 2 or 3 */
 uint64_t qi_gguf_alignment(const qi_gguf_file *f); /* general.alignment, or 32 */

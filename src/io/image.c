@@ -14,6 +14,7 @@
 #include "io/image.h"
 #include "model/tokenizer.h" /* qi_utf8_first_invalid */
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jpeglib.h>
@@ -262,6 +264,8 @@ typedef struct png_read_out {
     char *parameters;
 } png_read_out;
 
+#define PNG_CHUNK_MAX 8000000 /* bytes of one chunk, inflated text included */
+
 static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) {
     c->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, c, png_on_error, png_on_warning);
     if (!c->png || !(c->info = png_create_info_struct(c->png)) ||
@@ -274,6 +278,12 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
         png_destroy_read_struct(&c->png, &c->info, &c->end_info);
         return -1;
     }
+    /* libpng's suggested caps: bytes of one chunk (a zTXt/iTXt's inflated
+     * text included) and count of ancillary chunks. */
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0) sb.st_size = 0;
+    png_set_chunk_malloc_max(c->png, PNG_CHUNK_MAX);
+    png_set_chunk_cache_max(c->png, 1000);
     png_init_io(c->png, fp);
     png_read_info(c->png, c->info);
     png_uint_32 w = png_get_image_width(c->png, c->info), h = png_get_image_height(c->png, c->info);
@@ -281,6 +291,18 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
     if (w > 65536 || h > 65536) {
         snprintf(c->msg, sizeof c->msg, "%ux%u pixels is larger than 65536x65536", (unsigned)w,
                  (unsigned)h);
+        png_destroy_read_struct(&c->png, &c->info, &c->end_info);
+        return -1;
+    }
+    /* Deflate expands at most 1032:1, so rows that need more than 1032 bytes
+     * per byte of the file cannot be there: refused before the pixels are
+     * allocated (a 60-byte file claiming 65536x65536 asked for 12 GiB). */
+    uint64_t raw = (uint64_t)h * (1 + (uint64_t)png_get_rowbytes(c->png, c->info));
+    if (raw / 1032 > (uint64_t)sb.st_size) {
+        snprintf(c->msg, sizeof c->msg,
+                 "%ux%u pixels need %llu bytes of image data, more than a %lld-byte file can hold "
+                 "(truncated or corrupt header)",
+                 (unsigned)w, (unsigned)h, (unsigned long long)raw, (long long)sb.st_size);
         png_destroy_read_struct(&c->png, &c->info, &c->end_info);
         return -1;
     }
@@ -317,6 +339,30 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
     return 0;
 }
 
+/* Walks the chunk headers after the signature: 0 when every chunk lies
+ * inside the file, else -1 with why. libpng 1.6 allocates what a text
+ * chunk's length field claims (up to 2 GiB) before finding the file ends. */
+static int png_chunks_fit(FILE *fp, char *why, size_t cap) {
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0) return 0; /* libpng reports what follows */
+    uint64_t at = 8;
+    unsigned char h[8];
+    while (at + 8 <= (uint64_t)sb.st_size) {
+        if (fseek(fp, (long)at, SEEK_SET) != 0 || fread(h, 1, 8, fp) != 8) return 0;
+        uint64_t len = (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 8 | h[3];
+        if (at + 12 + len > (uint64_t)sb.st_size) {
+            snprintf(why, cap, "chunk '%c%c%c%c' at byte %llu claims %llu bytes, past the end of the %lld-byte file "
+                               "(truncated?)", isprint(h[4]) ? h[4] : '?', isprint(h[5]) ? h[5] : '?',
+                     isprint(h[6]) ? h[6] : '?', isprint(h[7]) ? h[7] : '?', (unsigned long long)at,
+                     (unsigned long long)len, (long long)sb.st_size);
+            return -1;
+        }
+        if (!memcmp(h + 4, "IEND", 4)) return 0;
+        at += 12 + len;
+    }
+    return 0;
+}
+
 qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
                       qi_error *err) {
     *rgb = NULL;
@@ -328,6 +374,11 @@ qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, 
     if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) {
         fclose(fp);
         return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG file", path);
+    }
+    char why[160];
+    if (png_chunks_fit(fp, why, sizeof why)) {
+        fclose(fp);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", path, why);
     }
     rewind(fp);
     png_ctx c;

@@ -420,26 +420,26 @@ static qi_status parse_header(qi_st_file *f, qi_error *err) {
 
 /* ---- one file: open, find, close ---------------------------------------- */
 
-qi_status qi_st_open(const char *path, qi_st_file **out, qi_error *err) {
-    *out = NULL;
-    if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "no safetensors path given");
+/* A new file record named `path` (no bytes yet); NULL when out of memory. */
+static qi_st_file *file_new(const char *path) {
     qi_st_file *f = calloc(1, sizeof *f);
     if (f) f->path = strdup(path);
-    if (!f || !f->path) {
+    if (f && !f->path) {
         free(f);
-        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+        f = NULL;
     }
-    qi_status st = qi_map_file(path, &f->map, &f->size, err);
-    if (st == QI_OK && f->size < 8)
+    return f;
+}
+
+/* Checks f->map[0 .. f->size) and fills the tensor table; closes f on error. */
+static qi_status file_parse(qi_st_file *f, qi_st_file **out, qi_error *err) {
+    qi_status st = QI_OK;
+    if (f->size < 8)
         st = qi_fail(err, QI_ERR_FORMAT,
                      "%s: file is %zu bytes, shorter than the 8-byte header length field "
                      "(empty or truncated download?)",
-                     path, f->size);
-    if (st != QI_OK) {
-        qi_st_close(f);
-        return st;
-    }
-    st = parse_header(f, err);
+                     f->path, f->size);
+    if (st == QI_OK) st = parse_header(f, err);
     if (st != QI_OK) {
         qi_st_close(f);
         return st;
@@ -448,9 +448,34 @@ qi_status qi_st_open(const char *path, qi_st_file **out, qi_error *err) {
     return QI_OK;
 }
 
+qi_status qi_st_open(const char *path, qi_st_file **out, qi_error *err) {
+    *out = NULL;
+    if (!path || !*path) return qi_fail(err, QI_ERR_ARG, "no safetensors path given");
+    qi_st_file *f = file_new(path);
+    if (!f) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path);
+    qi_status st = qi_map_file(path, &f->map, &f->size, err);
+    if (st != QI_OK) {
+        qi_st_close(f);
+        return st;
+    }
+    return file_parse(f, out, err);
+}
+
+qi_status qi_st_open_memory(const char *name, const void *data, size_t size, qi_st_file **out,
+                            qi_error *err) {
+    *out = NULL;
+    if (!name || !*name || (!data && size)) return qi_fail(err, QI_ERR_ARG, "qi_st_open_memory: no name or no data");
+    qi_st_file *f = file_new(name);
+    if (!f) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", name);
+    f->map = (void *)data; /* never written: tensors point into it as const */
+    f->size = size;
+    f->borrowed = 1;
+    return file_parse(f, out, err);
+}
+
 void qi_st_close(qi_st_file *f) {
     if (!f) return;
-    qi_unmap_file(f->map, f->size);
+    if (!f->borrowed) qi_unmap_file(f->map, f->size);
     free(f->tensors);
     cJSON_free(f->metadata_json);
     free(f->path);
@@ -502,11 +527,13 @@ static qi_st_set *set_new(int n_files) {
     return s;
 }
 
-qi_status qi_st_set_open_file(const char *path, qi_st_set **out, qi_error *err) {
+/* A set of the one file `open_one` gives. */
+static qi_status set_of_one(const char *name, qi_status (*open_one)(const void *ctx, qi_st_file **f, qi_error *err),
+                            const void *ctx, qi_st_set **out, qi_error *err) {
     *out = NULL;
     qi_st_set *s = set_new(1);
-    if (!s) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", path ? path : "(null)");
-    qi_status st = qi_st_open(path, &s->files[0], err);
+    if (!s) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", name ? name : "(null)");
+    qi_status st = open_one(ctx, &s->files[0], err);
     if (st == QI_OK) {
         s->n_files = 1;
         st = set_build_index(s, err);
@@ -517,6 +544,31 @@ qi_status qi_st_set_open_file(const char *path, qi_st_set **out, qi_error *err) 
     }
     *out = s;
     return QI_OK;
+}
+
+static qi_status open_path(const void *ctx, qi_st_file **f, qi_error *err) {
+    return qi_st_open((const char *)ctx, f, err);
+}
+
+qi_status qi_st_set_open_file(const char *path, qi_st_set **out, qi_error *err) {
+    return set_of_one(path, open_path, path, out, err);
+}
+
+typedef struct memory_image {
+    const char *name;
+    const void *data;
+    size_t size;
+} memory_image;
+
+static qi_status open_image(const void *ctx, qi_st_file **f, qi_error *err) {
+    const memory_image *m = ctx;
+    return qi_st_open_memory(m->name, m->data, m->size, f, err);
+}
+
+qi_status qi_st_set_open_memory(const char *name, const void *data, size_t size, qi_st_set **out,
+                                qi_error *err) {
+    memory_image m = {name, data, size};
+    return set_of_one(name, open_image, &m, out, err);
 }
 
 static int cmp_str_ptr(const void *a, const void *b) {

@@ -34,11 +34,20 @@ typedef struct qi_st_file {
     int n_tensors;
     qi_st_tensor *tensors; /* sorted by name */
     char *metadata_json;   /* the "__metadata__" object as JSON text, or NULL */
+    int borrowed;          /* map is the caller's memory (qi_st_open_memory): not unmapped */
 } qi_st_file;
 
 /* Maps and validates one file. */
 qi_status qi_st_open(const char *path, qi_st_file **out, qi_error *err);
 void qi_st_close(qi_st_file *f);
+
+/* The same checks on a file image already in memory (the fuzz targets give
+ * their exact-size buffers, so a read one byte past the end is an ASan
+ * error, where a mapping's page slack would hide it). `name` stands for the
+ * path in messages. The bytes are not copied: they must stay valid and
+ * unchanged until qi_st_close, which leaves them alone. */
+qi_status qi_st_open_memory(const char *name, const void *data, size_t size, qi_st_file **out,
+                            qi_error *err);
 const qi_st_tensor *qi_st_file_find(const qi_st_file *f, const char *name);
 
 typedef struct qi_st_set {
@@ -56,6 +65,9 @@ typedef struct qi_st_set {
 qi_status qi_st_set_open_dir(const char *dir, const char *stem, qi_st_set **out, qi_error *err);
 /* One file as a set (single-file checkpoints, LoRAs). */
 qi_status qi_st_set_open_file(const char *path, qi_st_set **out, qi_error *err);
+/* One in-memory image as a set (qi_st_open_memory's rules). */
+qi_status qi_st_set_open_memory(const char *name, const void *data, size_t size, qi_st_set **out,
+                                qi_error *err);
 void qi_st_set_close(qi_st_set *s);
 const qi_st_tensor *qi_st_find(const qi_st_set *s, const char *name);
 

@@ -119,8 +119,26 @@ static const char *const dotted_prefixes[] = {"model.diffusion_model.", "diffusi
 /* Prefixes of the kohya flattened layout ('.' written '_'). */
 static const char *const flat_prefixes[] = {"lora_unet_", "lora_transformer_", "lycoris_"};
 
+/* Strips the first of `prefixes` that m[0..*mlen) starts with; returns 1 if
+ * one was stripped, 0 if none matched, -1 if one matched but reaches into
+ * the suffix already cut off (a key such as "transformer.lora_down.weight"
+ * or "lora_unet_lora.down.weight": a prefix and a suffix with no module
+ * between them). */
+static int strip_prefix(const char **m, size_t *mlen, const char *const *prefixes, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (starts_with(*m, prefixes[i])) {
+            size_t p = strlen(prefixes[i]);
+            if (p >= *mlen) return -1; /* mlen - p would wrap round (or leave no module) */
+            *m += p;
+            *mlen -= p;
+            return 1;
+        }
+    return 0;
+}
+
 /* Splits a (default.-free) key into module name, flattened flag and role.
- * Returns 0, or -1 for a key of no known form. module gets the bare name. */
+ * Returns 0, or -1 for a key of no known form (including a prefix directly
+ * followed by a suffix: no module). module gets the bare name. */
 static int parse_key(const char *key, char *module, size_t cap, int *flattened, key_role *role,
                      lora_style *style) {
     size_t len = strlen(key);
@@ -135,24 +153,10 @@ static int parse_key(const char *key, char *module, size_t cap, int *flattened, 
     *style = key_suffixes[found].style;
     size_t mlen = len - strlen(key_suffixes[found].suffix);
     const char *m = key;
-    /* a prefix is stripped only when a module name is left before the suffix
-     * ("transformer.lora_down.weight" has none: refused, not mlen underflowing) */
-    for (size_t i = 0; i < QI_ARRAY_LEN(dotted_prefixes); i++)
-        if (starts_with(m, dotted_prefixes[i]) && strlen(dotted_prefixes[i]) < mlen) {
-            size_t p = strlen(dotted_prefixes[i]);
-            m += p;
-            mlen -= p;
-            break;
-        }
-    *flattened = 0;
-    for (size_t i = 0; i < QI_ARRAY_LEN(flat_prefixes); i++)
-        if (starts_with(m, flat_prefixes[i]) && strlen(flat_prefixes[i]) < mlen) {
-            size_t p = strlen(flat_prefixes[i]);
-            m += p;
-            mlen -= p;
-            *flattened = 1;
-            break;
-        }
+    if (strip_prefix(&m, &mlen, dotted_prefixes, QI_ARRAY_LEN(dotted_prefixes)) < 0) return -1;
+    int flat = strip_prefix(&m, &mlen, flat_prefixes, QI_ARRAY_LEN(flat_prefixes));
+    if (flat < 0) return -1;
+    *flattened = flat;
     if (mlen == 0 || mlen + 1 > cap) return -1;
     memcpy(module, m, mlen);
     module[mlen] = 0;

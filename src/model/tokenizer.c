@@ -290,11 +290,12 @@ static qi_status load_vocab(qi_tokenizer *t, const char *dir, qi_error *err) {
     for (const cJSON *e = root->child; e; e = e->next) {
         double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
         if (v < 0 || v >= MAX_TOKEN_ID || v != (double)(int32_t)v) {
-            /* the message reads the key: made before the tree that holds it is freed */
-            qi_fail(err, QI_ERR_FORMAT, "%s: token \"%.60s\" has id that is not an integer in [0, %d)", path,
-                    e->string ? e->string : "?", MAX_TOKEN_ID);
+            /* the message first: e->string belongs to the tree (read after
+             * cJSON_Delete it was a use-after-free, issue 15) */
+            st = qi_fail(err, QI_ERR_FORMAT, "%s: token \"%.60s\" has id that is not an integer in [0, %d)",
+                         path, e->string ? e->string : "?", MAX_TOKEN_ID);
             cJSON_Delete(root);
-            return QI_ERR_FORMAT;
+            return st;
         }
         if ((int32_t)v > max_id) max_id = (int32_t)v;
     }
