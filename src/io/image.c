@@ -343,24 +343,54 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
  * inside the file, else -1 with why. libpng 1.6 allocates what a text
  * chunk's length field claims (up to 2 GiB) before finding the file ends. */
 static int png_chunks_fit(FILE *fp, char *why, size_t cap) {
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0) return 0; /* libpng reports what follows */
+    /* the stream's size by seeking (a file or fmemopen'd upload alike) */
+    if (fseek(fp, 0, SEEK_END) != 0) return 0; /* libpng reports what follows */
+    long end = ftell(fp);
+    if (end < 0) return 0;
+    uint64_t size = (uint64_t)end;
     uint64_t at = 8;
     unsigned char h[8];
-    while (at + 8 <= (uint64_t)sb.st_size) {
+    while (at + 8 <= size) {
         if (fseek(fp, (long)at, SEEK_SET) != 0 || fread(h, 1, 8, fp) != 8) return 0;
         uint64_t len = (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 8 | h[3];
-        if (at + 12 + len > (uint64_t)sb.st_size) {
+        if (at + 12 + len > size) {
             snprintf(why, cap, "chunk '%c%c%c%c' at byte %llu claims %llu bytes, past the end of the %lld-byte file "
                                "(truncated?)", isprint(h[4]) ? h[4] : '?', isprint(h[5]) ? h[5] : '?',
                      isprint(h[6]) ? h[6] : '?', isprint(h[7]) ? h[7] : '?', (unsigned long long)at,
-                     (unsigned long long)len, (long long)sb.st_size);
+                     (unsigned long long)len, (long long)size);
             return -1;
         }
         if (!memcmp(h + 4, "IEND", 4)) return 0;
         at += 12 + len;
     }
     return 0;
+}
+
+qi_status qi_png_read_fp(const char *name, FILE *fp, uint8_t **rgb, int *width, int *height, char **parameters,
+                         qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    if (parameters) *parameters = NULL;
+    unsigned char sig[8];
+    if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG file", name);
+    char why[160];
+    if (png_chunks_fit(fp, why, sizeof why)) return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", name, why);
+    rewind(fp);
+    png_ctx c;
+    memset(&c, 0, sizeof c);
+    png_read_out o = {0};
+    int rc = png_read(&c, fp, &o, parameters != NULL);
+    free(c.rows);
+    if (rc) {
+        free(o.rgb);
+        free(o.parameters);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", name, c.msg);
+    }
+    *rgb = o.rgb;
+    *width = o.width;
+    *height = o.height;
+    if (parameters) *parameters = o.parameters;
+    return QI_OK;
 }
 
 qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
@@ -370,33 +400,9 @@ qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, 
     if (parameters) *parameters = NULL;
     FILE *fp = fopen(path, "rb");
     if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    unsigned char sig[8];
-    if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) {
-        fclose(fp);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG file", path);
-    }
-    char why[160];
-    if (png_chunks_fit(fp, why, sizeof why)) {
-        fclose(fp);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", path, why);
-    }
-    rewind(fp);
-    png_ctx c;
-    memset(&c, 0, sizeof c);
-    png_read_out o = {0};
-    int rc = png_read(&c, fp, &o, parameters != NULL);
+    qi_status st = qi_png_read_fp(path, fp, rgb, width, height, parameters, err);
     fclose(fp);
-    free(c.rows);
-    if (rc) {
-        free(o.rgb);
-        free(o.parameters);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", path, c.msg);
-    }
-    *rgb = o.rgb;
-    *width = o.width;
-    *height = o.height;
-    if (parameters) *parameters = o.parameters;
-    return QI_OK;
+    return st;
 }
 
 /* ---- JPEG -------------------------------------------------------------------------------- */

@@ -4,6 +4,7 @@
  * convert("RGB") would give them (alpha dropped, grey repeated, palette
  * expanded, 16-bit PNG samples by their high byte).
  */
+#define _POSIX_C_SOURCE 200809L /* fmemopen */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -104,32 +105,52 @@ static qi_status webp_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w
     return st;
 }
 
-qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err) {
+/* Tells the format apart by its first bytes and decodes from fp (at its start). */
+static qi_status image_read_fp(const char *name, FILE *fp, uint8_t **rgb, int *width, int *height, qi_error *err) {
     *rgb = NULL;
     *width = *height = 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     unsigned char magic[12] = {0};
     size_t got = fread(magic, 1, sizeof magic, fp);
     rewind(fp);
     qi_status st;
     if (got >= 8 && !memcmp(magic, "\x89PNG\r\n\x1a\n", 8)) {
-        fclose(fp);
-        st = qi_png_read(path, rgb, width, height, NULL, err);
+        st = qi_png_read_fp(name, fp, rgb, width, height, NULL, err);
         if (st == QI_OK && (*width > READ_MAX_SIDE || *height > READ_MAX_SIDE)) {
             free(*rgb);
             *rgb = NULL;
-            st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", path, *width, *height,
+            st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", name, *width, *height,
                          READ_MAX_SIDE, READ_MAX_SIDE);
         }
-        return st;
-    }
-    if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF)
-        st = jpeg_read_rgb(path, fp, rgb, width, height, err);
+    } else if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF)
+        st = jpeg_read_rgb(name, fp, rgb, width, height, err);
     else if (got >= 12 && !memcmp(magic, "RIFF", 4) && !memcmp(magic + 8, "WEBP", 4))
-        st = webp_read_rgb(path, fp, rgb, width, height, err);
+        st = webp_read_rgb(name, fp, rgb, width, height, err);
     else
-        st = qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG, JPEG or WebP picture", path);
+        st = qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG, JPEG or WebP picture", name);
+    return st;
+}
+
+qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    qi_status st = image_read_fp(path, fp, rgb, width, height, err);
+    fclose(fp);
+    return st;
+}
+
+/* fmemopen gives the decoders (which read FILE streams) the bytes without a
+ * temporary file. */
+qi_status qi_image_read_rgb_mem(const char *name, const void *data, size_t size, uint8_t **rgb, int *width,
+                                int *height, qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    if (!data || size == 0) return qi_fail(err, QI_ERR_FORMAT, "%s: empty; expected a PNG, JPEG or WebP picture", name);
+    if (size > (size_t)READ_MAX_BYTES) return qi_fail(err, QI_ERR_ARG, "%s: %zu bytes is too large", name, size);
+    FILE *fp = fmemopen((void *)data, size, "rb");
+    if (!fp) return qi_fail(err, QI_ERR_NOMEM, "%s: cannot open %zu bytes as a stream: %s", name, size, strerror(errno));
+    qi_status st = image_read_fp(name, fp, rgb, width, height, err);
     fclose(fp);
     return st;
 }
