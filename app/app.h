@@ -14,6 +14,10 @@
 
 int qi_app_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns 2 */
 int qi_app_runtime_error(const char *msg);                                          /* returns 1 */
+int qi_app_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));       /* "error: …", returns 1 */
+/* The message of this thread's last qi_app_*_error (the server hands a failed
+ * check's message to its client). */
+extern _Thread_local char qi_app_last_error[1024];
 int qi_app_exit_code(qi_status st);
 int qi_app_parse_int(const char *flag, const char *s, long lo, long hi, long *out);
 int qi_app_parse_float(const char *flag, const char *s, double *out);

@@ -44,6 +44,10 @@ typedef struct job {
     qi_image_format format;
     int async;                      /* POST /v1/jobs: a disconnect does not cancel it */
     int previews;                   /* make a preview per step */
+    uint8_t *init_rgb, *mask_rgb;   /* /v1/images/edits: the picture and mask [h, w, 3] (qi_free_bytes) */
+    int init_w, init_h, mask_w, mask_h;
+    double strength;
+    char *init_name, *mask_name;    /* the uploaded files' names (the parameters text) */
     int n_loras;                    /* -1: the server's --lora set; else the request's `loras` */
     char *lora_path[QI_APP_MAX_LORAS]; /* resolved in --lora-dir (owned) */
     float lora_strength[QI_APP_MAX_LORAS];
