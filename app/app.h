@@ -109,6 +109,9 @@ int qi_params_file_hash(const char *path, char *out, size_t cap);
  * (from --from-parameters) must match it. notes: n_prompts entries. 0, or
  * the exit code after printing the error. */
 int qi_app_precheck(gen_args *a, prompt_note *notes);
+/* The scheduler part of it alone (cheap: no tokenizer): 0, or the exit code
+ * after printing the error (qi_app_last_error holds it). */
+int qi_app_precheck_schedule(gen_args *a);
 /* -p and -n are valid UTF-8 (a usage error naming the flag otherwise): 0 or 2. */
 int qi_app_check_text(const gen_args *a);
 

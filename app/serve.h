@@ -122,6 +122,9 @@ job *serve_job_new(void);          /* refs 1 (the caller's), QUEUED */
 job *serve_job_find(serve *s, const char *id); /* a reference (serve_job_put it), or NULL */
 void serve_job_put(serve *s, job *j); /* drops one reference */
 void serve_job_cancel(serve *s, job *j);
+/* What can be checked before queueing (the schedule for these steps and
+ * this size): 0, or -1 with the reason in msg. */
+int serve_job_check(const serve *s, const job *j, char *msg, size_t cap);
 int serve_job_position(serve *s, const job *j); /* 0-based place in the queue, -1 when not queued (locked) */
 const char *serve_job_state_name(job_state st);
 double serve_now(void);

@@ -299,6 +299,11 @@ static int models(serve *s, struct MHD_Connection *c) {
 /* Queues a parsed job and answers: 202 (async), an event stream, or the
  * finished images. Takes the caller's reference. */
 int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async) {
+    char why[1024];
+    if (serve_job_check(s, j, why, sizeof why)) { /* a 400 now rather than a failed job later */
+        serve_job_put(s, j);
+        return BAD(r->conn, strstr(why, "-step") ? "steps" : "scheduler", "%s", why);
+    }
     j->async = async;
     j->previews = async || (stream && j->partial_images > 0);
     if (serve_submit_or_answer(s, r->conn, j)) {

@@ -207,6 +207,15 @@ static void job_args(const serve *s, const job *j, gen_args *a) {
     }
 }
 
+int serve_job_check(const serve *s, const job *j, char *msg, size_t cap) {
+    gen_args a;
+    job_args(s, j, &a);
+    qi_app_last_error[0] = 0;
+    if (!qi_app_precheck_schedule(&a)) return 0;
+    snprintf(msg, cap, "%s", qi_app_last_error[0] ? qi_app_last_error : "the request failed the scheduler check");
+    return -1;
+}
+
 void serve_loras_loaded(serve *s) {
     const gen_args *m = &s->opt.model;
     for (int i = 0; i < m->n_loras; i++) {

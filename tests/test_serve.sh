@@ -269,6 +269,8 @@ MODEL=$MODEL_SAVED
 check "1 step with shift_terminal" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":1}')" 400
 grep -q "shift_terminal" "$T/body" && ok "the 400 says why: $(field .error.message | cut -c1-80)" \
     || bad "no reason in: $(cat "$T/body")"
+check "1 step with shift_terminal: param" "$(field .error.param)" steps
+check "an async job too: 400 at submission" "$(req POST /v1/jobs '{"prompt":"x","size":"32x32","steps":1}')" 400
 check "2 steps with shift_terminal" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":2}')" 200
 kill -TERM $PID; wait $PID
 
