@@ -104,8 +104,13 @@ static cJSON *fields_json(const form *f, const char **bad) {
 
 #define BAD(c, param, ...) serve_send_error(c, 400, "invalid_request_error", param, "invalid_value", __VA_ARGS__)
 
+/* The largest picture side taken: 4 × --max-size (the picture is resized to
+ * the output, at most --max-size a side; a larger one only costs memory: a
+ * PNG of zeros compresses ~1000:1, so --max-body alone does not bound it). */
+static int max_side(const serve *s) { return s->opt.max_size * 4 < 16384 ? s->opt.max_size * 4 : 16384; }
+
 /* The pictures and strength into j; 0, or -1 after answering 400. */
-static int take_pictures(const form *f, struct MHD_Connection *c, job *j) {
+static int take_pictures(const serve *s, const form *f, struct MHD_Connection *c, job *j) {
     const form_part *img[EDITS_FIELD_MAX], *mask = NULL, *strength = NULL;
     int n_img = 0;
     for (int i = 0; i < f->n; i++) {
@@ -120,9 +125,11 @@ static int take_pictures(const form *f, struct MHD_Connection *c, job *j) {
         return BAD(c, "image", "%d pictures given; this server's model takes one (image-to-image%s)", n_img,
                    n_img > EDITS_MAX_IMAGES ? "; an Edit model takes at most 3" : ""), -1;
     char err[1024];
-    if (qi_image_read_mem("image", img[0]->data, img[0]->len, &j->init_rgb, &j->init_w, &j->init_h, err, sizeof err))
+    int side = max_side(s);
+    if (qi_image_read_mem("image", img[0]->data, img[0]->len, side, &j->init_rgb, &j->init_w, &j->init_h, err,
+                          sizeof err))
         return BAD(c, "image", "%s", err), -1;
-    if (mask && qi_image_read_mem("mask", mask->data, mask->len, &j->mask_rgb, &j->mask_w, &j->mask_h, err,
+    if (mask && qi_image_read_mem("mask", mask->data, mask->len, side, &j->mask_rgb, &j->mask_w, &j->mask_h, err,
                                   sizeof err))
         return BAD(c, "mask", "%s", err), -1;
     j->strength = 0.6;
@@ -169,7 +176,7 @@ static job *parse_edit(serve *s, const http_req *r, int *stream) {
     if (text) {
         http_req as_json = {r->conn, r->method, r->url, text, strlen(text)};
         j = serve_parse_generation(s, &as_json, stream);
-        if (j && take_pictures(f, r->conn, j)) {
+        if (j && take_pictures(s, f, r->conn, j)) {
             serve_job_put(s, j);
             j = NULL;
         }

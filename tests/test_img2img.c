@@ -627,18 +627,21 @@ static void pictures_in_memory_read_as_files(void) {
     uint8_t *from_file = NULL, *from_mem = NULL;
     int fw = 0, fh = 0, mw = 0, mh = 0;
     REQUIRE(qi_image_read(path, &from_file, &fw, &fh, err, sizeof err) == QI_OK, "%s", err);
-    CHECK(qi_image_read_mem("image", buf, n, &from_mem, &mw, &mh, err, sizeof err) == QI_OK, "%s", err);
+    CHECK(qi_image_read_mem("image", buf, n, 0, &from_mem, &mw, &mh, err, sizeof err) == QI_OK, "%s", err);
     CHECK(mw == fw && mh == fh && from_mem && !memcmp(from_mem, from_file, (size_t)fw * fh * 3),
           "memory %dx%d == file %dx%d, same pixels", mw, mh, fw, fh);
     qi_free_bytes(from_mem);
     qi_free_bytes(from_file);
     from_mem = NULL;
-    qi_status st = qi_image_read_mem("image[1]", buf, n / 2, &from_mem, &mw, &mh, err, sizeof err);
+    qi_status st = qi_image_read_mem("image[1]", buf, n / 2, 0, &from_mem, &mw, &mh, err, sizeof err);
     CHECK(st == QI_ERR_FORMAT && from_mem == NULL && strstr(err, "image[1]") && !strchr(err, '\n'), "cut: %d %s", st, err);
-    st = qi_image_read_mem("mask", "hello", 5, &from_mem, &mw, &mh, err, sizeof err);
+    st = qi_image_read_mem("mask", "hello", 5, 0, &from_mem, &mw, &mh, err, sizeof err);
     CHECK(st == QI_ERR_FORMAT && strstr(err, "mask") && strstr(err, "PNG"), "garbage: %d %s", st, err);
-    st = qi_image_read_mem("image", buf, 0, &from_mem, &mw, &mh, err, sizeof err);
+    st = qi_image_read_mem("image", buf, 0, 0, &from_mem, &mw, &mh, err, sizeof err);
     CHECK(st != QI_OK && strstr(err, "image"), "empty: %d %s", st, err);
+    /* a side over max_side: refused by the header, before any pixel is decoded */
+    st = qi_image_read_mem("image", buf, n, fw - 1, &from_mem, &mw, &mh, err, sizeof err);
+    CHECK(st == QI_ERR_ARG && from_mem == NULL && strstr(err, "at most"), "over max_side: %d %s", st, err);
 }
 
 /* Claim: odd sizes go through qi_generate (a 1×1 picture, a mask of another

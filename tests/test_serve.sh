@@ -250,6 +250,10 @@ bad_edit "no image" image -F prompt=x
 bad_edit "two images on a non-Edit model" image -F 'image[]=@in_b.png' -F 'image[]=@in_b.png' -F prompt=x
 bad_edit "undecodable image" image -F image=@junk.png -F prompt=x
 bad_edit "undecodable mask" mask -F image=@in_b.png -F mask=@junk.png -F prompt=x
+python3 -c 'import struct,sys,zlib; ihdr=b"IHDR"+struct.pack(">IIBBBBB",9000,9000,8,2,0,0,0)
+sys.stdout.buffer.write(b"\x89PNG\r\n\x1a\n"+struct.pack(">I",13)+ihdr+struct.pack(">I",zlib.crc32(ihdr)))' >"$T/huge.png"
+bad_edit "a 9000x9000 picture (over 4 x --max-size)" image -F image=@huge.png -F prompt=x
+grep -q "at most 8192x8192" "$T/body" && ok "the message gives the limit" || bad "no limit in: $(cat "$T/body")"
 bad_edit "strength 0" strength -F image=@in_b.png -F prompt=x -F strength=0
 bad_edit "strength 1.5" strength -F image=@in_b.png -F prompt=x -F strength=1.5
 bad_edit "steps not a number" steps -F image=@in_b.png -F prompt=x -F steps=many

@@ -75,9 +75,10 @@ qi_status qi_png_read_fp(const char *name, FILE *fp, uint8_t **rgb, int *width, 
  * 16384 pixels a side is QI_ERR_ARG. */
 qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err);
 /* The same from bytes in memory (an uploaded file); name is for messages
- * (e.g. the form field "image[0]"). */
-qi_status qi_image_read_rgb_mem(const char *name, const void *data, size_t size, uint8_t **rgb, int *width,
-                                int *height, qi_error *err);
+ * (e.g. the form field "image"). max_side (0: 16384) refuses larger
+ * pictures (QI_ERR_ARG) before their pixels are allocated. */
+qi_status qi_image_read_rgb_mem(const char *name, const void *data, size_t size, int max_side, uint8_t **rgb,
+                                int *width, int *height, qi_error *err);
 
 #define QI_JPEG_COMMENT_MAX 65533 /* bytes of one COM segment */
 
