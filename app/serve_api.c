@@ -302,7 +302,8 @@ int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async)
     char why[1024];
     if (serve_job_check(s, j, why, sizeof why)) { /* a 400 now rather than a failed job later */
         serve_job_put(s, j);
-        return BAD(r->conn, strstr(why, "-step") ? "steps" : "scheduler", "%s", why);
+        return serve_send_error(r->conn, 400, "invalid_request_error", strstr(why, "-step") ? "steps" : "scheduler",
+                                "invalid_value", "%s", why);
     }
     j->async = async;
     j->previews = async || (stream && j->partial_images > 0);

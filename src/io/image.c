@@ -280,8 +280,10 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
     }
     /* libpng's suggested caps: bytes of one chunk (a zTXt/iTXt's inflated
      * text included) and count of ancillary chunks. */
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0) sb.st_size = 0;
+    /* the stream's size by seeking: a file and an fmemopen'd upload alike */
+    long at = ftell(fp), end = fseek(fp, 0, SEEK_END) == 0 ? ftell(fp) : -1;
+    if (at < 0 || fseek(fp, at, SEEK_SET) != 0) end = -1;
+    long long file_size = end > 0 ? end : 0;
     png_set_chunk_malloc_max(c->png, PNG_CHUNK_MAX);
     png_set_chunk_cache_max(c->png, 1000);
     png_init_io(c->png, fp);
@@ -298,11 +300,11 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
      * per byte of the file cannot be there: refused before the pixels are
      * allocated (a 60-byte file claiming 65536x65536 asked for 12 GiB). */
     uint64_t raw = (uint64_t)h * (1 + (uint64_t)png_get_rowbytes(c->png, c->info));
-    if (raw / 1032 > (uint64_t)sb.st_size) {
+    if (raw / 1032 > (uint64_t)file_size) {
         snprintf(c->msg, sizeof c->msg,
                  "%ux%u pixels need %llu bytes of image data, more than a %lld-byte file can hold "
                  "(truncated or corrupt header)",
-                 (unsigned)w, (unsigned)h, (unsigned long long)raw, (long long)sb.st_size);
+                 (unsigned)w, (unsigned)h, (unsigned long long)raw, file_size);
         png_destroy_read_struct(&c->png, &c->info, &c->end_info);
         return -1;
     }
