@@ -14,6 +14,10 @@
 
 int qi_app_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns 2 */
 int qi_app_runtime_error(const char *msg);                                          /* returns 1 */
+int qi_app_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));       /* "error: …", returns 1 */
+/* The message of this thread's last qi_app_*_error (the server hands a failed
+ * check's message to its client). */
+extern _Thread_local char qi_app_last_error[1024];
 int qi_app_exit_code(qi_status st);
 int qi_app_parse_int(const char *flag, const char *s, long lo, long hi, long *out);
 int qi_app_parse_float(const char *flag, const char *s, double *out);
@@ -105,6 +109,9 @@ int qi_params_file_hash(const char *path, char *out, size_t cap);
  * (from --from-parameters) must match it. notes: n_prompts entries. 0, or
  * the exit code after printing the error. */
 int qi_app_precheck(gen_args *a, prompt_note *notes);
+/* The scheduler part of it alone (cheap: no tokenizer): 0, or the exit code
+ * after printing the error (qi_app_last_error holds it). */
+int qi_app_precheck_schedule(gen_args *a);
 /* -p and -n are valid UTF-8 (a usage error naming the flag otherwise): 0 or 2. */
 int qi_app_check_text(const gen_args *a);
 

@@ -24,12 +24,12 @@
 static int check_hash(gen_args *a) {
     char now[64];
     if (qi_params_file_hash(a->scheduler, now, sizeof now)) {
-        fprintf(stderr, "qwen-image: error: --scheduler %s: cannot read the file\n", a->scheduler);
+        qi_app_error("--scheduler %s: cannot read the file", a->scheduler);
         return 1;
     }
     if (a->scheduler_hash[0] && strcmp(a->scheduler_hash, now)) {
-        fprintf(stderr, "qwen-image: error: --scheduler %s: the file changed since the image was made (%s then, %s "
-                        "now); restore it or pass --scheduler to use it as it is\n", a->scheduler, a->scheduler_hash,
+        qi_app_error("--scheduler %s: the file changed since the image was made (%s then, %s "
+                        "now); restore it or pass --scheduler to use it as it is", a->scheduler, a->scheduler_hash,
                 now);
         return 1;
     }
@@ -85,7 +85,7 @@ static int check_scheduler(gen_args *a, const qi_model_files *files) {
     free(sig);
     /* whatever is wrong with a file the user named is the file's fault: exit 1, naming it */
     if (st) {
-        fprintf(stderr, "qwen-image: error: --scheduler %s: %s%s%s\n", name ? name : "model", err.msg,
+        qi_app_error("--scheduler %s: %s%s%s", name ? name : "model", err.msg,
                 file && file != name ? "; the file: " : "", file && file != name ? file : "");
         return 1;
     }
@@ -134,8 +134,17 @@ static int check_prompts(const gen_args *a, const qi_model_files *files, prompt_
         if (!st) warn_cut("the negative prompt (-n)", &neg, a->max_seq_len, a->quiet);
     }
     if (tok) qi_tokenizer_free(tok);
-    if (st) fprintf(stderr, "qwen-image: error: %s\n", err.msg);
+    if (st) qi_app_error("%s", err.msg);
     return st ? qi_app_exit_code(st) : 0;
+}
+
+int qi_app_precheck_schedule(gen_args *a) {
+    qi_model_files files;
+    qi_error err = {{0}};
+    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
+    qi_status st = qi_model_files_resolve(&paths, &files, &err);
+    if (st) return qi_app_error("%s", err.msg), qi_app_exit_code(st);
+    return check_scheduler(a, &files);
 }
 
 int qi_app_precheck(gen_args *a, prompt_note *notes) {
@@ -144,7 +153,7 @@ int qi_app_precheck(gen_args *a, prompt_note *notes) {
     qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
     qi_status st = qi_model_files_resolve(&paths, &files, &err);
     if (st) {
-        fprintf(stderr, "qwen-image: error: %s\n", err.msg);
+        qi_app_error("%s", err.msg);
         return qi_app_exit_code(st);
     }
     int rc = check_scheduler(a, &files);

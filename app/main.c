@@ -38,18 +38,29 @@
 #define QI_DEFAULT_MODEL "tests/data/tiny-model"
 #endif
 
+_Thread_local char qi_app_last_error[1024];
+
 int qi_app_usage_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "qwen-image: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see qwen-image --help)\n");
+    vsnprintf(qi_app_last_error, sizeof qi_app_last_error, fmt, ap);
     va_end(ap);
+    fprintf(stderr, "qwen-image: %s (see qwen-image --help)\n", qi_app_last_error);
     return 2;
 }
 
 int qi_app_runtime_error(const char *msg) {
+    snprintf(qi_app_last_error, sizeof qi_app_last_error, "%s", msg);
     fprintf(stderr, "qwen-image: error: %s\n", msg);
+    return 1;
+}
+
+int qi_app_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(qi_app_last_error, sizeof qi_app_last_error, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "qwen-image: error: %s\n", qi_app_last_error);
     return 1;
 }
 

@@ -36,7 +36,7 @@ static void serve_usage(void) {
            "  --max-size N        largest width or height a request may ask (default 2048)\n"
            "  --max-steps N       most steps a request may ask (default 100)\n"
            "  --max-batch N       most images per request, n (default 4, at most %d)\n"
-           "  --max-body BYTES    largest request body (default 1048576); larger: 413\n"
+           "  --max-body BYTES    largest request body (default 33554432: room for uploaded pictures); larger: 413\n"
            "  --timeout S         a connection silent for S seconds is closed (default 15; slow clients)\n"
            "  --prompt-cache N    text-encoder results kept for repeated prompts (default 8; 0: none)\n"
            "  --random-weights S  benchmarks only: every weight random (seed S), e.g. with -m a folder\n"
@@ -103,7 +103,7 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
     o->model.max_seq_len = 512;
     o->host = "127.0.0.1";
     o->port = 8080, o->queue = 8, o->max_size = 2048, o->max_steps = 100, o->max_batch = 4;
-    o->max_body = 1 << 20;
+    o->max_body = (size_t)32 << 20; /* /v1/images/edits carries pictures (OpenAI takes up to 50 MB) */
     o->timeout_s = 15;
     o->prompt_cache = 8;
     for (int i = 1; i < argc; i++) {

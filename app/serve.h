@@ -44,6 +44,10 @@ typedef struct job {
     qi_image_format format;
     int async;                      /* POST /v1/jobs: a disconnect does not cancel it */
     int previews;                   /* make a preview per step */
+    uint8_t *init_rgb, *mask_rgb;   /* /v1/images/edits: the picture and mask [h, w, 3] (qi_free_bytes) */
+    int init_w, init_h, mask_w, mask_h;
+    double strength;
+    char *init_name, *mask_name;    /* the uploaded files' names (the parameters text) */
     int n_loras;                    /* -1: the server's --lora set; else the request's `loras` */
     char *lora_path[QI_APP_MAX_LORAS]; /* resolved in --lora-dir (owned) */
     float lora_strength[QI_APP_MAX_LORAS];
@@ -118,6 +122,9 @@ job *serve_job_new(void);          /* refs 1 (the caller's), QUEUED */
 job *serve_job_find(serve *s, const char *id); /* a reference (serve_job_put it), or NULL */
 void serve_job_put(serve *s, job *j); /* drops one reference */
 void serve_job_cancel(serve *s, job *j);
+/* What can be checked before queueing (the schedule for these steps and
+ * this size): 0, or -1 with the reason in msg. */
+int serve_job_check(const serve *s, const job *j, char *msg, size_t cap);
 int serve_job_position(serve *s, const job *j); /* 0-based place in the queue, -1 when not queued (locked) */
 const char *serve_job_state_name(job_state st);
 double serve_now(void);

@@ -5,7 +5,7 @@
  *   GET  /health                   200 ready, 503 loading or stopping
  *   GET  /v1/models                the loaded model
  *   POST /v1/images/generations    OpenAI's Images API: waits, or streams (stream: true) events
- *   POST /v1/images/edits          501 until img2img lands
+ *   POST /v1/images/edits          the same from a picture (multipart; serve_edits.c)
  *   POST /v1/jobs                  202 {id, status, queue_position}
  *   GET  /v1/jobs/{id}             status, step/steps, progress, eta_s, latest preview
  *   DELETE /v1/jobs/{id}           cancel (a running job stops at the next step)
@@ -296,11 +296,15 @@ static int models(serve *s, struct MHD_Connection *c) {
     return serve_send_json(c, 200, root);
 }
 
-/* POST /v1/images/generations and POST /v1/jobs. */
-static int generations(serve *s, const http_req *r, int async) {
-    int stream = 0;
-    job *j = serve_parse_generation(s, r, &stream);
-    if (!j) return MHD_YES;
+/* Queues a parsed job and answers: 202 (async), an event stream, or the
+ * finished images. Takes the caller's reference. */
+int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async) {
+    char why[1024];
+    if (serve_job_check(s, j, why, sizeof why)) { /* a 400 now rather than a failed job later */
+        serve_job_put(s, j);
+        return serve_send_error(r->conn, 400, "invalid_request_error", strstr(why, "-step") ? "steps" : "scheduler",
+                                "invalid_value", "%s", why);
+    }
     j->async = async;
     j->previews = async || (stream && j->partial_images > 0);
     if (serve_submit_or_answer(s, r->conn, j)) {
@@ -318,6 +322,14 @@ static int generations(serve *s, const http_req *r, int async) {
     }
     serve_job_put(s, j);
     return rc;
+}
+
+/* POST /v1/images/generations and POST /v1/jobs. */
+static int generations(serve *s, const http_req *r, int async) {
+    int stream = 0;
+    job *j = serve_parse_generation(s, r, &stream);
+    if (!j) return MHD_YES;
+    return serve_answer_job(s, r, j, stream, async);
 }
 
 /* /v1/jobs/{id}[/events] */
@@ -365,10 +377,7 @@ int serve_api_dispatch(serve *s, const http_req *r) {
         case 1: return health(s, c);
         case 2: return models(s, c);
         case 3: return generations(s, r, 0);
-        case 4:
-            return serve_send_error(c, 501, "invalid_request_error", NULL, "not_implemented",
-                                    "/v1/images/edits is not implemented yet: image-to-image and Qwen-Image-Edit "
-                                    "come with their own issue; use /v1/images/generations");
+        case 4: return serve_edits(s, r);
         case 5: return serve_a1111_txt2img(s, r);
         case 6: return serve_a1111_progress(s, c);
         default: return generations(s, r, 1);

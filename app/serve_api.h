@@ -14,6 +14,10 @@ char *serve_base64(const uint8_t *p, size_t n); /* malloc'd, NUL-terminated */
 job *serve_parse_generation(serve *s, const http_req *r, int *stream);
 /* Queues j or answers 429 (Retry-After) / 503; 0 when queued. */
 int serve_submit_or_answer(serve *s, struct MHD_Connection *c, job *j);
+/* Queues j and answers (202, events or the images); takes the reference. */
+int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async);
+/* serve_edits.c: POST /v1/images/edits (multipart/form-data). */
+int serve_edits(serve *s, const http_req *r);
 int serve_generate_blocking(serve *s, struct MHD_Connection *c, job *j);
 /* Waits until j is finished; a client that goes away meanwhile cancels it. */
 void serve_wait_job(serve *s, struct MHD_Connection *c, job *j);

@@ -46,6 +46,10 @@ job *serve_job_new(void) {
 static void job_free(job *j) {
     free(j->prompt);
     free(j->negative);
+    qi_free_bytes(j->init_rgb);
+    qi_free_bytes(j->mask_rgb);
+    free(j->init_name);
+    free(j->mask_name);
     for (int i = 0; i < j->n_loras; i++) free(j->lora_path[i]);
     qi_free_bytes(j->preview);
     for (int i = 0; i < SERVE_MAX_N; i++) qi_free_bytes(j->images[i].bytes);
@@ -196,10 +200,20 @@ static void job_args(const serve *s, const job *j, gen_args *a) {
     a->batch = j->n;
     a->scheduler = j->scheduler;
     a->quiet = 1;
+    if (j->init_rgb) a->image = j->init_name, a->mask = j->mask_name, a->strength = j->strength;
     if (j->n_loras >= 0) { /* the request's set replaces the server's */
         a->n_loras = j->n_loras;
         for (int i = 0; i < j->n_loras; i++) a->lora_path[i] = j->lora_path[i], a->lora_strength[i] = j->lora_strength[i];
     }
+}
+
+int serve_job_check(const serve *s, const job *j, char *msg, size_t cap) {
+    gen_args a;
+    job_args(s, j, &a);
+    qi_app_last_error[0] = 0;
+    if (!qi_app_precheck_schedule(&a)) return 0;
+    snprintf(msg, cap, "%s", qi_app_last_error[0] ? qi_app_last_error : "the request failed the scheduler check");
+    return -1;
 }
 
 void serve_loras_loaded(serve *s) {
@@ -251,8 +265,12 @@ static void run_job(serve *s, job *j) {
     job_image imgs[SERVE_MAX_N];
     memset(imgs, 0, sizeof imgs);
     char err[1024] = "";
-    int status = 500, st = qi_app_precheck(&a, notes);
-    if (st) snprintf(err, sizeof err, "the request failed the checks before generating (see the server log)");
+    qi_app_last_error[0] = 0;
+    int st = qi_app_precheck(&a, notes);
+    /* the model loaded at start-up, so what fails the checks is the request's (steps, scheduler, prompt) */
+    int status = st ? 400 : 500;
+    if (st) snprintf(err, sizeof err, "%s", qi_app_last_error[0] ? qi_app_last_error : "the request failed the "
+                                                                  "checks before generating (see the server log)");
     qi_image img = {0};
     run_ctx ctx = {s, j};
     if (!st && (st = (use_loras(s, &a) != QI_OK)))
@@ -263,6 +281,11 @@ static void run_job(serve *s, job *j) {
         r.negative_prompt = j->negative;
         r.width = j->width, r.height = j->height, r.steps = j->steps, r.cfg = (float)j->cfg;
         r.seed = j->seed, r.batch = j->n, r.scheduler = j->scheduler;
+        if (j->init_rgb) {
+            r.init_image = j->init_rgb, r.init_width = j->init_w, r.init_height = j->init_h;
+            r.mask_image = j->mask_rgb, r.mask_width = j->mask_w, r.mask_height = j->mask_h;
+            r.strength = j->strength;
+        }
         r.progress = on_progress, r.progress_user = &ctx;
         r.step_latents = on_latents, r.step_latents_user = &ctx;
         qi_status gst = qi_generate(s->engine, &r, &img);

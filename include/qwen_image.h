@@ -261,6 +261,11 @@ qi_status qi_image_write(const qi_image *img, int index, const char *path, int q
  * qi_free_bytes. Alpha is dropped, grey repeated, 16-bit samples cut to their
  * high byte; at most 16384 pixels a side. */
 qi_status qi_image_read(const char *path, uint8_t **rgb, int *width, int *height, char *errbuf, size_t errcap);
+/* The same from bytes in memory (an uploaded file); name names them in
+ * messages (e.g. the form field "image"). A picture with a side over
+ * max_side (0: 16384) is QI_ERR_ARG before its pixels are allocated. */
+qi_status qi_image_read_mem(const char *name, const void *data, size_t size, int max_side, uint8_t **rgb, int *width,
+                            int *height, char *errbuf, size_t errcap);
 
 /* img->latents (what the VAE decoded) as a safetensors file with one float32
  * tensor "vae_in" [count, 16, 1, height/8, width/8]. */

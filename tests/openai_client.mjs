@@ -1,14 +1,15 @@
 // The official OpenAI client, unchanged, against `qwen-image serve`:
-//   node openai_client.mjs BASE_URL OUT_DIR
+//   node openai_client.mjs BASE_URL OUT_DIR [PICTURE]
 // images.generate with response_format b64_json (-> OUT_DIR/openai.png) and
 // with stream + partial_images 2 (every event parsed by the client; the
-// completed image -> OUT_DIR/openai_stream.png). Prints one line per claim;
+// completed image -> OUT_DIR/openai_stream.png), and images.edit of PICTURE
+// (-> OUT_DIR/openai_edit.png). Prints one line per claim;
 // exits 1 when one fails. Our extensions (steps, seed, negative_prompt, cfg)
 // ride in the body as extra fields, which the client passes through.
-import OpenAI from 'openai';
-import { writeFileSync } from 'node:fs';
+import OpenAI, { toFile } from 'openai';
+import { readFileSync, writeFileSync } from 'node:fs';
 
-const [base, out] = process.argv.slice(2);
+const [base, out, picture] = process.argv.slice(2);
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
 const request = { model: 'qwen-image', prompt: 'a cat', size: '32x48', negative_prompt: 'blur', cfg: 3, seed: 7 };
 let failed = 0;
@@ -35,4 +36,14 @@ for await (const event of stream) {
 }
 claim(partials === 2, `stream: 2 partial images (got ${partials})`);
 claim(types.at(-1) === 'image_generation.completed', `stream ends with completed (${types.join(', ')})`);
+
+// images.edit: multipart/form-data with the picture (img2img); our fields ride along as form fields
+if (picture) {
+  const image = await toFile(readFileSync(picture), 'in_b.png', { type: 'image/png' });
+  const e = await client.images.edit({ model: 'qwen-image', image, prompt: 'a cat', size: '32x48', steps: 4, seed: 7,
+                                       strength: 0.5, response_format: 'b64_json' });
+  claim(Array.isArray(e.data) && e.data.length === 1 && typeof e.data[0].b64_json === 'string',
+        'images.edit: one b64_json image');
+  writeFileSync(`${out}/openai_edit.png`, Buffer.from(e.data[0].b64_json, 'base64'));
+}
 process.exit(failed ? 1 : 0);

@@ -612,6 +612,38 @@ static void odd_picture_files_are_read_or_refused(void) {
     tmp_remove_tree(dir);
 }
 
+/* Claim: a picture in memory (an upload) decodes to the same pixels as the
+ * same bytes read from a file, and empty, garbage or truncated bytes are
+ * one-line errors naming the given field name. */
+static void pictures_in_memory_read_as_files(void) {
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/in_b.png", EDIT_REF "/inputs");
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f != NULL);
+    static uint8_t buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    REQUIRE(n > 0 && n < sizeof buf);
+    uint8_t *from_file = NULL, *from_mem = NULL;
+    int fw = 0, fh = 0, mw = 0, mh = 0;
+    REQUIRE(qi_image_read(path, &from_file, &fw, &fh, err, sizeof err) == QI_OK, "%s", err);
+    CHECK(qi_image_read_mem("image", buf, n, 0, &from_mem, &mw, &mh, err, sizeof err) == QI_OK, "%s", err);
+    CHECK(mw == fw && mh == fh && from_mem && !memcmp(from_mem, from_file, (size_t)fw * fh * 3),
+          "memory %dx%d == file %dx%d, same pixels", mw, mh, fw, fh);
+    qi_free_bytes(from_mem);
+    qi_free_bytes(from_file);
+    from_mem = NULL;
+    qi_status st = qi_image_read_mem("image[1]", buf, n / 2, 0, &from_mem, &mw, &mh, err, sizeof err);
+    CHECK(st == QI_ERR_FORMAT && from_mem == NULL && strstr(err, "image[1]") && !strchr(err, '\n'), "cut: %d %s", st, err);
+    st = qi_image_read_mem("mask", "hello", 5, 0, &from_mem, &mw, &mh, err, sizeof err);
+    CHECK(st == QI_ERR_FORMAT && strstr(err, "mask") && strstr(err, "PNG"), "garbage: %d %s", st, err);
+    st = qi_image_read_mem("image", buf, 0, 0, &from_mem, &mw, &mh, err, sizeof err);
+    CHECK(st != QI_OK && strstr(err, "image"), "empty: %d %s", st, err);
+    /* a side over max_side: refused by the header, before any pixel is decoded */
+    st = qi_image_read_mem("image", buf, n, fw - 1, &from_mem, &mw, &mh, err, sizeof err);
+    CHECK(st == QI_ERR_ARG && from_mem == NULL && strstr(err, "at most"), "over max_side: %d %s", st, err);
+}
+
 /* Claim: odd sizes go through qi_generate (a 1×1 picture, a mask of another
  * size and aspect: both resized to the output as the reference resizes), and
  * bad request fields are one-line QI_ERR_ARG errors naming the flag. */
@@ -675,6 +707,7 @@ int main(int argc, char **argv) {
         RUN(resize_keeps_constant_pictures);
         RUN(schedule_truncation_matches);
         RUN(odd_picture_files_are_read_or_refused);
+        RUN(pictures_in_memory_read_as_files);
         RUN(odd_requests_run_or_fail_cleanly);
     }
     g_be->ops->destroy(g_be);

@@ -110,7 +110,7 @@ check "body over --max-body" "$(curl -s --max-time 5 -o "$T/body" -w '%{http_cod
 check "413 is JSON" "$(field .error.code)" body_too_large
 check "unknown path" "$(req GET /v1/nothing)" 404
 check "wrong method" "$(req GET /v1/images/generations)" 405
-check "edits" "$(req POST /v1/images/edits '{}')" 501
+check "edits with a JSON body" "$(req POST /v1/images/edits '{}')" 400
 check "unknown job" "$(req GET /v1/jobs/nope)" 404
 check "still serving" "$(req GET /health)" 200
 
@@ -218,6 +218,64 @@ for b in '[{"name":"nope"}]' '[{"name":"../lightning.safetensors"}]' '[{"name":"
     check "loras $b" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":1,"loras":'"$b"'}')" 400
     check "loras $b: param" "$(field .error.param)" loras
 done
+# /v1/images/edits (multipart): img2img and inpaint give generate --image/--mask's bytes (the CLI
+# runs beside the files so the parameters text names them alike)
+EDIN="$MODEL/../edit/inputs"
+cp "$EDIN/in_b.png" "$EDIN/mask_a.png" "$T/"
+edit() { # edit FORM-ARGS...: prints the status; the body in $T/body
+    curl -s --max-time 30 -o "$T/body" -w '%{http_code}' $AUTH "$@" "$(U /v1/images/edits)"
+}
+(cd "$T" && check "POST /v1/images/edits (img2img)" "$(edit -F image=@in_b.png -F prompt="a cat" -F size=32x48 \
+    -F steps=4 -F seed=7 -F strength=0.5)" 200)
+field '.data[0].b64_json' | base64 -d >"$T/edit.png"
+(cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --quiet \
+    --image in_b.png --strength 0.5 -o cli_edit.png)
+cmp -s "$T/edit.png" "$T/cli_edit.png" && ok "edits image byte-identical to generate --image's" \
+    || bad "edits image differs from generate --image's"
+(cd "$T" && check "edits with image[] and a mask (inpaint)" "$(edit -F 'image[]=@in_b.png' -F mask=@mask_a.png \
+    -F prompt="a cat" -F size=32x48 -F steps=4 -F seed=7 -F strength=0.8 -F output_format=png)" 200)
+field '.data[0].b64_json' | base64 -d >"$T/inpaint.png"
+(cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --quiet \
+    --image in_b.png --mask mask_a.png --strength 0.8 -o cli_inpaint.png)
+cmp -s "$T/inpaint.png" "$T/cli_inpaint.png" && ok "inpaint image byte-identical to generate --mask's" \
+    || bad "inpaint image differs from generate --mask's"
+cmp -s "$T/inpaint.png" "$T/edit.png" && bad "the mask and strength changed nothing" || ok "inpaint differs from img2img"
+printf 'not a picture' >"$T/junk.png"
+bad_edit() { # bad_edit NAME PARAM FORM-ARGS...
+    name=$1; param=$2; shift 2
+    check "edits: $name" "$(cd "$T" && edit "$@")" 400
+    check "edits: $name: param" "$(field .error.param)" "$param"
+}
+bad_edit "no image" image -F prompt=x
+bad_edit "two images on a non-Edit model" image -F 'image[]=@in_b.png' -F 'image[]=@in_b.png' -F prompt=x
+bad_edit "undecodable image" image -F image=@junk.png -F prompt=x
+bad_edit "undecodable mask" mask -F image=@in_b.png -F mask=@junk.png -F prompt=x
+python3 -c 'import struct,sys,zlib; ihdr=b"IHDR"+struct.pack(">IIBBBBB",9000,9000,8,2,0,0,0)
+sys.stdout.buffer.write(b"\x89PNG\r\n\x1a\n"+struct.pack(">I",13)+ihdr+struct.pack(">I",zlib.crc32(ihdr)))' >"$T/huge.png"
+bad_edit "a 9000x9000 picture (over 4 x --max-size)" image -F image=@huge.png -F prompt=x
+grep -q "at most 8192x8192" "$T/body" && ok "the message gives the limit" || bad "no limit in: $(cat "$T/body")"
+bad_edit "strength 0" strength -F image=@in_b.png -F prompt=x -F strength=0
+bad_edit "strength 1.5" strength -F image=@in_b.png -F prompt=x -F strength=1.5
+bad_edit "steps not a number" steps -F image=@in_b.png -F prompt=x -F steps=many
+bad_edit "no prompt" prompt -F image=@in_b.png
+bad_edit "loras not JSON" loras -F image=@in_b.png -F prompt=x -F 'loras=[{'
+check "still serving after bad edits" "$(req GET /health)" 200
+kill -TERM $PID; wait $PID
+
+# ---- server D: a scheduler with shift_terminal: a 1-step request is a 400 saying why ------------
+mkdir -p "$T/model_st/scheduler"
+for f in "$MODEL"/*; do [ "$(basename "$f")" = scheduler ] || ln -s "$f" "$T/model_st/"; done
+sed 's/"shift_terminal": null/"shift_terminal": 0.02/' "$MODEL/scheduler/scheduler_config.json" \
+    >"$T/model_st/scheduler/scheduler_config.json"
+MODEL_SAVED=$MODEL; MODEL="$T/model_st"
+start D
+MODEL=$MODEL_SAVED
+check "1 step with shift_terminal" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":1}')" 400
+grep -q "shift_terminal" "$T/body" && ok "the 400 says why: $(field .error.message | cut -c1-80)" \
+    || bad "no reason in: $(cat "$T/body")"
+check "1 step with shift_terminal: param" "$(field .error.param)" steps
+check "an async job too: 400 at submission" "$(req POST /v1/jobs '{"prompt":"x","size":"32x32","steps":1}')" 400
+check "2 steps with shift_terminal" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":2}')" 200
 kill -TERM $PID; wait $PID
 
 # ---- server B: no key; SIGINT cancels the running job at its next step ----------------

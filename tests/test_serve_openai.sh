@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_serve_openai.sh QWEN_IMAGE MODEL_DIR NPM_DIR — the official `openai` npm
 # package, unchanged, pointed at `qwen-image serve` (tests/openai_client.mjs):
-# images.generate with b64_json and with stream + partial_images, each image
+# images.generate with b64_json and with stream + partial_images, and
+# images.edit (multipart, one picture), each image
 # byte-identical to `generate`'s. The package is installed into NPM_DIR from the
 # npm registry on first use (pinned version); without node/npm or the registry
 # the test is skipped (exit 77), saying why.
@@ -27,7 +28,8 @@ for i in $(seq 1 600); do
 done
 [ -n "$PORT" ] || { cat "$T/serve.log"; echo "FAIL - the server did not start"; exit 1; }
 cp "$(dirname "$0")/openai_client.mjs" "$NPM_DIR/"   # resolves 'openai' from NPM_DIR/node_modules
-timeout 120 node "$NPM_DIR/openai_client.mjs" "http://127.0.0.1:$PORT" "$T" || fails=$((fails + 1))
+cp "$MODEL/../edit/inputs/in_b.png" "$T/in_b.png"
+timeout 120 node "$NPM_DIR/openai_client.mjs" "http://127.0.0.1:$PORT" "$T" "$T/in_b.png" || fails=$((fails + 1))
 for s in 2 4; do
     "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -n blur --cfg 3 -W 32 -H 48 --steps $s --seed 7 \
         -o "$T/cli$s.png" --quiet
@@ -36,6 +38,10 @@ cmp -s "$T/openai.png" "$T/cli2.png" && echo "ok - the client's image is byte-id
     { echo "FAIL - the client's image differs from generate's"; fails=$((fails + 1)); }
 cmp -s "$T/openai_stream.png" "$T/cli4.png" && echo "ok - the streamed completed image is byte-identical to generate's" ||
     { echo "FAIL - the streamed image differs from generate's"; fails=$((fails + 1)); }
+(cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --image in_b.png \
+    --strength 0.5 -o cli_edit.png --quiet)
+cmp -s "$T/openai_edit.png" "$T/cli_edit.png" && echo "ok - images.edit gives generate --image's bytes" ||
+    { echo "FAIL - images.edit's image differs from generate --image's"; fails=$((fails + 1)); }
 kill -TERM $PID; wait $PID
 echo "failures: $fails"
 exit $fails

@@ -35,6 +35,15 @@ qi_status qi_image_read(const char *path, uint8_t **rgb, int *width, int *height
     return to_buf(qi_image_read_rgb(path, rgb, width, height, &err), &err, errbuf, errcap);
 }
 
+qi_status qi_image_read_mem(const char *name, const void *data, size_t size, int max_side, uint8_t **rgb, int *width,
+                            int *height, char *errbuf, size_t errcap) {
+    qi_error err;
+    if (!rgb || !width || !height)
+        return to_buf(qi_fail(&err, QI_ERR_ARG, "qi_image_read_mem: NULL argument"), &err, errbuf, errcap);
+    return to_buf(qi_image_read_rgb_mem(name ? name : "image", data, size, max_side, rgb, width, height, &err), &err, errbuf,
+                  errcap);
+}
+
 qi_status qi_image_format_from_path(const char *path, qi_image_format *out, char *errbuf, size_t errcap) {
     qi_error err;
     if (!path || !out) return to_buf(qi_fail(&err, QI_ERR_ARG, "qi_image_format_from_path: NULL argument"), &err,

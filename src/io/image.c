@@ -280,8 +280,10 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
     }
     /* libpng's suggested caps: bytes of one chunk (a zTXt/iTXt's inflated
      * text included) and count of ancillary chunks. */
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0) sb.st_size = 0;
+    /* the stream's size by seeking: a file and an fmemopen'd upload alike */
+    long at = ftell(fp), end = fseek(fp, 0, SEEK_END) == 0 ? ftell(fp) : -1;
+    if (at < 0 || fseek(fp, at, SEEK_SET) != 0) end = -1;
+    long long file_size = end > 0 ? end : 0;
     png_set_chunk_malloc_max(c->png, PNG_CHUNK_MAX);
     png_set_chunk_cache_max(c->png, 1000);
     png_init_io(c->png, fp);
@@ -298,11 +300,11 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
      * per byte of the file cannot be there: refused before the pixels are
      * allocated (a 60-byte file claiming 65536x65536 asked for 12 GiB). */
     uint64_t raw = (uint64_t)h * (1 + (uint64_t)png_get_rowbytes(c->png, c->info));
-    if (raw / 1032 > (uint64_t)sb.st_size) {
+    if (raw / 1032 > (uint64_t)file_size) {
         snprintf(c->msg, sizeof c->msg,
                  "%ux%u pixels need %llu bytes of image data, more than a %lld-byte file can hold "
                  "(truncated or corrupt header)",
-                 (unsigned)w, (unsigned)h, (unsigned long long)raw, (long long)sb.st_size);
+                 (unsigned)w, (unsigned)h, (unsigned long long)raw, file_size);
         png_destroy_read_struct(&c->png, &c->info, &c->end_info);
         return -1;
     }
@@ -343,24 +345,54 @@ static int png_read(png_ctx *c, FILE *fp, png_read_out *o, int want_parameters) 
  * inside the file, else -1 with why. libpng 1.6 allocates what a text
  * chunk's length field claims (up to 2 GiB) before finding the file ends. */
 static int png_chunks_fit(FILE *fp, char *why, size_t cap) {
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0) return 0; /* libpng reports what follows */
+    /* the stream's size by seeking (a file or fmemopen'd upload alike) */
+    if (fseek(fp, 0, SEEK_END) != 0) return 0; /* libpng reports what follows */
+    long end = ftell(fp);
+    if (end < 0) return 0;
+    uint64_t size = (uint64_t)end;
     uint64_t at = 8;
     unsigned char h[8];
-    while (at + 8 <= (uint64_t)sb.st_size) {
+    while (at + 8 <= size) {
         if (fseek(fp, (long)at, SEEK_SET) != 0 || fread(h, 1, 8, fp) != 8) return 0;
         uint64_t len = (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 8 | h[3];
-        if (at + 12 + len > (uint64_t)sb.st_size) {
+        if (at + 12 + len > size) {
             snprintf(why, cap, "chunk '%c%c%c%c' at byte %llu claims %llu bytes, past the end of the %lld-byte file "
                                "(truncated?)", isprint(h[4]) ? h[4] : '?', isprint(h[5]) ? h[5] : '?',
                      isprint(h[6]) ? h[6] : '?', isprint(h[7]) ? h[7] : '?', (unsigned long long)at,
-                     (unsigned long long)len, (long long)sb.st_size);
+                     (unsigned long long)len, (long long)size);
             return -1;
         }
         if (!memcmp(h + 4, "IEND", 4)) return 0;
         at += 12 + len;
     }
     return 0;
+}
+
+qi_status qi_png_read_fp(const char *name, FILE *fp, uint8_t **rgb, int *width, int *height, char **parameters,
+                         qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    if (parameters) *parameters = NULL;
+    unsigned char sig[8];
+    if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG file", name);
+    char why[160];
+    if (png_chunks_fit(fp, why, sizeof why)) return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", name, why);
+    rewind(fp);
+    png_ctx c;
+    memset(&c, 0, sizeof c);
+    png_read_out o = {0};
+    int rc = png_read(&c, fp, &o, parameters != NULL);
+    free(c.rows);
+    if (rc) {
+        free(o.rgb);
+        free(o.parameters);
+        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", name, c.msg);
+    }
+    *rgb = o.rgb;
+    *width = o.width;
+    *height = o.height;
+    if (parameters) *parameters = o.parameters;
+    return QI_OK;
 }
 
 qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
@@ -370,33 +402,9 @@ qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, 
     if (parameters) *parameters = NULL;
     FILE *fp = fopen(path, "rb");
     if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    unsigned char sig[8];
-    if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8)) {
-        fclose(fp);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG file", path);
-    }
-    char why[160];
-    if (png_chunks_fit(fp, why, sizeof why)) {
-        fclose(fp);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", path, why);
-    }
-    rewind(fp);
-    png_ctx c;
-    memset(&c, 0, sizeof c);
-    png_read_out o = {0};
-    int rc = png_read(&c, fp, &o, parameters != NULL);
+    qi_status st = qi_png_read_fp(path, fp, rgb, width, height, parameters, err);
     fclose(fp);
-    free(c.rows);
-    if (rc) {
-        free(o.rgb);
-        free(o.parameters);
-        return qi_fail(err, QI_ERR_FORMAT, "%s: bad PNG: %s", path, c.msg);
-    }
-    *rgb = o.rgb;
-    *width = o.width;
-    *height = o.height;
-    if (parameters) *parameters = o.parameters;
-    return QI_OK;
+    return st;
 }
 
 /* ---- JPEG -------------------------------------------------------------------------------- */

@@ -22,6 +22,7 @@
 #define QI_IMAGE_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "base/base.h"
 
@@ -64,12 +65,20 @@ qi_status qi_image_encode_rgb(const uint8_t *rgb, int width, int height, qi_imag
  * absent (pass parameters = NULL to skip it). */
 qi_status qi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters,
                       qi_error *err);
+/* The same from an open stream at its start; name is for messages. */
+qi_status qi_png_read_fp(const char *name, FILE *fp, uint8_t **rgb, int *width, int *height, char **parameters,
+                         qi_error *err);
 
 /* A picture (PNG, JPEG or WebP, by its first bytes) as 8-bit RGB: *rgb
  * [height, width, 3] malloc'd. Alpha is dropped, grey repeated, palettes
  * expanded, 16-bit samples cut to their high byte (image_read.c). More than
  * 16384 pixels a side is QI_ERR_ARG. */
 qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err);
+/* The same from bytes in memory (an uploaded file); name is for messages
+ * (e.g. the form field "image"). max_side (0: 16384) refuses larger
+ * pictures (QI_ERR_ARG) before their pixels are allocated. */
+qi_status qi_image_read_rgb_mem(const char *name, const void *data, size_t size, int max_side, uint8_t **rgb,
+                                int *width, int *height, qi_error *err);
 
 #define QI_JPEG_COMMENT_MAX 65533 /* bytes of one COM segment */
 

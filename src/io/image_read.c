@@ -4,6 +4,7 @@
  * convert("RGB") would give them (alpha dropped, grey repeated, palette
  * expanded, 16-bit PNG samples by their high byte).
  */
+#define _POSIX_C_SOURCE 200809L /* fmemopen */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -32,7 +33,8 @@ static void jpeg_read_on_error(j_common_ptr cinfo) {
 
 static void jpeg_read_on_message(j_common_ptr cinfo) { (void)cinfo; }
 
-static qi_status jpeg_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w, int *h, qi_error *err) {
+static qi_status jpeg_read_rgb(const char *path, FILE *fp, int max_side, uint8_t **rgb, int *w, int *h,
+                               qi_error *err) {
     struct jpeg_decompress_struct cinfo;
     jpeg_read_ctx c;
     uint8_t *volatile out = NULL;
@@ -48,10 +50,10 @@ static qi_status jpeg_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w
     jpeg_create_decompress(&cinfo);
     jpeg_stdio_src(&cinfo, fp);
     jpeg_read_header(&cinfo, TRUE);
-    if (cinfo.image_width > READ_MAX_SIDE || cinfo.image_height > READ_MAX_SIDE) {
+    if (cinfo.image_width > (unsigned)max_side || cinfo.image_height > (unsigned)max_side) {
         jpeg_destroy_decompress(&cinfo);
         return qi_fail(err, QI_ERR_ARG, "%s: %ux%u pixels; pictures may be at most %dx%d", path, cinfo.image_width,
-                       cinfo.image_height, READ_MAX_SIDE, READ_MAX_SIDE);
+                       cinfo.image_height, max_side, max_side);
     }
     cinfo.out_color_space = JCS_RGB; /* grey and CMYK/YCCK converted by libjpeg */
     jpeg_start_decompress(&cinfo);
@@ -74,7 +76,8 @@ static qi_status jpeg_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w
     return QI_OK;
 }
 
-static qi_status webp_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w, int *h, qi_error *err) {
+static qi_status webp_read_rgb(const char *path, FILE *fp, int max_side, uint8_t **rgb, int *w, int *h,
+                               qi_error *err) {
     if (fseek(fp, 0, SEEK_END) != 0) return qi_fail(err, QI_ERR_IO, "%s: cannot read", path);
     long n = ftell(fp);
     if (n <= 0 || n > READ_MAX_BYTES) return qi_fail(err, QI_ERR_FORMAT, "%s: a WebP file of %ld bytes", path, n);
@@ -87,9 +90,9 @@ static qi_status webp_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w
     }
     qi_status st = QI_OK;
     if (!WebPGetInfo(data, (size_t)n, w, h)) st = qi_fail(err, QI_ERR_FORMAT, "%s: bad WebP header", path);
-    else if (*w > READ_MAX_SIDE || *h > READ_MAX_SIDE)
-        st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", path, *w, *h, READ_MAX_SIDE,
-                     READ_MAX_SIDE);
+    else if (*w > max_side || *h > max_side)
+        st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", path, *w, *h, max_side,
+                     max_side);
     else if (!(*rgb = WebPDecodeRGB(data, (size_t)n, w, h)))
         st = qi_fail(err, QI_ERR_FORMAT, "%s: bad WebP data", path);
     free(data);
@@ -104,32 +107,53 @@ static qi_status webp_read_rgb(const char *path, FILE *fp, uint8_t **rgb, int *w
     return st;
 }
 
+/* Tells the format apart by its first bytes and decodes from fp (at its
+ * start). A picture with a side over max_side is refused before its pixels
+ * are allocated (PNG: by the IHDR chunk, always the first). */
+static qi_status image_read_fp(const char *name, FILE *fp, int max_side, uint8_t **rgb, int *width, int *height,
+                               qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    unsigned char magic[24] = {0};
+    size_t got = fread(magic, 1, sizeof magic, fp);
+    rewind(fp);
+    if (got >= 8 && !memcmp(magic, "\x89PNG\r\n\x1a\n", 8)) {
+        uint32_t w = got >= 24 ? (uint32_t)magic[16] << 24 | magic[17] << 16 | magic[18] << 8 | magic[19] : 0;
+        uint32_t h = got >= 24 ? (uint32_t)magic[20] << 24 | magic[21] << 16 | magic[22] << 8 | magic[23] : 0;
+        if (w > (uint32_t)max_side || h > (uint32_t)max_side)
+            return qi_fail(err, QI_ERR_ARG, "%s: %ux%u pixels; pictures may be at most %dx%d", name, (unsigned)w,
+                           (unsigned)h, max_side, max_side);
+        return qi_png_read_fp(name, fp, rgb, width, height, NULL, err);
+    }
+    if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF)
+        return jpeg_read_rgb(name, fp, max_side, rgb, width, height, err);
+    if (got >= 12 && !memcmp(magic, "RIFF", 4) && !memcmp(magic + 8, "WEBP", 4))
+        return webp_read_rgb(name, fp, max_side, rgb, width, height, err);
+    return qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG, JPEG or WebP picture", name);
+}
+
 qi_status qi_image_read_rgb(const char *path, uint8_t **rgb, int *width, int *height, qi_error *err) {
     *rgb = NULL;
     *width = *height = 0;
     FILE *fp = fopen(path, "rb");
     if (!fp) return qi_fail(err, QI_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    unsigned char magic[12] = {0};
-    size_t got = fread(magic, 1, sizeof magic, fp);
-    rewind(fp);
-    qi_status st;
-    if (got >= 8 && !memcmp(magic, "\x89PNG\r\n\x1a\n", 8)) {
-        fclose(fp);
-        st = qi_png_read(path, rgb, width, height, NULL, err);
-        if (st == QI_OK && (*width > READ_MAX_SIDE || *height > READ_MAX_SIDE)) {
-            free(*rgb);
-            *rgb = NULL;
-            st = qi_fail(err, QI_ERR_ARG, "%s: %dx%d pixels; pictures may be at most %dx%d", path, *width, *height,
-                         READ_MAX_SIDE, READ_MAX_SIDE);
-        }
-        return st;
-    }
-    if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF)
-        st = jpeg_read_rgb(path, fp, rgb, width, height, err);
-    else if (got >= 12 && !memcmp(magic, "RIFF", 4) && !memcmp(magic + 8, "WEBP", 4))
-        st = webp_read_rgb(path, fp, rgb, width, height, err);
-    else
-        st = qi_fail(err, QI_ERR_FORMAT, "%s: not a PNG, JPEG or WebP picture", path);
+    qi_status st = image_read_fp(path, fp, READ_MAX_SIDE, rgb, width, height, err);
+    fclose(fp);
+    return st;
+}
+
+/* fmemopen gives the decoders (which read FILE streams) the bytes without a
+ * temporary file. */
+qi_status qi_image_read_rgb_mem(const char *name, const void *data, size_t size, int max_side, uint8_t **rgb,
+                                int *width, int *height, qi_error *err) {
+    *rgb = NULL;
+    *width = *height = 0;
+    if (!data || size == 0) return qi_fail(err, QI_ERR_FORMAT, "%s: empty; expected a PNG, JPEG or WebP picture", name);
+    if (size > (size_t)READ_MAX_BYTES) return qi_fail(err, QI_ERR_ARG, "%s: %zu bytes is too large", name, size);
+    FILE *fp = fmemopen((void *)data, size, "rb");
+    if (!fp) return qi_fail(err, QI_ERR_NOMEM, "%s: cannot open %zu bytes as a stream: %s", name, size, strerror(errno));
+    qi_status st = image_read_fp(name, fp, max_side > 0 && max_side < READ_MAX_SIDE ? max_side : READ_MAX_SIDE, rgb,
+                                 width, height, err);
     fclose(fp);
     return st;
 }

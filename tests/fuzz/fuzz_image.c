@@ -3,12 +3,16 @@
  * reads a PNG (pixels decoded to 8-bit RGB and the `parameters` text from
  * tEXt / zTXt / iTXt, before or after the image data: qi_png_read) or a
  * JPEG's COM segments (qi_jpeg_read_comment, a marker walk; JPEG pixels and
- * WebP are never decoded: image.c only encodes them). The same bytes go to
- * both readers (each checks its own signature), written to the scratch
- * folder: both take a path (libpng and the marker walk read a FILE *).
+ * WebP are never decoded by these: image.c only encodes them). The same
+ * bytes go to both readers (each checks its own signature), written to the
+ * scratch folder: both take a path (libpng and the marker walk read a FILE *).
+ * And the reader of uploaded pictures (the server's /v1/images/edits:
+ * qi_image_read_rgb_mem, PNG, JPEG and WebP pixels, from memory).
  *
  * Oracles beyond the sanitizers: a refusal has a message naming the file; a
- * decoded PNG has width × height × 3 readable bytes; texts are strings.
+ * decoded PNG has width × height × 3 readable bytes; texts are strings; an
+ * upload is at most max_side a side, and a PNG decodes from memory to the
+ * pixels it decodes to from the file.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +29,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *text = NULL;
     qi_error err;
     qi_status st = qi_png_read(png, &rgb, &w, &h, &text, &err);
+    uint8_t *up = NULL;
+    int uw = -1, uh = -1;
+    qi_error uerr;
+    qi_status ust = qi_image_read_rgb_mem("upload", data, size, 4096, &up, &uw, &uh, &uerr);
+    if (ust != QI_OK) {
+        fuzz_check_error(ust, &uerr, "upload");
+        if (up) fuzz_fail("a refused upload left pixels");
+    } else {
+        if (!up || uw < 1 || uh < 1 || uw > 4096 || uh > 4096) fuzz_fail("an upload of %dx%d pixels", uw, uh);
+        fuzz_touch(up, (size_t)uw * (size_t)uh * 3);
+        if (st == QI_OK && (uw != w || uh != h || memcmp(up, rgb, (size_t)w * (size_t)h * 3)))
+            fuzz_fail("a PNG decodes to other pixels from memory (%dx%d) than from its file (%dx%d)", uw, uh, w, h);
+        free(up);
+    }
     if (st != QI_OK) {
         fuzz_check_error(st, &err, "in.png");
         if (rgb || text) fuzz_fail("a refused PNG left outputs");
