@@ -70,8 +70,16 @@ typedef struct gen_args {
     int strength_given;            /* --strength was set (it needs --image) */
     uint8_t *image_rgb, *mask_rgb; /* the decoded pictures [h, w, 3] (qi_free_bytes) */
     int image_w, image_h, mask_w, mask_h;
+    /* Qwen-Image-Edit: --image repeats (the pictures in order: image, then more_images) */
+    const char *more_images[2];    /* the 2nd and 3rd --image */
+    int n_more_images;
+    uint8_t *more_rgb[2];
+    int more_w[2], more_h[2];
+    int edit;                      /* --edit, or the model folder is an Edit pipeline (see generate.c) */
+    long edit_vl_area, edit_vae_area; /* --edit-vl-area / --edit-vae-area (tests only; 0: the pipeline's) */
+    int size_given;                /* -W or -H was set (Edit: otherwise the last picture's aspect at 1024²) */
     char scheduler_hash[64];       /* of a --scheduler file: recorded, or (from parameters) to match */
-    char *owned[10 + QI_APP_MAX_PROMPTS]; /* strings --from-parameters allocated */
+    char *owned[12 + QI_APP_MAX_PROMPTS]; /* strings --from-parameters allocated */
     int n_owned;
 } gen_args;
 

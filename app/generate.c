@@ -46,8 +46,15 @@ static void generate_usage(void) {
            "  --cfg F             true CFG scale, 0..100 (default 1: off; base model: 4 with -n \" \")\n"
            "  -W W, -H H          size in pixels, multiples of 16 (default 1024x1024)\n"
            "  --seed S            noise seed as torch.manual_seed (default 42)\n"
-           "  --image FILE        img2img: start from this picture (PNG, JPEG or WebP), resized to -W x -H\n"
+           "  --image FILE        img2img: start from this picture (PNG, JPEG or WebP), resized to -W x -H.\n"
            "                      (Lanczos, no crop: the output size is -W/-H as always, not the picture's)\n"
+           "                      With a Qwen-Image-Edit model: the picture to edit; repeat for up to 3\n"
+           "                      (-p says what to do with them; without -W/-H the output has the last\n"
+           "                      picture's aspect at about 1024x1024)\n"
+           "  --edit              the model is Qwen-Image-Edit (single files; a diffusers folder says so\n"
+           "                      in model_index.json)\n"
+           "  --edit-vl-area N, --edit-vae-area N  tests only: the pictures' areas in pixels for the\n"
+           "                      vision tower / the VAE (default 384x384 / 1024x1024)\n"
            "  --strength S        img2img / inpainting: how much to change, 0 < S <= 1 (default 0.6; 1 = from\n"
            "                      pure noise); the last ceil-ish S x steps steps of the schedule run\n"
            "  --mask FILE         inpainting (needs --image): white (grey >= 128) = repaint, black = keep;\n"
@@ -124,6 +131,7 @@ static void free_args(gen_args *a) {
     qi_free_bytes(a->image_rgb);
     qi_free_bytes(a->mask_rgb);
     a->image_rgb = a->mask_rgb = NULL;
+    for (int k = 0; k < 2; k++) qi_free_bytes(a->more_rgb[k]), a->more_rgb[k] = NULL;
     for (int i = 0; i < a->n_owned; i++) free(a->owned[i]);
     a->n_owned = 0;
 }
@@ -173,8 +181,14 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
         if (qi_app_parse_float(f, v, &a->cfg)) return 2;
         if (!(a->cfg >= 0 && a->cfg <= QI_CFG_MAX))
             return qi_app_usage_error("--cfg %s: must be between 0 and %d", v, QI_CFG_MAX);
-    } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) return qi_app_parse_int(f, v, 16, 8192, &a->width);
-    else if (!strcmp(f, "-H") || !strcmp(f, "--height")) return qi_app_parse_int(f, v, 16, 8192, &a->height);
+    } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
+        a->size_given = 1;
+        return qi_app_parse_int(f, v, 16, 8192, &a->width);
+    }
+    else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
+        a->size_given = 1;
+        return qi_app_parse_int(f, v, 16, 8192, &a->height);
+    }
     else if (!strcmp(f, "--seed")) {
         char *end;
         errno = 0;
@@ -201,7 +215,12 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &a->threads);
     else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &a->vram);
     else if (!strcmp(f, "--save-latents")) a->save_latents = v;
-    else if (!strcmp(f, "--image")) a->image = v;
+    else if (!strcmp(f, "--image")) {
+        if (!a->image) a->image = v;
+        else if (a->n_more_images < 2) a->more_images[a->n_more_images++] = v;
+        else return qi_app_usage_error("--image %s: at most 3 pictures (Qwen-Image-Edit-2509 takes 1 to 3)", v);
+    } else if (!strcmp(f, "--edit-vl-area")) return qi_app_parse_int(f, v, 1024, 1L << 26, &a->edit_vl_area);
+    else if (!strcmp(f, "--edit-vae-area")) return qi_app_parse_int(f, v, 1024, 1L << 26, &a->edit_vae_area);
     else if (!strcmp(f, "--mask")) a->mask = v;
     else if (!strcmp(f, "--strength")) {
         char *end;
@@ -231,11 +250,16 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             a->quiet = 1;
             continue;
         }
+        if (!strcmp(f, "--edit")) {
+            a->edit = 1;
+            continue;
+        }
         static const char *const with_value[] = {
             "-m", "-p", "-n", "-o", "--lora", "--lora-mode", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
             "--max-sequence-length", "--device", "--devices", "--threads", "--vram", "--save-latents",
-            "--diffusion-model", "--text-encoder", "--vae", "--random-weights", "--image", "--mask", "--strength"};
+            "--diffusion-model", "--text-encoder", "--vae", "--random-weights", "--image", "--mask", "--strength",
+            "--edit-vl-area", "--edit-vae-area"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
         if (!known) return qi_app_usage_error("generate: unknown option %s", f);
@@ -415,8 +439,51 @@ static int read_pictures(gen_args *a) {
         snprintf(msg, sizeof msg, "--image: %s", err);
     else if (a->mask && (st = qi_image_read(a->mask, &a->mask_rgb, &a->mask_w, &a->mask_h, err, sizeof err)))
         snprintf(msg, sizeof msg, "--mask: %s", err);
+    for (int k = 0; !st && k < a->n_more_images; k++)
+        if ((st = qi_image_read(a->more_images[k], &a->more_rgb[k], &a->more_w[k], &a->more_h[k], err, sizeof err)))
+            snprintf(msg, sizeof msg, "--image: %s", err);
     if (st) qi_app_runtime_error(msg);
     return qi_app_exit_code(st);
+}
+
+/* Whether MODEL_DIR holds a Qwen-Image-Edit pipeline: its model_index.json
+ * names a "_class_name" that starts with QwenImageEdit (QwenImageEditPipeline,
+ * QwenImageEditPlusPipeline). That is the one reliable sign: 2509's
+ * transformer config and weights equal Qwen-Image's, and Qwen-Image's text
+ * encoder carries the vision tower too. Single files: --edit. */
+static int model_is_edit(const char *model_dir) {
+    if (!model_dir) return 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model_index.json", model_dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char text[8192];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    const char *cls = strstr(text, "\"_class_name\"");
+    if (!cls || !(cls = strchr(cls + 13, ':'))) return 0;
+    cls += strspn(cls + 1, " \t\r\n") + 1;
+    return !strncmp(cls, "\"QwenImageEdit", 14);
+}
+
+/* --image with an Edit model: the pictures to edit (1 to 3); otherwise img2img (one). */
+static int check_edit(gen_args *a) {
+    if (!a->edit) a->edit = model_is_edit(a->model);
+    if (!a->edit) {
+        if (a->n_more_images)
+            return qi_app_usage_error("--image given %d times: several pictures need a Qwen-Image-Edit model (a "
+                                      "folder whose model_index.json names QwenImageEditPlusPipeline, or --edit)",
+                                      a->n_more_images + 1);
+        if (a->edit_vl_area || a->edit_vae_area)
+            return qi_app_usage_error("--edit-vl-area / --edit-vae-area need a Qwen-Image-Edit model");
+        return 0;
+    }
+    if (!a->image) return qi_app_usage_error("generate: a Qwen-Image-Edit model needs --image (1 to 3 pictures)");
+    if (a->mask) return qi_app_usage_error("--mask: inpainting needs a Qwen-Image model, not Qwen-Image-Edit");
+    if (a->strength_given) return qi_app_usage_error("--strength: Qwen-Image-Edit always starts from pure noise");
+    if (!a->size_given) a->width = a->height = 0; /* the last picture's aspect at 1024² */
+    return 0;
 }
 
 /* The outputs, the LoRA files, the text, the scheduler and the prompts. */
@@ -440,6 +507,7 @@ static int check_before_loading(gen_args *a, prompt_note *notes) {
     if ((rc = read_pictures(a))) return rc;
     if ((rc = qi_app_check_text(a))) return rc;
     a->model = qi_app_model_or_default(a->model, a->diffusion_model, a->text_encoder, a->vae, a->quiet);
+    if ((rc = check_edit(a))) return rc;
     if (a->cfg > 1.0 && !a->negative && !a->quiet)
         fprintf(stderr, "qwen-image: warning: --cfg %g does nothing without a negative prompt (-n TEXT; the base "
                         "model's usual one is \" \"): true CFG is off\n", a->cfg);
@@ -490,8 +558,16 @@ static int run(gen_args *a, const prompt_note *notes) {
     qi_image img = {0};
     double t0 = now_s();
     qi_request r = make_request(a, &prog);
-    r.init_image = a->image_rgb, r.init_width = a->image_w, r.init_height = a->image_h;
-    r.mask_image = a->mask_rgb, r.mask_width = a->mask_w, r.mask_height = a->mask_h;
+    const uint8_t *pictures[3] = {a->image_rgb, a->more_rgb[0], a->more_rgb[1]};
+    int widths[3] = {a->image_w, a->more_w[0], a->more_w[1]}, heights[3] = {a->image_h, a->more_h[0], a->more_h[1]};
+    if (a->edit) {
+        r.n_edit_images = 1 + a->n_more_images;
+        r.edit_images = pictures, r.edit_widths = widths, r.edit_heights = heights;
+        r.edit_vl_area = (int)a->edit_vl_area, r.edit_vae_area = (int)a->edit_vae_area;
+    } else {
+        r.init_image = a->image_rgb, r.init_width = a->image_w, r.init_height = a->image_h;
+        r.mask_image = a->mask_rgb, r.mask_width = a->mask_w, r.mask_height = a->mask_h;
+    }
     if (!st) st = qi_generate(e, &r, &img);
     if (st) {
         if (prog.tty && !a->quiet) fputc('\n', stderr);

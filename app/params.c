@@ -113,8 +113,17 @@ static void put_settings(sbuf *b, const gen_args *a, int index, int count, const
     }
     sb_printf(b, ", Seed: %llu", a->seed);
     if (count > 1) sb_printf(b, ", Batch index: %d, Batch size: %d", index, count);
-    sb_printf(b, ", Size: %ldx%ld", a->width, a->height);
-    if (a->image) { /* img2img / inpainting: the pictures by name (re-read on --from-parameters) */
+    if (!a->edit || a->size_given) sb_printf(b, ", Size: %ldx%ld", a->width, a->height); /* Edit: from the pictures */
+    if (a->image && a->edit) { /* Qwen-Image-Edit: the pictures by name, in order */
+        const char *pictures[3] = {a->image, a->more_images[0], a->more_images[1]};
+        for (int k = 0; k < 1 + a->n_more_images; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "Edit image %d", k + 1);
+            sb_kv(b, key, pictures[k]);
+        }
+        if (a->edit_vl_area) sb_printf(b, ", Edit VL area: %ld", a->edit_vl_area);
+        if (a->edit_vae_area) sb_printf(b, ", Edit VAE area: %ld", a->edit_vae_area);
+    } else if (a->image) { /* img2img / inpainting: the pictures by name (re-read on --from-parameters) */
         float_text(a->strength, num, sizeof num);
         sb_printf(b, ", Denoising strength: %s", num);
         sb_kv(b, "Init image", a->image);
@@ -261,8 +270,14 @@ static int apply_kv(const char *source, const char *key, char *v, gen_args *a, c
     }
     if (!strcmp(key, "Batch index")) return parse_long(v, 0, 4095, &a->batch_index) ? bad_value(source, key, v) : 0;
     if (!strcmp(key, "Batch size")) return parse_long(v, 1, 4096, &a->batch_size) ? bad_value(source, key, v) : 0;
-    if (!strcmp(key, "Size"))
+    if (!strcmp(key, "Size")) {
+        a->size_given = 1;
         return sscanf(v, "%ldx%ld", &a->width, &a->height) != 2 ? bad_value(source, key, v) : 0;
+    }
+    if (!strcmp(key, "Edit VL area"))
+        return parse_long(v, 1024, 1L << 26, &a->edit_vl_area) ? bad_value(source, key, v) : 0;
+    if (!strcmp(key, "Edit VAE area"))
+        return parse_long(v, 1024, 1L << 26, &a->edit_vae_area) ? bad_value(source, key, v) : 0;
     if (!strcmp(key, "Denoising strength")) {
         a->strength = strtod(v, &end);
         a->strength_given = 1;
@@ -318,6 +333,12 @@ static int parse_settings(const char *line, const char *source, gen_args *a, cha
         else if (!strcmp(key, "Text encoder")) a->text_encoder = keep(a, v);
         else if (!strcmp(key, "VAE")) a->vae = keep(a, v);
         else if (!strcmp(key, "Init image")) a->image = keep(a, v);
+        else if (sscanf(key, "Edit image %d%n", &pi, &used) == 1 && !key[used] && pi >= 1 && pi <= 3) {
+            a->edit = 1; /* the pictures of a Qwen-Image-Edit run (single files need no --edit then) */
+            if (pi == 1) a->image = keep(a, v);
+            else a->more_images[pi - 2] = keep(a, v);
+            if (pi - 1 > a->n_more_images) a->n_more_images = pi - 1;
+        }
         else if (!strcmp(key, "Mask")) a->mask = keep(a, v);
         else if (!strcmp(key, "Scheduler")) a->scheduler = strcmp(v, "model") ? keep(a, v) : (free(v), NULL);
         else {

@@ -26,6 +26,7 @@ static char tmpdir[] = "/tmp/qi_cli_XXXXXX";
 #define COMFY_BF16 FORMATS "/comfy_bf16.safetensors"
 #define COMFY_VAE FORMATS "/comfy_vae.safetensors"
 #define EDIT_IN_A QI_SHARED_DIR "/reference/edit/inputs/in_a.png"
+#define EDIT_2509 QI_SHARED_DIR "/reference/edit/model-2509"
 
 static int formats_present(void) {
     if (access(TE_GGUF, R_OK) == 0 && access(COMFY_BF16, R_OK) == 0 && access(COMFY_VAE, R_OK) == 0) return 1;
@@ -166,6 +167,54 @@ static void generate_img2img_reproduces_a_reference_image(void) {
     free(params);
 }
 
+/* Qwen-Image-Edit through the CLI: the tiny 2509 folder (model_index.json
+ * names QwenImageEditPlusPipeline) makes --image the pictures to edit. The
+ * reference case edit2509_2img_cfg4 (two pictures, true CFG 4, 3 steps, the
+ * fixture's areas through the test-only flags) within 2 levels; the
+ * parameters name both pictures in order, and --from-parameters reruns it
+ * bit for bit. */
+static void generate_edit_reproduces_a_reference_image(void) {
+    char out[8192], png[1200], again[1200];
+    snprintf(png, sizeof png, "%s/edit.png", tmpdir);
+    snprintf(again, sizeof again, "%s/edit_again.png", tmpdir);
+    int rc = run_shell(out, sizeof out,
+                       "%s generate -m %s -p 'Place the green rectangle from Picture 1 onto the background of Picture "
+                       "2, keep the lighting.' -n ' ' --cfg 4 --steps 3 --seed 22 -W 80 -H 112 --image %s --image %s "
+                       "--edit-vl-area 50176 --edit-vae-area 65536 --quiet -o %s",
+                       qi_cli(), EDIT_2509, QI_SHARED_DIR "/reference/edit/inputs/in_b.png",
+                       QI_SHARED_DIR "/reference/edit/inputs/in_c.png", png);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    uint8_t *rgb = NULL, *rgb2 = NULL;
+    int w = 0, h = 0;
+    char *params = NULL;
+    qi_error err;
+    CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK, "%s", err.msg);
+    qi_st_file *r = NULL;
+    if (rgb && !qi_st_open(QI_SHARED_DIR "/reference/edit/edit2509_2img_cfg4/tensors.safetensors", &r, &err)) {
+        const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
+        int maxd = 999;
+        if (u8 && u8->nbytes == (size_t)w * h * 3)
+            for (size_t i = maxd = 0; i < u8->nbytes; i++) {
+                int d = abs((int)rgb[i] - ((const uint8_t *)u8->data)[i]);
+                if (d > maxd) maxd = d;
+            }
+        printf("  edit2509_2img_cfg4 via the CLI: %dx%d, max abs pixel diff %d\n", w, h, maxd);
+        CHECK(maxd <= 2, "max diff %d", maxd);
+        qi_st_close(r);
+    }
+    const char *p1 = params ? strstr(params, "Edit image 1: ") : NULL, *p2 = params ? strstr(params, "Edit image 2: ") : NULL;
+    CHECK(p1 && p2 && strstr(p1, "in_b.png") && strstr(p2, "in_c.png") && strstr(params, "Edit VL area: 50176") &&
+              !strstr(params, "Denoising strength"), "parameters: %s", params ? params : "(none)");
+    rc = run_shell(out, sizeof out, "%s generate --from-parameters %s --quiet -o %s", qi_cli(), png, again);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    int w2 = 0, h2 = 0;
+    CHECK(qi_png_read(again, &rgb2, &w2, &h2, NULL, &err) == QI_OK && w2 == w && h2 == h &&
+              !memcmp(rgb, rgb2, (size_t)w * h * 3), "--from-parameters did not rerun the same image");
+    free(rgb);
+    free(rgb2);
+    free(params);
+}
+
 static void batch_writes_numbered_files(void) {
     char out[8192], base[1200], f0[1200], f1[1200];
     snprintf(base, sizeof base, "%s/b.webp", tmpdir);
@@ -205,6 +254,13 @@ static void bad_arguments_fail_cleanly(void) {
         {"-p x --image /nonexistent/p.png", "--image: cannot open /nonexistent/p.png", 1},
         {"-p x --image " EDIT_IN_A " --mask " QI_SHARED_DIR "/reference/edit/img2img_s09_cfg4/case.json",
          "--mask: " QI_SHARED_DIR "/reference/edit/img2img_s09_cfg4/case.json: not a PNG, JPEG or WebP picture", 1},
+        {"-p x --image " EDIT_IN_A " --image " EDIT_IN_A, "several pictures need a Qwen-Image-Edit model", 2},
+        {"-p x --image " EDIT_IN_A " --edit-vl-area 50176", "--edit-vl-area / --edit-vae-area need", 2},
+        {"-p x -m " EDIT_2509 " --image " EDIT_IN_A " --image " EDIT_IN_A " --image " EDIT_IN_A " --image " EDIT_IN_A,
+         "at most 3 pictures", 2},
+        {"-p x -m " EDIT_2509, "a Qwen-Image-Edit model needs --image", 2},
+        {"-p x -m " EDIT_2509 " --image " EDIT_IN_A " --strength 0.5", "Qwen-Image-Edit always starts", 2},
+        {"-p x -m " EDIT_2509 " --image " EDIT_IN_A " --mask " EDIT_IN_A, "inpainting needs a Qwen-Image model", 2},
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
         char out[4096], dir[1200];
@@ -608,6 +664,7 @@ int main(void) {
     RUN(encode_writes_embeddings_and_mask);
     RUN(generate_reproduces_a_reference_image_with_parameters);
     RUN(generate_img2img_reproduces_a_reference_image);
+    RUN(generate_edit_reproduces_a_reference_image);
     RUN(batch_writes_numbered_files);
     RUN(bad_arguments_fail_cleanly);
     RUN(unknown_command_is_usage_error);

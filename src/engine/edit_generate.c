@@ -5,11 +5,11 @@
  * the Edit output size, the noise, the Edit denoising loop
  * (engine/edit_denoise.h, one device) and the usual decode.
  *
- * The pipeline needs PIL's Lanczos resize and the VAE encoder's posterior
- * mean; both come with the img2img work. Until they are in this build the
- * built-in hooks refuse with a message saying so; tests supply stand-ins
- * (qi_engine_set_edit_hooks). After the merge, the two functions below call
- * qi_resize_lanczos_u8 (io/image_prep.h) and the VAE encoder's mean.
+ * The pipeline's two outside steps are the img2img ones: PIL's Lanczos
+ * resize (qi_resize_lanczos_u8, the same resize the Edit pipeline's
+ * image_processor.resize does) and the VAE encoder's posterior mean (the
+ * normalisation (m − μ)/σ with a division is qi_edit_condition_latents').
+ * Tests may replace both (qi_engine_set_edit_hooks).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,21 +17,27 @@
 #include "engine/edit.h"
 #include "engine/edit_denoise.h"
 #include "engine/engine.h"
+#include "io/image_prep.h"
+#include "model/vae.h"
 
 static qi_status builtin_lanczos(void *user, const uint8_t *in, int in_w, int in_h, uint8_t *out, int out_w, int out_h,
                                  qi_error *err) {
-    (void)user, (void)in, (void)in_w, (void)in_h, (void)out, (void)out_w, (void)out_h;
-    return qi_fail(err, QI_ERR_UNSUPPORTED,
-                   "Qwen-Image-Edit needs PIL's Lanczos resize and the VAE encoder, which this build lacks "
-                   "(they come with the img2img work)");
+    (void)user;
+    return qi_resize_lanczos_u8(in, in_w, in_h, 3, out, out_w, out_h, err);
 }
 
+/* user: the engine (its VAE is acquired by edit_text). logvar is scratch. */
 static qi_status builtin_vae_mean(void *user, const float *pixels, int w, int h, float *mean, qi_error *err) {
-    (void)user, (void)pixels, (void)w, (void)h, (void)mean;
-    return qi_fail(err, QI_ERR_UNSUPPORTED, "Qwen-Image-Edit needs the VAE encoder, which this build lacks");
+    qi_engine *e = user;
+    qi_status st = qi_vae_load_encoder(e->vae, err);
+    if (st) return st;
+    size_t n = (size_t)qi_vae_z_dim(e->vae) * (size_t)(h / 8) * (size_t)(w / 8);
+    float *logvar = malloc(n * sizeof *logvar);
+    if (!logvar) return qi_fail(err, QI_ERR_NOMEM, "edit: VAE encoder logvar (%zu floats)", n);
+    st = qi_vae_encode(e->vae, pixels, h, w, mean, logvar, err);
+    free(logvar);
+    return st;
 }
-
-static qi_edit_hooks builtin_hooks = {.resize_lanczos = builtin_lanczos, .vae_mean = builtin_vae_mean};
 
 void qi_engine_set_edit_hooks(qi_engine *e, struct qi_edit_hooks *h) { e->edit_hooks = h; }
 
@@ -69,8 +75,9 @@ static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_VAE);
     if (!st && !e->vt) st = qi_vision_load(e->src[QI_COMPONENT_TEXT_ENCODER], e->be, &e->vt, &e->err);
+    qi_edit_hooks builtin = {.resize_lanczos = builtin_lanczos, .vae_mean = builtin_vae_mean, .user = e};
     if (!st)
-        st = qi_edit_prepare(&r, e->edit_hooks ? e->edit_hooks : &builtin_hooks, e->tok, e->te, e->vt,
+        st = qi_edit_prepare(&r, e->edit_hooks ? e->edit_hooks : &builtin, e->tok, e->te, e->vt,
                              qi_vae_latents_mean(e->vae), qi_vae_latents_std(e->vae), in, &e->err);
     qi_engine_release(e, QI_COMPONENT_VAE);
     qi_engine_release(e, QI_COMPONENT_TEXT_ENCODER);
