@@ -269,7 +269,7 @@ static void fp8_problem_make(fp8_problem *p, int64_t M, int64_t K, int64_t N) {
     }
     for (int64_t i = 0; i < M * K; i++) p->x[i] = caps_frand();
     for (int r = 0; r < FP8_SAMPLES; r++) /* spread over the rows, the last one included */
-        p->rows[r] = r == FP8_SAMPLES - 1 ? M - 1 : (int64_t)r * M / FP8_SAMPLES + r % 7;
+        p->rows[r] = r == FP8_SAMPLES - 1 ? M - 1 : ((int64_t)r * M / FP8_SAMPLES + r % 7) % M;
     for (int r = 0; r < FP8_SAMPLES; r++)
         for (int64_t o = 0; o < N; o++) {
             const float *xr = p->x + p->rows[r] * K;

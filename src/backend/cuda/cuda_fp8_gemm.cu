@@ -10,7 +10,8 @@
  * reduction kernel whose last block writes the scale on the device — no
  * host sync, so a CUDA graph records the whole sequence. x_q lives in the
  * kept-weight scratch (c->wscratch, sized at load for a bf16 copy of the
- * largest kept weight), which this path does not otherwise need.
+ * largest kept weight), which this path does not otherwise need, or in the
+ * general scratch when it is larger than that.
  *
  * cuBLASLt computes column-major D = op(A)·op(B); row-major y[M, N] is
  * column-major yᵀ[N, M] = W[N, K] · xᵀ, so A = W (stored [N, K] row-major =
@@ -244,6 +245,16 @@ static unsigned grid_for(const cuda_impl *c, int64_t units) {
     return (unsigned)(b < 1 ? 1 : b < cap ? b : cap);
 }
 
+/* Where x_q (n bytes) goes: the kept-weight scratch (sized for a bf16 copy
+ * of the largest kept weight: 2·N·K bytes, x_q needs M·K), else the
+ * general scratch (512 MiB); both made before any graph is recorded and
+ * free while this op runs. NULL: neither holds it (the expansion answers). */
+static void *xq_buffer(const cuda_impl *c, int64_t n) {
+    if (c->wscratch && (size_t)n <= c->wscratch_bytes) return c->wscratch;
+    if (c->scratch && (size_t)n <= c->scratch_bytes) return c->scratch;
+    return NULL;
+}
+
 /* Whether this path takes linear(x, w, b, act) -> y at all (before any plan). */
 static int fp8_takes(const cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
                      const qi_tensor *y, int64_t M, int64_t N, int64_t K) {
@@ -253,7 +264,7 @@ static int fp8_takes(const cuda_impl *c, const qi_tensor *x, const qi_tensor *w,
     if (M < 1 || N % 16 || K % 16 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) return 0;
     if (w->scale_form == QI_SCALE_ROW && !w->row_scale) return 0;
     if (!qc_aligned16(x->data) || !qc_aligned16(w->data) || !qc_aligned16(y->data)) return 0;
-    return c->wscratch && (size_t)(M * K) <= c->wscratch_bytes; /* x_q */
+    return xq_buffer(c, M * K) != NULL;
 }
 
 int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act, qi_tensor *y) {
@@ -278,7 +289,7 @@ int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
 
     float scale_w = w->scale_form == QI_SCALE_TENSOR ? w->scale : 1.0f;
     int64_t n = M * K;
-    uint8_t *xq = (uint8_t *)c->wscratch;
+    uint8_t *xq = (uint8_t *)xq_buffer(c, n);
     fp8_amax_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, scale_w, c->fp8->dev);
     fp8_quant_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, c->fp8->dev, xq);
     if (qc_check_launch(c, "linear (fp8 activation quantisation)")) return -1;
