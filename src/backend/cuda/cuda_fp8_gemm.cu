@@ -41,7 +41,7 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-#define FP8_PLANS 64
+#define FP8_PLANS 128 /* ~15 problems per image size: room for several sizes */
 #define E4M3_MAX 448.0f
 
 /* Device state of the activation scale; zeroed at creation, and the last
