@@ -240,10 +240,13 @@ static void kept_weights_match_with_the_fp8_gemm_off(void) {
  * one per-tensor scale (amax/448). e4m3 keeps 3 mantissa bits: within a
  * binade [2^e, 2^(e+1)) the rounding error is uniform in ±2^(e-4), which
  * weighted by x² (a dot product's terms add in quadrature) gives a relative
- * rms error of 1/sqrt(12·64·7/3) ≈ 2.4e-2 — the figure expected here, for any
- * activation distribution that stays clear of e4m3's subnormals (2^-6 of
- * 448/amax). The bf16 expansion path answers with ≈ 3e-3 (2^-9 per
- * activation), so the counters, not the error, say which path ran. */
+ * rms error of 1/sqrt(12·64·7/3) ≈ 2.4e-2, for any activation distribution
+ * that stays clear of e4m3's subnormals (2^-6 of 448/amax); the activations
+ * being bf16 first adds exact ties (≈ 1 in 32). A CPU simulation of these
+ * very cases (same data, bf16 → e4m3 round-to-nearest-even, bf16 output)
+ * gave 2.0–2.6e-2 at both shapes: the bound leaves ~15% room. The bf16
+ * expansion path answers with ≈ 3e-3 (2^-9 per activation), so the
+ * counters, and the floor of 5e-3 in the plain case, say which path ran. */
 enum { FP8_SAMPLES = 24 };
 
 typedef struct fp8_problem {
@@ -359,7 +362,7 @@ static void fp8_claims_at(int64_t M, int64_t K, int64_t N) {
         fp8_linear(&p, &w, cases[c].bias ? &b : NULL, cases[c].act, got, &fp8, &expanded);
         double e = fp8_error(&p, got, cases[c].scale, cases[c].bias ? bias_bf16 : NULL, cases[c].act);
         const char *sc = !cases[c].scale ? "plain" : cases[c].scale->form == QI_SCALE_TENSOR ? "per-tensor" : "per-row";
-        printf("  fp8 GEMM %lldx%lldx%lld, %s scale%s, act %d: rel L2 %.3e (limit 3e-2, expected ~2.4e-2)\n",
+        printf("  fp8 GEMM %lldx%lldx%lld, %s scale%s, act %d: rel L2 %.3e (limit 3e-2; simulated 2.0-2.6e-2)\n",
                (long long)M, (long long)K, (long long)N, sc, cases[c].bias ? ", bias" : "", (int)cases[c].act, e);
         CHECK(e >= 0 && e <= 3e-2, "%s%s act %d: rel L2 %.3g", sc, cases[c].bias ? " bias" : "", (int)cases[c].act, e);
         CHECK(fp8 == 1 && expanded == 0, "%s: the fp8 GEMM did not answer (fp8 %llu, expanded %llu; %s)", sc, fp8,
@@ -389,9 +392,11 @@ static void fp8_gemm_matches_the_float_product_at_the_ffn_shape(void) {
     if (fp8_gemm_available()) fp8_claims_at(4096 + 128, 3072, 12288);
 }
 
-/* A small shape with few rows (the modulation linears run with 1–2 rows). */
-static void fp8_gemm_matches_the_float_product_at_a_small_shape(void) {
-    if (fp8_gemm_available()) fp8_claims_at(3, 256, 64);
+/* Few rows, an odd count (the modulation linears run with 1–2 rows, the
+ * text stream with any prompt length); K long enough that the error over
+ * 3 × 256 outputs is a steady estimate of the rms figure. */
+static void fp8_gemm_matches_the_float_product_with_three_rows(void) {
+    if (fp8_gemm_available()) fp8_claims_at(3, 3072, 256);
 }
 
 /* What the fp8 GEMM does not take runs the expansion path, bit-identical
@@ -491,7 +496,7 @@ int main(void) {
     RUN(cuda_scaled_weights_give_scaled_results);
     RUN(kept_weights_match_weights_converted_at_load);
     RUN(fp8_gemm_matches_the_float_product_at_the_ffn_shape);
-    RUN(fp8_gemm_matches_the_float_product_at_a_small_shape);
+    RUN(fp8_gemm_matches_the_float_product_with_three_rows);
     RUN(fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion);
     RUN(fp8_gemm_replays_in_a_graph_with_fresh_scales);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
