@@ -400,13 +400,15 @@ static void fp8_gemm_matches_the_float_product_with_three_rows(void) {
 }
 
 /* What the fp8 GEMM does not take runs the expansion path, bit-identical
- * to the switch being off: dims not multiples of 16 (7 × 24), and e5m2. */
+ * to the switch being off: dims not multiples of 16 (7 × 24, K 40), the
+ * transformer's 64-channel first and last layers (K 64, N 64), and e5m2. */
 static void fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion(void) {
     if (!fp8_gemm_available()) return;
     struct {
         qi_dtype t;
         int64_t M, K, N;
-    } cases[] = {{QI_F8_E4M3, 5, 24, 7}, {QI_F8_E4M3, 5, 40, 32}, {QI_F8_E5M2, 5, 64, 32}};
+    } cases[] = {{QI_F8_E4M3, 5, 24, 7},   {QI_F8_E4M3, 5, 40, 128}, {QI_F8_E4M3, 64, 64, 256},
+                 {QI_F8_E4M3, 64, 256, 64}, {QI_F8_E5M2, 5, 256, 128}};
     for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
         fp8_problem p;
         fp8_problem_make(&p, cases[c].M, cases[c].K, cases[c].N);
@@ -414,7 +416,7 @@ static void fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion(void) {
         qi_tensor w;
         int64_t ne[2] = {p.N, p.K};
         REQUIRE(!gpu->ops->weight(gpu, &w, cases[c].t, 2, ne, p.w, NULL, &err), "%s", err.msg);
-        float on[FP8_SAMPLES * 32], off[FP8_SAMPLES * 32];
+        static float on[FP8_SAMPLES * 256], off[FP8_SAMPLES * 256];
         unsigned long long fp8, expanded, fp8_off, expanded_off;
         fp8_linear(&p, &w, NULL, QI_ACT_NONE, on, &fp8, &expanded);
         qi_cuda_set_fp8_gemm(gpu, 0);

@@ -36,7 +36,7 @@ int qi_cuda_device_cc(qi_backend *be);
 
 /* The fp8 GEMM (cuda_fp8_gemm.cu): on a device of compute capability 8.9 or
  * newer, `linear` with an F8_E4M3 weight (plain, per-tensor or per-row
- * scale) whose dims are multiples of 16 quantises the bf16 activations to
+ * scale) whose dims are multiples of 16 and at least 128 quantises the bf16 activations to
  * e4m3 (one dynamic per-tensor scale) and runs cuBLASLt's fp8 GEMM instead
  * of expanding the weight to bf16. QI_CUDA_FP8_GEMM=0 in the environment
  * turns it off at creation. state: a sentence saying on/off and why.
