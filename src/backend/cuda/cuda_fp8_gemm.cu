@@ -54,6 +54,8 @@
 #define FP8_PLANS 128 /* ~15 problems per image size: room for several sizes */
 #define E4M3_MAX 448.0f
 #define FP8_MIN_DIM 128
+/* On unless QI_CUDA_FP8_GEMM=0 (1); 0: off unless QI_CUDA_FP8_GEMM=1. */
+#define FP8_GEMM_DEFAULT 1
 
 /* Device state of the activation scale; zeroed at creation, and the last
  * block of each reduction puts amax_bits and blocks_done back to zero. */
@@ -330,7 +332,7 @@ int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
 qi_status qc_fp8_init(cuda_impl *c, qi_error *err) {
     const char *env = getenv("QI_CUDA_FP8_GEMM");
     c->fp8_supported = c->device_cc >= 89;
-    c->fp8_on = c->fp8_supported && !(env && env[0] == '0');
+    c->fp8_on = c->fp8_supported && (env && env[0] ? env[0] == '1' : FP8_GEMM_DEFAULT);
     if (!c->fp8_supported) return QI_OK;
     struct qc_fp8 *f = (struct qc_fp8 *)calloc(1, sizeof *f);
     if (!f) return qi_fail(err, QI_ERR_NOMEM, "cuda backend: out of host memory");
