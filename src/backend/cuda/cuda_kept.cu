@@ -3,13 +3,11 @@
  * scale, GGUF blocks): dequantisation into the bf16 weight scratch before a
  * GEMM, and seeded random contents for benchmarks.
  *
- * The correct path, not yet the fast one: each linear with a kept weight
- * first writes the weight as bf16 into c->wscratch (2 bytes per element,
- * from 0.56–1 read), then runs the bf16 GEMM. At 1024² a transformer call
- * reads its weights once either way, so the extra traffic is ~2× the bf16
- * weight bytes per call (~40 GB on an H200 at ~4 TB/s: ~10–20 ms); fp8 and
- * block GEMMs that read the stored bytes directly are the speed work of the
- * GPU issue.
+ * Each linear with a kept weight first writes the weight as bf16 into
+ * c->wscratch (2 bytes per element, from 0.56–1 read), then runs the bf16
+ * GEMM: ~2× the bf16 weight bytes of extra traffic per call, ~20 ms per
+ * 1024² transformer call on an H200 (run L). fp8 and block GEMMs that read
+ * the stored bytes directly are the next step (the GPU issue).
  */
 #include <math.h>
 
