@@ -141,15 +141,15 @@ def edit_main():
     t0 = time.time()
     with dev:
         from transformers import Qwen2_5_VLForConditionalGeneration
-        tr = QwenImageTransformer2DModel(**TRANSFORMER).eval()
-        te = Qwen2_5_VLForConditionalGeneration(te_cfg).eval()
-        vae = AutoencoderKLQwenImage(**VAE).eval()
+        tr = QwenImageTransformer2DModel(**TRANSFORMER).eval().to(torch.bfloat16)  # .to: a no-op when
+        te = Qwen2_5_VLForConditionalGeneration(te_cfg).eval().to(torch.bfloat16)  # built in the default dtype
+        vae = AutoencoderKLQwenImage(**VAE).eval().to(torch.bfloat16)
     pipe = QwenImageEditPlusPipeline(scheduler=sched, vae=vae, text_encoder=te, tokenizer=proc.tokenizer,
                                      processor=proc, transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     n = lambda m: sum(q.numel() for q in m.parameters()) / 1e9  # noqa: E731
     print(f"# Edit pipeline built in {time.time() - t0:.1f} s: transformer {n(tr):.2f} B, text encoder {n(te):.2f} B "
-          f"(vision {n(te.model.visual):.2f} B), VAE {n(vae):.3f} B params", flush=True)
+          f"(vision {n(getattr(te.model, 'visual', None) or te.visual):.2f} B), VAE {n(vae):.3f} B params", flush=True)
     cond = pipe.image_processor.resize(picture, 384, 384)  # calculate_dimensions(384², 1) = 384×384
     vae_px = pipe.image_processor.preprocess(picture, 1024, 1024).unsqueeze(2).to(dev, torch.bfloat16)
     tag = "Picture 1: <|vision_start|><|image_pad|><|vision_end|>"
@@ -178,11 +178,13 @@ def edit_main():
             tr.compile_repeated_blocks(fullgraph=True)
         row(f"Edit transformer call, {mode}", f"4096 + 4096 condition tokens, txt {L}",
             timed(call, warmup=max(args.warmup, 3 if mode != "eager" else 1)))
+        e2e = {}
         for steps in (4, 8):
             with torch.no_grad():
-                s = wall(lambda: req(steps), max(args.warmup, 1), runs)
+                e2e[steps] = wall(lambda: req(steps), max(args.warmup, 1), runs)
             print(f"| diffusers Edit-2509 end to end, {mode} | 1024² picture → 1024x1024, {steps} steps, "
-                  f"true_cfg 1 | {s:.3f} s | picture + prompt → PIL; median of {runs} |", flush=True)
+                  f"true_cfg 1 | {e2e[steps]:.3f} s | picture + prompt → PIL; median of {runs} |", flush=True)
+        row(f"Edit-2509 step, {mode}", "(8-step − 4-step) / 4", (e2e[8] - e2e[4]) / 4 * 1e3, "marginal cost of a step")
         if mode != "eager":
             print(f"# compiling and timing took {time.time() - t0:.0f} s", flush=True)
     print(f"# peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)

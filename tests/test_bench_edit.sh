@@ -14,26 +14,28 @@ fails=0
 ok() { echo "ok - $1"; }
 bad() { echo "FAIL - $1"; fails=$((fails + 1)); }
 
-"$BIN" bench --edit -m "$MODEL" --device cpu --runs 1 --warmup 0 --edit-size 64 --edit-vl-area 50176 \
-    --edit-vae-area 65536 -o "$T/rows.md" >"$T/out.txt" 2>&1
+"$BIN" bench --edit -m "$MODEL" --device cpu --runs 1 --warmup 0 --edit-size 32 --edit-vl-area 12544 \
+    --edit-vae-area 4096 -o "$T/rows.md" >"$T/out.txt" 2>&1
 rc=$?
 cat "$T/out.txt"
 [ $rc -eq 0 ] && ok "bench --edit on the tiny Edit model exits 0" || bad "bench --edit exited $rc"
 for steps in 4 8; do
-    grep -Eq "^\| Edit-2509 end to end \| 64² picture → 64x64, $steps steps, cfg 1 \| [0-9]+\.[0-9]+ s \|" "$T/out.txt" \
+    grep -Eq "^\| Edit-2509 end to end \| 32² picture → 32x32, $steps steps, cfg 1 \| [0-9]+\.[0-9]+ s \|" "$T/out.txt" \
         && ok "end-to-end row, $steps steps" || bad "no end-to-end row for $steps steps"
-    grep -Eq "^\| Edit-2509 denoising step \| 16 \+ 256 condition tokens, $steps steps \| [0-9.]+ ms" "$T/out.txt" \
-        && ok "per-step row, $steps steps (16 output + 256 condition tokens)" || bad "no per-step row for $steps steps"
+    grep -Eq "^\| Edit-2509 denoising step \| 4 \+ 16 condition tokens, $steps steps \| [0-9.]+ ms" "$T/out.txt" \
+        && ok "per-step row, $steps steps (4 output + 16 condition tokens)" || bad "no per-step row for $steps steps"
 done
-grep -Eq "^\| Edit vision tower \| 224x224 → 224x224, 256 patches \| [0-9.]+ ms \| 64 image tokens" "$T/out.txt" \
-    && ok "vision tower row (224² area: 256 patches, 64 tokens)" || bad "no vision tower row"
-grep -Eq "^\| Edit text encoder \| [0-9]+ tokens \(64 image\) \| [0-9.]+ ms" "$T/out.txt" \
+grep -Eq "^\| Edit-2509 step, marginal \| \(8-step − 4-step\) / 4 \| -?[0-9.]+ ms" "$T/out.txt" \
+    && ok "marginal step row" || bad "no marginal step row"
+grep -Eq "^\| Edit vision tower \| 128x128 → 140x140, 100 patches \| [0-9.]+ ms \| 25 image tokens" "$T/out.txt" \
+    && ok "vision tower row (112² area: 128² → 140², 100 patches, 25 tokens)" || bad "no vision tower row"
+grep -Eq "^\| Edit text encoder \| [0-9]+ tokens \(25 image\) \| [0-9.]+ ms" "$T/out.txt" \
     && ok "text encoder row" || bad "no text encoder row"
-grep -Eq "^\| Edit VAE encode \| 256x256 \| [0-9.]+ ms" "$T/out.txt" && ok "VAE encoder row (256² area)" \
+grep -Eq "^\| Edit VAE encode \| 64x64 \| [0-9.]+ ms" "$T/out.txt" && ok "VAE encoder row (64² area)" \
     || bad "no VAE encoder row"
-if grep -Eq "\| 0\.000 s \||\| 0\.0 ms \|" "$T/out.txt"; then bad "a row timed nothing"; else ok "no row timed 0"; fi
+if grep -v marginal "$T/out.txt" | grep -Eq "\| 0\.000 s \||\| 0\.0 ms \|"; then bad "a row timed nothing"; else ok "no row timed 0"; fi
 n=$(grep -c "^| Edit" "$T/rows.md" 2>/dev/null || echo 0)
-[ "$n" -eq 7 ] && ok "the -o table has the 7 Edit rows" || bad "the -o table has $n Edit rows, expected 7"
+[ "$n" -eq 8 ] && ok "the -o table has the 8 Edit rows" || bad "the -o table has $n Edit rows, expected 8"
 
 "$BIN" bench --edit --vram 8G -m "$MODEL" --device cpu >"$T/vram.txt" 2>&1
 rc=$?
