@@ -901,6 +901,7 @@ int qi_cmd_bench(int argc, char **argv) {
         printf("bench: CUDA kernels %s (device compute capability %d.%d, code sm_%d; QI_CUDA_GENERIC=1 forces generic)\n",
                qi_cuda_kernel_family(c.be), qi_cuda_device_cc(c.be) / 10, qi_cuda_device_cc(c.be) % 10,
                qi_cuda_code_arch(c.be) / 10);
+    if (!strcmp(c.be->ops->name, "cuda")) printf("bench: fp8 GEMM %s\n", qi_cuda_fp8_gemm_state(c.be));
 #endif
     emit(&c, "| what | shape | time | note |\n|---|---|---|---|\n");
     if (c.be->ops->mem_usage) {
@@ -917,6 +918,14 @@ int qi_cmd_bench(int argc, char **argv) {
         fail = qi_bench_edit(c.e, &eo, msg, sizeof msg) != 0;
         if (fail) fprintf(stderr, "edit: %s\n", msg);
     } else fail = t2i_rows(&c, dit, only, vram, vram_s);
+#ifdef QI_WITH_CUDA
+    if (!strcmp(c.be->ops->name, "cuda") && qt != QI_BF16) { /* which GEMM the kept weights' linears ran */
+        unsigned long long fp8 = 0, expanded = 0;
+        qi_cuda_gemm_counts(c.be, &fp8, &expanded);
+        emit(&c, "| GEMM path of the %s linears | all rows above | | %llu through the fp8 GEMM (cuBLASLt e4m3), %llu "
+             "expanded to bf16 |\n", qi_dtype_name(qt), fp8, expanded);
+    }
+#endif
     if (c.be->ops->mem_usage) {
         size_t now, peak;
         c.be->ops->mem_usage(c.be, &now, &peak);

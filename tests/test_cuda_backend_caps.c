@@ -173,8 +173,17 @@ static void lin_emb(qi_backend *be, const qi_tensor *w, const float *xv, float *
  * or a per-row scale, and every GGUF block type) give linear and embedding
  * results bit-identical to the same weights converted to bf16 at load (a
  * second backend with QI_CUDA_DEQUANT_AT_LOAD=1): the device decodes them
- * with the host's formulas. And they hold their stored bytes, not bf16's. */
+ * with the host's formulas. And they hold their stored bytes, not bf16's.
+ * With the fp8 GEMM off: its e4m3 activations are claimed further down. */
+static void kept_weights_match_with_the_fp8_gemm_off(void);
+
 static void kept_weights_match_weights_converted_at_load(void) {
+    int fp8_was_on = qi_cuda_set_fp8_gemm(gpu, 0); /* the claim is the expansion path's: the fp8 GEMM has its own */
+    kept_weights_match_with_the_fp8_gemm_off();
+    qi_cuda_set_fp8_gemm(gpu, fp8_was_on);
+}
+
+static void kept_weights_match_with_the_fp8_gemm_off(void) {
     qi_backend *ref = NULL;
     qi_error err = {{0}};
     setenv("QI_CUDA_DEQUANT_AT_LOAD", "1", 1);
@@ -220,6 +229,264 @@ static void kept_weights_match_weights_converted_at_load(void) {
     ref->ops->destroy(ref);
 }
 
+/* ---- the fp8 GEMM (src/backend/cuda/cuda_fp8_gemm.cu) ------------------------------------ */
+
+/* What every fp8 claim below measures against: float64 sums of the float
+ * activations (as uploaded, before the device rounds them to bf16) times
+ * the dequantised weight (stored e4m3 value × its scale), + bias, then act.
+ *
+ * The bound, relative L2 over the output ≤ 3e-2: the GEMM reads the weight
+ * exactly as stored, and rounds each activation to e4m3 after dividing by
+ * one per-tensor scale (amax/448). e4m3 keeps 3 mantissa bits: within a
+ * binade [2^e, 2^(e+1)) the rounding error is uniform in ±2^(e-4), which
+ * weighted by x² (a dot product's terms add in quadrature) gives a relative
+ * rms error of 1/sqrt(12·64·7/3) ≈ 2.4e-2, for any activation distribution
+ * that stays clear of e4m3's subnormals (2^-6 of 448/amax); the activations
+ * being bf16 first adds exact ties (≈ 1 in 32). A CPU simulation of these
+ * very cases (same data, bf16 → e4m3 round-to-nearest-even, bf16 output)
+ * gave 2.0–2.6e-2 at both shapes: the bound leaves ~15% room. The bf16
+ * expansion path answers with ≈ 3e-3 (2^-9 per activation), so the
+ * counters, and the floor of 5e-3 in the plain case, say which path ran. */
+enum { FP8_SAMPLES = 24 };
+
+typedef struct fp8_problem {
+    int64_t M, K, N;
+    uint8_t *w;       /* [N, K] e4m3 bytes */
+    float *x;         /* [M, K] */
+    float lut[256];   /* e4m3 byte -> value */
+    double *dot;      /* [FP8_SAMPLES, N]: x[row] · raw w[o] */
+    int64_t rows[FP8_SAMPLES];
+} fp8_problem;
+
+static void fp8_problem_make(fp8_problem *p, int64_t M, int64_t K, int64_t N) {
+    p->M = M, p->K = K, p->N = N;
+    p->w = malloc((size_t)(N * K));
+    p->x = malloc(sizeof(float) * (size_t)(M * K));
+    p->dot = malloc(sizeof(double) * FP8_SAMPLES * (size_t)N);
+    uint8_t bytes[256];
+    for (int i = 0; i < 256; i++) bytes[i] = (uint8_t)i;
+    qi_to_f32(p->lut, bytes, QI_F8_E4M3, 256);
+    for (int64_t i = 0; i < N * K; i++) { /* top exponent bit clear: |w| < 2, no NaN */
+        caps_rng = caps_rng * 1664525u + 1013904223u;
+        p->w[i] = (uint8_t)(caps_rng >> 13) & 0xBF;
+    }
+    for (int64_t i = 0; i < M * K; i++) p->x[i] = caps_frand();
+    for (int r = 0; r < FP8_SAMPLES; r++) /* spread over the rows, the last one included */
+        p->rows[r] = r == FP8_SAMPLES - 1 ? M - 1 : ((int64_t)r * M / FP8_SAMPLES + r % 7) % M;
+    for (int r = 0; r < FP8_SAMPLES; r++)
+        for (int64_t o = 0; o < N; o++) {
+            const float *xr = p->x + p->rows[r] * K;
+            const uint8_t *wr = p->w + o * K;
+            double s = 0;
+            for (int64_t k = 0; k < K; k++) s += (double)xr[k] * p->lut[wr[k]];
+            p->dot[r * N + o] = s;
+        }
+}
+
+static void fp8_problem_free(fp8_problem *p) { free(p->w), free(p->x), free(p->dot); }
+
+static double act_ref(double v, qi_act act) {
+    if (act == QI_ACT_GELU_TANH) return 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    if (act == QI_ACT_SILU) return v / (1 + exp(-v));
+    return v;
+}
+
+/* linear(x, w, b, act) on the GPU for the sampled rows of p, as floats
+ * [FP8_SAMPLES, N] into got; the counters' increments into *fp8, *expanded. */
+static void fp8_linear(const fp8_problem *p, const qi_tensor *w, const qi_tensor *b, qi_act act, float *got,
+                       unsigned long long *fp8, unsigned long long *expanded) {
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor x, y;
+    REQUIRE(!qi_be_act2(gpu, &x, p->M, p->K, &err) && !qi_be_act2(gpu, &y, p->M, p->N, &err), "%s", err.msg);
+    REQUIRE(!gpu->ops->upload(gpu, &x, p->x, &err), "%s", err.msg);
+    unsigned long long f0, e0, f1, e1;
+    qi_cuda_gemm_counts(gpu, &f0, &e0);
+    gpu->ops->linear(gpu, &x, w, b, act, &y);
+    qi_cuda_gemm_counts(gpu, &f1, &e1);
+    *fp8 = f1 - f0, *expanded = e1 - e0;
+    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+    for (int r = 0; r < FP8_SAMPLES; r++) {
+        qi_tensor row = qi_view2(&y, 1, p->N);
+        row.data = (char *)y.data + (size_t)(p->rows[r] * p->N) * 2;
+        CHECK(!gpu->ops->download(gpu, &row, got + r * p->N, &err), "%s", err.msg);
+    }
+    gpu->ops->reset(gpu, mark);
+}
+
+/* Relative L2 of got against act(scale[o] · dot + bias[o]) over the samples. */
+static double fp8_error(const fp8_problem *p, const float *got, const qi_weight_scale *sc, const float *bias,
+                        qi_act act) {
+    double num = 0, den = 0;
+    for (int r = 0; r < FP8_SAMPLES; r++)
+        for (int64_t o = 0; o < p->N; o++) {
+            double s = !sc ? 1.0 : sc->form == QI_SCALE_TENSOR ? sc->scale : sc->row_scale[o];
+            double want = act_ref(s * p->dot[r * p->N + o] + (bias ? bias[o] : 0.0), act);
+            double d = got[r * p->N + o] - want;
+            num += d * d, den += want * want;
+        }
+    return den > 0 ? sqrt(num / den) : -1;
+}
+
+/* The claim at one shape: plain, per-tensor and per-row scales, with and
+ * without a bias, with no activation, tanh GELU (cuBLASLt's epilogue) and
+ * SiLU (the finishing kernel), each within 3e-2 of the float product and
+ * answered by the fp8 GEMM (the counters). */
+static void fp8_claims_at(int64_t M, int64_t K, int64_t N) {
+    fp8_problem p;
+    fp8_problem_make(&p, M, K, N);
+    float *row_scales = malloc(sizeof(float) * (size_t)N), *bias = malloc(sizeof(float) * (size_t)N);
+    float *got = malloc(sizeof(float) * FP8_SAMPLES * (size_t)N), *bias_bf16 = malloc(sizeof(float) * (size_t)N);
+    for (int64_t o = 0; o < N; o++) {
+        row_scales[o] = (o % 5 == 0 ? 40.0f : o % 3 == 0 ? 1e-3f : 0.5f) * (1.0f + 0.25f * caps_frand());
+        bias[o] = 8.0f * caps_frand();
+        bias_bf16[o] = qi_bf16_to_f32(qi_f32_to_bf16(bias[o])); /* the device keeps the bias as bf16 */
+    }
+    const qi_weight_scale tensor = {QI_SCALE_TENSOR, 0.37f, NULL}, rows = {QI_SCALE_ROW, 0, row_scales};
+    struct {
+        const qi_weight_scale *scale;
+        int bias;
+        qi_act act;
+    } cases[] = {{NULL, 0, QI_ACT_NONE},   {&tensor, 0, QI_ACT_NONE},     {&rows, 0, QI_ACT_NONE},
+                 {NULL, 1, QI_ACT_NONE},   {&tensor, 1, QI_ACT_NONE},     {&rows, 1, QI_ACT_NONE},
+                 {&tensor, 1, QI_ACT_GELU_TANH}, {&rows, 0, QI_ACT_SILU}, {NULL, 1, QI_ACT_SILU}};
+    qi_error err = {{0}};
+    qi_tensor b;
+    int64_t bne[1] = {N};
+    REQUIRE(!gpu->ops->weight(gpu, &b, QI_F32, 1, bne, bias, NULL, &err), "%s", err.msg);
+    for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
+        qi_tensor w;
+        int64_t ne[2] = {N, K};
+        REQUIRE(!gpu->ops->weight(gpu, &w, QI_F8_E4M3, 2, ne, p.w, cases[c].scale, &err), "%s", err.msg);
+        unsigned long long fp8 = 0, expanded = 0;
+        fp8_linear(&p, &w, cases[c].bias ? &b : NULL, cases[c].act, got, &fp8, &expanded);
+        double e = fp8_error(&p, got, cases[c].scale, cases[c].bias ? bias_bf16 : NULL, cases[c].act);
+        const char *sc = !cases[c].scale ? "plain" : cases[c].scale->form == QI_SCALE_TENSOR ? "per-tensor" : "per-row";
+        printf("  fp8 GEMM %lldx%lldx%lld, %s scale%s, act %d: rel L2 %.3e (limit 3e-2; simulated 2.0-2.6e-2)\n",
+               (long long)M, (long long)K, (long long)N, sc, cases[c].bias ? ", bias" : "", (int)cases[c].act, e);
+        CHECK(e >= 0 && e <= 3e-2, "%s%s act %d: rel L2 %.3g", sc, cases[c].bias ? " bias" : "", (int)cases[c].act, e);
+        CHECK(fp8 == 1 && expanded == 0, "%s: the fp8 GEMM did not answer (fp8 %llu, expanded %llu; %s)", sc, fp8,
+              expanded, qi_cuda_fp8_gemm_state(gpu));
+        if (!cases[c].scale && !cases[c].bias) /* fp8's rounding, not bf16's, is in the result */
+            CHECK(e >= 5e-3, "plain: rel L2 %.3g is below fp8 activation rounding", e);
+        gpu->ops->weight_free(gpu, &w);
+    }
+    gpu->ops->weight_free(gpu, &b);
+    free(row_scales), free(bias), free(got), free(bias_bf16);
+    fp8_problem_free(&p);
+}
+
+/* On a device without fp8 tensor cores the switch stays off; else on. */
+static int fp8_gemm_available(void) {
+    if (qi_cuda_device_cc(gpu) < 89) {
+        CHECK(!qi_cuda_set_fp8_gemm(gpu, 1), "compute capability %d has no fp8 tensor cores", qi_cuda_device_cc(gpu));
+        printf("  (compute capability %d: no fp8 GEMM; %s)\n", qi_cuda_device_cc(gpu), qi_cuda_fp8_gemm_state(gpu));
+        return 0;
+    }
+    CHECK(qi_cuda_set_fp8_gemm(gpu, 1), "%s", qi_cuda_fp8_gemm_state(gpu));
+    return 1;
+}
+
+/* The transformer's FFN shape at 1024² (tokens 4096 image + 128 text). */
+static void fp8_gemm_matches_the_float_product_at_the_ffn_shape(void) {
+    if (fp8_gemm_available()) fp8_claims_at(4096 + 128, 3072, 12288);
+}
+
+/* Few rows, an odd count (the modulation linears run with 1–2 rows, the
+ * text stream with any prompt length); K long enough that the error over
+ * 3 × 256 outputs is a steady estimate of the rms figure. */
+static void fp8_gemm_matches_the_float_product_with_three_rows(void) {
+    if (fp8_gemm_available()) fp8_claims_at(3, 3072, 256);
+}
+
+/* What the fp8 GEMM does not take runs the expansion path, bit-identical
+ * to the switch being off: dims not multiples of 16 (7 × 24, K 40), the
+ * transformer's 64-channel first and last layers (K 64, N 64), and e5m2. */
+static void fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion(void) {
+    if (!fp8_gemm_available()) return;
+    struct {
+        qi_dtype t;
+        int64_t M, K, N;
+    } cases[] = {{QI_F8_E4M3, 5, 24, 7},   {QI_F8_E4M3, 5, 40, 128}, {QI_F8_E4M3, 64, 64, 256},
+                 {QI_F8_E4M3, 64, 256, 64}, {QI_F8_E5M2, 5, 256, 128}};
+    for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
+        fp8_problem p;
+        fp8_problem_make(&p, cases[c].M, cases[c].K, cases[c].N);
+        qi_error err = {{0}};
+        qi_tensor w;
+        int64_t ne[2] = {p.N, p.K};
+        REQUIRE(!gpu->ops->weight(gpu, &w, cases[c].t, 2, ne, p.w, NULL, &err), "%s", err.msg);
+        static float on[FP8_SAMPLES * 256], off[FP8_SAMPLES * 256];
+        unsigned long long fp8, expanded, fp8_off, expanded_off;
+        fp8_linear(&p, &w, NULL, QI_ACT_NONE, on, &fp8, &expanded);
+        qi_cuda_set_fp8_gemm(gpu, 0);
+        fp8_linear(&p, &w, NULL, QI_ACT_NONE, off, &fp8_off, &expanded_off);
+        qi_cuda_set_fp8_gemm(gpu, 1);
+        CHECK(fp8 == 0 && expanded == 1 && fp8_off == 0 && expanded_off == 1, "%s %lldx%lldx%lld: fp8 %llu, "
+              "expanded %llu", qi_dtype_name(cases[c].t), (long long)p.M, (long long)p.K, (long long)p.N, fp8, expanded);
+        CHECK(!memcmp(on, off, sizeof(float) * FP8_SAMPLES * (size_t)p.N), "%s %lldx%lldx%lld: differs from the "
+              "switch off", qi_dtype_name(cases[c].t), (long long)p.M, (long long)p.K, (long long)p.N);
+        gpu->ops->weight_free(gpu, &w);
+        fp8_problem_free(&p);
+    }
+}
+
+/* A recorded fp8 linear replays on new activations with their own scale
+ * (the amax reduction resets itself on the device): the replay equals an
+ * eager run on the same inputs, bit for bit, and the inputs' scale moved. */
+static void fp8_gemm_replays_in_a_graph_with_fresh_scales(void) {
+    if (!fp8_gemm_available()) return;
+    enum { M = 256, K = 512, N = 1024 };
+    fp8_problem p;
+    fp8_problem_make(&p, M, K, N);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor w, x, y, ref;
+    int64_t ne[2] = {N, K};
+    const qi_weight_scale tensor = {QI_SCALE_TENSOR, 0.25f, NULL};
+    REQUIRE(!gpu->ops->weight(gpu, &w, QI_F8_E4M3, 2, ne, p.w, &tensor, &err), "%s", err.msg);
+    REQUIRE(!qi_be_act2(gpu, &x, M, K, &err) && !qi_be_act2(gpu, &y, M, N, &err) &&
+            !qi_be_act2(gpu, &ref, M, N, &err) && !gpu->ops->upload(gpu, &x, p.x, &err), "%s", err.msg);
+    gpu->ops->linear(gpu, &x, &w, NULL, QI_ACT_NONE, &y); /* plans made outside the recording */
+    qi_graph *g = NULL;
+    REQUIRE(gpu->ops->graph_begin(gpu, &err) == QI_OK, "%s", err.msg);
+    gpu->ops->linear(gpu, &x, &w, NULL, QI_ACT_NONE, &y);
+    REQUIRE(gpu->ops->graph_end(gpu, &g, &err) == QI_OK && g, "%s", err.msg);
+    float *x3 = malloc(sizeof(float) * M * K), *a = malloc(sizeof(float) * M * N), *b = malloc(sizeof(float) * M * N);
+    for (int i = 0; i < M * K; i++) x3[i] = p.x[i] * (i == 77 ? 50.0f : 3.0f); /* a new amax and an outlier */
+    REQUIRE(!gpu->ops->upload(gpu, &x, x3, &err), "%s", err.msg);
+    CHECK(gpu->ops->graph_launch(gpu, g, &err) == QI_OK, "%s", err.msg);
+    gpu->ops->linear(gpu, &x, &w, NULL, QI_ACT_NONE, &ref);
+    CHECK(!gpu->ops->download(gpu, &y, a, &err) && !gpu->ops->download(gpu, &ref, b, &err), "%s", err.msg);
+    CHECK(!memcmp(a, b, sizeof(float) * M * N), "the replay differs from an eager run on the same activations");
+    double num = 0, den = 0; /* and both follow the new activations: sampled row 1 is 3× the old one */
+    for (int64_t o = 0; o < N; o++) {
+        double want = 0.25 * 3.0 * p.dot[1 * N + o];
+        double d = a[p.rows[1] * N + o] - want;
+        num += d * d, den += want * want;
+    }
+    CHECK(den > 0 && sqrt(num / den) < 6e-2, "row %lld after the replay: rel L2 %.3g", (long long)p.rows[1],
+          sqrt(num / (den > 0 ? den : 1)));
+    gpu->ops->graph_free(gpu, g);
+    gpu->ops->weight_free(gpu, &w);
+    gpu->ops->reset(gpu, mark);
+    free(x3), free(a), free(b);
+    fp8_problem_free(&p);
+}
+
+/* QI_CUDA_FP8_GEMM=0 at creation: the backend starts with the fp8 GEMM off. */
+static void fp8_gemm_is_off_with_the_environment_switch(void) {
+    qi_backend *b = NULL;
+    qi_error err = {{0}};
+    setenv("QI_CUDA_FP8_GEMM", "0", 1);
+    qi_status st = qi_backend_cuda_create(0, (size_t)64 << 20, &b, &err);
+    unsetenv("QI_CUDA_FP8_GEMM");
+    REQUIRE(st == QI_OK, "%s", err.msg);
+    CHECK(!strncmp(qi_cuda_fp8_gemm_state(b), "off", 3), "%s", qi_cuda_fp8_gemm_state(b));
+    printf("  default backend: fp8 GEMM %s\n", qi_cuda_fp8_gemm_state(gpu));
+    b->ops->destroy(b);
+}
+
 int main(void) {
     qi_error err;
     if (qi_backend_cuda_create(0, (size_t)256 << 20, &gpu, &err) != QI_OK) {
@@ -230,6 +497,11 @@ int main(void) {
     RUN(cuda_supports_says_what_the_ops_do);
     RUN(cuda_scaled_weights_give_scaled_results);
     RUN(kept_weights_match_weights_converted_at_load);
+    RUN(fp8_gemm_matches_the_float_product_at_the_ffn_shape);
+    RUN(fp8_gemm_matches_the_float_product_with_three_rows);
+    RUN(fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion);
+    RUN(fp8_gemm_replays_in_a_graph_with_fresh_scales);
+    RUN(fp8_gemm_is_off_with_the_environment_switch);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);
     RUN(cuda_table_refuses_a_partial_graph_group);

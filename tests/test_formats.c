@@ -27,6 +27,9 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#ifdef QI_WITH_CUDA
+#include "backend/cuda/cuda_backend.h" /* qi_cuda_gemm_counts: did the fp8 GEMM run */
+#endif
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "qwen_image.h"
@@ -135,8 +138,34 @@ static void lightx2v_row_scales_belong_to_their_rows(void) {
 /* `test_formats -d cuda` runs the generate cases on the GPU (label cuda):
  * bf16 activations there, so the GPU pipeline's tolerances (vae_in rel L2
  * <= 2e-2, image mean abs diff <= 3/255, as test_cuda_pipeline), and the
- * fp8 and block weights kept in their file type on the device. */
+ * fp8 and block weights kept in their file type on the device.
+ *
+ * With e4m3 weights on an fp8-capable GPU the fp8 GEMM (cuda_fp8_gemm.cu)
+ * also rounds each linear's activations to e4m3 (one per-tensor scale):
+ * ≈ 2.4e-2 relative error per linear (test_cuda_backend_caps states why),
+ * ~8× bf16's, which the denoising loop carries into vae_in. Those runs are
+ * held to vae_in rel L2 <= 5e-2 and image mean abs diff <= 4/255 instead.
+ * Expected: the CPU pipeline with its activations rounded to e4m3 at every
+ * linear the fp8 GEMM takes gave vae_in rel L2 5.3e-3–7.5e-3 (Lightning,
+ * 4 steps) and 1.8e-2–2.1e-2 (CFG 3) against these references, image max
+ * diff <= 4; on the GPU that adds to the bf16 error in quadrature (first GPU
+ * run's figures to be written here). The
+ * ctest test_formats_cuda_fp8_off (QI_CUDA_FP8_GEMM=0) keeps the bf16
+ * bounds on the same cases. */
 static const char *g_device = "cpu";
+
+/* How many linears of the engine's backend ran through the fp8 GEMM. */
+static unsigned long long fp8_gemm_calls(qi_engine *e) {
+#ifdef QI_WITH_CUDA
+    qi_backend *be = qi_engine_backend(e);
+    unsigned long long n = 0;
+    if (be && !strcmp(be->ops->name, "cuda")) qi_cuda_gemm_counts(be, &n, NULL);
+    return n;
+#else
+    (void)e;
+    return 0;
+#endif
+}
 
 typedef struct case_figures {
     double vae_rel, img_max;
@@ -257,10 +286,12 @@ static case_figures run_case_with(const char *name, int builtin_scheduler) {
         mean = sum / (double)n_px;
     }
     if (strcmp(g_device, "cpu")) {
-        printf("  %-38s %s: vae_in rel L2 %.2e (limit 2e-2), image mean abs diff %.3f/255 (limit 3), max %.0f\n",
-               name, g_device, f.vae_rel, mean, f.img_max);
-        CHECK(f.vae_rel >= 0 && f.vae_rel <= 2e-2, "%s: vae_in rel L2 %.3g", name, f.vae_rel);
-        CHECK(mean >= 0 && mean <= 3.0, "%s: image mean diff %.3f", name, mean);
+        unsigned long long fp8 = fp8_gemm_calls(e);
+        double vae_lim = fp8 ? 5e-2 : 2e-2, mean_lim = fp8 ? 4.0 : 3.0; /* fp8 activations: see g_device */
+        printf("  %-38s %s: vae_in rel L2 %.2e (limit %.0e), image mean abs diff %.3f/255 (limit %.0f), max %.0f; "
+               "%llu fp8 GEMMs\n", name, g_device, f.vae_rel, vae_lim, mean, mean_lim, f.img_max, fp8);
+        CHECK(f.vae_rel >= 0 && f.vae_rel <= vae_lim, "%s: vae_in rel L2 %.3g", name, f.vae_rel);
+        CHECK(mean >= 0 && mean <= mean_lim, "%s: image mean diff %.3f", name, mean);
     } else {
         printf("  %-38s vae_in rel L2 %.2e (limit 1e-4), image max diff %.0f (limit 2)\n", name, f.vae_rel,
                f.img_max);

@@ -13,7 +13,11 @@
  * `test_lora_runtime -d cuda` (label cuda) runs the runtime-vs-fused claims
  * on the GPU, where both run in bf16 activations (fused weights rounded to
  * bf16, factors kept bf16): there the limit is the GPU pipeline's vae_in
- * rel L2 <= 2e-2.
+ * rel L2 <= 2e-2. Where the runtime engine's e4m3 weights ran through the
+ * fp8 GEMM (fp8-capable GPUs: activations rounded to e4m3, ≈ 2.4e-2 per
+ * linear, see test_cuda_backend_caps) against fused bf16 weights, the limit
+ * is 5e-2 as in test_formats (expected ≈ 2–4e-2, an estimate to be replaced
+ * by the first GPU run's printed figure).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -21,6 +25,9 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#ifdef QI_WITH_CUDA
+#include "backend/cuda/cuda_backend.h" /* qi_cuda_gemm_counts: did the fp8 GEMM run */
+#endif
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "model/dit.h"
@@ -114,6 +121,9 @@ static int max_pixel_diff(const qi_image *a, const qi_image *b) {
 }
 
 /* Runtime `a` against fused `b`: within float rounding (device limits in the header). */
+/* Linears the image_with engines since the last check_close ran through the fp8 GEMM. */
+static unsigned long long g_fp8_calls;
+
 static void check_close(const char *what, const qi_image *a, const qi_image *b) {
     REQUIRE(a->rgb && b->rgb && n_latents(a) == n_latents(b), "%s: two images", what);
     double rel = qi_rel_l2(a->latents, b->latents, n_latents(a));
@@ -123,9 +133,12 @@ static void check_close(const char *what, const qi_image *a, const qi_image *b) 
            px);
     if (!strcmp(g_device, "cpu")) {
         CHECK(rel <= 1e-5 && px <= 1, "%s: vae_in rel L2 %.3g, image max diff %d", what, rel, px);
-    } else {
-        CHECK(rel <= 2e-2, "%s: vae_in rel L2 %.3g", what, rel);
+    } else { /* fp8 GEMM in one of the two: the looser bound, see the top */
+        double lim = g_fp8_calls ? 5e-2 : 2e-2;
+        if (g_fp8_calls) printf("  %-44s (%llu fp8 GEMMs: limit 5e-2)\n", what, g_fp8_calls);
+        CHECK(rel <= lim, "%s: vae_in rel L2 %.3g", what, rel);
     }
+    g_fp8_calls = 0;
 }
 
 /* The image of a fresh engine in `mode` with loras[0..n) (transformer `file`). */
@@ -142,6 +155,12 @@ static qi_status image_with(qi_lora_mode mode, const char *file, const qi_lora_s
         if (fused) *fused = qi_dit_lora_fused(d);
         if (terms) *terms = qi_dit_lora_terms(d);
     }
+#ifdef QI_WITH_CUDA
+    qi_backend *be = qi_engine_backend(e);
+    unsigned long long fp8 = 0;
+    if (be && !strcmp(be->ops->name, "cuda")) qi_cuda_gemm_counts(be, &fp8, NULL);
+    g_fp8_calls += fp8;
+#endif
     qi_engine_close(e);
     return st;
 }

@@ -927,8 +927,11 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
     char s1[96], s2[96];
     qi_tensor expanded; /* a kept weight (fp8, GGUF blocks) as bf16 in the weight scratch */
     if (qc_kept_type(w->dtype) && w->ndim == 2 && x->dtype == QI_BF16) {
+        int fp8 = qc_fp8_linear(c, x, w, b, act, y); /* e4m3 on the fp8 tensor cores (cuda_fp8_gemm.cu) */
+        if (fp8) return;
         if (qc_dequant_to_scratch(c, w, &expanded)) return;
         w = &expanded;
+        c->expand_calls++;
     }
     if (x->dtype != QI_BF16 || w->dtype != QI_BF16 || y->dtype != QI_BF16) {
         qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: linear needs bf16 x, w, y (got %s, %s, %s)",
@@ -1083,6 +1086,7 @@ static void cuda_destroy(qi_backend *be) {
         int prev = device_enter(c);
         if (c->stream) cudaStreamSynchronize(c->stream);
         for (int i = 0; i < QI_CUDA_PLANS; i++) plan_destroy(&c->plans[i]);
+        qc_fp8_destroy(c);
         if (c->lt) cublasLtDestroy(c->lt);
         for (int i = 0; i < 2; i++) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
@@ -1110,7 +1114,9 @@ static void cuda_destroy(qi_backend *be) {
  *   type (host data)     WEIGHT  LINEAR  CONV2D  EMBEDDING
  *   F32 F16 BF16           1       1       1       1      converted to bf16 at load
  *   F8_E4M3 F8_E5M2        1       1       1       1      2-D: kept as stored, with the scale;
- *   Q4_0 … Q6_K            1       1       1       1      linear expands it to bf16 in scratch,
+ *   Q4_0 … Q6_K            1       1       1       1      linear expands it to bf16 in scratch
+ *                                                         (e4m3 on sm_89+: the fp8 GEMM instead,
+ *                                                         cuda_fp8_gemm.cu),
  *                                                         embedding reads rows directly
  *                                                         (cuda_kept.cu); other shapes (conv)
  *                                                         converted to bf16 at load, the scale
@@ -1282,6 +1288,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
                      "from CUDA 13 on the library path?)");
         goto fail;
     }
+    if ((st = qc_fp8_init(c, err)) != QI_OK) goto fail;
     *out = be;
     return QI_OK;
 fail:

@@ -34,6 +34,21 @@ const char *qi_cuda_kernel_family(qi_backend *be);
 int qi_cuda_code_arch(qi_backend *be);
 int qi_cuda_device_cc(qi_backend *be);
 
+/* The fp8 GEMM (cuda_fp8_gemm.cu): on a device of compute capability 8.9 or
+ * newer, `linear` with an F8_E4M3 weight (plain, per-tensor or per-row
+ * scale) whose dims are multiples of 16 and at least 128 quantises the bf16 activations to
+ * e4m3 (one dynamic per-tensor scale) and runs cuBLASLt's fp8 GEMM instead
+ * of expanding the weight to bf16. QI_CUDA_FP8_GEMM=0 in the environment
+ * turns it off at creation. state: a sentence saying on/off and why.
+ * set_fp8_gemm (tests, benchmarks) turns it on or off; returns whether it
+ * is on now (never on a device without fp8 tensor cores). gemm_counts: how
+ * many linears with a kept weight ran through the fp8 GEMM and how many
+ * through the bf16 expansion, since creation (queued, graph recordings
+ * included). */
+const char *qi_cuda_fp8_gemm_state(qi_backend *be);
+int qi_cuda_set_fp8_gemm(qi_backend *be, int on);
+void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long long *expanded);
+
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
  * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x3"
  * (Hopper flash kernel for head dim 128: 64-key tiles × 3 warpgroups),

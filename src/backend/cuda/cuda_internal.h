@@ -93,6 +93,14 @@ typedef struct cuda_impl {
     size_t smem_optin;   /* the most shared memory one block may opt into; forced generic: at most
                           * 99 KiB, the budget of sm_86/89/120, so the H200 runs what those GPUs run */
 
+    /* fp8 GEMM through cuBLASLt (cuda_fp8_gemm.cu): its state (NULL below
+     * compute capability 8.9), whether it runs, and how many linears ran
+     * through it or through the bf16 expansion of a kept weight */
+    struct qc_fp8 *fp8;
+    int fp8_supported;   /* device_cc >= 89 */
+    int fp8_on;          /* supported and not QI_CUDA_FP8_GEMM=0 / qi_cuda_set_fp8_gemm(be, 0) */
+    unsigned long long fp8_calls, expand_calls;
+
     /* first error of a void op, returned (and cleared) by sync */
     qi_status err_status;
     char err_msg[1024];
@@ -111,6 +119,17 @@ int qc_check_launch(cuda_impl *c, const char *op);
 int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out);
 /* Seeded random contents of a kept weight (benchmarks); *scale: its per-tensor scale. */
 int qc_random_kept(cuda_impl *c, qi_tensor *w, uint64_t key, float *scale);
+
+/* ---- fp8 GEMM (cuda_fp8_gemm.cu) ---- */
+/* Reads QI_CUDA_FP8_GEMM / QI_CUDA_FP8_FAST_ACCUM and makes the device
+ * scale buffer (after qc_select_kernels: needs device_cc). */
+qi_status qc_fp8_init(cuda_impl *c, qi_error *err);
+void qc_fp8_destroy(cuda_impl *c);
+/* y = act(x · wᵀ (scaled) + b) for an e4m3 weight w on the fp8 tensor cores:
+ * 1 when queued, 0 when it does not take the case (nothing written to y, no
+ * error: `linear` expands the weight instead), -1 on a recorded error. */
+int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act,
+                  qi_tensor *y);
 
 /* ---- convolution (cuda_conv.cu) ---- */
 typedef enum qc_conv_mode {

@@ -1,0 +1,377 @@
+/*
+ * cuda_fp8_gemm.cu — `linear` with an fp8 e4m3 weight on the fp8 tensor
+ * cores (compute capability 8.9 and newer: Ada, Hopper, Blackwell) through
+ * cuBLASLt, instead of expanding the weight to bf16 and running a bf16 GEMM.
+ *
+ *   y[M, N] = act((x_q[M, K] · W_q[N, K]ᵀ) · scale_x · scale_w[·] + b)
+ *
+ * x (bf16) is quantised to e4m3 with one dynamic per-tensor scale:
+ * scale_x = amax(|x|) / 448 (448: e4m3's largest finite value), found by a
+ * reduction kernel whose last block writes the scale on the device — no
+ * host sync, so a CUDA graph records the whole sequence. x_q lives in the
+ * kept-weight scratch (c->wscratch, sized at load for a bf16 copy of the
+ * largest kept weight), which this path does not otherwise need, or in the
+ * general scratch when it is larger than that.
+ *
+ * cuBLASLt computes column-major D = op(A)·op(B); row-major y[M, N] is
+ * column-major yᵀ[N, M] = W[N, K] · xᵀ, so A = W (stored [N, K] row-major =
+ * column-major [K, N], transposed: op(A) = W) and B = x_q (column-major
+ * [K, M], not transposed): the "TN" layout cuBLASLt requires for fp8. The
+ * per-tensor scales reach it as device floats (A_SCALE_POINTER = scale_w,
+ * B_SCALE_POINTER = scale_x). Per-output-row weight scales (LightX2V files)
+ * go as scale_w = 1 and a small kernel multiplies output column o by s[o]
+ * (with the bias and the activation) afterwards: cuBLASLt 13's
+ * OUTER_VEC_32F scale mode would do it in the epilogue, but it wants a
+ * per-token vector for B too and was not verified on sm_90 here.
+ *
+ * Accuracy: e4m3 keeps 3 mantissa bits, so each activation is rounded with
+ * a relative error up to 2^-4 (rms ≈ 2.4% of the value); the weight is used
+ * exactly as stored. A linear's output then differs from the float32 product
+ * by ≈ 2.4% relative L2 (bf16 activations: ≈ 0.3%). QI_CUDA_FP8_GEMM=0 turns
+ * the path off (the expansion path, bit-identical to before).
+ *
+ * Which linears: in and out features multiples of 16 and both at least 128.
+ * The transformer's first and last layers (img_in: 64 latent channels in,
+ * proj_out: 64 out) stay on the expansion path: proj_out's error goes
+ * straight into the prediction, which CFG then multiplies. Measured on the
+ * format fixtures by rounding the CPU pipeline's activations to e4m3 at
+ * every fp8 linear: the ComfyUI scaled_fp8 file (its 64-channel layers
+ * fp8 too) with CFG 3 gave vae_in rel L2 7.6e-2 with them, 2.1e-2 without
+ * them (as the files whose 64-channel layers are bf16: 1.8e-2); both layers
+ * are a rounding error of the call's FLOPs.
+ *
+ * Defensive: any case it cannot take (e5m2, shapes not multiples of 16,
+ * misaligned pointers, x_q not fitting the scratch) and any cuBLASLt refusal
+ * (no algorithm from the heuristic, a failing matmul call) returns 0 before
+ * anything that changes y is queued, and `linear` runs the expansion path.
+ */
+#include <cuda_fp8.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+#define FP8_PLANS 128 /* ~15 problems per image size: room for several sizes */
+#define E4M3_MAX 448.0f
+#define FP8_MIN_DIM 128
+/* On unless QI_CUDA_FP8_GEMM=0 (1); 0: off unless QI_CUDA_FP8_GEMM=1. */
+#define FP8_GEMM_DEFAULT 1
+
+/* Device state of the activation scale; zeroed at creation, and the last
+ * block of each reduction puts amax_bits and blocks_done back to zero. */
+typedef struct fp8_scales {
+    unsigned amax_bits;   /* max |x| as float bits (non-negative floats order as unsigned) */
+    unsigned blocks_done; /* reduction blocks finished */
+    float scale_x;        /* amax / 448: x ≈ x_q · scale_x */
+    float scale_w;        /* the weight's per-tensor scale (1 for none or per-row) */
+} fp8_scales;
+
+/* One cuBLASLt problem: shape, epilogue, pointer alignment, and what the
+ * heuristic said (ok = 0: no algorithm, the case falls back every time). */
+typedef struct fp8_plan {
+    int used, ok;
+    int m, n, k, epilogue, align_a, align_d;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a_layout, b_layout, d_layout;
+    cublasLtMatmulAlgo_t algo;
+} fp8_plan;
+
+struct qc_fp8 {
+    fp8_scales *dev; /* device */
+    int fast_accum;  /* QI_CUDA_FP8_FAST_ACCUM=1: cuBLASLt's fast fp8 accumulation (less exact) */
+    fp8_plan plans[FP8_PLANS];
+    int plan_next;
+};
+
+/* ---- activation quantisation ------------------------------------------------- */
+
+static __device__ __forceinline__ float block_max(float v) {
+    __shared__ float part[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
+    if (warp == 0)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v; /* valid in thread 0 */
+}
+
+/* amax of x[n] (n a multiple of 8, x 16-byte aligned); the last block to
+ * finish turns it into scale_x, stores scale_w, and resets the counters for
+ * the next call. fmaxf drops NaN (a NaN input stays NaN through x_q). */
+__global__ void fp8_amax_k(const bf16 *x, int64_t n, float scale_w, fp8_scales *st) {
+    float m = 0.0f;
+    for (int64_t u = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; u < n / 8; u += (int64_t)gridDim.x * blockDim.x) {
+        float f[8];
+        load_v<8>(x + u * 8, f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
+    }
+    m = block_max(m);
+    if (threadIdx.x != 0) return;
+    atomicMax(&st->amax_bits, __float_as_uint(m));
+    __threadfence();
+    if (atomicAdd(&st->blocks_done, 1u) != gridDim.x - 1) return;
+    float amax = __uint_as_float(atomicExch(&st->amax_bits, 0u)); /* every block's max is in */
+    st->blocks_done = 0;
+    st->scale_x = amax > 0.0f ? amax / E4M3_MAX : 1.0f; /* all zeros: any scale, x_q = 0 */
+    st->scale_w = scale_w;
+}
+
+/* x_q[i] = e4m3(x[i] / scale_x), saturating (the largest |x| maps to 448;
+ * rounding of the division may land a hair above it). 8 elements a thread:
+ * one 16-byte load, one 8-byte store. */
+__global__ void fp8_quant_k(const bf16 *x, int64_t n, const fp8_scales *st, uint8_t *xq) {
+    float inv = 1.0f / st->scale_x;
+    for (int64_t u = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; u < n / 8; u += (int64_t)gridDim.x * blockDim.x) {
+        float f[8];
+        load_v<8>(x + u * 8, f);
+        __align__(8) __nv_fp8x2_storage_t q[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            q[j] = __nv_cvt_float2_to_fp8x2(make_float2(f[2 * j] * inv, f[2 * j + 1] * inv), __NV_SATFINITE, __NV_E4M3);
+        *(uint2 *)(xq + u * 8) = *(const uint2 *)q;
+    }
+}
+
+/* y[M, N] in place: y·s[o] (per-row weight scales, or none) + b[o]·bscale,
+ * then act; N a multiple of 8, y 16-byte aligned. */
+__global__ void fp8_finish_k(bf16 *y, int64_t M, int64_t N, const float *row_scale, const void *bias, int bias_dt,
+                             float bias_scale, int act) {
+    int64_t units = M * N / 8;
+    for (int64_t u = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; u < units; u += (int64_t)gridDim.x * blockDim.x) {
+        int64_t o0 = (u * 8) % N;
+        float f[8];
+        load_v<8>(y + u * 8, f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float v = row_scale ? f[j] * row_scale[o0 + j] : f[j];
+            if (bias) v += ld_param(bias, bias_dt, o0 + j) * bias_scale;
+            f[j] = apply_act(v, act);
+        }
+        store_v<8>(y + u * 8, f);
+    }
+}
+
+/* ---- cuBLASLt plans ------------------------------------------------------------ */
+
+/* Destroys a plan's descriptors, keeping its key. */
+static void plan_release(fp8_plan *p) {
+    if (p->a_layout) cublasLtMatrixLayoutDestroy(p->a_layout);
+    if (p->b_layout) cublasLtMatrixLayoutDestroy(p->b_layout);
+    if (p->d_layout) cublasLtMatrixLayoutDestroy(p->d_layout);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    p->desc = NULL, p->a_layout = p->b_layout = p->d_layout = NULL;
+}
+
+static void plan_free(fp8_plan *p) {
+    plan_release(p);
+    memset(p, 0, sizeof *p);
+}
+
+static int alignment(const void *p) {
+    uintptr_t u = (uintptr_t)p;
+    int a = 256;
+    while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
+    return a;
+}
+
+#define LT_TRY(call)                                                                                               \
+    do {                                                                                                           \
+        if ((call) != CUBLAS_STATUS_SUCCESS) return 0;                                                             \
+    } while (0)
+
+/* Descriptors for column-major D[m, n] (bf16) = scale_w·scale_x · Aᵀ·B with
+ * A e4m3 [k, m] (ld k), B e4m3 [k, n] (ld k), and the heuristic's first
+ * algorithm; 1 when cuBLASLt offers one. */
+static int plan_build(cuda_impl *c, fp8_plan *p, const void *bias) {
+    struct qc_fp8 *f = c->fp8;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epilogue;
+    cudaDataType_t bias_type = CUDA_R_16BF; /* fp8 inputs with a bf16 D: the bias is bf16 (cublasLt.h) */
+    const float *sw = &f->dev->scale_w, *sx = &f->dev->scale_x;
+    int8_t fast = (int8_t)f->fast_accum;
+    LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof sx));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+    if (bias) { /* the heuristic reads the pointer's alignment */
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                              sizeof bias_type));
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    }
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->a_layout, CUDA_R_8F_E4M3, p->k, p->m, p->k));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->b_layout, CUDA_R_8F_E4M3, p->k, p->n, p->k));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->d_layout, CUDA_R_16BF, p->m, p->n, p->m));
+    cublasLtMatmulPreference_t pref;
+    LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = c->lt_workspace_bytes;
+    uint32_t al_a = (uint32_t)p->align_a, al_b = 256, al_d = (uint32_t)p->align_d; /* x_q: scratch start */
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulHeuristicResult_t res;
+    memset(&res, 0, sizeof res);
+    int found = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->a_layout, p->b_layout, p->d_layout,
+                                                      p->d_layout, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || found < 1 || res.state != CUBLAS_STATUS_SUCCESS) return 0;
+    p->algo = res.algo;
+    return 1;
+}
+
+/* The cached plan for the problem (built on first use: run the op sequence
+ * once before recording a graph, as for every cuBLASLt plan); NULL when
+ * cuBLASLt has no algorithm for it. */
+static fp8_plan *plan_for(cuda_impl *c, int m, int n, int k, int epilogue, int align_a, int align_d,
+                          const void *bias) {
+    struct qc_fp8 *f = c->fp8;
+    for (int i = 0; i < FP8_PLANS; i++) {
+        fp8_plan *p = &f->plans[i];
+        if (p->used && p->m == m && p->n == n && p->k == k && p->epilogue == epilogue && p->align_a == align_a &&
+            p->align_d == align_d)
+            return p->ok ? p : NULL;
+    }
+    fp8_plan *p = &f->plans[f->plan_next];
+    f->plan_next = (f->plan_next + 1) % FP8_PLANS;
+    plan_free(p);
+    p->used = 1;
+    p->m = m, p->n = n, p->k = k, p->epilogue = epilogue, p->align_a = align_a, p->align_d = align_d;
+    p->ok = plan_build(c, p, bias);
+    if (!p->ok) plan_release(p); /* the key stays: the next call falls back at once */
+    return p->ok ? p : NULL;
+}
+
+/* ---- the op ---------------------------------------------------------------------- */
+
+static unsigned grid_for(const cuda_impl *c, int64_t units) {
+    int64_t b = (units + 255) / 256, cap = (int64_t)c->sm_count * 4;
+    return (unsigned)(b < 1 ? 1 : b < cap ? b : cap);
+}
+
+/* Where x_q (n bytes) goes: the kept-weight scratch (sized for a bf16 copy
+ * of the largest kept weight: 2·N·K bytes, x_q needs M·K), else the
+ * general scratch (512 MiB); both made before any graph is recorded and
+ * free while this op runs. NULL: neither holds it (the expansion answers). */
+static void *xq_buffer(const cuda_impl *c, int64_t n) {
+    if (c->wscratch && (size_t)n <= c->wscratch_bytes) return c->wscratch;
+    if (c->scratch && (size_t)n <= c->scratch_bytes) return c->scratch;
+    return NULL;
+}
+
+/* Whether this path takes linear(x, w, b, act) -> y at all (before any plan). */
+static int fp8_takes(const cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+                     const qi_tensor *y, int64_t M, int64_t N, int64_t K) {
+    if (!c->fp8 || !c->fp8_on || w->dtype != QI_F8_E4M3 || w->ndim != 2) return 0;
+    if (x->dtype != QI_BF16 || y->dtype != QI_BF16 || w->ne[1] != K || qi_numel(y) != M * N) return 0;
+    if (b && (qi_numel(b) != N || !qc_param_type(b->dtype))) return 0;
+    if (M < 1 || N % 16 || K % 16 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) return 0;
+    if (N < FP8_MIN_DIM || K < FP8_MIN_DIM) return 0; /* the 64-channel first and last layers: see the top */
+    if (w->scale_form == QI_SCALE_ROW && !w->row_scale) return 0;
+    if (!qc_aligned16(x->data) || !qc_aligned16(w->data) || !qc_aligned16(y->data)) return 0;
+    return xq_buffer(c, M * K) != NULL;
+}
+
+int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act, qi_tensor *y) {
+    int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
+    if (!fp8_takes(c, x, w, b, y, M, N, K)) return 0;
+    int row = w->scale_form == QI_SCALE_ROW;
+    int bias_epi = b && b->dtype == QI_BF16 && b->scale == 1.0f && qc_aligned16(b->data);
+    /* what the epilogue can do: the bias (before a per-row scale it would be wrong) and tanh GELU */
+    int direct = !row && (!b || bias_epi) && (act == QI_ACT_NONE || act == QI_ACT_GELU_TANH);
+    int align_a = alignment(w->data), align_d = alignment(y->data);
+    fp8_plan *p = NULL;
+    if (direct) {
+        cublasLtEpilogue_t epi = act == QI_ACT_GELU_TANH ? (b ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
+                                 : b                     ? CUBLASLT_EPILOGUE_BIAS
+                                                         : CUBLASLT_EPILOGUE_DEFAULT;
+        p = plan_for(c, (int)N, (int)M, (int)K, (int)epi, align_a, align_d, b ? b->data : NULL);
+        if (!p && epi == CUBLASLT_EPILOGUE_DEFAULT) return 0;
+        direct = p != NULL; /* no algorithm with that epilogue: the finishing kernel does it */
+    }
+    if (!p) p = plan_for(c, (int)N, (int)M, (int)K, (int)CUBLASLT_EPILOGUE_DEFAULT, align_a, align_d, NULL);
+    if (!p) return 0;
+
+    float scale_w = w->scale_form == QI_SCALE_TENSOR ? w->scale : 1.0f;
+    int64_t n = M * K;
+    uint8_t *xq = (uint8_t *)xq_buffer(c, n);
+    fp8_amax_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, scale_w, c->fp8->dev);
+    fp8_quant_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, c->fp8->dev, xq);
+    if (qc_check_launch(c, "linear (fp8 activation quantisation)")) return -1;
+    const void *bias = direct && b ? b->data : NULL;
+    if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t s = cublasLtMatmul(c->lt, p->desc, &alpha, w->data, p->a_layout, xq, p->b_layout, &beta, y->data,
+                                      p->d_layout, y->data, p->d_layout, &p->algo, c->lt_workspace,
+                                      c->lt_workspace_bytes, c->stream);
+    if (s != CUBLAS_STATUS_SUCCESS) { /* nothing written to y: the expansion path answers */
+        p->ok = 0;
+        return 0;
+    }
+    if (!direct && (row || b || act != QI_ACT_NONE)) {
+        fp8_finish_k<<<grid_for(c, M * N / 8), 256, 0, c->stream>>>(
+            (bf16 *)y->data, M, N, row ? w->row_scale : NULL, b ? b->data : NULL, b ? (int)b->dtype : 0,
+            b ? b->scale : 1.0f, (int)act);
+        if (qc_check_launch(c, "linear (fp8 GEMM scales, bias, activation)")) return -1;
+    }
+    c->fp8_calls++;
+    return 1;
+}
+
+/* ---- creation, the switch, the end ------------------------------------------------ */
+
+qi_status qc_fp8_init(cuda_impl *c, qi_error *err) {
+    const char *env = getenv("QI_CUDA_FP8_GEMM");
+    c->fp8_supported = c->device_cc >= 89;
+    c->fp8_on = c->fp8_supported && (env && env[0] ? env[0] == '1' : FP8_GEMM_DEFAULT);
+    if (!c->fp8_supported) return QI_OK;
+    struct qc_fp8 *f = (struct qc_fp8 *)calloc(1, sizeof *f);
+    if (!f) return qi_fail(err, QI_ERR_NOMEM, "cuda backend: out of host memory");
+    cudaError_t e = cudaMalloc((void **)&f->dev, sizeof *f->dev);
+    if (e == cudaSuccess) e = cudaMemset(f->dev, 0, sizeof *f->dev);
+    if (e != cudaSuccess) {
+        cudaFree(f->dev);
+        free(f);
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: the fp8 GEMM's scale buffer: %s", cudaGetErrorString(e));
+    }
+    const char *fa = getenv("QI_CUDA_FP8_FAST_ACCUM");
+    f->fast_accum = fa && fa[0] == '1';
+    c->fp8 = f;
+    return QI_OK;
+}
+
+void qc_fp8_destroy(cuda_impl *c) {
+    if (!c->fp8) return;
+    for (int i = 0; i < FP8_PLANS; i++) plan_free(&c->fp8->plans[i]);
+    cudaFree(c->fp8->dev);
+    free(c->fp8);
+    c->fp8 = NULL;
+}
+
+extern "C" int qi_cuda_set_fp8_gemm(qi_backend *be, int on) {
+    cuda_impl *c = cuda_of(be);
+    c->fp8_on = on && c->fp8 != NULL;
+    return c->fp8_on;
+}
+
+extern "C" const char *qi_cuda_fp8_gemm_state(qi_backend *be) {
+    cuda_impl *c = cuda_of(be);
+    if (!c->fp8_supported) return "off (the device is older than compute capability 8.9: no fp8 tensor cores)";
+    if (!c->fp8_on) return "off (QI_CUDA_FP8_GEMM=0 or switched off: e4m3 weights are expanded to bf16)";
+    return "on (cuBLASLt e4m3 x e4m3 with per-tensor dynamic activation scale)";
+}
+
+extern "C" void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long long *expanded) {
+    cuda_impl *c = cuda_of(be);
+    if (fp8) *fp8 = c->fp8_calls;
+    if (expanded) *expanded = c->expand_calls;
+}
