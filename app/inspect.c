@@ -250,8 +250,10 @@ int qi_cmd_inspect(int argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: qwen-image inspect FILE [--tensor NAME -o OUT.safetensors]\n\n"
                    "Describes a .safetensors or .gguf weight file: format, component, architecture, tensor count,\n"
-                   "types, total size, fp8 scale convention, name prefix. With --tensor, writes that tensor\n"
-                   "(its stored name, or the name the loaders use) dequantised to float32 under the key NAME.\n");
+                   "types, total size, fp8 scale convention, name prefix; for a LoRA its naming style, prefix,\n"
+                   "ranks, alpha and scale, the modules it targets and whether they fit Qwen-Image's transformer.\n"
+                   "With --tensor, writes that tensor (its stored name, or the name the loaders use)\n"
+                   "dequantised to float32 under the key NAME.\n");
             return 0;
         }
         if (!strcmp(argv[i], "--tensor") && has) tensor = argv[++i];

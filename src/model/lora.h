@@ -83,10 +83,10 @@ qi_status qi_lora_bind(const qi_lora_set *set, const char *const *weight_names, 
 void qi_lora_binding_free(qi_lora_binding *b);
 
 /* Whether some module targets `weight_name`. */
+int qi_lora_binding_targets(const qi_lora_binding *b, const char *weight_name);
+
 /* The weight name module k of file `file` is bound to (NULL if none). */
 const char *qi_lora_binding_target_of(const qi_lora_binding *b, int file, int k);
-
-int qi_lora_binding_targets(const qi_lora_binding *b, const char *weight_name);
 
 /* w [out_dim, in_dim] float32 += Σ strength·scale·(up @ down) over every
  * module bound to `weight_name`, in file order. A module whose up/down shapes
