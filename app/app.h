@@ -41,6 +41,10 @@ int qi_app_component_flag(const char *f, const char *v, const char **model, cons
  * tiny model (saying so unless quiet); else model as given. */
 const char *qi_app_model_or_default(const char *model, const char *dit, const char *te, const char *vae, int quiet);
 int qi_cmd_inspect(int argc, char **argv);
+/* inspect's screen for a LoRA file (inspect_lora.c): 1 when `path` reads as
+ * a LoRA (printed), else 0 with the LoRA reader's reason in why. */
+struct qi_st_set;
+int qi_inspect_lora(const char *path, const struct qi_st_set *st, char *why, size_t why_cap);
 int qi_cmd_generate(int argc, char **argv);
 int qi_cmd_bench(int argc, char **argv);
 

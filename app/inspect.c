@@ -3,7 +3,8 @@
  * what a weight file is, on one screen (format, component, architecture,
  * tensor count, types histogram, total size, scale convention, prefix,
  * naming), read from the container itself so that files the loaders refuse
- * (scaled fp8 before its support, LoRAs, mmproj files) are described too;
+ * (scaled fp8 before its support, mmproj files) are described too; LoRAs
+ * get their own screen (inspect_lora.c);
  * and one tensor written out dequantised to float32 under its name.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -113,7 +114,7 @@ static const char *component_text(int mask) {
         if (mask & (1 << c))
             snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", buf[0] ? " + " : "",
                      qi_component_name((qi_component)c));
-    return buf[0] ? buf : "none recognised (not a Qwen-Image transformer, text encoder or VAE: a LoRA?)";
+    return buf[0] ? buf : "none recognised (not a Qwen-Image transformer, text encoder or VAE)";
 }
 
 /* The architecture: GGUF's general.architecture, else what the names say. */
@@ -133,7 +134,7 @@ static void architecture(const container *c, int mask, char *out, size_t cap) {
     else snprintf(out, cap, "unknown");
 }
 
-static void print_summary(const char *path, const container *c, int mask) {
+static void print_summary(const char *path, const container *c, int mask, const char *not_lora) {
     char types[512], arch[128];
     double bytes;
     int n_scales;
@@ -147,6 +148,10 @@ static void print_summary(const char *path, const container *c, int mask) {
     else
         printf("format:        safetensors%s\n", c->st->files[0]->metadata_json ? " (with __metadata__)" : "");
     printf("component:     %s\n", component_text(mask));
+    if (not_lora) { /* the LoRA reader's reason, without its "LoRA <path>: " */
+        const char *reason = strstr(not_lora, path) ? strstr(not_lora, path) + strlen(path) : not_lora;
+        printf("not a LoRA:    %s\n", reason[0] == ':' ? reason + 2 : reason);
+    }
     printf("architecture:  %s\n", arch);
     printf("tensors:       %d\n", c->n);
     printf("types:         %s\n", types);
@@ -245,8 +250,10 @@ int qi_cmd_inspect(int argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: qwen-image inspect FILE [--tensor NAME -o OUT.safetensors]\n\n"
                    "Describes a .safetensors or .gguf weight file: format, component, architecture, tensor count,\n"
-                   "types, total size, fp8 scale convention, name prefix. With --tensor, writes that tensor\n"
-                   "(its stored name, or the name the loaders use) dequantised to float32 under the key NAME.\n");
+                   "types, total size, fp8 scale convention, name prefix; for a LoRA its naming style, prefix,\n"
+                   "ranks, alpha and scale, the modules it targets and whether they fit Qwen-Image's transformer.\n"
+                   "With --tensor, writes that tensor (its stored name, or the name the loaders use)\n"
+                   "dequantised to float32 under the key NAME.\n");
             return 0;
         }
         if (!strcmp(argv[i], "--tensor") && has) tensor = argv[++i];
@@ -269,8 +276,10 @@ int qi_cmd_inspect(int argc, char **argv) {
     int mask = 0;
     qi_source_identify(file, &mask, &err);
     int rc = 0;
+    char why[1200];
     if (tensor) rc = write_tensor(&c, file, mask, tensor, outp);
-    else print_summary(file, &c, mask);
+    else if (mask || !c.st) print_summary(file, &c, mask, NULL);
+    else if (!qi_inspect_lora(file, c.st, why, sizeof why)) print_summary(file, &c, mask, why);
     if (c.gguf) qi_gguf_close(c.gguf);
     if (c.st) qi_st_set_close(c.st);
     return rc;

@@ -656,6 +656,123 @@ static void inspect_describes_files_and_writes_one_tensor(void) {
     if (g) qi_gguf_close(g);
 }
 
+/* A LoRA-like safetensors file: tensors of zeros (F32, or BF16 for 2-D when
+ * bf16), each `.alpha` key a scalar holding `alpha`; metadata JSON or NULL.
+ * The data section is a hole (ftruncate): a full-size file costs no disk. */
+static int write_lora(const char *path, const char *meta, char names[][160], int n, const int64_t (*shapes)[2],
+                      int bf16, float alpha) {
+    size_t cap = 512 + (size_t)n * 260, len = 0, off = 0;
+    char *h = malloc(cap);
+    len += (size_t)snprintf(h + len, cap - len, "{");
+    if (meta) len += (size_t)snprintf(h + len, cap - len, "\"__metadata__\":%s,", meta);
+    int64_t alpha_at = -1;
+    for (int i = 0; i < n; i++) {
+        int is_alpha = strstr(names[i], ".alpha") != NULL;
+        size_t bytes = is_alpha ? 4 : (size_t)(shapes[i][0] * shapes[i][1]) * (bf16 ? 2 : 4);
+        if (is_alpha && alpha_at < 0) alpha_at = (int64_t)off;
+        if (is_alpha)
+            len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[%zu,%zu]}",
+                                    i ? "," : "", names[i], off, off + 4);
+        else
+            len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],\"data_offsets\":[%zu,%zu]}",
+                                    i ? "," : "", names[i], bf16 ? "BF16" : "F32", (long long)shapes[i][0],
+                                    (long long)shapes[i][1], off, off + bytes);
+        off += bytes;
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    FILE *f = fopen(path, "wb");
+    uint64_t hl = len;
+    int ok = f && fwrite(&hl, 8, 1, f) == 1 && fwrite(h, 1, len, f) == len;
+    for (int i = 0; ok && i < n; i++) /* every alpha: the same value, written where its offsets say */
+        if (strstr(names[i], ".alpha")) {
+            int64_t at = 0;
+            for (int j = 0; j < i; j++)
+                at += strstr(names[j], ".alpha") ? 4 : shapes[j][0] * shapes[j][1] * (bf16 ? 2 : 4);
+            ok = fseek(f, (long)(8 + len + (size_t)at), SEEK_SET) == 0 && fwrite(&alpha, 4, 1, f) == 1;
+        }
+    ok = ok && fflush(f) == 0 && ftruncate(fileno(f), (off_t)(8 + len + off)) == 0;
+    if (f) fclose(f);
+    free(h);
+    (void)alpha_at;
+    return ok ? 0 : -1;
+}
+
+/* inspect on LoRAs: the style, prefix, rank, alpha and scale the loader
+ * reads, which modules, whether they name and fit the released transformer,
+ * and the Lightning layout only where the keys show it; a file that is
+ * neither a component nor a LoRA says both, with the LoRA reader's reason. */
+static void inspect_names_loras(void) {
+    char out[8192], path[1200];
+    /* the bundled kohya fixture (tiny model: names match, shapes do not) */
+    int rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), lora);
+    CHECK(rc == 0 && strstr(out, "component:     LoRA") && strstr(out, "kohya (lora_down / lora_up) + alpha, no prefix") &&
+              strstr(out, "28: the 14 linears of each of 2 blocks") && strstr(out, "8 attention, 4 MLP, 2 modulation each") &&
+              strstr(out, "rank:          8 (every module)") && strstr(out, "alpha / rank = 0.5") &&
+              strstr(out, "every module names a Linear of the Qwen-Image transformer") &&
+              strstr(out, "28 of 28 modules do not fit the released") && strstr(out, "not the Lightning"),
+          "rc %d: %s", rc, out);
+    /* full size, the Lightning layout: 720 modules, kohya rank 64 alpha 8, bf16, prefix transformer. */
+    static char names[2200][160];
+    static int64_t shapes[2200][2];
+    static const struct { const char *s; int out, in; } lin[] = {
+        {"attn.to_q", 3072, 3072}, {"attn.to_k", 3072, 3072}, {"attn.to_v", 3072, 3072},
+        {"attn.add_q_proj", 3072, 3072}, {"attn.add_k_proj", 3072, 3072}, {"attn.add_v_proj", 3072, 3072},
+        {"attn.to_out.0", 3072, 3072}, {"attn.to_add_out", 3072, 3072}, {"img_mlp.net.0.proj", 12288, 3072},
+        {"img_mlp.net.2", 3072, 12288}, {"txt_mlp.net.0.proj", 12288, 3072}, {"txt_mlp.net.2", 3072, 12288}};
+    int n = 0;
+    for (int b = 0; b < 60; b++)
+        for (int k = 0; k < 12; k++) {
+            snprintf(names[n], sizeof names[0], "transformer.transformer_blocks.%d.%s.lora_down.weight", b, lin[k].s);
+            shapes[n][0] = 64, shapes[n++][1] = lin[k].in;
+            snprintf(names[n], sizeof names[0], "transformer.transformer_blocks.%d.%s.lora_up.weight", b, lin[k].s);
+            shapes[n][0] = lin[k].out, shapes[n++][1] = 64;
+            snprintf(names[n++], sizeof names[0], "transformer.transformer_blocks.%d.%s.alpha", b, lin[k].s);
+        }
+    snprintf(path, sizeof path, "%s/lightning-layout.safetensors", tmpdir);
+    CHECK(write_lora(path, NULL, names, n, (const int64_t(*)[2])shapes, 1, 8.0f) == 0, "writing %s", path);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), path);
+    CHECK(rc == 0 && strstr(out, "prefix 'transformer.'") && strstr(out, "720: the 12 linears of each of 60 blocks (transformer_blocks.0-59): 8 attention, 4 MLP, 0 modulation each; embedders") &&
+              strstr(out, "rank:          64 (every module)") && strstr(out, "alpha:         8 (every module)") &&
+              strstr(out, "alpha / rank = 0.125") && strstr(out, "every delta has the released Qwen-Image (20B) weight's shape") &&
+              strstr(out, "the Lightning LoRAs' layout") && strstr(out, "the keys do not say"),
+          "rc %d: %s", rc, out);
+    printf("  inspect on a full-size Lightning-layout LoRA (bf16, sparse):\n%s", out);
+    /* one module fewer: no longer the Lightning layout */
+    CHECK(write_lora(path, NULL, names, n - 3, (const int64_t(*)[2])shapes, 1, 8.0f) == 0, "writing %s", path);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), path);
+    CHECK(rc == 0 && strstr(out, "719: in 60 blocks, not the same number in each") && strstr(out, "not the Lightning"),
+          "rc %d: %s", rc, out);
+    /* peft with diffusers' adapter metadata, and a module the model does not have */
+    n = 0;
+    snprintf(names[n], sizeof names[0], "transformer.img_in.lora_A.weight"), shapes[n][0] = 4, shapes[n++][1] = 64;
+    snprintf(names[n], sizeof names[0], "transformer.img_in.lora_B.weight"), shapes[n][0] = 3072, shapes[n++][1] = 4;
+    snprintf(path, sizeof path, "%s/peft.safetensors", tmpdir);
+    CHECK(write_lora(path, "{\"lora_adapter_metadata\":\"{\\\"r\\\": 4, \\\"lora_alpha\\\": 2}\"}", names, n,
+                     (const int64_t(*)[2])shapes, 0, 0) == 0, "writing %s", path);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), path);
+    CHECK(rc == 0 && strstr(out, "peft / diffusers (lora_A / lora_B), no alpha, prefix 'transformer.'") &&
+              strstr(out, "lora_alpha / r from the file's lora_adapter_metadata = 0.5") &&
+              strstr(out, "1 outside the blocks (img_in.weight)") && strstr(out, "lora_adapter_metadata"),
+          "rc %d: %s", rc, out);
+    snprintf(names[0], sizeof names[0], "lora_unet_transformer_blocks_70_attn_to_q.lora_down.weight");
+    snprintf(names[1], sizeof names[0], "lora_unet_transformer_blocks_70_attn_to_q.lora_up.weight");
+    shapes[1][0] = 3072;
+    CHECK(write_lora(path, NULL, names, 2, (const int64_t(*)[2])shapes, 0, 0) == 0, "writing %s", path);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), path);
+    CHECK(rc == 0 && strstr(out, "flattened ('.' written '_'), prefix 'lora_unet_'") &&
+              strstr(out, "1 of 1 modules match no weight") && strstr(out, "alpha / rank where alpha is given, else 1"),
+          "rc %d: %s", rc, out);
+    /* neither a component nor a LoRA */
+    if (!formats_present()) return;
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), FORMATS "/quant_blocks.safetensors");
+    CHECK(rc == 0 && strstr(out, "component:     none recognised (not a Qwen-Image transformer, text encoder or VAE)") &&
+              strstr(out, "not a LoRA:    24 key(s) of no known LoRA form") && strstr(out, "12 F32, 12 U8") &&
+              !strstr(out, "a LoRA?"), "rc %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s inspect %s", qi_cli(), FORMATS "/qwen-image-tiny-mixed.lora-kohya.safetensors");
+    CHECK(rc == 0 && strstr(out, "component:     LoRA") && strstr(out, "delta [256, 256]"), "rc %d: %s", rc, out);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     snprintf(model, sizeof model, "%s/tiny-model", QI_TEST_DATA);
@@ -679,6 +796,7 @@ int main(void) {
     RUN(generate_with_component_files_equals_the_folder);
     RUN(split_folder_is_found_by_content);
     RUN(inspect_describes_files_and_writes_one_tensor);
+    RUN(inspect_names_loras);
     char out[256];
     run_shell(out, sizeof out, "rm -rf %s", tmpdir);
     TEST_END();

@@ -4,7 +4,9 @@
  * fused in, written as a Q8_0 GGUF and as fp8-row / fp8 safetensors, then
  * generated from: each image against the case's reference image (diffusers,
  * float32, LoRA fused: the fused float reference). Also the file's layout (city96: diffusers
- * names, no prefix, general.architecture, F32 1-D/small tensors), the K-type
+ * names, no prefix, general.architecture, F32 1-D/small tensors), other
+ * sources (the mixed-type GGUF fixture with its LoRA, ComfyUI scaled fp8)
+ * read back within the type's error of the source's float values, the K-type
  * fallback for rows that are not whole blocks, and the errors (unknown type,
  * unwritable -o, bad LoRA) that leave no file behind.
  */
@@ -12,10 +14,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/types.h"
 #include "io/gguf.h"
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "io/source.h"
+#include "model/lora.h"
 #include "test.h"
 #include "testdata.h"
 
@@ -180,6 +184,89 @@ static void k_types_fall_back_where_rows_are_not_whole_blocks(void) {
     qi_gguf_close(g);
 }
 
+/* Every tensor of `out` against `in` (+ LoRA) in float32: the largest
+ * relative RMSE over the tensors of type `type` (others must be exact). */
+static double worst_rel_rmse(const char *in, const char *lora_file, const char *out, qi_dtype type) {
+    qi_source *a = NULL, *b = NULL;
+    qi_lora_set *set = NULL;
+    qi_lora_binding *bind = NULL;
+    qi_error err;
+    double worst = -1;
+    int n = 0;
+    const char **names = NULL;
+    if (qi_source_open(in, QI_COMPONENT_TRANSFORMER, &a, &err) || qi_source_open(out, QI_COMPONENT_TRANSFORMER, &b, &err) ||
+        (lora_file && qi_lora_set_add(&set, lora_file, 1.0f, &err))) {
+        CHECK(0, "%s", err.msg);
+        goto done;
+    }
+    n = qi_source_tensor_count(a);
+    names = malloc(sizeof *names * n);
+    for (int i = 0; i < n; i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(a, i, &t);
+        names[i] = t.name;
+    }
+    if (qi_lora_bind(set, names, n, &bind, &err)) {
+        CHECK(0, "%s", err.msg);
+        goto done;
+    }
+    CHECK(qi_source_tensor_count(b) == n, "%d tensors, source %d", qi_source_tensor_count(b), n);
+    worst = 0;
+    for (int i = 0; i < n; i++) {
+        qi_source_tensor ta, tb;
+        qi_source_tensor_at(a, i, &ta);
+        if (!qi_source_find(b, ta.name, &tb)) {
+            CHECK(0, "%s missing", ta.name);
+            continue;
+        }
+        int64_t m = 1;
+        for (int d = 0; d < ta.ndim; d++) m *= ta.shape[d];
+        float *x = malloc(sizeof *x * m), *y = malloc(sizeof *y * m);
+        qi_source_tensor_to_f32(&ta, x, &err);
+        if (ta.ndim == 2 && qi_lora_binding_targets(bind, ta.name))
+            qi_lora_binding_fuse(bind, ta.name, x, ta.shape[0], ta.shape[1], &err);
+        qi_source_tensor_to_f32(&tb, y, &err);
+        double e = 0, s = 0;
+        for (int64_t k = 0; k < m; k++) e += ((double)y[k] - x[k]) * ((double)y[k] - x[k]), s += (double)x[k] * x[k];
+        double rel = s > 0 ? sqrt(e / s) : sqrt(e);
+        if (tb.dtype == type) worst = fmax(worst, rel);
+        else if (qi_dtype_is_block(tb.dtype)) /* rows not whole K blocks: the fallback type (Q5_0, Q8_0) */
+            CHECK(rel < 0.06, "%s: fallback %s, rel err %g", tb.name, qi_dtype_name(tb.dtype), rel);
+        else CHECK(tb.dtype == QI_F32 && e == 0, "%s: %s, rel err %g", tb.name, qi_dtype_name(tb.dtype), rel);
+        free(x);
+        free(y);
+    }
+done:
+    free(names);
+    qi_lora_binding_free(bind);
+    qi_lora_set_free(set);
+    qi_source_close(a);
+    qi_source_close(b);
+    return worst;
+}
+
+static void any_source_converts(void) {
+    char out[16384], in[1200], lf[1200], o[1200];
+    /* the city96-style mixed GGUF (every block type) + its kohya LoRA → Q4_K */
+    snprintf(in, sizeof in, "%s/formats/qwen-image-tiny-mixed.gguf", QI_TEST_DATA);
+    snprintf(lf, sizeof lf, "%s/formats/qwen-image-tiny-mixed.lora-kohya.safetensors", QI_TEST_DATA);
+    snprintf(o, sizeof o, "%s/mixed-q4_k.gguf", dir);
+    int rc = run_shell(out, sizeof out, "%s convert --diffusion-model %s --lora %s:1 --type Q4_K -o %s --quiet", qi_cli(),
+                       in, lf, o);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    double w = rc ? -1 : worst_rel_rmse(in, lf, o, QI_Q4_K);
+    printf("  mixed GGUF + LoRA -> Q4_K: worst tensor relative RMSE %.4f\n", w);
+    CHECK(w > 0 && w < 0.12, "Q4_K relative RMSE %g (gaussian weights: 0.072)", w);
+    /* ComfyUI scaled fp8 (per-tensor scales) → Q8_0 */
+    snprintf(in, sizeof in, "%s/formats/comfy_scaled_fp8.safetensors", QI_TEST_DATA);
+    snprintf(o, sizeof o, "%s/scaled-q8_0.gguf", dir);
+    rc = run_shell(out, sizeof out, "%s convert --diffusion-model %s --type Q8_0 -o %s --quiet", qi_cli(), in, o);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    w = rc ? -1 : worst_rel_rmse(in, NULL, o, QI_Q8_0);
+    printf("  ComfyUI scaled fp8 -> Q8_0: worst tensor relative RMSE %.5f\n", w);
+    CHECK(w > 0 && w < 0.01, "Q8_0 relative RMSE %g (gaussian weights: 0.0047)", w);
+}
+
 static int leftovers(void) {
     char out[4096];
     run_shell(out, sizeof out, "ls %s | grep -c tmp", dir);
@@ -218,6 +305,7 @@ int main(void) {
     RUN(q8_0_gguf_has_city96_layout_and_gives_the_reference_image);
     RUN(fp8_safetensors_give_the_reference_image);
     RUN(k_types_fall_back_where_rows_are_not_whole_blocks);
+    RUN(any_source_converts);
     RUN(errors_are_one_line_and_leave_no_file);
     tmp_remove_tree(dir);
     TEST_END();

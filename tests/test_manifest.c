@@ -11,6 +11,9 @@
  * equal size), in a diffusers directory layout. It then opens the layout with
  * qi_model_dir_open + qi_st_set_open_dir and checks every tensor is found
  * with its manifest dtype and shape, in the shard it was written to.
+ * Then, in that layout, Qwen-Image-2512's configs (tests/data/qwen-image-2512,
+ * transcribed: its README says from where) must be accepted by every config
+ * reader and give the same architecture the manifest's tensors have.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>
@@ -21,6 +24,11 @@
 
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "io/source.h"
+#include "model/dit.h"
+#include "model/text_encoder.h"
+#include "model/vae.h"
+#include "sample/scheduler.h"
 #include "test.h"
 #include "testdata.h"
 
@@ -242,6 +250,139 @@ static void full_size_checkpoint_layout_loads(void) {
         check_component(&components[i], comp_dirs[i]);
 }
 
+/* dims of manifest tensor `name` of component `comp` (ndim returned, 0 if absent). */
+static int manifest_shape(const char *comp, const char *name, int64_t *dims) {
+    /* an entry is [dtype, [dims...]] */
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(manifest, comp), name);
+    const cJSON *shape = cJSON_GetArrayItem(t, 1), *d;
+    int n = 0;
+    cJSON_ArrayForEach(d, shape) if (n < 4) dims[n++] = (int64_t)d->valuedouble;
+    return n;
+}
+
+/* The transformer config: the released one, and its Linear inventory is the
+ * manifest's 2-D tensors exactly (names and shapes). */
+static void check_2512_transformer(const char *dir) {
+    qi_source *src = NULL;
+    qi_dit_config c, want = qi_dit_released_config();
+    qi_error err = {{0}};
+    if (qi_source_open_folder(dir, QI_COMPONENT_TRANSFORMER, &src, &err) || qi_dit_read_config(src, &c, &err)) {
+        CHECK(0, "%s", err.msg);
+        qi_source_close(src);
+        return;
+    }
+    qi_source_close(src);
+    CHECK(!memcmp(&c, &want, sizeof c), "config: %d layers, %d heads x %d, text %d, in %d, out %d, patch %d, rope %d/%d/%d",
+          c.num_layers, c.num_heads, c.head_dim, c.joint_dim, c.in_channels, c.out_channels, c.patch_size,
+          c.axes_dims_rope[0], c.axes_dims_rope[1], c.axes_dims_rope[2]);
+    qi_dit_linear_weight *w = NULL;
+    int nw = 0, same = 0, manifest_2d = 0;
+    CHECK(qi_dit_linear_weights(&c, &w, &nw, &err) == QI_OK, "%s", err.msg);
+    for (int i = 0; i < nw; i++) {
+        int64_t d[4];
+        same += manifest_shape("transformer", w[i].name, d) == 2 && d[0] == w[i].out_dim && d[1] == w[i].in_dim;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(manifest, "transformer")) {
+        int64_t d[4];
+        manifest_2d += manifest_shape("transformer", it->string, d) == 2;
+    }
+    printf("  2512 transformer config: %d layers, %d x %d heads, text %d; %d Linear weights, %d of them in the "
+           "manifest with that shape, manifest has %d 2-D tensors\n", c.num_layers, c.num_heads, c.head_dim,
+           c.joint_dim, nw, same, manifest_2d);
+    CHECK(nw > 0 && same == nw && manifest_2d == nw, "%d/%d Linear weights match, manifest has %d", same, nw, manifest_2d);
+    free(w);
+}
+
+/* The text encoder config against the manifest's shapes. */
+static void check_2512_text_encoder(const char *config) {
+    qi_text_encoder_config c;
+    qi_error err = {{0}};
+    if (qi_text_encoder_read_config(config, &c, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    int64_t emb[4], q[4], k[4], gate[4];
+    int ok = manifest_shape("text_encoder", "model.embed_tokens.weight", emb) == 2 &&
+             manifest_shape("text_encoder", "model.layers.0.self_attn.q_proj.weight", q) == 2 &&
+             manifest_shape("text_encoder", "model.layers.0.self_attn.k_proj.weight", k) == 2 &&
+             manifest_shape("text_encoder", "model.layers.0.mlp.gate_proj.weight", gate) == 2;
+    char last[96], beyond[96];
+    snprintf(last, sizeof last, "model.layers.%d.self_attn.q_proj.weight", c.num_layers - 1);
+    snprintf(beyond, sizeof beyond, "model.layers.%d.self_attn.q_proj.weight", c.num_layers);
+    printf("  2512 text encoder config: hidden %d, %d layers, %d heads (%d kv) x %d, MLP %d, vocab %d, M-RoPE %d/%d/%d\n",
+           c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size,
+           c.mrope_section[0], c.mrope_section[1], c.mrope_section[2]);
+    CHECK(ok && emb[0] == c.vocab_size && emb[1] == c.hidden_size && q[0] == (int64_t)c.num_heads * c.head_dim &&
+              k[0] == (int64_t)c.num_kv_heads * c.head_dim && gate[0] == c.intermediate_size &&
+              manifest_shape("text_encoder", last, q) == 2 && manifest_shape("text_encoder", beyond, q) == 0 &&
+              c.mrope_section[0] + c.mrope_section[1] + c.mrope_section[2] == c.head_dim / 2,
+          "text encoder config and manifest shapes disagree");
+}
+
+/* The VAE config loads the manifest's decoder (every weight's shape checked by
+ * qi_vae_load); the scheduler config is Qwen-Image's built-in one. */
+static void check_2512_vae_and_scheduler(const char *vae_dir, const char *scheduler_config) {
+    qi_backend *be = NULL;
+    qi_source *src = NULL;
+    qi_vae *vae = NULL;
+    qi_error err = {{0}};
+    double t0 = qi_now_s();
+    if (qi_backend_cpu_create(1, 0, &be, &err) || qi_source_open_folder(vae_dir, QI_COMPONENT_VAE, &src, &err) ||
+        qi_vae_load(src, be, &vae, &err))
+        CHECK(0, "%s", err.msg);
+    else {
+        printf("  2512 VAE config: z_dim %d, latents_mean[0] %g, latents_std[15] %g; the full-size decoder bound "
+               "in %.2f s\n", qi_vae_z_dim(vae), qi_vae_latents_mean(vae)[0], qi_vae_latents_std(vae)[15],
+               qi_now_s() - t0);
+        CHECK(qi_vae_z_dim(vae) == 16 && qi_vae_scale_factor(vae) == 8 && qi_vae_latents_mean(vae)[0] == -0.7571f &&
+                  qi_vae_latents_std(vae)[15] == 1.916f, "VAE config");
+    }
+    qi_vae_free(vae);
+    qi_source_close(src);
+    if (be) be->ops->destroy(be);
+    qi_scheduler_config c, want = qi_scheduler_config_qwen_image();
+    CHECK(qi_scheduler_config_load(scheduler_config, &c, &err) == QI_OK, "%s", err.msg);
+    float s[9], t[8], ws[9], wt[8];
+    int same = qi_scheduler_sigmas(&c, 8, 4096, s, t, &err) == QI_OK &&
+               qi_scheduler_sigmas(&want, 8, 4096, ws, wt, &err) == QI_OK && !memcmp(s, ws, sizeof s);
+    for (int steps = 2; steps <= 50 && same; steps++) /* 1 step with shift_terminal is refused (both) */
+        for (int len = 256; len <= 8192 && same; len *= 2) {
+            float a[51], b[51], ta[50], tb[50];
+            same = qi_scheduler_sigmas(&c, steps, len, a, ta, &err) == QI_OK &&
+                   qi_scheduler_sigmas(&want, steps, len, b, tb, &err) == QI_OK &&
+                   !memcmp(a, b, sizeof *a * (size_t)(steps + 1));
+        }
+    printf("  2512 scheduler config: 8 steps at 1024^2: sigma %.4f .. %.4f; %s Qwen-Image's for 2-50 steps, 256-8192 tokens\n",
+           s[0], s[7], same ? "the same schedule as" : "NOT");
+    CHECK(same, "2512 scheduler schedule differs from Qwen-Image's");
+}
+
+static void qwen_image_2512_configs_derive_the_released_architecture(void) {
+    char root[512], path[1024];
+    snprintf(root, sizeof root, "%s/Qwen-Image", tmp_root); /* full_size_checkpoint_layout_loads' layout */
+    static const char *const files[] = {"model_index.json", "transformer/config.json", "text_encoder/config.json",
+                                        "vae/config.json", "scheduler/scheduler_config.json"};
+    for (size_t i = 0; i < QI_ARRAY_LEN(files); i++) {
+        char *text = NULL;
+        qi_error err = {{0}};
+        snprintf(path, sizeof path, "%s/qwen-image-2512/%s", QI_TEST_DATA, files[i]);
+        CHECK(qi_read_text_file(path, &text, NULL, &err) == QI_OK, "%s", err.msg);
+        if (text) write_text_in(root, files[i], text);
+        free(text);
+    }
+    qi_model_dir md;
+    qi_error err = {{0}};
+    if (qi_model_dir_open(root, &md, &err) != QI_OK) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    CHECK(!strcmp(md.pipeline_class, "QwenImagePipeline"), "pipeline class '%s'", md.pipeline_class);
+    check_2512_transformer(md.transformer_dir);
+    check_2512_text_encoder(md.text_encoder_config);
+    check_2512_vae_and_scheduler(md.vae_dir, md.scheduler_config);
+}
+
 static void manifest_knows_the_real_architecture(void) {
     /* the manifest describes the real model, not a small variant */
     const cJSON *tr = cJSON_GetObjectItemCaseSensitive(manifest, "transformer");
@@ -274,6 +415,7 @@ int main(void) {
     if (tmp_dir_make(tmp_root, sizeof tmp_root, "manifest") != 0) return 2;
     RUN(manifest_knows_the_real_architecture);
     RUN(full_size_checkpoint_layout_loads);
+    RUN(qwen_image_2512_configs_derive_the_released_architecture);
     tmp_remove_tree(tmp_root);
     cJSON_Delete(manifest);
     TEST_END();

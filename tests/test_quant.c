@@ -2,8 +2,8 @@
  * test_quant.c — claims about the quantisers (base/quant.c):
  *   - quantise → dequantise (types.c, the engine's ggml-exact dequantisers)
  *     stays within llama.cpp's reference RMSE on the same inputs, for every
- *     block type (bounds from dev/quant/RESULTS.md: llama.cpp's RMSE × 1.02
- *     on the inputs dev/quant/rmse.c draws, which this file draws the same
+ *     block type (bounds from dev/quant/RESULTS.md: llama.cpp's RMSE × 1.00 on
+ *     gaussians, × 1.02 on the outlier set, on the inputs dev/quant/rmse.c draws, which this file draws the same
  *     way), so the packing agrees with the dequantisers' layouts;
  *   - on the rows of the fixture quant_blocks.safetensors, no worse than the
  *     fixture's own blocks (gguf-py's quantisers for the 32-element types);
@@ -66,9 +66,10 @@ static void block_types_match_llama_cpp_reference_rmse(void) {
         double eg = rmse(b->t, g, n), el = rmse(b->t, l, n);
         printf("  %-5s gaussian %.5g (llama.cpp %.5g, ×%.3f)  laplace %.5g (llama.cpp %.5g, ×%.3f)\n",
                qi_dtype_name(b->t), eg, b->gauss, eg / b->gauss, el, b->laplace, el / b->laplace);
-        /* 1.02: Q4_K is 0.5% above on gaussians and 3.5% on the outlier set (RESULTS.md) */
-        CHECK(eg <= 1.02 * b->gauss, "%s gaussian RMSE %g", qi_dtype_name(b->t), eg);
-        CHECK(el <= 1.04 * b->laplace, "%s laplace RMSE %g", qi_dtype_name(b->t), el);
+        /* no type above llama.cpp on gaussians; Q4_K is 1.4% above on the outlier set
+         * (RESULTS.md; without the K types' ±1 scale search: 0.5% and 3.5%, which fails) */
+        CHECK(eg <= 1.00 * b->gauss, "%s gaussian RMSE %g", qi_dtype_name(b->t), eg);
+        CHECK(el <= 1.02 * b->laplace, "%s laplace RMSE %g", qi_dtype_name(b->t), el);
     }
     free(g);
     free(l);

@@ -109,7 +109,8 @@ static qi_residency_need full_need(void) {
 }
 
 static const model_types BF16 = {QI_BF16, QI_BF16}, FP8 = {QI_F8_E4M3, QI_BF16}, Q4K = {QI_Q4_K, QI_BF16},
-                         Q4K_Q4K = {QI_Q4_K, QI_Q4_K};
+                         Q4K_Q4K = {QI_Q4_K, QI_Q4_K}, FP8_FP8 = {QI_F8_E4M3, QI_F8_E4M3},
+                         Q8_Q8 = {QI_Q8_0, QI_Q8_0}, Q4K_Q8 = {QI_Q4_K, QI_Q8_0}, Q2K_Q8 = {QI_Q2_K, QI_Q8_0};
 
 static qi_status plan_at(double gib, model_types ty, qi_residency_plan *p, qi_error *err) {
     qi_residency_sizes s = full_sizes(ty);
@@ -285,11 +286,12 @@ static void describe_says_what_streams(void) {
     snprintf(want, sizeof want, "%d of 60 blocks resident", p.resident_blocks);
     CHECK(strstr(buf, want) && strstr(buf, "freed after the prompt (stage swap)") && strstr(buf, "in tiles"), "%s",
           buf);
-    /* the table of every plan, for the record */
-    const model_types types[] = {BF16, FP8, Q4K, Q4K_Q4K};
-    const double budgets[] = {80, 24, 16, 8, 6, 3, 1};
-    for (size_t t = 0; t < 4; t++)
-        for (size_t b = 0; b < 7; b++) {
+    /* the table of every plan, for the record (README "Which files for which GPU" quotes it): the
+     * file pairs people download (ComfyUI fp8 + fp8_scaled text encoder, GGUF + Q8_0 text encoder) */
+    const model_types types[] = {BF16, FP8, FP8_FP8, Q8_Q8, Q4K, Q4K_Q8, Q4K_Q4K, Q2K_Q8};
+    const double budgets[] = {80, 48, 24, 16, 12, 8, 6, 3, 1};
+    for (size_t t = 0; t < QI_ARRAY_LEN(types); t++)
+        for (size_t b = 0; b < QI_ARRAY_LEN(budgets); b++) {
             qi_residency_sizes sz = full_sizes(types[t]);
             if (plan_at(budgets[b], types[t], &p, &err) != QI_OK) {
                 printf("  %4.0fG %-8s TE %-5s refused: %.90s...\n", budgets[b], sz.dit_type, sz.te_type, err.msg + 42);

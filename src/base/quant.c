@@ -15,7 +15,8 @@
  *     ml ≥ 0), so a positive b is clamped to 0 (fit_affine);
  *   - K types store each group's scale (and minimum) as a small integer times
  *     an f16 super-scale: the super-scale maps the largest group scale onto
- *     the top integer; then every element is rounded again against the
+ *     the top integer, each group's integers are moved by ±1 where that
+ *     lowers its error as stored; then every element is rounded again against the
  *     scales as stored (f16 · integer, float32), so what is written is the
  *     best q for what the dequantiser computes.
  * f16 fields are rounded to nearest even (qi_f32_to_f16).
@@ -184,6 +185,36 @@ static float k_scales_unsigned(const float *v, int n, int top, int *out) {
     return d;
 }
 
+/* Squared error of a group of n under the stored y = dl·q − ml, q in [0, L]
+ * rounded against exactly those values. */
+static double group_err(const float *x, int n, float dl, float ml, int lo, int hi) {
+    double e = 0;
+    for (int i = 0; i < n; i++) {
+        int q = dl != 0 ? qround((x[i] + ml) / dl, lo, hi) : 0;
+        float y = dl * (float)q - ml;
+        e += ((double)x[i] - y) * ((double)x[i] - y);
+    }
+    return e;
+}
+
+/* The integer scale (and minimum, when mn is given) of one group moved by
+ * ±1 where that lowers the group's error as stored: rounding each scale on
+ * its own is not the best pair once both are integers. */
+static void refine_group(const float *x, int n, float d, float dmin, int lo, int hi, int top_lo, int top,
+                         int *sc, int *mn) {
+    int best_s = *sc, best_m = mn ? *mn : 0;
+    double best = group_err(x, n, d * (float)best_s, dmin * (float)best_m, lo, hi);
+    for (int ds = -1; ds <= 1; ds++)
+        for (int dm = mn ? -1 : 0; dm <= (mn ? 1 : 0); dm++) {
+            int s = *sc + ds, m = (mn ? *mn : 0) + dm;
+            if ((ds == 0 && dm == 0) || s < top_lo || s > top || m < 0 || m > top) continue;
+            double e = group_err(x, n, d * (float)s, dmin * (float)m, lo, hi);
+            if (e < best) best = e, best_s = s, best_m = m;
+        }
+    *sc = best_s;
+    if (mn) *mn = best_m;
+}
+
 /* Q4_K (five_bit 0, 144 bytes) and Q5_K (1, 176 bytes): 8 groups of 32,
  * y = (d·sc)·q − dmin·mn with six-bit sc, mn. */
 static void qk_block(const float *x, uint8_t *b, int five_bit) {
@@ -195,6 +226,7 @@ static void qk_block(const float *x, uint8_t *b, int five_bit) {
         gd[j] = d, gm[j] = -off;
     }
     float d = k_scales_unsigned(gd, 8, 63, sc), dmin = k_scales_unsigned(gm, 8, 63, mn);
+    for (int j = 0; j < 8; j++) refine_group(x + 32 * j, 32, d, dmin, 0, L, 0, 63, &sc[j], &mn[j]);
     put_f16(b, d);
     put_f16(b + 2, dmin);
     uint8_t *scales = b + 4;
@@ -233,6 +265,7 @@ static void q2_k_block(const float *x, uint8_t *b) {
         gd[g] = d, gm[g] = -off;
     }
     float d = k_scales_unsigned(gd, 16, 15, sc), dmin = k_scales_unsigned(gm, 16, 15, mn);
+    for (int k = 0; k < 16; k++) refine_group(x + 16 * k, 16, d, dmin, 0, 3, 0, 15, &sc[k], &mn[k]);
     /* group k = 8h + 2g + s covers elements 128h + 32g + 16s + [0, 16) = 16k + [0, 16) */
     for (int k = 0; k < 16; k++) b[k] = (uint8_t)(sc[k] | mn[k] << 4);
     memset(b + 16, 0, 64);
@@ -261,6 +294,7 @@ static void q6_k_block(const float *x, uint8_t *b) {
     float gs[16];
     for (int g = 0; g < 16; g++) gs[g] = fit_sym(x + 16 * g, 16, -32, 31);
     float d = k_scales_signed(gs, 16, 127, sc);
+    for (int k = 0; k < 16; k++) refine_group(x + 16 * k, 16, d, 0, -32, 31, -127, 127, &sc[k], NULL);
     memset(b, 0, 192);
     for (int k = 0; k < 16; k++) b[192 + k] = (uint8_t)(int8_t)sc[k];
     put_f16(b + 208, d);
@@ -282,6 +316,7 @@ static void q3_k_block(const float *x, uint8_t *b) {
     float gs[16];
     for (int g = 0; g < 16; g++) gs[g] = fit_sym(x + 16 * g, 16, -4, 3);
     float d = k_scales_signed(gs, 16, 31, sc);
+    for (int k = 0; k < 16; k++) refine_group(x + 16 * k, 16, d, 0, -4, 3, -32, 31, &sc[k], NULL);
     memset(b, 0, 108);
     uint8_t *hmask = b, *qs = b + 32, *scales = b + 96;
     for (int k = 0; k < 16; k++) { /* the inverse of qb_q3_k_scale */

@@ -113,6 +113,35 @@ static void build_specs(qi_dit *d, spec_list *l) {
     }
 }
 
+qi_status qi_dit_linear_weights(const qi_dit_config *c, qi_dit_linear_weight **out, int *n, qi_error *err) {
+    *out = NULL;
+    *n = 0;
+    /* build_specs on a weightless qi_dit: the names and shapes only */
+    int cap = SPECS_TOP + SPECS_PER_BLOCK * c->num_layers;
+    qi_dit *d = calloc(1, sizeof *d);
+    if (d) d->cfg = *c, d->blocks = calloc((size_t)c->num_layers, sizeof *d->blocks);
+    weight_spec *specs = calloc((size_t)cap, sizeof *specs);
+    qi_dit_linear_weight *w = calloc((size_t)cap, sizeof *w);
+    if (!d || !d->blocks || !specs || !w) {
+        if (d) free(d->blocks);
+        free(d), free(specs), free(w);
+        return qi_fail(err, QI_ERR_NOMEM, "transformer: out of memory");
+    }
+    spec_list l = {specs, 0, cap};
+    build_specs(d, &l);
+    for (int i = 0; i < l.n; i++)
+        if (specs[i].ndim == 2) {
+            snprintf(w[*n].name, sizeof w[*n].name, "%s", specs[i].name);
+            w[*n].out_dim = specs[i].shape[0];
+            w[(*n)++].in_dim = specs[i].shape[1];
+        }
+    free(d->blocks);
+    free(d);
+    free(specs);
+    *out = w;
+    return QI_OK;
+}
+
 /* Whether a LoRA module on a weight stored as `stored` is fused into a float32
  * copy (else it runs beside the weight, qi_dit_set_loras). Auto: fused only
  * for float element weights (f32/f16/bf16): a quantised or fp8 weight would

@@ -273,6 +273,19 @@ size_t qi_dit_step_bytes(const qi_dit_config *c, size_t act_size, int batch, int
 typedef enum qi_dit_unit { QI_DIT_UNIT_GLOBAL = 0, QI_DIT_UNIT_BLOCK, QI_DIT_UNIT_MOD } qi_dit_unit;
 qi_dit_unit qi_dit_weight_unit(const char *name, int ndim, int *block);
 
+/* The released Qwen-Image (and Qwen-Image-2512) transformer's configuration:
+ * 60 layers, 24 heads of 128, text width 3584, 64 in / 16 out channels,
+ * patch 2, RoPE axes (16, 56, 56) (what its config.json says). */
+qi_dit_config qi_dit_released_config(void);
+
+/* Every Linear (2-D) weight a transformer of config c has, with its shape,
+ * in load order: what LoRA modules may target. *out is freed with free(). */
+typedef struct qi_dit_linear_weight {
+    char name[96];          /* e.g. "transformer_blocks.7.attn.to_q.weight" */
+    int64_t out_dim, in_dim;
+} qi_dit_linear_weight;
+qi_status qi_dit_linear_weights(const qi_dit_config *c, qi_dit_linear_weight **out, int *n, qi_error *err);
+
 /* Multiply-add count ×2 (FLOPs) of one call: every Linear and the attention
  * products (QKᵀ and PV); norms and elementwise work not counted. */
 double qi_dit_forward_flops(const qi_dit_config *c, int batch, int img_tokens, int txt_tokens);

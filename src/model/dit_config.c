@@ -105,6 +105,14 @@ static qi_status config_from_json(const cJSON *j, const char *path, qi_dit_confi
     return check_config(c, path, n_axes, err);
 }
 
+qi_dit_config qi_dit_released_config(void) {
+    qi_dit_config c = {.num_layers = 60, .num_heads = 24, .head_dim = 128, .joint_dim = 3584, .in_channels = 64,
+                       .out_channels = 16, .patch_size = 2, .axes_dims_rope = {16, 56, 56}};
+    c.inner_dim = c.num_heads * c.head_dim;
+    c.mlp_dim = 4 * c.inner_dim;
+    return c;
+}
+
 /* dims[0..n) of a tensor the derivation needs; the error says why it is needed. */
 static qi_status shape_of(const qi_source *src, const char *name, int ndim, int64_t *dims,
                           qi_error *err) {

@@ -295,9 +295,9 @@ static qi_status collect_modules(lora_file *f, qi_error *err) {
     if (n_bad)
         return qi_fail(err, QI_ERR_FORMAT,
                        "LoRA %s: %d key(s) of no known LoRA form (expected <module>.lora_down/"
-                       "lora_up/lora_A/lora_B.weight or .alpha): '%s'%s%s%s%s%s", f->path, n_bad,
+                       "lora_up/lora_A/lora_B.weight or .alpha): '%s'%s%s%s%s%s%s%s", f->path, n_bad,
                        bad[0], n_bad > 1 ? ", '" : "", n_bad > 1 ? bad[1] : "", n_bad > 1 ? "'" : "",
-                       n_bad > 2 ? ", '" : "", n_bad > 2 ? bad[2] : "");
+                       n_bad > 2 ? ", '" : "", n_bad > 2 ? bad[2] : "", n_bad > 2 ? "'" : "", n_bad > 3 ? ", ..." : "");
     if (f->n_modules == 0)
         return qi_fail(err, QI_ERR_FORMAT, "LoRA %s: no LoRA tensors in the file", f->path);
     return QI_OK;
@@ -436,6 +436,29 @@ int qi_lora_set_module_count(const qi_lora_set *set) {
     int n = 0;
     for (int i = 0; set && i < set->n_files; i++) n += set->files[i].n_modules;
     return n;
+}
+
+int qi_lora_set_file_module_count(const qi_lora_set *set, int file) {
+    return set && file >= 0 && file < set->n_files ? set->files[file].n_modules : 0;
+}
+
+qi_status qi_lora_set_module_info(const qi_lora_set *set, int file, int k, qi_lora_module_info *out,
+                                  qi_error *err) {
+    if (k < 0 || k >= qi_lora_set_file_module_count(set, file))
+        return qi_fail(err, QI_ERR_ARG, "LoRA: file %d has no module %d", file, k);
+    const lora_module *m = &set->files[file].modules[k];
+    memset(out, 0, sizeof *out);
+    out->module = m->key;
+    out->down_key = m->down->name;
+    out->flattened = m->flattened;
+    out->peft = m->style == STYLE_PEFT;
+    out->has_alpha = m->alpha != NULL;
+    if (m->alpha) qi_to_f32(&out->alpha, m->alpha->data, m->alpha->dtype, 1); /* one float: checked at add */
+    out->rank = m->down->shape[0];
+    out->out_dim = m->up->shape[0];
+    out->in_dim = m->down->shape[1];
+    out->scale = m->scale;
+    return QI_OK;
 }
 
 /* ---- binding to the model's weight names --------------------------------------------- */
@@ -651,6 +674,12 @@ static int first_bound(const qi_lora_binding *b, const char *weight_name) {
 
 int qi_lora_binding_targets(const qi_lora_binding *b, const char *weight_name) {
     return b && first_bound(b, weight_name) >= 0;
+}
+
+const char *qi_lora_binding_target_of(const qi_lora_binding *b, int file, int k) {
+    for (int i = 0; b && i < b->n; i++)
+        if (b->items[i].order == (file << 20) + k) return b->items[i].target;
+    return NULL;
 }
 
 /* ---- fusing ---------------------------------------------------------------------------- */

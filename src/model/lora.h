@@ -52,6 +52,24 @@ int qi_lora_set_file_count(const qi_lora_set *set);
 void qi_lora_set_truncate(qi_lora_set *set, int n_files);
 int qi_lora_set_module_count(const qi_lora_set *set); /* over all files */
 
+/* One module of one file as read, for describing the file (qwen-image
+ * inspect); pointers live while the set does. */
+typedef struct qi_lora_module_info {
+    const char *module;   /* module name after the prefix, as written (dotted, or flattened '_') */
+    const char *down_key; /* the stored key of its down matrix, prefix and all */
+    int flattened;        /* lora_unet_ / lora_transformer_ / lycoris_ + '.' written '_' */
+    int peft;             /* lora_A / lora_B (else kohya lora_down / lora_up) */
+    int has_alpha;        /* an `.alpha` tensor is present */
+    float alpha;          /* its value (0 when absent) */
+    int64_t rank, out_dim, in_dim; /* up [out_dim, rank] @ down [rank, in_dim] */
+    float scale;          /* what the engine multiplies by (rules above), before the strength */
+} qi_lora_module_info;
+
+int qi_lora_set_file_module_count(const qi_lora_set *set, int file);
+/* Module k of file `file`; QI_ERR_ARG when either is out of range. */
+qi_status qi_lora_set_module_info(const qi_lora_set *set, int file, int k, qi_lora_module_info *out,
+                                  qi_error *err);
+
 /* A set resolved against one model's weight names. */
 typedef struct qi_lora_binding qi_lora_binding;
 
@@ -66,6 +84,9 @@ void qi_lora_binding_free(qi_lora_binding *b);
 
 /* Whether some module targets `weight_name`. */
 int qi_lora_binding_targets(const qi_lora_binding *b, const char *weight_name);
+
+/* The weight name module k of file `file` is bound to (NULL if none). */
+const char *qi_lora_binding_target_of(const qi_lora_binding *b, int file, int k);
 
 /* w [out_dim, in_dim] float32 += Σ strength·scale·(up @ down) over every
  * module bound to `weight_name`, in file order. A module whose up/down shapes
