@@ -61,6 +61,10 @@ typedef struct job {
     uint8_t *preview;               /* PNG of the latest step's preview (qi_free_bytes) */
     size_t preview_len;
     int preview_step;
+    uint8_t *partial[3];            /* the OpenAI stream's partial images, each kept when it falls due, so a
+                                       reader that falls behind the steps still gets all of them (malloc) */
+    size_t partial_len[3];
+    int n_partial;
     job_image images[SERVE_MAX_N];  /* when completed */
     char error[512];                /* when failed */
     int error_status;               /* the HTTP status of the failure (400, 500) */
@@ -121,6 +125,7 @@ int serve_job_submit(serve *s, job *j, int *retry_after);
 job *serve_job_new(void);          /* refs 1 (the caller's), QUEUED */
 job *serve_job_find(serve *s, const char *id); /* a reference (serve_job_put it), or NULL */
 void serve_job_put(serve *s, job *j); /* drops one reference */
+int serve_partial_due(int k, int P, int total); /* the step at which OpenAI partial image k of P falls due */
 void serve_job_cancel(serve *s, job *j);
 /* What can be checked before queueing (the schedule for these steps and
  * this size): 0, or -1 with the reason in msg. */

@@ -73,17 +73,14 @@ static cJSON *openai_event(const job *j, const char *type, const uint8_t *png, s
     return o;
 }
 
-/* The step at which OpenAI preview k (0-based) of P is due: spread evenly. */
-static int partial_due(int k, int P, int total) { return ((k + 1) * total + P) / (P + 1); }
-
 static void openai_events(stream *st) {
     job *j = st->j;
-    if (j->preview && j->preview_step > st->sent_preview_step && st->partial_index < j->partial_images &&
-        j->preview_step >= partial_due(st->partial_index, j->partial_images, j->steps) && j->state == JOB_RUNNING) {
-        cJSON *o = openai_event(j, "image_generation.partial_image", j->preview, j->preview_len, "png");
-        cJSON_AddNumberToObject(o, "partial_image_index", st->partial_index++);
+    /* every partial image kept so far, in order, also those that fell due while this reader was behind */
+    while (st->partial_index < j->n_partial) {
+        int k = st->partial_index++;
+        cJSON *o = openai_event(j, "image_generation.partial_image", j->partial[k], j->partial_len[k], "png");
+        cJSON_AddNumberToObject(o, "partial_image_index", k);
         put(st, "image_generation.partial_image", o);
-        st->sent_preview_step = j->preview_step;
     }
     if (j->state < JOB_COMPLETED) return;
     st->done = 1;

@@ -52,6 +52,7 @@ static void job_free(job *j) {
     free(j->mask_name);
     for (int i = 0; i < j->n_loras; i++) free(j->lora_path[i]);
     qi_free_bytes(j->preview);
+    for (int i = 0; i < j->n_partial; i++) free(j->partial[i]);
     for (int i = 0; i < SERVE_MAX_N; i++) qi_free_bytes(j->images[i].bytes);
     free(j);
 }
@@ -149,6 +150,10 @@ void serve_job_cancel(serve *s, job *j) {
 
 /* ---- the worker ------------------------------------------------------------------- */
 
+/* The denoising step (1-based, of total) at which OpenAI partial image k (0-based) of P falls due:
+ * spread evenly over the steps. */
+int serve_partial_due(int k, int P, int total) { return ((k + 1) * total + P) / (P + 1); }
+
 typedef struct run_ctx {
     serve *s;
     job *j;
@@ -175,6 +180,15 @@ static void on_latents(void *user, int step, int total, const qi_image *lat) {
     pthread_mutex_lock(&c->s->lock);
     c->j->step = step;
     c->j->total = total;
+    job *j = c->j;
+    if (png && j->n_partial < j->partial_images && j->n_partial < 3 &&
+        step >= serve_partial_due(j->n_partial, j->partial_images, total)) {
+        /* a copy kept for the stream: the latest preview is replaced at every step */
+        if ((j->partial[j->n_partial] = malloc(len))) {
+            memcpy(j->partial[j->n_partial], png, len);
+            j->partial_len[j->n_partial++] = len;
+        }
+    }
     if (png) {
         qi_free_bytes(c->j->preview);
         c->j->preview = png;
