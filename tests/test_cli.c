@@ -356,6 +356,45 @@ static void mistakes_are_found_before_any_weight_loads(void) {
     CHECK(count_files(d) == 5, "no file written besides the 5 set up: %d", count_files(d));
 }
 
+/* A message longer than the 1024-byte error buffer is cut in the middle:
+ * its head (what failed) and its end (the reason and the fix) both survive
+ * (issue 15: the reason used to be lost). A 1500-byte missing -m path. */
+static void a_long_message_keeps_its_reason(void) {
+    char path[1600], out[4096];
+    int n = snprintf(path, sizeof path, "%s/", tmpdir);
+    for (int part = 0; part < 7; part++) {
+        memset(path + n, 'd' + part, 200);
+        n += 200;
+        path[n++] = '/';
+    }
+    strcpy(path + n, "model");
+    int rc = run_shell(out, sizeof out, "%s generate -p x -m %s", qi_cli(), path);
+    size_t len = strlen(out);
+    printf("  exit %d, %zu bytes: %.60s ... %s", rc, len, out, len > 120 ? out + len - 120 : out);
+    CHECK(rc == 1 && strstr(out, " [...] ") && strstr(out, "-m /tmp/"), "exit %d: %s", rc, out);
+    const char *end = "--text-encoder and --vae)\n"; /* the message's last words: the fix */
+    CHECK(strstr(out, "model: no such folder; give a Qwen/Qwen-Image diffusers folder") && len > strlen(end) &&
+              !strcmp(out + len - strlen(end), end),
+          "the reason is lost: %s", out);
+}
+
+/* The CPU backend sizes its arena from what `ulimit -v` leaves (half of it):
+ * a 64x64 image under an 11.4 GiB limit runs (issue 15: it used to reserve
+ * 16 GiB up front and fail). Sanitizers reserve terabytes of shadow memory,
+ * so the claim runs in the release build only. */
+static void a_small_image_runs_under_ulimit_v(void) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    printf("  (skipped: a sanitizer build cannot run under ulimit -v)\n");
+#else
+    char out[8192], png[1200];
+    snprintf(png, sizeof png, "%s/ulimit.png", tmpdir);
+    int rc = run_shell(out, sizeof out, "ulimit -v 12000000 && %s generate -m %s -p apple -W 64 -H 64 --steps 1 "
+                       "--quiet -o %s", qi_cli(), model, png);
+    printf("  ulimit -v 12000000, 64x64: exit %d %s\n", rc, out);
+    CHECK(rc == 0 && exists(png), "exit %d: %s", rc, out);
+#endif
+}
+
 static void cfg_without_negative_warns_and_records_it(void) {
     char out[8192], png[1200];
     snprintf(png, sizeof png, "%s/nocfg.png", tmpdir);
@@ -670,6 +709,8 @@ int main(void) {
     RUN(unknown_command_is_usage_error);
     RUN(mistakes_are_found_before_any_weight_loads);
     RUN(vram_streams_the_same_embeddings_or_refuses);
+    RUN(a_long_message_keeps_its_reason);
+    RUN(a_small_image_runs_under_ulimit_v);
     RUN(cfg_without_negative_warns_and_records_it);
     RUN(help_and_version);
     RUN(sigint_cancels_at_the_next_step_and_writes_nothing);
