@@ -307,7 +307,11 @@ static void mistakes_are_found_before_any_weight_loads(void) {
     run_shell(setup, sizeof setup,
               "cd %s && touch afile && mkdir adir.png b-1.png && echo '{' > bad.json && printf '%%s' '{\"num_train_timesteps\": 1000, "
               "\"use_dynamic_shifting\": true, \"base_shift\": 1000, \"max_shift\": 1000, \"base_image_seq_len\": 256, "
-              "\"max_image_seq_len\": 8192}' > inf.json", d);
+              "\"max_image_seq_len\": 8192}' > inf.json && mkdir heads heads/transformer && for c in model_index.json "
+              "scheduler text_encoder tokenizer vae; do ln -s %s/$c heads/$c; done && ln -s "
+              "%s/transformer/diffusion_pytorch_model.safetensors heads/transformer/ && sed "
+              "'s/\"num_attention_heads\": 4/\"num_attention_heads\": 100000000/' %s/transformer/config.json > "
+              "heads/transformer/config.json", d, model, model, model);
     struct {
         const char *args, *expect, *not_expect;
         int code;
@@ -328,6 +332,8 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"generate -p x -p y --batch-index 0/3", "split evenly", NULL, 2},
         {"generate --from-parameters afile", "afile", NULL, 2},
         {"generate -p x -m afile", "-m afile: is a file, not a folder", NULL, 1}, /* as a missing -m: exit 1 */
+        {"generate -p x -m heads", "heads/transformer/config.json: num_attention_heads is 100000000; allowed 1..1024",
+         "sizing", 1},
         {"generate -p x --image afile", "--image: afile: not a PNG, JPEG or WebP picture", NULL, 1},
         {"encode -p x -o missing/e.safetensors", "cannot write into folder 'missing'", NULL, 1},
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
@@ -353,7 +359,7 @@ static void mistakes_are_found_before_any_weight_loads(void) {
               cases[i].not_expect);
         CHECK(!strstr(out, "loading") && !strstr(out, "denoise"), "'%s': weights were loaded first", cases[i].args);
     }
-    CHECK(count_files(d) == 5, "no file written besides the 5 set up: %d", count_files(d));
+    CHECK(count_files(d) == 6, "no file written besides the 6 set up: %d", count_files(d));
 }
 
 /* A message longer than the 1024-byte error buffer is cut in the middle:
