@@ -141,6 +141,9 @@ int qi_params_file_hash(const char *path, char *out, size_t cap);
  * (from --from-parameters) must match it. notes: n_prompts entries. 0, or
  * the exit code after printing the error. */
 int qi_app_precheck(gen_args *a, prompt_note *notes);
+/* The transformer's and text encoder's configs read and bounded (no weights):
+ * 0, or the exit code after printing the error. */
+int qi_app_check_configs(const gen_args *a);
 /* The scheduler part of it alone (cheap: no tokenizer): 0, or the exit code
  * after printing the error (qi_app_last_error holds it). */
 int qi_app_precheck_schedule(gen_args *a);

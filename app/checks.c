@@ -2,8 +2,9 @@
  * checks.c — generate's checks that read the model folder but no weights:
  * the scheduler (a misspelt name, a malformed file, a schedule that is not
  * finite) and the prompts' token counts (a prompt longer than the model reads
- * is cut as diffusers cuts it: warned here, recorded in the image). They run
- * before the engine opens, so a mistake costs no minutes of loading.
+ * is cut as diffusers cuts it: warned here, recorded in the image), and the
+ * transformer's and text encoder's configs (every integer in its bounds).
+ * They run before the engine opens, so a mistake costs no minutes of loading.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -15,7 +16,10 @@
 #include "app.h"
 #include "io/model_dir.h"
 #include "io/model_files.h"
+#include "io/source.h"
+#include "model/dit.h"
 #include "model/prompt.h"
+#include "model/text_encoder.h"
 #include "model/tokenizer.h"
 #include "sample/scheduler.h"
 
@@ -134,6 +138,29 @@ static int check_prompts(const gen_args *a, const qi_model_files *files, prompt_
         if (!st) warn_cut("the negative prompt (-n)", &neg, a->max_seq_len, a->quiet);
     }
     if (tok) qi_tokenizer_free(tok);
+    if (st) qi_app_error("%s", err.msg);
+    return st ? qi_app_exit_code(st) : 0;
+}
+
+/* The transformer's and the text encoder's configs, read as the engine reads
+ * them (each integer against its bounds, limits.c): only config.json or a
+ * file's header, no weights. A bad value is the file's fault: exit 1.
+ * generate's alone: the server's engine has read them once at start-up. */
+int qi_app_check_configs(const gen_args *a) {
+    const qi_component comps[] = {QI_COMPONENT_TRANSFORMER, QI_COMPONENT_TEXT_ENCODER};
+    qi_model_files files;
+    qi_error err = {{0}};
+    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
+    qi_status st = qi_model_files_resolve(&paths, &files, &err);
+    for (size_t k = 0; k < QI_ARRAY_LEN(comps) && !st; k++) {
+        qi_source *src = NULL;
+        st = qi_model_files_open_source(&files, comps[k], &src, &err);
+        qi_dit_config dit;
+        qi_text_encoder_config te;
+        if (!st) st = comps[k] == QI_COMPONENT_TRANSFORMER ? qi_dit_read_config(src, &dit, &err)
+                                                           : qi_text_encoder_source_config(src, &te, &err);
+        qi_source_close(src);
+    }
     if (st) qi_app_error("%s", err.msg);
     return st ? qi_app_exit_code(st) : 0;
 }

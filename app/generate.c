@@ -511,6 +511,7 @@ static int check_before_loading(gen_args *a, prompt_note *notes) {
     if (a->cfg > 1.0 && !a->negative && !a->quiet)
         fprintf(stderr, "qwen-image: warning: --cfg %g does nothing without a negative prompt (-n TEXT; the base "
                         "model's usual one is \" \"): true CFG is off\n", a->cfg);
+    if ((rc = qi_app_check_configs(a))) return rc;
     return qi_app_precheck(a, notes);
 }
 

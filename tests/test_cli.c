@@ -307,7 +307,11 @@ static void mistakes_are_found_before_any_weight_loads(void) {
     run_shell(setup, sizeof setup,
               "cd %s && touch afile && mkdir adir.png b-1.png && echo '{' > bad.json && printf '%%s' '{\"num_train_timesteps\": 1000, "
               "\"use_dynamic_shifting\": true, \"base_shift\": 1000, \"max_shift\": 1000, \"base_image_seq_len\": 256, "
-              "\"max_image_seq_len\": 8192}' > inf.json", d);
+              "\"max_image_seq_len\": 8192}' > inf.json && mkdir heads heads/transformer && for c in model_index.json "
+              "scheduler text_encoder tokenizer vae; do ln -s %s/$c heads/$c; done && ln -s "
+              "%s/transformer/diffusion_pytorch_model.safetensors heads/transformer/ && sed "
+              "'s/\"num_attention_heads\": 4/\"num_attention_heads\": 100000000/' %s/transformer/config.json > "
+              "heads/transformer/config.json", d, model, model, model);
     struct {
         const char *args, *expect, *not_expect;
         int code;
@@ -328,6 +332,8 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"generate -p x -p y --batch-index 0/3", "split evenly", NULL, 2},
         {"generate --from-parameters afile", "afile", NULL, 2},
         {"generate -p x -m afile", "-m afile: is a file, not a folder", NULL, 1}, /* as a missing -m: exit 1 */
+        {"generate -p x -m heads", "heads/transformer/config.json: num_attention_heads is 100000000; allowed 1..1024",
+         "sizing", 1},
         {"generate -p x --image afile", "--image: afile: not a PNG, JPEG or WebP picture", NULL, 1},
         {"encode -p x -o missing/e.safetensors", "cannot write into folder 'missing'", NULL, 1},
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
@@ -353,7 +359,46 @@ static void mistakes_are_found_before_any_weight_loads(void) {
               cases[i].not_expect);
         CHECK(!strstr(out, "loading") && !strstr(out, "denoise"), "'%s': weights were loaded first", cases[i].args);
     }
-    CHECK(count_files(d) == 5, "no file written besides the 5 set up: %d", count_files(d));
+    CHECK(count_files(d) == 6, "no file written besides the 6 set up: %d", count_files(d));
+}
+
+/* A message longer than the 1024-byte error buffer is cut in the middle:
+ * its head (what failed) and its end (the reason and the fix) both survive
+ * (issue 15: the reason used to be lost). A 1500-byte missing -m path. */
+static void a_long_message_keeps_its_reason(void) {
+    char path[1600], out[4096];
+    int n = snprintf(path, sizeof path, "%s/", tmpdir);
+    for (int part = 0; part < 7; part++) {
+        memset(path + n, 'd' + part, 200);
+        n += 200;
+        path[n++] = '/';
+    }
+    strcpy(path + n, "model");
+    int rc = run_shell(out, sizeof out, "%s generate -p x -m %s", qi_cli(), path);
+    size_t len = strlen(out);
+    printf("  exit %d, %zu bytes: %.60s ... %s", rc, len, out, len > 120 ? out + len - 120 : out);
+    CHECK(rc == 1 && strstr(out, " [...] ") && strstr(out, "-m /tmp/"), "exit %d: %s", rc, out);
+    const char *end = "--text-encoder and --vae)\n"; /* the message's last words: the fix */
+    CHECK(strstr(out, "model: no such folder; give a Qwen/Qwen-Image diffusers folder") && len > strlen(end) &&
+              !strcmp(out + len - strlen(end), end),
+          "the reason is lost: %s", out);
+}
+
+/* The CPU backend sizes its arena from what `ulimit -v` leaves (half of it):
+ * a 64x64 image under an 11.4 GiB limit runs (issue 15: it used to reserve
+ * 16 GiB up front and fail). Sanitizers reserve terabytes of shadow memory,
+ * so the claim runs in the release build only. */
+static void a_small_image_runs_under_ulimit_v(void) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    printf("  (skipped: a sanitizer build cannot run under ulimit -v)\n");
+#else
+    char out[8192], png[1200];
+    snprintf(png, sizeof png, "%s/ulimit.png", tmpdir);
+    int rc = run_shell(out, sizeof out, "ulimit -v 12000000 && %s generate -m %s -p apple -W 64 -H 64 --steps 1 "
+                       "--quiet -o %s", qi_cli(), model, png);
+    printf("  ulimit -v 12000000, 64x64: exit %d %s\n", rc, out);
+    CHECK(rc == 0 && exists(png), "exit %d: %s", rc, out);
+#endif
 }
 
 static void cfg_without_negative_warns_and_records_it(void) {
@@ -787,6 +832,8 @@ int main(void) {
     RUN(unknown_command_is_usage_error);
     RUN(mistakes_are_found_before_any_weight_loads);
     RUN(vram_streams_the_same_embeddings_or_refuses);
+    RUN(a_long_message_keeps_its_reason);
+    RUN(a_small_image_runs_under_ulimit_v);
     RUN(cfg_without_negative_warns_and_records_it);
     RUN(help_and_version);
     RUN(sigint_cancels_at_the_next_step_and_writes_nothing);
