@@ -161,6 +161,7 @@ static int on_progress(void *user, const char *stage, int step, int total) {
     int stop = c->j->cancel || c->s->stopping;
     if (!strcmp(stage, "denoise") && step > c->j->step) { /* step i is reported before it runs */
         c->j->total = total;
+        if (c->s->opt.model.edit) c->j->step = step; /* Edit makes no step latents (on_latents): count here */
         c->j->seq++;
         pthread_cond_broadcast(&c->s->cond);
     }

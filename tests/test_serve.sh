@@ -333,6 +333,11 @@ grep -q "does not inpaint" "$T/body" && ok "the mask 400 says why" || bad "no re
 bad_edit "Edit: strength" strength -F image=@in_b.png -F strength=0.5 -F prompt=x
 bad_edit "Edit: n 2" n -F image=@in_b.png -F n=2 -F prompt=x
 bad_edit "Edit: no picture" image -F prompt=x
+# no size: the output is the last picture's aspect at 1024², checked before queueing (the 2509 folder's
+# scheduler has shift_terminal, so 1 step is refused for that size, not for a size of 0)
+bad_edit "Edit: 1 step, size from the picture" steps -F image=@in_b.png -F prompt=x -F steps=1
+grep -q "shift_terminal" "$T/body" && ! grep -q "image_seq_len" "$T/body" \
+    && ok "the schedule was checked for the picture's size" || bad "size-0 check: $(cat "$T/body")"
 check "Edit: generations without a picture" "$(req POST /v1/images/generations '{"prompt":"x"}')" 400
 grep -q "/v1/images/edits" "$T/body" && ok "the 400 points at /v1/images/edits" || bad "no pointer in: $(cat "$T/body")"
 check "Edit: generations: param" "$(field .error.param)" image
