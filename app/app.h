@@ -5,6 +5,8 @@
 #define QI_APP_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
 #include "qwen_image.h"
 
@@ -44,6 +46,24 @@ int qi_app_model_is_edit(const char *model_dir);
 int qi_cmd_inspect(int argc, char **argv);
 int qi_cmd_generate(int argc, char **argv);
 int qi_cmd_bench(int argc, char **argv);
+
+/* ---- bench (bench.c, bench_edit.c) ---- */
+
+/* The median of v[0..n) (sorts v). */
+double qi_bench_median(double *v, int n);
+
+typedef struct qi_bench_edit_opts {
+    int warmup, runs;          /* per row: warm-up calls, then the median of runs (1 … 64) */
+    int picture_side;          /* the square reference picture's side (1024) */
+    int output_side;           /* requested output side; 0: the pipeline's own (the picture's aspect at 1024²) */
+    int64_t vl_area, vae_area; /* the Edit areas; 0: the pipeline's (384², 1024²) */
+    FILE *md;                  /* the -o table, or NULL */
+} qi_bench_edit_opts;
+
+/* `bench --edit`: rows for one Edit-2509 request with one reference picture
+ * at 4 and 8 steps (end to end, per step) and its prepare stages alone, on
+ * stdout and into o->md. 0, or -1 with the reason in err[0..err_size). */
+int qi_bench_edit(qi_engine *e, const qi_bench_edit_opts *o, char *err, size_t err_size);
 int qi_cmd_convert(int argc, char **argv);
 int qi_cmd_serve(int argc, char **argv);
 

@@ -53,7 +53,12 @@ static const char *TEXT_ENCODER_CONFIG =
     " \"hidden_act\": \"silu\", \"hidden_size\": 3584, \"intermediate_size\": 18944, \"num_attention_heads\": 28,"
     " \"num_hidden_layers\": 28, \"num_key_value_heads\": 4, \"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0,"
     " \"rope_scaling\": {\"type\": \"mrope\", \"mrope_section\": [16, 24, 24]}, \"vocab_size\": 152064,"
-    " \"tie_word_embeddings\": false}";
+    " \"tie_word_embeddings\": false, \"image_token_id\": 151655, \"vision_start_token_id\": 151652,"
+    " \"vision_end_token_id\": 151653, \"video_token_id\": 151656,"
+    " \"vision_config\": {\"depth\": 32, \"hidden_act\": \"silu\", \"hidden_size\": 1280, \"intermediate_size\": 3420,"
+    " \"num_heads\": 16, \"in_chans\": 3, \"in_channels\": 3, \"out_hidden_size\": 3584, \"patch_size\": 14,"
+    " \"spatial_merge_size\": 2, \"spatial_patch_size\": 14, \"temporal_patch_size\": 2, \"tokens_per_second\": 2,"
+    " \"window_size\": 112, \"fullatt_block_indexes\": [7, 15, 23, 31]}}";
 static const char *VAE_CONFIG =
     "{\"_class_name\": \"AutoencoderKLQwenImage\", \"attn_scales\": [], \"base_dim\": 96, \"dim_mult\": [1, 2, 4, 4],"
     " \"dropout\": 0.0, \"num_res_blocks\": 2, \"temperal_downsample\": [false, true, true], \"z_dim\": 16,"
@@ -69,6 +74,16 @@ static const char *SCHEDULER_CONFIG =
     " \"use_karras_sigmas\": false}";
 static const char *MODEL_INDEX =
     "{\"_class_name\": \"QwenImagePipeline\", \"scheduler\": [\"diffusers\", \"FlowMatchEulerDiscreteScheduler\"],"
+    " \"text_encoder\": [\"transformers\", \"Qwen2_5_VLForConditionalGeneration\"],"
+    " \"tokenizer\": [\"transformers\", \"Qwen2Tokenizer\"],"
+    " \"transformer\": [\"diffusers\", \"QwenImageTransformer2DModel\"],"
+    " \"vae\": [\"diffusers\", \"AutoencoderKLQwenImage\"]}";
+/* Qwen/Qwen-Image-Edit-2509's: the same components plus the processor (the
+ * engine reads none of its files; `generate` takes this class name as the
+ * sign of an Edit model). */
+static const char *MODEL_INDEX_EDIT =
+    "{\"_class_name\": \"QwenImageEditPlusPipeline\", \"processor\": [\"transformers\", \"Qwen2VLProcessor\"],"
+    " \"scheduler\": [\"diffusers\", \"FlowMatchEulerDiscreteScheduler\"],"
     " \"text_encoder\": [\"transformers\", \"Qwen2_5_VLForConditionalGeneration\"],"
     " \"tokenizer\": [\"transformers\", \"Qwen2Tokenizer\"],"
     " \"transformer\": [\"diffusers\", \"QwenImageTransformer2DModel\"],"
@@ -170,7 +185,7 @@ static int write_sparse_gguf(const char *path, const cJSON *tensors, qi_dtype qt
 }
 
 static int make_model_dir(const char *root, const char *manifest_path, const char *tokenizer_dir, qi_dtype qt,
-                          qi_error *err) {
+                          int edit, qi_error *err) {
     cJSON *m = NULL;
     if (qi_json_load(manifest_path, &m, err)) return -1;
     char p[4096];
@@ -178,7 +193,7 @@ static int make_model_dir(const char *root, const char *manifest_path, const cha
                                {"text_encoder", "model.safetensors", "text_encoder"},
                                {"vae", "diffusion_pytorch_model.safetensors", "vae"}};
     const char *configs[3] = {TRANSFORMER_CONFIG, TEXT_ENCODER_CONFIG, VAE_CONFIG};
-    int rc = write_text(root, "model_index.json", MODEL_INDEX);
+    int rc = write_text(root, "model_index.json", edit ? MODEL_INDEX_EDIT : MODEL_INDEX);
     for (int i = 0; !rc && i < 3; i++) {
         snprintf(p, sizeof p, "%s/%s", root, parts[i][0]);
         mkdir(p, 0755);
@@ -229,7 +244,7 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n) {
+double qi_bench_median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
@@ -308,7 +323,7 @@ static int bench_dit_graph(bench_ctx *c, qi_dit *dit, const qi_tensor *x, const 
         if (be->ops->graph_launch(be, g, err) || be->ops->sync(be, err)) goto done;
         if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
     }
-    *ms_out = median(times, c->runs) * 1e3;
+    *ms_out = qi_bench_median(times, c->runs) * 1e3;
     rc = 0;
 done:
     if (g) be->ops->graph_free(be, g);
@@ -377,7 +392,7 @@ static int bench_dit(bench_ctx *c, int width, int height, int txt_len, double *m
             if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
         }
     }
-    double med = median(times, c->runs);
+    double med = qi_bench_median(times, c->runs);
     *ms_out = med * 1e3;
     *tflops_out = qi_dit_forward_flops(qi_dit_get_config(dit), 1, L, txt_len) / med / 1e12;
     rc = bench_dit_graph(c, dit, &x, &ctx, &out, gh, gw, graph_ms, err);
@@ -410,7 +425,7 @@ static int bench_finite_check(bench_ctx *c, int width, int height, double *ms, q
         if (be->ops->count_nonfinite(be, &x, &bad, err)) goto done;
         times[i] = qi_now_s() - t0;
     }
-    *ms = median(times + (n > c->warmup ? c->warmup : 0), n > c->warmup ? n - c->warmup : n) * 1e3;
+    *ms = qi_bench_median(times + (n > c->warmup ? c->warmup : 0), n > c->warmup ? n - c->warmup : n) * 1e3;
     rc = 0;
 done:
     free(host);
@@ -440,7 +455,7 @@ static int bench_gemm_ceiling(bench_ctx *c, double *tflops, qi_error *err) {
         if (be->ops->sync(be, err)) goto done;
         if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
     }
-    *tflops = 2.0 * n * n * n / median(times, c->runs) / 1e12;
+    *tflops = 2.0 * n * n * n / qi_bench_median(times, c->runs) / 1e12;
     be->ops->weight_free(be, &w);
     rc = 0;
 done:
@@ -471,7 +486,7 @@ static int bench_text_encoder(bench_ctx *c, int n_ids, double *ms, qi_error *err
         if (st) goto done;
         if (i >= c->warmup) times[i - c->warmup] = dt;
     }
-    *ms = median(times, c->runs) * 1e3;
+    *ms = qi_bench_median(times, c->runs) * 1e3;
     rc = 0;
 done:
     free(ids);
@@ -491,7 +506,7 @@ static int bench_vae(bench_ctx *c, int width, int height, double *ms, qi_error *
         if (qi_vae_decode(vae, lat, lh, lw, rgb, err)) goto done;
         if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
     }
-    *ms = median(times, c->runs) * 1e3;
+    *ms = qi_bench_median(times, c->runs) * 1e3;
     rc = 0;
 done:
     free(lat);
@@ -522,7 +537,7 @@ static int bench_link(bench_ctx *c, double *gbps, qi_error *err) {
         if (be->ops->sync(be, err)) goto done;
         if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
     }
-    *gbps = (double)qi_nbytes(&w) / median(times, c->runs) / 1e9;
+    *gbps = (double)qi_nbytes(&w) / qi_bench_median(times, c->runs) / 1e9;
     rc = 0;
 done:
     if (slot) be->ops->slot_free(be, slot);
@@ -562,7 +577,7 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, double *s_out, qi_erro
     if (env) setenv("QI_CUDA_GRAPHS", saved, 1);
     else unsetenv("QI_CUDA_GRAPHS");
     if (failed) return -1;
-    *s_out = median(times, runs);
+    *s_out = qi_bench_median(times, runs);
     return 0;
 }
 
@@ -663,6 +678,88 @@ done:
     return rc;
 }
 
+/* The text-to-image rows (--only picks some): GEMM ceiling or the --vram plan
+ * and link, transformer calls, text encoder, VAE decode, end to end. 1 if any failed. */
+static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, const char *vram_s) {
+    int fail = 0;
+    qi_error err = {{0}};
+    double ceiling = 0, link = -1;
+    if (vram) { /* the plan, and the link its streamed weights cross */
+        char line[640] = "no plan";
+        if (c->e->planned) qi_residency_plan_describe(&c->e->sizes, &c->e->plan, line, sizeof line);
+        emit(c, "| memory plan | --vram %s | | %s |\n", vram_s, line);
+        if (bench_link(c, &link, &err)) fail = 1, fprintf(stderr, "link: %s\n", err.msg);
+        else if (link > 0) emit(c, "| host→device copy (pinned, one stage) | 64 MiB | %.1f GB/s | the link's peak for "
+                                "streamed weights |\n", link);
+    } else if (!bench_gemm_ceiling(c, &ceiling, &err)) { /* its 0.4 GiB of buffers are not in a plan */
+        emit(c, "| GEMM ceiling (linear op) | 8192×8192×8192 bf16 | | %.0f TFLOP/s |\n", ceiling);
+    } else fail = 1, fprintf(stderr, "gemm: %s\n", err.msg);
+    if (!only || !strcmp(only, "dit")) {
+        int sizes[3][2] = {{1024, 1024}, {1328, 1328}, {512, 512}};
+        for (int i = 0; i < (vram ? 1 : 3); i++) {
+            double ms, tf, graph_ms, staged_gb = 0;
+            if (bench_dit(c, sizes[i][0], sizes[i][1], 128, &ms, &tf, &graph_ms, &staged_gb, &err)) {
+                fprintf(stderr, "dit: %s\n", err.msg);
+                fail = 1;
+                continue;
+            }
+            emit(c, "| transformer call | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s (%.0f%% of ceiling) |\n", sizes[i][0],
+                   sizes[i][1], ms, tf, ceiling > 0 ? 100 * tf / ceiling : 0);
+            if (vram)
+                emit(c, "| transformer call, --vram %s | %dx%d, txt 128 | %.1f ms | %.2f GB host→device per call: "
+                       "%.1f GB/s (%.0f%% of the copy peak); %d of %d blocks resident, eager |\n", vram_s,
+                       sizes[i][0], sizes[i][1], ms, staged_gb, staged_gb / (ms / 1e3),
+                       link > 0 ? 100 * staged_gb / (ms / 1e3) / link : 0, c->e->planned ? c->e->plan.resident_blocks : 0,
+                       qi_dit_get_config(dit)->num_layers);
+            if (graph_ms >= 0)
+                emit(c, "| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
+                       "%.3f× |\n", sizes[i][0], sizes[i][1], graph_ms, tf * ms / graph_ms, ms / graph_ms);
+            double fin_ms;
+            if (bench_finite_check(c, sizes[i][0], sizes[i][1], &fin_ms, &err)) {
+                fprintf(stderr, "finite check: %s\n", err.msg);
+                fail = 1;
+            } else if (fin_ms >= 0) {
+                emit(c, "| latents finite check (per step) | %dx%d | %.3f ms | %.3f%% of one transformer call |\n",
+                     sizes[i][0], sizes[i][1], fin_ms, 100 * fin_ms / ms);
+            }
+        }
+    }
+    if (vram && only && (!strcmp(only, "te") || !strcmp(only, "vae")))
+        fprintf(stderr, "bench: --only %s is not timed under --vram (the plan frees and streams components)\n", only);
+    if (!vram && (!only || !strcmp(only, "te"))) {
+        double ms;
+        if (!bench_text_encoder(c, 167, &ms, &err)) emit(c, "| text encoder | 167 tokens | %.1f ms | |\n", ms);
+        else fail = 1, fprintf(stderr, "te: %s\n", err.msg);
+    }
+    if (!vram && (!only || !strcmp(only, "vae"))) {
+        double ms;
+        if (!bench_vae(c, 1024, 1024, &ms, &err)) emit(c, "| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
+        else fail = 1, fprintf(stderr, "vae: %s\n", err.msg);
+    }
+    if (!only || !strcmp(only, "e2e")) {
+        /* with and without the recorded step, in this one process (QI_CUDA_GRAPHS=0: without only) */
+        const char *env = getenv("QI_CUDA_GRAPHS");
+        int graphs_ok = c->be->ops->graph_begin && !(env && !strcmp(env, "0")) && !qi_dit_streams(dit);
+        int steps[2] = {8, 4};
+        for (int i = 0; i < 2; i++) {
+            double s[2] = {-1, -1}; /* eager, graph */
+            for (int g = graphs_ok ? 1 : 0; g >= 0; g--) {
+                if (bench_e2e(c, steps[i], g, &s[g], &err)) {
+                    fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
+                    continue;
+                }
+                emit(c, "| end to end%s%s | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
+                       vram ? ", --vram " : "", vram ? vram_s : "", steps[i], s[g],
+                       g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
+            }
+            if (s[0] > 0 && s[1] > 0)
+                emit(c, "| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
+                       (s[0] - s[1]) * 1e3, s[0] / s[1]);
+        }
+    }
+    return fail;
+}
+
 int qi_cmd_bench(int argc, char **argv) {
     const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL, *sparse_dir = NULL;
     long runs = 7, warmup = 2;
@@ -670,12 +767,25 @@ int qi_cmd_bench(int argc, char **argv) {
     size_t vram = 0; /* --vram: the engine's memory plan for this budget */
     const char *vram_s = NULL;
     qi_dtype qt = QI_BF16; /* --type: the transformer's block linears */
+    int edit = 0;          /* --edit: the Edit-2509 rows instead of the text-to-image ones */
+    const char *model = NULL; /* -m: an existing model folder with its own weights */
+    long edit_side = 1024, vl_area = 0, vae_area = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(f, "--edit")) {
+            edit = 1;
+            continue;
+        }
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
             printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
                    "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--vram SIZE] [--manifest FILE]\n"
-                   "                        [-o RESULTS.md]\n"
+                   "                        [--edit [--edit-size N] [--edit-vl-area PIXELS] [--edit-vae-area PIXELS]]\n"
+                   "                        [-m MODEL_DIR] [-o RESULTS.md]\n"
+                   "  --edit: Qwen-Image-Edit-2509 with one N×N reference picture (default 1024; the output N×N):\n"
+                   "          end to end at 4 and 8 steps, cfg 1, Lightning schedule, per step, and the vision tower,\n"
+                   "          text encoder and VAE encoder alone (the areas: as generate's, for small tests)\n"
+                   "  -m: time that model folder with its own weights instead of the full-size random one\n"
+                   "      (e.g. the tiny tests/data/edit/model-2509 on the CPU, a smoke test)\n"
                    "  --vram: the engine plans for that device budget (transformer call at 1024², end to end,\n"
                    "          host->device GB/s, peak memory; run beside dev/cuda/hold_memory to prove it)\n"
                    "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
@@ -693,6 +803,14 @@ int qi_cmd_bench(int argc, char **argv) {
         } else if (!strcmp(f, "--warmup")) {
             if (qi_app_parse_int(f, v, 0, 64, &warmup)) return 2;
         } else if (!strcmp(f, "--manifest")) manifest = v;
+        else if (!strcmp(f, "-m")) model = v;
+        else if (!strcmp(f, "--edit-size")) {
+            if (qi_app_parse_int(f, v, 16, 16384, &edit_side)) return 2;
+        } else if (!strcmp(f, "--edit-vl-area")) {
+            if (qi_app_parse_int(f, v, 1024, 1L << 26, &vl_area)) return 2;
+        } else if (!strcmp(f, "--edit-vae-area")) {
+            if (qi_app_parse_int(f, v, 1024, 1L << 26, &vae_area)) return 2;
+        }
         else if (!strcmp(f, "--only")) only = v;
         else if (!strcmp(f, "--write-sparse")) sparse_dir = v;
         else if (!strcmp(f, "--type")) {
@@ -724,9 +842,10 @@ int qi_cmd_bench(int argc, char **argv) {
             fprintf(stderr, "qwen-image: error: bench --write-sparse %s: cannot create the folder\n", sparse_dir);
             return 1;
         }
-        if (make_model_dir(sparse_dir, manifest, QI_BENCH_TOKENIZER, qt, &werr))
+        if (make_model_dir(sparse_dir, manifest, QI_BENCH_TOKENIZER, qt, edit, &werr))
             return qi_app_runtime_error(werr.msg[0] ? werr.msg : "bench --write-sparse: cannot write the files");
-        printf("bench: wrote the sparse full-size model (block linears %s) into %s%s\n", qi_dtype_name(qt), sparse_dir,
+        printf("bench: wrote the sparse full-size %s model (block linears %s) into %s%s\n",
+               edit ? "Edit-2509" : "Qwen-Image", qi_dtype_name(qt), sparse_dir,
                qi_dtype_is_block(qt) ? " (transformer: transformer.gguf)" : "");
         return 0;
     }
@@ -740,22 +859,27 @@ int qi_cmd_bench(int argc, char **argv) {
             return 1;
         }
     }
+    if (edit && vram) {
+        abandon_table(md, out_path);
+        return qi_app_usage_error("bench: --edit with --vram is not timed (the plan frees and reloads components)");
+    }
     char root[] = "/tmp/qi_bench_XXXXXX";
-    if (!mkdtemp(root)) err = (qi_error){"bench: cannot create a temporary folder"};
-    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, qt, &err)) remove_tree(root);
+    if (model) err.msg[0] = 0; /* its own folder: nothing to write, nothing to remove */
+    else if (!mkdtemp(root)) err = (qi_error){"bench: cannot create a temporary folder"};
+    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, qt, edit, &err)) remove_tree(root);
     else err.msg[0] = 0;
     if (err.msg[0]) {
         abandon_table(md, out_path);
         return qi_app_runtime_error(err.msg);
     }
     qi_open_options o = qi_open_options_default();
-    o.model_dir = root;
+    o.model_dir = model ? model : root;
     o.device = device;
-    o.random_weights = 1234;
+    o.random_weights = model ? 0 : 1234;
     o.vram_bytes = vram;
     char gguf_path[64];
     snprintf(gguf_path, sizeof gguf_path, "%s/transformer.gguf", root);
-    if (qi_dtype_is_block(qt)) o.diffusion_model = gguf_path;
+    if (qi_dtype_is_block(qt) && !model) o.diffusion_model = gguf_path;
     bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .md = md};
     double t0 = qi_now_s();
     qi_status st = qi_engine_open(&o, &c.e);
@@ -764,13 +888,14 @@ int qi_cmd_bench(int argc, char **argv) {
     if (st) {
         fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(c.e));
         qi_engine_close(c.e);
-        remove_tree(root);
+        if (!model) remove_tree(root);
         abandon_table(md, out_path);
         return qi_app_exit_code(st);
     }
     c.be = qi_engine_backend(c.e);
-    printf("bench: full-size model (random weights, block linears %s) on %s set up in %.1f s; median of %ld runs "
-           "after %ld warm-up\n", qi_dtype_name(qt), device, qi_now_s() - t0, runs, warmup);
+    printf("bench: %s%s (%s, block linears %s) on %s set up in %.1f s; median of %ld runs after %ld warm-up\n",
+           model ? model : "full-size model", edit ? ", Edit" : "", model ? "its weights" : "random weights",
+           qi_dtype_name(qt), device, qi_now_s() - t0, runs, warmup);
 #ifdef QI_WITH_CUDA
     if (!strcmp(c.be->ops->name, "cuda"))
         printf("bench: CUDA kernels %s (device compute capability %d.%d, code sm_%d; QI_CUDA_GENERIC=1 forces generic)\n",
@@ -784,81 +909,14 @@ int qi_cmd_bench(int argc, char **argv) {
         emit(&c, "| device memory, transformer loaded | %s block linears | %.2f GiB | weights + arena + workspaces |\n",
              qi_dtype_name(qt), (double)now / (1u << 30));
     }
-    int fail = 0;
-    double ceiling = 0, link = -1;
-    if (vram) { /* the plan, and the link its streamed weights cross */
-        char line[640] = "no plan";
-        if (c.e->planned) qi_residency_plan_describe(&c.e->sizes, &c.e->plan, line, sizeof line);
-        emit(&c, "| memory plan | --vram %s | | %s |\n", vram_s, line);
-        if (bench_link(&c, &link, &err)) fail = 1, fprintf(stderr, "link: %s\n", err.msg);
-        else if (link > 0) emit(&c, "| host→device copy (pinned, one stage) | 64 MiB | %.1f GB/s | the link's peak for "
-                                "streamed weights |\n", link);
-    } else if (!bench_gemm_ceiling(&c, &ceiling, &err)) { /* its 0.4 GiB of buffers are not in a plan */
-        emit(&c, "| GEMM ceiling (linear op) | 8192×8192×8192 bf16 | | %.0f TFLOP/s |\n", ceiling);
-    } else fail = 1, fprintf(stderr, "gemm: %s\n", err.msg);
-    if (!only || !strcmp(only, "dit")) {
-        int sizes[3][2] = {{1024, 1024}, {1328, 1328}, {512, 512}};
-        for (int i = 0; i < (vram ? 1 : 3); i++) {
-            double ms, tf, graph_ms, staged_gb = 0;
-            if (bench_dit(&c, sizes[i][0], sizes[i][1], 128, &ms, &tf, &graph_ms, &staged_gb, &err)) {
-                fprintf(stderr, "dit: %s\n", err.msg);
-                fail = 1;
-                continue;
-            }
-            emit(&c, "| transformer call | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s (%.0f%% of ceiling) |\n", sizes[i][0],
-                   sizes[i][1], ms, tf, ceiling > 0 ? 100 * tf / ceiling : 0);
-            if (vram)
-                emit(&c, "| transformer call, --vram %s | %dx%d, txt 128 | %.1f ms | %.2f GB host→device per call: "
-                       "%.1f GB/s (%.0f%% of the copy peak); %d of %d blocks resident, eager |\n", vram_s,
-                       sizes[i][0], sizes[i][1], ms, staged_gb, staged_gb / (ms / 1e3),
-                       link > 0 ? 100 * staged_gb / (ms / 1e3) / link : 0, c.e->planned ? c.e->plan.resident_blocks : 0,
-                       qi_dit_get_config(dit)->num_layers);
-            if (graph_ms >= 0)
-                emit(&c, "| transformer call, graph replay | %dx%d, txt 128 | %.1f ms | %.0f TFLOP/s; eager/graph "
-                       "%.3f× |\n", sizes[i][0], sizes[i][1], graph_ms, tf * ms / graph_ms, ms / graph_ms);
-            double fin_ms;
-            if (bench_finite_check(&c, sizes[i][0], sizes[i][1], &fin_ms, &err)) {
-                fprintf(stderr, "finite check: %s\n", err.msg);
-                fail = 1;
-            } else if (fin_ms >= 0) {
-                emit(&c, "| latents finite check (per step) | %dx%d | %.3f ms | %.3f%% of one transformer call |\n",
-                     sizes[i][0], sizes[i][1], fin_ms, 100 * fin_ms / ms);
-            }
-        }
-    }
-    if (vram && only && (!strcmp(only, "te") || !strcmp(only, "vae")))
-        fprintf(stderr, "bench: --only %s is not timed under --vram (the plan frees and streams components)\n", only);
-    if (!vram && (!only || !strcmp(only, "te"))) {
-        double ms;
-        if (!bench_text_encoder(&c, 167, &ms, &err)) emit(&c, "| text encoder | 167 tokens | %.1f ms | |\n", ms);
-        else fail = 1, fprintf(stderr, "te: %s\n", err.msg);
-    }
-    if (!vram && (!only || !strcmp(only, "vae"))) {
-        double ms;
-        if (!bench_vae(&c, 1024, 1024, &ms, &err)) emit(&c, "| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
-        else fail = 1, fprintf(stderr, "vae: %s\n", err.msg);
-    }
-    if (!only || !strcmp(only, "e2e")) {
-        /* with and without the recorded step, in this one process (QI_CUDA_GRAPHS=0: without only) */
-        const char *env = getenv("QI_CUDA_GRAPHS");
-        int graphs_ok = c.be->ops->graph_begin && !(env && !strcmp(env, "0")) && !qi_dit_streams(dit);
-        int steps[2] = {8, 4};
-        for (int i = 0; i < 2; i++) {
-            double s[2] = {-1, -1}; /* eager, graph */
-            for (int g = graphs_ok ? 1 : 0; g >= 0; g--) {
-                if (bench_e2e(&c, steps[i], g, &s[g], &err)) {
-                    fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
-                    continue;
-                }
-                emit(&c, "| end to end%s%s | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
-                       vram ? ", --vram " : "", vram ? vram_s : "", steps[i], s[g],
-                       g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
-            }
-            if (s[0] > 0 && s[1] > 0)
-                emit(&c, "| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
-                       (s[0] - s[1]) * 1e3, s[0] / s[1]);
-        }
-    }
+    int fail;
+    if (edit) {
+        char msg[1024];
+        qi_bench_edit_opts eo = {.warmup = (int)warmup, .runs = (int)runs, .picture_side = (int)edit_side,
+                                 .output_side = (int)edit_side, .vl_area = vl_area, .vae_area = vae_area, .md = md};
+        fail = qi_bench_edit(c.e, &eo, msg, sizeof msg) != 0;
+        if (fail) fprintf(stderr, "edit: %s\n", msg);
+    } else fail = t2i_rows(&c, dit, only, vram, vram_s);
     if (c.be->ops->mem_usage) {
         size_t now, peak;
         c.be->ops->mem_usage(c.be, &now, &peak);
@@ -869,7 +927,7 @@ int qi_cmd_bench(int argc, char **argv) {
         emit(&c, "| reloads under the plan | | | text encoder loaded %d, freed %d times; transformer freed %d times |\n",
              c.e->te_loads, c.e->te_frees, c.e->dit_evictions);
     qi_engine_close(c.e);
-    remove_tree(root);
+    if (!model) remove_tree(root);
     if (c.md && finish_table(&c, out_path)) fail = 1;
     return fail;
 }

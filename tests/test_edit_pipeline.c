@@ -322,6 +322,7 @@ static void engine_case(const edit_case *c, int stand_ins) {
     r.edit_images = (const uint8_t *const *)rgb;
     r.edit_widths = w, r.edit_heights = h;
     r.edit_vl_area = 224 * 224, r.edit_vae_area = 256 * 256;
+    r.noise_dtype = 1; /* the references are float32 runs: float32 noise on every device (auto is bf16 on CUDA) */
     qi_image img = {0};
     int reports[2] = {0, 0}; /* denoise reports, the last step reported */
     r.progress = count_progress;

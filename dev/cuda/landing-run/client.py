@@ -42,7 +42,7 @@ for raw in r:
         events.append((time.time() - t0, line[6:].strip()))
 for t, e in events:
     print(f"serve: stream event {e} at {t:.3f} s")
-r = post("/v1/images/generations", {"prompt": "a cat", "size": "8192x8192", "steps": 1, "n": 4})
+r = post("/v1/images/generations", {"prompt": "a cat", "size": "8192x8192", "steps": 2, "n": 4})
 print(f"serve: 8192x8192 x4: HTTP {r.status}: {r.read().decode(errors='replace')[:700]}")
 t0 = time.time()
 r = post("/v1/images/generations", body)

@@ -3,7 +3,8 @@
 # format fixtures and runtime LoRA on the GPU, the pipeline), then the server on
 # the full-size random-weight model: request → first preview and request → PNG
 # of an 8-step 1024² image beside the CLI's time, and an out-of-memory request
-# followed by a normal one in the same server process.
+# followed by a normal one in the same server process (--vram 60G: on the H200
+# an 8192²×4 request would fit the whole GPU and simply run for many minutes).
 #   here:   scripts/device-build.sh qwen-image test_cuda_backend_caps test_formats test_lora_runtime \
 #             test_cuda_pipeline test_backend_ops test_cuda_kernels test_engine
 #           mkdir -p devpack && tar cf - dist | xz -9 -T1 > devpack/dist.tar.xz
@@ -23,7 +24,7 @@ t() { # program, args...
 serve_run() {
   Q=dist/run.sh; L="$OUT/serve.log"
   $Q qwen-image bench --write-sparse /tmp/sp >>"$L" 2>&1
-  $Q qwen-image serve -m /tmp/sp --device cuda --random-weights 7 --port 8123 --max-size 8192 --quiet >>"$L" 2>&1 &
+  $Q qwen-image serve -m /tmp/sp --device cuda --random-weights 7 --port 8123 --max-size 8192 --vram 60G --quiet >>"$L" 2>&1 &
   pid=$!
   python3 dev/cuda/landing-run/client.py http://127.0.0.1:8123 2>&1 | tee -a "$OUT/summary.txt"
   kill -TERM $pid; wait $pid; echo "serve: exit $? after SIGTERM" | tee -a "$OUT/summary.txt"
