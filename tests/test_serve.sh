@@ -302,6 +302,14 @@ check "img2img: not JSON" "$(req POST /sdapi/v1/img2img '{')" 400
 check "still serving after bad img2img" "$(req GET /health)" 200
 kill -TERM $PID; wait $PID
 
+# --edit: single files say Edit through the flag, which the test-only area flags need
+"$BIN" serve -m "$MODEL" --edit-vl-area 3136 --port 0 >"$T/noedit.log" 2>&1
+check "serve --edit-vl-area without an Edit model: usage error" $? 2
+grep -q "need a Qwen-Image-Edit model" "$T/noedit.log" && ok "the message says why" || bad "$(cat "$T/noedit.log")"
+"$BIN" serve -m "$T/no-such-model" --edit --edit-vl-area 3136 --port 0 >"$T/edit_flag.log" 2>&1
+grep -q "no such folder" "$T/edit_flag.log" && ok "serve takes --edit (it went on to open the model)" \
+    || bad "--edit not taken: $(cat "$T/edit_flag.log")"
+
 # ---- server E: a Qwen-Image-Edit model (the tiny 2509 folder; small picture areas: fast) --------
 # the pictures are the references: /v1/images/edits and /sdapi/v1/img2img give the bytes of
 # generate --image A --image B with the same model, prompt, seed, steps and size
