@@ -40,6 +40,9 @@ int qi_app_component_flag(const char *f, const char *v, const char **model, cons
 /* The model of a command given none of -m and the three files: the bundled
  * tiny model (saying so unless quiet); else model as given. */
 const char *qi_app_model_or_default(const char *model, const char *dit, const char *te, const char *vae, int quiet);
+/* Whether MODEL_DIR holds a Qwen-Image-Edit pipeline (model_index.json's
+ * "_class_name" starts with QwenImageEdit); single files need --edit. */
+int qi_app_model_is_edit(const char *model_dir);
 int qi_cmd_inspect(int argc, char **argv);
 /* inspect's screen for a LoRA file (inspect_lora.c): 1 when `path` reads as
  * a LoRA (printed), else 0 with the LoRA reader's reason in why. */

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "app.h"
+#include "engine/edit.h" /* qi_edit_output_size */
 #include "io/model_dir.h"
 #include "io/model_files.h"
 #include "io/source.h"
@@ -81,7 +82,15 @@ static int check_scheduler(gen_args *a, const qi_model_files *files) {
         st = qi_scheduler_config_load(file, &cfg, &err);
         if (!st && file == name && check_hash(a)) return 1;
     }
-    int tokens = (int)(a->width / 16) * (int)(a->height / 16);
+    long w = a->width, h = a->height;
+    if (a->edit && (w <= 0 || h <= 0) && a->image_w > 0) { /* the pipeline's size: the last picture's aspect */
+        int k = a->n_more_images, ow, oh;
+        qi_edit_picture_sizes last = {.src_w = k ? a->more_w[k - 1] : a->image_w,
+                                      .src_h = k ? a->more_h[k - 1] : a->image_h};
+        qi_edit_output_size(&last, (int)w, (int)h, &ow, &oh);
+        w = ow, h = oh;
+    }
+    int tokens = (int)(w / 16) * (int)(h / 16);
     float *sig = malloc(sizeof(float) * (size_t)(2 * a->steps + 1));
     if (!st && !sig) st = qi_fail(&err, QI_ERR_NOMEM, "out of memory");
     /* the library refuses a schedule outside [0, 1] (non-finite, negative), naming the step */

@@ -451,7 +451,7 @@ static int read_pictures(gen_args *a) {
  * QwenImageEditPlusPipeline). That is the one reliable sign: 2509's
  * transformer config and weights equal Qwen-Image's, and Qwen-Image's text
  * encoder carries the vision tower too. Single files: --edit. */
-static int model_is_edit(const char *model_dir) {
+int qi_app_model_is_edit(const char *model_dir) {
     if (!model_dir) return 0;
     char path[4096];
     snprintf(path, sizeof path, "%s/model_index.json", model_dir);
@@ -469,7 +469,7 @@ static int model_is_edit(const char *model_dir) {
 
 /* --image with an Edit model: the pictures to edit (1 to 3); otherwise img2img (one). */
 static int check_edit(gen_args *a) {
-    if (!a->edit) a->edit = model_is_edit(a->model);
+    if (!a->edit) a->edit = qi_app_model_is_edit(a->model);
     if (!a->edit) {
         if (a->n_more_images)
             return qi_app_usage_error("--image given %d times: several pictures need a Qwen-Image-Edit model (a "

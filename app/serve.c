@@ -27,8 +27,11 @@
 static void serve_usage(void) {
     printf("usage: qwen-image serve [-m MODEL_DIR] [--diffusion-model F] [--text-encoder F] [--vae F] [options]\n\n"
            "  -m, --diffusion-model, --text-encoder, --vae, --lora FILE[:S], --lora-mode, --device, --devices, --threads, --vram\n"
-           "  --lora-dir DIR     LoRA files a request may name in \"loras\" (then --lora-mode auto means runtime)\n"
            "                      the model, as for generate (default: the bundled tiny test model)\n"
+           "  --lora-dir DIR      LoRA files a request may name in \"loras\" (then --lora-mode auto means runtime)\n"
+           "  --edit              the model is Qwen-Image-Edit (single files; a diffusers folder says so itself):\n"
+           "                      /v1/images/edits and /sdapi/v1/img2img take 1 to 3 reference pictures\n"
+           "  --edit-vl-area N, --edit-vae-area N  tests only, as for generate\n"
            "  --host ADDR         IPv4 address to listen on (default 127.0.0.1; 0.0.0.0: every interface)\n"
            "  --port N            TCP port (default 8080; 0: any free port, printed)\n"
            "  --api-key KEY       every /v1/ request needs \"Authorization: Bearer KEY\" (else 401)\n"
@@ -87,6 +90,8 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     else if (!strcmp(f, "--devices")) m->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &m->threads);
     else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &m->vram);
+    else if (!strcmp(f, "--edit-vl-area")) return qi_app_parse_int(f, v, 1024, 1L << 26, &m->edit_vl_area);
+    else if (!strcmp(f, "--edit-vae-area")) return qi_app_parse_int(f, v, 1024, 1L << 26, &m->edit_vae_area);
     else if (!strcmp(f, "--host")) o->host = v;
     else if (!strcmp(f, "--api-key")) o->api_key = v;
     else if (!strcmp(f, "--random-weights")) {
@@ -116,6 +121,10 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
             o->quiet = 1;
             continue;
         }
+        if (!strcmp(f, "--edit")) {
+            o->model.edit = 1;
+            continue;
+        }
         if (!v) return qi_app_usage_error("serve: %s needs a value", f);
         int rc = parse_serve_flag(f, v, o);
         if (rc) return rc;
@@ -123,6 +132,9 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
     }
     gen_args *m = &o->model;
     m->model = qi_app_model_or_default(m->model, m->diffusion_model, m->text_encoder, m->vae, o->quiet);
+    if (!m->edit) m->edit = qi_app_model_is_edit(m->model); /* as generate decides */
+    if (!m->edit && (m->edit_vl_area || m->edit_vae_area))
+        return qi_app_usage_error("serve: --edit-vl-area / --edit-vae-area need a Qwen-Image-Edit model");
     return 0;
 }
 

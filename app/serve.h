@@ -48,6 +48,11 @@ typedef struct job {
     int init_w, init_h, mask_w, mask_h;
     double strength;
     char *init_name, *mask_name;    /* the uploaded files' names (the parameters text) */
+    /* an Edit model: init_* is picture 1, these are pictures 2 and 3 */
+    uint8_t *more_rgb[2];
+    int more_w[2], more_h[2], n_more;
+    char *more_name[2];
+    int size_given;                 /* `size` was in the request (Edit: else the last picture's aspect) */
     int n_loras;                    /* -1: the server's --lora set; else the request's `loras` */
     char *lora_path[QI_APP_MAX_LORAS]; /* resolved in --lora-dir (owned) */
     float lora_strength[QI_APP_MAX_LORAS];
@@ -66,6 +71,7 @@ typedef struct job {
     size_t partial_len[3];
     int n_partial;
     job_image images[SERVE_MAX_N];  /* when completed */
+    int out_w, out_h;               /* their size (an Edit request may leave it to the pictures) */
     char error[512];                /* when failed */
     int error_status;               /* the HTTP status of the failure (400, 500) */
     struct job *next_queued, *next_all;

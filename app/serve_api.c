@@ -167,7 +167,7 @@ static int answer_finished(struct MHD_Connection *c, const job *j) {
         cJSON_AddItemToArray(data, item);
     }
     char size[32];
-    snprintf(size, sizeof size, "%dx%d", j->width, j->height);
+    snprintf(size, sizeof size, "%dx%d", j->out_w ? j->out_w : j->width, j->out_h ? j->out_h : j->height);
     cJSON_AddStringToObject(root, "size", size);
     cJSON_AddStringToObject(root, "output_format", format_name(j->format));
     cJSON_AddNumberToObject(root, "seed", (double)j->seed);
@@ -271,6 +271,10 @@ static int models(serve *s, struct MHD_Connection *c) {
     if (m->text_encoder) cJSON_AddStringToObject(o, "text_encoder", m->text_encoder);
     if (m->vae) cJSON_AddStringToObject(o, "vae", m->vae);
     cJSON_AddStringToObject(o, "device", m->devices ? m->devices : m->device);
+    /* t2i: text-to-image, and one picture (+ mask) for img2img / inpainting;
+     * edit: Qwen-Image-Edit, 1 to 3 reference pictures, no picture-less request */
+    cJSON_AddStringToObject(o, "mode", m->edit ? "edit" : "t2i");
+    cJSON_AddNumberToObject(o, "max_images", m->edit ? SERVE_MAX_PICTURES : 1);
     cJSON *loras = cJSON_AddArrayToObject(o, "loras");
     for (int i = 0; i < m->n_loras; i++) {
         cJSON *l = cJSON_CreateObject();
@@ -329,6 +333,14 @@ static int generations(serve *s, const http_req *r, int async) {
     int stream = 0;
     job *j = serve_parse_generation(s, r, &stream);
     if (!j) return MHD_YES;
+    if (s->opt.model.edit) { /* QwenImageEditPlusPipeline needs `image`; so does generate */
+        serve_job_put(s, j);
+        return serve_send_error(r->conn, 400, "invalid_request_error", "image", "invalid_value",
+                                "this server's model is Qwen-Image-Edit, which edits pictures and makes none from "
+                                "text alone: POST /v1/images/edits (multipart/form-data) with 1 to %d image[] parts "
+                                "and a prompt%s", SERVE_MAX_PICTURES,
+                                async ? " (async jobs take no pictures yet)" : "");
+    }
     return serve_answer_job(s, r, j, stream, async);
 }
 
@@ -366,7 +378,7 @@ int serve_api_dispatch(serve *s, const http_req *r) {
     if (!strncmp(u, "/v1/jobs/", 9)) return jobs(s, r);
     struct { const char *path; int post; } routes[] = {
         {"/", 0}, {"/health", 0}, {"/v1/models", 0}, {"/v1/images/generations", 1}, {"/v1/images/edits", 1},
-        {"/sdapi/v1/txt2img", 1}, {"/sdapi/v1/progress", 0}, {"/v1/jobs", 1}};
+        {"/sdapi/v1/txt2img", 1}, {"/sdapi/v1/progress", 0}, {"/sdapi/v1/img2img", 1}, {"/v1/jobs", 1}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(u, routes[i].path)) continue;
         if (routes[i].post ? !post : !get)
@@ -380,6 +392,7 @@ int serve_api_dispatch(serve *s, const http_req *r) {
         case 4: return serve_edits(s, r);
         case 5: return serve_a1111_txt2img(s, r);
         case 6: return serve_a1111_progress(s, c);
+        case 7: return serve_a1111_img2img(s, r);
         default: return generations(s, r, 1);
         }
     }

@@ -4,9 +4,13 @@
  * goes through libmicrohttpd's post processor; the text fields become the
  * JSON object /v1/images/generations takes (so both check them alike), and
  * the picture (`image` or `image[]`) and optional `mask` are decoded in
- * memory. One picture: image-to-image, with a mask: inpainting (white =
- * repaint). `strength` (0 < S <= 1) defaults to 0.6, diffusers'
- * QwenImageImg2ImgPipeline default.
+ * memory. With a Qwen-Image model: one picture, image-to-image; with a mask,
+ * inpainting (white = repaint); `strength` (0 < S <= 1) defaults to 0.6,
+ * diffusers' QwenImageImg2ImgPipeline default. With a Qwen-Image-Edit model
+ * (serve_opts.model.edit): 1 to 3 pictures, the references in order, as
+ * `generate --image` takes them; a mask or a strength is a 400 (as generate
+ * refuses --mask and --strength), so a request never means something else
+ * than it says.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
@@ -17,8 +21,8 @@
 
 #include "serve.h"
 #include "serve_api.h"
+#include "serve_request.h"
 
-#define EDITS_MAX_IMAGES 3  /* OpenAI's and Edit-2509's limit of reference pictures */
 #define EDITS_FIELD_MAX 64  /* text fields kept */
 #define EDITS_NAME_MAX 200  /* an uploaded file's name, kept for the parameters text */
 
@@ -109,29 +113,69 @@ static cJSON *fields_json(const form *f, const char **bad) {
  * PNG of zeros compresses ~1000:1, so --max-body alone does not bound it). */
 static int max_side(const serve *s) { return s->opt.max_size * 4 < 16384 ? s->opt.max_size * 4 : 16384; }
 
+int serve_job_take_pictures(const serve *s, job *j, const serve_picture *img, int n, const serve_picture *mask,
+                            const serve_picture_fields *f, serve_req_error *e) {
+    char err[1024], what[64];
+    int side = max_side(s);
+    e->status = 400;
+    for (int k = 0; k < n && k < SERVE_MAX_PICTURES; k++) {
+        uint8_t **rgb = k ? &j->more_rgb[k - 1] : &j->init_rgb;
+        int *w = k ? &j->more_w[k - 1] : &j->init_w, *h = k ? &j->more_h[k - 1] : &j->init_h;
+        snprintf(what, sizeof what, n > 1 ? "%s %d" : "%s", f->image, k + 1);
+        if (qi_image_read_mem(what, img[k].data, img[k].len, side, rgb, w, h, err, sizeof err)) {
+            snprintf(e->msg, sizeof e->msg, "%s", err);
+            e->param = f->image;
+            return -1;
+        }
+        char **name = k ? &j->more_name[k - 1] : &j->init_name;
+        if (k) j->n_more = k;
+        if (!(*name = strdup(img[k].name))) goto nomem;
+    }
+    if (mask) {
+        if (qi_image_read_mem(f->mask, mask->data, mask->len, side, &j->mask_rgb, &j->mask_w, &j->mask_h, err,
+                              sizeof err)) {
+            snprintf(e->msg, sizeof e->msg, "%s", err);
+            e->param = f->mask;
+            return -1;
+        }
+        if (!(j->mask_name = strdup(mask->name))) goto nomem;
+    }
+    return 0;
+nomem:
+    e->status = 500, e->param = NULL;
+    snprintf(e->msg, sizeof e->msg, "out of memory");
+    return -1;
+}
+
 /* The pictures and strength into j; 0, or -1 after answering 400. */
 static int take_pictures(const serve *s, const form *f, struct MHD_Connection *c, job *j) {
-    const form_part *img[EDITS_FIELD_MAX], *mask = NULL, *strength = NULL;
-    int n_img = 0;
+    serve_picture img[SERVE_MAX_PICTURES], mask = {0};
+    const form_part *strength = NULL;
+    int n_img = 0, has_mask = 0;
     for (int i = 0; i < f->n; i++) {
-        if (is_image_key(f->part[i].key)) img[n_img++] = &f->part[i];
-        else if (!strcmp(f->part[i].key, "mask")) mask = &f->part[i];
-        else if (!strcmp(f->part[i].key, "strength")) strength = &f->part[i];
+        const form_part *p = &f->part[i];
+        serve_picture pic = {p->data ? p->data : "", p->len, p->filename};
+        if (is_image_key(p->key)) {
+            if (!pic.name[0]) pic.name = "image";
+            if (n_img < SERVE_MAX_PICTURES) img[n_img] = pic;
+            n_img++;
+        } else if (!strcmp(p->key, "mask")) {
+            mask = pic, has_mask = 1;
+            if (!mask.name[0]) mask.name = "mask";
+        } else if (!strcmp(p->key, "strength")) {
+            strength = p;
+        }
     }
     if (n_img == 0)
-        return BAD(c, "image", "'image' is required: the picture to edit, a PNG, JPEG or WebP file part "
-                               "(curl -F image=@in.png)"), -1;
-    if (n_img > 1) /* the engine does not yet say whether it holds an Edit model */
-        return BAD(c, "image", "%d pictures given; this server's model takes one (image-to-image%s)", n_img,
-                   n_img > EDITS_MAX_IMAGES ? "; an Edit model takes at most 3" : ""), -1;
-    char err[1024];
-    int side = max_side(s);
-    if (qi_image_read_mem("image", img[0]->data, img[0]->len, side, &j->init_rgb, &j->init_w, &j->init_h, err,
-                          sizeof err))
-        return BAD(c, "image", "%s", err), -1;
-    if (mask && qi_image_read_mem("mask", mask->data, mask->len, side, &j->mask_rgb, &j->mask_w, &j->mask_h, err,
-                                  sizeof err))
-        return BAD(c, "mask", "%s", err), -1;
+        return BAD(c, "image", "'image' is required: %s, a PNG, JPEG or WebP file part (curl -F image=@in.png%s)",
+                   s->opt.model.edit ? "1 to 3 reference pictures" : "the picture to edit",
+                   s->opt.model.edit ? " -F image=@other.png" : ""), -1;
+    static const serve_picture_fields fields = {"image", "mask", "strength", "n"};
+    serve_req_error e;
+    if (serve_check_pictures(&s->opt, n_img, has_mask, strength != NULL, j->n, &fields, &e) ||
+        serve_job_take_pictures(s, j, img, n_img, has_mask ? &mask : NULL, &fields, &e))
+        return serve_send_error(c, e.status, e.status == 400 ? "invalid_request_error" : "server_error", e.param,
+                                e.status == 400 ? "invalid_value" : NULL, "%s", e.msg), -1;
     j->strength = 0.6;
     if (strength) {
         char *end = NULL;
@@ -142,10 +186,6 @@ static int take_pictures(const serve *s, const form *f, struct MHD_Connection *c
                    -1;
         j->strength = v;
     }
-    j->init_name = strdup(img[0]->filename[0] ? img[0]->filename : "image");
-    j->mask_name = mask ? strdup(mask->filename[0] ? mask->filename : "mask") : NULL;
-    if (!j->init_name || (mask && !j->mask_name))
-        return serve_send_error(c, 500, "server_error", NULL, NULL, "out of memory"), -1;
     return 0;
 }
 

@@ -50,6 +50,7 @@ static void job_free(job *j) {
     qi_free_bytes(j->mask_rgb);
     free(j->init_name);
     free(j->mask_name);
+    for (int k = 0; k < 2; k++) qi_free_bytes(j->more_rgb[k]), free(j->more_name[k]);
     for (int i = 0; i < j->n_loras; i++) free(j->lora_path[i]);
     qi_free_bytes(j->preview);
     for (int i = 0; i < j->n_partial; i++) free(j->partial[i]);
@@ -165,6 +166,7 @@ static int on_progress(void *user, const char *stage, int step, int total) {
     int stop = c->j->cancel || c->s->stopping;
     if (!strcmp(stage, "denoise") && step > c->j->step) { /* step i is reported before it runs */
         c->j->total = total;
+        if (c->s->opt.model.edit) c->j->step = step; /* Edit makes no step latents (on_latents): count here */
         c->j->seq++;
         pthread_cond_broadcast(&c->s->cond);
     }
@@ -215,6 +217,14 @@ static void job_args(const serve *s, const job *j, gen_args *a) {
     a->scheduler = j->scheduler;
     a->quiet = 1;
     if (j->init_rgb) a->image = j->init_name, a->mask = j->mask_name, a->strength = j->strength;
+    a->image_w = j->init_w, a->image_h = j->init_h;
+    if (a->edit) { /* as generate's check_edit: the pictures are the references, no strength */
+        a->n_more_images = j->n_more;
+        for (int k = 0; k < j->n_more; k++)
+            a->more_images[k] = j->more_name[k], a->more_w[k] = j->more_w[k], a->more_h[k] = j->more_h[k];
+        a->size_given = j->size_given;
+        if (!j->size_given) a->width = a->height = 0; /* the last picture's aspect at 1024² */
+    }
     if (j->n_loras >= 0) { /* the request's set replaces the server's */
         a->n_loras = j->n_loras;
         for (int i = 0; i < j->n_loras; i++) a->lora_path[i] = j->lora_path[i], a->lora_strength[i] = j->lora_strength[i];
@@ -295,7 +305,14 @@ static void run_job(serve *s, job *j) {
         r.negative_prompt = j->negative;
         r.width = j->width, r.height = j->height, r.steps = j->steps, r.cfg = (float)j->cfg;
         r.seed = j->seed, r.batch = j->n, r.scheduler = j->scheduler;
-        if (j->init_rgb) {
+        const uint8_t *pictures[3] = {j->init_rgb, j->more_rgb[0], j->more_rgb[1]};
+        int widths[3] = {j->init_w, j->more_w[0], j->more_w[1]}, heights[3] = {j->init_h, j->more_h[0], j->more_h[1]};
+        if (a.edit) { /* generate's request, field for field */
+            r.width = (int)a.width, r.height = (int)a.height;
+            r.n_edit_images = 1 + j->n_more;
+            r.edit_images = pictures, r.edit_widths = widths, r.edit_heights = heights;
+            r.edit_vl_area = (int)a.edit_vl_area, r.edit_vae_area = (int)a.edit_vae_area;
+        } else if (j->init_rgb) {
             r.init_image = j->init_rgb, r.init_width = j->init_w, r.init_height = j->init_h;
             r.mask_image = j->mask_rgb, r.mask_width = j->mask_w, r.mask_height = j->mask_h;
             r.strength = j->strength;
@@ -317,11 +334,13 @@ static void run_job(serve *s, job *j) {
         if (!params) snprintf(err, sizeof err, "out of memory for the parameters text");
         free(params);
     }
+    int out_w = img.width, out_h = img.height;
     qi_image_free(&img);
     pthread_mutex_lock(&s->lock);
     j->finished = serve_now();
     if (!st) {
         memcpy(j->images, imgs, sizeof imgs);
+        j->out_w = out_w, j->out_h = out_h;
         j->state = JOB_COMPLETED;
         double dt = j->finished - j->started;
         s->avg_job_s = s->avg_job_s > 0 ? 0.7 * s->avg_job_s + 0.3 * dt : dt;

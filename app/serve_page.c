@@ -2,7 +2,9 @@
  * serve_page.c — the web page at / (app/serve_page.html, plain HTML/CSS/JS,
  * embedded into the binary at build time by scripts/embed.cmake: nothing is
  * fetched at run time). The page drives the async job API: POST /v1/jobs,
- * then GET /v1/jobs/{id} for progress and the step preview, DELETE to cancel.
+ * then GET /v1/jobs/{id} for progress and the step preview, DELETE to cancel;
+ * with pictures, POST /v1/images/edits (1 for img2img, 1 to 3 with an Edit
+ * model: GET /v1/models' mode) and GET /sdapi/v1/progress meanwhile.
  */
 #include <microhttpd.h>
 

@@ -65,6 +65,7 @@ static int parse_size(const serve_opts *opt, serve_req_error *e, const char *siz
         return bad(e, "size", "'size' must be \"WxH\" with W and H positive multiples of 16, at most %d (--max-size); "
                               "got \"%s\"", opt->max_size, size);
     j->width = w, j->height = h;
+    j->size_given = 1;
     return 0;
 }
 
@@ -206,27 +207,170 @@ static int num(serve_req_error *e, const cJSON *o, const char *name, double lo, 
     return 0;
 }
 
-char *serve_a1111_translate(const serve_opts *opt, const cJSON *o, serve_req_error *e) {
-    double w = 1024, h = 1024, steps = 8, cfg = 1, seed = -1, batch = 1;
+/* The fields txt2img and img2img share → the generation body (a new
+ * object), or NULL with *e set. size_default: add "size" (1024² unless
+ * width/height say otherwise) even when neither is given; img2img leaves
+ * it to the generation parser, or with an Edit model to the pictures. */
+static cJSON *a1111_common(const serve_opts *opt, const cJSON *o, int size_default, serve_req_error *e) {
+    double w = 1024, h = 1024, steps = 8, cfg = 1, seed = -1, batch = 1, iters = 1;
     if (num(e, o, "width", 16, opt->max_size, 1, &w) || num(e, o, "height", 16, opt->max_size, 1, &h) ||
         num(e, o, "steps", 1, opt->max_steps, 1, &steps) || num(e, o, "cfg_scale", 0, QI_CFG_MAX, 0, &cfg) ||
-        num(e, o, "seed", -1, 9007199254740991.0, 1, &seed) || num(e, o, "batch_size", 1, opt->max_batch, 1, &batch))
+        num(e, o, "seed", -1, 9007199254740991.0, 1, &seed) ||
+        num(e, o, "batch_size", 1, opt->max_batch, 1, &batch) || num(e, o, "n_iter", 1, opt->max_batch, 1, &iters))
         return NULL;
+    if (batch * iters > opt->max_batch) /* both are how many images; the server makes them in one job */
+        return bad(e, "batch_size", "'batch_size' %g x 'n_iter' %g images: at most %d (--max-batch)", batch, iters,
+                   opt->max_batch), NULL;
     cJSON *t = cJSON_CreateObject();
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, "negative_prompt");
     if (p) cJSON_AddItemToObject(t, "prompt", cJSON_Duplicate(p, 1));
     if (n && !(cJSON_IsString(n) && !*n->valuestring)) /* A1111 sends "" for none */
         cJSON_AddItemToObject(t, "negative_prompt", cJSON_Duplicate(n, 1));
-    char size[32];
-    snprintf(size, sizeof size, "%dx%d", (int)w, (int)h);
-    cJSON_AddStringToObject(t, "size", size);
+    int sized = cJSON_GetObjectItemCaseSensitive(o, "width") || cJSON_GetObjectItemCaseSensitive(o, "height");
+    if (size_default || sized) {
+        char size[32];
+        snprintf(size, sizeof size, "%dx%d", (int)w, (int)h);
+        cJSON_AddStringToObject(t, "size", size);
+    }
     cJSON_AddNumberToObject(t, "steps", steps);
     cJSON_AddNumberToObject(t, "cfg", cfg);
-    cJSON_AddNumberToObject(t, "n", batch);
+    cJSON_AddNumberToObject(t, "n", batch * iters);
     if (seed >= 0) cJSON_AddNumberToObject(t, "seed", seed);
-    char *text = cJSON_PrintUnformatted(t);
+    return t;
+}
+
+static char *print_body(cJSON *t, serve_req_error *e) {
+    char *text = t ? cJSON_PrintUnformatted(t) : NULL;
     cJSON_Delete(t);
-    if (!text) out_of_memory(e);
+    if (t && !text) out_of_memory(e);
+    return text;
+}
+
+char *serve_a1111_translate(const serve_opts *opt, const cJSON *o, serve_req_error *e) {
+    return print_body(a1111_common(opt, o, 1, e), e);
+}
+
+/* ---- pictures ---------------------------------------------------------------------- */
+
+int serve_check_pictures(const serve_opts *opt, int n_images, int has_mask, int strength_given, int n,
+                         const serve_picture_fields *f, serve_req_error *e) {
+    if (!opt->model.edit) {
+        if (n_images > 1)
+            return bad(e, f->image, "'%s': %d pictures given; this server's model takes one (image-to-image; "
+                       "several reference pictures need a Qwen-Image-Edit model, which takes 1 to %d)", f->image,
+                       n_images, SERVE_MAX_PICTURES);
+        return 0;
+    }
+    if (n_images > SERVE_MAX_PICTURES)
+        return bad(e, f->image, "'%s': %d pictures given; Qwen-Image-Edit takes 1 to %d reference pictures",
+                   f->image, n_images, SERVE_MAX_PICTURES);
+    if (has_mask)
+        return bad(e, f->mask, "'%s': this server's model is Qwen-Image-Edit, which does not inpaint: the pictures "
+                   "are references the prompt edits; leave the mask out (inpainting needs a Qwen-Image model)",
+                   f->mask);
+    if (strength_given)
+        return bad(e, f->strength, "'%s': Qwen-Image-Edit always starts from pure noise (the pictures are "
+                   "references, not a starting point); leave it out", f->strength);
+    if (n > 1)
+        return bad(e, f->n, "'%s': Qwen-Image-Edit makes one image per request; got %d", f->n, n);
+    return 0;
+}
+
+/* Standard base64 (RFC 4648) with optional '=' padding and whitespace, after
+ * an optional data-URL header ("data:image/png;base64,"), as A1111 sends
+ * pictures. A new buffer (*len bytes), or NULL when the text is not that. */
+static uint8_t *base64_decode(const char *text, size_t *len) {
+    if (!strncmp(text, "data:", 5)) {
+        const char *comma = strchr(text, ',');
+        if (!comma) return NULL;
+        text = comma + 1;
+    }
+    size_t n = strlen(text);
+    uint8_t *out = malloc(n / 4 * 3 + 3), *o = out;
+    if (!out) return NULL;
+    uint32_t acc = 0;
+    int bits = 0, pad = 0;
+    for (const char *c = text; *c; c++) {
+        int v = *c >= 'A' && *c <= 'Z' ? *c - 'A' : *c >= 'a' && *c <= 'z' ? *c - 'a' + 26
+              : *c >= '0' && *c <= '9' ? *c - '0' + 52 : *c == '+' ? 62 : *c == '/' ? 63 : -1;
+        if (*c == ' ' || *c == '\n' || *c == '\r' || *c == '\t') continue;
+        if (*c == '=') {
+            pad++;
+            continue;
+        }
+        if (v < 0 || pad) { /* a stray character, or data after the padding */
+            free(out);
+            return NULL;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        if ((bits += 6) >= 8) *o++ = (uint8_t)(acc >> (bits -= 8));
+    }
+    /* 6 or more bits left over: a lone character (not a whole byte); padding
+     * beyond the last group's */
+    if (bits >= 6 || pad > 2 || o == out) {
+        free(out);
+        return NULL;
+    }
+    *len = (size_t)(o - out);
+    return out;
+}
+
+void serve_pictures_free(serve_pictures *p) {
+    for (int k = 0; k < p->n_images; k++) free(p->image[k]);
+    free(p->mask);
+    memset(p, 0, sizeof *p);
+}
+
+/* init_images and mask: base64 pictures into p; 0 or -1. */
+static int a1111_pictures(const cJSON *o, serve_pictures *p, serve_req_error *e) {
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(o, "init_images");
+    const cJSON *mask = cJSON_GetObjectItemCaseSensitive(o, "mask");
+    if (!init || cJSON_IsNull(init) || (cJSON_IsArray(init) && !cJSON_GetArraySize(init)))
+        return bad(e, "init_images", "'init_images' is required: a list of 1 to %d pictures, each a base64 PNG, "
+                   "JPEG or WebP (a \"data:image/png;base64,\" prefix is allowed)", SERVE_MAX_PICTURES);
+    if (!cJSON_IsArray(init)) return bad(e, "init_images", "'init_images' must be a list of base64 strings");
+    int k = 0;
+    for (const cJSON *it = init->child; it; it = it->next, k++) {
+        if (k == SERVE_MAX_PICTURES) { /* counted, not decoded: the model check names the limit */
+            p->n_extra++;
+            continue;
+        }
+        if (!cJSON_IsString(it) || !(p->image[k] = base64_decode(it->valuestring, &p->image_len[k])))
+            return bad(e, "init_images", "'init_images' entry %d is not a base64 string (a picture file's bytes, "
+                       "standard alphabet, optionally after \"data:image/...;base64,\")", k);
+        p->n_images = k + 1;
+    }
+    if (mask && !cJSON_IsNull(mask) && !(cJSON_IsString(mask) && !*mask->valuestring)) {
+        if (!cJSON_IsString(mask) || !(p->mask = base64_decode(mask->valuestring, &p->mask_len)))
+            return bad(e, "mask", "'mask' is not a base64 string (a picture file's bytes; white = repaint)");
+    }
+    return 0;
+}
+
+char *serve_a1111_img2img_translate(const serve_opts *opt, const cJSON *o, serve_pictures *p, serve_req_error *e) {
+    memset(p, 0, sizeof *p);
+    p->strength = 0.75; /* A1111's default denoising_strength */
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(o, "inpainting_mask_invert");
+    if (inv && !cJSON_IsNull(inv) && !(cJSON_IsNumber(inv) && inv->valuedouble == 0) && !cJSON_IsFalse(inv))
+        return bad(e, "inpainting_mask_invert", "'inpainting_mask_invert': only 0 is served (white = repaint); "
+                   "invert the mask picture instead"), NULL;
+    if (num(e, o, "denoising_strength", 0, 1, 0, &p->strength)) return NULL;
+    if (!(p->strength > 0))
+        return bad(e, "denoising_strength", "'denoising_strength' must be above 0 (0 would keep the picture as "
+                   "it is)"), NULL;
+    cJSON *t = a1111_common(opt, o, 0, e);
+    if (!t) return NULL;
+    static const serve_picture_fields fields = {"init_images", "mask", "denoising_strength", "batch_size"};
+    /* A1111 clients always send denoising_strength: with an Edit model it is ignored, not refused */
+    if (a1111_pictures(o, p, e) ||
+        serve_check_pictures(opt, p->n_images + p->n_extra, p->mask != NULL, 0,
+                             cJSON_GetObjectItemCaseSensitive(t, "n")->valueint, &fields, e)) {
+        cJSON_Delete(t);
+        serve_pictures_free(p);
+        return NULL;
+    }
+    char *text = print_body(t, e);
+    if (!text) serve_pictures_free(p);
     return text;
 }

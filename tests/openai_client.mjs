@@ -1,5 +1,8 @@
 // The official OpenAI client, unchanged, against `qwen-image serve`:
 //   node openai_client.mjs BASE_URL OUT_DIR [PICTURE]
+//   node openai_client.mjs --edit-model BASE_URL OUT_DIR PICTURE PICTURE2
+// The second form: a server holding a Qwen-Image-Edit model; images.edit with
+// the two pictures as the client sends a list (-> OUT_DIR/openai_edit2.png).
 // images.generate with response_format b64_json (-> OUT_DIR/openai.png) and
 // with stream + partial_images 2 (every event parsed by the client; the
 // completed image -> OUT_DIR/openai_stream.png), and images.edit of PICTURE
@@ -9,11 +12,23 @@
 import OpenAI, { toFile } from 'openai';
 import { readFileSync, writeFileSync } from 'node:fs';
 
-const [base, out, picture] = process.argv.slice(2);
+const editModel = process.argv[2] === '--edit-model';
+const [base, out, picture, picture2] = process.argv.slice(editModel ? 3 : 2);
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
 const request = { model: 'qwen-image', prompt: 'a cat', size: '32x48', negative_prompt: 'blur', cfg: 3, seed: 7 };
 let failed = 0;
 const claim = (ok, what) => { console.log(`${ok ? 'ok' : 'FAIL'} - ${what}`); if (!ok) failed++; };
+
+if (editModel) { // Qwen-Image-Edit: the pictures are the references, in order
+  const image = [await toFile(readFileSync(picture), 'in_b.png', { type: 'image/png' }),
+                 await toFile(readFileSync(picture2), 'in_c.png', { type: 'image/png' })];
+  const e = await client.images.edit({ model: 'qwen-image', image, prompt: 'swap them', size: '32x48', steps: 2,
+                                       seed: 22, response_format: 'b64_json' });
+  claim(Array.isArray(e.data) && e.data.length === 1 && typeof e.data[0].b64_json === 'string',
+        'images.edit with two pictures (Edit model): one b64_json image');
+  writeFileSync(`${out}/openai_edit2.png`, Buffer.from(e.data[0].b64_json, 'base64'));
+  process.exit(failed ? 1 : 0);
+}
 
 const r = await client.images.generate({ ...request, steps: 2, response_format: 'b64_json' });
 claim(Array.isArray(r.data) && r.data.length === 1 && typeof r.data[0].b64_json === 'string',

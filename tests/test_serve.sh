@@ -18,6 +18,7 @@ check() { if [ "$2" = "$3" ]; then ok "$1 ($3)"; else bad "$1: expected '$3', go
 # start NAME ARGS...: a server on a free port; sets PORT, PID
 start() {
     name=$1; shift
+    : >"$T/$name.log" # the server writes it in the background: sed must find it at once
     "$BIN" serve -m "$MODEL" --port 0 --threads 2 "$@" >"$T/$name.log" 2>&1 &
     PID=$!
     echo $PID >>"$T/pids"
@@ -225,15 +226,15 @@ cp "$EDIN/in_b.png" "$EDIN/mask_a.png" "$T/"
 edit() { # edit FORM-ARGS...: prints the status; the body in $T/body
     curl -s --max-time 30 -o "$T/body" -w '%{http_code}' $AUTH "$@" "$(U /v1/images/edits)"
 }
-(cd "$T" && check "POST /v1/images/edits (img2img)" "$(edit -F image=@in_b.png -F prompt="a cat" -F size=32x48 \
-    -F steps=4 -F seed=7 -F strength=0.5)" 200)
+check "POST /v1/images/edits (img2img)" "$(cd "$T" && edit -F image=@in_b.png -F prompt="a cat" -F size=32x48 \
+    -F steps=4 -F seed=7 -F strength=0.5)" 200
 field '.data[0].b64_json' | base64 -d >"$T/edit.png"
 (cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --quiet \
     --image in_b.png --strength 0.5 -o cli_edit.png)
 cmp -s "$T/edit.png" "$T/cli_edit.png" && ok "edits image byte-identical to generate --image's" \
     || bad "edits image differs from generate --image's"
-(cd "$T" && check "edits with image[] and a mask (inpaint)" "$(edit -F 'image[]=@in_b.png' -F mask=@mask_a.png \
-    -F prompt="a cat" -F size=32x48 -F steps=4 -F seed=7 -F strength=0.8 -F output_format=png)" 200)
+check "edits with image[] and a mask (inpaint)" "$(cd "$T" && edit -F 'image[]=@in_b.png' -F mask=@mask_a.png \
+    -F prompt="a cat" -F size=32x48 -F steps=4 -F seed=7 -F strength=0.8 -F output_format=png)" 200
 field '.data[0].b64_json' | base64 -d >"$T/inpaint.png"
 (cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --quiet \
     --image in_b.png --mask mask_a.png --strength 0.8 -o cli_inpaint.png)
@@ -260,6 +261,100 @@ bad_edit "steps not a number" steps -F image=@in_b.png -F prompt=x -F steps=many
 bad_edit "no prompt" prompt -F image=@in_b.png
 bad_edit "loras not JSON" loras -F image=@in_b.png -F prompt=x -F 'loras=[{'
 check "still serving after bad edits" "$(req GET /health)" 200
+req GET /v1/models >/dev/null; check "models mode of a Qwen-Image model" "$(field ".data[0].mode")" t2i
+# A1111 img2img: init_images (base64, a data-URL prefix allowed) and denoising_strength give
+# generate --image/--strength's bytes; with a base64 mask, generate --mask's. The pictures are
+# recorded as init_images[0] and mask, so the CLI runs on files of those names.
+cp "$EDIN/in_b.png" "$T/init_images[0]"; cp "$EDIN/mask_a.png" "$T/mask"
+B64B=$(base64 -w0 "$EDIN/in_b.png"); B64M=$(base64 -w0 "$EDIN/mask_a.png")
+I2I='"prompt":"a cat","width":32,"height":48,"steps":4,"seed":7,"sampler_name":"Euler"'
+check "POST /sdapi/v1/img2img" "$(req POST /sdapi/v1/img2img \
+    "{$I2I,\"denoising_strength\":0.5,\"init_images\":[\"data:image/png;base64,$B64B\"]}")" 200
+field '.images[0]' | base64 -d >"$T/a1111_i2i.png"
+check "img2img parameters do not echo the pictures" "$(field .parameters.init_images)" null
+(cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --quiet \
+    --image 'init_images[0]' --strength 0.5 -o cli_a1111_i2i.png)
+cmp -s "$T/a1111_i2i.png" "$T/cli_a1111_i2i.png" && ok "img2img image byte-identical to generate --image's" \
+    || bad "img2img image differs from generate --image's"
+check "img2img with a mask (inpaint)" "$(req POST /sdapi/v1/img2img \
+    "{$I2I,\"denoising_strength\":0.8,\"init_images\":[\"$B64B\"],\"mask\":\"$B64M\"}")" 200
+field '.images[0]' | base64 -d >"$T/a1111_inp.png"
+(cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -W 32 -H 48 --steps 4 --seed 7 --quiet \
+    --image 'init_images[0]' --mask mask --strength 0.8 -o cli_a1111_inp.png)
+cmp -s "$T/a1111_inp.png" "$T/cli_a1111_inp.png" && ok "img2img+mask image byte-identical to generate --mask's" \
+    || bad "img2img+mask image differs from generate --mask's"
+bad_i2i() { # bad_i2i NAME PARAM BODY-FIELDS
+    check "img2img: $1" "$(req POST /sdapi/v1/img2img "{\"prompt\":\"x\",\"steps\":1,$3}")" 400
+    check "img2img: $1: param" "$(field .error.param)" "$2"
+}
+bad_i2i "no init_images" init_images '"width":32'
+bad_i2i "empty init_images" init_images '"init_images":[]'
+bad_i2i "init_images not a list" init_images "\"init_images\":\"$B64B\""
+bad_i2i "malformed base64" init_images '"init_images":["iVBOR*w0KGgo="]'
+bad_i2i "a lone base64 character" init_images '"init_images":["QUJD="]'
+bad_i2i "base64 of no picture" init_images '"init_images":["bm90IGEgcGljdHVyZQ=="]'
+bad_i2i "two pictures on a non-Edit model" init_images "\"init_images\":[\"$B64B\",\"$B64B\"]"
+bad_i2i "malformed mask" mask "\"init_images\":[\"$B64B\"],\"mask\":\"@@\""
+bad_i2i "denoising_strength 0" denoising_strength "\"init_images\":[\"$B64B\"],\"denoising_strength\":0"
+bad_i2i "inpainting_mask_invert 1" inpainting_mask_invert "\"init_images\":[\"$B64B\"],\"inpainting_mask_invert\":1"
+bad_i2i "batch_size x n_iter over --max-batch" batch_size "\"init_images\":[\"$B64B\"],\"batch_size\":2,\"n_iter\":3"
+check "img2img: not JSON" "$(req POST /sdapi/v1/img2img '{')" 400
+check "still serving after bad img2img" "$(req GET /health)" 200
+kill -TERM $PID; wait $PID
+
+# --edit: single files say Edit through the flag, which the test-only area flags need
+"$BIN" serve -m "$MODEL" --edit-vl-area 3136 --port 0 >"$T/noedit.log" 2>&1
+check "serve --edit-vl-area without an Edit model: usage error" $? 2
+grep -q "need a Qwen-Image-Edit model" "$T/noedit.log" && ok "the message says why" || bad "$(cat "$T/noedit.log")"
+"$BIN" serve -m "$T/no-such-model" --edit --edit-vl-area 3136 --port 0 >"$T/edit_flag.log" 2>&1
+grep -q "no such folder" "$T/edit_flag.log" && ok "serve takes --edit (it went on to open the model)" \
+    || bad "--edit not taken: $(cat "$T/edit_flag.log")"
+
+# ---- server E: a Qwen-Image-Edit model (the tiny 2509 folder; small picture areas: fast) --------
+# the pictures are the references: /v1/images/edits and /sdapi/v1/img2img give the bytes of
+# generate --image A --image B with the same model, prompt, seed, steps and size
+MODEL_SAVED=$MODEL; MODEL="$MODEL/../edit/model-2509"
+start E --edit-vl-area 3136 --edit-vae-area 4096
+MODEL=$MODEL_SAVED
+req GET /v1/models >/dev/null; check "models mode of an Edit model" "$(field ".data[0].mode")" edit
+check "models max_images" "$(field '.data[0].max_images')" 3
+cp "$EDIN/in_c.png" "$T/init_images[1]"; B64C=$(base64 -w0 "$EDIN/in_c.png")
+EP="Place the green rectangle from Picture 1 onto the background of Picture 2"
+(cd "$T" && "$BIN" generate -m "$MODEL/../edit/model-2509" --threads 2 -p "$EP" --steps 2 --seed 22 -W 32 -H 48 \
+    --image 'init_images[0]' --image 'init_images[1]' --edit-vl-area 3136 --edit-vae-area 4096 --quiet -o cli_edit2.png)
+check "edits with two pictures (Edit)" "$(cd "$T" && edit -F 'image[]=@init_images[0]' -F 'image[]=@init_images[1]' \
+    -F "prompt=$EP" -F steps=2 -F seed=22 -F size=32x48)" 200
+check "Edit answer size" "$(field .size)" 32x48
+field '.data[0].b64_json' | base64 -d >"$T/edit2.png"
+cmp -s "$T/edit2.png" "$T/cli_edit2.png" && ok "Edit image byte-identical to generate --image --image's" \
+    || bad "Edit image differs from generate's"
+check "A1111 img2img on an Edit model" "$(req POST /sdapi/v1/img2img "{\"prompt\":\"$EP\",\"negative_prompt\":\"\",
+    \"cfg_scale\":1,\"steps\":2,\"seed\":22,\"width\":32,\"height\":48,\"denoising_strength\":0.75,
+    \"init_images\":[\"data:image/png;base64,$B64B\",\"$B64C\"]}")" 200
+field '.images[0]' | base64 -d >"$T/a1111_edit2.png"
+cmp -s "$T/a1111_edit2.png" "$T/cli_edit2.png" && ok "A1111 Edit image byte-identical (denoising_strength ignored)" \
+    || bad "A1111 Edit image differs from generate's"
+bad_edit "Edit: 4 pictures" image -F 'image[]=@in_b.png' -F 'image[]=@in_b.png' -F 'image[]=@in_b.png' \
+    -F 'image[]=@in_b.png' -F prompt=x
+bad_edit "Edit: a mask" mask -F image=@in_b.png -F mask=@mask_a.png -F prompt=x
+grep -q "does not inpaint" "$T/body" && ok "the mask 400 says why" || bad "no reason in: $(cat "$T/body")"
+bad_edit "Edit: strength" strength -F image=@in_b.png -F strength=0.5 -F prompt=x
+bad_edit "Edit: n 2" n -F image=@in_b.png -F n=2 -F prompt=x
+bad_edit "Edit: no picture" image -F prompt=x
+# no size: the output is the last picture's aspect at 1024², checked before queueing (the 2509 folder's
+# scheduler has shift_terminal, so 1 step is refused for that size, not for a size of 0)
+bad_edit "Edit: 1 step, size from the picture" steps -F image=@in_b.png -F prompt=x -F steps=1
+grep -q "shift_terminal" "$T/body" && ! grep -q "image_seq_len" "$T/body" \
+    && ok "the schedule was checked for the picture's size" || bad "size-0 check: $(cat "$T/body")"
+check "Edit: generations without a picture" "$(req POST /v1/images/generations '{"prompt":"x"}')" 400
+grep -q "/v1/images/edits" "$T/body" && ok "the 400 points at /v1/images/edits" || bad "no pointer in: $(cat "$T/body")"
+check "Edit: generations: param" "$(field .error.param)" image
+check "Edit: /v1/jobs without a picture" "$(req POST /v1/jobs '{"prompt":"x"}')" 400
+check "Edit: txt2img" "$(req POST /sdapi/v1/txt2img '{"prompt":"x"}')" 400
+check "Edit: txt2img: param" "$(field .error.param)" init_images
+bad_i2i "Edit: 4 init_images" init_images "\"init_images\":[\"$B64B\",\"$B64B\",\"$B64B\",\"$B64B\"]"
+bad_i2i "Edit: a mask" mask "\"init_images\":[\"$B64B\"],\"mask\":\"$B64B\""
+check "still serving after bad Edit requests" "$(req GET /health)" 200
 kill -TERM $PID; wait $PID
 
 # ---- server D: a scheduler with shift_terminal: a 1-step request is a 400 saying why ------------

@@ -2,8 +2,8 @@
 # test_serve_openai.sh QWEN_IMAGE MODEL_DIR NPM_DIR — the official `openai` npm
 # package, unchanged, pointed at `qwen-image serve` (tests/openai_client.mjs):
 # images.generate with b64_json and with stream + partial_images, and
-# images.edit (multipart, one picture), each image
-# byte-identical to `generate`'s. The package is installed into NPM_DIR from the
+# images.edit (multipart, one picture), and on a Qwen-Image-Edit model
+# images.edit with two pictures, each image byte-identical to `generate`'s. The package is installed into NPM_DIR from the
 # npm registry on first use (pinned version); without node/npm or the registry
 # the test is skipped (exit 77), saying why.
 set -u
@@ -42,6 +42,24 @@ cmp -s "$T/openai_stream.png" "$T/cli4.png" && echo "ok - the streamed completed
     --strength 0.5 -o cli_edit.png --quiet)
 cmp -s "$T/openai_edit.png" "$T/cli_edit.png" && echo "ok - images.edit gives generate --image's bytes" ||
     { echo "FAIL - images.edit's image differs from generate --image's"; fails=$((fails + 1)); }
+kill -TERM $PID; wait $PID
+# a Qwen-Image-Edit model (the tiny 2509 folder, small picture areas): the client's list of pictures
+EDM="$MODEL/../edit/model-2509"
+"$BIN" serve -m "$EDM" --port 0 --threads 2 --edit-vl-area 3136 --edit-vae-area 4096 >"$T/edit.log" 2>&1 &
+PID=$!; PORT=
+for i in $(seq 1 600); do
+    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/edit.log")
+    [ -n "$PORT" ] && break
+    kill -0 $PID 2>/dev/null || break
+    sleep 0.1
+done
+cp "$MODEL/../edit/inputs/in_c.png" "$T/in_c.png"
+timeout 120 node "$NPM_DIR/openai_client.mjs" --edit-model "http://127.0.0.1:$PORT" "$T" "$T/in_b.png" "$T/in_c.png" ||
+    fails=$((fails + 1))
+(cd "$T" && "$BIN" generate -m "$EDM" --threads 2 -p "swap them" -W 32 -H 48 --steps 2 --seed 22 --image in_b.png \
+    --image in_c.png --edit-vl-area 3136 --edit-vae-area 4096 -o cli_edit2.png --quiet)
+cmp -s "$T/openai_edit2.png" "$T/cli_edit2.png" && echo "ok - images.edit on an Edit model gives generate's bytes" ||
+    { echo "FAIL - images.edit on an Edit model differs from generate --image --image's"; fails=$((fails + 1)); }
 kill -TERM $PID; wait $PID
 echo "failures: $fails"
 exit $fails

@@ -46,7 +46,7 @@ post "$S/url" "{\"url\":\"http://127.0.0.1:$PORT/\"}" >/dev/null
 [ "$(js 'return document.title')" = qwen-image ] && ok "the page loads (title qwen-image)" || bad "page title"
 wait_js "document.getElementById('model').textContent.includes('cpu')" 5 && ok "the page shows the model and device" \
     || bad "no model line"
-[ "$(js "return document.querySelectorAll('#aspect option').length")" = 8 ] && ok "seven official sizes + custom" \
+[ "$(js "return document.querySelectorAll('#aspect option:not([value=auto])').length")" = 8 ] && ok "seven official sizes + custom" \
     || bad "size options"
 
 # fill the form the way a person does: type, pick, click
@@ -89,6 +89,60 @@ click '#cancel'
 wait_js "document.getElementById('status').textContent.startsWith('cancelled')" 10 && ok "cancel stops the running job" \
     || bad "cancel: status '$(js "return document.getElementById('status').textContent")'"
 [ "$(js "return document.getElementById('go').disabled")" = false ] && ok "the form is usable again" || bad "form stuck"
+
+# a picture: image-to-image through /v1/images/edits, the bytes of generate --image (run beside the file)
+EDIN="$MODEL/../edit/inputs"
+cp "$EDIN/in_b.png" "$EDIN/in_c.png" "$T/"
+pick_files() { post "$S/element/$(el '#pictures')/value" "$(jq -nc --arg t "$1" '{text: $t}')" >/dev/null; }
+type_in '#prompt' 'a cat'
+type_in '#steps' 4
+type_in '#seed' 7
+type_in '#strength' 0.5
+pick_files "$T/in_b.png"
+click '#go'
+wait_js "document.querySelectorAll('#gallery .card').length === 2" 30 && ok "the img2img image appears" \
+    || bad "no img2img image: $(js "return document.getElementById('status').textContent")"
+js "return document.getElementById('final').src.split(',')[1]" | base64 -d >"$T/page_i2i.png"
+(cd "$T" && "$BIN" generate -m "$MODEL" --threads 2 -p 'a cat' -W 32 -H 48 --steps 4 --seed 7 --image in_b.png \
+    --strength 0.5 -o cli_i2i.png --quiet)
+cmp -s "$T/page_i2i.png" "$T/cli_i2i.png" && ok "the page's img2img image is byte-identical to generate --image's" \
+    || bad "page img2img image differs from the CLI's"
+curl -s -X DELETE --max-time 10 "$WD$S" >/dev/null
+kill -INT $SPID; wait $SPID
+
+# an Edit model: the picture input takes several references, strength is gone, the size follows them
+EDM="$MODEL/../edit/model-2509"
+"$BIN" serve -m "$EDM" --port 0 --threads 2 --edit-vl-area 3136 --edit-vae-area 4096 >"$T/edit.log" 2>&1 &
+SPID=$!; echo $SPID >>"$T/pids"; PORT=
+for i in $(seq 1 600); do
+    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/edit.log"); [ -n "$PORT" ] && break
+    kill -0 $SPID 2>/dev/null || break; sleep 0.1
+done
+SID=$(post /session '{"capabilities":{"alwaysMatch":{"browserName":"chrome","goog:chromeOptions":{"binary":"'"$(command -v chromium)"'","args":["--headless=new","--no-sandbox","--disable-gpu","--window-size=1200,900"]}}}}' | jq -r .value.sessionId)
+S="/session/$SID"
+post "$S/url" "{\"url\":\"http://127.0.0.1:$PORT/\"}" >/dev/null
+wait_js "document.getElementById('pictures').multiple" 5 && ok "Edit model: the picture input takes several" \
+    || bad "Edit model: single picture input"
+[ "$(js "return document.getElementById('strength-row').hidden && document.getElementById('aspect').value")" = auto ] \
+    && ok "Edit model: no strength, size from the pictures" || bad "Edit model: strength or size"
+type_in '#prompt' 'swap them'
+select_value '#aspect' custom
+type_in '#width' 32
+type_in '#height' 48
+select_value '#preset' custom
+type_in '#steps' 2
+select_value '#seedmode' fixed
+type_in '#seed' 22
+pick_files "$T/in_b.png
+$T/in_c.png"
+click '#go'
+wait_js "document.getElementById('final')" 30 && ok "the Edit image appears" \
+    || bad "no Edit image: $(js "return document.getElementById('status').textContent")"
+js "return document.getElementById('final').src.split(',')[1]" | base64 -d >"$T/page_edit.png"
+(cd "$T" && "$BIN" generate -m "$EDM" --threads 2 -p 'swap them' -W 32 -H 48 --steps 2 --seed 22 --image in_b.png \
+    --image in_c.png --edit-vl-area 3136 --edit-vae-area 4096 -o cli_edit.png --quiet)
+cmp -s "$T/page_edit.png" "$T/cli_edit.png" && ok "the page's Edit image is byte-identical to generate's" \
+    || bad "page Edit image differs from the CLI's"
 curl -s -X DELETE --max-time 10 "$WD$S" >/dev/null
 kill -INT $SPID; wait $SPID
 echo "failures: $fails"

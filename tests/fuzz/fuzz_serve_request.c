@@ -1,10 +1,12 @@
 /*
  * fuzz_serve_request.c — request bodies of `qwen-image serve` through the
  * parsers the endpoints use (app/serve_request.c): the first input byte
- * picks the endpoint (even: POST /v1/images/generations and /v1/jobs, the
- * OpenAI-style body; odd: POST /sdapi/v1/txt2img, the A1111 body translated
- * and then parsed as the first), the rest is the body. The server's limits
- * are its defaults (--max-size 2048, --max-steps 100, --max-batch 4).
+ * picks the endpoint (bit 0 clear: POST /v1/images/generations and
+ * /v1/jobs, the OpenAI-style body; set: an A1111 body translated and then
+ * parsed as the first — bit 1 clear: /sdapi/v1/txt2img, set:
+ * /sdapi/v1/img2img with base64 pictures) and bit 2 the model (set: a
+ * Qwen-Image-Edit model), the rest is the body. The server's limits are its
+ * defaults (--max-size 2048, --max-steps 100, --max-batch 4).
  *
  * Oracles beyond the sanitizers: a refusal is 400 with a message (naming
  * the field when it blames one) or 500; an accepted job has a non-empty
@@ -12,7 +14,8 @@
  * compression and partial images within their ranges, cfg in [0, QI_CFG_MAX],
  * a seed below 2^53; an A1111 translation is a JSON object whose refusal
  * by the generation parser names a field (what A1111 sent, e.g. a prompt
- * that is not a string).
+ * that is not a string); an accepted img2img has 1 picture (an Edit model:
+ * 1 to 3, no mask, one image), each non-empty, and 0 < strength <= 1.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
@@ -22,7 +25,7 @@
 #include "model/tokenizer.h"
 #include "serve_request.h"
 
-static const serve_opts opt = {.max_size = 2048, .max_steps = 100, .max_batch = 4};
+static serve_opts opt = {.max_size = 2048, .max_steps = 100, .max_batch = 4};
 
 static void check_refusal(const serve_req_error *e) {
     size_t len = strnlen(e->msg, sizeof e->msg);
@@ -48,8 +51,8 @@ static void check_job(const job *j) {
         fuzz_fail("accepted format %d", (int)j->format);
 }
 
-/* 0 when accepted; the job's strings are freed. */
-static int parse_generation(const char *body, size_t len) {
+/* 0 when accepted; the job's strings are freed. *n: its image count. */
+static int parse_generation(const char *body, size_t len, int *n) {
     job j;
     memset(&j, 0, sizeof j);
     serve_req_error e;
@@ -58,35 +61,53 @@ static int parse_generation(const char *body, size_t len) {
     if (stream != 0 && stream != 1) fuzz_fail("stream is %d", stream);
     if (rc) check_refusal(&e);
     else check_job(&j);
+    if (n) *n = j.n;
     free(j.prompt);
     free(j.negative);
     return rc;
 }
 
-static void a1111(const char *body, size_t len) {
+static void check_pictures(const serve_pictures *p) {
+    int most = opt.model.edit ? SERVE_MAX_PICTURES : 1;
+    if (p->n_images < 1 || p->n_images + p->n_extra > most)
+        fuzz_fail("accepted %d + %d pictures (at most %d)", p->n_images, p->n_extra, most);
+    for (int k = 0; k < p->n_images; k++)
+        if (!p->image[k] || !p->image_len[k]) fuzz_fail("accepted an empty picture %d", k);
+    if (p->mask && (!p->mask_len || opt.model.edit)) fuzz_fail("accepted a mask of %zu bytes", p->mask_len);
+    if (!(p->strength > 0 && p->strength <= 1)) fuzz_fail("accepted strength %g", p->strength);
+}
+
+static void a1111(const char *body, size_t len, int img2img) {
     cJSON *o = cJSON_ParseWithLength(body, len);
     if (!o || !cJSON_IsObject(o)) {
         cJSON_Delete(o);
-        return; /* answered by serve_a1111_txt2img itself */
+        return; /* answered by serve_a1111.c itself */
     }
     serve_req_error e;
-    char *t = serve_a1111_translate(&opt, o, &e);
+    serve_pictures p;
+    char *t = img2img ? serve_a1111_img2img_translate(&opt, o, &p, &e) : serve_a1111_translate(&opt, o, &e);
     cJSON_Delete(o);
     if (!t) {
         check_refusal(&e);
+        if (img2img && (p.n_images || p.mask)) fuzz_fail("a refused img2img kept its pictures");
         return;
     }
+    if (img2img) check_pictures(&p);
     cJSON *back = cJSON_Parse(t);
     if (!cJSON_IsObject(back)) fuzz_fail("the A1111 translation is not a JSON object: %s", t);
     cJSON_Delete(back);
-    parse_generation(t, strlen(t));
+    int n = 0;
+    if (!parse_generation(t, strlen(t), &n) && img2img && opt.model.edit && n != 1)
+        fuzz_fail("accepted %d images from an Edit model", n);
     free(t);
+    if (img2img) serve_pictures_free(&p);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     const char *body = (const char *)data + 1;
-    if (data[0] & 1) a1111(body, size - 1);
-    else parse_generation(body, size - 1);
+    opt.model.edit = data[0] >> 2 & 1;
+    if (data[0] & 1) a1111(body, size - 1, data[0] >> 1 & 1);
+    else parse_generation(body, size - 1, NULL);
     return 0;
 }
