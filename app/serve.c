@@ -42,6 +42,8 @@ static void serve_usage(void) {
            "  --max-body BYTES    largest request body (default 33554432: room for uploaded pictures); larger: 413\n"
            "  --timeout S         a connection silent for S seconds is closed (default 15; slow clients)\n"
            "  --prompt-cache N    text-encoder results kept for repeated prompts (default 8; 0: none)\n"
+           "  --url-ttl S         response_format \"url\": images kept S seconds under /v1/files/ (default\n"
+           "                      3600; in memory, the newest 256 at most)\n"
            "  --random-weights S  benchmarks only: every weight random (seed S), e.g. with -m a folder\n"
            "                      written by `qwen-image bench --write-sparse DIR`\n"
            "  --quiet             no log lines\n\n"
@@ -62,6 +64,7 @@ static const struct int_flag {
     {"--max-batch", 1, SERVE_MAX_N, offsetof(serve_opts, max_batch)},
     {"--timeout", 1, 3600, offsetof(serve_opts, timeout_s)},
     {"--prompt-cache", 0, 1024, offsetof(serve_opts, prompt_cache)},
+    {"--url-ttl", 1, 7 * 24 * 3600, offsetof(serve_opts, url_ttl)},
 };
 
 static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
@@ -111,6 +114,7 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
     o->max_body = (size_t)32 << 20; /* /v1/images/edits carries pictures (OpenAI takes up to 50 MB) */
     o->timeout_s = 15;
     o->prompt_cache = 8;
+    o->url_ttl = 3600;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
@@ -228,6 +232,7 @@ static int run_server(serve *s) {
         serve_jobs_stop(s);
     }
     serve_http_stop(s); /* joins every connection thread: each has seen its job end */
+    serve_files_clear();
     return rc;
 }
 

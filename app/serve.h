@@ -43,6 +43,7 @@ typedef struct job {
     const char *scheduler;          /* NULL, "lightning" or "model" (static strings) */
     qi_image_format format;
     int async;                      /* POST /v1/jobs: a disconnect does not cancel it */
+    int response_url;               /* response_format "url": the images as /v1/files/ links (serve_files.c) */
     int previews;                   /* make a preview per step */
     uint8_t *init_rgb, *mask_rgb;   /* /v1/images/edits: the picture and mask [h, w, 3] (qi_free_bytes) */
     int init_w, init_h, mask_w, mask_h;
@@ -89,7 +90,7 @@ typedef struct serve_opts {
     gen_args model;        /* the generate model flags (model, files, loras, device, threads) */
     const char *host, *api_key;
     const char *lora_dir;  /* --lora-dir: the LoRA files a request may name in `loras` */
-    int port, queue, max_size, max_steps, max_batch, timeout_s, prompt_cache;
+    int port, queue, max_size, max_steps, max_batch, timeout_s, prompt_cache, url_ttl;
     size_t max_body;
     unsigned long long random_weights; /* benchmarks: qi_open_options.random_weights */
     int quiet;
@@ -164,6 +165,14 @@ int serve_api_dispatch(serve *s, const http_req *r);
 int serve_send_error(struct MHD_Connection *c, int status, const char *type, const char *param, const char *code,
                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 int serve_send_json(struct MHD_Connection *c, int status, struct cJSON *body); /* frees body */
+
+/* ---- serve_files.c: response_format "url" ---- */
+/* Keeps a copy of an image for ttl_s seconds under a new random name (<hex>.<ext>, into name). 0 or -1. */
+int serve_files_put(int ttl_s, const uint8_t *bytes, size_t len, const char *ext, char *name, size_t cap);
+int serve_files_send(struct MHD_Connection *c, const char *name); /* GET /v1/files/<name> */
+/* "scheme://host[:port]" of the URLs: the request's Host header (X-Forwarded-Proto https behind a proxy). */
+void serve_files_base(const serve *s, struct MHD_Connection *c, char *base, size_t cap);
+void serve_files_clear(void);
 
 /* ---- serve_page.c ---- */
 int serve_page_send(struct MHD_Connection *c);

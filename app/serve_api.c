@@ -149,7 +149,7 @@ static int client_gone(struct MHD_Connection *c) {
 }
 
 /* The finished job's answer (locked by the caller; j is finished). */
-static int answer_finished(struct MHD_Connection *c, const job *j) {
+static int answer_finished(serve *s, struct MHD_Connection *c, const job *j) {
     if (j->state == JOB_CANCELLED)
         return serve_send_error(c, 503, "server_error", NULL, "cancelled", "the job was cancelled%s",
                                 j->error[0] ? "" : " (the server is stopping, or it was cancelled through DELETE)");
@@ -159,11 +159,25 @@ static int answer_finished(struct MHD_Connection *c, const job *j) {
                                 j->error);
     cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
     cJSON_AddNumberToObject(root, "created", (double)time(NULL));
+    char base[300];
+    if (j->response_url) serve_files_base(s, c, base, sizeof base);
     for (int i = 0; i < j->n && j->images[i].bytes; i++) {
-        char *b64 = serve_base64(j->images[i].bytes, j->images[i].len);
         cJSON *item = cJSON_CreateObject();
-        if (b64) cJSON_AddStringToObject(item, "b64_json", b64);
-        free(b64);
+        if (j->response_url) {
+            char name[64], url[400];
+            if (serve_files_put(s->opt.url_ttl, j->images[i].bytes, j->images[i].len, format_name(j->format), name,
+                                sizeof name)) {
+                cJSON_Delete(item), cJSON_Delete(root);
+                return serve_send_error(c, 500, "server_error", NULL, "out_of_memory",
+                                        "could not keep the image for its URL; ask with response_format b64_json");
+            }
+            snprintf(url, sizeof url, "%s/v1/files/%s", base, name);
+            cJSON_AddStringToObject(item, "url", url);
+        } else {
+            char *b64 = serve_base64(j->images[i].bytes, j->images[i].len);
+            if (b64) cJSON_AddStringToObject(item, "b64_json", b64);
+            free(b64);
+        }
         cJSON_AddItemToArray(data, item);
     }
     char size[32];
@@ -196,7 +210,7 @@ void serve_wait_job(serve *s, struct MHD_Connection *c, job *j) {
 int serve_generate_blocking(serve *s, struct MHD_Connection *c, job *j) {
     serve_wait_job(s, c, j);
     pthread_mutex_lock(&s->lock);
-    int rc = answer_finished(c, j);
+    int rc = answer_finished(s, c, j);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -309,6 +323,12 @@ int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async)
         return serve_send_error(r->conn, 400, "invalid_request_error", strstr(why, "-step") ? "steps" : "scheduler",
                                 "invalid_value", "%s", why);
     }
+    if (j->response_url && (stream || async)) { /* the events and GET /v1/jobs/{id} carry b64_json */
+        serve_job_put(s, j);
+        return serve_send_error(r->conn, 400, "invalid_request_error", "response_format", "invalid_value",
+                                "response_format \"url\" is for a plain (not streamed) request: %s images as "
+                                "b64_json", stream ? "a stream sends its" : "an async job keeps its");
+    }
     j->async = async;
     j->previews = async || (stream && j->partial_images > 0);
     if (serve_submit_or_answer(s, r->conn, j)) {
@@ -376,6 +396,12 @@ int serve_api_dispatch(serve *s, const http_req *r) {
     const char *u = r->url;
     int get = !strcmp(r->method, "GET"), post = !strcmp(r->method, "POST");
     if (!strncmp(u, "/v1/jobs/", 9)) return jobs(s, r);
+    if (!strncmp(u, "/v1/files/", 10)) {
+        if (!get)
+            return serve_send_error(c, 405, "invalid_request_error", NULL, "method_not_allowed", "%s %s: use GET",
+                                    r->method, u);
+        return serve_files_send(c, u + 10);
+    }
     struct { const char *path; int post; } routes[] = {
         {"/", 0}, {"/health", 0}, {"/v1/models", 0}, {"/v1/images/generations", 1}, {"/v1/images/edits", 1},
         {"/sdapi/v1/txt2img", 1}, {"/sdapi/v1/progress", 0}, {"/sdapi/v1/img2img", 1}, {"/v1/jobs", 1}};

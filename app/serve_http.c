@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "serve.h"
 
@@ -90,7 +91,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (rc->too_large) return MHD_YES; /* answered already */
-    if ((!strncmp(url, "/v1/", 4) || !strncmp(url, "/sdapi/", 7)) && !key_ok(s, c))
+    /* /v1/files/<random name>: the URL is the permission (an <img> tag sends no key) */
+    if ((!strncmp(url, "/v1/", 4) || !strncmp(url, "/sdapi/", 7)) && strncmp(url, "/v1/files/", 10) && !key_ok(s, c))
         return (enum MHD_Result)serve_send_error(c, 401, "invalid_request_error", NULL, "invalid_api_key",
                                                  "this server needs \"Authorization: Bearer <key>\" (--api-key)");
     http_req r = {c, method, url, rc->body ? rc->body : "", rc->len};
@@ -134,6 +136,15 @@ int serve_http_start(serve *s) {
 }
 
 void serve_http_stop(serve *s) {
+    /* Answers already queued (a stopped job's 503) still have to reach their clients: stopping the
+     * daemon closes every connection at once, and a proxy then reports 502 instead of the JSON error.
+     * Up to 2 s for the open connections to finish (keep-alive ones just wait it out). */
+    for (int i = 0; s->httpd && i < 40; i++) {
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->httpd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!di || di->num_connections == 0) break;
+        struct timespec pause = {0, 50 * 1000000L};
+        nanosleep(&pause, NULL);
+    }
     if (s->httpd) MHD_stop_daemon(s->httpd);
     s->httpd = NULL;
 }

@@ -86,8 +86,9 @@ static int parse_strings(const serve_opts *opt, serve_req_error *e, const cJSON 
     get_str(e, o, "model", &fail), get_str(e, o, "user", &fail);
     if (fail) return -1;
     if (!prompt || !*prompt) return bad(e, "prompt", "'prompt' is required: a non-empty string");
-    if (rf && strcmp(rf, "b64_json"))
-        return bad(e, "response_format", "'response_format' \"%s\" is not served yet; use b64_json", rf);
+    if (rf && strcmp(rf, "b64_json") && strcmp(rf, "url"))
+        return bad(e, "response_format", "'response_format' must be \"b64_json\" or \"url\"; got \"%s\"", rf);
+    j->response_url = rf && !strcmp(rf, "url");
     if (sched && strcmp(sched, "lightning") && strcmp(sched, "model"))
         return bad(e, "scheduler", "'scheduler' must be \"lightning\" or \"model\"; got \"%s\"", sched);
     j->scheduler = !sched ? NULL : !strcmp(sched, "lightning") ? "lightning" : "model";

@@ -3,7 +3,8 @@
 //   node openai_client.mjs --edit-model BASE_URL OUT_DIR PICTURE PICTURE2
 // The second form: a server holding a Qwen-Image-Edit model; images.edit with
 // the two pictures as the client sends a list (-> OUT_DIR/openai_edit2.png).
-// images.generate with response_format b64_json (-> OUT_DIR/openai.png) and
+// images.generate with response_format b64_json (-> OUT_DIR/openai.png), with url
+// (fetched: the same bytes), and
 // with stream + partial_images 2 (every event parsed by the client; the
 // completed image -> OUT_DIR/openai_stream.png), and images.edit of PICTURE
 // (-> OUT_DIR/openai_edit.png). Prints one line per claim;
@@ -35,6 +36,13 @@ claim(Array.isArray(r.data) && r.data.length === 1 && typeof r.data[0].b64_json 
       'images.generate: one b64_json image');
 claim(typeof r.created === 'number', 'images.generate: created is a number');
 writeFileSync(`${out}/openai.png`, Buffer.from(r.data[0].b64_json, 'base64'));
+
+// response_format url: a link on the server; fetched, the same bytes as b64_json gave
+const u = await client.images.generate({ ...request, steps: 2, response_format: 'url' });
+const url = u.data?.[0]?.url;
+claim(typeof url === 'string' && url.startsWith(`${base}/v1/files/`), `images.generate with url: ${url}`);
+const fetched = Buffer.from(await (await fetch(url)).arrayBuffer());
+claim(fetched.equals(Buffer.from(r.data[0].b64_json, 'base64')), 'the url serves the bytes b64_json gave');
 
 const stream = await client.images.generate({ ...request, steps: 4, stream: true, partial_images: 2 });
 const types = [];

@@ -53,7 +53,7 @@ wait_job() { # wait_job ID STATE...: until the job is in one of the states (10 s
 LONG='{"prompt":"a long job","size":"32x32","steps":1000,"seed":1}' # always cancelled
 
 # ---- server A: an API key, a queue of 1, small bodies --------------------------------
-start A --api-key sekret --queue 1 --max-body 4096 --max-steps 1000 --timeout 2
+start A --api-key sekret --queue 1 --max-body 4096 --max-steps 1000 --timeout 2 --url-ttl 3
 AUTH=""
 check "GET /health without the key" "$(req GET /health)" 200
 check "/health status" "$(field .status)" ok
@@ -77,6 +77,24 @@ field '.data[0].b64_json' | base64 -d >"$T/served.png"
 "$BIN" generate -m "$MODEL" --threads 2 -p "a cat" -n blur --cfg 3 -W 32 -H 48 --steps 2 --seed 7 -o "$T/cli.png" --quiet
 cmp -s "$T/served.png" "$T/cli.png" && ok "served PNG byte-identical to generate's ($(wc -c <"$T/cli.png") bytes)" \
     || bad "served PNG differs from generate's"
+
+# response_format "url": a link on this server, fetched without the key, the same bytes; gone after --url-ttl
+check "response_format url" \
+    "$(req POST /v1/images/generations '{"prompt":"a cat","size":"32x48","steps":2,"seed":7,"negative_prompt":"blur","cfg":3,"response_format":"url"}')" 200
+URL=$(field '.data[0].url')
+echo "$URL" | grep -Eq "^http://127\.0\.0\.1:$PORT/v1/files/[0-9a-f]{32}\.png\$" && ok "url: $URL" || bad "url: '$URL'"
+check "GET the url without the key" "$(curl -s --max-time 5 -o "$T/url.png" -D "$T/hdr" -w '%{http_code}' "$URL")" 200
+grep -qi '^content-type: image/png' "$T/hdr" && ok "url: Content-Type image/png" || bad "url: $(grep -i content-type "$T/hdr")"
+cmp -s "$T/url.png" "$T/cli.png" && ok "url: the same bytes as generate's" || bad "url: bytes differ from generate's"
+check "url: a name never given" "$(req GET /v1/files/0123456789abcdef0123456789abcdef.png)" 404
+check "url: 404 is JSON" "$(field .error.code)" file_not_found
+check "url: POST" "$(req POST /v1/files/x.png '{}')" 405
+bad_url() { check "$1" "$(req POST "$2" "$3")" 400; check "$1: param" "$(field .error.param)" response_format; }
+bad_url "url with stream" /v1/images/generations '{"prompt":"x","size":"32x32","steps":1,"stream":true,"response_format":"url"}'
+bad_url "url for an async job" /v1/jobs '{"prompt":"x","size":"32x32","steps":1,"response_format":"url"}'
+bad_url "response_format unknown" /v1/images/generations '{"prompt":"x","response_format":"xml"}'
+sleep 3.2
+check "url: gone after --url-ttl 3" "$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "$URL")" 404
 check "n=2 output_format=jpeg" \
     "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":1,"n":2,"output_format":"jpeg","seed":3}')" 200
 check "two images" "$(field '.data | length')" 2
@@ -100,7 +118,6 @@ bad_req "steps over --max-steps" '{"prompt":"x","steps":5000}' 400 steps
 bad_req "cfg out of range" '{"prompt":"x","cfg":-1}' 400 cfg
 bad_req "seed fractional" '{"prompt":"x","seed":1.5}' 400 seed
 bad_req "unknown output_format" '{"prompt":"x","output_format":"gif"}' 400 output_format
-bad_req "response_format url" '{"prompt":"x","response_format":"url"}' 400 response_format
 bad_req "loras on a server with no --lora-dir" '{"prompt":"x","loras":[{"name":"nope","strength":1}]}' 400 loras
 bad_req "partial_images out of range" '{"prompt":"x","partial_images":7}' 400 partial_images
 printf '{"prompt":"\377\376 bad"}' >"$T/utf8.json"

@@ -55,6 +55,16 @@ n=0
 for id in $ids; do [ "$(curl -s -o /dev/null -w '%{http_code}' "$L/v1/jobs/$id")" = 200 ] && n=$((n + 1)); done
 [ $n = 4 ] && ok "4/4 job ids answered through nginx" || bad "$n/4 job ids answered"
 
+# response_format url through the balancer: the link names the balancer, and fetching it through
+# the balancer finds the instance holding the image (404 from the other → the next is asked)
+n=0
+for i in 1 2 3 4; do
+    url=$(curl -s --max-time 60 -d '{"prompt":"u","size":"32x32","steps":1,"response_format":"url"}' \
+        "$L/v1/images/generations" | jq -r '.data[0].url')
+    case $url in "$L/v1/files/"*) [ "$(curl -s -o /dev/null -w '%{http_code}' "$url")" = 200 ] && n=$((n + 1)) ;; esac
+done
+[ $n = 4 ] && ok "4/4 image URLs name the balancer and are fetched through it" || bad "$n/4 image URLs fetched ($url)"
+
 # stop the instance running a long job: its client gets a clear error, the other serves on
 curl -s --max-time 60 -o "$T/long" -w '%{http_code}' -d '{"prompt":"long","size":"32x32","steps":1000}' \
     "$L/v1/images/generations" >"$T/long.status" &
