@@ -32,6 +32,7 @@
 #include "model/text_encoder.h"
 #include "model/vae.h"
 #include "engine/engine.h"
+#include "serve.h" /* serve_preview_png: the server's step preview, for its cost */
 #ifdef QI_WITH_CUDA
 #include "backend/cuda/cuda_backend.h" /* qi_cuda_kernel_family: which kernels the rows timed */
 #endif
@@ -546,9 +547,26 @@ done:
     return rc;
 }
 
+/* What the server does with each step's latents when a client streams
+ * previews: map them to RGB and encode a PNG (a fixed map: the cost does not
+ * depend on its numbers). */
+static void preview_like_the_server(void *user, int step, int total, const qi_image *lat) {
+    (void)step, (void)total;
+    preview_map m = {.fitted = 1};
+    for (int ch = 0; ch < 3; ch++) {
+        m.b[ch] = 128.0f;
+        for (int k = 0; k < 16; k++) m.w[ch][k] = (float)((ch + k) % 5) - 2.0f;
+    }
+    uint8_t *png = NULL;
+    size_t len = 0;
+    if (!serve_preview_png(&m, lat, &png, &len)) *(size_t *)user += len;
+    qi_free_bytes(png);
+}
+
 /* Median prompt -> RGB8 time; graphs 0 runs the denoising steps eagerly
- * (QI_CUDA_GRAPHS=0 for these runs), 1 replays the recorded step. */
-static int bench_e2e(bench_ctx *c, int steps, int graphs, double *s_out, qi_error *err) {
+ * (QI_CUDA_GRAPHS=0 for these runs), 1 replays the recorded step; previews:
+ * a step preview made as the server makes it, after every step. */
+static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *s_out, qi_error *err) {
     const char *env = getenv("QI_CUDA_GRAPHS");
     char saved[32] = "";
     if (env) snprintf(saved, sizeof saved, "%s", env);
@@ -559,6 +577,8 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, double *s_out, qi_erro
     r.steps = steps;
     r.cfg = 1.0f;
     r.scheduler = "lightning";
+    size_t preview_bytes = 0;
+    if (previews) r.step_latents = preview_like_the_server, r.step_latents_user = &preview_bytes;
     double times[64];
     int runs = c->runs < 5 ? c->runs : 5, failed = 0;
     for (int i = 0; i < 1 + runs; i++) {
@@ -744,7 +764,7 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
         for (int i = 0; i < 2; i++) {
             double s[2] = {-1, -1}; /* eager, graph */
             for (int g = graphs_ok ? 1 : 0; g >= 0; g--) {
-                if (bench_e2e(c, steps[i], g, &s[g], &err)) {
+                if (bench_e2e(c, steps[i], g, 0, &s[g], &err)) {
                     fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
                     continue;
                 }
@@ -755,6 +775,18 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
             if (s[0] > 0 && s[1] > 0)
                 emit(c, "| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
                        (s[0] - s[1]) * 1e3, s[0] / s[1]);
+        }
+        /* the server's step previews (issue: < 3% of a step): 8 steps with and without, alternating */
+        double with = -1, without = -1, w2 = -1, wo2 = -1;
+        int g = graphs_ok ? 1 : 0;
+        if (!bench_e2e(c, 8, g, 1, &with, &err) && !bench_e2e(c, 8, g, 0, &without, &err) &&
+            !bench_e2e(c, 8, g, 1, &w2, &err) && !bench_e2e(c, 8, g, 0, &wo2, &err)) {
+            double per_step = ((with + w2) - (without + wo2)) / 2 / 8, step = (without + wo2) / 2 / 8;
+            emit(c, "| end to end with step previews | 1024x1024, 8 steps | %.3f s | vs %.3f s without: %+.2f ms "
+                    "per step = %+.2f%% of a step (the server's latent → RGB map + PNG after each step) |\n",
+                 (with + w2) / 2, (without + wo2) / 2, per_step * 1e3, 100 * per_step / step);
+        } else {
+            fail = 1, fprintf(stderr, "e2e previews: %s\n", err.msg);
         }
     }
     return fail;
