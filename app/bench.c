@@ -572,8 +572,9 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *
     if (env) snprintf(saved, sizeof saved, "%s", env);
     setenv("QI_CUDA_GRAPHS", graphs ? "1" : "0", 1);
     qi_request r = qi_request_default();
-    r.prompt = "A capybara wearing a suit holding a sign that reads Hello World, in a sunlit library, "
-               "photorealistic, 35mm, shallow depth of field.";
+    /* a new prompt each run (of the same token count): the engine's prompt cache is on (bench_repeat) */
+    char prompt[256];
+    r.prompt = prompt;
     r.steps = steps;
     r.cfg = 1.0f;
     r.scheduler = "lightning";
@@ -582,6 +583,9 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *
     double times[64];
     int runs = c->runs < 5 ? c->runs : 5, failed = 0;
     for (int i = 0; i < 1 + runs; i++) {
+        static unsigned serial;
+        snprintf(prompt, sizeof prompt, "A capybara wearing a suit holding a sign that reads Hello %c, in a sunlit "
+                 "library, photorealistic, 35mm, shallow depth of field.", 'A' + serial++ % 26);
         qi_image img;
         double t0 = qi_now_s();
         qi_status st = qi_generate(c->e, &r, &img);
@@ -598,6 +602,26 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *
     else unsetenv("QI_CUDA_GRAPHS");
     if (failed) return -1;
     *s_out = qi_bench_median(times, runs);
+    return 0;
+}
+
+/* The prompt cache (issue 13 item 4): one prompt twice, the second time its
+ * text stage comes from the cache. */
+static int bench_repeat(bench_ctx *c, double *first_s, double *again_s, double *text_s, int *cached, qi_error *err) {
+    qi_request r = qi_request_default();
+    r.prompt = "A prompt the bench asks twice: a lighthouse on a cliff at dusk, oil painting.";
+    r.steps = 8;
+    r.cfg = 1.0f;
+    r.scheduler = "lightning";
+    for (int i = 0; i < 2; i++) {
+        qi_image img;
+        double t0 = qi_now_s();
+        if (qi_generate(c->e, &r, &img)) return qi_fail(err, QI_ERR_BACKEND, "%s", qi_engine_error(c->e)), -1;
+        *(i ? again_s : first_s) = qi_now_s() - t0;
+        if (!i) *text_s = qi_engine_timings(c->e)->text_s;
+        else *cached = qi_engine_timings(c->e)->text_cached;
+        qi_image_free(&img);
+    }
     return 0;
 }
 
@@ -788,6 +812,14 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
         } else {
             fail = 1, fprintf(stderr, "e2e previews: %s\n", err.msg);
         }
+        double first = 0, again = 0, text = 0;
+        int cached = 0;
+        if (!bench_repeat(c, &first, &again, &text, &cached, &err))
+            emit(c, "| end to end, a repeated prompt | 1024x1024, 8 steps | %.3f s | first %.3f s (text stage %.1f ms); "
+                    "the repeat's text stage %s |\n", again, first, text * 1e3,
+                 cached ? "came from the prompt cache" : "was NOT cached");
+        else
+            fail = 1, fprintf(stderr, "e2e repeat: %s\n", err.msg);
     }
     return fail;
 }
@@ -909,6 +941,7 @@ int qi_cmd_bench(int argc, char **argv) {
     o.device = device;
     o.random_weights = model ? 0 : 1234;
     o.vram_bytes = vram;
+    o.prompt_cache = 8; /* as the server's default; the e2e rows ask a new prompt each run */
     char gguf_path[64];
     snprintf(gguf_path, sizeof gguf_path, "%s/transformer.gguf", root);
     if (qi_dtype_is_block(qt) && !model) o.diffusion_model = gguf_path;
