@@ -270,6 +270,24 @@ static int count_progress(void *user, const char *stage, int step, int total) {
     return 0;
 }
 
+/* step previews: how many, the last step, all finite, and the last one kept */
+typedef struct step_seen {
+    int n, last, finite;
+    size_t floats;
+    float *last_latents;
+} step_seen;
+
+static void keep_step_latents(void *user, int step, int total, const qi_image *lat) {
+    step_seen *s = user;
+    size_t n = (size_t)16 * (lat->height / 8) * (lat->width / 8);
+    s->n++, s->last = step;
+    for (size_t i = 0; i < n; i++) s->finite &= isfinite(lat->latents[i]) != 0;
+    free(s->last_latents);
+    s->last_latents = malloc(n * sizeof(float));
+    if (s->last_latents) memcpy(s->last_latents, lat->latents, n * sizeof(float)), s->floats = n;
+    (void)total;
+}
+
 static int cancel_at_1(void *user, const char *stage, int step, int total) {
     (void)user, (void)total;
     return !strcmp(stage, "denoise") && step == 1;
@@ -351,6 +369,24 @@ static void engine_case(const edit_case *c, int stand_ins) {
         printf("     qi_generate %s (%s): %dx%d, image max diff %d levels, mean %.3f\n", c->name,
                stand_ins ? "stand-ins" : "real resize and encoder", img.width, img.height, worst, mean);
         CHECK(n == ref->nbytes && (g_cuda ? mean <= 3 : worst <= 2), "%s: %d levels (mean %.3f)", c->name, worst, mean);
+    }
+    /* step previews: one per step, the last (σ = 0) the final latents as the VAE reads them */
+    if (st == QI_OK && stand_ins) {
+        step_seen seen = {.finite = 1};
+        qi_image again = {0};
+        r.step_latents = keep_step_latents, r.step_latents_user = &seen;
+        s.encodes = 0;
+        CHECK(qi_generate(e, &r, &again) == QI_OK, "%s: with step previews: %s", c->name, qi_engine_error(e));
+        CHECK(seen.n == r.steps && seen.last == r.steps && seen.finite, "%s: %d step previews (last %d), finite %d",
+              c->name, seen.n, seen.last, seen.finite);
+        CHECK(again.rgb && img.rgb && !memcmp(again.rgb, img.rgb, (size_t)img.width * img.height * 3),
+              "%s: previews change the image", c->name);
+        CHECK(seen.last_latents && again.latents &&
+                  !memcmp(seen.last_latents, again.latents, seen.floats * sizeof(float)),
+              "%s: the last step preview is not the final latents", c->name);
+        free(seen.last_latents);
+        qi_image_free(&again);
+        r.step_latents = NULL;
     }
     /* a progress callback that answers nonzero at step 1 cancels */
     r.progress = cancel_at_1;

@@ -97,19 +97,25 @@ qi_status qi_edit_denoise(qi_dit *dit, qi_backend *be, const qi_edit_denoise_arg
     edit_dev d;
     memset(&d, 0, sizeof d);
     size_t mark = be->ops->mark(be);
-    float *v = NULL;
+    float *v = NULL, *x0 = NULL;
     st = setup(dit, be, a, two, &d, err);
     if (st == QI_OK && !(v = malloc((size_t)(d.L * d.C) * sizeof(float))))
         st = qi_fail(err, QI_ERR_NOMEM, "edit denoise: out of memory");
+    if (st == QI_OK && a->on_step_x0 && !(x0 = malloc((size_t)(d.L * d.C) * sizeof(float))))
+        st = qi_fail(err, QI_ERR_NOMEM, "edit denoise: out of memory (step previews)");
     int calls = 0;
     for (int i = 0; i <= a->steps && st == QI_OK; i++) {
         if (a->progress && a->progress(a->progress_user, i, a->steps))
             st = qi_fail(err, QI_ERR_CANCELLED, "generation cancelled");
         if (i == a->steps || st != QI_OK) break;
         st = step(be, a, i, two, &d, latents, v, &calls, err);
+        if (st == QI_OK && x0) /* x_i − σ_i·v = x_{i+1} − σ_{i+1}·v: what the step predicts the image is */
+            for (int k = 0; k < d.L * d.C; k++) x0[k] = latents[k] - a->sigmas[i] * v[k];
         if (st == QI_OK) qi_scheduler_euler_step(latents, v, d.L * d.C, a->sigmas[i], a->sigmas[i + 1]);
+        if (st == QI_OK && x0) a->on_step_x0(a->step_user, i + 1, x0);
     }
     free(v);
+    free(x0);
     qi_dit_call_free(d.call[0]);
     qi_dit_call_free(d.call[1]);
     be->ops->reset(be, mark);

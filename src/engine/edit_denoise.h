@@ -43,6 +43,10 @@ typedef struct qi_edit_denoise_args {
      * nonzero cancels (QI_ERR_CANCELLED). NULL: none. */
     int (*progress)(void *user, int step, int steps);
     void *progress_user;
+    /* After step i (1 … steps): the clean latents that step predicts, x0 = x − σ·v
+     * [L, in_channels] packed, on the host (previews). NULL: none. */
+    void (*on_step_x0)(void *user, int step, const float *x0);
+    void *step_user;
 } qi_edit_denoise_args;
 
 /* latents [grid_h·grid_w, in_channels] host: the packed noise in, the final
