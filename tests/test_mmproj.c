@@ -199,9 +199,9 @@ static qi_status mmproj_keys(qi_gguf_writer *w, const void *ctx, qi_error *err) 
     return QI_OK;
 }
 
-/* <tmp>/<file>: the tiny Edit tower as an mmproj of variant v. 0 or -1. */
-static int write_mmproj(const char *file, const variant *v, char *path, size_t cap) {
-    snprintf(path, cap, "%s/%s", g_tmp, file);
+/* <dir>/<file>: the tiny Edit tower as an mmproj of variant v. 0 or -1. */
+static int write_mmproj(const char *dir, const char *file, const variant *v, char *path, size_t cap) {
+    snprintf(path, cap, "%s/%s", dir, file);
     out_set *s = calloc(1, sizeof *s);
     for (int i = 0; i < qi_source_tensor_count(g_src); i++) {
         qi_source_tensor t;
@@ -307,7 +307,7 @@ static void mmproj_tower_matches_the_safetensors_tower(void) {
     for (size_t k = 0; k < QI_ARRAY_LEN(kinds); k++) {
         char path[512];
         variant v = plain(kinds[k].dtype);
-        REQUIRE(write_mmproj(kinds[k].file, &v, path, sizeof path) == 0);
+        REQUIRE(write_mmproj(g_tmp, kinds[k].file, &v, path, sizeof path) == 0);
         qi_vision_config c = {0};
         double diff = tower_diff(path, &c);
         printf("     %s: max abs diff against the safetensors tower %.3g\n", kinds[k].file, diff);
@@ -340,7 +340,7 @@ static void other_files_are_refused_saying_why(void) {
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(bad); i++) {
         char path[512];
-        REQUIRE(write_mmproj(bad[i].file, &bad[i].v, path, sizeof path) == 0);
+        REQUIRE(write_mmproj(g_tmp, bad[i].file, &bad[i].v, path, sizeof path) == 0);
         qi_source *src = NULL;
         qi_error err = {{0}};
         qi_status st = qi_source_open_mmproj(path, &src, &err);
@@ -349,6 +349,197 @@ static void other_files_are_refused_saying_why(void) {
               st, err.msg);
         qi_source_close(src);
     }
+}
+
+/* ---- a GGUF text encoder beside it ------------------------------------------------------------ */
+
+/* The llama.cpp name of a language-model tensor: the one the project's own
+ * map (qi_names_llamacpp_text_encoder) takes back to `hf`; 0 if none. */
+static int llama_te_name(const char *hf, char *out, size_t cap) {
+    static const char *const globals[] = {"token_embd.weight", "output_norm.weight", "output.weight"};
+    static const char *const stems[] = {"attn_q", "attn_k", "attn_v", "attn_output", "attn_norm",
+                                        "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+    char back[160];
+    for (size_t i = 0; i < QI_ARRAY_LEN(globals); i++)
+        if (qi_names_llamacpp_text_encoder(globals[i], back, sizeof back) && !strcmp(back, hf))
+            return snprintf(out, cap, "%s", globals[i]) > 0;
+    int layer;
+    const char *kind = strrchr(hf, '.');
+    if (sscanf(hf, "model.layers.%d.", &layer) != 1 || !kind) return 0;
+    for (size_t i = 0; i < QI_ARRAY_LEN(stems); i++) {
+        snprintf(out, cap, "blk.%d.%s%s", layer, stems[i], kind);
+        if (qi_names_llamacpp_text_encoder(out, back, sizeof back) && !strcmp(back, hf)) return 1;
+    }
+    return 0;
+}
+
+static qi_status te_keys(qi_gguf_writer *w, const void *ctx, qi_error *err) {
+    (void)ctx;
+    qi_status st = qi_gguf_writer_set_string(w, "general.architecture", "qwen2vl", err);
+    return st ? st : qi_gguf_writer_set_u32(w, "general.file_type", 32, err);
+}
+
+/* <dir>/Qwen2.5-VL-tiny-BF16.gguf: the Edit text encoder's language model as
+ * llama.cpp's text converter writes it with --outtype bf16 (2-D BF16, 1-D
+ * F32: both exact for bf16 weights), no vision tensors. 0 or -1. */
+static int write_te_gguf(const char *dir, char *path, size_t cap) {
+    snprintf(path, cap, "%s/Qwen2.5-VL-tiny-BF16.gguf", dir);
+    out_set *s = calloc(1, sizeof *s);
+    int unmapped = 0;
+    for (int i = 0; i < qi_source_tensor_count(g_src); i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(g_src, i, &t);
+        if (!strncmp(t.name, "visual.", 7)) continue;
+        char name[160];
+        if (!llama_te_name(t.name, name, sizeof name)) {
+            CHECK(0, "no llama.cpp name for %s", t.name);
+            unmapped++;
+            continue;
+        }
+        size_t n;
+        float *x = values(&t, &n);
+        add(s, name, t.ndim == 1 ? QI_F32 : QI_BF16, t.ndim, t.shape, x);
+        free(x);
+    }
+    int rc = unmapped ? -1 : write_gguf(path, s, te_keys, NULL);
+    set_free(s);
+    free(s);
+    return rc;
+}
+
+/* The GGUF text encoder alone has no tower: the message says to give --mmproj. */
+static void text_only_gguf_asks_for_the_mmproj(void) {
+    char path[512];
+    REQUIRE(write_te_gguf(g_tmp, path, sizeof path) == 0);
+    qi_source *src = NULL;
+    qi_vision *vt = NULL;
+    qi_error err = {{0}};
+    REQUIRE(qi_source_open(path, QI_COMPONENT_TEXT_ENCODER, &src, &err) == QI_OK, "%s", err.msg);
+    CHECK(!qi_vision_present(src), "a qwen2vl GGUF carries no tower");
+    CHECK(qi_vision_load(src, g_be, &vt, &err) == QI_ERR_FORMAT && strstr(err.msg, "--mmproj") && strstr(err.msg, path),
+          "%s", err.msg);
+    printf("     %s\n", err.msg);
+    qi_source_close(src);
+}
+
+/* No --mmproj: the one mmproj*.gguf beside the GGUF text encoder is taken;
+ * two are not guessed between (the refusal names both and --mmproj, and
+ * comes when the tower is needed); --mmproj picks; a missing --mmproj file
+ * is an error at once; a safetensors text encoder is not searched beside. */
+static void mmproj_is_found_beside_the_text_encoder(void) {
+    char dir[256], te[512], one[512], two[512];
+    REQUIRE(tmp_dir_make(dir, sizeof dir, "mmproj_beside") == 0);
+    snprintf(te, sizeof te, "%s/Qwen2.5-VL-7B-Instruct-Q8_0.gguf", dir);
+    snprintf(one, sizeof one, "%s/mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf", dir);
+    snprintf(two, sizeof two, "%s/mmproj-Qwen2.5-VL-7B-Instruct-Q8_0.gguf", dir);
+    REQUIRE(write_file(te, "x", 1) == 0 && write_file(one, "x", 1) == 0);
+    qi_model_paths p = {.model = EDIT_MODEL, .text_encoder = te};
+    qi_model_files f;
+    qi_error err = {{0}};
+    REQUIRE(qi_model_files_resolve(&p, &f, &err) == QI_OK, "%s", err.msg);
+    CHECK(!strcmp(f.mmproj, one) && f.mmproj_found && !f.mmproj_ambiguous[0], "found: '%s'", f.mmproj);
+    REQUIRE(write_file(two, "x", 1) == 0);
+    REQUIRE(qi_model_files_resolve(&p, &f, &err) == QI_OK, "a text-to-image run needs no tower: %s", err.msg);
+    const qi_source *from = NULL;
+    qi_source *opened = NULL;
+    CHECK(!f.mmproj[0] && qi_model_files_vision_source(&f, g_src, 0, &from, &opened, &err) == QI_ERR_ARG &&
+              strstr(err.msg, "--mmproj") && strstr(err.msg, one) && strstr(err.msg, two),
+          "two are refused: %s", err.msg);
+    printf("     %s\n", err.msg);
+    CHECK(qi_model_files_vision_source(&f, g_src, 1, &from, &opened, &err) == QI_OK && from == g_src && !opened,
+          "a text encoder with its own tower needs no mmproj");
+    p.mmproj = two;
+    CHECK(qi_model_files_resolve(&p, &f, &err) == QI_OK && !strcmp(f.mmproj, two) && !f.mmproj_found, "--mmproj: '%s'",
+          f.mmproj);
+    p.mmproj = "/nonexistent/mmproj.gguf";
+    CHECK(qi_model_files_resolve(&p, &f, &err) == QI_ERR_IO && strstr(err.msg, "--mmproj /nonexistent/mmproj.gguf"),
+          "%s", err.msg);
+    qi_model_paths q = {.model = EDIT_MODEL};
+    CHECK(qi_model_files_resolve(&q, &f, &err) == QI_OK && !f.mmproj[0], "the folder's own text encoder: no search");
+    tmp_remove_tree(dir);
+}
+
+/* ---- the Edit pipeline through qi_generate ------------------------------------------------------ */
+
+static void keep_log(void *user, const char *line) {
+    char *buf = user;
+    if (strstr(line, "vision tower")) snprintf(buf, 1024, "%s", line);
+}
+
+/* The fixture case's request on an engine of `o` (+ the case's LoRA): the
+ * image (the caller frees it) or rgb NULL. */
+static qi_image run_case(qi_open_options *o, const cJSON *j, const uint8_t *rgb, int w, int h) {
+    qi_image img = {0};
+    qi_engine *e = NULL;
+    o->threads = 2;
+    qi_status st = qi_engine_open(o, &e);
+    if (!st) st = qi_engine_add_lora(e, QI_TEST_DATA "/cases/lora.safetensors", 1.0f);
+    qi_request r = qi_request_default();
+    r.prompt = cJSON_GetObjectItemCaseSensitive(j, "prompt")->valuestring;
+    r.cfg = (float)cJSON_GetObjectItemCaseSensitive(j, "cfg")->valuedouble;
+    r.steps = cJSON_GetObjectItemCaseSensitive(j, "steps")->valueint;
+    r.seed = (uint64_t)cJSON_GetObjectItemCaseSensitive(j, "seed")->valuedouble;
+    r.width = cJSON_GetObjectItemCaseSensitive(j, "width")->valueint;
+    r.height = cJSON_GetObjectItemCaseSensitive(j, "height")->valueint;
+    r.scheduler = "lightning";
+    r.n_edit_images = 1;
+    r.edit_images = &rgb;
+    r.edit_widths = &w, r.edit_heights = &h;
+    r.edit_vl_area = 224 * 224, r.edit_vae_area = 256 * 256; /* the fixtures' areas */
+    r.noise_dtype = 1;
+    if (!st) st = qi_generate(e, &r, &img);
+    CHECK(st == QI_OK, "%s", qi_engine_error(e));
+    qi_engine_close(e);
+    return img;
+}
+
+/* -m the Edit folder with --text-encoder a llama.cpp GGUF (bf16, no tower)
+ * and its mmproj beside it (found, and said so): the same image as the
+ * folder's own text encoder gives, byte for byte, and the reference's within
+ * the Edit tests' 2 levels. */
+static void edit_runs_on_a_gguf_text_encoder_and_its_mmproj(void) {
+    char dir[256], te[512], mm[512], path[1024], log[1024] = "";
+    REQUIRE(tmp_dir_make(dir, sizeof dir, "mmproj_edit") == 0);
+    variant v = plain(QI_BF16);
+    REQUIRE(write_mmproj(dir, "mmproj-Qwen2.5-VL-tiny-bf16.gguf", &v, mm, sizeof mm) == 0 &&
+            write_te_gguf(dir, te, sizeof te) == 0);
+    qi_error err = {{0}};
+    cJSON *j = NULL;
+    REQUIRE(qi_json_load(EDIT_REF "/" EDIT_CASE "/case.json", &j, &err) == QI_OK, "%s", err.msg);
+    snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF,
+             cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "images"), 0)->valuestring);
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    qi_st_file *f = ref_open(EDIT_REF "/" EDIT_CASE "/tensors.safetensors");
+    const qi_st_tensor *ref = f ? qi_st_file_find(f, "image_u8") : NULL;
+    if (qi_png_read(path, &rgb, &w, &h, NULL, &err) == QI_OK && ref) {
+        qi_open_options o = qi_open_options_default();
+        o.model_dir = EDIT_MODEL;
+        qi_image want = run_case(&o, j, rgb, w, h);
+        o.text_encoder = te;
+        o.log = keep_log, o.log_user = log;
+        qi_image got = run_case(&o, j, rgb, w, h);
+        size_t n = (size_t)got.width * got.height * 3;
+        int same = got.rgb && want.rgb && got.width == want.width && got.height == want.height &&
+                   !memcmp(got.rgb, want.rgb, n);
+        int worst = 0;
+        for (size_t i = 0; got.rgb && n == ref->nbytes && i < n; i++) {
+            int d = abs((int)got.rgb[i] - (int)((const uint8_t *)ref->data)[i]);
+            worst = d > worst ? d : worst;
+        }
+        printf("     GGUF text encoder + mmproj: %dx%d, %s the folder's image, %d levels from the reference\n     %s\n",
+               got.width, got.height, same ? "identical to" : "DIFFERENT from", worst, log);
+        CHECK(same, "the image differs from the folder's text encoder's");
+        CHECK(got.rgb && n == ref->nbytes && worst <= 2, "%d levels from the reference", worst);
+        CHECK(strstr(log, mm) && strstr(log, "found beside"), "the log says which mmproj: '%s'", log);
+        qi_image_free(&want), qi_image_free(&got);
+    } else {
+        CHECK(0, "%s: %s", path, err.msg);
+    }
+    free(rgb);
+    qi_st_close(f);
+    cJSON_Delete(j);
+    tmp_remove_tree(dir);
 }
 
 int main(void) {
@@ -365,6 +556,9 @@ int main(void) {
     RUN(names_map_as_the_converter_writes_them);
     RUN(mmproj_tower_matches_the_safetensors_tower);
     RUN(other_files_are_refused_saying_why);
+    RUN(text_only_gguf_asks_for_the_mmproj);
+    RUN(mmproj_is_found_beside_the_text_encoder);
+    RUN(edit_runs_on_a_gguf_text_encoder_and_its_mmproj);
     qi_source_close(g_src);
     tmp_remove_tree(g_tmp);
     g_be->ops->destroy(g_be);
