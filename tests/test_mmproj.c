@@ -493,6 +493,35 @@ static qi_image run_case(qi_open_options *o, const cJSON *j, const uint8_t *rgb,
     return img;
 }
 
+/* The CLI with a second mmproj beside the text encoder: refused without
+ * --mmproj (naming both), and with it the engine's image byte for byte. */
+static void cli_picks_the_mmproj(const char *dir, const char *te, const char *mm, const cJSON *j, const char *png,
+                                 const qi_image *want) {
+    char other[512], out_png[512], out[8192], args[4096];
+    variant v = plain(QI_F16);
+    REQUIRE(write_mmproj(dir, "mmproj-Qwen2.5-VL-tiny-f16.gguf", &v, other, sizeof other) == 0);
+    snprintf(out_png, sizeof out_png, "%s/cli.png", dir);
+    snprintf(args, sizeof args,
+             "generate -m %s --text-encoder %s -p '%s' --steps %d --seed %d -W %d -H %d --cfg 1 --lora %s "
+             "--scheduler lightning --image %s --edit-vl-area 50176 --edit-vae-area 65536 --quiet -o %s",
+             EDIT_MODEL, te, cJSON_GetObjectItemCaseSensitive(j, "prompt")->valuestring,
+             cJSON_GetObjectItemCaseSensitive(j, "steps")->valueint,
+             cJSON_GetObjectItemCaseSensitive(j, "seed")->valueint, want->width, want->height,
+             QI_TEST_DATA "/cases/lora.safetensors", png, out_png);
+    int rc = run_shell(out, sizeof out, "%s %s", QI_CLI, args);
+    printf("     two mmproj files, no --mmproj: exit %d: %s", rc, out);
+    CHECK(rc != 0 && strstr(out, "--mmproj") && strstr(out, other) && !qi_file_exists(out_png), "exit %d: %s", rc, out);
+    rc = run_shell(out, sizeof out, "%s %s --mmproj %s", QI_CLI, args, mm);
+    CHECK(rc == 0, "exit %d: %s", rc, out);
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    qi_error err = {{0}};
+    CHECK(rc == 0 && qi_png_read(out_png, &rgb, &w, &h, NULL, &err) == QI_OK && w == want->width &&
+              h == want->height && !memcmp(rgb, want->rgb, (size_t)w * h * 3),
+          "the CLI's image with --mmproj differs from the engine's: %s", err.msg);
+    free(rgb);
+}
+
 /* -m the Edit folder with --text-encoder a llama.cpp GGUF (bf16, no tower)
  * and its mmproj beside it (found, and said so): the same image as the
  * folder's own text encoder gives, byte for byte, and the reference's within
@@ -532,6 +561,7 @@ static void edit_runs_on_a_gguf_text_encoder_and_its_mmproj(void) {
         CHECK(same, "the image differs from the folder's text encoder's");
         CHECK(got.rgb && n == ref->nbytes && worst <= 2, "%d levels from the reference", worst);
         CHECK(strstr(log, mm) && strstr(log, "found beside"), "the log says which mmproj: '%s'", log);
+        if (got.rgb) cli_picks_the_mmproj(dir, te, mm, j, path, &got);
         qi_image_free(&want), qi_image_free(&got);
     } else {
         CHECK(0, "%s: %s", path, err.msg);
