@@ -19,6 +19,8 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "base/quant.h"
+#include "base/types.h"
 #include "io/gguf_write.h"
 #include "io/image.h"
 #include "io/model_files.h"
@@ -54,19 +56,13 @@ typedef struct out_set {
     int n;
 } out_set;
 
-/* n floats stored as dtype (F32, F16 or BF16) in a new buffer. */
+/* n floats stored as dtype (F32, F16, BF16, Q8_0: rows are whole blocks) in a new buffer. */
 static void *store(const float *v, size_t n, qi_dtype dtype, size_t *nbytes) {
-    size_t es = dtype == QI_F32 ? 4 : 2;
-    uint8_t *p = malloc(n * es + 1);
-    for (size_t i = 0; i < n; i++) {
-        if (dtype == QI_F32) {
-            memcpy(p + 4 * i, &v[i], 4);
-        } else {
-            uint16_t h = dtype == QI_F16 ? qi_f32_to_f16(v[i]) : qi_f32_to_bf16(v[i]);
-            memcpy(p + 2 * i, &h, 2);
-        }
-    }
-    *nbytes = n * es;
+    int64_t bytes = qi_row_bytes(dtype, (int64_t)n);
+    void *p = malloc(bytes > 0 ? (size_t)bytes : 1);
+    CHECK(bytes > 0 && qi_quantize(dtype, v, p, (int64_t)n) == 0, "cannot store %zu values as %s", n,
+          qi_dtype_name(dtype));
+    *nbytes = bytes > 0 ? (size_t)bytes : 0;
     return p;
 }
 
@@ -97,7 +93,7 @@ static float *values(const qi_source_tensor *t, size_t *n) {
 
 /* What the converter's variations and the refusals are made of. */
 typedef struct variant {
-    qi_dtype wtype;           /* 2-D weights: --outtype f32 / bf16 / f16 (the patch slices: F16 with f16, else F32) */
+    qi_dtype wtype;           /* 2-D weights: --outtype f32 / bf16 / f16 / q8_0 (the patch slices: F16 with f16, else F32) */
     const char *arch, *projector;
     int wa_pattern;           /* clip.vision.n_wa_pattern; 0: left out */
     int drop_patch1;          /* leave out v.patch_embd.weight.1 */
@@ -180,7 +176,7 @@ static qi_status mmproj_keys(qi_gguf_writer *w, const void *ctx, qi_error *err) 
     qi_status st;
     if ((st = qi_gguf_writer_set_string(w, "general.architecture", v->arch, err)) ||
         (st = qi_gguf_writer_set_string(w, "general.type", "mmproj", err)) ||
-        (st = qi_gguf_writer_set_u32(w, "general.file_type", v->wtype == QI_F32 ? 0 : v->wtype == QI_F16 ? 1 : 32, err)) ||
+        (st = qi_gguf_writer_set_u32(w, "general.file_type", v->wtype == QI_F32 ? 0 : v->wtype == QI_F16 ? 1 : v->wtype == QI_Q8_0 ? 7 : 32, err)) ||
         (st = qi_gguf_writer_set_bool(w, "clip.has_vision_encoder", 1, err)) ||
         (st = qi_gguf_writer_set_u32(w, "clip.vision.projection_dim", 64, err)) ||
         (st = qi_gguf_writer_set_u32(w, "clip.vision.image_size", 560, err)) ||
@@ -247,8 +243,9 @@ static float *encode_case_picture(qi_vision *vt, int64_t *n_out) {
 }
 
 /* The mmproj's tower against the safetensors tower on the fixture picture:
- * max abs difference of the outputs (-1 on failure); its config in *cfg. */
-static double tower_diff(const char *path, qi_vision_config *cfg) {
+ * max abs difference of the outputs (-1 on failure), their relative L2 in
+ * *rel; its config in *cfg. */
+static double tower_diff(const char *path, qi_vision_config *cfg, double *rel) {
     qi_error err = {{0}};
     qi_source *src = NULL;
     qi_vision *a = NULL, *b = NULL;
@@ -261,7 +258,7 @@ static double tower_diff(const char *path, qi_vision_config *cfg) {
         *cfg = *qi_vision_get_config(a);
         int64_t n = 0, m = 0;
         float *ga = encode_case_picture(a, &n), *gb = encode_case_picture(b, &m);
-        if (ga && gb && n == m) diff = qi_max_abs_diff(ga, gb, (size_t)n);
+        if (ga && gb && n == m) diff = qi_max_abs_diff(ga, gb, (size_t)n), *rel = qi_rel_l2(ga, gb, (size_t)n);
         free(ga), free(gb);
     }
     qi_vision_free(a), qi_vision_free(b);
@@ -303,16 +300,21 @@ static void mmproj_tower_matches_the_safetensors_tower(void) {
     static const struct {
         qi_dtype dtype;
         const char *file;
-    } kinds[] = {{QI_F32, "mmproj-tiny-f32.gguf"}, {QI_BF16, "mmproj-tiny-bf16.gguf"}, {QI_F16, "mmproj-tiny-f16.gguf"}};
+    } kinds[] = {{QI_F32, "mmproj-tiny-f32.gguf"},
+                 {QI_BF16, "mmproj-tiny-bf16.gguf"},
+                 {QI_F16, "mmproj-tiny-f16.gguf"},
+                 {QI_Q8_0, "mmproj-tiny-q8_0.gguf"}};
     for (size_t k = 0; k < QI_ARRAY_LEN(kinds); k++) {
         char path[512];
         variant v = plain(kinds[k].dtype);
         REQUIRE(write_mmproj(g_tmp, kinds[k].file, &v, path, sizeof path) == 0);
         qi_vision_config c = {0};
-        double diff = tower_diff(path, &c);
-        printf("     %s: max abs diff against the safetensors tower %.3g\n", kinds[k].file, diff);
+        double rel = -1, diff = tower_diff(path, &c, &rel);
+        printf("     %s: against the safetensors tower max abs diff %.3g, rel L2 %.3g\n", kinds[k].file, diff, rel);
         if (kinds[k].dtype == QI_F16)
-            CHECK(diff >= 0 && diff < 1e-2, "f16 storage: %g", diff);
+            CHECK(diff >= 0 && rel < 1e-6, "f16 storage: rel %g", rel);
+        else if (kinds[k].dtype == QI_Q8_0)
+            CHECK(diff > 0 && rel < 1e-2, "q8_0 storage (the weights kept as Q8_0): rel %g", rel);
         else
             CHECK(diff == 0, "%s: %g", kinds[k].file, diff);
         CHECK(c.depth == 2 && c.hidden_size == 32 && c.num_heads == 2 && c.intermediate_size == 64 &&
