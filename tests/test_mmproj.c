@@ -519,9 +519,14 @@ static void cli_picks_the_mmproj(const char *dir, const char *te, const char *mm
     uint8_t *rgb = NULL;
     int w = 0, h = 0;
     qi_error err = {{0}};
-    CHECK(rc == 0 && qi_png_read(out_png, &rgb, &w, &h, NULL, &err) == QI_OK && w == want->width &&
+    char *params = NULL;
+    CHECK(rc == 0 && qi_png_read(out_png, &rgb, &w, &h, &params, &err) == QI_OK && w == want->width &&
               h == want->height && !memcmp(rgb, want->rgb, (size_t)w * h * 3),
           "the CLI's image with --mmproj differs from the engine's: %s", err.msg);
+    char key[600];
+    snprintf(key, sizeof key, "Mmproj: %s", mm);
+    CHECK(params && strstr(params, key), "parameters record --mmproj: %s", params ? params : "(none)");
+    free(params);
     free(rgb);
 }
 
