@@ -146,7 +146,12 @@ static void print_summary(const char *path, const container *c, int mask) {
                (unsigned long long)qi_gguf_alignment(c->gguf));
     else
         printf("format:        safetensors%s\n", c->st->files[0]->metadata_json ? " (with __metadata__)" : "");
-    printf("component:     %s\n", component_text(mask));
+    const char *comp = component_text(mask);
+    /* llama.cpp's mmproj: the vision tower beside a GGUF text encoder */
+    if (!mask && !strcmp(arch, "clip (general.architecture)"))
+        comp = "vision tower (a llama.cpp mmproj: give it with --mmproj beside a GGUF text encoder; Qwen-Image-Edit "
+               "reads the qwen2.5vl_merger one)";
+    printf("component:     %s\n", comp);
     printf("architecture:  %s\n", arch);
     printf("tensors:       %d\n", c->n);
     printf("types:         %s\n", types);

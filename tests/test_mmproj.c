@@ -93,7 +93,7 @@ static float *values(const qi_source_tensor *t, size_t *n) {
 
 /* What the converter's variations and the refusals are made of. */
 typedef struct variant {
-    qi_dtype wtype;           /* 2-D weights: --outtype f32 / bf16 / f16 / q8_0 (the patch slices: F16 with f16, else F32) */
+    qi_dtype wtype;           /* 2-D weights: --outtype f32 / bf16 / f16 / q8_0 (patch slices: F16 with f16, else F32) */
     const char *arch, *projector;
     int wa_pattern;           /* clip.vision.n_wa_pattern; 0: left out */
     int drop_patch1;          /* leave out v.patch_embd.weight.1 */
@@ -119,10 +119,13 @@ static void convert_visual(out_set *s, const qi_source_tensor *t, const variant 
     int blk;
     char tail[96];
     if (!strcmp(rest, "patch_embed.proj.weight")) { /* [C, 3, 2, p, p] → two [C, 3, p, p] */
-        int64_t C = t->shape[0], ci = t->shape[1], pp = t->shape[3] * t->shape[4], sh[4] = {C, ci, t->shape[3], t->shape[4]};
-        float *slice[2] = {malloc((size_t)(C * ci * pp) * sizeof(float)), malloc((size_t)(C * ci * pp) * sizeof(float))};
+        int64_t C = t->shape[0], ci = t->shape[1], pp = t->shape[3] * t->shape[4];
+        int64_t sh[4] = {C, ci, t->shape[3], t->shape[4]};
+        size_t bytes = (size_t)(C * ci * pp) * sizeof(float);
+        float *slice[2] = {malloc(bytes), malloc(bytes)};
         for (int64_t k = 0; k < C * ci; k++)
-            for (int tt = 0; tt < 2; tt++) memcpy(slice[tt] + k * pp, x + (k * 2 + tt) * pp, (size_t)pp * sizeof(float));
+            for (int tt = 0; tt < 2; tt++)
+                memcpy(slice[tt] + k * pp, x + (k * 2 + tt) * pp, (size_t)pp * sizeof(float));
         qi_dtype pt = v->wtype == QI_F16 ? QI_F16 : QI_F32;
         add(s, "v.patch_embd.weight", pt, 4, sh, slice[0]);
         if (!v->drop_patch1) add(s, "v.patch_embd.weight.1", pt, 4, sh, slice[1]);
@@ -137,7 +140,8 @@ static void convert_visual(out_set *s, const qi_source_tensor *t, const variant 
     } else if (sscanf(rest, "blocks.%d.%95s", &blk, tail) == 2) {
         for (size_t i = 0; i < QI_ARRAY_LEN(block_renames); i++)
             if (!strncmp(tail, block_renames[i][0], strlen(block_renames[i][0]))) {
-                snprintf(name, sizeof name, "v.blk.%d.%s%s", blk, block_renames[i][1], tail + strlen(block_renames[i][0]));
+                snprintf(name, sizeof name, "v.blk.%d.%s%s", blk, block_renames[i][1],
+                         tail + strlen(block_renames[i][0]));
                 add(s, name, w2, t->ndim, t->shape, x);
             }
     } else if (!strncmp(rest, "merger.mlp.", 11)) {
@@ -173,10 +177,11 @@ static int write_gguf(const char *path, out_set *s, qi_status (*keys)(qi_gguf_wr
 static qi_status mmproj_keys(qi_gguf_writer *w, const void *ctx, qi_error *err) {
     const variant *v = ctx;
     const float mean[3] = {v->mean0, 0.4578275f, 0.40821073f}, std_[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    uint32_t file_type = v->wtype == QI_F32 ? 0 : v->wtype == QI_F16 ? 1 : v->wtype == QI_Q8_0 ? 7 : 32; /* llama_ftype */
     qi_status st;
     if ((st = qi_gguf_writer_set_string(w, "general.architecture", v->arch, err)) ||
         (st = qi_gguf_writer_set_string(w, "general.type", "mmproj", err)) ||
-        (st = qi_gguf_writer_set_u32(w, "general.file_type", v->wtype == QI_F32 ? 0 : v->wtype == QI_F16 ? 1 : v->wtype == QI_Q8_0 ? 7 : 32, err)) ||
+        (st = qi_gguf_writer_set_u32(w, "general.file_type", file_type, err)) ||
         (st = qi_gguf_writer_set_bool(w, "clip.has_vision_encoder", 1, err)) ||
         (st = qi_gguf_writer_set_u32(w, "clip.vision.projection_dim", 64, err)) ||
         (st = qi_gguf_writer_set_u32(w, "clip.vision.image_size", 560, err)) ||
@@ -287,7 +292,8 @@ static void names_map_as_the_converter_writes_them(void) {
         CHECK(qi_names_llamacpp_mmproj(cases[i][0], out, sizeof out) && !strcmp(out, cases[i][1]), "%s → %s",
               cases[i][0], out);
     static const char *const refused[] = {"v.blk.01.ln1.weight", "v.blk.+1.ln1.weight", "v.blk.0.attn_qkv.weight",
-                                          "v.blk.0.ln1.scale", "mm.1.weight", "v.patch_embd.weight", "blk.0.attn_q.weight"};
+                                          "v.blk.0.ln1.scale",   "mm.1.weight",         "v.patch_embd.weight",
+                                          "blk.0.attn_q.weight"};
     for (size_t i = 0; i < QI_ARRAY_LEN(refused); i++)
         CHECK(!qi_names_llamacpp_mmproj(refused[i], out, sizeof out), "%s is not a name of the layout", refused[i]);
 }
@@ -496,8 +502,9 @@ static qi_image run_case(qi_open_options *o, const cJSON *j, const uint8_t *rgb,
     return img;
 }
 
-/* The CLI with a second mmproj beside the text encoder: refused without
- * --mmproj (naming both), and with it the engine's image byte for byte. */
+/* The CLI: `inspect` calls an mmproj a vision tower; with a second mmproj
+ * beside the text encoder generate is refused without --mmproj (naming
+ * both), and with it gives the engine's image byte for byte. */
 static void cli_picks_the_mmproj(const char *dir, const char *te, const char *mm, const cJSON *j, const char *png,
                                  const qi_image *want) {
     char other[512], out_png[512], out[8192], args[4096];
@@ -511,7 +518,9 @@ static void cli_picks_the_mmproj(const char *dir, const char *te, const char *mm
              cJSON_GetObjectItemCaseSensitive(j, "steps")->valueint,
              cJSON_GetObjectItemCaseSensitive(j, "seed")->valueint, want->width, want->height,
              QI_TEST_DATA "/cases/lora.safetensors", png, out_png);
-    int rc = run_shell(out, sizeof out, "%s %s", QI_CLI, args);
+    int rc = run_shell(out, sizeof out, "%s inspect %s", QI_CLI, mm);
+    CHECK(rc == 0 && strstr(out, "vision tower") && strstr(out, "--mmproj"), "inspect: %s", out);
+    rc = run_shell(out, sizeof out, "%s %s", QI_CLI, args);
     printf("     two mmproj files, no --mmproj: exit %d: %s", rc, out);
     CHECK(rc != 0 && strstr(out, "--mmproj") && strstr(out, other) && !qi_file_exists(out_png), "exit %d: %s", rc, out);
     rc = run_shell(out, sizeof out, "%s %s --mmproj %s", QI_CLI, args, mm);
