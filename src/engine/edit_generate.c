@@ -70,8 +70,11 @@ static qi_status load_vision(qi_engine *e) {
     if (st) return st;
     if (opened)
         qi_log_linef(e->log, e->log_user, "vision tower: %s %s", e->files.mmproj,
-                      e->files.mmproj_found ? "(the mmproj found beside the text encoder; --mmproj picks another)"
-                                            : "(--mmproj)");
+                     e->files.mmproj_found ? "(the mmproj found beside the text encoder; --mmproj picks another)"
+                                           : "(--mmproj)");
+    else if (e->files.mmproj[0] && !e->files.mmproj_found)
+        qi_log_linef(e->log, e->log_user, "vision tower: the text encoder's own; --mmproj %s is not read",
+                     e->files.mmproj);
     st = qi_vision_load(from, e->be, &e->vt, &e->err);
     if (st) {
         qi_source_close(opened);
@@ -82,7 +85,7 @@ static qi_status load_vision(qi_engine *e) {
 }
 
 /* Pictures and prompts → the transformer's inputs; the vision tower loads
- * with the first Edit request (from the text encoder's weights). */
+ * with the first Edit request (load_vision). */
 static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *in) {
     int wh[QI_DIT_MAX_COND][2];
     for (int k = 0; k < req->n_edit_images; k++) wh[k][0] = req->edit_widths[k], wh[k][1] = req->edit_heights[k];
