@@ -76,6 +76,7 @@ int qi_cmd_serve(int argc, char **argv);
 typedef struct gen_args {
     const char *model, *negative, *out, *scheduler, *save_latents, *device, *devices;
     const char *diffusion_model, *text_encoder, *vae; /* single files per component (NULL: from -m) */
+    const char *mmproj; /* --mmproj: the vision tower of a GGUF text encoder (NULL: found beside it) */
     const char *prompts[QI_APP_MAX_PROMPTS];
     int n_prompts;
     const char *lora_path[QI_APP_MAX_LORAS];

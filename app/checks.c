@@ -177,7 +177,7 @@ int qi_app_check_configs(const gen_args *a) {
 int qi_app_precheck_schedule(gen_args *a) {
     qi_model_files files;
     qi_error err = {{0}};
-    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
+    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae, a->mmproj};
     qi_status st = qi_model_files_resolve(&paths, &files, &err);
     if (st) return qi_app_error("%s", err.msg), qi_app_exit_code(st);
     return check_scheduler(a, &files);
@@ -186,7 +186,7 @@ int qi_app_precheck_schedule(gen_args *a) {
 int qi_app_precheck(gen_args *a, prompt_note *notes) {
     qi_model_files files;
     qi_error err = {{0}};
-    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
+    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae, a->mmproj};
     qi_status st = qi_model_files_resolve(&paths, &files, &err);
     if (st) {
         qi_app_error("%s", err.msg);

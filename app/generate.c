@@ -36,6 +36,8 @@ static void generate_usage(void) {
            "  --text-encoder F    the text encoder file (ComfyUI .safetensors, llama.cpp qwen2vl .gguf)\n"
            "  --vae F             the VAE file (diffusers or ComfyUI .safetensors); each of the three replaces\n"
            "                      -m's; with all three, -m is not needed\n"
+           "  --mmproj F          Edit models with a llama.cpp text encoder GGUF: llama.cpp's mmproj GGUF of\n"
+           "                      Qwen2.5-VL (the vision tower; default: the one mmproj*.gguf beside it)\n"
            "  -p TEXT             prompt (repeat for several prompts in one batch)\n"
            "  -n TEXT             negative prompt (true CFG when --cfg > 1)\n"
            "  --lora FILE[:S]     LoRA with strength S (default 1); repeatable\n"
@@ -166,6 +168,10 @@ static int parse_batch_index(const char *v, gen_args *a) {
 /* One flag with its value v. */
 static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_prompt) {
     if (qi_app_component_flag(f, v, &a->model, &a->diffusion_model, &a->text_encoder, &a->vae)) return 0;
+    if (!strcmp(f, "--mmproj")) {
+        a->mmproj = v;
+        return 0;
+    }
     if (!strcmp(f, "-p")) {
         if (!*explicit_prompt) a->n_prompts = 0; /* the first -p replaces --from-parameters' prompt */
         *explicit_prompt = 1;
@@ -259,7 +265,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
             "--max-sequence-length", "--device", "--devices", "--threads", "--vram", "--save-latents",
             "--diffusion-model", "--text-encoder", "--vae", "--random-weights", "--image", "--mask", "--strength",
-            "--edit-vl-area", "--edit-vae-area"};
+            "--edit-vl-area", "--edit-vae-area", "--mmproj"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(f, with_value[k]);
         if (!known) return qi_app_usage_error("generate: unknown option %s", f);
@@ -545,6 +551,7 @@ static int run(gen_args *a, const prompt_note *notes) {
     o.diffusion_model = a->diffusion_model;
     o.text_encoder = a->text_encoder;
     o.vae = a->vae;
+    o.mmproj = a->mmproj;
     o.device = a->device;
     o.devices = a->devices;
     o.threads = (int)a->threads;

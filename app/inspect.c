@@ -147,8 +147,14 @@ static void print_summary(const char *path, const container *c, int mask, const 
                (unsigned long long)qi_gguf_alignment(c->gguf));
     else
         printf("format:        safetensors%s\n", c->st->files[0]->metadata_json ? " (with __metadata__)" : "");
-    printf("component:     %s\n", component_text(mask));
-    if (not_lora) { /* the LoRA reader's reason, without its "LoRA <path>: " */
+    const char *comp = component_text(mask);
+    /* llama.cpp's mmproj: the vision tower beside a GGUF text encoder */
+    int mmproj = !mask && !strcmp(arch, "clip (general.architecture)");
+    if (mmproj)
+        comp = "vision tower (a llama.cpp mmproj: give it with --mmproj beside a GGUF text encoder; Qwen-Image-Edit "
+               "reads the qwen2.5vl_merger one)";
+    printf("component:     %s\n", comp);
+    if (not_lora && !mmproj) { /* the LoRA reader's reason, without its "LoRA <path>: " */
         const char *reason = strstr(not_lora, path) ? strstr(not_lora, path) + strlen(path) : not_lora;
         printf("not a LoRA:    %s\n", reason[0] == ':' ? reason + 2 : reason);
     }

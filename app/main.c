@@ -184,7 +184,7 @@ const char *qi_app_model_or_default(const char *model, const char *dit, const ch
 /* The tokenizer of -m / --text-encoder (the GGUF's, the folder's or the installed one). */
 static qi_status open_tokenizer(const char *model, const char *te, qi_tokenizer **tok, qi_error *err) {
     qi_model_files files;
-    qi_model_paths paths = {model, NULL, te, NULL};
+    qi_model_paths paths = {model, NULL, te, NULL, NULL};
     qi_status st = qi_model_files_resolve(&paths, &files, err);
     if (st == QI_ERR_ARG && !model) { /* only the tokenizer is needed: a lone --text-encoder is enough */
         memset(&files, 0, sizeof files);
@@ -297,7 +297,7 @@ static int cmd_encode(int argc, char **argv) {
     model = qi_app_model_or_default(model, NULL, te_file, NULL, 0);
     qi_error err = {{0}};
     qi_model_files files;
-    qi_model_paths paths = {model, NULL, te_file, NULL};
+    qi_model_paths paths = {model, NULL, te_file, NULL, NULL};
     qi_status st = qi_model_files_resolve(&paths, &files, &err);
     if (st == QI_ERR_ARG && !model && te_file) { /* the text encoder is all encode needs */
         memset(&files, 0, sizeof files);

@@ -133,6 +133,7 @@ static void put_settings(sbuf *b, const gen_args *a, int index, int count, const
     if (a->diffusion_model) sb_kv(b, "Diffusion model", a->diffusion_model);
     if (a->text_encoder) sb_kv(b, "Text encoder", a->text_encoder);
     if (a->vae) sb_kv(b, "VAE", a->vae);
+    if (a->mmproj) sb_kv(b, "Mmproj", a->mmproj); /* only when given: a found one is found again */
     sb_kv(b, "Scheduler", a->scheduler ? a->scheduler : "model");
     if (scheduler_hash && *scheduler_hash) sb_kv(b, "Scheduler hash", scheduler_hash);
     sb_kv(b, "RNG", a->rng == QI_RNG_CUDA ? "cuda" : "cpu");
@@ -332,6 +333,7 @@ static int parse_settings(const char *line, const char *source, gen_args *a, cha
         else if (!strcmp(key, "Diffusion model")) a->diffusion_model = keep(a, v);
         else if (!strcmp(key, "Text encoder")) a->text_encoder = keep(a, v);
         else if (!strcmp(key, "VAE")) a->vae = keep(a, v);
+        else if (!strcmp(key, "Mmproj")) a->mmproj = keep(a, v);
         else if (!strcmp(key, "Init image")) a->image = keep(a, v);
         else if (sscanf(key, "Edit image %d%n", &pi, &used) == 1 && !key[used] && pi >= 1 && pi <= 3) {
             a->edit = 1; /* the pictures of a Qwen-Image-Edit run (single files need no --edit then) */

@@ -26,7 +26,7 @@
 
 static void serve_usage(void) {
     printf("usage: qwen-image serve [-m MODEL_DIR] [--diffusion-model F] [--text-encoder F] [--vae F] [options]\n\n"
-           "  -m, --diffusion-model, --text-encoder, --vae, --lora FILE[:S], --lora-mode, --device, --devices, --threads, --vram\n"
+           "  -m, --diffusion-model, --text-encoder, --vae, --mmproj, --lora FILE[:S], --lora-mode, --device, --devices, --threads, --vram\n"
            "                      the model, as for generate (default: the bundled tiny test model)\n"
            "  --lora-dir DIR      LoRA files a request may name in \"loras\" (then --lora-mode auto means runtime)\n"
            "  --edit              the model is Qwen-Image-Edit (single files; a diffusers folder says so itself):\n"
@@ -71,6 +71,10 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     long x;
     gen_args *m = &o->model;
     if (qi_app_component_flag(f, v, &m->model, &m->diffusion_model, &m->text_encoder, &m->vae)) return 0;
+    if (!strcmp(f, "--mmproj")) {
+        m->mmproj = v;
+        return 0;
+    }
     for (size_t i = 0; i < sizeof int_flags / sizeof int_flags[0]; i++) {
         if (strcmp(f, int_flags[i].name)) continue;
         if (qi_app_parse_int(f, v, int_flags[i].lo, int_flags[i].hi, &x)) return 2;
@@ -160,7 +164,7 @@ static int load(serve *s) {
     const gen_args *m = &s->opt.model;
     qi_open_options o = qi_open_options_default();
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
-    o.vae = m->vae, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
+    o.vae = m->vae, o.mmproj = m->mmproj, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
     o.vram_bytes = m->vram;
     /* per-request LoRAs swap the small factors beside the weights, where fused
      * ones would reload the transformer at every change */

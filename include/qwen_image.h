@@ -77,6 +77,10 @@ typedef struct qi_open_options {
                                 that folder's config.json of its component. The tokenizer: the text encoder
                                 GGUF's, else model_dir's tokenizer/, else the Qwen2.5 tokenizer installed
                                 with the engine. The "model" scheduler: model_dir's, else Qwen-Image's. */
+    const char *mmproj;      /* Edit models with a llama.cpp text encoder GGUF: its vision tower, llama.cpp's
+                                mmproj GGUF of Qwen2.5-VL (mmproj-Qwen2.5-VL-7B-Instruct-*.gguf); NULL: the
+                                one mmproj*.gguf beside the text encoder GGUF, if any (several: an Edit
+                                request is refused until this names one). Read at the first Edit request */
     const char *device;      /* "cpu" (default) or "cuda", "cuda:N" */
     const char *devices;     /* NULL: the one `device`. Or several, comma-separated, one kind:
                                 "cuda:0,cuda:1,…" spreads each generation over those GPUs (one

@@ -1,7 +1,7 @@
 /*
  * test_gguf_write.c — claims about the streamed writers: a GGUF written by
  * io/gguf_write.c reads back through io/gguf.c (strict reader) with every
- * key, name, type, shape and byte as written, whatever the pieces the data
+ * key (string, u32, bool, f32, f32 array), name, type, shape and byte as written, whatever the pieces the data
  * came in (aligned to 32); the same for safetensors_stream.c through io/safetensors.c; and
  * misuse (a tensor twice, a type GGUF has no id for, a partial block, too
  * many or too few bytes, an empty dim, an unwritable path) is an error naming the tensor
@@ -51,6 +51,12 @@ static void gguf_round_trip(void) {
     REQUIRE(qi_gguf_writer_new(&w, &err) == QI_OK, "%s", err.msg);
     CHECK(qi_gguf_writer_set_string(w, "general.architecture", "qwen_image", &err) == QI_OK, "%s", err.msg);
     CHECK(qi_gguf_writer_set_u32(w, "general.quantization_version", 2, &err) == QI_OK, "%s", err.msg);
+    const float mean[3] = {0.48145466f, -2.5f, 1e-30f};
+    CHECK(qi_gguf_writer_set_bool(w, "clip.has_vision_encoder", 1, &err) == QI_OK &&
+              qi_gguf_writer_set_bool(w, "clip.use_gelu", 0, &err) == QI_OK &&
+              qi_gguf_writer_set_f32(w, "clip.vision.attention.layer_norm_epsilon", 1e-6f, &err) == QI_OK &&
+              qi_gguf_writer_set_f32_array(w, "clip.vision.image_mean", mean, 3, &err) == QI_OK,
+          "%s", err.msg);
     size_t total = 0;
     for (size_t i = 0; i < QI_ARRAY_LEN(SPECS); i++) {
         const spec *s = &SPECS[i];
@@ -74,6 +80,19 @@ static void gguf_round_trip(void) {
     CHECK(qi_gguf_get_string(g, "general.architecture", &arch, &len, &err) == QI_OK && len == 10 &&
               !memcmp(arch, "qwen_image", 10), "architecture");
     CHECK(qi_gguf_get_int(g, "general.quantization_version", &v, &err) == QI_OK && v == 2, "u32 key");
+    int yes = -1, no = -1;
+    double eps = 0, m[3] = {0};
+    qi_gguf_array a;
+    CHECK(qi_gguf_get_bool(g, "clip.has_vision_encoder", &yes, &err) == QI_OK && yes == 1 &&
+              qi_gguf_get_bool(g, "clip.use_gelu", &no, &err) == QI_OK && no == 0, "bool keys: %s", err.msg);
+    CHECK(qi_gguf_key_type(g, "clip.vision.attention.layer_norm_epsilon") == QI_GGUF_F32 &&
+              qi_gguf_get_float(g, "clip.vision.attention.layer_norm_epsilon", &eps, &err) == QI_OK && eps == (double)1e-6f,
+          "f32 key: %g", eps);
+    CHECK(qi_gguf_get_array(g, "clip.vision.image_mean", &a, &err) == QI_OK && a.type == QI_GGUF_F32 && a.count == 3,
+          "f32 array: %s", err.msg);
+    for (uint64_t i = 0; i < 3 && a.count == 3; i++)
+        CHECK(qi_gguf_array_float(&a, i, &m[i], &err) == QI_OK && m[i] == (double)mean[i], "element %d: %g",
+              (int)i, m[i]);
     CHECK(qi_gguf_tensor_count(g) == (int)QI_ARRAY_LEN(SPECS), "count");
     size_t off = 0;
     for (size_t i = 0; i < QI_ARRAY_LEN(SPECS); i++) {

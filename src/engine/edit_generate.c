@@ -61,8 +61,32 @@ static qi_status check_edit_request(qi_engine *e, const qi_request *req) {
     return QI_OK;
 }
 
+/* The vision tower: from the text encoder's weights, or from llama.cpp's
+ * mmproj file beside a GGUF text encoder (io/model_files.h); kept while the
+ * engine lives. */
+static qi_status load_vision(qi_engine *e) {
+    const qi_source *te = e->src[QI_COMPONENT_TEXT_ENCODER], *from;
+    qi_source *opened = NULL;
+    qi_status st = qi_model_files_vision_source(&e->files, te, qi_vision_present(te), &from, &opened, &e->err);
+    if (st) return st;
+    if (opened)
+        qi_log_linef(e->log, e->log_user, "vision tower: %s %s", e->files.mmproj,
+                     e->files.mmproj_found ? "(the mmproj found beside the text encoder; --mmproj picks another)"
+                                           : "(--mmproj)");
+    else if (e->files.mmproj[0] && !e->files.mmproj_found)
+        qi_log_linef(e->log, e->log_user, "vision tower: the text encoder's own; --mmproj %s is not read",
+                     e->files.mmproj);
+    st = qi_vision_load(from, e->be, &e->vt, &e->err);
+    if (st) {
+        qi_source_close(opened);
+        return st;
+    }
+    e->vision_src = opened;
+    return QI_OK;
+}
+
 /* Pictures and prompts → the transformer's inputs; the vision tower loads
- * with the first Edit request (from the text encoder's weights). */
+ * with the first Edit request (load_vision). */
 static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *in) {
     int wh[QI_DIT_MAX_COND][2];
     for (int k = 0; k < req->n_edit_images; k++) wh[k][0] = req->edit_widths[k], wh[k][1] = req->edit_heights[k];
@@ -75,7 +99,7 @@ static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *
     qi_status st = qi_engine_acquire(e, QI_COMPONENT_TOKENIZER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_TEXT_ENCODER);
     if (!st) st = qi_engine_acquire(e, QI_COMPONENT_VAE);
-    if (!st && !e->vt) st = qi_vision_load(e->src[QI_COMPONENT_TEXT_ENCODER], e->be, &e->vt, &e->err);
+    if (!st && !e->vt) st = load_vision(e);
     qi_edit_hooks builtin = {.resize_lanczos = builtin_lanczos, .vae_mean = builtin_vae_mean, .user = e};
     if (!st)
         st = qi_edit_prepare(&r, e->edit_hooks ? e->edit_hooks : &builtin, e->tok, e->te, e->vt,

@@ -326,7 +326,7 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
         return qi_fail(&e->err, QI_ERR_ARG, "no model given: a Qwen/Qwen-Image folder or a folder of split files "
                        "(-m DIR), or the three files (--diffusion-model, --text-encoder, --vae)");
     qi_status st;
-    qi_model_paths paths = {opt->model_dir, opt->diffusion_model, opt->text_encoder, opt->vae};
+    qi_model_paths paths = {opt->model_dir, opt->diffusion_model, opt->text_encoder, opt->vae, opt->mmproj};
     if ((st = qi_model_files_resolve(&paths, &e->files, &e->err))) return st;
     const char *what = opt->model_dir ? opt->model_dir : "the given files";
     if ((st = open_ranks(e, opt))) return st;
@@ -344,6 +344,7 @@ void qi_engine_close(qi_engine *e) {
     qi_denoise_release(e->ranks);
     if (e->vae) qi_vae_free(e->vae);
     qi_vision_free(e->vt);
+    qi_source_close(e->vision_src); /* after the tower read from it */
     if (e->te) qi_text_encoder_free(e->te);
     if (e->tok) qi_tokenizer_free(e->tok);
     qi_lora_set_free(e->loras);

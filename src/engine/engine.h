@@ -43,6 +43,7 @@ struct qi_engine {
     qi_text_encoder *te;
     qi_vae *vae;
     qi_vision *vt;           /* the text encoder's vision tower, loaded by the first Edit request */
+    qi_source *vision_src;   /* the mmproj file the tower came from (NULL: the text encoder's own) */
     struct qi_edit_hooks *edit_hooks; /* PIL Lanczos and the VAE encoder for Edit (NULL: the built-in ones) */
     qi_source *src[QI_COMPONENT_COUNT]; /* weight sources, opened on first load and kept while their
                                            models live (CPU weights point into them); none for the

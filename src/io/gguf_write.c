@@ -15,9 +15,11 @@
 
 typedef struct kv {
     char *key;
-    int type;    /* QI_GGUF_STRING or QI_GGUF_U32 */
+    int type;    /* QI_GGUF_STRING, U32, F32, BOOL, or ARRAY (of F32) */
     char *str;
-    uint32_t u32;
+    uint32_t u32; /* U32, BOOL; ARRAY: the element count */
+    float f32;
+    float *arr;   /* ARRAY: the elements */
 } kv;
 
 typedef struct tinfo {
@@ -48,7 +50,7 @@ qi_status qi_gguf_writer_new(qi_gguf_writer **out, qi_error *err) {
 void qi_gguf_writer_free(qi_gguf_writer *w) {
     if (!w) return;
     if (w->f) fclose(w->f);
-    for (int i = 0; i < w->n_kv; i++) free(w->kvs[i].key), free(w->kvs[i].str);
+    for (int i = 0; i < w->n_kv; i++) free(w->kvs[i].key), free(w->kvs[i].str), free(w->kvs[i].arr);
     for (int i = 0; i < w->n_t; i++) free(w->ts[i].name);
     free(w->kvs);
     free(w->ts);
@@ -64,7 +66,8 @@ static int grow(void **p, int *cap, int n, size_t elem) {
     return 0;
 }
 
-static qi_status add_kv(qi_gguf_writer *w, const char *key, int type, const char *s, uint32_t u,
+/* A new key (its value filled by the caller through *out). */
+static qi_status add_kv(qi_gguf_writer *w, const char *key, int type, const char *s, uint32_t u, kv **out,
                         qi_error *err) {
     if (w->f) return qi_fail(err, QI_ERR_ARG, "GGUF writer: key '%s' added after the header was written", key);
     for (int i = 0; i < w->n_kv; i++)
@@ -72,21 +75,44 @@ static qi_status add_kv(qi_gguf_writer *w, const char *key, int type, const char
     if (grow((void **)&w->kvs, &w->cap_kv, w->n_kv, sizeof *w->kvs))
         return qi_fail(err, QI_ERR_NOMEM, "GGUF writer: out of memory");
     kv *k = &w->kvs[w->n_kv];
-    *k = (kv){strdup(key), type, s ? strdup(s) : NULL, u};
+    *k = (kv){strdup(key), type, s ? strdup(s) : NULL, u, 0.0f, NULL};
     if (!k->key || (s && !k->str)) {
         free(k->key), free(k->str);
         return qi_fail(err, QI_ERR_NOMEM, "GGUF writer: out of memory");
     }
     w->n_kv++;
+    if (out) *out = k;
     return QI_OK;
 }
 
 qi_status qi_gguf_writer_set_string(qi_gguf_writer *w, const char *key, const char *value, qi_error *err) {
-    return add_kv(w, key, QI_GGUF_STRING, value, 0, err);
+    return add_kv(w, key, QI_GGUF_STRING, value, 0, NULL, err);
 }
 
 qi_status qi_gguf_writer_set_u32(qi_gguf_writer *w, const char *key, uint32_t value, qi_error *err) {
-    return add_kv(w, key, QI_GGUF_U32, NULL, value, err);
+    return add_kv(w, key, QI_GGUF_U32, NULL, value, NULL, err);
+}
+
+qi_status qi_gguf_writer_set_bool(qi_gguf_writer *w, const char *key, int value, qi_error *err) {
+    return add_kv(w, key, QI_GGUF_BOOL, NULL, value != 0, NULL, err);
+}
+
+qi_status qi_gguf_writer_set_f32(qi_gguf_writer *w, const char *key, float value, qi_error *err) {
+    kv *k;
+    qi_status st = add_kv(w, key, QI_GGUF_F32, NULL, 0, &k, err);
+    if (!st) k->f32 = value;
+    return st;
+}
+
+qi_status qi_gguf_writer_set_f32_array(qi_gguf_writer *w, const char *key, const float *values, uint32_t n,
+                                       qi_error *err) {
+    kv *k;
+    qi_status st = add_kv(w, key, QI_GGUF_ARRAY, NULL, n, &k, err);
+    if (st) return st;
+    if (!(k->arr = malloc((n ? n : 1) * sizeof(float)))) /* the key stays, freed with the writer */
+        return qi_fail(err, QI_ERR_NOMEM, "GGUF writer: out of memory");
+    if (n) memcpy(k->arr, values, n * sizeof(float));
+    return QI_OK;
 }
 
 static uint64_t pad_to(uint64_t n) { return (n + QI_GGUF_WRITE_ALIGN - 1) / QI_GGUF_WRITE_ALIGN * QI_GGUF_WRITE_ALIGN; }
@@ -131,6 +157,26 @@ static int put_u32(FILE *f, uint32_t v) {
 }
 static int put_u64(FILE *f, uint64_t v) { return put_u32(f, (uint32_t)v) || put_u32(f, (uint32_t)(v >> 32)); }
 static int put_str(FILE *f, const char *s) { return put_u64(f, strlen(s)) || put(f, s, strlen(s)); }
+static int put_f32(FILE *f, float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return put_u32(f, u);
+}
+/* A key's value after its type id (little-endian, as io/gguf.c reads). */
+static int put_value(FILE *f, const kv *k) {
+    uint8_t b = (uint8_t)k->u32;
+    switch (k->type) {
+    case QI_GGUF_STRING: return put_str(f, k->str);
+    case QI_GGUF_F32: return put_f32(f, k->f32);
+    case QI_GGUF_BOOL: return put(f, &b, 1);
+    case QI_GGUF_ARRAY: {
+        int bad = put_u32(f, QI_GGUF_F32) || put_u64(f, k->u32);
+        for (uint32_t i = 0; i < k->u32 && !bad; i++) bad = put_f32(f, k->arr[i]);
+        return bad;
+    }
+    default: return put_u32(f, k->u32);
+    }
+}
 static int put_zeros(FILE *f, uint64_t n) {
     static const uint8_t z[QI_GGUF_WRITE_ALIGN];
     return put(f, z, (size_t)n);
@@ -148,8 +194,7 @@ qi_status qi_gguf_writer_begin(qi_gguf_writer *w, const char *path, qi_error *er
     int bad = put(f, "GGUF", 4) || put_u32(f, 3) || put_u64(f, (uint64_t)w->n_t) || put_u64(f, (uint64_t)w->n_kv);
     for (int i = 0; i < w->n_kv && !bad; i++) {
         const kv *k = &w->kvs[i];
-        bad = put_str(f, k->key) || put_u32(f, (uint32_t)k->type) ||
-              (k->type == QI_GGUF_STRING ? put_str(f, k->str) : put_u32(f, k->u32));
+        bad = put_str(f, k->key) || put_u32(f, (uint32_t)k->type) || put_value(f, k);
     }
     for (int i = 0; i < w->n_t && !bad; i++) {
         const tinfo *t = &w->ts[i];

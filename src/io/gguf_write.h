@@ -35,6 +35,11 @@ void qi_gguf_writer_free(qi_gguf_writer *w); /* closes an unfinished file (the c
 /* Metadata, before begin; a key given twice is an error. */
 qi_status qi_gguf_writer_set_string(qi_gguf_writer *w, const char *key, const char *value, qi_error *err);
 qi_status qi_gguf_writer_set_u32(qi_gguf_writer *w, const char *key, uint32_t value, qi_error *err);
+qi_status qi_gguf_writer_set_bool(qi_gguf_writer *w, const char *key, int value, qi_error *err);
+qi_status qi_gguf_writer_set_f32(qi_gguf_writer *w, const char *key, float value, qi_error *err);
+/* An array of n float32 values (llama.cpp's clip.vision.image_mean). */
+qi_status qi_gguf_writer_set_f32_array(qi_gguf_writer *w, const char *key, const float *values, uint32_t n,
+                                       qi_error *err);
 
 /* A tensor of `dtype` (a type with a GGUF id) and shape[ndim] (outermost
  * first, 1..4 dims each >= 1, the last a whole number of blocks), before begin; a name

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "io/gguf.h"
@@ -112,6 +113,44 @@ static qi_status resolve_root(const char *root, qi_model_files *out, qi_error *e
     return scan_dir(&sc, root, 0);
 }
 
+/* "mmproj*.gguf", any case, as llama.cpp's converter names the file. */
+static int is_mmproj_name(const char *name) {
+    return strncasecmp(name, "mmproj", 6) == 0 && strlen(name) > 11 && !strcasecmp(name + strlen(name) - 5, ".gguf");
+}
+
+/* No --mmproj: the one mmproj*.gguf in the GGUF text encoder's folder. Two or
+ * more are not guessed between: the message is kept for when the tower is
+ * needed. */
+static void find_mmproj(qi_model_files *out) {
+    const char *te = out->path[QI_COMPONENT_TEXT_ENCODER];
+    if (!has_suffix(te, ".gguf")) return;
+    char dir[QI_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", te);
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+    else snprintf(dir, sizeof dir, ".");
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort), found = 0;
+    char first[QI_PATH_MAX] = "", second[QI_PATH_MAX] = "";
+    for (int i = 0; i < n; i++) {
+        char p[QI_PATH_MAX];
+        if (is_mmproj_name(names[i]->d_name) && !qi_path_join(p, sizeof p, dir, names[i]->d_name) &&
+            qi_file_exists(p) && found++ < 2)
+            snprintf(found == 1 ? first : second, QI_PATH_MAX, "%s", p);
+        free(names[i]);
+    }
+    if (n >= 0) free(names);
+    if (found == 1) {
+        snprintf(out->mmproj, sizeof out->mmproj, "%s", first);
+        out->mmproj_found = 1;
+    } else if (found > 1) {
+        snprintf(out->mmproj_ambiguous, sizeof out->mmproj_ambiguous,
+                 "%d mmproj files beside the text encoder %s (%.300s, %.300s%s): give the vision tower's with "
+                 "--mmproj FILE",
+                 found, te, first, second, found > 2 ? ", …" : "");
+    }
+}
+
 qi_status qi_model_files_resolve(const qi_model_paths *p, qi_model_files *out, qi_error *err) {
     memset(out, 0, sizeof *out);
     const char *given[QI_COMPONENT_COUNT] = {NULL};
@@ -138,7 +177,28 @@ qi_status qi_model_files_resolve(const qi_model_paths *p, qi_model_files *out, q
                            p->model ? "" : " and no file", qi_component_name((qi_component)c),
                            flag_of((qi_component)c));
     }
+    if (p->mmproj && *p->mmproj) {
+        if (!qi_file_exists(p->mmproj)) return qi_fail(err, QI_ERR_IO, "--mmproj %s: no such file", p->mmproj);
+        snprintf(out->mmproj, sizeof out->mmproj, "%s", p->mmproj);
+    } else {
+        find_mmproj(out);
+    }
     return QI_OK;
+}
+
+qi_status qi_model_files_vision_source(const qi_model_files *f, const qi_source *te, int te_has_tower,
+                                       const qi_source **out, qi_source **opened, qi_error *err) {
+    *out = te;
+    *opened = NULL;
+    if (te_has_tower) return QI_OK;
+    if (f->mmproj[0]) {
+        qi_status st = qi_source_open_mmproj(f->mmproj, opened, err);
+        if (st != QI_OK) return st;
+        *out = *opened;
+        return QI_OK;
+    }
+    if (f->mmproj_ambiguous[0]) return qi_fail(err, QI_ERR_ARG, "%s", f->mmproj_ambiguous);
+    return QI_OK; /* the tower's load says what is missing */
 }
 
 qi_status qi_model_files_open_source(const qi_model_files *f, qi_component c, qi_source **out, qi_error *err) {

@@ -31,6 +31,8 @@ typedef struct qi_model_paths {
     const char *transformer;  /* --diffusion-model: file or component folder; NULL: from model */
     const char *text_encoder; /* --text-encoder */
     const char *vae;          /* --vae */
+    const char *mmproj;       /* --mmproj: llama.cpp's vision-tower GGUF beside a GGUF text encoder; NULL:
+                                 the one mmproj*.gguf in the text encoder GGUF's folder, if any */
 } qi_model_paths;
 
 typedef struct qi_model_files {
@@ -43,11 +45,27 @@ typedef struct qi_model_files {
      * diffusers -m folder (that folder's component config), or "" */
     char config[QI_COMPONENT_COUNT][QI_PATH_MAX];
     char scheduler_config[QI_PATH_MAX]; /* "" → qi_scheduler_config_qwen_image() */
+    /* the vision tower's mmproj GGUF ("" for none): --mmproj, or found beside a
+     * GGUF text encoder (mmproj_found 1; the engine says which it picked) */
+    char mmproj[QI_PATH_MAX];
+    int mmproj_found;
+    /* several mmproj*.gguf beside the text encoder and no --mmproj: the
+     * message refusing to guess, given when the vision tower is needed (a
+     * text-to-image run needs none); "" otherwise */
+    char mmproj_ambiguous[1024];
 } qi_model_files;
 
 /* Resolves every component's path; the error names what is missing and the
  * flag that gives it, or the two files that both look like one component. */
 qi_status qi_model_files_resolve(const qi_model_paths *p, qi_model_files *out, qi_error *err);
+
+/* The vision tower's source for an Edit request: the text encoder's own
+ * `te` when it carries one; else the mmproj file (opened into *opened, which
+ * the caller closes after the tower); else the text encoder's, whose load
+ * then says to give --mmproj. An ambiguous folder is an error naming the
+ * candidates. *out is te or *opened. */
+qi_status qi_model_files_vision_source(const qi_model_files *f, const qi_source *te, int te_has_tower,
+                                       const qi_source **out, qi_source **opened, qi_error *err);
 
 /* Opens component c's source (qi_source_open), with its config attached
  * where `config[c]` says. */

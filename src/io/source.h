@@ -112,6 +112,14 @@ qi_status qi_source_open_safetensors(const char *path, qi_component comp, qi_sou
  * QI_ERR_UNSUPPORTED saying so. */
 qi_status qi_source_open_gguf(const char *path, qi_component comp, qi_source **out, qi_error *err);
 
+/* llama.cpp's mmproj GGUF of Qwen2.5-VL (clip.projector_type
+ * "qwen2.5vl_merger"): the vision tower a llama.cpp text-encoder GGUF leaves
+ * out, its tensors under the transformers `visual.*` names model/vision.c
+ * binds and its GGUF metadata as the attached `vision_config`
+ * (source_mmproj.c). Another projector, architecture or an unknown tensor is
+ * refused naming the file and the key or tensor. */
+qi_status qi_source_open_mmproj(const char *path, qi_source **out, qi_error *err);
+
 void qi_source_close(qi_source *s);
 
 /* Attaches a config.json to a source that has none (a ComfyUI file with the
@@ -190,6 +198,15 @@ qi_status qi_source_identify(const char *path, int *mask, qi_error *err);
  * of them, 0 otherwise (out untouched). No q/k permutation is involved:
  * llama.cpp stores Qwen2 rows in HF order (it rotates them NEOX-style). */
 int qi_names_llamacpp_text_encoder(const char *stored, char *out, size_t cap);
+
+/* llama.cpp's mmproj names of Qwen2.5-VL's tower → transformers':
+ * `v.blk.3.attn_q.weight` → `visual.blocks.3.attn.q.weight` (the fused qkv
+ * as the converter splits it), `v.blk.3.ln1.weight` → `…norm1.weight`,
+ * `v.post_ln.weight` → `visual.merger.ln_q.weight`, `mm.2.bias` →
+ * `visual.merger.mlp.2.bias`. The patch embedding's two slices are not a
+ * rename (qi_source_open_mmproj recombines them). 1 and out filled when
+ * mapped, 0 otherwise. */
+int qi_names_llamacpp_mmproj(const char *stored, char *out, size_t cap);
 
 /* The original Wan 2.1 VAE names of ComfyUI's qwen_image_vae.safetensors →
  * diffusers' AutoencoderKLQwenImage names (spec B.4, Appendix), mapped

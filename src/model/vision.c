@@ -212,7 +212,19 @@ static qi_status bind_block(qi_vision *vt, int i, vt_block *b, qi_error *err) {
 #define VT_NAME(s) (snprintf(n, sizeof n, "blocks.%d.%s", i, s), n)
     int64_t qkv_w[2] = {3 * C, C}, qkv_b[1] = {3 * C};
     qi_tensor *ws[3] = {&b->q_w, &b->k_w, &b->v_w}, *bs[3] = {&b->q_b, &b->k_b, &b->v_b};
+    static const char *const split[3][2] = {{"attn.q.weight", "attn.q.bias"},
+                                            {"attn.k.weight", "attn.k.bias"},
+                                            {"attn.v.weight", "attn.v.bias"}};
+    char full[192];
+    qi_source_tensor t;
+    snprintf(full, sizeof full, "%sblocks.%d.attn.q.weight", vt->prefix, i);
+    int is_split = qi_source_find(vt->src, full, &t); /* llama.cpp's mmproj: q, k, v as three tensors */
     for (int k = 0; k < 3 && !st; k++) {
+        if (is_split) {
+            st = bind(vt, VT_NAME(split[k][0]), C, C, ws[k], err);
+            if (!st) st = bind(vt, VT_NAME(split[k][1]), C, 0, bs[k], err);
+            continue;
+        }
         st = bind_rows(vt, VT_NAME("attn.qkv.weight"), 2, qkv_w, k * C, C, ws[k], err);
         if (!st) st = bind_rows(vt, VT_NAME("attn.qkv.bias"), 1, qkv_b, k * C, C, bs[k], err);
     }
@@ -263,8 +275,9 @@ qi_status qi_vision_load(const qi_source *src, qi_backend *be, qi_vision **out, 
     if (!prefix)
         return qi_fail(err, QI_ERR_FORMAT,
                        "%s: no vision tower ('visual.patch_embed.proj.weight'): an Edit model needs the "
-                       "full Qwen2.5-VL text encoder (a llama.cpp GGUF keeps it in a separate mmproj "
-                       "file, which is not supported yet)",
+                       "full Qwen2.5-VL text encoder; a llama.cpp GGUF keeps it in a separate mmproj file: "
+                       "give it with --mmproj FILE (mmproj-Qwen2.5-VL-7B-Instruct-*.gguf, found "
+                       "automatically when it is the only mmproj*.gguf beside the text encoder)",
                        qi_source_path(src));
     qi_vision *vt = calloc(1, sizeof *vt);
     if (!vt) return qi_fail(err, QI_ERR_NOMEM, "vision tower: out of memory");

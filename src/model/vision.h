@@ -65,8 +65,10 @@ typedef struct qi_vision qi_vision;
 
 /* Whether `src` (a text encoder source) carries a vision tower: `visual.*`
  * or `model.visual.*` names (diffusers folders of the Edit models, ComfyUI's
- * qwen_2.5_vl_7b*.safetensors). A llama.cpp text-encoder GGUF never does:
- * its tower lives in a separate mmproj file, which is not read yet. */
+ * qwen_2.5_vl_7b*.safetensors, a llama.cpp mmproj opened with
+ * qi_source_open_mmproj). A llama.cpp text-encoder GGUF never does: its
+ * tower lives in the separate mmproj file. The fused `attn.qkv` or the
+ * split `attn.q` / `attn.k` / `attn.v` (the mmproj's) are both bound. */
 int qi_vision_present(const qi_source *src);
 
 /* Loads the tower of `src`. The config is config.json's `vision_config`
