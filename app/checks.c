@@ -159,7 +159,7 @@ int qi_app_check_configs(const gen_args *a) {
     const qi_component comps[] = {QI_COMPONENT_TRANSFORMER, QI_COMPONENT_TEXT_ENCODER};
     qi_model_files files;
     qi_error err = {{0}};
-    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae};
+    qi_model_paths paths = {a->model, a->diffusion_model, a->text_encoder, a->vae, a->mmproj};
     qi_status st = qi_model_files_resolve(&paths, &files, &err);
     for (size_t k = 0; k < QI_ARRAY_LEN(comps) && !st; k++) {
         qi_source *src = NULL;
