@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <dirent.h>
@@ -348,8 +349,11 @@ int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async)
     return rc;
 }
 
-/* POST /v1/images/generations and POST /v1/jobs. */
+/* POST /v1/images/generations and POST /v1/jobs (a multipart body to /v1/jobs: the pictures of an
+ * edit, as /v1/images/edits takes them, run as an async job). */
 static int generations(serve *s, const http_req *r, int async) {
+    const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (async && type && !strncasecmp(type, "multipart/form-data", 19)) return serve_edits(s, r, 1);
     int stream = 0;
     job *j = serve_parse_generation(s, r, &stream);
     if (!j) return MHD_YES;
@@ -357,9 +361,8 @@ static int generations(serve *s, const http_req *r, int async) {
         serve_job_put(s, j);
         return serve_send_error(r->conn, 400, "invalid_request_error", "image", "invalid_value",
                                 "this server's model is Qwen-Image-Edit, which edits pictures and makes none from "
-                                "text alone: POST /v1/images/edits (multipart/form-data) with 1 to %d image[] parts "
-                                "and a prompt%s", SERVE_MAX_PICTURES,
-                                async ? " (async jobs take no pictures yet)" : "");
+                                "text alone: POST %s (multipart/form-data) with 1 to %d image[] parts and a prompt",
+                                async ? "/v1/jobs" : "/v1/images/edits", SERVE_MAX_PICTURES);
     }
     return serve_answer_job(s, r, j, stream, async);
 }
@@ -415,7 +418,7 @@ int serve_api_dispatch(serve *s, const http_req *r) {
         case 1: return health(s, c);
         case 2: return models(s, c);
         case 3: return generations(s, r, 0);
-        case 4: return serve_edits(s, r);
+        case 4: return serve_edits(s, r, 0);
         case 5: return serve_a1111_txt2img(s, r);
         case 6: return serve_a1111_progress(s, c);
         case 7: return serve_a1111_img2img(s, r);

@@ -18,7 +18,8 @@ int serve_submit_or_answer(serve *s, struct MHD_Connection *c, job *j);
 /* Queues j and answers (202, events or the images); takes the reference. */
 int serve_answer_job(serve *s, const http_req *r, job *j, int stream, int async);
 /* serve_edits.c: POST /v1/images/edits (multipart/form-data). */
-int serve_edits(serve *s, const http_req *r);
+/* async: POST /v1/jobs with the same multipart body (a job: 202, then GET /v1/jobs/{id}). */
+int serve_edits(serve *s, const http_req *r, int async);
 /* One uploaded picture: the file's bytes and its name (the parameters text). */
 typedef struct serve_picture {
     const void *data;

@@ -229,9 +229,9 @@ static job *parse_edit(serve *s, const http_req *r, int *stream) {
     return j;
 }
 
-int serve_edits(serve *s, const http_req *r) {
+int serve_edits(serve *s, const http_req *r, int async) {
     int stream = 0;
     job *j = parse_edit(s, r, &stream);
     if (!j) return MHD_YES;
-    return serve_answer_job(s, r, j, stream, 0);
+    return serve_answer_job(s, r, j, async ? 0 : stream, async);
 }

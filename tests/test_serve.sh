@@ -250,6 +250,15 @@ field '.data[0].b64_json' | base64 -d >"$T/edit.png"
     --image in_b.png --strength 0.5 -o cli_edit.png)
 cmp -s "$T/edit.png" "$T/cli_edit.png" && ok "edits image byte-identical to generate --image's" \
     || bad "edits image differs from generate --image's"
+# the same multipart body as an async job: 202, then the job's image is the same bytes
+check "POST /v1/jobs multipart (img2img job)" "$(cd "$T" && curl -s --max-time 30 -o "$T/body" -w '%{http_code}' $AUTH \
+    -F image=@in_b.png -F prompt="a cat" -F size=32x48 -F steps=4 -F seed=7 -F strength=0.5 "$(U /v1/jobs)")" 202
+JID=$(field .id)
+wait_job "$JID" completed && ok "img2img job completed" || bad "img2img job: $(curl -s $AUTH "$(U /v1/jobs/$JID)" | head -c 300)"
+req GET "/v1/jobs/$JID" >/dev/null
+field '.data[0].b64_json' | base64 -d >"$T/edit_job.png"
+cmp -s "$T/edit_job.png" "$T/cli_edit.png" && ok "img2img job's image byte-identical to generate --image's" \
+    || bad "img2img job's image differs from generate --image's"
 check "edits with image[] and a mask (inpaint)" "$(cd "$T" && edit -F 'image[]=@in_b.png' -F mask=@mask_a.png \
     -F prompt="a cat" -F size=32x48 -F steps=4 -F seed=7 -F strength=0.8 -F output_format=png)" 200
 field '.data[0].b64_json' | base64 -d >"$T/inpaint.png"
@@ -345,6 +354,13 @@ check "Edit answer size" "$(field .size)" 32x48
 field '.data[0].b64_json' | base64 -d >"$T/edit2.png"
 cmp -s "$T/edit2.png" "$T/cli_edit2.png" && ok "Edit image byte-identical to generate --image --image's" \
     || bad "Edit image differs from generate's"
+check "Edit as an async job (multipart /v1/jobs)" "$(cd "$T" && curl -s --max-time 30 -o "$T/body" -w '%{http_code}' \
+    $AUTH -F 'image[]=@init_images[0]' -F 'image[]=@init_images[1]' -F "prompt=$EP" -F steps=2 -F seed=22 -F size=32x48 \
+    "$(U /v1/jobs)")" 202
+EJ=$(field .id)
+wait_job "$EJ" completed && req GET "/v1/jobs/$EJ" >/dev/null && field '.data[0].b64_json' | base64 -d >"$T/edit2_job.png"
+cmp -s "$T/edit2_job.png" "$T/cli_edit2.png" && ok "the Edit job's image byte-identical to generate's" \
+    || bad "the Edit job's image differs from generate's"
 check "A1111 img2img on an Edit model" "$(req POST /sdapi/v1/img2img "{\"prompt\":\"$EP\",\"negative_prompt\":\"\",
     \"cfg_scale\":1,\"steps\":2,\"seed\":22,\"width\":32,\"height\":48,\"denoising_strength\":0.75,
     \"init_images\":[\"data:image/png;base64,$B64B\",\"$B64C\"]}")" 200
