@@ -145,7 +145,7 @@ static void find_mmproj(qi_model_files *out) {
         out->mmproj_found = 1;
     } else if (found > 1) {
         snprintf(out->mmproj_ambiguous, sizeof out->mmproj_ambiguous,
-                 "%d mmproj files beside the text encoder %s (%.300s, %.300s%s): give the vision tower's with "
+                 "%d mmproj files beside the text encoder %.300s (%.300s, %.300s%s): give the vision tower's with "
                  "--mmproj FILE",
                  found, te, first, second, found > 2 ? ", …" : "");
     }
