@@ -547,6 +547,7 @@ static qi_request make_request(const gen_args *a, progress *prog) {
 static int run(gen_args *a, const prompt_note *notes) {
     progress prog = {.tty = isatty(2), .quiet = a->quiet};
     qi_open_options o = qi_open_options_default();
+    o.edit = a->edit;
     o.model_dir = a->model;
     o.diffusion_model = a->diffusion_model;
     o.text_encoder = a->text_encoder;

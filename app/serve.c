@@ -163,6 +163,7 @@ static int load_progress(void *user, const char *stage, int step, int total) {
 static int load(serve *s) {
     const gen_args *m = &s->opt.model;
     qi_open_options o = qi_open_options_default();
+    o.edit = s->opt.model.edit;
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.mmproj = m->mmproj, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
     o.vram_bytes = m->vram;

@@ -104,6 +104,8 @@ typedef struct qi_open_options {
                                 pinned host memory; the text encoder's layers streamed; the VAE in tiles.
                                 A budget nothing fits fails qi_engine_open (QI_ERR_NOMEM) naming what did
                                 not fit and the --vram or file that would. One device only (not --devices) */
+    int edit;                /* the model is Qwen-Image-Edit (its requests carry pictures): the memory plan
+                                (vram_bytes) counts its vision tower, resident from the first Edit request on */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */

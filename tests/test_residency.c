@@ -249,6 +249,39 @@ static void q4k_files_run_at_8g_without_streaming_the_text_encoder_and_at_3g(voi
     check_plan_fits(3, Q4K_Q4K, &p);
 }
 
+/* An Edit model's vision tower (visual.*, resident from its first request)
+ * is planned for: at 8G the plan keeps fewer transformer blocks, by about
+ * the tower's size, and still fits with it; the description names it. */
+static void an_edit_models_vision_tower_is_planned_for(void) {
+    size_t vision = 0, scratch;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(manifest, "text_encoder")) {
+        if (strncmp(it->string, "visual.", 7)) continue;
+        const cJSON *shape = cJSON_GetArrayItem(it, 1);
+        int64_t ne[8] = {0};
+        int nd = cJSON_GetArraySize(shape);
+        for (int i = 0; i < nd && i < 8; i++) ne[i] = (int64_t)cJSON_GetArrayItem(shape, i)->valuedouble;
+        vision += cuda_bytes(QI_BF16, nd, ne, &scratch);
+    }
+    CHECK(vision > ((size_t)1 << 30) && vision < ((size_t)3 << 29), "vision tower %.2f GiB (0.68 B params in bf16)",
+          (double)vision / GIB);
+    qi_residency_sizes t2i = full_sizes(Q4K_Q4K), edit = t2i;
+    edit.vision = vision;
+    qi_residency_need n = full_need();
+    qi_residency_plan a, b;
+    qi_error err = {{0}};
+    REQUIRE(qi_residency_plan_make((size_t)8 * GIB, &t2i, &n, &a, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_residency_plan_make((size_t)8 * GIB, &edit, &n, &b, &err) == QI_OK, "%s", err.msg);
+    int fewer = a.resident_blocks - b.resident_blocks, expect = (int)(vision / t2i.dit_block);
+    printf("  8G Q4_K: %d blocks resident for text to image, %d for Edit (vision tower %.2f GiB, a block %.2f GiB)\n",
+           a.resident_blocks, b.resident_blocks, (double)vision / GIB, (double)t2i.dit_block / GIB);
+    CHECK(fewer >= expect && fewer <= expect + 1, "%d fewer blocks, expected %d or %d", fewer, expect, expect + 1);
+    CHECK(b.dit_peak <= b.budget && b.dit_peak >= vision + edit.fixed, "Edit peak %.2f GiB", (double)b.dit_peak / GIB);
+    char text[512];
+    qi_residency_plan_describe(&edit, &b, text, sizeof text);
+    CHECK(strstr(text, "Edit vision tower"), "%s", text);
+}
+
 /* The refusal names the part that did not fit and a --vram that works:
  * planning again at that budget succeeds, and 1% under it still fails. */
 static void refusal_names_the_part_and_a_budget_that_fits(double gib, model_types ty, const char *part) {
@@ -335,6 +368,7 @@ int main(void) {
     RUN(q4k_files_run_at_8g_without_streaming_the_text_encoder_and_at_3g);
     RUN(budgets_too_small_are_refused_naming_what_did_not_fit);
     RUN(describe_says_what_streams);
+    RUN(an_edit_models_vision_tower_is_planned_for);
     cJSON_Delete(manifest);
     TEST_END();
 }

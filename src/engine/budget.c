@@ -78,6 +78,19 @@ static void tally_sources(qi_engine *e, qi_residency_tally *t, size_t *scratch) 
     }
 }
 
+/* Device bytes of the vision tower in the text encoder's source (visual.*, model.visual.*): an Edit
+ * model keeps it resident once its first request loads it (engine/edit_generate.c). */
+static size_t vision_bytes(qi_engine *e) {
+    const qi_source *src = e->src[QI_COMPONENT_TEXT_ENCODER];
+    size_t sum = 0, scratch;
+    for (int i = 0; src && i < qi_source_tensor_count(src); i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(src, i, &t);
+        if (!strncmp(t.name, "visual.", 7) || !strncmp(t.name, "model.visual.", 13)) sum += weight_bytes(e, &t, &scratch);
+    }
+    return sum;
+}
+
 /* The type most of a component's streamable matrices are stored as, for messages. */
 static const char *main_type(const qi_source *src, qi_component c) {
     int counts[64] = {0}, best = -1;
@@ -281,6 +294,7 @@ qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt) {
     e->sizes = qi_residency_tally_sizes(t);
     free(t);
     e->sizes.fixed = fixed + e->weight_scratch;
+    e->sizes.vision = opt->edit ? vision_bytes(e) : 0;
     e->sizes.te_type = main_type(e->src[QI_COMPONENT_TEXT_ENCODER], QI_COMPONENT_TEXT_ENCODER);
     e->sizes.dit_type = main_type(e->src[QI_COMPONENT_TRANSFORMER], QI_COMPONENT_TRANSFORMER);
     size_t budget;

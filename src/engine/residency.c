@@ -67,7 +67,7 @@ static int price(size_t budget, const qi_residency_sizes *s, const qi_residency_
     p->arena = max2(max2(n->text, n->dit), tiled ? n->vae_tiled : n->vae_untiled);
     p->te_slot = te_stream ? s->te_layer : 0;
     p->dit_slot = p->dit_stream ? dit_slot(s, resident_blocks, mod_resident) : 0;
-    size_t base = s->fixed + qi_residency_margin(budget) + p->arena + s->vae, te = te_bytes(s, te_stream);
+    size_t base = s->fixed + qi_residency_margin(budget) + p->arena + s->vae + s->vision, te = te_bytes(s, te_stream);
     size_t dit = dit_bytes(s, resident_blocks, mod_resident);
     p->text_peak = base + te + (te_swap ? 0 : dit);
     p->dit_peak = base + dit + (te_swap ? 0 : te);
@@ -186,8 +186,10 @@ void qi_residency_plan_describe(const qi_residency_sizes *s, const qi_residency_
         snprintf(dit, sizeof dit, "transformer: %d of %d blocks resident, the other %d and the modulation "
                  "streamed through 2 slots of %.2f GiB", p->resident_blocks, s->dit_blocks,
                  s->dit_blocks - p->resident_blocks, GIB(p->dit_slot));
-    snprintf(buf, cap, "%s; %s%s; VAE %s; arena %.2f GiB; peak %.2f GiB (text) / %.2f GiB (denoise) of %.2f GiB",
-             te, dit, p->dit_evict ? " (freed while the text encoder loads again)" : "",
+    char vision[64] = "";
+    if (s->vision) snprintf(vision, sizeof vision, "; Edit vision tower %.2f GiB resident", GIB(s->vision));
+    snprintf(buf, cap, "%s; %s%s%s; VAE %s; arena %.2f GiB; peak %.2f GiB (text) / %.2f GiB (denoise) of %.2f GiB",
+             te, dit, p->dit_evict ? " (freed while the text encoder loads again)" : "", vision,
              p->vae_tiled ? "in tiles" : "whole", GIB(p->arena), GIB(p->text_peak), GIB(p->dit_peak), GIB(p->budget));
 }
 

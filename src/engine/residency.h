@@ -53,6 +53,8 @@ typedef struct qi_residency_sizes {
     size_t te_layer;     /* one layer's streamable weights (its 7 matrices), the largest */
     int te_layers;       /* 28 full size */
     size_t vae;          /* every VAE weight (always resident: ~250 MB) */
+    size_t vision;       /* an Edit model's vision tower (Qwen2.5-VL's visual.*, ~1.3 GB in bf16): resident
+                            from the first Edit request on; 0 for text to image */
     size_t dit_global;   /* transformer weights that are never streamed: img_in, txt_in, the
                             timestep MLP, norm_out, proj_out, every 1-D weight */
     size_t dit_block;    /* one block's streamable weights (its 12 attention and MLP matrices), the largest */
