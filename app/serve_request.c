@@ -333,7 +333,7 @@ static int a1111_pictures(const cJSON *o, serve_pictures *p, serve_req_error *e)
     if (!cJSON_IsArray(init)) return bad(e, "init_images", "'init_images' must be a list of base64 strings");
     int k = 0;
     for (const cJSON *it = init->child; it; it = it->next, k++) {
-        if (k == SERVE_MAX_PICTURES) { /* counted, not decoded: the model check names the limit */
+        if (k >= SERVE_MAX_PICTURES) { /* counted, not decoded: the model check names the limit */
             p->n_extra++;
             continue;
         }
