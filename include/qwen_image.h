@@ -59,9 +59,13 @@ struct qi_image;
  * clean image the step predicts, x0 = x - sigma * v, in the space and layout
  * of qi_image.latents (what the VAE decodes): img->latents [count, 16, 1,
  * height/8, width/8] float32, img->rgb NULL; valid during the call only.
- * Arrives on the calling thread; costs one device-to-host copy of the
- * latents and the prediction per step. Not called when a generation's image
- * tokens are sharded over several devices (sequence parallel). */
+ * Arrives on a thread of the engine's own, beside the denoising loop (so
+ * making a preview does not hold the GPU idle): in step order, one call at
+ * a time, every step once, and all of them before qi_generate returns; a
+ * callback slower than a step slows the loop to its pace. Costs one
+ * device-to-host copy of the latents and the prediction per step. Not
+ * called when a generation's image tokens are sharded over several devices
+ * (sequence parallel). */
 typedef void (*qi_latents_fn)(void *user, int step, int total, const struct qi_image *img);
 
 typedef struct qi_open_options {
