@@ -22,9 +22,10 @@
 #include "backend/weight_stream.h"
 #include "backend_caps.h"
 #include "engine/engine.h"
+#include "image_check.h"
 #include "test.h"
+#include "vram_plans.h"
 
-#define MODEL QI_TEST_DATA "/tiny-model"
 #define MIB ((size_t)1 << 20)
 
 static qi_backend *gpu;
@@ -175,69 +176,26 @@ static void two_slots_in_turn_never_overwrite_what_an_op_reads(void) {
 
 /* ---- the engine on the tiny model ---------------------------------------------------- */
 
-static qi_status open_tiny(size_t vram, qi_engine **e) {
-    qi_open_options o = qi_open_options_default();
-    o.model_dir = MODEL;
-    o.device = "cuda";
-    o.vram_bytes = vram;
-    return qi_engine_open(&o, e);
-}
-
-static qi_status generate(qi_engine *e, const char *prompt, qi_image *img) {
-    qi_request r = qi_request_default();
-    r.prompt = prompt;
-    r.width = 64;
-    r.height = 48;
-    r.steps = 2;
-    r.seed = 7;
-    return qi_generate(e, &r, img);
-}
-
-static int same_image(const qi_image *a, const qi_image *b) {
-    return a->rgb && b->rgb && a->count == b->count && a->width == b->width && a->height == b->height &&
-           !memcmp(a->rgb, b->rgb, (size_t)a->count * a->width * a->height * 3);
-}
-
-typedef int (*plan_test)(const qi_residency_plan *p);
-static int is_swap(const qi_residency_plan *p) { return p->step == 2 && p->te_swap && !p->dit_stream; }
-static int streams_everything(const qi_residency_plan *p) {
-    return p->step == 4 && p->te_stream && p->resident_blocks == 0 && !p->mod_resident;
-}
-
-/* The largest budget (2 GiB down, 128 KiB steps) whose plan passes `want`. */
-static size_t budget_where(plan_test want) {
-    qi_engine *e = NULL;
-    size_t found = 0;
-    if (open_tiny(2048 * MIB, &e) == QI_OK)
-        for (size_t b = 2048 * MIB; b > 256 * MIB && !found; b -= 128 << 10) {
-            qi_residency_plan p;
-            qi_error err;
-            if (qi_residency_plan_make(b, &e->sizes, &e->need, &p, &err) == QI_OK && want(&p)) found = b;
-        }
-    qi_engine_close(e);
-    return found;
-}
-
 static void engine_plans_give_the_unplanned_images(void) {
     qi_engine *e = NULL;
     qi_image ref[2] = {{0}}, got[2] = {{0}};
     const char *prompts[2] = {"a red apple on a table", "a blue boat"};
-    REQUIRE(open_tiny(0, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cuda", 0, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(e->planned && e->plan.step == 1, "the whole free GPU: everything resident");
     for (int i = 0; i < 2; i++) CHECK(generate(e, prompts[i], &ref[i]) == QI_OK, "%s", qi_engine_error(e));
     qi_engine_close(e);
     plan_test tests[2] = {is_swap, streams_everything};
     const char *names[2] = {"stage swap", "everything streamed"};
     for (int k = 0; k < 2; k++) {
-        size_t b = budget_where(tests[k]);
+        size_t b = budget_where("cuda", 2048 * MIB, 256 * MIB, tests[k]);
         CHECK(b > 0, "no budget gives a %s plan", names[k]);
         if (!b) continue;
         e = NULL;
-        CHECK(open_tiny(b, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
+        CHECK(open_tiny("cuda", b, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
               qi_engine_error(e));
         for (int i = 0; i < 2; i++) {
             CHECK(generate(e, prompts[i], &got[i]) == QI_OK, "%s", qi_engine_error(e));
-            CHECK(same_image(&ref[i], &got[i]), "%s: prompt %d's image differs from the unplanned engine's", names[k],
+            CHECK(same_pixels(&ref[i], &got[i]), "%s: prompt %d's image differs from the unplanned engine's", names[k],
                   i);
             qi_image_free(&got[i]);
         }
@@ -258,7 +216,7 @@ static void request_that_cannot_fit_is_refused_before_work(void) {
     const size_t budgets[2] = {0, (size_t)1 << 30};
     for (int k = 0; k < 2; k++) {
         qi_engine *e = NULL;
-        REQUIRE(open_tiny(budgets[k], &e) == QI_OK, "%s", qi_engine_error(e));
+        REQUIRE(open_tiny("cuda", budgets[k], &e) == QI_OK, "%s", qi_engine_error(e));
         qi_request r = qi_request_default();
         r.prompts = prompts;
         r.n_prompts = k == 0 ? 64 : 1;
