@@ -119,6 +119,13 @@ int qi_app_parse_size(const char *flag, const char *s, size_t *out) {
     return 0;
 }
 
+int qi_app_parse_pinned(const char *flag, const char *s, long long *out) {
+    size_t v = 0;
+    if (strcmp(s, "0") && qi_app_parse_size(flag, s, &v)) return 2;
+    *out = (long long)v;
+    return 0;
+}
+
 /* The first prefix of path that exists and is not a folder ("a/b" of
  * "a/b/c/out.png" when a/b is a file), into buf; 0 if none. */
 static int file_above(const char *path, char *buf, size_t cap) {
