@@ -1001,11 +1001,11 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
+        qc_host_destroy(c); /* the host weights' chunks and the bounce ring (syncs the copy stream) */
         if (c->copy_stream) {
             cudaStreamSynchronize(c->copy_stream);
             cudaStreamDestroy(c->copy_stream);
         }
-        qc_host_destroy(c); /* the host weights' chunks and the bounce ring */
         if (c->compute_mark) cudaEventDestroy(c->compute_mark);
         cudaFree(c->nonfinite_count);
         cudaFree(c->lt_workspace);

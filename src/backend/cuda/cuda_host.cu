@@ -217,7 +217,7 @@ qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor
         }
         off += bytes;
     }
-    if (e == cudaSuccess && bounced) e = cudaEventRecord(c->ring_done[c->ring_cur], c->copy_stream);
+    if (e == cudaSuccess && bounced && c->ring_cur >= 0) e = cudaEventRecord(c->ring_done[c->ring_cur], c->copy_stream);
     if (e == cudaSuccess) e = cudaEventRecord(s->ready, c->copy_stream);
     return e == cudaSuccess ? QI_OK : cuda_err(err, e, "stage (weights into a slot)");
 }
