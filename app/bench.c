@@ -1043,7 +1043,7 @@ int qi_cmd_bench(int argc, char **argv) {
         unsigned long long fp8 = 0, expanded = 0;
         qi_cuda_gemm_counts(c.be, &fp8, &expanded);
         emit(&c, "| GEMM path of the %s linears | all rows above | | %llu through the fp8 GEMM (cuBLASLt e4m3), %llu "
-             "expanded to bf16 |\n", qi_dtype_name(qt), fp8, expanded);
+             "expanded to bf16; fp8 GEMM %s |\n", qi_dtype_name(qt), fp8, expanded, qi_cuda_fp8_gemm_state(c.be));
     }
 #endif
     if (c.be->ops->mem_usage) {

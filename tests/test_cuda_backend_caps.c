@@ -307,8 +307,7 @@ static void fp8_linear(const fp8_problem *p, const qi_tensor *w, const qi_tensor
     *fp8 = f1 - f0, *expanded = e1 - e0;
     CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
     for (int r = 0; r < FP8_SAMPLES; r++) {
-        qi_tensor row = qi_view2(&y, 1, p->N);
-        row.data = (char *)y.data + (size_t)(p->rows[r] * p->N) * 2;
+        qi_tensor row = qi_slice_rows(&y, p->rows[r], 1);
         CHECK(!gpu->ops->download(gpu, &row, got + r * p->N, &err), "%s", err.msg);
     }
     gpu->ops->reset(gpu, mark);

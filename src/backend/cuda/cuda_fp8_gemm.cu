@@ -47,6 +47,8 @@
  */
 #include <cuda_fp8.h>
 #include <stdlib.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "backend/cuda/cuda_internal.h"
@@ -55,18 +57,28 @@
 #define E4M3_MAX 448.0f
 #define FP8_MIN_DIM 128
 /* On unless QI_CUDA_FP8_GEMM=0 (1); 0: off unless QI_CUDA_FP8_GEMM=1.
- * Off until its claims (test_cuda_backend_caps, test_formats -d cuda) have
- * passed on a GPU: written and compiled, never yet run on one. */
-#define FP8_GEMM_DEFAULT 0
+ * On since its claims passed on an H200 (run N, bench/RESULTS.md:
+ * test_cuda_backend_caps 14/14, test_formats -d cuda 20/20; a 1024² call
+ * 89 ms against 132 expanded). */
+#define FP8_GEMM_DEFAULT 1
 
 /* Device state of the activation scale; zeroed at creation, and the last
  * block of each reduction puts amax_bits and blocks_done back to zero. */
+/* Each scale cuBLASLt reads sits at a 16-byte boundary: cuBLASLt 13.1 on
+ * an H200 offers algorithms for scale pointers 4 bytes apart and then
+ * answers every cublasLtMatmul with CUBLAS_STATUS_NOT_SUPPORTED (status
+ * 15); 16 bytes apart they run (dev/cuda/fp8-probe, 2026-12-04). */
 typedef struct fp8_scales {
     unsigned amax_bits;   /* max |x| as float bits (non-negative floats order as unsigned) */
     unsigned blocks_done; /* reduction blocks finished */
-    float scale_x;        /* amax / 448: x ≈ x_q · scale_x */
-    float scale_w;        /* the weight's per-tensor scale (1 for none or per-row) */
+    unsigned pad0[2];
+    float scale_x; /* amax / 448: x ≈ x_q · scale_x */
+    float pad1[3];
+    float scale_w; /* the weight's per-tensor scale (1 for none or per-row) */
+    float pad2[3];
 } fp8_scales;
+static_assert(offsetof(fp8_scales, scale_x) % 16 == 0 && offsetof(fp8_scales, scale_w) % 16 == 0,
+              "cuBLASLt's scale pointers must be 16-byte aligned");
 
 /* One cuBLASLt problem: shape, epilogue, pointer alignment, and what the
  * heuristic said (ok = 0: no algorithm, the case falls back every time). */
@@ -181,9 +193,19 @@ static int alignment(const void *p) {
     return a;
 }
 
+/* Why a case went to the expansion path, kept for qi_cuda_fp8_gemm_state:
+ * a path that silently never runs would otherwise look like a slow one. */
+static void fallback(cuda_impl *c, const char *why, int m, int n, int k, int status) {
+    snprintf(c->fp8_fallback, sizeof c->fp8_fallback, "%s (m %d, n %d, k %d, status %d)", why, m, n, k, status);
+}
+
 #define LT_TRY(call)                                                                                               \
     do {                                                                                                           \
-        if ((call) != CUBLAS_STATUS_SUCCESS) return 0;                                                             \
+        cublasStatus_t lt_s_ = (call);                                                                             \
+        if (lt_s_ != CUBLAS_STATUS_SUCCESS) {                                                                      \
+            fallback(c, #call, p->m, p->n, p->k, (int)lt_s_);                                                      \
+            return 0;                                                                                              \
+        }                                                                                                          \
     } while (0)
 
 /* Descriptors for column-major D[m, n] (bf16) = scale_w·scale_x · Aᵀ·B with
@@ -226,7 +248,11 @@ static int plan_build(cuda_impl *c, fp8_plan *p, const void *bias) {
     cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->a_layout, p->b_layout, p->d_layout,
                                                       p->d_layout, pref, 1, &res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (s != CUBLAS_STATUS_SUCCESS || found < 1 || res.state != CUBLAS_STATUS_SUCCESS) return 0;
+    if (s != CUBLAS_STATUS_SUCCESS || found < 1 || res.state != CUBLAS_STATUS_SUCCESS) {
+        fallback(c, found < 1 ? "cuBLASLt heuristic: no algorithm" : "cuBLASLt heuristic failed", p->m, p->n, p->k,
+                 s != CUBLAS_STATUS_SUCCESS ? (int)s : (int)res.state);
+        return 0;
+    }
     p->algo = res.algo;
     return 1;
 }
@@ -271,16 +297,19 @@ static void *xq_buffer(const cuda_impl *c, int64_t n) {
 }
 
 /* Whether this path takes linear(x, w, b, act) -> y at all (before any plan). */
-static int fp8_takes(const cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
+static int fp8_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
                      const qi_tensor *y, int64_t M, int64_t N, int64_t K) {
     if (!c->fp8 || !c->fp8_on || w->dtype != QI_F8_E4M3 || w->ndim != 2) return 0;
-    if (x->dtype != QI_BF16 || y->dtype != QI_BF16 || w->ne[1] != K || qi_numel(y) != M * N) return 0;
-    if (b && (qi_numel(b) != N || !qc_param_type(b->dtype))) return 0;
-    if (M < 1 || N % 16 || K % 16 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) return 0;
-    if (N < FP8_MIN_DIM || K < FP8_MIN_DIM) return 0; /* the 64-channel first and last layers: see the top */
-    if (w->scale_form == QI_SCALE_ROW && !w->row_scale) return 0;
-    if (!qc_aligned16(x->data) || !qc_aligned16(w->data) || !qc_aligned16(y->data)) return 0;
-    return xq_buffer(c, M * K) != NULL;
+    const char *why = NULL;
+    if (x->dtype != QI_BF16 || y->dtype != QI_BF16 || w->ne[1] != K || qi_numel(y) != M * N) why = "types or shapes";
+    else if (b && (qi_numel(b) != N || !qc_param_type(b->dtype))) why = "bias";
+    else if (M < 1 || N % 16 || K % 16 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) why = "not multiples of 16";
+    else if (N < FP8_MIN_DIM || K < FP8_MIN_DIM) why = "first or last layer"; /* 64 channels: see the top */
+    else if (w->scale_form == QI_SCALE_ROW && !w->row_scale) why = "per-row scale missing";
+    else if (!qc_aligned16(x->data) || !qc_aligned16(w->data) || !qc_aligned16(y->data)) why = "alignment";
+    else if (!xq_buffer(c, M * K)) why = "x_q does not fit the scratch";
+    if (why && strcmp(why, "first or last layer") != 0) fallback(c, why, (int)N, (int)M, (int)K, 0); /* by design */
+    return why == NULL;
 }
 
 int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act, qi_tensor *y) {
@@ -316,6 +345,7 @@ int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
                                       p->d_layout, y->data, p->d_layout, &p->algo, c->lt_workspace,
                                       c->lt_workspace_bytes, c->stream);
     if (s != CUBLAS_STATUS_SUCCESS) { /* nothing written to y: the expansion path answers */
+        fallback(c, "cublasLtMatmul", p->m, p->n, p->k, (int)s);
         p->ok = 0;
         return 0;
     }
@@ -369,7 +399,10 @@ extern "C" const char *qi_cuda_fp8_gemm_state(qi_backend *be) {
     cuda_impl *c = cuda_of(be);
     if (!c->fp8_supported) return "off (the device is older than compute capability 8.9: no fp8 tensor cores)";
     if (!c->fp8_on) return "off (QI_CUDA_FP8_GEMM=0 or switched off: e4m3 weights are expanded to bf16)";
-    return "on (cuBLASLt e4m3 x e4m3 with per-tensor dynamic activation scale)";
+    if (!c->fp8_fallback[0]) return "on (cuBLASLt e4m3 x e4m3 with per-tensor dynamic activation scale)";
+    snprintf(c->fp8_state, sizeof c->fp8_state, "on (cuBLASLt e4m3 x e4m3 with per-tensor dynamic activation "
+             "scale); last case left to the expansion: %s", c->fp8_fallback);
+    return c->fp8_state;
 }
 
 extern "C" void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long long *expanded) {

@@ -113,6 +113,7 @@ typedef struct cuda_impl {
     int fp8_supported;   /* device_cc >= 89 */
     int fp8_on;          /* supported and not QI_CUDA_FP8_GEMM=0 / qi_cuda_set_fp8_gemm(be, 0) */
     unsigned long long fp8_calls, expand_calls;
+    char fp8_fallback[160], fp8_state[320]; /* why the last e4m3 linear went to the expansion ("": none yet) */
 
     /* first error of a void op, returned (and cleared) by sync */
     qi_status err_status;
