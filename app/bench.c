@@ -305,7 +305,8 @@ static void link_rows(bench_ctx *c) {
         return;
     }
     emit(c, "| host→device cudaMemcpy, pinned | 64 MiB | %.1f GB/s | the link's peak |\n", c->pinned_peak);
-    emit(c, "| host→device cudaMemcpy, pageable | 64 MiB | %.1f GB/s | the driver's own staging |\n", c->pageable_peak);
+    emit(c, "| host→device cudaMemcpy, pageable | 64 MiB | %.1f GB/s | the driver's own staging |\n",
+         c->pageable_peak);
     qi_cuda_host h;
     qi_cuda_host_info(c->be, &h);
     emit(c, "| host memory of streamed weights | | %.2f GiB pinned, %.2f GiB ordinary | pinned budget %.2f GiB "

@@ -230,17 +230,30 @@ __global__ void random_bf16_kernel(__nv_bfloat16 *out, size_t n, uint64_t key, f
     }
 }
 
-static qi_status random_fill(cuda_impl *c, const qi_tensor *w, void *dev, qi_error *err) {
-    size_t n = (size_t)qi_numel(w);
+/* Elements [i0, i0 + n) of weight w's random values into dev[0..n): the
+ * same values whether w is made whole or in pieces (the hash's key moves by
+ * i0 steps). key: from random_key, once per weight. */
+static qi_status random_piece(cuda_impl *c, const qi_tensor *w, uint64_t key, size_t i0, size_t n, void *dev,
+                              qi_error *err) {
+    size_t all = (size_t)qi_numel(w);
     int64_t rows = w->ndim >= 2 ? w->ne[0] : 1;
-    float fan_in = (float)(n / (size_t)(rows > 0 ? rows : 1));
+    float fan_in = (float)(all / (size_t)(rows > 0 ? rows : 1));
     float center = w->ndim >= 2 ? 0.0f : 1.0f, half = w->ndim >= 2 ? 1.0f / sqrtf(fan_in > 0 ? fan_in : 1) : 0.1f;
-    uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
     int blocks = (int)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
     if (blocks < 1) blocks = 1;
-    random_bf16_kernel<<<blocks, 256, 0, c->stream>>>((__nv_bfloat16 *)dev, n, key, center, half);
+    random_bf16_kernel<<<blocks, 256, 0, c->stream>>>((__nv_bfloat16 *)dev, n, key + i0 * 0x9E3779B97F4A7C15ull,
+                                                       center, half);
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? QI_OK : cuda_err(err, e, "random weights");
+}
+
+/* Each weight's own hash key, in the order weights are made. */
+static uint64_t random_key(cuda_impl *c) {
+    return c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
+}
+
+static qi_status random_fill(cuda_impl *c, const qi_tensor *w, void *dev, qi_error *err) {
+    return random_piece(c, w, random_key(c), 0, (size_t)qi_numel(w), dev, err);
 }
 
 static qi_status cuda_random_weights(qi_backend *be, uint64_t seed, qi_error *err) {
@@ -540,13 +553,28 @@ static qi_status cuda_reserve(qi_backend *be, size_t arena, size_t weight_scratc
  * (no allocation, no sync): the copies back are queued on the stream, so the
  * next weight's kernel waits for this one's copy by stream order alone, and
  * pinned host copies are written asynchronously (a stage or embedding reading
- * them is ordered after on the GPU; weight_free syncs first). Only a weight
- * larger than the scratch (an embedding table) takes a buffer and a sync of
- * its own; a pageable destination makes its copy synchronous by itself. */
+ * them is ordered after on the GPU; weight_free syncs first). A bf16 weight
+ * larger than the scratch (an embedding table) is made in scratch-sized
+ * pieces, so no device memory outside the plan is needed even at --vram 3G;
+ * only a kept one that large takes a buffer and a sync of its own. A
+ * pageable destination makes each copy synchronous by itself. */
 static qi_status random_host(cuda_impl *c, qi_tensor *w, void *host, qi_error *err) {
     size_t bytes = qi_nbytes(w);
     void *tmp = c->scratch;
     cudaError_t e = cudaSuccess;
+    if (bytes > c->scratch_bytes && w->dtype == QI_BF16) {
+        uint64_t key = random_key(c);
+        size_t n = (size_t)qi_numel(w), piece = c->scratch_bytes / sizeof(uint16_t);
+        qi_status st = QI_OK;
+        for (size_t i0 = 0; i0 < n && st == QI_OK && e == cudaSuccess; i0 += piece) {
+            size_t m = n - i0 < piece ? n - i0 : piece;
+            st = random_piece(c, w, key, i0, m, c->scratch, err);
+            if (st == QI_OK)
+                e = cudaMemcpyAsync((char *)host + i0 * sizeof(uint16_t), c->scratch, m * sizeof(uint16_t),
+                                    cudaMemcpyDeviceToHost, c->stream);
+        }
+        return st != QI_OK || e == cudaSuccess ? st : cuda_err(err, e, "random host weight (copy)");
+    }
     if (bytes > c->scratch_bytes && (e = cudaMalloc(&tmp, bytes)) != cudaSuccess)
         return cuda_err(err, e, "random host weight (a device buffer larger than the scratch)");
     qi_tensor d = *w;

@@ -84,7 +84,9 @@ qi_status qc_host_alloc(cuda_impl *c, size_t bytes, void **out, int *pinned, qi_
 int qc_host_kind(const cuda_impl *c, const void *p) { return qi_host_pool_kind(c->hpool, p); }
 void qc_host_free(cuda_impl *c, void *p) { qi_host_pool_free(c->hpool, p); }
 
-void cuda_host_budget(qi_backend *be, size_t pinned_max) { qi_host_pool_set_pinned_max(cuda_of(be)->hpool, pinned_max); }
+void cuda_host_budget(qi_backend *be, size_t pinned_max) {
+    qi_host_pool_set_pinned_max(cuda_of(be)->hpool, pinned_max);
+}
 
 /* ---- slots ----------------------------------------------------------------------------- */
 
@@ -141,7 +143,8 @@ static qi_status ring_make(cuda_impl *c, qi_error *err) {
     for (int k = 0; k < QC_RING_CHUNKS; k++) {
         cudaError_t e = cudaSuccess;
         if (!c->ring[k]) e = cudaHostAlloc(&c->ring[k], QC_RING_BYTES, cudaHostAllocDefault);
-        if (e == cudaSuccess && !c->ring_done[k]) e = cudaEventCreateWithFlags(&c->ring_done[k], cudaEventDisableTiming);
+        if (e == cudaSuccess && !c->ring_done[k])
+            e = cudaEventCreateWithFlags(&c->ring_done[k], cudaEventDisableTiming);
         if (e != cudaSuccess) {
             return qi_fail(err, QI_ERR_NOMEM, "cuda backend: the bounce ring for streamed weights in ordinary memory "
                            "(%d pinned buffers of %zu MiB): %s; free host memory (a locked-memory limit, `ulimit "
@@ -217,7 +220,8 @@ qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor
         }
         off += bytes;
     }
-    if (e == cudaSuccess && bounced && c->ring_cur >= 0) e = cudaEventRecord(c->ring_done[c->ring_cur], c->copy_stream);
+    if (e == cudaSuccess && bounced && c->ring_cur >= 0) /* the ring buffer left partly filled */
+        e = cudaEventRecord(c->ring_done[c->ring_cur], c->copy_stream);
     if (e == cudaSuccess) e = cudaEventRecord(s->ready, c->copy_stream);
     return e == cudaSuccess ? QI_OK : cuda_err(err, e, "stage (weights into a slot)");
 }
