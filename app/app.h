@@ -33,7 +33,7 @@ int qi_app_parse_pinned(const char *flag, const char *s, long long *out);
 #define QI_APP_PINNED_HELP                                                                                      \
     "  --pinned SIZE       host memory to pin for streamed weights (with --vram), e.g. 16G or 0 (default:\n"    \
     "                      half the RAM): the rest stays in ordinary memory and is copied through a small\n"     \
-    "                      pinned bounce ring (slower, but pinning cannot fail); QI_PINNED_MAX sets the default\n"
+    "                      pinned bounce ring (slower: a host copy more); QI_PINNED_MAX sets the default\n"
 const char *qi_app_default_model(int quiet);
 /* Checks that an output file can be created at path before any work: not a
  * folder, its folder exists (and is one) and is writable, no name component

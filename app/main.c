@@ -120,9 +120,15 @@ int qi_app_parse_size(const char *flag, const char *s, size_t *out) {
 }
 
 int qi_app_parse_pinned(const char *flag, const char *s, long long *out) {
-    size_t v = 0;
-    if (strcmp(s, "0") && qi_app_parse_size(flag, s, &v)) return 2;
-    *out = (long long)v;
+    char *end;
+    double v = strtod(s, &end);
+    size_t bytes = 0;
+    if (end != s && v == 0 && (!*end || strchr("KkMmGgTt", *end))) { /* "0", "0G": nothing pinned */
+        *out = 0;
+        return 0;
+    }
+    if (qi_app_parse_size(flag, s, &bytes)) return 2; /* its message; 0 is the one size under 1M taken here */
+    *out = (long long)bytes;
     return 0;
 }
 
