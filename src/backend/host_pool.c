@@ -69,7 +69,7 @@ static qi_status add_chunk(qi_host_pool *p, int pinned, size_t bytes, int *idx, 
                            "pinning %zu MiB of host memory for streamed weights failed (%s) with %zu MiB pinned "
                            "already of a %zu MiB pinned budget: give --pinned %zuM (or QI_PINNED_MAX) so the "
                            "rest stays in ordinary memory and goes through the bounce buffers, or free host "
-                           "memory (a container's or `ulimit -l` locked-memory limit can also stop pinning)",
+                           "memory (a container's memory limit counts pinned memory too)",
                            MIB(bytes), why[0] ? why : "no reason given", MIB(p->pinned_held), MIB(p->pinned_max),
                            MIB(p->pinned_held));
         if ((uintptr_t)k.raw & (QI_HOST_POOL_ALIGN - 1)) { /* the ops break their promise: refuse, do not misalign */

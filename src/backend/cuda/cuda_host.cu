@@ -49,13 +49,23 @@ static void unpin_chunk(void *ctx, void *p) {
 }
 
 /* The default pinned budget: QI_PINNED_MAX (a size: "0", "8G") when set, else
- * half the machine's RAM. */
+ * half the memory this process may use (the RAM, or a container's smaller
+ * cgroup limit: pinned pages count against it). */
 static size_t default_pinned_max(void) {
     size_t v;
     const char *env = getenv("QI_PINNED_MAX");
     if (env && qi_host_pool_parse_size(env, &v) == 0) return v;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? qi_host_pool_default_max((size_t)pages * (size_t)page) : (size_t)8 << 30;
+    size_t ram = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : (size_t)16 << 30;
+    const char *limits[] = {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(limits[i], "r");
+        unsigned long long lim = 0;
+        if (!f) continue;
+        if (fscanf(f, "%llu", &lim) == 1 && lim > 0 && lim < ram) ram = (size_t)lim; /* "max": no limit */
+        fclose(f);
+    }
+    return qi_host_pool_default_max(ram);
 }
 
 qi_status qc_host_init(cuda_impl *c, qi_error *err) {
@@ -147,8 +157,8 @@ static qi_status ring_make(cuda_impl *c, qi_error *err) {
             e = cudaEventCreateWithFlags(&c->ring_done[k], cudaEventDisableTiming);
         if (e != cudaSuccess) {
             return qi_fail(err, QI_ERR_NOMEM, "cuda backend: the bounce ring for streamed weights in ordinary memory "
-                           "(%d pinned buffers of %zu MiB): %s; free host memory (a locked-memory limit, `ulimit "
-                           "-l`, also stops it)", QC_RING_CHUNKS, QC_RING_BYTES >> 20, cudaGetErrorString(e));
+                           "(%d pinned buffers of %zu MiB): %s; free host memory", QC_RING_CHUNKS,
+                           QC_RING_BYTES >> 20, cudaGetErrorString(e));
         }
     }
     return QI_OK;
