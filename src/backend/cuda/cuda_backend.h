@@ -67,8 +67,9 @@ int qi_cuda_set_conv_kernel(qi_backend *be, const char *name);
 
 /* Host memory for streamed weights (cuda_host.cu): weight_host places each
  * weight in pinned chunks while they stay within the pinned budget (the op
- * table's host_budget; default QI_PINNED_MAX or half the RAM), past it in
- * ordinary memory, staged through a pinned bounce ring. */
+ * table's host_budget; default QI_PINNED_MAX, else half the RAM or of the
+ * cgroup limit), past it in ordinary memory, staged through a pinned bounce
+ * ring. */
 typedef struct qi_cuda_host {
     size_t pinned_max;                 /* the pinned budget, bytes */
     size_t pinned_held, pageable_held; /* bytes of pinned / ordinary chunks held for host weights */
