@@ -335,6 +335,8 @@ extern "C" qi_status qi_cuda_link_peak(qi_backend *be, size_t bytes, int runs, d
     cuda_impl *c = cuda_of(be);
     *pinned_gbps = *pageable_gbps = -1;
     int prev = device_enter(c);
+    cudaStreamSynchronize(c->stream); /* nothing of ours shares the link while it is timed */
+    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
     void *dev = NULL, *pinned = NULL, *pageable = malloc(bytes);
     cudaError_t e = pageable ? cudaMalloc(&dev, bytes) : cudaErrorMemoryAllocation;
     if (e == cudaSuccess) e = cudaHostAlloc(&pinned, bytes, cudaHostAllocDefault);
