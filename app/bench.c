@@ -1014,6 +1014,7 @@ int qi_cmd_bench(int argc, char **argv) {
         return qi_app_exit_code(st);
     }
     c.be = qi_engine_backend(c.e);
+    c.be->ops->sync(c.be, &err); /* host copies of random weights are queued, not waited for: count them */
     printf("bench: %s%s (%s, block linears %s) on %s set up in %.1f s; median of %ld runs after %ld warm-up\n",
            model ? model : "full-size model", edit ? ", Edit" : "", model ? "its weights" : "random weights",
            qi_dtype_name(qt), device, qi_now_s() - t0, runs, warmup);
