@@ -108,6 +108,12 @@ typedef struct qi_open_options {
                                 pinned host memory; the text encoder's layers streamed; the VAE in tiles.
                                 A budget nothing fits fails qi_engine_open (QI_ERR_NOMEM) naming what did
                                 not fit and the --vram or file that would. One device only (not --devices) */
+    long long pinned_bytes;  /* host memory the engine may pin (page-lock) for streamed weights, bytes
+                                (`--pinned 16G`); -1 (the default) = QI_PINNED_MAX from the environment
+                                if set, else half the host's RAM (or of a container's memory limit);
+                                0 = none. Streamed weights past it stay in ordinary memory and are
+                                copied through a small pinned bounce ring (4 x 64 MiB, pinned whatever
+                                this says): an extra host copy per stage, slower */
     int edit;                /* the model is Qwen-Image-Edit (its requests carry pictures): the memory plan
                                 (vram_bytes) counts its vision tower, resident from the first Edit request on */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values

@@ -311,6 +311,7 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
         {"generate -p x --vram 8Q", "--vram 8Q: expected a memory size", NULL, 2},
         {"encode -p x --vram 0.5M -o e.safetensors", "--vram 0.5M", NULL, 2},
+        {"generate -p x --pinned 0.5M", "--pinned 0.5M: expected a memory size", NULL, 2}, /* 0 is fine, 0.5M not */
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
         char out[4096], args[1200];

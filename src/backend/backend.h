@@ -305,6 +305,11 @@ typedef struct qi_backend_ops {
     qi_status (*stage)(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err);
     /* Ops queued after this call wait for s's last stage to complete. */
     void (*stage_wait)(qi_backend *be, qi_slot *s);
+    /* Optional (outside the group): how much host memory weight_host may pin
+     * from now on (CUDA: `--pinned`, qi_open_options.pinned_bytes; weights
+     * already placed stay). Past it host weights are ordinary memory, staged
+     * through the backend's bounce buffers. */
+    void (*host_budget)(qi_backend *be, size_t pinned_max);
 
     /* ---- persistent buffers and recorded op sequences (NULL when a backend
      * lacks them, e.g. the CPU backend: callers then run their ops eagerly) ---- */

@@ -30,6 +30,7 @@ qi_open_options qi_open_options_default(void) {
     qi_open_options o;
     memset(&o, 0, sizeof o);
     o.device = "cpu";
+    o.pinned_bytes = -1;
     return o;
 }
 
@@ -308,6 +309,10 @@ static qi_status open_ranks(qi_engine *e, const qi_open_options *opt) {
         st = qi_ranks_open(&d, list, e->heads, opt->threads, opt->random_weights, opt->log, opt->log_user,
                            &e->ranks, &e->err);
     if (!st) e->be = e->ranks->be[0];
+    for (int w = 0; !st && opt->pinned_bytes >= 0 && w < e->ranks->n; w++) { /* before any weight loads */
+        qi_backend *be = e->ranks->be[w];
+        if (be->ops->host_budget) be->ops->host_budget(be, (size_t)opt->pinned_bytes);
+    }
     return st;
 }
 
