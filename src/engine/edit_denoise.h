@@ -47,6 +47,9 @@ typedef struct qi_edit_denoise_args {
      * [L, in_channels] packed, on the host (previews). NULL: none. */
     void (*on_step_x0)(void *user, int step, const float *x0);
     void *step_user;
+    /* Non-NULL: set to the number of steps that ran by replaying the
+     * recorded step (0 where nothing is recorded; see edit_denoise.c). */
+    int *replayed_steps;
 } qi_edit_denoise_args;
 
 /* latents [grid_h·grid_w, in_channels] host: the packed noise in, the final
