@@ -252,10 +252,11 @@ static void denoising_matches(void) {
     }
 }
 
-/* Without a per-call hook, a backend that records graphs runs steps 1.. by
- * replaying the recorded step 1: the final latents are the eager loop's
- * (QI_CUDA_GRAPHS=0) bit for bit, and the reference's within the bound. On
- * the CPU both runs are eager (nothing is replayed). */
+/* Without a per-call hook and with graph_min_steps reached, a backend that
+ * records graphs runs steps 1.. by replaying the recorded step 1: the final
+ * latents are the eager loop's (QI_CUDA_GRAPHS=0) bit for bit, and the
+ * reference's within the bound. Fewer steps than the default minimum (the
+ * fixtures' 3 and 4) stay eager. On the CPU every run is eager. */
 static void recorded_steps_match_eager(void) {
     const int graphs = qi_backend_supports(g_be, QI_CAP_GRAPHS, 0);
     for (size_t ci = 0; ci < 2; ci++) { /* one call per step; two (true CFG) */
@@ -272,15 +273,17 @@ static void recorded_steps_match_eager(void) {
         const qi_st_tensor *pe = qi_st_file_find(l.f, "prompt_embeds"), *ne = qi_st_file_find(l.f, "neg.prompt_embeds");
         REQUIRE(noise && cond && ctx && sig && ts && fin && pe && n == L * 64, "%s: reference tensors", cases[ci].name);
         for (int i = 0; i < l.steps; i++) ts[i] /= 1000.0f;
-        float *lat[2] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float))};
-        int replayed[2] = {-1, -1};
-        for (int eager = 0; eager < 2; eager++) {
-            if (eager) setenv("QI_CUDA_GRAPHS", "0", 1);
+        float *lat[3] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float)),
+                         malloc((size_t)n * sizeof(float))};
+        int replayed[3] = {-1, -1, -1};
+        for (int eager = 0; eager < 3; eager++) { /* graphs, QI_CUDA_GRAPHS=0, the default minimum */
+            if (eager == 1) setenv("QI_CUDA_GRAPHS", "0", 1);
             memcpy(lat[eager], noise, (size_t)n * sizeof(float));
             qi_edit_denoise_args a = {.grid_h = l.gh, .grid_w = l.gw, .cond = l.cond, .cond_latents = cond, .ctx = ctx,
                                       .ctx_len = (int)pe->shape[1], .neg_ctx = neg,
                                       .neg_len = ne ? (int)ne->shape[1] : 0, .cfg = l.cfg, .steps = l.steps,
-                                      .sigmas = sig, .t = ts, .replayed_steps = &replayed[eager]};
+                                      .sigmas = sig, .t = ts, .replayed_steps = &replayed[eager],
+                                      .graph_min_steps = eager == 2 ? 0 : 2};
             qi_error err = {{0}};
             CHECK(qi_edit_denoise(l.dit, g_be, &a, lat[eager], &err) == QI_OK, "%s: %s", cases[ci].name, err.msg);
             unsetenv("QI_CUDA_GRAPHS");
@@ -292,10 +295,12 @@ static void recorded_steps_match_eager(void) {
                cases[ci].name, replayed[0], l.steps, (long long)differ, (long long)n, rel);
         CHECK(replayed[0] == (graphs ? l.steps - 1 : 0), "%s: %d steps replayed", cases[ci].name, replayed[0]);
         CHECK(replayed[1] == 0, "QI_CUDA_GRAPHS=0 still replayed %d steps", replayed[1]);
+        CHECK(replayed[2] == 0 && l.steps < QI_EDIT_GRAPH_MIN_STEPS, "%d steps (default minimum %d) replayed %d",
+              l.steps, QI_EDIT_GRAPH_MIN_STEPS, replayed[2]);
         CHECK(differ == 0, "%s: the recorded loop differs from the eager one in %lld values", cases[ci].name,
               (long long)differ);
         CHECK(rel <= g_tol, "%s: final latents rel L2 %g", cases[ci].name, rel);
-        free(lat[0]), free(lat[1]);
+        free(lat[0]), free(lat[1]), free(lat[2]);
         free(noise), free(cond), free(ctx), free(neg), free(sig), free(ts), free(fin);
         unload(&l);
     }

@@ -11,7 +11,8 @@
  * before it. Step 0 runs eagerly (GEMM plans and kernel set-up happen
  * outside the recording), step 1 records, later steps replay. Eager when the
  * backend records no graphs, the transformer streams weights (copies on a
- * second queue), a per-call hook downloads between the calls, or
+ * second queue), a per-call hook downloads between the calls, there are too
+ * few steps to pay for the recording (QI_EDIT_GRAPH_MIN_STEPS), or
  * QI_CUDA_GRAPHS=0; the results are the same bits either way.
  */
 #include "engine/edit_denoise.h"
@@ -32,9 +33,10 @@ typedef struct edit_dev {
     size_t graph_mark;   /* the arena mark it was recorded at */
 } edit_dev;
 
-static int edit_records(qi_dit *dit, qi_backend *be, const qi_edit_denoise_args *a) {
+int qi_edit_denoise_records(const qi_dit *dit, const qi_backend *be, const qi_edit_denoise_args *a) {
     const char *env = getenv("QI_CUDA_GRAPHS");
-    if ((env && !strcmp(env, "0")) || a->on_call) return 0;
+    const int min_steps = a->graph_min_steps > 0 ? a->graph_min_steps : QI_EDIT_GRAPH_MIN_STEPS;
+    if ((env && !strcmp(env, "0")) || a->on_call || a->steps < min_steps) return 0;
     return qi_backend_supports(be, QI_CAP_GRAPHS, 0) && !qi_dit_streams(dit);
 }
 
@@ -168,7 +170,7 @@ qi_status qi_edit_denoise(qi_dit *dit, qi_backend *be, const qi_edit_denoise_arg
     int two = a->neg_ctx && a->cfg > 1.0f;
     edit_dev d;
     memset(&d, 0, sizeof d);
-    d.record = edit_records(dit, be, a);
+    d.record = qi_edit_denoise_records(dit, be, a);
     size_t mark = be->ops->mark(be);
     float *v = NULL, *x0 = NULL;
     st = setup(dit, be, a, two, &d, err);
