@@ -5,10 +5,11 @@
  *  - flash_k: a portable flash-attention kernel (online softmax, float32 running max /
  *    sum / output, bf16 tensor-core products through mma.sync m16n8k16) for
  *    head dims 16, 32, 64, 80 (the vision tower) and 128. One block owns
- *    BR = 16·NW query rows of one (batch, head); each warp owns 16 of them and keeps its Q fragments, its
- *    score tile and its output accumulator in registers. K/V tiles of 64 keys
- *    stream through double-buffered shared memory (cp.async), rows swizzled
- *    in 16-byte chunks so ldmatrix reads are conflict-free. Key padding mask,
+ *    BR = 16·NW query rows of one (batch, head); each warp owns 16 of them
+ *    and keeps its Q fragments, its score tile and its output accumulator in
+ *    registers. K/V tiles of 64 keys stream through double-buffered shared
+ *    memory (cp.async), rows swizzled (or padded: tile_shape) in 16-byte
+ *    chunks so ldmatrix reads are conflict-free. Key padding mask,
  *    causal masking (query i sees keys j <= i + Lk - Lq) and GQA (head h reads
  *    kv head h / (H / Hkv)) are applied in the score tile. With segment
  *    offsets (attention_segments) each block takes its rows from one
