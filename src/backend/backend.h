@@ -201,6 +201,17 @@ typedef struct qi_backend_ops {
      * query i sees keys j <= i + (Lk - Lq). */
     void (*attention)(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
                       const qi_tensor *key_mask, int causal, float scale, qi_tensor *out);
+    /* Attention inside segments of rows, in one call: seg I32 [S + 1] holds
+     * row offsets 0 = seg[0] <= seg[1] <= ... <= seg[S] = L, and rows
+     * [seg[s], seg[s+1]) of every batch attend only to keys of those rows:
+     * the same as `attention` (no mask, not causal) on each segment's slice.
+     * q, out [B, L, H, Dh], k, v [B, L, Hkv, Dh] (GQA as above). For many
+     * small windows (the vision tower) in one launch instead of one each.
+     * Offsets that break the rule are an error where the backend can see them
+     * (CPU); CUDA reads them on the device, never outside [0, L], and leaves
+     * rows no segment covers unwritten. */
+    void (*attention_segments)(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                               const qi_tensor *seg, float scale, qi_tensor *out);
 
     /* ---- flow matching ---- */
     /* True CFG with norm rescale, per token over the last dim:

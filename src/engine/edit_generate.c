@@ -131,8 +131,13 @@ static qi_status edit_denoise(qi_engine *e, const qi_plan *p, const qi_edit_inpu
         if (!prev) st = qi_fail(&e->err, QI_ERR_NOMEM, "edit: out of memory for the step latents");
         a.on_step_x0 = on_step_x0, a.step_user = prev;
     }
+    int replayed = 0;
+    a.replayed_steps = &replayed;
     if (!st) st = qi_edit_denoise(e->ranks->dit[0], e->be, &a, latents, &e->err);
     qi_step_previews_finish(prev);
+    if (!st && replayed)
+        qi_log_linef(e->log, e->log_user, "edit: %d of %d denoising steps replayed from a recorded graph", replayed,
+                     p->steps);
     qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
     return st;
 }

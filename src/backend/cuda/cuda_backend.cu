@@ -1112,6 +1112,7 @@ static const qi_backend_ops cuda_ops = {
     .copy_rows = qc_copy_rows,
     .rope = qc_rope,
     .attention = qc_attention,
+    .attention_segments = qc_attention_segments,
     .cfg_combine = qc_cfg_combine,
     .conv2d = qc_conv2d,
     .upsample2x = qc_upsample2x,

@@ -199,7 +199,7 @@ typedef enum qc_conv_mode {
 /* ---- attention (cuda_attention.cu, cuda_flash_hopper.cu) ---- */
 typedef enum qc_attn_variant {
     QC_ATTN_AUTO = 0,
-    QC_ATTN_MMA,        /* mma.sync flash kernel (head dims 16, 32, 64, 128) */
+    QC_ATTN_MMA,        /* mma.sync flash kernel (head dims 16, 32, 64, 80, 128) */
     QC_ATTN_GEMM,       /* S = QKᵀ, softmax, PV through cuBLASLt (any head dim) */
     QC_ATTN_WGMMA_64x2, /* retired to dev/cuda/flash_variants.cu.txt: runs as AUTO */
     QC_ATTN_WGMMA_128x2, /* retired, as 64x2 */
@@ -217,6 +217,10 @@ typedef struct attn_params {
     int B, Lq, Lk, H, Hkv, group;
     float scale_log2; /* scale · log2(e): softmax runs in base 2 */
     int causal, causal_off;
+    /* attention_segments (flash_k only): row offsets [nseg + 1] on the device;
+     * each segment's rows attend to that segment's keys alone (Lq == Lk) */
+    const int32_t *seg;
+    int nseg;
 } attn_params;
 
 /* Launch the Hopper kernels for head dim 128 (variant one of theirs); they
@@ -250,6 +254,8 @@ void qc_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, const qi_te
              qi_rope_mode mode);
 void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
                   const qi_tensor *key_mask, int causal, float scale, qi_tensor *out);
+void qc_attention_segments(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                           const qi_tensor *seg, float scale, qi_tensor *out);
 void qc_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
                     qi_tensor *out);
 void qc_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, int pad,
