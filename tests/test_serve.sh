@@ -187,13 +187,15 @@ grep -q "closed after [2-4]\.[0-9] s: b''" "$T/slow" && ok "slow client dropped:
     || bad "slow client: $(cat "$T/slow")"
 
 # SIGTERM drains: the running job finishes, new requests get 503, then exit 0
-req POST /v1/jobs '{"prompt":"drain","size":"32x32","steps":120,"seed":1}' >/dev/null; JD=$(field .id)
+# (long enough to still run at the checks: 120 steps of 32x32 took ~1 s on an idle 2-core machine, so the
+# server could finish and exit before the first check; 600 steps take ~5 s, and the events wait up to 300 s)
+req POST /v1/jobs '{"prompt":"drain","size":"32x32","steps":600,"seed":1}' >/dev/null; JD=$(field .id)
 wait_job $JD running
 kill -TERM $PID
 for i in $(seq 1 20); do [ "$(req GET /health)" = 503 ] && break; sleep 0.05; done
 check "draining: /health" "$(req GET /health)" 503
 check "draining: new job" "$(req POST /v1/jobs "$LONG")" 503
-curl -s --max-time 30 -N $AUTH "$(U /v1/jobs/$JD/events)" | sed -n 's/^event: //p' | tail -1 >"$T/last"
+curl -s --max-time 300 -N $AUTH "$(U /v1/jobs/$JD/events)" | sed -n 's/^event: //p' | tail -1 >"$T/last"
 check "draining: the running job completes" "$(cat "$T/last")" completed
 wait $PID; check "SIGTERM exit status" $? 0
 
