@@ -105,7 +105,9 @@ typedef struct qi_open_options {
                                 A budget nothing fits fails qi_engine_open (QI_ERR_NOMEM) naming what did
                                 not fit and the --vram or file that would. One device only (not --devices) */
     int edit;                /* the model is Qwen-Image-Edit (its requests carry pictures): the memory plan
-                                (vram_bytes) counts its vision tower, resident from the first Edit request on */
+                                (vram_bytes) counts its vision tower, resident from the first Edit request on,
+                                and the VAE encode of a 1024² picture (whole, or in tiles when that does not
+                                fit; img2img and inpaint requests have theirs counted per request) */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */
