@@ -12,6 +12,9 @@
  *     exactly qi_vae_encode_untiled_bytes, a tiled one in an arena of
  *     exactly qi_vae_encode_tiled_bytes, where the whole encode is refused;
  *   - AUTO tiles exactly when the whole encode's estimate is over the budget.
+ * `-b cuda` makes the same claims on the CUDA backend (bf16 activations:
+ * the estimate in bf16; the tile composition is still exact, the same
+ * kernels on the same tile shapes).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -29,6 +32,7 @@
 #define VAE_DIR QI_TEST_DATA "/tiny-model/vae"
 
 static qi_backend *g_be;
+static const char *g_device = "cpu";
 static qi_source *g_src;
 static qi_vae *g_vae;
 
@@ -260,7 +264,7 @@ static void encode_fits_its_estimated_arena(void) {
     qi_source *src = NULL;
     qi_vae *v = NULL;
     qi_error err = {{0}};
-    qi_status st = qi_backend_cpu_create(0, 1 << 20, &be, &err);
+    qi_status st = qi_backend_create(g_device, 0, 1 << 20, &be, &err);
     if (!st) st = qi_source_open_folder(VAE_DIR, QI_COMPONENT_VAE, &src, &err);
     if (!st) st = qi_vae_load(src, be, &v, &err);
     if (!st) st = qi_vae_load_encoder(v, &err);
@@ -268,8 +272,8 @@ static void encode_fits_its_estimated_arena(void) {
     float *rgb = picture(H, W, 1), *out = NULL, *want = NULL;
     set_tiling(v, QI_VAE_TILE_AUTO, 16, 12, 0);
     size_t whole = qi_vae_encode_untiled_bytes(v, H, W), tiled = qi_vae_encode_tiled_bytes(v, H, W);
-    printf("  320x256 encode: whole %.2f MiB, tiled %.2f MiB of arena (float32)\n", whole / 1048576.0,
-           tiled / 1048576.0);
+    printf("  320x256 encode: whole %.2f MiB, tiled %.2f MiB of arena (%s)\n", whole / 1048576.0,
+           tiled / 1048576.0, qi_dtype_name(be->act_dtype));
     CHECK(tiled < whole / 4, "one tile (%zu) must need well under the whole picture (%zu)", tiled, whole);
     set_tiling(v, QI_VAE_TILE_OFF, 16, 12, 0);
     CHECK(be->ops->reserve(be, whole, 0, &err) == QI_OK, "%s", err.msg);
@@ -297,9 +301,10 @@ static void encode_fits_its_estimated_arena(void) {
     be->ops->destroy(be);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     qi_error err;
-    if (qi_backend_cpu_create(0, 0, &g_be, &err) || qi_source_open_folder(VAE_DIR, QI_COMPONENT_VAE, &g_src, &err) ||
+    if (argc > 2 && !strcmp(argv[1], "-b")) g_device = argv[2];
+    if (qi_backend_create(g_device, 0, (size_t)1 << 30, &g_be, &err) || qi_source_open_folder(VAE_DIR, QI_COMPONENT_VAE, &g_src, &err) ||
         qi_vae_load(g_src, g_be, &g_vae, &err) || qi_vae_load_encoder(g_vae, &err)) {
         fprintf(stderr, "setup: %s\n", err.msg);
         return 1;
