@@ -532,8 +532,12 @@ static void cfg_ref(const bc_inst *in, int i, double *r) {
 static void cfg_label(const bc_case *c, char *buf, size_t cap) {
     snprintf(buf, cap, "[%lld, %lld] s=%g%s", LL(c->p[0]), LL(c->p[1]), c->f[0], c->p[2] ? " out = cond" : "");
 }
+/* Against the CPU: not one rounding (BC_TOL_EXACT). g = u + s(c − u) = s·c − (s−1)·u takes the bf16
+ * rounding of both inputs (RMS 2^-9/√3 ≈ 1.1e-3 each) with weights 4 and 3 at s = 4, about its own size
+ * relative to g for independent c and u, plus the output's: ≈ 1.6e-3 expected, and the 24-element case
+ * scatters around that (2.61e-3 measured on an H200 once the table's random inputs moved). */
 static const bc_op op_cfg_combine = {"cfg_combine", cfg_build, cfg_run, cfg_twin, cfg_has_twin, cfg_ref,
-                                     cfg_label, {BC_TOL_F32, BC_TOL_EXACT, 0, 0}, NULL, 1};
+                                     cfg_label, {BC_TOL_F32, BC_TOL_TWO, 0, 0}, NULL, 1};
 
 /* ---- conv2d: p = {Ci, H, W, Co, k, pad, bias, float32 kernel} -------------------------- */
 
