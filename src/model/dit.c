@@ -715,6 +715,17 @@ void dit_run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act a
     if (act != QI_ACT_NONE) be->ops->activate(be, y, act, y);
 }
 
+/* dit_run_linear after telling the backend that `next` is the linear that
+ * runs after this one (prefetch_weight: a kept weight's expansion then
+ * overlaps this GEMM; NULL: none known). The order of the hints is the
+ * block's order of linears, which the model knows and the backend does not. */
+static void run_linear_next(qi_dit *d, const qi_tensor *x, const dit_linear *l, const dit_linear *next, qi_act act,
+                            qi_tensor *y, qi_status *st, qi_error *err) {
+    qi_backend *be = d->be;
+    if (next && be->ops->prefetch_weight) be->ops->prefetch_weight(be, &next->w);
+    dit_run_linear(d, x, l, act, y, st, err);
+}
+
 /* temb = linear_2(silu(linear_1(sinusoid))), returned SiLU'd because all its
  * consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4).
  * sinus [B, 256] is on the backend already. */
@@ -732,7 +743,9 @@ qi_status dit_timestep_embedding(qi_dit *d, const qi_tensor *sinus, qi_tensor *t
 }
 
 /* Every block's img_mod/txt_mod and norm_out's Linear of silu(temb), once per
- * call: the block loop only reads chunks of a->mods. */
+ * call: the block loop only reads chunks of a->mods. No prefetch hints here:
+ * with B rows each GEMM is as memory-bound as the expansion it would
+ * overlap, so the two would only share the bandwidth. */
 qi_status dit_compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts *a, qi_error *err) {
     qi_status st = QI_OK;
     int64_t L = d->cfg.num_layers, D = d->cfg.inner_dim;
@@ -856,6 +869,9 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
     qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
     qi_status st = QI_OK; /* a runtime LoRA's scratch (run_linear) */
+    /* the linear after this block's last (prefetch hints): the call's, or none known */
+    const dit_linear *after = a->next_linear;
+    if (be->ops->prefetch_weight) be->ops->prefetch_weight(be, &blk->to_q.w); /* overlaps the LayerNorms */
 
     /* --- attention half: modulated LN, Q/K/V per stream --- */
     for (int k = 0; k < n_parts; k++)
@@ -870,12 +886,12 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
         v_t = qi_slice_rows(&V2, 0, a->Lt);
         v_i = qi_slice_rows(&V2, a->Lt, a->Li);
     }
-    dit_run_linear(d, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
-    dit_run_linear(d, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
-    dit_run_linear(d, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
-    dit_run_linear(d, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
-    dit_run_linear(d, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
-    dit_run_linear(d, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err);
+    run_linear_next(d, &a->norm_i, &blk->to_q, &blk->to_k, QI_ACT_NONE, &a->q_i, &st, err);
+    run_linear_next(d, &a->norm_i, &blk->to_k, &blk->to_v, QI_ACT_NONE, &a->k_i, &st, err);
+    run_linear_next(d, &a->norm_i, &blk->to_v, &blk->add_q, QI_ACT_NONE, &v_i, &st, err);
+    run_linear_next(d, &a->norm_t, &blk->add_q, &blk->add_k, QI_ACT_NONE, &a->q_t, &st, err);
+    run_linear_next(d, &a->norm_t, &blk->add_k, &blk->add_v, QI_ACT_NONE, &a->k_t, &st, err);
+    run_linear_next(d, &a->norm_t, &blk->add_v, &blk->to_out, QI_ACT_NONE, &v_t, &st, err); /* over attention */
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
@@ -901,7 +917,8 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
      * A backend with add_gated_layer_norm_mod also does the MLP half's
      * modulated LN in the same pass over the stream. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
-    dit_run_linear(d, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
+    run_linear_next(d, &o_i, &blk->to_out, last ? &blk->img_mlp_up : &blk->to_add_out, QI_ACT_NONE, &a->proj_i, &st,
+                    err);
     for (int k = 0; k < n_parts; k++) {
         img_part *q = &ip[k];
         if (ag_ln)
@@ -911,7 +928,7 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
             op->add_gated(be, &q->img, &q->g1, stride, &q->proj);
     }
     if (!last) {
-        dit_run_linear(d, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
+        run_linear_next(d, &o_t, &blk->to_add_out, &blk->img_mlp_up, QI_ACT_NONE, &a->proj_t, &st, err);
         if (ag_ln)
             op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
                                          DIT_EPS, &a->norm_t);
@@ -922,13 +939,14 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
     for (int k = 0; k < n_parts && !ag_ln; k++)
         op->layer_norm_mod(be, &ip[k].img, &ip[k].sh2, &ip[k].sc2, stride, DIT_EPS, &ip[k].norm);
-    dit_run_linear(d, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
-    dit_run_linear(d, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
+    run_linear_next(d, &a->norm_i, &blk->img_mlp_up, &blk->img_mlp_down, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
+    run_linear_next(d, &a->ff_i, &blk->img_mlp_down, last ? after : &blk->txt_mlp_up, QI_ACT_NONE, &a->proj_i, &st,
+                    err);
     for (int k = 0; k < n_parts; k++) op->add_gated(be, &ip[k].img, &ip[k].g2, stride, &ip[k].proj);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
-        dit_run_linear(d, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
-        dit_run_linear(d, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
+        run_linear_next(d, &a->norm_t, &blk->txt_mlp_up, &blk->txt_mlp_down, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
+        run_linear_next(d, &a->ff_t, &blk->txt_mlp_down, after, QI_ACT_NONE, &a->proj_t, &st, err);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }
     return st;

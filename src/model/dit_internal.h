@@ -126,6 +126,8 @@ typedef struct dit_acts {
     int zero_split;               /* zero_cond_t: image rows from L_out on use mods0 (B == 1) */
     int64_t L_out;                /* the output's image rows (before the condition segments) */
     qi_tensor mods0;              /* [layers, 6D]: each block's img_mod at t = 0 (zero_split) */
+    const dit_linear *next_linear; /* the linear after the running block's last (the next block's to_q,
+                                      or proj_out): a prefetch hint; NULL when not known (streamed) */
 } dit_acts;
 
 
