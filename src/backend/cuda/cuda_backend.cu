@@ -670,6 +670,7 @@ static void cuda_slot_free(qi_backend *be, qi_slot *s) {
     cuda_impl *c = cuda_of(be);
     if (!s) return;
     int prev = device_enter(c);
+    qc_wbuf_settle(c, 1);
     cudaStreamSynchronize(c->stream);
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
     cudaFree(s->dev);
@@ -688,7 +689,9 @@ static qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi
     if (off > s->bytes)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: %d weights of %zu bytes staged into a slot of %zu", n, off,
                        s->bytes);
-    qc_wbuf_settle(c, 0); /* a prefetched expansion may read the slot's weights: the copy waits for it too */
+    /* a prefetched expansion may read the slot's weights: the copy waits for it too; and what the buffers
+       hold is named by address, which the slot's next weights take over */
+    qc_wbuf_settle(c, 1);
     cudaError_t e = cudaEventRecord(c->compute_mark, c->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(c->copy_stream, c->compute_mark, 0);
     off = 0;
