@@ -891,7 +891,8 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     run_linear_next(d, &a->norm_i, &blk->to_v, &blk->add_q, QI_ACT_NONE, &v_i, &st, err);
     run_linear_next(d, &a->norm_t, &blk->add_q, &blk->add_k, QI_ACT_NONE, &a->q_t, &st, err);
     run_linear_next(d, &a->norm_t, &blk->add_k, &blk->add_v, QI_ACT_NONE, &a->k_t, &st, err);
-    run_linear_next(d, &a->norm_t, &blk->add_v, &blk->to_out, QI_ACT_NONE, &v_t, &st, err); /* over attention */
+    run_linear_next(d, &a->norm_t, &blk->add_v, last ? &blk->to_out : &blk->to_add_out, QI_ACT_NONE, &v_t, &st,
+                    err); /* its expansion overlaps the attention */
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
@@ -915,10 +916,20 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
 
     /* gated residuals; the MLP half then reads the updated streams (trap 2).
      * A backend with add_gated_layer_norm_mod also does the MLP half's
-     * modulated LN in the same pass over the stream. */
+     * modulated LN in the same pass over the stream. The text stream's goes
+     * first: the streams' ops touch disjoint tensors, so the order changes no
+     * value, and its short GEMM (Lt rows) is then overlapped by to_out's
+     * expansion, the long image GEMM of to_out by the MLP's 4× larger one. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
-    run_linear_next(d, &o_i, &blk->to_out, last ? &blk->img_mlp_up : &blk->to_add_out, QI_ACT_NONE, &a->proj_i, &st,
-                    err);
+    if (!last) {
+        run_linear_next(d, &o_t, &blk->to_add_out, &blk->to_out, QI_ACT_NONE, &a->proj_t, &st, err);
+        if (ag_ln)
+            op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
+                                         DIT_EPS, &a->norm_t);
+        else
+            op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
+    }
+    run_linear_next(d, &o_i, &blk->to_out, &blk->img_mlp_up, QI_ACT_NONE, &a->proj_i, &st, err);
     for (int k = 0; k < n_parts; k++) {
         img_part *q = &ip[k];
         if (ag_ln)
@@ -926,14 +937,6 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
                                          &q->norm);
         else
             op->add_gated(be, &q->img, &q->g1, stride, &q->proj);
-    }
-    if (!last) {
-        run_linear_next(d, &o_t, &blk->to_add_out, &blk->img_mlp_up, QI_ACT_NONE, &a->proj_t, &st, err);
-        if (ag_ln)
-            op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
-                                         DIT_EPS, &a->norm_t);
-        else
-            op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
     }
 
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
