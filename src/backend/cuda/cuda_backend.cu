@@ -1313,6 +1313,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     be->impl = c;
     c->device = device;
     c->sm_count = prop.multiProcessorCount;
+    c->wbuf_count = 1; /* overlap_init makes it 2 */
     qi_status st = QI_OK;
     if (arena_bytes == 0) { /* default: half the free memory, at most 32 GiB */
         size_t free_b = 0, total_b = 0;
