@@ -8,10 +8,11 @@
  *     the very bits of the same linears with the overlap off, and a hinted
  *     weight that the fp8 GEMM takes is not expanded at all;
  *   - a transformer call (the tiny model's transformer with its block
- *     matrices as Q8_0 / Q4_K GGUF blocks, at 64×64 patches so each GEMM
- *     runs long enough for a missing wait to show) gives the very bits of
- *     the call with the overlap off, eagerly and replayed as a recorded
- *     CUDA graph, and the hints really fed every block linear.
+ *     matrices as Q8_0 / Q4_K GGUF blocks, at 64×64 patches: 4096-row GEMMs
+ *     of a few µs, the expansions beside them as short, so a missing wait
+ *     lets one run into the other) gives the very bits of the call with the
+ *     overlap off, eagerly and replayed as a recorded CUDA graph, and the
+ *     hints really fed every block linear.
  * Needs a GPU ("cuda" label).
  */
 #define _POSIX_C_SOURCE 200809L
