@@ -12,7 +12,11 @@
  *     of a few µs, the expansions beside them as short, so a missing wait
  *     lets one run into the other) gives the very bits of the call with the
  *     overlap off, eagerly and replayed as a recorded CUDA graph, and the
- *     hints really fed every block linear.
+ *     hints really fed every block linear;
+ *   - the same with one block and the modulation streamed through the
+ *     weight slots (hints read slot copies; a stage must not overwrite what
+ *     an expansion still reads, nor leave a stale copy named by an address
+ *     the next weights take over).
  * Needs a GPU ("cuda" label).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -284,6 +288,23 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
     for (int i = 1; i < 6; i++) {
         size_t k = count_diff(o[0], o[i], n_out);
         CHECK(k == 0, "%s: %zu of %zu outputs differ from %s", what[i], k, n_out, what[0]);
+    }
+    /* one block and the modulation streamed: hints inside the streamed block read its slot copy */
+    qi_dit *ds = NULL;
+    qi_dit_residency res = {.resident_blocks = 1, .mod_resident = 0};
+    CHECK(!qi_dit_load_resident(src, gpu, NULL, QI_LORA_AUTO, &res, &ds, &err), "%s", err.msg);
+    if (ds) {
+        CHECK(qi_dit_streamed_blocks(ds) == layers - 1, "%d blocks streamed", qi_dit_streamed_blocks(ds));
+        u0 = used_now();
+        for (int r = 0; r < 2; r++) { /* twice: the second call's stages take over the first call's slot addresses */
+            forward(ds, &x, &ctx, &out, o[1]);
+            size_t k = count_diff(o[0], o[1], n_out);
+            CHECK(k == 0, "streamed, on, call %d: %zu of %zu outputs differ from %s", r, k, n_out, what[0]);
+        }
+        printf("  the same with %d of %d blocks and the modulation streamed: %llu hinted expansions read\n",
+               qi_dit_streamed_blocks(ds), layers, used_now() - u0);
+        CHECK(used_now() > u0, "hints were read in the streamed calls");
+        qi_dit_free(ds);
     }
     gpu->ops->reset(gpu, mark);
     qi_cuda_set_kept_overlap(gpu, was);
