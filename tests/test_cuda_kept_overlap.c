@@ -95,7 +95,6 @@ static void run_sequence(const qi_tensor *w, const qi_tensor *x, const int *orde
 }
 
 static void hints_right_wrong_or_unfollowed_change_no_bit(void) {
-    int fp8_was = qi_cuda_set_fp8_gemm(gpu, 1);
     const qi_dtype types[NW] = {QI_Q4_K, QI_Q8_0, QI_Q6_K};
     qi_tensor w[NW + 1];
     for (int i = 0; i < NW; i++) make_weight(types[i], &w[i]);
@@ -105,8 +104,9 @@ static void hints_right_wrong_or_unfollowed_change_no_bit(void) {
     for (int i = 0; i < LM * LK; i++) xv[i] = frand();
     size_t mark = gpu->ops->mark(gpu);
     REQUIRE(!qi_be_act2(gpu, &x, LM, LK, &err) && !gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
-    /* right hints; a wrong one (step 0 hints 1, but 2 runs next and 1 after it); two at once (with one
-       buffer held the second finds none free and is dropped); a hint already queued; a weight run twice */
+    /* right hints; one two linears early (step 0 names weight 1, which runs at step 2); two at once, then
+       a linear of neither (the older unread copy is evicted); the same hint twice; a weight run twice in a
+       row (the second time unhinted) */
     const int order[8] = {0, 2, 1, 0, 2, 1, 1, 0};
     const int hints[8][2] = {{1, -1}, {2, -1}, {-1, -1}, {1, 2}, {0, 0}, {1, -1}, {-1, -1}, {0, -1}};
     static float off[8][LM * LN], on[8][LM * LN];
@@ -124,7 +124,7 @@ static void hints_right_wrong_or_unfollowed_change_no_bit(void) {
     for (int s = 0; s < 8; s++)
         CHECK(!memcmp(off[s], on[s], sizeof off[s]), "step %d (weight %d, %s): overlap on differs from off", s,
               order[s], qi_dtype_name(types[order[s]]));
-    /* an e4m3 weight the fp8 GEMM takes is not expanded on a hint */
+    /* an e4m3 weight the fp8 GEMM takes (on by default from compute capability 8.9) is not expanded on a hint */
     make_weight(QI_F8_E4M3, &w[NW]);
     if (!strncmp(qi_cuda_fp8_gemm_state(gpu), "on", 2)) {
         q0 = queued_now();
@@ -137,7 +137,6 @@ static void hints_right_wrong_or_unfollowed_change_no_bit(void) {
     gpu->ops->reset(gpu, mark);
     for (int i = 0; i <= NW; i++) gpu->ops->weight_free(gpu, &w[i]);
     qi_cuda_set_kept_overlap(gpu, was);
-    qi_cuda_set_fp8_gemm(gpu, fp8_was);
 }
 
 /* ---- a transformer call ---------------------------------------------------------------- */
