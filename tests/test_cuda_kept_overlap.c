@@ -16,7 +16,9 @@
  *   - the same with one block and the modulation streamed through the
  *     weight slots (hints read slot copies; a stage must not overwrite what
  *     an expansion still reads, nor leave a stale copy named by an address
- *     the next weights take over).
+ *     the next weights take over);
+ *   - the same on a backend with three buffers (QI_CUDA_KEPT_OVERLAP=3:
+ *     the hints two linears ahead are taken too).
  * Needs a GPU ("cuda" label).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -197,12 +199,38 @@ static int write_gguf_transformer(const char *path, int *hinted) {
 
 enum { GH = 64, GW = 64, TXT = 32, CH = 64 };
 
-/* One eager qi_dit_forward into out (float32). */
+/* One eager qi_dit_forward on `gpu` into out (float32). */
 static void forward(qi_dit *d, const qi_tensor *x, const qi_tensor *ctx, qi_tensor *o, float *out) {
     qi_error err = {{0}};
     float t = 0.6f;
     CHECK(!qi_dit_forward(d, x, ctx, NULL, &t, GH, GW, o, &err), "%s", err.msg);
     CHECK(!gpu->ops->download(gpu, o, out, &err), "%s", err.msg);
+}
+
+/* The call of forward() on a backend made with QI_CUDA_KEPT_OVERLAP=3 (three
+ * buffers) into out; *queued, *used: its hinted expansions. */
+static void forward_three_buffers(const qi_source *src, const float *xv, const float *cv, float *out,
+                                  unsigned long long *queued, unsigned long long *used) {
+    qi_error err = {{0}};
+    qi_backend *b3 = NULL;
+    qi_dit *d3 = NULL;
+    setenv("QI_CUDA_KEPT_OVERLAP", "3", 1);
+    qi_status st = qi_backend_cuda_create(0, (size_t)1 << 30, &b3, &err);
+    unsetenv("QI_CUDA_KEPT_OVERLAP");
+    REQUIRE(st == QI_OK, "%s", err.msg);
+    qi_tensor x, ctx, o;
+    float t = 0.6f;
+    if (!qi_dit_load(src, b3, NULL, &d3, &err) && !qi_be_act3(b3, &x, 1, GH * GW, CH, &err) &&
+        !qi_be_act3(b3, &ctx, 1, TXT, 64, &err) && !qi_be_act3(b3, &o, 1, GH * GW, CH, &err) &&
+        !b3->ops->upload(b3, &x, xv, &err) && !b3->ops->upload(b3, &ctx, cv, &err)) {
+        CHECK(!qi_dit_forward(d3, &x, &ctx, NULL, &t, GH, GW, &o, &err) && !b3->ops->download(b3, &o, out, &err),
+              "%s", err.msg);
+    } else {
+        CHECK(0, "three buffers: %s", err.msg);
+    }
+    qi_cuda_kept_counts(b3, NULL, queued, used);
+    if (d3) qi_dit_free(d3);
+    b3->ops->destroy(b3);
 }
 
 /* The call object's run eagerly (out_eager), then recorded and replayed (out_graph). */
@@ -305,6 +333,12 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
         CHECK(used_now() > u0, "hints were read in the streamed calls");
         qi_dit_free(ds);
     }
+    unsigned long long q3 = 0, u3 = 0;
+    forward_three_buffers(src, xv, cv, o[1], &q3, &u3);
+    size_t k3 = count_diff(o[0], o[1], n_out);
+    printf("  three buffers: %llu expansions queued on hints, %llu read; %zu outputs differ\n", q3, u3, k3);
+    CHECK(k3 == 0, "three buffers: %zu of %zu outputs differ from %s", k3, n_out, what[0]);
+    CHECK(q3 == runs && u3 == runs, "three buffers: queued %llu, read %llu, linears %llu", q3, u3, runs);
     gpu->ops->reset(gpu, mark);
     qi_cuda_set_kept_overlap(gpu, was);
     qi_dit_free(d);

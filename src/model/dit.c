@@ -715,14 +715,47 @@ void dit_run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act a
     if (act != QI_ACT_NONE) be->ops->activate(be, y, act, y);
 }
 
-/* dit_run_linear after telling the backend that `next` is the linear that
- * runs after this one (prefetch_weight: a kept weight's expansion then
- * overlaps this GEMM; NULL: none known). The order of the hints is the
- * block's order of linears, which the model knows and the backend does not. */
-static void run_linear_next(qi_dit *d, const qi_tensor *x, const dit_linear *l, const dit_linear *next, qi_act act,
-                            qi_tensor *y, qi_status *st, qi_error *err) {
+/* A block's linears in the order dit_block_forward runs them, then the
+ * call's first two after the block (a->next_linears), NULL-ended: what the
+ * prefetch hints name, the order the model knows and the backend does not.
+ * The text stream's output projection runs before the image's (see there);
+ * the last block runs no text-stream linear after the attention. */
+static void block_linear_order(const dit_block *blk, int last, const dit_acts *a, const dit_linear **seq) {
+    int n = 0;
+    const dit_linear *qkv[6] = {&blk->to_q, &blk->to_k, &blk->to_v, &blk->add_q, &blk->add_k, &blk->add_v};
+    for (int i = 0; i < 6; i++) seq[n++] = qkv[i];
+    if (!last) seq[n++] = &blk->to_add_out;
+    seq[n++] = &blk->to_out;
+    seq[n++] = &blk->img_mlp_up;
+    seq[n++] = &blk->img_mlp_down;
+    if (!last) {
+        seq[n++] = &blk->txt_mlp_up;
+        seq[n++] = &blk->txt_mlp_down;
+    }
+    seq[n] = a->next_linears[0];
+    seq[n + 1] = a->next_linears[0] ? a->next_linears[1] : NULL;
+    seq[n + 2] = NULL;
+}
+
+#define DIT_HINT_AHEAD 2 /* linears named ahead: a backend with fewer free buffers drops the rest */
+
+/* The prefetch hints for seq[first] and the next ones, DIT_HINT_AHEAD in all
+ * (a kept weight's expansion then overlaps the ops queued before its GEMM). */
+static void hint_from(qi_dit *d, const dit_linear *const *seq, int first) {
     qi_backend *be = d->be;
-    if (next && be->ops->prefetch_weight) be->ops->prefetch_weight(be, &next->w);
+    for (int k = first; k < first + DIT_HINT_AHEAD && be->ops->prefetch_weight && seq[k]; k++)
+        be->ops->prefetch_weight(be, &seq[k]->w);
+}
+
+/* dit_run_linear of l after hinting the linears that follow it in seq (l not
+ * in seq: no hints; they change no result either way). */
+static void run_linear_hinted(qi_dit *d, const dit_linear *const *seq, const qi_tensor *x, const dit_linear *l,
+                              qi_act act, qi_tensor *y, qi_status *st, qi_error *err) {
+    for (int i = 0; seq[i]; i++)
+        if (seq[i] == l) {
+            hint_from(d, seq, i + 1);
+            break;
+        }
     dit_run_linear(d, x, l, act, y, st, err);
 }
 
@@ -869,9 +902,9 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
     qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
     qi_status st = QI_OK; /* a runtime LoRA's scratch (run_linear) */
-    /* the linear after this block's last (prefetch hints): the call's, or none known */
-    const dit_linear *after = a->next_linear;
-    if (be->ops->prefetch_weight) be->ops->prefetch_weight(be, &blk->to_q.w); /* overlaps the LayerNorms */
+    const dit_linear *seq[16]; /* the order of the linears, for the prefetch hints */
+    block_linear_order(blk, last, a, seq);
+    hint_from(d, seq, 0); /* to_q's expansion beside the norms, unless the previous block queued it */
 
     /* --- attention half: modulated LN, Q/K/V per stream --- */
     for (int k = 0; k < n_parts; k++)
@@ -886,13 +919,12 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
         v_t = qi_slice_rows(&V2, 0, a->Lt);
         v_i = qi_slice_rows(&V2, a->Lt, a->Li);
     }
-    run_linear_next(d, &a->norm_i, &blk->to_q, &blk->to_k, QI_ACT_NONE, &a->q_i, &st, err);
-    run_linear_next(d, &a->norm_i, &blk->to_k, &blk->to_v, QI_ACT_NONE, &a->k_i, &st, err);
-    run_linear_next(d, &a->norm_i, &blk->to_v, &blk->add_q, QI_ACT_NONE, &v_i, &st, err);
-    run_linear_next(d, &a->norm_t, &blk->add_q, &blk->add_k, QI_ACT_NONE, &a->q_t, &st, err);
-    run_linear_next(d, &a->norm_t, &blk->add_k, &blk->add_v, QI_ACT_NONE, &a->k_t, &st, err);
-    run_linear_next(d, &a->norm_t, &blk->add_v, last ? &blk->to_out : &blk->to_add_out, QI_ACT_NONE, &v_t, &st,
-                    err); /* its expansion overlaps the attention */
+    run_linear_hinted(d, seq, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
+    run_linear_hinted(d, seq, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
+    run_linear_hinted(d, seq, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err); /* next: beside the attention */
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
@@ -922,14 +954,14 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
      * expansion, the long image GEMM of to_out by the MLP's 4× larger one. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
     if (!last) {
-        run_linear_next(d, &o_t, &blk->to_add_out, &blk->to_out, QI_ACT_NONE, &a->proj_t, &st, err);
+        run_linear_hinted(d, seq, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
         if (ag_ln)
             op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
                                          DIT_EPS, &a->norm_t);
         else
             op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
     }
-    run_linear_next(d, &o_i, &blk->to_out, &blk->img_mlp_up, QI_ACT_NONE, &a->proj_i, &st, err);
+    run_linear_hinted(d, seq, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
     for (int k = 0; k < n_parts; k++) {
         img_part *q = &ip[k];
         if (ag_ln)
@@ -942,14 +974,13 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
     for (int k = 0; k < n_parts && !ag_ln; k++)
         op->layer_norm_mod(be, &ip[k].img, &ip[k].sh2, &ip[k].sc2, stride, DIT_EPS, &ip[k].norm);
-    run_linear_next(d, &a->norm_i, &blk->img_mlp_up, &blk->img_mlp_down, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
-    run_linear_next(d, &a->ff_i, &blk->img_mlp_down, last ? after : &blk->txt_mlp_up, QI_ACT_NONE, &a->proj_i, &st,
-                    err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
+    run_linear_hinted(d, seq, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
     for (int k = 0; k < n_parts; k++) op->add_gated(be, &ip[k].img, &ip[k].g2, stride, &ip[k].proj);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
-        run_linear_next(d, &a->norm_t, &blk->txt_mlp_up, &blk->txt_mlp_down, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
-        run_linear_next(d, &a->ff_t, &blk->txt_mlp_down, after, QI_ACT_NONE, &a->proj_t, &st, err);
+        run_linear_hinted(d, seq, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
+        run_linear_hinted(d, seq, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }
     return st;

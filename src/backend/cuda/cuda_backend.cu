@@ -1031,14 +1031,17 @@ static cudaError_t compute_stream_create(cuda_impl *c) {
 }
 
 /* QI_CUDA_KEPT_OVERLAP=0: one weight buffer, prefetch_weight does nothing
- * (the scratch as before: half the memory). QI_CUDA_PREFETCH_SMS=N: a
+ * (the scratch as before: half the memory); =3: three buffers, so the
+ * model's hint two linears ahead is taken too (its expansion can start
+ * behind a long GEMM while the next one's is still read); else two.
+ * QI_CUDA_PREFETCH_SMS=N: a
  * prefetched expansion runs N × 8 blocks of 256 threads (what N SMs hold at
  * once), so it leaves the rest of the GPU to the GEMM it overlaps; 0 or
  * unset: the grid a linear's own expansion takes (up to 16 blocks per SM).
  * QI_CUDA_PREFETCH_PRIORITY=1: see compute_stream_create. */
 static qi_status overlap_init(cuda_impl *c, qi_error *err) {
     const char *on = getenv("QI_CUDA_KEPT_OVERLAP"), *sms = getenv("QI_CUDA_PREFETCH_SMS");
-    c->wbuf_count = on && on[0] == '0' ? 1 : QC_WBUFS;
+    c->wbuf_count = on && on[0] == '0' ? 1 : on && on[0] == '3' ? 3 : 2;
     long n = sms ? strtol(sms, NULL, 10) : 0;
     c->prefetch_grid = n > 0 && n < c->sm_count ? (int)n * 8 : 0;
     if (c->wbuf_count < 2) return QI_OK;
@@ -1313,7 +1316,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     be->impl = c;
     c->device = device;
     c->sm_count = prop.multiProcessorCount;
-    c->wbuf_count = 1; /* overlap_init makes it 2 */
+    c->wbuf_count = 1; /* overlap_init says how many */
     qi_status st = QI_OK;
     if (arena_bytes == 0) { /* default: half the free memory, at most 32 GiB */
         size_t free_b = 0, total_b = 0;

@@ -50,10 +50,11 @@ int qi_cuda_set_fp8_gemm(qi_backend *be, int on);
 void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long long *expanded);
 
 /* The overlap of kept-weight expansions (cuda_kept.cu): the op table's
- * prefetch_weight queues the next linear's bf16 expansion on a second
- * stream into the other of two weight buffers, while the current GEMM runs.
+ * prefetch_weight queues a coming linear's bf16 expansion on a second
+ * stream into a free weight buffer, while the GEMMs before it run.
  * Environment, read at creation: QI_CUDA_KEPT_OVERLAP=0 (one buffer, no
- * prefetch: half the scratch memory), QI_CUDA_PREFETCH_SMS=N (a prefetched
+ * prefetch: half the scratch memory; =3: three buffers, hints two linears
+ * ahead taken; else two), QI_CUDA_PREFETCH_SMS=N (a prefetched
  * expansion's grid: what N SMs hold; default the full grid),
  * QI_CUDA_PREFETCH_PRIORITY=1 (the compute stream at the highest priority).
  * set_kept_overlap (tests, benchmarks) turns prefetching on or off (never on

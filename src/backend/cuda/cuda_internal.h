@@ -36,7 +36,7 @@ typedef struct lt_plan {
  * most one expansion that no linear has read yet ("held"); one queued on the
  * expand stream is "side" until the compute stream has waited for `ready`.
  * Invariant: side implies held. */
-#define QC_WBUFS 2
+#define QC_WBUFS 3 /* at most: 2 by default, 3 with QI_CUDA_KEPT_OVERLAP=3 */
 typedef struct qc_wbuf {
     char *ptr;              /* into wscratch */
     qi_tensor held;         /* the kept weight whose bf16 copy was queued here; data NULL: none */
@@ -78,14 +78,14 @@ typedef struct cuda_impl {
     /* bf16 copies of kept weights (fp8, GGUF blocks: cuda_kept.cu) for the
      * GEMMs that read them: one allocation of wscratch_bytes, split into
      * wbuf_count buffers of wbuf_bytes each (2 with the overlap: the next
-     * linear's weight is expanded into one while the GEMM reads the other);
+     * linear's weight is expanded into one while the GEMM reads another);
      * each sized at load to the largest kept weight, so the addresses are
      * fixed before any graph is recorded */
     void *wscratch;
     size_t wscratch_bytes;
     int kept_weights;    /* kept weights alive: the scratch goes with the last one */
     int wscratch_fixed;  /* the plan reserved the scratch (`reserve`): weights no longer size it */
-    int wbuf_count;      /* 1, or 2 when QI_CUDA_KEPT_OVERLAP is not 0 (fixed at creation) */
+    int wbuf_count;      /* QI_CUDA_KEPT_OVERLAP at creation: 0 → 1 buffer, 3 → 3, else 2 */
     size_t wbuf_bytes;   /* each buffer: wscratch_bytes / wbuf_count (256-byte multiple) */
     qc_wbuf wbuf[QC_WBUFS];
     unsigned long long wbuf_clock; /* orders the buffers' uses (least recently used is written next) */

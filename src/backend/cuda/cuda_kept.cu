@@ -10,10 +10,11 @@
  * between two GEMMs. fp8 and block GEMMs that read the stored bytes directly
  * are the next step (the GPU issue).
  *
- * The overlap: the model names the weight of its next linear
- * (prefetch_weight) and that weight's expansion is queued on a second
- * stream into the other of two buffers, so it runs while the current GEMM
- * does. Ordering, by events only (so stream capture records it as a branch
+ * The overlap: the model names the weights of its next linears
+ * (prefetch_weight) and each one's expansion is queued on a second stream
+ * into a free buffer (two buffers; three with QI_CUDA_KEPT_OVERLAP=3, so a
+ * hint two linears ahead is taken too), where it runs while the GEMMs before
+ * it do; a hint that finds no free buffer is dropped. Ordering, by events only (so stream capture records it as a branch
  * of the graph, forked from and joined back into the capturing stream):
  *   - the expansion waits for everything queued on `stream` before the hint
  *     (expand_fork), the last GEMM that read its buffer among it;
