@@ -8,7 +8,8 @@
 #           mkdir -p devpack && tar cf - dist | xz -9 -T1 > devpack/dist.tar.xz
 #   there:  sh dev/cuda/overlap-run/run.sh [tests] [bench]   (logs and summary.txt under $OUT; carry devpack)
 # What proves it: summary.txt's test lines end "N passed, 0 failed" (test_cuda_kept_overlap prints
-# how many expansions the hints queued and read: 21 of 21 per tiny call), and each bench line's
+# how many expansions the hints queued and read: 21 of 21 per tiny call, two and three buffers), and each
+# bench line's
 # "transformer call | 1024x1024" time with the overlap on is below the one with QI_CUDA_KEPT_OVERLAP=0
 # while its "expansions overlapped" row shows the hints were read (on: every one queued was read, 717
 # per eager call or recording: the 60 blocks' 12 linears less the last block's 3 text ones; off: 0).
@@ -38,10 +39,11 @@ for what in ${*:-tests bench}; do
     bench)
       # knobs per type: Q4_K every setting, Q8_0 the main ones, fp8 (its default fp8 GEMM reads the stored
       # bytes, nothing to overlap but the first/last layers) only off/on: no slower with the overlap
-      for run in "q4_k QI_CUDA_KEPT_OVERLAP=0" "q4_k QI_CUDA_KEPT_OVERLAP=1" "q4_k QI_CUDA_PREFETCH_SMS=66" \
-                 "q4_k QI_CUDA_PREFETCH_SMS=33" "q4_k QI_CUDA_PREFETCH_SMS=16" "q4_k QI_CUDA_PREFETCH_PRIORITY=1" \
-                 "q8_0 QI_CUDA_KEPT_OVERLAP=0" "q8_0 QI_CUDA_KEPT_OVERLAP=1" "q8_0 QI_CUDA_PREFETCH_SMS=33" \
-                 "q8_0 QI_CUDA_PREFETCH_PRIORITY=1" "fp8 QI_CUDA_KEPT_OVERLAP=0" "fp8 QI_CUDA_KEPT_OVERLAP=1"; do
+      for run in "q4_k QI_CUDA_KEPT_OVERLAP=0" "q4_k QI_CUDA_KEPT_OVERLAP=1" "q4_k QI_CUDA_KEPT_OVERLAP=3" \
+                 "q4_k QI_CUDA_PREFETCH_SMS=66" "q4_k QI_CUDA_PREFETCH_SMS=33" "q4_k QI_CUDA_PREFETCH_SMS=16" \
+                 "q4_k QI_CUDA_PREFETCH_PRIORITY=1" "q8_0 QI_CUDA_KEPT_OVERLAP=0" "q8_0 QI_CUDA_KEPT_OVERLAP=1" \
+                 "q8_0 QI_CUDA_KEPT_OVERLAP=3" "q8_0 QI_CUDA_PREFETCH_SMS=33" "q8_0 QI_CUDA_PREFETCH_PRIORITY=1" \
+                 "fp8 QI_CUDA_KEPT_OVERLAP=0" "fp8 QI_CUDA_KEPT_OVERLAP=1"; do
         set -- $run; ty=$1; knob=$2
         log="$OUT/bench_$ty.log"
         echo "=== $ty $knob" >>"$log"
