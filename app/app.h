@@ -27,6 +27,13 @@ int qi_app_parse_threads(const char *flag, const char *s, long *out); /* 1 .. 4 
 /* A memory size: "8G", "6G", "3000M", "1.5G", "512MiB", "8GB" (binary units: 1G = 2^30 bytes;
  * K, M, G, T, any case, an optional "B" or "iB"); at least 1 MiB. 0, or 2 after the message. */
 int qi_app_parse_size(const char *flag, const char *s, size_t *out);
+/* --pinned: a size as qi_app_parse_size, or 0 (pin nothing). */
+int qi_app_parse_pinned(const char *flag, const char *s, long long *out);
+/* The help line of --pinned (generate, serve, bench). */
+#define QI_APP_PINNED_HELP                                                                                      \
+    "  --pinned SIZE       host memory to pin for streamed weights (with --vram), e.g. 16G or 0 (default:\n"    \
+    "                      half the RAM): the rest stays in ordinary memory and is copied through a small\n"     \
+    "                      pinned bounce ring (slower: a host copy more); QI_PINNED_MAX sets the default\n"
 const char *qi_app_default_model(int quiet);
 /* Checks that an output file can be created at path before any work: not a
  * folder, its folder exists (and is one) and is writable, no name component
@@ -86,6 +93,7 @@ typedef struct gen_args {
     long steps, width, height, batch, threads, max_seq_len;
     long random_weights;           /* --random-weights SEED: benchmarks only (every weight random) */
     size_t vram;                   /* --vram SIZE: device memory budget in bytes (0: what the GPU has free) */
+    long long pinned;              /* --pinned SIZE: host memory pinned for streamed weights (-1: the default) */
     long batch_index, batch_size; /* --batch-index K/N: regenerate image K of N (0/0: off) */
     double cfg;
     unsigned long long seed;

@@ -78,6 +78,7 @@ static void generate_usage(void) {
            "  --vram SIZE         device memory to stay within, e.g. 8G, 6G, 3000M (default: what the GPU has\n"
            "                      free): the text encoder is freed after the prompt, the transformer's weights\n"
            "                      streamed from host memory, the VAE decodes in tiles, as the budget needs\n"
+           QI_APP_PINNED_HELP
            "  --save-latents F    also write vae_in [B,16,1,H/8,W/8] float32 to F (.safetensors)\n"
            "  --random-weights S  benchmarks only: every weight filled with seeded random values on the GPU,\n"
            "                      the files' data ignored (for `bench --write-sparse` folders)\n"
@@ -127,6 +128,7 @@ static void default_args(gen_args *a) {
     a->device = "cpu";
     a->max_seq_len = 512;
     a->strength = 0.6; /* diffusers' default */
+    a->pinned = -1;
 }
 
 static void free_args(gen_args *a) {
@@ -220,6 +222,7 @@ static int parse_flag(const char *f, const char *v, gen_args *a, int *explicit_p
     else if (!strcmp(f, "--devices")) a->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &a->threads);
     else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &a->vram);
+    else if (!strcmp(f, "--pinned")) return qi_app_parse_pinned(f, v, &a->pinned);
     else if (!strcmp(f, "--save-latents")) a->save_latents = v;
     else if (!strcmp(f, "--image")) {
         if (!a->image) a->image = v;
@@ -263,7 +266,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         static const char *const with_value[] = {
             "-m", "-p", "-n", "-o", "--lora", "--lora-mode", "--steps", "--cfg", "-W", "--width", "-H", "--height", "--seed",
             "--batch", "--batch-index", "--from-parameters", "--scheduler", "--rng", "--noise-dtype",
-            "--max-sequence-length", "--device", "--devices", "--threads", "--vram", "--save-latents",
+            "--max-sequence-length", "--device", "--devices", "--threads", "--vram", "--pinned", "--save-latents",
             "--diffusion-model", "--text-encoder", "--vae", "--random-weights", "--image", "--mask", "--strength",
             "--edit-vl-area", "--edit-vae-area", "--mmproj"};
         int known = 0;
@@ -559,6 +562,7 @@ static int run(gen_args *a, const prompt_note *notes) {
     o.lora_mode = a->lora_mode;
     o.random_weights = (uint64_t)a->random_weights;
     o.vram_bytes = a->vram;
+    o.pinned_bytes = a->pinned;
     o.log = log_line;
     o.log_user = &prog;
     qi_engine *e = NULL;

@@ -119,6 +119,19 @@ int qi_app_parse_size(const char *flag, const char *s, size_t *out) {
     return 0;
 }
 
+int qi_app_parse_pinned(const char *flag, const char *s, long long *out) {
+    char *end;
+    double v = strtod(s, &end);
+    size_t bytes = 0;
+    if (end != s && v == 0 && (!*end || strchr("KkMmGgTt", *end))) { /* "0", "0G": nothing pinned */
+        *out = 0;
+        return 0;
+    }
+    if (qi_app_parse_size(flag, s, &bytes)) return 2; /* its message; 0 is the one size under 1M taken here */
+    *out = (long long)bytes;
+    return 0;
+}
+
 /* The first prefix of path that exists and is not a folder ("a/b" of
  * "a/b/c/out.png" when a/b is a file), into buf; 0 if none. */
 static int file_above(const char *path, char *buf, size_t cap) {

@@ -26,7 +26,7 @@
 
 static void serve_usage(void) {
     printf("usage: qwen-image serve [-m MODEL_DIR] [--diffusion-model F] [--text-encoder F] [--vae F] [options]\n\n"
-           "  -m, --diffusion-model, --text-encoder, --vae, --mmproj, --lora FILE[:S], --lora-mode, --device, --devices, --threads, --vram\n"
+           "  -m, --diffusion-model, --text-encoder, --vae, --mmproj, --lora FILE[:S], --lora-mode, --device, --devices, --threads, --vram, --pinned\n"
            "                      the model, as for generate (default: the bundled tiny test model)\n"
            "  --lora-dir DIR      LoRA files a request may name in \"loras\" (then --lora-mode auto means runtime)\n"
            "  --edit              the model is Qwen-Image-Edit (single files; a diffusers folder says so itself):\n"
@@ -97,6 +97,7 @@ static int parse_serve_flag(const char *f, const char *v, serve_opts *o) {
     else if (!strcmp(f, "--devices")) m->devices = v;
     else if (!strcmp(f, "--threads")) return qi_app_parse_threads(f, v, &m->threads);
     else if (!strcmp(f, "--vram")) return qi_app_parse_size(f, v, &m->vram);
+    else if (!strcmp(f, "--pinned")) return qi_app_parse_pinned(f, v, &m->pinned);
     else if (!strcmp(f, "--edit-vl-area")) return qi_app_parse_int(f, v, 1024, 1L << 26, &m->edit_vl_area);
     else if (!strcmp(f, "--edit-vae-area")) return qi_app_parse_int(f, v, 1024, 1L << 26, &m->edit_vae_area);
     else if (!strcmp(f, "--host")) o->host = v;
@@ -113,6 +114,7 @@ static int parse_serve_args(int argc, char **argv, serve_opts *o) {
     memset(o, 0, sizeof *o);
     o->model.device = "cpu";
     o->model.max_seq_len = 512;
+    o->model.pinned = -1;
     o->host = "127.0.0.1";
     o->port = 8080, o->queue = 8, o->max_size = 2048, o->max_steps = 100, o->max_batch = 4;
     o->max_body = (size_t)32 << 20; /* /v1/images/edits carries pictures (OpenAI takes up to 50 MB) */
@@ -167,6 +169,7 @@ static int load(serve *s) {
     o.model_dir = m->model, o.diffusion_model = m->diffusion_model, o.text_encoder = m->text_encoder;
     o.vae = m->vae, o.mmproj = m->mmproj, o.device = m->device, o.devices = m->devices, o.threads = (int)m->threads;
     o.vram_bytes = m->vram;
+    o.pinned_bytes = m->pinned;
     /* per-request LoRAs swap the small factors beside the weights, where fused
      * ones would reload the transformer at every change */
     if (s->opt.lora_dir && m->lora_mode == QI_LORA_AUTO) s->opt.model.lora_mode = QI_LORA_RUNTIME;

@@ -57,6 +57,10 @@ static int random_hex(char *out, size_t n_bytes) {
     return 0;
 }
 
+/* Keeps a copy, not the caller's buffer: the job keeps its own bytes for GET
+ * /v1/jobs/{id} (its id shows in /health while it runs) among the last
+ * JOBS_KEPT jobs, and the file outlives the job (--url-ttl). One memcpy of an
+ * encoded image per request is small beside its generation. */
 int serve_files_put(int ttl_s, const uint8_t *bytes, size_t len, const char *ext, char *name, size_t cap) {
     if (len > SERVE_FILES_BYTES) return -1;
     char hex[33];
@@ -86,8 +90,13 @@ int serve_files_send(struct MHD_Connection *c, const char *name) {
     for (int i = 0; i < n_files && !f; i++)
         if (!strcmp(files[i].name, name)) f = &files[i];
     struct MHD_Response *r = NULL;
-    const char *ext = f ? strrchr(f->name, '.') + 1 : NULL;
-    if (f) r = MHD_create_response_from_buffer(f->len, f->bytes, MHD_RESPMEM_MUST_COPY);
+    char type[32] = "";
+    /* copied under the lock: once it is released another request may drop f
+     * (expiry, the bounds) and shift the table over it */
+    if (f) {
+        r = MHD_create_response_from_buffer(f->len, f->bytes, MHD_RESPMEM_MUST_COPY);
+        snprintf(type, sizeof type, "image/%s", strrchr(f->name, '.') + 1);
+    }
     pthread_mutex_unlock(&lock);
     if (!f)
         return serve_send_error(c, 404, "invalid_request_error", NULL, "file_not_found",
@@ -95,8 +104,6 @@ int serve_files_send(struct MHD_Connection *c, const char *name) {
                                 "images) while the server runs; ask again with response_format b64_json to "
                                 "keep the image", name, SERVE_FILES_MAX);
     if (!r) return MHD_NO;
-    char type[32];
-    snprintf(type, sizeof type, "image/%s", ext);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "private, max-age=3600");
     int rc = MHD_queue_response(c, MHD_HTTP_OK, r);

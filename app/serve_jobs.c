@@ -180,7 +180,7 @@ static void on_latents(void *user, int step, int total, const qi_image *lat) {
     size_t len = 0;
     if (c->j->previews && c->s->map.fitted && serve_preview_png(&c->s->map, lat, &png, &len)) png = NULL;
     pthread_mutex_lock(&c->s->lock);
-    c->j->step = step;
+    if (step > c->j->step) c->j->step = step; /* (previews arrive from their own thread, progress from the loop) */
     c->j->total = total;
     job *j = c->j;
     if (png && j->n_partial < j->partial_images && j->n_partial < 3 &&

@@ -59,9 +59,13 @@ struct qi_image;
  * clean image the step predicts, x0 = x - sigma * v, in the space and layout
  * of qi_image.latents (what the VAE decodes): img->latents [count, 16, 1,
  * height/8, width/8] float32, img->rgb NULL; valid during the call only.
- * Arrives on the calling thread; costs one device-to-host copy of the
- * latents and the prediction per step. Not called when a generation's image
- * tokens are sharded over several devices (sequence parallel). */
+ * Arrives on a thread of the engine's own, beside the denoising loop (so
+ * making a preview does not hold the GPU idle): in step order, one call at
+ * a time, every step once, and all of them before qi_generate returns; a
+ * callback slower than a step slows the loop to its pace. Costs one
+ * device-to-host copy of the latents and the prediction per step. Not
+ * called when a generation's image tokens are sharded over several devices
+ * (sequence parallel). */
 typedef void (*qi_latents_fn)(void *user, int step, int total, const struct qi_image *img);
 
 typedef struct qi_open_options {
@@ -104,6 +108,12 @@ typedef struct qi_open_options {
                                 pinned host memory; the text encoder's layers streamed; the VAE in tiles.
                                 A budget nothing fits fails qi_engine_open (QI_ERR_NOMEM) naming what did
                                 not fit and the --vram or file that would. One device only (not --devices) */
+    long long pinned_bytes;  /* host memory the engine may pin (page-lock) for streamed weights, bytes
+                                (`--pinned 16G`); -1 (the default) = QI_PINNED_MAX from the environment
+                                if set, else half the host's RAM (or of a container's memory limit);
+                                0 = none. Streamed weights past it stay in ordinary memory and are
+                                copied through a small pinned bounce ring (4 x 64 MiB, pinned whatever
+                                this says): an extra host copy per stage, slower */
     int edit;                /* the model is Qwen-Image-Edit (its requests carry pictures): the memory plan
                                 (vram_bytes) counts its vision tower, resident from the first Edit request on */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values

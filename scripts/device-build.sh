@@ -55,6 +55,7 @@ echo "$ARCHS" > dist/ARCHS
 ctest --test-dir "$ROOT/build-cuda-dist" -L cuda --show-only=json-v1 | python3 -c '
 import json, os, sys
 for t in json.load(sys.stdin)["tests"]:
+    if "command" not in t: continue  # its program is not among the targets built
     env = []
     for p in t.get("properties", []):
         if p["name"] == "ENVIRONMENT": env = p["value"]

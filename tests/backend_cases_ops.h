@@ -385,6 +385,118 @@ static void attention_label(const bc_case *c, char *buf, size_t cap) {
 static const bc_op op_attention = {"attention", attention_build, attention_run, NULL, NULL, attention_ref,
                                    attention_label, {BC_TOL_F32, BC_TOL_ATTN, 0, 0}, NULL, 0};
 
+/* ---- attention_segments: p = {B, L, H, Hkv, Dh, S, gw} ----------------------------------
+ * gw > 0: the segments are the Qwen2.5-VL vision tower's windows over a grid
+ * of L/4 merged units (2×2 patches each), gw units wide, 4×4 units a window
+ * (edge windows smaller), in window order: S must be their count. gw == 0:
+ * S segments cut at random rows (uneven lengths; with S >= 3 the second is
+ * empty). The offsets are t[5]. */
+
+static void segments_build(bc_inst *in) {
+    const int64_t *p = in->c->p, B = p[0], L = p[1], H = p[2], Hkv = p[3], Dh = p[4], S = p[5], gw = p[6];
+    bc_act(in, 0, 2.0f, 4, B, L, H, Dh);
+    bc_act(in, 1, 2.0f, 4, B, L, Hkv, Dh);
+    bc_act(in, 2, 1.0f, 4, B, L, Hkv, Dh);
+    bc_out(in, 4, 4, B, L, H, Dh);
+    int32_t *off = bc_i32(in, 5, 1, S + 1, 0);
+    off[0] = 0;
+    if (gw > 0) {
+        const int64_t gh = L / 4 / gw;
+        int64_t s = 0;
+        for (int64_t wr = 0; wr < gh; wr += 4)
+            for (int64_t wc = 0; wc < gw; wc += 4, s++) {
+                const int64_t rows = (gh - wr < 4 ? gh - wr : 4) * (gw - wc < 4 ? gw - wc : 4) * 4;
+                if (s < S) off[s + 1] = (int32_t)(off[s] + rows);
+            }
+        if (s != S || off[S] != L) {
+            fprintf(stderr, "fatal: attention_segments case: a %lldx%lld grid has %lld windows, not %lld\n",
+                    LL(gh), LL(gw), LL(s), LL(S));
+            exit(1);
+        }
+        return;
+    }
+    for (int64_t s = 1; s < S; s++) off[s] = (int32_t)((bc_frand() + 1.0f) * 0.5f * (float)L);
+    for (int64_t s = 1; s < S; s++) /* sorted (insertion) */
+        for (int64_t j = s; j > 1 && off[j] < off[j - 1]; j--) {
+            int32_t tmp = off[j];
+            off[j] = off[j - 1], off[j - 1] = tmp;
+        }
+    if (S >= 3) off[2] = off[1];
+    off[S] = (int32_t)L;
+}
+static void segments_run(qi_backend *be, const bc_inst *in, qi_tensor *t) {
+    be->ops->attention_segments(be, &t[0], &t[1], &t[2], &t[5], 1.0f / sqrtf((float)in->c->p[4]), &t[4]);
+}
+/* The definition: plain attention on each segment's rows of each batch. */
+static void segments_twin(qi_backend *be, const bc_inst *in, qi_tensor *t) {
+    const int64_t *p = in->c->p, B = p[0], L = p[1], H = p[2], Hkv = p[3], Dh = p[4], S = p[5];
+    const int32_t *off = in->t[5].bytes;
+    const size_t es = qi_dtype_size(t[0].dtype);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t s = 0; s < S; s++) {
+            const int64_t row = b * L + off[s], n = off[s + 1] - off[s];
+            if (n == 0) continue;
+            qi_tensor v4[4];
+            const int idx[4] = {0, 1, 2, 4};
+            for (int k = 0; k < 4; k++) {
+                const int64_t heads = idx[k] == 1 || idx[k] == 2 ? Hkv : H;
+                v4[k] = t[idx[k]]; /* [1, n, heads, Dh] from row `row` on */
+                v4[k].ne[0] = 1, v4[k].ne[1] = n;
+                v4[k].data = (char *)t[idx[k]].data + (size_t)(row * heads * Dh) * es;
+            }
+            be->ops->attention(be, &v4[0], &v4[1], &v4[2], NULL, 0, 1.0f / sqrtf((float)Dh), &v4[3]);
+        }
+}
+static void segments_ref(const bc_inst *in, int i, double *r) {
+    (void)i;
+    const int64_t *p = in->c->p, B = p[0], L = p[1], H = p[2], Hkv = p[3], Dh = p[4], S = p[5];
+    const int32_t *off = in->t[5].bytes;
+    const double scale = 1.0 / sqrt((double)Dh);
+    double *sc = malloc((size_t)L * sizeof(double));
+    for (int64_t row = 0; row < B * L * H; row++) {
+        const int64_t b = row / (L * H), l = row / H % L, h = row % H, hk = h / (H / Hkv);
+        double *o = r + row * Dh;
+        int64_t s = 0;
+        while (s < S - 1 && off[s + 1] <= l) s++; /* the segment holding row l */
+        const int64_t a = off[s], e = off[s + 1];
+        if (!bc_row_checked(row, B * L * H, 4.0 * (double)L / (double)S * (double)Dh)) { /* mean segment */
+            bc_fill_nan(o, Dh);
+            continue;
+        }
+        const float *q = BC_V(0) + row * Dh;
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = a; j < e; j++) {
+            const float *k = BC_V(1) + ((b * L + j) * Hkv + hk) * Dh;
+            double d = 0;
+            for (int64_t c = 0; c < Dh; c++) d += (double)q[c] * k[c];
+            sc[j] = d * scale;
+            if (sc[j] > mx) mx = sc[j];
+        }
+        for (int64_t c = 0; c < Dh; c++) o[c] = 0;
+        for (int64_t j = a; j < e; j++) sum += exp(sc[j] - mx);
+        for (int64_t j = a; j < e; j++) {
+            const double w = exp(sc[j] - mx) / sum;
+            const float *v = BC_V(2) + ((b * L + j) * Hkv + hk) * Dh;
+            for (int64_t c = 0; c < Dh; c++) o[c] += w * v[c];
+        }
+    }
+    free(sc);
+}
+/* The twin runs the same kernel per segment (bit for bit), except at head dim
+ * 128 on Hopper, where plain attention takes the wgmma/TMA kernels. */
+static void segments_adjust(const bc_inst *in, int i, bc_tols *t) {
+    (void)i;
+    if (in->c->p[4] == 128) t->twin_dev = BC_TOL_ATTN;
+}
+static void segments_label(const bc_case *c, char *buf, size_t cap) {
+    const int64_t *p = c->p;
+    snprintf(buf, cap, "B%lld L%lld H%lld/%lld Dh%lld S%lld %s", LL(p[0]), LL(p[1]), LL(p[2]), LL(p[3]), LL(p[4]),
+             LL(p[5]), p[6] ? "windows" : "random cuts");
+}
+static const bc_op op_attention_segments = {"attention_segments", segments_build, segments_run, segments_twin, NULL,
+                                            segments_ref, segments_label, {BC_TOL_F32, BC_TOL_ATTN, 0, 0},
+                                            segments_adjust, 0};
+
 /* ---- cfg_combine: p = {rows, D, out = cond}, f[0] = s ---------------------------------- */
 
 static void cfg_build(bc_inst *in) {
@@ -792,6 +904,8 @@ static const bc_op op_add_gated_layer_norm_mod = {"add_gated_layer_norm_mod", ag
 #define CFG(R, D, alias, s, why_) {.op = &op_cfg_combine, .p = {R, D, alias}, .f = {s, 0}, .why = why_}
 #define ATTN(B, Lq, Lk, H, Hkv, Dh, causal, mask, scale, why_) \
     {.op = &op_attention, .p = {B, Lq, Lk, H, Hkv, Dh, causal, mask}, .f = {scale, 0}, .why = why_}
+#define SEGS(B, L, H, Hkv, Dh, S, gw, why_) \
+    {.op = &op_attention_segments, .p = {B, L, H, Hkv, Dh, S, gw}, .why = why_}
 #define GELU QI_ACT_GELU_TANH
 #define SILU QI_ACT_SILU
 #define GELU_ERF QI_ACT_GELU_ERF
@@ -883,8 +997,22 @@ static const bc_case bc_cases[] = {
     ATTN(2, 77, 77, 2, 2, 16, 0, 0, 0, "head dim 16, a fully masked batch"),
     ATTN(2, 90, 90, 4, 2, 64, 1, 70, 0, "head dim 64, GQA, causal, padding"),
     ATTN(1, 1024, 1024, 1, 1, 384, 0, -1, 0, "VAE mid-block: one head of 384 (GEMMs)"),
-    ATTN(2, 33, 47, 4, 2, 80, 1, 40, 0, "head dim 80 (GEMMs), Lq < Lk"),
+    ATTN(2, 33, 47, 4, 2, 80, 1, 40, 0, "head dim 80, GQA, causal, padding, Lq < Lk"),
+    ATTN(1, 64, 64, 16, 16, 80, 0, -1, 0, "vision tower: one window of 64 patches, 16 heads of 80"),
+    ATTN(1, 784, 784, 16, 16, 80, 0, -1, 0, "vision tower's full attention at 392² (28×28 patches)"),
+    ATTN(2, 1024, 1024, 4, 4, 80, 0, -1, 0, "head dim 80, batch 2, 16 key tiles"),
+    ATTN(1, 200, 300, 6, 3, 80, 1, 77, 0, "head dim 80, causal offset, padding, GQA"),
     ODD(op_attention, "unaligned q/k/v: the GEMM path at head dim 128", 1, 20, 20, 2, 2, 128, 0, 10),
+    ODD(op_attention, "unaligned q/k/v: the GEMM path at head dim 80", 1, 70, 70, 2, 2, 80, 0, -1),
+
+    SEGS(1, 784, 16, 16, 80, 16, 14, "vision windows at 392²: 9 of 64 rows, 6 of 32, one of 16"),
+    SEGS(1, 2400, 16, 16, 80, 40, 30, "vision windows of a 40×60-patch picture: 8×5 windows"),
+    SEGS(2, 300, 4, 2, 80, 7, 0, "uneven cuts, an empty segment, batch 2, GQA"),
+    SEGS(1, 130, 4, 4, 80, 1, 0, "one segment: plain attention"),
+    SEGS(1, 1000, 3, 3, 128, 5, 0, "head dim 128: segments longer than a block"),
+    SEGS(1, 150, 2, 2, 64, 9, 0, "head dim 64, short segments"),
+    SEGS(1, 97, 2, 1, 48, 4, 0, "head dim 48: no flash kernel, offsets read back for GEMMs"),
+    ODD(op_attention_segments, "unaligned: GEMMs per segment", 1, 100, 2, 2, 80, 4, 0),
 
     CFG(3, 8, 0, 4.0, "small rows"),
     CFG(3, 8, 1, 4.0, "in place: out = cond"),
@@ -964,6 +1092,7 @@ static const bc_case bc_cases[] = {
 #undef AXPBY
 #undef CFG
 #undef ATTN
+#undef SEGS
 #undef GELU
 #undef SILU
 #undef GELU_ERF

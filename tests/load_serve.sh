@@ -14,15 +14,8 @@ MODEL=$2
 C=${3:-8}
 R=${4:-5}
 BOUND=${RSS_BOUND_MB:-64}
-T=$(mktemp -d)
-trap 'kill -KILL $PID 2>/dev/null; rm -rf $T' EXIT
-"$BIN" serve -m "$MODEL" --port 0 --threads 2 --queue 4 >"$T/server.log" 2>&1 &
-PID=$!
-for i in $(seq 1 600); do
-    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/server.log"); [ -n "$PORT" ] && break
-    kill -0 $PID 2>/dev/null || break; sleep 0.1
-done
-[ -n "$PORT" ] || { cat "$T/server.log"; echo "FAIL - server did not start"; exit 1; }
+. "$(dirname "$0")/serve_lib.sh"
+serve_start server "$MODEL" --threads 2 --queue 4
 rss() { awk '/VmRSS/ {print int($2 / 1024)}' /proc/$PID/status; }
 BODY='{"prompt":"load","size":"32x32","steps":2,"seed":1}'
 # one warm round first, so the before figure includes what a first request allocates for good
@@ -46,8 +39,7 @@ pct() { awk -v p=$1 '{a[NR]=$1} END {i=int(NR*p/100+0.999); if (i<1) i=1; if (NR
 echo "load: $C clients x $R requests in $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s: completed $done_n, rejected (429) $rej, other $other"
 echo "latency of completed: p50 $(pct 50) s, p99 $(pct 99) s"
 echo "server RSS: before $before MiB, after $after MiB (bound +$BOUND MiB)"
-kill -INT $PID; wait $PID; rc=$?
-fails=0
+serve_stop INT; rc=$?
 [ "$other" -eq 0 ] || { echo "FAIL - $other answers other than 200/429"; grep -v '^200 \|^429 ' "$T/all" | head; fails=1; }
 [ "$done_n" -gt 0 ] && [ "$rej" -gt 0 ] || { echo "FAIL - expected some completed and some rejected"; fails=1; }
 [ $((after - before)) -le "$BOUND" ] || { echo "FAIL - RSS grew by $((after - before)) MiB"; fails=1; }

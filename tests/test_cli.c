@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "image_check.h"
 #include "io/gguf.h"
 #include "io/image.h"
 #include "io/safetensors.h"
@@ -81,6 +82,44 @@ static void encode_writes_embeddings_and_mask(void) {
     qi_st_close(r);
 }
 
+/* A PNG the CLI wrote (rgb, w×h) against the image_u8 of a reference case's
+ * tensors file: within 2 levels. Skipped where that file cannot be opened
+ * (the reference data is not there). */
+static void check_reference_pixels(const char *label, const uint8_t *rgb, int w, int h, const char *ref) {
+    qi_st_file *r = NULL;
+    qi_error err;
+    if (!rgb || qi_st_open(ref, &r, &err) != QI_OK) return;
+    int maxd = ref_image_diff(r, rgb, (size_t)w * h * 3, NULL);
+    printf("  %s via the CLI: %dx%d, max abs pixel diff %d\n", label, w, h, maxd);
+    CHECK(maxd >= 0 && maxd <= 2, "%s: max diff %d (-1: no image_u8 of %dx%d)", label, maxd, w, h);
+    qi_st_close(r);
+}
+
+/* `generate ARGS --quiet -o <tmpdir>/STEM.png`: the picture within 2 levels
+ * of reference file `ref` (check_reference_pixels), and `generate
+ * --from-parameters` on it reruns it bit for bit. Returns the PNG's
+ * parameters text for the caller's claims (free it), or NULL. */
+static char *generate_reference_case(const char *label, const char *stem, const char *ref, const char *args) {
+    char out[8192], png[1200], again[1200];
+    snprintf(png, sizeof png, "%s/%s.png", tmpdir, stem);
+    snprintf(again, sizeof again, "%s/%s_again.png", tmpdir, stem);
+    int rc = run_shell(out, sizeof out, "%s generate %s --quiet -o %s", qi_cli(), args, png);
+    CHECK(rc == 0, "%s: rc %d: %s", label, rc, out);
+    uint8_t *rgb = NULL, *rgb2 = NULL;
+    int w = 0, h = 0, w2 = 0, h2 = 0;
+    char *params = NULL;
+    qi_error err;
+    CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK, "%s", err.msg);
+    check_reference_pixels(label, rgb, w, h, ref);
+    rc = run_shell(out, sizeof out, "%s generate --from-parameters %s --quiet -o %s", qi_cli(), png, again);
+    CHECK(rc == 0, "rc %d: %s", rc, out);
+    CHECK(rgb && qi_png_read(again, &rgb2, &w2, &h2, NULL, &err) == QI_OK && w2 == w && h2 == h &&
+              !memcmp(rgb, rgb2, (size_t)w * h * 3), "%s: --from-parameters did not rerun the same image", label);
+    free(rgb);
+    free(rgb2);
+    return params;
+}
+
 static void generate_reproduces_a_reference_image_with_parameters(void) {
     char out[8192], png[1200], lat[1200];
     snprintf(png, sizeof png, "%s/en.png", tmpdir);
@@ -97,22 +136,8 @@ static void generate_reproduces_a_reference_image_with_parameters(void) {
     qi_error err;
     CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK, "%s", err.msg);
     if (rgb) {
-        char ref[1200];
-        snprintf(ref, sizeof ref, "%s/cases/en_lightning8_lora/tensors.safetensors", QI_TEST_DATA);
-        qi_st_file *r;
-        if (!qi_st_open(ref, &r, &err)) {
-            const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
-            int maxd = 0;
-            if (u8 && u8->nbytes == (size_t)w * h * 3)
-                for (size_t i = 0; i < u8->nbytes; i++) {
-                    int d = abs((int)rgb[i] - ((const uint8_t *)u8->data)[i]);
-                    if (d > maxd) maxd = d;
-                }
-            else maxd = 999;
-            printf("  generate en_lightning8_lora via the CLI: max abs pixel diff %d\n", maxd);
-            CHECK(maxd <= 2, "max diff %d", maxd);
-            qi_st_close(r);
-        }
+        check_reference_pixels("generate en_lightning8_lora", rgb, w, h,
+                               QI_TEST_DATA "/cases/en_lightning8_lora/tensors.safetensors");
         CHECK(params && strstr(params, "A capybara") && strstr(params, "Steps: 8") &&
                   strstr(params, "Seed: 42") && strstr(params, "Size: 128x96") && strstr(params, "LoRA: lora.safetensors"),
               "parameters: %s", params ? params : "(none)");
@@ -128,42 +153,16 @@ static void generate_reproduces_a_reference_image_with_parameters(void) {
  * its picture within 2 levels, and the parameters naming the picture and
  * the strength; --from-parameters on that image reruns it bit for bit. */
 static void generate_img2img_reproduces_a_reference_image(void) {
-    char out[8192], png[1200], again[1200];
-    snprintf(png, sizeof png, "%s/i2i.png", tmpdir);
-    snprintf(again, sizeof again, "%s/i2i_again.png", tmpdir);
-    int rc = run_shell(out, sizeof out,
-                       "%s generate -m %s -p 'A watercolor painting of a red fox resting under a pine tree, soft morning "
-                       "light.' --image %s --strength 0.6 --lora %s --steps 8 --scheduler lightning -W 128 -H 96 "
-                       "--seed 11 --quiet -o %s",
-                       qi_cli(), model, QI_SHARED_DIR "/reference/edit/inputs/in_c.png", lora, png);
-    CHECK(rc == 0, "rc %d: %s", rc, out);
-    uint8_t *rgb = NULL, *rgb2 = NULL;
-    int w = 0, h = 0;
-    char *params = NULL;
-    qi_error err;
-    CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK, "%s", err.msg);
-    qi_st_file *r = NULL;
-    if (rgb && !qi_st_open(QI_SHARED_DIR "/reference/edit/img2img_s06_lightning8_lora/tensors.safetensors", &r, &err)) {
-        const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
-        int maxd = 999;
-        if (u8 && u8->nbytes == (size_t)w * h * 3)
-            for (size_t i = maxd = 0; i < u8->nbytes; i++) {
-                int d = abs((int)rgb[i] - ((const uint8_t *)u8->data)[i]);
-                if (d > maxd) maxd = d;
-            }
-        printf("  img2img_s06_lightning8_lora via the CLI: max abs pixel diff %d\n", maxd);
-        CHECK(maxd <= 2, "max diff %d", maxd);
-        qi_st_close(r);
-    }
+    char args[4096];
+    snprintf(args, sizeof args,
+             "-m %s -p 'A watercolor painting of a red fox resting under a pine tree, soft morning light.' --image %s "
+             "--strength 0.6 --lora %s --steps 8 --scheduler lightning -W 128 -H 96 --seed 11",
+             model, QI_SHARED_DIR "/reference/edit/inputs/in_c.png", lora);
+    char *params = generate_reference_case("img2img_s06_lightning8_lora", "i2i",
+                                           QI_SHARED_DIR "/reference/edit/img2img_s06_lightning8_lora/tensors.safetensors",
+                                           args);
     CHECK(params && strstr(params, "Denoising strength: 0.6") && strstr(params, "Init image: ") &&
               strstr(params, "in_c.png"), "parameters: %s", params ? params : "(none)");
-    rc = run_shell(out, sizeof out, "%s generate --from-parameters %s --quiet -o %s", qi_cli(), png, again);
-    CHECK(rc == 0, "rc %d: %s", rc, out);
-    int w2 = 0, h2 = 0;
-    CHECK(qi_png_read(again, &rgb2, &w2, &h2, NULL, &err) == QI_OK && w2 == w && h2 == h &&
-              !memcmp(rgb, rgb2, (size_t)w * h * 3), "--from-parameters did not rerun the same image");
-    free(rgb);
-    free(rgb2);
     free(params);
 }
 
@@ -174,44 +173,17 @@ static void generate_img2img_reproduces_a_reference_image(void) {
  * parameters name both pictures in order, and --from-parameters reruns it
  * bit for bit. */
 static void generate_edit_reproduces_a_reference_image(void) {
-    char out[8192], png[1200], again[1200];
-    snprintf(png, sizeof png, "%s/edit.png", tmpdir);
-    snprintf(again, sizeof again, "%s/edit_again.png", tmpdir);
-    int rc = run_shell(out, sizeof out,
-                       "%s generate -m %s -p 'Place the green rectangle from Picture 1 onto the background of Picture "
-                       "2, keep the lighting.' -n ' ' --cfg 4 --steps 3 --seed 22 -W 80 -H 112 --image %s --image %s "
-                       "--edit-vl-area 50176 --edit-vae-area 65536 --quiet -o %s",
-                       qi_cli(), EDIT_2509, QI_SHARED_DIR "/reference/edit/inputs/in_b.png",
-                       QI_SHARED_DIR "/reference/edit/inputs/in_c.png", png);
-    CHECK(rc == 0, "rc %d: %s", rc, out);
-    uint8_t *rgb = NULL, *rgb2 = NULL;
-    int w = 0, h = 0;
-    char *params = NULL;
-    qi_error err;
-    CHECK(qi_png_read(png, &rgb, &w, &h, &params, &err) == QI_OK, "%s", err.msg);
-    qi_st_file *r = NULL;
-    if (rgb && !qi_st_open(QI_SHARED_DIR "/reference/edit/edit2509_2img_cfg4/tensors.safetensors", &r, &err)) {
-        const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
-        int maxd = 999;
-        if (u8 && u8->nbytes == (size_t)w * h * 3)
-            for (size_t i = maxd = 0; i < u8->nbytes; i++) {
-                int d = abs((int)rgb[i] - ((const uint8_t *)u8->data)[i]);
-                if (d > maxd) maxd = d;
-            }
-        printf("  edit2509_2img_cfg4 via the CLI: %dx%d, max abs pixel diff %d\n", w, h, maxd);
-        CHECK(maxd <= 2, "max diff %d", maxd);
-        qi_st_close(r);
-    }
+    char args[4096];
+    snprintf(args, sizeof args,
+             "-m %s -p 'Place the green rectangle from Picture 1 onto the background of Picture 2, keep the lighting.' "
+             "-n ' ' --cfg 4 --steps 3 --seed 22 -W 80 -H 112 --image %s --image %s --edit-vl-area 50176 "
+             "--edit-vae-area 65536",
+             EDIT_2509, QI_SHARED_DIR "/reference/edit/inputs/in_b.png", QI_SHARED_DIR "/reference/edit/inputs/in_c.png");
+    char *params = generate_reference_case("edit2509_2img_cfg4", "edit",
+                                           QI_SHARED_DIR "/reference/edit/edit2509_2img_cfg4/tensors.safetensors", args);
     const char *p1 = params ? strstr(params, "Edit image 1: ") : NULL, *p2 = params ? strstr(params, "Edit image 2: ") : NULL;
     CHECK(p1 && p2 && strstr(p1, "in_b.png") && strstr(p2, "in_c.png") && strstr(params, "Edit VL area: 50176") &&
               !strstr(params, "Denoising strength"), "parameters: %s", params ? params : "(none)");
-    rc = run_shell(out, sizeof out, "%s generate --from-parameters %s --quiet -o %s", qi_cli(), png, again);
-    CHECK(rc == 0, "rc %d: %s", rc, out);
-    int w2 = 0, h2 = 0;
-    CHECK(qi_png_read(again, &rgb2, &w2, &h2, NULL, &err) == QI_OK && w2 == w && h2 == h &&
-              !memcmp(rgb, rgb2, (size_t)w * h * 3), "--from-parameters did not rerun the same image");
-    free(rgb);
-    free(rgb2);
     free(params);
 }
 
@@ -339,6 +311,7 @@ static void mistakes_are_found_before_any_weight_loads(void) {
         {"encode -p x --threads 4096 -o e.safetensors", "--threads 4096", NULL, 2},
         {"generate -p x --vram 8Q", "--vram 8Q: expected a memory size", NULL, 2},
         {"encode -p x --vram 0.5M -o e.safetensors", "--vram 0.5M", NULL, 2},
+        {"generate -p x --pinned 0.5M", "--pinned 0.5M: expected a memory size", NULL, 2}, /* 0 is fine, 0.5M not */
     };
     for (size_t i = 0; i < QI_ARRAY_LEN(cases); i++) {
         char out[4096], args[1200];

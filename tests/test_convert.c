@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "base/types.h"
+#include "image_check.h"
 #include "io/gguf.h"
 #include "io/image.h"
 #include "io/safetensors.h"
@@ -37,24 +38,14 @@ static int image_diff(const char *png, double *mean) {
         return -1;
     }
     qi_st_file *r = NULL;
-    const uint8_t *ref = NULL;
     char p[1200];
     snprintf(p, sizeof p, "%s/cases/en_lightning8_lora/tensors.safetensors", QI_TEST_DATA);
     if (qi_st_open(p, &r, &err) == QI_OK) {
-        const qi_st_tensor *u8 = qi_st_file_find(r, "image_u8");
-        if (u8 && u8->nbytes == (size_t)w * h * 3) ref = u8->data;
+        double m;
+        maxd = ref_image_diff(r, a, (size_t)w * h * 3, &m);
+        if (maxd >= 0) *mean = m;
     }
-    if (ref) {
-        double s = 0;
-        maxd = 0;
-        for (size_t i = 0; i < (size_t)w * h * 3; i++) {
-            int d = abs((int)a[i] - (int)ref[i]);
-            s += d;
-            if (d > maxd) maxd = d;
-        }
-        *mean = s / ((double)w * h * 3);
-    }
-    CHECK(ref, "no reference image for %s", png);
+    CHECK(maxd >= 0, "no reference image for %s", png);
     free(a);
     qi_st_close(r);
     return maxd;

@@ -114,6 +114,54 @@ static void bench_attention(int64_t B, int64_t L, int64_t H, int64_t Hkv, int64_
     gpu->ops->reset(gpu, mk);
 }
 
+/* Attention of each window's rows of q, k, v into o, one call per window
+ * (how the vision tower ran before attention_segments). */
+static void windows_one_by_one(const qi_tensor *q, const qi_tensor *k, const qi_tensor *v, qi_tensor *o,
+                               const int32_t *off, int64_t S, float scale) {
+    const size_t row = (size_t)(q->ne[2] * q->ne[3]) * qi_dtype_size(q->dtype); /* bytes per patch row */
+    for (int64_t w = 0; w < S; w++) {
+        qi_tensor sl[4] = {*q, *k, *v, *o};
+        for (int t = 0; t < 4; t++) {
+            sl[t].ne[1] = off[w + 1] - off[w];
+            sl[t].data = (char *)sl[t].data + (size_t)off[w] * row;
+        }
+        gpu->ops->attention(gpu, &sl[0], &sl[1], &sl[2], NULL, 0, scale, &sl[3]);
+    }
+}
+
+/* The vision tower's attention at 392² (784 patches, 16 heads of 80): its
+ * 16 windows (9 of 64 rows, 6 of 32, one of 16) one call each, as the tower
+ * ran them, with the GEMM path and the flash kernel, against one
+ * attention_segments call; and its full-attention layers. One layer's worth:
+ * the tower has 28 windowed and 4 full layers. */
+static void bench_vision_attention(void) {
+    size_t mk = gpu->ops->mark(gpu);
+    const int64_t P = 784, H = 16, Dh = 80, S = 16;
+    int64_t qs[4] = {1, P, H, Dh}, ns[1] = {S + 1};
+    qi_tensor q = bc_dev_rand(gpu, 4, qs, 2.0f), k = bc_dev_rand(gpu, 4, qs, 2.0f), v = bc_dev_rand(gpu, 4, qs, 1.0f);
+    qi_tensor o, seg;
+    must(gpu->ops->tensor(gpu, &o, QI_BF16, 4, qs, &err), "o");
+    must(gpu->ops->tensor(gpu, &seg, QI_I32, 1, ns, &err), "offsets");
+    int32_t off[17] = {0};
+    for (int64_t w = 0; w < S; w++) /* 4x4 windows of a 14x14-unit grid, 4 patches a unit */
+        off[w + 1] = off[w] + (int32_t)((w / 4 == 3 ? 2 : 4) * (w % 4 == 3 ? 2 : 4) * 4);
+    must(gpu->ops->upload(gpu, &seg, off, &err), "offsets");
+    const float scale = 1.0f / sqrtf((float)Dh);
+    static const char *const kernels[2] = {"gemm", "mma"};
+    for (int ki = 0; ki < 2; ki++) {
+        qi_cuda_set_attention_kernel(gpu, kernels[ki]);
+        double ms;
+        TIME_MS(ms, windows_one_by_one(&q, &k, &v, &o, off, S, scale));
+        printf("  %-16s attention %-10s 16 windows, one call each          %8.3f ms\n", "vision 392²", kernels[ki], ms);
+        TIME_MS(ms, gpu->ops->attention_segments(gpu, &q, &k, &v, &seg, scale, &o));
+        printf("  %-16s attention_segments %-10s 16 windows in one call %8.3f ms\n", "vision 392²", kernels[ki], ms);
+        TIME_MS(ms, gpu->ops->attention(gpu, &q, &k, &v, NULL, 0, scale, &o));
+        printf("  %-16s attention %-10s full, L784 H16 Dh80             %8.3f ms\n", "vision 392²", kernels[ki], ms);
+    }
+    qi_cuda_set_attention_kernel(gpu, default_kernel);
+    gpu->ops->reset(gpu, mk);
+}
+
 static void bench_memory_ops(void) {
     size_t mk = gpu->ops->mark(gpu);
     int64_t xs[3] = {1, 4224, 3072}, ms2[2] = {1, 6 * 3072}, qs[4] = {1, 4224, 24, 128}, ts[2] = {4224, 64};
@@ -368,6 +416,7 @@ static void bench(void) {
     bench_attention(1, 167, 28, 4, 128, 1, 0, "TE", "mma");
     bench_attention(1, 4096, 1, 1, 384, 0, 0, "VAE mid 512²", "auto");
     bench_attention(1, 16384, 1, 1, 384, 0, 0, "VAE mid 1024²", "auto");
+    bench_vision_attention();
     if (only_attention) return;
     bench_memory_ops();
     bench_conv(384, 128, 128, 384);

@@ -107,11 +107,13 @@ static void each_case(const bc_op *op, void (*per_case)(const bc_inst *, float *
 }
 
 static void attention_kernels(const bc_inst *in, float **cpu_out, const char *name) {
-    const int64_t Dh = in->c->p[5];
+    /* attention_segments runs flash_k or GEMMs whatever is forced: its head dim is p[4] */
+    const int segments = in->c->op == &op_attention_segments;
+    const int64_t Dh = in->c->p[segments ? 4 : 5];
     const char *const *list = kernels_other;
     int n = 1;
-    if (Dh == 128 && use_wgmma) list = kernels_hopper, n = (int)QI_ARRAY_LEN(kernels_hopper);
-    else if (Dh == 16 || Dh == 32 || Dh == 64 || Dh == 128) list = kernels_portable, n = 2;
+    if (Dh == 128 && use_wgmma && !segments) list = kernels_hopper, n = (int)QI_ARRAY_LEN(kernels_hopper);
+    else if (Dh == 16 || Dh == 32 || Dh == 64 || Dh == 80 || Dh == 128) list = kernels_portable, n = 2;
     for (int i = 0; i < n; i++) {
         CHECK(qi_cuda_set_attention_kernel(gpu, list[i]) == 0, "unknown attention kernel %s", list[i]);
         one_variant(in, cpu_out, name, list[i], strcmp(list[i], "gemm") != 0);
@@ -311,7 +313,10 @@ int main(void) {
         RUN(count_nonfinite_counts_exactly);
         RUN(graph_replay_is_bit_identical_and_reads_current_inputs);
     }
-    if (!only || strcmp(only, "attention") == 0) each_case(&op_attention, attention_kernels);
+    if (!only || strcmp(only, "attention") == 0) {
+        each_case(&op_attention, attention_kernels);
+        each_case(&op_attention_segments, attention_kernels);
+    }
     if (!only || strcmp(only, "conv") == 0) {
         each_case(&op_conv2d, conv_paths);
         each_case(&op_conv2d_fused, conv_paths);

@@ -9,10 +9,15 @@
  *   - six 32 MiB weights taken through two slots in turn (each copy queued on
  *     the copy stream while the previous weight's GEMM runs) give each
  *     weight's own result: no slot is overwritten while an op reads it;
+ *   - the same two claims with the pinned budget at 0 (host weights in
+ *     ordinary memory, staged through the bounce ring; the embedding table
+ *     gathered on the host), and a weight larger than the whole ring;
  *   - the engine on the tiny model under budgets that swap, and that stream
  *     everything (transformer blocks and modulation, text encoder layers,
  *     embedding table read from host memory), gives the unplanned engine's
- *     images bit for bit.
+ *     images bit for bit; streaming everything with the host copies all
+ *     pinned, partly pinned, not pinned (--pinned 0) and QI_PINNED_MAX=0 gives
+ *     them too, and the backend's counters show which path the bytes took.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -22,9 +27,10 @@
 #include "backend/weight_stream.h"
 #include "backend_caps.h"
 #include "engine/engine.h"
+#include "image_check.h"
 #include "test.h"
+#include "vram_plans.h"
 
-#define MODEL QI_TEST_DATA "/tiny-model"
 #define MIB ((size_t)1 << 20)
 
 static qi_backend *gpu;
@@ -76,8 +82,12 @@ static void lin_emb(const qi_tensor *w, const qi_tensor *table, const float *xv,
     gpu->ops->reset(gpu, mark);
 }
 
-static void staged_host_weights_match_device_weights(void) {
+/* budget: the pinned budget for the host weights (0: ordinary memory, the ring). */
+static void staged_host_weights_match_device_weights_at(size_t budget) {
     qi_error err = {{0}};
+    gpu->ops->host_budget(gpu, budget);
+    qi_cuda_host h0, h1;
+    qi_cuda_host_info(gpu, &h0);
     REQUIRE(gpu->ops->reserve(gpu, 256 * MIB, 0, &err) == QI_OK, "%s", err.msg);
     enum { N = 64, K = 256, M = 5 };
     static float row_scales[N];
@@ -120,13 +130,23 @@ static void staged_host_weights_match_device_weights(void) {
         gpu->ops->weight_free(gpu, &wh);
     }
     gpu->ops->slot_free(gpu, slot);
+    qi_cuda_host_info(gpu, &h1);
+    CHECK(budget ? h1.staged_bounced == h0.staged_bounced && h1.staged_pinned > h0.staged_pinned
+                 : h1.staged_pinned == h0.staged_pinned && h1.staged_bounced > h0.staged_bounced,
+          "budget %zu: %llu bytes staged from pinned memory, %llu through the ring", budget,
+          h1.staged_pinned - h0.staged_pinned, h1.staged_bounced - h0.staged_bounced);
+    gpu->ops->host_budget(gpu, (size_t)1 << 40);
 }
+
+static void staged_host_weights_match_device_weights(void) { staged_host_weights_match_device_weights_at((size_t)1 << 40); }
+static void staged_from_ordinary_memory_match_device_weights(void) { staged_host_weights_match_device_weights_at(0); }
 
 /* Six 32 MiB weights through two slots, each GEMM queued right after its
  * take (which queues the next copy): the results match each weight's own. */
-static void two_slots_in_turn_never_overwrite_what_an_op_reads(void) {
+static void two_slots_at(size_t budget) {
     enum { U = 6, N = 4096, K = 4096, M = 2048 };
     qi_error err = {{0}};
+    gpu->ops->host_budget(gpu, budget);
     REQUIRE(gpu->ops->reserve(gpu, (size_t)512 * MIB, 0, &err) == QI_OK, "%s", err.msg);
     uint16_t *host = malloc(sizeof(uint16_t) * (size_t)N * K);
     float *xv = malloc(sizeof(float) * (size_t)M * K), *want = malloc(sizeof(float) * (size_t)M * N);
@@ -171,78 +191,144 @@ static void two_slots_in_turn_never_overwrite_what_an_op_reads(void) {
     }
     gpu->ops->reset(gpu, 0);
     free(host), free(xv), free(want), free(got);
+    gpu->ops->host_budget(gpu, (size_t)1 << 40);
+}
+
+static void two_slots_in_turn_never_overwrite_what_an_op_reads(void) { two_slots_at((size_t)1 << 40); }
+/* the same through the bounce ring: 32 MiB weights, two to a ring buffer, the ring wrapping every 8 */
+static void two_slots_through_the_ring_never_overwrite_what_an_op_reads(void) { two_slots_at(0); }
+
+/* One 320 MiB weight (more than the ring's 4 × 64 MiB, so its own stage
+ * wraps the ring and waits for its first buffers' copies) from ordinary
+ * memory: the GEMM with it matches the same weight on the device. */
+static void a_weight_larger_than_the_ring(void) {
+    enum { N = 10240, K = 16384, M = 64 };
+    qi_error err = {{0}};
+    gpu->ops->host_budget(gpu, 0);
+    REQUIRE(gpu->ops->reserve(gpu, (size_t)64 * MIB, 0, &err) == QI_OK, "%s", err.msg);
+    uint16_t *host = malloc(sizeof(uint16_t) * (size_t)N * K);
+    float *xv = malloc(sizeof(float) * (size_t)M * K), *want = malloc(sizeof(float) * (size_t)M * N);
+    float *got = malloc(sizeof(float) * (size_t)M * N);
+    REQUIRE(host && xv && want && got);
+    for (size_t i = 0; i < (size_t)N * K; i++) host[i] = qi_f32_to_bf16(caps_frand() * 0.02f);
+    for (int i = 0; i < M * K; i++) xv[i] = caps_frand();
+    int64_t ne[2] = {N, K};
+    qi_tensor wd, wh, view, x, y;
+    qi_slot *slot = NULL;
+    REQUIRE(!gpu->ops->weight(gpu, &wd, QI_BF16, 2, ne, host, NULL, &err) &&
+            !gpu->ops->weight_host(gpu, &wh, QI_BF16, 2, ne, host, NULL, &err) &&
+            !gpu->ops->slot_new(gpu, qi_nbytes(&wh), &slot, &err), "%s", err.msg);
+    CHECK(qi_nbytes(&wh) > 4 * 64 * MIB);
+    REQUIRE(!qi_be_act2(gpu, &x, M, K, &err) && !qi_be_act2(gpu, &y, M, N, &err) &&
+            !gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+    for (int pass = 0; pass < 2; pass++) { /* the second stage finds the ring's buffers used once */
+        REQUIRE(!gpu->ops->stage(gpu, slot, &wh, &view, 1, &err), "%s", err.msg);
+        gpu->ops->stage_wait(gpu, slot);
+        gpu->ops->linear(gpu, &x, &view, NULL, QI_ACT_NONE, &y);
+        CHECK(!gpu->ops->download(gpu, &y, got, &err), "%s", err.msg);
+        gpu->ops->linear(gpu, &x, &wd, NULL, QI_ACT_NONE, &y);
+        CHECK(!gpu->ops->download(gpu, &y, want, &err), "%s", err.msg);
+        CHECK(!memcmp(want, got, sizeof(float) * (size_t)M * N), "pass %d: the 320 MiB weight's result differs", pass);
+    }
+    gpu->ops->reset(gpu, 0);
+    gpu->ops->slot_free(gpu, slot);
+    gpu->ops->weight_free(gpu, &wd);
+    gpu->ops->weight_free(gpu, &wh);
+    gpu->ops->host_budget(gpu, (size_t)1 << 40);
+    free(host), free(xv), free(want), free(got);
 }
 
 /* ---- the engine on the tiny model ---------------------------------------------------- */
 
-static qi_status open_tiny(size_t vram, qi_engine **e) {
+/* The tiny model with budget `vram` and pinned budget `pinned` (-1: the default). */
+static qi_status open_tiny_pinned(size_t vram, long long pinned, qi_engine **e) {
     qi_open_options o = qi_open_options_default();
-    o.model_dir = MODEL;
+    o.model_dir = QI_TEST_DATA "/tiny-model";
     o.device = "cuda";
     o.vram_bytes = vram;
+    o.pinned_bytes = pinned;
     return qi_engine_open(&o, e);
-}
-
-static qi_status generate(qi_engine *e, const char *prompt, qi_image *img) {
-    qi_request r = qi_request_default();
-    r.prompt = prompt;
-    r.width = 64;
-    r.height = 48;
-    r.steps = 2;
-    r.seed = 7;
-    return qi_generate(e, &r, img);
-}
-
-static int same_image(const qi_image *a, const qi_image *b) {
-    return a->rgb && b->rgb && a->count == b->count && a->width == b->width && a->height == b->height &&
-           !memcmp(a->rgb, b->rgb, (size_t)a->count * a->width * a->height * 3);
-}
-
-typedef int (*plan_test)(const qi_residency_plan *p);
-static int is_swap(const qi_residency_plan *p) { return p->step == 2 && p->te_swap && !p->dit_stream; }
-static int streams_everything(const qi_residency_plan *p) {
-    return p->step == 4 && p->te_stream && p->resident_blocks == 0 && !p->mod_resident;
-}
-
-/* The largest budget (2 GiB down, 128 KiB steps) whose plan passes `want`. */
-static size_t budget_where(plan_test want) {
-    qi_engine *e = NULL;
-    size_t found = 0;
-    if (open_tiny(2048 * MIB, &e) == QI_OK)
-        for (size_t b = 2048 * MIB; b > 256 * MIB && !found; b -= 128 << 10) {
-            qi_residency_plan p;
-            qi_error err;
-            if (qi_residency_plan_make(b, &e->sizes, &e->need, &p, &err) == QI_OK && want(&p)) found = b;
-        }
-    qi_engine_close(e);
-    return found;
 }
 
 static void engine_plans_give_the_unplanned_images(void) {
     qi_engine *e = NULL;
     qi_image ref[2] = {{0}}, got[2] = {{0}};
     const char *prompts[2] = {"a red apple on a table", "a blue boat"};
-    REQUIRE(open_tiny(0, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cuda", 0, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(e->planned && e->plan.step == 1, "the whole free GPU: everything resident");
     for (int i = 0; i < 2; i++) CHECK(generate(e, prompts[i], &ref[i]) == QI_OK, "%s", qi_engine_error(e));
     qi_engine_close(e);
     plan_test tests[2] = {is_swap, streams_everything};
     const char *names[2] = {"stage swap", "everything streamed"};
     for (int k = 0; k < 2; k++) {
-        size_t b = budget_where(tests[k]);
+        size_t b = budget_where("cuda", 2048 * MIB, 256 * MIB, tests[k]);
         CHECK(b > 0, "no budget gives a %s plan", names[k]);
         if (!b) continue;
         e = NULL;
-        CHECK(open_tiny(b, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
+        CHECK(open_tiny("cuda", b, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
               qi_engine_error(e));
         for (int i = 0; i < 2; i++) {
             CHECK(generate(e, prompts[i], &got[i]) == QI_OK, "%s", qi_engine_error(e));
-            CHECK(same_image(&ref[i], &got[i]), "%s: prompt %d's image differs from the unplanned engine's", names[k],
+            CHECK(same_pixels(&ref[i], &got[i]), "%s: prompt %d's image differs from the unplanned engine's", names[k],
                   i);
             qi_image_free(&got[i]);
         }
         if (k == 0) CHECK(e->te_frees == 2 && e->te_loads == 2, "swap: %d loads, %d frees", e->te_loads, e->te_frees);
         if (k == 1 && e->ranks->dit[0]) CHECK(qi_dit_staged_bytes(e->ranks->dit[0]) > 0);
+        qi_engine_close(e);
+    }
+    for (int i = 0; i < 2; i++) qi_image_free(&ref[i]);
+}
+
+/* Everything streamed, the host copies pinned (the default), partly pinned
+ * (a 64 KiB budget: the rest through the bounce ring), not pinned (0), and
+ * QI_PINNED_MAX=0 from the environment with the default options: each gives
+ * the all-resident engine's images bit for bit, and the counters say which
+ * path the staged bytes took. */
+static void pinned_budgets_give_the_resident_images(void) {
+    qi_engine *e = NULL;
+    qi_image ref[2] = {{0}}, got = {0};
+    const char *prompts[2] = {"a red apple on a table", "a blue boat"};
+    unsetenv("QI_PINNED_MAX");
+    REQUIRE(open_tiny("cuda", 0, &e) == QI_OK && e->plan.step == 1, "%s", qi_engine_error(e));
+    for (int i = 0; i < 2; i++) CHECK(generate(e, prompts[i], &ref[i]) == QI_OK, "%s", qi_engine_error(e));
+    qi_engine_close(e);
+    size_t b = budget_where("cuda", 2048 * MIB, 256 * MIB, streams_everything);
+    REQUIRE(b > 0, "no budget streams everything");
+    const struct {
+        long long pinned;
+        const char *env, *name;
+        int pins, pages; /* whether host weights must be in pinned / ordinary memory */
+    } cases[] = {{-1, NULL, "all pinned", 1, 0},
+                 {64 << 10, NULL, "64 KiB pinned", 1, 1},
+                 {0, NULL, "--pinned 0", 0, 1},
+                 {-1, "0", "QI_PINNED_MAX=0", 0, 1}};
+    for (size_t k = 0; k < QI_ARRAY_LEN(cases); k++) {
+        if (cases[k].env) setenv("QI_PINNED_MAX", cases[k].env, 1);
+        e = NULL;
+        qi_status st = open_tiny_pinned(b, cases[k].pinned, &e);
+        unsetenv("QI_PINNED_MAX");
+        CHECK(st == QI_OK && streams_everything(&e->plan), "%s: %s", cases[k].name, qi_engine_error(e));
+        if (st != QI_OK) {
+            qi_engine_close(e);
+            continue;
+        }
+        for (int i = 0; i < 2; i++) {
+            CHECK(generate(e, prompts[i], &got) == QI_OK, "%s: %s", cases[k].name, qi_engine_error(e));
+            CHECK(same_pixels(&ref[i], &got), "%s: prompt %d's image differs from the all-resident engine's",
+                  cases[k].name, i);
+            qi_image_free(&got);
+        }
+        qi_cuda_host h;
+        qi_cuda_host_info(e->be, &h);
+        printf("  %s: %.2f MiB pinned, %.2f MiB ordinary; staged %.2f MiB pinned, %.2f MiB through the ring\n",
+               cases[k].name, h.pinned_held / 1048576.0, h.pageable_held / 1048576.0, h.staged_pinned / 1048576.0,
+               h.staged_bounced / 1048576.0);
+        CHECK((h.pinned_held > 0) == cases[k].pins && (h.pageable_held > 0) == cases[k].pages &&
+                  (h.staged_bounced > 0) == cases[k].pages && (cases[k].pages || h.staged_pinned > 0),
+              "%s: %zu bytes pinned, %zu ordinary; staged %llu bytes from pinned memory, %llu through the ring",
+              cases[k].name, h.pinned_held, h.pageable_held, h.staged_pinned, h.staged_bounced);
+        CHECK(h.pinned_held <= (cases[k].pinned >= 0 ? (size_t)cases[k].pinned : h.pinned_max));
         qi_engine_close(e);
     }
     for (int i = 0; i < 2; i++) qi_image_free(&ref[i]);
@@ -258,7 +344,7 @@ static void request_that_cannot_fit_is_refused_before_work(void) {
     const size_t budgets[2] = {0, (size_t)1 << 30};
     for (int k = 0; k < 2; k++) {
         qi_engine *e = NULL;
-        REQUIRE(open_tiny(budgets[k], &e) == QI_OK, "%s", qi_engine_error(e));
+        REQUIRE(open_tiny("cuda", budgets[k], &e) == QI_OK, "%s", qi_engine_error(e));
         qi_request r = qi_request_default();
         r.prompts = prompts;
         r.n_prompts = k == 0 ? 64 : 1;
@@ -287,8 +373,12 @@ int main(void) {
     RUN(reserve_sizes_the_arena_and_weight_size_covers_a_weight);
     RUN(staged_host_weights_match_device_weights);
     RUN(two_slots_in_turn_never_overwrite_what_an_op_reads);
+    RUN(staged_from_ordinary_memory_match_device_weights);
+    RUN(two_slots_through_the_ring_never_overwrite_what_an_op_reads);
+    RUN(a_weight_larger_than_the_ring);
     gpu->ops->destroy(gpu);
     RUN(engine_plans_give_the_unplanned_images);
+    RUN(pinned_budgets_give_the_resident_images);
     RUN(request_that_cannot_fit_is_refused_before_work);
     TEST_END();
 }

@@ -4,7 +4,8 @@
  * condition latents as extra image segments with their own RoPE frame and
  * the text offset over all segments (E8), 2511's zero_cond_t modulation
  * (E9), true CFG on the kept rows (E10), every call's prediction, every
- * step's latents and the final latents, on the CPU backend in float32.
+ * step's latents and the final latents, on the CPU backend in float32; the
+ * loop replayed from a recorded step gives the eager loop's bits.
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
@@ -251,6 +252,60 @@ static void denoising_matches(void) {
     }
 }
 
+/* Without a per-call hook and with graph_min_steps reached, a backend that
+ * records graphs runs steps 1.. by replaying the recorded step 1: the final
+ * latents are the eager loop's (QI_CUDA_GRAPHS=0) bit for bit, and the
+ * reference's within the bound. Fewer steps than the default minimum (the
+ * fixtures' 3 and 4) stay eager. On the CPU every run is eager. */
+static void recorded_steps_match_eager(void) {
+    const int graphs = qi_backend_supports(g_be, QI_CAP_GRAPHS, 0);
+    for (size_t ci = 0; ci < 2; ci++) { /* one call per step; two (true CFG) */
+        loaded l;
+        if (load_case(&cases[ci], &l) != 0) {
+            unload(&l);
+            continue;
+        }
+        int64_t L = (int64_t)l.gh * l.gw, n = 0;
+        float *noise = ref_floats(l.f, "call0.noisy_latents", &n), *cond = ref_floats(l.f, "image_latents", NULL);
+        float *ctx = ref_floats(l.f, "prompt_embeds", NULL), *neg = ref_floats(l.f, "neg.prompt_embeds", NULL);
+        float *sig = ref_floats(l.f, "sigmas", NULL), *ts = ref_floats(l.f, "timesteps", NULL);
+        float *fin = ref_floats(l.f, "final_latents", NULL);
+        const qi_st_tensor *pe = qi_st_file_find(l.f, "prompt_embeds"), *ne = qi_st_file_find(l.f, "neg.prompt_embeds");
+        REQUIRE(noise && cond && ctx && sig && ts && fin && pe && n == L * 64, "%s: reference tensors", cases[ci].name);
+        for (int i = 0; i < l.steps; i++) ts[i] /= 1000.0f;
+        float *lat[3] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float)),
+                         malloc((size_t)n * sizeof(float))};
+        int replayed[3] = {-1, -1, -1};
+        for (int eager = 0; eager < 3; eager++) { /* graphs, QI_CUDA_GRAPHS=0, the default minimum */
+            if (eager == 1) setenv("QI_CUDA_GRAPHS", "0", 1);
+            memcpy(lat[eager], noise, (size_t)n * sizeof(float));
+            qi_edit_denoise_args a = {.grid_h = l.gh, .grid_w = l.gw, .cond = l.cond, .cond_latents = cond, .ctx = ctx,
+                                      .ctx_len = (int)pe->shape[1], .neg_ctx = neg,
+                                      .neg_len = ne ? (int)ne->shape[1] : 0, .cfg = l.cfg, .steps = l.steps,
+                                      .sigmas = sig, .t = ts, .replayed_steps = &replayed[eager],
+                                      .graph_min_steps = eager == 2 ? 0 : 2};
+            qi_error err = {{0}};
+            CHECK(qi_edit_denoise(l.dit, g_be, &a, lat[eager], &err) == QI_OK, "%s: %s", cases[ci].name, err.msg);
+            unsetenv("QI_CUDA_GRAPHS");
+        }
+        int64_t differ = 0;
+        for (int64_t k = 0; k < n; k++) differ += qi_f32_bits(lat[0][k]) != qi_f32_bits(lat[1][k]);
+        double rel = qi_rel_l2(lat[0], fin, (size_t)n);
+        printf("     %s: %d of %d steps replayed; %lld of %lld values differ from the eager loop; final rel L2 %.3g\n",
+               cases[ci].name, replayed[0], l.steps, (long long)differ, (long long)n, rel);
+        CHECK(replayed[0] == (graphs ? l.steps - 1 : 0), "%s: %d steps replayed", cases[ci].name, replayed[0]);
+        CHECK(replayed[1] == 0, "QI_CUDA_GRAPHS=0 still replayed %d steps", replayed[1]);
+        CHECK(replayed[2] == 0 && l.steps < QI_EDIT_GRAPH_MIN_STEPS, "%d steps (default minimum %d) replayed %d",
+              l.steps, QI_EDIT_GRAPH_MIN_STEPS, replayed[2]);
+        CHECK(differ == 0, "%s: the recorded loop differs from the eager one in %lld values", cases[ci].name,
+              (long long)differ);
+        CHECK(rel <= g_tol, "%s: final latents rel L2 %g", cases[ci].name, rel);
+        free(lat[0]), free(lat[1]), free(lat[2]);
+        free(noise), free(cond), free(ctx), free(neg), free(sig), free(ts), free(fin);
+        unload(&l);
+    }
+}
+
 /* zero_cond_t really changes the condition rows' modulation: the 2511 case
  * run through the 2509 transformer (same weights, flag off) misses. */
 static void zero_cond_t_matters(void) {
@@ -335,6 +390,7 @@ int main(int argc, char **argv) {
     RUN(condition_latents_match);
     RUN(call0_all_tokens_match);
     RUN(denoising_matches);
+    RUN(recorded_steps_match_eager);
     RUN(zero_cond_t_matters);
     g_be->ops->destroy(g_be);
     TEST_END();

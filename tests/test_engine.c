@@ -17,6 +17,7 @@
 #include <webp/decode.h>
 
 #include "engine/plan.h"
+#include "image_check.h"
 #include "io/safetensors.h"
 #include "qwen_image.h"
 #include "test.h"
@@ -137,13 +138,6 @@ static qi_request small_request(void) {
     r.steps = 3;
     r.scheduler = "lightning";
     return r;
-}
-
-static int same_image(const qi_image *a, const qi_image *b) {
-    size_t px = (size_t)a->count * a->width * a->height * 3;
-    size_t lat = (size_t)a->count * 16 * (a->height / 8) * (a->width / 8);
-    return a->count == b->count && a->width == b->width && a->height == b->height && !memcmp(a->rgb, b->rgb, px) &&
-           !memcmp(a->latents, b->latents, lat * sizeof(float));
 }
 
 typedef struct step_log {
@@ -359,12 +353,6 @@ static int png_find_text(const uint8_t *b, size_t n, const char *key, char *out,
     return -1;
 }
 
-static double mean_diff(const uint8_t *a, const uint8_t *b, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += abs((int)a[i] - (int)b[i]);
-    return s / (double)n;
-}
-
 static void png_in_memory_decodes_to_the_same_pixels_with_parameters(void) {
     qi_image img = test_image();
     const char *params = "a lighthouse\nSteps: 3, Seed: 42";
@@ -435,7 +423,8 @@ static void jpeg_and_webp_in_memory_decode_close_to_the_pixels(void) {
     CHECK(com, "the JPEG comment holds the parameters");
     jpeg_finish_decompress(&d);
     jpeg_destroy_decompress(&d);
-    double md = mean_diff(px, img.rgb, sizeof px);
+    double md;
+    pixel_diff(px, img.rgb, sizeof px, &md);
     printf("  JPEG q95: %zu bytes, mean abs pixel diff %.3f (limit 2)\n", len, md);
     CHECK(d.output_width == IMG_W && md <= 2.0, "JPEG pixels: mean abs diff %.3f", md);
     qi_free_bytes(bytes);
@@ -445,7 +434,7 @@ static void jpeg_and_webp_in_memory_decode_close_to_the_pixels(void) {
     uint8_t *dec = WebPDecodeRGB(bytes, len, &w, &h);
     CHECK(dec && w == IMG_W && h == IMG_H, "WebP decodes: %dx%d", w, h);
     if (dec) {
-        md = mean_diff(dec, img.rgb, sizeof px);
+        pixel_diff(dec, img.rgb, sizeof px, &md);
         printf("  WebP q95: %zu bytes, mean abs pixel diff %.3f (limit 2)\n", len, md);
         CHECK(md <= 2.0, "WebP pixels: mean abs diff %.3f", md);
         WebPFree(dec);
@@ -480,11 +469,7 @@ static void cfg_on_cpu_ranks_gives_the_one_device_image(void) {
     }
     size_t px = (size_t)32 * 48 * 3, lat = (size_t)16 * 6 * 4;
     for (int d = 1; d < 3; d++) {
-        int maxd = 0;
-        for (size_t i = 0; i < px; i++) {
-            int diff = abs((int)img[d].rgb[i] - (int)img[0].rgb[i]);
-            maxd = diff > maxd ? diff : maxd;
-        }
+        int maxd = pixel_diff(img[d].rgb, img[0].rgb, px, NULL);
         double rel = qi_rel_l2(img[d].latents, img[0].latents, lat);
         printf("  %s: pixels max abs diff %d, vae_in rel L2 %.2e%s\n", devices[d], maxd, rel,
                same_image(&img[d], &img[0]) ? " (bit-identical)" : "");

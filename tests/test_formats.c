@@ -30,6 +30,7 @@
 #ifdef QI_WITH_CUDA
 #include "backend/cuda/cuda_backend.h" /* qi_cuda_gemm_counts: did the fp8 GEMM run */
 #endif
+#include "image_check.h"
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "qwen_image.h"
@@ -275,17 +276,7 @@ static case_figures run_case_with(const char *name, int builtin_scheduler) {
     CHECK(u8 && u8->nbytes == n_px, "%s: image_u8 size", name);
     if (vae_in && vae_in->nbytes == n_lat * 4) f.vae_rel = qi_rel_l2(img.latents, vae_in->data, n_lat);
     double mean = -1;
-    if (u8 && u8->nbytes == n_px) {
-        int mx = 0;
-        double sum = 0;
-        for (size_t i = 0; i < n_px; i++) {
-            int d = abs((int)img.rgb[i] - (int)((const uint8_t *)u8->data)[i]);
-            mx = d > mx ? d : mx;
-            sum += d;
-        }
-        f.img_max = mx;
-        mean = sum / (double)n_px;
-    }
+    if (u8 && u8->nbytes == n_px) f.img_max = pixel_diff(img.rgb, u8->data, n_px, &mean);
     if (strcmp(g_device, "cpu")) {
         unsigned long long fp8 = fp8_gemm_calls(e);
         double vae_lim = fp8 ? 5e-2 : 2e-2, mean_lim = fp8 ? 4.0 : 3.0; /* fp8 activations: see g_device */

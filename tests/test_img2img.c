@@ -26,6 +26,7 @@
 #include "backend/backend.h"
 #include "engine/engine.h"
 #include "engine/plan.h"
+#include "image_check.h"
 #include "io/image.h"
 #include "io/image_prep.h"
 #include "io/safetensors.h"
@@ -473,15 +474,7 @@ static void run_case(qi_engine *e, const char *name, const char *dir) {
     const uint8_t *u8 = need_u8(&c, "image_u8", NULL);
     int px_max = 255;
     double px_mean = 255;
-    if (u8) {
-        px_max = 0, px_mean = 0;
-        for (size_t i = 0; i < (size_t)c.W * c.H * 3; i++) {
-            int d = abs((int)img.rgb[i] - (int)u8[i]);
-            if (d > px_max) px_max = d;
-            px_mean += d;
-        }
-        px_mean /= (double)c.W * c.H * 3;
-    }
+    if (u8) px_max = pixel_diff(img.rgb, u8, (size_t)c.W * c.H * 3, &px_mean);
     printf("  %s on %s: %d steps, transformer inputs rel L2 <= %.2e, final latents %.2e, image |diff| mean %.3f "
            "max %d\n", name, g_device, si.n, worst, e_fin, px_mean, px_max);
     CHECK(worst <= tol_stage && e_fin <= tol_stage, "%s: stage errors %.3e / %.3e over %.1e", name, worst, e_fin,

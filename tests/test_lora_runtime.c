@@ -28,6 +28,7 @@
 #ifdef QI_WITH_CUDA
 #include "backend/cuda/cuda_backend.h" /* qi_cuda_gemm_counts: did the fp8 GEMM run */
 #endif
+#include "image_check.h"
 #include "io/safetensors.h"
 #include "io/source.h"
 #include "model/dit.h"
@@ -103,32 +104,15 @@ static qi_status gen(qi_engine *e, qi_image *img) {
     return st;
 }
 
-static size_t n_latents(const qi_image *a) { return (size_t)a->count * 16 * (a->height / 8) * (a->width / 8); }
-static size_t n_pixels(const qi_image *a) { return (size_t)a->count * a->height * a->width * 3; }
-
-static int same_image(const qi_image *a, const qi_image *b) {
-    return a->rgb && b->rgb && a->count == b->count && a->width == b->width && a->height == b->height &&
-           !memcmp(a->rgb, b->rgb, n_pixels(a)) && !memcmp(a->latents, b->latents, n_latents(a) * sizeof(float));
-}
-
-static int max_pixel_diff(const qi_image *a, const qi_image *b) {
-    int m = 0;
-    for (size_t i = 0; i < n_pixels(a); i++) {
-        int d = abs((int)a->rgb[i] - (int)b->rgb[i]);
-        m = d > m ? d : m;
-    }
-    return m;
-}
-
 /* Runtime `a` against fused `b`: within float rounding (device limits in the header). */
 /* Linears the image_with engines since the last check_close ran through the fp8 GEMM. */
 static unsigned long long g_fp8_calls;
 
 static void check_close(const char *what, const qi_image *a, const qi_image *b) {
-    REQUIRE(a->rgb && b->rgb && n_latents(a) == n_latents(b), "%s: two images", what);
-    double rel = qi_rel_l2(a->latents, b->latents, n_latents(a));
-    double mx = qi_max_abs_diff(a->latents, b->latents, n_latents(a));
-    int px = max_pixel_diff(a, b);
+    REQUIRE(a->rgb && b->rgb && image_latent_count(a) == image_latent_count(b), "%s: two images", what);
+    double rel = qi_rel_l2(a->latents, b->latents, image_latent_count(a));
+    double mx = qi_max_abs_diff(a->latents, b->latents, image_latent_count(a));
+    int px = pixel_diff(a->rgb, b->rgb, image_pixel_bytes(a), NULL);
     printf("  %-44s %s: vae_in max abs diff %.2e, rel L2 %.2e; image max abs diff %d\n", what, g_device, mx, rel,
            px);
     if (!strcmp(g_device, "cpu")) {
@@ -182,7 +166,7 @@ static void runtime_equals_fused_on_the_tiny_model(void) {
      * last block's text-only ones it also has: count what the file holds (28 modules) */
     CHECK(rt_fused == 0 && rt_terms == 28, "runtime: %d fused weights, %d modules", rt_fused, rt_terms);
     CHECK(fu_fused == 28 && fu_terms == 0, "fuse: %d fused weights, %d modules", fu_fused, fu_terms);
-    CHECK(memcmp(rt->latents, g_base.latents, n_latents(rt) * sizeof(float)), "the LoRA changes the latents");
+    CHECK(memcmp(rt->latents, g_base.latents, image_latent_count(rt) * sizeof(float)), "the LoRA changes the latents");
     check_close("one LoRA, runtime vs fused (bf16 weights)", rt, &fu);
 done:
     qi_image_free(&fu);
@@ -196,7 +180,7 @@ static void two_loras_with_strengths_runtime_equals_fused(void) {
         image_with(QI_LORA_FUSE, NULL, two, 2, &g_fu_two, NULL, NULL))
         return;
     CHECK(terms == 56, "two files: %d modules", terms);
-    CHECK(!g_rt_one.rgb || memcmp(g_rt_two.latents, g_rt_one.latents, n_latents(&g_rt_two) * sizeof(float)),
+    CHECK(!g_rt_one.rgb || memcmp(g_rt_two.latents, g_rt_one.latents, image_latent_count(&g_rt_two) * sizeof(float)),
           "the second LoRA (and the strength) changes the latents");
     check_close("LoRA @0.7 + bf16 LoRA @0.4, runtime vs fused", &g_rt_two, &g_fu_two);
 }

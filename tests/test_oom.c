@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "image_check.h"
 #include "oom_hook.h"
 #include "qwen_image.h"
 #include "test.h"
@@ -57,13 +58,6 @@ static qi_status open_tiny(qi_engine **e) {
     o.model_dir = MODEL;
     o.threads = 1; /* one thread: the allocation calls come in the same order every run */
     return qi_engine_open(&o, e);
-}
-
-static int same_image(const qi_image *a, const qi_image *b) {
-    if (a->count != b->count || a->width != b->width || a->height != b->height) return 0;
-    size_t px = (size_t)a->count * a->width * a->height * 3;
-    size_t lat = (size_t)a->count * 16 * (a->height / 8) * (a->width / 8);
-    return !memcmp(a->rgb, b->rgb, px) && !memcmp(a->latents, b->latents, lat * sizeof(float));
 }
 
 /* The normal run: its image, and the allocation calls of open and of the

@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 #include <unistd.h>
 
+#include "image_check.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "qwen_image.h"
@@ -74,16 +75,10 @@ static void run_case(const char *name) {
         size_t n_px = (size_t)img.count * img.height * img.width * 3;
         CHECK(u8 && u8->nbytes == n_px, "image_u8 size (layout [B, H, W, 3] expected)");
         if (u8 && u8->nbytes == n_px) {
-            const uint8_t *ref = u8->data;
-            int maxd = 0;
-            double sum = 0;
-            for (size_t i = 0; i < n_px; i++) {
-                int d = abs((int)img.rgb[i] - (int)ref[i]);
-                if (d > maxd) maxd = d;
-                sum += d;
-            }
-            printf("  %s: image_u8 max abs diff %d, mean %.4f (limits 2, 0.5)\n", name, maxd, sum / n_px);
-            CHECK(maxd <= 2 && sum / n_px <= 0.5, "%s image diff max %d mean %g", name, maxd, sum / n_px);
+            double mean;
+            int maxd = pixel_diff(img.rgb, u8->data, n_px, &mean);
+            printf("  %s: image_u8 max abs diff %d, mean %.4f (limits 2, 0.5)\n", name, maxd, mean);
+            CHECK(maxd <= 2 && mean <= 0.5, "%s image diff max %d mean %g", name, maxd, mean);
         }
         const qi_timings *t = qi_engine_timings(e);
         printf("  %s: text %.3f s, denoise %.3f s, vae %.3f s, peak RSS %.0f MiB\n", name, t->text_s, t->denoise_s,

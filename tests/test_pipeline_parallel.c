@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "image_check.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "qwen_image.h"
@@ -76,15 +77,6 @@ static qi_status run_case(const ref_run_case *rc, const char *device, const char
     return st;
 }
 
-static int max_pixel_diff(const uint8_t *a, const uint8_t *b, size_t n) {
-    int m = 0;
-    for (size_t i = 0; i < n; i++) {
-        int d = abs((int)a[i] - (int)b[i]);
-        m = d > m ? d : m;
-    }
-    return m;
-}
-
 /* The case on one CPU device, then on 2 and 4 CPU ranks: same image (max
  * abs pixel diff <= 1) and vae_in (rel L2 <= 1e-5), in the layout named by
  * want_layout[i] (a fragment of the engine's log line). */
@@ -111,7 +103,7 @@ static void case_on_cpu_ranks_matches_one_device(const char *name, const char *c
         size_t n_px = (size_t)par.count * par.height * par.width * 3;
         size_t n_lat = (size_t)par.count * 16 * (par.height / 8) * (par.width / 8);
         CHECK(par.count == one.count && par.width == one.width && par.height == one.height, "image shape");
-        int maxd = max_pixel_diff(par.rgb, one.rgb, n_px);
+        int maxd = pixel_diff(par.rgb, one.rgb, n_px, NULL);
         double rel = qi_rel_l2(par.latents, one.latents, n_lat);
         double ref_rel = want && want->nbytes == n_lat * 4 ? qi_rel_l2(par.latents, want->data, n_lat) : -1;
         printf("  case %s on %s (%s): vs one device: pixels max abs diff %d, vae_in rel L2 = %.2e%s; "
@@ -200,7 +192,7 @@ static void cancel_and_errors_leave_the_ranks_usable(void) {
         CHECK(st == QI_OK, "after a cancel and an error: %s", qi_engine_error(e));
         if (st == QI_OK) {
             size_t n_px = (size_t)img.count * img.height * img.width * 3;
-            int maxd = max_pixel_diff(img.rgb, one.rgb, n_px);
+            int maxd = pixel_diff(img.rgb, one.rgb, n_px, NULL);
             printf("  the next generation on the same ranks: pixels max abs diff %d vs one device\n", maxd);
             CHECK(maxd <= 1, "pixels differ by %d", maxd);
             qi_image_free(&img);
@@ -292,12 +284,6 @@ static void cli_devices_flag_writes_the_same_png(void) {
 /* ---- CUDA ---------------------------------------------------------------------------- */
 
 #ifdef QI_WITH_CUDA
-static double mean_pixel_diff(const uint8_t *a, const uint8_t *b, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += abs((int)a[i] - (int)b[i]);
-    return n ? s / (double)n : 0;
-}
-
 /* Two ranks sharing GPU 0 (host-staged communicator; NCCL needs one GPU
  * per rank) against one GPU, bf16: mean abs pixel difference <= 3/255. */
 static void two_ranks_on_one_gpu_match_one_gpu(void) {
@@ -323,9 +309,9 @@ static void two_ranks_on_one_gpu_match_one_gpu(void) {
         CHECK(st == QI_OK, "%s on cuda:0,cuda:0", names[i]);
         if (st == QI_OK) {
             size_t n_px = (size_t)two.count * two.height * two.width * 3;
-            double mean = mean_pixel_diff(two.rgb, one.rgb, n_px);
-            printf("  case %s on cuda:0,cuda:0: pixels mean abs diff %.4f, max %d vs one GPU\n", names[i], mean,
-                   max_pixel_diff(two.rgb, one.rgb, n_px));
+            double mean;
+            int maxd = pixel_diff(two.rgb, one.rgb, n_px, &mean);
+            printf("  case %s on cuda:0,cuda:0: pixels mean abs diff %.4f, max %d vs one GPU\n", names[i], mean, maxd);
             CHECK(mean <= 3.0, "%s: mean abs pixel diff %.3f", names[i], mean);
             CHECK(strstr(log.text, "share a GPU"), "log: %s", log.text);
             qi_image_free(&two);

@@ -8,27 +8,13 @@
 set -u
 BIN=$1
 MODEL=$2
-T=$(mktemp -d)
-trap 'for p in $(cat $T/pids 2>/dev/null); do kill -KILL $p 2>/dev/null; done; rm -rf $T' EXIT
-fails=0
-ok() { echo "ok - $1"; }
-bad() { echo "FAIL - $1"; fails=$((fails + 1)); }
+. "$(dirname "$0")/serve_lib.sh"
 check() { if [ "$2" = "$3" ]; then ok "$1 ($3)"; else bad "$1: expected '$3', got '$2'"; fi; }
 
-# start NAME ARGS...: a server on a free port; sets PORT, PID
+# start NAME ARGS...: a server of MODEL on a free port (serve_start); sets PORT, PID
 start() {
     name=$1; shift
-    : >"$T/$name.log" # the server writes it in the background: sed must find it at once
-    "$BIN" serve -m "$MODEL" --port 0 --threads 2 "$@" >"$T/$name.log" 2>&1 &
-    PID=$!
-    echo $PID >>"$T/pids"
-    for i in $(seq 1 600); do
-        PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/$name.log")
-        [ -n "$PORT" ] && return 0
-        kill -0 $PID 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$T/$name.log"; echo "FAIL - server $name did not start"; exit 1
+    serve_start "$name" "$MODEL" --threads 2 "$@"
 }
 U() { echo "http://127.0.0.1:$PORT$1"; }
 # req METHOD PATH [BODY]: prints the status; the body in $T/body, headers in $T/hdr
@@ -201,13 +187,15 @@ grep -q "closed after [2-4]\.[0-9] s: b''" "$T/slow" && ok "slow client dropped:
     || bad "slow client: $(cat "$T/slow")"
 
 # SIGTERM drains: the running job finishes, new requests get 503, then exit 0
-req POST /v1/jobs '{"prompt":"drain","size":"32x32","steps":120,"seed":1}' >/dev/null; JD=$(field .id)
+# (long enough to still run at the checks: 120 steps of 32x32 took ~1 s on an idle 2-core machine, so the
+# server could finish and exit before the first check; 600 steps take ~5 s, and the events wait up to 300 s)
+req POST /v1/jobs '{"prompt":"drain","size":"32x32","steps":600,"seed":1}' >/dev/null; JD=$(field .id)
 wait_job $JD running
 kill -TERM $PID
 for i in $(seq 1 20); do [ "$(req GET /health)" = 503 ] && break; sleep 0.05; done
 check "draining: /health" "$(req GET /health)" 503
 check "draining: new job" "$(req POST /v1/jobs "$LONG")" 503
-curl -s --max-time 30 -N $AUTH "$(U /v1/jobs/$JD/events)" | sed -n 's/^event: //p' | tail -1 >"$T/last"
+curl -s --max-time 300 -N $AUTH "$(U /v1/jobs/$JD/events)" | sed -n 's/^event: //p' | tail -1 >"$T/last"
 check "draining: the running job completes" "$(cat "$T/last")" completed
 wait $PID; check "SIGTERM exit status" $? 0
 
@@ -326,7 +314,7 @@ bad_i2i "inpainting_mask_invert 1" inpainting_mask_invert "\"init_images\":[\"$B
 bad_i2i "batch_size x n_iter over --max-batch" batch_size "\"init_images\":[\"$B64B\"],\"batch_size\":2,\"n_iter\":3"
 check "img2img: not JSON" "$(req POST /sdapi/v1/img2img '{')" 400
 check "still serving after bad img2img" "$(req GET /health)" 200
-kill -TERM $PID; wait $PID
+serve_stop TERM
 
 # --edit: single files say Edit through the flag, which the test-only area flags need
 "$BIN" serve -m "$MODEL" --edit-vl-area 3136 --port 0 >"$T/noedit.log" 2>&1
@@ -388,7 +376,7 @@ check "Edit: txt2img: param" "$(field .error.param)" init_images
 bad_i2i "Edit: 4 init_images" init_images "\"init_images\":[\"$B64B\",\"$B64B\",\"$B64B\",\"$B64B\"]"
 bad_i2i "Edit: a mask" mask "\"init_images\":[\"$B64B\"],\"mask\":\"$B64B\""
 check "still serving after bad Edit requests" "$(req GET /health)" 200
-kill -TERM $PID; wait $PID
+serve_stop TERM
 
 # ---- server D: a scheduler with shift_terminal: a 1-step request is a 400 saying why ------------
 mkdir -p "$T/model_st/scheduler"
@@ -404,7 +392,7 @@ grep -q "shift_terminal" "$T/body" && ok "the 400 says why: $(field .error.messa
 check "1 step with shift_terminal: param" "$(field .error.param)" steps
 check "an async job too: 400 at submission" "$(req POST /v1/jobs '{"prompt":"x","size":"32x32","steps":1}')" 400
 check "2 steps with shift_terminal" "$(req POST /v1/images/generations '{"prompt":"x","size":"32x32","steps":2}')" 200
-kill -TERM $PID; wait $PID
+serve_stop TERM
 
 # ---- server B: no key; SIGINT cancels the running job at its next step ----------------
 start B --max-steps 1000
@@ -431,8 +419,7 @@ check "GET /sdapi/v1/progress" "$(req GET /sdapi/v1/progress)" 200
     && ok "progress: step $(field .state.sampling_step)/$(field .state.sampling_steps) with current_image" \
     || bad "progress: $(head -c 200 "$T/body")"
 t0=$(date +%s)
-kill -INT $PID
-wait $PID; rc=$?
+serve_stop INT; rc=$?
 check "SIGINT exit status" $rc 0
 [ $(( $(date +%s) - t0 )) -le 5 ] && ok "SIGINT stopped within 5 s" || bad "SIGINT took too long"
 grep -q "stopped" "$T/B.log" && ok "B logged its stop" || bad "B did not stop cleanly"

@@ -10,21 +10,9 @@ MODEL=$2
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "skip: no nginx"; exit 77; }
 CONF=$(dirname "$0")/../scripts/serve-nginx.conf
-T=$(mktemp -d)
-trap 'for p in $(cat $T/pids 2>/dev/null); do kill -KILL $p 2>/dev/null; done; rm -rf $T' EXIT
-fails=0
-ok() { echo "ok - $1"; }
-bad() { echo "FAIL - $1"; fails=$((fails + 1)); }
-start() { # start NAME: sets PORT_NAME, PID_NAME
-    "$BIN" serve -m "$MODEL" --port 0 --threads 1 --max-steps 1000 >"$T/$1.log" 2>&1 &
-    eval PID_$1=$!; echo $! >>"$T/pids"
-    for i in $(seq 1 600); do
-        p=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/$1.log"); [ -n "$p" ] && break; sleep 0.1
-    done
-    [ -n "$p" ] || { cat "$T/$1.log"; echo "FAIL - server $1 did not start"; exit 1; }
-    eval PORT_$1=$p
-}
-start A; start B
+. "$(dirname "$0")/serve_lib.sh"
+serve_start A "$MODEL" --threads 1 --max-steps 1000; PID_A=$PID; PORT_A=$PORT
+serve_start B "$MODEL" --threads 1 --max-steps 1000; PID_B=$PID; PORT_B=$PORT
 LB=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 sed "s/127.0.0.1:8081/127.0.0.1:$PORT_A/; s/127.0.0.1:8082/127.0.0.1:$PORT_B/; s/listen 127.0.0.1:8080/listen 127.0.0.1:$LB/; \
      s|^http {|master_process off; pid $T/nginx.pid; error_log $T/nginx-error.log; http { access_log $T/nginx-access.log; \

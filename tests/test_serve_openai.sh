@@ -15,18 +15,8 @@ if [ ! -f "$NPM_DIR/node_modules/openai/package.json" ]; then
     timeout 120 npm install --prefix "$NPM_DIR" --no-audit --no-fund --silent "openai@$OPENAI_VERSION" >"$NPM_DIR/install.log" 2>&1 ||
         { cat "$NPM_DIR/install.log"; echo "skip: could not install openai@$OPENAI_VERSION from the npm registry"; exit 77; }
 fi
-T=$(mktemp -d)
-trap 'kill -KILL $PID 2>/dev/null; rm -rf $T' EXIT
-fails=0
-"$BIN" serve -m "$MODEL" --port 0 --threads 2 >"$T/serve.log" 2>&1 &
-PID=$!
-for i in $(seq 1 600); do
-    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/serve.log")
-    [ -n "$PORT" ] && break
-    kill -0 $PID 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$PORT" ] || { cat "$T/serve.log"; echo "FAIL - the server did not start"; exit 1; }
+. "$(dirname "$0")/serve_lib.sh"
+serve_start serve "$MODEL" --threads 2
 cp "$(dirname "$0")/openai_client.mjs" "$NPM_DIR/"   # resolves 'openai' from NPM_DIR/node_modules
 cp "$MODEL/../edit/inputs/in_b.png" "$T/in_b.png"
 timeout 120 node "$NPM_DIR/openai_client.mjs" "http://127.0.0.1:$PORT" "$T" "$T/in_b.png" || fails=$((fails + 1))
@@ -42,17 +32,10 @@ cmp -s "$T/openai_stream.png" "$T/cli4.png" && echo "ok - the streamed completed
     --strength 0.5 -o cli_edit.png --quiet)
 cmp -s "$T/openai_edit.png" "$T/cli_edit.png" && echo "ok - images.edit gives generate --image's bytes" ||
     { echo "FAIL - images.edit's image differs from generate --image's"; fails=$((fails + 1)); }
-kill -TERM $PID; wait $PID
+serve_stop TERM
 # a Qwen-Image-Edit model (the tiny 2509 folder, small picture areas): the client's list of pictures
 EDM="$MODEL/../edit/model-2509"
-"$BIN" serve -m "$EDM" --port 0 --threads 2 --edit-vl-area 3136 --edit-vae-area 4096 >"$T/edit.log" 2>&1 &
-PID=$!; PORT=
-for i in $(seq 1 600); do
-    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/edit.log")
-    [ -n "$PORT" ] && break
-    kill -0 $PID 2>/dev/null || break
-    sleep 0.1
-done
+serve_start edit "$EDM" --threads 2 --edit-vl-area 3136 --edit-vae-area 4096
 cp "$MODEL/../edit/inputs/in_c.png" "$T/in_c.png"
 timeout 120 node "$NPM_DIR/openai_client.mjs" --edit-model "http://127.0.0.1:$PORT" "$T" "$T/in_b.png" "$T/in_c.png" ||
     fails=$((fails + 1))
@@ -60,6 +43,6 @@ timeout 120 node "$NPM_DIR/openai_client.mjs" --edit-model "http://127.0.0.1:$PO
     --image in_c.png --edit-vl-area 3136 --edit-vae-area 4096 -o cli_edit2.png --quiet)
 cmp -s "$T/openai_edit2.png" "$T/cli_edit2.png" && echo "ok - images.edit on an Edit model gives generate's bytes" ||
     { echo "FAIL - images.edit on an Edit model differs from generate --image --image's"; fails=$((fails + 1)); }
-kill -TERM $PID; wait $PID
+serve_stop TERM
 echo "failures: $fails"
 exit $fails

@@ -11,19 +11,9 @@ BIN=$1
 MODEL=$2
 SHOT=$3
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "skip: no chromium/chromedriver"; exit 77; }
-T=$(mktemp -d)
-trap 'for p in $(cat $T/pids 2>/dev/null); do kill -KILL $p 2>/dev/null; done; rm -rf $T' EXIT
-fails=0
-ok() { echo "ok - $1"; }
-bad() { echo "FAIL - $1"; fails=$((fails + 1)); }
+. "$(dirname "$0")/serve_lib.sh"
 
-"$BIN" serve -m "$MODEL" --port 0 --threads 2 --max-steps 1000 >"$T/server.log" 2>&1 &
-SPID=$!; echo $SPID >>"$T/pids"
-for i in $(seq 1 600); do
-    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/server.log"); [ -n "$PORT" ] && break
-    kill -0 $SPID 2>/dev/null || break; sleep 0.1
-done
-[ -n "$PORT" ] || { cat "$T/server.log"; echo "FAIL - server did not start"; exit 1; }
+serve_start server "$MODEL" --threads 2 --max-steps 1000
 DPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 chromedriver --port=$DPORT >"$T/driver.log" 2>&1 &
 echo $! >>"$T/pids"
@@ -108,16 +98,11 @@ js "return document.getElementById('final').src.split(',')[1]" | base64 -d >"$T/
 cmp -s "$T/page_i2i.png" "$T/cli_i2i.png" && ok "the page's img2img image is byte-identical to generate --image's" \
     || bad "page img2img image differs from the CLI's"
 curl -s -X DELETE --max-time 10 "$WD$S" >/dev/null
-kill -INT $SPID; wait $SPID
+serve_stop INT
 
 # an Edit model: the picture input takes several references, strength is gone, the size follows them
 EDM="$MODEL/../edit/model-2509"
-"$BIN" serve -m "$EDM" --port 0 --threads 2 --edit-vl-area 3136 --edit-vae-area 4096 >"$T/edit.log" 2>&1 &
-SPID=$!; echo $SPID >>"$T/pids"; PORT=
-for i in $(seq 1 600); do
-    PORT=$(sed -n 's|.*serving on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$T/edit.log"); [ -n "$PORT" ] && break
-    kill -0 $SPID 2>/dev/null || break; sleep 0.1
-done
+serve_start edit "$EDM" --threads 2 --edit-vl-area 3136 --edit-vae-area 4096
 SID=$(post /session '{"capabilities":{"alwaysMatch":{"browserName":"chrome","goog:chromeOptions":{"binary":"'"$(command -v chromium)"'","args":["--headless=new","--no-sandbox","--disable-gpu","--window-size=1200,900"]}}}}' | jq -r .value.sessionId)
 S="/session/$SID"
 post "$S/url" "{\"url\":\"http://127.0.0.1:$PORT/\"}" >/dev/null
@@ -144,6 +129,6 @@ js "return document.getElementById('final').src.split(',')[1]" | base64 -d >"$T/
 cmp -s "$T/page_edit.png" "$T/cli_edit.png" && ok "the page's Edit image is byte-identical to generate's" \
     || bad "page Edit image differs from the CLI's"
 curl -s -X DELETE --max-time 10 "$WD$S" >/dev/null
-kill -INT $SPID; wait $SPID
+serve_stop INT
 echo "failures: $fails"
 exit $fails

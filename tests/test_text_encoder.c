@@ -156,14 +156,11 @@ static double encode_case(qi_text_encoder *te, const char *name, int *mask_ok, d
     return rel;
 }
 
-/* Copies the reference text encoder into <tmp>/<sub>/ with the language
- * model renamed model.X -> model.language_model.X and visual.X ->
- * model.visual.X (the newer transformers layout); `skip` names one original
- * tensor to leave out (or NULL). */
-static int write_renamed_copy(const char *sub, const char *skip) {
-    char dir[256], path[320];
-    tmp_path(dir, sizeof dir, sub);
-    mkdir(dir, 0700);
+/* Writes the reference text encoder's tensors to the file `path`, each under
+ * the name rename(ctx, its name, out, cap) gives; one it answers 0 for is
+ * left out. */
+typedef int (*te_rename)(const void *ctx, const char *stored, char *out, size_t cap);
+static int write_te_copy(const char *path, te_rename rename, const void *ctx) {
     qi_error err = {{0}};
     qi_st_file *f;
     if (qi_st_open(TE_DIR "/model.safetensors", &f, &err) != QI_OK) {
@@ -175,37 +172,49 @@ static int write_renamed_copy(const char *sub, const char *skip) {
     int n = 0;
     for (int i = 0; i < f->n_tensors; i++) {
         const qi_st_tensor *t = &f->tensors[i];
-        if (skip && strcmp(t->name, skip) == 0) continue;
-        char name[256];
-        if (strncmp(t->name, "model.", 6) == 0)
-            snprintf(name, sizeof name, "model.language_model.%s", t->name + 6);
-        else if (strncmp(t->name, "visual.", 7) == 0)
-            snprintf(name, sizeof name, "model.%s", t->name);
-        else
-            snprintf(name, sizeof name, "%s", t->name);
+        char name[320];
+        if (!rename(ctx, t->name, name, sizeof name)) continue;
         names[n] = strdup(name);
-        items[n].name = names[n];
-        items[n].dtype = t->dtype;
-        items[n].ndim = t->ndim;
+        items[n] = (qi_st_write_item){.name = names[n], .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
         for (int d = 0; d < t->ndim; d++) items[n].shape[d] = t->shape[d];
-        items[n].data = t->data;
         n++;
     }
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
     qi_status st = qi_st_write(path, items, n, &err);
     CHECK(st == QI_OK, "%s", err.msg);
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
     free(items);
     qi_st_close(f);
+    return st == QI_OK ? 0 : -1;
+}
 
+/* The newer transformers layout: model.X -> model.language_model.X, visual.X
+ * -> model.visual.X; ctx names one original tensor to leave out (or NULL). */
+static int rename_newer_layout(const void *ctx, const char *stored, char *out, size_t cap) {
+    const char *skip = ctx;
+    if (skip && strcmp(stored, skip) == 0) return 0;
+    if (strncmp(stored, "model.", 6) == 0) snprintf(out, cap, "model.language_model.%s", stored + 6);
+    else if (strncmp(stored, "visual.", 7) == 0) snprintf(out, cap, "model.%s", stored);
+    else snprintf(out, cap, "%s", stored);
+    return 1;
+}
+
+/* Copies the reference text encoder into <tmp>/<sub>/ in the newer
+ * transformers layout (rename_newer_layout); `skip` names one original
+ * tensor to leave out (or NULL). */
+static int write_renamed_copy(const char *sub, const char *skip) {
+    char dir[256], path[320];
+    tmp_path(dir, sizeof dir, sub);
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (write_te_copy(path, rename_newer_layout, skip)) return -1;
     cJSON *cfg = reference_config();
     char *text = cJSON_Print(cfg);
     int wrote = text && write_text_in(dir, "config.json", text) == 0;
     CHECK(wrote, "%s/config.json not written", dir);
     free(text);
     cJSON_Delete(cfg);
-    return st == QI_OK && wrote ? 0 : -1;
+    return wrote ? 0 : -1;
 }
 
 /* ---- claims: config ------------------------------------------------------------ */
@@ -677,34 +686,18 @@ static void qwen2_gguf_is_refused_saying_what_to_use(void) {
     qi_source_close(src);
 }
 
+/* ctx is a prefix put before every name. */
+static int rename_prefixed(const void *ctx, const char *stored, char *out, size_t cap) {
+    snprintf(out, cap, "%s%s", (const char *)ctx, stored);
+    return 1;
+}
+
 /* Writes the reference text encoder's tensors as one file <tmp>/<name>, each
  * name under `prefix` (ComfyUI's layout: the original names, optionally
  * under a checkpoint prefix), no config.json. */
 static int write_single_file(const char *name, const char *prefix, char *path, size_t cap) {
     tmp_path(path, cap, name);
-    qi_error err = {{0}};
-    qi_st_file *f;
-    if (qi_st_open(TE_DIR "/model.safetensors", &f, &err) != QI_OK) {
-        CHECK(0, "%s", err.msg);
-        return -1;
-    }
-    qi_st_write_item *items = calloc((size_t)f->n_tensors, sizeof *items);
-    char **names = calloc((size_t)f->n_tensors, sizeof *names);
-    for (int i = 0; i < f->n_tensors; i++) {
-        const qi_st_tensor *t = &f->tensors[i];
-        char full[320];
-        snprintf(full, sizeof full, "%s%s", prefix, t->name);
-        names[i] = strdup(full);
-        items[i] = (qi_st_write_item){.name = names[i], .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
-        for (int d = 0; d < t->ndim; d++) items[i].shape[d] = t->shape[d];
-    }
-    qi_status st = qi_st_write(path, items, f->n_tensors, &err);
-    CHECK(st == QI_OK, "%s", err.msg);
-    for (int i = 0; i < f->n_tensors; i++) free(names[i]);
-    free(names);
-    free(items);
-    qi_st_close(f);
-    return st == QI_OK ? 0 : -1;
+    return write_te_copy(path, rename_prefixed, prefix);
 }
 
 /* ComfyUI's text encoder files (qwen_2.5_vl_7b.safetensors: the original

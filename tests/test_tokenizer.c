@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fuzz/tokdecode.h"
 #include "io/gguf.h"
 #include "model/prompt.h"
 #include "model/tokenizer.h"
@@ -114,49 +115,11 @@ static int vectors_exact(const qi_tokenizer *t, const char *label) {
     return ok;
 }
 
-/* Byte symbols back to bytes (spec §1.7), to check decode(encode(x)) == NFC(x). */
-static int symbol_byte(uint32_t c) {
-    if ((c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF)) return (int)c;
-    if (c < 0x100 || c > 0x143) return -1;
-    int k = (int)(c - 0x100);
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-        if (!printable && k-- == 0) return b;
-    }
-    return -1;
-}
-
-/* Concatenated bytes of the ids' tokens; NULL if some id is unknown. */
+/* Ids back to bytes, to check decode(encode(x)) == NFC(x): the fuzz
+ * targets' decoder (byte symbols, spec §1.7), ids from 151643 on (the
+ * added tokens) copied as text. */
 static char *decode(const qi_tokenizer *t, const int32_t *ids, int n, size_t *len) {
-    size_t cap = 16;
-    for (int i = 0; i < n; i++) {
-        const char *s = qi_tokenizer_token(t, ids[i]);
-        if (!s) return NULL;
-        cap += strlen(s);
-    }
-    char *out = malloc(cap);
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        const unsigned char *s = (const unsigned char *)qi_tokenizer_token(t, ids[i]);
-        if (ids[i] >= 151643) { /* a special token: its text as is */
-            memcpy(out + o, s, strlen((const char *)s));
-            o += strlen((const char *)s);
-            continue;
-        }
-        while (*s) {
-            uint32_t c = *s < 0x80 ? *s : (uint32_t)(s[0] & 0x1F) << 6 | (s[1] & 0x3F);
-            s += *s < 0x80 ? 1 : 2;
-            int b = symbol_byte(c);
-            if (b < 0) {
-                free(out);
-                return NULL;
-            }
-            out[o++] = (char)b;
-        }
-    }
-    out[o] = 0;
-    *len = o;
-    return out;
+    return tokdecode(t, ids, n, 151643, len);
 }
 
 /* Pieces of text joined with "|". */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "image_check.h"
 #include "io/image.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
@@ -330,9 +331,8 @@ static void tiled_case(int T, int S, double max_rel) {
         uint8_t *a = malloc(px), *b = malloc(px);
         qi_rgb_to_u8(tiled, rc.H, rc.W, a);
         qi_rgb_to_u8(plain, rc.H, rc.W, b);
-        double mean = 0;
-        for (size_t i = 0; i < px; i++) mean += abs((int)a[i] - (int)b[i]);
-        mean /= (double)px;
+        double mean;
+        pixel_diff(a, b, px, &mean);
         printf("  tiles %d/%d cells (%.3f s): vs plain composition max abs = %.3g; vs untiled rel L2 = "
                "%.3g, mean |u8 diff| = %.2f\n",
                T, S, sec, exact, rel, mean);

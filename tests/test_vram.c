@@ -16,59 +16,17 @@
 #include <stdlib.h>
 
 #include "engine/engine.h"
+#include "image_check.h"
 #include "test.h"
+#include "vram_plans.h"
 
-#define MODEL QI_TEST_DATA "/tiny-model"
 #define MIB ((size_t)1 << 20)
-
-static qi_status open_tiny(size_t vram, qi_engine **e) {
-    qi_open_options o = qi_open_options_default();
-    o.model_dir = MODEL;
-    o.vram_bytes = vram;
-    return qi_engine_open(&o, e);
-}
-
-static qi_status generate(qi_engine *e, const char *prompt, qi_image *img) {
-    qi_request r = qi_request_default();
-    r.prompt = prompt;
-    r.width = 64;
-    r.height = 48;
-    r.steps = 2;
-    r.seed = 7;
-    return qi_generate(e, &r, img);
-}
-
-static int same_image(const qi_image *a, const qi_image *b) {
-    return a->width == b->width && a->height == b->height && a->count == b->count && a->rgb && b->rgb &&
-           memcmp(a->rgb, b->rgb, (size_t)a->count * a->width * a->height * 3) == 0;
-}
-
-/* The largest budget (of 512 MiB down, 128 KiB steps) whose plan passes `want`,
- * with the tiny model's sizes; 0 if none. */
-typedef int (*plan_test)(const qi_residency_plan *p);
-static size_t budget_where(plan_test want) {
-    qi_engine *e = NULL;
-    size_t found = 0;
-    if (open_tiny(512 * MIB, &e) == QI_OK)
-        for (size_t b = 512 * MIB; b > 64 * MIB && !found; b -= 128 << 10) {
-            qi_residency_plan p;
-            qi_error err;
-            if (qi_residency_plan_make(b, &e->sizes, &e->need, &p, &err) == QI_OK && want(&p)) found = b;
-        }
-    qi_engine_close(e);
-    return found;
-}
-
-static int is_swap(const qi_residency_plan *p) { return p->step == 2 && p->te_swap && !p->dit_stream; }
-static int streams_everything(const qi_residency_plan *p) {
-    return p->step == 4 && p->te_stream && p->resident_blocks == 0 && !p->mod_resident;
-}
 
 /* The unplanned engine's images of two prompts. */
 static qi_image ref_a, ref_b;
 static void reference_images(void) {
     qi_engine *e = NULL;
-    REQUIRE(open_tiny(0, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", 0, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(!e->planned, "no plan on the CPU without a budget");
     CHECK(generate(e, "a red apple on a table", &ref_a) == QI_OK, "%s", qi_engine_error(e));
     CHECK(generate(e, "a blue boat", &ref_b) == QI_OK, "%s", qi_engine_error(e));
@@ -76,19 +34,19 @@ static void reference_images(void) {
 }
 
 static void stage_swap_frees_the_text_encoder_and_gives_the_same_images(void) {
-    size_t b = budget_where(is_swap);
+    size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, is_swap);
     REQUIRE(b > 0, "no budget gives the tiny model a stage swap plan");
     qi_engine *e = NULL;
-    REQUIRE(open_tiny(b, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", b, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(e->planned && is_swap(&e->plan) && e->plan.dit_evict, "%zu KiB: step %d", b >> 10, e->plan.step);
     CHECK(e->te && e->te_loads == 1, "the text encoder loads at open");
     qi_image a = {0}, c = {0};
     CHECK(generate(e, "a red apple on a table", &a) == QI_OK, "%s", qi_engine_error(e));
-    CHECK(same_image(&a, &ref_a), "first prompt: the image differs from the unplanned engine's");
+    CHECK(same_pixels(&a, &ref_a), "first prompt: the image differs from the unplanned engine's");
     CHECK(!e->te && e->te_frees == 1 && e->ranks->dit[0], "after the prompt: text encoder %p, frees %d",
           (void *)e->te, e->te_frees);
     CHECK(generate(e, "a blue boat", &c) == QI_OK, "%s", qi_engine_error(e));
-    CHECK(same_image(&c, &ref_b), "second prompt: the image differs");
+    CHECK(same_pixels(&c, &ref_b), "second prompt: the image differs");
     /* loaded again for the second prompt, the transformer freed to make room first */
     CHECK(e->te_loads == 2 && e->te_frees == 2 && e->dit_evictions == 1, "loads %d, frees %d, evictions %d",
           e->te_loads, e->te_frees, e->dit_evictions);
@@ -98,21 +56,21 @@ static void stage_swap_frees_the_text_encoder_and_gives_the_same_images(void) {
 }
 
 static void streaming_everything_gives_the_same_images(void) {
-    size_t b = budget_where(streams_everything);
+    size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, streams_everything);
     REQUIRE(b > 0, "no budget makes the tiny model stream every block");
     qi_engine *e = NULL;
-    REQUIRE(open_tiny(b, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", b, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(streams_everything(&e->plan), "%zu KiB: step %d, %d blocks resident", b >> 10, e->plan.step,
           e->plan.resident_blocks);
     qi_image a = {0}, c = {0};
     CHECK(generate(e, "a red apple on a table", &a) == QI_OK, "%s", qi_engine_error(e));
-    CHECK(same_image(&a, &ref_a), "the streamed run's image differs from the unplanned engine's");
+    CHECK(same_pixels(&a, &ref_a), "the streamed run's image differs from the unplanned engine's");
     REQUIRE(e->ranks->dit[0]);
     CHECK(qi_dit_streamed_blocks(e->ranks->dit[0]) == qi_dit_get_config(e->ranks->dit[0])->num_layers);
     uint64_t staged = qi_dit_staged_bytes(e->ranks->dit[0]);
     CHECK(staged > 0, "the transformer staged %llu bytes", (unsigned long long)staged);
     CHECK(generate(e, "a blue boat", &c) == QI_OK, "%s", qi_engine_error(e));
-    CHECK(same_image(&c, &ref_b), "second prompt: the image differs");
+    CHECK(same_pixels(&c, &ref_b), "second prompt: the image differs");
     qi_image_free(&a);
     qi_image_free(&c);
     qi_engine_close(e);
@@ -122,12 +80,12 @@ static void streaming_everything_gives_the_same_images(void) {
  * plan fails naming itself, and the next request runs as before. */
 static void what_does_not_fit_is_refused_and_the_engine_stays_usable(void) {
     qi_engine *e = NULL;
-    CHECK(open_tiny(64 * MIB, &e) == QI_ERR_NOMEM, "64 MiB");
+    CHECK(open_tiny("cpu", 64 * MIB, &e) == QI_ERR_NOMEM, "64 MiB");
     CHECK(strstr(qi_engine_error(e), "--vram") && strstr(qi_engine_error(e), "too small"), "%s", qi_engine_error(e));
     qi_engine_close(e);
     e = NULL;
-    size_t b = budget_where(streams_everything);
-    REQUIRE(open_tiny(b, &e) == QI_OK, "%s", qi_engine_error(e));
+    size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, streams_everything);
+    REQUIRE(open_tiny("cpu", b, &e) == QI_OK, "%s", qi_engine_error(e));
     qi_request r = qi_request_default();
     r.prompt = "a red apple on a table";
     r.width = r.height = 4096;
@@ -136,7 +94,7 @@ static void what_does_not_fit_is_refused_and_the_engine_stays_usable(void) {
     CHECK(qi_generate(e, &r, &img) == QI_ERR_NOMEM, "a request of 8 4096x4096 images under %zu KiB", b >> 10);
     CHECK(strstr(qi_engine_error(e), "4096x4096, 8 images"), "%s", qi_engine_error(e));
     CHECK(generate(e, "a red apple on a table", &img) == QI_OK, "%s", qi_engine_error(e));
-    CHECK(same_image(&img, &ref_a), "the image after a refused request differs");
+    CHECK(same_pixels(&img, &ref_a), "the image after a refused request differs");
     qi_image_free(&img);
     qi_engine_close(e);
 }

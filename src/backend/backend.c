@@ -112,7 +112,7 @@ qi_status qi_backend_check_ops(const qi_backend_ops *ops, qi_error *err) {
         SLOT(upload), SLOT(download), SLOT(sync),
         SLOT(linear), SLOT(embedding), SLOT(rms_norm), SLOT(layer_norm_mod),
         SLOT(add_gated), SLOT(activate), SLOT(silu_mul), SLOT(axpby), SLOT(copy_rows),
-        SLOT(rope), SLOT(attention), SLOT(cfg_combine),
+        SLOT(rope), SLOT(attention), SLOT(attention_segments), SLOT(cfg_combine),
         SLOT(conv2d), SLOT(upsample2x), SLOT(subsample2x), SLOT(channel_rms_norm), SLOT(transpose2d),
     }, graph_group[] = {
         SLOT(persistent), SLOT(graph_begin), SLOT(graph_end), SLOT(graph_launch), SLOT(graph_free),

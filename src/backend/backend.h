@@ -201,6 +201,17 @@ typedef struct qi_backend_ops {
      * query i sees keys j <= i + (Lk - Lq). */
     void (*attention)(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
                       const qi_tensor *key_mask, int causal, float scale, qi_tensor *out);
+    /* Attention inside segments of rows, in one call: seg I32 [S + 1] holds
+     * row offsets 0 = seg[0] <= seg[1] <= ... <= seg[S] = L, and rows
+     * [seg[s], seg[s+1]) of every batch attend only to keys of those rows:
+     * the same as `attention` (no mask, not causal) on each segment's slice.
+     * q, out [B, L, H, Dh], k, v [B, L, Hkv, Dh] (GQA as above). For many
+     * small windows (the vision tower) in one launch instead of one each.
+     * Offsets that break the rule are an error where the backend can see them
+     * (CPU); CUDA reads them on the device, never outside [0, L], and leaves
+     * rows no segment covers unwritten. */
+    void (*attention_segments)(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                               const qi_tensor *seg, float scale, qi_tensor *out);
 
     /* ---- flow matching ---- */
     /* True CFG with norm rescale, per token over the last dim:
@@ -274,9 +285,10 @@ typedef struct qi_backend_ops {
      * current one. A backend that must prepare such a weight before its GEMM
      * (CUDA: a kept fp8/GGUF weight expanded to bf16) may start that now on
      * another queue, after every op queued before this call, overlapping the
-     * ops queued after it, or drop the hint (no room). Only a hint: results
-     * are bit-identical with or without it, whatever linear runs next;
-     * allowed while recording. */
+     * ops queued after it, or drop the hint (no room). w is one the ops
+     * read: a weight or a staged view, not a host weight (weight_host). Only
+     * a hint: results are bit-identical with or without it, whatever linear
+     * runs next; allowed while recording. */
     void (*prefetch_weight)(qi_backend *be, const qi_tensor *w);
 
     /* ---- residency under a budget (engine/residency.h; each optional: NULL
@@ -317,6 +329,11 @@ typedef struct qi_backend_ops {
     qi_status (*stage)(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err);
     /* Ops queued after this call wait for s's last stage to complete. */
     void (*stage_wait)(qi_backend *be, qi_slot *s);
+    /* Optional (outside the group): how much host memory weight_host may pin
+     * from now on (CUDA: `--pinned`, qi_open_options.pinned_bytes; weights
+     * already placed stay). Past it host weights are ordinary memory, staged
+     * through the backend's bounce buffers. */
+    void (*host_budget)(qi_backend *be, size_t pinned_max);
 
     /* ---- persistent buffers and recorded op sequences (NULL when a backend
      * lacks them, e.g. the CPU backend: callers then run their ops eagerly) ---- */

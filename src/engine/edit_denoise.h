@@ -47,7 +47,25 @@ typedef struct qi_edit_denoise_args {
      * [L, in_channels] packed, on the host (previews). NULL: none. */
     void (*on_step_x0)(void *user, int step, const float *x0);
     void *step_user;
+    /* The step is recorded as a graph and replayed when there are at least
+     * this many steps (0: QI_EDIT_GRAPH_MIN_STEPS; see edit_denoise.c). */
+    int graph_min_steps;
+    /* Non-NULL: set to the number of steps that ran by replaying the
+     * recorded step (0 where nothing is recorded). */
+    int *replayed_steps;
 } qi_edit_denoise_args;
+
+/* Recording the step costs about as much as 17 steps save by replaying it:
+ * run D (bench/RESULTS.md) measured 17.3 ms to record one transformer call
+ * and ~1 ms a step saved against eager launches, which already queue ahead
+ * of a GPU-bound step. The recording is made per loop (the calls are), so
+ * 4- and 8-step Lightning edits stay eager. */
+#define QI_EDIT_GRAPH_MIN_STEPS 20
+
+/* Whether qi_edit_denoise with these arguments records its step: the backend
+ * records graphs, no weight streams, no per-call hook, enough steps, and
+ * QI_CUDA_GRAPHS is not 0. */
+int qi_edit_denoise_records(const qi_dit *dit, const qi_backend *be, const qi_edit_denoise_args *a);
 
 /* latents [grid_h·grid_w, in_channels] host: the packed noise in, the final
  * latents out. Uses the dit's backend (its arena is reset on return). */

@@ -16,6 +16,7 @@
 
 #include "engine/edit.h"
 #include "engine/edit_denoise.h"
+#include "engine/step_previews.h"
 #include "engine/engine.h"
 #include "io/image_prep.h"
 #include "model/vae.h"
@@ -112,21 +113,9 @@ static qi_status edit_text(qi_engine *e, const qi_request *req, qi_edit_inputs *
 
 static int report_denoise(void *user, int step, int steps) { return qi_stage_report(user, "denoise", step, steps); }
 
-/* The request's step_latents from the loop's packed x0 (as the text-to-image loop gives them). */
-typedef struct edit_previews {
-    const qi_engine *e;
-    const qi_plan *p;
-    float *vae_in; /* [16, 1, lat_h, lat_w] */
-} edit_previews;
-
-static void on_step_x0(void *user, int step, const float *x0) {
-    edit_previews *c = user;
-    const qi_plan *p = c->p;
-    qi_latents_to_vae_in(x0, 1, p->height, p->width, qi_vae_latents_mean(c->e->vae), qi_vae_latents_std(c->e->vae),
-                         c->vae_in);
-    qi_image img = {.width = p->width, .height = p->height, .count = 1, .latents = c->vae_in};
-    p->req->step_latents(p->req->step_latents_user, step, p->steps, &img);
-}
+/* The request's step_latents from the loop's packed x0 (as the text-to-image loop gives them),
+ * delivered from the previews' own thread (step_previews.c). */
+static void on_step_x0(void *user, int step, const float *x0) { qi_step_previews_push(user, step, x0); }
 
 static qi_status edit_denoise(qi_engine *e, const qi_plan *p, const qi_edit_inputs *in, float *latents) {
     qi_status st = qi_engine_acquire(e, QI_COMPONENT_TRANSFORMER);
@@ -135,14 +124,20 @@ static qi_status edit_denoise(qi_engine *e, const qi_plan *p, const qi_edit_inpu
                               .neg_ctx = p->do_cfg ? in->neg_embeds : NULL, .neg_len = in->neg_len, .cfg = p->cfg,
                               .steps = p->steps, .sigmas = p->sigmas, .t = p->t_all,
                               .progress = report_denoise, .progress_user = (void *)p};
-    edit_previews prev = {.e = e, .p = p};
+    qi_step_previews *prev = NULL;
     if (!st && p->req->step_latents) {
-        if (!(prev.vae_in = malloc(sizeof(float) * 16 * (size_t)p->lat_h * (size_t)p->lat_w)))
-            st = qi_fail(&e->err, QI_ERR_NOMEM, "edit: out of memory for the step latents");
-        a.on_step_x0 = on_step_x0, a.step_user = &prev;
+        prev = qi_step_previews_start(p->req, p->steps, 1, p->width, p->height, qi_vae_latents_mean(e->vae),
+                                      qi_vae_latents_std(e->vae));
+        if (!prev) st = qi_fail(&e->err, QI_ERR_NOMEM, "edit: out of memory for the step latents");
+        a.on_step_x0 = on_step_x0, a.step_user = prev;
     }
+    int replayed = 0;
+    a.replayed_steps = &replayed;
     if (!st) st = qi_edit_denoise(e->ranks->dit[0], e->be, &a, latents, &e->err);
-    free(prev.vae_in);
+    qi_step_previews_finish(prev);
+    if (!st && replayed)
+        qi_log_linef(e->log, e->log_user, "edit: %d of %d denoising steps replayed from a recorded graph", replayed,
+                     p->steps);
     qi_engine_release(e, QI_COMPONENT_TRANSFORMER);
     return st;
 }

@@ -16,6 +16,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/engine.h"
+#include "engine/step_previews.h"
 #include "sample/latents.h"
 
 #include <cjson/cJSON.h>
@@ -29,6 +30,7 @@ qi_open_options qi_open_options_default(void) {
     qi_open_options o;
     memset(&o, 0, sizeof o);
     o.device = "cpu";
+    o.pinned_bytes = -1;
     return o;
 }
 
@@ -307,6 +309,10 @@ static qi_status open_ranks(qi_engine *e, const qi_open_options *opt) {
         st = qi_ranks_open(&d, list, e->heads, opt->threads, opt->random_weights, opt->log, opt->log_user,
                            &e->ranks, &e->err);
     if (!st) e->be = e->ranks->be[0];
+    for (int w = 0; !st && opt->pinned_bytes >= 0 && w < e->ranks->n; w++) { /* before any weight loads */
+        qi_backend *be = e->ranks->be[w];
+        if (be->ops->host_budget) be->ops->host_budget(be, (size_t)opt->pinned_bytes);
+    }
     return st;
 }
 
@@ -393,32 +399,19 @@ static qi_status generate_text(qi_engine *e, const qi_plan *p, qi_text_embeds te
     return st;
 }
 
-/* The request's step_latents callback fed from the denoising hook: packed
- * x0 → the VAE's input space (the qi_image.latents of a finished image). */
-typedef struct step_latents_ctx {
-    const qi_engine *e;
-    const qi_plan *p;
-    float *vae_in; /* [B, 16, 1, lat_h, lat_w] */
-} step_latents_ctx;
-
-static void on_step_latents(void *user, int step, const float *x0) {
-    step_latents_ctx *c = user;
-    const qi_plan *p = c->p;
-    qi_latents_to_vae_in(x0, p->batch, p->height, p->width, qi_vae_latents_mean(c->e->vae),
-                         qi_vae_latents_std(c->e->vae), c->vae_in);
-    qi_image img = {.width = p->width, .height = p->height, .count = p->batch, .latents = c->vae_in};
-    p->req->step_latents(p->req->step_latents_user, step, p->steps, &img);
-}
+/* The request's step_latents fed from the denoising hook (packed x0),
+ * delivered from the previews' own thread (step_previews.c). */
+static void on_step_latents(void *user, int step, const float *x0) { qi_step_previews_push(user, step, x0); }
 
 static qi_status run_denoise(qi_engine *e, const qi_plan *p, const qi_text_embeds text[2], float *latents) {
     if (!p->req->step_latents)
         return qi_denoise_hooked(e->ranks, p, text, latents, e->test_inputs.inputs ? &e->test_inputs : NULL, &e->err);
-    step_latents_ctx c = {.e = e, .p = p,
-                          .vae_in = malloc(sizeof(float) * (size_t)p->batch * 16 * p->lat_h * p->lat_w)};
-    if (!c.vae_in) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the step latents");
-    qi_denoise_hook hook = {.fn = on_step_latents, .user = &c}; /* (test_inputs: not with previews) */
+    qi_step_previews *sp = qi_step_previews_start(p->req, p->steps, p->batch, p->width, p->height,
+                                                  qi_vae_latents_mean(e->vae), qi_vae_latents_std(e->vae));
+    if (!sp) return qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for the step latents");
+    qi_denoise_hook hook = {.fn = on_step_latents, .user = sp}; /* (test_inputs: not with previews) */
     qi_status st = qi_denoise_hooked(e->ranks, p, text, latents, &hook, &e->err);
-    free(c.vae_in);
+    qi_step_previews_finish(sp);
     return st;
 }
 

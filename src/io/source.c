@@ -42,8 +42,68 @@ qi_source *qi_source_new(const qi_source_ops *ops, qi_component comp, const char
 void qi_source_close(qi_source *s) {
     if (!s) return;
     if (s->ops && s->ops->close) s->ops->close(s);
+    qi_name_table_free(&s->names);
     cJSON_Delete(s->config);
     free(s);
+}
+
+/* ---- the name table ------------------------------------------------------------- */
+
+qi_status qi_name_table_add(qi_name_table *t, const char *name, int copy, const void *tensor, const char *file,
+                            qi_error *err) {
+    if (t->n == t->cap) {
+        int cap = t->cap ? 2 * t->cap : 64;
+        qi_name_entry *grown = realloc(t->entries, (size_t)cap * sizeof *grown);
+        if (!grown) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", file);
+        t->entries = grown;
+        t->cap = cap;
+    }
+    qi_name_entry e = {name, tensor, NULL};
+    if (copy) {
+        size_t len = strlen(name) + 1;
+        if (!(e.owned = malloc(len))) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", file);
+        memcpy(e.owned, name, len);
+        e.name = e.owned;
+    }
+    t->entries[t->n++] = e;
+    return QI_OK;
+}
+
+static int cmp_entries(const void *a, const void *b) {
+    return strcmp(((const qi_name_entry *)a)->name, ((const qi_name_entry *)b)->name);
+}
+
+static int cmp_key(const void *key, const void *elem) {
+    return strcmp((const char *)key, ((const qi_name_entry *)elem)->name);
+}
+
+void qi_name_table_sort(qi_name_table *t) {
+    if (t->n > 1) qsort(t->entries, (size_t)t->n, sizeof *t->entries, cmp_entries);
+}
+
+const qi_name_entry *qi_name_table_find(const qi_name_table *t, const char *name) {
+    return t->n ? bsearch(name, t->entries, (size_t)t->n, sizeof *t->entries, cmp_key) : NULL;
+}
+
+void qi_name_table_free(qi_name_table *t) {
+    for (int i = 0; i < t->n; i++) free(t->entries[i].owned);
+    free(t->entries);
+    *t = (qi_name_table){0};
+}
+
+void qi_source_tensor_set(qi_source_tensor *out, const char *name, const char *stored_name, const char *file,
+                          qi_dtype dtype, int ndim, const int64_t *shape, const void *data, size_t nbytes) {
+    memset(out, 0, sizeof *out);
+    out->name = name;
+    out->stored_name = stored_name;
+    out->file = file;
+    out->dtype = dtype;
+    out->ndim = ndim;
+    for (int i = 0; i < ndim && i < QI_SOURCE_MAX_DIMS; i++) out->shape[i] = shape[i];
+    out->scale_form = QI_SCALE_NONE;
+    out->scale = 1.0f;
+    out->data = data;
+    out->nbytes = nbytes;
 }
 
 static int has_suffix(const char *s, const char *suffix) {
@@ -79,12 +139,17 @@ qi_status qi_source_set_config(qi_source *s, const char *config_path, qi_error *
 const char *qi_source_path(const qi_source *s) { return s->path; }
 const char *qi_source_kind(const qi_source *s) { return s->ops->kind; }
 qi_component qi_source_component(const qi_source *s) { return s->component; }
-int qi_source_tensor_count(const qi_source *s) { return s->ops->count(s); }
+int qi_source_tensor_count(const qi_source *s) { return s->names.n; }
 
-void qi_source_tensor_at(const qi_source *s, int i, qi_source_tensor *out) { s->ops->at(s, i, out); }
+void qi_source_tensor_at(const qi_source *s, int i, qi_source_tensor *out) {
+    s->ops->fill(s, &s->names.entries[i], out);
+}
 
 int qi_source_find(const qi_source *s, const char *name, qi_source_tensor *out) {
-    return name ? s->ops->find(s, name, out) : 0;
+    const qi_name_entry *e = name ? qi_name_table_find(&s->names, name) : NULL;
+    if (!e) return 0;
+    s->ops->fill(s, e, out);
+    return 1;
 }
 
 const cJSON *qi_source_config(const qi_source *s, const char **config_path) {

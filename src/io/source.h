@@ -224,11 +224,40 @@ int qi_names_wan_vae(const char *stored, char *out, size_t cap);
 
 /* ---- for source implementations ------------------------------------------------ */
 
+/* One listed tensor of a source: its mapped name and the kind's own record
+ * of it. Every kind lists its tensors in a qi_name_table, which answers
+ * qi_source_tensor_count / _at / qi_source_find for all of them. */
+typedef struct qi_name_entry {
+    const char *name;   /* the mapped name: into the stored name (past the prefix), or `owned` */
+    const void *tensor; /* the kind's tensor (qi_gguf_tensor, qi_st_tensor), or NULL for one it made */
+    char *owned;        /* the table's copy of a renamed name, or NULL */
+} qi_name_entry;
+
+typedef struct qi_name_table {
+    qi_name_entry *entries; /* sorted by name once qi_name_table_sort has run */
+    int n, cap;
+} qi_name_table;
+
+/* Appends `tensor` under `name`: the pointer itself (it must outlive the
+ * table: a name inside the mapped file) or, with copy, a copy the table
+ * owns (a name map's output). Out of memory: an error naming `file`. */
+qi_status qi_name_table_add(qi_name_table *t, const char *name, int copy, const void *tensor, const char *file,
+                            qi_error *err);
+/* Sorts by name (strcmp); lookups need it unless the names came in order. */
+void qi_name_table_sort(qi_name_table *t);
+/* The entry named `name` (a binary search), or NULL. */
+const qi_name_entry *qi_name_table_find(const qi_name_table *t, const char *name);
+void qi_name_table_free(qi_name_table *t);
+
+/* *out as a tensor without a scale (form NONE, scale 1): the fields every
+ * kind fills alike; ndim beyond QI_SOURCE_MAX_DIMS keeps only that many dims. */
+void qi_source_tensor_set(qi_source_tensor *out, const char *name, const char *stored_name, const char *file,
+                          qi_dtype dtype, int ndim, const int64_t *shape, const void *data, size_t nbytes);
+
 typedef struct qi_source_ops {
     const char *kind; /* qi_source_kind */
-    int (*count)(const qi_source *s);
-    void (*at)(const qi_source *s, int i, qi_source_tensor *out);
-    int (*find)(const qi_source *s, const char *name, qi_source_tensor *out);
+    /* *out for an entry of s->names (never called where names is empty) */
+    void (*fill)(const qi_source *s, const qi_name_entry *e, qi_source_tensor *out);
     /* metadata; NULL slots mean "none" */
     int (*has_meta)(const qi_source *s, const char *key);
     qi_status (*meta_string)(const qi_source *s, const char *key, const char **out, qi_error *err);
@@ -247,6 +276,7 @@ struct qi_source {
     char config_path[QI_PATH_MAX];
     char prefix[64];               /* stripped from the stored names (qi_source_prefix) */
     const char *naming;            /* static: the naming scheme (qi_source_naming) */
+    qi_name_table names;           /* the listed tensors, sorted by mapped name; freed by close */
     void *impl;                    /* the kind's own state */
 };
 
@@ -260,6 +290,14 @@ qi_source *qi_source_new(const qi_source_ops *ops, qi_component comp, const char
 const char *qi_source_find_prefix(qi_component comp, const char *file,
                                   int (*has)(const void *ctx, const char *name), const void *ctx,
                                   qi_error *err);
+
+/* The ops of a source over one GGUF file (ops->gguf gives it), shared by
+ * source_gguf.c and source_mmproj.c: metadata from its key/values, and the
+ * fill of an entry whose tensor is a qi_gguf_tensor. */
+int qi_source_gguf_has_meta(const qi_source *s, const char *key);
+qi_status qi_source_gguf_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err);
+qi_status qi_source_gguf_meta_float(const qi_source *s, const char *key, double *out, qi_error *err);
+void qi_source_gguf_fill(const qi_source *s, const qi_name_entry *e, qi_source_tensor *out);
 
 /* QI_ERR_UNSUPPORTED if `stored_name` is a scale or marker tensor of a
  * scaled-fp8 checkpoint, naming it and the file; QI_OK otherwise (GGUF). */

@@ -19,57 +19,21 @@
 
 #include "io/gguf.h"
 
-typedef struct gg_entry {
-    const char *name;          /* mapped: the stored name past the prefix, or `mapped` */
-    const qi_gguf_tensor *t;
-    char *mapped;              /* an owned name from a name map (llama.cpp names), or NULL */
-} gg_entry;
-
 typedef struct gg_impl {
     qi_gguf_file *f;
-    gg_entry *entries;         /* sorted by mapped name */
-    int n;
     char **strings;            /* NUL-terminated copies handed out by meta_string */
     int n_strings;
 } gg_impl;
 
 static const gg_impl *impl_of(const qi_source *s) { return s->impl; }
 
-static int gg_count(const qi_source *s) { return impl_of(s)->n; }
-
-static void fill(const qi_source *s, const gg_entry *e, qi_source_tensor *out) {
-    memset(out, 0, sizeof *out);
-    out->name = e->name;
-    out->stored_name = e->t->name;
-    out->file = s->path;
-    out->dtype = e->t->dtype;
-    out->ndim = e->t->ndim;
-    for (int i = 0; i < e->t->ndim && i < QI_SOURCE_MAX_DIMS; i++) out->shape[i] = e->t->shape[i];
-    out->scale_form = QI_SCALE_NONE;
-    out->scale = 1.0f;
-    out->data = e->t->data;
-    out->nbytes = e->t->nbytes;
+/* Shared with source_mmproj.c (source.h): the fill and the numeric metadata. */
+void qi_source_gguf_fill(const qi_source *s, const qi_name_entry *e, qi_source_tensor *out) {
+    const qi_gguf_tensor *t = e->tensor;
+    qi_source_tensor_set(out, e->name, t->name, s->path, t->dtype, t->ndim, t->shape, t->data, t->nbytes);
 }
 
-static void gg_at(const qi_source *s, int i, qi_source_tensor *out) { fill(s, &impl_of(s)->entries[i], out); }
-
-static int cmp_key(const void *key, const void *elem) {
-    return strcmp((const char *)key, ((const gg_entry *)elem)->name);
-}
-
-static int cmp_entries(const void *a, const void *b) {
-    return strcmp(((const gg_entry *)a)->name, ((const gg_entry *)b)->name);
-}
-
-static int gg_find(const qi_source *s, const char *name, qi_source_tensor *out) {
-    const gg_impl *im = impl_of(s);
-    const gg_entry *e = bsearch(name, im->entries, (size_t)im->n, sizeof *e, cmp_key);
-    if (!e) return 0;
-    fill(s, e, out);
-    return 1;
-}
-
-static int gg_has_meta(const qi_source *s, const char *key) { return qi_gguf_has_key(impl_of(s)->f, key); }
+int qi_source_gguf_has_meta(const qi_source *s, const char *key) { return qi_gguf_has_key(qi_source_gguf(s), key); }
 
 /* GGUF strings are length-counted, not NUL-terminated, in the mapping: the
  * source hands out a terminated copy that lives as long as the source. */
@@ -94,12 +58,12 @@ static qi_status gg_meta_string(const qi_source *s, const char *key, const char 
     return QI_OK;
 }
 
-static qi_status gg_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err) {
-    return qi_gguf_get_int(impl_of(s)->f, key, out, err);
+qi_status qi_source_gguf_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err) {
+    return qi_gguf_get_int(qi_source_gguf(s), key, out, err);
 }
 
-static qi_status gg_meta_float(const qi_source *s, const char *key, double *out, qi_error *err) {
-    return qi_gguf_get_float(impl_of(s)->f, key, out, err);
+qi_status qi_source_gguf_meta_float(const qi_source *s, const char *key, double *out, qi_error *err) {
+    return qi_gguf_get_float(qi_source_gguf(s), key, out, err);
 }
 
 static const struct qi_gguf_file *gg_gguf(const qi_source *s) { return impl_of(s)->f; }
@@ -110,21 +74,17 @@ static void gg_close(qi_source *s) {
     if (im->f) qi_gguf_close(im->f);
     for (int i = 0; i < im->n_strings; i++) free(im->strings[i]);
     free(im->strings);
-    for (int i = 0; im->entries && i < im->n; i++) free(im->entries[i].mapped);
-    free(im->entries);
     free(im);
     s->impl = NULL;
 }
 
 static const qi_source_ops gguf_ops = {
     .kind = "GGUF file",
-    .count = gg_count,
-    .at = gg_at,
-    .find = gg_find,
-    .has_meta = gg_has_meta,
+    .fill = qi_source_gguf_fill,
+    .has_meta = qi_source_gguf_has_meta,
     .meta_string = gg_meta_string,
-    .meta_int = gg_meta_int,
-    .meta_float = gg_meta_float,
+    .meta_int = qi_source_gguf_meta_int,
+    .meta_float = qi_source_gguf_meta_float,
     .gguf = gg_gguf,
     .close = gg_close,
 };
@@ -155,19 +115,14 @@ static qi_status check_text_encoder_arch(const qi_source *s, qi_error *err) {
                    s->path, (int)(len < 64 ? len : 64), arch);
 }
 
-/* The entry of tensor t under `prefix`: llama.cpp text-encoder names mapped
- * to transformers', everything else the stored name past the prefix. */
-static qi_status make_entry(qi_source *s, const qi_gguf_tensor *t, size_t plen, gg_entry *e, qi_error *err) {
-    *e = (gg_entry){t->name + plen, t, NULL};
+/* Lists tensor t under `prefix`: llama.cpp text-encoder names mapped to
+ * transformers', everything else the stored name past the prefix. */
+static qi_status add_entry(qi_source *s, const qi_gguf_tensor *t, size_t plen, qi_error *err) {
     char mapped[256];
-    if (s->component != QI_COMPONENT_TEXT_ENCODER ||
-        !qi_names_llamacpp_text_encoder(t->name + plen, mapped, sizeof mapped))
-        return QI_OK;
-    e->mapped = malloc(strlen(mapped) + 1);
-    if (!e->mapped) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
-    strcpy(e->mapped, mapped);
-    e->name = e->mapped;
-    return QI_OK;
+    if (s->component == QI_COMPONENT_TEXT_ENCODER &&
+        qi_names_llamacpp_text_encoder(t->name + plen, mapped, sizeof mapped))
+        return qi_name_table_add(&s->names, mapped, 1, t, s->path, err);
+    return qi_name_table_add(&s->names, t->name + plen, 0, t, s->path, err);
 }
 
 /* Refuses scaled files, finds the prefix, lists the tensors under it. */
@@ -186,17 +141,14 @@ static qi_status index_file(qi_source *s, gg_impl *im, qi_error *err) {
     snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
     s->naming = s->component == QI_COMPONENT_TEXT_ENCODER ? "llama.cpp qwen2vl" : "diffusers";
     size_t plen = strlen(prefix);
-    im->entries = malloc((size_t)(n > 0 ? n : 1) * sizeof *im->entries);
-    if (!im->entries) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
     for (int i = 0; i < n; i++) {
         const qi_gguf_tensor *t = qi_gguf_tensor_at(im->f, i);
         if (strncmp(t->name, prefix, plen) != 0) continue;
-        qi_status st = make_entry(s, t, plen, &im->entries[im->n], err);
+        qi_status st = add_entry(s, t, plen, err);
         if (st != QI_OK) return st;
-        im->n++;
     }
     /* GGUF keeps the writer's order; lookups want name order */
-    qsort(im->entries, (size_t)im->n, sizeof *im->entries, cmp_entries);
+    qi_name_table_sort(&s->names);
     return QI_OK;
 }
 

@@ -43,15 +43,8 @@
 #define MM_PATCH_NAME "visual.patch_embed.proj.weight"
 #define MM_MAX_BLOCKS 128 /* = QI_VISION_MAX_DEPTH */
 
-typedef struct mm_entry {
-    char name[96];            /* mapped (transformers) name */
-    const qi_gguf_tensor *t;  /* the stored tensor; NULL for the recombined patch embedding */
-} mm_entry;
-
 typedef struct mm_impl {
     qi_gguf_file *f;
-    mm_entry *entries;        /* sorted by name */
-    int n;
     void *patch;              /* [C, 3, 2, p, p] in the stored element type, owned */
     size_t patch_bytes;
     qi_dtype patch_dtype;
@@ -96,58 +89,15 @@ int qi_names_llamacpp_mmproj(const char *stored, char *out, size_t cap) {
 
 /* ---- the source's ops ----------------------------------------------------------------- */
 
-static int mm_count(const qi_source *s) { return impl_of(s)->n; }
-
-static void fill(const qi_source *s, const mm_entry *e, qi_source_tensor *out) {
+/* A tensor as stored, or (no tensor) the recombined patch embedding. */
+static void mm_fill(const qi_source *s, const qi_name_entry *e, qi_source_tensor *out) {
     const mm_impl *im = impl_of(s);
-    memset(out, 0, sizeof *out);
-    out->name = e->name;
-    out->file = s->path;
-    out->scale_form = QI_SCALE_NONE;
-    out->scale = 1.0f;
-    if (!e->t) { /* the recombined patch embedding */
-        out->stored_name = MM_PATCH0 " + " MM_PATCH1;
-        out->dtype = im->patch_dtype;
-        out->ndim = 5;
-        memcpy(out->shape, im->patch_shape, sizeof im->patch_shape);
-        out->data = im->patch;
-        out->nbytes = im->patch_bytes;
+    if (e->tensor) {
+        qi_source_gguf_fill(s, e, out);
         return;
     }
-    out->stored_name = e->t->name;
-    out->dtype = e->t->dtype;
-    out->ndim = e->t->ndim;
-    for (int i = 0; i < e->t->ndim && i < QI_SOURCE_MAX_DIMS; i++) out->shape[i] = e->t->shape[i];
-    out->data = e->t->data;
-    out->nbytes = e->t->nbytes;
-}
-
-static void mm_at(const qi_source *s, int i, qi_source_tensor *out) { fill(s, &impl_of(s)->entries[i], out); }
-
-static int cmp_key(const void *key, const void *elem) {
-    return strcmp((const char *)key, ((const mm_entry *)elem)->name);
-}
-
-static int cmp_entries(const void *a, const void *b) {
-    return strcmp(((const mm_entry *)a)->name, ((const mm_entry *)b)->name);
-}
-
-static int mm_find(const qi_source *s, const char *name, qi_source_tensor *out) {
-    const mm_impl *im = impl_of(s);
-    const mm_entry *e = bsearch(name, im->entries, (size_t)im->n, sizeof *e, cmp_key);
-    if (!e) return 0;
-    fill(s, e, out);
-    return 1;
-}
-
-static int mm_has_meta(const qi_source *s, const char *key) { return qi_gguf_has_key(impl_of(s)->f, key); }
-
-static qi_status mm_meta_int(const qi_source *s, const char *key, int64_t *out, qi_error *err) {
-    return qi_gguf_get_int(impl_of(s)->f, key, out, err);
-}
-
-static qi_status mm_meta_float(const qi_source *s, const char *key, double *out, qi_error *err) {
-    return qi_gguf_get_float(impl_of(s)->f, key, out, err);
+    qi_source_tensor_set(out, e->name, MM_PATCH0 " + " MM_PATCH1, s->path, im->patch_dtype, 5, im->patch_shape,
+                         im->patch, im->patch_bytes);
 }
 
 static const struct qi_gguf_file *mm_gguf(const qi_source *s) { return impl_of(s)->f; }
@@ -156,7 +106,6 @@ static void mm_close(qi_source *s) {
     mm_impl *im = s->impl;
     if (!im) return;
     if (im->f) qi_gguf_close(im->f);
-    free(im->entries);
     free(im->patch);
     free(im);
     s->impl = NULL;
@@ -164,12 +113,10 @@ static void mm_close(qi_source *s) {
 
 static const qi_source_ops mmproj_ops = {
     .kind = "mmproj GGUF file",
-    .count = mm_count,
-    .at = mm_at,
-    .find = mm_find,
-    .has_meta = mm_has_meta,
-    .meta_int = mm_meta_int,
-    .meta_float = mm_meta_float,
+    .fill = mm_fill,
+    .has_meta = qi_source_gguf_has_meta,
+    .meta_int = qi_source_gguf_meta_int,
+    .meta_float = qi_source_gguf_meta_float,
     .gguf = mm_gguf,
     .close = mm_close,
 };
@@ -344,18 +291,17 @@ static qi_status recombine_patch(const qi_source *s, mm_impl *im, qi_error *err)
 }
 
 /* Every stored tensor mapped (the patch slices to one entry), sorted. */
-static qi_status index_tensors(const qi_source *s, mm_impl *im, qi_error *err) {
+static qi_status index_tensors(qi_source *s, mm_impl *im, qi_error *err) {
     int n = qi_gguf_tensor_count(im->f);
-    if (!(im->entries = calloc((size_t)(n > 0 ? n : 1), sizeof *im->entries)))
-        return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
     for (int i = 0; i < n; i++) {
         const qi_gguf_tensor *t = qi_gguf_tensor_at(im->f, i);
-        mm_entry *e = &im->entries[im->n];
+        char name[96];
+        qi_status st = QI_OK;
         if (!strcmp(t->name, MM_PATCH1)) continue;
         if (!strcmp(t->name, MM_PATCH0)) {
-            snprintf(e->name, sizeof e->name, "%s", MM_PATCH_NAME);
-        } else if (qi_names_llamacpp_mmproj(t->name, e->name, sizeof e->name)) {
-            e->t = t;
+            st = qi_name_table_add(&s->names, MM_PATCH_NAME, 0, NULL, s->path, err);
+        } else if (qi_names_llamacpp_mmproj(t->name, name, sizeof name)) {
+            st = qi_name_table_add(&s->names, name, 1, t, s->path, err);
         } else {
             return qi_fail(err, QI_ERR_UNSUPPORTED,
                            "%s: tensor '%s' is not part of llama.cpp's Qwen2.5-VL mmproj layout (v.patch_embd, "
@@ -363,9 +309,9 @@ static qi_status index_tensors(const qi_source *s, mm_impl *im, qi_error *err) {
                            "mm.0, mm.2)",
                            s->path, t->name);
         }
-        im->n++;
+        if (st != QI_OK) return st;
     }
-    qsort(im->entries, (size_t)im->n, sizeof *im->entries, cmp_entries);
+    qi_name_table_sort(&s->names);
     return QI_OK;
 }
 

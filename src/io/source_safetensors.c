@@ -18,52 +18,19 @@
 #include "io/safetensors.h"
 #include "io/source.h"
 
-typedef struct st_entry {
-    const char *name;      /* mapped: the stored name past the prefix, or `mapped` */
-    const qi_st_tensor *t;
-    char *mapped;          /* an owned name from a name map (Wan VAE names), or NULL */
-} st_entry;
-
 typedef struct st_impl {
     qi_st_set *set;
     qi_scale_table *scales; /* the fp8 weights' scales (source_scales.c) */
-    st_entry *entries;     /* sorted by mapped name */
-    int n;
     cJSON *meta;           /* `__metadata__`, or NULL */
     char meta_file[QI_PATH_MAX];
 } st_impl;
 
 static const st_impl *impl_of(const qi_source *s) { return s->impl; }
 
-static int st_count(const qi_source *s) { return impl_of(s)->n; }
-
-static void fill(const st_impl *im, const st_entry *e, qi_source_tensor *out) {
-    memset(out, 0, sizeof *out);
-    out->name = e->name;
-    out->stored_name = e->t->name;
-    out->file = e->t->file->path;
-    out->dtype = e->t->dtype;
-    out->ndim = e->t->ndim;
-    for (int i = 0; i < e->t->ndim && i < QI_SOURCE_MAX_DIMS; i++) out->shape[i] = e->t->shape[i];
-    out->scale_form = QI_SCALE_NONE;
-    out->scale = 1.0f;
-    out->data = e->t->data;
-    out->nbytes = e->t->nbytes;
-    qi_scale_table_apply(im->scales, e->t->name, out);
-}
-
-static void st_at(const qi_source *s, int i, qi_source_tensor *out) { fill(impl_of(s), &impl_of(s)->entries[i], out); }
-
-static int cmp_entry(const void *key, const void *elem) {
-    return strcmp((const char *)key, ((const st_entry *)elem)->name);
-}
-
-static int st_find(const qi_source *s, const char *name, qi_source_tensor *out) {
-    const st_impl *im = impl_of(s);
-    const st_entry *e = bsearch(name, im->entries, (size_t)im->n, sizeof *e, cmp_entry);
-    if (!e) return 0;
-    fill(im, e, out);
-    return 1;
+static void st_fill(const qi_source *s, const qi_name_entry *e, qi_source_tensor *out) {
+    const qi_st_tensor *t = e->tensor;
+    qi_source_tensor_set(out, e->name, t->name, t->file->path, t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+    qi_scale_table_apply(impl_of(s)->scales, t->name, out);
 }
 
 static int st_has_meta(const qi_source *s, const char *key) {
@@ -126,8 +93,6 @@ static void st_close(qi_source *s) {
     if (!im) return;
     qi_st_set_close(im->set);
     qi_scale_table_free(im->scales);
-    for (int i = 0; im->entries && i < im->n; i++) free(im->entries[i].mapped);
-    free(im->entries);
     cJSON_Delete(im->meta);
     free(im);
     s->impl = NULL;
@@ -135,9 +100,7 @@ static void st_close(qi_source *s) {
 
 static const qi_source_ops folder_ops = {
     .kind = "diffusers folder",
-    .count = st_count,
-    .at = st_at,
-    .find = st_find,
+    .fill = st_fill,
     .has_meta = st_has_meta,
     .meta_string = st_meta_string,
     .meta_int = st_meta_int,
@@ -147,9 +110,7 @@ static const qi_source_ops folder_ops = {
 
 static const qi_source_ops file_ops = {
     .kind = "safetensors file",
-    .count = st_count,
-    .at = st_at,
-    .find = st_find,
+    .fill = st_fill,
     .has_meta = st_has_meta,
     .meta_string = st_meta_string,
     .meta_int = st_meta_int,
@@ -158,10 +119,6 @@ static const qi_source_ops file_ops = {
 };
 
 static int set_has(const void *ctx, const char *name) { return qi_st_find(ctx, name) != NULL; }
-
-static int cmp_entries(const void *a, const void *b) {
-    return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name);
-}
 
 /* A VAE in the original Wan names (ComfyUI's file): 1 to map its names;
  * the Wan 2.2 VAE (48 channels, another network) is refused. */
@@ -181,17 +138,12 @@ static qi_status wan_naming(const qi_source *s, const qi_st_set *set, const char
     return QI_OK;
 }
 
-/* The entry of t past `plen` prefix bytes, renamed by the Wan map if `wan`. */
-static qi_status make_entry(const qi_source *s, const qi_st_tensor *t, size_t plen, int wan, st_entry *e,
-                            qi_error *err) {
-    *e = (st_entry){t->name + plen, t, NULL};
+/* Lists t past `plen` prefix bytes, renamed by the Wan map if `wan`. */
+static qi_status add_entry(qi_source *s, const qi_st_tensor *t, size_t plen, int wan, qi_error *err) {
     char mapped[256];
-    if (!wan || !qi_names_wan_vae(t->name + plen, mapped, sizeof mapped)) return QI_OK;
-    e->mapped = malloc(strlen(mapped) + 1);
-    if (!e->mapped) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
-    strcpy(e->mapped, mapped);
-    e->name = e->mapped;
-    return QI_OK;
+    if (wan && qi_names_wan_vae(t->name + plen, mapped, sizeof mapped))
+        return qi_name_table_add(&s->names, mapped, 1, t, s->path, err);
+    return qi_name_table_add(&s->names, t->name + plen, 0, t, s->path, err);
 }
 
 /* Takes `set` into s: reads the fp8 scales, finds the component's prefix,
@@ -221,17 +173,14 @@ static qi_status adopt_set(qi_source *s, qi_st_set *set, qi_error *err) {
     snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
     s->naming = wan ? "Wan 2.1 (ComfyUI)" : s->component == QI_COMPONENT_TEXT_ENCODER ? "transformers" : "diffusers";
     size_t plen = strlen(prefix);
-    im->entries = malloc((size_t)(set->n_tensors ? set->n_tensors : 1) * sizeof *im->entries);
-    if (!im->entries) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", s->path);
     for (int i = 0; i < set->n_tensors && st == QI_OK; i++) {
         const qi_st_tensor *t = set->index[i];
         if (strncmp(t->name, prefix, plen) != 0) continue; /* another component's tensor */
         if (qi_scale_table_consumes(im->scales, t->name)) continue; /* a scale, marker or config */
-        st = make_entry(s, t, plen, wan, &im->entries[im->n], err);
-        if (st == QI_OK) im->n++;
+        st = add_entry(s, t, plen, wan, err);
     }
     if (st != QI_OK) return st;
-    if (wan) qsort(im->entries, (size_t)im->n, sizeof *im->entries, cmp_entries);
+    if (wan) qi_name_table_sort(&s->names); /* the set's index is in stored-name order already */
 
     const qi_st_file *first = set->n_files > 0 ? set->files[0] : NULL;
     if (first && first->metadata_json) {

@@ -363,15 +363,16 @@ typedef struct vt_acts {
     qi_tensor q, k, v, attn; /* [P, C] */
     qi_tensor gate, up;      /* [P, I] */
     qi_tensor cos_t, sin_t;  /* F32 [P, Dh/2] */
+    qi_tensor win_off;       /* I32 [windows + 1]: each window's first row, then P */
     qi_tensor pix;           /* [P, patch_dim] */
     qi_tensor merged, out;   /* [P/4, 4C], [P/4, out] */
 } vt_acts;
 
-static qi_status alloc_acts(qi_vision *vt, int64_t P, vt_acts *a, qi_error *err) {
+static qi_status alloc_acts(qi_vision *vt, int64_t P, int n_win, vt_acts *a, qi_error *err) {
     qi_backend *be = vt->be;
     const qi_vision_config *c = &vt->cfg;
     int64_t C = c->hidden_size, I = c->intermediate_size, mm = c->spatial_merge_size * c->spatial_merge_size;
-    int64_t tab[2] = {P, c->head_dim / 2};
+    int64_t tab[2] = {P, c->head_dim / 2}, offs = (int64_t)n_win + 1;
     qi_status st;
     if ((st = qi_be_act2(be, &a->pix, P, c->patch_dim, err)) || (st = qi_be_act2(be, &a->x, P, C, err)) ||
         (st = qi_be_act2(be, &a->h, P, C, err)) || (st = qi_be_act2(be, &a->q, P, C, err)) ||
@@ -381,27 +382,28 @@ static qi_status alloc_acts(qi_vision *vt, int64_t P, vt_acts *a, qi_error *err)
         (st = qi_be_act2(be, &a->merged, P / mm, C * mm, err)) ||
         (st = qi_be_act2(be, &a->out, P / mm, c->out_hidden_size, err)) ||
         (st = be->ops->tensor(be, &a->cos_t, QI_F32, 2, tab, err)) ||
-        (st = be->ops->tensor(be, &a->sin_t, QI_F32, 2, tab, err)))
+        (st = be->ops->tensor(be, &a->sin_t, QI_F32, 2, tab, err)) ||
+        (st = be->ops->tensor(be, &a->win_off, QI_I32, 1, &offs, err)))
         return qi_fail_ctx(err, st, "vision tower (%lld patches)", (long long)P);
     return QI_OK;
 }
 
-/* Attention of rows [r0, r0 + n) among themselves (one window or the picture). */
-static void attend(qi_vision *vt, vt_acts *a, int64_t r0, int64_t n) {
+/* Attention of all P rows among themselves (full-attention blocks) or, with
+ * `windows`, of each window's rows among themselves: every window in one
+ * attention_segments call (a launch per window and head was most of the
+ * tower's time on a GPU). */
+static void attend(qi_vision *vt, vt_acts *a, int64_t P, int windows) {
     const qi_vision_config *c = &vt->cfg;
-    qi_tensor q = qi_slice_rows(&a->q, r0, n), k = qi_slice_rows(&a->k, r0, n);
-    qi_tensor v = qi_slice_rows(&a->v, r0, n), o = qi_slice_rows(&a->attn, r0, n);
-    q = qi_view4(&q, 1, n, c->num_heads, c->head_dim);
-    k = qi_view4(&k, 1, n, c->num_heads, c->head_dim);
-    v = qi_view4(&v, 1, n, c->num_heads, c->head_dim);
-    o = qi_view4(&o, 1, n, c->num_heads, c->head_dim);
+    const int64_t H = c->num_heads, Dh = c->head_dim;
+    qi_tensor q = qi_view4(&a->q, 1, P, H, Dh), k = qi_view4(&a->k, 1, P, H, Dh);
+    qi_tensor v = qi_view4(&a->v, 1, P, H, Dh), o = qi_view4(&a->attn, 1, P, H, Dh);
     float scale = (float)(1.0 / sqrt((double)c->head_dim));
-    vt->be->ops->attention(vt->be, &q, &k, &v, NULL, 0, scale, &o);
+    if (windows) vt->be->ops->attention_segments(vt->be, &q, &k, &v, &a->win_off, scale, &o);
+    else vt->be->ops->attention(vt->be, &q, &k, &v, NULL, 0, scale, &o);
 }
 
-/* One block on a->x [P, C] (window order); win_rows[w]: patches per window. */
-static void block_forward(qi_vision *vt, const vt_block *b, int64_t P, const int *win_rows, int n_win,
-                          vt_acts *a) {
+/* One block on a->x [P, C] (window order; a->win_off: where each window starts). */
+static void block_forward(qi_vision *vt, const vt_block *b, int64_t P, vt_acts *a) {
     qi_backend *be = vt->be;
     const qi_backend_ops *op = be->ops;
     const qi_vision_config *c = &vt->cfg;
@@ -414,12 +416,7 @@ static void block_forward(qi_vision *vt, const vt_block *b, int64_t P, const int
     qi_tensor k4 = qi_view4(&a->k, 1, P, c->num_heads, c->head_dim);
     op->rope(be, &q4, &a->cos_t, &a->sin_t, QI_ROPE_HALF);
     op->rope(be, &k4, &a->cos_t, &a->sin_t, QI_ROPE_HALF);
-    if (b->full_attention) {
-        attend(vt, a, 0, P);
-    } else {
-        int64_t r0 = 0;
-        for (int w = 0; w < n_win; r0 += win_rows[w++]) attend(vt, a, r0, win_rows[w]);
-    }
+    attend(vt, a, P, !b->full_attention);
     op->linear(be, &a->attn, &b->proj_w, &b->proj_b, QI_ACT_NONE, &a->h);
     op->add_gated(be, &a->x, NULL, 0, &a->h);
     op->rms_norm(be, &a->x, &b->norm2, eps, &a->h);
@@ -432,14 +429,14 @@ static void block_forward(qi_vision *vt, const vt_block *b, int64_t P, const int
 
 /* Host buffers of one encode: pixels and rotary tables in window order. */
 typedef struct vt_host {
-    int *order, *win_len, *win_rows; /* [units], [windows], [windows] */
+    int *order, *win_len, *win_off; /* [units], [windows], [windows + 1] */
     float *pix, *cos_t, *sin_t, *out;
 } vt_host;
 
 static void host_free(vt_host *h) {
     free(h->order);
     free(h->win_len);
-    free(h->win_rows);
+    free(h->win_off);
     free(h->pix);
     free(h->cos_t);
     free(h->sin_t);
@@ -450,13 +447,14 @@ static qi_status run(qi_vision *vt, const vt_host *h, int64_t P, int n_win, qi_e
     qi_backend *be = vt->be;
     const qi_backend_ops *op = be->ops;
     vt_acts a;
-    qi_status st = alloc_acts(vt, P, &a, err);
+    qi_status st = alloc_acts(vt, P, n_win, &a, err);
     if (!st) st = op->upload(be, &a.pix, h->pix, err);
+    if (!st) st = op->upload(be, &a.win_off, h->win_off, err);
     if (!st) st = op->upload(be, &a.cos_t, h->cos_t, err);
     if (!st) st = op->upload(be, &a.sin_t, h->sin_t, err);
     if (st) return qi_fail_ctx(err, st, "vision tower");
     op->linear(be, &a.pix, &vt->patch_w, NULL, QI_ACT_NONE, &a.x);
-    for (int i = 0; i < vt->cfg.depth; i++) block_forward(vt, &vt->blocks[i], P, h->win_rows, n_win, &a);
+    for (int i = 0; i < vt->cfg.depth; i++) block_forward(vt, &vt->blocks[i], P, &a);
     op->rms_norm(be, &a.x, &vt->ln_q, (float)vt->cfg.rms_norm_eps, &a.h);
     qi_tensor h4 = qi_view2(&a.h, a.merged.ne[0], a.merged.ne[1]); /* 4 patches' rows side by side */
     op->linear(be, &h4, &vt->mlp0_w, &vt->mlp0_b, QI_ACT_GELU_ERF, &a.merged);
@@ -481,17 +479,18 @@ qi_status qi_vision_encode(qi_vision *vt, const float *pixel_rows, int grid_h, i
     vt_host h = {0};
     h.order = malloc((size_t)units * sizeof(int));
     h.win_len = malloc((size_t)max_win * sizeof(int));
-    h.win_rows = malloc((size_t)max_win * sizeof(int));
+    h.win_off = malloc((size_t)(max_win + 1) * sizeof(int));
     h.pix = malloc((size_t)(P * D) * sizeof(float));
     h.cos_t = malloc((size_t)(P * half) * sizeof(float));
     h.sin_t = malloc((size_t)(P * half) * sizeof(float));
     h.out = malloc((size_t)units * (size_t)O * sizeof(float));
-    if (!h.order || !h.win_len || !h.win_rows || !h.pix || !h.cos_t || !h.sin_t || !h.out) {
+    if (!h.order || !h.win_len || !h.win_off || !h.pix || !h.cos_t || !h.sin_t || !h.out) {
         host_free(&h);
         return qi_fail(err, QI_ERR_NOMEM, "vision tower: out of memory (%lld patches)", (long long)P);
     }
     int n_win = window_order(gh, gw, win, h.order, h.win_len);
-    for (int w = 0; w < n_win; w++) h.win_rows[w] = h.win_len[w] * mm;
+    h.win_off[0] = 0; /* windows back to back, P rows in all (grid sides <= 16384: P fits an int) */
+    for (int w = 0; w < n_win; w++) h.win_off[w + 1] = h.win_off[w] + h.win_len[w] * mm;
     /* Window order: a unit's mm patch rows travel together. */
     for (int k = 0; k < units; k++)
         memcpy(h.pix + (size_t)k * mm * D, pixel_rows + (size_t)h.order[k] * mm * D, (size_t)(mm * D) * sizeof(float));

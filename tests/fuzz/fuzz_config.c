@@ -38,16 +38,18 @@ static qi_backend *cpu;
 
 /* ---- a source of no tensors with the fuzzed config ---------------------------- */
 
-static int no_count(const qi_source *s) { (void)s; return 0; }
-static void no_at(const qi_source *s, int i, qi_source_tensor *out) { (void)s, (void)i, (void)out; abort(); }
-static int no_find(const qi_source *s, const char *name, qi_source_tensor *out) {
-    (void)s, (void)name, (void)out;
-    return 0;
-}
-static const qi_source_ops empty_ops = {.kind = "fuzz", .count = no_count, .at = no_at, .find = no_find};
+static const qi_source_ops empty_ops = {.kind = "fuzz"}; /* no tensors: fill is never called */
 
-/* The source owns root from here on. */
-static qi_source *source_with(qi_component comp, cJSON *root, const char *name) {
+/* The fuzzed bytes parsed as the config `name` of a source of comp, or NULL
+ * (the parse error checked) when they are not JSON. */
+static qi_source *source_with(qi_component comp, const uint8_t *p, size_t n, const char *name) {
+    cJSON *root;
+    qi_error err;
+    qi_status st = qi_json_parse((const char *)p, n, name, &root, &err);
+    if (st != QI_OK) {
+        fuzz_check_error(st, &err, name);
+        return NULL;
+    }
     qi_source *s = qi_source_new(&empty_ops, comp, name);
     if (!s) abort();
     s->config = root;
@@ -69,16 +71,11 @@ static void model_index(const uint8_t *p, size_t n) {
 
 static void transformer_config(const uint8_t *p, size_t n) {
     static const char name[] = "transformer/config.json";
-    cJSON *root;
+    qi_source *s = source_with(QI_COMPONENT_TRANSFORMER, p, n, name);
+    if (!s) return;
     qi_error err;
-    qi_status st = qi_json_parse((const char *)p, n, name, &root, &err);
-    if (st != QI_OK) {
-        fuzz_check_error(st, &err, name);
-        return;
-    }
-    qi_source *s = source_with(QI_COMPONENT_TRANSFORMER, root, name);
     qi_dit_config c;
-    st = qi_dit_read_config(s, &c, &err);
+    qi_status st = qi_dit_read_config(s, &c, &err);
     if (st != QI_OK) fuzz_check_error(st, &err, name);
     else if (c.num_layers < 1 || c.num_heads < 1 || c.head_dim < 1 || c.inner_dim != c.num_heads * c.head_dim ||
              c.axes_dims_rope[0] + c.axes_dims_rope[1] + c.axes_dims_rope[2] != c.head_dim || c.patch_size < 1 ||
@@ -104,16 +101,11 @@ static void text_encoder_config(const uint8_t *p, size_t n) {
 
 static void vae_config(const uint8_t *p, size_t n) {
     static const char name[] = "vae/config.json";
-    cJSON *root;
+    qi_source *s = source_with(QI_COMPONENT_VAE, p, n, name);
+    if (!s) return;
     qi_error err;
-    qi_status st = qi_json_parse((const char *)p, n, name, &root, &err);
-    if (st != QI_OK) {
-        fuzz_check_error(st, &err, name);
-        return;
-    }
-    qi_source *s = source_with(QI_COMPONENT_VAE, root, name);
     qi_vae *v = NULL;
-    st = qi_vae_load(s, cpu, &v, &err);
+    qi_status st = qi_vae_load(s, cpu, &v, &err);
     if (st == QI_OK) fuzz_fail("a VAE loaded from a source with no tensors");
     fuzz_check_error(st, &err, NULL); /* names the config, or (config accepted) the first missing tensor */
     qi_source_close(s);

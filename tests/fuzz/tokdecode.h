@@ -1,6 +1,6 @@
 /*
  * tokdecode.h — ids back to bytes for the tokenizer targets' round-trip
- * oracle: a token's string is byte symbols (spec text-and-noise.md §1.7:
+ * oracle (and test_tokenizer.c's round-trip claims): a token's string is byte symbols (spec text-and-noise.md §1.7:
  * the 188 printable bytes stand for themselves, the other 68 are written
  * U+0100 + their rank among the non-printable ones), an added token's
  * string is its own text.

@@ -4,9 +4,15 @@
 # encoder: it streams at these budgets) each run beside dev/cuda/hold_memory,
 # which holds all but that much of the GPU with plain cudaMalloc, so the budget
 # is proved real. Logs under $OUT.
-#   here:   scripts/device-build.sh test_cuda_vram test_cuda_pipeline qwen-image hold_memory
+#   here:   scripts/device-build.sh test_cuda_vram test_cuda_pipeline test_host_pool qwen-image hold_memory
 #           mkdir -p devpack && tar cf - dist | xz -1 > devpack/dist.tar.xz
-#   there:  sh dev/cuda/vram-run/run.sh [tests] [bench] [bench-fp8] [bench-bf16]
+#   there:  sh dev/cuda/vram-run/run.sh [tests] [bench] [bench-fp8] [bench-bf16] [bench-3g] [pinned]
+# bench-3g: `bench --vram 3G --type q4_k` (transformer call, then end to end) beside
+#   hold_memory --leave 3G, each under a 590 s limit; the log's "set up in N s" line is
+#   the set-up time (it never finished in 290 s before the pinned chunks).
+# pinned: test_cuda_vram (the bounce-ring claims) and test_host_pool, then the --vram 8G
+#   transformer call with --pinned 0 (every streamed byte through the bounce ring)
+#   and with --pinned 4G (part pinned) beside the default (all pinned) row of `bench`.
 set -u
 [ -d dist ] || tar xJf devpack/dist.tar.xz
 f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz  # kept compressed in git
@@ -19,17 +25,19 @@ t() { # name, args...
   echo "$n $*: rc=$? ($(($(date +%s) - s)) s): $(tail -1 "$OUT/$n$(echo "$*" | tr -c 'a-z0-9' _).log")" | tee -a "$OUT/summary.txt"
 }
 # bench beside hold_memory: budget, type, what (dit | e2e)
-held_bench() {
-  v=$1; ty=$2; what=$3; log="$OUT/bench_${ty}_${v}.log"
+held_bench() { # budget type what [more bench flags...]
+  v=$1; ty=$2; what=$3; shift 3
+  log="$OUT/bench_${ty}_${v}$(echo "$*" | tr -c 'a-z0-9' _).log"
   dist/run.sh hold_memory --leave "$v" >"$OUT/hold_$v.log" 2>&1 &
   pid=$!
   i=0; while ! grep -q ready "$OUT/hold_$v.log" 2>/dev/null && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$OUT/hold_$v.log" 2>&1
-  echo "== --vram $v, $ty, $what (beside: $(head -1 "$OUT/hold_$v.log"))" >>"$log"
-  dist/run.sh qwen-image bench --runs 3 --warmup 1 --only "$what" --type "$ty" --vram "$v" >>"$log" 2>&1
+  echo "== --vram $v, $ty, $what $* (beside: $(head -1 "$OUT/hold_$v.log"))" >>"$log"
+  s=$(date +%s)
+  timeout 590 dist/run.sh qwen-image bench --runs 3 --warmup 1 --only "$what" --type "$ty" --vram "$v" "$@" >>"$log" 2>&1
   rc=$?
   kill "$pid"; wait "$pid" 2>/dev/null
-  echo "bench $what $ty --vram $v: rc=$rc" | tee -a "$OUT/summary.txt"
+  echo "bench $what $ty --vram $v $*: rc=$rc ($(($(date +%s) - s)) s); $(grep -o 'set up in [0-9.]* s' "$log" | tail -1)" | tee -a "$OUT/summary.txt"
 }
 for what in ${*:-tests bench}; do
   case $what in
@@ -42,5 +50,11 @@ for what in ${*:-tests bench}; do
       for v in 8G 6G; do held_bench $v fp8 dit; done ;;
     bench-bf16)
       for v in 24G 8G; do held_bench $v bf16 dit; done ;;
+    bench-3g)
+      held_bench 3G q4_k dit; held_bench 3G q4_k e2e ;;
+    pinned)
+      t test_host_pool
+      t test_cuda_vram
+      held_bench 8G q4_k dit --pinned 0; held_bench 8G q4_k dit --pinned 4G; held_bench 8G q4_k dit ;;
   esac
 done

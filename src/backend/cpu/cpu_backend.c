@@ -590,6 +590,37 @@ static void cpu_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k
     free(S);
 }
 
+/* Each segment of each batch as its own [1, len, H, Dh] attention: the
+ * definition, so the op gives exactly what the per-window calls gave. */
+static void cpu_attention_segments(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                                   const qi_tensor *seg, float scale, qi_tensor *out) {
+    const int64_t B = q->ne[0], L = q->ne[1], H = q->ne[2], Dh = q->ne[3], Hkv = k->ne[2];
+    if (seg->dtype != QI_I32 || seg->ndim != 1 || seg->ne[0] < 1 || k->ne[1] != L || v->ne[1] != L) {
+        cpu_fail(be, QI_ERR_ARG, "cpu backend: attention_segments needs offsets I32 [S + 1] and as many keys "
+                 "as queries (q [B, L, H, Dh], k/v [B, L, Hkv, Dh])");
+        return;
+    }
+    const int32_t *off = seg->data;
+    const int64_t S = seg->ne[0] - 1;
+    for (int64_t s = 0; s <= S; s++)
+        if ((s == 0 && off[0] != 0) || (s > 0 && off[s] < off[s - 1]) || (s == S && off[S] != L)) {
+            cpu_fail(be, QI_ERR_ARG, "cpu backend: attention_segments: offset %lld is %d; offsets must rise "
+                     "from 0 to L = %lld", (long long)s, off[s], (long long)L);
+            return;
+        }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t s = 0; s < S; s++) {
+            const int64_t row = b * L + off[s], n = off[s + 1] - off[s];
+            if (n == 0) continue;
+            qi_tensor qs = *q, ks = *k, vs = *v, os = *out;
+            qs.ne[0] = ks.ne[0] = vs.ne[0] = os.ne[0] = 1;
+            qs.ne[1] = ks.ne[1] = vs.ne[1] = os.ne[1] = n;
+            qs.data = (float *)q->data + row * H * Dh, os.data = (float *)out->data + row * H * Dh;
+            ks.data = (float *)k->data + row * Hkv * Dh, vs.data = (float *)v->data + row * Hkv * Dh;
+            cpu_attention(be, &qs, &ks, &vs, NULL, 0, scale, &os);
+        }
+}
+
 /* ---- flow matching -------------------------------------------------------------- */
 
 static void cpu_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
@@ -887,6 +918,7 @@ static const qi_backend_ops cpu_ops = {
     .copy_rows = cpu_copy_rows,
     .rope = cpu_rope,
     .attention = cpu_attention,
+    .attention_segments = cpu_attention_segments,
     .cfg_combine = cpu_cfg_combine,
     .conv2d = cpu_conv2d,
     .upsample2x = cpu_upsample2x,

@@ -4,13 +4,16 @@
  * Three families of kernels:
  *  - flash_k: a portable flash-attention kernel (online softmax, float32 running max /
  *    sum / output, bf16 tensor-core products through mma.sync m16n8k16) for
- *    head dims 16, 32, 64 and 128. One block owns BR = 16·NW query rows of one
- *    (batch, head); each warp owns 16 of them and keeps its Q fragments, its
- *    score tile and its output accumulator in registers. K/V tiles of 64 keys
- *    stream through double-buffered shared memory (cp.async), rows swizzled
- *    in 16-byte chunks so ldmatrix reads are conflict-free. Key padding mask,
+ *    head dims 16, 32, 64, 80 (the vision tower) and 128. One block owns
+ *    BR = 16·NW query rows of one (batch, head); each warp owns 16 of them
+ *    and keeps its Q fragments, its score tile and its output accumulator in
+ *    registers. K/V tiles of 64 keys stream through double-buffered shared
+ *    memory (cp.async), rows swizzled (or padded: tile_shape) in 16-byte
+ *    chunks so ldmatrix reads are conflict-free. Key padding mask,
  *    causal masking (query i sees keys j <= i + Lk - Lq) and GQA (head h reads
- *    kv head h / (H / Hkv)) are applied in the score tile.
+ *    kv head h / (H / Hkv)) are applied in the score tile. With segment
+ *    offsets (attention_segments) each block takes its rows from one
+ *    segment and sees only that segment's keys: many windows, one launch.
  *  - flash_hopper_k (cuda_flash_hopper.cu) and flash_tma_k (cuda_flash_tma.cu):
  *    the same algorithm on Hopper's wgmma for head dim 128; the TMA-fed,
  *    warp-specialised one is the default there (pick_tma chooses its shape).
@@ -20,6 +23,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "backend/cuda/cuda_flash_common.h" /* PTX wrappers shared with the Hopper kernels */
 
@@ -50,10 +54,25 @@ static __device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uin
 
 /* ---- flash kernel -------------------------------------------------------------- */
 
-/* Element offset of 16-byte chunk `ch` of row `row` in a swizzled [rows][DH] tile. */
+/* Shared-memory layout of a [rows][DH] bf16 tile. Power-of-two head dims:
+ * rows of DH elements, 16-byte chunks swizzled (chunk ch of row r sits at
+ * ch ^ (r & MASK)), so the 8 rows one ldmatrix reads at one chunk fall in 8
+ * different bank groups. That XOR would leave the row when the chunk count is
+ * not a power of two (DH 80: 10 chunks, 9 ^ 7 = 14), so such dims pad each
+ * row to an odd number of chunks instead (80 -> 88 elements, 11 chunks):
+ * rows r..r+7 then start 11·r mod 8 = 8 distinct bank groups apart, equally
+ * conflict-free, with no swizzle. */
+template <int DH> struct tile_shape {
+    static constexpr bool POW2 = (DH & (DH - 1)) == 0;
+    static constexpr int PITCH = POW2 ? DH : ((DH / 8) % 2 ? DH : DH + 8); /* elements per row */
+    static_assert(DH % 16 == 0, "head dims are whole mma k-steps");
+};
+
+/* Element offset of 16-byte chunk `ch` of row `row` in a [rows][DH] tile. */
 template <int DH> static __device__ __forceinline__ int swz(int row, int ch) {
     constexpr int CH = DH / 8, MASK = (CH < 8 ? CH : 8) - 1;
-    return row * DH + ((ch ^ (row & MASK)) * 8);
+    if (tile_shape<DH>::POW2) return row * DH + ((ch ^ (row & MASK)) * 8);
+    return row * tile_shape<DH>::PITCH + ch * 8;
 }
 
 /* Async load of ROWS rows [row0, row0+ROWS) of a [*, stride] bf16 matrix into
@@ -83,32 +102,59 @@ static __device__ __forceinline__ int stage_tile_mask(int *keep, const int32_t *
     return __syncthreads_or(!k);
 }
 
+/* With segment offsets: which segment's rows block blockIdx.x takes. Blocks
+ * go to segments in order, ceil(len / BR) each; *qb becomes the block's index
+ * inside its segment, *r0 the segment's first row, *len its length. Offsets
+ * are clamped to [0, Lq] (a malformed list then leaves rows unwritten, never
+ * reads outside the tensors). Returns 0 for a block past the last segment.
+ * A linear walk: segments are windows, a few dozen per launch. */
+template <int BR>
+static __device__ __forceinline__ int segment_of_block(const attn_params &p, int *qb, int *r0, int *len) {
+    int blk = (int)blockIdx.x;
+    for (int s = 0; s < p.nseg; s++) {
+        const int a = min(max(p.seg[s], 0), p.Lq), e = min(max(p.seg[s + 1], a), p.Lq);
+        const int nb = (e - a + BR - 1) / BR;
+        if (blk < nb) {
+            *qb = blk, *r0 = a, *len = e - a;
+            return 1;
+        }
+        blk -= nb;
+    }
+    return 0;
+}
+
 template <int DH, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     constexpr int NT = NW * 32, BR = 16 * NW, CH = DH / 8, KD = DH / 16;
     static_assert(NT >= BC, "one thread per key of a tile reads its mask");
     extern __shared__ __align__(128) unsigned char smem[];
-    bf16 *sQ = (bf16 *)smem;       /* [BR][DH], later the output staging */
-    bf16 *sK = sQ + BR * DH;       /* [2][BC][DH] */
-    bf16 *sV = sK + 2 * BC * DH;   /* [2][BC][DH] */
+    constexpr int PITCH = tile_shape<DH>::PITCH;
+    bf16 *sQ = (bf16 *)smem;         /* [BR][DH], later the output staging */
+    bf16 *sK = sQ + BR * PITCH;      /* [2][BC][DH] */
+    bf16 *sV = sK + 2 * BC * PITCH;  /* [2][BC][DH] */
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int qb = (int)gridDim.x - 1 - (int)blockIdx.x; /* heaviest causal blocks first */
+    int qb = (int)gridDim.x - 1 - (int)blockIdx.x; /* heaviest causal blocks first */
+    int Lq = p.Lq, Lk = p.Lk, r0 = 0;             /* this block's rows: r0 + [0, Lq) */
+    if (p.seg) {                                  /* one segment's rows and keys */
+        if (!segment_of_block<BR>(p, &qb, &r0, &Lq)) return; /* a spare block: all of it leaves */
+        Lk = Lq;
+    }
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group, q0 = qb * BR;
     const size_t q_stride = (size_t)p.H * DH, kv_stride = (size_t)p.Hkv * DH;
-    const bf16 *qg = p.q + ((size_t)b * p.Lq * p.H + h) * DH;
-    const bf16 *kg = p.k + ((size_t)b * p.Lk * p.Hkv + hk) * DH;
-    const bf16 *vg = p.v + ((size_t)b * p.Lk * p.Hkv + hk) * DH;
-    const int32_t *mask = p.mask ? p.mask + (size_t)b * p.Lk : NULL;
+    const bf16 *qg = p.q + (((size_t)b * p.Lq + r0) * p.H + h) * DH;
+    const bf16 *kg = p.k + (((size_t)b * p.Lk + r0) * p.Hkv + hk) * DH;
+    const bf16 *vg = p.v + (((size_t)b * p.Lk + r0) * p.Hkv + hk) * DH;
+    const int32_t *mask = p.mask ? p.mask + (size_t)b * p.Lk + r0 : NULL;
 
-    int kend = p.Lk; /* keys past kend are invisible to every query of the block */
-    if (p.causal) kend = min(p.Lk, q0 + BR + p.causal_off);
+    int kend = Lk; /* keys past kend are invisible to every query of the block */
+    if (p.causal) kend = min(Lk, q0 + BR + p.causal_off);
     const int nkb = kend > 0 ? (kend + BC - 1) / BC : 0;
 
-    load_tile<BR, DH, NT>(sQ, qg, q_stride, q0, p.Lq);
+    load_tile<BR, DH, NT>(sQ, qg, q_stride, q0, Lq);
     if (nkb > 0) {
-        load_tile<BC, DH, NT>(sK, kg, kv_stride, 0, p.Lk);
-        load_tile<BC, DH, NT>(sV, vg, kv_stride, 0, p.Lk);
+        load_tile<BC, DH, NT>(sK, kg, kv_stride, 0, Lk);
+        load_tile<BC, DH, NT>(sV, vg, kv_stride, 0, Lk);
     }
     cp_async_commit();
     cp_async_wait_all();
@@ -133,13 +179,13 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
     for (int kb = 0; kb < nkb; kb++) {
         const int cur = kb & 1, key0 = kb * BC;
         /* tiles that drop no key (most of them) skip the per-element masking */
-        const int tile_drops = mask ? stage_tile_mask(sKeep, mask, key0, p.Lk) : key0 + BC > p.Lk;
+        const int tile_drops = mask ? stage_tile_mask(sKeep, mask, key0, Lk) : key0 + BC > Lk;
         if (kb + 1 < nkb) {
-            load_tile<BC, DH, NT>(sK + (cur ^ 1) * BC * DH, kg, kv_stride, (kb + 1) * BC, p.Lk);
-            load_tile<BC, DH, NT>(sV + (cur ^ 1) * BC * DH, vg, kv_stride, (kb + 1) * BC, p.Lk);
+            load_tile<BC, DH, NT>(sK + (cur ^ 1) * BC * PITCH, kg, kv_stride, (kb + 1) * BC, Lk);
+            load_tile<BC, DH, NT>(sV + (cur ^ 1) * BC * PITCH, vg, kv_stride, (kb + 1) * BC, Lk);
         }
         cp_async_commit();
-        const bf16 *tK = sK + cur * BC * DH, *tV = sV + cur * BC * DH;
+        const bf16 *tK = sK + cur * BC * PITCH, *tV = sV + cur * BC * PITCH;
 
         /* S = Q Kᵀ for 64 keys: 8 tiles of 16×8. */
         float s[BC / 8][4];
@@ -166,7 +212,7 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int kj = j * 8 + 2 * t + (e & 1), key = key0 + kj, qrow = qrow0 + (e >> 1) * 8;
-                    bool drop = key >= p.Lk || (mask && !sKeep[kj]) || (p.causal && key > qrow + p.causal_off);
+                    bool drop = key >= Lk || (mask && !sKeep[kj]) || (p.causal && key > qrow + p.causal_off);
                     if (drop) s[j][e] = -INFINITY;
                 }
         }
@@ -241,22 +287,24 @@ __global__ void __launch_bounds__(NW * 32, 1) flash_k(attn_params p) {
                 __floats2bfloat162_rn(o[d][2 * r] * inv[r], o[d][2 * r + 1] * inv[r]);
         }
     __syncwarp();
-    bf16 *og = p.o + ((size_t)b * p.Lq * p.H + h) * DH;
+    bf16 *og = p.o + (((size_t)b * p.Lq + r0) * p.H + h) * DH;
     for (int i = lane; i < 16 * CH; i += 32) {
         const int row = warp * 16 + i / CH, ch = i % CH, grow = q0 + row;
-        if (grow < p.Lq) *(uint4 *)(og + (size_t)grow * q_stride + ch * 8) = *(const uint4 *)(sQ + swz<DH>(row, ch));
+        if (grow < Lq) *(uint4 *)(og + (size_t)grow * q_stride + ch * 8) = *(const uint4 *)(sQ + swz<DH>(row, ch));
     }
 }
 
 template <int DH, int NW> static void launch_flash(cuda_impl *c, const attn_params &p) {
     constexpr int BR = 16 * NW;
-    const size_t smem = (size_t)(BR + 4 * BC) * DH * sizeof(bf16);
+    const size_t smem = (size_t)(BR + 4 * BC) * tile_shape<DH>::PITCH * sizeof(bf16);
     static bool attr_set = false; /* per template instance; the limit is per function */
     if (!attr_set) {
         cudaFuncSetAttribute(flash_k<DH, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         attr_set = true;
     }
-    dim3 grid((unsigned)((p.Lq + BR - 1) / BR), (unsigned)p.H, (unsigned)p.B);
+    /* Segments: ceil(len / BR) blocks each, at most ceil(L / BR) + nseg in all;
+     * the spare ones leave at once. */
+    dim3 grid((unsigned)((p.Lq + BR - 1) / BR + (p.seg ? p.nseg : 0)), (unsigned)p.H, (unsigned)p.B);
     flash_k<DH, NW><<<grid, NW * 32, smem, c->stream>>>(p);
 }
 
@@ -344,38 +392,88 @@ static int pick_tma(const cuda_impl *c, const attn_params &p) {
     return t3 < t2 ? QC_ATTN_TMA_64x3 : QC_ATTN_TMA_64x2;
 }
 
-extern "C" void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
-                             const qi_tensor *key_mask, int causal, float scale, qi_tensor *out) {
-    cuda_impl *c = cuda_of(be);
+/* Checks the operands and fills p (no segments); 0 when there is nothing to
+ * run or an error was recorded. */
+static int attn_setup(cuda_impl *c, const char *op, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                      const qi_tensor *key_mask, int causal, float scale, qi_tensor *out, attn_params *p) {
     if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4 || out->ndim != 4) {
-        qc_fail(c, QI_ERR_ARG, "cuda backend: attention needs 4-D q, k, v, out [B, L, H, Dh]");
-        return;
+        qc_fail(c, QI_ERR_ARG, "cuda backend: %s needs 4-D q, k, v, out [B, L, H, Dh]", op);
+        return 0;
     }
     const int64_t B = q->ne[0], Lq = q->ne[1], H = q->ne[2], Dh = q->ne[3];
     const int64_t Lk = k->ne[1], Hkv = k->ne[2];
     if (k->ne[0] != B || v->ne[0] != B || v->ne[1] != Lk || v->ne[2] != Hkv || k->ne[3] != Dh ||
         v->ne[3] != Dh || Hkv <= 0 || H % Hkv != 0 || qi_numel(out) != qi_numel(q) ||
         (key_mask && (key_mask->dtype != QI_I32 || qi_numel(key_mask) != B * Lk))) {
-        qc_fail(c, QI_ERR_ARG, "cuda backend: attention shapes do not agree (q [B, Lq, H, Dh], k/v "
-                "[B, Lk, Hkv, Dh] with H %% Hkv == 0, mask I32 [B, Lk])");
-        return;
+        qc_fail(c, QI_ERR_ARG, "cuda backend: %s shapes do not agree (q [B, Lq, H, Dh], k/v "
+                "[B, Lk, Hkv, Dh] with H %% Hkv == 0, mask I32 [B, Lk])", op);
+        return 0;
     }
     if (q->dtype != QI_BF16 || k->dtype != QI_BF16 || v->dtype != QI_BF16 || out->dtype != QI_BF16) {
-        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: attention needs bf16 q, k, v, out");
-        return;
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: %s needs bf16 q, k, v, out", op);
+        return 0;
     }
-    if (B * Lq * H == 0) return;
+    if (B * Lq * H == 0) return 0;
     if (Lq > INT32_MAX || Lk > INT32_MAX || H > 65535 || B > 65535) {
-        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: attention dims too large");
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: %s dims too large", op);
+        return 0;
+    }
+    p->q = (const bf16 *)q->data, p->k = (const bf16 *)k->data, p->v = (const bf16 *)v->data;
+    p->o = (bf16 *)out->data;
+    p->mask = key_mask ? (const int32_t *)key_mask->data : NULL;
+    p->B = (int)B, p->Lq = (int)Lq, p->Lk = (int)Lk, p->H = (int)H, p->Hkv = (int)Hkv, p->group = (int)(H / Hkv);
+    p->scale_log2 = scale * 1.4426950408889634f;
+    p->causal = causal != 0, p->causal_off = (int)(Lk - Lq);
+    p->seg = NULL, p->nseg = 0;
+    return 1;
+}
+
+/* Segments without a flash kernel (head dims it lacks, unaligned rows): the
+ * offsets come to the host (a synchronisation, so never while a graph is
+ * recorded) and each segment of each batch runs through GEMMs. */
+static void attention_gemm_segments(cuda_impl *c, const attn_params &p, int Dh) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(c->stream, &cs);
+    if (cs != cudaStreamCaptureStatusNone) {
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: attention_segments at head dim %d (or on unaligned rows) "
+                "reads its offsets on the host, which a graph recording cannot; use head dim 16, 32, 64, 80 "
+                "or 128 with 16-byte aligned rows", Dh);
         return;
     }
-    attn_params p;
-    p.q = (const bf16 *)q->data, p.k = (const bf16 *)k->data, p.v = (const bf16 *)v->data;
-    p.o = (bf16 *)out->data;
-    p.mask = key_mask ? (const int32_t *)key_mask->data : NULL;
-    p.B = (int)B, p.Lq = (int)Lq, p.Lk = (int)Lk, p.H = (int)H, p.Hkv = (int)Hkv, p.group = (int)(H / Hkv);
-    p.scale_log2 = scale * 1.4426950408889634f;
-    p.causal = causal != 0, p.causal_off = (int)(Lk - Lq);
+    int32_t *off = (int32_t *)malloc((size_t)(p.nseg + 1) * sizeof(int32_t));
+    if (!off) {
+        qc_fail(c, QI_ERR_NOMEM, "cuda backend: attention_segments: out of memory for %d offsets", p.nseg + 1);
+        return;
+    }
+    cudaError_t e = cudaMemcpyAsync(off, p.seg, (size_t)(p.nseg + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                    c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) {
+        qc_fail(c, QI_ERR_BACKEND, "cuda backend: attention_segments: reading the offsets: %s", cudaGetErrorString(e));
+        free(off);
+        return;
+    }
+    const size_t q_row = (size_t)p.H * Dh, kv_row = (size_t)p.Hkv * Dh;
+    for (int s = 0; s < p.nseg && c->err_status == QI_OK; s++) {
+        const int a = off[s] < 0 ? 0 : off[s] > p.Lq ? p.Lq : off[s]; /* clamped as the flash kernel does */
+        const int z = off[s + 1] < a ? a : off[s + 1] > p.Lq ? p.Lq : off[s + 1];
+        for (int b = 0; b < p.B && z > a; b++) {
+            attn_params sub = p;
+            const size_t row = (size_t)b * p.Lq + a;
+            sub.q = p.q + row * q_row, sub.k = p.k + row * kv_row, sub.v = p.v + row * kv_row;
+            sub.o = p.o + row * q_row;
+            sub.B = 1, sub.Lq = sub.Lk = z - a, sub.causal_off = 0;
+            sub.seg = NULL, sub.nseg = 0;
+            attention_gemm(c, sub, Dh);
+        }
+    }
+    free(off);
+}
+
+static bool flash_dim(int64_t Dh) { return Dh == 16 || Dh == 32 || Dh == 64 || Dh == 80 || Dh == 128; }
+
+/* Picks the kernel for p (c->attn_variant, the head dim, the device) and runs it. */
+static void attn_dispatch(cuda_impl *c, const attn_params &p, int Dh) {
     /* Flash kernels need 16-byte aligned rows; anything else goes through GEMMs. */
     const bool aligned = qc_aligned16(p.q) && qc_aligned16(p.k) && qc_aligned16(p.v) && qc_aligned16(p.o);
     int variant = c->attn_variant;
@@ -383,15 +481,20 @@ extern "C" void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor
      * (qi_cuda_set_attention_kernel) and run what "auto" picks. */
     if (variant == QC_ATTN_WGMMA_64x2 || variant == QC_ATTN_WGMMA_128x2 || variant == QC_ATTN_TMA_128x2)
         variant = QC_ATTN_AUTO;
-    if (!aligned || (Dh != 16 && Dh != 32 && Dh != 64 && Dh != 128)) variant = QC_ATTN_GEMM;
+    if (!aligned || !flash_dim(Dh)) variant = QC_ATTN_GEMM;
+    if (p.seg && variant != QC_ATTN_GEMM) variant = QC_ATTN_MMA; /* only flash_k reads segment offsets */
     if (variant >= QC_ATTN_WGMMA_64x2 && (Dh != 128 || !c->hopper)) variant = QC_ATTN_MMA;
     if (variant >= QC_ATTN_TMA_64x2 && !c->tmap_encode) variant = QC_ATTN_WGMMA_64x3;
     if (variant == QC_ATTN_AUTO)
         variant = Dh != 128 || !c->hopper ? QC_ATTN_MMA : c->tmap_encode ? pick_tma(c, p) : QC_ATTN_WGMMA_64x3;
     switch (variant) {
-    case QC_ATTN_GEMM: attention_gemm(c, p, (int)Dh); return;
+    case QC_ATTN_GEMM:
+        if (p.seg) attention_gemm_segments(c, p, Dh);
+        else attention_gemm(c, p, Dh);
+        return;
     case QC_ATTN_MMA:
         if (Dh == 128) launch_flash<128, 8>(c, p);
+        else if (Dh == 80) launch_flash<80, 4>(c, p); /* 64-row blocks: one per vision window */
         else if (Dh == 64) launch_flash<64, 8>(c, p);
         else if (Dh == 32) launch_flash<32, 4>(c, p);
         else launch_flash<16, 4>(c, p);
@@ -399,5 +502,27 @@ extern "C" void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor
     case QC_ATTN_WGMMA_64x2: case QC_ATTN_WGMMA_128x2: case QC_ATTN_WGMMA_64x3: qc_flash_hopper(c, &p, variant); break;
     default: qc_flash_tma(c, &p, variant); break;
     }
-    qc_check_launch(c, "attention");
+    qc_check_launch(c, p.seg ? "attention_segments" : "attention");
+}
+
+extern "C" void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                             const qi_tensor *key_mask, int causal, float scale, qi_tensor *out) {
+    cuda_impl *c = cuda_of(be);
+    attn_params p;
+    if (attn_setup(c, "attention", q, k, v, key_mask, causal, scale, out, &p)) attn_dispatch(c, p, (int)q->ne[3]);
+}
+
+extern "C" void qc_attention_segments(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                                      const qi_tensor *seg, float scale, qi_tensor *out) {
+    cuda_impl *c = cuda_of(be);
+    if (!seg || seg->dtype != QI_I32 || seg->ndim != 1 || seg->ne[0] < 1 || seg->ne[0] > INT32_MAX / 2 ||
+        q->ndim != 4 || k->ndim != 4 || k->ne[1] != q->ne[1]) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: attention_segments needs offsets I32 [S + 1] and as many keys as "
+                "queries (q [B, L, H, Dh], k/v [B, L, Hkv, Dh])");
+        return;
+    }
+    attn_params p;
+    if (!attn_setup(c, "attention_segments", q, k, v, NULL, 0, scale, out, &p)) return;
+    p.seg = (const int32_t *)seg->data, p.nseg = (int)(seg->ne[0] - 1);
+    if (p.nseg > 0) attn_dispatch(c, p, (int)q->ne[3]);
 }

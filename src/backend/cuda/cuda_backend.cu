@@ -54,26 +54,6 @@ int qc_check_launch(cuda_impl *c, const char *op) {
     return 1;
 }
 
-static qi_status cuda_err(qi_error *err, cudaError_t e, const char *what) {
-    return qi_fail(err, e == cudaErrorMemoryAllocation ? QI_ERR_NOMEM : QI_ERR_BACKEND,
-                   "cuda backend: %s: %s", what, cudaGetErrorString(e));
-}
-
-/* ---- the backend's device on any thread ------------------------------------ */
-
-/* Makes c's device current for one entry point; returns the caller's device
- * to hand to device_leave, or -1 when it already was c's (nothing to undo).
- * A failing cudaSetDevice is left for the entry point's own calls to report. */
-static int device_enter(const cuda_impl *c) {
-    int prev = -1;
-    if (cudaGetDevice(&prev) != cudaSuccess || prev == c->device) return -1;
-    return cudaSetDevice(c->device) == cudaSuccess ? prev : -1;
-}
-
-static void device_leave(int prev) {
-    if (prev >= 0) cudaSetDevice(prev);
-}
-
 /* ---- memory --------------------------------------------------------------- */
 
 static void set_shape(qi_tensor *t, qi_dtype dt, int ndim, const int64_t *ne) {
@@ -250,17 +230,30 @@ __global__ void random_bf16_kernel(__nv_bfloat16 *out, size_t n, uint64_t key, f
     }
 }
 
-static qi_status random_fill(cuda_impl *c, const qi_tensor *w, void *dev, qi_error *err) {
-    size_t n = (size_t)qi_numel(w);
+/* Elements [i0, i0 + n) of weight w's random values into dev[0..n): the
+ * same values whether w is made whole or in pieces (the hash's key moves by
+ * i0 steps). key: from random_key, once per weight. */
+static qi_status random_piece(cuda_impl *c, const qi_tensor *w, uint64_t key, size_t i0, size_t n, void *dev,
+                              qi_error *err) {
+    size_t all = (size_t)qi_numel(w);
     int64_t rows = w->ndim >= 2 ? w->ne[0] : 1;
-    float fan_in = (float)(n / (size_t)(rows > 0 ? rows : 1));
+    float fan_in = (float)(all / (size_t)(rows > 0 ? rows : 1));
     float center = w->ndim >= 2 ? 0.0f : 1.0f, half = w->ndim >= 2 ? 1.0f / sqrtf(fan_in > 0 ? fan_in : 1) : 0.1f;
-    uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
     int blocks = (int)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
     if (blocks < 1) blocks = 1;
-    random_bf16_kernel<<<blocks, 256, 0, c->stream>>>((__nv_bfloat16 *)dev, n, key, center, half);
+    random_bf16_kernel<<<blocks, 256, 0, c->stream>>>((__nv_bfloat16 *)dev, n, key + i0 * 0x9E3779B97F4A7C15ull,
+                                                       center, half);
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? QI_OK : cuda_err(err, e, "random weights");
+}
+
+/* Each weight's own hash key, in the order weights are made. */
+static uint64_t random_key(cuda_impl *c) {
+    return c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
+}
+
+static qi_status random_fill(cuda_impl *c, const qi_tensor *w, void *dev, qi_error *err) {
+    return random_piece(c, w, random_key(c), 0, (size_t)qi_numel(w), dev, err);
 }
 
 static qi_status cuda_random_weights(qi_backend *be, uint64_t seed, qi_error *err) {
@@ -466,15 +459,6 @@ static qi_status cuda_persistent(qi_backend *be, qi_tensor *t, qi_dtype dt, int 
     return QI_OK;
 }
 
-static int on_host(const void *p) {
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        cudaGetLastError(); /* not a CUDA pointer: clear the sticky error, it is not ours */
-        return 0;
-    }
-    return a.type == cudaMemoryTypeHost;
-}
-
 static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     cuda_impl *c = cuda_of(be);
     if (!w->data) return;
@@ -483,8 +467,8 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream); /* or a queued stage */
     size_t bytes = qi_nbytes(w);
-    if (on_host(w->data)) { /* a host weight (weight_host) */
-        cudaFreeHost(w->data);
+    if (qc_host_kind(c, w->data) >= 0) { /* a host weight (weight_host) */
+        qc_host_free(c, w->data);
         c->host_bytes = c->host_bytes >= bytes ? c->host_bytes - bytes : 0;
         bytes = 0;
     } else {
@@ -569,28 +553,44 @@ static qi_status cuda_reserve(qi_backend *be, size_t arena, size_t weight_scratc
 
 /* ---- streamed weights: pinned host copies staged into device slots -------------------- */
 
-struct qi_slot {
-    void *dev;
-    size_t bytes;
-    cudaEvent_t ready; /* recorded on the copy stream after the slot's last stage */
-};
-
-/* Benchmarks: the random contents `weight` would make, made on the device in
- * a temporary buffer and copied into the pinned copy at `pinned`. */
-static qi_status random_host(cuda_impl *c, qi_tensor *w, void *pinned, qi_error *err) {
+/* Benchmarks: the random contents `weight` would make, made on the device and
+ * copied into the host copy at `host`. They are made in the fixed scratch
+ * (no allocation, no sync): the copies back are queued on the stream, so the
+ * next weight's kernel waits for this one's copy by stream order alone, and
+ * pinned host copies are written asynchronously (a stage or embedding reading
+ * them is ordered after on the GPU; weight_free syncs first). A bf16 weight
+ * larger than the scratch (an embedding table) is made in scratch-sized
+ * pieces, so no device memory outside the plan is needed even at --vram 3G;
+ * only a kept one that large takes a buffer and a sync of its own. A
+ * pageable destination makes each copy synchronous by itself. */
+static qi_status random_host(cuda_impl *c, qi_tensor *w, void *host, qi_error *err) {
     size_t bytes = qi_nbytes(w);
-    void *tmp = NULL;
-    cudaError_t e = cudaMalloc(&tmp, bytes ? bytes : 1);
-    if (e != cudaSuccess) return cuda_err(err, e, "random host weight (device scratch)");
+    void *tmp = c->scratch;
+    cudaError_t e = cudaSuccess;
+    if (bytes > c->scratch_bytes && w->dtype == QI_BF16) {
+        uint64_t key = random_key(c);
+        size_t n = (size_t)qi_numel(w), piece = c->scratch_bytes / sizeof(uint16_t);
+        qi_status st = QI_OK;
+        for (size_t i0 = 0; i0 < n && st == QI_OK && e == cudaSuccess; i0 += piece) {
+            size_t m = n - i0 < piece ? n - i0 : piece;
+            st = random_piece(c, w, key, i0, m, c->scratch, err);
+            if (st == QI_OK)
+                e = cudaMemcpyAsync((char *)host + i0 * sizeof(uint16_t), c->scratch, m * sizeof(uint16_t),
+                                    cudaMemcpyDeviceToHost, c->stream);
+        }
+        return st != QI_OK || e == cudaSuccess ? st : cuda_err(err, e, "random host weight (copy)");
+    }
+    if (bytes > c->scratch_bytes && (e = cudaMalloc(&tmp, bytes)) != cudaSuccess)
+        return cuda_err(err, e, "random host weight (a device buffer larger than the scratch)");
     qi_tensor d = *w;
     d.data = tmp;
     qi_status st = qc_kept_type(w->dtype) ? kept_random(c, &d, err) : random_fill(c, w, tmp, err);
     w->scale_form = d.scale_form;
     w->scale = d.scale;
-    if (st == QI_OK && (e = cudaMemcpyAsync(pinned, tmp, bytes, cudaMemcpyDeviceToHost, c->stream)) == cudaSuccess)
-        e = cudaStreamSynchronize(c->stream);
+    if (st == QI_OK) e = cudaMemcpyAsync(host, tmp, bytes, cudaMemcpyDeviceToHost, c->stream);
+    if (st == QI_OK && e == cudaSuccess && tmp != c->scratch) e = cudaStreamSynchronize(c->stream);
     if (st == QI_OK && e != cudaSuccess) st = cuda_err(err, e, "random host weight (copy)");
-    cudaFree(tmp);
+    if (tmp != c->scratch) cudaFree(tmp);
     return st;
 }
 
@@ -600,36 +600,41 @@ static qi_status weight_in_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int n
     convert_scale sc;
     qi_status st = weight_prepare(c, w, dt, ndim, ne, scale, &sc, err);
     if (st != QI_OK) return st;
-    int kept = qc_kept_type(w->dtype);
+    int kept = qc_kept_type(w->dtype), pinned = 0;
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
     qc_wbuf_settle(c, 1);
     if (kept && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
-    void *pinned = NULL;
-    cudaError_t e = cudaHostAlloc(&pinned, bytes ? bytes : 1, cudaHostAllocDefault);
-    if (e != cudaSuccess) {
-        char shape[128];
+    void *mem = NULL;
+    if ((st = qc_host_alloc(c, bytes, &mem, &pinned, err)) != QI_OK) {
+        char shape[128], msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        qi_shape_str(w, shape, sizeof shape);
         memset(w, 0, sizeof *w);
-        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no pinned host memory for streamed weight %s %s (%zu MiB; "
-                       "%zu MiB pinned already): %s", qi_dtype_name(dt), qi_shape_str(w, shape, sizeof shape),
-                       bytes >> 20, c->host_bytes >> 20, cudaGetErrorString(e));
+        return qi_fail(err, st, "cuda backend: streamed weight %s %s (%zu MiB): %s", qi_dtype_name(dt), shape,
+                       bytes >> 20, msg);
     }
     if (c->random_seed && (kept || w->dtype == QI_BF16)) {
-        st = random_host(c, w, pinned, err);
+        st = random_host(c, w, mem, err);
     } else if (kept) {
-        parallel_convert(c, pinned, QI_U8, host, QI_U8, bytes, &no_scale, 0); /* the stored bytes */
+        parallel_convert(c, mem, QI_U8, host, QI_U8, bytes, &no_scale, 0); /* the stored bytes */
         st = kept_scale(c, w, scale, err);
     } else {
-        parallel_convert(c, pinned, w->dtype, host, dt, n, &sc, 0);
+        parallel_convert(c, mem, w->dtype, host, dt, n, &sc, 0);
     }
     if (st != QI_OK) {
-        cudaFreeHost(pinned);
+        cudaStreamSynchronize(c->stream); /* a queued copy may still write it */
+        qc_host_free(c, mem);
         memset(w, 0, sizeof *w);
         return st;
     }
-    w->data = pinned;
+    w->data = mem;
     c->host_bytes += bytes;
     c->kept_weights += kept;
     return QI_OK;
+}
+
+void qc_host_copy(const cuda_impl *c, void *dst, const void *src, size_t bytes) {
+    parallel_convert(c, dst, QI_U8, src, QI_U8, bytes, &no_scale, 0);
 }
 
 static qi_status cuda_weight_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
@@ -638,78 +643,6 @@ static qi_status cuda_weight_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int
     qi_status st = weight_in_host(be, w, dt, ndim, ne, host, scale, err);
     device_leave(prev);
     return st;
-}
-
-static qi_status cuda_slot_new(qi_backend *be, size_t bytes, qi_slot **out, qi_error *err) {
-    cuda_impl *c = cuda_of(be);
-    *out = NULL;
-    qi_slot *s = (qi_slot *)calloc(1, sizeof *s);
-    if (!s) return qi_fail(err, QI_ERR_NOMEM, "cuda backend: out of host memory");
-    int prev = device_enter(c);
-    cudaError_t e = cudaSuccess;
-    if (!c->copy_stream) e = cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking);
-    if (e == cudaSuccess && !c->compute_mark) e = cudaEventCreateWithFlags(&c->compute_mark, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaMalloc(&s->dev, bytes ? bytes : 1);
-    device_leave(prev);
-    if (e != cudaSuccess) {
-        if (s->ready) cudaEventDestroy(s->ready);
-        free(s);
-        return qi_fail(err, e == cudaErrorMemoryAllocation ? QI_ERR_NOMEM : QI_ERR_BACKEND,
-                       "cuda backend: a %zu MiB weight slot: %s (%zu MiB of weights held)", bytes >> 20,
-                       cudaGetErrorString(e), c->weight_bytes >> 20);
-    }
-    s->bytes = bytes;
-    c->weight_bytes += bytes;
-    if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
-    *out = s;
-    return QI_OK;
-}
-
-static void cuda_slot_free(qi_backend *be, qi_slot *s) {
-    cuda_impl *c = cuda_of(be);
-    if (!s) return;
-    int prev = device_enter(c);
-    qc_wbuf_settle(c, 1);
-    cudaStreamSynchronize(c->stream);
-    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
-    cudaFree(s->dev);
-    cudaEventDestroy(s->ready);
-    device_leave(prev);
-    c->weight_bytes = c->weight_bytes >= s->bytes ? c->weight_bytes - s->bytes : 0;
-    free(s);
-}
-
-/* The copy stream waits for everything queued on the compute stream so far
- * (the slot's previous readers among it), copies, and marks the slot ready. */
-static qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err) {
-    cuda_impl *c = cuda_of(be);
-    size_t off = 0;
-    for (int i = 0; i < n; i++) off = ((off + 255) & ~(size_t)255) + qi_nbytes(&src[i]);
-    if (off > s->bytes)
-        return qi_fail(err, QI_ERR_ARG, "cuda backend: %d weights of %zu bytes staged into a slot of %zu", n, off,
-                       s->bytes);
-    /* a prefetched expansion may read the slot's weights: the copy waits for it too; and what the buffers
-       hold is named by address, which the slot's next weights take over */
-    qc_wbuf_settle(c, 1);
-    cudaError_t e = cudaEventRecord(c->compute_mark, c->stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(c->copy_stream, c->compute_mark, 0);
-    off = 0;
-    for (int i = 0; i < n && e == cudaSuccess; i++) {
-        off = (off + 255) & ~(size_t)255;
-        dst[i] = src[i];
-        dst[i].data = (char *)s->dev + off;
-        e = cudaMemcpyAsync(dst[i].data, src[i].data, qi_nbytes(&src[i]), cudaMemcpyHostToDevice, c->copy_stream);
-        off += qi_nbytes(&src[i]);
-    }
-    if (e == cudaSuccess) e = cudaEventRecord(s->ready, c->copy_stream);
-    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "stage (weights into a slot)");
-}
-
-static void cuda_stage_wait(qi_backend *be, qi_slot *s) {
-    cuda_impl *c = cuda_of(be);
-    cudaError_t e = cudaStreamWaitEvent(c->stream, s->ready, 0);
-    if (e != cudaSuccess) qc_fail(c, QI_ERR_BACKEND, "cuda backend: stage_wait: %s", cudaGetErrorString(e));
 }
 
 static int host_transferable(qi_dtype dt) {
@@ -1164,6 +1097,7 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
+        qc_host_destroy(c); /* the host weights' chunks and the bounce ring (syncs the copy stream) */
         if (c->copy_stream) {
             cudaStreamSynchronize(c->copy_stream);
             cudaStreamDestroy(c->copy_stream);
@@ -1253,6 +1187,7 @@ static const qi_backend_ops cuda_ops = {
     .copy_rows = qc_copy_rows,
     .rope = qc_rope,
     .attention = qc_attention,
+    .attention_segments = qc_attention_segments,
     .cfg_combine = qc_cfg_combine,
     .conv2d = qc_conv2d,
     .upsample2x = qc_upsample2x,
@@ -1275,6 +1210,7 @@ static const qi_backend_ops cuda_ops = {
     .slot_free = cuda_slot_free,
     .stage = cuda_stage,
     .stage_wait = cuda_stage_wait,
+    .host_budget = cuda_host_budget,
     .persistent = cuda_persistent,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
@@ -1349,6 +1285,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
             goto fail;
         }
     }
+    if ((st = qc_host_init(c, err)) != QI_OK) goto fail;
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
     { /* host threads filling the upload staging: QI_CUDA_LOAD_THREADS, default half the cores, <= 8 */
         const char *lt = getenv("QI_CUDA_LOAD_THREADS");

@@ -82,6 +82,24 @@ int qi_cuda_set_attention_kernel(qi_backend *be, const char *name);
  * QI_CUDA_CONV sets the initial choice. Returns 0, or -1 for an unknown name. */
 int qi_cuda_set_conv_kernel(qi_backend *be, const char *name);
 
+/* Host memory for streamed weights (cuda_host.cu): weight_host places each
+ * weight in pinned chunks while they stay within the pinned budget (the op
+ * table's host_budget; default QI_PINNED_MAX, else half the RAM or of the
+ * cgroup limit), past it in ordinary memory, staged through a pinned bounce
+ * ring. */
+typedef struct qi_cuda_host {
+    size_t pinned_max;                 /* the pinned budget, bytes */
+    size_t pinned_held, pageable_held; /* bytes of pinned / ordinary chunks held for host weights */
+    size_t ring_bytes;                 /* the bounce ring (pinned besides the budget); 0: not made */
+    unsigned long long staged_pinned;  /* bytes staged into slots straight from pinned memory, since creation */
+    unsigned long long staged_bounced; /* bytes staged through the ring, since creation */
+} qi_cuda_host;
+void qi_cuda_host_info(qi_backend *be, qi_cuda_host *out);
+/* The link's host-to-device peak: the median GB/s of `runs` plain cudaMemcpy
+ * calls of `bytes`, from pinned memory and from ordinary (pageable) memory. */
+qi_status qi_cuda_link_peak(qi_backend *be, size_t bytes, int runs, double *pinned_gbps, double *pageable_gbps,
+                            qi_error *err);
+
 /* CUDA graphs: ops queued between capture_begin and capture_end are recorded,
  * not run; graph_launch replays them (on the same tensors, reading their
  * current contents). Every op may be captured; upload, download, sync, weight

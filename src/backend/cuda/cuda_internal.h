@@ -103,7 +103,20 @@ typedef struct cuda_impl {
      * stream by events (made on the first slot) */
     cudaStream_t copy_stream;
     cudaEvent_t compute_mark; /* recorded on `stream` by each stage: the copies wait for it */
-    size_t host_bytes;        /* pinned host memory held by host weights */
+    size_t host_bytes;        /* host memory held by host weights (pinned and pageable) */
+    /* where host weights live (cuda_host.cu, backend/host_pool.h): pinned
+     * chunks up to the pinned budget, ordinary ones past it */
+    struct qi_host_pool *hpool;
+    /* the bounce ring that stages weights in ordinary memory: QC_RING_CHUNKS
+     * pinned buffers of QC_RING_BYTES (made on the first such stage), each
+     * filled on the host then copied on copy_stream; ring_done[k] is recorded
+     * after the last copy out of ring[k], and the host waits on it before
+     * writing ring[k] again */
+    void *ring[4];
+    cudaEvent_t ring_done[4];
+    int ring_cur;             /* the buffer being filled; -1: none yet */
+    size_t ring_off;          /* bytes of it filled (256-byte steps) */
+    unsigned long long h2d_pinned, h2d_bounced; /* bytes staged straight from pinned memory / through the ring */
     int dequant_at_load; /* QI_CUDA_DEQUANT_AT_LOAD=1: every float weight becomes bf16 at load */
 
     size_t weight_bytes; /* device memory held by weights */
@@ -137,6 +150,25 @@ typedef struct cuda_impl {
 
 static inline cuda_impl *cuda_of(qi_backend *be) { return (cuda_impl *)be->impl; }
 
+/* A CUDA error as the status a caller gets: out of memory as QI_ERR_NOMEM. */
+static inline qi_status cuda_err(qi_error *err, cudaError_t e, const char *what) {
+    return qi_fail(err, e == cudaErrorMemoryAllocation ? QI_ERR_NOMEM : QI_ERR_BACKEND, "cuda backend: %s: %s", what,
+                   cudaGetErrorString(e));
+}
+
+/* Makes c's device current for one entry point; returns the caller's device
+ * to hand to device_leave, or -1 when it already was c's (nothing to undo).
+ * A failing cudaSetDevice is left for the entry point's own calls to report. */
+static inline int device_enter(const cuda_impl *c) {
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess || prev == c->device) return -1;
+    return cudaSetDevice(c->device) == cudaSuccess ? prev : -1;
+}
+
+static inline void device_leave(int prev) {
+    if (prev >= 0) cudaSetDevice(prev);
+}
+
 /* Records the first failure of an op; later ones are dropped. */
 void qc_fail(cuda_impl *c, qi_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Records a launch error (cudaGetLastError) under the op's name; returns 0 if none. */
@@ -164,6 +196,31 @@ void qc_wbuf_layout(cuda_impl *c);
 /* Seeded random contents of a kept weight (benchmarks); *scale: its per-tensor scale. */
 int qc_random_kept(cuda_impl *c, qi_tensor *w, uint64_t key, float *scale);
 
+/* ---- host weights and slots (cuda_host.cu) ---- */
+#define QC_RING_CHUNKS 4
+#define QC_RING_BYTES ((size_t)64 << 20)
+/* The pool (budget: QI_PINNED_MAX, else half the RAM) and its teardown. */
+qi_status qc_host_init(cuda_impl *c, qi_error *err);
+void qc_host_destroy(cuda_impl *c);
+/* Host memory for a host weight of `bytes`: pinned while the budget lasts. */
+qi_status qc_host_alloc(cuda_impl *c, size_t bytes, void **out, int *pinned, qi_error *err);
+/* 1: p is a pinned host weight's, 0: a pageable one's, -1: not a host weight. */
+int qc_host_kind(const cuda_impl *c, const void *p);
+void qc_host_free(cuda_impl *c, void *p);
+/* embedding's path for a table in ordinary memory (a kernel cannot read it):
+ * the rows ids names gathered on the host into c->scratch as a table of its
+ * own, *ids_out its row numbers 0..n-1. Synchronous (not in a graph: the text
+ * encoder runs eagerly). Returns 1 with an error recorded on failure. */
+int qc_host_gather_rows(cuda_impl *c, const qi_tensor *table, const qi_tensor *ids, qi_tensor *rows,
+                        qi_tensor *ids_out);
+/* dst[0..bytes) = src, split over the load threads (cuda_backend.cu). */
+void qc_host_copy(const cuda_impl *c, void *dst, const void *src, size_t bytes);
+qi_status cuda_slot_new(qi_backend *be, size_t bytes, qi_slot **out, qi_error *err);
+void cuda_slot_free(qi_backend *be, qi_slot *s);
+qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor *dst, int n, qi_error *err);
+void cuda_stage_wait(qi_backend *be, qi_slot *s);
+void cuda_host_budget(qi_backend *be, size_t pinned_max);
+
 /* ---- fp8 GEMM (cuda_fp8_gemm.cu) ---- */
 /* Reads QI_CUDA_FP8_GEMM / QI_CUDA_FP8_FAST_ACCUM and makes the device
  * scale buffer (after qc_select_kernels: needs device_cc). */
@@ -188,7 +245,7 @@ typedef enum qc_conv_mode {
 /* ---- attention (cuda_attention.cu, cuda_flash_hopper.cu) ---- */
 typedef enum qc_attn_variant {
     QC_ATTN_AUTO = 0,
-    QC_ATTN_MMA,        /* mma.sync flash kernel (head dims 16, 32, 64, 128) */
+    QC_ATTN_MMA,        /* mma.sync flash kernel (head dims 16, 32, 64, 80, 128) */
     QC_ATTN_GEMM,       /* S = QKᵀ, softmax, PV through cuBLASLt (any head dim) */
     QC_ATTN_WGMMA_64x2, /* retired to dev/cuda/flash_variants.cu.txt: runs as AUTO */
     QC_ATTN_WGMMA_128x2, /* retired, as 64x2 */
@@ -206,6 +263,10 @@ typedef struct attn_params {
     int B, Lq, Lk, H, Hkv, group;
     float scale_log2; /* scale · log2(e): softmax runs in base 2 */
     int causal, causal_off;
+    /* attention_segments (flash_k only): row offsets [nseg + 1] on the device;
+     * each segment's rows attend to that segment's keys alone (Lq == Lk) */
+    const int32_t *seg;
+    int nseg;
 } attn_params;
 
 /* Launch the Hopper kernels for head dim 128 (variant one of theirs); they
@@ -239,6 +300,8 @@ void qc_rope(qi_backend *be, qi_tensor *x, const qi_tensor *cos_tab, const qi_te
              qi_rope_mode mode);
 void qc_attention(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
                   const qi_tensor *key_mask, int causal, float scale, qi_tensor *out);
+void qc_attention_segments(qi_backend *be, const qi_tensor *q, const qi_tensor *k, const qi_tensor *v,
+                           const qi_tensor *seg, float scale, qi_tensor *out);
 void qc_cfg_combine(qi_backend *be, const qi_tensor *cond, const qi_tensor *uncond, float s,
                     qi_tensor *out);
 void qc_conv2d(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, int pad,

@@ -584,6 +584,13 @@ extern "C" void qc_embedding(qi_backend *be, const qi_tensor *table, const qi_te
         return;
     }
     if (n == 0) return;
+    qi_tensor rows, row_ids; /* a table in ordinary host memory: the rows asked for, gathered on the host */
+    if (qc_host_kind(c, table->data) == 0) {
+        if (qc_host_gather_rows(c, table, ids, &rows, &row_ids)) return;
+        table = &rows;
+        ids = &row_ids;
+        V = qi_rows(table);
+    }
     if (kept) {
         qc_kept k = qc_kept_of(table);
         ACT_DISPATCH(c, out->dtype, "embedding", {

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Process start → first 1024² image (issue 12's bench row), for the transformer
+# stored as bf16, fp8 and Q4_K: `qwen-image generate` on a full-size sparse model
+# folder (`bench --write-sparse DIR --type T`: every tensor of the real manifest,
+# the data a hole that reads as zeros, so the page cache always "holds" it and the
+# time is ours — parsing, conversion, upload — not the disk's), 8 steps, 1024².
+# Wall time from the shell around the whole process; the CLI's summary line gives
+# text / transformer load / denoise / VAE.
+#   here:  QI_DIST_ARCHS=90a scripts/device-build.sh qwen-image; tar cf - dist | xz -9 -T2 > devpack/dist.tar.xz
+#   there: sh dev/cuda/startup-run/run.sh [types...]   (default: fp8 q4_k bf16; logs under $OUT)
+set -u
+OUT=${OUT:-/tmp/startup-out}
+mkdir -p "$OUT"
+[ -d dist ] || tar xJf devpack/dist.tar.xz
+src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
+if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
+now() { date +%s.%N; }
+for ty in ${*:-fp8 q4_k bf16}; do
+  d=/tmp/sp_$ty
+  dist/run.sh qwen-image bench --write-sparse $d --type $ty >"$OUT/write_$ty.log" 2>&1 || { echo "$ty: write failed" | tee -a "$OUT/summary.txt"; continue; }
+  for run in 1 2; do # the first also warms the page cache's metadata; the second is the row
+    s=$(now)
+    dist/run.sh qwen-image generate -m $d --device cuda -p "a capybara in a suit" -W 1024 -H 1024 --steps 8 \
+      --seed 1 -o /tmp/startup_$ty.png >"$OUT/gen_${ty}_$run.log" 2>&1
+    rc=$?; e=$(now)
+    echo "$ty run $run: rc=$rc, process start -> exit $(awk "BEGIN{printf \"%.2f\", $e - $s}") s; $(grep 'image(s)' "$OUT/gen_${ty}_$run.log")" | tee -a "$OUT/summary.txt"
+  done
+  rm -rf $d
+done
