@@ -115,7 +115,9 @@ typedef struct qi_open_options {
                                 copied through a small pinned bounce ring (4 x 64 MiB, pinned whatever
                                 this says): an extra host copy per stage, slower */
     int edit;                /* the model is Qwen-Image-Edit (its requests carry pictures): the memory plan
-                                (vram_bytes) counts its vision tower, resident from the first Edit request on */
+                                (vram_bytes) counts its vision tower, resident from the first Edit request on,
+                                and the VAE encode of a 1024² picture (whole, or in tiles when that does not
+                                fit; img2img and inpaint requests have theirs counted per request) */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
     qi_log_fn log;           /* optional */

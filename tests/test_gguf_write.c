@@ -142,6 +142,40 @@ static void gguf_misuse_is_an_error(void) {
     unlink(path);
 }
 
+/* Claim: skipped bytes read back as zeros between written ones, also when
+ * the skip is the file's last data (the file is extended to its full
+ * length, so the strict reader accepts it), and a skip past the last tensor
+ * is an error like a write. */
+static void gguf_skip_leaves_zeros(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/skip.gguf", dir);
+    qi_gguf_writer *w = NULL;
+    qi_error err = {{0}};
+    int64_t a[1] = {1000}, b[1] = {64}; /* 4000 bytes, then 256 (a multiple of 32: no padding after it) */
+    REQUIRE(qi_gguf_writer_new(&w, &err) == QI_OK, "%s", err.msg);
+    CHECK(!qi_gguf_writer_add_tensor(w, "a", QI_F32, 1, a, &err) && !qi_gguf_writer_add_tensor(w, "b", QI_F32, 1, b, &err),
+          "%s", err.msg);
+    CHECK(qi_gguf_writer_begin(w, path, &err) == QI_OK, "%s", err.msg);
+    const float one = 1.0f, two = 2.0f;
+    CHECK(!qi_gguf_writer_write(w, &one, 4, &err) && !qi_gguf_writer_skip(w, 3992, &err) &&
+              !qi_gguf_writer_write(w, &two, 4, &err) && !qi_gguf_writer_skip(w, 256, &err),
+          "%s", err.msg);
+    CHECK(qi_gguf_writer_skip(w, 1, &err) && strstr(err.msg, "past the last tensor"), "%s", err.msg);
+    CHECK(qi_gguf_writer_end(w, &err) == QI_OK, "%s", err.msg);
+    qi_gguf_writer_free(w);
+    qi_gguf_file *f = NULL;
+    REQUIRE(qi_gguf_open(path, &f, &err) == QI_OK, "%s", err.msg);
+    const qi_gguf_tensor *ta = qi_gguf_find(f, "a"), *tb = qi_gguf_find(f, "b");
+    REQUIRE(ta && tb);
+    const float *x = ta->data, *y = tb->data;
+    int zeros = 1;
+    for (int i = 1; i < 999; i++) zeros &= x[i] == 0.0f;
+    for (int i = 0; i < 64; i++) zeros &= y[i] == 0.0f;
+    CHECK(x[0] == 1.0f && x[999] == 2.0f && zeros, "a[0] %g, a[999] %g, zeros elsewhere %d", x[0], x[999], zeros);
+    qi_gguf_close(f);
+    unlink(path);
+}
+
 static void safetensors_stream_round_trip_and_misuse(void) {
     char path[512];
     snprintf(path, sizeof path, "%s/t.safetensors", dir);
@@ -189,6 +223,7 @@ int main(void) {
     if (tmp_dir_make(dir, sizeof dir, "gguf_write")) return 1;
     RUN(gguf_round_trip);
     RUN(gguf_misuse_is_an_error);
+    RUN(gguf_skip_leaves_zeros);
     RUN(safetensors_stream_round_trip_and_misuse);
     tmp_remove_tree(dir);
     TEST_END();

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "backend/backend.h"
 #include "base/quant.h"
@@ -584,6 +585,249 @@ static void edit_runs_on_a_gguf_text_encoder_and_its_mmproj(void) {
     tmp_remove_tree(dir);
 }
 
+/* ---- the real size: Qwen2.5-VL-7B's tower as llama.cpp's converter writes it ----------- */
+
+/* One tensor of the full-size mmproj: its stored name, type and shape, the
+ * transformers name and shape it must come back as, and the 4-byte tag
+ * written at its start (the rest of its data left as a hole). */
+typedef struct full_tensor {
+    char name[64], hf[80];
+    qi_dtype dtype;
+    int ndim;
+    int64_t shape[4];
+    int hf_ndim;
+    int64_t hf_shape[5];
+    uint32_t tag;
+    size_t nbytes;
+} full_tensor;
+
+static full_tensor *full_add(full_tensor *list, int *n, const char *name, const char *hf, qi_dtype dtype, int ndim,
+                             const int64_t *shape, int hf_ndim, const int64_t *hf_shape) {
+    full_tensor *t = &list[(*n)++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    snprintf(t->hf, sizeof t->hf, "%s", hf);
+    t->dtype = dtype, t->ndim = ndim, t->hf_ndim = hf_ndim;
+    int64_t count = 1;
+    for (int d = 0; d < ndim; d++) t->shape[d] = shape[d], count *= shape[d];
+    for (int d = 0; d < hf_ndim; d++) t->hf_shape[d] = hf_shape[d];
+    t->nbytes = (size_t)qi_row_bytes(dtype, count);
+    t->tag = 0xA5000000u | (uint32_t)(*n - 1);
+    return t;
+}
+
+/* The converter's list for the checkpoint's visual.* tensors (bench/qwen-image-full.json, the
+ * text_encoder entries: the real names and shapes), with llama.cpp's default --outtype f16: 2-D and
+ * 4-D weights F16, 1-D tensors F32. Returns the count, 0 on failure. */
+static int full_size_list(full_tensor *list, int cap, int *hf_count) {
+    cJSON *m = NULL;
+    qi_error err = {{0}};
+    int n = 0;
+    *hf_count = 0;
+    if (qi_json_load(QI_BENCH_MANIFEST, &m, &err) != QI_OK) {
+        CHECK(0, "%s", err.msg);
+        return 0;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(m, "text_encoder")) {
+        if (strncmp(it->string, "visual.", 7) || n + 3 > cap) continue;
+        const cJSON *shape = cJSON_GetArrayItem(it, 1);
+        int nd = cJSON_GetArraySize(shape), blk;
+        int64_t sh[5] = {0};
+        for (int d = 0; d < nd && d < 5; d++) sh[d] = (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
+        const char *rest = it->string + 7;
+        char name[64], hf[80], tail[48];
+        qi_dtype dt = nd == 1 ? QI_F32 : QI_F16;
+        (*hf_count)++;
+        if (!strcmp(rest, "patch_embed.proj.weight")) { /* [C, 3, 2, p, p] → two [C, 3, p, p] */
+            int64_t sl[4] = {sh[0], sh[1], sh[3], sh[4]};
+            full_add(list, &n, "v.patch_embd.weight", it->string, QI_F16, 4, sl, nd, sh);
+            full_add(list, &n, "v.patch_embd.weight.1", it->string, QI_F16, 4, sl, nd, sh);
+        } else if (sscanf(rest, "blocks.%d.attn.qkv.%47s", &blk, tail) == 2) { /* rows q | k | v */
+            int64_t part[2] = {sh[0] / 3, sh[1]};
+            for (int k = 0; k < 3; k++) {
+                snprintf(name, sizeof name, "v.blk.%d.attn_%c.%s", blk, "qkv"[k], tail);
+                snprintf(hf, sizeof hf, "visual.blocks.%d.attn.%c.%s", blk, "qkv"[k], tail);
+                full_add(list, &n, name, hf, dt, nd, part, nd, part);
+            }
+        } else if (sscanf(rest, "blocks.%d.%47s", &blk, tail) == 2) {
+            for (size_t i = 0; i < QI_ARRAY_LEN(block_renames); i++)
+                if (!strncmp(tail, block_renames[i][0], strlen(block_renames[i][0]))) {
+                    snprintf(name, sizeof name, "v.blk.%d.%s%s", blk, block_renames[i][1],
+                             tail + strlen(block_renames[i][0]));
+                    full_add(list, &n, name, it->string, dt, nd, sh, nd, sh);
+                }
+        } else if (!strncmp(rest, "merger.mlp.", 11)) {
+            snprintf(name, sizeof name, "mm.%s", rest + 11);
+            full_add(list, &n, name, it->string, dt, nd, sh, nd, sh);
+        } else if (!strcmp(rest, "merger.ln_q.weight")) {
+            full_add(list, &n, "v.post_ln.weight", it->string, QI_F32, nd, sh, nd, sh);
+        } else {
+            CHECK(0, "the test's converter does not know %s", it->string);
+        }
+    }
+    cJSON_Delete(m);
+    return n;
+}
+
+/* The clip.* keys of the 7B tower: vision_config of the real text encoder
+ * (tests/data/qwen-image-2512/text_encoder/config.json) as the converter
+ * writes them (n_wa_pattern = fullatt_block_indexes[0] + 1 = 8). */
+static qi_status full_keys(qi_gguf_writer *w, const void *ctx, qi_error *err) {
+    const cJSON *vc = ctx;
+#define VC(k) ((uint32_t)cJSON_GetObjectItemCaseSensitive(vc, k)->valueint)
+    const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f}, std_[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+    qi_status st;
+    if ((st = qi_gguf_writer_set_string(w, "general.architecture", "clip", err)) ||
+        (st = qi_gguf_writer_set_string(w, "general.type", "mmproj", err)) ||
+        (st = qi_gguf_writer_set_u32(w, "general.file_type", 1, err)) ||
+        (st = qi_gguf_writer_set_bool(w, "clip.has_vision_encoder", 1, err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.projection_dim", VC("out_hidden_size"), err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.image_size", 560, err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.patch_size", VC("patch_size"), err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.embedding_length", VC("hidden_size"), err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.feed_forward_length", VC("intermediate_size"), err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.block_count", VC("depth"), err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.attention.head_count", VC("num_heads"), err)) ||
+        (st = qi_gguf_writer_set_f32_array(w, "clip.vision.image_mean", mean, 3, err)) ||
+        (st = qi_gguf_writer_set_f32_array(w, "clip.vision.image_std", std_, 3, err)) ||
+        (st = qi_gguf_writer_set_string(w, "clip.projector_type", "qwen2.5vl_merger", err)) ||
+        (st = qi_gguf_writer_set_bool(w, "clip.use_silu", 1, err)) ||
+        (st = qi_gguf_writer_set_u32(w, "clip.vision.n_wa_pattern",
+                                     (uint32_t)cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(
+                                                                      vc, "fullatt_block_indexes"), 0)->valueint + 1,
+                                     err)) ||
+        (st = qi_gguf_writer_set_f32(w, "clip.vision.attention.layer_norm_epsilon", 1e-6f, err)))
+        return st;
+#undef VC
+    return QI_OK;
+}
+
+/* The two patch slices' raw f16 bits: slice t, element k. */
+static uint16_t patch_bits(int t, int64_t k) { return (uint16_t)((k * 7 + t * 3 + 1) & 0x3bff); }
+
+/* Writes the list: every tensor's first 4 bytes its tag and the rest a hole,
+ * except the patch slices, written whole (the source recombines them). */
+static int write_full(const char *path, const full_tensor *list, int n, const cJSON *vc) {
+    qi_gguf_writer *w = NULL;
+    qi_error err = {{0}};
+    qi_status st = qi_gguf_writer_new(&w, &err);
+    if (!st) st = full_keys(w, vc, &err);
+    for (int i = 0; i < n && !st; i++)
+        st = qi_gguf_writer_add_tensor(w, list[i].name, list[i].dtype, list[i].ndim, list[i].shape, &err);
+    if (!st) st = qi_gguf_writer_begin(w, path, &err);
+    for (int i = 0; i < n && !st; i++) {
+        const full_tensor *t = &list[i];
+        if (!strncmp(t->name, "v.patch_embd.", 13)) {
+            int slice = strcmp(t->name, "v.patch_embd.weight") != 0;
+            size_t count = t->nbytes / 2;
+            uint16_t *bits = malloc(t->nbytes);
+            for (size_t k = 0; k < count; k++) bits[k] = patch_bits(slice, (int64_t)k);
+            st = qi_gguf_writer_write(w, bits, t->nbytes, &err);
+            free(bits);
+            continue;
+        }
+        st = qi_gguf_writer_write(w, &t->tag, sizeof t->tag, &err);
+        if (!st) st = qi_gguf_writer_skip(w, t->nbytes - sizeof t->tag, &err);
+    }
+    if (!st) st = qi_gguf_writer_end(w, &err);
+    qi_gguf_writer_free(w);
+    CHECK(st == QI_OK, "%s: %s", path, err.msg);
+    return st ? -1 : 0;
+}
+
+/* Claim: llama.cpp's mmproj of the real Qwen2.5-VL-7B opens. A file with the
+ * converter's names, types and the full shapes of every visual.* tensor of
+ * the checkpoint (32 blocks of width 1280, 16 heads, MLP 3420, 14-pixel
+ * patches over 2 frames, merger to 3584; data sparse: a tag per tensor, the
+ * patch slices whole) is opened by qi_source_open_mmproj; every tensor maps
+ * to its transformers name with the checkpoint's shape (q, k, v: the thirds
+ * of qkv), points at its own stored bytes, the patch slices recombine into
+ * [1280, 3, 2, 14, 14] slice by slice, the config is the real vision_config,
+ * and the tower binds every weight (qi_vision_load, CPU: zero copy). */
+static void full_size_mmproj_maps_every_tensor(void) {
+    enum { CAP = 640 };
+    full_tensor *list = calloc(CAP, sizeof *list);
+    int hf_count = 0, n = full_size_list(list, CAP, &hf_count);
+    cJSON *te_cfg = NULL;
+    qi_error err = {{0}};
+    REQUIRE(qi_json_load(QI_TEST_DATA "/qwen-image-2512/text_encoder/config.json", &te_cfg, &err) == QI_OK, "%s",
+            err.msg);
+    const cJSON *vc = cJSON_GetObjectItemCaseSensitive(te_cfg, "vision_config");
+    /* 32 blocks × 12 tensors (qkv, proj, 3 MLP linears: weight + bias; 2 norms) + patch + ln_q + 4 merger */
+    CHECK(hf_count == 32 * 12 + 6 && n == hf_count + 32 * 4 + 1, "%d visual.* tensors, %d stored", hf_count, n);
+    char path[512];
+    snprintf(path, sizeof path, "%s/Qwen2.5-VL-7B-Instruct-mmproj-f16.gguf", g_tmp);
+    double t0 = qi_now_s();
+    REQUIRE(vc && write_full(path, list, n, vc) == 0);
+    struct stat sb;
+    REQUIRE(stat(path, &sb) == 0);
+    size_t data = 0;
+    for (int i = 0; i < n; i++) data += list[i].nbytes;
+    printf("  %s: %d tensors, %.2f GB of data, %.1f MB allocated on disk, written in %.2f s\n", path, n, data / 1e9,
+           (double)sb.st_blocks * 512 / 1e6, qi_now_s() - t0);
+    CHECK((size_t)sb.st_size > data, "file %lld bytes, data %zu", (long long)sb.st_size, data);
+    qi_source *src = NULL;
+    REQUIRE(qi_source_open_mmproj(path, &src, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_source_tensor_count(src) == n - 1, "%d tensors mapped, expected %d", qi_source_tensor_count(src), n - 1);
+    int matched = 0;
+    for (int i = 0; i < qi_source_tensor_count(src); i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(src, i, &t);
+        const full_tensor *want = NULL;
+        for (int k = 0; k < n && !want; k++)
+            if (!strcmp(list[k].hf, t.name)) want = &list[k];
+        if (!want) {
+            CHECK(0, "%s (stored %s) is not a name of the checkpoint", t.name, t.stored_name);
+            continue;
+        }
+        int same = t.ndim == want->hf_ndim && t.dtype == want->dtype;
+        for (int d = 0; same && d < t.ndim; d++) same = t.shape[d] == want->hf_shape[d];
+        if (!strcmp(t.name, "visual.patch_embed.proj.weight")) { /* (o, i, tt, y, x) = slice tt (o, i, y, x) */
+            const uint16_t *b = t.data;
+            int64_t pp = 14 * 14, rows = 1280 * 3;
+            for (int64_t r = 0; same && r < rows; r++)
+                for (int tt = 0; tt < 2 && same; tt++)
+                    for (int64_t k = 0; k < pp && same; k++) same = b[(r * 2 + tt) * pp + k] == patch_bits(tt, r * pp + k);
+        } else {
+            same = same && !memcmp(t.data, &want->tag, sizeof want->tag);
+        }
+        CHECK(same, "%s: shape, type or data not those of %s", t.name, want->name);
+        matched += same;
+    }
+    printf("  %d of %d tensors mapped to their checkpoint name, shape and bytes\n", matched, n - 1);
+    qi_backend *cpu = NULL;
+    qi_vision *vt = NULL;
+    REQUIRE(qi_backend_cpu_create(1, 1 << 20, &cpu, &err) == QI_OK, "%s", err.msg);
+    qi_status st = qi_vision_load(src, cpu, &vt, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    if (st == QI_OK) {
+        const qi_vision_config *c = qi_vision_get_config(vt);
+        const cJSON *fa = cJSON_GetObjectItemCaseSensitive(vc, "fullatt_block_indexes");
+        int full_ok = c->n_fullatt == cJSON_GetArraySize(fa);
+        for (int i = 0; full_ok && i < c->n_fullatt; i++) full_ok = c->fullatt[i] == cJSON_GetArrayItem(fa, i)->valueint;
+#define VCI(k) cJSON_GetObjectItemCaseSensitive(vc, k)->valueint
+        CHECK(c->depth == VCI("depth") && c->hidden_size == VCI("hidden_size") && c->num_heads == VCI("num_heads") &&
+                  c->intermediate_size == VCI("intermediate_size") && c->out_hidden_size == VCI("out_hidden_size") &&
+                  c->patch_size == VCI("patch_size") && c->temporal_patch_size == VCI("temporal_patch_size") &&
+                  c->spatial_merge_size == VCI("spatial_merge_size") && c->window_size == VCI("window_size") && full_ok,
+              "config from the mmproj: depth %d, hidden %d, heads %d, MLP %d, out %d, patch %d×%d, merge %d, window %d, "
+              "%d full-attention blocks", c->depth, c->hidden_size, c->num_heads, c->intermediate_size,
+              c->out_hidden_size, c->patch_size, c->temporal_patch_size, c->spatial_merge_size, c->window_size,
+              c->n_fullatt);
+#undef VCI
+        printf("  tower bound: %d blocks of %d, %d heads, MLP %d, merger to %d, full attention at %d %d %d %d\n",
+               c->depth, c->hidden_size, c->num_heads, c->intermediate_size, c->out_hidden_size, c->fullatt[0],
+               c->fullatt[1], c->fullatt[2], c->fullatt[3]);
+    }
+    qi_vision_free(vt);
+    cpu->ops->destroy(cpu);
+    qi_source_close(src);
+    cJSON_Delete(te_cfg);
+    remove(path);
+    free(list);
+}
+
 int main(void) {
     qi_error err = {{0}};
     if (qi_backend_create("cpu", 2, (size_t)512 << 20, &g_be, &err) != QI_OK) {
@@ -596,6 +840,7 @@ int main(void) {
         return 1;
     }
     RUN(names_map_as_the_converter_writes_them);
+    RUN(full_size_mmproj_maps_every_tensor);
     RUN(mmproj_tower_matches_the_safetensors_tower);
     RUN(other_files_are_refused_saying_why);
     RUN(text_only_gguf_asks_for_the_mmproj);

@@ -284,6 +284,64 @@ static void an_edit_models_vision_tower_is_planned_for(void) {
     CHECK(strstr(text, "Edit vision tower"), "%s", text);
 }
 
+/* The need of an img2img request at 1024² output whose picture is side ×
+ * side pixels: the encoder's peak is about three activations of 96 × H × W
+ * (model/vae.c plan_encode), bf16. */
+static qi_residency_need img2img_need(int side) {
+    qi_residency_need n = full_need();
+    n.vae_enc_untiled = 3 * (size_t)96 * side * side * 2;
+    n.vae_enc_tiled = 3 * (size_t)96 * 256 * 256 * 2;
+    return n;
+}
+
+/* The encoder's peak is counted (img2img, inpaint, Edit): for every budget and
+ * file type that plans, the arena holds the encode as planned — whole only
+ * when its activations fit the arena, in tiles exactly when they do not —
+ * and both phases stay within the budget. A roomy budget encodes a 1024²
+ * picture whole; 3G encodes it in tiles, and the plan's line says which. A
+ * request that encodes nothing is described as before ("VAE whole"). */
+static void the_vae_encoders_peak_is_planned_for(void) {
+    const model_types types[] = {BF16, FP8, Q4K, Q4K_Q4K, Q2K_Q8};
+    const double budgets[] = {80, 24, 16, 8, 6, 3};
+    const int sides[] = {1024, 2048, 4096};
+    qi_residency_plan p;
+    qi_error err = {{0}};
+    int planned = 0, tiled = 0, whole = 0;
+    for (size_t t = 0; t < QI_ARRAY_LEN(types); t++)
+        for (size_t b = 0; b < QI_ARRAY_LEN(budgets); b++)
+            for (size_t k = 0; k < QI_ARRAY_LEN(sides); k++) {
+                qi_residency_sizes s = full_sizes(types[t]);
+                qi_residency_need n = img2img_need(sides[k]);
+                if (qi_residency_plan_make((size_t)(budgets[b] * (double)GIB), &s, &n, &p, &err) != QI_OK) continue;
+                planned++;
+                size_t enc = p.vae_enc_tiled ? n.vae_enc_tiled : n.vae_enc_untiled;
+                CHECK(p.vae_encode && p.arena >= enc && p.vae_enc_tiled == (n.vae_enc_untiled > p.arena) &&
+                          p.text_peak <= p.budget && p.dit_peak <= p.budget,
+                      "%.0fG %s, %d² picture: encode %s, arena %.2f GiB, whole encode %.2f GiB", budgets[b],
+                      s.dit_type, sides[k], p.vae_enc_tiled ? "tiled" : "whole", (double)p.arena / GIB,
+                      (double)n.vae_enc_untiled / GIB);
+                tiled += p.vae_enc_tiled;
+                whole += !p.vae_enc_tiled;
+            }
+    printf("  %d plans with a picture to encode: %d encode it whole, %d in tiles\n", planned, whole, tiled);
+    CHECK(tiled > 0 && whole > 0, "both choices must occur over these budgets");
+    qi_residency_sizes s = full_sizes(Q4K_Q4K);
+    qi_residency_need n = img2img_need(1024);
+    char text[512];
+    REQUIRE(qi_residency_plan_make((size_t)24 * GIB, &s, &n, &p, &err) == QI_OK, "%s", err.msg);
+    qi_residency_plan_describe(&s, &p, text, sizeof text);
+    CHECK(!p.vae_enc_tiled && strstr(text, "VAE decode whole, encode whole"), "24G: %s", text);
+    REQUIRE(qi_residency_plan_make((size_t)3 * GIB, &s, &n, &p, &err) == QI_OK, "%s", err.msg);
+    qi_residency_plan_describe(&s, &p, text, sizeof text);
+    printf("  3G Q4_K, img2img 1024²: %s\n", text);
+    CHECK(p.vae_enc_tiled && p.arena < n.vae_enc_untiled && strstr(text, "encode in tiles"), "3G: %s", text);
+    n = full_need();
+    REQUIRE(qi_residency_plan_make((size_t)3 * GIB, &s, &n, &p, &err) == QI_OK, "%s", err.msg);
+    qi_residency_plan_describe(&s, &p, text, sizeof text);
+    CHECK(!p.vae_encode && !p.vae_enc_tiled && strstr(text, "; VAE in tiles;") && !strstr(text, ", encode "),
+          "text to image: %s", text);
+}
+
 /* The refusal names the part that did not fit and a --vram that works:
  * planning again at that budget succeeds, and 1% under it still fails. */
 static void refusal_names_the_part_and_a_budget_that_fits(double gib, model_types ty, const char *part) {
@@ -371,6 +429,7 @@ int main(void) {
     RUN(budgets_too_small_are_refused_naming_what_did_not_fit);
     RUN(describe_says_what_streams);
     RUN(an_edit_models_vision_tower_is_planned_for);
+    RUN(the_vae_encoders_peak_is_planned_for);
     cJSON_Delete(manifest);
     TEST_END();
 }

@@ -14,9 +14,11 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/engine.h"
 #include "image_check.h"
+#include "model/vae.h"
 #include "test.h"
 #include "vram_plans.h"
 
@@ -99,11 +101,81 @@ static void what_does_not_fit_is_refused_and_the_engine_stays_usable(void) {
     qi_engine_close(e);
 }
 
+/* The log lines of an engine, kept for the claims below. */
+static char g_log[8192];
+static void keep_log(void *user, const char *line) {
+    (void)user;
+    size_t n = strlen(g_log);
+    snprintf(g_log + n, sizeof g_log - n, "%s\n", line);
+}
+
+static qi_status open_logged(size_t vram, int edit, qi_engine **e) {
+    qi_open_options o = qi_open_options_default();
+    o.model_dir = QI_TEST_DATA "/tiny-model";
+    o.vram_bytes = vram;
+    o.edit = edit;
+    o.log = keep_log;
+    g_log[0] = 0;
+    return qi_engine_open(&o, e);
+}
+
+/* The VAE encoder under a budget. An Edit model's plan at open counts a
+ * 1024² picture's encode: a roomy budget encodes it whole, a tight one in
+ * tiles, and the plan's line says so. An img2img request whose picture's
+ * whole encode is over the plan's arena runs, its encode in tiles (the log
+ * names it), where the same request in an arena just under the whole
+ * encode's estimate would otherwise fail. */
+static void a_large_picture_is_encoded_in_tiles_under_a_small_budget(void) {
+    qi_engine *e = NULL;
+    REQUIRE(open_logged(2048 * MIB, 1, &e) == QI_OK, "%s", qi_engine_error(e));
+    CHECK(e->plan.vae_encode && !e->plan.vae_enc_tiled && strstr(g_log, "encode whole"), "2 GiB: %s", g_log);
+    qi_engine_close(e);
+    e = NULL;
+    size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, streams_everything);
+    REQUIRE(b > 0 && open_logged(b, 1, &e) == QI_OK, "%s", qi_engine_error(e));
+    printf("  %zu KiB budget: arena %.1f MiB, a whole 1024² encode %.1f MiB\n", b >> 10,
+           (double)e->be->arena_bytes / MIB, (double)qi_vae_encode_untiled_bytes(e->vae, 1024, 1024) / MIB);
+    CHECK(e->plan.vae_enc_tiled && strstr(g_log, "encode in tiles"), "%zu KiB: %s", b >> 10, g_log);
+    /* the smallest square picture (multiple of 64) whose whole encode is over the arena */
+    int side = 64;
+    while (qi_vae_encode_untiled_bytes(e->vae, side, side) <= e->be->arena_bytes) side += 64;
+    REQUIRE(side <= 1024, "side %d", side);
+    uint8_t *px = malloc((size_t)side * side * 3);
+    for (int i = 0; i < side * side * 3; i++) px[i] = (uint8_t)((i * 37 + (i / (3 * side)) * 11) & 0xff);
+    qi_request r = qi_request_default();
+    r.prompt = "a red apple on a table";
+    r.width = r.height = side;
+    r.steps = 2;
+    r.seed = 7;
+    r.init_image = px;
+    r.init_width = r.init_height = side;
+    qi_image img = {0};
+    g_log[0] = 0;
+    CHECK(qi_generate(e, &r, &img) == QI_OK, "img2img %dx%d: %s", side, side, qi_engine_error(e));
+    char want[96];
+    snprintf(want, sizeof want, "VAE encode of the %dx%d picture in tiles", side, side);
+    CHECK(strstr(g_log, want) != NULL, "log: %s", g_log);
+    printf("  img2img %dx%d under %zu KiB: %.*s", side, side, b >> 10, (int)strcspn(strstr(g_log, "VAE encode") ?
+           strstr(g_log, "VAE encode") : g_log, "\n") + 1, strstr(g_log, "VAE encode") ? strstr(g_log, "VAE encode") : g_log);
+    qi_image_free(&img);
+    /* the same request with tiling off: the whole encode does not fit the arena */
+    qi_vae_tiling off = qi_vae_tiling_default();
+    off.mode = QI_VAE_TILE_OFF;
+    qi_error err;
+    REQUIRE(qi_vae_set_tiling(e->vae, &off, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_generate(e, &r, &img) == QI_ERR_NOMEM && strstr(qi_engine_error(e), "arena"),
+          "a whole encode over the arena must fail: %s", qi_engine_error(e));
+    qi_image_free(&img);
+    free(px);
+    qi_engine_close(e);
+}
+
 int main(void) {
     RUN(reference_images);
     RUN(stage_swap_frees_the_text_encoder_and_gives_the_same_images);
     RUN(streaming_everything_gives_the_same_images);
     RUN(what_does_not_fit_is_refused_and_the_engine_stays_usable);
+    RUN(a_large_picture_is_encoded_in_tiles_under_a_small_budget);
     qi_image_free(&ref_a);
     qi_image_free(&ref_b);
     TEST_END();

@@ -110,9 +110,10 @@ static const char *main_type(const qi_source *src, qi_component c) {
 
 /* Arena bytes of a request: B prompts of up to `text` tokens each encoded,
  * `batch` images of w × h denoised in `calls` transformer calls per step,
- * one image decoded (whole or in tiles). */
+ * one image decoded (whole or in tiles), and — enc_w × enc_h pixels, 0 × 0
+ * for none — input pictures encoded one at a time (whole or in tiles). */
 static qi_residency_need need_of(qi_engine *e, int prompts, int batch, int width, int height, int text,
-                                 int steps, int calls) {
+                                 int steps, int calls, int enc_w, int enc_h) {
     size_t es = qi_dtype_size(e->be->act_dtype);
     const qi_dit_config *d = &e->dit_cfg;
     int64_t Li = (int64_t)(height / 16) * (width / 16), Lt = text;
@@ -127,6 +128,11 @@ static qi_residency_need need_of(qi_engine *e, int prompts, int batch, int width
     n.vae_untiled = e->vae ? qi_vae_untiled_bytes(e->vae, height / 8, width / 8) : 0;
     n.vae_tiled = e->vae ? qi_vae_untiled_bytes(e->vae, tiling.tile_latent, tiling.tile_latent) : 0;
     if (n.vae_tiled > n.vae_untiled) n.vae_tiled = n.vae_untiled;
+    if (e->vae && enc_w > 0 && enc_h > 0) { /* the tile of the default tiling, as for the decode */
+        int tile = tiling.tile_latent * qi_vae_scale_factor(e->vae);
+        n.vae_enc_untiled = qi_vae_encode_untiled_bytes(e->vae, enc_h, enc_w);
+        n.vae_enc_tiled = qi_vae_encode_untiled_bytes(e->vae, enc_h < tile ? enc_h : tile, enc_w < tile ? enc_w : tile);
+    }
     snprintf(e->need_what, sizeof e->need_what, "%dx%d, %d image%s, %d text tokens", width, height, batch,
              batch == 1 ? "" : "s", text);
     n.what = e->need_what;
@@ -300,7 +306,9 @@ qi_status qi_engine_plan_open(qi_engine *e, const qi_open_options *opt) {
     size_t budget;
     if ((st = budget_of(e, opt->vram_bytes, fixed + e->sizes.vae + be->arena_bytes, &budget)) != QI_OK) return st;
     e->budget = budget;
-    qi_residency_need n = need_of(e, 1, 1, PLAN_SIDE, PLAN_SIDE, PLAN_TEXT, PLAN_STEPS, 1);
+    /* an Edit model's requests encode their pictures at the Edit pipeline's VAE area (1024²) */
+    int enc = opt->edit ? PLAN_SIDE : 0;
+    qi_residency_need n = need_of(e, 1, 1, PLAN_SIDE, PLAN_SIDE, PLAN_TEXT, PLAN_STEPS, 1, enc, enc);
     qi_residency_plan p;
     if ((st = qi_residency_plan_make(budget, &e->sizes, &n, &p, &e->err)) != QI_OK) return st;
     e->need = n;
@@ -325,6 +333,12 @@ static qi_status read_configs(qi_engine *e) {
     return st;
 }
 
+/* The picture an img2img / inpaint request encodes: its own size (the
+ * picture is resized to it); 0 × 0 for none. (An Edit request encodes its
+ * pictures before its plan is made: the plan at open counts them.) */
+static int enc_w(const qi_plan *p) { return p->has_init ? p->width : 0; }
+static int enc_h(const qi_plan *p) { return p->has_init ? p->height : 0; }
+
 /* Host bytes a request's own buffers take at least for `batch` images (stages.c,
  * output): the packed noise, the VAE's input latents, the RGB8 images and one
  * image decoded in float32. */
@@ -340,12 +354,14 @@ static uint64_t host_need(const qi_plan *p, int batch) {
 static size_t largest_stage(qi_engine *e, const qi_plan *p, int batch, const char **stage) {
     int calls = p->do_cfg ? 2 : 1;
     qi_residency_need n = need_of(e, p->n_prompts, batch, p->width, p->height, p->req->max_sequence_length,
-                                  p->steps, calls);
+                                  p->steps, calls, enc_w(p), enc_h(p));
     size_t vae = e->vae && qi_vae_will_tile(e->vae, p->lat_h, p->lat_w) ? n.vae_tiled : n.vae_untiled;
+    size_t enc = e->vae && qi_vae_will_tile_encode(e->vae, p->height, p->width) ? n.vae_enc_tiled : n.vae_enc_untiled;
     *stage = "denoising";
     size_t most = n.dit;
     if (n.text > most) most = n.text, *stage = "the text encoder";
     if (vae > most) most = vae, *stage = "the VAE decode";
+    if (enc > most) most = enc, *stage = "the VAE encode";
     return most;
 }
 
@@ -359,7 +375,7 @@ static int batch_fits(qi_engine *e, const qi_plan *p, int batch, int how, uint64
     if (how == FIT_ARENA) return largest_stage(e, p, batch, &stage) <= cap;
     int prompts = p->n_prompts < batch ? p->n_prompts : batch;
     qi_residency_need n = need_of(e, prompts, batch, p->width, p->height, p->req->max_sequence_length, p->steps,
-                                  p->do_cfg ? 2 : 1);
+                                  p->do_cfg ? 2 : 1, enc_w(p), enc_h(p));
     qi_residency_plan np;
     qi_error err;
     return qi_residency_plan_make(e->budget, &e->sizes, &n, &np, &err) == QI_OK;
@@ -416,9 +432,13 @@ static qi_status check_unplanned(qi_engine *e, const qi_plan *p) {
 qi_status qi_engine_plan_request(qi_engine *e, const qi_plan *p) {
     if (!e->planned) return check_unplanned(e, p);
     int text = p->req->max_sequence_length, calls = p->do_cfg ? 2 : 1;
-    qi_residency_need n = need_of(e, p->n_prompts, p->batch, p->width, p->height, text, p->steps, calls);
+    qi_residency_need n = need_of(e, p->n_prompts, p->batch, p->width, p->height, text, p->steps, calls, enc_w(p),
+                                  enc_h(p));
     size_t vae = n.vae_untiled <= e->be->arena_bytes ? n.vae_untiled : n.vae_tiled;
-    if (n.text <= e->be->arena_bytes && n.dit <= e->be->arena_bytes && vae <= e->be->arena_bytes) return QI_OK;
+    size_t enc = n.vae_enc_untiled <= e->be->arena_bytes ? n.vae_enc_untiled : n.vae_enc_tiled;
+    if (n.text <= e->be->arena_bytes && n.dit <= e->be->arena_bytes && vae <= e->be->arena_bytes &&
+        enc <= e->be->arena_bytes)
+        return QI_OK;
     qi_residency_plan np;
     qi_status st = qi_residency_plan_make(e->budget, &e->sizes, &n, &np, &e->err);
     if (st != QI_OK) {

@@ -36,7 +36,7 @@ static qi_status builtin_vae_mean(void *user, const float *pixels, int w, int h,
     size_t n = (size_t)qi_vae_z_dim(e->vae) * (size_t)(h / 8) * (size_t)(w / 8);
     float *logvar = malloc(n * sizeof *logvar);
     if (!logvar) return qi_fail(err, QI_ERR_NOMEM, "edit: VAE encoder logvar (%zu floats)", n);
-    st = qi_vae_encode(e->vae, pixels, h, w, mean, logvar, err);
+    st = qi_stage_vae_encode(e, pixels, w, h, mean, logvar, err);
     free(logvar);
     return st;
 }

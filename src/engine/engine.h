@@ -118,6 +118,11 @@ qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents);
  * first sigma run, packed into *latents [B, img_tokens, 64] malloc'd; fills
  * p->init (the picture's latents, the noise and, inpainting, the mask). */
 qi_status qi_stage_init_latents(qi_engine *e, qi_plan *p, float **latents);
+/* One input picture through the VAE encoder (img2img, inpaint, Edit):
+ * qi_vae_encode, with a log line when it runs in tiles (the whole encode's
+ * activations over the plan's arena). */
+qi_status qi_stage_vae_encode(qi_engine *e, const float *pixels, int width, int height, float *mean, float *logvar,
+                              qi_error *err);
 /* Denoised packed latents → out (vae_in latents and RGB8 images). */
 qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out);
 /* The plan of a request (checked, scheduler loaded, sizes and schedule). */

@@ -7,8 +7,8 @@
  *           or not loaded yet; with the text encoder resident the transformer
  *           is counted in the denoise phase instead)
  *   dit   = fixed + arena + VAE + transformer (+ text encoder unless swapped)
- * and the one arena is the largest stage's need (text, denoise, VAE whole or
- * tiled). A choice fits when both peaks are within the budget.
+ * and the one arena is the largest stage's need (text, denoise, VAE decode
+ * and encode, whole or tiled). A choice fits when both peaks are within the budget.
  */
 #include "engine/residency.h"
 
@@ -63,8 +63,14 @@ static int price(size_t budget, const qi_residency_sizes *s, const qi_residency_
     p->resident_blocks = resident_blocks;
     p->mod_resident = mod_resident;
     p->dit_stream = resident_blocks < s->dit_blocks || !mod_resident;
-    p->vae_tiled = tiled;
-    p->arena = max2(max2(n->text, n->dit), tiled ? n->vae_tiled : n->vae_untiled);
+    /* the arena holds the largest stage; under the tiled choice each VAE pass
+     * tiles only when its whole activations exceed that arena (what the
+     * engine's AUTO tiling then does: max_untiled_bytes = the arena) */
+    size_t vae = max2(tiled ? n->vae_tiled : n->vae_untiled, tiled ? n->vae_enc_tiled : n->vae_enc_untiled);
+    p->arena = max2(max2(n->text, n->dit), vae);
+    p->vae_tiled = tiled && n->vae_untiled > p->arena;
+    p->vae_encode = n->vae_enc_untiled > 0;
+    p->vae_enc_tiled = tiled && n->vae_enc_untiled > p->arena;
     p->te_slot = te_stream ? s->te_layer : 0;
     p->dit_slot = p->dit_stream ? dit_slot(s, resident_blocks, mod_resident) : 0;
     size_t base = s->fixed + qi_residency_margin(budget) + p->arena + s->vae + s->vision, te = te_bytes(s, te_stream);
@@ -186,11 +192,16 @@ void qi_residency_plan_describe(const qi_residency_sizes *s, const qi_residency_
         snprintf(dit, sizeof dit, "transformer: %d of %d blocks resident, the other %d and the modulation "
                  "streamed through 2 slots of %.2f GiB", p->resident_blocks, s->dit_blocks,
                  s->dit_blocks - p->resident_blocks, GIB(p->dit_slot));
-    char vision[64] = "";
+    char vision[64] = "", vae[64];
     if (s->vision) snprintf(vision, sizeof vision, "; Edit vision tower %.2f GiB resident", GIB(s->vision));
-    snprintf(buf, cap, "%s; %s%s%s; VAE %s; arena %.2f GiB; peak %.2f GiB (text) / %.2f GiB (denoise) of %.2f GiB",
-             te, dit, p->dit_evict ? " (freed while the text encoder loads again)" : "", vision,
-             p->vae_tiled ? "in tiles" : "whole", GIB(p->arena), GIB(p->text_peak), GIB(p->dit_peak), GIB(p->budget));
+    if (p->vae_encode)
+        snprintf(vae, sizeof vae, "VAE decode %s, encode %s", p->vae_tiled ? "in tiles" : "whole",
+                 p->vae_enc_tiled ? "in tiles" : "whole");
+    else
+        snprintf(vae, sizeof vae, "VAE %s", p->vae_tiled ? "in tiles" : "whole");
+    snprintf(buf, cap, "%s; %s%s%s; %s; arena %.2f GiB; peak %.2f GiB (text) / %.2f GiB (denoise) of %.2f GiB",
+             te, dit, p->dit_evict ? " (freed while the text encoder loads again)" : "", vision, vae, GIB(p->arena),
+             GIB(p->text_peak), GIB(p->dit_peak), GIB(p->budget));
 }
 
 /* ---- tallying weights into sizes ----------------------------------------------------- */

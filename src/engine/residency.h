@@ -26,7 +26,10 @@
  * The VAE is not a separate step: at every step its decode is planned whole
  * when that fits, in tiles otherwise, and in tiles whenever a whole decode's
  * larger arena would cost resident blocks (a tiled decode costs a few
- * milliseconds per image; a streamed block costs a copy per step).
+ * milliseconds per image; a streamed block costs a copy per step). A request
+ * that encodes pictures (img2img, inpaint, Edit) has the encoder's peak
+ * counted the same way: each of decode and encode is tiled when the tiled
+ * choice is taken and its whole activations exceed the arena.
  *
  * A budget that nothing fits is refused naming the component that did not
  * fit, what it needs at least, and the budget or file choice that would do.
@@ -70,6 +73,8 @@ typedef struct qi_residency_need {
     size_t dit;         /* the denoising loop: its inputs, the call's buffers, one call's activations */
     size_t vae_untiled; /* one image decoded whole */
     size_t vae_tiled;   /* one image decoded in tiles */
+    size_t vae_enc_untiled; /* one input picture encoded whole (img2img, inpaint, Edit); 0: none encoded */
+    size_t vae_enc_tiled;   /* one input picture encoded in tiles */
     const char *what;   /* the request, for messages ("1328x1328, 1 image, 512 text tokens") */
 } qi_residency_need;
 
@@ -84,6 +89,8 @@ typedef struct qi_residency_plan {
     int dit_evict;       /* the text encoder and the transformer's resident weights do not fit
                             together: loading the text encoder again frees the transformer first */
     int vae_tiled;       /* the VAE decodes in tiles */
+    int vae_encode;      /* the request encodes pictures (a need with vae_enc_untiled > 0) */
+    int vae_enc_tiled;   /* ... in tiles: a whole encode's activations do not fit the arena */
     size_t arena;        /* the activation arena: the largest stage's need */
     size_t te_slot;      /* each of the text encoder's 2 device slots (0: none) */
     size_t dit_slot;     /* each of the transformer's 2 device slots (0: none) */

@@ -96,6 +96,16 @@ static qi_status mask_latents(qi_engine *e, const qi_plan *p, float *packed) {
     return st;
 }
 
+qi_status qi_stage_vae_encode(qi_engine *e, const float *pixels, int width, int height, float *mean, float *logvar,
+                              qi_error *err) {
+    if (qi_vae_will_tile_encode(e->vae, height, width))
+        qi_log_linef(e->log, e->log_user, "VAE encode of the %dx%d picture in tiles (a whole encode needs %.2f GiB "
+                     "of activations; the arena holds %.2f GiB)", width, height,
+                     (double)qi_vae_encode_untiled_bytes(e->vae, height, width) / (double)((size_t)1 << 30),
+                     (double)e->be->arena_bytes / (double)((size_t)1 << 30));
+    return qi_vae_encode(e->vae, pixels, height, width, mean, logvar, err);
+}
+
 /* The picture's normalised latents x0 [16, lat_h, lat_w] (unpacked) and the
  * noise [B, 16, lat_h, lat_w]: encode, then the generator's two draws. */
 static qi_status encode_picture(qi_engine *e, const qi_plan *p, float *x0, float *noise) {
@@ -105,7 +115,7 @@ static qi_status encode_picture(qi_engine *e, const qi_plan *p, float *x0, float
     if (!st) st = qi_vae_load_encoder(e->vae, &e->err);
     if (!st) st = picture_pixels(e, p, &pixels);
     if (!st && qi_stage_report(p, "vae encoder", 0, 1)) st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
-    if (!st) st = qi_vae_encode(e->vae, pixels, p->height, p->width, x0, logvar, &e->err);
+    if (!st) st = qi_stage_vae_encode(e, pixels, p->width, p->height, x0, logvar, &e->err);
     if (!st && qi_stage_report(p, "vae encoder", 1, 1)) st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
     if (!st) st = draw_eps_and_noise(e, p, n, (int64_t)p->batch * n, eps, noise);
     if (!st) {

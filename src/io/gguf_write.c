@@ -208,8 +208,9 @@ qi_status qi_gguf_writer_begin(qi_gguf_writer *w, const char *path, qi_error *er
     return QI_OK;
 }
 
-qi_status qi_gguf_writer_write(qi_gguf_writer *w, const void *data, size_t n, qi_error *err) {
-    const uint8_t *p = data;
+/* The next n bytes of tensor data: written from `data`, or (data NULL) left
+ * as a hole the file system reads back as zeros. */
+static qi_status advance(qi_gguf_writer *w, const uint8_t *p, uint64_t n, qi_error *err) {
     if (!w->f) return qi_fail(err, QI_ERR_ARG, "GGUF writer: data before the header");
     while (n > 0) {
         /* skip finished (and empty) tensors, padding each */
@@ -218,13 +219,22 @@ qi_status qi_gguf_writer_write(qi_gguf_writer *w, const void *data, size_t n, qi
             w->cur++, w->cur_done = 0;
         }
         if (w->cur == w->n_t)
-            return qi_fail(err, QI_ERR_ARG, "%s: %zu bytes of data past the last tensor", w->path, n);
+            return qi_fail(err, QI_ERR_ARG, "%s: %llu bytes of data past the last tensor", w->path,
+                           (unsigned long long)n);
         uint64_t room = w->ts[w->cur].nbytes - w->cur_done, k = n < room ? n : room;
-        if (put(w->f, p, (size_t)k)) return io_fail(w, err);
-        p += k, n -= (size_t)k, w->cur_done += k;
+        if (p ? put(w->f, p, (size_t)k) : fseeko(w->f, (off_t)k, SEEK_CUR) != 0) return io_fail(w, err);
+        if (p) p += k;
+        n -= k, w->cur_done += k;
     }
     return QI_OK;
 }
+
+qi_status qi_gguf_writer_write(qi_gguf_writer *w, const void *data, size_t n, qi_error *err) {
+    if (!data && n) return qi_fail(err, QI_ERR_ARG, "GGUF writer: NULL data");
+    return advance(w, data, n, err);
+}
+
+qi_status qi_gguf_writer_skip(qi_gguf_writer *w, uint64_t n, qi_error *err) { return advance(w, NULL, n, err); }
 
 qi_status qi_gguf_writer_end(qi_gguf_writer *w, qi_error *err) {
     if (!w->f) return qi_fail(err, QI_ERR_ARG, "GGUF writer: end before begin");
@@ -235,7 +245,9 @@ qi_status qi_gguf_writer_end(qi_gguf_writer *w, qi_error *err) {
     if (w->cur < w->n_t)
         return qi_fail(err, QI_ERR_ARG, "%s: tensor '%s' has %llu of its %llu bytes", w->path, w->ts[w->cur].name,
                        (unsigned long long)w->cur_done, (unsigned long long)w->ts[w->cur].nbytes);
-    int bad = fflush(w->f) != 0 || fsync(fileno(w->f)) != 0;
+    /* a skip at the very end leaves the file short of its hole: extend it */
+    off_t size = ftello(w->f);
+    int bad = size < 0 || fflush(w->f) != 0 || ftruncate(fileno(w->f), size) != 0 || fsync(fileno(w->f)) != 0;
     bad = (fclose(w->f) != 0) || bad;
     w->f = NULL;
     return bad ? qi_fail(err, QI_ERR_IO, "%s: write failed: %s", w->path, strerror(errno)) : QI_OK;

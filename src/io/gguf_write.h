@@ -23,6 +23,8 @@
 #ifndef QI_GGUF_WRITE_H
 #define QI_GGUF_WRITE_H
 
+#include <stdint.h>
+
 #include "base/base.h"
 
 #define QI_GGUF_WRITE_ALIGN 32
@@ -52,6 +54,10 @@ qi_status qi_gguf_writer_begin(qi_gguf_writer *w, const char *path, qi_error *er
 /* The next n bytes of tensor data, in declaration order; more bytes than
  * the tensors hold is an error naming the tensor. */
 qi_status qi_gguf_writer_write(qi_gguf_writer *w, const void *data, size_t n, qi_error *err);
+/* The next n bytes of tensor data left unwritten: a hole that reads back as
+ * zeros (sparse where the file system allows), so a full-size file of
+ * zero weights costs its header only (tests of real shapes). */
+qi_status qi_gguf_writer_skip(qi_gguf_writer *w, uint64_t n, qi_error *err);
 /* Every tensor complete: flushes, syncs and closes the file. */
 qi_status qi_gguf_writer_end(qi_gguf_writer *w, qi_error *err);
 

@@ -836,11 +836,12 @@ int qi_vae_will_tile(const qi_vae *v, int lat_h, int lat_w) {
 }
 
 /* diffusers blend_v: the first e rows of `b` fade in from the last e rows of
- * `a` (the tile above, same width): b[y] = a[ah − e + y]·(1 − y/e) + b[y]·(y/e). */
-static void blend_rows(const float *a, int ah, float *b, int bh, int w, int extent) {
+ * `a` (the tile above, same width): b[y] = a[ah − e + y]·(1 − y/e) + b[y]·(y/e).
+ * nc channels: 3 (decoded pixels) or 2·z_dim (encoded moments). */
+static void blend_rows(const float *a, int ah, float *b, int bh, int w, int nc, int extent) {
     int e = extent < ah ? extent : ah;
     if (bh < e) e = bh;
-    for (int c = 0; c < 3; c++)
+    for (int c = 0; c < nc; c++)
         for (int y = 0; y < e; y++) {
             /* torch evaluates the weights in double and multiplies in float32 */
             float wa = (float)(1.0 - (double)y / e), wb = (float)((double)y / e);
@@ -851,12 +852,12 @@ static void blend_rows(const float *a, int ah, float *b, int bh, int w, int exte
 }
 
 /* diffusers blend_h: the same along x with the tile to the left (same height). */
-static void blend_cols(const float *a, int aw, float *b, int bw, int h, int extent) {
+static void blend_cols(const float *a, int aw, float *b, int bw, int h, int nc, int extent) {
     int e = extent < aw ? extent : aw;
     if (bw < e) e = bw;
     for (int x = 0; x < e; x++) {
         float wa = (float)(1.0 - (double)x / e), wb = (float)((double)x / e);
-        for (int c = 0; c < 3; c++)
+        for (int c = 0; c < nc; c++)
             for (int y = 0; y < h; y++) {
                 size_t row = (size_t)c * h + y;
                 b[row * bw + x] = a[row * aw + (aw - e + x)] * wa + b[row * bw + x] * wb;
@@ -898,8 +899,8 @@ static qi_status decode_tiled(qi_vae *v, const float *z, int h, int w, float *rg
                 goto done;
             }
             if ((st = decode_latent(v, zt, th, tw, row[c], err))) goto done;
-            if (r > 0) blend_rows(above[c], above_h, row[c], f * th, f * tw, blend);
-            if (c > 0) blend_cols(row[c - 1], f * tile_extent(w, (c - 1) * S, T), row[c], f * tw, f * th,
+            if (r > 0) blend_rows(above[c], above_h, row[c], f * th, f * tw, 3, blend);
+            if (c > 0) blend_cols(row[c - 1], f * tile_extent(w, (c - 1) * S, T), row[c], f * tw, f * th, 3,
                                   blend);
             /* keep the top-left keep×keep pixels (less at the right/bottom edge) */
             int kh = f * th < keep ? f * th : keep, kw = f * tw < keep ? f * tw : keep;
@@ -1023,27 +1024,58 @@ qi_status qi_vae_load_encoder(qi_vae *v, qi_error *err) {
 
 int qi_vae_has_encoder(const qi_vae *v) { return v && v->enc.loaded; }
 
+/* Channel width of the encoder at ladder step i (0: conv_in's output, i: the
+ * output of level i − 1): base·[1, dim_mult...] from the config, the widths
+ * bind_encoder binds, so that an encode can be sized before the encoder loads. */
+static int64_t enc_dim(const qi_vae *v, int i) { return (int64_t)v->base_dim * (i == 0 ? 1 : v->dim_mult[i - 1]); }
+
 /* The activation plan of one encode at H × W pixels, in elements: the slot
  * size (largest activation) and the largest block scratch; walks the same
  * structure as encode_image. */
 static void plan_encode(const qi_vae *v, int64_t H, int64_t W, int64_t *slot, int64_t *scratch) {
-    const vae_encoder *e = &v->enc;
     int64_t s = 3 * H * W, sc = 3 * H * W; /* the uploaded picture */
-    if (e->dims[0] * H * W > s) s = e->dims[0] * H * W;
+    if (enc_dim(v, 0) * H * W > s) s = enc_dim(v, 0) * H * W;
     for (int i = 0; i < v->n_levels; i++) {
-        int64_t c = e->dims[i] > e->dims[i + 1] ? e->dims[i] : e->dims[i + 1];
+        int64_t c = enc_dim(v, i) > enc_dim(v, i + 1) ? enc_dim(v, i) : enc_dim(v, i + 1);
         if (c * H * W > s) s = c * H * W;
-        if (c * H * W > sc) sc = c * H * W; /* a residual block's scratch, the full-size stride-1 conv */
-        if (e->levels[i].has_downsampler) {
+        if (c * H * W > sc) sc = c * H * W; /* a residual block's scratch, the downsampler's stride-1 conv */
+        if (i != v->n_levels - 1) {     /* the downsampler */
             H /= 2;
             W /= 2;
         }
     }
-    int64_t last = e->dims[v->n_levels], attn = 4 * last * H * W, z2 = 2 * (int64_t)v->z_dim * H * W;
+    int64_t last = enc_dim(v, v->n_levels), attn = 4 * last * H * W, z2 = 2 * (int64_t)v->z_dim * H * W;
     if (attn > sc) sc = attn;
     if (z2 > s) s = z2;
     *slot = s;
     *scratch = sc;
+}
+
+/* Each arena allocation is rounded up to the backend's alignment (256 bytes
+ * at most: CUDA's); at most 6 are alive at an encode's peak (2 slots and an
+ * attention's 4 scratch tensors). */
+#define VAE_ENCODE_ALIGN_SLACK ((size_t)8 * 256)
+
+size_t qi_vae_encode_untiled_bytes(const qi_vae *v, int height, int width) {
+    int64_t slot, scratch;
+    plan_encode(v, height, width, &slot, &scratch);
+    return (size_t)(2 * slot + scratch) * qi_dtype_size(v->be->act_dtype) + VAE_ENCODE_ALIGN_SLACK;
+}
+
+size_t qi_vae_encode_tiled_bytes(const qi_vae *v, int height, int width) {
+    int tile = v->tiling.tile_latent * v->scale;
+    return qi_vae_encode_untiled_bytes(v, height < tile ? height : tile, width < tile ? width : tile);
+}
+
+int qi_vae_will_tile_encode(const qi_vae *v, int height, int width) {
+    const qi_vae_tiling *t = &v->tiling;
+    /* diffusers' _encode tiles only pictures larger than one tile in some axis */
+    int larger = height > t->tile_latent * v->scale || width > t->tile_latent * v->scale;
+    switch (t->mode) {
+    case QI_VAE_TILE_ON: return larger;
+    case QI_VAE_TILE_AUTO: return larger && qi_vae_encode_untiled_bytes(v, height, width) > t->max_untiled_bytes;
+    default: return 0;
+    }
 }
 
 /* x[C, H, W] → y[C, H/2, W/2]: the zero pad (0, 1, 0, 1) and the stride-2 3×3
@@ -1120,6 +1152,68 @@ done:
     return st;
 }
 
+/* diffusers' tiled_encode (AutoencoderKLQwenImage): the picture cut into
+ * tiles of T·f pixels every S·f (f = 8, so every tile edge lies on the
+ * latent grid and each tile is a whole encode of its own), each tile's
+ * moments [2z, ≤T, ≤T] blended in row-major order with the tile above and
+ * the tile to the left (as those stand after their own blends) over T − S
+ * latent cells, and the top-left S × S cells of each kept. The decoder's
+ * tiling in the other direction (decode_tiled), on the moments. The
+ * encoder's receptive field is wider than the overlap (its 3×3 convs reach
+ * about 110 pixels each way; the middle attention sees the whole tile), so this
+ * approximates the whole encode near tile edges, as diffusers' does. */
+static qi_status encode_tiled(qi_vae *v, const float *rgb, int H, int W, float *moments, qi_error *err) {
+    int T = v->tiling.tile_latent, S = v->tiling.stride_latent, f = v->scale, z2 = 2 * v->z_dim;
+    int h = H / f, w = W / f, blend = T - S;
+    int n_rows = (h + S - 1) / S, n_cols = (w + S - 1) / S;
+    qi_status st = QI_OK;
+    float **above = calloc((size_t)n_cols, sizeof(float *));
+    float **row = calloc((size_t)n_cols, sizeof(float *));
+    float *px = malloc(sizeof(float) * 3 * (size_t)(f * T) * (size_t)(f * T));
+    if (!above || !row || !px) {
+        st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for encoder tiles");
+        goto done;
+    }
+    int above_h = 0; /* latent height of the previous tile row */
+    for (int r = 0; r < n_rows; r++) {
+        int i = r * S, th = tile_extent(h, i, T);
+        for (int c = 0; c < n_cols; c++) {
+            int j = c * S, tw = tile_extent(w, j, T);
+            for (int ch = 0; ch < 3; ch++)
+                for (int y = 0; y < f * th; y++)
+                    memcpy(px + ((size_t)ch * f * th + y) * (size_t)(f * tw),
+                           rgb + ((size_t)ch * H + (size_t)f * i + y) * W + (size_t)f * j,
+                           sizeof(float) * (size_t)(f * tw));
+            row[c] = malloc(sizeof(float) * (size_t)z2 * (size_t)th * (size_t)tw);
+            if (!row[c]) {
+                st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for a %dx%d encoder tile", f * tw, f * th);
+                goto done;
+            }
+            if ((st = encode_image(v, px, f * th, f * tw, row[c], err))) goto done;
+            if (r > 0) blend_rows(above[c], above_h, row[c], th, tw, z2, blend);
+            if (c > 0) blend_cols(row[c - 1], tile_extent(w, (c - 1) * S, T), row[c], tw, th, z2, blend);
+            int kh = th < S ? th : S, kw = tw < S ? tw : S; /* less at the bottom / right edge */
+            for (int ch = 0; ch < z2; ch++)
+                for (int y = 0; y < kh; y++)
+                    memcpy(moments + ((size_t)ch * h + i + y) * w + j, row[c] + ((size_t)ch * th + y) * tw,
+                           sizeof(float) * (size_t)kw);
+        }
+        for (int c = 0; c < n_cols; c++) {
+            free(above[c]);
+            above[c] = row[c];
+            row[c] = NULL;
+        }
+        above_h = th;
+    }
+done:
+    for (int c = 0; above && c < n_cols; c++) free(above[c]);
+    for (int c = 0; row && c < n_cols; c++) free(row[c]);
+    free(above);
+    free(row);
+    free(px);
+    return st;
+}
+
 qi_status qi_vae_encode(qi_vae *v, const float *rgb, int height, int width, float *mean, float *logvar,
                         qi_error *err) {
     if (!v || !rgb || !mean || !logvar) return qi_fail(err, QI_ERR_ARG, "qi_vae_encode: NULL argument");
@@ -1133,7 +1227,8 @@ qi_status qi_vae_encode(qi_vae *v, const float *rgb, int height, int width, floa
     float *moments = malloc(sizeof(float) * 2 * (size_t)n);
     if (!moments) return qi_fail(err, QI_ERR_NOMEM, "qi_vae_encode: out of memory for %lldx%lld latents",
                                  (long long)h, (long long)w);
-    qi_status st = encode_image(v, rgb, height, width, moments, err);
+    qi_status st = qi_vae_will_tile_encode(v, height, width) ? encode_tiled(v, rgb, height, width, moments, err)
+                                                              : encode_image(v, rgb, height, width, moments, err);
     if (st == QI_OK) {
         memcpy(mean, moments, sizeof(float) * (size_t)n);
         memcpy(logvar, moments + n, sizeof(float) * (size_t)n);

@@ -30,7 +30,8 @@
  * qi_vae_load_encoder: the Wan encoder on one frame (every causal conv reads
  * its last temporal tap; the downsample3d levels' time_conv is skipped, as the
  * reference's first chunk skips it), then quant_conv; qi_vae_encode returns
- * the posterior's mean and logvar.
+ * the posterior's mean and logvar, whole or in tiles by the same rule as the
+ * decode (its own activation estimate against the same budget).
  */
 #ifndef QI_VAE_H
 #define QI_VAE_H
@@ -81,8 +82,12 @@ int qi_vae_has_encoder(const qi_vae *v);
 /* Encodes one picture. rgb [3, height, width] float32 host in [-1, 1]
  * (2·(u8/255) − 1), each side a multiple of qi_vae_scale_factor; mean and
  * logvar [z_dim, height/8, width/8] host: the reference `vae_enc.mean` /
- * `vae_enc.logvar` (logvar not clamped here). Untiled (diffusers encodes
- * untiled unless tiling is enabled). Uses the backend's arena and resets it. */
+ * `vae_enc.logvar` (logvar not clamped here). Whole, or in tiles as
+ * diffusers' tiled_encode when qi_vae_will_tile_encode says so (the same
+ * tiling settings as the decode: tiles of 8·tile_latent pixels every
+ * 8·stride_latent, the moments blended over the overlap; near tile edges it
+ * approximates the whole encode, as diffusers' does). Uses the backend's
+ * arena and resets it. */
 qi_status qi_vae_encode(qi_vae *v, const float *rgb, int height, int width, float *mean, float *logvar,
                         qi_error *err);
 
@@ -99,7 +104,8 @@ void qi_vae_normalize_latents(const qi_vae *v, const float *z, int64_t hw, int d
 /* ---- tiling (spec A.9) -------------------------------------------------- */
 
 typedef enum qi_vae_tile_mode {
-    QI_VAE_TILE_AUTO = 0, /* tile when the untiled activation estimate exceeds the budget */
+    QI_VAE_TILE_AUTO = 0, /* tile when the untiled activation estimate exceeds the budget
+                             (decode and encode each by its own estimate) */
     QI_VAE_TILE_OFF,      /* never tile (reference comparisons) */
     QI_VAE_TILE_ON        /* tile whenever the latent is larger than one tile (diffusers'
                              enable_tiling()) */
@@ -121,6 +127,16 @@ qi_status qi_vae_set_tiling(qi_vae *v, const qi_vae_tiling *t, qi_error *err);
 size_t qi_vae_untiled_bytes(const qi_vae *v, int lat_h, int lat_w);
 /* Whether qi_vae_decode would tile this size with the current settings. */
 int qi_vae_will_tile(const qi_vae *v, int lat_h, int lat_w);
+
+/* The same for the encoder, at height × width PIXELS (multiples of 8): the
+ * arena bytes a whole encode uses at its peak (sized from the config, so it
+ * may be asked before qi_vae_load_encoder), what one tile of the current
+ * tiling uses (the whole picture when it is smaller than a tile), and
+ * whether qi_vae_encode would tile (AUTO: the whole encode's bytes above
+ * max_untiled_bytes). */
+size_t qi_vae_encode_untiled_bytes(const qi_vae *v, int height, int width);
+size_t qi_vae_encode_tiled_bytes(const qi_vae *v, int height, int width);
+int qi_vae_will_tile_encode(const qi_vae *v, int height, int width);
 
 /* Working-set cap, in bytes, of the two steps that would otherwise build the
  * largest temporaries: the nearest-2× upsample + conv (run in bands of output
