@@ -1046,6 +1046,14 @@ int qi_cmd_bench(int argc, char **argv) {
         qi_cuda_gemm_counts(c.be, &fp8, &expanded);
         emit(&c, "| GEMM path of the %s linears | all rows above | | %llu through the fp8 GEMM (cuBLASLt e4m3), %llu "
              "expanded to bf16; fp8 GEMM %s |\n", qi_dtype_name(qt), fp8, expanded, qi_cuda_fp8_gemm_state(c.be));
+        /* the overlap (cuda_kept.cu): how many expansions ran beside the GEMM before them, and its knobs */
+        unsigned long long queued = 0, used = 0;
+        qi_cuda_kept_counts(c.be, NULL, &queued, &used);
+        const char *ov = getenv("QI_CUDA_KEPT_OVERLAP"), *sms = getenv("QI_CUDA_PREFETCH_SMS");
+        const char *prio = getenv("QI_CUDA_PREFETCH_PRIORITY");
+        emit(&c, "| expansions overlapped with a GEMM | all rows above | | %llu of the %llu queued on hints "
+             "(QI_CUDA_KEPT_OVERLAP=%s QI_CUDA_PREFETCH_SMS=%s QI_CUDA_PREFETCH_PRIORITY=%s) |\n", used, queued,
+             ov ? ov : "1", sms ? sms : "all", prio ? prio : "0");
     }
 #endif
     if (c.be->ops->mem_usage) {

@@ -29,7 +29,7 @@ ROOT=$(pwd)
 ARCHS=${QI_DIST_ARCHS:-release}
 PTX80=${QI_DIST_PTX80:-1}
 [ "$ARCHS" = release ] || PTX80=${QI_DIST_PTX80:-0}
-TARGETS=${*:-test_backend_ops test_cuda_backend_caps test_cuda_bench test_cuda_kernels test_cuda_pipeline \
+TARGETS=${*:-test_backend_ops test_cuda_backend_caps test_cuda_bench test_cuda_kernels test_cuda_kept_overlap test_cuda_pipeline \
   test_cuda_rng test_cuda_vram test_formats test_lora_runtime test_engine test_parallel test_pipeline_parallel \
   test_img2img test_vision test_edit_prompt test_edit_denoise test_edit_pipeline test_vae_encode_tiles test_host_pool \
   hold_memory qwen-image}

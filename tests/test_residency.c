@@ -17,7 +17,7 @@
  * on the full-size configs); the VAE's are the decoder's slot plan worked by
  * hand: 1024² whole = 2 slots + scratch of 96·1024² bf16 = 0.56 GiB, in 256-px
  * tiles = 0.035 GiB. The backend's own memory: the CUDA backend's 512 MiB op
- * scratch + 64 MiB GEMM workspace + the bf16 expansion of the largest kept
+ * scratch + 64 MiB GEMM workspace + two bf16 expansions of the largest kept
  * weight.
  */
 #include <cjson/cJSON.h>
@@ -34,12 +34,14 @@
 static cJSON *manifest;
 
 /* Device bytes of a weight on the CUDA backend, and the bf16 expansion
- * scratch it needs while used (a kept one). */
+ * scratch it needs while used (a kept one): two buffers of its bf16 copy,
+ * as the backend keeps by default (the overlap: one is written while a GEMM
+ * reads the other). */
 static size_t cuda_bytes(qi_dtype dt, int ndim, const int64_t *shape, size_t *scratch) {
     int64_t rows = 1;
     for (int i = 0; i + 1 < ndim; i++) rows *= shape[i];
     int kept = ndim == 2 && (dt == QI_F8_E4M3 || qi_dtype_is_block(dt));
-    *scratch = kept ? (size_t)(rows * shape[ndim - 1]) * 2 : 0;
+    *scratch = kept ? (size_t)(rows * shape[ndim - 1]) * 2 * 2 : 0;
     if (kept) return (size_t)rows * (size_t)qi_row_bytes(dt, shape[ndim - 1]);
     return (size_t)(rows * shape[ndim - 1]) * 2;
 }

@@ -278,6 +278,19 @@ typedef struct qi_backend_ops {
                                      const qi_tensor *scale, int64_t mod_stride, float eps,
                                      qi_tensor *out);
 
+    /* ---- hints (optional: NULL where a backend has no use for them, e.g. the
+     * CPU backend) ---- */
+    /* w is the weight of a linear the model will queue soon: it names the
+     * coming linears in their order, the nearest first, before it queues the
+     * current one. A backend that must prepare such a weight before its GEMM
+     * (CUDA: a kept fp8/GGUF weight expanded to bf16) may start that now on
+     * another queue, after every op queued before this call, overlapping the
+     * ops queued after it, or drop the hint (no room). w is one the ops
+     * read: a weight or a staged view, not a host weight (weight_host). Only
+     * a hint: results are bit-identical with or without it, whatever linear
+     * runs next; allowed while recording. */
+    void (*prefetch_weight)(qi_backend *be, const qi_tensor *w);
+
     /* ---- residency under a budget (engine/residency.h; each optional: NULL
      * means weights take their stored bytes, the free memory is unknown, the
      * arena keeps its size) ---- */

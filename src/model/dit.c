@@ -715,6 +715,50 @@ void dit_run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act a
     if (act != QI_ACT_NONE) be->ops->activate(be, y, act, y);
 }
 
+/* A block's linears in the order dit_block_forward runs them, then the
+ * call's first two after the block (a->next_linears), NULL-ended: what the
+ * prefetch hints name, the order the model knows and the backend does not.
+ * The text stream's output projection runs before the image's (see there);
+ * the last block runs no text-stream linear after the attention. */
+static void block_linear_order(const dit_block *blk, int last, const dit_acts *a, const dit_linear **seq) {
+    int n = 0;
+    const dit_linear *qkv[6] = {&blk->to_q, &blk->to_k, &blk->to_v, &blk->add_q, &blk->add_k, &blk->add_v};
+    for (int i = 0; i < 6; i++) seq[n++] = qkv[i];
+    if (!last) seq[n++] = &blk->to_add_out;
+    seq[n++] = &blk->to_out;
+    seq[n++] = &blk->img_mlp_up;
+    seq[n++] = &blk->img_mlp_down;
+    if (!last) {
+        seq[n++] = &blk->txt_mlp_up;
+        seq[n++] = &blk->txt_mlp_down;
+    }
+    seq[n] = a->next_linears[0];
+    seq[n + 1] = a->next_linears[0] ? a->next_linears[1] : NULL;
+    seq[n + 2] = NULL;
+}
+
+#define DIT_HINT_AHEAD 2 /* linears named ahead: a backend with fewer free buffers drops the rest */
+
+/* The prefetch hints for seq[first] and the next ones, DIT_HINT_AHEAD in all
+ * (a kept weight's expansion then overlaps the ops queued before its GEMM). */
+static void hint_from(qi_dit *d, const dit_linear *const *seq, int first) {
+    qi_backend *be = d->be;
+    for (int k = first; k < first + DIT_HINT_AHEAD && be->ops->prefetch_weight && seq[k]; k++)
+        be->ops->prefetch_weight(be, &seq[k]->w);
+}
+
+/* dit_run_linear of l after hinting the linears that follow it in seq (l not
+ * in seq: no hints; they change no result either way). */
+static void run_linear_hinted(qi_dit *d, const dit_linear *const *seq, const qi_tensor *x, const dit_linear *l,
+                              qi_act act, qi_tensor *y, qi_status *st, qi_error *err) {
+    for (int i = 0; seq[i]; i++)
+        if (seq[i] == l) {
+            hint_from(d, seq, i + 1);
+            break;
+        }
+    dit_run_linear(d, x, l, act, y, st, err);
+}
+
 /* temb = linear_2(silu(linear_1(sinusoid))), returned SiLU'd because all its
  * consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4).
  * sinus [B, 256] is on the backend already. */
@@ -732,7 +776,9 @@ qi_status dit_timestep_embedding(qi_dit *d, const qi_tensor *sinus, qi_tensor *t
 }
 
 /* Every block's img_mod/txt_mod and norm_out's Linear of silu(temb), once per
- * call: the block loop only reads chunks of a->mods. */
+ * call: the block loop only reads chunks of a->mods. No prefetch hints here:
+ * with B rows each GEMM is as memory-bound as the expansion it would
+ * overlap, so the two would only share the bandwidth. */
 qi_status dit_compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts *a, qi_error *err) {
     qi_status st = QI_OK;
     int64_t L = d->cfg.num_layers, D = d->cfg.inner_dim;
@@ -856,6 +902,9 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
     qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
     qi_status st = QI_OK; /* a runtime LoRA's scratch (run_linear) */
+    const dit_linear *seq[16]; /* the order of the linears, for the prefetch hints */
+    block_linear_order(blk, last, a, seq);
+    hint_from(d, seq, 0); /* to_q's expansion beside the norms, unless the previous block queued it */
 
     /* --- attention half: modulated LN, Q/K/V per stream --- */
     for (int k = 0; k < n_parts; k++)
@@ -870,12 +919,12 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
         v_t = qi_slice_rows(&V2, 0, a->Lt);
         v_i = qi_slice_rows(&V2, a->Lt, a->Li);
     }
-    dit_run_linear(d, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
-    dit_run_linear(d, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
-    dit_run_linear(d, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
-    dit_run_linear(d, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
-    dit_run_linear(d, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
-    dit_run_linear(d, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
+    run_linear_hinted(d, seq, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
+    run_linear_hinted(d, seq, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err); /* next: beside the attention */
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
@@ -899,9 +948,20 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
 
     /* gated residuals; the MLP half then reads the updated streams (trap 2).
      * A backend with add_gated_layer_norm_mod also does the MLP half's
-     * modulated LN in the same pass over the stream. */
+     * modulated LN in the same pass over the stream. The text stream's goes
+     * first: the streams' ops touch disjoint tensors, so the order changes no
+     * value, and its short GEMM (Lt rows) is then overlapped by to_out's
+     * expansion, the long image GEMM of to_out by the MLP's 4× larger one. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
-    dit_run_linear(d, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
+    if (!last) {
+        run_linear_hinted(d, seq, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
+        if (ag_ln)
+            op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
+                                         DIT_EPS, &a->norm_t);
+        else
+            op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
+    }
+    run_linear_hinted(d, seq, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
     for (int k = 0; k < n_parts; k++) {
         img_part *q = &ip[k];
         if (ag_ln)
@@ -910,25 +970,17 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
         else
             op->add_gated(be, &q->img, &q->g1, stride, &q->proj);
     }
-    if (!last) {
-        dit_run_linear(d, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
-        if (ag_ln)
-            op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
-                                         DIT_EPS, &a->norm_t);
-        else
-            op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
-    }
 
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
     for (int k = 0; k < n_parts && !ag_ln; k++)
         op->layer_norm_mod(be, &ip[k].img, &ip[k].sh2, &ip[k].sc2, stride, DIT_EPS, &ip[k].norm);
-    dit_run_linear(d, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
-    dit_run_linear(d, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
+    run_linear_hinted(d, seq, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
+    run_linear_hinted(d, seq, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
     for (int k = 0; k < n_parts; k++) op->add_gated(be, &ip[k].img, &ip[k].g2, stride, &ip[k].proj);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
-        dit_run_linear(d, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
-        dit_run_linear(d, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
+        run_linear_hinted(d, seq, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
+        run_linear_hinted(d, seq, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }
     return st;

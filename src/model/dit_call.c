@@ -322,6 +322,14 @@ static qi_status call_run(qi_dit_call *c, const qi_ulysses *sp, qi_comm *comm, c
     for (int i = 0; i < cfg->num_layers && st == QI_OK; i++) {
         dit_block blk;
         st = dit_stream_block(d, i, &blk, err); /* its matrices in a slot when it streams */
+        /* hints across blocks; none into a streamed block: its device copies exist only once it is taken */
+        a.next_linears[0] = a.next_linears[1] = NULL;
+        if (i + 1 == cfg->num_layers) {
+            a.next_linears[0] = &d->proj_out;
+        } else if (!qi_wstream_streams(d->stream, i + 1)) {
+            a.next_linears[0] = &d->blocks[i + 1].to_q;
+            a.next_linears[1] = &d->blocks[i + 1].to_k;
+        }
         if (st == QI_OK) st = dit_block_forward(d, i, &blk, &a, err);
     }
     if (st != QI_OK) goto done;

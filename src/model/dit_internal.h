@@ -126,6 +126,9 @@ typedef struct dit_acts {
     int zero_split;               /* zero_cond_t: image rows from L_out on use mods0 (B == 1) */
     int64_t L_out;                /* the output's image rows (before the condition segments) */
     qi_tensor mods0;              /* [layers, 6D]: each block's img_mod at t = 0 (zero_split) */
+    const dit_linear *next_linears[2]; /* the call's first two linears after the running block (the next
+                                          block's to_q, to_k; or proj_out): prefetch hints; NULL: none known
+                                          (the next block streams) */
 } dit_acts;
 
 

@@ -280,24 +280,35 @@ static int weight_store_type(const cuda_impl *c, qi_dtype dt, int ndim) {
     return ndim == 2 && qc_kept_type(dt) && !(c && c->dequant_at_load) ? (int)dt : QI_BF16;
 }
 
-/* Grows the kept-weight scratch to hold `elems` bf16 values (during load). */
-static qi_status ensure_wscratch(cuda_impl *c, size_t elems, qi_error *err) {
-    size_t need = (elems * 2 + 255) & ~(size_t)255;
-    if (need <= c->wscratch_bytes) return QI_OK;
+/* Frees the kept-weight scratch once no queued work reads or writes it. */
+static void drop_wscratch(cuda_impl *c) {
+    qc_wbuf_settle(c, 1);
     cudaStreamSynchronize(c->stream);
     cudaFree(c->wscratch);
     c->weight_bytes -= c->wscratch_bytes;
+    c->wscratch = NULL;
     c->wscratch_bytes = 0;
+    qc_wbuf_layout(c);
+}
+
+/* Grows the kept-weight scratch so that each of its buffers holds `elems`
+ * bf16 values (during load). */
+static qi_status ensure_wscratch(cuda_impl *c, size_t elems, qi_error *err) {
+    size_t each = (elems * 2 + 255) & ~(size_t)255, need = each * (size_t)c->wbuf_count;
+    if (need <= c->wscratch_bytes) return QI_OK;
+    drop_wscratch(c);
     cudaError_t e = cudaMalloc(&c->wscratch, need);
     if (e != cudaSuccess) {
         c->wscratch = NULL;
         return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for the %zu MiB bf16 scratch that "
-                       "quantised weights are expanded into (%zu MiB of weights already held)", need >> 20,
+                       "quantised weights are expanded into (%d buffer%s; QI_CUDA_KEPT_OVERLAP=0 keeps one) "
+                       "(%zu MiB of weights already held)", need >> 20, c->wbuf_count, c->wbuf_count > 1 ? "s" : "",
                        c->weight_bytes >> 20);
     }
     c->wscratch_bytes = need;
     c->weight_bytes += need;
     if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+    qc_wbuf_layout(c);
     return QI_OK;
 }
 
@@ -390,6 +401,7 @@ static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int
     qi_dtype dev_dt = w->dtype;
     int kept = qc_kept_type(dev_dt);
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
+    qc_wbuf_settle(c, 1); /* what the buffers hold is named by weight addresses: a new weight may reuse one */
     if (kept && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
     void *dev = NULL;
     cudaError_t e = cudaMalloc(&dev, bytes ? bytes : 1);
@@ -451,6 +463,7 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     cuda_impl *c = cuda_of(be);
     if (!w->data) return;
     int prev = device_enter(c);
+    qc_wbuf_settle(c, 1); /* a prefetched expansion may read it; its address may come back as another weight's */
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream); /* or a queued stage */
     size_t bytes = qi_nbytes(w);
@@ -466,12 +479,8 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
         bytes += (size_t)w->ne[0] * sizeof(float);
         w->row_scale = NULL;
     }
-    if (qc_kept_type(w->dtype) && w->ndim == 2 && --c->kept_weights == 0 && c->wscratch && !c->wscratch_fixed) {
-        cudaFree(c->wscratch); /* the last kept weight is gone: so is its scratch */
-        bytes += c->wscratch_bytes;
-        c->wscratch = NULL;
-        c->wscratch_bytes = 0;
-    }
+    if (qc_kept_type(w->dtype) && w->ndim == 2 && --c->kept_weights == 0 && c->wscratch && !c->wscratch_fixed)
+        drop_wscratch(c); /* the last kept weight is gone: so is its scratch */
     device_leave(prev);
     c->weight_bytes = c->weight_bytes >= bytes ? c->weight_bytes - bytes : 0;
     w->data = NULL;
@@ -494,8 +503,8 @@ static size_t cuda_weight_size(const qi_backend *be, qi_dtype dt, int ndim, cons
     for (int i = 0; i + 1 < ndim; i++) rows *= ne[i];
     if (row < 0) return 0;
     size_t bytes = alloc_rounded((size_t)(rows * row));
-    if (qc_kept_type((qi_dtype)st)) {
-        *scratch = alloc_rounded((size_t)(rows * ne[ndim - 1]) * 2);
+    if (qc_kept_type((qi_dtype)st)) { /* one buffer per wbuf (two with the overlap) */
+        *scratch = alloc_rounded((size_t)(rows * ne[ndim - 1]) * 2) * (size_t)(c->wbuf_count > 1 ? c->wbuf_count : 1);
         if (dt == QI_F8_E4M3 || dt == QI_F8_E5M2) bytes += alloc_rounded((size_t)rows * sizeof(float)); /* row scales */
     }
     return bytes;
@@ -527,13 +536,9 @@ static qi_status reserve_on_device(cuda_impl *c, qi_backend *be, size_t arena, s
     c->arena_peak = 0;
     if (!weight_scratch) return QI_OK;
     c->wscratch_fixed = 0;
-    if (c->wscratch) { /* the old one, sized by the weights so far */
-        cudaFree(c->wscratch);
-        c->weight_bytes -= c->wscratch_bytes;
-        c->wscratch = NULL;
-        c->wscratch_bytes = 0;
-    }
-    qi_status st = ensure_wscratch(c, weight_scratch / 2, err);
+    if (c->wscratch) drop_wscratch(c); /* the old one, sized by the weights so far */
+    /* weight_scratch is what weight_size said: every buffer's bytes together */
+    qi_status st = ensure_wscratch(c, weight_scratch / (size_t)c->wbuf_count / 2, err);
     c->wscratch_fixed = st == QI_OK;
     return st;
 }
@@ -597,6 +602,7 @@ static qi_status weight_in_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int n
     if (st != QI_OK) return st;
     int kept = qc_kept_type(w->dtype), pinned = 0;
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
+    qc_wbuf_settle(c, 1);
     if (kept && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
     void *mem = NULL;
     if ((st = qc_host_alloc(c, bytes, &mem, &pinned, err)) != QI_OK) {
@@ -738,6 +744,7 @@ static qi_status cuda_count_nonfinite(qi_backend *be, const qi_tensor *t, int64_
 static qi_status cuda_sync(qi_backend *be, qi_error *err) {
     cuda_impl *c = cuda_of(be);
     int prev = device_enter(c);
+    qc_wbuf_settle(c, 0); /* queued work includes the prefetched expansions */
     cudaError_t e = cudaStreamSynchronize(c->stream);
     if (e == cudaSuccess) e = cudaGetLastError();
     device_leave(prev);
@@ -941,6 +948,63 @@ extern "C" int qi_cuda_set_conv_kernel(qi_backend *be, const char *name) {
     return 0;
 }
 
+/* ---- the overlap of kept-weight expansions (cuda_kept.cu) ------------------------------- */
+
+/* The stream every op is queued on. QI_CUDA_PREFETCH_PRIORITY=1 gives it the
+ * device's highest priority (the expand stream keeps the default, lowest), so
+ * where both have blocks waiting the GEMM's are scheduled first and a
+ * prefetched expansion fills what the GEMM leaves idle. A measurement knob:
+ * it also ranks the ops above other streams' work (NCCL's, copies'). */
+static cudaError_t compute_stream_create(cuda_impl *c) {
+    const char *prio = getenv("QI_CUDA_PREFETCH_PRIORITY");
+    int lowest = 0, highest = 0;
+    if (prio && prio[0] == '1' && cudaDeviceGetStreamPriorityRange(&lowest, &highest) == cudaSuccess)
+        return cudaStreamCreateWithPriority(&c->stream, cudaStreamNonBlocking, highest);
+    return cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+}
+
+/* QI_CUDA_KEPT_OVERLAP=0: one weight buffer, prefetch_weight does nothing
+ * (the scratch as before: half the memory); =3: three buffers, so the
+ * model's hint two linears ahead is taken too (its expansion can start
+ * behind a long GEMM while the next one's is still read); else two.
+ * QI_CUDA_PREFETCH_SMS=N: a
+ * prefetched expansion runs N × 8 blocks of 256 threads (what N SMs hold at
+ * once), so it leaves the rest of the GPU to the GEMM it overlaps; 0 or
+ * unset: the grid a linear's own expansion takes (up to 16 blocks per SM).
+ * QI_CUDA_PREFETCH_PRIORITY=1: see compute_stream_create. */
+static qi_status overlap_init(cuda_impl *c, qi_error *err) {
+    const char *on = getenv("QI_CUDA_KEPT_OVERLAP"), *sms = getenv("QI_CUDA_PREFETCH_SMS");
+    c->wbuf_count = on && on[0] == '0' ? 1 : on && on[0] == '3' ? 3 : 2;
+    long n = sms ? strtol(sms, NULL, 10) : 0;
+    c->prefetch_grid = n > 0 && n < c->sm_count ? (int)n * 8 : 0;
+    if (c->wbuf_count < 2) return QI_OK;
+    cudaError_t e = cudaStreamCreateWithFlags(&c->expand_stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->expand_fork, cudaEventDisableTiming);
+    for (int i = 0; i < QC_WBUFS && e == cudaSuccess; i++)
+        e = cudaEventCreateWithFlags(&c->wbuf[i].ready, cudaEventDisableTiming);
+    if (e != cudaSuccess) return cuda_err(err, e, "the weight expansion stream (QI_CUDA_KEPT_OVERLAP=0 goes without)");
+    c->kept_overlap = 1;
+    return QI_OK;
+}
+
+extern "C" int qi_cuda_set_kept_overlap(qi_backend *be, int on) {
+    cuda_impl *c = cuda_of(be);
+    int was = c->kept_overlap;
+    int prev = device_enter(c);
+    qc_wbuf_settle(c, 1); /* nothing left on the expand stream, nor held, when it stops or starts */
+    device_leave(prev);
+    c->kept_overlap = on && c->wbuf_count > 1 && c->expand_stream != NULL;
+    return was;
+}
+
+extern "C" void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
+                                    unsigned long long *used) {
+    cuda_impl *c = cuda_of(be);
+    if (expanded) *expanded = c->expand_calls;
+    if (queued) *queued = c->prefetch_queued;
+    if (used) *used = c->prefetch_used;
+}
+
 /* ---- CUDA graphs ---------------------------------------------------------------------- */
 
 struct qi_cuda_graph {
@@ -949,6 +1013,9 @@ struct qi_cuda_graph {
 
 extern "C" qi_status qi_cuda_capture_begin(qi_backend *be, qi_error *err) {
     cuda_impl *c = cuda_of(be);
+    /* a recording starts with empty weight buffers: what they hold now is not there when it replays, and
+       its waits must be on events recorded inside it */
+    qc_wbuf_settle(c, 1);
     /* relaxed: the first launch of a kernel may set its shared-memory limit */
     cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed);
     return e == cudaSuccess ? QI_OK : cuda_err(err, e, "graph capture begin");
@@ -958,6 +1025,7 @@ extern "C" qi_status qi_cuda_capture_end(qi_backend *be, qi_cuda_graph **out, qi
     cuda_impl *c = cuda_of(be);
     *out = NULL;
     cudaGraph_t graph = NULL;
+    qc_wbuf_settle(c, 1); /* every expansion branch joined back before the capture ends; nothing held after */
     cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
     if (c->err_status != QI_OK) { /* an op failed while recording */
         if (graph) cudaGraphDestroy(graph);
@@ -1035,6 +1103,13 @@ static void cuda_destroy(qi_backend *be) {
             cudaStreamDestroy(c->copy_stream);
         }
         if (c->compute_mark) cudaEventDestroy(c->compute_mark);
+        if (c->expand_stream) {
+            cudaStreamSynchronize(c->expand_stream);
+            cudaStreamDestroy(c->expand_stream);
+        }
+        if (c->expand_fork) cudaEventDestroy(c->expand_fork);
+        for (int i = 0; i < QC_WBUFS; i++)
+            if (c->wbuf[i].ready) cudaEventDestroy(c->wbuf[i].ready);
         cudaFree(c->nonfinite_count);
         cudaFree(c->lt_workspace);
         cudaFree(c->scratch);
@@ -1126,6 +1201,7 @@ static const qi_backend_ops cuda_ops = {
     .channel_rms_norm_act = qc_channel_rms_norm_act,
     .conv2d_fused = qc_conv2d_fused,
     .add_gated_layer_norm_mod = qc_add_gated_layer_norm_mod,
+    .prefetch_weight = qc_prefetch_weight,
     .weight_size = cuda_weight_size,
     .mem_info = cuda_mem_info,
     .reserve = cuda_reserve,
@@ -1176,6 +1252,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     be->impl = c;
     c->device = device;
     c->sm_count = prop.multiProcessorCount;
+    c->wbuf_count = 1; /* overlap_init says how many */
     qi_status st = QI_OK;
     if (arena_bytes == 0) { /* default: half the free memory, at most 32 GiB */
         size_t free_b = 0, total_b = 0;
@@ -1186,7 +1263,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
     c->scratch_bytes = SCRATCH_BYTES;
     c->staging_bytes = STAGING_BYTES;
-    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+    if ((e = compute_stream_create(c)) != cudaSuccess) {
         st = cuda_err(err, e, "stream");
         goto fail;
     }
@@ -1220,6 +1297,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
         const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");
         c->dequant_at_load = d && d[0] == '1';
     }
+    if ((st = overlap_init(c, err)) != QI_OK) goto fail;
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));
         c->conv_mode = m < 0 ? QC_CONV_AUTO : m;

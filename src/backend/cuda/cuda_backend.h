@@ -49,6 +49,23 @@ const char *qi_cuda_fp8_gemm_state(qi_backend *be);
 int qi_cuda_set_fp8_gemm(qi_backend *be, int on);
 void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long long *expanded);
 
+/* The overlap of kept-weight expansions (cuda_kept.cu): the op table's
+ * prefetch_weight queues a coming linear's bf16 expansion on a second
+ * stream into a free weight buffer, while the GEMMs before it run.
+ * Environment, read at creation: QI_CUDA_KEPT_OVERLAP=0 (one buffer, no
+ * prefetch: half the scratch memory; =3: three buffers, hints two linears
+ * ahead taken; else two), QI_CUDA_PREFETCH_SMS=N (a prefetched
+ * expansion's grid: what N SMs hold; default the full grid),
+ * QI_CUDA_PREFETCH_PRIORITY=1 (the compute stream at the highest priority).
+ * set_kept_overlap (tests, benchmarks) turns prefetching on or off (never on
+ * when created with QI_CUDA_KEPT_OVERLAP=0) and returns whether it was on;
+ * results are bit-identical either way. kept_counts: since creation, the
+ * linears whose kept weight was expanded (bf16 path), the expansions queued
+ * by prefetch_weight, and how many of those a linear read (each may be NULL). */
+int qi_cuda_set_kept_overlap(qi_backend *be, int on);
+void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
+                         unsigned long long *used);
+
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
  * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x3"
  * (Hopper flash kernel for head dim 128: 64-key tiles × 3 warpgroups),

@@ -8,10 +8,10 @@
  * x (bf16) is quantised to e4m3 with one dynamic per-tensor scale:
  * scale_x = amax(|x|) / 448 (448: e4m3's largest finite value), found by a
  * reduction kernel whose last block writes the scale on the device — no
- * host sync, so a CUDA graph records the whole sequence. x_q lives in the
- * kept-weight scratch (c->wscratch, sized at load for a bf16 copy of the
- * largest kept weight), which this path does not otherwise need, or in the
- * general scratch when it is larger than that.
+ * host sync, so a CUDA graph records the whole sequence. x_q lives in a
+ * buffer of the kept-weight scratch (c->wscratch, each buffer sized at load
+ * for a bf16 copy of the largest kept weight), which this path does not
+ * otherwise need, or in the general scratch when it is larger than that.
  *
  * cuBLASLt computes column-major D = op(A)·op(B); row-major y[M, N] is
  * column-major yᵀ[N, M] = W[N, K] · xᵀ, so A = W (stored [N, K] row-major =
@@ -286,14 +286,29 @@ static unsigned grid_for(const cuda_impl *c, int64_t units) {
     return (unsigned)(b < 1 ? 1 : b < cap ? b : cap);
 }
 
-/* Where x_q (n bytes) goes: the kept-weight scratch (sized for a bf16 copy
- * of the largest kept weight: 2·N·K bytes, x_q needs M·K), else the
- * general scratch (512 MiB); both made before any graph is recorded and
- * free while this op runs. NULL: neither holds it (the expansion answers). */
-static void *xq_buffer(const cuda_impl *c, int64_t n) {
-    if (c->wscratch && (size_t)n <= c->wscratch_bytes) return c->wscratch;
-    if (c->scratch && (size_t)n <= c->scratch_bytes) return c->scratch;
-    return NULL;
+/* Whether x_q (n bytes) has a place: a buffer of the kept-weight scratch
+ * (each sized for a bf16 copy of the largest kept weight: 2·N·K bytes, x_q
+ * needs M·K), else the general scratch (512 MiB); both made before any graph
+ * is recorded. No: the expansion answers. */
+static int xq_fits(const cuda_impl *c, int64_t n) {
+    return (c->wscratch && (size_t)n <= c->wbuf_bytes) || (c->scratch && (size_t)n <= c->scratch_bytes);
+}
+
+/* Where x_q goes, free while this op runs: a buffer claimed from the weight
+ * scratch (one no queued expansion of prefetch_weight is writing), else the
+ * general scratch. */
+static void *xq_buffer(cuda_impl *c, int64_t n) {
+    void *p = c->wscratch && (size_t)n <= c->wbuf_bytes ? qc_wbuf_claim(c, (size_t)n) : NULL;
+    return p ? p : (size_t)n <= c->scratch_bytes ? c->scratch : NULL;
+}
+
+int qc_fp8_takes_weight(const cuda_impl *c, const qi_tensor *w) {
+    if (!c->fp8 || !c->fp8_on || w->dtype != QI_F8_E4M3 || w->ndim != 2) return 0;
+    int64_t N = w->ne[0], K = w->ne[1];
+    if (N % 16 || K % 16 || N > INT32_MAX || K > INT32_MAX) return 0;
+    if (N < FP8_MIN_DIM || K < FP8_MIN_DIM) return 0; /* the 64-channel first and last layers: see the top */
+    if (w->scale_form == QI_SCALE_ROW && !w->row_scale) return 0;
+    return qc_aligned16(w->data);
 }
 
 /* Whether this path takes linear(x, w, b, act) -> y at all (before any plan). */
@@ -307,7 +322,7 @@ static int fp8_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const
     else if (N < FP8_MIN_DIM || K < FP8_MIN_DIM) why = "first or last layer"; /* 64 channels: see the top */
     else if (w->scale_form == QI_SCALE_ROW && !w->row_scale) why = "per-row scale missing";
     else if (!qc_aligned16(x->data) || !qc_aligned16(w->data) || !qc_aligned16(y->data)) why = "alignment";
-    else if (!xq_buffer(c, M * K)) why = "x_q does not fit the scratch";
+    else if (!xq_fits(c, M * K)) why = "x_q does not fit the scratch";
     if (why && strcmp(why, "first or last layer") != 0) fallback(c, why, (int)N, (int)M, (int)K, 0); /* by design */
     return why == NULL;
 }

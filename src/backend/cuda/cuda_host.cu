@@ -136,6 +136,7 @@ void cuda_slot_free(qi_backend *be, qi_slot *s) {
     cuda_impl *c = cuda_of(be);
     if (!s) return;
     int prev = device_enter(c);
+    qc_wbuf_settle(c, 1); /* a prefetched expansion may read the slot; what it held is named by slot addresses */
     cudaStreamSynchronize(c->stream);
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
     cudaFree(s->dev);
@@ -213,6 +214,9 @@ qi_status cuda_stage(qi_backend *be, qi_slot *s, const qi_tensor *src, qi_tensor
                        s->bytes);
     qi_status st = bounced && !c->ring[QC_RING_CHUNKS - 1] ? ring_make(c, err) : QI_OK;
     if (st != QI_OK) return st;
+    /* a prefetched expansion may read the slot's weights: the copy waits for it too; and what the buffers
+       hold is named by address, which the slot's next weights take over */
+    qc_wbuf_settle(c, 1);
     cudaError_t e = cudaEventRecord(c->compute_mark, c->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(c->copy_stream, c->compute_mark, 0);
     off = 0;

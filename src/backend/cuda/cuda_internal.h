@@ -32,6 +32,19 @@ typedef struct lt_plan {
 
 #define QI_CUDA_PLANS 192
 
+/* One buffer of the kept-weight scratch (cuda_kept.cu). A buffer holds at
+ * most one expansion that no linear has read yet ("held"); one queued on the
+ * expand stream is "side" until the compute stream has waited for `ready`.
+ * Invariant: side implies held. */
+#define QC_WBUFS 3 /* at most: 2 by default, 3 with QI_CUDA_KEPT_OVERLAP=3 */
+typedef struct qc_wbuf {
+    char *ptr;              /* into wscratch */
+    qi_tensor held;         /* the kept weight whose bf16 copy was queued here; data NULL: none */
+    int side;               /* queued on expand_stream; `stream` has not yet waited for `ready` */
+    unsigned long long used; /* wbuf_clock at its last use (a write or a read queued) */
+    cudaEvent_t ready;      /* recorded on expand_stream after the expansion */
+} qc_wbuf;
+
 typedef struct cuda_impl {
     int device;
     int sm_count;
@@ -62,13 +75,28 @@ typedef struct cuda_impl {
     cudaEvent_t staging_free[2];
     int load_threads;    /* host threads converting into the staging buffers */
 
-    /* bf16 copy of one kept weight (fp8, GGUF blocks: cuda_kept.cu) for the
-     * GEMM that reads it; sized at load to the largest kept weight, so its
-     * address is fixed before any graph is recorded */
+    /* bf16 copies of kept weights (fp8, GGUF blocks: cuda_kept.cu) for the
+     * GEMMs that read them: one allocation of wscratch_bytes, split into
+     * wbuf_count buffers of wbuf_bytes each (2 with the overlap: the next
+     * linear's weight is expanded into one while the GEMM reads another);
+     * each sized at load to the largest kept weight, so the addresses are
+     * fixed before any graph is recorded */
     void *wscratch;
     size_t wscratch_bytes;
     int kept_weights;    /* kept weights alive: the scratch goes with the last one */
     int wscratch_fixed;  /* the plan reserved the scratch (`reserve`): weights no longer size it */
+    int wbuf_count;      /* QI_CUDA_KEPT_OVERLAP at creation: 0 → 1 buffer, 3 → 3, else 2 */
+    size_t wbuf_bytes;   /* each buffer: wscratch_bytes / wbuf_count (256-byte multiple) */
+    qc_wbuf wbuf[QC_WBUFS];
+    unsigned long long wbuf_clock; /* orders the buffers' uses (least recently used is written next) */
+    /* the overlap (`prefetch_weight`, cuda_kept.cu): expansions queued on
+     * their own stream, forked from and joined back into `stream` by events,
+     * so a recording captures them as a branch of the graph */
+    cudaStream_t expand_stream;
+    cudaEvent_t expand_fork;  /* recorded on `stream` by each prefetch: the expansion waits for it */
+    int kept_overlap;    /* prefetch_weight acts (wbuf_count 2 and not switched off) */
+    int prefetch_grid;   /* blocks of a prefetched expansion (QI_CUDA_PREFETCH_SMS × 8); 0: as a linear's own */
+    unsigned long long prefetch_queued, prefetch_used; /* expansions queued by prefetch_weight; read by a linear */
 
     /* streamed weights (`weight_host`, `stage`): pinned host copies, copied
      * into device slots on their own stream, ordered against the compute
@@ -147,9 +175,24 @@ void qc_fail(cuda_impl *c, qi_status st, const char *fmt, ...) __attribute__((fo
 int qc_check_launch(cuda_impl *c, const char *op);
 
 /* ---- weights kept in their file type (cuda_kept.cu) ---- */
-/* Writes kept weight w as bf16 into c->wscratch and describes it in *out;
- * records an error and returns 1 on failure. */
+/* Describes in *out kept weight w as bf16 in a buffer of the weight scratch
+ * for the GEMM queued next on `stream`: the copy prefetch_weight queued, or
+ * one written now; records an error and returns 1 on failure. */
 int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out);
+/* The op table's prefetch_weight: w's bf16 copy queued on the expand stream
+ * into the least recently used free buffer, when the overlap is on and a
+ * linear would expand w (see backend.h). */
+void qc_prefetch_weight(qi_backend *be, const qi_tensor *w);
+/* A buffer of the weight scratch that ops queued next on `stream` may write
+ * (`bytes` at most: NULL if none is that large): a free one, else the
+ * oldest held one, given up after `stream` waited for its expansion. */
+void *qc_wbuf_claim(cuda_impl *c, size_t bytes);
+/* Makes `stream` wait for every expansion still on the expand stream, and
+ * with `forget` drops what the buffers hold (before and after a recording,
+ * when weights change or the scratch moves). */
+void qc_wbuf_settle(cuda_impl *c, int forget);
+/* Points the buffers into c->wscratch (after it was (re)allocated; forgets). */
+void qc_wbuf_layout(cuda_impl *c);
 /* Seeded random contents of a kept weight (benchmarks); *scale: its per-tensor scale. */
 int qc_random_kept(cuda_impl *c, qi_tensor *w, uint64_t key, float *scale);
 
@@ -183,6 +226,9 @@ void cuda_host_budget(qi_backend *be, size_t pinned_max);
  * scale buffer (after qc_select_kernels: needs device_cc). */
 qi_status qc_fp8_init(cuda_impl *c, qi_error *err);
 void qc_fp8_destroy(cuda_impl *c);
+/* Whether the fp8 GEMM would take linear's weight w, judging by w alone
+ * (prefetch_weight does not expand what it takes). */
+int qc_fp8_takes_weight(const cuda_impl *c, const qi_tensor *w);
 /* y = act(x · wᵀ (scaled) + b) for an e4m3 weight w on the fp8 tensor cores:
  * 1 when queued, 0 when it does not take the case (nothing written to y, no
  * error: `linear` expands the weight instead), -1 on a recorded error. */

@@ -3,11 +3,28 @@
  * scale, GGUF blocks): dequantisation into the bf16 weight scratch before a
  * GEMM, and seeded random contents for benchmarks.
  *
- * Each linear with a kept weight first writes the weight as bf16 into
- * c->wscratch (2 bytes per element, from 0.56–1 read), then runs the bf16
- * GEMM: ~2× the bf16 weight bytes of extra traffic per call, ~20 ms per
- * 1024² transformer call on an H200 (run L). fp8 and block GEMMs that read
- * the stored bytes directly are the next step (the GPU issue).
+ * Each linear with a kept weight first writes the weight as bf16 into a
+ * buffer of c->wscratch (2 bytes per element, from 0.56–1 read), then runs
+ * the bf16 GEMM: ~2× the bf16 weight bytes of extra traffic per call, ~20 ms
+ * per 1024² transformer call on an H200 (run L) when each expansion runs
+ * between two GEMMs. fp8 and block GEMMs that read the stored bytes directly
+ * are the next step (the GPU issue).
+ *
+ * The overlap: the model names the weights of its next linears
+ * (prefetch_weight) and each one's expansion is queued on a second stream
+ * into a free buffer (two buffers; three with QI_CUDA_KEPT_OVERLAP=3, so a
+ * hint two linears ahead is taken too), where it runs while the GEMMs before
+ * it do; a hint that finds no free buffer is dropped. Ordering, by events only (so stream capture records it as a branch
+ * of the graph, forked from and joined back into the capturing stream):
+ *   - the expansion waits for everything queued on `stream` before the hint
+ *     (expand_fork), the last GEMM that read its buffer among it;
+ *   - the linear that reads it waits for its `ready` event;
+ *   - a write on `stream` into a buffer whose expansion is still "side"
+ *     (never read) waits for `ready` first (qc_wbuf_claim).
+ * The same kernel writes the same bf16 values whichever stream and grid run
+ * it (each unit of 8 is computed alone), so results are bit-identical with
+ * the overlap on or off; the GEMM reads the same values at another address
+ * (cuBLASLt plans are keyed by alignment, and every buffer is 256-aligned).
  */
 #include <math.h>
 
@@ -146,25 +163,24 @@ qc_kept qc_kept_of(const qi_tensor *w) {
     return k;
 }
 
-int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out) {
+/* Queues the bf16 expansion of kept weight w into dst on stream s with at
+ * most max_grid blocks (0: as many as the bytes want, up to 16 per SM);
+ * returns 1 after recording an error. */
+static int expand_into(cuda_impl *c, const qi_tensor *w, void *dst, cudaStream_t s, int max_grid) {
     int64_t n = qi_numel(w);
-    if ((size_t)n * 2 > c->wscratch_bytes) {
-        qc_fail(c, QI_ERR_BACKEND, "cuda backend: weight scratch of %zu bytes cannot hold a %s weight of %lld "
-                "elements (it is sized at load)", c->wscratch_bytes, qi_dtype_name(w->dtype), (long long)n);
-        return 1;
-    }
     int64_t units = n / 8 + 1;
     int64_t blocks = (units + 255) / 256;
-    int grid = (int)(blocks < (int64_t)c->sm_count * 16 ? blocks : (int64_t)c->sm_count * 16);
+    int64_t cap = max_grid > 0 ? max_grid : (int64_t)c->sm_count * 16;
+    int grid = (int)(blocks < cap ? blocks : cap);
     grid = grid < 1 ? 1 : grid;
     qc_kept k = qc_kept_of(w);
     /* whole units of 8 share a scale unless rows of a per-row scale are not a multiple of 8 long; fp8's 8-byte
        loads need the data 8-byte aligned (device allocations are 256-byte aligned; this guards views) */
     int by_unit = (k.form != QI_SCALE_ROW || k.row_len % 8 == 0) && ((uintptr_t)k.data % 8 == 0);
-    __nv_bfloat16 *o = (__nv_bfloat16 *)c->wscratch;
+    __nv_bfloat16 *o = (__nv_bfloat16 *)dst;
     switch (w->dtype) {
 #define DEQUANT_CASE(T) \
-    case T: dequant_bf16_k<T><<<grid, 256, 0, c->stream>>>(k, n, by_unit, o); break;
+    case T: dequant_bf16_k<T><<<grid, 256, 0, s>>>(k, n, by_unit, o); break;
         DEQUANT_CASE(QI_F8_E4M3) DEQUANT_CASE(QI_F8_E5M2) DEQUANT_CASE(QI_Q8_0) DEQUANT_CASE(QI_Q4_0)
         DEQUANT_CASE(QI_Q4_1) DEQUANT_CASE(QI_Q5_0) DEQUANT_CASE(QI_Q5_1) DEQUANT_CASE(QI_Q2_K)
         DEQUANT_CASE(QI_Q3_K) DEQUANT_CASE(QI_Q4_K) DEQUANT_CASE(QI_Q5_K) DEQUANT_CASE(QI_Q6_K)
@@ -173,14 +189,133 @@ int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out) {
         qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: no device decoder for %s weights", qi_dtype_name(w->dtype));
         return 1;
     }
-    if (qc_check_launch(c, "dequantise weight")) return 1;
+    return qc_check_launch(c, "dequantise weight");
+}
+
+/* ---- the buffers of the weight scratch ------------------------------------------ */
+
+/* Whether the copy held in a buffer is kept weight w's: the same stored
+ * bytes read the same way (a weight's address is unique while it lives;
+ * every buffer is forgotten when a weight is made or freed). */
+static int holds(const qc_wbuf *b, const qi_tensor *w) {
+    const qi_tensor *h = &b->held;
+    return h->data && h->data == w->data && h->dtype == w->dtype && qi_numel(h) == qi_numel(w) &&
+           h->scale_form == w->scale_form && h->scale == w->scale && h->row_scale == w->row_scale &&
+           h->ne[h->ndim - 1] == w->ne[w->ndim - 1];
+}
+
+/* `stream` waits for b's expansion if it is still on the expand stream. */
+static void join(cuda_impl *c, qc_wbuf *b) {
+    if (!b->side) return;
+    cudaError_t e = cudaStreamWaitEvent(c->stream, b->ready, 0);
+    if (e != cudaSuccess) qc_fail(c, QI_ERR_BACKEND, "cuda backend: waiting for a weight expansion: %s",
+                                  cudaGetErrorString(e));
+    b->side = 0;
+}
+
+void qc_wbuf_settle(cuda_impl *c, int forget) {
+    for (int i = 0; i < c->wbuf_count; i++) {
+        join(c, &c->wbuf[i]);
+        if (forget) c->wbuf[i].held.data = NULL;
+    }
+}
+
+void qc_wbuf_layout(cuda_impl *c) {
+    int n = c->wbuf_count < 1 ? 1 : c->wbuf_count;
+    c->wbuf_bytes = c->wscratch ? (c->wscratch_bytes / (size_t)n) & ~(size_t)255 : 0;
+    for (int i = 0; i < c->wbuf_count; i++) {
+        c->wbuf[i].ptr = c->wscratch ? (char *)c->wscratch + (size_t)i * c->wbuf_bytes : NULL;
+        c->wbuf[i].held.data = NULL;
+        c->wbuf[i].side = 0;
+    }
+}
+
+/* The buffer to write next: free (holding nothing unread) and least
+ * recently used, so the buffer the last GEMM read is kept for last; if
+ * `free_only` is 0 and none is free, the oldest held one. NULL if none. */
+static qc_wbuf *pick(cuda_impl *c, int free_only) {
+    qc_wbuf *best = NULL;
+    for (int pass = 0; pass < 2 && !best; pass++) {
+        if (pass == 1 && free_only) break;
+        for (int i = 0; i < c->wbuf_count; i++) {
+            qc_wbuf *b = &c->wbuf[i];
+            if (pass == 0 && b->held.data) continue;
+            if (!best || b->used < best->used) best = b;
+        }
+    }
+    return best;
+}
+
+void *qc_wbuf_claim(cuda_impl *c, size_t bytes) {
+    if (!c->wscratch || bytes > c->wbuf_bytes) return NULL;
+    qc_wbuf *b = pick(c, 0);
+    if (!b) return NULL;
+    join(c, b); /* its unread expansion may still be writing */
+    b->held.data = NULL;
+    b->used = ++c->wbuf_clock;
+    return b->ptr;
+}
+
+int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out) {
+    int64_t n = qi_numel(w);
+    if (!c->wscratch || (size_t)n * 2 > c->wbuf_bytes) {
+        qc_fail(c, QI_ERR_BACKEND, "cuda backend: weight scratch of %zu bytes cannot hold a %s weight of %lld "
+                "elements (it is sized at load)", c->wbuf_bytes, qi_dtype_name(w->dtype), (long long)n);
+        return 1;
+    }
+    void *dst = NULL;
+    for (int i = 0; i < c->wbuf_count && !dst; i++) {
+        qc_wbuf *b = &c->wbuf[i];
+        if (!holds(b, w)) continue;
+        join(c, b); /* the GEMM waits for the prefetched expansion */
+        b->held.data = NULL;
+        b->used = ++c->wbuf_clock;
+        c->prefetch_used++;
+        dst = b->ptr;
+    }
+    if (!dst) {
+        dst = qc_wbuf_claim(c, (size_t)n * 2);
+        if (expand_into(c, w, dst, c->stream, 0)) return 1;
+    }
     *out = *w;
     out->dtype = QI_BF16;
-    out->data = c->wscratch;
+    out->data = dst;
     out->scale = 1.0f;
     out->scale_form = QI_SCALE_NONE;
     out->row_scale = NULL;
     return 0;
+}
+
+/* Only kept 2-D weights that a linear would expand, into a free buffer: a
+ * hint that cannot be taken is dropped (the linear expands the weight
+ * itself, as without the overlap). */
+void qc_prefetch_weight(qi_backend *be, const qi_tensor *w) {
+    cuda_impl *c = cuda_of(be);
+    if (!c->kept_overlap || !w || !w->data || w->ndim != 2 || !qc_kept_type(w->dtype)) return;
+    if (qc_fp8_takes_weight(c, w) || !c->wscratch || (size_t)qi_numel(w) * 2 > c->wbuf_bytes) return;
+    for (int i = 0; i < c->wbuf_count; i++)
+        if (holds(&c->wbuf[i], w)) return; /* queued already */
+    qc_wbuf *b = pick(c, 1);
+    if (!b) return;
+    cudaError_t e = cudaEventRecord(c->expand_fork, c->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(c->expand_stream, c->expand_fork, 0);
+    if (e != cudaSuccess) {
+        qc_fail(c, QI_ERR_BACKEND, "cuda backend: prefetch_weight: %s", cudaGetErrorString(e));
+        return;
+    }
+    int failed = expand_into(c, w, b->ptr, c->expand_stream, c->prefetch_grid);
+    if ((e = cudaEventRecord(b->ready, c->expand_stream)) != cudaSuccess) {
+        qc_fail(c, QI_ERR_BACKEND, "cuda backend: prefetch_weight: %s", cudaGetErrorString(e));
+        return;
+    }
+    b->side = 1; /* joined even when the launch failed: a recording must not end with the branch open */
+    b->used = ++c->wbuf_clock;
+    if (failed) {
+        join(c, b);
+        return;
+    }
+    b->held = *w;
+    c->prefetch_queued++;
 }
 
 /* ---- random contents of kept weights (benchmarks) ---------------------------- */
