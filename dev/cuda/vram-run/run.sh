@@ -52,6 +52,10 @@ for what in ${*:-tests bench}; do
       for v in 24G 8G; do held_bench $v bf16 dit; done ;;
     bench-3g)
       held_bench 3G q4_k dit; held_bench 3G q4_k e2e ;;
+    3g-dit) # the transformer call alone (a short call)
+      held_bench 3G q4_k dit ;;
+    pinned0) # --vram 8G with every streamed byte through the bounce ring
+      held_bench 8G q4_k dit --pinned 0 ;;
     pinned)
       t test_host_pool
       t test_cuda_vram
