@@ -2,7 +2,7 @@
 # 2026-12-04 (fourth) call B: the overlap claims and Q4_K call off/on, --vram 3G (call), --pinned 0 at 8G,
 # process start -> first fp8 image. Logs under $OUT.
 set -u
-[ -d dist ] || tar xJf devpack/dist.tar.xz
+[ -d dist ] || tar xJf devpack/b.tar.xz
 f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz
 src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
 if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
