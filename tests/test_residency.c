@@ -34,14 +34,14 @@
 static cJSON *manifest;
 
 /* Device bytes of a weight on the CUDA backend, and the bf16 expansion
- * scratch it needs while used (a kept one): two buffers of its bf16 copy,
- * as the backend keeps by default (the overlap: one is written while a GEMM
- * reads the other). */
+ * scratch it needs while used (a kept one): one buffer of its bf16 copy, as
+ * the backend keeps by default (QI_CUDA_KEPT_OVERLAP=1, off by default,
+ * keeps two: one is written while a GEMM reads the other). */
 static size_t cuda_bytes(qi_dtype dt, int ndim, const int64_t *shape, size_t *scratch) {
     int64_t rows = 1;
     for (int i = 0; i + 1 < ndim; i++) rows *= shape[i];
     int kept = ndim == 2 && (dt == QI_F8_E4M3 || qi_dtype_is_block(dt));
-    *scratch = kept ? (size_t)(rows * shape[ndim - 1]) * 2 * 2 : 0;
+    *scratch = kept ? (size_t)(rows * shape[ndim - 1]) * 2 : 0;
     if (kept) return (size_t)rows * (size_t)qi_row_bytes(dt, shape[ndim - 1]);
     return (size_t)(rows * shape[ndim - 1]) * 2;
 }

@@ -301,7 +301,7 @@ static qi_status ensure_wscratch(cuda_impl *c, size_t elems, qi_error *err) {
     if (e != cudaSuccess) {
         c->wscratch = NULL;
         return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for the %zu MiB bf16 scratch that "
-                       "quantised weights are expanded into (%d buffer%s; QI_CUDA_KEPT_OVERLAP=0 keeps one) "
+                       "quantised weights are expanded into (%d buffer%s; unset QI_CUDA_KEPT_OVERLAP keeps one) "
                        "(%zu MiB of weights already held)", need >> 20, c->wbuf_count, c->wbuf_count > 1 ? "s" : "",
                        c->weight_bytes >> 20);
     }
@@ -963,10 +963,14 @@ static cudaError_t compute_stream_create(cuda_impl *c) {
     return cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
 }
 
-/* QI_CUDA_KEPT_OVERLAP=0: one weight buffer, prefetch_weight does nothing
- * (the scratch as before: half the memory); =3: three buffers, so the
- * model's hint two linears ahead is taken too (its expansion can start
- * behind a long GEMM while the next one's is still read); else two.
+/* Off by default: QI_CUDA_KEPT_OVERLAP=1 turns it on (two weight buffers),
+ * =3 with three, so the model's hint two linears ahead is taken too (its
+ * expansion can start behind a long GEMM while the next one's is still
+ * read); unset or 0: one buffer, prefetch_weight does nothing (the scratch
+ * as before: half the memory). Why off: its first H200 run (bench/RESULTS.md
+ * run Q) gave a Q4_K 1024² call of 128.6 ms eager / 133.2 ms replayed with
+ * it on, against 127.5 ms replayed without it in run L; the same call's
+ * "off" row did not finish in the call's time, so no gain is shown yet.
  * QI_CUDA_PREFETCH_SMS=N: a
  * prefetched expansion runs N × 8 blocks of 256 threads (what N SMs hold at
  * once), so it leaves the rest of the GPU to the GEMM it overlaps; 0 or
@@ -974,7 +978,7 @@ static cudaError_t compute_stream_create(cuda_impl *c) {
  * QI_CUDA_PREFETCH_PRIORITY=1: see compute_stream_create. */
 static qi_status overlap_init(cuda_impl *c, qi_error *err) {
     const char *on = getenv("QI_CUDA_KEPT_OVERLAP"), *sms = getenv("QI_CUDA_PREFETCH_SMS");
-    c->wbuf_count = on && on[0] == '0' ? 1 : on && on[0] == '3' ? 3 : 2;
+    c->wbuf_count = on && on[0] == '1' ? 2 : on && on[0] == '3' ? 3 : 1;
     long n = sms ? strtol(sms, NULL, 10) : 0;
     c->prefetch_grid = n > 0 && n < c->sm_count ? (int)n * 8 : 0;
     if (c->wbuf_count < 2) return QI_OK;
@@ -982,7 +986,7 @@ static qi_status overlap_init(cuda_impl *c, qi_error *err) {
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->expand_fork, cudaEventDisableTiming);
     for (int i = 0; i < QC_WBUFS && e == cudaSuccess; i++)
         e = cudaEventCreateWithFlags(&c->wbuf[i].ready, cudaEventDisableTiming);
-    if (e != cudaSuccess) return cuda_err(err, e, "the weight expansion stream (QI_CUDA_KEPT_OVERLAP=0 goes without)");
+    if (e != cudaSuccess) return cuda_err(err, e, "the weight expansion stream (unset QI_CUDA_KEPT_OVERLAP to go without)");
     c->kept_overlap = 1;
     return QI_OK;
 }
