@@ -70,6 +70,9 @@ static uint8_t clip8(int64_t v) {
  * (o, rest) = Σ_k in[bounds[2o] + k] · kk[o][k], rounded half up. */
 static void resample_rows(const uint8_t *in, int in_w, int ch, int rows, int out_w, const int *bounds,
                           const int32_t *kk, int ksize, uint8_t *out) {
+    /* Rows are independent and the sums are integers: any split gives the same bytes. A 1024² picture
+     * to the vision tower's 392² is ~26 M multiply-adds, ~20 ms on one core: part of every Edit request. */
+#pragma omp parallel for schedule(static) if ((int64_t)rows * out_w * ksize > (1 << 16))
     for (int y = 0; y < rows; y++)
         for (int o = 0; o < out_w; o++) {
             const int32_t *k = kk + (size_t)o * ksize;
@@ -85,6 +88,7 @@ static void resample_rows(const uint8_t *in, int in_w, int ch, int rows, int out
 static void resample_cols(const uint8_t *in, int w, int ch, int out_h, const int *bounds, const int32_t *kk,
                           int ksize, int row0, uint8_t *out) {
     size_t stride = (size_t)w * ch;
+#pragma omp parallel for schedule(static) if ((int64_t)out_h * (int64_t)stride * ksize > (1 << 16))
     for (int o = 0; o < out_h; o++) {
         const int32_t *k = kk + (size_t)o * ksize;
         for (size_t i = 0; i < stride; i++) {
