@@ -20,6 +20,9 @@ p.add_argument("--runs", type=int, default=7)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--compile", action="store_true", help="also time compile_repeated_blocks()")
 p.add_argument("--skip-te", action="store_true")
+p.add_argument("--offload", action="store_true",
+               help="only the transformer call under diffusers' block-level group offload (its low-VRAM mode), "
+                    "without and with a CUDA stream, with the peak device memory of each")
 p.add_argument("--skip-vae", action="store_true")
 p.add_argument("--edit", action="store_true", help="the Edit-2509 pipeline rows instead")
 p.add_argument("--dry", action="store_true", help="--edit: processor and configs only, no weights")
@@ -245,7 +248,41 @@ def t2i_main():
     print(f"# peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
 
 
-if args.edit:
+def offload_main():
+    """The low-VRAM peer of `qwen-image bench --vram`: the transformer's weights live in host memory and
+    diffusers' group offload copies one block at a time to the GPU (use_stream: the next block's copy on a
+    second stream, from pinned memory). One 1024² call; peak device memory from the allocator's counter."""
+    from diffusers import QwenImageTransformer2DModel
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    dev = torch.device("cuda")
+    for use_stream in (False, True):
+        with dev:  # random init on the GPU is fast; then the weights move to host memory
+            tr = QwenImageTransformer2DModel(**TRANSFORMER).eval()
+        tr.to("cpu")
+        torch.cuda.empty_cache()
+        tr.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"), offload_type="block_level",
+                                num_blocks_per_group=1, use_stream=use_stream)
+        h = w = 1024
+        x = torch.randn(1, (h // 16) * (w // 16), 64, device=dev)
+        ctx = torch.randn(1, 128, 3584, device=dev)
+        t = torch.full((1,), 0.9, device=dev)
+        torch.cuda.reset_peak_memory_stats()
+
+        def f():
+            tr(hidden_states=x, encoder_hidden_states=ctx, encoder_hidden_states_mask=None, timestep=t,
+               img_shapes=[(1, h // 16, w // 16)], return_dict=False)
+        ms = timed(f, warmup=1, runs=min(args.runs, 3))
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        row(f"transformer call, group offload block_level use_stream={use_stream}", "1024x1024, txt 128", ms,
+            f"peak {peak:.2f} GiB")
+        del tr
+        torch.cuda.empty_cache()
+
+
+if args.offload:
+    offload_main()
+elif args.edit:
     edit_main()
 else:
     t2i_main()
