@@ -6,7 +6,7 @@
 # is proved real. Logs under $OUT.
 #   here:   scripts/device-build.sh test_cuda_vram test_cuda_pipeline test_host_pool qwen-image hold_memory
 #           mkdir -p devpack && tar cf - dist | xz -1 > devpack/dist.tar.xz
-#   there:  sh dev/cuda/vram-run/run.sh [tests] [bench] [bench-fp8] [bench-bf16] [bench-3g] [pinned]
+#   there:  sh dev/cuda/vram-run/run.sh [tests] [bench] [budgets] [bench-fp8] [bench-bf16] [bench-3g] [pinned]
 # bench-3g: `bench --vram 3G --type q4_k` (transformer call, then end to end) beside
 #   hold_memory --leave 3G, each under a 590 s limit; the log's "set up in N s" line is
 #   the set-up time (it never finished in 290 s before the pinned chunks).
@@ -34,7 +34,9 @@ held_bench() { # budget type what [more bench flags...]
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$OUT/hold_$v.log" 2>&1
   echo "== --vram $v, $ty, $what $* (beside: $(head -1 "$OUT/hold_$v.log"))" >>"$log"
   s=$(date +%s)
-  timeout 590 dist/run.sh qwen-image bench --runs 3 --warmup 1 --only "$what" --type "$ty" --vram "$v" "$@" >>"$log" 2>&1
+  o="--only $what"; [ "$what" = all ] && o= # all: the call and end to end after one set-up
+  # shellcheck disable=SC2086
+  timeout "${HELD_LIMIT:-590}" dist/run.sh qwen-image bench --runs 3 --warmup 1 $o --type "$ty" --vram "$v" "$@" >>"$log" 2>&1
   rc=$?
   kill "$pid"; wait "$pid" 2>/dev/null
   echo "bench $what $ty --vram $v $*: rc=$rc ($(($(date +%s) - s)) s); $(grep -o 'set up in [0-9.]* s' "$log" | tail -1)" | tee -a "$OUT/summary.txt"
@@ -50,6 +52,8 @@ for what in ${*:-tests bench}; do
       for v in 8G 6G; do held_bench $v fp8 dit; done ;;
     bench-bf16)
       for v in 24G 8G; do held_bench $v bf16 dit; done ;;
+    budgets) # 8G, 6G, 3G: call and end to end from one set-up each (HELD_LIMIT seconds each)
+      for v in 8G 6G 3G; do held_bench $v q4_k all; done ;;
     bench-3g)
       held_bench 3G q4_k dit; held_bench 3G q4_k e2e ;;
     3g-dit) # the transformer call alone (a short call)
