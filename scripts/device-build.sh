@@ -35,7 +35,11 @@ TARGETS=${*:-test_backend_ops test_cuda_backend_caps test_cuda_bench test_cuda_k
   hold_memory qwen-image}
 
 build() { # build dir, QI_CUDA_ARCHS, dist bin dir
-  cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DQI_CUDA=ON -DQI_STATIC_DEPS=ON -DQI_CUDA_ARCHS="$2" >/dev/null
+  # OpenBLAS as the shared library (copied into dist/lib below): statically it is ~26 MB of
+  # every program, and the device copy (repository + carried pack) is limited to 64 MiB.
+  blas=/usr/lib/$(gcc -print-multiarch)/openblas-openmp/libopenblas.so
+  [ -e "$blas" ] && blas_opt="-DQI_OPENBLAS=$blas" || blas_opt=
+  cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release -DQI_CUDA=ON -DQI_STATIC_DEPS=ON -DQI_CUDA_ARCHS="$2" $blas_opt >/dev/null
   cmake --build "$1" -j2 --target $TARGETS
   mkdir -p "$3"
   for t in $TARGETS; do
