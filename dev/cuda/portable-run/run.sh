@@ -44,14 +44,14 @@ suite() { # stage, dist/run.sh flag ("" or --ptx80), extra VAR=value ...
   while IFS='|' read -r name tenv cmd; do
     [ -x "dist/bin/${cmd%% *}" ] || { note "[$stage] $name: ${cmd%% *} not in this dist"; continue; }
     # shellcheck disable=SC2086 # the test's env and command split on spaces, as ctest ran them
-    one "$stage" "$name" $tenv "$@" timeout 900 dist/run.sh $flag $cmd
+    one "$stage" "$name" $tenv QI_CLI_PATH="$PWD/dist/bin/qwen-image" "$@" timeout 900 dist/run.sh $flag $cmd
   done < dist/cuda-tests.txt
 }
 
 pipeline() { # the pipeline cases (GPU, and GPU+CPU split) with the generic kernels
   for t in test_cuda_pipeline test_engine test_parallel test_pipeline_parallel; do
     [ -x dist/bin/$t ] || { note "[pipeline] $t: not in this dist"; continue; }
-    one pipeline "$t" QI_CUDA_GENERIC=1 timeout 900 dist/run.sh $t
+    one pipeline "$t" QI_CUDA_GENERIC=1 QI_CLI_PATH="$PWD/dist/bin/qwen-image" timeout 900 dist/run.sh $t
   done
 }
 
