@@ -25,7 +25,6 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
 #define LORA_FILE QI_TEST_DATA "/cases/lora.safetensors"
 
 static qi_backend *g_be;
@@ -68,10 +67,8 @@ static int load_case(const edit_case *c, loaded *l) {
     memset(l, 0, sizeof *l);
     char path[1024];
     qi_error err = {{0}};
-    snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, c->name);
-    CHECK(qi_json_load(path, &l->json, &err) == QI_OK, "%s", err.msg);
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, c->name);
-    l->f = ref_open(path);
+    l->json = ref_edit_json(c->name);
+    l->f = ref_edit_tensors(c->name);
     if (!l->json || !l->f) return -1;
     /* img_shapes [[[1, h, w], ...]]: the output, then each picture */
     const cJSON *shapes = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l->json, "img_shapes"), 0);
@@ -87,7 +84,7 @@ static int load_case(const edit_case *c, loaded *l) {
     }
     l->steps = cJSON_GetObjectItemCaseSensitive(l->json, "steps")->valueint;
     l->cfg = (float)cJSON_GetObjectItemCaseSensitive(l->json, "cfg")->valuedouble;
-    snprintf(path, sizeof path, "%s/%s/transformer", EDIT_REF, c->model);
+    snprintf(path, sizeof path, "%s/%s/transformer", QI_REF_EDIT, c->model);
     qi_lora_set *loras = NULL;
     qi_status st = qi_source_open_folder(path, QI_COMPONENT_TRANSFORMER, &l->src, &err);
     if (st == QI_OK && c->lora) st = qi_lora_set_add(&loras, LORA_FILE, 1.0f, &err);
@@ -119,12 +116,12 @@ static void zero_cond_t_is_read_from_the_config(void) {
     qi_source *src = NULL;
     qi_dit_config c;
     qi_error err = {{0}};
-    REQUIRE(qi_source_open_folder(EDIT_REF "/model-2511/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK,
+    REQUIRE(qi_source_open_folder(QI_REF_EDIT "/model-2511/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK,
             "%s", err.msg);
     CHECK(qi_dit_read_config(src, &c, &err) == QI_OK && c.zero_cond_t == 1, "model-2511: zero_cond_t %d (%s)",
           c.zero_cond_t, err.msg);
     qi_source_close(src);
-    REQUIRE(qi_source_open_folder(EDIT_REF "/model-2509/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK);
+    REQUIRE(qi_source_open_folder(QI_REF_EDIT "/model-2509/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK);
     CHECK(qi_dit_read_config(src, &c, &err) == QI_OK && c.zero_cond_t == 0, "model-2509: zero_cond_t %d",
           c.zero_cond_t);
     qi_source_close(src);
@@ -345,9 +342,7 @@ static void condition_latents_match(void) {
                 qi_vae_load(src, g_be, &vae, &err) == QI_OK,
             "%s", err.msg);
     for (size_t ci = 0; ci < QI_ARRAY_LEN(cases); ci++) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, cases[ci].name);
-        qi_st_file *f = ref_open(path);
+        qi_st_file *f = ref_edit_tensors(cases[ci].name);
         REQUIRE(f);
         int64_t n_ref = 0, row = 0;
         float *ref = ref_floats(f, "image_latents", &n_ref), *got = calloc((size_t)n_ref, sizeof(float));
