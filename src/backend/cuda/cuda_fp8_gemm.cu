@@ -186,13 +186,6 @@ static void plan_free(fp8_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-static int alignment(const void *p) {
-    uintptr_t u = (uintptr_t)p;
-    int a = 256;
-    while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
-    return a;
-}
-
 /* Why a case went to the expansion path, kept for qi_cuda_fp8_gemm_state:
  * a path that silently never runs would otherwise look like a slow one. */
 static void fallback(cuda_impl *c, const char *why, int m, int n, int k, int status) {
@@ -233,27 +226,15 @@ static int plan_build(cuda_impl *c, fp8_plan *p, const void *bias) {
     LT_TRY(cublasLtMatrixLayoutCreate(&p->a_layout, CUDA_R_8F_E4M3, p->k, p->m, p->k));
     LT_TRY(cublasLtMatrixLayoutCreate(&p->b_layout, CUDA_R_8F_E4M3, p->k, p->n, p->k));
     LT_TRY(cublasLtMatrixLayoutCreate(&p->d_layout, CUDA_R_16BF, p->m, p->n, p->m));
-    cublasLtMatmulPreference_t pref;
-    LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
-    uint64_t ws = c->lt_workspace_bytes;
-    uint32_t al_a = (uint32_t)p->align_a, al_b = 256, al_d = (uint32_t)p->align_d; /* x_q: scratch start */
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulHeuristicResult_t res;
-    memset(&res, 0, sizeof res);
     int found = 0;
-    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->a_layout, p->b_layout, p->d_layout,
-                                                      p->d_layout, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (s != CUBLAS_STATUS_SUCCESS || found < 1 || res.state != CUBLAS_STATUS_SUCCESS) {
+    cublasStatus_t s = qc_lt_best_algo(c, p->desc, p->a_layout, p->b_layout, p->d_layout, (uint32_t)p->align_a,
+                                       256 /* x_q: the start of a scratch buffer */, (uint32_t)p->align_d, &p->algo,
+                                       &found);
+    if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
         fallback(c, found < 1 ? "cuBLASLt heuristic: no algorithm" : "cuBLASLt heuristic failed", p->m, p->n, p->k,
-                 s != CUBLAS_STATUS_SUCCESS ? (int)s : (int)res.state);
+                 (int)s);
         return 0;
     }
-    p->algo = res.algo;
     return 1;
 }
 
@@ -337,7 +318,7 @@ int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
     int bias_epi = b && b->dtype == QI_BF16 && b->scale == 1.0f && qc_aligned16(b->data);
     /* what the epilogue can do: the bias (before a per-row scale it would be wrong) and tanh GELU */
     int direct = !row && (!b || bias_epi) && (act == QI_ACT_NONE || act == QI_ACT_GELU_TANH);
-    int align_a = alignment(w->data), align_d = alignment(y->data);
+    int align_a = qc_ptr_align(w->data), align_d = qc_ptr_align(y->data);
     fp8_plan *p = NULL;
     if (direct) {
         cublasLtEpilogue_t epi = act == QI_ACT_GELU_TANH ? (b ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
