@@ -3,7 +3,8 @@
 # the device's /bin/sh is dash):
 #   . "$(dirname "$0")/../common.sh"
 # Each step is a function the script calls, so a script takes only the steps
-# it needs. They set no variables of the caller.
+# it needs (and `note`, their summary line). They set no variables of the
+# caller.
 
 # dist/ (scripts/device-build.sh's output) from its tarball, unless already
 # unpacked; $1: the tarball (default devpack/dist.tar.xz).
@@ -32,3 +33,6 @@ dev_link_source() {
 dev_gpu_txt() {
   nvidia-smi --query-gpu="${1:-name,driver_version,memory.used,memory.total}" --format=csv >"$OUT/gpu.txt" 2>&1
 }
+
+# A line for the run's summary: printed, and appended to $OUT/summary.txt.
+note() { echo "$*" | tee -a "$OUT/summary.txt"; }

@@ -35,7 +35,6 @@ dev_link_source
 dev_gpu_txt
 python3 -c 'import torch, transformers, diffusers; print("torch", torch.__version__, "| transformers",
   transformers.__version__, "| diffusers", diffusers.__version__, diffusers.__file__)' >"$OUT/versions.txt" 2>&1
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 note "$(cat "$OUT/gpu.txt" | tail -1); $(cat "$OUT/versions.txt" | tail -1)"
 for what in ${*:-dry ours peer}; do
   s=$(date +%s)

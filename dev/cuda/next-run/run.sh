@@ -14,7 +14,6 @@ mkdir -p "$OUT"
 dev_unpack_dist
 dev_tiny_text_encoder
 dev_link_source
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 for what in ${*:-fp8 e2e}; do
   case $what in
     fp8)

@@ -20,7 +20,6 @@ mkdir -p "$OUT"
 dev_unpack_dist
 dev_tiny_text_encoder
 dev_link_source
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 t() { # log name, program, args... (environment from the caller)
   n=$1; shift; s=$(date +%s)
   timeout 300 dist/run.sh "$@" >"$OUT/$n.log" 2>&1

@@ -25,8 +25,6 @@ echo "dist built for: $(cat dist/ARCHS 2>/dev/null)" | tee -a "$OUT/summary.txt"
 # the PTX build's JIT results are cached across its programs (the library's code is the same in each)
 export CUDA_CACHE_PATH=/tmp/qi-ptx-cache CUDA_CACHE_MAXSIZE=4294967296
 
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
-
 # One program: stage, log name, then [VAR=value ...] program args (dist/run.sh's, --ptx80 first if so).
 one() {
   stage=$1; name=$2; shift 2
