@@ -240,21 +240,11 @@ static void a_weight_larger_than_the_ring(void) {
 
 /* ---- the engine on the tiny model ---------------------------------------------------- */
 
-/* The tiny model with budget `vram` and pinned budget `pinned` (-1: the default). */
-static qi_status open_tiny_pinned(size_t vram, long long pinned, qi_engine **e) {
-    qi_open_options o = qi_open_options_default();
-    o.model_dir = QI_TEST_DATA "/tiny-model";
-    o.device = "cuda";
-    o.vram_bytes = vram;
-    o.pinned_bytes = pinned;
-    return qi_engine_open(&o, e);
-}
-
 static void engine_plans_give_the_unplanned_images(void) {
     qi_engine *e = NULL;
     qi_image ref[2] = {{0}}, got[2] = {{0}};
     const char *prompts[2] = {"a red apple on a table", "a blue boat"};
-    REQUIRE(open_tiny("cuda", 0, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cuda", 0, -1, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(e->planned && e->plan.step == 1, "the whole free GPU: everything resident");
     for (int i = 0; i < 2; i++) CHECK(generate(e, prompts[i], &ref[i]) == QI_OK, "%s", qi_engine_error(e));
     qi_engine_close(e);
@@ -265,7 +255,7 @@ static void engine_plans_give_the_unplanned_images(void) {
         CHECK(b > 0, "no budget gives a %s plan", names[k]);
         if (!b) continue;
         e = NULL;
-        CHECK(open_tiny("cuda", b, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
+        CHECK(open_tiny("cuda", b, -1, &e) == QI_OK && tests[k](&e->plan), "%s at %zu KiB: %s", names[k], b >> 10,
               qi_engine_error(e));
         for (int i = 0; i < 2; i++) {
             CHECK(generate(e, prompts[i], &got[i]) == QI_OK, "%s", qi_engine_error(e));
@@ -290,7 +280,7 @@ static void pinned_budgets_give_the_resident_images(void) {
     qi_image ref[2] = {{0}}, got = {0};
     const char *prompts[2] = {"a red apple on a table", "a blue boat"};
     unsetenv("QI_PINNED_MAX");
-    REQUIRE(open_tiny("cuda", 0, &e) == QI_OK && e->plan.step == 1, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cuda", 0, -1, &e) == QI_OK && e->plan.step == 1, "%s", qi_engine_error(e));
     for (int i = 0; i < 2; i++) CHECK(generate(e, prompts[i], &ref[i]) == QI_OK, "%s", qi_engine_error(e));
     qi_engine_close(e);
     size_t b = budget_where("cuda", 2048 * MIB, 256 * MIB, streams_everything);
@@ -306,7 +296,7 @@ static void pinned_budgets_give_the_resident_images(void) {
     for (size_t k = 0; k < QI_ARRAY_LEN(cases); k++) {
         if (cases[k].env) setenv("QI_PINNED_MAX", cases[k].env, 1);
         e = NULL;
-        qi_status st = open_tiny_pinned(b, cases[k].pinned, &e);
+        qi_status st = open_tiny("cuda", b, cases[k].pinned, &e);
         unsetenv("QI_PINNED_MAX");
         CHECK(st == QI_OK && streams_everything(&e->plan), "%s: %s", cases[k].name, qi_engine_error(e));
         if (st != QI_OK) {
@@ -344,7 +334,7 @@ static void request_that_cannot_fit_is_refused_before_work(void) {
     const size_t budgets[2] = {0, (size_t)1 << 30};
     for (int k = 0; k < 2; k++) {
         qi_engine *e = NULL;
-        REQUIRE(open_tiny("cuda", budgets[k], &e) == QI_OK, "%s", qi_engine_error(e));
+        REQUIRE(open_tiny("cuda", budgets[k], -1, &e) == QI_OK, "%s", qi_engine_error(e));
         qi_request r = qi_request_default();
         r.prompts = prompts;
         r.n_prompts = k == 0 ? 64 : 1;

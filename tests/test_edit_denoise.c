@@ -25,7 +25,6 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
 #define LORA_FILE QI_TEST_DATA "/cases/lora.safetensors"
 
 static qi_backend *g_be;
@@ -68,10 +67,8 @@ static int load_case(const edit_case *c, loaded *l) {
     memset(l, 0, sizeof *l);
     char path[1024];
     qi_error err = {{0}};
-    snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, c->name);
-    CHECK(qi_json_load(path, &l->json, &err) == QI_OK, "%s", err.msg);
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, c->name);
-    l->f = ref_open(path);
+    l->json = ref_edit_json(c->name);
+    l->f = ref_edit_tensors(c->name);
     if (!l->json || !l->f) return -1;
     /* img_shapes [[[1, h, w], ...]]: the output, then each picture */
     const cJSON *shapes = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(l->json, "img_shapes"), 0);
@@ -87,7 +84,7 @@ static int load_case(const edit_case *c, loaded *l) {
     }
     l->steps = cJSON_GetObjectItemCaseSensitive(l->json, "steps")->valueint;
     l->cfg = (float)cJSON_GetObjectItemCaseSensitive(l->json, "cfg")->valuedouble;
-    snprintf(path, sizeof path, "%s/%s/transformer", EDIT_REF, c->model);
+    snprintf(path, sizeof path, "%s/%s/transformer", QI_REF_EDIT, c->model);
     qi_lora_set *loras = NULL;
     qi_status st = qi_source_open_folder(path, QI_COMPONENT_TRANSFORMER, &l->src, &err);
     if (st == QI_OK && c->lora) st = qi_lora_set_add(&loras, LORA_FILE, 1.0f, &err);
@@ -119,12 +116,12 @@ static void zero_cond_t_is_read_from_the_config(void) {
     qi_source *src = NULL;
     qi_dit_config c;
     qi_error err = {{0}};
-    REQUIRE(qi_source_open_folder(EDIT_REF "/model-2511/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK,
+    REQUIRE(qi_source_open_folder(QI_REF_EDIT "/model-2511/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK,
             "%s", err.msg);
     CHECK(qi_dit_read_config(src, &c, &err) == QI_OK && c.zero_cond_t == 1, "model-2511: zero_cond_t %d (%s)",
           c.zero_cond_t, err.msg);
     qi_source_close(src);
-    REQUIRE(qi_source_open_folder(EDIT_REF "/model-2509/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK);
+    REQUIRE(qi_source_open_folder(QI_REF_EDIT "/model-2509/transformer", QI_COMPONENT_TRANSFORMER, &src, &err) == QI_OK);
     CHECK(qi_dit_read_config(src, &c, &err) == QI_OK && c.zero_cond_t == 0, "model-2509: zero_cond_t %d",
           c.zero_cond_t);
     qi_source_close(src);
@@ -214,6 +211,48 @@ static void on_call(void *user, int call, const float *pred) {
     c->calls++;
 }
 
+/* What a whole-loop claim reads of a case: the packed noise the reference
+ * started from ([L, 64], L = gh·gw), the condition latents, both prompts'
+ * embeddings (neg NULL without true CFG), the schedule (t already / 1000, as
+ * the pipeline passes it to the transformer) and the final latents. */
+typedef struct loop_refs {
+    float *noise, *cond, *ctx, *neg, *sig, *ts, *fin;
+    int64_t n; /* values of noise and fin */
+    int ctx_len, neg_len;
+} loop_refs;
+
+static void loop_refs_free(loop_refs *r) {
+    free(r->noise), free(r->cond), free(r->ctx), free(r->neg), free(r->sig), free(r->ts), free(r->fin);
+    memset(r, 0, sizeof *r);
+}
+
+/* 0 when every tensor the loop needs is there with the case's sizes. */
+static int loop_refs_load(const loaded *l, loop_refs *r) {
+    memset(r, 0, sizeof *r);
+    r->noise = ref_floats(l->f, "call0.noisy_latents", &r->n);
+    r->cond = ref_floats(l->f, "image_latents", NULL);
+    r->ctx = ref_floats(l->f, "prompt_embeds", NULL);
+    r->neg = ref_floats(l->f, "neg.prompt_embeds", NULL);
+    r->sig = ref_floats(l->f, "sigmas", NULL);
+    r->ts = ref_floats(l->f, "timesteps", NULL);
+    r->fin = ref_floats(l->f, "final_latents", NULL);
+    const qi_st_tensor *pe = qi_st_file_find(l->f, "prompt_embeds"), *ne = qi_st_file_find(l->f, "neg.prompt_embeds");
+    if (!r->noise || !r->cond || !r->ctx || !r->sig || !r->ts || !r->fin || !pe || r->n != (int64_t)l->gh * l->gw * 64)
+        return -1;
+    r->ctx_len = (int)pe->shape[1];
+    r->neg_len = ne ? (int)ne->shape[1] : 0;
+    for (int i = 0; i < l->steps; i++) r->ts[i] /= 1000.0f;
+    return 0;
+}
+
+/* The loop's arguments for a case (no hooks, the default graph minimum). */
+static qi_edit_denoise_args loop_args(const loaded *l, const loop_refs *r) {
+    qi_edit_denoise_args a = {.grid_h = l->gh, .grid_w = l->gw, .cond = l->cond, .cond_latents = r->cond,
+                              .ctx = r->ctx, .ctx_len = r->ctx_len, .neg_ctx = r->neg, .neg_len = r->neg_len,
+                              .cfg = l->cfg, .steps = l->steps, .sigmas = r->sig, .t = r->ts};
+    return a;
+}
+
 /* The whole loop from the packed noise: every call's kept prediction, and
  * the final latents. */
 static void denoising_matches(void) {
@@ -223,23 +262,18 @@ static void denoising_matches(void) {
             unload(&l);
             continue;
         }
-        int64_t L = (int64_t)l.gh * l.gw, n = 0;
-        float *lat = ref_floats(l.f, "call0.noisy_latents", &n), *cond = ref_floats(l.f, "image_latents", NULL);
-        float *ctx = ref_floats(l.f, "prompt_embeds", NULL), *neg = ref_floats(l.f, "neg.prompt_embeds", NULL);
-        float *sig = ref_floats(l.f, "sigmas", NULL), *ts = ref_floats(l.f, "timesteps", NULL);
-        for (int i = 0; ts && i < l.steps; i++) ts[i] /= 1000.0f; /* the transformer's t, as the pipeline passes it */
-        float *fin = ref_floats(l.f, "final_latents", NULL);
-        const qi_st_tensor *pe = qi_st_file_find(l.f, "prompt_embeds"), *ne = qi_st_file_find(l.f, "neg.prompt_embeds");
-        REQUIRE(lat && cond && ctx && sig && ts && fin && pe && n == L * 64, "%s: reference tensors", cases[ci].name);
-        call_check cc = {.f = l.f, .name = cases[ci].name, .n = L * 64};
-        qi_edit_denoise_args a = {.grid_h = l.gh, .grid_w = l.gw, .cond = l.cond, .cond_latents = cond, .ctx = ctx,
-                                  .ctx_len = (int)pe->shape[1], .neg_ctx = neg, .neg_len = ne ? (int)ne->shape[1] : 0,
-                                  .cfg = l.cfg, .steps = l.steps, .sigmas = sig, .t = ts,
-                                  .on_call = on_call, .user = &cc};
+        loop_refs r;
+        REQUIRE(loop_refs_load(&l, &r) == 0, "%s: reference tensors", cases[ci].name);
+        int64_t n = r.n;
+        float *lat = r.noise, *fin = r.fin; /* the loop runs in place from the noise */
+        call_check cc = {.f = l.f, .name = cases[ci].name, .n = n};
+        qi_edit_denoise_args a = loop_args(&l, &r);
+        a.on_call = on_call;
+        a.user = &cc;
         qi_error err = {{0}};
         qi_status st = qi_edit_denoise(l.dit, g_be, &a, lat, &err);
         CHECK(st == QI_OK, "%s: %s", cases[ci].name, err.msg);
-        int want_calls = l.steps * (neg && l.cfg > 1 ? 2 : 1);
+        int want_calls = l.steps * (r.neg && l.cfg > 1 ? 2 : 1);
         CHECK(cc.calls == want_calls, "%s: %d transformer calls, the reference made %d", cases[ci].name, cc.calls,
               want_calls);
         double rel = qi_rel_l2(lat, fin, (size_t)n);
@@ -247,7 +281,7 @@ static void denoising_matches(void) {
                cc.calls, cc.worst, rel, qi_max_abs_diff(lat, fin, (size_t)n));
         CHECK(cc.worst <= g_tol, "%s: a call's prediction is off by %g", cases[ci].name, cc.worst);
         CHECK(rel <= g_tol, "%s: final latents rel L2 %g", cases[ci].name, rel);
-        free(lat), free(cond), free(ctx), free(neg), free(sig), free(ts), free(fin);
+        loop_refs_free(&r);
         unload(&l);
     }
 }
@@ -265,25 +299,19 @@ static void recorded_steps_match_eager(void) {
             unload(&l);
             continue;
         }
-        int64_t L = (int64_t)l.gh * l.gw, n = 0;
-        float *noise = ref_floats(l.f, "call0.noisy_latents", &n), *cond = ref_floats(l.f, "image_latents", NULL);
-        float *ctx = ref_floats(l.f, "prompt_embeds", NULL), *neg = ref_floats(l.f, "neg.prompt_embeds", NULL);
-        float *sig = ref_floats(l.f, "sigmas", NULL), *ts = ref_floats(l.f, "timesteps", NULL);
-        float *fin = ref_floats(l.f, "final_latents", NULL);
-        const qi_st_tensor *pe = qi_st_file_find(l.f, "prompt_embeds"), *ne = qi_st_file_find(l.f, "neg.prompt_embeds");
-        REQUIRE(noise && cond && ctx && sig && ts && fin && pe && n == L * 64, "%s: reference tensors", cases[ci].name);
-        for (int i = 0; i < l.steps; i++) ts[i] /= 1000.0f;
+        loop_refs r;
+        REQUIRE(loop_refs_load(&l, &r) == 0, "%s: reference tensors", cases[ci].name);
+        int64_t n = r.n;
+        const float *noise = r.noise, *fin = r.fin;
         float *lat[3] = {malloc((size_t)n * sizeof(float)), malloc((size_t)n * sizeof(float)),
                          malloc((size_t)n * sizeof(float))};
         int replayed[3] = {-1, -1, -1};
         for (int eager = 0; eager < 3; eager++) { /* graphs, QI_CUDA_GRAPHS=0, the default minimum */
             if (eager == 1) setenv("QI_CUDA_GRAPHS", "0", 1);
             memcpy(lat[eager], noise, (size_t)n * sizeof(float));
-            qi_edit_denoise_args a = {.grid_h = l.gh, .grid_w = l.gw, .cond = l.cond, .cond_latents = cond, .ctx = ctx,
-                                      .ctx_len = (int)pe->shape[1], .neg_ctx = neg,
-                                      .neg_len = ne ? (int)ne->shape[1] : 0, .cfg = l.cfg, .steps = l.steps,
-                                      .sigmas = sig, .t = ts, .replayed_steps = &replayed[eager],
-                                      .graph_min_steps = eager == 2 ? 0 : 2};
+            qi_edit_denoise_args a = loop_args(&l, &r);
+            a.replayed_steps = &replayed[eager];
+            a.graph_min_steps = eager == 2 ? 0 : 2;
             qi_error err = {{0}};
             CHECK(qi_edit_denoise(l.dit, g_be, &a, lat[eager], &err) == QI_OK, "%s: %s", cases[ci].name, err.msg);
             unsetenv("QI_CUDA_GRAPHS");
@@ -301,7 +329,7 @@ static void recorded_steps_match_eager(void) {
               (long long)differ);
         CHECK(rel <= g_tol, "%s: final latents rel L2 %g", cases[ci].name, rel);
         free(lat[0]), free(lat[1]), free(lat[2]);
-        free(noise), free(cond), free(ctx), free(neg), free(sig), free(ts), free(fin);
+        loop_refs_free(&r);
         unload(&l);
     }
 }
@@ -345,9 +373,7 @@ static void condition_latents_match(void) {
                 qi_vae_load(src, g_be, &vae, &err) == QI_OK,
             "%s", err.msg);
     for (size_t ci = 0; ci < QI_ARRAY_LEN(cases); ci++) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, cases[ci].name);
-        qi_st_file *f = ref_open(path);
+        qi_st_file *f = ref_edit_tensors(cases[ci].name);
         REQUIRE(f);
         int64_t n_ref = 0, row = 0;
         float *ref = ref_floats(f, "image_latents", &n_ref), *got = calloc((size_t)n_ref, sizeof(float));

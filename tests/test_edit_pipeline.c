@@ -33,7 +33,6 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
 
 static qi_backend *g_be;
 /* `-b cuda`: the same run on the CUDA backend (bf16): stage bounds widen to
@@ -132,11 +131,11 @@ static qi_status parts_load(const edit_case *c, parts *p, qi_error *err) {
     char dir[1024];
     qi_lora_set *loras = NULL;
     qi_status st = qi_tokenizer_load(QI_TEST_DATA "/tiny-model/tokenizer", &p->tok, err);
-    snprintf(dir, sizeof dir, "%s/%s/text_encoder", EDIT_REF, c->model);
+    snprintf(dir, sizeof dir, "%s/%s/text_encoder", QI_REF_EDIT, c->model);
     if (!st) st = qi_source_open_folder(dir, QI_COMPONENT_TEXT_ENCODER, &p->te_src, err);
     if (!st) st = qi_text_encoder_load(p->te_src, g_be, &p->te, err);
     if (!st) st = qi_vision_load(p->te_src, g_be, &p->vt, err);
-    snprintf(dir, sizeof dir, "%s/%s/transformer", EDIT_REF, c->model);
+    snprintf(dir, sizeof dir, "%s/%s/transformer", QI_REF_EDIT, c->model);
     if (!st) st = qi_source_open_folder(dir, QI_COMPONENT_TRANSFORMER, &p->dit_src, err);
     if (!st && c->lora) st = qi_lora_set_add(&loras, QI_TEST_DATA "/cases/lora.safetensors", 1.0f, err);
     if (!st) st = qi_dit_load(p->dit_src, g_be, loras, &p->dit, err);
@@ -200,11 +199,9 @@ static void denoise_and_decode(const edit_case *c, const cJSON *j, const qi_st_f
 static void run_case(const edit_case *c) {
     char path[1024];
     qi_error err = {{0}};
-    cJSON *j = NULL;
-    snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, c->name);
-    REQUIRE(qi_json_load(path, &j, &err) == QI_OK, "%s", err.msg);
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, c->name);
-    qi_st_file *f = ref_open(path);
+    cJSON *j = ref_edit_json(c->name);
+    REQUIRE(j);
+    qi_st_file *f = ref_edit_tensors(c->name);
     parts p;
     qi_status st = parts_load(c, &p, &err);
     CHECK(st == QI_OK, "%s: %s", c->name, err.msg);
@@ -213,7 +210,7 @@ static void run_case(const edit_case *c) {
     uint8_t *rgb[4] = {0};
     int wh[4][2];
     for (int k = 0; k < s.n && k < 4 && st == QI_OK; k++) {
-        snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF, cJSON_GetArrayItem(images, k)->valuestring);
+        snprintf(path, sizeof path, "%s/inputs/%s.png", QI_REF_EDIT, cJSON_GetArrayItem(images, k)->valuestring);
         st = qi_png_read(path, &rgb[k], &wh[k][0], &wh[k][1], NULL, &err);
         CHECK(st == QI_OK, "%s", err.msg);
         s.src[k] = rgb[k];
@@ -292,13 +289,11 @@ static int cancel_at_1(void *user, const char *stage, int step, int total) {
 static void engine_case(const edit_case *c, int stand_ins) {
     char path[1024];
     qi_error err = {{0}};
-    cJSON *j = NULL;
-    snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, c->name);
-    REQUIRE(qi_json_load(path, &j, &err) == QI_OK, "%s", err.msg);
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, c->name);
-    qi_st_file *f = ref_open(path);
+    cJSON *j = ref_edit_json(c->name);
+    REQUIRE(j);
+    qi_st_file *f = ref_edit_tensors(c->name);
     char model[1024];
-    snprintf(model, sizeof model, "%s/%s", EDIT_REF, c->model);
+    snprintf(model, sizeof model, "%s/%s", QI_REF_EDIT, c->model);
     qi_open_options o = qi_open_options_default();
     o.model_dir = model;
     o.device = g_cuda ? "cuda" : "cpu";
@@ -313,7 +308,7 @@ static void engine_case(const edit_case *c, int stand_ins) {
     uint8_t *rgb[4] = {0};
     int w[4], h[4];
     for (int k = 0; k < s.n && k < 4 && st == QI_OK; k++) {
-        snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF, cJSON_GetArrayItem(images, k)->valuestring);
+        snprintf(path, sizeof path, "%s/inputs/%s.png", QI_REF_EDIT, cJSON_GetArrayItem(images, k)->valuestring);
         st = qi_png_read(path, &rgb[k], &w[k], &h[k], NULL, &err);
         s.src[k] = rgb[k];
     }
@@ -401,11 +396,9 @@ static void lanczos_matches_condition_pictures(void) {
     qi_error err = {{0}};
     int compared = 0;
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        cJSON *j = NULL;
-        snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, cases[ci].name);
-        REQUIRE(qi_json_load(path, &j, &err) == QI_OK, "%s", err.msg);
-        snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, cases[ci].name);
-        qi_st_file *f = ref_open(path);
+        cJSON *j = ref_edit_json(cases[ci].name);
+        REQUIRE(j);
+        qi_st_file *f = ref_edit_tensors(cases[ci].name);
         const cJSON *images = cJSON_GetObjectItemCaseSensitive(j, "images");
         for (int k = 0; k < cJSON_GetArraySize(images); k++) {
             char name[64];
@@ -413,7 +406,7 @@ static void lanczos_matches_condition_pictures(void) {
             const qi_st_tensor *t = qi_st_file_find(f, name);
             CHECK(t != NULL, "%s: no %s", cases[ci].name, name);
             if (!t) continue;
-            snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF, cJSON_GetArrayItem(images, k)->valuestring);
+            snprintf(path, sizeof path, "%s/inputs/%s.png", QI_REF_EDIT, cJSON_GetArrayItem(images, k)->valuestring);
             uint8_t *rgb = NULL;
             int w = 0, h = 0;
             CHECK(qi_png_read(path, &rgb, &w, &h, NULL, &err) == QI_OK, "%s", err.msg);

@@ -25,8 +25,7 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
-#define EDIT_TE EDIT_REF "/model-2509/text_encoder"
+#define EDIT_TE QI_REF_EDIT "/model-2509/text_encoder"
 #define TOKENIZER_DIR QI_TEST_DATA "/tiny-model/tokenizer"
 
 static qi_backend *g_be;
@@ -50,21 +49,6 @@ static const edit_case cases[] = {
     {"edit2509_2img_cfg4", "edit2509_2img_cfg4", 0},
     {"edit2511_2img_lightning4_lora", "edit2511_2img_lightning4_lora", 0},
 };
-
-static qi_st_file *edit_tensors(const char *case_name) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, case_name);
-    return ref_open(path);
-}
-
-static cJSON *edit_json(const char *case_name) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, case_name);
-    cJSON *j = NULL;
-    qi_error err = {{0}};
-    CHECK(qi_json_load(path, &j, &err) == QI_OK, "%s", err.msg);
-    return j;
-}
 
 /* An int32 tensor copied out (NULL when absent); its element count in *n. */
 static int32_t *ints(const qi_st_file *f, const char *name, int64_t *n) {
@@ -97,7 +81,7 @@ static int case_grids(const qi_st_file *f, int (*grid)[2]) {
 static void template_prefix_is_the_64_dropped_ids(void) {
     cJSON *root = NULL;
     qi_error err = {{0}};
-    REQUIRE(qi_json_load(EDIT_REF "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_json_load(QI_REF_EDIT "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "edit_template_prefix_ids");
     const cJSON *pic = cJSON_GetObjectItemCaseSensitive(root, "picture_prompt_ids");
     int grid[1][2] = {{2, 2}};
@@ -118,8 +102,8 @@ static void template_prefix_is_the_64_dropped_ids(void) {
  * reference's input_ids and te.position_ids exactly. */
 static void ids_and_positions_match(void) {
     for (size_t ci = 0; ci < QI_ARRAY_LEN(cases); ci++) {
-        cJSON *j = edit_json(cases[ci].name);
-        qi_st_file *f = edit_tensors(cases[ci].name);
+        cJSON *j = ref_edit_json(cases[ci].name);
+        qi_st_file *f = ref_edit_tensors(cases[ci].name);
         REQUIRE(j && f);
         int grid[QI_EDIT_MAX_PICTURES][2];
         int pics = case_grids(f, grid);
@@ -159,8 +143,8 @@ static void ids_and_positions_match(void) {
 /* Encodes a case's prompt (neg: its negative prompt) with picture rows
  * `rows`; returns rel L2 against the reference prompt_embeds (-1: failed). */
 static double encode_case(const edit_case *c, int neg, const float *rows, int plain, double *max_abs) {
-    cJSON *j = edit_json(c->name);
-    qi_st_file *f = edit_tensors(c->name);
+    cJSON *j = ref_edit_json(c->name);
+    qi_st_file *f = ref_edit_tensors(c->name);
     if (!j || !f) return -1;
     int grid[QI_EDIT_MAX_PICTURES][2];
     int pics = case_grids(f, grid);
@@ -197,13 +181,13 @@ static double encode_case(const edit_case *c, int neg, const float *rows, int pl
  * vision rows (the text encoder alone) to float32 rounding. */
 static void prompt_embeds_match(void) {
     for (size_t ci = 0; ci < QI_ARRAY_LEN(cases); ci++) {
-        qi_st_file *f = edit_tensors(cases[ci].pictures_from);
+        qi_st_file *f = ref_edit_tensors(cases[ci].pictures_from);
         REQUIRE(f);
         float *rows = ref_floats(f, "vision.pooler_output", NULL);
         qi_st_close(f);
         REQUIRE(rows, "%s: no vision rows", cases[ci].name);
         for (int neg = 0; neg < 2; neg++) {
-            cJSON *j = edit_json(cases[ci].name);
+            cJSON *j = ref_edit_json(cases[ci].name);
             int has = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, neg ? "negative_prompt" : "prompt"));
             cJSON_Delete(j);
             if (!has) continue;
@@ -222,7 +206,7 @@ static void embeds_from_pictures_match(void) {
     REQUIRE(g_vt);
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     const edit_case *c = &cases[2]; /* two pictures */
-    qi_st_file *f = edit_tensors(c->name);
+    qi_st_file *f = ref_edit_tensors(c->name);
     REQUIRE(f);
     float *rows = malloc((size_t)(63 + 63) * 64 * sizeof(float));
     int64_t row = 0;
@@ -251,7 +235,7 @@ static void embeds_from_pictures_match(void) {
  * prompt_embeds rel 0.27): the switch really switches, and grid positions
  * are what the grid-position reference needs. */
 static void plain_positions_diverge(void) {
-    qi_st_file *f = edit_tensors(cases[0].name);
+    qi_st_file *f = ref_edit_tensors(cases[0].name);
     REQUIRE(f);
     float *rows = ref_floats(f, "vision.pooler_output", NULL);
     qi_st_close(f);
@@ -273,7 +257,7 @@ static int pair_of(const cJSON *row, const char *key, int i) {
 static void picture_sizes_match_sizes_json(void) {
     cJSON *root = NULL;
     qi_error err = {{0}};
-    REQUIRE(qi_json_load(EDIT_REF "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_json_load(QI_REF_EDIT "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
     const char *sets[2] = {"real", "fixture"};
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     int rows_checked = 0;
@@ -327,8 +311,8 @@ static void picture_sizes_match_sizes_json(void) {
 static void embeds_from_condition_pictures_match(void) {
     REQUIRE(g_vt);
     const edit_case *c = &cases[2];
-    qi_st_file *f = edit_tensors(c->name);
-    cJSON *j = edit_json(c->name);
+    qi_st_file *f = ref_edit_tensors(c->name);
+    cJSON *j = ref_edit_json(c->name);
     REQUIRE(f && j);
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     qi_edit_picture_sizes s[2];

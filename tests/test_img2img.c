@@ -37,7 +37,6 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
 #define COMFY_VAE QI_TEST_DATA "/../../../shared/reference/formats/comfy_vae.safetensors"
 
 static const char *const CASES[] = {"img2img_s06_lightning8_lora", "img2img_s09_cfg4", "inpaint_s10_cfg4",
@@ -59,17 +58,10 @@ typedef struct edit_case {
 } edit_case;
 
 static int edit_case_open(const char *name, edit_case *c) {
-    char path[1024];
     memset(c, 0, sizeof *c);
     c->name = name;
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, name);
-    c->f = ref_open(path);
-    snprintf(path, sizeof path, "%s/%s/case.json", EDIT_REF, name);
-    char *text = NULL;
-    qi_error err = {{0}};
-    c->json = qi_read_text_file(path, &text, NULL, &err) == QI_OK ? cJSON_Parse(text) : NULL;
-    free(text);
-    CHECK(c->json != NULL, "%s unreadable", path);
+    c->f = ref_edit_tensors(name);
+    c->json = ref_edit_json(name);
     if (!c->f || !c->json) return -1;
     c->H = cJSON_GetObjectItem(c->json, "height")->valueint;
     c->W = cJSON_GetObjectItem(c->json, "width")->valueint;
@@ -251,7 +243,7 @@ static const char *case_string(const edit_case *c, const char *key) {
 /* inputs/<name>.png of the reference, read as 8-bit RGB. */
 static uint8_t *read_input(const char *name, int *w, int *h) {
     char path[1024];
-    snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF, name);
+    snprintf(path, sizeof path, "%s/inputs/%s.png", QI_REF_EDIT, name);
     uint8_t *rgb = NULL;
     qi_error err = {{0}};
     qi_status st = qi_png_read(path, &rgb, w, h, NULL, &err);
@@ -577,7 +569,7 @@ static void odd_picture_files_are_read_or_refused(void) {
     qi_free_bytes(rgb);
     rgb = NULL;
     /* a valid PNG cut in half */
-    snprintf(path, sizeof path, "%s/in_b.png", EDIT_REF "/inputs");
+    snprintf(path, sizeof path, "%s/in_b.png", QI_REF_EDIT "/inputs");
     FILE *f = fopen(path, "rb");
     REQUIRE(f != NULL);
     uint8_t buf[8192];
@@ -610,7 +602,7 @@ static void odd_picture_files_are_read_or_refused(void) {
  * one-line errors naming the given field name. */
 static void pictures_in_memory_read_as_files(void) {
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/in_b.png", EDIT_REF "/inputs");
+    snprintf(path, sizeof path, "%s/in_b.png", QI_REF_EDIT "/inputs");
     FILE *f = fopen(path, "rb");
     REQUIRE(f != NULL);
     static uint8_t buf[1 << 16];

@@ -33,8 +33,7 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
-#define EDIT_MODEL EDIT_REF "/model-2509"
+#define EDIT_MODEL QI_REF_EDIT "/model-2509"
 #define EDIT_TE EDIT_MODEL "/text_encoder"
 #define EDIT_CASE "edit2509_1img_lightning4_lora"
 
@@ -225,7 +224,7 @@ static int write_mmproj(const char *dir, const char *file, const variant *v, cha
 
 /* The first Edit case's picture through `vt`: out [tokens, 64] (a new buffer), NULL on failure. */
 static float *encode_case_picture(qi_vision *vt, int64_t *n_out) {
-    qi_st_file *f = ref_open(EDIT_REF "/" EDIT_CASE "/tensors.safetensors");
+    qi_st_file *f = ref_edit_tensors(EDIT_CASE);
     const qi_st_tensor *ti = f ? qi_st_file_find(f, "cond0.vl_processor_resized_u8") : NULL;
     if (!ti) {
         CHECK(0, "no cond0.vl_processor_resized_u8 in %s", EDIT_CASE);
@@ -552,13 +551,13 @@ static void edit_runs_on_a_gguf_text_encoder_and_its_mmproj(void) {
     REQUIRE(write_mmproj(dir, "mmproj-Qwen2.5-VL-tiny-bf16.gguf", &v, mm, sizeof mm) == 0 &&
             write_te_gguf(dir, te, sizeof te) == 0);
     qi_error err = {{0}};
-    cJSON *j = NULL;
-    REQUIRE(qi_json_load(EDIT_REF "/" EDIT_CASE "/case.json", &j, &err) == QI_OK, "%s", err.msg);
-    snprintf(path, sizeof path, "%s/inputs/%s.png", EDIT_REF,
+    cJSON *j = ref_edit_json(EDIT_CASE);
+    REQUIRE(j);
+    snprintf(path, sizeof path, "%s/inputs/%s.png", QI_REF_EDIT,
              cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "images"), 0)->valuestring);
     uint8_t *rgb = NULL;
     int w = 0, h = 0;
-    qi_st_file *f = ref_open(EDIT_REF "/" EDIT_CASE "/tensors.safetensors");
+    qi_st_file *f = ref_edit_tensors(EDIT_CASE);
     const qi_st_tensor *ref = f ? qi_st_file_find(f, "image_u8") : NULL;
     if (qi_png_read(path, &rgb, &w, &h, NULL, &err) == QI_OK && ref) {
         qi_open_options o = qi_open_options_default();

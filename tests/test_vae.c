@@ -26,6 +26,7 @@
 #include "model/vae.h"
 #include "test.h"
 #include "testdata.h"
+#include "vae_tiling.h"
 
 #define VAE_DIR QI_TEST_DATA "/tiny-model/vae"
 /* ComfyUI's VAE file (Wan 2.1 names) of the same weights, among the format
@@ -109,17 +110,6 @@ static void free_case(ref_case *rc) {
     free(rc->image_u8);
 }
 
-static void set_tiling(qi_vae_tile_mode mode, int tile, int stride, size_t budget) {
-    qi_vae_tiling t = qi_vae_tiling_default();
-    t.mode = mode;
-    t.tile_latent = tile;
-    t.stride_latent = stride;
-    if (budget) t.max_untiled_bytes = budget;
-    qi_error err;
-    qi_status st = qi_vae_set_tiling(g_vae, &t, &err);
-    CHECK(st == QI_OK, "%s", err.msg);
-}
-
 /* Decodes image b of a case; returns a malloc'd [3, H, W] or NULL. */
 static float *decode_image(const ref_case *rc, int b, double *seconds) {
     size_t lat = (size_t)16 * rc->h * rc->w, px = (size_t)3 * rc->H * rc->W;
@@ -147,7 +137,7 @@ static void test_load_reads_config(void) {
 }
 
 static void test_decode_matches_reference_vae_out(void) {
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     for (size_t ci = 0; ci < QI_ARRAY_LEN(CASES); ci++) {
         ref_case rc;
         CHECK(load_case(CASES[ci], &rc) == 0, "case %s", CASES[ci]);
@@ -195,7 +185,7 @@ static void test_pixels_of_reference_vae_out_match_image_u8(void) {
 }
 
 static void test_pixels_of_decode_match_image_u8(void) {
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     for (size_t ci = 0; ci < QI_ARRAY_LEN(CASES); ci++) {
         ref_case rc;
         CHECK(load_case(CASES[ci], &rc) == 0, "case %s", CASES[ci]);
@@ -227,7 +217,7 @@ static void test_pixels_of_decode_match_image_u8(void) {
 /* The upsample step in bands of two output rows and the attention one query
  * row at a time equal the one-shot steps. */
 static void test_banded_upsample_and_attention_equal_whole(void) {
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     ref_case rc;
     CHECK(load_case("zh_cfg4_base", &rc) == 0, "case");
     float *whole = decode_image(&rc, 0, NULL);
@@ -256,7 +246,7 @@ static float *compose_tiles(const ref_case *rc, int T, int S, int *clamped) {
     float **tile = calloc((size_t)(nr * nc), sizeof(float *));
     int *th = calloc((size_t)nr, sizeof(int)), *tw = calloc((size_t)nc, sizeof(int));
     float *out = malloc(sizeof(float) * 3 * H * W), *zt = malloc(sizeof(float) * 16 * T * T);
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     *clamped = 0;
     for (int r = 0; r < nr; r++)
         for (int c = 0; c < nc; c++) {
@@ -317,9 +307,9 @@ static void tiled_case(int T, int S, double max_rel) {
     ref_case rc;
     CHECK(load_case("en_lightning8_lora", &rc) == 0, "case");
     size_t px = (size_t)3 * rc.H * rc.W;
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     float *plain = decode_image(&rc, 0, NULL);
-    set_tiling(QI_VAE_TILE_ON, T, S, 0);
+    set_tiling(g_vae, QI_VAE_TILE_ON, T, S, 0);
     CHECK(qi_vae_will_tile(g_vae, rc.h, rc.w), "a 12x16 latent with %d-cell tiles must tile", T);
     double sec;
     float *tiled = decode_image(&rc, 0, &sec);
@@ -342,7 +332,7 @@ static void tiled_case(int T, int S, double max_rel) {
         free(a);
         free(b);
     }
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     free(plain);
     free(tiled);
     free(composed);
@@ -353,14 +343,14 @@ static void test_tiled_decode_small_tiles(void) { tiled_case(8, 6, 0.4); }
 static void test_tiled_decode_larger_tiles(void) { tiled_case(12, 8, 0.2); }
 
 static void test_auto_tiling_follows_the_memory_budget(void) {
-    set_tiling(QI_VAE_TILE_AUTO, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_AUTO, 32, 24, 0);
     size_t need = qi_vae_untiled_bytes(g_vae, 128, 128);
     printf("  untiled arena estimate at 1024x1024 (tiny model): %.1f MB\n", need / 1048576.0);
     CHECK(!qi_vae_will_tile(g_vae, 128, 128), "default budget must not tile the tiny model at 1024^2");
-    set_tiling(QI_VAE_TILE_AUTO, 32, 24, need - 1);
+    set_tiling(g_vae, QI_VAE_TILE_AUTO, 32, 24, need - 1);
     CHECK(qi_vae_will_tile(g_vae, 128, 128), "over budget must tile");
     CHECK(!qi_vae_will_tile(g_vae, 32, 32), "a latent of one tile never tiles");
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     CHECK(!qi_vae_will_tile(g_vae, 128, 128), "OFF never tiles");
 }
 
@@ -454,7 +444,7 @@ static void bench_decode_1024(void) {
         int c = i / (h * w);
         z[i] = (float)(u - 6.0) * qi_vae_latents_std(g_vae)[c] + qi_vae_latents_mean(g_vae)[c];
     }
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     qi_error err;
     double rss0 = peak_rss_mb(), t0 = qi_now_s();
     qi_status st = qi_vae_decode(g_vae, z, h, w, rgb, &err);
@@ -487,7 +477,7 @@ static void test_wan_named_file_decodes_as_the_folder(void) {
         CHECK(!memcmp(qi_vae_latents_mean(v), qi_vae_latents_mean(g_vae), 16 * sizeof(float)) &&
                   !memcmp(qi_vae_latents_std(v), qi_vae_latents_std(g_vae), 16 * sizeof(float)),
               "latent statistics differ from the folder's config");
-        set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+        set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
         float *want = decode_image(&rc, 0, NULL);
         size_t px = (size_t)3 * rc.H * rc.W;
         float *got = malloc(sizeof(float) * px);

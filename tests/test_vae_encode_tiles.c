@@ -28,6 +28,7 @@
 #include "model/vae.h"
 #include "test.h"
 #include "testdata.h"
+#include "vae_tiling.h"
 
 #define VAE_DIR QI_TEST_DATA "/tiny-model/vae"
 
@@ -35,16 +36,6 @@ static qi_backend *g_be;
 static const char *g_device = "cpu";
 static qi_source *g_src;
 static qi_vae *g_vae;
-
-static void set_tiling(qi_vae *v, qi_vae_tile_mode mode, int tile, int stride, size_t budget) {
-    qi_vae_tiling t = qi_vae_tiling_default();
-    t.mode = mode;
-    t.tile_latent = tile;
-    t.stride_latent = stride;
-    if (budget) t.max_untiled_bytes = budget;
-    qi_error err;
-    CHECK(qi_vae_set_tiling(v, &t, &err) == QI_OK, "%s", err.msg);
-}
 
 /* [3, H, W] in [-1, 1]: smooth = two slow sinusoids per channel (a photo's
  * large areas); random = independent uniform pixels (worst case for the

@@ -21,8 +21,7 @@
 #include "test.h"
 #include "testdata.h"
 
-#define EDIT_REF QI_SHARED_DIR "/reference/edit"
-#define EDIT_TE EDIT_REF "/model-2509/text_encoder"
+#define EDIT_TE QI_REF_EDIT "/model-2509/text_encoder"
 /* The format fixtures (../shared/reference/formats beside this checkout);
  * the claim is skipped, saying so, where they are absent. */
 #define FORMATS QI_TEST_DATA "/../../../shared/reference/formats"
@@ -36,12 +35,6 @@ static qi_vision *g_vt;
 
 static const char *const edit_cases[] = {"edit2509_1img_lightning4_lora", "edit2509_2img_cfg4",
                                          "edit2511_2img_lightning4_lora"};
-
-static qi_st_file *edit_tensors(const char *case_name) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", EDIT_REF, case_name);
-    return ref_open(path);
-}
 
 /* A copy of an int32 / uint8 tensor's bytes (the mapping may be unaligned). */
 static void *raw_copy(const qi_st_file *f, const char *name, qi_dtype want, const qi_st_tensor **t) {
@@ -71,7 +64,7 @@ static void tower_loads_with_the_edit_config(void) {
 static void patchify_matches_pixel_values(void) {
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     for (size_t ci = 0; ci < QI_ARRAY_LEN(edit_cases); ci++) {
-        qi_st_file *f = edit_tensors(edit_cases[ci]);
+        qi_st_file *f = ref_edit_tensors(edit_cases[ci]);
         REQUIRE(f);
         const qi_st_tensor *tg;
         int32_t *grid = raw_copy(f, "image_grid_thw", QI_I32, &tg);
@@ -113,7 +106,7 @@ static void tower_matches_pooler_output(void) {
     REQUIRE(g_vt);
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     for (size_t ci = 0; ci < QI_ARRAY_LEN(edit_cases); ci++) {
-        qi_st_file *f = edit_tensors(edit_cases[ci]);
+        qi_st_file *f = ref_edit_tensors(edit_cases[ci]);
         REQUIRE(f);
         int64_t n_ref = 0;
         float *ref = ref_floats(f, "vision.pooler_output", &n_ref);
@@ -158,7 +151,7 @@ static void processor_resize_matches(void) {
     qi_vl_preprocess pp = qi_vl_preprocess_default();
     int pictures = 0;
     for (size_t ci = 0; ci < QI_ARRAY_LEN(edit_cases); ci++) {
-        qi_st_file *f = edit_tensors(edit_cases[ci]);
+        qi_st_file *f = ref_edit_tensors(edit_cases[ci]);
         REQUIRE(f);
         for (int k = 0; k < 2; k++) {
             char name[64];
@@ -218,7 +211,7 @@ static void comfy_fp8_file_carries_the_tower(void) {
           "no config: the error asks for one: %s", err.msg);
     REQUIRE(qi_source_set_config(src, EDIT_TE "/config.json", &err) == QI_OK, "%s", err.msg);
     REQUIRE(qi_vision_load(src, g_be, &vt, &err) == QI_OK, "%s", err.msg);
-    qi_st_file *f = edit_tensors(edit_cases[0]);
+    qi_st_file *f = ref_edit_tensors(edit_cases[0]);
     const qi_st_tensor *ti;
     uint8_t *rgb = raw_copy(f, "cond0.vl_processor_resized_u8", QI_U8, &ti);
     int64_t n_ref = 0;
@@ -251,7 +244,7 @@ static int json_pair(const cJSON *row, const char *key, int *a, int *b) {
 static void sizes_match_sizes_json(void) {
     cJSON *root = NULL;
     qi_error err = {{0}};
-    REQUIRE(qi_json_load(EDIT_REF "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
+    REQUIRE(qi_json_load(QI_REF_EDIT "/sizes.json", &root, &err) == QI_OK, "%s", err.msg);
     const cJSON *consts = cJSON_GetObjectItemCaseSensitive(root, "constants");
     const char *sets[2] = {"real", "fixture"};
     qi_vl_preprocess pp = qi_vl_preprocess_default();

@@ -28,7 +28,7 @@
 static qi_image ref_a, ref_b;
 static void reference_images(void) {
     qi_engine *e = NULL;
-    REQUIRE(open_tiny("cpu", 0, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", 0, -1, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(!e->planned, "no plan on the CPU without a budget");
     CHECK(generate(e, "a red apple on a table", &ref_a) == QI_OK, "%s", qi_engine_error(e));
     CHECK(generate(e, "a blue boat", &ref_b) == QI_OK, "%s", qi_engine_error(e));
@@ -39,7 +39,7 @@ static void stage_swap_frees_the_text_encoder_and_gives_the_same_images(void) {
     size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, is_swap);
     REQUIRE(b > 0, "no budget gives the tiny model a stage swap plan");
     qi_engine *e = NULL;
-    REQUIRE(open_tiny("cpu", b, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", b, -1, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(e->planned && is_swap(&e->plan) && e->plan.dit_evict, "%zu KiB: step %d", b >> 10, e->plan.step);
     CHECK(e->te && e->te_loads == 1, "the text encoder loads at open");
     qi_image a = {0}, c = {0};
@@ -61,7 +61,7 @@ static void streaming_everything_gives_the_same_images(void) {
     size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, streams_everything);
     REQUIRE(b > 0, "no budget makes the tiny model stream every block");
     qi_engine *e = NULL;
-    REQUIRE(open_tiny("cpu", b, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", b, -1, &e) == QI_OK, "%s", qi_engine_error(e));
     CHECK(streams_everything(&e->plan), "%zu KiB: step %d, %d blocks resident", b >> 10, e->plan.step,
           e->plan.resident_blocks);
     qi_image a = {0}, c = {0};
@@ -82,12 +82,12 @@ static void streaming_everything_gives_the_same_images(void) {
  * plan fails naming itself, and the next request runs as before. */
 static void what_does_not_fit_is_refused_and_the_engine_stays_usable(void) {
     qi_engine *e = NULL;
-    CHECK(open_tiny("cpu", 64 * MIB, &e) == QI_ERR_NOMEM, "64 MiB");
+    CHECK(open_tiny("cpu", 64 * MIB, -1, &e) == QI_ERR_NOMEM, "64 MiB");
     CHECK(strstr(qi_engine_error(e), "--vram") && strstr(qi_engine_error(e), "too small"), "%s", qi_engine_error(e));
     qi_engine_close(e);
     e = NULL;
     size_t b = budget_where("cpu", 512 * MIB, 64 * MIB, streams_everything);
-    REQUIRE(open_tiny("cpu", b, &e) == QI_OK, "%s", qi_engine_error(e));
+    REQUIRE(open_tiny("cpu", b, -1, &e) == QI_OK, "%s", qi_engine_error(e));
     qi_request r = qi_request_default();
     r.prompt = "a red apple on a table";
     r.width = r.height = 4096;

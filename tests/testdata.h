@@ -52,16 +52,21 @@ static inline void ref_case_path(char *out, size_t cap, const char *case_name, c
     snprintf(out, cap, "%s/%s/%s", QI_REF_PUBLIC, case_name, file);
 }
 
-/* A case's case.json, parsed (cJSON_Delete it); NULL and a failed CHECK if
- * it cannot be read or is not JSON. */
-static inline cJSON *ref_case_json(const char *case_name) {
-    char path[1024];
-    ref_case_path(path, sizeof path, case_name, "case.json");
+/* A reference JSON file, parsed (cJSON_Delete it); NULL and a failed CHECK
+ * if it cannot be read or is not JSON. */
+static inline cJSON *ref_json(const char *path) {
     cJSON *json = NULL;
     qi_error err = {{0}};
     qi_status st = qi_json_load(path, &json, &err);
     CHECK(st == QI_OK, "%s", err.msg);
     return st == QI_OK ? json : NULL;
+}
+
+/* A case's case.json, as ref_json. */
+static inline cJSON *ref_case_json(const char *case_name) {
+    char path[1024];
+    ref_case_path(path, sizeof path, case_name, "case.json");
+    return ref_json(path);
 }
 
 /* One number of a case's case.json (so a test's table of cases cannot drift
@@ -105,6 +110,27 @@ static inline qi_st_file *ref_open(const char *path) {
 static inline qi_st_file *ref_case_tensors(const char *case_name) {
     char path[1024];
     ref_case_path(path, sizeof path, case_name, "tensors.safetensors");
+    return ref_open(path);
+}
+
+/* ---- the Edit, img2img and inpaint reference cases ------------------------------ */
+
+/* QI_REF_EDIT/<case>/{case.json, tensors.safetensors}, beside the two Edit
+ * models they were made with (model-2509, model-2511) and their input
+ * pictures (inputs/). */
+#define QI_REF_EDIT QI_SHARED_DIR "/reference/edit"
+
+/* An Edit, img2img or inpaint case's case.json, as ref_json. */
+static inline cJSON *ref_edit_json(const char *case_name) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s/case.json", QI_REF_EDIT, case_name);
+    return ref_json(path);
+}
+
+/* An Edit, img2img or inpaint case's tensors.safetensors, as ref_open. */
+static inline qi_st_file *ref_edit_tensors(const char *case_name) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s/tensors.safetensors", QI_REF_EDIT, case_name);
     return ref_open(path);
 }
 

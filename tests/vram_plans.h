@@ -12,12 +12,15 @@
 #include "engine/engine.h"
 #include "engine/residency.h"
 
-/* The tiny model on `device` ("cpu", "cuda") with budget `vram` (0: none). */
-static inline qi_status open_tiny(const char *device, size_t vram, qi_engine **e) {
+/* The tiny model on `device` ("cpu", "cuda") with budget `vram` (0: none)
+ * and pinned host budget `pinned` (bytes; -1: the default, QI_PINNED_MAX
+ * from the environment, else half the host's memory). */
+static inline qi_status open_tiny(const char *device, size_t vram, long long pinned, qi_engine **e) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = QI_TEST_DATA "/tiny-model";
     o.device = device;
     o.vram_bytes = vram;
+    o.pinned_bytes = pinned;
     return qi_engine_open(&o, e);
 }
 
@@ -46,7 +49,7 @@ static inline int streams_everything(const qi_residency_plan *p) {
 static inline size_t budget_where(const char *device, size_t top, size_t bottom, plan_test want) {
     qi_engine *e = NULL;
     size_t found = 0;
-    if (open_tiny(device, top, &e) == QI_OK)
+    if (open_tiny(device, top, -1, &e) == QI_OK)
         for (size_t b = top; b > bottom && !found; b -= 128 << 10) {
             qi_residency_plan p;
             qi_error err;

@@ -25,18 +25,16 @@ OUT=${OUT:-/tmp/edit-out}
 mkdir -p "$OUT"
 RUNS=${QI_EDIT_RUNS:-5}
 WARM=${QI_EDIT_WARMUP:-2}
-[ -d dist ] || tar xJf devpack/dist.tar.xz
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
 if [ ! -d .peer/src/diffusers ] && [ -f devpack/diffusers-src.tar.xz ]; then
   mkdir -p .peer && tar xJf devpack/diffusers-src.tar.xz -C .peer
 fi
 export PYTHONPATH=$PWD/.peer/src${PYTHONPATH:+:$PYTHONPATH}
-# the programs carry the data paths (tokenizer, manifest) of the checkout they were built in
-src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
-if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
-nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+dev_link_source
+dev_gpu_txt
 python3 -c 'import torch, transformers, diffusers; print("torch", torch.__version__, "| transformers",
   transformers.__version__, "| diffusers", diffusers.__version__, diffusers.__file__)' >"$OUT/versions.txt" 2>&1
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 note "$(cat "$OUT/gpu.txt" | tail -1); $(cat "$OUT/versions.txt" | tail -1)"
 for what in ${*:-dry ours peer}; do
   s=$(date +%s)

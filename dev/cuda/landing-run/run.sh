@@ -10,11 +10,11 @@
 #           mkdir -p devpack && tar cf - dist | xz -9 -T1 > devpack/dist.tar.xz
 #   there:  sh dev/cuda/landing-run/run.sh [tests] [serve]     (logs under $OUT)
 set -u
-[ -d dist ] || tar xJf devpack/dist.tar.xz
-f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz  # kept compressed in git
-mkdir -p /work
-[ -e /work/main ] || ln -s "$PWD" /work/main   # the binaries carry this machine's data paths
-nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
+dev_tiny_text_encoder
+dev_link_source /work/main
+dev_gpu_txt
 t() { # program, args...
   n=$1; shift; s=$(date +%s); log="$OUT/$n$(echo "$*" | tr -c 'a-z0-9' _).log"
   [ -x dist/bin/$n ] || { echo "$n: not in this dist" | tee -a "$OUT/summary.txt"; return; }

@@ -16,11 +16,10 @@
 set -u
 OUT=${OUT:-/tmp/overlap-out}
 mkdir -p "$OUT"
-[ -d dist ] || tar xJf devpack/dist.tar.xz
-f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz  # kept compressed in git
-src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
-if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
+dev_tiny_text_encoder
+dev_link_source
 t() { # log name, program, args... (environment from the caller)
   n=$1; shift; s=$(date +%s)
   timeout 300 dist/run.sh "$@" >"$OUT/$n.log" 2>&1

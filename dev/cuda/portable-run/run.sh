@@ -16,17 +16,14 @@ set -x
 OUT=${OUT:-/tmp/portable-out}
 mkdir -p "$OUT"
 exec 2>>"$OUT/trace.log" # set -x trace and stray stderr; program output goes to per-program logs
-[ -d dist ] || tar xJf devpack/dist.tar.xz
-f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz # kept compressed in git
-# the programs carry the data paths of the checkout they were built in
-src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
-if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
-nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
+dev_tiny_text_encoder
+dev_link_source
+dev_gpu_txt name,compute_cap,driver_version,memory.used,memory.total
 echo "dist built for: $(cat dist/ARCHS 2>/dev/null)" | tee -a "$OUT/summary.txt"
 # the PTX build's JIT results are cached across its programs (the library's code is the same in each)
 export CUDA_CACHE_PATH=/tmp/qi-ptx-cache CUDA_CACHE_MAXSIZE=4294967296
-
-note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 
 # One program: stage, log name, then [VAR=value ...] program args (dist/run.sh's, --ptx80 first if so).
 one() {

@@ -7,12 +7,12 @@
 #           tar cf - dist dist-base | xz > devpack/dist.tar.xz
 #   there:  sh dev/cuda/seams-run/run.sh [tests] [bench-e2e] [bench-dit] [timings]  (logs under $OUT)
 set -u
-[ -d dist ] || tar xJf devpack/dist.tar.xz
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
 # the binaries carry the absolute data paths of the machines they were built on
-mkdir -p /work
-[ -e /work/main ] || ln -s "$PWD" /work/main
-[ -e /work/wt-baseline ] || ln -s "$PWD" /work/wt-baseline
-nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+dev_link_source /work/main
+dev_link_source /work/wt-baseline
+dev_gpu_txt
 run_tests() {
   for t in test_backend_ops test_cuda_backend_caps test_cuda_kernels test_cuda_rng test_cuda_pipeline \
            test_parallel test_pipeline_parallel test_engine; do

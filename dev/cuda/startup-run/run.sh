@@ -11,9 +11,9 @@
 set -u
 OUT=${OUT:-/tmp/startup-out}
 mkdir -p "$OUT"
-[ -d dist ] || tar xJf devpack/dist.tar.xz
-src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
-if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
+dev_link_source
 now() { date +%s.%N; }
 for ty in ${*:-fp8 q4_k bf16}; do
   d=/tmp/sp_$ty

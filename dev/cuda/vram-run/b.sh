@@ -2,10 +2,10 @@
 # 2026-12-04 (fourth) call B: the overlap claims and Q4_K call off/on, --vram 3G (call), --pinned 0 at 8G,
 # process start -> first fp8 image. Logs under $OUT.
 set -u
-[ -d dist ] || tar xJf devpack/b.tar.xz
-f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz
-src=$(cat dist/SOURCE_DIR 2>/dev/null || echo /work/main)
-if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist devpack/b.tar.xz
+dev_tiny_text_encoder
+dev_link_source
 timeout 120 dist/run.sh test_cuda_kept_overlap >"$OUT/overlap.log" 2>&1
 echo "test_cuda_kept_overlap: rc=$? $(tail -1 "$OUT/overlap.log")"; grep queued "$OUT/overlap.log"
 for k in 0 1; do

@@ -14,11 +14,11 @@
 #   transformer call with --pinned 0 (every streamed byte through the bounce ring)
 #   and with --pinned 4G (part pinned) beside the default (all pinned) row of `bench`.
 set -u
-[ -d dist ] || tar xJf devpack/dist.tar.xz
-f=tests/data/tiny-model/text_encoder/model.safetensors; [ -f $f ] || xz -dk $f.xz  # kept compressed in git
-mkdir -p /work
-[ -e /work/main ] || ln -s "$PWD" /work/main   # the binaries carry this machine's data paths
-nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
+. "$(dirname "$0")/../common.sh"
+dev_unpack_dist
+dev_tiny_text_encoder
+dev_link_source /work/main
+dev_gpu_txt
 t() { # name, args...
   n=$1; shift; s=$(date +%s)
   dist/run.sh "$n" "$@" >"$OUT/$n$(echo "$*" | tr -c 'a-z0-9' _).log" 2>&1

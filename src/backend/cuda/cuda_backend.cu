@@ -759,13 +759,6 @@ static qi_status cuda_sync(qi_backend *be, qi_error *err) {
 
 /* ---- GEMM through cuBLASLt -------------------------------------------------- */
 
-static int ptr_align(const void *p) {
-    uintptr_t u = (uintptr_t)p;
-    int a = 256;
-    while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
-    return a;
-}
-
 static void plan_destroy(lt_plan *p) {
     if (!p->used) return;
     cublasLtMatrixLayoutDestroy(p->a_layout);
@@ -773,6 +766,28 @@ static void plan_destroy(lt_plan *p) {
     cublasLtMatrixLayoutDestroy(p->d_layout);
     cublasLtMatmulDescDestroy(p->desc);
     p->used = 0;
+}
+
+cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
+                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
+                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found) {
+    cublasLtMatmulPreference_t pref;
+    *found = 0;
+    cublasStatus_t s = cublasLtMatmulPreferenceCreate(&pref);
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+    uint64_t ws = c->lt_workspace_bytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulHeuristicResult_t res;
+    memset(&res, 0, sizeof res);
+    s = cublasLtMatmulAlgoGetHeuristic(c->lt, desc, a, b, d, d, pref, 1, &res, found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s == CUBLAS_STATUS_SUCCESS && *found >= 1) s = res.state; /* the algorithm is valid only then */
+    if (s == CUBLAS_STATUS_SUCCESS && *found >= 1) *algo = res.algo;
+    return s;
 }
 
 /* Builds descriptors and asks the heuristic for the best algorithm. */
@@ -791,20 +806,9 @@ static int plan_build(cuda_impl *c, lt_plan *p, const char *op) {
                                p->transb ? p->k : p->n, p->ldb);
     cublasLtMatrixLayoutCreate(&p->d_layout, (cudaDataType_t)p->d_type, p->m, p->n, p->ldd);
     {
-        cublasLtMatmulPreference_t pref;
-        cublasLtMatmulPreferenceCreate(&pref);
-        uint64_t ws = c->lt_workspace_bytes;
         uint32_t al = (uint32_t)p->align;
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
-        cublasLtMatmulHeuristicResult_t res;
         int found = 0;
-        s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->a_layout, p->b_layout, p->d_layout,
-                                           p->d_layout, pref, 1, &res, &found);
-        cublasLtMatmulPreferenceDestroy(pref);
+        s = qc_lt_best_algo(c, p->desc, p->a_layout, p->b_layout, p->d_layout, al, al, al, &p->algo, &found);
         if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
             p->used = 1;
             plan_destroy(p);
@@ -813,7 +817,6 @@ static int plan_build(cuda_impl *c, lt_plan *p, const char *op) {
                     p->align, (int)s);
             return 1;
         }
-        p->algo = res.algo;
     }
     p->used = 1;
     return 0;
@@ -825,9 +828,9 @@ fail:
 int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
             const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
             const void *bias, cublasLtEpilogue_t epilogue, const char *op) {
-    int align = ptr_align(A);
-    if (ptr_align(B) < align) align = ptr_align(B);
-    if (ptr_align(D) < align) align = ptr_align(D);
+    int align = qc_ptr_align(A);
+    if (qc_ptr_align(B) < align) align = qc_ptr_align(B);
+    if (qc_ptr_align(D) < align) align = qc_ptr_align(D);
     lt_plan key;
     memset(&key, 0, sizeof key);
     key.transa = transa, key.transb = transb, key.m = m, key.n = n, key.k = k;

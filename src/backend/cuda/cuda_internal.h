@@ -281,6 +281,15 @@ void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant);
 int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
             const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
             const void *bias, cublasLtEpilogue_t epilogue, const char *op);
+/* cuBLASLt's first algorithm for desc on layouts a, b, d (D written over C,
+ * the same layout) within c's workspace, for operands whose addresses are
+ * multiples of al_a, al_b and al_d (C and D) bytes; shared by qc_gemm's and
+ * the fp8 GEMM's plans. Returns the first failing status (making the
+ * preference, the heuristic, or its result's state); *found: how many
+ * algorithms came back (0 or 1); *algo is set only on success. */
+cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
+                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
+                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found);
 
 /* ---- ops defined in cuda_ops.cu / cuda_attention.cu ---- */
 extern "C" {
@@ -427,6 +436,14 @@ static __device__ __forceinline__ float warp_sum(float v) {
 static inline int qc_param_type(int dt) { return dt == QI_BF16 || dt == QI_F16 || dt == QI_F32; }
 
 static inline int qc_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+/* The largest power of two, up to 256, that p's address is a multiple of:
+ * the alignment cuBLASLt's heuristic is told (a plan is kept per value). */
+static inline int qc_ptr_align(const void *p) {
+    uintptr_t u = (uintptr_t)p;
+    int a = 256;
+    while (a > 1 && (u & (uintptr_t)(a - 1))) a >>= 1;
+    return a;
+}
 static inline unsigned qc_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;
     return (unsigned)(b < 1 ? 1 : b);
