@@ -20,6 +20,7 @@ p.add_argument("--runs", type=int, default=7)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--compile", action="store_true", help="also time compile_repeated_blocks()")
 p.add_argument("--skip-te", action="store_true")
+p.add_argument("--sizes", default="1024,1328,512", help="transformer call sizes (square), comma-separated")
 p.add_argument("--offload", action="store_true",
                help="only the transformer call under diffusers' block-level group offload (its low-VRAM mode), "
                     "without and with a CUDA stream, with the peak device memory of each")
@@ -215,7 +216,7 @@ def t2i_main():
                img_shapes=[(1, h // 16, w // 16)], return_dict=False)
         return f
 
-    sizes = [(1024, 1024), (1328, 1328), (512, 512)]
+    sizes = [(int(n), int(n)) for n in args.sizes.split(",")]
     for h, w in sizes:
         row("transformer call, eager", f"{w}x{h}, txt 128", timed(dit_call(h, w)))
     if args.compile:

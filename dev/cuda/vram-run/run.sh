@@ -54,6 +54,8 @@ for what in ${*:-tests bench}; do
       for v in 24G 8G; do held_bench $v bf16 dit; done ;;
     budgets) # 8G, 6G, 3G: call and end to end from one set-up each (HELD_LIMIT seconds each)
       for v in 8G 6G 3G; do held_bench $v q4_k all; done ;;
+    bench-3g-all) # 3G: the call and end to end from one set-up
+      held_bench 3G q4_k all ;;
     bench-3g)
       held_bench 3G q4_k dit; held_bench 3G q4_k e2e ;;
     3g-dit) # the transformer call alone (a short call)
