@@ -473,6 +473,163 @@ static void fp8_gemm_replays_in_a_graph_with_fresh_scales(void) {
     fp8_problem_free(&p);
 }
 
+/* ---- linear_shared: several fp8 linears of one x, quantised once ---------------------- */
+
+enum { SH_M = 200, SH_K = 512, SH_N = 256, SH_LIN = 4 };
+
+/* The linears of the shared claims: the first three one shape (q/k/v: one
+ * cuBLASLt plan, so a scale pointer left at another slot would show), each
+ * weight its own scale; a bias epilogue, tanh GELU (epilogue), SiLU and a
+ * per-row scale (the finishing kernel). */
+typedef struct shared_set {
+    qi_tensor w[SH_LIN], b;
+    const qi_tensor *wp[SH_LIN], *bp[SH_LIN];
+    qi_act act[SH_LIN];
+    int64_t n[SH_LIN];
+    float row_scales[2 * SH_N];
+} shared_set;
+
+static void shared_set_make(shared_set *s) {
+    static const qi_weight_scale t1 = {QI_SCALE_TENSOR, 0.37f, NULL}, t2 = {QI_SCALE_TENSOR, 2.5f, NULL};
+    qi_weight_scale rows = {QI_SCALE_ROW, 0, s->row_scales};
+    const qi_weight_scale *sc[SH_LIN] = {&t1, &t2, NULL, &rows};
+    const qi_act act[SH_LIN] = {QI_ACT_NONE, QI_ACT_GELU_TANH, QI_ACT_SILU, QI_ACT_NONE};
+    const int bias[SH_LIN] = {1, 1, 0, 1};
+    float bias_v[2 * SH_N];
+    for (int o = 0; o < 2 * SH_N; o++) s->row_scales[o] = 0.5f + 0.25f * caps_frand(), bias_v[o] = caps_frand();
+    qi_error err = {{0}};
+    int64_t bne[1] = {SH_N};
+    REQUIRE(!gpu->ops->weight(gpu, &s->b, QI_F32, 1, bne, bias_v, NULL, &err), "%s", err.msg);
+    uint8_t *wb = malloc(2 * SH_N * SH_K);
+    for (int k = 0; k < SH_LIN; k++) {
+        s->n[k] = k == SH_LIN - 1 ? 2 * SH_N : SH_N;
+        for (int64_t i = 0; i < s->n[k] * SH_K; i++) { /* |w| < 2, no NaN (top exponent bit clear) */
+            caps_rng = caps_rng * 1664525u + 1013904223u;
+            wb[i] = (uint8_t)(caps_rng >> 13) & 0xBF;
+        }
+        int64_t ne[2] = {s->n[k], SH_K};
+        REQUIRE(!gpu->ops->weight(gpu, &s->w[k], QI_F8_E4M3, 2, ne, wb, sc[k], &err), "%s", err.msg);
+        s->wp[k] = &s->w[k];
+        s->bp[k] = bias[k] && s->n[k] == SH_N ? &s->b : NULL;
+        s->act[k] = act[k];
+    }
+    free(wb);
+}
+
+static void shared_set_free(shared_set *s) {
+    for (int k = 0; k < SH_LIN; k++) gpu->ops->weight_free(gpu, &s->w[k]);
+    gpu->ops->weight_free(gpu, &s->b);
+}
+
+/* Outputs y[k] [SH_M, n[k]] of the set, from the arena. */
+static void shared_outputs(const shared_set *s, qi_tensor *y, qi_tensor **yp) {
+    qi_error err = {{0}};
+    for (int k = 0; k < SH_LIN; k++) {
+        REQUIRE(!qi_be_act2(gpu, &y[k], SH_M, s->n[k], &err), "%s", err.msg);
+        yp[k] = &y[k];
+    }
+}
+
+/* Every y[k] as floats, one after the other (malloc'd). */
+static float *shared_download(const shared_set *s, const qi_tensor *y) {
+    qi_error err = {{0}};
+    float *out = malloc(sizeof(float) * SH_M * 5 * SH_N), *o = out;
+    for (int k = 0; k < SH_LIN; k++) {
+        CHECK(!gpu->ops->download(gpu, &y[k], o, &err), "%s", err.msg);
+        o += SH_M * s->n[k];
+    }
+    return out;
+}
+
+/* linear_shared over the set equals the same linears called one by one, bit
+ * for bit (the same amax, scale_x and rounding; each GEMM its own weight
+ * scale), every linear answered by the fp8 GEMM; recorded in a graph, the
+ * replay on new activations (another amax) equals one-by-one eager calls
+ * on them. Saved work is not visible here: the bench measures it. */
+static void fp8_shared_linears_equal_them_one_by_one(void) {
+    if (!fp8_gemm_available()) return;
+    shared_set s;
+    shared_set_make(&s);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor x, ys[SH_LIN], yr[SH_LIN], *ysp[SH_LIN], *yrp[SH_LIN];
+    float *xv = malloc(sizeof(float) * SH_M * SH_K);
+    for (int i = 0; i < SH_M * SH_K; i++) xv[i] = caps_frand();
+    REQUIRE(!qi_be_act2(gpu, &x, SH_M, SH_K, &err) && !gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+    shared_outputs(&s, ys, ysp);
+    shared_outputs(&s, yr, yrp);
+    REQUIRE(gpu->ops->linear_shared != NULL);
+    for (int round = 0; round < 2; round++) { /* 0: eager; 1: recorded, replayed on new x */
+        unsigned long long f0, e0, f1, e1;
+        qi_cuda_gemm_counts(gpu, &f0, &e0);
+        int took = 1;
+        qi_graph *g = NULL;
+        if (round == 0) {
+            took = gpu->ops->linear_shared(gpu, &x, SH_LIN, s.wp, s.bp, s.act, ysp);
+        } else {
+            REQUIRE(gpu->ops->graph_begin(gpu, &err) == QI_OK, "%s", err.msg);
+            took = gpu->ops->linear_shared(gpu, &x, SH_LIN, s.wp, s.bp, s.act, ysp);
+            REQUIRE(gpu->ops->graph_end(gpu, &g, &err) == QI_OK && g, "%s", err.msg);
+            for (int i = 0; i < SH_M * SH_K; i++) xv[i] *= i == 333 ? 40.0f : 3.0f; /* a new amax */
+            REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+            CHECK(gpu->ops->graph_launch(gpu, g, &err) == QI_OK, "%s", err.msg);
+        }
+        qi_cuda_gemm_counts(gpu, &f1, &e1);
+        CHECK(took == 1 && f1 - f0 == SH_LIN && e1 == e0, "round %d: taken %d, fp8 %llu, expanded %llu (%s)", round,
+              took, f1 - f0, e1 - e0, qi_cuda_fp8_gemm_state(gpu));
+        for (int k = 0; k < SH_LIN; k++) gpu->ops->linear(gpu, &x, s.wp[k], s.bp[k], s.act[k], yrp[k]);
+        CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+        float *a = shared_download(&s, ys), *b = shared_download(&s, yr);
+        size_t total = 0, diff = 0, nonzero = 0;
+        for (int k = 0; k < SH_LIN; k++) total += (size_t)(SH_M * s.n[k]);
+        for (size_t i = 0; i < total; i++) diff += memcmp(&a[i], &b[i], sizeof(float)) != 0, nonzero += a[i] != 0;
+        CHECK(diff == 0, "round %d: %zu of %zu outputs differ from the linears one by one", round, diff, total);
+        CHECK(nonzero > total / 2, "round %d: only %zu of %zu outputs are nonzero", round, nonzero, total);
+        printf("  linear_shared x %d, round %d (%s): %zu outputs, %zu differ\n", SH_LIN, round,
+               round ? "graph replay, new amax" : "eager", total, diff);
+        free(a), free(b);
+        gpu->ops->graph_free(gpu, g);
+    }
+    gpu->ops->reset(gpu, mark);
+    shared_set_free(&s);
+    free(xv);
+}
+
+/* What linear_shared declines it declines whole, queuing nothing: more
+ * linears than it shares x over, one weight the fp8 GEMM does not take (e5m2),
+ * and every call with the fp8 GEMM off. */
+static void fp8_shared_linears_decline_whole(void) {
+    if (!fp8_gemm_available()) return;
+    shared_set s;
+    shared_set_make(&s);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor x, y[SH_LIN], *yp[SH_LIN], w5;
+    REQUIRE(!qi_be_act2(gpu, &x, SH_M, SH_K, &err), "%s", err.msg);
+    shared_outputs(&s, y, yp);
+    uint8_t *wb = calloc(SH_N * SH_K, 1);
+    int64_t ne[2] = {SH_N, SH_K};
+    REQUIRE(!gpu->ops->weight(gpu, &w5, QI_F8_E5M2, 2, ne, wb, NULL, &err), "%s", err.msg);
+    const qi_tensor *many[5] = {s.wp[0], s.wp[1], s.wp[2], s.wp[0], s.wp[1]}, *mixed[2] = {s.wp[0], &w5};
+    const qi_tensor *nob[5] = {NULL, NULL, NULL, NULL, NULL};
+    qi_tensor *many_y[5] = {yp[0], yp[1], yp[2], yp[0], yp[1]};
+    qi_act none[5] = {QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE};
+    unsigned long long f0, e0, f1, e1;
+    qi_cuda_gemm_counts(gpu, &f0, &e0);
+    CHECK(gpu->ops->linear_shared(gpu, &x, 5, many, nob, none, many_y) == 0, "five linears taken");
+    CHECK(gpu->ops->linear_shared(gpu, &x, 2, mixed, nob, none, yp) == 0, "an e5m2 weight taken");
+    qi_cuda_set_fp8_gemm(gpu, 0);
+    CHECK(gpu->ops->linear_shared(gpu, &x, 3, s.wp, s.bp, s.act, yp) == 0, "taken with the fp8 GEMM off");
+    qi_cuda_set_fp8_gemm(gpu, 1);
+    qi_cuda_gemm_counts(gpu, &f1, &e1);
+    CHECK(f1 == f0 && e1 == e0, "a declined call queued GEMMs (fp8 %llu, expanded %llu)", f1 - f0, e1 - e0);
+    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+    gpu->ops->weight_free(gpu, &w5);
+    gpu->ops->reset(gpu, mark);
+    shared_set_free(&s);
+    free(wb);
+}
+
 /* QI_CUDA_FP8_GEMM=0 at creation: the backend starts with the fp8 GEMM off. */
 static void fp8_gemm_is_off_with_the_environment_switch(void) {
     qi_backend *b = NULL;
@@ -500,6 +657,8 @@ int main(void) {
     RUN(fp8_gemm_matches_the_float_product_with_three_rows);
     RUN(fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion);
     RUN(fp8_gemm_replays_in_a_graph_with_fresh_scales);
+    RUN(fp8_shared_linears_equal_them_one_by_one);
+    RUN(fp8_shared_linears_decline_whole);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);

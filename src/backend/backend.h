@@ -105,9 +105,9 @@ typedef enum qi_cap {
 } qi_cap;
 
 /* Every slot is required unless its group below says "optional" (NULL when a
- * backend lacks them): random_weights, mem_usage, the fused ops, native_stream,
- * and the persistent/graph group, which is all five slots or none. Each
- * constructor checks its table with qi_backend_check_ops.
+ * backend lacks them): random_weights, mem_usage, the fused ops, linear_shared,
+ * native_stream, and the persistent/graph group, which is all five slots or
+ * none. Each constructor checks its table with qi_backend_check_ops.
  *
  * Threads: a backend is used by one thread at a time. Ops, graph_* and the
  * arena calls (tensor, mark, reset) run on the calling thread's device and
@@ -277,6 +277,20 @@ typedef struct qi_backend_ops {
                                      int64_t gate_stride, const qi_tensor *y, const qi_tensor *shift,
                                      const qi_tensor *scale, int64_t mod_stride, float eps,
                                      qi_tensor *out);
+
+    /* Several linears of ONE input, in one call: for k = 0..n-1 in order,
+     *   linear(x, w[k], b[k], act[k], y[k])
+     * with results bit-identical to those n calls. It lets a backend prepare
+     * x once for all of them (CUDA: the fp8 GEMM quantises x to e4m3 once
+     * instead of n times: the attention's q/k/v, the modulation pairs).
+     * b[k] may be NULL; no y[k] may overlap x. Unlike the fused ops above it
+     * may decline: it returns 1 when it queued all n, 0 when it queued
+     * nothing because it has no better way than n `linear` calls (then the
+     * caller makes them, with whatever hints it puts between). Optional:
+     * NULL where a backend has no use for it (CPU); callers then call
+     * `linear` n times. */
+    int (*linear_shared)(qi_backend *be, const qi_tensor *x, int n, const qi_tensor *const *w,
+                         const qi_tensor *const *b, const qi_act *act, qi_tensor *const *y);
 
     /* ---- hints (optional: NULL where a backend has no use for them, e.g. the
      * CPU backend) ---- */

@@ -715,6 +715,24 @@ void dit_run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act a
     if (act != QI_ACT_NONE) be->ops->activate(be, y, act, y);
 }
 
+/* The n Linears l[k] of the one input x (no activation) into y[k] as one
+ * linear_shared call, when the backend has the op and takes it and no l[k]
+ * has runtime LoRA terms (their low-rank products go one Linear at a time):
+ * 1 when queued, 0 when nothing was (the caller runs them one by one). The
+ * results are those of dit_run_linear on each, bit for bit. */
+int dit_try_linears_shared(qi_dit *d, const qi_tensor *x, int n, const dit_linear *const *l, qi_tensor *const *y) {
+    qi_backend *be = d->be;
+    enum { MAX = 8 };
+    if (!be->ops->linear_shared || n < 1 || n > MAX) return 0;
+    const qi_tensor *w[MAX], *b[MAX];
+    qi_act act[MAX];
+    for (int k = 0; k < n; k++) {
+        if (l[k]->n_lora) return 0;
+        w[k] = &l[k]->w, b[k] = &l[k]->b, act[k] = QI_ACT_NONE;
+    }
+    return be->ops->linear_shared(be, x, n, w, b, act, y);
+}
+
 /* A block's linears in the order dit_block_forward runs them, then the
  * call's first two after the block (a->next_linears), NULL-ended: what the
  * prefetch hints name, the order the model knows and the backend does not.
@@ -759,6 +777,24 @@ static void run_linear_hinted(qi_dit *d, const dit_linear *const *seq, const qi_
     dit_run_linear(d, x, l, act, y, st, err);
 }
 
+/* One stream's q/k/v Linears l[0..3) of x into y[0..3): one linear_shared
+ * call where the backend takes it (the hints then name the linears after
+ * them, queued after the three, which is where a hint for one of those
+ * would have gone had the three been one linear), else run_linear_hinted
+ * each, exactly as before the op existed. */
+static void run_qkv(qi_dit *d, const dit_linear *const *seq, const qi_tensor *x, const dit_linear *const *l,
+                    qi_tensor *const *y, qi_status *st, qi_error *err) {
+    if (dit_try_linears_shared(d, x, 3, l, y)) {
+        for (int i = 0; seq[i]; i++)
+            if (seq[i] == l[2]) {
+                hint_from(d, seq, i + 1);
+                break;
+            }
+        return;
+    }
+    for (int k = 0; k < 3; k++) run_linear_hinted(d, seq, x, l[k], QI_ACT_NONE, y[k], st, err);
+}
+
 /* temb = linear_2(silu(linear_1(sinusoid))), returned SiLU'd because all its
  * consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4).
  * sinus [B, 256] is on the backend already. */
@@ -788,6 +824,9 @@ qi_status dit_compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts
         dit_linear im, tm;
         if (st == QI_OK) st = dit_mod_linears(d, (int)i, &im, &tm, err);
         if (st != QI_OK) return st;
+        const dit_linear *pair[2] = {&im, &tm};
+        qi_tensor *out[2] = {&img_mod, &txt_mod};
+        if (dit_try_linears_shared(d, temb_silu, 2, pair, out)) continue; /* silu(temb) quantised once (fp8) */
         dit_run_linear(d, temb_silu, &im, QI_ACT_NONE, &img_mod, &st, err);
         dit_run_linear(d, temb_silu, &tm, QI_ACT_NONE, &txt_mod, &st, err);
     }
@@ -919,12 +958,12 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
         v_t = qi_slice_rows(&V2, 0, a->Lt);
         v_i = qi_slice_rows(&V2, a->Lt, a->Li);
     }
-    run_linear_hinted(d, seq, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
-    run_linear_hinted(d, seq, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
-    run_linear_hinted(d, seq, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
-    run_linear_hinted(d, seq, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
-    run_linear_hinted(d, seq, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
-    run_linear_hinted(d, seq, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err); /* next: beside the attention */
+    /* each stream's three read one input: one linear_shared call where the backend takes it */
+    const dit_linear *qkv_i[3] = {&blk->to_q, &blk->to_k, &blk->to_v};
+    const dit_linear *qkv_t[3] = {&blk->add_q, &blk->add_k, &blk->add_v};
+    qi_tensor *y_i[3] = {&a->q_i, &a->k_i, &v_i}, *y_t[3] = {&a->q_t, &a->k_t, &v_t};
+    run_qkv(d, seq, &a->norm_i, qkv_i, y_i, &st, err);
+    run_qkv(d, seq, &a->norm_t, qkv_t, y_t, &st, err); /* next: beside the attention */
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
