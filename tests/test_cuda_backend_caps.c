@@ -565,10 +565,10 @@ static void fp8_shared_linears_equal_them_one_by_one(void) {
         int took = 1;
         qi_graph *g = NULL;
         if (round == 0) {
-            took = gpu->ops->linear_shared(gpu, &x, SH_LIN, s.wp, s.bp, s.act, ysp);
+            took = gpu->ops->linear_shared(gpu, &x, NULL, SH_LIN, s.wp, s.bp, s.act, ysp);
         } else {
             REQUIRE(gpu->ops->graph_begin(gpu, &err) == QI_OK, "%s", err.msg);
-            took = gpu->ops->linear_shared(gpu, &x, SH_LIN, s.wp, s.bp, s.act, ysp);
+            took = gpu->ops->linear_shared(gpu, &x, NULL, SH_LIN, s.wp, s.bp, s.act, ysp);
             REQUIRE(gpu->ops->graph_end(gpu, &g, &err) == QI_OK && g, "%s", err.msg);
             for (int i = 0; i < SH_M * SH_K; i++) xv[i] *= i == 333 ? 40.0f : 3.0f; /* a new amax */
             REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
@@ -595,6 +595,78 @@ static void fp8_shared_linears_equal_them_one_by_one(void) {
     free(xv);
 }
 
+/* linear_shared with src: x made by the LayerNorm that also takes the fp8
+ * amax. Against the plain ops (layer_norm_mod or add_gated_layer_norm_mod,
+ * then the linears one by one) on the same inputs, bit for bit: x, the
+ * stream an add_gated updated, and every output; all GEMMs fp8. The
+ * stream's rows are far from zero-mean and the modulation wide, so the
+ * amax is set by a few large values (a wrong or stale amax would move
+ * every quantised value). */
+static void fp8_shared_linears_make_their_layer_norm(void) {
+    if (!fp8_gemm_available()) return;
+    shared_set s;
+    shared_set_make(&s);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    int64_t D = SH_K, L = SH_M;
+    float *hv = malloc(sizeof(float) * L * D), *mv = malloc(sizeof(float) * 6 * D), *pv = malloc(sizeof(float) * L * D);
+    for (int64_t i = 0; i < L * D; i++) hv[i] = 3.0f + 2.0f * caps_frand(), pv[i] = caps_frand();
+    for (int64_t i = 0; i < 6 * D; i++) mv[i] = i % 97 == 5 ? 20.0f : caps_frand();
+    qi_tensor h[2], p, mods, xn[2], ys[SH_LIN], yr[SH_LIN], *ysp[SH_LIN], *yrp[SH_LIN];
+    for (int k = 0; k < 2; k++) /* [0]: linear_shared's, [1]: the plain ops' */
+        REQUIRE(!qi_be_act3(gpu, &h[k], 1, L, D, &err) && !gpu->ops->upload(gpu, &h[k], hv, &err) &&
+                !qi_be_act3(gpu, &xn[k], 1, L, D, &err), "%s", err.msg);
+    REQUIRE(!qi_be_act3(gpu, &p, 1, L, D, &err) && !gpu->ops->upload(gpu, &p, pv, &err) &&
+            !qi_be_act2(gpu, &mods, 1, 6 * D, &err) && !gpu->ops->upload(gpu, &mods, mv, &err), "%s", err.msg);
+    shared_outputs(&s, ys, ysp);
+    shared_outputs(&s, yr, yrp);
+    qi_tensor ch[6];
+    for (int c = 0; c < 6; c++) {
+        ch[c] = qi_view2(&mods, 6, D); /* chunk c: row c of [6, D], stride 6D as the model passes it */
+        ch[c] = qi_slice_rows(&ch[c], c, 1);
+    }
+    for (int round = 0; round < 2; round++) { /* 0: layer_norm_mod; 1: add_gated_layer_norm_mod */
+        const qi_tensor *proj = round ? &p : NULL, *gate = round ? &ch[2] : NULL;
+        int n = round ? 1 : 3; /* the q/k/v case, the FFN-up case (its GELU: set's linear 1 is tanh GELU) */
+        const qi_tensor *const *wp = round ? s.wp + 1 : s.wp, *const *bp = round ? s.bp + 1 : s.bp;
+        const qi_act *act = round ? s.act + 1 : s.act;
+        qi_tensor *const *ysn = round ? ysp + 1 : ysp, *const *yrn = round ? yrp + 1 : yrp;
+        qi_ln_mod_src src = {&h[0], gate, 6 * D, proj, &ch[0], &ch[1], 6 * D, 1e-6f};
+        unsigned long long f0, e0, f1, e1;
+        qi_cuda_gemm_counts(gpu, &f0, &e0);
+        int took = gpu->ops->linear_shared(gpu, &xn[0], &src, n, wp, bp, act, ysn);
+        qi_cuda_gemm_counts(gpu, &f1, &e1);
+        CHECK(took == 1 && f1 - f0 == (unsigned long long)n && e1 == e0, "round %d: taken %d, fp8 %llu, expanded %llu",
+              round, took, f1 - f0, e1 - e0);
+        if (round)
+            gpu->ops->add_gated_layer_norm_mod(gpu, &h[1], gate, 6 * D, proj, &ch[0], &ch[1], 6 * D, 1e-6f, &xn[1]);
+        else
+            gpu->ops->layer_norm_mod(gpu, &h[1], &ch[0], &ch[1], 6 * D, 1e-6f, &xn[1]);
+        for (int k = 0; k < n; k++) gpu->ops->linear(gpu, &xn[1], wp[k], bp[k], act[k], yrn[k]);
+        CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+        size_t total = 0, diff = 0;
+        const qi_tensor *pairs[][2] = {{&xn[0], &xn[1]}, {&h[0], &h[1]}, {ysn[0], yrn[0]},
+                                       {n > 1 ? ysn[1] : ysn[0], n > 1 ? yrn[1] : yrn[0]},
+                                       {n > 2 ? ysn[2] : ysn[0], n > 2 ? yrn[2] : yrn[0]}};
+        for (size_t q = 0; q < QI_ARRAY_LEN(pairs); q++) {
+            size_t cnt = (size_t)qi_numel(pairs[q][0]);
+            float *a = malloc(sizeof(float) * cnt), *b = malloc(sizeof(float) * cnt);
+            CHECK(!gpu->ops->download(gpu, pairs[q][0], a, &err) && !gpu->ops->download(gpu, pairs[q][1], b, &err),
+                  "%s", err.msg);
+            size_t dq = 0;
+            for (size_t i = 0; i < cnt; i++) dq += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+            CHECK(dq == 0, "round %d, tensor %zu (0 x, 1 stream, 2.. outputs): %zu of %zu differ", round, q, dq, cnt);
+            total += cnt, diff += dq;
+            free(a), free(b);
+        }
+        printf("  linear_shared with %s, %d linear(s): %zu values, %zu differ from the plain ops\n",
+               round ? "add_gated_layer_norm_mod" : "layer_norm_mod", n, total, diff);
+    }
+    gpu->ops->reset(gpu, mark);
+    shared_set_free(&s);
+    free(hv), free(mv), free(pv);
+}
+
 /* What linear_shared declines it declines whole, queuing nothing: more
  * linears than it shares x over, one weight the fp8 GEMM does not take (e5m2),
  * and every call with the fp8 GEMM off. */
@@ -616,10 +688,10 @@ static void fp8_shared_linears_decline_whole(void) {
     qi_act none[5] = {QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE};
     unsigned long long f0, e0, f1, e1;
     qi_cuda_gemm_counts(gpu, &f0, &e0);
-    CHECK(gpu->ops->linear_shared(gpu, &x, 5, many, nob, none, many_y) == 0, "five linears taken");
-    CHECK(gpu->ops->linear_shared(gpu, &x, 2, mixed, nob, none, yp) == 0, "an e5m2 weight taken");
+    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 5, many, nob, none, many_y) == 0, "five linears taken");
+    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 2, mixed, nob, none, yp) == 0, "an e5m2 weight taken");
     qi_cuda_set_fp8_gemm(gpu, 0);
-    CHECK(gpu->ops->linear_shared(gpu, &x, 3, s.wp, s.bp, s.act, yp) == 0, "taken with the fp8 GEMM off");
+    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 3, s.wp, s.bp, s.act, yp) == 0, "taken with the fp8 GEMM off");
     qi_cuda_set_fp8_gemm(gpu, 1);
     qi_cuda_gemm_counts(gpu, &f1, &e1);
     CHECK(f1 == f0 && e1 == e0, "a declined call queued GEMMs (fp8 %llu, expanded %llu)", f1 - f0, e1 - e0);
@@ -658,6 +730,7 @@ int main(void) {
     RUN(fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion);
     RUN(fp8_gemm_replays_in_a_graph_with_fresh_scales);
     RUN(fp8_shared_linears_equal_them_one_by_one);
+    RUN(fp8_shared_linears_make_their_layer_norm);
     RUN(fp8_shared_linears_decline_whole);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
     RUN(cuda_graph_claim_holds);

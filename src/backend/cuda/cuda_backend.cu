@@ -918,14 +918,17 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
 }
 
 /* linear_shared: taken when the fp8 GEMM takes every one of the linears
- * (x quantised once for all of them, cuda_fp8_gemm.cu); declined otherwise,
- * so the model's one-by-one calls keep their prefetch hints in between. */
-static int cuda_linear_shared(qi_backend *be, const qi_tensor *x, int n, const qi_tensor *const *w,
-                              const qi_tensor *const *b, const qi_act *act, qi_tensor *const *y) {
+ * (x quantised once for all of them, its amax taken by the LayerNorm kernel
+ * that makes it where src says so: cuda_fp8_gemm.cu); declined otherwise,
+ * so the model's plain ops keep their order and prefetch hints. */
+static int cuda_linear_shared(qi_backend *be, const qi_tensor *x, const qi_ln_mod_src *src, int n,
+                              const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
+                              qi_tensor *const *y) {
     cuda_impl *c = cuda_of(be);
-    int done = qc_fp8_linear_shared(c, x, n, w, b, act, y);
-    if (done == 0) return 0;
-    for (int k = done < 0 ? n : done; k < n; k++) cuda_linear(be, x, w[k], b[k], act[k], y[k]);
+    int started = 0;
+    int done = qc_fp8_linear_shared(c, x, src, n, w, b, act, y, &started);
+    if (!started) return 0;
+    for (int k = done < 0 ? n : done; k < n; k++) cuda_linear(be, x, w[k], b[k], act[k], y[k]); /* refused GEMMs */
     return 1; /* an error is recorded on the backend, as `linear` leaves it */
 }
 

@@ -53,49 +53,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend/cuda/cuda_fp8_amax.cuh"
 #include "backend/cuda/cuda_internal.h"
 
 #define FP8_PLANS 128 /* ~15 problems per image size: room for several sizes */
-#define E4M3_MAX 448.0f
 #define FP8_MIN_DIM 128
 /* On unless QI_CUDA_FP8_GEMM=0 (1); 0: off unless QI_CUDA_FP8_GEMM=1.
  * On since its claims passed on an H200 (run N, bench/RESULTS.md:
  * test_cuda_backend_caps 14/14, test_formats -d cuda 20/20; a 1024² call
  * 89 ms against 132 expanded). */
 #define FP8_GEMM_DEFAULT 1
-
-/* The most linears one quantised x serves in one linear_shared call: the
- * attention's q/k/v per stream (3), the modulation pair (2). More: declined. */
-#define FP8_SHARE_MAX 4
-
-/* Device state of the activation scale; zeroed at creation, and the last
- * block of each reduction puts amax_bits and blocks_done back to zero. */
-/* Each scale cuBLASLt reads sits at a 16-byte boundary: cuBLASLt 13.1 on
- * an H200 offers algorithms for scale pointers 4 bytes apart and then
- * answers every cublasLtMatmul with CUBLAS_STATUS_NOT_SUPPORTED (status
- * 15); 16 bytes apart they run (dev/cuda/fp8-probe, 2026-12-04). */
-typedef struct fp8_wscale {
-    float v; /* a weight's per-tensor scale (1 for none or per-row) */
-    float pad[3];
-} fp8_wscale;
-typedef struct fp8_scales {
-    unsigned amax_bits;   /* max |x| as float bits (non-negative floats order as unsigned) */
-    unsigned blocks_done; /* reduction blocks finished */
-    unsigned pad0[2];
-    float scale_x; /* amax / 448: x ≈ x_q · scale_x */
-    float pad1[3];
-    fp8_wscale scale_w[FP8_SHARE_MAX]; /* [k]: the k-th GEMM's weight scale after one quantisation */
-} fp8_scales;
-static_assert(offsetof(fp8_scales, scale_x) % 16 == 0 && offsetof(fp8_scales, scale_w) % 16 == 0 &&
-                  sizeof(fp8_wscale) == 16,
-              "cuBLASLt's scale pointers must be 16-byte aligned");
-
-/* The weight scales the reduction's last block stores beside scale_x (by
- * value: a kernel argument, so a recorded graph replays them as they were). */
-typedef struct fp8_wscales {
-    float v[FP8_SHARE_MAX];
-    int n;
-} fp8_wscales;
 
 /* One cuBLASLt problem: shape, epilogue, pointer alignment, and what the
  * heuristic said (ok = 0: no algorithm, the case falls back every time). */
@@ -116,20 +83,6 @@ struct qc_fp8 {
 
 /* ---- activation quantisation ------------------------------------------------- */
 
-static __device__ __forceinline__ float block_max(float v) {
-    __shared__ float part[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
-    if (warp == 0)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v; /* valid in thread 0 */
-}
-
 /* amax of x[n] (n a multiple of 8, x 16-byte aligned); the last block to
  * finish turns it into scale_x, stores the weight scales ws, and resets the
  * counters for the next call. fmaxf drops NaN (a NaN input stays NaN through x_q). */
@@ -141,15 +94,7 @@ __global__ void fp8_amax_k(const bf16 *x, int64_t n, fp8_wscales ws, fp8_scales 
 #pragma unroll
         for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
     }
-    m = block_max(m);
-    if (threadIdx.x != 0) return;
-    atomicMax(&st->amax_bits, __float_as_uint(m));
-    __threadfence();
-    if (atomicAdd(&st->blocks_done, 1u) != gridDim.x - 1) return;
-    float amax = __uint_as_float(atomicExch(&st->amax_bits, 0u)); /* every block's max is in */
-    st->blocks_done = 0;
-    st->scale_x = amax > 0.0f ? amax / E4M3_MAX : 1.0f; /* all zeros: any scale, x_q = 0 */
-    for (int k = 0; k < ws.n; k++) st->scale_w[k].v = ws.v[k];
+    fp8_amax_fold(m, ws, st);
 }
 
 /* x_q[i] = e4m3(x[i] / scale_x), saturating (the largest |x| maps to 448;
@@ -396,12 +341,19 @@ static int job_plan_holds(const fp8_job *j) {
 static float wscale_of(const qi_tensor *w) { return w->scale_form == QI_SCALE_TENSOR ? w->scale : 1.0f; }
 
 /* x [M, K] (bf16) -> e4m3 in a scratch buffer, returned (NULL after a
- * recorded launch error): the amax reduction, which also stores the n weight
- * scales ws in scale_w[0..n), then the quantisation. */
-static uint8_t *fp8_quantise(cuda_impl *c, const qi_tensor *x, const fp8_wscales *ws) {
+ * recorded launch error). The amax reduction, which also stores the n
+ * weight scales ws in scale_w[0..n), then the quantisation; with src, the
+ * LayerNorm kernel that writes x does the reduction's part (the same
+ * amax, of the values as stored: the same scale_x). */
+static uint8_t *fp8_quantise(cuda_impl *c, const qi_tensor *x, const qi_ln_mod_src *src, const fp8_wscales *ws) {
     int64_t n = qi_numel(x);
     uint8_t *xq = (uint8_t *)xq_buffer(c, n);
-    fp8_amax_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, *ws, c->fp8->dev);
+    if (src) {
+        fp8_amax_out ao = {c->fp8->dev, *ws};
+        qc_ln_mod_amax(c, src, (qi_tensor *)x, ao);
+    } else {
+        fp8_amax_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, *ws, c->fp8->dev);
+    }
     fp8_quant_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, c->fp8->dev, xq);
     return qc_check_launch(c, "linear (fp8 activation quantisation)") ? NULL : xq;
 }
@@ -440,21 +392,28 @@ int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
     fp8_job j;
     if (!fp8_prepare(c, x, w, b, act, y, &j)) return 0;
     fp8_wscales ws = {{wscale_of(w)}, 1};
-    const uint8_t *xq = fp8_quantise(c, x, &ws);
+    const uint8_t *xq = fp8_quantise(c, x, NULL, &ws);
     return xq ? fp8_gemm(c, &j, xq, qi_rows(x), 0) : -1;
 }
 
-/* Why sharing is exact: x is quantised with the same kernels, the same
+/* Why sharing is exact: x is quantised with the same kernel, from the same
  * amax and so the same scale_x as each linear alone would; the weight
- * scales all reach the device in the one reduction, each in its own slot,
- * and GEMM k reads slot k. Only the repeats go: per linear after the first,
- * the reduction's read of x (2·M·K bytes), the quantisation's read and
- * write (3·M·K) and two launches. At 1024² (image M 4096, text M 128,
- * K 3072), q/k/v of both streams in each of 60 blocks: 2 × 5 × (4096 +
- * 128) × 3072 bytes = 129.8 MB a block, 7.79 GB a transformer call. */
-int qc_fp8_linear_shared(cuda_impl *c, const qi_tensor *x, int n, const qi_tensor *const *w,
-                         const qi_tensor *const *b, const qi_act *act, qi_tensor *const *y) {
-    if (n < 2 || n > FP8_SHARE_MAX || !c->fp8 || !c->fp8_on) return 0;
+ * scales all reach the device with the amax, each in its own slot, and
+ * GEMM k reads slot k. What goes, counted in bytes for a 1024² call (B 1,
+ * image M 4096, text M 128, K 3072, 60 blocks):
+ *  - per linear after the first, the reduction's read of x (2·M·K) and the
+ *    quantisation's read and write (3·M·K), and two launches: q/k/v of both
+ *    streams, 2 × 5 × (4096 + 128) × 3072 = 129.8 MB a block, 7.79 GB a call;
+ *  - with src, the reduction's read of x (2·M·K) and its launch: the image
+ *    q/k/v and FFN-up inputs and the text q/k/v input, (2 × 4096 + 128) ×
+ *    2 × 3072 = 51.1 MB a block, 3.07 GB a call.
+ * The modulation pairs (M = B rows) save launches only. */
+int qc_fp8_linear_shared(cuda_impl *c, const qi_tensor *x, const qi_ln_mod_src *src, int n,
+                         const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
+                         qi_tensor *const *y, int *started) {
+    *started = 0;
+    if (n < 1 || n > FP8_SHARE_MAX || !c->fp8 || !c->fp8_on) return 0;
+    if (src && !qc_ln_mod_amax_takes(src, x)) return 0;
     fp8_job jobs[FP8_SHARE_MAX];
     fp8_wscales ws;
     ws.n = n;
@@ -464,7 +423,8 @@ int qc_fp8_linear_shared(cuda_impl *c, const qi_tensor *x, int n, const qi_tenso
     }
     for (int k = 0; k < n; k++)
         if (!job_plan_holds(&jobs[k])) return 0; /* a wrap of the ring: the linears one by one */
-    const uint8_t *xq = fp8_quantise(c, x, &ws);
+    const uint8_t *xq = fp8_quantise(c, x, src, &ws);
+    *started = 1; /* x is made (src): from here on the caller must not make it again */
     if (!xq) return -1;
     int64_t M = qi_rows(x);
     for (int k = 0; k < n; k++) {
