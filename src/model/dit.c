@@ -1050,12 +1050,17 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
      * value, and its short GEMM (Lt rows) is then overlapped by to_out's
      * expansion, the long image GEMM of to_out by the MLP's 4× larger one. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
+    int txt_up_done = 0; /* the text MLP's up projection queued here, in one linear_shared call with its LN */
     if (!last) {
         run_linear_hinted(d, seq, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
-        if (ag_ln)
+        const dit_linear *up_t[1] = {&blk->txt_mlp_up};
+        qi_tensor *ff_t[1] = {&a->ff_t};
+        qi_ln_mod_src ag_t = {&a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride, DIT_EPS};
+        txt_up_done = ag_ln && dit_try_linears_shared(d, &a->norm_t, &ag_t, 1, up_t, QI_ACT_GELU_TANH, ff_t);
+        if (ag_ln && !txt_up_done)
             op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
                                          DIT_EPS, &a->norm_t);
-        else
+        else if (!ag_ln)
             op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
     }
     run_linear_hinted(d, seq, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
@@ -1066,7 +1071,8 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     for (int k = 0; k < n_parts; k++) op->add_gated(be, &ip[k].img, &ip[k].g2, stride, &ip[k].proj);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
-        run_linear_hinted(d, seq, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
+        if (!txt_up_done) /* else queued after to_add_out: it reads norm_t, writes ff_t, nothing between touches them */
+            run_linear_hinted(d, seq, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
         run_linear_hinted(d, seq, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }
