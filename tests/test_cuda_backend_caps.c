@@ -473,6 +473,235 @@ static void fp8_gemm_replays_in_a_graph_with_fresh_scales(void) {
     fp8_problem_free(&p);
 }
 
+/* ---- linear_shared: several fp8 linears of one x, quantised once ---------------------- */
+
+enum { SH_M = 200, SH_K = 512, SH_N = 256, SH_LIN = 4 };
+
+/* The linears of the shared claims: the first three one shape (q/k/v: one
+ * cuBLASLt plan, so a scale pointer left at another slot would show), each
+ * weight its own scale; a bias epilogue, tanh GELU (epilogue), SiLU and a
+ * per-row scale (the finishing kernel). */
+typedef struct shared_set {
+    qi_tensor w[SH_LIN], b;
+    const qi_tensor *wp[SH_LIN], *bp[SH_LIN];
+    qi_act act[SH_LIN];
+    int64_t n[SH_LIN];
+    float row_scales[2 * SH_N];
+} shared_set;
+
+static void shared_set_make(shared_set *s) {
+    static const qi_weight_scale t1 = {QI_SCALE_TENSOR, 0.37f, NULL}, t2 = {QI_SCALE_TENSOR, 2.5f, NULL};
+    qi_weight_scale rows = {QI_SCALE_ROW, 0, s->row_scales};
+    const qi_weight_scale *sc[SH_LIN] = {&t1, &t2, NULL, &rows};
+    const qi_act act[SH_LIN] = {QI_ACT_NONE, QI_ACT_GELU_TANH, QI_ACT_SILU, QI_ACT_NONE};
+    const int bias[SH_LIN] = {1, 1, 0, 1};
+    float bias_v[2 * SH_N];
+    for (int o = 0; o < 2 * SH_N; o++) s->row_scales[o] = 0.5f + 0.25f * caps_frand(), bias_v[o] = caps_frand();
+    qi_error err = {{0}};
+    int64_t bne[1] = {SH_N};
+    REQUIRE(!gpu->ops->weight(gpu, &s->b, QI_F32, 1, bne, bias_v, NULL, &err), "%s", err.msg);
+    uint8_t *wb = malloc(2 * SH_N * SH_K);
+    for (int k = 0; k < SH_LIN; k++) {
+        s->n[k] = k == SH_LIN - 1 ? 2 * SH_N : SH_N;
+        for (int64_t i = 0; i < s->n[k] * SH_K; i++) { /* |w| < 2, no NaN (top exponent bit clear) */
+            caps_rng = caps_rng * 1664525u + 1013904223u;
+            wb[i] = (uint8_t)(caps_rng >> 13) & 0xBF;
+        }
+        int64_t ne[2] = {s->n[k], SH_K};
+        REQUIRE(!gpu->ops->weight(gpu, &s->w[k], QI_F8_E4M3, 2, ne, wb, sc[k], &err), "%s", err.msg);
+        s->wp[k] = &s->w[k];
+        s->bp[k] = bias[k] && s->n[k] == SH_N ? &s->b : NULL;
+        s->act[k] = act[k];
+    }
+    free(wb);
+}
+
+static void shared_set_free(shared_set *s) {
+    for (int k = 0; k < SH_LIN; k++) gpu->ops->weight_free(gpu, &s->w[k]);
+    gpu->ops->weight_free(gpu, &s->b);
+}
+
+/* Outputs y[k] [SH_M, n[k]] of the set, from the arena. */
+static void shared_outputs(const shared_set *s, qi_tensor *y, qi_tensor **yp) {
+    qi_error err = {{0}};
+    for (int k = 0; k < SH_LIN; k++) {
+        REQUIRE(!qi_be_act2(gpu, &y[k], SH_M, s->n[k], &err), "%s", err.msg);
+        yp[k] = &y[k];
+    }
+}
+
+/* Every y[k] as floats, one after the other (malloc'd). */
+static float *shared_download(const shared_set *s, const qi_tensor *y) {
+    qi_error err = {{0}};
+    float *out = malloc(sizeof(float) * SH_M * 5 * SH_N), *o = out;
+    for (int k = 0; k < SH_LIN; k++) {
+        CHECK(!gpu->ops->download(gpu, &y[k], o, &err), "%s", err.msg);
+        o += SH_M * s->n[k];
+    }
+    return out;
+}
+
+/* linear_shared over the set equals the same linears called one by one, bit
+ * for bit (the same amax, scale_x and rounding; each GEMM its own weight
+ * scale), every linear answered by the fp8 GEMM; recorded in a graph, the
+ * replay on new activations (another amax) equals one-by-one eager calls
+ * on them. Saved work is not visible here: the bench measures it. */
+static void fp8_shared_linears_equal_them_one_by_one(void) {
+    if (!fp8_gemm_available()) return;
+    shared_set s;
+    shared_set_make(&s);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor x, ys[SH_LIN], yr[SH_LIN], *ysp[SH_LIN], *yrp[SH_LIN];
+    float *xv = malloc(sizeof(float) * SH_M * SH_K);
+    for (int i = 0; i < SH_M * SH_K; i++) xv[i] = caps_frand();
+    REQUIRE(!qi_be_act2(gpu, &x, SH_M, SH_K, &err) && !gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+    shared_outputs(&s, ys, ysp);
+    shared_outputs(&s, yr, yrp);
+    REQUIRE(gpu->ops->linear_shared != NULL);
+    for (int round = 0; round < 2; round++) { /* 0: eager; 1: recorded, replayed on new x */
+        unsigned long long f0, e0, f1, e1;
+        qi_cuda_gemm_counts(gpu, &f0, &e0);
+        int took = 1;
+        qi_graph *g = NULL;
+        if (round == 0) {
+            took = gpu->ops->linear_shared(gpu, &x, NULL, SH_LIN, s.wp, s.bp, s.act, ysp);
+        } else {
+            REQUIRE(gpu->ops->graph_begin(gpu, &err) == QI_OK, "%s", err.msg);
+            took = gpu->ops->linear_shared(gpu, &x, NULL, SH_LIN, s.wp, s.bp, s.act, ysp);
+            REQUIRE(gpu->ops->graph_end(gpu, &g, &err) == QI_OK && g, "%s", err.msg);
+            for (int i = 0; i < SH_M * SH_K; i++) xv[i] *= i == 333 ? 40.0f : 3.0f; /* a new amax */
+            REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+            CHECK(gpu->ops->graph_launch(gpu, g, &err) == QI_OK, "%s", err.msg);
+        }
+        qi_cuda_gemm_counts(gpu, &f1, &e1);
+        CHECK(took == 1 && f1 - f0 == SH_LIN && e1 == e0, "round %d: taken %d, fp8 %llu, expanded %llu (%s)", round,
+              took, f1 - f0, e1 - e0, qi_cuda_fp8_gemm_state(gpu));
+        for (int k = 0; k < SH_LIN; k++) gpu->ops->linear(gpu, &x, s.wp[k], s.bp[k], s.act[k], yrp[k]);
+        CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+        float *a = shared_download(&s, ys), *b = shared_download(&s, yr);
+        size_t total = 0, diff = 0, nonzero = 0;
+        for (int k = 0; k < SH_LIN; k++) total += (size_t)(SH_M * s.n[k]);
+        for (size_t i = 0; i < total; i++) diff += memcmp(&a[i], &b[i], sizeof(float)) != 0, nonzero += a[i] != 0;
+        CHECK(diff == 0, "round %d: %zu of %zu outputs differ from the linears one by one", round, diff, total);
+        CHECK(nonzero > total / 2, "round %d: only %zu of %zu outputs are nonzero", round, nonzero, total);
+        printf("  linear_shared x %d, round %d (%s): %zu outputs, %zu differ\n", SH_LIN, round,
+               round ? "graph replay, new amax" : "eager", total, diff);
+        free(a), free(b);
+        gpu->ops->graph_free(gpu, g);
+    }
+    gpu->ops->reset(gpu, mark);
+    shared_set_free(&s);
+    free(xv);
+}
+
+/* linear_shared with src: x made by the LayerNorm that also takes the fp8
+ * amax. Against the plain ops (layer_norm_mod or add_gated_layer_norm_mod,
+ * then the linears one by one) on the same inputs, bit for bit: x, the
+ * stream an add_gated updated, and every output; all GEMMs fp8. The
+ * stream's rows are far from zero-mean and the modulation wide, so the
+ * amax is set by a few large values (a wrong or stale amax would move
+ * every quantised value). */
+static void fp8_shared_linears_make_their_layer_norm(void) {
+    if (!fp8_gemm_available()) return;
+    shared_set s;
+    shared_set_make(&s);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    int64_t D = SH_K, L = SH_M;
+    float *hv = malloc(sizeof(float) * L * D), *mv = malloc(sizeof(float) * 6 * D), *pv = malloc(sizeof(float) * L * D);
+    for (int64_t i = 0; i < L * D; i++) hv[i] = 3.0f + 2.0f * caps_frand(), pv[i] = caps_frand();
+    for (int64_t i = 0; i < 6 * D; i++) mv[i] = i % 97 == 5 ? 20.0f : caps_frand();
+    qi_tensor h[2], p, mods, xn[2], ys[SH_LIN], yr[SH_LIN], *ysp[SH_LIN], *yrp[SH_LIN];
+    for (int k = 0; k < 2; k++) /* [0]: linear_shared's, [1]: the plain ops' */
+        REQUIRE(!qi_be_act3(gpu, &h[k], 1, L, D, &err) && !gpu->ops->upload(gpu, &h[k], hv, &err) &&
+                !qi_be_act3(gpu, &xn[k], 1, L, D, &err), "%s", err.msg);
+    REQUIRE(!qi_be_act3(gpu, &p, 1, L, D, &err) && !gpu->ops->upload(gpu, &p, pv, &err) &&
+            !qi_be_act2(gpu, &mods, 1, 6 * D, &err) && !gpu->ops->upload(gpu, &mods, mv, &err), "%s", err.msg);
+    shared_outputs(&s, ys, ysp);
+    shared_outputs(&s, yr, yrp);
+    qi_tensor ch[6];
+    for (int c = 0; c < 6; c++) {
+        ch[c] = qi_view2(&mods, 6, D); /* chunk c: row c of [6, D], stride 6D as the model passes it */
+        ch[c] = qi_slice_rows(&ch[c], c, 1);
+    }
+    for (int round = 0; round < 2; round++) { /* 0: layer_norm_mod; 1: add_gated_layer_norm_mod */
+        const qi_tensor *proj = round ? &p : NULL, *gate = round ? &ch[2] : NULL;
+        int n = round ? 1 : 3; /* the q/k/v case, the FFN-up case (its GELU: set's linear 1 is tanh GELU) */
+        const qi_tensor *const *wp = round ? s.wp + 1 : s.wp, *const *bp = round ? s.bp + 1 : s.bp;
+        const qi_act *act = round ? s.act + 1 : s.act;
+        qi_tensor *const *ysn = round ? ysp + 1 : ysp, *const *yrn = round ? yrp + 1 : yrp;
+        qi_ln_mod_src src = {&h[0], gate, 6 * D, proj, &ch[0], &ch[1], 6 * D, 1e-6f};
+        unsigned long long f0, e0, f1, e1;
+        qi_cuda_gemm_counts(gpu, &f0, &e0);
+        int took = gpu->ops->linear_shared(gpu, &xn[0], &src, n, wp, bp, act, ysn);
+        qi_cuda_gemm_counts(gpu, &f1, &e1);
+        CHECK(took == 1 && f1 - f0 == (unsigned long long)n && e1 == e0, "round %d: taken %d, fp8 %llu, expanded %llu",
+              round, took, f1 - f0, e1 - e0);
+        if (round)
+            gpu->ops->add_gated_layer_norm_mod(gpu, &h[1], gate, 6 * D, proj, &ch[0], &ch[1], 6 * D, 1e-6f, &xn[1]);
+        else
+            gpu->ops->layer_norm_mod(gpu, &h[1], &ch[0], &ch[1], 6 * D, 1e-6f, &xn[1]);
+        for (int k = 0; k < n; k++) gpu->ops->linear(gpu, &xn[1], wp[k], bp[k], act[k], yrn[k]);
+        CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+        size_t total = 0, diff = 0;
+        const qi_tensor *pairs[][2] = {{&xn[0], &xn[1]}, {&h[0], &h[1]}, {ysn[0], yrn[0]},
+                                       {n > 1 ? ysn[1] : ysn[0], n > 1 ? yrn[1] : yrn[0]},
+                                       {n > 2 ? ysn[2] : ysn[0], n > 2 ? yrn[2] : yrn[0]}};
+        for (size_t q = 0; q < QI_ARRAY_LEN(pairs); q++) {
+            size_t cnt = (size_t)qi_numel(pairs[q][0]);
+            float *a = malloc(sizeof(float) * cnt), *b = malloc(sizeof(float) * cnt);
+            CHECK(!gpu->ops->download(gpu, pairs[q][0], a, &err) && !gpu->ops->download(gpu, pairs[q][1], b, &err),
+                  "%s", err.msg);
+            size_t dq = 0;
+            for (size_t i = 0; i < cnt; i++) dq += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+            CHECK(dq == 0, "round %d, tensor %zu (0 x, 1 stream, 2.. outputs): %zu of %zu differ", round, q, dq, cnt);
+            total += cnt, diff += dq;
+            free(a), free(b);
+        }
+        printf("  linear_shared with %s, %d linear(s): %zu values, %zu differ from the plain ops\n",
+               round ? "add_gated_layer_norm_mod" : "layer_norm_mod", n, total, diff);
+    }
+    gpu->ops->reset(gpu, mark);
+    shared_set_free(&s);
+    free(hv), free(mv), free(pv);
+}
+
+/* What linear_shared declines it declines whole, queuing nothing: more
+ * linears than it shares x over, one weight the fp8 GEMM does not take (e5m2),
+ * and every call with the fp8 GEMM off. */
+static void fp8_shared_linears_decline_whole(void) {
+    if (!fp8_gemm_available()) return;
+    shared_set s;
+    shared_set_make(&s);
+    size_t mark = gpu->ops->mark(gpu);
+    qi_error err = {{0}};
+    qi_tensor x, y[SH_LIN], *yp[SH_LIN], w5;
+    REQUIRE(!qi_be_act2(gpu, &x, SH_M, SH_K, &err), "%s", err.msg);
+    shared_outputs(&s, y, yp);
+    uint8_t *wb = calloc(SH_N * SH_K, 1);
+    int64_t ne[2] = {SH_N, SH_K};
+    REQUIRE(!gpu->ops->weight(gpu, &w5, QI_F8_E5M2, 2, ne, wb, NULL, &err), "%s", err.msg);
+    const qi_tensor *many[5] = {s.wp[0], s.wp[1], s.wp[2], s.wp[0], s.wp[1]}, *mixed[2] = {s.wp[0], &w5};
+    const qi_tensor *nob[5] = {NULL, NULL, NULL, NULL, NULL};
+    qi_tensor *many_y[5] = {yp[0], yp[1], yp[2], yp[0], yp[1]};
+    qi_act none[5] = {QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE};
+    unsigned long long f0, e0, f1, e1;
+    qi_cuda_gemm_counts(gpu, &f0, &e0);
+    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 5, many, nob, none, many_y) == 0, "five linears taken");
+    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 2, mixed, nob, none, yp) == 0, "an e5m2 weight taken");
+    qi_cuda_set_fp8_gemm(gpu, 0);
+    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 3, s.wp, s.bp, s.act, yp) == 0, "taken with the fp8 GEMM off");
+    qi_cuda_set_fp8_gemm(gpu, 1);
+    qi_cuda_gemm_counts(gpu, &f1, &e1);
+    CHECK(f1 == f0 && e1 == e0, "a declined call queued GEMMs (fp8 %llu, expanded %llu)", f1 - f0, e1 - e0);
+    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+    gpu->ops->weight_free(gpu, &w5);
+    gpu->ops->reset(gpu, mark);
+    shared_set_free(&s);
+    free(wb);
+}
+
 /* QI_CUDA_FP8_GEMM=0 at creation: the backend starts with the fp8 GEMM off. */
 static void fp8_gemm_is_off_with_the_environment_switch(void) {
     qi_backend *b = NULL;
@@ -500,6 +729,9 @@ int main(void) {
     RUN(fp8_gemm_matches_the_float_product_with_three_rows);
     RUN(fp8_gemm_leaves_odd_shapes_and_e5m2_to_the_expansion);
     RUN(fp8_gemm_replays_in_a_graph_with_fresh_scales);
+    RUN(fp8_shared_linears_equal_them_one_by_one);
+    RUN(fp8_shared_linears_make_their_layer_norm);
+    RUN(fp8_shared_linears_decline_whole);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);

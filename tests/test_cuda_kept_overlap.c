@@ -18,7 +18,12 @@
  *     an expansion still reads, nor leave a stale copy named by an address
  *     the next weights take over);
  *   - the same on a backend with three buffers (QI_CUDA_KEPT_OVERLAP=3:
- *     the hints two linears ahead are taken too).
+ *     the hints two linears ahead are taken too);
+ *   - linear_shared (several fp8 linears of one input quantised once, their
+ *     LayerNorm taking the amax): the tiny transformer with its block
+ *     matrices e4m3, each with its own per-tensor scale, gives the very bits
+ *     with the op as without it (the model's plain ops), eagerly and
+ *     replayed, and its fp8 GEMM answered every block linear.
  * Needs a GPU ("cuda" label).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -30,6 +35,7 @@
 #include "base/quant.h"
 #include "base/types.h" /* qi_row_bytes */
 #include "io/gguf_write.h"
+#include "io/safetensors.h"
 #include "io/source.h"
 #include "model/dit.h"
 #include "test.h"
@@ -349,6 +355,141 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
     for (int i = 0; i < 6; i++) free(o[i]);
 }
 
+/* ---- linear_shared through the model ---------------------------------------------------- */
+
+/* The tiny model's transformer as safetensors at path: block matrices e4m3
+ * with a per-tensor `weight_scale` each (amax / 448 of that matrix: every
+ * weight its own, so a GEMM reading another's scale shows), the rest F32. */
+static int write_fp8_transformer(const char *path) {
+    qi_error err = {{0}};
+    qi_source *src = NULL;
+    if (qi_source_open_folder(TINY_DIT, QI_COMPONENT_TRANSFORMER, &src, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return -1;
+    }
+    int n = qi_source_tensor_count(src), k = 0, rc = 0;
+    qi_st_write_item *items = calloc((size_t)(2 * n), sizeof *items);
+    void **bufs = calloc((size_t)(2 * n), sizeof *bufs);
+    char **names = calloc((size_t)n, sizeof *names);
+    for (int i = 0; i < n && !rc && items && bufs && names; i++) {
+        qi_source_tensor t;
+        qi_source_tensor_at(src, i, &t);
+        int64_t numel = 1;
+        for (int d = 0; d < t.ndim; d++) numel *= t.shape[d];
+        float *f = malloc(sizeof(float) * (size_t)numel);
+        if (!f || qi_source_tensor_to_f32(&t, f, &err)) {
+            free(f);
+            rc = -1;
+            break;
+        }
+        qi_st_write_item it = {t.name, QI_F32, t.ndim, {0}, f};
+        for (int d = 0; d < t.ndim; d++) it.shape[d] = t.shape[d];
+        bufs[k] = f;
+        if (t.ndim == 2 && !strncmp(t.name, "transformer_blocks.", 19) && strstr(t.name, ".weight")) {
+            float amax = 0;
+            for (int64_t j = 0; j < numel; j++) amax = fabsf(f[j]) > amax ? fabsf(f[j]) : amax;
+            float *sc = malloc(sizeof(float));
+            uint8_t *q = malloc((size_t)numel);
+            size_t len = strlen(t.name);
+            names[i] = malloc(len + 8);
+            if (!sc || !q || !names[i]) {
+                free(sc), free(q);
+                rc = -1;
+                break;
+            }
+            *sc = amax > 0 ? amax / 448.0f : 1.0f;
+            qi_quantize_f8e4m3(f, q, numel, *sc);
+            free(f);
+            it.dtype = QI_F8_E4M3, it.data = q, bufs[k] = q;
+            snprintf(names[i], len + 8, "%.*s_scale", (int)len, t.name); /* <layer>.weight -> <layer>.weight_scale */
+            items[k++] = it;
+            items[k] = (qi_st_write_item){names[i], QI_F32, 1, {1}, sc};
+            bufs[k++] = sc;
+            continue;
+        }
+        items[k++] = it;
+    }
+    if (!items || !bufs || !names) rc = -1;
+    if (!rc && qi_st_write(path, items, k, &err)) rc = -1;
+    if (rc) fprintf(stderr, "writing %s: %s\n", path, err.msg);
+    for (int i = 0; bufs && i < k; i++) free(bufs[i]);
+    for (int i = 0; names && i < n; i++) free(names[i]);
+    free(items), free(bufs), free(names);
+    qi_source_close(src);
+    return rc;
+}
+
+/* The model with linear_shared and without it (the same backend, its op
+ * table copied with the slot emptied: dit.c then runs the plain ops): the
+ * same bits, eagerly (qi_dit_forward, the call object) and replayed. The
+ * tiny model's D is 128: its attention LayerNorm is not one the register
+ * kernel takes (test_cuda_backend_caps claims that one at D 512), its
+ * MLP's add_gated LayerNorm is. */
+static void fp8_linears_shared_change_no_bit_of_a_transformer_call(void) {
+    if (strncmp(qi_cuda_fp8_gemm_state(gpu), "on", 2)) {
+        printf("  (the fp8 GEMM is off here: %s)\n", qi_cuda_fp8_gemm_state(gpu));
+        return;
+    }
+    char dir[] = "/tmp/qi_shared_XXXXXX", path[64];
+    REQUIRE(mkdtemp(dir), "temporary folder");
+    snprintf(path, sizeof path, "%s/transformer.safetensors", dir);
+    REQUIRE(write_fp8_transformer(path) == 0, "cannot write the fp8 transformer");
+    qi_error err = {{0}};
+    qi_source *src = NULL;
+    qi_dit *d = NULL;
+    REQUIRE(!qi_source_open(path, QI_COMPONENT_TRANSFORMER, &src, &err) &&
+                !qi_source_set_config(src, TINY_DIT "/config.json", &err) && !qi_dit_load(src, gpu, NULL, &d, &err),
+            "%s", err.msg);
+    enum { L = GH * GW };
+    size_t n_out = (size_t)L * CH;
+    float *xv = malloc(sizeof(float) * L * CH), *cv = malloc(sizeof(float) * TXT * 64), *o[6];
+    for (int i = 0; i < 6; i++) o[i] = malloc(sizeof(float) * n_out);
+    for (int i = 0; i < L * CH; i++) xv[i] = frand();
+    for (int i = 0; i < TXT * 64; i++) cv[i] = frand();
+    size_t mark = gpu->ops->mark(gpu);
+    qi_tensor x, ctx, out;
+    REQUIRE(!qi_be_act3(gpu, &x, 1, L, CH, &err) && !qi_be_act3(gpu, &ctx, 1, TXT, 64, &err) &&
+                !qi_be_act3(gpu, &out, 1, L, CH, &err) && !gpu->ops->upload(gpu, &x, xv, &err) &&
+                !gpu->ops->upload(gpu, &ctx, cv, &err),
+            "%s", err.msg);
+    const qi_backend_ops *with = gpu->ops;
+    qi_backend_ops plain = *with;
+    plain.linear_shared = NULL;
+    REQUIRE(with->linear_shared != NULL, "the CUDA backend has linear_shared");
+    unsigned long long f[4], e[4];
+    gpu->ops = &plain;
+    qi_cuda_gemm_counts(gpu, &f[0], &e[0]);
+    forward(d, &x, &ctx, &out, o[0]);
+    qi_cuda_gemm_counts(gpu, &f[1], &e[1]);
+    call_eager_and_graph(d, &x, &ctx, &out, o[1], o[2], &(unsigned long long){0});
+    gpu->ops = with;
+    qi_cuda_gemm_counts(gpu, &f[2], &e[2]);
+    forward(d, &x, &ctx, &out, o[3]);
+    qi_cuda_gemm_counts(gpu, &f[3], &e[3]);
+    call_eager_and_graph(d, &x, &ctx, &out, o[4], o[5], &(unsigned long long){0});
+    int layers = qi_dit_get_config(d)->num_layers;
+    unsigned long long runs = 12ull * (unsigned)layers - 3; /* the block linears (the last block's text MLP skipped) */
+    printf("  tiny fp8 transformer at %dx%d patches: fp8 GEMMs per forward %llu without linear_shared, %llu with "
+           "(block linears %llu)\n", GH, GW, f[1] - f[0], f[3] - f[2], runs);
+    CHECK(f[1] - f[0] == f[3] - f[2] && f[3] - f[2] >= runs, "fp8 GEMMs: %llu plain, %llu shared, want >= %llu",
+          f[1] - f[0], f[3] - f[2], runs);
+    static const char *what[6] = {"forward, plain", "call, plain", "graph, plain", "forward, shared",
+                                  "call, shared", "graph, shared"};
+    for (int i = 0; i < 3; i++) { /* like with like: the call object's modulation may differ from forward's */
+        size_t k = count_diff(o[i], o[i + 3], n_out), nz = 0;
+        for (size_t j = 0; j < n_out; j++) nz += o[i + 3][j] != 0;
+        CHECK(k == 0, "%s: %zu of %zu outputs differ from %s", what[i + 3], k, n_out, what[i]);
+        CHECK(nz > n_out / 2, "%s: only %zu of %zu outputs nonzero", what[i + 3], nz, n_out);
+    }
+    gpu->ops->reset(gpu, mark);
+    qi_dit_free(d);
+    qi_source_close(src);
+    unlink(path);
+    rmdir(dir);
+    free(xv), free(cv);
+    for (int i = 0; i < 6; i++) free(o[i]);
+}
+
 int main(void) {
     qi_error err = {{0}};
     setenv("QI_CUDA_KEPT_OVERLAP", "1", 1); /* off by default (cuda_backend.cu, overlap_init): these claims are its */
@@ -366,6 +507,7 @@ int main(void) {
     }
     RUN(hints_right_wrong_or_unfollowed_change_no_bit);
     RUN(a_transformer_call_is_bit_identical_with_the_overlap_on_and_off);
+    RUN(fp8_linears_shared_change_no_bit_of_a_transformer_call);
     gpu->ops->destroy(gpu);
     TEST_END();
 }

@@ -80,6 +80,21 @@ typedef enum qi_rope_mode {
     QI_ROPE_HALF = 1         /* pairs (x[m], x[m+D/2]) — Qwen2.5 "rotate_half" */
 } qi_rope_mode;
 
+/* The op linear_shared runs first to make its x, when asked to:
+ *   proj NULL: layer_norm_mod(x, shift, scale, mod_stride, eps) -> x_out;
+ *   else: add_gated_layer_norm_mod(x, gate, gate_stride, proj, shift, scale,
+ *         mod_stride, eps) -> x_out (x updated in place, as that op does).
+ * Its fields are those ops' arguments. */
+typedef struct qi_ln_mod_src {
+    qi_tensor *x;          /* the stream [B, L, D] */
+    const qi_tensor *gate; /* add_gated's gate rows, NULL: none */
+    int64_t gate_stride;
+    const qi_tensor *proj; /* add_gated's y; NULL: no add (layer_norm_mod alone) */
+    const qi_tensor *shift, *scale;
+    int64_t mod_stride;
+    float eps;
+} qi_ln_mod_src;
+
 typedef struct qi_backend qi_backend;
 typedef struct qi_graph qi_graph; /* a recorded op sequence (graph_begin / graph_end) */
 typedef struct qi_slot qi_slot;   /* a device buffer host weights are staged into (stage) */
@@ -105,9 +120,9 @@ typedef enum qi_cap {
 } qi_cap;
 
 /* Every slot is required unless its group below says "optional" (NULL when a
- * backend lacks them): random_weights, mem_usage, the fused ops, native_stream,
- * and the persistent/graph group, which is all five slots or none. Each
- * constructor checks its table with qi_backend_check_ops.
+ * backend lacks them): random_weights, mem_usage, the fused ops, linear_shared,
+ * native_stream, and the persistent/graph group, which is all five slots or
+ * none. Each constructor checks its table with qi_backend_check_ops.
  *
  * Threads: a backend is used by one thread at a time. Ops, graph_* and the
  * arena calls (tensor, mark, reset) run on the calling thread's device and
@@ -277,6 +292,25 @@ typedef struct qi_backend_ops {
                                      int64_t gate_stride, const qi_tensor *y, const qi_tensor *shift,
                                      const qi_tensor *scale, int64_t mod_stride, float eps,
                                      qi_tensor *out);
+
+    /* Several linears of ONE input, in one call: for k = 0..n-1 in order,
+     *   linear(x, w[k], b[k], act[k], y[k])
+     * with results bit-identical to those n calls. It lets a backend prepare
+     * x once for all of them (CUDA: the fp8 GEMM quantises x to e4m3 once
+     * instead of n times: the attention's q/k/v, the modulation pairs).
+     * src NULL: x is given. Else the op first makes x itself, as the op src
+     * names would (bit-identical, x written, src->x updated by an add_gated
+     * as that op updates it), so a backend can take what it needs of x while
+     * writing it (CUDA: the fp8 scale's max |x|, not a pass over x after).
+     * b[k] may be NULL; no y[k] may overlap x (or src's tensors). Unlike the
+     * fused ops above it may decline: it returns 1 when it queued all of
+     * it, 0 when it queued nothing because it has no better way than the
+     * plain ops (then the caller makes them: src's op, then the n `linear`
+     * calls, with whatever hints it puts between). Optional: NULL where a
+     * backend has no use for it (CPU). */
+    int (*linear_shared)(qi_backend *be, const qi_tensor *x, const qi_ln_mod_src *src, int n,
+                         const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
+                         qi_tensor *const *y);
 
     /* ---- hints (optional: NULL where a backend has no use for them, e.g. the
      * CPU backend) ---- */

@@ -715,6 +715,26 @@ void dit_run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act a
     if (act != QI_ACT_NONE) be->ops->activate(be, y, act, y);
 }
 
+/* The n Linears l[k] of the one input x (activation act) into y[k] as one
+ * linear_shared call (src: x made first by that LayerNorm, see backend.h),
+ * when the backend has the op and takes it and no l[k] has runtime LoRA
+ * terms (their low-rank products go one Linear at a time): 1 when queued,
+ * 0 when nothing was (the caller runs src's op and the Linears itself).
+ * The results are those of the plain ops, bit for bit. */
+int dit_try_linears_shared(qi_dit *d, const qi_tensor *x, const qi_ln_mod_src *src, int n, const dit_linear *const *l,
+                           qi_act act, qi_tensor *const *y) {
+    qi_backend *be = d->be;
+    enum { MAX = 8 };
+    if (!be->ops->linear_shared || n < 1 || n > MAX) return 0;
+    const qi_tensor *w[MAX], *b[MAX];
+    qi_act acts[MAX];
+    for (int k = 0; k < n; k++) {
+        if (l[k]->n_lora) return 0;
+        w[k] = &l[k]->w, b[k] = &l[k]->b, acts[k] = act;
+    }
+    return be->ops->linear_shared(be, x, src, n, w, b, acts, y);
+}
+
 /* A block's linears in the order dit_block_forward runs them, then the
  * call's first two after the block (a->next_linears), NULL-ended: what the
  * prefetch hints name, the order the model knows and the backend does not.
@@ -759,6 +779,30 @@ static void run_linear_hinted(qi_dit *d, const dit_linear *const *seq, const qi_
     dit_run_linear(d, x, l, act, y, st, err);
 }
 
+/* The hints for the linears after l in seq (l not in seq: none), for a
+ * linear that ran inside a linear_shared call. */
+static void hint_after(qi_dit *d, const dit_linear *const *seq, const dit_linear *l) {
+    for (int i = 0; seq[i]; i++)
+        if (seq[i] == l) {
+            hint_from(d, seq, i + 1);
+            return;
+        }
+}
+
+/* One stream's q/k/v Linears l[0..3) of x into y[0..3): one linear_shared
+ * call where the backend takes it (the hints then name the linears after
+ * them, queued after the three, which is where a hint for one of those
+ * would have gone had the three been one linear), else run_linear_hinted
+ * each, exactly as before the op existed. */
+static void run_qkv(qi_dit *d, const dit_linear *const *seq, const qi_tensor *x, const dit_linear *const *l,
+                    qi_tensor *const *y, qi_status *st, qi_error *err) {
+    if (dit_try_linears_shared(d, x, NULL, 3, l, QI_ACT_NONE, y)) {
+        hint_after(d, seq, l[2]);
+        return;
+    }
+    for (int k = 0; k < 3; k++) run_linear_hinted(d, seq, x, l[k], QI_ACT_NONE, y[k], st, err);
+}
+
 /* temb = linear_2(silu(linear_1(sinusoid))), returned SiLU'd because all its
  * consumers (img_mod, txt_mod, norm_out) apply SiLU first (spec §1.4).
  * sinus [B, 256] is on the backend already. */
@@ -788,6 +832,9 @@ qi_status dit_compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts
         dit_linear im, tm;
         if (st == QI_OK) st = dit_mod_linears(d, (int)i, &im, &tm, err);
         if (st != QI_OK) return st;
+        const dit_linear *pair[2] = {&im, &tm};
+        qi_tensor *out[2] = {&img_mod, &txt_mod};
+        if (dit_try_linears_shared(d, temb_silu, NULL, 2, pair, QI_ACT_NONE, out)) continue; /* silu(temb) quantised once (fp8) */
         dit_run_linear(d, temb_silu, &im, QI_ACT_NONE, &img_mod, &st, err);
         dit_run_linear(d, temb_silu, &tm, QI_ACT_NONE, &txt_mod, &st, err);
     }
@@ -887,6 +934,65 @@ static qi_status attend_sharded(qi_dit *d, dit_acts *a, qi_tensor *o_t, qi_tenso
     return st;
 }
 
+/* Both streams' modulated LN and Q/K/V (into y_i / y_t's v). Where the
+ * backend takes it, each stream's LN and its three Linears are one
+ * linear_shared call (the image's only when it is one part: an Edit
+ * zero_cond_t image has two, each its own modulation), so the LN kernel can
+ * take what the fp8 GEMM needs of its output while writing it; what it
+ * does not take runs as before the op existed: the LNs, then the Linears. */
+static void attention_inputs(qi_dit *d, int index, const dit_block *blk, dit_acts *a, img_part *ip,
+                             int n_parts, const dit_linear *const *seq, qi_tensor *v_i, qi_tensor *v_t,
+                             qi_status *st, qi_error *err) {
+    qi_backend *be = d->be;
+    int64_t stride = MOD_STRIDE(d), txt_slot = 2 * (int64_t)index + 1;
+    qi_tensor tsh1 = mod_chunk(d, a, txt_slot, 0), tsc1 = mod_chunk(d, a, txt_slot, 1);
+    const dit_linear *qkv_i[3] = {&blk->to_q, &blk->to_k, &blk->to_v};
+    const dit_linear *qkv_t[3] = {&blk->add_q, &blk->add_k, &blk->add_v};
+    qi_tensor *y_i[3] = {&a->q_i, &a->k_i, v_i}, *y_t[3] = {&a->q_t, &a->k_t, v_t};
+    qi_ln_mod_src ln_i = {&a->img, NULL, 0, NULL, &ip[0].sh1, &ip[0].sc1, stride, DIT_EPS};
+    qi_ln_mod_src ln_t = {&a->txt, NULL, 0, NULL, &tsh1, &tsc1, stride, DIT_EPS};
+    int img_done = n_parts == 1 && dit_try_linears_shared(d, &a->norm_i, &ln_i, 3, qkv_i, QI_ACT_NONE, y_i);
+    if (img_done) hint_after(d, seq, qkv_i[2]);
+    int txt_done = img_done && dit_try_linears_shared(d, &a->norm_t, &ln_t, 3, qkv_t, QI_ACT_NONE, y_t);
+    if (txt_done) hint_after(d, seq, qkv_t[2]); /* next: beside the attention */
+    for (int k = 0; k < n_parts && !img_done; k++)
+        be->ops->layer_norm_mod(be, &ip[k].img, &ip[k].sh1, &ip[k].sc1, stride, DIT_EPS, &ip[k].norm);
+    if (!txt_done) be->ops->layer_norm_mod(be, &a->txt, &tsh1, &tsc1, stride, DIT_EPS, &a->norm_t);
+    /* each stream's three read one input: one linear_shared call where the backend takes it */
+    if (!img_done) run_qkv(d, seq, &a->norm_i, qkv_i, y_i, st, err);
+    if (!txt_done) run_qkv(d, seq, &a->norm_t, qkv_t, y_t, st, err); /* next: beside the attention */
+}
+
+/* The image stream's gated residual of the attention and the MLP's input
+ * norm_i, then its up projection (GELU-tanh) into ff_i. With
+ * add_gated_layer_norm_mod and one image part the backend may take the
+ * three as one linear_shared call (see attention_inputs); else as before. */
+static void mlp_input_image(qi_dit *d, const dit_block *blk, dit_acts *a, img_part *ip, int n_parts,
+                            const dit_linear *const *seq, qi_status *st, qi_error *err) {
+    qi_backend *be = d->be;
+    const qi_backend_ops *op = be->ops;
+    int64_t stride = MOD_STRIDE(d);
+    int ag_ln = op->add_gated_layer_norm_mod != NULL;
+    const dit_linear *up[1] = {&blk->img_mlp_up};
+    qi_tensor *ff[1] = {&a->ff_i};
+    qi_ln_mod_src ag = {&a->img, &ip[0].g1, stride, &ip[0].proj, &ip[0].sh2, &ip[0].sc2, stride, DIT_EPS};
+    if (ag_ln && n_parts == 1 && dit_try_linears_shared(d, &a->norm_i, &ag, 1, up, QI_ACT_GELU_TANH, ff)) {
+        hint_after(d, seq, up[0]);
+        return;
+    }
+    for (int k = 0; k < n_parts; k++) {
+        img_part *q = &ip[k];
+        if (ag_ln)
+            op->add_gated_layer_norm_mod(be, &q->img, &q->g1, stride, &q->proj, &q->sh2, &q->sc2, stride, DIT_EPS,
+                                         &q->norm);
+        else
+            op->add_gated(be, &q->img, &q->g1, stride, &q->proj);
+    }
+    for (int k = 0; k < n_parts && !ag_ln; k++)
+        op->layer_norm_mod(be, &ip[k].img, &ip[k].sh2, &ip[k].sc2, stride, DIT_EPS, &ip[k].norm);
+    run_linear_hinted(d, seq, &a->norm_i, up[0], QI_ACT_GELU_TANH, ff[0], st, err);
+}
+
 /* One dual-stream block (spec §1.6). In the last block the text stream's
  * own updates are skipped: nothing reads the text after it. */
 qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts *a, qi_error *err) {
@@ -898,7 +1004,6 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     int64_t txt_slot = 2 * (int64_t)index + 1;
     img_part ip[2];
     int n_parts = image_parts(d, a, index, ip);
-    qi_tensor tsh1 = mod_chunk(d, a, txt_slot, 0), tsc1 = mod_chunk(d, a, txt_slot, 1);
     qi_tensor tg1 = mod_chunk(d, a, txt_slot, 2), tsh2 = mod_chunk(d, a, txt_slot, 3);
     qi_tensor tsc2 = mod_chunk(d, a, txt_slot, 4), tg2 = mod_chunk(d, a, txt_slot, 5);
     qi_status st = QI_OK; /* a runtime LoRA's scratch (run_linear) */
@@ -907,9 +1012,6 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
     hint_from(d, seq, 0); /* to_q's expansion beside the norms, unless the previous block queued it */
 
     /* --- attention half: modulated LN, Q/K/V per stream --- */
-    for (int k = 0; k < n_parts; k++)
-        op->layer_norm_mod(be, &ip[k].img, &ip[k].sh1, &ip[k].sc1, stride, DIT_EPS, &ip[k].norm);
-    op->layer_norm_mod(be, &a->txt, &tsh1, &tsc1, stride, DIT_EPS, &a->norm_t);
     /* one device and a backend with rms_norm_rope: q/k go normed and rotated
      * straight into the joint buffers, and with B == 1 v is projected into them */
     int fused = !a->sp && op->rms_norm_rope;
@@ -919,12 +1021,7 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
         v_t = qi_slice_rows(&V2, 0, a->Lt);
         v_i = qi_slice_rows(&V2, a->Lt, a->Li);
     }
-    run_linear_hinted(d, seq, &a->norm_i, &blk->to_q, QI_ACT_NONE, &a->q_i, &st, err);
-    run_linear_hinted(d, seq, &a->norm_i, &blk->to_k, QI_ACT_NONE, &a->k_i, &st, err);
-    run_linear_hinted(d, seq, &a->norm_i, &blk->to_v, QI_ACT_NONE, &v_i, &st, err);
-    run_linear_hinted(d, seq, &a->norm_t, &blk->add_q, QI_ACT_NONE, &a->q_t, &st, err);
-    run_linear_hinted(d, seq, &a->norm_t, &blk->add_k, QI_ACT_NONE, &a->k_t, &st, err);
-    run_linear_hinted(d, seq, &a->norm_t, &blk->add_v, QI_ACT_NONE, &v_t, &st, err); /* next: beside the attention */
+    attention_inputs(d, index, blk, a, ip, n_parts, seq, &v_i, &v_t, &st, err);
 
     /* joint attention over both streams, here or across the Ulysses group */
     qi_tensor o_t, o_i;
@@ -953,33 +1050,29 @@ qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts
      * value, and its short GEMM (Lt rows) is then overlapped by to_out's
      * expansion, the long image GEMM of to_out by the MLP's 4× larger one. */
     int ag_ln = op->add_gated_layer_norm_mod != NULL;
+    int txt_up_done = 0; /* the text MLP's up projection queued here, in one linear_shared call with its LN */
     if (!last) {
         run_linear_hinted(d, seq, &o_t, &blk->to_add_out, QI_ACT_NONE, &a->proj_t, &st, err);
-        if (ag_ln)
+        const dit_linear *up_t[1] = {&blk->txt_mlp_up};
+        qi_tensor *ff_t[1] = {&a->ff_t};
+        qi_ln_mod_src ag_t = {&a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride, DIT_EPS};
+        txt_up_done = ag_ln && dit_try_linears_shared(d, &a->norm_t, &ag_t, 1, up_t, QI_ACT_GELU_TANH, ff_t);
+        if (ag_ln && !txt_up_done)
             op->add_gated_layer_norm_mod(be, &a->txt, &tg1, stride, &a->proj_t, &tsh2, &tsc2, stride,
                                          DIT_EPS, &a->norm_t);
-        else
+        else if (!ag_ln)
             op->add_gated(be, &a->txt, &tg1, stride, &a->proj_t);
     }
     run_linear_hinted(d, seq, &o_i, &blk->to_out, QI_ACT_NONE, &a->proj_i, &st, err);
-    for (int k = 0; k < n_parts; k++) {
-        img_part *q = &ip[k];
-        if (ag_ln)
-            op->add_gated_layer_norm_mod(be, &q->img, &q->g1, stride, &q->proj, &q->sh2, &q->sc2, stride, DIT_EPS,
-                                         &q->norm);
-        else
-            op->add_gated(be, &q->img, &q->g1, stride, &q->proj);
-    }
 
     /* --- MLP half: LN·(1+scale)+shift, GELU-tanh MLP, gated residual --- */
-    for (int k = 0; k < n_parts && !ag_ln; k++)
-        op->layer_norm_mod(be, &ip[k].img, &ip[k].sh2, &ip[k].sc2, stride, DIT_EPS, &ip[k].norm);
-    run_linear_hinted(d, seq, &a->norm_i, &blk->img_mlp_up, QI_ACT_GELU_TANH, &a->ff_i, &st, err);
+    mlp_input_image(d, blk, a, ip, n_parts, seq, &st, err);
     run_linear_hinted(d, seq, &a->ff_i, &blk->img_mlp_down, QI_ACT_NONE, &a->proj_i, &st, err);
     for (int k = 0; k < n_parts; k++) op->add_gated(be, &ip[k].img, &ip[k].g2, stride, &ip[k].proj);
     if (!last) {
         if (!ag_ln) op->layer_norm_mod(be, &a->txt, &tsh2, &tsc2, stride, DIT_EPS, &a->norm_t);
-        run_linear_hinted(d, seq, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
+        if (!txt_up_done) /* else queued after to_add_out: it reads norm_t, writes ff_t, nothing between touches them */
+            run_linear_hinted(d, seq, &a->norm_t, &blk->txt_mlp_up, QI_ACT_GELU_TANH, &a->ff_t, &st, err);
         run_linear_hinted(d, seq, &a->ff_t, &blk->txt_mlp_down, QI_ACT_NONE, &a->proj_t, &st, err);
         op->add_gated(be, &a->txt, &tg2, stride, &a->proj_t);
     }

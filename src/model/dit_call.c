@@ -170,6 +170,9 @@ static qi_status schedule_compute_window(qi_dit_call *c, int64_t w0, qi_error *e
             dit_linear im, tm;
             if (st == QI_OK) st = dit_mod_linears(d, (int)i, &im, &tm, err);
             if (st != QI_OK) break;
+            const dit_linear *pair[2] = {&im, &tm};
+            qi_tensor *out[2] = {&img_mod, &txt_mod};
+            if (dit_try_linears_shared(d, &temb_silu, NULL, 2, pair, QI_ACT_NONE, out)) continue; /* quantised once (fp8) */
             dit_run_linear(d, &temb_silu, &im, QI_ACT_NONE, &img_mod, &st, err);
             dit_run_linear(d, &temb_silu, &tm, QI_ACT_NONE, &txt_mod, &st, err);
         }

@@ -176,6 +176,12 @@ qi_status dit_alloc_acts(qi_dit *d, dit_acts *a, qi_error *err);
 void dit_timestep_sinusoid(const float *t, int64_t B, float *proj);
 void dit_run_linear(qi_dit *d, const qi_tensor *x, const dit_linear *l, qi_act act, qi_tensor *y,
                     qi_status *st, qi_error *err);
+/* Linears l[0..n) of one input x (activation act) into y[k] as one
+ * linear_shared call, src NULL or the LayerNorm that makes x (bit-identical
+ * to the plain ops): 1 when queued, 0 when nothing was (no such op,
+ * declined, or runtime LoRA terms). */
+int dit_try_linears_shared(qi_dit *d, const qi_tensor *x, const qi_ln_mod_src *src, int n, const dit_linear *const *l,
+                           qi_act act, qi_tensor *const *y);
 qi_status dit_timestep_embedding(qi_dit *d, const qi_tensor *sinus, qi_tensor *temb_silu, qi_error *err);
 qi_status dit_compute_modulation(qi_dit *d, const qi_tensor *temb_silu, dit_acts *a, qi_error *err);
 qi_status dit_block_forward(qi_dit *d, int index, const dit_block *blk, dit_acts *a, qi_error *err);

@@ -920,6 +920,21 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
     if (post_act) qc_bias_act(c, &y2, epi_bias ? NULL : b, act); /* too large for scratch: rounds twice */
 }
 
+/* linear_shared: taken when the fp8 GEMM takes every one of the linears
+ * (x quantised once for all of them, its amax taken by the LayerNorm kernel
+ * that makes it where src says so: cuda_fp8_gemm.cu); declined otherwise,
+ * so the model's plain ops keep their order and prefetch hints. */
+static int cuda_linear_shared(qi_backend *be, const qi_tensor *x, const qi_ln_mod_src *src, int n,
+                              const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
+                              qi_tensor *const *y) {
+    cuda_impl *c = cuda_of(be);
+    int started = 0;
+    int done = qc_fp8_linear_shared(c, x, src, n, w, b, act, y, &started);
+    if (!started) return 0;
+    for (int k = done < 0 ? n : done; k < n; k++) cuda_linear(be, x, w[k], b[k], act[k], y[k]); /* refused GEMMs */
+    return 1; /* an error is recorded on the backend, as `linear` leaves it */
+}
+
 /* ---- extras ------------------------------------------------------------------ */
 
 extern "C" void *qi_cuda_stream(qi_backend *be) { return (void *)cuda_of(be)->stream; }
@@ -1208,6 +1223,7 @@ static const qi_backend_ops cuda_ops = {
     .channel_rms_norm_act = qc_channel_rms_norm_act,
     .conv2d_fused = qc_conv2d_fused,
     .add_gated_layer_norm_mod = qc_add_gated_layer_norm_mod,
+    .linear_shared = cuda_linear_shared,
     .prefetch_weight = qc_prefetch_weight,
     .weight_size = cuda_weight_size,
     .mem_info = cuda_mem_info,

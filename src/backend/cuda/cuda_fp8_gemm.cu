@@ -12,6 +12,8 @@
  * buffer of the kept-weight scratch (c->wscratch, each buffer sized at load
  * for a bf16 copy of the largest kept weight), which this path does not
  * otherwise need, or in the general scratch when it is larger than that.
+ * linear_shared (several linears of one x: q/k/v) quantises x once and runs
+ * each GEMM on the same x_q, each weight's scale in its own device slot.
  *
  * cuBLASLt computes column-major D = op(A)·op(B); row-major y[M, N] is
  * column-major yᵀ[N, M] = W[N, K] · xᵀ, so A = W (stored [N, K] row-major =
@@ -51,34 +53,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend/cuda/cuda_fp8_amax.cuh"
 #include "backend/cuda/cuda_internal.h"
 
 #define FP8_PLANS 128 /* ~15 problems per image size: room for several sizes */
-#define E4M3_MAX 448.0f
 #define FP8_MIN_DIM 128
 /* On unless QI_CUDA_FP8_GEMM=0 (1); 0: off unless QI_CUDA_FP8_GEMM=1.
  * On since its claims passed on an H200 (run N, bench/RESULTS.md:
  * test_cuda_backend_caps 14/14, test_formats -d cuda 20/20; a 1024² call
  * 89 ms against 132 expanded). */
 #define FP8_GEMM_DEFAULT 1
-
-/* Device state of the activation scale; zeroed at creation, and the last
- * block of each reduction puts amax_bits and blocks_done back to zero. */
-/* Each scale cuBLASLt reads sits at a 16-byte boundary: cuBLASLt 13.1 on
- * an H200 offers algorithms for scale pointers 4 bytes apart and then
- * answers every cublasLtMatmul with CUBLAS_STATUS_NOT_SUPPORTED (status
- * 15); 16 bytes apart they run (dev/cuda/fp8-probe, 2026-12-04). */
-typedef struct fp8_scales {
-    unsigned amax_bits;   /* max |x| as float bits (non-negative floats order as unsigned) */
-    unsigned blocks_done; /* reduction blocks finished */
-    unsigned pad0[2];
-    float scale_x; /* amax / 448: x ≈ x_q · scale_x */
-    float pad1[3];
-    float scale_w; /* the weight's per-tensor scale (1 for none or per-row) */
-    float pad2[3];
-} fp8_scales;
-static_assert(offsetof(fp8_scales, scale_x) % 16 == 0 && offsetof(fp8_scales, scale_w) % 16 == 0,
-              "cuBLASLt's scale pointers must be 16-byte aligned");
 
 /* One cuBLASLt problem: shape, epilogue, pointer alignment, and what the
  * heuristic said (ok = 0: no algorithm, the case falls back every time). */
@@ -99,24 +83,10 @@ struct qc_fp8 {
 
 /* ---- activation quantisation ------------------------------------------------- */
 
-static __device__ __forceinline__ float block_max(float v) {
-    __shared__ float part[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
-    if (warp == 0)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v; /* valid in thread 0 */
-}
-
 /* amax of x[n] (n a multiple of 8, x 16-byte aligned); the last block to
- * finish turns it into scale_x, stores scale_w, and resets the counters for
- * the next call. fmaxf drops NaN (a NaN input stays NaN through x_q). */
-__global__ void fp8_amax_k(const bf16 *x, int64_t n, float scale_w, fp8_scales *st) {
+ * finish turns it into scale_x, stores the weight scales ws, and resets the
+ * counters for the next call. fmaxf drops NaN (a NaN input stays NaN through x_q). */
+__global__ void fp8_amax_k(const bf16 *x, int64_t n, fp8_wscales ws, fp8_scales *st) {
     float m = 0.0f;
     for (int64_t u = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; u < n / 8; u += (int64_t)gridDim.x * blockDim.x) {
         float f[8];
@@ -124,15 +94,7 @@ __global__ void fp8_amax_k(const bf16 *x, int64_t n, float scale_w, fp8_scales *
 #pragma unroll
         for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(f[j]));
     }
-    m = block_max(m);
-    if (threadIdx.x != 0) return;
-    atomicMax(&st->amax_bits, __float_as_uint(m));
-    __threadfence();
-    if (atomicAdd(&st->blocks_done, 1u) != gridDim.x - 1) return;
-    float amax = __uint_as_float(atomicExch(&st->amax_bits, 0u)); /* every block's max is in */
-    st->blocks_done = 0;
-    st->scale_x = amax > 0.0f ? amax / E4M3_MAX : 1.0f; /* all zeros: any scale, x_q = 0 */
-    st->scale_w = scale_w;
+    fp8_amax_fold(m, ws, st);
 }
 
 /* x_q[i] = e4m3(x[i] / scale_x), saturating (the largest |x| maps to 448;
@@ -209,7 +171,7 @@ static int plan_build(cuda_impl *c, fp8_plan *p, const void *bias) {
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epilogue;
     cudaDataType_t bias_type = CUDA_R_16BF; /* fp8 inputs with a bf16 D: the bias is bf16 (cublasLt.h) */
-    const float *sw = &f->dev->scale_w, *sx = &f->dev->scale_x;
+    const float *sw = &f->dev->scale_w[0].v, *sx = &f->dev->scale_x; /* sw: set again at each call */
     int8_t fast = (int8_t)f->fast_accum;
     LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
@@ -311,7 +273,21 @@ static int fp8_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const
     return why == NULL;
 }
 
-int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act, qi_tensor *y) {
+/* One fp8 linear, decided before anything is queued: its plan, and whether
+ * cuBLASLt's epilogue finishes it (direct) or fp8_finish_k does. */
+typedef struct fp8_job {
+    const qi_tensor *w, *b;
+    qi_act act;
+    qi_tensor *y;
+    fp8_plan *p;
+    fp8_plan key; /* p's key when chosen (m … align_d; no descriptors): a later plan_for may reuse p's slot */
+    int direct, row;
+} fp8_job;
+
+/* 1 when the fp8 path takes linear(x, w, b, act) -> y, with j filled in;
+ * 0 when it does not (nothing queued). Builds the plans on first use. */
+static int fp8_prepare(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act,
+                       qi_tensor *y, fp8_job *j) {
     int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
     if (!fp8_takes(c, x, w, b, y, M, N, K)) return 0;
     int row = w->scale_form == QI_SCALE_ROW;
@@ -330,32 +306,118 @@ int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
     }
     if (!p) p = plan_for(c, (int)N, (int)M, (int)K, (int)CUBLASLT_EPILOGUE_DEFAULT, align_a, align_d, NULL);
     if (!p) return 0;
+    j->w = w, j->b = b, j->act = act, j->y = y, j->p = p, j->direct = direct, j->row = row;
+    memset(&j->key, 0, sizeof j->key);
+    j->key.m = p->m, j->key.n = p->n, j->key.k = p->k, j->key.epilogue = p->epilogue;
+    j->key.align_a = p->align_a, j->key.align_d = p->align_d;
+    return 1;
+}
 
-    float scale_w = w->scale_form == QI_SCALE_TENSOR ? w->scale : 1.0f;
-    int64_t n = M * K;
+/* Whether j's plan still is the one fp8_prepare chose (the ring of plans
+ * may have handed its slot to a later problem meanwhile). */
+static int job_plan_holds(const fp8_job *j) {
+    const fp8_plan *p = j->p, *k = &j->key;
+    return p->used && p->ok && p->m == k->m && p->n == k->n && p->k == k->k && p->epilogue == k->epilogue &&
+           p->align_a == k->align_a && p->align_d == k->align_d;
+}
+
+/* The weight's per-tensor scale as the GEMM reads it (1: none, or per row). */
+static float wscale_of(const qi_tensor *w) { return w->scale_form == QI_SCALE_TENSOR ? w->scale : 1.0f; }
+
+/* x [M, K] (bf16) -> e4m3 in a scratch buffer, returned (NULL after a
+ * recorded launch error). The amax reduction, which also stores the n
+ * weight scales ws in scale_w[0..n), then the quantisation; with src, the
+ * LayerNorm kernel that writes x does the reduction's part (the same
+ * amax, of the values as stored: the same scale_x). */
+static uint8_t *fp8_quantise(cuda_impl *c, const qi_tensor *x, const qi_ln_mod_src *src, const fp8_wscales *ws) {
+    int64_t n = qi_numel(x);
     uint8_t *xq = (uint8_t *)xq_buffer(c, n);
-    fp8_amax_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, scale_w, c->fp8->dev);
+    if (src) {
+        fp8_amax_out ao = {c->fp8->dev, *ws};
+        qc_ln_mod_amax(c, src, (qi_tensor *)x, ao);
+    } else {
+        fp8_amax_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, *ws, c->fp8->dev);
+    }
     fp8_quant_k<<<grid_for(c, n / 8), 256, 0, c->stream>>>((const bf16 *)x->data, n, c->fp8->dev, xq);
-    if (qc_check_launch(c, "linear (fp8 activation quantisation)")) return -1;
-    const void *bias = direct && b ? b->data : NULL;
+    return qc_check_launch(c, "linear (fp8 activation quantisation)") ? NULL : xq;
+}
+
+/* The GEMM of job j on x_q (M rows), its weight scale read from scale_w[slot]:
+ * 1 when queued, 0 when cuBLASLt refused the call (nothing written to y: the
+ * expansion path answers), -1 on a recorded error. */
+static int fp8_gemm(cuda_impl *c, const fp8_job *j, const uint8_t *xq, int64_t M, int slot) {
+    fp8_plan *p = j->p;
+    const qi_tensor *b = j->b;
+    int64_t N = j->w->ne[0];
+    const float *sw = &c->fp8->dev->scale_w[slot].v;
+    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw);
+    const void *bias = j->direct && b ? b->data : NULL;
     if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
     float alpha = 1.0f, beta = 0.0f;
-    cublasStatus_t s = cublasLtMatmul(c->lt, p->desc, &alpha, w->data, p->a_layout, xq, p->b_layout, &beta, y->data,
-                                      p->d_layout, y->data, p->d_layout, &p->algo, c->lt_workspace,
+    cublasStatus_t s = cublasLtMatmul(c->lt, p->desc, &alpha, j->w->data, p->a_layout, xq, p->b_layout, &beta,
+                                      j->y->data, p->d_layout, j->y->data, p->d_layout, &p->algo, c->lt_workspace,
                                       c->lt_workspace_bytes, c->stream);
-    if (s != CUBLAS_STATUS_SUCCESS) { /* nothing written to y: the expansion path answers */
+    if (s != CUBLAS_STATUS_SUCCESS) {
         fallback(c, "cublasLtMatmul", p->m, p->n, p->k, (int)s);
         p->ok = 0;
         return 0;
     }
-    if (!direct && (row || b || act != QI_ACT_NONE)) {
+    if (!j->direct && (j->row || b || j->act != QI_ACT_NONE)) {
         fp8_finish_k<<<grid_for(c, M * N / 8), 256, 0, c->stream>>>(
-            (bf16 *)y->data, M, N, row ? w->row_scale : NULL, b ? b->data : NULL, b ? (int)b->dtype : 0,
-            b ? b->scale : 1.0f, (int)act);
+            (bf16 *)j->y->data, M, N, j->row ? j->w->row_scale : NULL, b ? b->data : NULL, b ? (int)b->dtype : 0,
+            b ? b->scale : 1.0f, (int)j->act);
         if (qc_check_launch(c, "linear (fp8 GEMM scales, bias, activation)")) return -1;
     }
     c->fp8_calls++;
     return 1;
+}
+
+int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act, qi_tensor *y) {
+    fp8_job j;
+    if (!fp8_prepare(c, x, w, b, act, y, &j)) return 0;
+    fp8_wscales ws = {{wscale_of(w)}, 1};
+    const uint8_t *xq = fp8_quantise(c, x, NULL, &ws);
+    return xq ? fp8_gemm(c, &j, xq, qi_rows(x), 0) : -1;
+}
+
+/* Why sharing is exact: x is quantised with the same kernel, from the same
+ * amax and so the same scale_x as each linear alone would; the weight
+ * scales all reach the device with the amax, each in its own slot, and
+ * GEMM k reads slot k. What goes, counted in bytes for a 1024² call (B 1,
+ * image M 4096, text M 128, K 3072, 60 blocks):
+ *  - per linear after the first, the reduction's read of x (2·M·K) and the
+ *    quantisation's read and write (3·M·K), and two launches: q/k/v of both
+ *    streams, 2 × 5 × (4096 + 128) × 3072 = 129.8 MB a block, 7.79 GB a call;
+ *  - with src, the reduction's read of x (2·M·K) and its launch: the image
+ *    q/k/v and FFN-up inputs and the text q/k/v input, (2 × 4096 + 128) ×
+ *    2 × 3072 = 51.1 MB a block, and the text FFN-up input, 0.79 MB in 59
+ *    blocks (not the last): 3.11 GB a call.
+ * 10.90 GB a call in all, and 719 launches; the modulation pairs (M = B
+ * rows) save 120 launches more. */
+int qc_fp8_linear_shared(cuda_impl *c, const qi_tensor *x, const qi_ln_mod_src *src, int n,
+                         const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
+                         qi_tensor *const *y, int *started) {
+    *started = 0;
+    if (n < 1 || n > FP8_SHARE_MAX || !c->fp8 || !c->fp8_on) return 0;
+    if (src && !qc_ln_mod_amax_takes(src, x)) return 0;
+    fp8_job jobs[FP8_SHARE_MAX];
+    fp8_wscales ws;
+    ws.n = n;
+    for (int k = 0; k < n; k++) {
+        if (!fp8_prepare(c, x, w[k], b[k], act[k], y[k], &jobs[k])) return 0;
+        ws.v[k] = wscale_of(w[k]);
+    }
+    for (int k = 0; k < n; k++)
+        if (!job_plan_holds(&jobs[k])) return 0; /* a wrap of the ring: the linears one by one */
+    const uint8_t *xq = fp8_quantise(c, x, src, &ws);
+    *started = 1; /* x is made (src): from here on the caller must not make it again */
+    if (!xq) return -1;
+    int64_t M = qi_rows(x);
+    for (int k = 0; k < n; k++) {
+        int r = fp8_gemm(c, &jobs[k], xq, M, k);
+        if (r != 1) return r < 0 ? -1 : k;
+    }
+    return n;
 }
 
 /* ---- creation, the switch, the end ------------------------------------------------ */

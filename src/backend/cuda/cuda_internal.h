@@ -234,6 +234,17 @@ int qc_fp8_takes_weight(const cuda_impl *c, const qi_tensor *w);
  * error: `linear` expands the weight instead), -1 on a recorded error. */
 int qc_fp8_linear(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act,
                   qi_tensor *y);
+/* linear_shared's fp8 side: the n linears of x (1 <= n <= 4) with x
+ * quantised once (src: x made first by the LayerNorm kernel, which also
+ * takes its amax). Returns how many of the linears it queued, in order (n
+ * unless cuBLASLt refused GEMM k: then k, and linears k.. are the caller's
+ * to run with `linear`), or -1 on a recorded error. *started: whether
+ * anything was queued (x made, with src); 0 means it declined whole: any
+ * linear the fp8 path would not take, or src not one the register
+ * LayerNorm kernels take. */
+int qc_fp8_linear_shared(cuda_impl *c, const qi_tensor *x, const qi_ln_mod_src *src, int n,
+                         const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
+                         qi_tensor *const *y, int *started);
 
 /* ---- convolution (cuda_conv.cu) ---- */
 typedef enum qc_conv_mode {

@@ -15,6 +15,7 @@
 
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/cuda_dequant.cuh"
+#include "backend/cuda/cuda_fp8_amax.cuh"
 
 /* Runs the statement list with T bound to the element type of activations of
  * dtype dt, or records that the dtype is not supported. */
@@ -182,11 +183,12 @@ __global__ void layer_norm_mod_k(const T *x, const void *shift, const void *scal
 }
 
 /* The same with the row held in registers: 128 threads per row, U units of 8
- * elements each (D <= 4096), so x is read from memory once. */
+ * elements each (D <= 4096), so x is read from memory once. ao.st set: the
+ * fp8 GEMM's amax of y, as stored, folded in (cuda_fp8_amax.cuh). */
 template <typename T, int U>
 __global__ void __launch_bounds__(128) layer_norm_mod_reg_k(const T *x, const void *shift, const void *scale,
                                                             int mdt, int64_t mod_stride, float eps, T *y,
-                                                            int64_t L, int D, int mod_vec) {
+                                                            int64_t L, int D, int mod_vec, fp8_amax_out ao) {
     __shared__ float sh[4];
     const int64_t row = blockIdx.x;
     const int t = threadIdx.x, units = D / 8;
@@ -211,6 +213,7 @@ __global__ void __launch_bounds__(128) layer_norm_mod_reg_k(const T *x, const vo
             for (int j = 0; j < 8; j++) ss += (v[u][j] - mean) * (v[u][j] - mean);
     const float inv = rsqrtf(group_sum<128>(ss, sh) / (float)D + eps);
     const int64_t mrow = (row / L) * mod_stride;
+    float m = 0.0f; /* max |y| of this thread (ao.st) */
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int i = t + u * 128;
@@ -229,8 +232,40 @@ __global__ void __launch_bounds__(128) layer_norm_mod_reg_k(const T *x, const vo
 #pragma unroll
             for (int j = 0; j < 8; j++) v[u][j] = (v[u][j] - mean) * inv * (1.0f + sc[j]) + sf[j];
             store_v<8>(y + row * D + i * 8, v[u]);
+            if (ao.st)
+#pragma unroll
+                for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(to_f(from_f<T>(v[u][j])))); /* as stored */
         }
     }
+    if (ao.st) fp8_amax_fold(m, ao.ws, ao.st);
+}
+
+/* The register kernel's launch: one block of 128 per row, U = ⌈D/8/128⌉ <= 4. */
+template <typename T>
+static void ln_mod_reg_launch(cuda_impl *c, const T *xs, const void *sh, const void *sc, int mdt, int64_t mod_stride,
+                              float eps, T *ys, int64_t R, int64_t L, int D, int mod_vec, fp8_amax_out ao) {
+    const int U = (D / 8 + 127) / 128;
+    const unsigned rb = (unsigned)R;
+    if (U == 1) layer_norm_mod_reg_k<T, 1><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, D, mod_vec, ao);
+    else if (U == 2) layer_norm_mod_reg_k<T, 2><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, D, mod_vec, ao);
+    else if (U == 3) layer_norm_mod_reg_k<T, 3><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, D, mod_vec, ao);
+    else layer_norm_mod_reg_k<T, 4><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, D, mod_vec, ao);
+}
+
+/* Whether layer_norm_mod(x) -> y runs the register kernel (rows of D <= 4096,
+ * a multiple of 8, 16-byte aligned, and long enough for a block per row). */
+static bool ln_mod_reg_takes(const qi_tensor *x, const qi_tensor *y) {
+    int64_t D = x->ne[x->ndim - 1];
+    bool vec = D % 8 == 0 && qc_aligned16(x->data) && qc_aligned16(y->data);
+    bool blk = use_block_rows(D) || D >= 512;
+    return vec && blk && (D / 8 + 127) / 128 <= 4;
+}
+
+/* Whether shift and scale (either may be NULL) are bf16 rows the register
+ * kernel reads as vectors. */
+static int ln_mod_vec(const qi_tensor *shift, const qi_tensor *scale, int64_t mod_stride) {
+    return shift && scale && shift->dtype == QI_BF16 && scale->dtype == QI_BF16 && mod_stride % 8 == 0 &&
+           qc_aligned16(shift->data) && qc_aligned16(scale->data);
 }
 
 extern "C" void qc_layer_norm_mod(qi_backend *be, const qi_tensor *x, const qi_tensor *shift,
@@ -248,20 +283,15 @@ extern "C" void qc_layer_norm_mod(qi_backend *be, const qi_tensor *x, const qi_t
     bool vec = D % 8 == 0 && qc_aligned16(x->data) && qc_aligned16(y->data);
     bool blk = use_block_rows(D) || D >= 512;
     const void *sh = shift ? shift->data : NULL, *sc = scale ? scale->data : NULL;
-    const int units = (int)(D / 8), U = (units + 127) / 128;
-    const int mod_vec = shift && scale && mdt == QI_BF16 && mod_stride % 8 == 0 && qc_aligned16(shift->data) &&
-                        qc_aligned16(scale->data);
+    const int mod_vec = ln_mod_vec(shift, scale, mod_stride);
+    const fp8_amax_out no_amax = {NULL, {{0}, 0}};
     ACT_DISPATCH(c, x->dtype, "layer_norm_mod", {
         const T *xs = (const T *)x->data;
         T *ys = (T *)y->data;
         unsigned g = row_blocks(R, blk);
-        if (vec && blk && U <= 4) {
-            const unsigned rb = (unsigned)R;
-            if (U == 1) layer_norm_mod_reg_k<T, 1><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, (int)D, mod_vec);
-            else if (U == 2) layer_norm_mod_reg_k<T, 2><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, (int)D, mod_vec);
-            else if (U == 3) layer_norm_mod_reg_k<T, 3><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, (int)D, mod_vec);
-            else layer_norm_mod_reg_k<T, 4><<<rb, 128, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, L, (int)D, mod_vec);
-        } else if (vec && blk)
+        if (ln_mod_reg_takes(x, y))
+            ln_mod_reg_launch<T>(c, xs, sh, sc, mdt, mod_stride, eps, ys, R, L, (int)D, mod_vec, no_amax);
+        else if (vec && blk)
             layer_norm_mod_k<T, 8, THREADS><<<g, THREADS, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, R, L, (int)D);
         else if (vec)
             layer_norm_mod_k<T, 8, 32><<<g, THREADS, 0, c->stream>>>(xs, sh, sc, mdt, mod_stride, eps, ys, R, L, (int)D);
@@ -280,7 +310,7 @@ extern "C" void qc_layer_norm_mod(qi_backend *be, const qi_tensor *x, const qi_t
 template <int U>
 __global__ void __launch_bounds__(128) add_gated_ln_mod_k(bf16 *x, const bf16 *gate, int64_t gstride, const bf16 *y,
                                                           const bf16 *shift, const bf16 *scale, int64_t mstride,
-                                                          float eps, bf16 *out, int64_t L, int D) {
+                                                          float eps, bf16 *out, int64_t L, int D, fp8_amax_out ao) {
     __shared__ float sh[4];
     const int64_t row = blockIdx.x;
     const int t = threadIdx.x, units = D / 8;
@@ -314,6 +344,7 @@ __global__ void __launch_bounds__(128) add_gated_ln_mod_k(bf16 *x, const bf16 *g
 #pragma unroll
             for (int j = 0; j < 8; j++) ss += (v[u][j] - mean) * (v[u][j] - mean);
     const float inv = rsqrtf(group_sum<128>(ss, sh) / (float)D + eps);
+    float m = 0.0f; /* max |out| of this thread (ao.st) */
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int i = t + u * 128;
@@ -325,39 +356,84 @@ __global__ void __launch_bounds__(128) add_gated_ln_mod_k(bf16 *x, const bf16 *g
             for (int j = 0; j < 8; j++)
                 v[u][j] = (v[u][j] - mean) * inv * (1.0f + (scale ? sc[j] : 0.0f)) + (shift ? sf[j] : 0.0f);
             store_v<8>(out + row * D + i * 8, v[u]);
+            if (ao.st)
+#pragma unroll
+                for (int j = 0; j < 8; j++) m = fmaxf(m, fabsf(__bfloat162float(__float2bfloat16_rn(v[u][j]))));
         }
     }
+    if (ao.st) fp8_amax_fold(m, ao.ws, ao.st);
+}
+
+/* Whether add_gated_ln_mod_k takes add_gated_layer_norm_mod(x, gate, y,
+ * shift, scale) -> out: bf16, D a multiple of 8 up to 4096, 16-byte aligned
+ * rows and parameter rows. */
+static bool agln_takes(const qi_tensor *x, const qi_tensor *gate, int64_t gate_stride, const qi_tensor *y,
+                       const qi_tensor *shift, const qi_tensor *scale, int64_t mod_stride, const qi_tensor *out) {
+    const int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
+    auto vec_param = [&](const qi_tensor *p, int64_t stride) {
+        return !p || (p->dtype == QI_BF16 && stride % 8 == 0 && qc_aligned16(p->data));
+    };
+    return x->dtype == QI_BF16 && y->dtype == QI_BF16 && out->dtype == QI_BF16 && D % 8 == 0 && D <= 4096 && R > 0 &&
+           qi_numel(y) == qi_numel(x) && qi_numel(out) == qi_numel(x) && qc_aligned16(x->data) &&
+           qc_aligned16(y->data) && qc_aligned16(out->data) && vec_param(gate, gate_stride) &&
+           vec_param(shift, mod_stride) && vec_param(scale, mod_stride);
+}
+
+static void agln_launch(cuda_impl *c, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride, const qi_tensor *y,
+                        const qi_tensor *shift, const qi_tensor *scale, int64_t mod_stride, float eps, qi_tensor *out,
+                        fp8_amax_out ao) {
+    const int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
+    const int64_t B = x->ndim >= 3 ? x->ne[0] : 1, L = B ? R / B : 0;
+    const int U = (int)((D / 8 + 127) / 128);
+    const bf16 *g = gate ? (const bf16 *)gate->data : NULL, *sf = shift ? (const bf16 *)shift->data : NULL;
+    const bf16 *sc = scale ? (const bf16 *)scale->data : NULL;
+    bf16 *xs = (bf16 *)x->data, *os = (bf16 *)out->data;
+    const bf16 *ys = (const bf16 *)y->data;
+    const unsigned rb = (unsigned)R;
+    if (U == 1) add_gated_ln_mod_k<1><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D, ao);
+    else if (U == 2) add_gated_ln_mod_k<2><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D, ao);
+    else if (U == 3) add_gated_ln_mod_k<3><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D, ao);
+    else add_gated_ln_mod_k<4><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D, ao);
 }
 
 extern "C" void qc_add_gated_layer_norm_mod(qi_backend *be, qi_tensor *x, const qi_tensor *gate, int64_t gate_stride,
                                             const qi_tensor *y, const qi_tensor *shift, const qi_tensor *scale,
                                             int64_t mod_stride, float eps, qi_tensor *out) {
     cuda_impl *c = cuda_of(be);
-    const int64_t D = x->ne[x->ndim - 1], R = qi_rows(x);
-    const int64_t B = x->ndim >= 3 ? x->ne[0] : 1, L = B ? R / B : 0;
-    const int U = (int)((D / 8 + 127) / 128);
-    auto vec_param = [&](const qi_tensor *p, int64_t stride) {
-        return !p || (p->dtype == QI_BF16 && stride % 8 == 0 && qc_aligned16(p->data));
-    };
-    const bool fast = x->dtype == QI_BF16 && y->dtype == QI_BF16 && out->dtype == QI_BF16 && D % 8 == 0 &&
-                      D <= 4096 && R > 0 && qi_numel(y) == qi_numel(x) && qi_numel(out) == qi_numel(x) &&
-                      qc_aligned16(x->data) && qc_aligned16(y->data) && qc_aligned16(out->data) &&
-                      vec_param(gate, gate_stride) && vec_param(shift, mod_stride) && vec_param(scale, mod_stride);
-    if (!fast) { /* the two ops */
+    if (!agln_takes(x, gate, gate_stride, y, shift, scale, mod_stride, out)) { /* the two ops */
         qc_add_gated(be, x, gate, gate_stride, y);
         qc_layer_norm_mod(be, x, shift, scale, mod_stride, eps, out);
         return;
     }
-    const bf16 *g = gate ? (const bf16 *)gate->data : NULL, *sf = shift ? (const bf16 *)shift->data : NULL;
-    const bf16 *sc = scale ? (const bf16 *)scale->data : NULL;
-    bf16 *xs = (bf16 *)x->data, *os = (bf16 *)out->data;
-    const bf16 *ys = (const bf16 *)y->data;
-    const unsigned rb = (unsigned)R;
-    if (U == 1) add_gated_ln_mod_k<1><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
-    else if (U == 2) add_gated_ln_mod_k<2><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
-    else if (U == 3) add_gated_ln_mod_k<3><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
-    else add_gated_ln_mod_k<4><<<rb, 128, 0, c->stream>>>(xs, g, gate_stride, ys, sf, sc, mod_stride, eps, os, L, (int)D);
+    const fp8_amax_out no_amax = {NULL, {{0}, 0}};
+    agln_launch(c, x, gate, gate_stride, y, shift, scale, mod_stride, eps, out, no_amax);
     qc_check_launch(c, "add_gated_layer_norm_mod");
+}
+
+/* ---- the LayerNorms that make an fp8 GEMM's input (cuda_fp8_amax.cuh) ---- */
+
+int qc_ln_mod_amax_takes(const qi_ln_mod_src *s, const qi_tensor *x) {
+    const qi_tensor *in = s->x;
+    if (!in || in->dtype != QI_BF16 || x->dtype != QI_BF16 || qi_numel(in) != qi_numel(x) || qi_rows(in) < 1 ||
+        in->ne[in->ndim - 1] != x->ne[x->ndim - 1])
+        return 0;
+    if (s->proj) return agln_takes(s->x, s->gate, s->gate_stride, s->proj, s->shift, s->scale, s->mod_stride, x);
+    if (s->shift && s->scale && s->shift->dtype != s->scale->dtype) return 0;
+    return ln_mod_reg_takes(in, x);
+}
+
+void qc_ln_mod_amax(cuda_impl *c, const qi_ln_mod_src *s, qi_tensor *x, fp8_amax_out ao) {
+    if (s->proj) {
+        agln_launch(c, s->x, s->gate, s->gate_stride, s->proj, s->shift, s->scale, s->mod_stride, s->eps, x, ao);
+        return;
+    }
+    const qi_tensor *in = s->x;
+    const int64_t D = in->ne[in->ndim - 1], R = qi_rows(in);
+    const int64_t B = in->ndim >= 3 ? in->ne[0] : 1, L = B ? R / B : 0;
+    const int mdt = s->shift ? s->shift->dtype : s->scale ? s->scale->dtype : 0;
+    ln_mod_reg_launch<bf16>(c, (const bf16 *)in->data, s->shift ? s->shift->data : NULL,
+                            s->scale ? s->scale->data : NULL, mdt, s->mod_stride, s->eps, (bf16 *)x->data, R, L,
+                            (int)D, ln_mod_vec(s->shift, s->scale, s->mod_stride), ao);
 }
 
 /* comb = u + s(c − u); out = comb · ‖c‖ / ‖comb‖ per row. */
