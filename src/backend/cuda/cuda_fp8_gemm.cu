@@ -77,6 +77,7 @@ typedef struct fp8_plan {
 struct qc_fp8 {
     fp8_scales *dev; /* device */
     int fast_accum;  /* QI_CUDA_FP8_FAST_ACCUM=1: cuBLASLt's fast fp8 accumulation (less exact) */
+    int shared_on;   /* linear_shared taken (QI_CUDA_FP8_SHARED=0: off) */
     fp8_plan plans[FP8_PLANS];
     int plan_next;
 };
@@ -398,7 +399,7 @@ int qc_fp8_linear_shared(cuda_impl *c, const qi_tensor *x, const qi_ln_mod_src *
                          const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
                          qi_tensor *const *y, int *started) {
     *started = 0;
-    if (n < 1 || n > FP8_SHARE_MAX || !c->fp8 || !c->fp8_on) return 0;
+    if (n < 1 || n > FP8_SHARE_MAX || !c->fp8 || !c->fp8_on || !c->fp8->shared_on) return 0;
     if (src && !qc_ln_mod_amax_takes(src, x)) return 0;
     fp8_job jobs[FP8_SHARE_MAX];
     fp8_wscales ws;
@@ -438,6 +439,10 @@ qi_status qc_fp8_init(cuda_impl *c, qi_error *err) {
     }
     const char *fa = getenv("QI_CUDA_FP8_FAST_ACCUM");
     f->fast_accum = fa && fa[0] == '1';
+    /* QI_CUDA_FP8_SHARED=0: every linear quantises its own x (the path before
+     * linear_shared, bit-identical), so a bench can time both in one call. */
+    const char *sh = getenv("QI_CUDA_FP8_SHARED");
+    f->shared_on = !(sh && sh[0] == '0');
     c->fp8 = f;
     return QI_OK;
 }
