@@ -31,7 +31,7 @@ for what in ${*:-checks ours peer ours2 startup}; do
   case $what in
     checks)
       for t in test_cuda_backend_caps test_cuda_kept_overlap "test_formats -d cuda" "test_backend_ops -b cuda" \
-               test_cuda_vram test_cuda_kernels test_cuda_pipeline test_vae_encode_tiles; do
+               test_cuda_vram test_cuda_kernels test_cuda_pipeline "test_vae_encode_tiles -b cuda"; do
         n=$(echo "$t" | tr -c 'a-z0-9_' _)
         # shellcheck disable=SC2086
         timeout 120 dist/run.sh $t >"$OUT/$n.log" 2>&1; note "$t: rc=$? $(tail -1 "$OUT/$n.log")"
