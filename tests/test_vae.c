@@ -227,7 +227,7 @@ static void test_decode_u8_is_u8_of_decode(void) {
     qi_error err;
     const qi_vae_tile_mode modes[2] = {QI_VAE_TILE_OFF, QI_VAE_TILE_ON};
     for (int m = 0; m < 2; m++) {
-        set_tiling(modes[m], 8, 6, 0);
+        set_tiling(g_vae, modes[m], 8, 6, 0);
         float *rgb = decode_image(&rc, 0, NULL);
         if (!rgb) continue;
         qi_rgb_to_u8(rgb, rc.H, rc.W, want);
@@ -243,7 +243,7 @@ static void test_decode_u8_is_u8_of_decode(void) {
               (long long)bad);
         free(rgb);
     }
-    set_tiling(QI_VAE_TILE_OFF, 32, 24, 0);
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
     size_t lat = (size_t)16 * rc.h * rc.w;
     float *z = malloc(sizeof(float) * lat);
     memcpy(z, rc.vae_in, sizeof(float) * lat);
