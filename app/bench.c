@@ -534,7 +534,11 @@ done:
     return rc;
 }
 
-static int bench_vae(bench_ctx *c, int width, int height, double *ms, qi_error *err) {
+/* Median VAE decode of random latents: to float32 pixels as diffusers'
+ * vae.decode returns them (u8 0), or to the 8-bit pixels the engine's decode
+ * stage makes (u8 1: qi_vae_decode_u8, converted on the device where the
+ * backend can). */
+static int bench_vae(bench_ctx *c, int width, int height, int u8, double *ms, qi_error *err) {
     qi_vae *vae = qi_engine_vae(c->e);
     int lh = height / 8, lw = width / 8;
     float *lat = malloc(sizeof(float) * 16 * (size_t)lh * lw), *rgb = malloc(sizeof(float) * 3 * (size_t)width * height);
@@ -543,7 +547,9 @@ static int bench_vae(bench_ctx *c, int width, int height, double *ms, qi_error *
     int rc = -1;
     for (int i = 0; i < c->warmup + c->runs; i++) {
         double t0 = qi_now_s();
-        if (qi_vae_decode(vae, lat, lh, lw, rgb, err)) goto done;
+        int64_t bad = 0;
+        if (u8 ? qi_vae_decode_u8(vae, lat, lh, lw, (uint8_t *)rgb, &bad, err) : qi_vae_decode(vae, lat, lh, lw, rgb, err))
+            goto done;
         if (i >= c->warmup) times[i - c->warmup] = qi_now_s() - t0;
     }
     *ms = qi_bench_median(times, c->runs) * 1e3;
@@ -609,7 +615,15 @@ static void preview_like_the_server(void *user, int step, int total, const qi_im
 /* Median prompt -> RGB8 time; graphs 0 runs the denoising steps eagerly
  * (QI_CUDA_GRAPHS=0 for these runs), 1 replays the recorded step; previews:
  * a step preview made as the server makes it, after every step. */
-static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *s_out, qi_error *err) {
+/* The decode stage of bench_e2e's runs: the median of the engine's vae_s, and
+ * the last run's split (engine.h decode_split). */
+typedef struct e2e_decode {
+    double stage_ms, prepare_ms, vae_ms;
+    int on_device;
+} e2e_decode;
+
+static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *s_out, e2e_decode *dec,
+                     qi_error *err) {
     const char *env = getenv("QI_CUDA_GRAPHS");
     char saved[32] = "";
     if (env) snprintf(saved, sizeof saved, "%s", env);
@@ -623,7 +637,7 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *
     r.scheduler = "lightning";
     size_t preview_bytes = 0;
     if (previews) r.step_latents = preview_like_the_server, r.step_latents_user = &preview_bytes;
-    double times[64];
+    double times[64], vae_times[64];
     int runs = c->runs < 5 ? c->runs : 5, failed = 0;
     for (int i = 0; i < 1 + runs; i++) {
         static unsigned serial;
@@ -639,12 +653,16 @@ static int bench_e2e(bench_ctx *c, int steps, int graphs, int previews, double *
             break;
         }
         qi_image_free(&img);
-        if (i >= 1) times[i - 1] = dt;
+        if (i >= 1) times[i - 1] = dt, vae_times[i - 1] = qi_engine_timings(c->e)->vae_s;
     }
     if (env) setenv("QI_CUDA_GRAPHS", saved, 1);
     else unsetenv("QI_CUDA_GRAPHS");
     if (failed) return -1;
     *s_out = qi_bench_median(times, runs);
+    if (dec)
+        *dec = (e2e_decode){.stage_ms = qi_bench_median(vae_times, runs) * 1e3,
+                            .prepare_ms = c->e->decode_split.prepare_s * 1e3,
+                            .vae_ms = c->e->decode_split.vae_s * 1e3, .on_device = c->e->decode_split.on_device};
     return 0;
 }
 
@@ -829,8 +847,12 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
     }
     if (!vram && (!only || !strcmp(only, "vae"))) {
         double ms;
-        if (!bench_vae(c, 1024, 1024, &ms, &err)) emit(c, "| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
+        if (!bench_vae(c, 1024, 1024, 0, &ms, &err)) emit(c, "| VAE decode | 1024x1024 | %.1f ms | |\n", ms);
         else fail = 1, fprintf(stderr, "vae: %s\n", err.msg);
+        if (!bench_vae(c, 1024, 1024, 1, &ms, &err))
+            emit(c, "| VAE decode → RGB8 | 1024x1024 | %.1f ms | what the decode stage runs (qi_vae_decode_u8: "
+                    "%s) |\n", ms, c->be->ops->download_rgb8 ? "pixels made on the device" : "pixels made on the host");
+        else fail = 1, fprintf(stderr, "vae u8: %s\n", err.msg);
     }
     if (!only || !strcmp(only, "e2e")) {
         /* with and without the recorded step, in this one process (QI_CUDA_GRAPHS=0: without only) */
@@ -840,13 +862,17 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
         for (int i = 0; i < 2; i++) {
             double s[2] = {-1, -1}; /* eager, graph */
             for (int g = graphs_ok ? 1 : 0; g >= 0; g--) {
-                if (bench_e2e(c, steps[i], g, 0, &s[g], &err)) {
+                e2e_decode d;
+                if (bench_e2e(c, steps[i], g, 0, &s[g], &d, &err)) {
                     fail = 1, fprintf(stderr, "e2e: %s\n", err.msg);
                     continue;
                 }
-                emit(c, "| end to end%s%s | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s |\n",
+                emit(c, "| end to end%s%s | 1024x1024, %d steps, cfg 1 | %.3f s | prompt → RGB8 in memory; %s; decode "
+                        "stage %.1f ms (last run: unpack + de-normalise %.2f ms, VAE → RGB8 %.1f ms, pixels made on "
+                        "the %s) |\n",
                        vram ? ", --vram " : "", vram ? vram_s : "", steps[i], s[g],
-                       g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)");
+                       g ? "denoising step as a CUDA graph" : "eager steps (QI_CUDA_GRAPHS=0)", d.stage_ms,
+                       d.prepare_ms, d.vae_ms, d.on_device ? "device" : "host");
             }
             if (s[0] > 0 && s[1] > 0)
                 emit(c, "| end to end, graph gain | 1024x1024, %d steps | %.1f ms | eager/graph %.3f× |\n", steps[i],
@@ -866,8 +892,8 @@ static int server_rows(bench_ctx *c, int graphs_ok) {
     qi_error err = {{0}};
     double with = -1, without = -1, w2 = -1, wo2 = -1;
     int g = graphs_ok ? 1 : 0;
-    if (!bench_e2e(c, 8, g, 1, &with, &err) && !bench_e2e(c, 8, g, 0, &without, &err) &&
-        !bench_e2e(c, 8, g, 1, &w2, &err) && !bench_e2e(c, 8, g, 0, &wo2, &err)) {
+    if (!bench_e2e(c, 8, g, 1, &with, NULL, &err) && !bench_e2e(c, 8, g, 0, &without, NULL, &err) &&
+        !bench_e2e(c, 8, g, 1, &w2, NULL, &err) && !bench_e2e(c, 8, g, 0, &wo2, NULL, &err)) {
         double per_step = ((with + w2) - (without + wo2)) / 2 / 8, step = (without + wo2) / 2 / 8;
         emit(c, "| end to end with step previews | 1024x1024, 8 steps | %.3f s | vs %.3f s without: %+.2f ms "
                 "per step = %+.2f%% of a step (the server's latent → RGB map + PNG after each step) |\n",

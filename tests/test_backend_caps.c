@@ -68,6 +68,7 @@ static qi_status dummy_persistent(qi_backend *b, qi_tensor *t, qi_dtype dt, int 
 static const size_t opt_slots[] = {
     offsetof(qi_backend_ops, native_stream),  offsetof(qi_backend_ops, random_weights),
     offsetof(qi_backend_ops, mem_usage),      offsetof(qi_backend_ops, count_nonfinite),
+    offsetof(qi_backend_ops, download_rgb8),
     offsetof(qi_backend_ops, rms_norm_rope),
     offsetof(qi_backend_ops, channel_rms_norm_act), offsetof(qi_backend_ops, conv2d_fused),
     offsetof(qi_backend_ops, add_gated_layer_norm_mod), offsetof(qi_backend_ops, linear_shared),

@@ -30,6 +30,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend_cases.h"
+#include "io/image.h"
 
 static qi_backend *cpu, *gpu;
 static qi_error err;
@@ -279,6 +280,62 @@ static void count_nonfinite_counts_exactly(void) {
     gpu->ops->reset(gpu, mk);
 }
 
+/* download_rgb8 gives, byte for byte, io/image.c's qi_rgb_to_u8 of the
+ * tensor's values (read back as floats), and counts its NaN/±Inf exactly:
+ * values at the rounding ties (x·0.5 + 0.5 = (k + 0.5)/255, rounded half to
+ * even), just past ±1, ±Inf, NaN, and a spread in between; an odd-sized
+ * picture (no 4-byte multiple) and one larger than the staging buffer. */
+static void download_rgb8_is_the_host_conversion(void) {
+    REQUIRE(gpu->ops->download_rgb8, "the CUDA backend has download_rgb8");
+    const int64_t sizes[2][2] = {{7, 13}, {2400, 9600}}; /* H, W; 3·H·W > the 64 MiB staging buffer */
+    qi_dtype types[2] = {QI_BF16, QI_F32};
+    for (int si = 0; si < 2; si++)
+        for (int k = 0; k < 2; k++) {
+            size_t mk = gpu->ops->mark(gpu);
+            int64_t H = sizes[si][0], W = sizes[si][1], n = 3 * H * W;
+            float *h = malloc(sizeof(float) * (size_t)n), *back = malloc(sizeof(float) * (size_t)n);
+            uint8_t *want = malloc((size_t)n), *got = malloc((size_t)n);
+            REQUIRE(h && back && want && got, "alloc");
+            for (int64_t i = 0; i < n; i++) {
+                int64_t r = i % 613;
+                if (r < 256) h[i] = (((float)r + 0.5f) / 255.0f - 0.5f) * 2.0f; /* near the ties */
+                else if (r < 512) h[i] = ((float)(r - 256) / 255.0f - 0.5f) * 2.0f;
+                else h[i] = (float)(r - 562) / 40.0f; /* [-1.25, 1.25] */
+                if (i % 997 == 5) h[i] = NAN;
+                else if (i % 1999 == 11) h[i] = i % 2 ? INFINITY : -INFINITY;
+            }
+            qi_tensor t;
+            int64_t ne[3] = {3, H, W};
+            bc_must(gpu->ops->tensor(gpu, &t, types[k], 3, ne, &err), "t", &err);
+            bc_must(gpu->ops->upload(gpu, &t, h, &err), "upload", &err);
+            bc_must(gpu->ops->download(gpu, &t, back, &err), "download", &err); /* the stored values */
+            int64_t want_bad = 0;
+            for (int64_t i = 0; i < n; i++) want_bad += !isfinite(back[i]);
+            qi_rgb_to_u8(back, (int)H, (int)W, want);
+            int64_t bad = -1;
+            memset(got, 0xAB, (size_t)n);
+            qi_status st = gpu->ops->download_rgb8(gpu, &t, got, &bad, &err);
+            CHECK(st == QI_OK, "%s", err.msg);
+            int64_t differ = 0, first = -1;
+            for (int64_t i = 0; i < n; i++)
+                if (got[i] != want[i]) differ++, first = first < 0 ? i : first;
+            printf("  %s [3, %lld, %lld]: %lld of %lld bytes differ, %lld of %lld non-finite counted\n",
+                   qi_dtype_name(types[k]), (long long)H, (long long)W, (long long)differ, (long long)n,
+                   (long long)bad, (long long)want_bad);
+            double v = first >= 0 ? back[first % 3 * H * W + first / 3] : 0.0; /* byte i: pixel i/3, channel i%3 */
+            CHECK(differ == 0, "%s: %lld bytes differ, the first at %lld (value %.9g: %u, want %u)",
+                  qi_dtype_name(types[k]), (long long)differ, (long long)first, v, first >= 0 ? got[first] : 0,
+                  first >= 0 ? want[first] : 0);
+            CHECK(bad == want_bad && want_bad > 0, "%s: counted %lld non-finite of %lld", qi_dtype_name(types[k]),
+                  (long long)bad, (long long)want_bad);
+            free(h);
+            free(back);
+            free(want);
+            free(got);
+            gpu->ops->reset(gpu, mk);
+        }
+}
+
 /* Hopper kernels exactly when the device is 9.x, its code sm_90a's (the
  * probe reads 900 there; a compute_80 PTX build reads 800 on the same GPU)
  * and QI_CUDA_GENERIC=1 is not set. */
@@ -311,6 +368,7 @@ int main(void) {
     if (!only || strcmp(only, "graph") == 0) {
         RUN(errors_reach_sync);
         RUN(count_nonfinite_counts_exactly);
+        RUN(download_rgb8_is_the_host_conversion);
         RUN(graph_replay_is_bit_identical_and_reads_current_inputs);
     }
     if (!only || strcmp(only, "attention") == 0) {

@@ -20,6 +20,7 @@
 
 #include "backend/backend.h"
 #include "image_check.h"
+#include "io/image.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "model/dit.h"
@@ -163,6 +164,22 @@ static void text_encoder_within_2e_2_and_vae_within_3e_2(void) {
             double e = qi_rel_l2(rgb, (const float *)vout->data + b * per_px, per_px);
             printf("  cuda %s image %d: vae_out rel L2 = %.2e (limit 3e-2)\n", CASES[c], b, e);
             CHECK(e <= 3e-2, "vae rel err %g", e);
+            /* the decode stage's path: the bytes made on the device are the
+             * host conversion of the same decode's floats (the decode is
+             * deterministic: no atomics), and a finite picture counts none */
+            uint8_t *want = malloc(per_px), *got = malloc(per_px);
+            int64_t bad = -1;
+            for (size_t i = 0; i < per_px; i++) rgb[i] = rgb[i] < -1 ? -1 : rgb[i] > 1 ? 1 : rgb[i];
+            qi_rgb_to_u8(rgb, lh * 8, lw * 8, want);
+            CHECK(!qi_vae_decode_u8(vae, (const float *)vin->data + b * per_lat, lh, lw, got, &bad, &err), "%s",
+                  err.msg);
+            size_t differ = 0;
+            for (size_t i = 0; i < per_px; i++) differ += got[i] != want[i];
+            printf("  cuda %s image %d: decode_u8 (pixels made on the device) vs u8 of decode: %zu of %zu bytes "
+                   "differ, %lld non-finite\n", CASES[c], b, differ, per_px, (long long)bad);
+            CHECK(differ == 0 && bad == 0, "decode_u8: %zu bytes differ, %lld non-finite", differ, (long long)bad);
+            free(want);
+            free(got);
         }
         free(rgb);
         free(emb);

@@ -10,6 +10,7 @@
 #define _DEFAULT_SOURCE /* realpath, mkdtemp, symlink */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +213,49 @@ static void test_pixels_of_decode_match_image_u8(void) {
         }
         free_case(&rc);
     }
+}
+
+/* qi_vae_decode_u8 (what the engine's decode stage runs) gives the bytes
+ * qi_rgb_to_u8 makes of qi_vae_decode's floats, whole and in tiles, and
+ * counts no bad value in a finite decode; a NaN latent is counted (whole-image
+ * attention carries it to every pixel). */
+static void test_decode_u8_is_u8_of_decode(void) {
+    ref_case rc;
+    CHECK(load_case("en_lightning8_lora", &rc) == 0, "case");
+    size_t px = (size_t)3 * rc.H * rc.W;
+    uint8_t *want = malloc(px), *got = malloc(px);
+    qi_error err;
+    const qi_vae_tile_mode modes[2] = {QI_VAE_TILE_OFF, QI_VAE_TILE_ON};
+    for (int m = 0; m < 2; m++) {
+        set_tiling(g_vae, modes[m], 8, 6, 0);
+        float *rgb = decode_image(&rc, 0, NULL);
+        if (!rgb) continue;
+        qi_rgb_to_u8(rgb, rc.H, rc.W, want);
+        int64_t bad = -1;
+        memset(got, 0xAB, px);
+        qi_status st = qi_vae_decode_u8(g_vae, rc.vae_in, rc.h, rc.w, got, &bad, &err);
+        CHECK(st == QI_OK, "%s", err.msg);
+        size_t differ = 0;
+        for (size_t i = 0; i < px; i++) differ += got[i] != want[i];
+        printf("  %s: decode_u8 vs u8 of decode: %zu of %zu bytes differ, %lld non-finite\n",
+               m ? "tiled 8/6" : "whole", differ, px, (long long)bad);
+        CHECK(differ == 0 && bad == 0, "%s: %zu bytes differ, %lld non-finite", m ? "tiled" : "whole", differ,
+              (long long)bad);
+        free(rgb);
+    }
+    set_tiling(g_vae, QI_VAE_TILE_OFF, 32, 24, 0);
+    size_t lat = (size_t)16 * rc.h * rc.w;
+    float *z = malloc(sizeof(float) * lat);
+    memcpy(z, rc.vae_in, sizeof(float) * lat);
+    z[lat / 2] = NAN;
+    int64_t bad = 0;
+    CHECK(qi_vae_decode_u8(g_vae, z, rc.h, rc.w, got, &bad, &err) == QI_OK, "%s", err.msg);
+    CHECK(bad > 0 && bad <= (int64_t)px, "a NaN latent: %lld non-finite values counted", (long long)bad);
+    CHECK(qi_vae_decode_u8(g_vae, z, rc.h, rc.w, got, NULL, &err) == QI_ERR_ARG, "a NULL count is refused");
+    free(z);
+    free(want);
+    free(got);
+    free_case(&rc);
 }
 
 /* The upsample step in bands of two output rows and the attention one query
@@ -510,6 +554,7 @@ int main(void) {
     RUN(test_wan_named_file_decodes_as_the_folder);
     RUN(test_pixels_of_reference_vae_out_match_image_u8);
     RUN(test_pixels_of_decode_match_image_u8);
+    RUN(test_decode_u8_is_u8_of_decode);
     RUN(test_banded_upsample_and_attention_equal_whole);
     RUN(test_tiled_decode_small_tiles);
     RUN(test_tiled_decode_larger_tiles);

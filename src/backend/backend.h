@@ -265,6 +265,16 @@ typedef struct qi_backend_ops {
      * back. Denoising calls it on the latents after each step, so a run that
      * goes non-finite ends with an error naming the step, not a black PNG. */
     qi_status (*count_nonfinite)(qi_backend *be, const qi_tensor *t, int64_t *count, qi_error *err);
+    /* The decoded picture x [3, H, W] (F32/BF16/F16 activation) downloaded as
+     * 8-bit pixels rgb8 [H, W, 3] in host memory, each byte what io/image.c's
+     * qi_rgb_to_u8 makes of x's value as a float32 (clamp(x·0.5 + 0.5, 0, 1)
+     * · 255 rounded half to even; NaN → 0), and *nonfinite = how many of x's
+     * values are NaN or ±Inf. Synchronous, like download. The VAE decode's
+     * last step: a quarter of the bytes of a float32 download, and no pass
+     * over the picture on the host (model/vae.c). Takes 3·H·W bytes of the
+     * arena for the duration of the call. */
+    qi_status (*download_rgb8)(qi_backend *be, const qi_tensor *x, uint8_t *rgb8, int64_t *nonfinite,
+                               qi_error *err);
 
     /* ---- fused ops (NULL when a backend lacks them: model code then
      * composes the plain ops above, with the same result) ---- */

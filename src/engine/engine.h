@@ -77,6 +77,13 @@ struct qi_engine {
     void *log_user;
     qi_error err;
     qi_timings last;
+    /* the last decode stage's parts (qi_stage_decode), for benchmarks: the
+     * latents' finite check and de-normalisation on the host, then the VAE
+     * to 8-bit pixels (the device's work, the download, any host conversion) */
+    struct {
+        double prepare_s, vae_s;
+        int on_device; /* the pixels were made on the device (download_rgb8) */
+    } decode_split;
     qi_denoise_hook test_inputs; /* tests: its `inputs` sees every step's transformer input */
 };
 

@@ -130,15 +130,19 @@ qi_status qi_stage_noise(qi_engine *e, const qi_plan *p, float **latents) {
     return qi_initial_noise(req->seed, req->rng, dt, B, req->height, req->width, *latents, &e->err);
 }
 
+/* Unpack → de-normalise → VAE → RGB8, one image at a time. The VAE returns
+ * 8-bit pixels (qi_vae_decode_u8): on a GPU the float picture is converted
+ * and checked on the device and only its bytes come back, so this stage
+ * makes no pass over a float32 picture on the host. */
 qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, qi_image *out) {
     int B = p->batch;
     size_t lat_per_image = (size_t)QI_LATENT_CHANNELS * p->lat_h * p->lat_w;
     size_t px_per_image = (size_t)p->width * p->height;
+    double t0 = qi_now_s();
     out->latents = malloc(sizeof(float) * B * lat_per_image);
     out->rgb = malloc((size_t)B * px_per_image * 3);
-    float *rgb_f = malloc(sizeof(float) * 3 * px_per_image);
     qi_status st = QI_OK;
-    if (!out->latents || !out->rgb || !rgb_f)
+    if (!out->latents || !out->rgb)
         st = qi_fail(&e->err, QI_ERR_NOMEM, "out of memory for %d images of %dx%d", B, p->width, p->height);
     int is_nan = 1;
     int64_t bad = st ? -1 : qi_find_nonfinite_f32(latents, (int64_t)B * p->img_tokens * p->packed_ch, &is_nan);
@@ -149,21 +153,25 @@ qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, 
     if (!st)
         qi_latents_to_vae_in(latents, B, p->height, p->width, qi_vae_latents_mean(e->vae),
                              qi_vae_latents_std(e->vae), out->latents);
+    double t1 = qi_now_s();
     for (int b = 0; b < B && !st; b++) {
         if (qi_stage_report(p, "vae", b, B)) {
             st = qi_fail(&e->err, QI_ERR_CANCELLED, "generation cancelled");
             break;
         }
-        st = qi_vae_decode(e->vae, out->latents + b * lat_per_image, p->lat_h, p->lat_w, rgb_f, &e->err);
-        if (!st && (bad = qi_find_nonfinite_f32(rgb_f, 3 * (int64_t)px_per_image, &is_nan)) >= 0)
+        int64_t nonfinite = 0;
+        st = qi_vae_decode_u8(e->vae, out->latents + b * lat_per_image, p->lat_h, p->lat_w,
+                              out->rgb + (size_t)b * px_per_image * 3, &nonfinite, &e->err);
+        if (!st && nonfinite)
             st = qi_fail(&e->err, QI_ERR_BACKEND,
-                         "vae: the decoded image %d has %s at value %lld (the latents were finite); "
+                         "vae: the decoded image %d has %lld NaN or Inf values (of %lld; the latents were finite); "
                          "nothing was written. The VAE's weights or precision are at fault",
-                         b, is_nan ? "a NaN" : "an Inf", (long long)bad);
-        if (!st) qi_rgb_to_u8(rgb_f, p->height, p->width, out->rgb + (size_t)b * px_per_image * 3);
+                         b, (long long)nonfinite, (long long)(3 * px_per_image));
     }
+    e->decode_split.prepare_s = t1 - t0;
+    e->decode_split.vae_s = qi_now_s() - t1;
+    e->decode_split.on_device = e->be->ops->download_rgb8 != NULL && !qi_vae_will_tile(e->vae, p->lat_h, p->lat_w);
     if (!st) qi_stage_report(p, "vae", B, B);
-    free(rgb_f);
     if (!st) {
         out->width = p->width;
         out->height = p->height;

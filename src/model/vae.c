@@ -8,7 +8,8 @@
  * at load), the last-temporal-slice copies of the 3×3×3 conv weights, and the
  * activation plan of one decode. It does not own the encoder, the latent
  * (de)normalisation (the pipeline applies qi_vae_latents_mean/std) or the
- * pixel conversion (io/image.c).
+ * pixel conversion (io/image.c's qi_rgb_to_u8: qi_vae_decode_u8 applies it,
+ * or has the backend apply it on the device before the download).
  *
  * Activations, all [C, H, W] of one image, live in the backend arena: two
  * "slots" sized for the largest activation of the decode, used ping-pong (each
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/image.h"
 #include "io/model_dir.h"
 #include "io/source.h"
 
@@ -728,7 +730,9 @@ static void plan_decode(const qi_vae *v, int64_t h, int64_t w, size_t es, size_t
             if (Co * H * W > s) s = Co * H * W;
         }
     }
-    if (3 * H * W > sc) sc = 3 * H * W; /* conv_out's output */
+    /* conv_out's output, and the bytes download_rgb8 makes of it */
+    int64_t head = 3 * H * W + (3 * H * W + (int64_t)es - 1) / (int64_t)es;
+    if (head > sc) sc = head;
     *slot = s;
     *scratch = sc;
 }
@@ -740,10 +744,11 @@ size_t qi_vae_untiled_bytes(const qi_vae *v, int lat_h, int lat_w) {
     return (size_t)(2 * slot + scratch) * es;
 }
 
-/* post_quant_conv → decoder → out[3, s·h, s·w] host float32 (not clamped).
- * z: [z_dim, h, w] host float32. */
-static qi_status decode_latent(qi_vae *v, const float *z, int64_t h, int64_t w, float *out,
-                               qi_error *err) {
+/* post_quant_conv → decoder → out[3, s·h, s·w] host float32 (not clamped),
+ * or, with out8, the backend's download_rgb8 of it: out8 [s·h, s·w, 3] bytes
+ * and *nonfinite. z: [z_dim, h, w] host float32. */
+static qi_status decode_latent(qi_vae *v, const float *z, int64_t h, int64_t w, float *out, uint8_t *out8,
+                               int64_t *nonfinite, qi_error *err) {
     qi_backend *be = v->be;
     const qi_backend_ops *op = be->ops;
     int64_t slot_n, scratch_n;
@@ -802,7 +807,7 @@ static qi_status decode_latent(qi_vae *v, const float *z, int64_t h, int64_t w, 
     }
     if ((st = qi_be_act3(be, &out_t, 3, H, W, err))) goto done;
     op->conv2d(be, &x, &v->conv_out_w, &v->conv_out_b, 1, &out_t);
-    st = op->download(be, &out_t, out, err);
+    st = out8 ? op->download_rgb8(be, &out_t, out8, nonfinite, err) : op->download(be, &out_t, out, err);
 done:
     op->reset(be, mark);
     return st;
@@ -898,7 +903,7 @@ static qi_status decode_tiled(qi_vae *v, const float *z, int h, int w, float *rg
                 st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for a %dx%d tile", f * tw, f * th);
                 goto done;
             }
-            if ((st = decode_latent(v, zt, th, tw, row[c], err))) goto done;
+            if ((st = decode_latent(v, zt, th, tw, row[c], NULL, NULL, err))) goto done;
             if (r > 0) blend_rows(above[c], above_h, row[c], f * th, f * tw, 3, blend);
             if (c > 0) blend_cols(row[c - 1], f * tile_extent(w, (c - 1) * S, T), row[c], f * tw, f * th, 3,
                                   blend);
@@ -931,16 +936,23 @@ void qi_vae_set_band_bytes(qi_vae *v, size_t bytes) {
     v->band_bytes = bytes ? bytes : VAE_DEFAULT_BAND_BYTES;
 }
 
-qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, float *rgb_out,
-                        qi_error *err) {
-    if (!v || !vae_in || !rgb_out) return qi_fail(err, QI_ERR_ARG, "qi_vae_decode: NULL argument");
+static qi_status check_decode_args(const char *fn, const qi_vae *v, const void *vae_in, int lat_h, int lat_w,
+                                   const void *out, qi_error *err) {
+    if (!v || !vae_in || !out) return qi_fail(err, QI_ERR_ARG, "%s: NULL argument", fn);
     if (lat_h < 1 || lat_w < 1 || (int64_t)lat_h * v->scale > 65536 ||
         (int64_t)lat_w * v->scale > 65536)
         return qi_fail(err, QI_ERR_ARG,
-                       "qi_vae_decode: latent size %dx%d (h x w) is out of range (1..%d cells)",
-                       lat_h, lat_w, 65536 / v->scale);
+                       "%s: latent size %dx%d (h x w) is out of range (1..%d cells)",
+                       fn, lat_h, lat_w, 65536 / v->scale);
+    return QI_OK;
+}
+
+qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, float *rgb_out,
+                        qi_error *err) {
+    qi_status st = check_decode_args("qi_vae_decode", v, vae_in, lat_h, lat_w, rgb_out, err);
+    if (st) return st;
     if (qi_vae_will_tile(v, lat_h, lat_w)) return decode_tiled(v, vae_in, lat_h, lat_w, rgb_out, err);
-    qi_status st = decode_latent(v, vae_in, lat_h, lat_w, rgb_out, err);
+    st = decode_latent(v, vae_in, lat_h, lat_w, rgb_out, NULL, NULL, err);
     if (st) return st;
     /* the untiled path clamps to [-1, 1] (A.5 step 15); NaN stays NaN as in torch */
     size_t n = (size_t)3 * lat_h * v->scale * lat_w * v->scale;
@@ -949,6 +961,33 @@ qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, fl
         if (rgb_out[i] > 1.0f) rgb_out[i] = 1.0f;
     }
     return QI_OK;
+}
+
+qi_status qi_vae_decode_u8(qi_vae *v, const float *vae_in, int lat_h, int lat_w, uint8_t *rgb8,
+                           int64_t *nonfinite, qi_error *err) {
+    qi_status st = check_decode_args("qi_vae_decode_u8", v, vae_in, lat_h, lat_w, rgb8, err);
+    if (st) return st;
+    if (!nonfinite) return qi_fail(err, QI_ERR_ARG, "qi_vae_decode_u8: NULL nonfinite");
+    /* whole on a backend that converts on the device: the clamp of the float
+     * path is in the conversion already (clamping to [-1, 1] before
+     * clamp(x·0.5 + 0.5, 0, 1) changes nothing), so the bytes are the same */
+    if (v->be->ops->download_rgb8 && !qi_vae_will_tile(v, lat_h, lat_w))
+        return decode_latent(v, vae_in, lat_h, lat_w, NULL, rgb8, nonfinite, err);
+    int64_t H = (int64_t)lat_h * v->scale, W = (int64_t)lat_w * v->scale, n = 3 * H * W;
+    float *rgb = malloc(sizeof(float) * (size_t)n);
+    if (!rgb) return qi_fail(err, QI_ERR_NOMEM, "qi_vae_decode_u8: out of memory for a %lldx%lld picture",
+                             (long long)W, (long long)H);
+    /* unclamped, so an Inf is counted here as on the device */
+    st = qi_vae_will_tile(v, lat_h, lat_w) ? decode_tiled(v, vae_in, lat_h, lat_w, rgb, err)
+                                           : decode_latent(v, vae_in, lat_h, lat_w, rgb, NULL, NULL, err);
+    if (!st) {
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += !isfinite(rgb[i]);
+        *nonfinite = bad;
+        qi_rgb_to_u8(rgb, (int)H, (int)W, rgb8);
+    }
+    free(rgb);
+    return st;
 }
 
 /* ---- encoder (img2img, inpainting, editing) ------------------------------------------ */

@@ -72,6 +72,16 @@ int qi_vae_scale_factor(const qi_vae *v); /* pixels per latent cell: 8 */
 qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, float *rgb_out,
                         qi_error *err);
 
+/* Decodes one image to 8-bit pixels: rgb8 [f·lat_h, f·lat_w, 3] host bytes,
+ * exactly io/image.h's qi_rgb_to_u8 of what qi_vae_decode gives, and
+ * *nonfinite = how many of those float values are NaN or ±Inf (the bytes
+ * are then not to be trusted). On a backend with download_rgb8 a whole
+ * decode converts on the device and only the bytes cross to the host; a
+ * tiled decode (blended on the host in float32) and other backends convert
+ * on the host. */
+qi_status qi_vae_decode_u8(qi_vae *v, const float *vae_in, int lat_h, int lat_w, uint8_t *rgb8,
+                           int64_t *nonfinite, qi_error *err);
+
 /* ---- encoder ------------------------------------------------------------ */
 
 /* Binds the encoder's weights from the source the decoder came from (it must

@@ -682,7 +682,9 @@ static qi_status download_on_device(qi_backend *be, const qi_tensor *t, void *ho
                                  cudaMemcpyDeviceToHost, c->stream)) != cudaSuccess)
             return cuda_err(err, e, "download (copy)");
         if ((e = cudaStreamSynchronize(c->stream)) != cudaSuccess) return cuda_err(err, e, "download");
-        host_convert((char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m, &no_scale, 0);
+        /* over the load threads past 4 MiB: a decoded 1024² picture is 12.6 MB of float32 */
+        parallel_convert(c, (char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m,
+                         &no_scale, 0);
     }
     return QI_OK;
 }
@@ -739,6 +741,97 @@ static qi_status cuda_count_nonfinite(qi_backend *be, const qi_tensor *t, int64_
     if (e != cudaSuccess) return cuda_err(err, e, "count_nonfinite");
     *count = (int64_t)h;
     return QI_OK;
+}
+
+/* io/image.c's qi_rgb_to_u8 of one value, in the same float32 steps: x·0.5
+ * is exact, so the fused multiply-add rounds as the host's two operations;
+ * the comparisons let NaN through (as the host's do) and the multiply by 255
+ * is kept unfused; rint rounds half to even, as NumPy's round. */
+static __device__ __forceinline__ uint8_t u8_of(float x) {
+    float v = __fmaf_rn(x, 0.5f, 0.5f);
+    if (v < 0.0f) v = 0.0f;
+    if (v > 1.0f) v = 1.0f;
+    float s = __fmul_rn(v, 255.0f);
+    return s == s ? (uint8_t)__float2int_rn(s) : (uint8_t)0;
+}
+
+static __device__ __forceinline__ float rgb_in(const float *x, int64_t i) { return x[i]; }
+static __device__ __forceinline__ float rgb_in(const bf16 *x, int64_t i) { return __bfloat162float(x[i]); }
+static __device__ __forceinline__ float rgb_in(const __half *x, int64_t i) { return __half2float(x[i]); }
+
+/* x [3, plane] planar → out [plane, 3] interleaved bytes, one pixel per
+ * thread (grid-stride), and the non-finite values counted as in
+ * count_nonfinite_k (a warp sum, one atomic per warp). */
+template <typename T>
+__global__ void rgb8_k(const T *x, int64_t plane, uint8_t *out, unsigned long long *count) {
+    unsigned long long c = 0;
+    for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < plane; p += (int64_t)gridDim.x * blockDim.x)
+        for (int ch = 0; ch < 3; ch++) {
+            float v = rgb_in(x, ch * plane + p);
+            c += !isfinite(v);
+            out[p * 3 + ch] = u8_of(v);
+        }
+    for (int o = 16; o > 0; o >>= 1) c += __shfl_down_sync(0xffffffffu, c, o);
+    if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
+}
+
+/* backend.h download_rgb8: the bytes made in the arena, copied back through
+ * the pinned staging buffer in pieces. */
+static qi_status rgb8_on_device(cuda_impl *c, qi_backend *be, const qi_tensor *x, uint8_t *rgb8, int64_t *nonfinite,
+                                qi_error *err) {
+    if (x->ndim != 3 || x->ne[0] != 3 || (x->dtype != QI_F32 && x->dtype != QI_BF16 && x->dtype != QI_F16))
+        return qi_fail(err, QI_ERR_ARG, "cuda backend: download_rgb8 of a %s tensor of %d dims (expected F32, BF16 "
+                       "or F16 [3, H, W])", qi_dtype_name(x->dtype), x->ndim);
+    if (c->err_status != QI_OK) { /* the picture would be garbage: report why */
+        qi_status st = c->err_status;
+        qi_fail(err, st, "%s", c->err_msg);
+        c->err_status = QI_OK;
+        return qi_fail_ctx(err, st, "cuda backend: download_rgb8 after a failed op");
+    }
+    int64_t plane = x->ne[1] * x->ne[2], bytes = 3 * plane;
+    size_t mark = cuda_mark(be);
+    qi_tensor u8;
+    int64_t words = (bytes + 3) / 4; /* the arena hands out typed tensors: the bytes as I32 words */
+    qi_status st = cuda_tensor(be, &u8, QI_I32, 1, &words, err);
+    if (st != QI_OK) return qi_fail_ctx(err, st, "cuda backend: download_rgb8's %lld bytes", (long long)bytes);
+    cudaError_t e = cudaSuccess;
+    if (!c->nonfinite_count) e = cudaMalloc((void **)&c->nonfinite_count, sizeof *c->nonfinite_count);
+    if (e == cudaSuccess) e = cudaMemsetAsync(c->nonfinite_count, 0, sizeof *c->nonfinite_count, c->stream);
+    unsigned blocks = (unsigned)((plane + 255) / 256);
+    if (blocks > (unsigned)c->sm_count * 8) blocks = (unsigned)c->sm_count * 8;
+    if (blocks == 0) blocks = 1;
+    uint8_t *dev = (uint8_t *)u8.data;
+    if (e == cudaSuccess) {
+        if (x->dtype == QI_BF16)
+            rgb8_k<bf16><<<blocks, 256, 0, c->stream>>>((const bf16 *)x->data, plane, dev, c->nonfinite_count);
+        else if (x->dtype == QI_F16)
+            rgb8_k<__half><<<blocks, 256, 0, c->stream>>>((const __half *)x->data, plane, dev, c->nonfinite_count);
+        else
+            rgb8_k<float><<<blocks, 256, 0, c->stream>>>((const float *)x->data, plane, dev, c->nonfinite_count);
+        e = cudaGetLastError();
+    }
+    unsigned long long h = 0;
+    if (e == cudaSuccess) e = cudaMemcpyAsync(&h, c->nonfinite_count, sizeof h, cudaMemcpyDeviceToHost, c->stream);
+    for (int64_t i0 = 0; e == cudaSuccess && i0 < bytes; i0 += (int64_t)c->staging_bytes) {
+        size_t m = (size_t)(bytes - i0 < (int64_t)c->staging_bytes ? bytes - i0 : (int64_t)c->staging_bytes);
+        e = cudaMemcpyAsync(c->staging[0], dev + i0, m, cudaMemcpyDeviceToHost, c->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+        if (e == cudaSuccess) memcpy(rgb8 + i0, c->staging[0], m);
+    }
+    if (e == cudaSuccess && bytes == 0) e = cudaStreamSynchronize(c->stream);
+    cuda_reset(be, mark);
+    if (e != cudaSuccess) return cuda_err(err, e, "download_rgb8");
+    *nonfinite = (int64_t)h;
+    return QI_OK;
+}
+
+static qi_status cuda_download_rgb8(qi_backend *be, const qi_tensor *x, uint8_t *rgb8, int64_t *nonfinite,
+                                    qi_error *err) {
+    cuda_impl *c = cuda_of(be);
+    int prev = device_enter(c);
+    qi_status st = rgb8_on_device(c, be, x, rgb8, nonfinite, err);
+    device_leave(prev);
+    return st;
 }
 
 static qi_status cuda_sync(qi_backend *be, qi_error *err) {
@@ -1219,6 +1312,7 @@ static const qi_backend_ops cuda_ops = {
     .random_weights = cuda_random_weights,
     .mem_usage = cuda_mem_usage,
     .count_nonfinite = cuda_count_nonfinite,
+    .download_rgb8 = cuda_download_rgb8,
     .rms_norm_rope = qc_rms_norm_rope,
     .channel_rms_norm_act = qc_channel_rms_norm_act,
     .conv2d_fused = qc_conv2d_fused,
