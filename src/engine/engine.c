@@ -387,13 +387,14 @@ static qi_status load_at_open(qi_engine *e, const qi_open_options *opt, const ch
         e->err = l.err;
         st = l.st;
     }
+    int dit_loaded = mode == 1 && !l.st;
     if (mode == 2 && !st) {
         double t1 = qi_now_s();
-        l.st = load_transformer_all(e, &e->err);
+        st = load_transformer_all(e, &e->err);
         l.seconds = qi_now_s() - t1;
-        st = l.st;
+        dit_loaded = !st;
     }
-    if (mode && !l.st) {
+    if (dit_loaded) {
         lora_commit(e);
         e->dit_stale = 0;
         logf_(e, "loaded transformer from %s in %.2f s%s", e->files.path[QI_COMPONENT_TRANSFORMER], l.seconds,

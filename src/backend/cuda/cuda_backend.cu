@@ -230,11 +230,6 @@ static qi_status lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dt
     return QI_OK;
 }
 
-static qi_status staged_upload(cuda_impl *c, void *dev, qi_dtype dst_dt, const void *host,
-                               qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err) {
-    return lane_upload(c, lane_of(c, 0), dev, dst_dt, host, src_dt, n, sc, err);
-}
-
 /* A free lane for one weight's upload (under load_mu): lane 0 unless another
  * thread's weight holds it; lane 1's buffers and stream made on first need. */
 static qi_status lane_take(cuda_impl *c, int *lane, qi_error *err) {
@@ -743,8 +738,17 @@ static qi_status cuda_upload(qi_backend *be, qi_tensor *t, const void *host, qi_
         return qi_fail(err, QI_ERR_ARG, "cuda backend: upload into a %s tensor (F32/BF16/F16/I32 only)",
                        qi_dtype_name(t->dtype));
     qi_dtype src_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
-    int prev = device_enter(c);
-    qi_status st = staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), &no_scale, err);
+    int prev = device_enter(c), lane = 0;
+    pthread_mutex_lock(&c->load_mu); /* a free lane: a load on another thread may hold lane 0 */
+    qi_status st = lane_take(c, &lane, err);
+    pthread_mutex_unlock(&c->load_mu);
+    if (st == QI_OK) {
+        st = lane_upload(c, lane_of(c, lane), t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), &no_scale, err);
+        pthread_mutex_lock(&c->load_mu);
+        qi_status gs = lane_give(c, lane, err);
+        pthread_mutex_unlock(&c->load_mu);
+        if (st == QI_OK) st = gs;
+    }
     device_leave(prev);
     return st;
 }
