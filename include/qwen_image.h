@@ -125,10 +125,11 @@ typedef struct qi_open_options {
                                 the text encoder and VAE (their file reading and conversion overlap; the
                                 environment's QI_LOAD_SEQUENTIAL=1 makes it 2). 2: inside qi_engine_open,
                                 after them. The weights are the same either way. With the LoRA set of that
-                                moment (none): LoRAs added later swap in or reload as usual. Ignored under
-                                a memory plan (vram_bytes); with random_weights 1 acts as 2 (the random
-                                values follow the order weights are made). `log` may then be called from
-                                that thread */
+                                moment (none): LoRAs added later swap in or reload as usual. Ignored when
+                                the memory plan (vram_bytes, or a GPU too small for everything) swaps,
+                                streams or evicts; with random_weights 1 acts as 2 (the random values
+                                follow the order weights are made). `log` is called from the opening
+                                thread only */
     qi_log_fn log;           /* optional */
     void *log_user;
 } qi_open_options;

@@ -347,7 +347,11 @@ static void *dit_loader_main(void *arg) {
 
 /* 0: the transformer loads lazily; 1: beside the other components; 2: after them. */
 static int transformer_at_open(const qi_engine *e, const qi_open_options *opt) {
-    if (e->planned || opt->load_transformer <= 0) return 0; /* a plan decides when it is resident */
+    if (opt->load_transformer <= 0) return 0;
+    /* a plan that swaps, streams or evicts decides when the transformer is resident; one that keeps
+     * everything (a GPU with room for it all) leaves it to us */
+    const qi_residency_plan *p = &e->plan;
+    if (e->planned && (p->te_swap || p->te_stream || p->dit_stream || p->dit_evict)) return 0;
     const char *seq = getenv("QI_LOAD_SEQUENTIAL");
     if (opt->load_transformer >= 2 || opt->random_weights || (seq && strcmp(seq, "0") != 0)) return 2;
     return 1;
@@ -356,6 +360,7 @@ static int transformer_at_open(const qi_engine *e, const qi_open_options *opt) {
 /* Tokenizer, text encoder and VAE, timed one by one. */
 static qi_status load_others(qi_engine *e, double *te_s, double *vae_s) {
     qi_status st = QI_OK;
+    if (e->vae) logf_(e, "the VAE is loaded already (the memory plan measured it)");
     for (int c = QI_COMPONENT_TOKENIZER; c <= QI_COMPONENT_VAE && !st; c++) {
         double t0 = qi_now_s();
         st = component_load(e, (qi_component)c);
