@@ -120,6 +120,16 @@ typedef struct qi_open_options {
                                 fit; img2img and inpaint requests have theirs counted per request) */
     uint64_t random_weights; /* benchmarks only: nonzero = fill every weight with random values
                                 seeded by this (backends that support it), ignoring file data */
+    int load_transformer;    /* 0 (default): the transformer loads on the first qi_generate (or
+                                qi_engine_warm). 1: inside qi_engine_open, on a thread of its own beside
+                                the text encoder and VAE (their file reading and conversion overlap; the
+                                environment's QI_LOAD_SEQUENTIAL=1 makes it 2). 2: inside qi_engine_open,
+                                after them. The weights are the same either way. With the LoRA set of that
+                                moment (none): LoRAs added later swap in or reload as usual. Ignored when
+                                the memory plan (vram_bytes, or a GPU too small for everything) swaps,
+                                streams or evicts; with random_weights 1 acts as 2 (the random values
+                                follow the order weights are made). `log` is called from the opening
+                                thread only */
     qi_log_fn log;           /* optional */
     void *log_user;
 } qi_open_options;

@@ -20,6 +20,7 @@
 #include "sample/latents.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,15 @@ static qi_status swap_loras(qi_engine *e) {
     return QI_OK;
 }
 
+/* The transformer on every rank from its open source, with the current
+ * LoRA set; none on failure. err: the engine's, or a loader thread's own
+ * (load_at_open): nothing else of the engine is written here. */
+static qi_status load_transformer_all(qi_engine *e, qi_error *err) {
+    qi_status st = qi_ranks_run(e->ranks, load_transformer_rank, e, NULL, NULL, err);
+    if (st) qi_ranks_free_dits(e->ranks);
+    return st;
+}
+
 /* Loads (or reloads, after a LoRA change) the transformer on every rank. */
 static qi_status ensure_transformer(qi_engine *e) {
     if (e->ranks->dit[0] && !e->dit_stale && e->loras_changed) {
@@ -205,9 +215,8 @@ static qi_status ensure_transformer(qi_engine *e) {
     else
         logf_(e, "loading transformer from %s ...", e->files.path[QI_COMPONENT_TRANSFORMER]);
     qi_status st = open_source(e, QI_COMPONENT_TRANSFORMER);
-    if (!st) st = qi_ranks_run(e->ranks, load_transformer_rank, e, NULL, NULL, &e->err);
+    if (!st) st = load_transformer_all(e, &e->err);
     if (st) {
-        qi_ranks_free_dits(e->ranks);
         e->dit_stale = 1;
         lora_fallback(e, st);
         return st;
@@ -316,6 +325,98 @@ static qi_status open_ranks(qi_engine *e, const qi_open_options *opt) {
     return st;
 }
 
+/* ---- the loads of qi_engine_open ------------------------------------------------------- */
+
+/* The transformer's load on a thread of its own (load_transformer 1): it
+ * writes only the ranks' transformers and its own error, which the opening
+ * thread reads after the join. */
+typedef struct dit_loader {
+    qi_engine *e;
+    qi_status st;
+    qi_error err;
+    double seconds;
+} dit_loader;
+
+static void *dit_loader_main(void *arg) {
+    dit_loader *l = arg;
+    double t0 = qi_now_s();
+    l->st = load_transformer_all(l->e, &l->err);
+    l->seconds = qi_now_s() - t0;
+    return NULL;
+}
+
+/* 0: the transformer loads lazily; 1: beside the other components; 2: after them. */
+static int transformer_at_open(const qi_engine *e, const qi_open_options *opt) {
+    if (opt->load_transformer <= 0) return 0;
+    /* a plan that swaps, streams or evicts decides when the transformer is resident; one that keeps
+     * everything (a GPU with room for it all) leaves it to us */
+    const qi_residency_plan *p = &e->plan;
+    if (e->planned && (p->te_swap || p->te_stream || p->dit_stream || p->dit_evict)) return 0;
+    const char *seq = getenv("QI_LOAD_SEQUENTIAL");
+    if (opt->load_transformer >= 2 || opt->random_weights || (seq && strcmp(seq, "0") != 0)) return 2;
+    return 1;
+}
+
+/* Tokenizer, text encoder and VAE, timed one by one. */
+static qi_status load_others(qi_engine *e, double *te_s, double *vae_s) {
+    qi_status st = QI_OK;
+    if (e->vae) logf_(e, "the VAE is loaded already (the memory plan measured it)");
+    for (int c = QI_COMPONENT_TOKENIZER; c <= QI_COMPONENT_VAE && !st; c++) {
+        double t0 = qi_now_s();
+        st = component_load(e, (qi_component)c);
+        if (c == QI_COMPONENT_VAE) *vae_s = qi_now_s() - t0;
+        else *te_s += qi_now_s() - t0;
+    }
+    return st;
+}
+
+/* What qi_engine_open loads: tokenizer, text encoder and VAE, and with
+ * load_transformer the transformer, on its own thread so that its file
+ * reading and conversion overlap theirs. A failure on either side is the
+ * engine's error (the opening thread's first) after both have finished; the
+ * loads that worked stay for qi_engine_close to free. */
+static qi_status load_at_open(qi_engine *e, const qi_open_options *opt, const char *what) {
+    int mode = transformer_at_open(e, opt);
+    qi_status st = mode ? open_source(e, QI_COMPONENT_TRANSFORMER) : QI_OK;
+    if (st) return st;
+    dit_loader l = {.e = e};
+    pthread_t th;
+    if (mode == 1 && pthread_create(&th, NULL, dit_loader_main, &l) != 0) mode = 2; /* no thread: one after another */
+    double t0 = qi_now_s(), te_s = 0, vae_s = 0;
+    logf_(e, "loading tokenizer, text encoder and VAE%s from %s ...",
+          mode == 1 ? " (the transformer beside them, on its own thread)" : mode ? ", then the transformer," : "", what);
+    st = load_others(e, &te_s, &vae_s);
+    if (mode == 1) pthread_join(th, NULL);
+    if (!st) logf_(e, "loaded tokenizer + text encoder in %.2f s, VAE in %.2f s", te_s, vae_s);
+    if (mode == 1 && l.st && !st) {
+        e->err = l.err;
+        st = l.st;
+    }
+    int dit_loaded = mode == 1 && !l.st;
+    if (mode == 2 && !st) {
+        double t1 = qi_now_s();
+        st = load_transformer_all(e, &e->err);
+        l.seconds = qi_now_s() - t1;
+        dit_loaded = !st;
+    }
+    if (dit_loaded) {
+        lora_commit(e);
+        e->dit_stale = 0;
+        logf_(e, "loaded transformer from %s in %.2f s%s", e->files.path[QI_COMPONENT_TRANSFORMER], l.seconds,
+              mode == 1 ? " (beside the text encoder and VAE)" : "");
+    }
+    if (st) return st;
+    double wall = qi_now_s() - t0, others = te_s + vae_s;
+    if (mode == 1)
+        logf_(e, "load overlap: text encoder + VAE %.2f s and transformer %.2f s took %.2f s together (%.2f s "
+              "overlapped; QI_LOAD_SEQUENTIAL=1 loads one after the other)", others, l.seconds, wall,
+              others + l.seconds - wall);
+    else
+        logf_(e, "loaded %s from %s in %.2f s%s", mode ? "every component" : "tokenizer, text encoder and VAE", what,
+              wall, mode ? " (one after another: no overlap)" : "");
+    return QI_OK;
+}
+
 qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     qi_engine *e = calloc(1, sizeof *e);
     *out = e;
@@ -337,12 +438,7 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     const char *what = opt->model_dir ? opt->model_dir : "the given files";
     if ((st = open_ranks(e, opt))) return st;
     if ((st = qi_engine_plan_open(e, opt))) return st;
-    double t0 = qi_now_s();
-    logf_(e, "loading tokenizer, text encoder and VAE from %s ...", what);
-    for (int c = QI_COMPONENT_TOKENIZER; c <= QI_COMPONENT_VAE && !st; c++) st = component_load(e, (qi_component)c);
-    if (st) return st;
-    logf_(e, "loaded tokenizer, text encoder and VAE from %s in %.2f s", what, qi_now_s() - t0);
-    return QI_OK;
+    return load_at_open(e, opt, what);
 }
 
 void qi_engine_close(qi_engine *e) {

@@ -5,7 +5,8 @@
 # the data a hole that reads as zeros, so the page cache always "holds" it and the
 # time is ours — parsing, conversion, upload — not the disk's), 8 steps, 1024².
 # Wall time from the shell around the whole process; the CLI's summary line gives
-# text / transformer load / denoise / VAE.
+# text / transformer load / denoise / VAE and the open's time; the log lines above it split the open
+# (tokenizer + text encoder, VAE, transformer, and how much of their loads overlapped).
 #   here:  QI_DIST_ARCHS=90a scripts/device-build.sh qwen-image; tar cf - dist | xz -9 -T2 > devpack/dist.tar.xz
 #   there: sh dev/cuda/startup-run/run.sh [types...]   (default: fp8 q4_k bf16; logs under $OUT)
 set -u
@@ -18,12 +19,17 @@ now() { date +%s.%N; }
 for ty in ${*:-fp8 q4_k bf16}; do
   d=/tmp/sp_$ty
   dist/run.sh qwen-image bench --write-sparse $d --type $ty >"$OUT/write_$ty.log" 2>&1 || { echo "$ty: write failed" | tee -a "$OUT/summary.txt"; continue; }
-  for run in 1 2; do # the first also warms the page cache's metadata; the second is the row
+  # run 1 also warms the page cache's metadata; run 2 is the row (the transformer loads beside the text
+  # encoder and VAE); run seq is run 2 with the loads one after another (QI_LOAD_SEQUENTIAL=1), the yardstick
+  for run in 1 2 seq; do
+    seq=0; [ $run = seq ] && seq=1
     s=$(now)
-    dist/run.sh qwen-image generate -m $d --device cuda -p "a capybara in a suit" -W 1024 -H 1024 --steps 8 \
-      --seed 1 -o /tmp/startup_$ty.png >"$OUT/gen_${ty}_$run.log" 2>&1
+    QI_LOAD_SEQUENTIAL=$seq dist/run.sh qwen-image generate -m $d --device cuda -p "a capybara in a suit" \
+      -W 1024 -H 1024 --steps 8 --seed 1 -o /tmp/startup_$ty.png >"$OUT/gen_${ty}_$run.log" 2>&1
     rc=$?; e=$(now)
     echo "$ty run $run: rc=$rc, process start -> exit $(awk "BEGIN{printf \"%.2f\", $e - $s}") s; $(grep 'image(s)' "$OUT/gen_${ty}_$run.log")" | tee -a "$OUT/summary.txt"
+    grep -E 'loaded tokenizer \+ text encoder|loaded transformer from|load overlap|one after another' \
+      "$OUT/gen_${ty}_$run.log" | sed "s/^/  $ty $run: /" | tee -a "$OUT/summary.txt"
   done
   rm -rf $d
 done

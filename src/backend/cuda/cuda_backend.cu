@@ -193,27 +193,84 @@ static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, con
         if (started[i]) pthread_join(th[i], NULL);
 }
 
-/* Host data of type src_dt -> device tensor of type dst_dt, through the two
- * pinned staging buffers so conversion of one chunk overlaps the copy of the
- * previous one. */
-static qi_status staged_upload(cuda_impl *c, void *dev, qi_dtype dst_dt, const void *host,
-                               qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err) {
+/* Where an upload's chunks go through: two pinned staging buffers, the
+ * events that say each is free again, and the stream that copies them. */
+typedef struct upload_lane {
+    void *const *staging;
+    cudaEvent_t const *free;
+    cudaStream_t stream;
+} upload_lane;
+
+static upload_lane lane_of(const cuda_impl *c, int k) {
+    upload_lane l = {c->staging, c->staging_free, c->stream};
+    if (k == 1) l = upload_lane{c->lane_staging, c->lane_free, c->lane_stream};
+    return l;
+}
+
+/* Host data of type src_dt -> device tensor of type dst_dt, through the
+ * lane's two pinned staging buffers so conversion of one chunk overlaps the
+ * copy of the previous one. */
+static qi_status lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dtype dst_dt, const void *host,
+                             qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err) {
     size_t out_esz = qi_dtype_size(dst_dt);
     size_t chunk = c->staging_bytes / out_esz / 256 * 256; /* whole blocks of any block type */
     cudaError_t e;
     for (size_t i0 = 0, k = 0; i0 < n; i0 += chunk, k++) {
         size_t m = n - i0 < chunk ? n - i0 : chunk;
         int s = (int)(k & 1);
-        if ((e = cudaEventSynchronize(c->staging_free[s])) != cudaSuccess)
+        if ((e = cudaEventSynchronize(l.free[s])) != cudaSuccess)
             return cuda_err(err, e, "upload (waiting for staging)");
-        parallel_convert(c, c->staging[s], dst_dt, (const char *)host + elem_offset(src_dt, i0), src_dt, m, sc, i0);
-        if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, c->staging[s], m * out_esz,
-                                 cudaMemcpyHostToDevice, c->stream)) != cudaSuccess)
+        parallel_convert(c, l.staging[s], dst_dt, (const char *)host + elem_offset(src_dt, i0), src_dt, m, sc, i0);
+        if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, l.staging[s], m * out_esz, cudaMemcpyHostToDevice,
+                                 l.stream)) != cudaSuccess)
             return cuda_err(err, e, "upload (copy)");
-        if ((e = cudaEventRecord(c->staging_free[s], c->stream)) != cudaSuccess)
+        if ((e = cudaEventRecord(l.free[s], l.stream)) != cudaSuccess)
             return cuda_err(err, e, "upload (event)");
     }
     return QI_OK;
+}
+
+/* A free lane for one weight's upload (under load_mu): lane 0 unless another
+ * thread's weight holds it; lane 1's buffers and stream made on first need. */
+static qi_status lane_take(cuda_impl *c, int *lane, qi_error *err) {
+    *lane = c->lane_busy[0] ? 1 : 0;
+    if (*lane == 1 && c->lane_busy[1])
+        return qi_fail(err, QI_ERR_BACKEND, "cuda backend: weights made from more than two threads at once");
+    cudaError_t e = cudaSuccess;
+    if (*lane == 1 && !c->lane_stream) {
+        for (int i = 0; i < 2 && e == cudaSuccess; i++) {
+            if (!c->lane_staging[i]) e = cudaHostAlloc(&c->lane_staging[i], c->staging_bytes, cudaHostAllocDefault);
+            if (e == cudaSuccess && !c->lane_free[i]) e = cudaEventCreateWithFlags(&c->lane_free[i], cudaEventDisableTiming);
+        }
+        if (e == cudaSuccess && !c->lane_done) e = cudaEventCreateWithFlags(&c->lane_done, cudaEventDisableTiming);
+        if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->lane_stream, cudaStreamNonBlocking);
+    }
+    if (e != cudaSuccess) return cuda_err(err, e, "the second upload lane (pinned staging for a concurrent load)");
+    c->lane_busy[*lane] = 1;
+    return QI_OK;
+}
+
+/* Gives the lane back (under load_mu). Lane 1's copies are ordered before
+ * everything queued on `stream` from now on, as lane 0's are by being on it. */
+static qi_status lane_give(cuda_impl *c, int lane, qi_error *err) {
+    c->lane_busy[lane] = 0;
+    if (lane == 0) return QI_OK;
+    cudaError_t e = cudaEventRecord(c->lane_done, c->lane_stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(c->stream, c->lane_done, 0);
+    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "upload (ordering the second lane)");
+}
+
+static void lanes_destroy(cuda_impl *c) {
+    if (c->lane_stream) {
+        cudaStreamSynchronize(c->lane_stream);
+        cudaStreamDestroy(c->lane_stream);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (c->lane_staging[i]) cudaFreeHost(c->lane_staging[i]);
+        if (c->lane_free[i]) cudaEventDestroy(c->lane_free[i]);
+    }
+    if (c->lane_done) cudaEventDestroy(c->lane_done);
+    if (c->load_mu_made) pthread_mutex_destroy(&c->load_mu);
 }
 
 /* Benchmark weights: uniform in ±1/√fan_in for matrices (fan_in = numel / rows),
@@ -353,15 +410,6 @@ static qi_status kept_scale(cuda_impl *c, qi_tensor *w, const qi_weight_scale *s
     return QI_OK;
 }
 
-/* A kept weight: its stored bytes copied as they are, its scale beside it. */
-static qi_status kept_on_device(cuda_impl *c, qi_tensor *w, const void *host, const qi_weight_scale *scale,
-                                void *dev, qi_error *err) {
-    w->data = dev;
-    if (c->random_seed) return kept_random(c, w, err);
-    qi_status st = staged_upload(c, dev, QI_U8, host, QI_U8, qi_nbytes(w), &no_scale, err);
-    return st == QI_OK ? kept_scale(c, w, scale, err) : st;
-}
-
 /* What `weight` and `weight_host` start with: the checks, w described as
  * the device keeps it (set_shape: bf16 has the scale applied, no scale
  * left), and in *sc how converting to that type scales. */
@@ -392,45 +440,75 @@ static qi_status weight_prepare(const cuda_impl *c, qi_tensor *w, qi_dtype dt, i
     return QI_OK;
 }
 
-static qi_status weight_on_device(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
-                                  const void *host, const qi_weight_scale *scale, qi_error *err) {
-    cuda_impl *c = cuda_of(be);
-    convert_scale sc;
-    qi_status st = weight_prepare(c, w, dt, ndim, ne, scale, &sc, err);
+/* The first part of `weight` (under load_mu): the checks, the kept-weight
+ * scratch, the device memory, a lane. */
+static qi_status weight_begin(cuda_impl *c, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                              const qi_weight_scale *scale, convert_scale *sc, void **dev, int *lane,
+                              qi_error *err) {
+    qi_status st = weight_prepare(c, w, dt, ndim, ne, scale, sc, err);
     if (st != QI_OK) return st;
-    qi_dtype dev_dt = w->dtype;
-    int kept = qc_kept_type(dev_dt);
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
     qc_wbuf_settle(c, 1); /* what the buffers hold is named by weight addresses: a new weight may reuse one */
-    if (kept && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
-    void *dev = NULL;
-    cudaError_t e = cudaMalloc(&dev, bytes ? bytes : 1);
+    if (qc_kept_type(w->dtype) && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
+    cudaError_t e = cudaMalloc(dev, bytes ? bytes : 1);
     if (e != cudaSuccess) {
         char shape[128];
-        w->data = NULL;
-        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for weight %s %s (%zu MiB; "
-                       "%zu MiB of weights already held)", qi_dtype_name(dt),
-                       qi_shape_str(w, shape, sizeof shape), bytes >> 20, c->weight_bytes >> 20);
-    }
-    st = kept                                   ? kept_on_device(c, w, host, scale, dev, err)
-         : c->random_seed && dev_dt == QI_BF16 ? random_fill(c, w, dev, err)
-                                               : staged_upload(c, dev, dev_dt, host, dt, n, &sc, err);
-    if (st != QI_OK) {
-        cudaFree(dev);
+        *dev = NULL;
+        qi_shape_str(w, shape, sizeof shape);
         memset(w, 0, sizeof *w);
-        return st;
+        return qi_fail(err, QI_ERR_NOMEM, "cuda backend: no device memory for weight %s %s (%zu MiB; "
+                       "%zu MiB of weights already held)", qi_dtype_name(dt), shape, bytes >> 20,
+                       c->weight_bytes >> 20);
     }
+    if ((st = lane_take(c, lane, err)) != QI_OK) {
+        cudaFree(*dev);
+        *dev = NULL;
+        memset(w, 0, sizeof *w);
+    }
+    return st;
+}
+
+/* A weight on the device. Two threads may make weights at once: the host
+ * conversion and the copy of each run outside load_mu on its own lane, so
+ * one load's reading and converting overlaps the other's. Random (benchmark)
+ * contents are made under the lock, in the order weights are made. */
+static qi_status weight_on_device(cuda_impl *c, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
+                                  const void *host, const qi_weight_scale *scale, qi_error *err) {
+    convert_scale sc;
+    void *dev = NULL;
+    int lane = 0;
+    pthread_mutex_lock(&c->load_mu);
+    qi_status st = weight_begin(c, w, dt, ndim, ne, scale, &sc, &dev, &lane, err);
+    pthread_mutex_unlock(&c->load_mu);
+    if (st != QI_OK) return st;
+    qi_dtype dev_dt = w->dtype;
+    int kept = qc_kept_type(dev_dt), random = c->random_seed && (kept || dev_dt == QI_BF16);
+    size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
+    if (!random) /* a kept weight: its stored bytes as they are */
+        st = kept ? lane_upload(c, lane_of(c, lane), dev, QI_U8, host, QI_U8, bytes, &no_scale, err)
+                  : lane_upload(c, lane_of(c, lane), dev, dev_dt, host, dt, n, &sc, err);
+    pthread_mutex_lock(&c->load_mu);
+    qi_status gs = lane_give(c, lane, err);
+    if (st == QI_OK) st = gs;
     w->data = dev;
-    c->weight_bytes += bytes;
-    if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
-    c->kept_weights += kept;
-    return QI_OK;
+    if (st == QI_OK && random) st = kept ? kept_random(c, w, err) : random_fill(c, w, dev, err);
+    else if (st == QI_OK && kept) st = kept_scale(c, w, scale, err);
+    if (st != QI_OK) {
+        cudaFree(dev); /* waits for the copies queued into it */
+        memset(w, 0, sizeof *w);
+    } else {
+        c->weight_bytes += bytes;
+        if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+        c->kept_weights += kept;
+    }
+    pthread_mutex_unlock(&c->load_mu);
+    return st;
 }
 
 static qi_status cuda_weight(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
                              const void *host, const qi_weight_scale *scale, qi_error *err) {
     int prev = device_enter(cuda_of(be));
-    qi_status st = weight_on_device(be, w, dt, ndim, ne, host, scale, err);
+    qi_status st = weight_on_device(cuda_of(be), w, dt, ndim, ne, host, scale, err);
     device_leave(prev);
     return st;
 }
@@ -463,6 +541,7 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     cuda_impl *c = cuda_of(be);
     if (!w->data) return;
     int prev = device_enter(c);
+    pthread_mutex_lock(&c->load_mu); /* a failed load frees its weights while another load makes some */
     qc_wbuf_settle(c, 1); /* a prefetched expansion may read it; its address may come back as another weight's */
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream); /* or a queued stage */
@@ -481,8 +560,9 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     }
     if (qc_kept_type(w->dtype) && w->ndim == 2 && --c->kept_weights == 0 && c->wscratch && !c->wscratch_fixed)
         drop_wscratch(c); /* the last kept weight is gone: so is its scratch */
-    device_leave(prev);
     c->weight_bytes = c->weight_bytes >= bytes ? c->weight_bytes - bytes : 0;
+    pthread_mutex_unlock(&c->load_mu);
+    device_leave(prev);
     w->data = NULL;
 }
 
@@ -639,8 +719,11 @@ void qc_host_copy(const cuda_impl *c, void *dst, const void *src, size_t bytes) 
 
 static qi_status cuda_weight_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
                                   const void *host, const qi_weight_scale *scale, qi_error *err) {
-    int prev = device_enter(cuda_of(be));
+    cuda_impl *c = cuda_of(be);
+    int prev = device_enter(c);
+    pthread_mutex_lock(&c->load_mu); /* whole: the host pool and the counters are shared */
     qi_status st = weight_in_host(be, w, dt, ndim, ne, host, scale, err);
+    pthread_mutex_unlock(&c->load_mu);
     device_leave(prev);
     return st;
 }
@@ -655,8 +738,17 @@ static qi_status cuda_upload(qi_backend *be, qi_tensor *t, const void *host, qi_
         return qi_fail(err, QI_ERR_ARG, "cuda backend: upload into a %s tensor (F32/BF16/F16/I32 only)",
                        qi_dtype_name(t->dtype));
     qi_dtype src_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
-    int prev = device_enter(c);
-    qi_status st = staged_upload(c, t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), &no_scale, err);
+    int prev = device_enter(c), lane = 0;
+    pthread_mutex_lock(&c->load_mu); /* a free lane: a load on another thread may hold lane 0 */
+    qi_status st = lane_take(c, &lane, err);
+    pthread_mutex_unlock(&c->load_mu);
+    if (st == QI_OK) {
+        st = lane_upload(c, lane_of(c, lane), t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), &no_scale, err);
+        pthread_mutex_lock(&c->load_mu);
+        qi_status gs = lane_give(c, lane, err);
+        pthread_mutex_unlock(&c->load_mu);
+        if (st == QI_OK) st = gs;
+    }
     device_leave(prev);
     return st;
 }
@@ -1212,6 +1304,7 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
+        lanes_destroy(c);
         qc_host_destroy(c); /* the host weights' chunks and the bounce ring (syncs the copy stream) */
         if (c->copy_stream) {
             cudaStreamSynchronize(c->copy_stream);
@@ -1380,6 +1473,11 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
     c->scratch_bytes = SCRATCH_BYTES;
     c->staging_bytes = STAGING_BYTES;
+    c->load_mu_made = pthread_mutex_init(&c->load_mu, NULL) == 0;
+    if (!c->load_mu_made) {
+        st = qi_fail(err, QI_ERR_BACKEND, "cuda backend: cannot make the load mutex");
+        goto fail;
+    }
     if ((e = compute_stream_create(c)) != cudaSuccess) {
         st = cuda_err(err, e, "stream");
         goto fail;

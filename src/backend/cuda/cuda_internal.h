@@ -10,6 +10,7 @@
 #define QI_CUDA_INTERNAL_H
 
 #include <cublasLt.h>
+#include <pthread.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -74,6 +75,20 @@ typedef struct cuda_impl {
     size_t staging_bytes;
     cudaEvent_t staging_free[2];
     int load_threads;    /* host threads converting into the staging buffers */
+
+    /* Weights made from two host threads at once (the engine loads the
+     * transformer beside the text encoder): `weight` takes load_mu for its
+     * bookkeeping (allocation, counters, the kept-weight scratch) but not for
+     * the conversion and copy, which run on a free lane. Lane 0 is the
+     * staging pair above on `stream`; lane 1, made on first need, has its
+     * own pair and stream, and `stream` waits for each of its weights. */
+    pthread_mutex_t load_mu;
+    int load_mu_made;
+    int lane_busy[2];
+    void *lane_staging[2];
+    cudaEvent_t lane_free[2];
+    cudaEvent_t lane_done;
+    cudaStream_t lane_stream;
 
     /* bf16 copies of kept weights (fp8, GGUF blocks: cuda_kept.cu) for the
      * GEMMs that read them: one allocation of wscratch_bytes, split into
