@@ -8,7 +8,7 @@
 #             test_backend_ops test_cuda_vram test_cuda_kernels test_cuda_pipeline test_vae_encode_tiles qwen-image hold_memory
 #           tar cf - dist | xz -9 -T1 > devpack/table.tar.xz
 #           git --git-dir=<diffusers mirror> archive HEAD src/diffusers | xz -9 > devpack/diffusers-src.tar.xz
-#   there:  sh dev/cuda/table-run/run.sh [checks] [ours] [peer] [ours2] [startup] [offload] [3g]
+#   there:  sh dev/cuda/table-run/run.sh [checks] [ours] [peer] [ours2] [loadtest] [fast] [startup] [offload] [3g]
 set -u
 OUT=${OUT:-/tmp/table-out}
 mkdir -p "$OUT"
@@ -54,6 +54,14 @@ for what in ${*:-checks ours peer ours2 startup}; do
       PYTHONPATH=$PWD/.peer/src timeout 300 python3 bench/diffusers_peer.py --compile --sizes 1024 --runs 5 \
         --warmup 2 >"$OUT/peer.log" 2>&1
       note "diffusers peer: rc=$? ($(($(date +%s) - s)) s)"; grep '^| \|^#' "$OUT/peer.log" | tee -a "$OUT/summary.txt" ;;
+    loadtest) # the transformer loaded beside the text encoder, through the second upload lane: the same image
+      timeout 120 dist/run.sh test_load_overlap -d cuda >"$OUT/load_overlap.log" 2>&1
+      note "test_load_overlap -d cuda: rc=$? $(tail -1 "$OUT/load_overlap.log")" ;;
+    fast) # cuBLASLt's fast fp8 accumulation: the call, and the fixtures' errors with it
+      QI_CUDA_FP8_FAST_ACCUM=1 b fp8_fast_accum --type fp8 --only dit
+      QI_CUDA_FP8_FAST_ACCUM=1 timeout 120 dist/run.sh test_formats -d cuda >"$OUT/formats_fast_accum.log" 2>&1
+      note "test_formats -d cuda, QI_CUDA_FP8_FAST_ACCUM=1: rc=$? $(tail -1 "$OUT/formats_fast_accum.log")"
+      grep 'rel L2' "$OUT/formats_fast_accum.log" | cut -c1-160 | tee -a "$OUT/summary.txt" ;;
     startup)
       OUT=$OUT/startup timeout 240 sh dev/cuda/startup-run/run.sh fp8 bf16 q4_k
       cat "$OUT/startup/summary.txt" >>"$OUT/summary.txt" ;;
