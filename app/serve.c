@@ -177,6 +177,9 @@ static int load(serve *s) {
     o.log = log_line, o.log_user = s;
     o.prompt_cache = s->opt.prompt_cache;
     o.random_weights = s->opt.random_weights;
+    /* the transformer loads beside the text encoder (as generate's): LoRAs given here are added after
+     * the open, and a fused set would reload it, so with any it loads at the warm-up, as before */
+    o.load_transformer = m->n_loras == 0;
     qi_status st = qi_engine_open(&o, &s->engine);
     for (int i = 0; !st && i < m->n_loras; i++) st = qi_engine_add_lora(s->engine, m->lora_path[i],
                                                                         m->lora_strength[i]);
