@@ -170,7 +170,7 @@ qi_status qi_stage_decode(qi_engine *e, const qi_plan *p, const float *latents, 
     }
     e->decode_split.prepare_s = t1 - t0;
     e->decode_split.vae_s = qi_now_s() - t1;
-    e->decode_split.on_device = e->be->ops->download_rgb8 != NULL && !qi_vae_will_tile(e->vae, p->lat_h, p->lat_w);
+    e->decode_split.on_device = qi_vae_u8_on_device(e->vae, p->lat_h, p->lat_w);
     if (!st) qi_stage_report(p, "vae", B, B);
     if (!st) {
         out->width = p->width;

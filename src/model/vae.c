@@ -963,6 +963,10 @@ qi_status qi_vae_decode(qi_vae *v, const float *vae_in, int lat_h, int lat_w, fl
     return QI_OK;
 }
 
+int qi_vae_u8_on_device(const qi_vae *v, int lat_h, int lat_w) {
+    return v->be->ops->download_rgb8 != NULL && !qi_vae_will_tile(v, lat_h, lat_w);
+}
+
 qi_status qi_vae_decode_u8(qi_vae *v, const float *vae_in, int lat_h, int lat_w, uint8_t *rgb8,
                            int64_t *nonfinite, qi_error *err) {
     qi_status st = check_decode_args("qi_vae_decode_u8", v, vae_in, lat_h, lat_w, rgb8, err);
@@ -971,7 +975,7 @@ qi_status qi_vae_decode_u8(qi_vae *v, const float *vae_in, int lat_h, int lat_w,
     /* whole on a backend that converts on the device: the clamp of the float
      * path is in the conversion already (clamping to [-1, 1] before
      * clamp(x·0.5 + 0.5, 0, 1) changes nothing), so the bytes are the same */
-    if (v->be->ops->download_rgb8 && !qi_vae_will_tile(v, lat_h, lat_w))
+    if (qi_vae_u8_on_device(v, lat_h, lat_w))
         return decode_latent(v, vae_in, lat_h, lat_w, NULL, rgb8, nonfinite, err);
     int64_t H = (int64_t)lat_h * v->scale, W = (int64_t)lat_w * v->scale, n = 3 * H * W;
     float *rgb = malloc(sizeof(float) * (size_t)n);

@@ -137,6 +137,9 @@ qi_status qi_vae_set_tiling(qi_vae *v, const qi_vae_tiling *t, qi_error *err);
 size_t qi_vae_untiled_bytes(const qi_vae *v, int lat_h, int lat_w);
 /* Whether qi_vae_decode would tile this size with the current settings. */
 int qi_vae_will_tile(const qi_vae *v, int lat_h, int lat_w);
+/* 1 when qi_vae_decode_u8 of this size makes its bytes on the device
+ * (a whole decode on a backend with download_rgb8). */
+int qi_vae_u8_on_device(const qi_vae *v, int lat_h, int lat_w);
 
 /* The same for the encoder, at height × width PIXELS (multiples of 8): the
  * arena bytes a whole encode uses at its peak (sized from the config, so it
