@@ -244,6 +244,54 @@ static void scan_every_type(void) {
     CHECK(qi_find_nonfinite(q, QI_Q8_0, 96, NULL) < 0, "q8_0 finite");
 }
 
+/* The full scan's answer, dequantising every block (what the scale-field
+ * scan must agree with). */
+static int64_t dequant_reference(const uint8_t *q, qi_dtype t, int64_t n, int *is_nan) {
+    float *x = malloc((size_t)n * sizeof *x);
+    qi_type_traits(t)->to_f32(q, x, n);
+    int64_t at = qi_find_nonfinite_f32(x, n, is_nan);
+    free(x);
+    return at;
+}
+
+/* Every block type: random blocks with finite scales pass; an Inf or NaN
+ * planted in any block's d or m field is found at the element and of the
+ * kind a dequantise-everything scan finds (the scan reads only those
+ * fields, so this is the claim that they are the only ones that matter). */
+static void block_scan_agrees_with_dequantising(void) {
+    const qi_dtype types[] = {QI_Q4_0, QI_Q4_1, QI_Q5_0, QI_Q5_1, QI_Q8_0, QI_Q2_K, QI_Q3_K, QI_Q4_K, QI_Q5_K, QI_Q6_K};
+    const uint16_t bad[] = {0x7c00, 0xfc00, 0x7e00, 0x7c01};
+    unsigned seed = 7;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const qi_dtype_traits *tt = qi_type_traits(types[ti]);
+        int64_t blocks = 40, n = blocks * tt->block_elems;
+        uint8_t *q = malloc((size_t)blocks * tt->block_bytes);
+        for (size_t i = 0; i < (size_t)blocks * tt->block_bytes; i++) q[i] = (uint8_t)((seed = seed * 1103515245u + 12345u) >> 16);
+        for (int64_t b = 0; b < blocks; b++)
+            for (int f = 0; f < 2; f++) /* the largest finite f16 at most: values stay finite */
+                if (tt->f16_field[f] >= 0) q[b * tt->block_bytes + tt->f16_field[f] + 1] &= 0x7b;
+        int is_nan = -1, ref_nan = -1;
+        CHECK(tt->f16_field[0] >= 0 && qi_find_nonfinite(q, types[ti], n, NULL) < 0 &&
+                  dequant_reference(q, types[ti], n, NULL) < 0,
+              "%s: finite blocks pass", tt->name);
+        for (int f = 0; f < 2; f++) {
+            if (tt->f16_field[f] < 0) continue;
+            for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+                int64_t b = 3 + 11 * (int64_t)k + f;
+                uint8_t *field = q + b * tt->block_bytes + tt->f16_field[f], keep[2] = {field[0], field[1]};
+                field[0] = (uint8_t)bad[k], field[1] = (uint8_t)(bad[k] >> 8);
+                int64_t at = qi_find_nonfinite(q, types[ti], n, &is_nan);
+                int64_t ref = dequant_reference(q, types[ti], n, &ref_nan);
+                CHECK(ref >= b * tt->block_elems && ref < (b + 1) * tt->block_elems && at == ref && is_nan == ref_nan,
+                      "%s: field %d = 0x%04x in block %lld: found at %lld (nan %d), dequantised %lld (nan %d)",
+                      tt->name, f, bad[k], (long long)b, (long long)at, is_nan, (long long)ref, ref_nan);
+                field[0] = keep[0], field[1] = keep[1];
+            }
+        }
+        free(q);
+    }
+}
+
 /* Speed of the bf16 scan, single thread (reported, not a claim of the test). */
 static void scan_speed(void) {
     size_t n = (size_t)64 << 20; /* 128 MiB of bf16 */
@@ -255,6 +303,16 @@ static void scan_speed(void) {
     double s = qi_now_s() - t0;
     CHECK(at < 0, "finite");
     printf("  bf16 scan: %.2f GB/s (%zu MiB, one thread)\n", (double)n * 2 / s / 1e9, n * 2 >> 20);
+    /* Q4_K (the same bytes as blocks, d and dmin made finite): the scale-field scan */
+    const qi_dtype_traits *tt = qi_type_traits(QI_Q4_K);
+    int64_t blocks = (int64_t)(n * 2 / tt->block_bytes);
+    for (int64_t b = 0; b < blocks; b++) ((uint8_t *)x)[b * tt->block_bytes + 1] = 0x3c, ((uint8_t *)x)[b * tt->block_bytes + 3] = 0x3c;
+    t0 = qi_now_s();
+    at = qi_find_nonfinite(x, QI_Q4_K, blocks * tt->block_elems, NULL);
+    s = qi_now_s() - t0;
+    CHECK(at < 0, "finite Q4_K");
+    printf("  Q4_K scan: %.2f GB/s (%zu MiB, one thread)\n", (double)blocks * tt->block_bytes / s / 1e9,
+           (size_t)(blocks * tt->block_bytes) >> 20);
     free(x);
 }
 
@@ -298,6 +356,7 @@ int main(void) {
         TEST_END();
     }
     RUN(scan_every_type);
+    RUN(block_scan_agrees_with_dequantising);
     RUN(scan_speed);
     RUN(attention_passes_nan_rows_on);
     RUN(transformer_nan_names_the_tensor_and_writes_nothing);

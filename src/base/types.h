@@ -37,6 +37,11 @@ typedef struct qi_dtype_traits {
     int is_float;           /* 1: holds real numbers (float or quantised weight) */
     int ggml_type;          /* ggml / GGUF type id; -1 if GGUF has none */
     qi_to_f32_fn to_f32;    /* row -> float32; NULL for integer types */
+    /* Block types: byte offsets in a block of its f16 scale fields (d, then
+     * the min/offset field, or -1), every other field being small integers:
+     * a block's values are all finite iff these are (finite.c scans only
+     * them). -1, -1 for element types. */
+    int f16_field[2];
 } qi_dtype_traits;
 
 /* The traits of t; NULL for a value outside the enum. */

@@ -320,26 +320,21 @@ void qc_prefetch_weight(qi_backend *be, const qi_tensor *w) {
 
 /* ---- random contents of kept weights (benchmarks) ---------------------------- */
 
-/* Where a block type keeps its f16 scale d (and min dmin, or -1), and the
- * rough largest |quant × sub-scale| so that d makes values of about `amp`. */
-typedef struct block_fields {
-    int d_off, m_off;
-    float span;
-} block_fields;
-
-static block_fields fields_of(int dt) {
+/* The rough largest |quant × sub-scale| of a block type, so that its f16
+ * scale d (where the type's traits say it is) makes values of about `amp`. */
+static float span_of(int dt) {
     switch (dt) {
-    case QI_Q8_0: return {0, -1, 128.0f};
-    case QI_Q4_0: return {0, -1, 8.0f};
-    case QI_Q4_1: return {0, 2, 16.0f};
-    case QI_Q5_0: return {0, -1, 16.0f};
-    case QI_Q5_1: return {0, 2, 32.0f};
-    case QI_Q2_K: return {80, 82, 45.0f};
-    case QI_Q3_K: return {108, -1, 128.0f};
-    case QI_Q4_K: return {0, 2, 945.0f};
-    case QI_Q5_K: return {0, 2, 1953.0f};
-    case QI_Q6_K: return {208, -1, 4096.0f};
-    default: return {-1, -1, 1.0f};
+    case QI_Q8_0: return 128.0f;
+    case QI_Q4_0: return 8.0f;
+    case QI_Q4_1: return 16.0f;
+    case QI_Q5_0: return 16.0f;
+    case QI_Q5_1: return 32.0f;
+    case QI_Q2_K: return 45.0f;
+    case QI_Q3_K: return 128.0f;
+    case QI_Q4_K: return 945.0f;
+    case QI_Q5_K: return 1953.0f;
+    case QI_Q6_K: return 4096.0f;
+    default: return 1.0f;
     }
 }
 
@@ -388,13 +383,13 @@ int qc_random_kept(cuda_impl *c, qi_tensor *w, uint64_t key, float *scale) {
         /* e5m2's random bytes reach 57344: scale by the type's largest finite value */
         *scale = amp / (w->dtype == QI_F8_E4M3 ? 448.0f : 57344.0f) * 4.0f;
     } else {
-        block_fields f = fields_of(w->dtype);
         const qi_dtype_traits *tt = qi_type_traits(w->dtype);
         size_t nblocks = bytes / tt->block_bytes;
-        uint16_t d = qi_f32_to_f16(amp / f.span * 2.0f), m = qi_f32_to_f16(amp / f.span);
+        float span = span_of(w->dtype);
+        uint16_t d = qi_f32_to_f16(amp / span * 2.0f), m = qi_f32_to_f16(amp / span);
         if (w->dtype == QI_Q4_1 || w->dtype == QI_Q5_1) m = qi_f32_to_f16(-amp); /* y = q·d + m: centred */
-        block_scales_k<<<blocks < 1 ? 1 : blocks, 256, 0, c->stream>>>((uint8_t *)w->data, nblocks,
-                                                                      (int)tt->block_bytes, f.d_off, f.m_off, d, m);
+        block_scales_k<<<blocks < 1 ? 1 : blocks, 256, 0, c->stream>>>(
+            (uint8_t *)w->data, nblocks, (int)tt->block_bytes, tt->f16_field[0], tt->f16_field[1], d, m);
     }
     return qc_check_launch(c, "random weights");
 }
