@@ -24,6 +24,8 @@ p.add_argument("--sizes", default="1024,1328,512", help="transformer call sizes 
 p.add_argument("--offload", action="store_true",
                help="only the transformer call under diffusers' block-level group offload (its low-VRAM mode), "
                     "without and with a CUDA stream, with the peak device memory of each")
+p.add_argument("--offload-stream", choices=["both", "on", "off"], default="both",
+               help="--offload: which use_stream settings to time (each builds and moves the 40 GB model once)")
 p.add_argument("--skip-vae", action="store_true")
 p.add_argument("--edit", action="store_true", help="the Edit-2509 pipeline rows instead")
 p.add_argument("--dry", action="store_true", help="--edit: processor and configs only, no weights")
@@ -257,13 +259,17 @@ def offload_main():
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     dev = torch.device("cuda")
-    for use_stream in (False, True):
+    for use_stream in {"both": (False, True), "on": (True,), "off": (False,)}[args.offload_stream]:
+        t0 = time.time()
         with dev:  # random init on the GPU is fast; then the weights move to host memory
             tr = QwenImageTransformer2DModel(**TRANSFORMER).eval()
+        print(f"# offload use_stream={use_stream}: built on the GPU in {time.time() - t0:.1f} s", flush=True)
         tr.to("cpu")
         torch.cuda.empty_cache()
+        print(f"# moved to host memory at {time.time() - t0:.1f} s", flush=True)
         tr.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"), offload_type="block_level",
                                 num_blocks_per_group=1, use_stream=use_stream)
+        print(f"# group offload enabled at {time.time() - t0:.1f} s", flush=True)
         h = w = 1024
         x = torch.randn(1, (h // 16) * (w // 16), 64, device=dev)
         ctx = torch.randn(1, 128, 3584, device=dev)

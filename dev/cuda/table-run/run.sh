@@ -75,7 +75,8 @@ for what in ${*:-checks ours peer ours2 startup}; do
       wait $bpid; note "profile ${PROFILE_TYPE:-q4_k}: rc=$? after $i samples: $(grep 'set up' "$OUT/prof/bench.log" | cut -c1-200)"
       (cd "$OUT" && tar czf prof.tgz prof && rm -rf prof) ;;
     offload)
-      PYTHONPATH=$PWD/.peer/src timeout 200 python3 bench/diffusers_peer.py --offload --runs 3 >"$OUT/offload.log" 2>&1
+      PYTHONPATH=$PWD/.peer/src timeout "${OFFLOAD_LIMIT:-300}" python3 -u bench/diffusers_peer.py --offload \
+        --offload-stream "${OFFLOAD_STREAM:-on}" --runs 3 >"$OUT/offload.log" 2>&1
       note "diffusers group offload: rc=$?"; grep '^| \|^#' "$OUT/offload.log" | tee -a "$OUT/summary.txt" ;;
     3g)
       mkdir -p "$OUT/v"; HELD_LIMIT=${HELD_LIMIT:-300} OUT=$OUT/v sh dev/cuda/vram-run/run.sh bench-3g-all
