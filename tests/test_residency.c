@@ -164,16 +164,24 @@ static void everything_is_resident_at_80g(void) {
     }
 }
 
-static void at_24g_bf16_streams_fp8_swaps_q4k_streams_only_its_modulation(void) {
+/* 24G: nothing is loaded again between requests. A stage swap here would
+ * read the 13 GiB text encoder from its file for every new prompt and then
+ * the transformer too (they do not fit together); streaming the encoder's
+ * layers from pinned host memory instead costs one pass over them per
+ * prompt, so bf16 streams it and keeps most blocks, fp8 streams it and keeps
+ * the whole transformer, Q4_K keeps the encoder and streams only its
+ * modulation. */
+static void at_24g_nothing_is_loaded_again_between_requests(void) {
     qi_residency_plan p;
     qi_error err = {{0}};
     REQUIRE(plan_at(24, BF16, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 3 && p.te_swap && p.dit_stream && p.resident_blocks > 30 && p.resident_blocks < 60,
-          "bf16: step %d, %d blocks", p.step, p.resident_blocks);
+    CHECK(p.step == 4 && p.te_stream && !p.te_swap && !p.dit_evict && p.resident_blocks > 30 &&
+              p.resident_blocks < 60,
+          "bf16: step %d, swap %d, %d blocks", p.step, p.te_swap, p.resident_blocks);
     check_plan_fits(24, BF16, &p);
     REQUIRE(plan_at(24, FP8, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 2 && p.te_swap && !p.dit_stream && p.dit_evict, "fp8: step %d, stream %d", p.step,
-          p.dit_stream);
+    CHECK(p.step == 4 && p.te_stream && !p.te_swap && !p.dit_stream, "fp8: step %d, swap %d, stream %d", p.step,
+          p.te_swap, p.dit_stream);
     check_plan_fits(24, FP8, &p);
     /* 10.7 + 13.2 GiB do not fit, but without its 3.6 GiB of modulation they do: no swap */
     REQUIRE(plan_at(24, Q4K, &p, &err) == QI_OK, "%s", err.msg);
@@ -182,20 +190,28 @@ static void at_24g_bf16_streams_fp8_swaps_q4k_streams_only_its_modulation(void) 
     check_plan_fits(24, Q4K, &p);
 }
 
-static void at_16g_q4k_swaps_fp8_streams_its_modulation_bf16_streams_blocks(void) {
+/* 16G: the bf16 text encoder streams beside each transformer (Q4_K and fp8
+ * keep every block, bf16 about half); with a Q8_0 text encoder (7 GiB) the
+ * Q4_K transformer keeps the encoder whole and streams 3 blocks instead, the
+ * fewer bytes per image of the two. */
+static void at_16g_the_text_encoder_streams_beside_the_transformer(void) {
     qi_residency_plan p;
     qi_error err = {{0}};
     REQUIRE(plan_at(16, Q4K, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 2 && p.te_swap && !p.te_stream && p.resident_blocks == 60, "Q4_K: step %d", p.step);
+    CHECK(p.step == 4 && p.te_stream && !p.te_swap && p.resident_blocks == 60, "Q4_K: step %d", p.step);
     check_plan_fits(16, Q4K, &p);
     REQUIRE(plan_at(16, FP8, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 2 && p.resident_blocks == 60 && !p.mod_resident, "fp8: step %d, %d blocks, mod %d", p.step,
-          p.resident_blocks, p.mod_resident);
+    CHECK(p.step == 4 && !p.te_swap && p.resident_blocks == 60 && !p.mod_resident,
+          "fp8: step %d, %d blocks, mod %d", p.step, p.resident_blocks, p.mod_resident);
     check_plan_fits(16, FP8, &p);
     REQUIRE(plan_at(16, BF16, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 3 && p.resident_blocks > 15 && p.resident_blocks < 40, "bf16: step %d, %d blocks", p.step,
-          p.resident_blocks);
+    CHECK(p.step == 4 && !p.te_swap && p.resident_blocks > 15 && p.resident_blocks < 40, "bf16: step %d, %d blocks",
+          p.step, p.resident_blocks);
     check_plan_fits(16, BF16, &p);
+    REQUIRE(plan_at(16, Q4K_Q8, &p, &err) == QI_OK, "%s", err.msg);
+    CHECK(p.step == 3 && !p.te_stream && !p.te_swap && p.resident_blocks > 50 && p.resident_blocks < 60,
+          "Q4_K + Q8_0: step %d, stream %d, %d blocks", p.step, p.te_stream, p.resident_blocks);
+    check_plan_fits(16, Q4K_Q8, &p);
 }
 
 /* 8G, 6G, 3G: the bf16 text encoder no longer fits whole and streams (its
@@ -235,19 +251,20 @@ static void small_budgets_stream_the_text_encoder_and_keep_fewer_blocks(void) {
     CHECK(q.vae_tiled && q.arena < full_need().vae_untiled, "8G Q4_K: tiled %d, arena %zu", q.vae_tiled, q.arena);
 }
 
-/* 8G with a Q4_K text encoder: it fits whole for the prompt, so it is not
- * streamed; 3G: a Q4_K transformer and text encoder still run, most blocks
- * streamed. */
-static void q4k_files_run_at_8g_without_streaming_the_text_encoder_and_at_3g(void) {
+/* 8G with a Q4_K text encoder: streamed beside the transformer (its two
+ * 0.12 GiB slots cost two blocks; swapping it would reload both files per
+ * prompt); 3G: a Q4_K transformer and text encoder still run, most blocks
+ * streamed, still nothing loaded again. */
+static void q4k_files_run_at_8g_and_at_3g_without_reloads(void) {
     qi_residency_plan p;
     qi_error err = {{0}};
     REQUIRE(plan_at(8, Q4K_Q4K, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 3 && p.te_swap && !p.te_stream && p.resident_blocks > 20, "8G: step %d, %d blocks", p.step,
+    CHECK(p.step == 4 && p.te_stream && !p.te_swap && p.resident_blocks > 40, "8G: step %d, %d blocks", p.step,
           p.resident_blocks);
     check_plan_fits(8, Q4K_Q4K, &p);
     REQUIRE(plan_at(3, Q4K_Q4K, &p, &err) == QI_OK, "%s", err.msg);
-    CHECK(p.step == 4 && p.te_stream && p.dit_stream && p.resident_blocks < 20 && p.vae_tiled,
-          "3G: step %d, %d blocks", p.step, p.resident_blocks);
+    CHECK(p.step == 4 && p.te_stream && !p.te_swap && p.dit_stream && p.resident_blocks < 20 && p.vae_tiled,
+          "3G: step %d, swap %d, %d blocks", p.step, p.te_swap, p.resident_blocks);
     check_plan_fits(3, Q4K_Q4K, &p);
 }
 
@@ -377,8 +394,16 @@ static void describe_says_what_streams(void) {
     qi_residency_plan_describe(&s, &p, buf, sizeof buf);
     char want[64];
     snprintf(want, sizeof want, "%d of 60 blocks resident", p.resident_blocks);
-    CHECK(strstr(buf, want) && strstr(buf, "freed after the prompt (stage swap)") && strstr(buf, "in tiles"), "%s",
-          buf);
+    CHECK(strstr(buf, want) && strstr(buf, "text encoder streamed") && strstr(buf, "in tiles") &&
+              !strstr(buf, "freed"),
+          "%s", buf);
+    /* 3G with bf16 files: nothing fits beside, the last resort says what loads again */
+    s = full_sizes(BF16);
+    REQUIRE(plan_at(3, BF16, &p, &err) == QI_OK, "%s", err.msg);
+    qi_residency_plan_describe(&s, &p, buf, sizeof buf);
+    CHECK(p.te_swap && p.dit_evict && strstr(buf, "freed after the prompt") &&
+              strstr(buf, "freed while the text encoder loads again"),
+          "%s", buf);
     /* the table of every plan, for the record (README "Which files for which GPU" quotes it): the
      * file pairs people download (ComfyUI fp8 + fp8_scaled text encoder, GGUF + Q8_0 text encoder) */
     const model_types types[] = {BF16, FP8, FP8_FP8, Q8_Q8, Q4K, Q4K_Q8, Q4K_Q4K, Q2K_Q8};
@@ -422,10 +447,10 @@ int main(void) {
     RUN(weight_names_are_classified);
     RUN(sizes_match_the_full_size_model);
     RUN(everything_is_resident_at_80g);
-    RUN(at_24g_bf16_streams_fp8_swaps_q4k_streams_only_its_modulation);
-    RUN(at_16g_q4k_swaps_fp8_streams_its_modulation_bf16_streams_blocks);
+    RUN(at_24g_nothing_is_loaded_again_between_requests);
+    RUN(at_16g_the_text_encoder_streams_beside_the_transformer);
     RUN(small_budgets_stream_the_text_encoder_and_keep_fewer_blocks);
-    RUN(q4k_files_run_at_8g_without_streaming_the_text_encoder_and_at_3g);
+    RUN(q4k_files_run_at_8g_and_at_3g_without_reloads);
     RUN(budgets_too_small_are_refused_naming_what_did_not_fit);
     RUN(describe_says_what_streams);
     RUN(an_edit_models_vision_tower_is_planned_for);

@@ -36,8 +36,10 @@ static inline qi_status generate(qi_engine *e, const char *prompt, qi_image *img
 }
 
 typedef int (*plan_test)(const qi_residency_plan *p);
-/* step 2: the text encoder freed after each prompt, the transformer resident */
-static inline int is_swap(const qi_residency_plan *p) { return p->step == 2 && p->te_swap && !p->dit_stream; }
+/* a stage swap: the text encoder freed after each prompt (and loaded again
+ * for the next) — the planner's last resort, where nothing fits beside the
+ * transformer (step 2, 3 or 4 swapped) */
+static inline int is_swap(const qi_residency_plan *p) { return p->te_swap; }
 /* step 4: the text encoder's layers and every transformer block streamed */
 static inline int streams_everything(const qi_residency_plan *p) {
     return p->step == 4 && p->te_stream && p->resident_blocks == 0 && !p->mod_resident;

@@ -109,16 +109,26 @@ static int most_blocks(size_t budget, const qi_residency_sizes *s, const qi_resi
     return price(budget, s, n, te_swap, te_stream, whole, 0, 0, p);
 }
 
-/* Step 4's choices, best first: the streamed text encoder kept beside the
- * transformer (nothing loads again between prompts), else swapped (the
- * transformer freed while it runs). */
-static int te_streamed(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, qi_residency_plan *p) {
+/* Bytes a plan copies to the device per image beyond the resident weights,
+ * for choosing between plans that both fit: the streamed blocks once per
+ * step (PLAN_COST_STEPS; the modulation once per image), the streamed text
+ * encoder once per prompt. */
+#define PLAN_COST_STEPS 8
+static double streamed_bytes(const qi_residency_sizes *s, const qi_residency_plan *p) {
+    double b = (double)(s->dit_blocks - p->resident_blocks) * (double)s->dit_block * PLAN_COST_STEPS;
+    if (!p->mod_resident) b += (double)s->dit_blocks * (double)s->dit_mod;
+    if (p->te_stream) b += (double)s->te_layers * (double)s->te_layer;
+    return b;
+}
+
+/* Step 4's streamed text encoder kept beside the transformer (no reload
+ * between prompts; swap 0), or freed after the prompt (swap 1: it loads again
+ * from its file for the next). */
+static int te_streamed(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n, int swap,
+                       qi_residency_plan *p) {
     int L = s->dit_blocks;
-    for (int swap = 0; swap <= 1; swap++)
-        if (price_vae(budget, s, n, swap, 1, L, 1, p) || price_vae(budget, s, n, swap, 1, L, 0, p) ||
-            most_blocks(budget, s, n, swap, 1, p))
-            return 1;
-    return 0;
+    return price_vae(budget, s, n, swap, 1, L, 1, p) || price_vae(budget, s, n, swap, 1, L, 0, p) ||
+           most_blocks(budget, s, n, swap, 1, p);
 }
 
 /* The message of a budget nothing fits: the least each part needs (every
@@ -153,19 +163,33 @@ static qi_status refuse(size_t budget, const qi_residency_sizes *s, const qi_res
                    GIB(need) + 0.005);
 }
 
+/* The order of preference (residency.h): a plan that loads nothing again
+ * between requests before one that does — a stage swap reads the text
+ * encoder's file for every new prompt and, when the two do not fit together
+ * (dit_evict; always so once step 1 does not fit), the transformer's too:
+ * seconds per image, where streaming from pinned host memory moves the same
+ * bytes at the link's 25–55 GB/s. Among the plans without reloads that stream
+ * blocks, the one that copies fewer bytes per image. */
 qi_status qi_residency_plan_make(size_t budget, const qi_residency_sizes *s, const qi_residency_need *n,
                                  qi_residency_plan *out, qi_error *err) {
     int L = s->dit_blocks;
-    qi_residency_plan p;
-    if (price_vae(budget, s, n, 0, 0, L, 1, &p)) { /* 1 */
+    qi_residency_plan p, q;
+    int whole = 0, streamed = 0;
+    if (price_vae(budget, s, n, 0, 0, L, 1, &p) || price_vae(budget, s, n, 0, 0, L, 0, &p)) { /* 1, 1b */
         p.step = 1;
-    } else if (price_vae(budget, s, n, 0, 0, L, 0, &p)) { /* 1b */
-        p.step = 1;
+    } else if ((whole = most_blocks(budget, s, n, 0, 0, &p)) | (streamed = te_streamed(budget, s, n, 0, &q))) {
+        /* 3 beside (the whole text encoder next to streamed blocks) or 4 beside: the cheaper */
+        if (!whole || (streamed && streamed_bytes(s, &q) < streamed_bytes(s, &p))) {
+            p = q;
+            p.step = 4;
+        } else {
+            p.step = 3;
+        }
     } else if (price_vae(budget, s, n, 1, 0, L, 1, &p) || price_vae(budget, s, n, 1, 0, L, 0, &p)) { /* 2, 2b */
         p.step = 2;
-    } else if (most_blocks(budget, s, n, 1, 0, &p)) { /* 3 */
+    } else if (most_blocks(budget, s, n, 1, 0, &p)) { /* 3, swapped */
         p.step = 3;
-    } else if (te_streamed(budget, s, n, &p)) { /* 4 */
+    } else if (te_streamed(budget, s, n, 1, &p)) { /* 4, swapped */
         p.step = 4;
     } else {
         memset(out, 0, sizeof *out);

@@ -4,8 +4,7 @@
  * unit-testable with made-up sizes (tests/test_residency.c).
  *
  * Given the budget, the weights of each component as the backend would keep
- * them and the activation arena a request needs, it takes the first of these
- * that fits:
+ * them and the activation arena a request needs, it chooses among these:
  *
  *   1. everything resident;
  *   1b. everything resident but the transformer's modulation weights
@@ -14,14 +13,22 @@
  *   2. stage swap: the text encoder loaded for the prompt and freed before
  *      the transformer needs the memory (loaded again for the next prompt);
  *      the transformer resident (2), or all but its modulation (2b);
- *   3. stage swap, and the transformer's blocks streamed from host memory
- *      through two device slots, as many kept resident as fit (modulation
- *      always streamed);
+ *   3. the transformer's blocks streamed from host memory through two device
+ *      slots, as many kept resident as fit (modulation always streamed); the
+ *      text encoder whole beside it, or swapped as in 2;
  *   4. the text encoder's layers streamed (it runs once per prompt:
  *      streaming it costs one pass over its weights), its embedding table
- *      left in host memory (the prompt's rows are gathered from there), and
- *      kept beside the transformer if that fits (no reload between prompts),
- *      else swapped; the transformer as in 1-3.
+ *      left in host memory (the prompt's rows are gathered from there),
+ *      beside the transformer or swapped; the transformer as in 1-3.
+ *
+ * in this order: 1, 1b; then the plans that load nothing again between
+ * requests (3 or 4 beside the transformer: whichever copies fewer bytes per
+ * image, counting 8 steps); only then the swaps, 2, 2b, 3, 4. A swap reads the
+ * text encoder's file again for every new prompt and — since a swap is only
+ * needed where the two do not fit together — frees the transformer for it
+ * and reads that file again too (dit_evict): seconds per image (run X: 21.8 s
+ * at --vram 3G), where streaming moves the same bytes from pinned memory at
+ * the link's speed.
  *
  * The VAE is not a separate step: at every step its decode is planned whole
  * when that fits, in tiles otherwise, and in tiles whenever a whole decode's
@@ -80,7 +87,7 @@ typedef struct qi_residency_need {
 
 typedef struct qi_residency_plan {
     size_t budget;       /* what was planned for */
-    int step;            /* the step of the list above that fit: 1, 2 (1b, 2b: step 1, 2 with !mod_resident), 3, 4 */
+    int step;            /* the kind of plan in the list above: 1, 2 (1b, 2b: step 1, 2 with !mod_resident), 3, 4 */
     int te_swap;         /* the text encoder is freed after the prompt, loaded again for the next */
     int te_stream;       /* its layers are streamed (all of them), its embedding table in host memory */
     int dit_stream;      /* some transformer weights are streamed (blocks, modulation or both) */
