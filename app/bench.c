@@ -346,6 +346,7 @@ typedef struct bench_ctx {
     qi_engine *e;
     qi_backend *be;
     int warmup, runs;
+    const char *te_file; /* what the text encoder's weights are, for its row */
     FILE *md; /* markdown rows */
     double pinned_peak, pageable_peak; /* the link measured with plain cudaMemcpy at start, GB/s; <= 0: not */
 } bench_ctx;
@@ -927,7 +928,8 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
         fprintf(stderr, "bench: --only %s is not timed under --vram (the plan frees and streams components)\n", only);
     if (!vram && (!only || !strcmp(only, "te"))) {
         double ms;
-        if (!bench_text_encoder(c, 167, &ms, &err)) emit(c, "| text encoder | 167 tokens | %.1f ms | |\n", ms);
+        if (!bench_text_encoder(c, 167, &ms, &err))
+            emit(c, "| text encoder | 167 tokens | %.1f ms | %s |\n", ms, c->te_file);
         else fail = 1, fprintf(stderr, "te: %s\n", err.msg);
     }
     if (!vram && (!only || !strcmp(only, "vae"))) {
@@ -1146,7 +1148,10 @@ int qi_cmd_bench(int argc, char **argv) {
     snprintf(te_gguf_path, sizeof te_gguf_path, "%s/text_encoder.gguf", root);
     if (qi_dtype_is_block(qt) && !model) o.diffusion_model = gguf_path;
     if (qi_dtype_is_block(te) && !model) o.text_encoder = te_gguf_path;
-    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .md = md};
+    char te_file[64];
+    snprintf(te_file, sizeof te_file, "%s%s", model ? "its own" : qi_dtype_name(te),
+             model ? "" : qi_dtype_is_block(te) ? " llama.cpp qwen2vl GGUF" : " safetensors");
+    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .te_file = te_file, .md = md};
     double t0 = qi_now_s();
     qi_status st = qi_engine_open(&o, &c.e);
     qi_dit *dit;
@@ -1160,10 +1165,10 @@ int qi_cmd_bench(int argc, char **argv) {
     }
     c.be = qi_engine_backend(c.e);
     c.be->ops->sync(c.be, &err); /* host copies of random weights are queued, not waited for: count them */
-    printf("bench: %s%s (%s, block linears %s, text encoder %s%s) on %s set up in %.1f s; median of %ld runs after "
+    printf("bench: %s%s (%s, block linears %s, text encoder %s) on %s set up in %.1f s; median of %ld runs after "
            "%ld warm-up\n", model ? model : "full-size model", edit ? ", Edit" : "",
-           model ? "its weights" : "random weights", qi_dtype_name(qt), model ? "its own" : qi_dtype_name(te),
-           qi_dtype_is_block(te) ? " GGUF" : "", device, qi_now_s() - t0, runs, warmup);
+           model ? "its weights" : "random weights", qi_dtype_name(qt), te_file, device, qi_now_s() - t0, runs,
+           warmup);
 #ifdef QI_WITH_CUDA
     if (!strcmp(c.be->ops->name, "cuda"))
         printf("bench: CUDA kernels %s (device compute capability %d.%d, code sm_%d; QI_CUDA_GENERIC=1 forces generic)\n",

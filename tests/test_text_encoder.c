@@ -724,7 +724,8 @@ static void bench_sparse_text_encoder_gguf_opens_with_every_tensor(void) {
             int nd = cJSON_GetArraySize(shape), same = 1;
             qi_source_tensor t;
             int found = qi_source_find(src, it->string, &t);
-            for (int d = 0; found && d < nd; d++) same &= t.shape[d] == (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
+            for (int d = 0; found && d < nd; d++)
+                same &= t.shape[d] == (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
             if (!found || t.ndim != nd || !same || t.dtype != (nd == 2 ? QI_Q4_K : QI_F32)) {
                 if (bad++ < 3) CHECK(0, "%s: %s", it->string, found ? "wrong shape or type" : "missing");
             }
