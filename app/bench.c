@@ -235,7 +235,7 @@ static int write_sparse_gguf(const char *path, const cJSON *tensors, qi_dtype qt
 /* The transformer as a city96-style GGUF. */
 static int write_transformer_gguf(const char *path, const cJSON *tensors, qi_dtype qt) {
     const gguf_kv kv[] = {{"general.architecture", GGUF_STRING, "qwen_image", 0}};
-    return write_sparse_gguf(path, tensors, qt, transformer_layout, kv, 1);
+    return write_sparse_gguf(path, tensors, qt, transformer_layout, kv, (int)QI_ARRAY_LEN(kv));
 }
 
 /* The text encoder as llama.cpp's converter writes Qwen2.5-VL-7B's language
@@ -243,22 +243,24 @@ static int write_transformer_gguf(const char *path, const cJSON *tensors, qi_dty
  * without a config.json (text_encoder.c config_of_gguf), taken from
  * TEXT_ENCODER_CONFIG so the two cannot disagree. */
 static int write_text_encoder_gguf(const char *path, const cJSON *tensors, qi_dtype qt) {
-    cJSON *c = cJSON_Parse(TEXT_ENCODER_CONFIG);
-    double v[7];
-    const char *keys[7] = {"num_hidden_layers",   "hidden_size",         "intermediate_size", "num_attention_heads",
-                           "num_key_value_heads", "rms_norm_eps",        "rope_theta"};
-    for (int i = 0; i < 7; i++) v[i] = cJSON_GetNumberValue(cJSON_GetObjectItem(c, keys[i]));
-    cJSON_Delete(c);
-    const gguf_kv kv[] = {
-        {"general.architecture", GGUF_STRING, "qwen2vl", 0},
-        {"qwen2vl.block_count", GGUF_U32, NULL, v[0]},
-        {"qwen2vl.embedding_length", GGUF_U32, NULL, v[1]},
-        {"qwen2vl.feed_forward_length", GGUF_U32, NULL, v[2]},
-        {"qwen2vl.attention.head_count", GGUF_U32, NULL, v[3]},
-        {"qwen2vl.attention.head_count_kv", GGUF_U32, NULL, v[4]},
-        {"qwen2vl.attention.layer_norm_rms_epsilon", GGUF_F32, NULL, v[5]},
-        {"qwen2vl.rope.freq_base", GGUF_F32, NULL, v[6]},
+    static const struct {
+        const char *gguf, *config;
+        uint32_t type;
+    } keys[] = {
+        {"qwen2vl.block_count", "num_hidden_layers", GGUF_U32},
+        {"qwen2vl.embedding_length", "hidden_size", GGUF_U32},
+        {"qwen2vl.feed_forward_length", "intermediate_size", GGUF_U32},
+        {"qwen2vl.attention.head_count", "num_attention_heads", GGUF_U32},
+        {"qwen2vl.attention.head_count_kv", "num_key_value_heads", GGUF_U32},
+        {"qwen2vl.attention.layer_norm_rms_epsilon", "rms_norm_eps", GGUF_F32},
+        {"qwen2vl.rope.freq_base", "rope_theta", GGUF_F32},
     };
+    gguf_kv kv[1 + QI_ARRAY_LEN(keys)] = {{"general.architecture", GGUF_STRING, "qwen2vl", 0}};
+    cJSON *config = cJSON_Parse(TEXT_ENCODER_CONFIG);
+    for (size_t i = 0; i < QI_ARRAY_LEN(keys); i++)
+        kv[1 + i] = (gguf_kv){keys[i].gguf, keys[i].type, NULL,
+                              cJSON_GetNumberValue(cJSON_GetObjectItem(config, keys[i].config))};
+    cJSON_Delete(config);
     return write_sparse_gguf(path, tensors, qt, text_encoder_layout, kv, (int)QI_ARRAY_LEN(kv));
 }
 
