@@ -28,6 +28,7 @@
 #include "base/types.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "io/source.h" /* qi_names_text_encoder_to_llamacpp */
 #include "model/dit.h"
 #include "model/text_encoder.h"
 #include "model/vae.h"
@@ -157,23 +158,69 @@ static int put_u32(FILE *f, uint32_t v) { return put(f, &v, 4); }
 static int put_u64(FILE *f, uint64_t v) { return put(f, &v, 8); }
 static int put_str(FILE *f, const char *s) { return put_u64(f, strlen(s)) || put(f, s, strlen(s)); }
 
-/* The transformer as a city96-style GGUF with a sparse data section: block
- * linears in block type qt, other 2-D weights BF16, vectors F32. */
-static int write_sparse_gguf(const char *path, const cJSON *tensors, qi_dtype qt) {
+/* GGUF value types of the header's keys (spec vae-and-formats.md B.7.1). */
+enum { GGUF_U32 = 4, GGUF_F32 = 6, GGUF_STRING = 8 };
+
+/* One key/value of a GGUF header: a string, or a number written as u32 / f32. */
+typedef struct gguf_kv {
+    const char *key;
+    uint32_t type;
+    const char *str;
+    double num;
+} gguf_kv;
+
+static int put_kv(FILE *f, const gguf_kv *kv) {
+    float f32 = (float)kv->num;
+    if (put_str(f, kv->key) || put_u32(f, kv->type)) return -1;
+    if (kv->type == GGUF_STRING) return put_str(f, kv->str);
+    return kv->type == GGUF_F32 ? put(f, &f32, 4) : put_u32(f, (uint32_t)kv->num);
+}
+
+/* How one GGUF stores a manifest tensor: its name there and its type; 0: the
+ * tensor is not in that file. qt: the block type asked for. */
+typedef int (*gguf_layout)(const char *name, const cJSON *shape, qi_dtype qt, char *stored, size_t cap,
+                           qi_dtype *dt);
+
+/* city96's transformer GGUFs: the diffusers names; block linears in qt,
+ * other 2-D weights BF16, vectors F32. */
+static int transformer_layout(const char *name, const cJSON *shape, qi_dtype qt, char *stored, size_t cap,
+                              qi_dtype *dt) {
+    *dt = quantised_here(name, shape, qt) ? qt : cJSON_GetArraySize(shape) == 2 ? QI_BF16 : QI_F32;
+    return snprintf(stored, cap, "%s", name) < (int)cap;
+}
+
+/* llama.cpp's qwen2vl GGUFs (the language model only: the vision tower is
+ * its mmproj file): llama.cpp's names; every matrix — the layers' linears,
+ * the embedding table, the output layer — in qt, as llama-quantize keeps
+ * them; norms and biases F32. */
+static int text_encoder_layout(const char *name, const cJSON *shape, qi_dtype qt, char *stored, size_t cap,
+                               qi_dtype *dt) {
+    *dt = cJSON_GetArraySize(shape) == 2 ? qt : QI_F32;
+    return qi_names_text_encoder_to_llamacpp(name, stored, cap);
+}
+
+/* A GGUF of the manifest's tensors laid out by `layout`, with a sparse data
+ * section: the header and tensor infos are written, the data is a hole. */
+static int write_sparse_gguf(const char *path, const cJSON *tensors, qi_dtype qt, gguf_layout layout,
+                             const gguf_kv *kv, int n_kv) {
+    char stored[256];
+    qi_dtype dt;
+    uint64_t n = 0;
+    for (const cJSON *t = tensors->child; t; t = t->next)
+        n += (uint64_t)layout(t->string, cJSON_GetArrayItem(t, 1), qt, stored, sizeof stored, &dt);
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
-    int n = cJSON_GetArraySize((cJSON *)tensors), rc = 0;
-    rc |= put(f, "GGUF", 4) || put_u32(f, 3) || put_u64(f, (uint64_t)n) || put_u64(f, 1);
-    rc |= put_str(f, "general.architecture") || put_u32(f, 8) || put_str(f, "qwen_image");
+    int rc = put(f, "GGUF", 4) || put_u32(f, 3) || put_u64(f, n) || put_u64(f, (uint64_t)n_kv);
+    for (int i = 0; i < n_kv && !rc; i++) rc = put_kv(f, &kv[i]);
     uint64_t offset = 0;
     for (const cJSON *t = tensors->child; t && !rc; t = t->next) {
         const cJSON *shape = cJSON_GetArrayItem(t, 1);
+        if (!layout(t->string, shape, qt, stored, sizeof stored, &dt)) continue;
         int nd = cJSON_GetArraySize(shape);
-        qi_dtype dt = quantised_here(t->string, shape, qt) ? qt : nd == 2 ? QI_BF16 : QI_F32;
         int64_t ne[4] = {1, 1, 1, 1}, rows = 1;
         for (int d = 0; d < nd && d < 4; d++) ne[d] = (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
         for (int d = 0; d < nd - 1; d++) rows *= ne[d];
-        rc |= put_str(f, t->string) || put_u32(f, (uint32_t)nd);
+        rc |= put_str(f, stored) || put_u32(f, (uint32_t)nd);
         for (int d = nd - 1; d >= 0; d--) rc |= put_u64(f, (uint64_t)ne[d]); /* GGUF: innermost first */
         rc |= put_u32(f, (uint32_t)qi_type_traits(dt)->ggml_type) || put_u64(f, offset);
         offset += ((uint64_t)(rows * qi_row_bytes(dt, ne[nd - 1])) + 31) & ~(uint64_t)31;
@@ -185,8 +232,43 @@ static int write_sparse_gguf(const char *path, const cJSON *tensors, qi_dtype qt
     return (fclose(f) != 0 || rc) ? -1 : 0;
 }
 
+/* The transformer as a city96-style GGUF. */
+static int write_transformer_gguf(const char *path, const cJSON *tensors, qi_dtype qt) {
+    const gguf_kv kv[] = {{"general.architecture", GGUF_STRING, "qwen_image", 0}};
+    return write_sparse_gguf(path, tensors, qt, transformer_layout, kv, (int)QI_ARRAY_LEN(kv));
+}
+
+/* The text encoder as llama.cpp's converter writes Qwen2.5-VL-7B's language
+ * model: architecture qwen2vl and the hyperparameters the loader reads
+ * without a config.json (text_encoder.c config_of_gguf), taken from
+ * TEXT_ENCODER_CONFIG so the two cannot disagree. */
+static int write_text_encoder_gguf(const char *path, const cJSON *tensors, qi_dtype qt) {
+    static const struct {
+        const char *gguf, *config;
+        uint32_t type;
+    } keys[] = {
+        {"qwen2vl.block_count", "num_hidden_layers", GGUF_U32},
+        {"qwen2vl.embedding_length", "hidden_size", GGUF_U32},
+        {"qwen2vl.feed_forward_length", "intermediate_size", GGUF_U32},
+        {"qwen2vl.attention.head_count", "num_attention_heads", GGUF_U32},
+        {"qwen2vl.attention.head_count_kv", "num_key_value_heads", GGUF_U32},
+        {"qwen2vl.attention.layer_norm_rms_epsilon", "rms_norm_eps", GGUF_F32},
+        {"qwen2vl.rope.freq_base", "rope_theta", GGUF_F32},
+    };
+    gguf_kv kv[1 + QI_ARRAY_LEN(keys)] = {{"general.architecture", GGUF_STRING, "qwen2vl", 0}};
+    cJSON *config = cJSON_Parse(TEXT_ENCODER_CONFIG);
+    for (size_t i = 0; i < QI_ARRAY_LEN(keys); i++)
+        kv[1 + i] = (gguf_kv){keys[i].gguf, keys[i].type, NULL,
+                              cJSON_GetNumberValue(cJSON_GetObjectItem(config, keys[i].config))};
+    cJSON_Delete(config);
+    return write_sparse_gguf(path, tensors, qt, text_encoder_layout, kv, (int)QI_ARRAY_LEN(kv));
+}
+
+/* The synthetic folder at root; qt: the transformer's block linears (a GGUF
+ * type: also transformer.gguf), te: the text encoder's matrices (a GGUF type:
+ * also text_encoder.gguf; the folder's bf16 safetensors stay beside it). */
 static int make_model_dir(const char *root, const char *manifest_path, const char *tokenizer_dir, qi_dtype qt,
-                          int edit, qi_error *err) {
+                          qi_dtype te, int edit, qi_error *err) {
     cJSON *m = NULL;
     if (qi_json_load(manifest_path, &m, err)) return -1;
     char p[4096];
@@ -204,7 +286,11 @@ static int make_model_dir(const char *root, const char *manifest_path, const cha
         if (!rc) rc = tensors ? write_sparse(p, tensors, i == 0 && !qi_dtype_is_block(qt) ? qt : QI_BF16) : -1;
         if (!rc && i == 0 && qi_dtype_is_block(qt)) {
             snprintf(p, sizeof p, "%s/transformer.gguf", root);
-            rc = write_sparse_gguf(p, tensors, qt);
+            rc = write_transformer_gguf(p, tensors, qt);
+        }
+        if (!rc && i == 1 && qi_dtype_is_block(te)) {
+            snprintf(p, sizeof p, "%s/text_encoder.gguf", root);
+            rc = write_text_encoder_gguf(p, tensors, te);
         }
     }
     snprintf(p, sizeof p, "%s/scheduler", root);
@@ -223,7 +309,8 @@ static void remove_tree(const char *root) {
     const char *files[] = {"transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
                            "text_encoder/config.json", "text_encoder/model.safetensors", "vae/config.json",
                            "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
-                           "tokenizer", "model_index.json", "transformer", "text_encoder", "vae", "scheduler", ""};
+                           "tokenizer", "model_index.json", "transformer.gguf", "text_encoder.gguf", "transformer",
+                           "text_encoder", "vae", "scheduler", ""};
     char p[4096];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         if (qi_path_join(p, sizeof p, root, files[i])) continue;
@@ -261,6 +348,7 @@ typedef struct bench_ctx {
     qi_engine *e;
     qi_backend *be;
     int warmup, runs;
+    const char *te_file; /* what the text encoder's weights are, for its row */
     FILE *md; /* markdown rows */
     double pinned_peak, pageable_peak; /* the link measured with plain cudaMemcpy at start, GB/s; <= 0: not */
 } bench_ctx;
@@ -842,7 +930,8 @@ static int t2i_rows(bench_ctx *c, qi_dit *dit, const char *only, size_t vram, co
         fprintf(stderr, "bench: --only %s is not timed under --vram (the plan frees and streams components)\n", only);
     if (!vram && (!only || !strcmp(only, "te"))) {
         double ms;
-        if (!bench_text_encoder(c, 167, &ms, &err)) emit(c, "| text encoder | 167 tokens | %.1f ms | |\n", ms);
+        if (!bench_text_encoder(c, 167, &ms, &err))
+            emit(c, "| text encoder | 167 tokens | %.1f ms | %s |\n", ms, c->te_file);
         else fail = 1, fprintf(stderr, "te: %s\n", err.msg);
     }
     if (!vram && (!only || !strcmp(only, "vae"))) {
@@ -912,6 +1001,14 @@ static int server_rows(bench_ctx *c, int graphs_ok) {
     return fail;
 }
 
+/* A --type / --te-type value: a float type's name (any case) or fp8; 0 when found. */
+static int parse_type(const char *v, qi_dtype *out) {
+    for (int t = 0; t < QI_DTYPE_COUNT; t++)
+        if (qi_dtype_is_float((qi_dtype)t) && !strcasecmp(v, qi_dtype_name((qi_dtype)t))) return *out = (qi_dtype)t, 0;
+    if (!strcasecmp(v, "fp8")) return *out = QI_F8_E4M3, 0;
+    return -1;
+}
+
 int qi_cmd_bench(int argc, char **argv) {
     const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL, *sparse_dir = NULL;
     long runs = 7, warmup = 2;
@@ -920,6 +1017,7 @@ int qi_cmd_bench(int argc, char **argv) {
     long long pinned = -1; /* --pinned: host memory pinned for streamed weights (-1: the default) */
     const char *vram_s = NULL;
     qi_dtype qt = QI_BF16; /* --type: the transformer's block linears */
+    qi_dtype te = QI_BF16; /* --te-type: the text encoder's matrices (a GGUF type: a llama.cpp qwen2vl GGUF) */
     int edit = 0;          /* --edit: the Edit-2509 rows instead of the text-to-image ones */
     const char *model = NULL; /* -m: an existing model folder with its own weights */
     long edit_side = 1024, vl_area = 0, vae_area = 0;
@@ -931,7 +1029,8 @@ int qi_cmd_bench(int argc, char **argv) {
         }
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
             printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
-                   "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--vram SIZE [--pinned SIZE]]\n"
+                   "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--te-type bf16|q8_0|q4_k|…]\n"
+                   "                        [--vram SIZE [--pinned SIZE]]\n"
                    "                        [--manifest FILE]\n"
                    "                        [--edit [--edit-size N] [--edit-vl-area PIXELS] [--edit-vae-area PIXELS]]\n"
                    "                        [-m MODEL_DIR] [-o RESULTS.md]\n"
@@ -945,8 +1044,11 @@ int qi_cmd_bench(int argc, char **argv) {
                    "  --pinned: host memory pinned for streamed weights (0: none, all through the bounce ring)\n"
                    "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
                    "          GGUF types: a GGUF file), kept so on the device\n"
-                   "       qwen-image bench --write-sparse DIR [--type T]   (only write the sparse full-size model\n"
-                   "          folder, transformer.gguf for GGUF types, e.g. for `qwen-image inspect`)\n"
+                   "  --te-type: the text encoder's matrices as that GGUF type (a llama.cpp qwen2vl GGUF, as\n"
+                   "          users load one; its norms and biases F32); bf16 (default): the safetensors\n"
+                   "       qwen-image bench --write-sparse DIR [--type T] [--te-type T]   (only write the sparse\n"
+                   "          full-size model folder, transformer.gguf / text_encoder.gguf for GGUF types, e.g. for\n"
+                   "          `qwen-image inspect`)\n"
                    "       qwen-image bench --load GB [--device cuda[:N]]   (weight upload from the page cache)\n");
             return 0;
         }
@@ -969,13 +1071,13 @@ int qi_cmd_bench(int argc, char **argv) {
         else if (!strcmp(f, "--only")) only = v;
         else if (!strcmp(f, "--write-sparse")) sparse_dir = v;
         else if (!strcmp(f, "--type")) {
-            int found = 0;
-            for (int t = 0; t < QI_DTYPE_COUNT && !found; t++)
-                if (qi_dtype_is_float((qi_dtype)t) && !strcasecmp(v, qi_dtype_name((qi_dtype)t))) qt = (qi_dtype)t, found = 1;
-            if (!strcasecmp(v, "fp8")) qt = QI_F8_E4M3, found = 1;
-            if (!found || qt == QI_F32 || qt == QI_F16 || qt == QI_F8_E5M2)
+            if (parse_type(v, &qt) || qt == QI_F32 || qt == QI_F16 || qt == QI_F8_E5M2)
                 return qi_app_usage_error("bench: --type %s: expected bf16, fp8 or a GGUF block type (q8_0, q6_k, "
                                           "q5_k, q4_k, q4_0, …)", v);
+        } else if (!strcmp(f, "--te-type")) {
+            if (parse_type(v, &te) || !(te == QI_BF16 || qi_dtype_is_block(te)))
+                return qi_app_usage_error("bench: --te-type %s: expected bf16 (the safetensors) or a GGUF block type "
+                                          "(q8_0, q6_k, q5_k, q4_k, q4_0, …: a llama.cpp qwen2vl GGUF)", v);
         }
         else if (!strcmp(f, "--load")) {
             char *end;
@@ -993,17 +1095,24 @@ int qi_cmd_bench(int argc, char **argv) {
         else return qi_app_usage_error("bench: unknown option %s", f);
     }
     if (load_gb > 0) return bench_load(device, load_gb);
+    if (qi_dtype_is_block(te) && (edit || model))
+        return qi_app_usage_error("bench: --te-type %s with %s: %s", qi_dtype_name(te), edit ? "--edit" : "-m",
+                                  edit ? "the Edit rows need the vision tower, which a qwen2vl GGUF does not hold "
+                                         "(its mmproj file is not written)"
+                                       : "-m times that folder's own text encoder");
     if (sparse_dir) {
         qi_error werr = {{0}};
         if (mkdir(sparse_dir, 0755) != 0 && errno != EEXIST) {
             fprintf(stderr, "qwen-image: error: bench --write-sparse %s: cannot create the folder\n", sparse_dir);
             return 1;
         }
-        if (make_model_dir(sparse_dir, manifest, QI_BENCH_TOKENIZER, qt, edit, &werr))
+        if (make_model_dir(sparse_dir, manifest, QI_BENCH_TOKENIZER, qt, te, edit, &werr))
             return qi_app_runtime_error(werr.msg[0] ? werr.msg : "bench --write-sparse: cannot write the files");
-        printf("bench: wrote the sparse full-size %s model (block linears %s) into %s%s\n",
-               edit ? "Edit-2509" : "Qwen-Image", qi_dtype_name(qt), sparse_dir,
-               qi_dtype_is_block(qt) ? " (transformer: transformer.gguf)" : "");
+        printf("bench: wrote the sparse full-size %s model (block linears %s, text encoder %s) into %s\n",
+               edit ? "Edit-2509" : "Qwen-Image", qi_dtype_name(qt), qi_dtype_name(te), sparse_dir);
+        if (qi_dtype_is_block(qt)) printf("bench: the transformer as %s/transformer.gguf (city96 names)\n", sparse_dir);
+        if (qi_dtype_is_block(te))
+            printf("bench: the text encoder as %s/text_encoder.gguf (llama.cpp qwen2vl)\n", sparse_dir);
         return 0;
     }
     qi_error err = {{0}};
@@ -1023,7 +1132,7 @@ int qi_cmd_bench(int argc, char **argv) {
     char root[] = "/tmp/qi_bench_XXXXXX";
     if (model) err.msg[0] = 0; /* its own folder: nothing to write, nothing to remove */
     else if (!mkdtemp(root)) err = (qi_error){"bench: cannot create a temporary folder"};
-    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, qt, edit, &err)) remove_tree(root);
+    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, qt, te, edit, &err)) remove_tree(root);
     else err.msg[0] = 0;
     if (err.msg[0]) {
         abandon_table(md, out_path);
@@ -1036,10 +1145,15 @@ int qi_cmd_bench(int argc, char **argv) {
     o.vram_bytes = vram;
     o.pinned_bytes = pinned;
     o.prompt_cache = 8; /* as the server's default; the e2e rows ask a new prompt each run */
-    char gguf_path[64];
+    char gguf_path[64], te_gguf_path[64];
     snprintf(gguf_path, sizeof gguf_path, "%s/transformer.gguf", root);
+    snprintf(te_gguf_path, sizeof te_gguf_path, "%s/text_encoder.gguf", root);
     if (qi_dtype_is_block(qt) && !model) o.diffusion_model = gguf_path;
-    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .md = md};
+    if (qi_dtype_is_block(te) && !model) o.text_encoder = te_gguf_path;
+    char te_file[64];
+    snprintf(te_file, sizeof te_file, "%s%s", model ? "its own" : qi_dtype_name(te),
+             model ? "" : qi_dtype_is_block(te) ? " llama.cpp qwen2vl GGUF" : " safetensors");
+    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .te_file = te_file, .md = md};
     double t0 = qi_now_s();
     qi_status st = qi_engine_open(&o, &c.e);
     qi_dit *dit;
@@ -1053,9 +1167,10 @@ int qi_cmd_bench(int argc, char **argv) {
     }
     c.be = qi_engine_backend(c.e);
     c.be->ops->sync(c.be, &err); /* host copies of random weights are queued, not waited for: count them */
-    printf("bench: %s%s (%s, block linears %s) on %s set up in %.1f s; median of %ld runs after %ld warm-up\n",
-           model ? model : "full-size model", edit ? ", Edit" : "", model ? "its weights" : "random weights",
-           qi_dtype_name(qt), device, qi_now_s() - t0, runs, warmup);
+    printf("bench: %s%s (%s, block linears %s, text encoder %s) on %s set up in %.1f s; median of %ld runs after "
+           "%ld warm-up\n", model ? model : "full-size model", edit ? ", Edit" : "",
+           model ? "its weights" : "random weights", qi_dtype_name(qt), te_file, device, qi_now_s() - t0, runs,
+           warmup);
 #ifdef QI_WITH_CUDA
     if (!strcmp(c.be->ops->name, "cuda"))
         printf("bench: CUDA kernels %s (device compute capability %d.%d, code sm_%d; QI_CUDA_GENERIC=1 forces generic)\n",

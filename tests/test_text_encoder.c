@@ -686,6 +686,62 @@ static void qwen2_gguf_is_refused_saying_what_to_use(void) {
     qi_source_close(src);
 }
 
+/* `qwen-image bench --write-sparse DIR --te-type q4_k`'s text_encoder.gguf
+ * (the full-size 7B text encoder as a llama.cpp qwen2vl file over a sparse
+ * data section, the one `bench --te-type` loads): it opens as a text encoder
+ * source; its metadata give the config of the folder's config.json; every
+ * language-model tensor of bench/qwen-image-full.json is there under its
+ * transformers name with its shape, matrices Q4_K and vectors F32; and the
+ * 4.3 GB file takes no disk. */
+static void bench_sparse_text_encoder_gguf_opens_with_every_tensor(void) {
+    char dir[300], out[4096], path[400];
+    tmp_path(dir, sizeof dir, "bench-sparse");
+    int rc = run_shell(out, sizeof out, "%s bench --write-sparse %s --te-type q4_k", QI_CLI, dir);
+    CHECK(rc == 0 && strstr(out, "text_encoder.gguf"), "bench --write-sparse exit %d: %s", rc, out);
+    snprintf(path, sizeof path, "%s/text_encoder.gguf", dir);
+    qi_source *src = NULL;
+    qi_error err = {{0}};
+    qi_text_encoder_config got, want;
+    qi_status st = qi_source_open(path, QI_COMPONENT_TEXT_ENCODER, &src, &err);
+    if (st == QI_OK) st = qi_text_encoder_source_config(src, &got, &err);
+    CHECK(st == QI_OK, "%s", err.msg);
+    snprintf(out, sizeof out, "%s/text_encoder/config.json", dir);
+    CHECK(qi_text_encoder_read_config(out, &want, &err) == QI_OK, "%s", err.msg);
+    want.vocab_size = 152064; /* the embedding table's rows (the GGUF's vocabulary) */
+    if (st == QI_OK) {
+        CHECK(!strcmp(qi_source_naming(src), "llama.cpp qwen2vl"), "naming %s", qi_source_naming(src));
+        CHECK(config_equal(&got, &want) && got.num_layers == 28 && got.hidden_size == 3584,
+              "config from the metadata: %d layers, width %d, MLP %d, heads %d/%d, eps %g, theta %g", got.num_layers,
+              got.hidden_size, got.intermediate_size, got.num_heads, got.num_kv_heads, got.rms_norm_eps,
+              got.rope_theta);
+        cJSON *m = NULL;
+        CHECK(qi_json_load(QI_BENCH_MANIFEST, &m, &err) == QI_OK, "%s", err.msg);
+        int n = 0, bad = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(m, "text_encoder")) {
+            if (!strncmp(it->string, "visual.", 7)) continue; /* the vision tower: llama.cpp's mmproj file */
+            const cJSON *shape = cJSON_GetArrayItem(it, 1);
+            int nd = cJSON_GetArraySize(shape), same = 1;
+            qi_source_tensor t;
+            int found = qi_source_find(src, it->string, &t);
+            for (int d = 0; found && d < nd; d++)
+                same &= t.shape[d] == (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
+            if (!found || t.ndim != nd || !same || t.dtype != (nd == 2 ? QI_Q4_K : QI_F32)) {
+                if (bad++ < 3) CHECK(0, "%s: %s", it->string, found ? "wrong shape or type" : "missing");
+            }
+            n++;
+        }
+        cJSON_Delete(m);
+        printf("  bench's sparse text_encoder.gguf: %d language-model tensors, %d wrong or missing\n", n, bad);
+        CHECK(n == 28 * 12 + 3 && bad == 0 && qi_source_tensor_count(src) == n, "%d tensors (%d in the file), %d bad",
+              n, qi_source_tensor_count(src), bad);
+    }
+    qi_source_close(src);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && sb.st_size > ((off_t)3 << 30) && sb.st_blocks * 512 < ((off_t)1 << 20),
+          "text_encoder.gguf: %lld bytes, %lld on disk", (long long)sb.st_size, (long long)sb.st_blocks * 512);
+}
+
 /* ctx is a prefix put before every name. */
 static int rename_prefixed(const void *ctx, const char *stored, char *out, size_t cap) {
     snprintf(out, cap, "%s%s", (const char *)ctx, stored);
@@ -840,6 +896,7 @@ int main(void) {
     RUN(bad_tokens_are_argument_errors);
     RUN(gguf_text_encoder_matches_its_reference);
     RUN(qwen2_gguf_is_refused_saying_what_to_use);
+    RUN(bench_sparse_text_encoder_gguf_opens_with_every_tensor);
     RUN(comfy_single_file_gives_the_folders_embeddings);
     RUN(config_from_shapes_of_a_head_dim_128_file);
     RUN(comfy_fp8_scaled_text_encoder_matches_its_reference);

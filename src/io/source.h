@@ -199,6 +199,12 @@ qi_status qi_source_identify(const char *path, int *mask, qi_error *err);
  * llama.cpp stores Qwen2 rows in HF order (it rotates them NEOX-style). */
 int qi_names_llamacpp_text_encoder(const char *stored, char *out, size_t cap);
 
+/* The inverse, from the same table: a transformers name under `model.` →
+ * llama.cpp's (`model.layers.3.mlp.up_proj.weight` → `blk.3.ffn_up.weight`),
+ * as a writer of `qwen2vl` GGUFs (bench --te-type) names its tensors. 1 and
+ * out filled when mapped, 0 otherwise (the vision tower: not in that file). */
+int qi_names_text_encoder_to_llamacpp(const char *name, char *out, size_t cap);
+
 /* llama.cpp's mmproj names of Qwen2.5-VL's tower → transformers':
  * `v.blk.3.attn_q.weight` → `visual.blocks.3.attn.q.weight` (the fused qkv
  * as the converter splits it), `v.blk.3.ln1.weight` → `…norm1.weight`,

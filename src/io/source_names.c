@@ -40,23 +40,37 @@ static int put(char *out, size_t cap, const char *fmt, const char *a, long n, co
     return len > 0 && (size_t)len < cap;
 }
 
-int qi_names_llamacpp_text_encoder(const char *stored, char *out, size_t cap) {
+/* Column `from` of the tables → column 1 − from (0: llama.cpp, 1:
+ * transformers). Per-layer names are `<layer prefix><n>.<stem>.weight|bias`
+ * on both sides; only the prefix and the stem change. */
+static int map_text_encoder(const char *name, int from, char *out, size_t cap) {
+    static const char *const layer_prefix[2] = {"blk.", "model.layers."};
+    int to = 1 - from;
     for (size_t i = 0; i < QI_ARRAY_LEN(te_global_map); i++)
-        if (strcmp(stored, te_global_map[i][0]) == 0) return snprintf(out, cap, "%s", te_global_map[i][1]) < (int)cap;
-    if (strncmp(stored, "blk.", 4) != 0) return 0;
+        if (strcmp(name, te_global_map[i][from]) == 0) return snprintf(out, cap, "%s", te_global_map[i][to]) < (int)cap;
+    size_t plen = strlen(layer_prefix[from]);
+    if (strncmp(name, layer_prefix[from], plen) != 0) return 0;
     char *end;
-    long layer = strtol(stored + 4, &end, 10);
-    if (end == stored + 4 || *end != '.' || layer < 0) return 0;
+    long layer = strtol(name + plen, &end, 10);
+    if (end == name + plen || *end != '.' || layer < 0) return 0;
     const char *stem = end + 1, *suffix = strrchr(stem, '.');
     if (!suffix || (strcmp(suffix, ".weight") != 0 && strcmp(suffix, ".bias") != 0)) return 0;
     for (size_t i = 0; i < QI_ARRAY_LEN(te_layer_map); i++) {
-        size_t n = strlen(te_layer_map[i][0]);
-        if ((size_t)(suffix - stem) != n || strncmp(stem, te_layer_map[i][0], n) != 0) continue;
-        char hf[64];
-        snprintf(hf, sizeof hf, "%s%s", te_layer_map[i][1], suffix);
-        return put(out, cap, "%smodel.layers.%ld.%s", "", layer, hf);
+        size_t n = strlen(te_layer_map[i][from]);
+        if ((size_t)(suffix - stem) != n || strncmp(stem, te_layer_map[i][from], n) != 0) continue;
+        char renamed[64];
+        snprintf(renamed, sizeof renamed, "%s%s", te_layer_map[i][to], suffix);
+        return put(out, cap, "%s%ld.%s", layer_prefix[to], layer, renamed);
     }
     return 0;
+}
+
+int qi_names_llamacpp_text_encoder(const char *stored, char *out, size_t cap) {
+    return map_text_encoder(stored, 0, out, cap);
+}
+
+int qi_names_text_encoder_to_llamacpp(const char *name, char *out, size_t cap) {
+    return map_text_encoder(name, 1, out, cap);
 }
 
 /* ---- Wan 2.1 VAE -------------------------------------------------------------------- */

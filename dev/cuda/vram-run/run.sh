@@ -6,10 +6,14 @@
 # is proved real. Logs under $OUT.
 #   here:   scripts/device-build.sh test_cuda_vram test_cuda_pipeline test_host_pool qwen-image hold_memory
 #           mkdir -p devpack && tar cf - dist | xz -1 > devpack/dist.tar.xz
-#   there:  sh dev/cuda/vram-run/run.sh [tests] [bench] [budgets] [bench-fp8] [bench-bf16] [bench-3g] [pinned]
+#   there:  sh dev/cuda/vram-run/run.sh [tests] [bench] [budgets] [budgets-te] [bench-fp8] [bench-bf16] [bench-3g]
+#           [bench-3g-te] [pinned]
 # bench-3g: `bench --vram 3G --type q4_k` (transformer call, then end to end) beside
 #   hold_memory --leave 3G, each under a 590 s limit; the log's "set up in N s" line is
 #   the set-up time (it never finished in 290 s before the pinned chunks).
+# budgets-te / bench-3g-te: as budgets / bench-3g-all with the text encoder a Q4_K llama.cpp
+#   qwen2vl GGUF (`bench --te-type q4_k`; bench-3g-te also Q8_0), the issue's "Q4_K transformer and
+#   a Q4_K/Q8_0 text encoder" rows: its streamed layer slots are 0.12 / 0.23 GiB, not the bf16's 0.43.
 # pinned: test_cuda_vram (the bounce-ring claims) and test_host_pool, then the --vram 8G
 #   transformer call with --pinned 0 (every streamed byte through the bounce ring)
 #   and with --pinned 4G (part pinned) beside the default (all pinned) row of `bench`.
@@ -56,6 +60,10 @@ for what in ${*:-tests bench}; do
       for v in 8G 6G 3G; do held_bench $v q4_k all; done ;;
     bench-3g-all) # 3G: the call and end to end from one set-up
       held_bench 3G q4_k all ;;
+    budgets-te) # 8G, 6G, 3G with a Q4_K text encoder GGUF, call and end to end from one set-up each
+      for v in 8G 6G 3G; do held_bench $v q4_k all --te-type q4_k; done ;;
+    bench-3g-te) # 3G with Q4_K and Q8_0 text encoder GGUFs, call and end to end from one set-up each
+      held_bench 3G q4_k all --te-type q4_k; held_bench 3G q4_k all --te-type q8_0 ;;
     bench-3g)
       held_bench 3G q4_k dit; held_bench 3G q4_k e2e ;;
     3g-dit) # the transformer call alone (a short call)

@@ -370,9 +370,9 @@ static qi_status ensure_wscratch(cuda_impl *c, size_t elems, qi_error *err) {
 }
 
 /* Benchmarks: seeded random contents of the kept weight at w->data (on the
- * device); an fp8 weight gets the per-tensor scale that sizes its values. */
-static qi_status kept_random(cuda_impl *c, qi_tensor *w, qi_error *err) {
-    uint64_t key = c->random_seed * 0x2545F4914F6CDD1Dull + (++c->random_count) * 0x9E3779B97F4A7C15ull;
+ * device) from `key`; an fp8 weight gets the per-tensor scale that sizes its
+ * values (it depends on the type and the row length only). */
+static qi_status kept_random_keyed(cuda_impl *c, qi_tensor *w, uint64_t key, qi_error *err) {
     float s = 1.0f;
     if (qc_random_kept(c, w, key, &s)) {
         qi_status st = c->err_status;
@@ -384,6 +384,10 @@ static qi_status kept_random(cuda_impl *c, qi_tensor *w, qi_error *err) {
         w->scale = s;
     }
     return QI_OK;
+}
+
+static qi_status kept_random(cuda_impl *c, qi_tensor *w, qi_error *err) {
+    return kept_random_keyed(c, w, random_key(c), err);
 }
 
 /* A kept weight's scale beside it: per tensor in the struct, per row a
@@ -633,6 +637,29 @@ static qi_status cuda_reserve(qi_backend *be, size_t arena, size_t weight_scratc
 
 /* ---- streamed weights: pinned host copies staged into device slots -------------------- */
 
+/* A kept (2-D) weight larger than the scratch — a Q8_0 embedding table is
+ * 0.54 GiB — made whole rows at a time in the scratch, each piece from its own
+ * key, and copied back in stream order as the bf16 pieces are: no device
+ * memory outside the plan at --vram 3G for a quantised text encoder either. */
+static qi_status random_host_rows(cuda_impl *c, qi_tensor *w, void *host, qi_error *err) {
+    size_t row = (size_t)qi_row_bytes(w->dtype, w->ne[1]);
+    int64_t rows = w->ne[0], per = (int64_t)(c->scratch_bytes / row);
+    uint64_t key = random_key(c);
+    for (int64_t r0 = 0; r0 < rows; r0 += per) {
+        qi_tensor piece = *w;
+        piece.ne[0] = rows - r0 < per ? rows - r0 : per;
+        piece.data = c->scratch;
+        qi_status st = kept_random_keyed(c, &piece, key + (uint64_t)r0 * 0x9E3779B97F4A7C15ull, err);
+        if (st != QI_OK) return st;
+        w->scale_form = piece.scale_form;
+        w->scale = piece.scale;
+        cudaError_t e = cudaMemcpyAsync((char *)host + (size_t)r0 * row, c->scratch, (size_t)piece.ne[0] * row,
+                                        cudaMemcpyDeviceToHost, c->stream);
+        if (e != cudaSuccess) return cuda_err(err, e, "random host weight (copy)");
+    }
+    return QI_OK;
+}
+
 /* Benchmarks: the random contents `weight` would make, made on the device and
  * copied into the host copy at `host`. They are made in the fixed scratch
  * (no allocation, no sync): the copies back are queued on the stream, so the
@@ -641,7 +668,7 @@ static qi_status cuda_reserve(qi_backend *be, size_t arena, size_t weight_scratc
  * them is ordered after on the GPU; weight_free syncs first). A bf16 weight
  * larger than the scratch (an embedding table) is made in scratch-sized
  * pieces, so no device memory outside the plan is needed even at --vram 3G;
- * only a kept one that large takes a buffer and a sync of its own. A
+ * a kept one that large in pieces of whole rows (random_host_rows). A
  * pageable destination makes each copy synchronous by itself. */
 static qi_status random_host(cuda_impl *c, qi_tensor *w, void *host, qi_error *err) {
     size_t bytes = qi_nbytes(w);
@@ -660,6 +687,9 @@ static qi_status random_host(cuda_impl *c, qi_tensor *w, void *host, qi_error *e
         }
         return st != QI_OK || e == cudaSuccess ? st : cuda_err(err, e, "random host weight (copy)");
     }
+    if (bytes > c->scratch_bytes && qc_kept_type(w->dtype) && w->ndim == 2 &&
+        (size_t)qi_row_bytes(w->dtype, w->ne[1]) <= c->scratch_bytes)
+        return random_host_rows(c, w, host, err);
     if (bytes > c->scratch_bytes && (e = cudaMalloc(&tmp, bytes)) != cudaSuccess)
         return cuda_err(err, e, "random host weight (a device buffer larger than the scratch)");
     qi_tensor d = *w;
