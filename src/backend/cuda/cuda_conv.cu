@@ -18,6 +18,18 @@
  * (dy, dx): ldmatrix takes any row, so no data moves per tap. Two stages:
  * the next chunk's loads are in flight while this one's 9 steps run.
  * mma.sync m16n8k16 bf16 with float32 accumulators; one rounding on store.
+ * QI_CUDA_CONV_ROWS=4 takes 4 output rows per block (8 warps, 256 pixels):
+ * each weight chunk loaded into shared memory then serves twice the pixels,
+ * and the halo is 6 rows for 4 instead of 4 for 2.
+ *
+ * Each weight's reordered layout is made once, on the first conv that reads
+ * it, and kept beside the weight (freed with it); weights the backend did not
+ * make (an F32 kernel in the arena, a test's tensor) are reordered into the
+ * scratch per call as before (QI_CUDA_CONV_CACHE=0: always).
+ *
+ * Convs with at most 4 outputs (the decoder's conv_out to RGB) run on the
+ * CUDA cores instead (conv3x3_direct_k): the tensor-core tile would be 32
+ * channels of which 3 are used.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,18 +64,22 @@ static __device__ __forceinline__ void cv_mma(float *d, const uint32_t *a, uint3
 /* ---- implicit-GEMM 3×3 conv ---------------------------------------------------------- */
 
 #define CV_TW 64                             /* tile columns */
-#define CV_TH 2                              /* tile rows (one per warp row) */
 #define CV_HW (CV_TW + 2)                    /* halo columns */
-#define CV_HPIX ((CV_TH + 2) * CV_HW)        /* halo pixels: 264 */
 #define CV_KC 16                             /* input channels per chunk */
 #define CV_AK (9 * CV_KC)                    /* k per chunk: 144 */
 #define CV_AS (CV_AK + 8)                    /* A row stride (elements): 304 B, ldmatrix conflict-free */
 #define CV_BS (CV_KC + 8)                    /* B pixel stride (elements): 48 B, ldmatrix conflict-free */
-#define CV_THREADS 128
-#define CV_HSLOTS ((CV_HPIX + CV_THREADS - 1) / CV_THREADS) /* halo pixels per thread: 3 */
 
-template <int MT> static constexpr size_t conv_smem_bytes() {
-    return 2 * ((size_t)32 * MT * CV_AS + (size_t)CV_HPIX * CV_BS) * sizeof(bf16);
+/* A block of TH tile rows (one per warp row; 2 warps a row): its threads,
+ * halo pixels (TH + 2 rows × 66: 264 for TH 2) and halo pixels per thread. */
+template <int TH> struct cv_geom {
+    static constexpr int threads = 64 * TH;
+    static constexpr int hpix = (TH + 2) * CV_HW;
+    static constexpr int hslots = (hpix + threads - 1) / threads;
+};
+
+template <int MT, int TH> static constexpr size_t conv_smem_bytes() {
+    return 2 * ((size_t)32 * MT * CV_AS + (size_t)cv_geom<TH>::hpix * CV_BS) * sizeof(bf16);
 }
 
 /* wr[cb][co][tap·16 + j] = w[co][cb·16 + j][tap] · scale, zero past Co / Ci. */
@@ -90,8 +106,11 @@ typedef struct conv_args {
     float bscale;
 } conv_args;
 
-template <int MT>
-__global__ void __launch_bounds__(CV_THREADS, 2) conv3x3_k(const conv_args p) {
+/* TH 2: 128 threads, two blocks an SM; TH 4: 256 threads, one (the
+ * accumulators, MT·32 floats a thread, would not fit 128 registers). */
+template <int MT, int TH>
+__global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv_args p) {
+    constexpr int CV_THREADS = cv_geom<TH>::threads, CV_HPIX = cv_geom<TH>::hpix, CV_HSLOTS = cv_geom<TH>::hslots;
     constexpr int BM = 32 * MT, A_EL = BM * CV_AS, B_EL = CV_HPIX * CV_BS;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *const sA0 = (bf16 *)smem, *const sB0 = sA0 + A_EL;
@@ -100,7 +119,7 @@ __global__ void __launch_bounds__(CV_THREADS, 2) conv3x3_k(const conv_args p) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wm = warp & 1, wn = warp >> 1; /* channel half, tile row */
     const int co_blk = (int)(blockIdx.x % (unsigned)p.n_co_blocks), tile = (int)(blockIdx.x / (unsigned)p.n_co_blocks);
-    const int co0 = co_blk * BM, tx0 = (tile % p.tiles_x) * CV_TW, ty0 = (tile / p.tiles_x) * CV_TH;
+    const int co0 = co_blk * BM, tx0 = (tile % p.tiles_x) * CV_TW, ty0 = (tile / p.tiles_x) * TH;
     const int plane = p.Hin * p.Win;
     const unsigned short *xs = (const unsigned short *)p.x;
 
@@ -241,27 +260,40 @@ __global__ void __launch_bounds__(CV_THREADS, 2) conv3x3_k(const conv_args p) {
         }
 }
 
-template <int MT> static void launch_conv3x3(cuda_impl *c, conv_args a) {
+template <int MT, int TH> static void launch_conv3x3(cuda_impl *c, conv_args a) {
     constexpr int BM = 32 * MT;
-    const size_t smem = conv_smem_bytes<MT>();
+    const size_t smem = conv_smem_bytes<MT, TH>();
     static bool attr_set = false; /* the limit is per function */
     if (!attr_set) {
-        cudaFuncSetAttribute(conv3x3_k<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(conv3x3_k<MT, TH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         attr_set = true;
     }
     a.n_co_blocks = (a.Co + BM - 1) / BM;
     a.tiles_x = (a.W + CV_TW - 1) / CV_TW;
-    const int64_t blocks = (int64_t)a.n_co_blocks * a.tiles_x * ((a.H + CV_TH - 1) / CV_TH);
-    conv3x3_k<MT><<<(unsigned)blocks, CV_THREADS, smem, c->stream>>>(a);
+    const int64_t blocks = (int64_t)a.n_co_blocks * a.tiles_x * ((a.H + TH - 1) / TH);
+    conv3x3_k<MT, TH><<<(unsigned)blocks, cv_geom<TH>::threads, smem, c->stream>>>(a);
 }
 
-static size_t conv_smem_size(int mt) {
+template <int TH> static void launch_conv3x3_mt(cuda_impl *c, int mt, const conv_args &a) {
     switch (mt) {
-    case 1: return conv_smem_bytes<1>();
-    case 2: return conv_smem_bytes<2>();
-    case 3: return conv_smem_bytes<3>();
-    default: return conv_smem_bytes<4>();
+    case 1: launch_conv3x3<1, TH>(c, a); break;
+    case 2: launch_conv3x3<2, TH>(c, a); break;
+    case 3: launch_conv3x3<3, TH>(c, a); break;
+    default: launch_conv3x3<4, TH>(c, a); break;
     }
+}
+
+template <int TH> static size_t conv_smem_size_th(int mt) {
+    switch (mt) {
+    case 1: return conv_smem_bytes<1, TH>();
+    case 2: return conv_smem_bytes<2, TH>();
+    case 3: return conv_smem_bytes<3, TH>();
+    default: return conv_smem_bytes<4, TH>();
+    }
+}
+
+static size_t conv_smem_size(int mt, int rows) {
+    return rows == 4 ? conv_smem_size_th<4>(mt) : conv_smem_size_th<2>(mt);
 }
 
 /* Channel tile: 32·MT channels, chosen to waste the fewest rows of the last block. */
@@ -273,6 +305,118 @@ static int conv_mt(int64_t Co) {
     return 4;
 }
 
+/* The channel tile this device runs for Co outputs (4 needs 101 KiB of
+ * shared memory with 2 rows: not on sm_86/89/120). */
+static int conv_mt_fit(const cuda_impl *c, int64_t Co) {
+    int mt = conv_mt(Co);
+    while (mt > 1 && conv_smem_size(mt, c->conv_rows) > c->smem_optin) mt--;
+    return mt;
+}
+
+/* ---- per-weight layouts --------------------------------------------------------------- */
+
+/* One 3×3 conv weight the backend made: its reordered layout once a conv read it. */
+typedef struct qc_conv_w {
+    const void *w;  /* the weight's device memory: the key (unique while the weight lives) */
+    bf16 *wr;       /* [ncb][co_pad][144], NULL until the first conv that reads it */
+    size_t bytes;   /* of wr */
+    int co_pad;     /* the layout's padded Co; -1: no device memory for it (reorder per call) */
+} qc_conv_w;
+
+static int conv_kernel_shape(const int64_t *ne, int ndim) {
+    return ndim == 4 && ne[2] == 3 && ne[3] == 3 && ne[0] > 0 && ne[1] > 0;
+}
+
+size_t qc_conv_layout_bytes(const cuda_impl *c, qi_dtype dt, const int64_t *ne) {
+    if (!c->conv_cache || !qc_param_type(dt) || !conv_kernel_shape(ne, 4)) return 0;
+    const int64_t BM = 32 * conv_mt_fit(c, ne[0]);
+    return (size_t)((ne[0] + BM - 1) / BM * BM) * (size_t)((ne[1] + CV_KC - 1) / CV_KC) * CV_AK * sizeof(bf16);
+}
+
+void qc_conv_weight_made(cuda_impl *c, const qi_tensor *w) {
+    if (!c->conv_cache || !w->data || !qc_param_type(w->dtype) || !conv_kernel_shape(w->ne, w->ndim)) return;
+    if (c->conv_ws_n == c->conv_ws_cap) {
+        int cap = c->conv_ws_cap ? 2 * c->conv_ws_cap : 64;
+        qc_conv_w *g = (qc_conv_w *)realloc(c->conv_ws, (size_t)cap * sizeof *g);
+        if (!g) return; /* no entry: this weight is reordered per call */
+        c->conv_ws = g;
+        c->conv_ws_cap = cap;
+    }
+    qc_conv_w *e = &c->conv_ws[c->conv_ws_n++];
+    e->w = w->data;
+    e->wr = NULL;
+    e->bytes = 0;
+    e->co_pad = 0;
+}
+
+void qc_conv_weight_freed(cuda_impl *c, const void *data) {
+    for (int i = 0; i < c->conv_ws_n; i++) {
+        if (c->conv_ws[i].w != data) continue;
+        if (c->conv_ws[i].wr) {
+            cudaFree(c->conv_ws[i].wr);
+            c->weight_bytes = c->weight_bytes >= c->conv_ws[i].bytes ? c->weight_bytes - c->conv_ws[i].bytes : 0;
+        }
+        c->conv_ws[i] = c->conv_ws[--c->conv_ws_n];
+        return;
+    }
+}
+
+void qc_conv_weights_destroy(cuda_impl *c) {
+    for (int i = 0; i < c->conv_ws_n; i++) cudaFree(c->conv_ws[i].wr);
+    free(c->conv_ws);
+    c->conv_ws = NULL;
+    c->conv_ws_n = c->conv_ws_cap = 0;
+}
+
+/* Queues w's reordered layout ([ncb][co_pad][144] bf16) into wr. */
+static void conv_reorder(cuda_impl *c, const qi_tensor *w, int64_t Co, int64_t Ci, int64_t co_pad, int64_t ncb,
+                         bf16 *wr) {
+    const int64_t nw = ncb * co_pad * CV_AK;
+    int rblocks = (int)((nw + 255) / 256 < 4096 ? (nw + 255) / 256 : 4096);
+    conv_reorder_w_k<<<rblocks, 256, 0, c->stream>>>(w->data, (int)w->dtype, w->scale, (int)Co, (int)Ci,
+                                                    (int)co_pad, (int)ncb, wr);
+}
+
+/* w's kept layout for a BM-channel tile, made now if this is its first conv;
+ * NULL if w has none (not a weight the backend made, the cache off, no
+ * memory, a recording in progress, a tile of another size): the caller
+ * reorders into the scratch. */
+static const bf16 *conv_layout(cuda_impl *c, const qi_tensor *w, int64_t Co, int64_t Ci, int64_t co_pad,
+                               int64_t ncb) {
+    if (!c->conv_cache || !c->conv_ws_n) return NULL;
+    const bf16 *out = NULL;
+    pthread_mutex_lock(&c->load_mu); /* weight_free edits the table under it */
+    for (int i = 0; i < c->conv_ws_n; i++) {
+        qc_conv_w *e = &c->conv_ws[i];
+        if (e->w != w->data) continue;
+        if (e->wr) {
+            out = e->co_pad == co_pad ? e->wr : NULL;
+        } else if (e->co_pad == 0) {
+            cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+            const size_t bytes = (size_t)(ncb * co_pad * CV_AK) * sizeof(bf16);
+            if (cudaStreamIsCapturing(c->stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone)
+                break; /* no allocation inside a recording: made on a later eager call */
+            if (cudaMalloc((void **)&e->wr, bytes) != cudaSuccess) {
+                cudaGetLastError(); /* not sticky; this weight reorders per call from now on */
+                e->wr = NULL;
+                e->co_pad = -1;
+                break;
+            }
+            e->bytes = bytes;
+            e->co_pad = (int)co_pad;
+            c->weight_bytes += bytes;
+            if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
+            conv_reorder(c, w, Co, Ci, co_pad, ncb, e->wr);
+            out = e->wr;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&c->load_mu);
+    return out;
+}
+
+static int conv3x3_direct(cuda_impl *c, const conv_args &a, const qi_tensor *w);
+
 int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi_tensor *w, const qi_tensor *b,
                         const qi_tensor *res, qi_tensor *y) {
     const int64_t Ci = x->ne[0], Hin = x->ne[1], Win = x->ne[2], Co = w->ne[0];
@@ -281,41 +425,151 @@ int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi
         w->ndim != 4 || w->ne[2] != 3 || w->ne[3] != 3 || Ci * Hin * Win > INT32_MAX || Co * H * W > INT32_MAX ||
         H * W == 0 || Co == 0)
         return 0;
-    /* auto: on an H200 this kernel runs at ~230 TFLOP/s (mma.sync); cuBLASLt on
-     * the column matrix is faster for >= 192 input channels (a long K) unless
-     * the input would first be upsampled (4× the column matrix, plus the
-     * upsampled copy) or there are only a few outputs (conv_out: N = 3) */
-    if (c->conv_mode == QC_CONV_AUTO && !upsample && Ci > 128 && Co >= 32) return 0;
-    int mt = conv_mt(Co);
-    while (mt > 1 && conv_smem_size(mt) > c->smem_optin) mt--; /* 4 needs 101 KiB: not on sm_86/89/120 */
-    const int BM = 32 * mt;
-    const int64_t co_pad = (Co + BM - 1) / BM * BM, ncb = (Ci + CV_KC - 1) / CV_KC;
-    const size_t wr_bytes = (size_t)(ncb * co_pad * CV_AK) * sizeof(bf16);
-    const int64_t blocks = (Co + BM - 1) / BM * ((W + CV_TW - 1) / CV_TW) * ((H + CV_TH - 1) / CV_TH);
-    if (wr_bytes > c->scratch_bytes || blocks > INT32_MAX) return 0;
-    bf16 *wr = (bf16 *)c->scratch;
-    const int64_t nw = ncb * co_pad * CV_AK;
-    int rblocks = (int)((nw + 255) / 256 < 4096 ? (nw + 255) / 256 : 4096);
-    conv_reorder_w_k<<<rblocks, 256, 0, c->stream>>>(w->data, (int)w->dtype, w->scale, (int)Co, (int)Ci,
-                                                    (int)co_pad, (int)ncb, wr);
     conv_args a;
     memset(&a, 0, sizeof a);
     a.x = (const bf16 *)x->data;
-    a.wr = wr;
     a.bias = b ? b->data : NULL;
     a.bdt = b ? (int)b->dtype : 0;
     a.bscale = b ? b->scale : 1.0f;
     a.res = res ? (const bf16 *)res->data : NULL;
     a.y = (bf16 *)y->data;
     a.Ci = (int)Ci, a.Hin = (int)Hin, a.Win = (int)Win, a.up = upsample;
-    a.Co = (int)Co, a.H = (int)H, a.W = (int)W, a.co_pad = (int)co_pad, a.ncb = (int)ncb;
-    switch (mt) {
-    case 1: launch_conv3x3<1>(c, a); break;
-    case 2: launch_conv3x3<2>(c, a); break;
-    case 3: launch_conv3x3<3>(c, a); break;
-    default: launch_conv3x3<4>(c, a); break;
+    a.Co = (int)Co, a.H = (int)H, a.W = (int)W;
+    /* a few outputs (conv_out: 3): the CUDA cores, unless a path is forced */
+    if (c->conv_direct && c->conv_mode == QC_CONV_AUTO && conv3x3_direct(c, a, w)) return 1;
+    /* auto: on an H200 this kernel runs at ~230 TFLOP/s (mma.sync); cuBLASLt on
+     * the column matrix is faster for >= 192 input channels (a long K) unless
+     * the input would first be upsampled (4× the column matrix, plus the
+     * upsampled copy) or there are only a few outputs (conv_out: N = 3) */
+    if (c->conv_mode == QC_CONV_AUTO && !upsample && Ci > 128 && Co >= 32) return 0;
+    const int mt = conv_mt_fit(c, Co), BM = 32 * mt;
+    const int64_t co_pad = (Co + BM - 1) / BM * BM, ncb = (Ci + CV_KC - 1) / CV_KC;
+    const size_t wr_bytes = (size_t)(ncb * co_pad * CV_AK) * sizeof(bf16);
+    const int64_t blocks = (Co + BM - 1) / BM * ((W + CV_TW - 1) / CV_TW) * ((H + c->conv_rows - 1) / c->conv_rows);
+    if (blocks > INT32_MAX) return 0;
+    const bf16 *wr = conv_layout(c, w, Co, Ci, co_pad, ncb);
+    if (!wr) {
+        if (wr_bytes > c->scratch_bytes) return 0;
+        conv_reorder(c, w, Co, Ci, co_pad, ncb, (bf16 *)c->scratch);
+        wr = (const bf16 *)c->scratch;
     }
+    a.wr = wr;
+    a.co_pad = (int)co_pad, a.ncb = (int)ncb;
+    if (c->conv_rows == 4) launch_conv3x3_mt<4>(c, mt, a);
+    else launch_conv3x3_mt<2>(c, mt, a);
     qc_check_launch(c, "conv2d 3x3 (implicit GEMM)");
+    return 1;
+}
+
+/* ---- a few outputs on the CUDA cores ---------------------------------------------------- */
+
+#define CD_TW 32      /* tile columns: 8 threads × 4 pixels */
+#define CD_TH 32      /* tile rows: one per 8 threads */
+#define CD_HR (CD_TH + 2)
+#define CD_HC (CD_TW + 2)
+#define CD_HS 36      /* halo row stride (floats): 34 used; rows 16-byte aligned */
+#define CD_CC 8       /* input channels per halo fill */
+#define CD_THREADS 256
+
+static size_t conv_direct_smem(int64_t Ci) {
+    return ((size_t)Ci * 9 * 4 + (size_t)CD_CC * CD_HR * CD_HS) * sizeof(float);
+}
+
+/* y[co, Y, X] = b[co] + res + Σ_ci,tap w[co, ci, tap] · x[ci, Y + dy - 1, X + dx - 1]
+ * for CO <= 4 outputs, float32 throughout, one rounding on store. A block
+ * owns 32 × 32 pixels; thread (ty, tx) the 4 pixels 4tx … 4tx + 3 of row ty,
+ * all CO outputs. Shared memory: every weight as [ci][tap][4] floats (the
+ * outputs padded to 4: one 16-byte broadcast read per tap), and the halo of
+ * CD_CC input channels at a time as [ch][34 rows][36] floats. */
+template <int CO>
+__global__ void __launch_bounds__(CD_THREADS, 2) conv3x3_direct_k(const conv_args p, const void *w, int wdt,
+                                                               float wscale) {
+    extern __shared__ __align__(16) float cd_smem[];
+    float *const sw = cd_smem, *const sx = cd_smem + (size_t)p.Ci * 36;
+    const int tid = threadIdx.x, tx = tid & 7, ty = tid >> 3;
+    const int x0 = blockIdx.x * CD_TW, y0 = blockIdx.y * CD_TH;
+    const int64_t plane = (int64_t)p.Hin * p.Win;
+    for (int i = tid; i < p.Ci * 36; i += CD_THREADS) {
+        const int co = i & 3, k = i >> 2, ci = k / 9, tap = k % 9;
+        sw[i] = co < CO ? ld_param(w, wdt, ((int64_t)co * p.Ci + ci) * 9 + tap) * wscale : 0.0f;
+    }
+    float acc[CO][4];
+#pragma unroll
+    for (int o = 0; o < CO; o++) acc[o][0] = acc[o][1] = acc[o][2] = acc[o][3] = 0.0f;
+    for (int c0 = 0; c0 < p.Ci; c0 += CD_CC) {
+        __syncthreads(); /* the last chunk's reads are done (and, the first time, the weights written) */
+        for (int i = tid; i < CD_CC * CD_HR * CD_HC; i += CD_THREADS) {
+            const int ch = i / (CD_HR * CD_HC), r = (i / CD_HC) % CD_HR, j = i % CD_HC;
+            const int ci = c0 + ch, Y = y0 - 1 + r, X = x0 - 1 + j;
+            float v = 0.0f;
+            if (ci < p.Ci && Y >= 0 && Y < p.H && X >= 0 && X < p.W)
+                v = __bfloat162float(p.x[ci * plane + (p.up ? (int64_t)(Y >> 1) * p.Win + (X >> 1)
+                                                            : (int64_t)Y * p.Win + X)]);
+            sx[(ch * CD_HR + r) * CD_HS + j] = v;
+        }
+        __syncthreads();
+        const int nc = p.Ci - c0 < CD_CC ? p.Ci - c0 : CD_CC;
+        for (int ch = 0; ch < nc; ch++) {
+            const float *wc = sw + (size_t)(c0 + ch) * 36;
+#pragma unroll
+            for (int dy = 0; dy < 3; dy++) {
+                const float *row = sx + (ch * CD_HR + ty + dy) * CD_HS + 4 * tx;
+                const float4 u = *(const float4 *)row;
+                const float2 u2 = *(const float2 *)(row + 4);
+                const float v[6] = {u.x, u.y, u.z, u.w, u2.x, u2.y};
+#pragma unroll
+                for (int dx = 0; dx < 3; dx++) {
+                    const float4 wv = *(const float4 *)(wc + (dy * 3 + dx) * 4);
+#pragma unroll
+                    for (int o = 0; o < CO; o++) {
+                        const float wo = o == 0 ? wv.x : o == 1 ? wv.y : o == 2 ? wv.z : wv.w;
+#pragma unroll
+                        for (int q = 0; q < 4; q++) acc[o][q] = fmaf(wo, v[q + dx], acc[o][q]);
+                    }
+                }
+            }
+        }
+    }
+    const int Y = y0 + ty;
+    if (Y >= p.H) return;
+#pragma unroll
+    for (int o = 0; o < CO; o++) {
+        const float bv = p.bias ? ld_param(p.bias, p.bdt, o) * p.bscale : 0.0f;
+        const int64_t row = ((int64_t)o * p.H + Y) * p.W;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int X = x0 + 4 * tx + q;
+            if (X >= p.W) continue;
+            float v = acc[o][q] + bv;
+            if (p.res) v += __bfloat162float(p.res[row + X]); /* read before the write: res may be y */
+            p.y[row + X] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+template <int CO> static void launch_conv3x3_direct(cuda_impl *c, const conv_args &a, const qi_tensor *w,
+                                                    size_t smem) {
+    static int attr_set = 0; /* the limit is per function: set to the device's most, once */
+    if (!attr_set) {
+        cudaFuncSetAttribute(conv3x3_direct_k<CO>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c->smem_optin);
+        attr_set = 1;
+    }
+    const dim3 grid((unsigned)((a.W + CD_TW - 1) / CD_TW), (unsigned)((a.H + CD_TH - 1) / CD_TH));
+    conv3x3_direct_k<CO><<<grid, CD_THREADS, smem, c->stream>>>(a, w->data, (int)w->dtype, w->scale);
+}
+
+/* The direct kernel when it takes the case (Co <= 4, every weight in shared
+ * memory); 0: the caller runs the GEMM paths. */
+static int conv3x3_direct(cuda_impl *c, const conv_args &a, const qi_tensor *w) {
+    const size_t smem = conv_direct_smem(a.Ci);
+    if (a.Co > 4 || smem > c->smem_optin || a.H > 65535 * CD_TH) return 0;
+    switch (a.Co) {
+    case 1: launch_conv3x3_direct<1>(c, a, w, smem); break;
+    case 2: launch_conv3x3_direct<2>(c, a, w, smem); break;
+    case 3: launch_conv3x3_direct<3>(c, a, w, smem); break;
+    default: launch_conv3x3_direct<4>(c, a, w, smem); break;
+    }
+    qc_check_launch(c, "conv2d 3x3 (direct, few outputs)");
     return 1;
 }
 
