@@ -831,7 +831,9 @@ static void conv_fused_adjust(const bc_inst *in, int i, bc_tols *t) {
     (void)i;
     const int64_t *p = in->c->p;
     const int k3 = p[4] == 3 && p[5] == 1;
-    const int implicit = bc_conv_mode == 1 ? k3 : bc_conv_mode == 2 ? 0 : k3 && (p[6] || p[0] <= 128 || p[3] < 32);
+    const char *env = getenv("QI_CUDA_CONV_IM2COL_CI"); /* the backend's bound for auto (default 128) */
+    const int64_t im2col_ci = env && atoi(env) > 0 ? atoi(env) : 128;
+    const int implicit = bc_conv_mode == 1 ? k3 : bc_conv_mode == 2 ? 0 : k3 && (p[6] || p[0] <= im2col_ci || p[3] < 32);
     t->dev = implicit || !p[7] ? BC_TOL_GEMM : BC_TOL_TWO;
 }
 static void conv_fused_label(const bc_case *c, char *buf, size_t cap) {
@@ -1075,6 +1077,8 @@ static const bc_case bc_cases[] = {
     CASE(op_channel_rms_norm_act, "H·W not a multiple of 8: scalar kernel", 96, 33, 41, 1, SILU, 0),
     CASE(op_channel_rms_norm_act, "fewer channels than channel groups, no act", 7, 8, 9, 1, NOACT, 0),
     CASE(op_channel_rms_norm_act, "6 channels per thread", 192, 32, 40, 0, SILU, 0),
+    CASE(op_channel_rms_norm_act, "a partial 256-pixel block (QI_CUDA_NORM_WIDE), in place", 96, 20, 36, 1, SILU, 1),
+    CASE(op_channel_rms_norm_act, "a partial 128-pixel block (QI_CUDA_NORM_WIDE)", 192, 10, 20, 1, SILU, 0),
     CASE(op_channel_rms_norm_act, "over 384 channels: the second pass re-reads", 512, 8, 16, 1, SILU, 0),
 
     CASE(op_conv2d_fused, "small, upsampled, residual = y", 3, 3, 4, 4, 3, 1, 1, 2),

@@ -1528,10 +1528,13 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));
         c->conv_mode = m < 0 ? QC_CONV_AUTO : m;
         const char *cache = getenv("QI_CUDA_CONV_CACHE"), *direct = getenv("QI_CUDA_CONV_DIRECT"),
-                   *rows = getenv("QI_CUDA_CONV_ROWS");
+                   *rows = getenv("QI_CUDA_CONV_ROWS"), *im2col_ci = getenv("QI_CUDA_CONV_IM2COL_CI");
         c->conv_cache = !(cache && cache[0] == '0');
         c->conv_direct = !(direct && direct[0] == '0');
         c->conv_rows = rows && rows[0] == '4' ? 4 : 2;
+        c->conv_im2col_ci = im2col_ci && atoi(im2col_ci) > 0 ? atoi(im2col_ci) : 128;
+        const char *wide = getenv("QI_CUDA_NORM_WIDE");
+        c->norm_wide = wide && wide[0] == '1';
     }
     if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
         st = qi_fail(err, QI_ERR_BACKEND, "cuda backend: cublasLtCreate failed (is libcublasLt.so.13 "

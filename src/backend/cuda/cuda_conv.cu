@@ -440,8 +440,9 @@ int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi
     /* auto: on an H200 this kernel runs at ~230 TFLOP/s (mma.sync); cuBLASLt on
      * the column matrix is faster for >= 192 input channels (a long K) unless
      * the input would first be upsampled (4× the column matrix, plus the
-     * upsampled copy) or there are only a few outputs (conv_out: N = 3) */
-    if (c->conv_mode == QC_CONV_AUTO && !upsample && Ci > 128 && Co >= 32) return 0;
+     * upsampled copy) or there are only a few outputs (conv_out: N = 3);
+     * QI_CUDA_CONV_IM2COL_CI moves the bound (to time the kernel's variants) */
+    if (c->conv_mode == QC_CONV_AUTO && !upsample && Ci > c->conv_im2col_ci && Co >= 32) return 0;
     const int mt = conv_mt_fit(c, Co), BM = 32 * mt;
     const int64_t co_pad = (Co + BM - 1) / BM * BM, ncb = (Ci + CV_KC - 1) / CV_KC;
     const size_t wr_bytes = (size_t)(ncb * co_pad * CV_AK) * sizeof(bf16);
@@ -635,19 +636,25 @@ static __device__ __forceinline__ void unpack8(const uint4 u, float *f) {
     }
 }
 
-/* 64 pixels × all channels per block of 256 threads: thread (cg = tid / 8,
- * pg = tid % 8) reads channels cg, cg + 32, … of pixels p0 + 8·pg … + 7 with
- * 16-byte loads and keeps them in registers (CPT channels each, C <= 32·CPT;
- * CPT 0: C larger, the second pass re-reads x); the per-pixel sums of squares
- * meet in shared memory; the second pass normalises and writes y. */
-template <int CPT>
+/* PG·8 pixels × all channels per block of 256 threads (PG pixel groups ×
+ * CG = 256 / PG channel groups): thread (cg = tid / PG, pg = tid % PG) reads
+ * channels cg, cg + CG, … of pixels p0 + 8·pg … + 7 with 16-byte loads and
+ * keeps them in registers (CPT channels each, C <= CG·CPT; CPT 0: C larger,
+ * the second pass re-reads x); the per-pixel sums of squares meet in shared
+ * memory; the second pass normalises and writes y. PG 8 (64 pixels) is the
+ * default; QI_CUDA_NORM_WIDE=1 keeps 12 channels a thread and widens the
+ * block instead (C <= 96: 256 pixels, a warp reading 512 contiguous bytes of
+ * one channel; C <= 192: 128), so each block visits each channel's plane
+ * once per 256 or 128 pixels instead of 64. */
+template <int CPT, int PG>
 __global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, const void *gamma, const void *bias,
                                                               int gdt, int bdt, float gscale, float bscale,
                                                               int act, bf16 *y, int C, int64_t HW) {
-    __shared__ float red[32][65];
-    __shared__ float inv_s[64];
-    const int tid = threadIdx.x, cg = tid >> 3, pg = tid & 7;
-    const int64_t p0 = (int64_t)blockIdx.x * 64 + pg * 8;
+    constexpr int CG = 256 / PG, NP = PG * 8; /* channel groups; pixels a block */
+    __shared__ float red[CG][NP + 1];
+    __shared__ float inv_s[NP];
+    const int tid = threadIdx.x, cg = (int)(threadIdx.x / PG), pg = (int)(threadIdx.x % PG);
+    const int64_t p0 = (int64_t)blockIdx.x * NP + pg * 8;
     const bool ok = p0 < HW; /* HW % 8 == 0: a vector is all in or all out */
     float ss[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     uint4 keep[CPT > 0 ? CPT : 1];
@@ -655,7 +662,7 @@ __global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, con
         if constexpr (CPT > 0) {
 #pragma unroll
             for (int i = 0; i < CPT; i++) {
-                const int ch = cg + 32 * i;
+                const int ch = cg + CG * i;
                 if (ch < C) {
                     keep[i] = *(const uint4 *)(x + (size_t)ch * HW + p0);
                     float f[8];
@@ -665,7 +672,7 @@ __global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, con
                 }
             }
         } else {
-            for (int ch = cg; ch < C; ch += 32) {
+            for (int ch = cg; ch < C; ch += CG) {
                 float f[8];
                 load_v<8>(x + (size_t)ch * HW + p0, f);
 #pragma unroll
@@ -676,10 +683,11 @@ __global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, con
 #pragma unroll
     for (int j = 0; j < 8; j++) red[cg][pg * 8 + j] = ss[j];
     __syncthreads();
-    if (tid < 64) {
+    static_assert(NP <= 256, "one thread per pixel of the block");
+    if (tid < NP) {
         float s = 0.0f;
 #pragma unroll 8
-        for (int i = 0; i < 32; i++) s += red[i][tid];
+        for (int i = 0; i < CG; i++) s += red[i][tid];
         inv_s[tid] = sqrtf((float)C) / fmaxf(sqrtf(s), 1e-12f);
     }
     __syncthreads();
@@ -697,7 +705,7 @@ __global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, con
     if constexpr (CPT > 0) {
 #pragma unroll
         for (int i = 0; i < CPT; i++) {
-            const int ch = cg + 32 * i;
+            const int ch = cg + CG * i;
             if (ch < C) {
                 float f[8];
                 unpack8(keep[i], f);
@@ -705,7 +713,7 @@ __global__ void __launch_bounds__(256) channel_rms_norm_vec_k(const bf16 *x, con
             }
         }
     } else {
-        for (int ch = cg; ch < C; ch += 32) {
+        for (int ch = cg; ch < C; ch += CG) {
             float f[8];
             load_v<8>(x + (size_t)ch * HW + p0, f); /* the same elements this thread read: y may alias x */
             finish(ch, f);
@@ -749,10 +757,16 @@ extern "C" void qc_channel_rms_norm_act(qi_backend *be, const qi_tensor *x, cons
         const unsigned g = (unsigned)((HW + 63) / 64);
         const bf16 *xs = (const bf16 *)x->data;
         bf16 *ys = (bf16 *)y->data;
-        if (C <= 96) channel_rms_norm_vec_k<3><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
-        else if (C <= 192) channel_rms_norm_vec_k<6><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
-        else if (C <= 384) channel_rms_norm_vec_k<12><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
-        else channel_rms_norm_vec_k<0><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        if (c->norm_wide && C <= 96)
+            channel_rms_norm_vec_k<12, 32><<<(unsigned)((HW + 255) / 256), 256, 0, c->stream>>>(
+                xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else if (c->norm_wide && C <= 192)
+            channel_rms_norm_vec_k<12, 16><<<(unsigned)((HW + 127) / 128), 256, 0, c->stream>>>(
+                xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else if (C <= 96) channel_rms_norm_vec_k<3, 8><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else if (C <= 192) channel_rms_norm_vec_k<6, 8><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else if (C <= 384) channel_rms_norm_vec_k<12, 8><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
+        else channel_rms_norm_vec_k<0, 8><<<g, 256, 0, c->stream>>>(xs, gd, bd, gdt, bdt, gs, bs, (int)act, ys, (int)C, HW);
     } else if (x->dtype == QI_BF16 || x->dtype == QI_F32) {
         int64_t blocks = (HW + 255) / 256, cap = (int64_t)c->sm_count * 16;
         unsigned g = (unsigned)(blocks < cap ? blocks : cap);

@@ -144,8 +144,11 @@ typedef struct cuda_impl {
      * lead's A/B knobs): conv_cache QI_CUDA_CONV_CACHE (default 1): each
      * weight's reordered layout made once, not per call; conv_direct
      * QI_CUDA_CONV_DIRECT (default 1): Co <= 4 on the CUDA cores in auto mode;
-     * conv_rows QI_CUDA_CONV_ROWS (2 or 4, default 2): output rows per block */
-    int conv_cache, conv_direct, conv_rows;
+     * conv_rows QI_CUDA_CONV_ROWS (2 or 4, default 2): output rows per block;
+     * conv_im2col_ci QI_CUDA_CONV_IM2COL_CI (default 128): auto runs a conv
+     * that is not upsampled with more input channels than this through im2col */
+    int conv_cache, conv_direct, conv_rows, conv_im2col_ci;
+    int norm_wide;       /* QI_CUDA_NORM_WIDE=1: channel_rms_norm's wider blocks for C <= 192 (cuda_conv.cu) */
     /* the reordered layouts of 3×3 conv weights (cuda_conv.cu), keyed by the
      * weight's device address: an entry is made with the weight (`weight`),
      * its layout on the first conv that reads it, both freed with the weight
