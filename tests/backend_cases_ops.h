@@ -1088,6 +1088,8 @@ static const bc_case bc_cases[] = {
     CASE(op_conv2d_fused, "tiny, odd, 3 outputs", 5, 7, 9, 3, 3, 1, 1, 2),
     CASE(op_conv2d_fused, "3 outputs, upsampled, + residual", 24, 13, 17, 3, 3, 1, 1, 1),
     CASE(op_conv2d_fused, "L3-like: 96 -> 96 + residual, odd rows, partial column tile", 96, 33, 70, 96, 3, 1, 0, 1),
+    CASE(op_conv2d_fused, "195 tiles of 4 × 64 (resident: blocks walk tiles), res = y", 32, 260, 130, 32, 3, 1, 0, 2),
+    CASE(op_conv2d_fused, "L3: 96 -> 96 + residual, 140 tiles of 4 × 64", 96, 140, 200, 96, 3, 1, 0, 1),
     CASE(op_conv2d_fused, "pad 0: plain ops in the arena", 16, 9, 10, 8, 3, 0, 1, 1),
     CASE(op_conv2d_fused, "1×1 with res = y: through a temporary", 24, 8, 12, 16, 1, 0, 0, 2),
     CASE(op_conv2d_fused, "auto picks im2col: conv, then the sum", 384, 20, 24, 384, 3, 1, 0, 2),

@@ -5,9 +5,9 @@
  *     attention case of backend_cases.h, against the CPU backend; the flash
  *     kernels give the same bits on a second run (no races);
  *   - every way a 3×3 convolution runs (implicit GEMM with 2 and 4 rows a
- *     block, im2col + cuBLASLt, auto with the direct kernel for <= 4
- *     outputs), forced in turn, on every conv2d / conv2d_fused case, against
- *     the CPU; a weight's kept layout follows the weight;
+ *     block and with resident weights, im2col + cuBLASLt, auto with the
+ *     direct kernel for <= 4 outputs), forced in turn, on every conv2d /
+ *     conv2d_fused case, against the CPU; a weight's kept layout follows the weight;
  *   - a DiT-like block recorded as a CUDA graph replays bit-identically to
  *     the eager run, and reads its inputs' current contents;
  *   - a misuse is reported by the next sync with a message, not a crash;
@@ -124,20 +124,23 @@ static void attention_kernels(const bc_inst *in, float **cpu_out, const char *na
     qi_cuda_set_attention_kernel(gpu, use_wgmma ? "auto" : "mma");
 }
 
-/* Each conv path: the implicit GEMM with 2 and 4 output rows per block,
- * im2col, and auto (whose convs with <= 4 outputs take the direct kernel). */
+/* Each conv path: the implicit GEMM with 2 and 4 output rows per block and
+ * with its weights resident (where they fit; else as "implicit"), im2col,
+ * and auto (whose convs with <= 4 outputs take the direct kernel). */
 static void conv_paths(const bc_inst *in, float **cpu_out, const char *name) {
     static const char *const modes[3] = {"auto", "implicit", "im2col"}; /* bc_conv_mode order */
-    static const struct { int mode, rows; const char *label; } paths[] = {
-        {1, 2, "implicit"}, {1, 4, "implicit4"}, {2, 2, "im2col"}, {0, 2, "auto"}};
+    static const struct { int mode, rows, resident; const char *label; } paths[] = {
+        {1, 2, 0, "implicit"}, {1, 4, 0, "implicit4"}, {1, 2, 1, "resident"}, {2, 2, 0, "im2col"},
+        {0, 2, 0, "auto"}};
     for (size_t i = 0; i < QI_ARRAY_LEN(paths); i++) {
         CHECK(qi_cuda_set_conv_kernel(gpu, modes[paths[i].mode]) == 0, "unknown conv mode %s", modes[paths[i].mode]);
-        CHECK(qi_cuda_set_conv_variant(gpu, paths[i].rows, 1) == 0, "conv rows %d refused", paths[i].rows);
+        CHECK(qi_cuda_set_conv_variant(gpu, paths[i].rows, 1, paths[i].resident) == 0, "conv rows %d refused",
+              paths[i].rows);
         bc_conv_mode = paths[i].mode;
-        one_variant(in, cpu_out, name, paths[i].label, 0);
+        one_variant(in, cpu_out, name, paths[i].label, paths[i].resident); /* resident: rerun, same bits */
     }
     qi_cuda_set_conv_kernel(gpu, "auto");
-    qi_cuda_set_conv_variant(gpu, 2, 1);
+    qi_cuda_set_conv_variant(gpu, 2, 1, 0);
     bc_conv_mode = 0;
 }
 

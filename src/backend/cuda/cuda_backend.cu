@@ -1154,12 +1154,6 @@ extern "C" int qi_cuda_set_conv_kernel(qi_backend *be, const char *name) {
     return 0;
 }
 
-extern "C" int qi_cuda_set_conv_variant(qi_backend *be, int rows, int direct) {
-    if (rows != 2 && rows != 4) return -1;
-    cuda_of(be)->conv_rows = rows; /* a kept layout made for another channel tile is not used (cuda_conv.cu) */
-    cuda_of(be)->conv_direct = direct != 0;
-    return 0;
-}
 
 /* ---- the overlap of kept-weight expansions (cuda_kept.cu) ------------------------------- */
 
@@ -1527,14 +1521,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));
         c->conv_mode = m < 0 ? QC_CONV_AUTO : m;
-        const char *cache = getenv("QI_CUDA_CONV_CACHE"), *direct = getenv("QI_CUDA_CONV_DIRECT"),
-                   *rows = getenv("QI_CUDA_CONV_ROWS"), *im2col_ci = getenv("QI_CUDA_CONV_IM2COL_CI");
-        c->conv_cache = !(cache && cache[0] == '0');
-        c->conv_direct = !(direct && direct[0] == '0');
-        c->conv_rows = rows && rows[0] == '4' ? 4 : 2;
-        c->conv_im2col_ci = im2col_ci && atoi(im2col_ci) > 0 ? atoi(im2col_ci) : 128;
-        const char *wide = getenv("QI_CUDA_NORM_WIDE");
-        c->norm_wide = wide && wide[0] == '1';
+        qc_conv_options_init(c);
     }
     if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
         st = qi_fail(err, QI_ERR_BACKEND, "cuda backend: cublasLtCreate failed (is libcublasLt.so.13 "

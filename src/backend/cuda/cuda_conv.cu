@@ -36,6 +36,10 @@
 
 #include "backend/cuda/cuda_internal.h"
 
+extern "C" {
+#include "backend/cuda/cuda_backend.h" /* qi_cuda_set_conv_variant */
+}
+
 /* ---- PTX wrappers (the same as the attention kernels') ---------------------------- */
 
 static __device__ __forceinline__ uint32_t cv_smem_u32(const void *p) {
@@ -105,6 +109,73 @@ typedef struct conv_args {
     int bdt;
     float bscale;
 } conv_args;
+
+/* One chunk's 9 taps (k16 steps) into a warp's MT·16 channels × 64 pixels:
+ * A rows a_row (+16m) at k half a_k of the chunk's weights sA; B the halo
+ * pixels of tile row wn shifted by the tap (dy, dx) in sB. */
+template <int MT>
+static __device__ __forceinline__ void conv_chunk_mma(float (&acc)[MT][8][4], const bf16 *sA, const bf16 *sB,
+                                                      int a_row, int a_k, int b_px, int b_k, int wn) {
+#pragma unroll
+    for (int tap = 0; tap < 9; tap++) {
+        const int dy = tap / 3, dx = tap % 3;
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++) cv_ldmatrix_x4(a[m], sA + (a_row + m * 16) * CV_AS + tap * CV_KC + a_k);
+        const bf16 *brow = sB + ((wn + dy) * CV_HW + dx + b_px) * CV_BS + b_k;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            uint32_t b[4];
+            cv_ldmatrix_x4(b, brow + q * 16 * CV_BS);
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                cv_mma(acc[m][2 * q], a[m], b[0], b[1]);
+                cv_mma(acc[m][2 * q + 1], a[m], b[2], b[3]);
+            }
+        }
+    }
+}
+
+/* Epilogue of a warp's tile: + bias + residual, one rounding, into output
+ * row yrow from column tx0, channels cw0 … cw0 + MT·16. The thread holds rows
+ * g, g+8 of each 16-channel tile and pixel pairs (2t, 2t+1) of each 8-pixel tile. */
+template <int MT>
+static __device__ __forceinline__ void conv_epilogue(const conv_args &p, const float (&acc)[MT][8][4], int cw0,
+                                                     int yrow, int tx0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    if (yrow >= p.H) return;
+    const bool pairs = (p.W & 1) == 0;
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int co = cw0 + m * 16 + g + half * 8;
+            if (co >= p.Co) continue;
+            const float bv = p.bias ? ld_param(p.bias, p.bdt, co) * p.bscale : 0.0f;
+            const size_t row = ((size_t)co * p.H + yrow) * p.W;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const int px = tx0 + n * 8 + 2 * t;
+                float v0 = acc[m][n][2 * half] + bv, v1 = acc[m][n][2 * half + 1] + bv;
+                if (pairs && px + 1 < p.W) {
+                    if (p.res) {
+                        const float2 r = __bfloat1622float2(*(const __nv_bfloat162 *)(p.res + row + px));
+                        v0 += r.x, v1 += r.y;
+                    }
+                    *(__nv_bfloat162 *)(p.y + row + px) = __floats2bfloat162_rn(v0, v1);
+                } else {
+                    if (px < p.W) {
+                        if (p.res) v0 += __bfloat162float(p.res[row + px]);
+                        p.y[row + px] = __float2bfloat16_rn(v0);
+                    }
+                    if (px + 1 < p.W) {
+                        if (p.res) v1 += __bfloat162float(p.res[row + px + 1]);
+                        p.y[row + px + 1] = __float2bfloat16_rn(v1);
+                    }
+                }
+            }
+        }
+}
 
 /* TH 2: 128 threads, two blocks an SM; TH 4: 256 threads, one (the
  * accumulators, MT·32 floats a thread, would not fit 128 registers). */
@@ -200,64 +271,153 @@ __global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv
             cv_cp_async_commit();
             load_b(cb + 1);
         }
-#pragma unroll
-        for (int tap = 0; tap < 9; tap++) {
-            const int dy = tap / 3, dx = tap % 3;
-            uint32_t a[MT][4];
-#pragma unroll
-            for (int m = 0; m < MT; m++) cv_ldmatrix_x4(a[m], sA + (a_row + m * 16) * CV_AS + tap * CV_KC + a_k);
-            const bf16 *brow = sB + ((wn + dy) * CV_HW + dx + b_px) * CV_BS + b_k;
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                uint32_t b[4];
-                cv_ldmatrix_x4(b, brow + q * 16 * CV_BS);
-#pragma unroll
-                for (int m = 0; m < MT; m++) {
-                    cv_mma(acc[m][2 * q], a[m], b[0], b[1]);
-                    cv_mma(acc[m][2 * q + 1], a[m], b[2], b[3]);
-                }
-            }
-        }
+        conv_chunk_mma<MT>(acc, sA, sB, a_row, a_k, b_px, b_k, wn);
         if (more) store_b(odd ? sB0 : sB1);
         cv_cp_async_wait_all();
         __syncthreads();
     }
 
-    /* Epilogue: + bias + residual, one rounding. Thread holds rows g, g+8 of
-     * each 16-channel tile and pixel pairs (2t, 2t+1) of each 8-pixel tile. */
-    const int g = lane >> 2, t = lane & 3, yrow = ty0 + wn;
-    if (yrow >= p.H) return;
-    const bool pairs = (p.W & 1) == 0;
+    conv_epilogue<MT>(p, acc, co0 + wm * MT * 16, ty0 + wn, tx0, lane);
+}
+
+/* The weights resident (QI_CUDA_CONV_RESIDENT=1): when every chunk of a
+ * one-channel-block conv fits in shared memory beside two halo buffers (L3's
+ * 96 → 96: 6 chunks × 96 × 304 B = 171 KiB + 2 × 18.6 KiB), one block an SM
+ * loads them once and walks the pixel tiles (4 rows × 64, 8 warps as TH 4)
+ * blockIdx.x, + gridDim.x, …: the halo of the next tile's first chunk is
+ * gathered while the last chunk of this one runs, so the pipeline never
+ * drains between tiles, and no weight byte is read twice. */
+template <int MT>
+__global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) {
+    constexpr int TH = 4, THREADS = cv_geom<TH>::threads, HPIX = cv_geom<TH>::hpix, HSLOTS = cv_geom<TH>::hslots;
+    constexpr int BM = 32 * MT, A_EL = BM * CV_AS, B_EL = HPIX * CV_BS;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 *const sB0 = (bf16 *)smem, *const sB1 = sB0 + B_EL, *const sA = sB1 + B_EL; /* sA: ncb chunks */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wm = warp & 1, wn = warp >> 1; /* channel half, tile row */
+    const int ntiles = p.tiles_x * ((p.H + TH - 1) / TH);
+    const int plane = p.Hin * p.Win;
+    const unsigned short *xs = (const unsigned short *)p.x;
+
+    for (int i = tid; i < p.ncb * BM * (CV_AK / 8); i += THREADS) { /* every chunk's weights, once */
+        const int r = i / (CV_AK / 8), piece = i % (CV_AK / 8); /* r = cb · BM + row; co_pad = BM */
+        cv_cp_async16(sA + r * CV_AS + piece * 8, p.wr + (size_t)r * CV_AK + piece * 8);
+    }
+    cv_cp_async_commit();
+
+    /* A tile's halo pixels as offsets into one input plane (-1: zero padding or no tile). */
+    auto set_hoff = [&](int tile, int *hoff) {
+        const int tx0 = (tile % p.tiles_x) * CV_TW, ty0 = (tile / p.tiles_x) * TH;
 #pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int co = co0 + wm * MT * 16 + m * 16 + g + half * 8;
-            if (co >= p.Co) continue;
-            const float bv = p.bias ? ld_param(p.bias, p.bdt, co) * p.bscale : 0.0f;
-            const size_t row = ((size_t)co * p.H + yrow) * p.W;
-#pragma unroll
-            for (int n = 0; n < 8; n++) {
-                const int px = tx0 + n * 8 + 2 * t;
-                float v0 = acc[m][n][2 * half] + bv, v1 = acc[m][n][2 * half + 1] + bv;
-                if (pairs && px + 1 < p.W) {
-                    if (p.res) {
-                        const float2 r = __bfloat1622float2(*(const __nv_bfloat162 *)(p.res + row + px));
-                        v0 += r.x, v1 += r.y;
-                    }
-                    *(__nv_bfloat162 *)(p.y + row + px) = __floats2bfloat162_rn(v0, v1);
-                } else {
-                    if (px < p.W) {
-                        if (p.res) v0 += __bfloat162float(p.res[row + px]);
-                        p.y[row + px] = __float2bfloat16_rn(v0);
-                    }
-                    if (px + 1 < p.W) {
-                        if (p.res) v1 += __bfloat162float(p.res[row + px + 1]);
-                        p.y[row + px + 1] = __float2bfloat16_rn(v1);
-                    }
-                }
+        for (int s = 0; s < HSLOTS; s++) {
+            const int hp = tid + s * THREADS;
+            hoff[s] = -1;
+            if (tile < ntiles && hp < HPIX) {
+                const int Y = ty0 - 1 + hp / CV_HW, X = tx0 - 1 + hp % CV_HW;
+                if (Y >= 0 && Y < p.H && X >= 0 && X < p.W)
+                    hoff[s] = p.up ? (Y >> 1) * p.Win + (X >> 1) : Y * p.Win + X;
             }
         }
+    };
+    uint32_t breg[HSLOTS][CV_KC / 2];
+    auto load_b = [&](int cb, const int *hoff) {
+        const int ci0 = cb * CV_KC;
+#pragma unroll
+        for (int s = 0; s < HSLOTS; s++)
+#pragma unroll
+            for (int j = 0; j < CV_KC / 2; j++) {
+                const int ci = ci0 + 2 * j;
+                uint32_t lo = 0, hi = 0;
+                if (hoff[s] >= 0) {
+                    const size_t o = (size_t)ci * plane + hoff[s];
+                    if (ci < p.Ci) lo = __ldg(xs + o);
+                    if (ci + 1 < p.Ci) hi = __ldg(xs + o + plane);
+                }
+                breg[s][j] = lo | (hi << 16);
+            }
+    };
+    auto store_b = [&](bf16 *sB) {
+#pragma unroll
+        for (int s = 0; s < HSLOTS; s++) {
+            const int hp = tid + s * THREADS;
+            if (hp < HPIX) {
+                uint4 *d = (uint4 *)(sB + hp * CV_BS);
+                d[0] = make_uint4(breg[s][0], breg[s][1], breg[s][2], breg[s][3]);
+                d[1] = make_uint4(breg[s][4], breg[s][5], breg[s][6], breg[s][7]);
+            }
+        }
+    };
+
+    int tile = blockIdx.x, hoff[HSLOTS], hoff_next[HSLOTS];
+    set_hoff(tile, hoff);
+    load_b(0, hoff);
+    store_b(sB0);
+    cv_cp_async_wait_all();
+    __syncthreads();
+
+    const int a_row = wm * MT * 16 + (lane & 15), a_k = (lane >> 4) * 8;
+    const int b_px = (lane >> 4) * 8 + (lane & 7), b_k = ((lane >> 3) & 1) * 8;
+    int buf = 0; /* the halo buffer this chunk reads */
+    for (; tile < ntiles; tile += gridDim.x) {
+        const int next = tile + (int)gridDim.x;
+        set_hoff(next, hoff_next);
+        float acc[MT][8][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int n = 0; n < 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+        for (int cb = 0; cb < p.ncb; cb++) {
+            const bool last = cb + 1 == p.ncb, more = !last || next < ntiles;
+            if (more) load_b(last ? 0 : cb + 1, last ? hoff_next : hoff);
+            conv_chunk_mma<MT>(acc, sA + cb * A_EL, buf ? sB1 : sB0, a_row, a_k, b_px, b_k, wn);
+            if (more) store_b(buf ? sB0 : sB1); /* the other buffer: its readers passed the last barrier */
+            __syncthreads();
+            buf ^= 1;
+        }
+        conv_epilogue<MT>(p, acc, wm * MT * 16, (tile / p.tiles_x) * TH + wn, (tile % p.tiles_x) * CV_TW, lane);
+#pragma unroll
+        for (int s = 0; s < HSLOTS; s++) hoff[s] = hoff_next[s];
+    }
+}
+
+template <int MT> static constexpr size_t conv_resident_smem(int ncb) {
+    return (2 * (size_t)cv_geom<4>::hpix * CV_BS + (size_t)ncb * 32 * MT * CV_AS) * sizeof(bf16);
+}
+
+template <int MT> static void launch_conv3x3_resident(cuda_impl *c, conv_args a, size_t smem) {
+    static bool attr_set = false; /* the limit is per function: set to the device's most, once */
+    if (!attr_set) {
+        cudaFuncSetAttribute(conv3x3_resident_k<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c->smem_optin);
+        attr_set = true;
+    }
+    a.n_co_blocks = 1;
+    a.tiles_x = (a.W + CV_TW - 1) / CV_TW;
+    const int64_t tiles = (int64_t)a.tiles_x * ((a.H + 3) / 4);
+    const int grid = (int)(tiles < c->sm_count ? tiles : c->sm_count);
+    conv3x3_resident_k<MT><<<grid, 256, smem, c->stream>>>(a);
+}
+
+/* The resident kernel when it takes the case (one channel block, every
+ * chunk in shared memory); 0: the caller launches conv3x3_k. */
+static int conv3x3_resident(cuda_impl *c, int mt, const conv_args &a) {
+    const int64_t tiles = (int64_t)((a.W + CV_TW - 1) / CV_TW) * ((a.H + 3) / 4);
+    if (!c->conv_resident || a.co_pad != 32 * mt || tiles > INT32_MAX) return 0;
+    size_t smem;
+    switch (mt) {
+    case 1: smem = conv_resident_smem<1>(a.ncb); break;
+    case 2: smem = conv_resident_smem<2>(a.ncb); break;
+    case 3: smem = conv_resident_smem<3>(a.ncb); break;
+    default: smem = conv_resident_smem<4>(a.ncb); break;
+    }
+    if (smem > c->smem_optin) return 0;
+    switch (mt) {
+    case 1: launch_conv3x3_resident<1>(c, a, smem); break;
+    case 2: launch_conv3x3_resident<2>(c, a, smem); break;
+    case 3: launch_conv3x3_resident<3>(c, a, smem); break;
+    default: launch_conv3x3_resident<4>(c, a, smem); break;
+    }
+    return 1;
 }
 
 template <int MT, int TH> static void launch_conv3x3(cuda_impl *c, conv_args a) {
@@ -311,6 +471,29 @@ static int conv_mt_fit(const cuda_impl *c, int64_t Co) {
     int mt = conv_mt(Co);
     while (mt > 1 && conv_smem_size(mt, c->conv_rows) > c->smem_optin) mt--;
     return mt;
+}
+
+/* ---- the switches ------------------------------------------------------------------------ */
+
+void qc_conv_options_init(cuda_impl *c) {
+    const char *cache = getenv("QI_CUDA_CONV_CACHE"), *direct = getenv("QI_CUDA_CONV_DIRECT"),
+               *rows = getenv("QI_CUDA_CONV_ROWS"), *im2col_ci = getenv("QI_CUDA_CONV_IM2COL_CI"),
+               *resident = getenv("QI_CUDA_CONV_RESIDENT"), *wide = getenv("QI_CUDA_NORM_WIDE");
+    c->conv_cache = !(cache && cache[0] == '0');
+    c->conv_direct = !(direct && direct[0] == '0');
+    c->conv_rows = rows && rows[0] == '4' ? 4 : 2;
+    c->conv_im2col_ci = im2col_ci && atoi(im2col_ci) > 0 ? atoi(im2col_ci) : 128;
+    c->conv_resident = resident && resident[0] == '1';
+    c->norm_wide = wide && wide[0] == '1';
+}
+
+extern "C" int qi_cuda_set_conv_variant(qi_backend *be, int rows, int direct, int resident) {
+    if (rows != 2 && rows != 4) return -1;
+    cuda_impl *c = cuda_of(be);
+    c->conv_rows = rows; /* a kept layout made for another channel tile is not used (conv_layout) */
+    c->conv_direct = direct != 0;
+    c->conv_resident = resident != 0;
+    return 0;
 }
 
 /* ---- per-weight layouts --------------------------------------------------------------- */
@@ -456,8 +639,12 @@ int qc_conv3x3_implicit(cuda_impl *c, const qi_tensor *x, int upsample, const qi
     }
     a.wr = wr;
     a.co_pad = (int)co_pad, a.ncb = (int)ncb;
-    if (c->conv_rows == 4) launch_conv3x3_mt<4>(c, mt, a);
-    else launch_conv3x3_mt<2>(c, mt, a);
+    if (conv3x3_resident(c, mt, a)) {
+    } else if (c->conv_rows == 4) {
+        launch_conv3x3_mt<4>(c, mt, a);
+    } else {
+        launch_conv3x3_mt<2>(c, mt, a);
+    }
     qc_check_launch(c, "conv2d 3x3 (implicit GEMM)");
     return 1;
 }

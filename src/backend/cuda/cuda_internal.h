@@ -148,6 +148,8 @@ typedef struct cuda_impl {
      * conv_im2col_ci QI_CUDA_CONV_IM2COL_CI (default 128): auto runs a conv
      * that is not upsampled with more input channels than this through im2col */
     int conv_cache, conv_direct, conv_rows, conv_im2col_ci;
+    int conv_resident;   /* QI_CUDA_CONV_RESIDENT=1: one-channel-block convs whose weights fit in shared
+                          * memory keep them there and walk the pixel tiles (cuda_conv.cu) */
     int norm_wide;       /* QI_CUDA_NORM_WIDE=1: channel_rms_norm's wider blocks for C <= 192 (cuda_conv.cu) */
     /* the reordered layouts of 3×3 conv weights (cuda_conv.cu), keyed by the
      * weight's device address: an entry is made with the weight (`weight`),
@@ -283,6 +285,9 @@ typedef enum qc_conv_mode {
     QC_CONV_IM2COL    /* column matrix + cuBLASLt (upsample materialised) */
 } qc_conv_mode;
 
+/* The conv switches above from the environment (QI_CUDA_CONV_CACHE, _DIRECT,
+ * _ROWS, _IM2COL_CI, _RESIDENT, QI_CUDA_NORM_WIDE), at creation. */
+void qc_conv_options_init(cuda_impl *c);
 /* Weight bookkeeping for the per-weight conv layouts (under load_mu): w was
  * made on the device (an entry if it is a 3×3 conv kernel the implicit GEMM
  * reads); the weight at `data` is being freed (its layout goes with it;
