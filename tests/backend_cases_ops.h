@@ -831,7 +831,9 @@ static void conv_fused_adjust(const bc_inst *in, int i, bc_tols *t) {
     (void)i;
     const int64_t *p = in->c->p;
     const int k3 = p[4] == 3 && p[5] == 1;
-    const int implicit = bc_conv_mode == 1 ? k3 : bc_conv_mode == 2 ? 0 : k3 && (p[6] || p[0] <= 128 || p[3] < 32);
+    const char *env = getenv("QI_CUDA_CONV_IM2COL_CI"); /* the backend's bound for auto (default 128) */
+    const int64_t im2col_ci = env && atoi(env) > 0 ? atoi(env) : 128;
+    const int implicit = bc_conv_mode == 1 ? k3 : bc_conv_mode == 2 ? 0 : k3 && (p[6] || p[0] <= im2col_ci || p[3] < 32);
     t->dev = implicit || !p[7] ? BC_TOL_GEMM : BC_TOL_TWO;
 }
 static void conv_fused_label(const bc_case *c, char *buf, size_t cap) {
@@ -1035,6 +1037,11 @@ static const bc_case bc_cases[] = {
     CASE(op_conv2d, "float32 kernel, odd sizes", 8, 9, 11, 5, 3, 1, 1, 1),
     CASE(op_conv2d, "VAE-like", 128, 128, 128, 128, 3, 1, 1, 0),
     CASE(op_conv2d, "conv_out to RGB", 96, 64, 64, 3, 3, 1, 1, 0),
+    CASE(op_conv2d, "conv_out to RGB, partial 32×32 tiles both ways", 96, 37, 70, 3, 3, 1, 1, 0),
+    CASE(op_conv2d, "4 outputs, a partial 8-channel chunk", 20, 33, 35, 4, 3, 1, 1, 0),
+    CASE(op_conv2d, "1 output, no bias", 8, 17, 19, 1, 3, 1, 0, 0),
+    CASE(op_conv2d, "2 outputs, float32 kernel", 12, 9, 41, 2, 3, 1, 1, 1),
+    CASE(op_conv2d, "96 channels, rows not a multiple of 4", 96, 30, 70, 96, 3, 1, 1, 0),
     CASE(op_conv2d, "encoder conv_in: RGB to 96 channels", 3, 40, 56, 96, 3, 1, 1, 0),
     CASE(op_conv2d, "encoder conv_out: 384 channels to the 32 moments", 384, 12, 14, 32, 3, 1, 1, 0),
     CASE(op_conv2d, "quant_conv: 1×1 over the 32 moments", 32, 12, 14, 32, 1, 0, 1, 0),
@@ -1070,6 +1077,8 @@ static const bc_case bc_cases[] = {
     CASE(op_channel_rms_norm_act, "H·W not a multiple of 8: scalar kernel", 96, 33, 41, 1, SILU, 0),
     CASE(op_channel_rms_norm_act, "fewer channels than channel groups, no act", 7, 8, 9, 1, NOACT, 0),
     CASE(op_channel_rms_norm_act, "6 channels per thread", 192, 32, 40, 0, SILU, 0),
+    CASE(op_channel_rms_norm_act, "a partial 256-pixel block (QI_CUDA_NORM_WIDE), in place", 96, 20, 36, 1, SILU, 1),
+    CASE(op_channel_rms_norm_act, "a partial 128-pixel block (QI_CUDA_NORM_WIDE)", 192, 10, 20, 1, SILU, 0),
     CASE(op_channel_rms_norm_act, "over 384 channels: the second pass re-reads", 512, 8, 16, 1, SILU, 0),
 
     CASE(op_conv2d_fused, "small, upsampled, residual = y", 3, 3, 4, 4, 3, 1, 1, 2),
@@ -1077,6 +1086,10 @@ static const bc_case bc_cases[] = {
     CASE(op_conv2d_fused, "odd sizes, upsampled, + residual", 192, 17, 23, 96, 3, 1, 1, 1),
     CASE(op_conv2d_fused, "resblock conv2: y += conv", 96, 30, 64, 96, 3, 1, 0, 2),
     CASE(op_conv2d_fused, "tiny, odd, 3 outputs", 5, 7, 9, 3, 3, 1, 1, 2),
+    CASE(op_conv2d_fused, "3 outputs, upsampled, + residual", 24, 13, 17, 3, 3, 1, 1, 1),
+    CASE(op_conv2d_fused, "L3-like: 96 -> 96 + residual, odd rows, partial column tile", 96, 33, 70, 96, 3, 1, 0, 1),
+    CASE(op_conv2d_fused, "195 tiles of 4 × 64 (resident: blocks walk tiles), res = y", 32, 260, 130, 32, 3, 1, 0, 2),
+    CASE(op_conv2d_fused, "L3: 96 -> 96 + residual, 140 tiles of 4 × 64", 96, 140, 200, 96, 3, 1, 0, 1),
     CASE(op_conv2d_fused, "pad 0: plain ops in the arena", 16, 9, 10, 8, 3, 0, 1, 1),
     CASE(op_conv2d_fused, "1×1 with res = y: through a temporary", 24, 8, 12, 16, 1, 0, 0, 2),
     CASE(op_conv2d_fused, "auto picks im2col: conv, then the sum", 384, 20, 24, 384, 3, 1, 0, 2),

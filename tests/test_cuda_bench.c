@@ -233,6 +233,12 @@ static void bench_conv_fused(int64_t Ci, int64_t H, int64_t W, int64_t Co, int u
         TIME_MS(ms_old, gpu->ops->conv2d_fused(gpu, &x, 0, &w, &b, 1, res ? &y : NULL, &y));
     }
     qi_cuda_set_conv_kernel(gpu, "auto");
+    if (Co <= 4) { /* auto runs the direct kernel (unless QI_CUDA_CONV_DIRECT=0) */
+        double ms_direct;
+        TIME_MS(ms_direct, gpu->ops->conv2d_fused(gpu, &x, up, &w, &b, 1, res ? &y : NULL, &y));
+        printf("  %-12s conv3x3 [%lld,%lld,%lld] -> %lld  auto (direct kernel) %7.3f ms\n", what, (long long)Ci,
+               (long long)H, (long long)W, (long long)Co, ms_direct);
+    }
     double flop = 2.0 * Co * Ci * 9 * Hc * Wc;
     int auto_implicit = up || Ci <= 128 || Co < 32;
     printf("  %-12s conv3x3 [%lld,%lld,%lld]%s -> %lld%s  implicit %7.3f ms %5.0f TFLOP/s | im2col%s %7.3f ms (%.2fx) auto: %s\n",

@@ -4,8 +4,10 @@
  *   - every attention kernel the dispatch can pick, forced in turn, on every
  *     attention case of backend_cases.h, against the CPU backend; the flash
  *     kernels give the same bits on a second run (no races);
- *   - both ways a 3×3 convolution runs (implicit GEMM, im2col + cuBLASLt),
- *     forced in turn, on every conv2d / conv2d_fused case, against the CPU;
+ *   - every way a 3×3 convolution runs (implicit GEMM with 2 and 4 rows a
+ *     block and with resident weights, im2col + cuBLASLt, auto with the
+ *     direct kernel for <= 4 outputs), forced in turn, on every conv2d /
+ *     conv2d_fused case, against the CPU; a weight's kept layout follows the weight;
  *   - a DiT-like block recorded as a CUDA graph replays bit-identically to
  *     the eager run, and reads its inputs' current contents;
  *   - a misuse is reported by the next sync with a message, not a crash;
@@ -122,15 +124,66 @@ static void attention_kernels(const bc_inst *in, float **cpu_out, const char *na
     qi_cuda_set_attention_kernel(gpu, use_wgmma ? "auto" : "mma");
 }
 
+/* Each conv path: the implicit GEMM with 2 and 4 output rows per block and
+ * with its weights resident (where they fit; else as "implicit"), im2col,
+ * and auto (whose convs with <= 4 outputs take the direct kernel). */
 static void conv_paths(const bc_inst *in, float **cpu_out, const char *name) {
     static const char *const modes[3] = {"auto", "implicit", "im2col"}; /* bc_conv_mode order */
-    for (int m = 1; m <= 2; m++) {
-        CHECK(qi_cuda_set_conv_kernel(gpu, modes[m]) == 0, "unknown conv mode %s", modes[m]);
-        bc_conv_mode = m;
-        one_variant(in, cpu_out, name, modes[m], 0);
+    static const struct { int mode, rows, resident; const char *label; } paths[] = {
+        {1, 2, 0, "implicit"}, {1, 4, 0, "implicit4"}, {1, 2, 1, "resident"}, {2, 2, 0, "im2col"},
+        {0, 2, 0, "auto"}};
+    for (size_t i = 0; i < QI_ARRAY_LEN(paths); i++) {
+        CHECK(qi_cuda_set_conv_kernel(gpu, modes[paths[i].mode]) == 0, "unknown conv mode %s", modes[paths[i].mode]);
+        CHECK(qi_cuda_set_conv_variant(gpu, paths[i].rows, 1, paths[i].resident) == 0, "conv rows %d refused",
+              paths[i].rows);
+        bc_conv_mode = paths[i].mode;
+        one_variant(in, cpu_out, name, paths[i].label, paths[i].resident); /* resident: rerun, same bits */
     }
     qi_cuda_set_conv_kernel(gpu, "auto");
+    qi_cuda_set_conv_variant(gpu, 2, 1, 0);
     bc_conv_mode = 0;
+}
+
+/* A conv weight's kept layout (made by its first conv) serves its later
+ * convs bit for bit, and goes with the weight: a weight made after it was
+ * freed (often at the same address) is read afresh. Each round against the
+ * CPU backend: a stale layout would be another random weight (error ~1.4). */
+static void conv_layout_follows_its_weight(void) {
+    size_t mk = gpu->ops->mark(gpu);
+    const int64_t Ci = 96, H = 20, W = 70, Co = 96, n = Co * H * W;
+    int64_t xs[3] = {Ci, H, W}, ws[4] = {Co, Ci, 3, 3}, ys[3] = {Co, H, W};
+    qi_tensor x = bc_dev_rand(gpu, 3, xs, 1.0f), y, xc, wc, yc;
+    bc_must(gpu->ops->tensor(gpu, &y, QI_BF16, 3, ys, &err), "y", &err);
+    float *xh = malloc((size_t)(Ci * H * W) * sizeof(float)), *first = malloc((size_t)n * sizeof(float));
+    float *again = malloc((size_t)n * sizeof(float)), *ref = malloc((size_t)n * sizeof(float));
+    REQUIRE(xh && first && again && ref, "alloc");
+    bc_must(gpu->ops->download(gpu, &x, xh, &err), "download x", &err);
+    size_t cmk = cpu->ops->mark(cpu);
+    bc_must(cpu->ops->tensor(cpu, &xc, cpu->act_dtype, 3, xs, &err), "cpu x", &err);
+    bc_must(cpu->ops->tensor(cpu, &yc, cpu->act_dtype, 3, ys, &err), "cpu y", &err);
+    bc_must(cpu->ops->upload(cpu, &xc, xh, &err), "cpu x", &err);
+    for (int round = 0; round < 3; round++) {
+        uint16_t *hw;
+        qi_tensor w = bc_dev_weight(gpu, 4, ws, 0.034f, &hw);
+        gpu->ops->conv2d(gpu, &x, &w, NULL, 1, &y);
+        bc_must(gpu->ops->download(gpu, &y, first, &err), "download", &err);
+        gpu->ops->conv2d(gpu, &x, &w, NULL, 1, &y);
+        bc_must(gpu->ops->download(gpu, &y, again, &err), "download", &err);
+        bc_must(cpu->ops->weight(cpu, &wc, QI_BF16, 4, ws, hw, NULL, &err), "cpu w", &err);
+        cpu->ops->conv2d(cpu, &xc, &wc, NULL, 1, &yc);
+        bc_must(cpu->ops->download(cpu, &yc, ref, &err), "cpu y", &err);
+        double e = bc_err(first, NULL, ref, n, 0);
+        printf("  round %d: vs cpu %.2e (tol %.1e), second conv %s\n", round, e, BC_TOL_GEMM,
+               memcmp(first, again, (size_t)n * sizeof(float)) ? "DIFFERS" : "bit-identical");
+        CHECK(e <= BC_TOL_GEMM, "round %d: the conv does not follow its weight (vs cpu %.2e)", round, e);
+        CHECK(memcmp(first, again, (size_t)n * sizeof(float)) == 0, "round %d: the second conv differs", round);
+        cpu->ops->weight_free(cpu, &wc);
+        gpu->ops->weight_free(gpu, &w);
+        free(hw);
+    }
+    cpu->ops->reset(cpu, cmk);
+    free(xh), free(first), free(again), free(ref);
+    gpu->ops->reset(gpu, mk);
 }
 
 /* ---- a CUDA graph of a block fragment ------------------------------------------------ */
@@ -376,6 +429,7 @@ int main(void) {
         each_case(&op_attention_segments, attention_kernels);
     }
     if (!only || strcmp(only, "conv") == 0) {
+        RUN(conv_layout_follows_its_weight);
         each_case(&op_conv2d, conv_paths);
         each_case(&op_conv2d_fused, conv_paths);
     }

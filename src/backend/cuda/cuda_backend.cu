@@ -504,6 +504,7 @@ static qi_status weight_on_device(cuda_impl *c, qi_tensor *w, qi_dtype dt, int n
         c->weight_bytes += bytes;
         if (c->weight_bytes > c->weight_peak) c->weight_peak = c->weight_bytes;
         c->kept_weights += kept;
+        qc_conv_weight_made(c, w);
     }
     pthread_mutex_unlock(&c->load_mu);
     return st;
@@ -549,6 +550,7 @@ static void cuda_weight_free(qi_backend *be, qi_tensor *w) {
     qc_wbuf_settle(c, 1); /* a prefetched expansion may read it; its address may come back as another weight's */
     cudaStreamSynchronize(c->stream); /* queued work may still read it */
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream); /* or a queued stage */
+    qc_conv_weight_freed(c, w->data); /* its conv layout, if it has one (queued work is done) */
     size_t bytes = qi_nbytes(w);
     if (qc_host_kind(c, w->data) >= 0) { /* a host weight (weight_host) */
         qc_host_free(c, w->data);
@@ -591,6 +593,7 @@ static size_t cuda_weight_size(const qi_backend *be, qi_dtype dt, int ndim, cons
         *scratch = alloc_rounded((size_t)(rows * ne[ndim - 1]) * 2) * (size_t)(c->wbuf_count > 1 ? c->wbuf_count : 1);
         if (dt == QI_F8_E4M3 || dt == QI_F8_E5M2) bytes += alloc_rounded((size_t)rows * sizeof(float)); /* row scales */
     }
+    if (ndim == 4) bytes += alloc_rounded(qc_conv_layout_bytes(c, (qi_dtype)st, ne)); /* made on first use */
     return bytes;
 }
 
@@ -1181,6 +1184,7 @@ extern "C" int qi_cuda_set_conv_kernel(qi_backend *be, const char *name) {
     return 0;
 }
 
+
 /* ---- the overlap of kept-weight expansions (cuda_kept.cu) ------------------------------- */
 
 /* The stream every op is queued on. QI_CUDA_PREFETCH_PRIORITY=1 gives it the
@@ -1348,6 +1352,7 @@ static void cuda_destroy(qi_backend *be) {
         if (c->expand_fork) cudaEventDestroy(c->expand_fork);
         for (int i = 0; i < QC_WBUFS; i++)
             if (c->wbuf[i].ready) cudaEventDestroy(c->wbuf[i].ready);
+        qc_conv_weights_destroy(c);
         cudaFree(c->nonfinite_count);
         cudaFree(c->lt_workspace);
         cudaFree(c->scratch);
@@ -1546,6 +1551,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));
         c->conv_mode = m < 0 ? QC_CONV_AUTO : m;
+        qc_conv_options_init(c);
     }
     if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
         st = qi_fail(err, QI_ERR_BACKEND, "cuda backend: cublasLtCreate failed (is libcublasLt.so.13 "

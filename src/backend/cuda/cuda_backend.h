@@ -81,6 +81,14 @@ int qi_cuda_set_attention_kernel(qi_backend *be, const char *name);
  * fused) or "im2col" (column matrix + cuBLASLt). The environment variable
  * QI_CUDA_CONV sets the initial choice. Returns 0, or -1 for an unknown name. */
 int qi_cuda_set_conv_kernel(qi_backend *be, const char *name);
+/* The implicit-GEMM conv's variants (for tests and benchmarks; the
+ * environment variables QI_CUDA_CONV_ROWS, QI_CUDA_CONV_DIRECT and
+ * QI_CUDA_CONV_RESIDENT set the initial ones): `rows` output rows per block,
+ * 2 (default) or 4; `direct` 1: convs with at most 4 outputs run on the CUDA
+ * cores in "auto" (default), 0: as the other convs; `resident` 1: a conv of
+ * one channel block whose weights fit in shared memory keeps them there and
+ * walks the pixel tiles (default 0). Returns 0, or -1 for rows other than 2 or 4. */
+int qi_cuda_set_conv_variant(qi_backend *be, int rows, int direct, int resident);
 
 /* Host memory for streamed weights (cuda_host.cu): weight_host places each
  * weight in pinned chunks while they stay within the pinned budget (the op

@@ -140,6 +140,23 @@ typedef struct cuda_impl {
     uint64_t random_count; /* weights made so far: each gets its own stream */
     int attn_variant;    /* qc_attn_variant: which attention kernel (tests and benchmarks pick) */
     int conv_mode;       /* qc_conv_mode: how 3×3, pad-1 convs run */
+    /* the implicit-GEMM conv's switches (cuda_conv.cu; env at creation, the
+     * lead's A/B knobs): conv_cache QI_CUDA_CONV_CACHE (default 1): each
+     * weight's reordered layout made once, not per call; conv_direct
+     * QI_CUDA_CONV_DIRECT (default 1): Co <= 4 on the CUDA cores in auto mode;
+     * conv_rows QI_CUDA_CONV_ROWS (2 or 4, default 2): output rows per block;
+     * conv_im2col_ci QI_CUDA_CONV_IM2COL_CI (default 128): auto runs a conv
+     * that is not upsampled with more input channels than this through im2col */
+    int conv_cache, conv_direct, conv_rows, conv_im2col_ci;
+    int conv_resident;   /* QI_CUDA_CONV_RESIDENT=1: one-channel-block convs whose weights fit in shared
+                          * memory keep them there and walk the pixel tiles (cuda_conv.cu) */
+    int norm_wide;       /* QI_CUDA_NORM_WIDE=1: channel_rms_norm's wider blocks for C <= 192 (cuda_conv.cu) */
+    /* the reordered layouts of 3×3 conv weights (cuda_conv.cu), keyed by the
+     * weight's device address: an entry is made with the weight (`weight`),
+     * its layout on the first conv that reads it, both freed with the weight
+     * (under load_mu) */
+    struct qc_conv_w *conv_ws;
+    int conv_ws_n, conv_ws_cap;
     /* kernel selection (cuda_select.cu, once at creation) */
     int hopper;          /* wgmma and TMA kernels: a 9.x device running sm_90a code, not forced generic */
     void *tmap_encode;   /* the driver's cuTensorMapEncodeTiled, NULL if unavailable or not hopper */
@@ -267,6 +284,20 @@ typedef enum qc_conv_mode {
     QC_CONV_IMPLICIT, /* implicit GEMM whenever it can take the case */
     QC_CONV_IM2COL    /* column matrix + cuBLASLt (upsample materialised) */
 } qc_conv_mode;
+
+/* The conv switches above from the environment (QI_CUDA_CONV_CACHE, _DIRECT,
+ * _ROWS, _IM2COL_CI, _RESIDENT, QI_CUDA_NORM_WIDE), at creation. */
+void qc_conv_options_init(cuda_impl *c);
+/* Weight bookkeeping for the per-weight conv layouts (under load_mu): w was
+ * made on the device (an entry if it is a 3×3 conv kernel the implicit GEMM
+ * reads); the weight at `data` is being freed (its layout goes with it;
+ * queued work has finished); everything, at destroy. */
+void qc_conv_weight_made(cuda_impl *c, const qi_tensor *w);
+void qc_conv_weight_freed(cuda_impl *c, const void *data);
+void qc_conv_weights_destroy(cuda_impl *c);
+/* Device bytes of the reordered layout a weight of stored type dt and shape
+ * ne[4] would get (0: not a conv kernel that has one, or the cache is off). */
+size_t qc_conv_layout_bytes(const cuda_impl *c, qi_dtype dt, const int64_t *ne);
 
 /* ---- attention (cuda_attention.cu, cuda_flash_hopper.cu) ---- */
 typedef enum qc_attn_variant {
