@@ -8,7 +8,7 @@
 #             test_backend_ops test_cuda_vram test_cuda_kernels test_cuda_pipeline test_vae_encode_tiles qwen-image hold_memory
 #           tar cf - dist | xz -9 -T1 > devpack/table.tar.xz
 #           git --git-dir=<diffusers mirror> archive HEAD src/diffusers | xz -9 > devpack/diffusers-src.tar.xz
-#   there:  sh dev/cuda/table-run/run.sh [checks] [ours] [peer] [ours2] [loadtest] [fast] [startup] [profile] [offload] [3g]
+#   there:  sh dev/cuda/table-run/run.sh [checks] [ours] [peer] [ours2] [loadtest] [fast] [startup] [vae] [profile] [offload] [3g]
 set -u
 OUT=${OUT:-/tmp/table-out}
 mkdir -p "$OUT"
@@ -31,7 +31,8 @@ for what in ${*:-checks ours peer ours2 startup}; do
   case $what in
     checks)
       for t in test_cuda_backend_caps test_cuda_kept_overlap "test_formats -d cuda" "test_backend_ops -b cuda" \
-               test_cuda_vram test_cuda_kernels test_cuda_pipeline "test_vae_encode_tiles -b cuda"; do
+               test_cuda_vram test_cuda_kernels test_cuda_pipeline "test_vae_encode_tiles -b cuda" \
+               "test_load_overlap -d cuda"; do
         n=$(echo "$t" | tr -c 'a-z0-9_' _)
         # shellcheck disable=SC2086
         timeout 120 dist/run.sh $t >"$OUT/$n.log" 2>&1; note "$t: rc=$? $(tail -1 "$OUT/$n.log")"
@@ -63,6 +64,18 @@ for what in ${*:-checks ours peer ours2 startup}; do
     startup)
       OUT=$OUT/startup timeout 240 sh dev/cuda/startup-run/run.sh fp8 bf16 q4_k
       cat "$OUT/startup/summary.txt" >>"$OUT/summary.txt" ;;
+    vae) # the VAE decode's switches (dev/cuda/NOTES.md): the op table with all of them on, then the decode → RGB8 row
+      # of each setting, first the code before them (cache and direct off)
+      QI_CUDA_CONV_ROWS=4 QI_CUDA_CONV_RESIDENT=1 QI_CUDA_NORM_WIDE=1 QI_CUDA_CONV_IM2COL_CI=192 timeout 120 \
+        dist/run.sh test_backend_ops -b cuda >"$OUT/ops_vae_switches.log" 2>&1
+      note "test_backend_ops -b cuda, every VAE switch on: rc=$? $(tail -1 "$OUT/ops_vae_switches.log")"
+      for spec in "QI_CUDA_CONV_CACHE=0 QI_CUDA_CONV_DIRECT=0" "QI_VAE_DEFAULTS=1" "QI_CUDA_CONV_RESIDENT=1" \
+                  "QI_CUDA_CONV_RESIDENT=1 QI_CUDA_NORM_WIDE=1" "QI_CUDA_CONV_RESIDENT=1 QI_CUDA_NORM_WIDE=1 QI_CUDA_CONV_ROWS=4"; do
+        n=vae_$(echo "$spec" | tr -c 'A-Z0-9' _ | cut -c1-60)
+        # shellcheck disable=SC2086
+        env $spec timeout 120 dist/run.sh qwen-image bench --only vae --runs 10 --warmup 3 --type fp8 >"$OUT/$n.log" 2>&1
+        note "vae [$spec]: rc=$? $(grep '^| VAE decode' "$OUT/$n.log" | cut -d'|' -f2,4 | tr '\n' ' ')"
+      done ;;
     profile) # where the Q4_K bench's set-up spends its host time: all threads' backtraces every 10 s (cuda-gdb
       # attaches to a program with no GPU code in it; dist/bin/qwen-image-syms: qwen-image with its symbol table)
       mkdir -p "$OUT/prof"; prog=qwen-image; [ -x dist/bin/qwen-image-syms ] && prog=qwen-image-syms
