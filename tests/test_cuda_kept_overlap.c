@@ -273,6 +273,51 @@ static size_t count_diff(const float *a, const float *b, size_t n) {
     return k;
 }
 
+/* A tiny transformer call set up on gpu: the transformer written at a path
+ * (its config the tiny model's) loaded, a random GH×GW-patch input x and a
+ * TXT-token text ctx uploaded, out for the result, six host outputs o[] of
+ * n_out floats; `mark`: the arena before the activations. */
+typedef struct tiny_call {
+    qi_source *src;
+    qi_dit *d;
+    float *xv, *cv, *o[6];
+    size_t n_out, mark;
+    qi_tensor x, ctx, out;
+} tiny_call;
+
+/* 0, or -1 with the failure recorded. */
+static int tiny_call_load(tiny_call *t, const char *path) {
+    enum { L = GH * GW };
+    qi_error err = {{0}};
+    memset(t, 0, sizeof *t);
+    if (qi_source_open(path, QI_COMPONENT_TRANSFORMER, &t->src, &err) ||
+        qi_source_set_config(t->src, TINY_DIT "/config.json", &err) || qi_dit_load(t->src, gpu, NULL, &t->d, &err)) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
+    t->n_out = (size_t)L * CH;
+    t->xv = malloc(sizeof(float) * L * CH), t->cv = malloc(sizeof(float) * TXT * 64);
+    for (int i = 0; i < 6; i++) t->o[i] = malloc(sizeof(float) * t->n_out);
+    for (int i = 0; i < L * CH; i++) t->xv[i] = frand();
+    for (int i = 0; i < TXT * 64; i++) t->cv[i] = frand();
+    t->mark = gpu->ops->mark(gpu);
+    if (qi_be_act3(gpu, &t->x, 1, L, CH, &err) || qi_be_act3(gpu, &t->ctx, 1, TXT, 64, &err) ||
+        qi_be_act3(gpu, &t->out, 1, L, CH, &err) || gpu->ops->upload(gpu, &t->x, t->xv, &err) ||
+        gpu->ops->upload(gpu, &t->ctx, t->cv, &err)) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void tiny_call_free(tiny_call *t) {
+    gpu->ops->reset(gpu, t->mark);
+    qi_dit_free(t->d);
+    qi_source_close(t->src);
+    free(t->xv), free(t->cv);
+    for (int i = 0; i < 6; i++) free(t->o[i]);
+}
+
 static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void) {
     char dir[] = "/tmp/qi_overlap_XXXXXX", path[64];
     REQUIRE(mkdtemp(dir), "temporary folder");
@@ -280,35 +325,19 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
     int hinted = 0;
     REQUIRE(write_gguf_transformer(path, &hinted) == 0, "cannot write the GGUF transformer");
     qi_error err = {{0}};
-    qi_source *src = NULL;
-    qi_dit *d = NULL;
-    REQUIRE(!qi_source_open(path, QI_COMPONENT_TRANSFORMER, &src, &err) &&
-                !qi_source_set_config(src, TINY_DIT "/config.json", &err) && !qi_dit_load(src, gpu, NULL, &d, &err),
-            "%s", err.msg);
-    enum { L = GH * GW };
-    size_t n_out = (size_t)L * CH;
-    float *xv = malloc(sizeof(float) * L * CH), *cv = malloc(sizeof(float) * TXT * 64);
-    float *o[6];
-    for (int i = 0; i < 6; i++) o[i] = malloc(sizeof(float) * n_out);
-    for (int i = 0; i < L * CH; i++) xv[i] = frand();
-    for (int i = 0; i < TXT * 64; i++) cv[i] = frand();
-    size_t mark = gpu->ops->mark(gpu);
-    qi_tensor x, ctx, out;
-    REQUIRE(!qi_be_act3(gpu, &x, 1, L, CH, &err) && !qi_be_act3(gpu, &ctx, 1, TXT, 64, &err) &&
-                !qi_be_act3(gpu, &out, 1, L, CH, &err) && !gpu->ops->upload(gpu, &x, xv, &err) &&
-                !gpu->ops->upload(gpu, &ctx, cv, &err),
-            "%s", err.msg);
+    tiny_call t;
+    REQUIRE(tiny_call_load(&t, path) == 0, "the GGUF transformer's call set-up");
 
     int was = qi_cuda_set_kept_overlap(gpu, 0);
-    forward(d, &x, &ctx, &out, o[0]);
-    call_eager_and_graph(d, &x, &ctx, &out, o[1], o[2], &(unsigned long long){0});
+    forward(t.d, &t.x, &t.ctx, &t.out, t.o[0]);
+    call_eager_and_graph(t.d, &t.x, &t.ctx, &t.out, t.o[1], t.o[2], &(unsigned long long){0});
     qi_cuda_set_kept_overlap(gpu, 1);
     unsigned long long q0 = queued_now(), u0 = used_now(), in_graph = 0;
-    forward(d, &x, &ctx, &out, o[3]);
+    forward(t.d, &t.x, &t.ctx, &t.out, t.o[3]);
     unsigned long long q1 = queued_now() - q0, u1 = used_now() - u0;
-    call_eager_and_graph(d, &x, &ctx, &out, o[4], o[5], &in_graph);
+    call_eager_and_graph(t.d, &t.x, &t.ctx, &t.out, t.o[4], t.o[5], &in_graph);
     /* the last block skips the text stream's to_add_out and MLP (nothing reads the text after it) */
-    int layers = qi_dit_get_config(d)->num_layers;
+    int layers = qi_dit_get_config(t.d)->num_layers;
     unsigned long long runs = 12ull * (unsigned)layers - 3;
     printf("  tiny transformer (Q8_0/Q4_K blocks) at %dx%d patches, txt %d: one call queued %llu expansions on "
            "hints, %llu of them read; %llu block linears run; %llu queued while recording\n",
@@ -319,20 +348,20 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
     CHECK(in_graph == runs, "the recording holds the hinted expansions (%llu, want %llu)", in_graph, runs);
     static const char *what[6] = {"forward, off", "call, off", "graph, off", "forward, on", "call, on", "graph, on"};
     for (int i = 1; i < 6; i++) {
-        size_t k = count_diff(o[0], o[i], n_out);
-        CHECK(k == 0, "%s: %zu of %zu outputs differ from %s", what[i], k, n_out, what[0]);
+        size_t k = count_diff(t.o[0], t.o[i], t.n_out);
+        CHECK(k == 0, "%s: %zu of %zu outputs differ from %s", what[i], k, t.n_out, what[0]);
     }
     /* one block and the modulation streamed: hints inside the streamed block read its slot copy */
     qi_dit *ds = NULL;
     qi_dit_residency res = {.resident_blocks = 1, .mod_resident = 0};
-    CHECK(!qi_dit_load_resident(src, gpu, NULL, QI_LORA_AUTO, &res, &ds, &err), "%s", err.msg);
+    CHECK(!qi_dit_load_resident(t.src, gpu, NULL, QI_LORA_AUTO, &res, &ds, &err), "%s", err.msg);
     if (ds) {
         CHECK(qi_dit_streamed_blocks(ds) == layers - 1, "%d blocks streamed", qi_dit_streamed_blocks(ds));
         u0 = used_now();
         for (int r = 0; r < 2; r++) { /* twice: the second call's stages take over the first call's slot addresses */
-            forward(ds, &x, &ctx, &out, o[1]);
-            size_t k = count_diff(o[0], o[1], n_out);
-            CHECK(k == 0, "streamed, on, call %d: %zu of %zu outputs differ from %s", r, k, n_out, what[0]);
+            forward(ds, &t.x, &t.ctx, &t.out, t.o[1]);
+            size_t k = count_diff(t.o[0], t.o[1], t.n_out);
+            CHECK(k == 0, "streamed, on, call %d: %zu of %zu outputs differ from %s", r, k, t.n_out, what[0]);
         }
         printf("  the same with %d of %d blocks and the modulation streamed: %llu hinted expansions read\n",
                qi_dit_streamed_blocks(ds), layers, used_now() - u0);
@@ -340,19 +369,15 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
         qi_dit_free(ds);
     }
     unsigned long long q3 = 0, u3 = 0;
-    forward_three_buffers(src, xv, cv, o[1], &q3, &u3);
-    size_t k3 = count_diff(o[0], o[1], n_out);
+    forward_three_buffers(t.src, t.xv, t.cv, t.o[1], &q3, &u3);
+    size_t k3 = count_diff(t.o[0], t.o[1], t.n_out);
     printf("  three buffers: %llu expansions queued on hints, %llu read; %zu outputs differ\n", q3, u3, k3);
-    CHECK(k3 == 0, "three buffers: %zu of %zu outputs differ from %s", k3, n_out, what[0]);
+    CHECK(k3 == 0, "three buffers: %zu of %zu outputs differ from %s", k3, t.n_out, what[0]);
     CHECK(q3 == runs && u3 == runs, "three buffers: queued %llu, read %llu, linears %llu", q3, u3, runs);
-    gpu->ops->reset(gpu, mark);
     qi_cuda_set_kept_overlap(gpu, was);
-    qi_dit_free(d);
-    qi_source_close(src);
+    tiny_call_free(&t);
     unlink(path);
     rmdir(dir);
-    free(xv), free(cv);
-    for (int i = 0; i < 6; i++) free(o[i]);
 }
 
 /* ---- linear_shared through the model ---------------------------------------------------- */
@@ -434,24 +459,8 @@ static void fp8_linears_shared_change_no_bit_of_a_transformer_call(void) {
     REQUIRE(mkdtemp(dir), "temporary folder");
     snprintf(path, sizeof path, "%s/transformer.safetensors", dir);
     REQUIRE(write_fp8_transformer(path) == 0, "cannot write the fp8 transformer");
-    qi_error err = {{0}};
-    qi_source *src = NULL;
-    qi_dit *d = NULL;
-    REQUIRE(!qi_source_open(path, QI_COMPONENT_TRANSFORMER, &src, &err) &&
-                !qi_source_set_config(src, TINY_DIT "/config.json", &err) && !qi_dit_load(src, gpu, NULL, &d, &err),
-            "%s", err.msg);
-    enum { L = GH * GW };
-    size_t n_out = (size_t)L * CH;
-    float *xv = malloc(sizeof(float) * L * CH), *cv = malloc(sizeof(float) * TXT * 64), *o[6];
-    for (int i = 0; i < 6; i++) o[i] = malloc(sizeof(float) * n_out);
-    for (int i = 0; i < L * CH; i++) xv[i] = frand();
-    for (int i = 0; i < TXT * 64; i++) cv[i] = frand();
-    size_t mark = gpu->ops->mark(gpu);
-    qi_tensor x, ctx, out;
-    REQUIRE(!qi_be_act3(gpu, &x, 1, L, CH, &err) && !qi_be_act3(gpu, &ctx, 1, TXT, 64, &err) &&
-                !qi_be_act3(gpu, &out, 1, L, CH, &err) && !gpu->ops->upload(gpu, &x, xv, &err) &&
-                !gpu->ops->upload(gpu, &ctx, cv, &err),
-            "%s", err.msg);
+    tiny_call t;
+    REQUIRE(tiny_call_load(&t, path) == 0, "the fp8 transformer's call set-up");
     const qi_backend_ops *with = gpu->ops;
     qi_backend_ops plain = *with;
     plain.linear_shared = NULL;
@@ -459,15 +468,15 @@ static void fp8_linears_shared_change_no_bit_of_a_transformer_call(void) {
     unsigned long long f[4], e[4];
     gpu->ops = &plain;
     qi_cuda_gemm_counts(gpu, &f[0], &e[0]);
-    forward(d, &x, &ctx, &out, o[0]);
+    forward(t.d, &t.x, &t.ctx, &t.out, t.o[0]);
     qi_cuda_gemm_counts(gpu, &f[1], &e[1]);
-    call_eager_and_graph(d, &x, &ctx, &out, o[1], o[2], &(unsigned long long){0});
+    call_eager_and_graph(t.d, &t.x, &t.ctx, &t.out, t.o[1], t.o[2], &(unsigned long long){0});
     gpu->ops = with;
     qi_cuda_gemm_counts(gpu, &f[2], &e[2]);
-    forward(d, &x, &ctx, &out, o[3]);
+    forward(t.d, &t.x, &t.ctx, &t.out, t.o[3]);
     qi_cuda_gemm_counts(gpu, &f[3], &e[3]);
-    call_eager_and_graph(d, &x, &ctx, &out, o[4], o[5], &(unsigned long long){0});
-    int layers = qi_dit_get_config(d)->num_layers;
+    call_eager_and_graph(t.d, &t.x, &t.ctx, &t.out, t.o[4], t.o[5], &(unsigned long long){0});
+    int layers = qi_dit_get_config(t.d)->num_layers;
     unsigned long long runs = 12ull * (unsigned)layers - 3; /* the block linears (the last block's text MLP skipped) */
     printf("  tiny fp8 transformer at %dx%d patches: fp8 GEMMs per forward %llu without linear_shared, %llu with "
            "(block linears %llu)\n", GH, GW, f[1] - f[0], f[3] - f[2], runs);
@@ -476,18 +485,14 @@ static void fp8_linears_shared_change_no_bit_of_a_transformer_call(void) {
     static const char *what[6] = {"forward, plain", "call, plain", "graph, plain", "forward, shared",
                                   "call, shared", "graph, shared"};
     for (int i = 0; i < 3; i++) { /* like with like: the call object's modulation may differ from forward's */
-        size_t k = count_diff(o[i], o[i + 3], n_out), nz = 0;
-        for (size_t j = 0; j < n_out; j++) nz += o[i + 3][j] != 0;
-        CHECK(k == 0, "%s: %zu of %zu outputs differ from %s", what[i + 3], k, n_out, what[i]);
-        CHECK(nz > n_out / 2, "%s: only %zu of %zu outputs nonzero", what[i + 3], nz, n_out);
+        size_t k = count_diff(t.o[i], t.o[i + 3], t.n_out), nz = 0;
+        for (size_t j = 0; j < t.n_out; j++) nz += t.o[i + 3][j] != 0;
+        CHECK(k == 0, "%s: %zu of %zu outputs differ from %s", what[i + 3], k, t.n_out, what[i]);
+        CHECK(nz > t.n_out / 2, "%s: only %zu of %zu outputs nonzero", what[i + 3], nz, t.n_out);
     }
-    gpu->ops->reset(gpu, mark);
-    qi_dit_free(d);
-    qi_source_close(src);
+    tiny_call_free(&t);
     unlink(path);
     rmdir(dir);
-    free(xv), free(cv);
-    for (int i = 0; i < 6; i++) free(o[i]);
 }
 
 int main(void) {
