@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -211,6 +212,79 @@ int qi_dir_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* The files mapped by qi_map_file, with a descriptor kept open for each, so
+ * that qi_mapped_read can read a range of a mapping with pread instead of
+ * touching it: a first touch of a mapping costs a page fault per few pages
+ * and the page tables' set-up and teardown, a pread of the page cache only
+ * the copy (dev/load_read_bench.c: 1.9 GB/s against 11.5 GB/s per thread).
+ * The table is guarded by its mutex; reads run outside it (the caller keeps
+ * the mapping alive while it reads, as it must for a memcpy). */
+typedef struct mapped_file {
+    const char *map;
+    size_t size;
+    int fd;
+} mapped_file;
+
+static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
+static mapped_file *mapped;
+static int n_mapped, cap_mapped;
+
+/* Adds a mapping; 0 when the table cannot grow (the mapping still works,
+ * qi_mapped_read just does not know it). */
+static int mapped_add(const void *map, size_t size, int fd) {
+    pthread_mutex_lock(&mapped_mu);
+    int ok = 1;
+    if (n_mapped == cap_mapped) {
+        int cap = cap_mapped ? 2 * cap_mapped : 16;
+        mapped_file *m = realloc(mapped, (size_t)cap * sizeof *m);
+        if (m) {
+            mapped = m;
+            cap_mapped = cap;
+        } else {
+            ok = 0;
+        }
+    }
+    if (ok) mapped[n_mapped++] = (mapped_file){(const char *)map, size, fd};
+    pthread_mutex_unlock(&mapped_mu);
+    return ok;
+}
+
+/* Removes a mapping, closing its descriptor (nothing if it is not there). */
+static void mapped_remove(const void *map) {
+    pthread_mutex_lock(&mapped_mu);
+    for (int i = 0; i < n_mapped; i++)
+        if (mapped[i].map == (const char *)map) {
+            close(mapped[i].fd);
+            mapped[i] = mapped[--n_mapped];
+            break;
+        }
+    pthread_mutex_unlock(&mapped_mu);
+}
+
+int qi_mapped_read(void *dst, const void *src, size_t n) {
+    uintptr_t p = (uintptr_t)src;
+    int fd = -1;
+    off_t off = 0;
+    pthread_mutex_lock(&mapped_mu);
+    for (int i = 0; i < n_mapped; i++) {
+        uintptr_t base = (uintptr_t)mapped[i].map;
+        if (p >= base && n <= mapped[i].size && p - base <= mapped[i].size - n) {
+            fd = mapped[i].fd;
+            off = (off_t)(p - base);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&mapped_mu);
+    if (fd < 0) return 0;
+    for (size_t done = 0; done < n;) {
+        ssize_t r = pread(fd, (char *)dst + done, n - done, off + (off_t)done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0; /* an error or a file cut short since: the caller copies from the mapping */
+        done += (size_t)r;
+    }
+    return 1;
+}
+
 qi_status qi_map_file(const char *path, void **map, size_t *size, qi_error *err) {
     static unsigned char empty[1];
     *map = NULL;
@@ -232,7 +306,8 @@ qi_status qi_map_file(const char *path, void **map, size_t *size, qi_error *err)
         m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
         map_errno = errno;
     }
-    close(fd); /* the mapping keeps the file alive */
+    /* the mapping keeps the file alive; the descriptor stays for qi_mapped_read */
+    if (m == MAP_FAILED || sb.st_size == 0 || !mapped_add(m, (size_t)sb.st_size, fd)) close(fd);
     if (m == MAP_FAILED)
         return qi_fail(err, QI_ERR_IO, "%s: cannot mmap %zu bytes: %s", path, (size_t)sb.st_size,
                        strerror(map_errno));
@@ -242,5 +317,8 @@ qi_status qi_map_file(const char *path, void **map, size_t *size, qi_error *err)
 }
 
 void qi_unmap_file(void *map, size_t size) {
-    if (map && size > 0) munmap(map, size);
+    if (map && size > 0) {
+        mapped_remove(map);
+        munmap(map, size);
+    }
 }

@@ -112,9 +112,10 @@ static size_t elem_offset(qi_dtype dt, size_t i0) { return (size_t)qi_row_bytes(
  * copied as is), the elements being g0 … g0+n of their tensor (for the row
  * scales). Float host data for activations is float32. */
 static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
-                         const convert_scale *sc, size_t g0) {
-    if (out_dt == dt && sc->form == QI_SCALE_NONE) {
-        memcpy(dst, src, n * qi_dtype_size(dt));
+                         const convert_scale *sc, size_t g0, int use_pread) {
+    if (out_dt == dt && sc->form == QI_SCALE_NONE) { /* the bytes as they are: read, not converted */
+        size_t bytes = n * qi_dtype_size(dt);
+        if (!(use_pread && qi_mapped_read(dst, src, bytes))) memcpy(dst, src, bytes);
         return;
     }
     float buf[1024]; /* a multiple of every block (32, 256) */
@@ -143,7 +144,9 @@ static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype d
 
 /* host_convert split over up to c->load_threads threads: reading a file
  * mapping from the page cache (page faults, then the copy) runs at a few GB/s
- * per core, well under the PCIe copy, so several cores fill each chunk. */
+ * per core, well under the PCIe copy, so several cores fill each chunk. A
+ * straight copy out of a mapped file is a pread of the page cache instead
+ * (qi_mapped_read: no page faults, several times faster per core). */
 typedef struct convert_job {
     void *dst;
     qi_dtype out_dt;
@@ -151,23 +154,36 @@ typedef struct convert_job {
     qi_dtype dt;
     size_t n, g0;
     const convert_scale *sc;
+    int use_pread;
 } convert_job;
 
 static void *convert_thread(void *arg) {
     convert_job *j = (convert_job *)arg;
-    host_convert(j->dst, j->out_dt, j->src, j->dt, j->n, j->sc, j->g0);
+    host_convert(j->dst, j->out_dt, j->src, j->dt, j->n, j->sc, j->g0, j->use_pread);
     return NULL;
 }
 
 #define MAX_LOAD_THREADS 16
 
+/* The threads one conversion uses now: QI_CUDA_LOAD_THREADS when set, else
+ * the cores shared by the upload lanes busy at this moment (two loads at
+ * once split them; one alone, as the transformer is once the text encoder
+ * is in, takes them all). */
+static int convert_threads(const cuda_impl *c) {
+    int threads = c->load_threads;
+    if (threads <= 0) {
+        int busy = __atomic_load_n(&c->lane_busy[0], __ATOMIC_RELAXED) + __atomic_load_n(&c->lane_busy[1], __ATOMIC_RELAXED);
+        threads = c->load_cores / (busy > 1 ? busy : 1);
+    }
+    return threads < 1 ? 1 : threads > MAX_LOAD_THREADS ? MAX_LOAD_THREADS : threads;
+}
+
 static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src, qi_dtype dt,
                              size_t n, const convert_scale *sc, size_t g0) {
     size_t out_esz = qi_dtype_size(out_dt);
-    int threads = c->load_threads;
-    if (threads > MAX_LOAD_THREADS) threads = MAX_LOAD_THREADS;
+    int threads = convert_threads(c);
     if (threads <= 1 || n * out_esz < ((size_t)4 << 20)) {
-        host_convert(dst, out_dt, src, dt, n, sc, g0);
+        host_convert(dst, out_dt, src, dt, n, sc, g0, c->load_pread);
         return;
     }
     pthread_t th[MAX_LOAD_THREADS];
@@ -185,6 +201,7 @@ static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, con
         jobs[i].dt = dt;
         jobs[i].sc = sc;
         jobs[i].g0 = g0 + i0;
+        jobs[i].use_pread = c->load_pread;
         started[i] = i > 0 && pthread_create(&th[i], NULL, convert_thread, &jobs[i]) == 0;
     }
     for (int i = 0; i < threads; i++) /* this thread does job 0 and any that did not start */
@@ -194,30 +211,37 @@ static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, con
 }
 
 /* Where an upload's chunks go through: two pinned staging buffers, the
- * events that say each is free again, and the stream that copies them. */
+ * events that say each is free again, the stream that copies them, and which
+ * buffer is filled next. */
 typedef struct upload_lane {
     void *const *staging;
     cudaEvent_t const *free;
     cudaStream_t stream;
+    int *next;
 } upload_lane;
 
-static upload_lane lane_of(const cuda_impl *c, int k) {
-    upload_lane l = {c->staging, c->staging_free, c->stream};
-    if (k == 1) l = upload_lane{c->lane_staging, c->lane_free, c->lane_stream};
+static upload_lane lane_of(cuda_impl *c, int k) {
+    upload_lane l = {c->staging, c->staging_free, c->stream, &c->lane_next[0]};
+    if (k == 1) l = upload_lane{c->lane_staging, c->lane_free, c->lane_stream, &c->lane_next[1]};
     return l;
 }
 
 /* Host data of type src_dt -> device tensor of type dst_dt, through the
  * lane's two pinned staging buffers so conversion of one chunk overlaps the
- * copy of the previous one. */
+ * copy of the previous one. With load_rotate the buffers alternate across
+ * weights too: every weight of the transformer fits one 64 MiB chunk, so
+ * starting each at buffer 0 would wait for the previous weight's copy before
+ * reading the next (the copy never overlapping the host's work). */
 static qi_status lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dtype dst_dt, const void *host,
                              qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err) {
     size_t out_esz = qi_dtype_size(dst_dt);
     size_t chunk = c->staging_bytes / out_esz / 256 * 256; /* whole blocks of any block type */
     cudaError_t e;
-    for (size_t i0 = 0, k = 0; i0 < n; i0 += chunk, k++) {
+    size_t k0 = c->load_rotate ? (size_t)*l.next : 0;
+    for (size_t i0 = 0, k = k0; i0 < n; i0 += chunk, k++) {
         size_t m = n - i0 < chunk ? n - i0 : chunk;
         int s = (int)(k & 1);
+        *l.next = 1 - s;
         if ((e = cudaEventSynchronize(l.free[s])) != cudaSuccess)
             return cuda_err(err, e, "upload (waiting for staging)");
         parallel_convert(c, l.staging[s], dst_dt, (const char *)host + elem_offset(src_dt, i0), src_dt, m, sc, i0);
@@ -233,8 +257,8 @@ static qi_status lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dt
 /* A free lane for one weight's upload (under load_mu): lane 0 unless another
  * thread's weight holds it; lane 1's buffers and stream made on first need. */
 static qi_status lane_take(cuda_impl *c, int *lane, qi_error *err) {
-    *lane = c->lane_busy[0] ? 1 : 0;
-    if (*lane == 1 && c->lane_busy[1])
+    *lane = __atomic_load_n(&c->lane_busy[0], __ATOMIC_RELAXED) ? 1 : 0;
+    if (*lane == 1 && __atomic_load_n(&c->lane_busy[1], __ATOMIC_RELAXED))
         return qi_fail(err, QI_ERR_BACKEND, "cuda backend: weights made from more than two threads at once");
     cudaError_t e = cudaSuccess;
     if (*lane == 1 && !c->lane_stream) {
@@ -246,14 +270,14 @@ static qi_status lane_take(cuda_impl *c, int *lane, qi_error *err) {
         if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->lane_stream, cudaStreamNonBlocking);
     }
     if (e != cudaSuccess) return cuda_err(err, e, "the second upload lane (pinned staging for a concurrent load)");
-    c->lane_busy[*lane] = 1;
+    __atomic_store_n(&c->lane_busy[*lane], 1, __ATOMIC_RELAXED);
     return QI_OK;
 }
 
 /* Gives the lane back (under load_mu). Lane 1's copies are ordered before
  * everything queued on `stream` from now on, as lane 0's are by being on it. */
 static qi_status lane_give(cuda_impl *c, int lane, qi_error *err) {
-    c->lane_busy[lane] = 0;
+    __atomic_store_n(&c->lane_busy[lane], 0, __ATOMIC_RELAXED);
     if (lane == 0) return QI_OK;
     cudaError_t e = cudaEventRecord(c->lane_done, c->lane_stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(c->stream, c->lane_done, 0);
@@ -1502,11 +1526,18 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     }
     if ((st = qc_host_init(c, err)) != QI_OK) goto fail;
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
-    { /* host threads filling the upload staging: QI_CUDA_LOAD_THREADS, default half the cores, <= 8 */
-        const char *lt = getenv("QI_CUDA_LOAD_THREADS");
+    { /* host threads filling the upload staging: QI_CUDA_LOAD_THREADS; by default the cores shared by
+       * the busy lanes (convert_threads), or with QI_LOAD_FAST=0 (the old path, a yardstick) half the
+       * cores, <= 8, no pread, no rotation. QI_LOAD_PREAD=0 turns only the pread off. */
+        const char *lt = getenv("QI_CUDA_LOAD_THREADS"), *fast = getenv("QI_LOAD_FAST"), *pr = getenv("QI_LOAD_PREAD");
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        c->load_threads = lt ? atoi(lt) : (int)(cores / 2 < 8 ? cores / 2 : 8);
-        if (c->load_threads < 1) c->load_threads = 1;
+        int old = fast && fast[0] == '0';
+        c->load_cores = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
+        c->load_threads = lt ? atoi(lt) : old ? (int)(cores / 2 < 8 ? cores / 2 : 8) : 0;
+        if (lt && c->load_threads < 1) c->load_threads = 1;
+        if (old && c->load_threads < 1) c->load_threads = 1;
+        c->load_pread = !old && !(pr && pr[0] == '0');
+        c->load_rotate = !old;
     }
     { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
         const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");

@@ -74,7 +74,10 @@ typedef struct cuda_impl {
     void *staging[2];
     size_t staging_bytes;
     cudaEvent_t staging_free[2];
-    int load_threads;    /* host threads converting into the staging buffers */
+    int load_threads;    /* host threads converting into the staging buffers; 0: auto (below) */
+    int load_cores;      /* auto: the cores, shared by the lanes busy at the time (<= MAX_LOAD_THREADS each) */
+    int load_pread;      /* straight copies from a file mapping read by pread (QI_LOAD_PREAD, QI_LOAD_FAST) */
+    int load_rotate;     /* a lane's staging buffers alternate across weights, not only within one */
 
     /* Weights made from two host threads at once (the engine loads the
      * transformer beside the text encoder): `weight` takes load_mu for its
@@ -84,7 +87,8 @@ typedef struct cuda_impl {
      * own pair and stream, and `stream` waits for each of its weights. */
     pthread_mutex_t load_mu;
     int load_mu_made;
-    int lane_busy[2];
+    int lane_busy[2];    /* written under load_mu, read by parallel_convert without it: atomics */
+    int lane_next[2];    /* the staging buffer a lane fills next (only its holder touches it) */
     void *lane_staging[2];
     cudaEvent_t lane_free[2];
     cudaEvent_t lane_done;
