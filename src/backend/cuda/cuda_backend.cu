@@ -29,6 +29,7 @@
 extern "C" {
 #include "backend/cuda/cuda_backend.h"
 #include "base/types.h" /* qi_row_bytes, qi_dtype_is_float */
+#include "backend/work_pool.h"
 #include "backend/cuda/cuda_dequant.cuh"
 }
 
@@ -178,35 +179,52 @@ static int convert_threads(const cuda_impl *c) {
     return threads < 1 ? 1 : threads > MAX_LOAD_THREADS ? MAX_LOAD_THREADS : threads;
 }
 
+static void convert_job_run(void *arg) { convert_thread(arg); }
+
+/* Splits the conversion into parts of whole pages (of the source, mostly)
+ * and whole blocks, and runs them on the work pool (QI_LOAD_FAST, the
+ * default: parts of 1 MiB at least, so a small weight is not split finer
+ * than its threads are worth) or on threads started for this call (the old
+ * path: whole when under 4 MiB). */
 static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src, qi_dtype dt,
                              size_t n, const convert_scale *sc, size_t g0) {
-    size_t out_esz = qi_dtype_size(out_dt);
+    size_t out_esz = qi_dtype_size(out_dt), out_bytes = n * out_esz;
     int threads = convert_threads(c);
-    if (threads <= 1 || n * out_esz < ((size_t)4 << 20)) {
+    if (c->work_pool) {
+        size_t parts = out_bytes >> 20;
+        if ((size_t)threads > parts) threads = parts ? (int)parts : 1;
+    } else if (out_bytes < ((size_t)4 << 20)) {
+        threads = 1;
+    }
+    if (threads <= 1) {
         host_convert(dst, out_dt, src, dt, n, sc, g0, c->load_pread);
         return;
     }
-    pthread_t th[MAX_LOAD_THREADS];
     convert_job jobs[MAX_LOAD_THREADS];
-    int started[MAX_LOAD_THREADS] = {0};
+    int count = 0;
     size_t per = (n + (size_t)threads - 1) / (size_t)threads;
     per = (per + 4095) & ~(size_t)4095; /* whole pages of the source, mostly; whole blocks */
-    for (int i = 0; i < threads; i++) {
-        size_t i0 = (size_t)i * per;
-        jobs[i].n = i0 >= n ? 0 : (n - i0 < per ? n - i0 : per);
-        if (jobs[i].n == 0) continue;
-        jobs[i].dst = (char *)dst + i0 * out_esz;
-        jobs[i].out_dt = out_dt;
-        jobs[i].src = (const char *)src + elem_offset(dt, i0);
-        jobs[i].dt = dt;
-        jobs[i].sc = sc;
-        jobs[i].g0 = g0 + i0;
-        jobs[i].use_pread = c->load_pread;
-        started[i] = i > 0 && pthread_create(&th[i], NULL, convert_thread, &jobs[i]) == 0;
+    for (size_t i0 = 0; i0 < n && count < threads; i0 += per, count++) {
+        convert_job *j = &jobs[count];
+        j->n = n - i0 < per ? n - i0 : per;
+        j->dst = (char *)dst + i0 * out_esz;
+        j->out_dt = out_dt;
+        j->src = (const char *)src + elem_offset(dt, i0);
+        j->dt = dt;
+        j->sc = sc;
+        j->g0 = g0 + i0;
+        j->use_pread = c->load_pread;
     }
-    for (int i = 0; i < threads; i++) /* this thread does job 0 and any that did not start */
-        if (jobs[i].n && !started[i]) convert_thread(&jobs[i]);
-    for (int i = 0; i < threads; i++)
+    if (c->work_pool) {
+        qi_work_pool_run(c->work_pool, convert_job_run, jobs, sizeof *jobs, count);
+        return;
+    }
+    pthread_t th[MAX_LOAD_THREADS];
+    int started[MAX_LOAD_THREADS] = {0};
+    for (int i = 1; i < count; i++) started[i] = pthread_create(&th[i], NULL, convert_thread, &jobs[i]) == 0;
+    for (int i = 0; i < count; i++) /* this thread does job 0 and any that did not start */
+        if (!started[i]) convert_thread(&jobs[i]);
+    for (int i = 0; i < count; i++)
         if (started[i]) pthread_join(th[i], NULL);
 }
 
@@ -1329,6 +1347,7 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
         lanes_destroy(c);
+        qi_work_pool_free(c->work_pool);
         qc_host_destroy(c); /* the host weights' chunks and the bounce ring (syncs the copy stream) */
         if (c->copy_stream) {
             cudaStreamSynchronize(c->copy_stream);
@@ -1538,6 +1557,10 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
         if (old && c->load_threads < 1) c->load_threads = 1;
         c->load_pread = !old && !(pr && pr[0] == '0');
         c->load_rotate = !old;
+        /* waiting threads for the parts: as many as one conversion may use, less the caller */
+        int most = c->load_threads > 0 ? c->load_threads : c->load_cores;
+        most = most > MAX_LOAD_THREADS ? MAX_LOAD_THREADS : most;
+        if (!old && most > 1 && (st = qi_work_pool_new(most - 1, &c->work_pool, err)) != QI_OK) goto fail;
     }
     { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
         const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");

@@ -78,6 +78,7 @@ typedef struct cuda_impl {
     int load_cores;      /* auto: the cores, shared by the lanes busy at the time (<= MAX_LOAD_THREADS each) */
     int load_pread;      /* straight copies from a file mapping read by pread (QI_LOAD_PREAD, QI_LOAD_FAST) */
     int load_rotate;     /* a lane's staging buffers alternate across weights, not only within one */
+    struct qi_work_pool *work_pool; /* waiting threads that fill the staging (backend/work_pool.h); NULL: old path */
 
     /* Weights made from two host threads at once (the engine loads the
      * transformer beside the text encoder): `weight` takes load_mu for its
