@@ -63,7 +63,7 @@ for what in ${*:-checks ours peer ours2 startup}; do
       note "test_formats -d cuda, QI_CUDA_FP8_FAST_ACCUM=1: rc=$? $(tail -1 "$OUT/formats_fast_accum.log")"
       grep 'rel L2' "$OUT/formats_fast_accum.log" | cut -c1-160 | tee -a "$OUT/summary.txt" ;;
     startup)
-      OUT=$OUT/startup timeout 240 sh dev/cuda/startup-run/run.sh fp8 bf16 q4_k
+      OUT=$OUT/startup timeout 300 sh dev/cuda/startup-run/run.sh fp8 fp8-old bf16 q4_k
       cat "$OUT/startup/summary.txt" >>"$OUT/summary.txt" ;;
     offload)
       PYTHONPATH=$PWD/.peer/src timeout 200 python3 bench/diffusers_peer.py --offload --runs 3 >"$OUT/offload.log" 2>&1
