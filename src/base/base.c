@@ -289,7 +289,7 @@ qi_status qi_map_file(const char *path, void **map, size_t *size, qi_error *err)
     static unsigned char empty[1];
     *map = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return qi_fail(err, QI_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
