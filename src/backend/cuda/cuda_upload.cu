@@ -10,7 +10,9 @@
  * touched for the first time pays a page fault every few pages and the page
  * tables (1.9 GB/s per core here); a pread of the same range only the copy
  * (11.5 GB/s), so a straight copy out of a mapped file is a pread
- * (qi_mapped_read). The copy engine takes ~54 GB/s from pinned memory.
+ * (qi_mapped_read), and a conversion reads its source by pread in small
+ * pieces. The copy engine takes ~54 GB/s from pinned memory.
+ * dev/cuda/upload_host_check.cu checks the host side's bytes on a CPU.
  *
  * Settings (read once, at creation):
  *   QI_LOAD_FAST=0         the path before the pool: threads started per
@@ -40,13 +42,8 @@ static size_t elem_offset(qi_dtype dt, size_t i0) { return (size_t)qi_row_bytes(
  * block type, dequantised by its traits) into `out_dt` (BF16, F16, F32 or I32
  * copied as is), the elements being g0 … g0+n of their tensor (for the row
  * scales). Float host data for activations is float32. */
-static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
-                         const convert_scale *sc, size_t g0, int use_pread) {
-    if (out_dt == dt && sc->form == QI_SCALE_NONE) { /* the bytes as they are: read, not converted */
-        size_t bytes = n * qi_dtype_size(dt);
-        if (!(use_pread && qi_mapped_read(dst, src, bytes))) memcpy(dst, src, bytes);
-        return;
-    }
+static void convert_elements(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
+                             const convert_scale *sc, size_t g0) {
     float buf[1024]; /* a multiple of every block (32, 256) */
     for (size_t i0 = 0; i0 < n; i0 += 1024) {
         size_t m = n - i0 < 1024 ? n - i0 : 1024;
@@ -71,11 +68,45 @@ static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype d
     }
 }
 
-/* qc_convert is host_convert split over several threads: reading a file
- * mapping from the page cache (page faults, then the copy) runs at a few GB/s
- * per core, well under the PCIe copy, so several cores fill each chunk. A
- * straight copy out of a mapped file is a pread of the page cache instead
- * (qi_mapped_read: no page faults, several times faster per core). */
+/* host_convert's pieces read by pread: 16384 elements, a whole number of
+ * blocks of every block type (256 at most), <= 64 KiB of float32 source. */
+#define PREAD_PIECE 16384
+
+/* convert_elements, or for the bytes as they are a copy; with use_pread the
+ * source, when it lies in a file mapping (qi_mapped_read), is read by pread
+ * (the copy straight into dst; a conversion through a small buffer, piece
+ * by piece) instead of being touched through the mapping. The same bytes
+ * either way. */
+static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
+                         const convert_scale *sc, size_t g0, int use_pread) {
+    if (out_dt == dt && sc->form == QI_SCALE_NONE) { /* the bytes as they are: read, not converted */
+        size_t bytes = n * qi_dtype_size(dt);
+        if (!(use_pread && qi_mapped_read(dst, src, bytes))) memcpy(dst, src, bytes);
+        return;
+    }
+    size_t out_esz = qi_dtype_size(out_dt);
+    char *piece = use_pread && n > 0 ? (char *)malloc(elem_offset(dt, PREAD_PIECE)) : NULL;
+    for (size_t p0 = 0; piece && p0 < n; p0 += PREAD_PIECE) {
+        size_t m = n - p0 < PREAD_PIECE ? n - p0 : PREAD_PIECE;
+        const char *from = (const char *)src + elem_offset(dt, p0);
+        if (!qi_mapped_read(piece, from, elem_offset(dt, m))) {
+            if (p0 > 0) memcpy(piece, from, elem_offset(dt, m)); /* a read failed midway */
+            else break; /* not a mapped file: straight from src below */
+        }
+        convert_elements((char *)dst + p0 * out_esz, out_dt, piece, dt, m, sc, g0 + p0);
+        if (p0 + m == n) {
+            free(piece);
+            return;
+        }
+    }
+    free(piece);
+    convert_elements(dst, out_dt, src, dt, n, sc, g0);
+}
+
+/* qc_convert is host_convert split over several threads: a conversion runs
+ * at a few GB/s per core, and reading a file mapping touched for the first
+ * time costs a page fault every few pages (host_convert reads by pread
+ * instead), both well under the PCIe copy, so several cores fill each chunk. */
 typedef struct convert_job {
     void *dst;
     qi_dtype out_dt;
