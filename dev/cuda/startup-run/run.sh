@@ -34,7 +34,7 @@ for ty in ${*:-fp8 q4_k bf16}; do
       -W 1024 -H 1024 --steps 8 --seed 1 -o /tmp/startup_$ty.png >"$OUT/gen_${ty}_$run.log" 2>&1
     rc=$?; e=$(now)
     echo "$ty run $run: rc=$rc, process start -> exit $(awk "BEGIN{printf \"%.2f\", $e - $s}") s; $(grep 'image(s)' "$OUT/gen_${ty}_$run.log")" | tee -a "$OUT/summary.txt"
-    grep -E 'loaded tokenizer \+ text encoder|loaded transformer from|load overlap|one after another' \
+    grep -E 'loaded tokenizer \+ text encoder|loaded transformer from|load overlap|one after another|cuda upload:' \
       "$OUT/gen_${ty}_$run.log" | sed "s/^/  $ty $run: /" | tee -a "$OUT/summary.txt"
   done
   rm -rf $d

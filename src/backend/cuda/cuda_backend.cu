@@ -268,7 +268,10 @@ static qi_status weight_begin(cuda_impl *c, qi_tensor *w, qi_dtype dt, int ndim,
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
     qc_wbuf_settle(c, 1); /* what the buffers hold is named by weight addresses: a new weight may reuse one */
     if (qc_kept_type(w->dtype) && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
+    double t0 = qi_now_s();
     cudaError_t e = cudaMalloc(dev, bytes ? bytes : 1);
+    c->alloc_s += qi_now_s() - t0;
+    c->alloc_count++;
     if (e != cudaSuccess) {
         char shape[128];
         *dev = NULL;
@@ -1240,6 +1243,7 @@ static const qi_backend_ops cuda_ops = {
     .stage = cuda_stage,
     .stage_wait = cuda_stage_wait,
     .host_budget = cuda_host_budget,
+    .load_report = qc_load_report,
     .persistent = cuda_persistent,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,

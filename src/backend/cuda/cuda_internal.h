@@ -90,6 +90,12 @@ typedef struct cuda_impl {
     int load_mu_made;
     int lane_busy[2];    /* written under load_mu, read by parallel_convert without it: atomics */
     int lane_next[2];    /* the staging buffer a lane fills next (only its holder touches it) */
+    struct {             /* what each lane's uploads cost (only its holder writes them): load_report */
+        double fill_s, wait_s;
+        unsigned long long bytes;
+    } lane_stat[2];
+    double alloc_s;      /* cudaMalloc of weights (under load_mu) */
+    unsigned long long alloc_count;
     void *lane_staging[2];
     cudaEvent_t lane_free[2];
     cudaEvent_t lane_done;
@@ -502,6 +508,8 @@ typedef struct upload_lane {
     cudaEvent_t const *free;
     cudaStream_t stream;
     int *next;
+    double *fill_s, *wait_s; /* seconds reading into the staging, waiting for a buffer's copy */
+    unsigned long long *bytes;
 } upload_lane;
 
 /* Host data -> out_dt (n elements, the tensor's g0 … g0+n), split over the load threads. */
@@ -516,5 +524,6 @@ qi_status qc_lane_give(cuda_impl *c, int lane, qi_error *err);  /* under load_mu
 /* The load settings (QI_LOAD_FAST, QI_LOAD_PREAD, QI_CUDA_LOAD_THREADS) and the work pool. */
 qi_status qc_upload_init(cuda_impl *c, qi_error *err);
 void qc_upload_destroy(cuda_impl *c); /* lane 1, the pool, load_mu */
+void qc_load_report(qi_backend *be, char *line, size_t cap); /* the op */
 
 #endif

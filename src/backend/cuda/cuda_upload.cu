@@ -23,6 +23,7 @@
  *                          shared by the lanes busy at the time, <= 16)
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -189,8 +190,11 @@ void qc_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src,
 }
 
 upload_lane qc_lane_of(cuda_impl *c, int k) {
-    upload_lane l = {c->staging, c->staging_free, c->stream, &c->lane_next[0]};
-    if (k == 1) l = upload_lane{c->lane_staging, c->lane_free, c->lane_stream, &c->lane_next[1]};
+    upload_lane l = {c->staging, c->staging_free, c->stream, &c->lane_next[0], &c->lane_stat[0].fill_s,
+                     &c->lane_stat[0].wait_s, &c->lane_stat[0].bytes};
+    if (k == 1)
+        l = upload_lane{c->lane_staging, c->lane_free, c->lane_stream, &c->lane_next[1], &c->lane_stat[1].fill_s,
+                        &c->lane_stat[1].wait_s, &c->lane_stat[1].bytes};
     return l;
 }
 
@@ -210,9 +214,14 @@ qi_status qc_lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dtype 
         size_t m = n - i0 < chunk ? n - i0 : chunk;
         int s = (int)(k & 1);
         *l.next = 1 - s;
+        double t0 = qi_now_s();
         if ((e = cudaEventSynchronize(l.free[s])) != cudaSuccess)
             return cuda_err(err, e, "upload (waiting for staging)");
+        double t1 = qi_now_s();
         qc_convert(c, l.staging[s], dst_dt, (const char *)host + elem_offset(src_dt, i0), src_dt, m, sc, i0);
+        *l.wait_s += t1 - t0;
+        *l.fill_s += qi_now_s() - t1;
+        *l.bytes += m * out_esz;
         if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, l.staging[s], m * out_esz, cudaMemcpyHostToDevice,
                                  l.stream)) != cudaSuccess)
             return cuda_err(err, e, "upload (copy)");
@@ -282,6 +291,24 @@ qi_status qc_upload_init(cuda_impl *c, qi_error *err) {
     int most = c->load_threads > 0 ? c->load_threads : c->load_cores;
     most = most > MAX_LOAD_THREADS ? MAX_LOAD_THREADS : most;
     return !old && most > 1 ? qi_work_pool_new(most - 1, &c->work_pool, err) : QI_OK;
+}
+
+/* "cuda upload: 37.07 GB (lanes 0/1: 20.4/16.6) ..." — what the uploads so
+ * far cost: reading is the staging's fill (pread or conversion), waiting is
+ * for a staging buffer's previous copy (the link; time the copy engine was
+ * the slower side), cudaMalloc the weights' device memory. */
+void qc_load_report(qi_backend *be, char *line, size_t cap) {
+    const cuda_impl *c = (const cuda_impl *)be->impl;
+    char threads[64];
+    if (c->load_threads > 0) snprintf(threads, sizeof threads, "%d threads", c->load_threads);
+    else snprintf(threads, sizeof threads, "%d cores shared by the busy lanes", c->load_cores);
+    snprintf(line, cap, "cuda upload: %.2f GB (lanes 0/1: %.2f/%.2f), reading into staging %.2f/%.2f s, waiting for "
+             "the copies %.2f/%.2f s; cudaMalloc of %llu weights %.2f s; %s%s, pread %s, staging %s",
+             (c->lane_stat[0].bytes + c->lane_stat[1].bytes) / 1e9, c->lane_stat[0].bytes / 1e9,
+             c->lane_stat[1].bytes / 1e9, c->lane_stat[0].fill_s, c->lane_stat[1].fill_s, c->lane_stat[0].wait_s,
+             c->lane_stat[1].wait_s, c->alloc_count, c->alloc_s, threads,
+             c->work_pool ? " (a pool)" : " (started per chunk)", c->load_pread ? "on" : "off",
+             c->load_rotate ? "alternating across weights" : "from buffer 0 per weight");
 }
 
 void qc_upload_destroy(cuda_impl *c) {
