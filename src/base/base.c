@@ -225,25 +225,20 @@ typedef struct mapped_file {
     int fd;
 } mapped_file;
 
-static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
-static mapped_file *mapped;
-static int n_mapped, cap_mapped;
+/* A fixed table, not a heap one: no allocation that the first open makes and
+ * later ones do not (test_oom counts the calls of each run); a model folder
+ * maps ~20 files, so 256 is room for several models and their LoRAs. */
+#define MAPPED_MAX 256
 
-/* Adds a mapping; 0 when the table cannot grow (the mapping still works,
+static pthread_mutex_t mapped_mu = PTHREAD_MUTEX_INITIALIZER;
+static mapped_file mapped[MAPPED_MAX];
+static int n_mapped;
+
+/* Adds a mapping; 0 when the table is full (the mapping still works,
  * qi_mapped_read just does not know it). */
 static int mapped_add(const void *map, size_t size, int fd) {
     pthread_mutex_lock(&mapped_mu);
-    int ok = 1;
-    if (n_mapped == cap_mapped) {
-        int cap = cap_mapped ? 2 * cap_mapped : 16;
-        mapped_file *m = realloc(mapped, (size_t)cap * sizeof *m);
-        if (m) {
-            mapped = m;
-            cap_mapped = cap;
-        } else {
-            ok = 0;
-        }
-    }
+    int ok = n_mapped < MAPPED_MAX;
     if (ok) mapped[n_mapped++] = (mapped_file){(const char *)map, size, fd};
     pthread_mutex_unlock(&mapped_mu);
     return ok;
