@@ -81,6 +81,7 @@ static const size_t opt_slots[] = {
     offsetof(qi_backend_ops, slot_new),       offsetof(qi_backend_ops, slot_free),
     offsetof(qi_backend_ops, stage),          offsetof(qi_backend_ops, stage_wait),
     offsetof(qi_backend_ops, host_budget),
+    offsetof(qi_backend_ops, load_report),
 };
 
 /* The slots of the streamed-weight group: optional together, so one emptied

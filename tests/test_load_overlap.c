@@ -6,7 +6,8 @@
  * open's error, naming the tensor, with everything that did load freed by
  * qi_engine_close (the ASan build checks the leaks, the TSan build the
  * races). `test_load_overlap -d cuda` runs the same claims on the GPU, where
- * the two loads upload through separate lanes (cuda_backend.cu).
+ * the two loads upload through separate lanes (cuda_upload.cu), and the
+ * upload's switches (QI_LOAD_FAST, QI_LOAD_PREAD) give the same image.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
@@ -92,6 +93,34 @@ static void the_environment_can_force_the_loads_one_by_one(void) {
     qi_image_free(&img);
 }
 
+/* The upload's paths (cuda_upload.cu) put the same bytes on the device: the
+ * default (pread into the staging, a thread pool, buffers alternating across
+ * weights), QI_LOAD_PREAD=0 (memcpy from the mapping) and QI_LOAD_FAST=0 (the
+ * old path) give one image, bit for bit, with the loads beside each other.
+ * The switches are read when the backend is made, at each open; the CPU
+ * backend ignores them (the claim is trivially true there). */
+static void the_upload_paths_give_the_same_image(void) {
+    const char *env[3][2] = {{NULL, NULL}, {"QI_LOAD_PREAD", "0"}, {"QI_LOAD_FAST", "0"}};
+    qi_image img[3];
+    memset(img, 0, sizeof img);
+    unsetenv("QI_LOAD_SEQUENTIAL");
+    for (int k = 0; k < 3; k++) {
+        log_buf log;
+        memset(&log, 0, sizeof log);
+        if (env[k][0]) setenv(env[k][0], env[k][1], 1);
+        qi_status st = image_with(QI_TEST_DATA "/tiny-model", 1, &log, &img[k]);
+        if (env[k][0]) unsetenv(env[k][0]);
+        if (st) return;
+    }
+    size_t lat = (size_t)16 * 4 * 4, px = (size_t)32 * 32 * 3;
+    for (int k = 1; k < 3; k++) {
+        CHECK(!memcmp(img[0].latents, img[k].latents, lat * sizeof(float)), "%s=%s: other latents", env[k][0],
+              env[k][1]);
+        CHECK(!memcmp(img[0].rgb, img[k].rgb, px), "%s=%s: other pixels", env[k][0], env[k][1]);
+    }
+    for (int k = 0; k < 3; k++) qi_image_free(&img[k]);
+}
+
 /* A copy of the tiny model whose component file `file` lacks tensor `drop`. */
 static int model_without(char *dir, const char *file, const char *drop) {
     char cmd[1024], path[512];
@@ -171,6 +200,7 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "-d")) g_device = argv[2];
     RUN(loads_beside_each_other_give_the_image_of_loads_one_by_one);
     RUN(the_environment_can_force_the_loads_one_by_one);
+    RUN(the_upload_paths_give_the_same_image);
     RUN(a_missing_transformer_tensor_fails_the_open_and_frees_the_rest);
     RUN(a_missing_vae_tensor_fails_the_open_while_the_transformer_loads);
     TEST_END();

@@ -1,7 +1,8 @@
 /*
  * test_safetensors.c — the safetensors reader and writer: round trips for
  * every dtype, one crafted bad file per validation rule (each with its own
- * message), the reference model's three component files, and sharded sets.
+ * message), the reference model's three component files, sharded sets, and
+ * qi_mapped_read (pread of a mapped file's range).
  *
  * Bad files are generated into a temporary folder at run time and removed at
  * the end.
@@ -554,6 +555,38 @@ static void set_open_dir_fallbacks(void) {
     printf("  missing dir: %s\n", err.msg);
 }
 
+/* ---- pread through a mapping ------------------------------------------- */
+
+/* qi_mapped_read gives the bytes of a range of a qi_map_file mapping, the
+ * same as a memcpy from it (the CUDA upload reads weights so); it declines
+ * memory outside any mapping, ranges running past one, and a mapping once
+ * unmapped, so the caller falls back to its memcpy. */
+static void mapped_read_matches_the_mapping(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/mapped.bin", subdir("mapped"));
+    size_t n = 3 * 4096 + 123;
+    unsigned char *data = malloc(n), *got = malloc(n);
+    for (size_t i = 0; i < n; i++) data[i] = (unsigned char)(i * 131 + 7);
+    write_file(path, data, n);
+    void *map = NULL;
+    size_t size = 0;
+    qi_error err = {{0}};
+    REQUIRE(qi_map_file(path, &map, &size, &err) == QI_OK && size == n, "%s", err.msg);
+    const unsigned char *m = map;
+    size_t ranges[][2] = {{0, n}, {1, 4096}, {4095, 2}, {n - 1, 1}, {5000, 0}};
+    for (int r = 0; r < 5; r++) {
+        memset(got, 0xAB, n);
+        CHECK(qi_mapped_read(got, m + ranges[r][0], ranges[r][1]) == 1, "range %d not read", r);
+        CHECK(memcmp(got, data + ranges[r][0], ranges[r][1]) == 0, "range %d: other bytes than the file's", r);
+    }
+    CHECK(qi_mapped_read(got, m + n - 10, 11) == 0, "a range past the mapping's end was read");
+    CHECK(qi_mapped_read(got, data, 16) == 0, "memory outside any mapping was read");
+    qi_unmap_file(map, size);
+    CHECK(qi_mapped_read(got, m, 16) == 0, "an unmapped range was read");
+    free(data);
+    free(got);
+}
+
 int main(void) {
     if (tmp_dir_make(tmp_root, sizeof tmp_root, "st") != 0) return 2;
     RUN(round_trip_every_dtype);
@@ -583,6 +616,7 @@ int main(void) {
     RUN(sharded_set_resolves_names_to_shards);
     RUN(sharded_set_index_errors);
     RUN(set_open_dir_fallbacks);
+    RUN(mapped_read_matches_the_mapping);
     tmp_remove_tree(tmp_root);
     TEST_END();
 }

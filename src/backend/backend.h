@@ -378,6 +378,10 @@ typedef struct qi_backend_ops {
      * already placed stay). Past it host weights are ordinary memory, staged
      * through the backend's bounce buffers. */
     void (*host_budget)(qi_backend *be, size_t pinned_max);
+    /* Optional (outside the group): one line on the weight uploads made so
+     * far, for the open's log (CUDA: bytes and weights, seconds reading into
+     * the staging and waiting for its copies, allocating; the threads, pread). */
+    void (*load_report)(qi_backend *be, char *line, size_t cap);
 
     /* ---- persistent buffers and recorded op sequences (NULL when a backend
      * lacks them, e.g. the CPU backend: callers then run their ops eagerly) ---- */

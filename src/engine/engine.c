@@ -414,6 +414,11 @@ static qi_status load_at_open(qi_engine *e, const qi_open_options *opt, const ch
     else
         logf_(e, "loaded %s from %s in %.2f s%s", mode ? "every component" : "tokenizer, text encoder and VAE", what,
               wall, mode ? " (one after another: no overlap)" : "");
+    if (e->be && e->be->ops->load_report) { /* where the loads' time went (CUDA: reading, the link, allocation) */
+        char line[512];
+        e->be->ops->load_report(e->be, line, sizeof line);
+        logf_(e, "%s", line);
+    }
     return QI_OK;
 }
 

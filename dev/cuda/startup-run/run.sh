@@ -9,6 +9,9 @@
 # (tokenizer + text encoder, VAE, transformer, and how much of their loads overlapped).
 #   here:  QI_DIST_ARCHS=90a scripts/device-build.sh qwen-image; tar cf - dist | xz -9 -T2 > devpack/dist.tar.xz
 #   there: sh dev/cuda/startup-run/run.sh [types...]   (default: fp8 q4_k bf16; logs under $OUT)
+# A type may end in a variant of the weight upload, for A/B rows in one call: TYPE-old runs with
+# QI_LOAD_FAST=0 (the upload before the load branch: threads started per chunk, memcpy from the
+# mapping, each weight's staging starting at buffer 0), TYPE-nopread with only QI_LOAD_PREAD=0.
 set -u
 OUT=${OUT:-/tmp/startup-out}
 mkdir -p "$OUT"
@@ -18,7 +21,10 @@ dev_link_source
 now() { date +%s.%N; }
 for ty in ${*:-fp8 q4_k bf16}; do
   d=/tmp/sp_$ty
-  dist/run.sh qwen-image bench --write-sparse $d --type $ty >"$OUT/write_$ty.log" 2>&1 || { echo "$ty: write failed" | tee -a "$OUT/summary.txt"; continue; }
+  base=${ty%%-*}; fast=1; pread=1
+  case $ty in *-old) fast=0 ;; *-nopread) pread=0 ;; esac
+  export QI_LOAD_FAST=$fast QI_LOAD_PREAD=$pread
+  dist/run.sh qwen-image bench --write-sparse $d --type $base >"$OUT/write_$ty.log" 2>&1 || { echo "$ty: write failed" | tee -a "$OUT/summary.txt"; continue; }
   # run 1 also warms the page cache's metadata; run 2 is the row (the transformer loads beside the text
   # encoder and VAE); run seq is run 2 with the loads one after another (QI_LOAD_SEQUENTIAL=1), the yardstick
   for run in 1 2 seq; do
@@ -28,7 +34,7 @@ for ty in ${*:-fp8 q4_k bf16}; do
       -W 1024 -H 1024 --steps 8 --seed 1 -o /tmp/startup_$ty.png >"$OUT/gen_${ty}_$run.log" 2>&1
     rc=$?; e=$(now)
     echo "$ty run $run: rc=$rc, process start -> exit $(awk "BEGIN{printf \"%.2f\", $e - $s}") s; $(grep 'image(s)' "$OUT/gen_${ty}_$run.log")" | tee -a "$OUT/summary.txt"
-    grep -E 'loaded tokenizer \+ text encoder|loaded transformer from|load overlap|one after another' \
+    grep -E 'loaded tokenizer \+ text encoder|loaded transformer from|load overlap|one after another|cuda upload:' \
       "$OUT/gen_${ty}_$run.log" | sed "s/^/  $ty $run: /" | tee -a "$OUT/summary.txt"
   done
   rm -rf $d

@@ -62,7 +62,7 @@ for what in ${*:-checks ours peer ours2 startup}; do
       note "test_formats -d cuda, QI_CUDA_FP8_FAST_ACCUM=0: rc=$? $(tail -1 "$OUT/formats_exact_accum.log")"
       grep 'rel L2' "$OUT/formats_exact_accum.log" | cut -c1-160 | tee -a "$OUT/summary.txt" ;;
     startup)
-      OUT=$OUT/startup timeout 240 sh dev/cuda/startup-run/run.sh fp8 bf16 q4_k
+      OUT=$OUT/startup timeout 300 sh dev/cuda/startup-run/run.sh fp8 fp8-old bf16 q4_k
       cat "$OUT/startup/summary.txt" >>"$OUT/summary.txt" ;;
     vae) # the VAE decode's switches (dev/cuda/NOTES.md): the op table with all of them on, then the decode → RGB8 row
       # of each setting, first the code before them (cache and direct off)

@@ -1,6 +1,6 @@
 /*
  * cuda_backend.cu — the CUDA backend's frame: creation, the activation arena,
- * weights (converted to bf16 on upload), host <-> device copies, the sticky
+ * weights (converted to bf16 on upload: cuda_upload.cu), host <-> device copies, the sticky
  * error, the cuBLASLt GEMM used by `linear` and `conv2d`, and the op table.
  *
  * Everything is queued on one stream per backend. Ops return nothing, so a
@@ -89,188 +89,6 @@ static size_t cuda_mark(qi_backend *be) { return cuda_of(be)->arena_used; }
 static void cuda_reset(qi_backend *be, size_t mark) {
     cuda_impl *c = cuda_of(be);
     if (mark <= c->arena_used) c->arena_used = mark;
-}
-
-/* How a weight's stored values become real ones while converting: each
- * element of row r (= element index / row_len) times its scale, in float32
- * before the rounding to the device type (backend.h, qi_weight_scale). */
-typedef struct convert_scale {
-    qi_scale_form form;
-    float scale;            /* QI_SCALE_TENSOR */
-    const float *row_scale; /* QI_SCALE_ROW */
-    int64_t row_len;        /* elements per row (the last dim) */
-} convert_scale;
-
-static const convert_scale no_scale = {QI_SCALE_NONE, 1.0f, NULL, 1};
-
-/* Bytes before element i0 of data of type dt: i0 is a whole number of
- * blocks for the GGUF block types (the chunking below keeps it so). */
-static size_t elem_offset(qi_dtype dt, size_t i0) { return (size_t)qi_row_bytes(dt, (int64_t)i0); }
-
-/* Converts n elements of host data of type `dt` (an element type or a GGUF
- * block type, dequantised by its traits) into `out_dt` (BF16, F16, F32 or I32
- * copied as is), the elements being g0 … g0+n of their tensor (for the row
- * scales). Float host data for activations is float32. */
-static void host_convert(void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
-                         const convert_scale *sc, size_t g0) {
-    if (out_dt == dt && sc->form == QI_SCALE_NONE) {
-        memcpy(dst, src, n * qi_dtype_size(dt));
-        return;
-    }
-    float buf[1024]; /* a multiple of every block (32, 256) */
-    for (size_t i0 = 0; i0 < n; i0 += 1024) {
-        size_t m = n - i0 < 1024 ? n - i0 : 1024;
-        const float *f = buf;
-        if (dt == QI_F32 && sc->form == QI_SCALE_NONE)
-            f = (const float *)src + i0;
-        else
-            qi_to_f32(buf, (const char *)src + elem_offset(dt, i0), dt, m);
-        if (sc->form == QI_SCALE_TENSOR)
-            for (size_t i = 0; i < m; i++) buf[i] *= sc->scale;
-        else if (sc->form == QI_SCALE_ROW)
-            for (size_t i = 0; i < m; i++) buf[i] *= sc->row_scale[(g0 + i0 + i) / (size_t)sc->row_len];
-        if (out_dt == QI_BF16) {
-            uint16_t *o = (uint16_t *)dst + i0;
-            for (size_t i = 0; i < m; i++) o[i] = qi_f32_to_bf16(f[i]);
-        } else if (out_dt == QI_F16) {
-            uint16_t *o = (uint16_t *)dst + i0;
-            for (size_t i = 0; i < m; i++) o[i] = qi_f32_to_f16(f[i]);
-        } else {
-            memcpy((float *)dst + i0, f, m * sizeof(float));
-        }
-    }
-}
-
-/* host_convert split over up to c->load_threads threads: reading a file
- * mapping from the page cache (page faults, then the copy) runs at a few GB/s
- * per core, well under the PCIe copy, so several cores fill each chunk. */
-typedef struct convert_job {
-    void *dst;
-    qi_dtype out_dt;
-    const void *src;
-    qi_dtype dt;
-    size_t n, g0;
-    const convert_scale *sc;
-} convert_job;
-
-static void *convert_thread(void *arg) {
-    convert_job *j = (convert_job *)arg;
-    host_convert(j->dst, j->out_dt, j->src, j->dt, j->n, j->sc, j->g0);
-    return NULL;
-}
-
-#define MAX_LOAD_THREADS 16
-
-static void parallel_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src, qi_dtype dt,
-                             size_t n, const convert_scale *sc, size_t g0) {
-    size_t out_esz = qi_dtype_size(out_dt);
-    int threads = c->load_threads;
-    if (threads > MAX_LOAD_THREADS) threads = MAX_LOAD_THREADS;
-    if (threads <= 1 || n * out_esz < ((size_t)4 << 20)) {
-        host_convert(dst, out_dt, src, dt, n, sc, g0);
-        return;
-    }
-    pthread_t th[MAX_LOAD_THREADS];
-    convert_job jobs[MAX_LOAD_THREADS];
-    int started[MAX_LOAD_THREADS] = {0};
-    size_t per = (n + (size_t)threads - 1) / (size_t)threads;
-    per = (per + 4095) & ~(size_t)4095; /* whole pages of the source, mostly; whole blocks */
-    for (int i = 0; i < threads; i++) {
-        size_t i0 = (size_t)i * per;
-        jobs[i].n = i0 >= n ? 0 : (n - i0 < per ? n - i0 : per);
-        if (jobs[i].n == 0) continue;
-        jobs[i].dst = (char *)dst + i0 * out_esz;
-        jobs[i].out_dt = out_dt;
-        jobs[i].src = (const char *)src + elem_offset(dt, i0);
-        jobs[i].dt = dt;
-        jobs[i].sc = sc;
-        jobs[i].g0 = g0 + i0;
-        started[i] = i > 0 && pthread_create(&th[i], NULL, convert_thread, &jobs[i]) == 0;
-    }
-    for (int i = 0; i < threads; i++) /* this thread does job 0 and any that did not start */
-        if (jobs[i].n && !started[i]) convert_thread(&jobs[i]);
-    for (int i = 0; i < threads; i++)
-        if (started[i]) pthread_join(th[i], NULL);
-}
-
-/* Where an upload's chunks go through: two pinned staging buffers, the
- * events that say each is free again, and the stream that copies them. */
-typedef struct upload_lane {
-    void *const *staging;
-    cudaEvent_t const *free;
-    cudaStream_t stream;
-} upload_lane;
-
-static upload_lane lane_of(const cuda_impl *c, int k) {
-    upload_lane l = {c->staging, c->staging_free, c->stream};
-    if (k == 1) l = upload_lane{c->lane_staging, c->lane_free, c->lane_stream};
-    return l;
-}
-
-/* Host data of type src_dt -> device tensor of type dst_dt, through the
- * lane's two pinned staging buffers so conversion of one chunk overlaps the
- * copy of the previous one. */
-static qi_status lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dtype dst_dt, const void *host,
-                             qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err) {
-    size_t out_esz = qi_dtype_size(dst_dt);
-    size_t chunk = c->staging_bytes / out_esz / 256 * 256; /* whole blocks of any block type */
-    cudaError_t e;
-    for (size_t i0 = 0, k = 0; i0 < n; i0 += chunk, k++) {
-        size_t m = n - i0 < chunk ? n - i0 : chunk;
-        int s = (int)(k & 1);
-        if ((e = cudaEventSynchronize(l.free[s])) != cudaSuccess)
-            return cuda_err(err, e, "upload (waiting for staging)");
-        parallel_convert(c, l.staging[s], dst_dt, (const char *)host + elem_offset(src_dt, i0), src_dt, m, sc, i0);
-        if ((e = cudaMemcpyAsync((char *)dev + i0 * out_esz, l.staging[s], m * out_esz, cudaMemcpyHostToDevice,
-                                 l.stream)) != cudaSuccess)
-            return cuda_err(err, e, "upload (copy)");
-        if ((e = cudaEventRecord(l.free[s], l.stream)) != cudaSuccess)
-            return cuda_err(err, e, "upload (event)");
-    }
-    return QI_OK;
-}
-
-/* A free lane for one weight's upload (under load_mu): lane 0 unless another
- * thread's weight holds it; lane 1's buffers and stream made on first need. */
-static qi_status lane_take(cuda_impl *c, int *lane, qi_error *err) {
-    *lane = c->lane_busy[0] ? 1 : 0;
-    if (*lane == 1 && c->lane_busy[1])
-        return qi_fail(err, QI_ERR_BACKEND, "cuda backend: weights made from more than two threads at once");
-    cudaError_t e = cudaSuccess;
-    if (*lane == 1 && !c->lane_stream) {
-        for (int i = 0; i < 2 && e == cudaSuccess; i++) {
-            if (!c->lane_staging[i]) e = cudaHostAlloc(&c->lane_staging[i], c->staging_bytes, cudaHostAllocDefault);
-            if (e == cudaSuccess && !c->lane_free[i]) e = cudaEventCreateWithFlags(&c->lane_free[i], cudaEventDisableTiming);
-        }
-        if (e == cudaSuccess && !c->lane_done) e = cudaEventCreateWithFlags(&c->lane_done, cudaEventDisableTiming);
-        if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->lane_stream, cudaStreamNonBlocking);
-    }
-    if (e != cudaSuccess) return cuda_err(err, e, "the second upload lane (pinned staging for a concurrent load)");
-    c->lane_busy[*lane] = 1;
-    return QI_OK;
-}
-
-/* Gives the lane back (under load_mu). Lane 1's copies are ordered before
- * everything queued on `stream` from now on, as lane 0's are by being on it. */
-static qi_status lane_give(cuda_impl *c, int lane, qi_error *err) {
-    c->lane_busy[lane] = 0;
-    if (lane == 0) return QI_OK;
-    cudaError_t e = cudaEventRecord(c->lane_done, c->lane_stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(c->stream, c->lane_done, 0);
-    return e == cudaSuccess ? QI_OK : cuda_err(err, e, "upload (ordering the second lane)");
-}
-
-static void lanes_destroy(cuda_impl *c) {
-    if (c->lane_stream) {
-        cudaStreamSynchronize(c->lane_stream);
-        cudaStreamDestroy(c->lane_stream);
-    }
-    for (int i = 0; i < 2; i++) {
-        if (c->lane_staging[i]) cudaFreeHost(c->lane_staging[i]);
-        if (c->lane_free[i]) cudaEventDestroy(c->lane_free[i]);
-    }
-    if (c->lane_done) cudaEventDestroy(c->lane_done);
-    if (c->load_mu_made) pthread_mutex_destroy(&c->load_mu);
 }
 
 /* Benchmark weights: uniform in ±1/√fan_in for matrices (fan_in = numel / rows),
@@ -429,7 +247,7 @@ static qi_status weight_prepare(const cuda_impl *c, qi_tensor *w, qi_dtype dt, i
     if (qi_row_bytes(dt, ne[ndim - 1]) < 0)
         return qi_fail(err, QI_ERR_ARG, "cuda backend: a %s weight whose last dim %lld is not a whole number "
                        "of blocks", qi_dtype_name(dt), (long long)ne[ndim - 1]);
-    *sc = no_scale;
+    *sc = qc_no_scale;
     if (scale && scale->form != QI_SCALE_NONE) {
         if (scale->form == QI_SCALE_ROW && !scale->row_scale)
             return qi_fail(err, QI_ERR_ARG, "cuda backend: a per-row scale without its values");
@@ -454,7 +272,10 @@ static qi_status weight_begin(cuda_impl *c, qi_tensor *w, qi_dtype dt, int ndim,
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
     qc_wbuf_settle(c, 1); /* what the buffers hold is named by weight addresses: a new weight may reuse one */
     if (qc_kept_type(w->dtype) && !c->wscratch_fixed && (st = ensure_wscratch(c, n, err)) != QI_OK) return st;
+    double t0 = qi_now_s();
     cudaError_t e = cudaMalloc(dev, bytes ? bytes : 1);
+    c->alloc_s += qi_now_s() - t0;
+    c->alloc_count++;
     if (e != cudaSuccess) {
         char shape[128];
         *dev = NULL;
@@ -464,7 +285,7 @@ static qi_status weight_begin(cuda_impl *c, qi_tensor *w, qi_dtype dt, int ndim,
                        "%zu MiB of weights already held)", qi_dtype_name(dt), shape, bytes >> 20,
                        c->weight_bytes >> 20);
     }
-    if ((st = lane_take(c, lane, err)) != QI_OK) {
+    if ((st = qc_lane_take(c, lane, err)) != QI_OK) {
         cudaFree(*dev);
         *dev = NULL;
         memset(w, 0, sizeof *w);
@@ -489,10 +310,10 @@ static qi_status weight_on_device(cuda_impl *c, qi_tensor *w, qi_dtype dt, int n
     int kept = qc_kept_type(dev_dt), random = c->random_seed && (kept || dev_dt == QI_BF16);
     size_t n = (size_t)qi_numel(w), bytes = qi_nbytes(w);
     if (!random) /* a kept weight: its stored bytes as they are */
-        st = kept ? lane_upload(c, lane_of(c, lane), dev, QI_U8, host, QI_U8, bytes, &no_scale, err)
-                  : lane_upload(c, lane_of(c, lane), dev, dev_dt, host, dt, n, &sc, err);
+        st = kept ? qc_lane_upload(c, qc_lane_of(c, lane), dev, QI_U8, host, QI_U8, bytes, &qc_no_scale, err)
+                  : qc_lane_upload(c, qc_lane_of(c, lane), dev, dev_dt, host, dt, n, &sc, err);
     pthread_mutex_lock(&c->load_mu);
-    qi_status gs = lane_give(c, lane, err);
+    qi_status gs = qc_lane_give(c, lane, err);
     if (st == QI_OK) st = gs;
     w->data = dev;
     if (st == QI_OK && random) st = kept ? kept_random(c, w, err) : random_fill(c, w, dev, err);
@@ -729,10 +550,10 @@ static qi_status weight_in_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int n
     if (c->random_seed && (kept || w->dtype == QI_BF16)) {
         st = random_host(c, w, mem, err);
     } else if (kept) {
-        parallel_convert(c, mem, QI_U8, host, QI_U8, bytes, &no_scale, 0); /* the stored bytes */
+        qc_convert(c, mem, QI_U8, host, QI_U8, bytes, &qc_no_scale, 0); /* the stored bytes */
         st = kept_scale(c, w, scale, err);
     } else {
-        parallel_convert(c, mem, w->dtype, host, dt, n, &sc, 0);
+        qc_convert(c, mem, w->dtype, host, dt, n, &sc, 0);
     }
     if (st != QI_OK) {
         cudaStreamSynchronize(c->stream); /* a queued copy may still write it */
@@ -747,7 +568,7 @@ static qi_status weight_in_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int n
 }
 
 void qc_host_copy(const cuda_impl *c, void *dst, const void *src, size_t bytes) {
-    parallel_convert(c, dst, QI_U8, src, QI_U8, bytes, &no_scale, 0);
+    qc_convert(c, dst, QI_U8, src, QI_U8, bytes, &qc_no_scale, 0);
 }
 
 static qi_status cuda_weight_host(qi_backend *be, qi_tensor *w, qi_dtype dt, int ndim, const int64_t *ne,
@@ -773,12 +594,13 @@ static qi_status cuda_upload(qi_backend *be, qi_tensor *t, const void *host, qi_
     qi_dtype src_dt = t->dtype == QI_I32 ? QI_I32 : QI_F32;
     int prev = device_enter(c), lane = 0;
     pthread_mutex_lock(&c->load_mu); /* a free lane: a load on another thread may hold lane 0 */
-    qi_status st = lane_take(c, &lane, err);
+    qi_status st = qc_lane_take(c, &lane, err);
     pthread_mutex_unlock(&c->load_mu);
     if (st == QI_OK) {
-        st = lane_upload(c, lane_of(c, lane), t->data, t->dtype, host, src_dt, (size_t)qi_numel(t), &no_scale, err);
+        st = qc_lane_upload(c, qc_lane_of(c, lane), t->data, t->dtype, host, src_dt, (size_t)qi_numel(t),
+                            &qc_no_scale, err);
         pthread_mutex_lock(&c->load_mu);
-        qi_status gs = lane_give(c, lane, err);
+        qi_status gs = qc_lane_give(c, lane, err);
         pthread_mutex_unlock(&c->load_mu);
         if (st == QI_OK) st = gs;
     }
@@ -808,8 +630,8 @@ static qi_status download_on_device(qi_backend *be, const qi_tensor *t, void *ho
             return cuda_err(err, e, "download (copy)");
         if ((e = cudaStreamSynchronize(c->stream)) != cudaSuccess) return cuda_err(err, e, "download");
         /* over the load threads past 4 MiB: a decoded 1024² picture is 12.6 MB of float32 */
-        parallel_convert(c, (char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m,
-                         &no_scale, 0);
+        qc_convert(c, (char *)host + i0 * qi_dtype_size(host_dt), host_dt, c->staging[0], t->dtype, m,
+                   &qc_no_scale, 0);
     }
     return QI_OK;
 }
@@ -1338,7 +1160,7 @@ static void cuda_destroy(qi_backend *be) {
             if (c->staging[i]) cudaFreeHost(c->staging[i]);
             if (c->staging_free[i]) cudaEventDestroy(c->staging_free[i]);
         }
-        lanes_destroy(c);
+        qc_upload_destroy(c);
         qc_host_destroy(c); /* the host weights' chunks and the bounce ring (syncs the copy stream) */
         if (c->copy_stream) {
             cudaStreamSynchronize(c->copy_stream);
@@ -1456,6 +1278,7 @@ static const qi_backend_ops cuda_ops = {
     .stage = cuda_stage,
     .stage_wait = cuda_stage_wait,
     .host_budget = cuda_host_budget,
+    .load_report = qc_load_report,
     .persistent = cuda_persistent,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
@@ -1537,12 +1360,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     }
     if ((st = qc_host_init(c, err)) != QI_OK) goto fail;
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
-    { /* host threads filling the upload staging: QI_CUDA_LOAD_THREADS, default half the cores, <= 8 */
-        const char *lt = getenv("QI_CUDA_LOAD_THREADS");
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        c->load_threads = lt ? atoi(lt) : (int)(cores / 2 < 8 ? cores / 2 : 8);
-        if (c->load_threads < 1) c->load_threads = 1;
-    }
+    if ((st = qc_upload_init(c, err)) != QI_OK) goto fail;
     { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
         const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");
         c->dequant_at_load = d && d[0] == '1';

@@ -74,7 +74,11 @@ typedef struct cuda_impl {
     void *staging[2];
     size_t staging_bytes;
     cudaEvent_t staging_free[2];
-    int load_threads;    /* host threads converting into the staging buffers */
+    int load_threads;    /* host threads converting into the staging buffers; 0: auto (below) */
+    int load_cores;      /* auto: the cores, shared by the lanes busy at the time (<= MAX_LOAD_THREADS each) */
+    int load_pread;      /* straight copies from a file mapping read by pread (QI_LOAD_PREAD, QI_LOAD_FAST) */
+    int load_rotate;     /* a lane's staging buffers alternate across weights, not only within one */
+    struct qi_work_pool *work_pool; /* waiting threads that fill the staging (backend/work_pool.h); NULL: old path */
 
     /* Weights made from two host threads at once (the engine loads the
      * transformer beside the text encoder): `weight` takes load_mu for its
@@ -84,7 +88,14 @@ typedef struct cuda_impl {
      * own pair and stream, and `stream` waits for each of its weights. */
     pthread_mutex_t load_mu;
     int load_mu_made;
-    int lane_busy[2];
+    int lane_busy[2];    /* written under load_mu, read by parallel_convert without it: atomics */
+    int lane_next[2];    /* the staging buffer a lane fills next (only its holder touches it) */
+    struct {             /* what each lane's uploads cost (only its holder writes them): load_report */
+        double fill_s, wait_s;
+        unsigned long long bytes;
+    } lane_stat[2];
+    double alloc_s;      /* cudaMalloc of weights (under load_mu) */
+    unsigned long long alloc_count;
     void *lane_staging[2];
     cudaEvent_t lane_free[2];
     cudaEvent_t lane_done;
@@ -505,5 +516,45 @@ static inline unsigned qc_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;
     return (unsigned)(b < 1 ? 1 : b);
 }
+
+/* ---- the upload (cuda_upload.cu) ---------------------------------------- */
+
+/* How a weight's stored values become real ones while converting: each
+ * element of row r (= element index / row_len) times its scale, in float32
+ * before the rounding to the device type (backend.h, qi_weight_scale). */
+typedef struct convert_scale {
+    qi_scale_form form;
+    float scale;            /* QI_SCALE_TENSOR */
+    const float *row_scale; /* QI_SCALE_ROW */
+    int64_t row_len;        /* elements per row (the last dim) */
+} convert_scale;
+
+static const convert_scale qc_no_scale = {QI_SCALE_NONE, 1.0f, NULL, 1};
+
+/* Where an upload's chunks go through: two pinned staging buffers, the
+ * events that say each is free again, the stream that copies them, and which
+ * buffer is filled next. */
+typedef struct upload_lane {
+    void *const *staging;
+    cudaEvent_t const *free;
+    cudaStream_t stream;
+    int *next;
+    double *fill_s, *wait_s; /* seconds reading into the staging, waiting for a buffer's copy */
+    unsigned long long *bytes;
+} upload_lane;
+
+/* Host data -> out_dt (n elements, the tensor's g0 … g0+n), split over the load threads. */
+void qc_convert(const cuda_impl *c, void *dst, qi_dtype out_dt, const void *src, qi_dtype dt, size_t n,
+                const convert_scale *sc, size_t g0);
+upload_lane qc_lane_of(cuda_impl *c, int k);
+/* Host data of type src_dt -> the device tensor `dev` of type dst_dt through lane l. */
+qi_status qc_lane_upload(const cuda_impl *c, upload_lane l, void *dev, qi_dtype dst_dt, const void *host,
+                         qi_dtype src_dt, size_t n, const convert_scale *sc, qi_error *err);
+qi_status qc_lane_take(cuda_impl *c, int *lane, qi_error *err); /* under load_mu */
+qi_status qc_lane_give(cuda_impl *c, int lane, qi_error *err);  /* under load_mu */
+/* The load settings (QI_LOAD_FAST, QI_LOAD_PREAD, QI_CUDA_LOAD_THREADS) and the work pool. */
+qi_status qc_upload_init(cuda_impl *c, qi_error *err);
+void qc_upload_destroy(cuda_impl *c); /* lane 1, the pool, load_mu */
+void qc_load_report(qi_backend *be, char *line, size_t cap); /* the op */
 
 #endif
