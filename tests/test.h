@@ -88,6 +88,19 @@ static inline const char *qi_cli(void) {
 }
 #endif
 
+/* An engine's log lines joined, one per line (qi_open_options.log =
+ * qi_test_log_line, .log_user = a qi_test_log): what a test reads to see what
+ * the engine chose. Lines past the buffer are dropped. */
+typedef struct qi_test_log {
+    char text[8192];
+} qi_test_log;
+
+static inline void qi_test_log_line(void *user, const char *line) {
+    qi_test_log *l = (qi_test_log *)user;
+    size_t n = strlen(l->text);
+    snprintf(l->text + n, sizeof l->text - n, "%s\n", line);
+}
+
 /* Relative L2 error ‖a − b‖ / ‖b‖ (b is the reference). */
 static inline double qi_rel_l2(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;

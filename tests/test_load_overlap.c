@@ -19,29 +19,18 @@
 
 static const char *g_device = "cpu";
 
-/* The log lines of one open, joined. */
-typedef struct log_buf {
-    char text[8192];
-} log_buf;
-
-static void collect(void *user, const char *line) {
-    log_buf *b = user;
-    size_t n = strlen(b->text);
-    snprintf(b->text + n, sizeof b->text - n, "%s\n", line);
-}
-
-static qi_status open_model(const char *dir, int mode, log_buf *log, qi_engine **e) {
+static qi_status open_model(const char *dir, int mode, qi_test_log *log, qi_engine **e) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = dir;
     o.device = g_device;
     o.load_transformer = mode;
-    o.log = collect;
+    o.log = qi_test_log_line;
     o.log_user = log;
     return qi_engine_open(&o, e);
 }
 
 /* One 32² image, 2 steps, true CFG (both text paths), from a fresh engine. */
-static qi_status image_with(const char *dir, int mode, log_buf *log, qi_image *img) {
+static qi_status image_with(const char *dir, int mode, qi_test_log *log, qi_image *img) {
     qi_engine *e = NULL;
     qi_status st = open_model(dir, mode, log, &e);
     qi_request r = qi_request_default();
@@ -60,7 +49,7 @@ static qi_status image_with(const char *dir, int mode, log_buf *log, qi_image *i
 static void loads_beside_each_other_give_the_image_of_loads_one_by_one(void) {
     const char *dir = QI_TEST_DATA "/tiny-model";
     qi_image img[3];
-    log_buf logs[3];
+    qi_test_log logs[3];
     memset(img, 0, sizeof img);
     memset(logs, 0, sizeof logs);
     unsetenv("QI_LOAD_SEQUENTIAL");
@@ -83,7 +72,7 @@ static void loads_beside_each_other_give_the_image_of_loads_one_by_one(void) {
 }
 
 static void the_environment_can_force_the_loads_one_by_one(void) {
-    log_buf log;
+    qi_test_log log;
     memset(&log, 0, sizeof log);
     qi_image img = {0};
     setenv("QI_LOAD_SEQUENTIAL", "1", 1);
@@ -160,7 +149,7 @@ static void remove_dir(const char *dir) {
 static void open_fails_naming(const char *dir, const char *tensor) {
     char first[1024] = "";
     for (int mode = 1; mode < 3; mode++) {
-        log_buf log;
+        qi_test_log log;
         memset(&log, 0, sizeof log);
         qi_engine *e = NULL;
         qi_status st = open_model(dir, mode, &log, &e);
@@ -180,7 +169,7 @@ static void a_missing_transformer_tensor_fails_the_open_and_frees_the_rest(void)
     open_fails_naming(dir, "proj_out.weight");
     /* the lazy load does not read the transformer at open: that open works */
     qi_engine *e = NULL;
-    log_buf log;
+    qi_test_log log;
     memset(&log, 0, sizeof log);
     CHECK(open_model(dir, 0, &log, &e) == QI_OK, "lazy open: %s", qi_engine_error(e));
     qi_engine_close(e);

@@ -41,29 +41,18 @@ static qi_request case_request(const ref_run_case *rc) {
     return r;
 }
 
-/* The engine's log lines, kept to see which layout it chose. */
-typedef struct log_lines {
-    char text[8192];
-} log_lines;
-
-static void keep_line(void *user, const char *line) {
-    log_lines *l = user;
-    size_t n = strlen(l->text);
-    snprintf(l->text + n, sizeof l->text - n, "%s\n", line);
-}
-
-static qi_status open_engine(const char *device, const char *devices, log_lines *log, qi_engine **e) {
+static qi_status open_engine(const char *device, const char *devices, qi_test_log *log, qi_engine **e) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = MODEL;
     if (device) o.device = device;
     o.devices = devices;
-    o.log = keep_line;
+    o.log = qi_test_log_line;
     o.log_user = log;
     return qi_engine_open(&o, e);
 }
 
 /* Case `name` through qi_generate on `devices` (NULL: the one device). */
-static qi_status run_case(const ref_run_case *rc, const char *device, const char *devices, log_lines *log,
+static qi_status run_case(const ref_run_case *rc, const char *device, const char *devices, qi_test_log *log,
                           qi_image *img) {
     memset(img, 0, sizeof *img);
     qi_engine *e;
@@ -87,7 +76,7 @@ static void case_on_cpu_ranks_matches_one_device(const char *name, const char *c
         CHECK(0, "case %s loads", name);
         return;
     }
-    log_lines log = {{0}};
+    qi_test_log log = {{0}};
     qi_image one;
     qi_status st = run_case(&rc, NULL, NULL, &log, &one);
     CHECK(st == QI_OK, "%s on one device", name);
@@ -161,7 +150,7 @@ static void cancel_and_errors_leave_the_ranks_usable(void) {
         CHECK(0, "case loads");
         return;
     }
-    log_lines log = {{0}};
+    qi_test_log log = {{0}};
     qi_image one, img;
     CHECK(run_case(&rc, NULL, NULL, &log, &one) == QI_OK, "one device");
     qi_engine *e;
@@ -209,7 +198,7 @@ static void a_list_of_one_is_the_single_device(void) {
     r.prompt = "one";
     r.width = r.height = 32;
     r.steps = 2;
-    log_lines log = {{0}};
+    qi_test_log log = {{0}};
     qi_engine *a, *b;
     qi_image ia, ib;
     CHECK(open_engine(NULL, NULL, &log, &a) == QI_OK && open_engine("cuda:7", " cpu ", &log, &b) == QI_OK,
@@ -223,7 +212,7 @@ static void a_list_of_one_is_the_single_device(void) {
 }
 
 static void refused(const char *devices, const char *want1, const char *want2) {
-    log_lines log = {{0}};
+    qi_test_log log = {{0}};
     qi_engine *e;
     qi_status st = open_engine(NULL, devices, &log, &e);
     const char *msg = qi_engine_error(e);
@@ -294,7 +283,7 @@ static void two_ranks_on_one_gpu_match_one_gpu(void) {
             CHECK(0, "case loads");
             return;
         }
-        log_lines log = {{0}};
+        qi_test_log log = {{0}};
         qi_image one, two;
         qi_status st1 = run_case(&rc, "cuda", NULL, &log, &one);
         if (st1 != QI_OK) {

@@ -102,19 +102,16 @@ static void what_does_not_fit_is_refused_and_the_engine_stays_usable(void) {
 }
 
 /* The log lines of an engine, kept for the claims below. */
-static char g_log[8192];
-static void keep_log(void *user, const char *line) {
-    (void)user;
-    size_t n = strlen(g_log);
-    snprintf(g_log + n, sizeof g_log - n, "%s\n", line);
-}
+static qi_test_log g_logs;
+static char *const g_log = g_logs.text;
 
 static qi_status open_logged(size_t vram, int edit, qi_engine **e) {
     qi_open_options o = qi_open_options_default();
     o.model_dir = QI_TEST_DATA "/tiny-model";
     o.vram_bytes = vram;
     o.edit = edit;
-    o.log = keep_log;
+    o.log = qi_test_log_line;
+    o.log_user = &g_logs;
     g_log[0] = 0;
     return qi_engine_open(&o, e);
 }
