@@ -94,7 +94,7 @@ static void the_upload_paths_give_the_same_image(void) {
     memset(img, 0, sizeof img);
     unsetenv("QI_LOAD_SEQUENTIAL");
     for (int k = 0; k < 3; k++) {
-        log_buf log;
+        qi_test_log log;
         memset(&log, 0, sizeof log);
         if (env[k][0]) setenv(env[k][0], env[k][1], 1);
         qi_status st = image_with(QI_TEST_DATA "/tiny-model", 1, &log, &img[k]);
