@@ -751,9 +751,16 @@ static void norm_rope_label(const bc_case *c, char *buf, size_t cap) {
              LL(p[0]), LL(p[4]), LL(p[5]), p[6] == QI_ROPE_HALF ? "half" : "inter", p[7] & 1 ? " w" : "",
              p[7] & 2 ? " in place" : "");
 }
+/* In place the norm's bf16 result is stored into x and read back by the
+ * rotation: two roundings of the output, BC_TOL_TWO (a small case measured
+ * 2.85e-3 on the H200 once the table's new cases gave it other data). */
+static void norm_rope_adjust(const bc_inst *in, int i, bc_tols *t) {
+    (void)i;
+    if (in->c->p[7] & 2) t->dev = BC_TOL_TWO;
+}
 static const bc_op op_rms_norm_rope = {"rms_norm_rope", norm_rope_build, norm_rope_run, norm_rope_twin, NULL,
                                        norm_rope_ref, norm_rope_label,
-                                       {BC_TOL_F32, BC_TOL_EXACT, 0, BC_TOL_TWIN}, NULL, 0};
+                                       {BC_TOL_F32, BC_TOL_EXACT, 0, BC_TOL_TWIN}, norm_rope_adjust, 0};
 
 /* ---- fused: channel_rms_norm_act: p = {C, H, W, bias, act, in place} ------------------
  * = channel_rms_norm, then activate. */

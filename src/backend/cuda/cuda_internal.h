@@ -159,7 +159,7 @@ typedef struct cuda_impl {
      * conv_im2col_ci QI_CUDA_CONV_IM2COL_CI (default 128): auto runs a conv
      * that is not upsampled with more input channels than this through im2col */
     int conv_cache, conv_direct, conv_rows, conv_im2col_ci;
-    int conv_resident;   /* QI_CUDA_CONV_RESIDENT=1: one-channel-block convs whose weights fit in shared
+    int conv_resident;   /* default (QI_CUDA_CONV_RESIDENT=0: off): one-channel-block convs whose weights fit in shared
                           * memory keep them there and walk the pixel tiles (cuda_conv.cu) */
     int norm_wide;       /* QI_CUDA_NORM_WIDE=1: channel_rms_norm's wider blocks for C <= 192 (cuda_conv.cu) */
     /* the reordered layouts of 3×3 conv weights (cuda_conv.cu), keyed by the
