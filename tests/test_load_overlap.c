@@ -84,12 +84,12 @@ static void the_environment_can_force_the_loads_one_by_one(void) {
 
 /* The upload's paths (cuda_upload.cu) put the same bytes on the device: the
  * default (pread into the staging, a thread pool, buffers alternating across
- * weights), QI_LOAD_PREAD=0 (memcpy from the mapping) and QI_LOAD_FAST=0 (the
+ * weights), QI_LOAD_PREAD=1 (pread from the mapped file) and QI_LOAD_FAST=0 (the
  * old path) give one image, bit for bit, with the loads beside each other.
  * The switches are read when the backend is made, at each open; the CPU
  * backend ignores them (the claim is trivially true there). */
 static void the_upload_paths_give_the_same_image(void) {
-    const char *env[3][2] = {{NULL, NULL}, {"QI_LOAD_PREAD", "0"}, {"QI_LOAD_FAST", "0"}};
+    const char *env[3][2] = {{NULL, NULL}, {"QI_LOAD_PREAD", "1"}, {"QI_LOAD_FAST", "0"}};
     qi_image img[3];
     memset(img, 0, sizeof img);
     unsetenv("QI_LOAD_SEQUENTIAL");

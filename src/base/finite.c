@@ -146,13 +146,14 @@ int64_t qi_find_nonfinite(const void *data, qi_dtype t, int64_t n, int *is_nan) 
  * page fault every few pages, on the loading thread, for every byte of the
  * model (the fp8 transformer's 20 GB at ~2.6 GB/s on an H200, run V; the
  * upload then reads the same bytes by pread again, from the page cache).
- * The same answer either way. QI_LOAD_FAST=0 or QI_LOAD_PREAD=0: through
- * the mapping (the old path). */
+ * The same answer either way. Only with QI_LOAD_PREAD=1 (and not
+ * QI_LOAD_FAST=0): on the H200 the scan through the mapping measured faster
+ * (runs Z, AA), so it is the default. */
 static int64_t find_nonfinite_read(const void *data, qi_dtype t, int64_t n, int *is_nan) {
     const char *fast = getenv("QI_LOAD_FAST"), *pr = getenv("QI_LOAD_PREAD");
     int64_t piece = n < READ_PIECE ? n : READ_PIECE;
     char *buf = NULL;
-    if (!(fast && fast[0] == '0') && !(pr && pr[0] == '0') && n > 0 && qi_row_bytes(t, n) > 0 &&
+    if (!(fast && fast[0] == '0') && pr && pr[0] == '1' && n > 0 && qi_row_bytes(t, n) > 0 &&
         qi_row_bytes(t, piece) > 0)
         buf = malloc((size_t)qi_row_bytes(t, piece));
     for (int64_t i0 = 0; buf && i0 < n; i0 += piece) {

@@ -11,7 +11,8 @@
 #   there: sh dev/cuda/startup-run/run.sh [types...]   (default: fp8 q4_k bf16; logs under $OUT)
 # A type may end in a variant of the weight upload, for A/B rows in one call: TYPE-old runs with
 # QI_LOAD_FAST=0 (the upload before the load branch: threads started per chunk, memcpy from the
-# mapping, each weight's staging starting at buffer 0), TYPE-nopread with only QI_LOAD_PREAD=0.
+# mapping, each weight's staging starting at buffer 0), TYPE-nopread with QI_LOAD_PREAD=0, TYPE-pread with
+# QI_LOAD_PREAD=1 (off by default since runs Z and AA; before them TYPE alone ran with it on).
 set -u
 OUT=${OUT:-/tmp/startup-out}
 mkdir -p "$OUT"
@@ -21,9 +22,8 @@ dev_link_source
 now() { date +%s.%N; }
 for ty in ${*:-fp8 q4_k bf16}; do
   d=/tmp/sp_$ty
-  base=${ty%%-*}; fast=1; pread=1
-  case $ty in *-old) fast=0 ;; *-nopread) pread=0 ;; esac
-  export QI_LOAD_FAST=$fast QI_LOAD_PREAD=$pread
+  base=${ty%%-*}; unset QI_LOAD_FAST QI_LOAD_PREAD
+  case $ty in *-old) export QI_LOAD_FAST=0 ;; *-nopread) export QI_LOAD_PREAD=0 ;; *-pread) export QI_LOAD_PREAD=1 ;; esac
   dist/run.sh qwen-image bench --write-sparse $d --type $base >"$OUT/write_$ty.log" 2>&1 || { echo "$ty: write failed" | tee -a "$OUT/summary.txt"; continue; }
   # run 1 also warms the page cache's metadata; run 2 is the row (the transformer loads beside the text
   # encoder and VAE); run seq is run 2 with the loads one after another (QI_LOAD_SEQUENTIAL=1), the yardstick
