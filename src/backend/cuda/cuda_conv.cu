@@ -177,6 +177,80 @@ static __device__ __forceinline__ void conv_epilogue(const conv_args &p, const f
         }
 }
 
+/* ---- the halo gather, the same in both kernels -------------------------------------------
+ * A thread owns halo pixels hp = tid + s·threads (s < hslots) of the
+ * (TH + 2) × 66 around a tile, the same slots for every chunk: their plane
+ * offsets are found once per tile, and each chunk is one gather of hslots ×
+ * 16 channels into registers (issued before the chunk's taps, so the loads
+ * fly under them) and one store to shared memory (after). Force-inlined with
+ * the loops unrolled over TH's constants, so each kernel compiles as if it
+ * held its own copy. breg and hoff stay in registers, except that the
+ * resident kernel's run-time pick of hoff or hoff_next puts those two in a
+ * 16-byte stack frame. */
+
+/* This thread's halo pixels of the tile at (tx0, ty0): offset into one input
+ * channel plane, or -1 outside the image (zero padding), past the halo, or
+ * when !live (the resident kernel's tile past the last). */
+template <int TH>
+static __device__ __forceinline__ void cv_halo_offsets(int (&hoff)[cv_geom<TH>::hslots], const conv_args &p, int tid,
+                                                       int tx0, int ty0, bool live) {
+#pragma unroll
+    for (int s = 0; s < cv_geom<TH>::hslots; s++) {
+        const int hp = tid + s * cv_geom<TH>::threads;
+        hoff[s] = -1;
+        if (live && hp < cv_geom<TH>::hpix) {
+            const int Y = ty0 - 1 + hp / CV_HW, X = tx0 - 1 + hp % CV_HW;
+            if (Y >= 0 && Y < p.H && X >= 0 && X < p.W)
+                hoff[s] = p.up ? (Y >> 1) * p.Win + (X >> 1) : Y * p.Win + X;
+        }
+    }
+}
+
+/* breg[s][j] = channels (2j, 2j+1) of chunk cb at halo pixel s, packed as
+ * bf16x2; zero past Ci and where hoff is -1. plane = Hin·Win. */
+template <int TH>
+static __device__ __forceinline__ void cv_gather_halo(uint32_t (&breg)[cv_geom<TH>::hslots][CV_KC / 2],
+                                                      const conv_args &p, const int (&hoff)[cv_geom<TH>::hslots],
+                                                      int cb, int plane) {
+    const unsigned short *xs = (const unsigned short *)p.x;
+    const int ci0 = cb * CV_KC;
+#pragma unroll
+    for (int s = 0; s < cv_geom<TH>::hslots; s++)
+#pragma unroll
+        for (int j = 0; j < CV_KC / 2; j++) {
+            const int ci = ci0 + 2 * j;
+            uint32_t lo = 0, hi = 0;
+            if (hoff[s] >= 0) {
+                const size_t o = (size_t)ci * plane + hoff[s];
+                if (ci < p.Ci) lo = __ldg(xs + o);
+                if (ci + 1 < p.Ci) hi = __ldg(xs + o + plane);
+            }
+            breg[s][j] = lo | (hi << 16);
+        }
+}
+
+/* The gathered chunk into a halo buffer sB [hpix][CV_BS]. */
+template <int TH>
+static __device__ __forceinline__ void cv_store_halo(bf16 *sB, const uint32_t (&breg)[cv_geom<TH>::hslots][CV_KC / 2],
+                                                     int tid) {
+#pragma unroll
+    for (int s = 0; s < cv_geom<TH>::hslots; s++) {
+        const int hp = tid + s * cv_geom<TH>::threads;
+        if (hp < cv_geom<TH>::hpix) { /* two 16-byte stores; pixels 48 B apart: conflict-free */
+            uint4 *d = (uint4 *)(sB + hp * CV_BS);
+            d[0] = make_uint4(breg[s][0], breg[s][1], breg[s][2], breg[s][3]);
+            d[1] = make_uint4(breg[s][4], breg[s][5], breg[s][6], breg[s][7]);
+        }
+    }
+}
+
+template <int MT> static __device__ __forceinline__ void cv_zero_acc(float (&acc)[MT][8][4]) {
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+}
+
 /* TH 2: 128 threads, two blocks an SM; TH 4: 256 threads, one (the
  * accumulators, MT·32 floats a thread, would not fit 128 registers). */
 template <int MT, int TH>
@@ -192,21 +266,9 @@ __global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv
     const int co_blk = (int)(blockIdx.x % (unsigned)p.n_co_blocks), tile = (int)(blockIdx.x / (unsigned)p.n_co_blocks);
     const int co0 = co_blk * BM, tx0 = (tile % p.tiles_x) * CV_TW, ty0 = (tile / p.tiles_x) * TH;
     const int plane = p.Hin * p.Win;
-    const unsigned short *xs = (const unsigned short *)p.x;
 
-    /* This thread's halo pixels (the same for every chunk): offset into one
-     * input channel plane, or -1 outside the image (zero padding). */
-    int hoff[CV_HSLOTS];
-#pragma unroll
-    for (int s = 0; s < CV_HSLOTS; s++) {
-        const int hp = tid + s * CV_THREADS;
-        hoff[s] = -1;
-        if (hp < CV_HPIX) {
-            const int Y = ty0 - 1 + hp / CV_HW, X = tx0 - 1 + hp % CV_HW;
-            if (Y >= 0 && Y < p.H && X >= 0 && X < p.W)
-                hoff[s] = p.up ? (Y >> 1) * p.Win + (X >> 1) : Y * p.Win + X;
-        }
-    }
+    int hoff[CV_HSLOTS]; /* this thread's halo pixels: the same for every chunk */
+    cv_halo_offsets<TH>(hoff, p, tid, tx0, ty0, true);
 
     auto load_a = [&](int cb, bf16 *sA) {
         const bf16 *src = p.wr + ((size_t)cb * p.co_pad + co0) * CV_AK;
@@ -215,46 +277,15 @@ __global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv
             cv_cp_async16(sA + r * CV_AS + piece * 8, src + (size_t)r * CV_AK + piece * 8);
         }
     };
-    /* Channel pairs (2j, 2j+1) of the chunk at each halo pixel, packed as bf16x2. */
-    uint32_t breg[CV_HSLOTS][CV_KC / 2];
-    auto load_b = [&](int cb) {
-        const int ci0 = cb * CV_KC;
-#pragma unroll
-        for (int s = 0; s < CV_HSLOTS; s++)
-#pragma unroll
-            for (int j = 0; j < CV_KC / 2; j++) {
-                const int ci = ci0 + 2 * j;
-                uint32_t lo = 0, hi = 0;
-                if (hoff[s] >= 0) {
-                    const size_t o = (size_t)ci * plane + hoff[s];
-                    if (ci < p.Ci) lo = __ldg(xs + o);
-                    if (ci + 1 < p.Ci) hi = __ldg(xs + o + plane);
-                }
-                breg[s][j] = lo | (hi << 16);
-            }
-    };
-    auto store_b = [&](bf16 *sB) {
-#pragma unroll
-        for (int s = 0; s < CV_HSLOTS; s++) {
-            const int hp = tid + s * CV_THREADS;
-            if (hp < CV_HPIX) { /* two 16-byte stores; pixels 48 B apart: conflict-free */
-                uint4 *d = (uint4 *)(sB + hp * CV_BS);
-                d[0] = make_uint4(breg[s][0], breg[s][1], breg[s][2], breg[s][3]);
-                d[1] = make_uint4(breg[s][4], breg[s][5], breg[s][6], breg[s][7]);
-            }
-        }
-    };
+    uint32_t breg[CV_HSLOTS][CV_KC / 2]; /* the next chunk's halo, in flight during this one's taps */
 
     float acc[MT][8][4];
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int n = 0; n < 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+    cv_zero_acc<MT>(acc);
 
     load_a(0, sA0);
     cv_cp_async_commit();
-    load_b(0);
-    store_b(sB0);
+    cv_gather_halo<TH>(breg, p, hoff, 0, plane);
+    cv_store_halo<TH>(sB0, breg, tid);
     cv_cp_async_wait_all();
     __syncthreads();
 
@@ -269,10 +300,10 @@ __global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv
         if (more) {
             load_a(cb + 1, odd ? sA0 : sA1);
             cv_cp_async_commit();
-            load_b(cb + 1);
+            cv_gather_halo<TH>(breg, p, hoff, cb + 1, plane);
         }
         conv_chunk_mma<MT>(acc, sA, sB, a_row, a_k, b_px, b_k, wn);
-        if (more) store_b(odd ? sB0 : sB1);
+        if (more) cv_store_halo<TH>(odd ? sB0 : sB1, breg, tid);
         cv_cp_async_wait_all();
         __syncthreads();
     }
@@ -298,7 +329,6 @@ __global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) 
     const int wm = warp & 1, wn = warp >> 1; /* channel half, tile row */
     const int ntiles = p.tiles_x * ((p.H + TH - 1) / TH);
     const int plane = p.Hin * p.Win;
-    const unsigned short *xs = (const unsigned short *)p.x;
 
     for (int i = tid; i < p.ncb * BM * (CV_AK / 8); i += THREADS) { /* every chunk's weights, once */
         const int r = i / (CV_AK / 8), piece = i % (CV_AK / 8); /* r = cb · BM + row; co_pad = BM */
@@ -306,53 +336,16 @@ __global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) 
     }
     cv_cp_async_commit();
 
-    /* A tile's halo pixels as offsets into one input plane (-1: zero padding or no tile). */
-    auto set_hoff = [&](int tile, int *hoff) {
-        const int tx0 = (tile % p.tiles_x) * CV_TW, ty0 = (tile / p.tiles_x) * TH;
-#pragma unroll
-        for (int s = 0; s < HSLOTS; s++) {
-            const int hp = tid + s * THREADS;
-            hoff[s] = -1;
-            if (tile < ntiles && hp < HPIX) {
-                const int Y = ty0 - 1 + hp / CV_HW, X = tx0 - 1 + hp % CV_HW;
-                if (Y >= 0 && Y < p.H && X >= 0 && X < p.W)
-                    hoff[s] = p.up ? (Y >> 1) * p.Win + (X >> 1) : Y * p.Win + X;
-            }
-        }
+    /* A tile's halo pixels (-1 also for a tile past the last: its gather loads nothing). */
+    auto set_hoff = [&](int tile, int (&hoff)[HSLOTS]) {
+        cv_halo_offsets<TH>(hoff, p, tid, (tile % p.tiles_x) * CV_TW, (tile / p.tiles_x) * TH, tile < ntiles);
     };
     uint32_t breg[HSLOTS][CV_KC / 2];
-    auto load_b = [&](int cb, const int *hoff) {
-        const int ci0 = cb * CV_KC;
-#pragma unroll
-        for (int s = 0; s < HSLOTS; s++)
-#pragma unroll
-            for (int j = 0; j < CV_KC / 2; j++) {
-                const int ci = ci0 + 2 * j;
-                uint32_t lo = 0, hi = 0;
-                if (hoff[s] >= 0) {
-                    const size_t o = (size_t)ci * plane + hoff[s];
-                    if (ci < p.Ci) lo = __ldg(xs + o);
-                    if (ci + 1 < p.Ci) hi = __ldg(xs + o + plane);
-                }
-                breg[s][j] = lo | (hi << 16);
-            }
-    };
-    auto store_b = [&](bf16 *sB) {
-#pragma unroll
-        for (int s = 0; s < HSLOTS; s++) {
-            const int hp = tid + s * THREADS;
-            if (hp < HPIX) {
-                uint4 *d = (uint4 *)(sB + hp * CV_BS);
-                d[0] = make_uint4(breg[s][0], breg[s][1], breg[s][2], breg[s][3]);
-                d[1] = make_uint4(breg[s][4], breg[s][5], breg[s][6], breg[s][7]);
-            }
-        }
-    };
 
     int tile = blockIdx.x, hoff[HSLOTS], hoff_next[HSLOTS];
     set_hoff(tile, hoff);
-    load_b(0, hoff);
-    store_b(sB0);
+    cv_gather_halo<TH>(breg, p, hoff, 0, plane);
+    cv_store_halo<TH>(sB0, breg, tid);
     cv_cp_async_wait_all();
     __syncthreads();
 
@@ -363,15 +356,12 @@ __global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) 
         const int next = tile + (int)gridDim.x;
         set_hoff(next, hoff_next);
         float acc[MT][8][4];
-#pragma unroll
-        for (int m = 0; m < MT; m++)
-#pragma unroll
-            for (int n = 0; n < 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+        cv_zero_acc<MT>(acc);
         for (int cb = 0; cb < p.ncb; cb++) {
             const bool last = cb + 1 == p.ncb, more = !last || next < ntiles;
-            if (more) load_b(last ? 0 : cb + 1, last ? hoff_next : hoff);
+            if (more) cv_gather_halo<TH>(breg, p, last ? hoff_next : hoff, last ? 0 : cb + 1, plane);
             conv_chunk_mma<MT>(acc, sA + cb * A_EL, buf ? sB1 : sB0, a_row, a_k, b_px, b_k, wn);
-            if (more) store_b(buf ? sB0 : sB1); /* the other buffer: its readers passed the last barrier */
+            if (more) cv_store_halo<TH>(buf ? sB0 : sB1, breg, tid); /* the other buffer: its readers passed the last barrier */
             __syncthreads();
             buf ^= 1;
         }
