@@ -361,7 +361,8 @@ __global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) 
             const bool last = cb + 1 == p.ncb, more = !last || next < ntiles;
             if (more) cv_gather_halo<TH>(breg, p, last ? hoff_next : hoff, last ? 0 : cb + 1, plane);
             conv_chunk_mma<MT>(acc, sA + cb * A_EL, buf ? sB1 : sB0, a_row, a_k, b_px, b_k, wn);
-            if (more) cv_store_halo<TH>(buf ? sB0 : sB1, breg, tid); /* the other buffer: its readers passed the last barrier */
+            if (more) /* into the other buffer: its readers passed the last barrier */
+                cv_store_halo<TH>(buf ? sB0 : sB1, breg, tid);
             __syncthreads();
             buf ^= 1;
         }
