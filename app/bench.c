@@ -1009,217 +1009,296 @@ static int parse_type(const char *v, qi_dtype *out) {
     return -1;
 }
 
-int qi_cmd_bench(int argc, char **argv) {
-    const char *device = "cuda", *out_path = NULL, *manifest = QI_BENCH_MANIFEST, *only = NULL, *sparse_dir = NULL;
-    long runs = 7, warmup = 2;
-    double load_gb = 0;
-    size_t vram = 0; /* --vram: the engine's memory plan for this budget */
-    long long pinned = -1; /* --pinned: host memory pinned for streamed weights (-1: the default) */
-    const char *vram_s = NULL;
-    qi_dtype qt = QI_BF16; /* --type: the transformer's block linears */
-    qi_dtype te = QI_BF16; /* --te-type: the text encoder's matrices (a GGUF type: a llama.cpp qwen2vl GGUF) */
-    int edit = 0;          /* --edit: the Edit-2509 rows instead of the text-to-image ones */
-    const char *model = NULL; /* -m: an existing model folder with its own weights */
-    long edit_side = 1024, vl_area = 0, vae_area = 0;
+/* What `qwen-image bench` was asked to do: its flags, defaults filled in. */
+typedef struct bench_args {
+    const char *device;     /* --device: cuda[:N] or cpu */
+    const char *out_path;   /* -o: the markdown table, or NULL */
+    const char *manifest;   /* --manifest: the full-size checkpoint's tensor names, dtypes and shapes */
+    const char *only;       /* --only dit|te|vae|e2e, or NULL: all rows */
+    const char *sparse_dir; /* --write-sparse: only write the sparse model folder there */
+    long runs, warmup;      /* per row: the median of runs runs after warmup warm-up runs */
+    double load_gb;         /* --load: time the weight upload of this many GB instead; 0: not */
+    size_t vram;            /* --vram: the engine's memory plan for this budget; 0: none */
+    const char *vram_s;     /* --vram as written, for the rows */
+    long long pinned;       /* --pinned: host memory pinned for streamed weights (-1: the default) */
+    qi_dtype qt;            /* --type: the transformer's block linears */
+    qi_dtype te;            /* --te-type: the text encoder's matrices (a GGUF type: a llama.cpp qwen2vl GGUF) */
+    int edit;               /* --edit: the Edit-2509 rows instead of the text-to-image ones */
+    const char *model;      /* -m: an existing model folder with its own weights */
+    long edit_side, vl_area, vae_area; /* --edit-size, --edit-vl-area, --edit-vae-area (0: the pipeline's) */
+} bench_args;
+
+static void print_bench_usage(void) {
+    printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
+           "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--te-type bf16|q8_0|q4_k|…]\n"
+           "                        [--vram SIZE [--pinned SIZE]]\n"
+           "                        [--manifest FILE]\n"
+           "                        [--edit [--edit-size N] [--edit-vl-area PIXELS] [--edit-vae-area PIXELS]]\n"
+           "                        [-m MODEL_DIR] [-o RESULTS.md]\n"
+           "  --edit: Qwen-Image-Edit-2509 with one N×N reference picture (default 1024; the output N×N):\n"
+           "          end to end at 4 and 8 steps, cfg 1, Lightning schedule, per step, and the vision tower,\n"
+           "          text encoder and VAE encoder alone (the areas: as generate's, for small tests)\n"
+           "  -m: time that model folder with its own weights instead of the full-size random one\n"
+           "      (e.g. the tiny tests/data/edit/model-2509 on the CPU, a smoke test)\n"
+           "  --vram: the engine plans for that device budget (transformer call at 1024², end to end,\n"
+           "          host->device GB/s, peak memory; run beside dev/cuda/hold_memory to prove it)\n"
+           "  --pinned: host memory pinned for streamed weights (0: none, all through the bounce ring)\n"
+           "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
+           "          GGUF types: a GGUF file), kept so on the device\n"
+           "  --te-type: the text encoder's matrices as that GGUF type (a llama.cpp qwen2vl GGUF, as\n"
+           "          users load one; its norms and biases F32); bf16 (default): the safetensors\n"
+           "       qwen-image bench --write-sparse DIR [--type T] [--te-type T]   (only write the sparse\n"
+           "          full-size model folder, transformer.gguf / text_encoder.gguf for GGUF types, e.g. for\n"
+           "          `qwen-image inspect`)\n"
+           "       qwen-image bench --load GB [--device cuda[:N]]   (weight upload from the page cache)\n");
+}
+
+/* One flag f and its value v; 0 when taken, or the exit code of a bad flag
+ * or value. --edit and --help, which take no value, are the caller's. */
+static int parse_bench_flag(const char *f, const char *v, bench_args *a) {
+    if (!strcmp(f, "--device")) a->device = v;
+    else if (!strcmp(f, "--runs")) {
+        if (qi_app_parse_int(f, v, 1, 64, &a->runs)) return 2;
+    } else if (!strcmp(f, "--warmup")) {
+        if (qi_app_parse_int(f, v, 0, 64, &a->warmup)) return 2;
+    } else if (!strcmp(f, "--manifest")) a->manifest = v;
+    else if (!strcmp(f, "-m")) a->model = v;
+    else if (!strcmp(f, "--edit-size")) {
+        if (qi_app_parse_int(f, v, 16, 16384, &a->edit_side)) return 2;
+    } else if (!strcmp(f, "--edit-vl-area")) {
+        if (qi_app_parse_int(f, v, 1024, 1L << 26, &a->vl_area)) return 2;
+    } else if (!strcmp(f, "--edit-vae-area")) {
+        if (qi_app_parse_int(f, v, 1024, 1L << 26, &a->vae_area)) return 2;
+    }
+    else if (!strcmp(f, "--only")) a->only = v;
+    else if (!strcmp(f, "--write-sparse")) a->sparse_dir = v;
+    else if (!strcmp(f, "--type")) {
+        if (parse_type(v, &a->qt) || a->qt == QI_F32 || a->qt == QI_F16 || a->qt == QI_F8_E5M2)
+            return qi_app_usage_error("bench: --type %s: expected bf16, fp8 or a GGUF block type (q8_0, q6_k, "
+                                      "q5_k, q4_k, q4_0, …)", v);
+    } else if (!strcmp(f, "--te-type")) {
+        if (parse_type(v, &a->te) || !(a->te == QI_BF16 || qi_dtype_is_block(a->te)))
+            return qi_app_usage_error("bench: --te-type %s: expected bf16 (the safetensors) or a GGUF block type "
+                                      "(q8_0, q6_k, q5_k, q4_k, q4_0, …: a llama.cpp qwen2vl GGUF)", v);
+    }
+    else if (!strcmp(f, "--load")) {
+        char *end;
+        a->load_gb = strtod(v, &end);
+        if (*end || !(a->load_gb > 0 && a->load_gb <= 64))
+            return qi_app_usage_error("bench: --load takes gigabytes, 0 < GB <= 64 (got %s)", v);
+    }
+    else if (!strcmp(f, "-o")) a->out_path = v;
+    else if (!strcmp(f, "--vram")) {
+        if (qi_app_parse_size(f, v, &a->vram)) return 2;
+        a->vram_s = v;
+    } else if (!strcmp(f, "--pinned")) {
+        if (qi_app_parse_pinned(f, v, &a->pinned)) return 2;
+    }
+    else return qi_app_usage_error("bench: unknown option %s", f);
+    return 0;
+}
+
+/* The flags, in order (the first bad one ends it); -1 to go on, else the
+ * exit code (0 after --help). */
+static int parse_bench_args(int argc, char **argv, bench_args *a) {
+    *a = (bench_args){.device = "cuda", .manifest = QI_BENCH_MANIFEST, .runs = 7, .warmup = 2, .pinned = -1,
+                      .qt = QI_BF16, .te = QI_BF16, .edit_side = 1024};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--edit")) {
-            edit = 1;
+            a->edit = 1;
             continue;
         }
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
-            printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
-                   "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--te-type bf16|q8_0|q4_k|…]\n"
-                   "                        [--vram SIZE [--pinned SIZE]]\n"
-                   "                        [--manifest FILE]\n"
-                   "                        [--edit [--edit-size N] [--edit-vl-area PIXELS] [--edit-vae-area PIXELS]]\n"
-                   "                        [-m MODEL_DIR] [-o RESULTS.md]\n"
-                   "  --edit: Qwen-Image-Edit-2509 with one N×N reference picture (default 1024; the output N×N):\n"
-                   "          end to end at 4 and 8 steps, cfg 1, Lightning schedule, per step, and the vision tower,\n"
-                   "          text encoder and VAE encoder alone (the areas: as generate's, for small tests)\n"
-                   "  -m: time that model folder with its own weights instead of the full-size random one\n"
-                   "      (e.g. the tiny tests/data/edit/model-2509 on the CPU, a smoke test)\n"
-                   "  --vram: the engine plans for that device budget (transformer call at 1024², end to end,\n"
-                   "          host->device GB/s, peak memory; run beside dev/cuda/hold_memory to prove it)\n"
-                   "  --pinned: host memory pinned for streamed weights (0: none, all through the bounce ring)\n"
-                   "  --type: the transformer's block linears stored as that type (fp8: F8_E4M3 safetensors;\n"
-                   "          GGUF types: a GGUF file), kept so on the device\n"
-                   "  --te-type: the text encoder's matrices as that GGUF type (a llama.cpp qwen2vl GGUF, as\n"
-                   "          users load one; its norms and biases F32); bf16 (default): the safetensors\n"
-                   "       qwen-image bench --write-sparse DIR [--type T] [--te-type T]   (only write the sparse\n"
-                   "          full-size model folder, transformer.gguf / text_encoder.gguf for GGUF types, e.g. for\n"
-                   "          `qwen-image inspect`)\n"
-                   "       qwen-image bench --load GB [--device cuda[:N]]   (weight upload from the page cache)\n");
+            print_bench_usage();
             return 0;
         }
         if (!v) return qi_app_usage_error("bench: %s needs a value", f);
         i++;
-        if (!strcmp(f, "--device")) device = v;
-        else if (!strcmp(f, "--runs")) {
-            if (qi_app_parse_int(f, v, 1, 64, &runs)) return 2;
-        } else if (!strcmp(f, "--warmup")) {
-            if (qi_app_parse_int(f, v, 0, 64, &warmup)) return 2;
-        } else if (!strcmp(f, "--manifest")) manifest = v;
-        else if (!strcmp(f, "-m")) model = v;
-        else if (!strcmp(f, "--edit-size")) {
-            if (qi_app_parse_int(f, v, 16, 16384, &edit_side)) return 2;
-        } else if (!strcmp(f, "--edit-vl-area")) {
-            if (qi_app_parse_int(f, v, 1024, 1L << 26, &vl_area)) return 2;
-        } else if (!strcmp(f, "--edit-vae-area")) {
-            if (qi_app_parse_int(f, v, 1024, 1L << 26, &vae_area)) return 2;
-        }
-        else if (!strcmp(f, "--only")) only = v;
-        else if (!strcmp(f, "--write-sparse")) sparse_dir = v;
-        else if (!strcmp(f, "--type")) {
-            if (parse_type(v, &qt) || qt == QI_F32 || qt == QI_F16 || qt == QI_F8_E5M2)
-                return qi_app_usage_error("bench: --type %s: expected bf16, fp8 or a GGUF block type (q8_0, q6_k, "
-                                          "q5_k, q4_k, q4_0, …)", v);
-        } else if (!strcmp(f, "--te-type")) {
-            if (parse_type(v, &te) || !(te == QI_BF16 || qi_dtype_is_block(te)))
-                return qi_app_usage_error("bench: --te-type %s: expected bf16 (the safetensors) or a GGUF block type "
-                                          "(q8_0, q6_k, q5_k, q4_k, q4_0, …: a llama.cpp qwen2vl GGUF)", v);
-        }
-        else if (!strcmp(f, "--load")) {
-            char *end;
-            load_gb = strtod(v, &end);
-            if (*end || !(load_gb > 0 && load_gb <= 64))
-                return qi_app_usage_error("bench: --load takes gigabytes, 0 < GB <= 64 (got %s)", v);
-        }
-        else if (!strcmp(f, "-o")) out_path = v;
-        else if (!strcmp(f, "--vram")) {
-            if (qi_app_parse_size(f, v, &vram)) return 2;
-            vram_s = v;
-        } else if (!strcmp(f, "--pinned")) {
-            if (qi_app_parse_pinned(f, v, &pinned)) return 2;
-        }
-        else return qi_app_usage_error("bench: unknown option %s", f);
+        int rc = parse_bench_flag(f, v, a);
+        if (rc) return rc;
     }
-    if (load_gb > 0) return bench_load(device, load_gb);
-    if (qi_dtype_is_block(te) && (edit || model))
-        return qi_app_usage_error("bench: --te-type %s with %s: %s", qi_dtype_name(te), edit ? "--edit" : "-m",
-                                  edit ? "the Edit rows need the vision tower, which a qwen2vl GGUF does not hold "
-                                         "(its mmproj file is not written)"
-                                       : "-m times that folder's own text encoder");
-    if (sparse_dir) {
-        qi_error werr = {{0}};
-        if (mkdir(sparse_dir, 0755) != 0 && errno != EEXIST) {
-            fprintf(stderr, "qwen-image: error: bench --write-sparse %s: cannot create the folder\n", sparse_dir);
-            return 1;
-        }
-        if (make_model_dir(sparse_dir, manifest, QI_BENCH_TOKENIZER, qt, te, edit, &werr))
-            return qi_app_runtime_error(werr.msg[0] ? werr.msg : "bench --write-sparse: cannot write the files");
-        printf("bench: wrote the sparse full-size %s model (block linears %s, text encoder %s) into %s\n",
-               edit ? "Edit-2509" : "Qwen-Image", qi_dtype_name(qt), qi_dtype_name(te), sparse_dir);
-        if (qi_dtype_is_block(qt)) printf("bench: the transformer as %s/transformer.gguf (city96 names)\n", sparse_dir);
-        if (qi_dtype_is_block(te))
-            printf("bench: the text encoder as %s/text_encoder.gguf (llama.cpp qwen2vl)\n", sparse_dir);
-        return 0;
+    return -1;
+}
+
+/* --write-sparse: only the sparse full-size model folder, no timing. */
+static int write_sparse_only(const bench_args *a) {
+    qi_error werr = {{0}};
+    if (mkdir(a->sparse_dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "qwen-image: error: bench --write-sparse %s: cannot create the folder\n", a->sparse_dir);
+        return 1;
     }
+    if (make_model_dir(a->sparse_dir, a->manifest, QI_BENCH_TOKENIZER, a->qt, a->te, a->edit, &werr))
+        return qi_app_runtime_error(werr.msg[0] ? werr.msg : "bench --write-sparse: cannot write the files");
+    printf("bench: wrote the sparse full-size %s model (block linears %s, text encoder %s) into %s\n",
+           a->edit ? "Edit-2509" : "Qwen-Image", qi_dtype_name(a->qt), qi_dtype_name(a->te), a->sparse_dir);
+    if (qi_dtype_is_block(a->qt))
+        printf("bench: the transformer as %s/transformer.gguf (city96 names)\n", a->sparse_dir);
+    if (qi_dtype_is_block(a->te))
+        printf("bench: the text encoder as %s/text_encoder.gguf (llama.cpp qwen2vl)\n", a->sparse_dir);
+    return 0;
+}
+
+/* The -o table, opened beside its final name (finish_table renames it);
+ * *md stays NULL without -o. 0, or 1 (the exit code) when it cannot be made. */
+static int open_table(const char *out_path, FILE **md) {
+    *md = NULL;
+    if (!out_path) return 0;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
+    if (!(*md = fopen(tmp, "w"))) {
+        fprintf(stderr, "qwen-image: error: bench: -o %s: cannot create the file\n", out_path);
+        return 1;
+    }
+    return 0;
+}
+
+/* The random full-size model's folder written into root (a mkdtemp pattern),
+ * or nothing with -m (its own folder). -1 to go on, else the exit code (the
+ * table abandoned). */
+static int make_random_model(const bench_args *a, char *root, FILE *md) {
     qi_error err = {{0}};
-    FILE *md = NULL;
-    if (out_path) {
-        char tmp[4200];
-        snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
-        if (!(md = fopen(tmp, "w"))) {
-            fprintf(stderr, "qwen-image: error: bench: -o %s: cannot create the file\n", out_path);
-            return 1;
-        }
-    }
-    if (edit && vram) {
-        abandon_table(md, out_path);
-        return qi_app_usage_error("bench: --edit with --vram is not timed (the plan frees and reloads components)");
-    }
-    char root[] = "/tmp/qi_bench_XXXXXX";
-    if (model) err.msg[0] = 0; /* its own folder: nothing to write, nothing to remove */
+    if (a->model) err.msg[0] = 0; /* its own folder: nothing to write, nothing to remove */
     else if (!mkdtemp(root)) err = (qi_error){"bench: cannot create a temporary folder"};
-    else if (make_model_dir(root, manifest, QI_BENCH_TOKENIZER, qt, te, edit, &err)) remove_tree(root);
+    else if (make_model_dir(root, a->manifest, QI_BENCH_TOKENIZER, a->qt, a->te, a->edit, &err)) remove_tree(root);
     else err.msg[0] = 0;
     if (err.msg[0]) {
-        abandon_table(md, out_path);
+        abandon_table(md, a->out_path);
         return qi_app_runtime_error(err.msg);
     }
+    return -1;
+}
+
+/* Opens the engine on the model folder (root, or -m's) and says what was set
+ * up and in how long. -1 to go on (c->e, c->be and *dit set), else the exit
+ * code (the folder removed, the table abandoned). */
+static int open_bench_engine(const bench_args *a, const char *root, bench_ctx *c, qi_dit **dit) {
     qi_open_options o = qi_open_options_default();
-    o.model_dir = model ? model : root;
-    o.device = device;
-    o.random_weights = model ? 0 : 1234;
-    o.vram_bytes = vram;
-    o.pinned_bytes = pinned;
+    o.model_dir = a->model ? a->model : root;
+    o.device = a->device;
+    o.random_weights = a->model ? 0 : 1234;
+    o.vram_bytes = a->vram;
+    o.pinned_bytes = a->pinned;
     o.prompt_cache = 8; /* as the server's default; the e2e rows ask a new prompt each run */
     char gguf_path[64], te_gguf_path[64];
     snprintf(gguf_path, sizeof gguf_path, "%s/transformer.gguf", root);
     snprintf(te_gguf_path, sizeof te_gguf_path, "%s/text_encoder.gguf", root);
-    if (qi_dtype_is_block(qt) && !model) o.diffusion_model = gguf_path;
-    if (qi_dtype_is_block(te) && !model) o.text_encoder = te_gguf_path;
-    char te_file[64];
-    snprintf(te_file, sizeof te_file, "%s%s", model ? "its own" : qi_dtype_name(te),
-             model ? "" : qi_dtype_is_block(te) ? " llama.cpp qwen2vl GGUF" : " safetensors");
-    bench_ctx c = {.warmup = (int)warmup, .runs = (int)runs, .te_file = te_file, .md = md};
+    if (qi_dtype_is_block(a->qt) && !a->model) o.diffusion_model = gguf_path;
+    if (qi_dtype_is_block(a->te) && !a->model) o.text_encoder = te_gguf_path;
     double t0 = qi_now_s();
-    qi_status st = qi_engine_open(&o, &c.e);
-    qi_dit *dit;
-    if (!st) st = qi_engine_dit(c.e, &dit);
+    qi_status st = qi_engine_open(&o, &c->e);
+    if (!st) st = qi_engine_dit(c->e, dit);
     if (st) {
-        fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(c.e));
-        qi_engine_close(c.e);
-        if (!model) remove_tree(root);
-        abandon_table(md, out_path);
+        fprintf(stderr, "qwen-image: error: %s\n", qi_engine_error(c->e));
+        qi_engine_close(c->e);
+        if (!a->model) remove_tree(root);
+        abandon_table(c->md, a->out_path);
         return qi_app_exit_code(st);
     }
-    c.be = qi_engine_backend(c.e);
-    c.be->ops->sync(c.be, &err); /* host copies of random weights are queued, not waited for: count them */
+    c->be = qi_engine_backend(c->e);
+    qi_error err = {{0}};
+    c->be->ops->sync(c->be, &err); /* host copies of random weights are queued, not waited for: count them */
     printf("bench: %s%s (%s, block linears %s, text encoder %s) on %s set up in %.1f s; median of %ld runs after "
-           "%ld warm-up\n", model ? model : "full-size model", edit ? ", Edit" : "",
-           model ? "its weights" : "random weights", qi_dtype_name(qt), te_file, device, qi_now_s() - t0, runs,
-           warmup);
+           "%ld warm-up\n", a->model ? a->model : "full-size model", a->edit ? ", Edit" : "",
+           a->model ? "its weights" : "random weights", qi_dtype_name(a->qt), c->te_file, a->device,
+           qi_now_s() - t0, a->runs, a->warmup);
 #ifdef QI_WITH_CUDA
-    if (!strcmp(c.be->ops->name, "cuda"))
+    if (!strcmp(c->be->ops->name, "cuda"))
         printf("bench: CUDA kernels %s (device compute capability %d.%d, code sm_%d; QI_CUDA_GENERIC=1 forces generic)\n",
-               qi_cuda_kernel_family(c.be), qi_cuda_device_cc(c.be) / 10, qi_cuda_device_cc(c.be) % 10,
-               qi_cuda_code_arch(c.be) / 10);
-    if (!strcmp(c.be->ops->name, "cuda")) printf("bench: fp8 GEMM %s\n", qi_cuda_fp8_gemm_state(c.be));
+               qi_cuda_kernel_family(c->be), qi_cuda_device_cc(c->be) / 10, qi_cuda_device_cc(c->be) % 10,
+               qi_cuda_code_arch(c->be) / 10);
+    if (!strcmp(c->be->ops->name, "cuda")) printf("bench: fp8 GEMM %s\n", qi_cuda_fp8_gemm_state(c->be));
 #endif
-    emit(&c, "| what | shape | time | note |\n|---|---|---|---|\n");
-    if (c.be->ops->mem_usage) {
-        size_t now, peak;
-        c.be->ops->mem_usage(c.be, &now, &peak);
-        emit(&c, "| device memory, transformer loaded | %s block linears | %.2f GiB | weights + arena + workspaces |\n",
-             qi_dtype_name(qt), (double)now / (1u << 30));
-    }
-    int fail;
-    if (edit) {
-        char msg[1024];
-        qi_bench_edit_opts eo = {.warmup = (int)warmup, .runs = (int)runs, .picture_side = (int)edit_side,
-                                 .output_side = (int)edit_side, .vl_area = vl_area, .vae_area = vae_area, .md = md};
-        fail = qi_bench_edit(c.e, &eo, msg, sizeof msg) != 0;
-        if (fail) fprintf(stderr, "edit: %s\n", msg);
-    } else fail = t2i_rows(&c, dit, only, vram, vram_s);
+    return -1;
+}
+
+/* Which GEMM the linears of a kept (non-bf16) type ran, and how many of their
+ * expansions overlapped a GEMM: rows after all the timed ones (CUDA only). */
+static void gemm_path_rows(bench_ctx *c, qi_dtype qt) {
 #ifdef QI_WITH_CUDA
-    if (!strcmp(c.be->ops->name, "cuda") && qt != QI_BF16) { /* which GEMM the kept weights' linears ran */
+    if (!strcmp(c->be->ops->name, "cuda") && qt != QI_BF16) { /* which GEMM the kept weights' linears ran */
         unsigned long long fp8 = 0, expanded = 0;
-        qi_cuda_gemm_counts(c.be, &fp8, &expanded);
-        emit(&c, "| GEMM path of the %s linears | all rows above | | %llu through the fp8 GEMM (cuBLASLt e4m3), %llu "
-             "expanded to bf16; fp8 GEMM %s |\n", qi_dtype_name(qt), fp8, expanded, qi_cuda_fp8_gemm_state(c.be));
+        qi_cuda_gemm_counts(c->be, &fp8, &expanded);
+        emit(c, "| GEMM path of the %s linears | all rows above | | %llu through the fp8 GEMM (cuBLASLt e4m3), %llu "
+             "expanded to bf16; fp8 GEMM %s |\n", qi_dtype_name(qt), fp8, expanded, qi_cuda_fp8_gemm_state(c->be));
         /* the overlap (cuda_kept.cu): how many expansions ran beside the GEMM before them, and its knobs */
         unsigned long long queued = 0, used = 0;
-        qi_cuda_kept_counts(c.be, NULL, &queued, &used);
+        qi_cuda_kept_counts(c->be, NULL, &queued, &used);
         const char *ov = getenv("QI_CUDA_KEPT_OVERLAP"), *sms = getenv("QI_CUDA_PREFETCH_SMS");
         const char *prio = getenv("QI_CUDA_PREFETCH_PRIORITY");
-        emit(&c, "| expansions overlapped with a GEMM | all rows above | | %llu of the %llu queued on hints "
+        emit(c, "| expansions overlapped with a GEMM | all rows above | | %llu of the %llu queued on hints "
              "(QI_CUDA_KEPT_OVERLAP=%s QI_CUDA_PREFETCH_SMS=%s QI_CUDA_PREFETCH_PRIORITY=%s) |\n", used, queued,
              ov ? ov : "1", sms ? sms : "all", prio ? prio : "0");
     }
+#else
+    (void)c, (void)qt;
 #endif
-    if (c.be->ops->mem_usage) {
+}
+
+/* The whole table: device memory with the transformer loaded, the Edit or
+ * the text-to-image rows, the GEMM path, the peak memory and, under --vram,
+ * the plan's reloads. 1 if any row failed. */
+static int bench_rows(bench_ctx *c, const bench_args *a, qi_dit *dit) {
+    emit(c, "| what | shape | time | note |\n|---|---|---|---|\n");
+    if (c->be->ops->mem_usage) {
         size_t now, peak;
-        c.be->ops->mem_usage(c.be, &now, &peak);
-        emit(&c, "| peak device memory%s%s | | %.2f GiB | weights + activations |\n", vram ? ", --vram " : "",
-             vram ? vram_s : "", (double)peak / (1u << 30));
+        c->be->ops->mem_usage(c->be, &now, &peak);
+        emit(c, "| device memory, transformer loaded | %s block linears | %.2f GiB | weights + arena + workspaces |\n",
+             qi_dtype_name(a->qt), (double)now / (1u << 30));
     }
-    if (vram)
-        emit(&c, "| reloads under the plan | | | text encoder loaded %d, freed %d times; transformer freed %d times |\n",
-             c.e->te_loads, c.e->te_frees, c.e->dit_evictions);
+    int fail;
+    if (a->edit) {
+        char msg[1024];
+        qi_bench_edit_opts eo = {.warmup = (int)a->warmup, .runs = (int)a->runs, .picture_side = (int)a->edit_side,
+                                 .output_side = (int)a->edit_side, .vl_area = a->vl_area, .vae_area = a->vae_area,
+                                 .md = c->md};
+        fail = qi_bench_edit(c->e, &eo, msg, sizeof msg) != 0;
+        if (fail) fprintf(stderr, "edit: %s\n", msg);
+    } else fail = t2i_rows(c, dit, a->only, a->vram, a->vram_s);
+    gemm_path_rows(c, a->qt);
+    if (c->be->ops->mem_usage) {
+        size_t now, peak;
+        c->be->ops->mem_usage(c->be, &now, &peak);
+        emit(c, "| peak device memory%s%s | | %.2f GiB | weights + activations |\n", a->vram ? ", --vram " : "",
+             a->vram ? a->vram_s : "", (double)peak / (1u << 30));
+    }
+    if (a->vram)
+        emit(c, "| reloads under the plan | | | text encoder loaded %d, freed %d times; transformer freed %d times |\n",
+             c->e->te_loads, c->e->te_frees, c->e->dit_evictions);
+    return fail;
+}
+
+/* `qwen-image bench`: the flags; --load or --write-sparse alone; else the
+ * random full-size model (or -m's) opened and every row timed into the
+ * table. The exit code: 0, 1 if a row failed, or the error's. */
+int qi_cmd_bench(int argc, char **argv) {
+    bench_args a;
+    int rc = parse_bench_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    if (a.load_gb > 0) return bench_load(a.device, a.load_gb);
+    if (qi_dtype_is_block(a.te) && (a.edit || a.model))
+        return qi_app_usage_error("bench: --te-type %s with %s: %s", qi_dtype_name(a.te), a.edit ? "--edit" : "-m",
+                                  a.edit ? "the Edit rows need the vision tower, which a qwen2vl GGUF does not hold "
+                                           "(its mmproj file is not written)"
+                                         : "-m times that folder's own text encoder");
+    if (a.sparse_dir) return write_sparse_only(&a);
+    FILE *md;
+    if (open_table(a.out_path, &md)) return 1;
+    if (a.edit && a.vram) {
+        abandon_table(md, a.out_path);
+        return qi_app_usage_error("bench: --edit with --vram is not timed (the plan frees and reloads components)");
+    }
+    char root[] = "/tmp/qi_bench_XXXXXX";
+    if ((rc = make_random_model(&a, root, md)) >= 0) return rc;
+    char te_file[64]; /* what the text encoder's weights are, for the rows */
+    snprintf(te_file, sizeof te_file, "%s%s", a.model ? "its own" : qi_dtype_name(a.te),
+             a.model ? "" : qi_dtype_is_block(a.te) ? " llama.cpp qwen2vl GGUF" : " safetensors");
+    bench_ctx c = {.warmup = (int)a.warmup, .runs = (int)a.runs, .te_file = te_file, .md = md};
+    qi_dit *dit;
+    if ((rc = open_bench_engine(&a, root, &c, &dit)) >= 0) return rc;
+    int fail = bench_rows(&c, &a, dit);
     qi_engine_close(c.e);
-    if (!model) remove_tree(root);
-    if (c.md && finish_table(&c, out_path)) fail = 1;
+    if (!a.model) remove_tree(root);
+    if (c.md && finish_table(&c, a.out_path)) fail = 1;
     return fail;
 }

@@ -580,6 +580,90 @@ static int plain_file_name(const char *s) {
     return *s && !strchr(s, '/') && !strchr(s, '\\') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
+/* The weight_map's entries in file order: names[k] the tensor name, shards[k]
+ * its shard file name (both pointing into the index's JSON). Each value must
+ * be a plain file name, so that a shard stays in the index's folder. */
+static qi_status read_weight_map(const cJSON *map, const char *index_path, const char **names, const char **shards,
+                                 qi_error *err) {
+    int k = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, map) {
+        if (!cJSON_IsString(item) || !plain_file_name(item->valuestring))
+            return qi_fail(
+                err, QI_ERR_FORMAT,
+                "%s: weight_map['%s'] must be a shard file name in the same folder, "
+                "found %s%s%s",
+                index_path, item->string, cJSON_IsString(item) ? "'" : qi_json_type_name(item),
+                cJSON_IsString(item) ? item->valuestring : "", cJSON_IsString(item) ? "'" : "");
+        names[k] = item->string;
+        shards[k] = item->valuestring;
+        k++;
+    }
+    return QI_OK;
+}
+
+/* Each tensor listed once. Sorts names[0..n_names) (check_shards_listed
+ * searches them). */
+static qi_status check_listed_once(const char **names, int n_names, const char *index_path, qi_error *err) {
+    qsort(names, (size_t)n_names, sizeof *names, cmp_str_ptr);
+    for (int i = 1; i < n_names; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            return qi_fail(err, QI_ERR_FORMAT, "%s: weight_map lists tensor '%s' twice", index_path, names[i]);
+    return QI_OK;
+}
+
+/* Opens each shard once: shards[0..n_names) becomes the sorted distinct names
+ * shards[0..*n_shards), and (*s)->files[i] the file of shards[i]. On failure
+ * *s holds the shards opened so far (or is NULL), for the caller to close. */
+static qi_status open_shards(const char *dir, const char *index_path, const char **shards, int n_names,
+                             int *n_shards, qi_st_set **s, qi_error *err) {
+    qsort(shards, (size_t)n_names, sizeof *shards, cmp_str_ptr);
+    *n_shards = 0;
+    for (int i = 0; i < n_names; i++)
+        if (i == 0 || strcmp(shards[i - 1], shards[i]) != 0) shards[(*n_shards)++] = shards[i];
+    if (!(*s = set_new(*n_shards))) return qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", index_path);
+    for (int i = 0; i < *n_shards; i++) {
+        char path[QI_PATH_MAX];
+        if (qi_path_join(path, sizeof path, dir, shards[i]) != 0)
+            return qi_fail(err, QI_ERR_ARG, "%s: path too long", dir);
+        if (!qi_file_exists(path))
+            return qi_fail(err, QI_ERR_IO, "%s: shard file missing (listed in %s); the download is incomplete",
+                           path, index_path);
+        qi_status st = qi_st_open(path, &(*s)->files[i], err);
+        if (st != QI_OK) return st;
+        (*s)->n_files++;
+    }
+    return QI_OK;
+}
+
+/* index -> shard: every listed tensor is in the shard it is listed for
+ * (shards[0..n_shards) sorted, s->files[i] the file of shards[i]). */
+static qi_status check_listed_in_shards(const cJSON *map, const char *index_path, const char **shards,
+                                        int n_shards, const qi_st_set *s, qi_error *err) {
+    const cJSON *item;
+    cJSON_ArrayForEach(item, map) {
+        const char **hit = bsearch(&item->valuestring, shards, (size_t)n_shards, sizeof *shards, cmp_str_ptr);
+        const qi_st_file *shard = s->files[hit - shards];
+        if (!qi_st_file_find(shard, item->string))
+            return qi_fail(err, QI_ERR_FORMAT, "%s: tensor '%s' is listed for shard %s, which does not contain it",
+                           index_path, item->string, shard->path);
+    }
+    return QI_OK;
+}
+
+/* shard -> index: no shard holds a tensor the index does not list (names
+ * sorted; s's index built). */
+static qi_status check_shards_listed(const qi_st_set *s, const char **names, int n_names, const char *index_path,
+                                     qi_error *err) {
+    for (int i = 0; i < s->n_tensors; i++) {
+        const char *name = s->index[i]->name;
+        if (!bsearch(&name, names, (size_t)n_names, sizeof *names, cmp_str_ptr))
+            return qi_fail(err, QI_ERR_FORMAT, "%s: tensor '%s' in shard %s is not listed in the index", index_path,
+                           name, s->index[i]->file->path);
+    }
+    return QI_OK;
+}
+
 /* Opens every shard an index names (each once) and checks the index and the
  * shards agree both ways. */
 static qi_status open_index(const char *dir, const char *index_path, qi_st_set **out,
@@ -598,84 +682,18 @@ static qi_status open_index(const char *dir, const char *index_path, qi_st_set *
                        index_path);
     }
 
-    /* names[i] = tensor name, shard_of[i] = its shard file name (both into root) */
+    /* names[i] = tensor name, shards[i] = its shard file name (both into root) */
     const char **names = malloc(sizeof *names * (size_t)n_names);
     const char **shards = malloc(sizeof *shards * (size_t)n_names);
     qi_st_set *s = NULL;
-    if (!names || !shards) st = qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", index_path);
-    int k = 0;
-    const cJSON *item;
-    if (st == QI_OK) {
-        cJSON_ArrayForEach(item, map) {
-            if (!cJSON_IsString(item) || !plain_file_name(item->valuestring)) {
-                st = qi_fail(
-                    err, QI_ERR_FORMAT,
-                    "%s: weight_map['%s'] must be a shard file name in the same folder, "
-                    "found %s%s%s",
-                    index_path, item->string, cJSON_IsString(item) ? "'" : qi_json_type_name(item),
-                    cJSON_IsString(item) ? item->valuestring : "", cJSON_IsString(item) ? "'" : "");
-                break;
-            }
-            names[k] = item->string;
-            shards[k] = item->valuestring;
-            k++;
-        }
-    }
-    /* each tensor listed once */
-    if (st == QI_OK) {
-        qsort(names, (size_t)n_names, sizeof *names, cmp_str_ptr);
-        for (int i = 1; i < n_names && st == QI_OK; i++)
-            if (strcmp(names[i - 1], names[i]) == 0)
-                st = qi_fail(err, QI_ERR_FORMAT, "%s: weight_map lists tensor '%s' twice",
-                             index_path, names[i]);
-    }
-    /* unique shard names, each opened once */
     int n_shards = 0;
-    if (st == QI_OK) {
-        qsort(shards, (size_t)n_names, sizeof *shards, cmp_str_ptr);
-        for (int i = 0; i < n_names; i++)
-            if (i == 0 || strcmp(shards[i - 1], shards[i]) != 0) shards[n_shards++] = shards[i];
-        s = set_new(n_shards);
-        if (!s) st = qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", index_path);
-    }
-    for (int i = 0; i < n_shards && st == QI_OK; i++) {
-        char path[QI_PATH_MAX];
-        if (qi_path_join(path, sizeof path, dir, shards[i]) != 0) {
-            st = qi_fail(err, QI_ERR_ARG, "%s: path too long", dir);
-            break;
-        }
-        if (!qi_file_exists(path)) {
-            st = qi_fail(err, QI_ERR_IO,
-                         "%s: shard file missing (listed in %s); the download is incomplete", path,
-                         index_path);
-            break;
-        }
-        st = qi_st_open(path, &s->files[i], err);
-        if (st == QI_OK) s->n_files++;
-    }
-    /* index -> shard: every listed tensor is in the shard it is listed for */
-    if (st == QI_OK) {
-        cJSON_ArrayForEach(item, map) {
-            const char **hit =
-                bsearch(&item->valuestring, shards, (size_t)n_shards, sizeof *shards, cmp_str_ptr);
-            const qi_st_file *shard = s->files[hit - shards];
-            if (!qi_st_file_find(shard, item->string)) {
-                st = qi_fail(err, QI_ERR_FORMAT,
-                             "%s: tensor '%s' is listed for shard %s, which does not contain it",
-                             index_path, item->string, shard->path);
-                break;
-            }
-        }
-    }
+    if (!names || !shards) st = qi_fail(err, QI_ERR_NOMEM, "%s: out of memory", index_path);
+    if (st == QI_OK) st = read_weight_map(map, index_path, names, shards, err);
+    if (st == QI_OK) st = check_listed_once(names, n_names, index_path, err);
+    if (st == QI_OK) st = open_shards(dir, index_path, shards, n_names, &n_shards, &s, err);
+    if (st == QI_OK) st = check_listed_in_shards(map, index_path, shards, n_shards, s, err);
     if (st == QI_OK) st = set_build_index(s, err);
-    /* shard -> index: no shard holds a tensor the index does not list */
-    for (int i = 0; st == QI_OK && i < s->n_tensors; i++) {
-        const char *name = s->index[i]->name;
-        if (!bsearch(&name, names, (size_t)n_names, sizeof *names, cmp_str_ptr))
-            st = qi_fail(err, QI_ERR_FORMAT,
-                         "%s: tensor '%s' in shard %s is not listed in the index", index_path, name,
-                         s->index[i]->file->path);
-    }
+    if (st == QI_OK) st = check_shards_listed(s, names, n_names, index_path, err);
     free(names);
     free(shards);
     cJSON_Delete(root);

@@ -873,59 +873,120 @@ static void blend_cols(const float *a, int aw, float *b, int bw, int h, int nc, 
 /* Cells of a tile starting at `start` along an axis of n cells (clipped at the end). */
 static int tile_extent(int n, int start, int T) { return n - start < T ? n - start : T; }
 
+/* One tiled pass of diffusers' tiled_decode / tiled_encode (spec A.9) over a
+ * latent grid of h × w cells: tiles of T cells every S cells, run one at a
+ * time so that a pass holds one tile's activations, not the whole image's.
+ *
+ * Why the tiles overlap: a tile is run alone, so near its edges the convs see
+ * zero padding instead of the neighbouring cells, and two tiles cut side by
+ * side would disagree along the cut (a visible seam). Consecutive tiles
+ * therefore share T − S cells, and the seam is hidden by a linear cross-fade
+ * over that band: in row-major order each tile, in place, fades in from the
+ * tile above (blend_rows) and then from the tile to the left (blend_cols),
+ * as those stand after their own blends; then its top-left S × S cells (less
+ * at the bottom / right edge) are kept. The rest of a tile is dropped: the
+ * next tiles' blended copies of those cells are kept instead.
+ *
+ * The outputs are in their own units: `unit` values per latent cell along an
+ * axis (f = 8 pixels for the decoder, 1 for the encoder's moments), so the
+ * blend band and the kept square scale by `unit`. The caller fills row[c]
+ * with tile (r, c)'s output, [nc, unit·th, unit·tw], then calls
+ * vae_tile_place; vae_tiles_next_row after each row of tiles. */
+typedef struct vae_tiles {
+    int h, w;           /* the latent grid, cells */
+    int T, S;           /* tile side and stride, latent cells (1 <= S <= T) */
+    int n_rows, n_cols; /* tiles down and across: ceil(h / S), ceil(w / S) */
+    int unit;           /* output values per latent cell along an axis: f (pixels) or 1 (moments) */
+    int nc;             /* output channels: 3 (pixels) or 2·z_dim (moments) */
+    int blend;          /* the cross-faded band, output values: unit·(T − S) */
+    int keep;           /* side of the kept top-left square, output values: unit·S */
+    float **above;      /* [n_cols] the previous row's tile outputs, after their blends */
+    float **row;        /* [n_cols] this row's */
+} vae_tiles;
+
+/* The grid of tiles for an h × w latent, with empty tile rows; -1 when out of
+ * memory (vae_tiles_free still frees what was made). */
+static int vae_tiles_init(vae_tiles *t, const qi_vae *v, int h, int w, int unit, int nc) {
+    int T = v->tiling.tile_latent, S = v->tiling.stride_latent;
+    *t = (vae_tiles){.h = h, .w = w, .T = T, .S = S, .n_rows = (h + S - 1) / S, .n_cols = (w + S - 1) / S,
+                     .unit = unit, .nc = nc, .blend = unit * (T - S), .keep = unit * S};
+    t->above = calloc((size_t)t->n_cols, sizeof(float *));
+    t->row = calloc((size_t)t->n_cols, sizeof(float *));
+    return t->above && t->row ? 0 : -1;
+}
+
+/* Tile (r, c): its latent origin (i, j) and size th × tw (clipped at the end). */
+static void vae_tile_at(const vae_tiles *t, int r, int c, int *i, int *j, int *th, int *tw) {
+    *i = r * t->S;
+    *j = c * t->S;
+    *th = tile_extent(t->h, *i, t->T);
+    *tw = tile_extent(t->w, *j, t->T);
+}
+
+/* Blends tile (r, c), row[c], with the tile above and the tile to the left,
+ * then copies its kept square into out [nc, unit·h, unit·w]. */
+static void vae_tile_place(vae_tiles *t, int r, int c, float *out) {
+    int i, j, th, tw, u = t->unit, S = t->S, T = t->T;
+    vae_tile_at(t, r, c, &i, &j, &th, &tw);
+    int oh = u * th, ow = u * tw, H = u * t->h, W = u * t->w; /* the tile and the whole output, in output values */
+    if (r > 0) blend_rows(t->above[c], u * tile_extent(t->h, (r - 1) * S, T), t->row[c], oh, ow, t->nc, t->blend);
+    if (c > 0) blend_cols(t->row[c - 1], u * tile_extent(t->w, (c - 1) * S, T), t->row[c], ow, oh, t->nc, t->blend);
+    int kh = oh < t->keep ? oh : t->keep, kw = ow < t->keep ? ow : t->keep; /* less at the bottom / right edge */
+    for (int ch = 0; ch < t->nc; ch++)
+        for (int y = 0; y < kh; y++)
+            memcpy(out + ((size_t)ch * H + u * i + y) * W + u * j, t->row[c] + ((size_t)ch * oh + y) * (size_t)ow,
+                   sizeof(float) * (size_t)kw);
+}
+
+/* The row of tiles just placed becomes the row above the next one. */
+static void vae_tiles_next_row(vae_tiles *t) {
+    for (int c = 0; c < t->n_cols; c++) {
+        free(t->above[c]);
+        t->above[c] = t->row[c];
+        t->row[c] = NULL;
+    }
+}
+
+static void vae_tiles_free(vae_tiles *t) {
+    for (int c = 0; t->above && c < t->n_cols; c++) free(t->above[c]);
+    for (int c = 0; t->row && c < t->n_cols; c++) free(t->row[c]);
+    free(t->above);
+    free(t->row);
+}
+
 /* diffusers tiled_decode (spec A.9): tiles of T latent cells every S cells,
- * each decoded alone, blended in place in row-major order with the tile
- * above and the tile to the left (as those stand after their own blends),
- * and the top-left (S·f)² pixels of each kept. No clamp. */
+ * each decoded alone and placed as vae_tiles says (blend band f·(T − S),
+ * kept square f·S pixels). No clamp. */
 static qi_status decode_tiled(qi_vae *v, const float *z, int h, int w, float *rgb, qi_error *err) {
-    int T = v->tiling.tile_latent, S = v->tiling.stride_latent, f = v->scale;
-    int blend = f * (T - S), keep = f * S, H = f * h, W = f * w;
-    int n_rows = (h + S - 1) / S, n_cols = (w + S - 1) / S;
+    int T = v->tiling.tile_latent, f = v->scale;
     qi_status st = QI_OK;
-    float **above = calloc((size_t)n_cols, sizeof(float *));
-    float **row = calloc((size_t)n_cols, sizeof(float *));
+    vae_tiles t;
+    int no_grid = vae_tiles_init(&t, v, h, w, f, 3);
     float *zt = malloc(sizeof(float) * (size_t)v->z_dim * T * T);
-    if (!above || !row || !zt) {
+    if (no_grid || !zt) {
         st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for tiles");
         goto done;
     }
-    int above_h = 0; /* pixel height of the previous tile row */
-    for (int r = 0; r < n_rows; r++) {
-        int i = r * S, th = tile_extent(h, i, T);
-        for (int c = 0; c < n_cols; c++) {
-            int j = c * S, tw = tile_extent(w, j, T);
+    for (int r = 0; r < t.n_rows; r++) {
+        for (int c = 0; c < t.n_cols; c++) {
+            int i, j, th, tw;
+            vae_tile_at(&t, r, c, &i, &j, &th, &tw);
             for (int ch = 0; ch < v->z_dim; ch++)
                 for (int y = 0; y < th; y++)
                     memcpy(zt + ((size_t)ch * th + y) * tw, z + ((size_t)ch * h + i + y) * w + j,
                            sizeof(float) * (size_t)tw);
-            row[c] = malloc(sizeof(float) * 3 * (size_t)(f * th) * (size_t)(f * tw));
-            if (!row[c]) {
+            t.row[c] = malloc(sizeof(float) * 3 * (size_t)(f * th) * (size_t)(f * tw));
+            if (!t.row[c]) {
                 st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for a %dx%d tile", f * tw, f * th);
                 goto done;
             }
-            if ((st = decode_latent(v, zt, th, tw, row[c], NULL, NULL, err))) goto done;
-            if (r > 0) blend_rows(above[c], above_h, row[c], f * th, f * tw, 3, blend);
-            if (c > 0) blend_cols(row[c - 1], f * tile_extent(w, (c - 1) * S, T), row[c], f * tw, f * th, 3,
-                                  blend);
-            /* keep the top-left keep×keep pixels (less at the right/bottom edge) */
-            int kh = f * th < keep ? f * th : keep, kw = f * tw < keep ? f * tw : keep;
-            for (int ch = 0; ch < 3; ch++)
-                for (int y = 0; y < kh; y++)
-                    memcpy(rgb + ((size_t)ch * H + f * i + y) * W + f * j,
-                           row[c] + ((size_t)ch * f * th + y) * (size_t)(f * tw), sizeof(float) * (size_t)kw);
+            if ((st = decode_latent(v, zt, th, tw, t.row[c], NULL, NULL, err))) goto done;
+            vae_tile_place(&t, r, c, rgb);
         }
-        for (int c = 0; c < n_cols; c++) {
-            free(above[c]);
-            above[c] = row[c];
-            row[c] = NULL;
-        }
-        above_h = f * th;
+        vae_tiles_next_row(&t);
     }
 done:
-    for (int c = 0; above && c < n_cols; c++) free(above[c]);
-    for (int c = 0; row && c < n_cols; c++) free(row[c]);
-    free(above);
-    free(row);
+    vae_tiles_free(&t);
     free(zt);
     return st;
 }
@@ -1198,61 +1259,43 @@ done:
 /* diffusers' tiled_encode (AutoencoderKLQwenImage): the picture cut into
  * tiles of T·f pixels every S·f (f = 8, so every tile edge lies on the
  * latent grid and each tile is a whole encode of its own), each tile's
- * moments [2z, ≤T, ≤T] blended in row-major order with the tile above and
- * the tile to the left (as those stand after their own blends) over T − S
- * latent cells, and the top-left S × S cells of each kept. The decoder's
- * tiling in the other direction (decode_tiled), on the moments. The
- * encoder's receptive field is wider than the overlap (its 3×3 convs reach
- * about 110 pixels each way; the middle attention sees the whole tile), so this
- * approximates the whole encode near tile edges, as diffusers' does. */
+ * moments [2z, ≤T, ≤T] placed as vae_tiles says, in latent cells (blend
+ * band T − S, kept square S): the decoder's tiling in the other direction
+ * (decode_tiled), on the moments. The encoder's receptive field is wider
+ * than the overlap (its 3×3 convs reach about 110 pixels each way; the
+ * middle attention sees the whole tile), so this approximates the whole
+ * encode near tile edges, as diffusers' does. */
 static qi_status encode_tiled(qi_vae *v, const float *rgb, int H, int W, float *moments, qi_error *err) {
-    int T = v->tiling.tile_latent, S = v->tiling.stride_latent, f = v->scale, z2 = 2 * v->z_dim;
-    int h = H / f, w = W / f, blend = T - S;
-    int n_rows = (h + S - 1) / S, n_cols = (w + S - 1) / S;
+    int T = v->tiling.tile_latent, f = v->scale, z2 = 2 * v->z_dim;
     qi_status st = QI_OK;
-    float **above = calloc((size_t)n_cols, sizeof(float *));
-    float **row = calloc((size_t)n_cols, sizeof(float *));
+    vae_tiles t;
+    int no_grid = vae_tiles_init(&t, v, H / f, W / f, 1, z2);
     float *px = malloc(sizeof(float) * 3 * (size_t)(f * T) * (size_t)(f * T));
-    if (!above || !row || !px) {
+    if (no_grid || !px) {
         st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for encoder tiles");
         goto done;
     }
-    int above_h = 0; /* latent height of the previous tile row */
-    for (int r = 0; r < n_rows; r++) {
-        int i = r * S, th = tile_extent(h, i, T);
-        for (int c = 0; c < n_cols; c++) {
-            int j = c * S, tw = tile_extent(w, j, T);
+    for (int r = 0; r < t.n_rows; r++) {
+        for (int c = 0; c < t.n_cols; c++) {
+            int i, j, th, tw;
+            vae_tile_at(&t, r, c, &i, &j, &th, &tw);
             for (int ch = 0; ch < 3; ch++)
                 for (int y = 0; y < f * th; y++)
                     memcpy(px + ((size_t)ch * f * th + y) * (size_t)(f * tw),
                            rgb + ((size_t)ch * H + (size_t)f * i + y) * W + (size_t)f * j,
                            sizeof(float) * (size_t)(f * tw));
-            row[c] = malloc(sizeof(float) * (size_t)z2 * (size_t)th * (size_t)tw);
-            if (!row[c]) {
+            t.row[c] = malloc(sizeof(float) * (size_t)z2 * (size_t)th * (size_t)tw);
+            if (!t.row[c]) {
                 st = qi_fail(err, QI_ERR_NOMEM, "vae: out of memory for a %dx%d encoder tile", f * tw, f * th);
                 goto done;
             }
-            if ((st = encode_image(v, px, f * th, f * tw, row[c], err))) goto done;
-            if (r > 0) blend_rows(above[c], above_h, row[c], th, tw, z2, blend);
-            if (c > 0) blend_cols(row[c - 1], tile_extent(w, (c - 1) * S, T), row[c], tw, th, z2, blend);
-            int kh = th < S ? th : S, kw = tw < S ? tw : S; /* less at the bottom / right edge */
-            for (int ch = 0; ch < z2; ch++)
-                for (int y = 0; y < kh; y++)
-                    memcpy(moments + ((size_t)ch * h + i + y) * w + j, row[c] + ((size_t)ch * th + y) * tw,
-                           sizeof(float) * (size_t)kw);
+            if ((st = encode_image(v, px, f * th, f * tw, t.row[c], err))) goto done;
+            vae_tile_place(&t, r, c, moments);
         }
-        for (int c = 0; c < n_cols; c++) {
-            free(above[c]);
-            above[c] = row[c];
-            row[c] = NULL;
-        }
-        above_h = th;
+        vae_tiles_next_row(&t);
     }
 done:
-    for (int c = 0; above && c < n_cols; c++) free(above[c]);
-    for (int c = 0; row && c < n_cols; c++) free(row[c]);
-    free(above);
-    free(row);
+    vae_tiles_free(&t);
     free(px);
     return st;
 }
