@@ -702,6 +702,58 @@ static void fp8_shared_linears_decline_whole(void) {
     free(wb);
 }
 
+/* GEMM tuning (cuda_gemm.cu) changes time, never results: with it on, every
+ * linear below — a bf16 output, a fused bias + GELU epilogue, a float32
+ * product before SiLU, an odd row count — gives the same bits as with it
+ * off (cuBLASLt's first algorithm), and it did tune the new plans. */
+static void gemm_tuning_keeps_every_bit(void) {
+    static const struct {
+        int64_t M, K, N;
+        int bias;
+        qi_act act;
+    } cases[] = {{2048, 3072, 3072, 0, QI_ACT_NONE}, {1024, 3072, 12288, 1, QI_ACT_GELU_TANH},
+                 {1024, 3072, 3072, 1, QI_ACT_SILU}, {333, 1024, 1024, 1, QI_ACT_NONE}};
+    qi_error err = {{0}};
+    int was = qi_cuda_set_gemm_tune(gpu, 0);
+    for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
+        const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
+        float *xv = malloc(sizeof(float) * (size_t)(M * K)), *wv = malloc(sizeof(float) * (size_t)(N * K));
+        float *bv = malloc(sizeof(float) * (size_t)N), *y[2];
+        for (int i = 0; i < 2; i++) y[i] = malloc(sizeof(float) * (size_t)(M * N));
+        REQUIRE(xv && wv && bv && y[0] && y[1], "out of host memory");
+        for (int64_t i = 0; i < M * K; i++) xv[i] = caps_frand();
+        for (int64_t i = 0; i < N * K; i++) wv[i] = 0.05f * caps_frand();
+        for (int64_t i = 0; i < N; i++) bv[i] = caps_frand();
+        qi_tensor w, b, x, yt;
+        int64_t wne[2] = {N, K}, bne[1] = {N};
+        REQUIRE(!gpu->ops->weight(gpu, &w, QI_BF16, 2, wne, wv, NULL, &err) &&
+                    !gpu->ops->weight(gpu, &b, QI_BF16, 1, bne, bv, NULL, &err), "%s", err.msg);
+        unsigned long long plans0 = 0, plans1 = 0, changed = 0, differs = 0;
+        double saved = 0;
+        qi_cuda_gemm_tune_counts(gpu, &plans0, NULL, NULL, NULL);
+        for (int tuned = 0; tuned < 2; tuned++) {
+            qi_cuda_set_gemm_tune(gpu, tuned); /* drops the plans: this call makes its plan again */
+            size_t mark = gpu->ops->mark(gpu);
+            REQUIRE(!qi_be_act2(gpu, &x, M, K, &err) && !qi_be_act2(gpu, &yt, M, N, &err), "%s", err.msg);
+            REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+            gpu->ops->linear(gpu, &x, &w, cases[c].bias ? &b : NULL, cases[c].act, &yt);
+            CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+            CHECK(!gpu->ops->download(gpu, &yt, y[tuned], &err), "%s", err.msg);
+            gpu->ops->reset(gpu, mark);
+        }
+        qi_cuda_gemm_tune_counts(gpu, &plans1, &changed, &differs, &saved);
+        printf("  %lldx%lldx%lld%s act %d: plans tuned %llu, changed so far %llu, candidates with other bits %llu, "
+               "saved %.3f ms per use so far\n", (long long)M, (long long)K, (long long)N,
+               cases[c].bias ? " bias" : "", (int)cases[c].act, plans1 - plans0, changed, differs, saved);
+        CHECK(plans1 > plans0, "%lldx%lldx%lld: no plan was tuned", (long long)M, (long long)K, (long long)N);
+        CHECK(!memcmp(y[0], y[1], sizeof(float) * (size_t)(M * N)), "%lldx%lldx%lld act %d: tuned output differs",
+              (long long)M, (long long)K, (long long)N, (int)cases[c].act);
+        gpu->ops->weight_free(gpu, &w), gpu->ops->weight_free(gpu, &b);
+        free(xv), free(wv), free(bv), free(y[0]), free(y[1]);
+    }
+    qi_cuda_set_gemm_tune(gpu, was);
+}
+
 /* QI_CUDA_FP8_GEMM=0 at creation: the backend starts with the fp8 GEMM off. */
 static void fp8_gemm_is_off_with_the_environment_switch(void) {
     qi_backend *b = NULL;
@@ -733,6 +785,7 @@ int main(void) {
     RUN(fp8_shared_linears_make_their_layer_norm);
     RUN(fp8_shared_linears_decline_whole);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
+    RUN(gemm_tuning_keeps_every_bit);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);
     RUN(cuda_table_refuses_a_partial_graph_group);

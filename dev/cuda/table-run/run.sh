@@ -8,7 +8,7 @@
 #             test_backend_ops test_cuda_vram test_cuda_kernels test_cuda_pipeline test_vae_encode_tiles qwen-image hold_memory
 #           tar cf - dist | xz -9 -T1 > devpack/table.tar.xz
 #           git --git-dir=<diffusers mirror> archive HEAD src/diffusers | xz -9 > devpack/diffusers-src.tar.xz
-#   there:  sh dev/cuda/table-run/run.sh [checks] [ours] [peer] [ours2] [loadtest] [fast] [startup] [vae] [profile] [offload] [3g]
+#   there:  sh dev/cuda/table-run/run.sh [checks] [ours] [tune0] [peer] [ours2] [loadtest] [fast] [startup] [vae] [profile] [offload] [3g]
 set -u
 OUT=${OUT:-/tmp/table-out}
 mkdir -p "$OUT"
@@ -52,6 +52,9 @@ for what in ${*:-checks ours peer ours2 startup}; do
       PYTHONPATH=$PWD/.peer/src timeout 300 python3 bench/diffusers_peer.py --compile --sizes 1024 --runs 5 \
         --warmup 2 >"$OUT/peer.log" 2>&1
       note "diffusers peer: rc=$? ($(($(date +%s) - s)) s)"; grep '^| \|^#' "$OUT/peer.log" | tee -a "$OUT/summary.txt" ;;
+    tune0) # the GEMM algorithm tuning off (QI_CUDA_GEMM_TUNE=0: cuBLASLt's first algorithm), per call and VAE
+      QI_CUDA_GEMM_TUNE=0 b bf16_tune0 --type bf16 --only dit
+      QI_CUDA_GEMM_TUNE=0 b fp8_tune0_vae --type fp8 --only vae ;;
     loadtest) # the transformer loaded beside the text encoder, through the second upload lane: the same image
       timeout 120 dist/run.sh test_load_overlap -d cuda >"$OUT/load_overlap.log" 2>&1
       note "test_load_overlap -d cuda: rc=$? $(tail -1 "$OUT/load_overlap.log")" ;;

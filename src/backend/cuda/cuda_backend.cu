@@ -1,7 +1,7 @@
 /*
  * cuda_backend.cu — the CUDA backend's frame: creation, the activation arena,
  * weights (converted to bf16 on upload: cuda_upload.cu), host <-> device copies, the sticky
- * error, the cuBLASLt GEMM used by `linear` and `conv2d`, and the op table.
+ * error, `linear` (its GEMMs: cuda_gemm.cu), and the op table.
  *
  * Everything is queued on one stream per backend. Ops return nothing, so a
  * failing op records its message in the backend and `sync` returns it.
@@ -797,114 +797,6 @@ static qi_status cuda_sync(qi_backend *be, qi_error *err) {
     return QI_OK;
 }
 
-/* ---- GEMM through cuBLASLt -------------------------------------------------- */
-
-static void plan_destroy(lt_plan *p) {
-    if (!p->used) return;
-    cublasLtMatrixLayoutDestroy(p->a_layout);
-    cublasLtMatrixLayoutDestroy(p->b_layout);
-    cublasLtMatrixLayoutDestroy(p->d_layout);
-    cublasLtMatmulDescDestroy(p->desc);
-    p->used = 0;
-}
-
-cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
-                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
-                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found) {
-    cublasLtMatmulPreference_t pref;
-    *found = 0;
-    cublasStatus_t s = cublasLtMatmulPreferenceCreate(&pref);
-    if (s != CUBLAS_STATUS_SUCCESS) return s;
-    uint64_t ws = c->lt_workspace_bytes;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulHeuristicResult_t res;
-    memset(&res, 0, sizeof res);
-    s = cublasLtMatmulAlgoGetHeuristic(c->lt, desc, a, b, d, d, pref, 1, &res, found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (s == CUBLAS_STATUS_SUCCESS && *found >= 1) s = res.state; /* the algorithm is valid only then */
-    if (s == CUBLAS_STATUS_SUCCESS && *found >= 1) *algo = res.algo;
-    return s;
-}
-
-/* Builds descriptors and asks the heuristic for the best algorithm. */
-static int plan_build(cuda_impl *c, lt_plan *p, const char *op) {
-    cublasStatus_t s;
-    cublasOperation_t ta = p->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = p->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epilogue;
-    if ((s = cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS)
-        goto fail;
-    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    cublasLtMatrixLayoutCreate(&p->a_layout, CUDA_R_16BF, p->transa ? p->k : p->m,
-                               p->transa ? p->m : p->k, p->lda);
-    cublasLtMatrixLayoutCreate(&p->b_layout, CUDA_R_16BF, p->transb ? p->n : p->k,
-                               p->transb ? p->k : p->n, p->ldb);
-    cublasLtMatrixLayoutCreate(&p->d_layout, (cudaDataType_t)p->d_type, p->m, p->n, p->ldd);
-    {
-        uint32_t al = (uint32_t)p->align;
-        int found = 0;
-        s = qc_lt_best_algo(c, p->desc, p->a_layout, p->b_layout, p->d_layout, al, al, al, &p->algo, &found);
-        if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
-            p->used = 1;
-            plan_destroy(p);
-            qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: cuBLASLt has no algorithm for %d×%d×%d "
-                    "(epilogue %d, alignment %d): status %d", op, p->m, p->n, p->k, p->epilogue,
-                    p->align, (int)s);
-            return 1;
-        }
-    }
-    p->used = 1;
-    return 0;
-fail:
-    qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: cuBLASLt descriptor: status %d", op, (int)s);
-    return 1;
-}
-
-int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
-            const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
-            const void *bias, cublasLtEpilogue_t epilogue, const char *op) {
-    int align = qc_ptr_align(A);
-    if (qc_ptr_align(B) < align) align = qc_ptr_align(B);
-    if (qc_ptr_align(D) < align) align = qc_ptr_align(D);
-    lt_plan key;
-    memset(&key, 0, sizeof key);
-    key.transa = transa, key.transb = transb, key.m = m, key.n = n, key.k = k;
-    key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.epilogue = (int)epilogue;
-    key.d_type = (int)d_type, key.align = align;
-    lt_plan *p = NULL;
-    for (int i = 0; i < QI_CUDA_PLANS && !p; i++) {
-        lt_plan *q = &c->plans[i];
-        if (q->used && q->transa == transa && q->transb == transb && q->m == m && q->n == n &&
-            q->k == k && q->lda == lda && q->ldb == ldb && q->ldd == ldd &&
-            q->epilogue == (int)epilogue && q->d_type == (int)d_type && q->align == align)
-            p = q;
-    }
-    if (!p) {
-        p = &c->plans[c->plan_next];
-        c->plan_next = (c->plan_next + 1) % QI_CUDA_PLANS;
-        plan_destroy(p);
-        *p = key;
-        if (plan_build(c, p, op)) return 1;
-    }
-    if (bias)
-        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-    float beta = 0.0f;
-    cublasStatus_t s = cublasLtMatmul(c->lt, p->desc, &alpha, A, p->a_layout, B, p->b_layout, &beta, D,
-                                      p->d_layout, D, p->d_layout, &p->algo, c->lt_workspace,
-                                      c->lt_workspace_bytes, c->stream);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        qc_fail(c, QI_ERR_BACKEND, "cuda backend: %s: cublasLtMatmul %d×%d×%d failed: status %d", op, m,
-                n, k, (int)s);
-        return 1;
-    }
-    return 0;
-}
-
 /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b). Row-major y is column-major yᵀ[N,M], so
  * cuBLASLt computes yᵀ = wᵀᵀ·xᵀ: A = w (transposed), B = x. */
 static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
@@ -1060,6 +952,26 @@ extern "C" int qi_cuda_set_kept_overlap(qi_backend *be, int on) {
     return was;
 }
 
+extern "C" int qi_cuda_set_gemm_tune(qi_backend *be, int on) {
+    cuda_impl *c = cuda_of(be);
+    int was = c->gemm_tune;
+    int prev = device_enter(c);
+    cudaStreamSynchronize(c->stream); /* queued GEMMs may still use the plans */
+    for (int i = 0; i < QI_CUDA_PLANS; i++) qc_plan_destroy(&c->plans[i]);
+    device_leave(prev);
+    c->gemm_tune = on != 0;
+    return was;
+}
+
+extern "C" void qi_cuda_gemm_tune_counts(qi_backend *be, unsigned long long *plans, unsigned long long *changed,
+                                         unsigned long long *differs, double *saved_ms) {
+    cuda_impl *c = cuda_of(be);
+    if (plans) *plans = c->tune_plans;
+    if (changed) *changed = c->tune_changed;
+    if (differs) *differs = c->tune_differs;
+    if (saved_ms) *saved_ms = c->tune_saved_ms;
+}
+
 extern "C" void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
                                     unsigned long long *used) {
     cuda_impl *c = cuda_of(be);
@@ -1153,7 +1065,10 @@ static void cuda_destroy(qi_backend *be) {
     if (c) {
         int prev = device_enter(c);
         if (c->stream) cudaStreamSynchronize(c->stream);
-        for (int i = 0; i < QI_CUDA_PLANS; i++) plan_destroy(&c->plans[i]);
+        for (int i = 0; i < QI_CUDA_PLANS; i++) qc_plan_destroy(&c->plans[i]);
+        for (int i = 0; i < 2; i++)
+            if (c->tune_ev[i]) cudaEventDestroy(c->tune_ev[i]);
+        if (c->tune_hash) cudaFree(c->tune_hash);
         qc_fp8_destroy(c);
         if (c->lt) cublasLtDestroy(c->lt);
         for (int i = 0; i < 2; i++) {
@@ -1361,6 +1276,10 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     if ((st = qc_host_init(c, err)) != QI_OK) goto fail;
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
     if ((st = qc_upload_init(c, err)) != QI_OK) goto fail;
+    { /* QI_CUDA_GEMM_TUNE=0: new GEMM plans keep cuBLASLt's first algorithm (cuda_gemm.cu) */
+        const char *t = getenv("QI_CUDA_GEMM_TUNE");
+        c->gemm_tune = !(t && t[0] == '0');
+    }
     { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
         const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");
         c->dequant_at_load = d && d[0] == '1';

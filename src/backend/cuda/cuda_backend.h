@@ -49,6 +49,19 @@ const char *qi_cuda_fp8_gemm_state(qi_backend *be);
 int qi_cuda_set_fp8_gemm(qi_backend *be, int on);
 void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long long *expanded);
 
+/* GEMM algorithm tuning (cuda_gemm.cu): a new bf16 GEMM plan made outside a
+ * graph recording times cuBLASLt's first 8 algorithms on its own operands
+ * and keeps the fastest whose output is bit-identical to the first's (so
+ * results never change). Environment, read at creation: QI_CUDA_GEMM_TUNE=0
+ * turns it off. set_gemm_tune (tests, benchmarks) turns it on or off, drops
+ * every cached plan (the next calls make them again) and returns whether it
+ * was on. tune_counts: since creation, the plans tuned, those given another
+ * algorithm, candidates passed over for different bits, and the
+ * milliseconds per use saved summed over plans (each may be NULL). */
+int qi_cuda_set_gemm_tune(qi_backend *be, int on);
+void qi_cuda_gemm_tune_counts(qi_backend *be, unsigned long long *plans, unsigned long long *changed,
+                              unsigned long long *differs, double *saved_ms);
+
 /* The overlap of kept-weight expansions (cuda_kept.cu): the op table's
  * prefetch_weight queues a coming linear's bf16 expansion on a second
  * stream into a free weight buffer, while the GEMMs before it run.

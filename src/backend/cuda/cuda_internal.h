@@ -61,6 +61,13 @@ typedef struct cuda_impl {
     size_t lt_workspace_bytes;
     lt_plan plans[QI_CUDA_PLANS];
     int plan_next; /* round-robin eviction */
+    /* algorithm tuning of new plans (cuda_gemm.cu): on/off, its event pair and
+     * hash slot (made on first use), and what it did since creation */
+    int gemm_tune;
+    cudaEvent_t tune_ev[2];
+    unsigned long long *tune_hash;
+    unsigned long long tune_plans, tune_changed, tune_differs;
+    double tune_saved_ms;
 
     /* device scratch for ops that need temporaries (conv im2col, attention by
      * GEMMs, F32 weight conversion); fixed at creation */
@@ -174,6 +181,7 @@ typedef struct cuda_impl {
     int device_cc;       /* the device's compute capability × 10 (90 for an H200) */
     int code_arch;       /* __CUDA_ARCH__ of the code the driver loaded (900; 800 for compute_80 PTX) */
     int generic_forced;  /* QI_CUDA_GENERIC=1 */
+    int softmax_smem;    /* attention by GEMMs: the softmax's shared memory limit (0: not set yet, -1: refused) */
     size_t smem_optin;   /* the most shared memory one block may opt into; forced generic: at most
                           * 99 KiB, the budget of sm_86/89/120, so the H200 runs what those GPUs run */
 
@@ -342,7 +350,7 @@ typedef struct attn_params {
 void qc_flash_hopper(cuda_impl *c, const attn_params *p, int variant);
 void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant);
 
-/* ---- GEMM (cuda_backend.cu) ---- */
+/* ---- GEMM (cuda_gemm.cu) ---- */
 /* Column-major D[m,n] = alpha · op(A)[m,k] · op(B)[k,n] (+ bias[m]) then
  * epilogue; A, B bf16; D bf16 (d_type CUDA_R_16BF) or float (CUDA_R_32F).
  * Returns 0 on success (else the error is recorded). */
@@ -358,6 +366,8 @@ int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const voi
 cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
                                uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found);
+/* Frees a plan's descriptors (an unused one: nothing). */
+void qc_plan_destroy(lt_plan *p);
 
 /* ---- ops defined in cuda_ops.cu / cuda_attention.cu ---- */
 extern "C" {
