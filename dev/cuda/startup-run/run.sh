@@ -12,7 +12,8 @@
 # A type may end in a variant of the weight upload, for A/B rows in one call: TYPE-old runs with
 # QI_LOAD_FAST=0 (the upload before the load branch: threads started per chunk, memcpy from the
 # mapping, each weight's staging starting at buffer 0), TYPE-nopread with QI_LOAD_PREAD=0, TYPE-pread with
-# QI_LOAD_PREAD=1 (off by default since runs Z and AA; before them TYPE alone ran with it on).
+# QI_LOAD_PREAD=1 (off by default since runs Z and AA; before them TYPE alone ran with it on); TYPE-tune0
+# with QI_CUDA_GEMM_TUNE=0 (the first step's new GEMM plans keep cuBLASLt's first algorithm, untimed).
 set -u
 OUT=${OUT:-/tmp/startup-out}
 mkdir -p "$OUT"
@@ -22,8 +23,9 @@ dev_link_source
 now() { date +%s.%N; }
 for ty in ${*:-fp8 q4_k bf16}; do
   d=/tmp/sp_$ty
-  base=${ty%%-*}; unset QI_LOAD_FAST QI_LOAD_PREAD
-  case $ty in *-old) export QI_LOAD_FAST=0 ;; *-nopread) export QI_LOAD_PREAD=0 ;; *-pread) export QI_LOAD_PREAD=1 ;; esac
+  base=${ty%%-*}; unset QI_LOAD_FAST QI_LOAD_PREAD QI_CUDA_GEMM_TUNE
+  case $ty in *-old) export QI_LOAD_FAST=0 ;; *-nopread) export QI_LOAD_PREAD=0 ;; *-pread) export QI_LOAD_PREAD=1 ;;
+    *-tune0) export QI_CUDA_GEMM_TUNE=0 ;; esac
   dist/run.sh qwen-image bench --write-sparse $d --type $base >"$OUT/write_$ty.log" 2>&1 || { echo "$ty: write failed" | tee -a "$OUT/summary.txt"; continue; }
   # run 1 also warms the page cache's metadata; run 2 is the row (the transformer loads beside the text
   # encoder and VAE); run seq is run 2 with the loads one after another (QI_LOAD_SEQUENTIAL=1), the yardstick

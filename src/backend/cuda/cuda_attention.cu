@@ -318,7 +318,7 @@ template <int DH, int NW> static void launch_flash(cuda_impl *c, const attn_para
  * the same order either way (j = thread, thread + 256, …) and the block
  * reductions are the same, so both give the same bits. Reading the row three
  * times from global memory took 107 µs per 1024 rows of 16384 keys (the VAE's
- * mid attention at 1024²: 96 MB moved, ~25 µs of HBM time; run AB). */
+ * mid attention at 1024²: 96 MB moved, ~25 µs of HBM time; run AC). */
 template <bool ROW_IN_SMEM>
 __global__ void softmax_rows_k(const float *S, bf16 *P, int Lk, const int32_t *mask, int causal,
                                int causal_off, int q_first, float scale_log2) {

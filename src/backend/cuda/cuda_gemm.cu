@@ -16,7 +16,10 @@
  * scratch itself, so there is nowhere to keep a copy). A plan made while a
  * graph is recorded keeps the heuristic's first (nothing can be timed then).
  * The first call of each shape pays for it once per process: ~15 shapes per
- * transformer call, each a few GEMM times × TUNE_ALGOS.
+ * transformer call, each a few GEMM times × TUNE_ALGOS. Measured on an H200
+ * (run AD, bf16 transformer call): 1328² 220.6 → 204.8 ms, 1024² 112.4 →
+ * 112.2, 512² 35.2 either way; 41 of 65 plans took another algorithm and
+ * 131 faster-or-not candidates were passed over for other bits.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -954,7 +954,7 @@ __global__ void channel_bias_k(T *y, const void *bias, int bdt, float bscale, in
  * thread, one 16-byte load and store, one division and one bias read for the
  * eight — each element the same expression, so the same bits. The one-element
  * kernel ran at ~1 TB/s (18 µs per 384-channel 128² plane after each im2col
- * conv of the VAE decode, 1.6 ms of it at 1024²; run AB's profile). */
+ * conv of the VAE decode, 1.6 ms of it at 1024²; run AC's profile). */
 __global__ void channel_bias8_k(bf16 *y, const void *bias, int bdt, float bscale, int64_t HW, int64_t units) {
     GRID_STRIDE(u, units) {
         const float b = ld_param(bias, bdt, u * 8 / HW) * bscale;

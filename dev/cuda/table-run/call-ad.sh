@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run AB (seventh session): the suite's checks after the GEMM tuning, the shared-memory softmax and the merges, then
+# Run AD (seventh session): the suite's checks after the GEMM tuning, the shared-memory softmax and the merges, then
 # bf16 and fp8 rows, the same with the tuning off, and diffusers beside them — in the background, cut at LIMIT
 # seconds, the logs packed into $OUT/logs.tgz whatever happens.
 #   there:  LIMIT=540 sh dev/cuda/table-run/call-ab.sh
