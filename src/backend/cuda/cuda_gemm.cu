@@ -39,19 +39,28 @@ void qc_plan_destroy(lt_plan *p) {
     p->used = 0;
 }
 
+/* What every algorithm must accept: our workspace, operands at addresses
+ * that are multiples of al_a, al_b and al_d (C and D) bytes. */
+static cublasStatus_t make_preference(cuda_impl *c, uint32_t al_a, uint32_t al_b, uint32_t al_d,
+                                      cublasLtMatmulPreference_t *pref) {
+    cublasStatus_t s = cublasLtMatmulPreferenceCreate(pref);
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+    uint64_t ws = c->lt_workspace_bytes;
+    cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+    cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+    cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
                                uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found) {
     cublasLtMatmulPreference_t pref;
     *found = 0;
-    cublasStatus_t s = cublasLtMatmulPreferenceCreate(&pref);
+    cublasStatus_t s = make_preference(c, al_a, al_b, al_d, &pref);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
-    uint64_t ws = c->lt_workspace_bytes;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
     cublasLtMatmulHeuristicResult_t res;
     memset(&res, 0, sizeof res);
     s = cublasLtMatmulAlgoGetHeuristic(c->lt, desc, a, b, d, d, pref, 1, &res, found);
@@ -164,14 +173,8 @@ static void plan_tune(cuda_impl *c, lt_plan *p, float alpha, const void *A, cons
         return;
     }
     cublasLtMatmulPreference_t pref;
-    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return;
-    uint64_t ws = c->lt_workspace_bytes;
-    uint32_t al = (uint32_t)p->align;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+    const uint32_t al = (uint32_t)p->align;
+    if (make_preference(c, al, al, al, &pref) != CUBLAS_STATUS_SUCCESS) return;
     cublasLtMatmulHeuristicResult_t res[TUNE_ALGOS];
     int found = 0;
     memset(res, 0, sizeof res);
