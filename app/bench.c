@@ -1220,10 +1220,10 @@ static void gemm_path_rows(bench_ctx *c, qi_dtype qt) {
         unsigned long long tuned = 0, changed = 0, differs = 0;
         double saved = 0;
         qi_cuda_gemm_tune_counts(c->be, &tuned, &changed, &differs, &saved);
-        const char *t = getenv("QI_CUDA_GEMM_TUNE");
         emit(c, "| GEMM algorithm tuning | all rows above | | %llu plans tuned, %llu given a faster algorithm with "
-             "the same bits (%.3f ms per use of each, summed), %llu faster-or-not candidates passed over for other "
-             "bits (QI_CUDA_GEMM_TUNE=%s) |\n", tuned, changed, saved, differs, t ? t : "1");
+             "the same bits (%.3f ms per use of each, summed), %llu faster-or-not candidates passed over for another "
+             "sum order or other bits (%s; QI_CUDA_GEMM_TUNE=0 off) |\n", tuned, changed, saved, differs,
+             qi_cuda_gemm_tune_on(c->be) ? "on" : "off");
     }
     if (!strcmp(c->be->ops->name, "cuda") && qt != QI_BF16) { /* which GEMM the kept weights' linears ran */
         unsigned long long fp8 = 0, expanded = 0;

@@ -364,12 +364,19 @@ __global__ void softmax_rows_k(const float *S, bf16 *P, int Lk, const int32_t *m
 static void softmax_rows(cuda_impl *c, const float *S, bf16 *P, int n, const attn_params &p, const int32_t *mask,
                          int q_first) {
     if (c->softmax_smem == 0) { /* the kernel's dynamic shared memory limit, raised once per backend */
+        /* dynamic + the kernel's static 128 bytes must fit the device's opt-in limit */
         int dev_max = 0;
-        cudaDeviceGetAttribute(&dev_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device);
-        int want = dev_max < (160 << 10) ? dev_max : (160 << 10);
-        c->softmax_smem = cudaFuncSetAttribute(softmax_rows_k<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               want) == cudaSuccess ? want : -1;
-        cudaGetLastError();
+        cudaFuncAttributes fa;
+        int want = -1;
+        if (cudaDeviceGetAttribute(&dev_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device) == cudaSuccess &&
+            cudaFuncGetAttributes(&fa, softmax_rows_k<true>) == cudaSuccess) {
+            want = dev_max - (int)fa.sharedSizeBytes;
+            if (want > (160 << 10)) want = 160 << 10;
+        }
+        c->softmax_smem = want > 0 && cudaFuncSetAttribute(softmax_rows_k<true>,
+                                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                           want) == cudaSuccess ? want : -1;
+        if (c->softmax_smem < 0) cudaGetLastError(); /* the refusal's error, not left for the next check */
     }
     const size_t row_bytes = (size_t)p.Lk * sizeof(float);
     if (p.Lk % 4 == 0 && qc_aligned16(S) && c->softmax_smem > 0 && row_bytes <= (size_t)c->softmax_smem)

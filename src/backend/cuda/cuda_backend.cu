@@ -963,6 +963,8 @@ extern "C" int qi_cuda_set_gemm_tune(qi_backend *be, int on) {
     return was;
 }
 
+extern "C" int qi_cuda_gemm_tune_on(qi_backend *be) { return cuda_of(be)->gemm_tune; }
+
 extern "C" void qi_cuda_gemm_tune_counts(qi_backend *be, unsigned long long *plans, unsigned long long *changed,
                                          unsigned long long *differs, double *saved_ms) {
     cuda_impl *c = cuda_of(be);

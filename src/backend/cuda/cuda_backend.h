@@ -51,14 +51,17 @@ void qi_cuda_gemm_counts(qi_backend *be, unsigned long long *fp8, unsigned long 
 
 /* GEMM algorithm tuning (cuda_gemm.cu): a new bf16 GEMM plan made outside a
  * graph recording times cuBLASLt's first 8 algorithms on its own operands
- * and keeps the fastest whose output is bit-identical to the first's (so
- * results never change). Environment, read at creation: QI_CUDA_GEMM_TUNE=0
- * turns it off. set_gemm_tune (tests, benchmarks) turns it on or off, drops
- * every cached plan (the next calls make them again) and returns whether it
- * was on. tune_counts: since creation, the plans tuned, those given another
+ * and keeps the fastest that sums over k like the first and whose output is
+ * bit-identical to the first's (so results never change; a first call whose
+ * output is mostly zeros leaves the plan untuned). Environment, read at creation: QI_CUDA_GEMM_TUNE=0
+ * turns it off. set_gemm_tune (tests, benchmarks; not while a graph is
+ * recorded: it waits for the stream) turns it on or off, drops every cached
+ * plan (the next calls make them again) and returns whether it was on;
+ * gemm_tune_on says whether it is on. tune_counts: since creation, the plans tuned, those given another
  * algorithm, candidates passed over for different bits, and the
  * milliseconds per use saved summed over plans (each may be NULL). */
 int qi_cuda_set_gemm_tune(qi_backend *be, int on);
+int qi_cuda_gemm_tune_on(qi_backend *be);
 void qi_cuda_gemm_tune_counts(qi_backend *be, unsigned long long *plans, unsigned long long *changed,
                               unsigned long long *differs, double *saved_ms);
 

@@ -9,12 +9,16 @@
  * off), a plan made outside a graph recording runs the heuristic's first
  * TUNE_ALGOS candidates on the call's own operands into its own output,
  * TUNE_REPS times each after one warm-up run, timed by events, and keeps the
- * fastest candidate whose output is bit-identical to the heuristic's first —
- * so tuning changes time, never results: a candidate that sums in another
- * order (split-K, stream-K reductions) differs in the last bits and is passed
- * over. Outputs are compared by a 64-bit hash of their elements (D may be the
- * scratch itself, so there is nowhere to keep a copy). A plan made while a
- * graph is recorded keeps the heuristic's first (nothing can be timed then).
+ * fastest candidate that sums over k like the heuristic's first (the same
+ * split-K count and reduction scheme, as cuBLASLt describes them) and whose
+ * output is bit-identical to it — so tuning changes time, never results: a
+ * candidate that sums in another order (split-K, stream-K) differs in the
+ * last bits and is passed over. Outputs are compared by a 64-bit hash of
+ * their elements (D may be the scratch itself, so there is nowhere to keep a
+ * copy), and only on real data: a first call whose output is mostly zeros
+ * (zero inputs agree under any order) leaves the plan untuned. A plan made
+ * while a graph is recorded keeps the heuristic's first (nothing can be
+ * timed then).
  * The first call of each shape pays for it once per process: ~15 shapes per
  * transformer call, each a few GEMM times × TUNE_ALGOS. Measured on an H200
  * (run AD, bf16 transformer call): 1328² 220.6 → 204.8 ms, 1024² 112.4 →
@@ -107,43 +111,55 @@ fail:
 
 /* A hash of the m×n column-major elements of D (es bytes each, columns ldd
  * apart) that depends on every bit and its position: the sum of a mixed
- * (value, index) per element, so blocks may add in any order. */
+ * (value, index) per element, so blocks may add in any order — into out[0];
+ * how many elements are not ±0 into out[1]. */
 __global__ void output_hash_k(const unsigned char *D, int64_t m, int64_t n, int64_t ldd, int es,
-                              unsigned long long *hash) {
-    unsigned long long acc = 0;
+                              unsigned long long *out) {
+    unsigned long long acc = 0, nonzero = 0;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m * n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t col = i / m, row = i % m;
         const unsigned char *e = D + (col * ldd + row) * es;
         unsigned long long v = es == 4 ? *(const unsigned int *)e : *(const unsigned short *)e;
+        nonzero += (v & (es == 4 ? 0x7fffffffull : 0x7fffull)) != 0; /* ±0 are zeros */
         unsigned long long z = v ^ ((unsigned long long)i * 0x9E3779B97F4A7C15ull); /* splitmix64's finaliser */
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         acc += z ^ (z >> 31);
     }
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-    if ((threadIdx.x & 31) == 0) atomicAdd(hash, acc);
+    for (int o = 16; o > 0; o >>= 1) {
+        acc += __shfl_down_sync(0xffffffffu, acc, o);
+        nonzero += __shfl_down_sync(0xffffffffu, nonzero, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(&out[0], acc);
+        atomicAdd(&out[1], nonzero);
+    }
 }
 
-/* The hash of p's output D on the host (a synchronisation); 0 with an error. */
-static int output_hash(cuda_impl *c, const lt_plan *p, const void *D, unsigned long long *out) {
-    if (!c->tune_hash && cudaMalloc(&c->tune_hash, sizeof *c->tune_hash) != cudaSuccess) {
+/* The hash of p's output D and its count of nonzero elements, on the host (a
+ * synchronisation); 0 with an error. */
+static int output_hash(cuda_impl *c, const lt_plan *p, const void *D, unsigned long long out[2]) {
+    if (!c->tune_hash && cudaMalloc(&c->tune_hash, 2 * sizeof *c->tune_hash) != cudaSuccess) {
         c->tune_hash = NULL;
         return 0;
     }
     const int es = p->d_type == (int)CUDA_R_32F ? 4 : 2;
     int64_t total = (int64_t)p->m * p->n, blocks = (total + 255) / 256;
     if (blocks > 4 * (int64_t)c->sm_count) blocks = 4 * (int64_t)c->sm_count;
-    cudaMemsetAsync(c->tune_hash, 0, sizeof *c->tune_hash, c->stream);
+    if (blocks < 1) return 0;
+    if (cudaMemsetAsync(c->tune_hash, 0, 2 * sizeof *c->tune_hash, c->stream) != cudaSuccess) return 0;
     output_hash_k<<<(unsigned)blocks, 256, 0, c->stream>>>((const unsigned char *)D, p->m, p->n, p->ldd, es,
                                                            c->tune_hash);
-    return cudaMemcpyAsync(out, c->tune_hash, sizeof *out, cudaMemcpyDeviceToHost, c->stream) == cudaSuccess &&
+    return cudaGetLastError() == cudaSuccess &&
+           cudaMemcpyAsync(out, c->tune_hash, 2 * sizeof *out, cudaMemcpyDeviceToHost, c->stream) == cudaSuccess &&
            cudaStreamSynchronize(c->stream) == cudaSuccess;
 }
 
 /* Milliseconds per run of algo on the call's operands (TUNE_REPS runs after
- * one), and the output's hash; -1 when cuBLASLt refuses the algorithm. */
+ * one), and the output's hash and nonzero count; -1 when cuBLASLt refuses
+ * the algorithm. */
 static float time_algo(cuda_impl *c, const lt_plan *p, const cublasLtMatmulAlgo_t *algo, float alpha,
-                       const void *A, const void *B, void *D, unsigned long long *hash) {
+                       const void *A, const void *B, void *D, unsigned long long hash[2]) {
     const float beta = 0.0f;
     float ms = -1.0f;
     for (int r = 0; r <= TUNE_REPS; r++) {
@@ -160,18 +176,38 @@ static float time_algo(cuda_impl *c, const lt_plan *p, const cublasLtMatmulAlgo_
     return ms / TUNE_REPS;
 }
 
-/* Replaces p's algorithm by the fastest candidate whose output matches the
- * heuristic's first bit for bit (see the top of the file). Leaves the plan
- * as built on anything unexpected; clears errors it caused. */
+/* How an algorithm sums over k: its split-K count and reduction scheme
+ * (0 where cuBLASLt does not say). */
+static void sum_order(const cublasLtMatmulAlgo_t *algo, uint32_t *splitk, uint32_t *scheme) {
+    size_t got = 0;
+    int32_t v = 0;
+    *splitk = *scheme = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &v, sizeof v, &got) ==
+        CUBLAS_STATUS_SUCCESS && got == sizeof v)
+        *splitk = (uint32_t)v;
+    uint32_t u = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &u, sizeof u, &got) ==
+        CUBLAS_STATUS_SUCCESS && got == sizeof u)
+        *scheme = u;
+}
+
+/* Replaces p's algorithm by the fastest candidate that sums like the
+ * heuristic's first (the same split-K count and reduction scheme) and whose
+ * output matches it bit for bit on this call's operands (see the top of the
+ * file). The bits are compared on real data only: when fewer than half of
+ * the outputs are nonzero (zero inputs, padding) every algorithm may agree,
+ * so the plan keeps its algorithm. Leaves the plan as built on anything
+ * unexpected, and only clears CUDA errors it caused. */
 static void plan_tune(cuda_impl *c, lt_plan *p, float alpha, const void *A, const void *B, void *D) {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaPeekAtLastError() != cudaSuccess) return; /* someone else's error: theirs to report */
     if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return;
-    if (!c->tune_ev[0] && (cudaEventCreate(&c->tune_ev[0]) != cudaSuccess ||
-                           cudaEventCreate(&c->tune_ev[1]) != cudaSuccess)) {
-        c->tune_ev[0] = c->tune_ev[1] = NULL;
-        cudaGetLastError();
-        return;
-    }
+    for (int i = 0; i < 2; i++)
+        if (!c->tune_ev[i] && cudaEventCreate(&c->tune_ev[i]) != cudaSuccess) {
+            c->tune_ev[i] = NULL;
+            cudaGetLastError();
+            return;
+        }
     cublasLtMatmulPreference_t pref;
     const uint32_t al = (uint32_t)p->align;
     if (make_preference(c, al, al, al, &pref) != CUBLAS_STATUS_SUCCESS) return;
@@ -183,22 +219,30 @@ static void plan_tune(cuda_impl *c, lt_plan *p, float alpha, const void *A, cons
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS || found < 2) return;
     /* the plan's algorithm is the heuristic's first: the reference for time and bits */
-    unsigned long long ref_hash = 0, hash = 0;
-    const float ref_ms = time_algo(c, p, &p->algo, alpha, A, B, D, &ref_hash);
+    unsigned long long ref[2] = {0, 0}, got[2] = {0, 0};
+    const float ref_ms = time_algo(c, p, &p->algo, alpha, A, B, D, ref);
     if (ref_ms < 0) {
         cudaGetLastError();
         return;
     }
+    if (ref[1] < (unsigned long long)p->m * (unsigned long long)p->n / 2) return; /* degenerate data */
+    uint32_t ref_splitk, ref_scheme, splitk, scheme;
+    sum_order(&p->algo, &ref_splitk, &ref_scheme);
     float best_ms = ref_ms;
     int best = -1;
     for (int i = 1; i < found; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        const float ms = time_algo(c, p, &res[i].algo, alpha, A, B, D, &hash);
+        sum_order(&res[i].algo, &splitk, &scheme);
+        if (splitk != ref_splitk || scheme != ref_scheme) {
+            c->tune_differs++;
+            continue;
+        }
+        const float ms = time_algo(c, p, &res[i].algo, alpha, A, B, D, got);
         if (ms < 0) {
             cudaGetLastError();
             continue;
         }
-        if (hash != ref_hash) c->tune_differs++;
+        if (got[0] != ref[0]) c->tune_differs++;
         else if (ms < best_ms) best_ms = ms, best = i;
     }
     c->tune_plans++;

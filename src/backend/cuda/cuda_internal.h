@@ -65,7 +65,7 @@ typedef struct cuda_impl {
      * hash slot (made on first use), and what it did since creation */
     int gemm_tune;
     cudaEvent_t tune_ev[2];
-    unsigned long long *tune_hash;
+    unsigned long long *tune_hash; /* [2]: an output's hash, its nonzero count */
     unsigned long long tune_plans, tune_changed, tune_differs;
     double tune_saved_ms;
 

@@ -957,11 +957,11 @@ __global__ void channel_bias_k(T *y, const void *bias, int bdt, float bscale, in
  * conv of the VAE decode, 1.6 ms of it at 1024²; run AC's profile). */
 __global__ void channel_bias8_k(bf16 *y, const void *bias, int bdt, float bscale, int64_t HW, int64_t units) {
     GRID_STRIDE(u, units) {
-        const float b = ld_param(bias, bdt, u * 8 / HW) * bscale;
+        const float b = ld_param(bias, bdt, u * 8 / HW); /* times bscale per element, as channel_bias_k */
         uint4 raw = ((const uint4 *)y)[u];
         bf16 *v = (bf16 *)&raw;
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = from_f<bf16>(to_f(v[j]) + b);
+        for (int j = 0; j < 8; j++) v[j] = from_f<bf16>(to_f(v[j]) + b * bscale);
         ((uint4 *)y)[u] = raw;
     }
 }
