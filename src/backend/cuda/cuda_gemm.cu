@@ -33,6 +33,7 @@
 
 #define TUNE_ALGOS 8
 #define TUNE_REPS 3
+#define TUNE_MIN_MNK 1e9 /* m·n·k below which a plan keeps the heuristic's first */
 
 void qc_plan_destroy(lt_plan *p) {
     if (!p->used) return;
@@ -283,7 +284,8 @@ int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const voi
     }
     if (bias)
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-    if (fresh && c->gemm_tune) plan_tune(c, p, alpha, A, B, D);
+    /* small products are launch-bound (nothing to win) and their shapes vary most (prompt lengths) */
+    if (fresh && c->gemm_tune && (double)m * n * k >= TUNE_MIN_MNK) plan_tune(c, p, alpha, A, B, D);
     float beta = 0.0f;
     cublasStatus_t s = cublasLtMatmul(c->lt, p->desc, &alpha, A, p->a_layout, B, p->b_layout, &beta, D,
                                       p->d_layout, D, p->d_layout, &p->algo, c->lt_workspace,
