@@ -36,3 +36,21 @@ dev_gpu_txt() {
 
 # A line for the run's summary: printed, and appended to $OUT/summary.txt.
 note() { echo "$*" | tee -a "$OUT/summary.txt"; }
+
+# A device call's body cut at a time limit, its logs always brought back: runs
+# the function named $2 in the background with its output in $OUT/t/run.log
+# (the body writes its logs under $T = $OUT/t, its summary lines to
+# $T/summary.txt), waits up to $1 seconds, stops it, then copies the summary to
+# $OUT/summary.txt and packs $T into $OUT/logs.tgz (the device returns at most
+# 8 files) whatever happened.
+dev_bounded() {
+  T=$OUT/t
+  mkdir -p "$T"
+  "$2" >"$T/run.log" 2>&1 &
+  _pid=$!
+  _i=0
+  while kill -0 $_pid 2>/dev/null && [ $_i -lt "$1" ]; do sleep 5; _i=$((_i + 5)); done
+  kill $_pid 2>/dev/null
+  cp "$T/summary.txt" "$OUT/summary.txt"
+  (cd "$T" && tar czf "$OUT/logs.tgz" .) && rm -rf "$T"
+}

@@ -6,20 +6,14 @@
 #           tar cf - dist | xz -9 -T2 > devpack/dist.tar.xz
 #   there:  LIMIT=550 sh dev/cuda/portable-run/call-ae.sh
 set -u
-T=$OUT/t
-mkdir -p "$T"
-(
-  [ -d dist ] || tar xJf devpack/dist.tar.xz
+. "$(dirname "$0")/../common.sh"
+body() {
+  dev_unpack_dist
   for i in 1 2; do
     timeout 90 dist/run.sh qwen-image bench --only vae --runs 10 --warmup 3 --type fp8 >"$T/vae_$i.log" 2>&1
     echo "bench --only vae ($i): rc=$? $(grep '^| VAE decode' "$T/vae_$i.log" | cut -d'|' -f2,4 | tr '\n' ' ')" >>"$T/summary.txt"
   done
   OUT=$T sh dev/cuda/portable-run/run.sh default generic ptx80
-) >"$T/run.log" 2>&1 &
-p=$!
-i=0
-while kill -0 $p 2>/dev/null && [ $i -lt "${LIMIT:-550}" ]; do sleep 5; i=$((i + 5)); done
-kill $p 2>/dev/null
-cp "$T/summary.txt" "$OUT/summary.txt"
-(cd "$T" && tar czf "$OUT/logs.tgz" .) && rm -rf "$T"
+}
+dev_bounded "${LIMIT:-550}" body
 grep -v '^  ' "$OUT/summary.txt" | cut -c1-200 | tail -90

@@ -4,9 +4,8 @@
 # background, cut at LIMIT seconds, the logs packed into $OUT/logs.tgz whatever happens.
 #   there:  LIMIT=500 sh dev/cuda/prof-run/tune-call.sh
 set -u
-T=$OUT/t
-mkdir -p "$T"
-(
+. "$(dirname "$0")/../common.sh"
+body() {
   timeout 120 dist/run.sh test_cuda_backend_caps >"$T/caps.log" 2>&1
   echo "caps: rc=$? $(grep -c PASS "$T/caps.log") pass lines; $(tail -1 "$T/caps.log")" >>"$T/summary.txt"
   grep -A5 "gemm_tuning" "$T/caps.log" >>"$T/summary.txt"
@@ -17,11 +16,6 @@ mkdir -p "$T"
     grep -E '^\| (transformer call|GEMM alg)' "$T/dit-tune$tune.log" | cut -c1-260 >>"$T/summary.txt"
   done
   OUT=$T PROF_LIMIT=150 sh dev/cuda/prof-run/run.sh dit vae >>"$T/summary.txt" 2>&1
-) >"$T/run.log" 2>&1 &
-p=$!
-i=0
-while kill -0 $p 2>/dev/null && [ $i -lt "${LIMIT:-500}" ]; do sleep 5; i=$((i + 5)); done
-kill $p 2>/dev/null
-cp "$T/summary.txt" "$OUT/summary.txt"
-(cd "$T" && tar czf "$OUT/logs.tgz" .) && rm -rf "$T"
+}
+dev_bounded "${LIMIT:-500}" body
 cut -c1-230 "$OUT/summary.txt" | head -150

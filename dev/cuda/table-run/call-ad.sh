@@ -4,16 +4,10 @@
 # seconds, the logs packed into $OUT/logs.tgz whatever happens.
 #   there:  LIMIT=540 sh dev/cuda/table-run/call-ab.sh
 set -u
-T=$OUT/t
-mkdir -p "$T"
-(
+. "$(dirname "$0")/../common.sh"
+body() {
   OUT=$T sh dev/cuda/table-run/run.sh checks
   BENCH_LIMIT=90 OUT=$T sh dev/cuda/table-run/run.sh ours tune0 peer
-) >"$T/run.log" 2>&1 &
-p=$!
-i=0
-while kill -0 $p 2>/dev/null && [ $i -lt "${LIMIT:-540}" ]; do sleep 5; i=$((i + 5)); done
-kill $p 2>/dev/null
-cp "$T/summary.txt" "$OUT/summary.txt"
-(cd "$T" && tar czf "$OUT/logs.tgz" .) && rm -rf "$T"
+}
+dev_bounded "${LIMIT:-540}" body
 grep -v '^  ' "$OUT/summary.txt" | cut -c1-230 | tail -80

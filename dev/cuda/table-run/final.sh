@@ -4,12 +4,11 @@
 # cut at LIMIT seconds so that the logs are always packed into $OUT/logs.tgz (the device returns 8 files).
 #   there:  LIMIT=540 sh dev/cuda/table-run/final.sh
 set -u
-T=$OUT/t
-mkdir -p "$T"
+. "$(dirname "$0")/../common.sh"
 if [ ! -d .peer/src/diffusers ] && [ -f devpack/diffusers-src.tar.xz ]; then
   mkdir -p .peer && tar xJf devpack/diffusers-src.tar.xz -C .peer
 fi
-(
+body() {
   OUT=$T sh dev/cuda/table-run/run.sh checks vae
   OUT=$T/startup timeout 110 sh dev/cuda/startup-run/run.sh fp8 fp8-old
   cat "$T/startup/summary.txt" >>"$T/summary.txt"
@@ -17,11 +16,6 @@ fi
   timeout 80 dist/run.sh qwen-image bench --runs 3 --warmup 1 --type q4_k --only e2e >"$T/q4_k_e2e.log" 2>&1
   echo "bench q4_k e2e: rc=$?" >>"$T/summary.txt"
   grep '^| end to end' "$T/q4_k_e2e.log" | cut -c1-220 >>"$T/summary.txt"
-) >"$T/run.log" 2>&1 &
-p=$!
-i=0
-while kill -0 $p 2>/dev/null && [ $i -lt "${LIMIT:-540}" ]; do sleep 5; i=$((i + 5)); done
-kill $p 2>/dev/null
-cp "$T/summary.txt" "$OUT/summary.txt"
-(cd "$T" && tar czf "$OUT/logs.tgz" .) && rm -rf "$T"
+}
+dev_bounded "${LIMIT:-540}" body
 grep -v '^  ' "$OUT/summary.txt" | cut -c1-230 | tail -80
