@@ -75,6 +75,12 @@ typedef struct qi_bench_edit_opts {
  * at 4 and 8 steps (end to end, per step) and its prepare stages alone, on
  * stdout and into o->md. 0, or -1 with the reason in err[0..err_size). */
 int qi_bench_edit(qi_engine *e, const qi_bench_edit_opts *o, char *err, size_t err_size);
+/* `bench --only gemm` (bench_gemm.c): a linear of a GGUF --type weight through the block GEMM
+ * against its bf16 expansion + cuBLASLt, at the transformer's weight shapes and the row counts the
+ * models run, on stdout and into md; a row saying why when not CUDA or not a block type (qt: a
+ * qi_dtype). 0, or -1 with the reason in err[0..err_size). */
+struct qi_backend;
+int qi_bench_block_gemm(struct qi_backend *be, int qt, int warmup, int runs, FILE *md, char *err, size_t err_size);
 int qi_cmd_convert(int argc, char **argv);
 int qi_cmd_serve(int argc, char **argv);
 

@@ -1014,7 +1014,7 @@ typedef struct bench_args {
     const char *device;     /* --device: cuda[:N] or cpu */
     const char *out_path;   /* -o: the markdown table, or NULL */
     const char *manifest;   /* --manifest: the full-size checkpoint's tensor names, dtypes and shapes */
-    const char *only;       /* --only dit|te|vae|e2e, or NULL: all rows */
+    const char *only;       /* --only dit|te|vae|e2e|gemm, or NULL: all rows */
     const char *sparse_dir; /* --write-sparse: only write the sparse model folder there */
     long runs, warmup;      /* per row: the median of runs runs after warmup warm-up runs */
     double load_gb;         /* --load: time the weight upload of this many GB instead; 0: not */
@@ -1029,7 +1029,7 @@ typedef struct bench_args {
 } bench_args;
 
 static void print_bench_usage(void) {
-    printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e]\n"
+    printf("usage: qwen-image bench [--device cuda[:N]] [--runs N] [--warmup N] [--only dit|te|vae|e2e|gemm]\n"
            "                        [--type bf16|fp8|q8_0|q6_k|q5_k|q4_k|q4_0|…] [--te-type bf16|q8_0|q4_k|…]\n"
            "                        [--vram SIZE [--pinned SIZE]]\n"
            "                        [--manifest FILE]\n"
@@ -1038,6 +1038,8 @@ static void print_bench_usage(void) {
            "  --edit: Qwen-Image-Edit-2509 with one N×N reference picture (default 1024; the output N×N):\n"
            "          end to end at 4 and 8 steps, cfg 1, Lightning schedule, per step, and the vision tower,\n"
            "          text encoder and VAE encoder alone (the areas: as generate's, for small tests)\n"
+           "  --only gemm: a GGUF --type's linears through the block GEMM vs expanded to bf16 first\n"
+           "          (CUDA), at the transformer's weight shapes and 1 … 4096 rows\n"
            "  -m: time that model folder with its own weights instead of the full-size random one\n"
            "      (e.g. the tiny tests/data/edit/model-2509 on the CPU, a smoke test)\n"
            "  --vram: the engine plans for that device budget (transformer call at 1024², end to end,\n"
@@ -1070,7 +1072,13 @@ static int parse_bench_flag(const char *f, const char *v, bench_args *a) {
     } else if (!strcmp(f, "--edit-vae-area")) {
         if (qi_app_parse_int(f, v, 1024, 1L << 26, &a->vae_area)) return 2;
     }
-    else if (!strcmp(f, "--only")) a->only = v;
+    else if (!strcmp(f, "--only")) {
+        static const char *rows[] = {"dit", "te", "vae", "e2e", "gemm"};
+        int known = 0;
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) known |= !strcmp(v, rows[i]);
+        if (!known) return qi_app_usage_error("bench: --only %s: expected dit, te, vae, e2e or gemm", v);
+        a->only = v;
+    }
     else if (!strcmp(f, "--write-sparse")) a->sparse_dir = v;
     else if (!strcmp(f, "--type")) {
         if (parse_type(v, &a->qt) || a->qt == QI_F32 || a->qt == QI_F16 || a->qt == QI_F8_E5M2)
@@ -1263,6 +1271,10 @@ static int bench_rows(bench_ctx *c, const bench_args *a, qi_dit *dit) {
                                  .md = c->md};
         fail = qi_bench_edit(c->e, &eo, msg, sizeof msg) != 0;
         if (fail) fprintf(stderr, "edit: %s\n", msg);
+    } else if (a->only && !strcmp(a->only, "gemm")) {
+        char msg[1024] = "";
+        fail = qi_bench_block_gemm(c->be, (int)a->qt, c->warmup, c->runs, c->md, msg, sizeof msg) != 0;
+        if (fail) fprintf(stderr, "gemm: %s\n", msg);
     } else fail = t2i_rows(c, dit, a->only, a->vram, a->vram_s);
     gemm_path_rows(c, a->qt);
     if (c->be->ops->mem_usage) {

@@ -23,6 +23,8 @@
 #define QI_BACKEND_CASES_H
 
 #include "backend/backend.h"
+#include "base/quant.h" /* GGUF block weights */
+#include "base/types.h"
 #include "test.h"
 
 /* ---- random inputs --------------------------------------------------------------- */
@@ -175,8 +177,17 @@ static inline bc_host *bc_weight(bc_inst *in, int i, qi_dtype wdt, float amp, fl
     bc_host *h = bc_add(in, i, BC_WEIGHT, ndim, a, b, c, d);
     h->wdt = wdt;
     h->scale = scale;
-    h->bytes = malloc((size_t)h->n * qi_dtype_size(wdt));
     h->val = malloc((size_t)h->n * sizeof(float));
+    if (qi_dtype_is_block(wdt)) { /* GGUF blocks: random values quantised; the op reads what they decode to */
+        h->bytes = malloc((size_t)qi_row_bytes(wdt, h->n));
+        for (int64_t k = 0; k < h->n; k++) h->val[k] = amp * bc_frand();
+        if (qi_quantize(wdt, h->val, h->bytes, h->n) != 0 || qi_to_f32(h->val, h->bytes, wdt, (size_t)h->n) != 0) {
+            fprintf(stderr, "fatal: cannot quantise a test weight to %s\n", qi_dtype_name(wdt));
+            exit(1);
+        }
+        return h;
+    }
+    h->bytes = malloc((size_t)h->n * qi_dtype_size(wdt));
     for (int64_t k = 0; k < h->n; k++) {
         float f = amp * bc_frand();
         if (wdt == QI_BF16) {

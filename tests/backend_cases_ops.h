@@ -937,6 +937,13 @@ static const bc_case bc_cases[] = {
     LINEAR(49, 128, 64, 1, GELU_ERF, QI_BF16, 0, "bias + exact GELU (vision merger; no epilogue for it)"),
     LINEAR(50, 96, 80, 1, NOACT, QI_F32, 0, "f32 file weights"),
     LINEAR(50, 96, 80, 0, NOACT, QI_F8_E4M3, 0.01, "fp8 e4m3 weights with a tensor scale"),
+    /* GGUF block weights (decoded with the host's formulas; on CUDA kept as blocks and expanded to bf16,
+     * or read by the block GEMM when QI_CUDA_BLOCK_GEMM_ROWS asks for it) */
+    LINEAR(5, 512, 136, 1, NOACT, QI_Q4_K, 0, "Q4_K weights: two super-blocks per row, a partial 64-row tile"),
+    LINEAR(130, 256, 72, 0, GELU, QI_Q8_0, 0, "Q8_0 weights, GELU: partial tiles both ways"),
+    LINEAR(67, 256, 64, 1, SILU, QI_Q6_K, 0, "Q6_K weights, bias + SiLU"),
+    LINEAR(3, 96, 40, 0, NOACT, QI_Q5_0, 0, "Q5_0 weights, K 96: not a whole 64-step"),
+    LINEAR(128, 3072, 3072, 1, NOACT, QI_Q4_K, 0, "DiT text stream q/k/v, Q4_K"),
     LINEAR(2, 3072, 18432, 1, NOACT, QI_BF16, 0, "DiT modulation, B=2"),
     LINEAR(4224, 3072, 3072, 1, NOACT, QI_BF16, 0, "DiT q/k/v/out"),
     LINEAR(4224, 3072, 12288, 1, GELU, QI_BF16, 0, "DiT MLP up"),

@@ -4,7 +4,7 @@
 # dev/cuda/edit-run/run.sh): every row is printed with a positive time and
 # the -o table holds the same rows; --edit with --vram is refused; and
 # `--write-sparse --edit` writes the full-size Edit folder's headers (the
-# Edit pipeline class, the 7B vision tower's config).
+# Edit pipeline class, the 7B vision tower's config); --only's names.
 set -u
 BIN=$1
 MODEL=$2
@@ -50,6 +50,16 @@ grep -q '"vision_config": {"depth": 32, .*"hidden_size": 1280, .*"fullatt_block_
 [ "$(du -sk "$T/sparse" | cut -f1)" -lt 4096 ] && ok "the sparse folder takes under 4 MB of disk" \
     || bad "the sparse folder is not sparse"
 
+# --only names a row set; an unknown one is refused, not an empty table. `--only gemm` (the block
+# GEMM against the expansion, CUDA with a GGUF --type) says why it times nothing on the CPU.
+"$BIN" bench --only nope -m "$MODEL" --device cpu >"$T/only.txt" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "expected dit, te, vae, e2e or gemm" "$T/only.txt" && ok "--only nope is refused (exit 2)" \
+    || bad "--only nope: exit $rc"
+"$BIN" bench --only gemm -m "$MODEL" --device cpu --runs 1 --warmup 0 >"$T/gemm.txt" 2>&1
+rc=$?
+[ $rc -eq 0 ] && grep -q "^| block GEMM | | | not timed: needs --device cuda" "$T/gemm.txt" \
+    && ok "--only gemm on the CPU: a row saying why nothing is timed" || bad "--only gemm on the CPU: exit $rc"
 
 [ $fails -eq 0 ] && echo "bench --edit: all claims hold" || echo "bench --edit: $fails failed"
 exit $fails

@@ -178,9 +178,12 @@ static void lin_emb(qi_backend *be, const qi_tensor *w, const float *xv, float *
 static void kept_weights_match_with_the_fp8_gemm_off(void);
 
 static void kept_weights_match_weights_converted_at_load(void) {
-    int fp8_was_on = qi_cuda_set_fp8_gemm(gpu, 0); /* the claim is the expansion path's: the fp8 GEMM has its own */
+    /* the claim is the expansion path's: the fp8 GEMM and the block GEMM have their own */
+    int fp8_was_on = qi_cuda_set_fp8_gemm(gpu, 0);
+    int64_t block_rows = qi_cuda_set_block_gemm_rows(gpu, 0);
     kept_weights_match_with_the_fp8_gemm_off();
     qi_cuda_set_fp8_gemm(gpu, fp8_was_on);
+    qi_cuda_set_block_gemm_rows(gpu, block_rows);
 }
 
 static void kept_weights_match_with_the_fp8_gemm_off(void) {
@@ -703,7 +706,7 @@ static void fp8_shared_linears_decline_whole(void) {
 }
 
 /* linear(x, w, b, act) into y (float32 [M, N]) on the GPU. */
-static void tune_linear(const float *xv, int64_t M, int64_t K, int64_t N, const qi_tensor *w, const qi_tensor *b,
+static void gpu_linear(const float *xv, int64_t M, int64_t K, int64_t N, const qi_tensor *w, const qi_tensor *b,
                         qi_act act, float *y) {
     qi_error err = {{0}};
     qi_tensor x, yt;
@@ -748,11 +751,11 @@ static void gemm_tuning_keeps_every_bit(void) {
         unsigned long long plans0 = 0, plans1 = 0, changed = 0, differs = 0;
         double saved = 0;
         qi_cuda_set_gemm_tune(gpu, 0); /* drops the plans: the call below makes its plan with the first algorithm */
-        tune_linear(x2, M, K, N, &w, bias, cases[c].act, y[0]);
+        gpu_linear(x2, M, K, N, &w, bias, cases[c].act, y[0]);
         qi_cuda_set_gemm_tune(gpu, 1);
         qi_cuda_gemm_tune_counts(gpu, &plans0, NULL, NULL, NULL);
-        tune_linear(x1, M, K, N, &w, bias, cases[c].act, y[1]); /* makes the plan, tuned on x1 */
-        tune_linear(x2, M, K, N, &w, bias, cases[c].act, y[1]); /* the tuned plan on x2 */
+        gpu_linear(x1, M, K, N, &w, bias, cases[c].act, y[1]); /* makes the plan, tuned on x1 */
+        gpu_linear(x2, M, K, N, &w, bias, cases[c].act, y[1]); /* the tuned plan on x2 */
         qi_cuda_gemm_tune_counts(gpu, &plans1, &changed, &differs, &saved);
         printf("  %lldx%lldx%lld%s act %d: plans tuned %llu, changed so far %llu, candidates refused %llu, "
                "saved %.3f ms per use so far\n", (long long)M, (long long)K, (long long)N,
@@ -764,7 +767,7 @@ static void gemm_tuning_keeps_every_bit(void) {
             memset(x1, 0, sizeof(float) * (size_t)(M * K));
             qi_cuda_set_gemm_tune(gpu, 1); /* a fresh plan */
             qi_cuda_gemm_tune_counts(gpu, &plans0, NULL, NULL, NULL);
-            tune_linear(x1, M, K, N, &w, NULL, cases[c].act, y[1]);
+            gpu_linear(x1, M, K, N, &w, NULL, cases[c].act, y[1]);
             qi_cuda_gemm_tune_counts(gpu, &plans1, NULL, NULL, NULL);
             CHECK(plans1 == plans0, "a plan was tuned on an all-zero output");
         }
@@ -772,6 +775,107 @@ static void gemm_tuning_keeps_every_bit(void) {
         free(x1), free(x2), free(wv), free(bv), free(y[0]), free(y[1]);
     }
     qi_cuda_set_gemm_tune(gpu, was);
+}
+
+/* ---- the block GEMM (src/backend/cuda/cuda_block_gemm.cu) ------------------------------- */
+
+/* linear(x, w, b, act) of M rows through the block GEMM (rows_limit) or the
+ * expansion (0) into y; returns how many linears the block GEMM ran. */
+static unsigned long long block_linear(int64_t rows_limit, const float *xv, int64_t M, int64_t K, int64_t N,
+                                       const qi_tensor *w, const qi_tensor *b, qi_act act, float *y) {
+    int64_t was = qi_cuda_set_block_gemm_rows(gpu, rows_limit);
+    unsigned long long before = qi_cuda_block_gemm_calls(gpu);
+    gpu_linear(xv, M, K, N, w, b, act, y);
+    qi_cuda_set_block_gemm_rows(gpu, was);
+    return qi_cuda_block_gemm_calls(gpu) - before;
+}
+
+/* The block GEMM multiplies the same bf16 values the expansion writes (one
+ * decoder, qc_kept8_bf16) and sums the products in float32 in another order,
+ * then adds the bias and applies the activation before one rounding, as the
+ * expansion's GEMM does. So its outputs equal the expansion path's except
+ * where the two float32 sums (~1e-6 apart, relative) straddle a bf16
+ * rounding boundary (2^-8 apart): a few elements in 10^4 differ by one bf16
+ * step. The bounds — relative L2 ≤ 1e-3 and no element more than 2^-7 of
+ * the largest output off — leave that room and nothing more: a misplaced
+ * fragment or a misdecoded block moves most outputs by O(1). For every GGUF
+ * block type, rows from 1 to 130 (partial tiles of 64), 136 outputs (a
+ * partial tile), K 512 (two Q*_K blocks, eight 64-steps), bias and every
+ * activation, per-row scales on one type. */
+static void block_gemm_matches_the_expansion_for_every_block_type(void) {
+    enum { K = 512, N = 136, MMAX = 130 };
+    static const qi_dtype types[] = {QI_Q8_0, QI_Q4_0, QI_Q4_1, QI_Q5_0, QI_Q5_1,
+                                     QI_Q2_K, QI_Q3_K, QI_Q4_K, QI_Q5_K, QI_Q6_K};
+    static const int64_t rows[] = {1, 7, 64, MMAX};
+    static const qi_act acts[] = {QI_ACT_NONE, QI_ACT_GELU_TANH, QI_ACT_SILU, QI_ACT_GELU_ERF};
+    static uint8_t host[N * K * 8];
+    static float wref[N * K], xv[MMAX * K], bv[N], got[MMAX * N], want[MMAX * N], row_scales[N];
+    for (int i = 0; i < MMAX * K; i++) xv[i] = caps_frand();
+    for (int i = 0; i < N; i++) bv[i] = 0.1f * caps_frand(), row_scales[i] = 0.5f + 0.01f * (float)i;
+    const qi_weight_scale by_row = {QI_SCALE_ROW, 0, row_scales};
+    qi_error err = {{0}};
+    qi_tensor b;
+    int64_t bne[1] = {N}, wne[2] = {N, K};
+    REQUIRE(!gpu->ops->weight(gpu, &b, QI_BF16, 1, bne, bv, NULL, &err), "%s", err.msg);
+    for (size_t t = 0; t <= QI_ARRAY_LEN(types); t++) {
+        qi_dtype dt = t < QI_ARRAY_LEN(types) ? types[t] : QI_Q6_K; /* the last pass: Q6_K with per-row scales */
+        caps_host_data(dt, N * K, host, wref);
+        qi_tensor w;
+        REQUIRE(!gpu->ops->weight(gpu, &w, dt, 2, wne, host, t < QI_ARRAY_LEN(types) ? NULL : &by_row, &err),
+                "%s", err.msg);
+        for (size_t r = 0; r < QI_ARRAY_LEN(rows); r++) {
+            const int64_t M = rows[r];
+            const qi_act act = acts[(t + r) % QI_ARRAY_LEN(acts)];
+            const qi_tensor *bias = (t + r) % 3 ? &b : NULL;
+            CHECK(block_linear(0, xv, M, K, N, &w, bias, act, want) == 0, "the expansion path ran the block GEMM");
+            CHECK(block_linear(MMAX, xv, M, K, N, &w, bias, act, got) == 1, "%s, %lld rows: not the block GEMM",
+                  qi_dtype_name(dt), (long long)M);
+            double d2 = 0, r2 = 0, dmax = 0, rmax = 0;
+            for (int64_t i = 0; i < M * N; i++) {
+                double d = (double)got[i] - want[i];
+                d2 += d * d, r2 += (double)want[i] * want[i];
+                dmax = fabs(d) > dmax ? fabs(d) : dmax;
+                rmax = fabs(want[i]) > rmax ? fabs(want[i]) : rmax;
+            }
+            double rel = sqrt(d2 / (r2 > 0 ? r2 : 1));
+            CHECK(rel <= 1e-3 && dmax <= rmax / 128, "%s%s, %lld rows, act %d%s: rel L2 %.2e, max |diff| %.3e of "
+                  "max |y| %.3e", qi_dtype_name(dt), t < QI_ARRAY_LEN(types) ? "" : " (row scales)", (long long)M,
+                  (int)act, bias ? ", bias" : "", rel, dmax, rmax);
+        }
+        gpu->ops->weight_free(gpu, &w);
+    }
+    gpu->ops->weight_free(gpu, &b);
+}
+
+/* What the block GEMM cannot tile goes to the expansion, bit-identical to
+ * it: K not a whole number of 64-steps (Q8_0, K 96), an fp8 weight, a bf16
+ * weight, more rows than asked for. */
+static void block_gemm_leaves_the_rest_to_the_expansion(void) {
+    enum { N = 72, M = 65 };
+    static uint8_t host[N * 512 * 8];
+    static float wref[N * 512], xv[M * 512], got[M * N], want[M * N];
+    for (int i = 0; i < M * 512; i++) xv[i] = caps_frand();
+    static const struct {
+        qi_dtype t;
+        int64_t K, limit;
+        const char *why;
+    } cases[] = {{QI_Q8_0, 96, 1000, "K 96"}, {QI_F8_E4M3, 256, 1000, "fp8"}, {QI_BF16, 256, 1000, "bf16"},
+                 {QI_Q4_K, 256, 64, "65 rows over a limit of 64"}};
+    qi_error err = {{0}};
+    int fp8_was_on = qi_cuda_set_fp8_gemm(gpu, 0);
+    for (size_t c = 0; c < QI_ARRAY_LEN(cases); c++) {
+        const int64_t K = cases[c].K;
+        caps_host_data(cases[c].t, N * K, host, wref);
+        qi_tensor w;
+        int64_t wne[2] = {N, K};
+        REQUIRE(!gpu->ops->weight(gpu, &w, cases[c].t, 2, wne, host, NULL, &err), "%s", err.msg);
+        CHECK(block_linear(0, xv, M, K, N, &w, NULL, QI_ACT_NONE, want) == 0, "%s", cases[c].why);
+        CHECK(block_linear(cases[c].limit, xv, M, K, N, &w, NULL, QI_ACT_NONE, got) == 0,
+              "%s: the block GEMM ran", cases[c].why);
+        CHECK(!memcmp(got, want, sizeof(float) * (size_t)(M * N)), "%s: differs from the expansion", cases[c].why);
+        gpu->ops->weight_free(gpu, &w);
+    }
+    qi_cuda_set_fp8_gemm(gpu, fp8_was_on);
 }
 
 /* QI_CUDA_FP8_GEMM=0 at creation: the backend starts with the fp8 GEMM off. */
@@ -806,6 +910,8 @@ int main(void) {
     RUN(fp8_shared_linears_decline_whole);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
     RUN(gemm_tuning_keeps_every_bit);
+    RUN(block_gemm_matches_the_expansion_for_every_block_type);
+    RUN(block_gemm_leaves_the_rest_to_the_expansion);
     RUN(cuda_graph_claim_holds);
     RUN(cuda_native_stream_is_its_stream);
     RUN(cuda_table_refuses_a_partial_graph_group);

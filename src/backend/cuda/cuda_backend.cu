@@ -29,8 +29,8 @@
 extern "C" {
 #include "backend/cuda/cuda_backend.h"
 #include "base/types.h" /* qi_row_bytes, qi_dtype_is_float */
-#include "backend/cuda/cuda_dequant.cuh"
 }
+#include "backend/cuda/cuda_dequant.cuh" /* qc_kept_type */
 
 #define LT_WORKSPACE_BYTES ((size_t)64 << 20)
 #define SCRATCH_BYTES ((size_t)512 << 20)
@@ -808,6 +808,10 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
     if (qc_kept_type(w->dtype) && w->ndim == 2 && x->dtype == QI_BF16) {
         int fp8 = qc_fp8_linear(c, x, w, b, act, y); /* e4m3 on the fp8 tensor cores (cuda_fp8_gemm.cu) */
         if (fp8) return;
+        if (qc_block_gemm_takes(c, x, w, M)) { /* few rows: the GEMM reads the blocks (cuda_block_gemm.cu) */
+            qc_block_gemm(c, x, w, b, act, y);
+            return;
+        }
         if (qc_dequant_to_scratch(c, w, &expanded)) return;
         w = &expanded;
         c->expand_calls++;
@@ -973,6 +977,15 @@ extern "C" void qi_cuda_gemm_tune_counts(qi_backend *be, unsigned long long *pla
     if (differs) *differs = c->tune_differs;
     if (saved_ms) *saved_ms = c->tune_saved_ms;
 }
+
+extern "C" int64_t qi_cuda_set_block_gemm_rows(qi_backend *be, int64_t rows) {
+    cuda_impl *c = cuda_of(be);
+    int64_t was = c->block_gemm_rows;
+    c->block_gemm_rows = rows > 0 ? rows : 0;
+    return was;
+}
+
+extern "C" unsigned long long qi_cuda_block_gemm_calls(qi_backend *be) { return cuda_of(be)->block_gemm_calls; }
 
 extern "C" void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
                                     unsigned long long *used) {
@@ -1279,8 +1292,9 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
     if ((st = qc_upload_init(c, err)) != QI_OK) goto fail;
     { /* QI_CUDA_GEMM_TUNE=0: new GEMM plans keep cuBLASLt's first algorithm (cuda_gemm.cu) */
-        const char *t = getenv("QI_CUDA_GEMM_TUNE");
+        const char *t = getenv("QI_CUDA_GEMM_TUNE"), *r = getenv("QI_CUDA_BLOCK_GEMM_ROWS");
         c->gemm_tune = !(t && t[0] == '0');
+        c->block_gemm_rows = r ? strtoll(r, NULL, 10) : 0; /* the block GEMM: off unless asked (cuda_block_gemm.cu) */
     }
     { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
         const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");

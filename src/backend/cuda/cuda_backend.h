@@ -82,6 +82,17 @@ int qi_cuda_set_kept_overlap(qi_backend *be, int on);
 void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
                          unsigned long long *used);
 
+/* The block GEMM (cuda_block_gemm.cu): a linear of a GGUF-block weight with
+ * at most `rows` rows of x reads the blocks in the GEMM (decoded into shared
+ * memory, mma.sync on any GPU from sm_80) instead of expanding the weight to
+ * bf16 first, unless a prefetched expansion of it is waiting. 0: never (the
+ * default; QI_CUDA_BLOCK_GEMM_ROWS=N at creation sets N). Its results are
+ * the same products summed in another order: not bit-identical to the
+ * expansion's. Returns the previous setting. block_gemm_calls: the linears
+ * it ran since creation. */
+int64_t qi_cuda_set_block_gemm_rows(qi_backend *be, int64_t rows);
+unsigned long long qi_cuda_block_gemm_calls(qi_backend *be);
+
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
  * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x3"
  * (Hopper flash kernel for head dim 128: 64-key tiles × 3 warpgroups),

@@ -1,8 +1,10 @@
 /*
  * cuda_flash_common.h — device pieces shared by the Hopper flash-attention
  * kernels (cuda_flash_hopper.cu, cuda_flash_tma.cu): PTX wrappers (cp.async,
- * proxy fences, wgmma and its shared-memory descriptors, mbarriers, TMA) and
- * the online-softmax steps on wgmma accumulator fragments.
+ * ldmatrix and mma.sync — also the portable kernels': cuda_attention.cu,
+ * cuda_block_gemm.cu —, proxy fences, wgmma and its shared-memory
+ * descriptors, mbarriers, TMA) and the online-softmax steps on wgmma
+ * accumulator fragments.
  *
  * Fragment layout (wgmma m64nN accumulators, the same per warp as mma.sync's
  * m16n8 C tiles): warp w of a warpgroup owns rows 16w..16w+15; for each group
@@ -35,6 +37,26 @@ static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
 static __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
                  "r"(src_bytes));
+}
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+                                                   const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_u32(p)));
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2,
+                                                         uint32_t &r3, const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_u32(p)));
+}
+
+/* d[4] += a[4] · b[2]: one m16n8k16 bf16 product with float32 accumulators. */
+static __device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 static __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }

@@ -192,6 +192,11 @@ typedef struct cuda_impl {
     int fp8_supported;   /* device_cc >= 89 */
     int fp8_on;          /* supported and not QI_CUDA_FP8_GEMM=0 / qi_cuda_set_fp8_gemm(be, 0) */
     unsigned long long fp8_calls, expand_calls;
+    /* the block GEMM (cuda_block_gemm.cu): linears of a GGUF weight with at
+     * most this many rows read its blocks themselves (0: never; default
+     * QI_CUDA_BLOCK_GEMM_ROWS, else 0), and how many did */
+    int64_t block_gemm_rows;
+    unsigned long long block_gemm_calls;
     char fp8_fallback[160], fp8_state[320]; /* why the last e4m3 linear went to the expansion ("": none yet) */
 
     /* first error of a void op, returned (and cleared) by sync */
@@ -230,6 +235,15 @@ int qc_check_launch(cuda_impl *c, const char *op);
  * for the GEMM queued next on `stream`: the copy prefetch_weight queued, or
  * one written now; records an error and returns 1 on failure. */
 int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out);
+/* Whether a buffer of the weight scratch holds (or is being given) w's
+ * expansion: a linear of w then reads that. */
+int qc_wbuf_has(const cuda_impl *c, const qi_tensor *w);
+/* The block GEMM (cuda_block_gemm.cu): whether linear(x, w) of M rows runs
+ * there (see block_gemm_rows), and the linear itself; the latter records an
+ * error and returns 1 on failure. */
+int qc_block_gemm_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, int64_t M);
+int qc_block_gemm(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act,
+                  qi_tensor *y);
 /* The op table's prefetch_weight: w's bf16 copy queued on the expand stream
  * into the least recently used free buffer, when the overlap is on and a
  * linear would expand w (see backend.h). */

@@ -41,88 +41,6 @@ __device__ __forceinline__ __nv_bfloat16 kept_value(const qc_kept &k, int64_t i)
     return __float2bfloat16_rn(v);
 }
 
-/* Eight stored values from element i (i % 8 == 0). They lie in one block and,
- * in every block type, in one scale group (groups are 16 or 32 wide), so the
- * block's halves and scales are decoded once for the eight instead of once
- * per element as qc_stored_value does; each value is then the same
- * expression of blocks.h's formula on the same operands, so the results are
- * bit-identical to it (the claim kept_weights_match_weights_converted_at_load
- * checks every type). Decoding per element was ALU-bound: ~10× the time the
- * bytes take to move (run G: a Q4_K transformer call 235 ms vs bf16 111). */
-template <int DT>
-__device__ __forceinline__ void stored8(const uint8_t *w, int64_t i, float v[8]) {
-    if (DT == QI_F8_E4M3 || DT == QI_F8_E5M2) {
-        uint2 raw = *(const uint2 *)(w + i); /* device weights are 256-byte aligned, i % 8 == 0 */
-        const uint8_t *b = (const uint8_t *)&raw;
-#pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = DT == QI_F8_E4M3 ? qb_f8e4m3(b[j]) : qb_f8e5m2(b[j]);
-    } else if (DT == QI_Q8_0 || DT == QI_Q4_0 || DT == QI_Q4_1 || DT == QI_Q5_0 || DT == QI_Q5_1) {
-        const int bytes = DT == QI_Q8_0 ? 34 : DT == QI_Q4_0 ? 18 : DT == QI_Q4_1 ? 20 : DT == QI_Q5_0 ? 22 : 24;
-        const uint8_t *b = w + (i >> 5) * bytes;
-        const int o = (int)(i & 31);
-        const float d = qb_half(b);
-        const float m = (DT == QI_Q4_1 || DT == QI_Q5_1) ? qb_half(b + 2) : 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int e = o + j;
-            if (DT == QI_Q8_0) {
-                v[j] = QB_MUL(d, (float)(int8_t)b[2 + e]);
-            } else if (DT == QI_Q4_0 || DT == QI_Q4_1) {
-                const int byte = b[(DT == QI_Q4_0 ? 2 : 4) + (e & 15)], q = e < 16 ? byte & 15 : byte >> 4;
-                v[j] = DT == QI_Q4_0 ? QB_MUL((float)(q - 8), d) : QB_ADD(QB_MUL((float)q, d), m);
-            } else if (DT == QI_Q5_0) {
-                v[j] = QB_MUL((float)(qb_q5_value(b + 2, b + 6, e) - 16), d);
-            } else {
-                v[j] = QB_ADD(QB_MUL((float)qb_q5_value(b + 4, b + 8, e), d), m);
-            }
-        }
-    } else {
-        const int bytes = DT == QI_Q2_K ? 84 : DT == QI_Q3_K ? 110 : DT == QI_Q4_K ? 144 : DT == QI_Q5_K ? 176 : 210;
-        const uint8_t *b = w + (i >> 8) * bytes;
-        const int o = (int)(i & 255);
-        if (DT == QI_Q2_K) { /* o = 128h + 32g + 16s + l */
-            const int h = o >> 7, g = (o >> 5) & 3, s = (o >> 4) & 1, l0 = o & 15;
-            const int sc = b[8 * h + 2 * g + s];
-            const float dl = QB_MUL(qb_half(b + 80), (float)(sc & 15)), ml = QB_MUL(qb_half(b + 82), (float)(sc >> 4));
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int q = (b[16 + 32 * h + 16 * s + l0 + j] >> (2 * g)) & 3;
-                v[j] = QB_SUB(QB_MUL(dl, (float)q), ml);
-            }
-        } else if (DT == QI_Q3_K) {
-            const int h = o >> 7, g = (o >> 5) & 3, s = (o >> 4) & 1, t0 = o & 31;
-            const float dl = QB_MUL(qb_half(b + 108), (float)qb_q3_k_scale(b + 96, 8 * h + 2 * g + s));
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int t = t0 + j;
-                const int q = ((b[32 + 32 * h + t] >> (2 * g)) & 3) - (((b[t] >> (4 * h + g)) & 1) ? 0 : 4);
-                v[j] = QB_MUL(dl, (float)q);
-            }
-        } else if (DT == QI_Q4_K || DT == QI_Q5_K) {
-            const int five = DT == QI_Q5_K, jg = o >> 5, l0 = o & 31;
-            int sc, mn;
-            qb_k_scale_min(b + 4, jg, &sc, &mn);
-            const float dl = QB_MUL(qb_half(b), (float)sc), ml = QB_MUL(qb_half(b + 2), (float)mn);
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int l = l0 + j, byte = b[(five ? 48 : 16) + 32 * (jg / 2) + l];
-                int q = (jg % 2 == 0) ? byte & 15 : byte >> 4;
-                if (five) q += 16 * ((b[16 + l] >> jg) & 1);
-                v[j] = QB_SUB(QB_MUL(dl, (float)q), ml);
-            }
-        } else { /* Q6_K: o = 128h + 32k + l */
-            const int h = o >> 7, k = (o >> 5) & 3, l0 = o & 31;
-            const float dl = QB_MUL(qb_half(b + 208), (float)(int8_t)b[192 + 8 * h + 2 * k + l0 / 16]);
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int l = l0 + j, byte = b[64 * h + l + 32 * (k % 2)];
-                const int lo = k < 2 ? byte & 15 : byte >> 4, hi = (b[128 + 32 * h + l] >> (2 * k)) & 3;
-                v[j] = QB_MUL(dl, (float)((lo | hi << 4) - 32));
-            }
-        }
-    }
-}
-
 /* 8 elements per thread: one 16-byte store of bf16. DT is the stored type as
  * a template argument, so the type switch folds away. by_unit: the scale is
  * the same for the 8 (none, per tensor, or per row with rows a multiple of 8
@@ -134,13 +52,7 @@ __global__ void dequant_bf16_k(qc_kept k, int64_t n, int by_unit, __nv_bfloat16 
          u += (int64_t)gridDim.x * blockDim.x) {
         __align__(16) __nv_bfloat16 v[8];
         if (by_unit) {
-            float f[8];
-            stored8<DT>(k.data, u * 8, f);
-            const float s = k.form == QI_SCALE_TENSOR ? k.scale
-                            : k.form == QI_SCALE_ROW  ? k.row_scale[u * 8 / k.row_len]
-                                                      : 1.0f;
-#pragma unroll
-            for (int j = 0; j < 8; j++) v[j] = __float2bfloat16_rn(k.form == QI_SCALE_NONE ? f[j] : __fmul_rn(f[j], s));
+            qc_kept8_bf16<DT>(k, u * 8, v);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; j++) v[j] = kept_value<DT>(k, u * 8 + j);
@@ -283,6 +195,12 @@ int qc_dequant_to_scratch(cuda_impl *c, const qi_tensor *w, qi_tensor *out) {
     out->scale = 1.0f;
     out->scale_form = QI_SCALE_NONE;
     out->row_scale = NULL;
+    return 0;
+}
+
+int qc_wbuf_has(const cuda_impl *c, const qi_tensor *w) {
+    for (int i = 0; i < c->wbuf_count; i++)
+        if (holds(&c->wbuf[i], w)) return 1;
     return 0;
 }
 

@@ -1,0 +1,212 @@
+/*
+ * cuda_block_gemm.cu — linears whose weight stays in its GGUF blocks, read by
+ * the GEMM itself: y[M, N] = act(x[M, K] · W[N, K]ᵀ + b).
+ *
+ * The other way (cuda_kept.cu) writes the whole weight as bf16 into a scratch
+ * buffer and hands it to cuBLASLt: 2 bytes written and read again per element
+ * on top of the 0.56 (Q4_K) – 1.06 (Q8_0) the blocks take. At many rows the
+ * GEMM's arithmetic hides that; at few rows (the text stream's 128, a prompt's
+ * tokens in the text encoder, the modulation's batch rows) the GEMM is as
+ * bound by memory as the expansion, which then costs 2–4× what the GEMM does.
+ * Here each block tile of W is decoded once per (row tile of x) into shared
+ * memory — the same bf16 values the expansion writes (qc_kept8_bf16) — and
+ * multiplied there on the tensor cores with mma.sync, which every GPU from
+ * sm_80 runs: nothing but the blocks is read from W's side.
+ *
+ * Results: the products of the same bf16 operands as the expansion path's,
+ * summed in float32 in another order, + bias, activation, one rounding to
+ * bf16 (as cuBLASLt's epilogue or qc_bias_act_f32 does). Not bit-identical to
+ * the cuBLASLt path, so it is taken only where asked: rows ≤ block_gemm_rows
+ * (QI_CUDA_BLOCK_GEMM_ROWS at creation, qi_cuda_set_block_gemm_rows), and only
+ * when the weight's expansion is not already waiting in a buffer (prefetched:
+ * that one costs nothing more).
+ *
+ * Tiles: 64 rows of x × 64 rows of W per block of 4 warps (each a 32 × 32
+ * quarter: 2 × 4 m16n8 products per 16 of K), K in steps of 64, two stages:
+ * x's next tile comes by cp.async and W's next tile is decoded while the
+ * tensor cores work on the current ones. Rows of shared memory are 72
+ * elements (9 chunks of 16 bytes, odd), so the 8 rows one ldmatrix reads lie
+ * in 8 different bank groups without a swizzle.
+ */
+#include <stdint.h>
+
+#include "backend/cuda/cuda_dequant.cuh"
+#include "backend/cuda/cuda_flash_common.h" /* cp.async, ldmatrix, mma.sync */
+#include "backend/cuda/cuda_internal.h"
+
+#define BG_BM 64      /* rows of x per block */
+#define BG_BN 64      /* rows of W (outputs) per block */
+#define BG_BK 64      /* K per stage */
+#define BG_PITCH 72   /* elements per shared-memory row: 9 chunks, odd */
+#define BG_THREADS 128
+
+typedef __nv_bfloat16 bg_bf16;
+
+/* x rows m0.. of K-step kt into xs (64 × 64 elements: 512 chunks of 16 bytes,
+ * 4 per thread); rows past M are zeros (cp.async reads 0 bytes of them). */
+static __device__ __forceinline__ void bg_load_x(bg_bf16 *xs, const bg_bf16 *x, int M, int K, int m0, int kt) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int c = threadIdx.x + BG_THREADS * j, r = c >> 3, ch = c & 7;
+        const int m = m0 + r;
+        const bg_bf16 *src = x + (int64_t)(m < M ? m : 0) * K + kt * BG_BK + ch * 8;
+        cp_async16(xs + r * BG_PITCH + ch * 8, src, m < M ? 16 : 0);
+    }
+}
+
+/* W rows n0.. of K-step kt decoded into ws (512 units of 8, 4 per thread);
+ * rows past N are zeros. */
+template <int DT>
+static __device__ __forceinline__ void bg_decode_w(bg_bf16 *ws, const qc_kept &w, int N, int K, int n0, int kt) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int c = threadIdx.x + BG_THREADS * j, r = c >> 3, ch = c & 7;
+        const int n = n0 + r;
+        __align__(16) bg_bf16 v[8];
+        if (n < N) {
+            qc_kept8_bf16<DT>(w, (int64_t)n * K + kt * BG_BK + ch * 8, v);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) v[e] = __float2bfloat16_rn(0.0f);
+        }
+        *(uint4 *)(ws + r * BG_PITCH + ch * 8) = *(const uint4 *)v;
+    }
+}
+
+/* acc += xs[wm.., :] · ws[wn.., :]ᵀ over one 64-wide K-step: the warp's 32 × 32
+ * quarter, 4 k16 steps of 2 (m16) × 4 (n8) mma.sync products. Fragments by
+ * ldmatrix: x as the row-major A (lanes 0–15 rows, 16–31 the second 8 of
+ * k), W's rows as the "col" B (W[n][k] is B[k][n] with k contiguous). */
+static __device__ __forceinline__ void bg_mma_step(float acc[2][4][4], const bg_bf16 *xs, const bg_bf16 *ws, int wm,
+                                                   int wn, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < BG_BK / 16; ks++) {
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+            ldmatrix_x4(a[mi][0], a[mi][1], a[mi][2], a[mi][3],
+                        xs + (wm + mi * 16 + (lane & 15)) * BG_PITCH + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+        for (int nj = 0; nj < 2; nj++) /* two n8 tiles per ldmatrix: (k 0–7, k 8–15) of each */
+            ldmatrix_x4(b[2 * nj][0], b[2 * nj][1], b[2 * nj + 1][0], b[2 * nj + 1][1],
+                        ws + (wn + nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * BG_PITCH + ks * 16 +
+                            ((lane >> 3) & 1) * 8);
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+    }
+}
+
+/* y = act(acc + bias), one rounding; pairs of columns as one 4-byte store
+ * where N is even (then every pair starts 4-byte aligned). */
+static __device__ __forceinline__ void bg_store(const float acc[2][4][4], bg_bf16 *y, const void *bias, int bdt,
+                                                float bscale, int act, int M, int N, int m_base, int n_base,
+                                                int lane) {
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) { /* rows g and g + 8 of the m16n8 tile */
+                const int m = m_base + mi * 16 + (lane >> 2) + 8 * h, n = n_base + ni * 8 + (lane & 3) * 2;
+                if (m >= M || n >= N) continue;
+                float v[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float b = bias && n + e < N ? ld_param(bias, bdt, n + e) * bscale : 0.0f;
+                    v[e] = apply_act(acc[mi][ni][2 * h + e] + b, act);
+                }
+                bg_bf16 *dst = y + (int64_t)m * N + n;
+                if ((N & 1) == 0) {
+                    *(__nv_bfloat162 *)dst = __floats2bfloat162_rn(v[0], v[1]);
+                } else {
+                    dst[0] = __float2bfloat16_rn(v[0]);
+                    if (n + 1 < N) dst[1] = __float2bfloat16_rn(v[1]);
+                }
+            }
+}
+
+template <int DT>
+__global__ void __launch_bounds__(BG_THREADS) block_gemm_k(const bg_bf16 *x, qc_kept w, const void *bias, int bdt,
+                                                           float bscale, int act, bg_bf16 *y, int M, int N, int K) {
+    __shared__ __align__(16) bg_bf16 xs[2][BG_BM * BG_PITCH];
+    __shared__ __align__(16) bg_bf16 ws[2][BG_BN * BG_PITCH];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int m0 = blockIdx.y * BG_BM, n0 = blockIdx.x * BG_BN;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int steps = K / BG_BK;
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f;
+
+    bg_load_x(xs[0], x, M, K, m0, 0);
+    cp_async_commit();
+    bg_decode_w<DT>(ws[0], w, N, K, n0, 0);
+    cp_async_wait_all();
+    __syncthreads();
+    for (int kt = 0; kt < steps; kt++) {
+        const int cur = kt & 1, nxt = cur ^ 1;
+        if (kt + 1 < steps) { /* the stage the last step read: free since its closing barrier */
+            bg_load_x(xs[nxt], x, M, K, m0, kt + 1);
+            cp_async_commit();
+        }
+        bg_mma_step(acc, xs[cur], ws[cur], wm, wn, lane);
+        if (kt + 1 < steps) bg_decode_w<DT>(ws[nxt], w, N, K, n0, kt + 1);
+        cp_async_wait_all();
+        __syncthreads();
+    }
+    bg_store(acc, y, bias, bdt, bscale, act, M, N, m0 + wm, n0 + wn, lane);
+}
+
+/* Whether linear(x, w) with M rows goes through the block GEMM: a GGUF block
+ * weight, asked for at this many rows, shapes the tiles take (K a whole
+ * number of 64-steps, so of blocks of 32 too; x rows 16-byte aligned), and
+ * no expansion of w already waiting in a buffer. */
+int qc_block_gemm_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, int64_t M) {
+    if (c->block_gemm_rows <= 0 || M > c->block_gemm_rows || M < 1) return 0;
+    if (!qi_dtype_is_block(w->dtype) || w->ndim != 2 || x->dtype != QI_BF16) return 0;
+    int64_t K = w->ne[1], N = w->ne[0];
+    if (K % BG_BK != 0 || K % qi_type_traits(w->dtype)->block_elems != 0) return 0;
+    if (K > INT32_MAX || N > INT32_MAX || (M + BG_BM - 1) / BG_BM > 65535 || !qc_aligned16(x->data)) return 0;
+    if (w->scale_form == QI_SCALE_ROW && K % 8 != 0) return 0;
+    return !qc_wbuf_has(c, w);
+}
+
+int qc_block_gemm(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act,
+                  qi_tensor *y) {
+    const int64_t K = w->ne[1], N = w->ne[0], M = qi_rows(x);
+    if (y->dtype != QI_BF16 || x->ne[x->ndim - 1] != K || qi_numel(y) != M * N || (b && qi_numel(b) != N)) {
+        qc_fail(c, QI_ERR_ARG, "cuda backend: block GEMM: x, w (%s), y shapes or types do not match",
+                qi_dtype_name(w->dtype));
+        return 1;
+    }
+    dim3 grid((unsigned)((N + BG_BN - 1) / BG_BN), (unsigned)((M + BG_BM - 1) / BG_BM));
+    const qc_kept k = qc_kept_of(w);
+    const bg_bf16 *xd = (const bg_bf16 *)x->data;
+    bg_bf16 *yd = (bg_bf16 *)y->data;
+    const void *bd = b ? b->data : NULL;
+    const int bdt = b ? (int)b->dtype : 0;
+    const float bs = b ? b->scale : 1.0f;
+    switch (w->dtype) {
+#define BLOCK_GEMM_CASE(T)                                                                                     \
+    case T:                                                                                                    \
+        block_gemm_k<T><<<grid, BG_THREADS, 0, c->stream>>>(xd, k, bd, bdt, bs, (int)act, yd, (int)M, (int)N, \
+                                                            (int)K);                                           \
+        break;
+        BLOCK_GEMM_CASE(QI_Q8_0) BLOCK_GEMM_CASE(QI_Q4_0) BLOCK_GEMM_CASE(QI_Q4_1) BLOCK_GEMM_CASE(QI_Q5_0)
+        BLOCK_GEMM_CASE(QI_Q5_1) BLOCK_GEMM_CASE(QI_Q2_K) BLOCK_GEMM_CASE(QI_Q3_K) BLOCK_GEMM_CASE(QI_Q4_K)
+        BLOCK_GEMM_CASE(QI_Q5_K) BLOCK_GEMM_CASE(QI_Q6_K)
+#undef BLOCK_GEMM_CASE
+    default:
+        qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: block GEMM: no decoder for %s weights",
+                qi_dtype_name(w->dtype));
+        return 1;
+    }
+    c->block_gemm_calls++;
+    return qc_check_launch(c, "block GEMM");
+}
