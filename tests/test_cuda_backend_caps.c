@@ -798,53 +798,81 @@ static unsigned long long block_linear(int64_t rows_limit, const float *xv, int6
  * rounding boundary (2^-8 apart): a few elements in 10^4 differ by one bf16
  * step. The bounds — relative L2 ≤ 1e-3 and no element more than 2^-7 of
  * the largest output off — leave that room and nothing more: a misplaced
- * fragment or a misdecoded block moves most outputs by O(1). For every GGUF
- * block type, rows from 1 to 130 (partial tiles of 64), 136 outputs (a
- * partial tile), K 512 (two Q*_K blocks, eight 64-steps), bias and every
- * activation, per-row scales on one type. */
+ * fragment, a misdecoded block or a lost split of K moves most outputs by
+ * O(1). block_vs_expansion checks one product of weight w both ways. */
+static void block_vs_expansion(const qi_tensor *w, const float *xv, int64_t M, int64_t K, int64_t N,
+                               const qi_tensor *bias, qi_act act, int split, const char *what) {
+    float *got = malloc(sizeof(float) * (size_t)(M * N)), *want = malloc(sizeof(float) * (size_t)(M * N));
+    REQUIRE(got && want, "out of host memory");
+    int split_was = qi_cuda_set_block_gemm_split(gpu, split);
+    CHECK(block_linear(0, xv, M, K, N, w, bias, act, want) == 0, "the expansion path ran the block GEMM");
+    CHECK(block_linear(M, xv, M, K, N, w, bias, act, got) == 1, "%s, %lld rows: not the block GEMM", what,
+          (long long)M);
+    qi_cuda_set_block_gemm_split(gpu, split_was);
+    double d2 = 0, r2 = 0, dmax = 0, rmax = 0;
+    for (int64_t i = 0; i < M * N; i++) {
+        double d = (double)got[i] - want[i];
+        d2 += d * d, r2 += (double)want[i] * want[i];
+        dmax = fabs(d) > dmax ? fabs(d) : dmax;
+        rmax = fabs(want[i]) > rmax ? fabs(want[i]) : rmax;
+    }
+    double rel = sqrt(d2 / (r2 > 0 ? r2 : 1));
+    CHECK(rel <= 1e-3 && dmax <= rmax / 128 && rmax > 0, "%s, %lldx%lldx%lld, act %d%s, K split %s: rel L2 %.2e, "
+          "max |diff| %.3e of max |y| %.3e", what, (long long)M, (long long)K, (long long)N, (int)act,
+          bias ? ", bias" : "", split ? "on" : "off", rel, dmax, rmax);
+    free(got), free(want);
+}
+
+/* For every GGUF block type: rows from 1 to 130 (partial tiles of 64), 136
+ * outputs (a partial tile), K 1024 (four Q*_K blocks, 16 steps of 64: the
+ * small grid splits K in 4), bias and every activation, with and without the
+ * split; per-row scales on one type. Then a grid of 102 blocks whose K (28
+ * steps) splits unevenly (6 splits: five of 5 steps, one of 3). */
 static void block_gemm_matches_the_expansion_for_every_block_type(void) {
-    enum { K = 512, N = 136, MMAX = 130 };
+    enum { K = 1024, N = 136, MMAX = 130, K2 = 1792, N2 = 2176 };
     static const qi_dtype types[] = {QI_Q8_0, QI_Q4_0, QI_Q4_1, QI_Q5_0, QI_Q5_1,
                                      QI_Q2_K, QI_Q3_K, QI_Q4_K, QI_Q5_K, QI_Q6_K};
     static const int64_t rows[] = {1, 7, 64, MMAX};
     static const qi_act acts[] = {QI_ACT_NONE, QI_ACT_GELU_TANH, QI_ACT_SILU, QI_ACT_GELU_ERF};
-    static uint8_t host[N * K * 8];
-    static float wref[N * K], xv[MMAX * K], bv[N], got[MMAX * N], want[MMAX * N], row_scales[N];
-    for (int i = 0; i < MMAX * K; i++) xv[i] = caps_frand();
-    for (int i = 0; i < N; i++) bv[i] = 0.1f * caps_frand(), row_scales[i] = 0.5f + 0.01f * (float)i;
+    uint8_t *host = malloc((size_t)N2 * K2 * 8);
+    float *wref = malloc(sizeof(float) * (size_t)N2 * K2), *xv = malloc(sizeof(float) * (size_t)MMAX * K2);
+    float bv[N2], row_scales[N];
+    REQUIRE(host && wref && xv, "out of host memory");
+    for (int i = 0; i < MMAX * K2; i++) xv[i] = caps_frand();
+    for (int i = 0; i < N2; i++) bv[i] = 0.1f * caps_frand();
+    for (int i = 0; i < N; i++) row_scales[i] = 0.5f + 0.01f * (float)i;
     const qi_weight_scale by_row = {QI_SCALE_ROW, 0, row_scales};
     qi_error err = {{0}};
     qi_tensor b;
-    int64_t bne[1] = {N}, wne[2] = {N, K};
+    int64_t bne[1] = {N2}, wne[2] = {N, K};
     REQUIRE(!gpu->ops->weight(gpu, &b, QI_BF16, 1, bne, bv, NULL, &err), "%s", err.msg);
+    qi_tensor b_n = b; /* the first N of the bias, for the [N, K] weights */
+    b_n.ne[0] = N;
     for (size_t t = 0; t <= QI_ARRAY_LEN(types); t++) {
-        qi_dtype dt = t < QI_ARRAY_LEN(types) ? types[t] : QI_Q6_K; /* the last pass: Q6_K with per-row scales */
+        const int scaled = t == QI_ARRAY_LEN(types); /* the last pass: Q6_K with per-row scales */
+        const qi_dtype dt = scaled ? QI_Q6_K : types[t];
+        char what[64];
+        snprintf(what, sizeof what, "%s%s", qi_dtype_name(dt), scaled ? " (row scales)" : "");
         caps_host_data(dt, N * K, host, wref);
         qi_tensor w;
-        REQUIRE(!gpu->ops->weight(gpu, &w, dt, 2, wne, host, t < QI_ARRAY_LEN(types) ? NULL : &by_row, &err),
-                "%s", err.msg);
-        for (size_t r = 0; r < QI_ARRAY_LEN(rows); r++) {
-            const int64_t M = rows[r];
-            const qi_act act = acts[(t + r) % QI_ARRAY_LEN(acts)];
-            const qi_tensor *bias = (t + r) % 3 ? &b : NULL;
-            CHECK(block_linear(0, xv, M, K, N, &w, bias, act, want) == 0, "the expansion path ran the block GEMM");
-            CHECK(block_linear(MMAX, xv, M, K, N, &w, bias, act, got) == 1, "%s, %lld rows: not the block GEMM",
-                  qi_dtype_name(dt), (long long)M);
-            double d2 = 0, r2 = 0, dmax = 0, rmax = 0;
-            for (int64_t i = 0; i < M * N; i++) {
-                double d = (double)got[i] - want[i];
-                d2 += d * d, r2 += (double)want[i] * want[i];
-                dmax = fabs(d) > dmax ? fabs(d) : dmax;
-                rmax = fabs(want[i]) > rmax ? fabs(want[i]) : rmax;
-            }
-            double rel = sqrt(d2 / (r2 > 0 ? r2 : 1));
-            CHECK(rel <= 1e-3 && dmax <= rmax / 128, "%s%s, %lld rows, act %d%s: rel L2 %.2e, max |diff| %.3e of "
-                  "max |y| %.3e", qi_dtype_name(dt), t < QI_ARRAY_LEN(types) ? "" : " (row scales)", (long long)M,
-                  (int)act, bias ? ", bias" : "", rel, dmax, rmax);
-        }
+        REQUIRE(!gpu->ops->weight(gpu, &w, dt, 2, wne, host, scaled ? &by_row : NULL, &err), "%s", err.msg);
+        for (size_t r = 0; r < QI_ARRAY_LEN(rows); r++)
+            for (int split = 0; split <= 1; split++)
+                block_vs_expansion(&w, xv, rows[r], K, N, (t + r) % 3 ? &b_n : NULL,
+                                   acts[(t + r + (size_t)split) % QI_ARRAY_LEN(acts)], split, what);
+        gpu->ops->weight_free(gpu, &w);
+    }
+    static const qi_dtype uneven[] = {QI_Q4_K, QI_Q8_0};
+    int64_t wne2[2] = {N2, K2};
+    for (size_t t = 0; t < QI_ARRAY_LEN(uneven); t++) {
+        caps_host_data(uneven[t], N2 * K2, host, wref);
+        qi_tensor w;
+        REQUIRE(!gpu->ops->weight(gpu, &w, uneven[t], 2, wne2, host, NULL, &err), "%s", err.msg);
+        block_vs_expansion(&w, xv, MMAX, K2, N2, &b, QI_ACT_GELU_TANH, 1, qi_dtype_name(uneven[t]));
         gpu->ops->weight_free(gpu, &w);
     }
     gpu->ops->weight_free(gpu, &b);
+    free(host), free(wref), free(xv);
 }
 
 /* What the block GEMM cannot tile goes to the expansion, bit-identical to

@@ -985,6 +985,13 @@ extern "C" int64_t qi_cuda_set_block_gemm_rows(qi_backend *be, int64_t rows) {
     return was;
 }
 
+extern "C" int qi_cuda_set_block_gemm_split(qi_backend *be, int on) {
+    cuda_impl *c = cuda_of(be);
+    int was = c->block_gemm_split;
+    c->block_gemm_split = on != 0;
+    return was;
+}
+
 extern "C" unsigned long long qi_cuda_block_gemm_calls(qi_backend *be) { return cuda_of(be)->block_gemm_calls; }
 
 extern "C" void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
@@ -1293,6 +1300,8 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     if ((st = qc_upload_init(c, err)) != QI_OK) goto fail;
     { /* QI_CUDA_GEMM_TUNE=0: new GEMM plans keep cuBLASLt's first algorithm (cuda_gemm.cu) */
         const char *t = getenv("QI_CUDA_GEMM_TUNE"), *r = getenv("QI_CUDA_BLOCK_GEMM_ROWS");
+        const char *sp = getenv("QI_CUDA_BLOCK_GEMM_SPLIT");
+        c->block_gemm_split = !(sp && !strcmp(sp, "1"));
         c->gemm_tune = !(t && t[0] == '0');
         c->block_gemm_rows = r ? strtoll(r, NULL, 10) : 0; /* the block GEMM: off unless asked (cuda_block_gemm.cu) */
     }

@@ -88,9 +88,12 @@ void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned 
  * bf16 first, unless a prefetched expansion of it is waiting. 0: never (the
  * default; QI_CUDA_BLOCK_GEMM_ROWS=N at creation sets N). Its results are
  * the same products summed in another order: not bit-identical to the
- * expansion's. Returns the previous setting. block_gemm_calls: the linears
- * it ran since creation. */
+ * expansion's. Returns the previous setting. set_block_gemm_split: whether
+ * a product with a small grid splits K over more blocks (default on;
+ * QI_CUDA_BLOCK_GEMM_SPLIT=1 at creation: off); returns the previous one.
+ * block_gemm_calls: the linears it ran since creation. */
 int64_t qi_cuda_set_block_gemm_rows(qi_backend *be, int64_t rows);
+int qi_cuda_set_block_gemm_split(qi_backend *be, int on);
 unsigned long long qi_cuda_block_gemm_calls(qi_backend *be);
 
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),

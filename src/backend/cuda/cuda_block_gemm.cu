@@ -21,6 +21,18 @@
  * when the weight's expansion is not already waiting in a buffer (prefetched:
  * that one costs nothing more).
  *
+ * Split K: a block walks its K-steps one after another, and each step waits
+ * for its W bytes from memory (the decode reads them right before it writes
+ * the tile), so a block's time is about its step count × the memory latency
+ * (~0.6 µs): 48 steps at K 3072, ~30 µs, where the grid of a few-row product
+ * is too small to hide it (128 rows × 3072 outputs: 96 blocks). So when the
+ * grid is under two blocks per SM, K is split over gridDim.z until there are
+ * ~4 per SM (at least 4 steps each); each split writes its float32 sums into
+ * the backend's scratch and a second kernel adds the splits in order, then
+ * bias, activation, one rounding. The sums are then split-dependent, but the
+ * split is a function of the shape and the GPU alone: the same call gives the
+ * same bits every time. QI_CUDA_BLOCK_GEMM_SPLIT=1 at creation: never split.
+ *
  * Tiles: 64 rows of x × 64 rows of W per block of 4 warps (each a 32 × 32
  * quarter: 2 × 4 m16n8 products per 16 of K), K in steps of 64, two stages:
  * x's next tile comes by cp.async and W's next tile is decoded while the
@@ -127,15 +139,47 @@ static __device__ __forceinline__ void bg_store(const float acc[2][4][4], bg_bf1
             }
 }
 
+/* The float32 sums of split z into partial[z][M][N] (no bias, no activation). */
+static __device__ __forceinline__ void bg_store_partial(const float acc[2][4][4], float *partial, int M, int N,
+                                                        int m_base, int n_base, int lane) {
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = m_base + mi * 16 + (lane >> 2) + 8 * h, n = n_base + ni * 8 + (lane & 3) * 2;
+                if (m >= M || n >= N) continue;
+                float *dst = partial + ((int64_t)blockIdx.z * M + m) * N + n;
+                dst[0] = acc[mi][ni][2 * h];
+                if (n + 1 < N) dst[1] = acc[mi][ni][2 * h + 1];
+            }
+}
+
+/* y = act(Σ_z partial[z] + bias), the splits added in order, one rounding. */
+__global__ void block_gemm_reduce_k(const float *partial, int splits, int64_t MN, int N, const void *bias, int bdt,
+                                    float bscale, int act, bg_bf16 *y) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < MN; i += (int64_t)gridDim.x * blockDim.x) {
+        float s = partial[i];
+        for (int z = 1; z < splits; z++) s += partial[z * MN + i];
+        const float b = bias ? ld_param(bias, bdt, i % N) * bscale : 0.0f;
+        y[i] = __float2bfloat16_rn(apply_act(s + b, act));
+    }
+}
+
+/* Block (x: 64 outputs, y: 64 rows, z: a split of K into steps_per_split 64-steps). partial NULL: one split,
+ * y written here; else the split's sums into partial for block_gemm_reduce_k. */
 template <int DT>
 __global__ void __launch_bounds__(BG_THREADS) block_gemm_k(const bg_bf16 *x, qc_kept w, const void *bias, int bdt,
-                                                           float bscale, int act, bg_bf16 *y, int M, int N, int K) {
+                                                           float bscale, int act, bg_bf16 *y, float *partial, int M,
+                                                           int N, int K, int steps_per_split) {
     __shared__ __align__(16) bg_bf16 xs[2][BG_BM * BG_PITCH];
     __shared__ __align__(16) bg_bf16 ws[2][BG_BN * BG_PITCH];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int m0 = blockIdx.y * BG_BM, n0 = blockIdx.x * BG_BN;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-    const int steps = K / BG_BK;
+    const int first = blockIdx.z * steps_per_split;
+    const int steps = min(K / BG_BK - first, steps_per_split); /* >= 1: the host makes no empty split */
     float acc[2][4][4];
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
@@ -144,23 +188,35 @@ __global__ void __launch_bounds__(BG_THREADS) block_gemm_k(const bg_bf16 *x, qc_
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.0f;
 
-    bg_load_x(xs[0], x, M, K, m0, 0);
+    bg_load_x(xs[0], x, M, K, m0, first);
     cp_async_commit();
-    bg_decode_w<DT>(ws[0], w, N, K, n0, 0);
+    bg_decode_w<DT>(ws[0], w, N, K, n0, first);
     cp_async_wait_all();
     __syncthreads();
     for (int kt = 0; kt < steps; kt++) {
         const int cur = kt & 1, nxt = cur ^ 1;
         if (kt + 1 < steps) { /* the stage the last step read: free since its closing barrier */
-            bg_load_x(xs[nxt], x, M, K, m0, kt + 1);
+            bg_load_x(xs[nxt], x, M, K, m0, first + kt + 1);
             cp_async_commit();
         }
         bg_mma_step(acc, xs[cur], ws[cur], wm, wn, lane);
-        if (kt + 1 < steps) bg_decode_w<DT>(ws[nxt], w, N, K, n0, kt + 1);
+        if (kt + 1 < steps) bg_decode_w<DT>(ws[nxt], w, N, K, n0, first + kt + 1);
         cp_async_wait_all();
         __syncthreads();
     }
-    bg_store(acc, y, bias, bdt, bscale, act, M, N, m0 + wm, n0 + wn, lane);
+    if (partial) bg_store_partial(acc, partial, M, N, m0 + wm, n0 + wn, lane);
+    else bg_store(acc, y, bias, bdt, bscale, act, M, N, m0 + wm, n0 + wn, lane);
+}
+
+/* How many splits of K a product of this grid gets (see the top): 1 when the
+ * grid fills two blocks per SM already, or the float32 partials would not
+ * fit the scratch; else about 4 blocks per SM, at least 4 steps a split. */
+static int split_count(const cuda_impl *c, int64_t blocks, int64_t M, int64_t N, int steps) {
+    if (!c->block_gemm_split || blocks >= 2 * (int64_t)c->sm_count) return 1;
+    int64_t want = (4 * (int64_t)c->sm_count + blocks - 1) / blocks, most = steps / 4;
+    int64_t splits = want < most ? want : most;
+    while (splits > 1 && (size_t)(splits * M * N) * sizeof(float) > c->scratch_bytes) splits--;
+    return splits < 1 ? 1 : (int)splits;
 }
 
 /* Whether linear(x, w) with M rows goes through the block GEMM: a GGUF block
@@ -185,7 +241,13 @@ int qc_block_gemm(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
                 qi_dtype_name(w->dtype));
         return 1;
     }
+    const int steps = (int)(K / BG_BK);
     dim3 grid((unsigned)((N + BG_BN - 1) / BG_BN), (unsigned)((M + BG_BM - 1) / BG_BM));
+    int splits = split_count(c, (int64_t)grid.x * grid.y, M, N, steps);
+    const int per_split = (steps + splits - 1) / splits;
+    splits = (steps + per_split - 1) / per_split; /* none left empty */
+    grid.z = (unsigned)splits;
+    float *partial = splits > 1 ? (float *)c->scratch : NULL;
     const qc_kept k = qc_kept_of(w);
     const bg_bf16 *xd = (const bg_bf16 *)x->data;
     bg_bf16 *yd = (bg_bf16 *)y->data;
@@ -195,8 +257,8 @@ int qc_block_gemm(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
     switch (w->dtype) {
 #define BLOCK_GEMM_CASE(T)                                                                                     \
     case T:                                                                                                    \
-        block_gemm_k<T><<<grid, BG_THREADS, 0, c->stream>>>(xd, k, bd, bdt, bs, (int)act, yd, (int)M, (int)N, \
-                                                            (int)K);                                           \
+        block_gemm_k<T><<<grid, BG_THREADS, 0, c->stream>>>(xd, k, bd, bdt, bs, (int)act, yd, partial, (int)M,  \
+                                                            (int)N, (int)K, per_split);                        \
         break;
         BLOCK_GEMM_CASE(QI_Q8_0) BLOCK_GEMM_CASE(QI_Q4_0) BLOCK_GEMM_CASE(QI_Q4_1) BLOCK_GEMM_CASE(QI_Q5_0)
         BLOCK_GEMM_CASE(QI_Q5_1) BLOCK_GEMM_CASE(QI_Q2_K) BLOCK_GEMM_CASE(QI_Q3_K) BLOCK_GEMM_CASE(QI_Q4_K)
@@ -206,6 +268,12 @@ int qc_block_gemm(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
         qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: block GEMM: no decoder for %s weights",
                 qi_dtype_name(w->dtype));
         return 1;
+    }
+    if (partial && !qc_check_launch(c, "block GEMM")) {
+        const int64_t MN = M * N;
+        int64_t blocks = (MN + 255) / 256, cap = (int64_t)c->sm_count * 8;
+        block_gemm_reduce_k<<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, c->stream>>>(
+            partial, splits, MN, (int)N, bd, bdt, bs, (int)act, yd);
     }
     c->block_gemm_calls++;
     return qc_check_launch(c, "block GEMM");
