@@ -111,7 +111,7 @@ static __device__ __forceinline__ void bg_mma_step(float acc[2][4][4], const bg_
 }
 
 /* y = act(acc + bias), one rounding; pairs of columns as one 4-byte store
- * where N is even (then every pair starts 4-byte aligned). */
+ * where N is even and y 4-byte aligned (then every pair is: n is even). */
 static __device__ __forceinline__ void bg_store(const float acc[2][4][4], bg_bf16 *y, const void *bias, int bdt,
                                                 float bscale, int act, int M, int N, int m_base, int n_base,
                                                 int lane) {
@@ -130,7 +130,7 @@ static __device__ __forceinline__ void bg_store(const float acc[2][4][4], bg_bf1
                     v[e] = apply_act(acc[mi][ni][2 * h + e] + b, act);
                 }
                 bg_bf16 *dst = y + (int64_t)m * N + n;
-                if ((N & 1) == 0) {
+                if ((N & 1) == 0 && ((uintptr_t)y & 3) == 0) {
                     *(__nv_bfloat162 *)dst = __floats2bfloat162_rn(v[0], v[1]);
                 } else {
                     dst[0] = __float2bfloat16_rn(v[0]);
