@@ -1223,6 +1223,21 @@ static const qi_backend_ops cuda_ops = {
     .graph_free = cuda_graph_free,
 };
 
+/* The linears' switches from the environment, read at creation:
+ * QI_CUDA_GEMM_TUNE=0: new GEMM plans keep cuBLASLt's first algorithm (cuda_gemm.cu);
+ * QI_CUDA_BLOCK_GEMM_ROWS=N: GGUF linears of at most N rows read their blocks in the GEMM
+ *   (cuda_block_gemm.cu; default 0: never), QI_CUDA_BLOCK_GEMM_SPLIT=1: without splitting K;
+ * QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick). */
+static void gemm_switches_init(cuda_impl *c) {
+    const char *tune = getenv("QI_CUDA_GEMM_TUNE"), *rows = getenv("QI_CUDA_BLOCK_GEMM_ROWS");
+    const char *split = getenv("QI_CUDA_BLOCK_GEMM_SPLIT"), *at_load = getenv("QI_CUDA_DEQUANT_AT_LOAD");
+    c->gemm_tune = !(tune && tune[0] == '0');
+    long long r = rows ? strtoll(rows, NULL, 10) : 0;
+    c->block_gemm_rows = r > 0 ? r : 0;
+    c->block_gemm_split = !(split && !strcmp(split, "1"));
+    c->dequant_at_load = at_load && at_load[0] == '1';
+}
+
 extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
                                             qi_error *err) {
     *out = NULL;
@@ -1298,17 +1313,7 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     if ((st = qc_host_init(c, err)) != QI_OK) goto fail;
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
     if ((st = qc_upload_init(c, err)) != QI_OK) goto fail;
-    { /* QI_CUDA_GEMM_TUNE=0: new GEMM plans keep cuBLASLt's first algorithm (cuda_gemm.cu) */
-        const char *t = getenv("QI_CUDA_GEMM_TUNE"), *r = getenv("QI_CUDA_BLOCK_GEMM_ROWS");
-        const char *sp = getenv("QI_CUDA_BLOCK_GEMM_SPLIT");
-        c->block_gemm_split = !(sp && !strcmp(sp, "1"));
-        c->gemm_tune = !(t && t[0] == '0');
-        c->block_gemm_rows = r ? strtoll(r, NULL, 10) : 0; /* the block GEMM: off unless asked (cuda_block_gemm.cu) */
-    }
-    { /* QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick) */
-        const char *d = getenv("QI_CUDA_DEQUANT_AT_LOAD");
-        c->dequant_at_load = d && d[0] == '1';
-    }
+    gemm_switches_init(c);
     if ((st = overlap_init(c, err)) != QI_OK) goto fail;
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));
