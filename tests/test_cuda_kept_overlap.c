@@ -23,10 +23,14 @@
  *     LayerNorm taking the amax): the tiny transformer with its block
  *     matrices e4m3, each with its own per-tensor scale, gives the very bits
  *     with the op as without it (the model's plain ops), eagerly and
- *     replayed, and its fp8 GEMM answered every block linear.
+ *     replayed, and its fp8 GEMM answered every block linear;
+ *   - the block GEMM (src/backend/cuda/cuda_block_gemm.cu) answering every
+ *     GGUF linear of the tiny transformer stays close to the expansion path
+ *     and replays its own bits.
  * Needs a GPU ("cuda" label).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -380,6 +384,51 @@ static void a_transformer_call_is_bit_identical_with_the_overlap_on_and_off(void
     rmdir(dir);
 }
 
+/* The block GEMM (cuda_block_gemm.cu) through the model: with every GGUF
+ * linear sent to it (the 4096 image rows unsplit, the 32 text rows and the
+ * modulation's one split over K), a tiny GGUF transformer call stays within
+ * rel L2 5e-3 of the expansion path's (each linear's products are the same,
+ * summed in another order: a few outputs in 10^4 one bf16 step apart, which
+ * the later layers carry but do not grow to more than a few 1e-4; a wrong
+ * tile is O(1)), and its graph replay gives the eager call's bits (the K
+ * split is a function of the shape alone). */
+static void block_gemm_through_a_transformer_call(void) {
+    char dir[] = "/tmp/qi_blockgemm_XXXXXX", path[64];
+    REQUIRE(mkdtemp(dir), "temporary folder");
+    snprintf(path, sizeof path, "%s/transformer.gguf", dir);
+    int hinted = 0;
+    REQUIRE(write_gguf_transformer(path, &hinted) == 0, "cannot write the GGUF transformer");
+    tiny_call t;
+    REQUIRE(tiny_call_load(&t, path) == 0, "the GGUF transformer's call set-up");
+    int overlap_was = qi_cuda_set_kept_overlap(gpu, 0);
+    int64_t rows_was = qi_cuda_set_block_gemm_rows(gpu, 0);
+    forward(t.d, &t.x, &t.ctx, &t.out, t.o[0]); /* the expansion path */
+    qi_cuda_set_block_gemm_rows(gpu, (int64_t)1 << 40);
+    unsigned long long c0 = qi_cuda_block_gemm_calls(gpu), in_graph = 0;
+    forward(t.d, &t.x, &t.ctx, &t.out, t.o[1]);
+    unsigned long long calls = qi_cuda_block_gemm_calls(gpu) - c0;
+    call_eager_and_graph(t.d, &t.x, &t.ctx, &t.out, t.o[2], t.o[3], &in_graph);
+    qi_cuda_set_block_gemm_rows(gpu, rows_was);
+    qi_cuda_set_kept_overlap(gpu, overlap_was);
+    double d2 = 0, r2 = 0;
+    for (size_t i = 0; i < t.n_out; i++) {
+        double d = (double)t.o[1][i] - t.o[0][i];
+        d2 += d * d, r2 += (double)t.o[0][i] * t.o[0][i];
+    }
+    double rel = sqrt(d2 / (r2 > 0 ? r2 : 1));
+    printf("  tiny transformer, every GGUF linear through the block GEMM: %llu of its linears ran there; rel L2 "
+           "%.2e against the expansion path\n", calls, rel);
+    CHECK(calls > 0, "no linear ran through the block GEMM");
+    CHECK(rel <= 5e-3 && r2 > 0, "block GEMM call: rel L2 %.2e against the expansion path", rel);
+    size_t k = count_diff(t.o[2], t.o[3], t.n_out);
+    CHECK(k == 0, "block GEMM: the graph replay differs from the eager call in %zu of %zu outputs", k, t.n_out);
+    k = count_diff(t.o[1], t.o[2], t.n_out);
+    CHECK(k == 0, "block GEMM: the call object differs from qi_dit_forward in %zu of %zu outputs", k, t.n_out);
+    tiny_call_free(&t);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- linear_shared through the model ---------------------------------------------------- */
 
 /* The tiny model's transformer as safetensors at path: block matrices e4m3
@@ -513,6 +562,7 @@ int main(void) {
     RUN(hints_right_wrong_or_unfollowed_change_no_bit);
     RUN(a_transformer_call_is_bit_identical_with_the_overlap_on_and_off);
     RUN(fp8_linears_shared_change_no_bit_of_a_transformer_call);
+    RUN(block_gemm_through_a_transformer_call);
     gpu->ops->destroy(gpu);
     TEST_END();
 }

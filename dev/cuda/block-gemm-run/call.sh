@@ -26,6 +26,8 @@ body() {
     claims)
       run caps 120 dist/run.sh test_cuda_backend_caps
       grep -E "block|tuned|FAIL" "$T/caps.log" | head -20 >>"$T/summary.txt"
+      run kept 200 dist/run.sh test_cuda_kept_overlap
+      grep -E "block GEMM|FAIL" "$T/kept.log" | head -6 >>"$T/summary.txt"
       run kernels 200 dist/run.sh test_cuda_kernels
       run ops 120 dist/run.sh test_backend_ops -b cuda
       run ops_block 120 env QI_CUDA_BLOCK_GEMM_ROWS=1000000 dist/run.sh test_backend_ops -b cuda
