@@ -1226,7 +1226,7 @@ static const qi_backend_ops cuda_ops = {
 /* The linears' switches from the environment, read at creation:
  * QI_CUDA_GEMM_TUNE=0: new GEMM plans keep cuBLASLt's first algorithm (cuda_gemm.cu);
  * QI_CUDA_BLOCK_GEMM_ROWS=N: GGUF linears of at most N rows read their blocks in the GEMM
- *   (cuda_block_gemm.cu; default 0: never), QI_CUDA_BLOCK_GEMM_SPLIT=1: without splitting K;
+ *   (cuda_block_gemm.cu; default 0: never), QI_CUDA_BLOCK_GEMM_SPLIT=0: without splitting K;
  * QI_CUDA_DEQUANT_AT_LOAD=1: fp8 and GGUF weights become bf16 at load (the old path, a yardstick). */
 static void gemm_switches_init(cuda_impl *c) {
     const char *tune = getenv("QI_CUDA_GEMM_TUNE"), *rows = getenv("QI_CUDA_BLOCK_GEMM_ROWS");
@@ -1234,7 +1234,7 @@ static void gemm_switches_init(cuda_impl *c) {
     c->gemm_tune = !(tune && tune[0] == '0');
     long long r = rows ? strtoll(rows, NULL, 10) : 0;
     c->block_gemm_rows = r > 0 ? r : 0;
-    c->block_gemm_split = !(split && !strcmp(split, "1"));
+    c->block_gemm_split = !(split && split[0] == '0');
     c->dequant_at_load = at_load && at_load[0] == '1';
 }
 

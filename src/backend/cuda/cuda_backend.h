@@ -90,7 +90,7 @@ void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned 
  * the same products summed in another order: not bit-identical to the
  * expansion's. Returns the previous setting. set_block_gemm_split: whether
  * a product with a small grid splits K over more blocks (default on;
- * QI_CUDA_BLOCK_GEMM_SPLIT=1 at creation: off); returns the previous one.
+ * QI_CUDA_BLOCK_GEMM_SPLIT=0 at creation: off); returns the previous one.
  * block_gemm_calls: the linears it ran since creation. */
 int64_t qi_cuda_set_block_gemm_rows(qi_backend *be, int64_t rows);
 int qi_cuda_set_block_gemm_split(qi_backend *be, int on);

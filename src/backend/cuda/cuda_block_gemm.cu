@@ -31,7 +31,7 @@
  * the backend's scratch and a second kernel adds the splits in order, then
  * bias, activation, one rounding. The sums are then split-dependent, but the
  * split is a function of the shape and the GPU alone: the same call gives the
- * same bits every time. QI_CUDA_BLOCK_GEMM_SPLIT=1 at creation: never split.
+ * same bits every time. QI_CUDA_BLOCK_GEMM_SPLIT=0 at creation: never split.
  *
  * Tiles: 64 rows of x × 64 rows of W per block of 4 warps (each a 32 × 32
  * quarter: 2 × 4 m16n8 products per 16 of K), K in steps of 64, two stages:
@@ -221,13 +221,14 @@ static int split_count(const cuda_impl *c, int64_t blocks, int64_t M, int64_t N,
 
 /* Whether linear(x, w) with M rows goes through the block GEMM: a GGUF block
  * weight, asked for at this many rows, shapes the tiles take (K a whole
- * number of 64-steps, so of blocks of 32 too; x rows 16-byte aligned), and
+ * number of 64-steps, at least one, so of blocks of 32 too; x rows 16-byte
+ * aligned; at least one output), and
  * no expansion of w already waiting in a buffer. */
 int qc_block_gemm_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, int64_t M) {
     if (c->block_gemm_rows <= 0 || M > c->block_gemm_rows || M < 1) return 0;
     if (!qi_dtype_is_block(w->dtype) || w->ndim != 2 || x->dtype != QI_BF16) return 0;
     int64_t K = w->ne[1], N = w->ne[0];
-    if (K % BG_BK != 0 || K % qi_type_traits(w->dtype)->block_elems != 0) return 0;
+    if (K < BG_BK || N < 1 || K % BG_BK != 0 || K % qi_type_traits(w->dtype)->block_elems != 0) return 0;
     if (K > INT32_MAX || N > INT32_MAX || (M + BG_BM - 1) / BG_BM > 65535 || !qc_aligned16(x->data)) return 0;
     if (w->scale_form == QI_SCALE_ROW && K % 8 != 0) return 0;
     return !qc_wbuf_has(c, w);
@@ -269,12 +270,14 @@ int qc_block_gemm(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi
                 qi_dtype_name(w->dtype));
         return 1;
     }
-    if (partial && !qc_check_launch(c, "block GEMM")) {
+    int bad = qc_check_launch(c, "block GEMM");
+    if (!bad && partial) {
         const int64_t MN = M * N;
         int64_t blocks = (MN + 255) / 256, cap = (int64_t)c->sm_count * 8;
         block_gemm_reduce_k<<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, c->stream>>>(
             partial, splits, MN, (int)N, bd, bdt, bs, (int)act, yd);
+        bad = qc_check_launch(c, "block GEMM reduce");
     }
-    c->block_gemm_calls++;
-    return qc_check_launch(c, "block GEMM");
+    if (!bad) c->block_gemm_calls++;
+    return bad;
 }

@@ -196,7 +196,7 @@ typedef struct cuda_impl {
      * most this many rows read its blocks themselves (0: never; default
      * QI_CUDA_BLOCK_GEMM_ROWS, else 0), and how many did */
     int64_t block_gemm_rows;
-    int block_gemm_split; /* K split over blocks for small grids (default; QI_CUDA_BLOCK_GEMM_SPLIT=1: never) */
+    int block_gemm_split; /* K split over blocks for small grids (default; QI_CUDA_BLOCK_GEMM_SPLIT=0: never) */
     unsigned long long block_gemm_calls;
     char fp8_fallback[160], fp8_state[320]; /* why the last e4m3 linear went to the expansion ("": none yet) */
 
