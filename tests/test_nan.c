@@ -20,6 +20,7 @@
 #include "backend/work_pool.h"
 #include "base/finite.h"
 #include "base/types.h"
+#include "io/model_files.h"
 #include "io/safetensors.h"
 #include "qwen_image.h"
 #include "test.h"
@@ -495,6 +496,49 @@ static void check_weight_splits_large_weights(void) {
     free(x);
 }
 
+/* The engine's parallel-for reaches the scan: qi_model_files_open_source
+ * lends f->scan to the source it opens, and qi_source_get splits a 12 MiB
+ * weight through it, with the one-thread message. */
+static void sources_lend_the_scan_their_threads(void) {
+    backwards b = {0};
+    qi_parallel_for par = {run_backwards, &b, 4};
+    qi_model_paths paths = {TINY, NULL, NULL, NULL, NULL};
+    qi_model_files f;
+    qi_error err;
+    REQUIRE(qi_model_files_resolve(&paths, &f, &err) == QI_OK, "%s", err.msg);
+    CHECK(f.scan.run == NULL, "resolve lends no threads");
+    f.scan = par;
+    qi_source *s = NULL;
+    REQUIRE(qi_model_files_open_source(&f, QI_COMPONENT_VAE, &s, &err) == QI_OK, "%s", err.msg);
+    CHECK(s->scan.run == run_backwards && s->scan.ctx == &b && s->scan.threads == 4, "the source's scan");
+    qi_source_close(s);
+
+    enum { ROWS = 2048, COLS = 3072 };
+    uint16_t *big = malloc((size_t)ROWS * COLS * 2);
+    REQUIRE(big, "alloc");
+    for (int64_t i = 0; i < (int64_t)ROWS * COLS; i++) big[i] = 0x3f80;
+    big[6000000] = 0x7fc0; /* a NaN, later */
+    big[5000001] = 0xff80; /* -Inf: the first */
+    float small[4] = {0};
+    qi_st_write_item items[2] = {{"decoder.conv_in.weight", QI_F32, 1, {4}, small},
+                                 {"decoder.big.weight", QI_BF16, 2, {ROWS, COLS}, big}};
+    char path[600];
+    snprintf(path, sizeof path, "%s/bigvae.safetensors", tmp);
+    REQUIRE(qi_st_write(path, items, 2, &err) == QI_OK, "%s", err.msg);
+    free(big);
+    REQUIRE(qi_source_open(path, QI_COMPONENT_VAE, &s, &err) == QI_OK, "%s", err.msg);
+    qi_source_tensor t;
+    qi_error one = {0}, split = {0};
+    qi_status st1 = qi_source_get(s, "decoder.big.weight", -1, NULL, &t, &one);
+    s->scan = par;
+    qi_status st2 = qi_source_get(s, "decoder.big.weight", -1, NULL, &t, &split);
+    printf("  through the source: %d pieces: %s\n", b.jobs, split.msg);
+    CHECK(st1 == QI_ERR_FORMAT && st2 == st1 && !strcmp(one.msg, split.msg) && b.calls == 1 && b.jobs >= 12 &&
+              strstr(split.msg, "tensor decoder.big.weight has an Inf at element 5000001 (of 6291456, BF16)"),
+          "%d calls, %d pieces: '%s' vs '%s'", b.calls, b.jobs, one.msg, split.msg);
+    qi_source_close(s);
+}
+
 /* The split scans under the backwards runner and on a pool of 3 threads
  * (plus the caller). */
 static void scan_in_pieces(void) {
@@ -552,6 +596,7 @@ int main(void) {
     RUN(block_scan_agrees_with_dequantising);
     RUN(scan_in_pieces);
     RUN(check_weight_splits_large_weights);
+    RUN(sources_lend_the_scan_their_threads);
     RUN(scan_speed);
     RUN(attention_passes_nan_rows_on);
     RUN(transformer_nan_names_the_tensor_and_writes_nothing);

@@ -91,9 +91,10 @@ static void open_scan_pool(qi_engine *e) {
     int threads = env && *env ? atoi(env) : (int)(cores < 1 ? 1 : cores > 16 ? 16 : cores);
     if (threads > 64) threads = 64;
     qi_error ignored; /* no pool (out of memory): the scan stays on the loading thread */
-    if (threads < 2 || qi_work_pool_new(threads - 1, &e->scan_pool, &ignored) != QI_OK) return;
-    e->files.scan = (qi_parallel_for){scan_on_pool, e->scan_pool, qi_work_pool_threads(e->scan_pool) + 1};
-    logf_(e, "the weights' NaN/Inf scan: %d threads (QI_SCAN_THREADS)", e->files.scan.threads);
+    if (threads > 1 && qi_work_pool_new(threads - 1, &e->scan_pool, &ignored) == QI_OK)
+        e->files.scan = (qi_parallel_for){scan_on_pool, e->scan_pool, qi_work_pool_threads(e->scan_pool) + 1};
+    logf_(e, "the weights' NaN/Inf scan: %d thread%s (QI_SCAN_THREADS)", e->scan_pool ? e->files.scan.threads : 1,
+          e->scan_pool ? "s, a weight of 4 MiB or more split among them" : ", the loading one");
 }
 
 /* The weight source of component c (a diffusers component folder or a
