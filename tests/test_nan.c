@@ -5,8 +5,10 @@
  *
  * Each case copies the tiny model into a temp folder (symlinks, the one file
  * it corrupts copied for real), pokes one stored value and runs the CLI or
- * qi_generate on it. Also: the finite scan on every element type, and the CPU
- * attention passing an all-NaN score row on as NaN (not zeros).
+ * qi_generate on it. Also: the finite scan on every element type, the scan
+ * split into pieces (run in any order, on a work pool) giving the one-thread
+ * scan's answer, and the CPU attention passing an all-NaN score row on as NaN
+ * (not zeros).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -15,8 +17,10 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "backend/work_pool.h"
 #include "base/finite.h"
 #include "base/types.h"
+#include "io/model_files.h"
 #include "io/safetensors.h"
 #include "qwen_image.h"
 #include "test.h"
@@ -316,6 +320,239 @@ static void scan_speed(void) {
     free(x);
 }
 
+/* ---- the scan split into pieces ---------------------------------------------------- */
+
+/* A parallel-for that runs the pieces last first, on this thread, counting
+ * them: a split scan that took the first piece to finish, or a later piece's
+ * hit over an earlier one's, answers wrong under it. */
+typedef struct backwards {
+    int calls, jobs;
+} backwards;
+
+static void run_backwards(void *ctx, void (*fn)(void *job), void *jobs, size_t stride, int n) {
+    backwards *b = ctx;
+    b->calls++;
+    b->jobs += n;
+    for (int i = n - 1; i >= 0; i--) fn((char *)jobs + (size_t)i * stride);
+}
+
+static void run_on_pool(void *pool, void (*fn)(void *job), void *jobs, size_t stride, int n) {
+    qi_work_pool_run(pool, fn, jobs, stride, n);
+}
+
+static unsigned rnd(unsigned *seed) { return (*seed = *seed * 1103515245u + 12345u) >> 16; }
+
+/* Writes element i of an element-type buffer: a finite value, or NaN / ±Inf. */
+static void put_elem(void *x, qi_dtype t, int64_t i, int kind /* 0 finite, 1 NaN, 2 Inf */) {
+    static const uint32_t f32[3] = {0x3f800000u, 0x7fc00000u, 0xff800000u};
+    static const uint16_t f16[3] = {0x3c00, 0x7e00, 0xfc00}, bf16[3] = {0x3f80, 0x7fc1, 0x7f80};
+    static const uint8_t e4[3] = {0x38, 0xff, 0x38}, e5[3] = {0x3c, 0x7e, 0xfc}; /* E4M3fn has no Inf */
+    switch (t) {
+    case QI_F32: memcpy((char *)x + 4 * i, &f32[kind], 4); break;
+    case QI_F16: memcpy((char *)x + 2 * i, &f16[kind], 2); break;
+    case QI_BF16: memcpy((char *)x + 2 * i, &bf16[kind], 2); break;
+    case QI_F8_E4M3: ((uint8_t *)x)[i] = e4[kind]; break;
+    default: ((uint8_t *)x)[i] = e5[kind]; break;
+    }
+}
+
+/* Element types, n elements in pieces of `piece` (not a multiple of the
+ * scan's 4096-element chunk): the bad values planted in several pieces, the
+ * earliest planted (in the earliest piece holding one) is found, with its
+ * kind, by the backwards runner and the pool alike, and agrees with the
+ * one-thread scan; all finite gives -1. */
+static void pieces_find_the_first_element(const qi_parallel_for *pars, int npars) {
+    const qi_dtype types[] = {QI_F32, QI_F16, QI_BF16, QI_F8_E4M3, QI_F8_E5M2};
+    unsigned seed = 11;
+    for (size_t ti = 0; ti < QI_ARRAY_LEN(types); ti++) {
+        qi_dtype t = types[ti];
+        const int64_t n = 100003, piece = 777; /* 129 pieces, the last one short */
+        void *x = malloc((size_t)n * 4);
+        REQUIRE(x, "alloc");
+        for (int64_t i = 0; i < n; i++) put_elem(x, t, i, 0);
+        for (int p = 0; p < npars; p++)
+            CHECK(qi_find_nonfinite_pieces(x, t, n, NULL, &pars[p], piece) < 0, "%s: finite reported", qi_dtype_name(t));
+        for (int trial = 0; trial < 20; trial++) {
+            int64_t first = n;
+            int first_kind = 0, planted = 1 + (int)(rnd(&seed) % 6);
+            int64_t at_list[6];
+            for (int k = 0; k < planted; k++) { /* anywhere: some pieces get two, the last piece too */
+                int64_t at = k == 0 && trial % 4 == 0 ? n - 1 : (int64_t)(((uint64_t)rnd(&seed) << 16 | rnd(&seed)) % (uint64_t)n);
+                int kind = t == QI_F8_E4M3 ? 1 : 1 + (int)(rnd(&seed) % 2);
+                put_elem(x, t, at, kind);
+                at_list[k] = at;
+                if (at <= first) first = at, first_kind = kind; /* a later plant at the same place overwrites */
+            }
+            int one_nan = -1;
+            int64_t one = qi_find_nonfinite(x, t, n, &one_nan);
+            CHECK(one == first && one_nan == (first_kind == 1), "%s trial %d: one thread found %lld (nan %d), planted %lld (kind %d)",
+                  qi_dtype_name(t), trial, (long long)one, one_nan, (long long)first, first_kind);
+            for (int p = 0; p < npars; p++) {
+                int is_nan = -1;
+                int64_t at = qi_find_nonfinite_pieces(x, t, n, &is_nan, &pars[p], piece);
+                CHECK(at == first && is_nan == (first_kind == 1),
+                      "%s trial %d, runner %d: pieces found %lld (nan %d), first planted %lld in piece %lld (kind %d), %d planted",
+                      qi_dtype_name(t), trial, p, (long long)at, is_nan, (long long)first, (long long)(first / piece),
+                      first_kind, planted);
+            }
+            for (int k = 0; k < planted; k++) put_elem(x, t, at_list[k], 0);
+        }
+        free(x);
+    }
+}
+
+/* Block types: pieces asked for in elements that are not a whole number of
+ * blocks (1, 613, 1000: rounded up to whole blocks, so no piece starts inside
+ * a block), bad d / m fields in several blocks of several pieces; the
+ * earliest block's element and kind are found, as the one-thread scan finds
+ * them. */
+static void pieces_find_the_first_block(const qi_parallel_for *pars, int npars) {
+    const qi_dtype types[] = {QI_Q4_0, QI_Q8_0, QI_Q2_K, QI_Q4_K, QI_Q6_K};
+    const int64_t pieces[] = {1, 613, 1000};
+    const uint16_t bad[] = {0x7c00, 0xfc00, 0x7e00, 0x7c01};
+    unsigned seed = 5;
+    for (size_t ti = 0; ti < QI_ARRAY_LEN(types); ti++) {
+        const qi_dtype_traits *tt = qi_type_traits(types[ti]);
+        const int64_t blocks = 301, n = blocks * tt->block_elems;
+        uint8_t *q = malloc((size_t)blocks * tt->block_bytes);
+        REQUIRE(q, "alloc");
+        for (size_t i = 0; i < (size_t)blocks * tt->block_bytes; i++) q[i] = (uint8_t)rnd(&seed);
+        for (int64_t b = 0; b < blocks; b++)
+            for (int f = 0; f < 2; f++)
+                if (tt->f16_field[f] >= 0) q[b * tt->block_bytes + tt->f16_field[f] + 1] &= 0x7b;
+        for (int trial = 0; trial < 12; trial++) {
+            int64_t blk[4], first = blocks;
+            int planted = 2 + trial % 3;
+            for (int k = 0; k < planted; k++) {
+                blk[k] = k == 0 && trial % 3 == 0 ? blocks - 1 : (int64_t)(rnd(&seed) % (unsigned)blocks);
+                int f = tt->f16_field[1] >= 0 ? (int)(rnd(&seed) % 2) : 0;
+                uint8_t *field = q + blk[k] * tt->block_bytes + tt->f16_field[f];
+                uint16_t v = bad[rnd(&seed) % 4];
+                field[0] = (uint8_t)v, field[1] = (uint8_t)(v >> 8);
+                if (blk[k] < first) first = blk[k];
+            }
+            int one_nan = -1;
+            int64_t one = qi_find_nonfinite(q, types[ti], n, &one_nan);
+            CHECK(one >= first * tt->block_elems && one < (first + 1) * tt->block_elems,
+                  "%s: one thread found %lld, earliest bad block %lld", tt->name, (long long)one, (long long)first);
+            for (size_t pi = 0; pi < QI_ARRAY_LEN(pieces); pi++)
+                for (int p = 0; p < npars; p++) {
+                    int is_nan = -1;
+                    int64_t at = qi_find_nonfinite_pieces(q, types[ti], n, &is_nan, &pars[p], pieces[pi]);
+                    CHECK(at == one && is_nan == one_nan,
+                          "%s trial %d, pieces of %lld asked, runner %d: found %lld (nan %d), one thread %lld (nan %d)",
+                          tt->name, trial, (long long)pieces[pi], p, (long long)at, is_nan, (long long)one, one_nan);
+                }
+            for (int k = 0; k < planted; k++) /* the planted blocks' fields finite again (1.0) */
+                for (int f = 0; f < 2; f++)
+                    if (tt->f16_field[f] >= 0) {
+                        uint8_t *field = q + blk[k] * tt->block_bytes + tt->f16_field[f];
+                        field[0] = 0x00, field[1] = 0x3c; /* 1.0 */
+                    }
+            CHECK(qi_find_nonfinite(q, types[ti], n, NULL) < 0, "%s: undo", tt->name);
+        }
+        free(q);
+    }
+}
+/* qi_check_weight_finite with a parallel-for: a weight under
+ * QI_SCAN_ALONE_BYTES hands out no pieces, a larger one many (bf16, fp8),
+ * and the error is the one-thread scan's, word for word. */
+static void check_weight_splits_large_weights(void) {
+    const int64_t bytes = (int64_t)20 << 20;
+    uint8_t *x = malloc((size_t)bytes);
+    REQUIRE(x, "alloc");
+    const qi_dtype types[] = {QI_BF16, QI_F8_E4M3};
+    for (size_t ti = 0; ti < QI_ARRAY_LEN(types); ti++) {
+        qi_dtype t = types[ti];
+        int64_t n = bytes / (int64_t)qi_dtype_size(t), small = QI_SCAN_ALONE_BYTES / (int64_t)qi_dtype_size(t) - 1;
+        int inf = t == QI_F8_E4M3 ? 1 : 2; /* E4M3fn has no Inf: a NaN there */
+        for (int64_t i = 0; i < n; i++) put_elem(x, t, i, 0);
+        put_elem(x, t, n - 3, 1);
+        put_elem(x, t, n / 2 + 12345, 1);
+        put_elem(x, t, n / 2 + 99999, inf);
+        for (int threads = 2; threads <= 16; threads *= 8) {
+            backwards b = {0};
+            qi_parallel_for par = {run_backwards, &b, threads};
+            qi_error one = {0}, split = {0};
+            put_elem(x, t, small - 7, inf); /* the small weight's only bad value */
+            qi_status st1 = qi_check_weight_finite("f.safetensors", "w", x, t, small, NULL, &one);
+            qi_status st2 = qi_check_weight_finite("f.safetensors", "w", x, t, small, &par, &split);
+            CHECK(st1 == QI_ERR_FORMAT && st2 == st1 && !strcmp(one.msg, split.msg) && b.calls == 0,
+                  "%s under %lld bytes: %d pieces handed out; '%s' vs '%s'", qi_dtype_name(t),
+                  (long long)QI_SCAN_ALONE_BYTES, b.jobs, one.msg, split.msg);
+            put_elem(x, t, small - 7, 0);
+            st1 = qi_check_weight_finite("f.safetensors", "w", x, t, n, NULL, &one);
+            st2 = qi_check_weight_finite("f.safetensors", "w", x, t, n, &par, &split);
+            char want[256];
+            snprintf(want, sizeof want, "tensor w has a NaN at element %lld (of %lld, %s)", (long long)(n / 2 + 12345),
+                     (long long)n, qi_dtype_name(t));
+            printf("  %s, %d threads: %d pieces: %s\n", qi_dtype_name(t), threads, b.jobs, split.msg);
+            CHECK(st1 == QI_ERR_FORMAT && st2 == st1 && !strcmp(one.msg, split.msg) && strstr(split.msg, want) &&
+                      b.calls == 1 && b.jobs >= 16,
+                  "%s, %d threads: %d calls, %d pieces; '%s' vs '%s'", qi_dtype_name(t), threads, b.calls, b.jobs,
+                  one.msg, split.msg);
+        }
+    }
+    free(x);
+}
+
+/* The engine's parallel-for reaches the scan: qi_model_files_open_source
+ * lends f->scan to the source it opens, and qi_source_get splits a 12 MiB
+ * weight through it, with the one-thread message. */
+static void sources_lend_the_scan_their_threads(void) {
+    backwards b = {0};
+    qi_parallel_for par = {run_backwards, &b, 4};
+    qi_model_paths paths = {TINY, NULL, NULL, NULL, NULL};
+    qi_model_files f;
+    qi_error err;
+    REQUIRE(qi_model_files_resolve(&paths, &f, &err) == QI_OK, "%s", err.msg);
+    CHECK(f.scan.run == NULL, "resolve lends no threads");
+    f.scan = par;
+    qi_source *s = NULL;
+    REQUIRE(qi_model_files_open_source(&f, QI_COMPONENT_VAE, &s, &err) == QI_OK, "%s", err.msg);
+    CHECK(s->scan.run == run_backwards && s->scan.ctx == &b && s->scan.threads == 4, "the source's scan");
+    qi_source_close(s);
+
+    enum { ROWS = 2048, COLS = 3072 };
+    uint16_t *big = malloc((size_t)ROWS * COLS * 2);
+    REQUIRE(big, "alloc");
+    for (int64_t i = 0; i < (int64_t)ROWS * COLS; i++) big[i] = 0x3f80;
+    big[6000000] = 0x7fc0; /* a NaN, later */
+    big[5000001] = 0xff80; /* -Inf: the first */
+    float small[4] = {0};
+    qi_st_write_item items[2] = {{"decoder.conv_in.weight", QI_F32, 1, {4}, small},
+                                 {"decoder.big.weight", QI_BF16, 2, {ROWS, COLS}, big}};
+    char path[600];
+    snprintf(path, sizeof path, "%s/bigvae.safetensors", tmp);
+    REQUIRE(qi_st_write(path, items, 2, &err) == QI_OK, "%s", err.msg);
+    free(big);
+    REQUIRE(qi_source_open(path, QI_COMPONENT_VAE, &s, &err) == QI_OK, "%s", err.msg);
+    qi_source_tensor t;
+    qi_error one = {0}, split = {0};
+    qi_status st1 = qi_source_get(s, "decoder.big.weight", -1, NULL, &t, &one);
+    s->scan = par;
+    qi_status st2 = qi_source_get(s, "decoder.big.weight", -1, NULL, &t, &split);
+    printf("  through the source: %d pieces: %s\n", b.jobs, split.msg);
+    CHECK(st1 == QI_ERR_FORMAT && st2 == st1 && !strcmp(one.msg, split.msg) && b.calls == 1 && b.jobs >= 12 &&
+              strstr(split.msg, "tensor decoder.big.weight has an Inf at element 5000001 (of 6291456, BF16)"),
+          "%d calls, %d pieces: '%s' vs '%s'", b.calls, b.jobs, one.msg, split.msg);
+    qi_source_close(s);
+}
+
+/* The split scans under the backwards runner and on a pool of 3 threads
+ * (plus the caller). */
+static void scan_in_pieces(void) {
+    qi_work_pool *pool = NULL;
+    qi_error err;
+    REQUIRE(qi_work_pool_new(3, &pool, &err) == QI_OK, "%s", err.msg);
+    backwards b = {0};
+    qi_parallel_for pars[2] = {{run_backwards, &b, 4}, {run_on_pool, pool, qi_work_pool_threads(pool) + 1}};
+    pieces_find_the_first_element(pars, 2);
+    pieces_find_the_first_block(pars, 2);
+    CHECK(b.calls > 0 && b.jobs > 100 * b.calls, "%d calls of the backwards runner, %d pieces", b.calls, b.jobs);
+    qi_work_pool_free(pool);
+}
+
 /* CPU attention: a query whose scores are all NaN gives NaN, a query whose
  * keys are all masked gives zeros. */
 static void attention_passes_nan_rows_on(void) {
@@ -357,6 +594,9 @@ int main(void) {
     }
     RUN(scan_every_type);
     RUN(block_scan_agrees_with_dequantising);
+    RUN(scan_in_pieces);
+    RUN(check_weight_splits_large_weights);
+    RUN(sources_lend_the_scan_their_threads);
     RUN(scan_speed);
     RUN(attention_passes_nan_rows_on);
     RUN(transformer_nan_names_the_tensor_and_writes_nothing);

@@ -16,6 +16,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/engine.h"
+#include "backend/work_pool.h"
 #include "engine/step_previews.h"
 #include "sample/latents.h"
 
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define logf_(e, ...) qi_log_linef((e)->log, (e)->log_user, __VA_ARGS__)
 
@@ -62,6 +64,37 @@ static qi_status load_tokenizer(qi_engine *e) {
     qi_status st = qi_model_files_tokenizer(&e->files, &e->tok, from, sizeof from, &e->err);
     if (!st) logf_(e, "tokenizer from %s", from);
     return st;
+}
+
+/* ---- the weights' NaN/Inf scan on several threads --------------------------------- */
+
+/* Every weight a model binds is scanned for NaN/Inf by qi_source_get, on the
+ * loading thread, and that scan is the first touch of each mapped byte: a page
+ * fault every few pages, ~2.6 GB/s on an H200 host, most of the fp8
+ * transformer's 20 GB load. A weight of a few MiB or more is split into pieces
+ * scanned at once (base/finite.h, same answer). The pool is made here because
+ * the scan runs deep below the engine (qi_source_get has no handle to it) and
+ * src/base and src/io do not see backend/: the engine lends it as a
+ * qi_parallel_for in e->files.scan, which every source it opens copies
+ * (qi_model_files_open_source). Its own pool, not the CUDA upload's: that one
+ * is the backend's, and its idle threads block, as these do (no spinning
+ * between weights, unlike an OpenMP team, to steal the upload's cores).
+ * QI_SCAN_THREADS=N: N threads, the loader's included (1: the loading thread
+ * alone, the yardstick); by default the cores, at most 16. */
+static void scan_on_pool(void *pool, void (*fn)(void *job), void *jobs, size_t stride, int n) {
+    qi_work_pool_run(pool, fn, jobs, stride, n);
+}
+
+static void open_scan_pool(qi_engine *e) {
+    const char *env = getenv("QI_SCAN_THREADS");
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = env && *env ? atoi(env) : (int)(cores < 1 ? 1 : cores > 16 ? 16 : cores);
+    if (threads > 64) threads = 64;
+    qi_error ignored; /* no pool (out of memory): the scan stays on the loading thread */
+    if (threads > 1 && qi_work_pool_new(threads - 1, &e->scan_pool, &ignored) == QI_OK)
+        e->files.scan = (qi_parallel_for){scan_on_pool, e->scan_pool, qi_work_pool_threads(e->scan_pool) + 1};
+    logf_(e, "the weights' NaN/Inf scan: %d thread%s (QI_SCAN_THREADS)", e->scan_pool ? e->files.scan.threads : 1,
+          e->scan_pool ? "s, a weight of 4 MiB or more split among them" : ", the loading one");
 }
 
 /* The weight source of component c (a diffusers component folder or a
@@ -440,6 +473,7 @@ qi_status qi_engine_open(const qi_open_options *opt, qi_engine **out) {
     qi_status st;
     qi_model_paths paths = {opt->model_dir, opt->diffusion_model, opt->text_encoder, opt->vae, opt->mmproj};
     if ((st = qi_model_files_resolve(&paths, &e->files, &e->err))) return st;
+    open_scan_pool(e);
     const char *what = opt->model_dir ? opt->model_dir : "the given files";
     if ((st = open_ranks(e, opt))) return st;
     if ((st = qi_engine_plan_open(e, opt))) return st;
@@ -459,6 +493,7 @@ void qi_engine_close(qi_engine *e) {
     qi_prompt_cache_free(e->prompt_cache);
     qi_ranks_free(e->ranks); /* the transformers, then the backends */
     for (int c = 0; c < QI_COMPONENT_COUNT; c++) qi_source_close(e->src[c]); /* after the models read from them */
+    qi_work_pool_free(e->scan_pool);
     free(e);
 }
 

@@ -58,6 +58,8 @@ struct qi_engine {
     qi_lora_set *loras_prev; /* while loras_loaded is -1: the set before it (NULL: none) */
     int loras_prev_loaded;   /* files of loras_prev the weights held */
     qi_residency residency;
+    struct qi_work_pool *scan_pool; /* the threads files.scan lends the weights' NaN/Inf scan (NULL: the
+                                loading thread alone; QI_SCAN_THREADS) */
     /* the memory plan (budget.c); planned 0: none, everything stays resident */
     int planned;
     size_t budget;              /* device bytes planned for */

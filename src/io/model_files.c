@@ -194,6 +194,7 @@ qi_status qi_model_files_vision_source(const qi_model_files *f, const qi_source 
     if (f->mmproj[0]) {
         qi_status st = qi_source_open_mmproj(f->mmproj, opened, err);
         if (st != QI_OK) return st;
+        (*opened)->scan = f->scan;
         *out = *opened;
         return QI_OK;
     }
@@ -203,6 +204,7 @@ qi_status qi_model_files_vision_source(const qi_model_files *f, const qi_source 
 
 qi_status qi_model_files_open_source(const qi_model_files *f, qi_component c, qi_source **out, qi_error *err) {
     qi_status st = qi_source_open(f->path[c], c, out, err);
+    if (st == QI_OK) (*out)->scan = f->scan;
     if (st == QI_OK && f->config[c][0] && qi_file_exists(f->config[c]) && !qi_source_config(*out, NULL))
         st = qi_source_set_config(*out, f->config[c], err);
     if (st != QI_OK) {

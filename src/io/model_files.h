@@ -53,6 +53,10 @@ typedef struct qi_model_files {
      * message refusing to guess, given when the vision tower is needed (a
      * text-to-image run needs none); "" otherwise */
     char mmproj_ambiguous[1024];
+    /* the parallel-for qi_model_files_open_source lends every source it
+     * opens, for the weights' NaN/Inf scan (run NULL: none; resolve leaves
+     * it so); set by the engine to its work pool after resolving */
+    qi_parallel_for scan;
 } qi_model_files;
 
 /* Resolves every component's path; the error names what is missing and the
@@ -68,7 +72,7 @@ qi_status qi_model_files_vision_source(const qi_model_files *f, const qi_source 
                                        const qi_source **out, qi_source **opened, qi_error *err);
 
 /* Opens component c's source (qi_source_open), with its config attached
- * where `config[c]` says. */
+ * where `config[c]` says and `scan` lent for its weights' NaN/Inf scan. */
 qi_status qi_model_files_open_source(const qi_model_files *f, qi_component c, qi_source **out, qi_error *err);
 
 /* Loads the tokenizer in the order above; *from (may be NULL) says where it

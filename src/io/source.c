@@ -208,7 +208,7 @@ qi_status qi_source_get(const qi_source *s, const char *name, int ndim, const in
      * Inf in a file otherwise becomes an all-black image and exit 0. */
     int64_t n = 1;
     for (int i = 0; i < out->ndim; i++) n *= out->shape[i];
-    return qi_check_weight_finite(out->file, name, out->data, out->dtype, n, err);
+    return qi_check_weight_finite(out->file, name, out->data, out->dtype, n, &s->scan, err);
 }
 
 static qi_status check_shape(const qi_source_tensor *out, const char *name, int ndim,

@@ -62,6 +62,7 @@
 
 #include "backend/backend.h" /* qi_scale_form */
 #include "base/base.h"
+#include "base/finite.h" /* qi_parallel_for */
 #include "io/model_dir.h"     /* QI_PATH_MAX */
 
 typedef enum qi_component {
@@ -284,6 +285,10 @@ struct qi_source {
     const char *naming;            /* static: the naming scheme (qi_source_naming) */
     qi_name_table names;           /* the listed tensors, sorted by mapped name; freed by close */
     void *impl;                    /* the kind's own state */
+    /* what qi_source_get's NaN/Inf scan of a large weight is split over (run
+     * NULL: the loading thread alone); lent by the engine, whose work pool
+     * must outlive the source's loads (qi_model_files.scan) */
+    qi_parallel_for scan;
 };
 
 /* A new source of `ops` (impl NULL, no config); NULL when out of memory. */

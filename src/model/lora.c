@@ -315,9 +315,9 @@ static qi_status check_factors_finite(const lora_file *f, const lora_module *m, 
     char label[4200];
     snprintf(label, sizeof label, "LoRA %s", f->path);
     qi_status st = qi_check_weight_finite(label, m->down->name, m->down->data, m->down->dtype,
-                                          st_numel(m->down), err);
+                                          st_numel(m->down), NULL, err);
     if (st == QI_OK)
-        st = qi_check_weight_finite(label, m->up->name, m->up->data, m->up->dtype, st_numel(m->up),
+        st = qi_check_weight_finite(label, m->up->name, m->up->data, m->up->dtype, st_numel(m->up), NULL,
                                     err);
     return st;
 }
