@@ -6,7 +6,8 @@
 # In the background, cut at LIMIT seconds, logs packed into $OUT/logs.tgz whatever happens.
 #   here:   rm -rf dist && QI_DIST_ARCHS=90a scripts/device-build.sh
 #           tar cf - dist | xz -T1 --lzma2=preset=9e,dict=512MiB > devpack/dist.tar.xz
-#   there:  LIMIT=560 sh dev/cuda/block-gemm-run/call.sh [claims] [gemm] [dit]
+#   there:  LIMIT=560 sh dev/cuda/block-gemm-run/call.sh [claims] [gemm] [dit] [startup]
+#           (all four take more than one call's 10 minutes: claims gemm, then dit startup)
 set -u
 . "$(dirname "$0")/../common.sh"
 STEPS=${*:-claims gemm dit}
@@ -49,6 +50,10 @@ body() {
       grep -E "^\| transformer call \||GEMM path" "$T/dit_q4_k_256_nohint.log" | cut -c1-160 >>"$T/summary.txt"
       run dit_bf16 200 dist/run.sh qwen-image bench --only dit --runs 5 --warmup 2
       grep -E "^\| transformer call \||tuning" "$T/dit_bf16.log" | cut -c1-200 >>"$T/summary.txt"
+      ;;
+    startup) # process start → first fp8 image, the NaN scan split over a pool vs on the loading thread
+      OUT=$T/startup sh dev/cuda/startup-run/run.sh fp8 fp8-scan1 >"$T/startup.log" 2>&1
+      grep -E "run 2|scan" "$T/startup/summary.txt" | cut -c1-200 >>"$T/summary.txt"
       ;;
     esac
   done
