@@ -944,7 +944,7 @@ static const bc_case bc_cases[] = {
     LINEAR(67, 256, 64, 1, SILU, QI_Q6_K, 0, "Q6_K weights, bias + SiLU"),
     LINEAR(3, 96, 40, 0, NOACT, QI_Q5_0, 0, "Q5_0 weights, K 96: not a whole 64-step"),
     LINEAR(5, 256, 37, 1, GELU, QI_Q4_0, 0, "Q4_0 weights, 37 outputs: odd rows of y (element stores)"),
-    LINEAR(128, 3072, 3072, 1, NOACT, QI_Q4_K, 0, "DiT text stream q/k/v, Q4_K"),
+    LINEAR(128, 3072, 512, 1, NOACT, QI_Q4_K, 0, "the DiT text stream's rows and K, Q4_K (512 of 3072 outputs)"),
     LINEAR(2, 3072, 18432, 1, NOACT, QI_BF16, 0, "DiT modulation, B=2"),
     LINEAR(4224, 3072, 3072, 1, NOACT, QI_BF16, 0, "DiT q/k/v/out"),
     LINEAR(4224, 3072, 12288, 1, GELU, QI_BF16, 0, "DiT MLP up"),
