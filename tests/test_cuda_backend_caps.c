@@ -828,6 +828,22 @@ static void block_vs_expansion(const qi_tensor *w, const float *xv, int64_t M, i
  * small grid splits K in 4), bias and every activation, with and without the
  * split; per-row scales on one type. Then a grid of 102 blocks whose K (28
  * steps) splits unevenly (6 splits: five of 5 steps, one of 3). */
+/* A bias of n values about `share` of the outputs' size for weights like
+ * wref[0..nw) times x uniform in ±1 over K (|y| ≈ rms(w)·√(K/3)), so that a
+ * lost or misplaced bias shows whatever the block type's scale. */
+static void bias_like_outputs(const float *wref, int64_t nw, int64_t K, int64_t n, double share, qi_tensor *b) {
+    double s2 = 0;
+    for (int64_t i = 0; i < nw; i++) s2 += (double)wref[i] * wref[i];
+    const float amp = (float)(share * sqrt(s2 / (double)nw) * sqrt((double)K / 3.0));
+    float *bv = malloc(sizeof(float) * (size_t)n);
+    REQUIRE(bv, "out of host memory");
+    for (int64_t i = 0; i < n; i++) bv[i] = amp * caps_frand();
+    qi_error err = {{0}};
+    int64_t ne[1] = {n};
+    REQUIRE(!gpu->ops->weight(gpu, b, QI_BF16, 1, ne, bv, NULL, &err), "%s", err.msg);
+    free(bv);
+}
+
 static void block_gemm_matches_the_expansion_for_every_block_type(void) {
     enum { K = 1024, N = 136, MMAX = 130, K2 = 1792, N2 = 2176 };
     static const qi_dtype types[] = {QI_Q8_0, QI_Q4_0, QI_Q4_1, QI_Q5_0, QI_Q5_1,
@@ -836,48 +852,45 @@ static void block_gemm_matches_the_expansion_for_every_block_type(void) {
     static const qi_act acts[] = {QI_ACT_NONE, QI_ACT_GELU_TANH, QI_ACT_SILU, QI_ACT_GELU_ERF};
     uint8_t *host = malloc((size_t)N2 * K2 * 8);
     float *wref = malloc(sizeof(float) * (size_t)N2 * K2), *xv = malloc(sizeof(float) * (size_t)MMAX * K2);
-    float bv[N2], row_scales[N];
+    float row_scales[N];
     REQUIRE(host && wref && xv, "out of host memory");
     for (int i = 0; i < MMAX * K2; i++) xv[i] = caps_frand();
-    for (int i = 0; i < N2; i++) bv[i] = 0.1f * caps_frand();
     for (int i = 0; i < N; i++) row_scales[i] = 0.5f + 0.01f * (float)i;
     const qi_weight_scale by_row = {QI_SCALE_ROW, 0, row_scales};
     qi_error err = {{0}};
-    qi_tensor b;
-    int64_t bne[1] = {N2}, wne[2] = {N, K};
-    REQUIRE(!gpu->ops->weight(gpu, &b, QI_BF16, 1, bne, bv, NULL, &err), "%s", err.msg);
-    qi_tensor b_n = b; /* the first N of the bias, for the [N, K] weights */
-    b_n.ne[0] = N;
+    int64_t wne[2] = {N, K};
     for (size_t t = 0; t <= QI_ARRAY_LEN(types); t++) {
         const int scaled = t == QI_ARRAY_LEN(types); /* the last pass: Q6_K with per-row scales */
         const qi_dtype dt = scaled ? QI_Q6_K : types[t];
         char what[64];
         snprintf(what, sizeof what, "%s%s", qi_dtype_name(dt), scaled ? " (row scales)" : "");
         caps_host_data(dt, N * K, host, wref);
-        qi_tensor w;
+        qi_tensor w, b;
         REQUIRE(!gpu->ops->weight(gpu, &w, dt, 2, wne, host, scaled ? &by_row : NULL, &err), "%s", err.msg);
+        bias_like_outputs(wref, N * K, K, N, 0.3, &b);
         for (size_t r = 0; r < QI_ARRAY_LEN(rows); r++)
             for (int split = 0; split <= 1; split++)
-                block_vs_expansion(&w, xv, rows[r], K, N, (t + r) % 3 ? &b_n : NULL,
+                block_vs_expansion(&w, xv, rows[r], K, N, (t + r) % 3 ? &b : NULL,
                                    acts[(t + r + (size_t)split) % QI_ARRAY_LEN(acts)], split, what);
-        gpu->ops->weight_free(gpu, &w);
+        gpu->ops->weight_free(gpu, &w), gpu->ops->weight_free(gpu, &b);
     }
     static const qi_dtype uneven[] = {QI_Q4_K, QI_Q8_0};
     int64_t wne2[2] = {N2, K2};
     for (size_t t = 0; t < QI_ARRAY_LEN(uneven); t++) {
         caps_host_data(uneven[t], N2 * K2, host, wref);
-        qi_tensor w;
+        qi_tensor w, b;
         REQUIRE(!gpu->ops->weight(gpu, &w, uneven[t], 2, wne2, host, NULL, &err), "%s", err.msg);
+        bias_like_outputs(wref, (int64_t)N2 * K2, K2, N2, 0.3, &b);
         block_vs_expansion(&w, xv, MMAX, K2, N2, &b, QI_ACT_GELU_TANH, 1, qi_dtype_name(uneven[t]));
-        gpu->ops->weight_free(gpu, &w);
+        gpu->ops->weight_free(gpu, &w), gpu->ops->weight_free(gpu, &b);
     }
-    gpu->ops->weight_free(gpu, &b);
     free(host), free(wref), free(xv);
 }
 
 /* What the block GEMM cannot tile goes to the expansion, bit-identical to
  * it: K not a whole number of 64-steps (Q8_0, K 96), an fp8 weight, a bf16
- * weight, more rows than asked for. */
+ * weight, more rows than asked for; and an x that is not 16-byte aligned
+ * (a view one element in) is not taken. */
 static void block_gemm_leaves_the_rest_to_the_expansion(void) {
     enum { N = 72, M = 65 };
     static uint8_t host[N * 512 * 8];
@@ -904,6 +917,27 @@ static void block_gemm_leaves_the_rest_to_the_expansion(void) {
         gpu->ops->weight_free(gpu, &w);
     }
     qi_cuda_set_fp8_gemm(gpu, fp8_was_on);
+
+    /* x one element into its memory (a view not 16-byte aligned: cp.async cannot read its rows) */
+    enum { K = 256 };
+    caps_host_data(QI_Q4_K, N * K, host, wref);
+    qi_tensor w, xbig, x, y;
+    int64_t wne[2] = {N, K};
+    size_t mark = gpu->ops->mark(gpu);
+    REQUIRE(!gpu->ops->weight(gpu, &w, QI_Q4_K, 2, wne, host, NULL, &err) &&
+                !qi_be_act2(gpu, &xbig, 1, M * K + 8, &err) && !qi_be_act2(gpu, &y, M, N, &err),
+            "%s", err.msg);
+    x = qi_view2(&xbig, M, K);
+    x.data = (uint16_t *)xbig.data + 1;
+    REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
+    int64_t rows_was = qi_cuda_set_block_gemm_rows(gpu, 1000);
+    unsigned long long before = qi_cuda_block_gemm_calls(gpu);
+    gpu->ops->linear(gpu, &x, &w, NULL, QI_ACT_NONE, &y);
+    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
+    CHECK(qi_cuda_block_gemm_calls(gpu) == before, "the block GEMM took an x not 16-byte aligned");
+    qi_cuda_set_block_gemm_rows(gpu, rows_was);
+    gpu->ops->reset(gpu, mark);
+    gpu->ops->weight_free(gpu, &w);
 }
 
 /* QI_CUDA_FP8_GEMM=0 at creation: the backend starts with the fp8 GEMM off. */
