@@ -22,10 +22,12 @@
  * that one costs nothing more).
  *
  * Split K: a block walks its K-steps one after another, and each step waits
- * for its W bytes from memory (the decode reads them right before it writes
- * the tile), so a block's time is about its step count × the memory latency
- * (~0.6 µs): 48 steps at K 3072, ~30 µs, where the grid of a few-row product
- * is too small to hide it (128 rows × 3072 outputs: 96 blocks). So when the
+ * for its W bytes (the decode reads them right before it writes the tile;
+ * they are asked of L2 a step ahead, bg_prefetch_w, so the wait is L2's
+ * latency where the prefetch was in time, memory's ~0.6 µs where not), so a
+ * block's time is about its step count × that latency: 48 steps at K 3072,
+ * up to ~30 µs, where the grid of a few-row product is too small to hide it
+ * (128 rows × 3072 outputs: 96 blocks). So when the
  * grid is under two blocks per SM, K is split over gridDim.z until there are
  * ~4 per SM (at least 4 steps each); each split writes its float32 sums into
  * the backend's scratch and a second kernel adds the splits in order, then
@@ -82,6 +84,37 @@ static __device__ __forceinline__ void bg_decode_w(bg_bf16 *ws, const qc_kept &w
             for (int e = 0; e < 8; e++) v[e] = __float2bfloat16_rn(0.0f);
         }
         *(uint4 *)(ws + r * BG_PITCH + ch * 8) = *(const uint4 *)v;
+    }
+}
+
+/* Asks L2 for the W bytes K-step kt decodes (the lines of each row's blocks
+ * that hold elements kt·64 .. kt·64+63: three 128-byte lines at most in
+ * every type), a step before the decode reads them, so that a block's chain
+ * of steps waits on L2 rather than on memory. Threads whose chunk index is
+ * 0..2 take one line of each of their four rows. A hint: no result changes. */
+template <int DT>
+static __device__ __forceinline__ void bg_prefetch_w(const qc_kept &w, int N, int K, int n0, int kt) {
+    const int ch = threadIdx.x & 7;
+    if (ch > 2) return;
+    const int be = DT == QI_Q8_0 || DT == QI_Q4_0 || DT == QI_Q4_1 || DT == QI_Q5_0 || DT == QI_Q5_1 ? 32 : 256;
+    const int bb = DT == QI_Q8_0   ? 34
+                   : DT == QI_Q4_0 ? 18
+                   : DT == QI_Q4_1 ? 20
+                   : DT == QI_Q5_0 ? 22
+                   : DT == QI_Q5_1 ? 24
+                   : DT == QI_Q2_K ? 84
+                   : DT == QI_Q3_K ? 110
+                   : DT == QI_Q4_K ? 144
+                   : DT == QI_Q5_K ? 176
+                                   : 210;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int n = n0 + ((threadIdx.x + BG_THREADS * j) >> 3);
+        if (n >= N) continue;
+        const int64_t first = (int64_t)n * K + kt * BG_BK; /* whole rows of whole blocks: the block index runs on */
+        const uint8_t *lo = w.data + first / be * bb, *hi = w.data + ((first + BG_BK - 1) / be + 1) * bb;
+        const uint8_t *line = (const uint8_t *)((uintptr_t)lo & ~(uintptr_t)127) + 128 * ch;
+        if (line < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
     }
 }
 
@@ -190,6 +223,7 @@ __global__ void __launch_bounds__(BG_THREADS) block_gemm_k(const bg_bf16 *x, qc_
 
     bg_load_x(xs[0], x, M, K, m0, first);
     cp_async_commit();
+    if (steps > 1) bg_prefetch_w<DT>(w, N, K, n0, first + 1);
     bg_decode_w<DT>(ws[0], w, N, K, n0, first);
     cp_async_wait_all();
     __syncthreads();
@@ -199,6 +233,7 @@ __global__ void __launch_bounds__(BG_THREADS) block_gemm_k(const bg_bf16 *x, qc_
             bg_load_x(xs[nxt], x, M, K, m0, first + kt + 1);
             cp_async_commit();
         }
+        if (kt + 2 < steps) bg_prefetch_w<DT>(w, N, K, n0, first + kt + 2); /* decoded in the next iteration */
         bg_mma_step(acc, xs[cur], ws[cur], wm, wn, lane);
         if (kt + 1 < steps) bg_decode_w<DT>(ws[nxt], w, N, K, n0, first + kt + 1);
         cp_async_wait_all();
