@@ -40,6 +40,8 @@ body() {
         run "gemm_$t" 240 dist/run.sh qwen-image bench --only gemm --type "$t" --runs 5 --warmup 2
         grep "^| block GEMM" "$T/gemm_$t.log" | cut -d'|' -f3-5 >>"$T/summary.txt"
       done
+      run gemm_q4_k_nosplit 240 env QI_CUDA_BLOCK_GEMM_SPLIT=0 dist/run.sh qwen-image bench --only gemm --type q4_k --runs 5 --warmup 2
+      grep "^| block GEMM" "$T/gemm_q4_k_nosplit.log" | cut -d'|' -f3-4 | sed 's/^/nosplit /' >>"$T/summary.txt"
       ;;
     dit)
       for r in 0 256 1000000; do
