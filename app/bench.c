@@ -1039,7 +1039,8 @@ static void print_bench_usage(void) {
            "          end to end at 4 and 8 steps, cfg 1, Lightning schedule, per step, and the vision tower,\n"
            "          text encoder and VAE encoder alone (the areas: as generate's, for small tests)\n"
            "  --only gemm: a GGUF --type's linears through the block GEMM vs expanded to bf16 first\n"
-           "          (CUDA), at the transformer's weight shapes and 1 … 4096 rows\n"
+           "          (CUDA), at the transformer's and text encoder's weight shapes and 1 … 4096 rows\n"
+           "          (no model is made or loaded)\n"
            "  -m: time that model folder with its own weights instead of the full-size random one\n"
            "      (e.g. the tiny tests/data/edit/model-2509 on the CPU, a smoke test)\n"
            "  --vram: the engine plans for that device budget (transformer call at 1024², end to end,\n"
@@ -1177,6 +1178,28 @@ static int make_random_model(const bench_args *a, char *root, FILE *md) {
     return -1;
 }
 
+/* `--only gemm`: the block GEMM's rows need a backend and nothing else, so no
+ * model is made or opened (a full-size random one takes ~30 s of set-up). The
+ * exit code: 0, 1 if a row failed, or the error's. */
+static int bench_gemm_alone(const bench_args *a, FILE *md) {
+    qi_backend *be = NULL;
+    qi_error err = {{0}};
+    if (qi_backend_create(a->device, 0, 0, &be, &err) != QI_OK) {
+        abandon_table(md, a->out_path);
+        return qi_app_runtime_error(err.msg);
+    }
+    printf("bench: the block GEMM against the expansion, %s weights on %s (no model loaded); median of %ld runs "
+           "after %ld warm-up\n", qi_dtype_name(a->qt), a->device, a->runs, a->warmup);
+    bench_ctx c = {.be = be, .warmup = (int)a->warmup, .runs = (int)a->runs, .md = md};
+    emit(&c, "| what | shape | time | note |\n|---|---|---|---|\n");
+    char msg[1024] = "";
+    int fail = qi_bench_block_gemm(be, (int)a->qt, c.warmup, c.runs, md, msg, sizeof msg) != 0;
+    if (fail) fprintf(stderr, "gemm: %s\n", msg);
+    be->ops->destroy(be);
+    if (md && finish_table(&c, a->out_path)) fail = 1;
+    return fail;
+}
+
 /* Opens the engine on the model folder (root, or -m's) and says what was set
  * up and in how long. -1 to go on (c->e, c->be and *dit set), else the exit
  * code (the folder removed, the table abandoned). */
@@ -1271,10 +1294,6 @@ static int bench_rows(bench_ctx *c, const bench_args *a, qi_dit *dit) {
                                  .md = c->md};
         fail = qi_bench_edit(c->e, &eo, msg, sizeof msg) != 0;
         if (fail) fprintf(stderr, "edit: %s\n", msg);
-    } else if (a->only && !strcmp(a->only, "gemm")) {
-        char msg[1024] = "";
-        fail = qi_bench_block_gemm(c->be, (int)a->qt, c->warmup, c->runs, c->md, msg, sizeof msg) != 0;
-        if (fail) fprintf(stderr, "gemm: %s\n", msg);
     } else fail = t2i_rows(c, dit, a->only, a->vram, a->vram_s);
     gemm_path_rows(c, a->qt);
     if (c->be->ops->mem_usage) {
@@ -1309,6 +1328,7 @@ int qi_cmd_bench(int argc, char **argv) {
         abandon_table(md, a.out_path);
         return qi_app_usage_error("bench: --edit with --vram is not timed (the plan frees and reloads components)");
     }
+    if (a.only && !strcmp(a.only, "gemm")) return bench_gemm_alone(&a, md);
     char root[] = "/tmp/qi_bench_XXXXXX";
     if ((rc = make_random_model(&a, root, md)) >= 0) return rc;
     char te_file[64]; /* what the text encoder's weights are, for the rows */
