@@ -4,6 +4,7 @@
 #ifndef QI_APP_H
 #define QI_APP_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +63,9 @@ int qi_cmd_bench(int argc, char **argv);
 
 /* The median of v[0..n) (sorts v). */
 double qi_bench_median(double *v, int n);
+/* A table row: printed on stdout, and into md (the -o table) when it is not NULL. */
+void qi_bench_row(FILE *md, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void qi_bench_vrow(FILE *md, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 typedef struct qi_bench_edit_opts {
     int warmup, runs;          /* per row: warm-up calls, then the median of runs (1 … 64) */

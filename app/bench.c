@@ -353,18 +353,28 @@ typedef struct bench_ctx {
     double pinned_peak, pageable_peak; /* the link measured with plain cudaMemcpy at start, GB/s; <= 0: not */
 } bench_ctx;
 
+void qi_bench_vrow(FILE *md, const char *fmt, va_list ap) {
+    va_list again;
+    va_copy(again, ap);
+    vprintf(fmt, ap);
+    if (md) vfprintf(md, fmt, again);
+    va_end(again);
+}
+
+void qi_bench_row(FILE *md, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    qi_bench_vrow(md, fmt, ap);
+    va_end(ap);
+}
+
 /* A table row: on stdout, and into the -o file when one was asked for. */
 static void emit(bench_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void emit(bench_ctx *c, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    qi_bench_vrow(c->md, fmt, ap);
     va_end(ap);
-    if (c->md) {
-        va_start(ap, fmt);
-        vfprintf(c->md, fmt, ap);
-        va_end(ap);
-    }
 }
 
 /* Bytes staged into slots since the backend was made, and of them through the

@@ -12,7 +12,6 @@
  * VAE encoder's posterior mean at the VAE size. Every timed call returns
  * host data, so each time ends with the device's work done.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,18 +37,6 @@ typedef struct edit_bench {
     qi_edit_picture_sizes sizes;     /* what the request makes of it */
 } edit_bench;
 
-static void row(const qi_bench_edit_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void row(const qi_bench_edit_opts *o, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    if (o->md) {
-        va_start(ap, fmt);
-        vfprintf(o->md, fmt, ap);
-        va_end(ap);
-    }
-}
 
 /* A smooth picture with edges (gradients and a disc): what a photo gives the
  * resizes, never a constant. */
@@ -196,28 +183,28 @@ static int bench_edit(qi_engine *e, const qi_bench_edit_opts *o, qi_error *err) 
             fail = 1;
             break;
         }
-        row(o, "| Edit-2509 end to end | %d² picture → %dx%d, %d steps, cfg 1 | %.3f s | picture + prompt → RGB8 "
+        qi_bench_row(o->md, "| Edit-2509 end to end | %d² picture → %dx%d, %d steps, cfg 1 | %.3f s | picture + prompt → RGB8 "
             "in memory; prepare %.1f ms, denoise %.1f ms, decode %.1f ms |\n", o->picture_side, out_w, out_h, steps[i],
             t[0], t[1] * 1e3, t[2] * 1e3, t[3] * 1e3);
-        row(o, "| Edit-2509 denoising step | %d + %d condition tokens, %d steps | %.1f ms | median denoise / steps "
+        qi_bench_row(o->md, "| Edit-2509 denoising step | %d + %d condition tokens, %d steps | %.1f ms | median denoise / steps "
             "(%s) |\n", out_tokens, s->condition_tokens, steps[i], t[2] * 1e3 / steps[i],
             qi_edit_denoise_records(e->ranks->dit[0], e->be, &(qi_edit_denoise_args){.steps = steps[i]})
                 ? "step 0 eager, then the recorded step replayed" : "eager: one transformer call per step");
         total[i] = t[0];
     }
     if (!fail) /* what the peer can measure too: no stage split needed */
-        row(o, "| Edit-2509 step, marginal | (8-step − 4-step) / 4 | %.1f ms | end to end difference |\n",
+        qi_bench_row(o->md, "| Edit-2509 step, marginal | (8-step − 4-step) / 4 | %.1f ms | end to end difference |\n",
             (total[1] - total[0]) / 4 * 1e3);
     double ms[3];
     int tokens = 0;
     if (!fail && time_stages(&b, ms, &tokens, err)) fail = 1;
     if (!fail) {
-        row(o, "| Edit vision tower | %dx%d → %dx%d, %d patches | %.1f ms | %d image tokens; processor resize "
+        qi_bench_row(o->md, "| Edit vision tower | %dx%d → %dx%d, %d patches | %.1f ms | %d image tokens; processor resize "
             "included |\n", s->cond_w, s->cond_h, s->proc_w, s->proc_h, s->grid_h * s->grid_w, ms[0],
             s->image_tokens);
-        row(o, "| Edit text encoder | %d tokens (%d image) | %.1f ms | %d rows kept after the template's %d |\n",
+        qi_bench_row(o->md, "| Edit text encoder | %d tokens (%d image) | %.1f ms | %d rows kept after the template's %d |\n",
             tokens, s->image_tokens, ms[1], tokens - QI_EDIT_DROP_IDX, QI_EDIT_DROP_IDX);
-        row(o, "| Edit VAE encode | %dx%d | %.1f ms | posterior mean |\n", s->vae_w, s->vae_h, ms[2]);
+        qi_bench_row(o->md, "| Edit VAE encode | %dx%d | %.1f ms | posterior mean |\n", s->vae_w, s->vae_h, ms[2]);
     }
     free(b.picture);
     return fail ? -1 : 0;

@@ -12,7 +12,6 @@
  * so its row is the cost a linear pays when its expansion is not hidden
  * behind an earlier GEMM — the case the block GEMM is for.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,19 +25,6 @@
 #endif
 
 #define CALLS_PER_SAMPLE 10 /* back-to-back linears per timed sample: launch gaps amortised, as in a model */
-
-static void row(FILE *md, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void row(FILE *md, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    if (md) {
-        va_start(ap, fmt);
-        vfprintf(md, fmt, ap);
-        va_end(ap);
-    }
-}
 
 #ifdef QI_WITH_CUDA
 /* Median ms of one linear(x, w) with the block GEMM taking up to `limit` rows. */
@@ -89,7 +75,7 @@ static int block_weight(qi_backend *be, qi_dtype qt, int64_t n_out, int64_t k, u
 
 static int block_gemm_rows(qi_backend *be, qi_dtype qt, int warmup, int runs, FILE *md, qi_error *err) {
     if (strcmp(be->ops->name, "cuda") != 0 || !qi_dtype_is_block(qt)) {
-        row(md, "| block GEMM | | | not timed: needs --device cuda and a GGUF --type (q4_k, q8_0, …) |\n");
+        qi_bench_row(md, "| block GEMM | | | not timed: needs --device cuda and a GGUF --type (q4_k, q8_0, …) |\n");
         return 0;
     }
     /* K, N: the transformer's q/k/v/out, MLP up, MLP down; the text encoder's q/o, k/v, MLP gate/up, down */
@@ -118,7 +104,7 @@ static int block_gemm_rows(qi_backend *be, qi_dtype qt, int warmup, int runs, FI
             if (rc) break;
             int took = qi_cuda_block_gemm_calls(be) > before;
             double gflop = 2.0 * (double)M * (double)N * (double)K / 1e9;
-            row(md, "| block GEMM, %s | %lld×%lld×%lld (M×K×N) | %.1f µs | expanded + cuBLASLt %.1f µs: %.2f× "
+            qi_bench_row(md, "| block GEMM, %s | %lld×%lld×%lld (M×K×N) | %.1f µs | expanded + cuBLASLt %.1f µs: %.2f× "
                 "(%.1f / %.1f TFLOP/s)%s |\n", qi_dtype_name(qt), (long long)M, (long long)K, (long long)N,
                 ms_block * 1e3, ms_expand * 1e3, ms_expand / ms_block, gflop / ms_block, gflop / ms_expand,
                 took ? "" : "; the block GEMM declined this shape");
@@ -138,7 +124,7 @@ int qi_bench_block_gemm(qi_backend *be, int qt, int warmup, int runs, FILE *md, 
     return rc;
 #else
     (void)be, (void)qt, (void)warmup, (void)runs, (void)err, (void)err_size;
-    row(md, "| block GEMM | | | not timed: a build without CUDA |\n");
+    qi_bench_row(md, "| block GEMM | | | not timed: a build without CUDA |\n");
     return 0;
 #endif
 }
