@@ -96,17 +96,7 @@ template <int DT>
 static __device__ __forceinline__ void bg_prefetch_w(const qc_kept &w, int N, int K, int n0, int kt) {
     const int ch = threadIdx.x & 7;
     if (ch > 2) return;
-    const int be = DT == QI_Q8_0 || DT == QI_Q4_0 || DT == QI_Q4_1 || DT == QI_Q5_0 || DT == QI_Q5_1 ? 32 : 256;
-    const int bb = DT == QI_Q8_0   ? 34
-                   : DT == QI_Q4_0 ? 18
-                   : DT == QI_Q4_1 ? 20
-                   : DT == QI_Q5_0 ? 22
-                   : DT == QI_Q5_1 ? 24
-                   : DT == QI_Q2_K ? 84
-                   : DT == QI_Q3_K ? 110
-                   : DT == QI_Q4_K ? 144
-                   : DT == QI_Q5_K ? 176
-                                   : 210;
+    constexpr int be = qc_block_elems(DT), bb = qc_block_bytes(DT);
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         const int n = n0 + ((threadIdx.x + BG_THREADS * j) >> 3);

@@ -45,6 +45,24 @@ __device__ __forceinline__ float qc_stored_value(const uint8_t *w, int dt, int64
     }
 }
 
+/* The GGUF block types' elements and bytes per block (base/types.c's traits,
+ * as constants the device code folds away). */
+__host__ __device__ constexpr int qc_block_elems(int dt) {
+    return dt == QI_Q8_0 || dt == QI_Q4_0 || dt == QI_Q4_1 || dt == QI_Q5_0 || dt == QI_Q5_1 ? 32 : 256;
+}
+__host__ __device__ constexpr int qc_block_bytes(int dt) {
+    return dt == QI_Q8_0   ? 34
+           : dt == QI_Q4_0 ? 18
+           : dt == QI_Q4_1 ? 20
+           : dt == QI_Q5_0 ? 22
+           : dt == QI_Q5_1 ? 24
+           : dt == QI_Q2_K ? 84
+           : dt == QI_Q3_K ? 110
+           : dt == QI_Q4_K ? 144
+           : dt == QI_Q5_K ? 176
+                           : 210; /* Q6_K */
+}
+
 /* Eight stored values from element i (i % 8 == 0). They lie in one block and,
  * in every block type, in one scale group (groups are 16 or 32 wide), so the
  * block's halves and scales are decoded once for the eight instead of once
@@ -62,8 +80,7 @@ __device__ __forceinline__ void qc_stored8(const uint8_t *w, int64_t i, float v[
 #pragma unroll
         for (int j = 0; j < 8; j++) v[j] = DT == QI_F8_E4M3 ? qb_f8e4m3(b[j]) : qb_f8e5m2(b[j]);
     } else if (DT == QI_Q8_0 || DT == QI_Q4_0 || DT == QI_Q4_1 || DT == QI_Q5_0 || DT == QI_Q5_1) {
-        const int bytes = DT == QI_Q8_0 ? 34 : DT == QI_Q4_0 ? 18 : DT == QI_Q4_1 ? 20 : DT == QI_Q5_0 ? 22 : 24;
-        const uint8_t *b = w + (i >> 5) * bytes;
+        const uint8_t *b = w + (i >> 5) * qc_block_bytes(DT);
         const int o = (int)(i & 31);
         const float d = qb_half(b);
         const float m = (DT == QI_Q4_1 || DT == QI_Q5_1) ? qb_half(b + 2) : 0.0f;
@@ -82,8 +99,7 @@ __device__ __forceinline__ void qc_stored8(const uint8_t *w, int64_t i, float v[
             }
         }
     } else {
-        const int bytes = DT == QI_Q2_K ? 84 : DT == QI_Q3_K ? 110 : DT == QI_Q4_K ? 144 : DT == QI_Q5_K ? 176 : 210;
-        const uint8_t *b = w + (i >> 8) * bytes;
+        const uint8_t *b = w + (i >> 8) * qc_block_bytes(DT);
         const int o = (int)(i & 255);
         if (DT == QI_Q2_K) { /* o = 128h + 32g + 16s + l */
             const int h = o >> 7, g = (o >> 5) & 3, s = (o >> 4) & 1, l0 = o & 15;
