@@ -34,36 +34,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "backend/cuda/cuda_flash_common.h" /* smem_u32, cp.async, ldmatrix, mma.sync */
 #include "backend/cuda/cuda_internal.h"
 
 extern "C" {
 #include "backend/cuda/cuda_backend.h" /* qi_cuda_set_conv_variant */
 }
 
-/* ---- PTX wrappers (the same as the attention kernels') ---------------------------- */
+/* ---- PTX wrappers: cuda_flash_common.h's, and cp.async without a source size ---------- */
 
-static __device__ __forceinline__ uint32_t cv_smem_u32(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
 static __device__ __forceinline__ void cv_cp_async16(void *dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(cv_smem_u32(dst)), "l"(src));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
 }
-static __device__ __forceinline__ void cv_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-static __device__ __forceinline__ void cv_cp_async_wait_all() {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-static __device__ __forceinline__ void cv_ldmatrix_x4(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(cv_smem_u32(p)));
-}
-/* d[4] += a[4] · b[2]: one m16n8k16 bf16 product, float32 accumulators. */
-static __device__ __forceinline__ void cv_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+static __device__ __forceinline__ void cv_ldmatrix_x4(uint32_t *r, const void *p) { ldmatrix_x4(r[0], r[1], r[2], r[3], p); }
 
 /* ---- implicit-GEMM 3×3 conv ---------------------------------------------------------- */
 
@@ -129,8 +112,8 @@ static __device__ __forceinline__ void conv_chunk_mma(float (&acc)[MT][8][4], co
             cv_ldmatrix_x4(b, brow + q * 16 * CV_BS);
 #pragma unroll
             for (int m = 0; m < MT; m++) {
-                cv_mma(acc[m][2 * q], a[m], b[0], b[1]);
-                cv_mma(acc[m][2 * q + 1], a[m], b[2], b[3]);
+                mma_bf16(acc[m][2 * q], a[m], b[0], b[1]);
+                mma_bf16(acc[m][2 * q + 1], a[m], b[2], b[3]);
             }
         }
     }
@@ -283,10 +266,10 @@ __global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv
     cv_zero_acc<MT>(acc);
 
     load_a(0, sA0);
-    cv_cp_async_commit();
+    cp_async_commit();
     cv_gather_halo<TH>(breg, p, hoff, 0, plane);
     cv_store_halo<TH>(sB0, breg, tid);
-    cv_cp_async_wait_all();
+    cp_async_wait_all();
     __syncthreads();
 
     /* ldmatrix row addresses: A rows (lane & 15) at k half (lane >> 4); B
@@ -299,12 +282,12 @@ __global__ void __launch_bounds__(64 * TH, TH == 2 ? 2 : 1) conv3x3_k(const conv
         const bf16 *sA = odd ? sA1 : sA0, *sB = odd ? sB1 : sB0;
         if (more) {
             load_a(cb + 1, odd ? sA0 : sA1);
-            cv_cp_async_commit();
+            cp_async_commit();
             cv_gather_halo<TH>(breg, p, hoff, cb + 1, plane);
         }
         conv_chunk_mma<MT>(acc, sA, sB, a_row, a_k, b_px, b_k, wn);
         if (more) cv_store_halo<TH>(odd ? sB0 : sB1, breg, tid);
-        cv_cp_async_wait_all();
+        cp_async_wait_all();
         __syncthreads();
     }
 
@@ -334,7 +317,7 @@ __global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) 
         const int r = i / (CV_AK / 8), piece = i % (CV_AK / 8); /* r = cb · BM + row; co_pad = BM */
         cv_cp_async16(sA + r * CV_AS + piece * 8, p.wr + (size_t)r * CV_AK + piece * 8);
     }
-    cv_cp_async_commit();
+    cp_async_commit();
 
     /* A tile's halo pixels (-1 also for a tile past the last: its gather loads nothing). */
     auto set_hoff = [&](int tile, int (&hoff)[HSLOTS]) {
@@ -346,7 +329,7 @@ __global__ void __launch_bounds__(256, 1) conv3x3_resident_k(const conv_args p) 
     set_hoff(tile, hoff);
     cv_gather_halo<TH>(breg, p, hoff, 0, plane);
     cv_store_halo<TH>(sB0, breg, tid);
-    cv_cp_async_wait_all();
+    cp_async_wait_all();
     __syncthreads();
 
     const int a_row = wm * MT * 16 + (lane & 15), a_k = (lane >> 4) * 8;
