@@ -246,8 +246,8 @@ static int split_count(const cuda_impl *c, int64_t blocks, int64_t M, int64_t N,
 
 /* Whether linear(x, w) with M rows goes through the block GEMM: a GGUF block
  * weight, asked for at this many rows, shapes the tiles take (K a whole
- * number of 64-steps, at least one, so of blocks of 32 too; x rows 16-byte
- * aligned; at least one output), and
+ * number of 64-steps, at least one, so of blocks of 32 too and of the units
+ * of 8 a per-row scale needs; x rows 16-byte aligned; at least one output), and
  * no expansion of w already waiting in a buffer. */
 int qc_block_gemm_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, int64_t M) {
     if (c->block_gemm_rows <= 0 || M > c->block_gemm_rows || M < 1) return 0;
@@ -255,7 +255,6 @@ int qc_block_gemm_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, in
     int64_t K = w->ne[1], N = w->ne[0];
     if (K < BG_BK || N < 1 || K % BG_BK != 0 || K % qi_type_traits(w->dtype)->block_elems != 0) return 0;
     if (K > INT32_MAX || N > INT32_MAX || (M + BG_BM - 1) / BG_BM > 65535 || !qc_aligned16(x->data)) return 0;
-    if (w->scale_form == QI_SCALE_ROW && K % 8 != 0) return 0;
     return !qc_wbuf_has(c, w);
 }
 

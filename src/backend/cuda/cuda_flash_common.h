@@ -2,7 +2,7 @@
  * cuda_flash_common.h — device pieces shared by the Hopper flash-attention
  * kernels (cuda_flash_hopper.cu, cuda_flash_tma.cu): PTX wrappers (cp.async,
  * ldmatrix and mma.sync — also the portable kernels': cuda_attention.cu,
- * cuda_block_gemm.cu —, proxy fences, wgmma and its shared-memory
+ * cuda_block_gemm.cu, cuda_conv.cu —, proxy fences, wgmma and its shared-memory
  * descriptors, mbarriers, TMA) and the online-softmax steps on wgmma
  * accumulator fragments.
  *
