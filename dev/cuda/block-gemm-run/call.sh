@@ -44,11 +44,11 @@ body() {
       grep "^| block GEMM" "$T/gemm_q4_k_nosplit.log" | cut -d'|' -f3-4 | sed 's/^/nosplit /' >>"$T/summary.txt"
       ;;
     dit)
-      for r in 0 256 1000000; do
+      for r in ${DIT_ROWS:-0 256 1000000}; do
         run "dit_q4_k_$r" 200 env QI_CUDA_BLOCK_GEMM_ROWS=$r dist/run.sh qwen-image bench --only dit --type q4_k --runs 5 --warmup 2
         grep -E "^\| transformer call \||GEMM path|overlapped" "$T/dit_q4_k_$r.log" | cut -c1-160 >>"$T/summary.txt"
       done
-      run dit_q4_k_256_nohint 200 env QI_CUDA_BLOCK_GEMM_ROWS=256 QI_CUDA_KEPT_OVERLAP=0 dist/run.sh qwen-image bench --only dit --type q4_k --runs 5 --warmup 2
+      [ "${DIT_NOHINT:-1}" = 1 ] && run dit_q4_k_256_nohint 200 env QI_CUDA_BLOCK_GEMM_ROWS=256 QI_CUDA_KEPT_OVERLAP=0 dist/run.sh qwen-image bench --only dit --type q4_k --runs 5 --warmup 2
       grep -E "^\| transformer call \||GEMM path" "$T/dit_q4_k_256_nohint.log" | cut -c1-160 >>"$T/summary.txt"
       run dit_bf16 200 dist/run.sh qwen-image bench --only dit --runs 5 --warmup 2
       grep -E "^\| transformer call \||tuning" "$T/dit_bf16.log" | cut -c1-200 >>"$T/summary.txt"
