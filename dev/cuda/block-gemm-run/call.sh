@@ -35,6 +35,10 @@ body() {
       run formats_block 200 env QI_CUDA_BLOCK_GEMM_ROWS=1000000 dist/run.sh test_formats -d cuda
       grep -E "rel|err|L2" "$T/formats_block.log" | head -12 >>"$T/summary.txt"
       ;;
+    caps) # the backend's claims alone
+      run caps 120 dist/run.sh test_cuda_backend_caps
+      grep -E "block|lanes|FAIL" "$T/caps.log" | head -20 >>"$T/summary.txt"
+      ;;
     gemm)
       for t in q4_k q8_0; do
         run "gemm_$t" 240 dist/run.sh qwen-image bench --only gemm --type "$t" --runs 5 --warmup 2
