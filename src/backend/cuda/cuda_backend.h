@@ -86,7 +86,8 @@ void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned 
  * at most `rows` rows of x reads the blocks in the GEMM (decoded into shared
  * memory, mma.sync on any GPU from sm_80) instead of expanding the weight to
  * bf16 first, unless a prefetched expansion of it is waiting. 0: never (the
- * default; QI_CUDA_BLOCK_GEMM_ROWS=N at creation sets N). Its results are
+ * default: on an H200 it is slower than the expansion at every shape, run AF;
+ * QI_CUDA_BLOCK_GEMM_ROWS=N at creation sets N). Its results are
  * the same products summed in another order: not bit-identical to the
  * expansion's. Returns the previous setting. set_block_gemm_split: whether
  * a product with a small grid splits K over more blocks (default on;
