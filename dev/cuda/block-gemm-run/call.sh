@@ -67,6 +67,10 @@ body() {
       run dit_bf16_nolanes 200 env QI_CUDA_GEMM_LANES=0 dist/run.sh qwen-image bench --only dit --runs 5 --warmup 2
       grep -E "^\| transformer call \|" "$T/dit_bf16_nolanes.log" | cut -c1-200 | sed 's/^/nolanes /' >>"$T/summary.txt"
       ;;
+    suite) # the CUDA suite three ways (default, QI_CUDA_GENERIC=1, compute_80 PTX: a dist built with QI_DIST_PTX80=1)
+      OUT=$T/suite sh dev/cuda/portable-run/run.sh default generic ptx80 >"$T/suite.log" 2>&1
+      grep -v '^  ' "$T/suite/summary.txt" | cut -c1-160 >>"$T/summary.txt"
+      ;;
     startup) # process start → first fp8 image, the NaN scan split over a pool vs on the loading thread
       OUT=$T/startup sh dev/cuda/startup-run/run.sh fp8 fp8-scan1 >"$T/startup.log" 2>&1
       grep -E "run 2|scan" "$T/startup/summary.txt" | cut -c1-200 >>"$T/summary.txt"
