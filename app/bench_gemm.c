@@ -73,70 +73,6 @@ static int block_weight(qi_backend *be, qi_dtype qt, int64_t n_out, int64_t k, u
     return rc;
 }
 
-/* Median ms of the three linears of x (one sample: CALLS_PER_SAMPLE of them
- * back to back), one after another (shared 0) or as one linear_shared call,
- * which the GEMM lanes run side by side (shared 1). *groups: the lane
- * groups queued meanwhile. */
-static int time_three(qi_backend *be, const qi_tensor *x, const qi_tensor *const *w, const qi_tensor *const *b,
-                      qi_tensor *const *y, int shared, int warmup, int runs, double *ms, unsigned long long *groups,
-                      qi_error *err) {
-    static const qi_act none[3] = {QI_ACT_NONE, QI_ACT_NONE, QI_ACT_NONE};
-    double times[64];
-    unsigned long long before = qi_cuda_gemm_lane_groups(be);
-    int rc = 0;
-    for (int i = 0; i < warmup + runs && !rc; i++) {
-        double t0 = qi_now_s();
-        for (int k = 0; k < CALLS_PER_SAMPLE; k++)
-            if (!shared || !be->ops->linear_shared(be, x, NULL, 3, w, b, none, y))
-                for (int j = 0; j < 3; j++) be->ops->linear(be, x, w[j], b[j], QI_ACT_NONE, y[j]);
-        if (be->ops->sync(be, err) != QI_OK) rc = -1;
-        if (i >= warmup) times[i - warmup] = (qi_now_s() - t0) / CALLS_PER_SAMPLE;
-    }
-    if (!rc) *ms = qi_bench_median(times, runs) * 1e3;
-    *groups = qi_cuda_gemm_lane_groups(be) - before;
-    return rc;
-}
-
-/* The text stream's q/k/v (bf16, bias, 3072 × 3072) at 1, 128 and 512 rows:
- * one after another against the GEMM lanes (cuda_backend.cu, lane_group). */
-static int lane_rows(qi_backend *be, int warmup, int runs, FILE *md, qi_error *err) {
-    enum { D = 3072 };
-    static const int64_t rows[] = {1, 128, 512};
-    float *h = malloc(sizeof(float) * (size_t)D * D);
-    if (!h) return qi_fail(err, QI_ERR_NOMEM, "bench gemm: no host memory for a weight"), -1;
-    qi_tensor w[3] = {{0}}, b[3] = {{0}};
-    int64_t wne[2] = {D, D}, bne[1] = {D};
-    int rc = 0;
-    for (int j = 0; j < 3 && !rc; j++) {
-        for (int64_t i = 0; i < (int64_t)D * D; i++) h[i] = (float)(((i + j) * 2654435761u) % 2001) / 40000.0f - 0.025f;
-        rc = be->ops->weight(be, &w[j], QI_F32, 2, wne, h, NULL, err) || be->ops->weight(be, &b[j], QI_F32, 1, bne, h, NULL, err);
-    }
-    for (int64_t i = 0; i < 512 * (int64_t)D; i++) h[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-    const qi_tensor *wp[3] = {&w[0], &w[1], &w[2]}, *bp[3] = {&b[0], &b[1], &b[2]};
-    for (size_t r = 0; r < sizeof rows / sizeof rows[0] && !rc; r++) {
-        size_t mark = be->ops->mark(be);
-        qi_tensor x, y[3];
-        qi_tensor *yp[3] = {&y[0], &y[1], &y[2]};
-        double ms_one = 0, ms_lanes = 0;
-        unsigned long long g_one = 0, g_lanes = 0;
-        rc = qi_be_act2(be, &x, rows[r], D, err) || be->ops->upload(be, &x, h, err);
-        for (int j = 0; j < 3 && !rc; j++) rc = qi_be_act2(be, &y[j], rows[r], D, err);
-        rc = rc || time_three(be, &x, wp, bp, yp, 0, warmup, runs, &ms_one, &g_one, err) ||
-             time_three(be, &x, wp, bp, yp, 1, warmup, runs, &ms_lanes, &g_lanes, err);
-        be->ops->reset(be, mark);
-        if (!rc)
-            qi_bench_row(md, "| q/k/v on the GEMM lanes, bf16 | 3 × %lld×%d×%d (M×K×N) | %.1f µs | one after another "
-                         "%.1f µs: %.2f×; %llu lane groups queued |\n", (long long)rows[r], D, D, ms_lanes * 1e3,
-                         ms_one * 1e3, ms_one / ms_lanes, g_lanes);
-    }
-    for (int j = 0; j < 3; j++) {
-        if (w[j].data) be->ops->weight_free(be, &w[j]);
-        if (b[j].data) be->ops->weight_free(be, &b[j]);
-    }
-    free(h);
-    return rc;
-}
-
 static int block_gemm_rows(qi_backend *be, qi_dtype qt, int warmup, int runs, FILE *md, qi_error *err) {
     if (strcmp(be->ops->name, "cuda") != 0 || !qi_dtype_is_block(qt)) {
         qi_bench_row(md, "| block GEMM | | | not timed: needs --device cuda and a GGUF --type (q4_k, q8_0, …) |\n");
@@ -183,8 +119,7 @@ static int block_gemm_rows(qi_backend *be, qi_dtype qt, int warmup, int runs, FI
 int qi_bench_block_gemm(qi_backend *be, int qt, int warmup, int runs, FILE *md, char *err, size_t err_size) {
 #ifdef QI_WITH_CUDA
     qi_error e = {{0}};
-    int rc = strcmp(be->ops->name, "cuda") == 0 ? lane_rows(be, warmup, runs, md, &e) : 0;
-    if (!rc) rc = block_gemm_rows(be, (qi_dtype)qt, warmup, runs, md, &e);
+    int rc = block_gemm_rows(be, (qi_dtype)qt, warmup, runs, md, &e);
     if (rc) snprintf(err, err_size, "%s", e.msg);
     return rc;
 #else
