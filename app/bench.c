@@ -1265,8 +1265,6 @@ static void gemm_path_rows(bench_ctx *c, qi_dtype qt) {
              "the same bits (%.3f ms per use of each, summed), %llu faster-or-not candidates passed over for another "
              "sum order or other bits (%s; QI_CUDA_GEMM_TUNE=0 off) |\n", tuned, changed, saved, differs,
              qi_cuda_gemm_tune_on(c->be) ? "on" : "off");
-        emit(c, "| GEMM lanes | all rows above | | %llu groups of few-row linears queued side by side (a graph's "
-             "replays count once, at its recording; QI_CUDA_GEMM_LANES=0 off) |\n", qi_cuda_gemm_lane_groups(c->be));
     }
     if (!strcmp(c->be->ops->name, "cuda") && qt != QI_BF16) { /* which GEMM the kept weights' linears ran */
         unsigned long long fp8 = 0, expanded = 0;
