@@ -705,116 +705,6 @@ static void fp8_shared_linears_decline_whole(void) {
     free(wb);
 }
 
-/* ---- the GEMM lanes: few-row bf16 linear_shared side by side ----------------------------- */
-
-enum { LN_M = 128, LN_K = 320, LN_N = 384 };
-
-/* Uploads float32 rows as an activation [M, K]. */
-static void lanes_x(qi_tensor *x, int64_t M, const float *xv) {
-    qi_error err = {{0}};
-    REQUIRE(!qi_be_act2(gpu, x, M, LN_K, &err) && !gpu->ops->upload(gpu, x, xv, &err), "%s", err.msg);
-}
-
-/* How many of a and b's n floats differ in any bit. */
-static size_t lanes_diff(const qi_tensor *a, const qi_tensor *b) {
-    qi_error err = {{0}};
-    size_t n = (size_t)qi_numel(a), diff = 0;
-    float *av = malloc(sizeof(float) * n), *bv = malloc(sizeof(float) * n);
-    CHECK(!gpu->ops->download(gpu, a, av, &err) && !gpu->ops->download(gpu, b, bv, &err), "%s", err.msg);
-    for (size_t i = 0; i < n; i++) diff += memcmp(&av[i], &bv[i], sizeof(float)) != 0;
-    free(av), free(bv);
-    return diff;
-}
-
-/* linear_shared of a 128-row x over three bf16 linears (the text stream's
- * q/k/v; here two with a bias epilogue, one with bias + tanh GELU) runs them
- * side by side on the lanes once their plans exist, and gives the bits of
- * the linears one by one: eager, and recorded then replayed on a new x. The
- * first call (no plans yet: they are made and tuned by the plain path)
- * declines; so do more rows than a lane group takes, an activation the
- * epilogue cannot do (SiLU goes through the scratch), more linears than
- * lanes, an x to be made by a LayerNorm, and the lanes switched off. */
-static void gemm_lanes_run_few_row_linears_side_by_side(void) {
-    if (!gpu->ops->linear_shared) return;
-    qi_error err = {{0}};
-    size_t mark = gpu->ops->mark(gpu);
-    int64_t wne[2] = {LN_N, LN_K}, bne[1] = {LN_N};
-    float *wv = malloc(sizeof(float) * LN_N * LN_K), *bv = malloc(sizeof(float) * LN_N);
-    float *xv = malloc(sizeof(float) * 600 * LN_K);
-    qi_tensor w[3], b;
-    for (int k = 0; k < 3; k++) {
-        for (int64_t i = 0; i < LN_N * LN_K; i++) wv[i] = caps_frand() * 0.1f;
-        REQUIRE(!gpu->ops->weight(gpu, &w[k], QI_F32, 2, wne, wv, NULL, &err), "%s", err.msg);
-    }
-    for (int64_t o = 0; o < LN_N; o++) bv[o] = caps_frand();
-    REQUIRE(!gpu->ops->weight(gpu, &b, QI_F32, 1, bne, bv, NULL, &err), "%s", err.msg);
-    for (int64_t i = 0; i < 600 * LN_K; i++) xv[i] = caps_frand();
-    const qi_tensor *wp[4] = {&w[0], &w[1], &w[2], &w[0]}, *bp[4] = {&b, &b, &b, NULL};
-    const qi_act act[4] = {QI_ACT_NONE, QI_ACT_NONE, QI_ACT_GELU_TANH, QI_ACT_NONE};
-    const qi_act silu[3] = {QI_ACT_NONE, QI_ACT_SILU, QI_ACT_NONE};
-    qi_tensor x, xbig, ys[4], yr[4], *ysp[4], *yrp[4];
-    lanes_x(&x, LN_M, xv);
-    lanes_x(&xbig, 600, xv);
-    for (int k = 0; k < 4; k++) {
-        REQUIRE(!qi_be_act2(gpu, &ys[k], LN_M, LN_N, &err) && !qi_be_act2(gpu, &yr[k], LN_M, LN_N, &err), "%s",
-                err.msg);
-        ysp[k] = &ys[k], yrp[k] = &yr[k];
-    }
-    int was = qi_cuda_set_gemm_lanes(gpu, 1);
-    unsigned long long g0 = qi_cuda_gemm_lane_groups(gpu);
-    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 3, wp, bp, act, ysp) == 0, "taken before any plan existed");
-    for (int k = 0; k < 3; k++) gpu->ops->linear(gpu, &x, wp[k], bp[k], act[k], yrp[k]); /* the plans */
-    for (int round = 0; round < 2; round++) { /* 0: eager; 1: recorded, replayed on a new x */
-        unsigned long long before = qi_cuda_gemm_lane_groups(gpu);
-        int took;
-        qi_graph *g = NULL;
-        if (round == 0) {
-            took = gpu->ops->linear_shared(gpu, &x, NULL, 3, wp, bp, act, ysp);
-        } else {
-            REQUIRE(gpu->ops->graph_begin(gpu, &err) == QI_OK, "%s", err.msg);
-            took = gpu->ops->linear_shared(gpu, &x, NULL, 3, wp, bp, act, ysp);
-            REQUIRE(gpu->ops->graph_end(gpu, &g, &err) == QI_OK && g, "%s", err.msg);
-            for (int64_t i = 0; i < LN_M * LN_K; i++) xv[i] = 2.0f * caps_frand();
-            REQUIRE(!gpu->ops->upload(gpu, &x, xv, &err), "%s", err.msg);
-            CHECK(gpu->ops->graph_launch(gpu, g, &err) == QI_OK, "%s", err.msg);
-        }
-        CHECK(took == 1 && qi_cuda_gemm_lane_groups(gpu) == before + 1, "round %d: taken %d, groups +%llu", round,
-              took, qi_cuda_gemm_lane_groups(gpu) - before);
-        for (int k = 0; k < 3; k++) gpu->ops->linear(gpu, &x, wp[k], bp[k], act[k], yrp[k]);
-        CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
-        size_t diff = 0;
-        for (int k = 0; k < 3; k++) diff += lanes_diff(&ys[k], &yr[k]);
-        CHECK(diff == 0, "round %d: %zu of %d outputs differ from the linears one by one", round, diff,
-              3 * LN_M * LN_N);
-        printf("  GEMM lanes, 3 linears of %d rows, round %d (%s): %zu of %d outputs differ\n", LN_M, round,
-               round ? "graph replay, new x" : "eager", diff, 3 * LN_M * LN_N);
-        gpu->ops->graph_free(gpu, g);
-    }
-    /* declined whole: each queues nothing (the group count stays) */
-    unsigned long long g1 = qi_cuda_gemm_lane_groups(gpu);
-    qi_tensor yb[3], *ybp[3];
-    for (int k = 0; k < 3; k++) {
-        REQUIRE(!qi_be_act2(gpu, &yb[k], 600, LN_N, &err), "%s", err.msg);
-        ybp[k] = &yb[k];
-        gpu->ops->linear(gpu, &xbig, wp[k], bp[k], act[k], ybp[k]); /* its plans exist: rows decline it */
-        gpu->ops->linear(gpu, &x, wp[k], bp[k], silu[k], yrp[k]);
-    }
-    qi_ln_mod_src src = {&x, NULL, 0, NULL, &x, &x, 0, 1e-6f};
-    CHECK(gpu->ops->linear_shared(gpu, &xbig, NULL, 3, wp, bp, act, ybp) == 0, "600 rows taken");
-    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 3, wp, bp, silu, ysp) == 0, "a SiLU taken");
-    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 4, wp, bp, act, ysp) == 0, "four linears taken");
-    CHECK(gpu->ops->linear_shared(gpu, &ys[3], &src, 3, wp, bp, act, ysp) == 0, "an x to be made taken");
-    qi_cuda_set_gemm_lanes(gpu, 0);
-    CHECK(gpu->ops->linear_shared(gpu, &x, NULL, 3, wp, bp, act, ysp) == 0, "taken with the lanes off");
-    qi_cuda_set_gemm_lanes(gpu, was);
-    CHECK(qi_cuda_gemm_lane_groups(gpu) == g1 && g0 < g1, "a declined call ran a group");
-    CHECK(gpu->ops->sync(gpu, &err) == QI_OK, "%s", err.msg);
-    for (int k = 0; k < 3; k++) gpu->ops->weight_free(gpu, &w[k]);
-    gpu->ops->weight_free(gpu, &b);
-    gpu->ops->reset(gpu, mark);
-    free(wv), free(bv), free(xv);
-}
-
 /* linear(x, w, b, act) into y (float32 [M, N]) on the GPU. */
 static void gpu_linear(const float *xv, int64_t M, int64_t K, int64_t N, const qi_tensor *w, const qi_tensor *b,
                         qi_act act, float *y) {
@@ -1082,7 +972,6 @@ int main(void) {
     RUN(fp8_shared_linears_decline_whole);
     RUN(fp8_gemm_is_off_with_the_environment_switch);
     RUN(gemm_tuning_keeps_every_bit);
-    RUN(gemm_lanes_run_few_row_linears_side_by_side);
     RUN(block_gemm_matches_the_expansion_for_every_block_type);
     RUN(block_gemm_leaves_the_rest_to_the_expansion);
     RUN(cuda_graph_claim_holds);

@@ -26,7 +26,7 @@ body() {
     case $s in
     claims)
       run caps 120 dist/run.sh test_cuda_backend_caps
-      grep -E "block|tuned|lanes|FAIL" "$T/caps.log" | head -20 >>"$T/summary.txt"
+      grep -E "block|tuned|FAIL" "$T/caps.log" | head -20 >>"$T/summary.txt"
       run kept 200 dist/run.sh test_cuda_kept_overlap
       grep -E "block GEMM|FAIL" "$T/kept.log" | head -6 >>"$T/summary.txt"
       run kernels 200 dist/run.sh test_cuda_kernels
@@ -64,8 +64,6 @@ body() {
       grep -E "^\| transformer call \||GEMM path" "$T/dit_q4_k_256_nohint.log" | cut -c1-160 >>"$T/summary.txt"
       run dit_bf16 200 dist/run.sh qwen-image bench --only dit --runs 5 --warmup 2
       grep -E "^\| transformer call \||tuning" "$T/dit_bf16.log" | cut -c1-200 >>"$T/summary.txt"
-      run dit_bf16_nolanes 200 env QI_CUDA_GEMM_LANES=0 dist/run.sh qwen-image bench --only dit --runs 5 --warmup 2
-      grep -E "^\| transformer call \|" "$T/dit_bf16_nolanes.log" | cut -c1-200 | sed 's/^/nolanes /' >>"$T/summary.txt"
       ;;
     suite) # the CUDA suite three ways (default, QI_CUDA_GENERIC=1, compute_80 PTX: a dist built with QI_DIST_PTX80=1)
       OUT=$T/suite sh dev/cuda/portable-run/run.sh default generic ptx80 >"$T/suite.log" 2>&1

@@ -797,18 +797,6 @@ static qi_status cuda_sync(qi_backend *be, qi_error *err) {
     return QI_OK;
 }
 
-/* What cuBLASLt's epilogue does of a linear's bias b and activation act:
- * the bias where it is bf16 at scale 1 (*epi_bias), the tanh GELU (its GELU
- * epilogue's form); *post_act where the rest (SiLU, exact GELU, a bias of
- * another type) runs after the GEMM, by qc_bias_act. */
-static cublasLtEpilogue_t linear_epilogue(const qi_tensor *b, qi_act act, int *epi_bias, int *post_act) {
-    *epi_bias = b && b->dtype == QI_BF16 && b->scale == 1.0f;
-    *post_act = act == QI_ACT_SILU || act == QI_ACT_GELU_ERF || (b && !*epi_bias);
-    if (act == QI_ACT_GELU_TANH)
-        return *epi_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : (b ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_GELU);
-    return *epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-}
-
 /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b). Row-major y is column-major yᵀ[N,M], so
  * cuBLASLt computes yᵀ = wᵀᵀ·xᵀ: A = w (transposed), B = x. */
 static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b,
@@ -844,8 +832,15 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
         qc_fail(c, QI_ERR_UNSUPPORTED, "cuda backend: linear dims over 2^31");
         return;
     }
-    int epi_bias, post_act; /* post_act: what remains for qc_bias_act */
-    cublasLtEpilogue_t epi = linear_epilogue(b, act, &epi_bias, &post_act);
+    int epi_bias = b && b->dtype == QI_BF16 && b->scale == 1.0f;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+    int post_act = 0; /* what remains for qc_bias_act */
+    if (act == QI_ACT_GELU_TANH)
+        epi = epi_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : (b ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_GELU);
+    else
+        epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    /* cuBLASLt's GELU epilogue is the tanh form: SiLU and exact GELU run after the GEMM */
+    if (act == QI_ACT_SILU || act == QI_ACT_GELU_ERF || (b && !epi_bias)) post_act = 1;
     qi_tensor y2 = qi_view2(y, M, N);
     if (post_act && (size_t)(M * N) * sizeof(float) <= c->scratch_bytes) {
         /* float32 product into scratch, then bias + activation + one rounding */
@@ -861,85 +856,17 @@ static void cuda_linear(qi_backend *be, const qi_tensor *x, const qi_tensor *w, 
     if (post_act) qc_bias_act(c, &y2, epi_bias ? NULL : b, act); /* too large for scratch: rounds twice */
 }
 
-/* Whether linear k of a lane group can run on a lane: a plain bf16 GEMM of
- * x (bf16 weight, bias and output, cuBLASLt's epilogue doing all the rest,
- * so nothing touches the scratch) whose plan an earlier call made (no tuning
- * in the group) and fits in one slice of the workspace. Anything else (a
- * shape that does not match, a first call) leaves the group to the plain
- * path, which reports or plans it. */
-static int lane_takes(cuda_impl *c, const qi_tensor *x, const qi_tensor *w, const qi_tensor *b, qi_act act,
-                      const qi_tensor *y, size_t ws_slice) {
-    const int64_t K = x->ne[x->ndim - 1], M = qi_rows(x), N = w->ne[0];
-    if (w->dtype != QI_BF16 || y->dtype != QI_BF16 || w->ndim != 2 || w->ne[1] != K ||
-        qi_numel(y) != M * N || (b && qi_numel(b) != N) || N < 1 || N > INT32_MAX || K > INT32_MAX)
-        return 0;
-    int epi_bias, post_act;
-    cublasLtEpilogue_t epi = linear_epilogue(b, act, &epi_bias, &post_act);
-    if (post_act || w->scale != 1.0f) return 0;
-    return qc_gemm_ready(c, 1, 0, (int)N, (int)M, (int)K, w->data, (int)K, x->data, (int)K, y->data, (int)N,
-                         CUDA_R_16BF, epi, ws_slice);
-}
-
-/* The n linears of one few-row x side by side: linear 0 on `stream`, the
- * others on the GEMM lanes forked from it, each with its own slice of the
- * workspace, joined back before anything queued after. Each is the GEMM the
- * plain `linear` would run (same plan, same algorithm, same bits); only the
- * wait between them goes: the text stream's q/k/v (128 × 3072 × 3072) fill
- * a few dozen of the SMs each and are latency-bound one after another.
- * Recorded as three branches of a graph. 0 (nothing queued) where a lane
- * cannot take one of them. */
-static int lane_group(qi_backend *be, const qi_tensor *x, int n, const qi_tensor *const *w,
-                      const qi_tensor *const *b, const qi_act *act, qi_tensor *const *y) {
-    cuda_impl *c = cuda_of(be);
-    if (!c->gemm_lanes || n < 2 || n > 1 + QC_GEMM_LANES || x->dtype != QI_BF16 || qi_rows(x) < 1 ||
-        qi_rows(x) > QC_GEMM_LANE_ROWS)
-        return 0;
-    const size_t slice = (c->lt_workspace_bytes / (size_t)n) & ~(size_t)255;
-    for (int k = 0; k < n; k++)
-        if (!lane_takes(c, x, w[k], b[k], act[k], y[k], slice)) return 0;
-    cudaStream_t main_stream = c->stream;
-    void *ws = c->lt_workspace;
-    const size_t ws_bytes = c->lt_workspace_bytes;
-    if (cudaEventRecord(c->lane_gemm_fork, main_stream) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    cudaError_t e = cudaSuccess;
-    for (int k = 1; k < n && e == cudaSuccess; k++)
-        e = cudaStreamWaitEvent(c->lane_gemm_stream[k - 1], c->lane_gemm_fork, 0);
-    for (int k = 0; k < n; k++) {
-        c->stream = k == 0 ? main_stream : c->lane_gemm_stream[k - 1];
-        c->lt_workspace = (char *)ws + (size_t)k * slice;
-        c->lt_workspace_bytes = slice;
-        if (e == cudaSuccess) cuda_linear(be, x, w[k], b[k], act[k], y[k]); /* a bf16 GEMM: lane_takes */
-    }
-    c->stream = main_stream;
-    c->lt_workspace = ws;
-    c->lt_workspace_bytes = ws_bytes;
-    for (int k = 1; k < n; k++) { /* joined even after a failure: nothing may stay forked */
-        cudaError_t j = cudaEventRecord(c->lane_gemm_join[k - 1], c->lane_gemm_stream[k - 1]);
-        if (j == cudaSuccess) j = cudaStreamWaitEvent(main_stream, c->lane_gemm_join[k - 1], 0);
-        if (e == cudaSuccess) e = j;
-    }
-    if (e != cudaSuccess)
-        qc_fail(c, QI_ERR_BACKEND, "cuda backend: linear_shared: forking its GEMMs onto the lane streams "
-                "failed: %s (QI_CUDA_GEMM_LANES=0 runs them one after another)", cudaGetErrorString(e));
-    c->lane_gemm_groups++;
-    return 1;
-}
-
 /* linear_shared: taken when the fp8 GEMM takes every one of the linears
  * (x quantised once for all of them, its amax taken by the LayerNorm kernel
- * that makes it where src says so: cuda_fp8_gemm.cu), or, for a given x of
- * few rows and bf16 weights, by the GEMM lanes (lane_group); declined
- * otherwise, so the model's plain ops keep their order and prefetch hints. */
+ * that makes it where src says so: cuda_fp8_gemm.cu); declined otherwise,
+ * so the model's plain ops keep their order and prefetch hints. */
 static int cuda_linear_shared(qi_backend *be, const qi_tensor *x, const qi_ln_mod_src *src, int n,
                               const qi_tensor *const *w, const qi_tensor *const *b, const qi_act *act,
                               qi_tensor *const *y) {
     cuda_impl *c = cuda_of(be);
     int started = 0;
     int done = qc_fp8_linear_shared(c, x, src, n, w, b, act, y, &started);
-    if (!started) return src == NULL && lane_group(be, x, n, w, b, act, y);
+    if (!started) return 0;
     for (int k = done < 0 ? n : done; k < n; k++) cuda_linear(be, x, w[k], b[k], act[k], y[k]); /* refused GEMMs */
     return 1; /* an error is recorded on the backend, as `linear` leaves it */
 }
@@ -1067,16 +994,6 @@ extern "C" int qi_cuda_set_block_gemm_split(qi_backend *be, int on) {
 
 extern "C" unsigned long long qi_cuda_block_gemm_calls(qi_backend *be) { return cuda_of(be)->block_gemm_calls; }
 
-extern "C" int qi_cuda_set_gemm_lanes(qi_backend *be, int on) {
-    cuda_impl *c = cuda_of(be);
-    int was = c->gemm_lanes;
-    c->gemm_lanes = on && c->lane_gemm_fork != NULL && c->lane_gemm_stream[QC_GEMM_LANES - 1] != NULL &&
-                    c->lane_gemm_join[QC_GEMM_LANES - 1] != NULL;
-    return was;
-}
-
-extern "C" unsigned long long qi_cuda_gemm_lane_groups(qi_backend *be) { return cuda_of(be)->lane_gemm_groups; }
-
 extern "C" void qi_cuda_kept_counts(qi_backend *be, unsigned long long *expanded, unsigned long long *queued,
                                     unsigned long long *used) {
     cuda_impl *c = cuda_of(be);
@@ -1192,14 +1109,6 @@ static void cuda_destroy(qi_backend *be) {
             cudaStreamDestroy(c->expand_stream);
         }
         if (c->expand_fork) cudaEventDestroy(c->expand_fork);
-        for (int k = 0; k < QC_GEMM_LANES; k++) {
-            if (c->lane_gemm_stream[k]) {
-                cudaStreamSynchronize(c->lane_gemm_stream[k]);
-                cudaStreamDestroy(c->lane_gemm_stream[k]);
-            }
-            if (c->lane_gemm_join[k]) cudaEventDestroy(c->lane_gemm_join[k]);
-        }
-        if (c->lane_gemm_fork) cudaEventDestroy(c->lane_gemm_fork);
         for (int i = 0; i < QC_WBUFS; i++)
             if (c->wbuf[i].ready) cudaEventDestroy(c->wbuf[i].ready);
         qc_conv_weights_destroy(c);
@@ -1329,21 +1238,6 @@ static void gemm_switches_init(cuda_impl *c) {
     c->dequant_at_load = at_load && at_load[0] == '1';
 }
 
-/* The GEMM lanes (lane_group): on unless QI_CUDA_GEMM_LANES=0; without
- * their streams and events (not made) they stay off and linear_shared
- * leaves bf16 groups to the plain path, so nothing fails for want of them. */
-static void gemm_lanes_init(cuda_impl *c) {
-    const char *on = getenv("QI_CUDA_GEMM_LANES");
-    if (on && on[0] == '0') return;
-    cudaError_t e = cudaEventCreateWithFlags(&c->lane_gemm_fork, cudaEventDisableTiming);
-    for (int k = 0; k < QC_GEMM_LANES && e == cudaSuccess; k++) {
-        e = cudaStreamCreateWithFlags(&c->lane_gemm_stream[k], cudaStreamNonBlocking);
-        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->lane_gemm_join[k], cudaEventDisableTiming);
-    }
-    if (e != cudaSuccess) cudaGetLastError();
-    c->gemm_lanes = e == cudaSuccess;
-}
-
 extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_backend **out,
                                             qi_error *err) {
     *out = NULL;
@@ -1420,7 +1314,6 @@ extern "C" qi_status qi_backend_cuda_create(int device, size_t arena_bytes, qi_b
     if ((st = qc_select_kernels(c, &prop, err)) != QI_OK) goto fail;
     if ((st = qc_upload_init(c, err)) != QI_OK) goto fail;
     gemm_switches_init(c);
-    gemm_lanes_init(c);
     if ((st = overlap_init(c, err)) != QI_OK) goto fail;
     { /* QI_CUDA_CONV=auto|implicit|im2col (a fallback and a yardstick); default auto */
         int m = conv_mode_of(getenv("QI_CUDA_CONV"));

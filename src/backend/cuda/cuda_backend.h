@@ -97,17 +97,6 @@ int64_t qi_cuda_set_block_gemm_rows(qi_backend *be, int64_t rows);
 int qi_cuda_set_block_gemm_split(qi_backend *be, int on);
 unsigned long long qi_cuda_block_gemm_calls(qi_backend *be);
 
-/* The GEMM lanes: linear_shared of a few-row x (at most 512 rows: the text
- * stream's q/k/v) and bf16 weights runs its GEMMs side by side on streams
- * forked from the compute stream (and as branches of a recorded graph),
- * each the GEMM `linear` would run, so the results are bit-identical either
- * way; taken once each GEMM's plan exists (from an earlier call). On by
- * default (QI_CUDA_GEMM_LANES=0 at creation: off); set_gemm_lanes returns
- * the previous setting (on asks for streams made at creation: without them
- * it stays off). gemm_lane_groups: the groups run so since creation. */
-int qi_cuda_set_gemm_lanes(qi_backend *be, int on);
-unsigned long long qi_cuda_gemm_lane_groups(qi_backend *be);
-
 /* Chooses the attention kernel (for tests and benchmarks): "auto" (default),
  * "mma" (portable flash kernel), "gemm" (through cuBLASLt), "wgmma64x3"
  * (Hopper flash kernel for head dim 128: 64-key tiles × 3 warpgroups),

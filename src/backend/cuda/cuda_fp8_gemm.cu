@@ -192,7 +192,7 @@ static int plan_build(cuda_impl *c, fp8_plan *p, const void *bias) {
     int found = 0;
     cublasStatus_t s = qc_lt_best_algo(c, p->desc, p->a_layout, p->b_layout, p->d_layout, (uint32_t)p->align_a,
                                        256 /* x_q: the start of a scratch buffer */, (uint32_t)p->align_d, &p->algo,
-                                       &found, NULL);
+                                       &found);
     if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
         fallback(c, found < 1 ? "cuBLASLt heuristic: no algorithm" : "cuBLASLt heuristic failed", p->m, p->n, p->k,
                  (int)s);

@@ -61,7 +61,7 @@ static cublasStatus_t make_preference(cuda_impl *c, uint32_t al_a, uint32_t al_b
 
 cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
-                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found, size_t *ws_need) {
+                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found) {
     cublasLtMatmulPreference_t pref;
     *found = 0;
     cublasStatus_t s = make_preference(c, al_a, al_b, al_d, &pref);
@@ -72,7 +72,6 @@ cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLt
     cublasLtMatmulPreferenceDestroy(pref);
     if (s == CUBLAS_STATUS_SUCCESS && *found >= 1) s = res.state; /* the algorithm is valid only then */
     if (s == CUBLAS_STATUS_SUCCESS && *found >= 1) *algo = res.algo;
-    if (s == CUBLAS_STATUS_SUCCESS && *found >= 1 && ws_need) *ws_need = res.workspaceSize;
     return s;
 }
 
@@ -94,7 +93,7 @@ static int plan_build(cuda_impl *c, lt_plan *p, const char *op) {
     {
         uint32_t al = (uint32_t)p->align;
         int found = 0;
-        s = qc_lt_best_algo(c, p->desc, p->a_layout, p->b_layout, p->d_layout, al, al, al, &p->algo, &found, &p->ws_need);
+        s = qc_lt_best_algo(c, p->desc, p->a_layout, p->b_layout, p->d_layout, al, al, al, &p->algo, &found);
         if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
             p->used = 1;
             qc_plan_destroy(p);
@@ -250,15 +249,14 @@ static void plan_tune(cuda_impl *c, lt_plan *p, float alpha, const void *A, cons
     c->tune_plans++;
     if (best >= 0) {
         p->algo = res[best].algo;
-        p->ws_need = res[best].workspaceSize;
         c->tune_changed++;
         c->tune_saved_ms += ref_ms - best_ms;
     }
 }
 
-/* The plan cache's key of a GEMM: what plan_build describes to cuBLASLt. */
-static lt_plan gemm_key(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
-                        const void *D, int ldd, cudaDataType_t d_type, cublasLtEpilogue_t epilogue) {
+int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
+            const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
+            const void *bias, cublasLtEpilogue_t epilogue, const char *op) {
     int align = qc_ptr_align(A);
     if (qc_ptr_align(B) < align) align = qc_ptr_align(B);
     if (qc_ptr_align(D) < align) align = qc_ptr_align(D);
@@ -267,35 +265,15 @@ static lt_plan gemm_key(int transa, int transb, int m, int n, int k, const void 
     key.transa = transa, key.transb = transb, key.m = m, key.n = n, key.k = k;
     key.lda = lda, key.ldb = ldb, key.ldd = ldd, key.epilogue = (int)epilogue;
     key.d_type = (int)d_type, key.align = align;
-    return key;
-}
-
-static lt_plan *plan_find(cuda_impl *c, const lt_plan *key) {
-    for (int i = 0; i < QI_CUDA_PLANS; i++) {
-        lt_plan *q = &c->plans[i];
-        if (q->used && q->transa == key->transa && q->transb == key->transb && q->m == key->m &&
-            q->n == key->n && q->k == key->k && q->lda == key->lda && q->ldb == key->ldb &&
-            q->ldd == key->ldd && q->epilogue == key->epilogue && q->d_type == key->d_type &&
-            q->align == key->align)
-            return q;
-    }
-    return NULL;
-}
-
-int qc_gemm_ready(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
-                  const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, cublasLtEpilogue_t epilogue,
-                  size_t ws_max) {
-    lt_plan key = gemm_key(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, d_type, epilogue);
-    const lt_plan *p = plan_find(c, &key);
-    return p && p->ws_need <= ws_max;
-}
-
-int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
-            const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
-            const void *bias, cublasLtEpilogue_t epilogue, const char *op) {
-    lt_plan key = gemm_key(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, d_type, epilogue);
-    lt_plan *p = plan_find(c, &key);
+    lt_plan *p = NULL;
     int fresh = 0;
+    for (int i = 0; i < QI_CUDA_PLANS && !p; i++) {
+        lt_plan *q = &c->plans[i];
+        if (q->used && q->transa == transa && q->transb == transb && q->m == m && q->n == n &&
+            q->k == k && q->lda == lda && q->ldb == ldb && q->ldd == ldd &&
+            q->epilogue == (int)epilogue && q->d_type == (int)d_type && q->align == align)
+            p = q;
+    }
     if (!p) {
         p = &c->plans[c->plan_next];
         c->plan_next = (c->plan_next + 1) % QI_CUDA_PLANS;

@@ -26,19 +26,12 @@ typedef __nv_bfloat16 bf16;
 typedef struct lt_plan {
     int used;
     int transa, transb, m, n, k, lda, ldb, ldd, epilogue, d_type, align;
-    size_t ws_need; /* the algorithm's workspace, as the heuristic reported it */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a_layout, b_layout, d_layout;
     cublasLtMatmulAlgo_t algo;
 } lt_plan;
 
 #define QI_CUDA_PLANS 192
-/* Side streams of a linear_shared group of few-row bf16 GEMMs: the text
- * stream's q, k, v run on `stream` and two lanes at once */
-#define QC_GEMM_LANES 2
-/* The most rows a lane group takes: the 128-token text stream (its GEMMs
- * fill a few dozen SMs each); at image rows one GEMM fills the GPU */
-#define QC_GEMM_LANE_ROWS 512
 
 /* One buffer of the kept-weight scratch (cuda_kept.cu). A buffer holds at
  * most one expansion that no linear has read yet ("held"); one queued on the
@@ -75,14 +68,6 @@ typedef struct cuda_impl {
     unsigned long long *tune_hash; /* [2]: an output's hash, its nonzero count */
     unsigned long long tune_plans, tune_changed, tune_differs;
     double tune_saved_ms;
-    /* GEMM lanes (cuda_gemm.cu, qc_gemm_lanes_*): a few-row linear_shared's
-     * bf16 GEMMs side by side on lane streams forked from and joined back
-     * into `stream`, each on its own slice of the workspace. Made at
-     * creation; gemm_lanes 0: off (QI_CUDA_GEMM_LANES=0, or not made). */
-    int gemm_lanes;
-    cudaStream_t lane_gemm_stream[QC_GEMM_LANES];
-    cudaEvent_t lane_gemm_fork, lane_gemm_join[QC_GEMM_LANES];
-    unsigned long long lane_gemm_groups; /* groups queued side by side since creation */
 
     /* device scratch for ops that need temporaries (conv im2col, attention by
      * GEMMs, F32 weight conversion); fixed at creation */
@@ -387,22 +372,15 @@ void qc_flash_tma(cuda_impl *c, const attn_params *p, int variant);
 int qc_gemm(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
             const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, float alpha,
             const void *bias, cublasLtEpilogue_t epilogue, const char *op);
-/* Whether qc_gemm of these arguments has its plan already (made by an
- * earlier call, so it runs no tuning) and its algorithm needs at most
- * ws_max bytes of workspace: what a lane group asks before it forks. */
-int qc_gemm_ready(cuda_impl *c, int transa, int transb, int m, int n, int k, const void *A, int lda,
-                  const void *B, int ldb, void *D, int ldd, cudaDataType_t d_type, cublasLtEpilogue_t epilogue,
-                  size_t ws_max);
 /* cuBLASLt's first algorithm for desc on layouts a, b, d (D written over C,
  * the same layout) within c's workspace, for operands whose addresses are
  * multiples of al_a, al_b and al_d (C and D) bytes; shared by qc_gemm's and
  * the fp8 GEMM's plans. Returns the first failing status (making the
  * preference, the heuristic, or its result's state); *found: how many
- * algorithms came back (0 or 1); *algo (and *ws_need, its workspace, where
- * not NULL) set only on success. */
+ * algorithms came back (0 or 1); *algo is set only on success. */
 cublasStatus_t qc_lt_best_algo(cuda_impl *c, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
                                cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d, uint32_t al_a, uint32_t al_b,
-                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found, size_t *ws_need);
+                               uint32_t al_d, cublasLtMatmulAlgo_t *algo, int *found);
 /* Frees a plan's descriptors (an unused one: nothing). */
 void qc_plan_destroy(lt_plan *p);
 
