@@ -37,15 +37,7 @@ body() {
       ;;
     caps) # the backend's claims alone
       run caps 120 dist/run.sh test_cuda_backend_caps
-      grep -E "block|lanes|FAIL" "$T/caps.log" | head -20 >>"$T/summary.txt"
-      ;;
-    lanes) # the GEMM lanes: q/k/v alone, then the bf16 call with and without them
-      run lanes_gemm 120 dist/run.sh qwen-image bench --only gemm --type bf16 --runs 9 --warmup 3
-      grep -E "^\| q/k/v" "$T/lanes_gemm.log" | cut -d'|' -f3-5 >>"$T/summary.txt"
-      for l in 1 0; do
-        run "lanes_dit_$l" 200 env QI_CUDA_GEMM_LANES=$l dist/run.sh qwen-image bench --only dit --runs 5 --warmup 2
-        grep -E "^\| transformer call \||GEMM lanes" "$T/lanes_dit_$l.log" | cut -c1-160 | sed "s/^/lanes=$l /" >>"$T/summary.txt"
-      done
+      grep -E "block|FAIL" "$T/caps.log" | head -20 >>"$T/summary.txt"
       ;;
     gemm)
       for t in q4_k q8_0; do
